@@ -1,0 +1,361 @@
+"""`vibrary`: the command line (contract in shared/interfaces.md).
+
+Every command takes --json: one JSON object per line on stdout, human text and progress bars on stderr.
+Exit status 0 on success (per-file errors are reported in the output), 1 when the command itself fails,
+2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from tqdm import tqdm
+from vibrary.daemon import config, registry
+from vibrary.daemon.index import Index, Job, Result
+from vibrary.daemon.infer import ModelError
+
+from .client import Client, DaemonError, DaemonNotRunning
+
+
+class CommandError(Exception):
+    """The command failed; str() is printed and the exit status is 1."""
+
+
+def _out(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
+    print(json.dumps(obj) if args.json else human, flush=True)
+
+
+def _file_line(path: str, tags: Iterable[tuple[str, str, float]], error: str | None) -> dict[str, Any]:
+    return {
+        "path": path,
+        "tags": [{"model": m, "tag": t, "score": round(float(s), 4)} for m, t, s in tags],
+        "error": error or None,
+    }
+
+
+def _human_file(line: dict[str, Any]) -> str:
+    if line["error"]:
+        return f"{line['path']}: ERROR {line['error']}"
+    tags = ", ".join(f"{t['tag']} {t['score']:.2f}" for t in line["tags"]) or "(no tags)"
+    return f"{line['path']}: {tags}"
+
+
+def _index() -> tuple[Index, Any]:
+    home_dir = config.home()
+    index = Index(config.index_path(home_dir))
+    registry.ensure_builtin(index, home_dir)
+    return index, home_dir
+
+
+# -- vibrary tag: right here, no daemon ------------------------------------------------------------------
+def cmd_tag(args: argparse.Namespace) -> int:
+    from vibrary.daemon.pipeline import Pipeline
+    from vibrary.daemon.service import expand, load_models
+
+    index, home_dir = _index()
+    if args.model:
+        try:
+            rows = [index.model(*registry.parse_ref(ref)) for ref in args.model]
+        except (KeyError, ValueError) as e:
+            raise CommandError(str(e.args[0])) from None
+    else:
+        rows = index.active_models()
+    models = load_models(index, rows)
+    if not models:
+        raise CommandError("no usable model: activate one with `vibrary models activate NAME`")
+    names = {m.id: m.ref.split("@")[0] for m in models}
+    settings = config.Settings.load(home_dir)
+    files = expand(args.paths)
+    bar = tqdm(total=len(files), unit="file", disable=None, file=sys.stderr)
+    lock = threading.Lock()
+
+    def sink(results: list[Result]) -> None:
+        with lock:
+            for r in results:
+                tags = [(names[mid], t, s) for mid, ranked in r.tags.items() for t, s in ranked[: args.top]]
+                tags.sort(key=lambda x: -x[2])
+                line = _file_line(r.job.path, tags, r.error)
+                bar.clear()
+                _out(args, line, _human_file(line))
+                bar.update(1)
+
+    pipeline = Pipeline(
+        models,
+        sink,
+        workers=settings.worker_count,
+        batch_size=settings.batch_size,
+        queue_size=settings.queue_size,
+        store_min_score=settings.store_min_score,
+    )
+    for n, path in enumerate(files):
+        pipeline.submit(Job(n, path, 0, -1, -1, None))
+    pipeline.wait_idle()
+    pipeline.close()
+    bar.close()
+    return 0
+
+
+# -- vibrary daemon ------------------------------------------------------------------------------------------
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from vibrary.daemon.server import serve
+    from vibrary.daemon.service import AlreadyRunning, Daemon
+
+    os.umask(0o077)
+    home_dir = config.home()
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[logging.StreamHandler(sys.stderr), logging.FileHandler(config.log_path(home_dir))],
+    )
+    settings = config.Settings.load(home_dir)
+    if args.workers:
+        settings.workers = args.workers
+    try:
+        daemon = Daemon(home_dir, settings)
+    except AlreadyRunning as e:
+        raise CommandError(str(e)) from None
+    daemon.start()
+    token = args.token or os.environ.get("VIBRARY_TOKEN", "")
+    try:
+        servers = serve(daemon, str(config.socket_path(home_dir)), args.listen, token)
+    except ValueError as e:
+        daemon.stop()
+        raise CommandError(str(e)) from None
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(
+        f"vibrary daemon serving {home_dir} (models: {', '.join(m.ref for m in daemon.pipeline.models) or 'none'})",
+        file=sys.stderr,
+        flush=True,
+    )
+    while not stop.wait(0.5):  # a timeout, so a signal delivered to another thread is still seen
+        pass
+    for s in servers:
+        s.stop(grace=2).wait()
+    daemon.stop()
+    return 0
+
+
+# -- commands that talk to the daemon -------------------------------------------------------------------------
+def cmd_watch(args: argparse.Namespace) -> int:
+    with Client() as c:
+        if args.action == "list":
+            paths = c.watches()
+        else:
+            paths = (c.add_watch if args.action == "add" else c.remove_watch)(args.dir)
+    _out(args, {"watches": paths}, "\n".join(paths) or "(no watch folders)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with Client() as c:
+        s = c.status()
+        if args.wait:
+            _wait_idle(c, s.pending)
+            s = c.status()
+    obj = {
+        "indexed": s.indexed,
+        "pending": s.pending,
+        "failed": s.failed,
+        "models": list(s.models),
+        "queue_depth": s.queue_depth,
+        "watches": list(s.watches),
+        "home": s.home,
+    }
+    human = (
+        f"indexed {s.indexed}, pending {s.pending}, failed {s.failed}\n"
+        f"models: {', '.join(s.models) or 'none'}\nwatching: {', '.join(s.watches) or 'nothing'}"
+    )
+    _out(args, obj, human)
+    return 0
+
+
+def _wait_idle(c: Client, pending: int) -> None:
+    """Progress bar until nothing is pending."""
+    bar = tqdm(total=pending, unit="file", disable=None, file=sys.stderr, desc="indexing")
+    done_before = c.status().indexed
+    while True:
+        s = c.status()
+        bar.total = max(bar.total or 0, s.pending + (s.indexed - done_before))
+        bar.n = s.indexed - done_before
+        bar.refresh()
+        if s.pending == 0:
+            break
+        time.sleep(0.25)
+    bar.close()
+
+
+def parse_query(words: Sequence[str]) -> tuple[list[list[str]], list[str]]:
+    """`kick -acoustic snare|clap` or `snare OR clap`: AND of words, '-' negates, OR / '|' alternates."""
+    groups: list[list[str]] = []
+    excluded: list[str] = []
+    join_next = False
+    for word in words:
+        if word.upper() == "OR":
+            if not groups:
+                raise CommandError("OR needs a tag on each side")
+            join_next = True
+            continue
+        if word.startswith("-") and len(word) > 1:
+            excluded.append(word[1:].lower())
+            continue
+        alternatives = [w.lower() for w in word.split("|") if w]
+        if join_next:
+            groups[-1].extend(alternatives)
+            join_next = False
+        elif alternatives:
+            groups.append(alternatives)
+    if join_next:
+        raise CommandError("OR needs a tag on each side")
+    return groups, excluded
+
+
+def _print_files(args: argparse.Namespace, files: Iterable[Any]) -> int:
+    n = 0
+    for f in files:
+        line = _file_line(f.path, ((t.model, t.tag, t.score) for t in f.tags), f.error)
+        _out(args, line, _human_file(line))
+        n += 1
+    return n
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    groups, excluded = parse_query(args.query)
+    if not groups and not excluded and not args.under:
+        raise CommandError("give at least one tag to search for")
+    with Client() as c:
+        n = _print_files(
+            args, c.search(groups, excluded, args.min_score, args.under or "", args.model or "", args.limit)
+        )
+    if not args.json:
+        print(f"{n} files", file=sys.stderr)
+    return 0
+
+
+def cmd_tags(args: argparse.Namespace) -> int:
+    with Client() as c:
+        _print_files(args, c.tags(args.paths))
+    return 0
+
+
+# -- models: on the home's index directly; a running daemon follows within a second ------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    index, home_dir = _index()
+    if args.action == "list":
+        for m in index.models():
+            obj = {
+                "name": m.name,
+                "version": m.version,
+                "active": m.active,
+                "builtin": m.builtin,
+                "classes": list(m.classes),
+                "path": m.path,
+            }
+            _out(args, obj, f"{'*' if m.active else ' '} {m.ref:24} {len(m.classes):3} classes  {m.path}")
+        return 0
+    if args.action == "install":
+        try:
+            row = registry.install(index, home_dir, args.ref, args.name or "")
+        except (ModelError, OSError) as e:
+            raise CommandError(str(e)) from None
+        if not args.inactive:
+            index.set_active(row, True)
+        obj = {"model": row.name, "version": row.version, "classes": list(row.classes), "active": not args.inactive}
+        _out(args, obj, f"installed {row.ref} ({len(row.classes)} classes)")
+        return 0
+    try:
+        row = index.model(*registry.parse_ref(args.ref))
+    except (KeyError, ValueError) as e:
+        raise CommandError(str(e.args[0])) from None
+    if args.action == "remove":
+        if row.builtin:
+            raise CommandError(f"{row.ref} is built in; deactivate it instead")
+        index.remove_model(row)
+        if os.path.exists(row.path):
+            os.unlink(row.path)
+    else:
+        index.set_active(row, args.action == "activate")
+    _out(args, {"model": row.name, "version": row.version, "action": args.action}, f"{args.action}d {row.ref}")
+    return 0
+
+
+# -- argument parsing -------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine output: one JSON object per line")
+    parser = argparse.ArgumentParser(prog="vibrary", description="Tag your sample library by your own tags.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("tag", parents=[common], help="tag files and folders now, without the daemon")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--model", action="append", metavar="NAME[@VERSION]", help="use this model (repeatable)")
+    p.add_argument("--top", type=int, default=3, metavar="K", help="at most K tags per model (default 3)")
+    p.set_defaults(func=cmd_tag)
+
+    p = sub.add_parser("daemon", parents=[common], help="run the daemon in the foreground")
+    p.add_argument("--listen", default="", metavar="HOST:PORT", help="also serve on TCP (needs a token)")
+    p.add_argument("--token", default="", help="token TCP clients must send (default $VIBRARY_TOKEN)")
+    p.add_argument("--workers", type=int, default=0, help="decode threads (default: one per core)")
+    p.set_defaults(func=cmd_daemon)
+
+    p = sub.add_parser("watch", help="manage the daemon's watch folders")
+    actions = p.add_subparsers(dest="action", required=True)
+    for action, text in (("add", "watch a folder"), ("remove", "stop watching a folder")):
+        a = actions.add_parser(action, parents=[common], help=text)
+        a.add_argument("dir", metavar="DIR")
+    actions.add_parser("list", parents=[common], help="the watched folders")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("status", parents=[common], help="what the daemon is doing")
+    p.add_argument("--wait", action="store_true", help="show progress until nothing is pending")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("search", parents=[common], help="find files by tag: kick -acoustic snare|clap")
+    p.add_argument("query", nargs="*", metavar="QUERY")
+    p.add_argument("--min-score", type=float, default=0.0, help="only tags scoring at least this")
+    p.add_argument("--under", default="", metavar="DIR", help="only files under this folder")
+    p.add_argument("--model", default="", help="only tags from this model")
+    p.add_argument("--limit", type=int, default=0, help="at most this many files")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("tags", parents=[common], help="what the index holds for these files")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.set_defaults(func=cmd_tags)
+
+    p = sub.add_parser("models", help="list, install, activate, deactivate, remove models")
+    actions = p.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", parents=[common], help="installed models; * marks the active ones")
+    a = actions.add_parser("install", parents=[common], help="install an ONNX model file as a new version")
+    a.add_argument("ref", metavar="FILE.onnx")
+    a.add_argument("--name", default="", help="install under this name")
+    a.add_argument("--inactive", action="store_true", help="install without activating")
+    for action in ("activate", "deactivate", "remove"):
+        a = actions.add_parser(action, parents=[common], help=f"{action} NAME (newest version) or NAME@VERSION")
+        a.add_argument("ref", metavar="NAME[@VERSION]")
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (CommandError, DaemonNotRunning, DaemonError, ValueError) as e:
+        print(f"vibrary: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""A small Python client for the daemon's gRPC API; the CLI is built on it, scripts can use it too.
+
+from vibrary.clients.client import Client
+with Client() as c:              # the daemon of $VIBRARY_HOME, over its Unix socket
+    c.add_watch("/samples")
+    for f in c.search([["kick"]]):
+        print(f.path, f.tags[0].tag)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+from vibrary.daemon import config
+from vibrary.proto import daemon_pb2 as pb
+from vibrary.proto import daemon_pb2_grpc as pb_grpc
+
+
+class DaemonNotRunning(ConnectionError):
+    pass
+
+
+class Client:
+    def __init__(self, target: str = "", token: str = "", timeout: float = 30.0, home_dir: Path | None = None) -> None:
+        """target: "" for the home's Unix socket, or HOST:PORT (then token is required by the daemon)."""
+        if not target:
+            target = f"unix:{config.socket_path(home_dir or config.home())}"
+        self.target = target
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._channel = grpc.insecure_channel(target)
+        self.stub = pb_grpc.DaemonStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: tuple[type[BaseException], BaseException, TracebackType] | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: str, request: object, timeout: float | None = None) -> Any:
+        try:
+            return getattr(self.stub, method)(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise _translate(e, self.target) from None
+
+    def _stream(self, method: str, request: object, timeout: float | None = None) -> Iterator:
+        try:
+            yield from getattr(self.stub, method)(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise _translate(e, self.target) from None
+
+    # -- calls ---------------------------------------------------------------------------------------
+    def is_running(self) -> bool:
+        try:
+            self.status(timeout=2.0)
+        except DaemonNotRunning:
+            return False
+        return True
+
+    def status(self, timeout: float | None = None) -> pb.Status:
+        return self._call("GetStatus", pb.GetStatusRequest(), timeout)
+
+    def add_watch(self, folder: str) -> list[str]:
+        return list(self._call("AddWatch", pb.WatchRequest(path=os.path.abspath(folder))).paths)
+
+    def remove_watch(self, folder: str) -> list[str]:
+        return list(self._call("RemoveWatch", pb.WatchRequest(path=os.path.abspath(folder))).paths)
+
+    def watches(self) -> list[str]:
+        return list(self._call("ListWatches", pb.ListWatchesRequest()).paths)
+
+    def search(
+        self,
+        all_of: Sequence[Sequence[str]] = (),
+        none_of: Sequence[str] = (),
+        min_score: float = 0.0,
+        under: str = "",
+        model: str = "",
+        limit: int = 0,
+    ) -> Iterator[pb.FileTags]:
+        request = pb.SearchRequest(
+            all_of=[pb.AnyOf(tags=list(g)) for g in all_of],
+            none_of=list(none_of),
+            min_score=min_score,
+            path_prefix=os.path.abspath(under) if under else "",
+            model=model,
+            limit=limit,
+        )
+        return self._stream("Search", request, self.timeout)
+
+    def tags(self, paths: Sequence[str]) -> Iterator[pb.FileTags]:
+        return self._stream("GetTags", pb.GetTagsRequest(paths=[os.path.abspath(p) for p in paths]), self.timeout)
+
+    def tag(self, paths: Sequence[str], timeout: float = 600.0) -> Iterator[pb.FileTags]:
+        return self._stream("Tag", pb.TagRequest(paths=[os.path.abspath(p) for p in paths]), timeout)
+
+    def events(self) -> Iterator[pb.Event]:
+        """Endless stream of daemon events; cancel by closing the client."""
+        return self._stream("Events", pb.EventsRequest())
+
+    def models(self) -> list[pb.Model]:
+        return list(self._call("ListModels", pb.ListModelsRequest()).models)
+
+    def activate(self, name: str, version: int = 0) -> list[pb.Model]:
+        return list(self._call("ActivateModel", pb.ModelRef(name=name, version=version)).models)
+
+    def deactivate(self, name: str, version: int = 0) -> list[pb.Model]:
+        return list(self._call("DeactivateModel", pb.ModelRef(name=name, version=version)).models)
+
+
+class DaemonError(RuntimeError):
+    """The daemon refused the call; str() is its reason."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+
+
+def _translate(e: grpc.RpcError, target: str) -> Exception:
+    code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+    details = e.details() if hasattr(e, "details") else str(e)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return DaemonNotRunning(f"no daemon answers at {target}; start it with `vibrary daemon`")
+    return DaemonError(code, details or code.name)

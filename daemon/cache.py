@@ -1,0 +1,98 @@
+"""Content-addressed spectrogram cache: a new model re-tags the library without decoding audio again.
+
+Keyed by (content hash, spectrogram parameters), so a moved or duplicated file hits the cache and a model
+trained on other parameters never receives the wrong features. Entries are the 8-bit codes of
+`spectrogram.quantize`, zlib-compressed (zero-padded one-shots shrink a lot), in their own SQLite file so
+that cache traffic never contends with the index. The least recently written entries go first when the
+cache outgrows its budget.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from .spectrogram import SpectrogramParams, dequantize, quantize
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spectra (
+    key BLOB PRIMARY KEY,
+    data BLOB NOT NULL,
+    dtype TEXT NOT NULL,
+    stored REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spectra_age ON spectra(stored);
+"""
+
+
+class SpectrogramCache:
+    def __init__(self, path: Path | str, max_bytes: int) -> None:
+        self.path = str(path)
+        self.max_bytes = max_bytes
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        c = self._conn()
+        c.executescript(_SCHEMA)
+        self._size = int(c.execute("SELECT coalesce(sum(length(data)), 0) FROM spectra").fetchone()[0])
+
+    def _conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = c
+        return c
+
+    @staticmethod
+    def key(content_hash: bytes, params: SpectrogramParams) -> bytes:
+        return content_hash + bytes.fromhex(params.key)
+
+    def get(self, content_hash: bytes, params: SpectrogramParams) -> np.ndarray | None:
+        row = (
+            self._conn()
+            .execute("SELECT data, dtype FROM spectra WHERE key = ?", (self.key(content_hash, params),))
+            .fetchone()
+        )
+        if row is None:
+            return None
+        codes = np.frombuffer(zlib.decompress(row[0]), dtype=row[1]).reshape(params.shape)
+        return dequantize(codes, params)
+
+    def put_many(self, entries: list[tuple[bytes, SpectrogramParams, np.ndarray]]) -> None:
+        """Store (hash, params, log-mel) triples in one transaction, then evict past the budget."""
+        if not entries:
+            return
+        rows = []
+        for content_hash, params, spec in entries:
+            codes = quantize(spec, params)
+            rows.append(
+                (self.key(content_hash, params), zlib.compress(codes.tobytes(), 1), codes.dtype.str, time.time())
+            )
+        c = self._conn()
+        with self._lock:
+            c.execute("BEGIN IMMEDIATE")
+            c.executemany("INSERT OR REPLACE INTO spectra VALUES (?, ?, ?, ?)", rows)
+            c.execute("COMMIT")
+            self._size += sum(len(r[1]) for r in rows)
+            if self._size > self.max_bytes:
+                self._evict(c)
+
+    def _evict(self, c: sqlite3.Connection) -> None:
+        target = int(self.max_bytes * 0.9)
+        c.execute("BEGIN IMMEDIATE")
+        for key, size in c.execute("SELECT key, length(data) FROM spectra ORDER BY stored").fetchall():
+            if self._size <= target:
+                break
+            c.execute("DELETE FROM spectra WHERE key = ?", (key,))
+            self._size -= size
+        c.execute("COMMIT")
+
+    @property
+    def size_bytes(self) -> int:
+        return self._size

@@ -1,0 +1,76 @@
+"""Where Vibrary keeps its state, and the daemon's tunables.
+
+Everything lives under one home folder ($VIBRARY_HOME, else the platform's user data folder), so two homes
+never interfere and two daemons can run side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import platformdirs
+
+
+def home() -> Path:
+    root = os.environ.get("VIBRARY_HOME") or platformdirs.user_data_dir("vibrary", appauthor=False)
+    path = Path(root).expanduser().absolute()
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+@dataclass
+class Settings:
+    """Daemon tunables; `config.json` in the home overrides the defaults, flags override both."""
+
+    workers: int = 0  # decode/spectrogram threads; 0: one per core
+    batch_size: int = 32  # clips per onnxruntime call
+    queue_size: int = 64  # files in flight between the index and the workers: memory stays bounded
+    settle_s: float = 1.0  # a file still being written is read only after this long without change
+    nice: int = 10  # OS priority of the daemon: the DAW always wins
+    cache_max_mb: int = 2048  # spectrogram cache size, least recently used evicted first
+    store_min_score: float = 0.02  # scores below this are not stored (except each model's best tag)
+
+    @classmethod
+    def load(cls, home_dir: Path) -> Settings:
+        path = home_dir / "config.json"
+        if not path.exists():
+            return cls()
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+        return cls(**raw)
+
+    def save(self, home_dir: Path) -> None:
+        (home_dir / "config.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or max(1, os.cpu_count() or 1)
+
+
+def index_path(home_dir: Path) -> Path:
+    return home_dir / "index.sqlite"
+
+
+def cache_path(home_dir: Path) -> Path:
+    return home_dir / "spectrograms.sqlite"
+
+
+def models_dir(home_dir: Path) -> Path:
+    return home_dir / "models"
+
+
+def socket_path(home_dir: Path) -> Path:
+    return home_dir / "daemon.sock"
+
+
+def log_path(home_dir: Path) -> Path:
+    return home_dir / "daemon.log"

@@ -1,0 +1,134 @@
+"""Read the opening seconds of an audio file as a fixed-length clip, or say clearly why not.
+
+Only `duration_s` worth of frames is ever read, so a 2-hour file costs what a one-shot costs and a header
+that claims 10 GB allocates nothing. Every failure becomes a `DecodeError` with a one-line reason a
+producer can act on; nothing else escapes, so one bad file never stops the daemon.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import re
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .spectrogram import SpectrogramParams
+
+# What libsndfile decodes; anything else in a watched folder is not ours to report on.
+AUDIO_EXTENSIONS = frozenset(
+    {
+        ".wav",
+        ".wave",
+        ".bwf",
+        ".aif",
+        ".aiff",
+        ".aifc",
+        ".flac",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".mp3",
+        ".caf",
+        ".w64",
+        ".rf64",
+    }
+)
+
+# libsndfile clamps a data chunk that runs past the end of the file and logs "data : 176400 (should be
+# 58770)": a truncated copy, or a header claiming more audio than there is.
+_SHORT_DATA = re.compile(r"^(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
+
+
+class DecodeError(Exception):
+    """A file that cannot be turned into a clip; str() is the one-line reason."""
+
+
+class FileVanished(DecodeError):
+    """The file is gone (deleted or moved away since it was seen)."""
+
+
+def is_audio_path(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in AUDIO_EXTENSIONS
+
+
+def decode(path: str, params: SpectrogramParams) -> np.ndarray:
+    """(channels, n_samples) float32 at params.sample_rate: the first duration_s, padded to length."""
+    check_readable(path)
+    try:
+        with sf.SoundFile(path) as f:
+            _check_not_truncated(f)
+            native_sr = f.samplerate
+            audio = f.read(math.ceil(params.duration_s * native_sr), dtype="float32", always_2d=True)
+    except sf.LibsndfileError as e:
+        raise DecodeError(_describe_libsndfile_error(e)) from None
+    except (RuntimeError, TypeError, ValueError) as e:  # soundfile wraps some codec errors this way
+        raise DecodeError(f"cannot decode audio: {e}") from None
+    if audio.shape[0] == 0:
+        raise DecodeError("no audio frames in file")
+    if not np.all(np.isfinite(audio)):
+        audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
+    return fit(audio, native_sr, params)
+
+
+def fit(audio: np.ndarray, sample_rate: int, params: SpectrogramParams) -> np.ndarray:
+    """(frames, channels) audio → (params.channels, params.n_samples): mix, resample, cut, pad."""
+    mixed = audio.mean(axis=1, keepdims=True) if params.mono else _two_channels(audio)
+    if sample_rate != params.sample_rate:
+        mixed = soxr.resample(mixed, sample_rate, params.sample_rate, quality="HQ")
+    clip = np.ascontiguousarray(mixed[: params.n_samples].T, dtype=np.float32)
+    missing = params.n_samples - clip.shape[1]
+    if missing > 0:
+        if params.pad == "repeat" and clip.shape[1] > 0:
+            clip = np.tile(clip, (1, math.ceil(params.n_samples / clip.shape[1])))[:, : params.n_samples]
+        else:
+            clip = np.pad(clip, ((0, 0), (0, missing)))
+    return clip
+
+
+def _two_channels(audio: np.ndarray) -> np.ndarray:
+    if audio.shape[1] == 1:
+        return np.repeat(audio, 2, axis=1)
+    return audio[:, :2]
+
+
+def check_readable(path: str) -> None:
+    """Turn the OS's reasons into words before libsndfile hides them behind 'System error'."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileVanished("file not found (deleted or moved before it could be read)") from None
+    except PermissionError:
+        raise DecodeError("permission denied") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DecodeError("symbolic link loop") from None
+        raise DecodeError(f"cannot stat file: {e.strerror}") from None
+    if not os.path.isfile(path):
+        raise DecodeError("not a regular file")
+    if st.st_size == 0:
+        raise DecodeError("empty file (0 bytes)")
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise DecodeError("permission denied") from None
+    except OSError as e:
+        raise DecodeError(f"cannot open file: {e.strerror}") from None
+
+
+def _check_not_truncated(f: sf.SoundFile) -> None:
+    match = _SHORT_DATA.search(f.extra_info)
+    if match and int(match.group(2)) < int(match.group(1)):
+        declared, present = int(match.group(1)), int(match.group(2))
+        raise DecodeError(f"truncated or corrupt: header declares {declared} bytes of audio, file holds {present}")
+
+
+def _describe_libsndfile_error(e: sf.LibsndfileError) -> str:
+    reason = e.error_string.strip().rstrip(".")
+    if "Format not recognised" in reason:
+        return "not a recognised audio format (unsupported codec, or not audio at all)"
+    return f"cannot decode audio: {reason}"

@@ -1,0 +1,74 @@
+"""From a file to the spectrograms each model needs: content hash, cache lookup, decode, log-mel.
+
+The content hash covers the size and the opening and closing bytes rather than the whole file: tags
+depend only on the opening seconds, and hashing every byte of a 2-hour take would cost more I/O than
+tagging it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+
+import numpy as np
+
+from .cache import SpectrogramCache
+from .decode import DecodeError, FileVanished, check_readable, decode
+from .spectrogram import SpectrogramParams, dequantize, log_mel, quantize
+
+HEAD_BYTES = 4 << 20
+TAIL_BYTES = 64 << 10
+
+
+def fingerprint(path: str) -> tuple[int, int, bytes]:
+    """(size, mtime_ns, content hash); DecodeError when the file cannot be read."""
+    check_readable(path)
+    try:
+        st = os.stat(path)
+        digest = hashlib.blake2b(st.st_size.to_bytes(8, "little"), digest_size=16)
+        with open(path, "rb") as f:
+            digest.update(f.read(HEAD_BYTES))
+            if st.st_size > HEAD_BYTES:
+                f.seek(max(HEAD_BYTES, st.st_size - TAIL_BYTES))
+                digest.update(f.read(TAIL_BYTES))
+    except FileNotFoundError:
+        raise FileVanished("file not found (deleted or moved before it could be read)") from None
+    except OSError as e:  # changed between the check and the read
+        raise DecodeError(f"cannot read file: {e.strerror}") from None
+    return st.st_size, st.st_mtime_ns, digest.digest()
+
+
+def _decode_key(p: SpectrogramParams) -> tuple[int, float, bool, str]:
+    return (p.sample_rate, p.duration_s, p.mono, p.pad)
+
+
+def features(
+    path: str, content_hash: bytes, wanted: Iterable[SpectrogramParams], cache: SpectrogramCache | None
+) -> tuple[dict[SpectrogramParams, np.ndarray], list[tuple[bytes, SpectrogramParams, np.ndarray]]]:
+    """Spectrograms for every parameter set wanted, and the freshly computed ones to cache.
+
+    Fresh spectrograms go through the same 8-bit quantisation as cached ones, so a file gets the same
+    tags whether its spectrogram came from the cache or from the audio.
+    """
+    found: dict[SpectrogramParams, np.ndarray] = {}
+    missing: list[SpectrogramParams] = []
+    for params in dict.fromkeys(wanted):
+        cached = cache.get(content_hash, params) if cache is not None else None
+        if cached is None:
+            missing.append(params)
+        else:
+            found[params] = cached
+    fresh = []
+    audio_by_key: dict[tuple[int, float, bool, str], np.ndarray] = {}
+    for params in missing:
+        key = _decode_key(params)
+        if key not in audio_by_key:
+            audio_by_key[key] = decode(path, params)
+        spec = dequantize(quantize(log_mel(audio_by_key[key], params), params), params)
+        found[params] = spec
+        fresh.append((content_hash, params, spec))
+    return found, fresh
+
+
+__all__ = ["DecodeError", "features", "fingerprint"]

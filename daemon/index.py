@@ -1,0 +1,516 @@
+"""The local index: one SQLite file in WAL mode that is also the daemon's durable work queue.
+
+Tags belong to *content* (a hash of the file's bytes), not to paths: a moved or duplicated file finds its
+tags already there, and a kill -9 loses nothing because every file waits as a `pending` row until the
+transaction that stores its tags commits. Each change of a file bumps its `gen`, and results are written
+only if `gen` still matches, so a file rewritten while it was being read is simply read again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HIT_SCORE = 0.5  # by default a file "has" a tag when it is its model's best tag or scores at least this
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    dir TEXT NOT NULL,
+    size INTEGER NOT NULL DEFAULT -1,
+    mtime_ns INTEGER NOT NULL DEFAULT -1,
+    content_id INTEGER,
+    state TEXT NOT NULL DEFAULT 'pending',   -- pending | indexed | failed
+    error TEXT,
+    due REAL NOT NULL DEFAULT 0,              -- not read before this time: a copy may still be growing
+    gen INTEGER NOT NULL DEFAULT 0,
+    updated REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS files_work ON files(state, due);
+CREATE INDEX IF NOT EXISTS files_dir ON files(dir);
+CREATE INDEX IF NOT EXISTS files_content ON files(content_id);
+CREATE TABLE IF NOT EXISTS contents (
+    id INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS models (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    classes TEXT NOT NULL,
+    spectrogram TEXT NOT NULL,
+    active INTEGER NOT NULL DEFAULT 0,
+    builtin INTEGER NOT NULL DEFAULT 0,
+    installed REAL NOT NULL,
+    UNIQUE (name, version)
+);
+CREATE TABLE IF NOT EXISTS vocab (
+    id INTEGER PRIMARY KEY,
+    tag TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS tags (
+    content_id INTEGER NOT NULL,
+    model_id INTEGER NOT NULL,
+    tag_id INTEGER NOT NULL,
+    score REAL NOT NULL,
+    hit INTEGER NOT NULL,
+    PRIMARY KEY (content_id, model_id, tag_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tags_hit ON tags(tag_id, model_id, content_id) WHERE hit = 1;
+CREATE INDEX IF NOT EXISTS tags_score ON tags(tag_id, score);
+-- which (content, model) pairs have been computed, so a model adds nothing twice
+CREATE TABLE IF NOT EXISTS tagged (
+    content_id INTEGER NOT NULL,
+    model_id INTEGER NOT NULL,
+    PRIMARY KEY (content_id, model_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS watches (
+    path TEXT PRIMARY KEY,
+    added REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One pending file as the workers see it."""
+
+    id: int
+    path: str
+    gen: int
+    size: int
+    mtime_ns: int
+    hash: bytes | None
+
+
+@dataclass
+class Result:
+    """What a worker found out about a file: tags per model id, or an error."""
+
+    job: Job
+    size: int = -1
+    mtime_ns: int = -1
+    hash: bytes | None = None
+    tags: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
+    error: str | None = None
+    vanished: bool = False  # the file is gone: its row leaves the index
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    id: int
+    name: str
+    version: int
+    path: str
+    sha256: str
+    classes: tuple[str, ...]
+    spectrogram: str
+    active: bool
+    builtin: bool
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class FileTags:
+    path: str
+    state: str
+    error: str | None
+    tags: list[tuple[str, str, float]]  # (model, tag, score), best first
+
+
+@dataclass(frozen=True)
+class Query:
+    all_of: Sequence[Sequence[str]] = ()  # AND of OR-groups
+    none_of: Sequence[str] = ()
+    min_score: float = 0.0  # 0: the default (best tag of each model, or score >= HIT_SCORE)
+    path_prefix: str = ""
+    model: str = ""
+    limit: int = 0
+
+
+def under(folder: str) -> tuple[str, str]:
+    """Bounds of the paths strictly under `folder`: '/' sorts just before '0'."""
+    base = folder.rstrip(os.sep)
+    return base + os.sep, base + chr(ord(os.sep) + 1)
+
+
+class Index:
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self._local = threading.local()
+        self.conn().executescript(SCHEMA)  # executescript runs its own transaction
+
+    # -- connections ---------------------------------------------------------------------------------
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection: SQLite connections must not be shared between threads."""
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=NORMAL")
+            c.execute("PRAGMA busy_timeout=60000")
+            self._local.conn = c
+        return c
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        c = self.conn()
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        c.execute("COMMIT")
+
+    def close(self) -> None:
+        c = getattr(self._local, "conn", None)
+        if c is not None:
+            c.close()
+            self._local.conn = None
+
+    # -- watch folders -------------------------------------------------------------------------------
+    def add_watch(self, folder: str) -> None:
+        with self.write() as c:
+            c.execute("INSERT OR IGNORE INTO watches(path, added) VALUES (?, ?)", (folder, time.time()))
+
+    def remove_watch(self, folder: str) -> bool:
+        """Forget the folder and the files under it that no other watch folder covers."""
+        with self.write() as c:
+            if c.execute("DELETE FROM watches WHERE path = ?", (folder,)).rowcount == 0:
+                return False
+            others = [r[0] for r in c.execute("SELECT path FROM watches")]
+            lo, hi = under(folder)
+            rows = c.execute("SELECT id, path FROM files WHERE path >= ? AND path < ?", (lo, hi)).fetchall()
+            gone = [(i,) for i, p in rows if not any(p.startswith(under(o)[0]) for o in others)]
+            c.executemany("DELETE FROM files WHERE id = ?", gone)
+        return True
+
+    def watches(self) -> list[str]:
+        return [r[0] for r in self.conn().execute("SELECT path FROM watches ORDER BY path")]
+
+    # -- files: what the watcher and the scan report ---------------------------------------------------
+    def mark_pending(self, items: Iterable[tuple[str, float]]) -> int:
+        """(path, due) pairs: new or changed files, to be read once `due` has passed."""
+        rows = [(p, os.path.dirname(p), due, time.time()) for p, due in items]
+        with self.write() as c:
+            c.executemany(
+                """INSERT INTO files(path, dir, state, due, gen, updated) VALUES (?, ?, 'pending', ?, 1, ?)
+                   ON CONFLICT(path) DO UPDATE SET state = 'pending', error = NULL,
+                       due = excluded.due, gen = files.gen + 1, updated = excluded.updated""",
+                rows,
+            )
+        return len(rows)
+
+    def remove_paths(self, paths: Iterable[str]) -> list[str]:
+        """Drop files (and, for folders, everything under them); returns the file paths dropped."""
+        removed: list[str] = []
+        with self.write() as c:
+            for p in paths:
+                lo, hi = under(p)
+                hits = c.execute(
+                    "DELETE FROM files WHERE path = ? OR (path >= ? AND path < ?) RETURNING path", (p, lo, hi)
+                ).fetchall()
+                removed.extend(r[0] for r in hits)
+        return removed
+
+    def move(self, src: str, dst: str) -> int:
+        """A file or folder renamed inside the library: paths change, content and tags stay."""
+        with self.write() as c:
+            moved = 0
+            if c.execute("SELECT 1 FROM files WHERE path = ?", (src,)).fetchone():
+                c.execute("DELETE FROM files WHERE path = ?", (dst,))  # the file it replaced
+                moved = c.execute(
+                    "UPDATE files SET path = ?, dir = ? WHERE path = ?", (dst, os.path.dirname(dst), src)
+                ).rowcount
+            lo, hi = under(src)
+            rows = c.execute("SELECT id, path FROM files WHERE path >= ? AND path < ?", (lo, hi)).fetchall()
+            for file_id, path in rows:
+                new = dst + path[len(src) :]
+                c.execute("DELETE FROM files WHERE path = ?", (new,))
+                c.execute("UPDATE files SET path = ?, dir = ? WHERE id = ?", (new, os.path.dirname(new), file_id))
+        return moved + len(rows)
+
+    def files_in_dir(self, folder: str) -> dict[str, tuple[int, int, str]]:
+        rows = self.conn().execute("SELECT path, size, mtime_ns, state FROM files WHERE dir = ?", (folder,))
+        return {p: (s, m, st) for p, s, m, st in rows}
+
+    def dirs_under(self, folder: str) -> list[str]:
+        lo, hi = under(folder)
+        rows = self.conn().execute(
+            "SELECT DISTINCT dir FROM files WHERE dir = ? OR (dir >= ? AND dir < ?)", (folder, lo, hi)
+        )
+        return [r[0] for r in rows]
+
+    # -- work queue ----------------------------------------------------------------------------------
+    def due_jobs(self, limit: int, skip: set[int], now: float) -> list[Job]:
+        rows = self.conn().execute(
+            """SELECT f.id, f.path, f.gen, f.size, f.mtime_ns, c.hash FROM files f
+               LEFT JOIN contents c ON c.id = f.content_id
+               WHERE f.state = 'pending' AND f.due <= ? ORDER BY f.due LIMIT ?""",
+            (now, limit + len(skip)),
+        )
+        jobs = [Job(*r) for r in rows if r[0] not in skip]
+        return jobs[:limit]
+
+    def next_due(self) -> float | None:
+        row = self.conn().execute("SELECT min(due) FROM files WHERE state = 'pending'").fetchone()
+        return row[0]
+
+    def models_done(self, content_hash: bytes) -> set[int]:
+        rows = self.conn().execute(
+            "SELECT t.model_id FROM tagged t JOIN contents c ON c.id = t.content_id WHERE c.hash = ?",
+            (content_hash,),
+        )
+        return {r[0] for r in rows}
+
+    def write_results(self, results: Sequence[Result], min_score_stored: float) -> list[Result]:
+        """Store a batch in one transaction; returns the results that were current (not superseded)."""
+        written: list[Result] = []
+        with self.write() as c:
+            for r in results:
+                if r.vanished:
+                    if c.execute("DELETE FROM files WHERE id = ? AND gen = ?", (r.job.id, r.job.gen)).rowcount:
+                        written.append(r)
+                    continue
+                content_id = self._content_id(c, r.hash) if r.hash is not None else None
+                if content_id is not None:
+                    self._store_tags(c, content_id, r.tags, min_score_stored)
+                state, error = ("failed", r.error) if r.error else ("indexed", None)
+                cur = c.execute(
+                    """UPDATE files SET state = ?, error = ?, size = ?, mtime_ns = ?,
+                           content_id = coalesce(?, content_id), updated = ?
+                       WHERE id = ? AND gen = ?""",
+                    (state, error, r.size, r.mtime_ns, content_id, time.time(), r.job.id, r.job.gen),
+                )
+                if cur.rowcount:
+                    written.append(r)
+        return written
+
+    def _content_id(self, c: sqlite3.Connection, content_hash: bytes) -> int:
+        c.execute("INSERT OR IGNORE INTO contents(hash) VALUES (?)", (content_hash,))
+        return int(c.execute("SELECT id FROM contents WHERE hash = ?", (content_hash,)).fetchone()[0])
+
+    def _store_tags(
+        self, c: sqlite3.Connection, content_id: int, tags: dict[int, list[tuple[str, float]]], floor: float
+    ) -> None:
+        for model_id, ranked in tags.items():
+            c.execute("DELETE FROM tags WHERE content_id = ? AND model_id = ?", (content_id, model_id))
+            rows = [
+                (content_id, model_id, self._tag_id(c, tag), score, int(rank == 0 or score >= HIT_SCORE))
+                for rank, (tag, score) in enumerate(ranked)
+                if rank == 0 or score >= floor
+            ]
+            c.executemany("INSERT INTO tags VALUES (?, ?, ?, ?, ?)", rows)
+            c.execute("INSERT OR IGNORE INTO tagged VALUES (?, ?)", (content_id, model_id))
+
+    def _tag_id(self, c: sqlite3.Connection, tag: str) -> int:
+        c.execute("INSERT OR IGNORE INTO vocab(tag) VALUES (?)", (tag,))
+        return int(c.execute("SELECT id FROM vocab WHERE tag = ?", (tag,)).fetchone()[0])
+
+    # -- status --------------------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        rows = self.conn().execute("SELECT state, count(*) FROM files GROUP BY state")
+        found = dict(rows.fetchall())
+        return {s: int(found.get(s, 0)) for s in ("indexed", "pending", "failed")}
+
+    def due_count(self, now: float) -> int:
+        row = self.conn().execute("SELECT count(*) FROM files WHERE state = 'pending' AND due <= ?", (now,))
+        return int(row.fetchone()[0])
+
+    def failures(self, limit: int = 20) -> list[tuple[str, str]]:
+        rows = self.conn().execute(
+            "SELECT path, error FROM files WHERE state = 'failed' ORDER BY updated DESC LIMIT ?", (limit,)
+        )
+        return [(p, e) for p, e in rows]
+
+    # -- models --------------------------------------------------------------------------------------
+    def add_model(
+        self, name: str, path: str, sha256: str, classes: Sequence[str], spectrogram: str, builtin: bool
+    ) -> ModelRow:
+        """Register a new version of `name` (the next free number)."""
+        with self.write() as c:
+            version = c.execute("SELECT coalesce(max(version), 0) + 1 FROM models WHERE name = ?", (name,))
+            number = int(version.fetchone()[0])
+            c.execute(
+                """INSERT INTO models(name, version, path, sha256, classes, spectrogram, builtin, installed)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                (name, number, path, sha256, json.dumps(list(classes)), spectrogram, int(builtin), time.time()),
+            )
+        return self.model(name, number)
+
+    def models(self) -> list[ModelRow]:
+        rows = self.conn().execute(
+            """SELECT id, name, version, path, sha256, classes, spectrogram, active, builtin FROM models
+               ORDER BY name, version"""
+        )
+        return [
+            ModelRow(i, n, v, p, s, tuple(json.loads(cl)), sp, bool(a), bool(b)) for i, n, v, p, s, cl, sp, a, b in rows
+        ]
+
+    def model(self, name: str, version: int = 0) -> ModelRow:
+        """NAME@VERSION, or the newest version when version is 0; KeyError when absent."""
+        matching = [m for m in self.models() if m.name == name and (version == 0 or m.version == version)]
+        if not matching:
+            known = sorted({m.ref for m in self.models()})
+            raise KeyError(f"no model {name}{'@' + str(version) if version else ''}; installed: {known}")
+        return max(matching, key=lambda m: m.version)
+
+    def active_models(self) -> list[ModelRow]:
+        return [m for m in self.models() if m.active]
+
+    def set_active(self, model: ModelRow, active: bool) -> None:
+        """Activating a version deactivates the model's other versions: one version per tag family."""
+        with self.write() as c:
+            if active:
+                c.execute("UPDATE models SET active = 0 WHERE name = ?", (model.name,))
+            c.execute("UPDATE models SET active = ? WHERE id = ?", (int(active), model.id))
+
+    def remove_model(self, model: ModelRow) -> None:
+        with self.write() as c:
+            c.execute("DELETE FROM tags WHERE model_id = ?", (model.id,))
+            c.execute("DELETE FROM tagged WHERE model_id = ?", (model.id,))
+            c.execute("DELETE FROM models WHERE id = ?", (model.id,))
+
+    def requeue_missing(self, model_ids: Sequence[int]) -> int:
+        """Indexed files whose content lacks tags from one of these models go back to pending."""
+        if not model_ids:
+            return 0
+        marks = ",".join("?" * len(model_ids))
+        with self.write() as c:
+            cur = c.execute(
+                f"""UPDATE files SET state = 'pending', due = 0, gen = gen + 1 WHERE state = 'indexed' AND (
+                       content_id IS NULL OR (SELECT count(*) FROM tagged t WHERE t.content_id = files.content_id
+                                              AND t.model_id IN ({marks})) < ?)""",
+                (*model_ids, len(model_ids)),
+            )
+            return cur.rowcount
+
+    # -- queries -------------------------------------------------------------------------------------
+    def search(self, q: Query, page: int = 200) -> Iterator[FileTags]:
+        """Files matching the query, streamed a page at a time."""
+        models = [m for m in self.active_models() if not q.model or m.name == q.model]
+        if not models:
+            return
+        model_ids = [m.id for m in models]
+        groups: list[list[int]] = []
+        for words in filter(None, q.all_of):
+            ids = [t for t in map(self._lookup_tag, words) if t is not None]
+            if not ids:
+                return  # a tag nobody has: nothing can match
+            groups.append(ids)
+        excluded = [t for t in (self._lookup_tag(x) for x in q.none_of) if t is not None]
+        sql, args = _search_sql(groups, excluded, model_ids, q)
+        cursor = self.conn().execute(sql, args)
+        while True:
+            rows = cursor.fetchmany(page)
+            if not rows:
+                return
+            yield from self._with_tags(rows, model_ids)
+
+    def _lookup_tag(self, tag: str) -> int | None:
+        row = self.conn().execute("SELECT id FROM vocab WHERE tag = ?", (tag.strip().lower(),)).fetchone()
+        return None if row is None else int(row[0])
+
+    def file_tags(self, paths: Sequence[str]) -> Iterator[FileTags]:
+        """What the index holds for these paths; a folder stands for everything under it."""
+        model_ids = [m.id for m in self.active_models()]
+        for p in paths:
+            lo, hi = under(p)
+            rows = (
+                self.conn()
+                .execute(
+                    """SELECT path, content_id, state, error FROM files
+                   WHERE path = ? OR (path >= ? AND path < ?) ORDER BY path""",
+                    (p, lo, hi),
+                )
+                .fetchall()
+            )
+            if not rows:
+                yield FileTags(p, "unknown", "not in the index", [])
+            yield from self._with_tags(rows, model_ids)
+
+    def _with_tags(self, rows: Sequence[tuple], model_ids: Sequence[int]) -> Iterator[FileTags]:
+        content_ids = sorted({r[1] for r in rows if r[1] is not None})
+        by_content: dict[int, list[tuple[str, str, float]]] = {}
+        if content_ids and model_ids:
+            sql = f"""SELECT t.content_id, m.name, v.tag, t.score FROM tags t
+                      JOIN vocab v ON v.id = t.tag_id JOIN models m ON m.id = t.model_id
+                      WHERE t.content_id IN ({",".join("?" * len(content_ids))})
+                        AND t.model_id IN ({",".join("?" * len(model_ids))})
+                      ORDER BY t.score DESC"""
+            for cid, model, tag, score in self.conn().execute(sql, (*content_ids, *model_ids)):
+                by_content.setdefault(cid, []).append((model, tag, score))
+        for r in rows:
+            path, content_id = r[0], r[1]
+            state, error = (r[2], r[3]) if len(r) > 2 else ("indexed", None)
+            yield FileTags(path, state, error, by_content.get(content_id, []) if state == "indexed" else [])
+
+    def tag_counts(self, model: str = "") -> list[tuple[str, str, int]]:
+        """(model, tag, files) for every tag that some indexed file has."""
+        rows = self.conn().execute(
+            """SELECT m.name, v.tag, count(*) FROM files f
+               JOIN tags t ON t.content_id = f.content_id AND t.hit = 1
+               JOIN models m ON m.id = t.model_id AND m.active = 1
+               JOIN vocab v ON v.id = t.tag_id
+               WHERE f.state = 'indexed' AND (? = '' OR m.name = ?)
+               GROUP BY m.name, v.tag ORDER BY count(*) DESC, v.tag""",
+            (model, model),
+        )
+        return [(m, t, int(n)) for m, t, n in rows]
+
+
+def _search_sql(
+    groups: list[list[int]], excluded: list[int], model_ids: list[int], q: Query
+) -> tuple[str, list[object]]:
+    """Drive the query from the first tag group's index, probe the others by primary key."""
+    args: list[object] = []
+
+    def match(alias: str, tag_ids: list[int]) -> str:
+        cond = (
+            f"{alias}.tag_id IN ({','.join('?' * len(tag_ids))}) "
+            f"AND {alias}.model_id IN ({','.join('?' * len(model_ids))}) "
+        )
+        args.extend(tag_ids)
+        args.extend(model_ids)
+        if q.min_score > 0:
+            args.append(q.min_score)
+            return cond + f"AND {alias}.score >= ?"
+        return cond + f"AND {alias}.hit = 1"
+
+    where: list[str] = ["f.state = 'indexed'"]
+    if groups:
+        source = "tags t0 JOIN files f ON f.content_id = t0.content_id"
+        where.append(match("t0", groups[0]))
+        for n, g in enumerate(groups[1:], start=1):
+            where.append(
+                f"EXISTS (SELECT 1 FROM tags t{n} WHERE t{n}.content_id = f.content_id AND {match(f't{n}', g)})"
+            )
+    else:
+        source = "files f"
+    if excluded:
+        where.append(
+            f"NOT EXISTS (SELECT 1 FROM tags tx WHERE tx.content_id = f.content_id AND {match('tx', excluded)})"
+        )
+    if q.path_prefix:
+        lo, hi = under(q.path_prefix)
+        where.append("f.path >= ? AND f.path < ?")
+        args.extend([lo, hi])
+    sql = f"SELECT DISTINCT f.path, f.content_id FROM {source} WHERE {' AND '.join(where)}"
+    if q.limit > 0:
+        sql += " LIMIT ?"
+        args.append(q.limit)
+    return sql, args

@@ -1,0 +1,122 @@
+"""Run ONNX models on batches of spectrograms; each model describes itself in its ONNX metadata.
+
+A model file carries its class names, version and the spectrogram parameters it was trained on
+(`metadata_props`), so the daemon never guesses what to feed it or how to name its outputs, and a model
+that does not fit (wrong input shape, class count that disagrees with its output) is refused with a clear
+reason before it can tag anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+
+from .spectrogram import METADATA_KEY, SpectrogramParams
+
+CLASSES_KEY = "vibrary.classes"
+NAME_KEY = "vibrary.name"
+VERSION_KEY = "vibrary.version"
+# "none": the graph already outputs scores in [0, 1]; "softmax" / "sigmoid": it outputs logits.
+ACTIVATION_KEY = "vibrary.activation"
+
+
+class ModelError(Exception):
+    """A model file that cannot be used; str() says why."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: int
+    classes: tuple[str, ...]
+    params: SpectrogramParams
+    activation: str = "none"
+    metadata: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _session(path: str, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for every kind of bad file
+        raise ModelError(f"{os.path.basename(path)}: not a loadable ONNX model ({e})") from None
+
+
+def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
+    try:
+        classes = tuple(json.loads(meta[CLASSES_KEY]))
+        params = SpectrogramParams.from_json(meta[METADATA_KEY])
+    except KeyError as e:
+        raise ModelError(f"{source}: metadata_props lacks {e.args[0]!r}; not a Vibrary model") from None
+    except (ValueError, TypeError) as e:
+        raise ModelError(f"{source}: bad Vibrary metadata ({e})") from None
+    if not classes or not all(isinstance(c, str) and c for c in classes):
+        raise ModelError(f"{source}: {CLASSES_KEY} must be a non-empty list of names")
+    activation = meta.get(ACTIVATION_KEY, "none")
+    if activation not in ("none", "softmax", "sigmoid"):
+        raise ModelError(f"{source}: unknown {ACTIVATION_KEY} {activation!r}")
+    try:
+        version = int(meta.get(VERSION_KEY, "1"))
+    except ValueError:
+        raise ModelError(f"{source}: {VERSION_KEY} must be an integer") from None
+    name = meta.get(NAME_KEY) or os.path.splitext(os.path.basename(source))[0]
+    return ModelInfo(name, version, classes, params, activation, dict(meta))
+
+
+class Model:
+    """A loaded model: scores (N, classes) for spectrograms (N, channels, mels, frames)."""
+
+    def __init__(self, path: str, threads: int = 0) -> None:
+        self.path = path
+        self.session = _session(path, threads or (os.cpu_count() or 1))
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.info = parse_metadata(meta, os.path.basename(path))
+        self._input = self.session.get_inputs()[0]
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        want = self.info.params.shape
+        dims = self._input.shape
+        if len(dims) != 4 or any(isinstance(d, int) and d != w for d, w in zip(dims[1:], want, strict=True)):
+            fits = ", ".join(map(str, want))
+            raise ModelError(f"{self.info.name}: input shape {dims} does not fit spectrograms of shape [N, {fits}]")
+        probe = np.zeros((1, *want), dtype=np.float32)
+        try:
+            out = self.session.run(None, {self._input.name: probe})[0]
+        except Exception as e:
+            raise ModelError(f"{self.info.name}: fails on a spectrogram of shape {want} ({e})") from None
+        if out.shape != (1, len(self.info.classes)):
+            raise ModelError(
+                f"{self.info.name}: outputs shape {list(out.shape[1:])} but names {len(self.info.classes)} classes"
+            )
+
+    def predict(self, specs: np.ndarray) -> np.ndarray:
+        scores = self.session.run(None, {self._input.name: np.ascontiguousarray(specs, np.float32)})[0]
+        if self.info.activation == "softmax":
+            shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+            scores = shifted / shifted.sum(axis=1, keepdims=True)
+        elif self.info.activation == "sigmoid":
+            scores = 1.0 / (1.0 + np.exp(-scores))
+        return np.asarray(scores, dtype=np.float32)
+
+
+def ranked_tags(scores: np.ndarray, classes: tuple[str, ...], min_score: float) -> list[tuple[str, float]]:
+    """One clip's tags, best first: those scoring at least min_score, and always the best one."""
+    order = np.argsort(-scores, kind="stable")
+    return [(classes[i], float(scores[i])) for rank, i in enumerate(order) if rank == 0 or scores[i] >= min_score]

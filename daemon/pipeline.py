@@ -1,0 +1,167 @@
+"""Worker threads and the batching inference thread between the work queue and the index.
+
+decode + spectrogram run in `workers` threads (soundfile, soxr, numpy's FFT and onnxruntime all release
+the GIL, so threads use every core without the memory of extra processes); a single thread batches the
+clips for onnxruntime and hands each finished batch to a sink (the index in the daemon, stdout in
+`vibrary tag`). At most `queue_size` files are in flight, so memory stays flat whatever is queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cache import SpectrogramCache
+from .decode import DecodeError, FileVanished
+from .features import features, fingerprint
+from .index import Job, Result
+from .infer import Model, ranked_tags
+from .spectrogram import SpectrogramParams
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class ActiveModel:
+    id: int
+    ref: str
+    model: Model
+
+
+@dataclass
+class _Prepared:
+    result: Result
+    specs: dict[SpectrogramParams, np.ndarray]
+    todo: list[ActiveModel]
+
+
+class Pipeline:
+    def __init__(
+        self,
+        models: Sequence[ActiveModel],
+        sink: Callable[[list[Result]], None],
+        *,
+        workers: int,
+        batch_size: int,
+        queue_size: int,
+        store_min_score: float,
+        cache: SpectrogramCache | None = None,
+        models_done: Callable[[bytes], set[int]] | None = None,
+    ) -> None:
+        self.models = list(models)
+        self._sink = sink
+        self._batch_size = batch_size
+        self._store_min = store_min_score
+        self._cache = cache
+        self._models_done = models_done
+        self._slots = threading.BoundedSemaphore(queue_size)
+        self._jobs: queue.Queue[object] = queue.Queue()
+        self._ready: queue.Queue[object] = queue.Queue()
+        self._idle = threading.Condition()
+        self._in_flight = 0
+        self.counters = {"decoded": 0, "from_cache": 0, "reused": 0}
+        self._workers = [threading.Thread(target=self._work, name=f"worker-{i}", daemon=True) for i in range(workers)]
+        self._batcher = threading.Thread(target=self._batch, name="infer", daemon=True)
+        for t in [*self._workers, self._batcher]:
+            t.start()
+
+    # -- feeding -------------------------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        """Blocks while `queue_size` files are already in flight."""
+        self._slots.acquire()
+        with self._idle:
+            self._in_flight += 1
+        self._jobs.put(job)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def close(self) -> None:
+        for _ in self._workers:
+            self._jobs.put(_STOP)
+        for t in self._workers:
+            t.join()
+        self._ready.put(_STOP)
+        self._batcher.join()
+
+    # -- workers: file → spectrograms ----------------------------------------------------------------
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not _STOP:
+            assert isinstance(job, Job)
+            try:
+                self._ready.put(self._prepare(job))
+            except Exception as e:  # a bug must cost one file, never the worker
+                log.exception("unexpected error on %s", job.path)
+                self._ready.put(_Prepared(Result(job, error=f"internal error: {e}"), {}, []))
+
+    def _prepare(self, job: Job) -> _Prepared:
+        result = Result(job)
+        models = self.models
+        try:
+            result.size, result.mtime_ns, result.hash = fingerprint(job.path)
+            done = self._models_done(result.hash) if self._models_done else set()
+            todo = [m for m in models if m.id not in done]
+            specs, fresh = features(job.path, result.hash, (m.model.info.params for m in todo), self._cache)
+        except DecodeError as e:
+            result.error = str(e)
+            result.vanished = isinstance(e, FileVanished)
+            return _Prepared(result, {}, [])
+        outcome = "decoded" if fresh else "from_cache" if todo else "reused"
+        with self._idle:
+            self.counters[outcome] += 1
+        if self._cache is not None and fresh:
+            self._cache.put_many(fresh)
+        return _Prepared(result, specs, todo)
+
+    # -- the inference thread: batches → models → sink -----------------------------------------------
+    def _batch(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._ready.get()
+            if item is _STOP:
+                return
+            batch = [item]
+            while len(batch) < self._batch_size:
+                try:
+                    item = self._ready.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                batch.append(item)
+            prepared = [b for b in batch if isinstance(b, _Prepared)]
+            try:
+                self._infer(prepared)
+                self._sink([p.result for p in prepared])
+            except Exception:
+                log.exception("batch of %d files failed; they stay pending", len(prepared))
+            finally:
+                for _ in prepared:
+                    self._slots.release()
+                with self._idle:
+                    self._in_flight -= len(prepared)
+                    self._idle.notify_all()
+
+    def _infer(self, batch: list[_Prepared]) -> None:
+        models = {m.id: m for p in batch for m in p.todo}
+        for model in models.values():
+            params = model.model.info.params
+            items = [p for p in batch if model in p.todo and params in p.specs]
+            if not items:
+                continue
+            scores = model.model.predict(np.stack([p.specs[params] for p in items]))
+            for p, row in zip(items, scores, strict=True):
+                p.result.tags[model.id] = ranked_tags(row, model.model.info.classes, self._store_min)

@@ -1,0 +1,61 @@
+"""Installed models: ONNX files under the home's models/ folder, their versions and which are active.
+
+Each install is a new version; older versions stay on disk so that a rollback is one activation away.
+The demo model shipped inside the package is registered on first use and active on a fresh home.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from . import config
+from .index import Index, ModelRow
+from .infer import Model, ModelError, sha256_file
+
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+
+
+def install(index: Index, home_dir: Path, source: str, name: str = "", builtin: bool = False) -> ModelRow:
+    """Validate an ONNX file (loads it, runs it once), copy it into the home, register a new version."""
+    model = Model(source, threads=1)  # raises ModelError with the reason when it does not fit
+    name = name or model.info.name
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ModelError(f"model name {name!r}: use letters, digits, '-' and '_'")
+    digest = sha256_file(source)
+    for row in index.models():
+        if row.name == name and row.sha256 == digest:
+            return row  # the same file installed twice is the same version
+    if builtin:
+        target = source
+    else:
+        folder = config.models_dir(home_dir) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        target = str(folder / f"{digest[:16]}.onnx")
+        shutil.copyfile(source, target + ".part")
+        Path(target + ".part").replace(target)  # never a half-written model under its final name
+    return index.add_model(name, target, digest, model.info.classes, model.info.params.to_json(), builtin)
+
+
+def ensure_builtin(index: Index, home_dir: Path) -> list[ModelRow]:
+    """Register the shipped models on a fresh home and activate them; a home that has seen them keeps
+    the user's choice."""
+    rows = []
+    known = {m.sha256 for m in index.models()}
+    for path in sorted(BUILTIN_DIR.glob("*.onnx")):
+        if sha256_file(str(path)) in known:
+            continue
+        row = install(index, home_dir, str(path), builtin=True)
+        index.set_active(row, True)
+        rows.append(row)
+    return rows
+
+
+def parse_ref(text: str) -> tuple[str, int]:
+    """'NAME' or 'NAME@VERSION' → (name, version or 0)."""
+    name, _, version = text.partition("@")
+    if not name:
+        raise ValueError(f"bad model reference {text!r}: expected NAME or NAME@VERSION")
+    if version and not version.isdigit():
+        raise ValueError(f"bad model version in {text!r}: expected a number")
+    return name, int(version or 0)

@@ -1,0 +1,238 @@
+"""The resident daemon: one path for every file, watch → decode → spectrogram → infer → index → API.
+
+The index is the work queue: the watcher writes pending rows, a feeder thread hands due rows to the
+pipeline, and the pipeline's sink writes tags back in batches. Anything that changes which models are
+active (this daemon's API, or `vibrary models` run against the same home) is noticed within a second,
+and files missing the new model's tags are re-queued; their spectrograms come from the cache.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+from . import config, registry
+from .cache import SpectrogramCache
+from .decode import is_audio_path
+from .events import FILE_FAILED, FILE_REMOVED, FILE_TAGGED, MODEL_CHANGED, Event, EventBus
+from .index import FileTags, Index, Result
+from .infer import Model, ModelError
+from .pipeline import ActiveModel, Pipeline
+from .watch import Watcher
+
+log = logging.getLogger(__name__)
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+def load_models(index: Index, rows: Sequence | None = None) -> list[ActiveModel]:
+    """onnxruntime sessions for the given model rows (default: the active ones); a model file that has
+    gone bad is logged and skipped rather than stopping every other model."""
+    loaded = []
+    for row in rows if rows is not None else index.active_models():
+        try:
+            loaded.append(ActiveModel(row.id, row.ref, Model(row.path)))
+        except ModelError as e:
+            log.error("model %s cannot be used: %s", row.ref, e)
+    return loaded
+
+
+class Daemon:
+    def __init__(self, home_dir: Path, settings: config.Settings | None = None) -> None:
+        self.home = home_dir
+        self.settings = settings or config.Settings.load(home_dir)
+        self._lock_file = _lock_home(home_dir)
+        self.started = time.time()
+        self.index = Index(config.index_path(home_dir))
+        registry.ensure_builtin(self.index, home_dir)
+        self.cache = SpectrogramCache(config.cache_path(home_dir), self.settings.cache_max_mb << 20)
+        self.events = EventBus()
+        self._active_ids = tuple(m.id for m in self.index.active_models())
+        self.pipeline = Pipeline(
+            load_models(self.index),
+            self._store,
+            workers=self.settings.worker_count,
+            batch_size=self.settings.batch_size,
+            queue_size=self.settings.queue_size,
+            store_min_score=self.settings.store_min_score,
+            cache=self.cache,
+            models_done=self.index.models_done,
+        )
+        self.watcher = Watcher(self.index, self.settings.settle_s, self._wake_feeder, self._removed)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._in_flight: set[int] = set()
+        self._in_flight_lock = threading.Lock()
+        self._feeder = threading.Thread(target=self._feed, name="feeder", daemon=True)
+
+    def start(self) -> None:
+        _lower_priority(self.settings.nice)
+        self.index.requeue_missing(self._active_ids)
+        self.watcher.start()
+        self._feeder.start()
+        log.info("daemon started on %s with models %s", self.home, [m.ref for m in self.pipeline.models])
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self.watcher.stop()
+        self._feeder.join()
+        self.pipeline.close()
+        self.index.close()
+        self._lock_file.close()
+
+    # -- the feeder: pending rows → pipeline ---------------------------------------------------------
+    def _wake_feeder(self) -> None:
+        self._wake.set()
+
+    def _feed(self) -> None:
+        last_model_check = 0.0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() - last_model_check > 1.0:
+                    last_model_check = time.monotonic()
+                    self._follow_models()
+                self._wake.clear()
+                with self._in_flight_lock:
+                    skip = set(self._in_flight)
+                room = self.settings.queue_size - len(skip)
+                jobs = self.index.due_jobs(room, skip, time.time()) if room > 0 else []
+                for job in jobs:
+                    with self._in_flight_lock:
+                        self._in_flight.add(job.id)
+                    self.pipeline.submit(job)
+                if jobs and len(jobs) == room:
+                    continue
+                next_due = self.index.next_due()
+                wait = 1.0 if next_due is None else min(1.0, max(0.005, next_due - time.time()))
+                self._wake.wait(wait)
+            except Exception:
+                log.exception("feeder error; retrying")
+                self._stop.wait(1.0)
+
+    def _store(self, results: list[Result]) -> None:
+        try:
+            written = self.index.write_results(results, self.settings.store_min_score)
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.difference_update(r.job.id for r in results)
+            self._wake.set()
+        refs = {m.id: m.ref for m in self.pipeline.models}
+        for r in written:
+            tags = [
+                (refs.get(model_id, str(model_id)).split("@")[0], tag, score)
+                for model_id, ranked in r.tags.items()
+                for tag, score in ranked
+            ]
+            if r.vanished:
+                self._removed([r.job.path])
+            elif r.error:
+                self.events.publish(Event(FILE_FAILED, FileTags(r.job.path, "failed", r.error, [])))
+            else:
+                tags.sort(key=lambda t: -t[2])
+                self.events.publish(Event(FILE_TAGGED, FileTags(r.job.path, "indexed", None, tags)))
+
+    def _removed(self, paths: list[str]) -> None:
+        for p in paths:
+            self.events.publish(Event(FILE_REMOVED, FileTags(p, "unknown", None, [])))
+
+    # -- models --------------------------------------------------------------------------------------
+    def _follow_models(self) -> None:
+        active = self.index.active_models()
+        ids = tuple(m.id for m in active)
+        if ids == self._active_ids:
+            return
+        self._active_ids = ids
+        self.pipeline.models = load_models(self.index, active)
+        queued = self.index.requeue_missing(ids)
+        log.info("active models now %s; %d files re-queued", [m.ref for m in active], queued)
+        for m in active:
+            self.events.publish(Event(MODEL_CHANGED, model=m.ref))
+        self._wake.set()
+
+    def models_changed(self) -> None:
+        """Called by the API after it changed the active set, so the switch is immediate."""
+        self._follow_models()
+
+    # -- API helpers ---------------------------------------------------------------------------------
+    def status(self) -> dict[str, object]:
+        counts = self.index.counts()
+        return {
+            **counts,
+            "models": [m.ref for m in self.index.active_models()],
+            "queue_depth": self.index.due_count(time.time()),
+            "watches": self.index.watches(),
+            "home": str(self.home),
+            "uptime_s": time.time() - self.started,
+            **self.pipeline.counters,
+        }
+
+    def add_watch(self, folder: str) -> None:
+        self.index.add_watch(folder)
+        self.watcher.watch(folder)
+
+    def remove_watch(self, folder: str) -> bool:
+        self.watcher.unwatch(folder)
+        return self.index.remove_watch(folder)
+
+    def tag_now(self, paths: Sequence[str], deadline: float) -> list[FileTags]:
+        """Queue these files first and wait (until the deadline) for their results."""
+        files = list(expand(paths))
+        self.index.mark_pending((p, 0.0) for p in files)
+        self._wake.set()
+        while time.time() < deadline:
+            results = list(self.index.file_tags(files))
+            if all(r.state != "pending" for r in results):
+                return results
+            time.sleep(0.02)
+        return list(self.index.file_tags(files))
+
+
+def expand(paths: Sequence[str]) -> list[str]:
+    """Files as given, folders replaced by the audio files under them (sorted, links to folders not
+    followed); a path that does not exist is kept so that its error is reported."""
+    out: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            for dirpath, dirs, names in os.walk(p):
+                dirs.sort()
+                out.extend(os.path.join(dirpath, n) for n in sorted(names) if is_audio_path(n))
+        else:
+            out.append(p)
+    return out
+
+
+def _lock_home(home_dir: Path) -> IO[str]:
+    """One daemon per home: a second one would fight the first over the socket and the queue."""
+    f = open(home_dir / "daemon.lock", "a+")  # noqa: SIM115 - held open for the daemon's lifetime
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise AlreadyRunning(f"a daemon is already running for {home_dir} (pid {pid})") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def _lower_priority(nice: int) -> None:
+    """Run below the user's DAW: CPU niceness and best-effort low I/O priority."""
+    try:
+        os.nice(nice)
+        psutil.Process().ionice(psutil.IOPRIO_CLASS_BE, 7)
+    except (OSError, AttributeError, ValueError):
+        log.info("could not lower the daemon's priority")

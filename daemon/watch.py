@@ -1,0 +1,219 @@
+"""Keep the index in step with the watched folders: live filesystem events plus a reconciling scan.
+
+Events only record *what* changed (a pending row with a due time); the workers do the reading. A file is
+due `settle_s` after its last modification event, or at once when the writer closes it, so a file still
+being copied is not read half-written. The scan at start-up (and when a folder appears) finds what
+changed while the daemon was down: new or changed files go pending, vanished ones are dropped, and a file
+that was moved keeps its tags because its content hash is already known.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import ObservedWatch
+
+from .decode import is_audio_path
+from .index import Index
+
+log = logging.getLogger(__name__)
+
+
+class Watcher(FileSystemEventHandler):
+    def __init__(
+        self,
+        index: Index,
+        settle_s: float,
+        on_pending: Callable[[], None],
+        on_removed: Callable[[list[str]], None],
+    ) -> None:
+        self.index = index
+        self.settle_s = settle_s
+        self._on_pending = on_pending
+        self._on_removed = on_removed
+        self._observer = Observer()
+        self._watches: dict[str, ObservedWatch] = {}
+        self._missing: set[str] = set()
+        self._buffer: dict[str, float] = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="watch-flush", daemon=True)
+        self.scans_running = 0
+
+    def start(self) -> None:
+        self._observer.start()
+        self._flusher.start()
+        for folder in self.index.watches():
+            self.watch(folder)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._observer.stop()
+        self._observer.join()
+        self._flusher.join()
+        self.flush()
+
+    # -- watch folders -------------------------------------------------------------------------------
+    def watch(self, folder: str) -> None:
+        """Observe the folder and reconcile it in the background; a folder that is not there (a drive
+        not mounted) keeps its index rows and is picked up when it appears."""
+        with self._lock:
+            if folder in self._watches:
+                return
+            if not os.path.isdir(folder):
+                log.warning("watch folder %s is missing; its index entries are kept", folder)
+                self._missing.add(folder)
+                return
+            self._missing.discard(folder)
+            self._watches[folder] = self._observer.schedule(self, folder, recursive=True)
+        self._scan_in_background(folder)
+
+    def unwatch(self, folder: str) -> None:
+        with self._lock:
+            self._missing.discard(folder)
+            watch = self._watches.pop(folder, None)
+        if watch is not None:
+            self._observer.unschedule(watch)
+
+    @property
+    def missing(self) -> set[str]:
+        return set(self._missing)
+
+    # -- events --------------------------------------------------------------------------------------
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            self._handle(event)
+        except Exception:  # the observer thread must survive anything a filesystem throws at it
+            log.exception("could not handle %r", event)
+
+    def _handle(self, event: FileSystemEvent) -> None:
+        src = os.fsdecode(event.src_path)
+        if isinstance(event, (FileCreatedEvent, FileModifiedEvent, FileAttribEvent)):
+            self._mark(src, time.time() + self.settle_s)
+        elif isinstance(event, FileClosedEvent):
+            self._mark(src, time.time())
+        elif isinstance(event, (FileDeletedEvent, DirDeletedEvent)):
+            self._remove(src)
+        elif isinstance(event, (FileMovedEvent, DirMovedEvent)):
+            self._move(src, os.fsdecode(event.dest_path), event.is_directory)
+        elif isinstance(event, DirCreatedEvent):
+            self._scan_in_background(src)  # a folder moved in arrives as one event for all its files
+
+    def _mark(self, path: str, due: float) -> None:
+        if is_audio_path(path):
+            with self._lock:
+                self._buffer[path] = due
+
+    def _remove(self, path: str) -> None:
+        with self._lock:
+            self.flush()
+            removed = self.index.remove_paths([path])
+        if removed:
+            self._on_removed(removed)
+
+    def _move(self, src: str, dst: str, is_dir: bool) -> None:
+        with self._lock:
+            self.flush()
+            moved = self.index.move(src, dst) if is_dir or is_audio_path(dst) else 0
+            if not is_dir and not moved:
+                # unknown under its old name: a downloader's .part file, or a file staged elsewhere
+                self._mark(dst, time.time())
+            if not is_dir and not is_audio_path(dst):
+                self._remove(src)
+        if is_dir and not moved:
+            self._scan_in_background(dst)
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._buffer:
+                return
+            items = list(self._buffer.items())
+            self._buffer.clear()
+            self.index.mark_pending(items)
+        self._on_pending()
+
+    def _flush_loop(self) -> None:
+        last_check = time.monotonic()
+        while not self._stop.wait(0.02):
+            try:
+                self.flush()
+                if self._missing and time.monotonic() - last_check > 5:
+                    last_check = time.monotonic()
+                    for folder in sorted(self._missing):
+                        self.watch(folder)
+            except Exception:
+                log.exception("could not write watch events to the index; will retry")
+
+    # -- reconcile -----------------------------------------------------------------------------------
+    def _scan_in_background(self, folder: str) -> None:
+        with self._lock:
+            self.scans_running += 1
+        threading.Thread(target=self._scan_safely, args=(folder,), name="scan", daemon=True).start()
+
+    def _scan_safely(self, folder: str) -> None:
+        try:
+            self.scan(folder)
+        except Exception:
+            log.exception("scan of %s failed", folder)
+        finally:
+            with self._lock:
+                self.scans_running -= 1
+
+    def scan(self, folder: str) -> None:
+        """Bring the index in line with what is on disk under folder, one directory at a time (memory
+        stays flat on a library of millions of files). Symbolic links to folders are not followed, so a
+        link loop cannot trap the scan."""
+        visited: set[str] = set()
+        now = time.time()
+        for dirpath, _dirs, names in os.walk(folder, followlinks=False):
+            visited.add(dirpath)
+            known = self.index.files_in_dir(dirpath)
+            changed: list[tuple[str, float]] = []
+            for name in sorted(names):
+                path = os.path.join(dirpath, name)
+                if not is_audio_path(path):
+                    continue
+                try:
+                    st = os.stat(path)
+                    current = (st.st_size, st.st_mtime_ns)
+                    fresh = now - st.st_mtime > self.settle_s
+                except FileNotFoundError:
+                    continue  # gone since the listing; its own event says where to
+                except OSError:
+                    current, fresh = (-1, -1), True  # the worker will record why it cannot be read
+                size, mtime_ns, state = known.pop(path, (None, None, None))
+                if state != "pending" and (size, mtime_ns) != current:
+                    changed.append((path, now if fresh else now + self.settle_s))
+            if changed:
+                with self._lock:
+                    self.index.mark_pending(changed)
+                self._on_pending()
+            if known:
+                self._remove_all(list(known))
+        for gone in set(self.index.dirs_under(folder)) - visited:
+            if not os.path.isdir(gone):
+                self._remove_all(list(self.index.files_in_dir(gone)))
+
+    def _remove_all(self, paths: list[str]) -> None:
+        with self._lock:
+            removed = self.index.remove_paths(paths)
+        if removed:
+            self._on_removed(removed)

@@ -1,0 +1,137 @@
+"""Fixtures: fresh homes, real models, and a real daemon process on a real Unix socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from vibrary.clients.client import Client
+from vibrary.daemon import config, registry
+from vibrary.daemon.index import Index
+
+from tests.synth import band_model
+
+# Tests run as root in CI; root reads files whatever their mode. Dropping these capabilities makes the
+# processes under test meet "permission denied" like a producer's own account would.
+AS_USER = (
+    ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    if os.geteuid() == 0 and shutil.which("setpriv")
+    else []
+)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05) -> object:
+    """Poll until predicate() is truthy; fail the test with the last value otherwise."""
+    end = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+
+
+@pytest.fixture(scope="session")
+def band_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return band_model(tmp_path_factory.mktemp("models") / "bands.onnx")
+
+
+@pytest.fixture
+def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh VIBRARY_HOME with a short path (Unix socket paths are limited to ~100 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="vh-"))
+    monkeypatch.setenv("VIBRARY_HOME", str(path))
+    config.Settings(settle_s=0.2).save(path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def model_home(home: Path, band_onnx: Path) -> Path:
+    """A home with the low/mid/high band model installed and active."""
+    index = Index(config.index_path(home))
+    index.set_active(registry.install(index, home, str(band_onnx)), True)
+    index.close()
+    return home
+
+
+def vibrary(*args: str, home: Path, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess, as an ordinary user would."""
+    env = {**os.environ, "VIBRARY_HOME": str(home)}
+    proc = subprocess.run(
+        [*AS_USER, sys.executable, "-m", "vibrary.clients.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vibrary {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+@dataclass
+class DaemonProcess:
+    home: Path
+    proc: subprocess.Popen[bytes]
+    client: Client
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            self.client.close()
+
+    def log(self) -> str:
+        path = config.log_path(self.home)
+        return path.read_text() if path.exists() else ""
+
+
+def start_daemon(home: Path, *extra: str) -> DaemonProcess:
+    env = {**os.environ, "VIBRARY_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [*AS_USER, sys.executable, "-m", "vibrary.clients.cli", "daemon", *extra],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = Client(home_dir=home, timeout=30)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {proc.returncode}: {config.log_path(home).read_text()}")
+        try:
+            grpc.channel_ready_future(client._channel).result(timeout=0.2)
+            return True
+        except grpc.FutureTimeoutError:
+            return False
+
+    wait_for(up, timeout=60)
+    return DaemonProcess(home, proc, client)
+
+
+@pytest.fixture
+def daemon(model_home: Path) -> Iterator[DaemonProcess]:
+    d = start_daemon(model_home)
+    yield d
+    d.stop()
+    if d.proc.returncode not in (0, -signal.SIGKILL):
+        pytest.fail(f"daemon exited with {d.proc.returncode}:\n{d.log()}")

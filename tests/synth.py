@@ -1,0 +1,104 @@
+"""Audio and models made on the spot for tests and benchmarks: no downloads, no torch.
+
+`band_model` is a real, if tiny, classifier built with the onnx helper API: it averages each mel band over
+time and says whether a clip's energy sits low (< 300 Hz), mid or high (> 3 kHz). Tones of known
+frequency therefore have known correct tags, so tests can check tags, not just their presence.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import soundfile as sf
+from onnx import TensorProto, helper, numpy_helper
+from vibrary.daemon.infer import ACTIVATION_KEY, CLASSES_KEY, NAME_KEY, VERSION_KEY
+from vibrary.daemon.spectrogram import METADATA_KEY, SpectrogramParams, _hz_to_mel, _mel_to_hz
+
+BANDS = {"low": 100.0, "mid": 1000.0, "high": 8000.0}  # a tone that each class must recognise
+
+
+def tone(freq: float, seconds: float = 1.0, sr: int = 44100, amp: float = 0.5, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    x = amp * np.sin(2 * np.pi * freq * t) * np.minimum(1.0, 20 * (seconds - t))  # short fade-out
+    return np.repeat(x[:, None], channels, axis=1).astype(np.float32)
+
+
+def write_tone(
+    path: Path | str,
+    freq: float,
+    seconds: float = 1.0,
+    sr: int = 44100,
+    subtype: str = "PCM_16",
+    channels: int = 1,
+    amp: float = 0.5,
+    fmt: str | None = None,
+) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), tone(freq, seconds, sr, amp, channels), sr, subtype=subtype, format=fmt)
+    return path
+
+
+def band_model(
+    path: Path | str,
+    name: str = "bands",
+    version: int = 1,
+    params: SpectrogramParams | None = None,
+    classes: tuple[str, ...] = ("low", "mid", "high"),
+    shift: int = 0,
+) -> Path:
+    """An ONNX model scoring (N, C, mels, frames) spectrograms as low / mid / high.
+
+    `shift` rotates the class names: a different "version" that disagrees with the first one, which
+    tests use to see that switching versions really changes the tags.
+    """
+    params = params or SpectrogramParams()
+    centres = _mel_to_hz(
+        np.linspace(
+            _hz_to_mel(np.array(params.fmin)),
+            _hz_to_mel(np.array(params.fmax or params.sample_rate / 2)),
+            params.n_mels + 2,
+        )
+    )[1:-1]
+    weights = np.zeros((params.n_mels, 3), np.float32)
+    weights[centres < 300, 0] = 1.0 / max(1, (centres < 300).sum())
+    weights[(centres >= 300) & (centres <= 3000), 1] = 1.0 / max(1, ((centres >= 300) & (centres <= 3000)).sum())
+    weights[centres > 3000, 2] = 1.0 / max(1, (centres > 3000).sum())
+    weights = np.roll(weights, shift, axis=1) * 0.5  # dB → logits: 10 dB more energy ≈ e^5 more likely
+    nodes = [
+        helper.make_node("ReduceMean", ["x", "axes_t"], ["per_band"], keepdims=0),  # (N, C, mels)
+        helper.make_node("ReduceMean", ["per_band", "axes_c"], ["bands"], keepdims=0),  # (N, mels)
+        helper.make_node("Add", ["bands", "offset"], ["lifted"]),
+        helper.make_node("MatMul", ["lifted", "w"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["scores"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *params.shape])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", len(classes)])],
+        initializer=[
+            numpy_helper.from_array(np.array([3], np.int64), "axes_t"),
+            numpy_helper.from_array(np.array([1], np.int64), "axes_c"),
+            numpy_helper.from_array(np.array([params.top_db], np.float32), "offset"),
+            numpy_helper.from_array(weights, "w"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    meta = {
+        CLASSES_KEY: json.dumps(list(classes)),
+        METADATA_KEY: params.to_json(),
+        NAME_KEY: name,
+        VERSION_KEY: str(version),
+        ACTIVATION_KEY: "none",
+    }
+    for k, v in meta.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path

@@ -1,0 +1,108 @@
+"""The `vibrary` command line as scripts and the evaluation drive it (shared/interfaces.md)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from vibrary.clients.cli import parse_query
+
+from tests.conftest import DaemonProcess, json_lines, vibrary, wait_for
+from tests.synth import BANDS, band_model, write_tone
+
+
+def test_tag_json_contract(model_home: Path, tmp_path: Path) -> None:
+    for band, freq in BANDS.items():
+        write_tone(tmp_path / "kit" / f"{band}.wav", freq)
+    (tmp_path / "kit" / "broken.wav").write_text("not audio")
+    (tmp_path / "kit" / "readme.txt").write_text("skipped: not audio")
+    proc = vibrary("tag", "--json", str(tmp_path / "kit"), str(tmp_path / "gone.wav"), home=model_home)
+    lines = {Path(x["path"]).name: x for x in json_lines(proc.stdout)}
+    assert set(lines) == {"low.wav", "mid.wav", "high.wav", "broken.wav", "gone.wav"}
+    for band in BANDS:
+        line = lines[f"{band}.wav"]
+        assert line["error"] is None and line["tags"][0] == {**line["tags"][0], "model": "bands", "tag": band}
+        scores = [t["score"] for t in line["tags"]]
+        assert scores == sorted(scores, reverse=True) and len(scores) <= 3
+    assert lines["broken.wav"]["tags"] == [] and "not a recognised audio format" in lines["broken.wav"]["error"]
+    assert "not found" in lines["gone.wav"]["error"]
+    assert lines["low.wav"]["path"] == str(tmp_path / "kit" / "low.wav")
+
+
+def test_tag_with_a_named_model_and_top(model_home: Path, tmp_path: Path) -> None:
+    other = band_model(tmp_path / "v2.onnx", name="bands", version=2, shift=1)
+    vibrary("models", "install", "--inactive", str(other), home=model_home)
+    clip = write_tone(tmp_path / "low.wav", BANDS["low"])
+    v1 = json_lines(vibrary("tag", "--json", "--top", "1", str(clip), home=model_home).stdout)[0]
+    v2 = json_lines(vibrary("tag", "--json", "--model", "bands@2", str(clip), home=model_home).stdout)[0]
+    assert [t["tag"] for t in v1["tags"]] == ["low"]
+    assert v2["tags"][0]["tag"] == "mid"
+    bad = vibrary("tag", "--model", "nope", str(clip), home=model_home, check=False)
+    assert bad.returncode == 1 and "no model nope" in bad.stderr
+
+
+def test_usage_errors_exit_2_and_failures_exit_1(home: Path, tmp_path: Path) -> None:
+    assert vibrary("tag", home=home, check=False).returncode == 2
+    assert vibrary("frobnicate", home=home, check=False).returncode == 2
+    no_daemon = vibrary("status", "--json", home=home, check=False)
+    assert no_daemon.returncode == 1 and "vibrary daemon" in no_daemon.stderr
+    (tmp_path / "x.onnx").write_bytes(b"not a model")
+    bad = vibrary("models", "install", str(tmp_path / "x.onnx"), home=home, check=False)
+    assert bad.returncode == 1 and "not a loadable ONNX model" in bad.stderr
+
+
+def test_models_commands(model_home: Path, tmp_path: Path) -> None:
+    listed = json_lines(vibrary("models", "list", "--json", home=model_home).stdout)
+    assert [(m["name"], m["version"], m["active"]) for m in listed] == [("bands", 1, True)]
+    v2 = band_model(tmp_path / "v2.onnx", name="bands", version=2, shift=1)
+    installed = json_lines(vibrary("models", "install", "--json", str(v2), home=model_home).stdout)[0]
+    assert (installed["model"], installed["version"], installed["classes"]) == ("bands", 2, ["low", "mid", "high"])
+    vibrary("models", "activate", "bands@1", home=model_home)
+    listed = json_lines(vibrary("models", "list", "--json", home=model_home).stdout)
+    assert [(m["version"], m["active"]) for m in listed] == [(1, True), (2, False)]
+    vibrary("models", "remove", "bands@2", home=model_home)
+    assert len(json_lines(vibrary("models", "list", "--json", home=model_home).stdout)) == 1
+    vibrary("models", "deactivate", "bands", home=model_home)
+    none = vibrary("tag", str(write_tone(tmp_path / "a.wav", 100)), home=model_home, check=False)
+    assert none.returncode == 1 and "no usable model" in none.stderr
+
+
+def test_two_hundred_files_copied_in_are_all_tagged_and_searchable(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """The README's walk-through: watch a folder, copy a sample pack in, find sounds by tag."""
+    pack = tmp_path / "pack"
+    expected: dict[str, str] = {}
+    for i in range(200):
+        band = list(BANDS)[i % 3]
+        sub = ["drums", "keys", "fx"][i % 3]
+        write_tone(pack / sub / f"{band}_{i:03d}.wav", BANDS[band] * (1 + 0.002 * i), seconds=0.3 + 0.01 * (i % 50))
+        expected[f"{sub}/{band}_{i:03d}.wav"] = band
+    library = tmp_path / "library"
+    library.mkdir()
+    vibrary("watch", "add", str(library), home=daemon.home)
+    assert json_lines(vibrary("watch", "list", "--json", home=daemon.home).stdout) == [{"watches": [str(library)]}]
+    shutil.copytree(pack, library / "pack")
+
+    def done() -> dict:
+        status = json_lines(vibrary("status", "--json", home=daemon.home).stdout)[0]
+        return status if status["indexed"] == 200 and status["pending"] == 0 else {}
+
+    status = wait_for(done, timeout=120, interval=0.5)
+    assert status["failed"] == 0 and status["models"] == ["bands@1"]  # type: ignore[index]
+    for band in BANDS:
+        found = json_lines(vibrary("search", "--json", band, home=daemon.home).stdout)
+        names = {str(Path(f["path"]).relative_to(library / "pack")) for f in found}
+        assert names == {k for k, b in expected.items() if b == band}
+        assert all(f["tags"][0]["tag"] == band and f["error"] is None for f in found)
+    drums_only = json_lines(
+        vibrary(
+            "search", "--json", "--under", str(library / "pack" / "drums"), "low", "OR", "mid", home=daemon.home
+        ).stdout
+    )
+    assert drums_only and all("/drums/" in f["path"] and f["tags"][0]["tag"] in ("low", "mid") for f in drums_only)
+    tags = json_lines(vibrary("tags", "--json", str(library / "pack" / "keys"), home=daemon.home).stdout)
+    assert len(tags) == sum(1 for k in expected if k.startswith("keys/"))
+
+
+def test_query_words() -> None:
+    assert parse_query(["kick", "-acoustic", "snare|clap"]) == ([["kick"], ["snare", "clap"]], ["acoustic"])
+    assert parse_query(["Snare", "OR", "clap", "dark"]) == ([["snare", "clap"], ["dark"]], [])

@@ -1,0 +1,228 @@
+"""The real daemon process over its real Unix socket: drop audio in, get tags out (gRPC and Events)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import socket
+import stat
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from vibrary.clients.client import Client, DaemonError
+from vibrary.proto import daemon_pb2 as pb
+
+from tests.conftest import DaemonProcess, start_daemon, vibrary, wait_for
+from tests.synth import BANDS, band_model, write_tone
+
+
+def _drop(folder: Path, n_per_band: int = 2, prefix: str = "") -> dict[str, str]:
+    """Write tones outside, then move them in (as a finished copy lands); returns path → right tag."""
+    staging = folder.parent / f".staging-{folder.name}"
+    expected = {}
+    for band, freq in BANDS.items():
+        for i in range(n_per_band):
+            src = write_tone(staging / f"{prefix}{band}_{i}.wav", freq * (1 + 0.05 * i))
+            dst = folder / src.name
+            shutil.move(src, dst)
+            expected[str(dst)] = band
+    return expected
+
+
+def _best(client: Client, path: str) -> tuple[str, str]:
+    (f,) = list(client.tags([path]))
+    return f.state, f.tags[0].tag if f.tags else ""
+
+
+def _collect_events(client: Client) -> queue.Queue[pb.Event]:
+    events: queue.Queue[pb.Event] = queue.Queue()
+
+    def read() -> None:
+        try:
+            for e in client.events():
+                events.put(e)
+        except Exception:
+            pass  # the stream ends when the client closes
+
+    threading.Thread(target=read, daemon=True).start()
+    return events
+
+
+def _indexed(client: Client, n: int) -> bool:
+    s = client.status()
+    return s.pending == 0 and s.indexed == n
+
+
+def test_dropped_files_are_tagged_and_found(daemon: DaemonProcess, tmp_path: Path) -> None:
+    library = tmp_path / "library"
+    library.mkdir()
+    listener = Client(home_dir=daemon.home)
+    events = _collect_events(listener)
+    assert daemon.client.add_watch(str(library)) == [str(library)]
+    expected = _drop(library, 3)
+    wait_for(lambda: _indexed(daemon.client, len(expected)))
+
+    for path, band in expected.items():
+        assert _best(daemon.client, path) == ("indexed", band)
+    for band in BANDS:
+        found = {f.path for f in daemon.client.search([[band]])}
+        assert found == {p for p, b in expected.items() if b == band}
+
+    tagged: dict[str, str] = {}
+    while len(tagged) < len(expected):
+        e = events.get(timeout=10)
+        if e.kind == pb.Event.FILE_TAGGED:
+            tagged[e.file.path] = e.file.tags[0].tag
+    assert tagged == expected
+    listener.close()
+
+    status = daemon.client.status()
+    assert (status.indexed, status.failed, list(status.models)) == (9, 0, ["bands@1"])
+    assert status.decoded == 9
+
+
+def test_socket_is_user_only_and_serves_health_and_reflection(daemon: DaemonProcess) -> None:
+    sock = daemon.home / "daemon.sock"
+    assert stat.S_ISSOCK(sock.stat().st_mode)
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+    channel = grpc.insecure_channel(f"unix:{sock}")
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="vibrary.v1.Daemon"))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert "vibrary.v1.Daemon" in services and "grpc.health.v1.Health" in services
+    channel.close()
+
+
+def test_moved_files_and_folders_keep_their_tags_without_decoding(daemon: DaemonProcess, tmp_path: Path) -> None:
+    library = tmp_path / "library"
+    (library / "kit").mkdir(parents=True)
+    daemon.client.add_watch(str(library))
+    expected = _drop(library / "kit", 1)
+    wait_for(lambda: _indexed(daemon.client, 3))
+    decoded = daemon.client.status().decoded
+
+    (library / "kit").rename(library / "drums")
+    os.rename(library / "drums" / "low_0.wav", library / "low_moved.wav")
+    moved = {str(library / "drums" / Path(p).name): b for p, b in expected.items() if "low" not in p}
+    moved[str(library / "low_moved.wav")] = "low"
+    wait_for(lambda: {f.path for f in daemon.client.tags([str(library)])} == set(moved))
+    for path, band in moved.items():
+        assert _best(daemon.client, path) == ("indexed", band)
+    shutil.copy(library / "low_moved.wav", library / "low_copy.wav")  # same content: no model run
+    wait_for(lambda: _best(daemon.client, str(library / "low_copy.wav")) == ("indexed", "low"))
+    status = daemon.client.status()
+    assert status.decoded == decoded and status.reused >= 1
+
+
+def test_restart_reconciles_what_changed_while_down(model_home: Path, tmp_path: Path) -> None:
+    library = tmp_path / "library"
+    library.mkdir()
+    d = start_daemon(model_home)
+    d.client.add_watch(str(library))
+    _drop(library, 1)
+    wait_for(lambda: _indexed(d.client, 3))
+    assert d.stop() == 0
+
+    (library / "mid_0.wav").unlink()  # deleted
+    os.rename(library / "low_0.wav", library / "renamed_low.wav")  # moved
+    write_tone(library / "high_0.wav", BANDS["low"], seconds=1.5)  # rewritten with other content
+    write_tone(library / "new_mid.wav", BANDS["mid"] * 1.2)  # added
+    d = start_daemon(model_home)
+    try:
+        wait_for(lambda: _indexed(d.client, 3))
+        states = {Path(f.path).name: (f.state, f.tags[0].tag) for f in d.client.tags([str(library)])}
+        assert states == {
+            "renamed_low.wav": ("indexed", "low"),
+            "high_0.wav": ("indexed", "low"),
+            "new_mid.wav": ("indexed", "mid"),
+        }
+        assert d.client.status().decoded == 2  # the renamed file was recognised by its content
+    finally:
+        d.stop()
+
+
+def test_a_new_model_retags_the_library_from_cached_spectrograms(daemon: DaemonProcess, tmp_path: Path) -> None:
+    library = tmp_path / "library"
+    library.mkdir()
+    daemon.client.add_watch(str(library))
+    expected = _drop(library, 1)
+    wait_for(lambda: _indexed(daemon.client, 3))
+    events = _collect_events(Client(home_dir=daemon.home))
+
+    # a second tag family: its names are rotated, so its tags are recognisably its own
+    other = band_model(tmp_path / "family.onnx", name="family", classes=("deep", "body", "air"))
+    vibrary("models", "install", str(other), home=daemon.home)
+    names = {"low": "deep", "mid": "body", "high": "air"}
+
+    def family_tags() -> dict[str, str]:
+        found = {}
+        for f in daemon.client.tags(list(expected)):
+            best = [t.tag for t in f.tags if t.model == "family"][:1]  # tags come best first
+            if best:
+                found[f.path] = best[0]
+        return found
+
+    wait_for(lambda: family_tags() == {p: names[b] for p, b in expected.items()})
+    status = daemon.client.status()
+    assert status.decoded == 3 and status.from_cache == 3  # no audio was decoded for the new model
+    assert sorted(status.models) == ["bands@1", "family@1"]
+    changed = [events.get(timeout=5) for _ in range(2)]
+    assert {e.model for e in changed if e.kind == pb.Event.MODEL_CHANGED} >= {"family@1"}
+    assert {f.path for f in daemon.client.search([["deep"], ["low"]])} == {p for p, b in expected.items() if b == "low"}
+
+
+def test_versions_and_rollback(daemon: DaemonProcess, tmp_path: Path) -> None:
+    library = tmp_path / "library"
+    library.mkdir()
+    daemon.client.add_watch(str(library))
+    expected = _drop(library, 1)
+    wait_for(lambda: _indexed(daemon.client, 3))
+    low = next(p for p, b in expected.items() if b == "low")
+
+    v2 = band_model(tmp_path / "v2.onnx", name="bands", version=2, shift=1)  # disagrees with v1
+    vibrary("models", "install", str(v2), home=daemon.home)
+    wait_for(lambda: _best(daemon.client, low) == ("indexed", "mid"))
+    assert [m.version for m in daemon.client.models() if m.active] == [2]
+
+    daemon.client.activate("bands", 1)
+    assert _best(daemon.client, low) == ("indexed", "low")  # old tags are kept: rollback is instant
+    with pytest.raises(DaemonError, match="no model nope"):
+        daemon.client.activate("nope")
+
+
+def test_tag_on_demand_and_deadlines(daemon: DaemonProcess, tmp_path: Path) -> None:
+    outside = write_tone(tmp_path / "loose" / "x.wav", BANDS["high"])
+    (result,) = list(daemon.client.tag([str(outside)]))
+    assert (result.state, result.tags[0].tag, result.tags[0].model) == ("indexed", "high", "bands")
+    many = [str(write_tone(tmp_path / "many" / f"{i}.wav", 200 + i)) for i in range(40)]
+    with pytest.raises(DaemonError) as err:
+        list(daemon.client.tag(many, timeout=0.05))
+    assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_tcp_only_when_asked_and_only_with_the_token(model_home: Path) -> None:
+    port = _free_port()
+    refused = vibrary("daemon", "--listen", f"127.0.0.1:{port}", home=model_home, check=False)
+    assert refused.returncode == 1 and "token" in refused.stderr
+
+    d = start_daemon(model_home, "--listen", f"127.0.0.1:{port}", "--token", "s3cret")
+    try:
+        with Client(f"127.0.0.1:{port}", token="s3cret") as good:
+            assert list(good.status().models) == ["bands@1"]
+        for token in ("", "wrong"):
+            with Client(f"127.0.0.1:{port}", token=token) as bad, pytest.raises(DaemonError) as err:
+                bad.status()
+            assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        d.stop()

@@ -1,0 +1,89 @@
+"""Decoding: real files in every supported container, resampled, mixed down, cut and padded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from vibrary.daemon.decode import DecodeError, decode, is_audio_path
+from vibrary.daemon.spectrogram import SpectrogramParams
+
+from tests.synth import tone, write_tone
+
+P = SpectrogramParams()
+
+
+def _peak_hz(x: np.ndarray, sr: int) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    return float(np.argmax(spectrum) * sr / x.size)
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "subtype", "sr", "channels"),
+    [
+        ("a.wav", "WAV", "PCM_16", 44100, 1),
+        ("b.wav", "WAV", "PCM_24", 96000, 2),
+        ("c.aiff", "AIFF", "PCM_16", 48000, 2),
+        ("d.flac", "FLAC", "PCM_24", 22050, 1),
+        ("e.ogg", "OGG", "VORBIS", 44100, 2),
+        ("f.mp3", "MP3", "MPEG_LAYER_III", 44100, 1),
+        ("g.wav", "WAV", "FLOAT", 32000, 1),
+    ],
+)
+def test_formats_decode_to_the_same_tone(
+    tmp_path: Path, name: str, fmt: str, subtype: str, sr: int, channels: int
+) -> None:
+    path = write_tone(tmp_path / name, 1000.0, seconds=1.0, sr=sr, subtype=subtype, channels=channels, fmt=fmt)
+    clip = decode(str(path), P)
+    assert clip.shape == (1, P.n_samples) and clip.dtype == np.float32
+    voiced = clip[0, : int(0.8 * P.sample_rate)]
+    assert abs(_peak_hz(voiced, P.sample_rate) - 1000.0) < 10.0
+    assert 0.2 < np.abs(voiced).max() < 0.7
+    assert np.all(clip[0, int(1.05 * P.sample_rate) :] == 0.0)  # zero padded after the 1-s tone
+
+
+def test_only_the_first_seconds_are_read_and_long_files_are_cut(tmp_path: Path) -> None:
+    sr = 44100
+    x = np.concatenate([tone(200.0, 3.0, sr), tone(5000.0, 7.0, sr)])
+    sf.write(tmp_path / "long.wav", x, sr)
+    clip = decode(str(tmp_path / "long.wav"), P)
+    assert clip.shape == (1, P.n_samples)
+    assert abs(_peak_hz(clip[0, : 2 * sr], sr) - 200.0) < 5.0
+
+
+def test_stereo_is_mixed_down_and_can_be_kept(tmp_path: Path) -> None:
+    sr = 44100
+    left, right = tone(300.0, 1.0, sr)[:, 0], np.zeros(sr, np.float32)
+    sf.write(tmp_path / "lr.wav", np.stack([left, right], axis=1), sr)
+    mono = decode(str(tmp_path / "lr.wav"), P)
+    np.testing.assert_allclose(mono[0, :sr], (left + right) / 2, atol=1e-4)
+    stereo = decode(str(tmp_path / "lr.wav"), SpectrogramParams(mono=False))
+    assert stereo.shape == (2, P.n_samples)
+    np.testing.assert_allclose(stereo[1, :sr], 0.0, atol=1e-4)
+
+
+def test_repeat_padding_loops_short_clips(tmp_path: Path) -> None:
+    sr = 44100
+    write_tone(tmp_path / "short.wav", 440.0, seconds=0.5, sr=sr)
+    clip = decode(str(tmp_path / "short.wav"), SpectrogramParams(pad="repeat"))
+    np.testing.assert_allclose(clip[0, sr // 2 : sr], clip[0, : sr // 2], atol=1e-6)
+
+
+def test_errors_are_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "text.wav").write_text("not audio\n" * 20)
+    with pytest.raises(DecodeError, match="empty file"):
+        decode(str(tmp_path / "empty.wav"), P)
+    with pytest.raises(DecodeError, match="not a recognised audio format"):
+        decode(str(tmp_path / "text.wav"), P)
+    with pytest.raises(DecodeError, match="not found"):
+        decode(str(tmp_path / "missing.wav"), P)
+    with pytest.raises(DecodeError, match="not a regular file"):
+        decode(str(tmp_path), P)
+
+
+def test_audio_extensions() -> None:
+    assert is_audio_path("/x/Kick_01.WAV") and is_audio_path("a.flac") and is_audio_path("b.mp3")
+    assert not is_audio_path("notes.txt") and not is_audio_path("drumkit.xml") and not is_audio_path("x.wav.part")

@@ -1,0 +1,162 @@
+"""The SQLite index: query semantics, tags that follow content, and results that are never stale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from vibrary.daemon.index import Index, Query, Result
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Index:
+    return Index(tmp_path / "index.sqlite")
+
+
+def _add(index: Index, path: str, tags: dict[str, float], model_id: int, content: bytes | None = None) -> None:
+    index.mark_pending([(path, 0.0)])
+    job = next(j for j in index.due_jobs(1000, set(), 1e12) if j.path == path)
+    ranked = sorted(tags.items(), key=lambda kv: -kv[1])
+    result = Result(
+        job, size=1, mtime_ns=1, hash=content or path.encode().ljust(16, b"\0")[:16], tags={model_id: ranked}
+    )
+    assert index.write_results([result], 0.02) == [result]
+
+
+@pytest.fixture
+def library(index: Index) -> tuple[Index, int, int]:
+    inst = index.add_model("inst", "/m/inst.onnx", "a" * 64, ["kick", "snare", "hihat"], "{}", False)
+    mood = index.add_model("mood", "/m/mood.onnx", "b" * 64, ["dark", "bright"], "{}", False)
+    index.set_active(inst, True)
+    index.set_active(mood, True)
+    _add(index, "/lib/drums/k1.wav", {"kick": 0.9, "snare": 0.05}, inst.id)
+    _add(index, "/lib/drums/k2.wav", {"kick": 0.4, "snare": 0.35, "hihat": 0.25}, inst.id)  # best tag, < 0.5
+    _add(index, "/lib/drums/s1.wav", {"snare": 0.7, "kick": 0.3}, inst.id)
+    _add(index, "/lib/other/h1.wav", {"hihat": 0.95}, inst.id)
+    for path, mood_tags in {"/lib/drums/k1.wav": {"dark": 0.8}, "/lib/drums/s1.wav": {"bright": 0.9}}.items():
+        content = path.encode().ljust(16, b"\0")[:16]
+        index.mark_pending([(path, 0.0)])
+        job = next(j for j in index.due_jobs(100, set(), 1e12) if j.path == path)
+        r = Result(job, size=1, mtime_ns=1, hash=content, tags={mood.id: list(mood_tags.items())})
+        index.write_results([r], 0.02)
+    return index, inst.id, mood.id
+
+
+def _paths(index: Index, **kw: Any) -> list[str]:
+    return sorted(f.path for f in index.search(Query(**kw)))
+
+
+def test_single_tag_matches_best_tag_or_high_score(library: tuple[Index, int, int]) -> None:
+    index, _, _ = library
+    assert _paths(index, all_of=[["kick"]]) == ["/lib/drums/k1.wav", "/lib/drums/k2.wav"]
+    assert _paths(index, all_of=[["kick"]], min_score=0.3) == [
+        "/lib/drums/k1.wav",
+        "/lib/drums/k2.wav",
+        "/lib/drums/s1.wav",
+    ]
+    assert _paths(index, all_of=[["kick"]], min_score=0.5) == ["/lib/drums/k1.wav"]
+
+
+def test_and_or_not_and_prefix(library: tuple[Index, int, int]) -> None:
+    index, _, _ = library
+    assert _paths(index, all_of=[["kick"], ["dark"]]) == ["/lib/drums/k1.wav"]
+    assert _paths(index, all_of=[["snare", "hihat"]]) == ["/lib/drums/s1.wav", "/lib/other/h1.wav"]
+    assert _paths(index, all_of=[["kick", "snare"]], none_of=["dark"]) == ["/lib/drums/k2.wav", "/lib/drums/s1.wav"]
+    assert _paths(index, all_of=[["hihat", "kick"]], path_prefix="/lib/other") == ["/lib/other/h1.wav"]
+    assert _paths(index, none_of=["kick"], path_prefix="/lib") == ["/lib/drums/s1.wav", "/lib/other/h1.wav"]
+    assert _paths(index, all_of=[["nonexistent"]]) == []
+    assert len(_paths(index, all_of=[["kick", "snare", "hihat"]], limit=2)) == 2
+
+
+def test_search_returns_tags_of_active_models_best_first(library: tuple[Index, int, int]) -> None:
+    index, _, _ = library
+    (k1,) = [f for f in index.search(Query(all_of=[["dark"]]))]
+    assert [t[1] for t in k1.tags] == ["kick", "dark", "snare"]
+    assert {t[0] for t in k1.tags} == {"inst", "mood"}
+    assert _paths(index, all_of=[["kick"]], model="mood") == []
+
+
+def test_inactive_models_are_invisible_but_kept(library: tuple[Index, int, int]) -> None:
+    index, _, mood_id = library
+    mood = next(m for m in index.models() if m.id == mood_id)
+    index.set_active(mood, False)
+    assert _paths(index, all_of=[["dark"]]) == []
+    assert all(t[0] == "inst" for f in index.file_tags(["/lib"]) for t in f.tags)
+    index.set_active(mood, True)
+    assert _paths(index, all_of=[["dark"]]) == ["/lib/drums/k1.wav"]
+
+
+def test_a_moved_file_keeps_its_tags(library: tuple[Index, int, int]) -> None:
+    index, _, _ = library
+    assert index.move("/lib/drums", "/lib/kit") == 3
+    assert _paths(index, all_of=[["kick"]]) == ["/lib/kit/k1.wav", "/lib/kit/k2.wav"]
+    assert index.counts() == {"indexed": 4, "pending": 0, "failed": 0}
+    assert index.move("/lib/kit/k1.wav", "/lib/k1.wav") == 1
+    assert "/lib" in index.dirs_under("/lib") and list(index.files_in_dir("/lib")) == ["/lib/k1.wav"]
+
+
+def test_a_duplicate_file_needs_no_model_run(library: tuple[Index, int, int]) -> None:
+    index, inst_id, mood_id = library
+    content = b"/lib/drums/k1.wav".ljust(16, b"\0")[:16]
+    assert index.models_done(content) == {inst_id, mood_id}
+    assert index.models_done(b"x" * 16) == set()
+
+
+def test_a_result_for_a_file_changed_meanwhile_is_dropped(index: Index) -> None:
+    m = index.add_model("inst", "/m.onnx", "c" * 64, ["kick"], "{}", False)
+    index.set_active(m, True)
+    index.mark_pending([("/a.wav", 0.0)])
+    (job,) = index.due_jobs(10, set(), 1e12)
+    index.mark_pending([("/a.wav", 0.0)])  # the file changed while a worker was reading it
+    stale = Result(job, size=1, mtime_ns=1, hash=b"h" * 16, tags={m.id: [("kick", 1.0)]})
+    assert index.write_results([stale], 0.02) == []
+    assert index.counts()["pending"] == 1
+
+
+def test_failures_are_kept_with_their_reason(index: Index) -> None:
+    index.mark_pending([("/bad.wav", 0.0)])
+    (job,) = index.due_jobs(10, set(), 1e12)
+    index.write_results([Result(job, size=10, mtime_ns=5, error="empty file (0 bytes)")], 0.02)
+    (f,) = index.file_tags(["/bad.wav"])
+    assert (f.state, f.error, f.tags) == ("failed", "empty file (0 bytes)", [])
+    assert index.failures() == [("/bad.wav", "empty file (0 bytes)")]
+
+
+def test_due_jobs_respects_settle_time_and_in_flight(index: Index) -> None:
+    index.mark_pending([("/a.wav", 100.0), ("/b.wav", 200.0)])
+    assert [j.path for j in index.due_jobs(10, set(), 150.0)] == ["/a.wav"]
+    a = index.due_jobs(10, set(), 150.0)[0]
+    assert index.due_jobs(10, {a.id}, 150.0) == []
+    assert index.next_due() == 100.0
+
+
+def test_new_model_requeues_only_what_it_has_not_seen(library: tuple[Index, int, int]) -> None:
+    index, inst_id, mood_id = library
+    assert index.requeue_missing([inst_id]) == 0
+    assert index.requeue_missing([inst_id, mood_id]) == 2  # k2 and h1 have no mood tags
+    assert index.counts()["pending"] == 2
+
+
+def test_tag_counts_and_watches(library: tuple[Index, int, int]) -> None:
+    index, _, _ = library
+    counts = {(m, t): n for m, t, n in index.tag_counts()}
+    assert counts[("inst", "kick")] == 2 and counts[("inst", "hihat")] == 1 and counts[("mood", "dark")] == 1
+    index.add_watch("/lib")
+    index.add_watch("/lib/other")
+    assert index.watches() == ["/lib", "/lib/other"]
+    assert index.remove_watch("/lib")
+    assert sorted(f.path for f in index.file_tags(["/lib"]) if f.state != "unknown") == ["/lib/other/h1.wav"]
+    assert not index.remove_watch("/nowhere")
+
+
+def test_model_versions(index: Index) -> None:
+    a1 = index.add_model("inst", "/1.onnx", "1" * 64, ["kick"], "{}", False)
+    a2 = index.add_model("inst", "/2.onnx", "2" * 64, ["kick"], "{}", False)
+    assert (a1.version, a2.version) == (1, 2)
+    assert index.model("inst").version == 2 and index.model("inst", 1).path == "/1.onnx"
+    index.set_active(a1, True)
+    index.set_active(a2, True)
+    assert [m.ref for m in index.active_models()] == ["inst@2"]
+    with pytest.raises(KeyError, match="no model inst@7"):
+        index.model("inst", 7)

@@ -1,0 +1,24 @@
+"""The checked-in gRPC code is what the protos generate (a stale copy would silently drop fields)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_generated_code_matches_protos() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--check"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_generated_modules_import_under_the_namespaced_package() -> None:
+    from vibrary.proto import daemon_pb2, daemon_pb2_grpc
+
+    assert daemon_pb2.DESCRIPTOR.package == "vibrary.v1"
+    assert hasattr(daemon_pb2_grpc, "DaemonStub")
+    assert "decoded" in daemon_pb2.Status.DESCRIPTOR.fields_by_name

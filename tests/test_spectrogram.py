@@ -1,0 +1,90 @@
+"""The daemon's own log-mel equals librosa's with the same parameters (it must: models are trained on it)."""
+
+from __future__ import annotations
+
+import librosa
+import numpy as np
+import pytest
+from vibrary.daemon.spectrogram import SpectrogramParams, dequantize, log_mel, mel_filterbank, mel_power, quantize
+
+PARAMS = [
+    SpectrogramParams(),
+    SpectrogramParams(sample_rate=22050, duration_s=1.5, n_fft=1024, hop_length=256, n_mels=64, fmin=30.0, fmax=8000.0),
+    SpectrogramParams(n_mels=128, top_db=60.0, ref="1.0"),
+]
+
+
+def _audio(params: SpectrogramParams, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(params.n_samples) / params.sample_rate
+    x = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)
+    x[: params.n_samples // 3] *= 0.01  # quiet start: exercises the dB floor
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("params", PARAMS, ids=["default", "small", "absolute-ref"])
+def test_mel_power_equals_librosa(params: SpectrogramParams) -> None:
+    y = _audio(params, 1)
+    ours = mel_power(y[None, :], params)[0]
+    theirs = librosa.feature.melspectrogram(
+        y=y,
+        sr=params.sample_rate,
+        n_fft=params.n_fft,
+        hop_length=params.hop_length,
+        n_mels=params.n_mels,
+        fmin=params.fmin,
+        fmax=params.fmax,
+        power=params.power,
+    )
+    assert ours.shape == theirs.shape == (params.n_mels, params.n_frames)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-6 * float(theirs.max()))
+
+
+@pytest.mark.parametrize("params", PARAMS, ids=["default", "small", "absolute-ref"])
+def test_log_mel_equals_librosa_power_to_db(params: SpectrogramParams) -> None:
+    y = _audio(params, 2)
+    theirs = librosa.feature.melspectrogram(
+        y=y,
+        sr=params.sample_rate,
+        n_fft=params.n_fft,
+        hop_length=params.hop_length,
+        n_mels=params.n_mels,
+        fmin=params.fmin,
+        fmax=params.fmax,
+    )
+    ref = np.max if params.ref == "max" else float(params.ref)
+    expected = librosa.power_to_db(theirs, ref=ref, top_db=params.top_db)
+    np.testing.assert_allclose(log_mel(y[None, :], params)[0], expected, atol=1e-2)
+
+
+def test_filterbank_equals_librosa() -> None:
+    p = SpectrogramParams()
+    np.testing.assert_allclose(
+        mel_filterbank(p), librosa.filters.mel(sr=p.sample_rate, n_fft=p.n_fft, n_mels=p.n_mels), rtol=1e-5, atol=1e-8
+    )
+
+
+def test_default_shape_is_the_reference_96_by_259() -> None:
+    p = SpectrogramParams()
+    spec = log_mel(np.zeros((1, p.n_samples), np.float32), p)
+    assert spec.shape == (1, 96, 259) == p.shape
+    assert np.all(np.isfinite(spec))
+
+
+def test_quantisation_error_is_below_a_fifth_of_a_decibel() -> None:
+    p = SpectrogramParams()
+    spec = log_mel(_audio(p, 3)[None, :], p)
+    codes = quantize(spec, p)
+    assert codes.dtype == np.uint8
+    assert np.abs(dequantize(codes, p) - spec).max() <= p.top_db / 255 / 2 + 1e-4
+
+
+def test_params_round_trip_and_reject_nonsense() -> None:
+    p = SpectrogramParams(n_mels=64, mono=False)
+    assert SpectrogramParams.from_json(p.to_json()) == p
+    assert p.shape[0] == 2
+    assert p.key != SpectrogramParams().key
+    with pytest.raises(ValueError, match="unknown spectrogram parameters"):
+        SpectrogramParams.from_json('{"n_mels": 96, "bogus": 1}')
+    with pytest.raises(ValueError):
+        SpectrogramParams(pad="mirror")

@@ -1,0 +1,1 @@
+"""Trainer service (needs the [trainer] extra): a later issue fills it in."""
