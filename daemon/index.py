@@ -228,20 +228,24 @@ class Index:
         return removed
 
     def move(self, src: str, dst: str) -> int:
-        """A file or folder renamed inside the library: paths change, content and tags stay."""
+        """A file or folder renamed inside the library: paths change, content and tags stay. The new
+        `gen` drops any result a worker is still computing under the old path."""
         with self.write() as c:
             moved = 0
             if c.execute("SELECT 1 FROM files WHERE path = ?", (src,)).fetchone():
                 c.execute("DELETE FROM files WHERE path = ?", (dst,))  # the file it replaced
                 moved = c.execute(
-                    "UPDATE files SET path = ?, dir = ? WHERE path = ?", (dst, os.path.dirname(dst), src)
+                    "UPDATE files SET path = ?, dir = ?, gen = gen + 1 WHERE path = ?",
+                    (dst, os.path.dirname(dst), src),
                 ).rowcount
             lo, hi = under(src)
             rows = c.execute("SELECT id, path FROM files WHERE path >= ? AND path < ?", (lo, hi)).fetchall()
             for file_id, path in rows:
                 new = dst + path[len(src) :]
                 c.execute("DELETE FROM files WHERE path = ?", (new,))
-                c.execute("UPDATE files SET path = ?, dir = ? WHERE id = ?", (new, os.path.dirname(new), file_id))
+                c.execute(
+                    "UPDATE files SET path = ?, dir = ?, gen = gen + 1 WHERE id = ?", (new, os.path.dirname(new), file_id)
+                )
         return moved + len(rows)
 
     def files_in_dir(self, folder: str) -> dict[str, tuple[int, int, str]]:

@@ -179,29 +179,39 @@ class Watcher(FileSystemEventHandler):
 
     def scan(self, folder: str) -> None:
         """Bring the index in line with what is on disk under folder, one directory at a time (memory
-        stays flat on a library of millions of files). Symbolic links to folders are not followed, so a
-        link loop cannot trap the scan."""
+        stays flat on a library of millions of files). Each directory's index rows are read *before* it
+        is listed, so a file that arrives meanwhile is never mistaken for one that vanished. Symbolic
+        links to folders are not followed, so a link loop cannot trap the scan."""
         visited: set[str] = set()
-        now = time.time()
-        for dirpath, _dirs, names in os.walk(folder, followlinks=False):
-            visited.add(dirpath)
-            known = self.index.files_in_dir(dirpath)
+        stack = [folder]
+        while stack:
+            directory = stack.pop()
+            visited.add(directory)
+            known = self.index.files_in_dir(directory)
+            try:
+                entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            except OSError as e:
+                log.warning("cannot list %s (%s); its index entries are kept", directory, e.strerror)
+                continue
+            now = time.time()
             changed: list[tuple[str, float]] = []
-            for name in sorted(names):
-                path = os.path.join(dirpath, name)
-                if not is_audio_path(path):
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                    continue
+                if not is_audio_path(entry.name):
                     continue
                 try:
-                    st = os.stat(path)
+                    st = os.stat(entry.path)
                     current = (st.st_size, st.st_mtime_ns)
                     fresh = now - st.st_mtime > self.settle_s
                 except FileNotFoundError:
                     continue  # gone since the listing; its own event says where to
                 except OSError:
                     current, fresh = (-1, -1), True  # the worker will record why it cannot be read
-                size, mtime_ns, state = known.pop(path, (None, None, None))
+                size, mtime_ns, state = known.pop(entry.path, (None, None, None))
                 if state != "pending" and (size, mtime_ns) != current:
-                    changed.append((path, now if fresh else now + self.settle_s))
+                    changed.append((entry.path, now if fresh else now + self.settle_s))
             if changed:
                 with self._lock:
                     self.index.mark_pending(changed)

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -84,6 +85,10 @@ def test_dropped_files_are_tagged_and_found(daemon: DaemonProcess, tmp_path: Pat
     status = daemon.client.status()
     assert (status.indexed, status.failed, list(status.models)) == (9, 0, ["bands@1"])
     assert status.decoded == 9
+
+
+def test_daemon_runs_at_low_priority(daemon: DaemonProcess) -> None:
+    assert psutil.Process(daemon.proc.pid).nice() >= 10  # the DAW always wins the CPU
 
 
 def test_socket_is_user_only_and_serves_health_and_reflection(daemon: DaemonProcess) -> None:

@@ -160,3 +160,13 @@ def test_model_versions(index: Index) -> None:
     assert [m.ref for m in index.active_models()] == ["inst@2"]
     with pytest.raises(KeyError, match="no model inst@7"):
         index.model("inst", 7)
+
+
+def test_a_stale_result_for_a_moved_file_neither_deletes_nor_overwrites_it(index: Index) -> None:
+    index.mark_pending([("/staging/a.wav", 0.0)])
+    (job,) = index.due_jobs(10, set(), 1e12)
+    assert index.move("/staging/a.wav", "/lib/a.wav") == 1  # moved while a worker was reading it
+    gone = Result(job, error="file not found", vanished=True)  # the worker's view of the old path
+    assert index.write_results([gone], 0.02) == []
+    (moved,) = index.due_jobs(10, set(), 1e12)
+    assert (moved.id, moved.path) == (job.id, "/lib/a.wav")  # still queued, under its new name
