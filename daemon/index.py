@@ -244,7 +244,8 @@ class Index:
                 new = dst + path[len(src) :]
                 c.execute("DELETE FROM files WHERE path = ?", (new,))
                 c.execute(
-                    "UPDATE files SET path = ?, dir = ?, gen = gen + 1 WHERE id = ?", (new, os.path.dirname(new), file_id)
+                    "UPDATE files SET path = ?, dir = ?, gen = gen + 1 WHERE id = ?",
+                    (new, os.path.dirname(new), file_id),
                 )
         return moved + len(rows)
 
