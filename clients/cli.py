@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -289,6 +290,185 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- datasets and training -------------------------------------------------------------------------------------
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _dataset_line(name: str, manifest: Any, audio_bytes: int, failed: int) -> tuple[dict[str, Any], str]:
+    from collections import Counter
+
+    counts = Counter(manifest.classes[i] for i in _all_labels(name, manifest))
+    ratio = audio_bytes / max(1, manifest.size)
+    obj = {
+        "dataset": name,
+        "classes": manifest.classes,
+        "clips": manifest.clips,
+        "per_class": dict(counts),
+        "audio_bytes": audio_bytes,
+        "upload_bytes": manifest.size,
+        "ratio": round(ratio, 1),
+        "failed": failed,
+    }
+    human = (
+        f"dataset {name}: {manifest.clips} clips in {len(manifest.classes)} classes "
+        f"({', '.join(f'{c} {n}' for c, n in sorted(counts.items()))})\n"
+        f"audio {_mb(audio_bytes)} → upload {_mb(manifest.size)} ({ratio:.0f}× smaller, spectrograms only)"
+        + (f"\n{failed} files could not be read" if failed else "")
+    )
+    return obj, human
+
+
+def _all_labels(name: str, manifest: Any) -> list[int]:
+    from vibrary.daemon import dataset, shards
+
+    _, shard_dir = dataset.load(config.home(), name)
+    labels: list[int] = []
+    for s in manifest.shards:
+        labels.extend(
+            shards.unpack((shard_dir / f"{s.sha256}.npz").read_bytes(), manifest.params, len(manifest.classes))[
+                1
+            ].tolist()
+        )
+    return labels
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    from vibrary.daemon import dataset
+
+    home_dir = config.home()
+    if args.action == "list":
+        folder = home_dir / "datasets"
+        for name in sorted(p.name for p in folder.iterdir()) if folder.exists() else []:
+            manifest, _ = dataset.load(home_dir, name)
+            _out(
+                args,
+                {"dataset": name, "clips": manifest.clips, "classes": manifest.classes},
+                f"{name}: {manifest.clips} clips, {len(manifest.classes)} classes",
+            )
+        return 0
+    if args.action == "show":
+        try:
+            manifest, _ = dataset.load(home_dir, args.name)
+        except FileNotFoundError as e:
+            raise CommandError(str(e)) from None
+        report = json.loads((dataset.dataset_dir(home_dir, args.name) / "report.json").read_text())
+        obj, human = _dataset_line(args.name, manifest, report["audio_bytes"], len(report["failed"]))
+        _out(args, obj, human)
+        return 0
+    try:
+        examples = dataset.examples_from_folders(args.dirs)
+    except FileNotFoundError as e:
+        raise CommandError(str(e)) from None
+    bar = tqdm(total=len(examples), unit="file", disable=None, file=sys.stderr, desc="spectrograms")
+    try:
+        report = dataset.build(home_dir, args.name, examples, progress=bar.update)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    finally:
+        bar.close()
+    for path, error in report.failed:
+        print(f"skipped {path}: {error}", file=sys.stderr)
+    obj, human = _dataset_line(args.name, report.manifest, report.audio_bytes, len(report.failed))
+    _out(args, obj, human)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vibrary.daemon import dataset
+
+    from .trainer_client import TrainerClient
+
+    home_dir = config.home()
+    try:
+        manifest, shard_dir = dataset.load(home_dir, args.dataset)
+    except FileNotFoundError as e:
+        raise CommandError(str(e)) from None
+    token = args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", "")
+    server = None
+    if args.trainer == "local":
+        try:
+            from vibrary.trainer.service import serve
+        except ImportError as e:
+            raise CommandError(
+                f"the local trainer needs PyTorch ({e.name} is missing): pip install 'vibrary[trainer]', "
+                "or name a remote trainer with --trainer HOST:PORT"
+            ) from None
+        server, port = serve(home_dir / "trainer", "127.0.0.1:0")
+        target = f"127.0.0.1:{port}"
+    else:
+        target = args.trainer
+    started = time.monotonic()
+    options = json.dumps({k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None})
+    try:
+        with TrainerClient(target, token) as trainer:
+            upload = tqdm(total=manifest.size, unit="B", unit_scale=True, disable=None, file=sys.stderr, desc="upload")
+            trainer.upload(manifest, shard_dir, upload.update)
+            upload.close()
+            job = trainer.start(manifest, args.name or args.dataset, args.base, options)
+            bar = tqdm(total=None, unit="epoch", disable=None, file=sys.stderr, desc="training")
+            for update in trainer.watch(job.id):
+                job = update
+                bar.total = job.epochs or None
+                bar.n = job.epoch
+                bar.set_postfix_str(f"{job.phase} loss {job.loss:.3f} val acc {job.val_accuracy:.2f}")
+            bar.close()
+            if job.state != job.SUCCEEDED:
+                raise CommandError(f"training {job.State.Name(job.state).lower()}: {job.error or 'no reason given'}")
+            files = trainer.download(job.id)
+    finally:
+        if server is not None:
+            server.stop(grace=1)
+    index, _ = _index()
+    staging = home_dir / "models" / f".incoming-{job.id}.onnx"
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    staging.write_bytes(files["model.onnx"])
+    try:
+        row = registry.install(index, home_dir, str(staging), args.name or args.dataset)
+    except ModelError as e:
+        raise CommandError(f"the trained model cannot be installed: {e}") from None
+    finally:
+        staging.unlink(missing_ok=True)
+    index.set_active(row, True)
+    plots = []
+    for name in ("learning_curve.png", "confusion_matrix.png"):
+        target_path = Path(row.path).with_suffix(f".{name}")
+        target_path.write_bytes(files[name])
+        plots.append(str(target_path))
+    summary = json.loads(job.summary or "{}")
+    obj = {
+        "model": row.name,
+        "version": row.version,
+        "classes": list(row.classes),
+        "val_accuracy": round(float(job.val_accuracy), 4),
+        "seconds": round(time.monotonic() - started, 1),
+        "plots": plots,
+        "summary": summary,
+    }
+    human = f"installed and activated {row.ref}: validation accuracy {job.val_accuracy:.1%}\nplots: {', '.join(plots)}"
+    _out(args, obj, human)
+    return 0
+
+
+def cmd_trainer(args: argparse.Namespace) -> int:
+    try:
+        from vibrary.trainer.service import serve
+    except ImportError as e:
+        raise CommandError(f"the trainer needs PyTorch ({e.name} is missing): pip install 'vibrary[trainer]'") from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", "")
+    data = Path(args.data) if args.data else config.home() / "trainer"
+    server, port = serve(data, args.listen, token)
+    print(f"vibrary trainer serving on port {port} (data in {data})", file=sys.stderr, flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+    server.stop(grace=2).wait()
+    return 0
+
+
 # -- argument parsing -------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -343,6 +523,35 @@ def build_parser() -> argparse.ArgumentParser:
         a = actions.add_parser(action, parents=[common], help=f"{action} NAME (newest version) or NAME@VERSION")
         a.add_argument("ref", metavar="NAME[@VERSION]")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("dataset", help="labelled examples for training your own tags")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("create", parents=[common], help="spectrograms of DIR/<tag>/* files, labelled by folder")
+    a.add_argument("name", metavar="NAME")
+    a.add_argument("dirs", nargs="+", metavar="DIR")
+    a.add_argument("--labels", choices=["folders"], default="folders", help="where labels come from")
+    a = actions.add_parser("show", parents=[common], help="classes, counts and upload size of a dataset")
+    a.add_argument("name", metavar="NAME")
+    actions.add_parser("list", parents=[common], help="the datasets in this home")
+    p.set_defaults(func=cmd_dataset)
+
+    p = sub.add_parser("train", parents=[common], help="train a model on a dataset, then install and activate it")
+    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("--name", default="", help="model name (default: the dataset's)")
+    p.add_argument("--trainer", default="local", metavar="local|HOST:PORT", help="where to train (default: here)")
+    p.add_argument("--token", default="", help="token of a remote trainer (default $VIBRARY_TRAINER_TOKEN)")
+    p.add_argument("--base", default="demo", help="demo (transfer from the built-in model) or none")
+    p.add_argument("--epochs", type=int, default=None, help="at most this many epochs")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("trainer", help="the training service")
+    actions = p.add_subparsers(dest="action", required=True)
+    a = actions.add_parser("serve", parents=[common], help="run the trainer service in the foreground")
+    a.add_argument("--listen", default="127.0.0.1:7878", metavar="HOST:PORT")
+    a.add_argument("--token", default="", help="required on anything but loopback (default $VIBRARY_TRAINER_TOKEN)")
+    a.add_argument("--data", default="", help="where shards and jobs are kept (default $VIBRARY_HOME/trainer)")
+    p.set_defaults(func=cmd_trainer)
     return parser
 
 
@@ -350,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (CommandError, DaemonNotRunning, DaemonError, ValueError) as e:
+    except (CommandError, DaemonNotRunning, DaemonError, ValueError, OSError) as e:
         print(f"vibrary: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -26,7 +26,7 @@ class Settings:
     """Daemon tunables; `config.json` in the home overrides the defaults, flags override both."""
 
     workers: int = 0  # decode/spectrogram threads; 0: one per core
-    batch_size: int = 32  # clips per onnxruntime call
+    batch_size: int = 8  # clips per onnxruntime call: larger batches only grow onnxruntime's memory
     queue_size: int = 64  # files in flight between the index and the workers: memory stays bounded
     settle_s: float = 1.0  # a file still being written is read only after this long without change
     nice: int = 10  # OS priority of the daemon: the DAW always wins

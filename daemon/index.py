@@ -199,6 +199,11 @@ class Index:
             c.executemany("DELETE FROM files WHERE id = ?", gone)
         return True
 
+    def analyze(self) -> None:
+        """Refresh SQLite's statistics: without them it guesses that `state = 'indexed'` is selective
+        (it is true of nearly every row) and walks the whole files table for a search."""
+        self.conn().execute("ANALYZE")
+
     def watches(self) -> list[str]:
         return [r[0] for r in self.conn().execute("SELECT path FROM watches ORDER BY path")]
 
@@ -498,18 +503,14 @@ def _search_sql(
 
     where: list[str] = ["f.state = 'indexed'"]
     if groups:
-        source = "tags t0 JOIN files f ON f.content_id = t0.content_id"
+        source, key = "tags t0 JOIN files f ON f.content_id = t0.content_id", "t0.content_id"
         where.append(match("t0", groups[0]))
-        for n, g in enumerate(groups[1:], start=1):
-            where.append(
-                f"EXISTS (SELECT 1 FROM tags t{n} WHERE t{n}.content_id = f.content_id AND {match(f't{n}', g)})"
-            )
+        for n, g in enumerate(groups[1:], start=1):  # probed on t0, before any files row is read
+            where.append(f"EXISTS (SELECT 1 FROM tags t{n} WHERE t{n}.content_id = {key} AND {match(f't{n}', g)})")
     else:
-        source = "files f"
+        source, key = "files f", "f.content_id"
     if excluded:
-        where.append(
-            f"NOT EXISTS (SELECT 1 FROM tags tx WHERE tx.content_id = f.content_id AND {match('tx', excluded)})"
-        )
+        where.append(f"NOT EXISTS (SELECT 1 FROM tags tx WHERE tx.content_id = {key} AND {match('tx', excluded)})")
     if q.path_prefix:
         lo, hi = under(q.path_prefix)
         where.append("f.path >= ? AND f.path < ?")

@@ -51,6 +51,7 @@ def _session(path: str, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads must sleep
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .cache import SpectrogramCache
 from .decode import DecodeError, FileVanished
@@ -67,6 +68,8 @@ class Pipeline:
         self._idle = threading.Condition()
         self._in_flight = 0
         self.counters = {"decoded": 0, "from_cache": 0, "reused": 0}
+        # one worker per core already: a multi-threaded BLAS inside each would only fight over them
+        threadpool_limits(1, user_api="blas")
         self._workers = [threading.Thread(target=self._work, name=f"worker-{i}", daemon=True) for i in range(workers)]
         self._batcher = threading.Thread(target=self._batch, name="infer", daemon=True)
         for t in [*self._workers, self._batcher]:

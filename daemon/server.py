@@ -7,23 +7,19 @@ its deadline passes.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import queue
 import time
-from collections.abc import Callable, Iterator
-from concurrent import futures
-from typing import Any
+from collections.abc import Iterator
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from . import events
 from .index import FileTags, Query
+from .rpc import make_server
 from .service import Daemon
 
 log = logging.getLogger(__name__)
@@ -171,40 +167,10 @@ class DaemonService(pb_grpc.DaemonServicer):
         )
 
 
-class _TokenCheck(grpc.ServerInterceptor):
-    """On TCP every call but health checks must carry `authorization: Bearer <token>`."""
-
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
-
-        def deny(request: Any, context: grpc.ServicerContext) -> None:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
-
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
-
-    def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
-    ) -> Any:
-        if details.method.startswith("/grpc.health.v1.Health/"):
-            return continuation(details)
-        given = dict(details.invocation_metadata or ()).get("authorization", "")
-        given_bytes = given.encode() if isinstance(given, str) else given
-        if hmac.compare_digest(given_bytes, self._expected):
-            return continuation(details)
-        return self._deny
-
-
-def _server(daemon: Daemon, interceptors: list[grpc.ServerInterceptor]) -> grpc.Server:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), interceptors=interceptors)
-    pb_grpc.add_DaemonServicer_to_server(DaemonService(daemon), server)
-    checker = health.HealthServicer()
-    for name in ("", SERVICE_NAME):
-        checker.set(name, health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
-    reflection.enable_server_reflection(
-        [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+def _server(daemon: Daemon, token: str) -> grpc.Server:
+    return make_server(
+        lambda server: pb_grpc.add_DaemonServicer_to_server(DaemonService(daemon), server), [SERVICE_NAME], token
     )
-    return server
 
 
 def serve(daemon: Daemon, socket_path: str, listen: str = "", token: str = "") -> list[grpc.Server]:
@@ -214,7 +180,7 @@ def serve(daemon: Daemon, socket_path: str, listen: str = "", token: str = "") -
     if os.path.exists(socket_path):
         os.unlink(socket_path)  # stale: the home lock proves no other daemon owns it
     servers = []
-    unix = _server(daemon, [])
+    unix = _server(daemon, "")
     old_umask = os.umask(0o177)
     try:
         unix.add_insecure_port(f"unix:{socket_path}")
@@ -226,7 +192,7 @@ def serve(daemon: Daemon, socket_path: str, listen: str = "", token: str = "") -
     if listen:
         if not token:
             raise ValueError("listening on TCP needs a token (--token or VIBRARY_TOKEN)")
-        tcp = _server(daemon, [_TokenCheck(token)])
+        tcp = _server(daemon, token)
         if tcp.add_insecure_port(listen) == 0:
             raise ValueError(f"cannot listen on {listen}")
         tcp.start()

@@ -131,9 +131,10 @@ def mel_power(audio: np.ndarray, params: SpectrogramParams) -> np.ndarray:
     half = params.n_fft // 2
     padded = np.pad(audio, ((0, 0), (half, half)))
     frames = np.lib.stride_tricks.sliding_window_view(padded, params.n_fft, axis=-1)[:, :: params.hop_length]
-    spectrum = np.abs(np.fft.rfft(frames * _window(params.n_fft), axis=-1))
-    if params.power != 1.0:
-        spectrum = spectrum**params.power
+    # numpy's float64 FFT is ~3x faster than its float32 one (numpy 2.x), and closer to librosa
+    spectrum = np.fft.rfft(frames * _window(params.n_fft).astype(np.float64), axis=-1)
+    power = spectrum.real**2 + spectrum.imag**2
+    spectrum = (power if params.power == 2.0 else np.sqrt(power) ** params.power).astype(np.float32)
     # (channels, frames, bins) @ (bins, mels) -> (channels, mels, frames)
     return np.matmul(spectrum, mel_filterbank(params).T).transpose(0, 2, 1)
 

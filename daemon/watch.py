@@ -29,7 +29,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
-from watchdog.observers.api import ObservedWatch
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from .decode import is_audio_path
 from .index import Index
@@ -49,7 +49,7 @@ class Watcher(FileSystemEventHandler):
         self.settle_s = settle_s
         self._on_pending = on_pending
         self._on_removed = on_removed
-        self._observer = Observer()
+        self._observer = _observer()
         self._watches: dict[str, ObservedWatch] = {}
         self._missing: set[str] = set()
         self._buffer: dict[str, float] = {}
@@ -106,10 +106,12 @@ class Watcher(FileSystemEventHandler):
 
     def _handle(self, event: FileSystemEvent) -> None:
         src = os.fsdecode(event.src_path)
-        if isinstance(event, (FileCreatedEvent, FileModifiedEvent, FileAttribEvent)):
+        if isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
             self._mark(src, time.time() + self.settle_s)
         elif isinstance(event, FileClosedEvent):
             self._mark(src, time.time())
+        elif isinstance(event, FileAttribEvent):
+            self._mark(src, time.time(), postpone=False)  # a chmod after a copy is no reason to wait
         elif isinstance(event, (FileDeletedEvent, DirDeletedEvent)):
             self._remove(src)
         elif isinstance(event, (FileMovedEvent, DirMovedEvent)):
@@ -117,10 +119,11 @@ class Watcher(FileSystemEventHandler):
         elif isinstance(event, DirCreatedEvent):
             self._scan_in_background(src)  # a folder moved in arrives as one event for all its files
 
-    def _mark(self, path: str, due: float) -> None:
+    def _mark(self, path: str, due: float, postpone: bool = True) -> None:
         if is_audio_path(path):
             with self._lock:
-                self._buffer[path] = due
+                if postpone or path not in self._buffer:
+                    self._buffer[path] = due
 
     def _remove(self, path: str) -> None:
         with self._lock:
@@ -130,6 +133,12 @@ class Watcher(FileSystemEventHandler):
             self._on_removed(removed)
 
     def _move(self, src: str, dst: str, is_dir: bool) -> None:
+        if not src:  # moved in from outside the watched folders: a rename is atomic, the file is complete
+            if is_dir:
+                self._scan_in_background(dst)
+            else:
+                self._mark(dst, time.time())
+            return
         with self._lock:
             self.flush()
             moved = self.index.move(src, dst) if is_dir or is_audio_path(dst) else 0
@@ -227,3 +236,11 @@ class Watcher(FileSystemEventHandler):
             removed = self.index.remove_paths(paths)
         if removed:
             self._on_removed(removed)
+
+
+def _observer() -> BaseObserver:
+    """inotify can report a file moved in from outside as a move (a finished file), not as a creation."""
+    try:
+        return Observer(generate_full_events=True)  # type: ignore[call-arg]
+    except TypeError:  # macOS and Windows observers have no such option
+        return Observer()

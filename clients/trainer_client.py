@@ -1,0 +1,92 @@
+"""Client side of the trainer service: resumable uploads, job progress, verified downloads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from vibrary.daemon.shards import Manifest, sha256_bytes
+from vibrary.proto import trainer_pb2 as pb
+from vibrary.proto import trainer_pb2_grpc as pb_grpc
+
+from .client import DaemonError
+
+CHUNK = 1 << 20
+FINISHED = (pb.Job.SUCCEEDED, pb.Job.FAILED, pb.Job.CANCELLED)
+
+
+class TrainerClient:
+    def __init__(self, target: str, token: str = "", timeout: float = 60.0) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 16 << 20)])
+        self.stub = pb_grpc.TrainerStub(self._channel)
+
+    def __enter__(self) -> TrainerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _rpc(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        try:
+            return getattr(self.stub, method)(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise DaemonError(e.code(), f"trainer at {self.target}: {e.details()}") from None
+
+    def missing(self, manifest: Manifest) -> list[pb.ShardStatus]:
+        wanted = pb.ShardList(shards=[pb.ShardStatus(sha256=s.sha256, size=s.size) for s in manifest.shards])
+        return list(self._rpc("MissingShards", wanted, self.timeout).shards)
+
+    def upload(self, manifest: Manifest, shard_dir: Path, progress: Callable[[int], object] = lambda n: None) -> int:
+        """Send what the trainer lacks, resuming partial shards; returns the bytes sent."""
+        missing = self.missing(manifest)
+        for status in missing:  # a corrupt local shard is said here, not as a broken stream later
+            if sha256_bytes((shard_dir / f"{status.sha256}.npz").read_bytes()) != status.sha256:
+                raise ValueError(f"local shard {status.sha256[:12]} is corrupt; create the dataset again")
+        sent = 0
+
+        def chunks() -> Iterator[pb.ShardChunk]:
+            nonlocal sent
+            for status in missing:
+                data = (shard_dir / f"{status.sha256}.npz").read_bytes()
+                for start in range(status.have_bytes, len(data), CHUNK):
+                    piece = data[start : start + CHUNK]
+                    yield pb.ShardChunk(sha256=status.sha256, offset=start, data=piece, size=len(data))
+                    sent += len(piece)
+                    progress(len(piece))
+
+        if missing:
+            self._rpc("UploadShards", chunks(), None)
+        return sent
+
+    def start(self, manifest: Manifest, name: str, base: str, config_json: str = "{}") -> pb.Job:
+        request = pb.JobRequest(manifest=manifest.to_json(), name=name, base=base, config=config_json)
+        return self._rpc("StartJob", request, self.timeout)
+
+    def _stream(self, method: str, request: Any) -> Iterator[Any]:
+        try:
+            yield from getattr(self.stub, method)(request, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise DaemonError(e.code(), f"trainer at {self.target}: {e.details()}") from None
+
+    def watch(self, job_id: str) -> Iterator[pb.Job]:
+        return self._stream("WatchJob", pb.JobRef(id=job_id))
+
+    def cancel(self, job_id: str) -> pb.Job:
+        return self._rpc("CancelJob", pb.JobRef(id=job_id), self.timeout)
+
+    def download(self, job_id: str) -> dict[str, bytes]:
+        """The job's files, each checked against the sha256 the trainer sent with it."""
+        files: dict[str, bytearray] = {}
+        for chunk in self._stream("DownloadResult", pb.JobRef(id=job_id)):
+            files.setdefault(chunk.name, bytearray()).extend(chunk.data)
+            if chunk.sha256 and sha256_bytes(bytes(files[chunk.name])) != chunk.sha256:
+                raise ValueError(f"{chunk.name} arrived corrupted (checksum mismatch)")
+        return {name: bytes(data) for name, data in files.items()}

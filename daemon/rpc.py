@@ -1,0 +1,71 @@
+"""What every Vibrary gRPC server has: health, reflection, and a token check on anything but loopback or
+a Unix socket. The daemon and the trainer both build their servers here."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+HEALTH_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class TokenCheck(grpc.ServerInterceptor):
+    """Every call but health checks must carry `authorization: Bearer <token>`."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+        def deny(request: Any, context: grpc.ServicerContext) -> None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
+
+        self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream = grpc.stream_unary_rpc_method_handler(deny)
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
+    ) -> Any:
+        if details.method.startswith(f"/{HEALTH_NAME}/"):
+            return continuation(details)
+        given = dict(details.invocation_metadata or ()).get("authorization", "")
+        given_bytes = given.encode() if isinstance(given, str) else given
+        if hmac.compare_digest(given_bytes, self._expected):
+            return continuation(details)
+        handler = continuation(details)
+        return self._deny_stream if handler is not None and handler.request_streaming else self._deny_unary
+
+
+def make_server(
+    add: Callable[[grpc.Server], None], services: Sequence[str], token: str = "", workers: int = 16
+) -> grpc.Server:
+    """A server with the given servicers (added by `add`), health SERVING for each, and reflection."""
+    options = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers),
+        interceptors=[TokenCheck(token)] if token else [],
+        options=options,
+    )
+    add(server)
+    checker = health.HealthServicer()
+    for name in ("", *services):
+        checker.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    reflection.enable_server_reflection([*services, HEALTH_NAME, reflection.SERVICE_NAME], server)
+    return server
+
+
+def is_loopback(listen: str) -> bool:
+    """True for 127.x.x.x:PORT, [::1]:PORT and localhost:PORT."""
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,135 @@
+"""Training data as it leaves the machine: labelled spectrograms, never audio, in content-addressed shards.
+
+A dataset is a manifest (class names, spectrogram parameters, shard list) plus shards. Each shard is an
+`np.savez_compressed` archive of 8-bit log-mel codes, label indices and group ids (a hash of the source
+folder, used to validate on unseen sources). Shards are named by the sha256 of their bytes, so an upload
+that was interrupted resumes with the shards the trainer lacks, and a corrupt shard is caught on arrival.
+The daemon writes this format and the trainer reads it; both import this module, so they cannot drift.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .spectrogram import SpectrogramParams
+
+SHARD_CLIPS = 256
+_ARRAYS = {"codes", "labels", "groups"}
+
+
+class ShardError(ValueError):
+    """A shard or manifest that cannot be used; str() says why."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    sha256: str
+    clips: int
+    size: int
+
+
+@dataclass
+class Manifest:
+    name: str
+    classes: list[str]
+    params: SpectrogramParams
+    shards: list[ShardInfo] = field(default_factory=list)
+
+    @property
+    def clips(self) -> int:
+        return sum(s.clips for s in self.shards)
+
+    @property
+    def size(self) -> int:
+        return sum(s.size for s in self.shards)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "name": self.name,
+                "classes": self.classes,
+                "spectrogram": json.loads(self.params.to_json()),
+                "shards": [s.__dict__ for s in self.shards],
+            },
+            indent=1,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        try:
+            raw = json.loads(text)
+            params = SpectrogramParams.from_json(json.dumps(raw["spectrogram"]))
+            shards = [ShardInfo(str(s["sha256"]), int(s["clips"]), int(s["size"])) for s in raw["shards"]]
+            manifest = cls(str(raw["name"]), [str(c) for c in raw["classes"]], params, shards)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ShardError(f"bad dataset manifest: {e}") from None
+        manifest.check()
+        return manifest
+
+    def check(self) -> None:
+        """What makes a dataset trainable at all, said before any upload or training starts."""
+        if self.clips == 0:
+            raise ShardError(f"dataset {self.name!r} is empty")
+        if len(self.classes) < 2:
+            raise ShardError(f"dataset {self.name!r} has {len(self.classes)} class; a model needs at least 2")
+        if len(set(self.classes)) != len(self.classes):
+            raise ShardError(f"dataset {self.name!r} names a class twice")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def group_id(source: str) -> str:
+    """A short, stable id for the folder a clip came from: the trainer needs groups, not paths."""
+    return hashlib.blake2b(source.encode(), digest_size=6).hexdigest()
+
+
+def pack(codes: np.ndarray, labels: np.ndarray, groups: list[str]) -> bytes:
+    if codes.dtype != np.uint8 or codes.ndim != 4:
+        raise ShardError(f"codes must be uint8 (n, channels, mels, frames), not {codes.dtype} {codes.shape}")
+    if not len(codes) == len(labels) == len(groups):
+        raise ShardError("codes, labels and groups differ in length")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, codes=codes, labels=labels.astype(np.int16), groups=np.array(groups, dtype="U16"))
+    return buf.getvalue()
+
+
+def unpack(data: bytes, params: SpectrogramParams, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, labels, groups) of one shard, checked against the dataset it claims to belong to."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            if set(z.files) != _ARRAYS:
+                raise ShardError(f"shard holds {sorted(z.files)}, expected {sorted(_ARRAYS)}")
+            codes, labels, groups = z["codes"], z["labels"], z["groups"]
+    except ShardError:
+        raise
+    except Exception as e:  # zipfile, zlib and numpy each raise their own kind
+        raise ShardError(f"corrupt shard: {e}") from None
+    if codes.dtype != np.uint8 or codes.shape[1:] != params.shape:
+        raise ShardError(f"shard spectrograms are {codes.dtype} {codes.shape[1:]}, expected uint8 {params.shape}")
+    if not len(codes) == len(labels) == len(groups):
+        raise ShardError("shard arrays differ in length")
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ShardError(f"shard labels outside 0..{n_classes - 1}")
+    return codes, labels.astype(np.int64), groups
+
+
+def write(
+    name: str, classes: list[str], params: SpectrogramParams, codes: np.ndarray, labels: np.ndarray, groups: list[str]
+) -> tuple[Manifest, dict[str, bytes]]:
+    """Split a labelled set into shards; returns the manifest and the shard bytes by sha256."""
+    manifest = Manifest(name, list(classes), params)
+    blobs: dict[str, bytes] = {}
+    for start in range(0, len(labels), SHARD_CLIPS):
+        stop = start + SHARD_CLIPS
+        blob = pack(codes[start:stop], labels[start:stop], groups[start:stop])
+        digest = sha256_bytes(blob)
+        blobs[digest] = blob
+        manifest.shards.append(ShardInfo(digest, len(labels[start:stop]), len(blob)))
+    return manifest, blobs

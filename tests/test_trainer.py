@@ -1,0 +1,342 @@
+"""The trainer: a real service over a real socket turns spectrogram shards into a model the daemon runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import grpc  # noqa: E402
+from vibrary.clients.client import DaemonError  # noqa: E402
+from vibrary.clients.trainer_client import TrainerClient  # noqa: E402
+from vibrary.daemon import shards  # noqa: E402
+from vibrary.daemon.infer import Model  # noqa: E402
+from vibrary.daemon.spectrogram import SpectrogramParams, log_mel, quantize  # noqa: E402
+from vibrary.proto import trainer_pb2 as pb  # noqa: E402
+from vibrary.trainer.augment import augment  # noqa: E402
+from vibrary.trainer.export import max_difference, to_onnx  # noqa: E402
+from vibrary.trainer.network import TagNet  # noqa: E402
+from vibrary.trainer.train import TrainConfig, _load_base, split_by_group, train  # noqa: E402
+
+from tests.conftest import json_lines, vibrary, wait_for  # noqa: E402
+
+P = SpectrogramParams()
+KINDS = ("tone", "noise", "thump")
+
+
+def sound(kind: str, rng: np.random.Generator, sr: int = 44100) -> np.ndarray:
+    """Three kinds of one-shot a producer could tell apart: a pitched tone, a noise burst, a low thump."""
+    n = int(sr * rng.uniform(0.3, 1.5))
+    t = np.arange(n) / sr
+    if kind == "tone":
+        x = np.sin(2 * np.pi * rng.uniform(300, 900) * t) * np.exp(-t * rng.uniform(1, 4))
+    elif kind == "noise":
+        x = rng.standard_normal(n) * np.exp(-t * rng.uniform(5, 20))
+    else:
+        freq = rng.uniform(45, 70) * (1 + 3 * np.exp(-t * 30))
+        x = np.sin(2 * np.pi * np.cumsum(freq) / sr) * np.exp(-t * rng.uniform(6, 12))
+    return (x * rng.uniform(0.1, 0.9) / np.abs(x).max()).astype(np.float32)
+
+
+def write_kinds(root: Path, per_kind: int, seed: int) -> None:
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    for kind in KINDS:
+        for i in range(per_kind):
+            (root / kind).mkdir(parents=True, exist_ok=True)
+            sf.write(root / kind / f"{kind}_{seed}_{i}.wav", sound(kind, rng), 44100)
+
+
+def spectrograms(per_kind: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    rng = np.random.default_rng(seed)
+    codes, labels, groups = [], [], []
+    for label, kind in enumerate(KINDS):
+        for i in range(per_kind):
+            clip = np.zeros(P.n_samples, np.float32)
+            x = sound(kind, rng)[: P.n_samples]
+            clip[: len(x)] = x
+            codes.append(quantize(log_mel(clip[None], P), P))
+            labels.append(label)
+            groups.append(f"{kind}-{i % 2}")
+    return np.stack(codes), np.array(labels), groups
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def trainer_service(tmp_path: Path) -> Iterator[str]:
+    """`vibrary trainer serve` as its own process on a real TCP port."""
+    port = _free_port()
+    env = {**os.environ, "VIBRARY_HOME": str(tmp_path / "trainer-home")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vibrary.clients.cli", "trainer", "serve", "--listen", f"127.0.0.1:{port}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=60)
+        yield f"127.0.0.1:{port}"
+    finally:
+        channel.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_end_to_end_folders_to_a_model_that_tags_new_clips(
+    model_home: Path, tmp_path: Path, trainer_service: str
+) -> None:
+    write_kinds(tmp_path / "examples", per_kind=8, seed=1)
+    created = json_lines(
+        vibrary("dataset", "create", "--json", "kinds", str(tmp_path / "examples"), home=model_home).stdout
+    )[0]
+    assert created["clips"] == 24 and created["classes"] == sorted(KINDS) and created["ratio"] > 20
+    out = vibrary(
+        "train",
+        "kinds",
+        "--json",
+        "--trainer",
+        trainer_service,
+        "--base",
+        "none",
+        "--epochs",
+        "12",
+        home=model_home,
+        timeout=600,
+    )
+    trained = json_lines(out.stdout)[-1]
+    assert (trained["model"], trained["version"], trained["classes"]) == ("kinds", 1, sorted(KINDS))
+    assert 0.0 <= trained["val_accuracy"] <= 1.0 and trained["seconds"] > 0
+    for plot in trained["plots"]:
+        assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    write_kinds(tmp_path / "new", per_kind=5, seed=99)  # clips the model has never seen
+    tagged = json_lines(vibrary("tag", "--json", "--model", "kinds", str(tmp_path / "new"), home=model_home).stdout)
+    assert len(tagged) == 15
+    right = sum(line["tags"][0]["tag"] == Path(line["path"]).parent.name for line in tagged)
+    assert right >= 14, tagged
+    models = {m["name"]: m["active"] for m in json_lines(vibrary("models", "list", "--json", home=model_home).stdout)}
+    assert models == {"bands": True, "kinds": True}  # a new tag family beside the existing one
+
+
+def _manifest_and_blobs(per_kind: int = 6, seed: int = 0) -> tuple[shards.Manifest, dict[str, bytes]]:
+    codes, labels, groups = spectrograms(per_kind, seed)
+    return shards.write("t", list(KINDS), P, codes, labels, groups)
+
+
+def test_upload_resumes_after_a_disconnect_and_never_resends(trainer_service: str, tmp_path: Path) -> None:
+    manifest, blobs = _manifest_and_blobs(per_kind=100)  # > 1 shard, several chunks each
+    assert len(manifest.shards) >= 2
+    first = manifest.shards[0]
+    data = blobs[first.sha256]
+    with TrainerClient(trainer_service) as client:
+        half = len(data) // 2
+
+        arrived = threading.Event()
+
+        def broken() -> Iterator[pb.ShardChunk]:
+            yield pb.ShardChunk(sha256=first.sha256, offset=0, data=data[:half], size=len(data))
+            arrived.wait(30)
+            raise ConnectionError("network went away")  # the client dies mid-upload
+
+        call = client.stub.UploadShards.future(broken())
+        wait_for(lambda: {s.sha256: s.have_bytes for s in client.missing(manifest)}.get(first.sha256) == half)
+        arrived.set()
+        with pytest.raises(grpc.RpcError):
+            call.result(timeout=30)
+        missing = {s.sha256: s.have_bytes for s in client.missing(manifest)}
+        assert missing[first.sha256] == half and len(missing) == len(manifest.shards)
+
+        for digest, blob in blobs.items():
+            (tmp_path / f"{digest}.npz").write_bytes(blob)
+        sent = client.upload(manifest, tmp_path)
+        assert sent == manifest.size - half  # only what was missing
+        assert client.missing(manifest) == []
+        assert client.upload(manifest, tmp_path) == 0  # a second upload sends nothing
+
+
+def test_corrupt_shard_is_refused(trainer_service: str) -> None:
+    manifest, blobs = _manifest_and_blobs()
+    shard = manifest.shards[0]
+    bad = bytearray(blobs[shard.sha256])
+    bad[len(bad) // 2] ^= 0xFF
+    with TrainerClient(trainer_service) as client:
+        with pytest.raises(grpc.RpcError) as err:
+            client.stub.UploadShards(
+                iter([pb.ShardChunk(sha256=shard.sha256, offset=0, data=bytes(bad), size=len(bad))])
+            )
+        assert err.value.code() == grpc.StatusCode.DATA_LOSS
+        assert [s.have_bytes for s in client.missing(manifest)] == [0]  # nothing half-kept
+        with pytest.raises(DaemonError, match="not uploaded"):
+            client.start(manifest, "t", "none")
+
+
+def test_bad_datasets_get_clear_errors(trainer_service: str, tmp_path: Path) -> None:
+    codes, labels, groups = spectrograms(4, 0)
+    with pytest.raises(shards.ShardError, match="empty"):
+        shards.write("e", list(KINDS), P, codes[:0], labels[:0], [])[0].check()
+    with pytest.raises(shards.ShardError, match="at least 2"):
+        shards.write("one", ["tone"], P, codes[:4], labels[:4], groups[:4])[0].check()
+    wrong = SpectrogramParams(n_mels=64)
+    with pytest.raises(shards.ShardError, match="expected uint8"):
+        shards.unpack(shards.pack(codes, labels, groups), wrong, 3)
+    with pytest.raises(shards.ShardError, match="corrupt shard"):
+        shards.unpack(b"PK\x03\x04 not really a zip", P, 3)
+
+    # a class with a single example fails the job with the reason, instead of training nonsense
+    keep = np.r_[np.flatnonzero(labels != 2), np.flatnonzero(labels == 2)[:1]]
+    manifest, blobs = shards.write("thin", list(KINDS), P, codes[keep], labels[keep], [groups[i] for i in keep])
+    for digest, blob in blobs.items():
+        (tmp_path / f"{digest}.npz").write_bytes(blob)
+    with TrainerClient(trainer_service) as client:
+        client.upload(manifest, tmp_path)
+        job = client.start(manifest, "thin", "none", json.dumps({"epochs": 1}))
+        final = list(client.watch(job.id))[-1]
+        assert final.state == pb.Job.FAILED and "thump (1)" in final.error
+        with pytest.raises(DaemonError, match="unknown training options"):
+            client.start(manifest, "thin", "none", json.dumps({"epocs": 3}))
+
+
+def test_cancel_mid_training_leaves_no_model(trainer_service: str, tmp_path: Path) -> None:
+    manifest, blobs = _manifest_and_blobs(per_kind=30)
+    for digest, blob in blobs.items():
+        (tmp_path / f"{digest}.npz").write_bytes(blob)
+    with TrainerClient(trainer_service) as client:
+        client.upload(manifest, tmp_path)
+        job = client.start(manifest, "c", "none", json.dumps({"epochs": 500, "patience": 500}))
+        updates = client.watch(job.id)
+        next(u for u in updates if u.epoch >= 1)  # training is under way
+        client.cancel(job.id)
+        final = list(updates)[-1]
+        assert final.state == pb.Job.CANCELLED and final.epoch < 500
+        with pytest.raises(DaemonError) as err:
+            client.download(job.id)
+        assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_export_matches_torch_and_the_daemon_loads_it(tmp_path: Path) -> None:
+    codes, labels, groups = spectrograms(6, 3)
+    manifest, _ = shards.write("kinds", list(KINDS), P, codes, labels, groups)
+    result = train(manifest, codes, labels, np.array(groups), TrainConfig(epochs=2, seed=1))
+    model_bytes = to_onnx(result, "kinds")
+    x = np.random.default_rng(0).uniform(-80, 0, (5, *P.shape)).astype(np.float32)
+    assert max_difference(result.net, model_bytes, x) < 1e-4
+    (tmp_path / "kinds.onnx").write_bytes(model_bytes)
+    model = Model(str(tmp_path / "kinds.onnx"))
+    assert model.info.classes == KINDS and model.info.params == P and model.info.name == "kinds"
+    assert json.loads(model.info.metadata["vibrary.training"])["train_clips"] == result.train_clips
+    for n in (1, 7):  # the batch axis is dynamic
+        scores = model.predict(x[:1].repeat(n, axis=0))
+        assert scores.shape == (n, 3) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_training_is_deterministic_for_a_seed() -> None:
+    codes, labels, groups = spectrograms(4, 5)
+    manifest, _ = shards.write("d", list(KINDS), P, codes, labels, groups)
+
+    def weights(seed: int) -> object:
+        return train(manifest, codes, labels, np.array(groups), TrainConfig(epochs=2, seed=seed)).net.head.weight
+
+    assert torch.equal(weights(7), weights(7))
+    assert not torch.equal(weights(7), weights(8))
+
+
+def test_validation_holds_out_whole_groups_and_keeps_every_class() -> None:
+    labels = np.array([0] * 6 + [1] * 6 + [2] * 3)
+    groups = np.array(["a", "a", "b", "b", "c", "c", "d", "d", "d", "e", "e", "e", "f", "f", "f"])
+    val = split_by_group(labels, groups, 0.3, np.random.default_rng(0))
+    for c in range(3):
+        assert (~val[labels == c]).any() and val[labels == c].any()
+    for g in "abcde":  # classes with several groups lose whole groups, never part of one
+        assert len(set(val[groups == g])) == 1
+
+
+def test_augmentation_keeps_shape_and_range_and_follows_the_seed() -> None:
+    x = torch.from_numpy(np.random.default_rng(0).uniform(-80, 0, (4, *P.shape)).astype(np.float32))
+    a = augment(x, -80.0, torch.Generator().manual_seed(3))
+    b = augment(x, -80.0, torch.Generator().manual_seed(3))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+    assert a.min() >= -80.0 - 1e-4 and a.max() <= 0.0 + 1e-4
+
+
+def test_transfer_copies_the_body_and_refuses_a_base_that_does_not_fit() -> None:
+    base = TagNet(15).state_dict()
+    net = TagNet(3)
+    _load_base(net, base)
+    assert torch.equal(net.features[0].weight, base["features.0.weight"])
+    assert net.head.weight.shape == (3, 128)
+    with pytest.raises(ValueError, match="does not fit"):
+        _load_base(TagNet(3, channels=2), base)
+
+
+def test_a_remote_trainer_needs_a_token(tmp_path: Path) -> None:
+    from vibrary.trainer.service import serve
+
+    with pytest.raises(ValueError, match="without a token"):
+        serve(tmp_path, "0.0.0.0:0")
+    server, port = serve(tmp_path, "127.0.0.1:0", token="t0k")
+    try:
+        manifest, _ = _manifest_and_blobs()
+        with TrainerClient(f"127.0.0.1:{port}", token="nope") as bad, pytest.raises(DaemonError) as err:
+            bad.missing(manifest)
+        assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+        with TrainerClient(f"127.0.0.1:{port}", token="t0k") as good:
+            assert len(good.missing(manifest)) == len(manifest.shards)
+    finally:
+        server.stop(grace=0)
+
+
+def test_daemon_and_clients_never_import_torch() -> None:
+    code = (
+        "import sys, vibrary.daemon.service, vibrary.daemon.server, vibrary.daemon.dataset, "
+        "vibrary.clients.cli, vibrary.clients.trainer_client; assert 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_train_without_torch_says_how_to_install_it(home: Path, tmp_path: Path) -> None:
+    fake = tmp_path / "no-torch" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named torch', name='torch')\n")
+    write_kinds(tmp_path / "ex", per_kind=2, seed=0)
+    vibrary("dataset", "create", "d", str(tmp_path / "ex"), home=home)
+    env = {**os.environ, "VIBRARY_HOME": str(home), "PYTHONPATH": str(tmp_path / "no-torch")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "vibrary.clients.cli", "train", "d"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "pip install 'vibrary[trainer]'" in proc.stderr
+
+
+def test_progress_streams_epochs(trainer_service: str, tmp_path: Path) -> None:
+    manifest, blobs = _manifest_and_blobs(per_kind=6)
+    for digest, blob in blobs.items():
+        (tmp_path / f"{digest}.npz").write_bytes(blob)
+    with TrainerClient(trainer_service) as client:
+        client.upload(manifest, tmp_path)
+        job = client.start(manifest, "p", "none", json.dumps({"epochs": 3, "patience": 10}))
+        seen = list(client.watch(job.id))
+        epochs = sorted({u.epoch for u in seen if u.phase == "training"})
+        assert epochs == [1, 2, 3] and seen[-1].state == pb.Job.SUCCEEDED
+        assert {u.phase for u in seen} >= {"training", "done"}
+        files = client.download(job.id)
+        assert set(files) == {"model.onnx", "learning_curve.png", "confusion_matrix.png"}

@@ -1,0 +1,81 @@
+"""Turn a trained network into the ONNX file the daemon runs, and prove the two compute the same thing.
+
+The file carries everything the daemon needs in `metadata_props` (class names, spectrogram parameters,
+name, version, training summary), so a model can never be fed spectrograms it was not trained on. The
+torch checkpoint of the body travels beside it only for the built-in model, as the base for transfer.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from vibrary.daemon.infer import ACTIVATION_KEY, CLASSES_KEY, NAME_KEY, VERSION_KEY
+from vibrary.daemon.spectrogram import METADATA_KEY
+
+from .network import TagNet, WithSoftmax
+from .train import TrainResult
+
+SUMMARY_KEY = "vibrary.training"
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+
+
+def to_onnx(result: TrainResult, name: str, version: int = 1) -> bytes:
+    net = WithSoftmax(result.net).eval()
+    example = torch.zeros((2, *result.params.shape))
+    buf = io.BytesIO()
+    torch.onnx.export(
+        net,
+        (example,),
+        buf,  # type: ignore[arg-type]  # a file object works, and spares a temporary file
+        dynamo=False,
+        input_names=["spectrogram"],
+        output_names=["scores"],
+        dynamic_axes={"spectrogram": {0: "batch"}, "scores": {0: "batch"}},
+        opset_version=17,
+    )
+    model = onnx.load_from_string(buf.getvalue())
+    meta = {
+        CLASSES_KEY: json.dumps(result.classes),
+        METADATA_KEY: result.params.to_json(),
+        NAME_KEY: name,
+        VERSION_KEY: str(version),
+        ACTIVATION_KEY: "none",
+        SUMMARY_KEY: json.dumps(result.summary()),
+    }
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def max_difference(net: TagNet, onnx_bytes: bytes, x: np.ndarray) -> float:
+    """Largest |torch − onnxruntime| score on x: the export must not change what the model says."""
+    with torch.no_grad():
+        expected = WithSoftmax(net).eval()(torch.from_numpy(x)).numpy()
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    return float(np.abs(expected - got).max())
+
+
+def load_base(base: str) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """'none', 'demo' (the built-in model's checkpoint) or a path to a checkpoint saved by save_base."""
+    if base == "none":
+        return None, "none"
+    path = BUILTIN_DIR / "demo.pt" if base == "demo" else Path(base)
+    if not path.exists():
+        if base == "demo":
+            raise FileNotFoundError("the built-in demo model's checkpoint is not installed; train with --base none")
+        raise FileNotFoundError(f"no base checkpoint at {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state, base
+
+
+def save_base(result: TrainResult, path: Path) -> None:
+    torch.save(result.net.state_dict(), path)

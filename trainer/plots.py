@@ -1,0 +1,62 @@
+"""The two pictures every training job returns: how it learned, and what it confuses."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on a server or in CI
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def learning_curve(history: list[dict[str, float]], title: str) -> bytes:
+    epochs = [h["epoch"] for h in history]
+    fig, loss_ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    loss_ax.plot(epochs, [h["train_loss"] for h in history], label="training loss", color="tab:blue")
+    loss_ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss", color="tab:orange")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss")
+    acc_ax = loss_ax.twinx()
+    acc_ax.plot(epochs, [h["val_accuracy"] for h in history], label="validation accuracy", color="tab:green")
+    acc_ax.set_ylim(0, 1.02)
+    acc_ax.set_ylabel("accuracy")
+    lines = loss_ax.get_legend_handles_labels()[0] + acc_ax.get_legend_handles_labels()[0]
+    loss_ax.legend(lines, [str(line.get_label()) for line in lines], loc="center right")
+    loss_ax.set_title(title)
+    return _png(fig)
+
+
+def confusion_matrix(confusion: np.ndarray, classes: list[str], title: str) -> bytes:
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * n, 1.0 + 0.45 * n), dpi=100)
+    rows = confusion.sum(axis=1, keepdims=True)
+    share = np.divide(confusion, rows, out=np.zeros(confusion.shape, float), where=rows > 0)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            if confusion[i, j]:
+                ax.text(
+                    j,
+                    i,
+                    str(confusion[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
+    ax.set_xticks(range(n), classes, rotation=60, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return _png(fig)
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

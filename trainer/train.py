@@ -1,0 +1,283 @@
+"""Train a TagNet on a dataset of spectrogram shards: the user's CPU by default, CUDA when present.
+
+Validation holds out whole groups (source folders) where a class has more than one, because a model that
+only recognises clips from folders it has seen is not what a producer needs. Training stops early when
+validation accuracy stops improving, and the best epoch's weights are kept. Everything random is drawn
+from the seed, so the same dataset and config give the same model on the same device.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from vibrary.daemon.shards import Manifest, ShardError
+from vibrary.daemon.spectrogram import SpectrogramParams, dequantize
+
+from .augment import augment, mixup
+from .network import TagNet
+
+MIN_EXAMPLES = 2
+
+
+class Cancelled(Exception):
+    pass
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
+    label_smoothing: float = 0.01
+    mixup_alpha: float = 0.2
+    val_fraction: float = 0.2
+    patience: int = 10
+    seed: int = 0
+    augment: bool = True
+    device: str = "auto"  # "auto": CUDA when present, else the CPU
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, object]) -> TrainConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown training options {unknown}; known: {sorted(known)}")
+        config = cls(**raw)  # type: ignore[arg-type]
+        if config.epochs < 1 or config.batch_size < 1 or not 0 <= config.val_fraction < 1:
+            raise ValueError("epochs and batch_size must be ≥ 1 and val_fraction within [0, 1)")
+        return config
+
+
+@dataclass
+class Progress:
+    phase: str  # loading | training | exporting | done
+    epoch: int = 0
+    epochs: int = 0
+    loss: float = 0.0
+    val_accuracy: float = 0.0
+    eta_s: float = 0.0
+
+
+@dataclass
+class TrainResult:
+    net: TagNet
+    classes: list[str]
+    params: SpectrogramParams
+    history: list[dict[str, float]] = field(default_factory=list)
+    confusion: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    val_accuracy: float = 0.0
+    best_epoch: int = 0
+    seconds: float = 0.0
+    train_clips: int = 0
+    val_clips: int = 0
+    base: str = "none"
+    device: str = "cpu"
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "val_accuracy": round(self.val_accuracy, 4),
+            "best_epoch": self.best_epoch,
+            "epochs_run": len(self.history),
+            "seconds": round(self.seconds, 1),
+            "train_clips": self.train_clips,
+            "val_clips": self.val_clips,
+            "base": self.base,
+            "device": self.device,
+        }
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def split_by_group(labels: np.ndarray, groups: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask of validation clips. Whole groups go to validation while every class keeps training
+    data; a class found in a single group gives a random share of its clips instead."""
+    val = np.zeros(len(labels), bool)
+    if fraction <= 0:
+        return val
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        class_groups = np.unique(groups[members])
+        want = max(1, round(fraction * len(members)))
+        if len(class_groups) >= 2:
+            for g in rng.permutation(class_groups):
+                in_group = members[groups[members] == g]
+                if val[members].sum() + len(in_group) > len(members) - 1:
+                    continue  # never the class's last training clip
+                val[in_group] = True
+                if val[members].sum() >= want:
+                    break
+        if not val[members].any():
+            val[rng.permutation(members)[: min(want, len(members) - 1)]] = True
+    return val
+
+
+def check_counts(labels: np.ndarray, classes: list[str]) -> None:
+    counts = np.bincount(labels, minlength=len(classes))
+    thin = [f"{classes[i]} ({n})" for i, n in enumerate(counts) if n < MIN_EXAMPLES]
+    if thin:
+        raise ShardError(f"each class needs at least {MIN_EXAMPLES} examples; too few: {', '.join(thin)}")
+
+
+def train(
+    manifest: Manifest,
+    codes: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    config: TrainConfig,
+    base: dict[str, torch.Tensor] | None = None,
+    base_name: str = "none",
+    progress: Callable[[Progress], None] = lambda p: None,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> TrainResult:
+    started = time.monotonic()
+    check_counts(labels, manifest.classes)
+    params = manifest.params
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    device = pick_device(config.device)
+
+    val_mask = split_by_group(labels, groups, config.val_fraction, rng)
+    x_all = torch.from_numpy(codes)
+    y_all = torch.from_numpy(labels)
+    train_idx, val_idx = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+
+    net = TagNet(len(manifest.classes), params.channels, params.n_mels, params.top_db)
+    if base is not None:
+        _load_base(net, base)
+    net.to(device)
+    head_params = list(net.head.parameters())
+    body_params = [p for n, p in net.named_parameters() if not n.startswith("head.")]
+    body_lr = config.lr * (0.3 if base is not None else 1.0)  # a pretrained body needs only nudging
+    optimizer = torch.optim.AdamW(
+        [{"params": body_params, "lr": body_lr}, {"params": head_params, "lr": config.lr}],
+        weight_decay=config.weight_decay,
+    )
+    steps_per_epoch = max(1, math.ceil(len(train_idx) / config.batch_size))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[body_lr, config.lr], total_steps=config.epochs * steps_per_epoch, pct_start=0.2
+    )
+
+    def batch(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(dequantize(x_all[idx].numpy(), params)).to(device)
+        return x, y_all[idx].to(device)
+
+    result = TrainResult(
+        net,
+        list(manifest.classes),
+        params,
+        base=base_name,
+        device=str(device),
+        train_clips=len(train_idx),
+        val_clips=len(val_idx),
+    )
+    best_state, best_acc, since_best = copy.deepcopy(net.state_dict()), -1.0, 0
+    n_classes = len(manifest.classes)
+    for epoch in range(1, config.epochs + 1):
+        epoch_start = time.monotonic()
+        net.train()
+        order = rng.permutation(train_idx)
+        total = 0.0
+        for start in range(0, len(order), config.batch_size):
+            if cancelled():
+                raise Cancelled("training cancelled")
+            x, y = batch(order[start : start + config.batch_size])
+            targets = F.one_hot(y, n_classes).float()
+            if config.augment:
+                x = augment(x, -params.top_db, gen)
+                x, targets = mixup(x, targets, config.mixup_alpha, gen)
+            targets = targets * (1 - config.label_smoothing) + config.label_smoothing / n_classes
+            loss = torch.sum(-targets * F.log_softmax(net(x), dim=1), dim=1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach()) * len(y)
+        train_loss = total / max(1, len(train_idx))
+        _recalibrate_batch_norm(net, train_idx, batch, config.batch_size)
+        val_loss, val_acc, _ = _evaluate(net, val_idx, batch, n_classes, config.batch_size)
+        score = val_acc if len(val_idx) else -train_loss
+        if score > best_acc:
+            best_state, best_acc, since_best, result.best_epoch = copy.deepcopy(net.state_dict()), score, 0, epoch
+        else:
+            since_best += 1
+        result.history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "seconds": time.monotonic() - epoch_start,
+            }
+        )
+        eta = (time.monotonic() - started) / epoch * (config.epochs - epoch)
+        progress(Progress("training", epoch, config.epochs, train_loss, val_acc, eta))
+        if since_best >= config.patience:
+            break
+    net.load_state_dict(best_state)
+    _, result.val_accuracy, result.confusion = _evaluate(net, val_idx, batch, n_classes, config.batch_size)
+    result.seconds = time.monotonic() - started
+    net.cpu().eval()
+    return result
+
+
+def _evaluate(
+    net: TagNet,
+    idx: np.ndarray,
+    batch: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
+    n_classes: int,
+    batch_size: int,
+) -> tuple[float, float, np.ndarray]:
+    confusion = np.zeros((n_classes, n_classes), np.int64)
+    if len(idx) == 0:
+        return 0.0, 0.0, confusion
+    net.eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(idx), batch_size * 4):
+            x, y = batch(idx[start : start + batch_size * 4])
+            logits = net(x)
+            total += float(F.cross_entropy(logits, y, reduction="sum"))
+            np.add.at(confusion, (y.cpu().numpy(), logits.argmax(1).cpu().numpy()), 1)
+    return total / len(idx), float(np.trace(confusion) / confusion.sum()), confusion
+
+
+def _recalibrate_batch_norm(
+    net: TagNet, idx: np.ndarray, batch: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]], batch_size: int
+) -> None:
+    """Exact batch-norm statistics of the (unaugmented) training clips. With few examples an epoch is a
+    step or two, far too few for running averages to settle, and evaluation would see stale statistics."""
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass below
+    net.eval()
+    for m in norms:
+        m.train()
+    with torch.no_grad():
+        for start in range(0, min(len(idx), 2048), batch_size * 4):
+            net(batch(idx[start : start + batch_size * 4])[0])
+    for m in norms:
+        m.momentum = 0.1
+
+
+def _load_base(net: TagNet, base: dict[str, torch.Tensor]) -> None:
+    """Everything but the classifier comes from the base model; the head starts fresh for the new classes."""
+    own = net.state_dict()
+    body = {k: v for k, v in base.items() if not k.startswith("head.")}
+    mismatched = [k for k, v in body.items() if k not in own or own[k].shape != v.shape]
+    if mismatched or set(own) - set(body) - {k for k in own if k.startswith("head.")}:
+        raise ValueError(f"base model does not fit this network (differs in {mismatched[:3] or 'layers'})")
+    net.load_state_dict(body, strict=False)
