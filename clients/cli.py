@@ -243,6 +243,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_counts(args: argparse.Namespace) -> int:
+    with Client() as c:
+        for n in c.counts(args.model):
+            _out(args, {"model": n.model, "tag": n.tag, "files": n.files}, f"{n.files:8d}  {n.tag}  ({n.model})")
+    return 0
+
+
 def cmd_tags(args: argparse.Namespace) -> int:
     with Client() as c:
         _print_files(args, c.tags(args.paths))
@@ -511,6 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tags", parents=[common], help="what the index holds for these files")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.set_defaults(func=cmd_tags)
+
+    p = sub.add_parser("counts", parents=[common], help="how many files carry each tag")
+    p.add_argument("--model", default="", help="only this model's tags")
+    p.set_defaults(func=cmd_counts)
 
     p = sub.add_parser("models", help="list, install, activate, deactivate, remove models")
     actions = p.add_subparsers(dest="action", required=True)

@@ -99,6 +99,9 @@ class Client:
     def tags(self, paths: Sequence[str]) -> Iterator[pb.FileTags]:
         return self._stream("GetTags", pb.GetTagsRequest(paths=[os.path.abspath(p) for p in paths]), self.timeout)
 
+    def counts(self, model: str = "") -> list[pb.TagCount]:
+        return list(self._call("CountTags", pb.CountTagsRequest(model=model)).counts)
+
     def tag(self, paths: Sequence[str], timeout: float = 600.0) -> Iterator[pb.FileTags]:
         return self._stream("Tag", pb.TagRequest(paths=[os.path.abspath(p) for p in paths]), timeout)
 

@@ -64,6 +64,7 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
             native_sr = f.samplerate
             audio = f.read(math.ceil(params.duration_s * native_sr), dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:
+        check_readable(path)  # gone or locked since the first check: say that, not libsndfile's guess
         raise DecodeError(_describe_libsndfile_error(e)) from None
     except (RuntimeError, TypeError, ValueError) as e:  # soundfile wraps some codec errors this way
         raise DecodeError(f"cannot decode audio: {e}") from None
@@ -129,6 +130,8 @@ def _check_not_truncated(f: sf.SoundFile) -> None:
 
 def _describe_libsndfile_error(e: sf.LibsndfileError) -> str:
     reason = e.error_string.strip().rstrip(".")
-    if "Format not recognised" in reason:
+    # libsndfile's mp3 reader says "does not exist or is not a regular file" of a corrupt file; the file
+    # has just been checked, so the words really mean it could not make sense of the bytes
+    if "Format not recognised" in reason or "not a regular file" in reason:
         return "not a recognised audio format (unsupported codec, or not audio at all)"
     return f"cannot decode audio: {reason}"

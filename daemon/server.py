@@ -101,6 +101,10 @@ class DaemonService(pb_grpc.DaemonServicer):
                 return
             yield file_tags_pb(found)
 
+    def CountTags(self, request: pb.CountTagsRequest, context: grpc.ServicerContext) -> pb.TagCounts:
+        counts = self.daemon.index.tag_counts(request.model)
+        return pb.TagCounts(counts=[pb.TagCount(model=m, tag=t, files=n) for m, t, n in counts])
+
     def Tag(self, request: pb.TagRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
         if not request.paths:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no paths given")

@@ -141,20 +141,15 @@ class Daemon:
             with self._in_flight_lock:
                 self._in_flight.difference_update(r.job.id for r in results)
             self._wake.set()
-        refs = {m.id: m.ref for m in self.pipeline.models}
+        if not self.events.subscribers:
+            return
         for r in written:
-            tags = [
-                (refs.get(model_id, str(model_id)).split("@")[0], tag, score)
-                for model_id, ranked in r.tags.items()
-                for tag, score in ranked
-            ]
             if r.vanished:
                 self._removed([r.job.path])
             elif r.error:
                 self.events.publish(Event(FILE_FAILED, FileTags(r.job.path, "failed", r.error, [])))
-            else:
-                tags.sort(key=lambda t: -t[2])
-                self.events.publish(Event(FILE_TAGGED, FileTags(r.job.path, "indexed", None, tags)))
+            else:  # from the index: a copy of known content computed nothing, yet has tags
+                self.events.publish(Event(FILE_TAGGED, next(self.index.file_tags([r.job.path]))))
 
     def _removed(self, paths: list[str]) -> None:
         for p in paths:
@@ -207,9 +202,9 @@ class Daemon:
         while time.time() < deadline:
             results = list(self.index.file_tags(files))
             if all(r.state != "pending" for r in results):
-                return results
+                break
             time.sleep(0.02)
-        return list(self.index.file_tags(files))
+        return [_say_why_missing(r) for r in self.index.file_tags(files)]
 
 
 def expand(paths: Sequence[str]) -> list[str]:
@@ -223,7 +218,13 @@ def expand(paths: Sequence[str]) -> list[str]:
                 out.extend(os.path.join(dirpath, n) for n in sorted(names) if is_audio_path(n))
         else:
             out.append(p)
-    return out
+    return list(dict.fromkeys(out))  # `vibrary tag DIR DIR/x.wav` tags x.wav once
+
+
+def _say_why_missing(found: FileTags) -> FileTags:
+    if found.state == "unknown" and not os.path.lexists(found.path):
+        return FileTags(found.path, "unknown", "file not found (deleted or moved before it could be read)", [])
+    return found
 
 
 def _lock_home(home_dir: Path) -> IO[str]:

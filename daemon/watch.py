@@ -116,7 +116,7 @@ class Watcher(FileSystemEventHandler):
             self._remove(src)
         elif isinstance(event, (FileMovedEvent, DirMovedEvent)):
             self._move(src, os.fsdecode(event.dest_path), event.is_directory)
-        elif isinstance(event, DirCreatedEvent):
+        elif isinstance(event, DirCreatedEvent) and not os.path.islink(src):
             self._scan_in_background(src)  # a folder moved in arrives as one event for all its files
 
     def _mark(self, path: str, due: float, postpone: bool = True) -> None:
@@ -134,7 +134,7 @@ class Watcher(FileSystemEventHandler):
 
     def _move(self, src: str, dst: str, is_dir: bool) -> None:
         if not src:  # moved in from outside the watched folders: a rename is atomic, the file is complete
-            if is_dir:
+            if is_dir and not os.path.islink(dst):
                 self._scan_in_background(dst)
             else:
                 self._mark(dst, time.time())
@@ -147,7 +147,7 @@ class Watcher(FileSystemEventHandler):
                 self._mark(dst, time.time())
             if not is_dir and not is_audio_path(dst):
                 self._remove(src)
-        if is_dir and not moved:
+        if is_dir and not moved and not os.path.islink(dst):
             self._scan_in_background(dst)
 
     def flush(self) -> None:
@@ -228,7 +228,7 @@ class Watcher(FileSystemEventHandler):
             if known:
                 self._remove_all(list(known))
         for gone in set(self.index.dirs_under(folder)) - visited:
-            if not os.path.isdir(gone):
+            if not os.path.isdir(gone) or os.path.islink(gone):  # a link is never walked, so never kept
                 self._remove_all(list(self.index.files_in_dir(gone)))
 
     def _remove_all(self, paths: list[str]) -> None:

@@ -101,6 +101,8 @@ def test_two_hundred_files_copied_in_are_all_tagged_and_searchable(daemon: Daemo
     assert drums_only and all("/drums/" in f["path"] and f["tags"][0]["tag"] in ("low", "mid") for f in drums_only)
     tags = json_lines(vibrary("tags", "--json", str(library / "pack" / "keys"), home=daemon.home).stdout)
     assert len(tags) == sum(1 for k in expected if k.startswith("keys/"))
+    counts = {c["tag"]: c["files"] for c in json_lines(vibrary("counts", "--json", home=daemon.home).stdout)}
+    assert counts == {band: sum(1 for b in expected.values() if b == band) for band in BANDS}
 
 
 def test_query_words() -> None:

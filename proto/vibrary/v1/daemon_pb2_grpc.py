@@ -64,6 +64,11 @@ class DaemonStub:
                 request_serializer=vibrary_dot_v1_dot_daemon__pb2.GetTagsRequest.SerializeToString,
                 response_deserializer=vibrary_dot_v1_dot_daemon__pb2.FileTags.FromString,
                 _registered_method=True)
+        self.CountTags = channel.unary_unary(
+                '/vibrary.v1.Daemon/CountTags',
+                request_serializer=vibrary_dot_v1_dot_daemon__pb2.CountTagsRequest.SerializeToString,
+                response_deserializer=vibrary_dot_v1_dot_daemon__pb2.TagCounts.FromString,
+                _registered_method=True)
         self.Tag = channel.unary_stream(
                 '/vibrary.v1.Daemon/Tag',
                 request_serializer=vibrary_dot_v1_dot_daemon__pb2.TagRequest.SerializeToString,
@@ -133,6 +138,13 @@ class DaemonServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountTags(self, request, context):
+        """How many indexed files carry each tag (per model), most common first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Tag(self, request, context):
         """Tag these paths now with the active models, store the result, stream it back.
         """
@@ -197,6 +209,11 @@ def add_DaemonServicer_to_server(servicer, server):
                     servicer.GetTags,
                     request_deserializer=vibrary_dot_v1_dot_daemon__pb2.GetTagsRequest.FromString,
                     response_serializer=vibrary_dot_v1_dot_daemon__pb2.FileTags.SerializeToString,
+            ),
+            'CountTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountTags,
+                    request_deserializer=vibrary_dot_v1_dot_daemon__pb2.CountTagsRequest.FromString,
+                    response_serializer=vibrary_dot_v1_dot_daemon__pb2.TagCounts.SerializeToString,
             ),
             'Tag': grpc.unary_stream_rpc_method_handler(
                     servicer.Tag,
@@ -386,6 +403,33 @@ class Daemon:
             '/vibrary.v1.Daemon/GetTags',
             vibrary_dot_v1_dot_daemon__pb2.GetTagsRequest.SerializeToString,
             vibrary_dot_v1_dot_daemon__pb2.FileTags.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vibrary.v1.Daemon/CountTags',
+            vibrary_dot_v1_dot_daemon__pb2.CountTagsRequest.SerializeToString,
+            vibrary_dot_v1_dot_daemon__pb2.TagCounts.FromString,
             options,
             channel_credentials,
             insecure,

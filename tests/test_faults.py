@@ -1,0 +1,781 @@
+"""Bad input never stops tagging: every broken file gets a clear one-line reason, the rest get their tags.
+
+Each fault is checked twice: through `vibrary tag --json` (a line with no tags and an error, exit status
+0, the good files beside it still tagged right) and through the running daemon (the file ends "failed"
+with that error, a FILE_FAILED event goes out, and files dropped afterwards are still tagged). A file
+deleted before it is read is the exception: the CLI says "not found", the daemon drops it (FILE_REMOVED).
+Then the heavier cases: a 2-hour file in flat memory, a kill -9 in the middle of indexing, malformed gRPC
+requests, and a second daemon on the same home.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import shutil
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import wave
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from vibrary.clients.client import Client
+from vibrary.daemon import config, decode, features
+from vibrary.daemon.index import Index, Job, Result
+from vibrary.daemon.pipeline import Pipeline
+from vibrary.daemon.service import load_models
+from vibrary.proto import daemon_pb2 as pb
+
+from tests.conftest import AS_USER, DaemonProcess, json_lines, start_daemon, vibrary, wait_for
+from tests.synth import BANDS, write_tone
+
+NEEDS_USER = pytest.mark.skipif(
+    os.geteuid() == 0 and not AS_USER,
+    reason="root without setpriv reads a chmod 000 file: 'permission denied' cannot happen",
+)
+
+
+# -- broken files --------------------------------------------------------------------------------------------
+def _wav_bytes(freq: float = 1000.0, seconds: float = 1.0) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        return write_tone(Path(tmp) / "t.wav", freq, seconds).read_bytes()
+
+
+def make_empty(folder: Path) -> list[Path]:
+    path = folder / "x.wav"
+    path.write_bytes(b"")
+    return [path]
+
+
+def make_truncated(folder: Path) -> list[Path]:
+    data = _wav_bytes()
+    path = folder / "cut.wav"
+    path.write_bytes(data[: len(data) // 3])
+    return [path]
+
+
+def make_text(folder: Path) -> list[Path]:
+    path = folder / "notes.wav"
+    path.write_text("kick ideas:\n- layer the 909 with a sub\n- shorten the tail\n" * 20)
+    return [path]
+
+
+def make_huge_header(folder: Path) -> list[Path]:
+    """A one-second WAV whose RIFF and data chunk sizes claim ~4 GB of samples (10 GB-class header)."""
+    data = bytearray(_wav_bytes())
+    struct.pack_into("<I", data, 4, 0xF0000000)
+    at = data.index(b"data")
+    struct.pack_into("<I", data, at + 4, 0xF0000000 - at)
+    path = folder / "huge.wav"
+    path.write_bytes(bytes(data))
+    return [path]
+
+
+def make_unknown_codec(folder: Path) -> list[Path]:
+    """A WAV with format tag 0x1234 (no such codec) and an Ogg that is garbage after its magic bytes."""
+    data = bytearray(_wav_bytes())
+    assert data[12:16] == b"fmt " and struct.unpack_from("<H", data, 20)[0] == 1  # PCM
+    struct.pack_into("<H", data, 20, 0x1234)
+    wav = folder / "codec.wav"
+    wav.write_bytes(bytes(data))
+    ogg = folder / "broken.ogg"
+    ogg.write_bytes(b"OggS" + np.random.default_rng(1).bytes(8000))
+    return [wav, ogg]
+
+
+def make_garbage_mp3(folder: Path) -> list[Path]:
+    path = folder / "broken.mp3"
+    path.write_bytes(b"ID3\x04\x00\x00\x00\x00\x00\x00" + np.random.default_rng(2).bytes(8000))
+    return [path]
+
+
+def make_unreadable(folder: Path) -> list[Path]:
+    """Made unreadable before it lands in `folder` (moved in), so no reader ever sees it readable."""
+    staging = folder.parent / f".staging-{folder.name}"
+    staging.mkdir(exist_ok=True)
+    path = write_tone(staging / "locked.wav", 1000)
+    path.chmod(0)
+    return [path.rename(folder / path.name)]
+
+
+def make_link_loop(folder: Path) -> list[Path]:
+    (folder / "a.wav").symlink_to("b.wav")
+    (folder / "b.wav").symlink_to("a.wav")
+    return [folder / "a.wav", folder / "b.wav"]
+
+
+def make_header_only(folder: Path) -> list[Path]:
+    """A well-formed WAV header with no samples after it (a render that was cancelled at once)."""
+    path = folder / "nothing.wav"
+    path.write_bytes(_wav_bytes()[:44])
+    data = bytearray(path.read_bytes())
+    assert data[36:40] == b"data"
+    struct.pack_into("<I", data, 4, 36)
+    struct.pack_into("<I", data, 40, 0)
+    path.write_bytes(bytes(data))
+    return [path]
+
+
+def make_fifo(folder: Path) -> list[Path]:
+    """A named pipe called .wav: opening it for reading would block forever."""
+    path = folder / "pipe.wav"
+    os.mkfifo(path)
+    return [path]
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    make: Callable[[Path], list[Path]]
+    words: tuple[str, ...]  # the error must contain one of these (lower case)
+    marks: tuple[pytest.MarkDecorator, ...] = ()
+
+
+FAULTS = [
+    Fault("empty", make_empty, ("empty",)),
+    Fault("truncated", make_truncated, ("truncated",)),
+    Fault("text_as_wav", make_text, ("not a recognised audio format",)),
+    Fault("header_claims_10gb", make_huge_header, ("truncated or corrupt",)),
+    Fault("unknown_codec", make_unknown_codec, ("not a recognised audio format", "cannot decode audio")),
+    Fault("garbage_mp3", make_garbage_mp3, ("not a recognised audio format", "cannot decode audio")),
+    Fault("unreadable", make_unreadable, ("permission denied",), (NEEDS_USER,)),
+    Fault("symlink_loop", make_link_loop, ("symbolic link loop",)),
+    Fault("header_only", make_header_only, ("no audio",)),
+    Fault("fifo", make_fifo, ("not a regular file",)),
+]
+FAULT_PARAMS = [pytest.param(f, id=f.name, marks=f.marks) for f in FAULTS]
+
+
+def check_error(error: str | None, fault: Fault) -> None:
+    assert error, "a failed file must say why"
+    assert "\n" not in error and len(error) < 200, f"not a one-line reason: {error!r}"
+    assert any(w in error.lower() for w in fault.words), f"{fault.name}: unexpected reason {error!r}"
+    # the file is right there: a reason that says otherwise sends the producer looking in the wrong place
+    assert "does not exist" not in error.lower() and "not found" not in error.lower(), error
+
+
+_detune = itertools.count(1)
+
+
+def write_good(folder: Path, prefix: str = "good") -> dict[str, str]:
+    """One tone per band, each a little detuned so that no two files share content; path → right tag."""
+    k = next(_detune)
+    return {
+        str(write_tone(folder / f"{prefix}_{band}.wav", freq * (1 + 0.003 * k))): band for band, freq in BANDS.items()
+    }
+
+
+def best_tag(tags: list[dict]) -> str:
+    return max(tags, key=lambda t: t["score"])["tag"] if tags else ""
+
+
+# -- (1) vibrary tag --json ----------------------------------------------------------------------------------
+def tag_json(home: Path, *paths: Path | str) -> dict[str, dict]:
+    proc = vibrary("tag", "--json", *map(str, paths), home=home)
+    assert proc.returncode == 0
+    lines = json_lines(proc.stdout)
+    by_path = {line["path"]: line for line in lines}
+    assert len(by_path) == len(lines), "a file was reported twice"
+    return by_path
+
+
+def assert_good_tagged(lines: dict[str, dict], good: dict[str, str]) -> None:
+    for path, band in good.items():
+        assert lines[path]["error"] is None, lines[path]
+        assert best_tag(lines[path]["tags"]) == band, lines[path]
+
+
+@pytest.mark.parametrize("fault", FAULT_PARAMS)
+def test_cli_reports_fault_and_tags_the_rest(fault: Fault, model_home: Path, tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    good = write_good(lib)
+    bad = fault.make(lib)
+    lines = tag_json(model_home, lib)
+    assert set(lines) == set(good) | {str(p) for p in bad}
+    for p in bad:
+        line = lines[str(p)]
+        assert line["tags"] == [], line
+        check_error(line["error"], fault)
+    assert_good_tagged(lines, good)
+
+
+def test_cli_reports_file_deleted_before_the_read(model_home: Path, tmp_path: Path) -> None:
+    good = write_good(tmp_path)
+    gone = write_tone(tmp_path / "gone.wav", 1000)
+    gone.unlink()
+    lines = tag_json(model_home, gone, *good)
+    assert lines[str(gone)]["tags"] == []
+    assert "not found" in lines[str(gone)]["error"]
+    assert_good_tagged(lines, good)
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        "before_the_read",
+        "inside_fingerprint",  # after its check_readable, before it opens the file
+        "after_fingerprint",  # hashed, not yet decoded
+        "inside_decode",  # after decode's check_readable, before libsndfile opens it
+    ],
+)
+def test_pipeline_file_deleted_between_event_and_read(
+    stage: str, model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline itself, with the file deleted at each point of its reading: always 'not found', never
+    a broken file, and the next file is tagged as usual."""
+    victim = write_tone(tmp_path / "victim.wav", 1000)
+    good = write_tone(tmp_path / "good.wav", BANDS["high"])
+
+    def deleting(real: Callable[[str], object]) -> Callable[[str], object]:
+        def wrapper(path: str) -> object:
+            value = real(path)
+            if path == str(victim) and victim.exists():
+                victim.unlink()
+            return value
+
+        return wrapper
+
+    if stage == "before_the_read":
+        victim.unlink()
+    elif stage == "inside_fingerprint":
+        monkeypatch.setattr(features, "check_readable", deleting(features.check_readable))
+    elif stage == "after_fingerprint":
+        monkeypatch.setattr("vibrary.daemon.pipeline.fingerprint", deleting(features.fingerprint))
+    else:
+        monkeypatch.setattr(decode, "check_readable", deleting(decode.check_readable))
+
+    results: list[Result] = []
+    index = Index(config.index_path(model_home))
+    pipeline = Pipeline(load_models(index), results.extend, workers=1, batch_size=4, queue_size=4, store_min_score=0.02)
+    try:
+        pipeline.submit(Job(1, str(victim), 1, -1, -1, None))
+        pipeline.submit(Job(2, str(good), 1, -1, -1, None))
+        assert pipeline.wait_idle(timeout=30)
+    finally:
+        pipeline.close()
+        index.close()
+    by_id = {r.job.id: r for r in results}
+    assert not victim.exists() and set(by_id) == {1, 2}
+    assert by_id[1].tags == {} and by_id[1].error and "not found" in by_id[1].error, by_id[1].error
+    assert by_id[1].vanished, "a deleted file must leave the index, not sit there as a broken file"
+    assert by_id[2].error is None
+    ((_, ranked),) = by_id[2].tags.items()
+    assert ranked[0][0] == "high"
+
+
+def test_cli_folder_link_to_parent_terminates(model_home: Path, tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    good = write_good(lib)
+    (lib / "up").symlink_to("..")  # lib/up/lib/up/lib/... for anything that follows links to folders
+    (lib / "self").symlink_to(".")
+    lines = tag_json(model_home, lib)
+    assert set(lines) == set(good), "only the real files, each once, none through a folder link"
+    assert_good_tagged(lines, good)
+
+
+def test_cli_exits_0_when_every_file_is_bad(model_home: Path, tmp_path: Path) -> None:
+    """Per-file errors are output, not a failed command: status 0 even when every file is bad."""
+    bad = make_empty(tmp_path) + make_text(tmp_path)
+    proc = vibrary("tag", "--json", *map(str, bad), home=model_home, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert all(line["error"] and line["tags"] == [] for line in json_lines(proc.stdout))
+    assert len(json_lines(proc.stdout)) == 2
+
+
+# -- (2) the running daemon ----------------------------------------------------------------------------------
+class EventLog:
+    """Reads the daemon's Events stream in a thread, on a client of its own."""
+
+    def __init__(self, home: Path) -> None:
+        self.client = Client(home_dir=home, timeout=30)
+        self.events: list[pb.Event] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for e in self.client.events():
+                with self._cond:
+                    self.events.append(e)
+                    self._cond.notify_all()
+        except Exception:
+            pass  # the stream ends when the client closes
+
+    def mark(self) -> int:
+        """A point in the stream: `wait(..., since=mark)` only accepts events that came after it."""
+        with self._cond:
+            return len(self.events)
+
+    def find(self, kind: int, path: str, since: int = 0) -> list[pb.Event]:
+        with self._cond:
+            return [e for e in self.events[since:] if e.kind == kind and e.file.path == path]
+
+    def wait(self, kind: int, path: str, since: int = 0, timeout: float = 20.0) -> pb.Event:
+        with self._cond:
+            self._cond.wait_for(lambda: bool(self.find(kind, path, since)), timeout)
+        found = self.find(kind, path, since)
+        if not found:
+            raise AssertionError(
+                f"no {pb.Event.Kind.Name(kind)} event for {path} within {timeout}s; "
+                f"got {[(pb.Event.Kind.Name(e.kind), e.file.path) for e in self.events]}"
+            )
+        return found[0]
+
+    def close(self) -> None:
+        self.client.close()
+        self._thread.join(timeout=5)
+
+
+@dataclass
+class Watched:
+    daemon: DaemonProcess
+    lib: Path
+    events: EventLog
+
+    def file(self, path: Path | str) -> pb.FileTags:
+        (found,) = list(self.daemon.client.tags([str(path)]))
+        return found
+
+
+@pytest.fixture
+def watched(daemon: DaemonProcess, tmp_path: Path) -> Iterator[Watched]:
+    """The daemon watching an (almost) empty folder, with the Events stream already subscribed."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    probe = write_tone(lib / "probe.wav", 95.0)  # content no other test file shares
+    assert daemon.client.add_watch(str(lib)) == [str(lib)]
+    log = EventLog(daemon.home)
+    # The subscription starts when the server sees the call: re-tag a probe until its event comes through.
+    for _ in range(50):
+        list(daemon.client.tag([str(probe)]))
+        try:
+            log.wait(pb.Event.FILE_TAGGED, str(probe), timeout=0.5)
+            break
+        except AssertionError:
+            continue
+    else:
+        pytest.fail("the Events stream never delivered anything")
+    yield Watched(daemon, lib, log)
+    log.close()
+
+
+def assert_keeps_tagging(w: Watched, prefix: str = "after") -> None:
+    """Good files dropped now still get tagged, and tagged right."""
+    good = write_good(w.lib, prefix)
+    for path, band in good.items():
+        e = w.events.wait(pb.Event.FILE_TAGGED, path)
+        assert e.file.tags[0].tag == band
+        f = w.file(path)
+        assert (f.state, f.error, f.tags[0].tag) == ("indexed", "", band)
+
+
+@pytest.mark.parametrize("fault", FAULT_PARAMS)
+def test_daemon_fails_fault_and_keeps_going(fault: Fault, watched: Watched) -> None:
+    bad = fault.make(watched.lib)  # appears while watched: the live path, events then settle
+    for p in bad:
+        e = watched.events.wait(pb.Event.FILE_FAILED, str(p))
+        assert e.file.state == "failed" and not e.file.tags
+        check_error(e.file.error, fault)
+        f = watched.file(p)
+        assert (f.state, list(f.tags)) == ("failed", []), f
+        assert f.error == e.file.error
+        assert not watched.events.find(pb.Event.FILE_TAGGED, str(p))
+    assert_keeps_tagging(watched)
+    s = watched.daemon.client.status()
+    assert (s.failed, s.pending, s.indexed) == (len(bad), 0, 4)  # probe + three good files
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(f, id=f.name, marks=f.marks)
+        for f in FAULTS
+        if f.name in ("empty", "text_as_wav", "symlink_loop", "unreadable")
+    ],
+)
+def test_daemon_scan_fails_fault_found_at_start(fault: Fault, daemon: DaemonProcess, tmp_path: Path) -> None:
+    """The same faults already on disk when the folder is added: found by the scan, not by events."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    good = write_good(lib)
+    bad = fault.make(lib)
+    daemon.client.add_watch(str(lib))
+    total = len(good) + len(bad)
+    wait_for(lambda: (s := daemon.client.status()).pending == 0 and s.indexed + s.failed == total)
+    for p in bad:
+        (f,) = list(daemon.client.tags([str(p)]))
+        assert f.state == "failed"
+        check_error(f.error, fault)
+    for path, band in good.items():
+        (f,) = list(daemon.client.tags([path]))
+        assert (f.state, f.tags[0].tag) == ("indexed", band)
+
+
+def test_daemon_drops_a_file_deleted_before_the_read(watched: Watched) -> None:
+    """A file that is gone when a worker reaches it leaves the index (FILE_REMOVED), is never reported as a
+    broken file, never stays pending, and costs nothing else."""
+    d = watched.daemon
+    # the daemon has a pending row (asked to tag it) but the file went away before the read
+    gone = write_tone(watched.lib / "gone.wav", 1000)
+    watched.events.wait(pb.Event.FILE_TAGGED, str(gone))
+    gone.unlink()
+    watched.events.wait(pb.Event.FILE_REMOVED, str(gone))
+    (f,) = list(d.client.tag([str(gone)]))
+    assert f.state in ("unknown", "failed") and not f.tags
+    assert watched.file(gone).state == "unknown"
+    # written and deleted inside the settle window
+    flashes = [str(watch_and_delete(watched.lib / f"flash{i}.wav")) for i in range(5)]
+    assert_keeps_tagging(watched)
+    for path in flashes:
+        watched.events.wait(pb.Event.FILE_REMOVED, path)
+        wait_for(lambda: watched.file(path).state == "unknown")  # noqa: B023 - called before path moves on
+    for path in [str(gone), *flashes]:
+        assert not watched.events.find(pb.Event.FILE_FAILED, path), "a deleted file is not a broken file"
+    s = d.client.status()
+    assert (s.pending, s.failed, s.indexed) == (0, 0, 4)
+
+
+def watch_and_delete(path: Path) -> Path:
+    write_tone(path, 1000 * (1 + 0.01 * len(path.name)))
+    path.unlink()
+    return path
+
+
+def test_daemon_tag_rpc_says_why_a_missing_file_has_no_tags(daemon: DaemonProcess, tmp_path: Path) -> None:
+    (f,) = list(daemon.client.tag([str(tmp_path / "moved-away.wav")]))
+    assert not f.tags and f.state != "indexed"
+    assert "not found" in f.error, (f.state, f.error)
+
+
+def test_daemon_folder_link_to_parent(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """Links to folders, there before the watch and made during it: the scan ends, nothing is indexed
+    twice through a link, and the daemon keeps tagging."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    good = write_good(lib, "before")
+    (lib / "up").symlink_to("..")  # lib/up/lib/up/... for a walker that follows links
+    daemon.client.add_watch(str(lib))
+    wait_for(lambda: (s := daemon.client.status()).pending == 0 and s.indexed == 3)
+    (lib / "self").symlink_to(".")
+    (lib / "up2").symlink_to("..")
+    good.update(write_good(lib, "after"))
+    wait_for(lambda: all(f.state == "indexed" for f in daemon.client.tags(list(good))))
+    assert_indexed_exactly(daemon, lib, good)
+
+
+def assert_indexed_exactly(daemon: DaemonProcess, lib: Path, good: dict[str, str]) -> None:
+    time.sleep(0.5)  # time for any scan that followed a link to show up
+    found = {f.path: f for f in daemon.client.tags([str(lib)])}
+    assert set(found) == set(good), f"indexed through a link: {sorted(set(found) - set(good))}"
+    for path, band in good.items():
+        assert (found[path].state, found[path].tags[0].tag) == ("indexed", band)
+    s = daemon.client.status()
+    assert (s.indexed, s.pending, s.failed) == (len(good), 0, 0)
+
+
+def test_daemon_folder_moved_in_with_a_link_to_itself(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A sample pack moved (or unzipped) into the library that carries a link to its own folder."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    daemon.client.add_watch(str(lib))
+    staging = tmp_path / "staging" / "pack"
+    good = write_good(staging, "pack")
+    (staging / "loop").symlink_to(".")
+    (staging / "up").symlink_to("..")
+    staging.rename(lib / "pack")
+    good = {p.replace(str(staging), str(lib / "pack")): band for p, band in good.items()}
+    wait_for(lambda: all(f.state == "indexed" for f in daemon.client.tags(list(good))))
+    assert_indexed_exactly(daemon, lib, good)
+
+
+def test_daemon_retags_a_failed_file_when_it_changes(watched: Watched) -> None:
+    path = make_text(watched.lib)[0]
+    first = watched.events.wait(pb.Event.FILE_FAILED, str(path))
+    assert "not a recognised audio format" in first.file.error
+    since = watched.events.mark()
+    write_tone(path, BANDS["high"])  # the same name, now real audio
+    e = watched.events.wait(pb.Event.FILE_TAGGED, str(path), since)
+    assert e.file.tags[0].tag == "high"
+    f = watched.file(path)
+    assert (f.state, f.error, f.tags[0].tag) == ("indexed", "", "high")
+
+    empty = make_empty(watched.lib)[0]  # a copy that starts as an empty file, then fills
+    assert "empty" in watched.events.wait(pb.Event.FILE_FAILED, str(empty)).file.error
+    since = watched.events.mark()
+    empty.write_bytes(_wav_bytes(BANDS["low"] * 1.2))
+    assert watched.events.wait(pb.Event.FILE_TAGGED, str(empty), since).file.tags[0].tag == "low"
+    s = watched.daemon.client.status()
+    assert (s.failed, s.pending) == (0, 0)
+
+
+def test_daemon_failed_file_replaced_by_a_known_sample_event_has_its_tags(watched: Watched) -> None:
+    """The usual repair: the broken file is overwritten with a copy of a good one already in the library."""
+    good = write_tone(watched.lib / "good_mid.wav", BANDS["mid"])
+    watched.events.wait(pb.Event.FILE_TAGGED, str(good))
+    broken = make_text(watched.lib)[0]
+    watched.events.wait(pb.Event.FILE_FAILED, str(broken))
+    since = watched.events.mark()
+    shutil.copyfile(good, broken)
+    e = watched.events.wait(pb.Event.FILE_TAGGED, str(broken), since)
+    f = watched.file(broken)
+    assert (f.state, f.tags[0].tag) == ("indexed", "mid")  # the index is right...
+    assert [(t.tag, t.score) for t in e.file.tags] == [(t.tag, t.score) for t in f.tags]  # ...the event not
+
+
+@NEEDS_USER
+def test_daemon_retags_when_permission_is_restored(watched: Watched) -> None:
+    path = make_unreadable(watched.lib)[0]
+    assert watched.events.wait(pb.Event.FILE_FAILED, str(path)).file.error == "permission denied"
+    since = watched.events.mark()
+    path.chmod(0o644)
+    assert watched.events.wait(pb.Event.FILE_TAGGED, str(path), since).file.tags[0].tag == "mid"
+    assert watched.file(path).state == "indexed"
+
+
+# -- a 2-hour file: tagged, in the memory of a one-shot ------------------------------------------------------
+def write_long_wav(path: Path, seconds: float, sr: int = 8000, freq: float = 1000.0) -> Path:
+    """8-bit mono: a tone for the opening seconds, then silence, written a megabyte at a time."""
+    head = 5 * sr
+    t = np.arange(head) / sr
+    tone = (128 + 100 * np.sin(2 * np.pi * freq * t)).astype(np.uint8).tobytes()
+    silence = bytes([128]) * (1 << 20)
+    total = int(seconds * sr)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(1)
+        w.setframerate(sr)
+        w.writeframes(tone)
+        left = total - head
+        while left > 0:
+            w.writeframes(silence[: min(left, len(silence))])
+            left -= len(silence)
+    return path
+
+
+def peak_rss_mb(home: Path, *paths: Path) -> tuple[float, dict[str, dict]]:
+    """Run `vibrary tag --json` and return its peak RSS (from wait4, exact for that process) and output."""
+    env = {**os.environ, "VIBRARY_HOME": str(home)}
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(
+            [*AS_USER, sys.executable, "-m", "vibrary.clients.cli", "tag", "--json", *map(str, paths)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        assert proc.returncode == 0
+        out.seek(0)
+        lines = {line["path"]: line for line in json_lines(out.read())}
+    return usage.ru_maxrss / 1024, lines
+
+
+def test_two_hour_file_is_tagged_in_flat_memory(model_home: Path, tmp_path: Path) -> None:
+    short = write_tone(tmp_path / "short.wav", BANDS["mid"])
+    long = write_long_wav(tmp_path / "two_hours.wav", 2 * 3600)
+    huge = make_huge_header(tmp_path)[0]
+    try:
+        assert long.stat().st_size > 57_000_000
+        with wave.open(str(long)) as w:
+            assert w.getnframes() / w.getframerate() == 7200
+        base, lines = peak_rss_mb(model_home, short)
+        assert best_tag(lines[str(short)]["tags"]) == "mid"
+        peak, lines = peak_rss_mb(model_home, long)
+        line = lines[str(long)]
+        assert line["error"] is None and best_tag(line["tags"]) == "mid", line
+        peak_huge, lines = peak_rss_mb(model_home, huge)
+        assert "truncated or corrupt" in lines[str(huge)]["error"]
+    finally:
+        long.unlink()
+    # decoding 2 h as float32 at 44.1 kHz would take ~2.5 GB; even reading the bytes 58 MB
+    for rss in (peak, peak_huge):
+        assert rss < 400, f"peak RSS {rss:.0f} MB"
+        assert rss < base + 100, f"peak RSS {rss:.0f} MB vs {base:.0f} MB for a one-second file"
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The process's high-water mark of resident memory (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_daemon_tags_a_two_hour_file_in_flat_memory(daemon: DaemonProcess, tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    daemon.client.add_watch(str(lib))
+    warm = write_tone(lib / "one_second.wav", BANDS["high"])
+    wait_for(lambda: daemon.client.status().indexed == 1)
+    before = _peak_rss_mb(daemon.proc.pid)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    long = write_long_wav(staging / "two_hours.wav", 2 * 3600).rename(lib / "two_hours.wav")
+    try:
+        wait_for(lambda: daemon.client.status().indexed == 2, timeout=60)
+        f = next(iter(daemon.client.tags([str(long)])))
+        assert (f.state, f.error, f.tags[0].tag) == ("indexed", "", "mid")
+        assert next(iter(daemon.client.tags([str(warm)]))).tags[0].tag == "high"
+        after = _peak_rss_mb(daemon.proc.pid)
+    finally:
+        long.unlink()
+    assert after < before + 100, f"daemon peak RSS went from {before:.0f} MB to {after:.0f} MB"
+
+
+# -- kill -9 in the middle of indexing -----------------------------------------------------------------------
+N_FILES = 1000
+
+
+def _band_freq(i: int) -> tuple[str, float]:
+    """Distinct tones spread inside each band, well away from the 300 Hz / 3 kHz edges."""
+    band = ("low", "mid", "high")[i % 3]
+    step = i // 3
+    return band, {"low": 70 + step * 0.3, "mid": 600 + step * 3.0, "high": 5000 + step * 12.0}[band]
+
+
+def _open_ro(home: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{config.index_path(home)}?mode=ro", uri=True)
+
+
+@pytest.mark.slow
+def test_kill_9_while_indexing_loses_nothing(model_home: Path, tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    expected = {}
+    for i in range(N_FILES):
+        band, freq = _band_freq(i)
+        expected[str(write_tone(lib / f"{i // 100:02d}" / f"t{i:04d}_{band}.wav", freq, seconds=0.3))] = band
+    # one worker and small batches: slow enough that the kill lands mid-way
+    config.Settings(settle_s=0.2, workers=1, batch_size=8, queue_size=16).save(model_home)
+
+    first = start_daemon(model_home)
+    try:
+        first.client.add_watch(str(lib))
+        wait_for(lambda: first.client.status().indexed >= 100, timeout=60, interval=0.005)
+        first.proc.send_signal(signal.SIGKILL)
+        assert first.proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        first.client.close()
+    with _open_ro(model_home) as db:
+        states = dict(db.execute("SELECT state, count(*) FROM files GROUP BY state").fetchall())
+    db.close()
+    assert 100 <= states.get("indexed", 0) < N_FILES, f"kill did not land mid-indexing: {states}"
+
+    config.Settings(settle_s=0.2).save(model_home)  # the restart may go at full speed
+    second = start_daemon(model_home)
+    try:
+        wait_for(
+            lambda: second.client.status().pending == 0 and second.client.status().indexed == N_FILES,
+            timeout=90,
+            interval=0.2,
+        )
+        s = second.client.status()
+        assert (s.indexed, s.pending, s.failed) == (N_FILES, 0, 0)
+    finally:
+        assert second.stop() == 0, second.log()
+
+    db = _open_ro(model_home)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.execute("SELECT count(*), count(DISTINCT path) FROM files").fetchone() == (N_FILES, N_FILES)
+        rows = db.execute(
+            """SELECT f.path, v.tag, t.score FROM files f JOIN tags t ON t.content_id = f.content_id
+               JOIN vocab v ON v.id = t.tag_id WHERE f.state = 'indexed'"""
+        ).fetchall()
+        assert db.execute("SELECT count(DISTINCT content_id) FROM files").fetchone()[0] == N_FILES
+    finally:
+        db.close()
+    cache = sqlite3.connect(f"file:{config.cache_path(model_home)}?mode=ro", uri=True)
+    try:
+        assert cache.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        cache.close()
+    best: dict[str, tuple[float, str]] = {}
+    for path, tag, score in rows:
+        if path not in best or score > best[path][0]:
+            best[path] = (score, tag)
+    assert set(best) == set(expected)
+    wrong = {p: (best[p][1], band) for p, band in expected.items() if best[p][1] != band}
+    assert not wrong, f"{len(wrong)} files tagged wrong, e.g. {list(wrong.items())[:5]}"
+
+
+# -- malformed requests --------------------------------------------------------------------------------------
+def test_malformed_requests_are_refused_and_the_daemon_answers(daemon: DaemonProcess, tmp_path: Path) -> None:
+    stub = daemon.client.stub
+    a_file = write_tone(tmp_path / "a.wav", 1000)
+
+    def code(method: str, request: object) -> grpc.StatusCode:
+        try:
+            result = getattr(stub, method)(request, timeout=10)
+            if isinstance(result, Iterator):  # a stream: the refusal comes with the first read
+                list(result)
+        except grpc.RpcError as e:
+            assert e.details(), "a refusal must say why"
+            return e.code()
+        return grpc.StatusCode.OK
+
+    invalid, missing = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+    mid = [pb.AnyOf(tags=["mid"])]
+    cases: dict[str, tuple[str, object, grpc.StatusCode]] = {
+        "AddWatch relative": ("AddWatch", pb.WatchRequest(path="samples/drums"), invalid),
+        "AddWatch empty": ("AddWatch", pb.WatchRequest(path=""), invalid),
+        "AddWatch a file": ("AddWatch", pb.WatchRequest(path=str(a_file)), invalid),
+        "AddWatch missing": ("AddWatch", pb.WatchRequest(path=str(tmp_path / "nope")), missing),
+        "RemoveWatch not watched": ("RemoveWatch", pb.WatchRequest(path=str(tmp_path)), missing),
+        "Search limit < 0": ("Search", pb.SearchRequest(all_of=mid, limit=-1), invalid),
+        "Search min_score > 1": ("Search", pb.SearchRequest(all_of=mid, min_score=1.5), invalid),
+        "Search min_score < 0": ("Search", pb.SearchRequest(all_of=mid, min_score=-0.1), invalid),
+        "Search min_score NaN": ("Search", pb.SearchRequest(all_of=mid, min_score=math.nan), invalid),
+        "Search relative prefix": ("Search", pb.SearchRequest(path_prefix="drums"), invalid),
+        "Search empty tag": ("Search", pb.SearchRequest(all_of=[pb.AnyOf(tags=[" "])]), invalid),
+        "GetTags relative": ("GetTags", pb.GetTagsRequest(paths=["a.wav"]), invalid),
+        "Tag no paths": ("Tag", pb.TagRequest(), invalid),
+        "Tag relative": ("Tag", pb.TagRequest(paths=["a.wav"]), invalid),
+        "Activate empty name": ("ActivateModel", pb.ModelRef(name=""), invalid),
+        "Activate negative version": ("ActivateModel", pb.ModelRef(name="bands", version=-1), invalid),
+        "Activate unknown model": ("ActivateModel", pb.ModelRef(name="no-such-model"), missing),
+        "Activate unknown version": ("ActivateModel", pb.ModelRef(name="bands", version=99), missing),
+        "Deactivate unknown model": ("DeactivateModel", pb.ModelRef(name="nope"), missing),
+    }
+    got = {name: code(method, request) for name, (method, request, _) in cases.items()}
+    assert got == {name: want for name, (_, _, want) in cases.items()}
+
+    # still answering, nothing half-done: no watch added, the model still active, tagging works
+    s = daemon.client.status()
+    assert list(s.watches) == [] and list(s.models) == ["bands@1"]
+    (f,) = list(daemon.client.tag([str(a_file)]))
+    assert (f.state, f.tags[0].tag) == ("indexed", "mid")
+
+
+# -- one daemon per home -------------------------------------------------------------------------------------
+def test_second_daemon_on_the_same_home_exits_1(daemon: DaemonProcess, tmp_path: Path) -> None:
+    lock = daemon.home / "daemon.lock"
+    assert lock.read_text().strip() == str(daemon.proc.pid)
+    second = vibrary("daemon", home=daemon.home, check=False, timeout=60)
+    assert second.returncode == 1, second.stderr
+    assert "already running" in second.stderr and str(daemon.proc.pid) in second.stderr
+    assert second.stderr.count("\n") <= 2, second.stderr  # a message, not a traceback
+    assert "Traceback" not in second.stderr
+
+    # the first keeps serving, on the same socket, and still holds the lock
+    assert daemon.proc.poll() is None
+    assert config.socket_path(daemon.home).exists()
+    assert lock.read_text().strip() == str(daemon.proc.pid)
+    with Client(home_dir=daemon.home, timeout=10) as fresh:
+        assert fresh.status().models == ["bands@1"]
+    (f,) = list(daemon.client.tag([str(write_tone(tmp_path / "low.wav", BANDS["low"]))]))
+    assert (f.state, f.tags[0].tag) == ("indexed", "low")
