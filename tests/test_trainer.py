@@ -131,7 +131,8 @@ def test_end_to_end_folders_to_a_model_that_tags_new_clips(
     assert len(tagged) == 15
     right = sum(line["tags"][0]["tag"] == Path(line["path"]).parent.name for line in tagged)
     assert right >= 14, tagged
-    models = {m["name"]: m["active"] for m in json_lines(vibrary("models", "list", "--json", home=model_home).stdout)}
+    listed = json_lines(vibrary("models", "list", "--json", home=model_home).stdout)
+    models = {m["name"]: m["active"] for m in listed if not m["builtin"]}
     assert models == {"bands": True, "kinds": True}  # a new tag family beside the existing one
 
 
@@ -340,3 +341,22 @@ def test_progress_streams_epochs(trainer_service: str, tmp_path: Path) -> None:
         assert {u.phase for u in seen} >= {"training", "done"}
         files = client.download(job.id)
         assert set(files) == {"model.onnx", "learning_curve.png", "confusion_matrix.png"}
+
+
+def test_batch_norm_is_recalibrated_on_a_shuffled_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A corpus laid out one folder per class arrives sorted; the clips batch norm learns its statistics
+    from must still mix every class, or the model is tuned to the first few classes."""
+    import vibrary.trainer.train as training
+
+    codes, labels, groups = spectrograms(6, 0)  # sorted by class
+    manifest, _ = shards.write("s", list(KINDS), P, codes, labels, groups)
+    seen: list[np.ndarray] = []
+    real = training._recalibrate_batch_norm
+    monkeypatch.setattr(
+        training,
+        "_recalibrate_batch_norm",
+        lambda net, idx, *rest: (seen.append(np.array(idx)), real(net, idx, *rest))[1],
+    )
+    train(manifest, codes, labels, np.array(groups), TrainConfig(epochs=1, val_fraction=0.0))
+    first_third = labels[seen[0][: len(seen[0]) // 3]]
+    assert set(first_third.tolist()) == {0, 1, 2}

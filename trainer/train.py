@@ -208,7 +208,7 @@ def train(
             scheduler.step()
             total += float(loss.detach()) * len(y)
         train_loss = total / max(1, len(train_idx))
-        _recalibrate_batch_norm(net, train_idx, batch, config.batch_size)
+        _recalibrate_batch_norm(net, order, batch, config.batch_size)  # a shuffled sample of every class
         val_loss, val_acc, _ = _evaluate(net, val_idx, batch, n_classes, config.batch_size)
         score = val_acc if len(val_idx) else -train_loss
         if score > best_acc:
@@ -259,8 +259,9 @@ def _evaluate(
 def _recalibrate_batch_norm(
     net: TagNet, idx: np.ndarray, batch: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]], batch_size: int
 ) -> None:
-    """Exact batch-norm statistics of the (unaugmented) training clips. With few examples an epoch is a
-    step or two, far too few for running averages to settle, and evaluation would see stale statistics."""
+    """Exact batch-norm statistics of (up to 2048 of) the unaugmented training clips, in the shuffled
+    order given. With few examples an epoch is a step or two, far too few for running averages to settle,
+    and evaluation would see stale statistics."""
     norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for m in norms:
         m.reset_running_stats()
