@@ -10,6 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -352,11 +353,12 @@ def test_batch_norm_is_recalibrated_on_a_shuffled_sample(monkeypatch: pytest.Mon
     manifest, _ = shards.write("s", list(KINDS), P, codes, labels, groups)
     seen: list[np.ndarray] = []
     real = training._recalibrate_batch_norm
-    monkeypatch.setattr(
-        training,
-        "_recalibrate_batch_norm",
-        lambda net, idx, *rest: (seen.append(np.array(idx)), real(net, idx, *rest))[1],
-    )
+
+    def spy(net: TagNet, idx: np.ndarray, *rest: Any) -> None:
+        seen.append(np.array(idx))
+        real(net, idx, *rest)
+
+    monkeypatch.setattr(training, "_recalibrate_batch_norm", spy)
     train(manifest, codes, labels, np.array(groups), TrainConfig(epochs=1, val_fraction=0.0))
     first_third = labels[seen[0][: len(seen[0]) // 3]]
     assert set(first_third.tolist()) == {0, 1, 2}
