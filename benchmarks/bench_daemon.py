@@ -289,10 +289,10 @@ def ort_session(path: Path, threads: int) -> ort.InferenceSession:
 def cnn_cost_ms(session: ort.InferenceSession, batch: int, repeats: int) -> float:
     """Milliseconds of onnxruntime time per clip at this batch size."""
     x = np.random.default_rng(0).uniform(-80, 0, (batch, *SpectrogramParams().shape)).astype(np.float32)
-    session.run(None, {"x": x})
+    session.run(None, {session.get_inputs()[0].name: x})
     start = time.perf_counter()
     for _ in range(repeats):
-        session.run(None, {"x": x})
+        session.run(None, {session.get_inputs()[0].name: x})
     return (time.perf_counter() - start) / (repeats * batch) * 1000
 
 
@@ -322,7 +322,7 @@ def naive_throughput(paths: list[str], model: Path, seed: int, min_subset: int, 
                                              n_fft=params.n_fft, hop_length=params.hop_length,
                                              n_mels=params.n_mels)
         db = librosa.power_to_db(mel, ref=np.max, top_db=params.top_db)
-        return session.run(None, {"x": db[None, None].astype(np.float32)})[0]
+        return session.run(None, {session.get_inputs()[0].name: db[None, None].astype(np.float32)})[0]
 
     order = [paths[i] for i in np.random.default_rng(seed).permutation(len(paths))]
     subset = order[: min(min_subset, len(order))]

@@ -406,7 +406,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         target = args.trainer
     started = time.monotonic()
-    options = json.dumps({k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None})
+    # a pretrained body converges in a few epochs: waiting 10 epochs for an improvement wasted half a run
+    epochs = args.epochs or (20 if args.base != "none" else None)
+    patience = 5 if args.base != "none" else None
+    chosen = (("epochs", epochs), ("seed", args.seed), ("patience", patience))
+    options = json.dumps({k: v for k, v in chosen if v is not None})
     try:
         with TrainerClient(target, token) as trainer:
             upload = tqdm(total=manifest.size, unit="B", unit_scale=True, disable=None, file=sys.stderr, desc="upload")
@@ -425,7 +429,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             files = trainer.download(job.id)
     finally:
         if server is not None:
-            server.stop(grace=1)
+            server.stop(grace=1).wait()  # exiting while gRPC shuts down aborts the process
     index, _ = _index()
     staging = home_dir / "models" / f".incoming-{job.id}.onnx"
     staging.parent.mkdir(parents=True, exist_ok=True)

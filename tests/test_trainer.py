@@ -362,3 +362,15 @@ def test_batch_norm_is_recalibrated_on_a_shuffled_sample(monkeypatch: pytest.Mon
     train(manifest, codes, labels, np.array(groups), TrainConfig(epochs=1, val_fraction=0.0))
     first_third = labels[seen[0][: len(seen[0]) // 3]]
     assert set(first_third.tolist()) == {0, 1, 2}
+
+
+@pytest.mark.parametrize(("clips_per_kind", "epochs"), [(2, 1), (4, 5)])
+def test_very_short_trainings_still_train(clips_per_kind: int, epochs: int) -> None:
+    """1 or 5 optimiser steps in all: the learning-rate schedule must neither crash nor stand still."""
+    codes, labels, groups = spectrograms(clips_per_kind, 2)
+    manifest, _ = shards.write("short", list(KINDS), P, codes, labels, groups)
+    result = train(manifest, codes, labels, np.array(groups), TrainConfig(epochs=epochs, batch_size=32, seed=0))
+    assert len(result.history) == epochs
+    torch.manual_seed(0)  # train() seeds the same way before it builds its network
+    before = TagNet(3)
+    assert not torch.allclose(before.head.weight, result.net.head.weight, atol=1e-4)

@@ -168,9 +168,14 @@ def train(
         weight_decay=config.weight_decay,
     )
     steps_per_epoch = max(1, math.ceil(len(train_idx) / config.batch_size))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[body_lr, config.lr], total_steps=config.epochs * steps_per_epoch, pct_start=0.2
-    )
+    total_steps = config.epochs * steps_per_epoch
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    if total_steps >= 10:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[body_lr, config.lr], total_steps=total_steps, pct_start=0.2
+        )
+    else:  # one-cycle needs room to warm up and wind down (it divides by zero at 5 steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
     def batch(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.from_numpy(dequantize(x_all[idx].numpy(), params)).to(device)
