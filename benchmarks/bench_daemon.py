@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "daemon" / "builtin" / "demo.onnx"
 sys.path.insert(0, str(ROOT))
 
+from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, beside this script)
 from vibrary.daemon import config, registry  # noqa: E402
 from vibrary.daemon.decode import DecodeError, decode  # noqa: E402
 from vibrary.daemon.index import HIT_SCORE, SCHEMA, Index, Query  # noqa: E402
@@ -651,14 +652,6 @@ def search_latency(path: Path, queries: list[tuple[str, Query]]) -> dict[str, tu
 
 
 # -- the report ------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def versions() -> str:
     import grpc
     return (f"Python {platform.python_version()}, numpy {np.__version__}, onnxruntime {ort.__version__}, "

@@ -20,7 +20,6 @@ Everything lives in a temporary folder that is removed at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from machine import cpu_model  # benchmarks/machine.py, beside this script
 from scipy.signal import fftconvolve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,14 +197,6 @@ def measure(run: Run, train_dir: Path, test_dir: Path, work: Path, seed: int) ->
 
 
 # -- the report --------------------------------------------------------------------------------------------
-def cpu_model() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def ram_gib() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
