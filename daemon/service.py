@@ -76,6 +76,7 @@ class Daemon:
         self._in_flight_lock = threading.Lock()
         self._feeder = threading.Thread(target=self._feed, name="feeder", daemon=True)
         self._analyzed_at, self._analyzed_rows = -1e9, 0
+        self._models_lock = threading.Lock()
 
     def start(self) -> None:
         _lower_priority(self.settings.nice)
@@ -157,13 +158,14 @@ class Daemon:
 
     # -- models --------------------------------------------------------------------------------------
     def _follow_models(self) -> None:
-        active = self.index.active_models()
-        ids = tuple(m.id for m in active)
-        if ids == self._active_ids:
-            return
-        self._active_ids = ids
-        self.pipeline.models = load_models(self.index, active)
-        queued = self.index.requeue_missing(ids)
+        with self._models_lock:  # the feeder and the API both call this
+            active = self.index.active_models()
+            ids = tuple(m.id for m in active)
+            if ids == self._active_ids:
+                return
+            self._active_ids = ids
+            self.pipeline.models = load_models(self.index, active)
+            queued = self.index.requeue_missing(ids)
         log.info("active models now %s; %d files re-queued", [m.ref for m in active], queued)
         for m in active:
             self.events.publish(Event(MODEL_CHANGED, model=m.ref))
