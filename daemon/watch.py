@@ -133,6 +133,9 @@ class Watcher(FileSystemEventHandler):
             self._on_removed(removed)
 
     def _move(self, src: str, dst: str, is_dir: bool) -> None:
+        if not dst:  # moved out of the watched folders: gone, as far as the library is concerned
+            self._remove(src)
+            return
         if not src:  # moved in from outside the watched folders: a rename is atomic, the file is complete
             if is_dir and not os.path.islink(dst):
                 self._scan_in_background(dst)

@@ -124,6 +124,21 @@ def test_moved_files_and_folders_keep_their_tags_without_decoding(daemon: Daemon
     assert status.decoded == decoded and status.reused >= 1
 
 
+def test_files_and_folders_moved_out_leave_the_index_and_moved_in_arrive(daemon: DaemonProcess, tmp_path: Path) -> None:
+    library, elsewhere = tmp_path / "library", tmp_path / "elsewhere"
+    (library / "kit").mkdir(parents=True)
+    elsewhere.mkdir()
+    daemon.client.add_watch(str(library))
+    _drop(library / "kit", 1)
+    wait_for(lambda: _indexed(daemon.client, 3))
+    (library / "kit").rename(elsewhere / "kit")  # the whole folder leaves the library
+    wait_for(lambda: daemon.client.status().indexed == 0)
+    assert [f.state for f in daemon.client.tags([str(library)])] == ["unknown"]
+    os.rename(elsewhere / "kit" / "mid_0.wav", library / "mid_back.wav")  # and one file comes back
+    wait_for(lambda: _best(daemon.client, str(library / "mid_back.wav")) == ("indexed", "mid"))
+    assert daemon.client.status().indexed == 1
+
+
 def test_restart_reconciles_what_changed_while_down(model_home: Path, tmp_path: Path) -> None:
     library = tmp_path / "library"
     library.mkdir()
