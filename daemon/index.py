@@ -235,6 +235,8 @@ class Index:
     def move(self, src: str, dst: str) -> int:
         """A file or folder renamed inside the library: paths change, content and tags stay. The new
         `gen` drops any result a worker is still computing under the old path."""
+        if not src or not dst:
+            raise ValueError(f"a move needs two paths, not {src!r} → {dst!r}")  # '' would match every path
         with self.write() as c:
             moved = 0
             if c.execute("SELECT 1 FROM files WHERE path = ?", (src,)).fetchone():

@@ -170,3 +170,10 @@ def test_a_stale_result_for_a_moved_file_neither_deletes_nor_overwrites_it(index
     assert index.write_results([gone], 0.02) == []
     (moved,) = index.due_jobs(10, set(), 1e12)
     assert (moved.id, moved.path) == (job.id, "/lib/a.wav")  # still queued, under its new name
+
+
+def test_a_move_needs_two_paths(library: tuple[Index, int, int]) -> None:
+    index, _, _ = library
+    with pytest.raises(ValueError, match="two paths"):
+        index.move("/lib/drums", "")
+    assert index.counts()["indexed"] == 4 and index.dirs_under("/lib") != []
