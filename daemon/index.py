@@ -151,6 +151,7 @@ class Index:
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         self._local = threading.local()
+        self._hits: dict[int, int] | None = None  # files per tag, see _rarest_first
         self.conn().executescript(SCHEMA)  # executescript runs its own transaction
 
     # -- connections ---------------------------------------------------------------------------------
@@ -203,6 +204,21 @@ class Index:
         """Refresh SQLite's statistics: without them it guesses that `state = 'indexed'` is selective
         (it is true of nearly every row) and walks the whole files table for a search."""
         self.conn().execute("ANALYZE")
+        self._count_hits()
+
+    def _count_hits(self) -> dict[int, int]:
+        """Files per tag (any model), for ordering AND queries; refreshed with ANALYZE, so a little stale."""
+        rows = self.conn().execute("SELECT tag_id, count(*) FROM tags WHERE hit = 1 GROUP BY tag_id")
+        self._hits = {int(t): int(n) for t, n in rows}
+        return self._hits
+
+    def _rarest_first(self, groups: list[list[int]]) -> list[list[int]]:
+        """An AND query is driven by its first group and probes the others: starting from the rarest
+        group reads the fewest rows (two common tags that seldom meet cost 10× more the other way)."""
+        if len(groups) < 2:
+            return groups
+        hits = self._hits if self._hits is not None else self._count_hits()
+        return sorted(groups, key=lambda g: sum(hits.get(t, 0) for t in g))
 
     def watches(self) -> list[str]:
         return [r[0] for r in self.conn().execute("SELECT path FROM watches ORDER BY path")]
@@ -425,7 +441,7 @@ class Index:
                 return  # a tag nobody has: nothing can match
             groups.append(ids)
         excluded = [t for t in (self._lookup_tag(x) for x in q.none_of) if t is not None]
-        sql, args = _search_sql(groups, excluded, model_ids, q)
+        sql, args = _search_sql(self._rarest_first(groups), excluded, model_ids, q)
         cursor = self.conn().execute(sql, args)
         while True:
             rows = cursor.fetchmany(page)

@@ -177,3 +177,12 @@ def test_a_move_needs_two_paths(library: tuple[Index, int, int]) -> None:
     with pytest.raises(ValueError, match="two paths"):
         index.move("/lib/drums", "")
     assert index.counts()["indexed"] == 4 and index.dirs_under("/lib") != []
+
+
+def test_and_queries_start_from_the_rarest_tag_with_the_same_answer(library: tuple[Index, int, int]) -> None:
+    index, _, _ = library
+    kick, dark = index._lookup_tag("kick"), index._lookup_tag("dark")
+    assert kick is not None and dark is not None
+    assert index._rarest_first([[kick], [dark]]) == [[dark], [kick]]  # 2 kicks, 1 dark file
+    assert _paths(index, all_of=[["kick"], ["dark"]]) == _paths(index, all_of=[["dark"], ["kick"]])
+    assert _paths(index, all_of=[["kick"], ["dark"]]) == ["/lib/drums/k1.wav"]
