@@ -137,6 +137,12 @@ def test_end_to_end_folders_to_a_model_that_tags_new_clips(
     assert models == {"bands": True, "kinds": True}  # a new tag family beside the existing one
 
 
+def _store(blobs: dict[str, bytes], folder: Path) -> None:
+    """Shards on disk under their sha256, as `vibrary dataset create` leaves them."""
+    for digest, blob in blobs.items():
+        (folder / f"{digest}.npz").write_bytes(blob)
+
+
 def _manifest_and_blobs(per_kind: int = 6, seed: int = 0) -> tuple[shards.Manifest, dict[str, bytes]]:
     codes, labels, groups = spectrograms(per_kind, seed)
     return shards.write("t", list(KINDS), P, codes, labels, groups)
@@ -165,8 +171,7 @@ def test_upload_resumes_after_a_disconnect_and_never_resends(trainer_service: st
         missing = {s.sha256: s.have_bytes for s in client.missing(manifest)}
         assert missing[first.sha256] == half and len(missing) == len(manifest.shards)
 
-        for digest, blob in blobs.items():
-            (tmp_path / f"{digest}.npz").write_bytes(blob)
+        _store(blobs, tmp_path)
         sent = client.upload(manifest, tmp_path)
         assert sent == manifest.size - half  # only what was missing
         assert client.missing(manifest) == []
@@ -204,8 +209,7 @@ def test_bad_datasets_get_clear_errors(trainer_service: str, tmp_path: Path) -> 
     # a class with a single example fails the job with the reason, instead of training nonsense
     keep = np.r_[np.flatnonzero(labels != 2), np.flatnonzero(labels == 2)[:1]]
     manifest, blobs = shards.write("thin", list(KINDS), P, codes[keep], labels[keep], [groups[i] for i in keep])
-    for digest, blob in blobs.items():
-        (tmp_path / f"{digest}.npz").write_bytes(blob)
+    _store(blobs, tmp_path)
     with TrainerClient(trainer_service) as client:
         client.upload(manifest, tmp_path)
         job = client.start(manifest, "thin", "none", json.dumps({"epochs": 1}))
@@ -217,8 +221,7 @@ def test_bad_datasets_get_clear_errors(trainer_service: str, tmp_path: Path) -> 
 
 def test_cancel_mid_training_leaves_no_model(trainer_service: str, tmp_path: Path) -> None:
     manifest, blobs = _manifest_and_blobs(per_kind=30)
-    for digest, blob in blobs.items():
-        (tmp_path / f"{digest}.npz").write_bytes(blob)
+    _store(blobs, tmp_path)
     with TrainerClient(trainer_service) as client:
         client.upload(manifest, tmp_path)
         job = client.start(manifest, "c", "none", json.dumps({"epochs": 500, "patience": 500}))
@@ -331,8 +334,7 @@ def test_train_without_torch_says_how_to_install_it(home: Path, tmp_path: Path) 
 
 def test_progress_streams_epochs(trainer_service: str, tmp_path: Path) -> None:
     manifest, blobs = _manifest_and_blobs(per_kind=6)
-    for digest, blob in blobs.items():
-        (tmp_path / f"{digest}.npz").write_bytes(blob)
+    _store(blobs, tmp_path)
     with TrainerClient(trainer_service) as client:
         client.upload(manifest, tmp_path)
         job = client.start(manifest, "p", "none", json.dumps({"epochs": 3, "patience": 10}))
