@@ -302,42 +302,25 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def _dataset_line(name: str, manifest: Any, audio_bytes: int, failed: int) -> tuple[dict[str, Any], str]:
-    from collections import Counter
-
-    counts = Counter(manifest.classes[i] for i in _all_labels(name, manifest))
-    ratio = audio_bytes / max(1, manifest.size)
+def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
+    manifest, failed = report.manifest, len(report.failed)
     obj = {
         "dataset": name,
         "classes": manifest.classes,
         "clips": manifest.clips,
-        "per_class": dict(counts),
-        "audio_bytes": audio_bytes,
+        "per_class": report.per_class,
+        "audio_bytes": report.audio_bytes,
         "upload_bytes": manifest.size,
-        "ratio": round(ratio, 1),
+        "ratio": round(report.ratio, 1),
         "failed": failed,
     }
     human = (
         f"dataset {name}: {manifest.clips} clips in {len(manifest.classes)} classes "
-        f"({', '.join(f'{c} {n}' for c, n in sorted(counts.items()))})\n"
-        f"audio {_mb(audio_bytes)} → upload {_mb(manifest.size)} ({ratio:.0f}× smaller, spectrograms only)"
-        + (f"\n{failed} files could not be read" if failed else "")
+        f"({', '.join(f'{c} {n}' for c, n in report.per_class.items())})\n"
+        f"audio {_mb(report.audio_bytes)} → upload {_mb(manifest.size)} "
+        f"({report.ratio:.0f}× smaller, spectrograms only)" + (f"\n{failed} files could not be read" if failed else "")
     )
     return obj, human
-
-
-def _all_labels(name: str, manifest: Any) -> list[int]:
-    from vibrary.daemon import dataset, shards
-
-    _, shard_dir = dataset.load(config.home(), name)
-    labels: list[int] = []
-    for s in manifest.shards:
-        labels.extend(
-            shards.unpack((shard_dir / f"{s.sha256}.npz").read_bytes(), manifest.params, len(manifest.classes))[
-                1
-            ].tolist()
-        )
-    return labels
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
@@ -356,11 +339,9 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         return 0
     if args.action == "show":
         try:
-            manifest, _ = dataset.load(home_dir, args.name)
+            obj, human = _dataset_line(args.name, dataset.load_report(home_dir, args.name))
         except FileNotFoundError as e:
             raise CommandError(str(e)) from None
-        report = json.loads((dataset.dataset_dir(home_dir, args.name) / "report.json").read_text())
-        obj, human = _dataset_line(args.name, manifest, report["audio_bytes"], len(report["failed"]))
         _out(args, obj, human)
         return 0
     try:
@@ -376,7 +357,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         bar.close()
     for path, error in report.failed:
         print(f"skipped {path}: {error}", file=sys.stderr)
-    obj, human = _dataset_line(args.name, report.manifest, report.audio_bytes, len(report.failed))
+    obj, human = _dataset_line(args.name, report)
     _out(args, obj, human)
     return 0
 

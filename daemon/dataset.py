@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class BuildReport:
     manifest: shards.Manifest
     audio_bytes: int
     failed: list[tuple[str, str]]
+    per_class: dict[str, int]
 
     @property
     def ratio(self) -> float:
@@ -110,8 +112,18 @@ def build(
     for digest, blob in blobs.items():
         (folder / "shards" / f"{digest}.npz").write_bytes(blob)
     (folder / "manifest.json").write_text(manifest.to_json())
-    (folder / "report.json").write_text(json.dumps({"audio_bytes": audio_bytes, "failed": failed}))
-    return BuildReport(manifest, audio_bytes, failed)
+    per_class = dict(sorted(Counter(classes[i] for i in labels).items()))
+    report = {"audio_bytes": audio_bytes, "failed": failed, "per_class": per_class}
+    (folder / "report.json").write_text(json.dumps(report))
+    return BuildReport(manifest, audio_bytes, failed, per_class)
+
+
+def load_report(home_dir: Path, name: str) -> BuildReport:
+    """What `build` found, as it recorded it: the shards need not be read again."""
+    manifest, _ = load(home_dir, name)
+    raw = json.loads((dataset_dir(home_dir, name) / "report.json").read_text())
+    failed = [(str(path), str(error)) for path, error in raw["failed"]]
+    return BuildReport(manifest, int(raw["audio_bytes"]), failed, dict(raw["per_class"]))
 
 
 def load(home_dir: Path, name: str) -> tuple[shards.Manifest, Path]:

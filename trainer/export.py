@@ -64,17 +64,25 @@ def max_difference(net: TagNet, onnx_bytes: bytes, x: np.ndarray) -> float:
     return float(np.abs(expected - got).max())
 
 
-def load_base(base: str) -> tuple[dict[str, torch.Tensor] | None, str]:
-    """'none', 'demo' (the built-in model's checkpoint) or a path to a checkpoint saved by save_base."""
+def base_path(base: str) -> Path | None:
+    """Where the base checkpoint of 'demo' or a path lives (None for 'none'); FileNotFoundError if absent.
+    Cheap, so a job request is checked before it is queued and the weights are loaded once, by the job."""
     if base == "none":
-        return None, "none"
+        return None
     path = BUILTIN_DIR / "demo.pt" if base == "demo" else Path(base)
     if not path.exists():
         if base == "demo":
             raise FileNotFoundError("the built-in demo model's checkpoint is not installed; train with --base none")
         raise FileNotFoundError(f"no base checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state, base
+    return path
+
+
+def load_base(base: str) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """'none', 'demo' (the built-in model's checkpoint) or a path to a checkpoint saved by save_base."""
+    path = base_path(base)
+    if path is None:
+        return None, "none"
+    return torch.load(path, map_location="cpu", weights_only=True), base
 
 
 def save_base(result: TrainResult, path: Path) -> None:

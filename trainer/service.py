@@ -27,7 +27,7 @@ from vibrary.proto import trainer_pb2 as pb
 from vibrary.proto import trainer_pb2_grpc as pb_grpc
 
 from . import plots
-from .export import load_base, max_difference, to_onnx
+from .export import base_path, load_base, max_difference, to_onnx
 from .train import Cancelled, Progress, TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class TrainerService(pb_grpc.TrainerServicer):
         try:
             manifest = Manifest.from_json(request.manifest)
             config = TrainConfig.from_dict(json.loads(request.config or "{}"))
-            load_base(request.base or "demo")
+            base_path(request.base or "demo")
         except (ShardError, ValueError, TypeError, FileNotFoundError) as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         absent = [s.sha256[:12] for s in manifest.shards if not (self.shards / f"{s.sha256}.npz").exists()]
