@@ -50,6 +50,8 @@ class Status(_message.Message):
     DECODED_FIELD_NUMBER: _builtins.int
     FROM_CACHE_FIELD_NUMBER: _builtins.int
     REUSED_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    TRAINING_FIELD_NUMBER: _builtins.int
     indexed: _builtins.int
     pending: _builtins.int
     failed: _builtins.int
@@ -64,12 +66,17 @@ class Status(_message.Message):
     """
     from_cache: _builtins.int
     reused: _builtins.int
+    paused: _builtins.bool
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """active models as NAME@VERSION"""
 
     @_builtins.property
     def watches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def training(self) -> Global___TrainProgress:
+        """the running or last training job; empty when none this run"""
+
     def __init__(
         self,
         *,
@@ -85,10 +92,12 @@ class Status(_message.Message):
         decoded: _builtins.int = ...,
         from_cache: _builtins.int = ...,
         reused: _builtins.int = ...,
+        paused: _builtins.bool = ...,
+        training: Global___TrainProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "models", b"models", "pending", b"pending", "queue_depth", b"queue_depth", "reused", b"reused", "uptime_s", b"uptime_s", "version", b"version", "watches", b"watches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "reused", b"reused", "training", b"training", "uptime_s", b"uptime_s", "version", b"version", "watches", b"watches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -406,6 +415,12 @@ class Event(_message.Message):
         FILE_FAILED: Event._Kind.ValueType  # 2
         FILE_REMOVED: Event._Kind.ValueType  # 3
         MODEL_CHANGED: Event._Kind.ValueType  # 4
+        STATUS_CHANGED: Event._Kind.ValueType  # 5
+        """counts or paused state changed (at most a few per second)"""
+        TRAINING_PROGRESS: Event._Kind.ValueType  # 6
+        TRAINING_FINISHED: Event._Kind.ValueType  # 7
+        """succeeded, failed or cancelled: see training.state"""
+        MODEL_INSTALLED: Event._Kind.ValueType  # 8
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: Event.Kind.ValueType  # 0
@@ -413,19 +428,35 @@ class Event(_message.Message):
     FILE_FAILED: Event.Kind.ValueType  # 2
     FILE_REMOVED: Event.Kind.ValueType  # 3
     MODEL_CHANGED: Event.Kind.ValueType  # 4
+    STATUS_CHANGED: Event.Kind.ValueType  # 5
+    """counts or paused state changed (at most a few per second)"""
+    TRAINING_PROGRESS: Event.Kind.ValueType  # 6
+    TRAINING_FINISHED: Event.Kind.ValueType  # 7
+    """succeeded, failed or cancelled: see training.state"""
+    MODEL_INSTALLED: Event.Kind.ValueType  # 8
 
     KIND_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
     FILE_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    TRAINING_FIELD_NUMBER: _builtins.int
     kind: Global___Event.Kind.ValueType
     time: _builtins.float
     """unix seconds"""
     model: _builtins.str
-    """MODEL_CHANGED: NAME@VERSION"""
+    """MODEL_CHANGED, MODEL_INSTALLED: NAME@VERSION"""
     @_builtins.property
     def file(self) -> Global___FileTags:
         """FILE_* events"""
+
+    @_builtins.property
+    def status(self) -> Global___Status:
+        """STATUS_CHANGED"""
+
+    @_builtins.property
+    def training(self) -> Global___TrainProgress:
+        """TRAINING_*"""
 
     def __init__(
         self,
@@ -434,10 +465,12 @@ class Event(_message.Message):
         time: _builtins.float = ...,
         file: Global___FileTags | None = ...,
         model: _builtins.str = ...,
+        status: Global___Status | None = ...,
+        training: Global___TrainProgress | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "status", b"status", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "kind", b"kind", "model", b"model", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "kind", b"kind", "model", b"model", "status", b"status", "time", b"time", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -540,3 +573,586 @@ class ModelRef(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelRef: _TypeAlias = ModelRef  # noqa: Y015
+
+@_typing.final
+class PauseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseRequest: _TypeAlias = PauseRequest  # noqa: Y015
+
+@_typing.final
+class ListFailedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFailedRequest: _TypeAlias = ListFailedRequest  # noqa: Y015
+
+@_typing.final
+class SuggestRequest(_message.Message):
+    """-- your own tags ------------------------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATHS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """folders (recursively) or files, absolute"""
+
+    def __init__(
+        self,
+        *,
+        paths: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["paths", b"paths"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SuggestRequest: _TypeAlias = SuggestRequest  # noqa: Y015
+
+@_typing.final
+class Suggestion(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
+    ALTERNATIVES_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    tag: _builtins.str
+    """the suggested label, normalised; empty when nothing was found"""
+    source: _builtins.str
+    """folder | filename | metadata"""
+    raw: _builtins.str
+    """the text it came from, as the vendor wrote it"""
+    @_builtins.property
+    def alternatives(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """other normalised candidates found for this file"""
+
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        tag: _builtins.str = ...,
+        source: _builtins.str = ...,
+        raw: _builtins.str = ...,
+        alternatives: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alternatives", b"alternatives", "path", b"path", "raw", b"raw", "source", b"source", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Suggestion: _TypeAlias = Suggestion  # noqa: Y015
+
+@_typing.final
+class Suggestions(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILES_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___Suggestion]: ...
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedCompositeFieldContainer[Global___TagCount]:
+        """per suggested tag, how many files (model left empty)"""
+
+    def __init__(
+        self,
+        *,
+        files: _abc.Iterable[Global___Suggestion] | None = ...,
+        tags: _abc.Iterable[Global___TagCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Suggestions: _TypeAlias = Suggestions  # noqa: Y015
+
+@_typing.final
+class ListSynonymsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSynonymsRequest: _TypeAlias = ListSynonymsRequest  # noqa: Y015
+
+@_typing.final
+class Synonym(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALIAS_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    BUILTIN_FIELD_NUMBER: _builtins.int
+    alias: _builtins.str
+    """as vendors write it: BD, kck, hat"""
+    tag: _builtins.str
+    """what it means: kick, hihat"""
+    builtin: _builtins.bool
+    def __init__(
+        self,
+        *,
+        alias: _builtins.str = ...,
+        tag: _builtins.str = ...,
+        builtin: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alias", b"alias", "builtin", b"builtin", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Synonym: _TypeAlias = Synonym  # noqa: Y015
+
+@_typing.final
+class Synonyms(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SYNONYMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def synonyms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Synonym]: ...
+    def __init__(
+        self,
+        *,
+        synonyms: _abc.Iterable[Global___Synonym] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["synonyms", b"synonyms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Synonyms: _TypeAlias = Synonyms  # noqa: Y015
+
+@_typing.final
+class LabelledFile(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    tag: _builtins.str
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        tag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LabelledFile: _TypeAlias = LabelledFile  # noqa: Y015
+
+@_typing.final
+class CreateDatasetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelledFile]:
+        """the confirmed labels"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        files: _abc.Iterable[Global___LabelledFile] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateDatasetRequest: _TypeAlias = CreateDatasetRequest  # noqa: Y015
+
+@_typing.final
+class DatasetProgress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DONE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    done: _builtins.int
+    total: _builtins.int
+    @_builtins.property
+    def dataset(self) -> Global___Dataset:
+        """set on the last message"""
+
+    def __init__(
+        self,
+        *,
+        done: _builtins.int = ...,
+        total: _builtins.int = ...,
+        dataset: Global___Dataset | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "done", b"done", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatasetProgress: _TypeAlias = DatasetProgress  # noqa: Y015
+
+@_typing.final
+class DatasetClass(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    CLIPS_FIELD_NUMBER: _builtins.int
+    tag: _builtins.str
+    clips: _builtins.int
+    def __init__(
+        self,
+        *,
+        tag: _builtins.str = ...,
+        clips: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clips", b"clips", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatasetClass: _TypeAlias = DatasetClass  # noqa: Y015
+
+@_typing.final
+class Dataset(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CLASSES_FIELD_NUMBER: _builtins.int
+    CLIPS_FIELD_NUMBER: _builtins.int
+    AUDIO_BYTES_FIELD_NUMBER: _builtins.int
+    UPLOAD_BYTES_FIELD_NUMBER: _builtins.int
+    RATIO_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    ADVICE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    clips: _builtins.int
+    audio_bytes: _builtins.int
+    """the source audio"""
+    upload_bytes: _builtins.int
+    """what would leave the machine: spectrogram shards and labels"""
+    ratio: _builtins.float
+    """audio_bytes / upload_bytes"""
+    advice: _builtins.str
+    """what accuracy to expect at this size, and how many more examples help"""
+    @_builtins.property
+    def classes(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetClass]: ...
+    @_builtins.property
+    def failed(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileTags]:
+        """files that could not be read, with the reason"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        classes: _abc.Iterable[Global___DatasetClass] | None = ...,
+        clips: _builtins.int = ...,
+        audio_bytes: _builtins.int = ...,
+        upload_bytes: _builtins.int = ...,
+        ratio: _builtins.float = ...,
+        failed: _abc.Iterable[Global___FileTags] | None = ...,
+        advice: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advice", b"advice", "audio_bytes", b"audio_bytes", "classes", b"classes", "clips", b"clips", "failed", b"failed", "name", b"name", "ratio", b"ratio", "upload_bytes", b"upload_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Dataset: _TypeAlias = Dataset  # noqa: Y015
+
+@_typing.final
+class DatasetRef(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatasetRef: _TypeAlias = DatasetRef  # noqa: Y015
+
+@_typing.final
+class ListDatasetsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDatasetsRequest: _TypeAlias = ListDatasetsRequest  # noqa: Y015
+
+@_typing.final
+class DatasetList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dataset]: ...
+    def __init__(
+        self,
+        *,
+        datasets: _abc.Iterable[Global___Dataset] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["datasets", b"datasets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DatasetList: _TypeAlias = DatasetList  # noqa: Y015
+
+@_typing.final
+class EditDatasetRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Rename(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        TAG_FIELD_NUMBER: _builtins.int
+        TO_FIELD_NUMBER: _builtins.int
+        tag: _builtins.str
+        to: _builtins.str
+        def __init__(
+            self,
+            *,
+            tag: _builtins.str = ...,
+            to: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["tag", b"tag", "to", b"to"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RENAME_FIELD_NUMBER: _builtins.int
+    DROP_FIELD_NUMBER: _builtins.int
+    RELABEL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def rename(self) -> _containers.RepeatedCompositeFieldContainer[Global___EditDatasetRequest.Rename]: ...
+    @_builtins.property
+    def drop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """tags whose files leave the dataset"""
+
+    @_builtins.property
+    def relabel(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelledFile]:
+        """a file's new tag; empty tag drops the file"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        rename: _abc.Iterable[Global___EditDatasetRequest.Rename] | None = ...,
+        drop: _abc.Iterable[_builtins.str] | None = ...,
+        relabel: _abc.Iterable[Global___LabelledFile] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drop", b"drop", "name", b"name", "relabel", b"relabel", "rename", b"rename"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditDatasetRequest: _TypeAlias = EditDatasetRequest  # noqa: Y015
+
+@_typing.final
+class TrainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TRAINER_FIELD_NUMBER: _builtins.int
+    BASE_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    CONFIRM_COST_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    name: _builtins.str
+    """model name; default: the dataset's name"""
+    trainer: _builtins.str
+    """local (default) | HOST:PORT | cloud"""
+    base: _builtins.str
+    """demo (default) | none"""
+    options: _builtins.str
+    """JSON of training options; {} for defaults"""
+    token: _builtins.str
+    """for a remote trainer"""
+    confirm_cost: _builtins.bool
+    """cloud: the user accepted the shown cost estimate"""
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        name: _builtins.str = ...,
+        trainer: _builtins.str = ...,
+        base: _builtins.str = ...,
+        options: _builtins.str = ...,
+        token: _builtins.str = ...,
+        confirm_cost: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "confirm_cost", b"confirm_cost", "dataset", b"dataset", "name", b"name", "options", b"options", "token", b"token", "trainer", b"trainer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainRequest: _TypeAlias = TrainRequest  # noqa: Y015
+
+@_typing.final
+class CancelTrainingRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelTrainingRequest: _TypeAlias = CancelTrainingRequest  # noqa: Y015
+
+@_typing.final
+class TrainProgress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[TrainProgress._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: TrainProgress._State.ValueType  # 0
+        UPLOADING: TrainProgress._State.ValueType  # 1
+        WAITING: TrainProgress._State.ValueType  # 2
+        """for the trainer (cloud: the instance is starting)"""
+        TRAINING: TrainProgress._State.ValueType  # 3
+        INSTALLING: TrainProgress._State.ValueType  # 4
+        SUCCEEDED: TrainProgress._State.ValueType  # 5
+        FAILED: TrainProgress._State.ValueType  # 6
+        CANCELLED: TrainProgress._State.ValueType  # 7
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: TrainProgress.State.ValueType  # 0
+    UPLOADING: TrainProgress.State.ValueType  # 1
+    WAITING: TrainProgress.State.ValueType  # 2
+    """for the trainer (cloud: the instance is starting)"""
+    TRAINING: TrainProgress.State.ValueType  # 3
+    INSTALLING: TrainProgress.State.ValueType  # 4
+    SUCCEEDED: TrainProgress.State.ValueType  # 5
+    FAILED: TrainProgress.State.ValueType  # 6
+    CANCELLED: TrainProgress.State.ValueType  # 7
+
+    STATE_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    UPLOADED_BYTES_FIELD_NUMBER: _builtins.int
+    UPLOAD_BYTES_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    EPOCHS_FIELD_NUMBER: _builtins.int
+    LOSS_FIELD_NUMBER: _builtins.int
+    VAL_ACCURACY_FIELD_NUMBER: _builtins.int
+    ETA_S_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CLASSES_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    state: Global___TrainProgress.State.ValueType
+    dataset: _builtins.str
+    model: _builtins.str
+    """NAME@VERSION once installed"""
+    uploaded_bytes: _builtins.int
+    upload_bytes: _builtins.int
+    epoch: _builtins.int
+    epochs: _builtins.int
+    loss: _builtins.float
+    val_accuracy: _builtins.float
+    eta_s: _builtins.float
+    error: _builtins.str
+    message: _builtins.str
+    """a line for people: cost estimate, advice, what happens now"""
+    seconds: _builtins.float
+    @_builtins.property
+    def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        state: Global___TrainProgress.State.ValueType = ...,
+        dataset: _builtins.str = ...,
+        model: _builtins.str = ...,
+        uploaded_bytes: _builtins.int = ...,
+        upload_bytes: _builtins.int = ...,
+        epoch: _builtins.int = ...,
+        epochs: _builtins.int = ...,
+        loss: _builtins.float = ...,
+        val_accuracy: _builtins.float = ...,
+        eta_s: _builtins.float = ...,
+        error: _builtins.str = ...,
+        message: _builtins.str = ...,
+        classes: _abc.Iterable[_builtins.str] | None = ...,
+        seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "dataset", b"dataset", "epoch", b"epoch", "epochs", b"epochs", "error", b"error", "eta_s", b"eta_s", "loss", b"loss", "message", b"message", "model", b"model", "seconds", b"seconds", "state", b"state", "upload_bytes", b"upload_bytes", "uploaded_bytes", b"uploaded_bytes", "val_accuracy", b"val_accuracy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainProgress: _TypeAlias = TrainProgress  # noqa: Y015

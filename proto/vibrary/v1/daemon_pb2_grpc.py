@@ -94,6 +94,71 @@ class DaemonStub:
                 request_serializer=vibrary_dot_v1_dot_daemon__pb2.ModelRef.SerializeToString,
                 response_deserializer=vibrary_dot_v1_dot_daemon__pb2.ModelList.FromString,
                 _registered_method=True)
+        self.Pause = channel.unary_unary(
+                '/vibrary.v1.Daemon/Pause',
+                request_serializer=vibrary_dot_v1_dot_daemon__pb2.PauseRequest.SerializeToString,
+                response_deserializer=vibrary_dot_v1_dot_daemon__pb2.Status.FromString,
+                _registered_method=True)
+        self.Resume = channel.unary_unary(
+                '/vibrary.v1.Daemon/Resume',
+                request_serializer=vibrary_dot_v1_dot_daemon__pb2.PauseRequest.SerializeToString,
+                response_deserializer=vibrary_dot_v1_dot_daemon__pb2.Status.FromString,
+                _registered_method=True)
+        self.ListFailed = channel.unary_stream(
+                '/vibrary.v1.Daemon/ListFailed',
+                request_serializer=vibrary_dot_v1_dot_daemon__pb2.ListFailedRequest.SerializeToString,
+                response_deserializer=vibrary_dot_v1_dot_daemon__pb2.FileTags.FromString,
+                _registered_method=True)
+        self.SuggestLabels = channel.unary_unary(
+                '/vibrary.v1.Daemon/SuggestLabels',
+                request_serializer=vibrary_dot_v1_dot_daemon__pb2.SuggestRequest.SerializeToString,
+                response_deserializer=vibrary_dot_v1_dot_daemon__pb2.Suggestions.FromString,
+                _registered_method=True)
+        self.ListSynonyms = channel.unary_unary(
+                '/vibrary.v1.Daemon/ListSynonyms',
+                request_serializer=vibrary_dot_v1_dot_daemon__pb2.ListSynonymsRequest.SerializeToString,
+                response_deserializer=vibrary_dot_v1_dot_daemon__pb2.Synonyms.FromString,
+                _registered_method=True)
+        self.AddSynonyms = channel.unary_unary(
+                '/vibrary.v1.Daemon/AddSynonyms',
+                request_serializer=vibrary_dot_v1_dot_daemon__pb2.Synonyms.SerializeToString,
+                response_deserializer=vibrary_dot_v1_dot_daemon__pb2.Synonyms.FromString,
+                _registered_method=True)
+        self.CreateDataset = channel.unary_stream(
+                '/vibrary.v1.Daemon/CreateDataset',
+                request_serializer=vibrary_dot_v1_dot_daemon__pb2.CreateDatasetRequest.SerializeToString,
+                response_deserializer=vibrary_dot_v1_dot_daemon__pb2.DatasetProgress.FromString,
+                _registered_method=True)
+        self.EditDataset = channel.unary_unary(
+                '/vibrary.v1.Daemon/EditDataset',
+                request_serializer=vibrary_dot_v1_dot_daemon__pb2.EditDatasetRequest.SerializeToString,
+                response_deserializer=vibrary_dot_v1_dot_daemon__pb2.Dataset.FromString,
+                _registered_method=True)
+        self.GetDataset = channel.unary_unary(
+                '/vibrary.v1.Daemon/GetDataset',
+                request_serializer=vibrary_dot_v1_dot_daemon__pb2.DatasetRef.SerializeToString,
+                response_deserializer=vibrary_dot_v1_dot_daemon__pb2.Dataset.FromString,
+                _registered_method=True)
+        self.ListDatasets = channel.unary_unary(
+                '/vibrary.v1.Daemon/ListDatasets',
+                request_serializer=vibrary_dot_v1_dot_daemon__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=vibrary_dot_v1_dot_daemon__pb2.DatasetList.FromString,
+                _registered_method=True)
+        self.DeleteDataset = channel.unary_unary(
+                '/vibrary.v1.Daemon/DeleteDataset',
+                request_serializer=vibrary_dot_v1_dot_daemon__pb2.DatasetRef.SerializeToString,
+                response_deserializer=vibrary_dot_v1_dot_daemon__pb2.DatasetList.FromString,
+                _registered_method=True)
+        self.Train = channel.unary_stream(
+                '/vibrary.v1.Daemon/Train',
+                request_serializer=vibrary_dot_v1_dot_daemon__pb2.TrainRequest.SerializeToString,
+                response_deserializer=vibrary_dot_v1_dot_daemon__pb2.TrainProgress.FromString,
+                _registered_method=True)
+        self.CancelTraining = channel.unary_unary(
+                '/vibrary.v1.Daemon/CancelTraining',
+                request_serializer=vibrary_dot_v1_dot_daemon__pb2.CancelTrainingRequest.SerializeToString,
+                response_deserializer=vibrary_dot_v1_dot_daemon__pb2.TrainProgress.FromString,
+                _registered_method=True)
 
 
 class DaemonServicer:
@@ -177,6 +242,94 @@ class DaemonServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pause(self, request, context):
+        """Stop and restart indexing. While paused the watcher still records every change (nothing is lost);
+        no file is decoded or tagged until Resume. Survives a daemon restart.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resume(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFailed(self, request, context):
+        """The files that most recently failed, and why (newest first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SuggestLabels(self, request, context):
+        """Your own tags. Suggestions come from folder names, file names and embedded metadata, normalised
+        through the synonym table; nothing is stored until CreateDataset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSynonyms(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddSynonyms(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateDataset(self, request, context):
+        """Labelled examples → spectrogram shards on this machine; streams progress, the last message has
+        the dataset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EditDataset(self, request, context):
+        """Rename, merge, drop tags or relabel files of a dataset; shards are re-packed from cached
+        spectrograms, audio is not decoded again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDataset(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDatasets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDataset(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Train(self, request, context):
+        """Train on a dataset, install the model as a new version and activate it; streams progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelTraining(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DaemonServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -239,6 +392,71 @@ def add_DaemonServicer_to_server(servicer, server):
                     servicer.DeactivateModel,
                     request_deserializer=vibrary_dot_v1_dot_daemon__pb2.ModelRef.FromString,
                     response_serializer=vibrary_dot_v1_dot_daemon__pb2.ModelList.SerializeToString,
+            ),
+            'Pause': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pause,
+                    request_deserializer=vibrary_dot_v1_dot_daemon__pb2.PauseRequest.FromString,
+                    response_serializer=vibrary_dot_v1_dot_daemon__pb2.Status.SerializeToString,
+            ),
+            'Resume': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resume,
+                    request_deserializer=vibrary_dot_v1_dot_daemon__pb2.PauseRequest.FromString,
+                    response_serializer=vibrary_dot_v1_dot_daemon__pb2.Status.SerializeToString,
+            ),
+            'ListFailed': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListFailed,
+                    request_deserializer=vibrary_dot_v1_dot_daemon__pb2.ListFailedRequest.FromString,
+                    response_serializer=vibrary_dot_v1_dot_daemon__pb2.FileTags.SerializeToString,
+            ),
+            'SuggestLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuggestLabels,
+                    request_deserializer=vibrary_dot_v1_dot_daemon__pb2.SuggestRequest.FromString,
+                    response_serializer=vibrary_dot_v1_dot_daemon__pb2.Suggestions.SerializeToString,
+            ),
+            'ListSynonyms': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSynonyms,
+                    request_deserializer=vibrary_dot_v1_dot_daemon__pb2.ListSynonymsRequest.FromString,
+                    response_serializer=vibrary_dot_v1_dot_daemon__pb2.Synonyms.SerializeToString,
+            ),
+            'AddSynonyms': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddSynonyms,
+                    request_deserializer=vibrary_dot_v1_dot_daemon__pb2.Synonyms.FromString,
+                    response_serializer=vibrary_dot_v1_dot_daemon__pb2.Synonyms.SerializeToString,
+            ),
+            'CreateDataset': grpc.unary_stream_rpc_method_handler(
+                    servicer.CreateDataset,
+                    request_deserializer=vibrary_dot_v1_dot_daemon__pb2.CreateDatasetRequest.FromString,
+                    response_serializer=vibrary_dot_v1_dot_daemon__pb2.DatasetProgress.SerializeToString,
+            ),
+            'EditDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.EditDataset,
+                    request_deserializer=vibrary_dot_v1_dot_daemon__pb2.EditDatasetRequest.FromString,
+                    response_serializer=vibrary_dot_v1_dot_daemon__pb2.Dataset.SerializeToString,
+            ),
+            'GetDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDataset,
+                    request_deserializer=vibrary_dot_v1_dot_daemon__pb2.DatasetRef.FromString,
+                    response_serializer=vibrary_dot_v1_dot_daemon__pb2.Dataset.SerializeToString,
+            ),
+            'ListDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasets,
+                    request_deserializer=vibrary_dot_v1_dot_daemon__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=vibrary_dot_v1_dot_daemon__pb2.DatasetList.SerializeToString,
+            ),
+            'DeleteDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDataset,
+                    request_deserializer=vibrary_dot_v1_dot_daemon__pb2.DatasetRef.FromString,
+                    response_serializer=vibrary_dot_v1_dot_daemon__pb2.DatasetList.SerializeToString,
+            ),
+            'Train': grpc.unary_stream_rpc_method_handler(
+                    servicer.Train,
+                    request_deserializer=vibrary_dot_v1_dot_daemon__pb2.TrainRequest.FromString,
+                    response_serializer=vibrary_dot_v1_dot_daemon__pb2.TrainProgress.SerializeToString,
+            ),
+            'CancelTraining': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTraining,
+                    request_deserializer=vibrary_dot_v1_dot_daemon__pb2.CancelTrainingRequest.FromString,
+                    response_serializer=vibrary_dot_v1_dot_daemon__pb2.TrainProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -565,6 +783,357 @@ class Daemon:
             '/vibrary.v1.Daemon/DeactivateModel',
             vibrary_dot_v1_dot_daemon__pb2.ModelRef.SerializeToString,
             vibrary_dot_v1_dot_daemon__pb2.ModelList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pause(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vibrary.v1.Daemon/Pause',
+            vibrary_dot_v1_dot_daemon__pb2.PauseRequest.SerializeToString,
+            vibrary_dot_v1_dot_daemon__pb2.Status.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vibrary.v1.Daemon/Resume',
+            vibrary_dot_v1_dot_daemon__pb2.PauseRequest.SerializeToString,
+            vibrary_dot_v1_dot_daemon__pb2.Status.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFailed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vibrary.v1.Daemon/ListFailed',
+            vibrary_dot_v1_dot_daemon__pb2.ListFailedRequest.SerializeToString,
+            vibrary_dot_v1_dot_daemon__pb2.FileTags.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuggestLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vibrary.v1.Daemon/SuggestLabels',
+            vibrary_dot_v1_dot_daemon__pb2.SuggestRequest.SerializeToString,
+            vibrary_dot_v1_dot_daemon__pb2.Suggestions.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSynonyms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vibrary.v1.Daemon/ListSynonyms',
+            vibrary_dot_v1_dot_daemon__pb2.ListSynonymsRequest.SerializeToString,
+            vibrary_dot_v1_dot_daemon__pb2.Synonyms.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddSynonyms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vibrary.v1.Daemon/AddSynonyms',
+            vibrary_dot_v1_dot_daemon__pb2.Synonyms.SerializeToString,
+            vibrary_dot_v1_dot_daemon__pb2.Synonyms.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vibrary.v1.Daemon/CreateDataset',
+            vibrary_dot_v1_dot_daemon__pb2.CreateDatasetRequest.SerializeToString,
+            vibrary_dot_v1_dot_daemon__pb2.DatasetProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vibrary.v1.Daemon/EditDataset',
+            vibrary_dot_v1_dot_daemon__pb2.EditDatasetRequest.SerializeToString,
+            vibrary_dot_v1_dot_daemon__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vibrary.v1.Daemon/GetDataset',
+            vibrary_dot_v1_dot_daemon__pb2.DatasetRef.SerializeToString,
+            vibrary_dot_v1_dot_daemon__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vibrary.v1.Daemon/ListDatasets',
+            vibrary_dot_v1_dot_daemon__pb2.ListDatasetsRequest.SerializeToString,
+            vibrary_dot_v1_dot_daemon__pb2.DatasetList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vibrary.v1.Daemon/DeleteDataset',
+            vibrary_dot_v1_dot_daemon__pb2.DatasetRef.SerializeToString,
+            vibrary_dot_v1_dot_daemon__pb2.DatasetList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Train(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/vibrary.v1.Daemon/Train',
+            vibrary_dot_v1_dot_daemon__pb2.TrainRequest.SerializeToString,
+            vibrary_dot_v1_dot_daemon__pb2.TrainProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTraining(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vibrary.v1.Daemon/CancelTraining',
+            vibrary_dot_v1_dot_daemon__pb2.CancelTrainingRequest.SerializeToString,
+            vibrary_dot_v1_dot_daemon__pb2.TrainProgress.FromString,
             options,
             channel_credentials,
             insecure,
