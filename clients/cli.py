@@ -172,13 +172,31 @@ def cmd_status(args: argparse.Namespace) -> int:
         "queue_depth": s.queue_depth,
         "watches": list(s.watches),
         "home": s.home,
+        "paused": s.paused,
     }
     human = (
-        f"indexed {s.indexed}, pending {s.pending}, failed {s.failed}\n"
+        f"indexed {s.indexed}, pending {s.pending}, failed {s.failed}{' (paused)' if s.paused else ''}\n"
         f"models: {', '.join(s.models) or 'none'}\nwatching: {', '.join(s.watches) or 'nothing'}"
     )
     _out(args, obj, human)
     return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    """Pause or resume indexing; the watcher keeps recording changes, so nothing is lost meanwhile."""
+    with Client() as c:
+        s = c.pause() if args.command == "pause" else c.resume()
+    state = "paused" if s.paused else "resumed"
+    _out(args, {"paused": s.paused, "pending": s.pending}, f"indexing {state} ({s.pending} files pending)")
+    return 0
+
+
+def cmd_tray(args: argparse.Namespace) -> int:
+    try:
+        from .tray import run
+    except ImportError as e:
+        raise CommandError(f"the tray needs PySide6: pip install 'vibrary[tray]' ({e})") from None
+    return run()
 
 
 def _wait_idle(c: Client, pending: int) -> None:
@@ -491,6 +509,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", parents=[common], help="what the daemon is doing")
     p.add_argument("--wait", action="store_true", help="show progress until nothing is pending")
     p.set_defaults(func=cmd_status)
+
+    for name, text in (("pause", "pause indexing (changes are still recorded)"), ("resume", "resume indexing")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.set_defaults(func=cmd_pause)
+
+    p = sub.add_parser("tray", help="the system-tray status icon (needs the [tray] extra)")
+    p.set_defaults(func=cmd_tray)
 
     p = sub.add_parser("search", parents=[common], help="find files by tag: kick -acoustic snare|clap")
     p.add_argument("query", nargs="*", metavar="QUERY")

@@ -118,6 +118,16 @@ class Client:
     def deactivate(self, name: str, version: int = 0) -> list[pb.Model]:
         return list(self._call("DeactivateModel", pb.ModelRef(name=name, version=version)).models)
 
+    def pause(self) -> pb.Status:
+        return self._call("Pause", pb.PauseRequest())
+
+    def resume(self) -> pb.Status:
+        return self._call("Resume", pb.PauseRequest())
+
+    def failed(self, limit: int = 0) -> list[pb.FileTags]:
+        """The files that most recently failed, newest first (limit 0: the daemon's default, 50)."""
+        return list(self._stream("ListFailed", pb.ListFailedRequest(limit=limit), self.timeout))
+
 
 class DaemonError(RuntimeError):
     """The daemon refused the call; str() is its reason."""

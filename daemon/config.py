@@ -74,3 +74,8 @@ def socket_path(home_dir: Path) -> Path:
 
 def log_path(home_dir: Path) -> Path:
     return home_dir / "daemon.log"
+
+
+def paused_path(home_dir: Path) -> Path:
+    """Present while indexing is paused: a marker file, so a restarted daemon stays paused."""
+    return home_dir / "paused"

@@ -6,17 +6,22 @@ A subscriber that stops reading loses events instead of growing the daemon's mem
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .index import FileTags
+
+log = logging.getLogger(__name__)
 
 FILE_TAGGED = "file_tagged"
 FILE_FAILED = "file_failed"
 FILE_REMOVED = "file_removed"
 MODEL_CHANGED = "model_changed"
+STATUS_CHANGED = "status_changed"
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,7 @@ class Event:
     file: FileTags | None = None
     model: str = ""
     time: float = field(default_factory=time.time)
+    status: dict[str, object] | None = None  # STATUS_CHANGED: the daemon's status() at that moment
 
 
 class EventBus:
@@ -53,3 +59,58 @@ class EventBus:
     @property
     def subscribers(self) -> int:
         return len(self._subscribers)
+
+
+class StatusPublisher:
+    """Publishes STATUS_CHANGED snapshots so front ends never poll, throttled to one per `interval`.
+
+    `changed()` is cheap and may be called on every file; a thread publishes at once after a quiet
+    spell (leading edge) and once more `interval` later if anything changed meanwhile (trailing edge),
+    so the last snapshot always shows where the daemon came to rest (e.g. idle, nothing pending). A
+    snapshot equal to the last one published (uptime aside) is not sent again, and nothing is computed
+    while no front end listens.
+    """
+
+    VOLATILE = frozenset({"uptime_s"})
+
+    def __init__(self, bus: EventBus, snapshot: Callable[[], dict[str, object]], interval: float = 0.25) -> None:
+        self._bus = bus
+        self._snapshot = snapshot
+        self._interval = interval
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="status-events", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._dirty.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def changed(self) -> None:
+        self._dirty.set()
+
+    def _run(self) -> None:
+        last: dict[str, object] | None = None
+        while True:
+            self._dirty.wait()
+            if self._stop.is_set():
+                return
+            self._dirty.clear()
+            if not self._bus.subscribers:
+                last = None  # whoever subscribes next gets a snapshot from the Events call itself
+                continue
+            try:
+                snap = self._snapshot()
+            except Exception:  # a status that cannot be read now is read again on the next change
+                log.exception("status snapshot failed")
+                continue
+            key = {k: v for k, v in snap.items() if k not in self.VOLATILE}
+            if key != last:
+                last = key
+                self._bus.publish(Event(STATUS_CHANGED, status=snap))
+            if self._stop.wait(self._interval):
+                return

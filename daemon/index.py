@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_work ON files(state, due);
 CREATE INDEX IF NOT EXISTS files_dir ON files(dir);
 CREATE INDEX IF NOT EXISTS files_content ON files(content_id);
+CREATE INDEX IF NOT EXISTS files_failed ON files(updated) WHERE state = 'failed';
 CREATE TABLE IF NOT EXISTS contents (
     id INTEGER PRIMARY KEY,
     hash BLOB NOT NULL UNIQUE
@@ -360,8 +361,12 @@ class Index:
         return int(row.fetchone()[0])
 
     def failures(self, limit: int = 20) -> list[tuple[str, str]]:
+        """The newest failures first, from a partial index that holds only failed files: instant on a huge,
+        mostly healthy library, and free for every file that is tagged fine."""
         rows = self.conn().execute(
-            "SELECT path, error FROM files WHERE state = 'failed' ORDER BY updated DESC LIMIT ?", (limit,)
+            """SELECT path, error FROM files INDEXED BY files_failed
+               WHERE state = 'failed' ORDER BY updated DESC LIMIT ?""",
+            (limit,),
         )
         return [(p, e) for p, e in rows]
 

@@ -30,7 +30,9 @@ _EVENT_KINDS = {
     events.FILE_FAILED: pb.Event.FILE_FAILED,
     events.FILE_REMOVED: pb.Event.FILE_REMOVED,
     events.MODEL_CHANGED: pb.Event.MODEL_CHANGED,
+    events.STATUS_CHANGED: pb.Event.STATUS_CHANGED,
 }
+_FAILED_DEFAULT_LIMIT = 50
 
 
 def file_tags_pb(f: FileTags) -> pb.FileTags:
@@ -42,6 +44,11 @@ def file_tags_pb(f: FileTags) -> pb.FileTags:
     )
 
 
+def status_pb(status: dict[str, object]) -> pb.Status:
+    """The daemon's status() as the proto; keys the proto does not know are left out."""
+    return pb.Status(**{k: v for k, v in status.items() if k in pb.Status.DESCRIPTOR.fields_by_name})
+
+
 def _absolute(path: str, context: grpc.ServicerContext) -> str:
     if not path:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "path is empty")
@@ -50,13 +57,32 @@ def _absolute(path: str, context: grpc.ServicerContext) -> str:
     return os.path.normpath(path)
 
 
-class DaemonService(pb_grpc.DaemonServicer):
+class PauseService:
+    """Pause / Resume / ListFailed, mixed into DaemonService."""
+
+    daemon: Daemon
+
+    def Pause(self, request: pb.PauseRequest, context: grpc.ServicerContext) -> pb.Status:
+        self.daemon.set_paused(True)
+        return status_pb(self.daemon.status())
+
+    def Resume(self, request: pb.PauseRequest, context: grpc.ServicerContext) -> pb.Status:
+        self.daemon.set_paused(False)
+        return status_pb(self.daemon.status())
+
+    def ListFailed(self, request: pb.ListFailedRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
+        if request.limit < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit must not be negative")
+        for path, error in self.daemon.index.failures(request.limit or _FAILED_DEFAULT_LIMIT):
+            yield pb.FileTags(path=path, state="failed", error=error or "")
+
+
+class DaemonService(PauseService, pb_grpc.DaemonServicer):
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
 
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.Status:
-        s = self.daemon.status()
-        return pb.Status(**{k: v for k, v in s.items() if k in pb.Status.DESCRIPTOR.fields_by_name})
+        return status_pb(self.daemon.status())
 
     def AddWatch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> pb.WatchList:
         folder = _absolute(request.path, context)
@@ -109,6 +135,8 @@ class DaemonService(pb_grpc.DaemonServicer):
         if not request.paths:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no paths given")
         paths = [_absolute(p, context) for p in request.paths]
+        if self.daemon.paused:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "indexing is paused; resume it first (vibrary resume)")
         remaining = context.time_remaining()
         deadline = time.time() + (remaining if remaining is not None else 3600.0)
         results = self.daemon.tag_now(paths, deadline)
@@ -120,6 +148,8 @@ class DaemonService(pb_grpc.DaemonServicer):
     def Events(self, request: pb.EventsRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
         feed = self.daemon.events.subscribe()
         try:
+            # where things stand now, so a front end needs no GetStatus call (and misses nothing between)
+            yield pb.Event(kind=pb.Event.STATUS_CHANGED, time=time.time(), status=status_pb(self.daemon.status()))
             while context.is_active():
                 try:
                     e = feed.get(timeout=0.25)
@@ -130,6 +160,7 @@ class DaemonService(pb_grpc.DaemonServicer):
                     time=e.time,
                     file=file_tags_pb(e.file) if e.file else None,
                     model=e.model,
+                    status=status_pb(e.status) if e.status is not None else None,
                 )
         finally:
             self.daemon.events.unsubscribe(feed)

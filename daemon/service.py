@@ -22,7 +22,7 @@ import psutil
 from . import config, registry
 from .cache import SpectrogramCache
 from .decode import is_audio_path
-from .events import FILE_FAILED, FILE_REMOVED, FILE_TAGGED, MODEL_CHANGED, Event, EventBus
+from .events import FILE_FAILED, FILE_REMOVED, FILE_TAGGED, MODEL_CHANGED, Event, EventBus, StatusPublisher
 from .index import FileTags, Index, Result
 from .infer import Model, ModelError
 from .pipeline import ActiveModel, Pipeline
@@ -77,12 +77,17 @@ class Daemon:
         self._feeder = threading.Thread(target=self._feed, name="feeder", daemon=True)
         self._analyzed_at, self._analyzed_rows = -1e9, 0
         self._models_lock = threading.Lock()
+        self._paused = threading.Event()
+        if config.paused_path(home_dir).exists():
+            self._paused.set()
+        self.status_events = StatusPublisher(self.events, self.status)
 
     def start(self) -> None:
         _lower_priority(self.settings.nice)
         self.index.requeue_missing(self._active_ids)
         self.watcher.start()
         self._feeder.start()
+        self.status_events.start()
         log.info("daemon started on %s with models %s", self.home, [m.ref for m in self.pipeline.models])
 
     def stop(self) -> None:
@@ -90,6 +95,7 @@ class Daemon:
         self._wake.set()
         self.watcher.stop()
         self._feeder.join()
+        self.status_events.stop()
         self.pipeline.close()
         self.index.close()
         self._lock_file.close()
@@ -97,6 +103,7 @@ class Daemon:
     # -- the feeder: pending rows → pipeline ---------------------------------------------------------
     def _wake_feeder(self) -> None:
         self._wake.set()
+        self.status_events.changed()
 
     def _feed(self) -> None:
         last_model_check = 0.0
@@ -109,7 +116,8 @@ class Daemon:
                 with self._in_flight_lock:
                     skip = set(self._in_flight)
                 room = self.settings.queue_size - len(skip)
-                jobs = self.index.due_jobs(room, skip, time.time()) if room > 0 else []
+                paused = self._paused.is_set()  # the watcher still records changes; nothing is read
+                jobs = self.index.due_jobs(room, skip, time.time()) if room > 0 and not paused else []
                 for job in jobs:
                     with self._in_flight_lock:
                         self._in_flight.add(job.id)
@@ -119,7 +127,7 @@ class Daemon:
                 if not jobs and not self._in_flight:
                     self._refresh_statistics()
                 next_due = self.index.next_due()
-                wait = 1.0 if next_due is None else min(1.0, max(0.005, next_due - time.time()))
+                wait = 1.0 if next_due is None or paused else min(1.0, max(0.005, next_due - time.time()))
                 self._wake.wait(wait)
             except Exception:
                 log.exception("feeder error; retrying")
@@ -142,6 +150,7 @@ class Daemon:
             with self._in_flight_lock:
                 self._in_flight.difference_update(r.job.id for r in results)
             self._wake.set()
+            self.status_events.changed()
         if not self.events.subscribers:
             return
         for r in written:
@@ -153,6 +162,7 @@ class Daemon:
                 self.events.publish(Event(FILE_TAGGED, next(self.index.file_tags([r.job.path]))))
 
     def _removed(self, paths: list[str]) -> None:
+        self.status_events.changed()
         for p in paths:
             self.events.publish(Event(FILE_REMOVED, FileTags(p, "unknown", None, [])))
 
@@ -170,6 +180,7 @@ class Daemon:
         for m in active:
             self.events.publish(Event(MODEL_CHANGED, model=m.ref))
         self._wake.set()
+        self.status_events.changed()
 
     def models_changed(self) -> None:
         """Called by the API after it changed the active set, so the switch is immediate."""
@@ -184,6 +195,7 @@ class Daemon:
             "queue_depth": self.index.due_count(time.time()),
             "watches": self.index.watches(),
             "home": str(self.home),
+            "paused": self.paused,
             "uptime_s": time.time() - self.started,
             **self.pipeline.counters,
         }
@@ -191,10 +203,32 @@ class Daemon:
     def add_watch(self, folder: str) -> None:
         self.index.add_watch(folder)
         self.watcher.watch(folder)
+        self.status_events.changed()
 
     def remove_watch(self, folder: str) -> bool:
         self.watcher.unwatch(folder)
-        return self.index.remove_watch(folder)
+        removed = self.index.remove_watch(folder)
+        self.status_events.changed()
+        return removed
+
+    # -- pause / resume ------------------------------------------------------------------------------
+    @property
+    def paused(self) -> bool:
+        return self._paused.is_set()
+
+    def set_paused(self, paused: bool) -> None:
+        """Stop or restart handing files to the pipeline; files already in flight finish. The marker file
+        is written first, so a daemon killed right after the call still comes back paused."""
+        marker = config.paused_path(self.home)
+        if paused:
+            marker.touch()
+            self._paused.set()
+        else:
+            marker.unlink(missing_ok=True)
+            self._paused.clear()
+        log.info("indexing %s", "paused" if paused else "resumed")
+        self._wake.set()
+        self.status_events.changed()
 
     def tag_now(self, paths: Sequence[str], deadline: float) -> list[FileTags]:
         """Queue these files first and wait (until the deadline) for their results."""

@@ -1,0 +1,152 @@
+"""Pause / Resume, ListFailed and STATUS_CHANGED events, against a real daemon process on a real socket."""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from vibrary.clients.client import Client, DaemonError
+from vibrary.proto import daemon_pb2 as pb
+
+from tests.conftest import DaemonProcess, json_lines, start_daemon, vibrary, wait_for
+from tests.synth import write_tone
+
+SETTLE_S = 0.2  # the `home` fixture's settle time: a file is read this long after its last change
+
+
+def _drop(folder: Path, n: int, prefix: str = "t") -> list[str]:
+    """Audio files moved in whole, as a file manager would; returns their paths."""
+    staging = folder.parent / f"staging-{prefix}"
+    paths = []
+    for i in range(n):
+        src = write_tone(staging / f"{prefix}{i}.wav", 100.0 * (i + 1), seconds=0.5)
+        dst = folder / src.name
+        shutil.move(src, dst)
+        paths.append(str(dst))
+    return paths
+
+
+def _states(client: Client, paths: list[str]) -> set[str]:
+    return {f.state for f in client.tags(paths)}
+
+
+def _status_events(client: Client) -> queue.Queue[pb.Event]:
+    """STATUS_CHANGED events from a second connection, as a front end would see them."""
+    found: queue.Queue[pb.Event] = queue.Queue()
+
+    def read() -> None:
+        try:
+            for e in client.events():
+                if e.kind == pb.Event.STATUS_CHANGED:
+                    found.put(e)
+        except Exception:
+            pass  # the stream ends when the client closes
+
+    threading.Thread(target=read, daemon=True).start()
+    return found
+
+
+def test_paused_daemon_records_changes_and_indexes_them_on_resume(daemon: DaemonProcess, tmp_path: Path) -> None:
+    library = tmp_path / "library"
+    library.mkdir()
+    assert daemon.client.pause().paused
+    daemon.client.add_watch(str(library))
+    paths = _drop(library, 3)
+    wait_for(lambda: daemon.client.status().pending == 3)  # the watcher still records every file
+    time.sleep(SETTLE_S + 1.0)  # long past the moment an unpaused daemon reads them
+    s = daemon.client.status()
+    assert (s.paused, s.pending, s.indexed, s.decoded) == (True, 3, 0, 0)
+    assert _states(daemon.client, paths) == {"pending"}
+    with pytest.raises(DaemonError) as refused:
+        list(daemon.client.tag(paths[:1], timeout=10))
+    assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION and "paused" in str(refused.value)
+
+    s = daemon.client.resume()
+    assert not s.paused
+    wait_for(lambda: _states(daemon.client, paths) == {"indexed"})
+    assert daemon.client.status().decoded == 3
+
+
+def test_paused_survives_a_restart(model_home: Path, tmp_path: Path) -> None:
+    library = tmp_path / "library"
+    library.mkdir()
+    d = start_daemon(model_home)
+    try:
+        d.client.add_watch(str(library))
+        out = json_lines(vibrary("pause", "--json", home=model_home).stdout)
+        assert out == [{"paused": True, "pending": 0}]
+    finally:
+        assert d.stop() == 0
+    paths = _drop(library, 2)  # arrives while no daemon runs: found by the start-up scan
+    d = start_daemon(model_home)
+    try:
+        wait_for(lambda: d.client.status().pending == 2)
+        time.sleep(SETTLE_S + 1.0)
+        status = json_lines(vibrary("status", "--json", home=model_home).stdout)[0]
+        assert (status["paused"], status["pending"], status["indexed"]) == (True, 2, 0)
+        out = json_lines(vibrary("resume", "--json", home=model_home).stdout)
+        assert out[0]["paused"] is False
+        wait_for(lambda: _states(d.client, paths) == {"indexed"})
+    finally:
+        assert d.stop() == 0
+    d = start_daemon(model_home)  # resumed stays resumed
+    try:
+        assert not d.client.status().paused
+    finally:
+        d.stop()
+
+
+def test_list_failed_newest_first_with_the_reason(daemon: DaemonProcess, tmp_path: Path) -> None:
+    library = tmp_path / "library"
+    library.mkdir()
+    daemon.client.add_watch(str(library))
+    good = _drop(library, 1)
+    empty = library / "empty.wav"
+    empty.touch()
+    wait_for(lambda: [f.path for f in daemon.client.failed()] == [str(empty)])
+    garbage = library / "garbage.wav"
+    garbage.write_bytes(b"RIFF not really a wave file" * 10)
+    wait_for(lambda: len(daemon.client.failed()) == 2)
+
+    failed = daemon.client.failed()
+    assert [f.path for f in failed] == [str(garbage), str(empty)]  # newest first
+    assert {f.state for f in failed} == {"failed"}
+    assert "empty" in failed[1].error and failed[0].error
+    assert [f.path for f in daemon.client.failed(limit=1)] == [str(garbage)]
+    assert _states(daemon.client, good) == {"indexed"}  # a good file is never listed
+    with pytest.raises(DaemonError) as bad:
+        daemon.client.failed(limit=-1)
+    assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_status_events_follow_indexing_throttled_and_end_idle(daemon: DaemonProcess, tmp_path: Path) -> None:
+    library = tmp_path / "library"
+    library.mkdir()
+    listener = Client(home_dir=daemon.home)
+    found = _status_events(listener)
+    first = found.get(timeout=10)  # the stream opens with where things stand
+    assert (first.status.indexed, first.status.pending, first.status.paused) == (0, 0, False)
+
+    daemon.client.pause()  # files then wait, so a snapshot with work pending is certain to come
+    daemon.client.add_watch(str(library))
+    paths = _drop(library, 12)
+    seen = [first]
+    while seen[-1].status.pending < 12:
+        seen.append(found.get(timeout=30))
+    assert seen[-1].status.paused and seen[-1].status.indexed == 0
+    daemon.client.resume()
+    while not (seen[-1].status.indexed == 12 and seen[-1].status.pending == 0):
+        seen.append(found.get(timeout=30))  # the last snapshot shows the daemon at rest
+    assert not seen[-1].status.paused and list(seen[-1].status.watches) == [str(library)]
+    gaps = [b.time - a.time for a, b in itertools.pairwise(seen[1:])]  # [0] came with the call
+    assert all(g >= 0.24 for g in gaps), f"more than 4 status events a second: {gaps}"
+    assert _states(daemon.client, paths) == {"indexed"}
+    with pytest.raises(queue.Empty):  # an idle daemon sends nothing more
+        found.get(timeout=1.5)
+    listener.close()
