@@ -1,0 +1,403 @@
+"""`vibrary tray`: a system-tray icon that shows what the daemon is doing, through its gRPC API only.
+
+The daemon's Events stream is followed in a background thread (it opens with a status snapshot and then
+sends STATUS_CHANGED a few times a second at most, so nothing here polls); every message crosses to the
+GUI thread as a Qt signal and goes through the pure state logic in tray_state.py. While no daemon
+answers, the tray watches the home folder for the socket to appear (QFileSystemWatcher: inotify,
+FSEvents or ReadDirectoryChangesW, whichever the platform has) with a slow back-off as a fallback, and
+offers to start one. Only Qt and the standard library are used, so macOS and Windows work the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from PySide6.QtCore import QFileSystemWatcher, QObject, QPoint, QRectF, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QAction, QBrush, QColor, QDesktopServices, QIcon, QPainter, QPen, QPixmap
+from PySide6.QtWidgets import (
+    QApplication,
+    QDialog,
+    QFileDialog,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMenu,
+    QSystemTrayIcon,
+    QVBoxLayout,
+    QWidget,
+)
+from vibrary.daemon import config
+from vibrary.proto import daemon_pb2 as pb
+
+from . import tray_state as ts
+from .client import Client, DaemonError, DaemonNotRunning
+
+log = logging.getLogger(__name__)
+
+COLORS = {
+    ts.Icon.IDLE: "#2e9b57",
+    ts.Icon.INDEXING: "#2f7fd8",
+    ts.Icon.TRAINING: "#8e44ad",
+    ts.Icon.PAUSED: "#d99a16",
+    ts.Icon.ERROR: "#d0342c",
+    ts.Icon.NOT_RUNNING: "#8a8a8a",
+}
+RECENT_ERRORS = 10  # how many failures the menu lists
+CALL_TIMEOUT_S = 5.0  # menu actions: the daemon answers these at once, or not at all
+
+
+# -- the icon ------------------------------------------------------------------------------------------
+def draw_icon(icon: ts.Icon, progress: float | None, size: int = 64) -> QPixmap:
+    """A coloured disc per state, with a white glyph; indexing and training carry a progress ring."""
+    pm = QPixmap(size, size)
+    pm.fill(Qt.GlobalColor.transparent)
+    p = QPainter(pm)
+    p.setRenderHint(QPainter.RenderHint.Antialiasing)
+    colour = QColor(COLORS[icon])
+    m = size * 0.06
+    disc = QRectF(m, m, size - 2 * m, size - 2 * m)
+    white = QColor("white")
+    if icon == ts.Icon.NOT_RUNNING:  # hollow: nothing is there
+        p.setPen(QPen(colour, size * 0.1))
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.drawEllipse(disc.adjusted(size * 0.05, size * 0.05, -size * 0.05, -size * 0.05))
+        p.drawLine(QPoint(int(size * 0.3), int(size * 0.7)), QPoint(int(size * 0.7), int(size * 0.3)))
+        p.end()
+        return pm
+    p.setPen(Qt.PenStyle.NoPen)
+    p.setBrush(QBrush(colour))
+    p.drawEllipse(disc)
+    c = size / 2
+    if icon == ts.Icon.PAUSED:
+        p.setBrush(QBrush(white))
+        for x in (c - size * 0.15, c + size * 0.05):
+            p.drawRect(QRectF(x, size * 0.3, size * 0.1, size * 0.4))
+    elif icon == ts.Icon.ERROR:
+        p.setBrush(QBrush(white))
+        p.drawRect(QRectF(c - size * 0.05, size * 0.22, size * 0.1, size * 0.36))
+        p.drawEllipse(QRectF(c - size * 0.06, size * 0.64, size * 0.12, size * 0.12))
+    elif icon == ts.Icon.IDLE:  # a check mark
+        p.setPen(QPen(white, size * 0.1, Qt.PenStyle.SolidLine, Qt.PenCapStyle.RoundCap))
+        p.drawPolyline([QPoint(int(size * 0.3), int(size * 0.52)), QPoint(int(size * 0.45), int(size * 0.67))])
+        p.drawPolyline([QPoint(int(size * 0.45), int(size * 0.67)), QPoint(int(size * 0.72), int(size * 0.36))])
+    else:  # indexing / training: a ring, filled as far as the work has come
+        ring = disc.adjusted(size * 0.2, size * 0.2, -size * 0.2, -size * 0.2)
+        p.setBrush(Qt.BrushStyle.NoBrush)
+        p.setPen(QPen(QColor(255, 255, 255, 90), size * 0.1))
+        p.drawEllipse(ring)
+        p.setPen(QPen(white, size * 0.1, Qt.PenStyle.SolidLine, Qt.PenCapStyle.FlatCap))
+        span = 360 if progress is None else max(0.05, progress) * 360
+        p.drawArc(ring, 90 * 16, -int(span * 16))
+    p.end()
+    return pm
+
+
+# -- the daemon, followed in a background thread ----------------------------------------------------------
+class DaemonLink(QObject):
+    """Follows one home's daemon: every Event, and `down` whenever no daemon answers. Signals are emitted
+    from the background thread; Qt queues them to the receiver's (GUI) thread."""
+
+    received = Signal(object)  # pb.Event
+    errors = Signal(object)  # list[pb.FileTags], newest first
+    down = Signal()
+
+    def __init__(self, home: Path, max_backoff_s: float = 10.0) -> None:
+        super().__init__()
+        self.home = home
+        self._max_backoff = max_backoff_s
+        self._stop = threading.Event()
+        self._poke = threading.Event()
+        self._lock = threading.Lock()
+        self._client: Client | None = None
+        self._thread = threading.Thread(target=self._run, name="tray-events", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._poke.set()
+        with self._lock:
+            if self._client is not None:
+                self._client.close()  # cancels the stream the thread is blocked on
+        self._thread.join(timeout=10)
+
+    def poke(self) -> None:
+        """Something changed in the home folder: the daemon's socket may just have appeared."""
+        self._poke.set()
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            client = Client(home_dir=self.home, timeout=CALL_TIMEOUT_S)
+            with self._lock:
+                self._client = client
+            try:
+                self._follow(client)
+                delay = 0.5
+            except (DaemonNotRunning, DaemonError):
+                pass  # not running, or stopped under us
+            except Exception:
+                log.exception("unexpected error on the daemon's event stream")
+            finally:
+                with self._lock:
+                    self._client = None
+                client.close()
+            if self._stop.is_set():
+                return
+            self.down.emit()
+            poked = self._poke.wait(delay)
+            self._poke.clear()
+            delay = 0.5 if poked else min(delay * 2, self._max_backoff)
+
+    def _follow(self, client: Client) -> None:
+        failed = -1
+        for e in client.events():
+            self.received.emit(e)
+            if e.kind == pb.Event.STATUS_CHANGED and e.status.failed != failed:
+                failed = e.status.failed
+                self.errors.emit(client.failed(RECENT_ERRORS))
+
+
+# -- the tray ----------------------------------------------------------------------------------------------
+class Tray(QObject):
+    """The icon, its menu and its notifications; `view` is what is shown now."""
+
+    changed = Signal(object)  # ts.View, after every change of what is shown
+    notified = Signal(object)  # ts.Notice, after every notification
+
+    def __init__(self, home: Path | None = None) -> None:
+        super().__init__()
+        self.home = home or config.home()
+        self.state = ts.TrayState()
+        self.view = ts.view(self.state)
+        self.started_daemon: subprocess.Popen[bytes] | None = None
+        self.icon = QSystemTrayIcon()
+        self.menu = QMenu()
+        self.icon.setContextMenu(self.menu)
+        self._actions: list[QAction] = []
+        self._submenus: dict[int, tuple[QMenu, tuple[ts.MenuItem, ...]]] = {}
+        self._icons: dict[tuple[ts.Icon, int], QIcon] = {}
+        self._dialogs: list[QWidget] = []
+        self.link = DaemonLink(self.home)
+        self.link.received.connect(self._on_event)
+        self.link.errors.connect(self._on_errors)
+        self.link.down.connect(self._on_down)
+        self._home_watch = QFileSystemWatcher([str(self.home)])
+        self._home_watch.directoryChanged.connect(lambda _: self.link.poke())
+        self._show(self.view)
+
+    def start(self) -> None:
+        self.icon.show()
+        self.link.start()
+
+    def stop(self) -> None:
+        self.link.stop()
+        self.icon.hide()
+
+    # -- state in ----------------------------------------------------------------------------------------
+    def _set(self, state: ts.TrayState) -> None:
+        self.state = state
+        new = ts.view(state)
+        if new != self.view:
+            self.view = new
+            self._show(new)
+            self.changed.emit(new)
+
+    def _on_event(self, event: pb.Event) -> None:
+        state, notices = ts.apply(self.state, event)
+        self._set(state)
+        for n in notices:
+            self.notify(n)
+
+    def _on_errors(self, failed: list[pb.FileTags]) -> None:
+        self._set(ts.with_errors(self.state, failed))
+
+    def _on_down(self) -> None:
+        if self.state.running or self.state.status is not None:
+            self._set(ts.disconnected(self.state))
+        proc = self.started_daemon
+        if proc is not None and proc.poll() not in (None, 0):
+            self.started_daemon = None
+            self.notify(
+                ts.Notice("Daemon stopped", f"It exited with {proc.returncode}; see {config.log_path(self.home)}", True)
+            )
+
+    def notify(self, notice: ts.Notice) -> None:
+        kind = QSystemTrayIcon.MessageIcon.Warning if notice.warning else QSystemTrayIcon.MessageIcon.Information
+        self.icon.showMessage(notice.title, notice.text, kind, 8000)
+        self.notified.emit(notice)
+
+    # -- state out ---------------------------------------------------------------------------------------
+    def _show(self, v: ts.View) -> None:
+        self.icon.setIcon(self._icon(v.icon, v.progress))
+        self.icon.setToolTip(v.tooltip)
+        if not self._actions:
+            self._build_menu(v.menu)
+        for n, (action, item) in enumerate(zip(self._actions, v.menu, strict=True)):
+            action.setText(item.text)
+            action.setEnabled(item.enabled)
+            action.setData(item.action)
+            if n in self._submenus and self._submenus[n][1] != item.children:
+                self._fill(self._submenus[n][0], item.children)
+                self._submenus[n] = (self._submenus[n][0], item.children)
+
+    def _icon(self, icon: ts.Icon, progress: float | None) -> QIcon:
+        step = -1 if progress is None else round(progress * 24)
+        key = (icon, step)
+        if key not in self._icons:
+            qicon = QIcon()
+            for size in (16, 22, 32, 64):
+                qicon.addPixmap(draw_icon(icon, None if step < 0 else step / 24, size))
+            self._icons[key] = qicon
+        return self._icons[key]
+
+    def _build_menu(self, items: tuple[ts.MenuItem, ...]) -> None:
+        """The entries are fixed; _show updates their text and state in place, so an open menu never
+        flickers while indexing progresses."""
+        for n, item in enumerate(items):
+            if item.action == "-":
+                action = self.menu.addSeparator()
+            elif item.children:
+                sub = QMenu(item.text, self.menu)
+                action = self.menu.addMenu(sub)
+                self._submenus[n] = (sub, ())
+                if item.action == "errors":
+                    sub.aboutToShow.connect(lambda: self._set(ts.errors_seen(self.state)))
+            else:
+                action = self.menu.addAction(item.text)
+                action.triggered.connect(lambda _=False, a=action: self.do(str(a.data())))
+            self._actions.append(action)
+
+    def _fill(self, menu: QMenu, children: tuple[ts.MenuItem, ...]) -> None:
+        menu.clear()
+        for child in children:
+            action = menu.addAction(child.text)
+            action.setEnabled(child.enabled)
+            action.setData(child.action)
+            action.triggered.connect(lambda _=False, a=action: self.do(str(a.data())))
+
+    # -- actions -----------------------------------------------------------------------------------------
+    def do(self, action: str) -> None:
+        """What a menu click does; tests and scripts call it directly."""
+        handlers: dict[str, Callable[[], object]] = {
+            "pause": lambda: self._call(lambda c: self._set(ts.with_status(self.state, c.pause()))),
+            "resume": lambda: self._call(lambda c: self._set(ts.with_status(self.state, c.resume()))),
+            "add_watch": self.add_watch,
+            "search": self.open_search,
+            "open_home": lambda: open_folder(self.home),
+            "start_daemon": self.start_daemon,
+            "quit": QApplication.quit,
+        }
+        if action.startswith("error:"):
+            open_folder(Path(action.removeprefix("error:")).parent)
+        elif action in handlers:
+            handlers[action]()
+
+    def _call(self, call: Callable[[Client], None]) -> None:
+        try:
+            with Client(home_dir=self.home, timeout=CALL_TIMEOUT_S) as c:
+                call(c)
+        except (DaemonNotRunning, DaemonError) as e:
+            self.notify(ts.Notice("Vibrary", str(e), warning=True))
+
+    def add_watch(self, folder: str = "") -> None:
+        folder = folder or QFileDialog.getExistingDirectory(None, "Add a watch folder", str(Path.home()))
+        if folder:
+            self._call(lambda c: self._set(ts.with_status(self.state, (c.add_watch(folder), c.status())[1])))
+
+    def open_search(self) -> SearchDialog:
+        dialog = SearchDialog(self.home)
+        self._dialogs = [d for d in self._dialogs if d.isVisible()] + [dialog]
+        dialog.show()
+        dialog.raise_()
+        return dialog
+
+    def start_daemon(self) -> None:
+        """`vibrary daemon` for this home, detached so it outlives the tray; its log is in the home."""
+        if self.state.running:
+            return
+        env = {**os.environ, "VIBRARY_HOME": str(self.home)}
+        detach: dict[str, object] = (
+            {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS}  # type: ignore[attr-defined]
+            if sys.platform == "win32"
+            else {"start_new_session": True}
+        )
+        self.started_daemon = subprocess.Popen(
+            [sys.executable, "-m", "vibrary.clients.cli", "daemon"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            **detach,  # type: ignore[call-overload]
+        )
+        self.link.poke()
+
+
+def open_folder(path: Path) -> None:
+    QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+
+
+class SearchDialog(QDialog):
+    """Type a query as for `vibrary search` (kick -acoustic snare|clap); double-click shows the file."""
+
+    LIMIT = 500
+
+    def __init__(self, home: Path) -> None:
+        super().__init__()
+        self.home = home
+        self.setWindowTitle("Vibrary: search tags")
+        self.resize(640, 420)
+        self.query = QLineEdit(placeholderText="kick -acoustic snare|clap")
+        self.results = QListWidget()
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.query)
+        layout.addWidget(self.results)
+        self.query.returnPressed.connect(self.search)
+        self.results.itemDoubleClicked.connect(
+            lambda item: open_folder(Path(item.data(Qt.ItemDataRole.UserRole)).parent)
+        )
+
+    def search(self) -> None:
+        from .cli import parse_query
+
+        self.results.clear()
+        all_of, none_of = parse_query(self.query.text().split())
+        try:
+            with Client(home_dir=self.home, timeout=CALL_TIMEOUT_S) as c:
+                found = list(c.search(all_of, none_of, limit=self.LIMIT))
+        except (DaemonNotRunning, DaemonError) as e:
+            self.results.addItem(f"error: {e}")
+            return
+        for f in found:
+            tags = ", ".join(f"{t.tag} {t.score:.2f}" for t in f.tags[:3])
+            item = QListWidgetItem(f"{f.path}    {tags}")
+            item.setData(Qt.ItemDataRole.UserRole, f.path)
+            self.results.addItem(item)
+        if not found:
+            self.results.addItem("no files match")
+
+
+def run() -> int:
+    app = QApplication.instance() or QApplication(sys.argv)
+    assert isinstance(app, QApplication)
+    app.setQuitOnLastWindowClosed(False)  # closing the search dialog must not end the tray
+    if not QSystemTrayIcon.isSystemTrayAvailable():
+        print("vibrary tray: this desktop shows no system tray now; the icon appears when one starts", file=sys.stderr)
+    tray = Tray()
+    tray.start()
+    signal.signal(signal.SIGINT, lambda *_: app.quit())
+    pulse = QTimer()  # lets Python run its signal handlers while Qt's loop waits
+    pulse.start(500)
+    pulse.timeout.connect(lambda: None)
+    try:
+        return int(app.exec())
+    finally:
+        tray.stop()

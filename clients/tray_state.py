@@ -1,0 +1,202 @@
+"""What the tray shows, as a pure function of what the daemon said.
+
+No Qt in here: the tray feeds every Event and Status it receives through `apply` / `with_status` and
+draws whatever `view` returns, so the decisions (which icon, what the tooltip says, which menu entries
+are enabled, when to notify) are tested with plain proto messages and no display.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, replace
+
+from vibrary.proto import daemon_pb2 as pb
+
+TP = pb.TrainProgress
+TRAINING_ACTIVE = frozenset({TP.UPLOADING, TP.WAITING, TP.TRAINING, TP.INSTALLING})
+_TRAINING_VERB = {TP.UPLOADING: "uploading", TP.WAITING: "waiting for the trainer", TP.INSTALLING: "installing"}
+
+
+class Icon(str, enum.Enum):
+    NOT_RUNNING = "not_running"
+    IDLE = "idle"
+    INDEXING = "indexing"
+    TRAINING = "training"
+    PAUSED = "paused"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class MenuItem:
+    """One menu entry: `action` names what a click does ("" for none, "-" for a separator)."""
+
+    action: str
+    text: str = ""
+    enabled: bool = True
+    children: tuple[MenuItem, ...] = ()
+
+
+SEPARATOR = MenuItem("-")
+
+
+@dataclass(frozen=True)
+class View:
+    icon: Icon
+    progress: float | None  # 0..1, drawn as a ring on the indexing and training icons
+    tooltip: str
+    menu: tuple[MenuItem, ...]
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A desktop notification."""
+
+    title: str
+    text: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class TrayState:
+    running: bool = False
+    status: pb.Status | None = None
+    training: pb.TrainProgress | None = None  # the newest training news, from Status or an event
+    batch_base: int = -1  # indexed + failed when the current run of work began; -1: no work pending
+    failed_seen: int = 0  # failures the user has already looked at (Recent errors)
+    recent_errors: tuple[tuple[str, str], ...] = ()  # (path, why), newest first
+
+
+# -- transitions -------------------------------------------------------------------------------------
+def with_status(state: TrayState, status: pb.Status) -> TrayState:
+    """A fresh snapshot (the Events stream's first message, STATUS_CHANGED, or an RPC's reply)."""
+    finished = status.indexed + status.failed
+    if status.pending == 0:
+        base = -1
+    elif state.batch_base < 0 or state.status is None:
+        base = finished  # work just began: "done of queued" counts from here
+    else:
+        base = min(state.batch_base, finished)  # files removed meanwhile never make progress negative
+    training = status.training if status.HasField("training") else state.training
+    return replace(state, running=True, status=status, batch_base=base, training=training)
+
+
+def disconnected(state: TrayState) -> TrayState:
+    return replace(state, running=False, status=None, batch_base=-1)
+
+
+def apply(state: TrayState, event: pb.Event) -> tuple[TrayState, list[Notice]]:
+    """One event from the daemon's stream → the new state and the notifications it deserves."""
+    kind = event.kind
+    if kind == pb.Event.STATUS_CHANGED:
+        return with_status(state, event.status), []
+    if kind == pb.Event.TRAINING_PROGRESS:
+        return replace(state, training=event.training), []
+    if kind == pb.Event.TRAINING_FINISHED:
+        return replace(state, training=event.training), [_training_notice(event.training)]
+    if kind == pb.Event.MODEL_INSTALLED:
+        return state, [Notice("Model installed", f"{event.model} is installed and tags your library now.")]
+    return state, []
+
+
+def with_errors(state: TrayState, failed: list[pb.FileTags]) -> TrayState:
+    return replace(state, recent_errors=tuple((f.path, f.error) for f in failed))
+
+
+def errors_seen(state: TrayState) -> TrayState:
+    """The user opened Recent errors: the error icon goes until something new fails."""
+    return replace(state, failed_seen=state.status.failed if state.status else state.failed_seen)
+
+
+def _training_notice(t: pb.TrainProgress) -> Notice:
+    name = t.model or t.dataset or "your model"
+    if t.state == TP.SUCCEEDED:
+        accuracy = f", validation accuracy {t.val_accuracy:.0%}" if t.val_accuracy else ""
+        return Notice("Training finished", f"{name} is trained and installed{accuracy}.")
+    if t.state == TP.CANCELLED:
+        return Notice("Training cancelled", f"Training of {name} was cancelled.")
+    return Notice("Training failed", f"Training of {name} failed: {t.error or 'no reason given'}", warning=True)
+
+
+# -- what is shown -----------------------------------------------------------------------------------
+def indexing_progress(state: TrayState) -> tuple[int, int] | None:
+    """(done, queued) of the current run of work, or None when nothing is pending."""
+    s = state.status
+    if s is None or s.pending == 0 or state.batch_base < 0:
+        return None
+    done = max(0, s.indexed + s.failed - state.batch_base)
+    return done, done + s.pending
+
+
+def training_line(t: pb.TrainProgress) -> str:
+    name = t.model or t.dataset
+    if t.state == TP.TRAINING:
+        line = f"training {name}: epoch {t.epoch} of {t.epochs}" if t.epochs else f"training {name}"
+        if t.val_accuracy:
+            line += f", accuracy {t.val_accuracy:.0%}"
+        return line
+    if t.state == TP.UPLOADING and t.upload_bytes:
+        return f"training {name}: uploading {t.uploaded_bytes * 100 // t.upload_bytes}%"
+    return f"training {name}: {_TRAINING_VERB.get(t.state, TP.State.Name(t.state).lower())}"
+
+
+def _training_progress(t: pb.TrainProgress) -> float | None:
+    if t.state == TP.TRAINING and t.epochs:
+        return min(1.0, t.epoch / t.epochs)
+    if t.state == TP.UPLOADING and t.upload_bytes:
+        return min(1.0, t.uploaded_bytes / t.upload_bytes)
+    return None
+
+
+def view(state: TrayState) -> View:
+    s = state.status
+    if not state.running or s is None:
+        return View(Icon.NOT_RUNNING, None, "Vibrary: daemon not running", _menu(state, "Daemon not running"))
+    training = state.training if state.training is not None and state.training.state in TRAINING_ACTIVE else None
+    progress = indexing_progress(state)
+    new_failures = s.failed - state.failed_seen
+    if training is not None:
+        icon, ring, headline = Icon.TRAINING, _training_progress(training), training_line(training)
+    elif s.paused:
+        waiting = f" ({s.pending} files waiting)" if s.pending else ""
+        icon, ring, headline = Icon.PAUSED, None, f"indexing paused{waiting}"
+    elif progress is not None:
+        done, queued = progress
+        icon, ring, headline = Icon.INDEXING, done / queued, f"indexing: {done} of {queued} files"
+    elif new_failures > 0:
+        icon, ring, headline = Icon.ERROR, None, f"{new_failures} new files could not be read"
+    else:
+        icon, ring, headline = Icon.IDLE, None, "idle"
+    lines = [f"Vibrary: {headline}", f"{s.indexed} indexed, {s.pending} pending, {s.failed} failed"]
+    if training is not None and (s.paused or progress is not None):
+        done_queued = f"indexing: {progress[0]} of {progress[1]} files" if progress else ""
+        lines.append("indexing paused" if s.paused else done_queued)
+    elif state.training is not None and state.training.state == TP.FAILED:
+        lines.append(f"last training failed: {state.training.error or 'no reason given'}")
+    lines.append(f"models: {', '.join(s.models) or 'none active'}")
+    return View(icon, ring, "\n".join(lines), _menu(state, lines[0].removeprefix("Vibrary: ").capitalize()))
+
+
+def _menu(state: TrayState, headline: str) -> tuple[MenuItem, ...]:
+    s = state.status
+    up = state.running and s is not None
+    paused = bool(s and s.paused)
+    errors = tuple(
+        MenuItem(f"error:{path}", f"{os.path.basename(path)}: {why}") for path, why in state.recent_errors
+    ) or (MenuItem("", "(none)", enabled=False),)
+    models = tuple(MenuItem("", m, enabled=False) for m in (s.models if s else ())) or (
+        MenuItem("", "(none)", enabled=False),
+    )
+    return (
+        MenuItem("", headline, enabled=False),
+        SEPARATOR,
+        MenuItem("resume" if paused else "pause", "Resume indexing" if paused else "Pause indexing", enabled=up),
+        MenuItem("add_watch", "Add watch folder…", enabled=up),
+        MenuItem("search", "Search tags…", enabled=up),
+        MenuItem("open_home", "Open library folder"),
+        MenuItem("errors", f"Recent errors ({len(state.recent_errors)})", enabled=up, children=errors),
+        MenuItem("models", "Active models", enabled=up, children=models),
+        SEPARATOR,
+        MenuItem("start_daemon", "Start daemon", enabled=not state.running),
+        MenuItem("quit", "Quit"),
+    )

@@ -1,0 +1,162 @@
+"""The tray against a real daemon process: its icon, tooltip and menu follow what the daemon does.
+
+Qt runs offscreen (QT_QPA_PLATFORM=offscreen, set here), where no system tray exists
+(QSystemTrayIcon.isSystemTrayAvailable() is False): the QSystemTrayIcon object still holds its icon,
+tooltip and menu, and those are what is checked, along with the pixels of the icon drawn for each state.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ["QT_QPA_PLATFORM"] = "offscreen"  # before any Qt import: no display is needed or used
+try:
+    from PySide6.QtTest import QTest
+    from PySide6.QtWidgets import QApplication, QMenu
+except ImportError as e:  # the [tray] extra is optional
+    pytest.skip(f"PySide6 is not installed (pip install -e '.[tray]'): {e}", allow_module_level=True)
+
+from vibrary.clients import tray_state as ts
+from vibrary.clients.tray import COLORS, Tray, draw_icon
+from vibrary.daemon import config
+
+from tests.conftest import DaemonProcess, start_daemon
+from tests.synth import write_tone
+
+
+@pytest.fixture(scope="module")
+def qapp() -> QApplication:
+    app = QApplication.instance() or QApplication([])
+    assert isinstance(app, QApplication)
+    return app
+
+
+@pytest.fixture
+def tray(qapp: QApplication, model_home: Path) -> Iterator[Tray]:
+    t = Tray(model_home)
+    t.start()
+    yield t
+    t.stop()
+    if t.started_daemon is not None and t.started_daemon.poll() is None:
+        t.started_daemon.terminate()
+        t.started_daemon.wait(timeout=30)
+
+
+def wait_view(tray: Tray, ok: Callable[[ts.View], bool], timeout: float = 30.0) -> ts.View:
+    """Run Qt's event loop until the tray shows what `ok` wants; fail with what it shows instead."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if ok(tray.view):
+            return tray.view
+        QTest.qWait(20)
+    raise AssertionError(f"the tray still shows {tray.view.icon}: {tray.view.tooltip!r}")
+
+
+def showing(icon: ts.Icon, text: str = "") -> Callable[[ts.View], bool]:
+    return lambda v: v.icon == icon and text in v.tooltip
+
+
+def drop(folder: Path, names: list[str]) -> list[str]:
+    """Tones written elsewhere and moved in all at once, as a file manager would."""
+    staging = folder.parent / "staging"
+    staged = [write_tone(staging / n, 200.0 * (i + 1), seconds=2.0) for i, n in enumerate(names)]
+    for src in staged:
+        shutil.move(src, folder / src.name)
+    return [str(folder / n) for n in names]
+
+
+def menu_texts(menu: QMenu) -> dict[str, bool]:
+    return {a.text(): a.isEnabled() for a in menu.actions() if a.text()}
+
+
+def icon_colour(tray: Tray) -> str:
+    """The colour at the top of the disc of the icon the tray shows now."""
+    image = tray.icon.icon().pixmap(64, 64).toImage()
+    return str(image.pixelColor(32, 8).name())
+
+
+def test_tray_icon_and_tooltip_follow_the_daemon(tray: Tray, model_home: Path, tmp_path: Path) -> None:
+    assert tray.view.icon == ts.Icon.NOT_RUNNING  # nothing started yet
+    seen: list[ts.View] = []
+    tray.changed.connect(seen.append)
+    # a file still being written waits until its writer closes it (or this long): that holds the daemon
+    # in "indexing" for exactly as long as this test wants
+    config.Settings(settle_s=60).save(model_home)
+    d: DaemonProcess = start_daemon(model_home)
+    try:
+        v = wait_view(tray, showing(ts.Icon.IDLE))
+        assert v.tooltip.splitlines()[:2] == ["Vibrary: idle", "0 indexed, 0 pending, 0 failed"]
+        assert tray.icon.toolTip() == v.tooltip and icon_colour(tray) == COLORS[ts.Icon.IDLE]
+        assert menu_texts(tray.menu)["Start daemon"] is False
+
+        library = tmp_path / "library"
+        library.mkdir()
+        tray.add_watch(str(library))  # what the folder picker does with the chosen folder
+        wave = write_tone(tmp_path / "held.wav", 440.0).read_bytes()
+        with open(library / "held.wav", "wb") as held:  # a copy still in progress
+            held.write(wave)
+            held.flush()
+            v = wait_view(tray, showing(ts.Icon.INDEXING, "indexing: 0 of 1 files"))
+            assert v.progress == 0.0 and icon_colour(tray) == COLORS[ts.Icon.INDEXING]
+            drop(library, [f"a{i}.wav" for i in range(5)])
+            wait_view(tray, showing(ts.Icon.INDEXING, "indexing: 5 of 6 files\n5 indexed, 1 pending, 0 failed"))
+        wait_view(tray, showing(ts.Icon.IDLE, "6 indexed, 0 pending, 0 failed"))
+
+        (library / "broken.wav").touch()  # an empty file cannot be read
+        wait_view(tray, showing(ts.Icon.ERROR, "1 new files could not be read"))
+        assert icon_colour(tray) == COLORS[ts.Icon.ERROR]
+        wait_view(tray, lambda v: any(i.text == "Recent errors (1)" for i in v.menu))
+        errors = next(a.menu() for a in tray.menu.actions() if a.text() == "Recent errors (1)")
+        assert list(menu_texts(errors)) == ["broken.wav: empty file (0 bytes)"]
+        errors.popup(tray.menu.pos())  # looking at them acknowledges them
+        errors.hide()
+        wait_view(tray, showing(ts.Icon.IDLE, "6 indexed, 0 pending, 1 failed"))
+
+        tray.do("pause")
+        assert tray.view.icon == ts.Icon.PAUSED and icon_colour(tray) == COLORS[ts.Icon.PAUSED]
+        assert menu_texts(tray.menu)["Resume indexing"] is True
+        drop(library, [f"b{i}.wav" for i in range(4)])
+        wait_view(tray, showing(ts.Icon.PAUSED, "indexing paused (4 files waiting)"))
+
+        tray.do("resume")
+        assert tray.view.icon != ts.Icon.PAUSED and menu_texts(tray.menu)["Pause indexing"] is True
+        wait_view(tray, showing(ts.Icon.IDLE, "10 indexed, 0 pending, 1 failed"))
+        shown = [v.icon for v in seen]  # every change of what was shown, in order
+        assert shown.index(ts.Icon.INDEXING) < shown.index(ts.Icon.ERROR) < shown.index(ts.Icon.PAUSED)
+
+        d.stop(signal.SIGKILL)
+        wait_view(tray, showing(ts.Icon.NOT_RUNNING))
+        assert icon_colour(tray) == COLORS[ts.Icon.NOT_RUNNING]
+        assert menu_texts(tray.menu)["Start daemon"] is True and menu_texts(tray.menu)["Pause indexing"] is False
+
+        config.Settings(settle_s=0.2).save(model_home)  # the failed file is tried again at start-up
+        d = start_daemon(model_home)  # started elsewhere: the tray sees its socket appear
+        wait_view(tray, showing(ts.Icon.IDLE, "10 indexed, 0 pending, 1 failed"))
+    finally:
+        d.stop()
+
+
+def test_start_daemon_from_the_tray(tray: Tray, model_home: Path) -> None:
+    wait_view(tray, showing(ts.Icon.NOT_RUNNING))
+    tray.do("start_daemon")
+    v = wait_view(tray, showing(ts.Icon.IDLE), timeout=60)
+    assert "models: bands@1" in v.tooltip
+    assert tray.started_daemon is not None
+    tray.started_daemon.terminate()
+    assert tray.started_daemon.wait(timeout=30) == 0
+    wait_view(tray, showing(ts.Icon.NOT_RUNNING))
+
+
+def test_every_state_has_its_own_icon(qapp: QApplication) -> None:
+    images = {icon: draw_icon(icon, 0.5, 32).toImage() for icon in ts.Icon}
+    distinct = {bytes(img.constBits()) for img in images.values()}
+    assert len(distinct) == len(ts.Icon)
+    half, full = draw_icon(ts.Icon.INDEXING, 0.5, 32).toImage(), draw_icon(ts.Icon.INDEXING, 1.0, 32).toImage()
+    assert bytes(half.constBits()) != bytes(full.constBits())

@@ -1,0 +1,130 @@
+"""The tray's decisions, fed with the daemon's own proto messages: no display, no Qt needed."""
+
+from __future__ import annotations
+
+from vibrary.clients import tray_state as ts
+from vibrary.proto import daemon_pb2 as pb
+
+TP = pb.TrainProgress
+
+
+def status(indexed: int = 0, pending: int = 0, failed: int = 0, paused: bool = False, **kw: object) -> pb.Status:
+    return pb.Status(indexed=indexed, pending=pending, failed=failed, paused=paused, models=["bands@1"], **kw)
+
+
+def changed(**kw: object) -> pb.Event:
+    return pb.Event(kind=pb.Event.STATUS_CHANGED, status=status(**kw))  # type: ignore[arg-type]
+
+
+def feed(state: ts.TrayState, *events: pb.Event) -> tuple[ts.TrayState, list[ts.Notice]]:
+    notices: list[ts.Notice] = []
+    for e in events:
+        state, new = ts.apply(state, e)
+        notices += new
+    return state, notices
+
+
+def menu(v: ts.View) -> dict[str, ts.MenuItem]:
+    return {item.action: item for item in v.menu if item.action not in ("", "-")}
+
+
+def test_not_running_offers_only_to_start_the_daemon() -> None:
+    v = ts.view(ts.TrayState())
+    assert (v.icon, v.tooltip) == (ts.Icon.NOT_RUNNING, "Vibrary: daemon not running")
+    enabled = {a for a, item in menu(v).items() if item.enabled}
+    assert enabled == {"start_daemon", "open_home", "quit"}
+    up, _ = feed(ts.TrayState(), changed())
+    assert not menu(ts.view(up))["start_daemon"].enabled and menu(ts.view(up))["pause"].enabled
+    assert ts.view(ts.disconnected(up)).icon == ts.Icon.NOT_RUNNING
+
+
+def test_indexing_counts_done_of_queued_from_when_the_work_began() -> None:
+    state, _ = feed(ts.TrayState(), changed(indexed=10))
+    v = ts.view(state)
+    assert v.icon == ts.Icon.IDLE and v.tooltip.splitlines()[:2] == ["Vibrary: idle", "10 indexed, 0 pending, 0 failed"]
+
+    state, _ = feed(state, changed(indexed=10, pending=5))
+    v = ts.view(state)
+    assert (v.icon, v.progress, v.tooltip.splitlines()[0]) == (ts.Icon.INDEXING, 0.0, "Vibrary: indexing: 0 of 5 files")
+    state, _ = feed(state, changed(indexed=12, failed=1, pending=2))
+    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: indexing: 3 of 5 files"
+    assert ts.view(state).progress == 0.6
+    state, _ = feed(state, changed(indexed=12, failed=1, pending=4))  # more files dropped meanwhile
+    assert ts.indexing_progress(state) == (3, 7)
+    state, _ = feed(state, changed(indexed=13, failed=1, pending=0))
+    assert ts.view(state).icon == ts.Icon.ERROR  # one file failed during the run
+    state = ts.errors_seen(state)
+    assert ts.view(state).icon == ts.Icon.IDLE
+    state, _ = feed(state, changed(indexed=13, failed=1, pending=2))  # a new run counts from zero
+    assert ts.indexing_progress(state) == (0, 2)
+    assert ts.view(state).tooltip.endswith("models: bands@1")
+
+
+def test_paused_shows_what_waits_and_offers_resume() -> None:
+    state, _ = feed(ts.TrayState(), changed(indexed=3, pending=4, paused=True))
+    v = ts.view(state)
+    assert (v.icon, v.tooltip.splitlines()[0]) == (ts.Icon.PAUSED, "Vibrary: indexing paused (4 files waiting)")
+    assert "pause" not in menu(v) and menu(v)["resume"].text == "Resume indexing"
+    state = ts.with_status(state, status(indexed=3, pending=4))  # the reply to Resume
+    v = ts.view(state)
+    assert v.icon == ts.Icon.INDEXING and menu(v)["pause"].text == "Pause indexing"
+
+
+def test_new_failures_show_as_error_until_looked_at() -> None:
+    state, _ = feed(ts.TrayState(), changed(indexed=5, failed=2))
+    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 2 new files could not be read"
+    failed = [pb.FileTags(path="/lib/b.wav", error="empty file (0 bytes)"), pb.FileTags(path="/lib/a.wav", error="x")]
+    state = ts.with_errors(state, failed)
+    errors = menu(ts.view(state))["errors"]
+    assert errors.text == "Recent errors (2)"
+    assert [(c.action, c.text) for c in errors.children] == [
+        ("error:/lib/b.wav", "b.wav: empty file (0 bytes)"),
+        ("error:/lib/a.wav", "a.wav: x"),
+    ]
+    state = ts.errors_seen(state)
+    assert ts.view(state).icon == ts.Icon.IDLE
+    state, _ = feed(state, changed(indexed=5, failed=3))
+    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 1 new files could not be read"
+
+
+def test_training_progress_finish_and_install_notifications() -> None:
+    state, _ = feed(ts.TrayState(), changed(indexed=5, pending=3))
+    progress = TP(state=TP.TRAINING, dataset="mytags", epoch=3, epochs=10, val_accuracy=0.5)
+    state, notices = feed(state, pb.Event(kind=pb.Event.TRAINING_PROGRESS, training=progress))
+    v = ts.view(state)
+    assert notices == [] and (v.icon, v.progress) == (ts.Icon.TRAINING, 0.3)
+    lines = v.tooltip.splitlines()
+    assert lines[0] == "Vibrary: training mytags: epoch 3 of 10, accuracy 50%"
+    assert lines[2] == "indexing: 0 of 3 files"  # indexing goes on, and is still told
+
+    done = TP(state=TP.SUCCEEDED, dataset="mytags", model="mytags@2", val_accuracy=0.875)
+    state, notices = feed(
+        state,
+        pb.Event(kind=pb.Event.TRAINING_FINISHED, training=done),
+        pb.Event(kind=pb.Event.MODEL_INSTALLED, model="mytags@2"),
+        changed(indexed=8),
+    )
+    assert notices == [
+        ts.Notice("Training finished", "mytags@2 is trained and installed, validation accuracy 88%."),
+        ts.Notice("Model installed", "mytags@2 is installed and tags your library now."),
+    ]
+    assert ts.view(state).icon == ts.Icon.IDLE
+
+    failed = TP(state=TP.FAILED, dataset="mytags", error="trainer unreachable")
+    state, notices = feed(state, pb.Event(kind=pb.Event.TRAINING_FINISHED, training=failed))
+    assert notices == [ts.Notice("Training failed", "Training of mytags failed: trainer unreachable", warning=True)]
+    assert "last training failed: trainer unreachable" in ts.view(state).tooltip
+
+
+def test_training_in_the_status_snapshot_is_shown_too() -> None:
+    uploading = TP(state=TP.UPLOADING, dataset="moods", uploaded_bytes=50, upload_bytes=200)
+    state, _ = feed(ts.TrayState(), changed(indexed=1, training=uploading))
+    v = ts.view(state)
+    assert (v.icon, v.progress) == (ts.Icon.TRAINING, 0.25)
+    assert v.tooltip.splitlines()[0] == "Vibrary: training moods: uploading 25%"
+    waiting = TP(state=TP.WAITING, dataset="moods")
+    state, _ = feed(state, changed(indexed=1, paused=True, training=waiting))
+    lines = ts.view(state).tooltip.splitlines()
+    assert lines[0::2] == ["Vibrary: training moods: waiting for the trainer", "indexing paused"]
+    state, _ = feed(state, changed(indexed=1, training=TP(state=TP.CANCELLED, dataset="moods")))
+    assert ts.view(state).icon == ts.Icon.IDLE  # cancelled: no longer shown as training
