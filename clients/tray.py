@@ -203,7 +203,8 @@ class Tray(QObject):
         self.icon.hide()
 
     # -- state in ----------------------------------------------------------------------------------------
-    def _set(self, state: ts.TrayState) -> None:
+    def set_state(self, state: ts.TrayState) -> None:
+        """Show this state (the daemon link calls it with what the daemon said; scripts may too)."""
         self.state = state
         new = ts.view(state)
         if new != self.view:
@@ -213,16 +214,16 @@ class Tray(QObject):
 
     def _on_event(self, event: pb.Event) -> None:
         state, notices = ts.apply(self.state, event)
-        self._set(state)
+        self.set_state(state)
         for n in notices:
             self.notify(n)
 
     def _on_errors(self, failed: list[pb.FileTags]) -> None:
-        self._set(ts.with_errors(self.state, failed))
+        self.set_state(ts.with_errors(self.state, failed))
 
     def _on_down(self) -> None:
         if self.state.running or self.state.status is not None:
-            self._set(ts.disconnected(self.state))
+            self.set_state(ts.disconnected(self.state))
         proc = self.started_daemon
         if proc is not None and proc.poll() not in (None, 0):
             self.started_daemon = None
@@ -270,7 +271,7 @@ class Tray(QObject):
                 action = self.menu.addMenu(sub)
                 self._submenus[n] = (sub, ())
                 if item.action == "errors":
-                    sub.aboutToShow.connect(lambda: self._set(ts.errors_seen(self.state)))
+                    sub.aboutToShow.connect(lambda: self.set_state(ts.errors_seen(self.state)))
             else:
                 action = self.menu.addAction(item.text)
                 action.triggered.connect(lambda _=False, a=action: self.do(str(a.data())))
@@ -288,8 +289,8 @@ class Tray(QObject):
     def do(self, action: str) -> None:
         """What a menu click does; tests and scripts call it directly."""
         handlers: dict[str, Callable[[], object]] = {
-            "pause": lambda: self._call(lambda c: self._set(ts.with_status(self.state, c.pause()))),
-            "resume": lambda: self._call(lambda c: self._set(ts.with_status(self.state, c.resume()))),
+            "pause": lambda: self._call(lambda c: self.set_state(ts.with_status(self.state, c.pause()))),
+            "resume": lambda: self._call(lambda c: self.set_state(ts.with_status(self.state, c.resume()))),
             "add_watch": self.add_watch,
             "search": self.open_search,
             "open_home": lambda: open_folder(self.home),
@@ -311,7 +312,7 @@ class Tray(QObject):
     def add_watch(self, folder: str = "") -> None:
         folder = folder or QFileDialog.getExistingDirectory(None, "Add a watch folder", str(Path.home()))
         if folder:
-            self._call(lambda c: self._set(ts.with_status(self.state, (c.add_watch(folder), c.status())[1])))
+            self._call(lambda c: self.set_state(ts.with_status(self.state, (c.add_watch(folder), c.status())[1])))
 
     def open_search(self) -> SearchDialog:
         dialog = SearchDialog(self.home)
