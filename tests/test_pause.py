@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import queue
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from vibrary.proto import daemon_pb2 as pb
 
 from tests.conftest import DaemonProcess, json_lines, start_daemon, vibrary, wait_for
 from tests.synth import write_tone
+from tests.test_daemon import _collect_events
 
 SETTLE_S = 0.2  # the `home` fixture's settle time: a file is read this long after its last change
 
@@ -36,20 +36,13 @@ def _states(client: Client, paths: list[str]) -> set[str]:
     return {f.state for f in client.tags(paths)}
 
 
-def _status_events(client: Client) -> queue.Queue[pb.Event]:
-    """STATUS_CHANGED events from a second connection, as a front end would see them."""
-    found: queue.Queue[pb.Event] = queue.Queue()
-
-    def read() -> None:
-        try:
-            for e in client.events():
-                if e.kind == pb.Event.STATUS_CHANGED:
-                    found.put(e)
-        except Exception:
-            pass  # the stream ends when the client closes
-
-    threading.Thread(target=read, daemon=True).start()
-    return found
+def _next_status(events: queue.Queue[pb.Event], timeout: float) -> pb.Event:
+    """The next STATUS_CHANGED event (file events come on the same stream); queue.Empty after timeout."""
+    end = time.monotonic() + timeout
+    while True:
+        e = events.get(timeout=max(0.0, end - time.monotonic()))
+        if e.kind == pb.Event.STATUS_CHANGED:
+            return e
 
 
 def test_paused_daemon_records_changes_and_indexes_them_on_resume(daemon: DaemonProcess, tmp_path: Path) -> None:
@@ -129,8 +122,8 @@ def test_status_events_follow_indexing_throttled_and_end_idle(daemon: DaemonProc
     library = tmp_path / "library"
     library.mkdir()
     listener = Client(home_dir=daemon.home)
-    found = _status_events(listener)
-    first = found.get(timeout=10)  # the stream opens with where things stand
+    found = _collect_events(listener)
+    first = _next_status(found, timeout=10)  # the stream opens with where things stand
     assert (first.status.indexed, first.status.pending, first.status.paused) == (0, 0, False)
 
     daemon.client.pause()  # files then wait, so a snapshot with work pending is certain to come
@@ -138,15 +131,15 @@ def test_status_events_follow_indexing_throttled_and_end_idle(daemon: DaemonProc
     paths = _drop(library, 12)
     seen = [first]
     while seen[-1].status.pending < 12:
-        seen.append(found.get(timeout=30))
+        seen.append(_next_status(found, timeout=30))
     assert seen[-1].status.paused and seen[-1].status.indexed == 0
     daemon.client.resume()
     while not (seen[-1].status.indexed == 12 and seen[-1].status.pending == 0):
-        seen.append(found.get(timeout=30))  # the last snapshot shows the daemon at rest
+        seen.append(_next_status(found, timeout=30))  # the last snapshot shows the daemon at rest
     assert not seen[-1].status.paused and list(seen[-1].status.watches) == [str(library)]
     gaps = [b.time - a.time for a, b in itertools.pairwise(seen[1:])]  # [0] came with the call
     assert all(g >= 0.24 for g in gaps), f"more than 4 status events a second: {gaps}"
     assert _states(daemon.client, paths) == {"indexed"}
     with pytest.raises(queue.Empty):  # an idle daemon sends nothing more
-        found.get(timeout=1.5)
+        _next_status(found, timeout=1.5)
     listener.close()
