@@ -138,6 +138,9 @@ class DaemonLink(QObject):
         while not self._stop.is_set():
             client = Client(home_dir=self.home, timeout=CALL_TIMEOUT_S)
             with self._lock:
+                if self._stop.is_set():  # stop() ran since the loop's check: it could not close this one
+                    client.close()
+                    return
                 self._client = client
             try:
                 self._follow(client)
@@ -302,7 +305,7 @@ class Tray(QObject):
         elif action in handlers:
             handlers[action]()
 
-    def _call(self, call: Callable[[Client], None]) -> None:
+    def _call(self, call: Callable[[Client], object]) -> None:
         try:
             with Client(home_dir=self.home, timeout=CALL_TIMEOUT_S) as c:
                 call(c)
@@ -312,7 +315,7 @@ class Tray(QObject):
     def add_watch(self, folder: str = "") -> None:
         folder = folder or QFileDialog.getExistingDirectory(None, "Add a watch folder", str(Path.home()))
         if folder:
-            self._call(lambda c: self.set_state(ts.with_status(self.state, (c.add_watch(folder), c.status())[1])))
+            self._call(lambda c: c.add_watch(folder))  # the daemon's next status event shows it
 
     def open_search(self) -> SearchDialog:
         dialog = SearchDialog(self.home)

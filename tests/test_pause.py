@@ -143,3 +143,9 @@ def test_status_events_follow_indexing_throttled_and_end_idle(daemon: DaemonProc
     with pytest.raises(queue.Empty):  # an idle daemon sends nothing more
         _next_status(found, timeout=1.5)
     listener.close()
+
+
+def test_pause_without_a_daemon_says_so(home: Path) -> None:
+    proc = vibrary("pause", home=home, check=False)
+    assert proc.returncode == 1 and "no daemon answers" in proc.stderr
+    assert not (home / "paused").exists()  # nothing was changed behind the missing daemon's back

@@ -26,6 +26,7 @@ except ImportError as e:  # the [tray] extra is optional
 from vibrary.clients import tray_state as ts
 from vibrary.clients.tray import COLORS, Tray, draw_icon
 from vibrary.daemon import config
+from vibrary.proto import daemon_pb2 as pb
 
 from tests.conftest import DaemonProcess, start_daemon
 from tests.synth import write_tone
@@ -109,6 +110,16 @@ def test_tray_icon_and_tooltip_follow_the_daemon(tray: Tray, model_home: Path, t
             wait_view(tray, showing(ts.Icon.INDEXING, "indexing: 5 of 6 files\n5 indexed, 1 pending, 0 failed"))
         wait_view(tray, showing(ts.Icon.IDLE, "6 indexed, 0 pending, 0 failed"))
 
+        search = tray.open_search()
+        search.query.setText("low|mid|high -nosuchtag")
+        search.search()
+        found = {search.results.item(n).text().split()[0] for n in range(search.results.count())}
+        assert found == {str(library / n) for n in ["held.wav", *(f"a{i}.wav" for i in range(5))]}
+        search.query.setText("nosuchtag")
+        search.search()
+        assert [search.results.item(n).text() for n in range(search.results.count())] == ["no files match"]
+        search.close()
+
         (library / "broken.wav").touch()  # an empty file cannot be read
         wait_view(tray, showing(ts.Icon.ERROR, "1 new files could not be read"))
         assert icon_colour(tray) == COLORS[ts.Icon.ERROR]
@@ -160,3 +171,26 @@ def test_every_state_has_its_own_icon(qapp: QApplication) -> None:
     assert len(distinct) == len(ts.Icon)
     half, full = draw_icon(ts.Icon.INDEXING, 0.5, 32).toImage(), draw_icon(ts.Icon.INDEXING, 1.0, 32).toImage()
     assert bytes(half.constBits()) != bytes(full.constBits())
+
+
+def test_training_and_installed_models_notify(tray: Tray, model_home: Path, tmp_path: Path) -> None:
+    """Events as the daemon sends them, through the same signal the event stream uses."""
+    notices: list[ts.Notice] = []
+    tray.notified.connect(notices.append)
+    d = start_daemon(model_home)
+    try:
+        wait_view(tray, showing(ts.Icon.IDLE))
+        training = pb.TrainProgress(state=pb.TrainProgress.TRAINING, dataset="mytags", epoch=2, epochs=8)
+        tray.link.received.emit(pb.Event(kind=pb.Event.TRAINING_PROGRESS, training=training))
+        v = wait_view(tray, showing(ts.Icon.TRAINING, "training mytags: epoch 2 of 8"))
+        assert v.progress == 0.25 and icon_colour(tray) == COLORS[ts.Icon.TRAINING]
+        done = pb.TrainProgress(state=pb.TrainProgress.SUCCEEDED, dataset="mytags", model="mytags@1")
+        tray.link.received.emit(pb.Event(kind=pb.Event.TRAINING_FINISHED, training=done))
+        tray.link.received.emit(pb.Event(kind=pb.Event.MODEL_INSTALLED, model="mytags@1"))
+        wait_view(tray, showing(ts.Icon.IDLE))
+        assert [n.title for n in notices] == ["Training finished", "Model installed"]
+
+        tray.add_watch(str(tmp_path / "missing"))  # a folder gone since it was picked
+        assert notices[-1].warning and "no such folder" in notices[-1].text
+    finally:
+        d.stop()
