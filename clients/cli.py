@@ -192,6 +192,10 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 
 def cmd_tray(args: argparse.Namespace) -> int:
+    graphical = ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")
+    if sys.platform not in ("darwin", "win32") and not any(os.environ.get(v) for v in graphical):
+        # Qt would abort the process without a word a user could act on
+        raise CommandError("the tray needs a graphical session: DISPLAY and WAYLAND_DISPLAY are unset")
     try:
         from .tray import run
     except ImportError as e:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from vibrary.clients import tray_state as ts
 from vibrary.proto import daemon_pb2 as pb
+
+from tests.conftest import vibrary
 
 TP = pb.TrainProgress
 
@@ -128,3 +133,10 @@ def test_training_in_the_status_snapshot_is_shown_too() -> None:
     assert lines[0::2] == ["Vibrary: training moods: waiting for the trainer", "indexing paused"]
     state, _ = feed(state, changed(indexed=1, training=TP(state=TP.CANCELLED, dataset="moods")))
     assert ts.view(state).icon == ts.Icon.IDLE  # cancelled: no longer shown as training
+
+
+def test_tray_without_a_graphical_session_says_so(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(var, raising=False)
+    proc = vibrary("tray", home=home, check=False)
+    assert proc.returncode == 1 and "needs a graphical session" in proc.stderr
