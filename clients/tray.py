@@ -112,6 +112,7 @@ class DaemonLink(QObject):
         super().__init__()
         self.home = home
         self._max_backoff = max_backoff_s
+        self._delay = 0.5  # before the next try to connect; doubles while nobody answers
         self._stop = threading.Event()
         self._poke = threading.Event()
         self._lock = threading.Lock()
@@ -134,7 +135,6 @@ class DaemonLink(QObject):
         self._poke.set()
 
     def _run(self) -> None:
-        delay = 0.5
         while not self._stop.is_set():
             client = Client(home_dir=self.home, timeout=CALL_TIMEOUT_S)
             with self._lock:
@@ -144,7 +144,6 @@ class DaemonLink(QObject):
                 self._client = client
             try:
                 self._follow(client)
-                delay = 0.5
             except (DaemonNotRunning, DaemonError):
                 pass  # not running, or stopped under us
             except Exception:
@@ -156,13 +155,14 @@ class DaemonLink(QObject):
             if self._stop.is_set():
                 return
             self.down.emit()
-            poked = self._poke.wait(delay)
+            poked = self._poke.wait(self._delay)
             self._poke.clear()
-            delay = 0.5 if poked else min(delay * 2, self._max_backoff)
+            self._delay = 0.5 if poked else min(self._delay * 2, self._max_backoff)
 
     def _follow(self, client: Client) -> None:
         failed = -1
         for e in client.events():
+            self._delay = 0.5  # connected: if it goes away, look again soon
             self.received.emit(e)
             if e.kind == pb.Event.STATUS_CHANGED and e.status.failed != failed:
                 failed = e.status.failed
