@@ -10,6 +10,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from .index import FileTags
 
@@ -17,6 +18,9 @@ FILE_TAGGED = "file_tagged"
 FILE_FAILED = "file_failed"
 FILE_REMOVED = "file_removed"
 MODEL_CHANGED = "model_changed"
+TRAINING_PROGRESS = "training_progress"
+TRAINING_FINISHED = "training_finished"  # succeeded, failed or cancelled: see the event's training state
+MODEL_INSTALLED = "model_installed"
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class Event:
     kind: str
     file: FileTags | None = None
     model: str = ""
+    training: Any = None  # training.TrainProgress, for TRAINING_* events
     time: float = field(default_factory=time.time)
 
 

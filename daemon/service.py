@@ -13,16 +13,26 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import psutil
 
-from . import config, registry
+from . import config, dataset, registry, training
 from .cache import SpectrogramCache
 from .decode import is_audio_path
-from .events import FILE_FAILED, FILE_REMOVED, FILE_TAGGED, MODEL_CHANGED, Event, EventBus
+from .events import (
+    FILE_FAILED,
+    FILE_REMOVED,
+    FILE_TAGGED,
+    MODEL_CHANGED,
+    MODEL_INSTALLED,
+    TRAINING_FINISHED,
+    TRAINING_PROGRESS,
+    Event,
+    EventBus,
+)
 from .index import FileTags, Index, Result
 from .infer import Model, ModelError
 from .pipeline import ActiveModel, Pipeline
@@ -33,6 +43,10 @@ log = logging.getLogger(__name__)
 
 class AlreadyRunning(RuntimeError):
     pass
+
+
+class TrainingBusy(RuntimeError):
+    """A training job is already running: one at a time, a second would only halve the speed of both."""
 
 
 def load_models(index: Index, rows: Sequence | None = None) -> list[ActiveModel]:
@@ -77,6 +91,9 @@ class Daemon:
         self._feeder = threading.Thread(target=self._feed, name="feeder", daemon=True)
         self._analyzed_at, self._analyzed_rows = -1e9, 0
         self._models_lock = threading.Lock()
+        self.training: training.Background | None = None
+        self._training_lock = threading.Lock()
+        self._datasets_lock = threading.Lock()
 
     def start(self) -> None:
         _lower_priority(self.settings.nice)
@@ -207,6 +224,44 @@ class Daemon:
                 break
             time.sleep(0.02)
         return [_say_why_missing(r) for r in self.index.file_tags(files)]
+
+    # -- your own tags: datasets and training --------------------------------------------------------
+    def create_dataset(
+        self, name: str, files: Sequence[tuple[str, str]], progress: Callable[[int], None]
+    ) -> dataset.BuildReport:
+        """Spectrograms of confirmed (path, tag) pairs, from the cache this daemon fills while indexing."""
+        examples = [dataset.example(path, tag) for path, tag in files]
+        with self._datasets_lock:
+            return dataset.build(
+                self.home, name, examples, workers=self.settings.worker_count, progress=progress, cache=self.cache
+            )
+
+    def edit_dataset(self, name: str, **edits: Any) -> dataset.BuildReport:
+        with self._datasets_lock:
+            return dataset.edit(self.home, name, **edits)
+
+    def start_training(self, dataset_name: str, **kwargs: Any) -> training.Background:
+        """Train in the background (indexing and the API go on meanwhile); TrainingBusy when a job runs."""
+        dataset.load(self.home, dataset_name)  # FileNotFoundError now, not as a failed job later
+        with self._training_lock:
+            if self.training is not None and not self.training.finished:
+                raise TrainingBusy(f"already training on dataset {self.training.progress.dataset!r}; cancel it first")
+
+            def run(progress: Callable[[training.TrainProgress], None], cancel: threading.Event) -> None:
+                trained = training.train(
+                    self.home, dataset_name, index=self.index, progress=progress, cancel=cancel, **kwargs
+                )
+                self.models_changed()  # the new version tags the library from now on, from cached spectrograms
+                self.events.publish(Event(MODEL_INSTALLED, model=trained.row.ref))
+
+            self.training = training.Background(dataset_name, run, self._training_event)
+            return self.training
+
+    def _training_event(self, progress: training.TrainProgress) -> None:
+        kind = TRAINING_FINISHED if progress.state in training.FINISHED else TRAINING_PROGRESS
+        self.events.publish(Event(kind, training=progress))
+        if kind == TRAINING_FINISHED:
+            log.info("training on %s %s %s", progress.dataset, progress.state, progress.error or progress.model)
 
 
 def expand(paths: Sequence[str]) -> list[str]:
