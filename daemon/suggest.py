@@ -11,10 +11,13 @@ Which tag a file gets, the first rule that yields one:
 1. the most specific folder (nearest the file first, up to and including the folder the user named)
    whose name holds a known tag: the user's folder layout is the strongest statement of intent;
 2. the file name; 3. the embedded metadata (title, genre, comment, description, keywords);
-4. a folder name that is no known word but recurs: the nearest folder holding at least two of the files,
-   its words joined by '-' (a user's own tag nobody put in the table yet).
-Within one text the last known word wins ("Acoustic Kick" → kick: the head noun ends English names), and
-the weak tags (what form a file has, like loop or one-shot) only when nothing else is found. Every other
+4. a folder name that is no known word but recurs: the file's own folder, when at least two files in it
+   got no tag from rules 1-3; its words joined by '-', a plural s dropped (the user's own tag that nobody
+   put in the table yet: `Wobbles/` → wobble).
+Within one text a sound beats a descriptor (mood, timbre, processing: "Acoustic Kick", "Snr Hard" → the
+kick, the snare), a descriptor beats a weak word (what form a file has: loop, one-shot), and among equals
+the last word wins (the head noun ends English names). Across texts only a weak word gives way to a later
+text's better one: a folder the user named "dark" keeps its pads dark. Every other
 known tag found for the file is reported as an alternative, so a reviewer sees what was passed over.
 """
 
@@ -66,6 +69,7 @@ class Synonyms:
     builtin: dict[str, list[str]]
     user: dict[str, list[str]] = field(default_factory=dict)
     weak: frozenset[str] = frozenset()
+    descriptors: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self._phrases: dict[tuple[str, ...], str] = {}
@@ -88,7 +92,7 @@ class Synonyms:
                 user = {clean_tag(k): [str(a) for a in v] for k, v in loaded.items()}
             except (ValueError, TypeError, AttributeError) as e:
                 raise ValueError(f'{path}: expected {{"tag": ["alias", ...]}} ({e})') from None
-        return cls(builtin, user, frozenset(raw.get("_weak", ())))
+        return cls(builtin, user, frozenset(raw.get("_weak", ())), frozenset(raw.get("_descriptors", ())))
 
     @property
     def tags(self) -> set[str]:
@@ -145,9 +149,14 @@ class Synonyms:
         return None
 
     def pick(self, tags: Sequence[str]) -> str | None:
-        """The tag a text stands for: its last known word, weak tags only when there is nothing else."""
-        strong = [t for t in tags if t not in self.weak]
-        return (strong or list(tags))[-1] if tags else None
+        """The tag a text stands for: its last sound word, else its last descriptor, else its last weak word."""
+        if not tags:
+            return None
+        best = min(self._rank(t) for t in tags)
+        return [t for t in tags if self._rank(t) == best][-1]
+
+    def _rank(self, tag: str) -> int:
+        return 2 if tag in self.weak else 1 if tag in self.descriptors else 0
 
 
 @dataclass(frozen=True)
@@ -242,29 +251,35 @@ def _folders(path: str, root: str) -> list[str]:
 def suggest(paths: Sequence[str], synonyms: Synonyms) -> list[Suggestion]:
     """A suggestion for every audio file under the given folders and files (rules in the module doc)."""
     files = audio_files(paths)
-    per_folder = Counter(os.path.dirname(f) for f, _ in files)
-    out = []
+    chosen: list[tuple[str, str, str] | None] = []
+    found: list[list[str]] = []
     for path, root in files:
         texts = [("folder", name) for name in _folders(path, root)]
         texts.append(("filename", os.path.splitext(os.path.basename(path))[0]))
         texts.extend(("metadata", f"{name}: {text}") for name, text in metadata(path))
-        chosen: tuple[str, str, str] | None = None
-        found: list[str] = []
+        best: tuple[str, str, str] | None = None
+        tags: list[str] = []
         for source, text in texts:
-            tags = synonyms.find(text.split(": ", 1)[-1] if source == "metadata" else text)
-            found.extend(tags)
-            tag = synonyms.pick(tags)
-            if tag and (chosen is None or (chosen[0] in synonyms.weak and tag not in synonyms.weak)):
-                chosen = (tag, source, text)
-        if chosen is None:
-            chosen = _recurring(path, root, per_folder)
-        tag, source, raw = chosen or ("", "", "")
-        out.append(Suggestion(path, tag, source, raw, tuple(t for t in dict.fromkeys(found) if t != tag)))
+            here = synonyms.find(text.split(": ", 1)[-1] if source == "metadata" else text)
+            tags.extend(here)
+            tag = synonyms.pick(here)
+            if tag and (best is None or (best[0] in synonyms.weak and tag not in synonyms.weak)):
+                best = (tag, source, text)
+        chosen.append(best)
+        found.append(tags)
+    unnamed = Counter(os.path.dirname(path) for (path, _), best in zip(files, chosen, strict=True) if best is None)
+    out = []
+    for (path, root), best, tags in zip(files, chosen, found, strict=True):
+        tag, source, raw = best or _recurring(path, root, unnamed) or ("", "", "")
+        out.append(Suggestion(path, tag, source, raw, tuple(t for t in dict.fromkeys(tags) if t != tag)))
     return out
 
 
-def _recurring(path: str, root: str, per_folder: Counter[str]) -> tuple[str, str, str] | None:
+def _recurring(path: str, root: str, unnamed: Counter[str]) -> tuple[str, str, str] | None:
     name = _folders(path, root)[0]
-    if per_folder[os.path.dirname(path)] < 2 or not words(name):
+    ws = words(name)
+    if unnamed[os.path.dirname(path)] < 2 or not ws:
         return None
-    return clean_tag(" ".join(words(name))), "folder", name
+    if len(ws[-1]) > 3 and ws[-1].endswith("s") and not ws[-1].endswith("ss"):
+        ws[-1] = ws[-1][:-1]  # a folder of wobbles holds a wobble each
+    return clean_tag(" ".join(ws)), "folder", name
