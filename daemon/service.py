@@ -248,11 +248,15 @@ class Daemon:
                 raise TrainingBusy(f"already training on dataset {self.training.progress.dataset!r}; cancel it first")
 
             def run(progress: Callable[[training.TrainProgress], None], cancel: threading.Event) -> None:
-                trained = training.train(
-                    self.home, dataset_name, index=self.index, progress=progress, cancel=cancel, **kwargs
+                def installed_first(p: training.TrainProgress) -> None:
+                    if p.state == "succeeded":  # whoever hears of success finds the new version at work
+                        self.models_changed()
+                        self.events.publish(Event(MODEL_INSTALLED, model=p.model))
+                    progress(p)
+
+                training.train(
+                    self.home, dataset_name, index=self.index, progress=installed_first, cancel=cancel, **kwargs
                 )
-                self.models_changed()  # the new version tags the library from now on, from cached spectrograms
-                self.events.publish(Event(MODEL_INSTALLED, model=trained.row.ref))
 
             self.training = training.Background(dataset_name, run, self._training_event)
             return self.training

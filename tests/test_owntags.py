@@ -3,11 +3,12 @@ advice on size, the CLI for all of it, and the whole workflow through a real dae
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -187,12 +188,19 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
 
 
 # -- the whole workflow through the daemon's API ---------------------------------------------------------
-def _code(call: object) -> grpc.StatusCode:
-    with pytest.raises(DaemonError) as err:
-        result = call() if callable(call) else call
+def _code(call: Callable[[], object]) -> grpc.StatusCode:
+    """The status a refused call ends with (raw stub calls and client calls alike)."""
+    with pytest.raises((DaemonError, grpc.RpcError)) as err:
+        result = call()
         if isinstance(result, Iterator):
             list(result)
-    return err.value.code
+    e = err.value
+    return e.code if isinstance(e, DaemonError) else e.code()  # type: ignore[attr-defined]
+
+
+def _collect(into: list[pb.Event], client: Client) -> None:
+    with contextlib.suppress(DaemonError):  # the stream ends when the test closes the client
+        into.extend(client.events())
 
 
 def _top(client: Client, folder: Path, model: str) -> dict[str, str]:
@@ -212,11 +220,12 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
     d = start_daemon(home)
     events: list[pb.Event] = []
     listener = Client(home_dir=home)
-    threading.Thread(target=lambda: events.extend(listener.events()), daemon=True).start()
+    threading.Thread(target=_collect, args=(events, listener), daemon=True).start()
     try:
         c = d.client
         # malformed or impossible requests say so and change nothing
-        assert _code(lambda: c.suggest(["relative/path"])) == grpc.StatusCode.INVALID_ARGUMENT
+        relative = pb.SuggestRequest(paths=["relative/path"])
+        assert _code(lambda: c.stub.SuggestLabels(relative)) == grpc.StatusCode.INVALID_ARGUMENT
         assert _code(lambda: c.suggest([str(tmp_path / "absent")])) == grpc.StatusCode.NOT_FOUND
         assert _code(lambda: c.create_dataset("bad name!", [(str(pack), "x")])) == grpc.StatusCode.INVALID_ARGUMENT
         assert _code(lambda: c.train("nope")) == grpc.StatusCode.NOT_FOUND
