@@ -195,7 +195,7 @@ def _code(call: Callable[[], object]) -> grpc.StatusCode:
         if isinstance(result, Iterator):
             list(result)
     e = err.value
-    return e.code if isinstance(e, DaemonError) else e.code()  # type: ignore[attr-defined]
+    return e.code if isinstance(e, DaemonError) else e.code()
 
 
 def _collect(into: list[pb.Event], client: Client) -> None:
