@@ -272,6 +272,15 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         c.activate("mine", 1)  # rollback
         wait_for(lambda: thumps_say("kick", never="boom"), timeout=60)
         assert {m.name: m.version for m in c.models() if m.active} == {"demo": 1, "mine": 1}
+
+        # a caller who goes away does not stop a training; CancelTraining does, and installs nothing
+        leaving = Client(home_dir=home)
+        next(iter(leaving.train("mine", options=json.dumps({"epochs": 500, "patience": 500}))))
+        leaving.close()
+        wait_for(lambda: c.status().training.epoch >= 2, timeout=120)
+        assert c.cancel_training().state in (pb.TrainProgress.TRAINING, pb.TrainProgress.WAITING)
+        wait_for(lambda: c.status().training.state == pb.TrainProgress.CANCELLED, timeout=60)
+        assert sorted(m.version for m in c.models() if m.name == "mine") == [1, 2]
     finally:
         listener.close()
         d.stop()
@@ -279,6 +288,8 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
     assert {pb.Event.TRAINING_PROGRESS, pb.Event.TRAINING_FINISHED, pb.Event.MODEL_INSTALLED} <= kinds
     installed = [e.model for e in events if e.kind == pb.Event.MODEL_INSTALLED]
     assert installed == ["mine@1", "mine@2"]
+    finished = [e.training.state for e in events if e.kind == pb.Event.TRAINING_FINISHED]
+    assert finished == [pb.TrainProgress.SUCCEEDED, pb.TrainProgress.SUCCEEDED, pb.TrainProgress.CANCELLED]
 
 
 def _train(c: Client, name: str) -> pb.TrainProgress:
