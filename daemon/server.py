@@ -257,12 +257,13 @@ class DaemonService(pb_grpc.DaemonServicer):
         self._dataset_exists(request.name, context)
         if not (request.rename or request.drop or request.relabel):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no edit given")
+        relabel = [(_absolute(f.path, context), f.tag) for f in request.relabel]
         try:
             report = self.daemon.edit_dataset(
                 request.name,
                 rename=[(r.tag, r.to) for r in request.rename],
                 drop=list(request.drop),
-                relabel=[(f.path, f.tag) for f in request.relabel],
+                relabel=relabel,
             )
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))

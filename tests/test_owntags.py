@@ -239,7 +239,18 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         assert progress[-1].done == progress[-1].total == 24 and progress[-1].dataset.clips == 24
         assert [(k.tag, k.clips) for k in progress[-1].dataset.classes] == [("hihat", 8), ("kick", 8), ("synth", 8)]
         assert progress[-1].dataset.ratio > 20 and "smallest class" in progress[-1].dataset.advice
-        assert [x.name for x in c.datasets()] == ["mine"]
+        assert [x.name for x in c.datasets()] == ["mine"] and c.dataset("mine") == progress[-1].dataset
+        spare = list(c.create_dataset("spare", [(s.path, "x" if s.tag == "kick" else "y") for s in suggestions.files]))
+        assert [(k.tag, k.clips) for k in spare[-1].dataset.classes] == [("x", 8), ("y", 16)]
+        moved = c.edit_dataset("spare", relabel=[(suggestions.files[0].path, "x")], rename=[("y", "z")])
+        assert [(k.tag, k.clips) for k in moved.classes] == [("x", 9), ("z", 15)]
+        assert _code(lambda: c.edit_dataset("spare", drop=["x"])) == grpc.StatusCode.INVALID_ARGUMENT
+        assert _code(lambda: c.edit_dataset("spare", rename=[("nope", "x")])) == grpc.StatusCode.INVALID_ARGUMENT
+        assert [x.name for x in c.delete_dataset("spare")] == ["mine"]
+        assert _code(lambda: c.dataset("spare")) == grpc.StatusCode.NOT_FOUND
+        assert ("wub", "wobble", False) in {(x.alias, x.tag, x.builtin) for x in c.add_synonyms([("Wub", "wobble")])}
+        assert ("bd", "kick", True) in {(x.alias, x.tag, x.builtin) for x in c.synonyms()}
+        assert _code(lambda: c.add_synonyms([("", "kick")])) == grpc.StatusCode.INVALID_ARGUMENT
         assert _code(lambda: c.train("mine", trainer="no-port")) == grpc.StatusCode.INVALID_ARGUMENT
 
         first = _train(c, "mine")
