@@ -29,6 +29,7 @@ from .infer import ModelError
 from .shards import Manifest
 
 FINISHED = ("succeeded", "failed", "cancelled")
+STATES = ("uploading", "waiting", "training", "installing", *FINISHED)
 PLOTS = ("learning_curve.png", "confusion_matrix.png")
 
 
@@ -265,7 +266,10 @@ def _in_cloud(
     def cloud_progress(update: dict[str, Any]) -> None:
         if cancel.is_set():
             raise Cancelled("training cancelled")
-        report(**{k: v for k, v in update.items() if k in known})
+        changes = {k: v for k, v in update.items() if k in known}
+        if changes.get("state") in FINISHED or changes.get("state") not in (None, *STATES):
+            changes.pop("state")  # how a job ends is train()'s to say, once the model is installed
+        report(**changes)
 
     return dict(
         train_in_cloud(

@@ -317,3 +317,24 @@ def _train(c: Client, name: str) -> pb.TrainProgress:
     assert c.status().training.state == pb.TrainProgress.SUCCEEDED
     assert max(u.uploaded_bytes for u in updates) == updates[-1].upload_bytes > 0
     return updates[-1]
+
+
+def test_training_that_cannot_start_fails_clearly_and_reports_it(home: Path, tmp_path: Path) -> None:
+    from vibrary.daemon import config, training
+    from vibrary.daemon.index import Index
+
+    write_kinds(tmp_path / "ex", per_kind=2, seed=8)
+    dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
+    index = Index(config.index_path(home))
+    cases = [
+        ("nope", "local", "no dataset 'nope'"),
+        ("mine", "somewhere", "expected local, cloud or HOST:PORT"),
+        ("mine", "127.0.0.1:1", "trainer at 127.0.0.1:1"),  # nobody listens there
+    ]
+    for name, trainer, reason in cases:
+        seen: list[training.TrainProgress] = []
+        with pytest.raises(training.TrainingError, match=reason):
+            training.train(home, name, index=index, trainer=trainer, progress=seen.append)
+        assert seen[-1].state == "failed" and reason in seen[-1].error
+    assert [m.name for m in index.models() if not m.builtin] == []
+    index.close()
