@@ -335,14 +335,60 @@ def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
         "upload_bytes": manifest.size,
         "ratio": round(report.ratio, 1),
         "failed": failed,
+        "advice": report.advice,
     }
     human = (
         f"dataset {name}: {manifest.clips} clips in {len(manifest.classes)} classes "
         f"({', '.join(f'{c} {n}' for c, n in report.per_class.items())})\n"
         f"audio {_mb(report.audio_bytes)} → upload {_mb(manifest.size)} "
-        f"({report.ratio:.0f}× smaller, spectrograms only)" + (f"\n{failed} files could not be read" if failed else "")
+        f"({report.ratio:.0f}× smaller, spectrograms only)"
+        + (f"\n{failed} files could not be read" if failed else "")
+        + (f"\n{report.advice}" if report.advice else "")
     )
     return obj, human
+
+
+def _synonyms() -> Any:
+    from vibrary.daemon.suggest import Synonyms
+
+    return Synonyms.load(config.home())
+
+
+def _suggestions(dirs: Sequence[str]) -> list[Any]:
+    from vibrary.daemon.suggest import suggest
+
+    try:
+        return suggest(dirs, _synonyms())
+    except FileNotFoundError as e:
+        raise CommandError(str(e)) from None
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    """Every file's suggestion as a JSON line; for people, each tag with its count and a few examples."""
+    found = _suggestions(args.dirs)
+    by_tag: dict[str, list[Any]] = {}
+    for s in found:
+        by_tag.setdefault(s.tag, []).append(s)
+        if args.json:
+            obj = {"path": s.path, "tag": s.tag, "source": s.source, "raw": s.raw, "alternatives": list(s.alternatives)}
+            print(json.dumps(obj), flush=True)
+    if args.json:
+        return 0
+    for tag, files in sorted(by_tag.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        if not tag:
+            continue
+        sources = sorted({f"{s.source} {s.raw!r}" for s in files})
+        print(f"{tag:16} {len(files):5} files, from {', '.join(sources[:3])}{' …' if len(sources) > 3 else ''}")
+        for s in files[:3]:
+            print(f"{'':16}   e.g. {s.path}")
+    missing = by_tag.get("", [])
+    if missing:
+        print(f"no suggestion for {len(missing)} files:")
+        for s in missing[:20]:
+            print(f"  {s.path}")
+        if len(missing) > 20:
+            print(f"  … and {len(missing) - 20} more")
+    return 0
 
 
 def cmd_dataset(args: argparse.Namespace) -> int:
@@ -350,8 +396,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
     home_dir = config.home()
     if args.action == "list":
-        folder = home_dir / "datasets"
-        for name in sorted(p.name for p in folder.iterdir()) if folder.exists() else []:
+        for name in dataset.names(home_dir):
             manifest, _ = dataset.load(home_dir, name)
             _out(
                 args,
@@ -359,108 +404,132 @@ def cmd_dataset(args: argparse.Namespace) -> int:
                 f"{name}: {manifest.clips} clips, {len(manifest.classes)} classes",
             )
         return 0
-    if args.action == "show":
-        try:
-            obj, human = _dataset_line(args.name, dataset.load_report(home_dir, args.name))
-        except FileNotFoundError as e:
-            raise CommandError(str(e)) from None
-        _out(args, obj, human)
-        return 0
+    if args.action == "suggest":
+        return cmd_suggest(args)
     try:
-        examples = dataset.examples_from_folders(args.dirs)
+        if args.action == "create":
+            report = _create(args, home_dir)
+        elif args.action == "show":
+            report = dataset.load_report(home_dir, args.name)
+        elif args.action == "delete":
+            dataset.delete(home_dir, args.name)
+            _out(args, {"dataset": args.name, "action": "delete"}, f"deleted dataset {args.name}")
+            return 0
+        else:
+            report = dataset.edit(home_dir, args.name, **_edits(args))
     except FileNotFoundError as e:
         raise CommandError(str(e)) from None
-    bar = tqdm(total=len(examples), unit="file", disable=None, file=sys.stderr, desc="spectrograms")
-    try:
-        report = dataset.build(home_dir, args.name, examples, progress=bar.update)
-    except ValueError as e:
-        raise CommandError(str(e)) from None
-    finally:
-        bar.close()
-    for path, error in report.failed:
-        print(f"skipped {path}: {error}", file=sys.stderr)
     obj, human = _dataset_line(args.name, report)
     _out(args, obj, human)
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _edits(args: argparse.Namespace) -> dict[str, Any]:
+    if args.action == "rename":
+        return {"rename": [(args.old, args.new)]}
+    if args.action == "merge":
+        return {"rename": [(tag, args.into) for tag in args.tags if tag != args.into]}
+    if args.action == "drop":
+        return {"drop": args.tags}
+    return {"relabel": [(args.path, args.tag)]}
+
+
+def _create(args: argparse.Namespace, home_dir: Path) -> Any:
     from vibrary.daemon import dataset
 
-    from .trainer_client import TrainerClient
-
-    home_dir = config.home()
-    try:
-        manifest, shard_dir = dataset.load(home_dir, args.dataset)
-    except FileNotFoundError as e:
-        raise CommandError(str(e)) from None
-    token = args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", "")
-    server = None
-    if args.trainer == "local":
-        try:
-            from vibrary.trainer.service import serve
-        except ImportError as e:
-            raise CommandError(
-                f"the local trainer needs PyTorch ({e.name} is missing): pip install 'vibrary[trainer]', "
-                "or name a remote trainer with --trainer HOST:PORT"
-            ) from None
-        server, port = serve(home_dir / "trainer", "127.0.0.1:0")
-        target = f"127.0.0.1:{port}"
+    if args.labels == "suggest":
+        found = _suggestions(args.dirs)
+        for s in found:
+            if not s.tag:
+                print(f"skipped {s.path}: no tag suggested (add a synonym, or put it in a tag folder)", file=sys.stderr)
+        examples = [dataset.example(s.path, s.tag) for s in found if s.tag]
     else:
-        target = args.trainer
-    started = time.monotonic()
-    # a pretrained body converges in a few epochs: waiting 10 epochs for an improvement wasted half a run
-    epochs = args.epochs or (20 if args.base != "none" else None)
-    patience = 5 if args.base != "none" else None
-    chosen = (("epochs", epochs), ("seed", args.seed), ("patience", patience))
-    options = json.dumps({k: v for k, v in chosen if v is not None})
+        examples = dataset.examples_from_folders(args.dirs)
+    bar = tqdm(total=len(examples), unit="file", disable=None, file=sys.stderr, desc="spectrograms")
     try:
-        with TrainerClient(target, token) as trainer:
-            upload = tqdm(total=manifest.size, unit="B", unit_scale=True, disable=None, file=sys.stderr, desc="upload")
-            trainer.upload(manifest, shard_dir, upload.update)
-            upload.close()
-            job = trainer.start(manifest, args.name or args.dataset, args.base, options)
-            bar = tqdm(total=None, unit="epoch", disable=None, file=sys.stderr, desc="training")
-            for update in trainer.watch(job.id):
-                job = update
-                bar.total = job.epochs or None
-                bar.n = job.epoch
-                bar.set_postfix_str(f"{job.phase} loss {job.loss:.3f} val acc {job.val_accuracy:.2f}")
+        report = dataset.build(home_dir, args.name, examples, progress=bar.update)
+    finally:
+        bar.close()
+    for path, error in report.failed:
+        print(f"skipped {path}: {error}", file=sys.stderr)
+    return report
+
+
+def cmd_synonyms(args: argparse.Namespace) -> int:
+    table = _synonyms()
+    if args.action == "add":
+        table.add(config.home(), [(args.alias, args.tag)])
+        table = _synonyms()
+    for alias, tag, builtin in table.pairs():
+        if args.action == "add" and alias != args.alias.strip().lower():
+            continue
+        _out(
+            args,
+            {"alias": alias, "tag": tag, "builtin": builtin},
+            f"{alias:20} → {tag}{'' if builtin else '  (yours)'}",
+        )
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vibrary.daemon.training import TrainingError, TrainProgress, train
+
+    index, home_dir = _index()
+    bars: dict[str, tqdm] = {}
+
+    def progress(p: TrainProgress) -> None:
+        if p.state == "uploading":
+            if "upload" not in bars:
+                bars["upload"] = tqdm(
+                    total=p.upload_bytes, unit="B", unit_scale=True, disable=None, file=sys.stderr, desc="upload"
+                )
+            bars["upload"].n = p.uploaded_bytes
+            bars["upload"].refresh()
+        elif p.state == "training":
+            if "train" not in bars:
+                bars["train"] = tqdm(total=None, unit="epoch", disable=None, file=sys.stderr, desc="training")
+            bar = bars["train"]
+            bar.total = p.epochs or None
+            bar.n = p.epoch
+            bar.set_postfix_str(f"loss {p.loss:.3f} val acc {p.val_accuracy:.2f}")
+
+    def confirm(text: str) -> bool:
+        if args.yes:
+            return True
+        print(f"{text} [y/N] ", end="", file=sys.stderr, flush=True)
+        return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+    options = {"epochs": args.epochs, "seed": args.seed}
+    try:
+        trained = train(
+            home_dir,
+            args.dataset,
+            index=index,
+            name=args.name,
+            trainer=args.trainer,
+            base=args.base,
+            options=options,
+            token=args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", ""),
+            confirm=confirm,
+            progress=progress,
+        )
+    except TrainingError as e:
+        raise CommandError(str(e)) from None
+    finally:
+        for bar in bars.values():
             bar.close()
-            if job.state != job.SUCCEEDED:
-                raise CommandError(f"training {job.State.Name(job.state).lower()}: {job.error or 'no reason given'}")
-            files = trainer.download(job.id)
-    finally:
-        if server is not None:
-            server.stop(grace=1).wait()  # exiting while gRPC shuts down aborts the process
-    index, _ = _index()
-    staging = home_dir / "models" / f".incoming-{job.id}.onnx"
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    staging.write_bytes(files["model.onnx"])
-    try:
-        row = registry.install(index, home_dir, str(staging), args.name or args.dataset)
-    except ModelError as e:
-        raise CommandError(f"the trained model cannot be installed: {e}") from None
-    finally:
-        staging.unlink(missing_ok=True)
-    index.set_active(row, True)
-    plots = []
-    for name in ("learning_curve.png", "confusion_matrix.png"):
-        target_path = Path(row.path).with_suffix(f".{name}")
-        target_path.write_bytes(files[name])
-        plots.append(str(target_path))
-    summary = json.loads(job.summary or "{}")
+    row = trained.row
     obj = {
         "model": row.name,
         "version": row.version,
         "classes": list(row.classes),
-        "val_accuracy": round(float(job.val_accuracy), 4),
-        "seconds": round(time.monotonic() - started, 1),
-        "plots": plots,
-        "summary": summary,
+        "val_accuracy": round(trained.val_accuracy, 4),
+        "seconds": round(trained.seconds, 1),
+        "plots": trained.plots,
+        "summary": trained.summary,
     }
-    human = f"installed and activated {row.ref}: validation accuracy {job.val_accuracy:.1%}\nplots: {', '.join(plots)}"
-    _out(args, obj, human)
+    human = f"installed and activated {row.ref}: validation accuracy {trained.val_accuracy:.1%}"
+    _out(args, obj, human + f"\nplots: {', '.join(trained.plots)}")
     return 0
 
 
@@ -551,23 +620,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dataset", help="labelled examples for training your own tags")
     actions = p.add_subparsers(dest="action", required=True)
-    a = actions.add_parser("create", parents=[common], help="spectrograms of DIR/<tag>/* files, labelled by folder")
+    a = actions.add_parser("create", parents=[common], help="spectrograms of labelled audio files, stored here")
     a.add_argument("name", metavar="NAME")
     a.add_argument("dirs", nargs="+", metavar="DIR")
-    a.add_argument("--labels", choices=["folders"], default="folders", help="where labels come from")
-    a = actions.add_parser("show", parents=[common], help="classes, counts and upload size of a dataset")
+    a.add_argument(
+        "--labels",
+        choices=["folders", "suggest"],
+        default="folders",
+        help="folders: DIR/<tag>/*; suggest: from folder names, file names and metadata (see `dataset suggest`)",
+    )
+    a = actions.add_parser("suggest", parents=[common], help="suggested tags for files, from names and metadata")
+    a.add_argument("dirs", nargs="+", metavar="DIR")
+    a = actions.add_parser("rename", parents=[common], help="rename a tag (to an existing tag: a merge)")
     a.add_argument("name", metavar="NAME")
+    a.add_argument("old", metavar="OLD")
+    a.add_argument("new", metavar="NEW")
+    a = actions.add_parser("merge", parents=[common], help="merge tags into one")
+    a.add_argument("name", metavar="NAME")
+    a.add_argument("tags", nargs="+", metavar="TAG")
+    a.add_argument("--into", required=True, metavar="TAG")
+    a = actions.add_parser("drop", parents=[common], help="drop tags and their files from the dataset")
+    a.add_argument("name", metavar="NAME")
+    a.add_argument("tags", nargs="+", metavar="TAG")
+    a = actions.add_parser("relabel", parents=[common], help="give one file another tag ('' drops it)")
+    a.add_argument("name", metavar="NAME")
+    a.add_argument("path", metavar="PATH")
+    a.add_argument("tag", metavar="TAG")
+    for action, text in (
+        ("show", "classes, counts, upload size and advice on a dataset"),
+        ("delete", "delete a dataset"),
+    ):
+        a = actions.add_parser(action, parents=[common], help=text)
+        a.add_argument("name", metavar="NAME")
     actions.add_parser("list", parents=[common], help="the datasets in this home")
     p.set_defaults(func=cmd_dataset)
+
+    p = sub.add_parser("synonyms", help="how vendors spell your tags: BD → kick")
+    actions = p.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", parents=[common], help="every alias and its tag")
+    a = actions.add_parser("add", parents=[common], help="one more alias for a tag (a new tag is fine)")
+    a.add_argument("alias", metavar="ALIAS")
+    a.add_argument("tag", metavar="TAG")
+    p.set_defaults(func=cmd_synonyms)
 
     p = sub.add_parser("train", parents=[common], help="train a model on a dataset, then install and activate it")
     p.add_argument("dataset", metavar="DATASET")
     p.add_argument("--name", default="", help="model name (default: the dataset's)")
-    p.add_argument("--trainer", default="local", metavar="local|HOST:PORT", help="where to train (default: here)")
+    p.add_argument("--trainer", default="local", metavar="local|HOST:PORT|cloud", help="where to train (default: here)")
     p.add_argument("--token", default="", help="token of a remote trainer (default $VIBRARY_TRAINER_TOKEN)")
     p.add_argument("--base", default="demo", help="demo (transfer from the built-in model) or none")
     p.add_argument("--epochs", type=int, default=None, help="at most this many epochs")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--yes", action="store_true", help="accept a cloud cost estimate without asking")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("trainer", help="the training service")

@@ -128,6 +128,74 @@ class Client:
         """The files that most recently failed, newest first (limit 0: the daemon's default, 50)."""
         return list(self._stream("ListFailed", pb.ListFailedRequest(limit=limit), self.timeout))
 
+    # -- your own tags -------------------------------------------------------------------------------
+    def suggest(self, paths: Sequence[str], timeout: float = 600.0) -> pb.Suggestions:
+        return self._call("SuggestLabels", pb.SuggestRequest(paths=[os.path.abspath(p) for p in paths]), timeout)
+
+    def synonyms(self) -> list[pb.Synonym]:
+        return list(self._call("ListSynonyms", pb.ListSynonymsRequest()).synonyms)
+
+    def add_synonyms(self, pairs: Sequence[tuple[str, str]]) -> list[pb.Synonym]:
+        request = pb.Synonyms(synonyms=[pb.Synonym(alias=a, tag=t) for a, t in pairs])
+        return list(self._call("AddSynonyms", request).synonyms)
+
+    def create_dataset(
+        self, name: str, files: Sequence[tuple[str, str]], timeout: float | None = None
+    ) -> Iterator[pb.DatasetProgress]:
+        """Progress messages; the last one carries the dataset."""
+        labelled = [pb.LabelledFile(path=os.path.abspath(p), tag=t) for p, t in files]
+        return self._stream("CreateDataset", pb.CreateDatasetRequest(name=name, files=labelled), timeout)
+
+    def edit_dataset(
+        self,
+        name: str,
+        rename: Sequence[tuple[str, str]] = (),
+        drop: Sequence[str] = (),
+        relabel: Sequence[tuple[str, str]] = (),
+    ) -> pb.Dataset:
+        request = pb.EditDatasetRequest(
+            name=name,
+            rename=[pb.EditDatasetRequest.Rename(tag=a, to=b) for a, b in rename],
+            drop=list(drop),
+            relabel=[pb.LabelledFile(path=os.path.abspath(p), tag=t) for p, t in relabel],
+        )
+        return self._call("EditDataset", request)
+
+    def dataset(self, name: str) -> pb.Dataset:
+        return self._call("GetDataset", pb.DatasetRef(name=name))
+
+    def datasets(self) -> list[pb.Dataset]:
+        return list(self._call("ListDatasets", pb.ListDatasetsRequest()).datasets)
+
+    def delete_dataset(self, name: str) -> list[pb.Dataset]:
+        return list(self._call("DeleteDataset", pb.DatasetRef(name=name)).datasets)
+
+    def train(
+        self,
+        dataset: str,
+        name: str = "",
+        trainer: str = "",
+        base: str = "",
+        options: str = "{}",
+        token: str = "",
+        confirm_cost: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[pb.TrainProgress]:
+        """Progress until the job ends; leaving early does not stop the training (cancel_training does)."""
+        request = pb.TrainRequest(
+            dataset=dataset,
+            name=name,
+            trainer=trainer,
+            base=base,
+            options=options,
+            token=token,
+            confirm_cost=confirm_cost,
+        )
+        return self._stream("Train", request, timeout)
+
+    def cancel_training(self) -> pb.TrainProgress:
+        return self._call("CancelTraining", pb.CancelTrainingRequest())
+
 
 class DaemonError(RuntimeError):
     """The daemon refused the call; str() is its reason."""

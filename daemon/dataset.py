@@ -1,26 +1,36 @@
-"""Build a labelled dataset on this machine: audio files in, spectrogram shards out.
+"""Build and edit a labelled dataset on this machine: audio files in, spectrogram shards out.
 
 With `--labels folders` each file's label is its immediate parent folder under the given DIR (the layout
-sample packs already use: `Drums/Kick/…`, `Drums/Snare/…`). Spectrograms come from the same decode and
-log-mel code the daemon tags with, so a model trained on them is fed exactly what it learned from. Only the
-8-bit spectrograms, the labels and anonymous folder ids are written: no audio, no paths.
+sample packs already use: `Drums/Kick/…`, `Drums/Snare/…`); with `suggest` (or labels confirmed through
+the API) the labels come from `suggest.py`. Spectrograms come from the same decode and log-mel code the
+daemon tags with, through the home's content-addressed cache, so a model trained on them is fed exactly
+what it learned from and files the daemon has already indexed are not decoded again. Only the 8-bit
+spectrograms, the labels and anonymous folder ids go into the shards: no audio, no paths.
+
+Next to the shards, `labels.json` keeps the confirmed label of every file in shard row order. Editing a
+dataset (rename, merge, drop a tag, relabel or drop a file) re-packs the spectrograms already in the
+shards under the new labels: nothing is decoded or even read from the source files again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import shards
-from .decode import DecodeError, decode, is_audio_path
-from .spectrogram import SpectrogramParams, log_mel, quantize
+from . import config, shards
+from .advice import advise
+from .cache import SpectrogramCache
+from .decode import DecodeError, is_audio_path
+from .features import features, fingerprint
+from .spectrogram import SpectrogramParams, quantize
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,16 @@ class Example:
     path: str
     label: str
     group: str
+
+
+@dataclass(frozen=True)
+class Row:
+    """One clip of a dataset: where it came from (kept on this machine only) and its label."""
+
+    path: str
+    label: str
+    group: str
+    audio_bytes: int
 
 
 @dataclass
@@ -41,10 +61,33 @@ class BuildReport:
     def ratio(self) -> float:
         return self.audio_bytes / max(1, self.manifest.size)
 
+    @property
+    def advice(self) -> str:
+        return advise(self.per_class)
+
+
+def label(text: str) -> str:
+    """A label as stored: trimmed, lower case; ValueError when empty."""
+    cleaned = " ".join(text.split()).lower()
+    if not cleaned:
+        raise ValueError("empty tag")
+    return cleaned
+
+
+def check_name(name: str) -> None:
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"dataset name {name!r}: use letters, digits, '-' and '_'")
+
+
+def example(path: str, tag: str) -> Example:
+    """A file with a confirmed label; its group is its folder (validation holds out whole folders)."""
+    path = os.path.abspath(path)
+    return Example(path, label(tag), shards.group_id(os.path.dirname(path)))
+
 
 def examples_from_folders(dirs: Sequence[str]) -> list[Example]:
     """Every audio file under DIR/<label>/…: label = its parent folder's name, group = that folder."""
-    found = []
+    found: list[Example] = []
     for root in dirs:
         if not os.path.isdir(root):
             raise FileNotFoundError(f"no such folder: {root}")
@@ -52,15 +95,17 @@ def examples_from_folders(dirs: Sequence[str]) -> list[Example]:
             subdirs.sort()
             if os.path.samefile(dirpath, root):
                 continue  # files loose in DIR itself have no label folder
-            label = os.path.basename(dirpath).strip().lower()
-            for name in sorted(names):
-                if is_audio_path(name):
-                    found.append(Example(os.path.join(dirpath, name), label, shards.group_id(os.path.abspath(dirpath))))
+            tag = os.path.basename(dirpath)
+            found.extend(example(os.path.join(dirpath, n), tag) for n in sorted(names) if is_audio_path(n))
     return found
 
 
 def dataset_dir(home_dir: Path, name: str) -> Path:
     return home_dir / "datasets" / name
+
+
+def open_cache(home_dir: Path) -> SpectrogramCache:
+    return SpectrogramCache(config.cache_path(home_dir), config.Settings.load(home_dir).cache_max_mb << 20)
 
 
 def build(
@@ -70,64 +115,152 @@ def build(
     params: SpectrogramParams | None = None,
     workers: int = 0,
     progress: Callable[[int], None] = lambda n: None,
+    cache: SpectrogramCache | None = None,
 ) -> BuildReport:
-    """Compute every example's spectrogram and write the dataset's shards and manifest."""
-    if not name.replace("-", "").replace("_", "").isalnum():
-        raise ValueError(f"dataset name {name!r}: use letters, digits, '-' and '_'")
+    """Compute every example's spectrogram (from the home's cache when it has them) and write the
+    dataset's shards, labels and manifest."""
+    check_name(name)
     params = params or SpectrogramParams()
     if not examples:
         raise ValueError("no audio files found: put examples in one folder per tag (DIR/<tag>/*.wav)")
+    cache = cache or open_cache(home_dir)
 
-    def one(example: Example) -> np.ndarray | str:
+    def one(ex: Example) -> np.ndarray | str:
         try:
-            return quantize(log_mel(decode(example.path, params), params), params)
+            _, _, content_hash = fingerprint(ex.path)
+            found, fresh = features(ex.path, content_hash, [params], cache)
+            cache.put_many(fresh)
+            return quantize(found[params], params)
         except DecodeError as e:
             return str(e)
 
-    codes, labels, groups, failed, audio_bytes = [], [], [], [], 0
-    classes = sorted({e.label for e in examples})
+    codes, rows, failed = [], [], []
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        for example, out in zip(examples, pool.map(one, examples), strict=True):
+        for ex, out in zip(examples, pool.map(one, examples), strict=True):
             progress(1)
             if isinstance(out, str):
-                failed.append((example.path, out))
+                failed.append((ex.path, out))
                 continue
             codes.append(out)
-            labels.append(classes.index(example.label))
-            groups.append(example.group)
-            audio_bytes += os.path.getsize(example.path)
-    used = sorted({classes[i] for i in labels})
-    remap = np.array([used.index(c) if c in used else -1 for c in classes])
-    manifest, blobs = shards.write(
-        name,
-        used,
-        params,
-        np.stack(codes) if codes else np.zeros((0, *params.shape), np.uint8),
-        remap[np.array(labels, dtype=np.int64)],
-        groups,
-    )
-    manifest.check()
+            rows.append(Row(ex.path, ex.label, ex.group, os.path.getsize(ex.path)))
+    stacked = np.stack(codes) if codes else np.zeros((0, *params.shape), np.uint8)
+    return _write(home_dir, name, params, stacked, rows, failed)
+
+
+def _write(
+    home_dir: Path,
+    name: str,
+    params: SpectrogramParams,
+    codes: np.ndarray,
+    rows: Sequence[Row],
+    failed: Sequence[tuple[str, str]],
+) -> BuildReport:
+    """Shards, then labels, then the manifest (what `load` reads), then away with unused shards."""
+    classes = sorted({r.label for r in rows})
+    labels = np.array([classes.index(r.label) for r in rows], dtype=np.int64)
+    manifest, blobs = shards.write(name, classes, params, codes, labels, [r.group for r in rows])
+    manifest.check()  # before anything is written: a bad edit leaves the dataset as it was
     folder = dataset_dir(home_dir, name)
     (folder / "shards").mkdir(parents=True, exist_ok=True)
     for digest, blob in blobs.items():
         (folder / "shards" / f"{digest}.npz").write_bytes(blob)
-    (folder / "manifest.json").write_text(manifest.to_json())
-    per_class = dict(sorted(Counter(classes[i] for i in labels).items()))
-    report = {"audio_bytes": audio_bytes, "failed": failed, "per_class": per_class}
-    (folder / "report.json").write_text(json.dumps(report))
-    return BuildReport(manifest, audio_bytes, failed, per_class)
+    record = {"files": [r.__dict__ for r in rows], "failed": [list(f) for f in failed]}
+    _replace(folder / "labels.json", json.dumps(record))
+    _replace(folder / "manifest.json", manifest.to_json())
+    for stale in (folder / "shards").glob("*.npz"):
+        if stale.stem not in blobs:
+            stale.unlink()
+    return _report(manifest, rows, failed)
+
+
+def _replace(path: Path, text: str) -> None:
+    path.with_suffix(".part").write_text(text)
+    path.with_suffix(".part").replace(path)
+
+
+def _report(manifest: shards.Manifest, rows: Sequence[Row], failed: Sequence[tuple[str, str]]) -> BuildReport:
+    per_class = dict(sorted(Counter(r.label for r in rows).items()))
+    return BuildReport(manifest, sum(r.audio_bytes for r in rows), [(p, e) for p, e in failed], per_class)
+
+
+def _rows(home_dir: Path, name: str) -> tuple[list[Row], list[tuple[str, str]]]:
+    path = dataset_dir(home_dir, name) / "labels.json"
+    if not path.exists():
+        raise FileNotFoundError(f"dataset {name!r} was made before datasets could be edited; create it again")
+    raw = json.loads(path.read_text())
+    return [Row(**r) for r in raw["files"]], [(str(p), str(e)) for p, e in raw["failed"]]
 
 
 def load_report(home_dir: Path, name: str) -> BuildReport:
     """What `build` found, as it recorded it: the shards need not be read again."""
     manifest, _ = load(home_dir, name)
-    raw = json.loads((dataset_dir(home_dir, name) / "report.json").read_text())
-    failed = [(str(path), str(error)) for path, error in raw["failed"]]
-    return BuildReport(manifest, int(raw["audio_bytes"]), failed, dict(raw["per_class"]))
+    rows, failed = _rows(home_dir, name)
+    return _report(manifest, rows, failed)
 
 
 def load(home_dir: Path, name: str) -> tuple[shards.Manifest, Path]:
+    check_name(name)
     folder = dataset_dir(home_dir, name)
     if not (folder / "manifest.json").exists():
         raise FileNotFoundError(f"no dataset {name!r}; create it with `vibrary dataset create {name} DIR...`")
     return shards.Manifest.from_json((folder / "manifest.json").read_text()), folder / "shards"
+
+
+def names(home_dir: Path) -> list[str]:
+    folder = home_dir / "datasets"
+    return sorted(p.name for p in folder.iterdir() if (p / "manifest.json").exists()) if folder.exists() else []
+
+
+def delete(home_dir: Path, name: str) -> None:
+    load(home_dir, name)  # FileNotFoundError when there is no such dataset
+    shutil.rmtree(dataset_dir(home_dir, name))
+
+
+def labelled_files(home_dir: Path, name: str) -> list[tuple[str, str]]:
+    """(path, label) of every clip, as confirmed."""
+    load(home_dir, name)
+    return [(r.path, r.label) for r in _rows(home_dir, name)[0]]
+
+
+def edit(
+    home_dir: Path,
+    name: str,
+    rename: Iterable[tuple[str, str]] = (),
+    drop: Iterable[str] = (),
+    relabel: Iterable[tuple[str, str]] = (),
+) -> BuildReport:
+    """Rename tags (onto an existing tag: a merge), drop tags, relabel files (an empty tag drops the file),
+    in that order; then re-pack the shards' own spectrograms. ValueError, and nothing changed, when an
+    edit names a tag or file the dataset lacks or leaves fewer than two tags."""
+    manifest, shard_dir = load(home_dir, name)
+    rows, failed = _rows(home_dir, name)
+    codes = np.concatenate(
+        [
+            shards.unpack((shard_dir / f"{s.sha256}.npz").read_bytes(), manifest.params, len(manifest.classes))[0]
+            for s in manifest.shards
+        ]
+    )
+    if len(codes) != len(rows):
+        raise shards.ShardError(f"dataset {name!r}: shards and labels disagree; create it again")
+    tags = {r.label for r in rows}
+    mapping = {t: t for t in tags}
+    for old, new in rename:
+        if label(old) not in tags:
+            raise ValueError(f"no tag {old!r} in dataset {name!r}; its tags: {', '.join(sorted(tags))}")
+        for t, now in mapping.items():
+            if now == label(old):
+                mapping[t] = label(new)
+    for t in drop:
+        if label(t) not in tags:
+            raise ValueError(f"no tag {t!r} in dataset {name!r}; its tags: {', '.join(sorted(tags))}")
+        mapping = {k: ("" if v == label(t) else v) for k, v in mapping.items()}
+    labels = [mapping[r.label] for r in rows]
+    where = {os.path.normpath(r.path): i for i, r in enumerate(rows)}
+    for path, tag in relabel:
+        i = where.get(os.path.normpath(os.path.abspath(path)))
+        if i is None:
+            raise ValueError(f"{path} is not in dataset {name!r}")
+        labels[i] = label(tag) if tag.strip() else ""
+    keep = [i for i, t in enumerate(labels) if t]
+    kept = [Row(rows[i].path, labels[i], rows[i].group, rows[i].audio_bytes) for i in keep]
+    return _write(home_dir, name, manifest.params, codes[keep], kept, failed)

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .index import FileTags
 
@@ -22,6 +23,9 @@ FILE_FAILED = "file_failed"
 FILE_REMOVED = "file_removed"
 MODEL_CHANGED = "model_changed"
 STATUS_CHANGED = "status_changed"
+TRAINING_PROGRESS = "training_progress"
+TRAINING_FINISHED = "training_finished"  # succeeded, failed or cancelled: see the event's training state
+MODEL_INSTALLED = "model_installed"
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class Event:
     kind: str
     file: FileTags | None = None
     model: str = ""
+    training: Any = None  # training.TrainProgress, for TRAINING_* events
     time: float = field(default_factory=time.time)
     status: dict[str, object] | None = None  # STATUS_CHANGED: the daemon's status() at that moment
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import grpc
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
-from . import events
+from . import dataset, events, suggest, training
 from .index import FileTags, Query
 from .rpc import make_server
-from .service import Daemon
+from .service import Daemon, TrainingBusy
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,9 @@ _EVENT_KINDS = {
     events.FILE_REMOVED: pb.Event.FILE_REMOVED,
     events.MODEL_CHANGED: pb.Event.MODEL_CHANGED,
     events.STATUS_CHANGED: pb.Event.STATUS_CHANGED,
+    events.TRAINING_PROGRESS: pb.Event.TRAINING_PROGRESS,
+    events.TRAINING_FINISHED: pb.Event.TRAINING_FINISHED,
+    events.MODEL_INSTALLED: pb.Event.MODEL_INSTALLED,
 }
 _FAILED_DEFAULT_LIMIT = 50
 
@@ -46,7 +51,11 @@ def file_tags_pb(f: FileTags) -> pb.FileTags:
 
 def status_pb(status: dict[str, object]) -> pb.Status:
     """The daemon's status() as the proto; keys the proto does not know are left out."""
-    return pb.Status(**{k: v for k, v in status.items() if k in pb.Status.DESCRIPTOR.fields_by_name})
+    fields = {k: v for k, v in status.items() if k in pb.Status.DESCRIPTOR.fields_by_name and k != "training"}
+    message = pb.Status(**fields)
+    if status.get("training") is not None:
+        message.training.CopyFrom(train_progress_pb(status["training"]))  # type: ignore[arg-type]
+    return message
 
 
 def _absolute(path: str, context: grpc.ServicerContext) -> str:
@@ -161,6 +170,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
                     file=file_tags_pb(e.file) if e.file else None,
                     model=e.model,
                     status=status_pb(e.status) if e.status is not None else None,
+                    training=train_progress_pb(e.training) if e.training else None,
                 )
         finally:
             self.daemon.events.unsubscribe(feed)
@@ -200,6 +210,193 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
                 for m in self.daemon.index.models()
             ]
         )
+
+    # -- your own tags -------------------------------------------------------------------------------
+    def SuggestLabels(self, request: pb.SuggestRequest, context: grpc.ServicerContext) -> pb.Suggestions:
+        if not request.paths:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no paths given")
+        paths = [_absolute(p, context) for p in request.paths]
+        try:
+            found = suggest.suggest(paths, suggest.Synonyms.load(self.daemon.home))
+        except FileNotFoundError as e:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        except ValueError as e:  # the user's synonyms.json is broken
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        return suggestions_pb(found)
+
+    def ListSynonyms(self, request: pb.ListSynonymsRequest, context: grpc.ServicerContext) -> pb.Synonyms:
+        return self._synonyms(context)
+
+    def AddSynonyms(self, request: pb.Synonyms, context: grpc.ServicerContext) -> pb.Synonyms:
+        if not request.synonyms:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no synonyms given")
+        table = self._load_synonyms(context)
+        try:
+            table.add(self.daemon.home, [(s.alias, s.tag) for s in request.synonyms])
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return self._synonyms(context)
+
+    def _load_synonyms(self, context: grpc.ServicerContext) -> suggest.Synonyms:
+        try:
+            return suggest.Synonyms.load(self.daemon.home)
+        except ValueError as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        raise AssertionError("unreachable")  # abort raised
+
+    def _synonyms(self, context: grpc.ServicerContext) -> pb.Synonyms:
+        pairs = self._load_synonyms(context).pairs()
+        return pb.Synonyms(synonyms=[pb.Synonym(alias=a, tag=t, builtin=b) for a, t, b in pairs])
+
+    def CreateDataset(
+        self, request: pb.CreateDatasetRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.DatasetProgress]:
+        try:
+            dataset.check_name(request.name)
+            files = [(_absolute(f.path, context), dataset.label(f.tag)) for f in request.files]
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if not files:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no labelled files given")
+        done: queue.Queue[int] = queue.Queue()
+        result: dict[str, object] = {}
+
+        def build() -> None:  # in its own thread, so that progress streams while it works
+            try:
+                result["report"] = self.daemon.create_dataset(request.name, files, done.put)
+            except Exception as e:
+                result["error"] = e
+            finally:
+                done.put(-1)
+
+        threading.Thread(target=build, name="dataset", daemon=True).start()
+        count, last_sent = 0, 0.0
+        while (n := done.get()) != -1:
+            count += n
+            if context.is_active() and (time.monotonic() - last_sent > 0.1 or count == len(files)):
+                last_sent = time.monotonic()
+                yield pb.DatasetProgress(done=count, total=len(files))
+        error = result.get("error")
+        if isinstance(error, ValueError):  # no readable file, fewer than two tags
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        if error is not None:
+            raise error  # type: ignore[misc]
+        report = result["report"]
+        assert isinstance(report, dataset.BuildReport)
+        yield pb.DatasetProgress(done=count, total=len(files), dataset=dataset_pb(request.name, report))
+
+    def EditDataset(self, request: pb.EditDatasetRequest, context: grpc.ServicerContext) -> pb.Dataset:
+        self._dataset_exists(request.name, context)
+        if not (request.rename or request.drop or request.relabel):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no edit given")
+        relabel = [(_absolute(f.path, context), f.tag) for f in request.relabel]
+        try:
+            report = self.daemon.edit_dataset(
+                request.name,
+                rename=[(r.tag, r.to) for r in request.rename],
+                drop=list(request.drop),
+                relabel=relabel,
+            )
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return dataset_pb(request.name, report)
+
+    def _dataset_exists(self, name: str, context: grpc.ServicerContext) -> None:
+        try:
+            dataset.load(self.daemon.home, name)
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except FileNotFoundError as e:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+
+    def GetDataset(self, request: pb.DatasetRef, context: grpc.ServicerContext) -> pb.Dataset:
+        self._dataset_exists(request.name, context)
+        try:
+            return dataset_pb(request.name, dataset.load_report(self.daemon.home, request.name))
+        except FileNotFoundError as e:  # made before labels were kept
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        raise AssertionError("unreachable")
+
+    def ListDatasets(self, request: pb.ListDatasetsRequest, context: grpc.ServicerContext) -> pb.DatasetList:
+        return self._datasets()
+
+    def _datasets(self) -> pb.DatasetList:
+        found = []
+        for name in dataset.names(self.daemon.home):
+            try:
+                found.append(dataset_pb(name, dataset.load_report(self.daemon.home, name)))
+            except (FileNotFoundError, ValueError) as e:
+                log.warning("dataset %s cannot be read: %s", name, e)
+        return pb.DatasetList(datasets=found)
+
+    def DeleteDataset(self, request: pb.DatasetRef, context: grpc.ServicerContext) -> pb.DatasetList:
+        self._dataset_exists(request.name, context)
+        dataset.delete(self.daemon.home, request.name)
+        return self._datasets()
+
+    def Train(self, request: pb.TrainRequest, context: grpc.ServicerContext) -> Iterator[pb.TrainProgress]:
+        try:
+            training.check_trainer(request.trainer)
+            training.options_json(request.base or "demo", request.options or "{}")
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if request.base not in ("", "demo", "none"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"base {request.base!r}: expected demo or none")
+        if request.name and not request.name.replace("-", "").replace("_", "").isalnum():
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"model name {request.name!r}: letters, digits, - and _")
+        self._dataset_exists(request.dataset, context)
+        confirmed = request.confirm_cost
+        try:
+            job = self.daemon.start_training(
+                request.dataset,
+                name=request.name,
+                trainer=request.trainer or "local",
+                base=request.base or "demo",
+                options=request.options or "{}",
+                token=request.token,
+                confirm=lambda text: confirmed,
+            )
+        except TrainingBusy as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        for progress in job.follow(context.is_active):
+            yield train_progress_pb(progress)
+
+    def CancelTraining(self, request: pb.CancelTrainingRequest, context: grpc.ServicerContext) -> pb.TrainProgress:
+        job = self.daemon.training
+        if job is None or job.finished:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no training is running")
+        assert job is not None
+        job.cancel.set()
+        return train_progress_pb(job.progress)
+
+
+def suggestions_pb(found: list[suggest.Suggestion]) -> pb.Suggestions:
+    counts = Counter(s.tag for s in found if s.tag)
+    return pb.Suggestions(
+        files=[
+            pb.Suggestion(path=s.path, tag=s.tag, source=s.source, raw=s.raw, alternatives=list(s.alternatives))
+            for s in found
+        ],
+        tags=[pb.TagCount(tag=t, files=n) for t, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))],
+    )
+
+
+def dataset_pb(name: str, report: dataset.BuildReport) -> pb.Dataset:
+    return pb.Dataset(
+        name=name,
+        classes=[pb.DatasetClass(tag=t, clips=n) for t, n in report.per_class.items()],
+        clips=report.manifest.clips,
+        audio_bytes=report.audio_bytes,
+        upload_bytes=report.manifest.size,
+        ratio=report.ratio,
+        failed=[pb.FileTags(path=p, error=e, state="failed") for p, e in report.failed],
+        advice=report.advice,
+    )
+
+
+def train_progress_pb(p: training.TrainProgress) -> pb.TrainProgress:
+    fields = {f: getattr(p, f) for f in pb.TrainProgress.DESCRIPTOR.fields_by_name if f != "state"}
+    return pb.TrainProgress(state=pb.TrainProgress.State.Value(p.state.upper()), **fields)
 
 
 def _server(daemon: Daemon, token: str) -> grpc.Server:

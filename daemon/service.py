@@ -13,16 +13,27 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import psutil
 
-from . import config, registry
+from . import config, dataset, registry, training
 from .cache import SpectrogramCache
 from .decode import is_audio_path
-from .events import FILE_FAILED, FILE_REMOVED, FILE_TAGGED, MODEL_CHANGED, Event, EventBus, StatusPublisher
+from .events import (
+    FILE_FAILED,
+    FILE_REMOVED,
+    FILE_TAGGED,
+    MODEL_CHANGED,
+    MODEL_INSTALLED,
+    TRAINING_FINISHED,
+    TRAINING_PROGRESS,
+    Event,
+    EventBus,
+    StatusPublisher,
+)
 from .index import FileTags, Index, Result
 from .infer import Model, ModelError
 from .pipeline import ActiveModel, Pipeline
@@ -33,6 +44,10 @@ log = logging.getLogger(__name__)
 
 class AlreadyRunning(RuntimeError):
     pass
+
+
+class TrainingBusy(RuntimeError):
+    """A training job is already running: one at a time, a second would only halve the speed of both."""
 
 
 def load_models(index: Index, rows: Sequence | None = None) -> list[ActiveModel]:
@@ -81,6 +96,9 @@ class Daemon:
         if config.paused_path(home_dir).exists():
             self._paused.set()
         self.status_events = StatusPublisher(self.events, self.status)
+        self.training: training.Background | None = None
+        self._training_lock = threading.Lock()
+        self._datasets_lock = threading.Lock()
 
     def start(self) -> None:
         _lower_priority(self.settings.nice)
@@ -196,6 +214,7 @@ class Daemon:
             "watches": self.index.watches(),
             "home": str(self.home),
             "paused": self.paused,
+            "training": self.training.progress if self.training is not None else None,
             "uptime_s": time.time() - self.started,
             **self.pipeline.counters,
         }
@@ -241,6 +260,48 @@ class Daemon:
                 break
             time.sleep(0.02)
         return [_say_why_missing(r) for r in self.index.file_tags(files)]
+
+    # -- your own tags: datasets and training --------------------------------------------------------
+    def create_dataset(
+        self, name: str, files: Sequence[tuple[str, str]], progress: Callable[[int], None]
+    ) -> dataset.BuildReport:
+        """Spectrograms of confirmed (path, tag) pairs, from the cache this daemon fills while indexing."""
+        examples = [dataset.example(path, tag) for path, tag in files]
+        with self._datasets_lock:
+            return dataset.build(
+                self.home, name, examples, workers=self.settings.worker_count, progress=progress, cache=self.cache
+            )
+
+    def edit_dataset(self, name: str, **edits: Any) -> dataset.BuildReport:
+        with self._datasets_lock:
+            return dataset.edit(self.home, name, **edits)
+
+    def start_training(self, dataset_name: str, **kwargs: Any) -> training.Background:
+        """Train in the background (indexing and the API go on meanwhile); TrainingBusy when a job runs."""
+        dataset.load(self.home, dataset_name)  # FileNotFoundError now, not as a failed job later
+        with self._training_lock:
+            if self.training is not None and not self.training.finished:
+                raise TrainingBusy(f"already training on dataset {self.training.progress.dataset!r}; cancel it first")
+
+            def run(progress: Callable[[training.TrainProgress], None], cancel: threading.Event) -> None:
+                def installed_first(p: training.TrainProgress) -> None:
+                    if p.state == "succeeded":  # whoever hears of success finds the new version at work
+                        self.models_changed()
+                        self.events.publish(Event(MODEL_INSTALLED, model=p.model))
+                    progress(p)
+
+                training.train(
+                    self.home, dataset_name, index=self.index, progress=installed_first, cancel=cancel, **kwargs
+                )
+
+            self.training = training.Background(dataset_name, run, self._training_event)
+            return self.training
+
+    def _training_event(self, progress: training.TrainProgress) -> None:
+        kind = TRAINING_FINISHED if progress.state in training.FINISHED else TRAINING_PROGRESS
+        self.events.publish(Event(kind, training=progress))
+        if kind == TRAINING_FINISHED:
+            log.info("training on %s %s %s", progress.dataset, progress.state, progress.error or progress.model)
 
 
 def expand(paths: Sequence[str]) -> list[str]:

@@ -18,6 +18,7 @@ from vibrary.daemon.infer import ACTIVATION_KEY, CLASSES_KEY, NAME_KEY, VERSION_
 from vibrary.daemon.spectrogram import METADATA_KEY, SpectrogramParams, _hz_to_mel, _mel_to_hz
 
 BANDS = {"low": 100.0, "mid": 1000.0, "high": 8000.0}  # a tone that each class must recognise
+KINDS = ("tone", "noise", "thump")
 
 
 def tone(freq: float, seconds: float = 1.0, sr: int = 44100, amp: float = 0.5, channels: int = 1) -> np.ndarray:
@@ -102,3 +103,34 @@ def band_model(
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def sound(kind: str, rng: np.random.Generator, sr: int = 44100) -> np.ndarray:
+    """Three kinds of one-shot a producer could tell apart: a pitched tone, a noise burst, a low thump."""
+    n = int(sr * rng.uniform(0.3, 1.5))
+    t = np.arange(n) / sr
+    if kind == "tone":
+        x = np.sin(2 * np.pi * rng.uniform(300, 900) * t) * np.exp(-t * rng.uniform(1, 4))
+    elif kind == "noise":
+        x = rng.standard_normal(n) * np.exp(-t * rng.uniform(5, 20))
+    else:
+        freq = rng.uniform(45, 70) * (1 + 3 * np.exp(-t * 30))
+        x = np.sin(2 * np.pi * np.cumsum(freq) / sr) * np.exp(-t * rng.uniform(6, 12))
+    return (x * rng.uniform(0.1, 0.9) / np.abs(x).max()).astype(np.float32)
+
+
+def write_kinds(
+    root: Path, per_kind: int, seed: int, folders: dict[str, str] | None = None, names: dict[str, str] | None = None
+) -> list[Path]:
+    """per_kind WAV files of each kind under root/<folder>/<name>_<seed>_<i>.wav (folder and name default to
+    the kind: a test can spell them as a vendor would)."""
+    rng = np.random.default_rng(seed)
+    written = []
+    for kind in KINDS:
+        folder = root / (folders or {}).get(kind, kind)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_kind):
+            path = folder / f"{(names or {}).get(kind, kind)}_{seed}_{i}.wav"
+            sf.write(path, sound(kind, rng), 44100)
+            written.append(path)
+    return written

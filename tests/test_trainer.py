@@ -30,33 +30,9 @@ from vibrary.trainer.network import TagNet  # noqa: E402
 from vibrary.trainer.train import TrainConfig, _load_base, split_by_group, train  # noqa: E402
 
 from tests.conftest import json_lines, vibrary, wait_for  # noqa: E402
+from tests.synth import KINDS, sound, write_kinds  # noqa: E402
 
 P = SpectrogramParams()
-KINDS = ("tone", "noise", "thump")
-
-
-def sound(kind: str, rng: np.random.Generator, sr: int = 44100) -> np.ndarray:
-    """Three kinds of one-shot a producer could tell apart: a pitched tone, a noise burst, a low thump."""
-    n = int(sr * rng.uniform(0.3, 1.5))
-    t = np.arange(n) / sr
-    if kind == "tone":
-        x = np.sin(2 * np.pi * rng.uniform(300, 900) * t) * np.exp(-t * rng.uniform(1, 4))
-    elif kind == "noise":
-        x = rng.standard_normal(n) * np.exp(-t * rng.uniform(5, 20))
-    else:
-        freq = rng.uniform(45, 70) * (1 + 3 * np.exp(-t * 30))
-        x = np.sin(2 * np.pi * np.cumsum(freq) / sr) * np.exp(-t * rng.uniform(6, 12))
-    return (x * rng.uniform(0.1, 0.9) / np.abs(x).max()).astype(np.float32)
-
-
-def write_kinds(root: Path, per_kind: int, seed: int) -> None:
-    import soundfile as sf
-
-    rng = np.random.default_rng(seed)
-    for kind in KINDS:
-        for i in range(per_kind):
-            (root / kind).mkdir(parents=True, exist_ok=True)
-            sf.write(root / kind / f"{kind}_{seed}_{i}.wav", sound(kind, rng), 44100)
 
 
 def spectrograms(per_kind: int, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:

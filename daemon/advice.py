@@ -1,0 +1,51 @@
+"""How many examples do I need? Expected accuracy at a dataset's size, read off a measured curve.
+
+`builtin/examples_curve.json` holds test accuracy against examples per class for an instrument set and
+an effects set (`{"instruments": {"10": 0.77, ...}, "effects": {...}, "source": "..."}`), as
+`docs/figure3` measures it. The smallest class limits a model most, so advice is about that class;
+between measured sizes accuracy is interpolated on a log scale of the size, as such curves are drawn.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+CURVE = Path(__file__).parent / "builtin" / "examples_curve.json"
+GAIN = 0.05  # more examples are worth suggesting when they buy at least this much accuracy
+
+
+def load_curve(family: str = "instruments", path: Path = CURVE) -> tuple[list[tuple[int, float]], str]:
+    raw = json.loads(path.read_text())
+    points = sorted((int(n), float(acc)) for n, acc in raw[family].items())
+    return points, str(raw.get("source", ""))
+
+
+def expected(n: int, points: list[tuple[int, float]]) -> float:
+    """Accuracy at n examples per class; clamped to the curve's ends."""
+    if n <= points[0][0]:
+        return points[0][1]
+    for (n0, a0), (n1, a1) in itertools.pairwise(points):
+        if n <= n1:
+            return a0 + (a1 - a0) * (math.log(n) - math.log(n0)) / (math.log(n1) - math.log(n0))
+    return points[-1][1]
+
+
+def advise(per_class: Mapping[str, int], family: str = "instruments", path: Path = CURVE) -> str:
+    """One or two sentences for people: what to expect now, and what more examples would buy."""
+    if not per_class:
+        return ""
+    points, source = load_curve(family, path)
+    tag, n = min(per_class.items(), key=lambda kv: (kv[1], kv[0]))
+    now = expected(n, points)
+    bound = "at most about" if n < points[0][0] else "about"  # below the curve's first measured size
+    text = f"smallest class {tag!r} has {n} examples: expect {bound} {now:.0%} accuracy"
+    better = next(((m, acc) for m, acc in points if m > n and acc >= now + GAIN), None)
+    if better is None:
+        text += "; more examples would add little"
+    else:
+        text += f"; {better[0] - n} more per class ({better[0]} each) should give about {better[1]:.0%}"
+    return f"{text} ({family} curve, {source})"

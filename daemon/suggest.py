@@ -1,0 +1,285 @@
+"""Tag suggestions for folders of examples, from the names and metadata vendors already gave them.
+
+Sample packs spell one sound a dozen ways (`BD_01`, `Kick Hard`, `KCK`, `Kicks/`, an ID3 genre of "Bass
+Drum"), so every text is split into words (at `_ - .` spaces, camelCase and digits; numbering dropped),
+lower-cased, and matched against a synonym table, longest phrase first and with a plural s/es dropped when
+that is what makes it known. The table ships in `builtin/synonyms.json` (`{"tag": ["alias", ...]}`); the
+user's `$VIBRARY_HOME/synonyms.json` has the same shape and wins on conflicts. A tag the user adds is a
+known word from then on, which is how their own vocabulary ("wobble", "my-snares") takes part.
+
+Which tag a file gets, the first rule that yields one:
+1. the most specific folder (nearest the file first, up to and including the folder the user named)
+   whose name holds a known tag: the user's folder layout is the strongest statement of intent;
+2. the file name; 3. the embedded metadata (title, genre, comment, description, keywords);
+4. a folder name that is no known word but recurs: the file's own folder, when at least two files in it
+   got no tag from rules 1-3; its words joined by '-', a plural s dropped (the user's own tag that nobody
+   put in the table yet: `Wobbles/` → wobble).
+Within one text a sound beats a descriptor (mood, timbre, processing: "Acoustic Kick", "Snr Hard" → the
+kick, the snare), a descriptor beats a weak word (what form a file has: loop, one-shot), and among equals
+the last word wins (the head noun ends English names). Across texts only a weak word gives way to a later
+text's better one: a folder the user named "dark" keeps its pads dark. Every other
+known tag found for the file is reported as an alternative, so a reviewer sees what was passed over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mutagen
+
+from .decode import is_audio_path
+
+BUILTIN = Path(__file__).parent / "builtin" / "synonyms.json"
+USER_FILE = "synonyms.json"
+_WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
+_TAG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_MAX_PHRASE = 3
+# metadata fields worth reading, in the order they are trusted: a title names the sound, a comment rambles
+_ID3 = {"TIT2": "title", "TCON": "genre", "TIT1": "grouping", "COMM": "comment"}
+_RIFF_INFO = {b"INAM": "title", b"IGNR": "genre", b"ISBJ": "subject", b"IKEY": "keywords", b"ICMT": "comment"}
+_COMMENT_KEYS = ("title", "genre", "grouping", "keywords", "subject", "comment", "description")
+_MP4 = {"\xa9nam": "title", "\xa9gen": "genre", "\xa9grp": "grouping", "\xa9cmt": "comment", "desc": "description"}
+_FIELD_ORDER = (*_COMMENT_KEYS, "bext")
+
+
+def words(text: str) -> list[str]:
+    """`OpenHH_02-hard.wav` → ['open', 'hh', 'hard', 'wav']: numbering is not a word."""
+    return [w.lower() for w in _WORD.findall(text) if not w.isdigit()]
+
+
+def clean_tag(text: str) -> str:
+    """A tag as stored: lower case words joined by '-'; ValueError when nothing is left."""
+    tag = "-".join(w.lower() for w in re.findall(r"[A-Za-z0-9]+", text))
+    if not tag or not _TAG.match(tag):
+        raise ValueError(f"tag {text!r}: use letters and digits (words are joined by '-')")
+    return tag
+
+
+@dataclass
+class Synonyms:
+    """alias → tag, the built-in table overlaid by the user's."""
+
+    builtin: dict[str, list[str]]
+    user: dict[str, list[str]] = field(default_factory=dict)
+    weak: frozenset[str] = frozenset()
+    descriptors: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        self._phrases: dict[tuple[str, ...], str] = {}
+        for table in (self.builtin, self.user):  # the user's table last: it wins
+            for tag, aliases in table.items():
+                for alias in (tag, *aliases):
+                    key = tuple(words(alias.replace("-", " "))) or (alias.lower(),)
+                    self._phrases[key] = tag
+                    self._phrases[("".join(key),)] = tag  # "bass drum" also as "bassdrum"
+
+    @classmethod
+    def load(cls, home_dir: Path | None) -> Synonyms:
+        raw = json.loads(BUILTIN.read_text())
+        builtin = {k: list(v) for k, v in raw.items() if not k.startswith("_")}
+        user: dict[str, list[str]] = {}
+        path = home_dir / USER_FILE if home_dir else None
+        if path is not None and path.exists():
+            try:
+                loaded = json.loads(path.read_text())
+                user = {clean_tag(k): [str(a) for a in v] for k, v in loaded.items()}
+            except (ValueError, TypeError, AttributeError) as e:
+                raise ValueError(f'{path}: expected {{"tag": ["alias", ...]}} ({e})') from None
+        return cls(builtin, user, frozenset(raw.get("_weak", ())), frozenset(raw.get("_descriptors", ())))
+
+    @property
+    def tags(self) -> set[str]:
+        return set(self._phrases.values())
+
+    def pairs(self) -> list[tuple[str, str, bool]]:
+        """(alias, tag, builtin) for every alias, the user's overriding the built-in ones."""
+        user = {(a.lower(), t) for t, aliases in self.user.items() for a in aliases}
+        user_aliases = {a for a, _ in user}
+        builtin = {(a.lower(), t) for t, aliases in self.builtin.items() for a in aliases if a not in user_aliases}
+        return sorted([(a, t, True) for a, t in builtin] + [(a, t, False) for a, t in user], key=lambda x: (x[1], x[0]))
+
+    def add(self, home_dir: Path, pairs: Iterable[tuple[str, str]]) -> None:
+        """Add alias → tag pairs to the user's table (saved atomically)."""
+        for alias, tag in pairs:
+            if not words(alias) and not alias.strip():
+                raise ValueError(f"alias {alias!r} is empty")
+            tag = clean_tag(tag)
+            for aliases in self.user.values():
+                if alias.lower() in (a.lower() for a in aliases):
+                    aliases[:] = [a for a in aliases if a.lower() != alias.lower()]
+            self.user.setdefault(tag, []).append(alias.strip())
+        self.user = {t: a for t, a in self.user.items() if a}
+        path = home_dir / USER_FILE
+        path.with_suffix(".part").write_text(json.dumps(self.user, indent=1, sort_keys=True))
+        path.with_suffix(".part").replace(path)
+        self.__post_init__()
+
+    def find(self, text: str) -> list[str]:
+        """The known tags in a text, in order of appearance, longest phrases first."""
+        ws = words(text)
+        found: list[str] = []
+        i = 0
+        while i < len(ws):
+            for n in range(min(_MAX_PHRASE, len(ws) - i), 0, -1):
+                tag = self._lookup(tuple(ws[i : i + n]))
+                if tag:
+                    found.append(tag)
+                    i += n
+                    break
+            else:
+                i += 1
+        return list(dict.fromkeys(found))
+
+    def _lookup(self, phrase: tuple[str, ...]) -> str | None:
+        if phrase in self._phrases:
+            return self._phrases[phrase]
+        last = phrase[-1]
+        for cut in ("es", "s"):  # plurals: hats → hat, claps → clap
+            if last.endswith(cut) and len(last) > len(cut) + 1:
+                tag = self._phrases.get((*phrase[:-1], last[: -len(cut)]))
+                if tag:
+                    return tag
+        return None
+
+    def pick(self, tags: Sequence[str]) -> str | None:
+        """The tag a text stands for: its last sound word, else its last descriptor, else its last weak word."""
+        if not tags:
+            return None
+        best = min(self._rank(t) for t in tags)
+        return [t for t in tags if self._rank(t) == best][-1]
+
+    def _rank(self, tag: str) -> int:
+        return 2 if tag in self.weak else 1 if tag in self.descriptors else 0
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    path: str
+    tag: str  # "" when nothing was found
+    source: str  # folder | filename | metadata | ""
+    raw: str  # the text it came from, as written
+    alternatives: tuple[str, ...] = ()
+
+
+def metadata(path: str) -> list[tuple[str, str]]:
+    """(field, text) pairs embedded in the file, most trusted first; [] when there are none or the file
+    cannot be parsed (a suggestion is a hint: an odd tag block must not stop a dataset)."""
+    found: list[tuple[str, str]] = []
+    try:
+        audio = mutagen.File(path)
+    except Exception:  # mutagen raises its own error per format, and OSError
+        audio = None
+    tags = getattr(audio, "tags", None)
+    if tags is not None:
+        if hasattr(tags, "getall"):  # ID3, in MP3, WAV, AIFF
+            for frame_id, name in _ID3.items():
+                for frame in tags.getall(frame_id):
+                    found.extend((name, str(t)) for t in frame.text if str(t).strip())
+        elif hasattr(tags, "items"):  # Vorbis comments (FLAC, Ogg) and MP4 atoms
+            for key, values in tags.items():
+                name = _MP4.get(key, key.lower())
+                if name in _COMMENT_KEYS:
+                    found.extend((name, str(v)) for v in (values if isinstance(values, list) else [values]))
+    if path.lower().endswith((".wav", ".wave", ".bwf")):
+        found.extend(_riff_text(path))
+    return sorted(found, key=lambda f: _FIELD_ORDER.index(f[0]))
+
+
+def _riff_text(path: str) -> list[tuple[str, str]]:
+    """RIFF INFO fields and the BWF `bext` description, which mutagen does not read."""
+    found = []
+    try:
+        with open(path, "rb") as f:
+            if f.read(12)[8:12] != b"WAVE":
+                return []
+            while header := f.read(8):
+                if len(header) < 8:
+                    break
+                chunk_id, size = header[:4], struct.unpack("<I", header[4:])[0]
+                if chunk_id == b"bext":
+                    found.append(("bext", _text(f.read(min(size, 256)))))
+                    f.seek(size - min(size, 256) + (size & 1), 1)
+                elif chunk_id == b"LIST" and size >= 4 and f.read(4) == b"INFO":
+                    body = f.read(size - 4)
+                    at = 0
+                    while at + 8 <= len(body):
+                        sub, length = body[at : at + 4], struct.unpack("<I", body[at + 4 : at + 8])[0]
+                        if sub in _RIFF_INFO:
+                            found.append((_RIFF_INFO[sub], _text(body[at + 8 : at + 8 + length])))
+                        at += 8 + length + (length & 1)
+                    f.seek(size & 1, 1)
+                else:
+                    f.seek(size + (size & 1) - (4 if chunk_id == b"LIST" and size >= 4 else 0), 1)
+    except (OSError, struct.error):
+        return found
+    return [(k, v) for k, v in found if v]
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode("utf-8", errors="replace").strip()
+
+
+def audio_files(paths: Sequence[str]) -> list[tuple[str, str]]:
+    """(file, the root it was found under): folders recursively, files as given, sorted."""
+    out: list[tuple[str, str]] = []
+    for p in paths:
+        if os.path.isdir(p):
+            for dirpath, dirs, names in os.walk(p):
+                dirs.sort()
+                out.extend((os.path.join(dirpath, n), p) for n in sorted(names) if is_audio_path(n))
+        elif os.path.exists(p):
+            out.append((p, os.path.dirname(p)))
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    return list(dict.fromkeys(out))
+
+
+def _folders(path: str, root: str) -> list[str]:
+    """Folder names from the file's own up to and including the root's, nearest first."""
+    rel = os.path.relpath(os.path.dirname(path), root)
+    parts = [] if rel == "." else rel.split(os.sep)
+    return [*reversed(parts), os.path.basename(os.path.normpath(root))]
+
+
+def suggest(paths: Sequence[str], synonyms: Synonyms) -> list[Suggestion]:
+    """A suggestion for every audio file under the given folders and files (rules in the module doc)."""
+    files = audio_files(paths)
+    chosen: list[tuple[str, str, str] | None] = []
+    found: list[list[str]] = []
+    for path, root in files:
+        texts = [("folder", name) for name in _folders(path, root)]
+        texts.append(("filename", os.path.splitext(os.path.basename(path))[0]))
+        texts.extend(("metadata", f"{name}: {text}") for name, text in metadata(path))
+        best: tuple[str, str, str] | None = None
+        tags: list[str] = []
+        for source, text in texts:
+            here = synonyms.find(text.split(": ", 1)[-1] if source == "metadata" else text)
+            tags.extend(here)
+            tag = synonyms.pick(here)
+            if tag and (best is None or (best[0] in synonyms.weak and tag not in synonyms.weak)):
+                best = (tag, source, text)
+        chosen.append(best)
+        found.append(tags)
+    unnamed = Counter(os.path.dirname(path) for (path, _), best in zip(files, chosen, strict=True) if best is None)
+    out = []
+    for (path, root), best, tags in zip(files, chosen, found, strict=True):
+        tag, source, raw = best or _recurring(path, root, unnamed) or ("", "", "")
+        out.append(Suggestion(path, tag, source, raw, tuple(t for t in dict.fromkeys(tags) if t != tag)))
+    return out
+
+
+def _recurring(path: str, root: str, unnamed: Counter[str]) -> tuple[str, str, str] | None:
+    name = _folders(path, root)[0]
+    ws = words(name)
+    if unnamed[os.path.dirname(path)] < 2 or not ws:
+        return None
+    if len(ws[-1]) > 3 and ws[-1].endswith("s") and not ws[-1].endswith("ss"):
+        ws[-1] = ws[-1][:-1]  # a folder of wobbles holds a wobble each
+    return clean_tag(" ".join(ws)), "folder", name

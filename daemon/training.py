@@ -1,0 +1,333 @@
+"""Train on a dataset, install the model as a new version and activate it: one path for the CLI and the
+daemon's Train RPC, so they cannot drift apart.
+
+The trainer is this machine's own (started in this process for the one job: importing `vibrary.trainer`
+pulls in PyTorch, which nothing else here needs), a `vibrary trainer serve` at HOST:PORT, or the cloud
+(`cloud.py`, imported only when asked for). Only spectrogram shards and labels leave the dataset's folder.
+Progress goes to a callback as `TrainProgress` (the fields of the API's message of that name); the last
+call says succeeded, failed or cancelled, whatever happened.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from vibrary.clients.trainer_client import TrainerClient
+from vibrary.proto import trainer_pb2
+
+from . import config, dataset, registry
+from .index import Index, ModelRow
+from .infer import ModelError
+from .shards import Manifest
+
+FINISHED = ("succeeded", "failed", "cancelled")
+STATES = ("uploading", "waiting", "training", "installing", *FINISHED)
+PLOTS = ("learning_curve.png", "confusion_matrix.png")
+
+
+class TrainingError(RuntimeError):
+    """Training could not run or did not succeed; str() says why."""
+
+
+class Cancelled(TrainingError):
+    pass
+
+
+@dataclass
+class TrainProgress:
+    state: str = "waiting"  # uploading | waiting | training | installing | succeeded | failed | cancelled
+    dataset: str = ""
+    model: str = ""  # NAME@VERSION once installed
+    uploaded_bytes: int = 0
+    upload_bytes: int = 0
+    epoch: int = 0
+    epochs: int = 0
+    loss: float = 0.0
+    val_accuracy: float = 0.0
+    eta_s: float = 0.0
+    error: str = ""
+    message: str = ""
+    classes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class Trained:
+    row: ModelRow
+    val_accuracy: float
+    seconds: float
+    plots: list[str]
+    summary: dict[str, Any]
+
+
+def check_trainer(trainer: str) -> str:
+    """'' or local, cloud, or HOST:PORT; ValueError otherwise."""
+    trainer = trainer or "local"
+    if trainer in ("local", "cloud"):
+        return trainer
+    host, _, port = trainer.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"trainer {trainer!r}: expected local, cloud or HOST:PORT")
+    return trainer
+
+
+def options_json(base: str, options: str | dict[str, Any] = "{}") -> str:
+    """The user's training options over the defaults: a pretrained body converges in a few epochs, so
+    transfer stops sooner than training from scratch."""
+    given = json.loads(options) if isinstance(options, str) else dict(options)
+    if not isinstance(given, dict):
+        raise ValueError("training options must be a JSON object")
+    defaults: dict[str, Any] = {"epochs": 20, "patience": 5} if base != "none" else {}
+    return json.dumps({**defaults, **{k: v for k, v in given.items() if v is not None}})
+
+
+def train(
+    home_dir: Path,
+    dataset_name: str,
+    *,
+    index: Index,
+    name: str = "",
+    trainer: str = "local",
+    base: str = "demo",
+    options: str | dict[str, Any] = "{}",
+    token: str = "",
+    confirm: Callable[[str], bool] = lambda text: False,
+    progress: Callable[[TrainProgress], None] = lambda p: None,
+    cancel: threading.Event | None = None,
+) -> Trained:
+    """Dataset → trainer → new model version installed, activated (the same name's other versions are
+    deactivated by `Index.set_active`), its plots beside it. TrainingError (Cancelled) when it fails."""
+    started = time.monotonic()
+    cancel = cancel or threading.Event()
+    state = TrainProgress(dataset=dataset_name)
+
+    def report(**changes: Any) -> None:
+        for key, value in changes.items():
+            setattr(state, key, value)
+        state.seconds = time.monotonic() - started
+        progress(copy.deepcopy(state))
+
+    try:
+        trainer = check_trainer(trainer)
+        base = base or "demo"
+        opts = options_json(base, options)
+        manifest, shard_dir = dataset.load(home_dir, dataset_name)
+        model_name = name or dataset_name
+        report(classes=list(manifest.classes), upload_bytes=manifest.size)
+        if trainer == "cloud":
+            files = _in_cloud(manifest, shard_dir, model_name, base, opts, confirm, report, cancel)
+        else:
+            files = _on_trainer(home_dir, trainer, token, manifest, shard_dir, model_name, base, opts, report, cancel)
+        summary = json.loads(files.pop("summary.json", b"{}") or b"{}")
+        report(state="installing", message="installing the model")
+        row = _install(index, home_dir, files, model_name)
+        plots = []
+        for plot in PLOTS:
+            if plot in files:
+                target = Path(row.path).with_suffix(f".{plot}")
+                target.write_bytes(files[plot])
+                plots.append(str(target))
+        accuracy = float(summary.get("val_accuracy", state.val_accuracy))
+        report(state="succeeded", model=row.ref, val_accuracy=accuracy, message=f"installed and activated {row.ref}")
+        return Trained(row, accuracy, time.monotonic() - started, plots, summary)
+    except Cancelled as e:
+        report(state="cancelled", error=str(e), message="training cancelled")
+        raise
+    except Exception as e:  # bad input, the trainer's refusals, broken transfers: all end the job the same way
+        report(state="failed", error=str(e), message="training failed")
+        raise TrainingError(str(e)) from e
+
+
+def _install(index: Index, home_dir: Path, files: dict[str, bytes], name: str) -> ModelRow:
+    if "model.onnx" not in files:
+        raise TrainingError("the trainer sent no model")
+    staging = config.models_dir(home_dir) / f".incoming-{uuid.uuid4().hex[:12]}.onnx"
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    staging.write_bytes(files["model.onnx"])
+    try:
+        row = registry.install(index, home_dir, str(staging), name)
+    except ModelError as e:
+        raise TrainingError(f"the trained model cannot be installed: {e}") from None
+    finally:
+        staging.unlink(missing_ok=True)
+    index.set_active(row, True)
+    return index.model(row.name, row.version)
+
+
+def _local_trainer(home_dir: Path) -> tuple[Any, int]:
+    try:
+        from vibrary.trainer.service import serve
+    except ImportError as e:
+        raise TrainingError(
+            f"the local trainer needs PyTorch ({e.name} is missing): pip install 'vibrary[trainer]', "
+            "or name a remote trainer (HOST:PORT)"
+        ) from None
+    return serve(home_dir / "trainer", "127.0.0.1:0")
+
+
+def _on_trainer(
+    home_dir: Path,
+    trainer: str,
+    token: str,
+    manifest: Manifest,
+    shard_dir: Path,
+    name: str,
+    base: str,
+    options: str,
+    report: Callable[..., None],
+    cancel: threading.Event,
+) -> dict[str, bytes]:
+    server = None
+    if trainer == "local":
+        server, port = _local_trainer(home_dir)
+        trainer = f"127.0.0.1:{port}"
+    sent = 0
+
+    def uploaded(n: int) -> None:
+        nonlocal sent
+        if cancel.is_set():
+            raise Cancelled("training cancelled during the upload")
+        sent += n
+        report(uploaded_bytes=sent)
+
+    done = threading.Event()
+    try:
+        with TrainerClient(trainer, token) as client:
+            report(state="uploading", message=f"uploading {manifest.size} bytes of spectrograms to {trainer}")
+            try:
+                client.upload(manifest, shard_dir, uploaded)
+            except Exception:
+                if cancel.is_set():
+                    raise Cancelled("training cancelled during the upload") from None
+                raise
+            report(state="waiting", uploaded_bytes=manifest.size, message="waiting for the trainer")
+            job_id = client.start(manifest, name, base, options).id
+
+            def stop_when_cancelled() -> None:
+                while not done.wait(0.2):
+                    if cancel.is_set():
+                        client.cancel(job_id)
+                        return
+
+            threading.Thread(target=stop_when_cancelled, name="train-cancel", daemon=True).start()
+            job = None
+            for job in client.watch(job_id):
+                running = job.state == trainer_pb2.Job.RUNNING
+                report(
+                    state="training" if running else "waiting",
+                    epoch=job.epoch,
+                    epochs=job.epochs,
+                    loss=job.loss,
+                    val_accuracy=job.val_accuracy,
+                    eta_s=job.eta_s,
+                    message=job.phase,
+                )
+            if job is None:
+                raise TrainingError("the trainer ended the job without a word")
+            if job.state == trainer_pb2.Job.CANCELLED or cancel.is_set():
+                raise Cancelled("training cancelled")
+            if job.state != trainer_pb2.Job.SUCCEEDED:
+                raise TrainingError(f"training failed: {job.error or 'no reason given'}")
+            files = client.download(job_id)
+            files["summary.json"] = (job.summary or "{}").encode()
+            return files
+    finally:
+        done.set()
+        if server is not None:
+            server.stop(grace=1).wait()  # exiting while gRPC shuts down aborts the process
+
+
+def _in_cloud(
+    manifest: Manifest,
+    shard_dir: Path,
+    name: str,
+    base: str,
+    options: str,
+    confirm: Callable[[str], bool],
+    report: Callable[..., None],
+    cancel: threading.Event,
+) -> dict[str, bytes]:
+    try:
+        from .cloud import train_in_cloud
+    except ModuleNotFoundError as e:
+        if e.name == f"{__package__}.cloud":
+            raise TrainingError("cloud training is not part of this installation of Vibrary") from None
+        raise TrainingError(f"cloud training needs {e.name}: pip install 'vibrary[cloud]'") from None
+    known = {f.name for f in fields(TrainProgress)}
+
+    def cloud_progress(update: dict[str, Any]) -> None:
+        if cancel.is_set():
+            raise Cancelled("training cancelled")
+        changes = {k: v for k, v in update.items() if k in known}
+        if changes.get("state") in FINISHED or changes.get("state") not in (None, *STATES):
+            changes.pop("state")  # how a job ends is train()'s to say, once the model is installed
+        report(**changes)
+
+    return dict(
+        train_in_cloud(
+            manifest, shard_dir, name=name, base=base, options=options, confirm=confirm, progress=cloud_progress
+        )
+    )
+
+
+class Background:
+    """One training run in its own thread, so that a caller who goes away does not stop it; any number of
+    callers can follow its progress."""
+
+    def __init__(
+        self,
+        dataset_name: str,
+        run: Callable[[Callable[[TrainProgress], None], threading.Event], object],
+        listener: Callable[[TrainProgress], None] = lambda p: None,
+    ) -> None:
+        self.cancel = threading.Event()
+        self.progress = TrainProgress(dataset=dataset_name)
+        self._changed = threading.Condition()
+        self._version = 0
+        self._listener = listener
+        self._thread = threading.Thread(target=self._run, args=(run,), name="training", daemon=True)
+        self._thread.start()
+
+    def _run(self, run: Callable[[Callable[[TrainProgress], None], threading.Event], object]) -> None:
+        try:
+            run(self._update, self.cancel)
+        except TrainingError:
+            pass  # train() has reported it as the last progress
+        except Exception as e:  # a bug must still end the job visibly
+            self._update(TrainProgress(dataset=self.progress.dataset, state="failed", error=f"internal error: {e}"))
+
+    def _update(self, progress: TrainProgress) -> None:
+        with self._changed:
+            self.progress = progress
+            self._version += 1
+            self._changed.notify_all()
+        self._listener(progress)
+
+    @property
+    def finished(self) -> bool:
+        return self.progress.state in FINISHED
+
+    def follow(self, active: Callable[[], bool] = lambda: True) -> Iterator[TrainProgress]:
+        """Every change from now (starting with the current state) until the job ends or the caller leaves."""
+        seen = -1
+        while active():
+            with self._changed:
+                if self._version == seen:
+                    self._changed.wait(0.25)
+                current, version = self.progress, self._version
+            if version != seen:
+                seen = version
+                yield current
+                if current.state in FINISHED:
+                    return
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)

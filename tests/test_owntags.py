@@ -1,0 +1,340 @@
+"""Your own tags: datasets that keep their labels and re-pack without decoding, what leaves the machine,
+advice on size, the CLI for all of it, and the whole workflow through a real daemon's gRPC API."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import threading
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import soundfile as sf
+from vibrary.clients.client import Client, DaemonError
+from vibrary.daemon import advice, dataset, features, shards
+from vibrary.daemon.spectrogram import SpectrogramParams
+from vibrary.proto import daemon_pb2 as pb
+
+from tests.conftest import json_lines, start_daemon, vibrary, wait_for
+from tests.synth import KINDS, write_kinds
+
+P = SpectrogramParams()
+VENDOR = {"thump": "Kicks", "noise": "Hats", "tone": "Synth Leads"}  # folders as a sample pack names them
+VENDOR_FILES = {"thump": "BD", "noise": "HH", "tone": "Lead"}
+RIGHT = {"thump": "kick", "noise": "hihat", "tone": "synth"}  # what the suggestions should make of them
+
+
+@pytest.fixture
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every file decoded from audio in this process (the real decoder still runs)."""
+    seen: list[str] = []
+    real = features.decode
+
+    def counting(path: str, params: SpectrogramParams) -> np.ndarray:
+        seen.append(path)
+        return real(path, params)
+
+    monkeypatch.setattr(features, "decode", counting)
+    return seen
+
+
+def _shard_arrays(home: Path, name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    manifest, shard_dir = dataset.load(home, name)
+    parts = [
+        shards.unpack((shard_dir / f"{s.sha256}.npz").read_bytes(), manifest.params, len(manifest.classes))
+        for s in manifest.shards
+    ]
+    labels = np.concatenate([p[1] for p in parts])
+    return np.concatenate([p[0] for p in parts]), labels, [manifest.classes[i] for i in labels]
+
+
+def test_edits_repack_the_shards_without_decoding_or_reading_audio(
+    home: Path, tmp_path: Path, decodes: list[str]
+) -> None:
+    files = write_kinds(tmp_path / "ex", per_kind=4, seed=3)
+    report = dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]), workers=2)
+    assert report.per_class == {"noise": 4, "thump": 4, "tone": 4} and len(decodes) == 12
+    before = dict(zip(dataset.labelled_files(home, "mine"), _shard_arrays(home, "mine")[0], strict=True))
+
+    again = dataset.build(home, "again", [dataset.example(str(f), "x" if "tone" in f.name else "y") for f in files])
+    assert again.per_class == {"x": 4, "y": 8} and len(decodes) == 12  # every spectrogram from the home's cache
+
+    for f in files:  # edits need neither the audio nor the files
+        f.unlink()
+    dataset.edit(home, "mine", rename=[("thump", "kick"), ("noise", "hat")])
+    dataset.edit(home, "mine", rename=[("hat", "kick")])  # onto an existing tag: a merge
+    moved, dropped = [f for f in files if f.name.startswith("noise")][:2]  # now kicks, one at a time
+    edited = dataset.edit(home, "mine", relabel=[(str(moved), "tone"), (str(dropped), "")])
+    assert edited.per_class == {"kick": 6, "tone": 5} and edited.manifest.classes == ["kick", "tone"]
+    assert len(decodes) == 12
+
+    codes, _, labels = _shard_arrays(home, "mine")
+    after = dataset.labelled_files(home, "mine")
+    assert [label for _, label in after] == labels  # labels.json and the shards agree row by row
+    for (path, tag), code in zip(after, codes, strict=True):
+        old = next(c for (p, t), c in before.items() if p == path)
+        assert np.array_equal(code, old)  # the same spectrogram, only its label changed
+        assert tag == ("tone" if "tone" in Path(path).name or path == str(moved) else "kick")
+    shard_files = sorted(p.stem for p in (dataset.dataset_dir(home, "mine") / "shards").glob("*.npz"))
+    assert shard_files == sorted(s.sha256 for s in edited.manifest.shards)  # stale shards are gone
+
+
+def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_path: Path) -> None:
+    write_kinds(tmp_path / "ex", per_kind=2, seed=4)
+    dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
+    manifest_before = (dataset.dataset_dir(home, "mine") / "manifest.json").read_text()
+    with pytest.raises(ValueError, match=r"no tag 'snare'.*noise, thump, tone"):
+        dataset.edit(home, "mine", rename=[("snare", "kick")])
+    with pytest.raises(ValueError, match="not in dataset"):
+        dataset.edit(home, "mine", relabel=[(str(tmp_path / "elsewhere.wav"), "kick")])
+    with pytest.raises(ValueError, match="at least 2"):
+        dataset.edit(home, "mine", drop=["noise", "thump"])
+    with pytest.raises(ValueError, match="empty tag"):
+        dataset.edit(home, "mine", rename=[("noise", "  ")])
+    assert (dataset.dataset_dir(home, "mine") / "manifest.json").read_text() == manifest_before
+    with pytest.raises(FileNotFoundError, match="no dataset 'other'"):
+        dataset.edit(home, "other", drop=["noise"])
+
+
+def _pcm_windows(path: Path, n: int = 64, width: int = 32) -> list[bytes]:
+    """Byte runs of a file's PCM samples taken where the sound is loud, as they sit in the file."""
+    pcm, _ = sf.read(path, dtype="int16")
+    loud = np.flatnonzero(np.abs(pcm) > 1000)
+    starts = loud[np.linspace(0, len(loud) - width - 1, n).astype(int)]
+    raw = pcm.tobytes()
+    return [raw[2 * s : 2 * s + 2 * width] for s in starts if len(raw) >= 2 * s + 2 * width]
+
+
+def test_only_spectrograms_and_labels_leave_the_machine(home: Path, tmp_path: Path) -> None:
+    files = write_kinds(tmp_path / "ex", per_kind=3, seed=5)
+    report = dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
+    manifest, shard_dir = dataset.load(home, "mine")
+    upload = [manifest.to_json().encode()] + [(shard_dir / f"{s.sha256}.npz").read_bytes() for s in manifest.shards]
+    assert str(tmp_path) not in manifest.to_json()
+    payload = b""
+    for blob in upload[1:]:
+        with zipfile.ZipFile(io.BytesIO(blob)) as z:
+            assert sorted(z.namelist()) == ["codes.npy", "groups.npy", "labels.npy"]
+            arrays = {name: np.load(io.BytesIO(z.read(name))) for name in z.namelist()}
+        assert arrays["codes.npy"].dtype == np.uint8 and arrays["codes.npy"].shape[1:] == P.shape
+        assert arrays["labels.npy"].dtype == np.int16
+        assert all(len(g) == 12 and int(g, 16) >= 0 for g in arrays["groups.npy"])  # hashes, not folder names
+        payload += b"".join(z.tobytes() for z in arrays.values())
+    everything = payload + b"".join(upload)
+    for f in files:
+        windows = _pcm_windows(f)
+        assert len(windows) > 50
+        assert not any(w in everything for w in windows), f"PCM of {f.name} found in the upload"
+    assert report.ratio > 20
+
+
+def test_advice_reads_the_curve_and_names_the_smallest_class(tmp_path: Path) -> None:
+    for family in ("instruments", "effects"):  # whatever numbers the file holds, this is its shape
+        points, source = advice.load_curve(family)
+        assert len(points) >= 2 and all(0 < acc <= 1 for _, acc in points) and source
+    curve = tmp_path / "curve.json"
+    curve.write_text(json.dumps({"instruments": {"1": 0.5, "10": 0.8, "50": 0.95}, "source": "measured"}))
+    text = advice.advise({"kick": 30, "snare": 4}, path=curve)
+    assert text.startswith("smallest class 'snare' has 4 examples: expect about 68% accuracy")
+    assert "6 more per class (10 each) should give about 80%" in text and "measured" in text
+    assert "add little" in advice.advise({"kick": 60, "snare": 50}, path=curve)
+
+
+def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -> None:
+    pack = tmp_path / "Pack"
+    write_kinds(pack, per_kind=3, seed=6, folders=VENDOR, names=VENDOR_FILES)
+    sf.write(pack / "Take 1.wav", np.zeros(4410, np.float32), 44100)  # nothing to go by
+    suggested = json_lines(vibrary("dataset", "suggest", "--json", str(pack), home=home).stdout)
+    assert len(suggested) == 10
+    assert {Path(s["path"]).parent.name: s["tag"] for s in suggested if s["tag"]} == {
+        VENDOR[k]: RIGHT[k] for k in KINDS
+    }
+    human = vibrary("dataset", "suggest", str(pack), home=home).stdout
+    assert "no suggestion for 1 files" in human and "Take 1.wav" in human
+
+    created = json_lines(
+        vibrary("dataset", "create", "--json", "--labels", "suggest", "pk", str(pack), home=home).stdout
+    )
+    assert created[-1]["per_class"] == {"hihat": 3, "kick": 3, "synth": 3} and created[-1]["ratio"] > 20
+    assert "smallest class" in created[-1]["advice"]
+
+    merged = json_lines(
+        vibrary("dataset", "merge", "--json", "pk", "kick", "hihat", "--into", "drums", home=home).stdout
+    )
+    assert merged[-1]["per_class"] == {"drums": 6, "synth": 3}
+    renamed = json_lines(vibrary("dataset", "rename", "--json", "pk", "synth", "lead", home=home).stdout)
+    assert renamed[-1]["classes"] == ["drums", "lead"]
+    shown = vibrary("dataset", "show", "pk", home=home).stdout
+    assert "drums 6, lead 3" in shown and "smaller, spectrograms only" in shown and "expect" in shown
+    bad = vibrary("dataset", "drop", "pk", "lead", home=home, check=False)
+    assert bad.returncode == 1 and "at least 2" in bad.stderr
+
+    added = json_lines(vibrary("synonyms", "add", "--json", "Take", "field-recording", home=home).stdout)
+    assert added == [{"alias": "take", "tag": "field-recording", "builtin": False}]
+    listed = json_lines(vibrary("synonyms", "list", "--json", home=home).stdout)
+    assert {"alias": "bd", "tag": "kick", "builtin": True} in listed
+    again = json_lines(vibrary("dataset", "suggest", "--json", str(pack / "Take 1.wav"), home=home).stdout)
+    assert again[0]["tag"] == "field-recording" and again[0]["source"] == "filename"
+
+    vibrary("dataset", "delete", "pk", home=home)
+    assert json_lines(vibrary("dataset", "list", "--json", home=home).stdout) == []
+    gone = vibrary("dataset", "show", "pk", home=home, check=False)
+    assert gone.returncode == 1 and "no dataset 'pk'" in gone.stderr
+
+
+# -- the whole workflow through the daemon's API ---------------------------------------------------------
+def _code(call: Callable[[], object]) -> grpc.StatusCode:
+    """The status a refused call ends with (raw stub calls and client calls alike)."""
+    with pytest.raises((DaemonError, grpc.RpcError)) as err:
+        result = call()
+        if isinstance(result, Iterator):
+            list(result)
+    e = err.value
+    return e.code if isinstance(e, DaemonError) else e.code()
+
+
+def _collect(into: list[pb.Event], client: Client) -> None:
+    with contextlib.suppress(DaemonError):  # the stream ends when the test closes the client
+        into.extend(client.events())
+
+
+def _top(client: Client, folder: Path, model: str) -> dict[str, str]:
+    """file name → the model's best tag, for every file under folder."""
+    out = {}
+    for f in client.tags([str(folder)]):
+        ranked = [t for t in f.tags if t.model == model]
+        out[Path(f.path).name] = ranked[0].tag if ranked else ""
+    return out
+
+
+@pytest.mark.slow
+def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    pack = tmp_path / "Pack"
+    write_kinds(pack, per_kind=8, seed=1, folders=VENDOR, names=VENDOR_FILES)
+    d = start_daemon(home)
+    events: list[pb.Event] = []
+    listener = Client(home_dir=home)
+    threading.Thread(target=_collect, args=(events, listener), daemon=True).start()
+    try:
+        c = d.client
+        # malformed or impossible requests say so and change nothing
+        relative = pb.SuggestRequest(paths=["relative/path"])
+        assert _code(lambda: c.stub.SuggestLabels(relative)) == grpc.StatusCode.INVALID_ARGUMENT
+        assert _code(lambda: c.suggest([str(tmp_path / "absent")])) == grpc.StatusCode.NOT_FOUND
+        assert _code(lambda: c.create_dataset("bad name!", [(str(pack), "x")])) == grpc.StatusCode.INVALID_ARGUMENT
+        assert _code(lambda: c.train("nope")) == grpc.StatusCode.NOT_FOUND
+        assert _code(lambda: c.edit_dataset("nope", drop=["x"])) == grpc.StatusCode.NOT_FOUND
+        assert _code(c.cancel_training) == grpc.StatusCode.FAILED_PRECONDITION
+
+        suggestions = c.suggest([str(pack)])
+        assert {t.tag: t.files for t in suggestions.tags} == {"kick": 8, "hihat": 8, "synth": 8}
+        assert all(s.source == "folder" and s.raw in VENDOR.values() for s in suggestions.files)
+        progress = list(c.create_dataset("mine", [(s.path, s.tag) for s in suggestions.files]))
+        assert progress[-1].done == progress[-1].total == 24 and progress[-1].dataset.clips == 24
+        assert [(k.tag, k.clips) for k in progress[-1].dataset.classes] == [("hihat", 8), ("kick", 8), ("synth", 8)]
+        assert progress[-1].dataset.ratio > 20 and "smallest class" in progress[-1].dataset.advice
+        assert [x.name for x in c.datasets()] == ["mine"] and c.dataset("mine") == progress[-1].dataset
+        spare = list(c.create_dataset("spare", [(s.path, "x" if s.tag == "kick" else "y") for s in suggestions.files]))
+        assert [(k.tag, k.clips) for k in spare[-1].dataset.classes] == [("x", 8), ("y", 16)]
+        moved = c.edit_dataset("spare", relabel=[(suggestions.files[0].path, "x")], rename=[("y", "z")])
+        assert [(k.tag, k.clips) for k in moved.classes] == [("x", 9), ("z", 15)]
+        assert _code(lambda: c.edit_dataset("spare", drop=["x"])) == grpc.StatusCode.INVALID_ARGUMENT
+        assert _code(lambda: c.edit_dataset("spare", rename=[("nope", "x")])) == grpc.StatusCode.INVALID_ARGUMENT
+        assert [x.name for x in c.delete_dataset("spare")] == ["mine"]
+        assert _code(lambda: c.dataset("spare")) == grpc.StatusCode.NOT_FOUND
+        assert ("wub", "wobble", False) in {(x.alias, x.tag, x.builtin) for x in c.add_synonyms([("Wub", "wobble")])}
+        assert ("bd", "kick", True) in {(x.alias, x.tag, x.builtin) for x in c.synonyms()}
+        assert _code(lambda: c.add_synonyms([("", "kick")])) == grpc.StatusCode.INVALID_ARGUMENT
+        assert _code(lambda: c.train("mine", trainer="no-port")) == grpc.StatusCode.INVALID_ARGUMENT
+
+        first = _train(c, "mine")
+        assert first.model == "mine@1" and list(first.classes) == ["hihat", "kick", "synth"]
+        active = {m.name: m.version for m in c.models() if m.active}
+        assert active == {"demo": 1, "mine": 1}  # a new tag family beside the demo model's
+
+        library = tmp_path / "Library"
+        library.mkdir()
+        c.add_watch(str(library))
+        new = write_kinds(library, per_kind=2, seed=42, folders={k: "incoming" for k in KINDS})  # unseen clips
+        wait_for(lambda: sum(f.state == "indexed" for f in c.tags([str(library)])) == 6, timeout=60)
+        tags = {Path(f.path).name: {t.model for t in f.tags} for f in c.tags([str(library)])}
+        assert all(models == {"demo", "mine"} for models in tags.values()), tags
+        mine = _top(c, library, "mine")
+        right = sum(mine[f.name] == RIGHT[f.name.split("_")[0]] for f in new)
+        assert right >= 5, mine
+
+        renamed = c.edit_dataset("mine", rename=[("kick", "boom")])
+        assert [k.tag for k in renamed.classes] == ["boom", "hihat", "synth"]
+        second = _train(c, "mine")
+        assert second.model == "mine@2"
+        thumps = [f.name for f in new if f.name.startswith("thump")]
+
+        def thumps_say(tag: str, never: str) -> bool:
+            top = [_top(c, library, "mine")[n] for n in thumps]
+            return tag in top and never not in top
+
+        wait_for(lambda: thumps_say("boom", never="kick"), timeout=60)  # the library re-tagged by version 2
+        c.activate("mine", 1)  # rollback
+        wait_for(lambda: thumps_say("kick", never="boom"), timeout=60)
+        assert {m.name: m.version for m in c.models() if m.active} == {"demo": 1, "mine": 1}
+
+        # a caller who goes away does not stop a training; CancelTraining does, and installs nothing
+        leaving = Client(home_dir=home)
+        next(iter(leaving.train("mine", options=json.dumps({"epochs": 500, "patience": 500}))))
+        leaving.close()
+        wait_for(lambda: c.status().training.epoch >= 2, timeout=120)
+        assert c.cancel_training().state in (pb.TrainProgress.TRAINING, pb.TrainProgress.WAITING)
+        wait_for(lambda: c.status().training.state == pb.TrainProgress.CANCELLED, timeout=60)
+        assert sorted(m.version for m in c.models() if m.name == "mine") == [1, 2]
+    finally:
+        listener.close()
+        d.stop()
+    kinds = {e.kind for e in events}
+    assert {pb.Event.TRAINING_PROGRESS, pb.Event.TRAINING_FINISHED, pb.Event.MODEL_INSTALLED} <= kinds
+    installed = [e.model for e in events if e.kind == pb.Event.MODEL_INSTALLED]
+    assert installed == ["mine@1", "mine@2"]
+    finished = [e.training.state for e in events if e.kind == pb.Event.TRAINING_FINISHED]
+    assert finished == [pb.TrainProgress.SUCCEEDED, pb.TrainProgress.SUCCEEDED, pb.TrainProgress.CANCELLED]
+
+
+def _train(c: Client, name: str) -> pb.TrainProgress:
+    """Train through the API; while it runs the daemon answers, reports it, and refuses a second job."""
+    updates: list[pb.TrainProgress] = []
+    runner = threading.Thread(target=lambda: updates.extend(c.train(name, options=json.dumps({"epochs": 6}))))
+    runner.start()
+    wait_for(lambda: c.status().training.state == pb.TrainProgress.TRAINING, timeout=120)
+    assert _code(lambda: c.train(name)) == grpc.StatusCode.FAILED_PRECONDITION
+    runner.join(timeout=300)
+    states = [u.state for u in updates]
+    assert pb.TrainProgress.UPLOADING in states and pb.TrainProgress.TRAINING in states
+    assert states[-1] == pb.TrainProgress.SUCCEEDED, updates[-1]
+    assert c.status().training.state == pb.TrainProgress.SUCCEEDED
+    assert max(u.uploaded_bytes for u in updates) == updates[-1].upload_bytes > 0
+    return updates[-1]
+
+
+def test_training_that_cannot_start_fails_clearly_and_reports_it(home: Path, tmp_path: Path) -> None:
+    from vibrary.daemon import config, training
+    from vibrary.daemon.index import Index
+
+    write_kinds(tmp_path / "ex", per_kind=2, seed=8)
+    dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
+    index = Index(config.index_path(home))
+    cases = [
+        ("nope", "local", "no dataset 'nope'"),
+        ("mine", "somewhere", "expected local, cloud or HOST:PORT"),
+        ("mine", "127.0.0.1:1", "trainer at 127.0.0.1:1"),  # nobody listens there
+    ]
+    for name, trainer, reason in cases:
+        seen: list[training.TrainProgress] = []
+        with pytest.raises(training.TrainingError, match=reason):
+            training.train(home, name, index=index, trainer=trainer, progress=seen.append)
+        assert seen[-1].state == "failed" and reason in seen[-1].error
+    assert [m.name for m in index.models() if not m.builtin] == []
+    index.close()

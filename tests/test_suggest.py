@@ -1,0 +1,152 @@
+"""Tag suggestions: vendor spellings normalised, folder over file name over metadata, the user's synonyms.
+
+The files are real: WAV with RIFF INFO written by libsndfile, a BWF `bext` chunk, ID3 in MP3 and Vorbis
+comments in FLAC written with mutagen, all read back through `suggest.py` as a user's pack would be.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import mutagen.flac
+import mutagen.id3
+import numpy as np
+import pytest
+import soundfile as sf
+from vibrary.daemon.suggest import Synonyms, clean_tag, metadata, suggest, words
+
+from tests.synth import tone, write_tone
+
+
+@pytest.fixture
+def table() -> Synonyms:
+    return Synonyms.load(None)
+
+
+@pytest.mark.parametrize(
+    ("text", "tag"),
+    [
+        ("BD", "kick"),
+        ("Kick_01", "kick"),
+        ("kck", "kick"),
+        ("KICKS", "kick"),
+        ("Bass Drum 3", "kick"),  # a phrase beats its words: not bass
+        ("BassDrum", "kick"),
+        ("Acoustic Kick", "kick"),  # the head noun, not the descriptor
+        ("Kick Loop 120bpm", "kick"),  # loop only says what form it has
+        ("SD", "snare"),
+        ("snr-hard", "snare"),
+        ("HH", "hihat"),
+        ("hats", "hihat"),
+        ("OpenHH_02", "hihat"),
+        ("Hi-Hat", "hihat"),
+        ("Claps", "clap"),
+        ("Violins", "strings"),
+        ("VOX chop", "vocals"),
+        ("Loops", "loop"),
+        ("Dark", "dark"),
+        ("Pad", "synth"),
+        ("wobble", None),
+        ("Take 07", None),
+    ],
+)
+def test_vendor_spellings_normalise(table: Synonyms, text: str, tag: str | None) -> None:
+    assert table.pick(table.find(text)) == tag
+
+
+def test_words_split_case_separators_and_numbering() -> None:
+    assert words("OpenHH_02-hard.v2 KickDrum") == ["open", "hh", "hard", "v", "kick", "drum"]
+    assert clean_tag(" Dark  Pads ") == "dark-pads"
+    with pytest.raises(ValueError, match="letters and digits"):
+        clean_tag("__")
+
+
+def _bext(path: Path, description: str) -> None:
+    """Append a Broadcast WAV `bext` chunk (description first, 256 bytes) and fix the RIFF size."""
+    body = description.encode().ljust(256, b"\0") + b"\0" * 346
+    data = path.read_bytes() + b"bext" + struct.pack("<I", len(body)) + body
+    path.write_bytes(data[:4] + struct.pack("<I", len(data) - 8) + data[8:])
+
+
+@pytest.fixture
+def pack(tmp_path: Path) -> Path:
+    """A vendor pack with every source of a suggestion, each file's right answer known."""
+    root = tmp_path / "Pack"
+    write_tone(root / "Drums" / "Kicks" / "Snare_01.wav", 60)  # the folder wins over the file name
+    write_tone(root / "Drums" / "Loops" / "HH_Loop_02.wav", 5000)  # loop is weak: the file name says hihat
+    misc = root / "Drums" / "Misc"
+    write_tone(misc / "SD_02.wav", 200)
+    with sf.SoundFile(misc / "take7.wav", "w", 44100, 1, "PCM_16") as f:  # RIFF INFO written by libsndfile
+        f.title = "Closed Hat tight"
+        f.comment = "recorded 2019"
+        f.write(tone(6000))
+    write_tone(misc / "take8.wav", 300)
+    _bext(misc / "take8.wav", "Tom low")
+    write_tone(misc / "take9.mp3", 900, fmt="MP3", subtype="MPEG_LAYER_III")
+    id3 = mutagen.id3.ID3()
+    id3.add(mutagen.id3.TIT2(encoding=3, text="Session take"))
+    id3.add(mutagen.id3.TCON(encoding=3, text="Clap"))
+    id3.save(misc / "take9.mp3")
+    write_tone(misc / "take10.flac", 440, fmt="FLAC")
+    flac = mutagen.flac.FLAC(misc / "take10.flac")
+    flac["title"] = "Crash 18in"
+    flac.save()
+    write_tone(misc / "Wub_3.wav", 80)
+    write_tone(root / "Wobbles" / "w1.wav", 70)
+    write_tone(root / "Wobbles" / "w2.wav", 75)
+    write_tone(root / "loose.wav", 100)
+    return root
+
+
+def test_metadata_is_read_from_each_container(pack: Path) -> None:
+    misc = pack / "Drums" / "Misc"
+    assert ("title", "Closed Hat tight") in metadata(str(misc / "take7.wav"))
+    assert ("bext", "Tom low") in metadata(str(misc / "take8.wav"))
+    assert metadata(str(misc / "take9.mp3"))[:2] == [("title", "Session take"), ("genre", "Clap")]
+    assert metadata(str(misc / "take10.flac")) == [("title", "Crash 18in")]
+    assert metadata(str(misc / "SD_02.wav")) == []
+
+
+def test_folder_then_file_name_then_metadata_then_recurring_folder(pack: Path, table: Synonyms) -> None:
+    found = {Path(s.path).relative_to(pack).as_posix(): s for s in suggest([str(pack)], table)}
+    got = {path: (s.tag, s.source, s.raw) for path, s in found.items()}
+    assert got == {
+        "Drums/Kicks/Snare_01.wav": ("kick", "folder", "Kicks"),
+        "Drums/Loops/HH_Loop_02.wav": ("hihat", "filename", "HH_Loop_02"),
+        "Drums/Misc/SD_02.wav": ("snare", "filename", "SD_02"),
+        "Drums/Misc/take7.wav": ("hihat", "metadata", "title: Closed Hat tight"),
+        "Drums/Misc/take8.wav": ("tom", "metadata", "bext: Tom low"),
+        "Drums/Misc/take9.mp3": ("clap", "metadata", "genre: Clap"),
+        "Drums/Misc/take10.flac": ("cymbal", "metadata", "title: Crash 18in"),
+        "Drums/Misc/Wub_3.wav": ("", "", ""),  # alone in a folder of other things: no guess
+        "Wobbles/w1.wav": ("wobble", "folder", "Wobbles"),  # not a known word, but a folder of them
+        "Wobbles/w2.wav": ("wobble", "folder", "Wobbles"),
+        "loose.wav": ("", "", ""),
+    }
+    assert found["Drums/Kicks/Snare_01.wav"].alternatives == ("snare",)  # what was passed over is shown
+    assert "loop" in found["Drums/Loops/HH_Loop_02.wav"].alternatives
+
+
+def test_user_synonyms_extend_and_override_the_builtin_table(pack: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    table = Synonyms.load(home)
+    table.add(home, [("wub", "wobble"), ("SD", "side-stick")])
+    reloaded = Synonyms.load(home)  # saved in the home, not just in memory
+    assert ("wub", "wobble", False) in reloaded.pairs() and ("sd", "side-stick", False) in reloaded.pairs()
+    assert ("sd", "snare", True) not in reloaded.pairs()
+    found = {Path(s.path).name: s.tag for s in suggest([str(pack / "Drums" / "Misc")], reloaded)}
+    assert found["Wub_3.wav"] == "wobble" and found["SD_02.wav"] == "side-stick"
+    (home / "synonyms.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"synonyms\.json"):
+        Synonyms.load(home)
+
+
+def test_a_missing_path_is_an_error_and_unreadable_tags_are_no_suggestion(tmp_path: Path, table: Synonyms) -> None:
+    with pytest.raises(FileNotFoundError, match="nope"):
+        suggest([str(tmp_path / "nope")], table)
+    bad = tmp_path / "Snares" / "broken.mp3"
+    bad.parent.mkdir()
+    bad.write_bytes(b"ID3\x04\x00\x00\xff\xff\xff\xff" + np.zeros(64, np.uint8).tobytes())  # a corrupt tag
+    assert [(s.tag, s.source) for s in suggest([str(bad)], table)] == [("snare", "folder")]
