@@ -113,6 +113,8 @@ class Daemon:
         self._wake.set()
         self.watcher.stop()
         self._feeder.join()
+        if self.training is not None and not self.training.finished:
+            self.training.stop(timeout=10.0)
         self.status_events.stop()
         self.pipeline.close()
         self.index.close()

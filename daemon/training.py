@@ -315,6 +315,12 @@ class Background:
     def finished(self) -> bool:
         return self.progress.state in FINISHED
 
+    def stop(self, timeout: float) -> None:
+        """Cancel and wait a little: a daemon that shuts down must not leave a half-installed model or
+        a trainer still burning the CPU it no longer answers for."""
+        self.cancel.set()
+        self._thread.join(timeout)
+
     def follow(self, active: Callable[[], bool] = lambda: True) -> Iterator[TrainProgress]:
         """Every change from now (starting with the current state) until the job ends or the caller leaves."""
         seen = -1

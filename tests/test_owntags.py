@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 import soundfile as sf
-from vibrary.clients.client import Client, DaemonError
+from vibrary.clients.client import Client, DaemonError, DaemonNotRunning
 from vibrary.daemon import advice, dataset, features, shards
 from vibrary.daemon.spectrogram import SpectrogramParams
 from vibrary.proto import daemon_pb2 as pb
@@ -199,7 +199,7 @@ def _code(call: Callable[[], object]) -> grpc.StatusCode:
 
 
 def _collect(into: list[pb.Event], client: Client) -> None:
-    with contextlib.suppress(DaemonError):  # the stream ends when the test closes the client
+    with contextlib.suppress(DaemonError, DaemonNotRunning):  # the stream ends when the client or daemon does
         into.extend(client.events())
 
 
@@ -292,15 +292,29 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         assert c.cancel_training().state in (pb.TrainProgress.TRAINING, pb.TrainProgress.WAITING)
         wait_for(lambda: c.status().training.state == pb.TrainProgress.CANCELLED, timeout=60)
         assert sorted(m.version for m in c.models() if m.name == "mine") == [1, 2]
+
+        # a daemon told to stop mid-training cancels it, exits cleanly and installs nothing
+        leaving = Client(home_dir=home)
+        next(iter(leaving.train("mine", options=json.dumps({"epochs": 500, "patience": 500}))))
+        leaving.close()
+        wait_for(lambda: c.status().training.epoch >= 1, timeout=120)
+        assert d.stop() == 0
+        assert "Traceback" not in d.log()
     finally:
         listener.close()
+        d.stop()
+    d = start_daemon(home)
+    try:
+        assert sorted(m.version for m in d.client.models() if m.name == "mine") == [1, 2]
+    finally:
         d.stop()
     kinds = {e.kind for e in events}
     assert {pb.Event.TRAINING_PROGRESS, pb.Event.TRAINING_FINISHED, pb.Event.MODEL_INSTALLED} <= kinds
     installed = [e.model for e in events if e.kind == pb.Event.MODEL_INSTALLED]
     assert installed == ["mine@1", "mine@2"]
     finished = [e.training.state for e in events if e.kind == pb.Event.TRAINING_FINISHED]
-    assert finished == [pb.TrainProgress.SUCCEEDED, pb.TrainProgress.SUCCEEDED, pb.TrainProgress.CANCELLED]
+    cancelled = pb.TrainProgress.CANCELLED
+    assert finished[:3] == [pb.TrainProgress.SUCCEEDED, pb.TrainProgress.SUCCEEDED, cancelled], finished
 
 
 def _train(c: Client, name: str) -> pb.TrainProgress:
