@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -24,7 +25,7 @@ from .train import Progress, TrainConfig
 log = logging.getLogger(__name__)
 
 SHARD_WAIT_S = 3 * 3600.0  # the longest upload a job waits for
-POLL_S = 5.0
+POLL_S = float(os.environ.get("VIBRARY_JOB_POLL_S", "5"))  # how often a missing shard is looked for
 REPORT_S = 2.0  # progress.json is rewritten at most this often (but at once on a new phase)
 
 
