@@ -29,8 +29,8 @@ from typing import Any
 from . import config
 from .shards import Manifest, sha256_bytes
 
-# On-demand Linux prices in US$ per hour, us-east-1, from the AWS price list (2025-06). Other regions
-# cost up to a third more; the estimate says which figure it used.
+# On-demand Linux prices in US$ per hour, us-east-1, as AWS listed them in 2025 (not fetched live).
+# Other regions cost up to a third more; the estimate says which figure it used.
 PRICES = {
     "g4dn.xlarge": 0.526,
     "g4dn.2xlarge": 0.752,
@@ -40,7 +40,7 @@ PRICES = {
     "g6.2xlarge": 0.978,
     "p3.2xlarge": 3.06,
 }
-PRICES_AS_OF = "2025-06, us-east-1 on-demand"
+PRICES_AS_OF = "us-east-1 on-demand, 2025 list"
 PART_SIZE = 8 << 20  # multipart above this (S3's minimum part is 5 MiB)
 ASSUMED_RATE = 1 << 20  # bytes/s before the upload has been measured
 CLIPS_PER_S = 1500  # training throughput of a T4-class GPU for the estimate (clips × epochs per second)
@@ -225,12 +225,20 @@ def estimate(settings: CloudSettings, manifest: Manifest, options: str, upload_b
 
 # -- the instance -----------------------------------------------------------------------------------------
 def user_data(settings: CloudSettings, region: str, job_url: str) -> str:
-    """The instance's boot script: a cap on its life, the trainer container, then shutdown (= terminate)."""
+    """The instance's boot script: a cap on its life, the trainer container, then shutdown (= terminate).
+    An image in ECR needs a login first, with the instance profile's credentials."""
+    registry = settings.image.split("/", 1)[0]
+    login = (
+        [f"aws ecr get-login-password --region {region} | docker login --username AWS --password-stdin {registry}"]
+        if ".dkr.ecr." in registry
+        else []
+    )
     return "\n".join(
         [
             "#!/bin/bash",
             "set -u",
             f"shutdown -h +{max(1, round(settings.max_hours * 60))}",
+            *login,
             f"docker run --rm --gpus all --network host -e AWS_DEFAULT_REGION={region} {settings.image} "
             f"vibrary trainer run-s3 {job_url}",
             "shutdown -h now",

@@ -174,6 +174,11 @@ def test_train_in_the_cloud_end_to_end(
     monkeypatch.setenv("VIBRARY_CLOUD_BOOT_S", str(boot_s))
 
     seen: list[Any] = []
+
+    def accept(text: str) -> bool:
+        seen.append(("confirm", text))
+        return True
+
     with Instances(aws["ec2"], aws["env"]) as instances:
         files = cloud.train_in_cloud(
             manifest,
@@ -181,7 +186,7 @@ def test_train_in_the_cloud_end_to_end(
             name="cloudy",
             base="none",
             options='{"epochs": 2}',
-            confirm=lambda text: seen.append(("confirm", text)) or True,
+            confirm=accept,
             progress=lambda p: seen.append(("progress", dict(p))),
         )
     assert [r.returncode for r in instances.runs] == [0], [r.stderr[-2000:] for r in instances.runs]
@@ -228,6 +233,11 @@ def test_train_in_the_cloud_end_to_end(
 def test_nothing_is_uploaded_or_launched_when_the_cost_is_declined(aws: dict[str, Any], tmp_path: Path) -> None:
     manifest = _dataset(tmp_path, per_kind=4, clips_per_shard=256)
     shown: list[str] = []
+
+    def decline(text: str) -> bool:
+        shown.append(text)
+        return False
+
     with pytest.raises(cloud.CostDeclined):
         cloud.train_in_cloud(
             manifest,
@@ -235,7 +245,7 @@ def test_nothing_is_uploaded_or_launched_when_the_cost_is_declined(aws: dict[str
             name="n",
             base="none",
             options="{}",
-            confirm=lambda text: shown.append(text) or False,
+            confirm=decline,
             progress=lambda p: None,
         )
     assert len(shown) == 1 and f"s3://{BUCKET}" in shown[0]
@@ -343,3 +353,14 @@ def test_settings_say_what_is_missing(home: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("VIBRARY_CLOUD_BOOT_S", "90")
     settings = cloud.CloudSettings.load(home)
     assert (settings.bucket, settings.instance_type, settings.boot_s) == ("b", "g5.xlarge", 90.0)
+
+
+def test_an_image_in_ecr_is_pulled_after_a_login_with_the_instance_role() -> None:
+    ecr = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/vibrary-trainer:cuda"
+    script = cloud.user_data(cloud.CloudSettings(bucket="b", image=ecr), "eu-west-1", "s3://b/jobs/x/job.json")
+    lines = script.splitlines()
+    login = next(i for i, line in enumerate(lines) if "docker login" in line)
+    assert "--password-stdin 123456789012.dkr.ecr.eu-west-1.amazonaws.com" in lines[login]
+    assert login < next(i for i, line in enumerate(lines) if line.startswith("docker run"))
+    plain = cloud.user_data(cloud.CloudSettings(bucket="b", image="ghcr.io/me/t:1"), "r", "s3://b/j")
+    assert "docker login" not in plain
