@@ -11,7 +11,6 @@ import base64
 import hashlib
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -34,17 +33,11 @@ from vibrary.daemon import cloud, registry, shards  # noqa: E402
 from vibrary.daemon.index import Index  # noqa: E402
 
 from tests.conftest import json_lines, vibrary  # noqa: E402
-from tests.test_trainer import KINDS, P, _store, spectrograms, write_kinds  # noqa: E402
+from tests.test_trainer import KINDS, P, _free_port, _store, spectrograms, write_kinds  # noqa: E402
 
 BUCKET = "vibrary-test"
 IMAGE = "registry.example/vibrary-trainer:test"
 RATE = 2000.0  # bytes per (fake) second: the upload's speed as the launch timing measures it
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
