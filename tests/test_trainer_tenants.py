@@ -166,3 +166,31 @@ def test_serve_refuses_half_a_tls_setup_and_an_open_port_off_loopback(tmp_path: 
         serve(tmp_path, "0.0.0.0:0")
     with pytest.raises(ValueError, match="both a certificate and its key"):
         serve(tmp_path, "127.0.0.1:0", tls_cert=b"x")
+
+
+def test_a_trainer_on_the_network_stays_closed_to_strangers(home: Path, tmp_path: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    data = tmp_path / "trainer"
+    token = _add_user(home, data, "carol")
+    server, port = serve(data, "0.0.0.0:0")
+    target = f"127.0.0.1:{port}"
+    manifest, _ = _manifest_and_blobs()
+    try:
+        with grpc.insecure_channel(target) as channel:  # health answers anyone; reflection only users
+            check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+            ask = reflection_pb2.ServerReflectionRequest(list_services="")
+            with pytest.raises(grpc.RpcError) as err:
+                list(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([ask]), timeout=10))
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with TrainerClient(target, token) as carol:
+            assert len(carol.missing(manifest)) == len(manifest.shards)
+            vibrary("trainer", "token", "--data", str(data), "remove", "carol", home=home)
+            # no token left does not make a trainer on the network open to all
+            assert _code(lambda: carol.missing(manifest)) == grpc.StatusCode.UNAUTHENTICATED
+        with TrainerClient(target) as nobody:
+            assert _code(lambda: nobody.missing(manifest)) == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        server.stop(grace=0)

@@ -248,13 +248,15 @@ def serve(
 
     Off loopback a token is required (`token`, or users in root/tokens.json); with tls_cert and tls_key
     (PEM) the trainer speaks only TLS, so tokens and spectrograms never cross a network in the clear."""
-    tenants = Tenants(root, token)
+    tenants = Tenants(root, token, open_ok=is_loopback(listen))
     if tenants.open and not is_loopback(listen):
         raise ValueError(f"refusing to serve on {listen} without a token: only loopback is open to all")
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("TLS needs both a certificate and its key")
     service = TrainerService(root, tenants)
-    server = make_server(lambda s: pb_grpc.add_TrainerServicer_to_server(service, s), [SERVICE_NAME], workers=8)
+    # strangers get nothing but health checks; an open loopback trainer needs no check at all
+    check = "" if tenants.open else (lambda authorization: tenants.user(authorization) is not None)
+    server = make_server(lambda s: pb_grpc.add_TrainerServicer_to_server(service, s), [SERVICE_NAME], check, workers=8)
     if tls_cert is not None and tls_key is not None:
         port = server.add_secure_port(listen, grpc.ssl_server_credentials([(tls_key, tls_cert)]))
     else:

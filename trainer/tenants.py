@@ -4,7 +4,8 @@ A trainer on the network is shared by people who must not see each other's data.
 token (`vibrary trainer token add USER` prints it once); the trainer keeps a salted sha256 of it in
 `tokens.json` under its data folder, so a copy of that folder does not let anyone in. The single
 `--token` of earlier versions still works: it is the user "default". With neither, only a loopback
-trainer is served, to the user "local". Tokens are read again when the file changes, so adding or
+trainer is served, to the user "local" (a trainer on the network whose last token is removed serves
+nobody). Tokens are read again when the file changes, so adding or
 removing a user needs no restart. Nothing here imports torch: the CLI manages tokens without it.
 """
 
@@ -84,9 +85,10 @@ def list_users(data: Path) -> list[str]:
 class Tenants:
     """Maps the `authorization: Bearer <token>` of a call to its user, or None for a stranger."""
 
-    def __init__(self, data: Path, token: str = "") -> None:
+    def __init__(self, data: Path, token: str = "", open_ok: bool = True) -> None:
         self._path = tokens_path(data)
         self._token = token
+        self._open_ok = open_ok  # False off loopback: removing the last token locks everyone out
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._users: dict[str, dict[str, str]] = {}
@@ -112,7 +114,7 @@ class Tenants:
     def user(self, authorization: str) -> str | None:
         self._reload()
         if self.open:
-            return LOCAL
+            return LOCAL if self._open_ok else None
         if not authorization.startswith("Bearer "):
             return None
         given = authorization[len("Bearer ") :]
