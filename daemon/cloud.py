@@ -18,6 +18,7 @@ from the usual AWS places (credentials, region) plus VIBRARY_CLOUD_* variables o
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
@@ -28,6 +29,8 @@ from typing import Any
 
 from . import config
 from .shards import Manifest, sha256_bytes
+
+log = logging.getLogger(__name__)
 
 # On-demand Linux prices in US$ per hour, us-east-1, as AWS listed them in 2025 (not fetched live).
 # Other regions cost up to a third more; the estimate says which figure it used.
@@ -336,12 +339,20 @@ class _Job:
     def clean_up(self) -> None:
         """The instance goes (if it has not gone itself), and so does everything of the job in the bucket
         but the shards, which the next training of the same data reuses."""
-        if self.instance and instance_state(self.ec2, self.instance) not in ("shutting-down", "terminated"):
-            self.ec2.terminate_instances(InstanceIds=[self.instance])
-        listed = self.s3.list_objects_v2(Bucket=self.settings.bucket, Prefix=self.prefix).get("Contents", [])
-        if listed:
-            objects = [{"Key": o["Key"]} for o in listed]
-            self.s3.delete_objects(Bucket=self.settings.bucket, Delete={"Objects": objects})
+        try:
+            if self.instance and instance_state(self.ec2, self.instance) not in ("shutting-down", "terminated"):
+                self.ec2.terminate_instances(InstanceIds=[self.instance])
+        except Exception as e:  # the one thing that must not pass unsaid: it costs money by the hour
+            raise CloudError(
+                f"could not terminate instance {self.instance} ({e}): terminate it in the EC2 console"
+            ) from e
+        try:
+            listed = self.s3.list_objects_v2(Bucket=self.settings.bucket, Prefix=self.prefix).get("Contents", [])
+            if listed:
+                objects = [{"Key": o["Key"]} for o in listed]
+                self.s3.delete_objects(Bucket=self.settings.bucket, Delete={"Objects": objects})
+        except Exception as e:
+            log.warning("could not remove s3://%s/%s: %s", self.settings.bucket, self.prefix, e)
 
 
 def train_in_cloud(
@@ -355,10 +366,31 @@ def train_in_cloud(
     progress: Callable[[dict[str, Any]], None],
 ) -> dict[str, bytes]:
     """Train on a GPU instance; returns model.onnx, learning_curve.png, confusion_matrix.png and
-    summary.json. confirm(text) is shown the cost estimate before anything is uploaded or launched;
-    progress(dict) gets TrainProgress fields (state UPLOADING, WAITING or TRAINING, and the rest)."""
+    summary.json. confirm(text) is shown the cost estimate before anything is uploaded or launched
+    (False: CostDeclined); progress(dict) gets TrainProgress fields (state UPLOADING, WAITING or
+    TRAINING, and the rest). An exception raised by progress cancels the job: the instance is
+    terminated and the job's files removed, as on any failure. AWS errors come as CloudError."""
     settings = CloudSettings.load(config.home())
     session = _session(settings)
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return _train(settings, session, manifest, shard_dir, name, base, options, confirm, progress)
+    except (BotoCoreError, ClientError) as e:
+        raise CloudError(f"AWS: {e}") from e
+
+
+def _train(
+    settings: CloudSettings,
+    session: Any,
+    manifest: Manifest,
+    shard_dir: Path,
+    name: str,
+    base: str,
+    options: str,
+    confirm: Callable[[str], bool],
+    progress: Callable[[dict[str, Any]], None],
+) -> dict[str, bytes]:
     s3, ec2 = session.client("s3"), session.client("ec2")
     region = s3.meta.region_name
     bucket = settings.bucket

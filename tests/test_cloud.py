@@ -357,3 +357,24 @@ def test_an_image_in_ecr_is_pulled_after_a_login_with_the_instance_role() -> Non
     assert login < next(i for i, line in enumerate(lines) if line.startswith("docker run"))
     plain = cloud.user_data(cloud.CloudSettings(bucket="b", image="ghcr.io/me/t:1"), "r", "s3://b/j")
     assert "docker login" not in plain
+
+
+def test_missing_credentials_or_region_are_said_plainly(
+    aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = _dataset(tmp_path, per_kind=4, clips_per_shard=256)
+
+    def train() -> None:
+        cloud.train_in_cloud(
+            manifest, tmp_path, name="t", base="none", options="{}", confirm=lambda t: True, progress=lambda p: None
+        )
+
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    with pytest.raises(cloud.CloudError, match="AWS: You must specify a region"):
+        train()
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)
+    with pytest.raises(cloud.CloudError, match="AWS: Unable to locate credentials"):
+        train()
+    assert _states(aws["ec2"]) == []
