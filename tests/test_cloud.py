@@ -378,3 +378,41 @@ def test_missing_credentials_or_region_are_said_plainly(
     with pytest.raises(cloud.CloudError, match="AWS: Unable to locate credentials"):
         train()
     assert _states(aws["ec2"]) == []
+
+
+def test_a_training_cut_off_mid_upload_cleans_up_and_the_next_sends_only_the_rest(
+    aws: dict[str, Any], tmp_path: Path
+) -> None:
+    manifest = _dataset(tmp_path, per_kind=8, clips_per_shard=4)
+
+    class Cut(Exception):
+        pass
+
+    def cut_after_two(p: dict[str, Any]) -> None:  # the user cancels, or the network goes, mid-upload
+        if p["state"] == "UPLOADING" and p["uploaded_bytes"] >= manifest.shards[0].size + manifest.shards[1].size:
+            raise Cut
+
+    def train(progress: Any) -> dict[str, bytes]:
+        return cloud.train_in_cloud(
+            manifest,
+            tmp_path,
+            name="again",
+            base="none",
+            options='{"epochs": 1}',
+            confirm=lambda t: True,
+            progress=progress,
+        )
+
+    with pytest.raises(Cut):
+        train(cut_after_two)
+    assert _states(aws["ec2"]) == ["terminated"]  # launched at once (a short upload), and gone again
+    assert _keys(aws["s3"], "jobs/") == [] and len(_keys(aws["s3"], "shards/")) == 2
+
+    calls = aws["calls"]
+    calls.clear()
+    with Instances(aws["ec2"], aws["env"]) as instances:
+        files = train(lambda p: None)
+    assert [r.returncode for r in instances.runs] == [0], [r.stderr[-2000:] for r in instances.runs]
+    resent = sorted(key for op, key in calls if op == "PutObject" and key.startswith("shards/"))
+    assert resent == sorted(cloud.shard_key(s.sha256) for s in manifest.shards[2:])
+    assert files["model.onnx"] and _states(aws["ec2"]) == ["terminated", "terminated"]
