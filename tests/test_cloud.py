@@ -416,3 +416,21 @@ def test_a_training_cut_off_mid_upload_cleans_up_and_the_next_sends_only_the_res
     resent = sorted(key for op, key in calls if op == "PutObject" and key.startswith("shards/"))
     assert resent == sorted(cloud.shard_key(s.sha256) for s in manifest.shards[2:])
     assert files["model.onnx"] and _states(aws["ec2"]) == ["terminated", "terminated"]
+
+
+def test_the_cloud_module_loads_neither_boto3_nor_torch_until_a_job_runs() -> None:
+    code = (
+        "import sys, vibrary.daemon.cloud, vibrary.clients.cli; "
+        "assert not {'boto3', 'botocore', 'torch'} & set(sys.modules), sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_cost_prompt_launches_only_when_accepted(capsys: pytest.CaptureFixture[str]) -> None:
+    from vibrary.clients.cli import build_parser, confirm_cost
+
+    scripted = build_parser().parse_args(["train", "d", "--trainer", "cloud"])
+    assert not confirm_cost(scripted)("about $0.06")  # no terminal to ask on (pytest's stdin), no --yes
+    assert "pass --yes" in capsys.readouterr().err
+    assert confirm_cost(build_parser().parse_args(["train", "d", "--trainer", "cloud", "--yes"]))("about $0.06")
+    assert "about $0.06" in capsys.readouterr().err
