@@ -370,6 +370,8 @@ def train_in_cloud(
     (False: CostDeclined); progress(dict) gets TrainProgress fields (state UPLOADING, WAITING or
     TRAINING, and the rest). An exception raised by progress cancels the job: the instance is
     terminated and the job's files removed, as on any failure. AWS errors come as CloudError."""
+    if base not in ("", "demo", "none"):
+        raise CloudError(f"a cloud training starts from base demo or none, not {base!r}")
     settings = CloudSettings.load(config.home())
     session = _session(settings)
     from botocore.exceptions import BotoCoreError, ClientError

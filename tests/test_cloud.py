@@ -359,7 +359,7 @@ def test_an_image_in_ecr_is_pulled_after_a_login_with_the_instance_role() -> Non
     assert "docker login" not in plain
 
 
-def test_missing_credentials_or_region_are_said_plainly(
+def test_bad_base_missing_credentials_or_region_are_said_plainly(
     aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manifest = _dataset(tmp_path, per_kind=4, clips_per_shard=256)
@@ -369,6 +369,10 @@ def test_missing_credentials_or_region_are_said_plainly(
             manifest, tmp_path, name="t", base="none", options="{}", confirm=lambda t: True, progress=lambda p: None
         )
 
+    with pytest.raises(cloud.CloudError, match="base demo or none"):
+        cloud.train_in_cloud(
+            manifest, tmp_path, name="t", base="/x.pt", options="{}", confirm=lambda t: True, progress=lambda p: None
+        )
     monkeypatch.delenv("AWS_DEFAULT_REGION")
     with pytest.raises(cloud.CloudError, match="AWS: You must specify a region"):
         train()
