@@ -5,7 +5,10 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +23,8 @@ from vibrary.clients.trainer_client import TrainerClient
 from vibrary.proto import trainer_pb2 as pb
 from vibrary.trainer.service import serve
 
-from tests.conftest import json_lines, vibrary
-from tests.test_trainer import _manifest_and_blobs, _store
+from tests.conftest import json_lines, vibrary, wait_for
+from tests.test_trainer import KINDS, _free_port, _manifest_and_blobs, _store, write_kinds
 
 ONE_EPOCH = json.dumps({"epochs": 1})
 
@@ -194,3 +197,40 @@ def test_a_trainer_on_the_network_stays_closed_to_strangers(home: Path, tmp_path
             assert _code(lambda: nobody.missing(manifest)) == grpc.StatusCode.UNAUTHENTICATED
     finally:
         server.stop(grace=0)
+
+
+def test_own_gpu_box_story_serve_with_tls_and_a_user_token_then_train_from_the_cli(
+    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/cloud.md's "your own GPU box", by the command line: token add, serve with TLS, train."""
+    cert, key = _self_signed(tmp_path)
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(key)
+    box = tmp_path / "box"
+    token = _add_user(box, box / "trainer", "dana")
+    port = _free_port()
+    env = {**os.environ, "VIBRARY_HOME": str(box)}
+    serve_cmd = ["trainer", "serve", "--listen", f"0.0.0.0:{port}", "--tls-cert", str(tmp_path / "cert.pem")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vibrary.clients.cli", *serve_cmd, "--tls-key", str(tmp_path / "key.pem")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        health = ["trainer", "health", "--target", f"127.0.0.1:{port}", "--tls-ca", str(tmp_path / "cert.pem")]
+        wait_for(lambda: proc.poll() is None and vibrary(*health, home=box, check=False).returncode == 0, 60, 0.5)
+        write_kinds(tmp_path / "examples", per_kind=4, seed=1)
+        vibrary("dataset", "create", "kinds", str(tmp_path / "examples"), home=model_home)
+        monkeypatch.setenv("VIBRARY_TRAINER_CA", str(tmp_path / "cert.pem"))
+        monkeypatch.setenv("VIBRARY_TRAINER_TOKEN", token)
+        args = ("train", "kinds", "--json", "--trainer", f"127.0.0.1:{port}", "--base", "none", "--epochs", "1")
+        trained = json_lines(vibrary(*args, home=model_home, timeout=300).stdout)[-1]
+        assert (trained["model"], trained["classes"]) == ("kinds", sorted(KINDS))
+        monkeypatch.setenv("VIBRARY_TRAINER_TOKEN", "stolen?")
+        refused = vibrary(*args, home=model_home, check=False)
+        assert refused.returncode == 1 and "missing or wrong token" in refused.stderr
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
