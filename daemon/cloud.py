@@ -22,7 +22,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -280,6 +281,17 @@ def instance_state(ec2: Any, instance_id: str) -> str:
     return str(reservations[0]["Instances"][0]["State"]["Name"]) if reservations else "terminated"
 
 
+@contextmanager
+def _aws_errors() -> Iterator[None]:
+    """botocore's errors (no region, no credentials, access denied…) as CloudError, said plainly."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError) as e:
+        raise CloudError(f"AWS: {e}") from e
+
+
 def _session(settings: CloudSettings) -> Any:
     try:
         import boto3
@@ -374,56 +386,36 @@ def train_in_cloud(
         raise CloudError(f"a cloud training starts from base demo or none, not {base!r}")
     settings = CloudSettings.load(config.home())
     session = _session(settings)
-    from botocore.exceptions import BotoCoreError, ClientError
+    with _aws_errors():
+        s3, ec2 = session.client("s3"), session.client("ec2")
+        region = s3.meta.region_name
+        bucket = settings.bucket
+        missing = missing_shards(s3, bucket, manifest)
+        total = sum(size for _, size in missing)
+        if not confirm(estimate(settings, manifest, options, total).text):
+            raise CostDeclined("not launched: the cost estimate was not accepted")
+        job = _Job(settings, s3, ec2, region)
+        spec = {"manifest": manifest.to_json(), "name": name or manifest.name, "base": base, "options": options or "{}"}
+        put_json(s3, bucket, f"{job.prefix}job.json", spec)
+        try:
+            started, done = time.monotonic(), 0
 
-    try:
-        return _train(settings, session, manifest, shard_dir, name, base, options, confirm, progress)
-    except (BotoCoreError, ClientError) as e:
-        raise CloudError(f"AWS: {e}") from e
+            def sent(n: int) -> None:
+                nonlocal done
+                done += n
+                progress({"state": "UPLOADING", "uploaded_bytes": done, "upload_bytes": total})
+                elapsed = time.monotonic() - started
+                if not job.instance and launch_due(done, total, elapsed, settings.boot_s):
+                    rest = (total - done) * elapsed / done
+                    job.launch(
+                        progress, f"the upload ends in about {rest:.0f} s, the instance boots in {settings.boot_s:g} s"
+                    )
 
-
-def _train(
-    settings: CloudSettings,
-    session: Any,
-    manifest: Manifest,
-    shard_dir: Path,
-    name: str,
-    base: str,
-    options: str,
-    confirm: Callable[[str], bool],
-    progress: Callable[[dict[str, Any]], None],
-) -> dict[str, bytes]:
-    s3, ec2 = session.client("s3"), session.client("ec2")
-    region = s3.meta.region_name
-    bucket = settings.bucket
-    missing = missing_shards(s3, bucket, manifest)
-    total = sum(size for _, size in missing)
-    if not confirm(estimate(settings, manifest, options, total).text):
-        raise CostDeclined("not launched: the cost estimate was not accepted")
-    job = _Job(settings, s3, ec2, region)
-    spec = {"manifest": manifest.to_json(), "name": name or manifest.name, "base": base, "options": options or "{}"}
-    put_json(s3, bucket, f"{job.prefix}job.json", spec)
-    try:
-        started, done = time.monotonic(), 0
-
-        def sent(n: int) -> None:
-            nonlocal done
-            done += n
-            progress({"state": "UPLOADING", "uploaded_bytes": done, "upload_bytes": total})
-            elapsed = time.monotonic() - started
-            if not job.instance and launch_due(done, total, elapsed, settings.boot_s):
-                rest = (total - done) * elapsed / done
-                job.launch(
-                    progress, f"the upload ends in about {rest:.0f} s, the instance boots in {settings.boot_s:g} s"
-                )
-
-        progress({"state": "UPLOADING", "uploaded_bytes": 0, "upload_bytes": total})
-        if launch_due(0, total, 0.0, settings.boot_s):
-            job.launch(progress, "the upload is short")
-        upload_shards(s3, bucket, missing, shard_dir, sent)
-        if not job.instance:  # every shard was already there
-            job.launch(progress, "the upload is done")
-        job.wait(progress)
-        return job.results()
-    finally:
-        job.clean_up()
+            progress({"state": "UPLOADING", "uploaded_bytes": 0, "upload_bytes": total})
+            if launch_due(0, total, 0.0, settings.boot_s):
+                job.launch(progress, "the upload is short")
+            upload_shards(s3, bucket, missing, shard_dir, sent)  # the last piece launches at the latest
+            job.wait(progress)
+            return job.results()
+        finally:
+            job.clean_up()
