@@ -108,7 +108,9 @@ class Instances(threading.Thread):
                     command = re.search(r"vibrary trainer run-s3 (\S+)", script)
                     if command:
                         argv = [sys.executable, "-m", "vibrary.clients.cli", "trainer", "run-s3", command[1]]
-                        self.runs.append(subprocess.run(argv, env=self.env, capture_output=True, text=True))
+                        self.runs.append(
+                            subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=240)
+                        )
 
     def __enter__(self) -> Instances:
         self.start()
