@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -493,12 +493,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar.n = p.epoch
             bar.set_postfix_str(f"loss {p.loss:.3f} val acc {p.val_accuracy:.2f}")
 
-    def confirm(text: str) -> bool:
-        if args.yes:
-            return True
-        print(f"{text} [y/N] ", end="", file=sys.stderr, flush=True)
-        return sys.stdin.readline().strip().lower() in ("y", "yes")
-
     options = {"epochs": args.epochs, "seed": args.seed}
     try:
         trained = train(
@@ -510,7 +504,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             base=args.base,
             options=options,
             token=args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", ""),
-            confirm=confirm,
+            confirm=confirm_cost(args),
             progress=progress,
         )
     except TrainingError as e:
@@ -534,15 +528,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_trainer(args: argparse.Namespace) -> int:
+    data = Path(args.data) if getattr(args, "data", "") else config.home() / "trainer"
+    if args.action == "token":
+        return _trainer_token(args, data)
+    if args.action == "health":
+        return _trainer_health(args)
     try:
-        from vibrary.trainer.service import serve
+        if args.action == "run-s3":
+            from vibrary.trainer.s3job import run_job
+        else:
+            from vibrary.trainer.service import serve
     except ImportError as e:
         raise CommandError(f"the trainer needs PyTorch ({e.name} is missing): pip install 'vibrary[trainer]'") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.action == "run-s3":
+        return run_job(args.url)
     token = args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", "")
-    data = Path(args.data) if args.data else config.home() / "trainer"
-    server, port = serve(data, args.listen, token)
-    print(f"vibrary trainer serving on port {port} (data in {data})", file=sys.stderr, flush=True)
+    cert, key = (Path(p).read_bytes() if p else None for p in (args.tls_cert, args.tls_key))
+    server, port = serve(data, args.listen, token, cert, key)
+    tls = " over TLS" if cert else ""
+    print(f"vibrary trainer serving on port {port}{tls} (data in {data})", file=sys.stderr, flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -550,6 +555,62 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         pass
     server.stop(grace=2).wait()
     return 0
+
+
+def _trainer_token(args: argparse.Namespace, data: Path) -> int:
+    from vibrary.trainer import tenants
+
+    if args.token_action == "add":
+        token = tenants.add_token(data, args.user)
+        _out(args, {"user": args.user, "token": token}, f"token for {args.user} (shown once, stored hashed):\n{token}")
+    elif args.token_action == "remove":
+        if not tenants.remove_token(data, args.user):
+            raise CommandError(f"no token for user {args.user!r}")
+        _out(args, {"user": args.user, "removed": True}, f"removed the token of {args.user}")
+    else:
+        users = tenants.list_users(data)
+        _out(args, {"users": users}, "\n".join(users) or "(no users: the trainer is open on loopback only)")
+    return 0
+
+
+def _trainer_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the trainer at --target says SERVING: the container's HEALTHCHECK."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    ca = args.tls_ca or os.environ.get("VIBRARY_TRAINER_CA") or os.environ.get("VIBRARY_TRAINER_TLS_CERT", "")
+    name = args.server_name or os.environ.get("VIBRARY_TRAINER_TLS_NAME", "")
+    options = [("grpc.ssl_target_name_override", name)] if name else []
+    if ca:
+        credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes())
+        channel = grpc.secure_channel(args.target, credentials, options)
+    else:
+        channel = grpc.insecure_channel(args.target)
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
+        except grpc.RpcError as e:
+            raise CommandError(f"trainer at {args.target}: {e.code().name} {e.details()}") from None
+    serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    _out(args, {"target": args.target, "status": status}, f"{args.target}: {status}")
+    return 0 if serving else 1
+
+
+def confirm_cost(args: argparse.Namespace) -> Callable[[str], bool]:
+    """What `vibrary train --trainer cloud` asks before anything is launched: yes with --yes, else the
+    user's answer on a terminal; a script without --yes launches nothing."""
+
+    def confirm(text: str) -> bool:
+        print(text, file=sys.stderr, flush=True)
+        if args.yes:
+            return True
+        if not sys.stdin.isatty():
+            print("not launching: no terminal to ask on (pass --yes to accept the cost)", file=sys.stderr)
+            return False
+        return input("launch? [y/N] ").strip().lower() in ("y", "yes")
+
+    return confirm
 
 
 # -- argument parsing -------------------------------------------------------------------------------------------
@@ -671,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default="demo", help="demo (transfer from the built-in model) or none")
     p.add_argument("--epochs", type=int, default=None, help="at most this many epochs")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    p.add_argument("--yes", action="store_true", help="accept a cloud cost estimate without asking")
+    p.add_argument("--yes", action="store_true", help="cloud: accept the cost estimate without asking")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("trainer", help="the training service")
@@ -680,6 +741,21 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--listen", default="127.0.0.1:7878", metavar="HOST:PORT")
     a.add_argument("--token", default="", help="required on anything but loopback (default $VIBRARY_TRAINER_TOKEN)")
     a.add_argument("--data", default="", help="where shards and jobs are kept (default $VIBRARY_HOME/trainer)")
+    a.add_argument("--tls-cert", default=os.environ.get("VIBRARY_TRAINER_TLS_CERT", ""), metavar="PEM")
+    a.add_argument("--tls-key", default=os.environ.get("VIBRARY_TRAINER_TLS_KEY", ""), metavar="PEM")
+    a = actions.add_parser("token", parents=[common], help="per-user tokens of this trainer (stored hashed)")
+    a.add_argument("--data", default="", help="the trainer's data folder (default $VIBRARY_HOME/trainer)")
+    tokens = a.add_subparsers(dest="token_action", required=True)
+    tokens.add_parser("add", parents=[common], help="a new token for USER, printed once").add_argument("user")
+    tokens.add_parser("remove", parents=[common], help="USER's token stops working").add_argument("user")
+    tokens.add_parser("list", parents=[common], help="users with a token")
+    a = actions.add_parser("health", parents=[common], help="exit 0 when the trainer at --target is serving")
+    a.add_argument("--target", default="127.0.0.1:7878", metavar="HOST:PORT")
+    a.add_argument("--tls-ca", default="", metavar="PEM", help="default $VIBRARY_TRAINER_CA or the served cert")
+    a.add_argument("--server-name", default="", help="name the certificate is for (default: the target's host)")
+    a.add_argument("--timeout", type=float, default=5.0)
+    a = actions.add_parser("run-s3", help="run one cloud training job: s3://BUCKET/jobs/ID/job.json")
+    a.add_argument("url", metavar="S3_URL")
     p.set_defaults(func=cmd_trainer)
     return parser
 

@@ -1,7 +1,12 @@
-"""Client side of the trainer service: resumable uploads, job progress, verified downloads."""
+"""Client side of the trainer service: resumable uploads, job progress, verified downloads.
+
+A trainer serving TLS is reached with `tls_ca`: the PEM of the certificate authority that signed its
+certificate (a self-signed certificate is its own), or the path of that file in $VIBRARY_TRAINER_CA.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +23,19 @@ FINISHED = (pb.Job.SUCCEEDED, pb.Job.FAILED, pb.Job.CANCELLED)
 
 
 class TrainerClient:
-    def __init__(self, target: str, token: str = "", timeout: float = 60.0) -> None:
+    def __init__(
+        self, target: str, token: str = "", timeout: float = 60.0, tls_ca: bytes | str | Path | None = None
+    ) -> None:
         self.target = target
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 16 << 20)])
+        options = [("grpc.max_receive_message_length", 16 << 20)]
+        ca = tls_ca if tls_ca is not None else os.environ.get("VIBRARY_TRAINER_CA") or None
+        if ca is None:
+            self._channel = grpc.insecure_channel(target, options=options)
+        else:
+            pem = ca if isinstance(ca, bytes) else Path(ca).read_bytes()
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=pem), options)
         self.stub = pb_grpc.TrainerStub(self._channel)
 
     def __enter__(self) -> TrainerClient:
@@ -78,6 +91,9 @@ class TrainerClient:
 
     def watch(self, job_id: str) -> Iterator[pb.Job]:
         return self._stream("WatchJob", pb.JobRef(id=job_id))
+
+    def jobs(self) -> list[pb.Job]:
+        return list(self._rpc("ListJobs", pb.ListJobsRequest(), self.timeout).jobs)
 
     def cancel(self, job_id: str) -> pb.Job:
         return self._rpc("CancelJob", pb.JobRef(id=job_id), self.timeout)

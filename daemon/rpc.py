@@ -17,10 +17,15 @@ HEALTH_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 class TokenCheck(grpc.ServerInterceptor):
-    """Every call but health checks must carry `authorization: Bearer <token>`."""
+    """Every call but health checks must carry `authorization: Bearer <token>`: the one token given, or
+    one that `allowed(authorization)` accepts (the trainer's per-user tokens)."""
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, token: str | Callable[[str], bool]) -> None:
+        if callable(token):
+            self._allowed = token
+        else:
+            expected = f"Bearer {token}".encode()
+            self._allowed = lambda given: hmac.compare_digest(given.encode(), expected)
 
         def deny(request: Any, context: grpc.ServicerContext) -> None:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
@@ -34,15 +39,17 @@ class TokenCheck(grpc.ServerInterceptor):
         if details.method.startswith(f"/{HEALTH_NAME}/"):
             return continuation(details)
         given = dict(details.invocation_metadata or ()).get("authorization", "")
-        given_bytes = given.encode() if isinstance(given, str) else given
-        if hmac.compare_digest(given_bytes, self._expected):
+        if self._allowed(given if isinstance(given, str) else given.decode(errors="replace")):
             return continuation(details)
         handler = continuation(details)
         return self._deny_stream if handler is not None and handler.request_streaming else self._deny_unary
 
 
 def make_server(
-    add: Callable[[grpc.Server], None], services: Sequence[str], token: str = "", workers: int = 16
+    add: Callable[[grpc.Server], None],
+    services: Sequence[str],
+    token: str | Callable[[str], bool] = "",
+    workers: int = 16,
 ) -> grpc.Server:
     """A server with the given servicers (added by `add`), health SERVING for each, and reflection."""
     options = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]

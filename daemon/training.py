@@ -256,7 +256,7 @@ def _in_cloud(
     cancel: threading.Event,
 ) -> dict[str, bytes]:
     try:
-        from .cloud import train_in_cloud
+        from .cloud import CostDeclined, train_in_cloud
     except ModuleNotFoundError as e:
         if e.name == f"{__package__}.cloud":
             raise TrainingError("cloud training is not part of this installation of Vibrary") from None
@@ -267,15 +267,27 @@ def _in_cloud(
         if cancel.is_set():
             raise Cancelled("training cancelled")
         changes = {k: v for k, v in update.items() if k in known}
-        if changes.get("state") in FINISHED or changes.get("state") not in (None, *STATES):
-            changes.pop("state")  # how a job ends is train()'s to say, once the model is installed
+        if "state" in changes:  # the cloud speaks the proto's enum names
+            changes["state"] = str(changes["state"]).lower()
+            if changes["state"] in FINISHED or changes["state"] not in STATES:
+                changes.pop("state")  # how a job ends is train()'s to say, once the model is installed
         report(**changes)
 
-    return dict(
-        train_in_cloud(
-            manifest, shard_dir, name=name, base=base, options=options, confirm=confirm, progress=cloud_progress
+    asked: list[str] = []
+
+    def ask(estimate: str) -> bool:
+        asked.append(estimate)
+        report(message=estimate)  # a front end following the job sees what was asked, and the cost
+        return confirm(estimate)
+
+    try:
+        return dict(
+            train_in_cloud(
+                manifest, shard_dir, name=name, base=base, options=options, confirm=ask, progress=cloud_progress
+            )
         )
-    )
+    except CostDeclined as e:  # the caller must see the estimate to say yes next time (confirm_cost)
+        raise Cancelled("\n".join([str(e), *asked])) from None
 
 
 class Background:

@@ -5,6 +5,11 @@ breaks off resumes from the bytes already there, and a shard is only accepted wh
 name. Jobs run one at a time in a background thread (a second job would only halve the speed of both);
 their files are written under temporary names and renamed when complete, so a cancelled or failed job
 never leaves a half-written model behind.
+
+Every call belongs to the user its token names (trainer/tenants.py), and every user has a folder of
+their own for shards and jobs. Shards are content-addressed, so sharing them would save disk, but then
+MissingShards would tell one user whether another holds a given shard (a known sample pack, say): each
+user's storage is separate, and another user's job id gets the same NOT_FOUND as an id never issued.
 """
 
 from __future__ import annotations
@@ -19,33 +24,35 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import numpy as np
 from vibrary.daemon.rpc import is_loopback, make_server
-from vibrary.daemon.shards import Manifest, ShardError, sha256_bytes, unpack
-from vibrary.daemon.spectrogram import dequantize
+from vibrary.daemon.shards import Manifest, ShardError, sha256_bytes
 from vibrary.proto import trainer_pb2 as pb
 from vibrary.proto import trainer_pb2_grpc as pb_grpc
 
-from . import plots
-from .export import base_path, load_base, max_difference, to_onnx
-from .train import Cancelled, Progress, TrainConfig, train
+from .export import base_path
+from .pipeline import RESULT_FILES, train_to_files
+from .tenants import LOCAL, Tenants, check_user
+from .train import Cancelled, Progress, TrainConfig
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Trainer"].full_name
 MAX_SHARD = 256 << 20
 CHUNK = 1 << 20
-RESULT_FILES = ("model.onnx", "learning_curve.png", "confusion_matrix.png")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _TERMINAL = (pb.Job.SUCCEEDED, pb.Job.FAILED, pb.Job.CANCELLED)
 
 
 class _JobState:
-    def __init__(self, job_id: str, request: pb.JobRequest, manifest: Manifest, config: TrainConfig) -> None:
+    def __init__(
+        self, job_id: str, user: str, request: pb.JobRequest, manifest: Manifest, config: TrainConfig, out: Path
+    ) -> None:
         self.job = pb.Job(id=job_id, state=pb.Job.QUEUED, phase="queued")
+        self.user = user
         self.request = request
         self.manifest = manifest
         self.config = config
+        self.out = out
         self.cancel = threading.Event()
         self.changed = threading.Condition()
 
@@ -61,26 +68,39 @@ class _JobState:
 
 
 class TrainerService(pb_grpc.TrainerServicer):
-    def __init__(self, root: Path) -> None:
-        self.shards = root / "shards"
-        self.jobs_dir = root / "jobs"
-        self.shards.mkdir(parents=True, exist_ok=True)
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, root: Path, tenants: Tenants | None = None) -> None:
+        self.root = root
+        self.tenants = tenants or Tenants(root)
         self.jobs: dict[str, _JobState] = {}
         self._queue: queue.Queue[_JobState] = queue.Queue()
         self._runner = threading.Thread(target=self._run_jobs, name="trainer", daemon=True)
         self._runner.start()
 
+    # -- who is asking -------------------------------------------------------------------------------
+    def _user(self, context: grpc.ServicerContext) -> str:
+        given = dict(context.invocation_metadata() or ()).get("authorization", "")
+        user = self.tenants.user(given if isinstance(given, str) else given.decode(errors="replace"))
+        if user is None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token")
+        assert user is not None  # abort raised
+        return user
+
+    def _folder(self, user: str, kind: str) -> Path:
+        path = self.root / "tenants" / check_user(user) / kind
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     # -- uploads -------------------------------------------------------------------------------------
-    def _shard_path(self, sha: str, context: grpc.ServicerContext) -> Path:
+    def _shard_path(self, user: str, sha: str, context: grpc.ServicerContext) -> Path:
         if not _SHA.match(sha):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a sha256: {sha!r}")
-        return self.shards / f"{sha}.npz"
+        return self._folder(user, "shards") / f"{sha}.npz"
 
     def MissingShards(self, request: pb.ShardList, context: grpc.ServicerContext) -> pb.ShardList:
+        user = self._user(context)
         missing = []
         for s in request.shards:
-            path = self._shard_path(s.sha256, context)
+            path = self._shard_path(user, s.sha256, context)
             if not path.exists():
                 part = path.with_suffix(".part")
                 missing.append(
@@ -89,9 +109,10 @@ class TrainerService(pb_grpc.TrainerServicer):
         return pb.ShardList(shards=missing)
 
     def UploadShards(self, request_iterator: Iterator[pb.ShardChunk], context: grpc.ServicerContext) -> pb.UploadReply:
+        user = self._user(context)
         complete = []
         for chunk in request_iterator:
-            path = self._shard_path(chunk.sha256, context)
+            path = self._shard_path(user, chunk.sha256, context)
             if not 0 < chunk.size <= MAX_SHARD:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"shard size {chunk.size} outside 1..{MAX_SHARD}")
             if path.exists():
@@ -118,26 +139,36 @@ class TrainerService(pb_grpc.TrainerServicer):
 
     # -- jobs ----------------------------------------------------------------------------------------
     def StartJob(self, request: pb.JobRequest, context: grpc.ServicerContext) -> pb.Job:
+        user = self._user(context)
+        base = request.base or "demo"
+        if user != LOCAL and base not in ("demo", "none"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a shared trainer trains from base demo or none only")
         try:
             manifest = Manifest.from_json(request.manifest)
             config = TrainConfig.from_dict(json.loads(request.config or "{}"))
-            base_path(request.base or "demo")
+            base_path(base)
         except (ShardError, ValueError, TypeError, FileNotFoundError) as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        absent = [s.sha256[:12] for s in manifest.shards if not (self.shards / f"{s.sha256}.npz").exists()]
+        absent = [s.sha256[:12] for s in manifest.shards if not self._shard_path(user, s.sha256, context).exists()]
         if absent:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"shards not uploaded yet: {', '.join(absent)}")
-        job = _JobState(uuid.uuid4().hex[:12], request, manifest, config)
-        self.jobs[job.job.id] = job
+        job_id = uuid.uuid4().hex[:12]
+        job = _JobState(job_id, user, request, manifest, config, self._folder(user, "jobs") / job_id)
+        self.jobs[job_id] = job
         self._queue.put(job)
         return job.snapshot()
 
     def _job(self, ref: pb.JobRef, context: grpc.ServicerContext) -> _JobState:
+        user = self._user(context)
         job = self.jobs.get(ref.id)
-        if job is None:
+        if job is None or job.user != user:  # someone else's job is as absent as one never started
             context.abort(grpc.StatusCode.NOT_FOUND, f"no job {ref.id!r}")
         assert job is not None  # abort raised
         return job
+
+    def ListJobs(self, request: pb.ListJobsRequest, context: grpc.ServicerContext) -> pb.JobList:
+        user = self._user(context)
+        return pb.JobList(jobs=[job.snapshot() for job in list(self.jobs.values()) if job.user == user])
 
     def WatchJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> Iterator[pb.Job]:
         job = self._job(request, context)
@@ -164,7 +195,7 @@ class TrainerService(pb_grpc.TrainerServicer):
         if job.job.state != pb.Job.SUCCEEDED:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"job {job.job.id} has not succeeded")
         for name in RESULT_FILES:
-            data = (self.jobs_dir / job.job.id / name).read_bytes()
+            data = (job.out / name).read_bytes()
             for start in range(0, len(data), CHUNK):
                 last = start + CHUNK >= len(data)
                 yield pb.FileChunk(
@@ -189,50 +220,47 @@ class TrainerService(pb_grpc.TrainerServicer):
                 job.update(state=pb.Job.FAILED, phase="failed", error=f"internal error: {e}")
 
     def _run(self, job: _JobState) -> None:
-        m = job.manifest
-        parts = [unpack((self.shards / f"{s.sha256}.npz").read_bytes(), m.params, len(m.classes)) for s in m.shards]
-        codes = np.concatenate([p[0] for p in parts])
-        labels = np.concatenate([p[1] for p in parts])
-        groups = np.concatenate([p[2] for p in parts])
-        base, base_name = load_base(job.request.base or "demo")
+        shard_dir = self._folder(job.user, "shards")
+        blobs = ((shard_dir / f"{s.sha256}.npz").read_bytes() for s in job.manifest.shards)
 
         def progress(p: Progress) -> None:
             job.update(
                 phase=p.phase, epoch=p.epoch, epochs=p.epochs, loss=p.loss, val_accuracy=p.val_accuracy, eta_s=p.eta_s
             )
 
-        result = train(m, codes, labels, groups, job.config, base, base_name, progress, job.cancel.is_set)
-        job.update(phase="exporting")
-        name = job.request.name or m.name
-        model = to_onnx(result, name)
-        probe = dequantize(codes[: min(16, len(codes))], m.params)
-        if (diff := max_difference(result.net, model, probe)) > 1e-4:
-            raise ValueError(f"exported model differs from the trained one by {diff:.2g}")
-        if job.cancel.is_set():
-            raise Cancelled("training cancelled")
-        title = f"{name}: {len(m.classes)} classes, {result.train_clips} training clips"
-        files = {
-            "model.onnx": model,
-            "learning_curve.png": plots.learning_curve(result.history, title),
-            "confusion_matrix.png": plots.confusion_matrix(result.confusion, m.classes, f"{name} (validation)"),
-        }
-        out = self.jobs_dir / job.job.id
-        out.mkdir(parents=True, exist_ok=True)
+        name = job.request.name or job.manifest.name
+        files, result = train_to_files(
+            job.manifest, blobs, name, job.request.base or "demo", job.config, progress, job.cancel.is_set
+        )
+        job.out.mkdir(parents=True, exist_ok=True)
         for file_name, data in files.items():
-            (out / f"{file_name}.part").write_bytes(data)
-            (out / f"{file_name}.part").replace(out / file_name)
+            (job.out / f"{file_name}.part").write_bytes(data)
+            (job.out / f"{file_name}.part").replace(job.out / file_name)
         job.update(
             state=pb.Job.SUCCEEDED, phase="done", val_accuracy=result.val_accuracy, summary=json.dumps(result.summary())
         )
 
 
-def serve(root: Path, listen: str, token: str = "") -> tuple[grpc.Server, int]:
-    """Start the trainer on listen (HOST:PORT, port 0 picks one); returns the server and its port."""
-    if not token and not is_loopback(listen):
+def serve(
+    root: Path, listen: str, token: str = "", tls_cert: bytes | None = None, tls_key: bytes | None = None
+) -> tuple[grpc.Server, int]:
+    """Start the trainer on listen (HOST:PORT, port 0 picks one); returns the server and its port.
+
+    Off loopback a token is required (`token`, or users in root/tokens.json); with tls_cert and tls_key
+    (PEM) the trainer speaks only TLS, so tokens and spectrograms never cross a network in the clear."""
+    tenants = Tenants(root, token, open_ok=is_loopback(listen))
+    if tenants.open and not is_loopback(listen):
         raise ValueError(f"refusing to serve on {listen} without a token: only loopback is open to all")
-    service = TrainerService(root)
-    server = make_server(lambda s: pb_grpc.add_TrainerServicer_to_server(service, s), [SERVICE_NAME], token, workers=8)
-    port = server.add_insecure_port(listen)
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("TLS needs both a certificate and its key")
+    service = TrainerService(root, tenants)
+    # strangers get nothing but health checks; an open loopback trainer needs no check at all
+    check = "" if tenants.open else (lambda authorization: tenants.user(authorization) is not None)
+    server = make_server(lambda s: pb_grpc.add_TrainerServicer_to_server(service, s), [SERVICE_NAME], check, workers=8)
+    if tls_cert is not None and tls_key is not None:
+        port = server.add_secure_port(listen, grpc.ssl_server_credentials([(tls_key, tls_cert)]))
+    else:
+        port = server.add_insecure_port(listen)
     if port == 0:
         raise ValueError(f"cannot listen on {listen}")
     server.start()

@@ -59,6 +59,11 @@ class TrainerStub:
                 request_serializer=vibrary_dot_v1_dot_trainer__pb2.JobRef.SerializeToString,
                 response_deserializer=vibrary_dot_v1_dot_trainer__pb2.Job.FromString,
                 _registered_method=True)
+        self.ListJobs = channel.unary_unary(
+                '/vibrary.v1.Trainer/ListJobs',
+                request_serializer=vibrary_dot_v1_dot_trainer__pb2.ListJobsRequest.SerializeToString,
+                response_deserializer=vibrary_dot_v1_dot_trainer__pb2.JobList.FromString,
+                _registered_method=True)
         self.DownloadResult = channel.unary_stream(
                 '/vibrary.v1.Trainer/DownloadResult',
                 request_serializer=vibrary_dot_v1_dot_trainer__pb2.JobRef.SerializeToString,
@@ -104,6 +109,13 @@ class TrainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListJobs(self, request, context):
+        """The caller's own jobs, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DownloadResult(self, request, context):
         """The finished job's files (model.onnx, learning_curve.png, confusion_matrix.png) as chunks;
         the last chunk of each file carries its sha256.
@@ -139,6 +151,11 @@ def add_TrainerServicer_to_server(servicer, server):
                     servicer.CancelJob,
                     request_deserializer=vibrary_dot_v1_dot_trainer__pb2.JobRef.FromString,
                     response_serializer=vibrary_dot_v1_dot_trainer__pb2.Job.SerializeToString,
+            ),
+            'ListJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJobs,
+                    request_deserializer=vibrary_dot_v1_dot_trainer__pb2.ListJobsRequest.FromString,
+                    response_serializer=vibrary_dot_v1_dot_trainer__pb2.JobList.SerializeToString,
             ),
             'DownloadResult': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadResult,
@@ -281,6 +298,33 @@ class Trainer:
             '/vibrary.v1.Trainer/CancelJob',
             vibrary_dot_v1_dot_trainer__pb2.JobRef.SerializeToString,
             vibrary_dot_v1_dot_trainer__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vibrary.v1.Trainer/ListJobs',
+            vibrary_dot_v1_dot_trainer__pb2.ListJobsRequest.SerializeToString,
+            vibrary_dot_v1_dot_trainer__pb2.JobList.FromString,
             options,
             channel_credentials,
             insecure,

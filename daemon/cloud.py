@@ -1,0 +1,421 @@
+"""Training on a rented GPU: shards to S3, an EC2 instance timed to the upload, the model back.
+
+Most producers have no GPU. The dataset's shards (spectrograms and labels, never audio or paths) go to
+S3 under their sha256, so a shard is never uploaded twice and an interrupted upload resumes: shards
+already there are skipped (head_object) and a large shard's multipart upload continues from its last
+part. A GPU instance costs money from the second it starts, and boots in minutes: it is launched when
+the measured upload rate says the upload will be done in about the time the instance takes to boot (at
+once for a short upload), so neither waits long for the other. The instance runs the trainer image,
+which reads the job from S3 (trainer/s3job.py), writes progress and results back, and shuts down, and
+an instance launched to shut down terminates itself. The client still terminates it when it is done
+or fails, and a hard cap in the user data ends it whatever happens. Nothing is launched before the
+user accepted the cost estimate.
+
+boto3 is imported only here, and only when a cloud job runs (the `[cloud]` extra). Configuration comes
+from the usual AWS places (credentials, region) plus VIBRARY_CLOUD_* variables or $VIBRARY_HOME/cloud.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from . import config
+from .shards import Manifest, sha256_bytes
+
+log = logging.getLogger(__name__)
+
+# On-demand Linux prices in US$ per hour, us-east-1, as AWS listed them in 2025 (not fetched live).
+# Other regions cost up to a third more; the estimate says which figure it used.
+PRICES = {
+    "g4dn.xlarge": 0.526,
+    "g4dn.2xlarge": 0.752,
+    "g5.xlarge": 1.006,
+    "g5.2xlarge": 1.212,
+    "g6.xlarge": 0.805,
+    "g6.2xlarge": 0.978,
+    "p3.2xlarge": 3.06,
+}
+PRICES_AS_OF = "us-east-1 on-demand, 2025 list"
+PART_SIZE = 8 << 20  # multipart above this (S3's minimum part is 5 MiB)
+ASSUMED_RATE = 1 << 20  # bytes/s before the upload has been measured
+CLIPS_PER_S = 1500  # training throughput of a T4-class GPU for the estimate (clips × epochs per second)
+SETUP_S = 120  # pulling shards and the image, exporting, uploading the results
+RESULTS = ("model.onnx", "learning_curve.png", "confusion_matrix.png", "summary.json")
+DEFAULT_AMI = "resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+_ENDED = ("shutting-down", "terminated", "stopping", "stopped")
+
+
+class CloudError(Exception):
+    """A cloud job that cannot run or failed; str() says why and what to do."""
+
+
+class CostDeclined(CloudError):
+    """The user did not accept the cost estimate: nothing was uploaded or launched."""
+
+
+@dataclass
+class CloudSettings:
+    bucket: str = ""
+    region: str = ""  # empty: the AWS configuration's own
+    instance_type: str = "g4dn.xlarge"
+    ami: str = DEFAULT_AMI  # the AWS Deep Learning Base AMI: NVIDIA driver, Docker and the container toolkit
+    image: str = ""  # the trainer image (see Dockerfile), pushed where the instance can pull it
+    instance_profile: str = ""  # IAM instance profile: S3 access to the bucket
+    subnet: str = ""
+    security_groups: str = ""  # comma-separated ids
+    boot_s: float = 240.0  # launch to a running container, for a GPU AMI
+    poll_s: float = 10.0
+    timeout_s: float = 6 * 3600.0
+    max_hours: float = 4.0  # the instance shuts itself down after this, whatever happens
+
+    @classmethod
+    def load(cls, home_dir: Path) -> CloudSettings:
+        """$VIBRARY_HOME/cloud.json, then VIBRARY_CLOUD_<NAME> variables over it."""
+        path = home_dir / "cloud.json"
+        raw: dict[str, Any] = {}
+        if path.exists():
+            try:
+                raw = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise CloudError(f"{path}: not valid JSON ({e})") from None
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise CloudError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+        for name in known:
+            if (value := os.environ.get(f"VIBRARY_CLOUD_{name.upper()}")) is not None:
+                raw[name] = value
+        try:
+            settings = cls(**{k: type(getattr(cls(), k))(v) for k, v in raw.items()})
+        except (TypeError, ValueError) as e:
+            raise CloudError(f"bad cloud setting: {e}") from None
+        for name in ("bucket", "image"):
+            if not getattr(settings, name):
+                raise CloudError(f"set VIBRARY_CLOUD_{name.upper()} (or {name!r} in {path}) to train in the cloud")
+        return settings
+
+
+# -- where things are in the bucket (the cloud job in trainer/s3job.py reads the same) ----------------------
+def shard_key(sha256: str) -> str:
+    return f"shards/{sha256}.npz"
+
+
+def job_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/"
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    if not url.startswith("s3://") or "/" not in url[5:]:
+        raise ValueError(f"not an s3://BUCKET/KEY address: {url!r}")
+    bucket, key = url[5:].split("/", 1)
+    return bucket, key
+
+
+def read_json(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """The object as JSON, or None while it does not exist."""
+    try:
+        reply: dict[str, Any] = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        return reply
+    except s3.exceptions.NoSuchKey:
+        return None
+
+
+def put_json(s3: Any, bucket: str, key: str, obj: dict[str, Any]) -> None:
+    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(obj).encode(), ContentType="application/json")
+
+
+def exists(s3: Any, bucket: str, key: str) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+        return True
+    except s3.exceptions.ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+
+
+# -- the upload -------------------------------------------------------------------------------------------
+def missing_shards(s3: Any, bucket: str, manifest: Manifest) -> list[tuple[str, int]]:
+    """(sha256, size) of the shards the bucket lacks: what this upload will send."""
+    return [(s.sha256, s.size) for s in manifest.shards if not exists(s3, bucket, shard_key(s.sha256))]
+
+
+def upload_shards(
+    s3: Any, bucket: str, missing: list[tuple[str, int]], shard_dir: Path, sent: Callable[[int], None]
+) -> None:
+    """Upload these shards; sent(n) after each object or part. A shard above PART_SIZE goes in parts,
+    and an unfinished multipart upload of it (an earlier, interrupted run) continues where it stopped."""
+    for sha, _ in missing:
+        data = (shard_dir / f"{sha}.npz").read_bytes()
+        if sha256_bytes(data) != sha:
+            raise CloudError(f"local shard {sha[:12]} is corrupt; create the dataset again")
+        key = shard_key(sha)
+        if len(data) <= PART_SIZE:
+            s3.put_object(Bucket=bucket, Key=key, Body=data)
+            sent(len(data))
+        else:
+            _multipart(s3, bucket, key, data, sent)
+
+
+def _multipart(s3: Any, bucket: str, key: str, data: bytes, sent: Callable[[int], None]) -> None:
+    uploads = s3.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", [])
+    upload_id = next((u["UploadId"] for u in uploads if u["Key"] == key), None)
+    done: dict[int, str] = {}
+    if upload_id is None:
+        upload_id = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    else:
+        for page in s3.get_paginator("list_parts").paginate(Bucket=bucket, Key=key, UploadId=upload_id):
+            for part in page.get("Parts", []):
+                start = (part["PartNumber"] - 1) * PART_SIZE
+                if part["Size"] == len(data[start : start + PART_SIZE]):  # a part of another size is sent again
+                    done[part["PartNumber"]] = part["ETag"]
+    for number, start in enumerate(range(0, len(data), PART_SIZE), 1):
+        if number in done:
+            continue
+        piece = data[start : start + PART_SIZE]
+        reply = s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=piece)
+        done[number] = reply["ETag"]
+        sent(len(piece))
+    parts = [{"PartNumber": n, "ETag": done[n]} for n in sorted(done)]
+    s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts})
+
+
+def launch_due(sent: int, total: int, elapsed_s: float, boot_s: float) -> bool:
+    """Whether to launch now: when the rest of the upload, at the rate measured so far, takes no longer
+    than the instance takes to boot (at once when the upload is short or done)."""
+    remaining = total - sent
+    if remaining <= 0:
+        return True
+    rate = sent / elapsed_s if sent > 0 and elapsed_s > 0 else ASSUMED_RATE
+    return remaining / rate <= boot_s
+
+
+# -- cost -------------------------------------------------------------------------------------------------
+@dataclass
+class Estimate:
+    minutes: float
+    dollars: float | None
+    text: str
+
+
+def estimate(settings: CloudSettings, manifest: Manifest, options: str, upload_bytes: int) -> Estimate:
+    epochs = int(json.loads(options or "{}").get("epochs") or 40)
+    train_s = manifest.clips * epochs / CLIPS_PER_S
+    minutes = max(1.0, (settings.boot_s + SETUP_S + train_s) / 60)  # EC2 bills a minute at least
+    price = PRICES.get(settings.instance_type)
+    dollars = None if price is None else price * minutes / 60
+    cost = (
+        f"about ${dollars:.2f} (${price}/hour, {PRICES_AS_OF})"
+        if dollars is not None
+        else f"unknown: no price on record for {settings.instance_type}, see aws.amazon.com/ec2/pricing"
+    )
+    text = (
+        f"Cloud training of {manifest.name!r}: {manifest.clips} clips, up to {epochs} epochs.\n"
+        f"Upload: {upload_bytes / 1e6:.1f} MB of spectrograms and labels (no audio) to s3://{settings.bucket}.\n"
+        f"One {settings.instance_type} instance for about {minutes:.0f} minutes: {cost}.\n"
+        f"It ends itself after {settings.max_hours:g} hours at most. S3 storage of the shards is billed apart."
+    )
+    return Estimate(minutes, dollars, text)
+
+
+# -- the instance -----------------------------------------------------------------------------------------
+def user_data(settings: CloudSettings, region: str, job_url: str) -> str:
+    """The instance's boot script: a cap on its life, the trainer container, then shutdown (= terminate).
+    An image in ECR needs a login first, with the instance profile's credentials."""
+    registry = settings.image.split("/", 1)[0]
+    login = (
+        [f"aws ecr get-login-password --region {region} | docker login --username AWS --password-stdin {registry}"]
+        if ".dkr.ecr." in registry
+        else []
+    )
+    return "\n".join(
+        [
+            "#!/bin/bash",
+            "set -u",
+            f"shutdown -h +{max(1, round(settings.max_hours * 60))}",
+            *login,
+            f"docker run --rm --gpus all --network host -e AWS_DEFAULT_REGION={region} {settings.image} "
+            f"vibrary trainer run-s3 {job_url}",
+            "shutdown -h now",
+            "",
+        ]
+    )
+
+
+def launch(ec2: Any, settings: CloudSettings, region: str, job_id: str, job_url: str) -> str:
+    params: dict[str, Any] = {
+        "ImageId": settings.ami,
+        "InstanceType": settings.instance_type,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "UserData": user_data(settings, region, job_url),
+        "InstanceInitiatedShutdownBehavior": "terminate",
+        "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 2},
+        "TagSpecifications": [
+            {
+                "ResourceType": "instance",
+                "Tags": [{"Key": "Name", "Value": f"vibrary-train-{job_id}"}, {"Key": "vibrary-job", "Value": job_id}],
+            }
+        ],
+    }
+    if settings.instance_profile:
+        params["IamInstanceProfile"] = {"Name": settings.instance_profile}
+    if settings.subnet:
+        params["SubnetId"] = settings.subnet
+    if settings.security_groups:
+        params["SecurityGroupIds"] = [g.strip() for g in settings.security_groups.split(",") if g.strip()]
+    return str(ec2.run_instances(**params)["Instances"][0]["InstanceId"])
+
+
+def instance_state(ec2: Any, instance_id: str) -> str:
+    reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    return str(reservations[0]["Instances"][0]["State"]["Name"]) if reservations else "terminated"
+
+
+@contextmanager
+def _aws_errors() -> Iterator[None]:
+    """botocore's errors (no region, no credentials, access denied…) as CloudError, said plainly."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError) as e:
+        raise CloudError(f"AWS: {e}") from e
+
+
+def _session(settings: CloudSettings) -> Any:
+    try:
+        import boto3
+    except ImportError:
+        raise CloudError("cloud training needs boto3: pip install 'vibrary[cloud]'") from None
+    return boto3.session.Session(region_name=settings.region or None)
+
+
+# -- the whole job ----------------------------------------------------------------------------------------
+@dataclass
+class _Job:
+    settings: CloudSettings
+    s3: Any
+    ec2: Any
+    region: str
+    job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    instance: str = ""
+
+    @property
+    def prefix(self) -> str:
+        return job_prefix(self.job_id)
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.settings.bucket}/{self.prefix}job.json"
+
+    def launch(self, progress: Callable[[dict[str, Any]], None], why: str) -> None:
+        self.instance = launch(self.ec2, self.settings, self.region, self.job_id, self.url)
+        progress({"state": "WAITING", "message": f"launched {self.settings.instance_type} {self.instance}: {why}"})
+
+    def wait(self, progress: Callable[[dict[str, Any]], None]) -> None:
+        """Until the job's progress.json says it ended; the instance ending first is a failure."""
+        bucket, key = self.settings.bucket, f"{self.prefix}progress.json"
+        deadline = time.monotonic() + self.settings.timeout_s
+        while True:
+            status = read_json(self.s3, bucket, key) or {"state": "WAITING", "message": "the instance is starting"}
+            if status["state"] == "SUCCEEDED":
+                return
+            if status["state"] == "FAILED":
+                raise CloudError(f"cloud training failed: {status.get('error') or 'no reason given'}")
+            progress({k: v for k, v in status.items() if k != "error"})
+            if instance_state(self.ec2, self.instance) in _ENDED:
+                if (read_json(self.s3, bucket, key) or {}).get("state") == "SUCCEEDED":
+                    return
+                raise CloudError(f"instance {self.instance} ended before the job did: see its console log")
+            if time.monotonic() > deadline:
+                raise CloudError(f"cloud training took more than {self.settings.timeout_s:g} s; stopped")
+            time.sleep(self.settings.poll_s)
+
+    def results(self) -> dict[str, bytes]:
+        files = {}
+        for name in RESULTS:
+            reply = self.s3.get_object(Bucket=self.settings.bucket, Key=f"{self.prefix}out/{name}")
+            files[name] = reply["Body"].read()
+        return files
+
+    def clean_up(self) -> None:
+        """The instance goes (if it has not gone itself), and so does everything of the job in the bucket
+        but the shards, which the next training of the same data reuses."""
+        try:
+            if self.instance and instance_state(self.ec2, self.instance) not in ("shutting-down", "terminated"):
+                self.ec2.terminate_instances(InstanceIds=[self.instance])
+        except Exception as e:  # the one thing that must not pass unsaid: it costs money by the hour
+            raise CloudError(
+                f"could not terminate instance {self.instance} ({e}): terminate it in the EC2 console"
+            ) from e
+        try:
+            listed = self.s3.list_objects_v2(Bucket=self.settings.bucket, Prefix=self.prefix).get("Contents", [])
+            if listed:
+                objects = [{"Key": o["Key"]} for o in listed]
+                self.s3.delete_objects(Bucket=self.settings.bucket, Delete={"Objects": objects})
+        except Exception as e:
+            log.warning("could not remove s3://%s/%s: %s", self.settings.bucket, self.prefix, e)
+
+
+def train_in_cloud(
+    manifest: Manifest,
+    shard_dir: Path,
+    *,
+    name: str,
+    base: str,
+    options: str,
+    confirm: Callable[[str], bool],
+    progress: Callable[[dict[str, Any]], None],
+) -> dict[str, bytes]:
+    """Train on a GPU instance; returns model.onnx, learning_curve.png, confusion_matrix.png and
+    summary.json. confirm(text) is shown the cost estimate before anything is uploaded or launched
+    (False: CostDeclined); progress(dict) gets TrainProgress fields (state UPLOADING, WAITING or
+    TRAINING, and the rest). An exception raised by progress cancels the job: the instance is
+    terminated and the job's files removed, as on any failure. AWS errors come as CloudError."""
+    if base not in ("", "demo", "none"):
+        raise CloudError(f"a cloud training starts from base demo or none, not {base!r}")
+    settings = CloudSettings.load(config.home())
+    session = _session(settings)
+    with _aws_errors():
+        s3, ec2 = session.client("s3"), session.client("ec2")
+        region = s3.meta.region_name
+        bucket = settings.bucket
+        missing = missing_shards(s3, bucket, manifest)
+        total = sum(size for _, size in missing)
+        if not confirm(estimate(settings, manifest, options, total).text):
+            raise CostDeclined("not launched: the cost estimate was not accepted")
+        job = _Job(settings, s3, ec2, region)
+        spec = {"manifest": manifest.to_json(), "name": name or manifest.name, "base": base, "options": options or "{}"}
+        put_json(s3, bucket, f"{job.prefix}job.json", spec)
+        try:
+            started, done = time.monotonic(), 0
+
+            def sent(n: int) -> None:
+                nonlocal done
+                done += n
+                progress({"state": "UPLOADING", "uploaded_bytes": done, "upload_bytes": total})
+                elapsed = time.monotonic() - started
+                if not job.instance and launch_due(done, total, elapsed, settings.boot_s):
+                    rest = (total - done) * elapsed / done
+                    job.launch(
+                        progress, f"the upload ends in about {rest:.0f} s, the instance boots in {settings.boot_s:g} s"
+                    )
+
+            progress({"state": "UPLOADING", "uploaded_bytes": 0, "upload_bytes": total})
+            if launch_due(0, total, 0.0, settings.boot_s):
+                job.launch(progress, "the upload is short")
+            upload_shards(s3, bucket, missing, shard_dir, sent)  # the last piece launches at the latest
+            job.wait(progress)
+            return job.results()
+        finally:
+            job.clean_up()

@@ -1,0 +1,482 @@
+"""Cloud training against moto's S3 and EC2 on loopback; the "instance" is the real cloud job, run here.
+
+Only AWS is mocked (moto's server, reached over HTTP through AWS_ENDPOINT_URL exactly as boto3 reaches
+AWS). When moto "launches" an instance, a thread here plays the instance: it reads the instance's user
+data from EC2 and runs the command in it, the real `vibrary trainer run-s3`, with real torch.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import types
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("moto")
+boto3 = pytest.importorskip("boto3")
+
+from moto.server import ThreadedMotoServer  # noqa: E402
+from vibrary.daemon import cloud, registry, shards  # noqa: E402
+from vibrary.daemon.index import Index  # noqa: E402
+
+from tests.conftest import json_lines, vibrary  # noqa: E402
+from tests.test_trainer import KINDS, P, _free_port, _store, spectrograms, write_kinds  # noqa: E402
+
+BUCKET = "vibrary-test"
+IMAGE = "registry.example/vibrary-trainer:test"
+RATE = 2000.0  # bytes per (fake) second: the upload's speed as the launch timing measures it
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, home: Path) -> Iterator[dict[str, Any]]:
+    """moto's S3 and EC2 on loopback, a bucket, and the cloud settings pointing there."""
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    # the server keeps its state in this process's moto backends, which outlive a server: start empty
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST"))
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(home / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(home / "no-aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    s3, ec2 = boto3.client("s3"), boto3.client("ec2")
+    s3.create_bucket(Bucket=BUCKET)
+    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    settings = {"BUCKET": BUCKET, "IMAGE": IMAGE, "AMI": ami, "POLL_S": "0.2", "INSTANCE_TYPE": "g4dn.xlarge"}
+    for key, value in settings.items():
+        monkeypatch.setenv(f"VIBRARY_CLOUD_{key}", value)
+    monkeypatch.setenv("VIBRARY_JOB_POLL_S", "0.2")
+    calls: list[tuple[str, str]] = []  # (operation, S3 key) of every call Vibrary makes, in order
+    real_session = cloud._session
+
+    def spied_session(settings: cloud.CloudSettings) -> Any:
+        session = real_session(settings)
+
+        def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+            calls.append((model.name, str(params.get("Key", ""))))
+
+        session.events.register("provide-client-params.s3", record)
+        session.events.register("provide-client-params.ec2", record)
+        return session
+
+    monkeypatch.setattr(cloud, "_session", spied_session)
+    yield {"s3": s3, "ec2": ec2, "env": {**os.environ}, "calls": calls}
+    server.stop()
+
+
+class Instances(threading.Thread):
+    """Plays each EC2 instance moto launches: runs the trainer command from its user data, for real."""
+
+    def __init__(self, ec2: Any, env: dict[str, str]) -> None:
+        super().__init__(daemon=True)
+        self.ec2, self.env = ec2, env
+        self.user_data: dict[str, str] = {}
+        self.runs: list[subprocess.CompletedProcess[str]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.1):
+            for r in self.ec2.describe_instances()["Reservations"]:
+                for i in r["Instances"]:
+                    if i["InstanceId"] in self.user_data or i["State"]["Name"] not in ("pending", "running"):
+                        continue
+                    attr = self.ec2.describe_instance_attribute(InstanceId=i["InstanceId"], Attribute="userData")
+                    script = base64.b64decode(attr["UserData"]["Value"]).decode()
+                    self.user_data[i["InstanceId"]] = script
+                    command = re.search(r"vibrary trainer run-s3 (\S+)", script)
+                    if command:
+                        argv = [sys.executable, "-m", "vibrary.clients.cli", "trainer", "run-s3", command[1]]
+                        self.runs.append(
+                            subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=240)
+                        )
+
+    def __enter__(self) -> Instances:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.join(timeout=60)
+
+
+def _states(ec2: Any) -> list[str]:
+    return [i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+
+
+def _keys(s3: Any, prefix: str = "") -> list[str]:
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
+
+
+def _dataset(tmp_path: Path, per_kind: int, clips_per_shard: int) -> shards.Manifest:
+    codes, labels, groups = spectrograms(per_kind, 0)
+    order = np.random.default_rng(0).permutation(len(labels))  # every shard holds every kind
+    saved = shards.SHARD_CLIPS
+    shards.SHARD_CLIPS = clips_per_shard
+    try:
+        manifest, blobs = shards.write("kinds", list(KINDS), P, codes[order], labels[order], [groups[i] for i in order])
+    finally:
+        shards.SHARD_CLIPS = saved
+    tmp_path.mkdir(exist_ok=True)
+    _store(blobs, tmp_path)
+    return manifest
+
+
+def test_train_in_the_cloud_end_to_end(
+    aws: dict[str, Any], model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = _dataset(tmp_path / "shards", per_kind=8, clips_per_shard=4)
+    assert len(manifest.shards) == 6
+    # a fake clock that moves with the bytes uploaded: the upload rate is measured as RATE exactly
+    clock = [0.0]
+
+    def tick(params: dict[str, Any], **_: Any) -> None:
+        if str(params.get("Key", "")).startswith("shards/"):
+            clock[0] += len(params["Body"]) / RATE
+
+    real_session = cloud._session
+    monkeypatch.setattr(cloud, "time", types.SimpleNamespace(monotonic=lambda: clock[0], sleep=time.sleep))
+    monkeypatch.setattr(cloud, "ASSUMED_RATE", 1.0)  # before any measurement the upload looks long
+
+    def session(settings: cloud.CloudSettings) -> Any:
+        s = real_session(settings)
+        s.events.register("provide-client-params.s3.PutObject", tick)
+        return s
+
+    monkeypatch.setattr(cloud, "_session", session)
+    boot_s = 0.4 * manifest.size / RATE  # the instance boots while the last 40% of the bytes upload
+    monkeypatch.setenv("VIBRARY_CLOUD_BOOT_S", str(boot_s))
+
+    seen: list[Any] = []
+
+    def accept(text: str) -> bool:
+        seen.append(("confirm", text))
+        return True
+
+    with Instances(aws["ec2"], aws["env"]) as instances:
+        files = cloud.train_in_cloud(
+            manifest,
+            tmp_path / "shards",
+            name="cloudy",
+            base="none",
+            options='{"epochs": 2}',
+            confirm=accept,
+            progress=lambda p: seen.append(("progress", dict(p))),
+        )
+    assert [r.returncode for r in instances.runs] == [0], [r.stderr[-2000:] for r in instances.runs]
+
+    # the cost was shown first, with the price of the instance type
+    assert seen[0][0] == "confirm" and "g4dn.xlarge" in seen[0][1] and "$0.526/hour" in seen[0][1]
+    calls = aws["calls"]
+    shard_puts = [i for i, (op, key) in enumerate(calls) if op == "PutObject" and key.startswith("shards/")]
+    assert sorted(calls[i][1] for i in shard_puts) == sorted(cloud.shard_key(s.sha256) for s in manifest.shards)
+    launched = [i for i, (op, _) in enumerate(calls) if op == "RunInstances"]
+    assert len(launched) == 1
+    # launched at the first moment the rest of the upload took no longer than the boot: not before, not after
+    sizes = {cloud.shard_key(s.sha256): s.size for s in manifest.shards}
+    before = [i for i in shard_puts if i < launched[0]]
+    remaining = manifest.size - sum(sizes[calls[i][1]] for i in before)
+    assert 0 < len(before) < len(shard_puts)
+    assert remaining / RATE <= boot_s < (remaining + sizes[calls[before[-1]][1]]) / RATE
+    # the instance runs the image on the job, caps its own life, and ends by shutting down (= terminate)
+    (script,) = instances.user_data.values()
+    assert f"--gpus all --network host -e AWS_DEFAULT_REGION=us-east-1 {IMAGE} vibrary trainer run-s3 s3://" in script
+    assert script.splitlines()[2] == "shutdown -h +240" and script.rstrip().endswith("shutdown -h now")
+    states = [p["state"] for kind, p in seen if kind == "progress"]
+    assert states[0] == "UPLOADING" and "WAITING" in states and states.index("WAITING") < len(states) - 1
+    assert "TRAINING" in states and states.index("WAITING") < states.index("TRAINING")
+    # the client cleaned up: instance terminated, job files gone, shards kept for the next training
+    assert _states(aws["ec2"]) == ["terminated"]
+    assert _keys(aws["s3"], "jobs/") == [] and len(_keys(aws["s3"], "shards/")) == len(manifest.shards)
+
+    # the model back on this machine, installed, and tagging
+    assert set(files) == {"model.onnx", "learning_curve.png", "confusion_matrix.png", "summary.json"}
+    assert b'"epochs_run": 2' in files["summary.json"]
+    (tmp_path / "cloudy.onnx").write_bytes(files["model.onnx"])
+    index = Index(model_home / "index.sqlite")
+    index.set_active(registry.install(index, model_home, str(tmp_path / "cloudy.onnx"), "cloudy"), True)
+    index.close()
+    write_kinds(tmp_path / "new", per_kind=2, seed=7)
+    tagged = json_lines(vibrary("tag", "--json", "--model", "cloudy", str(tmp_path / "new"), home=model_home).stdout)
+    assert len(tagged) == 6
+    for line in tagged:
+        assert line["error"] is None and line["tags"] and {t["model"] for t in line["tags"]} == {"cloudy"}
+        assert {t["tag"] for t in line["tags"]} <= set(KINDS)
+
+
+def test_nothing_is_uploaded_or_launched_when_the_cost_is_declined(aws: dict[str, Any], tmp_path: Path) -> None:
+    manifest = _dataset(tmp_path, per_kind=4, clips_per_shard=256)
+    shown: list[str] = []
+
+    def decline(text: str) -> bool:
+        shown.append(text)
+        return False
+
+    with pytest.raises(cloud.CostDeclined):
+        cloud.train_in_cloud(
+            manifest,
+            tmp_path,
+            name="n",
+            base="none",
+            options="{}",
+            confirm=decline,
+            progress=lambda p: None,
+        )
+    assert len(shown) == 1 and f"s3://{BUCKET}" in shown[0]
+    assert _keys(aws["s3"]) == [] and _states(aws["ec2"]) == []
+    assert {op for op, _ in aws["calls"]} == {"HeadObject"}
+
+
+def test_a_failed_job_says_why_and_its_instance_is_terminated(aws: dict[str, Any], tmp_path: Path) -> None:
+    codes, labels, groups = spectrograms(4, 0)
+    keep = np.r_[np.flatnonzero(labels != 2), np.flatnonzero(labels == 2)[:1]]  # one thump only
+    manifest, blobs = shards.write("thin", list(KINDS), P, codes[keep], labels[keep], [groups[i] for i in keep])
+    _store(blobs, tmp_path)
+    with Instances(aws["ec2"], aws["env"]) as instances, pytest.raises(cloud.CloudError, match=r"thump \(1\)"):
+        cloud.train_in_cloud(
+            manifest, tmp_path, name="t", base="none", options="{}", confirm=lambda t: True, progress=lambda p: None
+        )
+    assert [r.returncode for r in instances.runs] == [1]
+    calls = aws["calls"]
+    first_shard = next(i for i, (op, key) in enumerate(calls) if op == "PutObject" and key.startswith("shards/"))
+    assert calls.index(("RunInstances", "")) < first_shard  # a short upload: the instance is launched at once
+    assert _states(aws["ec2"]) == ["terminated"] and _keys(aws["s3"], "jobs/") == []
+
+
+def test_an_instance_that_never_reports_is_stopped_at_the_timeout(
+    aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = _dataset(tmp_path, per_kind=4, clips_per_shard=256)
+    monkeypatch.setenv("VIBRARY_CLOUD_TIMEOUT_S", "1")
+    with pytest.raises(cloud.CloudError, match="took more than 1 s"):
+        cloud.train_in_cloud(
+            manifest, tmp_path, name="t", base="none", options="{}", confirm=lambda t: True, progress=lambda p: None
+        )
+    assert _states(aws["ec2"]) == ["terminated"]
+
+
+def _random_shard(clips: int, seed: int) -> tuple[shards.ShardInfo, bytes]:
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 256, (clips, *P.shape), dtype=np.uint8)  # noise: it does not compress
+    labels = np.arange(clips) % len(KINDS)
+    manifest, blobs = shards.write("big", list(KINDS), P, codes, labels, [f"g{i % 4}" for i in range(clips)])
+    (info,) = manifest.shards
+    return info, blobs[info.sha256]
+
+
+def test_an_interrupted_upload_resumes_without_sending_anything_twice(
+    aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cloud, "PART_SIZE", 5 << 20)  # S3's smallest part
+    parts = [_random_shard(3, 1), _random_shard(256, 2), _random_shard(3, 3)]  # small, two parts, small
+    assert parts[1][0].size > cloud.PART_SIZE
+    manifest = shards.Manifest("big", list(KINDS), P, [info for info, _ in parts])
+    _store({info.sha256: blob for info, blob in parts}, tmp_path)
+    s3 = boto3.client("s3")
+    ops: list[tuple[str, Any]] = []
+    s3.meta.events.register(
+        "provide-client-params.s3", lambda params, model, **_: ops.append((model.name, params.get("PartNumber")))
+    )
+
+    sent: list[int] = []
+
+    def network_breaks(n: int) -> None:
+        sent.append(n)
+        if len(sent) == 2:  # the small shard and the big one's first part are up
+            raise ConnectionError("network went away")
+
+    missing = cloud.missing_shards(s3, BUCKET, manifest)
+    assert len(missing) == 3
+    with pytest.raises(ConnectionError):
+        cloud.upload_shards(s3, BUCKET, missing, tmp_path, network_breaks)
+    assert sum(sent) == parts[0][0].size + cloud.PART_SIZE
+
+    ops.clear()
+    missing = cloud.missing_shards(s3, BUCKET, manifest)
+    assert [sha for sha, _ in missing] == [parts[1][0].sha256, parts[2][0].sha256]
+    resent: list[int] = []
+    cloud.upload_shards(s3, BUCKET, missing, tmp_path, resent.append)
+    assert sum(resent) == manifest.size - sum(sent)  # only what had not arrived
+    uploads = [(op, n) for op, n in ops if op in ("PutObject", "UploadPart", "CreateMultipartUpload")]
+    assert uploads == [("UploadPart", 2), ("PutObject", None)]
+    for info, blob in parts:
+        body = s3.get_object(Bucket=BUCKET, Key=cloud.shard_key(info.sha256))["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == info.sha256 and body == blob
+    assert cloud.missing_shards(s3, BUCKET, manifest) == []
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+def test_launch_timing_follows_the_measured_rate() -> None:
+    mb = 1 << 20
+    assert cloud.launch_due(0, 10 * mb, 0.0, boot_s=240)  # short upload: at once
+    assert not cloud.launch_due(0, 10_000 * mb, 0.0, boot_s=240)  # long: wait for a measurement
+    assert not cloud.launch_due(100 * mb, 1000 * mb, 100.0, boot_s=240)  # 900 s left at 1 MB/s
+    assert cloud.launch_due(800 * mb, 1000 * mb, 800.0, boot_s=240)  # 200 s left: boot now
+    assert cloud.launch_due(5, 5, 1.0, boot_s=0)  # done
+
+
+def test_settings_say_what_is_missing(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("BUCKET", "IMAGE"):
+        monkeypatch.delenv(f"VIBRARY_CLOUD_{key}", raising=False)
+    with pytest.raises(cloud.CloudError, match="VIBRARY_CLOUD_BUCKET"):
+        cloud.CloudSettings.load(home)
+    (home / "cloud.json").write_text('{"bucket": "b", "image": "i", "instance_type": "g5.xlarge", "colour": 1}')
+    with pytest.raises(cloud.CloudError, match="unknown settings \\['colour'\\]"):
+        cloud.CloudSettings.load(home)
+    (home / "cloud.json").write_text('{"bucket": "b", "image": "i", "instance_type": "g5.xlarge"}')
+    monkeypatch.setenv("VIBRARY_CLOUD_BOOT_S", "90")
+    settings = cloud.CloudSettings.load(home)
+    assert (settings.bucket, settings.instance_type, settings.boot_s) == ("b", "g5.xlarge", 90.0)
+
+
+def test_an_image_in_ecr_is_pulled_after_a_login_with_the_instance_role() -> None:
+    ecr = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/vibrary-trainer:cuda"
+    script = cloud.user_data(cloud.CloudSettings(bucket="b", image=ecr), "eu-west-1", "s3://b/jobs/x/job.json")
+    lines = script.splitlines()
+    login = next(i for i, line in enumerate(lines) if "docker login" in line)
+    assert "--password-stdin 123456789012.dkr.ecr.eu-west-1.amazonaws.com" in lines[login]
+    assert login < next(i for i, line in enumerate(lines) if line.startswith("docker run"))
+    plain = cloud.user_data(cloud.CloudSettings(bucket="b", image="ghcr.io/me/t:1"), "r", "s3://b/j")
+    assert "docker login" not in plain
+
+
+def test_bad_base_missing_credentials_or_region_are_said_plainly(
+    aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifest = _dataset(tmp_path, per_kind=4, clips_per_shard=256)
+
+    def train() -> None:
+        cloud.train_in_cloud(
+            manifest, tmp_path, name="t", base="none", options="{}", confirm=lambda t: True, progress=lambda p: None
+        )
+
+    with pytest.raises(cloud.CloudError, match="base demo or none"):
+        cloud.train_in_cloud(
+            manifest, tmp_path, name="t", base="/x.pt", options="{}", confirm=lambda t: True, progress=lambda p: None
+        )
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    with pytest.raises(cloud.CloudError, match="AWS: You must specify a region"):
+        train()
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(key)
+    with pytest.raises(cloud.CloudError, match="AWS: Unable to locate credentials"):
+        train()
+    assert _states(aws["ec2"]) == []
+
+
+def test_a_training_cut_off_mid_upload_cleans_up_and_the_next_sends_only_the_rest(
+    aws: dict[str, Any], tmp_path: Path
+) -> None:
+    manifest = _dataset(tmp_path, per_kind=8, clips_per_shard=4)
+
+    class Cut(Exception):
+        pass
+
+    def cut_after_two(p: dict[str, Any]) -> None:  # the user cancels, or the network goes, mid-upload
+        if p["state"] == "UPLOADING" and p["uploaded_bytes"] >= manifest.shards[0].size + manifest.shards[1].size:
+            raise Cut
+
+    def train(progress: Any) -> dict[str, bytes]:
+        return cloud.train_in_cloud(
+            manifest,
+            tmp_path,
+            name="again",
+            base="none",
+            options='{"epochs": 1}',
+            confirm=lambda t: True,
+            progress=progress,
+        )
+
+    with pytest.raises(Cut):
+        train(cut_after_two)
+    assert _states(aws["ec2"]) == ["terminated"]  # launched at once (a short upload), and gone again
+    assert _keys(aws["s3"], "jobs/") == [] and len(_keys(aws["s3"], "shards/")) == 2
+
+    calls = aws["calls"]
+    calls.clear()
+    with Instances(aws["ec2"], aws["env"]) as instances:
+        files = train(lambda p: None)
+    assert [r.returncode for r in instances.runs] == [0], [r.stderr[-2000:] for r in instances.runs]
+    resent = sorted(key for op, key in calls if op == "PutObject" and key.startswith("shards/"))
+    assert resent == sorted(cloud.shard_key(s.sha256) for s in manifest.shards[2:])
+    assert files["model.onnx"] and _states(aws["ec2"]) == ["terminated", "terminated"]
+
+
+def test_the_cloud_module_loads_neither_boto3_nor_torch_until_a_job_runs() -> None:
+    code = (
+        "import sys, vibrary.daemon.cloud, vibrary.clients.cli; "
+        "assert not {'boto3', 'botocore', 'torch'} & set(sys.modules), sorted(sys.modules)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_cost_prompt_launches_only_when_accepted(capsys: pytest.CaptureFixture[str]) -> None:
+    from vibrary.clients.cli import build_parser, confirm_cost
+
+    scripted = build_parser().parse_args(["train", "d", "--trainer", "cloud"])
+    assert not confirm_cost(scripted)("about $0.06")  # no terminal to ask on (pytest's stdin), no --yes
+    assert "pass --yes" in capsys.readouterr().err
+    assert confirm_cost(build_parser().parse_args(["train", "d", "--trainer", "cloud", "--yes"]))("about $0.06")
+    assert "about $0.06" in capsys.readouterr().err
+
+
+def test_vibrary_train_in_the_cloud_installs_the_model_and_a_decline_says_what_it_would_cost(
+    aws: dict[str, Any], home: Path, tmp_path: Path
+) -> None:
+    """The path `vibrary train --trainer cloud` and the daemon's Train RPC share: daemon/training.py."""
+    from vibrary.daemon import config, dataset, training
+
+    write_kinds(tmp_path / "ex", per_kind=6, seed=3)
+    dataset.build(home, "kinds", dataset.examples_from_folders([str(tmp_path / "ex")]))
+    index = Index(config.index_path(home))
+    registry.ensure_builtin(index, home)
+    seen: list[training.TrainProgress] = []
+    try:
+        with pytest.raises(training.Cancelled, match="not accepted"):
+            training.train(home, "kinds", index=index, trainer="cloud", base="none", progress=seen.append)
+        assert seen[-1].state == "cancelled" and "$0.526/hour" in seen[-1].error  # the estimate, to decide on
+        assert _states(aws["ec2"]) == [] and _keys(aws["s3"]) == []
+
+        seen.clear()
+        with Instances(aws["ec2"], aws["env"]) as instances:
+            trained = training.train(
+                home,
+                "kinds",
+                index=index,
+                trainer="cloud",
+                base="none",
+                options={"epochs": 2},
+                confirm=lambda text: "g4dn.xlarge" in text,
+                progress=seen.append,
+            )
+        assert [r.returncode for r in instances.runs] == [0], [r.stderr[-2000:] for r in instances.runs]
+        states = [p.state for p in seen]
+        assert {"uploading", "waiting", "training", "installing"} <= set(states) and states[-1] == "succeeded"
+        assert trained.row.ref == "kinds@1" and list(trained.row.classes) == sorted(KINDS)
+        assert {m.ref for m in index.active_models()} >= {"kinds@1"} and len(trained.plots) == 2
+    finally:
+        index.close()
+    tagged = json_lines(vibrary("tag", "--json", "--model", "kinds", str(tmp_path / "ex"), home=home).stdout)
+    assert len(tagged) == 6 * len(KINDS) and all(line["tags"][0]["model"] == "kinds" for line in tagged)

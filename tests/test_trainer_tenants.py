@@ -1,0 +1,236 @@
+"""A shared trainer: per-user tokens stored hashed, users kept apart, TLS end to end."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+import grpc
+import onnx
+from vibrary.clients.client import DaemonError
+from vibrary.clients.trainer_client import TrainerClient
+from vibrary.proto import trainer_pb2 as pb
+from vibrary.trainer.service import serve
+
+from tests.conftest import json_lines, vibrary, wait_for
+from tests.test_trainer import KINDS, _free_port, _manifest_and_blobs, _store, write_kinds
+
+ONE_EPOCH = json.dumps({"epochs": 1})
+
+
+def _add_user(home: Path, data: Path, user: str) -> str:
+    out = vibrary("trainer", "token", "--data", str(data), "add", user, "--json", home=home)
+    return str(json_lines(out.stdout)[0]["token"])
+
+
+@pytest.fixture
+def shared(home: Path, tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
+    """A trainer with two users, each with their own token, as `vibrary trainer token add` makes them."""
+    data = tmp_path / "trainer"
+    tokens = {user: _add_user(home, data, user) for user in ("alice", "bob")}
+    server, port = serve(data, "127.0.0.1:0")
+    try:
+        yield f"127.0.0.1:{port}", data, tokens
+    finally:
+        server.stop(grace=0)
+
+
+def _code(call: object) -> grpc.StatusCode:
+    with pytest.raises(DaemonError) as err:
+        call()  # type: ignore[operator]
+    return err.value.code
+
+
+def test_tokens_are_stored_hashed_and_wrong_or_missing_ones_are_refused(
+    shared: tuple[str, Path, dict[str, str]], home: Path
+) -> None:
+    target, data, tokens = shared
+    stored = (data / "tokens.json").read_text()
+    assert tokens["alice"] not in stored and tokens["bob"] not in stored
+    assert set(json.loads(stored)["users"]) == {"alice", "bob"}
+    assert stat.S_IMODE((data / "tokens.json").stat().st_mode) == 0o600
+    manifest, _ = _manifest_and_blobs()
+    for token in ("", "wrong", tokens["alice"][:-1]):
+        with TrainerClient(target, token) as client:
+            assert _code(lambda c=client: c.missing(manifest)) == grpc.StatusCode.UNAUTHENTICATED
+            assert _code(lambda c=client: c.upload(manifest, data)) == grpc.StatusCode.UNAUTHENTICATED
+    with TrainerClient(target, tokens["alice"]) as alice:
+        assert len(alice.missing(manifest)) == len(manifest.shards)
+        vibrary("trainer", "token", "--data", str(data), "remove", "alice", home=home)
+        assert _code(lambda: alice.missing(manifest)) == grpc.StatusCode.UNAUTHENTICATED  # no restart needed
+    listed = json_lines(vibrary("trainer", "token", "--data", str(data), "list", "--json", home=home).stdout)
+    assert listed == [{"users": ["bob"]}]
+    bad = vibrary("trainer", "token", "--data", str(data), "add", "../x", home=home, check=False)
+    assert bad.returncode == 1 and "bad user name" in bad.stderr
+
+
+def test_users_see_neither_the_jobs_nor_the_shards_of_others(
+    shared: tuple[str, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    target, _, tokens = shared
+    manifest, blobs = _manifest_and_blobs(per_kind=4)
+    _store(blobs, tmp_path)
+    with TrainerClient(target, tokens["alice"]) as alice, TrainerClient(target, tokens["bob"]) as bob:
+        alice.upload(manifest, tmp_path)
+        assert alice.missing(manifest) == []
+        job = alice.start(manifest, "mine", "none", ONE_EPOCH)
+        assert list(alice.watch(job.id))[-1].state == pb.Job.SUCCEEDED
+
+        # bob cannot tell that alice holds these shards, nor train on them
+        assert [s.sha256 for s in bob.missing(manifest)] == [s.sha256 for s in manifest.shards]
+        assert _code(lambda: bob.start(manifest, "theirs", "none", ONE_EPOCH)) == grpc.StatusCode.FAILED_PRECONDITION
+        # alice's job is as absent to bob as a job never started
+        for call in (
+            lambda: list(bob.watch(job.id)),
+            lambda: bob.cancel(job.id),
+            lambda: bob.download(job.id),
+            lambda: list(bob.watch("0123456789ab")),
+        ):
+            assert _code(call) == grpc.StatusCode.NOT_FOUND
+        assert bob.jobs() == [] and [j.id for j in alice.jobs()] == [job.id]
+        assert set(alice.download(job.id)) == {"model.onnx", "learning_curve.png", "confusion_matrix.png"}
+        # a shared trainer loads no checkpoint from a path a user names
+        assert _code(lambda: alice.start(manifest, "x", "/etc/passwd", ONE_EPOCH)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _self_signed(tmp_path: Path) -> tuple[bytes, bytes]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vibrary trainer")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert_pem, key_pem
+
+
+def test_tls_end_to_end_with_a_certificate_made_here(home: Path, tmp_path: Path) -> None:
+    pytest.importorskip("cryptography")
+    cert, key = _self_signed(tmp_path)
+    (tmp_path / "cert.pem").write_bytes(cert)
+    other_cert, _ = _self_signed(tmp_path)
+    manifest, blobs = _manifest_and_blobs(per_kind=4)
+    _store(blobs, tmp_path)
+    server, port = serve(tmp_path / "trainer", "127.0.0.1:0", token="s3cret", tls_cert=cert, tls_key=key)
+    target = f"127.0.0.1:{port}"
+    try:
+        with TrainerClient(target, "s3cret", tls_ca=cert) as client:
+            assert client.upload(manifest, tmp_path) == manifest.size
+            job = client.start(manifest, "tls", "none", ONE_EPOCH)
+            assert list(client.watch(job.id))[-1].state == pb.Job.SUCCEEDED
+            model = onnx.load_from_string(client.download(job.id)["model.onnx"])
+            assert {p.key: p.value for p in model.metadata_props}["vibrary.name"] == "tls"
+        with TrainerClient(target, "wrong", tls_ca=tmp_path / "cert.pem") as client:
+            assert _code(lambda: client.missing(manifest)) == grpc.StatusCode.UNAUTHENTICATED
+        for plain in (TrainerClient(target, "s3cret", timeout=5), TrainerClient(target, "s3cret", 5, other_cert)):
+            with plain:  # no TLS, or a certificate the client does not trust: no connection at all
+                assert _code(lambda c=plain: c.missing(manifest)) == grpc.StatusCode.UNAVAILABLE
+        health = vibrary("trainer", "health", "--target", target, "--tls-ca", str(tmp_path / "cert.pem"), home=home)
+        assert health.stdout.strip() == f"{target}: SERVING"
+        refused = vibrary("trainer", "health", "--target", target, "--timeout", "3", home=home, check=False)
+        assert refused.returncode == 1
+    finally:
+        server.stop(grace=0)
+
+
+def test_serve_refuses_half_a_tls_setup_and_an_open_port_off_loopback(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="without a token"):
+        serve(tmp_path, "0.0.0.0:0")
+    with pytest.raises(ValueError, match="both a certificate and its key"):
+        serve(tmp_path, "127.0.0.1:0", tls_cert=b"x")
+
+
+def test_a_trainer_on_the_network_stays_closed_to_strangers(home: Path, tmp_path: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    data = tmp_path / "trainer"
+    token = _add_user(home, data, "carol")
+    server, port = serve(data, "0.0.0.0:0")
+    target = f"127.0.0.1:{port}"
+    manifest, _ = _manifest_and_blobs()
+    try:
+        with grpc.insecure_channel(target) as channel:  # health answers anyone; reflection only users
+            check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+            ask = reflection_pb2.ServerReflectionRequest(list_services="")
+            with pytest.raises(grpc.RpcError) as err:
+                list(reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(iter([ask]), timeout=10))
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with TrainerClient(target, token) as carol:
+            assert len(carol.missing(manifest)) == len(manifest.shards)
+            vibrary("trainer", "token", "--data", str(data), "remove", "carol", home=home)
+            # no token left does not make a trainer on the network open to all
+            assert _code(lambda: carol.missing(manifest)) == grpc.StatusCode.UNAUTHENTICATED
+        with TrainerClient(target) as nobody:
+            assert _code(lambda: nobody.missing(manifest)) == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        server.stop(grace=0)
+
+
+def test_own_gpu_box_story_serve_with_tls_and_a_user_token_then_train_from_the_cli(
+    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/cloud.md's "your own GPU box", by the command line: token add, serve with TLS, train."""
+    cert, key = _self_signed(tmp_path)
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(key)
+    box = tmp_path / "box"
+    token = _add_user(box, box / "trainer", "dana")
+    port = _free_port()
+    env = {**os.environ, "VIBRARY_HOME": str(box)}
+    serve_cmd = ["trainer", "serve", "--listen", f"0.0.0.0:{port}", "--tls-cert", str(tmp_path / "cert.pem")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vibrary.clients.cli", *serve_cmd, "--tls-key", str(tmp_path / "key.pem")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        health = ["trainer", "health", "--target", f"127.0.0.1:{port}", "--tls-ca", str(tmp_path / "cert.pem")]
+        wait_for(lambda: proc.poll() is None and vibrary(*health, home=box, check=False).returncode == 0, 60, 0.5)
+        write_kinds(tmp_path / "examples", per_kind=4, seed=1)
+        vibrary("dataset", "create", "kinds", str(tmp_path / "examples"), home=model_home)
+        monkeypatch.setenv("VIBRARY_TRAINER_CA", str(tmp_path / "cert.pem"))
+        monkeypatch.setenv("VIBRARY_TRAINER_TOKEN", token)
+        args = ("train", "kinds", "--json", "--trainer", f"127.0.0.1:{port}", "--base", "none", "--epochs", "1")
+        trained = json_lines(vibrary(*args, home=model_home, timeout=300).stdout)[-1]
+        assert (trained["model"], trained["classes"]) == ("kinds", sorted(KINDS))
+        monkeypatch.setenv("VIBRARY_TRAINER_TOKEN", "stolen?")
+        refused = vibrary(*args, home=model_home, check=False)
+        assert refused.returncode == 1 and "missing or wrong token" in refused.stderr
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""

@@ -1,0 +1,50 @@
+"""From shard bytes to the files a trained model is delivered as: shared by the gRPC trainer service and
+the cloud job (trainer/s3job.py), so a model trained anywhere is checked and packaged the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from vibrary.daemon.shards import Manifest, unpack
+from vibrary.daemon.spectrogram import dequantize
+
+from . import plots
+from .export import load_base, max_difference, to_onnx
+from .train import Cancelled, Progress, TrainConfig, TrainResult, train
+
+RESULT_FILES = ("model.onnx", "learning_curve.png", "confusion_matrix.png")
+
+
+def train_to_files(
+    manifest: Manifest,
+    blobs: Iterable[bytes],
+    name: str,
+    base: str,
+    config: TrainConfig,
+    progress: Callable[[Progress], None] = lambda p: None,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> tuple[dict[str, bytes], TrainResult]:
+    """Train on the manifest's shards (their bytes, in manifest order); returns RESULT_FILES and the result.
+    The exported ONNX model is compared with the torch network before anything is returned."""
+    parts = [unpack(blob, manifest.params, len(manifest.classes)) for blob in blobs]
+    codes = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    groups = np.concatenate([p[2] for p in parts])
+    base_state, base_name = load_base(base or "demo")
+    result = train(manifest, codes, labels, groups, config, base_state, base_name, progress, cancelled)
+    progress(Progress("exporting"))
+    name = name or manifest.name
+    model = to_onnx(result, name)
+    probe = dequantize(codes[: min(16, len(codes))], manifest.params)
+    if (diff := max_difference(result.net, model, probe)) > 1e-4:
+        raise ValueError(f"exported model differs from the trained one by {diff:.2g}")
+    if cancelled():
+        raise Cancelled("training cancelled")
+    title = f"{name}: {len(manifest.classes)} classes, {result.train_clips} training clips"
+    files = {
+        "model.onnx": model,
+        "learning_curve.png": plots.learning_curve(result.history, title),
+        "confusion_matrix.png": plots.confusion_matrix(result.confusion, manifest.classes, f"{name} (validation)"),
+    }
+    return files, result

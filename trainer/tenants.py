@@ -1,0 +1,127 @@
+"""Who is calling the trainer: per-user tokens, stored only as salted hashes.
+
+A trainer on the network is shared by people who must not see each other's data. Each user gets a random
+token (`vibrary trainer token add USER` prints it once); the trainer keeps a salted sha256 of it in
+`tokens.json` under its data folder, so a copy of that folder does not let anyone in. The single
+`--token` of earlier versions still works: it is the user "default". With neither, only a loopback
+trainer is served, to the user "local" (a trainer on the network whose last token is removed serves
+nobody). Tokens are read again when the file changes, so adding or
+removing a user needs no restart. Nothing here imports torch: the CLI manages tokens without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import threading
+from pathlib import Path
+
+USER = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+LOCAL = "local"  # the one user of a trainer open on loopback without tokens
+DEFAULT = "default"  # the user of the single --token
+
+
+def tokens_path(data: Path) -> Path:
+    return data / "tokens.json"
+
+
+def _hash(salt: str, token: str) -> str:
+    return hashlib.sha256(bytes.fromhex(salt) + token.encode()).hexdigest()
+
+
+def check_user(user: str) -> str:
+    if not USER.match(user):
+        raise ValueError(f"bad user name {user!r}: 1–32 of a-z 0-9 _ . - (starting with a letter or digit)")
+    return user
+
+
+def _load(path: Path) -> dict[str, dict[str, str]]:
+    if not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+        return {check_user(u): {"salt": str(e["salt"]), "sha256": str(e["sha256"])} for u, e in raw["users"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{path}: not a token file ({e})") from None
+
+
+def _save(path: Path, users: dict[str, dict[str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"users": users}, f, indent=1)
+    tmp.replace(path)
+
+
+def add_token(data: Path, user: str) -> str:
+    """A new token for user (replacing any earlier one); the token itself is returned, never stored."""
+    if user in (LOCAL, DEFAULT):
+        raise ValueError(f"{user!r} is reserved (the user of an open loopback trainer or of --token)")
+    users = _load(tokens_path(data))
+    token = secrets.token_urlsafe(32)
+    salt = secrets.token_hex(16)
+    users[check_user(user)] = {"salt": salt, "sha256": _hash(salt, token)}
+    _save(tokens_path(data), users)
+    return token
+
+
+def remove_token(data: Path, user: str) -> bool:
+    users = _load(tokens_path(data))
+    if users.pop(user, None) is None:
+        return False
+    _save(tokens_path(data), users)
+    return True
+
+
+def list_users(data: Path) -> list[str]:
+    return sorted(_load(tokens_path(data)))
+
+
+class Tenants:
+    """Maps the `authorization: Bearer <token>` of a call to its user, or None for a stranger."""
+
+    def __init__(self, data: Path, token: str = "", open_ok: bool = True) -> None:
+        self._path = tokens_path(data)
+        self._token = token
+        self._open_ok = open_ok  # False off loopback: removing the last token locks everyone out
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None
+        self._users: dict[str, dict[str, str]] = {}
+        self._reload()
+
+    def _reload(self) -> None:
+        try:
+            st = self._path.stat()
+            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        with self._lock:
+            if stamp != self._stamp:
+                self._users = _load(self._path) if stamp else {}
+                self._stamp = stamp
+
+    @property
+    def open(self) -> bool:
+        """True when no token at all is configured: every caller is the local user."""
+        self._reload()
+        return not self._token and not self._users
+
+    def user(self, authorization: str) -> str | None:
+        self._reload()
+        if self.open:
+            return LOCAL if self._open_ok else None
+        if not authorization.startswith("Bearer "):
+            return None
+        given = authorization[len("Bearer ") :]
+        found = None
+        if self._token and hmac.compare_digest(given.encode(), self._token.encode()):
+            found = DEFAULT
+        for name, entry in self._users.items():  # every entry is compared: the time says nothing
+            if hmac.compare_digest(_hash(entry["salt"], given), entry["sha256"]):
+                found = name
+        return found
