@@ -98,7 +98,7 @@ class Watcher(FileSystemEventHandler):
                 self._missing.add(folder)
                 return
             self._missing.discard(folder)
-            self._watches[folder] = self._observer.schedule(self, folder, recursive=True, event_filter=EVENTS)
+            self._watches[folder] = _schedule(self._observer, self, folder)
         self._scan_in_background(folder)
 
     def unwatch(self, folder: str) -> None:
@@ -262,3 +262,10 @@ def _observer() -> BaseObserver:
         return Observer(generate_full_events=True)  # type: ignore[call-arg]
     except TypeError:  # macOS and Windows observers have no such option
         return Observer()
+
+
+def _schedule(observer: BaseObserver, handler: FileSystemEventHandler, folder: str) -> ObservedWatch:
+    try:
+        return observer.schedule(handler, folder, recursive=True, event_filter=EVENTS)
+    except TypeError:  # a watchdog without event filters: it reports no opens either
+        return observer.schedule(handler, folder, recursive=True)
