@@ -43,8 +43,10 @@ def main() -> int:
     if not args.model.exists():
         print(f"no model at {args.model}; build it with scripts/train_demo.py", file=sys.stderr)
         return 1
-    print(f"model {args.model} ({args.model.stat().st_size / 1e6:.2f} MB), {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"model {args.model} ({args.model.stat().st_size / 1e6:.2f} MB), {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     print("| threads | batch | clips/s | ÷ goal (300) |\n| --- | --- | --- | --- |")
     for threads in (1, os.cpu_count() or 1):
         model = Model(str(args.model), threads=threads)

@@ -2,7 +2,11 @@
 
 The content hash covers the size and the opening and closing bytes rather than the whole file: tags
 depend only on the opening seconds, and hashing every byte of a 2-hour take would cost more I/O than
-tagging it.
+tagging it. The head is 4 MiB because it should hold every byte the decoder reads: 3 s of 96 kHz 24-bit
+stereo is 1.7 MB, of 192 kHz 24-bit stereo 3.5 MB; a smaller head would let an edit inside the opening
+seconds of such a file keep its old hash, and with it the old tags and cached spectrogram. It costs
+little: a sample is usually far smaller than the head, so the hash reads the file once, whole, and the
+decoder then finds it in the page cache (blake2b: ~0.2 ms for a 200 kB sample).
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ def fingerprint(path: str) -> tuple[int, int, bytes]:
     """(size, mtime_ns, content hash); DecodeError when the file cannot be read."""
     check_readable(path)
     try:
-        st = os.stat(path)
-        digest = hashlib.blake2b(st.st_size.to_bytes(8, "little"), digest_size=16)
         with open(path, "rb") as f:
-            digest.update(f.read(HEAD_BYTES))
+            st = os.fstat(f.fileno())
+            digest = hashlib.blake2b(st.st_size.to_bytes(8, "little"), digest_size=16)
+            # read(HEAD_BYTES) of a short file would allocate (and fault in) the full 4 MiB every time
+            digest.update(f.read(min(st.st_size, HEAD_BYTES)))
             if st.st_size > HEAD_BYTES:
                 f.seek(max(HEAD_BYTES, st.st_size - TAIL_BYTES))
                 digest.update(f.read(TAIL_BYTES))

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 
 import numpy as np
+import scipy.fft
 
 METADATA_KEY = "vibrary.spectrogram"
 
@@ -122,30 +124,100 @@ def _window(n_fft: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
 
 
+# Frames per FFT call. Materialising a clip's framed and complex arrays afresh for every file cost more in
+# allocation and page faults than the FFT itself, so frames go through buffers that each worker thread
+# allocates once and reuses. A 3 s clip (259 frames) is one block: in the daemon every numpy call is a
+# trip through the GIL that two workers and the inference thread share, so fewer, larger calls win.
+_BLOCK = 320
+_GROUP = 4  # mel filters per group in the projection: fewer calls against fewer multiplied zeros
+_scratch_space = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """This thread's reusable buffer: worker threads run this per file, and must not share buffers."""
+    store: dict[tuple[str, tuple[int, ...], type], np.ndarray] | None = getattr(_scratch_space, "buffers", None)
+    if store is None:
+        store = _scratch_space.buffers = {}
+    key = (name, shape, dtype)
+    buf = store.get(key)
+    if buf is None:
+        buf = store[key] = np.empty(shape, dtype)
+    return buf
+
+
+@dataclass(frozen=True)
+class _MelBands:
+    """The filterbank as groups of adjacent filters, each with only the bins where it is non-zero.
+
+    A triangular filter spans a few bins (the highest a few hundred), so a dense (mels × bins)
+    projection mostly multiplies zeros; per group, the same sums take about an eighth of the work.
+    """
+
+    first_bin: int  # every filter is zero below this bin ...
+    end_bin: int  # ... and from this one on
+    groups: tuple[tuple[int, int, int, int, np.ndarray], ...]  # (mel from, mel to, bin from, bin to, weights)
+
+
+@lru_cache(maxsize=8)
+def _mel_bands(params: SpectrogramParams) -> _MelBands:
+    weights = mel_filterbank(params)
+    groups = []
+    for m0 in range(0, params.n_mels, _GROUP):
+        m1 = min(params.n_mels, m0 + _GROUP)
+        nonzero = np.flatnonzero(weights[m0:m1].any(axis=0))
+        b0, b1 = (int(nonzero[0]), int(nonzero[-1]) + 1) if nonzero.size else (0, 0)
+        groups.append((m0, m1, b0, b1, np.ascontiguousarray(weights[m0:m1, b0:b1])))
+    spans = [(b0, b1) for _, _, b0, b1, _ in groups if b1 > b0]
+    first = min((b0 for b0, _ in spans), default=0)
+    end = max((b1 for _, b1 in spans), default=0)
+    return _MelBands(first, end, tuple((m0, m1, b0 - first, b1 - first, w) for m0, m1, b0, b1, w in groups))
+
+
 def mel_power(audio: np.ndarray, params: SpectrogramParams) -> np.ndarray:
     """Mel power spectrogram of (channels, samples) audio: (channels, n_mels, frames), float32.
 
-    Centred STFT with zero padding (librosa's `center=True, pad_mode="constant"`).
+    Centred STFT with zero padding (librosa's `center=True, pad_mode="constant"`), in float32 as librosa
+    computes it: scipy's pocketfft transforms a block of float32 frames several at a time, four times
+    faster than numpy's float64 FFT and within 1e-6 of it.
     """
     audio = np.asarray(audio, dtype=np.float32)
     half = params.n_fft // 2
     padded = np.pad(audio, ((0, 0), (half, half)))
     frames = np.lib.stride_tricks.sliding_window_view(padded, params.n_fft, axis=-1)[:, :: params.hop_length]
-    # numpy's float64 FFT is ~3x faster than its float32 one (numpy 2.x), and closer to librosa
-    spectrum = np.fft.rfft(frames * _window(params.n_fft).astype(np.float64), axis=-1)
-    power = spectrum.real**2 + spectrum.imag**2
-    spectrum = (power if params.power == 2.0 else np.sqrt(power) ** params.power).astype(np.float32)
-    # (channels, frames, bins) @ (bins, mels) -> (channels, mels, frames)
-    return np.matmul(spectrum, mel_filterbank(params).T).transpose(0, 2, 1)
+    n_frames = frames.shape[1]
+    bands = _mel_bands(params)
+    window = _window(params.n_fft)
+    windowed = _scratch("windowed", (_BLOCK, params.n_fft), np.float32)
+    power = _scratch("power", (n_frames, bands.end_bin - bands.first_bin), np.float32)
+    squared_imag = _scratch("imag", (_BLOCK, bands.end_bin - bands.first_bin), np.float32)
+    out = np.zeros((audio.shape[0], params.n_mels, n_frames), np.float32)
+    for channel, channel_frames in enumerate(frames):
+        for start in range(0, n_frames, _BLOCK):
+            n = min(_BLOCK, n_frames - start)
+            np.multiply(channel_frames[start : start + n], window, out=windowed[:n])
+            spectrum = scipy.fft.rfft(windowed[:n], axis=-1, workers=1, overwrite_x=True)
+            spectrum = spectrum[:, bands.first_bin : bands.end_bin]
+            block = power[start : start + n]
+            np.square(spectrum.real, out=block)
+            block += np.square(spectrum.imag, out=squared_imag[:n])
+        if params.power != 2.0:
+            np.power(power, params.power / 2.0, out=power)
+        for m0, m1, b0, b1, weights in bands.groups:
+            if b1 > b0:  # (filters narrower than a bin are zero, as in librosa)
+                np.matmul(weights, power[:, b0:b1].T, out=out[channel, m0:m1])
+    return out
 
 
 def power_to_db(power: np.ndarray, params: SpectrogramParams, amin: float = 1e-10) -> np.ndarray:
     """10·log10(S / ref) with an amin floor and a top_db floor below the peak, as librosa.power_to_db."""
     ref = float(np.max(power)) if params.ref == "max" else float(params.ref)
-    db = 10.0 * np.log10(np.maximum(amin, power)) - 10.0 * np.log10(max(amin, ref))
+    db = np.maximum(np.asarray(power, dtype=np.float32), amin)
+    np.log10(db, out=db)
+    db *= 10.0
+    db -= 10.0 * np.log10(max(amin, ref))
     if params.top_db is not None:
-        db = np.maximum(db, db.max() - params.top_db)
-    return db.astype(np.float32)
+        np.maximum(db, db.max() - params.top_db, out=db)
+    return db
 
 
 def log_mel(audio: np.ndarray, params: SpectrogramParams) -> np.ndarray:

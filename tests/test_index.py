@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
+import vibrary.daemon.index as index_module
 from vibrary.daemon.index import Index, Query, Result
 
 
@@ -186,3 +188,41 @@ def test_and_queries_start_from_the_rarest_tag_with_the_same_answer(library: tup
     assert index._rarest_first([[kick], [dark]]) == [[dark], [kick]]  # 2 kicks, 1 dark file
     assert _paths(index, all_of=[["kick"], ["dark"]]) == _paths(index, all_of=[["dark"], ["kick"]])
     assert _paths(index, all_of=[["kick"], ["dark"]]) == ["/lib/drums/k1.wav"]
+
+
+def test_an_and_of_one_models_tags_finds_the_same_files_by_merge_or_by_probes(
+    index: Index, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inst = index.add_model("inst", "/m/inst.onnx", "a" * 64, ["kick", "snare", "hihat"], "{}", False)
+    mood = index.add_model("mood", "/m/mood.onnx", "b" * 64, ["dark", "bright"], "{}", False)
+    index.set_active(inst, True)
+    index.set_active(mood, True)
+    rng = random.Random(7)
+    expected = set()
+    for i in range(300):
+        kick, snare = rng.random(), rng.random()
+        path = f"/lib/{i:03d}.wav"
+        _add(index, path, {"kick": kick, "snare": snare, "hihat": 0.01}, inst.id)
+        dark = i % 3 == 0
+        if dark:  # a second model's tag on the same content, for the NOT
+            index.mark_pending([(path, 0.0)])
+            job = next(j for j in index.due_jobs(1000, set(), 1e12) if j.path == path)
+            r = Result(
+                job, size=1, mtime_ns=1, hash=path.encode().ljust(16, b"\0")[:16], tags={mood.id: [("dark", 0.9)]}
+            )
+            index.write_results([r], 0.02)
+        if min(kick, snare) >= 0.5 and not dark:  # a hit: the model's best tag, or a score of at least 0.5
+            expected.add(path)
+    # a copy of a matching file shares its content, and must be found too
+    first = sorted(expected)[0]
+    _add(index, "/lib/copy.wav", {"kick": 0.9, "snare": 0.8}, inst.id, content=first.encode().ljust(16, b"\0")[:16])
+    expected.add("/lib/copy.wav")
+    query = {"all_of": [["kick"], ["snare"]], "none_of": ["dark"]}
+    ids = [[index._lookup_tag("kick")], [index._lookup_tag("snare")]]
+    assert index._postings_to_merge(ids, [inst.id, mood.id]) is not None  # similar list lengths: merged
+    merged = _paths(index, **query)
+    assert len(_paths(index, **query, limit=7)) == 7
+    monkeypatch.setattr(index_module, "MERGE_MAX_RATIO", 0)
+    assert index._postings_to_merge(ids, [inst.id, mood.id]) is None  # probed
+    assert merged == _paths(index, **query) == sorted(expected)
+    assert len(expected) > 20
