@@ -668,7 +668,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="model name (default: the dataset's)")
     p.add_argument("--trainer", default="local", metavar="local|HOST:PORT|cloud", help="where to train (default: here)")
     p.add_argument("--token", default="", help="token of a remote trainer (default $VIBRARY_TRAINER_TOKEN)")
-    p.add_argument("--base", default="demo", help="demo (transfer from the built-in model) or none")
+    p.add_argument(
+        "--base", choices=["demo", "none"], default="demo", help="demo (transfer from the built-in model) or none"
+    )
     p.add_argument("--epochs", type=int, default=None, help="at most this many epochs")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--yes", action="store_true", help="accept a cloud cost estimate without asking")

@@ -74,9 +74,10 @@ def label(text: str) -> str:
     return cleaned
 
 
-def check_name(name: str) -> None:
+def check_name(name: str, what: str = "dataset") -> None:
+    """Dataset and model names become folder and file names: nothing that could leave the home."""
     if not name or not name.replace("-", "").replace("_", "").isalnum():
-        raise ValueError(f"dataset name {name!r}: use letters, digits, '-' and '_'")
+        raise ValueError(f"{what} name {name!r}: use letters, digits, '-' and '_'")
 
 
 def example(path: str, tag: str) -> Example:

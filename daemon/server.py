@@ -336,14 +336,9 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
 
     def Train(self, request: pb.TrainRequest, context: grpc.ServicerContext) -> Iterator[pb.TrainProgress]:
         try:
-            training.check_trainer(request.trainer)
-            training.options_json(request.base or "demo", request.options or "{}")
+            training.check_request(request.trainer, request.base, request.name, request.options or "{}")
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        if request.base not in ("", "demo", "none"):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"base {request.base!r}: expected demo or none")
-        if request.name and not request.name.replace("-", "").replace("_", "").isalnum():
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"model name {request.name!r}: letters, digits, - and _")
         self._dataset_exists(request.dataset, context)
         confirmed = request.confirm_cost
         try:

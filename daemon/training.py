@@ -68,15 +68,23 @@ class Trained:
     summary: dict[str, Any]
 
 
-def check_trainer(trainer: str) -> str:
-    """'' or local, cloud, or HOST:PORT; ValueError otherwise."""
+BASES = ("demo", "none")
+
+
+def check_request(trainer: str, base: str, name: str, options: str | dict[str, Any]) -> tuple[str, str, str]:
+    """(trainer, base, options JSON) with the defaults filled in; ValueError for anything a trainer would
+    refuse or an install would fail on, so that no trainer is started and no minute trained for nothing."""
     trainer = trainer or "local"
-    if trainer in ("local", "cloud"):
-        return trainer
-    host, _, port = trainer.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"trainer {trainer!r}: expected local, cloud or HOST:PORT")
-    return trainer
+    if trainer not in ("local", "cloud"):
+        host, _, port = trainer.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"trainer {trainer!r}: expected local, cloud or HOST:PORT")
+    base = base or "demo"
+    if base not in BASES:
+        raise ValueError(f"base {base!r}: expected demo (transfer from the built-in model) or none")
+    if name:
+        dataset.check_name(name, "model")
+    return trainer, base, options_json(base, options)
 
 
 def options_json(base: str, options: str | dict[str, Any] = "{}") -> str:
@@ -116,9 +124,7 @@ def train(
         progress(copy.deepcopy(state))
 
     try:
-        trainer = check_trainer(trainer)
-        base = base or "demo"
-        opts = options_json(base, options)
+        trainer, base, opts = check_request(trainer, base, name, options)
         manifest, shard_dir = dataset.load(home_dir, dataset_name)
         model_name = name or dataset_name
         report(classes=list(manifest.classes), upload_bytes=manifest.size)

@@ -340,15 +340,20 @@ def test_training_that_cannot_start_fails_clearly_and_reports_it(home: Path, tmp
     write_kinds(tmp_path / "ex", per_kind=2, seed=8)
     dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
     index = Index(config.index_path(home))
-    cases = [
-        ("nope", "local", "no dataset 'nope'"),
-        ("mine", "somewhere", "expected local, cloud or HOST:PORT"),
-        ("mine", "127.0.0.1:1", "trainer at 127.0.0.1:1"),  # nobody listens there
+    cases: list[tuple[str, dict[str, str], str]] = [
+        ("nope", {}, "no dataset 'nope'"),
+        ("mine", {"trainer": "somewhere"}, "expected local, cloud or HOST:PORT"),
+        ("mine", {"trainer": "127.0.0.1:1"}, "trainer at 127.0.0.1:1"),  # nobody listens there
+        # refused before any trainer starts: the reason is the user's, not a trainer's or an install's
+        ("mine", {"trainer": "127.0.0.1:1", "base": "nosuch"}, "base 'nosuch': expected demo"),
+        ("mine", {"trainer": "127.0.0.1:1", "name": "my tags"}, "model name 'my tags'"),
     ]
-    for name, trainer, reason in cases:
+    for name, how, reason in cases:
         seen: list[training.TrainProgress] = []
         with pytest.raises(training.TrainingError, match=reason):
-            training.train(home, name, index=index, trainer=trainer, progress=seen.append)
+            training.train(home, name, index=index, progress=seen.append, **how)
         assert seen[-1].state == "failed" and reason in seen[-1].error
     assert [m.name for m in index.models() if not m.builtin] == []
     index.close()
+    usage = vibrary("train", "mine", "--base", "nosuch", home=home, check=False)
+    assert usage.returncode == 2 and "invalid choice: 'nosuch'" in usage.stderr
