@@ -89,7 +89,7 @@ class Synonyms:
         if path is not None and path.exists():
             try:
                 loaded = json.loads(path.read_text())
-                user = {clean_tag(k): [str(a) for a in v] for k, v in loaded.items()}
+                user = {clean_tag(k): _aliases(v) for k, v in loaded.items()}
             except (ValueError, TypeError, AttributeError) as e:
                 raise ValueError(f'{path}: expected {{"tag": ["alias", ...]}} ({e})') from None
         return cls(builtin, user, frozenset(raw.get("_weak", ())), frozenset(raw.get("_descriptors", ())))
@@ -166,6 +166,13 @@ class Suggestion:
     source: str  # folder | filename | metadata | ""
     raw: str  # the text it came from, as written
     alternatives: tuple[str, ...] = ()
+
+
+def _aliases(value: object) -> list[str]:
+    """A hand-edited `"kick": "bd"` would otherwise be iterated into the aliases 'b' and 'd'."""
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        raise TypeError(f"aliases must be a list of strings, not {value!r}")
+    return value
 
 
 def metadata(path: str) -> list[tuple[str, str]]:

@@ -138,9 +138,10 @@ def test_user_synonyms_extend_and_override_the_builtin_table(pack: Path, tmp_pat
     assert ("sd", "snare", True) not in reloaded.pairs()
     found = {Path(s.path).name: s.tag for s in suggest([str(pack / "Drums" / "Misc")], reloaded)}
     assert found["Wub_3.wav"] == "wobble" and found["SD_02.wav"] == "side-stick"
-    (home / "synonyms.json").write_text("[1, 2]")
-    with pytest.raises(ValueError, match=r"synonyms\.json"):
-        Synonyms.load(home)
+    for broken in ("[1, 2]", '{"kick": "bd"}', '{"kick": ["bd", 3]}'):  # a string is not a list of aliases
+        (home / "synonyms.json").write_text(broken)
+        with pytest.raises(ValueError, match=r"synonyms\.json"):
+            Synonyms.load(home)
 
 
 def test_a_missing_path_is_an_error_and_unreadable_tags_are_no_suggestion(tmp_path: Path, table: Synonyms) -> None:
