@@ -370,14 +370,16 @@ class SearchDialog(QDialog):
         )
 
     def search(self) -> None:
-        from .cli import parse_query
+        from .cli import CommandError, parse_query
 
         self.results.clear()
-        all_of, none_of = parse_query(self.query.text().split())
         try:
+            all_of, none_of = parse_query(self.query.text().split())
+            if not all_of and not none_of:  # the daemon would list the whole library
+                raise CommandError("type a tag to search for, e.g. kick -acoustic snare|clap")
             with Client(home_dir=self.home, timeout=CALL_TIMEOUT_S) as c:
                 found = list(c.search(all_of, none_of, limit=self.LIMIT))
-        except (DaemonNotRunning, DaemonError) as e:
+        except (CommandError, DaemonNotRunning, DaemonError) as e:  # a Qt slot must not raise: say it here
             self.results.addItem(f"error: {e}")
             return
         for f in found:
