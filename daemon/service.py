@@ -270,18 +270,33 @@ class Daemon:
         """Spectrograms of confirmed (path, tag) pairs, from the cache this daemon fills while indexing."""
         examples = [dataset.example(path, tag) for path, tag in files]
         with self._datasets_lock:
+            self._not_in_training(name)
             return dataset.build(
                 self.home, name, examples, workers=self.settings.worker_count, progress=progress, cache=self.cache
             )
 
     def edit_dataset(self, name: str, **edits: Any) -> dataset.BuildReport:
         with self._datasets_lock:
+            self._not_in_training(name)
             return dataset.edit(self.home, name, **edits)
+
+    def delete_dataset(self, name: str) -> None:
+        with self._datasets_lock:
+            self._not_in_training(name)
+            dataset.delete(self.home, name)
+
+    def _not_in_training(self, name: str) -> None:
+        """A dataset rewritten or deleted while a training reads its shards would break the upload halfway,
+        or train on a mix of old and new labels; TrainingBusy instead. Called with the datasets lock held,
+        which start_training takes too, so no training can begin between this check and the change."""
+        job = self.training
+        if job is not None and not job.finished and job.progress.dataset == name:
+            raise TrainingBusy(f"dataset {name!r} is being trained on; wait for the training to end or cancel it")
 
     def start_training(self, dataset_name: str, **kwargs: Any) -> training.Background:
         """Train in the background (indexing and the API go on meanwhile); TrainingBusy when a job runs."""
         dataset.load(self.home, dataset_name)  # FileNotFoundError now, not as a failed job later
-        with self._training_lock:
+        with self._training_lock, self._datasets_lock:  # a dataset being edited is trained on once edited
             if self.training is not None and not self.training.finished:
                 raise TrainingBusy(f"already training on dataset {self.training.progress.dataset!r}; cancel it first")
 

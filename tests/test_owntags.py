@@ -324,6 +324,13 @@ def _train(c: Client, name: str) -> pb.TrainProgress:
     runner.start()
     wait_for(lambda: c.status().training.state == pb.TrainProgress.TRAINING, timeout=120)
     assert _code(lambda: c.train(name)) == grpc.StatusCode.FAILED_PRECONDITION
+    before = c.dataset(name)  # the dataset in training is neither rewritten nor deleted under it
+    tag = before.classes[0].tag
+    assert _code(lambda: c.edit_dataset(name, rename=[(tag, "renamed")])) == grpc.StatusCode.FAILED_PRECONDITION
+    assert _code(lambda: c.delete_dataset(name)) == grpc.StatusCode.FAILED_PRECONDITION
+    recreate = [("/nowhere.wav", "x")]  # refused before any file is read
+    assert _code(lambda: c.create_dataset(name, recreate)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert c.dataset(name) == before
     runner.join(timeout=300)
     states = [u.state for u in updates]
     assert pb.TrainProgress.UPLOADING in states and pb.TrainProgress.TRAINING in states
