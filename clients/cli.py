@@ -320,8 +320,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 # -- datasets and training -------------------------------------------------------------------------------------
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+def _size(n: int) -> str:
+    """A pack of one-shots uploads a few hundred kB, which "0.0 MB" would hide."""
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
 def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
@@ -340,7 +341,7 @@ def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
     human = (
         f"dataset {name}: {manifest.clips} clips in {len(manifest.classes)} classes "
         f"({', '.join(f'{c} {n}' for c, n in report.per_class.items())})\n"
-        f"audio {_mb(report.audio_bytes)} → upload {_mb(manifest.size)} "
+        f"audio {_size(report.audio_bytes)} → upload {_size(manifest.size)} "
         f"({report.ratio:.0f}× smaller, spectrograms only)"
         + (f"\n{failed} files could not be read" if failed else "")
         + (f"\n{report.advice}" if report.advice else "")
@@ -690,6 +691,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # `vibrary search kick | head`: the reader has all it wants, which is no error to print
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor one when Python flushes at exit
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer cut short
     except (CommandError, DaemonNotRunning, DaemonError, ValueError, OSError) as e:
         print(f"vibrary: {e}", file=sys.stderr)
         return 1

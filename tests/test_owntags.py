@@ -6,6 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
@@ -20,7 +23,7 @@ from vibrary.daemon import advice, dataset, features, shards
 from vibrary.daemon.spectrogram import SpectrogramParams
 from vibrary.proto import daemon_pb2 as pb
 
-from tests.conftest import json_lines, start_daemon, vibrary, wait_for
+from tests.conftest import AS_USER, json_lines, start_daemon, vibrary, wait_for
 from tests.synth import KINDS, write_kinds
 
 P = SpectrogramParams()
@@ -171,6 +174,8 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     assert renamed[-1]["classes"] == ["drums", "lead"]
     shown = vibrary("dataset", "show", "pk", home=home).stdout
     assert "drums 6, lead 3" in shown and "smaller, spectrograms only" in shown and "expect" in shown
+    upload = shown.split("→ upload ")[1].split(" (")[0]
+    assert upload.endswith(" kB") and int(upload.split()[0]) > 0  # 9 clips are not "0.0 MB"
     bad = vibrary("dataset", "drop", "pk", "lead", home=home, check=False)
     assert bad.returncode == 1 and "at least 2" in bad.stderr
 
@@ -185,6 +190,19 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     assert json_lines(vibrary("dataset", "list", "--json", home=home).stdout) == []
     gone = vibrary("dataset", "show", "pk", home=home, check=False)
     assert gone.returncode == 1 and "no dataset 'pk'" in gone.stderr
+
+
+def test_cli_output_cut_short_by_its_reader_is_no_error(home: Path) -> None:
+    proc = subprocess.Popen(
+        [*AS_USER, sys.executable, "-m", "vibrary.clients.cli", "synonyms", "list"],
+        env={**os.environ, "VIBRARY_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # gone before the CLI has started up, let alone written: as `| head -0` would
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == ""
 
 
 # -- the whole workflow through the daemon's API ---------------------------------------------------------
