@@ -243,18 +243,21 @@ def edit(
     )
     if len(codes) != len(rows):
         raise shards.ShardError(f"dataset {name!r}: shards and labels disagree; create it again")
-    tags = {r.label for r in rows}
-    mapping = {t: t for t in tags}
+    mapping = {r.label: r.label for r in rows}  # each original tag → what the edits so far made of it
+
+    def existing(tag: str) -> str:
+        """Each edit sees the ones before it: rename a→b then b→c is fine, dropping a renamed-away a is not."""
+        tags = set(mapping.values()) - {""}
+        if label(tag) not in tags:
+            raise ValueError(f"no tag {tag!r} in dataset {name!r}; its tags: {', '.join(sorted(tags))}")
+        return label(tag)
+
     for old, new in rename:
-        if label(old) not in tags:
-            raise ValueError(f"no tag {old!r} in dataset {name!r}; its tags: {', '.join(sorted(tags))}")
-        for t, now in mapping.items():
-            if now == label(old):
-                mapping[t] = label(new)
+        old, new = existing(old), label(new)
+        mapping = {k: (new if v == old else v) for k, v in mapping.items()}
     for t in drop:
-        if label(t) not in tags:
-            raise ValueError(f"no tag {t!r} in dataset {name!r}; its tags: {', '.join(sorted(tags))}")
-        mapping = {k: ("" if v == label(t) else v) for k, v in mapping.items()}
+        t = existing(t)
+        mapping = {k: ("" if v == t else v) for k, v in mapping.items()}
     labels = [mapping[r.label] for r in rows]
     where = {os.path.normpath(r.path): i for i, r in enumerate(rows)}
     for path, tag in relabel:

@@ -71,6 +71,9 @@ def test_edits_repack_the_shards_without_decoding_or_reading_audio(
         f.unlink()
     dataset.edit(home, "mine", rename=[("thump", "kick"), ("noise", "hat")])
     dataset.edit(home, "mine", rename=[("hat", "kick")])  # onto an existing tag: a merge
+    chained = dataset.edit(home, "mine", rename=[("tone", "pad"), ("pad", "lead")])  # each sees the one before
+    assert chained.per_class == {"kick": 8, "lead": 4}
+    dataset.edit(home, "mine", rename=[("lead", "tone")])
     moved, dropped = [f for f in files if f.name.startswith("noise")][:2]  # now kicks, one at a time
     edited = dataset.edit(home, "mine", relabel=[(str(moved), "tone"), (str(dropped), "")])
     assert edited.per_class == {"kick": 6, "tone": 5} and edited.manifest.classes == ["kick", "tone"]
@@ -99,6 +102,8 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
         dataset.edit(home, "mine", drop=["noise", "thump"])
     with pytest.raises(ValueError, match="empty tag"):
         dataset.edit(home, "mine", rename=[("noise", "  ")])
+    with pytest.raises(ValueError, match=r"no tag 'noise'.*hiss, thump, tone"):  # renamed away by then
+        dataset.edit(home, "mine", rename=[("noise", "hiss")], drop=["noise"])
     assert (dataset.dataset_dir(home, "mine") / "manifest.json").read_text() == manifest_before
     with pytest.raises(FileNotFoundError, match="no dataset 'other'"):
         dataset.edit(home, "other", drop=["noise"])
