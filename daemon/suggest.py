@@ -106,15 +106,15 @@ class Synonyms:
         return sorted([(a, t, True) for a, t in builtin] + [(a, t, False) for a, t in user], key=lambda x: (x[1], x[0]))
 
     def add(self, home_dir: Path, pairs: Iterable[tuple[str, str]]) -> None:
-        """Add alias → tag pairs to the user's table (saved atomically)."""
-        for alias, tag in pairs:
-            if not words(alias) and not alias.strip():
-                raise ValueError(f"alias {alias!r} is empty")
-            tag = clean_tag(tag)
-            for aliases in self.user.values():
-                if alias.lower() in (a.lower() for a in aliases):
-                    aliases[:] = [a for a in aliases if a.lower() != alias.lower()]
-            self.user.setdefault(tag, []).append(alias.strip())
+        """Add alias → tag pairs to the user's table (saved atomically). An alias the user already gave
+        another tag moves to this one; ValueError, and nothing changed, when any pair is bad."""
+        checked = [(alias.strip(), clean_tag(tag)) for alias, tag in pairs]
+        for alias, _ in checked:
+            if not alias:
+                raise ValueError("an alias is empty")
+        for alias, tag in checked:
+            self.user = {t: [a for a in aliases if a.lower() != alias.lower()] for t, aliases in self.user.items()}
+            self.user.setdefault(tag, []).append(alias)
         self.user = {t: a for t, a in self.user.items() if a}
         path = home_dir / USER_FILE
         path.with_suffix(".part").write_text(json.dumps(self.user, indent=1, sort_keys=True))
