@@ -91,6 +91,8 @@ def examples_from_folders(dirs: Sequence[str]) -> list[Example]:
     found: list[Example] = []
     for root in dirs:
         if not os.path.isdir(root):
+            if os.path.exists(root):  # a file names no tag: its label would be whatever folder it is in
+                raise ValueError(f"{root} is not a folder: give folders of DIR/<tag>/ files, or use --labels suggest")
             raise FileNotFoundError(f"no such folder: {root}")
         for dirpath, subdirs, names in os.walk(root):
             subdirs.sort()

@@ -107,6 +107,11 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
     assert (dataset.dataset_dir(home, "mine") / "manifest.json").read_text() == manifest_before
     with pytest.raises(FileNotFoundError, match="no dataset 'other'"):
         dataset.edit(home, "other", drop=["noise"])
+    a_file = str(next((tmp_path / "ex").rglob("*.wav")))
+    with pytest.raises(ValueError, match="is not a folder"):
+        dataset.examples_from_folders([a_file])
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        dataset.examples_from_folders([str(tmp_path / "absent")])
 
 
 def _pcm_windows(path: Path, n: int = 64, width: int = 32) -> list[bytes]:
