@@ -23,6 +23,7 @@ from tqdm import tqdm
 from vibrary.daemon import config, registry
 from vibrary.daemon.index import Index, Job, Result
 from vibrary.daemon.infer import ModelError
+from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client, DaemonError, DaemonNotRunning
 
@@ -178,6 +179,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"indexed {s.indexed}, pending {s.pending}, failed {s.failed}{' (paused)' if s.paused else ''}\n"
         f"models: {', '.join(s.models) or 'none'}\nwatching: {', '.join(s.watches) or 'nothing'}"
     )
+    if s.HasField("training"):  # the daemon's latest training job (Train RPC), running or how it ended
+        from .tray_state import training_line
+
+        t = s.training
+        state = pb.TrainProgress.State.Name(t.state).lower()
+        obj["training"] = {
+            "dataset": t.dataset,
+            "state": state,
+            "model": t.model,
+            "epoch": t.epoch,
+            "epochs": t.epochs,
+            "val_accuracy": round(t.val_accuracy, 4),
+            "error": t.error,
+        }
+        human += f"\n{training_line(t)}{f' ({t.error})' if t.error else ''}"
     _out(args, obj, human)
     return 0
 

@@ -319,6 +319,9 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         wait_for(lambda: c.status().training.epoch >= 2, timeout=120)
         assert c.cancel_training().state in (pb.TrainProgress.TRAINING, pb.TrainProgress.WAITING)
         wait_for(lambda: c.status().training.state == pb.TrainProgress.CANCELLED, timeout=60)
+        told = json_lines(vibrary("status", "--json", home=home).stdout)[0]["training"]
+        assert (told["dataset"], told["state"], told["model"]) == ("mine", "cancelled", "")
+        assert "training mine: cancelled" in vibrary("status", home=home).stdout
         assert sorted(m.version for m in c.models() if m.name == "mine") == [1, 2]
 
         # a daemon told to stop mid-training cancels it, exits cleanly and installs nothing
