@@ -326,8 +326,8 @@ class Tray(QObject):
 
     def start_daemon(self) -> None:
         """`vibrary daemon` for this home, detached so it outlives the tray; its log is in the home."""
-        if self.state.running:
-            return
+        if self.state.running or (self.started_daemon is not None and self.started_daemon.poll() is None):
+            return  # a second click while the first daemon starts up would only start one that exits at once
         env = {**os.environ, "VIBRARY_HOME": str(self.home)}
         detach: dict[str, object] = (
             {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS}  # type: ignore[attr-defined]

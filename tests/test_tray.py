@@ -157,6 +157,9 @@ def test_tray_icon_and_tooltip_follow_the_daemon(tray: Tray, model_home: Path, t
 def test_start_daemon_from_the_tray(tray: Tray, model_home: Path) -> None:
     wait_view(tray, showing(ts.Icon.NOT_RUNNING))
     tray.do("start_daemon")
+    first = tray.started_daemon
+    tray.do("start_daemon")  # clicked again before the first one answers
+    assert tray.started_daemon is first
     v = wait_view(tray, showing(ts.Icon.IDLE), timeout=60)
     assert "models: bands@1" in v.tooltip
     assert tray.started_daemon is not None
