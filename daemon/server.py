@@ -301,7 +301,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             )
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except TrainingBusy as e:
+        except (TrainingBusy, FileNotFoundError) as e:  # in training; made before datasets kept their labels
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         return dataset_pb(request.name, report)
 

@@ -274,6 +274,8 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         assert [(k.tag, k.clips) for k in moved.classes] == [("x", 9), ("z", 15)]
         assert _code(lambda: c.edit_dataset("spare", drop=["x"])) == grpc.StatusCode.INVALID_ARGUMENT
         assert _code(lambda: c.edit_dataset("spare", rename=[("nope", "x")])) == grpc.StatusCode.INVALID_ARGUMENT
+        (dataset.dataset_dir(home, "spare") / "labels.json").unlink()  # as made before datasets kept labels
+        assert _code(lambda: c.edit_dataset("spare", rename=[("x", "w")])) == grpc.StatusCode.FAILED_PRECONDITION
         assert [x.name for x in c.delete_dataset("spare")] == ["mine"]
         assert _code(lambda: c.dataset("spare")) == grpc.StatusCode.NOT_FOUND
         assert ("wub", "wobble", False) in {(x.alias, x.tag, x.builtin) for x in c.add_synonyms([("Wub", "wobble")])}
