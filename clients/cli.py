@@ -414,7 +414,11 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     home_dir = config.home()
     if args.action == "list":
         for name in dataset.names(home_dir):
-            manifest, _ = dataset.load(home_dir, name)
+            try:
+                manifest, _ = dataset.load(home_dir, name)
+            except ValueError as e:  # one broken dataset must not hide the others
+                print(f"vibrary: dataset {name} cannot be read: {e}", file=sys.stderr)
+                continue
             _out(
                 args,
                 {"dataset": name, "clips": manifest.clips, "classes": manifest.classes},

@@ -196,6 +196,11 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     again = json_lines(vibrary("dataset", "suggest", "--json", str(pack / "Take 1.wav"), home=home).stdout)
     assert again[0]["tag"] == "field-recording" and again[0]["source"] == "filename"
 
+    broken = dataset.dataset_dir(home, "broken") / "manifest.json"
+    broken.parent.mkdir()
+    broken.write_text("{}")
+    names = vibrary("dataset", "list", "--json", home=home)
+    assert [d["dataset"] for d in json_lines(names.stdout)] == ["pk"] and "broken cannot be read" in names.stderr
     vibrary("dataset", "delete", "pk", home=home)
     assert json_lines(vibrary("dataset", "list", "--json", home=home).stdout) == []
     gone = vibrary("dataset", "show", "pk", home=home, check=False)
