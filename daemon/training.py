@@ -10,6 +10,7 @@ call says succeeded, failed or cancelled, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import threading
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from vibrary.clients.client import DaemonError
 from vibrary.clients.trainer_client import TrainerClient
 from vibrary.proto import trainer_pb2
 
@@ -204,7 +206,6 @@ def _on_trainer(
         sent += n
         report(uploaded_bytes=sent)
 
-    done = threading.Event()
     try:
         with TrainerClient(trainer, token) as client:
             report(state="uploading", message=f"uploading {manifest.size} bytes of spectrograms to {trainer}")
@@ -216,26 +217,7 @@ def _on_trainer(
                 raise
             report(state="waiting", uploaded_bytes=manifest.size, message="waiting for the trainer")
             job_id = client.start(manifest, name, base, options).id
-
-            def stop_when_cancelled() -> None:
-                while not done.wait(0.2):
-                    if cancel.is_set():
-                        client.cancel(job_id)
-                        return
-
-            threading.Thread(target=stop_when_cancelled, name="train-cancel", daemon=True).start()
-            job = None
-            for job in client.watch(job_id):
-                running = job.state == trainer_pb2.Job.RUNNING
-                report(
-                    state="training" if running else "waiting",
-                    epoch=job.epoch,
-                    epochs=job.epochs,
-                    loss=job.loss,
-                    val_accuracy=job.val_accuracy,
-                    eta_s=job.eta_s,
-                    message=job.phase,
-                )
+            job = _follow(client, job_id, report, cancel)
             if job is None:
                 raise TrainingError("the trainer ended the job without a word")
             if job.state == trainer_pb2.Job.CANCELLED or cancel.is_set():
@@ -246,9 +228,44 @@ def _on_trainer(
             files["summary.json"] = (job.summary or "{}").encode()
             return files
     finally:
-        done.set()
         if server is not None:
             server.stop(grace=1).wait()  # exiting while gRPC shuts down aborts the process
+
+
+def _follow(
+    client: TrainerClient, job_id: str, report: Callable[..., None], cancel: threading.Event
+) -> trainer_pb2.Job | None:
+    """Report the job's progress until it ends, and cancel it on the trainer when `cancel` is set (the
+    watch stream only says so; a thread asks the trainer). The thread is done before the client closes, so
+    it never calls a closed channel, and a trainer that cannot be reached to cancel is left to watch()."""
+    done = threading.Event()
+
+    def stop_when_cancelled() -> None:
+        while not done.wait(0.2):
+            if cancel.is_set():
+                with contextlib.suppress(DaemonError):  # gone, or the job already over: watch() tells how it ended
+                    client.cancel(job_id)
+                return
+
+    stopper = threading.Thread(target=stop_when_cancelled, name="train-cancel", daemon=True)
+    stopper.start()
+    job = None
+    try:
+        for job in client.watch(job_id):
+            running = job.state == trainer_pb2.Job.RUNNING
+            report(
+                state="training" if running else "waiting",
+                epoch=job.epoch,
+                epochs=job.epochs,
+                loss=job.loss,
+                val_accuracy=job.val_accuracy,
+                eta_s=job.eta_s,
+                message=job.phase,
+            )
+    finally:
+        done.set()
+        stopper.join()
+    return job
 
 
 def _in_cloud(
