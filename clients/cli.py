@@ -375,9 +375,12 @@ def _suggestions(dirs: Sequence[str]) -> list[Any]:
     from vibrary.daemon.suggest import suggest
 
     try:
-        return suggest(dirs, _synonyms())
+        found = suggest(dirs, _synonyms())
     except FileNotFoundError as e:
         raise CommandError(str(e)) from None
+    if not found:  # rather than print nothing at all
+        raise CommandError(f"no audio files under {', '.join(dirs)}")
+    return found
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
