@@ -126,6 +126,9 @@ def build(
     params = params or SpectrogramParams()
     if not examples:
         raise ValueError("no audio files found: put examples in one folder per tag (DIR/<tag>/*.wav)")
+    tags = sorted({ex.label for ex in examples})
+    if len(tags) == 1:  # said now, not after decoding every file (the shards' own check would, at the end)
+        raise ValueError(f"all {len(examples)} files are tagged {tags[0]!r}; a model needs at least 2 tags")
     cache = cache or open_cache(home_dir)
 
     def one(ex: Example) -> np.ndarray | str:

@@ -90,8 +90,11 @@ def test_edits_repack_the_shards_without_decoding_or_reading_audio(
     assert shard_files == sorted(s.sha256 for s in edited.manifest.shards)  # stale shards are gone
 
 
-def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_path: Path) -> None:
+def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_path: Path, decodes: list[str]) -> None:
     write_kinds(tmp_path / "ex", per_kind=2, seed=4)
+    with pytest.raises(ValueError, match="all 2 files are tagged 'noise'; a model needs at least 2 tags"):
+        dataset.build(home, "mine", [dataset.example(str(f), "noise") for f in (tmp_path / "ex").glob("noise/*")])
+    assert decodes == [] and dataset.names(home) == []  # refused before any file was decoded
     dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
     manifest_before = (dataset.dataset_dir(home, "mine") / "manifest.json").read_text()
     with pytest.raises(ValueError, match=r"no tag 'snare'.*noise, thump, tone"):
