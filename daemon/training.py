@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import threading
 import time
 import uuid
@@ -29,6 +30,8 @@ from . import config, dataset, registry
 from .index import Index, ModelRow
 from .infer import ModelError
 from .shards import Manifest
+
+log = logging.getLogger(__name__)
 
 FINISHED = ("succeeded", "failed", "cancelled")
 STATES = ("uploading", "waiting", "training", "installing", *FINISHED)
@@ -324,7 +327,8 @@ class Background:
             run(self._update, self.cancel)
         except TrainingError:
             pass  # train() has reported it as the last progress
-        except Exception as e:  # a bug must still end the job visibly
+        except Exception as e:  # a bug must still end the job visibly, and leave its traceback in the log
+            log.exception("training on %s failed unexpectedly", self.progress.dataset)
             self._update(TrainProgress(dataset=self.progress.dataset, state="failed", error=f"internal error: {e}"))
 
     def _update(self, progress: TrainProgress) -> None:

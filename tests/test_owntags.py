@@ -408,3 +408,15 @@ def test_training_that_cannot_start_fails_clearly_and_reports_it(home: Path, tmp
     index.close()
     usage = vibrary("train", "mine", "--base", "nosuch", home=home, check=False)
     assert usage.returncode == 2 and "invalid choice: 'nosuch'" in usage.stderr
+
+
+def test_a_bug_in_a_training_job_ends_it_visibly_and_logs_why(caplog: pytest.LogCaptureFixture) -> None:
+    from vibrary.daemon import training
+
+    def broken(progress: Callable[[training.TrainProgress], None], cancel: threading.Event) -> None:
+        raise RuntimeError("boom")
+
+    job = training.Background("mine", broken)
+    job.join(timeout=10)
+    assert job.finished and job.progress.state == "failed" and job.progress.error == "internal error: boom"
+    assert "training on mine failed unexpectedly" in caplog.text and "RuntimeError: boom" in caplog.text
