@@ -420,3 +420,34 @@ def test_a_bug_in_a_training_job_ends_it_visibly_and_logs_why(caplog: pytest.Log
     job.join(timeout=10)
     assert job.finished and job.progress.state == "failed" and job.progress.error == "internal error: boom"
     assert "training on mine failed unexpectedly" in caplog.text and "RuntimeError: boom" in caplog.text
+
+
+def test_a_dataset_being_built_is_not_trained_on_and_other_datasets_are(home: Path, tmp_path: Path) -> None:
+    from vibrary.daemon.service import Daemon, TrainingBusy
+
+    files = [(str(f), f.parent.name) for f in write_kinds(tmp_path / "ex", per_kind=2, seed=9)]
+    d = Daemon(home)
+    d.start()
+    try:
+        d.create_dataset("mine", files, lambda n: None)
+        d.create_dataset("other", files, lambda n: None)
+        halfway, release = threading.Event(), threading.Event()
+
+        def slow_progress(n: int) -> None:
+            halfway.set()
+            release.wait(30)
+
+        rebuild = threading.Thread(target=d.create_dataset, args=("mine", files, slow_progress))
+        rebuild.start()
+        assert halfway.wait(30)
+        with pytest.raises(TrainingBusy, match="'mine' is being built or edited"):
+            d.start_training("mine")
+        job = d.start_training("other", trainer="127.0.0.1:1")  # another dataset: not held up by the build
+        job.join(timeout=30)
+        assert job.progress.state == "failed" and "127.0.0.1:1" in job.progress.error
+        release.set()
+        rebuild.join(timeout=30)
+        assert dataset.load_report(home, "mine").manifest.clips == 6
+    finally:
+        release.set()
+        d.stop()
