@@ -23,6 +23,7 @@ from tqdm import tqdm
 from vibrary.daemon import config, registry
 from vibrary.daemon.index import Index, Job, Result
 from vibrary.daemon.infer import ModelError
+from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client, DaemonError, DaemonNotRunning
 
@@ -178,6 +179,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"indexed {s.indexed}, pending {s.pending}, failed {s.failed}{' (paused)' if s.paused else ''}\n"
         f"models: {', '.join(s.models) or 'none'}\nwatching: {', '.join(s.watches) or 'nothing'}"
     )
+    if s.HasField("training"):  # the daemon's latest training job (Train RPC), running or how it ended
+        from .tray_state import training_line
+
+        t = s.training
+        state = pb.TrainProgress.State.Name(t.state).lower()
+        obj["training"] = {
+            "dataset": t.dataset,
+            "state": state,
+            "model": t.model,
+            "epoch": t.epoch,
+            "epochs": t.epochs,
+            "val_accuracy": round(t.val_accuracy, 4),
+            "error": t.error,
+        }
+        human += f"\n{training_line(t)}{f' ({t.error})' if t.error else ''}"
     _out(args, obj, human)
     return 0
 
@@ -320,8 +336,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 # -- datasets and training -------------------------------------------------------------------------------------
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+def _size(n: int) -> str:
+    """A pack of one-shots uploads a few hundred kB, which "0.0 MB" would hide."""
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
 def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
@@ -340,7 +357,7 @@ def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
     human = (
         f"dataset {name}: {manifest.clips} clips in {len(manifest.classes)} classes "
         f"({', '.join(f'{c} {n}' for c, n in report.per_class.items())})\n"
-        f"audio {_mb(report.audio_bytes)} → upload {_mb(manifest.size)} "
+        f"audio {_size(report.audio_bytes)} → upload {_size(manifest.size)} "
         f"({report.ratio:.0f}× smaller, spectrograms only)"
         + (f"\n{failed} files could not be read" if failed else "")
         + (f"\n{report.advice}" if report.advice else "")
@@ -358,9 +375,12 @@ def _suggestions(dirs: Sequence[str]) -> list[Any]:
     from vibrary.daemon.suggest import suggest
 
     try:
-        return suggest(dirs, _synonyms())
+        found = suggest(dirs, _synonyms())
     except FileNotFoundError as e:
         raise CommandError(str(e)) from None
+    if not found:  # rather than print nothing at all
+        raise CommandError(f"no audio files under {', '.join(dirs)}")
+    return found
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
@@ -397,7 +417,11 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     home_dir = config.home()
     if args.action == "list":
         for name in dataset.names(home_dir):
-            manifest, _ = dataset.load(home_dir, name)
+            try:
+                manifest, _ = dataset.load(home_dir, name)
+            except ValueError as e:  # one broken dataset must not hide the others
+                print(f"vibrary: dataset {name} cannot be read: {e}", file=sys.stderr)
+                continue
             _out(
                 args,
                 {"dataset": name, "clips": manifest.clips, "classes": manifest.classes},
@@ -729,7 +753,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="model name (default: the dataset's)")
     p.add_argument("--trainer", default="local", metavar="local|HOST:PORT|cloud", help="where to train (default: here)")
     p.add_argument("--token", default="", help="token of a remote trainer (default $VIBRARY_TRAINER_TOKEN)")
-    p.add_argument("--base", default="demo", help="demo (transfer from the built-in model) or none")
+    p.add_argument(
+        "--base", choices=["demo", "none"], default="demo", help="demo (transfer from the built-in model) or none"
+    )
     p.add_argument("--epochs", type=int, default=None, help="at most this many epochs")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--yes", action="store_true", help="cloud: accept the cost estimate without asking")
@@ -764,6 +790,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # `vibrary search kick | head`: the reader has all it wants, which is no error to print
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor one when Python flushes at exit
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer cut short
     except (CommandError, DaemonNotRunning, DaemonError, ValueError, OSError) as e:
         print(f"vibrary: {e}", file=sys.stderr)
         return 1

@@ -326,8 +326,8 @@ class Tray(QObject):
 
     def start_daemon(self) -> None:
         """`vibrary daemon` for this home, detached so it outlives the tray; its log is in the home."""
-        if self.state.running:
-            return
+        if self.state.running or (self.started_daemon is not None and self.started_daemon.poll() is None):
+            return  # a second click while the first daemon starts up would only start one that exits at once
         env = {**os.environ, "VIBRARY_HOME": str(self.home)}
         detach: dict[str, object] = (
             {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS}  # type: ignore[attr-defined]
@@ -370,14 +370,16 @@ class SearchDialog(QDialog):
         )
 
     def search(self) -> None:
-        from .cli import parse_query
+        from .cli import CommandError, parse_query
 
         self.results.clear()
-        all_of, none_of = parse_query(self.query.text().split())
         try:
+            all_of, none_of = parse_query(self.query.text().split())
+            if not all_of and not none_of:  # the daemon would list the whole library
+                raise CommandError("type a tag to search for, e.g. kick -acoustic snare|clap")
             with Client(home_dir=self.home, timeout=CALL_TIMEOUT_S) as c:
                 found = list(c.search(all_of, none_of, limit=self.LIMIT))
-        except (DaemonNotRunning, DaemonError) as e:
+        except (CommandError, DaemonNotRunning, DaemonError) as e:  # a Qt slot must not raise: say it here
             self.results.addItem(f"error: {e}")
             return
         for f in found:

@@ -74,9 +74,10 @@ def label(text: str) -> str:
     return cleaned
 
 
-def check_name(name: str) -> None:
+def check_name(name: str, what: str = "dataset") -> None:
+    """Dataset and model names become folder and file names: nothing that could leave the home."""
     if not name or not name.replace("-", "").replace("_", "").isalnum():
-        raise ValueError(f"dataset name {name!r}: use letters, digits, '-' and '_'")
+        raise ValueError(f"{what} name {name!r}: use letters, digits, '-' and '_'")
 
 
 def example(path: str, tag: str) -> Example:
@@ -90,6 +91,8 @@ def examples_from_folders(dirs: Sequence[str]) -> list[Example]:
     found: list[Example] = []
     for root in dirs:
         if not os.path.isdir(root):
+            if os.path.exists(root):  # a file names no tag: its label would be whatever folder it is in
+                raise ValueError(f"{root} is not a folder: give folders of DIR/<tag>/ files, or use --labels suggest")
             raise FileNotFoundError(f"no such folder: {root}")
         for dirpath, subdirs, names in os.walk(root):
             subdirs.sort()
@@ -123,6 +126,9 @@ def build(
     params = params or SpectrogramParams()
     if not examples:
         raise ValueError("no audio files found: put examples in one folder per tag (DIR/<tag>/*.wav)")
+    tags = sorted({ex.label for ex in examples})
+    if len(tags) == 1:  # said now, not after decoding every file (the shards' own check would, at the end)
+        raise ValueError(f"all {len(examples)} files are tagged {tags[0]!r}; a model needs at least 2 tags")
     cache = cache or open_cache(home_dir)
 
     def one(ex: Example) -> np.ndarray | str:
@@ -242,18 +248,21 @@ def edit(
     )
     if len(codes) != len(rows):
         raise shards.ShardError(f"dataset {name!r}: shards and labels disagree; create it again")
-    tags = {r.label for r in rows}
-    mapping = {t: t for t in tags}
+    mapping = {r.label: r.label for r in rows}  # each original tag → what the edits so far made of it
+
+    def existing(tag: str) -> str:
+        """Each edit sees the ones before it: rename a→b then b→c is fine, dropping a renamed-away a is not."""
+        tags = set(mapping.values()) - {""}
+        if label(tag) not in tags:
+            raise ValueError(f"no tag {tag!r} in dataset {name!r}; its tags: {', '.join(sorted(tags))}")
+        return label(tag)
+
     for old, new in rename:
-        if label(old) not in tags:
-            raise ValueError(f"no tag {old!r} in dataset {name!r}; its tags: {', '.join(sorted(tags))}")
-        for t, now in mapping.items():
-            if now == label(old):
-                mapping[t] = label(new)
+        old, new = existing(old), label(new)
+        mapping = {k: (new if v == old else v) for k, v in mapping.items()}
     for t in drop:
-        if label(t) not in tags:
-            raise ValueError(f"no tag {t!r} in dataset {name!r}; its tags: {', '.join(sorted(tags))}")
-        mapping = {k: ("" if v == label(t) else v) for k, v in mapping.items()}
+        t = existing(t)
+        mapping = {k: ("" if v == t else v) for k, v in mapping.items()}
     labels = [mapping[r.label] for r in rows]
     where = {os.path.normpath(r.path): i for i, r in enumerate(rows)}
     for path, tag in relabel:

@@ -279,6 +279,8 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         error = result.get("error")
         if isinstance(error, ValueError):  # no readable file, fewer than two tags
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        if isinstance(error, TrainingBusy):
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         if error is not None:
             raise error  # type: ignore[misc]
         report = result["report"]
@@ -299,6 +301,8 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             )
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except (TrainingBusy, FileNotFoundError) as e:  # in training; made before datasets kept their labels
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         return dataset_pb(request.name, report)
 
     def _dataset_exists(self, name: str, context: grpc.ServicerContext) -> None:
@@ -331,19 +335,17 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
 
     def DeleteDataset(self, request: pb.DatasetRef, context: grpc.ServicerContext) -> pb.DatasetList:
         self._dataset_exists(request.name, context)
-        dataset.delete(self.daemon.home, request.name)
+        try:
+            self.daemon.delete_dataset(request.name)
+        except TrainingBusy as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         return self._datasets()
 
     def Train(self, request: pb.TrainRequest, context: grpc.ServicerContext) -> Iterator[pb.TrainProgress]:
         try:
-            training.check_trainer(request.trainer)
-            training.options_json(request.base or "demo", request.options or "{}")
+            training.check_request(request.trainer, request.base, request.name, request.options or "{}")
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        if request.base not in ("", "demo", "none"):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"base {request.base!r}: expected demo or none")
-        if request.name and not request.name.replace("-", "").replace("_", "").isalnum():
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"model name {request.name!r}: letters, digits, - and _")
         self._dataset_exists(request.dataset, context)
         confirmed = request.confirm_cost
         try:

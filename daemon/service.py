@@ -8,12 +8,13 @@ and files missing the new model's tags are re-queued; their spectrograms come fr
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -99,6 +100,7 @@ class Daemon:
         self.training: training.Background | None = None
         self._training_lock = threading.Lock()
         self._datasets_lock = threading.Lock()
+        self._dataset_changing = ""  # the dataset being built, edited or deleted now (under _training_lock)
 
     def start(self) -> None:
         _lower_priority(self.settings.nice)
@@ -269,14 +271,35 @@ class Daemon:
     ) -> dataset.BuildReport:
         """Spectrograms of confirmed (path, tag) pairs, from the cache this daemon fills while indexing."""
         examples = [dataset.example(path, tag) for path, tag in files]
-        with self._datasets_lock:
+        with self._changing(name):
             return dataset.build(
                 self.home, name, examples, workers=self.settings.worker_count, progress=progress, cache=self.cache
             )
 
     def edit_dataset(self, name: str, **edits: Any) -> dataset.BuildReport:
-        with self._datasets_lock:
+        with self._changing(name):
             return dataset.edit(self.home, name, **edits)
+
+    def delete_dataset(self, name: str) -> None:
+        with self._changing(name):
+            dataset.delete(self.home, name)
+
+    @contextlib.contextmanager
+    def _changing(self, name: str) -> Iterator[None]:
+        """One dataset build or edit at a time (each takes every core), and none of the dataset a training
+        reads: rewriting its shards would break the upload halfway or train on a mix of old and new labels.
+        TrainingBusy instead; start_training likewise refuses the dataset named here while it changes."""
+        with self._datasets_lock:
+            with self._training_lock:
+                job = self.training
+                if job is not None and not job.finished and job.progress.dataset == name:
+                    raise TrainingBusy(f"dataset {name!r} is being trained on; wait for the training or cancel it")
+                self._dataset_changing = name
+            try:
+                yield
+            finally:
+                with self._training_lock:
+                    self._dataset_changing = ""
 
     def start_training(self, dataset_name: str, **kwargs: Any) -> training.Background:
         """Train in the background (indexing and the API go on meanwhile); TrainingBusy when a job runs."""
@@ -284,6 +307,8 @@ class Daemon:
         with self._training_lock:
             if self.training is not None and not self.training.finished:
                 raise TrainingBusy(f"already training on dataset {self.training.progress.dataset!r}; cancel it first")
+            if self._dataset_changing == dataset_name:
+                raise TrainingBusy(f"dataset {dataset_name!r} is being built or edited; train it when that is done")
 
             def run(progress: Callable[[training.TrainProgress], None], cancel: threading.Event) -> None:
                 def installed_first(p: training.TrainProgress) -> None:

@@ -89,7 +89,7 @@ class Synonyms:
         if path is not None and path.exists():
             try:
                 loaded = json.loads(path.read_text())
-                user = {clean_tag(k): [str(a) for a in v] for k, v in loaded.items()}
+                user = {clean_tag(k): _aliases(v) for k, v in loaded.items()}
             except (ValueError, TypeError, AttributeError) as e:
                 raise ValueError(f'{path}: expected {{"tag": ["alias", ...]}} ({e})') from None
         return cls(builtin, user, frozenset(raw.get("_weak", ())), frozenset(raw.get("_descriptors", ())))
@@ -106,15 +106,15 @@ class Synonyms:
         return sorted([(a, t, True) for a, t in builtin] + [(a, t, False) for a, t in user], key=lambda x: (x[1], x[0]))
 
     def add(self, home_dir: Path, pairs: Iterable[tuple[str, str]]) -> None:
-        """Add alias → tag pairs to the user's table (saved atomically)."""
-        for alias, tag in pairs:
-            if not words(alias) and not alias.strip():
-                raise ValueError(f"alias {alias!r} is empty")
-            tag = clean_tag(tag)
-            for aliases in self.user.values():
-                if alias.lower() in (a.lower() for a in aliases):
-                    aliases[:] = [a for a in aliases if a.lower() != alias.lower()]
-            self.user.setdefault(tag, []).append(alias.strip())
+        """Add alias → tag pairs to the user's table (saved atomically). An alias the user already gave
+        another tag moves to this one; ValueError, and nothing changed, when any pair is bad."""
+        checked = [(alias.strip(), clean_tag(tag)) for alias, tag in pairs]
+        for alias, _ in checked:
+            if not alias:
+                raise ValueError("an alias is empty")
+        for alias, tag in checked:
+            self.user = {t: [a for a in aliases if a.lower() != alias.lower()] for t, aliases in self.user.items()}
+            self.user.setdefault(tag, []).append(alias)
         self.user = {t: a for t, a in self.user.items() if a}
         path = home_dir / USER_FILE
         path.with_suffix(".part").write_text(json.dumps(self.user, indent=1, sort_keys=True))
@@ -166,6 +166,13 @@ class Suggestion:
     source: str  # folder | filename | metadata | ""
     raw: str  # the text it came from, as written
     alternatives: tuple[str, ...] = ()
+
+
+def _aliases(value: object) -> list[str]:
+    """A hand-edited `"kick": "bd"` would otherwise be iterated into the aliases 'b' and 'd'."""
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        raise TypeError(f"aliases must be a list of strings, not {value!r}")
+    return value
 
 
 def metadata(path: str) -> list[tuple[str, str]]:

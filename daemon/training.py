@@ -10,8 +10,10 @@ call says succeeded, failed or cancelled, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import threading
 import time
 import uuid
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from vibrary.clients.client import DaemonError
 from vibrary.clients.trainer_client import TrainerClient
 from vibrary.proto import trainer_pb2
 
@@ -27,6 +30,8 @@ from . import config, dataset, registry
 from .index import Index, ModelRow
 from .infer import ModelError
 from .shards import Manifest
+
+log = logging.getLogger(__name__)
 
 FINISHED = ("succeeded", "failed", "cancelled")
 STATES = ("uploading", "waiting", "training", "installing", *FINISHED)
@@ -68,15 +73,23 @@ class Trained:
     summary: dict[str, Any]
 
 
-def check_trainer(trainer: str) -> str:
-    """'' or local, cloud, or HOST:PORT; ValueError otherwise."""
+BASES = ("demo", "none")
+
+
+def check_request(trainer: str, base: str, name: str, options: str | dict[str, Any]) -> tuple[str, str, str]:
+    """(trainer, base, options JSON) with the defaults filled in; ValueError for anything a trainer would
+    refuse or an install would fail on, so that no trainer is started and no minute trained for nothing."""
     trainer = trainer or "local"
-    if trainer in ("local", "cloud"):
-        return trainer
-    host, _, port = trainer.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"trainer {trainer!r}: expected local, cloud or HOST:PORT")
-    return trainer
+    if trainer not in ("local", "cloud"):
+        host, _, port = trainer.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"trainer {trainer!r}: expected local, cloud or HOST:PORT")
+    base = base or "demo"
+    if base not in BASES:
+        raise ValueError(f"base {base!r}: expected demo (transfer from the built-in model) or none")
+    if name:
+        dataset.check_name(name, "model")
+    return trainer, base, options_json(base, options)
 
 
 def options_json(base: str, options: str | dict[str, Any] = "{}") -> str:
@@ -116,9 +129,7 @@ def train(
         progress(copy.deepcopy(state))
 
     try:
-        trainer = check_trainer(trainer)
-        base = base or "demo"
-        opts = options_json(base, options)
+        trainer, base, opts = check_request(trainer, base, name, options)
         manifest, shard_dir = dataset.load(home_dir, dataset_name)
         model_name = name or dataset_name
         report(classes=list(manifest.classes), upload_bytes=manifest.size)
@@ -198,7 +209,6 @@ def _on_trainer(
         sent += n
         report(uploaded_bytes=sent)
 
-    done = threading.Event()
     try:
         with TrainerClient(trainer, token) as client:
             report(state="uploading", message=f"uploading {manifest.size} bytes of spectrograms to {trainer}")
@@ -210,26 +220,7 @@ def _on_trainer(
                 raise
             report(state="waiting", uploaded_bytes=manifest.size, message="waiting for the trainer")
             job_id = client.start(manifest, name, base, options).id
-
-            def stop_when_cancelled() -> None:
-                while not done.wait(0.2):
-                    if cancel.is_set():
-                        client.cancel(job_id)
-                        return
-
-            threading.Thread(target=stop_when_cancelled, name="train-cancel", daemon=True).start()
-            job = None
-            for job in client.watch(job_id):
-                running = job.state == trainer_pb2.Job.RUNNING
-                report(
-                    state="training" if running else "waiting",
-                    epoch=job.epoch,
-                    epochs=job.epochs,
-                    loss=job.loss,
-                    val_accuracy=job.val_accuracy,
-                    eta_s=job.eta_s,
-                    message=job.phase,
-                )
+            job = _follow(client, job_id, report, cancel)
             if job is None:
                 raise TrainingError("the trainer ended the job without a word")
             if job.state == trainer_pb2.Job.CANCELLED or cancel.is_set():
@@ -240,9 +231,44 @@ def _on_trainer(
             files["summary.json"] = (job.summary or "{}").encode()
             return files
     finally:
-        done.set()
         if server is not None:
             server.stop(grace=1).wait()  # exiting while gRPC shuts down aborts the process
+
+
+def _follow(
+    client: TrainerClient, job_id: str, report: Callable[..., None], cancel: threading.Event
+) -> trainer_pb2.Job | None:
+    """Report the job's progress until it ends, and cancel it on the trainer when `cancel` is set (the
+    watch stream only says so; a thread asks the trainer). The thread is done before the client closes, so
+    it never calls a closed channel, and a trainer that cannot be reached to cancel is left to watch()."""
+    done = threading.Event()
+
+    def stop_when_cancelled() -> None:
+        while not done.wait(0.2):
+            if cancel.is_set():
+                with contextlib.suppress(DaemonError):  # gone, or the job already over: watch() tells how it ended
+                    client.cancel(job_id)
+                return
+
+    stopper = threading.Thread(target=stop_when_cancelled, name="train-cancel", daemon=True)
+    stopper.start()
+    job = None
+    try:
+        for job in client.watch(job_id):
+            running = job.state == trainer_pb2.Job.RUNNING
+            report(
+                state="training" if running else "waiting",
+                epoch=job.epoch,
+                epochs=job.epochs,
+                loss=job.loss,
+                val_accuracy=job.val_accuracy,
+                eta_s=job.eta_s,
+                message=job.phase,
+            )
+    finally:
+        done.set()
+        stopper.join()
+    return job
 
 
 def _in_cloud(
@@ -313,7 +339,8 @@ class Background:
             run(self._update, self.cancel)
         except TrainingError:
             pass  # train() has reported it as the last progress
-        except Exception as e:  # a bug must still end the job visibly
+        except Exception as e:  # a bug must still end the job visibly, and leave its traceback in the log
+            log.exception("training on %s failed unexpectedly", self.progress.dataset)
             self._update(TrainProgress(dataset=self.progress.dataset, state="failed", error=f"internal error: {e}"))
 
     def _update(self, progress: TrainProgress) -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
@@ -20,7 +23,7 @@ from vibrary.daemon import advice, dataset, features, shards
 from vibrary.daemon.spectrogram import SpectrogramParams
 from vibrary.proto import daemon_pb2 as pb
 
-from tests.conftest import json_lines, start_daemon, vibrary, wait_for
+from tests.conftest import AS_USER, json_lines, start_daemon, vibrary, wait_for
 from tests.synth import KINDS, write_kinds
 
 P = SpectrogramParams()
@@ -68,6 +71,9 @@ def test_edits_repack_the_shards_without_decoding_or_reading_audio(
         f.unlink()
     dataset.edit(home, "mine", rename=[("thump", "kick"), ("noise", "hat")])
     dataset.edit(home, "mine", rename=[("hat", "kick")])  # onto an existing tag: a merge
+    chained = dataset.edit(home, "mine", rename=[("tone", "pad"), ("pad", "lead")])  # each sees the one before
+    assert chained.per_class == {"kick": 8, "lead": 4}
+    dataset.edit(home, "mine", rename=[("lead", "tone")])
     moved, dropped = [f for f in files if f.name.startswith("noise")][:2]  # now kicks, one at a time
     edited = dataset.edit(home, "mine", relabel=[(str(moved), "tone"), (str(dropped), "")])
     assert edited.per_class == {"kick": 6, "tone": 5} and edited.manifest.classes == ["kick", "tone"]
@@ -84,8 +90,11 @@ def test_edits_repack_the_shards_without_decoding_or_reading_audio(
     assert shard_files == sorted(s.sha256 for s in edited.manifest.shards)  # stale shards are gone
 
 
-def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_path: Path) -> None:
+def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_path: Path, decodes: list[str]) -> None:
     write_kinds(tmp_path / "ex", per_kind=2, seed=4)
+    with pytest.raises(ValueError, match="all 2 files are tagged 'noise'; a model needs at least 2 tags"):
+        dataset.build(home, "mine", [dataset.example(str(f), "noise") for f in (tmp_path / "ex").glob("noise/*")])
+    assert decodes == [] and dataset.names(home) == []  # refused before any file was decoded
     dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
     manifest_before = (dataset.dataset_dir(home, "mine") / "manifest.json").read_text()
     with pytest.raises(ValueError, match=r"no tag 'snare'.*noise, thump, tone"):
@@ -96,9 +105,16 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
         dataset.edit(home, "mine", drop=["noise", "thump"])
     with pytest.raises(ValueError, match="empty tag"):
         dataset.edit(home, "mine", rename=[("noise", "  ")])
+    with pytest.raises(ValueError, match=r"no tag 'noise'.*hiss, thump, tone"):  # renamed away by then
+        dataset.edit(home, "mine", rename=[("noise", "hiss")], drop=["noise"])
     assert (dataset.dataset_dir(home, "mine") / "manifest.json").read_text() == manifest_before
     with pytest.raises(FileNotFoundError, match="no dataset 'other'"):
         dataset.edit(home, "other", drop=["noise"])
+    a_file = str(next((tmp_path / "ex").rglob("*.wav")))
+    with pytest.raises(ValueError, match="is not a folder"):
+        dataset.examples_from_folders([a_file])
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        dataset.examples_from_folders([str(tmp_path / "absent")])
 
 
 def _pcm_windows(path: Path, n: int = 64, width: int = 32) -> list[bytes]:
@@ -156,6 +172,9 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     }
     human = vibrary("dataset", "suggest", str(pack), home=home).stdout
     assert "no suggestion for 1 files" in human and "Take 1.wav" in human
+    (tmp_path / "notes").mkdir()
+    nothing = vibrary("dataset", "suggest", str(tmp_path / "notes"), home=home, check=False)
+    assert nothing.returncode == 1 and "no audio files under" in nothing.stderr
 
     created = json_lines(
         vibrary("dataset", "create", "--json", "--labels", "suggest", "pk", str(pack), home=home).stdout
@@ -171,6 +190,8 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     assert renamed[-1]["classes"] == ["drums", "lead"]
     shown = vibrary("dataset", "show", "pk", home=home).stdout
     assert "drums 6, lead 3" in shown and "smaller, spectrograms only" in shown and "expect" in shown
+    upload = shown.split("→ upload ")[1].split(" (")[0]
+    assert upload.endswith(" kB") and int(upload.split()[0]) > 0  # 9 clips are not "0.0 MB"
     bad = vibrary("dataset", "drop", "pk", "lead", home=home, check=False)
     assert bad.returncode == 1 and "at least 2" in bad.stderr
 
@@ -181,10 +202,28 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     again = json_lines(vibrary("dataset", "suggest", "--json", str(pack / "Take 1.wav"), home=home).stdout)
     assert again[0]["tag"] == "field-recording" and again[0]["source"] == "filename"
 
+    broken = dataset.dataset_dir(home, "broken") / "manifest.json"
+    broken.parent.mkdir()
+    broken.write_text("{}")
+    names = vibrary("dataset", "list", "--json", home=home)
+    assert [d["dataset"] for d in json_lines(names.stdout)] == ["pk"] and "broken cannot be read" in names.stderr
     vibrary("dataset", "delete", "pk", home=home)
     assert json_lines(vibrary("dataset", "list", "--json", home=home).stdout) == []
     gone = vibrary("dataset", "show", "pk", home=home, check=False)
     assert gone.returncode == 1 and "no dataset 'pk'" in gone.stderr
+
+
+def test_cli_output_cut_short_by_its_reader_is_no_error(home: Path) -> None:
+    proc = subprocess.Popen(
+        [*AS_USER, sys.executable, "-m", "vibrary.clients.cli", "synonyms", "list"],
+        env={**os.environ, "VIBRARY_HOME": str(home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # gone before the CLI has started up, let alone written: as `| head -0` would
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == ""
 
 
 # -- the whole workflow through the daemon's API ---------------------------------------------------------
@@ -246,6 +285,8 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         assert [(k.tag, k.clips) for k in moved.classes] == [("x", 9), ("z", 15)]
         assert _code(lambda: c.edit_dataset("spare", drop=["x"])) == grpc.StatusCode.INVALID_ARGUMENT
         assert _code(lambda: c.edit_dataset("spare", rename=[("nope", "x")])) == grpc.StatusCode.INVALID_ARGUMENT
+        (dataset.dataset_dir(home, "spare") / "labels.json").unlink()  # as made before datasets kept labels
+        assert _code(lambda: c.edit_dataset("spare", rename=[("x", "w")])) == grpc.StatusCode.FAILED_PRECONDITION
         assert [x.name for x in c.delete_dataset("spare")] == ["mine"]
         assert _code(lambda: c.dataset("spare")) == grpc.StatusCode.NOT_FOUND
         assert ("wub", "wobble", False) in {(x.alias, x.tag, x.builtin) for x in c.add_synonyms([("Wub", "wobble")])}
@@ -291,6 +332,9 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         wait_for(lambda: c.status().training.epoch >= 2, timeout=120)
         assert c.cancel_training().state in (pb.TrainProgress.TRAINING, pb.TrainProgress.WAITING)
         wait_for(lambda: c.status().training.state == pb.TrainProgress.CANCELLED, timeout=60)
+        told = json_lines(vibrary("status", "--json", home=home).stdout)[0]["training"]
+        assert (told["dataset"], told["state"], told["model"]) == ("mine", "cancelled", "")
+        assert "training mine: cancelled" in vibrary("status", home=home).stdout
         assert sorted(m.version for m in c.models() if m.name == "mine") == [1, 2]
 
         # a daemon told to stop mid-training cancels it, exits cleanly and installs nothing
@@ -324,6 +368,13 @@ def _train(c: Client, name: str) -> pb.TrainProgress:
     runner.start()
     wait_for(lambda: c.status().training.state == pb.TrainProgress.TRAINING, timeout=120)
     assert _code(lambda: c.train(name)) == grpc.StatusCode.FAILED_PRECONDITION
+    before = c.dataset(name)  # the dataset in training is neither rewritten nor deleted under it
+    tag = before.classes[0].tag
+    assert _code(lambda: c.edit_dataset(name, rename=[(tag, "renamed")])) == grpc.StatusCode.FAILED_PRECONDITION
+    assert _code(lambda: c.delete_dataset(name)) == grpc.StatusCode.FAILED_PRECONDITION
+    recreate = [("/nowhere.wav", "x")]  # refused before any file is read
+    assert _code(lambda: c.create_dataset(name, recreate)) == grpc.StatusCode.FAILED_PRECONDITION
+    assert c.dataset(name) == before
     runner.join(timeout=300)
     states = [u.state for u in updates]
     assert pb.TrainProgress.UPLOADING in states and pb.TrainProgress.TRAINING in states
@@ -340,15 +391,63 @@ def test_training_that_cannot_start_fails_clearly_and_reports_it(home: Path, tmp
     write_kinds(tmp_path / "ex", per_kind=2, seed=8)
     dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
     index = Index(config.index_path(home))
-    cases = [
-        ("nope", "local", "no dataset 'nope'"),
-        ("mine", "somewhere", "expected local, cloud or HOST:PORT"),
-        ("mine", "127.0.0.1:1", "trainer at 127.0.0.1:1"),  # nobody listens there
+    cases: list[tuple[str, dict[str, str], str]] = [
+        ("nope", {}, "no dataset 'nope'"),
+        ("mine", {"trainer": "somewhere"}, "expected local, cloud or HOST:PORT"),
+        ("mine", {"trainer": "127.0.0.1:1"}, "trainer at 127.0.0.1:1"),  # nobody listens there
+        # refused before any trainer starts: the reason is the user's, not a trainer's or an install's
+        ("mine", {"trainer": "127.0.0.1:1", "base": "nosuch"}, "base 'nosuch': expected demo"),
+        ("mine", {"trainer": "127.0.0.1:1", "name": "my tags"}, "model name 'my tags'"),
     ]
-    for name, trainer, reason in cases:
+    for name, how, reason in cases:
         seen: list[training.TrainProgress] = []
         with pytest.raises(training.TrainingError, match=reason):
-            training.train(home, name, index=index, trainer=trainer, progress=seen.append)
+            training.train(home, name, index=index, progress=seen.append, **how)
         assert seen[-1].state == "failed" and reason in seen[-1].error
     assert [m.name for m in index.models() if not m.builtin] == []
     index.close()
+    usage = vibrary("train", "mine", "--base", "nosuch", home=home, check=False)
+    assert usage.returncode == 2 and "invalid choice: 'nosuch'" in usage.stderr
+
+
+def test_a_bug_in_a_training_job_ends_it_visibly_and_logs_why(caplog: pytest.LogCaptureFixture) -> None:
+    from vibrary.daemon import training
+
+    def broken(progress: Callable[[training.TrainProgress], None], cancel: threading.Event) -> None:
+        raise RuntimeError("boom")
+
+    job = training.Background("mine", broken)
+    job.join(timeout=10)
+    assert job.finished and job.progress.state == "failed" and job.progress.error == "internal error: boom"
+    assert "training on mine failed unexpectedly" in caplog.text and "RuntimeError: boom" in caplog.text
+
+
+def test_a_dataset_being_built_is_not_trained_on_and_other_datasets_are(home: Path, tmp_path: Path) -> None:
+    from vibrary.daemon.service import Daemon, TrainingBusy
+
+    files = [(str(f), f.parent.name) for f in write_kinds(tmp_path / "ex", per_kind=2, seed=9)]
+    d = Daemon(home)
+    d.start()
+    try:
+        d.create_dataset("mine", files, lambda n: None)
+        d.create_dataset("other", files, lambda n: None)
+        halfway, release = threading.Event(), threading.Event()
+
+        def slow_progress(n: int) -> None:
+            halfway.set()
+            release.wait(30)
+
+        rebuild = threading.Thread(target=d.create_dataset, args=("mine", files, slow_progress))
+        rebuild.start()
+        assert halfway.wait(30)
+        with pytest.raises(TrainingBusy, match="'mine' is being built or edited"):
+            d.start_training("mine")
+        job = d.start_training("other", trainer="127.0.0.1:1")  # another dataset: not held up by the build
+        job.join(timeout=30)
+        assert job.progress.state == "failed" and "127.0.0.1:1" in job.progress.error
+        release.set()
+        rebuild.join(timeout=30)
+        assert dataset.load_report(home, "mine").manifest.clips == 6
+    finally:
+        release.set()
+        d.stop()

@@ -133,14 +133,20 @@ def test_user_synonyms_extend_and_override_the_builtin_table(pack: Path, tmp_pat
     home.mkdir()
     table = Synonyms.load(home)
     table.add(home, [("wub", "wobble"), ("SD", "side-stick")])
+    table.add(home, [(" sd ", "side-stick")])  # the same alias, however spaced, is listed once
+    with pytest.raises(ValueError, match="empty"):
+        table.add(home, [("zap", "laser"), ("  ", "kick")])  # one bad pair: none is added
+    assert "laser" not in table.user
     reloaded = Synonyms.load(home)  # saved in the home, not just in memory
+    assert reloaded.user == {"side-stick": ["sd"], "wobble": ["wub"]}
     assert ("wub", "wobble", False) in reloaded.pairs() and ("sd", "side-stick", False) in reloaded.pairs()
     assert ("sd", "snare", True) not in reloaded.pairs()
     found = {Path(s.path).name: s.tag for s in suggest([str(pack / "Drums" / "Misc")], reloaded)}
     assert found["Wub_3.wav"] == "wobble" and found["SD_02.wav"] == "side-stick"
-    (home / "synonyms.json").write_text("[1, 2]")
-    with pytest.raises(ValueError, match=r"synonyms\.json"):
-        Synonyms.load(home)
+    for broken in ("[1, 2]", '{"kick": "bd"}', '{"kick": ["bd", 3]}'):  # a string is not a list of aliases
+        (home / "synonyms.json").write_text(broken)
+        with pytest.raises(ValueError, match=r"synonyms\.json"):
+            Synonyms.load(home)
 
 
 def test_a_missing_path_is_an_error_and_unreadable_tags_are_no_suggestion(tmp_path: Path, table: Synonyms) -> None:

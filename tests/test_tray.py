@@ -24,7 +24,7 @@ except ImportError as e:  # the [tray] extra is optional
     pytest.skip(f"PySide6 is not installed (pip install -e '.[tray]'): {e}", allow_module_level=True)
 
 from vibrary.clients import tray_state as ts
-from vibrary.clients.tray import COLORS, Tray, draw_icon
+from vibrary.clients.tray import COLORS, SearchDialog, Tray, draw_icon
 from vibrary.daemon import config
 from vibrary.proto import daemon_pb2 as pb
 
@@ -157,6 +157,9 @@ def test_tray_icon_and_tooltip_follow_the_daemon(tray: Tray, model_home: Path, t
 def test_start_daemon_from_the_tray(tray: Tray, model_home: Path) -> None:
     wait_view(tray, showing(ts.Icon.NOT_RUNNING))
     tray.do("start_daemon")
+    first = tray.started_daemon
+    tray.do("start_daemon")  # clicked again before the first one answers
+    assert tray.started_daemon is first
     v = wait_view(tray, showing(ts.Icon.IDLE), timeout=60)
     assert "models: bands@1" in v.tooltip
     assert tray.started_daemon is not None
@@ -194,3 +197,18 @@ def test_training_and_installed_models_notify(tray: Tray, model_home: Path, tmp_
         assert notices[-1].warning and "no such folder" in notices[-1].text
     finally:
         d.stop()
+
+
+def test_search_dialog_says_what_is_wrong_instead_of_searching(qapp: QApplication, home: Path) -> None:
+    dialog = SearchDialog(home)
+
+    def results(query: str) -> list[str]:
+        dialog.query.setText(query)
+        dialog.search()
+        return [dialog.results.item(n).text() for n in range(dialog.results.count())]
+
+    assert results("OR kick") == ["error: OR needs a tag on each side"]
+    assert results("   ") == ["error: type a tag to search for, e.g. kick -acoustic snare|clap"]
+    [no_daemon] = results("kick")
+    assert no_daemon.startswith("error: no daemon answers")
+    dialog.close()
