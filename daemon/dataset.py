@@ -28,8 +28,9 @@ import numpy as np
 from . import config, shards
 from .advice import advise
 from .cache import SpectrogramCache
-from .decode import DecodeError, is_audio_path
+from .decode import DecodeError
 from .features import features, fingerprint
+from .folders import audio_files_under
 from .spectrogram import SpectrogramParams, quantize
 
 
@@ -94,12 +95,11 @@ def examples_from_folders(dirs: Sequence[str]) -> list[Example]:
             if os.path.exists(root):  # a file names no tag: its label would be whatever folder it is in
                 raise ValueError(f"{root} is not a folder: give folders of DIR/<tag>/ files, or use --labels suggest")
             raise FileNotFoundError(f"no such folder: {root}")
-        for dirpath, subdirs, names in os.walk(root):
-            subdirs.sort()
-            if os.path.samefile(dirpath, root):
-                continue  # files loose in DIR itself have no label folder
-            tag = os.path.basename(dirpath)
-            found.extend(example(os.path.join(dirpath, n), tag) for n in sorted(names) if is_audio_path(n))
+        top = os.path.normpath(root)
+        for path in audio_files_under(root):
+            folder = os.path.dirname(path)
+            if os.path.normpath(folder) != top:  # files loose in DIR itself have no label folder
+                found.append(example(path, os.path.basename(folder)))
     return found
 
 

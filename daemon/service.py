@@ -22,7 +22,6 @@ import psutil
 
 from . import config, dataset, registry, training
 from .cache import SpectrogramCache
-from .decode import is_audio_path
 from .events import (
     FILE_FAILED,
     FILE_REMOVED,
@@ -35,6 +34,7 @@ from .events import (
     EventBus,
     StatusPublisher,
 )
+from .folders import audio_files_under
 from .index import FileTags, Index, Result
 from .infer import Model, ModelError
 from .pipeline import ActiveModel, Pipeline
@@ -327,19 +327,18 @@ class Daemon:
     def _training_event(self, progress: training.TrainProgress) -> None:
         kind = TRAINING_FINISHED if progress.state in training.FINISHED else TRAINING_PROGRESS
         self.events.publish(Event(kind, training=progress))
+        self.status_events.changed()  # the status snapshot carries the training too
         if kind == TRAINING_FINISHED:
             log.info("training on %s %s %s", progress.dataset, progress.state, progress.error or progress.model)
 
 
 def expand(paths: Sequence[str]) -> list[str]:
-    """Files as given, folders replaced by the audio files under them (sorted, links to folders not
-    followed); a path that does not exist is kept so that its error is reported."""
+    """Files as given, folders replaced by the audio files under them; a path that does not exist is kept
+    so that its error is reported."""
     out: list[str] = []
     for p in paths:
         if os.path.isdir(p):
-            for dirpath, dirs, names in os.walk(p):
-                dirs.sort()
-                out.extend(os.path.join(dirpath, n) for n in sorted(names) if is_audio_path(n))
+            out.extend(audio_files_under(p))
         else:
             out.append(p)
     return list(dict.fromkeys(out))  # `vibrary tag DIR DIR/x.wav` tags x.wav once

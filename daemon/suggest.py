@@ -34,7 +34,7 @@ from pathlib import Path
 
 import mutagen
 
-from .decode import is_audio_path
+from .folders import audio_files_under
 
 BUILTIN = Path(__file__).parent / "builtin" / "synonyms.json"
 USER_FILE = "synonyms.json"
@@ -238,9 +238,7 @@ def audio_files(paths: Sequence[str]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for p in paths:
         if os.path.isdir(p):
-            for dirpath, dirs, names in os.walk(p):
-                dirs.sort()
-                out.extend((os.path.join(dirpath, n), p) for n in sorted(names) if is_audio_path(n))
+            out.extend((f, p) for f in audio_files_under(p))
         elif os.path.exists(p):
             out.append((p, os.path.dirname(p)))
         else:

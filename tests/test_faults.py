@@ -779,3 +779,19 @@ def test_second_daemon_on_the_same_home_exits_1(daemon: DaemonProcess, tmp_path:
         assert fresh.status().models == ["bands@1"]
     (f,) = list(daemon.client.tag([str(write_tone(tmp_path / "low.wav", BANDS["low"]))]))
     assert (f.state, f.tags[0].tag) == ("indexed", "low")
+
+
+@NEEDS_USER
+def test_an_unreadable_subfolder_is_reported_and_the_rest_is_tagged(model_home: Path, tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    write_tone(lib / "ok" / "low.wav", BANDS["low"])
+    write_tone(lib / "locked" / "high.wav", BANDS["high"])
+    (lib / "locked").chmod(0)
+    try:
+        tagged = vibrary("tag", "--json", str(lib), home=model_home)
+        suggested = vibrary("dataset", "suggest", "--json", str(lib), home=model_home, check=False)
+    finally:
+        (lib / "locked").chmod(0o755)
+    assert [Path(line["path"]).name for line in json_lines(tagged.stdout)] == ["low.wav"]
+    for proc in (tagged, suggested):
+        assert f"cannot read folder {lib / 'locked'}" in proc.stderr and "left out" in proc.stderr, proc.stderr

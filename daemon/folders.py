@@ -1,0 +1,31 @@
+"""The one walk over the folders a user names, for tagging, tag suggestions and datasets alike.
+
+Sorted, so every run sees files in the same order (reproducible datasets, stable output). Links to folders
+are not followed, so a link loop cannot trap it. A subfolder that cannot be read is reported, not skipped
+in silence: otherwise a producer would never learn that part of the library was left out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+
+from .decode import is_audio_path
+
+log = logging.getLogger(__name__)
+
+
+def _warn(folder: str, reason: str) -> None:
+    log.warning("cannot read folder %s (%s): its files are left out", folder, reason)
+
+
+def audio_files_under(folder: str, on_error: Callable[[str, str], None] = _warn) -> Iterator[str]:
+    """Every audio file under folder, by path; on_error(folder, reason) for each folder that cannot be read."""
+
+    def unreadable(e: OSError) -> None:
+        on_error(str(e.filename), e.strerror or str(e))
+
+    for dirpath, dirs, names in os.walk(folder, onerror=unreadable):
+        dirs.sort()
+        yield from (os.path.join(dirpath, n) for n in sorted(names) if is_audio_path(n))
