@@ -7,7 +7,8 @@ daemon tags with, through the home's content-addressed cache, so a model trained
 what it learned from and files the daemon has already indexed are not decoded again. Only the 8-bit
 spectrograms, the labels and anonymous folder ids go into the shards: no audio, no paths.
 
-Next to the shards, `labels.json` keeps the confirmed label of every file in shard row order. Editing a
+Next to the shards, `labels.json` keeps the confirmed label of every file in shard row order, and the
+manifest of those shards. Editing a
 dataset (rename, merge, drop a tag, relabel or drop a file) re-packs the spectrograms already in the
 shards under the new labels: nothing is decoded or even read from the source files again.
 """
@@ -161,7 +162,9 @@ def _write(
     rows: Sequence[Row],
     failed: Sequence[tuple[str, str]],
 ) -> BuildReport:
-    """Shards, then labels, then the manifest (what `load` reads), then away with unused shards."""
+    """New shards first (content-addressed: the old ones stay), then `labels.json`, which holds the manifest
+    too and so is the one commit point: a crash before it leaves the dataset as it was, a crash after it
+    the new one. `manifest.json` is a copy for people and older versions; unused shards go last."""
     classes = sorted({r.label for r in rows})
     labels = np.array([classes.index(r.label) for r in rows], dtype=np.int64)
     manifest, blobs = shards.write(name, classes, params, codes, labels, [r.group for r in rows])
@@ -170,7 +173,7 @@ def _write(
     (folder / "shards").mkdir(parents=True, exist_ok=True)
     for digest, blob in blobs.items():
         (folder / "shards" / f"{digest}.npz").write_bytes(blob)
-    record = {"files": [r.__dict__ for r in rows], "failed": [list(f) for f in failed]}
+    record = {"files": [r.__dict__ for r in rows], "failed": [list(f) for f in failed], "manifest": manifest.to_json()}
     _replace(folder / "labels.json", json.dumps(record))
     _replace(folder / "manifest.json", manifest.to_json())
     for stale in (folder / "shards").glob("*.npz"):
@@ -207,6 +210,11 @@ def load_report(home_dir: Path, name: str) -> BuildReport:
 def load(home_dir: Path, name: str) -> tuple[shards.Manifest, Path]:
     check_name(name)
     folder = dataset_dir(home_dir, name)
+    committed = folder / "labels.json"
+    if committed.exists():
+        text = json.loads(committed.read_text()).get("manifest")
+        if text:  # the manifest that belongs to these labels, whatever a crash left in manifest.json
+            return shards.Manifest.from_json(text), folder / "shards"
     if not (folder / "manifest.json").exists():
         raise FileNotFoundError(f"no dataset {name!r}; create it with `vibrary dataset create {name} DIR...`")
     return shards.Manifest.from_json((folder / "manifest.json").read_text()), folder / "shards"

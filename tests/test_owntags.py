@@ -451,3 +451,35 @@ def test_a_dataset_being_built_is_not_trained_on_and_other_datasets_are(home: Pa
     finally:
         release.set()
         d.stop()
+
+
+def test_an_edit_cut_off_by_a_crash_leaves_the_old_dataset_or_the_new_never_a_mix(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_kinds(tmp_path / "ex", per_kind=3, seed=11)
+    dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
+    real_replace = dataset._replace
+
+    def crash_at(name: str) -> Callable[[Path, str], None]:
+        def replace(path: Path, text: str) -> None:
+            if path.name == name:
+                raise OSError("power cut")
+            real_replace(path, text)
+
+        return replace
+
+    def consistent() -> list[str]:
+        manifest, shard_dir = dataset.load(home, "mine")
+        report = dataset.load_report(home, "mine")
+        assert sorted(report.per_class) == list(manifest.classes) and manifest.clips == 9
+        assert all((shard_dir / f"{s.sha256}.npz").exists() for s in manifest.shards)
+        return list(manifest.classes)
+
+    monkeypatch.setattr(dataset, "_replace", crash_at("labels.json"))  # before the commit point
+    with pytest.raises(OSError, match="power cut"):
+        dataset.edit(home, "mine", rename=[("noise", "hiss")])
+    assert consistent() == ["noise", "thump", "tone"]
+    monkeypatch.setattr(dataset, "_replace", crash_at("manifest.json"))  # after it
+    with pytest.raises(OSError, match="power cut"):
+        dataset.edit(home, "mine", rename=[("noise", "hiss")])
+    assert consistent() == ["hiss", "thump", "tone"]
