@@ -112,6 +112,17 @@ def open_cache(home_dir: Path) -> SpectrogramCache:
     return SpectrogramCache(config.cache_path(home_dir), config.Settings.load(home_dir).cache_max_mb << 20)
 
 
+def _once_each(examples: Sequence[Example]) -> list[Example]:
+    """A file listed twice (two overlapping folders) is one example; with two different tags it is a
+    mistake to say, not a coin to toss: a later relabel could only ever change one of the two rows."""
+    seen: dict[str, Example] = {}
+    for ex in examples:
+        if ex.path in seen and seen[ex.path].label != ex.label:
+            raise ValueError(f"{ex.path} is tagged both {seen[ex.path].label!r} and {ex.label!r}: keep one")
+        seen.setdefault(ex.path, ex)
+    return list(seen.values())
+
+
 def build(
     home_dir: Path,
     name: str,
@@ -127,6 +138,7 @@ def build(
     params = params or SpectrogramParams()
     if not examples:
         raise ValueError("no audio files found: put examples in one folder per tag (DIR/<tag>/*.wav)")
+    examples = _once_each(examples)
     tags = sorted({ex.label for ex in examples})
     if len(tags) == 1:  # said now, not after decoding every file (the shards' own check would, at the end)
         raise ValueError(f"all {len(examples)} files are tagged {tags[0]!r}; a model needs at least 2 tags")

@@ -483,3 +483,13 @@ def test_an_edit_cut_off_by_a_crash_leaves_the_old_dataset_or_the_new_never_a_mi
     with pytest.raises(OSError, match="power cut"):
         dataset.edit(home, "mine", rename=[("noise", "hiss")])
     assert consistent() == ["hiss", "thump", "tone"]
+
+
+def test_a_file_listed_twice_is_one_example_and_two_tags_for_it_are_refused(home: Path, tmp_path: Path) -> None:
+    files = write_kinds(tmp_path / "ex", per_kind=2, seed=12)
+    twice = [dataset.example(str(f), f.parent.name) for f in files + files]
+    assert dataset.build(home, "mine", twice).manifest.clips == len(files)
+    clash = [*twice, dataset.example(str(files[0]), "other")]
+    with pytest.raises(ValueError, match=r"tagged both '\w+' and 'other'"):
+        dataset.build(home, "clash", clash)
+    assert dataset.names(home) == ["mine"]
