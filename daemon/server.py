@@ -7,6 +7,7 @@ its deadline passes.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -281,6 +282,11 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         if isinstance(error, TrainingBusy):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        if isinstance(error, OSError):  # disk full, home not writable: the user can act on it
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED if error.errno == errno.ENOSPC else grpc.StatusCode.INTERNAL,
+                f"dataset {request.name!r} could not be written: {error}",
+            )
         if error is not None:
             raise error  # type: ignore[misc]
         report = result["report"]

@@ -30,7 +30,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from vibrary.clients.client import Client
+from vibrary.clients.client import Client, DaemonError
 from vibrary.daemon import config, decode, features
 from vibrary.daemon.index import Index, Job, Result
 from vibrary.daemon.pipeline import Pipeline
@@ -795,3 +795,17 @@ def test_an_unreadable_subfolder_is_reported_and_the_rest_is_tagged(model_home: 
     assert [Path(line["path"]).name for line in json_lines(tagged.stdout)] == ["low.wav"]
     for proc in (tagged, suggested):
         assert f"cannot read folder {lib / 'locked'}" in proc.stderr and "left out" in proc.stderr, proc.stderr
+
+
+@NEEDS_USER
+def test_a_dataset_that_cannot_be_written_says_so_and_the_daemon_goes_on(daemon: DaemonProcess, tmp_path: Path) -> None:
+    files = [(str(write_tone(tmp_path / band / f"{band}.wav", freq)), band) for band, freq in BANDS.items()]
+    locked = daemon.home / "datasets"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        with pytest.raises(DaemonError, match=r"dataset 'mine' could not be written: .*Permission denied"):
+            list(daemon.client.create_dataset("mine", files))
+    finally:
+        locked.chmod(0o755)
+    assert list(daemon.client.create_dataset("mine", files))[-1].dataset.clips == len(files)  # once it can
