@@ -8,6 +8,7 @@ Exit status 0 on success (per-file errors are reported in the output), 1 when th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -518,6 +519,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"loss {p.loss:.3f} val acc {p.val_accuracy:.2f}")
 
     options = {"epochs": args.epochs, "seed": args.seed}
+    with contextlib.suppress(FileNotFoundError, ValueError):  # train() says what is wrong with the dataset
+        from vibrary.daemon import dataset
+
+        print(dataset.load_report(home_dir, args.dataset).advice, file=sys.stderr)  # before minutes of waiting
     try:
         trained = train(
             home_dir,

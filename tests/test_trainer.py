@@ -98,6 +98,7 @@ def test_end_to_end_folders_to_a_model_that_tags_new_clips(
         timeout=600,
     )
     trained = json_lines(out.stdout)[-1]
+    assert "smallest class 'noise' has 8 examples: expect" in out.stderr  # said before the training starts
     assert (trained["model"], trained["version"], trained["classes"]) == ("kinds", 1, sorted(KINDS))
     assert 0.0 <= trained["val_accuracy"] <= 1.0 and trained["seconds"] > 0
     for plot in trained["plots"]:
