@@ -13,6 +13,10 @@ with `time.thread_time`: content hash, done-models lookup, decode, log-mel, 8-bi
 transaction per batch, as the pipeline does), the CNN (batches of the daemon's batch size, one thread),
 ranking, and the index write (one transaction per batch).
 
+*inproc*: the daemon's own `Daemon` class in this process, indexing the clips as in *daemon*, with a
+timer around each stage (exclusive: a stage's time excludes the stages it calls), so the stages are
+seen at work among the daemon's threads, GIL and queues included.
+
 *daemon*: a real `vibrary daemon` on a fresh home with the demo model, timed as `bench_daemon.py` times it
 (AddWatch until indexed + failed = N, status polled every 50 ms), giving the process's CPU per file and
 each thread's share. With `--py-spy OUT.svg` py-spy records the run (native frames included).
@@ -21,12 +25,15 @@ each thread's share. With `--py-spy OUT.svg` py-spy records the run (native fram
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +123,97 @@ def stages(paths: list[str], batch: int) -> dict[str, float]:
     return dict(spent)
 
 
+# (module, attribute, stage): wrapped in `inproc`; where a module imported a function by name, its copy
+_STAGES = (
+    ("vibrary.daemon.pipeline", "fingerprint", "content hash"),
+    ("vibrary.daemon.index.Index", "models_done", "done lookup"),
+    ("vibrary.daemon.cache.SpectrogramCache", "get", "cache lookup"),
+    ("vibrary.daemon.features", "decode", "decode"),
+    ("vibrary.daemon.features", "log_mel", "log-mel"),
+    ("vibrary.daemon.pipeline", "features", "8-bit codes etc."),
+    ("vibrary.daemon.cache.SpectrogramCache", "put_many", "cache write"),
+    ("vibrary.daemon.pipeline.Pipeline", "_prepare", "worker: rest"),
+    ("vibrary.daemon.infer.Model", "predict", "CNN"),
+    ("vibrary.daemon.pipeline", "ranked_tags", "rank tags"),
+    ("vibrary.daemon.pipeline.Pipeline", "_infer", "infer: rest"),
+    ("vibrary.daemon.index.Index", "write_results", "index write"),
+    ("vibrary.daemon.service.Daemon", "_store", "store: rest"),
+    ("vibrary.daemon.index.Index", "due_jobs", "feeder: due_jobs"),
+    ("vibrary.daemon.index.Index", "next_due", "feeder: next_due"),
+    ("vibrary.daemon.service.Daemon", "status", "status (polled)"),
+)
+
+
+def _resolve(dotted: str) -> object:
+    module, _, rest = dotted.partition(".daemon.")
+    head, *attrs = rest.split(".")
+    obj: object = importlib.import_module(f"{module}.daemon.{head}")
+    for a in attrs:
+        obj = getattr(obj, a)
+    return obj
+
+
+def inproc(paths: list[str], folder: Path) -> None:
+    from vibrary.daemon.service import Daemon
+
+    spent: dict[str, float] = defaultdict(float)
+    local = threading.local()
+
+    def timed(fn: Callable[..., object], stage: str) -> Callable[..., object]:
+        def wrapper(*args: object, **kwargs: object) -> object:
+            stack = local.__dict__.setdefault("stack", [])
+            stack.append(0.0)  # time spent in timed callees
+            start = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                took = time.thread_time() - start
+                inner = stack.pop()
+                spent[stage] += took - inner
+                if stack:
+                    stack[-1] += took
+
+        return wrapper
+
+    originals = []
+    for owner_name, attr, stage in _STAGES:
+        owner = _resolve(owner_name)
+        originals.append((owner, attr, getattr(owner, attr)))
+        setattr(owner, attr, timed(getattr(owner, attr), stage))
+    home = prepare_home(DEMO)
+    config.Settings(settle_s=0.2, nice=0).save(home)
+    d = Daemon(home)
+    try:
+        d.start()
+        me = psutil.Process()
+        time.sleep(0.5)
+        before = {t.id: t.user_time + t.system_time for t in me.threads()}
+        start = time.perf_counter()
+        d.add_watch(str(folder))
+        while True:
+            status = d.status()
+            if int(status["indexed"]) + int(status["failed"]) >= len(paths):
+                break
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - start
+        after = {t.id: t.user_time + t.system_time for t in me.threads()}
+        names = {t.native_id: t.name for t in threading.enumerate()}
+    finally:
+        d.stop()
+        for owner, attr, fn in originals:
+            setattr(owner, attr, fn)
+    n = len(paths)
+    print(f"\nin process: {n} files in {elapsed:.2f} s wall; CPU by stage (exclusive), ms/file:")
+    for stage, s in sorted(spent.items(), key=lambda kv: -kv[1]):
+        print(f"  {stage:<22} {s / n * 1000:6.3f}")
+    print(f"  {'sum of stages':<22} {sum(spent.values()) / n * 1000:6.3f}")
+    print("CPU by thread, ms/file (this process's threads, the main thread polling status included):")
+    for took, tid in sorted(((after[t] - before.get(t, 0.0), t) for t in after), reverse=True):
+        if took / n * 1000 >= 0.01:
+            print(f"  {names.get(tid, str(tid)):<22} {took / n * 1000:6.3f}")
+    print(f"  {'all threads':<22} {sum(after[t] - before.get(t, 0.0) for t in after) / n * 1000:6.3f}")
+
+
 def thread_names(pid: int) -> dict[int, str]:
     """OS thread id → Python thread name, from `py-spy dump --json` (empty when py-spy cannot attach)."""
     try:
@@ -139,7 +237,7 @@ def daemon(paths: list[str], folder: Path, py_spy: str) -> None:
         recorder = None
         if py_spy:
             recorder = subprocess.Popen(
-                ["py-spy", "record", "--native", "--threads", "--rate", "200", "-o", py_spy, "--pid", str(proc.pid)]
+                ["py-spy", "record", "--threads", "--rate", "100", "-o", py_spy, "--pid", str(proc.pid)]
                 + (["--format", "raw"] if not py_spy.endswith(".svg") else []),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -175,7 +273,7 @@ def main() -> int:
     ap.add_argument("--clips", type=int, default=400)
     ap.add_argument("--seed", type=int, default=20240601)
     ap.add_argument("--clips-dir", default="", help="keep the clips here between runs (default: a temporary folder)")
-    ap.add_argument("--mode", choices=("stages", "daemon", "both"), default="both")
+    ap.add_argument("--mode", choices=("stages", "inproc", "daemon", "both"), default="both")
     ap.add_argument("--batch", type=int, default=config.Settings().batch_size)
     ap.add_argument("--py-spy", default="", help="record the daemon run with py-spy into this SVG")
     args = ap.parse_args()
@@ -191,6 +289,8 @@ def main() -> int:
         for name, s in sorted(spent.items(), key=lambda kv: -kv[1]):
             print(f"  {name:<14} {s / len(paths) * 1000:6.3f} ms/file")
         print(f"  {'total':<14} {total / len(paths) * 1000:6.3f} ms/file")
+    if args.mode == "inproc":
+        inproc(paths, folder)
     if args.mode in ("daemon", "both"):
         daemon(paths, folder, args.py_spy)
     return 0
