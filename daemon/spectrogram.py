@@ -15,7 +15,7 @@ import hashlib
 import json
 import threading
 from dataclasses import asdict, dataclass, fields
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import scipy.fft
@@ -79,9 +79,9 @@ class SpectrogramParams:
             raise ValueError(f"unknown spectrogram parameters: {sorted(unknown)}")
         return cls(**raw)
 
-    @property
+    @cached_property
     def key(self) -> str:
-        """Short stable id of these parameters, used in cache keys."""
+        """Short stable id of these parameters, used in cache keys (looked up for every file: kept)."""
         return hashlib.blake2b(self.to_json().encode(), digest_size=8).hexdigest()
 
 
@@ -257,11 +257,15 @@ def log_mel(audio: np.ndarray, params: SpectrogramParams) -> np.ndarray:
 def quantize(spec: np.ndarray, params: SpectrogramParams) -> np.ndarray:
     if params.ref != "max":
         return spec.astype(np.float16)
-    scaled = np.clip(spec / -params.top_db, 0.0, 1.0) * 255.0
-    return np.round(scaled).astype(np.uint8)
+    scaled = np.divide(spec, -params.top_db)  # the same arithmetic in one buffer instead of four
+    np.clip(scaled, 0.0, 1.0, out=scaled)
+    scaled *= 255.0
+    return np.round(scaled, out=scaled).astype(np.uint8)
 
 
 def dequantize(codes: np.ndarray, params: SpectrogramParams) -> np.ndarray:
     if codes.dtype != np.uint8:
         return codes.astype(np.float32)
-    return codes.astype(np.float32) * (-params.top_db / 255.0)
+    spec = codes.astype(np.float32)
+    spec *= -params.top_db / 255.0
+    return spec
