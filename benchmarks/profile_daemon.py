@@ -253,13 +253,14 @@ def daemon(paths: list[str], folder: Path, py_spy: str) -> None:
         elapsed = time.perf_counter() - start
         cpu = sum(process_cpu(proc)) - cpu_before
         after = {t.id: t.user_time + t.system_time for t in proc.threads()}
+        rss = proc.memory_info().rss
         names = thread_names(proc.pid)
         if recorder is not None:
             recorder.send_signal(2)
             recorder.wait(timeout=60)
         n = len(paths)
         print(f"\ndaemon: {n} files ({status.indexed} indexed, {status.failed} failed) in {elapsed:.2f} s wall")
-        print(f"  {n / elapsed:.1f} files/s, {cpu / n * 1000:.2f} ms CPU/file (all threads)")
+        print(f"  {n / elapsed:.1f} files/s, {cpu / n * 1000:.2f} ms CPU/file (all threads), RSS {rss / 1e6:.0f} MB")
         per_thread = sorted(((after[t] - before.get(t, 0.0), t) for t in after), reverse=True)
         for spent, tid in per_thread:
             if spent / n * 1000 >= 0.01:
