@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from vibrary.daemon.infer import ModelError, _session
 from vibrary.daemon.onnx_rewrite import faster_graph
 
 DEMO = Path(__file__).resolve().parents[1] / "daemon" / "builtin" / "demo.onnx"
@@ -25,7 +27,7 @@ def _cnn(path: Path) -> Path:
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w1")
     w2 = numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32), "w2")
-    conv = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    conv: dict[str, Any] = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["c1"], **conv),
         helper.make_node("Elu", ["c1"], ["e1"], alpha=0.5),
@@ -90,3 +92,19 @@ def test_a_model_without_elu_is_not_rewritten(tmp_path: Path) -> None:
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "r.onnx")
     assert faster_graph(str(tmp_path / "r.onnx")) is None
+
+
+def test_a_rewritten_graph_that_does_not_load_falls_back_to_the_file(tmp_path: Path) -> None:
+    """The rewrite's constants are float32: a double Elu does not load rewritten, and the model is then
+    loaded as written (onnxruntime has no double Elu either, so its own complaint is what the user sees)."""
+    graph = helper.make_graph(
+        [helper.make_node("Elu", ["x"], ["y"])],
+        "d",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, [2, 3])],
+    )
+    path = tmp_path / "d.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert faster_graph(str(path)) is not None
+    with pytest.raises(ModelError, match=r"d\.onnx: not a loadable ONNX model .*Elu"):
+        _session(str(path), 1)
