@@ -306,8 +306,17 @@ class Index:
         jobs = [Job(*r) for r in rows if r[0] not in skip]
         return jobs[:limit]
 
-    def next_due(self) -> float | None:
-        row = self.conn().execute("SELECT min(due) FROM files WHERE state = 'pending'").fetchone()
+    def next_due(self, after: float | None = None) -> float | None:
+        """When the next pending file falls due; with `after`, the next one not yet due at that time (the
+        feeder has just taken the due ones, and asking about them again had it polling every 5 ms)."""
+        if after is None:
+            row = self.conn().execute("SELECT min(due) FROM files WHERE state = 'pending'").fetchone()
+        else:
+            row = (
+                self.conn()
+                .execute("SELECT min(due) FROM files WHERE state = 'pending' AND due > ?", (after,))
+                .fetchone()
+            )
         return row[0]
 
     def models_done(self, content_hash: bytes) -> set[int]:

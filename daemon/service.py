@@ -139,7 +139,8 @@ class Daemon:
                     skip = set(self._in_flight)
                 room = self.settings.queue_size - len(skip)
                 paused = self._paused.is_set()  # the watcher still records changes; nothing is read
-                jobs = self.index.due_jobs(room, skip, time.time()) if room > 0 and not paused else []
+                now = time.time()
+                jobs = self.index.due_jobs(room, skip, now) if room > 0 and not paused else []
                 for job in jobs:
                     with self._in_flight_lock:
                         self._in_flight.add(job.id)
@@ -148,7 +149,7 @@ class Daemon:
                     continue
                 if not jobs and not self._in_flight:
                     self._refresh_statistics()
-                next_due = self.index.next_due()
+                next_due = self.index.next_due(after=now)  # due ones are in flight or wait for room: _store wakes us
                 wait = 1.0 if next_due is None or paused else min(1.0, max(0.005, next_due - time.time()))
                 self._wake.wait(wait)
             except Exception:

@@ -15,7 +15,7 @@ import hashlib
 import json
 import threading
 from dataclasses import asdict, dataclass, fields
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 import scipy.fft
@@ -79,9 +79,9 @@ class SpectrogramParams:
             raise ValueError(f"unknown spectrogram parameters: {sorted(unknown)}")
         return cls(**raw)
 
-    @property
+    @cached_property
     def key(self) -> str:
-        """Short stable id of these parameters, used in cache keys."""
+        """Short stable id of these parameters, used in cache keys (looked up for every file: kept)."""
         return hashlib.blake2b(self.to_json().encode(), digest_size=8).hexdigest()
 
 
@@ -191,21 +191,48 @@ def mel_power(audio: np.ndarray, params: SpectrogramParams) -> np.ndarray:
     power = _scratch("power", (n_frames, bands.end_bin - bands.first_bin), np.float32)
     squared_imag = _scratch("imag", (_BLOCK, bands.end_bin - bands.first_bin), np.float32)
     out = np.zeros((audio.shape[0], params.n_mels, n_frames), np.float32)
+    live = _live_frames(audio, params, n_frames)
+    if live < n_frames:
+        power[live:] = 0.0
     for channel, channel_frames in enumerate(frames):
-        for start in range(0, n_frames, _BLOCK):
-            n = min(_BLOCK, n_frames - start)
+        for start in range(0, live, _BLOCK):
+            n = min(_BLOCK, live - start)
             np.multiply(channel_frames[start : start + n], window, out=windowed[:n])
             spectrum = scipy.fft.rfft(windowed[:n], axis=-1, workers=1, overwrite_x=True)
             spectrum = spectrum[:, bands.first_bin : bands.end_bin]
             block = power[start : start + n]
             np.square(spectrum.real, out=block)
             block += np.square(spectrum.imag, out=squared_imag[:n])
+        if live == 0:
+            continue
+        live_power = power[:live]
         if params.power != 2.0:
-            np.power(power, params.power / 2.0, out=power)
+            np.power(live_power, params.power / 2.0, out=live_power)
         for m0, m1, b0, b1, weights in bands.groups:
             if b1 > b0:  # (filters narrower than a bin are zero, as in librosa)
-                np.matmul(weights, power[:, b0:b1].T, out=out[channel, m0:m1])
+                np.matmul(weights, live_power[:, b0:b1].T, out=out[channel, m0:m1, :live])
     return out
+
+
+def _live_frames(audio: np.ndarray, params: SpectrogramParams, n_frames: int) -> int:
+    """How many leading frames reach a non-zero sample; the rest see only the zero padding.
+
+    Most one-shots are shorter than the clip and padded with zeros (half of the benchmark's frames).
+    The FFT of an all-zero frame is exactly zero, so such frames are left at zero power instead of
+    transformed: the same result, bit for bit, for less work. Finding the last non-zero sample costs a
+    scan of the clip (~50 µs), skipped when the last sample is already non-zero.
+    """
+    if audio.shape[1] == 0:
+        return 0
+    if np.any(audio[:, -1]):
+        return n_frames
+    nonzero: np.ndarray = np.any(audio, axis=0) if audio.shape[0] > 1 else np.not_equal(audio[0], 0)
+    from_end = int(nonzero[::-1].argmax())
+    if not nonzero[-1 - from_end]:
+        return 0  # silence throughout
+    last = audio.shape[1] - 1 - from_end
+    # frame t covers samples [t*hop - n_fft/2, t*hop + n_fft/2) of the unpadded clip
+    return min(n_frames, (last + params.n_fft // 2) // params.hop_length + 1)
 
 
 def power_to_db(power: np.ndarray, params: SpectrogramParams, amin: float = 1e-10) -> np.ndarray:
@@ -230,11 +257,15 @@ def log_mel(audio: np.ndarray, params: SpectrogramParams) -> np.ndarray:
 def quantize(spec: np.ndarray, params: SpectrogramParams) -> np.ndarray:
     if params.ref != "max":
         return spec.astype(np.float16)
-    scaled = np.clip(spec / -params.top_db, 0.0, 1.0) * 255.0
-    return np.round(scaled).astype(np.uint8)
+    scaled = np.divide(spec, -params.top_db)  # the same arithmetic in one buffer instead of four
+    np.clip(scaled, 0.0, 1.0, out=scaled)
+    scaled *= 255.0
+    return np.round(scaled, out=scaled).astype(np.uint8)
 
 
 def dequantize(codes: np.ndarray, params: SpectrogramParams) -> np.ndarray:
     if codes.dtype != np.uint8:
         return codes.astype(np.float32)
-    return codes.astype(np.float32) * (-params.top_db / 255.0)
+    spec = codes.astype(np.float32)
+    spec *= -params.top_db / 255.0
+    return spec
