@@ -42,6 +42,7 @@ class TrainConfig:
     patience: int = 10
     seed: int = 0
     augment: bool = True
+    masks: bool = True  # SpecAugment time/mel masks (part of augment)
     device: str = "auto"  # "auto": CUDA when present, else the CPU
 
     @classmethod
@@ -203,7 +204,7 @@ def train(
             x, y = batch(order[start : start + config.batch_size])
             targets = F.one_hot(y, n_classes).float()
             if config.augment:
-                x = augment(x, -params.top_db, gen)
+                x = augment(x, -params.top_db, gen, config.masks)
                 x, targets = mixup(x, targets, config.mixup_alpha, gen)
             targets = targets * (1 - config.label_smoothing) + config.label_smoothing / n_classes
             loss = torch.sum(-targets * F.log_softmax(net(x), dim=1), dim=1).mean()
