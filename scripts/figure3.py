@@ -93,71 +93,58 @@ def _mod_delay(x: np.ndarray, sr: int, base_ms: float, depth_ms: float, rate: fl
     return np.interp(t - delay, t, x, left=0.0)
 
 
+# pedalboard effects: plugin and parameters, each drawn uniformly from (lo, hi) per clip or fixed
+PEDALBOARD: dict[str, tuple[str, dict[str, tuple[float, float] | float]]] = {
+    "distortion": ("Distortion", {"drive_db": (28, 40)}),
+    "overdrive": ("Distortion", {"drive_db": (8, 16)}),
+    "chorus": (
+        "Chorus",
+        {"rate_hz": (0.5, 2), "depth": (0.2, 0.5), "centre_delay_ms": (7, 15), "feedback": (0, 0.2), "mix": 0.5},
+    ),
+    "flanger": ("Chorus", {"rate_hz": (0.1, 1), "depth": (0.5, 1), "centre_delay_ms": (1, 3), "feedback": (0.5, 0.85)}),
+    "phaser": (
+        "Phaser",
+        {
+            "rate_hz": (0.3, 2),
+            "depth": (0.6, 1),
+            "centre_frequency_hz": (500, 2000),
+            "feedback": (0.3, 0.7),
+            "mix": (0.5, 1),
+        },
+    ),
+    "reverb": (
+        "Reverb",
+        {"room_size": (0.6, 0.95), "damping": (0.2, 0.6), "wet_level": (0.3, 0.6), "dry_level": (0.5, 0.8)},
+    ),
+    "delay": ("Delay", {"delay_seconds": (0.12, 0.45), "feedback": (0.3, 0.6), "mix": (0.35, 0.55)}),
+}
+
+
 def apply_effect(name: str, x: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
     import pedalboard as pb
 
     t = np.arange(len(x)) / sr
 
-    def board(*plugins: object) -> np.ndarray:
-        return pb.Pedalboard(list(plugins))(x[None].astype(np.float32), sr)[0]
+    def board(plugin: object) -> np.ndarray:
+        return pb.Pedalboard([plugin])(x[None].astype(np.float32), sr)[0]
 
+    if name in PEDALBOARD:
+        plugin, ranges = PEDALBOARD[name]
+        values = {k: v if isinstance(v, float) else _u(rng, *v) for k, v in ranges.items()}
+        return board(getattr(pb, plugin)(**values))
     if name == "clean":
         return x
-    if name == "distortion":
-        return board(pb.Distortion(drive_db=_u(rng, 28, 40)))
-    if name == "overdrive":
-        return board(pb.Distortion(drive_db=_u(rng, 8, 16)))
     if name == "bitcrush":
         hold = int(rng.integers(1, 6))
         crushed = board(pb.Bitcrush(bit_depth=_u(rng, 3, 6)))
         return np.repeat(crushed[::hold], hold)[: len(x)]
     if name == "ringmod":
         return x * np.sin(2 * np.pi * math.exp(_u(rng, math.log(80), math.log(1000))) * t)
-    if name == "chorus":
-        return board(
-            pb.Chorus(
-                rate_hz=_u(rng, 0.5, 2),
-                depth=_u(rng, 0.2, 0.5),
-                centre_delay_ms=_u(rng, 7, 15),
-                feedback=_u(rng, 0, 0.2),
-                mix=0.5,
-            )
-        )
-    if name == "flanger":
-        return board(
-            pb.Chorus(
-                rate_hz=_u(rng, 0.1, 1),
-                depth=_u(rng, 0.5, 1),
-                centre_delay_ms=_u(rng, 1, 3),
-                feedback=_u(rng, 0.5, 0.85),
-            )
-        )
-    if name == "phaser":
-        return board(
-            pb.Phaser(
-                rate_hz=_u(rng, 0.3, 2),
-                depth=_u(rng, 0.6, 1),
-                centre_frequency_hz=_u(rng, 500, 2000),
-                feedback=_u(rng, 0.3, 0.7),
-                mix=_u(rng, 0.5, 1),
-            )
-        )
     if name == "tremolo":
         depth, rate = _u(rng, 0.6, 1.0), _u(rng, 3, 10)
         return x * (1 - depth / 2 * (1 - np.sin(2 * np.pi * rate * t + _u(rng, 0, 2 * np.pi))))
     if name == "vibrato":
         return _mod_delay(x, sr, 5, _u(rng, 0.5, 2), _u(rng, 4, 8), _u(rng, 0, 2 * np.pi))
-    if name == "reverb":
-        return board(
-            pb.Reverb(
-                room_size=_u(rng, 0.6, 0.95),
-                damping=_u(rng, 0.2, 0.6),
-                wet_level=_u(rng, 0.3, 0.6),
-                dry_level=_u(rng, 0.5, 0.8),
-            )
-        )
-    if name == "delay":
-        return board(pb.Delay(delay_seconds=_u(rng, 0.12, 0.45), feedback=_u(rng, 0.3, 0.6), mix=_u(rng, 0.35, 0.55)))
     raise ValueError(f"unknown effect {name!r}")
 
 
