@@ -191,7 +191,7 @@ def train(
         train_clips=len(train_idx),
         val_clips=len(val_idx),
     )
-    best_state, best_acc, since_best = copy.deepcopy(net.state_dict()), -1.0, 0
+    best_state, best_acc, since_best = copy.deepcopy(net.state_dict()), -math.inf, 0  # scores can be < -1
     n_classes = len(manifest.classes)
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.monotonic()
