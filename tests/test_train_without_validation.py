@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("torch")
 
-from vibrary.daemon import shards  # noqa: E402
-from vibrary.trainer.train import TrainConfig, train  # noqa: E402
+from vibrary.daemon import shards
+from vibrary.trainer.train import TrainConfig, train
 
-from tests.test_trainer import KINDS, P, spectrograms  # noqa: E402
+from tests.test_trainer import KINDS, P, spectrograms
 
 
 def test_training_without_validation_keeps_a_trained_epoch() -> None:
