@@ -329,6 +329,7 @@ def plot(summary: Curves, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from vibrary.trainer.train import SMALL_CLASS
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, name in zip(axes, ("instruments", "effects"), strict=True):
@@ -341,11 +342,14 @@ def plot(summary: Curves, path: Path) -> None:
             mean = [curve[n]["mean"] for n in ns]
             ax.plot(x, mean, "o-", color=colour, label=f"Vibrary, {mode} (mean of {curve[ns[0]]['seeds']} seeds)")
             ax.fill_between(x, [curve[n]["min"] for n in ns], [curve[n]["max"] for n in ns], color=colour, alpha=0.2)
+        n_classes = len(INSTRUMENTS if name == "instruments" else EFFECTS)
+        ax.axhline(1 / n_classes, ls=":", color="black", lw=0.8, label="chance")
+        ax.axvline(SMALL_CLASS, ls=":", color="tab:green", lw=1, label=f"from {SMALL_CLASS}/class: validation split")
         ref = PAPER[name]
         ax.plot(list(ref), list(ref.values()), "s--", color="grey", label="seed paper, Figure 3")
         ax.set_xscale("log")
         ax.set_xlabel("training examples per class")
-        ax.set_title(f"{name}: {len(INSTRUMENTS if name == 'instruments' else EFFECTS)} classes, unseen sources")
+        ax.set_title(f"{name}: {n_classes} classes, unseen sources")
         ax.grid(True, which="both", alpha=0.3)
         ax.set_ylim(0, 1.02)
         ax.legend(loc="lower right", fontsize=8)
