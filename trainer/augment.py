@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 
-def augment(x: torch.Tensor, floor: float, generator: torch.Generator) -> torch.Tensor:
-    """x: (N, C, M, T). Returns a new tensor; each clip gets its own random draw."""
+def augment(x: torch.Tensor, floor: float, generator: torch.Generator, masks: bool = True) -> torch.Tensor:
+    """x: (N, C, M, T). Returns a new tensor; each clip gets its own random draw. masks=False leaves out
+    SpecAugment, whose silent stripes and notches look like tremolo, gating and comb filtering."""
     n, _, m, t = x.shape
     out = torch.empty_like(x)
 
@@ -27,7 +28,7 @@ def augment(x: torch.Tensor, floor: float, generator: torch.Generator) -> torch.
         clip = clip[..., :t] if frames >= t else F.pad(clip, (0, t - frames), value=floor)
         clip = _shift(clip, int(rand(-t / 8, t / 4)), dim=2, fill=floor)
         clip = _shift(clip, round(rand(-2, 2)), dim=1, fill=None)
-        for _ in range(2):
+        for _ in range(2 if masks else 0):
             width = int(rand(0, t / 10))
             start = int(rand(0, t - width))
             clip[..., start : start + width] = floor

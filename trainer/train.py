@@ -2,7 +2,9 @@
 
 Validation holds out whole groups (source folders) where a class has more than one, because a model that
 only recognises clips from folders it has seen is not what a producer needs. Training stops early when
-validation accuracy stops improving, and the best epoch's weights are kept. Everything random is drawn
+validation accuracy stops improving, and the best epoch's weights are kept. A dataset with a class of
+fewer than SMALL_CLASS clips has no validation split: every clip trains, and the epoch with the lowest
+training loss is kept. Everything random is drawn
 from the seed, so the same dataset and config give the same model on the same device.
 """
 
@@ -24,6 +26,7 @@ from .augment import augment, mixup
 from .network import TagNet
 
 MIN_EXAMPLES = 2
+SMALL_CLASS = 25  # fewer clips than this in some class: no validation split (see train); measured at 1–20
 
 
 class Cancelled(Exception):
@@ -42,6 +45,7 @@ class TrainConfig:
     patience: int = 10
     seed: int = 0
     augment: bool = True
+    masks: bool = True  # SpecAugment time/mel masks (part of augment)
     device: str = "auto"  # "auto": CUDA when present, else the CPU
 
     @classmethod
@@ -151,7 +155,11 @@ def train(
     gen = torch.Generator().manual_seed(config.seed)
     device = pick_device(config.device)
 
-    val_mask = split_by_group(labels, groups, config.val_fraction, rng)
+    # A class under SMALL_CLASS clips would lend validation 1–3 of them: early stopping on that noise ended
+    # transfer runs after 5–10 epochs, and the clips were lost to training. Such datasets train on every
+    # clip for the whole epoch budget (docs/figure3.md: +4.6 points on instruments, +6.9 on effects at 10/class).
+    small = np.bincount(labels, minlength=len(manifest.classes)).min() < SMALL_CLASS
+    val_mask = split_by_group(labels, groups, 0.0 if small else config.val_fraction, rng)
     x_all = torch.from_numpy(codes)
     y_all = torch.from_numpy(labels)
     train_idx, val_idx = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
@@ -190,7 +198,7 @@ def train(
         train_clips=len(train_idx),
         val_clips=len(val_idx),
     )
-    best_state, best_acc, since_best = copy.deepcopy(net.state_dict()), -1.0, 0
+    best_state, best_acc, since_best = copy.deepcopy(net.state_dict()), -math.inf, 0  # scores can be < -1
     n_classes = len(manifest.classes)
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.monotonic()
@@ -203,7 +211,7 @@ def train(
             x, y = batch(order[start : start + config.batch_size])
             targets = F.one_hot(y, n_classes).float()
             if config.augment:
-                x = augment(x, -params.top_db, gen)
+                x = augment(x, -params.top_db, gen, config.masks)
                 x, targets = mixup(x, targets, config.mixup_alpha, gen)
             targets = targets * (1 - config.label_smoothing) + config.label_smoothing / n_classes
             loss = torch.sum(-targets * F.log_softmax(net(x), dim=1), dim=1).mean()
