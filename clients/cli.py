@@ -552,6 +552,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "summary": trained.summary,
     }
     human = f"installed and activated {row.ref}: validation accuracy {trained.val_accuracy:.1%}"
+    if trained.summary.get("val_clips") == 0:  # a small dataset trains on every clip: nothing was held out
+        human = f"installed and activated {row.ref}: every clip trained it, none was left to validate on"
     _out(args, obj, human + f"\nplots: {', '.join(trained.plots)}")
     return 0
 
