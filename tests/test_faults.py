@@ -566,22 +566,32 @@ def write_long_wav(path: Path, seconds: float, sr: int = 8000, freq: float = 100
     return path
 
 
+# The CLI's own high-water mark, read by itself at the end. Not wait4's ru_maxrss: Linux carries the
+# forked parent's RSS (pytest's, hundreds of MB once torch is loaded) across exec into that figure.
+_TAG_AND_SAY_HWM = (
+    "import sys\n"
+    "from vibrary.clients.cli import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "print([x for x in open('/proc/self/status') if x.startswith('VmHWM:')][0], file=sys.stderr)\n"
+    "sys.exit(rc)\n"
+)
+
+
 def peak_rss_mb(home: Path, *paths: Path) -> tuple[float, dict[str, dict]]:
-    """Run `vibrary tag --json` and return its peak RSS (from wait4, exact for that process) and output."""
+    """Run `vibrary tag --json` and return its peak RSS (VmHWM, exact for that process) and output."""
     env = {**os.environ, "VIBRARY_HOME": str(home)}
-    with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen(
-            [*AS_USER, sys.executable, "-m", "vibrary.clients.cli", "tag", "--json", *map(str, paths)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.DEVNULL,
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        assert proc.returncode == 0
-        out.seek(0)
-        lines = {line["path"]: line for line in json_lines(out.read())}
-    return usage.ru_maxrss / 1024, lines
+    proc = subprocess.run(
+        [*AS_USER, sys.executable, "-c", _TAG_AND_SAY_HWM, "tag", "--json", *map(str, paths)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    hwm = proc.stderr.strip().splitlines()[-1]
+    assert hwm.startswith("VmHWM:"), proc.stderr
+    lines = {line["path"]: line for line in json_lines(proc.stdout)}
+    return int(hwm.split()[1]) / 1024, lines
 
 
 def test_two_hour_file_is_tagged_in_flat_memory(model_home: Path, tmp_path: Path) -> None:
