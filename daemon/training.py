@@ -92,13 +92,17 @@ def check_request(trainer: str, base: str, name: str, options: str | dict[str, A
     return trainer, base, options_json(base, options)
 
 
+# With a base: a pretrained body converges in a few epochs, and SpecAugment's silent stripes, which read as
+# tremolo or gating, cost the effect set 9 points at 10 clips per class (docs/figure3.md measures these).
+TRANSFER_DEFAULTS: dict[str, Any] = {"epochs": 20, "patience": 5, "masks": False}
+
+
 def options_json(base: str, options: str | dict[str, Any] = "{}") -> str:
-    """The user's training options over the defaults: a pretrained body converges in a few epochs, so
-    transfer stops sooner than training from scratch."""
+    """The user's training options over the defaults (TRANSFER_DEFAULTS when training from a base)."""
     given = json.loads(options) if isinstance(options, str) else dict(options)
     if not isinstance(given, dict):
         raise ValueError("training options must be a JSON object")
-    defaults: dict[str, Any] = {"epochs": 20, "patience": 5} if base != "none" else {}
+    defaults: dict[str, Any] = dict(TRANSFER_DEFAULTS) if base != "none" else {}
     return json.dumps({**defaults, **{k: v for k, v in given.items() if v is not None}})
 
 

@@ -43,6 +43,8 @@ import soundfile as sf
 import soxr
 from scipy import signal
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sf2_samples, also when loaded from another script
+
 CLASSES = [
     "kick", "snare", "hihat", "cymbal", "tom", "clap",
     "piano", "guitar", "bass", "strings", "brass", "woodwind", "organ", "synth", "vocals",
@@ -87,16 +89,32 @@ H2_KITS = {
     "h2_circafrique": "circAfrique v4",
 }
 
-# Sources that share recordings: hold them out together.  MuseScore General is built on
-# FluidR3 Mono (itself FluidR3); GMRockKit and The Black Pearl 1.0 ship largely identical files and
-# come from the same Pearl kit as AVL's Black Pearl.  Every other source is its own group.
+# Hydrogen kits whose every instrument is one melodic class (hydrogen-drumkits-effects): real recordings.
+H2_MELODIC_KITS = {"h2_guitarstrums": ("belofilms_GuitarStrums", "guitar")}
+
+# Sources that share recordings: hold them out together.  GMRockKit and The Black Pearl 1.0 ship
+# largely identical files and come from the same Pearl kit as AVL's Black Pearl.  MuseScore General
+# is "based on" FluidR3, yet most of its presets play samples of their own (scripts/sf2_samples.py
+# reads which): a MuseScore clip of which any note plays a FluidR3 sample joins the `fluidr3` group
+# (see source_group()), the others form the `musescore` group.  Every other source is its own group.
 SOURCE_GROUP = {
-    "fluidr3": "fluid_family",
-    "musescore": "fluid_family",
     "h2_gmrockkit": "pearl_glenmacarthur",
     "h2_blackpearl": "pearl_glenmacarthur",
     "avl_blackpearl": "pearl_glenmacarthur",
 }
+
+
+def source_group(source: str, job: dict) -> str:
+    """The group of recordings a clip belongs to: the unit of leave-one-source-out validation."""
+    if source == "musescore" and job["kind"] in ("sf", "sfdrum"):
+        from sf2_samples import shared_fraction
+
+        fluid = tuple(GM_SOUNDFONTS["fluidr3"])
+        keys = [job["pitch"] + int(k) for k in str(job.get("chord") or "0").split("+")]
+        shared = max(shared_fraction(job["sf"], job["bank"], job["program"], fluid, key) for key in keys)
+        return "fluidr3" if shared > 0 else "musescore"
+    return SOURCE_GROUP.get(source, source)
+
 
 # Reserved for independent evaluation (shared/data-sources.md): never opened, even if installed.
 RESERVED = [
@@ -195,6 +213,12 @@ MELODIC_MAX_LEN = 4.0                   # seconds of sound; up to 0.3 s leading 
 CAP_PER_UNIT = {"h2": 16, "sfdrum": 32}  # at most this many clips from one drum sample / kit note
 SOURCE_WEIGHT = {"espeak": 0.35}        # espeak-ng is a little extra vocals material, never alone
 P_EFFECT = 0.30
+# Sample packs hold chords and stabs as well as single notes: a share of the melodic clips of these
+# classes plays 2-4 notes at once (semitones above the drawn pitch), so a strummed guitar or a brass
+# section is not a sound the model has never heard.
+CHORD_CLASSES = {"piano", "guitar", "organ", "strings", "brass", "synth"}
+P_CHORD = 0.3
+CHORDS = [(0, 4, 7), (0, 3, 7), (0, 7), (0, 7, 12), (0, 4, 7, 12), (0, 3, 7, 10), (0, 5, 7), (0, 12)]
 
 ESPEAK_VOICES = ["en-us", "en-gb", "en-029", "de", "fr-fr", "es", "it", "pt-br", "nl", "sv"]
 ESPEAK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m7", "f1", "f2", "f3", "f4", "f5",
@@ -355,6 +379,16 @@ def discover_units(log) -> dict[str, dict[str, list[dict]]]:
         if dropped:
             log(f"  {source}: {dropped} sample files identical to an earlier kit's were skipped")
 
+    # Hydrogen kits of one melodic instrument: every sample file.
+    for source, (kit_name, cls) in H2_MELODIC_KITS.items():
+        kit_dir = Path(assert_allowed(os.path.join(H2_DIR, kit_name)))
+        if not kit_dir.is_dir():
+            log(f"  missing {kit_dir}: skipped")
+            continue
+        for fpath in sorted(kit_dir.glob("*.flac")) + sorted(kit_dir.glob("*.wav")):
+            units[cls][source].append({"kind": "h2", "kit": kit_name, "file": str(assert_allowed(str(fpath))),
+                                       "name": fpath.stem, "velocity": 100})
+
     # espeak-ng voices for vocals.
     if shutil.which("espeak-ng"):
         for voice in ESPEAK_VOICES:
@@ -487,13 +521,15 @@ def plan(per_class: int, seed: int, classes: list[str], units, log) -> list[dict
                 if i % len(us) == 0 and i:
                     order = rng.permutation(len(us))
                 u = us[order[i % len(us)]]
-                job = {"class": cls, "source": source,
-                       "source_group": SOURCE_GROUP.get(source, source), **u, **draw_common(rng)}
+                job = {"class": cls, "source": source, **u, **draw_common(rng)}
                 if u["kind"] == "sf":
                     lo, hi = PROGRAM_RANGE.get(u["program"], CLASS_RANGE[cls])
                     job["pitch"] = int(rng.integers(lo, hi + 1))
                     job["velocity"] = int(rng.integers(30, 128))
                     job["hold_s"] = draw_hold(rng)
+                    if cls in CHORD_CLASSES and rng.random() < P_CHORD:
+                        shape = CHORDS[int(rng.integers(len(CHORDS)))]
+                        job["chord"] = "+".join(str(k) for k in shape)
                 elif u["kind"] == "sfdrum":
                     job["pitch"] = u["note"]
                     job["velocity"] = int(rng.integers(20, 128))
@@ -506,6 +542,7 @@ def plan(per_class: int, seed: int, classes: list[str], units, log) -> list[dict
                     job["espeak_pitch"] = int(rng.integers(15, 91))
                     job["espeak_speed"] = int(rng.integers(90, 200))
                     job["pitch"] = job["espeak_pitch"]
+                job["source_group"] = source_group(source, job)
                 job["path"] = f"{cls}/{source}__{i:04d}.{job['ext']}"
                 jobs.append(job)
         log(f"  {cls:9s} " + ", ".join(f"{s}={alloc[s]}" for s in sorted(alloc) if alloc[s]))
@@ -597,8 +634,9 @@ def render_job(job: dict, out_dir: str) -> dict:
     if kind in ("sf", "sfdrum"):
         sr = RENDER_SR
         total = job["hold_s"] + (3.0 if kind == "sf" else max_len + 0.5)
-        x = renderer().note(job["sf"], job["bank"], job["program"], job["pitch"],
-                            job["velocity"], job["hold_s"], min(total, 6.0))
+        keys = [job["pitch"] + int(k) for k in str(job.get("chord") or "0").split("+")]
+        x = np.sum([renderer().note(job["sf"], job["bank"], job["program"], key,
+                                    job["velocity"], job["hold_s"], min(total, 6.0)) for key in keys], axis=0)
     elif kind == "h2":
         x, sr = load_h2(job)
     else:
@@ -637,7 +675,7 @@ def render_job(job: dict, out_dir: str) -> dict:
 
 
 COLUMNS = ["path", "class", "source", "source_group", "kind", "soundfont_or_kit", "bank", "program",
-           "drum_note", "sample_file", "preset_name", "text", "pitch", "pitch_shift_st", "velocity",
+           "drum_note", "sample_file", "preset_name", "text", "pitch", "chord", "pitch_shift_st", "velocity",
            "hold_s", "lead_silence_s", "cut", "duration_s", "samplerate", "bit_depth", "channels",
            "format", "level_db", "effect", "seed"]
 

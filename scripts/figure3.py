@@ -6,8 +6,9 @@ Why a script and not a benchmark: the numbers feed `vibrary train`'s advice on h
 needs (daemon/builtin/examples_curve.json), so they must be rebuilt the same way whenever the trainer
 changes. Test clips always come from sources the training clips never come from (see docs/figure3.md):
 
-- instruments: clips of /work/corpus (scripts/build_corpus.py); the test set is the source groups
-  TEST_GROUPS, training draws from every other group.
+- instruments: clips of /work/corpus (scripts/build_corpus.py); the test set is the source groups of the
+  first leave-sources-out fold of scripts/train_demo.py, training draws from every other group, and the
+  transfer runs start from that fold's model (--instrument-base), which never heard the test sources;
 - effects: sustained notes rendered with FluidSynth, an effect applied with pedalboard or numpy; training
   notes come from FluidR3 GM (even GM programs), test notes from MuseScore General and the OPL3 FM bank
   (odd GM programs), so neither the soundfont nor the instrument of a test note was ever trained on.
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import importlib.util
 import json
 import math
 import sys
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC_PARAMS_SR = 44100
 
 INSTRUMENTS = ["kick", "snare", "hihat", "cymbal", "tom", "clap", "piano", "guitar", "bass"]  # the demo's first 9
-TEST_GROUPS = {"opl3", "pearl_glenmacarthur", "h2_tr808"}  # held-out source groups of the instrument set
+INSTRUMENT_FOLD = 0  # the fold of scripts/train_demo.py whose held-out groups are the instrument test set
 EFFECTS = [
     "clean",
     "distortion",
@@ -63,20 +63,16 @@ EFFECT_TRAIN_POOL = 80  # rendered training clips per effect class; runs draw th
 EFFECT_TEST_PER_CLASS = 40
 INSTRUMENT_TRAIN_POOL = 120
 INSTRUMENT_TEST_PER_CLASS = 60
-CLI_TRANSFER = {"epochs": 20, "patience": 5}  # what `vibrary train` asks for with a base (clients/cli.py)
 PAPER = {  # reference-facts.md, Figure 3 of the seed paper
     "instruments": {10: 0.77, 20: 0.84, 40: 0.89, 80: 0.93},
     "effects": {10: 0.21, 20: 0.23, 40: 0.27, 80: 0.43, 160: 0.71, 320: 0.85, 720: 0.90},
 }
 
 
-def _corpus_module():
-    """scripts/build_corpus.py: its FluidSynth renderer and its refusal of reserved sources."""
-    spec = importlib.util.spec_from_file_location("build_corpus", ROOT / "scripts" / "build_corpus.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def test_groups() -> set[str]:
+    import train_demo  # scripts/ is on sys.path when a script runs
+
+    return set(train_demo.FOLDS[INSTRUMENT_FOLD])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -125,7 +121,7 @@ def apply_effect(name: str, x: np.ndarray, sr: int, rng: np.random.Generator) ->
 
     t = np.arange(len(x)) / sr
 
-    def board(plugin: object) -> np.ndarray:
+    def board(plugin: Any) -> np.ndarray:
         return pb.Pedalboard([plugin])(x[None].astype(np.float32), sr)[0]
 
     if name in PEDALBOARD:
@@ -183,7 +179,9 @@ def build_effects(cache: Path) -> dict[str, np.ndarray]:
     if path.exists():
         return dict(np.load(path))
     params = SpectrogramParams()
-    renderer = _corpus_module().FluidRenderer()
+    import build_corpus  # its FluidSynth renderer, and its refusal of reserved sources
+
+    renderer = build_corpus.FluidRenderer()
     codes, labels, test, groups = [], [], [], []
     plan = effect_plan()
     started = time.monotonic()
@@ -216,7 +214,8 @@ def build_instruments(cache: Path, corpus: Path) -> dict[str, np.ndarray]:
     from vibrary.daemon.decode import decode
     from vibrary.daemon.spectrogram import SpectrogramParams, log_mel, quantize
 
-    path = cache / "instruments.npz"
+    held = test_groups()
+    path = cache / f"instruments-{'+'.join(sorted(held))}.npz"  # a new test split is a new cache
     if path.exists():
         return dict(np.load(path))
     if not (corpus / "provenance.csv").exists():
@@ -228,7 +227,7 @@ def build_instruments(cache: Path, corpus: Path) -> dict[str, np.ndarray]:
     codes, labels, test, groups = [], [], [], []
     for label, name in enumerate(INSTRUMENTS):
         for is_test, cap in ((False, INSTRUMENT_TRAIN_POOL), (True, INSTRUMENT_TEST_PER_CLASS)):
-            pool = [r for r in rows if r["class"] == name and (r["source_group"] in TEST_GROUPS) == is_test]
+            pool = [r for r in rows if r["class"] == name and (r["source_group"] in held) == is_test]
             for i in sorted(rng.permutation(len(pool))[:cap]):
                 audio = decode(str(corpus / pool[i]["path"]), params)
                 codes.append(quantize(log_mel(audio, params), params))
@@ -244,6 +243,16 @@ def build_instruments(cache: Path, corpus: Path) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------------
 # Training and testing
 # ---------------------------------------------------------------------------------------------------
+def checkpoint_id(base: str) -> str:
+    """A base as runs.jsonl keys it: its name and the hash of its weights, so a retrained base reruns."""
+    import hashlib
+
+    from vibrary.trainer.export import base_path
+
+    path = base_path(base)
+    return base if path is None else f"{base}@{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+
+
 def draw(data: dict[str, np.ndarray], n: int, seed: int) -> np.ndarray:
     """n training clips per class; a seed's smaller sets are the start of its larger ones."""
     picked = []
@@ -255,18 +264,25 @@ def draw(data: dict[str, np.ndarray], n: int, seed: int) -> np.ndarray:
 
 
 def run_one(
-    data: dict[str, np.ndarray], classes: list[str], n: int, seed: int, transfer: bool, overrides: dict[str, object]
+    data: dict[str, np.ndarray],
+    classes: list[str],
+    n: int,
+    seed: int,
+    base_checkpoint: str,
+    overrides: dict[str, object],
 ) -> dict[str, Any]:
-    import torch
+    """One point: n clips per class, trained as `vibrary train` trains (base_checkpoint "none": scratch)."""
     from vibrary.daemon.shards import Manifest
-    from vibrary.daemon.spectrogram import SpectrogramParams, dequantize
+    from vibrary.daemon.spectrogram import SpectrogramParams
+    from vibrary.daemon.training import TRANSFER_DEFAULTS
     from vibrary.trainer.export import load_base
     from vibrary.trainer.train import TrainConfig, train
 
     params = SpectrogramParams()
     idx = draw(data, n, seed)
-    base, base_name = load_base("demo" if transfer else "none")
-    config = TrainConfig.from_dict({"seed": seed, **(CLI_TRANSFER if transfer else {}), **overrides})
+    base, base_name = load_base(base_checkpoint)
+    transfer = base is not None
+    config = TrainConfig.from_dict({"seed": seed, **(TRANSFER_DEFAULTS if transfer else {}), **overrides})
     started = time.monotonic()
     result = train(
         Manifest("figure3", classes, params),
@@ -277,16 +293,10 @@ def run_one(
         base,
         base_name,
     )
+    import train_demo
+
     test = np.flatnonzero(data["test"])
-    with torch.no_grad():
-        result.net.eval()
-        logits = torch.cat(
-            [
-                result.net(torch.from_numpy(dequantize(data["codes"][test[s : s + 128]], params)))
-                for s in range(0, len(test), 128)
-            ]
-        )
-    predicted = logits.argmax(1).numpy()
+    predicted = train_demo.predict(result.net, data["codes"][test])
     truth = data["labels"][test]
     confusion = np.zeros((len(classes), len(classes)), np.int64)
     np.add.at(confusion, (truth, predicted), 1)
@@ -369,6 +379,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="{}", help="JSON TrainConfig overrides (experiments; not for the figure)")
     ap.add_argument("--tag", default="", help="experiment label kept in runs.jsonl (empty: the figure's runs)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--effects-base", default="demo", help="base of the effect transfer runs (default: the shipped model)"
+    )
+    ap.add_argument(
+        "--instrument-base",
+        default="/work/loso/fold-0/demo.pt",
+        help="base of the instrument transfer runs: fold 0 of `train_demo.py --folds --out /work/loso`",
+    )
     ap.add_argument("--no-write", action="store_true", help="print results, write no docs")
     ap.add_argument("--plot-only", action="store_true", help="train nothing: write the docs from finished runs")
     args = ap.parse_args(argv)
@@ -382,12 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         "effects": (lambda: build_effects(args.cache), EFFECTS),
     }
     overrides = json.loads(args.config)
+    bases = {"instruments": args.instrument_base, "effects": args.effects_base}
     log_path = args.cache / "runs.jsonl"
     done: dict[tuple[str, str, str, int, int], dict[str, Any]] = {}
     if log_path.exists():
         for line in log_path.read_text().splitlines():
             r = json.loads(line)
-            done[(r["tag"], r["set"], r["mode"], r["n"], r["seed"])] = r
+            done[(r["tag"], r["set"], r.get("base", ""), r["n"], r["seed"])] = r
     runs: list[dict[str, Any]] = []
     counts = sorted((int(c) for c in args.counts.split(",")), key=lambda n: (n != 10, n))  # the goal's point first
     for set_name in args.sets.split(","):
@@ -396,12 +415,13 @@ def main(argv: list[str] | None = None) -> int:
         for n in counts:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 for mode in args.modes.split(","):
-                    key = (args.tag, set_name, mode, n, seed)
+                    base = "none" if mode == "scratch" else bases[set_name]
+                    key = (args.tag, set_name, checkpoint_id(base), n, seed)
                     if key not in done and args.plot_only:
                         continue
                     if key not in done:
-                        r = run_one(data, classes, n, seed, mode == "transfer", overrides)
-                        r.update(set=set_name, tag=args.tag, config=overrides)
+                        r = run_one(data, classes, n, seed, base, overrides)
+                        r.update(set=set_name, tag=args.tag, config=overrides, base=checkpoint_id(base))
                         with open(log_path, "a") as f:
                             f.write(json.dumps(r) + "\n")
                         done[key] = r
@@ -427,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                 "date": today,
                 "command": "python scripts/figure3.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                 "instruments": INSTRUMENTS,
-                "instrument_test_groups": sorted(TEST_GROUPS),
+                "instrument_test_groups": sorted(test_groups()),
+                "bases": bases,
                 "effects": EFFECTS,
                 "summary": summary,
                 "paper": {k: {str(n): a for n, a in v.items()} for k, v in PAPER.items()},

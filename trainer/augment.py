@@ -1,11 +1,16 @@
 """Augmentations applied to batches of dB spectrograms on the training device.
 
 Few examples per class is the normal case for a producer's own tags, so every batch is varied: shifted in
-time and in mel frequency, stretched in time, masked (SpecAugment) and mixed with another batch element
-(mixup). Masks and shifts fill with the floor (silence), which is what the daemon's zero padding produces.
+time and in mel frequency, stretched in time, given a gentle random EQ, masked (SpecAugment) and mixed with
+another batch element (mixup). Masks and shifts fill with the floor (silence), which is what the daemon's
+zero padding produces. The EQ is there because the same instrument from another vendor or microphone
+differs most in its spectral envelope: a smooth tilt and bumps of a few dB, not a filter (a low-pass is a
+sound of its own, and a tag some users train).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +33,7 @@ def augment(x: torch.Tensor, floor: float, generator: torch.Generator, masks: bo
         clip = clip[..., :t] if frames >= t else F.pad(clip, (0, t - frames), value=floor)
         clip = _shift(clip, int(rand(-t / 8, t / 4)), dim=2, fill=floor)
         clip = _shift(clip, round(rand(-2, 2)), dim=1, fill=None)
+        clip = _equalise(clip, floor, [rand(-EQ_DB, EQ_DB) / order for order in (1, 2, 3)], rand(0, math.pi))
         for _ in range(2 if masks else 0):
             width = int(rand(0, t / 10))
             start = int(rand(0, t - width))
@@ -37,6 +43,21 @@ def augment(x: torch.Tensor, floor: float, generator: torch.Generator, masks: bo
             clip[:, low : low + height, :] = floor
         out[i] = clip
     return out
+
+
+EQ_DB = 4.0  # largest tilt of the random EQ, in dB at either end of the mel axis
+
+
+def _equalise(clip: torch.Tensor, floor: float, gains: list[float], phase: float) -> torch.Tensor:
+    """Add a smooth curve over the mel bands (a sum of low-order cosines) to everything above the floor,
+    and keep the loudest value at 0 dB, as the daemon's reference to the maximum does."""
+    m = clip.shape[1]
+    k = torch.linspace(0, math.pi, m, device=clip.device)
+    curve = sum(g * torch.cos(order * k + phase * (order > 1)) for order, g in enumerate(gains, start=1))
+    sounding = clip > floor
+    out = torch.where(sounding, clip + torch.as_tensor(curve, dtype=clip.dtype)[None, :, None], clip)
+    out = out - out.max()
+    return torch.where(sounding, out.clamp(min=floor), out.new_full((), floor))
 
 
 def _shift(clip: torch.Tensor, k: int, dim: int, fill: float | None) -> torch.Tensor:
