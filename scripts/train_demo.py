@@ -277,8 +277,9 @@ def ship(args: argparse.Namespace) -> int:
     onnx_path.write_bytes(model)
     save_base(result, base_path)
     title = f"demo model: {len(CLASSES)} classes, {result.train_clips} training clips"
-    (docs / "demo-learning-curve.png").write_bytes(plots.learning_curve(result.history, title))
-    summary = {"summary": result.summary(), "train_sources": sorted(set(sources))}
+    label = "training loss (instrument + effect heads)" if args.effects else "training loss"
+    (docs / "demo-learning-curve.png").write_bytes(plots.learning_curve(result.history, title, label))
+    summary = {"summary": result.summary(), "train_sources": sorted(set(sources)), "history": result.history}
     (docs / "demo-report.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary))
     return 0

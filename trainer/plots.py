@@ -11,18 +11,24 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
-def learning_curve(history: list[dict[str, float]], title: str) -> bytes:
+def learning_curve(history: list[dict[str, float]], title: str, loss_label: str = "training loss") -> bytes:
+    """Loss per epoch, and validation loss and accuracy when the run had a validation split (a small
+    dataset trains on every clip: drawing flat zeros for it would read as a model that learned nothing)."""
     epochs = [h["epoch"] for h in history]
+    validated = any(h["val_loss"] for h in history)
     fig, loss_ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    loss_ax.plot(epochs, [h["train_loss"] for h in history], label="training loss", color="tab:blue")
-    loss_ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss", color="tab:orange")
+    loss_ax.plot(epochs, [h["train_loss"] for h in history], label=loss_label, color="tab:blue")
+    if validated:
+        loss_ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss", color="tab:orange")
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("loss")
-    acc_ax = loss_ax.twinx()
-    acc_ax.plot(epochs, [h["val_accuracy"] for h in history], label="validation accuracy", color="tab:green")
-    acc_ax.set_ylim(0, 1.02)
-    acc_ax.set_ylabel("accuracy")
-    lines = loss_ax.get_legend_handles_labels()[0] + acc_ax.get_legend_handles_labels()[0]
+    lines = loss_ax.get_legend_handles_labels()[0]
+    if validated:
+        acc_ax = loss_ax.twinx()
+        acc_ax.plot(epochs, [h["val_accuracy"] for h in history], label="validation accuracy", color="tab:green")
+        acc_ax.set_ylim(0, 1.02)
+        acc_ax.set_ylabel("accuracy")
+        lines += acc_ax.get_legend_handles_labels()[0]
     loss_ax.legend(lines, [str(line.get_label()) for line in lines], loc="center right")
     loss_ax.set_title(title)
     return _png(fig)

@@ -340,11 +340,13 @@ def _imprint(
     """Start the new head as the nearest class mean of the pretrained embeddings ("weight imprinting").
 
     A head drawn at random and trained on ten clips per class lands far from what the body already
-    separates: measured on the 12-effect set, a plain logistic regression on the frozen embeddings beat
-    the fine-tuned network by 15 points. With weights μ_c and biases −|μ_c|²/2, the logits order the
-    classes by distance to their mean embedding, so training starts from that classifier instead. The
-    scale, 2 / (mean squared distance of a clip to its own class mean), keeps those first logits in the
-    range a softmax trains well from, whatever the size of the base's embeddings."""
+    separates: measured on the 12-effect set at ten clips per class, a plain logistic regression on the
+    frozen embeddings beat the fine-tuned network by 17 points (0.59 against 0.41). With weights μ_c and
+    biases −|μ_c|²/2, the logits order the classes by distance to their mean embedding, so training starts
+    from that classifier instead. The scale, 2 / (mean squared distance of a clip to its own class mean),
+    keeps those first logits in the range a softmax trains well from, whatever the size of the base's
+    embeddings. The means come from (up to 4096 of) the shuffled clips: a large dataset needs no more."""
+    idx = idx[:4096]
     _recalibrate_batch_norm(net, idx, batch, batch_size)
     net.eval()
     sums = torch.zeros(n_classes, net.head.in_features)
