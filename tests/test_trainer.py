@@ -353,3 +353,17 @@ def test_very_short_trainings_still_train(clips_per_kind: int, epochs: int) -> N
     torch.manual_seed(0)  # train() seeds the same way before it builds its network
     before = TagNet(3)
     assert not torch.allclose(before.head.weight, result.net.head.weight, atol=1e-4)
+
+
+@pytest.mark.parametrize(("clips_per_kind", "steps"), [(8, 3), (2, 1), (32, 3), (40, 4)])
+def test_small_datasets_take_smaller_batches_not_fewer_steps(
+    monkeypatch: pytest.MonkeyPatch, clips_per_kind: int, steps: int
+) -> None:
+    """24 clips in one batch of 32 made 12 epochs 12 optimiser steps, and tones came out as thumps."""
+    codes, labels, groups = spectrograms(clips_per_kind, 4)
+    manifest, _ = shards.write("steps", list(KINDS), P, codes, labels, groups)
+    taken = []
+    step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: taken.append(1) or step(self, *a, **k))
+    train(manifest, codes, labels, np.array(groups), TrainConfig(epochs=1, val_fraction=0.0, augment=False))
+    assert len(taken) == steps

@@ -16,7 +16,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from .augment import augment, mixup
 from .network import TagNet
 
 MIN_EXAMPLES = 2
+MIN_STEPS, MIN_BATCH = 3, 8  # optimiser steps an epoch at least, by smaller batches (see train)
 SMALL_CLASS = 25  # fewer clips than this in some class: no validation split (see train); measured at 1–20
 
 
@@ -182,6 +183,8 @@ def train(
     x_all = torch.from_numpy(codes)
     y_all = torch.from_numpy(labels)
     train_idx, val_idx = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+    if math.ceil(len(train_idx) / config.batch_size) < MIN_STEPS:  # 24 clips: 1 step an epoch left tones as thumps
+        config = replace(config, batch_size=max(MIN_BATCH, math.ceil(len(train_idx) / MIN_STEPS)))
 
     net = TagNet(
         len(manifest.classes), params.channels, params.n_mels, params.top_db, config.dropout, config.head_dropout
