@@ -46,8 +46,21 @@ from scipy import signal
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sf2_samples, also when loaded from another script
 
 CLASSES = [
-    "kick", "snare", "hihat", "cymbal", "tom", "clap",
-    "piano", "guitar", "bass", "strings", "brass", "woodwind", "organ", "synth", "vocals",
+    "kick",
+    "snare",
+    "hihat",
+    "cymbal",
+    "tom",
+    "clap",
+    "piano",
+    "guitar",
+    "bass",
+    "strings",
+    "brass",
+    "woodwind",
+    "organ",
+    "synth",
+    "vocals",
 ]
 DRUM_CLASSES = {"kick", "snare", "hihat", "cymbal", "tom", "clap"}
 
@@ -118,9 +131,20 @@ def source_group(source: str, job: dict) -> str:
 
 # Reserved for independent evaluation (shared/data-sources.md): never opened, even if installed.
 RESERVED = [
-    "timgm6mb", "sf_gmbank", "csound", "freepats", "sonic-pi", "lmms", "grandorgue",
-    "audiophob", "colomboacousticdrumkit", "millo-drums_v.1", "millo_multilayered2",
-    "millo_multilayered3", "rumpf_kit_z01_h2", "varibreaks",
+    "timgm6mb",
+    "sf_gmbank",
+    "csound",
+    "freepats",
+    "sonic-pi",
+    "lmms",
+    "grandorgue",
+    "audiophob",
+    "colomboacousticdrumkit",
+    "millo-drums_v.1",
+    "millo_multilayered2",
+    "millo_multilayered3",
+    "rumpf_kit_z01_h2",
+    "varibreaks",
 ]
 
 
@@ -151,30 +175,90 @@ GM_PROGRAMS = {
 }
 # Playable MIDI note range per class, refined per program where the instrument is narrower.
 CLASS_RANGE = {
-    "piano": (28, 100), "organ": (36, 91), "guitar": (40, 84), "bass": (28, 55),
-    "strings": (36, 96), "vocals": (48, 79), "brass": (40, 82), "woodwind": (50, 91),
+    "piano": (28, 100),
+    "organ": (36, 91),
+    "guitar": (40, 84),
+    "bass": (28, 55),
+    "strings": (36, 96),
+    "vocals": (48, 79),
+    "brass": (40, 82),
+    "woodwind": (50, 91),
     "synth": (36, 96),
 }
 PROGRAM_RANGE = {
-    40: (55, 100), 41: (48, 88), 42: (36, 76), 43: (28, 60), 45: (36, 84),
-    56: (54, 84), 57: (40, 72), 58: (28, 58), 59: (54, 84), 60: (41, 77),
-    64: (56, 88), 65: (49, 81), 66: (44, 76), 67: (36, 69), 68: (58, 91), 69: (52, 81),
-    70: (34, 75), 71: (50, 91), 72: (74, 103), 73: (60, 96), 74: (60, 96), 75: (60, 96),
-    77: (55, 88), 79: (60, 91), 38: (28, 55), 39: (28, 55),
+    40: (55, 100),
+    41: (48, 88),
+    42: (36, 76),
+    43: (28, 60),
+    45: (36, 84),
+    56: (54, 84),
+    57: (40, 72),
+    58: (28, 58),
+    59: (54, 84),
+    60: (41, 77),
+    64: (56, 88),
+    65: (49, 81),
+    66: (44, 76),
+    67: (36, 69),
+    68: (58, 91),
+    69: (52, 81),
+    70: (34, 75),
+    71: (50, 91),
+    72: (74, 103),
+    73: (60, 96),
+    74: (60, 96),
+    75: (60, 96),
+    77: (55, 88),
+    79: (60, 91),
+    38: (28, 55),
+    39: (28, 55),
 }
 GM_DRUM_NOTES = {
-    35: "kick", 36: "kick", 38: "snare", 40: "snare", 39: "clap",
-    42: "hihat", 44: "hihat", 46: "hihat",
-    49: "cymbal", 51: "cymbal", 52: "cymbal", 55: "cymbal", 57: "cymbal", 59: "cymbal",
-    41: "tom", 43: "tom", 45: "tom", 47: "tom", 48: "tom", 50: "tom",
+    35: "kick",
+    36: "kick",
+    38: "snare",
+    40: "snare",
+    39: "clap",
+    42: "hihat",
+    44: "hihat",
+    46: "hihat",
+    49: "cymbal",
+    51: "cymbal",
+    52: "cymbal",
+    55: "cymbal",
+    57: "cymbal",
+    59: "cymbal",
+    41: "tom",
+    43: "tom",
+    45: "tom",
+    47: "tom",
+    48: "tom",
+    50: "tom",
 }  # 37 side stick: left out
 # AVL kits use their own key map (48 = hi-hat swish, 50/52/58 = cymbal chokes, 60 = china ride).
 AVL_DRUM_NOTES = {
-    36: "kick", 38: "snare", 40: "snare", 39: "clap",
-    41: "tom", 43: "tom", 45: "tom", 47: "tom",
-    42: "hihat", 44: "hihat", 46: "hihat", 48: "hihat",
-    49: "cymbal", 50: "cymbal", 51: "cymbal", 52: "cymbal", 53: "cymbal", 55: "cymbal",
-    57: "cymbal", 58: "cymbal", 59: "cymbal", 60: "cymbal",
+    36: "kick",
+    38: "snare",
+    40: "snare",
+    39: "clap",
+    41: "tom",
+    43: "tom",
+    45: "tom",
+    47: "tom",
+    42: "hihat",
+    44: "hihat",
+    46: "hihat",
+    48: "hihat",
+    49: "cymbal",
+    50: "cymbal",
+    51: "cymbal",
+    52: "cymbal",
+    53: "cymbal",
+    55: "cymbal",
+    57: "cymbal",
+    58: "cymbal",
+    59: "cymbal",
+    60: "cymbal",
 }
 
 
@@ -204,14 +288,14 @@ def h2_class(name: str) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Variety settings
 # ---------------------------------------------------------------------------------------------
-RENDER_SR = 48000                       # FluidSynth renders here; soxr converts to the target rate
-BLOCK = 64                              # FluidSynth's internal block size (FLUID_BUFSIZE)
+RENDER_SR = 48000  # FluidSynth renders here; soxr converts to the target rate
+BLOCK = 64  # FluidSynth's internal block size (FLUID_BUFSIZE)
 SAMPLE_RATES = ([22050, 44100, 48000, 96000], [0.10, 0.45, 0.30, 0.15])
 FORMATS = ([("wav", "WAV"), ("flac", "FLAC"), ("aif", "AIFF")], [0.70, 0.20, 0.10])
 MAX_LEN = {"kick": 1.5, "snare": 1.5, "clap": 1.2, "hihat": 2.5, "tom": 2.5, "cymbal": 4.0}
-MELODIC_MAX_LEN = 4.0                   # seconds of sound; up to 0.3 s leading silence comes on top
+MELODIC_MAX_LEN = 4.0  # seconds of sound; up to 0.3 s leading silence comes on top
 CAP_PER_UNIT = {"h2": 16, "sfdrum": 32}  # at most this many clips from one drum sample / kit note
-SOURCE_WEIGHT = {"espeak": 0.35}        # espeak-ng is a little extra vocals material, never alone
+SOURCE_WEIGHT = {"espeak": 0.35}  # espeak-ng is a little extra vocals material, never alone
 P_EFFECT = 0.30
 # Sample packs hold chords and stabs as well as single notes: a share of the melodic clips of these
 # classes plays 2-4 notes at once (semitones above the drawn pitch), so a strummed guitar or a brass
@@ -221,12 +305,50 @@ P_CHORD = 0.3
 CHORDS = [(0, 4, 7), (0, 3, 7), (0, 7), (0, 7, 12), (0, 4, 7, 12), (0, 3, 7, 10), (0, 5, 7), (0, 12)]
 
 ESPEAK_VOICES = ["en-us", "en-gb", "en-029", "de", "fr-fr", "es", "it", "pt-br", "nl", "sv"]
-ESPEAK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m7", "f1", "f2", "f3", "f4", "f5",
-                   "croak", "klatt", "klatt3", "whisper"]
+ESPEAK_VARIANTS = [
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m7",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "croak",
+    "klatt",
+    "klatt3",
+    "whisper",
+]
 ESPEAK_TEXTS = [
-    "yeah", "oh yeah", "hey", "ah", "ooh", "la la la", "come on", "uh huh", "one two three four",
-    "baby", "get up", "woo", "let's go", "alright", "oh no", "hey hey", "whoa", "okay",
-    "aaaaah", "ooooh", "mmm hmm", "say what", "get down", "check it", "na na na", "hallelujah",
+    "yeah",
+    "oh yeah",
+    "hey",
+    "ah",
+    "ooh",
+    "la la la",
+    "come on",
+    "uh huh",
+    "one two three four",
+    "baby",
+    "get up",
+    "woo",
+    "let's go",
+    "alright",
+    "oh no",
+    "hey hey",
+    "whoa",
+    "okay",
+    "aaaaah",
+    "ooooh",
+    "mmm hmm",
+    "say what",
+    "get down",
+    "check it",
+    "na na na",
+    "hallelujah",
 ]
 
 
@@ -239,14 +361,22 @@ class FluidRenderer:
 
         self.sr = sr
         self.synth = fluidsynth.Synth(
-            gain=0.5, samplerate=float(sr),
-            **{"synth.reverb.active": 0, "synth.chorus.active": 0, "synth.cpu-cores": 1,
-               "synth.polyphony": 128},
+            gain=0.5,
+            samplerate=float(sr),
+            **{"synth.reverb.active": 0, "synth.chorus.active": 0, "synth.cpu-cores": 1, "synth.polyphony": 128},
         )
         lib = ctypes.CDLL(ctypes.util.find_library("fluidsynth"))
         self._write = lib.fluid_synth_write_float
-        self._write.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int,
-                                ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        self._write.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_int,
+        ]
         self.sfids: dict[str, int] = {}
 
     def sfid(self, path: str) -> int:
@@ -265,8 +395,7 @@ class FluidRenderer:
         self._write(self.synth.synth, n, ptr, 0, 2, ptr + 4, 0, 2)
         return buf
 
-    def note(self, path: str, bank: int, prog: int, key: int, vel: int, hold_s: float,
-             total_s: float) -> np.ndarray:
+    def note(self, path: str, bank: int, prog: int, key: int, vel: int, hold_s: float, total_s: float) -> np.ndarray:
         # The first time FluidSynth plays a sample its output differs slightly from every later
         # time (state it sets up lazily), so each note is played twice and the second one kept:
         # that makes a clip independent of what the process rendered before (and of --jobs).
@@ -318,8 +447,7 @@ def discover_units(log) -> dict[str, dict[str, list[dict]]]:
                 for prog in progs:
                     name = r.preset_name(path, 0, prog)
                     if name:
-                        units[cls][source].append(
-                            {"kind": "sf", "sf": path, "bank": 0, "program": prog, "name": name})
+                        units[cls][source].append({"kind": "sf", "sf": path, "bank": 0, "program": prog, "name": name})
             seen: set = set()
             for kit in GM_KITS[source]:
                 name = r.preset_name(path, 128, kit)
@@ -328,8 +456,9 @@ def discover_units(log) -> dict[str, dict[str, list[dict]]]:
                 for note, cls in sorted(GM_DRUM_NOTES.items()):
                     key = _probe_drum(r, path, 128, kit, note, seen)
                     if key:
-                        units[cls][source].append({"kind": "sfdrum", "sf": path, "bank": 128,
-                                                   "program": kit, "note": note, "name": name})
+                        units[cls][source].append(
+                            {"kind": "sfdrum", "sf": path, "bank": 128, "program": kit, "note": note, "name": name}
+                        )
 
     # AVL drum-kit soundfonts.
     for source, path in KIT_SOUNDFONTS.items():
@@ -340,8 +469,9 @@ def discover_units(log) -> dict[str, dict[str, list[dict]]]:
         seen = set()
         for note, cls in sorted(AVL_DRUM_NOTES.items()):
             if _probe_drum(r, path, 0, 0, note, seen):
-                units[cls][source].append({"kind": "sfdrum", "sf": path, "bank": 0, "program": 0,
-                                           "note": note, "name": preset})
+                units[cls][source].append(
+                    {"kind": "sfdrum", "sf": path, "bank": 0, "program": 0, "note": note, "name": preset}
+                )
 
     # Hydrogen kits: every velocity layer of every mappable instrument, duplicates dropped.
     seen_files: set[str] = set()
@@ -374,8 +504,9 @@ def discover_units(log) -> dict[str, dict[str, list[dict]]]:
                     continue
                 seen_files.add(digest)
                 vmax = float(layer.findtext(f"{ns}max") or 1.0)
-                units[h2_cls][source].append({"kind": "h2", "kit": kit_name, "file": str(fpath),
-                                           "name": iname, "velocity": round(vmax * 127)})
+                units[h2_cls][source].append(
+                    {"kind": "h2", "kit": kit_name, "file": str(fpath), "name": iname, "velocity": round(vmax * 127)}
+                )
         if dropped:
             log(f"  {source}: {dropped} sample files identical to an earlier kit's were skipped")
 
@@ -386,8 +517,15 @@ def discover_units(log) -> dict[str, dict[str, list[dict]]]:
             log(f"  missing {kit_dir}: skipped")
             continue
         for fpath in sorted(kit_dir.glob("*.flac")) + sorted(kit_dir.glob("*.wav")):
-            units[cls][source].append({"kind": "h2", "kit": kit_name, "file": str(assert_allowed(str(fpath))),
-                                       "name": fpath.stem, "velocity": 100})
+            units[cls][source].append(
+                {
+                    "kind": "h2",
+                    "kit": kit_name,
+                    "file": str(assert_allowed(str(fpath))),
+                    "name": fpath.stem,
+                    "velocity": 100,
+                }
+            )
 
     # espeak-ng voices for vocals.
     if shutil.which("espeak-ng"):
@@ -454,8 +592,11 @@ def draw_effect(rng, sr: int) -> dict:
     for i in pick:
         k = kinds[i]
         if k == "reverb":
-            fx["reverb"] = {"rt60": round(rng.uniform(0.3, 2.5), 2), "wet": round(rng.uniform(0.1, 0.45), 2),
-                            "predelay": round(rng.uniform(0.005, 0.03), 3)}
+            fx["reverb"] = {
+                "rt60": round(rng.uniform(0.3, 2.5), 2),
+                "wet": round(rng.uniform(0.1, 0.45), 2),
+                "predelay": round(rng.uniform(0.005, 0.03), 3),
+            }
         elif k == "eq":
             t = str(rng.choice(["highpass", "lowpass", "peak"]))
             if t == "highpass":
@@ -464,8 +605,12 @@ def draw_effect(rng, sr: int) -> dict:
                 fx["eq"] = {"type": t, "freq": round(min(_loguniform(rng, 1500, 12000), 0.45 * sr))}
             else:
                 gain = rng.uniform(3, 9) * (1 if rng.random() < 0.5 else -1)
-                fx["eq"] = {"type": t, "freq": round(_loguniform(rng, 150, 6000)),
-                            "gain_db": round(gain, 1), "q": round(rng.uniform(0.5, 2.0), 2)}
+                fx["eq"] = {
+                    "type": t,
+                    "freq": round(_loguniform(rng, 150, 6000)),
+                    "gain_db": round(gain, 1),
+                    "q": round(rng.uniform(0.5, 2.0), 2),
+                }
         else:
             fx["saturation"] = {"drive": round(rng.uniform(1.5, 8.0), 2)}
     return fx
@@ -596,7 +741,7 @@ def apply_effects(x: np.ndarray, sr: int, fx: dict, rng, max_len: float) -> np.n
         decay = np.exp(-6.91 * t / p["rt60"])
         pre = np.zeros((int(p["predelay"] * sr), x.shape[1]))
         ir = np.concatenate([pre, rng.standard_normal((n, x.shape[1])) * decay[:, None]])
-        ir /= np.sqrt((ir ** 2).sum(axis=0, keepdims=True))
+        ir /= np.sqrt((ir**2).sum(axis=0, keepdims=True))
         pad = np.concatenate([x, np.zeros((len(ir), x.shape[1]), np.float32)])
         wet = signal.fftconvolve(pad, ir, axes=0)[: len(pad)]
         dry_peak = np.abs(x).max() + 1e-12
@@ -619,9 +764,22 @@ def load_h2(job) -> tuple[np.ndarray, int]:
 def run_espeak(job) -> tuple[np.ndarray, int]:
     with tempfile.TemporaryDirectory() as td:
         out = os.path.join(td, "v.wav")
-        subprocess.run(["espeak-ng", "-v", job["voice"], "-p", str(job["espeak_pitch"]),
-                        "-s", str(job["espeak_speed"]), "-w", out, job["text"]],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                "espeak-ng",
+                "-v",
+                job["voice"],
+                "-p",
+                str(job["espeak_pitch"]),
+                "-s",
+                str(job["espeak_speed"]),
+                "-w",
+                out,
+                job["text"],
+            ],
+            check=True,
+            capture_output=True,
+        )
         x, sr = sf.read(out, dtype="float32", always_2d=True)
     return x, sr
 
@@ -635,8 +793,15 @@ def render_job(job: dict, out_dir: str) -> dict:
         sr = RENDER_SR
         total = job["hold_s"] + (3.0 if kind == "sf" else max_len + 0.5)
         keys = [job["pitch"] + int(k) for k in str(job.get("chord") or "0").split("+")]
-        x = np.sum([renderer().note(job["sf"], job["bank"], job["program"], key,
-                                    job["velocity"], job["hold_s"], min(total, 6.0)) for key in keys], axis=0)
+        x = np.sum(
+            [
+                renderer().note(
+                    job["sf"], job["bank"], job["program"], key, job["velocity"], job["hold_s"], min(total, 6.0)
+                )
+                for key in keys
+            ],
+            axis=0,
+        )
     elif kind == "h2":
         x, sr = load_h2(job)
     else:
@@ -674,10 +839,35 @@ def render_job(job: dict, out_dir: str) -> dict:
     return provenance_row(job, len(x) / sr)
 
 
-COLUMNS = ["path", "class", "source", "source_group", "kind", "soundfont_or_kit", "bank", "program",
-           "drum_note", "sample_file", "preset_name", "text", "pitch", "chord", "pitch_shift_st", "velocity",
-           "hold_s", "lead_silence_s", "cut", "duration_s", "samplerate", "bit_depth", "channels",
-           "format", "level_db", "effect", "seed"]
+COLUMNS = [
+    "path",
+    "class",
+    "source",
+    "source_group",
+    "kind",
+    "soundfont_or_kit",
+    "bank",
+    "program",
+    "drum_note",
+    "sample_file",
+    "preset_name",
+    "text",
+    "pitch",
+    "chord",
+    "pitch_shift_st",
+    "velocity",
+    "hold_s",
+    "lead_silence_s",
+    "cut",
+    "duration_s",
+    "samplerate",
+    "bit_depth",
+    "channels",
+    "format",
+    "level_db",
+    "effect",
+    "seed",
+]
 
 
 def provenance_row(job: dict, duration: float) -> dict:
@@ -734,8 +924,9 @@ def main(argv=None) -> int:
         ap.error(f"unknown classes: {sorted(bad)}")
     out = Path(args.out)
     if not args.dry_run:
-        existing = [out / c for c in CLASSES if (out / c).exists()] + \
-            [p for p in (out / "provenance.csv", out / "summary.txt") if p.exists()]
+        existing = [out / c for c in CLASSES if (out / c).exists()] + [
+            p for p in (out / "provenance.csv", out / "summary.txt") if p.exists()
+        ]
         if existing and not args.force:
             ap.error(f"{out} already holds a corpus; use --force to replace it")
         for p in existing:
@@ -790,8 +981,11 @@ def main(argv=None) -> int:
 def summarize(rows, errors, seconds, args) -> str:
     by = Counter((r["class"], r["source"]) for r in rows)
     sources = sorted({s for _, s in by})
-    lines = [f"clips: {len(rows)}  failed: {len(errors)}  seconds: {seconds:.0f}  "
-             f"per-class: {args.per_class}  seed: {args.seed}", ""]
+    lines = [
+        f"clips: {len(rows)}  failed: {len(errors)}  seconds: {seconds:.0f}  "
+        f"per-class: {args.per_class}  seed: {args.seed}",
+        "",
+    ]
     lines.append("| class | total | " + " | ".join(sources) + " |")
     lines.append("|---|---:|" + "---:|" * len(sources))
     for c in CLASSES:

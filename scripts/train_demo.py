@@ -34,28 +34,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from build_corpus import CLASSES  # scripts/ is on sys.path: the model's classes, in their order
 
 if TYPE_CHECKING:
     from vibrary.trainer.train import AuxTask, TrainResult
 
 ROOT = Path(__file__).resolve().parent.parent
-CLASSES = [
-    "kick",
-    "snare",
-    "hihat",
-    "cymbal",
-    "tom",
-    "clap",
-    "piano",
-    "guitar",
-    "bass",
-    "strings",
-    "brass",
-    "woodwind",
-    "organ",
-    "synth",
-    "vocals",
-]
 
 
 def _spectrogram(path: str) -> np.ndarray:

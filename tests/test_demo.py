@@ -15,9 +15,10 @@ from tests.conftest import json_lines, vibrary
 
 
 def _training_script_classes() -> list[str]:
-    """The class list the demo model is trained with (scripts/train_demo.py), not a copy of it."""
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_demo.py"
-    spec = importlib.util.spec_from_file_location("train_demo", path)
+    """The class list the corpus is built and the demo model trained with (scripts/build_corpus.py, which
+    train_demo.py imports), not a copy of it."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / "build_corpus.py"
+    spec = importlib.util.spec_from_file_location("build_corpus", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

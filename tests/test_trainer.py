@@ -364,6 +364,11 @@ def test_small_datasets_take_smaller_batches_not_fewer_steps(
     manifest, _ = shards.write("steps", list(KINDS), P, codes, labels, groups)
     taken = []
     step = torch.optim.AdamW.step
-    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: taken.append(1) or step(self, *a, **k))
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        taken.append(1)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", counted)
     train(manifest, codes, labels, np.array(groups), TrainConfig(epochs=1, val_fraction=0.0, augment=False))
     assert len(taken) == steps
