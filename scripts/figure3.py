@@ -24,10 +24,10 @@ Usage: python scripts/figure3.py [--corpus /work/corpus] [--counts 1,2,5,10,20,5
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -210,9 +210,9 @@ def build_effects(cache: Path) -> dict[str, np.ndarray]:
 
 
 def build_instruments(cache: Path, corpus: Path) -> dict[str, np.ndarray]:
-    """The corpus clips of INSTRUMENTS, split by source group; pools drawn with a fixed seed from sorted paths."""
-    from vibrary.daemon.decode import decode
-    from vibrary.daemon.spectrogram import SpectrogramParams, log_mel, quantize
+    """The corpus clips of INSTRUMENTS, split by source group; pools drawn with a fixed seed from sorted paths.
+    The spectrograms are train_demo's, computed once for the whole corpus and cached beside it."""
+    import train_demo
 
     held = test_groups()
     path = cache / f"instruments-{'+'.join(sorted(held))}.npz"  # a new test split is a new cache
@@ -220,23 +220,20 @@ def build_instruments(cache: Path, corpus: Path) -> dict[str, np.ndarray]:
         return dict(np.load(path))
     if not (corpus / "provenance.csv").exists():
         raise SystemExit(f"no corpus at {corpus}: build it with scripts/build_corpus.py (see docs/demo-model.md)")
-    with open(corpus / "provenance.csv", newline="") as f:
-        rows = sorted(csv.DictReader(f), key=lambda r: r["path"])
-    params = SpectrogramParams()
+    codes, classes, source_groups, sources = train_demo.load_corpus(corpus, os.cpu_count() or 1)
+    in_test = np.isin(source_groups, sorted(held))
     rng = np.random.default_rng(5)
-    codes, labels, test, groups = [], [], [], []
+    picked, labels, test = [], [], []
     for label, name in enumerate(INSTRUMENTS):
         for is_test, cap in ((False, INSTRUMENT_TRAIN_POOL), (True, INSTRUMENT_TEST_PER_CLASS)):
-            pool = [r for r in rows if r["class"] == name and (r["source_group"] in held) == is_test]
-            for i in sorted(rng.permutation(len(pool))[:cap]):
-                audio = decode(str(corpus / pool[i]["path"]), params)
-                codes.append(quantize(log_mel(audio, params), params))
-                labels.append(label)
-                test.append(is_test)
-                groups.append(pool[i]["source"])
-        print(f"  instruments: {name} done", file=sys.stderr)
-    data = {"codes": np.stack(codes), "labels": np.array(labels), "test": np.array(test), "groups": np.array(groups)}
-    np.savez_compressed(path, codes=data["codes"], labels=data["labels"], test=data["test"], groups=data["groups"])
+            pool = np.flatnonzero((classes == train_demo.CLASSES.index(name)) & (in_test == is_test))
+            chosen = pool[np.sort(rng.permutation(len(pool))[:cap])]
+            picked += chosen.tolist()
+            labels += [label] * len(chosen)
+            test += [is_test] * len(chosen)
+    idx = np.array(picked)
+    data = {"codes": codes[idx], "labels": np.array(labels), "test": np.array(test), "groups": sources[idx]}
+    np.savez_compressed(path, **data)
     return data
 
 
