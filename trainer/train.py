@@ -352,19 +352,15 @@ def _imprint(
     idx = idx[:4096]
     _recalibrate_batch_norm(net, idx, batch, batch_size)
     net.eval()
-    sums = torch.zeros(n_classes, net.head.in_features)
-    counts = torch.zeros(n_classes)
     embedded, labels = [], []
     with torch.no_grad():
         for start in range(0, len(idx), batch_size * 4):
             x, y = batch(idx[start : start + batch_size * 4])
-            e = net.embedding(x).cpu()
-            embedded.append(e)
+            embedded.append(net.embedding(x).cpu())
             labels.append(y.cpu())
-            sums.index_add_(0, y.cpu(), e)
-            counts.index_add_(0, y.cpu(), torch.ones(len(y)))
-        means = sums / counts.clamp(min=1)[:, None]
         e, y = torch.cat(embedded), torch.cat(labels)
+        sums = torch.zeros(n_classes, e.shape[1]).index_add_(0, y, e)
+        means = sums / torch.bincount(y, minlength=n_classes).clamp(min=1)[:, None]
         spread = float((e - means[y]).square().sum(1).mean())
         scale = 2.0 / max(spread, 1e-6)
         net.head.weight.copy_(means * scale)
