@@ -93,7 +93,7 @@ def check_request(trainer: str, base: str, name: str, options: str | dict[str, A
 
 
 # With a base: a pretrained body converges in a few epochs, and SpecAugment's silent stripes, which read as
-# tremolo or gating, cost the effect set 9 points at 10 clips per class (docs/figure3.md measures these).
+# tremolo or gating, bring nothing to it (docs/figure3.md: 2 points lost on effects at 10 clips per class).
 TRANSFER_DEFAULTS: dict[str, Any] = {"epochs": 20, "patience": 5, "masks": False}
 
 

@@ -6,7 +6,7 @@ Differences from panotti, and why:
 - the 86 frames/s of the daemon's spectrogram are averaged in pairs before the first convolution: 43
   frames/s still resolve a 12 Hz tremolo or a 30 ms attack, and every layer then costs half. That buys
   widths of 16→128 (about 45 M multiply-adds per clip, twice the first version's 8→64 on full frames)
-  at 450–780 clips/s on two cores (benchmarks/bench_demo.py);
+  at 1,600–2,000 clips/s on two cores (benchmarks/bench_demo.py, docs/benchmarks.md);
 - the time axis is pooled by mean, max and standard deviation before the dense layers: a sound tags the
   same wherever it starts, and the deviation keeps how much a band moves over time (tremolo, vibrato,
   sweeps, echoes), which mean and max alone pool away;

@@ -5,8 +5,8 @@ only recognises clips from folders it has seen is not what a producer needs. Tra
 validation accuracy stops improving, and the best epoch's weights are kept. A dataset with a class of
 fewer than SMALL_CLASS clips has no validation split: every clip trains, and the epoch with the lowest
 training loss is kept. With a base (transfer) the new head starts as the nearest class mean of the base's
-embeddings and the body learns at body_lr × lr: on ten clips per class, fine-tuning the whole body at full
-speed lost to a frozen one (docs/figure3.md). Everything random is drawn
+embeddings and the body learns at body_lr × lr (0.05: a pretrained body needs only nudging; docs/figure3.md
+measures the full rate against it). Everything random is drawn
 from the seed, so the same dataset and config give the same model on the same device.
 """
 
