@@ -33,6 +33,7 @@ import math
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -100,53 +101,56 @@ def _board(plugin: Any, x: np.ndarray) -> np.ndarray:
     return pedalboard.Pedalboard([plugin])(x[None].astype(np.float32), SR)[0].astype(np.float64)
 
 
+# pedalboard's plug-in for an effect, from the drawn parameters p (pb: the pedalboard module, imported late)
+PEDALBOARD: dict[str, Callable[[Any, dict[str, float]], Any]] = {
+    "distortion": lambda pb, p: pb.Distortion(drive_db=p["gain_db"]),
+    "overdrive": lambda pb, p: pb.Distortion(drive_db=p["gain_db"] * 0.9),
+    "bitcrush": lambda pb, p: pb.Bitcrush(bit_depth=p["bits"]),
+    "chorus": lambda pb, p: pb.Chorus(
+        rate_hz=p["speed"],
+        depth=min(1.0, p["depth_ms"] / 5),
+        centre_delay_ms=p["delay_ms"] / 3,
+        feedback=0.1,
+        mix=0.5,
+    ),
+    "flanger": lambda pb, p: pb.Chorus(
+        rate_hz=p["speed"],
+        depth=min(1.0, p["depth_ms"] / 6),
+        centre_delay_ms=1 + p["delay_ms"] / 2,
+        feedback=max(-0.9, min(0.9, p["regen"] / 90)),
+        mix=0.5,
+    ),
+    "phaser": lambda pb, p: pb.Phaser(
+        rate_hz=p["speed"],
+        depth=0.5 + p["decay"] / 1.2,
+        centre_frequency_hz=400 + 500 * p["delay_ms"],
+        feedback=p["decay"],
+        mix=0.5 + p["decay"] / 1.2,
+    ),
+    "reverb": lambda pb, p: pb.Reverb(
+        room_size=p["room"] / 100,
+        damping=p["damping"] / 100,
+        wet_level=min(1.0, 0.2 + p["reverberance"] / 200),
+        dry_level=0.6,
+    ),
+    "delay": lambda pb, p: pb.Delay(
+        delay_seconds=p["delay_ms"] / 1000, feedback=p["decay"] * 0.8, mix=0.3 + p["decay"] / 3
+    ),
+    "lowpass": lambda pb, p: pb.LowpassFilter(cutoff_frequency_hz=p["cutoff_hz"]),
+    "highpass": lambda pb, p: pb.HighpassFilter(cutoff_frequency_hz=p["cutoff_hz"]),
+    "compressor": lambda pb, p: pb.Compressor(
+        threshold_db=p["threshold_db"], ratio=p["ratio"], attack_ms=3, release_ms=150
+    ),
+}
+
+
 def pedalboard_effect(name: str, p: dict[str, float], x: np.ndarray) -> np.ndarray | None:
     """The effect through pedalboard's plug-in with the same drawn parameters; None where it has none."""
-    import pedalboard as pb
-
-    plugins: dict[str, Any] = {
-        "distortion": lambda: pb.Distortion(drive_db=p["gain_db"]),
-        "overdrive": lambda: pb.Distortion(drive_db=p["gain_db"] * 0.9),
-        "bitcrush": lambda: pb.Bitcrush(bit_depth=p["bits"]),
-        "chorus": lambda: pb.Chorus(
-            rate_hz=p["speed"],
-            depth=min(1.0, p["depth_ms"] / 5),
-            centre_delay_ms=p["delay_ms"] / 3,
-            feedback=0.1,
-            mix=0.5,
-        ),
-        "flanger": lambda: pb.Chorus(
-            rate_hz=p["speed"],
-            depth=min(1.0, p["depth_ms"] / 6),
-            centre_delay_ms=1 + p["delay_ms"] / 2,
-            feedback=max(-0.9, min(0.9, p["regen"] / 90)),
-            mix=0.5,
-        ),
-        "phaser": lambda: pb.Phaser(
-            rate_hz=p["speed"],
-            depth=0.5 + p["decay"] / 1.2,
-            centre_frequency_hz=400 + 500 * p["delay_ms"],
-            feedback=p["decay"],
-            mix=0.5 + p["decay"] / 1.2,
-        ),
-        "reverb": lambda: pb.Reverb(
-            room_size=p["room"] / 100,
-            damping=p["damping"] / 100,
-            wet_level=min(1.0, 0.2 + p["reverberance"] / 200),
-            dry_level=0.6,
-        ),
-        "delay": lambda: pb.Delay(
-            delay_seconds=p["delay_ms"] / 1000, feedback=p["decay"] * 0.8, mix=0.3 + p["decay"] / 3
-        ),
-        "lowpass": lambda: pb.LowpassFilter(cutoff_frequency_hz=p["cutoff_hz"]),
-        "highpass": lambda: pb.HighpassFilter(cutoff_frequency_hz=p["cutoff_hz"]),
-        "compressor": lambda: pb.Compressor(
-            threshold_db=p["threshold_db"], ratio=p["ratio"], attack_ms=3, release_ms=150
-        ),
-    }
-    if name not in plugins:
+    if name not in PEDALBOARD:
         return None
-    y = _board(plugins[name](), x)
+    import pedalboard
+
+    y = _board(PEDALBOARD[name](pedalboard, p), x)
     if name == "bitcrush" and p["hold"] > 1:
         y = np.repeat(y[:: int(p["hold"])], int(p["hold"]))[: len(x)]
     if name == "compressor":
@@ -210,21 +214,6 @@ def apply_effect(name: str, p: dict[str, float], x: np.ndarray, use_pedalboard: 
         curve = f"-90,-90,{th},{th},0,{th + (0 - th) / ratio}"
         return sox(x, "compand", "0.003,0.15", curve, str(p["makeup_db"]))
     raise ValueError(f"unknown effect {name!r}")
-
-
-PEDALBOARD_EFFECTS = {
-    "distortion",
-    "overdrive",
-    "bitcrush",
-    "chorus",
-    "flanger",
-    "phaser",
-    "reverb",
-    "delay",
-    "lowpass",
-    "highpass",
-    "compressor",
-}
 
 
 def plan(per_class: int, seed: int) -> list[dict[str, Any]]:
@@ -321,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
         for j in jobs:
-            impl = "pedalboard" if j["pedalboard"] and j["effect"] in PEDALBOARD_EFFECTS else "sox/numpy"
+            impl = "pedalboard" if j["pedalboard"] and j["effect"] in PEDALBOARD else "sox/numpy"
             w.writerow(
                 [
                     j["id"],
