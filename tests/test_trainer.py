@@ -55,23 +55,26 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def trainer_service(tmp_path: Path) -> Iterator[str]:
-    """`vibrary trainer serve` as its own process on a real TCP port."""
+def _start_trainer(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`vibrary trainer serve` as its own process on a real TCP port, once it answers."""
     port = _free_port()
-    env = {**os.environ, "VIBRARY_HOME": str(tmp_path / "trainer-home")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "vibrary.clients.cli", "trainer", "serve", "--listen", f"127.0.0.1:{port}"],
-        env=env,
+        env={**os.environ, "VIBRARY_HOME": str(home)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         grpc.channel_ready_future(channel).result(timeout=60)
-        yield f"127.0.0.1:{port}"
+    return proc, f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def trainer_service(tmp_path: Path) -> Iterator[str]:
+    proc, target = _start_trainer(tmp_path / "trainer-home")
+    try:
+        yield target
     finally:
-        channel.close()
         proc.terminate()
         proc.wait(timeout=30)
 
@@ -210,6 +213,34 @@ def test_cancel_mid_training_leaves_no_model(trainer_service: str, tmp_path: Pat
         with pytest.raises(DaemonError) as err:
             client.download(job.id)
         assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_a_restarted_trainer_keeps_finished_jobs_and_fails_the_interrupted_one(tmp_path: Path) -> None:
+    manifest, blobs = _manifest_and_blobs(per_kind=30)
+    _store(blobs, tmp_path)
+    home = tmp_path / "trainer-home"
+    proc, target = _start_trainer(home)
+    try:
+        with TrainerClient(target) as client:
+            client.upload(manifest, tmp_path)
+            done = client.start(manifest, "d", "none", json.dumps({"epochs": 2, "patience": 10}))
+            assert list(client.watch(done.id))[-1].state == pb.Job.SUCCEEDED
+            result = client.download(done.id)
+            busy = client.start(manifest, "b", "none", json.dumps({"epochs": 500, "patience": 500}))
+            next(u for u in client.watch(busy.id) if u.epoch >= 1)  # training is under way
+        proc.kill()  # no clean shutdown: kill -9 mid-epoch
+        proc.wait(timeout=30)
+        proc, target = _start_trainer(home)
+        with TrainerClient(target) as client:
+            jobs = {j.id: j for j in client.jobs()}
+            assert jobs[done.id].state == pb.Job.SUCCEEDED and json.loads(jobs[done.id].summary)
+            assert client.download(done.id) == result  # the finished model is still there, byte for byte
+            assert jobs[busy.id].state == pb.Job.FAILED and "stopped while this job was running" in jobs[busy.id].error
+            assert list(client.watch(busy.id))[-1].state == pb.Job.FAILED  # a watcher is told, not left waiting
+            assert client.missing(manifest) == []  # the shards survived: starting again uploads nothing
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_export_matches_torch_and_the_daemon_loads_it(tmp_path: Path) -> None:

@@ -4,7 +4,11 @@ Shards are stored under their sha256, first as `.part` files that grow chunk by 
 breaks off resumes from the bytes already there, and a shard is only accepted when its bytes match its
 name. Jobs run one at a time in a background thread (a second job would only halve the speed of both);
 their files are written under temporary names and renamed when complete, so a cancelled or failed job
-never leaves a half-written model behind.
+never leaves a half-written model behind. Each job's record (`job.json` in its folder) is rewritten at
+every change of state, so a restarted trainer still lists its jobs and serves the results of finished
+ones; a job that was queued or running when the trainer stopped is marked failed, because whoever was
+waiting for it lost the connection, and training it anyway would spend hours (on a cloud GPU: money)
+for no one.
 
 Every call belongs to the user its token names (trainer/tenants.py), and every user has a folder of
 their own for shards and jobs. Shards are content-addressed, so sharing them would save disk, but then
@@ -24,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+from google.protobuf import json_format
 from vibrary.daemon.rpc import is_loopback, make_server
 from vibrary.daemon.shards import Manifest, ShardError, sha256_bytes
 from vibrary.proto import trainer_pb2 as pb
@@ -41,6 +46,7 @@ MAX_SHARD = 256 << 20
 CHUNK = 1 << 20
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _TERMINAL = (pb.Job.SUCCEEDED, pb.Job.FAILED, pb.Job.CANCELLED)
+RECORD = "job.json"
 
 
 class _JobState:
@@ -60,7 +66,32 @@ class _JobState:
         with self.changed:
             for key, value in fields.items():
                 setattr(self.job, key, value)
+            if "state" in fields:
+                self.save()
             self.changed.notify_all()
+
+    def save(self) -> None:
+        """The job's record, replaced whole: a trainer killed mid-write leaves the previous one."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        record = {
+            "user": self.user,
+            "request": json_format.MessageToDict(self.request),
+            "job": json_format.MessageToDict(self.job),
+        }
+        part = self.out / f"{RECORD}.part"
+        part.write_text(json.dumps(record, indent=1))
+        part.replace(self.out / RECORD)
+
+    @classmethod
+    def load(cls, path: Path) -> _JobState:
+        """A job from the record `save` wrote; ValueError (or KeyError) when it is not one."""
+        record = json.loads(path.read_text())
+        request = json_format.ParseDict(record["request"], pb.JobRequest())
+        manifest = Manifest.from_json(request.manifest)
+        config = TrainConfig.from_dict(json.loads(request.config or "{}"))
+        state = cls(path.parent.name, str(record["user"]), request, manifest, config, path.parent)
+        state.job = json_format.ParseDict(record["job"], pb.Job())
+        return state
 
     def snapshot(self) -> pb.Job:
         with self.changed:
@@ -72,9 +103,31 @@ class TrainerService(pb_grpc.TrainerServicer):
         self.root = root
         self.tenants = tenants or Tenants(root)
         self.jobs: dict[str, _JobState] = {}
+        self._restore()
         self._queue: queue.Queue[_JobState] = queue.Queue()
         self._runner = threading.Thread(target=self._run_jobs, name="trainer", daemon=True)
         self._runner.start()
+
+    def _restore(self) -> None:
+        """The jobs of this trainer's earlier runs, from their records."""
+        for path in sorted(self.root.glob(f"tenants/*/jobs/*/{RECORD}")):
+            try:
+                job = _JobState.load(path)
+            except (OSError, ValueError, KeyError, TypeError, json_format.ParseError, ShardError) as e:
+                log.warning("%s: not a job record (%s); skipped", path, e)
+                continue
+            if job.user != path.parent.parent.parent.name:
+                log.warning("%s: names user %r, but lies in another user's folder; skipped", path, job.user)
+                continue
+            if job.job.state not in _TERMINAL:
+                was = "running" if job.job.state == pb.Job.RUNNING else "queued"
+                job.update(
+                    state=pb.Job.FAILED,
+                    phase="failed",
+                    error=f"the trainer stopped while this job was {was}; start it again "
+                    "(its shards are kept: nothing is uploaded twice)",
+                )
+            self.jobs[job.job.id] = job
 
     # -- who is asking -------------------------------------------------------------------------------
     def _user(self, context: grpc.ServicerContext) -> str:
@@ -154,6 +207,7 @@ class TrainerService(pb_grpc.TrainerServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"shards not uploaded yet: {', '.join(absent)}")
         job_id = uuid.uuid4().hex[:12]
         job = _JobState(job_id, user, request, manifest, config, self._folder(user, "jobs") / job_id)
+        job.save()
         self.jobs[job_id] = job
         self._queue.put(job)
         return job.snapshot()
@@ -194,6 +248,9 @@ class TrainerService(pb_grpc.TrainerServicer):
         job = self._job(request, context)
         if job.job.state != pb.Job.SUCCEEDED:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"job {job.job.id} has not succeeded")
+        gone = [name for name in RESULT_FILES if not (job.out / name).exists()]
+        if gone:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"job {job.job.id}: {', '.join(gone)} no longer on the trainer")
         for name in RESULT_FILES:
             data = (job.out / name).read_bytes()
             for start in range(0, len(data), CHUNK):
@@ -232,7 +289,6 @@ class TrainerService(pb_grpc.TrainerServicer):
         files, result = train_to_files(
             job.manifest, blobs, name, job.request.base or "demo", job.config, progress, job.cancel.is_set
         )
-        job.out.mkdir(parents=True, exist_ok=True)
         for file_name, data in files.items():
             (job.out / f"{file_name}.part").write_bytes(data)
             (job.out / f"{file_name}.part").replace(job.out / file_name)
