@@ -1,0 +1,131 @@
+"""Quick probes of what makes the demo model's melodic classes generalise to an unheard sample bank.
+
+    python scripts/melodic_probe.py --corpus /work/corpus --held musescore --arm base [--seed 1]
+
+The leave-sources-out folds (`train_demo.py --folds`) take 35–40 minutes each on two CPU cores and move by
+about as much between seeds as the recipe changes worth trying, so they cannot rank many ideas. A probe
+is a smaller copy of their hardest question: the nine melodic classes only, from the three independent
+melodic sample families (`fluidr3`, `musescore`, `opl3`), trained on two and tested on the third, with
+the demo recipe (20 epochs, no effects head) at one torch thread: about 11 minutes. Every run appends its
+result to `docs/melodic-probe.jsonl` (`docs/demo-model.md` reads them).
+
+Arms (each against `base`; `--seed` for the seed spread):
+- `e40`: 40 epochs instead of 20 (the shipped model's loss was still falling at 20).
+- `eq10`: the random EQ of `trainer/augment.py` at 10 dB instead of 4, with bumps of orders 4–6 added (each
+  order's gain up to 10 / order dB): other banks differ most in spectral envelope, so a model that ignores
+  more of it might transfer better.
+- `layer-e10`, `layer-e20`: every training clip gets a layered twin, the sum in power of it and a clip of
+  the same class from the other training family (share 0.3–0.7 each, then referenced to the maximum as
+  the daemon does): blends between banks, a "new instrument"; 10 epochs (as many steps as `base`) or 20.
+- `narrow`: half the widths (8→64): less capacity to memorise a bank.
+- `mel6`: the mel shift of the augmentation three times as far (±6 bands instead of ±2), like resampling
+  a sample to another pitch, which moves its formants.
+
+Each arm changes the trainer's augmentation or network only in this process (module attributes), so
+nothing here changes what `vibrary train` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import train_demo
+from build_corpus import CLASSES
+
+MELODIC = CLASSES[6:]  # piano … vocals, after the six drum classes
+FAMILIES = ["fluidr3", "musescore", "opl3"]
+ARMS = ["base", "e40", "eq10", "layer-e10", "layer-e20", "narrow", "mel6"]
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "melodic-probe.jsonl"
+
+
+def layered(codes: np.ndarray, labels: np.ndarray, groups: np.ndarray, seed: int = 7) -> np.ndarray:
+    """One twin per clip: its power spectrum summed with a same-class clip of another family."""
+    from vibrary.daemon.spectrogram import SpectrogramParams, dequantize, quantize
+
+    params = SpectrogramParams()
+    rng = np.random.default_rng(seed)
+    twins = []
+    for i in range(len(codes)):
+        j = rng.choice(np.flatnonzero((labels == labels[i]) & (groups != groups[i])))
+        share = rng.uniform(0.3, 0.7)
+        power = share * 10 ** (dequantize(codes[i : i + 1], params)[0] / 10)
+        power += (1 - share) * 10 ** (dequantize(codes[j : j + 1], params)[0] / 10)
+        db = 10 * np.log10(np.maximum(power, 1e-10))
+        twins.append(quantize(np.maximum(db - db.max(), -params.top_db), params))
+    return np.stack(twins)
+
+
+def set_arm(arm: str) -> None:
+    """Change the trainer's augmentation or network for this process only."""
+    import torch
+    from vibrary.trainer import augment, network
+
+    if arm == "eq10":
+        augment.EQ_DB = 10.0
+        equalise = augment._equalise
+
+        def stronger(clip: Any, floor: float, gains: list[float], phase: float) -> Any:
+            extra = [(float(torch.rand(())) * 2 - 1) * augment.EQ_DB / order for order in (4, 5, 6)]
+            return equalise(clip, floor, gains + extra, phase)
+
+        augment._equalise = stronger
+    elif arm == "narrow":
+        network.WIDTHS = (8, 16, 32, 64)
+    elif arm == "mel6":
+        shift = augment._shift
+        augment._shift = lambda clip, k, dim, fill: shift(clip, k * 3 if dim == 1 else k, dim, fill)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--held", choices=FAMILIES, required=True, help="the family to test on")
+    parser.add_argument("--arm", choices=ARMS, default="base")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import torch
+    from vibrary.daemon.shards import Manifest
+    from vibrary.daemon.spectrogram import SpectrogramParams
+    from vibrary.trainer.train import TrainConfig, train
+
+    torch.set_num_threads(1)
+    set_arm(args.arm)
+    codes, labels, groups, _ = train_demo.load_corpus(args.corpus, 1)
+    keep = np.isin(groups, FAMILIES) & (labels >= len(CLASSES) - len(MELODIC))
+    codes, labels, groups = codes[keep], labels[keep] - (len(CLASSES) - len(MELODIC)), groups[keep]
+    test = groups == args.held
+    x, y, g = codes[~test], labels[~test], groups[~test]
+    epochs = {"layer-e10": 10, "e40": 40}.get(args.arm, 20)
+    if args.arm.startswith("layer"):
+        x, y, g = np.concatenate([x, layered(x, y, g)]), np.concatenate([y, y]), np.concatenate([g, g])
+    config = TrainConfig(
+        epochs=epochs, seed=args.seed, val_fraction=0.0, batch_size=64, patience=epochs, dropout=0.1, head_dropout=0.3
+    )
+    started = time.monotonic()
+    result = train(Manifest("probe", MELODIC, SpectrogramParams()), x, y, g, config)
+    predicted = train_demo.predict(result.net, codes[test])
+    truth = labels[test]
+    row = {
+        "held": args.held,
+        "arm": args.arm,
+        "seed": args.seed,
+        "accuracy": round(float(np.mean(predicted == truth)), 4),
+        "per_class": {c: round(float(np.mean(predicted[truth == i] == i)), 3) for i, c in enumerate(MELODIC)},
+        "train_clips": len(x),
+        "seconds": round(time.monotonic() - started),
+    }
+    print(json.dumps(row), flush=True)
+    with open(RESULTS, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
