@@ -501,8 +501,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     index, home_dir = _index()
     bars: dict[str, tqdm] = {}
+    said = ""
 
     def progress(p: TrainProgress) -> None:
+        nonlocal said
+        if p.state == "waiting" and p.message != said:  # queued, or the trainer out of reach
+            said = p.message
+            tqdm.write(p.message, file=sys.stderr)
         if p.state == "uploading":
             if "upload" not in bars:
                 bars["upload"] = tqdm(

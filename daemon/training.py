@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import grpc
 from vibrary.clients.client import DaemonError
 from vibrary.clients.trainer_client import TrainerClient
 from vibrary.proto import trainer_pb2
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 FINISHED = ("succeeded", "failed", "cancelled")
 STATES = ("uploading", "waiting", "training", "installing", *FINISHED)
 PLOTS = ("learning_curve.png", "confusion_matrix.png")
+# How long a trainer that stopped answering mid-job is called again before the training is given up: a
+# dropped Wi-Fi or VPN must not throw away hours of training that go on at the other end.
+RECONNECT_S = 120.0
 
 
 class TrainingError(RuntimeError):
@@ -257,22 +261,33 @@ def _follow(
     stopper = threading.Thread(target=stop_when_cancelled, name="train-cancel", daemon=True)
     stopper.start()
     job = None
+    heard = time.monotonic()
     try:
-        for job in client.watch(job_id):
-            running = job.state == trainer_pb2.Job.RUNNING
-            report(
-                state="training" if running else "waiting",
-                epoch=job.epoch,
-                epochs=job.epochs,
-                loss=job.loss,
-                val_accuracy=job.val_accuracy,
-                eta_s=job.eta_s,
-                message=job.phase,
-            )
+        while True:
+            try:
+                for job in client.watch(job_id):  # a new watch starts with the job as it is now
+                    heard = time.monotonic()
+                    running = job.state == trainer_pb2.Job.RUNNING
+                    report(
+                        state="training" if running else "waiting",
+                        epoch=job.epoch,
+                        epochs=job.epochs,
+                        loss=job.loss,
+                        val_accuracy=job.val_accuracy,
+                        eta_s=job.eta_s,
+                        message=job.phase,
+                    )
+                return job
+            except DaemonError as e:
+                lost = e.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+                if not lost or time.monotonic() - heard > RECONNECT_S:
+                    raise
+                if cancel.wait(1.0):  # the trainer cannot be told; its job ends on its own
+                    raise Cancelled("training cancelled while the trainer was out of reach") from None
+                report(state="waiting", message=f"lost the trainer ({e}); reconnecting to job {job_id}")
     finally:
         done.set()
         stopper.join()
-    return job
 
 
 def _in_cloud(

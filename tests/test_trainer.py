@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -241,6 +242,75 @@ def test_a_restarted_trainer_keeps_finished_jobs_and_fails_the_interrupted_one(t
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+class _Link:
+    """A TCP relay to the trainer whose connections can be cut, as a dropped Wi-Fi or VPN cuts them."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self.listener.accept()
+            except OSError:
+                return
+            far = socket.create_connection(self.upstream)
+            self.open += [near, far]
+            for a, b in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        for s in self.open:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        self.open = []
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def test_a_connection_cut_mid_training_loses_nothing(model_home: Path, tmp_path: Path, trainer_service: str) -> None:
+    write_kinds(tmp_path / "examples", per_kind=8, seed=1)
+    vibrary("dataset", "create", "--json", "kinds", str(tmp_path / "examples"), home=model_home)
+    link = _Link(trainer_service)
+    env = {**os.environ, "VIBRARY_HOME": str(model_home)}
+    args = ["train", "kinds", "--json", "--trainer", link.address, "--base", "none", "--epochs", "40"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vibrary.clients.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        with TrainerClient(trainer_service) as watcher:  # the trainer itself, not through the link
+            wait_for(lambda: any(j.epoch >= 2 for j in watcher.jobs()), timeout=120)
+            link.cut()  # every connection of the training drops mid-epoch; new ones get through again
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err.decode()
+            assert b"reconnecting to job" in err  # the user was told
+            trained = json_lines(out.decode())[-1]
+            assert trained["model"] == "kinds" and trained["classes"] == sorted(KINDS)
+            (job,) = watcher.jobs()  # the one job, trained once
+            assert job.state == pb.Job.SUCCEEDED and json.loads(job.summary)["epochs_run"] > 2
+    finally:
+        proc.kill()
+        link.close()
 
 
 def test_export_matches_torch_and_the_daemon_loads_it(tmp_path: Path) -> None:
