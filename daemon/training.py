@@ -40,6 +40,12 @@ PLOTS = ("learning_curve.png", "confusion_matrix.png")
 # How long a trainer that stopped answering mid-job is called again before the training is given up: a
 # dropped Wi-Fi or VPN must not throw away hours of training that go on at the other end.
 RECONNECT_S = 120.0
+PROGRESS_FIELDS = ("epoch", "epochs", "loss", "val_accuracy", "eta_s")  # a trainer Job's and a Progress's
+
+
+def progress_fields(source: Any) -> dict[str, Any]:
+    """The training progress of a trainer Job or Progress, as keyword arguments for a report."""
+    return {name: getattr(source, name) for name in PROGRESS_FIELDS}
 
 
 class TrainingError(RuntimeError):
@@ -268,15 +274,7 @@ def _follow(
                 for job in client.watch(job_id):  # a new watch starts with the job as it is now
                     heard = time.monotonic()
                     running = job.state == trainer_pb2.Job.RUNNING
-                    report(
-                        state="training" if running else "waiting",
-                        epoch=job.epoch,
-                        epochs=job.epochs,
-                        loss=job.loss,
-                        val_accuracy=job.val_accuracy,
-                        eta_s=job.eta_s,
-                        message=job.phase,
-                    )
+                    report(state="training" if running else "waiting", message=job.phase, **progress_fields(job))
                 return job
             except DaemonError as e:
                 lost = e.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)

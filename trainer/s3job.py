@@ -18,6 +18,7 @@ from typing import Any
 
 from vibrary.daemon.cloud import exists, parse_s3_url, put_json, read_json, shard_key
 from vibrary.daemon.shards import Manifest, ShardError, sha256_bytes
+from vibrary.daemon.training import progress_fields
 
 from .pipeline import train_to_files
 from .train import Progress, TrainConfig
@@ -78,15 +79,7 @@ def run_job(url: str) -> int:
         blobs = _shards(s3, bucket, manifest, report)
 
         def progress(p: Progress) -> None:
-            report(
-                "TRAINING",
-                message=p.phase,
-                epoch=p.epoch,
-                epochs=p.epochs,
-                loss=p.loss,
-                val_accuracy=p.val_accuracy,
-                eta_s=p.eta_s,
-            )
+            report("TRAINING", message=p.phase, **progress_fields(p))
 
         report("TRAINING", message="loading")
         files, result = train_to_files(manifest, blobs, spec["name"], spec["base"], train_config, progress)
