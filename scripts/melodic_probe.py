@@ -93,7 +93,7 @@ def main() -> int:
     import torch
     from vibrary.daemon.shards import Manifest
     from vibrary.daemon.spectrogram import SpectrogramParams
-    from vibrary.trainer.train import TrainConfig, train
+    from vibrary.trainer.train import train
 
     torch.set_num_threads(1)
     set_arm(args.arm)
@@ -105,9 +105,7 @@ def main() -> int:
     epochs = {"layer-e10": 10, "e40": 40}.get(args.arm, 20)
     if args.arm.startswith("layer"):
         x, y, g = np.concatenate([x, layered(x, y, g)]), np.concatenate([y, y]), np.concatenate([g, g])
-    config = TrainConfig(
-        epochs=epochs, seed=args.seed, val_fraction=0.0, batch_size=64, patience=epochs, dropout=0.1, head_dropout=0.3
-    )
+    config = train_demo.recipe(epochs, args.seed)
     started = time.monotonic()
     result = train(Manifest("probe", MELODIC, SpectrogramParams()), x, y, g, config)
     predicted = train_demo.predict(result.net, codes[test])

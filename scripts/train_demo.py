@@ -37,7 +37,7 @@ import numpy as np
 from build_corpus import CLASSES  # scripts/ is on sys.path: the model's classes, in their order
 
 if TYPE_CHECKING:
-    from vibrary.trainer.train import AuxTask, TrainResult
+    from vibrary.trainer.train import AuxTask, TrainConfig, TrainResult
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,25 +109,26 @@ def predict(net: Any, codes: np.ndarray) -> np.ndarray:
         ).numpy()
 
 
+def recipe(epochs: int, seed: int) -> TrainConfig:
+    """The demo model's training options: fixed epochs, every given clip trains (no validation split).
+    Thousands of clips need less regularisation than a user's dozens (the TrainConfig defaults)."""
+    from vibrary.trainer.train import TrainConfig
+
+    return TrainConfig(
+        epochs=epochs, seed=seed, val_fraction=0.0, batch_size=64, patience=epochs, dropout=0.1, head_dropout=0.3
+    )
+
+
 def train_on(
     args: argparse.Namespace, codes: np.ndarray, labels: np.ndarray, groups: np.ndarray, effects: bool = True
 ) -> TrainResult:
     """The recipe, the same for the shipped model and every fold: fixed epochs, every given clip trains."""
     from vibrary.daemon.shards import Manifest
     from vibrary.daemon.spectrogram import SpectrogramParams
-    from vibrary.trainer.train import TrainConfig, train
+    from vibrary.trainer.train import train
 
     manifest = Manifest("demo", CLASSES, SpectrogramParams())
-    # Thousands of clips need less regularisation than a user's dozens (the TrainConfig defaults).
-    config = TrainConfig(
-        epochs=args.epochs,
-        seed=args.seed,
-        val_fraction=0.0,
-        batch_size=64,
-        patience=args.epochs,
-        dropout=0.1,
-        head_dropout=0.3,
-    )
+    config = recipe(args.epochs, args.seed)
 
     def progress(p: Any) -> None:
         print(f"epoch {p.epoch}/{p.epochs} loss {p.loss:.3f} eta {p.eta_s:.0f}s", file=sys.stderr, flush=True)
