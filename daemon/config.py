@@ -79,3 +79,8 @@ def log_path(home_dir: Path) -> Path:
 def paused_path(home_dir: Path) -> Path:
     """Present while indexing is paused: a marker file, so a restarted daemon stays paused."""
     return home_dir / "paused"
+
+
+def training_path(home_dir: Path) -> Path:
+    """The job a remote trainer runs for this daemon (`training.RemoteJob`): a restarted daemon collects it."""
+    return home_dir / "training.json"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import threading
@@ -108,6 +109,7 @@ class Daemon:
         self.watcher.start()
         self._feeder.start()
         self.status_events.start()
+        self._collect_remote_training()
         log.info("daemon started on %s with models %s", self.home, [m.ref for m in self.pipeline.models])
 
     def stop(self) -> None:
@@ -310,20 +312,48 @@ class Daemon:
                 raise TrainingBusy(f"already training on dataset {self.training.progress.dataset!r}; cancel it first")
             if self._dataset_changing == dataset_name:
                 raise TrainingBusy(f"dataset {dataset_name!r} is being built or edited; train it when that is done")
+            return self._in_background(
+                dataset_name, functools.partial(training.train, self.home, dataset_name, index=self.index, **kwargs)
+            )
 
-            def run(progress: Callable[[training.TrainProgress], None], cancel: threading.Event) -> None:
-                def installed_first(p: training.TrainProgress) -> None:
-                    if p.state == "succeeded":  # whoever hears of success finds the new version at work
-                        self.models_changed()
-                        self.events.publish(Event(MODEL_INSTALLED, model=p.model))
-                    progress(p)
+    def _collect_remote_training(self) -> None:
+        """A remote job that an earlier run of this daemon left training goes on being followed, and its
+        model is installed when it is done."""
+        job = training.RemoteJob.load(config.training_path(self.home))
+        if job is None:
+            config.training_path(self.home).unlink(missing_ok=True)  # (an unreadable one is in the log)
+            return
+        log.info("collecting training job %s on %s for dataset %s", job.job_id, job.trainer, job.dataset)
+        with self._training_lock:
+            self._in_background(job.dataset, functools.partial(training.resume, self.home, job, index=self.index))
 
-                training.train(
-                    self.home, dataset_name, index=self.index, progress=installed_first, cancel=cancel, **kwargs
-                )
+    def _in_background(self, dataset_name: str, run: Callable[..., object]) -> training.Background:
+        """`run` (train or resume) as this daemon's one training, its remote job on record while it lasts."""
+        record = config.training_path(self.home)
 
-            self.training = training.Background(dataset_name, run, self._training_event)
-            return self.training
+        def background(job: training.Background) -> None:
+            def remote(started: training.RemoteJob) -> None:
+                started.save(record)
+                job.remote = True
+
+            def installed_first(p: training.TrainProgress) -> None:
+                if p.state == "succeeded":  # whoever hears of success finds the new version at work
+                    self.models_changed()
+                    self.events.publish(Event(MODEL_INSTALLED, model=p.model))
+                job.update(p)
+
+            left = False
+            try:
+                run(progress=installed_first, cancel=job.cancel, leave=job.leave, on_remote_job=remote)
+            except training.Detached:
+                left = True
+                raise
+            finally:
+                if not left:
+                    record.unlink(missing_ok=True)
+
+        self.training = training.Background(dataset_name, background, self._training_event)
+        return self.training
 
     def _training_event(self, progress: training.TrainProgress) -> None:
         kind = TRAINING_FINISHED if progress.state in training.FINISHED else TRAINING_PROGRESS

@@ -6,6 +6,11 @@ pulls in PyTorch, which nothing else here needs), a `vibrary trainer serve` at H
 (`cloud.py`, imported only when asked for). Only spectrogram shards and labels leave the dataset's folder.
 Progress goes to a callback as `TrainProgress` (the fields of the API's message of that name); the last
 call says succeeded, failed or cancelled, whatever happened.
+
+A job on a remote trainer goes on without the daemon: the daemon records it (`RemoteJob`), a daemon that
+stops leaves it running instead of cancelling it, and the next start collects and installs its model
+(`resume`). A reboot must not throw away hours of GPU training; a local trainer dies with the daemon, so
+its job is cancelled instead.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import contextlib
 import copy
 import json
 import logging
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +62,10 @@ class Cancelled(TrainingError):
     pass
 
 
+class Detached(TrainingError):
+    """The daemon stopped following a remote job that goes on; its RemoteJob record stays for the next start."""
+
+
 @dataclass
 class TrainProgress:
     state: str = "waiting"  # uploading | waiting | training | installing | succeeded | failed | cancelled
@@ -81,6 +91,38 @@ class Trained:
     seconds: float
     plots: list[str]
     summary: dict[str, Any]
+
+
+@dataclass
+class RemoteJob:
+    """A job that a remote trainer runs for this daemon: what a restarted daemon needs to collect it."""
+
+    dataset: str
+    name: str  # the model's name
+    trainer: str  # HOST:PORT
+    token: str
+    job_id: str
+    classes: list[str]
+    upload_bytes: int
+
+    def save(self, path: Path) -> None:
+        """Atomically, readable by the owner only: the record holds the trainer's token."""
+        staging = path.with_name(f".{path.name}.tmp")
+        staging.unlink(missing_ok=True)
+        with os.fdopen(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            json.dump(asdict(self), f)
+        os.replace(staging, path)
+
+    @classmethod
+    def load(cls, path: Path) -> RemoteJob | None:
+        """The record at `path`; None when there is none or it cannot be read (said in the log)."""
+        try:
+            return cls(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError) as e:
+            log.warning("ignoring the unreadable training record %s: %s", path, e)
+            return None
 
 
 BASES = ("demo", "none")
@@ -116,6 +158,21 @@ def options_json(base: str, options: str | dict[str, Any] = "{}") -> str:
     return json.dumps({**defaults, **{k: v for k, v in given.items() if v is not None}})
 
 
+class _Report:
+    """A job's progress so far: each call changes some fields and hands the listener a copy."""
+
+    def __init__(self, dataset_name: str, listener: Callable[[TrainProgress], None]) -> None:
+        self.state = TrainProgress(dataset=dataset_name)
+        self.started = time.monotonic()
+        self._listener = listener
+
+    def __call__(self, **changes: Any) -> None:
+        for key, value in changes.items():
+            setattr(self.state, key, value)
+        self.state.seconds = time.monotonic() - self.started
+        self._listener(copy.deepcopy(self.state))
+
+
 def train(
     home_dir: Path,
     dataset_name: str,
@@ -129,46 +186,92 @@ def train(
     confirm: Callable[[str], bool] = lambda text: False,
     progress: Callable[[TrainProgress], None] = lambda p: None,
     cancel: threading.Event | None = None,
+    leave: threading.Event | None = None,
+    on_remote_job: Callable[[RemoteJob], None] = lambda job: None,
 ) -> Trained:
     """Dataset → trainer → new model version installed, activated (the same name's other versions are
-    deactivated by `Index.set_active`), its plots beside it. TrainingError (Cancelled) when it fails."""
-    started = time.monotonic()
+    deactivated by `Index.set_active`), its plots beside it. TrainingError (Cancelled) when it fails.
+
+    `on_remote_job` hears of a job that a remote trainer has started; `leave` then stops following it
+    without cancelling it (Detached), for `resume` to collect later."""
     cancel = cancel or threading.Event()
-    state = TrainProgress(dataset=dataset_name)
+    report = _Report(dataset_name, progress)
 
-    def report(**changes: Any) -> None:
-        for key, value in changes.items():
-            setattr(state, key, value)
-        state.seconds = time.monotonic() - started
-        progress(copy.deepcopy(state))
-
-    try:
-        trainer, base, opts = check_request(trainer, base, name, options)
+    def work() -> Trained:
+        checked_trainer, checked_base, opts = check_request(trainer, base, name, options)
         manifest, shard_dir = dataset.load(home_dir, dataset_name)
         model_name = name or dataset_name
         report(classes=list(manifest.classes), upload_bytes=manifest.size)
-        if trainer == "cloud":
-            files = _in_cloud(manifest, shard_dir, model_name, base, opts, confirm, report, cancel)
+        if checked_trainer == "cloud":
+            files = _in_cloud(manifest, shard_dir, model_name, checked_base, opts, confirm, report, cancel)
         else:
-            files = _on_trainer(home_dir, trainer, token, manifest, shard_dir, model_name, base, opts, report, cancel)
-        summary = json.loads(files.pop("summary.json", b"{}") or b"{}")
-        report(state="installing", message="installing the model")
-        row = _install(index, home_dir, files, model_name)
-        plots = []
-        for plot in PLOTS:
-            if plot in files:
-                target = Path(row.path).with_suffix(f".{plot}")
-                target.write_bytes(files[plot])
-                plots.append(str(target))
-        accuracy = float(summary.get("val_accuracy", state.val_accuracy))
-        report(state="succeeded", model=row.ref, val_accuracy=accuracy, message=f"installed and activated {row.ref}")
-        return Trained(row, accuracy, time.monotonic() - started, plots, summary)
+            job = RemoteJob(dataset_name, model_name, checked_trainer, token, "", list(manifest.classes), manifest.size)
+            files = _on_trainer(
+                home_dir, job, manifest, shard_dir, checked_base, opts, report, cancel, leave, on_remote_job
+            )
+        return _installed(index, home_dir, files, model_name, report)
+
+    return _reported(report, work)
+
+
+def resume(
+    home_dir: Path,
+    job: RemoteJob,
+    *,
+    index: Index,
+    progress: Callable[[TrainProgress], None] = lambda p: None,
+    cancel: threading.Event | None = None,
+    leave: threading.Event | None = None,
+    on_remote_job: Callable[[RemoteJob], None] = lambda job: None,
+) -> Trained:
+    """Follow a job that a remote trainer started for an earlier run of the daemon, and install its model
+    as `train` would have: the same progress, the same endings."""
+    cancel = cancel or threading.Event()
+    report = _Report(job.dataset, progress)
+
+    def work() -> Trained:
+        report(
+            classes=list(job.classes),
+            upload_bytes=job.upload_bytes,
+            uploaded_bytes=job.upload_bytes,
+            message=f"collecting job {job.job_id} from {job.trainer}, started before the daemon restarted",
+        )
+        on_remote_job(job)
+        with TrainerClient(job.trainer, job.token) as client:
+            files = _collect(client, job.job_id, report, cancel, leave)
+        return _installed(index, home_dir, files, job.name, report)
+
+    return _reported(report, work)
+
+
+def _reported(report: _Report, work: Callable[[], Trained]) -> Trained:
+    """`work()`, and its ending reported whatever it is: the last progress always says how a job ended."""
+    try:
+        return work()
+    except Detached:
+        raise  # the job goes on; nothing has ended
     except Cancelled as e:
         report(state="cancelled", error=str(e), message="training cancelled")
         raise
     except Exception as e:  # bad input, the trainer's refusals, broken transfers: all end the job the same way
         report(state="failed", error=str(e), message="training failed")
         raise TrainingError(str(e)) from e
+
+
+def _installed(index: Index, home_dir: Path, files: dict[str, bytes], name: str, report: _Report) -> Trained:
+    """Install the trainer's files as a new active version, its plots beside it."""
+    summary = json.loads(files.pop("summary.json", b"{}") or b"{}")
+    report(state="installing", message="installing the model")
+    row = _install(index, home_dir, files, name)
+    plots = []
+    for plot in PLOTS:
+        if plot in files:
+            target = Path(row.path).with_suffix(f".{plot}")
+            target.write_bytes(files[plot])
+            plots.append(str(target))
+    accuracy = float(summary.get("val_accuracy", report.state.val_accuracy))
+    report(state="succeeded", model=row.ref, val_accuracy=accuracy, message=f"installed and activated {row.ref}")
+    return Trained(row, accuracy, time.monotonic() - report.started, plots, summary)
 
 
 def _install(index: Index, home_dir: Path, files: dict[str, bytes], name: str) -> ModelRow:
@@ -200,17 +303,18 @@ def _local_trainer(home_dir: Path) -> tuple[Any, int]:
 
 def _on_trainer(
     home_dir: Path,
-    trainer: str,
-    token: str,
+    job: RemoteJob,
     manifest: Manifest,
     shard_dir: Path,
-    name: str,
     base: str,
     options: str,
     report: Callable[..., None],
     cancel: threading.Event,
+    leave: threading.Event | None,
+    on_remote_job: Callable[[RemoteJob], None],
 ) -> dict[str, bytes]:
-    server = None
+    """Upload, start and collect `job` (its job_id still empty) on a remote trainer or this process's own."""
+    server, trainer = None, job.trainer
     if trainer == "local":
         server, port = _local_trainer(home_dir)
         trainer = f"127.0.0.1:{port}"
@@ -224,7 +328,7 @@ def _on_trainer(
         report(uploaded_bytes=sent)
 
     try:
-        with TrainerClient(trainer, token) as client:
+        with TrainerClient(trainer, job.token) as client:
             report(state="uploading", message=f"uploading {manifest.size} bytes of spectrograms to {trainer}")
             try:
                 client.upload(manifest, shard_dir, uploaded)
@@ -233,28 +337,48 @@ def _on_trainer(
                     raise Cancelled("training cancelled during the upload") from None
                 raise
             report(state="waiting", uploaded_bytes=manifest.size, message="waiting for the trainer")
-            job_id = client.start(manifest, name, base, options).id
-            job = _follow(client, job_id, report, cancel)
-            if job is None:
-                raise TrainingError("the trainer ended the job without a word")
-            if job.state == trainer_pb2.Job.CANCELLED or cancel.is_set():
-                raise Cancelled("training cancelled")
-            if job.state != trainer_pb2.Job.SUCCEEDED:
-                raise TrainingError(f"training failed: {job.error or 'no reason given'}")
-            files = client.download(job_id)
-            files["summary.json"] = (job.summary or "{}").encode()
-            return files
+            job.job_id = client.start(manifest, job.name, base, options).id
+            if server is None:  # a remote trainer trains on whether this process stays or not
+                on_remote_job(job)
+            return _collect(client, job.job_id, report, cancel, leave if server is None else None)
     finally:
         if server is not None:
             server.stop(grace=1).wait()  # exiting while gRPC shuts down aborts the process
 
 
+def _collect(
+    client: TrainerClient,
+    job_id: str,
+    report: Callable[..., None],
+    cancel: threading.Event,
+    leave: threading.Event | None,
+) -> dict[str, bytes]:
+    """The files of a job once it has succeeded; TrainingError (Cancelled, Detached) when it does not."""
+    job = _follow(client, job_id, report, cancel, leave)
+    if leave is not None and leave.is_set():  # the daemon is stopping: the next start downloads and installs
+        raise Detached(f"left job {job_id} to the trainer")
+    if job is None:
+        raise TrainingError("the trainer ended the job without a word")
+    if job.state == trainer_pb2.Job.CANCELLED or cancel.is_set():
+        raise Cancelled("training cancelled")
+    if job.state != trainer_pb2.Job.SUCCEEDED:
+        raise TrainingError(f"training failed: {job.error or 'no reason given'}")
+    files = client.download(job_id)
+    files["summary.json"] = (job.summary or "{}").encode()
+    return files
+
+
 def _follow(
-    client: TrainerClient, job_id: str, report: Callable[..., None], cancel: threading.Event
+    client: TrainerClient,
+    job_id: str,
+    report: Callable[..., None],
+    cancel: threading.Event,
+    leave: threading.Event | None = None,
 ) -> trainer_pb2.Job | None:
     """Report the job's progress until it ends, and cancel it on the trainer when `cancel` is set (the
     watch stream only says so; a thread asks the trainer). The thread is done before the client closes, so
-    it never calls a closed channel, and a trainer that cannot be reached to cancel is left to watch()."""
+    it never calls a closed channel, and a trainer that cannot be reached to cancel is left to watch().
+    When `leave` is set the thread closes the client instead, which ends the watch: Detached."""
     done = threading.Event()
 
     def stop_when_cancelled() -> None:
@@ -262,6 +386,9 @@ def _follow(
             if cancel.is_set():
                 with contextlib.suppress(DaemonError):  # gone, or the job already over: watch() tells how it ended
                     client.cancel(job_id)
+                return
+            if leave is not None and leave.is_set():
+                client.close()
                 return
 
     stopper = threading.Thread(target=stop_when_cancelled, name="train-cancel", daemon=True)
@@ -276,8 +403,10 @@ def _follow(
                     running = job.state == trainer_pb2.Job.RUNNING
                     report(state="training" if running else "waiting", message=job.phase, **progress_fields(job))
                 return job
-            except DaemonError as e:
-                lost = e.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
+            except Exception as e:
+                if leave is not None and leave.is_set():
+                    raise Detached(f"left job {job_id} to the trainer") from None
+                lost = isinstance(e, DaemonError) and e.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
                 if not lost or time.monotonic() - heard > RECONNECT_S:
                     raise
                 if cancel.wait(1.0):  # the trainer cannot be told; its job ends on its own
@@ -335,15 +464,18 @@ def _in_cloud(
 
 class Background:
     """One training run in its own thread, so that a caller who goes away does not stop it; any number of
-    callers can follow its progress."""
+    callers can follow its progress. `run(job)` reports through `job.update` and honours `job.cancel` and
+    `job.leave`; it sets `job.remote` while it follows a job that a remote trainer runs on its own."""
 
     def __init__(
         self,
         dataset_name: str,
-        run: Callable[[Callable[[TrainProgress], None], threading.Event], object],
+        run: Callable[[Background], object],
         listener: Callable[[TrainProgress], None] = lambda p: None,
     ) -> None:
         self.cancel = threading.Event()
+        self.leave = threading.Event()
+        self.remote = False
         self.progress = TrainProgress(dataset=dataset_name)
         self._changed = threading.Condition()
         self._version = 0
@@ -351,16 +483,16 @@ class Background:
         self._thread = threading.Thread(target=self._run, args=(run,), name="training", daemon=True)
         self._thread.start()
 
-    def _run(self, run: Callable[[Callable[[TrainProgress], None], threading.Event], object]) -> None:
+    def _run(self, run: Callable[[Background], object]) -> None:
         try:
-            run(self._update, self.cancel)
+            run(self)
         except TrainingError:
-            pass  # train() has reported it as the last progress
+            pass  # train() has reported it as the last progress (or, Detached, the job goes on)
         except Exception as e:  # a bug must still end the job visibly, and leave its traceback in the log
             log.exception("training on %s failed unexpectedly", self.progress.dataset)
-            self._update(TrainProgress(dataset=self.progress.dataset, state="failed", error=f"internal error: {e}"))
+            self.update(TrainProgress(dataset=self.progress.dataset, state="failed", error=f"internal error: {e}"))
 
-    def _update(self, progress: TrainProgress) -> None:
+    def update(self, progress: TrainProgress) -> None:
         with self._changed:
             self.progress = progress
             self._version += 1
@@ -372,9 +504,11 @@ class Background:
         return self.progress.state in FINISHED
 
     def stop(self, timeout: float) -> None:
-        """Cancel and wait a little: a daemon that shuts down must not leave a half-installed model or
-        a trainer still burning the CPU it no longer answers for."""
-        self.cancel.set()
+        """Cancel, or leave a remote job to its trainer, and wait a little: a daemon that shuts down must
+        not leave a half-installed model, or its own trainer burning the CPU it no longer answers for."""
+        self.leave.set()
+        if not self.remote:
+            self.cancel.set()
         self._thread.join(timeout)
 
     def follow(self, active: Callable[[], bool] = lambda: True) -> Iterator[TrainProgress]:

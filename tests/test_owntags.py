@@ -413,7 +413,7 @@ def test_training_that_cannot_start_fails_clearly_and_reports_it(home: Path, tmp
 def test_a_bug_in_a_training_job_ends_it_visibly_and_logs_why(caplog: pytest.LogCaptureFixture) -> None:
     from vibrary.daemon import training
 
-    def broken(progress: Callable[[training.TrainProgress], None], cancel: threading.Event) -> None:
+    def broken(job: training.Background) -> None:
         raise RuntimeError("boom")
 
     job = training.Background("mine", broken)

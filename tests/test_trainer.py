@@ -19,18 +19,19 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import grpc  # noqa: E402
-from vibrary.clients.client import DaemonError  # noqa: E402
+from vibrary.clients.client import Client, DaemonError  # noqa: E402
 from vibrary.clients.trainer_client import TrainerClient  # noqa: E402
-from vibrary.daemon import shards  # noqa: E402
+from vibrary.daemon import config, shards  # noqa: E402
 from vibrary.daemon.infer import Model  # noqa: E402
 from vibrary.daemon.spectrogram import SpectrogramParams, log_mel, quantize  # noqa: E402
+from vibrary.proto import daemon_pb2  # noqa: E402
 from vibrary.proto import trainer_pb2 as pb  # noqa: E402
 from vibrary.trainer.augment import augment  # noqa: E402
 from vibrary.trainer.export import max_difference, to_onnx  # noqa: E402
 from vibrary.trainer.network import TagNet  # noqa: E402
 from vibrary.trainer.train import TrainConfig, _load_base, split_by_group, train  # noqa: E402
 
-from tests.conftest import json_lines, vibrary, wait_for  # noqa: E402
+from tests.conftest import json_lines, start_daemon, vibrary, wait_for  # noqa: E402
 from tests.synth import KINDS, sound, write_kinds  # noqa: E402
 
 P = SpectrogramParams()
@@ -311,6 +312,39 @@ def test_a_connection_cut_mid_training_loses_nothing(model_home: Path, tmp_path:
     finally:
         proc.kill()
         link.close()
+
+
+def test_a_daemon_restarted_mid_training_collects_the_remote_job(
+    model_home: Path, tmp_path: Path, trainer_service: str
+) -> None:
+    write_kinds(tmp_path / "examples", per_kind=8, seed=1)
+    vibrary("dataset", "create", "--json", "kinds", str(tmp_path / "examples"), home=model_home)
+    d = start_daemon(model_home)
+    watcher = TrainerClient(trainer_service)
+    try:
+        with Client(home_dir=model_home) as leaving:  # a front end that asks, then goes away
+            options = json.dumps({"epochs": 150, "patience": 150})
+            next(iter(leaving.train("kinds", trainer=trainer_service, base="none", options=options)))
+        wait_for(lambda: d.client.status().training.epoch >= 2, timeout=120)
+        record = config.training_path(model_home)
+        assert record.stat().st_mode & 0o777 == 0o600  # it holds the trainer's token
+        assert d.stop() == 0  # a clean stop leaves the remote job training instead of cancelling it
+        assert "Traceback" not in d.log()
+        (job,) = watcher.jobs()
+        assert job.state == pb.Job.RUNNING and record.exists()
+
+        d = start_daemon(model_home)  # the next start follows the job to its end and installs the model
+        done = daemon_pb2.TrainProgress.SUCCEEDED
+        wait_for(lambda: d.client.status().training.state == done, timeout=300)
+        told = d.client.status().training
+        assert (told.dataset, told.model, list(told.classes)) == ("kinds", "kinds@1", sorted(KINDS))
+        assert {m.name: m.active for m in d.client.models()}["kinds"]
+        (job,) = watcher.jobs()  # the one job, trained once
+        assert job.state == pb.Job.SUCCEEDED and json.loads(job.summary)["epochs_run"] > 2
+        assert not record.exists() and "Traceback" not in d.log()
+    finally:
+        watcher.close()
+        d.stop()
 
 
 def test_export_matches_torch_and_the_daemon_loads_it(tmp_path: Path) -> None:
