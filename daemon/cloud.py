@@ -9,7 +9,8 @@ once for a short upload), so neither waits long for the other. The instance runs
 which reads the job from S3 (trainer/s3job.py), writes progress and results back, and shuts down, and
 an instance launched to shut down terminates itself. The client still terminates it when it is done
 or fails, and a hard cap in the user data ends it whatever happens. Nothing is launched before the
-user accepted the cost estimate.
+user accepted the cost estimate. A client that stops following a job once it has all its shards (`Left`)
+leaves the instance to train on and terminate itself; `collect` picks up the results later.
 
 boto3 is imported only here, and only when a cloud job runs (the `[cloud]` extra). Configuration comes
 from the usual AWS places (credentials, region) plus VIBRARY_CLOUD_* variables or $VIBRARY_HOME/cloud.json.
@@ -56,6 +57,10 @@ _ENDED = ("shutting-down", "terminated", "stopping", "stopped")
 
 class CloudError(Exception):
     """A cloud job that cannot run or failed; str() says why and what to do."""
+
+
+class Left(Exception):
+    """Raised by a progress callback to stop following a job without ending it (the daemon is stopping)."""
 
 
 class CostDeclined(CloudError):
@@ -376,12 +381,14 @@ def train_in_cloud(
     options: str,
     confirm: Callable[[str], bool],
     progress: Callable[[dict[str, Any]], None],
+    on_started: Callable[[str, str], None] = lambda job_id, instance: None,
 ) -> dict[str, bytes]:
     """Train on a GPU instance; returns model.onnx, learning_curve.png, confusion_matrix.png and
     summary.json. confirm(text) is shown the cost estimate before anything is uploaded or launched
     (False: CostDeclined); progress(dict) gets TrainProgress fields (state UPLOADING, WAITING or
     TRAINING, and the rest). An exception raised by progress cancels the job: the instance is
-    terminated and the job's files removed, as on any failure. AWS errors come as CloudError."""
+    terminated and the job's files removed, as on any failure; but Left, once on_started(job id,
+    instance id) has said that the job has all it needs, leaves it running. AWS errors come as CloudError."""
     if base not in ("", "demo", "none"):
         raise CloudError(f"a cloud training starts from base demo or none, not {base!r}")
     settings = CloudSettings.load(config.home())
@@ -415,7 +422,32 @@ def train_in_cloud(
             if launch_due(0, total, 0.0, settings.boot_s):
                 job.launch(progress, "the upload is short")
             upload_shards(s3, bucket, missing, shard_dir, sent)  # the last piece launches at the latest
-            job.wait(progress)
-            return job.results()
-        finally:
-            job.clean_up()
+        except BaseException:
+            job.clean_up()  # an instance waiting for shards that never come would only cost money
+            raise
+        on_started(job.job_id, job.instance)
+        return _outcome(job, progress)
+
+
+def collect(job_id: str, instance: str, progress: Callable[[dict[str, Any]], None]) -> dict[str, bytes]:
+    """The results of a job that an earlier client left running (Left), as train_in_cloud returns them."""
+    settings = CloudSettings.load(config.home())
+    session = _session(settings)
+    with _aws_errors():
+        s3 = session.client("s3")
+        job = _Job(settings, s3, session.client("ec2"), s3.meta.region_name, job_id, instance)
+        return _outcome(job, progress)
+
+
+def _outcome(job: _Job, progress: Callable[[dict[str, Any]], None]) -> dict[str, bytes]:
+    """Wait for the job and fetch its results, then clean up; unless progress says Left."""
+    try:
+        job.wait(progress)
+        files = job.results()
+    except Left:
+        raise  # the instance trains on and terminates itself; collect() picks up what it leaves
+    except BaseException:
+        job.clean_up()
+        raise
+    job.clean_up()
+    return files

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import json
 import logging
 import os
@@ -99,11 +100,12 @@ class RemoteJob:
 
     dataset: str
     name: str  # the model's name
-    trainer: str  # HOST:PORT
+    trainer: str  # HOST:PORT, or cloud
     token: str
     job_id: str
     classes: list[str]
     upload_bytes: int
+    instance: str = ""  # cloud: the EC2 instance that trains
 
     def save(self, path: Path) -> None:
         """Atomically, readable by the owner only: the record holds the trainer's token."""
@@ -202,10 +204,12 @@ def train(
         manifest, shard_dir = dataset.load(home_dir, dataset_name)
         model_name = name or dataset_name
         report(classes=list(manifest.classes), upload_bytes=manifest.size)
+        job = RemoteJob(dataset_name, model_name, checked_trainer, token, "", list(manifest.classes), manifest.size)
         if checked_trainer == "cloud":
-            files = _in_cloud(manifest, shard_dir, model_name, checked_base, opts, confirm, report, cancel)
+            files = _in_cloud(
+                job, manifest, shard_dir, checked_base, opts, confirm, report, cancel, leave, on_remote_job
+            )
         else:
-            job = RemoteJob(dataset_name, model_name, checked_trainer, token, "", list(manifest.classes), manifest.size)
             files = _on_trainer(
                 home_dir, job, manifest, shard_dir, checked_base, opts, report, cancel, leave, on_remote_job
             )
@@ -237,8 +241,11 @@ def resume(
             message=f"collecting job {job.job_id} from {job.trainer}, started before the daemon restarted",
         )
         on_remote_job(job)
-        with TrainerClient(job.trainer, job.token) as client:
-            files = _collect(client, job.job_id, report, cancel, leave)
+        if job.trainer == "cloud":
+            files = _from_cloud(job, report, cancel, leave)
+        else:
+            with TrainerClient(job.trainer, job.token) as client:
+                files = _collect(client, job.job_id, report, cancel, leave)
         return _installed(index, home_dir, files, job.name, report)
 
     return _reported(report, work)
@@ -417,27 +424,27 @@ def _follow(
         stopper.join()
 
 
-def _in_cloud(
-    manifest: Manifest,
-    shard_dir: Path,
-    name: str,
-    base: str,
-    options: str,
-    confirm: Callable[[str], bool],
-    report: Callable[..., None],
-    cancel: threading.Event,
-) -> dict[str, bytes]:
+def _cloud() -> Any:
+    """The cloud module, or a TrainingError that says what to install."""
     try:
-        from .cloud import CostDeclined, train_in_cloud
+        return importlib.import_module(f"{__package__}.cloud")
     except ModuleNotFoundError as e:
         if e.name == f"{__package__}.cloud":
             raise TrainingError("cloud training is not part of this installation of Vibrary") from None
         raise TrainingError(f"cloud training needs {e.name}: pip install 'vibrary[cloud]'") from None
+
+
+def _cloud_progress(
+    cloud: Any, report: Callable[..., None], cancel: threading.Event, leave: threading.Event | None
+) -> Callable[[dict[str, Any]], None]:
+    """The cloud job's progress as reports; raising here cancels the job, or (cloud.Left) leaves it."""
     known = {f.name for f in fields(TrainProgress)}
 
     def cloud_progress(update: dict[str, Any]) -> None:
         if cancel.is_set():
             raise Cancelled("training cancelled")
+        if leave is not None and leave.is_set():
+            raise cloud.Left()
         changes = {k: v for k, v in update.items() if k in known}
         if "state" in changes:  # the cloud speaks the proto's enum names
             changes["state"] = str(changes["state"]).lower()
@@ -445,6 +452,22 @@ def _in_cloud(
                 changes.pop("state")  # how a job ends is train()'s to say, once the model is installed
         report(**changes)
 
+    return cloud_progress
+
+
+def _in_cloud(
+    job: RemoteJob,
+    manifest: Manifest,
+    shard_dir: Path,
+    base: str,
+    options: str,
+    confirm: Callable[[str], bool],
+    report: Callable[..., None],
+    cancel: threading.Event,
+    leave: threading.Event | None,
+    on_remote_job: Callable[[RemoteJob], None],
+) -> dict[str, bytes]:
+    cloud = _cloud()
     asked: list[str] = []
 
     def ask(estimate: str) -> bool:
@@ -452,14 +475,37 @@ def _in_cloud(
         report(message=estimate)  # a front end following the job sees what was asked, and the cost
         return confirm(estimate)
 
+    def started(job_id: str, instance: str) -> None:
+        job.job_id, job.instance = job_id, instance
+        on_remote_job(job)
+
     try:
         return dict(
-            train_in_cloud(
-                manifest, shard_dir, name=name, base=base, options=options, confirm=ask, progress=cloud_progress
+            cloud.train_in_cloud(
+                manifest,
+                shard_dir,
+                name=job.name,
+                base=base,
+                options=options,
+                confirm=ask,
+                progress=_cloud_progress(cloud, report, cancel, leave),
+                on_started=started,
             )
         )
-    except CostDeclined as e:  # the caller must see the estimate to say yes next time (confirm_cost)
+    except cloud.CostDeclined as e:  # the caller must see the estimate to say yes next time (confirm_cost)
         raise Cancelled("\n".join([str(e), *asked])) from None
+    except cloud.Left:
+        raise Detached(f"left cloud job {job.job_id} to instance {job.instance}") from None
+
+
+def _from_cloud(
+    job: RemoteJob, report: Callable[..., None], cancel: threading.Event, leave: threading.Event | None
+) -> dict[str, bytes]:
+    cloud = _cloud()
+    try:
+        return dict(cloud.collect(job.job_id, job.instance, _cloud_progress(cloud, report, cancel, leave)))
+    except cloud.Left:
+        raise Detached(f"left cloud job {job.job_id} to instance {job.instance}") from None
 
 
 class Background:

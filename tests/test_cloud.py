@@ -480,3 +480,52 @@ def test_vibrary_train_in_the_cloud_installs_the_model_and_a_decline_says_what_i
         index.close()
     tagged = json_lines(vibrary("tag", "--json", "--model", "kinds", str(tmp_path / "ex"), home=home).stdout)
     assert len(tagged) == 6 * len(KINDS) and all(line["tags"][0]["model"] == "kinds" for line in tagged)
+
+
+def test_a_cloud_job_left_by_a_stopping_daemon_trains_on_and_is_collected_later(
+    aws: dict[str, Any], home: Path, tmp_path: Path
+) -> None:
+    """The daemon stops (leave) mid-training: the instance is not terminated, and `resume` installs the model."""
+    from vibrary.daemon import config, dataset, training
+
+    write_kinds(tmp_path / "ex", per_kind=6, seed=3)
+    dataset.build(home, "kinds", dataset.examples_from_folders([str(tmp_path / "ex")]))
+    index = Index(config.index_path(home))
+    leave = threading.Event()
+    recorded: list[training.RemoteJob] = []
+    seen: list[training.TrainProgress] = []
+
+    def progress(p: training.TrainProgress) -> None:
+        seen.append(p)
+        if p.state == "training" and p.epoch >= 1:
+            leave.set()
+
+    try:
+        with Instances(aws["ec2"], aws["env"]) as instances:
+            with pytest.raises(training.Detached):
+                training.train(
+                    home,
+                    "kinds",
+                    index=index,
+                    trainer="cloud",
+                    base="none",
+                    options={"epochs": 80, "patience": 80},
+                    confirm=lambda text: True,
+                    progress=progress,
+                    leave=leave,
+                    on_remote_job=recorded.append,
+                )
+            (job,) = recorded
+            assert job.trainer == "cloud" and job.instance and seen[-1].state == "training"
+            assert _states(aws["ec2"]) == ["running"]  # left training, not terminated
+            assert f"{cloud.job_prefix(job.job_id)}job.json" in _keys(aws["s3"], "jobs/")
+            assert not any(p.state in training.FINISHED for p in seen)
+
+            seen.clear()
+            trained = training.resume(home, job, index=index, progress=seen.append)
+        assert [r.returncode for r in instances.runs] == [0], [r.stderr[-2000:] for r in instances.runs]
+        assert trained.row.ref == "kinds@1" and trained.summary["epochs_run"] == 80  # the one run, to its end
+        assert seen[-1].state == "succeeded" and "started before the daemon restarted" in seen[0].message
+        assert _states(aws["ec2"]) == ["terminated"] and _keys(aws["s3"], "jobs/") == []  # cleaned up then
+    finally:
+        index.close()
