@@ -442,15 +442,22 @@ def test_the_cost_prompt_launches_only_when_accepted(capsys: pytest.CaptureFixtu
     assert "about $0.06" in capsys.readouterr().err
 
 
+def _kinds_dataset(home: Path, tmp_path: Path) -> Index:
+    """A dataset "kinds" of 6 clips per kind in `home`, and the home's index."""
+    from vibrary.daemon import config, dataset
+
+    write_kinds(tmp_path / "ex", per_kind=6, seed=3)
+    dataset.build(home, "kinds", dataset.examples_from_folders([str(tmp_path / "ex")]))
+    return Index(config.index_path(home))
+
+
 def test_vibrary_train_in_the_cloud_installs_the_model_and_a_decline_says_what_it_would_cost(
     aws: dict[str, Any], home: Path, tmp_path: Path
 ) -> None:
     """The path `vibrary train --trainer cloud` and the daemon's Train RPC share: daemon/training.py."""
-    from vibrary.daemon import config, dataset, training
+    from vibrary.daemon import training
 
-    write_kinds(tmp_path / "ex", per_kind=6, seed=3)
-    dataset.build(home, "kinds", dataset.examples_from_folders([str(tmp_path / "ex")]))
-    index = Index(config.index_path(home))
+    index = _kinds_dataset(home, tmp_path)
     registry.ensure_builtin(index, home)
     seen: list[training.TrainProgress] = []
     try:
@@ -486,11 +493,9 @@ def test_a_cloud_job_left_by_a_stopping_daemon_trains_on_and_is_collected_later(
     aws: dict[str, Any], home: Path, tmp_path: Path
 ) -> None:
     """The daemon stops (leave) mid-training: the instance is not terminated, and `resume` installs the model."""
-    from vibrary.daemon import config, dataset, training
+    from vibrary.daemon import training
 
-    write_kinds(tmp_path / "ex", per_kind=6, seed=3)
-    dataset.build(home, "kinds", dataset.examples_from_folders([str(tmp_path / "ex")]))
-    index = Index(config.index_path(home))
+    index = _kinds_dataset(home, tmp_path)
     leave = threading.Event()
     recorded: list[training.RemoteJob] = []
     seen: list[training.TrainProgress] = []
