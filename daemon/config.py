@@ -82,5 +82,5 @@ def paused_path(home_dir: Path) -> Path:
 
 
 def training_path(home_dir: Path) -> Path:
-    """The job a remote trainer runs for this daemon (`training.RemoteJob`): a restarted daemon collects it."""
+    """The job a remote trainer runs for this daemon (`training.JobRecord`): a restarted daemon collects it."""
     return home_dir / "training.json"

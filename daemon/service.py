@@ -312,14 +312,17 @@ class Daemon:
                 raise TrainingBusy(f"already training on dataset {self.training.progress.dataset!r}; cancel it first")
             if self._dataset_changing == dataset_name:
                 raise TrainingBusy(f"dataset {dataset_name!r} is being built or edited; train it when that is done")
+            # on record from the start: a daemon killed before the trainer has the job says so at its next start
+            job = training.JobRecord(dataset_name, kwargs.get("name") or dataset_name, kwargs.get("trainer", "local"))
+            job.save(config.training_path(self.home))
             return self._in_background(
                 dataset_name, functools.partial(training.train, self.home, dataset_name, index=self.index, **kwargs)
             )
 
     def _collect_remote_training(self) -> None:
         """A remote job that an earlier run of this daemon left training goes on being followed, and its
-        model is installed when it is done."""
-        job = training.RemoteJob.load(config.training_path(self.home))
+        model is installed when it is done; a training that was cut off ends as failed, saying why."""
+        job = training.JobRecord.load(config.training_path(self.home))
         if job is None:
             config.training_path(self.home).unlink(missing_ok=True)  # (an unreadable one is in the log)
             return
@@ -332,7 +335,7 @@ class Daemon:
         record = config.training_path(self.home)
 
         def background(job: training.Background) -> None:
-            def remote(started: training.RemoteJob) -> None:
+            def remote(started: training.JobRecord) -> None:
                 started.save(record)
                 job.remote = True
 

@@ -7,7 +7,7 @@ pulls in PyTorch, which nothing else here needs), a `vibrary trainer serve` at H
 Progress goes to a callback as `TrainProgress` (the fields of the API's message of that name); the last
 call says succeeded, failed or cancelled, whatever happened.
 
-A job on a remote trainer goes on without the daemon: the daemon records it (`RemoteJob`), a daemon that
+A job on a remote trainer goes on without the daemon: the daemon records it (`JobRecord`), a daemon that
 stops leaves it running instead of cancelling it, and the next start collects and installs its model
 (`resume`). A reboot must not throw away hours of GPU training; a local trainer dies with the daemon, so
 its job is cancelled instead.
@@ -64,7 +64,7 @@ class Cancelled(TrainingError):
 
 
 class Detached(TrainingError):
-    """The daemon stopped following a remote job that goes on; its RemoteJob record stays for the next start."""
+    """The daemon stopped following a remote job that goes on; its JobRecord record stays for the next start."""
 
 
 @dataclass
@@ -95,16 +95,17 @@ class Trained:
 
 
 @dataclass
-class RemoteJob:
-    """A job that a remote trainer runs for this daemon: what a restarted daemon needs to collect it."""
+class JobRecord:
+    """The daemon's training on record: what a restarted daemon needs to collect a remote or cloud job
+    (once `job_id` is known), or to say that a training was cut off."""
 
     dataset: str
     name: str  # the model's name
-    trainer: str  # HOST:PORT, or cloud
-    token: str
-    job_id: str
-    classes: list[str]
-    upload_bytes: int
+    trainer: str  # local, HOST:PORT or cloud
+    token: str = ""
+    job_id: str = ""  # empty until the trainer has started the job
+    classes: list[str] = field(default_factory=list)
+    upload_bytes: int = 0
     instance: str = ""  # cloud: the EC2 instance that trains
 
     def save(self, path: Path) -> None:
@@ -116,7 +117,7 @@ class RemoteJob:
         os.replace(staging, path)
 
     @classmethod
-    def load(cls, path: Path) -> RemoteJob | None:
+    def load(cls, path: Path) -> JobRecord | None:
         """The record at `path`; None when there is none or it cannot be read (said in the log)."""
         try:
             return cls(**json.loads(path.read_text()))
@@ -189,7 +190,7 @@ def train(
     progress: Callable[[TrainProgress], None] = lambda p: None,
     cancel: threading.Event | None = None,
     leave: threading.Event | None = None,
-    on_remote_job: Callable[[RemoteJob], None] = lambda job: None,
+    on_remote_job: Callable[[JobRecord], None] = lambda job: None,
 ) -> Trained:
     """Dataset → trainer → new model version installed, activated (the same name's other versions are
     deactivated by `Index.set_active`), its plots beside it. TrainingError (Cancelled) when it fails.
@@ -204,7 +205,7 @@ def train(
         manifest, shard_dir = dataset.load(home_dir, dataset_name)
         model_name = name or dataset_name
         report(classes=list(manifest.classes), upload_bytes=manifest.size)
-        job = RemoteJob(dataset_name, model_name, checked_trainer, token, "", list(manifest.classes), manifest.size)
+        job = JobRecord(dataset_name, model_name, checked_trainer, token, "", list(manifest.classes), manifest.size)
         if checked_trainer == "cloud":
             files = _in_cloud(
                 job, manifest, shard_dir, checked_base, opts, confirm, report, cancel, leave, on_remote_job
@@ -220,13 +221,13 @@ def train(
 
 def resume(
     home_dir: Path,
-    job: RemoteJob,
+    job: JobRecord,
     *,
     index: Index,
     progress: Callable[[TrainProgress], None] = lambda p: None,
     cancel: threading.Event | None = None,
     leave: threading.Event | None = None,
-    on_remote_job: Callable[[RemoteJob], None] = lambda job: None,
+    on_remote_job: Callable[[JobRecord], None] = lambda job: None,
 ) -> Trained:
     """Follow a job that a remote trainer started for an earlier run of the daemon, and install its model
     as `train` would have: the same progress, the same endings."""
@@ -234,6 +235,9 @@ def resume(
     report = _Report(job.dataset, progress)
 
     def work() -> Trained:
+        if not job.job_id:  # cut off before any trainer had the job, or with the daemon's own trainer
+            cut = f"before {job.trainer} had the job" if job.trainer != "local" else "while its own trainer trained"
+            raise TrainingError(f"the daemon stopped {cut}: start the training again")
         report(
             classes=list(job.classes),
             upload_bytes=job.upload_bytes,
@@ -310,7 +314,7 @@ def _local_trainer(home_dir: Path) -> tuple[Any, int]:
 
 def _on_trainer(
     home_dir: Path,
-    job: RemoteJob,
+    job: JobRecord,
     manifest: Manifest,
     shard_dir: Path,
     base: str,
@@ -318,7 +322,7 @@ def _on_trainer(
     report: Callable[..., None],
     cancel: threading.Event,
     leave: threading.Event | None,
-    on_remote_job: Callable[[RemoteJob], None],
+    on_remote_job: Callable[[JobRecord], None],
 ) -> dict[str, bytes]:
     """Upload, start and collect `job` (its job_id still empty) on a remote trainer or this process's own."""
     server, trainer = None, job.trainer
@@ -456,7 +460,7 @@ def _cloud_progress(
 
 
 def _in_cloud(
-    job: RemoteJob,
+    job: JobRecord,
     manifest: Manifest,
     shard_dir: Path,
     base: str,
@@ -465,7 +469,7 @@ def _in_cloud(
     report: Callable[..., None],
     cancel: threading.Event,
     leave: threading.Event | None,
-    on_remote_job: Callable[[RemoteJob], None],
+    on_remote_job: Callable[[JobRecord], None],
 ) -> dict[str, bytes]:
     cloud = _cloud()
     asked: list[str] = []
@@ -499,7 +503,7 @@ def _in_cloud(
 
 
 def _from_cloud(
-    job: RemoteJob, report: Callable[..., None], cancel: threading.Event, leave: threading.Event | None
+    job: JobRecord, report: Callable[..., None], cancel: threading.Event, leave: threading.Event | None
 ) -> dict[str, bytes]:
     cloud = _cloud()
     try:

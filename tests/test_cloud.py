@@ -497,7 +497,7 @@ def test_a_cloud_job_left_by_a_stopping_daemon_trains_on_and_is_collected_later(
 
     index = _kinds_dataset(home, tmp_path)
     leave = threading.Event()
-    recorded: list[training.RemoteJob] = []
+    recorded: list[training.JobRecord] = []
     seen: list[training.TrainProgress] = []
 
     def progress(p: training.TrainProgress) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -323,7 +324,7 @@ def test_a_daemon_restarted_mid_training_collects_the_remote_job(
     watcher = TrainerClient(trainer_service)
     try:
         with Client(home_dir=model_home) as leaving:  # a front end that asks, then goes away
-            options = json.dumps({"epochs": 150, "patience": 150})
+            options = json.dumps({"epochs": 40, "patience": 40})
             next(iter(leaving.train("kinds", trainer=trainer_service, base="none", options=options)))
         wait_for(lambda: d.client.status().training.epoch >= 2, timeout=120)
         record = config.training_path(model_home)
@@ -331,7 +332,7 @@ def test_a_daemon_restarted_mid_training_collects_the_remote_job(
         assert d.stop() == 0  # a clean stop leaves the remote job training instead of cancelling it
         assert "Traceback" not in d.log()
         (job,) = watcher.jobs()
-        assert job.state == pb.Job.RUNNING and record.exists()
+        assert job.state in (pb.Job.RUNNING, pb.Job.SUCCEEDED) and record.exists()  # (it may end meanwhile)
 
         d = start_daemon(model_home)  # the next start follows the job to its end and installs the model
         done = daemon_pb2.TrainProgress.SUCCEEDED
@@ -344,6 +345,26 @@ def test_a_daemon_restarted_mid_training_collects_the_remote_job(
         assert not record.exists() and "Traceback" not in d.log()
     finally:
         watcher.close()
+        d.stop()
+
+
+def test_a_training_cut_off_by_a_crash_is_reported_at_the_next_start(model_home: Path, tmp_path: Path) -> None:
+    write_kinds(tmp_path / "examples", per_kind=8, seed=1)
+    vibrary("dataset", "create", "--json", "kinds", str(tmp_path / "examples"), home=model_home)
+    d = start_daemon(model_home)
+    try:
+        with Client(home_dir=model_home) as leaving:  # the daemon's own trainer, the default
+            next(iter(leaving.train("kinds", base="none", options=json.dumps({"epochs": 500, "patience": 500}))))
+        wait_for(lambda: d.client.status().training.epoch >= 1, timeout=120)
+        d.stop(signal.SIGKILL)  # its trainer dies with it
+        d = start_daemon(model_home)
+        failed = daemon_pb2.TrainProgress.FAILED
+        wait_for(lambda: d.client.status().training.state == failed, timeout=30)
+        told = d.client.status().training
+        assert told.dataset == "kinds" and "daemon stopped while its own trainer trained" in told.error
+        assert "kinds" not in {m.name for m in d.client.models()}
+        assert not config.training_path(model_home).exists()  # said once, not at every start
+    finally:
         d.stop()
 
 
