@@ -206,7 +206,8 @@ def main() -> int:
         "--fold", type=int, default=None, help="only this fold of FOLDS (0-based): run folds in parallel"
     )
     parser.add_argument("--report", action="store_true", help="train nothing: the report from the folds in --out")
-    parser.add_argument("--epochs", type=int, default=20)
+    # 40: on fold 0, 64.0 % of the held-out clips against 56.6 % at 20 (docs/demo-model.md)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
