@@ -82,5 +82,5 @@ def paused_path(home_dir: Path) -> Path:
 
 
 def training_path(home_dir: Path) -> Path:
-    """The job a remote trainer runs for this daemon (`training.JobRecord`): a restarted daemon collects it."""
+    """The daemon's training on record (`training.JobRecord`): the next start collects it or says it was cut off."""
     return home_dir / "training.json"

@@ -109,7 +109,7 @@ class Daemon:
         self.watcher.start()
         self._feeder.start()
         self.status_events.start()
-        self._collect_remote_training()
+        self._resume_training()
         log.info("daemon started on %s with models %s", self.home, [m.ref for m in self.pipeline.models])
 
     def stop(self) -> None:
@@ -319,7 +319,7 @@ class Daemon:
                 dataset_name, functools.partial(training.train, self.home, dataset_name, index=self.index, **kwargs)
             )
 
-    def _collect_remote_training(self) -> None:
+    def _resume_training(self) -> None:
         """A remote job that an earlier run of this daemon left training goes on being followed, and its
         model is installed when it is done; a training that was cut off ends as failed, saying why."""
         job = training.JobRecord.load(config.training_path(self.home))
@@ -331,7 +331,7 @@ class Daemon:
             self._in_background(job.dataset, functools.partial(training.resume, self.home, job, index=self.index))
 
     def _in_background(self, dataset_name: str, run: Callable[..., object]) -> training.Background:
-        """`run` (train or resume) as this daemon's one training, its remote job on record while it lasts."""
+        """`run` (train or resume) as this daemon's one training, on record (JobRecord) while it lasts."""
         record = config.training_path(self.home)
 
         def background(job: training.Background) -> None:

@@ -64,7 +64,7 @@ class Cancelled(TrainingError):
 
 
 class Detached(TrainingError):
-    """The daemon stopped following a remote job that goes on; its JobRecord record stays for the next start."""
+    """The daemon stopped following a remote job that goes on; its JobRecord stays for the next start."""
 
 
 @dataclass
@@ -204,8 +204,9 @@ def train(
         checked_trainer, checked_base, opts = check_request(trainer, base, name, options)
         manifest, shard_dir = dataset.load(home_dir, dataset_name)
         model_name = name or dataset_name
-        report(classes=list(manifest.classes), upload_bytes=manifest.size)
-        job = JobRecord(dataset_name, model_name, checked_trainer, token, "", list(manifest.classes), manifest.size)
+        classes = list(manifest.classes)
+        report(classes=classes, upload_bytes=manifest.size)
+        job = JobRecord(dataset_name, model_name, checked_trainer, token, classes=classes, upload_bytes=manifest.size)
         if checked_trainer == "cloud":
             files = _in_cloud(
                 job, manifest, shard_dir, checked_base, opts, confirm, report, cancel, leave, on_remote_job
