@@ -422,10 +422,10 @@ def train_in_cloud(
             if launch_due(0, total, 0.0, settings.boot_s):
                 job.launch(progress, "the upload is short")
             upload_shards(s3, bucket, missing, shard_dir, sent)  # the last piece launches at the latest
-        except BaseException:
+            on_started(job.job_id, job.instance)
+        except BaseException:  # (on_started too: a job nobody has on record would never be collected)
             job.clean_up()  # an instance waiting for shards that never come would only cost money
             raise
-        on_started(job.job_id, job.instance)
         return _outcome(job, progress)
 
 

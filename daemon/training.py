@@ -390,7 +390,8 @@ def _follow(
     """Report the job's progress until it ends, and cancel it on the trainer when `cancel` is set (the
     watch stream only says so; a thread asks the trainer). The thread is done before the client closes, so
     it never calls a closed channel, and a trainer that cannot be reached to cancel is left to watch().
-    When `leave` is set the thread closes the client instead, which ends the watch: Detached."""
+    When `leave` is set the thread closes the client instead, which ends the watch (the caller sees
+    `leave` and raises Detached)."""
     done = threading.Event()
 
     def stop_when_cancelled() -> None:
@@ -417,7 +418,7 @@ def _follow(
                 return job
             except Exception as e:
                 if leave is not None and leave.is_set():
-                    raise Detached(f"left job {job_id} to the trainer") from None
+                    return job
                 lost = isinstance(e, DaemonError) and e.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
                 if not lost or time.monotonic() - heard > RECONNECT_S:
                     raise
