@@ -581,15 +581,15 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         return run_job(args.url)
     token = args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", "")
     cert, key = (Path(p).read_bytes() if p else None for p in (args.tls_cert, args.tls_key))
-    server, port = serve(data, args.listen, token, cert, key)
+    serving = serve(data, args.listen, token, cert, key)
     tls = " over TLS" if cert else ""
-    print(f"vibrary trainer serving on port {port}{tls} (data in {data})", file=sys.stderr, flush=True)
+    print(f"vibrary trainer serving on port {serving.port}{tls} (data in {data})", file=sys.stderr, flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(0.5):
         pass
-    server.stop(grace=2).wait()
+    serving.stop(grace=2)  # a job in training goes on from its last epoch at the next start
     return 0
 
 

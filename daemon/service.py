@@ -320,8 +320,9 @@ class Daemon:
             )
 
     def _resume_training(self) -> None:
-        """A remote job that an earlier run of this daemon left training goes on being followed, and its
-        model is installed when it is done; a training that was cut off ends as failed, saying why."""
+        """A job that an earlier run of this daemon left to its trainer (its own trainer included: it goes on
+        from its last epoch) is followed again and its model installed when it is done; a training cut off
+        before a trainer had it ends as failed, saying why."""
         job = training.JobRecord.load(config.training_path(self.home))
         if job is None:
             config.training_path(self.home).unlink(missing_ok=True)  # (an unreadable one is in the log)
@@ -335,9 +336,9 @@ class Daemon:
         record = config.training_path(self.home)
 
         def background(job: training.Background) -> None:
-            def remote(started: training.JobRecord) -> None:
-                started.save(record)
-                job.remote = True
+            def started(on_trainer: training.JobRecord) -> None:
+                on_trainer.save(record)
+                job.started = True
 
             def installed_first(p: training.TrainProgress) -> None:
                 if p.state == "succeeded":  # whoever hears of success finds the new version at work
@@ -347,7 +348,7 @@ class Daemon:
 
             left = False
             try:
-                run(progress=installed_first, cancel=job.cancel, leave=job.leave, on_remote_job=remote)
+                run(progress=installed_first, cancel=job.cancel, leave=job.leave, on_started=started)
             except training.Detached:
                 left = True
                 raise

@@ -7,10 +7,11 @@ pulls in PyTorch, which nothing else here needs), a `vibrary trainer serve` at H
 Progress goes to a callback as `TrainProgress` (the fields of the API's message of that name); the last
 call says succeeded, failed or cancelled, whatever happened.
 
-A job on a remote trainer goes on without the daemon: the daemon records it (`JobRecord`), a daemon that
-stops leaves it running instead of cancelling it, and the next start collects and installs its model
-(`resume`). A reboot must not throw away hours of GPU training; a local trainer dies with the daemon, so
-its job is cancelled instead.
+A started job outlives the daemon: the daemon records it (`JobRecord`), a daemon that stops leaves it
+to its trainer instead of cancelling it, and the next start collects and installs its model (`resume`).
+A reboot must not throw away hours of training: a remote trainer or a cloud instance trains on, and the
+daemon's own trainer is suspended with it and goes on from its last finished epoch when the daemon
+starts again (trainer/checkpoint.py); so does one cut off by a crash.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class Cancelled(TrainingError):
 
 
 class Detached(TrainingError):
-    """The daemon stopped following a remote job that goes on; its JobRecord stays for the next start."""
+    """The daemon stopped following a job that goes on (or, on its own trainer, is suspended to go on);
+    its JobRecord stays for the next start."""
 
 
 @dataclass
@@ -96,8 +98,8 @@ class Trained:
 
 @dataclass
 class JobRecord:
-    """The daemon's training on record: what a restarted daemon needs to collect a remote or cloud job
-    (once `job_id` is known), or to say that a training was cut off."""
+    """The daemon's training on record: what a restarted daemon needs to collect the job (once `job_id`
+    is known), or to say that a training was cut off before a trainer had it."""
 
     dataset: str
     name: str  # the model's name
@@ -190,13 +192,13 @@ def train(
     progress: Callable[[TrainProgress], None] = lambda p: None,
     cancel: threading.Event | None = None,
     leave: threading.Event | None = None,
-    on_remote_job: Callable[[JobRecord], None] = lambda job: None,
+    on_started: Callable[[JobRecord], None] = lambda job: None,
 ) -> Trained:
     """Dataset → trainer → new model version installed, activated (the same name's other versions are
     deactivated by `Index.set_active`), its plots beside it. TrainingError (Cancelled) when it fails.
 
-    `on_remote_job` hears of a job that a remote trainer has started; `leave` then stops following it
-    without cancelling it (Detached), for `resume` to collect later."""
+    `on_started` hears of the job once a trainer has it; `leave` then stops following it without
+    cancelling it (Detached), for `resume` to collect later."""
     cancel = cancel or threading.Event()
     report = _Report(dataset_name, progress)
 
@@ -208,12 +210,10 @@ def train(
         report(classes=classes, upload_bytes=manifest.size)
         job = JobRecord(dataset_name, model_name, checked_trainer, token, classes=classes, upload_bytes=manifest.size)
         if checked_trainer == "cloud":
-            files = _in_cloud(
-                job, manifest, shard_dir, checked_base, opts, confirm, report, cancel, leave, on_remote_job
-            )
+            files = _in_cloud(job, manifest, shard_dir, checked_base, opts, confirm, report, cancel, leave, on_started)
         else:
             files = _on_trainer(
-                home_dir, job, manifest, shard_dir, checked_base, opts, report, cancel, leave, on_remote_job
+                home_dir, job, manifest, shard_dir, checked_base, opts, report, cancel, leave, on_started
             )
         return _installed(index, home_dir, files, model_name, report)
 
@@ -228,28 +228,31 @@ def resume(
     progress: Callable[[TrainProgress], None] = lambda p: None,
     cancel: threading.Event | None = None,
     leave: threading.Event | None = None,
-    on_remote_job: Callable[[JobRecord], None] = lambda job: None,
+    on_started: Callable[[JobRecord], None] = lambda job: None,
 ) -> Trained:
-    """Follow a job that a remote trainer started for an earlier run of the daemon, and install its model
-    as `train` would have: the same progress, the same endings."""
+    """Follow a job that a trainer started for an earlier run of the daemon (the daemon's own trainer
+    takes it up again from its last epoch), and install its model as `train` would have: the same
+    progress, the same endings."""
     cancel = cancel or threading.Event()
     report = _Report(job.dataset, progress)
 
     def work() -> Trained:
-        if not job.job_id:  # cut off before any trainer had the job, or with the daemon's own trainer
-            cut = f"before {job.trainer} had the job" if job.trainer != "local" else "while its own trainer trained"
-            raise TrainingError(f"the daemon stopped {cut}: start the training again")
+        trainer = "its own trainer" if job.trainer == "local" else job.trainer
+        if not job.job_id:  # cut off before any trainer had the job
+            raise TrainingError(f"the daemon stopped before {trainer} had the job: start the training again")
+        if job.trainer == "local":
+            trainer += ", from its last finished epoch"
         report(
             classes=list(job.classes),
             upload_bytes=job.upload_bytes,
             uploaded_bytes=job.upload_bytes,
-            message=f"collecting job {job.job_id} from {job.trainer}, started before the daemon restarted",
+            message=f"following job {job.job_id} on {trainer}, started before the daemon restarted",
         )
-        on_remote_job(job)
+        on_started(job)
         if job.trainer == "cloud":
             files = _from_cloud(job, report, cancel, leave)
         else:
-            with TrainerClient(job.trainer, job.token) as client:
+            with _trainer_at(home_dir, job.trainer) as address, TrainerClient(address, job.token) as client:
                 files = _collect(client, job.job_id, report, cancel, leave)
         return _installed(index, home_dir, files, job.name, report)
 
@@ -302,7 +305,13 @@ def _install(index: Index, home_dir: Path, files: dict[str, bytes], name: str) -
     return index.model(row.name, row.version)
 
 
-def _local_trainer(home_dir: Path) -> tuple[Any, int]:
+@contextlib.contextmanager
+def _trainer_at(home_dir: Path, trainer: str) -> Iterator[str]:
+    """The address of `trainer`: HOST:PORT as it is, or "local", the daemon's own trainer, started in this
+    process for as long as the job is followed (and its job suspended on the way out, to go on later)."""
+    if trainer != "local":
+        yield trainer
+        return
     try:
         from vibrary.trainer.service import serve
     except ImportError as e:
@@ -310,7 +319,11 @@ def _local_trainer(home_dir: Path) -> tuple[Any, int]:
             f"the local trainer needs PyTorch ({e.name} is missing): pip install 'vibrary[trainer]', "
             "or name a remote trainer (HOST:PORT)"
         ) from None
-    return serve(home_dir / "trainer", "127.0.0.1:0")
+    serving = serve(home_dir / "trainer", "127.0.0.1:0")
+    try:
+        yield f"127.0.0.1:{serving.port}"
+    finally:
+        serving.stop(grace=1)  # exiting while gRPC shuts down aborts the process
 
 
 def _on_trainer(
@@ -323,13 +336,9 @@ def _on_trainer(
     report: Callable[..., None],
     cancel: threading.Event,
     leave: threading.Event | None,
-    on_remote_job: Callable[[JobRecord], None],
+    on_started: Callable[[JobRecord], None],
 ) -> dict[str, bytes]:
     """Upload, start and collect `job` (its job_id still empty) on a remote trainer or this process's own."""
-    server, trainer = None, job.trainer
-    if trainer == "local":
-        server, port = _local_trainer(home_dir)
-        trainer = f"127.0.0.1:{port}"
     sent = 0
 
     def uploaded(n: int) -> None:
@@ -339,23 +348,18 @@ def _on_trainer(
         sent += n
         report(uploaded_bytes=sent)
 
-    try:
-        with TrainerClient(trainer, job.token) as client:
-            report(state="uploading", message=f"uploading {manifest.size} bytes of spectrograms to {trainer}")
-            try:
-                client.upload(manifest, shard_dir, uploaded)
-            except Exception:
-                if cancel.is_set():
-                    raise Cancelled("training cancelled during the upload") from None
-                raise
-            report(state="waiting", uploaded_bytes=manifest.size, message="waiting for the trainer")
-            job.job_id = client.start(manifest, job.name, base, options).id
-            if server is None:  # a remote trainer trains on whether this process stays or not
-                on_remote_job(job)
-            return _collect(client, job.job_id, report, cancel, leave if server is None else None)
-    finally:
-        if server is not None:
-            server.stop(grace=1).wait()  # exiting while gRPC shuts down aborts the process
+    with _trainer_at(home_dir, job.trainer) as trainer, TrainerClient(trainer, job.token) as client:
+        report(state="uploading", message=f"uploading {manifest.size} bytes of spectrograms to {trainer}")
+        try:
+            client.upload(manifest, shard_dir, uploaded)
+        except Exception:
+            if cancel.is_set():
+                raise Cancelled("training cancelled during the upload") from None
+            raise
+        report(state="waiting", uploaded_bytes=manifest.size, message="waiting for the trainer")
+        job.job_id = client.start(manifest, job.name, base, options).id
+        on_started(job)
+        return _collect(client, job.job_id, report, cancel, leave)
 
 
 def _collect(
@@ -471,7 +475,7 @@ def _in_cloud(
     report: Callable[..., None],
     cancel: threading.Event,
     leave: threading.Event | None,
-    on_remote_job: Callable[[JobRecord], None],
+    on_started: Callable[[JobRecord], None],
 ) -> dict[str, bytes]:
     cloud = _cloud()
     asked: list[str] = []
@@ -483,7 +487,7 @@ def _in_cloud(
 
     def started(job_id: str, instance: str) -> None:
         job.job_id, job.instance = job_id, instance
-        on_remote_job(job)
+        on_started(job)
 
     try:
         return dict(
@@ -517,7 +521,7 @@ def _from_cloud(
 class Background:
     """One training run in its own thread, so that a caller who goes away does not stop it; any number of
     callers can follow its progress. `run(job)` reports through `job.update` and honours `job.cancel` and
-    `job.leave`; it sets `job.remote` while it follows a job that a remote trainer runs on its own."""
+    `job.leave`; it sets `job.started` once a trainer has the job (and can be left to it)."""
 
     def __init__(
         self,
@@ -527,7 +531,7 @@ class Background:
     ) -> None:
         self.cancel = threading.Event()
         self.leave = threading.Event()
-        self.remote = False
+        self.started = False
         self.progress = TrainProgress(dataset=dataset_name)
         self._changed = threading.Condition()
         self._version = 0
@@ -556,10 +560,10 @@ class Background:
         return self.progress.state in FINISHED
 
     def stop(self, timeout: float) -> None:
-        """Cancel, or leave a remote job to its trainer, and wait a little: a daemon that shuts down must
-        not leave a half-installed model, or its own trainer burning the CPU it no longer answers for."""
+        """Leave a started job to its trainer (cancel one not started yet) and wait a little: a daemon that
+        shuts down must not leave a half-installed model, nor its own trainer's thread under it."""
         self.leave.set()
-        if not self.remote:
+        if not self.started:
             self.cancel.set()
         self._thread.join(timeout)
 

@@ -19,6 +19,10 @@ model that never heard its source. The shipped model trains on every clip with t
 Outputs (default --out: the package): daemon/builtin/demo.onnx (what the daemon runs),
 trainer/builtin/demo.pt (the base for transfer learning), and the learning curve and confusion matrix
 as PNGs, plus a JSON report.
+
+Each training (an hour or more on a CPU) saves every finished epoch: the same command run again after a
+cut (a reboot, a closed session) goes on from there to the same model (`checkpoint.pt` in a fold's
+folder, `demo.checkpoint.pt` when shipping; removed once the outputs are written).
 """
 
 from __future__ import annotations
@@ -120,9 +124,15 @@ def recipe(epochs: int, seed: int) -> TrainConfig:
 
 
 def train_on(
-    args: argparse.Namespace, codes: np.ndarray, labels: np.ndarray, groups: np.ndarray, effects: bool = True
+    args: argparse.Namespace,
+    codes: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    checkpoint: Path,
+    effects: bool = True,
 ) -> TrainResult:
-    """The recipe, the same for the shipped model and every fold: fixed epochs, every given clip trains."""
+    """The recipe, the same for the shipped model and every fold: fixed epochs, every given clip trains.
+    An hour or more on a CPU: a run cut off goes on from its last epoch at `checkpoint` when started again."""
     from vibrary.daemon.shards import Manifest
     from vibrary.daemon.spectrogram import SpectrogramParams
     from vibrary.trainer.train import train
@@ -134,7 +144,7 @@ def train_on(
         print(f"epoch {p.epoch}/{p.epochs} loss {p.loss:.3f} eta {p.eta_s:.0f}s", file=sys.stderr, flush=True)
 
     aux = load_effects(args.effects) if effects else None
-    return train(manifest, codes, labels, groups, config, progress=progress, aux=aux)
+    return train(manifest, codes, labels, groups, config, progress=progress, aux=aux, checkpoint=checkpoint)
 
 
 def run_fold(args: argparse.Namespace, held: list[str], out: Path) -> dict[str, object]:
@@ -148,9 +158,9 @@ def run_fold(args: argparse.Namespace, held: list[str], out: Path) -> dict[str, 
     test = np.isin(groups, held)
     # The effects corpus plays FluidR3 notes: a fold that holds FluidR3 out must not hear them there either.
     effects = EFFECTS_SOURCE not in held
-    result = train_on(args, codes[~test], labels[~test], groups[~test], effects)
-    predicted = predict(result.net, codes[test])
     out.mkdir(parents=True, exist_ok=True)
+    result = train_on(args, codes[~test], labels[~test], groups[~test], out / "checkpoint.pt", effects)
+    predicted = predict(result.net, codes[test])
     save_base(result, out / "demo.pt")
     fold = {
         "held_out": held,
@@ -161,6 +171,7 @@ def run_fold(args: argparse.Namespace, held: list[str], out: Path) -> dict[str, 
         "predicted": predicted.tolist(),
     }
     (out / "fold.json").write_text(json.dumps(fold))
+    (out / "checkpoint.pt").unlink()
     return fold
 
 
@@ -251,8 +262,9 @@ def ship(args: argparse.Namespace) -> int:
     from vibrary.trainer.export import max_difference, save_base, to_onnx
 
     codes, labels, groups, sources = load_corpus(args.corpus, args.jobs)
-    result = train_on(args, codes, labels, groups)
     out = args.out or ROOT
+    checkpoint = out / "demo.checkpoint.pt"  # gitignored: a cut-off run's, never shipped
+    result = train_on(args, codes, labels, groups, checkpoint)
     onnx_path = out / "daemon" / "builtin" / "demo.onnx" if args.out is None else out / "demo.onnx"
     base_path = out / "trainer" / "builtin" / "demo.pt" if args.out is None else out / "demo.pt"
     docs = ROOT / "docs" if args.out is None else out
@@ -267,6 +279,7 @@ def ship(args: argparse.Namespace) -> int:
     (docs / "demo-learning-curve.png").write_bytes(plots.learning_curve(result.history, title, label))
     summary = {"summary": result.summary(), "train_sources": sorted(set(sources)), "history": result.history}
     (docs / "demo-report.json").write_text(json.dumps(summary, indent=1) + "\n")
+    checkpoint.unlink()
     print(json.dumps(summary))
     return 0
 

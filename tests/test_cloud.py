@@ -514,11 +514,11 @@ def test_a_cloud_job_left_by_a_stopping_daemon_trains_on_and_is_collected_later(
                     index=index,
                     trainer="cloud",
                     base="none",
-                    options={"epochs": 80, "patience": 80},
+                    options={"epochs": 30, "patience": 30},
                     confirm=lambda text: True,
                     progress=progress,
                     leave=leave,
-                    on_remote_job=recorded.append,
+                    on_started=recorded.append,
                 )
             (job,) = recorded
             assert job.trainer == "cloud" and job.instance and seen[-1].state == "training"
@@ -529,7 +529,7 @@ def test_a_cloud_job_left_by_a_stopping_daemon_trains_on_and_is_collected_later(
             seen.clear()
             trained = training.resume(home, job, index=index, progress=seen.append)
         assert [r.returncode for r in instances.runs] == [0], [r.stderr[-2000:] for r in instances.runs]
-        assert trained.row.ref == "kinds@1" and trained.summary["epochs_run"] == 80  # the one run, to its end
+        assert trained.row.ref == "kinds@1" and trained.summary["epochs_run"] == 30  # the one run, to its end
         assert seen[-1].state == "succeeded" and "started before the daemon restarted" in seen[0].message
         assert _states(aws["ec2"]) == ["terminated"] and _keys(aws["s3"], "jobs/") == []  # cleaned up then
     finally:

@@ -337,7 +337,7 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         assert "training mine: cancelled" in vibrary("status", home=home).stdout
         assert sorted(m.version for m in c.models() if m.name == "mine") == [1, 2]
 
-        # a daemon told to stop mid-training cancels it, exits cleanly and installs nothing
+        # a daemon told to stop mid-training suspends it (its next start goes on with it), exits cleanly
         leaving = Client(home_dir=home)
         next(iter(leaving.train("mine", options=json.dumps({"epochs": 500, "patience": 500}))))
         leaving.close()

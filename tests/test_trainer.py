@@ -23,8 +23,10 @@ import grpc  # noqa: E402
 from vibrary.clients.client import Client, DaemonError  # noqa: E402
 from vibrary.clients.trainer_client import TrainerClient  # noqa: E402
 from vibrary.daemon import config, shards  # noqa: E402
+from vibrary.daemon.index import Index  # noqa: E402
 from vibrary.daemon.infer import Model  # noqa: E402
 from vibrary.daemon.spectrogram import SpectrogramParams, log_mel, quantize  # noqa: E402
+from vibrary.daemon.training import JobRecord, TrainingError, TrainProgress, resume  # noqa: E402
 from vibrary.proto import daemon_pb2  # noqa: E402
 from vibrary.proto import trainer_pb2 as pb  # noqa: E402
 from vibrary.trainer.augment import augment  # noqa: E402
@@ -218,7 +220,7 @@ def test_cancel_mid_training_leaves_no_model(trainer_service: str, tmp_path: Pat
         assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_a_restarted_trainer_keeps_finished_jobs_and_fails_the_interrupted_one(tmp_path: Path) -> None:
+def test_a_restarted_trainer_keeps_finished_jobs_and_goes_on_with_the_interrupted_one(tmp_path: Path) -> None:
     manifest, blobs = _manifest_and_blobs(per_kind=30)
     _store(blobs, tmp_path)
     home = tmp_path / "trainer-home"
@@ -229,8 +231,13 @@ def test_a_restarted_trainer_keeps_finished_jobs_and_fails_the_interrupted_one(t
             done = client.start(manifest, "d", "none", json.dumps({"epochs": 2, "patience": 10}))
             assert list(client.watch(done.id))[-1].state == pb.Job.SUCCEEDED
             result = client.download(done.id)
-            busy = client.start(manifest, "b", "none", json.dumps({"epochs": 500, "patience": 500}))
-            next(u for u in client.watch(busy.id) if u.epoch >= 1)  # training is under way
+            busy = client.start(manifest, "b", "none", json.dumps({"epochs": 20, "patience": 20}))
+            next(u for u in client.watch(busy.id) if u.epoch >= 2)  # training is under way
+        proc.terminate()  # a clean stop (SIGTERM) suspends the job
+        assert proc.wait(timeout=60) == 0
+        proc, target = _start_trainer(home)
+        with TrainerClient(target) as client:
+            gone_on = next(u for u in client.watch(busy.id) if u.epoch >= 4)
         proc.kill()  # no clean shutdown: kill -9 mid-epoch
         proc.wait(timeout=30)
         proc, target = _start_trainer(home)
@@ -238,9 +245,13 @@ def test_a_restarted_trainer_keeps_finished_jobs_and_fails_the_interrupted_one(t
             jobs = {j.id: j for j in client.jobs()}
             assert jobs[done.id].state == pb.Job.SUCCEEDED and json.loads(jobs[done.id].summary)
             assert client.download(done.id) == result  # the finished model is still there, byte for byte
-            assert jobs[busy.id].state == pb.Job.FAILED and "stopped while this job was running" in jobs[busy.id].error
-            assert list(client.watch(busy.id))[-1].state == pb.Job.FAILED  # a watcher is told, not left waiting
-            assert client.missing(manifest) == []  # the shards survived: starting again uploads nothing
+            assert jobs[busy.id].state in (pb.Job.QUEUED, pb.Job.RUNNING)  # taken up again
+            final = list(client.watch(busy.id))[-1]
+            assert final.state == pb.Job.SUCCEEDED
+            summary = json.loads(final.summary)
+            assert summary["epochs_run"] == 20 and summary["resumed_from_epoch"] >= gone_on.epoch
+            assert not list(home.glob("trainer/tenants/*/jobs/*/checkpoint.pt"))  # removed once the job is over
+            assert client.missing(manifest) == []  # the shards survived
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -348,24 +359,45 @@ def test_a_daemon_restarted_mid_training_collects_the_remote_job(
         d.stop()
 
 
-def test_a_training_cut_off_by_a_crash_is_reported_at_the_next_start(model_home: Path, tmp_path: Path) -> None:
+def test_the_daemons_own_training_goes_on_from_its_last_epoch_after_a_stop_or_a_crash(
+    model_home: Path, tmp_path: Path
+) -> None:
     write_kinds(tmp_path / "examples", per_kind=8, seed=1)
     vibrary("dataset", "create", "--json", "kinds", str(tmp_path / "examples"), home=model_home)
+    record = config.training_path(model_home)
     d = start_daemon(model_home)
     try:
         with Client(home_dir=model_home) as leaving:  # the daemon's own trainer, the default
-            next(iter(leaving.train("kinds", base="none", options=json.dumps({"epochs": 500, "patience": 500}))))
-        wait_for(lambda: d.client.status().training.epoch >= 1, timeout=120)
-        d.stop(signal.SIGKILL)  # its trainer dies with it
+            next(iter(leaving.train("kinds", base="none", options=json.dumps({"epochs": 12, "patience": 12}))))
+        wait_for(lambda: d.client.status().training.epoch >= 2, timeout=120)
+        assert d.stop() == 0  # a clean stop (logout, reboot) suspends the job instead of cancelling it
+        assert "Traceback" not in d.log()
+        (checkpoint,) = model_home.glob("trainer/tenants/*/jobs/*/checkpoint.pt")
+        (job_file,) = model_home.glob("trainer/tenants/*/jobs/*/job.json")
+        assert record.exists()
+
         d = start_daemon(model_home)
-        failed = daemon_pb2.TrainProgress.FAILED
-        wait_for(lambda: d.client.status().training.state == failed, timeout=30)
-        told = d.client.status().training
-        assert told.dataset == "kinds" and "daemon stopped while its own trainer trained" in told.error
-        assert "kinds" not in {m.name for m in d.client.models()}
-        assert not config.training_path(model_home).exists()  # said once, not at every start
+        wait_for(lambda: d.client.status().training.epoch >= 4, timeout=120)
+        d.stop(signal.SIGKILL)  # a crash mid-epoch: the trainer dies with the daemon
+        d = start_daemon(model_home)
+        done = daemon_pb2.TrainProgress.SUCCEEDED
+        wait_for(lambda: d.client.status().training.state == done, timeout=300)
+        assert d.client.status().training.model == "kinds@1"
+        assert {m.name: m.active for m in d.client.models()}["kinds"]
+        summary = json.loads(json.loads(job_file.read_text())["job"]["summary"])
+        assert summary["epochs_run"] == 12 and summary["resumed_from_epoch"] >= 3  # not trained from scratch
+        assert list(model_home.glob("trainer/tenants/*/jobs/*/job.json")) == [job_file]  # the one job
+        assert not checkpoint.exists() and not record.exists() and "Traceback" not in d.log()
     finally:
         d.stop()
+
+
+def test_a_training_cut_off_before_a_trainer_had_it_is_reported_at_the_next_start(model_home: Path) -> None:
+    told: list[TrainProgress] = []
+    with contextlib.closing(Index(config.index_path(model_home))) as index, pytest.raises(TrainingError):
+        resume(model_home, JobRecord("kinds", "kinds", "local"), index=index, progress=told.append)
+    assert told[-1].state == "failed" and told[-1].dataset == "kinds"
+    assert "before its own trainer had the job: start the training again" in told[-1].error
 
 
 def test_export_matches_torch_and_the_daemon_loads_it(tmp_path: Path) -> None:
@@ -428,16 +460,16 @@ def test_a_remote_trainer_needs_a_token(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="without a token"):
         serve(tmp_path, "0.0.0.0:0")
-    server, port = serve(tmp_path, "127.0.0.1:0", token="t0k")
+    serving = serve(tmp_path, "127.0.0.1:0", token="t0k")
     try:
         manifest, _ = _manifest_and_blobs()
-        with TrainerClient(f"127.0.0.1:{port}", token="nope") as bad, pytest.raises(DaemonError) as err:
+        with TrainerClient(f"127.0.0.1:{serving.port}", token="nope") as bad, pytest.raises(DaemonError) as err:
             bad.missing(manifest)
         assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
-        with TrainerClient(f"127.0.0.1:{port}", token="t0k") as good:
+        with TrainerClient(f"127.0.0.1:{serving.port}", token="t0k") as good:
             assert len(good.missing(manifest)) == len(manifest.shards)
     finally:
-        server.stop(grace=0)
+        serving.stop(grace=0)
 
 
 def test_daemon_and_clients_never_import_torch() -> None:

@@ -39,11 +39,11 @@ def shared(home: Path, tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, st
     """A trainer with two users, each with their own token, as `vibrary trainer token add` makes them."""
     data = tmp_path / "trainer"
     tokens = {user: _add_user(home, data, user) for user in ("alice", "bob")}
-    server, port = serve(data, "127.0.0.1:0")
+    serving = serve(data, "127.0.0.1:0")
     try:
-        yield f"127.0.0.1:{port}", data, tokens
+        yield f"127.0.0.1:{serving.port}", data, tokens
     finally:
-        server.stop(grace=0)
+        serving.stop(grace=0)
 
 
 def _code(call: object) -> grpc.StatusCode:
@@ -142,8 +142,8 @@ def test_tls_end_to_end_with_a_certificate_made_here(home: Path, tmp_path: Path)
     other_cert, _ = _self_signed(tmp_path)
     manifest, blobs = _manifest_and_blobs(per_kind=4)
     _store(blobs, tmp_path)
-    server, port = serve(tmp_path / "trainer", "127.0.0.1:0", token="s3cret", tls_cert=cert, tls_key=key)
-    target = f"127.0.0.1:{port}"
+    serving = serve(tmp_path / "trainer", "127.0.0.1:0", token="s3cret", tls_cert=cert, tls_key=key)
+    target = f"127.0.0.1:{serving.port}"
     try:
         with TrainerClient(target, "s3cret", tls_ca=cert) as client:
             assert client.upload(manifest, tmp_path) == manifest.size
@@ -161,7 +161,7 @@ def test_tls_end_to_end_with_a_certificate_made_here(home: Path, tmp_path: Path)
         refused = vibrary("trainer", "health", "--target", target, "--timeout", "3", home=home, check=False)
         assert refused.returncode == 1
     finally:
-        server.stop(grace=0)
+        serving.stop(grace=0)
 
 
 def test_serve_refuses_half_a_tls_setup_and_an_open_port_off_loopback(tmp_path: Path) -> None:
@@ -177,8 +177,8 @@ def test_a_trainer_on_the_network_stays_closed_to_strangers(home: Path, tmp_path
 
     data = tmp_path / "trainer"
     token = _add_user(home, data, "carol")
-    server, port = serve(data, "0.0.0.0:0")
-    target = f"127.0.0.1:{port}"
+    serving = serve(data, "0.0.0.0:0")
+    target = f"127.0.0.1:{serving.port}"
     manifest, _ = _manifest_and_blobs()
     try:
         with grpc.insecure_channel(target) as channel:  # health answers anyone; reflection only users
@@ -196,7 +196,7 @@ def test_a_trainer_on_the_network_stays_closed_to_strangers(home: Path, tmp_path
         with TrainerClient(target) as nobody:
             assert _code(lambda: nobody.missing(manifest)) == grpc.StatusCode.UNAUTHENTICATED
     finally:
-        server.stop(grace=0)
+        serving.stop(grace=0)
 
 
 def test_own_gpu_box_story_serve_with_tls_and_a_user_token_then_train_from_the_cli(

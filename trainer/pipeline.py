@@ -4,6 +4,7 @@ the cloud job (trainer/s3job.py), so a model trained anywhere is checked and pac
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 from vibrary.daemon.shards import Manifest, unpack
@@ -24,15 +25,19 @@ def train_to_files(
     config: TrainConfig,
     progress: Callable[[Progress], None] = lambda p: None,
     cancelled: Callable[[], bool] = lambda: False,
+    checkpoint: Path | None = None,
 ) -> tuple[dict[str, bytes], TrainResult]:
     """Train on the manifest's shards (their bytes, in manifest order); returns RESULT_FILES and the result.
-    The exported ONNX model is compared with the torch network before anything is returned."""
+    The exported ONNX model is compared with the torch network before anything is returned. `checkpoint`:
+    as in `train`."""
     parts = [unpack(blob, manifest.params, len(manifest.classes)) for blob in blobs]
     codes = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     groups = np.concatenate([p[2] for p in parts])
     base_state, base_name = load_base(base or "demo")
-    result = train(manifest, codes, labels, groups, config, base_state, base_name, progress, cancelled)
+    result = train(
+        manifest, codes, labels, groups, config, base_state, base_name, progress, cancelled, checkpoint=checkpoint
+    )
     progress(Progress("exporting"))
     name = name or manifest.name
     model = to_onnx(result, name)

@@ -6,9 +6,9 @@ name. Jobs run one at a time in a background thread (a second job would only hal
 their files are written under temporary names and renamed when complete, so a cancelled or failed job
 never leaves a half-written model behind. Each job's record (`job.json` in its folder) is rewritten at
 every change of state, so a restarted trainer still lists its jobs and serves the results of finished
-ones; a job that was queued or running when the trainer stopped is marked failed, because whoever was
-waiting for it lost the connection, and training it anyway would spend hours (on a cloud GPU: money)
-for no one.
+ones. A job that was queued or running when the trainer stopped (a reboot, a crash, `Serving.stop`) is
+queued again at the next start and goes on from its last finished epoch (`checkpoint.pt` in its folder,
+trainer/checkpoint.py): the daemon that started it reconnects, or collects it at its own next start.
 
 Every call belongs to the user its token names (trainer/tenants.py), and every user has a folder of
 their own for shards and jobs. Shards are content-addressed, so sharing them would save disk, but then
@@ -25,6 +25,7 @@ import re
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -47,6 +48,7 @@ CHUNK = 1 << 20
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _TERMINAL = (pb.Job.SUCCEEDED, pb.Job.FAILED, pb.Job.CANCELLED)
 RECORD = "job.json"
+CHECKPOINT = "checkpoint.pt"
 
 
 class _JobState:
@@ -103,13 +105,21 @@ class TrainerService(pb_grpc.TrainerServicer):
         self.root = root
         self.tenants = tenants or Tenants(root)
         self.jobs: dict[str, _JobState] = {}
+        self._queue: queue.Queue[_JobState | None] = queue.Queue()  # None: the runner's end
+        self._suspended = threading.Event()
         self._restore()
-        self._queue: queue.Queue[_JobState] = queue.Queue()
         self._runner = threading.Thread(target=self._run_jobs, name="trainer", daemon=True)
         self._runner.start()
 
+    def suspend(self, timeout: float = 30.0) -> None:
+        """Stop the job in training at its next step, leaving it on record as running (it goes on from its
+        last epoch at the next start), and end the runner: a process must not exit under a training thread."""
+        self._suspended.set()
+        self._queue.put(None)
+        self._runner.join(timeout)
+
     def _restore(self) -> None:
-        """The jobs of this trainer's earlier runs, from their records."""
+        """The jobs of this trainer's earlier runs, from their records; unfinished ones are queued again."""
         for path in sorted(self.root.glob(f"tenants/*/jobs/*/{RECORD}")):
             try:
                 job = _JobState.load(path)
@@ -120,13 +130,9 @@ class TrainerService(pb_grpc.TrainerServicer):
                 log.warning("%s: names user %r, but lies in another user's folder; skipped", path, job.user)
                 continue
             if job.job.state not in _TERMINAL:
-                was = "running" if job.job.state == pb.Job.RUNNING else "queued"
-                job.update(
-                    state=pb.Job.FAILED,
-                    phase="failed",
-                    error=f"the trainer stopped while this job was {was}; start it again "
-                    "(its shards are kept: nothing is uploaded twice)",
-                )
+                log.info("job %s was cut off: queued again, to go on from its last finished epoch", job.job.id)
+                job.update(state=pb.Job.QUEUED, phase="queued")
+                self._queue.put(job)
             self.jobs[job.job.id] = job
 
     # -- who is asking -------------------------------------------------------------------------------
@@ -261,20 +267,23 @@ class TrainerService(pb_grpc.TrainerServicer):
 
     # -- the runner ----------------------------------------------------------------------------------
     def _run_jobs(self) -> None:
-        while True:
-            job = self._queue.get()
+        while (job := self._queue.get()) is not None and not self._suspended.is_set():
             if job.cancel.is_set():
                 continue
             job.update(state=pb.Job.RUNNING, phase="loading")
             try:
                 self._run(job)
             except Cancelled:
+                if not job.cancel.is_set():  # suspended: on record as running, for the next start
+                    log.info("job %s suspended at epoch %d", job.job.id, job.job.epoch)
+                    return
                 job.update(state=pb.Job.CANCELLED, phase="cancelled")
             except (ShardError, ValueError, FileNotFoundError) as e:
                 job.update(state=pb.Job.FAILED, phase="failed", error=str(e))
             except Exception as e:  # a bug fails the job, never the service
                 log.exception("job %s failed", job.job.id)
                 job.update(state=pb.Job.FAILED, phase="failed", error=f"internal error: {e}")
+            (job.out / CHECKPOINT).unlink(missing_ok=True)  # over, however it ended
 
     def _run(self, job: _JobState) -> None:
         shard_dir = self._folder(job.user, "shards")
@@ -287,7 +296,14 @@ class TrainerService(pb_grpc.TrainerServicer):
 
         name = job.request.name or job.manifest.name
         files, result = train_to_files(
-            job.manifest, blobs, name, job.request.base or "demo", job.config, progress, job.cancel.is_set
+            job.manifest,
+            blobs,
+            name,
+            job.request.base or "demo",
+            job.config,
+            progress,
+            lambda: job.cancel.is_set() or self._suspended.is_set(),
+            job.out / CHECKPOINT,
         )
         for file_name, data in files.items():
             (job.out / f"{file_name}.part").write_bytes(data)
@@ -297,10 +313,24 @@ class TrainerService(pb_grpc.TrainerServicer):
         )
 
 
+@dataclass
+class Serving:
+    """A started trainer: its gRPC server, the port it listens on, and the service behind it."""
+
+    server: grpc.Server
+    port: int
+    service: TrainerService
+
+    def stop(self, grace: float | None) -> None:
+        """Stop serving; a job in training is suspended (`TrainerService.suspend`) to go on at the next start."""
+        self.service.suspend()
+        self.server.stop(grace).wait()
+
+
 def serve(
     root: Path, listen: str, token: str = "", tls_cert: bytes | None = None, tls_key: bytes | None = None
-) -> tuple[grpc.Server, int]:
-    """Start the trainer on listen (HOST:PORT, port 0 picks one); returns the server and its port.
+) -> Serving:
+    """Start the trainer on listen (HOST:PORT, port 0 picks one).
 
     Off loopback a token is required (`token`, or users in root/tokens.json); with tls_cert and tls_key
     (PEM) the trainer speaks only TLS, so tokens and spectrograms never cross a network in the clear."""
@@ -320,4 +350,4 @@ def serve(
     if port == 0:
         raise ValueError(f"cannot listen on {listen}")
     server.start()
-    return server, port
+    return Serving(server, port, service)

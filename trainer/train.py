@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from vibrary.daemon.shards import Manifest, ShardError
 from vibrary.daemon.spectrogram import SpectrogramParams, dequantize
 
+from . import checkpoint as snapshot
 from .augment import augment, mixup
 from .network import TagNet
 
@@ -98,6 +100,7 @@ class TrainResult:
     confusion: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
     val_accuracy: float = 0.0
     best_epoch: int = 0
+    resumed_from_epoch: int = 0  # the epoch a cut-off training went on from (trainer/checkpoint.py); 0: never cut
     seconds: float = 0.0
     train_clips: int = 0
     val_clips: int = 0
@@ -109,6 +112,7 @@ class TrainResult:
             "val_accuracy": round(self.val_accuracy, 4),
             "best_epoch": self.best_epoch,
             "epochs_run": len(self.history),
+            "resumed_from_epoch": self.resumed_from_epoch,
             "seconds": round(self.seconds, 1),
             "train_clips": self.train_clips,
             "val_clips": self.val_clips,
@@ -166,7 +170,10 @@ def train(
     progress: Callable[[Progress], None] = lambda p: None,
     cancelled: Callable[[], bool] = lambda: False,
     aux: AuxTask | None = None,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
+    """With `checkpoint`, every finished epoch is saved there and a training found there goes on from it
+    (trainer/checkpoint.py); the file is left for the caller to remove once the result is safe."""
     started = time.monotonic()
     check_counts(labels, manifest.classes)
     params = manifest.params
@@ -241,7 +248,19 @@ def train(
         _imprint(net, rng.permutation(train_idx), batch, n_classes=len(manifest.classes), batch_size=config.batch_size)
     best_state, best_acc, since_best = copy.deepcopy(net.state_dict()), -math.inf, 0  # scores can be < -1
     n_classes = len(manifest.classes)
-    for epoch in range(1, config.epochs + 1):
+    key = snapshot.fingerprint(config, base_name, codes, labels, groups, *((aux.codes, aux.labels) if aux else ()))
+    modules = {"net": net, "aux_head": aux_head, "optimizer": optimizer, "scheduler": scheduler}
+    first, spent = 1, 0.0  # the epoch to start from; seconds trained before a resume
+    resumed = snapshot.load(checkpoint, key)
+    if resumed is not None:
+        snapshot.restore(resumed, modules, rng, gen)
+        best_state, best_acc, since_best = resumed["best_state"], resumed["best_acc"], resumed["since_best"]
+        result.best_epoch, result.history = resumed["best_epoch"], resumed["history"]
+        result.resumed_from_epoch, spent = resumed["epoch"], resumed["seconds"]
+        first = result.resumed_from_epoch + 1
+    for epoch in range(first, config.epochs + 1):
+        if since_best >= config.patience:
+            break
         epoch_start = time.monotonic()
         net.train()
         order = rng.permutation(train_idx)
@@ -281,13 +300,26 @@ def train(
                 "seconds": time.monotonic() - epoch_start,
             }
         )
-        eta = (time.monotonic() - started) / epoch * (config.epochs - epoch)
+        if checkpoint is not None:
+            snapshot.save(
+                checkpoint,
+                snapshot.capture(modules, rng, gen)
+                | {
+                    "key": key,
+                    "epoch": epoch,
+                    "seconds": spent + time.monotonic() - started,
+                    "best_state": best_state,
+                    "best_acc": best_acc,
+                    "since_best": since_best,
+                    "best_epoch": result.best_epoch,
+                    "history": result.history,
+                },
+            )
+        eta = (time.monotonic() - started) / (epoch - first + 1) * (config.epochs - epoch)
         progress(Progress("training", epoch, config.epochs, train_loss, val_acc, eta))
-        if since_best >= config.patience:
-            break
     net.load_state_dict(best_state)
     _, result.val_accuracy, result.confusion = _evaluate(net, val_idx, batch, n_classes, config.batch_size)
-    result.seconds = time.monotonic() - started
+    result.seconds = spent + time.monotonic() - started
     net.cpu().eval()
     return result
 
