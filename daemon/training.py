@@ -252,7 +252,8 @@ def resume(
         if job.trainer == "cloud":
             files = _from_cloud(job, report, cancel, leave)
         else:
-            with _trainer_at(home_dir, job.trainer) as address, TrainerClient(address, job.token) as client:
+            at = _trainer_at(home_dir, job.trainer, job.job_id)
+            with at as address, TrainerClient(address, job.token) as client:
                 files = _collect(client, job.job_id, report, cancel, leave)
         return _installed(index, home_dir, files, job.name, report)
 
@@ -306,9 +307,10 @@ def _install(index: Index, home_dir: Path, files: dict[str, bytes], name: str) -
 
 
 @contextlib.contextmanager
-def _trainer_at(home_dir: Path, trainer: str) -> Iterator[str]:
+def _trainer_at(home_dir: Path, trainer: str, resume: str = "") -> Iterator[str]:
     """The address of `trainer`: HOST:PORT as it is, or "local", the daemon's own trainer, started in this
-    process for as long as the job is followed (and its job suspended on the way out, to go on later)."""
+    process for as long as the job is followed (and its job suspended on the way out, to go on later).
+    The local trainer takes up again only the job `resume` names: any other it was cut off in is failed."""
     if trainer != "local":
         yield trainer
         return
@@ -319,7 +321,7 @@ def _trainer_at(home_dir: Path, trainer: str) -> Iterator[str]:
             f"the local trainer needs PyTorch ({e.name} is missing): pip install 'vibrary[trainer]', "
             "or name a remote trainer (HOST:PORT)"
         ) from None
-    serving = serve(home_dir / "trainer", "127.0.0.1:0")
+    serving = serve(home_dir / "trainer", "127.0.0.1:0", resume=[resume] if resume else [])
     try:
         yield f"127.0.0.1:{serving.port}"
     finally:

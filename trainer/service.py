@@ -8,7 +8,9 @@ never leaves a half-written model behind. Each job's record (`job.json` in its f
 every change of state, so a restarted trainer still lists its jobs and serves the results of finished
 ones. A job that was queued or running when the trainer stopped (a reboot, a crash, `Serving.stop`) is
 queued again at the next start and goes on from its last finished epoch (`checkpoint.pt` in its folder,
-trainer/checkpoint.py): the daemon that started it reconnects, or collects it at its own next start.
+trainer/checkpoint.py): the daemon that started it reconnects, or collects it at its own next start. A
+trainer started for one caller (the daemon's own, `resume`) takes up only the jobs it is told to and
+fails the others, which nobody waits for (a `vibrary train` stopped by Ctrl-C).
 
 Every call belongs to the user its token names (trainer/tenants.py), and every user has a folder of
 their own for shards and jobs. Shards are content-addressed, so sharing them would save disk, but then
@@ -24,7 +26,7 @@ import queue
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,13 +103,14 @@ class _JobState:
 
 
 class TrainerService(pb_grpc.TrainerServicer):
-    def __init__(self, root: Path, tenants: Tenants | None = None) -> None:
+    def __init__(self, root: Path, tenants: Tenants | None = None, resume: Collection[str] | None = None) -> None:
+        """`resume`: the ids of the unfinished jobs to take up again; None: all of them."""
         self.root = root
         self.tenants = tenants or Tenants(root)
         self.jobs: dict[str, _JobState] = {}
         self._queue: queue.Queue[_JobState | None] = queue.Queue()  # None: the runner's end
         self._suspended = threading.Event()
-        self._restore()
+        self._restore(resume)
         self._runner = threading.Thread(target=self._run_jobs, name="trainer", daemon=True)
         self._runner.start()
 
@@ -118,7 +121,7 @@ class TrainerService(pb_grpc.TrainerServicer):
         self._queue.put(None)
         self._runner.join(timeout)
 
-    def _restore(self) -> None:
+    def _restore(self, resume: Collection[str] | None) -> None:
         """The jobs of this trainer's earlier runs, from their records; unfinished ones are queued again."""
         for path in sorted(self.root.glob(f"tenants/*/jobs/*/{RECORD}")):
             try:
@@ -129,10 +132,15 @@ class TrainerService(pb_grpc.TrainerServicer):
             if job.user != path.parent.parent.parent.name:
                 log.warning("%s: names user %r, but lies in another user's folder; skipped", path, job.user)
                 continue
-            if job.job.state not in _TERMINAL:
+            unfinished = job.job.state not in _TERMINAL
+            if unfinished and (resume is None or job.job.id in resume):
                 log.info("job %s was cut off: queued again, to go on from its last finished epoch", job.job.id)
                 job.update(state=pb.Job.QUEUED, phase="queued")
                 self._queue.put(job)
+            elif unfinished:
+                was = "running" if job.job.state == pb.Job.RUNNING else "queued"
+                job.update(state=pb.Job.FAILED, phase="failed", error=f"the trainer stopped while this job was {was}")
+                (job.out / CHECKPOINT).unlink(missing_ok=True)
             self.jobs[job.job.id] = job
 
     # -- who is asking -------------------------------------------------------------------------------
@@ -328,9 +336,14 @@ class Serving:
 
 
 def serve(
-    root: Path, listen: str, token: str = "", tls_cert: bytes | None = None, tls_key: bytes | None = None
+    root: Path,
+    listen: str,
+    token: str = "",
+    tls_cert: bytes | None = None,
+    tls_key: bytes | None = None,
+    resume: Collection[str] | None = None,
 ) -> Serving:
-    """Start the trainer on listen (HOST:PORT, port 0 picks one).
+    """Start the trainer on listen (HOST:PORT, port 0 picks one); `resume` as in TrainerService.
 
     Off loopback a token is required (`token`, or users in root/tokens.json); with tls_cert and tls_key
     (PEM) the trainer speaks only TLS, so tokens and spectrograms never cross a network in the clear."""
@@ -339,7 +352,7 @@ def serve(
         raise ValueError(f"refusing to serve on {listen} without a token: only loopback is open to all")
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("TLS needs both a certificate and its key")
-    service = TrainerService(root, tenants)
+    service = TrainerService(root, tenants, resume)
     # strangers get nothing but health checks; an open loopback trainer needs no check at all
     check = "" if tenants.open else (lambda authorization: tenants.user(authorization) is not None)
     server = make_server(lambda s: pb_grpc.add_TrainerServicer_to_server(service, s), [SERVICE_NAME], check, workers=8)
