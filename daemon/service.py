@@ -118,7 +118,7 @@ class Daemon:
         self.watcher.stop()
         self._feeder.join()
         if self.training is not None and not self.training.finished:
-            self.training.stop(timeout=40.0)  # its own trainer's job is suspended within 30 s
+            self.training.stop(timeout=15.0)  # its own trainer's job is suspended within 10 s
         self.status_events.stop()
         self.pipeline.close()
         self.index.close()

@@ -114,9 +114,11 @@ class TrainerService(pb_grpc.TrainerServicer):
         self._runner = threading.Thread(target=self._run_jobs, name="trainer", daemon=True)
         self._runner.start()
 
-    def suspend(self, timeout: float = 30.0) -> None:
-        """Stop the job in training at its next step, leaving it on record as running (it goes on from its
-        last epoch at the next start), and end the runner: a process must not exit under a training thread."""
+    def suspend(self, timeout: float = 10.0) -> None:
+        """Stop the job in training at its next batch, leaving it on record as running (it goes on from its
+        last epoch at the next start), and end the runner, so the process does not exit under a training
+        thread. A runner still busy after `timeout` (loading a large dataset) is left: its job resumes all
+        the same, and a shutdown must not hang on it."""
         self._suspended.set()
         self._queue.put(None)
         self._runner.join(timeout)

@@ -221,6 +221,10 @@ def train(
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
     def batch(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every pass (training, batch-norm statistics, evaluation) asks for its clips here, so a cancel or
+        a suspension (trainer/service.py) is heard within one batch, whatever the phase."""
+        if cancelled():
+            raise Cancelled("training cancelled")
         x = torch.from_numpy(dequantize(x_all[idx].numpy(), params)).to(device)
         return x, y_all[idx].to(device)
 
@@ -266,8 +270,6 @@ def train(
         order = rng.permutation(train_idx)
         total = 0.0
         for start in range(0, len(order), config.batch_size):
-            if cancelled():
-                raise Cancelled("training cancelled")
             x, y = batch(order[start : start + config.batch_size])
             x, targets = prepared(x, y, n_classes, config.masks)
             if aux is None or aux_head is None:
