@@ -65,6 +65,7 @@ class _JobState:
         self.out = out
         self.cancel = threading.Event()
         self.changed = threading.Condition()
+        self.history: list[pb.Job] = []  # every update in this process, in order: a watcher misses none
 
     def update(self, **fields: object) -> None:
         with self.changed:
@@ -72,6 +73,7 @@ class _JobState:
                 setattr(self.job, key, value)
             if "state" in fields:
                 self.save()
+            self.history.append(self.snapshot())
             self.changed.notify_all()
 
     def save(self) -> None:
@@ -241,17 +243,22 @@ class TrainerService(pb_grpc.TrainerServicer):
         return pb.JobList(jobs=[job.snapshot() for job in list(self.jobs.values()) if job.user == user])
 
     def WatchJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> Iterator[pb.Job]:
+        """The job as it is now, then every update after it in order (an epoch is never skipped for the
+        next one having come fast), until it ends or the caller goes."""
         job = self._job(request, context)
-        last = None
-        while context.is_active():
-            current = job.snapshot()
-            if current != last:
-                yield current
-                last = current
-            if current.state in _TERMINAL:
+        with job.changed:
+            pending, seen = [job.snapshot()], len(job.history)
+        while True:
+            for update in pending:
+                yield update
+                if update.state in _TERMINAL:
+                    return
+            if not context.is_active():
                 return
             with job.changed:
-                job.changed.wait(0.5)
+                if len(job.history) == seen:
+                    job.changed.wait(0.5)
+                pending, seen = job.history[seen:], len(job.history)
 
     def CancelJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.Job:
         job = self._job(request, context)
