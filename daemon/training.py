@@ -249,6 +249,8 @@ def resume(
             message=f"following job {job.job_id} on {trainer}, started before the daemon restarted",
         )
         on_started(job)
+        if leave is not None and leave.is_set():  # stopped as it starts: do not start a trainer only to stop it
+            raise Detached(f"left job {job.job_id} to the next start")
         if job.trainer == "cloud":
             files = _from_cloud(job, report, cancel, leave)
         else:
@@ -361,7 +363,13 @@ def _on_trainer(
         report(state="waiting", uploaded_bytes=manifest.size, message="waiting for the trainer")
         job.job_id = client.start(manifest, job.name, base, options).id
         on_started(job)
-        return _collect(client, job.job_id, report, cancel, leave)
+        try:
+            return _collect(client, job.job_id, report, cancel, leave)
+        except BaseException:  # Ctrl-C on `vibrary train` included: with no `leave`, nobody comes back for it
+            if leave is None:
+                with contextlib.suppress(Exception):
+                    client.cancel(job.job_id)
+            raise
 
 
 def _collect(

@@ -62,7 +62,7 @@ def test_a_checkpoint_of_another_training_or_a_torn_one_starts_afresh(tmp_path: 
     other: list[int] = []
     _train(TrainConfig(epochs=3, val_fraction=0, seed=1), checkpoint, other)  # another seed: another training
     assert other == [1, 2, 3]
-    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])  # the seed-1 run's, finished: intact, it runs nothing
     torn: list[int] = []
-    _train(TrainConfig(epochs=2, val_fraction=0, seed=1), checkpoint, torn)
-    assert torn == [1, 2]
+    _train(TrainConfig(epochs=3, val_fraction=0, seed=1), checkpoint, torn)
+    assert torn == [1, 2, 3]

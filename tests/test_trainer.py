@@ -392,25 +392,33 @@ def test_the_daemons_own_training_goes_on_from_its_last_epoch_after_a_stop_or_a_
         d.stop()
 
 
-def test_a_train_command_stopped_by_ctrl_c_leaves_no_job_to_train_on(model_home: Path, tmp_path: Path) -> None:
-    """Nobody will collect the job of a `vibrary train` the user interrupted: the next local trainer fails
-    it instead of training it first (the daemon's own jobs are taken up by name, `resume`)."""
+def test_a_train_command_stopped_by_ctrl_c_or_killed_leaves_no_job_to_train_on(
+    model_home: Path, tmp_path: Path
+) -> None:
+    """Nobody will collect the job of a `vibrary train` that is gone: Ctrl-C cancels it, and after a kill
+    the next local trainer fails it instead of training it first (the daemon's own jobs are taken up by
+    name, `resume`)."""
     write_kinds(tmp_path / "examples", per_kind=8, seed=1)
     vibrary("dataset", "create", "--json", "kinds", str(tmp_path / "examples"), home=model_home)
-    args = [sys.executable, "-m", "vibrary.clients.cli", "train", "kinds", "--base", "none", "--epochs", "500"]
-    proc = subprocess.Popen(args, env={**os.environ, "VIBRARY_HOME": str(model_home)}, stderr=subprocess.PIPE)
     jobs = model_home / "trainer" / "tenants"
-    try:
-        wait_for(lambda: any(jobs.glob("*/jobs/*/checkpoint.pt")), timeout=120)  # an epoch is done
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
-    finally:
-        proc.kill()
-    (interrupted,) = jobs.glob("*/jobs/*/job.json")
+    records: list[Path] = []
+    for stop in (signal.SIGINT, signal.SIGKILL):
+        args = [sys.executable, "-m", "vibrary.clients.cli", "train", "kinds", "--base", "none", "--epochs", "500"]
+        proc = subprocess.Popen(args, env={**os.environ, "VIBRARY_HOME": str(model_home)}, stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: any(jobs.glob("*/jobs/*/checkpoint.pt")), timeout=120)  # an epoch is done
+            proc.send_signal(stop)
+            assert proc.wait(timeout=60) == (130 if stop == signal.SIGINT else -signal.SIGKILL)
+        finally:
+            proc.kill()
+        records += [r for r in jobs.glob("*/jobs/*/job.json") if r not in records]
+    interrupted, killed = records
+    assert json.loads(interrupted.read_text())["job"]["state"] == "CANCELLED"
+    assert not (interrupted.parent / "checkpoint.pt").exists()
     trained = json_lines(vibrary("train", "kinds", "--json", "--base", "none", "--epochs", "1", home=model_home).stdout)
     assert trained[-1]["summary"]["epochs_run"] == 1
-    record = json.loads(interrupted.read_text())["job"]
-    assert record["state"] == "FAILED" and "stopped while this job was running" in record["error"]
+    record = json.loads(killed.read_text())["job"]
+    assert record["state"] == "FAILED" and "nobody was left to collect it" in record["error"]
     assert not list(jobs.glob("*/jobs/*/checkpoint.pt"))
 
 

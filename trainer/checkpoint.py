@@ -1,6 +1,6 @@
-"""An epoch-by-epoch snapshot of a training, so that one cut off (a reboot, a session's end, a spot GPU
-taken back) goes on from its last finished epoch instead of from scratch: an hour of CPU training is an
-hour a producer does not want to spend twice.
+"""An epoch-by-epoch snapshot of a training, so that one cut off (a reboot, a logout, a crash) goes on
+from its last finished epoch instead of from scratch: an hour of CPU training is an hour a producer does
+not want to spend twice. (A cloud job, trainer/s3job.py, keeps none: its instance is not restarted.)
 
 The snapshot holds everything the next epoch depends on — weights, optimiser and schedule, the best epoch
 so far and every random generator's state — so a resumed training ends with the same model as one never
@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 
-def fingerprint(config: Any, base_name: str, *arrays: np.ndarray | None) -> str:
-    """What makes two trainings the same one: the options, the base and every input array's bytes."""
-    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode() + base_name.encode())
+def fingerprint(config: Any, settings: str, *arrays: np.ndarray | None) -> str:
+    """What makes two trainings the same one: the options, other settings (the base, the spectrogram
+    parameters) and every input array's bytes."""
+    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode() + settings.encode())
     for a in arrays:
         if a is not None:
             digest.update(str((a.dtype.str, a.shape)).encode())

@@ -10,7 +10,8 @@ ones. A job that was queued or running when the trainer stopped (a reboot, a cra
 queued again at the next start and goes on from its last finished epoch (`checkpoint.pt` in its folder,
 trainer/checkpoint.py): the daemon that started it reconnects, or collects it at its own next start. A
 trainer started for one caller (the daemon's own, `resume`) takes up only the jobs it is told to and
-fails the others, which nobody waits for (a `vibrary train` stopped by Ctrl-C).
+fails the others, whose caller is gone (a `vibrary train` killed mid-training). Two trainer processes
+must not share one data folder: each would take up or fail the other's jobs.
 
 Every call belongs to the user its token names (trainer/tenants.py), and every user has a folder of
 their own for shards and jobs. Shards are content-addressed, so sharing them would save disk, but then
@@ -65,7 +66,8 @@ class _JobState:
         self.out = out
         self.cancel = threading.Event()
         self.changed = threading.Condition()
-        self.history: list[pb.Job] = []  # every update in this process, in order: a watcher misses none
+        self.history: list[pb.Job] = []  # every update since `past` updates, in order: a watcher misses none
+        self.past = 0  # updates dropped from history once the job ended (watchers count from the start)
 
     def update(self, **fields: object) -> None:
         with self.changed:
@@ -73,7 +75,12 @@ class _JobState:
                 setattr(self.job, key, value)
             if "state" in fields:
                 self.save()
+                if self.job.state in _TERMINAL:  # over: nothing will go on from it
+                    (self.out / CHECKPOINT).unlink(missing_ok=True)
             self.history.append(self.snapshot())
+            if self.job.state in _TERMINAL and len(self.history) > 1:  # a late watcher needs only the end
+                self.past += len(self.history) - 1
+                self.history = self.history[-1:]
             self.changed.notify_all()
 
     def save(self) -> None:
@@ -126,7 +133,9 @@ class TrainerService(pb_grpc.TrainerServicer):
         self._runner.join(timeout)
 
     def _restore(self, resume: Collection[str] | None) -> None:
-        """The jobs of this trainer's earlier runs, from their records; unfinished ones are queued again."""
+        """The jobs of this trainer's earlier runs, from their records; unfinished ones are queued again,
+        the one that was training first, then the others in the order they came."""
+        again: list[tuple[bool, float, _JobState]] = []
         for path in sorted(self.root.glob(f"tenants/*/jobs/*/{RECORD}")):
             try:
                 job = _JobState.load(path)
@@ -136,16 +145,23 @@ class TrainerService(pb_grpc.TrainerServicer):
             if job.user != path.parent.parent.parent.name:
                 log.warning("%s: names user %r, but lies in another user's folder; skipped", path, job.user)
                 continue
-            unfinished = job.job.state not in _TERMINAL
-            if unfinished and (resume is None or job.job.id in resume):
-                log.info("job %s was cut off: queued again, to go on from its last finished epoch", job.job.id)
-                job.update(state=pb.Job.QUEUED, phase="queued")
-                self._queue.put(job)
-            elif unfinished:
-                was = "running" if job.job.state == pb.Job.RUNNING else "queued"
-                job.update(state=pb.Job.FAILED, phase="failed", error=f"the trainer stopped while this job was {was}")
-                (job.out / CHECKPOINT).unlink(missing_ok=True)
+            was = "running" if job.job.state == pb.Job.RUNNING else "queued"
+            if job.job.state in _TERMINAL:
+                (job.out / CHECKPOINT).unlink(missing_ok=True)  # left by a stop between the record and this
+            elif resume is None or job.job.id in resume:
+                again.append((was != "running", path.stat().st_mtime, job))
+            else:
+                job.update(
+                    state=pb.Job.FAILED,
+                    phase="failed",
+                    error=f"the trainer stopped while this job was {was}, and nobody was left to collect it; "
+                    "start it again (its shards are kept: nothing is uploaded twice)",
+                )
             self.jobs[job.job.id] = job
+        for _, _, job in sorted(again, key=lambda entry: entry[:2]):
+            log.info("job %s was cut off: queued again, to go on from its last finished epoch", job.job.id)
+            job.update(state=pb.Job.QUEUED, phase="queued")
+            self._queue.put(job)
 
     # -- who is asking -------------------------------------------------------------------------------
     def _user(self, context: grpc.ServicerContext) -> str:
@@ -247,7 +263,7 @@ class TrainerService(pb_grpc.TrainerServicer):
         next one having come fast), until it ends or the caller goes."""
         job = self._job(request, context)
         with job.changed:
-            pending, seen = [job.snapshot()], len(job.history)
+            pending, seen = [job.snapshot()], job.past + len(job.history)
         while True:
             for update in pending:
                 yield update
@@ -256,14 +272,15 @@ class TrainerService(pb_grpc.TrainerServicer):
             if not context.is_active():
                 return
             with job.changed:
-                if len(job.history) == seen:
+                if job.past + len(job.history) == seen:
                     job.changed.wait(0.5)
-                pending, seen = job.history[seen:], len(job.history)
+                pending, seen = job.history[max(0, seen - job.past) :], job.past + len(job.history)
 
     def CancelJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.Job:
         job = self._job(request, context)
         job.cancel.set()
-        if job.job.state == pb.Job.QUEUED:
+        idle = job.job.state == pb.Job.QUEUED or (self._suspended.is_set() and job.job.state not in _TERMINAL)
+        if idle:  # no runner will see the cancel
             job.update(state=pb.Job.CANCELLED, phase="cancelled")
         return job.snapshot()
 
@@ -300,7 +317,6 @@ class TrainerService(pb_grpc.TrainerServicer):
             except Exception as e:  # a bug fails the job, never the service
                 log.exception("job %s failed", job.job.id)
                 job.update(state=pb.Job.FAILED, phase="failed", error=f"internal error: {e}")
-            (job.out / CHECKPOINT).unlink(missing_ok=True)  # over, however it ended
 
     def _run(self, job: _JobState) -> None:
         shard_dir = self._folder(job.user, "shards")
