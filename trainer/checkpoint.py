@@ -21,14 +21,13 @@ import numpy as np
 import torch
 
 
-def fingerprint(config: Any, settings: str, *arrays: np.ndarray | None) -> str:
+def fingerprint(config: Any, settings: str, *arrays: np.ndarray) -> str:
     """What makes two trainings the same one: the options, other settings (the base, the spectrogram
     parameters) and every input array's bytes."""
     digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode() + settings.encode())
     for a in arrays:
-        if a is not None:
-            digest.update(str((a.dtype.str, a.shape)).encode())
-            digest.update(np.ascontiguousarray(a).data)
+        digest.update(str((a.dtype.str, a.shape)).encode())
+        digest.update(np.ascontiguousarray(a).data)
     return digest.hexdigest()
 
 

@@ -252,8 +252,10 @@ def train(
         _imprint(net, rng.permutation(train_idx), batch, n_classes=len(manifest.classes), batch_size=config.batch_size)
     best_state, best_acc, since_best = copy.deepcopy(net.state_dict()), -math.inf, 0  # scores can be < -1
     n_classes = len(manifest.classes)
-    aux_arrays = (aux.codes, aux.labels, np.array([aux.share, aux.masks])) if aux else ()
-    key = snapshot.fingerprint(config, f"{base_name} {params}", codes, labels, groups, *aux_arrays)
+    key = ""  # hashing every clip costs a pass over the dataset: only for a training that checkpoints
+    if checkpoint is not None:
+        aux_arrays = (aux.codes, aux.labels, np.array([aux.share, aux.masks])) if aux else ()
+        key = snapshot.fingerprint(config, f"{base_name} {params}", codes, labels, groups, *aux_arrays)
     modules = {"net": net, "aux_head": aux_head, "optimizer": optimizer, "scheduler": scheduler}
     first, spent = 1, 0.0  # the epoch to start from; seconds trained before a resume
     resumed = snapshot.load(checkpoint, key)
