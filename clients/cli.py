@@ -573,7 +573,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         if args.action == "run-s3":
             from vibrary.trainer.s3job import run_job
         else:
-            from vibrary.trainer.service import serve
+            from vibrary.trainer.service import TrainerBusy, serve
     except ImportError as e:
         raise CommandError(f"the trainer needs PyTorch ({e.name} is missing): pip install 'vibrary[trainer]'") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -581,7 +581,10 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         return run_job(args.url)
     token = args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", "")
     cert, key = (Path(p).read_bytes() if p else None for p in (args.tls_cert, args.tls_key))
-    serving = serve(data, args.listen, token, cert, key)
+    try:
+        serving = serve(data, args.listen, token, cert, key)
+    except TrainerBusy as e:
+        raise CommandError(f"{e}: stop that one first, or give this one its own folder (--data)") from None
     tls = " over TLS" if cert else ""
     print(f"vibrary trainer serving on port {serving.port}{tls} (data in {data})", file=sys.stderr, flush=True)
     stop = threading.Event()

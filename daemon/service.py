@@ -9,7 +9,6 @@ and files missing the new model's tags are re-queued; their spectrograms come fr
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import logging
 import os
@@ -21,7 +20,7 @@ from typing import IO, Any
 
 import psutil
 
-from . import config, dataset, registry, training
+from . import config, dataset, pidlock, registry, training
 from .cache import SpectrogramCache
 from .events import (
     FILE_FAILED,
@@ -387,19 +386,10 @@ def _say_why_missing(found: FileTags) -> FileTags:
 
 def _lock_home(home_dir: Path) -> IO[str]:
     """One daemon per home: a second one would fight the first over the socket and the queue."""
-    f = open(home_dir / "daemon.lock", "a+")  # noqa: SIM115 - held open for the daemon's lifetime
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        pid = f.read().strip() or "?"
-        f.close()
-        raise AlreadyRunning(f"a daemon is already running for {home_dir} (pid {pid})") from None
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    return f
+        return pidlock.hold(home_dir / "daemon.lock")
+    except pidlock.Held as e:
+        raise AlreadyRunning(f"a daemon is already running for {home_dir} (pid {e.pid})") from None
 
 
 def _lower_priority(nice: int) -> None:

@@ -254,7 +254,7 @@ def resume(
         if job.trainer == "cloud":
             files = _from_cloud(job, report, cancel, leave)
         else:
-            at = _trainer_at(home_dir, job.trainer, job.job_id)
+            at = _trainer_at(home_dir, job.trainer, report, cancel, leave, job.job_id)
             with at as address, TrainerClient(address, job.token) as client:
                 files = _collect(client, job.job_id, report, cancel, leave)
         return _installed(index, home_dir, files, job.name, report)
@@ -309,21 +309,44 @@ def _install(index: Index, home_dir: Path, files: dict[str, bytes], name: str) -
 
 
 @contextlib.contextmanager
-def _trainer_at(home_dir: Path, trainer: str, resume: str = "") -> Iterator[str]:
+def _trainer_at(
+    home_dir: Path,
+    trainer: str,
+    report: Callable[..., None],
+    cancel: threading.Event,
+    leave: threading.Event | None,
+    resume: str = "",
+) -> Iterator[str]:
     """The address of `trainer`: HOST:PORT as it is, or "local", the daemon's own trainer, started in this
     process for as long as the job is followed (and its job suspended on the way out, to go on later).
-    The local trainer takes up again only the job `resume` names: any other it was cut off in is failed."""
+    The local trainer takes up again only the job `resume` names; another it was cut off in is failed,
+    unless the daemon comes back for it (its training record names it). While another process trains in
+    the same folder (the daemon, or a `vibrary train`), this waits for it to finish."""
     if trainer != "local":
         yield trainer
         return
     try:
-        from vibrary.trainer.service import serve
+        from vibrary.trainer.service import TrainerBusy, serve
     except ImportError as e:
         raise TrainingError(
             f"the local trainer needs PyTorch ({e.name} is missing): pip install 'vibrary[trainer]', "
             "or name a remote trainer (HOST:PORT)"
         ) from None
-    serving = serve(home_dir / "trainer", "127.0.0.1:0", resume=[resume] if resume else [])
+    said = ""
+    while True:
+        recorded = JobRecord.load(config.training_path(home_dir))  # read anew: the daemon may have ended
+        spare = [recorded.job_id] if recorded is not None and recorded.trainer == "local" else []
+        try:
+            serving = serve(home_dir / "trainer", "127.0.0.1:0", resume=[resume] if resume else [], spare=spare)
+            break
+        except TrainerBusy as e:
+            if str(e) != said:
+                said = str(e)
+                report(state="waiting", message=f"{e}: waiting for its training to finish")
+        if cancel.wait(1.0):
+            raise Cancelled("training cancelled while waiting for the trainer")
+        if leave is not None and leave.is_set():
+            raise Detached("left while waiting for the trainer")
     try:
         yield f"127.0.0.1:{serving.port}"
     finally:
@@ -352,7 +375,8 @@ def _on_trainer(
         sent += n
         report(uploaded_bytes=sent)
 
-    with _trainer_at(home_dir, job.trainer) as trainer, TrainerClient(trainer, job.token) as client:
+    at = _trainer_at(home_dir, job.trainer, report, cancel, leave)
+    with at as trainer, TrainerClient(trainer, job.token) as client:
         report(state="uploading", message=f"uploading {manifest.size} bytes of spectrograms to {trainer}")
         try:
             client.upload(manifest, shard_dir, uploaded)

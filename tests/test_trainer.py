@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 import grpc  # noqa: E402
 from vibrary.clients.client import Client, DaemonError  # noqa: E402
 from vibrary.clients.trainer_client import TrainerClient  # noqa: E402
-from vibrary.daemon import config, shards  # noqa: E402
+from vibrary.daemon import config, dataset, shards  # noqa: E402
 from vibrary.daemon.index import Index  # noqa: E402
 from vibrary.daemon.infer import Model  # noqa: E402
 from vibrary.daemon.spectrogram import SpectrogramParams, log_mel, quantize  # noqa: E402
@@ -420,6 +420,56 @@ def test_a_train_command_stopped_by_ctrl_c_or_killed_leaves_no_job_to_train_on(
     record = json.loads(killed.read_text())["job"]
     assert record["state"] == "FAILED" and "nobody was left to collect it" in record["error"]
     assert not list(jobs.glob("*/jobs/*/checkpoint.pt"))
+
+
+def test_one_trainer_per_data_folder_the_next_waits_and_leaves_the_daemons_job_alone(
+    model_home: Path, tmp_path: Path
+) -> None:
+    """A `vibrary train` while another trainer has the same folder waits for it (before, it failed that
+    trainer's jobs on disk), and then spares the job the daemon's record names (a daemon killed while it
+    trained): the daemon takes that one up at its next start."""
+    from vibrary.trainer.service import TrainerBusy, serve
+
+    write_kinds(tmp_path / "examples", per_kind=8, seed=1)
+    vibrary("dataset", "create", "--json", "kinds", str(tmp_path / "examples"), home=model_home)
+    root = model_home / "trainer"
+    held = serve(root, "127.0.0.1:0")
+    told: list[str] = []
+    try:
+        with pytest.raises(TrainerBusy, match=rf"{root} is in use by another trainer \(pid {os.getpid()}\)"):
+            serve(root, "127.0.0.1:0")
+        refused = vibrary("trainer", "serve", "--listen", "127.0.0.1:0", home=model_home, check=False)
+        assert refused.returncode == 1 and "in use by another trainer" in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr
+        manifest, shard_dir = dataset.load(model_home, "kinds")
+        with TrainerClient(f"127.0.0.1:{held.port}") as client:
+            client.upload(manifest, shard_dir)
+            job_id = client.start(manifest, "kinds", "none", json.dumps({"epochs": 500})).id
+        (job_file,) = root.glob(f"tenants/*/jobs/{job_id}/job.json")
+        wait_for(lambda: (job_file.parent / "checkpoint.pt").exists(), timeout=120)
+        JobRecord("kinds", "kinds", "local", job_id=job_id).save(config.training_path(model_home))
+        args = [sys.executable, "-m", "vibrary.clients.cli", "train", "kinds", "--json", "--base", "none"]
+        proc = subprocess.Popen(
+            [*args, "--epochs", "1"],
+            env={**os.environ, "VIBRARY_HOME": str(model_home)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stderr is not None
+        reader = threading.Thread(target=lambda: told.extend(proc.stderr or ()), daemon=True)
+        reader.start()
+        wait_for(lambda: any("waiting for its training to finish" in line for line in told), timeout=60)
+        assert proc.poll() is None
+    finally:
+        held.stop(grace=0)  # suspends the job, which stays running on record: the daemon's to take up
+    out, _ = proc.communicate(timeout=300)
+    reader.join(timeout=10)
+    assert proc.returncode == 0, "".join(told)
+    assert json_lines(out)[-1]["summary"]["epochs_run"] == 1
+    assert f"in use by another trainer (pid {os.getpid()})" in "".join(told)
+    assert json.loads(job_file.read_text())["job"]["state"] == "RUNNING"  # neither failed nor trained
+    assert (job_file.parent / "checkpoint.pt").exists()
 
 
 def test_a_training_cut_off_before_a_trainer_had_it_is_reported_at_the_next_start(model_home: Path) -> None:

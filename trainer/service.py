@@ -10,8 +10,9 @@ ones. A job that was queued or running when the trainer stopped (a reboot, a cra
 queued again at the next start and goes on from its last finished epoch (`checkpoint.pt` in its folder,
 trainer/checkpoint.py): the daemon that started it reconnects, or collects it at its own next start. A
 trainer started for one caller (the daemon's own, `resume`) takes up only the jobs it is told to and
-fails the others, whose caller is gone (a `vibrary train` killed mid-training). Two trainer processes
-must not share one data folder: each would take up or fail the other's jobs.
+fails the others, whose caller is gone (a `vibrary train` killed mid-training), except those it is told
+to spare (the daemon's, which the daemon comes back for). One trainer at a time uses a data folder (an
+flock, `trainer.lock`): two would each take up or fail the other's jobs; the second gets TrainerBusy.
 
 Every call belongs to the user its token names (trainer/tenants.py), and every user has a folder of
 their own for shards and jobs. Shards are content-addressed, so sharing them would save disk, but then
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import grpc
 from google.protobuf import json_format
+from vibrary.daemon import pidlock
 from vibrary.daemon.rpc import is_loopback, make_server
 from vibrary.daemon.shards import Manifest, ShardError, sha256_bytes
 from vibrary.proto import trainer_pb2 as pb
@@ -111,15 +113,31 @@ class _JobState:
             return pb.Job.FromString(self.job.SerializeToString())
 
 
+class TrainerBusy(RuntimeError):
+    """Another trainer process uses this data folder."""
+
+
 class TrainerService(pb_grpc.TrainerServicer):
-    def __init__(self, root: Path, tenants: Tenants | None = None, resume: Collection[str] | None = None) -> None:
-        """`resume`: the ids of the unfinished jobs to take up again; None: all of them."""
+    def __init__(
+        self,
+        root: Path,
+        tenants: Tenants | None = None,
+        resume: Collection[str] | None = None,
+        spare: Collection[str] = (),
+    ) -> None:
+        """`resume`: the ids of the unfinished jobs to take up again, None: all of them; the others are
+        failed, except those in `spare`, left as they are for their own caller. TrainerBusy while another
+        process's trainer has `root`."""
+        try:
+            self._lock = pidlock.hold(root / "trainer.lock")
+        except pidlock.Held as e:
+            raise TrainerBusy(f"the trainer data folder {root} is in use by another trainer (pid {e.pid})") from None
         self.root = root
         self.tenants = tenants or Tenants(root)
         self.jobs: dict[str, _JobState] = {}
         self._queue: queue.Queue[_JobState | None] = queue.Queue()  # None: the runner's end
         self._suspended = threading.Event()
-        self._restore(resume)
+        self._restore(resume, spare)
         self._runner = threading.Thread(target=self._run_jobs, name="trainer", daemon=True)
         self._runner.start()
 
@@ -132,7 +150,11 @@ class TrainerService(pb_grpc.TrainerServicer):
         self._queue.put(None)
         self._runner.join(timeout)
 
-    def _restore(self, resume: Collection[str] | None) -> None:
+    def close(self) -> None:
+        """Let another trainer have the data folder (after `suspend`, and once no call can change a job)."""
+        self._lock.close()
+
+    def _restore(self, resume: Collection[str] | None, spare: Collection[str]) -> None:
         """The jobs of this trainer's earlier runs, from their records; unfinished ones are queued again,
         the one that was training first, then the others in the order they came."""
         again: list[tuple[bool, float, _JobState]] = []
@@ -150,6 +172,8 @@ class TrainerService(pb_grpc.TrainerServicer):
                 (job.out / CHECKPOINT).unlink(missing_ok=True)  # left by a stop between the record and this
             elif resume is None or job.job.id in resume:
                 again.append((was != "running", path.stat().st_mtime, job))
+            elif job.job.id in spare:
+                continue  # (not even listed: this trainer neither runs it nor answers for it)
             else:
                 job.update(
                     state=pb.Job.FAILED,
@@ -358,6 +382,7 @@ class Serving:
         """Stop serving; a job in training is suspended (`TrainerService.suspend`) to go on at the next start."""
         self.service.suspend()
         self.server.stop(grace).wait()
+        self.service.close()
 
 
 def serve(
@@ -367,8 +392,10 @@ def serve(
     tls_cert: bytes | None = None,
     tls_key: bytes | None = None,
     resume: Collection[str] | None = None,
+    spare: Collection[str] = (),
 ) -> Serving:
-    """Start the trainer on listen (HOST:PORT, port 0 picks one); `resume` as in TrainerService.
+    """Start the trainer on listen (HOST:PORT, port 0 picks one); `resume`, `spare` and TrainerBusy as in
+    TrainerService.
 
     Off loopback a token is required (`token`, or users in root/tokens.json); with tls_cert and tls_key
     (PEM) the trainer speaks only TLS, so tokens and spectrograms never cross a network in the clear."""
@@ -377,15 +404,19 @@ def serve(
         raise ValueError(f"refusing to serve on {listen} without a token: only loopback is open to all")
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("TLS needs both a certificate and its key")
-    service = TrainerService(root, tenants, resume)
+    service = TrainerService(root, tenants, resume, spare)
     # strangers get nothing but health checks; an open loopback trainer needs no check at all
     check = "" if tenants.open else (lambda authorization: tenants.user(authorization) is not None)
     server = make_server(lambda s: pb_grpc.add_TrainerServicer_to_server(service, s), [SERVICE_NAME], check, workers=8)
-    if tls_cert is not None and tls_key is not None:
-        port = server.add_secure_port(listen, grpc.ssl_server_credentials([(tls_key, tls_cert)]))
-    else:
-        port = server.add_insecure_port(listen)
-    if port == 0:
-        raise ValueError(f"cannot listen on {listen}")
-    server.start()
+    try:
+        if tls_cert is not None and tls_key is not None:
+            port = server.add_secure_port(listen, grpc.ssl_server_credentials([(tls_key, tls_cert)]))
+        else:
+            port = server.add_insecure_port(listen)
+        if port == 0:
+            raise ValueError(f"cannot listen on {listen}")
+        server.start()
+    except BaseException:
+        Serving(server, 0, service).stop(grace=None)  # the data folder is free again for the next try
+        raise
     return Serving(server, port, service)

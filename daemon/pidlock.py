@@ -1,0 +1,38 @@
+"""One process per folder: an exclusive flock, held for as long as the process uses the folder.
+
+The kernel drops an flock when its holder dies, `kill -9` included, so a crash never leaves a stale lock
+for a user to delete by hand. The holder writes its pid into the file, so the refusal can say who it is.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO
+
+
+class Held(RuntimeError):
+    """Another process holds the lock."""
+
+    def __init__(self, path: Path, pid: str) -> None:
+        super().__init__(f"{path} is held by pid {pid}")
+        self.pid = pid
+
+
+def hold(path: Path) -> IO[str]:
+    """The lock at `path`, held until the returned file is closed; `Held` if another process has it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")  # noqa: SIM115 - the open file is the lock
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise Held(path, pid) from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
