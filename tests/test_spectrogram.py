@@ -53,6 +53,24 @@ def test_log_mel_equals_librosa_power_to_db(params: SpectrogramParams) -> None:
     np.testing.assert_allclose(log_mel(y[None, :], params)[0], expected, atol=1e-2)
 
 
+@pytest.mark.parametrize("seconds", [0.0, 0.004, 0.4, 1.7, 2.99, 3.0])
+@pytest.mark.parametrize("channels", [1, 2])
+def test_one_shots_padded_with_silence_equal_librosa(seconds: float, channels: int) -> None:
+    """Frames past a one-shot's last sample are skipped, not transformed: they must still equal librosa's."""
+    p = SpectrogramParams(mono=channels == 1)
+    rng = np.random.default_rng(int(seconds * 1000) + channels)
+    audio = np.zeros((channels, p.n_samples), np.float32)
+    sound = int(seconds * p.sample_rate)
+    audio[:, :sound] = 0.2 * rng.standard_normal((channels, sound))
+    if channels == 2:
+        audio[0, max(0, sound - 300) : sound] = 0.0  # the right channel goes on longer: it sets the length
+    ours = mel_power(audio, p)
+    for c in range(channels):
+        theirs = _librosa_mel(audio[c], p)
+        np.testing.assert_allclose(ours[c], theirs, rtol=1e-3, atol=1e-6 * max(1.0, float(theirs.max())))
+        assert np.array_equal(ours[c] == 0, theirs == 0)  # silent frames exactly silent, no others
+
+
 def test_filterbank_equals_librosa() -> None:
     p = SpectrogramParams()
     np.testing.assert_allclose(
