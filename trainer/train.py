@@ -265,6 +265,9 @@ def train(
         result.best_epoch, result.history = resumed["best_epoch"], resumed["history"]
         result.resumed_from_epoch, spent = resumed["epoch"], resumed["seconds"]
         first = result.resumed_from_epoch + 1
+        last = result.history[-1] if result.history else {}  # where it stands, before an epoch's wait
+        last_loss, last_accuracy = last.get("train_loss", 0.0), last.get("val_accuracy", 0.0)
+        progress(Progress("training", first - 1, config.epochs, last_loss, last_accuracy))
     for epoch in range(first, config.epochs + 1):
         if since_best >= config.patience:
             break
