@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,65 @@ def test_upload_resumes_after_a_disconnect_and_never_resends(trainer_service: st
         assert sent == manifest.size - half  # only what was missing
         assert client.missing(manifest) == []
         assert client.upload(manifest, tmp_path) == 0  # a second upload sends nothing
+
+
+def _age(path: Path, days: float) -> None:
+    then = time.time() - days * 86400
+    os.utime(path, (then, then))
+
+
+def test_a_trainer_gives_back_the_disk_of_finished_jobs_and_stale_shards(tmp_path: Path) -> None:
+    """Collected jobs go a day later, uncollected ones a month later; shards a week after their last use,
+    except those an unfinished job trains on; a shard that went is simply uploaded again."""
+    from vibrary.trainer.service import serve
+
+    root = tmp_path / "trainer"
+    sets = {name: _manifest_and_blobs(per_kind=4, seed=seed) for seed, name in enumerate("abcde")}
+    for name, (_, blobs) in sets.items():
+        (tmp_path / name).mkdir()
+        _store(blobs, tmp_path / name)
+    one_epoch = json.dumps({"epochs": 1})
+    serving = serve(root, "127.0.0.1:0")
+    try:
+        with TrainerClient(f"127.0.0.1:{serving.port}") as client:
+            ids = {}
+            for name in "abcde":
+                client.upload(sets[name][0], tmp_path / name)
+            for name in "ab":
+                ids[name] = client.start(sets[name][0], name, "none", one_epoch).id
+                assert list(client.watch(ids[name]))[-1].state == pb.Job.SUCCEEDED
+            client.download(ids["a"])  # a is collected, b never
+            ids["c"] = client.start(sets["c"][0], "c", "none", json.dumps({"epochs": 500})).id
+            ids["d"] = client.start(sets["d"][0], "d", "none", one_epoch).id  # queued behind c
+            assert client.cancel(ids["d"]).state == pb.Job.CANCELLED
+            wait_for(lambda: any(root.glob(f"tenants/*/jobs/{ids['c']}/checkpoint.pt")), timeout=120)
+    finally:
+        serving.stop(grace=0)  # c is cut off mid-training: unfinished, it needs its shards
+    jobs = {name: next(root.glob(f"tenants/*/jobs/{job_id}")) for name, job_id in ids.items()}
+    shards = next(root.glob("tenants/*/shards"))
+    _age(jobs["a"] / "collected", 2)
+    _age(jobs["b"] / "job.json", 2)
+    _age(jobs["d"] / "job.json", 31)
+    for shard in shards.glob("*.npz"):
+        if shard.stem not in {s.sha256 for s in sets["e"][0].shards}:  # e was uploaded just now
+            _age(shard, 8)
+    abandoned = shards / f"{'0' * 64}.part"
+    abandoned.write_bytes(b"half an upload")
+    _age(abandoned, 8)
+
+    serving = serve(root, "127.0.0.1:0")
+    try:
+        assert [name for name, folder in jobs.items() if folder.exists()] == ["b", "c"]
+        left = {p.stem for p in shards.glob("*.npz")}
+        for name, kept in {"a": False, "b": False, "c": True, "e": True}.items():
+            assert all((s.sha256 in left) == kept for s in sets[name][0].shards), name
+        assert not abandoned.exists()
+        with TrainerClient(f"127.0.0.1:{serving.port}") as client:
+            assert {job.id for job in client.jobs()} == {ids["b"], ids["c"]}
+            assert client.upload(sets["a"][0], tmp_path / "a") == sets["a"][0].size  # sent again, whole
+            assert client.download(ids["b"])["model.onnx"]  # an uncollected result waits for its caller
+    finally:
+        serving.stop(grace=0)
 
 
 def test_corrupt_shard_is_refused(trainer_service: str) -> None:

@@ -13,6 +13,8 @@ trainer started for one caller (the daemon's own, `resume`) takes up only the jo
 fails the others, whose caller is gone (a `vibrary train` killed mid-training), except those it is told
 to spare (the daemon's, which the daemon comes back for). One trainer at a time uses a data folder (an
 flock, `trainer.lock`): two would each take up or fail the other's jobs; the second gets TrainerBusy.
+At its start and after every job the trainer gives back the disk of collected or long-finished jobs and of
+shards unused for a week (trainer/prune.py).
 
 Every call belongs to the user its token names (trainer/tenants.py), and every user has a folder of
 their own for shards and jobs. Shards are content-addressed, so sharing them would save disk, but then
@@ -22,6 +24,7 @@ user's storage is separate, and another user's job id gets the same NOT_FOUND as
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -40,6 +43,7 @@ from vibrary.daemon.shards import Manifest, ShardError, sha256_bytes
 from vibrary.proto import trainer_pb2 as pb
 from vibrary.proto import trainer_pb2_grpc as pb_grpc
 
+from . import prune
 from .export import base_path
 from .pipeline import RESULT_FILES, train_to_files
 from .tenants import LOCAL, Tenants, check_user
@@ -137,6 +141,7 @@ class TrainerService(pb_grpc.TrainerServicer):
         self.jobs: dict[str, _JobState] = {}
         self._queue: queue.Queue[_JobState | None] = queue.Queue()  # None: the runner's end
         self._suspended = threading.Event()
+        self._spare = set(spare)
         self._restore(resume, spare)
         self._runner = threading.Thread(target=self._run_jobs, name="trainer", daemon=True)
         self._runner.start()
@@ -186,6 +191,34 @@ class TrainerService(pb_grpc.TrainerServicer):
             log.info("job %s was cut off: queued again, to go on from its last finished epoch", job.job.id)
             job.update(state=pb.Job.QUEUED, phase="queued")
             self._queue.put(job)
+        self._prune()
+
+    def _prune(self) -> None:
+        """Give back the disk of collected and long-finished jobs and of stale shards (trainer/prune.py);
+        the shards of unfinished jobs stay, spared ones included. A failure costs disk, never a job."""
+        try:
+            self._prune_now()
+        except OSError as e:
+            log.warning("could not prune %s: %s", self.root, e)
+
+    def _prune_now(self) -> None:
+        for job_id, job in list(self.jobs.items()):
+            if job.job.state in _TERMINAL and prune.job_expired(job.out, RECORD):
+                prune.remove_job(job.out)
+                del self.jobs[job_id]
+                log.info("job %s removed: finished and collected, or never collected for a month", job_id)
+        needed: dict[str, set[str]] = {}
+        unfinished = [j for j in self.jobs.values() if j.job.state not in _TERMINAL]
+        for record in self.root.glob(f"tenants/*/jobs/*/{RECORD}"):  # jobs not loaded (spared) need theirs too
+            if record.parent.name in self._spare:
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError, json_format.ParseError, ShardError):
+                    unfinished.append(_JobState.load(record))
+        for job in unfinished:
+            needed.setdefault(job.user, set()).update(s.sha256 for s in job.manifest.shards)
+        for folder in self.root.glob("tenants/*/shards"):
+            freed = prune.prune_shards(folder, needed.get(folder.parent.name, set()))
+            if freed:
+                log.info("%s: %.1f MB of shards unused for a week removed", folder, freed / 1e6)
 
     # -- who is asking -------------------------------------------------------------------------------
     def _user(self, context: grpc.ServicerContext) -> str:
@@ -212,7 +245,9 @@ class TrainerService(pb_grpc.TrainerServicer):
         missing = []
         for s in request.shards:
             path = self._shard_path(user, s.sha256, context)
-            if not path.exists():
+            if path.exists():
+                prune.touch(path)  # about to be trained on: it stays
+            else:
                 part = path.with_suffix(".part")
                 missing.append(
                     pb.ShardStatus(sha256=s.sha256, size=s.size, have_bytes=part.stat().st_size if part.exists() else 0)
@@ -322,6 +357,7 @@ class TrainerService(pb_grpc.TrainerServicer):
                 yield pb.FileChunk(
                     name=name, data=data[start : start + CHUNK], sha256=sha256_bytes(data) if last else ""
                 )
+        prune.mark_collected(job.out)  # every byte went out: the folder may go in a day
 
     # -- the runner ----------------------------------------------------------------------------------
     def _run_jobs(self) -> None:
@@ -341,6 +377,7 @@ class TrainerService(pb_grpc.TrainerServicer):
             except Exception as e:  # a bug fails the job, never the service
                 log.exception("job %s failed", job.job.id)
                 job.update(state=pb.Job.FAILED, phase="failed", error=f"internal error: {e}")
+            self._prune()
 
     def _run(self, job: _JobState) -> None:
         shard_dir = self._folder(job.user, "shards")
