@@ -24,7 +24,6 @@ user's storage is separate, and another user's job id gets the same NOT_FOUND as
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import queue
@@ -141,7 +140,7 @@ class TrainerService(pb_grpc.TrainerServicer):
         self.jobs: dict[str, _JobState] = {}
         self._queue: queue.Queue[_JobState | None] = queue.Queue()  # None: the runner's end
         self._suspended = threading.Event()
-        self._spare = set(spare)
+        self._spared: list[_JobState] = []  # neither run nor listed, but their shards stay
         self._restore(resume, spare)
         self._runner = threading.Thread(target=self._run_jobs, name="trainer", daemon=True)
         self._runner.start()
@@ -178,7 +177,8 @@ class TrainerService(pb_grpc.TrainerServicer):
             elif resume is None or job.job.id in resume:
                 again.append((was != "running", path.stat().st_mtime, job))
             elif job.job.id in spare:
-                continue  # (not even listed: this trainer neither runs it nor answers for it)
+                self._spared.append(job)  # (not listed: this trainer neither runs it nor answers for it)
+                continue
             else:
                 job.update(
                     state=pb.Job.FAILED,
@@ -208,12 +208,7 @@ class TrainerService(pb_grpc.TrainerServicer):
                 del self.jobs[job_id]
                 log.info("job %s removed: finished and collected, or never collected for a month", job_id)
         needed: dict[str, set[str]] = {}
-        unfinished = [j for j in self.jobs.values() if j.job.state not in _TERMINAL]
-        for record in self.root.glob(f"tenants/*/jobs/*/{RECORD}"):  # jobs not loaded (spared) need theirs too
-            if record.parent.name in self._spare:
-                with contextlib.suppress(OSError, ValueError, KeyError, TypeError, json_format.ParseError, ShardError):
-                    unfinished.append(_JobState.load(record))
-        for job in unfinished:
+        for job in [*self._spared, *(j for j in list(self.jobs.values()) if j.job.state not in _TERMINAL)]:
             needed.setdefault(job.user, set()).update(s.sha256 for s in job.manifest.shards)
         for folder in self.root.glob("tenants/*/shards"):
             freed = prune.prune_shards(folder, needed.get(folder.parent.name, set()))
