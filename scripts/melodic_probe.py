@@ -20,8 +20,9 @@ Arms (each against `base`; `--seed` for the seed spread):
 - `narrow`: half the widths (8→64): less capacity to memorise a bank.
 - `mel6`: the mel shift of the augmentation three times as far (±6 bands instead of ±2), like resampling
   a sample to another pitch, which moves its formants.
-- `synth`, `synth-e14`: a fourth family in training, 130 notes per class synthesised from first principles
-  (`scripts/synth_instruments.py`, no sample of any bank); 20 epochs, or 14 (about as many steps as `base`).
+- `synth`, `synth-e14`, `synth-e40`: a fourth family in training, 130 notes per class synthesised from first
+  principles (`scripts/synth_instruments.py`, no sample of any bank); 20 epochs, 14 (about as many steps as
+  `base`) or 40.
 
 Each arm changes the trainer's augmentation or network only in this process (module attributes), so
 nothing here changes what `vibrary train` does.
@@ -42,7 +43,7 @@ from build_corpus import CLASSES
 
 MELODIC = CLASSES[6:]  # piano … vocals, after the six drum classes
 FAMILIES = ["fluidr3", "musescore", "opl3"]
-ARMS = ["base", "e40", "eq10", "layer-e10", "layer-e20", "narrow", "mel6", "synth", "synth-e14"]
+ARMS = ["base", "e40", "eq10", "layer-e10", "layer-e20", "narrow", "mel6", "synth", "synth-e14", "synth-e40"]
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "melodic-probe.jsonl"
 
 
@@ -104,7 +105,7 @@ def main() -> int:
     codes, labels, groups = codes[keep], labels[keep] - (len(CLASSES) - len(MELODIC)), groups[keep]
     test = groups == args.held
     x, y, g = codes[~test], labels[~test], groups[~test]
-    epochs = {"layer-e10": 10, "e40": 40, "synth-e14": 14}.get(args.arm, 20)
+    epochs = {"layer-e10": 10, "e40": 40, "synth-e14": 14, "synth-e40": 40}.get(args.arm, 20)
     if args.arm.startswith("layer"):
         x, y, g = np.concatenate([x, layered(x, y, g)]), np.concatenate([y, y]), np.concatenate([g, g])
     if args.arm.startswith("synth"):
