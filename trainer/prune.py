@@ -31,21 +31,20 @@ SHARD_DAYS = 7.0
 COLLECTED = "collected"  # the marker a download of a job's result leaves in its folder
 
 
-def _age(path: Path, now: float) -> float:
-    return (now - path.stat().st_mtime) / DAY
+def _age(path: Path) -> float:
+    return (time.time() - path.stat().st_mtime) / DAY
 
 
 def mark_collected(out: Path) -> None:
     (out / COLLECTED).touch()
 
 
-def job_expired(out: Path, record: str, now: float | None = None) -> bool:
+def job_expired(out: Path, record: str) -> bool:
     """Whether a finished job's folder may go (its record's time is when it ended)."""
-    now = time.time() if now is None else now
     try:
         if (out / COLLECTED).exists():
-            return _age(out / COLLECTED, now) > COLLECTED_DAYS
-        return _age(out / record, now) > UNCOLLECTED_DAYS
+            return _age(out / COLLECTED) > COLLECTED_DAYS
+        return _age(out / record) > UNCOLLECTED_DAYS
     except FileNotFoundError:
         return False
 
@@ -60,15 +59,14 @@ def touch(path: Path) -> None:
         os.utime(path)
 
 
-def prune_shards(folder: Path, needed: Collection[str], now: float | None = None) -> int:
+def prune_shards(folder: Path, needed: Collection[str]) -> int:
     """Remove the shards in `folder` that are stale and not `needed` (sha256s); the bytes freed."""
-    now = time.time() if now is None else now
     freed = 0
     for path in folder.glob("*"):
         if path.suffix not in (".npz", ".part") or path.stem in needed:
             continue
         try:
-            if _age(path, now) > SHARD_DAYS:
+            if _age(path) > SHARD_DAYS:
                 size = path.stat().st_size
                 path.unlink()
                 freed += size
