@@ -20,9 +20,15 @@ Arms (each against `base`; `--seed` for the seed spread):
 - `narrow`: half the widths (8→64): less capacity to memorise a bank.
 - `mel6`: the mel shift of the augmentation three times as far (±6 bands instead of ±2), like resampling
   a sample to another pitch, which moves its formants.
-- `synth`, `synth-e14`, `synth-e40`: a fourth family in training, 130 notes per class synthesised from first
-  principles (`scripts/synth_instruments.py`, no sample of any bank); 20 epochs, 14 (about as many steps as
-  `base`) or 40.
+- `synth2`: a fourth family in training, 130 notes per class synthesised from first principles
+  (`scripts/synth_instruments.py`, no sample of any bank), 20 epochs. The rows of the arms `synth`,
+  `synth-e14` and `synth-e40` (20, 14 and 40 epochs) were made with the family's first version, before it
+  had chords and electric pianos (this script and `synth_instruments.py` at commit 907f794).
+- `fmix`: Freq-MixStyle (the DCASE device-generalisation trick): for half the batches, each clip's
+  per-band mean and deviation over time are blended with another clip's (Beta(0.3, 0.3)), so the network
+  meets spectral envelopes and band dynamics of clips it never heard together.
+- `mixstyle`: MixStyle (Zhou et al., domain generalisation) on the feature maps after the first two
+  blocks: per-channel mean and deviation blended between clips of a batch, half the batches, Beta(0.1, 0.1).
 
 Each arm changes the trainer's augmentation or network only in this process (module attributes), so
 nothing here changes what `vibrary train` does.
@@ -43,7 +49,18 @@ from build_corpus import CLASSES
 
 MELODIC = CLASSES[6:]  # piano … vocals, after the six drum classes
 FAMILIES = ["fluidr3", "musescore", "opl3"]
-ARMS = ["base", "e40", "eq10", "layer-e10", "layer-e20", "narrow", "mel6", "synth", "synth-e14", "synth-e40"]
+ARMS = [
+    "base",
+    "e40",
+    "eq10",
+    "layer-e10",
+    "layer-e20",
+    "narrow",
+    "mel6",
+    "synth2",
+    "fmix",
+    "mixstyle",
+]
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "melodic-probe.jsonl"
 
 
@@ -64,10 +81,24 @@ def layered(codes: np.ndarray, labels: np.ndarray, groups: np.ndarray, seed: int
     return np.stack(twins)
 
 
+def _blend_stats(x: Any, dims: tuple[int, ...], alpha: float) -> Any:
+    """x with its mean and deviation over `dims` blended with those of another clip of the batch."""
+    import torch
+
+    mu = x.mean(dim=dims, keepdim=True)
+    sig = (x.var(dim=dims, keepdim=True) + 1e-6).sqrt()
+    lam = torch.distributions.Beta(alpha, alpha).sample((len(x),) + (1,) * (x.dim() - 1)).to(x.device)
+    order = torch.randperm(len(x))
+    mixed_mu = lam * mu + (1 - lam) * mu[order]
+    mixed_sig = lam * sig + (1 - lam) * sig[order]
+    return (x - mu) / sig * mixed_sig + mixed_mu
+
+
 def set_arm(arm: str) -> None:
     """Change the trainer's augmentation or network for this process only."""
     import torch
     from vibrary.trainer import augment, network
+    from vibrary.trainer import train as training
 
     if arm == "eq10":
         augment.EQ_DB = 10.0
@@ -80,6 +111,34 @@ def set_arm(arm: str) -> None:
         augment._equalise = stronger
     elif arm == "narrow":
         network.WIDTHS = (8, 16, 32, 64)
+    elif arm == "fmix":
+        plain = training.augment
+
+        def freq_mixed(x: Any, floor: float, generator: Any, masks: bool = True) -> Any:
+            x = plain(x, floor, generator, masks)
+            if float(torch.rand(())) < 0.5:
+                x = _blend_stats(x, (1, 3), 0.3).clamp(floor, 0.0)  # per mel band, over channels and time
+            return x
+
+        training.augment = freq_mixed
+    elif arm == "mixstyle":
+
+        class MixStyle(torch.nn.Module):
+            def forward(self, x: Any) -> Any:
+                if not self.training or float(torch.rand(())) >= 0.5:
+                    return x
+                return _blend_stats(x, (2, 3), 0.1)
+
+        class StyledNet(network.TagNet):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                layers: list[torch.nn.Module] = list(self.get_submodule("features").children())
+                ends = [i for i, layer in enumerate(layers) if isinstance(layer, torch.nn.MaxPool2d)][:2]
+                for end in reversed(ends):
+                    layers.insert(end + 1, MixStyle())
+                self.features = torch.nn.Sequential(*layers)
+
+        training.TagNet = StyledNet
     elif arm == "mel6":
         shift = augment._shift
         augment._shift = lambda clip, k, dim, fill: shift(clip, k * 3 if dim == 1 else k, dim, fill)
@@ -105,7 +164,7 @@ def main() -> int:
     codes, labels, groups = codes[keep], labels[keep] - (len(CLASSES) - len(MELODIC)), groups[keep]
     test = groups == args.held
     x, y, g = codes[~test], labels[~test], groups[~test]
-    epochs = {"layer-e10": 10, "e40": 40, "synth-e14": 14, "synth-e40": 40}.get(args.arm, 20)
+    epochs = {"layer-e10": 10, "e40": 40}.get(args.arm, 20)
     if args.arm.startswith("layer"):
         x, y, g = np.concatenate([x, layered(x, y, g)]), np.concatenate([y, y]), np.concatenate([g, g])
     if args.arm.startswith("synth"):

@@ -11,9 +11,10 @@ is the instrument, not a recording.
 
 - piano: struck strings: inharmonic partials (f_n = n f0 sqrt(1 + B n^2)), two or three detuned strings
   per key that beat, a hammer position that notches partials, a two-stage decay faster for higher
-  partials, a felt thump.
+  partials, a felt thump; a third are electric (GM programs 4-5 are pianos): a tine piano (brief FM
+  bark, a tine ping, a suitcase tremolo) or an FM piano (a 1:14 bell over a 1:1 body).
 - guitar and bass: Karplus-Strong plucked strings (pluck position, brightness, decay), a body of a few
-  resonances; some guitar notes are strummed chords; a third of the basses are subtractive synth basses
+  resonances; a third of the basses are subtractive synth basses
   (GM programs 38-39 are basses).
 - strings: bowed: a band-limited sawtooth with vibrato, slow attack, an ensemble of detuned players, a
   body of resonances.
@@ -26,10 +27,12 @@ is the instrument, not a recording.
 - synth: detuned saw, square and pulse oscillators through a resonant low-pass swept by an envelope.
 - vocals: a glottal pulse train through vowel formants, vibrato, one singer or a choir.
 
-Every note: a MIDI key in the class's range, a velocity (level and brightness), a held time of
-0.15-2.8 s and a release, 3 s at 44.1 kHz mono, peak-normalised to a random level. The output is the
-daemon's 8-bit log-mel codes (`codes.npz`: codes, labels, seeds) and a provenance CSV; `--wav N` also
-writes N example WAVs per class to listen to. Fixed seeds: the same command makes the same notes.
+Every note: a MIDI key in the class's range (`build_corpus.CLASS_RANGE`), a velocity (level and
+brightness), a held time of 0.15-2.8 s and a release, 3 s at 44.1 kHz mono, peak-normalised to a random
+level. As in the corpus (`build_corpus.CHORDS`), 30 % of the pianos, guitars (strummed), organs,
+strings, brass and synths play a chord. The output is the daemon's 8-bit log-mel codes
+(`codes-v2-….npz`: codes, labels, seeds) and a provenance CSV; `--wav N` also writes N example WAVs per
+class to listen to. Fixed seeds: the same command makes the same notes.
 """
 
 from __future__ import annotations
@@ -43,23 +46,15 @@ from pathlib import Path
 import numpy as np
 import scipy.signal
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # build_corpus, also when loaded from a test
+from build_corpus import CHORD_CLASSES, CHORDS, P_CHORD
+from build_corpus import CLASS_RANGE as RANGE
+
+VERSION = 2  # of the family: 2 added chords and electric pianos (a cached build of another version is not reused)
 SR = 44100
 SECONDS = 3.0
 N = int(SR * SECONDS)
 CLASSES = ["piano", "guitar", "bass", "strings", "brass", "woodwind", "organ", "synth", "vocals"]
-# MIDI keys each class is played in: build_corpus.CLASS_RANGE, a little wider for organ, woodwind and vocals
-# (the probes in docs/demo-model.md were made with these; fold the two together when the family is rebuilt)
-RANGE = {
-    "piano": (28, 100),
-    "guitar": (40, 84),
-    "bass": (28, 55),
-    "strings": (36, 96),
-    "brass": (40, 82),
-    "woodwind": (50, 96),
-    "organ": (36, 96),
-    "synth": (36, 96),
-    "vocals": (45, 79),
-}
 T = np.arange(N) / SR
 
 
@@ -124,6 +119,9 @@ def vibrato(f0: float, rng: np.random.Generator, depth_cents: float, delay: floa
 
 
 def piano(key: int, vel: float, hold: float, rng: np.random.Generator) -> np.ndarray:
+    """A third of the pianos are electric, as GM programs 4-5 (and the corpus's piano class) are."""
+    if rng.random() < 1 / 3:
+        return electric_piano(key, vel, hold, rng)
     f0 = hz(key)
     b = rng.uniform(0.5, 4) * 1e-4 * (1 + (key - 28) / 40)
     hammer = rng.uniform(0.08, 0.16)
@@ -136,6 +134,31 @@ def piano(key: int, vel: float, hold: float, rng: np.random.Generator) -> np.nda
         out += partials(freqs, amps, slow, rng) + partials(freqs, amps * 0.6, slow * 6, rng)
     thump = lowpass(rng.standard_normal(N) * np.exp(-T / 0.01), 800) * 0.3 * vel
     return (out + thump) * envelope(rng, 0.002, hold, rng.uniform(0.08, 0.3))
+
+
+def fm(f0: float, ratio: float, index: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Two-operator FM: a sine at f0 whose phase a sine at ratio·f0 modulates by `index` (radians)."""
+    phase = 2 * np.pi * f0 * T + rng.uniform(0, 2 * np.pi)
+    return np.sin(phase + index * np.sin(ratio * phase + rng.uniform(0, 2 * np.pi)))
+
+
+def electric_piano(key: int, vel: float, hold: float, rng: np.random.Generator) -> np.ndarray:
+    """A tine piano (a struck tine whose 'bark' is brief FM, a high tine ping, an optional suitcase
+    tremolo) or an FM piano (a 1:1 pair for the body beside a 1:14 pair for the attack's bell)."""
+    f0 = hz(key)
+    body_decay = rng.uniform(0.4, 1.5) * (1 + (key - 28) / 30)
+    bark = vel * rng.uniform(0.5, 3.0) * np.exp(-T / rng.uniform(0.03, 0.25))
+    out = fm(f0, 1.0, bark, rng) * np.exp(-body_decay * T)
+    if rng.random() < 0.5:  # tine: an inharmonic ping at 7-14 times the pitch
+        ping = rng.uniform(7, 14)
+        if ping * f0 < SR / 2 * 0.9:
+            out += rng.uniform(0.1, 0.4) * vel * np.sin(2 * np.pi * ping * f0 * T) * np.exp(-T / 0.02)
+        if rng.random() < 0.4:
+            out *= 1 + rng.uniform(0.1, 0.5) * np.sin(2 * np.pi * rng.uniform(3, 7) * T)
+    else:  # FM piano's bell
+        bell = vel * rng.uniform(0.5, 2.0) * np.exp(-T / rng.uniform(0.05, 0.4))
+        out += rng.uniform(0.2, 0.6) * fm(f0, 14.0, bell, rng) * np.exp(-3 * body_decay * T)
+    return out * envelope(rng, 0.001, hold, rng.uniform(0.05, 0.25))
 
 
 def karplus_strong(f0: float, seconds: float, rng: np.random.Generator, bright: float, sustain: float) -> np.ndarray:
@@ -156,16 +179,8 @@ def karplus_strong(f0: float, seconds: float, rng: np.random.Generator, bright: 
 
 
 def guitar(key: int, vel: float, hold: float, rng: np.random.Generator) -> np.ndarray:
-    keys = [key]
-    if rng.random() < 0.3:  # a strummed chord
-        shape = [0, 7, 12, 16, 19] if rng.random() < 0.5 else [0, 7, 12, 15, 19]  # major or minor
-        keys = [key + k for k in shape[: rng.integers(3, 6)]]
-    out = np.zeros(N)
-    for i, k in enumerate(keys):
-        start = int(i * rng.uniform(0.008, 0.03) * SR)
-        s = karplus_strong(hz(k), SECONDS, rng, bright=vel * rng.uniform(0.3, 1.0), sustain=rng.uniform(0.990, 0.999))
-        out[start:] += s[: N - start]
-    out = resonances(out, rng, (90, 400), 3, 4.0)
+    s = karplus_strong(hz(key), SECONDS, rng, bright=vel * rng.uniform(0.3, 1.0), sustain=rng.uniform(0.990, 0.999))
+    out = resonances(s, rng, (90, 400), 3, 4.0)
     return out * envelope(rng, 0.001, hold, rng.uniform(0.05, 0.25))
 
 
@@ -302,16 +317,31 @@ VOICES: dict[str, Callable[[int, float, float, np.random.Generator], np.ndarray]
 }
 
 
+STRUM_S = {"guitar": (0.008, 0.03)}  # seconds between the notes of a chord; others nearly together
+TOGETHER_S = (0.0, 0.006)
+
+
 def note(cls: str, seed: int) -> tuple[np.ndarray, dict[str, object]]:
-    """One note of `cls`, 3 s mono float32, and how it was made."""
+    """One note (or, as in the corpus, for a share of some classes a chord) of `cls`, 3 s mono float32,
+    and how it was made. A chord's notes are one instrument: each key is played from the same random
+    stream, so they share every drawn timbre parameter and differ only by their key."""
     rng = np.random.default_rng(seed)
     low, high = RANGE[cls]
     key = int(rng.integers(low, high + 1))
     vel = float(rng.uniform(0.3, 1.0))
     hold = float(np.exp(rng.uniform(np.log(0.15), np.log(2.8))))
-    audio = VOICES[cls](key, vel, hold, rng)
+    shape: tuple[int, ...] = (0,)
+    if cls in CHORD_CLASSES and rng.random() < P_CHORD:
+        shape = CHORDS[int(rng.integers(len(CHORDS)))]
+    spread = rng.uniform(*STRUM_S.get(cls, TOGETHER_S))
+    timbre = int(rng.integers(2**63))
+    audio = np.zeros(N)
+    for i, step in enumerate(shape):
+        start = int(i * spread * SR)
+        audio[start:] += VOICES[cls](key + step, vel, hold, np.random.default_rng(timbre))[: N - start]
     audio = audio / max(1e-9, float(np.max(np.abs(audio)))) * 10 ** (rng.uniform(-24, -0.5) / 20)
-    made = {"class": cls, "seed": seed, "key": key, "velocity": round(vel, 3), "hold_s": round(hold, 3)}
+    made = {"class": cls, "seed": seed, "key": key, "chord": " ".join(map(str, shape)), "velocity": round(vel, 3)}
+    made["hold_s"] = round(hold, 3)
     return audio.astype(np.float32), made
 
 
@@ -322,7 +352,7 @@ def build(out: Path, per_class: int, seed: int, wav: int = 0) -> Path:
     params = SpectrogramParams()
     assert params.sample_rate == SR and params.n_samples == N
     out.mkdir(parents=True, exist_ok=True)
-    target = out / f"codes-{per_class}-{seed}-{params.key}.npz"
+    target = out / f"codes-v{VERSION}-{per_class}-{seed}-{params.key}.npz"
     if target.exists():
         return target
     codes, labels, seeds, rows = [], [], [], []
