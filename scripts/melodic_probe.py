@@ -7,7 +7,8 @@ about as much between seeds as the recipe changes worth trying, so they cannot r
 is a smaller copy of their hardest question: the nine melodic classes only, from the three independent
 melodic sample families (`fluidr3`, `musescore`, `opl3`), trained on two and tested on the third, with
 the demo recipe (20 epochs, no effects head) at one torch thread: about 11 minutes. Every run appends its
-result to `docs/melodic-probe.jsonl` (`docs/demo-model.md` reads them).
+result to `docs/melodic-probe.jsonl` (`docs/demo-model.md` reads them): accuracy, per class and (in the rows
+after the first `mixstyle` one) `confusion`: counts, a row per true class, columns predicted, `MELODIC` order.
 
 Arms (each against `base`; `--seed` for the seed spread):
 - `e40`: 40 epochs instead of 20 (the shipped model's loss was still falling at 20).
@@ -185,6 +186,7 @@ def main() -> int:
         "seed": args.seed,
         "accuracy": round(float(np.mean(predicted == truth)), 4),
         "per_class": {c: round(float(np.mean(predicted[truth == i] == i)), 3) for i, c in enumerate(MELODIC)},
+        "confusion": [np.bincount(predicted[truth == i], minlength=len(MELODIC)).tolist() for i in range(len(MELODIC))],
         "train_clips": len(x),
         "seconds": round(time.monotonic() - started),
     }
