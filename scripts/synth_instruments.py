@@ -340,13 +340,20 @@ def note(cls: str, seed: int) -> tuple[np.ndarray, dict[str, object]]:
         start = int(i * spread * SR)
         audio[start:] += VOICES[cls](key + step, vel, hold, np.random.default_rng(timbre))[: N - start]
     audio = audio / max(1e-9, float(np.max(np.abs(audio)))) * 10 ** (rng.uniform(-24, -0.5) / 20)
-    made = {"class": cls, "seed": seed, "key": key, "chord": " ".join(map(str, shape)), "velocity": round(vel, 3)}
-    made["hold_s"] = round(hold, 3)
+    made = {
+        "class": cls,
+        "seed": seed,
+        "key": key,
+        "chord": " ".join(map(str, shape)),
+        "velocity": round(vel, 3),
+        "hold_s": round(hold, 3),
+    }
     return audio.astype(np.float32), made
 
 
 def build(out: Path, per_class: int, seed: int, wav: int = 0) -> Path:
-    """codes.npz and provenance.csv in `out` (made once: the same arguments give the same notes)."""
+    """codes-v….npz and provenance.csv in `out` (made once: the same arguments and VERSION give the same
+    notes)."""
     from vibrary.daemon.spectrogram import SpectrogramParams, log_mel, quantize
 
     params = SpectrogramParams()
