@@ -1,6 +1,6 @@
 """Quick probes of what makes the demo model's melodic classes generalise to an unheard sample bank.
 
-    python scripts/melodic_probe.py --corpus /work/corpus --held musescore --arm base [--seed 1]
+    python scripts/melodic_probe.py --corpus /work/corpus --held musescore --arm base [--seed 1] [--epochs 13]
 
 The leave-sources-out folds (`train_demo.py --folds`) take 35–40 minutes each on two CPU cores and move by
 about as much between seeds as the recipe changes worth trying, so they cannot rank many ideas. A probe
@@ -8,7 +8,10 @@ is a smaller copy of their hardest question: the nine melodic classes only, from
 melodic sample families (`fluidr3`, `musescore`, `opl3`), trained on two and tested on the third, with
 the demo recipe (20 epochs, no effects head) at one torch thread: about 11 minutes. Every run appends its
 result to `docs/melodic-probe.jsonl` (`docs/demo-model.md` reads them): accuracy, per class and (in the rows
-after the first `mixstyle` one) `confusion`: counts, a row per true class, columns predicted, `MELODIC` order.
+after the first `mixstyle` one) `confusion`: counts, a row per true class, columns predicted, `MELODIC` order;
+later rows also name the epochs and the corpus folder (`--corpus` may be another build: more clips per class,
+strummed guitars). `--held recorded` trains on all three families and tests on the corpus's recordings that
+are unlike any bank's notes (`RECORDED`: real guitar strums, espeak-ng speech).
 
 Arms (each against `base`; `--seed` for the seed spread):
 - `e40`: 40 epochs instead of 20 (the shipped model's loss was still falling at 20).
@@ -25,6 +28,7 @@ Arms (each against `base`; `--seed` for the seed spread):
   (`scripts/synth_instruments.py`, no sample of any bank), 20 epochs. The rows of the arms `synth`,
   `synth-e14` and `synth-e40` (20, 14 and 40 epochs) were made with the family's first version, before it
   had chords and electric pianos (this script and `synth_instruments.py` at commit 907f794).
+- `synth2-guitar`: the same family's guitars only (130 notes and strummed chords), the other classes as `base`.
 - `fmix`: Freq-MixStyle (the DCASE device-generalisation trick): for half the batches, each clip's
   per-band mean and deviation over time are blended with another clip's (Beta(0.3, 0.3)), so the network
   meets spectral envelopes and band dynamics of clips it never heard together.
@@ -50,6 +54,9 @@ from build_corpus import CLASSES
 
 MELODIC = CLASSES[6:]  # piano … vocals, after the six drum classes
 FAMILIES = ["fluidr3", "musescore", "opl3"]
+# Recordings unlike any bank's notes: real strummed guitar chords and espeak-ng speech. `--held recorded`
+# trains on all three families and tests on these (the folds' two lowest groups, 2 % and 14 %).
+RECORDED = ["h2_guitarstrums", "espeak"]
 ARMS = [
     "base",
     "e40",
@@ -59,6 +66,7 @@ ARMS = [
     "narrow",
     "mel6",
     "synth2",
+    "synth2-guitar",
     "fmix",
     "mixstyle",
 ]
@@ -148,9 +156,10 @@ def set_arm(arm: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, required=True)
-    parser.add_argument("--held", choices=FAMILIES, required=True, help="the family to test on")
+    parser.add_argument("--held", choices=[*FAMILIES, "recorded"], required=True, help="what to test on")
     parser.add_argument("--arm", choices=ARMS, default="base")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, help="instead of the arm's (20; 40 for e40, 10 for layer-e10)")
     args = parser.parse_args()
 
     import torch
@@ -161,11 +170,12 @@ def main() -> int:
     torch.set_num_threads(1)
     set_arm(args.arm)
     codes, labels, groups, _ = train_demo.load_corpus(args.corpus, 1)
-    keep = np.isin(groups, FAMILIES) & (labels >= len(CLASSES) - len(MELODIC))
+    keep = np.isin(groups, FAMILIES + RECORDED) & (labels >= len(CLASSES) - len(MELODIC))
     codes, labels, groups = codes[keep], labels[keep] - (len(CLASSES) - len(MELODIC)), groups[keep]
-    test = groups == args.held
-    x, y, g = codes[~test], labels[~test], groups[~test]
-    epochs = {"layer-e10": 10, "e40": 40}.get(args.arm, 20)
+    test = np.isin(groups, RECORDED if args.held == "recorded" else [args.held])
+    train_on = ~test & np.isin(groups, FAMILIES)
+    x, y, g = codes[train_on], labels[train_on], groups[train_on]
+    epochs = args.epochs or {"layer-e10": 10, "e40": 40}.get(args.arm, 20)
     if args.arm.startswith("layer"):
         x, y, g = np.concatenate([x, layered(x, y, g)]), np.concatenate([y, y]), np.concatenate([g, g])
     if args.arm.startswith("synth"):
@@ -173,8 +183,9 @@ def main() -> int:
 
         assert synth_instruments.CLASSES == MELODIC
         with np.load(synth_instruments.build(args.corpus.parent / "synth-instruments", 130, 0)) as z:
-            x, y = np.concatenate([x, z["codes"]]), np.concatenate([y, z["labels"]])
-            g = np.concatenate([g, np.full(len(z["labels"]), "synth")])
+            only = z["labels"] == MELODIC.index("guitar") if args.arm == "synth2-guitar" else slice(None)
+            x, y = np.concatenate([x, z["codes"][only]]), np.concatenate([y, z["labels"][only]])
+            g = np.concatenate([g, np.full(len(z["labels"][only]), "synth")])
     config = train_demo.recipe(epochs, args.seed)
     started = time.monotonic()
     result = train(Manifest("probe", MELODIC, SpectrogramParams()), x, y, g, config)
@@ -184,8 +195,12 @@ def main() -> int:
         "held": args.held,
         "arm": args.arm,
         "seed": args.seed,
+        "epochs": epochs,
+        "corpus": args.corpus.name,
         "accuracy": round(float(np.mean(predicted == truth)), 4),
-        "per_class": {c: round(float(np.mean(predicted[truth == i] == i)), 3) for i, c in enumerate(MELODIC)},
+        "per_class": {
+            c: round(float(np.mean(predicted[truth == i] == i)), 3) for i, c in enumerate(MELODIC) if np.any(truth == i)
+        },
         "confusion": [np.bincount(predicted[truth == i], minlength=len(MELODIC)).tolist() for i in range(len(MELODIC))],
         "train_clips": len(x),
         "seconds": round(time.monotonic() - started),
