@@ -303,21 +303,6 @@ P_EFFECT = 0.30
 CHORD_CLASSES = {"piano", "guitar", "organ", "strings", "brass", "synth"}
 P_CHORD = 0.3
 CHORDS = [(0, 4, 7), (0, 3, 7), (0, 7), (0, 7, 12), (0, 4, 7, 12), (0, 3, 7, 10), (0, 5, 7), (0, 12)]
-# With --strum, a guitar chord is strummed: 3-6 strings a few milliseconds apart, low to high (down) or
-# back (up). Struck all at once, as without it (the shipped model's corpus), the soundfonts' guitar chords
-# teach nothing about the 100 recorded strums of hydrogen-drumkits-effects, called bass or piano when held
-# out (docs/demo-model.md).
-STRUM_MS = (6.0, 35.0)  # between successive strings
-P_UPSTROKE = 0.35
-GUITAR_TOP = 88  # the 24th fret of the top string
-
-
-def guitar_voicing(shape: tuple[int, ...], strings: int) -> list[int]:
-    """The shape as a guitar plays it: the root, the fifth when the shape has one, then the shape's notes
-    an octave and two up (6 strings of a major shape give the E-form barre chord 0 7 12 16 19 24)."""
-    upper = sorted({k + 12 * octave for k in shape for octave in (1, 2)})
-    return ([0, 7] if 7 in shape else [0]) + upper[: strings - (2 if 7 in shape else 1)]
-
 
 ESPEAK_VOICES = ["en-us", "en-gb", "en-029", "de", "fr-fr", "es", "it", "pt-br", "nl", "sv"]
 ESPEAK_VARIANTS = [
@@ -666,7 +651,7 @@ def draw_hold(rng) -> float:
     return round(rng.uniform(1.5, 3.0), 3)
 
 
-def plan(per_class: int, seed: int, classes: list[str], units, log, strum: bool = False) -> list[dict]:
+def plan(per_class: int, seed: int, classes: list[str], units, log) -> list[dict]:
     jobs = []
     for ci, cls in enumerate(CLASSES):
         if cls not in classes:
@@ -689,14 +674,6 @@ def plan(per_class: int, seed: int, classes: list[str], units, log, strum: bool 
                     job["hold_s"] = draw_hold(rng)
                     if cls in CHORD_CLASSES and rng.random() < P_CHORD:
                         shape = CHORDS[int(rng.integers(len(CHORDS)))]
-                        if strum and cls == "guitar":  # keys in the order the pick meets the strings
-                            keys = guitar_voicing(shape, int(rng.integers(3, 7)))
-                            while job["pitch"] + keys[-1] > GUITAR_TOP and job["pitch"] - 12 >= lo:
-                                job["pitch"] -= 12  # the same chord lower on the neck
-                            keys = [k for k in keys if job["pitch"] + k <= GUITAR_TOP]
-                            up = rng.random() < P_UPSTROKE
-                            shape = tuple(keys[::-1] if up else keys)
-                            job["strum_ms"] = round(float(rng.uniform(*STRUM_MS)), 1)
                         job["chord"] = "+".join(str(k) for k in shape)
                 elif u["kind"] == "sfdrum":
                     job["pitch"] = u["note"]
@@ -816,16 +793,15 @@ def render_job(job: dict, out_dir: str) -> dict:
         sr = RENDER_SR
         total = job["hold_s"] + (3.0 if kind == "sf" else max_len + 0.5)
         keys = [job["pitch"] + int(k) for k in str(job.get("chord") or "0").split("+")]
-        gap = round(float(job.get("strum_ms") or 0.0) * sr / 1000)
-        notes = [
-            renderer().note(
-                job["sf"], job["bank"], job["program"], key, job["velocity"], job["hold_s"], min(total, 6.0)
-            )
-            for key in keys
-        ]
-        x = np.zeros((len(notes[0]) + gap * (len(notes) - 1), notes[0].shape[1]), np.float32)
-        for i, note in enumerate(notes):  # each string a gap after the one before it
-            x[i * gap : i * gap + len(note)] += note
+        x = np.sum(
+            [
+                renderer().note(
+                    job["sf"], job["bank"], job["program"], key, job["velocity"], job["hold_s"], min(total, 6.0)
+                )
+                for key in keys
+            ],
+            axis=0,
+        )
     elif kind == "h2":
         x, sr = load_h2(job)
     else:
@@ -878,7 +854,6 @@ COLUMNS = [
     "text",
     "pitch",
     "chord",
-    "strum_ms",
     "pitch_shift_st",
     "velocity",
     "hold_s",
@@ -935,7 +910,6 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--classes", default=",".join(CLASSES), help="comma list (for quick tests)")
     ap.add_argument("--dry-run", action="store_true", help="only print the plan")
-    ap.add_argument("--strum", action="store_true", help="strum the guitar chords (not yet in the shipped model)")
     ap.add_argument("--force", action="store_true", help="replace an existing corpus in --out")
     args = ap.parse_args(argv)
 
@@ -965,7 +939,7 @@ def main(argv=None) -> int:
         _RENDERER.synth.delete()
         _RENDERER = None
     log(f"planning {args.per_class} clips per class (seed {args.seed}) ...")
-    jobs = plan(args.per_class, args.seed, classes, units, log, strum=args.strum)
+    jobs = plan(args.per_class, args.seed, classes, units, log)
     if args.dry_run:
         return 0
     for c in classes:
