@@ -183,9 +183,12 @@ def main() -> int:
 
         assert synth_instruments.CLASSES == MELODIC
         with np.load(synth_instruments.build(args.corpus.parent / "synth-instruments", 130, 0)) as z:
-            only = z["labels"] == MELODIC.index("guitar") if args.arm == "synth2-guitar" else slice(None)
-            x, y = np.concatenate([x, z["codes"][only]]), np.concatenate([y, z["labels"][only]])
-            g = np.concatenate([g, np.full(len(z["labels"][only]), "synth")])
+            extra_x, extra_y = z["codes"], z["labels"]  # each read of an npz member unpacks it again
+        if args.arm == "synth2-guitar":
+            guitars = extra_y == MELODIC.index("guitar")
+            extra_x, extra_y = extra_x[guitars], extra_y[guitars]
+        x, y = np.concatenate([x, extra_x]), np.concatenate([y, extra_y])
+        g = np.concatenate([g, np.full(len(extra_y), "synth")])
     config = train_demo.recipe(epochs, args.seed)
     started = time.monotonic()
     result = train(Manifest("probe", MELODIC, SpectrogramParams()), x, y, g, config)
