@@ -10,8 +10,9 @@ the demo recipe (20 epochs, no effects head) at one torch thread: about 11 minut
 result to `docs/melodic-probe.jsonl` (`docs/demo-model.md` reads them): accuracy, per class and (in the rows
 after the first `mixstyle` one) `confusion`: counts, a row per true class, columns predicted, `MELODIC` order;
 later rows also name the epochs and the corpus folder (`--corpus` may be another build: more clips per class,
-strummed guitars). `--held recorded` trains on all three families and tests on the corpus's recordings that
-are unlike any bank's notes (`RECORDED`: real guitar strums, espeak-ng speech).
+or strummed guitars, which only `build_corpus.py --strum` at d4d5cf9 makes). `--held recorded` trains on all
+three families and tests on the corpus's recordings that are unlike any bank's notes (`RECORDED`: real
+guitar strums, espeak-ng speech).
 
 Arms (each against `base`; `--seed` for the seed spread):
 - `e40`: 40 epochs instead of 20 (the shipped model's loss was still falling at 20).
