@@ -224,6 +224,46 @@ def test_a_trainer_gives_back_the_disk_of_finished_jobs_and_stale_shards(tmp_pat
         serving.stop(grace=0)
 
 
+def test_a_shard_said_to_be_there_is_not_pruned_before_its_job_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prune that has judged a week-old shard stale when a client asks for it: either the shard goes
+    first and the client is told to upload it again, or the client's asking keeps it; never "you have
+    it" and then gone, which failed the job's start."""
+    from vibrary.trainer import prune
+    from vibrary.trainer.service import serve
+
+    manifest, blobs = _manifest_and_blobs(per_kind=4)
+    _store(blobs, tmp_path)
+    judged, asked = threading.Event(), threading.Event()
+    real_age = prune._age
+
+    def age_then_pause(path: Path) -> float:
+        days = real_age(path)
+        if threading.current_thread().name == "pruner" and not judged.is_set():
+            judged.set()  # the first shard is judged stale; the client asks while it is
+            asked.wait(1.0)
+        return days
+
+    monkeypatch.setattr(prune, "_age", age_then_pause)
+    serving = serve(tmp_path / "trainer", "127.0.0.1:0")
+    try:
+        with TrainerClient(f"127.0.0.1:{serving.port}") as client:
+            client.upload(manifest, tmp_path)
+            for shard in (tmp_path / "trainer").glob("tenants/*/shards/*.npz"):
+                _age(shard, 8)
+            pruner = threading.Thread(target=serving.service._prune, name="pruner")
+            pruner.start()
+            assert judged.wait(10)
+            client.upload(manifest, tmp_path)
+            asked.set()
+            pruner.join()
+            job = client.start(manifest, "raced", "none", json.dumps({"epochs": 1}))
+            assert list(client.watch(job.id))[-1].state == pb.Job.SUCCEEDED
+    finally:
+        serving.stop(grace=0)
+
+
 def test_corrupt_shard_is_refused(trainer_service: str) -> None:
     manifest, blobs = _manifest_and_blobs()
     shard = manifest.shards[0]

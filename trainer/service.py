@@ -141,6 +141,9 @@ class TrainerService(pb_grpc.TrainerServicer):
         self._queue: queue.Queue[_JobState | None] = queue.Queue()  # None: the runner's end
         self._suspended = threading.Event()
         self._spared: list[_JobState] = []  # neither run nor listed, but their shards stay
+        # Held while shards are judged present (MissingShards, StartJob) and while stale ones are removed, so
+        # that a shard said to be there, or a job's, is never removed between the saying and the training.
+        self._shards = threading.Lock()
         self._restore(resume, spare)
         self._runner = threading.Thread(target=self._run_jobs, name="trainer", daemon=True)
         self._runner.start()
@@ -207,13 +210,14 @@ class TrainerService(pb_grpc.TrainerServicer):
                 prune.remove_job(job.out)
                 del self.jobs[job_id]
                 log.info("job %s removed: finished and collected, or never collected for a month", job_id)
-        needed: dict[str, set[str]] = {}
-        for job in [*self._spared, *(j for j in list(self.jobs.values()) if j.job.state not in _TERMINAL)]:
-            needed.setdefault(job.user, set()).update(s.sha256 for s in job.manifest.shards)
-        for folder in self.root.glob("tenants/*/shards"):
-            freed = prune.prune_shards(folder, needed.get(folder.parent.name, set()))
-            if freed:
-                log.info("%s: %.1f MB of shards unused for a week removed", folder, freed / 1e6)
+        with self._shards:
+            needed: dict[str, set[str]] = {}
+            for job in [*self._spared, *(j for j in list(self.jobs.values()) if j.job.state not in _TERMINAL)]:
+                needed.setdefault(job.user, set()).update(s.sha256 for s in job.manifest.shards)
+            for folder in self.root.glob("tenants/*/shards"):
+                freed = prune.prune_shards(folder, needed.get(folder.parent.name, set()))
+                if freed:
+                    log.info("%s: %.1f MB of shards unused for a week removed", folder, freed / 1e6)
 
     # -- who is asking -------------------------------------------------------------------------------
     def _user(self, context: grpc.ServicerContext) -> str:
@@ -238,15 +242,15 @@ class TrainerService(pb_grpc.TrainerServicer):
     def MissingShards(self, request: pb.ShardList, context: grpc.ServicerContext) -> pb.ShardList:
         user = self._user(context)
         missing = []
-        for s in request.shards:
-            path = self._shard_path(user, s.sha256, context)
-            if path.exists():
-                prune.touch(path)  # about to be trained on: it stays
-            else:
-                part = path.with_suffix(".part")
-                missing.append(
-                    pb.ShardStatus(sha256=s.sha256, size=s.size, have_bytes=part.stat().st_size if part.exists() else 0)
-                )
+        with self._shards:
+            for s in request.shards:
+                path = self._shard_path(user, s.sha256, context)
+                if path.exists():
+                    prune.touch(path)  # about to be trained on: it stays
+                else:
+                    part = path.with_suffix(".part")
+                    have = part.stat().st_size if part.exists() else 0
+                    missing.append(pb.ShardStatus(sha256=s.sha256, size=s.size, have_bytes=have))
         return pb.ShardList(shards=missing)
 
     def UploadShards(self, request_iterator: Iterator[pb.ShardChunk], context: grpc.ServicerContext) -> pb.UploadReply:
@@ -290,13 +294,14 @@ class TrainerService(pb_grpc.TrainerServicer):
             base_path(base)
         except (ShardError, ValueError, TypeError, FileNotFoundError) as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        absent = [s.sha256[:12] for s in manifest.shards if not self._shard_path(user, s.sha256, context).exists()]
-        if absent:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"shards not uploaded yet: {', '.join(absent)}")
-        job_id = uuid.uuid4().hex[:12]
-        job = _JobState(job_id, user, request, manifest, config, self._folder(user, "jobs") / job_id)
-        job.save()
-        self.jobs[job_id] = job
+        with self._shards:  # from here on the job's shards are needed: no prune removes them
+            absent = [s.sha256[:12] for s in manifest.shards if not self._shard_path(user, s.sha256, context).exists()]
+            if absent:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"shards not uploaded yet: {', '.join(absent)}")
+            job_id = uuid.uuid4().hex[:12]
+            job = _JobState(job_id, user, request, manifest, config, self._folder(user, "jobs") / job_id)
+            job.save()
+            self.jobs[job_id] = job
         self._queue.put(job)
         return job.snapshot()
 
