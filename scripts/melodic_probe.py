@@ -12,7 +12,8 @@ after the first `mixstyle` one) `confusion`: counts, a row per true class, colum
 later rows also name the epochs and the corpus folder (`--corpus` may be another build: more clips per class,
 or strummed guitars, which only `build_corpus.py --strum` at d4d5cf9 makes). `--held recorded` trains on all
 three families and tests on the corpus's recordings that are unlike any bank's notes (`RECORDED`: real
-guitar strums, espeak-ng speech).
+guitar strums, espeak-ng speech). `--logits DIR` saves a run's logits of the test clips; `--ensemble
+FILE...` trains nothing and scores the mean of such runs' class probabilities (a row with `members`).
 
 Arms (each against `base`; `--seed` for the seed spread):
 - `e40`: 40 epochs instead of 20 (the shipped model's loss was still falling at 20).
@@ -35,6 +36,9 @@ Arms (each against `base`; `--seed` for the seed spread):
   meets spectral envelopes and band dynamics of clips it never heard together.
 - `mixstyle`: MixStyle (Zhou et al., domain generalisation) on the feature maps after the first two
   blocks: per-channel mean and deviation blended between clips of a batch, half the batches, Beta(0.1, 0.1).
+- `swa`: the weights averaged over the last half of the epochs (stochastic weight averaging; SWAD, Cha et
+  al., found such averages of one run generalise better to unseen domains), then batch-norm statistics
+  recomputed for the average, instead of the last epoch's weights.
 
 Each arm changes the trainer's augmentation or network only in this process (module attributes), so
 nothing here changes what `vibrary train` does.
@@ -70,7 +74,9 @@ ARMS = [
     "synth2-guitar",
     "fmix",
     "mixstyle",
+    "swa",
 ]
+SWA: dict[str, Any] = {"epoch": 0, "epochs": 0, "sum": {}, "n": 0}  # the `swa` arm's running sum of weights
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "melodic-probe.jsonl"
 
 
@@ -149,6 +155,19 @@ def set_arm(arm: str) -> None:
                 self.features = torch.nn.Sequential(*layers)
 
         training.TagNet = StyledNet
+    elif arm == "swa":
+        recalibrate = SWA["recalibrate"] = training._recalibrate_batch_norm
+
+        def averaging(net: Any, idx: Any, batch: Any, batch_size: int) -> None:
+            recalibrate(net, idx, batch, batch_size)  # once after every epoch: the epoch's weights are final
+            SWA["epoch"] += 1
+            if SWA["epoch"] > SWA["epochs"] // 2:
+                weights = {k: v.detach().clone() for k, v in net.named_parameters()}
+                SWA["sum"] = weights if not SWA["sum"] else {k: SWA["sum"][k] + w for k, w in weights.items()}
+                SWA["n"] += 1
+                SWA["batch"], SWA["idx"], SWA["size"] = batch, idx, batch_size
+
+        training._recalibrate_batch_norm = averaging
     elif arm == "mel6":
         shift = augment._shift
         augment._shift = lambda clip, k, dim, fill: shift(clip, k * 3 if dim == 1 else k, dim, fill)
@@ -161,6 +180,8 @@ def main() -> int:
     parser.add_argument("--arm", choices=ARMS, default="base")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, help="instead of the arm's (20; 40 for e40, 10 for layer-e10)")
+    parser.add_argument("--logits", type=Path, help="save the test clips' logits in this folder")
+    parser.add_argument("--ensemble", type=Path, nargs="+", help="score the mean of these runs' saved logits")
     args = parser.parse_args()
 
     import torch
@@ -175,6 +196,11 @@ def main() -> int:
     codes, labels, groups = codes[keep], labels[keep] - (len(CLASSES) - len(MELODIC)), groups[keep]
     test = np.isin(groups, RECORDED if args.held == "recorded" else [args.held])
     train_on = ~test & np.isin(groups, FAMILIES)
+    if args.ensemble:  # the mean of the members' class probabilities; the arm names the members' arm
+        from scipy.special import softmax
+
+        mean = np.mean([softmax(np.load(path), axis=1) for path in args.ensemble], axis=0)
+        return report(args, mean, labels[test], {"members": [p.stem for p in args.ensemble]}, {})
     x, y, g = codes[train_on], labels[train_on], groups[train_on]
     epochs = args.epochs or {"layer-e10": 10, "e40": 40}.get(args.arm, 20)
     if args.arm.startswith("layer"):
@@ -191,23 +217,38 @@ def main() -> int:
         x, y = np.concatenate([x, extra_x]), np.concatenate([y, extra_y])
         g = np.concatenate([g, np.full(len(extra_y), "synth")])
     config = train_demo.recipe(epochs, args.seed)
+    SWA["epochs"] = epochs
     started = time.monotonic()
     result = train(Manifest("probe", MELODIC, SpectrogramParams()), x, y, g, config)
-    predicted = train_demo.predict(result.net, codes[test])
+    if args.arm == "swa":
+        with torch.no_grad():
+            for k, p in result.net.named_parameters():
+                p.copy_(SWA["sum"][k] / SWA["n"])
+        SWA["recalibrate"](result.net, SWA["idx"], SWA["batch"], SWA["size"])
+    scores = train_demo.logits(result.net, codes[test])
+    if args.logits:  # for ensembles of runs, scored afterwards (`--ensemble`)
+        args.logits.mkdir(parents=True, exist_ok=True)
+        np.save(args.logits / f"{args.held}-{args.arm}-{args.seed}-e{epochs}-{args.corpus.name}.npy", scores)
     truth = labels[test]
+    run = {"seed": args.seed, "epochs": epochs, "corpus": args.corpus.name}
+    return report(args, scores, truth, run, {"train_clips": len(x), "seconds": round(time.monotonic() - started)})
+
+
+def report(
+    args: argparse.Namespace, scores: np.ndarray, truth: np.ndarray, run: dict[str, Any], cost: dict[str, Any]
+) -> int:
+    """Print the row of a run (or of an ensemble of runs' logits) and append it to RESULTS."""
+    predicted = scores.argmax(1)
     row = {
         "held": args.held,
         "arm": args.arm,
-        "seed": args.seed,
-        "epochs": epochs,
-        "corpus": args.corpus.name,
+        **run,
         "accuracy": round(float(np.mean(predicted == truth)), 4),
         "per_class": {
             c: round(float(np.mean(predicted[truth == i] == i)), 3) for i, c in enumerate(MELODIC) if np.any(truth == i)
         },
         "confusion": [np.bincount(predicted[truth == i], minlength=len(MELODIC)).tolist() for i in range(len(MELODIC))],
-        "train_clips": len(x),
-        "seconds": round(time.monotonic() - started),
+        **cost,
     }
     print(json.dumps(row), flush=True)
     with open(RESULTS, "a") as f:

@@ -101,7 +101,7 @@ def load_effects(path: Path | None) -> AuxTask | None:
         return AuxTask(z["codes"], z["labels"].astype(np.int64), [str(c) for c in z["classes"]], share=1.0)
 
 
-def predict(net: Any, codes: np.ndarray) -> np.ndarray:
+def logits(net: Any, codes: np.ndarray) -> np.ndarray:
     import torch
     from vibrary.daemon.spectrogram import SpectrogramParams, dequantize
 
@@ -109,8 +109,12 @@ def predict(net: Any, codes: np.ndarray) -> np.ndarray:
     net.eval()
     with torch.no_grad():
         return torch.cat(
-            [net(torch.from_numpy(dequantize(codes[i : i + 256], params))).argmax(1) for i in range(0, len(codes), 256)]
+            [net(torch.from_numpy(dequantize(codes[i : i + 256], params))) for i in range(0, len(codes), 256)]
         ).numpy()
+
+
+def predict(net: Any, codes: np.ndarray) -> np.ndarray:
+    return logits(net, codes).argmax(1)
 
 
 def recipe(epochs: int, seed: int) -> TrainConfig:
