@@ -180,6 +180,7 @@ def main() -> int:
     parser.add_argument("--arm", choices=ARMS, default="base")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, help="instead of the arm's (20; 40 for e40, 10 for layer-e10)")
+    parser.add_argument("--precision", default="auto", help="of the training steps: auto, float32 or bfloat16")
     parser.add_argument("--logits", type=Path, help="save the test clips' logits in this folder")
     parser.add_argument("--ensemble", type=Path, nargs="+", help="score the mean of these runs' saved logits")
     args = parser.parse_args()
@@ -216,7 +217,7 @@ def main() -> int:
             extra_x, extra_y = extra_x[guitars], extra_y[guitars]
         x, y = np.concatenate([x, extra_x]), np.concatenate([y, extra_y])
         g = np.concatenate([g, np.full(len(extra_y), "synth")])
-    config = train_demo.recipe(epochs, args.seed)
+    config = train_demo.recipe(epochs, args.seed, args.precision)
     SWA["epochs"] = epochs
     started = time.monotonic()
     result = train(Manifest("probe", MELODIC, SpectrogramParams()), x, y, g, config)
@@ -230,7 +231,7 @@ def main() -> int:
         args.logits.mkdir(parents=True, exist_ok=True)
         np.save(args.logits / f"{args.held}-{args.arm}-{args.seed}-e{epochs}-{args.corpus.name}.npy", scores)
     truth = labels[test]
-    run = {"seed": args.seed, "epochs": epochs, "corpus": args.corpus.name}
+    run = {"seed": args.seed, "epochs": epochs, "corpus": args.corpus.name, "precision": args.precision}
     return report(args, scores, truth, run, {"train_clips": len(x), "seconds": round(time.monotonic() - started)})
 
 

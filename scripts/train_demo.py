@@ -117,13 +117,20 @@ def predict(net: Any, codes: np.ndarray) -> np.ndarray:
     return logits(net, codes).argmax(1)
 
 
-def recipe(epochs: int, seed: int) -> TrainConfig:
+def recipe(epochs: int, seed: int, precision: str = "auto") -> TrainConfig:
     """The demo model's training options: fixed epochs, every given clip trains (no validation split).
     Thousands of clips need less regularisation than a user's dozens (the TrainConfig defaults)."""
     from vibrary.trainer.train import TrainConfig
 
     return TrainConfig(
-        epochs=epochs, seed=seed, val_fraction=0.0, batch_size=64, patience=epochs, dropout=0.1, head_dropout=0.3
+        epochs=epochs,
+        seed=seed,
+        val_fraction=0.0,
+        batch_size=64,
+        patience=epochs,
+        dropout=0.1,
+        head_dropout=0.3,
+        precision=precision,
     )
 
 
@@ -142,7 +149,7 @@ def train_on(
     from vibrary.trainer.train import train
 
     manifest = Manifest("demo", CLASSES, SpectrogramParams())
-    config = recipe(args.epochs, args.seed)
+    config = recipe(args.epochs, args.seed, args.precision)
 
     def progress(p: Any) -> None:
         print(f"epoch {p.epoch}/{p.epochs} loss {p.loss:.3f} eta {p.eta_s:.0f}s", file=sys.stderr, flush=True)
@@ -226,6 +233,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--precision", default="auto", help="of the training steps: auto, float32 or bfloat16")
     args = parser.parse_args()
 
     import torch

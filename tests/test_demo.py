@@ -69,3 +69,25 @@ def test_transfer_from_the_demo_model() -> None:
     net = TagNet(4)
     _load_base(net, base)
     assert torch.equal(net.features[0].weight, base["features.0.weight"])
+
+
+def test_the_network_code_computes_what_the_shipped_model_computes() -> None:
+    """The shipped checkpoint in today's TagNet gives the shipped ONNX model's scores: a change to the
+    network's layers that is not exactly equivalent (their order, a pooling, the input scaling) fails here."""
+    import pytest
+
+    pytest.importorskip("torch")
+    from vibrary.daemon.spectrogram import dequantize
+    from vibrary.trainer.export import load_base, max_difference
+    from vibrary.trainer.network import TagNet
+
+    base, _ = load_base("demo")
+    assert base is not None
+    net = TagNet(len(CLASSES))
+    net.load_state_dict(base)
+    params = SpectrogramParams()
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (8, *params.shape), dtype=np.uint8)
+    codes[:4, :, :, 100:] = 255  # short clips: silence after the sound, as the daemon's zero padding gives
+    onnx_bytes = (BUILTIN_DIR / "demo.onnx").read_bytes()
+    assert max_difference(net, onnx_bytes, dequantize(codes, params)) < 1e-4

@@ -608,6 +608,33 @@ def test_training_is_deterministic_for_a_seed() -> None:
     assert not torch.equal(weights(7), weights(8))
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_bfloat16_is_for_the_training_steps_only(precision: str) -> None:
+    """Training steps run in the precision asked for; batch-norm statistics, evaluation and the exported
+    model stay float32, what the daemon computes."""
+    codes, labels, groups = spectrograms(4, 5)
+    manifest, _ = shards.write("d", list(KINDS), P, codes, labels, groups)
+    seen: set[tuple[bool, torch.dtype]] = set()
+
+    def record(module: torch.nn.Module, args: object, out: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Conv2d):
+            seen.add((module.training, out.dtype))
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        config = TrainConfig(epochs=2, seed=1, precision=precision, val_fraction=0.3)
+        result = train(manifest, codes, labels, np.array(groups), config)
+    finally:
+        hook.remove()
+    step = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    assert seen == {(True, step), (False, torch.float32)}
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in result.net.parameters())
+    x = np.random.default_rng(0).uniform(-80, 0, (3, *P.shape)).astype(np.float32)
+    assert max_difference(result.net, to_onnx(result, "d"), x) < 1e-4
+    with pytest.raises(ValueError, match="unknown precision"):
+        TrainConfig.from_dict({"precision": "fp8"})
+
+
 def test_validation_holds_out_whole_groups_and_keeps_every_class() -> None:
     labels = np.array([0] * 6 + [1] * 6 + [2] * 3)
     groups = np.array(["a", "a", "b", "b", "c", "c", "d", "d", "d", "e", "e", "e", "f", "f", "f"])

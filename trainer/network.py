@@ -40,7 +40,9 @@ class TagNet(nn.Module):
         layers: list[nn.Module] = []
         c_in = channels
         for i, width in enumerate(WIDTHS):
-            layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.BatchNorm2d(width), nn.ELU(), nn.MaxPool2d(2)]
+            # ELU after the pooling: the same values and gradients (ELU is increasing, so it commutes with
+            # max), computed on a quarter of the elements; the layers' state_dict keys are unchanged
+            layers += [nn.Conv2d(c_in, width, 3, padding=1), nn.BatchNorm2d(width), nn.MaxPool2d(2), nn.ELU()]
             if i > 0:
                 layers.append(nn.Dropout(dropout))
             c_in = width

@@ -12,6 +12,7 @@ from the seed, so the same dataset and config give the same model on the same de
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -32,6 +33,7 @@ from .network import TagNet
 MIN_EXAMPLES = 2
 MIN_STEPS, MIN_BATCH = 3, 8  # optimiser steps an epoch at least, by smaller batches (see train)
 SMALL_CLASS = 25  # fewer clips than this in some class: no validation split (see train); measured at 1–20
+PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 class Cancelled(Exception):
@@ -55,6 +57,7 @@ class TrainConfig:
     dropout: float = 0.2  # after each convolution block but the first
     head_dropout: float = 0.5  # on the embedding, before the classifier
     device: str = "auto"  # "auto": CUDA when present, else the CPU
+    precision: str = "auto"  # of the training steps: "auto", "float32" or "bfloat16" (see mixed_precision)
 
     @classmethod
     def from_dict(cls, raw: dict[str, object]) -> TrainConfig:
@@ -65,6 +68,8 @@ class TrainConfig:
         config = cls(**raw)  # type: ignore[arg-type]
         if config.epochs < 1 or config.batch_size < 1 or not 0 <= config.val_fraction < 1:
             raise ValueError("epochs and batch_size must be ≥ 1 and val_fraction within [0, 1)")
+        if config.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {config.precision!r}; known: {list(PRECISIONS)}")
         return config
 
 
@@ -125,6 +130,27 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+
+def mixed_precision(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager[object]]:
+    """The context of a training step's forward pass. bfloat16 autocast where the hardware has it (CUDA,
+    CPUs with AMX or AVX-512 BF16) trains this network about twice as fast on such a CPU
+    (benchmarks/bench_trainer.py); elsewhere it would be emulated and slower than float32, so "auto" keeps
+    float32 there. Weights, optimiser state and gradients stay float32, and batch-norm statistics,
+    evaluation and export run in float32: what the daemon will compute."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; known: {list(PRECISIONS)}")
+    if precision == "float32" or (precision == "auto" and not native_bfloat16(device)):
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    capabilities: dict[str, object] = getattr(torch.cpu, "get_capabilities", dict)()
+    return device.type == "cpu" and bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16"))
 
 
 def split_by_group(labels: np.ndarray, groups: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -199,7 +225,9 @@ def train(
     if base is not None:
         _load_base(net, base)
     aux_head = torch.nn.Linear(net.head.in_features, len(aux.classes)) if aux is not None else None
-    net.to(device)
+    # channels-last: oneDNN's fast convolution kernels on the CPU (torch's stub lacks the keyword)
+    net.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]
+    amp = mixed_precision(device, config.precision)
     head_params = list(net.head.parameters())
     if aux_head is not None:
         aux_head.to(device)
@@ -279,13 +307,17 @@ def train(
             x, y = batch(order[start : start + config.batch_size])
             x, targets = prepared(x, y, n_classes, config.masks)
             if aux is None or aux_head is None:
-                loss = soft_ce(net(x), targets)
+                with amp():
+                    logits = net(x)
+                loss = soft_ce(logits.float(), targets)
             else:  # one pass through the body for both sets: batch norm sees what it will be fed
                 pick = rng.integers(0, len(aux.labels), max(2, round(config.batch_size * aux.share)))
                 xa = torch.from_numpy(dequantize(aux.codes[pick], params)).to(device)
                 xa, ta = prepared(xa, torch.from_numpy(aux.labels[pick]).long().to(device), len(aux.classes), aux.masks)
-                emb = net.embedding(torch.cat([x, xa]))
-                loss = soft_ce(net.head(emb[: len(x)]), targets) + soft_ce(aux_head(emb[len(x) :]), ta)
+                with amp():
+                    emb = net.embedding(torch.cat([x, xa]))
+                    logits, aux_logits = net.head(emb[: len(x)]), aux_head(emb[len(x) :])
+                loss = soft_ce(logits.float(), targets) + soft_ce(aux_logits.float(), ta)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -328,7 +360,7 @@ def train(
     net.load_state_dict(best_state)
     _, result.val_accuracy, result.confusion = _evaluate(net, val_idx, batch, n_classes, config.batch_size)
     result.seconds = spent + time.monotonic() - started
-    net.cpu().eval()
+    net.to("cpu", memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
     return result
 
 
