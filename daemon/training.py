@@ -45,9 +45,13 @@ log = logging.getLogger(__name__)
 FINISHED = ("succeeded", "failed", "cancelled")
 STATES = ("uploading", "waiting", "training", "installing", *FINISHED)
 PLOTS = ("learning_curve.png", "confusion_matrix.png")
-# How long a trainer that stopped answering mid-job is called again before the training is given up: a
-# dropped Wi-Fi or VPN must not throw away hours of training that go on at the other end.
+# How long `vibrary train` calls a trainer that stopped answering mid-job before it gives up: a dropped
+# Wi-Fi or VPN must not throw away hours of training that go on at the other end. The daemon never gives
+# up on its own: its job record outlives it, so it calls again (at most RECALL_MAX_S apart) until the
+# trainer answers or the user cancels, and a trainer that comes back after hours still has its model
+# collected and installed.
 RECONNECT_S = 120.0
+RECALL_MAX_S = 30.0
 PROGRESS_FIELDS = ("epoch", "epochs", "loss", "val_accuracy", "eta_s")  # a trainer Job's and a Progress's
 
 
@@ -458,11 +462,18 @@ def _follow(
                 if leave is not None and leave.is_set():
                     return job
                 lost = isinstance(e, DaemonError) and e.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
-                if not lost or time.monotonic() - heard > RECONNECT_S:
+                if not lost:
                     raise
-                if cancel.wait(1.0):  # the trainer cannot be told; its job ends on its own
+                silent = time.monotonic() - heard
+                if leave is None and silent > RECONNECT_S:
+                    raise TrainingError(
+                        f"the trainer has been out of reach for {silent:.0f} s ({e}); job {job_id} may still be "
+                        "training there, but this command no longer follows it"
+                    ) from e
+                if cancel.wait(min(RECALL_MAX_S, 1.0 + silent / 10)):  # the trainer cannot be told
                     raise Cancelled("training cancelled while the trainer was out of reach") from None
-                report(state="waiting", message=f"lost the trainer ({e}); reconnecting to job {job_id}")
+                since = f"for {silent:.0f} s" if silent >= 1 else "just now"
+                report(state="waiting", message=f"lost the trainer {since} ({e}); reconnecting to job {job_id}")
     finally:
         done.set()
         stopper.join()

@@ -367,6 +367,7 @@ class _Link:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.open: list[socket.socket] = []
+        self.down = False  # while set, the trainer is out of reach: connections are closed as they come
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -375,6 +376,9 @@ class _Link:
                 near, _ = self.listener.accept()
             except OSError:
                 return
+            if self.down:
+                near.close()
+                continue
             far = socket.create_connection(self.upstream)
             self.open += [near, far]
             for a, b in ((near, far), (far, near)):
@@ -425,6 +429,56 @@ def test_a_connection_cut_mid_training_loses_nothing(model_home: Path, tmp_path:
     finally:
         proc.kill()
         link.close()
+
+
+def test_the_daemon_waits_out_a_trainer_longer_out_of_reach_than_the_command_does(
+    model_home: Path, tmp_path: Path, trainer_service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trainer out of reach for longer than `vibrary train` waits (RECONNECT_S): the command gives up and
+    says the job may still run there; the daemon (a training it follows can be left: `leave`) calls again
+    until the trainer is back, then collects and installs the model."""
+    from vibrary.daemon import training
+
+    monkeypatch.setattr(training, "RECONNECT_S", 1.0)
+    write_kinds(tmp_path / "examples", per_kind=8, seed=1)
+    dataset.build(model_home, "kinds", dataset.examples_from_folders([str(tmp_path / "examples")]))
+    index = Index(config.index_path(model_home))
+    link = _Link(trainer_service)
+    try:
+        with TrainerClient(trainer_service) as watcher:  # the trainer itself, not through the link
+            for daemon_follows in (False, True):
+                seen: list[TrainProgress] = []
+                outcome: list[object] = []
+                how = {"trainer": link.address, "base": "none", "options": {"epochs": 40}, "progress": seen.append}
+                leave = threading.Event() if daemon_follows else None
+
+                def run(how: dict[str, Any] = how, leave: threading.Event | None = leave, out: list[object] = outcome):
+                    try:
+                        out.append(training.train(model_home, "kinds", index=index, leave=leave, **how))
+                    except TrainingError as e:
+                        out.append(e)
+
+                thread = threading.Thread(target=run)
+                thread.start()
+                wait_for(lambda: any(j.epoch >= 2 and j.state == pb.Job.RUNNING for j in watcher.jobs()), timeout=120)
+                link.down = True
+                link.cut()
+                time.sleep(3 * training.RECONNECT_S)  # longer than the command waits
+                link.down = False
+                thread.join(timeout=300)
+                if daemon_follows:
+                    (trained,) = outcome
+                    assert isinstance(trained, training.Trained) and trained.row.name == "kinds", trained
+                    assert [m.name for m in index.models() if m.active and m.name == "kinds"] == ["kinds"]
+                    assert any("reconnecting to job" in p.message for p in seen)
+                else:
+                    (error,) = outcome
+                    assert isinstance(error, TrainingError) and "may still be training there" in str(error)
+                    assert seen[-1].state == "failed"
+                wait_for(lambda: all(j.state == pb.Job.SUCCEEDED for j in watcher.jobs()), timeout=300)
+    finally:
+        link.close()
+        index.close()
 
 
 def test_a_daemon_restarted_mid_training_collects_the_remote_job(
@@ -614,9 +668,9 @@ def test_bfloat16_is_for_the_training_steps_only(precision: str) -> None:
     model stay float32, what the daemon computes."""
     codes, labels, groups = spectrograms(4, 5)
     manifest, _ = shards.write("d", list(KINDS), P, codes, labels, groups)
-    seen: set[tuple[bool, torch.dtype]] = set()
+    seen: set[tuple[bool, Any]] = set()  # (training mode, dtype of a convolution's output)
 
-    def record(module: torch.nn.Module, args: object, out: torch.Tensor) -> None:
+    def record(module: Any, args: object, out: Any) -> None:
         if isinstance(module, torch.nn.Conv2d):
             seen.add((module.training, out.dtype))
 

@@ -132,7 +132,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-
 def mixed_precision(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager[object]]:
     """The context of a training step's forward pass. bfloat16 autocast where the hardware has it (CUDA,
     CPUs with AMX or AVX-512 BF16) trains this network about twice as fast on such a CPU
