@@ -18,6 +18,7 @@ from the usual AWS places (credentials, region) plus VIBRARY_CLOUD_* variables o
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ SETUP_S = 120  # pulling shards and the image, exporting, uploading the results
 RESULTS = ("model.onnx", "learning_curve.png", "confusion_matrix.png", "summary.json")
 DEFAULT_AMI = "resolve:ssm:/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
 _ENDED = ("shutting-down", "terminated", "stopping", "stopped")
+_GONE = ("shutting-down", "terminated")
 
 
 class CloudError(Exception):
@@ -81,6 +83,7 @@ class CloudSettings:
     poll_s: float = 10.0
     timeout_s: float = 6 * 3600.0
     max_hours: float = 4.0  # the instance shuts itself down after this, whatever happens
+    relaunches: int = 2  # new instances for a job whose instance ended mid-training (see _Job.replace)
 
     @classmethod
     def load(cls, home_dir: Path) -> CloudSettings:
@@ -286,6 +289,13 @@ def instance_state(ec2: Any, instance_id: str) -> str:
     return str(reservations[0]["Instances"][0]["State"]["Name"]) if reservations else "terminated"
 
 
+def job_instances(ec2: Any, job_id: str) -> list[dict[str, Any]]:
+    """Every instance launched for a job (their tag names it), the first first: the job's record on this
+    machine names the one it saw launched, and the bucket's record would cost a write per launch."""
+    reply = ec2.describe_instances(Filters=[{"Name": "tag:vibrary-job", "Values": [job_id]}])
+    return sorted((i for r in reply["Reservations"] for i in r["Instances"]), key=lambda i: i["LaunchTime"])
+
+
 @contextmanager
 def _aws_errors() -> Iterator[None]:
     """botocore's errors (no region, no credentials, access denied…) as CloudError, said plainly."""
@@ -328,7 +338,8 @@ class _Job:
         progress({"state": "WAITING", "message": f"launched {self.settings.instance_type} {self.instance}: {why}"})
 
     def wait(self, progress: Callable[[dict[str, Any]], None]) -> None:
-        """Until the job's progress.json says it ended; the instance ending first is a failure."""
+        """Until the job's progress.json says it ended. An instance that ends first is replaced while
+        `replace` allows, else that is a failure."""
         bucket, key = self.settings.bucket, f"{self.prefix}progress.json"
         deadline = time.monotonic() + self.settings.timeout_s
         while True:
@@ -341,10 +352,27 @@ class _Job:
             if instance_state(self.ec2, self.instance) in _ENDED:
                 if (read_json(self.s3, bucket, key) or {}).get("state") == "SUCCEEDED":
                     return
-                raise CloudError(f"instance {self.instance} ended before the job did: see its console log")
+                self.replace(status, progress)
             if time.monotonic() > deadline:
                 raise CloudError(f"cloud training took more than {self.settings.timeout_s:g} s; stopped")
             time.sleep(self.settings.poll_s)
+
+    def replace(self, status: dict[str, Any], progress: Callable[[dict[str, Any]], None]) -> None:
+        """A new instance for a job whose instance ended mid-training (AWS reclaimed it, its host failed);
+        it goes on from the job's last checkpoint in the bucket (trainer/s3job.py). Not for an instance
+        that never got to training (a bad image or role: the next would fail the same way and cost as
+        much), nor one that reached its `max_hours`, nor more than `relaunches` times: CloudError."""
+        ended = f"instance {self.instance} ended before the job did"
+        launched = job_instances(self.ec2, self.job_id)
+        lived_s = (dt.datetime.now(dt.timezone.utc) - launched[-1]["LaunchTime"]).total_seconds() if launched else 0.0
+        if status["state"] != "TRAINING":
+            raise CloudError(f"{ended}, before it trained: see its console log")
+        if lived_s >= self.settings.max_hours * 3600 - 60:
+            raise CloudError(f"{ended}: it reached its limit of {self.settings.max_hours:g} hours (max_hours)")
+        if len(launched) > self.settings.relaunches:
+            raise CloudError(f"{ended}, and it was the job's {len(launched)}th instance: see their console logs")
+        epoch = f"epoch {status['epoch']}" if status.get("epoch") else "its start"
+        self.launch(progress, f"{ended} (reclaimed, or its host failed); the new one goes on from {epoch}")
 
     def results(self) -> dict[str, bytes]:
         files = {}
@@ -354,11 +382,14 @@ class _Job:
         return files
 
     def clean_up(self) -> None:
-        """The instance goes (if it has not gone itself), and so does everything of the job in the bucket
-        but the shards, which the next training of the same data reuses."""
+        """The job's instances go (those that have not gone themselves), and so does everything of the
+        job in the bucket but the shards, which the next training of the same data reuses."""
         try:
-            if self.instance and instance_state(self.ec2, self.instance) not in ("shutting-down", "terminated"):
-                self.ec2.terminate_instances(InstanceIds=[self.instance])
+            running = [i["InstanceId"] for i in job_instances(self.ec2, self.job_id) if i["State"]["Name"] not in _GONE]
+            if self.instance and self.instance not in running and instance_state(self.ec2, self.instance) not in _GONE:
+                running.append(self.instance)
+            if running:
+                self.ec2.terminate_instances(InstanceIds=running)
         except Exception as e:  # the one thing that must not pass unsaid: it costs money by the hour
             raise CloudError(
                 f"could not terminate instance {self.instance} ({e}): terminate it in the EC2 console"
@@ -430,12 +461,14 @@ def train_in_cloud(
 
 
 def collect(job_id: str, instance: str, progress: Callable[[dict[str, Any]], None]) -> dict[str, bytes]:
-    """The results of a job that an earlier client left running (Left), as train_in_cloud returns them."""
+    """The results of a job that an earlier client left running (Left), as train_in_cloud returns them.
+    `instance` is the one the client saw launched; a replacement launched since is found by its tag."""
     settings = CloudSettings.load(config.home())
     session = _session(settings)
     with _aws_errors():
-        s3 = session.client("s3")
-        job = _Job(settings, s3, session.client("ec2"), s3.meta.region_name, job_id, instance)
+        s3, ec2 = session.client("s3"), session.client("ec2")
+        launched = job_instances(ec2, job_id)
+        job = _Job(settings, s3, ec2, s3.meta.region_name, job_id, launched[-1]["InstanceId"] if launched else instance)
         return _outcome(job, progress)
 
 

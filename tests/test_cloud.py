@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -87,12 +89,15 @@ def aws(monkeypatch: pytest.MonkeyPatch, home: Path) -> Iterator[dict[str, Any]]
 
 
 class Instances(threading.Thread):
-    """Plays each EC2 instance moto launches: runs the trainer command from its user data, for real."""
+    """Plays each EC2 instance moto launches: runs the trainer command from its user data, for real.
+    `reclaim` ends one as AWS ends a reclaimed spot instance: terminated, its process killed. `runs` holds
+    each instance's finished process, in launch order, once the block is left."""
 
     def __init__(self, ec2: Any, env: dict[str, str]) -> None:
         super().__init__(daemon=True)
         self.ec2, self.env = ec2, env
         self.user_data: dict[str, str] = {}
+        self.processes: dict[str, tuple[subprocess.Popen[bytes], Any]] = {}
         self.runs: list[subprocess.CompletedProcess[str]] = []
         self.stop = threading.Event()
 
@@ -100,17 +105,21 @@ class Instances(threading.Thread):
         while not self.stop.wait(0.1):
             for r in self.ec2.describe_instances()["Reservations"]:
                 for i in r["Instances"]:
-                    if i["InstanceId"] in self.user_data or i["State"]["Name"] not in ("pending", "running"):
+                    instance = i["InstanceId"]
+                    if instance in self.user_data or i["State"]["Name"] not in ("pending", "running"):
                         continue
-                    attr = self.ec2.describe_instance_attribute(InstanceId=i["InstanceId"], Attribute="userData")
+                    attr = self.ec2.describe_instance_attribute(InstanceId=instance, Attribute="userData")
                     script = base64.b64decode(attr["UserData"]["Value"]).decode()
-                    self.user_data[i["InstanceId"]] = script
+                    self.user_data[instance] = script
                     command = re.search(r"vibrary trainer run-s3 (\S+)", script)
                     if command:
                         argv = [sys.executable, "-m", "vibrary.clients.cli", "trainer", "run-s3", command[1]]
-                        self.runs.append(
-                            subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=240)
-                        )
+                        log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__; a pipe would fill and stall the job
+                        self.processes[instance] = (subprocess.Popen(argv, env=self.env, stderr=log), log)
+
+    def reclaim(self, instance: str) -> None:
+        self.ec2.terminate_instances(InstanceIds=[instance])
+        self.processes[instance][0].kill()
 
     def __enter__(self) -> Instances:
         self.start()
@@ -119,10 +128,19 @@ class Instances(threading.Thread):
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.join(timeout=60)
+        for proc, log in self.processes.values():
+            proc.wait(timeout=240)
+            log.seek(0)
+            self.runs.append(subprocess.CompletedProcess(proc.args, proc.returncode, "", log.read().decode()))
+            log.close()
+
+
+def _instances(ec2: Any) -> list[dict[str, Any]]:
+    return [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
 
 
 def _states(ec2: Any) -> list[str]:
-    return [i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    return [i["State"]["Name"] for i in _instances(ec2)]
 
 
 def _keys(s3: Any, prefix: str = "") -> list[str]:
@@ -274,6 +292,78 @@ def test_an_instance_that_never_reports_is_stopped_at_the_timeout(
             manifest, tmp_path, name="t", base="none", options="{}", confirm=lambda t: True, progress=lambda p: None
         )
     assert _states(aws["ec2"]) == ["terminated"]
+
+
+def test_an_instance_ended_mid_training_is_replaced_and_the_new_one_goes_on_from_the_checkpoint(
+    aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AWS takes the instance back mid-training: a new one is launched, fetches the job's checkpoint from
+    the bucket and trains only the epochs left; everything is cleaned up at the end."""
+    manifest = _dataset(tmp_path, per_kind=4, clips_per_shard=256)
+    monkeypatch.setenv("VIBRARY_CLOUD_RELAUNCHES", "1")
+    epochs = 60
+    reclaimed: list[str] = []
+
+    with Instances(aws["ec2"], aws["env"]) as instances:
+
+        def progress(update: dict[str, Any]) -> None:  # AWS takes it back once its first checkpoint is up
+            if not reclaimed and any(k.endswith("/checkpoint.pt") for k in _keys(aws["s3"], "jobs/")):
+                (first,) = [i["InstanceId"] for i in _instances(aws["ec2"])]
+                instances.reclaim(first)
+                reclaimed.append(first)
+
+        files = cloud.train_in_cloud(
+            manifest,
+            tmp_path,
+            name="t",
+            base="none",
+            options=json.dumps({"epochs": epochs, "patience": epochs}),
+            confirm=lambda t: True,
+            progress=progress,
+        )
+    assert reclaimed and [r.returncode for r in instances.runs][1:] == [0], [r.stderr[-2000:] for r in instances.runs]
+    assert instances.runs[0].returncode != 0  # killed with its instance
+    summary = json.loads(files["summary.json"])
+    assert 1 <= summary["resumed_from_epoch"] < epochs and summary["epochs_run"] == epochs
+    assert _states(aws["ec2"]) == ["terminated", "terminated"] and _keys(aws["s3"], "jobs/") == []
+
+
+def test_an_instance_is_not_replaced_beyond_the_setting_or_before_it_trained(
+    aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance that ends before its job trains (a bad image or role) is not replaced: the next would
+    fail the same way; nor is one past `relaunches`."""
+    manifest = _dataset(tmp_path, per_kind=4, clips_per_shard=256)
+    for relaunches, training_first in ((2, False), (0, True)):
+        monkeypatch.setenv("VIBRARY_CLOUD_RELAUNCHES", str(relaunches))
+        ended: list[str] = []
+        instances = Instances(aws["ec2"], aws["env"])
+
+        def progress(
+            update: dict[str, Any],
+            training_first: bool = training_first,
+            ended: list[str] = ended,
+            vms: Instances = instances,
+        ) -> None:
+            if ended or (training_first and update.get("state") != "TRAINING"):
+                return
+            for i in _instances(aws["ec2"]):
+                if i["State"]["Name"] in ("pending", "running") and i["InstanceId"] in vms.processes:
+                    vms.reclaim(i["InstanceId"])
+                    ended.append(i["InstanceId"])
+
+        expected = "before it trained" if not training_first else "the job's 1th instance"
+        with instances, pytest.raises(cloud.CloudError, match=expected):
+            cloud.train_in_cloud(
+                manifest,
+                tmp_path,
+                name="t",
+                base="none",
+                options='{"epochs": 60, "patience": 60}',
+                confirm=lambda t: True,
+                progress=progress,
+            )
+        assert ended and all(state == "terminated" for state in _states(aws["ec2"]))
 
 
 def _random_shard(clips: int, seed: int) -> tuple[shards.ShardInfo, bytes]:

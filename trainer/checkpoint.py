@@ -1,6 +1,7 @@
 """An epoch-by-epoch snapshot of a training, so that one cut off (a reboot, a logout, a crash) goes on
 from its last finished epoch instead of from scratch: an hour of CPU training is an hour a producer does
-not want to spend twice. (A cloud job, trainer/s3job.py, keeps none: its instance is not restarted.)
+not want to spend twice. A cloud job (trainer/s3job.py) keeps its snapshot in the bucket, for the
+instance that replaces one that ended mid-training.
 
 The snapshot holds everything the next epoch depends on — weights, optimiser and schedule, the best epoch
 so far and every random generator's state — so a resumed training ends with the same model as one never

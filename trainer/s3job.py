@@ -6,6 +6,11 @@ then trains with the same code as the trainer service. progress.json beside job.
 machine how far it is; the results go to out/ and progress.json says SUCCEEDED only after all of them
 are there. Whatever happens, progress.json ends as SUCCEEDED or FAILED and the process exits, and the
 instance's boot script shuts the instance down after it.
+
+The training's epoch checkpoint (trainer/checkpoint.py) goes to checkpoint.pt beside job.json at most
+every CHECKPOINT_S, and a job that finds one there goes on from it: an instance that ends mid-training (a
+reclaimed spot instance, a failed host) is replaced by the user's machine (daemon/cloud.py), and the new
+one does not pay for the epochs the old one finished.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from vibrary.daemon.cloud import exists, parse_s3_url, put_json, read_json, shard_key
@@ -28,6 +35,7 @@ log = logging.getLogger(__name__)
 SHARD_WAIT_S = 3 * 3600.0  # the longest upload a job waits for
 POLL_S = float(os.environ.get("VIBRARY_JOB_POLL_S", "5"))  # how often a missing shard is looked for
 REPORT_S = 2.0  # progress.json is rewritten at most this often (but at once on a new phase)
+CHECKPOINT_S = 60.0  # the epoch checkpoint goes to the bucket at most this often (a few MB each time)
 
 
 class _Reporter:
@@ -61,6 +69,28 @@ def _shards(s3: Any, bucket: str, manifest: Manifest, report: _Reporter) -> list
     return blobs
 
 
+class _Checkpoints:
+    """The training's checkpoint file here, mirrored to the bucket after finished epochs."""
+
+    def __init__(self, s3: Any, bucket: str, key: str, folder: str) -> None:
+        self.s3, self.bucket, self.key = s3, bucket, key
+        self.path = Path(folder) / "checkpoint.pt"
+        self._sent_epoch, self._sent_at = 0, -CHECKPOINT_S
+
+    def fetch(self) -> bool:
+        """The bucket's checkpoint of this job, if an earlier instance left one; True when there was one."""
+        if not exists(self.s3, self.bucket, self.key):
+            return False
+        self.path.write_bytes(self.s3.get_object(Bucket=self.bucket, Key=self.key)["Body"].read())
+        return True
+
+    def epoch_done(self, epoch: int) -> None:
+        now = time.monotonic()
+        if epoch > self._sent_epoch and now - self._sent_at >= CHECKPOINT_S and self.path.exists():
+            self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self.path.read_bytes())
+            self._sent_epoch, self._sent_at = epoch, now
+
+
 def run_job(url: str) -> int:
     """Run the job at s3://BUCKET/jobs/ID/job.json; 0 when its model is in the bucket, 1 otherwise."""
     import boto3
@@ -70,27 +100,37 @@ def run_job(url: str) -> int:
     s3 = boto3.client("s3")
     report = _Reporter(s3, bucket, f"{prefix}progress.json")
     try:
-        spec = read_json(s3, bucket, key)
-        if spec is None:
-            raise ValueError(f"no job at {url}")
-        manifest = Manifest.from_json(spec["manifest"])
-        train_config = TrainConfig.from_dict(json.loads(spec.get("options") or "{}"))
-        report("WAITING", message="fetching the shards")
-        blobs = _shards(s3, bucket, manifest, report)
-
-        def progress(p: Progress) -> None:
-            report("TRAINING", message=p.phase, **progress_fields(p))
-
-        report("TRAINING", message="loading")
-        files, result = train_to_files(manifest, blobs, spec["name"], spec["base"], train_config, progress)
-        files["summary.json"] = json.dumps(result.summary()).encode()
-        for name, data in files.items():
-            s3.put_object(Bucket=bucket, Key=f"{prefix}out/{name}", Body=data)
-        report("SUCCEEDED", force=True, val_accuracy=result.val_accuracy, message="done")
-        return 0
+        with tempfile.TemporaryDirectory(prefix="vibrary-job-") as scratch:
+            return _run(s3, bucket, key, prefix, report, _Checkpoints(s3, bucket, f"{prefix}checkpoint.pt", scratch))
     except Exception as e:  # whatever it was, the user's machine must hear of it, not wait for hours
         log.exception("cloud job %s failed", url)
         report(
             "FAILED", force=True, error=str(e) if isinstance(e, (ValueError, KeyError)) else f"{type(e).__name__}: {e}"
         )
         return 1
+
+
+def _run(s3: Any, bucket: str, key: str, prefix: str, report: _Reporter, checkpoints: _Checkpoints) -> int:
+    spec = read_json(s3, bucket, key)
+    if spec is None:
+        raise ValueError(f"no job at s3://{bucket}/{key}")
+    manifest = Manifest.from_json(spec["manifest"])
+    train_config = TrainConfig.from_dict(json.loads(spec.get("options") or "{}"))
+    report("WAITING", message="fetching the shards")
+    blobs = _shards(s3, bucket, manifest, report)
+    resumed = checkpoints.fetch()
+
+    def progress(p: Progress) -> None:
+        if p.phase == "training":
+            checkpoints.epoch_done(p.epoch)
+        report("TRAINING", message=p.phase, **progress_fields(p))
+
+    report("TRAINING", message="going on from the last checkpoint" if resumed else "loading")
+    files, result = train_to_files(
+        manifest, blobs, spec["name"], spec["base"], train_config, progress, checkpoint=checkpoints.path
+    )
+    files["summary.json"] = json.dumps(result.summary()).encode()
+    for name, data in files.items():
+        s3.put_object(Bucket=bucket, Key=f"{prefix}out/{name}", Body=data)
+    report("SUCCEEDED", force=True, val_accuracy=result.val_accuracy, message="done")
+    return 0
