@@ -36,9 +36,13 @@ Arms (each against `base`; `--seed` for the seed spread):
   meets spectral envelopes and band dynamics of clips it never heard together.
 - `mixstyle`: MixStyle (Zhou et al., domain generalisation) on the feature maps after the first two
   blocks: per-channel mean and deviation blended between clips of a batch, half the batches, Beta(0.1, 0.1).
-- `swa`: the weights averaged over the last half of the epochs (stochastic weight averaging; SWAD, Cha et
-  al., found such averages of one run generalise better to unseen domains), then batch-norm statistics
-  recomputed for the average, instead of the last epoch's weights.
+
+The rows of the arm `swa` (the weights averaged over the last half of the epochs, batch norm recomputed
+for the average; no gain) were made with this script at commit 003c4b0: it hooked the per-epoch batch-norm
+recomputation, which a training without validation no longer does (trainer/train.py).
+Rows that name no `precision` were trained in float32 before the trainer's channels-last layout; later
+ones name the precision of their training steps (`--precision`; `auto` is bfloat16 on this CPU), and
+`options` any TrainConfig field set with `--set` (e.g. `--set lr=0.01`).
 
 Each arm changes the trainer's augmentation or network only in this process (module attributes), so
 nothing here changes what `vibrary train` does.
@@ -50,6 +54,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +79,7 @@ ARMS = [
     "synth2-guitar",
     "fmix",
     "mixstyle",
-    "swa",
 ]
-SWA: dict[str, Any] = {"epoch": 0, "epochs": 0, "sum": {}, "n": 0}  # the `swa` arm's running sum of weights
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "melodic-probe.jsonl"
 
 
@@ -155,19 +158,6 @@ def set_arm(arm: str) -> None:
                 self.features = torch.nn.Sequential(*layers)
 
         training.TagNet = StyledNet
-    elif arm == "swa":
-        recalibrate = SWA["recalibrate"] = training._recalibrate_batch_norm
-
-        def averaging(net: Any, idx: Any, batch: Any, batch_size: int) -> None:
-            recalibrate(net, idx, batch, batch_size)  # once after every epoch: the epoch's weights are final
-            SWA["epoch"] += 1
-            if SWA["epoch"] > SWA["epochs"] // 2:
-                weights = {k: v.detach().clone() for k, v in net.named_parameters()}
-                SWA["sum"] = weights if not SWA["sum"] else {k: SWA["sum"][k] + w for k, w in weights.items()}
-                SWA["n"] += 1
-                SWA["batch"], SWA["idx"], SWA["size"] = batch, idx, batch_size
-
-        training._recalibrate_batch_norm = averaging
     elif arm == "mel6":
         shift = augment._shift
         augment._shift = lambda clip, k, dim, fill: shift(clip, k * 3 if dim == 1 else k, dim, fill)
@@ -181,6 +171,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, help="instead of the arm's (20; 40 for e40, 10 for layer-e10)")
     parser.add_argument("--precision", default="auto", help="of the training steps: auto, float32 or bfloat16")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="OPTION=VALUE", help="a TrainConfig option over the recipe's"
+    )
     parser.add_argument("--logits", type=Path, help="save the test clips' logits in this folder")
     parser.add_argument("--ensemble", type=Path, nargs="+", help="score the mean of these runs' saved logits")
     args = parser.parse_args()
@@ -217,21 +210,17 @@ def main() -> int:
             extra_x, extra_y = extra_x[guitars], extra_y[guitars]
         x, y = np.concatenate([x, extra_x]), np.concatenate([y, extra_y])
         g = np.concatenate([g, np.full(len(extra_y), "synth")])
-    config = train_demo.recipe(epochs, args.seed, args.precision)
-    SWA["epochs"] = epochs
+    options = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+    config = replace(train_demo.recipe(epochs, args.seed, args.precision), **options)
     started = time.monotonic()
     result = train(Manifest("probe", MELODIC, SpectrogramParams()), x, y, g, config)
-    if args.arm == "swa":
-        with torch.no_grad():
-            for k, p in result.net.named_parameters():
-                p.copy_(SWA["sum"][k] / SWA["n"])
-        SWA["recalibrate"](result.net, SWA["idx"], SWA["batch"], SWA["size"])
     scores = train_demo.logits(result.net, codes[test])
     if args.logits:  # for ensembles of runs, scored afterwards (`--ensemble`)
         args.logits.mkdir(parents=True, exist_ok=True)
         np.save(args.logits / f"{args.held}-{args.arm}-{args.seed}-e{epochs}-{args.corpus.name}.npy", scores)
     truth = labels[test]
     run = {"seed": args.seed, "epochs": epochs, "corpus": args.corpus.name, "precision": args.precision}
+    run |= {"options": options} if options else {}
     return report(args, scores, truth, run, {"train_clips": len(x), "seconds": round(time.monotonic() - started)})
 
 
