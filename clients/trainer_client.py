@@ -79,8 +79,13 @@ class TrainerClient:
             self._rpc("UploadShards", chunks(), None)
         return sent
 
-    def start(self, manifest: Manifest, name: str, base: str, config_json: str = "{}") -> pb.Job:
-        request = pb.JobRequest(manifest=manifest.to_json(), name=name, base=base, config=config_json)
+    def start(
+        self, manifest: Manifest, name: str, base: str, config_json: str = "{}", followed: bool = False
+    ) -> pb.Job:
+        """`followed`: see JobRequest.followed in proto/vibrary/v1/trainer.proto."""
+        request = pb.JobRequest(
+            manifest=manifest.to_json(), name=name, base=base, config=config_json, followed=followed
+        )
         return self._rpc("StartJob", request, self.timeout)
 
     def _stream(self, method: str, request: Any) -> Iterator[Any]:

@@ -389,7 +389,7 @@ def _on_trainer(
                 raise Cancelled("training cancelled during the upload") from None
             raise
         report(state="waiting", uploaded_bytes=manifest.size, message="waiting for the trainer")
-        job.job_id = client.start(manifest, job.name, base, options).id
+        job.job_id = client.start(manifest, job.name, base, options, followed=leave is None).id  # none come back
         on_started(job)
         try:
             return _collect(client, job.job_id, report, cancel, leave)

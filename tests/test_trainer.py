@@ -61,12 +61,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_trainer(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_trainer(home: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
     """`vibrary trainer serve` as its own process on a real TCP port, once it answers."""
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "vibrary.clients.cli", "trainer", "serve", "--listen", f"127.0.0.1:{port}"],
-        env={**os.environ, "VIBRARY_HOME": str(home)},
+        env={**os.environ, "VIBRARY_HOME": str(home), **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -575,6 +575,38 @@ def test_a_train_command_stopped_by_ctrl_c_or_killed_leaves_no_job_to_train_on(
     record = json.loads(killed.read_text())["job"]
     assert record["state"] == "FAILED" and "nobody was left to collect it" in record["error"]
     assert not list(jobs.glob("*/jobs/*/checkpoint.pt"))
+
+
+def test_a_remote_job_whose_train_command_was_killed_is_cancelled_once_nobody_watches_it(
+    model_home: Path, tmp_path: Path
+) -> None:
+    """`vibrary train --trainer HOST:PORT` killed: nobody will collect its job, so the trainer cancels it
+    once it has gone unwatched for its limit (2 s here), and trains the next job instead. A job started
+    for the daemon (not followed) trains on unwatched."""
+    write_kinds(tmp_path / "examples", per_kind=8, seed=1)
+    vibrary("dataset", "create", "--json", "kinds", str(tmp_path / "examples"), home=model_home)
+    trainer, target = _start_trainer(tmp_path / "trainer-home", VIBRARY_TRAINER_UNWATCHED_S="2")
+    try:
+        with TrainerClient(target) as client:  # lists jobs, never watches them
+            args = [sys.executable, "-m", "vibrary.clients.cli", "train", "kinds", "--base", "none"]
+            args += ["--trainer", target, "--epochs", "500"]
+            proc = subprocess.Popen(args, env={**os.environ, "VIBRARY_HOME": str(model_home)}, stderr=subprocess.PIPE)
+            try:
+                wait_for(lambda: any(j.epoch >= 1 for j in client.jobs()), timeout=120)
+                proc.kill()
+                proc.wait(timeout=60)
+            finally:
+                proc.kill()
+            (killed,) = client.jobs()
+            wait_for(lambda: client.jobs()[0].state == pb.Job.CANCELLED, timeout=60)
+            assert "nobody watched it for 2 s" in client.jobs()[0].error
+            manifest, _ = dataset.load(model_home, "kinds")
+            daemons = client.start(manifest, "kinds", "none", json.dumps({"epochs": 30, "patience": 30}))
+            wait_for(lambda: {j.id: j for j in client.jobs()}[daemons.id].state == pb.Job.SUCCEEDED, timeout=300)
+            assert {j.id: j.state for j in client.jobs()} == {killed.id: pb.Job.CANCELLED, daemons.id: pb.Job.SUCCEEDED}
+    finally:
+        trainer.terminate()
+        trainer.wait(timeout=30)
 
 
 def test_one_trainer_per_data_folder_the_next_waits_and_leaves_the_daemons_job_alone(

@@ -13,6 +13,9 @@ trainer started for one caller (the daemon's own, `resume`) takes up only the jo
 fails the others, whose caller is gone (a `vibrary train` killed mid-training), except those it is told
 to spare (the daemon's, which the daemon comes back for). One trainer at a time uses a data folder (an
 flock, `trainer.lock`): two would each take up or fail the other's jobs; the second gets TrainerBusy.
+A job whose caller said it follows it to the end (`followed`: a `vibrary train` in a terminal) is
+cancelled once nobody has watched it for UNWATCHED_S: that caller was killed, and nobody else would
+collect the model, so the trainer's time goes to the next job instead.
 At its start and after every job the trainer gives back the disk of collected or long-finished jobs and of
 shards unused for a week (trainer/prune.py).
 
@@ -26,9 +29,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import re
 import threading
+import time
 import uuid
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -57,6 +62,9 @@ _SHA = re.compile(r"^[0-9a-f]{64}$")
 _TERMINAL = (pb.Job.SUCCEEDED, pb.Job.FAILED, pb.Job.CANCELLED)
 RECORD = "job.json"
 CHECKPOINT = "checkpoint.pt"
+# How long a followed job may go unwatched: well past the 120 s a `vibrary train` spends reconnecting
+# (daemon/training.py RECONNECT_S), so a client behind a dropped Wi-Fi is not mistaken for a killed one.
+UNWATCHED_S = float(os.environ.get("VIBRARY_TRAINER_UNWATCHED_S", "600"))
 
 
 class _JobState:
@@ -73,6 +81,8 @@ class _JobState:
         self.changed = threading.Condition()
         self.history: list[pb.Job] = []  # every update since `past` updates, in order: a watcher misses none
         self.past = 0  # updates dropped from history once the job ended (watchers count from the start)
+        self.watchers = 0
+        self.unwatched_since = time.monotonic()  # a restarted trainer gives its caller the whole limit again
 
     def update(self, **fields: object) -> None:
         with self.changed:
@@ -147,6 +157,7 @@ class TrainerService(pb_grpc.TrainerServicer):
         self._restore(resume, spare)
         self._runner = threading.Thread(target=self._run_jobs, name="trainer", daemon=True)
         self._runner.start()
+        threading.Thread(target=self._cancel_unwatched, name="unwatched", daemon=True).start()
 
     def suspend(self, timeout: float = 10.0) -> None:
         """Stop the job in training at its next batch, leaving it on record as running (it goes on from its
@@ -323,25 +334,54 @@ class TrainerService(pb_grpc.TrainerServicer):
         job = self._job(request, context)
         with job.changed:
             pending, seen = [job.snapshot()], job.past + len(job.history)
-        while True:
-            for update in pending:
-                yield update
-                if update.state in _TERMINAL:
+            job.watchers += 1
+        try:
+            while True:
+                for update in pending:
+                    yield update
+                    if update.state in _TERMINAL:
+                        return
+                if not context.is_active():
                     return
-            if not context.is_active():
-                return
+                with job.changed:
+                    if job.past + len(job.history) == seen:
+                        job.changed.wait(0.5)
+                    pending, seen = job.history[max(0, seen - job.past) :], job.past + len(job.history)
+        finally:
             with job.changed:
-                if job.past + len(job.history) == seen:
-                    job.changed.wait(0.5)
-                pending, seen = job.history[max(0, seen - job.past) :], job.past + len(job.history)
+                job.watchers -= 1
+                job.unwatched_since = time.monotonic()
 
     def CancelJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.Job:
         job = self._job(request, context)
+        self._cancel(job)
+        return job.snapshot()
+
+    def _cancel(self, job: _JobState, why: str = "") -> None:
+        if why:
+            job.update(error=why)
         job.cancel.set()
         idle = job.job.state == pb.Job.QUEUED or (self._suspended.is_set() and job.job.state not in _TERMINAL)
         if idle:  # no runner will see the cancel
             job.update(state=pb.Job.CANCELLED, phase="cancelled")
-        return job.snapshot()
+
+    def _cancel_unwatched(self) -> None:
+        while not self._suspended.wait(min(5.0, UNWATCHED_S / 4)):
+            now = time.monotonic()
+            for job in list(self.jobs.values()):
+                with job.changed:
+                    gone = job.request.followed and not job.watchers and now - job.unwatched_since > UNWATCHED_S
+                if gone and job.job.state not in _TERMINAL and not job.cancel.is_set():
+                    log.info(
+                        "job %s cancelled: unwatched for %.0f s by the caller that follows it",
+                        job.job.id,
+                        now - job.unwatched_since,
+                    )
+                    self._cancel(
+                        job,
+                        f"cancelled: nobody watched it for {UNWATCHED_S:.0f} s, and the caller that started it "
+                        "(a vibrary train) had said it would follow it to the end",
+                    )
 
     def DownloadResult(self, request: pb.JobRef, context: grpc.ServicerContext) -> Iterator[pb.FileChunk]:
         job = self._job(request, context)

@@ -130,6 +130,7 @@ class JobRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     BASE_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
+    FOLLOWED_FIELD_NUMBER: _builtins.int
     manifest: _builtins.str
     """the dataset manifest, JSON (vibrary.daemon.shards.Manifest)"""
     name: _builtins.str
@@ -138,6 +139,12 @@ class JobRequest(_message.Message):
     """"demo" (default) or "none" """
     config: _builtins.str
     """JSON of training options (vibrary.trainer.train.TrainConfig); {} for defaults"""
+    followed: _builtins.bool
+    """The caller follows the job to its end and nobody comes back for it later (a `vibrary train` in a
+    terminal): once no WatchJob has been open for the trainer's unwatched limit (10 min by default), the
+    job is cancelled, so a client killed mid-training does not hold the trainer. False (the daemon's
+    jobs, which it collects after a restart): the job runs to its end whoever watches.
+    """
     def __init__(
         self,
         *,
@@ -145,10 +152,11 @@ class JobRequest(_message.Message):
         name: _builtins.str = ...,
         base: _builtins.str = ...,
         config: _builtins.str = ...,
+        followed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "config", b"config", "manifest", b"manifest", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base", b"base", "config", b"config", "followed", b"followed", "manifest", b"manifest", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
