@@ -294,6 +294,14 @@ def test_an_instance_that_never_reports_is_stopped_at_the_timeout(
     assert _states(aws["ec2"]) == ["terminated"]
 
 
+def _train_long(manifest: shards.Manifest, folder: Path, epochs: int, progress: Any) -> dict[str, bytes]:
+    """A cloud training of `epochs` epochs, all of them run (no early stop), its cost accepted."""
+    options = json.dumps({"epochs": epochs, "patience": epochs})
+    return cloud.train_in_cloud(
+        manifest, folder, name="t", base="none", options=options, confirm=lambda t: True, progress=progress
+    )
+
+
 def test_an_instance_ended_mid_training_is_replaced_and_the_new_one_goes_on_from_the_checkpoint(
     aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -312,15 +320,7 @@ def test_an_instance_ended_mid_training_is_replaced_and_the_new_one_goes_on_from
                 instances.reclaim(first)
                 reclaimed.append(first)
 
-        files = cloud.train_in_cloud(
-            manifest,
-            tmp_path,
-            name="t",
-            base="none",
-            options=json.dumps({"epochs": epochs, "patience": epochs}),
-            confirm=lambda t: True,
-            progress=progress,
-        )
+        files = _train_long(manifest, tmp_path, epochs, progress)
     assert reclaimed and [r.returncode for r in instances.runs][1:] == [0], [r.stderr[-2000:] for r in instances.runs]
     assert instances.runs[0].returncode != 0  # killed with its instance
     summary = json.loads(files["summary.json"])
@@ -354,15 +354,7 @@ def test_an_instance_is_not_replaced_beyond_the_setting_or_before_it_trained(
 
         expected = "before it trained" if not training_first else "the job's 1th instance"
         with instances, pytest.raises(cloud.CloudError, match=expected):
-            cloud.train_in_cloud(
-                manifest,
-                tmp_path,
-                name="t",
-                base="none",
-                options='{"epochs": 60, "patience": 60}',
-                confirm=lambda t: True,
-                progress=progress,
-            )
+            _train_long(manifest, tmp_path, 60, progress)
         assert ended and all(state == "terminated" for state in _states(aws["ec2"]))
 
 
