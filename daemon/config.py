@@ -29,7 +29,7 @@ class Settings:
     batch_size: int = 8  # clips per onnxruntime call: larger batches only grow onnxruntime's memory
     queue_size: int = 64  # files in flight between the index and the workers: memory stays bounded
     settle_s: float = 1.0  # a file still being written is read only after this long without change
-    nice: int = 10  # OS priority of the daemon: the DAW always wins
+    nice: int = 10  # OS priority of the daemon: the DAW always wins (0: CPU and I/O priority left as they are)
     cache_max_mb: int = 2048  # spectrogram cache size, least recently used evicted first
     store_min_score: float = 0.02  # scores below this are not stored (except each model's best tag)
 

@@ -393,7 +393,10 @@ def _lock_home(home_dir: Path) -> IO[str]:
 
 
 def _lower_priority(nice: int) -> None:
-    """Run below the user's DAW: CPU niceness and best-effort low I/O priority."""
+    """Run below the user's DAW: CPU niceness and best-effort low I/O priority. `nice` 0 leaves both as
+    they are (a daemon inside another program, a test, must not lower its host for good)."""
+    if nice <= 0:
+        return
     try:
         os.nice(nice)
         psutil.Process().ionice(psutil.IOPRIO_CLASS_BE, 7)

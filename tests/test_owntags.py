@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from vibrary.clients.client import Client, DaemonError, DaemonNotRunning
-from vibrary.daemon import advice, dataset, features, shards
+from vibrary.daemon import advice, config, dataset, features, shards
 from vibrary.daemon.spectrogram import SpectrogramParams
 from vibrary.proto import daemon_pb2 as pb
 
@@ -385,7 +385,7 @@ def _train(c: Client, name: str) -> pb.TrainProgress:
 
 
 def test_training_that_cannot_start_fails_clearly_and_reports_it(home: Path, tmp_path: Path) -> None:
-    from vibrary.daemon import config, training
+    from vibrary.daemon import training
     from vibrary.daemon.index import Index
 
     write_kinds(tmp_path / "ex", per_kind=2, seed=8)
@@ -426,6 +426,7 @@ def test_a_dataset_being_built_is_not_trained_on_and_other_datasets_are(home: Pa
     from vibrary.daemon.service import Daemon, TrainingBusy
 
     files = [(str(f), f.parent.name) for f in write_kinds(tmp_path / "ex", per_kind=2, seed=9)]
+    config.Settings(settle_s=0.2, nice=0).save(home)  # in this process: pytest's own priority stays
     d = Daemon(home)
     d.start()
     try:
