@@ -577,33 +577,47 @@ def test_a_train_command_stopped_by_ctrl_c_or_killed_leaves_no_job_to_train_on(
     assert not list(jobs.glob("*/jobs/*/checkpoint.pt"))
 
 
+_FOLLOWER = """
+import json, sys
+from vibrary.clients.trainer_client import TrainerClient
+from vibrary.daemon import dataset
+from pathlib import Path
+manifest, _ = dataset.load(Path(sys.argv[2]), "kinds")
+with TrainerClient(sys.argv[1]) as client:  # as `vibrary train` does: start a followed job, watch it
+    job = client.start(manifest, "kinds", "none", json.dumps({"epochs": 500, "patience": 500}), followed=True)
+    for _ in client.watch(job.id):
+        pass
+"""
+
+
 def test_a_remote_job_whose_train_command_was_killed_is_cancelled_once_nobody_watches_it(
     model_home: Path, tmp_path: Path
 ) -> None:
-    """`vibrary train --trainer HOST:PORT` killed: nobody will collect its job, so the trainer cancels it
-    once it has gone unwatched for its limit (2 s here), and trains the next job instead. A job started
-    for the daemon (not followed) trains on unwatched."""
+    """`vibrary train --trainer HOST:PORT` follows its job (JobRequest.followed); killed, nobody will
+    collect the job, so the trainer cancels it once it has gone unwatched for its limit (2 s here) and
+    trains the next job instead. A job started for the daemon (not followed) trains on unwatched."""
     write_kinds(tmp_path / "examples", per_kind=8, seed=1)
     vibrary("dataset", "create", "--json", "kinds", str(tmp_path / "examples"), home=model_home)
-    trainer, target = _start_trainer(tmp_path / "trainer-home", VIBRARY_TRAINER_UNWATCHED_S="2")
+    trainer_home = tmp_path / "trainer-home"
+    trainer, target = _start_trainer(trainer_home, VIBRARY_TRAINER_UNWATCHED_S="2")
     try:
+        vibrary("train", "kinds", "--base", "none", "--trainer", target, "--epochs", "1", home=model_home)
+        (record,) = trainer_home.glob("trainer/tenants/*/jobs/*/job.json")
+        assert json.loads(record.read_text())["request"]["followed"] is True  # the command says it follows
         with TrainerClient(target) as client:  # lists jobs, never watches them
-            args = [sys.executable, "-m", "vibrary.clients.cli", "train", "kinds", "--base", "none"]
-            args += ["--trainer", target, "--epochs", "500"]
-            proc = subprocess.Popen(args, env={**os.environ, "VIBRARY_HOME": str(model_home)}, stderr=subprocess.PIPE)
+            follower = subprocess.Popen([sys.executable, "-c", _FOLLOWER, target, str(model_home)])
             try:
-                wait_for(lambda: any(j.epoch >= 1 for j in client.jobs()), timeout=120)
-                proc.kill()
-                proc.wait(timeout=60)
+                wait_for(lambda: any(j.epoch >= 1 and j.state == pb.Job.RUNNING for j in client.jobs()), timeout=120)
+                follower.kill()
+                follower.wait(timeout=60)
             finally:
-                proc.kill()
-            (killed,) = client.jobs()
-            wait_for(lambda: client.jobs()[0].state == pb.Job.CANCELLED, timeout=60)
-            assert "nobody watched it for 2 s" in client.jobs()[0].error
+                follower.kill()
+            (killed,) = [j for j in client.jobs() if j.state == pb.Job.RUNNING]
+            wait_for(lambda: {j.id: j for j in client.jobs()}[killed.id].state == pb.Job.CANCELLED, timeout=60)
+            assert "nobody watched it for 2 s" in {j.id: j for j in client.jobs()}[killed.id].error
             manifest, _ = dataset.load(model_home, "kinds")
             daemons = client.start(manifest, "kinds", "none", json.dumps({"epochs": 30, "patience": 30}))
             wait_for(lambda: {j.id: j for j in client.jobs()}[daemons.id].state == pb.Job.SUCCEEDED, timeout=300)
-            assert {j.id: j.state for j in client.jobs()} == {killed.id: pb.Job.CANCELLED, daemons.id: pb.Job.SUCCEEDED}
     finally:
         trainer.terminate()
         trainer.wait(timeout=30)

@@ -335,22 +335,25 @@ class TrainerService(pb_grpc.TrainerServicer):
         with job.changed:
             pending, seen = [job.snapshot()], job.past + len(job.history)
             job.watchers += 1
-        try:
-            while True:
-                for update in pending:
-                    yield update
-                    if update.state in _TERMINAL:
-                        return
-                if not context.is_active():
-                    return
-                with job.changed:
-                    if job.past + len(job.history) == seen:
-                        job.changed.wait(0.5)
-                    pending, seen = job.history[max(0, seen - job.past) :], job.past + len(job.history)
-        finally:
+
+        def gone() -> None:  # when the call ends, however: a generator's `finally` waits for its collection
             with job.changed:
                 job.watchers -= 1
                 job.unwatched_since = time.monotonic()
+
+        if not context.add_callback(gone):  # the call already ended
+            gone()
+        while True:
+            for update in pending:
+                yield update
+                if update.state in _TERMINAL:
+                    return
+            if not context.is_active():
+                return
+            with job.changed:
+                if job.past + len(job.history) == seen:
+                    job.changed.wait(0.5)
+                pending, seen = job.history[max(0, seen - job.past) :], job.past + len(job.history)
 
     def CancelJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.Job:
         job = self._job(request, context)
