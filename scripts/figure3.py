@@ -381,8 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--instrument-base",
-        default="/work/loso40/fold-0/demo.pt",
-        help="base of the instrument transfer runs: fold 0 of the recipe (`train_demo.py --fold 0 --out /work/loso40`)",
+        default="/work/loso80/fold-0/demo.pt",
+        help="base of the instrument transfer runs: fold 0 of the recipe (`train_demo.py --fold 0 --out /work/loso80`)",
     )
     ap.add_argument("--no-write", action="store_true", help="print results, write no docs")
     ap.add_argument("--plot-only", action="store_true", help="train nothing: write the docs from finished runs")
