@@ -439,11 +439,14 @@ class Index:
             c.execute("DELETE FROM models WHERE id = ?", (model.id,))
 
     def requeue_missing(self, model_ids: Sequence[int]) -> int:
-        """Indexed files whose content lacks tags from one of these models go back to pending."""
+        """Indexed files whose content lacks tags from one of these models go back to pending. Pending
+        files move to a new generation too: one a worker holds was read for the models active before,
+        and its result, now stale, is dropped, so the file is read again for these."""
         if not model_ids:
             return 0
         marks = ",".join("?" * len(model_ids))
         with self.write() as c:
+            c.execute("UPDATE files SET gen = gen + 1 WHERE state = 'pending'")
             cur = c.execute(
                 f"""UPDATE files SET state = 'pending', due = 0, gen = gen + 1 WHERE state = 'indexed' AND (
                        content_id IS NULL OR (SELECT count(*) FROM tagged t WHERE t.content_id = files.content_id

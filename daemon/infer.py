@@ -82,8 +82,13 @@ def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
         raise ModelError(f"{source}: metadata_props lacks {e.args[0]!r}; not a Vibrary model") from None
     except (ValueError, TypeError) as e:
         raise ModelError(f"{source}: bad Vibrary metadata ({e})") from None
-    if not classes or not all(isinstance(c, str) and c for c in classes):
+    if not classes or not all(isinstance(c, str) and c.strip() for c in classes):
         raise ModelError(f"{source}: {CLASSES_KEY} must be a non-empty list of names")
+    # Tags are searched without regard to case, as people type them: a model's "Kick" is the tag "kick".
+    classes = tuple(c.strip().lower() for c in classes)
+    twice = sorted({c for c in classes if classes.count(c) > 1})
+    if twice:
+        raise ModelError(f"{source}: {CLASSES_KEY} names {', '.join(map(repr, twice))} more than once")
     activation = meta.get(ACTIVATION_KEY, "none")
     if activation not in ("none", "softmax", "sigmoid"):
         raise ModelError(f"{source}: unknown {ACTIVATION_KEY} {activation!r}")
@@ -112,21 +117,32 @@ class Model:
         if len(dims) != 4 or any(isinstance(d, int) and d != w for d, w in zip(dims[1:], want, strict=True)):
             fits = ", ".join(map(str, want))
             raise ModelError(f"{self.info.name}: input shape {dims} does not fit spectrograms of shape [N, {fits}]")
-        probe = np.zeros((1, *want), dtype=np.float32)
+        probe = np.zeros((self._fixed or 1, *want), dtype=np.float32)
         try:
             out = self.session.run(None, {self._input.name: probe})[0]
         except Exception as e:
             raise ModelError(f"{self.info.name}: fails on a spectrogram of shape {want} ({e})") from None
-        if out.shape != (1, len(self.info.classes)):
+        if out.shape != (len(probe), len(self.info.classes)):
             raise ModelError(
                 f"{self.info.name}: outputs shape {list(out.shape[1:])} but names {len(self.info.classes)} classes"
             )
 
+    @property
+    def _fixed(self) -> int:
+        """The batch size a model exported without a dynamic batch axis takes; 0 for any."""
+        first = self._input.shape[0]
+        return first if isinstance(first, int) and first > 0 else 0
+
     def predict(self, specs: np.ndarray) -> np.ndarray:
         specs = np.ascontiguousarray(specs, np.float32)
-        step = max(1, len(specs)) if isinstance(self._input.shape[0], int) else RUN_CLIPS  # a fixed batch size: as is
-        runs = [self.session.run(None, {self._input.name: specs[i : i + step]})[0] for i in range(0, len(specs), step)]
-        scores = runs[0] if len(runs) == 1 else np.concatenate(runs)
+        step = self._fixed or RUN_CLIPS
+        runs = [np.zeros((0, len(self.info.classes)), np.float32)]
+        for i in range(0, len(specs), step):
+            chunk = specs[i : i + step]
+            if self._fixed and len(chunk) < step:  # a fixed batch size: the last chunk padded with silence
+                chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), np.float32)])
+            runs.append(self.session.run(None, {self._input.name: chunk})[0][: len(specs) - i])
+        scores: np.ndarray = np.concatenate(runs)
         if self.info.activation == "softmax":
             shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
             scores = shifted / shifted.sum(axis=1, keepdims=True)

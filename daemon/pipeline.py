@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -162,9 +162,14 @@ class Pipeline:
             try:
                 self._store_spectrograms(prepared)
                 self._infer(prepared)
+            except Exception as e:  # every file still reaches the sink: one that did not would never be fed again
+                log.exception("batch of %d files failed", len(prepared))
+                for p in prepared:
+                    p.result.error, p.result.tags = p.result.error or f"could not be tagged: {e}", {}
+            try:
                 self._sink([p.result for p in prepared])
             except Exception:
-                log.exception("batch of %d files failed; they stay pending", len(prepared))
+                log.exception("could not store a batch of %d files; they stay pending", len(prepared))
             finally:
                 for _ in prepared:
                     self._slots.release()
@@ -190,6 +195,25 @@ class Pipeline:
             items = [p for p in batch if model in p.todo and params in p.specs]
             if not items:
                 continue
-            scores = model.model.predict(np.stack([p.specs[params] for p in items]))
-            for p, row in zip(items, scores, strict=True):
-                p.result.tags[model.id] = ranked_tags(row, model.model.info.classes, self._store_min)
+            for i, row in self._predict(model, [p.specs[params] for p in items]):
+                p = items[i]
+                if isinstance(row, Exception):  # the file fails, not the batch: it would stay pending for good
+                    p.result.error = f"model {model.ref} failed on it: {row}"
+                    p.result.tags.clear()
+                elif not p.result.error:
+                    p.result.tags[model.id] = ranked_tags(row, model.model.info.classes, self._store_min)
+
+    @staticmethod
+    def _predict(model: ActiveModel, specs: list[np.ndarray]) -> Iterator[tuple[int, np.ndarray | Exception]]:
+        """(position, scores) for the whole batch at once; when that fails, file by file, so one file that
+        a model cannot take gets its own error and the rest of the batch is tagged."""
+        try:
+            yield from enumerate(model.model.predict(np.stack(specs)))
+            return
+        except Exception:
+            log.exception("%s failed on a batch of %d; trying the files one by one", model.ref, len(specs))
+        for i, spec in enumerate(specs):
+            try:
+                yield i, model.model.predict(spec[None])[0]
+            except Exception as e:
+                yield i, e

@@ -169,7 +169,7 @@ class Daemon:
 
     def _store(self, results: list[Result]) -> None:
         try:
-            written = self.index.write_results(results, self.settings.store_min_score)
+            written = self._write(results)
         finally:
             with self._in_flight_lock:
                 self._in_flight.difference_update(r.job.id for r in results)
@@ -184,6 +184,22 @@ class Daemon:
                 self.events.publish(Event(FILE_FAILED, FileTags(r.job.path, "failed", r.error, [])))
             else:  # from the index: a copy of known content computed nothing, yet has tags
                 self.events.publish(Event(FILE_TAGGED, next(self.index.file_tags([r.job.path]))))
+
+    def _write(self, results: list[Result]) -> list[Result]:
+        """A batch in one transaction; when that fails, file by file, and a file whose tags cannot be
+        stored is stored as failed with the reason (left pending, it would be fed again at once, forever)."""
+        try:
+            return self.index.write_results(results, self.settings.store_min_score)
+        except Exception:
+            log.exception("could not store a batch of %d files; storing them one by one", len(results))
+        written = []
+        for r in results:
+            try:
+                written += self.index.write_results([r], self.settings.store_min_score)
+            except Exception as e:
+                r.error, r.tags = f"its tags could not be stored: {e}", {}
+                written += self.index.write_results([r], self.settings.store_min_score)
+        return written
 
     def _removed(self, paths: list[str]) -> None:
         self.status_events.changed()

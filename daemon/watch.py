@@ -9,6 +9,7 @@ that was moved keeps its tags because its content hash is already known.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -32,7 +33,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from .decode import is_audio_path
-from .index import Index
+from .index import Index, under
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class Watcher(FileSystemEventHandler):
         self._on_removed = on_removed
         self._observer = _observer()
         self._watches: dict[str, ObservedWatch] = {}
+        self._identity: dict[str, tuple[int, int] | None] = {}  # each watch folder's device and inode
         self._missing: set[str] = set()
         self._buffer: dict[str, float] = {}
         self._lock = threading.RLock()
@@ -99,14 +101,34 @@ class Watcher(FileSystemEventHandler):
                 return
             self._missing.discard(folder)
             self._watches[folder] = _schedule(self._observer, self, folder)
+            self._identity[folder] = _identity(folder)
         self._scan_in_background(folder)
 
     def unwatch(self, folder: str) -> None:
+        """Stop observing; a scan of the folder still running stops at its next directory, and events
+        buffered for it are dropped, so nothing under it comes back after the index forgets it."""
         with self._lock:
             self._missing.discard(folder)
             watch = self._watches.pop(folder, None)
+            self._buffer = {p: due for p, due in self._buffer.items() if self._watched(p)}
         if watch is not None:
             self._observer.unschedule(watch)
+
+    def _lost(self, folder: str) -> None:
+        """A watch folder deleted or moved away: its observer is dead, so it is watched again when a folder
+        is back at its path (as for a drive not mounted)."""
+        with self._lock:
+            watch = self._watches.pop(folder, None)
+            if watch is None:
+                return
+            self._missing.add(folder)
+        log.warning("watch folder %s is gone; watching for it to come back", folder)
+        with contextlib.suppress(Exception):  # its emitter may have ended itself already
+            self._observer.unschedule(watch)
+
+    def _watched(self, path: str) -> bool:
+        """Whether path is a watch folder or under one (call with the lock held)."""
+        return any(path == root or path.startswith(under(root)[0]) for root in self._watches)
 
     @property
     def missing(self) -> set[str]:
@@ -129,6 +151,8 @@ class Watcher(FileSystemEventHandler):
             self._mark(src, time.time(), postpone=False)  # a chmod after a copy is no reason to wait
         elif isinstance(event, (FileDeletedEvent, DirDeletedEvent)):
             self._remove(src)
+            if src in self._watches:
+                self._lost(src)
         elif isinstance(event, (FileMovedEvent, DirMovedEvent)):
             self._move(src, os.fsdecode(event.dest_path), event.is_directory)
         elif isinstance(event, DirCreatedEvent) and not os.path.islink(src):
@@ -137,6 +161,8 @@ class Watcher(FileSystemEventHandler):
     def _mark(self, path: str, due: float, postpone: bool = True) -> None:
         if is_audio_path(path):
             with self._lock:
+                if not self._watched(path):  # an event that was on its way when the folder was unwatched
+                    return
                 if postpone or path not in self._buffer:
                     self._buffer[path] = due
 
@@ -173,8 +199,8 @@ class Watcher(FileSystemEventHandler):
             if not self._buffer:
                 return
             items = list(self._buffer.items())
-            self._buffer.clear()
-            self.index.mark_pending(items)
+            self.index.mark_pending(items)  # raises with the events still buffered: the next flush retries
+            self._buffer.clear()  # under the lock: nothing was buffered meanwhile
         self._on_pending()
 
     def _flush_loop(self) -> None:
@@ -182,8 +208,11 @@ class Watcher(FileSystemEventHandler):
         while not self._stop.wait(0.02):
             try:
                 self.flush()
-                if self._missing and time.monotonic() - last_check > 5:
+                if time.monotonic() - last_check > 5:
                     last_check = time.monotonic()
+                    for folder in list(self._watches):
+                        if _identity(folder) != self._identity.get(folder):
+                            self._lost(folder)  # renamed or moved away (maybe another in its place): inotify is silent
                     for folder in sorted(self._missing):
                         self.watch(folder)
             except Exception:
@@ -213,6 +242,9 @@ class Watcher(FileSystemEventHandler):
         stack = [folder]
         while stack:
             directory = stack.pop()
+            with self._lock:
+                if not self._watched(directory):
+                    return  # unwatched meanwhile
             visited.add(directory)
             known = self.index.files_in_dir(directory)
             try:
@@ -241,6 +273,8 @@ class Watcher(FileSystemEventHandler):
                     changed.append((entry.path, now if fresh else now + self.settle_s))
             if changed:
                 with self._lock:
+                    if not self._watched(directory):
+                        return
                     self.index.mark_pending(changed)
                 self._on_pending()
             if known:
@@ -254,6 +288,14 @@ class Watcher(FileSystemEventHandler):
             removed = self.index.remove_paths(paths)
         if removed:
             self._on_removed(removed)
+
+
+def _identity(folder: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _observer() -> BaseObserver:

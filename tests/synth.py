@@ -50,11 +50,16 @@ def band_model(
     params: SpectrogramParams | None = None,
     classes: tuple[str, ...] = ("low", "mid", "high"),
     shift: int = 0,
+    batch: int | str = "N",
+    fails_on_audio: bool = False,
 ) -> Path:
     """An ONNX model scoring (N, C, mels, frames) spectrograms as low / mid / high.
 
     `shift` rotates the class names: a different "version" that disagrees with the first one, which
-    tests use to see that switching versions really changes the tags.
+    tests use to see that switching versions really changes the tags. `batch`: a fixed batch size, as a
+    model exported without a dynamic batch axis has. `fails_on_audio`: onnxruntime raises on any real
+    clip (a Gather indexed by the clip's quietest value, out of range below 0 dB) yet runs on the
+    all-zero probe that an install checks, like a model with a bug its author never met.
     """
     params = params or SpectrogramParams()
     centres = _mel_to_hz(
@@ -76,16 +81,27 @@ def band_model(
         helper.make_node("MatMul", ["lifted", "w"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["scores"], axis=1),
     ]
+    if fails_on_audio:
+        nodes[-1:-1] = [
+            helper.make_node("ReduceMin", ["x"], ["quietest"], keepdims=0),
+            helper.make_node("Neg", ["quietest"], ["depth"]),
+            helper.make_node("Cast", ["depth"], ["at"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["offset", "at"], ["picked"]),
+            helper.make_node("Mul", ["picked", "zero"], ["nothing"]),
+            helper.make_node("Add", ["logits", "nothing"], ["kept"]),
+        ]
+        nodes[-1] = helper.make_node("Softmax", ["kept"], ["scores"], axis=1)
     graph = helper.make_graph(
         nodes,
         name,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *params.shape])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", len(classes)])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *params.shape])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, len(classes)])],
         initializer=[
             numpy_helper.from_array(np.array([3], np.int64), "axes_t"),
             numpy_helper.from_array(np.array([1], np.int64), "axes_c"),
             numpy_helper.from_array(np.array([params.top_db], np.float32), "offset"),
             numpy_helper.from_array(weights, "w"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)

@@ -110,3 +110,18 @@ def test_two_hundred_files_copied_in_are_all_tagged_and_searchable(daemon: Daemo
 def test_query_words() -> None:
     assert parse_query(["kick", "-acoustic", "snare|clap"]) == ([["kick"], ["snare", "clap"]], ["acoustic"])
     assert parse_query(["Snare", "OR", "clap", "dark"]) == ([["snare", "clap"], ["dark"]], [])
+
+
+def test_a_models_class_names_are_tags_in_lower_case_and_each_once(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """Tags are searched as people type them, so a model's "BODY" class is the tag "body" (it used to be
+    stored as "BODY" and never found); a model that names a class twice, in any case, is refused."""
+    shouty = band_model(tmp_path / "shouty.onnx", name="shouty", classes=("Deep", "BODY", "Air"))
+    vibrary("models", "install", str(shouty), home=daemon.home)
+    wait_for(lambda: "shouty@1" in daemon.client.status().models)
+    clip = write_tone(tmp_path / "clip.wav", BANDS["mid"])
+    (tagged,) = list(daemon.client.tag([str(clip)]))
+    assert [t.tag for t in tagged.tags if t.model == "shouty"][0] == "body"
+    assert [f.path for f in daemon.client.search([["Body"]])] == [str(clip)]
+    twice = band_model(tmp_path / "twice.onnx", name="twice", classes=("kick", "Kick", "snare"))
+    bad = vibrary("models", "install", str(twice), home=daemon.home, check=False)
+    assert bad.returncode == 1 and "'kick' more than once" in bad.stderr, bad.stderr

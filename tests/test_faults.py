@@ -33,12 +33,13 @@ import pytest
 from vibrary.clients.client import Client, DaemonError
 from vibrary.daemon import config, decode, features
 from vibrary.daemon.index import Index, Job, Result
-from vibrary.daemon.pipeline import Pipeline
+from vibrary.daemon.infer import Model
+from vibrary.daemon.pipeline import ActiveModel, Pipeline
 from vibrary.daemon.service import load_models
 from vibrary.proto import daemon_pb2 as pb
 
 from tests.conftest import AS_USER, DaemonProcess, json_lines, start_daemon, vibrary, wait_for
-from tests.synth import BANDS, write_tone
+from tests.synth import BANDS, band_model, write_tone
 
 NEEDS_USER = pytest.mark.skipif(
     os.geteuid() == 0 and not AS_USER,
@@ -447,6 +448,63 @@ def test_daemon_drops_a_file_deleted_before_the_read(watched: Watched) -> None:
         assert not watched.events.find(pb.Event.FILE_FAILED, path), "a deleted file is not a broken file"
     s = d.client.status()
     assert (s.pending, s.failed, s.indexed) == (0, 0, 4)
+
+
+def test_daemon_fails_the_files_a_model_cannot_take_and_keeps_tagging(watched: Watched, tmp_path: Path) -> None:
+    """A model that passed its install check but that onnxruntime fails on: each file ends failed with the
+    model named, never pending for good (a failed batch used to hold its files' places in the queue), and
+    once the model is deactivated new files are tagged as before."""
+    d = watched.daemon
+    buggy = band_model(tmp_path / "buggy.onnx", name="buggy", fails_on_audio=True)
+    vibrary("models", "install", str(buggy), home=d.home)
+    wait_for(lambda: "buggy@1" in d.client.status().models)
+    drops = [write_tone(watched.lib / f"buggy{i}.wav", 300 + 50 * i) for i in range(6)]
+    for path in drops:
+        watched.events.wait(pb.Event.FILE_FAILED, str(path))
+        assert "model buggy@1 failed on it" in watched.file(path).error
+    d.client.deactivate("buggy")
+    assert_keeps_tagging(watched)
+    assert d.client.status().pending == 0
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_pipeline_runs_a_model_with_a_fixed_batch_size(batch: int, tmp_path: Path) -> None:
+    """A model exported without a dynamic batch axis is fed batches of its own size, the last one padded,
+    and scores every file as the same model with a dynamic batch axis does."""
+    bands = list(BANDS)
+    files = [write_tone(tmp_path / f"{i}.wav", BANDS[bands[i % 3]]) for i in range(5)]
+    found = {}
+    for shape in ("N", batch):
+        model = Model(str(band_model(tmp_path / f"bands-{shape}.onnx", batch=shape)))
+        results: list[Result] = []
+        pipeline = Pipeline(
+            [ActiveModel(1, "bands@1", model)], results.extend, workers=1, batch_size=4, queue_size=8, store_min_score=0
+        )
+        try:
+            for i, path in enumerate(files):
+                pipeline.submit(Job(i, str(path), 1, -1, -1, None))
+            assert pipeline.wait_idle(timeout=30)
+        finally:
+            pipeline.close()
+        assert all(r.error is None for r in results), [r.error for r in results]
+        found[shape] = {r.job.id: dict(r.tags[1]) for r in results}
+    assert {i: max(t, key=t.__getitem__) for i, t in found[batch].items()} == {i: bands[i % 3] for i in range(5)}
+    for i, tags in found["N"].items():
+        assert found[batch][i] == pytest.approx(tags, abs=1e-5)
+
+
+def test_daemon_watches_a_folder_deleted_or_replaced_when_it_is_back(watched: Watched) -> None:
+    """A watch folder deleted and made again (restored from a backup), then renamed away with a new folder
+    made under its name: files copied in afterwards are tagged. Before, the dead observer of the first
+    case and the one that followed the renamed folder in the second left them unseen until a restart."""
+    lib = watched.lib
+    shutil.rmtree(lib)
+    watched.events.wait(pb.Event.FILE_REMOVED, str(lib / "probe.wav"))
+    lib.mkdir()
+    assert_keeps_tagging(watched, "restored")
+    lib.rename(lib.with_name("lib-old"))
+    lib.mkdir()
+    assert_keeps_tagging(watched, "replaced")
 
 
 def watch_and_delete(path: Path) -> Path:

@@ -226,3 +226,20 @@ def test_an_and_of_one_models_tags_finds_the_same_files_by_merge_or_by_probes(
     assert index._postings_to_merge(ids, [inst.id, mood.id]) is None  # probed
     assert merged == _paths(index, **query) == sorted(expected)
     assert len(expected) > 20
+
+
+def test_a_file_read_for_the_models_active_before_a_change_is_read_again(index: Index) -> None:
+    """A worker holds a file while another model is activated: its result, made without the new model,
+    is not stored as done; the file is read again (otherwise it stays without the new model's tags
+    until it changes)."""
+    first = index.add_model("inst", "/m/inst.onnx", "a" * 64, ["kick"], "{}", False)
+    index.set_active(first, True)
+    index.mark_pending([("/lib/k.wav", 0.0)])
+    (held,) = index.due_jobs(10, set(), 1e12)
+    second = index.add_model("mood", "/m/mood.onnx", "b" * 64, ["dark"], "{}", False)
+    index.set_active(second, True)
+    index.requeue_missing([first.id, second.id])
+    stale = Result(held, size=1, mtime_ns=1, hash=b"k" * 16, tags={first.id: [("kick", 0.9)]})
+    assert index.write_results([stale], 0.02) == []
+    (again,) = index.due_jobs(10, set(), 1e12)
+    assert again.path == held.path and again.gen > held.gen

@@ -1,0 +1,72 @@
+"""The watcher on its own, with a real index and a real inotify observer: what it records when the
+index cannot be written for a moment, and what it stops recording when a folder is unwatched."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from vibrary.daemon.index import Index
+from vibrary.daemon.watch import Watcher
+from watchdog.events import FileClosedEvent
+
+from tests.conftest import wait_for
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[Index]:
+    index = Index(tmp_path / "index.sqlite")
+    yield index
+    index.close()
+
+
+def _watcher(index: Index) -> Watcher:
+    return Watcher(index, settle_s=0.0, on_pending=lambda: None, on_removed=lambda paths: None)
+
+
+def _pending(index: Index) -> set[str]:
+    return {job.path for job in index.due_jobs(100_000, set(), 1e12)}
+
+
+def test_events_buffered_while_the_index_is_locked_are_written_later(index: Index, tmp_path: Path) -> None:
+    """A flush that cannot write (another process holds the database) keeps its events for the next one;
+    it used to drop them, and the files waited for the next start's scan. (Not started: no flush but
+    this test's own.)"""
+    w = _watcher(index)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    w.watch(str(lib))
+    wait_for(lambda: w.scans_running == 0)
+    index.conn().execute("PRAGMA busy_timeout = 50")  # this thread's connection: give up fast
+    blocker = sqlite3.connect(index.path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    path = str(lib / "kick.wav")
+    w.on_any_event(FileClosedEvent(path))
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        w.flush()
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    w.flush()
+    assert _pending(index) == {path}
+
+
+def test_a_folder_unwatched_during_its_first_scan_leaves_nothing_behind(index: Index, tmp_path: Path) -> None:
+    """The scan of a big folder stops when the folder is unwatched, so the index forgets it for good: it
+    used to go on marking files, which then were tagged and found though no watch covered them."""
+    w = _watcher(index)
+    w.start()
+    lib = tmp_path / "big"
+    for d in range(40):
+        folder = lib / f"pack{d:02d}"
+        folder.mkdir(parents=True)
+        for i in range(100):
+            (folder / f"s{i:03d}.wav").write_bytes(b"")
+    index.add_watch(str(lib))
+    w.watch(str(lib))
+    w.unwatch(str(lib))
+    assert index.remove_watch(str(lib))
+    wait_for(lambda: w.scans_running == 0)
+    w.stop()
+    assert _pending(index) == set()
