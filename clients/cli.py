@@ -78,6 +78,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
     names = {m.id: m.ref.split("@")[0] for m in models}
     settings = config.Settings.load(home_dir)
     files = expand(args.paths)
+    if not files:
+        print(f"vibrary: no audio files in {', '.join(args.paths)}", file=sys.stderr)
     bar = tqdm(total=len(files), unit="file", disable=None, file=sys.stderr)
     lock = threading.Lock()
 
@@ -120,7 +122,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         handlers=[logging.StreamHandler(sys.stderr), logging.FileHandler(config.log_path(home_dir))],
     )
     settings = config.Settings.load(home_dir)
-    if args.workers:
+    if args.workers is not None:
         settings.workers = args.workers
     try:
         daemon = Daemon(home_dir, settings)
@@ -231,23 +233,31 @@ def _wait_idle(c: Client, pending: int) -> None:
         bar.refresh()
         if s.pending == 0:
             break
+        if s.paused:  # it would wait for ever
+            bar.close()
+            raise CommandError(f"indexing is paused with {s.pending} files pending: `vibrary resume` goes on")
         time.sleep(0.25)
     bar.close()
 
 
 def parse_query(words: Sequence[str]) -> tuple[list[list[str]], list[str]]:
-    """`kick -acoustic snare|clap` or `snare OR clap`: AND of words, '-' negates, OR / '|' alternates."""
+    """`kick -acoustic snare|clap` or `snare OR clap NOT acoustic`: AND of words, '-' or NOT negates,
+    OR / '|' alternates."""
     groups: list[list[str]] = []
     excluded: list[str] = []
-    join_next = False
+    join_next = negate_next = False
     for word in words:
         if word.upper() == "OR":
             if not groups:
                 raise CommandError("OR needs a tag on each side")
             join_next = True
             continue
-        if word.startswith("-") and len(word) > 1:
-            excluded.append(word[1:].lower())
+        if word.upper() == "NOT":
+            negate_next = True
+            continue
+        if negate_next or (word.startswith("-") and len(word) > 1):
+            excluded.append(word[0 if negate_next else 1 :].lower())
+            negate_next = False
             continue
         alternatives = [w.lower() for w in word.split("|") if w]
         if join_next:
@@ -257,7 +267,21 @@ def parse_query(words: Sequence[str]) -> tuple[list[list[str]], list[str]]:
             groups.append(alternatives)
     if join_next:
         raise CommandError("OR needs a tag on each side")
+    if negate_next:
+        raise CommandError("NOT needs a tag after it")
     return groups, excluded
+
+
+def _exclusions_as_words(argv: list[str]) -> list[str]:
+    """`vibrary search kick -acoustic`: argparse takes `-acoustic` for an option it does not know (and
+    `-hihat` for -h with a value), so a search's `-TAG` words become `NOT TAG` before it parses them."""
+    if argv[:1] != ["search"]:
+        return argv
+    out = ["search"]
+    for word in argv[1:]:
+        negated = word.startswith("-") and not word.startswith("--") and len(word) > 1 and word != "-h"
+        out += ["NOT", word[1:]] if negated else [word]
+    return out
 
 
 def _print_files(args: argparse.Namespace, files: Iterable[Any]) -> int:
@@ -325,13 +349,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as e:
         raise CommandError(str(e.args[0])) from None
     if args.action == "remove":
-        if row.builtin:
-            raise CommandError(f"{row.ref} is built in; deactivate it instead")
-        index.remove_model(row)
-        if os.path.exists(row.path):
-            os.unlink(row.path)
-    else:
-        index.set_active(row, args.action == "activate")
+        try:
+            successor = registry.remove(index, row)
+        except ModelError as e:
+            raise CommandError(str(e)) from None
+        instead = {"activated": successor.ref} if successor else {}
+        obj = {"model": row.name, "version": row.version, "action": "remove", **instead}
+        _out(args, obj, f"removed {row.ref}" + (f"; {successor.ref} is active instead" if successor else ""))
+        return 0
+    index.set_active(row, args.action == "activate")
     _out(args, {"model": row.name, "version": row.version, "action": args.action}, f"{args.action}d {row.ref}")
     return 0
 
@@ -442,7 +468,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             return 0
         else:
             report = dataset.edit(home_dir, args.name, **_edits(args))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, dataset.Busy) as e:
         raise CommandError(str(e)) from None
     obj, human = _dataset_line(args.name, report)
     _out(args, obj, human)
@@ -470,6 +496,10 @@ def _create(args: argparse.Namespace, home_dir: Path) -> Any:
         examples = [dataset.example(s.path, s.tag) for s in found if s.tag]
     else:
         examples = dataset.examples_from_folders(args.dirs)
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        before, _ = dataset.load(home_dir, args.name)
+        said = f"vibrary: replacing dataset {args.name} ({before.clips} clips, and any edits made to it)"
+        print(said, file=sys.stderr)
     bar = tqdm(total=len(examples), unit="file", disable=None, file=sys.stderr, desc="spectrograms")
     try:
         report = dataset.build(home_dir, args.name, examples, progress=bar.update)
@@ -519,8 +549,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             if "train" not in bars:
                 bars["train"] = tqdm(total=None, unit="epoch", disable=None, file=sys.stderr, desc="training")
             bar = bars["train"]
-            bar.total = p.epochs or None
-            bar.n = p.epoch
+            if p.epochs:  # 0 while it exports: the bar stays where training ended
+                bar.total, bar.n = p.epochs, p.epoch
             bar.set_postfix_str(f"loss {p.loss:.3f} val acc {p.val_accuracy:.2f}")
 
     options = {"epochs": args.epochs, "seed": args.seed}
@@ -653,6 +683,17 @@ def confirm_cost(args: argparse.Namespace) -> Callable[[str], bool]:
 
 
 # -- argument parsing -------------------------------------------------------------------------------------------
+def _count(text: str) -> int:
+    """A whole number of at least 1, refused by argparse (exit 2, a usage line) before anything starts."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: give 1 or more")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine output: one JSON object per line")
@@ -662,13 +703,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tag", parents=[common], help="tag files and folders now, without the daemon")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--model", action="append", metavar="NAME[@VERSION]", help="use this model (repeatable)")
-    p.add_argument("--top", type=int, default=3, metavar="K", help="at most K tags per model (default 3)")
+    p.add_argument("--top", type=_count, default=3, metavar="K", help="at most K tags per model (default 3)")
     p.set_defaults(func=cmd_tag)
 
     p = sub.add_parser("daemon", parents=[common], help="run the daemon in the foreground")
     p.add_argument("--listen", default="", metavar="HOST:PORT", help="also serve on TCP (needs a token)")
     p.add_argument("--token", default="", help="token TCP clients must send (default $VIBRARY_TOKEN)")
-    p.add_argument("--workers", type=int, default=0, help="decode threads (default: one per core)")
+    p.add_argument("--workers", type=_count, default=None, help="decode threads (default: one per core)")
     p.set_defaults(func=cmd_daemon)
 
     p = sub.add_parser("watch", help="manage the daemon's watch folders")
@@ -695,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-score", type=float, default=0.0, help="only tags scoring at least this")
     p.add_argument("--under", default="", metavar="DIR", help="only files under this folder")
     p.add_argument("--model", default="", help="only tags from this model")
-    p.add_argument("--limit", type=int, default=0, help="at most this many files")
+    p.add_argument("--limit", type=_count, default=0, help="at most this many files")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("tags", parents=[common], help="what the index holds for these files")
@@ -771,7 +812,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--base", choices=["demo", "none"], default="demo", help="demo (transfer from the built-in model) or none"
     )
-    p.add_argument("--epochs", type=int, default=None, help="at most this many epochs")
+    p.add_argument("--epochs", type=_count, default=None, help="at most this many epochs")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--yes", action="store_true", help="cloud: accept the cost estimate without asking")
     p.set_defaults(func=cmd_train)
@@ -802,7 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_exclusions_as_words(list(sys.argv[1:] if argv is None else argv)))
     try:
         return int(args.func(args))
     except BrokenPipeError:  # `vibrary search kick | head`: the reader has all it wants, which is no error to print

@@ -9,10 +9,12 @@ cache outgrows its budget.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,21 +83,34 @@ class SpectrogramCache:
             rows.append((self.key(content_hash, params), _compress(codes.tobytes()), codes.dtype.str, time.time()))
         c = self._conn()
         with self._lock:
-            c.execute("BEGIN IMMEDIATE")
-            c.executemany("INSERT OR REPLACE INTO spectra VALUES (?, ?, ?, ?)", rows)
-            c.execute("COMMIT")
-            self._size += sum(len(r[1]) for r in rows)
+            with self._transaction(c):
+                for row in rows:  # a key already there holds the same spectrogram: counted once
+                    if c.execute("INSERT OR IGNORE INTO spectra VALUES (?, ?, ?, ?)", row).rowcount:
+                        self._size += len(row[1])
             if self._size > self.max_bytes:
                 self._evict(c)
 
     def _evict(self, c: sqlite3.Connection) -> None:
         target = int(self.max_bytes * 0.9)
+        with self._transaction(c):
+            for key, size in c.execute("SELECT key, length(data) FROM spectra ORDER BY stored").fetchall():
+                if self._size <= target:
+                    break
+                c.execute("DELETE FROM spectra WHERE key = ?", (key,))
+                self._size -= size
+
+    @contextlib.contextmanager
+    def _transaction(self, c: sqlite3.Connection) -> Iterator[None]:
+        """A write that fails (a full disk) is rolled back: left open, it would hold the write lock and
+        stall every other writer; the size is counted again, as the rollback undid part of it."""
         c.execute("BEGIN IMMEDIATE")
-        for key, size in c.execute("SELECT key, length(data) FROM spectra ORDER BY stored").fetchall():
-            if self._size <= target:
-                break
-            c.execute("DELETE FROM spectra WHERE key = ?", (key,))
-            self._size -= size
+        try:
+            yield
+        except BaseException:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            self._size = int(c.execute("SELECT coalesce(sum(length(data)), 0) FROM spectra").fetchone()[0])
+            raise
         c.execute("COMMIT")
 
     @property

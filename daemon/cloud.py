@@ -284,9 +284,23 @@ def launch(ec2: Any, settings: CloudSettings, region: str, job_id: str, job_url:
     return str(ec2.run_instances(**params)["Instances"][0]["InstanceId"])
 
 
+TERMINATE_TRIES = 10  # tries to terminate an instance AWS does not know yet, poll_s apart
+
+
 def instance_state(ec2: Any, instance_id: str) -> str:
-    reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    """An instance AWS does not know yet reads as pending: DescribeInstances is eventually consistent, and
+    right after RunInstances it may answer InvalidInstanceID.NotFound for a while."""
+    try:
+        reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    except Exception as e:
+        if _not_found(e):
+            return "pending"
+        raise
     return str(reservations[0]["Instances"][0]["State"]["Name"]) if reservations else "terminated"
+
+
+def _not_found(error: Exception) -> bool:
+    return bool(getattr(error, "response", {}).get("Error", {}).get("Code") == "InvalidInstanceID.NotFound")
 
 
 def job_instances(ec2: Any, job_id: str) -> list[dict[str, Any]]:
@@ -386,10 +400,17 @@ class _Job:
         job in the bucket but the shards, which the next training of the same data reuses."""
         try:
             running = [i["InstanceId"] for i in job_instances(self.ec2, self.job_id) if i["State"]["Name"] not in _GONE]
-            if self.instance and self.instance not in running and instance_state(self.ec2, self.instance) not in _GONE:
-                running.append(self.instance)
-            if running:
-                self.ec2.terminate_instances(InstanceIds=running)
+            if self.instance and self.instance not in running:
+                running.append(self.instance)  # whatever its state: terminating a terminated one does nothing
+            for attempt in range(TERMINATE_TRIES):
+                try:
+                    if running:
+                        self.ec2.terminate_instances(InstanceIds=running)
+                    break
+                except Exception as e:  # one launched a moment ago may not be known yet: it will be
+                    if not _not_found(e) or attempt == TERMINATE_TRIES - 1:
+                        raise
+                    time.sleep(self.settings.poll_s)
         except Exception as e:  # the one thing that must not pass unsaid: it costs money by the hour
             raise CloudError(
                 f"could not terminate instance {self.instance} ({e}): terminate it in the EC2 console"

@@ -42,10 +42,19 @@ class Settings:
             raw = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f'{path}: expected an object of settings, e.g. {{"workers": 2}}')
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
+        for name, value in raw.items():
+            kind = type(getattr(cls, name))  # the default's type: int, or float (which takes an int too)
+            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+                raise ValueError(f"{path}: {name} must be {'a number' if kind is float else 'a whole number'}")
+            least = 1 if name in ("batch_size", "queue_size") else 0
+            if value < least:
+                raise ValueError(f"{path}: {name} must be {least} or more")
         return cls(**raw)
 
     def save(self, home_dir: Path) -> None:

@@ -15,11 +15,13 @@ shards under the new labels: nothing is decoded or even read from the source fil
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +110,33 @@ def dataset_dir(home_dir: Path, name: str) -> Path:
     return home_dir / "datasets" / name
 
 
+class Busy(RuntimeError):
+    """A training reads the dataset, or another command changes it, right now."""
+
+
+@contextlib.contextmanager
+def _held(home_dir: Path, name: str, change: bool) -> Iterator[None]:
+    """An flock beside the dataset's folder (delete removes the folder), across processes: the daemon's
+    trainings and edits, `vibrary train` and `vibrary dataset` all take it. Trainings share it; a change
+    needs it alone, so no edit rewrites shards under an upload, whichever process does what."""
+    check_name(name)
+    folder = home_dir / "datasets"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".{name}.lock", "a") as f:
+        try:
+            fcntl.flock(f, (fcntl.LOCK_EX if change else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(
+                f"dataset {name!r} is being trained on or changed by another command; wait for it or cancel it"
+            ) from None
+        yield
+
+
+def reading(home_dir: Path, name: str) -> contextlib.AbstractContextManager[None]:
+    """Held by a training for as long as it may read the dataset."""
+    return _held(home_dir, name, change=False)
+
+
 def open_cache(home_dir: Path) -> SpectrogramCache:
     return SpectrogramCache(config.cache_path(home_dir), config.Settings.load(home_dir).cache_max_mb << 20)
 
@@ -134,7 +163,19 @@ def build(
 ) -> BuildReport:
     """Compute every example's spectrogram (from the home's cache when it has them) and write the
     dataset's shards, labels and manifest."""
-    check_name(name)
+    with _held(home_dir, name, change=True):
+        return _build(home_dir, name, examples, params, workers, progress, cache)
+
+
+def _build(
+    home_dir: Path,
+    name: str,
+    examples: Sequence[Example],
+    params: SpectrogramParams | None,
+    workers: int,
+    progress: Callable[[int], None],
+    cache: SpectrogramCache | None,
+) -> BuildReport:
     params = params or SpectrogramParams()
     if not examples:
         raise ValueError("no audio files found: put examples in one folder per tag (DIR/<tag>/*.wav)")
@@ -239,7 +280,8 @@ def names(home_dir: Path) -> list[str]:
 
 def delete(home_dir: Path, name: str) -> None:
     load(home_dir, name)  # FileNotFoundError when there is no such dataset
-    shutil.rmtree(dataset_dir(home_dir, name))
+    with _held(home_dir, name, change=True):
+        shutil.rmtree(dataset_dir(home_dir, name))
 
 
 def labelled_files(home_dir: Path, name: str) -> list[tuple[str, str]]:
@@ -258,6 +300,17 @@ def edit(
     """Rename tags (onto an existing tag: a merge), drop tags, relabel files (an empty tag drops the file),
     in that order; then re-pack the shards' own spectrograms. ValueError, and nothing changed, when an
     edit names a tag or file the dataset lacks or leaves fewer than two tags."""
+    with _held(home_dir, name, change=True):
+        return _edit(home_dir, name, rename, drop, relabel)
+
+
+def _edit(
+    home_dir: Path,
+    name: str,
+    rename: Iterable[tuple[str, str]],
+    drop: Iterable[str],
+    relabel: Iterable[tuple[str, str]],
+) -> BuildReport:
     manifest, shard_dir = load(home_dir, name)
     rows, failed = _rows(home_dir, name)
     codes = np.concatenate(

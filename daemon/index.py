@@ -59,6 +59,10 @@ CREATE TABLE IF NOT EXISTS models (
     installed REAL NOT NULL,
     UNIQUE (name, version)
 );
+CREATE TABLE IF NOT EXISTS model_versions (
+    name TEXT PRIMARY KEY,
+    last INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS vocab (
     id INTEGER PRIMARY KEY,
     tag TEXT NOT NULL UNIQUE
@@ -394,10 +398,19 @@ class Index:
     def add_model(
         self, name: str, path: str, sha256: str, classes: Sequence[str], spectrogram: str, builtin: bool
     ) -> ModelRow:
-        """Register a new version of `name` (the next free number)."""
+        """Register a new version of `name`. A number is never given twice, even after its version was
+        removed: a script that names `NAME@3` must not get another model."""
         with self.write() as c:
-            version = c.execute("SELECT coalesce(max(version), 0) + 1 FROM models WHERE name = ?", (name,))
+            version = c.execute(
+                """SELECT max(coalesce((SELECT max(version) FROM models WHERE name = ?), 0),
+                              coalesce((SELECT last FROM model_versions WHERE name = ?), 0)) + 1""",
+                (name, name),
+            )
             number = int(version.fetchone()[0])
+            c.execute(
+                "INSERT INTO model_versions VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET last = excluded.last",
+                (name, number),
+            )
             c.execute(
                 """INSERT INTO models(name, version, path, sha256, classes, spectrogram, builtin, installed)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
@@ -432,11 +445,23 @@ class Index:
                 c.execute("UPDATE models SET active = 0 WHERE name = ?", (model.name,))
             c.execute("UPDATE models SET active = ? WHERE id = ?", (int(active), model.id))
 
-    def remove_model(self, model: ModelRow) -> None:
+    def remove_model(self, model: ModelRow) -> ModelRow | None:
+        """Forget a version and its tags. When it was the active one, the newest other version of the
+        model takes its place (returned), as a rollback would: removing a version never leaves a tag
+        family silently without a model."""
         with self.write() as c:
+            active = c.execute("SELECT active FROM models WHERE id = ?", (model.id,)).fetchone()
             c.execute("DELETE FROM tags WHERE model_id = ?", (model.id,))
             c.execute("DELETE FROM tagged WHERE model_id = ?", (model.id,))
             c.execute("DELETE FROM models WHERE id = ?", (model.id,))
+            if not (active and active[0]):
+                return None
+            newest = c.execute("SELECT version FROM models WHERE name = ? ORDER BY version DESC", (model.name,))
+            row = newest.fetchone()
+            if row is None:
+                return None
+            c.execute("UPDATE models SET active = 1 WHERE name = ? AND version = ?", (model.name, row[0]))
+        return self.model(model.name, int(row[0]))
 
     def requeue_missing(self, model_ids: Sequence[int]) -> int:
         """Indexed files whose content lacks tags from one of these models go back to pending. Pending

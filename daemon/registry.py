@@ -37,6 +37,19 @@ def install(index: Index, home_dir: Path, source: str, name: str = "", builtin: 
     return index.add_model(name, target, digest, model.info.classes, model.info.params.to_json(), builtin)
 
 
+PLOTS = ("learning_curve.png", "confusion_matrix.png")  # a trained model's plots, beside its file
+
+
+def remove(index: Index, row: ModelRow) -> ModelRow | None:
+    """Forget a version and delete its file and plots; returns the version activated in its place."""
+    if row.builtin:
+        raise ModelError(f"{row.ref} is built in; deactivate it instead")
+    successor = index.remove_model(row)
+    for path in [Path(row.path), *(Path(row.path).with_suffix(f".{plot}") for plot in PLOTS)]:
+        path.unlink(missing_ok=True)
+    return successor
+
+
 def ensure_builtin(index: Index, home_dir: Path) -> list[ModelRow]:
     """Register the shipped models on a fresh home and activate them; a home that has seen them keeps
     the user's choice."""

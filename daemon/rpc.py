@@ -52,7 +52,11 @@ def make_server(
     workers: int = 16,
 ) -> grpc.Server:
     """A server with the given servicers (added by `add`), health SERVING for each, and reflection."""
-    options = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
+    options = [
+        ("grpc.max_receive_message_length", 16 << 20),
+        ("grpc.max_send_message_length", 16 << 20),
+        ("grpc.so_reuseport", 0),  # a port another server holds is an error, not a port shared with it
+    ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
         interceptors=[TokenCheck(token)] if token else [],
@@ -65,6 +69,20 @@ def make_server(
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     reflection.enable_server_reflection([*services, HEALTH_NAME, reflection.SERVICE_NAME], server)
     return server
+
+
+def bind(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Listen on HOST:PORT; ValueError that names the address when it cannot (grpc raises a bare
+    RuntimeError for a taken port, a malformed address or an unusable certificate)."""
+    try:
+        port = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen, credentials)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        why = "the TLS certificate or key is unusable, or " if credentials else ""
+        why += "the address is malformed, taken or not this machine's"
+        raise ValueError(f"cannot listen on {listen}: {why}")
+    return int(port)
 
 
 def is_loopback(listen: str) -> bool:

@@ -22,7 +22,7 @@ from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from . import dataset, events, suggest, training
 from .index import FileTags, Query
-from .rpc import make_server
+from .rpc import bind, make_server
 from .service import Daemon, TrainingBusy
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         groups = [list(g.tags) for g in request.all_of]
         if any(not g or any(not t.strip() for t in g) for g in groups) or any(not t.strip() for t in request.none_of):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty tag in query")
+        self._check_model_name(request.model, context)
         query = Query(
             groups, list(request.none_of), request.min_score, request.path_prefix, request.model, request.limit
         )
@@ -129,6 +130,18 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             if not context.is_active():
                 return
             yield file_tags_pb(found)
+
+    def _check_model_name(self, name: str, context: grpc.ServicerContext) -> None:
+        """A model filter names an installed model, by name only: its active version is what is indexed."""
+        if not name:
+            return
+        if "@" in name:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{name}: a model name without @VERSION (the index holds the tags of each model's active version)",
+            )
+        if not any(m.name == name for m in self.daemon.index.models()):
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no model {name}")
 
     def GetTags(self, request: pb.GetTagsRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
         paths = [_absolute(p, context) for p in request.paths]
@@ -138,6 +151,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             yield file_tags_pb(found)
 
     def CountTags(self, request: pb.CountTagsRequest, context: grpc.ServicerContext) -> pb.TagCounts:
+        self._check_model_name(request.model, context)
         counts = self.daemon.index.tag_counts(request.model)
         return pb.TagCounts(counts=[pb.TagCount(model=m, tag=t, files=n) for m, t, n in counts])
 
@@ -280,7 +294,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         error = result.get("error")
         if isinstance(error, ValueError):  # no readable file, fewer than two tags
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        if isinstance(error, TrainingBusy):
+        if isinstance(error, dataset.Busy):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         if isinstance(error, OSError):  # disk full, home not writable: the user can act on it
             context.abort(
@@ -307,7 +321,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             )
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except (TrainingBusy, FileNotFoundError) as e:  # in training; made before datasets kept their labels
+        except (dataset.Busy, FileNotFoundError) as e:  # in training; made before datasets kept their labels
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         return dataset_pb(request.name, report)
 
@@ -343,7 +357,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         self._dataset_exists(request.name, context)
         try:
             self.daemon.delete_dataset(request.name)
-        except TrainingBusy as e:
+        except dataset.Busy as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         return self._datasets()
 
@@ -433,8 +447,7 @@ def serve(daemon: Daemon, socket_path: str, listen: str = "", token: str = "") -
         if not token:
             raise ValueError("listening on TCP needs a token (--token or VIBRARY_TOKEN)")
         tcp = _server(daemon, token)
-        if tcp.add_insecure_port(listen) == 0:
-            raise ValueError(f"cannot listen on {listen}")
+        bind(tcp, listen)
         tcp.start()
         servers.append(tcp)
     log.info("serving on unix:%s%s", socket_path, f" and {listen}" if listen else "")

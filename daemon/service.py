@@ -47,7 +47,7 @@ class AlreadyRunning(RuntimeError):
     pass
 
 
-class TrainingBusy(RuntimeError):
+class TrainingBusy(dataset.Busy):
     """A training job is already running: one at a time, a second would only halve the speed of both."""
 
 
@@ -272,7 +272,9 @@ class Daemon:
         self.status_events.changed()
 
     def tag_now(self, paths: Sequence[str], deadline: float) -> list[FileTags]:
-        """Queue these files first and wait (until the deadline) for their results."""
+        """Queue these files first and wait (until the deadline) for their results, from the models active
+        now (a `vibrary models` change is otherwise followed within a second)."""
+        self._follow_models()
         files = list(expand(paths))
         self.index.mark_pending((p, 0.0) for p in files)
         self._wake.set()

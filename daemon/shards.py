@@ -108,7 +108,17 @@ def pack(codes: np.ndarray, labels: np.ndarray, groups: list[str]) -> bytes:
 
 
 def unpack(data: bytes, params: SpectrogramParams, n_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(codes, labels, groups) of one shard, checked against the dataset it claims to belong to."""
+    """(codes, labels, groups) of one shard, checked against the dataset it claims to belong to. A shard
+    that would unpack to more than SHARD_CLIPS clips' worth is refused unread: a few kB of compressed
+    zeros can claim gigabytes, and the trainer that unpacked them would be killed, job after job."""
+    most = SHARD_CLIPS * (int(np.prod(params.shape)) + 2 + 64) + 3 * 4096  # codes, labels, groups, headers
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            claimed = sum(member.file_size for member in z.infolist())
+    except Exception as e:
+        raise ShardError(f"corrupt shard: {e}") from None
+    if claimed > most:
+        raise ShardError(f"shard unpacks to {claimed} bytes, more than {SHARD_CLIPS} clips can take ({most})")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             if set(z.files) != _ARRAYS:

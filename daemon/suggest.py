@@ -240,17 +240,19 @@ def audio_files(paths: Sequence[str]) -> list[tuple[str, str]]:
         if os.path.isdir(p):
             out.extend((f, p) for f in audio_files_under(p))
         elif os.path.exists(p):
-            out.append((p, os.path.dirname(p)))
+            out.append((p, os.path.dirname(os.path.abspath(p))))
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
     return list(dict.fromkeys(out))
 
 
 def _folders(path: str, root: str) -> list[str]:
-    """Folder names from the file's own up to and including the root's, nearest first."""
-    rel = os.path.relpath(os.path.dirname(path), root)
+    """Folder names from the file's own up to and including the root's, nearest first (`.` and a bare
+    file name stand for the folders they are in)."""
+    root = os.path.abspath(root)
+    rel = os.path.relpath(os.path.dirname(os.path.abspath(path)), root)
     parts = [] if rel == "." else rel.split(os.sep)
-    return [*reversed(parts), os.path.basename(os.path.normpath(root))]
+    return [*reversed(parts), os.path.basename(root)]
 
 
 def suggest(paths: Sequence[str], synonyms: Synonyms) -> list[Suggestion]:

@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 FINISHED = ("succeeded", "failed", "cancelled")
 STATES = ("uploading", "waiting", "training", "installing", *FINISHED)
-PLOTS = ("learning_curve.png", "confusion_matrix.png")
 # How long `vibrary train` calls a trainer that stopped answering mid-job before it gives up: a dropped
 # Wi-Fi or VPN must not throw away hours of training that go on at the other end. The daemon never gives
 # up on its own: its job record outlives it, so it calls again (at most RECALL_MAX_S apart) until the
@@ -208,6 +207,10 @@ def train(
 
     def work() -> Trained:
         checked_trainer, checked_base, opts = check_request(trainer, base, name, options)
+        with dataset.reading(home_dir, dataset_name):
+            return read(checked_trainer, checked_base, opts)
+
+    def read(checked_trainer: str, checked_base: str, opts: str) -> Trained:
         manifest, shard_dir = dataset.load(home_dir, dataset_name)
         model_name = name or dataset_name
         classes = list(manifest.classes)
@@ -286,7 +289,7 @@ def _installed(index: Index, home_dir: Path, files: dict[str, bytes], name: str,
     report(state="installing", message="installing the model")
     row = _install(index, home_dir, files, name)
     plots = []
-    for plot in PLOTS:
+    for plot in registry.PLOTS:
         if plot in files:
             target = Path(row.path).with_suffix(f".{plot}")
             target.write_bytes(files[plot])
@@ -341,7 +344,9 @@ def _trainer_at(
         recorded = JobRecord.load(config.training_path(home_dir))  # read anew: the daemon may have ended
         spare = [recorded.job_id] if recorded is not None and recorded.trainer == "local" else []
         try:
-            serving = serve(home_dir / "trainer", "127.0.0.1:0", resume=[resume] if resume else [], spare=spare)
+            serving = serve(
+                home_dir / "trainer", "127.0.0.1:0", resume=[resume] if resume else [], spare=spare, own=True
+            )
             break
         except TrainerBusy as e:
             if str(e) != said:

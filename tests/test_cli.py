@@ -120,8 +120,87 @@ def test_a_models_class_names_are_tags_in_lower_case_and_each_once(daemon: Daemo
     wait_for(lambda: "shouty@1" in daemon.client.status().models)
     clip = write_tone(tmp_path / "clip.wav", BANDS["mid"])
     (tagged,) = list(daemon.client.tag([str(clip)]))
-    assert [t.tag for t in tagged.tags if t.model == "shouty"][0] == "body"
+    assert next(t.tag for t in tagged.tags if t.model == "shouty") == "body"
     assert [f.path for f in daemon.client.search([["Body"]])] == [str(clip)]
     twice = band_model(tmp_path / "twice.onnx", name="twice", classes=("kick", "Kick", "snare"))
     bad = vibrary("models", "install", str(twice), home=daemon.home, check=False)
     assert bad.returncode == 1 and "'kick' more than once" in bad.stderr, bad.stderr
+
+
+def test_search_words_that_look_like_options_and_model_filters(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """`-TAG` excludes whatever it spells (`-high` used to be taken for -h with a value, `-acoustic` for an
+    unknown option: exit 2); NOT does the same; a model filter must name an installed model, by name."""
+    clips = {band: write_tone(tmp_path / f"{band}.wav", freq) for band, freq in BANDS.items()}
+    list(daemon.client.tag([str(p) for p in clips.values()]))
+
+    def found(*query: str) -> set[str]:
+        return {Path(x["path"]).stem for x in json_lines(vibrary("search", "--json", *query, home=daemon.home).stdout)}
+
+    assert found("low|mid|high", "-high", "-acoustic") == {"low", "mid"}
+    assert found("low", "OR", "mid", "NOT", "mid") == {"low"}
+    assert found("--model", "bands", "high") == {"high"}
+    for command, model, said in (("search", "nosuch", "no model nosuch"), ("counts", "bands@1", "without @VERSION")):
+        query = ["high"] if command == "search" else []
+        bad = vibrary(command, "--model", model, *query, home=daemon.home, check=False)
+        assert bad.returncode == 1 and said in bad.stderr, bad.stderr
+
+
+def test_status_wait_says_when_indexing_is_paused(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """`vibrary status --wait` with files pending while paused would wait for ever: it says why it stops."""
+    lib = tmp_path / "lib"
+    write_tone(lib / "a.wav", BANDS["low"])
+    vibrary("pause", home=daemon.home)
+    daemon.client.add_watch(str(lib))
+    wait_for(lambda: daemon.client.status().pending == 1)
+    stuck = vibrary("status", "--wait", home=daemon.home, check=False, timeout=30)
+    assert stuck.returncode == 1 and "paused" in stuck.stderr and "vibrary resume" in stuck.stderr
+
+
+def test_removing_the_active_version_activates_the_one_before_and_numbers_are_not_reused(
+    model_home: Path, tmp_path: Path
+) -> None:
+    def versions() -> list[tuple[int, bool]]:
+        rows = json_lines(vibrary("models", "list", "--json", home=model_home).stdout)
+        return [(m["version"], m["active"]) for m in rows if m["name"] == "bands"]
+
+    v2 = band_model(tmp_path / "v2.onnx", name="bands", version=2, shift=1)
+    vibrary("models", "install", str(v2), home=model_home)
+    rows = json_lines(vibrary("models", "list", "--json", home=model_home).stdout)
+    installed = Path(next(m["path"] for m in rows if (m["name"], m["version"]) == ("bands", 2)))
+    plot = installed.with_suffix(".learning_curve.png")
+    plot.write_bytes(b"png")  # as a training leaves one beside its model
+    out = json_lines(vibrary("models", "remove", "bands", "--json", home=model_home).stdout)[0]
+    assert (out["version"], out["activated"]) == (2, "bands@1") and versions() == [(1, True)]
+    assert not installed.exists() and not plot.exists()
+    v3 = band_model(tmp_path / "v3.onnx", name="bands", version=3, shift=2)
+    assert json_lines(vibrary("models", "install", "--json", str(v3), home=model_home).stdout)[0]["version"] == 3
+
+
+def test_bad_numbers_and_settings_are_refused_before_anything_starts(model_home: Path, tmp_path: Path) -> None:
+    clip = write_tone(tmp_path / "a.wav", BANDS["low"])
+    for args in (("tag", "--top", "0", str(clip)), ("daemon", "--workers", "-1"), ("train", "x", "--epochs", "0")):
+        bad = vibrary(*args, home=model_home, check=False)
+        assert bad.returncode == 2 and "give 1 or more" in bad.stderr, (args, bad.stderr)
+    (model_home / "config.json").write_text('{"workers": "two"}')
+    bad = vibrary("tag", str(clip), home=model_home, check=False)
+    assert bad.returncode == 1 and "workers must be a whole number" in bad.stderr, bad.stderr
+    (model_home / "config.json").unlink()
+    taken = vibrary("daemon", "--listen", "nonsense", "--token", "t", home=model_home, check=False)
+    assert taken.returncode == 1 and "cannot listen on nonsense" in taken.stderr, taken.stderr
+
+
+def test_a_dataset_a_training_reads_cannot_be_changed_by_another_command(model_home: Path, tmp_path: Path) -> None:
+    """The daemon refused edits to a dataset it trained on, but `vibrary dataset` in another terminal did not
+    ask it: now every process takes the dataset's lock. Creating over a dataset says what it replaces."""
+    from vibrary.daemon import dataset
+
+    for band in ("low", "high"):
+        for i in range(2):
+            write_tone(tmp_path / "ex" / band / f"{i}.wav", BANDS[band] * (1 + 0.01 * i))
+    vibrary("dataset", "create", "mine", str(tmp_path / "ex"), home=model_home)
+    with dataset.reading(model_home, "mine"):
+        for args in (("drop", "mine", "low"), ("create", "mine", str(tmp_path / "ex")), ("delete", "mine")):
+            busy = vibrary("dataset", *args, home=model_home, check=False)
+            assert busy.returncode == 1 and "is being trained on" in busy.stderr, (args, busy.stderr)
+    again = vibrary("dataset", "create", "mine", str(tmp_path / "ex"), home=model_home)
+    assert "replacing dataset mine (4 clips" in again.stderr

@@ -616,3 +616,24 @@ def test_a_cloud_job_left_by_a_stopping_daemon_trains_on_and_is_collected_later(
         assert _states(aws["ec2"]) == ["terminated"] and _keys(aws["s3"], "jobs/") == []  # cleaned up then
     finally:
         index.close()
+
+
+def test_an_instance_aws_does_not_know_yet_is_pending_and_still_terminated() -> None:
+    """Right after RunInstances, EC2 may answer InvalidInstanceID.NotFound (its API is eventually
+    consistent): that is a starting instance, not a failure, and clean_up keeps asking to terminate it
+    rather than give up and leave it training at the user's cost. botocore's Stubber plays EC2's answers."""
+    from botocore.stub import Stubber
+
+    ec2 = boto3.client("ec2", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    job = cloud._Job(cloud.CloudSettings(bucket=BUCKET, poll_s=0.0), s3, ec2, "us-east-1", "j1", "i-0123456789abcdef0")
+    not_found = {"service_error_code": "InvalidInstanceID.NotFound", "service_message": "does not exist"}
+    with Stubber(ec2) as ec2_stub, Stubber(s3) as s3_stub:
+        ec2_stub.add_client_error("describe_instances", **not_found)
+        assert cloud.instance_state(ec2, job.instance) == "pending"
+        ec2_stub.add_response("describe_instances", {"Reservations": []})  # its tag is not searchable yet either
+        ec2_stub.add_client_error("terminate_instances", **not_found)
+        ec2_stub.add_response("terminate_instances", {}, {"InstanceIds": [job.instance]})
+        s3_stub.add_response("list_objects_v2", {})
+        job.clean_up()
+        ec2_stub.assert_no_pending_responses()

@@ -6,6 +6,7 @@ import io
 import zipfile
 
 import numpy as np
+import pytest
 from vibrary.daemon import shards
 from vibrary.daemon.spectrogram import SpectrogramParams, log_mel, quantize
 
@@ -51,3 +52,15 @@ def test_shards_written_before_lzma_still_load() -> None:
     got_codes, got_labels, _ = shards.unpack(old.getvalue(), P, 2)
     assert np.array_equal(got_codes, codes)
     assert got_labels.tolist() == [0, 1, 0, 1]
+
+
+def test_a_shard_that_would_unpack_to_more_than_a_shard_holds_is_refused_unread() -> None:
+    """Zeros compress thousands of times over: a few kB could claim gigabytes and get the trainer killed
+    (and, its job resumed at every start, killed again). The sizes the zip claims are checked first."""
+    from vibrary.daemon.shards import SHARD_CLIPS
+
+    n = SHARD_CLIPS * 8
+    bomb = shards.pack(np.zeros((n, *P.shape), np.uint8), np.zeros(n, np.int64), ["g"] * n)
+    assert len(bomb) < 100_000
+    with pytest.raises(shards.ShardError, match=f"more than {SHARD_CLIPS} clips"):
+        shards.unpack(bomb, P, 2)

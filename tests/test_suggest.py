@@ -128,6 +128,17 @@ def test_folder_then_file_name_then_metadata_then_recurring_folder(pack: Path, t
     assert "loop" in found["Drums/Loops/HH_Loop_02.wav"].alternatives
 
 
+def test_paths_relative_to_where_one_stands_suggest_as_absolute_ones(
+    pack: Path, table: Synonyms, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cd Kicks && vibrary dataset suggest .` (or a bare file name) finds the folder's name as from outside:
+    `.` used to be the root's name, and a bare file name an error."""
+    monkeypatch.chdir(pack / "Drums" / "Kicks")
+    for given in (".", "Snare_01.wav"):
+        (s,) = suggest([given], table)
+        assert (s.tag, s.source, s.raw) == ("kick", "folder", "Kicks"), given
+
+
 def test_user_synonyms_extend_and_override_the_builtin_table(pack: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()

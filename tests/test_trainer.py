@@ -868,3 +868,25 @@ def test_small_datasets_take_smaller_batches_not_fewer_steps(
     monkeypatch.setattr(torch.optim.AdamW, "step", counted)
     train(manifest, codes, labels, np.array(groups), TrainConfig(epochs=1, val_fraction=0.0, augment=False))
     assert len(taken) == steps
+
+
+def test_a_whole_shard_cut_off_before_its_check_is_finished_or_sent_again(tmp_path: Path) -> None:
+    """A trainer stopped between the last chunk and the checksum leaves a full-length `.part`: the client
+    then had nothing left to send for it, and every start failed "shards not uploaded yet" for a week."""
+    from vibrary.trainer.service import serve
+    from vibrary.trainer.tenants import LOCAL
+
+    manifest, blobs = _manifest_and_blobs(per_kind=100)
+    good, bad = manifest.shards[0], manifest.shards[1]
+    folder = tmp_path / "trainer" / "tenants" / LOCAL / "shards"
+    folder.mkdir(parents=True)
+    (folder / f"{good.sha256}.part").write_bytes(blobs[good.sha256])
+    (folder / f"{bad.sha256}.part").write_bytes(bytes(len(blobs[bad.sha256])))  # full length, wrong bytes
+    serving = serve(tmp_path / "trainer", "127.0.0.1:0")
+    try:
+        with TrainerClient(f"127.0.0.1:{serving.port}") as client:
+            missing = {s.sha256: s.have_bytes for s in client.missing(manifest)}
+    finally:
+        serving.stop(grace=0)
+    assert good.sha256 not in missing and (folder / f"{good.sha256}.npz").read_bytes() == blobs[good.sha256]
+    assert missing[bad.sha256] == 0 and not (folder / f"{bad.sha256}.part").exists()

@@ -234,3 +234,23 @@ def test_own_gpu_box_story_serve_with_tls_and_a_user_token_then_train_from_the_c
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+
+
+def test_tokens_for_a_served_trainer_leave_the_homes_own_trainer_open(home: Path) -> None:
+    """`vibrary trainer token add` writes users into the home's trainer folder, which `vibrary train` and
+    the daemon train in too: their own loopback trainer stays open to the local user (it used to refuse
+    them all, "missing or wrong token"), while the served one asks for a token."""
+    data = home / "trainer"
+    _add_user(home, data, "alice")
+    for own, works in ((True, True), (False, False)):
+        serving = serve(data, "127.0.0.1:0", own=own)
+        try:
+            with TrainerClient(f"127.0.0.1:{serving.port}") as client:
+                if works:
+                    assert client.jobs() == []
+                else:
+                    assert _code(client.jobs) == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            serving.stop(grace=0)
+    with pytest.raises(ValueError, match="loopback only"):
+        serve(data, "0.0.0.0:0", token="t", own=True)

@@ -42,7 +42,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 from vibrary.daemon import pidlock
-from vibrary.daemon.rpc import is_loopback, make_server
+from vibrary.daemon.rpc import bind, is_loopback, make_server
 from vibrary.daemon.shards import Manifest, ShardError, sha256_bytes
 from vibrary.proto import trainer_pb2 as pb
 from vibrary.proto import trainer_pb2_grpc as pb_grpc
@@ -89,9 +89,12 @@ class _JobState:
             for key, value in fields.items():
                 setattr(self.job, key, value)
             if "state" in fields:
-                self.save()
-                if self.job.state in _TERMINAL:  # over: nothing will go on from it
-                    (self.out / CHECKPOINT).unlink(missing_ok=True)
+                try:
+                    self.save()
+                    if self.job.state in _TERMINAL:  # over: nothing will go on from it
+                        (self.out / CHECKPOINT).unlink(missing_ok=True)
+                except OSError:  # a full disk: the record on disk lags, but watchers still hear the end
+                    log.exception("job %s: could not record its state %s", self.job.id, self.job.state)
             self.history.append(self.snapshot())
             if self.job.state in _TERMINAL and len(self.history) > 1:  # a late watcher needs only the end
                 self.past += len(self.history) - 1
@@ -261,6 +264,13 @@ class TrainerService(pb_grpc.TrainerServicer):
                 else:
                     part = path.with_suffix(".part")
                     have = part.stat().st_size if part.exists() else 0
+                    if have >= s.size:  # whole, but cut off before its check: checked now, or sent again
+                        data = part.read_bytes()
+                        if len(data) == s.size and sha256_bytes(data) == s.sha256:
+                            part.replace(path)
+                            continue
+                        part.unlink()
+                        have = 0
                     missing.append(pb.ShardStatus(sha256=s.sha256, size=s.size, have_bytes=have))
         return pb.ShardList(shards=missing)
 
@@ -275,7 +285,7 @@ class TrainerService(pb_grpc.TrainerServicer):
                 continue  # already stored: nothing is sent twice, but a client may not know yet
             part = path.with_suffix(".part")
             have = part.stat().st_size if part.exists() else 0
-            if chunk.offset > have:
+            if not 0 <= chunk.offset <= have:
                 context.abort(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"shard {chunk.sha256[:12]}: chunk at {chunk.offset} but only {have} bytes held",
@@ -363,10 +373,11 @@ class TrainerService(pb_grpc.TrainerServicer):
     def _cancel(self, job: _JobState, why: str = "") -> None:
         if why:
             job.update(error=why)
-        job.cancel.set()
-        idle = job.job.state == pb.Job.QUEUED or (self._suspended.is_set() and job.job.state not in _TERMINAL)
-        if idle:  # no runner will see the cancel
-            job.update(state=pb.Job.CANCELLED, phase="cancelled")
+        with job.changed:
+            job.cancel.set()
+            idle = job.job.state == pb.Job.QUEUED or (self._suspended.is_set() and job.job.state not in _TERMINAL)
+            if idle:  # no runner will see the cancel
+                job.update(state=pb.Job.CANCELLED, phase="cancelled")
 
     def _cancel_unwatched(self) -> None:
         while not self._suspended.wait(min(5.0, UNWATCHED_S / 4)):
@@ -405,9 +416,10 @@ class TrainerService(pb_grpc.TrainerServicer):
     # -- the runner ----------------------------------------------------------------------------------
     def _run_jobs(self) -> None:
         while (job := self._queue.get()) is not None and not self._suspended.is_set():
-            if job.cancel.is_set():
-                continue
-            job.update(state=pb.Job.RUNNING, phase="loading")
+            with job.changed:  # a cancel is either seen here or sees the job running
+                if job.cancel.is_set() or job.job.state in _TERMINAL:
+                    continue
+                job.update(state=pb.Job.RUNNING, phase="loading")
             try:
                 self._run(job)
             except Cancelled:
@@ -473,13 +485,17 @@ def serve(
     tls_key: bytes | None = None,
     resume: Collection[str] | None = None,
     spare: Collection[str] = (),
+    own: bool = False,
 ) -> Serving:
     """Start the trainer on listen (HOST:PORT, port 0 picks one); `resume`, `spare` and TrainerBusy as in
-    TrainerService.
+    TrainerService. `own`: the trainer a daemon or `vibrary train` runs for itself on loopback, open to
+    the local user even when `vibrary trainer token add` gave the data folder users for `trainer serve`.
 
     Off loopback a token is required (`token`, or users in root/tokens.json); with tls_cert and tls_key
     (PEM) the trainer speaks only TLS, so tokens and spectrograms never cross a network in the clear."""
-    tenants = Tenants(root, token, open_ok=is_loopback(listen))
+    if own and (token or not is_loopback(listen)):
+        raise ValueError("a trainer of one's own serves loopback only, without a token")
+    tenants = Tenants(root, token, open_ok=is_loopback(listen), own=own)
     if tenants.open and not is_loopback(listen):
         raise ValueError(f"refusing to serve on {listen} without a token: only loopback is open to all")
     if (tls_cert is None) != (tls_key is None):
@@ -489,12 +505,8 @@ def serve(
     check = "" if tenants.open else (lambda authorization: tenants.user(authorization) is not None)
     server = make_server(lambda s: pb_grpc.add_TrainerServicer_to_server(service, s), [SERVICE_NAME], check, workers=8)
     try:
-        if tls_cert is not None and tls_key is not None:
-            port = server.add_secure_port(listen, grpc.ssl_server_credentials([(tls_key, tls_cert)]))
-        else:
-            port = server.add_insecure_port(listen)
-        if port == 0:
-            raise ValueError(f"cannot listen on {listen}")
+        tls = None if tls_cert is None or tls_key is None else grpc.ssl_server_credentials([(tls_key, tls_cert)])
+        port = bind(server, listen, tls)
         server.start()
     except BaseException:
         Serving(server, 0, service).stop(grace=None)  # the data folder is free again for the next try

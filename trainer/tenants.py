@@ -85,10 +85,11 @@ def list_users(data: Path) -> list[str]:
 class Tenants:
     """Maps the `authorization: Bearer <token>` of a call to its user, or None for a stranger."""
 
-    def __init__(self, data: Path, token: str = "", open_ok: bool = True) -> None:
+    def __init__(self, data: Path, token: str = "", open_ok: bool = True, own: bool = False) -> None:
         self._path = tokens_path(data)
         self._token = token
         self._open_ok = open_ok  # False off loopback: removing the last token locks everyone out
+        self._own = own  # the daemon's own trainer: the users of tokens.json are `trainer serve`'s, not its
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._users: dict[str, dict[str, str]] = {}
@@ -109,7 +110,7 @@ class Tenants:
     def open(self) -> bool:
         """True when no token at all is configured: every caller is the local user."""
         self._reload()
-        return not self._token and not self._users
+        return not self._token and (self._own or not self._users)
 
     def user(self, authorization: str) -> str | None:
         self._reload()

@@ -282,7 +282,9 @@ def train(
     key = ""  # hashing every clip costs a pass over the dataset: only for a training that checkpoints
     if checkpoint is not None:
         aux_arrays = (aux.codes, aux.labels, np.array([aux.share, aux.masks])) if aux else ()
-        key = snapshot.fingerprint(config, f"{base_name} {params}", codes, labels, groups, *aux_arrays)
+        # the network's layout too: a snapshot from before an upgrade that changed it starts over, not fails
+        layout = " ".join(f"{k}{tuple(v.shape)}" for k, v in net.state_dict().items())
+        key = snapshot.fingerprint(config, f"{base_name} {params} {layout}", codes, labels, groups, *aux_arrays)
     modules = {"net": net, "aux_head": aux_head, "optimizer": optimizer, "scheduler": scheduler}
     first, spent = 1, 0.0  # the epoch to start from; seconds trained before a resume
     resumed = snapshot.load(checkpoint, key)
