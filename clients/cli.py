@@ -345,7 +345,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         _out(args, obj, f"installed {row.ref} ({len(row.classes)} classes)")
         return 0
     try:
-        row = index.model(*registry.parse_ref(args.ref))
+        row = index.model(*registry.parse_ref(args.ref), active_first=args.action == "deactivate")
     except (KeyError, ValueError) as e:
         raise CommandError(str(e.args[0])) from None
     if args.action == "remove":

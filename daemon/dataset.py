@@ -82,6 +82,8 @@ def check_name(name: str, what: str = "dataset") -> None:
     """Dataset and model names become folder and file names: nothing that could leave the home."""
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"{what} name {name!r}: use letters, digits, '-' and '_'")
+    if len(name) > 100:
+        raise ValueError(f"{what} name of {len(name)} characters: 100 at most")
 
 
 def example(path: str, tag: str) -> Example:

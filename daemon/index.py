@@ -427,13 +427,14 @@ class Index:
             ModelRow(i, n, v, p, s, tuple(json.loads(cl)), sp, bool(a), bool(b)) for i, n, v, p, s, cl, sp, a, b in rows
         ]
 
-    def model(self, name: str, version: int = 0) -> ModelRow:
-        """NAME@VERSION, or the newest version when version is 0; KeyError when absent."""
+    def model(self, name: str, version: int = 0, active_first: bool = False) -> ModelRow:
+        """NAME@VERSION, or the newest version when version is 0 (with active_first, the active one if any:
+        what "deactivate NAME" means); KeyError when absent."""
         matching = [m for m in self.models() if m.name == name and (version == 0 or m.version == version)]
         if not matching:
             known = sorted({m.ref for m in self.models()})
             raise KeyError(f"no model {name}{'@' + str(version) if version else ''}; installed: {known}")
-        return max(matching, key=lambda m: m.version)
+        return max(matching, key=lambda m: (active_first and m.active, m.version))
 
     def active_models(self) -> list[ModelRow]:
         return [m for m in self.models() if m.active]
@@ -588,20 +589,24 @@ class Index:
             yield from self._with_tags(rows, model_ids)
 
     def _with_tags(self, rows: Sequence[tuple], model_ids: Sequence[int]) -> Iterator[FileTags]:
-        content_ids = sorted({r[1] for r in rows if r[1] is not None})
-        by_content: dict[int, list[tuple[str, str, float]]] = {}
-        if content_ids and model_ids:
-            sql = f"""SELECT t.content_id, m.name, v.tag, t.score FROM tags t
-                      JOIN vocab v ON v.id = t.tag_id JOIN models m ON m.id = t.model_id
-                      WHERE t.content_id IN ({",".join("?" * len(content_ids))})
-                        AND t.model_id IN ({",".join("?" * len(model_ids))})
-                      ORDER BY t.score DESC"""
-            for cid, model, tag, score in self.conn().execute(sql, (*content_ids, *model_ids)):
-                by_content.setdefault(cid, []).append((model, tag, score))
-        for r in rows:
-            path, content_id = r[0], r[1]
-            state, error = (r[2], r[3]) if len(r) > 2 else ("indexed", None)
-            yield FileTags(path, state, error, by_content.get(content_id, []) if state == "indexed" else [])
+        """Rows with their tags, looked up a page of rows at a time: SQLite takes only so many variables
+        in one statement (32,766 on many builds), and a folder can hold more files than that."""
+        for start in range(0, len(rows), 500):
+            page = rows[start : start + 500]
+            content_ids = sorted({r[1] for r in page if r[1] is not None})
+            by_content: dict[int, list[tuple[str, str, float]]] = {}
+            if content_ids and model_ids:
+                sql = f"""SELECT t.content_id, m.name, v.tag, t.score FROM tags t
+                          JOIN vocab v ON v.id = t.tag_id JOIN models m ON m.id = t.model_id
+                          WHERE t.content_id IN ({",".join("?" * len(content_ids))})
+                            AND t.model_id IN ({",".join("?" * len(model_ids))})
+                          ORDER BY t.score DESC"""
+                for cid, model, tag, score in self.conn().execute(sql, (*content_ids, *model_ids)):
+                    by_content.setdefault(cid, []).append((model, tag, score))
+            for r in page:
+                path, content_id = r[0], r[1]
+                state, error = (r[2], r[3]) if len(r) > 2 else ("indexed", None)
+                yield FileTags(path, state, error, by_content.get(content_id, []) if state == "indexed" else [])
 
     def tag_counts(self, model: str = "") -> list[tuple[str, str, int]]:
         """(model, tag, files) for every tag that some indexed file has."""

@@ -56,6 +56,9 @@ def make_server(
         ("grpc.max_receive_message_length", 16 << 20),
         ("grpc.max_send_message_length", 16 << 20),
         ("grpc.so_reuseport", 0),  # a port another server holds is an error, not a port shared with it
+        # a client that vanished (a laptop asleep, a network change) is noticed, and its streams end
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),

@@ -100,7 +100,10 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no such folder: {folder}")
         if not os.path.isdir(folder):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a folder: {folder}")
-        self.daemon.add_watch(folder)
+        try:
+            self.daemon.add_watch(folder)
+        except OSError as e:  # the inotify watch limit, too many open files: nothing is kept
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"cannot watch {folder}: {e}")
         return pb.WatchList(paths=self.daemon.index.watches())
 
     def RemoveWatch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> pb.WatchList:
@@ -119,9 +122,14 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit must not be negative")
         if request.path_prefix and not os.path.isabs(request.path_prefix):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "path_prefix must be absolute")
-        groups = [list(g.tags) for g in request.all_of]
+        groups = [list(dict.fromkeys(g.tags)) for g in request.all_of]
         if any(not g or any(not t.strip() for t in g) for g in groups) or any(not t.strip() for t in request.none_of):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty tag in query")
+        if len(groups) > MAX_QUERY_TERMS or sum(map(len, groups)) + len(request.none_of) > 4 * MAX_QUERY_TERMS:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"query too long: at most {MAX_QUERY_TERMS} AND groups and {4 * MAX_QUERY_TERMS} tags in all",
+            )
         self._check_model_name(request.model, context)
         query = Query(
             groups, list(request.none_of), request.min_score, request.path_prefix, request.model, request.limit
@@ -161,15 +169,23 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         paths = [_absolute(p, context) for p in request.paths]
         if self.daemon.paused:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "indexing is paused; resume it first (vibrary resume)")
-        remaining = context.time_remaining()
-        deadline = time.time() + (remaining if remaining is not None else 3600.0)
-        results = self.daemon.tag_now(paths, deadline)
+        remaining = context.time_remaining()  # no deadline reads as ~1e19 s
+        deadline = time.time() + min(remaining if remaining is not None else TAG_WAIT_S, TAG_WAIT_S)
+        results = self.daemon.tag_now(paths, deadline, context.is_active)
+        if not context.is_active():
+            return  # the caller went away: nobody to answer
         if any(r.state == "pending" for r in results):
+            if self.daemon.paused:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "indexing was paused before these files were done")
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "files still pending at the deadline")
         for r in results:
             yield file_tags_pb(r)
 
     def Events(self, request: pb.EventsRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
+        if self.daemon.events.subscribers >= MAX_FOLLOWERS:  # each holds a server thread for as long as it runs
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_FOLLOWERS} front ends follow events already: close one"
+            )
         feed = self.daemon.events.subscribe()
         try:
             # where things stand now, so a front end needs no GetStatus call (and misses nothing between)
@@ -203,7 +219,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         if not request.name or request.version < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model name required, version >= 0")
         try:
-            row = self.daemon.index.model(request.name, request.version)
+            row = self.daemon.index.model(request.name, request.version, active_first=not active)
         except KeyError as e:
             context.abort(grpc.StatusCode.NOT_FOUND, str(e.args[0]))
         self.daemon.index.set_active(row, active)
@@ -421,9 +437,19 @@ def train_progress_pb(p: training.TrainProgress) -> pb.TrainProgress:
     return pb.TrainProgress(state=pb.TrainProgress.State.Value(p.state.upper()), **fields)
 
 
+# Streams (Events, Train, Tag, CreateDataset) hold a server thread each while they run: the pool leaves
+# room for the calls of every front end beside MAX_FOLLOWERS event streams.
+MAX_FOLLOWERS = 32
+MAX_QUERY_TERMS = 64  # AND groups in a search (SQLite's expression depth stops at 1000)
+TAG_WAIT_S = 3600.0  # longest a Tag call waits for its files when the caller set no deadline
+
+
 def _server(daemon: Daemon, token: str) -> grpc.Server:
     return make_server(
-        lambda server: pb_grpc.add_DaemonServicer_to_server(DaemonService(daemon), server), [SERVICE_NAME], token
+        lambda server: pb_grpc.add_DaemonServicer_to_server(DaemonService(daemon), server),
+        [SERVICE_NAME],
+        token,
+        workers=MAX_FOLLOWERS + 32,
     )
 
 

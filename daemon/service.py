@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
 import logging
 import os
 import threading
@@ -41,6 +42,12 @@ from .pipeline import ActiveModel, Pipeline
 from .watch import Watcher
 
 log = logging.getLogger(__name__)
+
+
+try:
+    VERSION = importlib.metadata.version("vibrary")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    VERSION = "unknown"
 
 
 class AlreadyRunning(RuntimeError):
@@ -238,12 +245,15 @@ class Daemon:
             "paused": self.paused,
             "training": self.training.progress if self.training is not None else None,
             "uptime_s": time.time() - self.started,
+            "version": VERSION,
             **self.pipeline.counters,
         }
 
     def add_watch(self, folder: str) -> None:
-        self.index.add_watch(folder)
+        """Watched first, then kept: a folder that cannot be watched (OSError: the inotify limit) must not
+        be in the index, where every start would fail on it again."""
         self.watcher.watch(folder)
+        self.index.add_watch(folder)
         self.status_events.changed()
 
     def remove_watch(self, folder: str) -> bool:
@@ -271,14 +281,16 @@ class Daemon:
         self._wake.set()
         self.status_events.changed()
 
-    def tag_now(self, paths: Sequence[str], deadline: float) -> list[FileTags]:
-        """Queue these files first and wait (until the deadline) for their results, from the models active
-        now (a `vibrary models` change is otherwise followed within a second)."""
+    def tag_now(
+        self, paths: Sequence[str], deadline: float, wanted: Callable[[], bool] = lambda: True
+    ) -> list[FileTags]:
+        """Queue these files first and wait (until the deadline, while `wanted()` and not paused) for their
+        results, from the models active now (a `vibrary models` change is otherwise followed within a second)."""
         self._follow_models()
         files = list(expand(paths))
         self.index.mark_pending((p, 0.0) for p in files)
         self._wake.set()
-        while time.time() < deadline:
+        while time.time() < deadline and wanted() and not self.paused:
             results = list(self.index.file_tags(files))
             if all(r.state != "pending" for r in results):
                 break

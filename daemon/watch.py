@@ -79,7 +79,12 @@ class Watcher(FileSystemEventHandler):
         self._observer.start()
         self._flusher.start()
         for folder in self.index.watches():
-            self.watch(folder)
+            try:
+                self.watch(folder)
+            except OSError as e:  # the inotify limit, reached since: the other folders are watched
+                log.error("cannot watch %s (%s); it is tried again every few seconds", folder, e)
+                with self._lock:
+                    self._missing.add(folder)
 
     def stop(self) -> None:
         self._stop.set()
@@ -99,8 +104,8 @@ class Watcher(FileSystemEventHandler):
                 log.warning("watch folder %s is missing; its index entries are kept", folder)
                 self._missing.add(folder)
                 return
+            self._watches[folder] = _schedule(self._observer, self, folder)  # OSError: nothing changed
             self._missing.discard(folder)
-            self._watches[folder] = _schedule(self._observer, self, folder)
             self._identity[folder] = _identity(folder)
         self._scan_in_background(folder)
 
@@ -214,7 +219,8 @@ class Watcher(FileSystemEventHandler):
                         if _identity(folder) != self._identity.get(folder):
                             self._lost(folder)  # renamed or moved away (maybe another in its place): inotify is silent
                     for folder in sorted(self._missing):
-                        self.watch(folder)
+                        with contextlib.suppress(OSError):  # still over the inotify limit: said at start
+                            self.watch(folder)
             except Exception:
                 log.exception("could not write watch events to the index; will retry")
 

@@ -204,3 +204,15 @@ def test_a_dataset_a_training_reads_cannot_be_changed_by_another_command(model_h
             assert busy.returncode == 1 and "is being trained on" in busy.stderr, (args, busy.stderr)
     again = vibrary("dataset", "create", "mine", str(tmp_path / "ex"), home=model_home)
     assert "replacing dataset mine (4 clips" in again.stderr
+
+
+def test_deactivate_by_name_deactivates_the_active_version(model_home: Path, tmp_path: Path) -> None:
+    """With bands@1 active and bands@2 installed inactive, `deactivate bands` used to pick the newest
+    (already inactive) version and say it was done while bands@1 went on tagging."""
+    v2 = band_model(tmp_path / "v2.onnx", name="bands", version=2, shift=1)
+    vibrary("models", "install", "--inactive", str(v2), home=model_home)
+    vibrary("models", "deactivate", "bands", home=model_home)
+    rows = json_lines(vibrary("models", "list", "--json", home=model_home).stdout)
+    assert [(m["version"], m["active"]) for m in rows if m["name"] == "bands"] == [(1, False), (2, False)]
+    long_name = vibrary("dataset", "show", "x" * 300, home=model_home, check=False)
+    assert long_name.returncode == 1 and "100 at most" in long_name.stderr, long_name.stderr

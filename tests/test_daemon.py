@@ -250,3 +250,25 @@ def test_tcp_only_when_asked_and_only_with_the_token(model_home: Path) -> None:
             assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
     finally:
         d.stop()
+
+
+def test_front_ends_following_events_leave_the_api_answering(daemon: DaemonProcess) -> None:
+    """Each Events stream holds a server thread: 16 of them used to take the whole pool, and every other
+    call (status, health) waited until its deadline. Twenty followers now; beyond MAX_FOLLOWERS, refused."""
+    from vibrary.daemon.server import MAX_FOLLOWERS
+
+    clients = [Client(home_dir=daemon.home) for _ in range(MAX_FOLLOWERS)]
+    streams = [c.events() for c in clients]
+    try:
+        for stream in streams:
+            assert next(stream).kind == pb.Event.STATUS_CHANGED  # each one is being served
+        assert daemon.client.status(timeout=5).home == str(daemon.home)
+        with pytest.raises(DaemonError) as err:
+            next(Client(home_dir=daemon.home).events())
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        for c in clients:
+            c.close()
+    with pytest.raises(DaemonError) as err:
+        list(daemon.client.search([[f"tag{i}"] for i in range(100)]))
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "query too long" in str(err.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -243,3 +244,15 @@ def test_a_file_read_for_the_models_active_before_a_change_is_read_again(index: 
     assert index.write_results([stale], 0.02) == []
     (again,) = index.due_jobs(10, set(), 1e12)
     assert again.path == held.path and again.gen > held.gen
+
+
+def test_tags_of_a_folder_bigger_than_sqlites_variable_limit(index: Index) -> None:
+    """A folder's files are looked up with their tags a page at a time: one `IN (...)` of every content
+    id failed past SQLite's variable limit (32,766 on many builds; lowered here to show it)."""
+    model = index.add_model("inst", "/m/inst.onnx", "a" * 64, ["kick"], "{}", False)
+    index.set_active(model, True)
+    for i in range(1200):
+        _add(index, f"/lib/pack/{i:04d}.wav", {"kick": 0.9}, model.id)
+    index.conn().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    found = list(index.file_tags(["/lib"]))
+    assert len(found) == 1200 and all(f.tags and f.tags[0][1] == "kick" for f in found)
