@@ -26,7 +26,7 @@ MERGE_MAX_RATIO = 8
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,     -- never reused: a worker's late result names (id, gen)
     path TEXT NOT NULL UNIQUE,
     dir TEXT NOT NULL,
     size INTEGER NOT NULL DEFAULT -1,
@@ -159,6 +159,25 @@ def under(folder: str) -> tuple[str, str]:
     return base + os.sep, base + chr(ord(os.sep) + 1)
 
 
+def _ids_never_reused(c: sqlite3.Connection) -> None:
+    """Give an index made before file ids were AUTOINCREMENT its new table (rows copied, ids kept). A plain
+    INTEGER PRIMARY KEY hands a deleted file's id to the next file added, and a worker's late result
+    for the deleted one, keyed by (id, gen), then removed or tagged the new one."""
+    found = c.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'files'").fetchone()
+    if found is None or "AUTOINCREMENT" in found[0]:
+        return
+    table = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS files") : SCHEMA.index(");") + 2]
+    columns = ", ".join(row[1] for row in c.execute("PRAGMA table_info(files)"))
+    c.executescript(
+        f"""BEGIN IMMEDIATE;
+            ALTER TABLE files RENAME TO files_before_autoincrement;
+            {table}
+            INSERT INTO files({columns}) SELECT {columns} FROM files_before_autoincrement;
+            DROP TABLE files_before_autoincrement;
+            COMMIT;"""
+    )
+
+
 class Index:
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
@@ -166,6 +185,7 @@ class Index:
         self._hits: dict[int, int] | None = None  # files per tag, see _rarest_first
         c = self.conn()
         upgrade = c.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'tags_hit'").fetchone()
+        _ids_never_reused(c)
         c.executescript(SCHEMA)  # executescript runs its own transaction
         if upgrade:  # tags_hit gave way to tags_hits: without its statistics a path search walks every tag
             c.execute("ANALYZE tags")

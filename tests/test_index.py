@@ -256,3 +256,39 @@ def test_tags_of_a_folder_bigger_than_sqlites_variable_limit(index: Index) -> No
     index.conn().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
     found = list(index.file_tags(["/lib"]))
     assert len(found) == 1200 and all(f.tags and f.tags[0][1] == "kick" for f in found)
+
+
+def test_a_late_result_for_a_deleted_file_never_touches_the_file_added_after_it(index: Index) -> None:
+    """A worker still holds a file that was deleted (its row gone) when another file is added: with ids
+    reused, the new file got the old one's (id, gen) and the late result removed it from the index
+    (or, for a file read before its deletion, gave it the old file's tags)."""
+    model = index.add_model("inst", "/m/inst.onnx", "a" * 64, ["kick", "snare"], "{}", False)
+    index.set_active(model, True)
+    index.mark_pending([("/lib/a.wav", 0.0)])
+    (held,) = index.due_jobs(10, set(), 1e12)
+    assert index.remove_paths(["/lib/a.wav"]) == ["/lib/a.wav"]
+    index.mark_pending([("/lib/b.wav", 0.0)])
+    (new,) = index.due_jobs(10, set(), 1e12)
+    assert new.id != held.id
+    read = Result(held, size=1, mtime_ns=1, hash=b"a" * 16, tags={model.id: [("kick", 0.9)]})
+    vanished = Result(held, vanished=True)
+    assert index.write_results([read], 0.02) == [] and index.write_results([vanished], 0.02) == []
+    (b,) = index.file_tags(["/lib/b.wav"])
+    assert (b.state, b.tags) == ("pending", [])
+
+
+def test_an_index_from_before_autoincrement_ids_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    old_schema = index_module.SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER PRIMARY KEY", 1)
+    with sqlite3.connect(path) as c:
+        c.executescript(old_schema)
+        c.execute("INSERT INTO files(id, path, dir, gen) VALUES (7, '/lib/k.wav', '/lib', 3)")
+    index = Index(path)
+    table = index.conn().execute("SELECT sql FROM sqlite_master WHERE name = 'files'").fetchone()[0]
+    assert "AUTOINCREMENT" in table
+    assert index.conn().execute("SELECT id, path, gen FROM files").fetchall() == [(7, "/lib/k.wav", 3)]
+    indexes = {r[0] for r in index.conn().execute("SELECT name FROM sqlite_master WHERE tbl_name = 'files'")}
+    assert {"files_work", "files_dir", "files_content", "files_failed"} <= indexes
+    index.remove_paths(["/lib/k.wav"])
+    index.mark_pending([("/lib/s.wav", 0.0)])
+    assert index.due_jobs(10, set(), 1e12)[0].id == 8  # not 7 again
