@@ -276,7 +276,9 @@ def main() -> int:
     ap.add_argument("--clips-dir", default="", help="keep the clips here between runs (default: a temporary folder)")
     ap.add_argument("--mode", choices=("stages", "inproc", "daemon", "both"), default="both")
     ap.add_argument("--batch", type=int, default=config.Settings().batch_size)
-    ap.add_argument("--py-spy", default="", help="record the daemon run with py-spy into this SVG")
+    ap.add_argument(
+        "--py-spy", default="", help="record the daemon run with py-spy: .svg a flame graph, other names raw stacks"
+    )
     args = ap.parse_args()
     folder = Path(args.clips_dir) if args.clips_dir else Path(tempfile.mkdtemp(prefix="vb-clips-"))
     folder.mkdir(parents=True, exist_ok=True)

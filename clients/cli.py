@@ -172,7 +172,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         "indexed": s.indexed,
         "pending": s.pending,
         "failed": s.failed,
-        "models": list(s.models),
+        "models": [ref.partition("@")[0] for ref in s.models],  # names, as shared/interfaces.md has them
+        "model_versions": list(s.models),  # NAME@VERSION
         "queue_depth": s.queue_depth,
         "watches": list(s.watches),
         "home": s.home,
@@ -696,7 +697,11 @@ def _count(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="machine output: one JSON object per line")
+    # SUPPRESS: a --json given before a subcommand (`vibrary models --json list`) is not reset by the
+    # subcommand's own default; main() sets False when none was given
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine output: one JSON object per line"
+    )
     parser = argparse.ArgumentParser(prog="vibrary", description="Tag your sample library by your own tags.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -712,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_count, default=None, help="decode threads (default: one per core)")
     p.set_defaults(func=cmd_daemon)
 
-    p = sub.add_parser("watch", help="manage the daemon's watch folders")
+    p = sub.add_parser("watch", parents=[common], help="manage the daemon's watch folders")
     actions = p.add_subparsers(dest="action", required=True)
     for action, text in (("add", "watch a folder"), ("remove", "stop watching a folder")):
         a = actions.add_parser(action, parents=[common], help=text)
@@ -728,7 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=text)
         p.set_defaults(func=cmd_pause)
 
-    p = sub.add_parser("tray", help="the system-tray status icon (needs the [tray] extra)")
+    p = sub.add_parser("tray", parents=[common], help="the system-tray status icon (needs the [tray] extra)")
     p.set_defaults(func=cmd_tray)
 
     p = sub.add_parser("search", parents=[common], help="find files by tag: kick -acoustic snare|clap")
@@ -747,7 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="", help="only this model's tags")
     p.set_defaults(func=cmd_counts)
 
-    p = sub.add_parser("models", help="list, install, activate, deactivate, remove models")
+    p = sub.add_parser("models", parents=[common], help="list, install, activate, deactivate, remove models")
     actions = p.add_subparsers(dest="action", required=True)
     actions.add_parser("list", parents=[common], help="installed models; * marks the active ones")
     a = actions.add_parser("install", parents=[common], help="install an ONNX model file as a new version")
@@ -759,7 +764,7 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("ref", metavar="NAME[@VERSION]")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("dataset", help="labelled examples for training your own tags")
+    p = sub.add_parser("dataset", parents=[common], help="labelled examples for training your own tags")
     actions = p.add_subparsers(dest="action", required=True)
     a = actions.add_parser("create", parents=[common], help="spectrograms of labelled audio files, stored here")
     a.add_argument("name", metavar="NAME")
@@ -796,7 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("list", parents=[common], help="the datasets in this home")
     p.set_defaults(func=cmd_dataset)
 
-    p = sub.add_parser("synonyms", help="how vendors spell your tags: BD → kick")
+    p = sub.add_parser("synonyms", parents=[common], help="how vendors spell your tags: BD → kick")
     actions = p.add_subparsers(dest="action", required=True)
     actions.add_parser("list", parents=[common], help="every alias and its tag")
     a = actions.add_parser("add", parents=[common], help="one more alias for a tag (a new tag is fine)")
@@ -817,7 +822,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="cloud: accept the cost estimate without asking")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("trainer", help="the training service")
+    p = sub.add_parser("trainer", parents=[common], help="the training service")
     actions = p.add_subparsers(dest="action", required=True)
     a = actions.add_parser("serve", parents=[common], help="run the trainer service in the foreground")
     a.add_argument("--listen", default="127.0.0.1:7878", metavar="HOST:PORT")
@@ -836,7 +841,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--tls-ca", default="", metavar="PEM", help="default $VIBRARY_TRAINER_CA or the served cert")
     a.add_argument("--server-name", default="", help="name the certificate is for (default: the target's host)")
     a.add_argument("--timeout", type=float, default=5.0)
-    a = actions.add_parser("run-s3", help="run one cloud training job: s3://BUCKET/jobs/ID/job.json")
+    a = actions.add_parser("run-s3", parents=[common], help="run one cloud training job: s3://BUCKET/jobs/ID/job.json")
     a.add_argument("url", metavar="S3_URL")
     p.set_defaults(func=cmd_trainer)
     return parser
@@ -844,6 +849,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(_exclusions_as_words(list(sys.argv[1:] if argv is None else argv)))
+    args.json = getattr(args, "json", False)
     try:
         return int(args.func(args))
     except BrokenPipeError:  # `vibrary search kick | head`: the reader has all it wants, which is no error to print

@@ -55,11 +55,14 @@ def is_audio_path(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in AUDIO_EXTENSIONS
 
 
+LOUDEST = 1e6  # float samples beyond this (full scale is 1) are clipped to it: its power spectrum stays finite
+
+
 def decode(path: str, params: SpectrogramParams) -> np.ndarray:
     """(channels, n_samples) float32 at params.sample_rate: the first duration_s, padded to length."""
     check_readable(path)
     try:
-        with sf.SoundFile(path) as f:
+        with sf.SoundFile(os.fsencode(path)) as f:  # bytes: a name that is not UTF-8 opens too
             _check_not_truncated(f)
             native_sr = f.samplerate
             audio = _read(f, math.ceil(params.duration_s * native_sr))
@@ -70,8 +73,11 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
         raise DecodeError(f"cannot decode audio: {e}") from None
     if audio.shape[0] == 0:
         raise DecodeError("no audio frames in file")
-    if not np.isfinite(audio.sum()):  # a NaN or inf makes the sum so (an overflowing sum only costs a pass)
+    if not np.isfinite(audio.sum()) or max(audio.max(), -audio.min()) > LOUDEST:
+        # NaN, inf, or float samples so large that the mix or the power spectrum overflows float32 (a
+        # corrupt or mislabelled float file): that spectrogram was NaN, then quantized to 0 dB everywhere
         audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
+        np.clip(audio, -LOUDEST, LOUDEST, out=audio)
     return fit(audio, native_sr, params)
 
 

@@ -214,14 +214,14 @@ def _riff_text(path: str) -> list[tuple[str, str]]:
                     found.append(("bext", _text(f.read(min(size, 256)))))
                     f.seek(size - min(size, 256) + (size & 1), 1)
                 elif chunk_id == b"LIST" and size >= 4 and f.read(4) == b"INFO":
-                    body = f.read(size - 4)
+                    body = f.read(min(size - 4, 1 << 20))  # a size claiming 4 GB must not reserve it
                     at = 0
                     while at + 8 <= len(body):
                         sub, length = body[at : at + 4], struct.unpack("<I", body[at + 4 : at + 8])[0]
                         if sub in _RIFF_INFO:
                             found.append((_RIFF_INFO[sub], _text(body[at + 8 : at + 8 + length])))
                         at += 8 + length + (length & 1)
-                    f.seek(size & 1, 1)
+                    f.seek(size - 4 - len(body) + (size & 1), 1)
                 else:
                     f.seek(size + (size & 1) - (4 if chunk_id == b"LIST" and size >= 4 else 0), 1)
     except (OSError, struct.error):

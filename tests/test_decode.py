@@ -87,3 +87,26 @@ def test_errors_are_one_clear_line(tmp_path: Path) -> None:
 def test_audio_extensions() -> None:
     assert is_audio_path("/x/Kick_01.WAV") and is_audio_path("a.flac") and is_audio_path("b.mp3")
     assert not is_audio_path("notes.txt") and not is_audio_path("drumkit.xml") and not is_audio_path("x.wav.part")
+
+
+def test_float_samples_far_past_full_scale_give_a_finite_spectrogram(tmp_path: Path) -> None:
+    """A corrupt or mislabelled float file (samples ~1e18, or random bit patterns near 3e38): the mix or
+    the power spectrum overflowed, and the NaN spectrogram was quantized to 0 dB everywhere, tagged."""
+    from vibrary.daemon.spectrogram import log_mel
+
+    params = SpectrogramParams()
+    huge = tone(440.0, 1.0) * 1e18
+    noise = np.random.default_rng(0).integers(0, 2**32, (44100, 2), dtype=np.uint64).astype(np.uint32).view(np.float32)
+    for name, audio in (("huge.wav", huge), ("bits.wav", np.nan_to_num(noise, nan=0.0, posinf=3e38, neginf=-3e38))):
+        sf.write(tmp_path / name, audio, 44100, subtype="FLOAT")
+        spec = log_mel(decode(str(tmp_path / name), params), params)
+        assert np.isfinite(spec).all() and spec.min() >= -params.top_db - 1e-3 and spec.max() <= 1e-3, name
+        assert spec.min() < -1.0, name  # not one flat 0 dB
+
+
+def test_a_file_name_that_is_not_utf8_decodes(tmp_path: Path) -> None:
+    """os.walk and inotify give such names as str with escaped bytes; soundfile could not encode them."""
+    write_tone(tmp_path / "plain.wav", 440.0)
+    odd = tmp_path / "na\udcefve_kick.wav"  # b"na\xefve_kick.wav": Latin-1 bytes, as an old archive has them
+    (tmp_path / "plain.wav").rename(odd)
+    assert decode(str(odd), SpectrogramParams()).any()

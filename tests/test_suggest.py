@@ -7,6 +7,8 @@ comments in FLAC written with mutagen, all read back through `suggest.py` as a u
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import mutagen.flac
@@ -167,3 +169,21 @@ def test_a_missing_path_is_an_error_and_unreadable_tags_are_no_suggestion(tmp_pa
     bad.parent.mkdir()
     bad.write_bytes(b"ID3\x04\x00\x00\xff\xff\xff\xff" + np.zeros(64, np.uint8).tobytes())  # a corrupt tag
     assert [(s.tag, s.source) for s in suggest([str(bad)], table)] == [("snare", "folder")]
+
+
+def test_a_riff_list_chunk_claiming_gigabytes_is_read_as_far_as_it_goes(tmp_path: Path) -> None:
+    """A LIST size of 4 GB made metadata() reserve 4 GB for the read (MemoryError on a machine without
+    the room, escaping suggest() for the whole folder)."""
+    title = b"INAM" + struct.pack("<I", 5) + b"Kick\x00\x00"
+    data = write_tone(tmp_path / "t.wav", 440.0).read_bytes()
+    riff = data[:12] + b"LIST" + struct.pack("<I", 0xFFFFFFF0) + b"INFO" + title
+    path = tmp_path / "claims.wav"
+    path.write_bytes(riff + data[12:])
+    assert ("title", "Kick") in metadata(str(path))
+    # and with less address space than the claim (2 GB), as on a machine without that much to spare
+    code = (
+        "import resource; resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)); "
+        f"from vibrary.daemon.suggest import metadata; print(metadata({str(path)!r}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Kick" in done.stdout, done.stderr[-500:]
