@@ -116,6 +116,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
     os.umask(0o077)
     home_dir = config.home()
+    if args.action == "stop":
+        return _stop_daemon(args, home_dir)
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -148,6 +150,24 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     for s in servers:
         s.stop(grace=2).wait()
     daemon.stop()
+    return 0
+
+
+def _stop_daemon(args: argparse.Namespace, home_dir: Path) -> int:
+    """SIGTERM to the daemon that holds this home's lock, as Ctrl-C in its terminal would; waits until it
+    has let go (a training of its own is suspended on the way out, to go on at the next start)."""
+    from vibrary.daemon import pidlock
+
+    pid = pidlock.holder(config.lock_path(home_dir))
+    if pid is None:
+        raise CommandError(f"no daemon is running for {home_dir}")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while pidlock.holder(config.lock_path(home_dir)) == pid:
+        if time.monotonic() > deadline:
+            raise CommandError(f"the daemon (pid {pid}) has not stopped after 60 s")
+        time.sleep(0.2)
+    _out(args, {"stopped": pid, "home": str(home_dir)}, f"stopped the daemon (pid {pid}) of {home_dir}")
     return 0
 
 
@@ -711,7 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_count, default=3, metavar="K", help="at most K tags per model (default 3)")
     p.set_defaults(func=cmd_tag)
 
-    p = sub.add_parser("daemon", parents=[common], help="run the daemon in the foreground")
+    p = sub.add_parser("daemon", parents=[common], help="run the daemon in the foreground; `daemon stop` stops it")
+    p.add_argument("action", nargs="?", choices=["stop"], help="stop the daemon running for this home")
     p.add_argument("--listen", default="", metavar="HOST:PORT", help="also serve on TCP (needs a token)")
     p.add_argument("--token", default="", help="token TCP clients must send (default $VIBRARY_TOKEN)")
     p.add_argument("--workers", type=_count, default=None, help="decode threads (default: one per core)")

@@ -85,6 +85,11 @@ def log_path(home_dir: Path) -> Path:
     return home_dir / "daemon.log"
 
 
+def lock_path(home_dir: Path) -> Path:
+    """Held by the running daemon (an flock): who it is, and whether one runs at all."""
+    return home_dir / "daemon.lock"
+
+
 def paused_path(home_dir: Path) -> Path:
     """Present while indexing is paused: a marker file, so a restarted daemon stays paused."""
     return home_dir / "paused"

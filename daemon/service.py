@@ -417,7 +417,7 @@ def _say_why_missing(found: FileTags) -> FileTags:
 def _lock_home(home_dir: Path) -> IO[str]:
     """One daemon per home: a second one would fight the first over the socket and the queue."""
     try:
-        return pidlock.hold(home_dir / "daemon.lock")
+        return pidlock.hold(config.lock_path(home_dir))
     except pidlock.Held as e:
         raise AlreadyRunning(f"a daemon is already running for {home_dir} (pid {e.pid})") from None
 

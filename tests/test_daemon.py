@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from vibrary.clients.client import Client, DaemonError
 from vibrary.proto import daemon_pb2 as pb
 
-from tests.conftest import DaemonProcess, start_daemon, vibrary, wait_for
+from tests.conftest import DaemonProcess, json_lines, start_daemon, vibrary, wait_for
 from tests.synth import BANDS, band_model, write_tone
 
 
@@ -272,3 +272,13 @@ def test_front_ends_following_events_leave_the_api_answering(daemon: DaemonProce
     with pytest.raises(DaemonError) as err:
         list(daemon.client.search([[f"tag{i}"] for i in range(100)]))
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "query too long" in str(err.value)
+
+
+def test_daemon_stop_stops_the_daemon_of_this_home(model_home: Path) -> None:
+    d = start_daemon(model_home)
+    out = vibrary("daemon", "stop", "--json", home=model_home)
+    assert json_lines(out.stdout)[0]["stopped"] == d.proc.pid
+    assert d.proc.wait(timeout=30) == 0  # a clean exit, as after Ctrl-C
+    again = vibrary("daemon", "stop", home=model_home, check=False)
+    assert again.returncode == 1 and "no daemon is running" in again.stderr
+    d.client.close()
