@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -177,6 +178,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if args.action == "list":
             paths = c.watches()
         else:
+            folder = os.path.abspath(args.dir)
+            covering = [w for w in c.watches() if folder != w and folder.startswith(w.rstrip(os.sep) + os.sep)]
+            if args.action == "add" and covering:  # harmless, but a second entry to remove later
+                print(f"vibrary: {folder} is already watched, inside {covering[0]}", file=sys.stderr)
             paths = (c.add_watch if args.action == "add" else c.remove_watch)(args.dir)
     _out(args, {"watches": paths}, "\n".join(paths) or "(no watch folders)")
     return 0
@@ -198,11 +203,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         "watches": list(s.watches),
         "home": s.home,
         "paused": s.paused,
+        # since the daemon started: read from audio, from cached spectrograms, content already tagged
+        "decoded": s.decoded,
+        "from_cache": s.from_cache,
+        "reused": s.reused,
     }
     human = (
         f"indexed {s.indexed}, pending {s.pending}, failed {s.failed}{' (paused)' if s.paused else ''}\n"
-        f"models: {', '.join(s.models) or 'none'}\nwatching: {', '.join(s.watches) or 'nothing'}"
+        f"models: {', '.join(s.models) or 'none'}\nwatching: {', '.join(s.watches) or 'nothing'}\n"
+        f"since it started: {s.decoded} decoded, {s.from_cache} from cached spectrograms, {s.reused} already tagged"
     )
+    if s.failed:  # which ones, and why: the count alone sends people looking
+        with Client() as c:
+            newest = c.failed(limit=5)
+        obj["recent_failures"] = [{"path": f.path, "error": f.error} for f in newest]
+        human += "\nnewest failures:" + "".join(f"\n  {f.path}: {f.error}" for f in newest)
     if s.HasField("training"):  # the daemon's latest training job (Train RPC), running or how it ended
         from .tray_state import training_line
 
@@ -299,9 +314,10 @@ def _exclusions_as_words(argv: list[str]) -> list[str]:
     if argv[:1] != ["search"]:
         return argv
     out = ["search"]
-    for word in argv[1:]:
+    for before, word in itertools.pairwise(argv):
+        value = before in ("--limit", "--min-score", "--under", "--model")  # `--limit -1`: argparse says why
         negated = word.startswith("-") and not word.startswith("--") and len(word) > 1 and word != "-h"
-        out += ["NOT", word[1:]] if negated else [word]
+        out += ["NOT", word[1:]] if negated and not value else [word]
     return out
 
 

@@ -42,7 +42,7 @@ def advise(per_class: Mapping[str, int], family: str = "instruments", path: Path
     tag, n = min(per_class.items(), key=lambda kv: (kv[1], kv[0]))
     now = expected(n, points)
     bound = "at most about" if n < points[0][0] else "about"  # below the curve's first measured size
-    text = f"smallest class {tag!r} has {n} examples: expect {bound} {now:.0%} accuracy"
+    text = f"smallest class {tag!r} has {n} example{'' if n == 1 else 's'}: expect {bound} {now:.0%} accuracy"
     better = next(((m, acc) for m, acc in points if m > n and acc >= now + GAIN), None)
     if better is None:
         text += "; more examples would add little"

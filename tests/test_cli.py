@@ -90,6 +90,16 @@ def test_two_hundred_files_copied_in_are_all_tagged_and_searchable(daemon: Daemo
 
     status = wait_for(done, timeout=120, interval=0.5)
     assert status["failed"] == 0 and (status["models"], status["model_versions"]) == (["bands"], ["bands@1"])  # type: ignore[index]
+    assert status["decoded"] + status["reused"] >= 200  # type: ignore[index]  # a file still growing is read again
+    (library / "pack" / "broken.wav").write_text("not audio")
+    broken = wait_for(lambda: json_lines(vibrary("status", "--json", home=daemon.home).stdout)[0]["failed"] == 1)
+    assert broken
+    (said,) = json_lines(vibrary("status", "--json", home=daemon.home).stdout)[0]["recent_failures"]
+    assert said["path"] == str(library / "pack" / "broken.wav") and "not a recognised audio format" in said["error"]
+    nested = vibrary("watch", "add", str(library / "pack"), home=daemon.home)
+    assert f"inside {library}" in nested.stderr
+    vibrary("watch", "remove", str(library / "pack"), home=daemon.home)
+    assert vibrary("search", "low", "--limit", "-1", home=daemon.home, check=False).returncode == 2
     for band in BANDS:
         found = json_lines(vibrary("search", "--json", band, home=daemon.home).stdout)
         names = {str(Path(f["path"]).relative_to(library / "pack")) for f in found}

@@ -47,9 +47,11 @@ def train_to_files(
     if cancelled():
         raise Cancelled("training cancelled")
     title = f"{name}: {len(manifest.classes)} classes, {result.train_clips} training clips"
+    # a dataset too small to hold clips out trains on all of them: its matrix is empty, and says why
+    matrix_title = f"{name} (validation)" if result.val_clips else f"{name}: no clips held out (too few to spare)"
     files = {
         "model.onnx": model,
         "learning_curve.png": plots.learning_curve(result.history, title),
-        "confusion_matrix.png": plots.confusion_matrix(result.confusion, manifest.classes, f"{name} (validation)"),
+        "confusion_matrix.png": plots.confusion_matrix(result.confusion, manifest.classes, matrix_title),
     }
     return files, result
