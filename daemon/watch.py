@@ -101,7 +101,8 @@ class Watcher(FileSystemEventHandler):
             if folder in self._watches:
                 return
             if not os.path.isdir(folder):
-                log.warning("watch folder %s is missing; its index entries are kept", folder)
+                if folder not in self._missing:  # said once, not at every retry
+                    log.warning("watch folder %s is missing; its index entries are kept", folder)
                 self._missing.add(folder)
                 return
             self._watches[folder] = _schedule(self._observer, self, folder)  # OSError: nothing changed
@@ -114,6 +115,7 @@ class Watcher(FileSystemEventHandler):
         buffered for it are dropped, so nothing under it comes back after the index forgets it."""
         with self._lock:
             self._missing.discard(folder)
+            self._identity.pop(folder, None)
             watch = self._watches.pop(folder, None)
             self._buffer = {p: due for p, due in self._buffer.items() if self._watched(p)}
         if watch is not None:
