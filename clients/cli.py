@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 from vibrary.daemon import config, registry
-from vibrary.daemon.index import Index, Job, Result
+from vibrary.daemon.index import Index, Job, Result, under
 from vibrary.daemon.infer import ModelError
 from vibrary.proto import daemon_pb2 as pb
 
@@ -179,7 +179,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
             paths = c.watches()
         else:
             folder = os.path.abspath(args.dir)
-            covering = [w for w in c.watches() if folder != w and folder.startswith(w.rstrip(os.sep) + os.sep)]
+            covering = [w for w in c.watches() if folder.startswith(under(w)[0])]
             if args.action == "add" and covering:  # harmless, but a second entry to remove later
                 print(f"vibrary: {folder} is already watched, inside {covering[0]}", file=sys.stderr)
             paths = (c.add_watch if args.action == "add" else c.remove_watch)(args.dir)
@@ -193,6 +193,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.wait:
             _wait_idle(c, s.pending)
             s = c.status()
+        newest = c.failed(limit=5) if s.failed else []  # which ones, and why: the count alone sends people looking
     obj = {
         "indexed": s.indexed,
         "pending": s.pending,
@@ -213,9 +214,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"models: {', '.join(s.models) or 'none'}\nwatching: {', '.join(s.watches) or 'nothing'}\n"
         f"since it started: {s.decoded} decoded, {s.from_cache} from cached spectrograms, {s.reused} already tagged"
     )
-    if s.failed:  # which ones, and why: the count alone sends people looking
-        with Client() as c:
-            newest = c.failed(limit=5)
+    if newest:
         obj["recent_failures"] = [{"path": f.path, "error": f.error} for f in newest]
         human += "\nnewest failures:" + "".join(f"\n  {f.path}: {f.error}" for f in newest)
     if s.HasField("training"):  # the daemon's latest training job (Train RPC), running or how it ended

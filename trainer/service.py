@@ -129,6 +129,17 @@ class _JobState:
             return pb.Job.FromString(self.job.SerializeToString())
 
 
+def _finish(part: Path, path: Path, size: int, sha256: str) -> bool:
+    """A whole upload becomes its shard when its size and checksum are right; otherwise it is deleted
+    (False), to be sent again from its start."""
+    data = part.read_bytes()
+    if len(data) != size or sha256_bytes(data) != sha256:
+        part.unlink()
+        return False
+    part.replace(path)
+    return True
+
+
 class TrainerBusy(RuntimeError):
     """Another trainer process uses this data folder."""
 
@@ -265,11 +276,8 @@ class TrainerService(pb_grpc.TrainerServicer):
                     part = path.with_suffix(".part")
                     have = part.stat().st_size if part.exists() else 0
                     if have >= s.size:  # whole, but cut off before its check: checked now, or sent again
-                        data = part.read_bytes()
-                        if len(data) == s.size and sha256_bytes(data) == s.sha256:
-                            part.replace(path)
+                        if _finish(part, path, s.size, s.sha256):
                             continue
-                        part.unlink()
                         have = 0
                     missing.append(pb.ShardStatus(sha256=s.sha256, size=s.size, have_bytes=have))
         return pb.ShardList(shards=missing)
@@ -295,11 +303,8 @@ class TrainerService(pb_grpc.TrainerServicer):
                 f.seek(chunk.offset)
                 f.write(chunk.data)
             if part.stat().st_size >= chunk.size:
-                data = part.read_bytes()
-                if len(data) != chunk.size or sha256_bytes(data) != chunk.sha256:
-                    part.unlink()
+                if not _finish(part, path, chunk.size, chunk.sha256):
                     context.abort(grpc.StatusCode.DATA_LOSS, f"shard {chunk.sha256[:12]} is corrupt: checksum mismatch")
-                part.replace(path)
                 complete.append(chunk.sha256)
         return pb.UploadReply(complete=complete)
 
