@@ -569,12 +569,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     bars: dict[str, tqdm] = {}
     said = ""
 
+    logged = {"epoch": -1, "upload": -1}
+
+    def log_lines(p: TrainProgress) -> None:
+        """A line per epoch and per quarter of the upload where no bar can show (a log file, a script's
+        pipe): a training of hours said nothing there until it ended."""
+        if p.state == "uploading" and p.upload_bytes:
+            quarter = 4 * p.uploaded_bytes // p.upload_bytes
+            if quarter > logged["upload"]:
+                logged["upload"] = quarter
+                print(f"upload {p.uploaded_bytes:,} of {p.upload_bytes:,} bytes", file=sys.stderr, flush=True)
+        elif p.state == "training" and p.epochs and p.epoch > logged["epoch"]:
+            logged["epoch"] = p.epoch
+            print(f"epoch {p.epoch}/{p.epochs}: loss {p.loss:.3f}", file=sys.stderr, flush=True)
+
     def progress(p: TrainProgress) -> None:
         nonlocal said
         if p.state == "waiting" and p.message != said:  # queued, or the trainer out of reach
             said = p.message
             tqdm.write(p.message, file=sys.stderr)
-        if p.state == "uploading":
+        if not sys.stderr.isatty():
+            log_lines(p)
+        elif p.state == "uploading":
             if "upload" not in bars:
                 bars["upload"] = tqdm(
                     total=p.upload_bytes, unit="B", unit_scale=True, disable=None, file=sys.stderr, desc="upload"
@@ -613,17 +629,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         for bar in bars.values():
             bar.close()
     row = trained.row
+    nothing_held_out = trained.summary.get("val_clips") == 0  # a small dataset trains on every clip
     obj = {
         "model": row.name,
         "version": row.version,
         "classes": list(row.classes),
-        "val_accuracy": round(trained.val_accuracy, 4),
+        "val_accuracy": None if nothing_held_out else round(trained.val_accuracy, 4),
         "seconds": round(trained.seconds, 1),
         "plots": trained.plots,
         "summary": trained.summary,
     }
     human = f"installed and activated {row.ref}: validation accuracy {trained.val_accuracy:.1%}"
-    if trained.summary.get("val_clips") == 0:  # a small dataset trains on every clip: nothing was held out
+    if nothing_held_out:
         human = f"installed and activated {row.ref}: every clip trained it, none was left to validate on"
     _out(args, obj, human + f"\nplots: {', '.join(trained.plots)}")
     return 0
