@@ -95,6 +95,8 @@ class CloudSettings:
                 raw = json.loads(path.read_text())
             except json.JSONDecodeError as e:
                 raise CloudError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise CloudError(f'{path}: expected an object of settings, e.g. {{"bucket": "my-bucket"}}')
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(raw) - set(known))
         if unknown:
@@ -102,14 +104,32 @@ class CloudSettings:
         for name in known:
             if (value := os.environ.get(f"VIBRARY_CLOUD_{name.upper()}")) is not None:
                 raw[name] = value
-        try:
-            settings = cls(**{k: type(getattr(cls(), k))(v) for k, v in raw.items()})
-        except (TypeError, ValueError) as e:
-            raise CloudError(f"bad cloud setting: {e}") from None
+        settings = cls(**{name: _setting(name, type(getattr(cls(), name)), value) for name, value in raw.items()})
         for name in ("bucket", "image"):
             if not getattr(settings, name):
                 raise CloudError(f"set VIBRARY_CLOUD_{name.upper()} (or {name!r} in {path}) to train in the cloud")
         return settings
+
+
+def _setting(name: str, kind: type, value: Any) -> Any:
+    """One setting as its default's type, from JSON or from a variable's text, or an error naming it:
+    `"boot_s": "fast"` said only "could not convert string to float", and `"bucket": null` became "None"."""
+    where = f"cloud setting {name!r} (VIBRARY_CLOUD_{name.upper()} or cloud.json)"
+    if kind is str:
+        if not isinstance(value, str):
+            raise CloudError(f"{where} must be text, not {json.dumps(value)}")
+        return value
+    try:
+        number = kind(value) if isinstance(value, str) or not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        number = None
+    if number is None or (kind is int and isinstance(value, float) and value != number):
+        raise CloudError(f"{where} must be {'a whole number' if kind is int else 'a number'}, not {json.dumps(value)}")
+    if name in ("poll_s", "timeout_s", "max_hours") and not number > 0:  # not: refuses nan too
+        raise CloudError(f"{where} must be more than 0, not {value}")
+    if not number >= 0:
+        raise CloudError(f"{where} must be 0 or more, not {value}")
+    return number
 
 
 # -- where things are in the bucket (the cloud job in trainer/s3job.py reads the same) ----------------------

@@ -430,6 +430,20 @@ def test_settings_say_what_is_missing(home: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("VIBRARY_CLOUD_BOOT_S", "90")
     settings = cloud.CloudSettings.load(home)
     assert (settings.bucket, settings.instance_type, settings.boot_s) == ("b", "g5.xlarge", 90.0)
+    for bad, says in [
+        ('{"bucket": null, "image": "i"}', "'bucket' .* must be text, not null"),
+        ('{"bucket": "b", "image": "i", "relaunches": 2.5}', "'relaunches' .* whole number, not 2.5"),
+        ('{"bucket": "b", "image": "i", "poll_s": 0}', "'poll_s' .* more than 0"),
+        ('{"bucket": "b", "image": "i", "max_hours": -1}', "'max_hours' .* more than 0"),
+        ('["bucket", "b"]', "expected an object"),
+    ]:
+        (home / "cloud.json").write_text(bad)
+        with pytest.raises(cloud.CloudError, match=says):
+            cloud.CloudSettings.load(home)
+    (home / "cloud.json").write_text('{"bucket": "b", "image": "i"}')
+    monkeypatch.setenv("VIBRARY_CLOUD_BOOT_S", "fast")
+    with pytest.raises(cloud.CloudError, match=r"VIBRARY_CLOUD_BOOT_S .* must be a number, not \"fast\""):
+        cloud.CloudSettings.load(home)
 
 
 def test_an_image_in_ecr_is_pulled_after_a_login_with_the_instance_role() -> None:
