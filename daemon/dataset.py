@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import config, shards
+from . import config, shards, suggest
 from .advice import advise
 from .cache import SpectrogramCache
 from .decode import DecodeError
@@ -71,11 +71,11 @@ class BuildReport:
 
 
 def label(text: str) -> str:
-    """A label as stored: trimmed, lower case; ValueError when empty."""
-    cleaned = " ".join(text.split()).lower()
-    if not cleaned:
+    """A label as stored, the way suggestions spell tags (`Claps & Snaps` → claps-snaps): a label with a
+    space or a `|` could never be searched for, since the query language splits at them."""
+    if not text.strip():
         raise ValueError("empty tag")
-    return cleaned
+    return suggest.clean_tag(text)
 
 
 def check_name(name: str, what: str = "dataset") -> None:
@@ -328,9 +328,10 @@ def _edit(
     def existing(tag: str) -> str:
         """Each edit sees the ones before it: rename a→b then b→c is fine, dropping a renamed-away a is not."""
         tags = set(mapping.values()) - {""}
-        if label(tag) not in tags:
-            raise ValueError(f"no tag {tag!r} in dataset {name!r}; its tags: {', '.join(sorted(tags))}")
-        return label(tag)
+        for spelled in (" ".join(tag.split()).lower(), label(tag)):  # the first: labels of older versions
+            if spelled in tags:
+                return spelled
+        raise ValueError(f"no tag {tag!r} in dataset {name!r}; its tags: {', '.join(sorted(tags))}")
 
     for old, new in rename:
         old, new = existing(old), label(new)

@@ -7,18 +7,20 @@ that is what makes it known. The table ships in `builtin/synonyms.json` (`{"tag"
 user's `$VIBRARY_HOME/synonyms.json` has the same shape and wins on conflicts. A tag the user adds is a
 known word from then on, which is how their own vocabulary ("wobble", "my-snares") takes part.
 
-Which tag a file gets, the first rule that yields one:
-1. the most specific folder (nearest the file first, up to and including the folder the user named)
-   whose name holds a known tag: the user's folder layout is the strongest statement of intent;
-2. the file name; 3. the embedded metadata (title, genre, comment, description, keywords);
-4. a folder name that is no known word but recurs: the file's own folder, when at least two files in it
-   got no tag from rules 1-3; its words joined by '-', a plural s dropped (the user's own tag that nobody
-   put in the table yet: `Wobbles/` → wobble).
-Within one text a sound beats a descriptor (mood, timbre, processing: "Acoustic Kick", "Snr Hard" → the
-kick, the snare), a descriptor beats a weak word (what form a file has: loop, one-shot), and among equals
-the last word wins (the head noun ends English names). Across texts only a weak word gives way to a later
-text's better one: a folder the user named "dark" keeps its pads dark. Every other
-known tag found for the file is reported as an alternative, so a reviewer sees what was passed over.
+Which tag a file gets: every text is read, nearest first: the file's own folder, the file name, the
+folders above it up to and including the one the user named, then the embedded metadata (title, genre,
+comment, description, keywords). A sound (kick, pad) beats a descriptor (mood, timbre, processing:
+"Acoustic Kick", "Vintage Drums/Snare_01" → the kick, the snare), which beats a weak word (what form a file
+has: loop, one-shot); among equals the nearest text wins (a `Kicks/` folder over a file named `Snare_01`,
+the file name over a pack called "Piano House"), and within one text the last word (the head noun ends
+English names). A file no text names takes its own folder's name when that folder holds at least two such
+files: its words joined by '-', a plural s dropped (the user's own tag that nobody put in the table yet:
+`Wobbles/` → wobble). Every other known tag found for the file is reported as an alternative, so a reviewer
+sees what was passed over. (A dataset of moods or other descriptors keeps `dataset create`'s default
+`--labels folders`: its folder names are the labels as written.)
+
+Numbers are words only inside an alias that has them (`b3` → organ, `808 kick` → kick): a
+lone number is numbering, and an alias of one letter would match every note name, so neither is taken.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from .folders import audio_files_under
 BUILTIN = Path(__file__).parent / "builtin" / "synonyms.json"
 USER_FILE = "synonyms.json"
 _WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
-_TAG = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_RUN = re.compile(r"[^\W_]+")  # letters and digits of any script: Bässe, Señal, 大鼓
+_LETTERS_OR_DIGITS = re.compile(r"[^\W\d_]+|\d+")
 _MAX_PHRASE = 3
 # metadata fields worth reading, in the order they are trusted: a title names the sound, a comment rambles
 _ID3 = {"TIT2": "title", "TCON": "genre", "TIT1": "grouping", "COMM": "comment"}
@@ -49,17 +52,35 @@ _MP4 = {"\xa9nam": "title", "\xa9gen": "genre", "\xa9grp": "grouping", "\xa9cmt"
 _FIELD_ORDER = (*_COMMENT_KEYS, "bext")
 
 
+def tokens(text: str) -> list[str]:
+    """`OpenHH_02-hard.wav` → ['open', 'hh', '02', 'hard', 'wav']: split at separators, camelCase (in
+    Latin script) and digits, lower-cased."""
+    out: list[str] = []
+    for run in _RUN.findall(text):
+        out.extend(_WORD.findall(run) if run.isascii() else _LETTERS_OR_DIGITS.findall(run))
+    return [t.lower() for t in out]
+
+
 def words(text: str) -> list[str]:
-    """`OpenHH_02-hard.wav` → ['open', 'hh', 'hard', 'wav']: numbering is not a word."""
-    return [w.lower() for w in _WORD.findall(text) if not w.isdigit()]
+    """The tokens without numbering: `Kick_01` → ['kick']."""
+    return [t for t in tokens(text) if not t.isdigit()]
 
 
 def clean_tag(text: str) -> str:
     """A tag as stored: lower case words joined by '-'; ValueError when nothing is left."""
-    tag = "-".join(w.lower() for w in re.findall(r"[A-Za-z0-9]+", text))
-    if not tag or not _TAG.match(tag):
+    tag = "-".join(w.lower() for w in _RUN.findall(text))
+    if not tag:
         raise ValueError(f"tag {text!r}: use letters and digits (words are joined by '-')")
     return tag
+
+
+def _key(alias: str) -> tuple[str, ...]:
+    """An alias as the tokens it matches; () for one that would match noise (a lone letter: every note
+    name "B" or "C"; a lone number: numbering; nothing at all)."""
+    key = tuple(tokens(alias))
+    if not key or (len(key) == 1 and (len(key[0]) < 2 or key[0].isdigit())):
+        return ()
+    return key
 
 
 @dataclass
@@ -76,9 +97,10 @@ class Synonyms:
         for table in (self.builtin, self.user):  # the user's table last: it wins
             for tag, aliases in table.items():
                 for alias in (tag, *aliases):
-                    key = tuple(words(alias.replace("-", " "))) or (alias.lower(),)
-                    self._phrases[key] = tag
-                    self._phrases[("".join(key),)] = tag  # "bass drum" also as "bassdrum"
+                    key = _key(alias)
+                    if key:
+                        self._phrases[key] = tag
+                        self._phrases[("".join(key),)] = tag  # "bass drum" also as "bassdrum"
 
     @classmethod
     def load(cls, home_dir: Path | None) -> Synonyms:
@@ -112,6 +134,11 @@ class Synonyms:
         for alias, _ in checked:
             if not alias:
                 raise ValueError("an alias is empty")
+            if not _key(alias):
+                raise ValueError(
+                    f"alias {alias!r} would match noise (a lone letter is a note name, a lone number is "
+                    "numbering): give a word of two letters or more"
+                )
         for alias, tag in checked:
             self.user = {t: [a for a in aliases if a.lower() != alias.lower()] for t, aliases in self.user.items()}
             self.user.setdefault(tag, []).append(alias)
@@ -123,7 +150,7 @@ class Synonyms:
 
     def find(self, text: str) -> list[str]:
         """The known tags in a text, in order of appearance, longest phrases first."""
-        ws = words(text)
+        ws = tokens(text)
         found: list[str] = []
         i = 0
         while i < len(ws):
@@ -152,10 +179,10 @@ class Synonyms:
         """The tag a text stands for: its last sound word, else its last descriptor, else its last weak word."""
         if not tags:
             return None
-        best = min(self._rank(t) for t in tags)
-        return [t for t in tags if self._rank(t) == best][-1]
+        best = min(self.rank(t) for t in tags)
+        return [t for t in tags if self.rank(t) == best][-1]
 
-    def _rank(self, tag: str) -> int:
+    def rank(self, tag: str) -> int:
         return 2 if tag in self.weak else 1 if tag in self.descriptors else 0
 
 
@@ -261,8 +288,9 @@ def suggest(paths: Sequence[str], synonyms: Synonyms) -> list[Suggestion]:
     chosen: list[tuple[str, str, str] | None] = []
     found: list[list[str]] = []
     for path, root in files:
-        texts = [("folder", name) for name in _folders(path, root)]
-        texts.append(("filename", os.path.splitext(os.path.basename(path))[0]))
+        own, *above = _folders(path, root)
+        texts = [("folder", own), ("filename", os.path.splitext(os.path.basename(path))[0])]
+        texts.extend(("folder", name) for name in above)
         texts.extend(("metadata", f"{name}: {text}") for name, text in metadata(path))
         best: tuple[str, str, str] | None = None
         tags: list[str] = []
@@ -270,7 +298,7 @@ def suggest(paths: Sequence[str], synonyms: Synonyms) -> list[Suggestion]:
             here = synonyms.find(text.split(": ", 1)[-1] if source == "metadata" else text)
             tags.extend(here)
             tag = synonyms.pick(here)
-            if tag and (best is None or (best[0] in synonyms.weak and tag not in synonyms.weak)):
+            if tag and (best is None or synonyms.rank(tag) < synonyms.rank(best[0])):
                 best = (tag, source, text)
         chosen.append(best)
         found.append(tags)
@@ -284,7 +312,7 @@ def suggest(paths: Sequence[str], synonyms: Synonyms) -> list[Suggestion]:
 
 def _recurring(path: str, root: str, unnamed: Counter[str]) -> tuple[str, str, str] | None:
     name = _folders(path, root)[0]
-    ws = words(name)
+    ws = [w for w in words(name) if len(w) > 1]  # `808s/` is no folder of "s"
     if unnamed[os.path.dirname(path)] < 2 or not ws:
         return None
     if len(ws[-1]) > 3 and ws[-1].endswith("s") and not ws[-1].endswith("ss"):

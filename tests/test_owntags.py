@@ -105,6 +105,12 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
         dataset.edit(home, "mine", drop=["noise", "thump"])
     with pytest.raises(ValueError, match="empty tag"):
         dataset.edit(home, "mine", rename=[("noise", "  ")])
+    # spelled as suggestions spell tags: a space or a | could never be searched for
+    assert [dataset.label(t) for t in ("Claps & Snaps", "snare|rim", " Lead  Synth")] == [
+        "claps-snaps",
+        "snare-rim",
+        "lead-synth",
+    ]
     with pytest.raises(ValueError, match=r"no tag 'noise'.*hiss, thump, tone"):  # renamed away by then
         dataset.edit(home, "mine", rename=[("noise", "hiss")], drop=["noise"])
     assert (dataset.dataset_dir(home, "mine") / "manifest.json").read_text() == manifest_before

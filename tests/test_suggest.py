@@ -51,6 +51,15 @@ def table() -> Synonyms:
         ("Pad", "synth"),
         ("wobble", None),
         ("Take 07", None),
+        ("Lead B", "synth"),  # a note name is no alias of b3 (organ): numbers only count where written
+        ("Pluck_B_minor_128", "synth"),
+        ("Bässe", None),  # one word, not b + sse
+        ("B3 Drawbars", "organ"),
+        ("808 Kick", "kick"),
+        ("Side Stick", "snare"),
+        ("Rd_02", "cymbal"),
+        ("Finger Snaps", "clap"),
+        ("Crash_Rev", "cymbal"),
     ],
 )
 def test_vendor_spellings_normalise(table: Synonyms, text: str, tag: str | None) -> None:
@@ -60,6 +69,8 @@ def test_vendor_spellings_normalise(table: Synonyms, text: str, tag: str | None)
 def test_words_split_case_separators_and_numbering() -> None:
     assert words("OpenHH_02-hard.v2 KickDrum") == ["open", "hh", "hard", "v", "kick", "drum"]
     assert clean_tag(" Dark  Pads ") == "dark-pads"
+    assert words("Señal_Große-Trommel 02") == ["señal", "große", "trommel"]
+    assert clean_tag("Große Trommel") == "große-trommel"
     with pytest.raises(ValueError, match="letters and digits"):
         clean_tag("__")
 
@@ -187,3 +198,41 @@ def test_a_riff_list_chunk_claiming_gigabytes_is_read_as_far_as_it_goes(tmp_path
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "Kick" in done.stdout, done.stderr[-500:]
+
+
+def test_the_nearest_sound_wins_over_pack_names_and_descriptors(tmp_path: Path, table: Synonyms) -> None:
+    """Vendor packs name themselves and their moods in folders above the sounds: `Piano House Vol 2/Drum
+    Hits/Kick_01` is a kick, `Vintage Drums/Snare_01` a snare (they were piano and warm)."""
+    root = tmp_path / "lib"
+    for rel in [
+        "Piano House Vol 2/Drum Hits/Kick_01.wav",
+        "Vocal Trap Kit/One Shots/Hat_02.wav",
+        "Vintage Drums/Snare_01.wav",
+        "Dark/Pad_01.wav",
+        "Kicks/Snare_layer.wav",  # the file's own folder still comes first
+        "808s/808_Long_C.wav",
+        "808s/808_Short_F.wav",
+    ]:
+        write_tone(root / rel, 100)
+    found = {Path(s.path).relative_to(root).as_posix(): s for s in suggest([str(root)], table)}
+    assert {path: s.tag for path, s in found.items()} == {
+        "Piano House Vol 2/Drum Hits/Kick_01.wav": "kick",
+        "Vocal Trap Kit/One Shots/Hat_02.wav": "hihat",
+        "Vintage Drums/Snare_01.wav": "snare",
+        "Dark/Pad_01.wav": "synth",
+        "Kicks/Snare_layer.wav": "kick",
+        "808s/808_Long_C.wav": "",  # not a folder of "s"
+        "808s/808_Short_F.wav": "",
+    }
+    assert found["Dark/Pad_01.wav"].alternatives == ("dark",)
+    assert found["Piano House Vol 2/Drum Hits/Kick_01.wav"].alternatives == ("one-shot", "piano")
+
+
+def test_an_alias_that_would_match_noise_is_refused(tmp_path: Path) -> None:
+    table = Synonyms.load(tmp_path)
+    for noise in ("B", "808", "___"):
+        with pytest.raises(ValueError, match="would match noise"):
+            table.add(tmp_path, [(noise, "thing")])
+    table.add(tmp_path, [("C4", "middle-c")])  # with its number, it matches only where written so
+    assert table.pick(table.find("Piano_C4")) == "middle-c"
+    assert table.pick(table.find("Dark Pad C")) == "synth"
