@@ -754,7 +754,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="machine output: one JSON object per line"
     )
-    parser = argparse.ArgumentParser(prog="vibrary", description="Tag your sample library by your own tags.")
+    parser = argparse.ArgumentParser(
+        prog="vibrary", description="Tag your sample library by your own tags.", parents=[common]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("tag", parents=[common], help="tag files and folders now, without the daemon")

@@ -29,6 +29,13 @@ def test_tag_json_contract(model_home: Path, tmp_path: Path) -> None:
     assert lines["low.wav"]["path"] == str(tmp_path / "kit" / "low.wav")
 
 
+def test_json_is_taken_wherever_it_is_given(model_home: Path) -> None:
+    """`vibrary --json models list`, `vibrary models --json list` and `vibrary models list --json` alike."""
+    for args in (("--json", "models", "list"), ("models", "--json", "list"), ("models", "list", "--json")):
+        lines = json_lines(vibrary(*args, home=model_home).stdout)
+        assert "bands" in {line["name"] for line in lines}, args
+
+
 def test_tag_with_a_named_model_and_top(model_home: Path, tmp_path: Path) -> None:
     other = band_model(tmp_path / "v2.onnx", name="bands", version=2, shift=1)
     vibrary("models", "install", "--inactive", str(other), home=model_home)
