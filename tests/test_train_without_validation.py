@@ -3,7 +3,8 @@
 With a few clips per class the split lent validation 1–3 clips of each, and early stopping on that noise
 ended runs after a handful of epochs (docs/figure3.md). Without validation the epoch with the lowest
 training loss is kept; a loss above 1 (any fresh 3-class head) once compared worse than the initial
-sentinel, and the untrained weights came back."""
+sentinel, and the untrained weights came back. With validation, early stopping breaks accuracy ties by
+the validation loss."""
 
 from __future__ import annotations
 
@@ -36,3 +37,14 @@ def test_only_datasets_with_a_small_class_skip_validation() -> None:
     keep = np.r_[np.flatnonzero(labels != 1), np.flatnonzero(labels == 1)[: SMALL_CLASS - 1]]  # one class short
     small = train(manifest, codes[keep], labels[keep], np.array(groups)[keep], config)
     assert small.val_clips == 0 and small.train_clips == len(keep)
+
+
+def test_early_stopping_breaks_accuracy_ties_by_validation_loss() -> None:
+    """A few validation clips a class tie often; a tie with a lower loss is progress, not patience spent."""
+    codes, labels, groups = spectrograms(SMALL_CLASS + 5, 0)
+    manifest = shards.write("ties", list(KINDS), P, codes, labels, groups)[0]
+    result = train(manifest, codes, labels, np.array(groups), TrainConfig(epochs=10, patience=2, seed=0))
+    accuracies = [h["val_accuracy"] for h in result.history]
+    assert len(set(accuracies)) < len(accuracies)  # ties happened: the case this is about
+    best = max(result.history, key=lambda h: (h["val_accuracy"], -h["val_loss"]))
+    assert result.best_epoch == best["epoch"]
