@@ -139,7 +139,7 @@ class Model:
         runs = [np.zeros((0, len(self.info.classes)), np.float32)]
         for i in range(0, len(specs), step):
             chunk = specs[i : i + step]
-            if self._fixed and len(chunk) < step:  # a fixed batch size: the last chunk padded with silence
+            if self._fixed and len(chunk) < step:  # a fixed batch size: the last chunk padded (rows dropped after)
                 chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), np.float32)])
             runs.append(self.session.run(None, {self._input.name: chunk})[0][: len(specs) - i])
         scores: np.ndarray = np.concatenate(runs)

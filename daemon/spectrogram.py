@@ -249,8 +249,12 @@ def _live_frames(audio: np.ndarray, params: SpectrogramParams, n_frames: int) ->
 
 
 def power_to_db(power: np.ndarray, params: SpectrogramParams, amin: float = 1e-10) -> np.ndarray:
-    """10·log10(S / ref) with an amin floor and a top_db floor below the peak, as librosa.power_to_db."""
+    """10·log10(S / ref) with an amin floor and a top_db floor below the peak, as librosa.power_to_db;
+    except that digital silence is the floor, -top_db: librosa makes it 0 dB, the loudest input there is,
+    and a file silent for its first seconds came out tagged with confidence."""
     ref = float(np.max(power)) if params.ref == "max" else float(params.ref)
+    if params.ref == "max" and ref <= amin and params.top_db is not None:
+        return np.full(np.shape(power), -params.top_db, dtype=np.float32)
     db = np.maximum(np.asarray(power, dtype=np.float32), amin)
     np.log10(db, out=db)
     db *= 10.0
