@@ -23,6 +23,7 @@ from typing import Any
 
 from tqdm import tqdm
 from vibrary.daemon import config, registry
+from vibrary.daemon.folders import indexed_path
 from vibrary.daemon.index import Index, Job, Result, under
 from vibrary.daemon.infer import ModelError
 from vibrary.proto import daemon_pb2 as pb
@@ -178,7 +179,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if args.action == "list":
             paths = c.watches()
         else:
-            folder = os.path.abspath(args.dir)
+            folder = indexed_path(args.dir)  # as the daemon will hold it
             covering = [w for w in c.watches() if folder.startswith(under(w)[0])]
             if args.action == "add" and covering:  # harmless, but a second entry to remove later
                 print(f"vibrary: {folder} is already watched, inside {covering[0]}", file=sys.stderr)

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 from vibrary.daemon import config
+from vibrary.daemon.folders import indexed_path
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
@@ -68,10 +69,10 @@ class Client:
         return self._call("GetStatus", pb.GetStatusRequest(), timeout)
 
     def add_watch(self, folder: str) -> list[str]:
-        return list(self._call("AddWatch", pb.WatchRequest(path=os.path.abspath(folder))).paths)
+        return list(self._call("AddWatch", pb.WatchRequest(path=indexed_path(folder))).paths)
 
     def remove_watch(self, folder: str) -> list[str]:
-        return list(self._call("RemoveWatch", pb.WatchRequest(path=os.path.abspath(folder))).paths)
+        return list(self._call("RemoveWatch", pb.WatchRequest(path=indexed_path(folder))).paths)
 
     def watches(self) -> list[str]:
         return list(self._call("ListWatches", pb.ListWatchesRequest()).paths)
@@ -89,20 +90,20 @@ class Client:
             all_of=[pb.AnyOf(tags=list(g)) for g in all_of],
             none_of=list(none_of),
             min_score=min_score,
-            path_prefix=os.path.abspath(under) if under else "",
+            path_prefix=indexed_path(under) if under else "",
             model=model,
             limit=limit,
         )
         return self._stream("Search", request, self.timeout)
 
     def tags(self, paths: Sequence[str]) -> Iterator[pb.FileTags]:
-        return self._stream("GetTags", pb.GetTagsRequest(paths=[os.path.abspath(p) for p in paths]), self.timeout)
+        return self._stream("GetTags", pb.GetTagsRequest(paths=[indexed_path(p) for p in paths]), self.timeout)
 
     def counts(self, model: str = "") -> list[pb.TagCount]:
         return list(self._call("CountTags", pb.CountTagsRequest(model=model)).counts)
 
     def tag(self, paths: Sequence[str], timeout: float = 600.0) -> Iterator[pb.FileTags]:
-        return self._stream("Tag", pb.TagRequest(paths=[os.path.abspath(p) for p in paths]), timeout)
+        return self._stream("Tag", pb.TagRequest(paths=[indexed_path(p) for p in paths]), timeout)
 
     def events(self) -> Iterator[pb.Event]:
         """Endless stream of daemon events; cancel by closing the client."""

@@ -16,6 +16,16 @@ from .decode import is_audio_path
 log = logging.getLogger(__name__)
 
 
+def indexed_path(path: str) -> str:
+    """A path as the index holds it: absolute, links to folders on the way resolved, a file's own name as
+    given. A watch folder added through a link is watched where it really is: inotify does not look
+    through a link it is given, and files made at the top of such a folder went unseen until a restart."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return os.path.realpath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
 def _warn(folder: str, reason: str) -> None:
     log.warning("cannot read folder %s (%s): its files are left out", folder, reason)
 

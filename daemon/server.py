@@ -21,6 +21,7 @@ from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from . import dataset, events, suggest, training
+from .folders import indexed_path
 from .index import FileTags, Query
 from .rpc import bind, make_server
 from .service import Daemon, TrainingBusy
@@ -100,6 +101,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no such folder: {folder}")
         if not os.path.isdir(folder):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a folder: {folder}")
+        folder = indexed_path(folder)  # a link is watched where it leads (folders.indexed_path)
         try:
             self.daemon.add_watch(folder)
         except OSError as e:  # the inotify watch limit, too many open files: nothing is kept
@@ -108,7 +110,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
 
     def RemoveWatch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> pb.WatchList:
         folder = _absolute(request.path, context)
-        if not self.daemon.remove_watch(folder):
+        if not (self.daemon.remove_watch(folder) or self.daemon.remove_watch(indexed_path(folder))):
             context.abort(grpc.StatusCode.NOT_FOUND, f"not a watch folder: {folder}")
         return pb.WatchList(paths=self.daemon.index.watches())
 

@@ -139,6 +139,25 @@ def test_files_and_folders_moved_out_leave_the_index_and_moved_in_arrive(daemon:
     assert daemon.client.status().indexed == 1
 
 
+def test_a_watch_folder_added_through_a_link_is_watched_where_it_leads(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """inotify given a link watches the link, not the folder: files made at the top of a folder added as
+    `~/Samples -> /mnt/disk/Samples` went unseen and renames there left stale rows, until a restart."""
+    real = tmp_path / "disk" / "Samples"
+    (real / "kit").mkdir(parents=True)
+    link = tmp_path / "Samples"
+    link.symlink_to(real, target_is_directory=True)
+    assert daemon.client.add_watch(str(link)) == [str(real)]
+    assert daemon.client.watches() == [str(real)]
+    expected = _drop(link, 1)  # at the top of the linked folder
+    wait_for(lambda: _indexed(daemon.client, 3))
+    for path, band in expected.items():
+        assert _best(daemon.client, path) == ("indexed", band)  # asked by the link's path too
+    (real / "high_0.wav").rename(real / "kit" / "high_moved.wav")
+    wait_for(lambda: _best(daemon.client, str(link / "kit" / "high_moved.wav")) == ("indexed", "high"))
+    assert {f.path for f in daemon.client.search([["high"]], under=str(link))} == {str(real / "kit" / "high_moved.wav")}
+    assert daemon.client.remove_watch(str(link)) == []
+
+
 def test_restart_reconciles_what_changed_while_down(model_home: Path, tmp_path: Path) -> None:
     library = tmp_path / "library"
     library.mkdir()
