@@ -189,7 +189,7 @@ def _build(
 
     def one(ex: Example) -> np.ndarray | str:
         try:
-            _, _, content_hash = fingerprint(ex.path)
+            content_hash = fingerprint(ex.path).hash
             found, fresh = features(ex.path, content_hash, [params], cache)
             cache.put_many(fresh)
             return quantize(found[params], params)

@@ -21,6 +21,7 @@ import os
 import threading
 from collections.abc import Iterable
 from io import FileIO
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,8 +33,15 @@ HEAD_BYTES = 4 << 20
 TAIL_BYTES = 64 << 10
 
 
-def fingerprint(path: str) -> tuple[int, int, bytes]:
-    """(size, mtime_ns, content hash); DecodeError when the file cannot be read."""
+class Fingerprint(NamedTuple):
+    size: int
+    mtime_ns: int
+    inode: int
+    hash: bytes
+
+
+def fingerprint(path: str) -> Fingerprint:
+    """What the index keeps to know a file again; DecodeError when the file cannot be read."""
     check_readable(path)
     try:
         with open(path, "rb", buffering=0) as f:
@@ -47,7 +55,7 @@ def fingerprint(path: str) -> tuple[int, int, bytes]:
         raise FileVanished("file not found (deleted or moved before it could be read)") from None
     except OSError as e:  # changed between the check and the read
         raise DecodeError(f"cannot read file: {e.strerror}") from None
-    return st.st_size, st.st_mtime_ns, digest.digest()[:16]
+    return Fingerprint(st.st_size, st.st_mtime_ns, st.st_ino, digest.digest()[:16])
 
 
 _buffers = threading.local()

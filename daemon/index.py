@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS files (
     dir TEXT NOT NULL,
     size INTEGER NOT NULL DEFAULT -1,
     mtime_ns INTEGER NOT NULL DEFAULT -1,
+    inode INTEGER NOT NULL DEFAULT -1,       -- a name swapped with another's keeps size and mtime
     content_id INTEGER,
     state TEXT NOT NULL DEFAULT 'pending',   -- pending | indexed | failed
     error TEXT,
@@ -112,6 +113,7 @@ class Result:
     job: Job
     size: int = -1
     mtime_ns: int = -1
+    inode: int = -1
     hash: bytes | None = None
     tags: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
     error: str | None = None
@@ -186,6 +188,10 @@ class Index:
         c = self.conn()
         upgrade = c.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'tags_hit'").fetchone()
         _ids_never_reused(c)
+        if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'files'").fetchone() and not any(
+            row[1] == "inode" for row in c.execute("PRAGMA table_info(files)")
+        ):
+            c.execute("ALTER TABLE files ADD COLUMN inode INTEGER NOT NULL DEFAULT -1")  # -1: not known yet
         c.executescript(SCHEMA)  # executescript runs its own transaction
         if upgrade:  # tags_hit gave way to tags_hits: without its statistics a path search walks every tag
             c.execute("ANALYZE tags")
@@ -308,9 +314,10 @@ class Index:
                 )
         return moved + len(rows)
 
-    def files_in_dir(self, folder: str) -> dict[str, tuple[int, int, str]]:
-        rows = self.conn().execute("SELECT path, size, mtime_ns, state FROM files WHERE dir = ?", (folder,))
-        return {p: (s, m, st) for p, s, m, st in rows}
+    def files_in_dir(self, folder: str) -> dict[str, tuple[int, int, int, str]]:
+        """path → (size, mtime_ns, inode, state) of the files the index holds in this folder."""
+        rows = self.conn().execute("SELECT path, size, mtime_ns, inode, state FROM files WHERE dir = ?", (folder,))
+        return {p: (s, m, i, st) for p, s, m, i, st in rows}
 
     def dirs_under(self, folder: str) -> list[str]:
         lo, hi = under(folder)
@@ -364,10 +371,10 @@ class Index:
                     self._store_tags(c, content_id, r.tags, min_score_stored)
                 state, error = ("failed", r.error) if r.error else ("indexed", None)
                 cur = c.execute(
-                    """UPDATE files SET state = ?, error = ?, size = ?, mtime_ns = ?,
+                    """UPDATE files SET state = ?, error = ?, size = ?, mtime_ns = ?, inode = ?,
                            content_id = coalesce(?, content_id), updated = ?
                        WHERE id = ? AND gen = ?""",
-                    (state, error, r.size, r.mtime_ns, content_id, time.time(), r.job.id, r.job.gen),
+                    (state, error, r.size, r.mtime_ns, r.inode, content_id, time.time(), r.job.id, r.job.gen),
                 )
                 if cur.rowcount:
                     written.append(r)

@@ -270,14 +270,17 @@ class Watcher(FileSystemEventHandler):
                     continue
                 try:
                     st = os.stat(entry.path)
-                    current = (st.st_size, st.st_mtime_ns)
+                    current, inode = (st.st_size, st.st_mtime_ns), st.st_ino
                     fresh = now - st.st_mtime > self.settle_s
                 except FileNotFoundError:
                     continue  # gone since the listing; its own event says where to
                 except OSError:
-                    current, fresh = (-1, -1), True  # the worker will record why it cannot be read
-                size, mtime_ns, state = known.pop(entry.path, (None, None, None))
-                if state != "pending" and (size, mtime_ns) != current:
+                    current, inode, fresh = (-1, -1), -1, True  # the worker will record why it cannot be read
+                size, mtime_ns, known_inode, state = known.pop(entry.path, (None, None, None, None))
+                # a name given another file while the daemon was down (renumbered one-shots of one length,
+                # unpacked with one mtime) keeps size and mtime; the inode tells (-1: not known yet)
+                other_file = known_inode not in (-1, inode)
+                if state != "pending" and ((size, mtime_ns) != current or other_file):
                     changed.append((entry.path, now if fresh else now + self.settle_s))
             if changed:
                 with self._lock:

@@ -292,3 +292,13 @@ def test_an_index_from_before_autoincrement_ids_is_upgraded_in_place(tmp_path: P
     index.remove_paths(["/lib/k.wav"])
     index.mark_pending([("/lib/s.wav", 0.0)])
     assert index.due_jobs(10, set(), 1e12)[0].id == 8  # not 7 again
+
+
+def test_an_index_from_before_inodes_gets_the_column_with_inodes_unknown(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    inode_line = next(line for line in index_module.SCHEMA.splitlines() if line.strip().startswith("inode "))
+    with sqlite3.connect(path) as c:
+        c.executescript(index_module.SCHEMA.replace(inode_line + "\n", ""))
+        c.execute("INSERT INTO files(path, dir, size, mtime_ns) VALUES ('/lib/k.wav', '/lib', 10, 20)")
+    index = Index(path)
+    assert index.files_in_dir("/lib") == {"/lib/k.wav": (10, 20, -1, "pending")}  # -1: size and mtime decide
