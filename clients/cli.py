@@ -176,16 +176,20 @@ def _stop_daemon(args: argparse.Namespace, home_dir: Path) -> int:
 # -- commands that talk to the daemon -------------------------------------------------------------------------
 def cmd_watch(args: argparse.Namespace) -> int:
     with Client() as c:
-        if args.action == "list":
-            paths = c.watches()
-        else:
+        if args.action != "list":
             folder = indexed_path(args.dir)  # as the daemon will hold it
             covering = [w for w in c.watches() if folder.startswith(under(w)[0])]
             if args.action == "add" and covering:  # harmless, but a second entry to remove later
                 print(f"vibrary: {folder} is already watched, inside {covering[0]}", file=sys.stderr)
-            paths = (c.add_watch if args.action == "add" else c.remove_watch)(args.dir)
-    _out(args, {"watches": paths}, "\n".join(paths) or "(no watch folders)")
+            (c.add_watch if args.action == "add" else c.remove_watch)(args.dir)
+        found = c.watch_list()
+    paths, missing = list(found.paths), list(found.missing)
+    lines = [f"{p}  (missing: moved, renamed or unmounted? {MISSING_FIX})" if p in missing else p for p in paths]
+    _out(args, {"watches": paths, "missing": missing}, "\n".join(lines) or "(no watch folders)")
     return 0
+
+
+MISSING_FIX = "`vibrary watch remove` it and add it where it is now: no file is analysed again"
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -203,6 +207,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "model_versions": list(s.models),  # NAME@VERSION
         "queue_depth": s.queue_depth,
         "watches": list(s.watches),
+        "missing_watches": list(s.missing_watches),  # not there now: renamed, moved or unmounted
         "home": s.home,
         "paused": s.paused,
         # since the daemon started: read from audio, from cached spectrograms, content already tagged
@@ -215,6 +220,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"models: {', '.join(s.models) or 'none'}\nwatching: {', '.join(s.watches) or 'nothing'}\n"
         f"since it started: {s.decoded} decoded, {s.from_cache} from cached spectrograms, {s.reused} already tagged"
     )
+    if s.missing_watches:
+        human += "\nmissing watch folders (moved, renamed or unmounted?): " + ", ".join(s.missing_watches)
+        human += f"\n  {MISSING_FIX}"
     if newest:
         obj["recent_failures"] = [{"path": f.path, "error": f.error} for f in newest]
         human += "\nnewest failures:" + "".join(f"\n  {f.path}: {f.error}" for f in newest)

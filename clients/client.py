@@ -75,7 +75,11 @@ class Client:
         return list(self._call("RemoveWatch", pb.WatchRequest(path=indexed_path(folder))).paths)
 
     def watches(self) -> list[str]:
-        return list(self._call("ListWatches", pb.ListWatchesRequest()).paths)
+        return list(self.watch_list().paths)
+
+    def watch_list(self) -> pb.WatchList:
+        """The watch folders, and which of them are not there now (`missing`)."""
+        return self._call("ListWatches", pb.ListWatchesRequest())
 
     def search(
         self,

@@ -106,16 +106,19 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             self.daemon.add_watch(folder)
         except OSError as e:  # the inotify watch limit, too many open files: nothing is kept
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"cannot watch {folder}: {e}")
-        return pb.WatchList(paths=self.daemon.index.watches())
+        return self._watch_list()
 
     def RemoveWatch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> pb.WatchList:
         folder = _absolute(request.path, context)
         if not (self.daemon.remove_watch(folder) or self.daemon.remove_watch(indexed_path(folder))):
             context.abort(grpc.StatusCode.NOT_FOUND, f"not a watch folder: {folder}")
-        return pb.WatchList(paths=self.daemon.index.watches())
+        return self._watch_list()
 
     def ListWatches(self, request: pb.ListWatchesRequest, context: grpc.ServicerContext) -> pb.WatchList:
-        return pb.WatchList(paths=self.daemon.index.watches())
+        return self._watch_list()
+
+    def _watch_list(self) -> pb.WatchList:
+        return pb.WatchList(paths=self.daemon.index.watches(), missing=sorted(self.daemon.watcher.missing))
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
         if not 0.0 <= request.min_score <= 1.0:

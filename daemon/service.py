@@ -241,6 +241,7 @@ class Daemon:
             "models": [m.ref for m in self.index.active_models()],
             "queue_depth": self.index.due_count(time.time()),
             "watches": self.index.watches(),
+            "missing_watches": sorted(self.watcher.missing),
             "home": str(self.home),
             "paused": self.paused,
             "training": self.training.progress if self.training is not None else None,

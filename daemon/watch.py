@@ -139,7 +139,11 @@ class Watcher(FileSystemEventHandler):
 
     @property
     def missing(self) -> set[str]:
-        return set(self._missing)
+        """Watch folders not there now (one that is there but could not be watched, at the inotify limit,
+        is retried as well, but is not missing)."""
+        with self._lock:
+            waiting = set(self._missing)
+        return {folder for folder in waiting if not os.path.isdir(folder)}
 
     # -- events --------------------------------------------------------------------------------------
     def on_any_event(self, event: FileSystemEvent) -> None:

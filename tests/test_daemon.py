@@ -185,6 +185,28 @@ def test_restart_reconciles_what_changed_while_down(model_home: Path, tmp_path: 
         d.stop()
 
 
+def test_a_renamed_watch_folder_is_reported_missing_and_re_pointed_without_analysis(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """Its files stay under their old paths in the index; the user used to learn of it only from the log."""
+    library = tmp_path / "Samples"
+    library.mkdir()
+    daemon.client.add_watch(str(library))
+    _drop(library, 1)
+    wait_for(lambda: _indexed(daemon.client, 3))
+    library.rename(tmp_path / "Samples 2024")
+    wait_for(lambda: list(daemon.client.status().missing_watches) == [str(library)], timeout=15)
+    (line,) = json_lines(vibrary("watch", "list", "--json", home=daemon.home).stdout)
+    assert line == {"watches": [str(library)], "missing": [str(library)]}
+    assert "missing: moved, renamed or unmounted?" in vibrary("watch", "list", home=daemon.home).stdout
+    decoded = daemon.client.status().decoded
+    daemon.client.remove_watch(str(library))
+    daemon.client.add_watch(str(tmp_path / "Samples 2024"))
+    wait_for(lambda: _indexed(daemon.client, 3))
+    status = daemon.client.status()
+    assert status.decoded == decoded and list(status.missing_watches) == []
+
+
 def test_names_swapped_while_down_are_read_again_though_size_and_mtime_match(model_home: Path, tmp_path: Path) -> None:
     """One-shots of one length unpacked with one mtime, renumbered while the daemon was stopped: each name
     then holds another file of the same size and mtime, and kept the tags of the file it held before."""
