@@ -153,6 +153,8 @@ class Watcher(FileSystemEventHandler):
             log.exception("could not handle %r", event)
 
     def _handle(self, event: FileSystemEvent) -> None:
+        if event.is_synthetic:  # watchdog's own walk of a folder moved or made: the move or scan covers it
+            return
         src = os.fsdecode(event.src_path)
         if isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
             self._mark(src, time.time() + self.settle_s)
