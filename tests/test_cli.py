@@ -88,7 +88,9 @@ def test_two_hundred_files_copied_in_are_all_tagged_and_searchable(daemon: Daemo
     library = tmp_path / "library"
     library.mkdir()
     vibrary("watch", "add", str(library), home=daemon.home)
-    assert json_lines(vibrary("watch", "list", "--json", home=daemon.home).stdout) == [{"watches": [str(library)]}]
+    assert json_lines(vibrary("watch", "list", "--json", home=daemon.home).stdout) == [
+        {"watches": [str(library)], "missing": []}
+    ]
     shutil.copytree(pack, library / "pack")
 
     def done() -> dict:
