@@ -95,6 +95,7 @@ def example(path: str, tag: str) -> Example:
 def examples_from_folders(dirs: Sequence[str]) -> list[Example]:
     """Every audio file under DIR/<label>/…: label = its parent folder's name, group = that folder."""
     found: list[Example] = []
+    loose: list[str] = []
     for root in dirs:
         if not os.path.isdir(root):
             if os.path.exists(root):  # a file names no tag: its label would be whatever folder it is in
@@ -103,8 +104,15 @@ def examples_from_folders(dirs: Sequence[str]) -> list[Example]:
         top = os.path.normpath(root)
         for path in audio_files_under(root):
             folder = os.path.dirname(path)
-            if os.path.normpath(folder) != top:  # files loose in DIR itself have no label folder
+            if os.path.normpath(folder) != top:
                 found.append(example(path, os.path.basename(folder)))
+            else:  # loose in DIR itself: no folder names its tag
+                loose.append(path)
+    if loose and not found:  # "no audio files found" sent people looking for files that were there
+        raise ValueError(
+            f"the {len(loose)} audio files lie loose in {', '.join(dirs)}: put them in one folder per tag "
+            "(DIR/<tag>/…), or use --labels suggest to tag them from their names"
+        )
     return found
 
 
@@ -336,8 +344,12 @@ def _edit(
     for old, new in rename:
         old, new = existing(old), label(new)
         mapping = {k: (new if v == old else v) for k, v in mapping.items()}
+    dropped: set[str] = set()
     for t in drop:
+        if label(t) in dropped:  # `drop wobble Wobble`: one tag, named twice
+            continue
         t = existing(t)
+        dropped.add(label(t))
         mapping = {k: ("" if v == t else v) for k, v in mapping.items()}
     labels = [mapping[r.label] for r in rows]
     where = {os.path.normpath(r.path): i for i, r in enumerate(rows)}

@@ -121,6 +121,10 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
         dataset.examples_from_folders([a_file])
     with pytest.raises(FileNotFoundError, match="no such folder"):
         dataset.examples_from_folders([str(tmp_path / "absent")])
+    with pytest.raises(ValueError, match="the 2 audio files lie loose in"):  # not "no audio files found"
+        dataset.examples_from_folders([str(Path(a_file).parent)])
+    edited = dataset.edit(home, "mine", drop=["noise", "Noise"])  # one tag named twice is dropped once
+    assert sorted(edited.per_class) == ["thump", "tone"]
 
 
 def _pcm_windows(path: Path, n: int = 64, width: int = 32) -> list[bytes]:
