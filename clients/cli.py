@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -455,6 +456,10 @@ def _suggestions(dirs: Sequence[str]) -> list[Any]:
     return found
 
 
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
 def cmd_suggest(args: argparse.Namespace) -> int:
     """Every file's suggestion as a JSON line; for people, each tag with its count and a few examples."""
     found = _suggestions(args.dirs)
@@ -470,12 +475,15 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         if not tag:
             continue
         sources = sorted({f"{s.source} {s.raw!r}" for s in files})
-        print(f"{tag:16} {len(files):5} files, from {', '.join(sources[:3])}{' …' if len(sources) > 3 else ''}")
+        print(f"{tag:16} {_files(len(files)):>11}, from {', '.join(sources[:3])}{' …' if len(sources) > 3 else ''}")
         for s in files[:3]:
             print(f"{'':16}   e.g. {s.path}")
+        passed = Counter(alt for s in files for alt in s.alternatives)  # a pack name or mood that lost: check
+        if passed:
+            print(f"{'':16}   also named: {', '.join(f'{alt} ({_files(n)})' for alt, n in passed.most_common(5))}")
     missing = by_tag.get("", [])
     if missing:
-        print(f"no suggestion for {len(missing)} files:")
+        print(f"no suggestion for {_files(len(missing))}:")
         for s in missing[:20]:
             print(f"  {s.path}")
         if len(missing) > 20:

@@ -181,7 +181,7 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
         VENDOR[k]: RIGHT[k] for k in KINDS
     }
     human = vibrary("dataset", "suggest", str(pack), home=home).stdout
-    assert "no suggestion for 1 files" in human and "Take 1.wav" in human
+    assert "no suggestion for 1 file:" in human and "Take 1.wav" in human
     (tmp_path / "notes").mkdir()
     nothing = vibrary("dataset", "suggest", str(tmp_path / "notes"), home=home, check=False)
     assert nothing.returncode == 1 and "no audio files under" in nothing.stderr
