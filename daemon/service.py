@@ -76,6 +76,9 @@ class Daemon:
         self.home = home_dir
         self.settings = settings or config.Settings.load(home_dir)
         self._lock_file = _lock_home(home_dir)
+        # before any thread is made: Linux keeps a priority per thread, and a thread takes its maker's only
+        # when it is made (lowered in start(), the workers and onnxruntime's threads ran at full priority)
+        _lower_priority(self.settings.nice)
         self.started = time.time()
         self.index = Index(config.index_path(home_dir))
         registry.ensure_builtin(self.index, home_dir)
@@ -110,7 +113,6 @@ class Daemon:
         self._dataset_changing = ""  # the dataset being built, edited or deleted now (under _training_lock)
 
     def start(self) -> None:
-        _lower_priority(self.settings.nice)
         self.index.requeue_missing(self._active_ids)
         self.watcher.start()
         self._feeder.start()
@@ -425,11 +427,19 @@ def _lock_home(home_dir: Path) -> IO[str]:
 
 def _lower_priority(nice: int) -> None:
     """Run below the user's DAW: CPU niceness and best-effort low I/O priority. `nice` 0 leaves both as
-    they are (a daemon inside another program, a test, must not lower its host for good)."""
+    they are (a daemon inside another program, a test, must not lower its host for good).
+
+    Linux keeps both per thread, and a thread takes its maker's only when it is made: every thread there
+    is now (numpy's BLAS pool starts at import) is lowered, and those made later follow this one."""
     if nice <= 0:
         return
+    target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice)
+    tasks = Path("/proc/self/task")
+    threads = [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]  # 0: the caller
     try:
-        os.nice(nice)
-        psutil.Process().ionice(psutil.IOPRIO_CLASS_BE, 7)
-    except (OSError, AttributeError, ValueError):
+        for tid in threads:
+            with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):  # a thread that ended
+                os.setpriority(os.PRIO_PROCESS, tid, target)
+                psutil.Process(tid or os.getpid()).ionice(psutil.IOPRIO_CLASS_BE, 7)
+    except (OSError, AttributeError, ValueError, psutil.Error):
         log.info("could not lower the daemon's priority")

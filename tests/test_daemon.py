@@ -87,8 +87,18 @@ def test_dropped_files_are_tagged_and_found(daemon: DaemonProcess, tmp_path: Pat
     assert status.decoded == 9
 
 
-def test_daemon_runs_at_low_priority(daemon: DaemonProcess) -> None:
-    assert psutil.Process(daemon.proc.pid).nice() >= 10  # the DAW always wins the CPU
+def test_daemon_runs_at_low_priority(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """Every thread, not only the main one: Linux keeps a priority per thread (the workers and the
+    inference thread, 95 % of the CPU, once ran at 0)."""
+    library = tmp_path / "library"
+    library.mkdir()
+    daemon.client.add_watch(str(library))
+    _drop(library, 1)
+    wait_for(lambda: _indexed(daemon.client, 3))  # every thread has been at work
+    tasks = Path(f"/proc/{daemon.proc.pid}/task")
+    nice = {t.name: int((t / "stat").read_text().rsplit(")", 1)[1].split()[16]) for t in tasks.iterdir()}
+    assert len(nice) > 5 and min(nice.values()) >= 10, nice  # the DAW always wins the CPU
+    assert psutil.Process(daemon.proc.pid).ionice().ioclass == psutil.IOPRIO_CLASS_BE
 
 
 def test_socket_is_user_only_and_serves_health_and_reflection(daemon: DaemonProcess) -> None:
