@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 
 from watchdog.events import (
@@ -36,6 +37,8 @@ from .decode import is_audio_path
 from .index import Index, under
 
 log = logging.getLogger(__name__)
+# watchdog warns on stderr each time a folder it already follows is registered again during a copy: noise
+warnings.filterwarnings("ignore", message="Callback with id .* already exists", category=RuntimeWarning)
 
 # The events `_handle` acts on. Asking inotify for these alone matters: by default it also reports every
 # open and every close-without-write, and the daemon opens each file it reads several times, so the
@@ -267,7 +270,7 @@ class Watcher(FileSystemEventHandler):
                 log.warning("cannot list %s (%s); its index entries are kept", directory, e.strerror)
                 continue
             now = time.time()
-            changed: list[tuple[str, float]] = []
+            changed: list[tuple[str, float, int, int, int]] = []
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
@@ -287,12 +290,12 @@ class Watcher(FileSystemEventHandler):
                 # unpacked with one mtime) keeps size and mtime; the inode tells (-1: not known yet)
                 other_file = known_inode not in (-1, inode)
                 if state != "pending" and ((size, mtime_ns) != current or other_file):
-                    changed.append((entry.path, now if fresh else now + self.settle_s))
+                    changed.append((entry.path, now if fresh else now + self.settle_s, *current, inode))
             if changed:
                 with self._lock:
                     if not self._watched(directory):
                         return
-                    self.index.mark_pending(changed)
+                    self.index.mark_found(changed)
                 self._on_pending()
             if known:
                 self._remove_all(list(known))

@@ -302,3 +302,23 @@ def test_an_index_from_before_inodes_gets_the_column_with_inodes_unknown(tmp_pat
         c.execute("INSERT INTO files(path, dir, size, mtime_ns) VALUES ('/lib/k.wav', '/lib', 10, 20)")
     index = Index(path)
     assert index.files_in_dir("/lib") == {"/lib/k.wav": (10, 20, -1, "pending")}  # -1: size and mtime decide
+
+
+def test_a_scan_marks_only_what_is_still_new_or_changed_when_it_writes(index: Index) -> None:
+    """A scan decides on rows read a moment before; by the time it writes, the watcher may have marked
+    the file (a worker reading it must not see its gen bumped) or a worker indexed it as it is."""
+    index.mark_pending([("/lib/busy.wav", 0.0)])
+    assert len(index.due_jobs(10, set(), 1e12)) == 1  # a worker has it now
+    _add(index, "/lib/done.wav", {"kick": 0.9}, index.add_model("m", "/m.onnx", "a" * 64, ["kick"], "{}", False).id)
+    gen = {p: g for p, g in index.conn().execute("SELECT path, gen FROM files")}
+    marked = index.mark_found(
+        [("/lib/busy.wav", 0.0, 5, 5, 5), ("/lib/done.wav", 0.0, 1, 1, -1), ("/lib/new.wav", 0.0, 7, 7, 7)]
+    )
+    assert marked == 1
+    after = {p: (s, g) for p, s, g in index.conn().execute("SELECT path, state, gen FROM files")}
+    assert after == {
+        "/lib/busy.wav": ("pending", gen["/lib/busy.wav"]),  # the worker's result still counts
+        "/lib/done.wav": ("indexed", gen["/lib/done.wav"]),  # indexed as it is now (size 1, mtime 1)
+        "/lib/new.wav": ("pending", 1),
+    }
+    assert index.mark_found([("/lib/done.wav", 0.0, 2, 1, -1)]) == 1  # changed since: read again
