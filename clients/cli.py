@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -927,8 +928,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `vibrary search kick | head`: the reader has all it wants, which is no error to print
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor one when Python flushes at exit
         return 141  # 128 + SIGPIPE, what a shell reports for a writer cut short
-    except (CommandError, DaemonNotRunning, DaemonError, ValueError, OSError) as e:
+    except (CommandError, DaemonNotRunning, DaemonError, ModelError, ValueError, OSError) as e:
         print(f"vibrary: {e}", file=sys.stderr)
+        return 1
+    except sqlite3.DatabaseError as e:  # damage found mid-query; opening says more (index.IndexDamaged)
+        print(f"vibrary: {config.home()}: a database there is damaged ({e})", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -10,6 +10,7 @@ cache outgrows its budget.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 import time
@@ -20,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .spectrogram import SpectrogramParams, dequantize, quantize
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spectra (
@@ -45,9 +48,31 @@ class SpectrogramCache:
         self.max_bytes = max_bytes
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._said_damaged = False
+        try:
+            self._size = self._open()
+        except sqlite3.OperationalError:
+            raise  # locked or unwritable: the file may be fine, so it is left alone
+        except sqlite3.DatabaseError as e:  # a cache is only a cache: start an empty one
+            self.close()
+            damaged = Path(f"{self.path}.damaged")
+            Path(self.path).replace(damaged)
+            for suffix in ("-wal", "-shm"):
+                Path(self.path + suffix).unlink(missing_ok=True)
+            log.warning("spectrogram cache %s is damaged (%s): moved to %s, starting an empty one", path, e, damaged)
+            self._size = self._open()
+
+    def close(self) -> None:
+        """Close this thread's connection (each thread has its own)."""
+        c = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if c is not None:
+            c.close()
+
+    def _open(self) -> int:
         c = self._conn()
         c.executescript(_SCHEMA)
-        self._size = int(c.execute("SELECT coalesce(sum(length(data)), 0) FROM spectra").fetchone()[0])
+        return int(c.execute("SELECT coalesce(sum(length(data)), 0) FROM spectra").fetchone()[0])
 
     def _conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
@@ -63,14 +88,29 @@ class SpectrogramCache:
         return content_hash + bytes.fromhex(params.key)
 
     def get(self, content_hash: bytes, params: SpectrogramParams) -> np.ndarray | None:
-        row = (
-            self._conn()
-            .execute("SELECT data, dtype FROM spectra WHERE key = ?", (self.key(content_hash, params),))
-            .fetchone()
-        )
+        try:
+            row = (
+                self._conn()
+                .execute("SELECT data, dtype FROM spectra WHERE key = ?", (self.key(content_hash, params),))
+                .fetchone()
+            )
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as e:  # pages damaged under a file that opened: a miss, said once a run
+            if not self._said_damaged:
+                self._said_damaged = True
+                log.error("spectrogram cache %s is damaged (%s): delete it while the daemon is stopped", self.path, e)
+            return None
         if row is None:
             return None
-        codes = np.frombuffer(zlib.decompress(row[0]), dtype=row[1]).reshape(params.shape)
+        try:
+            codes = np.frombuffer(zlib.decompress(row[0]), dtype=row[1]).reshape(params.shape)
+        except (zlib.error, ValueError, TypeError) as e:  # a damaged entry is a miss: the audio is decoded again
+            log.warning("spectrogram cache entry damaged (%s); computing it again", e)
+            with self._lock, contextlib.suppress(sqlite3.Error):
+                cur = self._conn().execute("DELETE FROM spectra WHERE key = ?", (self.key(content_hash, params),))
+                self._size -= len(row[0]) if cur.rowcount else 0
+            return None
         return dequantize(codes, params)
 
     def put_many(self, entries: list[tuple[bytes, SpectrogramParams, np.ndarray]]) -> None:

@@ -180,11 +180,26 @@ def _ids_never_reused(c: sqlite3.Connection) -> None:
     )
 
 
+class IndexDamaged(ValueError):
+    """The index file cannot be used: said in one line with what to do, never as a traceback."""
+
+
 class Index:
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         self._local = threading.local()
         self._hits: dict[int, int] | None = None  # files per tag, see _rarest_first
+        try:
+            self._open()
+        except sqlite3.OperationalError as e:  # locked, read-only, a folder that is not there
+            raise IndexDamaged(f"cannot open the index {self.path}: {e}") from None
+        except sqlite3.DatabaseError as e:
+            raise IndexDamaged(
+                f"the index {self.path} is damaged ({e}): move it aside and start the daemon again, then "
+                "`vibrary watch add` your folders again (their spectrograms are cached: nothing is decoded twice)"
+            ) from None
+
+    def _open(self) -> None:
         c = self.conn()
         upgrade = c.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'tags_hit'").fetchone()
         _ids_never_reused(c)

@@ -6,6 +6,7 @@ The demo model shipped inside the package is registered on first use and active 
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from . import config
 from .index import Index, ModelRow
 from .infer import Model, ModelError, sha256_file
 
+log = logging.getLogger(__name__)
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 
 
@@ -58,7 +60,11 @@ def ensure_builtin(index: Index, home_dir: Path) -> list[ModelRow]:
     for path in sorted(BUILTIN_DIR.glob("*.onnx")):
         if sha256_file(str(path)) in known:
             continue
-        row = install(index, home_dir, str(path), builtin=True)
+        try:
+            row = install(index, home_dir, str(path), builtin=True)
+        except ModelError as e:  # a damaged install: every command would stop on it, even the ones that can help
+            log.error("the built-in model %s cannot be used (%s): reinstall Vibrary", path.name, e)
+            continue
         index.set_active(row, True)
         rows.append(row)
     return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -29,3 +30,26 @@ def test_the_same_spectrogram_stored_again_is_counted_once(tmp_path: Path) -> No
         cache.put_many([(b"h" * 16, P, _spec(0)), (b"h" * 16, P, _spec(0))])
     assert cache.size_bytes == _stored_bytes(tmp_path / "c.sqlite") > 0
     assert cache.get(b"h" * 16, P) is not None
+
+
+def test_a_damaged_cache_file_is_set_aside_and_a_damaged_entry_is_a_miss(tmp_path: Path) -> None:
+    """A cache is only a cache: damage costs a decode, never the daemon (it would not start) or a file
+    (every file whose entry was cut short ended "failed")."""
+    path = tmp_path / "c.sqlite"
+    cache = SpectrogramCache(path, 1 << 30)
+    cache.put_many([(b"a" * 16, P, _spec(0)), (b"b" * 16, P, _spec(1))])
+    cache.close()
+    with contextlib.closing(sqlite3.connect(path)) as c:
+        c.execute("UPDATE spectra SET data = substr(data, 1, 100) WHERE key = ?", (SpectrogramCache.key(b"a" * 16, P),))
+        c.commit()
+    cache.close()
+    cache = SpectrogramCache(path, 1 << 30)
+    assert cache.get(b"a" * 16, P) is None and cache.get(b"b" * 16, P) is not None
+    assert cache.size_bytes == _stored_bytes(path)  # the damaged entry is gone, and counted as gone
+    cache.close()  # the daemon stopped, then the file was damaged
+    path.write_bytes(b"not a database at all" * 100)
+    cache = SpectrogramCache(path, 1 << 30)
+    assert cache.get(b"b" * 16, P) is None and cache.size_bytes == 0
+    assert (tmp_path / "c.sqlite.damaged").read_bytes().startswith(b"not a database")
+    cache.put_many([(b"c" * 16, P, _spec(2))])
+    assert cache.get(b"c" * 16, P) is not None

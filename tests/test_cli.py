@@ -235,3 +235,12 @@ def test_deactivate_by_name_deactivates_the_active_version(model_home: Path, tmp
     assert [(m["version"], m["active"]) for m in rows if m["name"] == "bands"] == [(1, False), (2, False)]
     long_name = vibrary("dataset", "show", "x" * 300, home=model_home, check=False)
     assert long_name.returncode == 1 and "100 at most" in long_name.stderr, long_name.stderr
+
+
+def test_a_damaged_index_is_one_line_not_a_traceback(model_home: Path) -> None:
+    index = model_home / "index.sqlite"
+    index.write_bytes(index.read_bytes()[:4096] + b"\xff" * 4096)  # cut short and overwritten
+    for args in (("models", "list"), ("daemon",)):
+        proc = vibrary(*args, home=model_home, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"the index {index} is damaged" in proc.stderr and "move it aside" in proc.stderr

@@ -322,3 +322,12 @@ def test_a_scan_marks_only_what_is_still_new_or_changed_when_it_writes(index: In
         "/lib/new.wav": ("pending", 1),
     }
     assert index.mark_found([("/lib/done.wav", 0.0, 2, 1, -1)]) == 1  # changed since: read again
+
+
+def test_a_damaged_index_says_so_in_one_line_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    path.write_bytes(b"garbage" * 1000)
+    with pytest.raises(index_module.IndexDamaged, match=r"is damaged .*move it aside"):
+        Index(path)
+    with pytest.raises(index_module.IndexDamaged, match="cannot open the index"):
+        Index(tmp_path / "no such folder" / "index.sqlite")
