@@ -29,7 +29,7 @@ class Client:
     def __init__(self, target: str = "", token: str = "", timeout: float = 30.0, home_dir: Path | None = None) -> None:
         """target: "" for the home's Unix socket, or HOST:PORT (then token is required by the daemon)."""
         if not target:
-            target = f"unix:{config.socket_path(home_dir or config.home())}"
+            target = config.unix_target(config.socket_path(home_dir or config.home()))
         self.target = target
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()

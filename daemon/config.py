@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -79,6 +80,12 @@ def models_dir(home_dir: Path) -> Path:
 
 def socket_path(home_dir: Path) -> Path:
     return home_dir / "daemon.sock"
+
+
+def unix_target(path: Path | str) -> str:
+    """The gRPC address of a Unix socket: a URI, so a home named `Beats #2` or `100%` is percent-encoded
+    (as written, the daemon listened where no client looked, or did not start)."""
+    return "unix:" + urllib.parse.quote(str(path), safe="/")
 
 
 def log_path(home_dir: Path) -> Path:

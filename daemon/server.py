@@ -20,7 +20,7 @@ import grpc
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
-from . import dataset, events, suggest, training
+from . import config, dataset, events, suggest, training
 from .folders import indexed_path
 from .index import FileTags, Query
 from .rpc import bind, make_server
@@ -468,7 +468,10 @@ def serve(daemon: Daemon, socket_path: str, listen: str = "", token: str = "") -
     unix = _server(daemon, "")
     old_umask = os.umask(0o177)
     try:
-        unix.add_insecure_port(f"unix:{socket_path}")
+        try:
+            unix.add_insecure_port(config.unix_target(socket_path))
+        except RuntimeError as e:  # grpc says only "Failed to bind"
+            raise ValueError(f"cannot listen on {socket_path}: {e}") from None
         unix.start()
     finally:
         os.umask(old_umask)

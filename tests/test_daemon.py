@@ -362,3 +362,16 @@ def test_daemon_stop_stops_the_daemon_of_this_home(model_home: Path) -> None:
     again = vibrary("daemon", "stop", home=model_home, check=False)
     assert again.returncode == 1 and "no daemon is running" in again.stderr
     d.client.close()
+
+
+def test_a_home_whose_name_has_uri_characters_is_served_and_found(model_home: Path, tmp_path: Path) -> None:
+    """The socket's address is a URI: a home named `Beats #2 100%` made the daemon listen where no client
+    looked (#), or not start at all (%)."""
+    home = tmp_path / "Beats #2 100% ?"
+    shutil.copytree(model_home, home)
+    d = start_daemon(home)
+    try:
+        assert (home / "daemon.sock").exists() and d.client.status().home == str(home)
+        assert "indexed 0" in vibrary("status", home=home).stdout
+    finally:
+        d.stop()
