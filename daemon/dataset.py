@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -255,12 +257,46 @@ def _report(manifest: shards.Manifest, rows: Sequence[Row], failed: Sequence[tup
     return BuildReport(manifest, sum(r.audio_bytes for r in rows), [(p, e) for p, e in failed], per_class)
 
 
+def _damaged(name: str, what: str) -> ValueError:
+    return ValueError(
+        f"dataset {name!r} is damaged ({what}): create it again (`vibrary dataset create {name} DIR...`) "
+        f"or delete it (`vibrary dataset delete {name}`)"
+    )
+
+
+def _labels(path: Path, name: str) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _damaged(name, f"{path}: {e}") from None
+    if not isinstance(raw, dict):
+        raise _damaged(name, f"{path} holds no object")
+    return raw
+
+
 def _rows(home_dir: Path, name: str) -> tuple[list[Row], list[tuple[str, str]]]:
     path = dataset_dir(home_dir, name) / "labels.json"
     if not path.exists():
         raise FileNotFoundError(f"dataset {name!r} was made before datasets could be edited; create it again")
-    raw = json.loads(path.read_text())
-    return [Row(**r) for r in raw["files"]], [(str(p), str(e)) for p, e in raw["failed"]]
+    raw = _labels(path, name)
+    try:
+        return [Row(**r) for r in raw["files"]], [(str(p), str(e)) for p, e in raw["failed"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise _damaged(name, f"{path}: {e!r}") from None
+
+
+def _codes(manifest: shards.Manifest, shard_dir: Path, name: str) -> np.ndarray:
+    """Every clip's spectrogram codes, from shards that are there and whole."""
+    arrays = []
+    for s in manifest.shards:
+        try:
+            data = (shard_dir / f"{s.sha256}.npz").read_bytes()
+            if hashlib.sha256(data).hexdigest() != s.sha256:
+                raise shards.ShardError("its bytes are not the ones recorded")
+            arrays.append(shards.unpack(data, manifest.params, len(manifest.classes))[0])
+        except (OSError, shards.ShardError) as e:
+            raise _damaged(name, f"shard {s.sha256[:12]}: {e}") from None
+    return np.concatenate(arrays)
 
 
 def load_report(home_dir: Path, name: str) -> BuildReport:
@@ -275,8 +311,8 @@ def load(home_dir: Path, name: str) -> tuple[shards.Manifest, Path]:
     folder = dataset_dir(home_dir, name)
     committed = folder / "labels.json"
     if committed.exists():
-        text = json.loads(committed.read_text()).get("manifest")
-        if text:  # the manifest that belongs to these labels, whatever a crash left in manifest.json
+        text = _labels(committed, name).get("manifest")
+        if isinstance(text, str) and text:  # the manifest of these labels, whatever a crash left in manifest.json
             return shards.Manifest.from_json(text), folder / "shards"
     if not (folder / "manifest.json").exists():
         raise FileNotFoundError(f"no dataset {name!r}; create it with `vibrary dataset create {name} DIR...`")
@@ -289,7 +325,11 @@ def names(home_dir: Path) -> list[str]:
 
 
 def delete(home_dir: Path, name: str) -> None:
-    load(home_dir, name)  # FileNotFoundError when there is no such dataset
+    """Remove the dataset, damaged or not (a damaged one is what most needs deleting)."""
+    check_name(name)
+    folder = dataset_dir(home_dir, name)
+    if not any((folder / f).exists() for f in ("manifest.json", "labels.json")):
+        raise FileNotFoundError(f"no dataset {name!r}")
     with _held(home_dir, name, change=True):
         shutil.rmtree(dataset_dir(home_dir, name))
 
@@ -323,12 +363,7 @@ def _edit(
 ) -> BuildReport:
     manifest, shard_dir = load(home_dir, name)
     rows, failed = _rows(home_dir, name)
-    codes = np.concatenate(
-        [
-            shards.unpack((shard_dir / f"{s.sha256}.npz").read_bytes(), manifest.params, len(manifest.classes))[0]
-            for s in manifest.shards
-        ]
-    )
+    codes = _codes(manifest, shard_dir, name)
     if len(codes) != len(rows):
         raise shards.ShardError(f"dataset {name!r}: shards and labels disagree; create it again")
     mapping = {r.label: r.label for r in rows}  # each original tag → what the edits so far made of it

@@ -127,6 +127,27 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
     assert sorted(edited.per_class) == ["thump", "tone"]
 
 
+def test_a_damaged_dataset_is_named_with_what_to_do_and_can_be_deleted(home: Path, tmp_path: Path) -> None:
+    write_kinds(tmp_path / "ex", per_kind=2, seed=4)
+    for name in ("good", "torn", "mangled"):
+        dataset.build(home, name, dataset.examples_from_folders([str(tmp_path / "ex")]))
+    torn = dataset.dataset_dir(home, "torn")
+    next((torn / "shards").glob("*.npz")).unlink()
+    with pytest.raises(ValueError, match=r"dataset 'torn' is damaged \(shard .*create it again"):
+        dataset.edit(home, "torn", rename=[("noise", "hiss")])  # was a bare "[Errno 2] No such file"
+    labels = dataset.dataset_dir(home, "mangled") / "labels.json"
+    for garbage in ("{not json", "[]", '{"manifest": null, "files": 5}'):
+        labels.write_text(garbage)
+        with pytest.raises(ValueError, match=r"dataset 'mangled' is damaged .*vibrary dataset delete mangled"):
+            dataset.load_report(home, "mangled")
+    labels.write_text("[]")
+    listed = vibrary("dataset", "list", home=home)  # one damaged dataset hides none of the others
+    assert "good: 6 clips" in listed.stdout and "dataset mangled cannot be read" in listed.stderr
+    dataset.delete(home, "mangled")
+    dataset.delete(home, "torn")
+    assert dataset.names(home) == ["good"]
+
+
 def _pcm_windows(path: Path, n: int = 64, width: int = 32) -> list[bytes]:
     """Byte runs of a file's PCM samples taken where the sound is loud, as they sit in the file."""
     pcm, _ = sf.read(path, dtype="int16")
