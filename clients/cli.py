@@ -191,6 +191,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+UNUSABLE = "its file is missing or damaged: `vibrary models remove {ref}`, then install it again"
 MISSING_FIX = "`vibrary watch remove` it and add it where it is now: no file is analysed again"
 
 
@@ -207,6 +208,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "failed": s.failed,
         "models": [ref.partition("@")[0] for ref in s.models],  # names, as shared/interfaces.md has them
         "model_versions": list(s.models),  # NAME@VERSION
+        "unusable_models": list(s.unusable_models),  # active, but their file is missing or damaged
         "queue_depth": s.queue_depth,
         "watches": list(s.watches),
         "missing_watches": list(s.missing_watches),  # not there now: renamed, moved or unmounted
@@ -222,6 +224,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"models: {', '.join(s.models) or 'none'}\nwatching: {', '.join(s.watches) or 'nothing'}\n"
         f"since it started: {s.decoded} decoded, {s.from_cache} from cached spectrograms, {s.reused} already tagged"
     )
+    for ref in s.unusable_models:
+        human += f"\nmodel {ref} tags nothing: {UNUSABLE.format(ref=ref)}"
     if s.missing_watches:
         human += "\nmissing watch folders (moved, renamed or unmounted?): " + ", ".join(s.missing_watches)
         human += f"\n  {MISSING_FIX}"
@@ -379,7 +383,9 @@ def cmd_models(args: argparse.Namespace) -> int:
                 "classes": list(m.classes),
                 "path": m.path,
             }
-            _out(args, obj, f"{'*' if m.active else ' '} {m.ref:24} {len(m.classes):3} classes  {m.path}")
+            obj["usable"] = registry.usable(m)
+            broken = "" if obj["usable"] else f"  ({UNUSABLE.format(ref=m.ref)})"
+            _out(args, obj, f"{'*' if m.active else ' '} {m.ref:24} {len(m.classes):3} classes  {m.path}{broken}")
         return 0
     if args.action == "install":
         try:

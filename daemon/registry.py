@@ -26,17 +26,36 @@ def install(index: Index, home_dir: Path, source: str, name: str = "", builtin: 
         raise ModelError(f"model name {name!r}: use letters, digits, '-' and '_'")
     digest = sha256_file(source)
     for row in index.models():
-        if row.name == name and row.sha256 == digest:
-            return row  # the same file installed twice is the same version
+        if row.name == name and row.sha256 == digest:  # the same file installed twice is the same version
+            if not row.builtin and sha256_file_or_none(row.path) != digest:  # its copy lost or damaged: restored
+                _copy(source, row.path)
+            return row
     if builtin:
         target = source
     else:
         folder = config.models_dir(home_dir) / name
         folder.mkdir(parents=True, exist_ok=True)
         target = str(folder / f"{digest[:16]}.onnx")
-        shutil.copyfile(source, target + ".part")
-        Path(target + ".part").replace(target)  # never a half-written model under its final name
+        _copy(source, target)
     return index.add_model(name, target, digest, model.info.classes, model.info.params.to_json(), builtin)
+
+
+def _copy(source: str, target: str) -> None:
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target + ".part")
+    Path(target + ".part").replace(target)  # never a half-written model under its final name
+
+
+def sha256_file_or_none(path: str) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
+
+
+def usable(row: ModelRow) -> bool:
+    """Whether the model's file is still there as installed (models list and status say when not)."""
+    return sha256_file_or_none(row.path) == row.sha256
 
 
 PLOTS = ("learning_curve.png", "confusion_matrix.png")  # a trained model's plots, beside its file

@@ -238,9 +238,14 @@ class Daemon:
     # -- API helpers ---------------------------------------------------------------------------------
     def status(self) -> dict[str, object]:
         counts = self.index.counts()
+        loaded = {m.id for m in self.pipeline.models}
+        active = self.index.active_models()
+        # not loaded: being loaded this second, or a file gone bad (hashed only then, a few MB, rarely)
+        unusable = [m.ref for m in active if m.id not in loaded and not registry.usable(m)]
         return {
             **counts,
-            "models": [m.ref for m in self.index.active_models()],
+            "models": [m.ref for m in active if m.ref not in unusable],
+            "unusable_models": unusable,
             "queue_depth": self.index.due_count(time.time()),
             "watches": self.index.watches(),
             "missing_watches": sorted(self.watcher.missing),

@@ -375,3 +375,26 @@ def test_a_home_whose_name_has_uri_characters_is_served_and_found(model_home: Pa
         assert "indexed 0" in vibrary("status", home=home).stdout
     finally:
         d.stop()
+
+
+def test_an_active_model_whose_file_is_gone_is_said_unusable_and_reinstalled(model_home: Path, tmp_path: Path) -> None:
+    """It was listed active and tagged nothing; installing the same file again said "installed" and left
+    the file missing."""
+    source = band_model(tmp_path / "bands.onnx")  # the file model_home's bands@1 was installed from
+    (row,) = [m for m in json_lines(vibrary("models", "list", "--json", home=model_home).stdout) if m["active"]]
+    Path(row["path"]).unlink()
+    d = start_daemon(model_home)
+    try:
+        status = d.client.status()
+        assert (list(status.models), list(status.unusable_models)) == ([], ["bands@1"])
+        assert "model bands@1 tags nothing" in vibrary("status", home=model_home).stdout
+    finally:
+        d.stop()
+    assert "its file is missing or damaged" in vibrary("models", "list", home=model_home).stdout
+    vibrary("models", "install", str(source), home=model_home)
+    assert Path(row["path"]).exists()
+    d = start_daemon(model_home)
+    try:
+        assert (list(d.client.status().models), list(d.client.status().unusable_models)) == (["bands@1"], [])
+    finally:
+        d.stop()

@@ -53,6 +53,7 @@ class Status(_message.Message):
     PAUSED_FIELD_NUMBER: _builtins.int
     TRAINING_FIELD_NUMBER: _builtins.int
     MISSING_WATCHES_FIELD_NUMBER: _builtins.int
+    UNUSABLE_MODELS_FIELD_NUMBER: _builtins.int
     indexed: _builtins.int
     pending: _builtins.int
     failed: _builtins.int
@@ -70,7 +71,7 @@ class Status(_message.Message):
     paused: _builtins.bool
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """active models as NAME@VERSION"""
+        """active models at work, as NAME@VERSION"""
 
     @_builtins.property
     def watches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -83,6 +84,10 @@ class Status(_message.Message):
         """Watch folders that are not there now (renamed, moved, deleted or unmounted): their files stay in the
         index, under their old paths, until the folder is back or the watch is removed.
         """
+
+    @_builtins.property
+    def unusable_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Active models whose file is missing or damaged, so they tag nothing (NAME@VERSION): remove and install again."""
 
     def __init__(
         self,
@@ -102,10 +107,11 @@ class Status(_message.Message):
         paused: _builtins.bool = ...,
         training: Global___TrainProgress | None = ...,
         missing_watches: _abc.Iterable[_builtins.str] | None = ...,
+        unusable_models: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "reused", b"reused", "training", b"training", "uptime_s", b"uptime_s", "version", b"version", "watches", b"watches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "reused", b"reused", "training", b"training", "unusable_models", b"unusable_models", "uptime_s", b"uptime_s", "version", b"version", "watches", b"watches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
