@@ -220,8 +220,11 @@ class Watcher(FileSystemEventHandler):
         self._on_pending()
 
     def _flush_loop(self) -> None:
+        """Every 20 ms; while writing fails (a locked, full or deleted index), ever less often, up to every
+        5 s, and each distinct error logged once: it was 50 tracebacks a second."""
         last_check = time.monotonic()
-        while not self._stop.wait(0.02):
+        failures, said = 0, ""
+        while not self._stop.wait(min(5.0, 0.02 * 2**failures)):
             try:
                 self.flush()
                 if time.monotonic() - last_check > 5:
@@ -232,8 +235,12 @@ class Watcher(FileSystemEventHandler):
                     for folder in sorted(self._missing):
                         with contextlib.suppress(OSError):  # still over the inotify limit: said at start
                             self.watch(folder)
-            except Exception:
-                log.exception("could not write watch events to the index; will retry")
+                failures, said = 0, ""
+            except Exception as e:
+                failures = min(failures + 1, 8)
+                if repr(e) != said:
+                    said = repr(e)
+                    log.exception("could not write watch events to the index; will retry")
 
     # -- reconcile -----------------------------------------------------------------------------------
     def _scan_in_background(self, folder: str) -> None:

@@ -4,6 +4,7 @@ index cannot be written for a moment, and what it stops recording when a folder 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,3 +71,31 @@ def test_a_folder_unwatched_during_its_first_scan_leaves_nothing_behind(index: I
     wait_for(lambda: w.scans_running == 0)
     w.stop()
     assert _pending(index) == set()
+
+
+def test_a_flush_that_keeps_failing_backs_off_and_says_so_once(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An index deleted or full under the running daemon: every 20 ms a traceback, 50 a second, for ever."""
+    calls: list[float] = []
+    real = index.mark_pending
+
+    def failing(items: object) -> int:
+        calls.append(time.monotonic())
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(index, "mark_pending", failing)
+    w = _watcher(index)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    w.watch(str(lib))
+    w.start()
+    try:
+        w.on_any_event(FileClosedEvent(str(lib / "kick.wav")))
+        time.sleep(1.5)
+        assert 3 <= len(calls) <= 12  # 75 at the old pace
+        assert len([r for r in caplog.records if "could not write watch events" in r.message]) == 1
+        monkeypatch.setattr(index, "mark_pending", real)
+        wait_for(lambda: _pending(index) == {str(lib / "kick.wav")}, timeout=10)  # not lost meanwhile
+    finally:
+        w.stop()
