@@ -760,6 +760,13 @@ def confirm_cost(args: argparse.Namespace) -> Callable[[str], bool]:
 
 
 # -- argument parsing -------------------------------------------------------------------------------------------
+def _workers(text: str) -> int:
+    n = _count(text)
+    if n > config.MOST["workers"]:
+        raise argparse.ArgumentTypeError(f"{n}: give {config.MOST['workers']} or fewer")
+    return n
+
+
 def _count(text: str) -> int:
     """A whole number of at least 1, refused by argparse (exit 2, a usage line) before anything starts."""
     try:
@@ -793,7 +800,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=["stop"], help="stop the daemon running for this home")
     p.add_argument("--listen", default="", metavar="HOST:PORT", help="also serve on TCP (needs a token)")
     p.add_argument("--token", default="", help="token TCP clients must send (default $VIBRARY_TOKEN)")
-    p.add_argument("--workers", type=_count, default=None, help="decode threads (default: one per core)")
+    p.add_argument("--workers", type=_workers, default=None, help="decode threads (default: one per core)")
     p.set_defaults(func=cmd_daemon)
 
     p = sub.add_parser("watch", parents=[common], help="manage the daemon's watch folders")

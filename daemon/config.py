@@ -22,6 +22,9 @@ def home() -> Path:
     return path
 
 
+MOST = {"workers": 64, "batch_size": 1024, "queue_size": 100_000, "nice": 19}
+
+
 @dataclass
 class Settings:
     """Daemon tunables; `config.json` in the home overrides the defaults, flags override both."""
@@ -56,6 +59,8 @@ class Settings:
             least = 1 if name in ("batch_size", "queue_size") else 0
             if value < least:
                 raise ValueError(f"{path}: {name} must be {least} or more")
+            if value > MOST.get(name, value):  # 100000 workers: "can't start new thread", a traceback
+                raise ValueError(f"{path}: {name} must be {MOST[name]} or less")
         return cls(**raw)
 
     def save(self, home_dir: Path) -> None:

@@ -203,6 +203,10 @@ def test_bad_numbers_and_settings_are_refused_before_anything_starts(model_home:
     (model_home / "config.json").write_text('{"workers": "two"}')
     bad = vibrary("tag", str(clip), home=model_home, check=False)
     assert bad.returncode == 1 and "workers must be a whole number" in bad.stderr, bad.stderr
+    (model_home / "config.json").write_text('{"workers": 100000}')  # was "can't start new thread", a traceback
+    bad = vibrary("tag", str(clip), home=model_home, check=False)
+    assert bad.returncode == 1 and "workers must be 64 or less" in bad.stderr, bad.stderr
+    assert "64 or fewer" in vibrary("daemon", "--workers", "100000", home=model_home, check=False).stderr
     (model_home / "config.json").unlink()
     taken = vibrary("daemon", "--listen", "nonsense", "--token", "t", home=model_home, check=False)
     assert taken.returncode == 1 and "cannot listen on nonsense" in taken.stderr, taken.stderr
