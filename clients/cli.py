@@ -350,7 +350,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise CommandError("give at least one tag to search for")
     with Client() as c:
         n = _print_files(
-            args, c.search(groups, excluded, args.min_score, args.under or "", args.model or "", args.limit)
+            args,
+            c.search(groups, excluded, args.min_score, args.under or "", args.model or "", args.limit, best_first=True),
         )
     if not args.json:
         print(f"{n} files", file=sys.stderr)
@@ -827,7 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-score", type=float, default=0.0, help="only tags scoring at least this")
     p.add_argument("--under", default="", metavar="DIR", help="only files under this folder")
     p.add_argument("--model", default="", help="only tags from this model")
-    p.add_argument("--limit", type=_count, default=0, help="at most this many files")
+    p.add_argument("--limit", type=_count, default=0, help="at most this many files, the surest first")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("tags", parents=[common], help="what the index holds for these files")

@@ -89,6 +89,7 @@ class Client:
         under: str = "",
         model: str = "",
         limit: int = 0,
+        best_first: bool = False,
     ) -> Iterator[pb.FileTags]:
         request = pb.SearchRequest(
             all_of=[pb.AnyOf(tags=list(g)) for g in all_of],
@@ -97,6 +98,7 @@ class Client:
             path_prefix=indexed_path(under) if under else "",
             model=model,
             limit=limit,
+            best_first=best_first,
         )
         return self._stream("Search", request, self.timeout)
 

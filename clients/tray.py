@@ -378,7 +378,7 @@ class SearchDialog(QDialog):
             if not all_of and not none_of:  # the daemon would list the whole library
                 raise CommandError("type a tag to search for, e.g. kick -acoustic snare|clap")
             with Client(home_dir=self.home, timeout=CALL_TIMEOUT_S) as c:
-                found = list(c.search(all_of, none_of, limit=self.LIMIT))
+                found = list(c.search(all_of, none_of, limit=self.LIMIT, best_first=True))
         except (CommandError, DaemonNotRunning, DaemonError) as e:  # a Qt slot must not raise: say it here
             self.results.addItem(f"error: {e}")
             return

@@ -9,6 +9,8 @@ only if `gen` still matches, so a file rewritten while it was being read is simp
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import json
 import os
 import sqlite3
@@ -23,6 +25,10 @@ HIT_SCORE = 0.5  # by default a file "has" a tag when it is its model's best tag
 # An AND of two posting lists is merged unless they hold more than this many times the shorter one's
 # entries: a merge reads both lists, a probe (several times dearer per entry) only the shorter one.
 MERGE_MAX_RATIO = 8
+
+# A best-first search for N files walks its tag's files from the top score until it has checked this many
+# times N of them; matches rarer than that are all found the usual way and sorted (Index._best_first).
+RANK_WALK = 10
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -153,6 +159,7 @@ class Query:
     path_prefix: str = ""
     model: str = ""
     limit: int = 0
+    best_first: bool = False  # with a limit: the surest matches, best first (Index._best_first)
 
 
 def under(folder: str) -> tuple[str, str]:
@@ -542,7 +549,8 @@ class Index:
 
     # -- queries -------------------------------------------------------------------------------------
     def search(self, q: Query, page: int = 200) -> Iterator[FileTags]:
-        """Files matching the query, streamed a page at a time."""
+        """Files matching the query, streamed a page at a time, in whatever order is cheapest; with
+        `best_first` and a limit, the surest matches first."""
         models = [m for m in self.active_models() if not q.model or m.name == q.model]
         if not models:
             return
@@ -554,17 +562,78 @@ class Index:
                 return  # a tag nobody has: nothing can match
             groups.append(ids)
         excluded = [t for t in (self._lookup_tag(x) for x in q.none_of) if t is not None]
+        if q.best_first and q.limit > 0 and groups:
+            yield from self._with_tags(self._best_first(groups, excluded, model_ids, q), model_ids)
+            return
+        for chunk in self._matching(groups, excluded, model_ids, q, page):
+            yield from self._with_tags(chunk, model_ids)
+
+    def _matching(
+        self, groups: list[list[int]], excluded: list[int], model_ids: list[int], q: Query, page: int = 200
+    ) -> Iterator[list[tuple]]:
+        """Pages of (path, content_id) rows of the matching files."""
         postings = self._postings_to_merge(groups, model_ids) if q.min_score <= 0 and not q.path_prefix else None
         if postings == []:
             return  # an AND group whose tags no active model has given to any file
         if postings:
-            rows: Iterator[list[tuple]] = self._merged(postings, excluded, model_ids, q)
-        else:
-            sql, args = _search_sql(self._rarest_first(groups), excluded, model_ids, q)
-            cursor = self.conn().execute(sql, args)
-            rows = iter(lambda: cursor.fetchmany(page), [])
-        for chunk in rows:
-            yield from self._with_tags(chunk, model_ids)
+            yield from self._merged(postings, excluded, model_ids, q)
+            return
+        sql, args = _search_sql(self._rarest_first(groups), excluded, model_ids, q)
+        cursor = self.conn().execute(sql, args)
+        yield from iter(lambda: cursor.fetchmany(page), [])
+
+    def _best_first(self, groups: list[list[int]], excluded: list[int], model_ids: list[int], q: Query) -> list[tuple]:
+        """The `q.limit` surest matches, by their best score among the first group's tags.
+
+        The first group's files are walked down from the top score (the `tags_score` index) and checked
+        against the rest of the query a page at a time: a few pages when most of them match. After
+        RANK_WALK × limit files without enough matches, matches are rare: finding all of them the
+        usual way and sorting them is cheaper than walking on."""
+        walks = [self._by_score(tag, model_ids, q.min_score) for tag in groups[0]]
+        contents = (cid for _, cid in heapq.merge(*walks, key=lambda row: -row[0]))
+        seen: set[int] = set()
+        best: list[tuple] = []
+        size = 64
+        while len(best) < q.limit:
+            if len(seen) >= RANK_WALK * q.limit:
+                unlimited = replace(q, limit=0)
+                found = [row for chunk in self._matching(groups, excluded, model_ids, unlimited) for row in chunk]
+                scores = self._lead_scores(groups[0], model_ids, sorted({row[1] for row in found}))
+                return sorted(found, key=lambda row: (-scores.get(row[1], 0.0), row[0]))[: q.limit]
+            candidates = list(itertools.islice(contents, size))
+            if not candidates:
+                break
+            batch = [cid for cid in dict.fromkeys(candidates) if cid not in seen]  # a content under two tags
+            seen.update(batch)
+            if batch:
+                sql, args = _search_sql(groups[1:], excluded, model_ids, replace(q, limit=0), among=batch)
+                place = {cid: n for n, cid in enumerate(batch)}
+                best += sorted(self.conn().execute(sql, args), key=lambda row: (place[row[1]], row[0]))
+            size = min(4096, size * 2)  # few matches among the candidates: bigger steps
+        return best[: q.limit]
+
+    def _by_score(self, tag_id: int, model_ids: list[int], min_score: float) -> Iterator[tuple[float, int]]:
+        """(score, content) of one tag's files, best first."""
+        kept = "score >= ?" if min_score > 0 else "hit = 1"
+        return self.conn().execute(
+            f"""SELECT score, content_id FROM tags WHERE tag_id = ? AND model_id IN ({",".join("?" * len(model_ids))})
+                AND {kept} ORDER BY score DESC""",
+            (tag_id, *model_ids, *([min_score] if min_score > 0 else [])),
+        )
+
+    def _lead_scores(self, tag_ids: list[int], model_ids: list[int], content_ids: list[int]) -> dict[int, float]:
+        """Each content's best score among these tags, 500 contents a statement (SQLite's variable limit)."""
+        scores: dict[int, float] = {}
+        for start in range(0, len(content_ids), 500):
+            page = content_ids[start : start + 500]
+            rows = self.conn().execute(
+                f"""SELECT content_id, max(score) FROM tags WHERE content_id IN ({",".join("?" * len(page))})
+                    AND tag_id IN ({",".join("?" * len(tag_ids))}) AND model_id IN ({",".join("?" * len(model_ids))})
+                    GROUP BY content_id""",
+                (*page, *tag_ids, *model_ids),
+            )
+            scores.update(rows)
+        return scores
 
     def _merged(
         self, postings: list[tuple[int, int]], excluded: list[int], model_ids: list[int], q: Query
@@ -684,8 +753,8 @@ class Index:
 def _search_sql(
     groups: list[list[int]], excluded: list[int], model_ids: list[int], q: Query, among: Sequence[int] = ()
 ) -> tuple[str, list[object]]:
-    """Drive the query from the first tag group's index, probe the others by primary key; or, with no
-    groups, look only at the files of the contents `among`."""
+    """Drive the query from the first tag group's index, probe the others by primary key; or, given
+    contents `among`, look only at their files and probe every group."""
     args: list[object] = []
 
     def match(alias: str, tag_ids: list[int]) -> str:
@@ -701,16 +770,17 @@ def _search_sql(
         return cond + f"AND {alias}.hit = 1"
 
     where: list[str] = ["f.state = 'indexed'"]
-    if groups:
+    if groups and not among:
         source, key = "tags t0 JOIN files f ON f.content_id = t0.content_id", "t0.content_id"
         where.append(match("t0", groups[0]))
-        for n, g in enumerate(groups[1:], start=1):  # probed on t0, before any files row is read
-            where.append(f"EXISTS (SELECT 1 FROM tags t{n} WHERE t{n}.content_id = {key} AND {match(f't{n}', g)})")
+        probed = groups[1:]  # probed on t0, before any files row is read
     else:
-        source, key = "files f", "f.content_id"
+        source, key, probed = "files f", "f.content_id", groups
         if among:
             where.append(f"f.content_id IN ({','.join('?' * len(among))})")
             args.extend(among)
+    for n, g in enumerate(probed, start=1):
+        where.append(f"EXISTS (SELECT 1 FROM tags t{n} WHERE t{n}.content_id = {key} AND {match(f't{n}', g)})")
     if excluded:
         where.append(f"NOT EXISTS (SELECT 1 FROM tags tx WHERE tx.content_id = {key} AND {match('tx', excluded)})")
     if q.path_prefix:

@@ -137,7 +137,13 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             )
         self._check_model_name(request.model, context)
         query = Query(
-            groups, list(request.none_of), request.min_score, request.path_prefix, request.model, request.limit
+            groups,
+            list(request.none_of),
+            request.min_score,
+            request.path_prefix,
+            request.model,
+            request.limit,
+            request.best_first,
         )
         for found in self.daemon.index.search(query):
             if not context.is_active():

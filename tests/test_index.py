@@ -331,3 +331,42 @@ def test_a_damaged_index_says_so_in_one_line_with_what_to_do(tmp_path: Path) -> 
         Index(path)
     with pytest.raises(index_module.IndexDamaged, match="cannot open the index"):
         Index(tmp_path / "no such folder" / "index.sqlite")
+
+
+@pytest.mark.parametrize("walk", [1, 1000])  # 1: every match found and sorted; 1000: walked best first
+def test_a_best_first_search_gives_the_surest_matches_first(
+    index: Index, monkeypatch: pytest.MonkeyPatch, walk: int
+) -> None:
+    monkeypatch.setattr(index_module, "RANK_WALK", walk)
+    inst = index.add_model("inst", "/m/inst.onnx", "a" * 64, ["kick", "snare", "hihat"], "{}", False)
+    mood = index.add_model("mood", "/m/mood.onnx", "b" * 64, ["dark", "bright"], "{}", False)
+    index.set_active(inst, True)
+    index.set_active(mood, True)
+    rng = random.Random(11)
+    for i in range(240):
+        weights = [rng.random() ** 2 for _ in range(3)]
+        scores = dict(zip(("kick", "snare", "hihat"), (w / sum(weights) for w in weights), strict=True))
+        path = f"/lib/{'ab'[i % 2]}/{i:03d}.wav"
+        _add(index, path, scores, inst.id)
+        if i % 3 == 0:
+            _add(index, path, {"dark": 0.9}, mood.id)
+        if i == 4:  # a copy shares its content's scores and is ranked beside it
+            _add(index, "/lib/b/copy.wav", scores, inst.id, content=path.encode().ljust(16, b"\0")[:16])
+
+    def surest(limit: int, **kw: Any) -> list[str]:
+        """Every match, ranked here by its best score among the first group's tags."""
+        lead = set(kw["all_of"][0])
+        ranked = sorted((-max(s for _, t, s in f.tags if t in lead), f.path) for f in index.search(Query(**kw)))
+        return [path for _, path in ranked[:limit]]
+
+    for kw in [
+        {"all_of": [["kick"]]},
+        {"all_of": [["snare", "hihat"]]},
+        {"all_of": [["kick"]], "min_score": 0.2},
+        {"all_of": [["kick", "hihat"]], "none_of": ["dark"]},
+        {"all_of": [["snare"]], "path_prefix": "/lib/a"},
+        {"all_of": [["kick", "snare"], ["dark"]]},
+    ]:
+        for limit in (1, 5, 30):
+            found = [f.path for f in index.search(Query(**kw, limit=limit, best_first=True))]
+            assert found == surest(limit, **kw), (kw, limit)

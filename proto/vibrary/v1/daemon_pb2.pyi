@@ -267,6 +267,7 @@ class SearchRequest(_message.Message):
     PATH_PREFIX_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    BEST_FIRST_FIELD_NUMBER: _builtins.int
     min_score: _builtins.float
     """0: the default (best tag of a model, or score >= 0.5)"""
     path_prefix: _builtins.str
@@ -275,6 +276,10 @@ class SearchRequest(_message.Message):
     """only tags from this model"""
     limit: _builtins.int
     """0: no limit"""
+    best_first: _builtins.bool
+    """With a limit: the surest matches first, by their best score among the first group's tags (costs more:
+    tens of ms for rare pairs of common tags at a million files). Otherwise files come in index order.
+    """
     @_builtins.property
     def all_of(self) -> _containers.RepeatedCompositeFieldContainer[Global___AnyOf]:
         """every group must match (AND of ORs)"""
@@ -292,10 +297,11 @@ class SearchRequest(_message.Message):
         path_prefix: _builtins.str = ...,
         model: _builtins.str = ...,
         limit: _builtins.int = ...,
+        best_first: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_of", b"all_of", "limit", b"limit", "min_score", b"min_score", "model", b"model", "none_of", b"none_of", "path_prefix", b"path_prefix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_of", b"all_of", "best_first", b"best_first", "limit", b"limit", "min_score", b"min_score", "model", b"model", "none_of", b"none_of", "path_prefix", b"path_prefix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
