@@ -114,6 +114,9 @@ def test_two_hundred_files_copied_in_are_all_tagged_and_searchable(daemon: Daemo
         names = {str(Path(f["path"]).relative_to(library / "pack")) for f in found}
         assert names == {k for k, b in expected.items() if b == band}
         assert all(f["tags"][0]["tag"] == band and f["error"] is None for f in found)
+        surest = json_lines(vibrary("search", "--json", band, "--limit", "5", home=daemon.home).stdout)
+        scores = [f["tags"][0]["score"] for f in surest]
+        assert scores == sorted((f["tags"][0]["score"] for f in found), reverse=True)[:5]  # the best five, best first
     drums_only = json_lines(
         vibrary(
             "search", "--json", "--under", str(library / "pack" / "drums"), "low", "OR", "mid", home=daemon.home
