@@ -110,7 +110,7 @@ def test_end_to_end_folders_to_a_model_that_tags_new_clips(
     trained = json_lines(out.stdout)[-1]
     assert "smallest class 'noise' has 8 examples: expect" in out.stderr  # said before the training starts
     assert (trained["model"], trained["version"], trained["classes"]) == ("kinds", 1, sorted(KINDS))
-    assert 0.0 <= trained["val_accuracy"] <= 1.0 and trained["seconds"] > 0
+    assert trained["val_accuracy"] is None and trained["seconds"] > 0  # 8 a class: every clip trains
     for plot in trained["plots"]:
         assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
