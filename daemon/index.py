@@ -588,18 +588,19 @@ class Index:
         The first group's files are walked down from the top score (the `tags_score` index) and checked
         against the rest of the query a page at a time: a few pages when most of them match. After
         RANK_WALK × limit files without enough matches, matches are rare: finding all of them the
-        usual way and sorting them is cheaper than walking on."""
+        usual way and sorting them is cheaper than walking on; so it is from the start for a folder that
+        holds no more files than that."""
+        budget = RANK_WALK * q.limit
+        if q.path_prefix and self._files_under(q.path_prefix, budget + 1) <= budget:
+            return self._all_sorted(groups, excluded, model_ids, q)  # a folder this small: all of it
         walks = [self._by_score(tag, model_ids, q.min_score) for tag in groups[0]]
         contents = (cid for _, cid in heapq.merge(*walks, key=lambda row: -row[0]))
         seen: set[int] = set()
         best: list[tuple] = []
         size = 64
         while len(best) < q.limit:
-            if len(seen) >= RANK_WALK * q.limit:
-                unlimited = replace(q, limit=0)
-                found = [row for chunk in self._matching(groups, excluded, model_ids, unlimited) for row in chunk]
-                scores = self._lead_scores(groups[0], model_ids, sorted({row[1] for row in found}))
-                return sorted(found, key=lambda row: (-scores.get(row[1], 0.0), row[0]))[: q.limit]
+            if len(seen) >= budget:
+                return self._all_sorted(groups, excluded, model_ids, q)
             candidates = list(itertools.islice(contents, size))
             if not candidates:
                 break
@@ -611,6 +612,17 @@ class Index:
                 best += sorted(self.conn().execute(sql, args), key=lambda row: (place[row[1]], row[0]))
             size = min(4096, size * 2)  # few matches among the candidates: bigger steps
         return best[: q.limit]
+
+    def _all_sorted(self, groups: list[list[int]], excluded: list[int], model_ids: list[int], q: Query) -> list[tuple]:
+        found = [row for chunk in self._matching(groups, excluded, model_ids, replace(q, limit=0)) for row in chunk]
+        scores = self._lead_scores(groups[0], model_ids, sorted({row[1] for row in found}))
+        return sorted(found, key=lambda row: (-scores.get(row[1], 0.0), row[0]))[: q.limit]
+
+    def _files_under(self, folder: str, most: int) -> int:
+        """How many files the index holds under the folder, counted up to `most`."""
+        lo, hi = under(folder)
+        sql = "SELECT count(*) FROM (SELECT 1 FROM files WHERE path >= ? AND path < ? LIMIT ?)"
+        return int(self.conn().execute(sql, (lo, hi, most)).fetchone()[0])
 
     def _by_score(self, tag_id: int, model_ids: list[int], min_score: float) -> Iterator[tuple[float, int]]:
         """(score, content) of one tag's files, best first."""
