@@ -277,7 +277,9 @@ class Watcher(FileSystemEventHandler):
                 log.warning("cannot list %s (%s); its index entries are kept", directory, e.strerror)
                 continue
             now = time.time()
-            changed: list[tuple[str, float, int, int, int]] = []
+            changed: list[tuple[str, float, int, int, bool]] = []
+            held = {row[2]: path for path, row in known.items() if row[2] != -1}  # inode → the name it had
+            renumbered: list[tuple[int, str]] = []  # the same file under a new (or first known) inode
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
@@ -293,11 +295,16 @@ class Watcher(FileSystemEventHandler):
                 except OSError:
                     current, inode, fresh = (-1, -1), -1, True  # the worker will record why it cannot be read
                 size, mtime_ns, known_inode, state = known.pop(entry.path, (None, None, None, None))
-                # a name given another file while the daemon was down (renumbered one-shots of one length,
-                # unpacked with one mtime) keeps size and mtime; the inode tells (-1: not known yet)
-                other_file = known_inode not in (-1, inode)
+                # a name given another file of this folder while the daemon was down (renumbered one-shots
+                # of one length, unpacked with one mtime) keeps size and mtime: the inode tells, when it was
+                # another name's here. Not any changed inode: FAT and exFAT make theirs up at each mount.
+                other_file = known_inode not in (-1, inode) and held.get(inode, entry.path) != entry.path
                 if state != "pending" and ((size, mtime_ns) != current or other_file):
-                    changed.append((entry.path, now if fresh else now + self.settle_s, *current, inode))
+                    changed.append((entry.path, now if fresh else now + self.settle_s, *current, other_file))
+                elif state == "indexed" and known_inode != inode:
+                    renumbered.append((inode, entry.path))
+            if renumbered:
+                self.index.set_inodes(renumbered)
             if changed:
                 with self._lock:
                     if not self._watched(directory):

@@ -3,13 +3,15 @@ index cannot be written for a moment, and what it stops recording when a folder 
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vibrary.daemon.index import Index
+from vibrary.daemon.index import Index, Result
 from vibrary.daemon.watch import Watcher
 from watchdog.events import FileClosedEvent
 
@@ -99,3 +101,38 @@ def test_a_flush_that_keeps_failing_backs_off_and_says_so_once(
         wait_for(lambda: _pending(index) == {str(lib / "kick.wav")}, timeout=10)  # not lost meanwhile
     finally:
         w.stop()
+
+
+def test_a_new_inode_alone_is_no_change_but_a_name_given_a_neighbours_file_is(index: Index, tmp_path: Path) -> None:
+    """FAT and exFAT make inode numbers up at each mount: a changed inode alone would re-read a whole
+    external drive at every start. A name that now holds the file another name of its folder held (two
+    one-shots of one size and mtime renumbered while the daemon was down) is read again."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    a, b = lib / "kick_01.wav", lib / "kick_02.wav"
+    a.write_bytes(b"A" * 100)
+    b.write_bytes(b"B" * 100)
+    for f in (a, b):
+        os.utime(f, ns=(10**18, 10**18))
+        index.mark_pending([(str(f), 0.0)])
+    for job in index.due_jobs(10, set(), 1e12):
+        st = os.stat(job.path)
+        result = Result(job, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, hash=job.path.encode()[-16:])
+        assert index.write_results([result], 0.02) == [result]
+
+    def scanned() -> set[str]:
+        w = _watcher(index)
+        w.watch(str(lib))
+        wait_for(lambda: w.scans_running == 0)
+        w.unwatch(str(lib))
+        return _pending(index)
+
+    for f in (a, b):  # the same files under new inode numbers, as after a remount
+        shutil.copy2(f, tmp_path / f.name)  # (both copied first: a freed number is soon given out again)
+    for f in (a, b):
+        os.replace(tmp_path / f.name, f)
+    assert scanned() == set()
+    os.rename(a, lib / "swap")
+    os.rename(b, a)
+    os.rename(lib / "swap", b)
+    assert scanned() == {str(a), str(b)}
