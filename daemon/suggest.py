@@ -19,7 +19,7 @@ files: its words joined by '-', a plural s dropped (the user's own tag that nobo
 sees what was passed over. (A dataset of moods or other descriptors keeps `dataset create`'s default
 `--labels folders`: its folder names are the labels as written.)
 
-Numbers are words only inside an alias that has them (`b3` → organ, `808 kick` → kick): a
+Numbers are words only inside an alias that has them (`808 kick` → kick): a
 lone number is numbering, and an alias of one letter would match every note name, so neither is taken.
 """
 
@@ -29,6 +29,7 @@ import json
 import os
 import re
 import struct
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,6 @@ from .folders import audio_files_under
 
 BUILTIN = Path(__file__).parent / "builtin" / "synonyms.json"
 USER_FILE = "synonyms.json"
-_WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 _RUN = re.compile(r"[^\W_]+")  # letters and digits of any script: Bässe, Señal, 大鼓
 _LETTERS_OR_DIGITS = re.compile(r"[^\W\d_]+|\d+")
 _MAX_PHRASE = 3
@@ -53,12 +53,23 @@ _FIELD_ORDER = (*_COMMENT_KEYS, "bext")
 
 
 def tokens(text: str) -> list[str]:
-    """`OpenHH_02-hard.wav` → ['open', 'hh', '02', 'hard', 'wav']: split at separators, camelCase (in
-    Latin script) and digits, lower-cased."""
+    """`OpenHH_02-hard.wav` → ['open', 'hh', '02', 'hard', 'wav']: split at separators, camelCase and
+    digits, lower-cased; composed first (a name zipped on a Mac spells ä as a + ◌̈, which split it)."""
     out: list[str] = []
-    for run in _RUN.findall(text):
-        out.extend(_WORD.findall(run) if run.isascii() else _LETTERS_OR_DIGITS.findall(run))
+    for part in _LETTERS_OR_DIGITS.findall(unicodedata.normalize("NFC", text)):
+        out.extend([part] if part.isdigit() else _camel(part))
     return [t.lower() for t in out]
+
+
+def _camel(word: str) -> list[str]:
+    """`KickDrüm` → Kick, Drüm; `HHOpen` → HH, Open; `MIDIFile` → MIDI, File."""
+    parts, start = [], 0
+    for i in range(1, len(word)):
+        before, here, after = word[i - 1], word[i], word[i + 1 : i + 2]
+        if here.isupper() and (before.islower() or (before.isupper() and after.islower())):
+            parts.append(word[start:i])
+            start = i
+    return [*parts, word[start:]]
 
 
 def words(text: str) -> list[str]:
@@ -68,7 +79,7 @@ def words(text: str) -> list[str]:
 
 def clean_tag(text: str) -> str:
     """A tag as stored: lower case words joined by '-'; ValueError when nothing is left."""
-    tag = "-".join(w.lower() for w in _RUN.findall(text))
+    tag = "-".join(w.lower() for w in _RUN.findall(unicodedata.normalize("NFC", text)))
     if not tag:
         raise ValueError(f"tag {text!r}: use letters and digits (words are joined by '-')")
     return tag
