@@ -371,13 +371,17 @@ def _edit(
     def existing(tag: str) -> str:
         """Each edit sees the ones before it: rename a→b then b→c is fine, dropping a renamed-away a is not."""
         tags = set(mapping.values()) - {""}
-        for spelled in (" ".join(tag.split()).lower(), label(tag)):  # the first: labels of older versions
-            if spelled in tags:
-                return spelled
+        if (spelled := as_held(tag)) in tags:
+            return spelled
         raise ValueError(f"no tag {tag!r} in dataset {name!r}; its tags: {', '.join(sorted(tags))}")
 
+    def as_held(tag: str) -> str:
+        """A tag as this dataset spells it: labels of older versions kept their spaces ("hi hat")."""
+        older = " ".join(tag.split()).lower()
+        return older if older in mapping.values() else label(tag)
+
     for old, new in rename:
-        old, new = existing(old), label(new)
+        old, new = existing(old), as_held(new)
         mapping = {k: (new if v == old else v) for k, v in mapping.items()}
     dropped: set[str] = set()
     for t in drop:
@@ -392,7 +396,7 @@ def _edit(
         i = where.get(os.path.normpath(os.path.abspath(path)))
         if i is None:
             raise ValueError(f"{path} is not in dataset {name!r}")
-        labels[i] = label(tag) if tag.strip() else ""
+        labels[i] = as_held(tag) if tag.strip() else ""
     keep = [i for i, t in enumerate(labels) if t]
     kept = [Row(rows[i].path, labels[i], rows[i].group, rows[i].audio_bytes) for i in keep]
     return _write(home_dir, name, manifest.params, codes[keep], kept, failed)

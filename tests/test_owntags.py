@@ -127,6 +127,20 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
     assert sorted(edited.per_class) == ["thump", "tone"]
 
 
+def test_labels_an_older_version_spelled_with_spaces_stay_mergeable(home: Path, tmp_path: Path) -> None:
+    """Labels are spelled as tags now (hi-hat); a dataset made before keeps "hi hat", and a merge into it
+    must not make a second class "hi-hat"."""
+    older = {"noise": "hi hat", "thump": "closed hat", "tone": "kick"}
+    written = write_kinds(tmp_path / "ex", per_kind=2, seed=4)
+    examples = [dataset.Example(str(f), older[f.parent.name], f.parent.name) for f in written]
+    dataset.build(home, "old", examples)
+    edited = dataset.edit(home, "old", rename=[("Closed Hat", "hi hat")])
+    assert edited.per_class == {"hi hat": 4, "kick": 2}
+    a_kick = next(f for f in written if f.parent.name == "tone")
+    edited = dataset.edit(home, "old", relabel=[(str(a_kick), "Hi  Hat")])
+    assert edited.per_class == {"hi hat": 5, "kick": 1}
+
+
 def test_a_damaged_dataset_is_named_with_what_to_do_and_can_be_deleted(home: Path, tmp_path: Path) -> None:
     write_kinds(tmp_path / "ex", per_kind=2, seed=4)
     for name in ("good", "torn", "mangled"):
