@@ -16,6 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from vibrary.clients.client import Client, DaemonError
+from vibrary.daemon.index import Index
 from vibrary.proto import daemon_pb2 as pb
 
 from tests.conftest import DaemonProcess, json_lines, start_daemon, vibrary, wait_for
@@ -194,6 +195,28 @@ def test_restart_reconciles_what_changed_while_down(model_home: Path, tmp_path: 
             "new_mid.wav": ("indexed", "mid"),
         }
         assert d.client.status().decoded == 2  # the renamed file was recognised by its content
+    finally:
+        d.stop()
+
+
+def test_a_watch_folder_stored_as_a_link_by_an_older_version_moves_to_where_it_leads(
+    model_home: Path, tmp_path: Path
+) -> None:
+    real = tmp_path / "disk" / "Samples"
+    real.mkdir(parents=True)
+    link = tmp_path / "Samples"
+    link.symlink_to(real, target_is_directory=True)
+    write_tone(real / "low.wav", BANDS["low"])
+    index = Index(model_home / "index.sqlite")
+    index.add_watch(str(link))  # as versions before links were resolved stored it, with its rows
+    index.mark_pending([(str(link / "low.wav"), 0.0)])
+    index.close()
+    d = start_daemon(model_home)
+    try:
+        assert d.client.watches() == [str(real)]
+        wait_for(lambda: _best(d.client, str(real / "low.wav")) == ("indexed", "low"))
+        assert [f.path for f in d.client.tags([str(tmp_path)])] == [str(real / "low.wav")]  # one row, moved
+        assert d.client.remove_watch(str(link)) == []  # removable by the link's name
     finally:
         d.stop()
 
