@@ -230,10 +230,13 @@ class Daemon:
 
     # -- models --------------------------------------------------------------------------------------
     def _follow_models(self) -> None:
+        """Load the active models again when the active set changed, or when a model that could not be
+        loaded has its file back (`vibrary models install` of the same file restores it)."""
         with self._models_lock:  # the feeder and the API both call this
             active = self.index.active_models()
             ids = tuple(m.id for m in active)
-            if ids == self._active_ids:
+            loaded = {m.id for m in self.pipeline.models}
+            if ids == self._active_ids and not any(m.id not in loaded and registry.usable(m) for m in active):
                 return
             self._active_ids = ids
             self.pipeline.models = load_models(self.index, active)

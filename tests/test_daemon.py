@@ -411,13 +411,15 @@ def test_an_active_model_whose_file_is_gone_is_said_unusable_and_reinstalled(mod
         status = d.client.status()
         assert (list(status.models), list(status.unusable_models)) == ([], ["bands@1"])
         assert "model bands@1 tags nothing" in vibrary("status", home=model_home).stdout
-    finally:
-        d.stop()
-    assert "its file is missing or damaged" in vibrary("models", "list", home=model_home).stdout
-    vibrary("models", "install", str(source), home=model_home)
-    assert Path(row["path"]).exists()
-    d = start_daemon(model_home)
-    try:
-        assert (list(d.client.status().models), list(d.client.status().unusable_models)) == (["bands@1"], [])
+        assert "its file is missing or damaged" in vibrary("models", "list", home=model_home).stdout
+        vibrary("models", "install", str(source), home=model_home)
+        assert Path(row["path"]).exists()
+        wait_for(lambda: list(d.client.status().models) == ["bands@1"], timeout=10)
+        assert list(d.client.status().unusable_models) == []
+        library = tmp_path / "library"
+        library.mkdir()
+        d.client.add_watch(str(library))
+        write_tone(library / "low.wav", BANDS["low"])  # tagged by the model taken up again, daemon running
+        wait_for(lambda: _best(d.client, str(library / "low.wav")) == ("indexed", "low"), timeout=15)
     finally:
         d.stop()
