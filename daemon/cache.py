@@ -105,6 +105,8 @@ class SpectrogramCache:
             return None
         try:
             codes = np.frombuffer(zlib.decompress(row[0]), dtype=row[1]).reshape(params.shape)
+            if codes.dtype == np.uint8 and not codes.any():  # 0 dB everywhere: silence as older versions
+                raise ValueError("silence stored as 0 dB")  # computed it; it is the floor now
         except (zlib.error, ValueError, TypeError) as e:  # a damaged entry is a miss: the audio is decoded again
             log.warning("spectrogram cache entry damaged (%s); computing it again", e)
             with self._lock, contextlib.suppress(sqlite3.Error):

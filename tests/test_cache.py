@@ -53,3 +53,11 @@ def test_a_damaged_cache_file_is_set_aside_and_a_damaged_entry_is_a_miss(tmp_pat
     assert (tmp_path / "c.sqlite.damaged").read_bytes().startswith(b"not a database")
     cache.put_many([(b"c" * 16, P, _spec(2))])
     assert cache.get(b"c" * 16, P) is not None
+
+
+def test_silence_stored_as_0_db_by_an_older_version_is_a_miss(tmp_path: Path) -> None:
+    cache = SpectrogramCache(tmp_path / "c.sqlite", 1 << 30)
+    cache.put_many([(b"s" * 16, P, np.zeros(P.shape, np.float32))])  # what log_mel gave silence before
+    assert cache.get(b"s" * 16, P) is None  # so the file is decoded again, into the floor
+    cache.put_many([(b"q" * 16, P, np.full(P.shape, -P.top_db, np.float32))])
+    assert cache.get(b"q" * 16, P) is not None
