@@ -945,6 +945,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CommandError, DaemonNotRunning, DaemonError, ModelError, ValueError, OSError) as e:
         print(f"vibrary: {e}", file=sys.stderr)
         return 1
+    except sqlite3.OperationalError as e:  # locked by another process, a full disk: not damage
+        print(f"vibrary: {config.home()}: {e}", file=sys.stderr)
+        return 1
     except sqlite3.DatabaseError as e:  # damage found mid-query; opening says more (index.IndexDamaged)
         print(f"vibrary: {config.home()}: a database there is damaged ({e})", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ with Client() as c:              # the daemon of $VIBRARY_HOME, over its Unix so
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -215,5 +216,6 @@ def _translate(e: grpc.RpcError, target: str) -> Exception:
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
     details = e.details() if hasattr(e, "details") else str(e)
     if code == grpc.StatusCode.UNAVAILABLE:
-        return DaemonNotRunning(f"no daemon answers at {target}; start it with `vibrary daemon`")
+        where = urllib.parse.unquote(target)  # the socket's path as the user knows it, not its URI
+        return DaemonNotRunning(f"no daemon answers at {where}; start it with `vibrary daemon`")
     return DaemonError(code, details or code.name)

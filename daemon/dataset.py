@@ -310,13 +310,16 @@ def load(home_dir: Path, name: str) -> tuple[shards.Manifest, Path]:
     check_name(name)
     folder = dataset_dir(home_dir, name)
     committed = folder / "labels.json"
-    if committed.exists():
-        text = _labels(committed, name).get("manifest")
-        if isinstance(text, str) and text:  # the manifest of these labels, whatever a crash left in manifest.json
-            return shards.Manifest.from_json(text), folder / "shards"
-    if not (folder / "manifest.json").exists():
-        raise FileNotFoundError(f"no dataset {name!r}; create it with `vibrary dataset create {name} DIR...`")
-    return shards.Manifest.from_json((folder / "manifest.json").read_text()), folder / "shards"
+    try:
+        if committed.exists():
+            text = _labels(committed, name).get("manifest")
+            if isinstance(text, str) and text:  # the manifest of these labels, whatever a crash left in manifest.json
+                return shards.Manifest.from_json(text), folder / "shards"
+        if not (folder / "manifest.json").exists():
+            raise FileNotFoundError(f"no dataset {name!r}; create it with `vibrary dataset create {name} DIR...`")
+        return shards.Manifest.from_json((folder / "manifest.json").read_text()), folder / "shards"
+    except shards.ShardError as e:
+        raise _damaged(name, str(e)) from None
 
 
 def names(home_dir: Path) -> list[str]:

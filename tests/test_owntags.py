@@ -154,6 +154,10 @@ def test_a_damaged_dataset_is_named_with_what_to_do_and_can_be_deleted(home: Pat
         labels.write_text(garbage)
         with pytest.raises(ValueError, match=r"dataset 'mangled' is damaged .*vibrary dataset delete mangled"):
             dataset.load_report(home, "mangled")
+    labels.unlink()  # an older dataset: its manifest alone
+    (labels.parent / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"dataset 'mangled' is damaged .*bad dataset manifest"):
+        dataset.load(home, "mangled")
     labels.write_text("[]")
     listed = vibrary("dataset", "list", home=home)  # one damaged dataset hides none of the others
     assert "good: 6 clips" in listed.stdout and "dataset mangled cannot be read" in listed.stderr
