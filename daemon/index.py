@@ -300,26 +300,27 @@ class Index:
             )
         return len(rows)
 
-    def mark_found(self, items: Iterable[tuple[str, float, int, int, bool]]) -> int:
-        """(path, due, size, mtime_ns, other_file) of files a scan found new or changed: marked as
-        mark_pending does, unless the row has meanwhile become pending or been indexed as it is now
-        (other_file: the scan saw another file under the name, whatever its size and mtime). A scan decides
-        on rows it read a moment before, and during a copy the watcher's events mark the same files: a
-        second mark bumped `gen` under a worker already reading the file, and the file was read twice."""
-        rows = [(p, os.path.dirname(p), due, time.time(), size, mtime, other) for p, due, size, mtime, other in items]
+    def mark_found(self, items: Iterable[tuple[str, float, int, int, int]]) -> int:
+        """(path, due, size, mtime_ns, inode) of files a scan found new or changed: marked as mark_pending
+        does, unless the row has meanwhile become pending or been indexed as it is now (inode -1: not to be
+        compared). A scan decides on rows it read a moment before, and during a copy the watcher's events
+        mark the same files: a second mark bumped `gen` under a worker already reading the file, and the
+        file was read twice."""
+        rows = [(p, os.path.dirname(p), due, time.time(), size, mtime, inode) for p, due, size, mtime, inode in items]
         with self.write() as c:
             cur = c.executemany(
                 """INSERT INTO files(path, dir, state, due, gen, updated) VALUES (?1, ?2, 'pending', ?3, 1, ?4)
                    ON CONFLICT(path) DO UPDATE SET state = 'pending', error = NULL,
                        due = excluded.due, gen = files.gen + 1, updated = excluded.updated
-                   WHERE files.state != 'pending' AND (files.size != ?5 OR files.mtime_ns != ?6 OR ?7)""",
+                   WHERE files.state != 'pending'
+                     AND (files.size != ?5 OR files.mtime_ns != ?6 OR (?7 != -1 AND files.inode NOT IN (-1, ?7)))""",
                 rows,
             )
             return cur.rowcount
 
     def set_inodes(self, items: Iterable[tuple[int, str]]) -> None:
-        """(inode, path): a file the scan found as indexed under a new inode number (a FAT drive mounted
-        again) or a first one (an index from before inodes), kept so that a later swap is seen."""
+        """(inode, path) of indexed files whose inode was not known (an index from before inodes were
+        kept), so that a later swap is seen."""
         with self.write() as c:
             c.executemany("UPDATE files SET inode = ? WHERE path = ? AND state = 'indexed'", list(items))
 

@@ -16,6 +16,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -263,6 +264,7 @@ class Watcher(FileSystemEventHandler):
         is listed, so a file that arrives meanwhile is never mistaken for one that vanished. Symbolic
         links to folders are not followed, so a link loop cannot trap the scan."""
         visited: set[str] = set()
+        stable = _stable_inodes()
         stack = [folder]
         while stack:
             directory = stack.pop()
@@ -277,9 +279,8 @@ class Watcher(FileSystemEventHandler):
                 log.warning("cannot list %s (%s); its index entries are kept", directory, e.strerror)
                 continue
             now = time.time()
-            changed: list[tuple[str, float, int, int, bool]] = []
-            held = {row[2]: path for path, row in known.items() if row[2] != -1}  # inode → the name it had
-            renumbered: list[tuple[int, str]] = []  # the same file under a new (or first known) inode
+            changed: list[tuple[str, float, int, int, int]] = []
+            first_inodes: list[tuple[int, str]] = []  # rows of an index from before inodes were kept
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
@@ -288,23 +289,22 @@ class Watcher(FileSystemEventHandler):
                     continue
                 try:
                     st = os.stat(entry.path)
-                    current, inode = (st.st_size, st.st_mtime_ns), st.st_ino
+                    current, inode = (st.st_size, st.st_mtime_ns), st.st_ino if stable(st.st_dev) else -1
                     fresh = now - st.st_mtime > self.settle_s
                 except FileNotFoundError:
                     continue  # gone since the listing; its own event says where to
                 except OSError:
                     current, inode, fresh = (-1, -1), -1, True  # the worker will record why it cannot be read
                 size, mtime_ns, known_inode, state = known.pop(entry.path, (None, None, None, None))
-                # a name given another file of this folder while the daemon was down (renumbered one-shots
-                # of one length, unpacked with one mtime) keeps size and mtime: the inode tells, when it was
-                # another name's here. Not any changed inode: FAT and exFAT make theirs up at each mount.
-                other_file = known_inode not in (-1, inode) and held.get(inode, entry.path) != entry.path
+                # a name given another file while the daemon was down (renumbered one-shots of one length,
+                # unpacked with one mtime) keeps size and mtime: the inode tells (-1: not known, or made up)
+                other_file = -1 not in (known_inode, inode) and known_inode != inode
                 if state != "pending" and ((size, mtime_ns) != current or other_file):
-                    changed.append((entry.path, now if fresh else now + self.settle_s, *current, other_file))
-                elif state == "indexed" and known_inode != inode:
-                    renumbered.append((inode, entry.path))
-            if renumbered:
-                self.index.set_inodes(renumbered)
+                    changed.append((entry.path, now if fresh else now + self.settle_s, *current, inode))
+                elif state == "indexed" and known_inode == -1 and inode != -1:
+                    first_inodes.append((inode, entry.path))
+            if first_inodes:
+                self.index.set_inodes(first_inodes)
             if changed:
                 with self._lock:
                     if not self._watched(directory):
@@ -322,6 +322,24 @@ class Watcher(FileSystemEventHandler):
             removed = self.index.remove_paths(paths)
         if removed:
             self._on_removed(removed)
+
+
+MOUNTINFO = "/proc/self/mountinfo"
+MADE_UP_INODES = {"vfat", "msdos", "exfat", "fat", "umsdos"}  # numbered at each mount: no way to know a file
+
+
+def _stable_inodes() -> Callable[[int], bool]:
+    """Whether a device's inode numbers name its files across mounts. Linux's FAT and exFAT number them
+    from a counter as files are looked up, so after a reboot a drive's files swap numbers: trusting them
+    would read a whole sample drive again at every start. Elsewhere (and without /proc) they are trusted."""
+    made_up: set[int] = set()
+    with contextlib.suppress(OSError):
+        for line in Path(MOUNTINFO).read_text().splitlines():
+            fields = line.split()
+            if "-" in fields and fields[fields.index("-") + 1] in MADE_UP_INODES:
+                major, minor = fields[2].split(":")
+                made_up.add(os.makedev(int(major), int(minor)))
+    return lambda dev: dev not in made_up
 
 
 def _identity(folder: str) -> tuple[int, int] | None:

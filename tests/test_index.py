@@ -312,7 +312,7 @@ def test_a_scan_marks_only_what_is_still_new_or_changed_when_it_writes(index: In
     _add(index, "/lib/done.wav", {"kick": 0.9}, index.add_model("m", "/m.onnx", "a" * 64, ["kick"], "{}", False).id)
     gen = {p: g for p, g in index.conn().execute("SELECT path, gen FROM files")}
     marked = index.mark_found(
-        [("/lib/busy.wav", 0.0, 5, 5, False), ("/lib/done.wav", 0.0, 1, 1, False), ("/lib/new.wav", 0.0, 7, 7, False)]
+        [("/lib/busy.wav", 0.0, 5, 5, 5), ("/lib/done.wav", 0.0, 1, 1, 3), ("/lib/new.wav", 0.0, 7, 7, 7)]
     )
     assert marked == 1
     after = {p: (s, g) for p, s, g in index.conn().execute("SELECT path, state, gen FROM files")}
@@ -321,8 +321,11 @@ def test_a_scan_marks_only_what_is_still_new_or_changed_when_it_writes(index: In
         "/lib/done.wav": ("indexed", gen["/lib/done.wav"]),  # indexed as it is now (size 1, mtime 1)
         "/lib/new.wav": ("pending", 1),
     }
-    assert index.mark_found([("/lib/done.wav", 0.0, 1, 1, True)]) == 1  # another file under its name
-    assert index.mark_found([("/lib/new.wav", 0.0, 8, 7, False)]) == 0  # pending already
+    index.set_inodes([(3, "/lib/done.wav")])  # its inode, first known (stored as -1 before)
+    assert index.mark_found([("/lib/done.wav", 0.0, 1, 1, 3)]) == 0  # the same file, as indexed
+    assert index.mark_found([("/lib/done.wav", 0.0, 1, 1, -1)]) == 0  # an inode not to be compared
+    assert index.mark_found([("/lib/done.wav", 0.0, 1, 1, 4)]) == 1  # another file under its name
+    assert index.mark_found([("/lib/new.wav", 0.0, 8, 7, 7)]) == 0  # pending already
 
 
 def test_a_damaged_index_says_so_in_one_line_with_what_to_do(tmp_path: Path) -> None:

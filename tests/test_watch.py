@@ -4,13 +4,13 @@ index cannot be written for a moment, and what it stops recording when a folder 
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from vibrary.daemon import watch as watch_module
 from vibrary.daemon.index import Index, Result
 from vibrary.daemon.watch import Watcher
 from watchdog.events import FileClosedEvent
@@ -103,10 +103,12 @@ def test_a_flush_that_keeps_failing_backs_off_and_says_so_once(
         w.stop()
 
 
-def test_a_new_inode_alone_is_no_change_but_a_name_given_a_neighbours_file_is(index: Index, tmp_path: Path) -> None:
-    """FAT and exFAT make inode numbers up at each mount: a changed inode alone would re-read a whole
-    external drive at every start. A name that now holds the file another name of its folder held (two
-    one-shots of one size and mtime renumbered while the daemon was down) is read again."""
+def test_a_name_given_another_file_is_read_again_unless_the_drive_makes_inodes_up(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two one-shots of one size and mtime renumbered while the daemon was down: the inode tells. FAT and
+    exFAT make inode numbers up at each mount, so there a changed inode alone would read the whole drive
+    again at every start: it is not compared."""
     lib = tmp_path / "lib"
     lib.mkdir()
     a, b = lib / "kick_01.wav", lib / "kick_02.wav"
@@ -127,12 +129,25 @@ def test_a_new_inode_alone_is_no_change_but_a_name_given_a_neighbours_file_is(in
         w.unwatch(str(lib))
         return _pending(index)
 
-    for f in (a, b):  # the same files under new inode numbers, as after a remount
-        shutil.copy2(f, tmp_path / f.name)  # (both copied first: a freed number is soon given out again)
-    for f in (a, b):
-        os.replace(tmp_path / f.name, f)
     assert scanned() == set()
     os.rename(a, lib / "swap")
     os.rename(b, a)
     os.rename(lib / "swap", b)
+    with monkeypatch.context() as fat:  # this folder's drive as a FAT drive: its inode numbers say nothing
+        fat.setattr(watch_module, "_stable_inodes", lambda: lambda dev: False)
+        assert scanned() == set()
     assert scanned() == {str(a), str(b)}
+
+
+def test_drives_that_make_inode_numbers_up_are_known_by_their_mounts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 259:2 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p2 rw\n"
+        "36 22 8:17 / /media/usb rw,nosuid shared:9 - vfat /dev/sdb1 rw,fmask=0022\n"
+        "37 22 8:33 / /media/SAMPLES\\040DRIVE rw shared:10 - exfat /dev/sdc1 rw\n"
+    )
+    monkeypatch.setattr(watch_module, "MOUNTINFO", str(mountinfo))
+    stable = watch_module._stable_inodes()
+    assert stable(os.makedev(259, 2)) and not stable(os.makedev(8, 17)) and not stable(os.makedev(8, 33))
