@@ -216,6 +216,6 @@ def _translate(e: grpc.RpcError, target: str) -> Exception:
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
     details = e.details() if hasattr(e, "details") else str(e)
     if code == grpc.StatusCode.UNAVAILABLE:
-        where = urllib.parse.unquote(target)  # the socket's path as the user knows it, not its URI
+        where = urllib.parse.unquote(target.removeprefix("unix:"))  # the socket's path, not its URI
         return DaemonNotRunning(f"no daemon answers at {where}; start it with `vibrary daemon`")
     return DaemonError(code, details or code.name)

@@ -80,6 +80,14 @@ def label(text: str) -> str:
     return suggest.clean_tag(text)
 
 
+def _spelled(tag: str) -> str:
+    """A tag as `label` spells it, or as it is when nothing of it is left to spell."""
+    try:
+        return label(tag)
+    except ValueError:
+        return tag
+
+
 def check_name(name: str, what: str = "dataset") -> None:
     """Dataset and model names become folder and file names: nothing that could leave the home."""
     if not name or not name.replace("-", "").replace("_", "").isalnum():
@@ -379,19 +387,20 @@ def _edit(
         raise ValueError(f"no tag {tag!r} in dataset {name!r}; its tags: {', '.join(sorted(tags))}")
 
     def as_held(tag: str) -> str:
-        """A tag as this dataset spells it: labels of older versions kept their spaces ("hi hat")."""
-        older = " ".join(tag.split()).lower()
-        return older if older in mapping.values() else label(tag)
+        """A tag as this dataset spells it: labels of older versions kept their spaces ("hi hat"), and
+        "hi-hat" or "Hi_Hat" name that same tag."""
+        wanted = label(tag)
+        return next((held for held in sorted(set(mapping.values()) - {""}) if _spelled(held) == wanted), wanted)
 
     for old, new in rename:
         old, new = existing(old), as_held(new)
         mapping = {k: (new if v == old else v) for k, v in mapping.items()}
     dropped: set[str] = set()
     for t in drop:
-        if label(t) in dropped:  # `drop wobble Wobble`: one tag, named twice
+        if _spelled(t) in dropped:  # `drop wobble Wobble`: one tag, named twice
             continue
         t = existing(t)
-        dropped.add(label(t))
+        dropped.add(_spelled(t))
         mapping = {k: ("" if v == t else v) for k, v in mapping.items()}
     labels = [mapping[r.label] for r in rows]
     where = {os.path.normpath(r.path): i for i, r in enumerate(rows)}

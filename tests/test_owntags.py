@@ -139,6 +139,9 @@ def test_labels_an_older_version_spelled_with_spaces_stay_mergeable(home: Path, 
     a_kick = next(f for f in written if f.parent.name == "tone")
     edited = dataset.edit(home, "old", relabel=[(str(a_kick), "Hi  Hat")])
     assert edited.per_class == {"hi hat": 5, "kick": 1}
+    edited = dataset.edit(home, "old", relabel=[(str(a_kick), "kick")])
+    edited = dataset.edit(home, "old", relabel=[(str(a_kick), "Hi_Hat")])  # as tags are spelled now: that tag
+    assert edited.per_class == {"hi hat": 5, "kick": 1}
 
 
 def test_a_damaged_dataset_is_named_with_what_to_do_and_can_be_deleted(home: Path, tmp_path: Path) -> None:
