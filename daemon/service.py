@@ -95,6 +95,8 @@ class Daemon:
             cache=self.cache,
             models_done=self.index.models_done,
         )
+        loaded = {m.id for m in self.pipeline.models}
+        self._unloaded = {m.id: _file_stat(m.path) for m in self.index.active_models() if m.id not in loaded}
         self.watcher = Watcher(self.index, self.settings.settle_s, self._wake_feeder, self._removed)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -236,10 +238,13 @@ class Daemon:
             active = self.index.active_models()
             ids = tuple(m.id for m in active)
             loaded = {m.id for m in self.pipeline.models}
-            if ids == self._active_ids and not any(m.id not in loaded and registry.usable(m) for m in active):
+            unloaded = {m.id: _file_stat(m.path) for m in active if m.id not in loaded}
+            if ids == self._active_ids and unloaded == self._unloaded:  # (a model's file put back: new stat)
                 return
             self._active_ids = ids
             self.pipeline.models = load_models(self.index, active)
+            loaded = {m.id for m in self.pipeline.models}
+            self._unloaded = {m.id: _file_stat(m.path) for m in active if m.id not in loaded}
             queued = self.index.requeue_missing(ids)
         log.info("active models now %s; %d files re-queued", [m.ref for m in active], queued)
         for m in active:
@@ -444,6 +449,14 @@ def _lock_home(home_dir: Path) -> IO[str]:
         return pidlock.hold(config.lock_path(home_dir))
     except pidlock.Held as e:
         raise AlreadyRunning(f"a daemon is already running for {home_dir} (pid {e.pid})") from None
+
+
+def _file_stat(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 def _lower_priority(nice: int) -> None:

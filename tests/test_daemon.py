@@ -423,3 +423,33 @@ def test_an_active_model_whose_file_is_gone_is_said_unusable_and_reinstalled(mod
         wait_for(lambda: _best(d.client, str(library / "low.wav")) == ("indexed", "low"), timeout=15)
     finally:
         d.stop()
+
+
+def test_a_model_that_cannot_load_is_tried_again_only_when_its_file_changes(
+    model_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose file is whole but will not load (an onnxruntime that refuses it) had every model
+    loaded again every second: new sessions, files re-queued, events sent."""
+    from vibrary.daemon import service
+
+    refuses = True
+    loads: list[int] = []
+    real = service.load_models
+
+    def loader(index: Index, rows: object = None) -> list:
+        loads.append(1)
+        return [] if refuses else real(index, rows)
+
+    monkeypatch.setattr(service, "load_models", loader)
+    d = service.Daemon(model_home, service.config.Settings(nice=0))  # in this process: its feeder not started
+    try:
+        for _ in range(5):
+            d._follow_models()  # what the feeder does every second
+        assert len(loads) == 1 and d.pipeline.models == []  # only the start's
+        refuses = False
+        (row,) = d.index.active_models()
+        os.utime(row.path)  # its file put back (as `vibrary models install` of the same file does)
+        d._follow_models()
+        assert len(loads) == 2 and [m.ref for m in d.pipeline.models] == ["bands@1"]
+    finally:
+        d._lock_file.close()
