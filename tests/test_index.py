@@ -363,14 +363,15 @@ def test_a_best_first_search_gives_the_surest_matches_first(
         ranked = sorted((-max(s for _, t, s in f.tags if t in lead), f.path) for f in index.search(Query(**kw)))
         return [path for _, path in ranked[:limit]]
 
-    for kw in [
+    queries: list[dict[str, Any]] = [
         {"all_of": [["kick"]]},
         {"all_of": [["snare", "hihat"]]},
         {"all_of": [["kick"]], "min_score": 0.2},
         {"all_of": [["kick", "hihat"]], "none_of": ["dark"]},
         {"all_of": [["snare"]], "path_prefix": "/lib/a"},
         {"all_of": [["kick", "snare"], ["dark"]]},
-    ]:
+    ]
+    for kw in queries:
         for limit in (1, 5, 30):
             found = [f.path for f in index.search(Query(**kw, limit=limit, best_first=True))]
             assert found == surest(limit, **kw), (kw, limit)
