@@ -326,7 +326,7 @@ def load(home_dir: Path, name: str) -> tuple[shards.Manifest, Path]:
         if not (folder / "manifest.json").exists():
             raise FileNotFoundError(f"no dataset {name!r}; create it with `vibrary dataset create {name} DIR...`")
         return shards.Manifest.from_json((folder / "manifest.json").read_text()), folder / "shards"
-    except shards.ShardError as e:
+    except (shards.ShardError, UnicodeDecodeError) as e:
         raise _damaged(name, str(e)) from None
 
 

@@ -161,6 +161,9 @@ def test_a_damaged_dataset_is_named_with_what_to_do_and_can_be_deleted(home: Pat
     (labels.parent / "manifest.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"dataset 'mangled' is damaged .*bad dataset manifest"):
         dataset.load(home, "mangled")
+    (labels.parent / "manifest.json").write_bytes(b"\xff\xfe garbage")
+    with pytest.raises(ValueError, match=r"dataset 'mangled' is damaged .*utf-8"):
+        dataset.load(home, "mangled")
     labels.write_text("[]")
     listed = vibrary("dataset", "list", home=home)  # one damaged dataset hides none of the others
     assert "good: 6 clips" in listed.stdout and "dataset mangled cannot be read" in listed.stderr
