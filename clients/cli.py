@@ -557,6 +557,7 @@ def _create(args: argparse.Namespace, home_dir: Path) -> Any:
         examples = [dataset.example(s.path, s.tag) for s in found if s.tag]
     else:
         examples = dataset.examples_from_folders(args.dirs)
+    config.Settings.load(home_dir)  # a bad config.json stops the build: said before "replacing", not after
     with contextlib.suppress(FileNotFoundError, ValueError):
         before, _ = dataset.load(home_dir, args.name)
         said = f"vibrary: replacing dataset {args.name} ({before.clips} clips, and any edits made to it)"
