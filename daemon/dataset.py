@@ -342,7 +342,7 @@ def delete(home_dir: Path, name: str) -> None:
     if not any((folder / f).exists() for f in ("manifest.json", "labels.json")):
         raise FileNotFoundError(f"no dataset {name!r}")
     with _held(home_dir, name, change=True):
-        shutil.rmtree(dataset_dir(home_dir, name))
+        shutil.rmtree(folder)
 
 
 def labelled_files(home_dir: Path, name: str) -> list[tuple[str, str]]:

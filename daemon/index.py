@@ -162,6 +162,12 @@ class Query:
     best_first: bool = False  # with a limit: the surest matches, best first (Index._best_first)
 
 
+# (path, dir, due, updated): a file to read once `due` has passed; a row already there is read again
+_MARK_PENDING = """INSERT INTO files(path, dir, state, due, gen, updated) VALUES (?1, ?2, 'pending', ?3, 1, ?4)
+    ON CONFLICT(path) DO UPDATE SET state = 'pending', error = NULL,
+        due = excluded.due, gen = files.gen + 1, updated = excluded.updated"""
+
+
 def under(folder: str) -> tuple[str, str]:
     """Bounds of the paths strictly under `folder`: '/' sorts just before '0'."""
     base = folder.rstrip(os.sep)
@@ -292,12 +298,7 @@ class Index:
         """(path, due) pairs: new or changed files, to be read once `due` has passed."""
         rows = [(p, os.path.dirname(p), due, time.time()) for p, due in items]
         with self.write() as c:
-            c.executemany(
-                """INSERT INTO files(path, dir, state, due, gen, updated) VALUES (?, ?, 'pending', ?, 1, ?)
-                   ON CONFLICT(path) DO UPDATE SET state = 'pending', error = NULL,
-                       due = excluded.due, gen = files.gen + 1, updated = excluded.updated""",
-                rows,
-            )
+            c.executemany(_MARK_PENDING, rows)
         return len(rows)
 
     def mark_found(self, items: Iterable[tuple[str, float, int, int, int]]) -> int:
@@ -309,9 +310,7 @@ class Index:
         rows = [(p, os.path.dirname(p), due, time.time(), size, mtime, inode) for p, due, size, mtime, inode in items]
         with self.write() as c:
             cur = c.executemany(
-                """INSERT INTO files(path, dir, state, due, gen, updated) VALUES (?1, ?2, 'pending', ?3, 1, ?4)
-                   ON CONFLICT(path) DO UPDATE SET state = 'pending', error = NULL,
-                       due = excluded.due, gen = files.gen + 1, updated = excluded.updated
+                f"""{_MARK_PENDING}
                    WHERE files.state != 'pending'
                      AND (files.size != ?5 OR files.mtime_ns != ?6 OR (?7 != -1 AND files.inode NOT IN (-1, ?7)))""",
                 rows,

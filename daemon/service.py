@@ -36,7 +36,7 @@ from .events import (
     StatusPublisher,
 )
 from .folders import audio_files_under, indexed_path
-from .index import FileTags, Index, Result
+from .index import FileTags, Index, ModelRow, Result
 from .infer import Model, ModelError
 from .pipeline import ActiveModel, Pipeline
 from .watch import Watcher
@@ -95,8 +95,7 @@ class Daemon:
             cache=self.cache,
             models_done=self.index.models_done,
         )
-        loaded = {m.id for m in self.pipeline.models}
-        self._unloaded = {m.id: _file_stat(m.path) for m in self.index.active_models() if m.id not in loaded}
+        self._unloaded = self._unloaded_files(self.index.active_models())
         self.watcher = Watcher(self.index, self.settings.settle_s, self._wake_feeder, self._removed)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -237,20 +236,22 @@ class Daemon:
         with self._models_lock:  # the feeder and the API both call this
             active = self.index.active_models()
             ids = tuple(m.id for m in active)
-            loaded = {m.id for m in self.pipeline.models}
-            unloaded = {m.id: _file_stat(m.path) for m in active if m.id not in loaded}
-            if ids == self._active_ids and unloaded == self._unloaded:  # (a model's file put back: new stat)
+            if ids == self._active_ids and self._unloaded_files(active) == self._unloaded:  # (a file put back)
                 return
             self._active_ids = ids
             self.pipeline.models = load_models(self.index, active)
-            loaded = {m.id for m in self.pipeline.models}
-            self._unloaded = {m.id: _file_stat(m.path) for m in active if m.id not in loaded}
+            self._unloaded = self._unloaded_files(active)
             queued = self.index.requeue_missing(ids)
         log.info("active models now %s; %d files re-queued", [m.ref for m in active], queued)
         for m in active:
             self.events.publish(Event(MODEL_CHANGED, model=m.ref))
         self._wake.set()
         self.status_events.changed()
+
+    def _unloaded_files(self, active: Sequence[ModelRow]) -> dict[int, tuple[int, int, int] | None]:
+        """The active models the pipeline could not load, with their files' stat (None: no file)."""
+        loaded = {m.id for m in self.pipeline.models}
+        return {m.id: _file_stat(m.path) for m in active if m.id not in loaded}
 
     def models_changed(self) -> None:
         """Called by the API after it changed the active set, so the switch is immediate."""
@@ -259,10 +260,8 @@ class Daemon:
     # -- API helpers ---------------------------------------------------------------------------------
     def status(self) -> dict[str, object]:
         counts = self.index.counts()
-        loaded = {m.id for m in self.pipeline.models}
         active = self.index.active_models()
-        # not loaded: being loaded this second, or a file gone bad (hashed only then, a few MB, rarely)
-        unusable = [m.ref for m in active if m.id not in loaded and not registry.usable(m)]
+        unusable = [m.ref for m in active if m.id in self._unloaded]  # tried, and could not be loaded
         return {
             **counts,
             "models": [m.ref for m in active if m.ref not in unusable],

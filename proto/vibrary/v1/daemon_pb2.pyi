@@ -87,7 +87,7 @@ class Status(_message.Message):
 
     @_builtins.property
     def unusable_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Active models whose file is missing or damaged, so they tag nothing (NAME@VERSION): remove and install again."""
+        """Active models that could not be loaded (their file missing or damaged), so they tag nothing (NAME@VERSION)."""
 
     def __init__(
         self,
