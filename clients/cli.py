@@ -440,8 +440,9 @@ def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
         f"({', '.join(f'{c} {n}' for c, n in report.per_class.items())})\n"
         f"audio {_size(report.audio_bytes)} → upload {_size(manifest.size)} "
         f"({report.ratio:.0f}× smaller, spectrograms only)"
-        + (f"\n{failed} files could not be read" if failed else "")
+        + (f"\n{_files(failed)} could not be read" if failed else "")
         + (f"\n{report.advice}" if report.advice else "")
+        + (f"\nmore examples: `vibrary dataset add {name} DIR...`" if " more per class " in report.advice else "")
     )
     return obj, human
 
@@ -519,8 +520,8 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     if args.action == "suggest":
         return cmd_suggest(args)
     try:
-        if args.action == "create":
-            report = _create(args, home_dir)
+        if args.action in ("create", "add"):
+            report, added = _create(args, home_dir)
         elif args.action == "show":
             report = dataset.load_report(home_dir, args.name)
         elif args.action == "delete":
@@ -532,6 +533,9 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     except (FileNotFoundError, dataset.Busy) as e:
         raise CommandError(str(e)) from None
     obj, human = _dataset_line(args.name, report)
+    if args.action == "add":
+        obj["added"] = added
+        human = f"added {added} clips to dataset {args.name}\n{human}"
     _out(args, obj, human)
     return 0
 
@@ -546,30 +550,44 @@ def _edits(args: argparse.Namespace) -> dict[str, Any]:
     return {"relabel": [(args.path, args.tag)]}
 
 
-def _create(args: argparse.Namespace, home_dir: Path) -> Any:
+def _examples(args: argparse.Namespace) -> list[Any]:
+    """The labelled files under args.dirs, by folder names or by suggestion (--labels)."""
     from vibrary.daemon import dataset
 
-    if args.labels == "suggest":
-        found = _suggestions(args.dirs)
-        for s in found:
-            if not s.tag:
-                print(f"skipped {s.path}: no tag suggested (add a synonym, or put it in a tag folder)", file=sys.stderr)
-        examples = [dataset.example(s.path, s.tag) for s in found if s.tag]
-    else:
-        examples = dataset.examples_from_folders(args.dirs)
+    if args.labels == "folders":
+        return dataset.examples_from_folders(args.dirs)
+    found = _suggestions(args.dirs)
+    for s in found:
+        if not s.tag:
+            print(f"skipped {s.path}: no tag suggested (add a synonym, or put it in a tag folder)", file=sys.stderr)
+    return [dataset.example(s.path, s.tag) for s in found if s.tag]
+
+
+def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
+    """The dataset built (create) or grown (add), and how many clips that added."""
+    from vibrary.daemon import dataset
+
+    if args.action == "add":
+        dataset.load(home_dir, args.name)  # "no dataset", before any file is looked at
+    examples = _examples(args)
     config.Settings.load(home_dir)  # a bad config.json stops the build: said before "replacing", not after
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        before, _ = dataset.load(home_dir, args.name)
-        said = f"vibrary: replacing dataset {args.name} ({before.clips} clips, and any edits made to it)"
-        print(said, file=sys.stderr)
+    if args.action == "create":
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            before, _ = dataset.load(home_dir, args.name)
+            said = f"vibrary: replacing dataset {args.name} ({before.clips} clips, and any edits made to it)"
+            print(said, file=sys.stderr)
     bar = tqdm(total=len(examples), unit="file", disable=None, file=sys.stderr, desc="spectrograms")
     try:
-        report = dataset.build(home_dir, args.name, examples, progress=bar.update)
+        if args.action == "create":
+            report = dataset.build(home_dir, args.name, examples, progress=bar.update)
+            added = report.manifest.clips
+        else:
+            report, added = dataset.add(home_dir, args.name, examples, progress=bar.update)
     finally:
         bar.close()
     for path, error in report.failed:
         print(f"skipped {path}: {error}", file=sys.stderr)
-    return report
+    return report, added
 
 
 def cmd_synonyms(args: argparse.Namespace) -> int:
@@ -854,15 +872,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dataset", parents=[common], help="labelled examples for training your own tags")
     actions = p.add_subparsers(dest="action", required=True)
-    a = actions.add_parser("create", parents=[common], help="spectrograms of labelled audio files, stored here")
-    a.add_argument("name", metavar="NAME")
-    a.add_argument("dirs", nargs="+", metavar="DIR")
-    a.add_argument(
-        "--labels",
-        choices=["folders", "suggest"],
-        default="folders",
-        help="folders: DIR/<tag>/*; suggest: from folder names, file names and metadata (see `dataset suggest`)",
-    )
+    for action, text in (
+        ("create", "spectrograms of labelled audio files, stored here"),
+        ("add", "more labelled files for a dataset (only they are decoded; its edits stay)"),
+    ):
+        a = actions.add_parser(action, parents=[common], help=text)
+        a.add_argument("name", metavar="NAME")
+        a.add_argument("dirs", nargs="+", metavar="DIR")
+        a.add_argument(
+            "--labels",
+            choices=["folders", "suggest"],
+            default="folders",
+            help="folders: DIR/<tag>/*; suggest: from folder names, file names and metadata (see `dataset suggest`)",
+        )
     a = actions.add_parser("suggest", parents=[common], help="suggested tags for files, from names and metadata")
     a.add_argument("dirs", nargs="+", metavar="DIR")
     a = actions.add_parser("rename", parents=[common], help="rename a tag (to an existing tag: a merge)")

@@ -147,11 +147,11 @@ class Client:
         return list(self._call("AddSynonyms", request).synonyms)
 
     def create_dataset(
-        self, name: str, files: Sequence[tuple[str, str]], timeout: float | None = None
+        self, name: str, files: Sequence[tuple[str, str]], timeout: float | None = None, add: bool = False
     ) -> Iterator[pb.DatasetProgress]:
-        """Progress messages; the last one carries the dataset."""
+        """Progress messages; the last one carries the dataset (and, with `add`, how many clips joined it)."""
         labelled = [pb.LabelledFile(path=os.path.abspath(p), tag=t) for p, t in files]
-        return self._stream("CreateDataset", pb.CreateDatasetRequest(name=name, files=labelled), timeout)
+        return self._stream("CreateDataset", pb.CreateDatasetRequest(name=name, files=labelled, add=add), timeout)
 
     def edit_dataset(
         self,

@@ -88,6 +88,16 @@ def _spelled(tag: str) -> str:
         return tag
 
 
+NO_AUDIO = "no audio files found: put examples in one folder per tag (DIR/<tag>/*.wav)"
+
+
+def _as_held(tag: str, tags: Iterable[str]) -> str:
+    """A tag as a dataset with these tags spells it: labels of older versions kept their spaces ("hi hat"),
+    and "hi-hat" or "Hi_Hat" name that same tag."""
+    wanted = label(tag)
+    return next((held for held in sorted(tags) if _spelled(held) == wanted), wanted)
+
+
 def check_name(name: str, what: str = "dataset") -> None:
     """Dataset and model names become folder and file names: nothing that could leave the home."""
     if not name or not name.replace("-", "").replace("_", "").isalnum():
@@ -198,12 +208,23 @@ def _build(
 ) -> BuildReport:
     params = params or SpectrogramParams()
     if not examples:
-        raise ValueError("no audio files found: put examples in one folder per tag (DIR/<tag>/*.wav)")
+        raise ValueError(NO_AUDIO)
     examples = _once_each(examples)
     tags = sorted({ex.label for ex in examples})
     if len(tags) == 1:  # said now, not after decoding every file (the shards' own check would, at the end)
         raise ValueError(f"all {len(examples)} files are tagged {tags[0]!r}; a model needs at least 2 tags")
-    cache = cache or open_cache(home_dir)
+    codes, rows, failed = _spectrograms(examples, params, workers, progress, cache or open_cache(home_dir))
+    return _write(home_dir, name, params, codes, rows, failed)
+
+
+def _spectrograms(
+    examples: Sequence[Example],
+    params: SpectrogramParams,
+    workers: int,
+    progress: Callable[[int], None],
+    cache: SpectrogramCache,
+) -> tuple[np.ndarray, list[Row], list[tuple[str, str]]]:
+    """Each example's 8-bit spectrogram and row, in order, and the files that could not be read."""
 
     def one(ex: Example) -> np.ndarray | str:
         try:
@@ -223,8 +244,45 @@ def _build(
                 continue
             codes.append(out)
             rows.append(Row(ex.path, ex.label, ex.group, os.path.getsize(ex.path)))
-    stacked = np.stack(codes) if codes else np.zeros((0, *params.shape), np.uint8)
-    return _write(home_dir, name, params, stacked, rows, failed)
+    return (np.stack(codes) if codes else np.zeros((0, *params.shape), np.uint8)), rows, failed
+
+
+def add(
+    home_dir: Path,
+    name: str,
+    examples: Sequence[Example],
+    workers: int = 0,
+    progress: Callable[[int], None] = lambda n: None,
+    cache: SpectrogramCache | None = None,
+) -> tuple[BuildReport, int]:
+    """More examples for an existing dataset, and how many clips it gained: only the new files are decoded,
+    with the dataset's own spectrogram parameters, and its edits stay. A tag that was renamed or merged
+    away names what it became (a second pack's `Kicks/` joins the `kick` that the first pack's `Kicks/` was
+    renamed to). A file already in the dataset is skipped when its tag agrees, and is a ValueError when not
+    (that is a relabel)."""
+    with _held(home_dir, name, change=True):
+        held = _stored(home_dir, name)
+        if not examples:
+            raise ValueError(NO_AUDIO)
+        known = {os.path.normpath(r.path): r.label for r in held.rows}
+        tags = set(known.values())
+        new = []
+        for ex in _once_each(examples):
+            tag = _as_held(held.renamed.get(ex.label, ex.label), tags)
+            if (was := known.get(os.path.normpath(ex.path))) is None:
+                new.append(Example(ex.path, tag, ex.group))
+            elif was != tag:
+                raise ValueError(
+                    f"{ex.path} is in dataset {name!r} as {was!r}, not {tag!r}: "
+                    f"`vibrary dataset relabel {name} PATH TAG` changes a file's tag"
+                )
+        if not new:
+            raise ValueError(f"nothing to add: all {len(examples)} files are in dataset {name!r} already")
+        more, added, unread = _spectrograms(new, held.params, workers, progress, cache or open_cache(home_dir))
+        retried = {os.path.normpath(ex.path) for ex in new}
+        failed = [f for f in held.failed if os.path.normpath(f[0]) not in retried] + unread
+        codes = np.concatenate([held.codes, more])
+        return _write(home_dir, name, held.params, codes, held.rows + added, failed, held.renamed), len(added)
 
 
 def _write(
@@ -234,6 +292,7 @@ def _write(
     codes: np.ndarray,
     rows: Sequence[Row],
     failed: Sequence[tuple[str, str]],
+    renamed: dict[str, str] | None = None,
 ) -> BuildReport:
     """New shards first (content-addressed: the old ones stay), then `labels.json`, which holds the manifest
     too and so is the one commit point: a crash before it leaves the dataset as it was, a crash after it
@@ -246,7 +305,12 @@ def _write(
     (folder / "shards").mkdir(parents=True, exist_ok=True)
     for digest, blob in blobs.items():
         (folder / "shards" / f"{digest}.npz").write_bytes(blob)
-    record = {"files": [r.__dict__ for r in rows], "failed": [list(f) for f in failed], "manifest": manifest.to_json()}
+    record = {
+        "files": [r.__dict__ for r in rows],
+        "failed": [list(f) for f in failed],
+        "renamed": renamed or {},
+        "manifest": manifest.to_json(),
+    }
     _replace(folder / "labels.json", json.dumps(record))
     _replace(folder / "manifest.json", manifest.to_json())
     for stale in (folder / "shards").glob("*.npz"):
@@ -291,6 +355,29 @@ def _rows(home_dir: Path, name: str) -> tuple[list[Row], list[tuple[str, str]]]:
         return [Row(**r) for r in raw["files"]], [(str(p), str(e)) for p, e in raw["failed"]]
     except (KeyError, TypeError, ValueError) as e:
         raise _damaged(name, f"{path}: {e!r}") from None
+
+
+@dataclass
+class _Stored:
+    """A dataset as an edit or an addition starts from."""
+
+    params: SpectrogramParams
+    rows: list[Row]
+    failed: list[tuple[str, str]]
+    codes: np.ndarray  # rows' spectrograms, in order
+    renamed: dict[str, str]  # each tag an edit renamed or merged away → the tag it is now
+
+
+def _stored(home_dir: Path, name: str) -> _Stored:
+    manifest, shard_dir = load(home_dir, name)
+    rows, failed = _rows(home_dir, name)
+    codes = _codes(manifest, shard_dir, name)
+    if len(codes) != len(rows):
+        raise shards.ShardError(f"dataset {name!r}: shards and labels disagree; create it again")
+    renamed = _labels(dataset_dir(home_dir, name) / "labels.json", name).get("renamed", {})
+    if not isinstance(renamed, dict):
+        raise _damaged(name, "labels.json: 'renamed' holds no object")
+    return _Stored(manifest.params, rows, failed, codes, {str(k): str(v) for k, v in renamed.items()})
 
 
 def _codes(manifest: shards.Manifest, shard_dir: Path, name: str) -> np.ndarray:
@@ -372,11 +459,8 @@ def _edit(
     drop: Iterable[str],
     relabel: Iterable[tuple[str, str]],
 ) -> BuildReport:
-    manifest, shard_dir = load(home_dir, name)
-    rows, failed = _rows(home_dir, name)
-    codes = _codes(manifest, shard_dir, name)
-    if len(codes) != len(rows):
-        raise shards.ShardError(f"dataset {name!r}: shards and labels disagree; create it again")
+    held = _stored(home_dir, name)
+    rows = held.rows
     mapping = {r.label: r.label for r in rows}  # each original tag → what the edits so far made of it
 
     def existing(tag: str) -> str:
@@ -387,10 +471,7 @@ def _edit(
         raise ValueError(f"no tag {tag!r} in dataset {name!r}; its tags: {', '.join(sorted(tags))}")
 
     def as_held(tag: str) -> str:
-        """A tag as this dataset spells it: labels of older versions kept their spaces ("hi hat"), and
-        "hi-hat" or "Hi_Hat" name that same tag."""
-        wanted = label(tag)
-        return next((held for held in sorted(set(mapping.values()) - {""}) if _spelled(held) == wanted), wanted)
+        return _as_held(tag, set(mapping.values()) - {""})
 
     for old, new in rename:
         old, new = existing(old), as_held(new)
@@ -411,4 +492,14 @@ def _edit(
         labels[i] = as_held(tag) if tag.strip() else ""
     keep = [i for i, t in enumerate(labels) if t]
     kept = [Row(rows[i].path, labels[i], rows[i].group, rows[i].audio_bytes) for i in keep]
-    return _write(home_dir, name, manifest.params, codes[keep], kept, failed)
+    renamed = _renamed(held.renamed, mapping, {labels[i] for i in keep})
+    return _write(home_dir, name, held.params, held.codes[keep], kept, held.failed, renamed)
+
+
+def _renamed(before: dict[str, str], mapping: dict[str, str], live: set[str]) -> dict[str, str]:
+    """What `add` should make of each tag that is gone after an edit: renames and merges are remembered (the
+    next pack spells its folders as the last one did), drops are not (adding files of a dropped tag brings
+    it back), and a tag that is in use again means itself."""
+    renamed = {old: mapping.get(now, now) for old, now in before.items()}
+    renamed.update((old, now) for old, now in mapping.items() if now != old)
+    return {old: now for old, now in renamed.items() if now and now in live and old not in live}

@@ -300,12 +300,16 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if not files:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no labelled files given")
+        if request.add:
+            self._dataset_exists(request.name, context)
         done: queue.Queue[int] = queue.Queue()
         result: dict[str, object] = {}
 
         def build() -> None:  # in its own thread, so that progress streams while it works
             try:
-                result["report"] = self.daemon.create_dataset(request.name, files, done.put)
+                result["report"], result["added"] = self.daemon.create_dataset(
+                    request.name, files, done.put, add=request.add
+                )
             except Exception as e:
                 result["error"] = e
             finally:
@@ -332,7 +336,11 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             raise error  # type: ignore[misc]
         report = result["report"]
         assert isinstance(report, dataset.BuildReport)
-        yield pb.DatasetProgress(done=count, total=len(files), dataset=dataset_pb(request.name, report))
+        added = result["added"]
+        assert isinstance(added, int)
+        yield pb.DatasetProgress(
+            done=count, total=len(files), dataset=dataset_pb(request.name, report), added=added if request.add else 0
+        )
 
     def EditDataset(self, request: pb.EditDatasetRequest, context: grpc.ServicerContext) -> pb.Dataset:
         self._dataset_exists(request.name, context)

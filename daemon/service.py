@@ -327,14 +327,17 @@ class Daemon:
 
     # -- your own tags: datasets and training --------------------------------------------------------
     def create_dataset(
-        self, name: str, files: Sequence[tuple[str, str]], progress: Callable[[int], None]
-    ) -> dataset.BuildReport:
-        """Spectrograms of confirmed (path, tag) pairs, from the cache this daemon fills while indexing."""
+        self, name: str, files: Sequence[tuple[str, str]], progress: Callable[[int], None], add: bool = False
+    ) -> tuple[dataset.BuildReport, int]:
+        """Spectrograms of confirmed (path, tag) pairs, from the cache this daemon fills while indexing, as a
+        new dataset or (`add`) added to one; with how many clips were added (all of them, for a new one)."""
         examples = [dataset.example(path, tag) for path, tag in files]
+        workers = self.settings.worker_count
         with self._changing(name):
-            return dataset.build(
-                self.home, name, examples, workers=self.settings.worker_count, progress=progress, cache=self.cache
-            )
+            if add:
+                return dataset.add(self.home, name, examples, workers=workers, progress=progress, cache=self.cache)
+            report = dataset.build(self.home, name, examples, workers=workers, progress=progress, cache=self.cache)
+            return report, report.manifest.clips
 
     def edit_dataset(self, name: str, **edits: Any) -> dataset.BuildReport:
         with self._changing(name):

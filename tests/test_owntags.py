@@ -127,6 +127,47 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
     assert sorted(edited.per_class) == ["thump", "tone"]
 
 
+def test_adding_files_decodes_only_them_keeps_the_edits_and_follows_renames(
+    home: Path, tmp_path: Path, decodes: list[str]
+) -> None:
+    first = write_kinds(tmp_path / "first", per_kind=3, seed=5)
+    dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "first")]))
+    dataset.edit(home, "mine", rename=[("thump", "Kick")])
+    moved = next(f for f in first if f.name.startswith("tone"))
+    dataset.edit(home, "mine", relabel=[(str(moved), "noise")])
+    before = dict(zip(dataset.labelled_files(home, "mine"), _shard_arrays(home, "mine")[0], strict=True))
+    assert len(decodes) == 9
+
+    second = write_kinds(tmp_path / "second", per_kind=2, seed=6)  # folders thump/, noise/, tone/ again
+    (tmp_path / "second" / "tone" / "broken.wav").write_text("not audio")
+    examples = dataset.examples_from_folders([str(tmp_path / "second")])
+    with pytest.raises(FileNotFoundError, match="no dataset 'other'"):
+        dataset.add(home, "other", examples)
+    report, added = dataset.add(home, "mine", examples)
+    assert added == 6 and len(decodes) == 9 + 7  # the new files only
+    assert report.per_class == {"kick": 5, "noise": 6, "tone": 4}  # thump/ joined what it was renamed to
+    assert [Path(p).name for p, _ in report.failed] == ["broken.wav"]
+    after = dict(zip(dataset.labelled_files(home, "mine"), _shard_arrays(home, "mine")[0], strict=True))
+    for row, code in before.items():  # the edited rows as they were, spectrograms untouched
+        assert np.array_equal(after[row], code)
+    assert {p for p, _ in after} - {p for p, _ in before} == {str(f) for f in second}
+
+    _, again = dataset.add(home, "mine", examples)  # only the unreadable file is tried again
+    assert again == 0 and len(decodes) == 17
+    (tmp_path / "second" / "tone" / "broken.wav").unlink()
+    with pytest.raises(ValueError, match="nothing to add: all 6 files are in dataset 'mine' already"):
+        dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "second")]))
+    labels_before = (dataset.dataset_dir(home, "mine") / "labels.json").read_text()
+    with pytest.raises(ValueError, match=r"is in dataset 'mine' as 'noise', not 'tone'.*relabel"):
+        dataset.add(home, "mine", [dataset.example(str(moved), "tone")])
+    assert (dataset.dataset_dir(home, "mine") / "labels.json").read_text() == labels_before
+
+    dataset.edit(home, "mine", drop=["tone"])  # a drop is not remembered: adding a tone brings the tag back
+    write_kinds(tmp_path / "third", per_kind=1, seed=7)
+    report, added = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "third")]))
+    assert added == 3 and report.per_class == {"kick": 6, "noise": 7, "tone": 1}
+
+
 def test_labels_an_older_version_spelled_with_spaces_stay_mergeable(home: Path, tmp_path: Path) -> None:
     """Labels are spelled as tags now (hi-hat); a dataset made before keeps "hi hat", and a merge into it
     must not make a second class "hi-hat"."""
@@ -249,6 +290,13 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     assert upload.endswith(" kB") and int(upload.split()[0]) > 0  # 9 clips are not "0.0 MB"
     bad = vibrary("dataset", "drop", "pk", "lead", home=home, check=False)
     assert bad.returncode == 1 and "at least 2" in bad.stderr
+    assert "more examples: `vibrary dataset add pk DIR...`" in shown
+    second = tmp_path / "Second Pack"
+    write_kinds(second, per_kind=1, seed=8, folders=VENDOR, names=VENDOR_FILES)
+    grown = json_lines(vibrary("dataset", "add", "--json", "--labels", "suggest", "pk", str(second), home=home).stdout)
+    assert grown[-1]["added"] == 3 and grown[-1]["per_class"] == {"drums": 8, "lead": 4}  # merged, renamed
+    missing = vibrary("dataset", "add", "nope", str(second), home=home, check=False)
+    assert missing.returncode == 1 and "no dataset 'nope'" in missing.stderr
 
     added = json_lines(vibrary("synonyms", "add", "--json", "Take", "field-recording", home=home).stdout)
     assert added == [{"alias": "take", "tag": "field-recording", "builtin": False}]
@@ -334,6 +382,13 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         assert [(k.tag, k.clips) for k in progress[-1].dataset.classes] == [("hihat", 8), ("kick", 8), ("synth", 8)]
         assert progress[-1].dataset.ratio > 20 and "smallest class" in progress[-1].dataset.advice
         assert [x.name for x in c.datasets()] == ["mine"] and c.dataset("mine") == progress[-1].dataset
+        more = write_kinds(tmp_path / "More", per_kind=1, seed=2, folders=VENDOR, names=VENDOR_FILES)
+        labelled = [(str(f), RIGHT[kind]) for f, kind in zip(more, KINDS, strict=True)]
+        assert _code(lambda: list(c.create_dataset("nope", labelled, add=True))) == grpc.StatusCode.NOT_FOUND
+        conflict = [(suggestions.files[0].path, "other")]  # a file already in it, named another tag: a relabel
+        assert _code(lambda: list(c.create_dataset("mine", conflict, add=True))) == grpc.StatusCode.INVALID_ARGUMENT
+        grown = list(c.create_dataset("mine", labelled, add=True))
+        assert grown[-1].added == 3 and grown[-1].dataset.clips == 27
         spare = list(c.create_dataset("spare", [(s.path, "x" if s.tag == "kick" else "y") for s in suggestions.files]))
         assert [(k.tag, k.clips) for k in spare[-1].dataset.classes] == [("x", 8), ("y", 16)]
         moved = c.edit_dataset("spare", relabel=[(suggestions.files[0].path, "x")], rename=[("y", "z")])

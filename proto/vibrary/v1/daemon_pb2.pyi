@@ -811,7 +811,13 @@ class CreateDatasetRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
+    ADD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    add: _builtins.bool
+    """Add the files to the existing dataset `name` (NOT_FOUND when there is none): only they are decoded,
+    and its renames, merges and drops stay. A file already in it keeps its tag; naming another tag for
+    it is INVALID_ARGUMENT (EditDataset's relabel changes a tag).
+    """
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelledFile]:
         """the confirmed labels"""
@@ -821,10 +827,11 @@ class CreateDatasetRequest(_message.Message):
         *,
         name: _builtins.str = ...,
         files: _abc.Iterable[Global___LabelledFile] | None = ...,
+        add: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "files", b"files", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -837,8 +844,11 @@ class DatasetProgress(_message.Message):
     DONE_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
     DATASET_FIELD_NUMBER: _builtins.int
+    ADDED_FIELD_NUMBER: _builtins.int
     done: _builtins.int
     total: _builtins.int
+    added: _builtins.int
+    """on the last message of an `add`: the clips it added"""
     @_builtins.property
     def dataset(self) -> Global___Dataset:
         """set on the last message"""
@@ -849,10 +859,11 @@ class DatasetProgress(_message.Message):
         done: _builtins.int = ...,
         total: _builtins.int = ...,
         dataset: Global___Dataset | None = ...,
+        added: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "done", b"done", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "dataset", b"dataset", "done", b"done", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

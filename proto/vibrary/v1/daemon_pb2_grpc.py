@@ -285,7 +285,7 @@ class DaemonServicer:
 
     def CreateDataset(self, request, context):
         """Labelled examples → spectrogram shards on this machine; streams progress, the last message has
-        the dataset.
+        the dataset. With `add`, the files join an existing dataset instead of replacing it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
