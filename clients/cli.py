@@ -212,6 +212,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "queue_depth": s.queue_depth,
         "watches": list(s.watches),
         "missing_watches": list(s.missing_watches),  # not there now: renamed, moved or unmounted
+        "unfollowed_links": [{"path": x.path, "target": x.target} for x in s.unfollowed_links],
         "home": s.home,
         "paused": s.paused,
         # since the daemon started: read from audio, from cached spectrograms, content already tagged
@@ -229,6 +230,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if s.missing_watches:
         human += "\nmissing watch folders (moved, renamed or unmounted?): " + ", ".join(s.missing_watches)
         human += f"\n  {MISSING_FIX}"
+    if s.unfollowed_links:
+        human += "\nlinked folders, not followed (their files are not indexed; add where they lead as watches):"
+        human += "".join(f"\n  {x.path} → {x.target}: `vibrary watch add {x.target}`" for x in s.unfollowed_links)
     if newest:
         obj["recent_failures"] = [{"path": f.path, "error": f.error} for f in newest]
         human += "\nnewest failures:" + "".join(f"\n  {f.path}: {f.error}" for f in newest)

@@ -53,8 +53,12 @@ def file_tags_pb(f: FileTags) -> pb.FileTags:
 
 def status_pb(status: dict[str, object]) -> pb.Status:
     """The daemon's status() as the proto; keys the proto does not know are left out."""
-    fields = {k: v for k, v in status.items() if k in pb.Status.DESCRIPTOR.fields_by_name and k != "training"}
+    messages = ("training", "unfollowed_links")
+    fields = {k: v for k, v in status.items() if k in pb.Status.DESCRIPTOR.fields_by_name and k not in messages}
     message = pb.Status(**fields)
+    links = status.get("unfollowed_links") or []
+    assert isinstance(links, list)
+    message.unfollowed_links.extend(pb.Link(path=link, target=target) for link, target in links)
     if status.get("training") is not None:
         message.training.CopyFrom(train_progress_pb(status["training"]))  # type: ignore[arg-type]
     return message

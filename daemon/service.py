@@ -269,6 +269,7 @@ class Daemon:
             "queue_depth": self.index.due_count(time.time()),
             "watches": self.index.watches(),
             "missing_watches": sorted(self.watcher.missing),
+            "unfollowed_links": self.watcher.unfollowed_links,
             "home": str(self.home),
             "paused": self.paused,
             "training": self.training.progress if self.training is not None else None,

@@ -73,6 +73,7 @@ class Watcher(FileSystemEventHandler):
         self._watches: dict[str, ObservedWatch] = {}
         self._identity: dict[str, tuple[int, int] | None] = {}  # each watch folder's device and inode
         self._missing: set[str] = set()
+        self._links: dict[str, str] = {}  # links to folders met under the watches → where they point
         self._buffer: dict[str, float] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -149,6 +150,28 @@ class Watcher(FileSystemEventHandler):
             waiting = set(self._missing)
         return {folder for folder in waiting if not os.path.isdir(folder)}
 
+    @property
+    def unfollowed_links(self) -> list[tuple[str, str]]:
+        """(link, target) of each link to a folder under a watch whose target no watch covers: its files are
+        not indexed, and a producer who keeps packs on another drive, linked into the library, must be told."""
+        with self._lock:
+            return sorted(
+                (link, target)
+                for link, target in self._links.items()
+                if self._watched(link) and not (self._watched(target) or _loop(link, target)) and os.path.islink(link)
+            )
+
+    def _linked(self, link: str) -> None:
+        """Note a link to a folder: links are not followed, so that a loop cannot trap a scan or the observer."""
+        target = os.path.realpath(link)
+        with self._lock:
+            if self._links.get(link) == target:
+                return
+            self._links[link] = target
+            if self._watched(target) or _loop(link, target):
+                return
+        log.warning("%s links to %s, which is not followed: `vibrary watch add %s` indexes it", link, target, target)
+
     # -- events --------------------------------------------------------------------------------------
     def on_any_event(self, event: FileSystemEvent) -> None:
         try:
@@ -160,7 +183,9 @@ class Watcher(FileSystemEventHandler):
         if event.is_synthetic:  # watchdog's own walk of a folder moved or made: the move or scan covers it
             return
         src = os.fsdecode(event.src_path)
-        if isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
+        if isinstance(event, FileCreatedEvent) and not is_audio_path(src) and _links_to_folder(src):
+            self._linked(src)  # inotify does not flag a link as a folder: watchdog calls it a file
+        elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
             self._mark(src, time.time() + self.settle_s)
         elif isinstance(event, FileClosedEvent):
             self._mark(src, time.time())
@@ -262,7 +287,7 @@ class Watcher(FileSystemEventHandler):
         """Bring the index in line with what is on disk under folder, one directory at a time (memory
         stays flat on a library of millions of files). Each directory's index rows are read *before* it
         is listed, so a file that arrives meanwhile is never mistaken for one that vanished. Symbolic
-        links to folders are not followed, so a link loop cannot trap the scan."""
+        links to folders are not followed, so a link loop cannot trap the scan; they are noted, to be reported."""
         visited: set[str] = set()
         stable = _stable_inodes()
         stack = [folder]
@@ -284,6 +309,9 @@ class Watcher(FileSystemEventHandler):
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
+                    continue
+                if entry.is_symlink() and _links_to_folder(entry.path):
+                    self._linked(entry.path)
                     continue
                 if not is_audio_path(entry.name):
                     continue
@@ -322,6 +350,15 @@ class Watcher(FileSystemEventHandler):
             removed = self.index.remove_paths(paths)
         if removed:
             self._on_removed(removed)
+
+
+def _loop(link: str, target: str) -> bool:
+    """A link to a folder it is in (`up -> ..`): there is nothing more to index there."""
+    return link.startswith(under(target)[0])
+
+
+def _links_to_folder(path: str) -> bool:
+    return os.path.islink(path) and os.path.isdir(path)
 
 
 MOUNTINFO = "/proc/self/mountinfo"

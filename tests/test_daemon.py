@@ -172,6 +172,39 @@ def test_a_watch_folder_added_through_a_link_is_watched_where_it_leads(daemon: D
     assert daemon.client.remove_watch(str(link)) == []
 
 
+def test_links_to_folders_inside_a_watch_are_reported_with_the_command_that_indexes_them(
+    daemon: DaemonProcess, tmp_path: Path, home: Path
+) -> None:
+    """Links are not followed (a loop would trap the scan), and a pack kept on another drive and linked into
+    the library was left out in silence; now status names each link whose target no watch covers."""
+    library, drive = tmp_path / "Samples", tmp_path / "drive"
+    (library / "Drums").mkdir(parents=True)
+    (drive / "Splice").mkdir(parents=True)
+    (drive / "Other").mkdir()
+    _drop(drive / "Splice", 1)
+    (library / "Splice").symlink_to(drive / "Splice", target_is_directory=True)
+    (library / "Also Drums").symlink_to(library / "Drums", target_is_directory=True)  # inside: indexed anyway
+    (library / "Drums" / "up").symlink_to("..")  # loops: nothing to add there
+    (library / "Drums" / "top").symlink_to(tmp_path)
+    daemon.client.add_watch(str(library))
+    splice = pb.Link(path=str(library / "Splice"), target=str(drive / "Splice"))
+    wait_for(lambda: list(daemon.client.status().unfollowed_links) == [splice])
+    (library / "Drums" / "Other").symlink_to(drive / "Other", target_is_directory=True)  # made while watched
+    other = pb.Link(path=str(library / "Drums" / "Other"), target=str(drive / "Other"))
+    wait_for(lambda: list(daemon.client.status().unfollowed_links) == [other, splice])
+    told = vibrary("status", home=home).stdout
+    assert f"{library / 'Splice'} → {drive / 'Splice'}: `vibrary watch add {drive / 'Splice'}`" in told
+    assert json_lines(vibrary("status", "--json", home=home).stdout)[0]["unfollowed_links"][1] == {
+        "path": str(library / "Splice"),
+        "target": str(drive / "Splice"),
+    }
+
+    (library / "Drums" / "Other").unlink()
+    daemon.client.add_watch(str(drive / "Splice"))  # what the status said to do
+    wait_for(lambda: _indexed(daemon.client, 3))
+    assert list(daemon.client.status().unfollowed_links) == []
+
+
 def test_restart_reconciles_what_changed_while_down(model_home: Path, tmp_path: Path) -> None:
     library = tmp_path / "library"
     library.mkdir()

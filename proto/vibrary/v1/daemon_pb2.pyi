@@ -54,6 +54,7 @@ class Status(_message.Message):
     TRAINING_FIELD_NUMBER: _builtins.int
     MISSING_WATCHES_FIELD_NUMBER: _builtins.int
     UNUSABLE_MODELS_FIELD_NUMBER: _builtins.int
+    UNFOLLOWED_LINKS_FIELD_NUMBER: _builtins.int
     indexed: _builtins.int
     pending: _builtins.int
     failed: _builtins.int
@@ -89,6 +90,12 @@ class Status(_message.Message):
     def unusable_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Active models that could not be loaded (their file missing or damaged), so they tag nothing (NAME@VERSION)."""
 
+    @_builtins.property
+    def unfollowed_links(self) -> _containers.RepeatedCompositeFieldContainer[Global___Link]:
+        """Links to folders inside the watch folders whose targets no watch covers. Links are not followed (a
+        link loop could trap the watcher), so their files are not indexed: add the target as a watch.
+        """
+
     def __init__(
         self,
         *,
@@ -108,14 +115,39 @@ class Status(_message.Message):
         training: Global___TrainProgress | None = ...,
         missing_watches: _abc.Iterable[_builtins.str] | None = ...,
         unusable_models: _abc.Iterable[_builtins.str] | None = ...,
+        unfollowed_links: _abc.Iterable[Global___Link] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "reused", b"reused", "training", b"training", "unusable_models", b"unusable_models", "uptime_s", b"uptime_s", "version", b"version", "watches", b"watches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "reused", b"reused", "training", b"training", "unfollowed_links", b"unfollowed_links", "unusable_models", b"unusable_models", "uptime_s", b"uptime_s", "version", b"version", "watches", b"watches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Status: _TypeAlias = Status  # noqa: Y015
+
+@_typing.final
+class Link(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """the link, inside a watch folder"""
+    target: _builtins.str
+    """the folder it points to"""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        target: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Link: _TypeAlias = Link  # noqa: Y015
 
 @_typing.final
 class WatchRequest(_message.Message):
