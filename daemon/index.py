@@ -168,6 +168,13 @@ _MARK_PENDING = """INSERT INTO files(path, dir, state, due, gen, updated) VALUES
         due = excluded.due, gen = files.gen + 1, updated = excluded.updated"""
 
 
+# Files whose last reading failed have no tags to show. Every other file shows the tags of the content it
+# last had: one that is pending again (a model just activated re-tags the library, a file touched or
+# rewritten waits to be read) keeps being found until its new tags replace the old, instead of vanishing
+# from search for as long as a re-tag of the whole library takes.
+FAILED = "failed"
+
+
 def under(folder: str) -> tuple[str, str]:
     """Bounds of the paths strictly under `folder`: '/' sorts just before '0'."""
     base = folder.rstrip(os.sep)
@@ -271,8 +278,8 @@ class Index:
         return True
 
     def analyze(self) -> None:
-        """Refresh SQLite's statistics: without them it guesses that `state = 'indexed'` is selective
-        (it is true of nearly every row) and walks the whole files table for a search."""
+        """Refresh SQLite's statistics: without them it guesses badly how selective a tag or a folder is,
+        and walked the whole files table for a search."""
         self.conn().execute("ANALYZE")
         self._count_hits()
 
@@ -752,7 +759,7 @@ class Index:
             for r in page:
                 path, content_id = r[0], r[1]
                 state, error = (r[2], r[3]) if len(r) > 2 else ("indexed", None)
-                yield FileTags(path, state, error, by_content.get(content_id, []) if state == "indexed" else [])
+                yield FileTags(path, state, error, by_content.get(content_id, []) if state != FAILED else [])
 
     def tag_counts(self, model: str = "") -> list[tuple[str, str, int]]:
         """(model, tag, files) for every tag that some indexed file has."""
@@ -761,7 +768,7 @@ class Index:
                JOIN tags t ON t.content_id = f.content_id AND t.hit = 1
                JOIN models m ON m.id = t.model_id AND m.active = 1
                JOIN vocab v ON v.id = t.tag_id
-               WHERE f.state = 'indexed' AND (? = '' OR m.name = ?)
+               WHERE f.state != 'failed' AND (? = '' OR m.name = ?)
                GROUP BY m.name, v.tag ORDER BY count(*) DESC, v.tag""",
             (model, model),
         )
@@ -787,7 +794,7 @@ def _search_sql(
             return cond + f"AND {alias}.score >= ?"
         return cond + f"AND {alias}.hit = 1"
 
-    where: list[str] = ["f.state = 'indexed'"]
+    where: list[str] = [f"f.state != '{FAILED}'"]
     if groups and not among:
         source, key = "tags t0 JOIN files f ON f.content_id = t0.content_id", "t0.content_id"
         where.append(match("t0", groups[0]))

@@ -14,7 +14,7 @@ from vibrary.clients.client import Client, DaemonError
 from vibrary.proto import daemon_pb2 as pb
 
 from tests.conftest import DaemonProcess, json_lines, start_daemon, vibrary, wait_for
-from tests.synth import write_tone
+from tests.synth import band_model, write_tone
 from tests.test_daemon import _collect_events
 
 SETTLE_S = 0.2  # the `home` fixture's settle time: a file is read this long after its last change
@@ -64,6 +64,33 @@ def test_paused_daemon_records_changes_and_indexes_them_on_resume(daemon: Daemon
     assert not s.paused
     wait_for(lambda: _states(daemon.client, paths) == {"indexed"})
     assert daemon.client.status().decoded == 3
+
+
+def test_files_stay_findable_while_a_new_model_re_tags_them(
+    daemon: DaemonProcess, model_home: Path, tmp_path: Path
+) -> None:
+    """A model installed or activated sends the library back to be re-tagged from cached spectrograms; the
+    files used to vanish from search, counts and GetTags until their turn came (hours on a big library, or
+    for as long as indexing was paused)."""
+    library = tmp_path / "library"
+    library.mkdir()
+    daemon.client.add_watch(str(library))
+    paths = _drop(library, 3)
+    wait_for(lambda: _states(daemon.client, paths) == {"indexed"})
+    found = sorted(f.path for f in daemon.client.search([["low", "mid", "high"]]))
+    assert found == sorted(paths)
+    daemon.client.pause()
+    vibrary("models", "install", str(band_model(tmp_path / "moods.onnx", name="moods", classes=("calm", "warm", "tense"))), home=model_home)
+    wait_for(lambda: daemon.client.status().pending == 3)  # every file waits for the new model's tags
+    assert sorted(f.path for f in daemon.client.search([["low", "mid", "high"]])) == found
+    assert sum(c.files for c in daemon.client.counts("bands")) == 3
+    held = list(daemon.client.tags(paths))
+    assert {f.state for f in held} == {"pending"} and all(f.tags and f.tags[0].model == "bands" for f in held)
+
+    daemon.client.resume()
+    wait_for(lambda: _states(daemon.client, paths) == {"indexed"})
+    assert all({t.model for t in f.tags} == {"bands", "moods"} for f in daemon.client.tags(paths))
+    assert daemon.client.status().decoded == 3  # re-tagged from the cache, not decoded again
 
 
 def test_paused_survives_a_restart(model_home: Path, tmp_path: Path) -> None:
