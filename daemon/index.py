@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS contents (
     hash BLOB NOT NULL UNIQUE
 );
 CREATE TABLE IF NOT EXISTS models (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,     -- never reused: tags of a removed model must not pass to another
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
     path TEXT NOT NULL,
@@ -168,6 +168,10 @@ _MARK_PENDING = """INSERT INTO files(path, dir, state, due, gen, updated) VALUES
         due = excluded.due, gen = files.gen + 1, updated = excluded.updated"""
 
 
+# Tags a removed model left behind (an older version wrote a batch in flight after the removal).
+_ORPHANS = """DELETE FROM tags WHERE model_id NOT IN (SELECT id FROM models);
+    DELETE FROM tagged WHERE model_id NOT IN (SELECT id FROM models);"""
+
 # Files whose last reading failed have no tags to show. Every other file shows the tags of the content it
 # last had: one that is pending again (a model just activated re-tags the library, a file touched or
 # rewritten waits to be read) keeps being found until its new tags replace the old, instead of vanishing
@@ -181,21 +185,24 @@ def under(folder: str) -> tuple[str, str]:
     return base + os.sep, base + chr(ord(os.sep) + 1)
 
 
-def _ids_never_reused(c: sqlite3.Connection) -> None:
-    """Give an index made before file ids were AUTOINCREMENT its new table (rows copied, ids kept). A plain
-    INTEGER PRIMARY KEY hands a deleted file's id to the next file added, and a worker's late result
-    for the deleted one, keyed by (id, gen), then removed or tagged the new one."""
-    found = c.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'files'").fetchone()
+def _ids_never_reused(c: sqlite3.Connection, table: str, then: str = "") -> None:
+    """Give an index made before the table's ids were AUTOINCREMENT its new table (rows copied, ids kept),
+    then run `then`. A plain INTEGER PRIMARY KEY hands a deleted row's id to the next row added: a worker's
+    late result for a deleted file, keyed by (id, gen), then removed or tagged the next file, and a model
+    installed after one was removed took over the tags the removed one had left."""
+    found = c.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
     if found is None or "AUTOINCREMENT" in found[0]:
         return
-    table = SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS files") : SCHEMA.index(");") + 2]
-    columns = ", ".join(row[1] for row in c.execute("PRAGMA table_info(files)"))
+    start = SCHEMA.index(f"CREATE TABLE IF NOT EXISTS {table} (")
+    create = SCHEMA[start : SCHEMA.index(");", start) + 2]
+    columns = ", ".join(row[1] for row in c.execute(f"PRAGMA table_info({table})"))
     c.executescript(
         f"""BEGIN IMMEDIATE;
-            ALTER TABLE files RENAME TO files_before_autoincrement;
-            {table}
-            INSERT INTO files({columns}) SELECT {columns} FROM files_before_autoincrement;
-            DROP TABLE files_before_autoincrement;
+            ALTER TABLE {table} RENAME TO {table}_before_autoincrement;
+            {create}
+            INSERT INTO {table}({columns}) SELECT {columns} FROM {table}_before_autoincrement;
+            DROP TABLE {table}_before_autoincrement;
+            {then}
             COMMIT;"""
     )
 
@@ -222,7 +229,8 @@ class Index:
     def _open(self) -> None:
         c = self.conn()
         upgrade = c.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'tags_hit'").fetchone()
-        _ids_never_reused(c)
+        _ids_never_reused(c, "files")
+        _ids_never_reused(c, "models", then=_ORPHANS)
         if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'files'").fetchone() and not any(
             row[1] == "inode" for row in c.execute("PRAGMA table_info(files)")
         ):
@@ -250,7 +258,8 @@ class Index:
         try:
             yield c
         except BaseException:
-            c.execute("ROLLBACK")
+            if c.in_transaction:  # SQLite rolls back by itself on some errors (a full disk): keep that error
+                c.execute("ROLLBACK")
             raise
         c.execute("COMMIT")
 
@@ -413,6 +422,7 @@ class Index:
         """Store a batch in one transaction; returns the results that were current (not superseded)."""
         written: list[Result] = []
         with self.write() as c:
+            models = {int(row[0]) for row in c.execute("SELECT id FROM models")}  # one removed meanwhile: none
             for r in results:
                 if r.vanished:
                     if c.execute("DELETE FROM files WHERE id = ? AND gen = ?", (r.job.id, r.job.gen)).rowcount:
@@ -420,7 +430,8 @@ class Index:
                     continue
                 content_id = self._content_id(c, r.hash) if r.hash is not None else None
                 if content_id is not None:
-                    self._store_tags(c, content_id, r.tags, min_score_stored)
+                    tags = {model: ranked for model, ranked in r.tags.items() if model in models}
+                    self._store_tags(c, content_id, tags, min_score_stored)
                 state, error = ("failed", r.error) if r.error else ("indexed", None)
                 cur = c.execute(
                     """UPDATE files SET state = ?, error = ?, size = ?, mtime_ns = ?, inode = ?,

@@ -76,6 +76,7 @@ class Watcher(FileSystemEventHandler):
         self._links: dict[str, str] = {}  # links to folders met under the watches → where they point
         self._buffer: dict[str, float] = {}
         self._lock = threading.RLock()
+        self._scheduling = threading.Lock()  # one watch() or unwatch() at a time, taken before _lock
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="watch-flush", daemon=True)
         self.scans_running = 0
@@ -102,29 +103,35 @@ class Watcher(FileSystemEventHandler):
     def watch(self, folder: str) -> None:
         """Observe the folder and reconcile it in the background; a folder that is not there (a drive
         not mounted) keeps its index rows and is picked up when it appears."""
-        with self._lock:
-            if folder in self._watches:
-                return
-            if not os.path.isdir(folder):
-                if folder not in self._missing:  # said once, not at every retry
-                    log.warning("watch folder %s is missing; its index entries are kept", folder)
-                self._missing.add(folder)
-                return
-            self._watches[folder] = _schedule(self._observer, self, folder)  # OSError: nothing changed
-            self._missing.discard(folder)
-            self._identity[folder] = _identity(folder)
+        with self._scheduling:
+            with self._lock:
+                if folder in self._watches:
+                    return
+                if not os.path.isdir(folder):
+                    if folder not in self._missing:  # said once, not at every retry
+                        log.warning("watch folder %s is missing; its index entries are kept", folder)
+                    self._missing.add(folder)
+                    return
+            # not under self._lock, which the observer's thread takes to record an event: scheduling waits
+            # for the observer's own lock
+            watch = self._observer.schedule(self, folder, recursive=True, event_filter=EVENTS)  # OSError: no change
+            with self._lock:
+                self._watches[folder] = watch
+                self._missing.discard(folder)
+                self._identity[folder] = _identity(folder)
         self._scan_in_background(folder)
 
     def unwatch(self, folder: str) -> None:
         """Stop observing; a scan of the folder still running stops at its next directory, and events
         buffered for it are dropped, so nothing under it comes back after the index forgets it."""
-        with self._lock:
-            self._missing.discard(folder)
-            self._identity.pop(folder, None)
-            watch = self._watches.pop(folder, None)
-            self._buffer = {p: due for p, due in self._buffer.items() if self._watched(p)}
-        if watch is not None:
-            self._observer.unschedule(watch)
+        with self._scheduling:
+            with self._lock:
+                self._missing.discard(folder)
+                self._identity.pop(folder, None)
+                watch = self._watches.pop(folder, None)
+                self._buffer = {p: due for p, due in self._buffer.items() if self._watched(p)}
+            if watch is not None:
+                self._observer.unschedule(watch)
 
     def _lost(self, folder: str) -> None:
         """A watch folder deleted or moved away: its observer is dead, so it is watched again when a folder
@@ -393,10 +400,3 @@ def _observer() -> BaseObserver:
         return Observer(generate_full_events=True)  # type: ignore[call-arg]
     except TypeError:  # macOS and Windows observers have no such option
         return Observer()
-
-
-def _schedule(observer: BaseObserver, handler: FileSystemEventHandler, folder: str) -> ObservedWatch:
-    try:
-        return observer.schedule(handler, folder, recursive=True, event_filter=EVENTS)
-    except TypeError:  # a watchdog without event filters: it reports no opens either
-        return observer.schedule(handler, folder, recursive=True)

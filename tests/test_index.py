@@ -279,19 +279,44 @@ def test_a_late_result_for_a_deleted_file_never_touches_the_file_added_after_it(
 
 def test_an_index_from_before_autoincrement_ids_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
-    old_schema = index_module.SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER PRIMARY KEY", 1)
+    old_schema = index_module.SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER PRIMARY KEY")
     with sqlite3.connect(path) as c:
         c.executescript(old_schema)
         c.execute("INSERT INTO files(id, path, dir, gen) VALUES (7, '/lib/k.wav', '/lib', 3)")
+        c.execute("INSERT INTO models VALUES (2, 'inst', 1, '/m.onnx', 'a', '[]', '{}', 1, 0, 0)")
+        c.executemany("INSERT INTO tags VALUES (1, ?, 1, 0.9, 1)", [(2,), (3,)])  # 3: a model removed before
+        c.executemany("INSERT INTO tagged VALUES (1, ?)", [(2,), (3,)])
     index = Index(path)
-    table = index.conn().execute("SELECT sql FROM sqlite_master WHERE name = 'files'").fetchone()[0]
-    assert "AUTOINCREMENT" in table
+    for name in ("files", "models"):
+        table = index.conn().execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()[0]
+        assert "AUTOINCREMENT" in table
+    assert index.conn().execute("SELECT model_id FROM tags").fetchall() == [(2,)]  # what 3 left is gone
+    assert index.conn().execute("SELECT model_id FROM tagged").fetchall() == [(2,)]
+    assert [(m.id, m.ref) for m in index.models()] == [(2, "inst@1")]
+    removed = index.add_model("other", "/o.onnx", "b" * 64, ["x"], "{}", False)
+    index.remove_model(removed)
+    assert index.add_model("other", "/o.onnx", "b" * 64, ["x"], "{}", False).id == removed.id + 1
     assert index.conn().execute("SELECT id, path, gen FROM files").fetchall() == [(7, "/lib/k.wav", 3)]
     indexes = {r[0] for r in index.conn().execute("SELECT name FROM sqlite_master WHERE tbl_name = 'files'")}
     assert {"files_work", "files_dir", "files_content", "files_failed"} <= indexes
     index.remove_paths(["/lib/k.wav"])
     index.mark_pending([("/lib/s.wav", 0.0)])
     assert index.due_jobs(10, set(), 1e12)[0].id == 8  # not 7 again
+
+
+def test_tags_computed_by_a_model_removed_meanwhile_are_not_stored(index: Index) -> None:
+    """A batch in flight when its model is removed used to store that model's tags after the removal had
+    deleted them; with ids reused, the next model installed took them over as its own."""
+    kept = index.add_model("inst", "/m/inst.onnx", "a" * 64, ["kick", "snare"], "{}", False)
+    gone = index.add_model("mood", "/m/mood.onnx", "b" * 64, ["dark", "bright"], "{}", False)
+    index.mark_pending([("/lib/a.wav", 0.0)])
+    (job,) = index.due_jobs(10, set(), 1e12)
+    index.remove_model(gone)
+    tags = {kept.id: [("kick", 0.9)], gone.id: [("dark", 0.8)]}
+    assert index.write_results([Result(job, size=1, mtime_ns=1, hash=b"a" * 16, tags=tags)], 0.02)
+    assert index.conn().execute("SELECT DISTINCT model_id FROM tags").fetchall() == [(kept.id,)]
+    assert index.conn().execute("SELECT model_id FROM tagged").fetchall() == [(kept.id,)]
+    assert index.add_model("next", "/m/next.onnx", "c" * 64, ["x"], "{}", False).id not in (kept.id, gone.id)
 
 
 def test_an_index_from_before_inodes_gets_the_column_with_inodes_unknown(tmp_path: Path) -> None:

@@ -80,7 +80,12 @@ def test_files_stay_findable_while_a_new_model_re_tags_them(
     found = sorted(f.path for f in daemon.client.search([["low", "mid", "high"]]))
     assert found == sorted(paths)
     daemon.client.pause()
-    vibrary("models", "install", str(band_model(tmp_path / "moods.onnx", name="moods", classes=("calm", "warm", "tense"))), home=model_home)
+    vibrary(
+        "models",
+        "install",
+        str(band_model(tmp_path / "moods.onnx", name="moods", classes=("calm", "warm", "tense"))),
+        home=model_home,
+    )
     wait_for(lambda: daemon.client.status().pending == 3)  # every file waits for the new model's tags
     assert sorted(f.path for f in daemon.client.search([["low", "mid", "high"]])) == found
     assert sum(c.files for c in daemon.client.counts("bands")) == 3
