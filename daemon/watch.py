@@ -74,6 +74,7 @@ class Watcher(FileSystemEventHandler):
         self._identity: dict[str, tuple[int, int] | None] = {}  # each watch folder's device and inode
         self._missing: set[str] = set()
         self._links: dict[str, str] = {}  # links to folders met under the watches → where they point
+        self._unnamed: set[str] = set()  # paths whose names are not UTF-8, said once
         self._buffer: dict[str, float] = {}
         self._lock = threading.RLock()
         self._scheduling = threading.Lock()  # one watch() or unwatch() at a time, taken before _lock
@@ -171,6 +172,8 @@ class Watcher(FileSystemEventHandler):
     def _linked(self, link: str) -> None:
         """Note a link to a folder: links are not followed, so that a loop cannot trap a scan or the observer."""
         target = os.path.realpath(link)
+        if not (self._storable(link) and _utf8(target)):
+            return
         with self._lock:
             if self._links.get(link) == target:
                 return
@@ -178,6 +181,20 @@ class Watcher(FileSystemEventHandler):
             if self._watched(target) or _loop(link, target):
                 return
         log.warning("%s links to %s, which is not followed: `vibrary watch add %s` indexes it", link, target, target)
+
+    def _storable(self, path: str) -> bool:
+        """Whether the index can hold this path. A name that is not UTF-8 (unpacked from an old archive)
+        comes from the OS with its bytes escaped, and SQLite refuses to store it: one such file used to
+        stop every later event from being recorded, and a scan at its folder. It is left out and said once."""
+        if _utf8(path):
+            return True
+        with self._lock:
+            said = path in self._unnamed
+            if not said and len(self._unnamed) < 10_000:
+                self._unnamed.add(path)
+        if not said:
+            log.warning("%r is left out: its name is not valid UTF-8; rename it to index it", os.fsencode(path))
+        return False
 
     # -- events --------------------------------------------------------------------------------------
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -208,7 +225,7 @@ class Watcher(FileSystemEventHandler):
             self._scan_in_background(src)  # a folder moved in arrives as one event for all its files
 
     def _mark(self, path: str, due: float, postpone: bool = True) -> None:
-        if is_audio_path(path):
+        if is_audio_path(path) and self._storable(path):
             with self._lock:
                 if not self._watched(path):  # an event that was on its way when the folder was unwatched
                     return
@@ -216,6 +233,8 @@ class Watcher(FileSystemEventHandler):
                     self._buffer[path] = due
 
     def _remove(self, path: str) -> None:
+        if not _utf8(path):  # never in the index
+            return
         with self._lock:
             self.flush()
             removed = self.index.remove_paths([path])
@@ -223,6 +242,10 @@ class Watcher(FileSystemEventHandler):
             self._on_removed(removed)
 
     def _move(self, src: str, dst: str, is_dir: bool) -> None:
+        if dst and not self._storable(dst):
+            dst = ""  # a name the index cannot hold: as good as moved away
+        if src and not _utf8(src):
+            src = ""  # was never in the index: as good as moved in
         if not dst:  # moved out of the watched folders: gone, as far as the library is concerned
             self._remove(src)
             return
@@ -314,6 +337,8 @@ class Watcher(FileSystemEventHandler):
             changed: list[tuple[str, float, int, int, int]] = []
             first_inodes: list[tuple[int, str]] = []  # rows of an index from before inodes were kept
             for entry in entries:
+                if not self._storable(entry.path):
+                    continue
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
                     continue
@@ -357,6 +382,14 @@ class Watcher(FileSystemEventHandler):
             removed = self.index.remove_paths(paths)
         if removed:
             self._on_removed(removed)
+
+
+def _utf8(path: str) -> bool:
+    try:
+        path.encode()
+        return True
+    except UnicodeEncodeError:  # os.fsdecode's escapes of bytes that are not UTF-8
+        return False
 
 
 def _loop(link: str, target: str) -> bool:

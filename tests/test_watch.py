@@ -151,3 +151,40 @@ def test_drives_that_make_inode_numbers_up_are_known_by_their_mounts(
     monkeypatch.setattr(watch_module, "MOUNTINFO", str(mountinfo))
     stable = watch_module._stable_inodes()
     assert stable(os.makedev(259, 2)) and not stable(os.makedev(8, 17)) and not stable(os.makedev(8, 33))
+
+
+def test_a_name_that_is_not_utf8_is_left_out_and_said_once_and_the_rest_is_recorded(
+    index: Index, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Such a name (unpacked from an old archive) cannot be stored in the index: it used to stop every later
+    event from being recorded (the flush kept failing on it) and the scan of its watch folder."""
+    lib = tmp_path / "lib"
+    for folder in ("a", "z"):
+        (lib / folder).mkdir(parents=True)
+        (lib / folder / "k.wav").write_bytes(b"x")
+    raw = os.fsencode(lib)
+    os.mkdir(os.path.join(raw, b"d\xe9mo"))
+    for name in (b"z/caf\xe9.wav", b"d\xe9mo/s.wav"):
+        _write(os.path.join(raw, name))
+    w = _watcher(index)
+    w.start()
+    try:
+        w.watch(str(lib))
+        wait_for(lambda: w.scans_running == 0)
+        assert _pending(index) == {str(lib / "a" / "k.wav"), str(lib / "z" / "k.wav")}
+        _write(os.path.join(raw, b"late\xe9.wav"))  # while watched: then a file after it
+        (lib / "next.wav").write_bytes(b"x")
+        wait_for(lambda: str(lib / "next.wav") in _pending(index))
+        os.rename(os.path.join(raw, b"late\xe9.wav"), lib / "renamed.wav")  # to a name it can hold
+        wait_for(lambda: str(lib / "renamed.wav") in _pending(index))
+        os.rename(lib / "next.wav", os.path.join(raw, b"n\xe9xt.wav"))  # away to one it cannot
+        wait_for(lambda: str(lib / "next.wav") not in _pending(index))
+    finally:
+        w.stop()
+    said = [r.getMessage() for r in caplog.records if "not valid UTF-8" in r.getMessage()]
+    assert len(said) == len(set(said)) >= 3 and any("caf\\xe9.wav" in m for m in said)
+
+
+def _write(path: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(b"x")
