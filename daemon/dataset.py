@@ -228,8 +228,7 @@ def _spectrograms(
 
     def one(ex: Example) -> np.ndarray | str:
         try:
-            content_hash = fingerprint(ex.path).hash
-            found, fresh = features(ex.path, content_hash, [params], cache)
+            found, fresh = features(ex.path, fingerprint(ex.path), [params], cache)
             cache.put_many(fresh)
             return quantize(found[params], params)
         except DecodeError as e:

@@ -81,14 +81,24 @@ def _decode_key(p: SpectrogramParams) -> tuple[int, float, bool, str]:
     return (p.sample_rate, p.duration_s, p.mono, p.pad)
 
 
+CHANGED = "the file changed while it was being read"
+
+
+class FileChanged(DecodeError):
+    """The file changed between its hash and its decoding: what was decoded is not what was hashed."""
+
+
 def features(
-    path: str, content_hash: bytes, wanted: Iterable[SpectrogramParams], cache: SpectrogramCache | None
+    path: str, hashed: Fingerprint, wanted: Iterable[SpectrogramParams], cache: SpectrogramCache | None
 ) -> tuple[dict[SpectrogramParams, np.ndarray], list[tuple[bytes, SpectrogramParams, np.ndarray]]]:
     """Spectrograms for every parameter set wanted, and the freshly computed ones to cache.
 
     Fresh spectrograms go through the same 8-bit quantisation as cached ones, so a file gets the same
-    tags whether its spectrogram came from the cache or from the audio.
+    tags whether its spectrogram came from the cache or from the audio. A file rewritten after it was
+    hashed is FileChanged: its new sound would be cached, and tagged, as the old content, which every
+    copy of the old content would then reuse.
     """
+    content_hash = hashed.hash
     found: dict[SpectrogramParams, np.ndarray] = {}
     missing: list[SpectrogramParams] = []
     for params in dict.fromkeys(wanted):
@@ -106,7 +116,16 @@ def features(
         spec = dequantize(quantize(log_mel(audio_by_key[key], params), params), params)
         found[params] = spec
         fresh.append((content_hash, params, spec))
+    if fresh:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            raise FileVanished("file not found (deleted or moved while it was read)") from None
+        except OSError:
+            raise FileChanged(CHANGED) from None
+        if (st.st_size, st.st_mtime_ns, st.st_ino) != (hashed.size, hashed.mtime_ns, hashed.inode):
+            raise FileChanged(CHANGED)
     return found, fresh
 
 
-__all__ = ["DecodeError", "features", "fingerprint"]
+__all__ = ["DecodeError", "FileChanged", "features", "fingerprint"]

@@ -121,10 +121,11 @@ class Pipeline:
         result = Result(job)
         models = self.models
         try:
-            result.size, result.mtime_ns, result.inode, result.hash = fingerprint(job.path)
-            done = self._models_done(result.hash) if self._models_done else set()
+            hashed = fingerprint(job.path)
+            result.size, result.mtime_ns, result.inode, result.hash = hashed
+            done = self._models_done(hashed.hash) if self._models_done else set()
             todo = [m for m in models if m.id not in done]
-            specs, fresh = features(job.path, result.hash, (m.model.info.params for m in todo), self._cache)
+            specs, fresh = features(job.path, hashed, (m.model.info.params for m in todo), self._cache)
         except DecodeError as e:
             result.error = str(e)
             result.vanished = isinstance(e, FileVanished)

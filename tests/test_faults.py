@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 from vibrary.clients.client import Client, DaemonError
 from vibrary.daemon import config, decode, features
+from vibrary.daemon.cache import SpectrogramCache
 from vibrary.daemon.index import Index, Job, Result
 from vibrary.daemon.infer import Model
 from vibrary.daemon.pipeline import ActiveModel, Pipeline
@@ -274,6 +275,39 @@ def test_pipeline_file_deleted_between_event_and_read(
     assert by_id[2].error is None
     ((_, ranked),) = by_id[2].tags.items()
     assert ranked[0][0] == "high"
+
+
+def test_a_file_rewritten_between_its_hash_and_its_decoding_is_not_tagged_as_its_old_content(
+    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new sound was cached and tagged as the old content's, and every copy of the old content then
+    reused those tags (a copy of a low tone came out 'high')."""
+    victim = write_tone(tmp_path / "victim.wav", BANDS["low"])
+    original = features.fingerprint(str(victim)).hash
+
+    def rewriting(path: str) -> features.Fingerprint:
+        hashed = features.fingerprint(path)
+        if path == str(victim):
+            write_tone(victim, BANDS["high"], seconds=1.5)  # the producer saves over it meanwhile
+        return hashed
+
+    monkeypatch.setattr("vibrary.daemon.pipeline.fingerprint", rewriting)
+    results: list[Result] = []
+    index = Index(config.index_path(model_home))
+    cache = SpectrogramCache(tmp_path / "cache.sqlite", 1 << 20)
+    pipeline = Pipeline(
+        load_models(index), results.extend, workers=1, batch_size=4, queue_size=4, store_min_score=0.02, cache=cache
+    )
+    try:
+        pipeline.submit(Job(1, str(victim), 1, -1, -1, None))
+        assert pipeline.wait_idle(timeout=30)
+    finally:
+        pipeline.close()
+        index.close()
+    ((result,),) = [results]
+    assert result.tags == {} and result.error == features.CHANGED and not result.vanished
+    assert all(cache.get(original, m.model.info.params) is None for m in pipeline.models)
+    cache.close()
 
 
 def test_cli_folder_link_to_parent_terminates(model_home: Path, tmp_path: Path) -> None:
