@@ -586,7 +586,11 @@ def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
             report = dataset.build(home_dir, args.name, examples, progress=bar.update)
             added = report.manifest.clips
         else:
-            report, added = dataset.add(home_dir, args.name, examples, progress=bar.update)
+            grown = dataset.add(home_dir, args.name, examples, progress=bar.update)
+            report, added = grown.report, grown.added
+            if grown.left_out:
+                said = f"left out {_files(grown.left_out)} that edits had removed from {args.name} (or their tags)"
+                print(said, file=sys.stderr)
     finally:
         bar.close()
     for path, error in report.failed:
@@ -678,18 +682,23 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar.close()
     row = trained.row
     nothing_held_out = trained.summary.get("val_clips") == 0  # a small dataset trains on every clip
+    accuracy = float(trained.summary.get("train_accuracy", 0.0)) if nothing_held_out else trained.val_accuracy
     obj = {
         "model": row.name,
         "version": row.version,
         "classes": list(row.classes),
-        "val_accuracy": None if nothing_held_out else round(trained.val_accuracy, 4),
+        "val_accuracy": round(accuracy, 4),  # a number, as the contract has it: `accuracy_of` says of what
+        "accuracy_of": "training clips (none held out)" if nothing_held_out else "held-out clips",
         "seconds": round(trained.seconds, 1),
         "plots": trained.plots,
         "summary": trained.summary,
     }
     human = f"installed and activated {row.ref}: validation accuracy {trained.val_accuracy:.1%}"
     if nothing_held_out:
-        human = f"installed and activated {row.ref}: every clip trained it, none was left to validate on"
+        human = (
+            f"installed and activated {row.ref}: every clip trained it, none was left to validate on "
+            f"(right on {accuracy:.0%} of its own training clips)"
+        )
     _out(args, obj, human + f"\nplots: {', '.join(trained.plots)}")
     return 0
 

@@ -24,7 +24,7 @@ import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,21 @@ class BuildReport:
     @property
     def advice(self) -> str:
         return advise(self.per_class)
+
+
+@dataclass
+class Edits:
+    """What the edits of a dataset removed or renamed, for `add` to respect."""
+
+    renamed: dict[str, str] = field(default_factory=dict)  # a tag renamed or merged away → what it is now; "" dropped
+    removed: list[str] = field(default_factory=list)  # files an edit took out (relabelled '', or their tag dropped)
+
+
+@dataclass
+class Added:
+    report: BuildReport
+    added: int  # clips that joined the dataset
+    left_out: int  # files an earlier edit removed, or whose tag it dropped
 
 
 def label(text: str) -> str:
@@ -253,35 +268,38 @@ def add(
     workers: int = 0,
     progress: Callable[[int], None] = lambda n: None,
     cache: SpectrogramCache | None = None,
-) -> tuple[BuildReport, int]:
-    """More examples for an existing dataset, and how many clips it gained: only the new files are decoded,
-    with the dataset's own spectrogram parameters, and its edits stay. A tag that was renamed or merged
-    away names what it became (a second pack's `Kicks/` joins the `kick` that the first pack's `Kicks/` was
-    renamed to). A file already in the dataset is skipped when its tag agrees, and is a ValueError when not
-    (that is a relabel)."""
+) -> Added:
+    """More examples for an existing dataset: only files it has not seen are decoded, with the dataset's own
+    spectrogram parameters, and its edits stay, so the folders it was made from can be added again once
+    they hold more files. A file already in the dataset keeps its tag (a relabel stands); a file or a tag
+    an edit removed stays out; a tag renamed or merged away names what it became (a second pack's
+    `Kicks/` joins the `kick` that the first pack's `Kicks/` was renamed to)."""
     with _held(home_dir, name, change=True):
         held = _stored(home_dir, name)
         if not examples:
             raise ValueError(NO_AUDIO)
-        known = {os.path.normpath(r.path): r.label for r in held.rows}
-        tags = set(known.values())
-        new = []
+        known = {os.path.normpath(r.path) for r in held.rows}
+        removed = set(held.edits.removed)
+        tags = {r.label for r in held.rows}
+        new, left_out = [], 0
         for ex in _once_each(examples):
-            tag = _as_held(held.renamed.get(ex.label, ex.label), tags)
-            if (was := known.get(os.path.normpath(ex.path))) is None:
-                new.append(Example(ex.path, tag, ex.group))
-            elif was != tag:
-                raise ValueError(
-                    f"{ex.path} is in dataset {name!r} as {was!r}, not {tag!r}: "
-                    f"`vibrary dataset relabel {name} PATH TAG` changes a file's tag"
-                )
+            path = os.path.normpath(ex.path)
+            tag = held.edits.renamed.get(ex.label, ex.label)
+            if path in known:
+                continue
+            if path in removed or not tag:  # removed by an edit, or its tag was dropped
+                left_out += 1
+                continue
+            new.append(Example(ex.path, _as_held(tag, tags), ex.group))
         if not new:
-            raise ValueError(f"nothing to add: all {len(examples)} files are in dataset {name!r} already")
+            gone = f", or were removed from it by an edit ({left_out})" if left_out else ""
+            raise ValueError(f"nothing to add: all {len(examples)} files are in dataset {name!r} already{gone}")
         more, added, unread = _spectrograms(new, held.params, workers, progress, cache or open_cache(home_dir))
         retried = {os.path.normpath(ex.path) for ex in new}
         failed = [f for f in held.failed if os.path.normpath(f[0]) not in retried] + unread
         codes = np.concatenate([held.codes, more])
-        return _write(home_dir, name, held.params, codes, held.rows + added, failed, held.renamed), len(added)
+        report = _write(home_dir, name, held.params, codes, held.rows + added, failed, held.edits)
+        return Added(report, len(added), left_out)
 
 
 def _write(
@@ -291,7 +309,7 @@ def _write(
     codes: np.ndarray,
     rows: Sequence[Row],
     failed: Sequence[tuple[str, str]],
-    renamed: dict[str, str] | None = None,
+    edits: Edits | None = None,
 ) -> BuildReport:
     """New shards first (content-addressed: the old ones stay), then `labels.json`, which holds the manifest
     too and so is the one commit point: a crash before it leaves the dataset as it was, a crash after it
@@ -307,7 +325,7 @@ def _write(
     record = {
         "files": [r.__dict__ for r in rows],
         "failed": [list(f) for f in failed],
-        "renamed": renamed or {},
+        **(edits or Edits()).__dict__,
         "manifest": manifest.to_json(),
     }
     _replace(folder / "labels.json", json.dumps(record))
@@ -364,7 +382,7 @@ class _Stored:
     rows: list[Row]
     failed: list[tuple[str, str]]
     codes: np.ndarray  # rows' spectrograms, in order
-    renamed: dict[str, str]  # each tag an edit renamed or merged away → the tag it is now
+    edits: Edits
 
 
 def _stored(home_dir: Path, name: str) -> _Stored:
@@ -373,10 +391,12 @@ def _stored(home_dir: Path, name: str) -> _Stored:
     codes = _codes(manifest, shard_dir, name)
     if len(codes) != len(rows):
         raise shards.ShardError(f"dataset {name!r}: shards and labels disagree; create it again")
-    renamed = _labels(dataset_dir(home_dir, name) / "labels.json", name).get("renamed", {})
-    if not isinstance(renamed, dict):
-        raise _damaged(name, "labels.json: 'renamed' holds no object")
-    return _Stored(manifest.params, rows, failed, codes, {str(k): str(v) for k, v in renamed.items()})
+    raw = _labels(dataset_dir(home_dir, name) / "labels.json", name)
+    renamed, removed = raw.get("renamed", {}), raw.get("removed", [])
+    if not (isinstance(renamed, dict) and isinstance(removed, list)):
+        raise _damaged(name, "labels.json: 'renamed' or 'removed' is not what it should be")
+    edits = Edits({str(k): str(v) for k, v in renamed.items()}, [str(p) for p in removed])
+    return _Stored(manifest.params, rows, failed, codes, edits)
 
 
 def _codes(manifest: shards.Manifest, shard_dir: Path, name: str) -> np.ndarray:
@@ -491,14 +511,16 @@ def _edit(
         labels[i] = as_held(tag) if tag.strip() else ""
     keep = [i for i, t in enumerate(labels) if t]
     kept = [Row(rows[i].path, labels[i], rows[i].group, rows[i].audio_bytes) for i in keep]
-    renamed = _renamed(held.renamed, mapping, {labels[i] for i in keep})
-    return _write(home_dir, name, held.params, held.codes[keep], kept, held.failed, renamed)
+    live = {labels[i] for i in keep}
+    removed = held.edits.removed + [rows[i].path for i, t in enumerate(labels) if not t]
+    edits = Edits(_renamed(held.edits.renamed, mapping, live), removed)
+    return _write(home_dir, name, held.params, held.codes[keep], kept, held.failed, edits)
 
 
 def _renamed(before: dict[str, str], mapping: dict[str, str], live: set[str]) -> dict[str, str]:
-    """What `add` should make of each tag that is gone after an edit: renames and merges are remembered (the
-    next pack spells its folders as the last one did), drops are not (adding files of a dropped tag brings
-    it back), and a tag that is in use again means itself."""
+    """What `add` should make of each tag that is gone after an edit: what it was renamed or merged into (the
+    next pack spells its folders as the last one did), or "" when it was dropped; a tag that is in use
+    again means itself."""
     renamed = {old: mapping.get(now, now) for old, now in before.items()}
     renamed.update((old, now) for old, now in mapping.items() if now != old)
-    return {old: now for old, now in renamed.items() if now and now in live and old not in live}
+    return {old: now if now in live else "" for old, now in renamed.items() if old not in live}

@@ -311,9 +311,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
 
         def build() -> None:  # in its own thread, so that progress streams while it works
             try:
-                result["report"], result["added"] = self.daemon.create_dataset(
-                    request.name, files, done.put, add=request.add
-                )
+                result["done"] = self.daemon.create_dataset(request.name, files, done.put, add=request.add)
             except Exception as e:
                 result["error"] = e
             finally:
@@ -338,12 +336,14 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             )
         if error is not None:
             raise error  # type: ignore[misc]
-        report = result["report"]
-        assert isinstance(report, dataset.BuildReport)
-        added = result["added"]
-        assert isinstance(added, int)
+        made = result["done"]
+        assert isinstance(made, dataset.Added)
         yield pb.DatasetProgress(
-            done=count, total=len(files), dataset=dataset_pb(request.name, report), added=added if request.add else 0
+            done=count,
+            total=len(files),
+            dataset=dataset_pb(request.name, made.report),
+            added=made.added if request.add else 0,
+            left_out=made.left_out,
         )
 
     def EditDataset(self, request: pb.EditDatasetRequest, context: grpc.ServicerContext) -> pb.Dataset:

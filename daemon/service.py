@@ -329,16 +329,16 @@ class Daemon:
     # -- your own tags: datasets and training --------------------------------------------------------
     def create_dataset(
         self, name: str, files: Sequence[tuple[str, str]], progress: Callable[[int], None], add: bool = False
-    ) -> tuple[dataset.BuildReport, int]:
+    ) -> dataset.Added:
         """Spectrograms of confirmed (path, tag) pairs, from the cache this daemon fills while indexing, as a
-        new dataset or (`add`) added to one; with how many clips were added (all of them, for a new one)."""
+        new dataset or (`add`) added to one."""
         examples = [dataset.example(path, tag) for path, tag in files]
         workers = self.settings.worker_count
         with self._changing(name):
             if add:
                 return dataset.add(self.home, name, examples, workers=workers, progress=progress, cache=self.cache)
             report = dataset.build(self.home, name, examples, workers=workers, progress=progress, cache=self.cache)
-            return report, report.manifest.clips
+            return dataset.Added(report, report.manifest.clips, 0)
 
     def edit_dataset(self, name: str, **edits: Any) -> dataset.BuildReport:
         with self._changing(name):

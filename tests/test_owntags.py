@@ -133,39 +133,35 @@ def test_adding_files_decodes_only_them_keeps_the_edits_and_follows_renames(
     first = write_kinds(tmp_path / "first", per_kind=3, seed=5)
     dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "first")]))
     dataset.edit(home, "mine", rename=[("thump", "Kick")])
-    moved = next(f for f in first if f.name.startswith("tone"))
-    dataset.edit(home, "mine", relabel=[(str(moved), "noise")])
+    moved, removed = [f for f in first if f.name.startswith("tone")][:2]
+    dataset.edit(home, "mine", relabel=[(str(moved), "noise"), (str(removed), "")])
     before = dict(zip(dataset.labelled_files(home, "mine"), _shard_arrays(home, "mine")[0], strict=True))
     assert len(decodes) == 9
 
     second = write_kinds(tmp_path / "second", per_kind=2, seed=6)  # folders thump/, noise/, tone/ again
     (tmp_path / "second" / "tone" / "broken.wav").write_text("not audio")
-    examples = dataset.examples_from_folders([str(tmp_path / "second")])
+    examples = dataset.examples_from_folders([str(tmp_path / "first"), str(tmp_path / "second")])
     with pytest.raises(FileNotFoundError, match="no dataset 'other'"):
         dataset.add(home, "other", examples)
-    report, added = dataset.add(home, "mine", examples)
-    assert added == 6 and len(decodes) == 9 + 7  # the new files only
-    assert report.per_class == {"kick": 5, "noise": 6, "tone": 4}  # thump/ joined what it was renamed to
-    assert [Path(p).name for p, _ in report.failed] == ["broken.wav"]
+    grown = dataset.add(home, "mine", examples)  # the first folders again, and the second
+    assert (grown.added, grown.left_out) == (6, 1) and len(decodes) == 9 + 7  # the new files only
+    assert grown.report.per_class == {"kick": 5, "noise": 6, "tone": 3}  # thump/ joined what it was renamed to
+    assert [Path(p).name for p, _ in grown.report.failed] == ["broken.wav"]
     after = dict(zip(dataset.labelled_files(home, "mine"), _shard_arrays(home, "mine")[0], strict=True))
-    for row, code in before.items():  # the edited rows as they were, spectrograms untouched
+    for row, code in before.items():  # the edited rows as they were (the relabel stands), spectrograms untouched
         assert np.array_equal(after[row], code)
     assert {p for p, _ in after} - {p for p, _ in before} == {str(f) for f in second}
 
-    _, again = dataset.add(home, "mine", examples)  # only the unreadable file is tried again
-    assert again == 0 and len(decodes) == 17
+    again = dataset.add(home, "mine", examples)  # only the unreadable file is tried again
+    assert (again.added, again.left_out) == (0, 1) and len(decodes) == 17
     (tmp_path / "second" / "tone" / "broken.wav").unlink()
-    with pytest.raises(ValueError, match="nothing to add: all 6 files are in dataset 'mine' already"):
+    with pytest.raises(ValueError, match=r"nothing to add: all 6 files are in dataset 'mine' already$"):
         dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "second")]))
-    labels_before = (dataset.dataset_dir(home, "mine") / "labels.json").read_text()
-    with pytest.raises(ValueError, match=r"is in dataset 'mine' as 'noise', not 'tone'.*relabel"):
-        dataset.add(home, "mine", [dataset.example(str(moved), "tone")])
-    assert (dataset.dataset_dir(home, "mine") / "labels.json").read_text() == labels_before
 
-    dataset.edit(home, "mine", drop=["tone"])  # a drop is not remembered: adding a tone brings the tag back
+    dataset.edit(home, "mine", drop=["tone"])  # a dropped tag stays out too
     write_kinds(tmp_path / "third", per_kind=1, seed=7)
-    report, added = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "third")]))
-    assert added == 3 and report.per_class == {"kick": 6, "noise": 7, "tone": 1}
+    grown = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "third")]))
+    assert (grown.added, grown.left_out) == (2, 1) and grown.report.per_class == {"kick": 6, "noise": 7}
 
 
 def test_labels_an_older_version_spelled_with_spaces_stay_mergeable(home: Path, tmp_path: Path) -> None:
@@ -385,8 +381,8 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         more = write_kinds(tmp_path / "More", per_kind=1, seed=2, folders=VENDOR, names=VENDOR_FILES)
         labelled = [(str(f), RIGHT[kind]) for f, kind in zip(more, KINDS, strict=True)]
         assert _code(lambda: list(c.create_dataset("nope", labelled, add=True))) == grpc.StatusCode.NOT_FOUND
-        conflict = [(suggestions.files[0].path, "other")]  # a file already in it, named another tag: a relabel
-        assert _code(lambda: list(c.create_dataset("mine", conflict, add=True))) == grpc.StatusCode.INVALID_ARGUMENT
+        again = [(suggestions.files[0].path, "other")]  # a file already in it keeps its tag: nothing to add
+        assert _code(lambda: list(c.create_dataset("mine", again, add=True))) == grpc.StatusCode.INVALID_ARGUMENT
         grown = list(c.create_dataset("mine", labelled, add=True))
         assert grown[-1].added == 3 and grown[-1].dataset.clips == 27
         spare = list(c.create_dataset("spare", [(s.path, "x" if s.tag == "kick" else "y") for s in suggestions.files]))

@@ -846,9 +846,9 @@ class CreateDatasetRequest(_message.Message):
     ADD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     add: _builtins.bool
-    """Add the files to the existing dataset `name` (NOT_FOUND when there is none): only they are decoded,
-    and its renames, merges and drops stay. A file already in it keeps its tag; naming another tag for
-    it is INVALID_ARGUMENT (EditDataset's relabel changes a tag).
+    """Add the files to the existing dataset `name` (NOT_FOUND when there is none): only files it has not
+    seen are decoded, and its edits stay: a file already in it keeps its tag, a file or tag an edit
+    removed stays out, a tag renamed or merged away names what it became.
     """
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelledFile]:
@@ -877,10 +877,13 @@ class DatasetProgress(_message.Message):
     TOTAL_FIELD_NUMBER: _builtins.int
     DATASET_FIELD_NUMBER: _builtins.int
     ADDED_FIELD_NUMBER: _builtins.int
+    LEFT_OUT_FIELD_NUMBER: _builtins.int
     done: _builtins.int
     total: _builtins.int
     added: _builtins.int
     """on the last message of an `add`: the clips it added"""
+    left_out: _builtins.int
+    """... and the files it left out because an edit had removed them"""
     @_builtins.property
     def dataset(self) -> Global___Dataset:
         """set on the last message"""
@@ -892,10 +895,11 @@ class DatasetProgress(_message.Message):
         total: _builtins.int = ...,
         dataset: Global___Dataset | None = ...,
         added: _builtins.int = ...,
+        left_out: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "dataset", b"dataset", "done", b"done", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "dataset", b"dataset", "done", b"done", "left_out", b"left_out", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
