@@ -3,11 +3,11 @@
 Validation holds out whole groups (source folders) where a class has more than one, because a model that
 only recognises clips from folders it has seen is not what a producer needs. Training stops early when
 validation accuracy stops improving, and the best epoch's weights are kept. A dataset with a class of
-fewer than SMALL_CLASS clips has no validation split: every clip trains, and the epoch with the lowest
-training loss is kept. With a base (transfer) the new head starts as the nearest class mean of the base's
-embeddings and the body learns at body_lr × lr (0.05: a pretrained body needs only nudging; docs/figure3.md
-measures the full rate against it). Everything random is drawn
-from the seed, so the same dataset and config give the same model on the same device.
+fewer than SMALL_CLASS clips has no validation split: every clip trains for the whole epoch budget, and
+the last epoch's weights, where the learning-rate schedule ends, are kept. With a base (transfer) the new
+head starts as the nearest class mean of the base's embeddings and the body learns at body_lr × lr (0.05:
+a pretrained body needs only nudging; docs/figure3.md measures the full rate against it). Everything
+random is drawn from the seed, so the same dataset and config give the same model on the same device.
 """
 
 from __future__ import annotations
@@ -111,6 +111,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     confusion: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
     val_accuracy: float = 0.0
+    train_accuracy: float = 0.0  # on the training clips, as the model kept is (no augmentation)
     best_epoch: int = 0
     resumed_from_epoch: int = 0  # the epoch a cut-off training went on from (trainer/checkpoint.py); 0: never cut
     seconds: float = 0.0
@@ -122,6 +123,7 @@ class TrainResult:
     def summary(self) -> dict[str, object]:
         return {
             "val_accuracy": round(self.val_accuracy, 4),
+            "train_accuracy": round(self.train_accuracy, 4),
             "best_epoch": self.best_epoch,
             "epochs_run": len(self.history),
             "resumed_from_epoch": self.resumed_from_epoch,
@@ -305,7 +307,7 @@ def train(
         last_loss, last_accuracy = last.get("train_loss", 0.0), last.get("val_accuracy", 0.0)
         progress(Progress("training", first - 1, config.epochs, last_loss, last_accuracy))
     for epoch in range(first, config.epochs + 1):
-        if since_best >= config.patience:
+        if len(val_idx) and since_best >= config.patience:  # without validation, nothing says when to stop
             break
         epoch_start = time.monotonic()
         net.train()
@@ -335,7 +337,7 @@ def train(
         if len(val_idx):  # evaluation needs them; without it, only the weights kept do (after the loop)
             _recalibrate_batch_norm(net, order, batch, config.batch_size)  # a shuffled sample of every class
         val_loss, val_acc, _ = _evaluate(net, val_idx, batch, n_classes, config.batch_size)
-        score = epoch_score(val_acc, val_loss) if len(val_idx) else -train_loss
+        score = epoch_score(val_acc, val_loss) if len(val_idx) else epoch  # the schedule's end: its weights
         if score > best_acc:
             best_state, best_acc, since_best, result.best_epoch = copy.deepcopy(net.state_dict()), score, 0, epoch
         else:
@@ -372,6 +374,8 @@ def train(
             net, np.random.default_rng(config.seed).permutation(train_idx), batch, config.batch_size
         )
     _, result.val_accuracy, result.confusion = _evaluate(net, val_idx, batch, n_classes, config.batch_size)
+    if not len(val_idx):  # all there is to say of a model nothing was held out from, said as what it is
+        _, result.train_accuracy, _ = _evaluate(net, train_idx, batch, n_classes, config.batch_size)
     result.seconds = spent + time.monotonic() - started
     net.to("cpu", memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
     return result
