@@ -51,8 +51,18 @@ class FileVanished(DecodeError):
     """The file is gone (deleted or moved away since it was seen)."""
 
 
+# What macOS leaves in the zips sample packs come in: `._Kick.wav` beside each `Kick.wav` (its Finder
+# metadata, no audio) and a `__MACOSX/` folder of them. Read as audio, each was a failure that crowded the
+# real ones out of `vibrary status`, and a bogus example in a dataset.
+JUNK_PREFIX = "._"
+JUNK_FOLDER = "__MACOSX"
+
+
 def is_audio_path(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in AUDIO_EXTENSIONS
+    name = os.path.basename(path)
+    if name.startswith(JUNK_PREFIX) or f"{os.sep}{JUNK_FOLDER}{os.sep}" in path:
+        return False
+    return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS
 
 
 LOUDEST = 1e6  # float samples beyond this (full scale is 1) are clipped to it: its power spectrum stays finite

@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 
-from .decode import is_audio_path
+from .decode import JUNK_FOLDER, is_audio_path
 
 log = logging.getLogger(__name__)
 
@@ -37,5 +37,5 @@ def audio_files_under(folder: str, on_error: Callable[[str, str], None] = _warn)
         on_error(str(e.filename), e.strerror or str(e))
 
     for dirpath, dirs, names in os.walk(folder, onerror=unreadable):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if d != JUNK_FOLDER)
         yield from (os.path.join(dirpath, n) for n in sorted(names) if is_audio_path(n))

@@ -34,7 +34,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from .decode import is_audio_path
+from .decode import JUNK_FOLDER, is_audio_path
 from .index import Index, under
 
 log = logging.getLogger(__name__)
@@ -300,6 +300,8 @@ class Watcher(FileSystemEventHandler):
 
     # -- reconcile -----------------------------------------------------------------------------------
     def _scan_in_background(self, folder: str) -> None:
+        if os.path.basename(folder) == JUNK_FOLDER:
+            return
         with self._lock:
             self.scans_running += 1
         threading.Thread(target=self._scan_safely, args=(folder,), name="scan", daemon=True).start()
@@ -340,7 +342,8 @@ class Watcher(FileSystemEventHandler):
                 if not self._storable(entry.path):
                     continue
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
+                    if entry.name != JUNK_FOLDER:
+                        stack.append(entry.path)
                     continue
                 if entry.is_symlink() and _links_to_folder(entry.path):
                     self._linked(entry.path)

@@ -8,6 +8,7 @@ import shutil
 import socket
 import stat
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -203,6 +204,27 @@ def test_links_to_folders_inside_a_watch_are_reported_with_the_command_that_inde
     daemon.client.add_watch(str(drive / "Splice"))  # what the status said to do
     wait_for(lambda: _indexed(daemon.client, 3))
     assert list(daemon.client.status().unfollowed_links) == []
+
+
+def test_the_mac_metadata_in_unzipped_packs_is_neither_indexed_nor_an_example(
+    daemon: DaemonProcess, tmp_path: Path, home: Path
+) -> None:
+    """A pack zipped on a Mac unpacks with `._Name.wav` beside each file and a `__MACOSX/` folder of them:
+    Finder metadata, no audio. Each was a failure in the index and an example in a dataset."""
+    library = tmp_path / "Samples"
+    (library / "Pack" / "Kicks").mkdir(parents=True)
+    (library / "Pack" / "__MACOSX" / "Kicks").mkdir(parents=True)
+    for junk in (library / "Pack" / "Kicks" / "._low_0.wav", library / "Pack" / "__MACOSX" / "Kicks" / "low_0.wav"):
+        junk.write_bytes(b"\x00\x05\x16\x07" + bytes(60))  # an AppleDouble header
+    daemon.client.add_watch(str(library))
+    _drop(library / "Pack" / "Kicks", 1)
+    (library / "Pack" / "Kicks" / "._mid_0.wav").write_bytes(b"\x00\x05\x16\x07")  # one more, while watched
+    wait_for(lambda: _indexed(daemon.client, 3))
+    time.sleep(0.5)  # past the settle time of the last junk file
+    s = daemon.client.status()
+    assert (s.indexed, s.failed, s.pending) == (3, 0, 0)
+    suggested = json_lines(vibrary("dataset", "suggest", "--json", str(library), home=home).stdout)
+    assert sorted(Path(x["path"]).name for x in suggested) == ["high_0.wav", "low_0.wav", "mid_0.wav"]
 
 
 def test_restart_reconciles_what_changed_while_down(model_home: Path, tmp_path: Path) -> None:
