@@ -37,6 +37,10 @@ class CommandError(Exception):
     """The command failed; str() is printed and the exit status is 1."""
 
 
+class UsageError(CommandError):
+    """The command line asks for something that cannot make sense; exit status 2, as argparse's own."""
+
+
 def _out(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
     print(json.dumps(obj) if args.json else human, flush=True)
 
@@ -303,13 +307,15 @@ def parse_query(words: Sequence[str]) -> tuple[list[list[str]], list[str]]:
     for word in words:
         if word.upper() == "OR":
             if not groups:
-                raise CommandError("OR needs a tag on each side")
+                raise UsageError("OR needs a tag on each side")
             join_next = True
             continue
         if word.upper() == "NOT":
             negate_next = True
             continue
         if negate_next or (word.startswith("-") and len(word) > 1):
+            if join_next:  # `kick OR -snare hihat` is no OR of kick and hihat
+                raise UsageError("OR needs a tag on each side, not an excluded one")
             excluded.append(word[0 if negate_next else 1 :].lower())
             negate_next = False
             continue
@@ -320,9 +326,9 @@ def parse_query(words: Sequence[str]) -> tuple[list[list[str]], list[str]]:
         elif alternatives:
             groups.append(alternatives)
     if join_next:
-        raise CommandError("OR needs a tag on each side")
+        raise UsageError("OR needs a tag on each side")
     if negate_next:
-        raise CommandError("NOT needs a tag after it")
+        raise UsageError("NOT needs a tag after it")
     return groups, excluded
 
 
@@ -351,11 +357,13 @@ def _print_files(args: argparse.Namespace, files: Iterable[Any]) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     groups, excluded = parse_query(args.query)
     if not groups and not excluded and not args.under:
-        raise CommandError("give at least one tag to search for")
+        raise UsageError("give at least one tag to search for")
+    # 0 on the wire asks for hits only; `--min-score 0` asks for every stored score
+    min_score = 0.0 if args.min_score is None else max(args.min_score, ANY_STORED_SCORE)
     with Client() as c:
         n = _print_files(
             args,
-            c.search(groups, excluded, args.min_score, args.under or "", args.model or "", args.limit, best_first=True),
+            c.search(groups, excluded, min_score, args.under or "", args.model or "", args.limit, best_first=True),
         )
     if not args.json:
         print(f"{n} files", file=sys.stderr)
@@ -800,6 +808,28 @@ def _workers(text: str) -> int:
     return n
 
 
+ANY_STORED_SCORE = 1e-9
+
+
+def _score(text: str) -> float:
+    try:
+        score = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= score <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: scores lie between 0 and 1")
+    return score
+
+
+def _model_ref(text: str) -> str:
+    """NAME or NAME@VERSION, checked before anything starts (exit 2)."""
+    try:
+        registry.parse_ref(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _count(text: str) -> int:
     """A whole number of at least 1, refused by argparse (exit 2, a usage line) before anything starts."""
     try:
@@ -825,7 +855,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tag", parents=[common], help="tag files and folders now, without the daemon")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--model", action="append", metavar="NAME[@VERSION]", help="use this model (repeatable)")
+    p.add_argument(
+        "--model", action="append", type=_model_ref, metavar="NAME[@VERSION]", help="use this model (repeatable)"
+    )
     p.add_argument("--top", type=_count, default=3, metavar="K", help="at most K tags per model (default 3)")
     p.set_defaults(func=cmd_tag)
 
@@ -857,7 +889,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", parents=[common], help="find files by tag: kick -acoustic snare|clap")
     p.add_argument("query", nargs="*", metavar="QUERY")
-    p.add_argument("--min-score", type=float, default=0.0, help="only tags scoring at least this")
+    p.add_argument(
+        "--min-score", type=_score, default=None, help="only tags scoring at least this (default: the tags that hit)"
+    )
     p.add_argument("--under", default="", metavar="DIR", help="only files under this folder")
     p.add_argument("--model", default="", help="only tags from this model")
     p.add_argument("--limit", type=_count, default=0, help="at most this many files, the surest first")
@@ -878,9 +912,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("ref", metavar="FILE.onnx")
     a.add_argument("--name", default="", help="install under this name")
     a.add_argument("--inactive", action="store_true", help="install without activating")
-    for action in ("activate", "deactivate", "remove"):
-        a = actions.add_parser(action, parents=[common], help=f"{action} NAME (newest version) or NAME@VERSION")
-        a.add_argument("ref", metavar="NAME[@VERSION]")
+    for action, which in (("activate", "newest"), ("deactivate", "active"), ("remove", "newest")):
+        a = actions.add_parser(action, parents=[common], help=f"{action} NAME (its {which} version) or NAME@VERSION")
+        a.add_argument("ref", type=_model_ref, metavar="NAME[@VERSION]")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("dataset", parents=[common], help="labelled examples for training your own tags")
@@ -978,6 +1012,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `vibrary search kick | head`: the reader has all it wants, which is no error to print
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor one when Python flushes at exit
         return 141  # 128 + SIGPIPE, what a shell reports for a writer cut short
+    except UsageError as e:
+        print(f"vibrary: {e}", file=sys.stderr)
+        return 2
     except (CommandError, DaemonNotRunning, DaemonError, ModelError, ValueError, OSError) as e:
         print(f"vibrary: {e}", file=sys.stderr)
         return 1

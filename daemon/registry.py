@@ -91,9 +91,9 @@ def ensure_builtin(index: Index, home_dir: Path) -> list[ModelRow]:
 
 def parse_ref(text: str) -> tuple[str, int]:
     """'NAME' or 'NAME@VERSION' → (name, version or 0)."""
-    name, _, version = text.partition("@")
+    name, at, version = text.partition("@")
     if not name:
         raise ValueError(f"bad model reference {text!r}: expected NAME or NAME@VERSION")
-    if version and not version.isdigit():
-        raise ValueError(f"bad model version in {text!r}: expected a number")
+    if at and not (version.isdigit() and int(version) > 0):  # `NAME@` or `NAME@0` from an empty variable in a
+        raise ValueError(f"bad model version in {text!r}: versions count from 1")  # script must not mean the newest
     return name, int(version or 0)

@@ -56,6 +56,19 @@ def test_usage_errors_exit_2_and_failures_exit_1(home: Path, tmp_path: Path) -> 
     (tmp_path / "x.onnx").write_bytes(b"not a model")
     bad = vibrary("models", "install", str(tmp_path / "x.onnx"), home=home, check=False)
     assert bad.returncode == 1 and "not a loadable ONNX model" in bad.stderr
+    for args, said in (  # usage errors found past argparse exit 2 as well, before any daemon is asked
+        (("search",), "give at least one tag"),
+        (("search", "OR"), "OR needs a tag on each side"),
+        (("search", "kick", "NOT"), "NOT needs a tag after it"),
+        (("search", "kick", "OR", "-snare", "hihat"), "not an excluded one"),  # was (kick|hihat) -snare
+        (("search", "kick", "--min-score", "2"), "scores lie between 0 and 1"),
+        (("models", "remove", "demo@0"), "versions count from 1"),  # was: remove the newest version
+        (("models", "activate", "demo@"), "versions count from 1"),
+        (("models", "activate", "demo@abc"), "versions count from 1"),
+        (("tag", "--model", "@1", str(tmp_path)), "expected NAME or NAME@VERSION"),
+    ):
+        refused = vibrary(*args, home=home, check=False)
+        assert refused.returncode == 2 and said in refused.stderr, (args, refused.stderr)
 
 
 def test_models_commands(model_home: Path, tmp_path: Path) -> None:
@@ -160,6 +173,7 @@ def test_search_words_that_look_like_options_and_model_filters(daemon: DaemonPro
 
     assert found("low|mid|high", "-high", "-acoustic") == {"low", "mid"}
     assert found("low", "OR", "mid", "NOT", "mid") == {"low"}
+    assert found("high", "--min-score", "0") > {"high"}  # every stored score (mid's), not hits only
     assert found("--model", "bands", "high") == {"high"}
     for command, model, said in (("search", "nosuch", "no model nosuch"), ("counts", "bands@1", "without @VERSION")):
         query = ["high"] if command == "search" else []
