@@ -14,6 +14,8 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
+from .shards import too_few
+
 CURVE = Path(__file__).parent / "builtin" / "examples_curve.json"
 GAIN = 0.05  # more examples are worth suggesting when they buy at least this much accuracy
 
@@ -38,6 +40,8 @@ def advise(per_class: Mapping[str, int], family: str = "instruments", path: Path
     """One or two sentences for people: what to expect now, and what more examples would buy."""
     if not per_class:
         return ""
+    if why := too_few(dict(per_class)):  # said at `dataset show` and after each edit, not after an upload
+        return f"cannot train yet: {why} (`vibrary dataset add` more, or relabel or drop them)"
     points, source = load_curve(family, path)
     tag, n = min(per_class.items(), key=lambda kv: (kv[1], kv[0]))
     now = expected(n, points)

@@ -492,8 +492,12 @@ def _edit(
     def as_held(tag: str) -> str:
         return _as_held(tag, set(mapping.values()) - {""})
 
+    done: dict[str, str] = {}
     for old, new in rename:
-        old, new = existing(old), as_held(new)
+        if done.get(_spelled(old)) == as_held(new):  # `merge noisy Noisy --into hiss`: one tag, named twice
+            continue
+        done[_spelled(old)] = new = as_held(new)
+        old = existing(old)
         mapping = {k: (new if v == old else v) for k, v in mapping.items()}
     dropped: set[str] = set()
     for t in drop:

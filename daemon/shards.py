@@ -25,6 +25,15 @@ SHARD_CLIPS = 256
 _ARRAYS = {"codes", "labels", "groups"}
 
 
+MIN_EXAMPLES = 2  # of each tag: fewer, and a class can neither be learned nor told from the others
+
+
+def too_few(per_class: dict[str, int]) -> str:
+    """Why a dataset with these counts cannot train, or "" when it can."""
+    thin = [f"{tag} ({n})" for tag, n in per_class.items() if n < MIN_EXAMPLES]
+    return f"each tag needs at least {MIN_EXAMPLES} examples; too few: {', '.join(thin)}" if thin else ""
+
+
 class ShardError(ValueError):
     """A shard or manifest that cannot be used; str() says why."""
 

@@ -38,7 +38,7 @@ from vibrary.proto import trainer_pb2
 from . import config, dataset, registry
 from .index import Index, ModelRow
 from .infer import ModelError
-from .shards import Manifest
+from .shards import Manifest, too_few
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +212,9 @@ def train(
 
     def read(checked_trainer: str, checked_base: str, opts: str) -> Trained:
         manifest, shard_dir = dataset.load(home_dir, dataset_name)
+        with contextlib.suppress(FileNotFoundError):  # a dataset from before labels were kept: the trainer says
+            if why := too_few(dataset.load_report(home_dir, dataset_name).per_class):
+                raise TrainingError(f"dataset {dataset_name!r} cannot train: {why}")  # before any upload
         model_name = name or dataset_name
         classes = list(manifest.classes)
         report(classes=classes, upload_bytes=manifest.size)

@@ -164,6 +164,21 @@ def test_adding_files_decodes_only_them_keeps_the_edits_and_follows_renames(
     assert (grown.added, grown.left_out) == (2, 1) and grown.report.per_class == {"kick": 6, "noise": 7}
 
 
+def test_a_tag_left_with_one_example_is_said_at_once_and_stops_training_before_any_upload(
+    home: Path, tmp_path: Path
+) -> None:
+    files = write_kinds(tmp_path / "ex", per_kind=3, seed=9)
+    dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
+    merged = dataset.edit(home, "mine", rename=[("noise", "hiss"), ("Noise", "hiss")])  # one tag named twice
+    assert merged.per_class == {"hiss": 3, "thump": 3, "tone": 3}
+    solo = dataset.edit(home, "mine", relabel=[(str(files[0]), "solo")])
+    assert solo.advice.startswith("cannot train yet: each tag needs at least 2 examples; too few: solo (1)")
+    shown = vibrary("dataset", "show", "mine", home=home).stdout
+    assert "cannot train yet" in shown
+    refused = vibrary("train", "mine", "--trainer", "127.0.0.1:9", home=home, check=False)  # no trainer there
+    assert refused.returncode == 1 and "dataset 'mine' cannot train: each tag needs" in refused.stderr
+
+
 def test_labels_an_older_version_spelled_with_spaces_stay_mergeable(home: Path, tmp_path: Path) -> None:
     """Labels are spelled as tags now (hi-hat); a dataset made before keeps "hi hat", and a merge into it
     must not make a second class "hi-hat"."""

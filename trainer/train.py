@@ -23,14 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from vibrary.daemon.shards import Manifest, ShardError
+from vibrary.daemon.shards import Manifest, ShardError, too_few
 from vibrary.daemon.spectrogram import SpectrogramParams, dequantize
 
 from . import checkpoint as snapshot
 from .augment import augment, mixup
 from .network import TagNet
 
-MIN_EXAMPLES = 2
 MIN_STEPS, MIN_BATCH = 3, 8  # optimiser steps an epoch at least, by smaller batches (see train)
 SMALL_CLASS = 25  # fewer clips than this in some class: no validation split (see train); measured at 1–20
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -188,9 +187,8 @@ def split_by_group(labels: np.ndarray, groups: np.ndarray, fraction: float, rng:
 
 def check_counts(labels: np.ndarray, classes: list[str]) -> None:
     counts = np.bincount(labels, minlength=len(classes))
-    thin = [f"{classes[i]} ({n})" for i, n in enumerate(counts) if n < MIN_EXAMPLES]
-    if thin:
-        raise ShardError(f"each class needs at least {MIN_EXAMPLES} examples; too few: {', '.join(thin)}")
+    if why := too_few({tag: int(n) for tag, n in zip(classes, counts, strict=True)}):
+        raise ShardError(why)
 
 
 def train(
