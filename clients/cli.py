@@ -185,7 +185,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if args.action != "list":
             folder = indexed_path(args.dir)  # as the daemon will hold it
             covering = [w for w in c.watches() if folder.startswith(under(w)[0])]
-            if args.action == "add" and covering:  # harmless, but a second entry to remove later
+            if args.action == "add" and covering and os.path.isdir(folder):  # harmless, but one more to remove
                 print(f"vibrary: {folder} is already watched, inside {covering[0]}", file=sys.stderr)
             (c.add_watch if args.action == "add" else c.remove_watch)(args.dir)
         found = c.watch_list()
@@ -273,6 +273,7 @@ def cmd_tray(args: argparse.Namespace) -> int:
     if sys.platform not in ("darwin", "win32") and not any(os.environ.get(v) for v in graphical):
         # Qt would abort the process without a word a user could act on
         raise CommandError("the tray needs a graphical session: DISPLAY and WAYLAND_DISPLAY are unset")
+    config.unix_target(config.socket_path(config.home()))  # a home no daemon can listen in: said here, once
     try:
         from .tray import run
     except ImportError as e:
@@ -1015,6 +1016,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"vibrary: {e}", file=sys.stderr)
         return 2
+    except UnicodeEncodeError as e:  # a path from an old archive, passed on to the daemon or the index
+        name = e.object if isinstance(e.object, str) else ""
+        print(f"vibrary: {os.fsencode(name)!r} is not valid UTF-8: rename it to use it here", file=sys.stderr)
+        return 1
     except (CommandError, DaemonNotRunning, DaemonError, ModelError, ValueError, OSError) as e:
         print(f"vibrary: {e}", file=sys.stderr)
         return 1

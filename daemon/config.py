@@ -87,9 +87,18 @@ def socket_path(home_dir: Path) -> Path:
     return home_dir / "daemon.sock"
 
 
+SOCKET_PATH_MAX = 100  # bytes: sockaddr_un holds 104-108, depending on the OS
+
+
 def unix_target(path: Path | str) -> str:
     """The gRPC address of a Unix socket: a URI, so a home named `Beats #2` or `100%` is percent-encoded
-    (as written, the daemon listened where no client looked, or did not start)."""
+    (as written, the daemon listened where no client looked, or did not start). ValueError for a path too
+    long to be a socket's: the daemon cannot listen there, and gRPC's own words for it are noise."""
+    if len(str(path).encode()) > SOCKET_PATH_MAX:
+        raise ValueError(
+            f"socket path too long for a Unix socket ({len(str(path).encode())} bytes, {SOCKET_PATH_MAX} at most): "
+            f"{path}; set VIBRARY_HOME to a shorter folder"
+        )
     return "unix:" + urllib.parse.quote(str(path), safe="/")
 
 

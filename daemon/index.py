@@ -749,7 +749,7 @@ class Index:
                 .fetchall()
             )
             if not rows:
-                yield FileTags(p, "unknown", "not in the index", [])
+                yield FileTags(p, "unknown", "not in the index" if os.path.lexists(p) else "no such file or folder", [])
             yield from self._with_tags(rows, model_ids)
 
     def _with_tags(self, rows: Sequence[tuple], model_ids: Sequence[int]) -> Iterator[FileTags]:

@@ -478,8 +478,7 @@ def _server(daemon: Daemon, token: str) -> grpc.Server:
 
 def serve(daemon: Daemon, socket_path: str, listen: str = "", token: str = "") -> list[grpc.Server]:
     """Start the servers; the socket is created user-only (0600) before anyone can connect."""
-    if len(socket_path.encode()) > 100:
-        raise ValueError(f"socket path too long for a Unix socket ({len(socket_path)} bytes): {socket_path}")
+    target = config.unix_target(socket_path)  # ValueError when too long to be a socket's path
     if os.path.exists(socket_path):
         os.unlink(socket_path)  # stale: the home lock proves no other daemon owns it
     servers = []
@@ -487,7 +486,7 @@ def serve(daemon: Daemon, socket_path: str, listen: str = "", token: str = "") -
     old_umask = os.umask(0o177)
     try:
         try:
-            unix.add_insecure_port(config.unix_target(socket_path))
+            unix.add_insecure_port(target)
         except RuntimeError as e:  # grpc says only "Failed to bind"
             raise ValueError(f"cannot listen on {socket_path}: {e}") from None
         unix.start()

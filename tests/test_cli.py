@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -69,6 +70,23 @@ def test_usage_errors_exit_2_and_failures_exit_1(home: Path, tmp_path: Path) -> 
     ):
         refused = vibrary(*args, home=home, check=False)
         assert refused.returncode == 2 and said in refused.stderr, (args, refused.stderr)
+    far = tmp_path / ("x" * 120)  # no socket can live there: said plainly, not in gRPC's words
+    far.mkdir()
+    for args in (("status",), ("daemon",)):
+        told = vibrary(*args, home=far, check=False)
+        assert told.returncode == 1 and "set VIBRARY_HOME to a shorter folder" in told.stderr, (args, told.stderr)
+
+
+def test_paths_the_index_cannot_take_are_said_plainly(daemon: DaemonProcess, tmp_path: Path) -> None:
+    clip = write_tone(tmp_path / "a.wav", BANDS["low"])
+    told = json_lines(vibrary("tags", "--json", str(tmp_path / "gone.wav"), str(clip), home=daemon.home).stdout)
+    assert [t["error"] for t in told] == ["no such file or folder", "not in the index"]
+    latin1 = os.path.join(os.fsencode(tmp_path), b"Caf\xe9")
+    os.mkdir(latin1)
+    refused = vibrary("watch", "add", os.fsdecode(latin1), home=daemon.home, check=False)
+    assert refused.returncode == 1 and "is not valid UTF-8: rename it" in refused.stderr, refused.stderr
+    not_folder = vibrary("watch", "add", str(clip), home=daemon.home, check=False)
+    assert not_folder.returncode == 1 and not_folder.stderr.strip() == f"vibrary: not a folder: {clip}"
 
 
 def test_models_commands(model_home: Path, tmp_path: Path) -> None:
