@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import signal
 import sqlite3
 import sys
@@ -236,7 +237,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         human += f"\n  {MISSING_FIX}"
     if s.unfollowed_links:
         human += "\nlinked folders, not followed (their files are not indexed; add where they lead as watches):"
-        human += "".join(f"\n  {x.path} → {x.target}: `vibrary watch add {x.target}`" for x in s.unfollowed_links)
+        for x in s.unfollowed_links:
+            human += f"\n  {x.path} → {x.target}: vibrary watch add {shlex.quote(x.target)}"
     if newest:
         obj["recent_failures"] = [{"path": f.path, "error": f.error} for f in newest]
         human += "\nnewest failures:" + "".join(f"\n  {f.path}: {f.error}" for f in newest)
@@ -691,13 +693,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar.close()
     row = trained.row
     nothing_held_out = trained.summary.get("val_clips") == 0  # a small dataset trains on every clip
-    accuracy = float(trained.summary.get("train_accuracy", 0.0)) if nothing_held_out else trained.val_accuracy
+    accuracy = float(trained.summary.get("train_accuracy", 0.0))
     obj = {
         "model": row.name,
         "version": row.version,
         "classes": list(row.classes),
-        "val_accuracy": round(accuracy, 4),  # a number, as the contract has it: `accuracy_of` says of what
-        "accuracy_of": "training clips (none held out)" if nothing_held_out else "held-out clips",
+        # null, not a number that is not a validation: 0 said "useless", the training clips' own accuracy "perfect"
+        "val_accuracy": None if nothing_held_out else round(trained.val_accuracy, 4),
+        "val_clips": trained.summary.get("val_clips"),
+        "train_accuracy": round(accuracy, 4) if nothing_held_out else None,  # of the clips it learned from
         "seconds": round(trained.seconds, 1),
         "plots": trained.plots,
         "summary": trained.summary,

@@ -291,6 +291,7 @@ def add(
                 left_out += 1
                 continue
             new.append(Example(ex.path, _as_held(tag, tags), ex.group))
+        progress(len(examples) - len(new))  # the files it has, or left out: done, as far as progress goes
         if not new:
             gone = f", or were removed from it by an edit ({left_out})" if left_out else ""
             raise ValueError(f"nothing to add: all {len(examples)} files are in dataset {name!r} already{gone}")
@@ -523,8 +524,9 @@ def _edit(
 
 def _renamed(before: dict[str, str], mapping: dict[str, str], live: set[str]) -> dict[str, str]:
     """What `add` should make of each tag that is gone after an edit: what it was renamed or merged into (the
-    next pack spells its folders as the last one did), or "" when it was dropped; a tag that is in use
-    again means itself."""
+    next pack spells its folders as the last one did; followed along later renames), or "" when it was
+    dropped (`mapping` says "" only of drops: a tag its files were relabelled away from is not dropped). A
+    tag that is in use again means itself."""
     renamed = {old: mapping.get(now, now) for old, now in before.items()}
     renamed.update((old, now) for old, now in mapping.items() if now != old)
-    return {old: now if now in live else "" for old, now in renamed.items() if old not in live}
+    return {old: now for old, now in renamed.items() if old not in live}

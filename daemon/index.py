@@ -344,6 +344,8 @@ class Index:
         removed: list[str] = []
         with self.write() as c:
             for p in paths:
+                if not p.strip(os.sep):  # "" or "/": under() of it is every path there is
+                    raise ValueError(f"refusing to remove everything under {p!r}")
                 lo, hi = under(p)
                 hits = c.execute(
                     "DELETE FROM files WHERE path = ? OR (path >= ? AND path < ?) RETURNING path", (p, lo, hi)
@@ -805,7 +807,7 @@ def _search_sql(
             return cond + f"AND {alias}.score >= ?"
         return cond + f"AND {alias}.hit = 1"
 
-    where: list[str] = [f"f.state != '{FAILED}'"]
+    where: list[str] = [f"f.state != '{FAILED}' AND f.content_id IS NOT NULL"]  # read, and not failed since
     if groups and not among:
         source, key = "tags t0 JOIN files f ON f.content_id = t0.content_id", "t0.content_id"
         where.append(match("t0", groups[0]))

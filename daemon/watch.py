@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import threading
 import time
 import warnings
@@ -180,7 +181,7 @@ class Watcher(FileSystemEventHandler):
             self._links[link] = target
             if self._watched(target) or _loop(link, target):
                 return
-        log.warning("%s links to %s, which is not followed: `vibrary watch add %s` indexes it", link, target, target)
+        log.warning("%s links to %s, not followed: vibrary watch add %s indexes it", link, target, shlex.quote(target))
 
     def _storable(self, path: str) -> bool:
         """Whether the index can hold this path. A name that is not UTF-8 (unpacked from an old archive)
@@ -233,7 +234,7 @@ class Watcher(FileSystemEventHandler):
                     self._buffer[path] = due
 
     def _remove(self, path: str) -> None:
-        if not _utf8(path):  # never in the index
+        if not path or not _utf8(path):  # nothing, or a name never in the index
             return
         with self._lock:
             self.flush()
@@ -247,7 +248,11 @@ class Watcher(FileSystemEventHandler):
         if src and not _utf8(src):
             src = ""  # was never in the index: as good as moved in
         if not dst:  # moved out of the watched folders: gone, as far as the library is concerned
-            self._remove(src)
+            if src:  # "" would name every path there is
+                self._remove(src)
+            return
+        if not is_dir and _links_to_folder(dst):  # `ln -sfn`, or a link moved in: inotify calls it a file
+            self._linked(dst)
             return
         if not src:  # moved in from outside the watched folders: a rename is atomic, the file is complete
             if is_dir and not os.path.islink(dst):
@@ -300,7 +305,7 @@ class Watcher(FileSystemEventHandler):
 
     # -- reconcile -----------------------------------------------------------------------------------
     def _scan_in_background(self, folder: str) -> None:
-        if os.path.basename(folder) == JUNK_FOLDER:
+        if os.path.basename(folder) == JUNK_FOLDER or not self._storable(folder):
             return
         with self._lock:
             self.scans_running += 1
@@ -377,7 +382,8 @@ class Watcher(FileSystemEventHandler):
             if known:
                 self._remove_all(list(known))
         for gone in set(self.index.dirs_under(folder)) - visited:
-            if not os.path.isdir(gone) or os.path.islink(gone):  # a link is never walked, so never kept
+            # a link is never walked, so never kept; nor is the __MACOSX metadata an older version indexed
+            if not os.path.isdir(gone) or os.path.islink(gone) or f"{os.sep}{JUNK_FOLDER}{os.sep}" in gone + os.sep:
                 self._remove_all(list(self.index.files_in_dir(gone)))
 
     def _remove_all(self, paths: list[str]) -> None:

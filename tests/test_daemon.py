@@ -193,8 +193,14 @@ def test_links_to_folders_inside_a_watch_are_reported_with_the_command_that_inde
     (library / "Drums" / "Other").symlink_to(drive / "Other", target_is_directory=True)  # made while watched
     other = pb.Link(path=str(library / "Drums" / "Other"), target=str(drive / "Other"))
     wait_for(lambda: list(daemon.client.status().unfollowed_links) == [other, splice])
+    (drive / "More Loops").mkdir()
+    (tmp_path / "staged").symlink_to(drive / "More Loops", target_is_directory=True)
+    (tmp_path / "staged").rename(library / "Loops")  # moved in, as `ln -sfn` does: no creation event
+    loops = pb.Link(path=str(library / "Loops"), target=str(drive / "More Loops"))
+    wait_for(lambda: list(daemon.client.status().unfollowed_links) == [other, loops, splice])
     told = vibrary("status", home=home).stdout
-    assert f"{library / 'Splice'} → {drive / 'Splice'}: `vibrary watch add {drive / 'Splice'}`" in told
+    assert f"{library / 'Loops'} → {drive / 'More Loops'}: vibrary watch add '{drive / 'More Loops'}'" in told
+    (library / "Loops").unlink()
     assert json_lines(vibrary("status", "--json", home=home).stdout)[0]["unfollowed_links"][1] == {
         "path": str(library / "Splice"),
         "target": str(drive / "Splice"),

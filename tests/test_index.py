@@ -319,6 +319,22 @@ def test_tags_computed_by_a_model_removed_meanwhile_are_not_stored(index: Index)
     assert index.add_model("next", "/m/next.onnx", "c" * 64, ["x"], "{}", False).id not in (kept.id, gone.id)
 
 
+def test_a_search_finds_no_file_that_was_never_read_and_nothing_removes_everything(index: Index) -> None:
+    """Files pending again keep their last content's tags in a search; a file never read has none to
+    match, not even as 'not kick' or 'under this folder'."""
+    model = index.add_model("inst", "/m/inst.onnx", "a" * 64, ["kick", "snare"], "{}", False)
+    index.set_active(model, True)
+    _add(index, "/lib/k.wav", {"kick": 0.9}, model.id)
+    _add(index, "/lib/s.wav", {"snare": 0.9}, model.id)
+    index.mark_pending([("/lib/new.wav", 0.0), ("/lib/s.wav", 0.0)])  # new; and touched, to be read again
+    assert _paths(index, none_of=["kick"]) == ["/lib/s.wav"]
+    assert _paths(index, path_prefix="/lib") == ["/lib/k.wav", "/lib/s.wav"]
+    for everything in ("", "/"):
+        with pytest.raises(ValueError, match="refusing to remove everything"):
+            index.remove_paths([everything])
+    assert len(list(index.file_tags(["/lib"]))) == 3
+
+
 def test_an_index_from_before_inodes_gets_the_column_with_inodes_unknown(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     inode_line = next(line for line in index_module.SCHEMA.splitlines() if line.strip().startswith("inode "))

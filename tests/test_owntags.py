@@ -163,6 +163,19 @@ def test_adding_files_decodes_only_them_keeps_the_edits_and_follows_renames(
     grown = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "third")]))
     assert (grown.added, grown.left_out) == (2, 1) and grown.report.per_class == {"kick": 6, "noise": 7}
 
+    kicks = [p for p, tag in dataset.labelled_files(home, "mine") if tag == "kick"]
+    dataset.edit(home, "mine", relabel=[(p, "boom") for p in kicks])  # kick emptied by relabels: not dropped
+    fourth = write_kinds(tmp_path / "fourth", per_kind=1, seed=8)
+    steps: list[int] = []
+    grown = dataset.add(
+        home,
+        "mine",
+        dataset.examples_from_folders([str(tmp_path / "first"), str(tmp_path / "fourth")]),
+        progress=steps.append,
+    )
+    assert grown.report.per_class == {"boom": 6, "kick": 1, "noise": 8}  # thump/ joins what it was renamed to
+    assert sum(steps) == 9 + len(fourth)  # every file offered is accounted for: the bar ends full
+
 
 def test_a_tag_left_with_one_example_is_said_at_once_and_stops_training_before_any_upload(
     home: Path, tmp_path: Path

@@ -179,12 +179,33 @@ def test_a_name_that_is_not_utf8_is_left_out_and_said_once_and_the_rest_is_recor
         wait_for(lambda: str(lib / "renamed.wav") in _pending(index))
         os.rename(lib / "next.wav", os.path.join(raw, b"n\xe9xt.wav"))  # away to one it cannot
         wait_for(lambda: str(lib / "next.wav") not in _pending(index))
+        os.rename(os.path.join(raw, b"n\xe9xt.wav"), os.path.join(raw, b"n\xe9xt2.wav"))  # from one to another
+        _write(os.path.join(os.fsencode(tmp_path), b"out\xe9.wav"))
+        os.rename(os.path.join(os.fsencode(tmp_path), b"out\xe9.wav"), os.path.join(raw, b"in\xe9.wav"))  # moved in
+        os.mkdir(os.path.join(raw, b"new\xe9"))  # a folder made while watched
+        (lib / "last.wav").write_bytes(b"x")
+        wait_for(lambda: str(lib / "last.wav") in _pending(index))
+        # both sides unstorable once read as "from nowhere to nowhere", and removed every path there is
+        assert {str(lib / n) for n in ("a/k.wav", "z/k.wav", "renamed.wav")} <= _pending(index)
     finally:
         w.stop()
     said = [r.getMessage() for r in caplog.records if "not valid UTF-8" in r.getMessage()]
     assert len(said) == len(set(said)) >= 3 and any("caf\\xe9.wav" in m for m in said)
+    assert not [r for r in caplog.records if r.exc_info], "a traceback instead of one line"
 
 
 def _write(path: bytes) -> None:
     with open(path, "wb") as f:
         f.write(b"x")
+
+
+def test_mac_metadata_an_older_version_indexed_leaves_the_index_at_the_next_scan(index: Index, tmp_path: Path) -> None:
+    junk = tmp_path / "lib" / "Pack" / "__MACOSX" / "Kicks"
+    junk.mkdir(parents=True)
+    (junk / "._k.wav").write_bytes(b"x")
+    (tmp_path / "lib" / "Pack" / "k.wav").write_bytes(b"x")
+    index.mark_pending([(str(junk / "._k.wav"), 0.0), (str(tmp_path / "lib" / "Pack" / "k.wav"), 0.0)])
+    w = _watcher(index)
+    w.watch(str(tmp_path / "lib"))
+    wait_for(lambda: w.scans_running == 0)
+    assert _pending(index) == {str(tmp_path / "lib" / "Pack" / "k.wav")}
