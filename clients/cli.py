@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import itertools
 import json
 import logging
@@ -368,9 +369,20 @@ def cmd_search(args: argparse.Namespace) -> int:
             args,
             c.search(groups, excluded, min_score, args.under or "", args.model or "", args.limit, best_first=True),
         )
-    if not args.json:
-        print(f"{n} files", file=sys.stderr)
+        if not args.json:
+            print(f"{n} files{_unknown_tags(c, groups) if n == 0 else ''}", file=sys.stderr)
     return 0
+
+
+def _unknown_tags(c: Client, groups: list[list[str]]) -> str:
+    """Why a search found nothing, when it is a tag no file has (a typo, or another model's word)."""
+    known = {t.tag for t in c.counts()}
+    unknown = [w for g in groups for w in g if w not in known]
+    if not unknown:
+        return ""
+    close = {w: difflib.get_close_matches(w, known, n=1) for w in unknown}
+    said = ", ".join(f"{w!r}" + (f" (did you mean {m[0]!r}?)" if m else "") for w, m in close.items())
+    return f": no file is tagged {said}; `vibrary counts` lists the tags in use"
 
 
 def cmd_counts(args: argparse.Namespace) -> int:
