@@ -87,7 +87,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
         raise CommandError("no usable model: activate one with `vibrary models activate NAME`")
     names = {m.id: m.ref.split("@")[0] for m in models}
     settings = config.Settings.load(home_dir)
-    files = expand(args.paths)
+    files = list(expand(args.paths))
     if not files:
         print(f"vibrary: no audio files in {', '.join(args.paths)}", file=sys.stderr)
     bar = tqdm(total=len(files), unit="file", disable=None, file=sys.stderr)

@@ -69,6 +69,8 @@ def _absolute(path: str, context: grpc.ServicerContext) -> str:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, "path is empty")
     if not os.path.isabs(path):
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"path must be absolute: {path!r}")
+    if "\0" in path:  # no file has such a name: it was a failure in the index, and a traceback in the log
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"path holds a NUL byte: {path!r}")
     return os.path.normpath(path)
 
 
@@ -101,6 +103,8 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
 
     def AddWatch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> pb.WatchList:
         folder = _absolute(request.path, context)
+        if folder == os.sep:  # /proc, /sys, the daemon's own home and every program's files, re-read forever
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not the whole disk: watch the folders your samples are in")
         if not os.path.exists(folder):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no such folder: {folder}")
         if not os.path.isdir(folder):
@@ -129,8 +133,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "min_score must be within [0, 1]")
         if request.limit < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit must not be negative")
-        if request.path_prefix and not os.path.isabs(request.path_prefix):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "path_prefix must be absolute")
+        prefix = _absolute(request.path_prefix, context) if request.path_prefix else ""  # `lib/../x` is x
         groups = [list(dict.fromkeys(g.tags)) for g in request.all_of]
         if any(not g or any(not t.strip() for t in g) for g in groups) or any(not t.strip() for t in request.none_of):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty tag in query")
@@ -144,7 +147,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             groups,
             list(request.none_of),
             request.min_score,
-            request.path_prefix,
+            prefix,
             request.model,
             request.limit,
             request.best_first,
@@ -186,7 +189,12 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "indexing is paused; resume it first (vibrary resume)")
         remaining = context.time_remaining()  # no deadline reads as ~1e19 s
         deadline = time.time() + min(remaining if remaining is not None else TAG_WAIT_S, TAG_WAIT_S)
-        results = self.daemon.tag_now(paths, deadline, context.is_active)
+        try:
+            results = self.daemon.tag_now(paths, deadline, context.is_active)
+        except TimeoutError as e:  # still walking the folders given
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
+        except ValueError as e:  # more files than a call should queue
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if not context.is_active():
             return  # the caller went away: nobody to answer
         if any(r.state == "pending" for r in results):
@@ -233,6 +241,8 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
     def _set_active(self, request: pb.ModelRef, context: grpc.ServicerContext, active: bool) -> pb.ModelList:
         if not request.name or request.version < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model name required, version >= 0")
+        if "@" in request.name:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give the version in its own field, not as NAME@VERSION")
         try:
             row = self.daemon.index.model(request.name, request.version, active_first=not active)
         except KeyError as e:

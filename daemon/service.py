@@ -84,7 +84,7 @@ class Daemon:
         registry.ensure_builtin(self.index, home_dir)
         self.cache = SpectrogramCache(config.cache_path(home_dir), self.settings.cache_max_mb << 20)
         self.events = EventBus()
-        self._active_ids = tuple(m.id for m in self.index.active_models())
+        self._active = {m.id: m.ref for m in self.index.active_models()}
         self.pipeline = Pipeline(
             load_models(self.index),
             self._store,
@@ -114,7 +114,7 @@ class Daemon:
         self._dataset_changing = ""  # the dataset being built, edited or deleted now (under _training_lock)
 
     def start(self) -> None:
-        self.index.requeue_missing(self._active_ids)
+        self.index.requeue_missing(list(self._active))
         self._resolve_linked_watches()
         self.watcher.start()
         self._feeder.start()
@@ -235,16 +235,17 @@ class Daemon:
         loaded has its file back (`vibrary models install` of the same file restores it)."""
         with self._models_lock:  # the feeder and the API both call this
             active = self.index.active_models()
-            ids = tuple(m.id for m in active)
-            if ids == self._active_ids and self._unloaded_files(active) == self._unloaded:  # (a file put back)
+            now = {m.id: m.ref for m in active}
+            if now == self._active and self._unloaded_files(active) == self._unloaded:  # (a file put back)
                 return
-            self._active_ids = ids
+            changed = [ref for i, ref in (self._active | now).items() if (i in now) != (i in self._active)]
+            self._active = now
             self.pipeline.models = load_models(self.index, active)
             self._unloaded = self._unloaded_files(active)
-            queued = self.index.requeue_missing(ids)
-        log.info("active models now %s; %d files re-queued", [m.ref for m in active], queued)
-        for m in active:
-            self.events.publish(Event(MODEL_CHANGED, model=m.ref))
+            queued = self.index.requeue_missing(list(now))
+        log.info("active models now %s; %d files re-queued", list(now.values()), queued)
+        for ref in changed:  # each model activated or deactivated (or removed); ListModels says which is which
+            self.events.publish(Event(MODEL_CHANGED, model=ref))
         self._wake.set()
         self.status_events.changed()
 
@@ -316,15 +317,23 @@ class Daemon:
         """Queue these files first and wait (until the deadline, while `wanted()` and not paused) for their
         results, from the models active now (a `vibrary models` change is otherwise followed within a second)."""
         self._follow_models()
-        files = list(expand(paths))
+        files: list[str] = []
+        for path in expand(paths):  # a folder as big as /usr takes a while: the caller may not wait for it
+            files.append(path)
+            if len(files) > TAG_MAX_FILES:
+                raise ValueError(f"more than {TAG_MAX_FILES} files: add the folder as a watch instead")
+            if len(files) % 256 == 0 and not (wanted() and time.time() < deadline):
+                raise TimeoutError(f"the deadline passed while finding the files ({len(files)} so far)")
         self.index.mark_pending((p, 0.0) for p in files)
         self._wake.set()
-        while time.time() < deadline and wanted() and not self.paused:
+        while True:  # the answer is the poll that found them done: another Tag of one of them may re-queue it
             results = list(self.index.file_tags(files))
             if all(r.state != "pending" for r in results):
                 break
+            if not (time.time() < deadline and wanted() and not self.paused):
+                break
             time.sleep(0.02)
-        return [_say_why_missing(r) for r in self.index.file_tags(files)]
+        return [_say_why_missing(r) for r in results]
 
     # -- your own tags: datasets and training --------------------------------------------------------
     def create_dataset(
@@ -428,16 +437,18 @@ class Daemon:
             log.info("training on %s %s %s", progress.dataset, progress.state, progress.error or progress.model)
 
 
-def expand(paths: Sequence[str]) -> list[str]:
-    """Files as given, folders replaced by the audio files under them; a path that does not exist is kept
-    so that its error is reported."""
-    out: list[str] = []
+TAG_MAX_FILES = 100_000  # a Tag call queues at most this many: more is a library, which a watch keeps tagged
+
+
+def expand(paths: Sequence[str]) -> Iterator[str]:
+    """Files as given, folders replaced by the audio files under them, each once (`vibrary tag DIR DIR/x.wav`
+    tags x.wav once), as they are found; a path that does not exist is kept so that its error is reported."""
+    seen: set[str] = set()
     for p in paths:
-        if os.path.isdir(p):
-            out.extend(audio_files_under(p))
-        else:
-            out.append(p)
-    return list(dict.fromkeys(out))  # `vibrary tag DIR DIR/x.wav` tags x.wav once
+        for f in audio_files_under(p) if os.path.isdir(p) else [p]:
+            if f not in seen:
+                seen.add(f)
+                yield f
 
 
 def _say_why_missing(found: FileTags) -> FileTags:

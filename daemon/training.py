@@ -34,6 +34,7 @@ import grpc
 from vibrary.clients.client import DaemonError
 from vibrary.clients.trainer_client import TrainerClient
 from vibrary.proto import trainer_pb2
+from vibrary.trainer.options import TrainConfig
 
 from . import config, dataset, registry
 from .index import Index, ModelRow
@@ -158,12 +159,18 @@ TRANSFER_DEFAULTS: dict[str, Any] = {"epochs": 20, "patience": 5, "masks": False
 
 
 def options_json(base: str, options: str | dict[str, Any] = "{}") -> str:
-    """The user's training options over the defaults (TRANSFER_DEFAULTS when training from a base)."""
-    given = json.loads(options) if isinstance(options, str) else dict(options)
+    """The user's training options over the defaults (TRANSFER_DEFAULTS when training from a base), checked
+    as the trainer will check them: a typo or a bad value is said now, not after a trainer started."""
+    try:
+        given = json.loads(options) if isinstance(options, str) else dict(options)
+    except ValueError as e:
+        raise ValueError(f"training options are not JSON: {e}") from None
     if not isinstance(given, dict):
         raise ValueError("training options must be a JSON object")
     defaults: dict[str, Any] = dict(TRANSFER_DEFAULTS) if base != "none" else {}
-    return json.dumps({**defaults, **{k: v for k, v in given.items() if v is not None}})
+    merged = {**defaults, **{k: v for k, v in given.items() if v is not None}}
+    TrainConfig.from_dict(merged)
+    return json.dumps(merged)
 
 
 class _Report:

@@ -852,13 +852,16 @@ def test_malformed_requests_are_refused_and_the_daemon_answers(daemon: DaemonPro
         "Activate unknown model": ("ActivateModel", pb.ModelRef(name="no-such-model"), missing),
         "Activate unknown version": ("ActivateModel", pb.ModelRef(name="bands", version=99), missing),
         "Deactivate unknown model": ("DeactivateModel", pb.ModelRef(name="nope"), missing),
+        "Activate NAME@VERSION as a name": ("ActivateModel", pb.ModelRef(name="bands@1"), invalid),
+        "Tag a path with a NUL byte": ("Tag", pb.TagRequest(paths=["/tmp/x\x00y.wav"]), invalid),
+        "AddWatch the whole disk": ("AddWatch", pb.WatchRequest(path="/"), invalid),
     }
     got = {name: code(method, request) for name, (method, request, _) in cases.items()}
     assert got == {name: want for name, (_, _, want) in cases.items()}
 
     # still answering, nothing half-done: no watch added, the model still active, tagging works
     s = daemon.client.status()
-    assert list(s.watches) == [] and list(s.models) == ["bands@1"]
+    assert list(s.watches) == [] and list(s.models) == ["bands@1"] and s.failed == 0
     (f,) = list(daemon.client.tag([str(a_file)]))
     assert (f.state, f.tags[0].tag) == ("indexed", "mid")
 

@@ -427,6 +427,8 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         assert ("bd", "kick", True) in {(x.alias, x.tag, x.builtin) for x in c.synonyms()}
         assert _code(lambda: c.add_synonyms([("", "kick")])) == grpc.StatusCode.INVALID_ARGUMENT
         assert _code(lambda: c.train("mine", trainer="no-port")) == grpc.StatusCode.INVALID_ARGUMENT
+        for bad in ('{"epochz": 3}', '{"epochs": "x"}', '{"batch_size": 0}', "not json"):  # before any trainer starts
+            assert _code(lambda: c.train("mine", options=bad)) == grpc.StatusCode.INVALID_ARGUMENT, bad  # noqa: B023
 
         first = _train(c, "mine")
         assert first.model == "mine@1" and list(first.classes) == ["hihat", "kick", "synth"]

@@ -29,47 +29,14 @@ from vibrary.daemon.spectrogram import SpectrogramParams, dequantize
 from . import checkpoint as snapshot
 from .augment import augment, mixup
 from .network import TagNet
+from .options import PRECISIONS, TrainConfig
 
 MIN_STEPS, MIN_BATCH = 3, 8  # optimiser steps an epoch at least, by smaller batches (see train)
 SMALL_CLASS = 25  # fewer clips than this in some class: no validation split (see train); measured at 1–20
-PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 class Cancelled(Exception):
     pass
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 40
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 1e-3
-    label_smoothing: float = 0.01
-    mixup_alpha: float = 0.2
-    val_fraction: float = 0.2
-    patience: int = 10
-    seed: int = 0
-    augment: bool = True
-    masks: bool = True  # SpecAugment time/mel masks (part of augment)
-    body_lr: float = 0.05  # a pretrained body's learning rate, as a share of lr (0: only batch norm adapts)
-    dropout: float = 0.2  # after each convolution block but the first
-    head_dropout: float = 0.5  # on the embedding, before the classifier
-    device: str = "auto"  # "auto": CUDA when present, else the CPU
-    precision: str = "auto"  # of the training steps: "auto", "float32" or "bfloat16" (see mixed_precision)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, object]) -> TrainConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"unknown training options {unknown}; known: {sorted(known)}")
-        config = cls(**raw)  # type: ignore[arg-type]
-        if config.epochs < 1 or config.batch_size < 1 or not 0 <= config.val_fraction < 1:
-            raise ValueError("epochs and batch_size must be ≥ 1 and val_fraction within [0, 1)")
-        if config.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {config.precision!r}; known: {list(PRECISIONS)}")
-        return config
 
 
 def epoch_score(val_accuracy: float, val_loss: float) -> float:

@@ -473,6 +473,7 @@ class Event(_message.Message):
         FILE_FAILED: Event._Kind.ValueType  # 2
         FILE_REMOVED: Event._Kind.ValueType  # 3
         MODEL_CHANGED: Event._Kind.ValueType  # 4
+        """a model was activated or deactivated (ListModels says which)"""
         STATUS_CHANGED: Event._Kind.ValueType  # 5
         """counts or paused state changed (at most a few per second)"""
         TRAINING_PROGRESS: Event._Kind.ValueType  # 6
@@ -486,6 +487,7 @@ class Event(_message.Message):
     FILE_FAILED: Event.Kind.ValueType  # 2
     FILE_REMOVED: Event.Kind.ValueType  # 3
     MODEL_CHANGED: Event.Kind.ValueType  # 4
+    """a model was activated or deactivated (ListModels says which)"""
     STATUS_CHANGED: Event.Kind.ValueType  # 5
     """counts or paused state changed (at most a few per second)"""
     TRAINING_PROGRESS: Event.Kind.ValueType  # 6
