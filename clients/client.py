@@ -60,10 +60,14 @@ class Client:
 
     # -- calls ---------------------------------------------------------------------------------------
     def is_running(self) -> bool:
+        """Whether a daemon answers there; one that refuses this client's token runs all the same."""
         try:
             self.status(timeout=2.0)
         except DaemonNotRunning:
             return False
+        except DaemonError as e:
+            if e.code != grpc.StatusCode.UNAUTHENTICATED:
+                raise
         return True
 
     def status(self, timeout: float | None = None) -> pb.Status:

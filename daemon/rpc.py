@@ -39,7 +39,8 @@ class TokenCheck(grpc.ServerInterceptor):
         if details.method.startswith(f"/{HEALTH_NAME}/"):
             return continuation(details)
         given = dict(details.invocation_metadata or ()).get("authorization", "")
-        if self._allowed(given if isinstance(given, str) else given.decode(errors="replace")):
+        scheme, _, credentials = (given if isinstance(given, str) else given.decode(errors="replace")).partition(" ")
+        if scheme.lower() == "bearer" and self._allowed(f"Bearer {credentials.strip()}"):  # schemes ignore case
             return continuation(details)
         handler = continuation(details)
         return self._deny_stream if handler is not None and handler.request_streaming else self._deny_unary

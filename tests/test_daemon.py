@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from vibrary.clients.client import Client, DaemonError
 from vibrary.daemon.index import Index
 from vibrary.proto import daemon_pb2 as pb
+from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from tests.conftest import DaemonProcess, json_lines, start_daemon, vibrary, wait_for
 from tests.synth import BANDS, band_model, write_tone
@@ -443,9 +444,13 @@ def test_tcp_only_when_asked_and_only_with_the_token(model_home: Path) -> None:
         with Client(f"127.0.0.1:{port}", token="s3cret") as good:
             assert list(good.status().models) == ["bands@1"]
         for token in ("", "wrong"):
-            with Client(f"127.0.0.1:{port}", token=token) as bad, pytest.raises(DaemonError) as err:
-                bad.status()
+            with Client(f"127.0.0.1:{port}", token=token) as bad:
+                assert bad.is_running()  # it runs: it only refuses this client
+                with pytest.raises(DaemonError) as err:
+                    bad.status()
             assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+        stub = pb_grpc.DaemonStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        assert stub.GetStatus(pb.GetStatusRequest(), metadata=[("authorization", "bearer  s3cret")]).models
     finally:
         d.stop()
 
