@@ -24,7 +24,7 @@ from . import config, dataset, events, suggest, training
 from .folders import indexed_path
 from .index import FileTags, Query
 from .rpc import bind, make_server
-from .service import Daemon, TrainingBusy
+from .service import Daemon, NoModel, TrainingBusy
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,8 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
         except ValueError as e:  # more files than a call should queue
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except NoModel as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         if not context.is_active():
             return  # the caller went away: nobody to answer
         if any(r.state == "pending" for r in results):

@@ -317,6 +317,8 @@ class Daemon:
         """Queue these files first and wait (until the deadline, while `wanted()` and not paused) for their
         results, from the models active now (a `vibrary models` change is otherwise followed within a second)."""
         self._follow_models()
+        if not self.pipeline.models:  # the files would come back "indexed" with no tags, and stay so
+            raise NoModel("no usable active model: `vibrary models` lists them, `models activate NAME` picks one")
         files: list[str] = []
         for path in expand(paths):  # a folder as big as /usr takes a while: the caller may not wait for it
             files.append(path)
@@ -435,6 +437,10 @@ class Daemon:
         self.status_events.changed()  # the status snapshot carries the training too
         if kind == TRAINING_FINISHED:
             log.info("training on %s %s %s", progress.dataset, progress.state, progress.error or progress.model)
+
+
+class NoModel(RuntimeError):
+    """Nothing to tag with: every model is inactive, or none of the active ones loads."""
 
 
 TAG_MAX_FILES = 100_000  # a Tag call queues at most this many: more is a library, which a watch keeps tagged

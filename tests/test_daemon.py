@@ -260,6 +260,10 @@ def test_tag_calls_on_one_file_at_once_all_get_its_tags_and_prefixes_are_normali
     roundabout = str(tmp_path / "lib" / ".." / "lib")
     found = daemon.client.stub.Search(pb.SearchRequest(all_of=[pb.AnyOf(tags=["low"])], path_prefix=roundabout))
     assert [f.path for f in found] == [str(clip)]
+    daemon.client.deactivate("bands")  # nothing to tag with: said, not "indexed" with no tags
+    with pytest.raises(DaemonError) as err:
+        list(daemon.client.tag([str(write_tone(tmp_path / "new.wav", BANDS["mid"]))], timeout=10))
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "no usable active model" in str(err.value)
 
 
 def test_restart_reconciles_what_changed_while_down(model_home: Path, tmp_path: Path) -> None:
