@@ -676,7 +676,7 @@ class Index:
     def _merged(
         self, postings: list[tuple[int, int]], excluded: list[int], model_ids: list[int], q: Query
     ) -> Iterator[list[tuple]]:
-        """Pages of (path, content_id) rows for contents in every posting list, in content order.
+        """Pages of (path, content_id, state, error) rows for contents in every posting list, in content order.
 
         SQLite merges the INTERSECT only as a statement of its own (in a subquery it builds a temporary
         B-tree of the whole first list instead), so contents come from that statement a few hundred at a
@@ -771,7 +771,7 @@ class Index:
                     by_content.setdefault(cid, []).append((model, tag, score))
             for r in page:
                 path, content_id = r[0], r[1]
-                state, error = (r[2], r[3]) if len(r) > 2 else ("indexed", None)
+                state, error = r[2], r[3]
                 yield FileTags(path, state, error, by_content.get(content_id, []) if state != FAILED else [])
 
     def tag_counts(self, model: str = "") -> list[tuple[str, str, int]]:
@@ -825,7 +825,7 @@ def _search_sql(
         lo, hi = under(q.path_prefix)
         where.append("f.path >= ? AND f.path < ?")
         args.extend([lo, hi])
-    sql = f"SELECT DISTINCT f.path, f.content_id FROM {source} WHERE {' AND '.join(where)}"
+    sql = f"SELECT DISTINCT f.path, f.content_id, f.state, f.error FROM {source} WHERE {' AND '.join(where)}"
     if q.limit > 0:
         sql += " LIMIT ?"
         args.append(q.limit)

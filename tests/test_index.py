@@ -328,6 +328,7 @@ def test_a_search_finds_no_file_that_was_never_read_and_nothing_removes_everythi
     _add(index, "/lib/s.wav", {"snare": 0.9}, model.id)
     index.mark_pending([("/lib/new.wav", 0.0), ("/lib/s.wav", 0.0)])  # new; and touched, to be read again
     assert _paths(index, none_of=["kick"]) == ["/lib/s.wav"]
+    assert [(f.state, f.tags[0][1]) for f in index.search(Query([["snare"]]))] == [("pending", "snare")]  # as it is
     assert _paths(index, path_prefix="/lib") == ["/lib/k.wav", "/lib/s.wav"]
     for everything in ("", "/"):
         with pytest.raises(ValueError, match="refusing to remove everything"):
