@@ -370,14 +370,15 @@ def cmd_search(args: argparse.Namespace) -> int:
             c.search(groups, excluded, min_score, args.under or "", args.model or "", args.limit, best_first=True),
         )
         if not args.json:
-            print(f"{n} files{_unknown_tags(c, groups) if n == 0 else ''}", file=sys.stderr)
+            print(f"{n} files{_unknown_tags(c, groups, args.model or '') if n == 0 else ''}", file=sys.stderr)
     return 0
 
 
-def _unknown_tags(c: Client, groups: list[list[str]]) -> str:
-    """Why a search found nothing, when it is a tag no file has (a typo, or another model's word)."""
-    known = {t.tag for t in c.counts()}
-    unknown = [w for g in groups for w in g if w not in known]
+def _unknown_tags(c: Client, groups: list[list[str]], model: str) -> str:
+    """Why a search found nothing, when an AND group is only words no file has (a typo, or another model's
+    word): `low|lwo deep` found nothing because of the AND, not the typo."""
+    known = {t.tag for t in c.counts(model)}
+    unknown = [w for g in groups if not known & set(g) for w in g]
     if not unknown:
         return ""
     close = {w: difflib.get_close_matches(w, known, n=1) for w in unknown}
@@ -710,10 +711,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         "model": row.name,
         "version": row.version,
         "classes": list(row.classes),
-        # null, not a number that is not a validation: 0 said "useless", the training clips' own accuracy "perfect"
-        "val_accuracy": None if nothing_held_out else round(trained.val_accuracy, 4),
+        # a number, as shared/interfaces.md has it (null broke scripts that read it as one); when no clip was
+        # held out, the accuracy on the clips it learned from, and `accuracy_of` says so
+        "val_accuracy": round(accuracy if nothing_held_out else trained.val_accuracy, 4),
+        "accuracy_of": "training clips (none held out)" if nothing_held_out else "held-out clips",
         "val_clips": trained.summary.get("val_clips"),
-        "train_accuracy": round(accuracy, 4) if nothing_held_out else None,  # of the clips it learned from
         "seconds": round(trained.seconds, 1),
         "plots": trained.plots,
         "summary": trained.summary,

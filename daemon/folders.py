@@ -26,16 +26,31 @@ def indexed_path(path: str) -> str:
     return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
+def storable(path: str) -> bool:
+    """Whether the index can hold this path: a name that is not UTF-8 (from an old archive) comes from the OS
+    with its bytes escaped, and SQLite refuses it."""
+    try:
+        path.encode()
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _warn(folder: str, reason: str) -> None:
     log.warning("cannot read folder %s (%s): its files are left out", folder, reason)
 
 
-def audio_files_under(folder: str, on_error: Callable[[str, str], None] = _warn) -> Iterator[str]:
-    """Every audio file under folder, by path; on_error(folder, reason) for each folder that cannot be read."""
+def audio_files_under(
+    folder: str, on_error: Callable[[str, str], None] = _warn, going: Callable[[], bool] = lambda: True
+) -> Iterator[str]:
+    """Every audio file under folder, by path; on_error(folder, reason) for each folder that cannot be read.
+    The walk ends early, at a folder, once `going()` says so (a caller who stopped waiting for a big tree)."""
 
     def unreadable(e: OSError) -> None:
         on_error(str(e.filename), e.strerror or str(e))
 
     for dirpath, dirs, names in os.walk(folder, onerror=unreadable):
+        if not going():
+            return
         dirs[:] = sorted(d for d in dirs if d != JUNK_FOLDER)
         yield from (os.path.join(dirpath, n) for n in sorted(names) if is_audio_path(n))

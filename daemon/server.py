@@ -24,7 +24,7 @@ from . import config, dataset, events, suggest, training
 from .folders import indexed_path
 from .index import FileTags, Query
 from .rpc import bind, make_server
-from .service import Daemon, NoModel, TrainingBusy
+from .service import Daemon, NoModel, TooManyFiles, TrainingBusy
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +103,13 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
 
     def AddWatch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> pb.WatchList:
         folder = _absolute(request.path, context)
-        if folder == os.sep:  # /proc, /sys, the daemon's own home and every program's files, re-read forever
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not the whole disk: watch the folders your samples are in")
         if not os.path.exists(folder):
             context.abort(grpc.StatusCode.NOT_FOUND, f"no such folder: {folder}")
         if not os.path.isdir(folder):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a folder: {folder}")
         folder = indexed_path(folder)  # a link is watched where it leads (folders.indexed_path)
+        if folder == os.sep:  # /proc, /sys, the daemon's own home and every program's files, re-read forever
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, WHOLE_DISK)
         try:
             self.daemon.add_watch(folder)
         except OSError as e:  # the inotify watch limit, too many open files: nothing is kept
@@ -185,6 +185,8 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         if not request.paths:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no paths given")
         paths = [_absolute(p, context) for p in request.paths]
+        if any(indexed_path(p) == os.sep for p in paths):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, WHOLE_DISK)
         if self.daemon.paused:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "indexing is paused; resume it first (vibrary resume)")
         remaining = context.time_remaining()  # no deadline reads as ~1e19 s
@@ -193,7 +195,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             results = self.daemon.tag_now(paths, deadline, context.is_active)
         except TimeoutError as e:  # still walking the folders given
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
-        except ValueError as e:  # more files than a call should queue
+        except TooManyFiles as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except NoModel as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
@@ -476,6 +478,7 @@ def train_progress_pb(p: training.TrainProgress) -> pb.TrainProgress:
 # room for the calls of every front end beside MAX_FOLLOWERS event streams.
 MAX_FOLLOWERS = 32
 MAX_QUERY_TERMS = 64  # AND groups in a search (SQLite's expression depth stops at 1000)
+WHOLE_DISK = "not the whole disk: name the folders your samples are in"
 TAG_WAIT_S = 3600.0  # longest a Tag call waits for its files when the caller set no deadline
 
 

@@ -35,7 +35,7 @@ from .events import (
     EventBus,
     StatusPublisher,
 )
-from .folders import audio_files_under, indexed_path
+from .folders import audio_files_under, indexed_path, storable
 from .index import FileTags, Index, ModelRow, Result
 from .infer import Model, ModelError
 from .pipeline import ActiveModel, Pipeline
@@ -319,13 +319,20 @@ class Daemon:
         self._follow_models()
         if not self.pipeline.models:  # the files would come back "indexed" with no tags, and stay so
             raise NoModel("no usable active model: `vibrary models` lists them, `models activate NAME` picks one")
+
+        def going() -> bool:  # a folder as big as /usr takes a while: the caller may not wait for it
+            return wanted() and time.time() < deadline
+
         files: list[str] = []
-        for path in expand(paths):  # a folder as big as /usr takes a while: the caller may not wait for it
+        for path in expand(paths, going):
+            if not storable(path):  # the index cannot hold it (the watcher leaves such names out too)
+                log.warning("%r is left out: its name is not valid UTF-8; rename it to tag it", os.fsencode(path))
+                continue
             files.append(path)
             if len(files) > TAG_MAX_FILES:
-                raise ValueError(f"more than {TAG_MAX_FILES} files: add the folder as a watch instead")
-            if len(files) % 256 == 0 and not (wanted() and time.time() < deadline):
-                raise TimeoutError(f"the deadline passed while finding the files ({len(files)} so far)")
+                raise TooManyFiles(f"more than {TAG_MAX_FILES} files: add the folder as a watch instead")
+        if not going():
+            raise TimeoutError(f"the deadline passed while finding the files ({len(files)} so far)")
         self.index.mark_pending((p, 0.0) for p in files)
         self._wake.set()
         while True:  # the answer is the poll that found them done: another Tag of one of them may re-queue it
@@ -443,15 +450,20 @@ class NoModel(RuntimeError):
     """Nothing to tag with: every model is inactive, or none of the active ones loads."""
 
 
+class TooManyFiles(ValueError):
+    """More files than one Tag call should queue."""
+
+
 TAG_MAX_FILES = 100_000  # a Tag call queues at most this many: more is a library, which a watch keeps tagged
 
 
-def expand(paths: Sequence[str]) -> Iterator[str]:
+def expand(paths: Sequence[str], going: Callable[[], bool] = lambda: True) -> Iterator[str]:
     """Files as given, folders replaced by the audio files under them, each once (`vibrary tag DIR DIR/x.wav`
-    tags x.wav once), as they are found; a path that does not exist is kept so that its error is reported."""
+    tags x.wav once), as they are found, until `going()` says to stop; a path that does not exist is kept so
+    that its error is reported."""
     seen: set[str] = set()
     for p in paths:
-        for f in audio_files_under(p) if os.path.isdir(p) else [p]:
+        for f in audio_files_under(p, going=going) if os.path.isdir(p) else [p]:
             if f not in seen:
                 seen.add(f)
                 yield f

@@ -36,6 +36,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from .decode import JUNK_FOLDER, is_audio_path
+from .folders import storable
 from .index import Index, under
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ class Watcher(FileSystemEventHandler):
     def _linked(self, link: str) -> None:
         """Note a link to a folder: links are not followed, so that a loop cannot trap a scan or the observer."""
         target = os.path.realpath(link)
-        if not (self._storable(link) and _utf8(target)):
+        if not (self._storable(link) and storable(target)):
             return
         with self._lock:
             if self._links.get(link) == target:
@@ -187,7 +188,7 @@ class Watcher(FileSystemEventHandler):
         """Whether the index can hold this path. A name that is not UTF-8 (unpacked from an old archive)
         comes from the OS with its bytes escaped, and SQLite refuses to store it: one such file used to
         stop every later event from being recorded, and a scan at its folder. It is left out and said once."""
-        if _utf8(path):
+        if storable(path):
             return True
         with self._lock:
             said = path in self._unnamed
@@ -234,7 +235,7 @@ class Watcher(FileSystemEventHandler):
                     self._buffer[path] = due
 
     def _remove(self, path: str) -> None:
-        if not path or not _utf8(path):  # nothing, or a name never in the index
+        if not path or not storable(path):  # nothing, or a name never in the index
             return
         with self._lock:
             self.flush()
@@ -245,7 +246,7 @@ class Watcher(FileSystemEventHandler):
     def _move(self, src: str, dst: str, is_dir: bool) -> None:
         if dst and not self._storable(dst):
             dst = ""  # a name the index cannot hold: as good as moved away
-        if src and not _utf8(src):
+        if src and not storable(src):
             src = ""  # was never in the index: as good as moved in
         if not dst:  # moved out of the watched folders: gone, as far as the library is concerned
             if src:  # "" would name every path there is
@@ -391,14 +392,6 @@ class Watcher(FileSystemEventHandler):
             removed = self.index.remove_paths(paths)
         if removed:
             self._on_removed(removed)
-
-
-def _utf8(path: str) -> bool:
-    try:
-        path.encode()
-        return True
-    except UnicodeEncodeError:  # os.fsdecode's escapes of bytes that are not UTF-8
-        return False
 
 
 def _loop(link: str, target: str) -> bool:

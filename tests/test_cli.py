@@ -193,6 +193,8 @@ def test_search_words_that_look_like_options_and_model_filters(daemon: DaemonPro
     assert found("low", "OR", "mid", "NOT", "mid") == {"low"}
     typo = vibrary("search", "hihg", "low", home=daemon.home)
     assert typo.stdout == "" and "0 files: no file is tagged 'hihg' (did you mean 'high'?)" in typo.stderr
+    either = vibrary("search", "low|hihg", "high", home=daemon.home)  # nothing is low and high: no typo to blame
+    assert either.stderr.strip() == "0 files"
     assert found("high", "--min-score", "0") > {"high"}  # every stored score (mid's), not hits only
     assert found("--model", "bands", "high") == {"high"}
     for command, model, said in (("search", "nosuch", "no model nosuch"), ("counts", "bands@1", "without @VERSION")):

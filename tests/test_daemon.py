@@ -260,6 +260,22 @@ def test_tag_calls_on_one_file_at_once_all_get_its_tags_and_prefixes_are_normali
     roundabout = str(tmp_path / "lib" / ".." / "lib")
     found = daemon.client.stub.Search(pb.SearchRequest(all_of=[pb.AnyOf(tags=["low"])], path_prefix=roundabout))
     assert [f.path for f in found] == [str(clip)]
+    tree = tmp_path / "tree"  # many folders and one file, walked last: the walk outlasts a short deadline
+    for i in range(20000):  # a walk of ~0.15 s
+        (tree / f"d{i // 100:03d}" / f"e{i:05d}").mkdir(parents=True)
+    last = write_tone(tree / "d199" / "e19999" / "late.wav", BANDS["low"])
+    with pytest.raises(DaemonError) as late:
+        list(daemon.client.tag([str(tree)], timeout=0.03))
+    assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(1.5)  # the daemon stopped walking when the caller left: it queued nothing (it went on, and did)
+    assert [f.state for f in daemon.client.tags([str(last)])] == ["unknown"]
+    before = daemon.client.status().pending + daemon.client.status().indexed
+    latin1 = tmp_path / "lib2"
+    write_tone(latin1 / "ok.wav", BANDS["high"])
+    shutil.copy(os.fsencode(clip), os.path.join(os.fsencode(latin1), b"caf\xe9.wav"))  # from an old archive: left out
+    tagged = [(Path(f.path).name, f.state) for f in daemon.client.tag([str(latin1)], timeout=60)]
+    assert tagged == [("ok.wav", "indexed")]
+    assert daemon.client.status().pending + daemon.client.status().indexed == before + 1
     daemon.client.deactivate("bands")  # nothing to tag with: said, not "indexed" with no tags
     with pytest.raises(DaemonError) as err:
         list(daemon.client.tag([str(write_tone(tmp_path / "new.wav", BANDS["mid"]))], timeout=10))

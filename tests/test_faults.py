@@ -832,6 +832,8 @@ def test_malformed_requests_are_refused_and_the_daemon_answers(daemon: DaemonPro
 
     invalid, missing = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
     mid = [pb.AnyOf(tags=["mid"])]
+    root_link = tmp_path / "everything"
+    root_link.symlink_to("/", target_is_directory=True)
     cases: dict[str, tuple[str, object, grpc.StatusCode]] = {
         "AddWatch relative": ("AddWatch", pb.WatchRequest(path="samples/drums"), invalid),
         "AddWatch empty": ("AddWatch", pb.WatchRequest(path=""), invalid),
@@ -855,6 +857,9 @@ def test_malformed_requests_are_refused_and_the_daemon_answers(daemon: DaemonPro
         "Activate NAME@VERSION as a name": ("ActivateModel", pb.ModelRef(name="bands@1"), invalid),
         "Tag a path with a NUL byte": ("Tag", pb.TagRequest(paths=["/tmp/x\x00y.wav"]), invalid),
         "AddWatch the whole disk": ("AddWatch", pb.WatchRequest(path="/"), invalid),
+        "AddWatch the whole disk, spelled //": ("AddWatch", pb.WatchRequest(path="//"), invalid),
+        "AddWatch a link to /": ("AddWatch", pb.WatchRequest(path=str(root_link)), invalid),
+        "Tag the whole disk": ("Tag", pb.TagRequest(paths=["/"]), invalid),
     }
     got = {name: code(method, request) for name, (method, request, _) in cases.items()}
     assert got == {name: want for name, (_, _, want) in cases.items()}

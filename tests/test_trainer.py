@@ -111,7 +111,8 @@ def test_end_to_end_folders_to_a_model_that_tags_new_clips(
     assert "smallest class 'noise' has 8 examples: expect" in out.stderr  # said before the training starts
     assert (trained["model"], trained["version"], trained["classes"]) == ("kinds", 1, sorted(KINDS))
     assert trained["seconds"] > 0 and trained["val_clips"] == 0  # 8 a class: every clip trains, none validates
-    assert trained["val_accuracy"] is None and trained["train_accuracy"] == trained["summary"]["train_accuracy"] > 0.5
+    assert trained["accuracy_of"] == "training clips (none held out)"
+    assert trained["val_accuracy"] == trained["summary"]["train_accuracy"] > 0.5  # a number, as the contract has it
     for plot in trained["plots"]:
         assert Path(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -575,7 +576,7 @@ def test_a_train_command_stopped_by_ctrl_c_or_killed_leaves_no_job_to_train_on(
     assert not (interrupted.parent / "checkpoint.pt").exists()
     trained = json_lines(vibrary("train", "kinds", "--json", "--base", "none", "--epochs", "1", home=model_home).stdout)
     assert trained[-1]["summary"]["epochs_run"] == 1
-    assert trained[-1]["val_accuracy"] is None  # 8 clips a class all train: no accuracy to report, not 0
+    assert trained[-1]["accuracy_of"] == "training clips (none held out)"  # 8 clips a class all train
     record = json.loads(killed.read_text())["job"]
     assert record["state"] == "FAILED" and "nobody was left to collect it" in record["error"]
     assert not list(jobs.glob("*/jobs/*/checkpoint.pt"))
@@ -737,6 +738,32 @@ def test_bfloat16_is_for_the_training_steps_only(precision: str) -> None:
     assert max_difference(result.net, to_onnx(result, "d"), x) < 1e-4
     with pytest.raises(ValueError, match="unknown precision"):
         TrainConfig.from_dict({"precision": "fp8"})
+
+
+def test_training_options_are_checked_before_a_trainer_is_asked_and_old_records_still_load() -> None:
+    from vibrary.daemon.training import options_json
+
+    for bad, said in (
+        ('{"epochz": 3}', "unknown training options"),
+        ('{"epochs": "x"}', 'epochs: "x" is not a whole number'),
+        ('{"augment": 1}', "augment: 1 is not true or false"),
+        ('{"seed": -1}', "seed 0 or more"),
+        ('{"dropout": 1.5}', "within [0, 1)"),
+        ('{"lr": NaN}', "lr must be above 0"),
+        ('{"patience": 0}', "patience must be 1 or more"),
+        ("not json", "training options are not JSON"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(said)):
+            options_json("demo", bad)
+    assert json.loads(options_json("demo", '{"lr": 1, "body_lr": 0}')) == {
+        "epochs": 20,
+        "patience": 5,
+        "masks": False,
+        "lr": 1,
+        "body_lr": 0,
+    }
+    old = TrainConfig.from_dict({"augment": 0, "patience": 5.0}, strict=False)  # as an older job record holds it
+    assert (old.augment, old.patience) == (0, 5.0)
 
 
 def test_validation_holds_out_whole_groups_and_keeps_every_class() -> None:

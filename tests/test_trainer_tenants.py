@@ -21,6 +21,7 @@ import onnx
 from vibrary.clients.client import DaemonError
 from vibrary.clients.trainer_client import TrainerClient
 from vibrary.proto import trainer_pb2 as pb
+from vibrary.proto import trainer_pb2_grpc as pb_grpc
 from vibrary.trainer.service import serve
 
 from tests.conftest import json_lines, vibrary, wait_for
@@ -65,6 +66,10 @@ def test_tokens_are_stored_hashed_and_wrong_or_missing_ones_are_refused(
         with TrainerClient(target, token) as client:
             assert _code(lambda c=client: c.missing(manifest)) == grpc.StatusCode.UNAUTHENTICATED
             assert _code(lambda c=client: c.upload(manifest, data)) == grpc.StatusCode.UNAUTHENTICATED
+    raw = pb_grpc.TrainerStub(grpc.insecure_channel(target))  # the scheme in any case, as HTTP has it
+    asked = pb.ShardList(shards=[pb.ShardStatus(sha256=s.sha256, size=s.size) for s in manifest.shards])
+    found = raw.MissingShards(asked, metadata=[("authorization", f"bearer  {tokens['alice']}")])
+    assert len(found.shards) == len(manifest.shards)
     with TrainerClient(target, tokens["alice"]) as alice:
         assert len(alice.missing(manifest)) == len(manifest.shards)
         vibrary("trainer", "token", "--data", str(data), "remove", "alice", home=home)

@@ -5,6 +5,7 @@ daemon before it starts a trainer or uploads a byte (this module needs no torch)
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import MISSING, dataclass, fields
 
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -31,19 +32,28 @@ class TrainConfig:
     precision: str = "auto"  # of the training steps: "auto", "float32" or "bfloat16" (see mixed_precision)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, object]) -> TrainConfig:
+    def from_dict(cls, raw: dict[str, object], strict: bool = True) -> TrainConfig:
+        """The options, checked; `strict=False` for a job record an older version wrote and trained on,
+        which took 0 and 1 for booleans and 5.0 for a count: it must go on, not vanish."""
         known = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
         unknown = sorted(set(raw) - set(known))
         if unknown:
             raise ValueError(f"unknown training options {unknown}; known: {sorted(known)}")
-        for name, value in raw.items():  # JSON says "x" or true where a number belongs: say so, not a TypeError
+        for name, value in raw.items() if strict else ():  # "x" or true where a number belongs: said, not a TypeError
             want = type(known[name])
             fits = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
             if not fits and not (want is float and isinstance(value, int) and not isinstance(value, bool)):
                 raise ValueError(f"training option {name}: {json.dumps(value)} is not {_KINDS[want]}")
         config = cls(**raw)  # type: ignore[arg-type]
-        if config.epochs < 1 or config.batch_size < 1 or not 0 <= config.val_fraction < 1:
-            raise ValueError("epochs and batch_size must be ≥ 1 and val_fraction within [0, 1)")
+        if config.epochs < 1 or config.batch_size < 1 or config.patience < 1 or config.seed < 0:
+            raise ValueError("epochs, batch_size and patience must be 1 or more, seed 0 or more")
+        rates = (config.lr, config.weight_decay, config.body_lr, config.mixup_alpha, config.label_smoothing)
+        if not all(math.isfinite(x) and x >= 0 for x in rates) or config.lr == 0:
+            raise ValueError("lr must be above 0; weight_decay, body_lr, mixup_alpha, label_smoothing 0 or more")
+        if not all(
+            0 <= x < 1 for x in (config.val_fraction, config.dropout, config.head_dropout, config.label_smoothing)
+        ):
+            raise ValueError("val_fraction, dropout, head_dropout and label_smoothing must lie within [0, 1)")
         if config.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {config.precision!r}; known: {list(PRECISIONS)}")
         return config

@@ -119,7 +119,7 @@ class _JobState:
         record = json.loads(path.read_text())
         request = json_format.ParseDict(record["request"], pb.JobRequest())
         manifest = Manifest.from_json(request.manifest)
-        config = TrainConfig.from_dict(json.loads(request.config or "{}"))
+        config = TrainConfig.from_dict(json.loads(request.config or "{}"), strict=False)
         state = cls(path.parent.name, str(record["user"]), request, manifest, config, path.parent)
         state.job = json_format.ParseDict(record["job"], pb.Job())
         return state

@@ -116,9 +116,10 @@ class Tenants:
         self._reload()
         if self.open:
             return LOCAL if self._open_ok else None
-        if not authorization.startswith("Bearer "):
+        scheme, _, given = authorization.partition(" ")
+        if scheme.lower() != "bearer":  # as daemon/rpc.py reads it: schemes ignore case
             return None
-        given = authorization[len("Bearer ") :]
+        given = given.strip()
         found = None
         if self._token and hmac.compare_digest(given.encode(), self._token.encode()):
             found = DEFAULT
