@@ -336,17 +336,30 @@ def parse_query(words: Sequence[str]) -> tuple[list[list[str]], list[str]]:
     return groups, excluded
 
 
+SEARCH_VALUE_OPTIONS = ("--limit", "--min-score", "--under", "--model")
+
+
 def _exclusions_as_words(argv: list[str]) -> list[str]:
     """`vibrary search kick -acoustic`: argparse takes `-acoustic` for an option it does not know (and
-    `-hihat` for -h with a value), so a search's `-TAG` words become `NOT TAG` before it parses them."""
-    if argv[:1] != ["search"]:
+    `-hihat` for -h with a value), so a search's `-TAG` words become `NOT TAG` before it parses them. Its
+    options go first, for argparse takes query words only in one run (`kick --limit 20 -dark` was refused),
+    and global options may come before `search` (`vibrary --json search kick -tom`)."""
+    at = next((i for i, word in enumerate(argv) if not word.startswith("-")), len(argv))
+    if argv[at : at + 1] != ["search"]:
         return argv
-    out = ["search"]
-    for before, word in itertools.pairwise(argv):
-        value = before in ("--limit", "--min-score", "--under", "--model")  # `--limit -1`: argparse says why
-        negated = word.startswith("-") and not word.startswith("--") and len(word) > 1 and word != "-h"
-        out += ["NOT", word[1:]] if negated and not value else [word]
-    return out
+    options: list[str] = []
+    words: list[str] = []
+    rest = iter(argv[at + 1 :])
+    for word in rest:
+        if word in SEARCH_VALUE_OPTIONS:  # with its value, whatever it looks like: `--limit -1`, argparse says why
+            options += [word, *itertools.islice(rest, 1)]
+        elif word.startswith("--") or word == "-h":
+            options.append(word)
+        elif word.startswith("-") and len(word) > 1:
+            words += ["NOT", word[1:]]
+        else:
+            words.append(word)
+    return [*argv[:at], "search", *options, *words]
 
 
 def _print_files(args: argparse.Namespace, files: Iterable[Any]) -> int:
@@ -417,6 +430,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             _out(args, obj, f"{'*' if m.active else ' '} {m.ref:24} {len(m.classes):3} classes  {m.path}{broken}")
         return 0
     if args.action == "install":
+        known = {m.id for m in index.models()}
         try:
             row = registry.install(index, home_dir, args.ref, args.name or "")
         except (ModelError, OSError) as e:
@@ -424,7 +438,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         if not args.inactive:
             index.set_active(row, True)
         obj = {"model": row.name, "version": row.version, "classes": list(row.classes), "active": not args.inactive}
-        _out(args, obj, f"installed {row.ref} ({len(row.classes)} classes)")
+        said = "already installed as" if row.id in known else "installed"  # the same file is the same version
+        _out(args, obj, f"{said} {row.ref} ({len(row.classes)} classes)")
         return 0
     try:
         row = index.model(*registry.parse_ref(args.ref), active_first=args.action == "deactivate")
@@ -612,6 +627,8 @@ def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
         else:
             grown = dataset.add(home_dir, args.name, examples, progress=bar.update)
             report, added = grown.report, grown.added
+            if not added:
+                print(f"vibrary: nothing to add: {args.name} has these files already", file=sys.stderr)
             if grown.left_out:
                 said = f"left out {_files(grown.left_out)} that edits had removed from {args.name} (or their tags)"
                 print(said, file=sys.stderr)
@@ -706,7 +723,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar.close()
     row = trained.row
     nothing_held_out = trained.summary.get("val_clips") == 0  # a small dataset trains on every clip
-    accuracy = float(trained.summary.get("train_accuracy", 0.0))
+    accuracy = float(trained.summary.get("train_accuracy", trained.val_accuracy))  # an older trainer: none
     obj = {
         "model": row.name,
         "version": row.version,

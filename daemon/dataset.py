@@ -292,9 +292,8 @@ def add(
                 continue
             new.append(Example(ex.path, _as_held(tag, tags), ex.group))
         progress(len(examples) - len(new))  # the files it has, or left out: done, as far as progress goes
-        if not new:
-            gone = f", or were removed from it by an edit ({left_out})" if left_out else ""
-            raise ValueError(f"nothing to add: all {len(examples)} files are in dataset {name!r} already{gone}")
+        if not new:  # a folder added again with nothing new in it: no error, the dataset as it is
+            return Added(_report(held.manifest, held.rows, held.failed), 0, left_out)
         more, added, unread = _spectrograms(new, held.params, workers, progress, cache or open_cache(home_dir))
         retried = {os.path.normpath(ex.path) for ex in new}
         failed = [f for f in held.failed if os.path.normpath(f[0]) not in retried] + unread
@@ -379,11 +378,15 @@ def _rows(home_dir: Path, name: str) -> tuple[list[Row], list[tuple[str, str]]]:
 class _Stored:
     """A dataset as an edit or an addition starts from."""
 
-    params: SpectrogramParams
+    manifest: shards.Manifest
     rows: list[Row]
     failed: list[tuple[str, str]]
     codes: np.ndarray  # rows' spectrograms, in order
     edits: Edits
+
+    @property
+    def params(self) -> SpectrogramParams:
+        return self.manifest.params
 
 
 def _stored(home_dir: Path, name: str) -> _Stored:
@@ -397,7 +400,7 @@ def _stored(home_dir: Path, name: str) -> _Stored:
     if not (isinstance(renamed, dict) and isinstance(removed, list)):
         raise _damaged(name, "labels.json: 'renamed' or 'removed' is not what it should be")
     edits = Edits({str(k): str(v) for k, v in renamed.items()}, [str(p) for p in removed])
-    return _Stored(manifest.params, rows, failed, codes, edits)
+    return _Stored(manifest, rows, failed, codes, edits)
 
 
 def _codes(manifest: shards.Manifest, shard_dir: Path, name: str) -> np.ndarray:

@@ -324,13 +324,17 @@ class Daemon:
             return wanted() and time.time() < deadline
 
         files: list[str] = []
+        unnamed: list[str] = []  # the index cannot hold them (the watcher leaves such names out too)
         for path in expand(paths, going):
-            if not storable(path):  # the index cannot hold it (the watcher leaves such names out too)
-                log.warning("%r is left out: its name is not valid UTF-8; rename it to tag it", os.fsencode(path))
-                continue
-            files.append(path)
+            (files if storable(path) else unnamed).append(path)
             if len(files) > TAG_MAX_FILES:
                 raise TooManyFiles(f"more than {TAG_MAX_FILES} files: add the folder as a watch instead")
+        if unnamed:
+            log.warning(
+                "%d files left out, their names not UTF-8 (rename them to tag them), such as %r",
+                len(unnamed),
+                os.fsencode(unnamed[0]),
+            )
         if not going():
             raise TimeoutError(f"the deadline passed while finding the files ({len(files)} so far)")
         self.index.mark_pending((p, 0.0) for p in files)

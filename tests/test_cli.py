@@ -190,6 +190,9 @@ def test_search_words_that_look_like_options_and_model_filters(daemon: DaemonPro
         return {Path(x["path"]).stem for x in json_lines(vibrary("search", "--json", *query, home=daemon.home).stdout)}
 
     assert found("low|mid|high", "-high", "-acoustic") == {"low", "mid"}
+    assert found("low|mid", "--limit", "5", "-mid") == {"low"}  # words on both sides of an option
+    first = vibrary("--json", "search", "low|high", "-high", home=daemon.home)  # --json before the command
+    assert {Path(x["path"]).stem for x in json_lines(first.stdout)} == {"low"}
     assert found("low", "OR", "mid", "NOT", "mid") == {"low"}
     typo = vibrary("search", "hihg", "low", home=daemon.home)
     assert typo.stdout == "" and "0 files: no file is tagged 'hihg' (did you mean 'high'?)" in typo.stderr

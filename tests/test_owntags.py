@@ -155,8 +155,10 @@ def test_adding_files_decodes_only_them_keeps_the_edits_and_follows_renames(
     again = dataset.add(home, "mine", examples)  # only the unreadable file is tried again
     assert (again.added, again.left_out) == (0, 1) and len(decodes) == 17
     (tmp_path / "second" / "tone" / "broken.wav").unlink()
-    with pytest.raises(ValueError, match=r"nothing to add: all 6 files are in dataset 'mine' already$"):
-        dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "second")]))
+    unchanged = (dataset.dataset_dir(home, "mine") / "labels.json").read_text()
+    nothing = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "second")]))
+    assert (nothing.added, nothing.left_out) == (0, 0) and nothing.report.per_class == grown.report.per_class
+    assert (dataset.dataset_dir(home, "mine") / "labels.json").read_text() == unchanged  # not even rewritten
 
     dataset.edit(home, "mine", drop=["tone"])  # a dropped tag stays out too
     write_kinds(tmp_path / "third", per_kind=1, seed=7)
@@ -410,7 +412,8 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         labelled = [(str(f), RIGHT[kind]) for f, kind in zip(more, KINDS, strict=True)]
         assert _code(lambda: list(c.create_dataset("nope", labelled, add=True))) == grpc.StatusCode.NOT_FOUND
         again = [(suggestions.files[0].path, "other")]  # a file already in it keeps its tag: nothing to add
-        assert _code(lambda: list(c.create_dataset("mine", again, add=True))) == grpc.StatusCode.INVALID_ARGUMENT
+        same = list(c.create_dataset("mine", again, add=True))[-1]
+        assert (same.added, same.dataset.clips, same.done, same.total) == (0, 24, 1, 1)
         grown = list(c.create_dataset("mine", labelled, add=True))
         assert grown[-1].added == 3 and grown[-1].dataset.clips == 27
         spare = list(c.create_dataset("spare", [(s.path, "x" if s.tag == "kick" else "y") for s in suggestions.files]))

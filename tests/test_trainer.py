@@ -762,8 +762,9 @@ def test_training_options_are_checked_before_a_trainer_is_asked_and_old_records_
         "lr": 1,
         "body_lr": 0,
     }
-    old = TrainConfig.from_dict({"augment": 0, "patience": 5.0}, strict=False)  # as an older job record holds it
-    assert (old.augment, old.patience) == (0, 5.0)
+    old = TrainConfig.from_dict({"augment": 0, "epochs": 5.0, "patience": 0, "lr": 0}, strict=False)  # an old record
+    assert (old.augment, old.epochs, old.patience, old.lr) == (0, 5, 0, 0)
+    assert isinstance(old.epochs, int)  # range() takes it
 
 
 def test_validation_holds_out_whole_groups_and_keeps_every_class() -> None:

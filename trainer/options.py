@@ -33,27 +33,37 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, object], strict: bool = True) -> TrainConfig:
-        """The options, checked; `strict=False` for a job record an older version wrote and trained on,
-        which took 0 and 1 for booleans and 5.0 for a count: it must go on, not vanish."""
+        """The options, checked; `strict=False` for a job record an older version wrote and trained with
+        (0 and 1 for booleans, 5.0 for a count, a patience of 0): only what it checked then is checked, and
+        whole numbers written as floats are read as the counts they are, so the job goes on."""
         known = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
         unknown = sorted(set(raw) - set(known))
         if unknown:
             raise ValueError(f"unknown training options {unknown}; known: {sorted(known)}")
+        if not strict:
+            raw = {
+                k: int(v) if type(known[k]) is int and isinstance(v, float) and v.is_integer() else v
+                for k, v in raw.items()
+            }
         for name, value in raw.items() if strict else ():  # "x" or true where a number belongs: said, not a TypeError
             want = type(known[name])
             fits = isinstance(value, want) and not (want is not bool and isinstance(value, bool))
             if not fits and not (want is float and isinstance(value, int) and not isinstance(value, bool)):
                 raise ValueError(f"training option {name}: {json.dumps(value)} is not {_KINDS[want]}")
         config = cls(**raw)  # type: ignore[arg-type]
-        if config.epochs < 1 or config.batch_size < 1 or config.patience < 1 or config.seed < 0:
-            raise ValueError("epochs, batch_size and patience must be 1 or more, seed 0 or more")
-        rates = (config.lr, config.weight_decay, config.body_lr, config.mixup_alpha, config.label_smoothing)
-        if not all(math.isfinite(x) and x >= 0 for x in rates) or config.lr == 0:
-            raise ValueError("lr must be above 0; weight_decay, body_lr, mixup_alpha, label_smoothing 0 or more")
-        if not all(
-            0 <= x < 1 for x in (config.val_fraction, config.dropout, config.head_dropout, config.label_smoothing)
-        ):
-            raise ValueError("val_fraction, dropout, head_dropout and label_smoothing must lie within [0, 1)")
+        if config.epochs < 1 or config.batch_size < 1 or not 0 <= config.val_fraction < 1:
+            raise ValueError("epochs and batch_size must be 1 or more, val_fraction within [0, 1)")
         if config.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {config.precision!r}; known: {list(PRECISIONS)}")
+        if strict:
+            config.check_ranges()
         return config
+
+    def check_ranges(self) -> None:
+        if self.patience < 1 or self.seed < 0:
+            raise ValueError("patience must be 1 or more, seed 0 or more")
+        rates = (self.lr, self.weight_decay, self.body_lr, self.mixup_alpha, self.label_smoothing)
+        if not all(math.isfinite(x) and x >= 0 for x in rates) or self.lr == 0:
+            raise ValueError("lr must be above 0; weight_decay, body_lr, mixup_alpha, label_smoothing 0 or more")
+        if not all(0 <= x < 1 for x in (self.dropout, self.head_dropout, self.label_smoothing)):
+            raise ValueError("dropout, head_dropout and label_smoothing must lie within [0, 1)")
