@@ -58,8 +58,12 @@ def _file_line(path: str, tags: Iterable[tuple[str, str, float]], error: str | N
 def _human_file(line: dict[str, Any]) -> str:
     if line["error"]:
         return f"{line['path']}: ERROR {line['error']}"
-    tags = ", ".join(f"{t['tag']} {t['score']:.2f}" for t in line["tags"]) or "(no tags)"
-    return f"{line['path']}: {tags}"
+    by_model: dict[str, list[str]] = {}
+    for t in line["tags"]:
+        by_model.setdefault(t["model"], []).append(f"{t['tag']} {t['score']:.2f}")
+    if len(by_model) > 1:  # each model's tags apart: two models can give the same tag
+        return f"{line['path']}: " + "; ".join(f"{model}: {', '.join(tags)}" for model, tags in by_model.items())
+    return f"{line['path']}: {', '.join(next(iter(by_model.values()), ['(no tags)']))}"
 
 
 def _index() -> tuple[Index, Any]:

@@ -401,6 +401,9 @@ def test_a_new_model_retags_the_library_from_cached_spectrograms(daemon: DaemonP
         return found
 
     wait_for(lambda: family_tags() == {p: names[b] for p, b in expected.items()})
+    low = next(p for p, b in expected.items() if b == "low")
+    said = vibrary("tags", low, home=daemon.home).stdout  # each model's tags apart, for people too
+    assert said.startswith(f"{low}: bands: low ") and "; family: deep " in said, said
     status = daemon.client.status()
     assert status.decoded == 3 and status.from_cache == 3  # no audio was decoded for the new model
     assert sorted(status.models) == ["bands@1", "family@1"]
