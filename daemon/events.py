@@ -43,6 +43,10 @@ class EventBus:
         self._subscribers: set[queue.Queue[Event]] = set()
         self._lock = threading.Lock()
         self._size = per_subscriber
+        self.closed = threading.Event()  # the daemon is stopping: streams end, cleanly, within a poll
+
+    def close(self) -> None:
+        self.closed.set()
 
     def subscribe(self) -> queue.Queue[Event]:
         q: queue.Queue[Event] = queue.Queue(self._size)

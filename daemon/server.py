@@ -217,7 +217,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         try:
             # where things stand now, so a front end needs no GetStatus call (and misses nothing between)
             yield pb.Event(kind=pb.Event.STATUS_CHANGED, time=time.time(), status=status_pb(self.daemon.status()))
-            while context.is_active():
+            while context.is_active() and not self.daemon.events.closed.is_set():
                 try:
                     e = feed.get(timeout=0.25)
                 except queue.Empty:

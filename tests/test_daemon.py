@@ -502,9 +502,14 @@ def test_front_ends_following_events_leave_the_api_answering(daemon: DaemonProce
 
 def test_daemon_stop_stops_the_daemon_of_this_home(model_home: Path) -> None:
     d = start_daemon(model_home)
+    follower = Client(home_dir=model_home)
+    stream = follower.events()
+    assert next(stream).kind == pb.Event.STATUS_CHANGED
     out = vibrary("daemon", "stop", "--json", home=model_home)
     assert json_lines(out.stdout)[0]["stopped"] == d.proc.pid
     assert d.proc.wait(timeout=30) == 0  # a clean exit, as after Ctrl-C
+    list(stream)  # a front end's Events stream ends as a stream ends (it was cut off: UNAVAILABLE)
+    follower.close()
     again = vibrary("daemon", "stop", home=model_home, check=False)
     assert again.returncode == 1 and "no daemon is running" in again.stderr
     d.client.close()
