@@ -363,11 +363,19 @@ def _labels(path: Path, name: str) -> dict[str, Any]:
     return raw
 
 
-def _rows(home_dir: Path, name: str) -> tuple[list[Row], list[tuple[str, str]]]:
+def _record(home_dir: Path, name: str) -> tuple[Path, dict[str, Any]]:
+    """`labels.json` and what it holds."""
     path = dataset_dir(home_dir, name) / "labels.json"
     if not path.exists():
         raise FileNotFoundError(f"dataset {name!r} was made before datasets could be edited; create it again")
-    raw = _labels(path, name)
+    return path, _labels(path, name)
+
+
+def _rows(home_dir: Path, name: str) -> tuple[list[Row], list[tuple[str, str]]]:
+    return _rows_in(*_record(home_dir, name), name)
+
+
+def _rows_in(path: Path, raw: dict[str, Any], name: str) -> tuple[list[Row], list[tuple[str, str]]]:
     try:
         return [Row(**r) for r in raw["files"]], [(str(p), str(e)) for p, e in raw["failed"]]
     except (KeyError, TypeError, ValueError) as e:
@@ -391,11 +399,11 @@ class _Stored:
 
 def _stored(home_dir: Path, name: str) -> _Stored:
     manifest, shard_dir = load(home_dir, name)
-    rows, failed = _rows(home_dir, name)
+    path, raw = _record(home_dir, name)  # read once, for the rows and the edits alike
+    rows, failed = _rows_in(path, raw, name)
     codes = _codes(manifest, shard_dir, name)
     if len(codes) != len(rows):
         raise shards.ShardError(f"dataset {name!r}: shards and labels disagree; create it again")
-    raw = _labels(dataset_dir(home_dir, name) / "labels.json", name)
     renamed, removed = raw.get("renamed", {}), raw.get("removed", [])
     if not (isinstance(renamed, dict) and isinstance(removed, list)):
         raise _damaged(name, "labels.json: 'renamed' or 'removed' is not what it should be")
