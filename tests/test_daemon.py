@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from vibrary.clients.client import Client, DaemonError
+from vibrary.daemon.events import MODEL_CHANGED
 from vibrary.daemon.index import Index
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
@@ -557,7 +558,8 @@ def test_a_model_that_cannot_load_is_tried_again_only_when_its_file_changes(
     model_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A model whose file is whole but will not load (an onnxruntime that refuses it) had every model
-    loaded again every second: new sessions, files re-queued, events sent."""
+    loaded again every second: new sessions, files re-queued, events sent. When it loads at last, front
+    ends hear of it (they were told nothing, and showed it unusable until the next status)."""
     from vibrary.daemon import service
 
     refuses = True
@@ -574,10 +576,17 @@ def test_a_model_that_cannot_load_is_tried_again_only_when_its_file_changes(
         for _ in range(5):
             d._follow_models()  # what the feeder does every second
         assert len(loads) == 1 and d.pipeline.models == []  # only the start's
+        heard = d.events.subscribe()
         refuses = False
         (row,) = d.index.active_models()
         os.utime(row.path)  # its file put back (as `vibrary models install` of the same file does)
         d._follow_models()
         assert len(loads) == 2 and [m.ref for m in d.pipeline.models] == ["bands@1"]
+        changes = []
+        while not heard.empty():
+            event = heard.get_nowait()
+            if event.kind == MODEL_CHANGED:
+                changes.append(event.model)
+        assert changes == ["bands@1"]
     finally:
         d._lock_file.close()
