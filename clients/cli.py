@@ -393,15 +393,16 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _unknown_tags(c: Client, groups: list[list[str]], model: str) -> str:
-    """Why a search found nothing, when an AND group is only words no file has (a typo, or another model's
-    word): `low|lwo deep` found nothing because of the AND, not the typo."""
-    known = {t.tag for t in c.counts(model)}
+    """Why a search found nothing, when an AND group is only words no active model tags (a typo, or an
+    inactive model's word): `low|lwo deep` found nothing because of the AND, not the typo. The active
+    models' classes answer it from their metadata; counting the tags in use reads the whole index."""
+    known = {tag for m in c.models() if m.active and model in ("", m.name) for tag in m.classes}
     unknown = [w for g in groups if not known & set(g) for w in g]
     if not unknown:
         return ""
     close = {w: difflib.get_close_matches(w, known, n=1) for w in unknown}
     said = ", ".join(f"{w!r}" + (f" (did you mean {m[0]!r}?)" if m else "") for w, m in close.items())
-    return f": no file is tagged {said}; `vibrary counts` lists the tags in use"
+    return f": no active model tags {said}; `vibrary models list` shows their tags"
 
 
 def cmd_counts(args: argparse.Namespace) -> int:
@@ -862,13 +863,27 @@ def _score(text: str) -> float:
     return score
 
 
-def _model_ref(text: str) -> str:
-    """NAME or NAME@VERSION, checked before anything starts (exit 2)."""
+def _parsed_ref(text: str) -> tuple[str, int]:
     try:
-        registry.parse_ref(text)
+        return registry.parse_ref(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _model_ref(text: str) -> str:
+    """NAME or NAME@VERSION, checked before anything starts (exit 2)."""
+    _parsed_ref(text)
     return text
+
+
+def _model_name(text: str) -> str:
+    """A model's name: the index holds the tags of each model's active version only, so no @VERSION."""
+    if not text:  # argparse passes the default through here too
+        return text
+    name, version = _parsed_ref(text)
+    if version or "@" in text:
+        raise argparse.ArgumentTypeError(f"{text}: give a model name without @VERSION (tags are its active version's)")
+    return name
 
 
 def _count(text: str) -> int:
@@ -934,7 +949,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-score", type=_score, default=None, help="only tags scoring at least this (default: the tags that hit)"
     )
     p.add_argument("--under", default="", metavar="DIR", help="only files under this folder")
-    p.add_argument("--model", default="", help="only tags from this model")
+    p.add_argument("--model", type=_model_name, default="", help="only tags from this model")
     p.add_argument("--limit", type=_count, default=0, help="at most this many files, the surest first")
     p.set_defaults(func=cmd_search)
 
@@ -943,7 +958,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tags)
 
     p = sub.add_parser("counts", parents=[common], help="how many files carry each tag")
-    p.add_argument("--model", default="", help="only this model's tags")
+    p.add_argument("--model", type=_model_name, default="", help="only this model's tags")
     p.set_defaults(func=cmd_counts)
 
     p = sub.add_parser("models", parents=[common], help="list, install, activate, deactivate, remove models")

@@ -195,15 +195,19 @@ def test_search_words_that_look_like_options_and_model_filters(daemon: DaemonPro
     assert {Path(x["path"]).stem for x in json_lines(first.stdout)} == {"low"}
     assert found("low", "OR", "mid", "NOT", "mid") == {"low"}
     typo = vibrary("search", "hihg", "low", home=daemon.home)
-    assert typo.stdout == "" and "0 files: no file is tagged 'hihg' (did you mean 'high'?)" in typo.stderr
+    assert typo.stdout == "" and "0 files: no active model tags 'hihg' (did you mean 'high'?)" in typo.stderr
     either = vibrary("search", "low|hihg", "high", home=daemon.home)  # nothing is low and high: no typo to blame
     assert either.stderr.strip() == "0 files"
     assert found("high", "--min-score", "0") > {"high"}  # every stored score (mid's), not hits only
     assert found("--model", "bands", "high") == {"high"}
-    for command, model, said in (("search", "nosuch", "no model nosuch"), ("counts", "bands@1", "without @VERSION")):
+    for command, model, said, code in (
+        ("search", "nosuch", "no model nosuch", 1),
+        ("counts", "bands@1", "without @VERSION", 2),  # a usage error, said before the daemon is asked
+        ("search", "bands@", "versions count from 1", 2),
+    ):
         query = ["high"] if command == "search" else []
         bad = vibrary(command, "--model", model, *query, home=daemon.home, check=False)
-        assert bad.returncode == 1 and said in bad.stderr, bad.stderr
+        assert bad.returncode == code and said in bad.stderr, bad.stderr
 
 
 def test_status_wait_says_when_indexing_is_paused(daemon: DaemonProcess, tmp_path: Path) -> None:
