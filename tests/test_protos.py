@@ -1,4 +1,5 @@
-"""The checked-in gRPC code is what the protos generate (a stale copy would silently drop fields)."""
+"""Checked-in files made by scripts are current: the gRPC code is what the protos generate (a stale copy
+would silently drop fields), and the CLI reference names every command and option."""
 
 from __future__ import annotations
 
@@ -22,3 +23,11 @@ def test_generated_modules_import_under_the_namespaced_package() -> None:
     assert daemon_pb2.DESCRIPTOR.package == "vibrary.v1"
     assert hasattr(daemon_pb2_grpc, "DaemonStub")
     assert "decoded" in daemon_pb2.Status.DESCRIPTOR.fields_by_name
+
+
+def test_the_cli_reference_names_every_command_and_option() -> None:
+    """docs/cli.md is where the options the README does not show are documented: a new one must be there."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "cli_reference.py"), "--check"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
