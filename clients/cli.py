@@ -33,6 +33,7 @@ from vibrary.daemon.infer import ModelError
 from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client, DaemonError, DaemonNotRunning
+from .query import ANY_STORED_SCORE, QueryError, parse_query
 
 
 class CommandError(Exception):
@@ -307,40 +308,6 @@ def _wait_idle(c: Client, pending: int) -> None:
     bar.close()
 
 
-def parse_query(words: Sequence[str]) -> tuple[list[list[str]], list[str]]:
-    """`kick -acoustic snare|clap` or `snare OR clap NOT acoustic`: AND of words, '-' or NOT negates,
-    OR / '|' alternates."""
-    groups: list[list[str]] = []
-    excluded: list[str] = []
-    join_next = negate_next = False
-    for word in words:
-        if word.upper() == "OR":
-            if not groups:
-                raise UsageError("OR needs a tag on each side")
-            join_next = True
-            continue
-        if word.upper() == "NOT":
-            negate_next = True
-            continue
-        if negate_next or (word.startswith("-") and len(word) > 1):
-            if join_next:  # `kick OR -snare hihat` is no OR of kick and hihat
-                raise UsageError("OR needs a tag on each side, not an excluded one")
-            excluded.append(word[0 if negate_next else 1 :].lower())
-            negate_next = False
-            continue
-        alternatives = [w.lower() for w in word.split("|") if w]
-        if join_next:
-            groups[-1].extend(alternatives)
-            join_next = False
-        elif alternatives:
-            groups.append(alternatives)
-    if join_next:
-        raise UsageError("OR needs a tag on each side")
-    if negate_next:
-        raise UsageError("NOT needs a tag after it")
-    return groups, excluded
-
-
 SEARCH_VALUE_OPTIONS = ("--limit", "--min-score", "--under", "--model")
 
 
@@ -377,7 +344,10 @@ def _print_files(args: argparse.Namespace, files: Iterable[Any]) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    groups, excluded = parse_query(args.query)
+    try:
+        groups, excluded = parse_query(args.query)
+    except QueryError as e:
+        raise UsageError(str(e)) from None
     if not groups and not excluded and not args.under:
         raise UsageError("give at least one tag to search for")
     # 0 on the wire asks for hits only; `--min-score 0` asks for every stored score
@@ -848,9 +818,6 @@ def _workers(text: str) -> int:
     if n > config.MOST["workers"]:
         raise argparse.ArgumentTypeError(f"{n}: give {config.MOST['workers']} or fewer")
     return n
-
-
-ANY_STORED_SCORE = 1e-9
 
 
 def _score(text: str) -> float:

@@ -3,8 +3,13 @@
 from vibrary.clients.client import Client
 with Client() as c:              # the daemon of $VIBRARY_HOME, over its Unix socket
     c.add_watch("/samples")
-    for f in c.search([["kick"]]):
+    for f in c.search("kick -acoustic", limit=20, best_first=True):   # as `vibrary search` reads it
         print(f.path, f.tags[0].tag)
+
+Everything it raises is a VibraryError: DaemonNotRunning (nobody answers), DaemonError (the daemon
+refused or could not finish; `.code` is gRPC's status code) or ClientClosed. Replies are the protobuf
+messages of proto/vibrary/v1/daemon.proto. A stream of results (search, tags) has no deadline unless
+given one: it lasts as long as the caller takes to read it.
 """
 
 from __future__ import annotations
@@ -21,20 +26,44 @@ from vibrary.daemon.folders import indexed_path
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
+from .query import parse_query
 
-class DaemonNotRunning(ConnectionError):
-    pass
+
+class VibraryError(Exception):
+    """What this client raises: catch it to catch them all."""
+
+
+class DaemonNotRunning(VibraryError, ConnectionError):
+    """No daemon answers at the target: not started, stopped, or listening elsewhere."""
+
+
+class DaemonError(VibraryError, RuntimeError):
+    """The daemon refused the call or could not finish it in time; str() is its reason."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+
+
+class ClientClosed(VibraryError, RuntimeError):
+    """A call on a client after its close() (a stream it returned included)."""
+
+
+Paths = str | Sequence[str]  # one path, or several
 
 
 class Client:
     def __init__(self, target: str = "", token: str = "", timeout: float = 30.0, home_dir: Path | None = None) -> None:
-        """target: "" for the home's Unix socket, or HOST:PORT (then token is required by the daemon)."""
-        if not target:
-            target = config.unix_target(config.socket_path(home_dir or config.home()))
+        """target: "" for the Unix socket of home_dir ($VIBRARY_HOME by default), or HOST:PORT of a daemon
+        started with --listen (which then requires `token`). `timeout`: seconds a call may take, streams
+        of results excepted."""
+        if not target:  # looking for a daemon must not create a home
+            target = config.unix_target(config.socket_path(home_dir or config.home(create=False)))
         self.target = target
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._channel = grpc.insecure_channel(target)
+        self._closed = False
         self.stub = pb_grpc.DaemonStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -44,19 +73,45 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Close the connection. A stream being read in another thread (events()) ends, as if done."""
+        self._closed = True
         self._channel.close()
 
     def _call(self, method: str, request: object, timeout: float | None = None) -> Any:
+        self._check_open()
         try:
             return getattr(self.stub, method)(request, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as e:
-            raise _translate(e, self.target) from None
+            raise self._translate(e) from None
+        except ValueError:  # grpc's word for a channel closed under the call
+            self._check_open()
+            raise
 
     def _stream(self, method: str, request: object, timeout: float | None = None) -> Iterator:
+        self._check_open()  # when the caller starts reading: streams are lazy
         try:
             yield from getattr(self.stub, method)(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as e:
-            raise _translate(e, self.target) from None
+            if self._closed and e.code() == grpc.StatusCode.CANCELLED:
+                return  # closed by its own client: the end the caller asked for
+            raise self._translate(e) from None
+        except ValueError:
+            self._check_open()
+            raise
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosed(f"this client of {self.target} is closed: make a new one")
+
+    def _translate(self, e: grpc.RpcError) -> VibraryError:
+        code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
+        details = e.details() if hasattr(e, "details") else str(e)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            if not self.target.startswith("unix:"):
+                return DaemonNotRunning(f"no daemon answers at {self.target} ({details})")
+            where = urllib.parse.unquote(self.target.removeprefix("unix:"))  # the socket's path, not its URI
+            return DaemonNotRunning(f"no daemon answers at {where}; start it with `vibrary daemon`")
+        return DaemonError(code, details or code.name)
 
     # -- calls ---------------------------------------------------------------------------------------
     def is_running(self) -> bool:
@@ -88,46 +143,64 @@ class Client:
 
     def search(
         self,
-        all_of: Sequence[Sequence[str]] = (),
+        all_of: str | Sequence[str | Sequence[str]] = (),
         none_of: Sequence[str] = (),
         min_score: float = 0.0,
         under: str = "",
         model: str = "",
         limit: int = 0,
         best_first: bool = False,
+        timeout: float | None = None,
     ) -> Iterator[pb.FileTags]:
+        """Files whose tags match, streamed. `all_of`: a query as people type it (`"kick -acoustic
+        snare|clap"`, QueryError when it makes no sense), or groups that must all match, each a tag or a
+        list of alternatives (`[["snare", "clap"], "dark"]`). `none_of`: tags no result has. `min_score`:
+        0 counts the tags that hit (a model's best tag, or a score of at least 0.5), a score counts every
+        stored score from it up (query.ANY_STORED_SCORE: all). `under`: a folder. `model`: one model's tags.
+        `limit` 0: every match; in the index's order unless `best_first` (the surest first, which costs
+        more: `vibrary search --limit` asks for it)."""
+        if isinstance(all_of, str):
+            groups, excluded = parse_query(all_of)
+        else:
+            groups, excluded = [[g] if isinstance(g, str) else list(g) for g in all_of], []
         request = pb.SearchRequest(
-            all_of=[pb.AnyOf(tags=list(g)) for g in all_of],
-            none_of=list(none_of),
+            all_of=[pb.AnyOf(tags=g) for g in groups],
+            none_of=[*excluded, *([none_of] if isinstance(none_of, str) else none_of)],
             min_score=min_score,
             path_prefix=indexed_path(under) if under else "",
             model=model,
             limit=limit,
             best_first=best_first,
         )
-        return self._stream("Search", request, self.timeout)
+        return self._stream("Search", request, timeout)
 
-    def tags(self, paths: Sequence[str]) -> Iterator[pb.FileTags]:
-        return self._stream("GetTags", pb.GetTagsRequest(paths=[indexed_path(p) for p in paths]), self.timeout)
+    def tags(self, paths: Paths, timeout: float | None = None) -> Iterator[pb.FileTags]:
+        """What the index holds for these files, or for every file under these folders (one stream)."""
+        return self._stream("GetTags", pb.GetTagsRequest(paths=_indexed(paths)), timeout)
 
     def counts(self, model: str = "") -> list[pb.TagCount]:
         return list(self._call("CountTags", pb.CountTagsRequest(model=model)).counts)
 
-    def tag(self, paths: Sequence[str], timeout: float = 600.0) -> Iterator[pb.FileTags]:
-        return self._stream("Tag", pb.TagRequest(paths=[indexed_path(p) for p in paths]), timeout)
+    def tag(self, paths: Paths, timeout: float = 600.0) -> Iterator[pb.FileTags]:
+        """Tag these files (and the files under these folders) first, inside watches or not, and stream
+        their results once all are done; DaemonError DEADLINE_EXCEEDED when they take longer than timeout."""
+        return self._stream("Tag", pb.TagRequest(paths=_indexed(paths)), timeout)
 
     def events(self) -> Iterator[pb.Event]:
-        """Endless stream of daemon events; cancel by closing the client."""
+        """The daemon's events as they happen (a status snapshot first), until close() or until the
+        daemon stops (the stream ends) or dies (DaemonNotRunning): follow it again after a restart."""
         return self._stream("Events", pb.EventsRequest())
 
     def models(self) -> list[pb.Model]:
         return list(self._call("ListModels", pb.ListModelsRequest()).models)
 
     def activate(self, name: str, version: int = 0) -> list[pb.Model]:
-        return list(self._call("ActivateModel", pb.ModelRef(name=name, version=version)).models)
+        """Activate NAME's newest version, or NAME@VERSION (`version`, or in the name as status() has it)."""
+        return list(self._call("ActivateModel", _model_ref(name, version)).models)
 
     def deactivate(self, name: str, version: int = 0) -> list[pb.Model]:
-        return list(self._call("DeactivateModel", pb.ModelRef(name=name, version=version)).models)
+        """Deactivate NAME's active version, or NAME@VERSION."""
+        return list(self._call("DeactivateModel", _model_ref(name, version)).models)
 
     def pause(self) -> pb.Status:
         return self._call("Pause", pb.PauseRequest())
@@ -208,18 +281,14 @@ class Client:
         return self._call("CancelTraining", pb.CancelTrainingRequest())
 
 
-class DaemonError(RuntimeError):
-    """The daemon refused the call; str() is its reason."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
+def _indexed(paths: Paths) -> list[str]:
+    """The paths as the index spells them (absolute, normalised); one path may come as a string."""
+    return [indexed_path(p) for p in ([paths] if isinstance(paths, str) else paths)]
 
 
-def _translate(e: grpc.RpcError, target: str) -> Exception:
-    code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
-    details = e.details() if hasattr(e, "details") else str(e)
-    if code == grpc.StatusCode.UNAVAILABLE:
-        where = urllib.parse.unquote(target.removeprefix("unix:"))  # the socket's path, not its URI
-        return DaemonNotRunning(f"no daemon answers at {where}; start it with `vibrary daemon`")
-    return DaemonError(code, details or code.name)
+def _model_ref(name: str, version: int) -> pb.ModelRef:
+    """NAME@VERSION as status() and events name models, or NAME and a version apart."""
+    named, at, number = name.partition("@")
+    if at and not version and number.isdigit():
+        return pb.ModelRef(name=named, version=int(number))
+    return pb.ModelRef(name=name, version=version)  # anything else: the daemon says what is wrong with it

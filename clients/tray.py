@@ -38,6 +38,7 @@ from vibrary.proto import daemon_pb2 as pb
 
 from . import tray_state as ts
 from .client import Client, DaemonError, DaemonNotRunning
+from .query import QueryError, parse_query
 
 log = logging.getLogger(__name__)
 
@@ -370,16 +371,14 @@ class SearchDialog(QDialog):
         )
 
     def search(self) -> None:
-        from .cli import CommandError, parse_query
-
         self.results.clear()
         try:
-            all_of, none_of = parse_query(self.query.text().split())
+            all_of, none_of = parse_query(self.query.text())
             if not all_of and not none_of:  # the daemon would list the whole library
-                raise CommandError("type a tag to search for, e.g. kick -acoustic snare|clap")
+                raise QueryError("type a tag to search for, e.g. kick -acoustic snare|clap")
             with Client(home_dir=self.home, timeout=CALL_TIMEOUT_S) as c:
-                found = list(c.search(all_of, none_of, limit=self.LIMIT, best_first=True))
-        except (CommandError, DaemonNotRunning, DaemonError) as e:  # a Qt slot must not raise: say it here
+                found = list(c.search(all_of, none_of, limit=self.LIMIT, best_first=True, timeout=CALL_TIMEOUT_S))
+        except (QueryError, DaemonNotRunning, DaemonError) as e:  # a Qt slot must not raise: say it here
             self.results.addItem(f"error: {e}")
             return
         for f in found:

@@ -15,10 +15,13 @@ from pathlib import Path
 import platformdirs
 
 
-def home() -> Path:
+def home(create: bool = True) -> Path:
+    """$VIBRARY_HOME, or the platform's user data folder; made (mode 0700) unless `create` is False, as
+    for a client that only looks for a daemon there."""
     root = os.environ.get("VIBRARY_HOME") or platformdirs.user_data_dir("vibrary", appauthor=False)
     path = Path(root).expanduser().absolute()
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if create:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
     return path
 
 

@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from vibrary.clients.cli import parse_query
+from vibrary.clients.query import parse_query
 
 from tests.conftest import DaemonProcess, json_lines, vibrary, wait_for
 from tests.synth import BANDS, band_model, write_tone

@@ -612,7 +612,9 @@ Global___ModelList: _TypeAlias = ModelList  # noqa: Y015
 
 @_typing.final
 class ModelRef(_message.Message):
-    """NAME, or NAME@VERSION; version 0 means the newest installed version."""
+    """A model: its name, and a version (0: the newest installed; for DeactivateModel, the active one).
+    NAME@VERSION as status and events spell it goes as name and version apart (the Python client splits it).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -1,0 +1,48 @@
+"""The search words people type, `kick -acoustic snare|clap`, as the API's groups: shared by the CLI, the
+tray's search box and scripts (`Client.search("kick -acoustic")`), so the three read a query alike."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# The API's min_score 0 asks for the tags that hit (a model's best tag, or a score of at least 0.5); this
+# asks for every stored score, which is what `--min-score 0` means to a person.
+ANY_STORED_SCORE = 1e-9
+
+
+class QueryError(ValueError):
+    """A query that cannot make sense (`kick OR`, `NOT`); str() says why."""
+
+
+def parse_query(words: str | Sequence[str]) -> tuple[list[list[str]], list[str]]:
+    """`kick -acoustic snare|clap` or `snare OR clap NOT acoustic` → (AND of OR-groups, excluded tags):
+    AND of words, '-' or NOT negates, OR / '|' alternates; tags in lower case, as they are stored."""
+    groups: list[list[str]] = []
+    excluded: list[str] = []
+    join_next = negate_next = False
+    for word in words.split() if isinstance(words, str) else words:
+        if word.upper() == "OR":
+            if not groups:
+                raise QueryError("OR needs a tag on each side")
+            join_next = True
+            continue
+        if word.upper() == "NOT":
+            negate_next = True
+            continue
+        if negate_next or (word.startswith("-") and len(word) > 1):
+            if join_next:  # `kick OR -snare hihat` is no OR of kick and hihat
+                raise QueryError("OR needs a tag on each side, not an excluded one")
+            excluded.append(word[0 if negate_next else 1 :].lower())
+            negate_next = False
+            continue
+        alternatives = [w.lower() for w in word.split("|") if w]
+        if join_next:
+            groups[-1].extend(alternatives)
+            join_next = False
+        elif alternatives:
+            groups.append(alternatives)
+    if join_next:
+        raise QueryError("OR needs a tag on each side")
+    if negate_next:
+        raise QueryError("NOT needs a tag after it")
+    return groups, excluded

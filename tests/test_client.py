@@ -1,0 +1,101 @@
+"""The Python client library as a script author uses it, against a real daemon over its real socket."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from vibrary.clients.client import Client, ClientClosed, DaemonError, DaemonNotRunning, VibraryError
+from vibrary.clients.query import QueryError, parse_query
+
+from tests.conftest import DaemonProcess
+from tests.synth import BANDS, write_tone
+
+
+def _tagged(daemon: DaemonProcess, tmp_path: Path) -> dict[str, str]:
+    """One file per band, tagged: {band: path}."""
+    paths = {band: str(write_tone(tmp_path / "lib" / f"{band}.wav", freq)) for band, freq in BANDS.items()}
+    list(daemon.client.tag(list(paths.values())))
+    return paths
+
+
+def test_a_search_read_slowly_is_not_cut_off_by_the_calls_timeout(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """The client's timeout covered a whole stream: a script doing a second's work per result lost the
+    rest of its search (DEADLINE_EXCEEDED) after 30 s, whatever the daemon did."""
+    paths = _tagged(daemon, tmp_path)
+    with Client(home_dir=daemon.home, timeout=0.3) as c:
+        read = []
+        for f in c.search([["low", "mid", "high"]]):
+            time.sleep(0.2)
+            read.append(f.path)
+        assert sorted(read) == sorted(paths.values())
+        assert len(list(c.tags(str(tmp_path / "lib")))) == 3  # one folder, given as a string
+        with pytest.raises(DaemonError) as late:
+            for _ in c.search([["low", "mid", "high"]], timeout=0.3):  # a deadline when asked for
+                time.sleep(0.2)
+        assert late.value.code.name == "DEADLINE_EXCEEDED"
+
+
+def test_searches_as_people_type_them_and_tags_as_strings(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A bare string searched its letters (`search(["kick"])` asked for k OR i OR c OR k), and the CLI's
+    query grammar was the CLI's own."""
+    paths = _tagged(daemon, tmp_path)
+    c = daemon.client
+    assert [f.path for f in c.search(["low"])] == [paths["low"]]
+    assert {f.path for f in c.search("low|high -high")} == {paths["low"]}
+    assert {f.path for f in c.search("mid OR high", none_of="high")} == {paths["mid"]}
+    assert [f.path for f in c.tags(paths["mid"])] == [paths["mid"]]
+    with pytest.raises(QueryError, match="OR needs a tag on each side"):
+        c.search("low OR")
+    assert parse_query("Snare OR clap dark") == ([["snare", "clap"], ["dark"]], [])
+
+
+def test_models_are_named_as_status_names_them(daemon: DaemonProcess) -> None:
+    """status() and events name a model NAME@VERSION; handing that back to activate() was refused."""
+    (ref,) = daemon.client.status().models
+    assert not any(m.active for m in daemon.client.deactivate(ref))
+    assert [m.version for m in daemon.client.activate(ref) if m.active] == [int(ref.partition("@")[2])]
+
+
+def test_closing_the_client_ends_a_stream_read_elsewhere_and_later_calls_say_so(daemon: DaemonProcess) -> None:
+    """close() during events() in another thread raised CANCELLED there, though closing is how the stream
+    is meant to end; a call after close() was a bare ValueError from grpc."""
+    c = Client(home_dir=daemon.home)
+    ended: list[object] = []
+    heard = threading.Event()
+
+    def follow() -> None:
+        try:
+            for _ in c.events():
+                heard.set()
+            ended.append("done")
+        except Exception as e:
+            ended.append(e)
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    assert heard.wait(10)  # the status snapshot that starts every stream
+    c.close()
+    follower.join(10)
+    assert ended == ["done"]
+    with pytest.raises(ClientClosed):
+        c.status()
+    with pytest.raises(ClientClosed):
+        next(iter(c.search(["low"])))
+    assert issubclass(ClientClosed, VibraryError) and issubclass(DaemonError, VibraryError)
+
+
+def test_looking_for_a_daemon_creates_no_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Client() made $VIBRARY_HOME (and its parents) only to find nobody there."""
+    nowhere = tmp_path / "not" / "yet"
+    monkeypatch.setenv("VIBRARY_HOME", str(nowhere))
+    with Client() as c:
+        assert not c.is_running()
+        with pytest.raises(DaemonNotRunning, match="vibrary daemon"):
+            c.status()
+    assert not (tmp_path / "not").exists()
+    with Client("127.0.0.1:9", timeout=2) as remote, pytest.raises(DaemonNotRunning) as e:  # the discard port
+        remote.status()
+    assert "vibrary daemon" not in str(e.value)  # starting a local daemon is no answer for another machine
