@@ -85,8 +85,9 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
         raise DecodeError("no audio frames in file")
     if not np.isfinite(audio.sum()) or max(audio.max(), -audio.min()) > LOUDEST:
         # NaN, inf, or float samples so large that the mix or the power spectrum overflows float32 (a
-        # corrupt or mislabelled float file): that spectrogram was NaN, then quantized to 0 dB everywhere
-        audio = np.nan_to_num(audio, nan=0.0, posinf=1.0, neginf=-1.0)
+        # corrupt or mislabelled float file): that spectrogram was NaN, then quantized to 0 dB everywhere.
+        # A non-number is no sound: silence, not a full-scale click that a kit piece is made of
+        audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
         np.clip(audio, -LOUDEST, LOUDEST, out=audio)
     return fit(audio, native_sr, params)
 
@@ -115,15 +116,23 @@ def fit(audio: np.ndarray, sample_rate: int, params: SpectrogramParams) -> np.nd
     return clip
 
 
+CANCELLED_MIX = 0.05  # a mix whose peak is this far (-26 dB) below its loudest channel's cancelled itself
+
+
 def _mono(audio: np.ndarray) -> np.ndarray:
     """The channels' mean, (frames, 1). Summed column by column: numpy's mean over a row of two
-    interleaved samples walks the rows one at a time, and costs more than decoding them."""
+    interleaved samples walks the rows one at a time, and costs more than decoding them. A stereo file
+    with one channel's polarity inverted (a widening trick) sums to near silence, and its rounding residue
+    was tagged: such a file is heard through its loudest channel instead."""
     if audio.shape[1] == 1:
         return audio
     mixed = audio[:, 0].copy()
     for channel in range(1, audio.shape[1]):
         mixed += audio[:, channel]
     mixed *= np.float32(1.0 / audio.shape[1])
+    if audio.size and max(mixed.max(), -mixed.min()) < CANCELLED_MIX * max(audio.max(), -audio.min()):
+        loudest = max(range(audio.shape[1]), key=lambda c: float(np.abs(audio[:, c]).max()))
+        return np.ascontiguousarray(audio[:, loudest])[:, None]
     return mixed[:, None]
 
 
@@ -158,11 +167,20 @@ def check_readable(path: str) -> None:
         raise DecodeError(f"cannot open file: {e.strerror}") from None
 
 
+# Sizes that recorders and pipes write when the length is not known yet (sox writing to a pipe, a streamed
+# or interrupted recording): libsndfile reads such a file whole, and so do DAWs.
+_UNKNOWN_LENGTH = frozenset({0xFFFFFFFF, 0x7FFFF000, 0x7FFFFFFF, 0x80000000})
+_SLACK_BYTES = 64  # a writer that counted its header into the data size, or a last odd byte lost
+
+
 def _check_not_truncated(f: sf.SoundFile) -> None:
     match = _SHORT_DATA.search(f.extra_info)
-    if match and int(match.group(2)) < int(match.group(1)):
-        declared, present = int(match.group(1)), int(match.group(2))
-        raise DecodeError(f"truncated or corrupt: header declares {declared} bytes of audio, file holds {present}")
+    if not match:
+        return
+    declared, present = int(match.group(1)), int(match.group(2))
+    if declared in _UNKNOWN_LENGTH or declared - present <= _SLACK_BYTES:
+        return
+    raise DecodeError(f"truncated or corrupt: header declares {declared} bytes of audio, file holds {present}")
 
 
 def _describe_libsndfile_error(e: sf.LibsndfileError) -> str:
