@@ -202,7 +202,10 @@ class Pipeline:
                     p.result.error = f"model {model.ref} failed on it: {row}"
                     p.result.tags.clear()
                 elif not p.result.error:
-                    p.result.tags[model.id] = ranked_tags(row, model.model.info.classes, self._store_min)
+                    heard = _heard(p.specs[params])
+                    p.result.tags[model.id] = (
+                        ranked_tags(row, model.model.info.classes, self._store_min) if heard else []
+                    )
 
     @staticmethod
     def _predict(model: ActiveModel, specs: list[np.ndarray]) -> Iterator[tuple[int, np.ndarray | Exception]]:
@@ -218,3 +221,10 @@ class Pipeline:
                 yield i, model.model.predict(spec[None])[0]
             except Exception as e:
                 yield i, e
+
+
+def _heard(spec: np.ndarray) -> bool:
+    """Whether a clip has any sound in it. A spectrogram flat throughout (a file silent for its opening
+    seconds: a stem that starts late) tells a model nothing, yet its guess (kick 0.24) was stored as the
+    file's best tag, and the file turned up in `vibrary search kick`: such a file is indexed with no tags."""
+    return bool(spec.max() > spec.min())

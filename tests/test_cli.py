@@ -30,6 +30,21 @@ def test_tag_json_contract(model_home: Path, tmp_path: Path) -> None:
     assert lines["low.wav"]["path"] == str(tmp_path / "kit" / "low.wav")
 
 
+def test_a_file_silent_in_its_opening_seconds_gets_no_tags(model_home: Path, tmp_path: Path) -> None:
+    """A stem that starts after 4 s of digital silence came out with the model's guess for nothing as its
+    best tag, and was found by a search for that tag; a file with sound in its opening seconds is tagged."""
+    import numpy as np
+    import soundfile as sf
+
+    late = np.concatenate([np.zeros(4 * 44100, np.float32), np.sin(np.arange(44100, dtype=np.float32) / 5)])
+    sf.write(tmp_path / "late.wav", late, 44100, subtype="PCM_24")
+    write_tone(tmp_path / "low.wav", BANDS["low"])
+    proc = vibrary("tag", "--json", str(tmp_path / "late.wav"), str(tmp_path / "low.wav"), home=model_home)
+    lines = {Path(x["path"]).name: x for x in json_lines(proc.stdout)}
+    assert lines["late.wav"] == {**lines["late.wav"], "tags": [], "error": None}
+    assert lines["low.wav"]["tags"][0]["tag"] == "low"
+
+
 def test_json_is_taken_wherever_it_is_given(model_home: Path) -> None:
     """`vibrary --json models list`, `vibrary models --json list` and `vibrary models list --json` alike."""
     for args in (("--json", "models", "list"), ("models", "--json", "list"), ("models", "list", "--json")):
