@@ -154,3 +154,39 @@ def test_a_stereo_file_with_one_channel_inverted_is_heard_through_a_channel(tmp_
     assert np.abs(wide).max() > 0.45  # the channel, not the cancelled mix
     plain = decode(str(tmp_path / "plain.wav"), params)[0]
     assert abs(np.abs(plain).max() - 0.375) < 0.01  # the mean of 0.5 and 0.25
+
+
+def test_files_whose_audio_lies_behind_megabytes_of_metadata_are_told_apart(tmp_path: Path) -> None:
+    """The content hash read the first 4 MiB: two WAVs with the same 5 MiB of artwork before different
+    audio got one content id, and the second took the first one's tags. Files alike but for their
+    audio are told apart, in WAV, AIFF, MP3 (ID3v2) and FLAC alike."""
+    import struct
+
+    from vibrary.daemon.features import audio_start, fingerprint
+
+    art = bytes(np.random.default_rng(0).integers(0, 256, 5 << 20, dtype=np.uint8))
+    prints = []
+    for name, freq in (("kick.wav", 60.0), ("hat.wav", 8000.0)):
+        ringing_out = np.concatenate([tone(freq, 1.0), np.zeros((2 * 44100, 1), np.float32)])  # tails alike
+        sf.write(tmp_path / name, ringing_out, 44100, subtype="PCM_16")
+        plain = (tmp_path / name).read_bytes()
+        chunk = b"id3 " + struct.pack("<I", len(art)) + art
+        body = plain[12:36] + chunk + plain[36:]  # fmt, then the artwork, then the data chunk
+        (tmp_path / name).write_bytes(b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WAVE" + body)
+        assert np.abs(decode(str(tmp_path / name), SpectrogramParams())).max() > 0.4  # still a WAV
+        prints.append(fingerprint(str(tmp_path / name)).hash)
+    assert prints[0] != prints[1]
+
+    syncsafe = bytes((len(art) >> s) & 0x7F for s in (21, 14, 7, 0))
+    (tmp_path / "x.mp3").write_bytes(b"ID3\x04\x00\x00" + syncsafe + art + b"\xff\xfb" + b"\x00" * 100)
+    flac_blocks = b"\x00" + (34).to_bytes(3, "big") + b"\x00" * 34 + b"\x86" + len(art).to_bytes(3, "big") + art
+    (tmp_path / "x.flac").write_bytes(b"fLaC" + flac_blocks + b"\xff\xf8")
+    aiff_chunks = b"COMM" + struct.pack(">I", 18) + b"\x00" * 18 + b"ID3 " + struct.pack(">I", len(art)) + art
+    (tmp_path / "x.aiff").write_bytes(b"FORM\x00\x00\x00\x00AIFF" + aiff_chunks + b"SSND" + b"\x00" * 16)
+    for name, expected in (
+        ("x.mp3", 10 + len(art)),
+        ("x.flac", 4 + 38 + 4 + len(art)),
+        ("x.aiff", 12 + 26 + 8 + len(art) + 16),
+    ):
+        with open(tmp_path / name, "rb", buffering=0) as f:
+            assert audio_start(f, f.read(12)) == expected, name
