@@ -99,3 +99,16 @@ def test_looking_for_a_daemon_creates_no_home(tmp_path: Path, monkeypatch: pytes
     with Client("127.0.0.1:9", timeout=2) as remote, pytest.raises(DaemonNotRunning) as e:  # the discard port
         remote.status()
     assert "vibrary daemon" not in str(e.value)  # starting a local daemon is no answer for another machine
+
+
+def test_suggestions_for_a_large_library_come_back_whole(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A library's suggestions are one reply, and gRPC's default 4 MB limit refused it (40,000 files
+    gave 7.5 MB): 1,100 files under a deep folder, 4.5 MB of paths alone, come back."""
+    deep = tmp_path.joinpath(*[f"Vendor Pack {i:02d} - " + "x" * 200 for i in range(17)], "Kicks")
+    template = write_tone(tmp_path / "t.wav", 60.0, seconds=0.05).read_bytes()
+    deep.mkdir(parents=True)
+    for i in range(1100):
+        (deep / f"Kick {i:04d}.wav").write_bytes(template)
+    found = daemon.client.suggest([str(tmp_path / deep.relative_to(tmp_path).parts[0])])
+    assert len(found.files) == 1100 and {f.tag for f in found.files} == {"kick"}
+    assert found.ByteSize() > 4 << 20
