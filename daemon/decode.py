@@ -83,7 +83,9 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
         raise DecodeError(f"cannot decode audio: {e}") from None
     if audio.shape[0] == 0:
         raise DecodeError("no audio frames in file")
-    if not np.isfinite(audio.sum()) or max(audio.max(), -audio.min()) > LOUDEST:
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: the NaN this looks for, no warning
+        finite = np.isfinite(audio.sum())
+    if not finite or max(audio.max(), -audio.min()) > LOUDEST:
         # NaN, inf, or float samples so large that the mix or the power spectrum overflows float32 (a
         # corrupt or mislabelled float file): that spectrogram was NaN, then quantized to 0 dB everywhere.
         # A non-number is no sound: silence, not a full-scale click that a kit piece is made of
@@ -147,6 +149,8 @@ def check_readable(path: str) -> None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
+        if os.path.islink(path):  # its target is what is missing: an unmounted drive, a moved pack
+            raise FileVanished(f"broken symbolic link: {_link_target(path)} is not there") from None
         raise FileVanished("file not found (deleted or moved before it could be read)") from None
     except PermissionError:
         raise DecodeError("permission denied") from None
@@ -171,6 +175,13 @@ def check_readable(path: str) -> None:
 # or interrupted recording): libsndfile reads such a file whole, and so do DAWs.
 _UNKNOWN_LENGTH = frozenset({0xFFFFFFFF, 0x7FFFF000, 0x7FFFFFFF, 0x80000000})
 _SLACK_BYTES = 64  # a writer that counted its header into the data size, or a last odd byte lost
+
+
+def _link_target(path: str) -> str:
+    try:
+        return os.path.join(os.path.dirname(path), os.readlink(path))
+    except OSError:
+        return "its target"
 
 
 def _check_not_truncated(f: sf.SoundFile) -> None:

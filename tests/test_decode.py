@@ -190,3 +190,12 @@ def test_files_whose_audio_lies_behind_megabytes_of_metadata_are_told_apart(tmp_
     ):
         with open(tmp_path / name, "rb", buffering=0) as f:
             assert audio_start(f, f.read(12)) == expected, name
+
+
+def test_a_broken_link_names_its_missing_target(tmp_path: Path) -> None:
+    """It said "file not found (deleted or moved…)" of a link whose drive was not mounted."""
+    from vibrary.daemon.decode import FileVanished
+
+    (tmp_path / "link.wav").symlink_to(tmp_path / "Drive" / "kick.wav")
+    with pytest.raises(FileVanished, match=f"broken symbolic link: {tmp_path / 'Drive' / 'kick.wav'} is not there"):
+        decode(str(tmp_path / "link.wav"), SpectrogramParams())
