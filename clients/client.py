@@ -7,7 +7,8 @@ with Client() as c:              # the daemon of $VIBRARY_HOME, over its Unix so
         print(f.path, f.tags[0].tag)
 
 Everything it raises is a VibraryError: DaemonNotRunning (nobody answers), DaemonError (the daemon
-refused or could not finish; `.code` is gRPC's status code) or ClientClosed. Replies are the protobuf
+refused or could not finish; `.code` is gRPC's status code), ClientClosed, or BadArgument (QueryError
+for a query that makes no sense) before anything is sent. Replies are the protobuf
 messages of proto/vibrary/v1/daemon.proto. A stream of results (search, tags) has no deadline unless
 given one: it lasts as long as the caller takes to read it.
 """
@@ -26,11 +27,10 @@ from vibrary.daemon.folders import indexed_path
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
+from .errors import BadArgument, VibraryError
 from .query import parse_query
 
-
-class VibraryError(Exception):
-    """What this client raises: catch it to catch them all."""
+__all__ = ["BadArgument", "Client", "ClientClosed", "DaemonError", "DaemonNotRunning", "VibraryError"]
 
 
 class DaemonNotRunning(VibraryError, ConnectionError):
@@ -49,7 +49,7 @@ class ClientClosed(VibraryError, RuntimeError):
     """A call on a client after its close() (a stream it returned included)."""
 
 
-Paths = str | Sequence[str]  # one path, or several
+Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]  # one path, or several
 REPLY_MAX = 1 << 30
 
 
@@ -89,13 +89,17 @@ class Client:
             self._check_open()
             raise
 
-    def _stream(self, method: str, request: object, timeout: float | None = None) -> Iterator:
+    def _stream(self, method: str, request: object, timeout: float | None = None, endless: bool = False) -> Iterator:
+        """`endless`: a stream that ends only when closed (events), so close() is its normal end; any
+        other stream cut short by close() raises ClientClosed: its caller must not take a part for all."""
         self._check_open()  # when the caller starts reading: streams are lazy
         try:
             yield from getattr(self.stub, method)(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             if self._closed and e.code() == grpc.StatusCode.CANCELLED:
-                return  # closed by its own client: the end the caller asked for
+                if endless:
+                    return
+                raise ClientClosed(f"the client was closed before {method} was done") from None
             raise self._translate(e) from None
         except ValueError:
             self._check_open()
@@ -191,7 +195,7 @@ class Client:
     def events(self) -> Iterator[pb.Event]:
         """The daemon's events as they happen (a status snapshot first), until close() or until the
         daemon stops (the stream ends) or dies (DaemonNotRunning): follow it again after a restart."""
-        return self._stream("Events", pb.EventsRequest())
+        return self._stream("Events", pb.EventsRequest(), endless=True)
 
     def models(self) -> list[pb.Model]:
         return list(self._call("ListModels", pb.ListModelsRequest()).models)
@@ -284,13 +288,17 @@ class Client:
 
 
 def _indexed(paths: Paths) -> list[str]:
-    """The paths as the index spells them (absolute, normalised); one path may come as a string."""
-    return [indexed_path(p) for p in ([paths] if isinstance(paths, str) else paths)]
+    """The paths as the index spells them (absolute, normalised); one path may come alone."""
+    many = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+    return [indexed_path(os.fspath(p)) for p in many]
 
 
 def _model_ref(name: str, version: int) -> pb.ModelRef:
-    """NAME@VERSION as status() and events name models, or NAME and a version apart."""
+    """NAME@VERSION as status() and events name models, or NAME and a version apart. `NAME@0` and `NAME@`
+    (an empty variable in a script) are refused, as the CLI refuses them: they must not mean the newest."""
     named, at, number = name.partition("@")
-    if at and not version and number.isdigit():
-        return pb.ModelRef(name=named, version=int(number))
-    return pb.ModelRef(name=name, version=version)  # anything else: the daemon says what is wrong with it
+    if not at:
+        return pb.ModelRef(name=name, version=version)
+    if version or not (number.isascii() and number.isdigit() and int(number) > 0):
+        raise BadArgument(f"bad model reference {name!r}: NAME, or NAME@VERSION with versions counting from 1")
+    return pb.ModelRef(name=named, version=int(number))

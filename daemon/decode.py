@@ -40,7 +40,7 @@ AUDIO_EXTENSIONS = frozenset(
 
 # libsndfile clamps a data chunk that runs past the end of the file and logs "data : 176400 (should be
 # 58770)": a truncated copy, or a header claiming more audio than there is.
-_SHORT_DATA = re.compile(r"^(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
+_SHORT_DATA = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)  # (AIFF's: " SSND")
 
 
 class DecodeError(Exception):
@@ -66,6 +66,7 @@ def is_audio_path(path: str) -> bool:
 
 
 LOUDEST = 1e6  # float samples beyond this (full scale is 1) are clipped to it: its power spectrum stays finite
+INAUDIBLE = 10 ** (-70 / 20)  # opening seconds that peak below -70 dBFS are silence (16-bit dither: -90)
 
 
 def decode(path: str, params: SpectrogramParams) -> np.ndarray:
@@ -85,13 +86,19 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
         raise DecodeError("no audio frames in file")
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: the NaN this looks for, no warning
         finite = np.isfinite(audio.sum())
-    if not finite or max(audio.max(), -audio.min()) > LOUDEST:
+    peak = float(max(audio.max(), -audio.min())) if finite else math.inf
+    if peak > LOUDEST:
         # NaN, inf, or float samples so large that the mix or the power spectrum overflows float32 (a
         # corrupt or mislabelled float file): that spectrogram was NaN, then quantized to 0 dB everywhere.
         # A non-number is no sound: silence, not a full-scale click that a kit piece is made of
         audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
         np.clip(audio, -LOUDEST, LOUDEST, out=audio)
-    return fit(audio, native_sr, params)
+        peak = float(max(audio.max(), -audio.min()))
+    if peak < INAUDIBLE:
+        # a stem that starts late, its opening seconds only dither or a noise floor: spectrograms are
+        # scaled to their own peak, so that floor looked like a hi-hat (0.74) to the model
+        audio = np.zeros_like(audio)
+    return fit(audio, native_sr, params, peak)
 
 
 def _read(f: sf.SoundFile, frames: int) -> np.ndarray:
@@ -104,9 +111,10 @@ def _read(f: sf.SoundFile, frames: int) -> np.ndarray:
     return audio
 
 
-def fit(audio: np.ndarray, sample_rate: int, params: SpectrogramParams) -> np.ndarray:
-    """(frames, channels) audio → (params.channels, params.n_samples): mix, resample, cut, pad."""
-    mixed = _mono(audio) if params.mono else _two_channels(audio)
+def fit(audio: np.ndarray, sample_rate: int, params: SpectrogramParams, peak: float | None = None) -> np.ndarray:
+    """(frames, channels) audio → (params.channels, params.n_samples): mix, resample, cut, pad. `peak`:
+    the audio's largest magnitude, when the caller knows it already."""
+    mixed = _mono(audio, peak) if params.mono else _two_channels(audio)
     if sample_rate != params.sample_rate:
         mixed = soxr.resample(mixed, sample_rate, params.sample_rate, quality="HQ")
     head = mixed[: params.n_samples].T
@@ -121,7 +129,7 @@ def fit(audio: np.ndarray, sample_rate: int, params: SpectrogramParams) -> np.nd
 CANCELLED_MIX = 0.05  # a mix whose peak is this far (-26 dB) below its loudest channel's cancelled itself
 
 
-def _mono(audio: np.ndarray) -> np.ndarray:
+def _mono(audio: np.ndarray, peak: float | None = None) -> np.ndarray:
     """The channels' mean, (frames, 1). Summed column by column: numpy's mean over a row of two
     interleaved samples walks the rows one at a time, and costs more than decoding them. A stereo file
     with one channel's polarity inverted (a widening trick) sums to near silence, and its rounding residue
@@ -132,7 +140,11 @@ def _mono(audio: np.ndarray) -> np.ndarray:
     for channel in range(1, audio.shape[1]):
         mixed += audio[:, channel]
     mixed *= np.float32(1.0 / audio.shape[1])
-    if audio.size and max(mixed.max(), -mixed.min()) < CANCELLED_MIX * max(audio.max(), -audio.min()):
+    if not audio.size:
+        return mixed[:, None]
+    if peak is None:
+        peak = float(max(audio.max(), -audio.min()))
+    if max(mixed.max(), -mixed.min()) < CANCELLED_MIX * peak:
         loudest = max(range(audio.shape[1]), key=lambda c: float(np.abs(audio[:, c]).max()))
         return np.ascontiguousarray(audio[:, loudest])[:, None]
     return mixed[:, None]

@@ -7,7 +7,7 @@ stereo is 1.7 MB, of 192 kHz 24-bit stereo 3.5 MB; a smaller head would let an e
 seconds of such a file keep its old hash, and with it the old tags and cached spectrogram. It costs
 little: a sample is usually far smaller than the head, so the hash reads the file once, whole, and the
 decoder then finds it in the page cache. Containers may put megabytes of metadata (cover art, an ID3
-chunk) before the audio; when they put more than BURIED_BYTES, the head alone would hash mostly metadata,
+chunk) before the audio; when they put more than BURIED_BYTES (~680 KB), the head alone would hash mostly metadata,
 and two packs' files with the same artwork got one content id (and one's tags): the audio's own opening
 bytes are hashed too.
 
@@ -67,7 +67,8 @@ def fingerprint(path: str) -> Fingerprint:
     return Fingerprint(st.st_size, st.st_mtime_ns, st.st_ino, digest.digest()[:16])
 
 
-BURIED_BYTES = 512 << 10  # metadata before the audio beyond which the head may not hold the opening seconds
+OPENING_BYTES = 3_500_000  # the most the decoder reads of the audio itself: 3 s of 192 kHz 24-bit stereo
+BURIED_BYTES = HEAD_BYTES - OPENING_BYTES  # metadata beyond which the head no longer holds the opening seconds
 
 
 def audio_start(f: FileIO, magic: bytes) -> int:

@@ -54,8 +54,8 @@ def make_server(
 ) -> grpc.Server:
     """A server with the given servicers (added by `add`), health SERVING for each, and reflection."""
     options = [
-        ("grpc.max_receive_message_length", 16 << 20),
-        ("grpc.max_send_message_length", 16 << 20),
+        ("grpc.max_receive_message_length", 64 << 20),  # a dataset of 300,000 labelled paths in one request
+        ("grpc.max_send_message_length", 1 << 30),  # a library's suggestions are one reply (7.5 MB per 40,000 files)
         ("grpc.so_reuseport", 0),  # a port another server holds is an error, not a port shared with it
         # a client that vanished (a laptop asleep, a network change) is noticed, and its streams end
         ("grpc.keepalive_time_ms", 60_000),

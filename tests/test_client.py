@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from vibrary.clients.client import Client, ClientClosed, DaemonError, DaemonNotRunning, VibraryError
+from vibrary.clients.client import BadArgument, Client, ClientClosed, DaemonError, DaemonNotRunning, VibraryError
 from vibrary.clients.query import QueryError, parse_query
 
 from tests.conftest import DaemonProcess
@@ -32,6 +32,7 @@ def test_a_search_read_slowly_is_not_cut_off_by_the_calls_timeout(daemon: Daemon
             read.append(f.path)
         assert sorted(read) == sorted(paths.values())
         assert len(list(c.tags(str(tmp_path / "lib")))) == 3  # one folder, given as a string
+        assert len(list(c.tags(tmp_path / "lib"))) == 3  # or as a Path
         with pytest.raises(DaemonError) as late:
             for _ in c.search([["low", "mid", "high"]], timeout=0.3):  # a deadline when asked for
                 time.sleep(0.2)
@@ -49,6 +50,7 @@ def test_searches_as_people_type_them_and_tags_as_strings(daemon: DaemonProcess,
     assert [f.path for f in c.tags(paths["mid"])] == [paths["mid"]]
     with pytest.raises(QueryError, match="OR needs a tag on each side"):
         c.search("low OR")
+    assert issubclass(QueryError, VibraryError)  # one except clause for everything the library raises
     assert parse_query("Snare OR clap dark") == ([["snare", "clap"], ["dark"]], [])
 
 
@@ -57,6 +59,9 @@ def test_models_are_named_as_status_names_them(daemon: DaemonProcess) -> None:
     (ref,) = daemon.client.status().models
     assert not any(m.active for m in daemon.client.deactivate(ref))
     assert [m.version for m in daemon.client.activate(ref) if m.active] == [int(ref.partition("@")[2])]
+    for bad in ("bands@0", "bands@", "bands@²"):  # an empty variable in a script must not mean the newest
+        with pytest.raises(BadArgument, match="versions counting from 1"):
+            daemon.client.activate(bad)
 
 
 def test_closing_the_client_ends_a_stream_read_elsewhere_and_later_calls_say_so(daemon: DaemonProcess) -> None:
@@ -85,6 +90,27 @@ def test_closing_the_client_ends_a_stream_read_elsewhere_and_later_calls_say_so(
     with pytest.raises(ClientClosed):
         next(iter(c.search(["low"])))
     assert issubclass(ClientClosed, VibraryError) and issubclass(DaemonError, VibraryError)
+
+
+def test_a_result_stream_cut_short_by_close_is_no_complete_answer(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """Closing the client while another thread waits for tag() must not hand that thread an empty list
+    as if the files had no results; only events(), which never ends by itself, ends quietly."""
+    many = [str(write_tone(tmp_path / "many" / f"{i}.wav", 200.0 + i, seconds=0.05)) for i in range(2000)]
+    c = Client(home_dir=daemon.home)
+    got: list[object] = []
+
+    def tag() -> None:
+        try:
+            got.append(len(list(c.tag(many))))
+        except Exception as e:
+            got.append(e)
+
+    worker = threading.Thread(target=tag)
+    worker.start()
+    time.sleep(0.3)
+    c.close()
+    worker.join(30)
+    assert len(got) == 1 and isinstance(got[0], ClientClosed), got
 
 
 def test_looking_for_a_daemon_creates_no_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -131,6 +131,11 @@ def test_a_wav_of_unknown_length_decodes_and_a_cut_one_does_not(tmp_path: Path) 
     (tmp_path / "cut.wav").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(DecodeError, match="truncated or corrupt"):
         decode(str(tmp_path / "cut.wav"), params)
+    sf.write(tmp_path / "whole.aiff", tone(440.0, 1.0), 44100, subtype="PCM_16")
+    aiff = (tmp_path / "whole.aiff").read_bytes()
+    (tmp_path / "cut.aiff").write_bytes(aiff[: len(aiff) // 2])  # libsndfile says " SSND", indented: missed
+    with pytest.raises(DecodeError, match="truncated or corrupt"):
+        decode(str(tmp_path / "cut.aiff"), params)
 
 
 def test_infinite_samples_are_silence_not_full_scale_clicks(tmp_path: Path) -> None:
@@ -199,3 +204,15 @@ def test_a_broken_link_names_its_missing_target(tmp_path: Path) -> None:
     (tmp_path / "link.wav").symlink_to(tmp_path / "Drive" / "kick.wav")
     with pytest.raises(FileVanished, match=f"broken symbolic link: {tmp_path / 'Drive' / 'kick.wav'} is not there"):
         decode(str(tmp_path / "link.wav"), SpectrogramParams())
+
+
+def test_opening_seconds_of_dither_or_a_noise_floor_are_silence(tmp_path: Path) -> None:
+    """Spectrograms are scaled to their own peak, so 3 s of 16-bit dither before a late entry looked like
+    a hi-hat (0.74) to the model: anything under -70 dBFS is decoded as silence; a quiet sound is not."""
+    rng = np.random.default_rng(0)
+    dither = (rng.random(4 * 44100) - rng.random(4 * 44100)) / 32768  # TPDF, ±1 LSB
+    late = np.concatenate([dither, tone(440.0, 1.0)[:, 0]]).astype(np.float32)
+    sf.write(tmp_path / "late.wav", late, 44100, subtype="PCM_16")
+    assert not decode(str(tmp_path / "late.wav"), SpectrogramParams()).any()
+    sf.write(tmp_path / "quiet.wav", tone(440.0, 1.0, amp=10 ** (-50 / 20)), 44100, subtype="PCM_24")
+    assert decode(str(tmp_path / "quiet.wav"), SpectrogramParams()).any()  # -50 dBFS is quiet, not silent
