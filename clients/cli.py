@@ -674,6 +674,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 bar.total, bar.n = p.epochs, p.epoch
             bar.set_postfix_str(f"loss {p.loss:.3f} val acc {p.val_accuracy:.2f}")
 
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # a closed terminal or a `kill` ends the job as Ctrl-C does: no instance left
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # (they ended the process at once, a cloud instance running)
+        signal.signal(sig, interrupted)
     options = {"epochs": args.epochs, "seed": args.seed}
     with contextlib.suppress(FileNotFoundError, ValueError):  # train() says what is wrong with the dataset
         from vibrary.daemon import dataset

@@ -44,8 +44,7 @@ PRICES = {
     "g5.2xlarge": 1.212,
     "g6.xlarge": 0.805,
     "g6.2xlarge": 0.978,
-    "p3.2xlarge": 3.06,
-}
+}  # (no p3: its V100 is sm_70, dropped from torch's CUDA 12.8 wheels, the image's, since 2.11)
 PRICES_AS_OF = "us-east-1 on-demand, 2025 list"
 PART_SIZE = 8 << 20  # multipart above this (S3's minimum part is 5 MiB)
 ASSUMED_RATE = 1 << 20  # bytes/s before the upload has been measured
@@ -105,7 +104,7 @@ class CloudSettings:
             if (value := os.environ.get(f"VIBRARY_CLOUD_{name.upper()}")) is not None:
                 raw[name] = value
         settings = cls(**{name: _setting(name, type(getattr(cls(), name)), value) for name, value in raw.items()})
-        for name in ("bucket", "image"):
+        for name in ("bucket", "image", "instance_profile"):  # (without a profile the job cannot even say it failed)
             if not getattr(settings, name):
                 raise CloudError(f"set VIBRARY_CLOUD_{name.upper()} (or {name!r} in {path}) to train in the cloud")
         return settings
@@ -305,16 +304,19 @@ def launch(ec2: Any, settings: CloudSettings, region: str, job_id: str, job_url:
 
 
 TERMINATE_TRIES = 10  # tries to terminate an instance AWS does not know yet, poll_s apart
+FRESH_S = 600.0  # how long after its launch an instance AWS does not know is taken to be still coming
 
 
-def instance_state(ec2: Any, instance_id: str) -> str:
-    """An instance AWS does not know yet reads as pending: DescribeInstances is eventually consistent, and
-    right after RunInstances it may answer InvalidInstanceID.NotFound for a while."""
+def instance_state(ec2: Any, instance_id: str, fresh: bool = True) -> str:
+    """An instance AWS does not know reads as pending while `fresh` (DescribeInstances is eventually
+    consistent: right after RunInstances it may answer InvalidInstanceID.NotFound for a while), and as
+    terminated otherwise: AWS forgets a terminated instance after about an hour, and a job collected the
+    next morning waited six hours for an instance that no longer existed."""
     try:
         reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
     except Exception as e:
         if _not_found(e):
-            return "pending"
+            return "pending" if fresh else "terminated"
         raise
     return str(reservations[0]["Instances"][0]["State"]["Name"]) if reservations else "terminated"
 
@@ -358,6 +360,12 @@ class _Job:
     region: str
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     instance: str = ""
+    launched_at: float = 0.0  # time.monotonic() when this process launched `instance`; 0: another did
+
+    @property
+    def fresh(self) -> bool:
+        """Whether `instance` was launched by this process moments ago, so AWS may not know it yet."""
+        return bool(self.launched_at) and time.monotonic() - self.launched_at < FRESH_S
 
     @property
     def prefix(self) -> str:
@@ -369,6 +377,7 @@ class _Job:
 
     def launch(self, progress: Callable[[dict[str, Any]], None], why: str) -> None:
         self.instance = launch(self.ec2, self.settings, self.region, self.job_id, self.url)
+        self.launched_at = time.monotonic()
         progress({"state": "WAITING", "message": f"launched {self.settings.instance_type} {self.instance}: {why}"})
 
     def wait(self, progress: Callable[[dict[str, Any]], None]) -> None:
@@ -383,7 +392,7 @@ class _Job:
             if status["state"] == "FAILED":
                 raise CloudError(f"cloud training failed: {status.get('error') or 'no reason given'}")
             progress({k: v for k, v in status.items() if k != "error"})
-            if instance_state(self.ec2, self.instance) in _ENDED:
+            if instance_state(self.ec2, self.instance, self.fresh) in _ENDED:
                 if (read_json(self.s3, bucket, key) or {}).get("state") == "SUCCEEDED":
                     return
                 self.replace(status, progress)
@@ -419,15 +428,18 @@ class _Job:
         """The job's instances go (those that have not gone themselves), and so does everything of the
         job in the bucket but the shards, which the next training of the same data reuses."""
         try:
-            running = [i["InstanceId"] for i in job_instances(self.ec2, self.job_id) if i["State"]["Name"] not in _GONE]
-            if self.instance and self.instance not in running:
-                running.append(self.instance)  # whatever its state: terminating a terminated one does nothing
+            listed = job_instances(self.ec2, self.job_id)
+            running = [i["InstanceId"] for i in listed if i["State"]["Name"] not in _GONE]
+            if self.instance and self.instance not in running and (self.fresh or not listed):
+                running.append(self.instance)  # not listed yet, or forgotten: tried, and NotFound said below
             for attempt in range(TERMINATE_TRIES):
                 try:
                     if running:
                         self.ec2.terminate_instances(InstanceIds=running)
                     break
                 except Exception as e:  # one launched a moment ago may not be known yet: it will be
+                    if _not_found(e) and not self.fresh:
+                        break  # launched long ago and forgotten by AWS: terminated (and its model installed)
                     if not _not_found(e) or attempt == TERMINATE_TRIES - 1:
                         raise
                     time.sleep(self.settings.poll_s)
@@ -454,13 +466,16 @@ def train_in_cloud(
     confirm: Callable[[str], bool],
     progress: Callable[[dict[str, Any]], None],
     on_started: Callable[[str, str], None] = lambda job_id, instance: None,
+    on_launched: Callable[[str, str], None] = lambda job_id, instance: None,
 ) -> dict[str, bytes]:
     """Train on a GPU instance; returns model.onnx, learning_curve.png, confusion_matrix.png and
     summary.json. confirm(text) is shown the cost estimate before anything is uploaded or launched
     (False: CostDeclined); progress(dict) gets TrainProgress fields (state UPLOADING, WAITING or
     TRAINING, and the rest). An exception raised by progress cancels the job: the instance is
     terminated and the job's files removed, as on any failure; but Left, once on_started(job id,
-    instance id) has said that the job has all it needs, leaves it running. AWS errors come as CloudError."""
+    instance id) has said that the job has all it needs, leaves it running. on_launched(job id, instance
+    id) hears of an instance launched while the upload goes on, so that a client that dies meanwhile
+    leaves a record to end it by (abandon). AWS errors come as CloudError."""
     if base not in ("", "demo", "none"):
         raise CloudError(f"a cloud training starts from base demo or none, not {base!r}")
     settings = CloudSettings.load(config.home())
@@ -489,10 +504,12 @@ def train_in_cloud(
                     job.launch(
                         progress, f"the upload ends in about {rest:.0f} s, the instance boots in {settings.boot_s:g} s"
                     )
+                    on_launched(job.job_id, job.instance)
 
             progress({"state": "UPLOADING", "uploaded_bytes": 0, "upload_bytes": total})
             if launch_due(0, total, 0.0, settings.boot_s):
                 job.launch(progress, "the upload is short")
+                on_launched(job.job_id, job.instance)
             upload_shards(s3, bucket, missing, shard_dir, sent)  # the last piece launches at the latest
             on_started(job.job_id, job.instance)
         except BaseException:  # (on_started too: a job nobody has on record would never be collected)
@@ -511,6 +528,16 @@ def collect(job_id: str, instance: str, progress: Callable[[dict[str, Any]], Non
         launched = job_instances(ec2, job_id)
         job = _Job(settings, s3, ec2, s3.meta.region_name, job_id, launched[-1]["InstanceId"] if launched else instance)
         return _outcome(job, progress)
+
+
+def abandon(job_id: str, instance: str) -> None:
+    """End a job whose client died during its upload: its instances terminated, its files but the shards
+    removed (the shards stay for the next try)."""
+    settings = CloudSettings.load(config.home())
+    session = _session(settings)
+    with _aws_errors():
+        s3, ec2 = session.client("s3"), session.client("ec2")
+        _Job(settings, s3, ec2, s3.meta.region_name, job_id, instance).clean_up()
 
 
 def _outcome(job: _Job, progress: Callable[[dict[str, Any]], None]) -> dict[str, bytes]:

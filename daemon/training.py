@@ -113,6 +113,7 @@ class JobRecord:
     classes: list[str] = field(default_factory=list)
     upload_bytes: int = 0
     instance: str = ""  # cloud: the EC2 instance that trains
+    uploading: bool = False  # cloud: an instance launched, the upload not done (a restart ends that job)
 
     def save(self, path: Path) -> None:
         """Atomically, readable by the owner only: the record holds the trainer's token."""
@@ -268,6 +269,12 @@ def resume(
         on_started(job)
         if leave is not None and leave.is_set():  # stopped as it starts: do not start a trainer only to stop it
             raise Detached(f"left job {job.job_id} to the next start")
+        if job.trainer == "cloud" and job.uploading:
+            _cloud().abandon(job.job_id, job.instance)
+            raise TrainingError(
+                f"the daemon stopped during the upload to the cloud: instance {job.instance} was terminated "
+                "before it trained; start the training again (the shards uploaded are kept)"
+            )
         if job.trainer == "cloud":
             files = _from_cloud(job, report, cancel, leave)
         else:
@@ -546,7 +553,11 @@ def _in_cloud(
         return confirm(estimate)
 
     def started(job_id: str, instance: str) -> None:
-        job.job_id, job.instance = job_id, instance
+        job.job_id, job.instance, job.uploading = job_id, instance, False
+        on_started(job)
+
+    def launched(job_id: str, instance: str) -> None:  # on record at once: a daemon killed mid-upload
+        job.job_id, job.instance, job.uploading = job_id, instance, True  # left it running, unsaid
         on_started(job)
 
     try:
@@ -560,6 +571,7 @@ def _in_cloud(
                 confirm=ask,
                 progress=_cloud_progress(cloud, report, cancel, leave),
                 on_started=started,
+                on_launched=launched,
             )
         )
     except cloud.CostDeclined as e:  # the caller must see the estimate to say yes next time (confirm_cost)

@@ -8,10 +8,12 @@ data from EC2 and runs the command in it, the real `vibrary trainer run-s3`, wit
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +36,7 @@ from moto.server import ThreadedMotoServer  # noqa: E402
 from vibrary.daemon import cloud, registry, shards  # noqa: E402
 from vibrary.daemon.index import Index  # noqa: E402
 
-from tests.conftest import json_lines, vibrary  # noqa: E402
+from tests.conftest import json_lines, vibrary, wait_for  # noqa: E402
 from tests.test_trainer import KINDS, P, _free_port, _store, spectrograms, write_kinds  # noqa: E402
 
 BUCKET = "vibrary-test"
@@ -65,11 +67,20 @@ def aws(monkeypatch: pytest.MonkeyPatch, home: Path) -> Iterator[dict[str, Any]]
         monkeypatch.delenv(key, raising=False)
     s3, ec2 = boto3.client("s3"), boto3.client("ec2")
     s3.create_bucket(Bucket=BUCKET)
+    boto3.client("iam").create_instance_profile(InstanceProfileName="vibrary-trainer")
     ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    settings = {"BUCKET": BUCKET, "IMAGE": IMAGE, "AMI": ami, "POLL_S": "0.2", "INSTANCE_TYPE": "g4dn.xlarge"}
+    settings = {
+        "BUCKET": BUCKET,
+        "IMAGE": IMAGE,
+        "AMI": ami,
+        "POLL_S": "0.2",
+        "INSTANCE_TYPE": "g4dn.xlarge",
+        "INSTANCE_PROFILE": "vibrary-trainer",
+    }
     for key, value in settings.items():
         monkeypatch.setenv(f"VIBRARY_CLOUD_{key}", value)
     monkeypatch.setenv("VIBRARY_JOB_POLL_S", "0.2")
+    monkeypatch.setenv("VIBRARY_JOB_ALLOW_CPU", "1")  # the job runs here, on this machine's CPU
     calls: list[tuple[str, str]] = []  # (operation, S3 key) of every call Vibrary makes, in order
     real_session = cloud._session
 
@@ -427,6 +438,12 @@ def test_settings_say_what_is_missing(home: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(cloud.CloudError, match="unknown settings \\['colour'\\]"):
         cloud.CloudSettings.load(home)
     (home / "cloud.json").write_text('{"bucket": "b", "image": "i", "instance_type": "g5.xlarge"}')
+    monkeypatch.delenv("VIBRARY_CLOUD_INSTANCE_PROFILE", raising=False)
+    with pytest.raises(cloud.CloudError, match="VIBRARY_CLOUD_INSTANCE_PROFILE"):  # the job could not say it failed
+        cloud.CloudSettings.load(home)
+    (home / "cloud.json").write_text(
+        '{"bucket": "b", "image": "i", "instance_type": "g5.xlarge", "instance_profile": "p"}'
+    )
     monkeypatch.setenv("VIBRARY_CLOUD_BOOT_S", "90")
     settings = cloud.CloudSettings.load(home)
     assert (settings.bucket, settings.instance_type, settings.boot_s) == ("b", "g5.xlarge", 90.0)
@@ -614,9 +631,10 @@ def test_a_cloud_job_left_by_a_stopping_daemon_trains_on_and_is_collected_later(
                     confirm=lambda text: True,
                     progress=progress,
                     leave=leave,
-                    on_started=recorded.append,
+                    on_started=lambda record: recorded.append(dataclasses.replace(record)),
                 )
-            (job,) = recorded
+            launched, job = recorded  # on record at its launch (mid-upload), then once the job had it all
+            assert launched.uploading and launched.instance == job.instance and not job.uploading
             assert job.trainer == "cloud" and job.instance and seen[-1].state == "training"
             assert _states(aws["ec2"]) == ["running"]  # left training, not terminated
             assert f"{cloud.job_prefix(job.job_id)}job.json" in _keys(aws["s3"], "jobs/")
@@ -632,6 +650,47 @@ def test_a_cloud_job_left_by_a_stopping_daemon_trains_on_and_is_collected_later(
         index.close()
 
 
+def test_a_daemon_killed_mid_upload_ends_its_instance_at_the_next_start(
+    aws: dict[str, Any], home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An instance is launched while the upload goes on (it boots meanwhile); a daemon killed then (a
+    crash, a power cut, a stop that outwaited its grace) left it running for hours, waiting for shards,
+    and its record said nothing of it. It is on record from its launch, and the next start ends it."""
+    from vibrary.daemon import training
+
+    index = _kinds_dataset(home, tmp_path)
+    recorded: list[training.JobRecord] = []
+
+    class Killed(BaseException):  # what a kill -9 leaves: no clean-up ran
+        pass
+
+    def killed_mid_upload(p: training.TrainProgress) -> None:
+        if p.state == "uploading" and recorded:
+            raise Killed
+
+    try:
+        with monkeypatch.context() as dead, pytest.raises(Killed):
+            dead.setattr(cloud._Job, "clean_up", lambda self: None)  # the process died: nothing ran
+            training.train(
+                home,
+                "kinds",
+                index=index,
+                trainer="cloud",
+                base="none",
+                confirm=lambda text: True,
+                progress=killed_mid_upload,
+                on_started=lambda record: recorded.append(dataclasses.replace(record)),
+            )
+        (launched,) = recorded
+        assert launched.uploading and _states(aws["ec2"]) == ["running"]
+        with pytest.raises(training.TrainingError, match=f"instance {launched.instance} was terminated"):
+            training.resume(home, launched, index=index)
+        assert _states(aws["ec2"]) == ["terminated"] and _keys(aws["s3"], "jobs/") == []
+        assert _keys(aws["s3"], "shards/")  # kept for the next try
+    finally:
+        index.close()
+
+
 def test_an_instance_aws_does_not_know_yet_is_pending_and_still_terminated() -> None:
     """Right after RunInstances, EC2 may answer InvalidInstanceID.NotFound (its API is eventually
     consistent): that is a starting instance, not a failure, and clean_up keeps asking to terminate it
@@ -640,14 +699,79 @@ def test_an_instance_aws_does_not_know_yet_is_pending_and_still_terminated() -> 
 
     ec2 = boto3.client("ec2", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
-    job = cloud._Job(cloud.CloudSettings(bucket=BUCKET, poll_s=0.0), s3, ec2, "us-east-1", "j1", "i-0123456789abcdef0")
+    settings = cloud.CloudSettings(bucket=BUCKET, poll_s=0.0)
+    job = cloud._Job(settings, s3, ec2, "us-east-1", "j1", "i-0123456789abcdef0", launched_at=time.monotonic())
     not_found = {"service_error_code": "InvalidInstanceID.NotFound", "service_message": "does not exist"}
     with Stubber(ec2) as ec2_stub, Stubber(s3) as s3_stub:
         ec2_stub.add_client_error("describe_instances", **not_found)
-        assert cloud.instance_state(ec2, job.instance) == "pending"
+        assert cloud.instance_state(ec2, job.instance, job.fresh) == "pending"
         ec2_stub.add_response("describe_instances", {"Reservations": []})  # its tag is not searchable yet either
         ec2_stub.add_client_error("terminate_instances", **not_found)
         ec2_stub.add_response("terminate_instances", {}, {"InstanceIds": [job.instance]})
         s3_stub.add_response("list_objects_v2", {})
         job.clean_up()
         ec2_stub.assert_no_pending_responses()
+
+    # collected the next morning: AWS forgot the instance, which ended itself after training. It read as
+    # pending for the six hours of timeout_s, and clean_up's "could not terminate" failed the job and lost
+    # its model; now an instance this process did not launch moments ago and AWS does not know is gone.
+    later = cloud._Job(settings, s3, ec2, "us-east-1", "j1", "i-0123456789abcdef0")
+    with Stubber(ec2) as ec2_stub, Stubber(s3) as s3_stub:
+        ec2_stub.add_client_error("describe_instances", **not_found)
+        assert cloud.instance_state(ec2, later.instance, later.fresh) == "terminated"
+        ec2_stub.add_response("describe_instances", {"Reservations": []})
+        ec2_stub.add_client_error("terminate_instances", **not_found)
+        s3_stub.add_response("list_objects_v2", {})
+        later.clean_up()  # no CloudError
+        ec2_stub.assert_no_pending_responses()
+
+
+def test_a_cloud_job_refuses_to_train_on_a_cpu_at_gpu_prices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Dockerfile's default build has the CPU wheel: pushed as the cloud image, it trained on the
+    GPU instance's CPU at 20-50 times the estimate, and could end at max_hours with nothing."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from vibrary.trainer import s3job
+
+    monkeypatch.delenv("VIBRARY_JOB_ALLOW_CPU", raising=False)
+    with pytest.raises(ValueError, match=r"no CUDA GPU .* TORCH_INDEX=https://download\.pytorch\.org/whl/cu128"):
+        s3job._require_gpu()
+    monkeypatch.setenv("VIBRARY_JOB_ALLOW_CPU", "1")
+    s3job._require_gpu()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_vibrary_train_killed_or_hung_up_ends_its_instance(
+    aws: dict[str, Any], home: Path, tmp_path: Path, sig: int
+) -> None:
+    """A closed terminal (SIGHUP) or a `kill` (SIGTERM) ended `vibrary train --trainer cloud` at once,
+    its instance left running at the user's cost; now they end the job as Ctrl-C does."""
+    _kinds_dataset(home, tmp_path).close()
+    env = {**os.environ, "VIBRARY_HOME": str(home)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vibrary.clients.cli",
+            "train",
+            "kinds",
+            "--trainer",
+            "cloud",
+            "--base",
+            "none",
+            "--yes",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: _states(aws["ec2"]) == ["running"] or proc.poll() is not None, timeout=60)
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        proc.send_signal(sig)
+        assert proc.wait(60) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _states(aws["ec2"]) == ["terminated"] and _keys(aws["s3"], "jobs/") == []

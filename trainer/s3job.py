@@ -110,12 +110,27 @@ def run_job(url: str) -> int:
         return 1
 
 
+def _require_gpu() -> None:
+    """A cloud job is paid by the GPU hour and estimated at a GPU's speed; on a CPU (an image built with
+    the default CPU wheel, an instance type without a GPU) it costs 20-50 times that, and ends at
+    max_hours with nothing. VIBRARY_JOB_ALLOW_CPU=1 allows it (the tests, a CPU instance on purpose)."""
+    import torch
+
+    if not torch.cuda.is_available() and os.environ.get("VIBRARY_JOB_ALLOW_CPU") != "1":
+        raise ValueError(
+            "PyTorch sees no CUDA GPU here: the image was built with the CPU wheel (build it with "
+            "--build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128, docs/cloud.md) or the instance "
+            "type has no GPU; not training on the CPU at GPU prices (VIBRARY_JOB_ALLOW_CPU=1 would)"
+        )
+
+
 def _run(s3: Any, bucket: str, key: str, prefix: str, report: _Reporter, checkpoints: _Checkpoints) -> int:
     spec = read_json(s3, bucket, key)
     if spec is None:
         raise ValueError(f"no job at s3://{bucket}/{key}")
     manifest = Manifest.from_json(spec["manifest"])
     train_config = TrainConfig.from_dict(json.loads(spec.get("options") or "{}"))
+    _require_gpu()
     report("WAITING", message="fetching the shards")
     blobs = _shards(s3, bucket, manifest, report)
     resumed = checkpoints.fetch()
