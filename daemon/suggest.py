@@ -13,9 +13,12 @@ comment, description, keywords). A sound (kick, pad) beats a descriptor (mood, t
 "Acoustic Kick", "Vintage Drums/Snare_01" → the kick, the snare), which beats a weak word (what form a file
 has: loop, one-shot); among equals the nearest text wins (a `Kicks/` folder over a file named `Snare_01`,
 the file name over a pack called "Piano House"), and within one text the last word (the head noun ends
-English names). A file no text names takes its own folder's name when that folder holds at least two such
-files: its words joined by '-', a plural s dropped (the user's own tag that nobody put in the table yet:
-`Wobbles/` → wobble). Every other known tag found for the file is reported as an alternative, so a reviewer
+English names). A descriptor or a weak word says how a sound is, not what it is: alone it is no tag
+(`Loops/Drum Loop 1`, `Dark/take_1`, a genre field of "Electronic"), only an alternative, unless the
+user's own table has that tag (they asked for loops as a class). A file no text names takes its own
+folder's name when that folder holds at least two such files and its name has no known word: its words
+joined by '-', a plural s dropped (the user's own tag that nobody put in the table yet: `Wobbles/` →
+wobble). Every other known tag found for the file is reported as an alternative, so a reviewer
 sees what was passed over. (A dataset of moods or other descriptors keeps `dataset create`'s default
 `--labels folders`: its folder names are the labels as written.)
 
@@ -193,6 +196,11 @@ class Synonyms:
         best = min(self.rank(t) for t in tags)
         return [t for t in tags if self.rank(t) == best][-1]
 
+    def is_class(self, tag: str) -> bool:
+        """Whether a tag can be a file's tag: a descriptor or weak word (dark, loop) only when the user's own
+        table names it, since a class "loop" holds kicks, basses and pianos alike."""
+        return self.rank(tag) == 0 or tag in self.user
+
     def rank(self, tag: str) -> int:
         return 2 if tag in self.weak else 1 if tag in self.descriptors else 0
 
@@ -308,7 +316,7 @@ def suggest(paths: Sequence[str], synonyms: Synonyms) -> list[Suggestion]:
         for source, text in texts:
             here = synonyms.find(text.split(": ", 1)[-1] if source == "metadata" else text)
             tags.extend(here)
-            tag = synonyms.pick(here)
+            tag = synonyms.pick([t for t in here if synonyms.is_class(t)])
             if tag and (best is None or synonyms.rank(tag) < synonyms.rank(best[0])):
                 best = (tag, source, text)
         chosen.append(best)
@@ -316,15 +324,17 @@ def suggest(paths: Sequence[str], synonyms: Synonyms) -> list[Suggestion]:
     unnamed = Counter(os.path.dirname(path) for (path, _), best in zip(files, chosen, strict=True) if best is None)
     out = []
     for (path, root), best, tags in zip(files, chosen, found, strict=True):
-        tag, source, raw = best or _recurring(path, root, unnamed) or ("", "", "")
+        tag, source, raw = best or _recurring(path, root, unnamed, synonyms) or ("", "", "")
         out.append(Suggestion(path, tag, source, raw, tuple(t for t in dict.fromkeys(tags) if t != tag)))
     return out
 
 
-def _recurring(path: str, root: str, unnamed: Counter[str]) -> tuple[str, str, str] | None:
+def _recurring(path: str, root: str, unnamed: Counter[str], synonyms: Synonyms) -> tuple[str, str, str] | None:
+    """The folder's own name as the tag, for the user's words nobody put in the table (`Wobbles/`); not
+    a name with a known word in it (`Loops/`, `Dark/`), which said what it had to say already."""
     name = _folders(path, root)[0]
     ws = [w for w in words(name) if len(w) > 1]  # `808s/` is no folder of "s"
-    if unnamed[os.path.dirname(path)] < 2 or not ws:
+    if unnamed[os.path.dirname(path)] < 2 or not ws or synonyms.find(name):
         return None
     if len(ws[-1]) > 3 and ws[-1].endswith("s") and not ws[-1].endswith("ss"):
         ws[-1] = ws[-1][:-1]  # a folder of wobbles holds a wobble each

@@ -241,3 +241,24 @@ def test_an_alias_that_would_match_noise_is_refused(tmp_path: Path) -> None:
     table.add(tmp_path, [("C4", "middle-c")])  # with its number, it matches only where written so
     assert table.pick(table.find("Piano_C4")) == "middle-c"
     assert table.pick(table.find("Dark Pad C")) == "synth"
+
+
+def test_a_form_or_a_mood_alone_is_no_class(tmp_path: Path) -> None:
+    """`Loops/Drum Loop 1 120bpm.wav` was the class "loop", a file whose only genre is "Electronic" the class
+    "electronic", a folder `Dark/` of untitled takes "dark": what form or mood a file has is reported
+    among the alternatives, and becomes a tag only once the user's own table names it."""
+    root = tmp_path / "lib"
+    for rel in ["Loops/Drum Loop 1 120bpm.wav", "Loops/Drum Loop 2 120bpm.wav", "Dark/take_1.wav", "Dark/take_2.wav"]:
+        write_tone(root / rel, 100, 0.05)
+    song = write_tone(root / "Songs" / "untitled.mp3", 100, 0.05, fmt="MP3", subtype="MPEG_LAYER_III")
+    id3 = mutagen.id3.ID3()
+    id3.add(mutagen.id3.TCON(encoding=3, text="Electronic"))
+    id3.save(song)
+    found = {Path(s.path).relative_to(root).as_posix(): s for s in suggest([str(root)], Synonyms.load(tmp_path))}
+    assert {rel: s.tag for rel, s in found.items()} == dict.fromkeys(found, "")
+    assert "loop" in found["Loops/Drum Loop 1 120bpm.wav"].alternatives
+    assert found["Dark/take_1.wav"].alternatives == ("dark",)
+    assert found["Songs/untitled.mp3"].alternatives == ("electronic",)
+    mine = Synonyms.load(tmp_path)
+    mine.add(tmp_path, [("groove", "loop")])  # the user asks for loops as a class of their own
+    assert {s.tag for s in suggest([str(root / "Loops")], mine)} == {"loop"}
