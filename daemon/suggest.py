@@ -7,20 +7,24 @@ that is what makes it known. The table ships in `builtin/synonyms.json` (`{"tag"
 user's `$VIBRARY_HOME/synonyms.json` has the same shape and wins on conflicts. A tag the user adds is a
 known word from then on, which is how their own vocabulary ("wobble", "my-snares") takes part.
 
-Which tag a file gets: every text is read, nearest first: the file's own folder, the file name, the
-folders above it up to and including the one the user named, then the embedded metadata (title, genre,
-comment, description, keywords). A sound (kick, pad) beats a descriptor (mood, timbre, processing:
-"Acoustic Kick", "Vintage Drums/Snare_01" → the kick, the snare), which beats a weak word (what form a file
-has: loop, one-shot); among equals the nearest text wins (a `Kicks/` folder over a file named `Snare_01`,
-the file name over a pack called "Piano House"), and within one text the last word (the head noun ends
-English names). A descriptor or a weak word says how a sound is, not what it is: alone it is no tag
-(`Loops/Drum Loop 1`, `Dark/take_1`, a genre field of "Electronic"), only an alternative, unless the
-user's own table has that tag (they asked for loops as a class). A file no text names takes its own
-folder's name when that folder holds at least two such files and its name has no known word: its words
-joined by '-', a plural s dropped (the user's own tag that nobody put in the table yet: `Wobbles/` →
-wobble). Every other known tag found for the file is reported as an alternative, so a reviewer
-sees what was passed over. (A dataset of moods or other descriptors keeps `dataset create`'s default
-`--labels folders`: its folder names are the labels as written.)
+Which tag a file gets: every text is read, nearest first: the file's own folder, the file name, its
+embedded title, the folders above it up to and including the one the user named, then the rest of the
+embedded metadata (genre, comment, description, keywords). A sound (kick, pad) beats a descriptor (mood,
+timbre, processing: "Acoustic Kick", "Vintage Drums/Snare_01" → the kick, the snare), which beats a weak
+word (what form a file has: loop, one-shot, drums); among equals the nearest text wins (a `Kicks/` folder
+over a file named `Snare_01`, the title over a pack's folder), and within one text the last word (the head
+noun ends English names). Packs name themselves after genres, so a genre (Drum & Bass, Future Bass, any
+"X House") is no word at all, and a genre field counts only when all it says is a sound ("Bass Drum",
+not "Bass Music"). A text saying drums (`Drums/`, `Drum_Loop`, `Top Loop`) keeps a farther folder's or
+field's other instruments out: `Bass Pack/Drums/Loop 03` is a drum loop, not a bass. A descriptor or a
+weak word says how a sound is, not what it is: alone it is no tag (`Loops/Drum Loop 1`, `Dark/take_1`, a
+genre field of "Electronic"), only an alternative, unless the user's own table has that tag (they asked
+for loops as a class). A file no text names takes its own folder's name when that folder holds at least
+two such files and its name has no known word: its words joined by '-', a plural s dropped (the user's
+own tag that nobody put in the table yet: `Wobbles/` → wobble). Every other known tag found for the file
+is reported as an alternative, so a reviewer sees what was passed over. (A dataset of moods or other
+descriptors keeps `dataset create`'s default `--labels folders`: its folder names are the labels as
+written.)
 
 Numbers are words only inside an alias that has them (`808 kick` → kick): a
 lone number is numbering, and an alias of one letter would match every note name, so neither is taken.
@@ -97,6 +101,13 @@ def _key(alias: str) -> tuple[str, ...]:
     return key
 
 
+@dataclass(frozen=True)
+class _Match:
+    tag: str  # "" for an ignored phrase (a genre)
+    start: int  # the tokens it covers
+    end: int
+
+
 @dataclass
 class Synonyms:
     """alias → tag, the built-in table overlaid by the user's."""
@@ -105,6 +116,8 @@ class Synonyms:
     user: dict[str, list[str]] = field(default_factory=dict)
     weak: frozenset[str] = frozenset()
     descriptors: frozenset[str] = frozenset()
+    ignored: frozenset[tuple[str, ...]] = frozenset()  # genres: "Drum & Bass" is no drum and no bass
+    families: dict[str, frozenset[str]] = field(default_factory=dict)  # drums → kick, snare, …
 
     def __post_init__(self) -> None:
         self._phrases: dict[tuple[str, ...], str] = {}
@@ -128,7 +141,14 @@ class Synonyms:
                 user = {clean_tag(k): _aliases(v) for k, v in loaded.items()}
             except (ValueError, TypeError, AttributeError) as e:
                 raise ValueError(f'{path}: expected {{"tag": ["alias", ...]}} ({e})') from None
-        return cls(builtin, user, frozenset(raw.get("_weak", ())), frozenset(raw.get("_descriptors", ())))
+        return cls(
+            builtin,
+            user,
+            frozenset(raw.get("_weak", ())),
+            frozenset(raw.get("_descriptors", ())),
+            frozenset(tuple(tokens(phrase)) for phrase in raw.get("_ignored", ())),
+            {tag: frozenset(members) for tag, members in raw.get("_families", {}).items()},
+        )
 
     @property
     def tags(self) -> set[str]:
@@ -164,19 +184,35 @@ class Synonyms:
 
     def find(self, text: str) -> list[str]:
         """The known tags in a text, in order of appearance, longest phrases first."""
-        ws = tokens(text)
-        found: list[str] = []
+        return list(dict.fromkeys(m.tag for m in self._scan(tokens(text)) if m.tag))
+
+    def _scan(self, ws: list[str]) -> list[_Match]:
+        found: list[_Match] = []
         i = 0
         while i < len(ws):
             for n in range(min(_MAX_PHRASE, len(ws) - i), 0, -1):
-                tag = self._lookup(tuple(ws[i : i + n]))
-                if tag:
-                    found.append(tag)
+                phrase = tuple(ws[i : i + n])
+                tag = self._lookup(phrase)
+                if tag is None and self._is_genre(phrase):
+                    tag = ""  # consumed, so that "Piano House" is not read as piano
+                if tag is not None:
+                    found.append(_Match(tag, i, i + n))
                     i += n
                     break
             else:
                 i += 1
-        return list(dict.fromkeys(found))
+        return found
+
+    def _is_genre(self, phrase: tuple[str, ...]) -> bool:
+        return phrase in self.ignored or (len(phrase) == 2 and phrase[1] == "house")  # deep, tech, piano house…
+
+    def only_sounds(self, text: str) -> bool:
+        """Whether every word of a text is part of a sound's name: a genre field of "Bass Drum" or "Clap"
+        names the sound, one of "Bass Music" or "Electronic" the style of the pack."""
+        ws = tokens(text)
+        matches = self._scan(ws)
+        covered = {i for m in matches if m.tag and self.rank(m.tag) == 0 for i in range(m.start, m.end)}
+        return bool(matches) and all(i in covered for i, w in enumerate(ws) if not w.isdigit())
 
     def _lookup(self, phrase: tuple[str, ...]) -> str | None:
         if phrase in self._phrases:
@@ -301,24 +337,50 @@ def _folders(path: str, root: str) -> list[str]:
     return [*reversed(parts), os.path.basename(root)]
 
 
+def _texts(path: str, root: str) -> list[tuple[bool, str, str, str]]:
+    """(names the file itself, source, raw, text to read) for every text of a file, nearest first: a
+    file's own folder, name and title say what it is; the folders above and the other fields say what
+    pack it came from."""
+    own, *above = _folders(path, root)
+    fields = metadata(path)
+    texts = [(True, "folder", own, own)]
+    name = os.path.splitext(os.path.basename(path))[0]
+    texts.append((True, "filename", name, name))
+    texts.extend((True, "metadata", f"{k}: {v}", v) for k, v in fields if k == "title")
+    texts.extend((False, "folder", folder, folder) for folder in above)
+    texts.extend((False, "metadata", f"{k}: {v}", v) for k, v in fields if k != "title")
+    return texts
+
+
+def _choose(
+    texts: list[tuple[bool, str, str, str]], synonyms: Synonyms
+) -> tuple[tuple[str, str, str] | None, list[str]]:
+    """The tag, where it came from and the text it came from (None when no text names one), and every
+    known tag of every text."""
+    best: tuple[str, str, str] | None = None
+    tags: list[str] = []
+    families: list[frozenset[str]] = []  # a nearer "Drums" keeps a farther "Bass Pack" out
+    for own, source, raw, text in texts:
+        here = synonyms.find(text)
+        tags.extend(here)
+        if raw.startswith("genre: ") and not synonyms.only_sounds(text):
+            continue
+        if not own:
+            here = [t for t in here if synonyms.rank(t) or all(t in family for family in families)]
+        tag = synonyms.pick([t for t in here if synonyms.is_class(t)])
+        if tag and (best is None or synonyms.rank(tag) < synonyms.rank(best[0])):
+            best = (tag, source, raw)
+        families.extend(synonyms.families[t] for t in here if t in synonyms.families)
+    return best, tags
+
+
 def suggest(paths: Sequence[str], synonyms: Synonyms) -> list[Suggestion]:
     """A suggestion for every audio file under the given folders and files (rules in the module doc)."""
     files = audio_files(paths)
     chosen: list[tuple[str, str, str] | None] = []
     found: list[list[str]] = []
     for path, root in files:
-        own, *above = _folders(path, root)
-        texts = [("folder", own), ("filename", os.path.splitext(os.path.basename(path))[0])]
-        texts.extend(("folder", name) for name in above)
-        texts.extend(("metadata", f"{name}: {text}") for name, text in metadata(path))
-        best: tuple[str, str, str] | None = None
-        tags: list[str] = []
-        for source, text in texts:
-            here = synonyms.find(text.split(": ", 1)[-1] if source == "metadata" else text)
-            tags.extend(here)
-            tag = synonyms.pick([t for t in here if synonyms.is_class(t)])
-            if tag and (best is None or synonyms.rank(tag) < synonyms.rank(best[0])):
-                best = (tag, source, text)
+        best, tags = _choose(_texts(path, root), synonyms)
         chosen.append(best)
         found.append(tags)
     unnamed = Counter(os.path.dirname(path) for (path, _), best in zip(files, chosen, strict=True) if best is None)

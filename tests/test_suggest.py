@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import mutagen.flac
@@ -142,7 +143,7 @@ def test_folder_then_file_name_then_metadata_then_recurring_folder(pack: Path, t
         "Wobbles/w2.wav": ("wobble", "folder", "Wobbles"),
         "loose.wav": ("", "", ""),
     }
-    assert found["Drums/Kicks/Snare_01.wav"].alternatives == ("snare",)  # what was passed over is shown
+    assert found["Drums/Kicks/Snare_01.wav"].alternatives == ("snare", "drums")  # what was passed over is shown
     assert "loop" in found["Drums/Loops/HH_Loop_02.wav"].alternatives
 
 
@@ -230,7 +231,7 @@ def test_the_nearest_sound_wins_over_pack_names_and_descriptors(tmp_path: Path, 
         "808s/808_Short_F.wav": "",
     }
     assert found["Dark/Pad_01.wav"].alternatives == ("dark",)
-    assert found["Piano House Vol 2/Drum Hits/Kick_01.wav"].alternatives == ("one-shot", "piano")
+    assert found["Piano House Vol 2/Drum Hits/Kick_01.wav"].alternatives == ("drums", "one-shot")  # no genre
 
 
 def test_an_alias_that_would_match_noise_is_refused(tmp_path: Path) -> None:
@@ -262,3 +263,58 @@ def test_a_form_or_a_mood_alone_is_no_class(tmp_path: Path) -> None:
     mine = Synonyms.load(tmp_path)
     mine.add(tmp_path, [("groove", "loop")])  # the user asks for loops as a class of their own
     assert {s.tag for s in suggest([str(root / "Loops")], mine)} == {"loop"}
+
+
+def _library(root: Path, rels: Iterable[str], table: Synonyms, id3: dict[str, dict[str, str]] | None = None) -> dict:
+    """Tiny files at these paths under root (MP3s get the ID3 frames given, e.g. {"TIT2": "Snare 01"}), and
+    the suggestion for each, by its path relative to root."""
+    for rel in rels:
+        mp3 = rel.endswith(".mp3")
+        path = write_tone(
+            root / rel, 100, 0.05, fmt="MP3" if mp3 else None, subtype="MPEG_LAYER_III" if mp3 else "PCM_16"
+        )
+        if mp3 and id3 and rel in id3:
+            frames = mutagen.id3.ID3()
+            for frame_id, text in id3[rel].items():
+                frames.add(getattr(mutagen.id3, frame_id)(encoding=3, text=text))
+            frames.save(path)
+    return {Path(s.path).relative_to(root).as_posix(): s for s in suggest([str(root)], table)}
+
+
+def test_genre_and_pack_names_above_lose_to_the_files_own_names(tmp_path: Path, table: Synonyms) -> None:
+    """`Bass House Vol 2/Drum Loops/BH2_Drum_Loop_124_01.wav` was bass, `Piano House/Loops/Top Loop 01` piano,
+    a file titled "Snare 01" in a bass house pack bass: genre names are no sound words, a nearer folder or
+    name saying drums keeps a farther instrument out, and the embedded title comes before the folders above."""
+    loops = [
+        "Bass House Vol 2/Drum Loops/BH2_Drum_Loop_124_01.wav",
+        "Drum & Bass Essentials/Drums/Top Loop 174.wav",
+        "Piano House/Loops/Top Loop 01.wav",
+        "Future Bass Pack/Drums/Drum Loop 150.wav",
+        "Vocal House Pack/Drum Loops/VH_Drum_Loop_01.wav",
+        "Bass Pack/Drums/Loop 03.wav",
+    ]
+    found = _library(
+        tmp_path,
+        [
+            *loops,
+            "Bass House Vol 2/Drum Hits/Sample_001.mp3",
+            "Deep House Bass/Sub Bass 01.wav",
+            "Genre/untitled.mp3",
+            "Genre/Hit 02.mp3",
+        ],
+        table,
+        id3={
+            "Bass House Vol 2/Drum Hits/Sample_001.mp3": {"TIT2": "Snare 01"},
+            "Genre/untitled.mp3": {"TCON": "Drum & Bass"},
+            "Genre/Hit 02.mp3": {"TCON": "Bass Music"},
+        },
+    )
+    instruments = {"bass", "piano", "vocals"}
+    for rel in loops:
+        assert found[rel].tag not in instruments, (rel, found[rel])
+    titled = found["Bass House Vol 2/Drum Hits/Sample_001.mp3"]
+    assert (titled.tag, titled.source, titled.raw) == ("snare", "metadata", "title: Snare 01")
+    assert "bass" not in titled.alternatives
+    assert found["Deep House Bass/Sub Bass 01.wav"].tag == "bass"  # the genre goes, the sound stays
+    assert found["Genre/untitled.mp3"].tag not in instruments  # a genre field names a style, not a sound
+    assert found["Genre/Hit 02.mp3"].tag not in instruments
