@@ -16,7 +16,8 @@ over a file named `Snare_01`, the title over a pack's folder), and within one te
 noun ends English names). Packs name themselves after genres, so a genre (Drum & Bass, Future Bass, any
 "X House") is no word at all, and a genre field counts only when all it says is a sound ("Bass Drum",
 not "Bass Music"). A text saying drums (`Drums/`, `Drum_Loop`, `Top Loop`) keeps a farther folder's or
-field's other instruments out: `Bass Pack/Drums/Loop 03` is a drum loop, not a bass. A descriptor or a
+field's other instruments out: `Bass Pack/Drums/Loop 03` is a drum loop, not a bass. A folder naming
+two sounds (`Kicks & Snares/`) decides nothing itself: the file's name or metadata says which of them. A descriptor or a
 weak word says how a sound is, not what it is: alone it is no tag (`Loops/Drum Loop 1`, `Dark/take_1`, a
 genre field of "Electronic"), only an alternative, unless the user's own table has that tag (they asked
 for loops as a class). A file no text names takes its own folder's name when that folder holds at least
@@ -367,6 +368,10 @@ def _choose(
             continue
         if not own:
             here = [t for t in here if synonyms.rank(t) or all(t in family for family in families)]
+        sounds = frozenset(t for t in here if synonyms.rank(t) == 0)
+        if source == "folder" and len(sounds) > 1:  # `Kicks & Snares/`: the file's own name says which
+            families.append(sounds)
+            continue
         tag = synonyms.pick([t for t in here if synonyms.is_class(t)])
         if tag and (best is None or synonyms.rank(tag) < synonyms.rank(best[0])):
             best = (tag, source, raw)

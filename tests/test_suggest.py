@@ -318,3 +318,27 @@ def test_genre_and_pack_names_above_lose_to_the_files_own_names(tmp_path: Path, 
     assert found["Deep House Bass/Sub Bass 01.wav"].tag == "bass"  # the genre goes, the sound stays
     assert found["Genre/untitled.mp3"].tag not in instruments  # a genre field names a style, not a sound
     assert found["Genre/Hit 02.mp3"].tag not in instruments
+
+
+def test_a_folder_naming_two_sounds_leaves_the_choice_to_the_file(tmp_path: Path, table: Synonyms) -> None:
+    """`Kicks & Snares/Kick_01.wav` was a snare and `Hats & Cymbals/CH_01.wav` a cymbal: the folder's last
+    word won over the file's own name. A folder of two sounds says only which two."""
+    found = _library(
+        tmp_path,
+        [
+            "Kicks & Snares/Kick_01.wav",
+            "Kicks & Snares/Snare_02.wav",
+            "Hats & Cymbals/CH_01.wav",
+            "Hats & Cymbals/Crash_01.wav",
+            "Bass Pack/Kicks & Snares/01.wav",
+        ],
+        table,
+    )
+    assert {rel: s.tag for rel, s in found.items()} == {
+        "Kicks & Snares/Kick_01.wav": "kick",
+        "Kicks & Snares/Snare_02.wav": "snare",
+        "Hats & Cymbals/CH_01.wav": "hihat",
+        "Hats & Cymbals/Crash_01.wav": "cymbal",
+        "Bass Pack/Kicks & Snares/01.wav": "",  # one of the two, but which: not the bass of the pack's name
+    }
+    assert found["Bass Pack/Kicks & Snares/01.wav"].alternatives == ("kick", "snare", "bass")
