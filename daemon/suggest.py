@@ -22,7 +22,8 @@ weak word says how a sound is, not what it is: alone it is no tag (`Loops/Drum L
 genre field of "Electronic"), only an alternative, unless the user's own table has that tag (they asked
 for loops as a class). A file no text names takes its own folder's name when that folder holds at least
 two such files and its name has no known word: its words joined by '-', a plural s dropped (the user's
-own tag that nobody put in the table yet: `Wobbles/` → wobble). Every other known tag found for the file
+own tag that nobody put in the table yet: `Wobbles/` → wobble); never a catch-all (`Misc/`, `Samples/`,
+`New Folder/`), a pack (`Odyssey Sample Pack/`) or a number (`Vol 3/`). Every other known tag found for the file
 is reported as an alternative, so a reviewer sees what was passed over. (A dataset of moods or other
 descriptors keeps `dataset create`'s default `--labels folders`: its folder names are the labels as
 written.)
@@ -119,6 +120,7 @@ class Synonyms:
     descriptors: frozenset[str] = frozenset()
     ignored: frozenset[tuple[str, ...]] = frozenset()  # genres: "Drum & Bass" is no drum and no bass
     families: dict[str, frozenset[str]] = field(default_factory=dict)  # drums → kick, snare, …
+    containers: frozenset[str] = frozenset()  # misc, samples, pack: folders that hold, not name, sounds
 
     def __post_init__(self) -> None:
         self._phrases: dict[tuple[str, ...], str] = {}
@@ -149,6 +151,7 @@ class Synonyms:
             frozenset(raw.get("_descriptors", ())),
             frozenset(tuple(tokens(phrase)) for phrase in raw.get("_ignored", ())),
             {tag: frozenset(members) for tag, members in raw.get("_families", {}).items()},
+            frozenset(raw.get("_containers", ())),
         )
 
     @property
@@ -398,11 +401,12 @@ def suggest(paths: Sequence[str], synonyms: Synonyms) -> list[Suggestion]:
 
 def _recurring(path: str, root: str, unnamed: Counter[str], synonyms: Synonyms) -> tuple[str, str, str] | None:
     """The folder's own name as the tag, for the user's words nobody put in the table (`Wobbles/`); not
-    a name with a known word in it (`Loops/`, `Dark/`), which said what it had to say already."""
+    a name with a known word in it (`Loops/`, `Dark/`), which said what it had to say already, nor a
+    catch-all or a pack (`Misc/`, `New Folder/`, `Odyssey Sample Pack/`) or a number (`Vol 3/`, `v1.2/`)."""
     name = _folders(path, root)[0]
     ws = [w for w in words(name) if len(w) > 1]  # `808s/` is no folder of "s"
-    if unnamed[os.path.dirname(path)] < 2 or not ws or synonyms.find(name):
+    if unnamed[os.path.dirname(path)] < 2 or not ws or synonyms.find(name) or synonyms.containers & set(ws):
         return None
-    if len(ws[-1]) > 3 and ws[-1].endswith("s") and not ws[-1].endswith("ss"):
+    if len(ws[-1]) > 3 and ws[-1].endswith("s") and not ws[-1].endswith(("ss", "us", "is")):
         ws[-1] = ws[-1][:-1]  # a folder of wobbles holds a wobble each
     return clean_tag(" ".join(ws)), "folder", name

@@ -342,3 +342,14 @@ def test_a_folder_naming_two_sounds_leaves_the_choice_to_the_file(tmp_path: Path
         "Bass Pack/Kicks & Snares/01.wav": "",  # one of the two, but which: not the bass of the pack's name
     }
     assert found["Bass Pack/Kicks & Snares/01.wav"].alternatives == ("kick", "snare", "bass")
+
+
+def test_catch_all_and_numbered_folders_are_no_tags(tmp_path: Path, table: Synonyms) -> None:
+    """Files nothing names took their folder's name, so `Misc/`, `Samples/`, `New Folder/`, `Vol 3/` or a
+    vendor's `Odyssey Sample Pack/` became classes: a name of container words and numbers is none."""
+    junk = ["Misc", "Samples", "Pack", "Sounds", "Audio", "Stems", "Various", "Other", "Extras", "Bonus"]
+    junk += ["New Folder", "Untitled Folder", "Vol 3", "2019", "v1.2", "Odyssey Sample Pack", "Bonus Sounds 2"]
+    kept = ["Wobbles", "Laser Zaps"]
+    found = _library(tmp_path, [f"{folder}/a{i}.wav" for folder in junk + kept for i in (1, 2)], table)
+    tags = {Path(rel).parent.as_posix(): s.tag for rel, s in found.items()}
+    assert tags == {**dict.fromkeys(junk, ""), "Wobbles": "wobble", "Laser Zaps": "laser-zap"}
