@@ -13,23 +13,25 @@ embedded metadata (genre, comment, description, keywords). A sound (kick, pad) b
 timbre, processing: "Acoustic Kick", "Vintage Drums/Snare_01" → the kick, the snare), which beats a weak
 word (what form a file has: loop, one-shot, drums); among equals the nearest text wins (a `Kicks/` folder
 over a file named `Snare_01`, the title over a pack's folder), and within one text the last word (the head
-noun ends English names). Packs name themselves after genres, so a genre (Drum & Bass, Future Bass, any
-"X House") is no word at all, and a genre field counts only when all it says is a sound ("Bass Drum",
-not "Bass Music"). A text saying drums (`Drums/`, `Drum_Loop`, `Top Loop`) keeps a farther folder's or
-field's other instruments out: `Bass Pack/Drums/Loop 03` is a drum loop, not a bass. A folder naming
-two sounds (`Kicks & Snares/`) decides nothing itself: the file's name or metadata says which of them. A descriptor or a
-weak word says how a sound is, not what it is: alone it is no tag (`Loops/Drum Loop 1`, `Dark/take_1`, a
-genre field of "Electronic"), only an alternative, unless the user's own table has that tag (they asked
-for loops as a class). A file no text names takes its own folder's name when that folder holds at least
-two such files and its name has no known word: its words joined by '-', a plural s dropped (the user's
-own tag that nobody put in the table yet: `Wobbles/` → wobble); never a catch-all (`Misc/`, `Samples/`,
-`New Folder/`), a pack (`Odyssey Sample Pack/`) or a number (`Vol 3/`). Every other known tag found for the file
-is reported as an alternative, so a reviewer sees what was passed over. (A dataset of moods or other
+noun ends English names), but a word for the part a sound plays (lead, pluck, pad, stab, sub, keys) only
+when no other sound is named beside it: `Guitar Lead` is a guitar, `Lead 01` a synth. Packs name
+themselves after genres, so a genre (Drum & Bass, Future Bass, any "X House") is no word at all, and a
+genre field counts only when all it says is a sound ("Bass Drum", not "Bass Music"). A text saying drums
+(`Drums/`, `Drum_Loop`, `Top Loop`) keeps a farther folder's or field's other instruments out: `Bass
+Pack/Drums/Loop 03` is a drum loop, not a bass. A folder naming two sounds (`Kicks & Snares/`) decides
+nothing itself: the file's name or metadata says which of them. A descriptor or a weak word says how a
+sound is, not what it is: alone it is no tag (`Loops/Drum Loop 1`, `Dark/take_1`, a genre field of
+"Electronic"), only an alternative, unless the user's own table has that tag (they asked for loops as a
+class). A file no text names takes its own folder's name when that folder holds at least two such files
+and its name has no known word: its words joined by '-', a plural s dropped (the user's own tag that
+nobody put in the table yet: `Wobbles/` → wobble); never a catch-all (`Misc/`, `Samples/`, `New Folder/`),
+a pack (`Odyssey Sample Pack/`) or a number (`Vol 3/`). Every other known tag found for the file is
+reported as an alternative, so a reviewer sees what was passed over. (A dataset of moods or other
 descriptors keeps `dataset create`'s default `--labels folders`: its folder names are the labels as
 written.)
 
-Numbers are words only inside an alias that has them (`808 kick` → kick): a
-lone number is numbering, and an alias of one letter would match every note name, so neither is taken.
+Numbers are words only inside an alias that has them (`808 kick` → kick): a lone number is numbering, and
+an alias of one letter would match every note name, so neither is taken.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ class _Match:
     tag: str  # "" for an ignored phrase (a genre)
     start: int  # the tokens it covers
     end: int
+    key: tuple[str, ...] = ()  # the alias it matched
 
 
 @dataclass
@@ -121,6 +124,7 @@ class Synonyms:
     ignored: frozenset[tuple[str, ...]] = frozenset()  # genres: "Drum & Bass" is no drum and no bass
     families: dict[str, frozenset[str]] = field(default_factory=dict)  # drums → kick, snare, …
     containers: frozenset[str] = frozenset()  # misc, samples, pack: folders that hold, not name, sounds
+    roles: frozenset[tuple[str, ...]] = frozenset()  # lead, pad, sub: the part a sound plays
 
     def __post_init__(self) -> None:
         self._phrases: dict[tuple[str, ...], str] = {}
@@ -131,6 +135,8 @@ class Synonyms:
                     if key:
                         self._phrases[key] = tag
                         self._phrases[("".join(key),)] = tag  # "bass drum" also as "bassdrum"
+        mine = {_key(alias) for aliases in self.user.values() for alias in aliases}
+        self._roles = self.roles - mine  # an alias the user gave a tag means that tag, whatever is beside it
 
     @classmethod
     def load(cls, home_dir: Path | None) -> Synonyms:
@@ -152,6 +158,7 @@ class Synonyms:
             frozenset(tuple(tokens(phrase)) for phrase in raw.get("_ignored", ())),
             {tag: frozenset(members) for tag, members in raw.get("_families", {}).items()},
             frozenset(raw.get("_containers", ())),
+            frozenset(_key(alias) for alias in raw.get("_roles", ())),
         )
 
     @property
@@ -187,8 +194,11 @@ class Synonyms:
         self.__post_init__()
 
     def find(self, text: str) -> list[str]:
-        """The known tags in a text, in order of appearance, longest phrases first."""
-        return list(dict.fromkeys(m.tag for m in self._scan(tokens(text)) if m.tag))
+        """The known tags in a text, in order of appearance, longest phrases first; a role word (lead, sub)
+        only when no other sound is named beside it: `Guitar Lead` is a guitar, `Kick_Sub_Layer` a kick."""
+        found = [m for m in self._scan(tokens(text)) if m.tag]
+        named = any(self.rank(m.tag) == 0 and m.key not in self._roles for m in found)
+        return list(dict.fromkeys(m.tag for m in found if not (named and m.key in self._roles)))
 
     def _scan(self, ws: list[str]) -> list[_Match]:
         found: list[_Match] = []
@@ -196,13 +206,15 @@ class Synonyms:
         while i < len(ws):
             for n in range(min(_MAX_PHRASE, len(ws) - i), 0, -1):
                 phrase = tuple(ws[i : i + n])
-                tag = self._lookup(phrase)
-                if tag is None and self._is_genre(phrase):
-                    tag = ""  # consumed, so that "Piano House" is not read as piano
-                if tag is not None:
-                    found.append(_Match(tag, i, i + n))
-                    i += n
-                    break
+                key = self._lookup(phrase)
+                if key is not None:
+                    found.append(_Match(self._phrases[key], i, i + n, key))
+                elif self._is_genre(phrase):
+                    found.append(_Match("", i, i + n))  # consumed, so that "Piano House" is not read as piano
+                else:
+                    continue
+                i += n
+                break
             else:
                 i += 1
         return found
@@ -218,15 +230,16 @@ class Synonyms:
         covered = {i for m in matches if m.tag and self.rank(m.tag) == 0 for i in range(m.start, m.end)}
         return bool(matches) and all(i in covered for i, w in enumerate(ws) if not w.isdigit())
 
-    def _lookup(self, phrase: tuple[str, ...]) -> str | None:
+    def _lookup(self, phrase: tuple[str, ...]) -> tuple[str, ...] | None:
+        """The table's key for a phrase, or for it without a plural s."""
         if phrase in self._phrases:
-            return self._phrases[phrase]
+            return phrase
         last = phrase[-1]
         for cut in ("es", "s"):  # plurals: hats → hat, claps → clap
             if last.endswith(cut) and len(last) > len(cut) + 1:
-                tag = self._phrases.get((*phrase[:-1], last[: -len(cut)]))
-                if tag:
-                    return tag
+                key = (*phrase[:-1], last[: -len(cut)])
+                if key in self._phrases:
+                    return key
         return None
 
     def pick(self, tags: Sequence[str]) -> str | None:

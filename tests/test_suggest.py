@@ -353,3 +353,31 @@ def test_catch_all_and_numbered_folders_are_no_tags(tmp_path: Path, table: Synon
     found = _library(tmp_path, [f"{folder}/a{i}.wav" for folder in junk + kept for i in (1, 2)], table)
     tags = {Path(rel).parent.as_posix(): s.tag for rel, s in found.items()}
     assert tags == {**dict.fromkeys(junk, ""), "Wobbles": "wobble", "Laser Zaps": "laser-zap"}
+
+
+@pytest.mark.parametrize(
+    ("text", "tag"),
+    [
+        ("Guitar Lead 01", "guitar"),
+        ("Vocal Lead Dry", "vocals"),
+        ("Guitar Pluck", "guitar"),
+        ("Piano Arp", "piano"),
+        ("Piano Arps", "piano"),
+        ("Bass Guitar", "bass"),  # an instrument of its own, named by both words
+        ("Kick_Sub_Layer", "kick"),
+        ("Brass Ensemble Stab", "brass"),
+        ("Choir Ensemble", "vocals"),
+        ("Synth Keys Bell", "synth"),
+        ("Sub Drop 01", "fx"),
+        ("Vocal Pad", "vocals"),
+        ("Lead 01", "synth"),  # alone, a role word still names the sound it usually is
+        ("Sub_C", "bass"),
+        ("Keys", "piano"),
+        ("Stabs", "synth"),
+    ],
+)
+def test_a_role_word_gives_way_to_a_named_instrument(table: Synonyms, text: str, tag: str) -> None:
+    """The last word won, so `Guitar Lead 01` was synth, `Kick_Sub_Layer` bass and `Choir Ensemble`
+    strings: lead, pluck, arp, pad, stab, ensemble, sub and keys say what part a sound plays, and name the
+    sound only when no instrument is named beside them."""
+    assert table.pick(table.find(text)) == tag
