@@ -30,7 +30,8 @@ reported as an alternative, so a reviewer sees what was passed over. (A dataset 
 descriptors keeps `dataset create`'s default `--labels folders`: its folder names are the labels as
 written.)
 
-Numbers are words only inside an alias that has them (`808 kick` → kick): a lone number is numbering, and
+Numbers are words only inside an alias that has them (`808 kick` → kick; `808` alone is the sub-bass that
+modern packs mean by it, a role word beside a named drum): a number of one or two digits is numbering, and
 an alias of one letter would match every note name, so neither is taken.
 """
 
@@ -98,9 +99,10 @@ def clean_tag(text: str) -> str:
 
 def _key(alias: str) -> tuple[str, ...]:
     """An alias as the tokens it matches; () for one that would match noise (a lone letter: every note
-    name "B" or "C"; a lone number: numbering; nothing at all)."""
+    name "B" or "C"; a lone number of one or two digits: numbering; nothing at all). A number of three
+    digits or more names a machine as often as it counts (808, 909, 303)."""
     key = tuple(tokens(alias))
-    if not key or (len(key) == 1 and (len(key[0]) < 2 or key[0].isdigit())):
+    if not key or (len(key) == 1 and (len(key[0]) < 2 or (key[0].isdigit() and len(key[0]) < 3))):
         return ()
     return key
 
@@ -181,8 +183,8 @@ class Synonyms:
                 raise ValueError("an alias is empty")
             if not _key(alias):
                 raise ValueError(
-                    f"alias {alias!r} would match noise (a lone letter is a note name, a lone number is "
-                    "numbering): give a word of two letters or more"
+                    f"alias {alias!r} would match noise (a lone letter is a note name, a number of one or "
+                    "two digits is numbering): give a word of two letters or more, or a number of three digits"
                 )
         for alias, tag in checked:
             self.user = {t: [a for a in aliases if a.lower() != alias.lower()] for t, aliases in self.user.items()}

@@ -227,8 +227,8 @@ def test_the_nearest_sound_wins_over_pack_names_and_descriptors(tmp_path: Path, 
         "Vintage Drums/Snare_01.wav": "snare",
         "Dark/Pad_01.wav": "synth",
         "Kicks/Snare_layer.wav": "kick",
-        "808s/808_Long_C.wav": "",  # not a folder of "s"
-        "808s/808_Short_F.wav": "",
+        "808s/808_Long_C.wav": "bass",  # an 808 in a pack is its sub-bass (and not a folder of "s")
+        "808s/808_Short_F.wav": "bass",
     }
     assert found["Dark/Pad_01.wav"].alternatives == ("dark",)
     assert found["Piano House Vol 2/Drum Hits/Kick_01.wav"].alternatives == ("drums", "one-shot")  # no genre
@@ -236,7 +236,7 @@ def test_the_nearest_sound_wins_over_pack_names_and_descriptors(tmp_path: Path, 
 
 def test_an_alias_that_would_match_noise_is_refused(tmp_path: Path) -> None:
     table = Synonyms.load(tmp_path)
-    for noise in ("B", "808", "___"):
+    for noise in ("B", "12", "___"):
         with pytest.raises(ValueError, match="would match noise"):
             table.add(tmp_path, [(noise, "thing")])
     table.add(tmp_path, [("C4", "middle-c")])  # with its number, it matches only where written so
@@ -381,3 +381,18 @@ def test_a_role_word_gives_way_to_a_named_instrument(table: Synonyms, text: str,
     strings: lead, pluck, arp, pad, stab, ensemble, sub and keys say what part a sound plays, and name the
     sound only when no instrument is named beside them."""
     assert table.pick(table.find(text)) == tag
+
+
+def test_808_is_the_sub_bass_unless_a_drum_is_named(tmp_path: Path) -> None:
+    """`Drums/808s/808_Boom_C.wav` had no tag, and `vibrary synonyms add 808 bass` was refused as noise: an
+    808 in a modern pack is its sub-bass, a drum named beside it says which drum of the machine it is, and
+    a number of three digits or more is an alias a user may give."""
+    table = Synonyms.load(tmp_path)
+    for text, tag in [("808_Boom_C", "bass"), ("808s", "bass"), ("Kick 808", "kick"), ("808 Kick", "kick")]:
+        assert table.pick(table.find(text)) == tag, text
+    assert table.pick(table.find("TR-808 Clap")) == "clap"
+    found = _library(tmp_path / "lib", ["Drums/808s/808_Boom_C.wav"], table)
+    assert found["Drums/808s/808_Boom_C.wav"].tag == "bass"
+    table.add(tmp_path, [("808", "bass"), ("303", "acid")])
+    assert table.pick(table.find("303_Line_01")) == "acid"
+    assert table.pick(table.find("Take 12")) is None
