@@ -67,10 +67,15 @@ _FIELD_ORDER = (*_COMMENT_KEYS, "bext")
 def tokens(text: str) -> list[str]:
     """`OpenHH_02-hard.wav` → ['open', 'hh', '02', 'hard', 'wav']: split at separators, camelCase and
     digits, lower-cased; composed first (a name zipped on a Mac spells ä as a + ◌̈, which split it)."""
+    return [t.lower() for t in _written(text)]
+
+
+def _written(text: str) -> list[str]:
+    """The tokens as written: `OH_05` is a hat and `Oh Yeah` a lyric."""
     out: list[str] = []
     for part in _LETTERS_OR_DIGITS.findall(unicodedata.normalize("NFC", text)):
         out.extend([part] if part.isdigit() else _camel(part))
-    return [t.lower() for t in out]
+    return out
 
 
 def _camel(word: str) -> list[str]:
@@ -127,28 +132,35 @@ class Synonyms:
     families: dict[str, frozenset[str]] = field(default_factory=dict)  # drums → kick, snare, …
     containers: frozenset[str] = frozenset()  # misc, samples, pack: folders that hold, not name, sounds
     roles: frozenset[tuple[str, ...]] = frozenset()  # lead, pad, sub: the part a sound plays
+    ambiguous: frozenset[tuple[str, ...]] = frozenset()  # oh, ride: lyrics too
+    removed: list[str] = field(default_factory=list)  # built-in aliases the user took out
 
     def __post_init__(self) -> None:
         self._phrases: dict[tuple[str, ...], str] = {}
+        removed = {_key(alias) for alias in self.removed}
         for table in (self.builtin, self.user):  # the user's table last: it wins
             for tag, aliases in table.items():
                 for alias in (tag, *aliases):
                     key = _key(alias)
-                    if key:
+                    if key and not (table is self.builtin and key in removed):
                         self._phrases[key] = tag
                         self._phrases[("".join(key),)] = tag  # "bass drum" also as "bassdrum"
         mine = {_key(alias) for aliases in self.user.values() for alias in aliases}
         self._roles = self.roles - mine  # an alias the user gave a tag means that tag, whatever is beside it
+        self._ambiguous = self.ambiguous - mine
+        self._drums = {tag for family, members in self.families.items() for tag in (family, *members)}
 
     @classmethod
     def load(cls, home_dir: Path | None) -> Synonyms:
         raw = json.loads(BUILTIN.read_text())
         builtin = {k: list(v) for k, v in raw.items() if not k.startswith("_")}
         user: dict[str, list[str]] = {}
+        removed: list[str] = []
         path = home_dir / USER_FILE if home_dir else None
         if path is not None and path.exists():
             try:
                 loaded = json.loads(path.read_text())
+                removed = _aliases(loaded.pop("_removed", []))
                 user = {clean_tag(k): _aliases(v) for k, v in loaded.items()}
             except (ValueError, TypeError, AttributeError) as e:
                 raise ValueError(f'{path}: expected {{"tag": ["alias", ...]}} ({e})') from None
@@ -161,6 +173,8 @@ class Synonyms:
             {tag: frozenset(members) for tag, members in raw.get("_families", {}).items()},
             frozenset(raw.get("_containers", ())),
             frozenset(_key(alias) for alias in raw.get("_roles", ())),
+            frozenset(_key(alias) for alias in raw.get("_ambiguous", ())),
+            removed,
         )
 
     @property
@@ -170,8 +184,8 @@ class Synonyms:
     def pairs(self) -> list[tuple[str, str, bool]]:
         """(alias, tag, builtin) for every alias, the user's overriding the built-in ones."""
         user = {(a.lower(), t) for t, aliases in self.user.items() for a in aliases}
-        user_aliases = {a for a, _ in user}
-        builtin = {(a.lower(), t) for t, aliases in self.builtin.items() for a in aliases if a not in user_aliases}
+        hidden = {a for a, _ in user} | {a.lower() for a in self.removed}
+        builtin = {(a.lower(), t) for t, aliases in self.builtin.items() for a in aliases if a not in hidden}
         return sorted([(a, t, True) for a, t in builtin] + [(a, t, False) for a, t in user], key=lambda x: (x[1], x[0]))
 
     def add(self, home_dir: Path, pairs: Iterable[tuple[str, str]]) -> None:
@@ -187,18 +201,56 @@ class Synonyms:
                     "two digits is numbering): give a word of two letters or more, or a number of three digits"
                 )
         for alias, tag in checked:
-            self.user = {t: [a for a in aliases if a.lower() != alias.lower()] for t, aliases in self.user.items()}
+            self._forget(alias)
             self.user.setdefault(tag, []).append(alias)
+        self._save(home_dir)
+
+    def remove(self, home_dir: Path, aliases: Iterable[str]) -> list[tuple[str, str, bool]]:
+        """Take aliases out: the user's own from their table, a built-in one by masking it there (a lyric
+        read as a drum, a vendor's word that means something else in this library). The (alias, tag,
+        builtin) pairs removed; ValueError, and nothing changed, for an alias no table has."""
+        pairs = {alias: (alias, tag, builtin) for alias, tag, builtin in self.pairs()}
+        wanted = [alias.strip().lower() for alias in aliases]
+        for alias in wanted:
+            if alias not in pairs:
+                raise ValueError(f"no alias {alias!r}: `vibrary synonyms list` shows them")
+        for alias in wanted:
+            self._forget(alias)
+            if pairs[alias][2]:
+                self.removed.append(alias)
+        self._save(home_dir)
+        return [pairs[alias] for alias in dict.fromkeys(wanted)]
+
+    def _forget(self, alias: str) -> None:
+        self.user = {t: [a for a in aliases if a.lower() != alias.lower()] for t, aliases in self.user.items()}
+        self.removed = [a for a in self.removed if a.lower() != alias.lower()]
+
+    def _save(self, home_dir: Path) -> None:
+        """The user's table, written atomically."""
         self.user = {t: a for t, a in self.user.items() if a}
+        saved: dict[str, list[str]] = {**self.user, **({"_removed": self.removed} if self.removed else {})}
         path = home_dir / USER_FILE
-        path.with_suffix(".part").write_text(json.dumps(self.user, indent=1, sort_keys=True))
+        path.with_suffix(".part").write_text(json.dumps(saved, indent=1, sort_keys=True))
         path.with_suffix(".part").replace(path)
         self.__post_init__()
 
-    def find(self, text: str) -> list[str]:
+    def find(self, text: str, drums: bool = False) -> list[str]:
         """The known tags in a text, in order of appearance, longest phrases first; a role word (lead, sub)
-        only when no other sound is named beside it: `Guitar Lead` is a guitar, `Kick_Sub_Layer` a kick."""
-        found = [m for m in self._scan(tokens(text)) if m.tag]
+        only when no other sound is named beside it: `Guitar Lead` is a guitar, `Kick_Sub_Layer` a kick;
+        a word of lyrics too (oh, ride) only in capitals, alone, or where drums are named (here or, said
+        by `drums`, in the file's folder)."""
+        written = _written(text)
+        found = [m for m in self._scan([w.lower() for w in written]) if m.tag]
+        drums = drums or any(m.tag in self._drums and m.key not in self._ambiguous for m in found)
+        words = sum(not w.isdigit() for w in written)
+        found = [
+            m
+            for m in found
+            if m.key not in self._ambiguous
+            or drums
+            or all(w.isupper() for w in written[m.start : m.end])
+            or words == m.end - m.start
+        ]
         named = any(self.rank(m.tag) == 0 and m.key not in self._roles for m in found)
         return list(dict.fromkeys(m.tag for m in found if not (named and m.key in self._roles)))
 
@@ -237,9 +289,10 @@ class Synonyms:
         if phrase in self._phrases:
             return phrase
         last = phrase[-1]
-        for cut in ("es", "s"):  # plurals: hats → hat, claps → clap
-            if last.endswith(cut) and len(last) > len(cut) + 1:
-                key = (*phrase[:-1], last[: -len(cut)])
+        for cut in ("es", "s"):  # plurals: crashes → crash, claps → clap; but hates is no hat
+            stem = last[: -len(cut)]
+            if last.endswith(cut) and len(stem) > 1 and (cut == "s" or stem.endswith(("s", "x", "z", "ch", "sh"))):
+                key = (*phrase[:-1], stem)
                 if key in self._phrases:
                     return key
         return None
@@ -250,6 +303,9 @@ class Synonyms:
             return None
         best = min(self.rank(t) for t in tags)
         return [t for t in tags if self.rank(t) == best][-1]
+
+    def is_drum(self, tag: str) -> bool:
+        return tag in self._drums
 
     def is_class(self, tag: str) -> bool:
         """Whether a tag can be a file's tag: a descriptor or weak word (dark, loop) only when the user's own
@@ -379,8 +435,9 @@ def _choose(
     best: tuple[str, str, str] | None = None
     tags: list[str] = []
     families: list[frozenset[str]] = []  # a nearer "Drums" keeps a farther "Bass Pack" out
+    drums = any(synonyms.is_drum(t) for own, _, _, text in texts if own for t in synonyms.find(text))
     for own, source, raw, text in texts:
-        here = synonyms.find(text)
+        here = synonyms.find(text, drums)
         tags.extend(here)
         if raw.startswith("genre: ") and not synonyms.only_sounds(text):
             continue

@@ -6,6 +6,7 @@ comments in FLAC written with mutagen, all read back through `suggest.py` as a u
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 import soundfile as sf
 from vibrary.daemon.suggest import Synonyms, clean_tag, metadata, suggest, words
 
+from tests.conftest import vibrary
 from tests.synth import tone, write_tone
 
 
@@ -267,7 +269,8 @@ def test_a_form_or_a_mood_alone_is_no_class(tmp_path: Path) -> None:
 
 def _library(root: Path, rels: Iterable[str], table: Synonyms, id3: dict[str, dict[str, str]] | None = None) -> dict:
     """Tiny files at these paths under root (MP3s get the ID3 frames given, e.g. {"TIT2": "Snare 01"}), and
-    the suggestion for each, by its path relative to root."""
+    the suggestion for each, by its path relative to root/lib (the test's own folder name has words)."""
+    root = root / "lib"
     for rel in rels:
         mp3 = rel.endswith(".mp3")
         path = write_tone(
@@ -391,8 +394,72 @@ def test_808_is_the_sub_bass_unless_a_drum_is_named(tmp_path: Path) -> None:
     for text, tag in [("808_Boom_C", "bass"), ("808s", "bass"), ("Kick 808", "kick"), ("808 Kick", "kick")]:
         assert table.pick(table.find(text)) == tag, text
     assert table.pick(table.find("TR-808 Clap")) == "clap"
-    found = _library(tmp_path / "lib", ["Drums/808s/808_Boom_C.wav"], table)
+    found = _library(tmp_path, ["Drums/808s/808_Boom_C.wav"], table)
     assert found["Drums/808s/808_Boom_C.wav"].tag == "bass"
     table.add(tmp_path, [("808", "bass"), ("303", "acid")])
     assert table.pick(table.find("303_Line_01")) == "acid"
     assert table.pick(table.find("Take 12")) is None
+
+
+def test_lyrics_are_no_drums(tmp_path: Path, table: Synonyms) -> None:
+    """`Oh Yeah 120.wav` in a vocal pack was a hihat (oh: open hat), `Ride With Me.wav` a cymbal and `Hates`
+    a hihat (hat + es): a short or everyday alias counts as written in capitals (`OH_05`), alone in its
+    name (`Ride_01`) or where the file's folder or name says drums, and -es is a plural only after s, x,
+    z, ch and sh (crashes)."""
+    found = _library(
+        tmp_path,
+        [
+            "Vocal Pack/Phrases/Oh Yeah 120.wav",
+            "Vocal Pack/Phrases/Ride With Me.wav",
+            "Vocal Pack/Phrases/Hit Me Baby.wav",
+            "Vocal Pack/Phrases/Hates.wav",
+            "Drums/Ride With Me.wav",
+            "Drums/oh yeah 2.wav",
+            "Loose/OH_05.wav",
+            "Loose/CH_01.wav",
+            "Loose/Ride_01.wav",
+            "Loose/Crashes.wav",
+        ],
+        table,
+    )
+    assert {rel: s.tag for rel, s in found.items()} == {
+        "Vocal Pack/Phrases/Oh Yeah 120.wav": "vocals",
+        "Vocal Pack/Phrases/Ride With Me.wav": "vocals",
+        "Vocal Pack/Phrases/Hit Me Baby.wav": "vocals",
+        "Vocal Pack/Phrases/Hates.wav": "vocals",
+        "Drums/Ride With Me.wav": "cymbal",
+        "Drums/oh yeah 2.wav": "hihat",
+        "Loose/OH_05.wav": "hihat",
+        "Loose/CH_01.wav": "hihat",
+        "Loose/Ride_01.wav": "cymbal",
+        "Loose/Crashes.wav": "cymbal",
+    }
+    for rel in ("Oh Yeah 120.wav", "Ride With Me.wav", "Hit Me Baby.wav", "Hates.wav"):
+        assert found[f"Vocal Pack/Phrases/{rel}"].alternatives == (), rel
+
+
+def test_an_alias_can_be_removed(tmp_path: Path) -> None:
+    """A built-in alias that misreads a user's library could not be taken out; `synonyms remove` takes out
+    the user's own alias or masks a built-in one, kept in their synonyms.json."""
+    table = Synonyms.load(tmp_path)
+    table.add(tmp_path, [("wub", "wobble")])
+    table.remove(tmp_path, ["wub", "OH"])
+    reloaded = Synonyms.load(tmp_path)
+    assert reloaded.find("OH_05 wub") == []
+    assert ("oh", "hihat", True) not in reloaded.pairs() and "wobble" not in reloaded.user
+    assert reloaded.find("OHH_05") == ["hihat"]  # the other aliases stay
+    with pytest.raises(ValueError, match="no alias 'nope'"):
+        reloaded.remove(tmp_path, ["nope"])
+    reloaded.add(tmp_path, [("oh", "hihat")])  # given back
+    assert Synonyms.load(tmp_path).find("OH_05") == ["hihat"]
+
+
+def test_cli_synonyms_remove(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    removed = vibrary("synonyms", "remove", "--json", "oh", home=home).stdout
+    assert json.loads(removed) == {"alias": "oh", "tag": "hihat", "builtin": True, "removed": True}
+    listed = vibrary("synonyms", "list", "--json", home=home).stdout
+    assert '"alias": "oh"' not in listed and '"alias": "ohh"' in listed
+    bad = vibrary("synonyms", "remove", "nope", home=home, check=False)
+    assert bad.returncode == 1 and "no alias 'nope'" in bad.stderr
