@@ -2,10 +2,12 @@
 
 Sample packs spell one sound a dozen ways (`BD_01`, `Kick Hard`, `KCK`, `Kicks/`, an ID3 genre of "Bass
 Drum"), so every text is split into words (at `_ - .` spaces, camelCase and digits; numbering dropped),
-lower-cased, and matched against a synonym table, longest phrase first and with a plural s/es dropped when
-that is what makes it known. The table ships in `builtin/synonyms.json` (`{"tag": ["alias", ...]}`); the
-user's `$VIBRARY_HOME/synonyms.json` has the same shape and wins on conflicts. A tag the user adds is a
-known word from then on, which is how their own vocabulary ("wobble", "my-snares") takes part.
+lower-cased, and matched against a synonym table (a camelCase word also as written, `BDrum` as bdrum, and
+a known word starting a word in capitals on its own, `SNAREROLL`), longest phrase first and with a plural
+s/es dropped when that is what makes it known. The table ships in `builtin/synonyms.json` (`{"tag":
+["alias", ...]}`); the user's `$VIBRARY_HOME/synonyms.json` has the same shape and wins on conflicts. A
+tag the user adds is a known word from then on, which is how their own vocabulary ("wobble", "my-snares")
+takes part.
 
 Which tag a file gets: every text is read, nearest first: the file's own folder, the file name, its
 embedded title, the folders above it up to and including the one the user named, then the rest of the
@@ -72,10 +74,12 @@ def tokens(text: str) -> list[str]:
 
 def _written(text: str) -> list[str]:
     """The tokens as written: `OH_05` is a hat and `Oh Yeah` a lyric."""
-    out: list[str] = []
-    for part in _LETTERS_OR_DIGITS.findall(unicodedata.normalize("NFC", text)):
-        out.extend([part] if part.isdigit() else _camel(part))
-    return out
+    return [t for run in _runs(text) for t in run]
+
+
+def _runs(text: str) -> list[list[str]]:
+    """The tokens of each run of letters (or of digits), as written: `BDrum` is b + drum but also bdrum."""
+    return [[p] if p.isdigit() else _camel(p) for p in _LETTERS_OR_DIGITS.findall(unicodedata.normalize("NFC", text))]
 
 
 def _camel(word: str) -> list[str]:
@@ -149,6 +153,8 @@ class Synonyms:
         self._roles = self.roles - mine  # an alias the user gave a tag means that tag, whatever is beside it
         self._ambiguous = self.ambiguous - mine
         self._drums = {tag for family, members in self.families.items() for tag in (family, *members)}
+        starts = {k[0] for k in self._phrases if len(k) == 1 and len(k[0]) > 3 and k[0].isalpha()}
+        self._starts = sorted(starts, key=len, reverse=True)  # HIHATOPEN: the longest known word first
 
     @classmethod
     def load(cls, home_dir: Path | None) -> Synonyms:
@@ -239,8 +245,9 @@ class Synonyms:
         only when no other sound is named beside it: `Guitar Lead` is a guitar, `Kick_Sub_Layer` a kick;
         a word of lyrics too (oh, ride) only in capitals, alone, or where drums are named (here or, said
         by `drums`, in the file's folder)."""
-        written = _written(text)
-        found = [m for m in self._scan([w.lower() for w in written]) if m.tag]
+        runs = _runs(text)
+        written = [t for run in runs for t in run]
+        found = [m for m in self._scan([w.lower() for w in written], runs) if m.tag]
         drums = drums or any(m.tag in self._drums and m.key not in self._ambiguous for m in found)
         words = sum(not w.isdigit() for w in written)
         found = [
@@ -254,10 +261,20 @@ class Synonyms:
         named = any(self.rank(m.tag) == 0 and m.key not in self._roles for m in found)
         return list(dict.fromkeys(m.tag for m in found if not (named and m.key in self._roles)))
 
-    def _scan(self, ws: list[str]) -> list[_Match]:
+    def _scan(self, ws: list[str], runs: Sequence[Sequence[str]] = ()) -> list[_Match]:
         found: list[_Match] = []
+        whole, at = {}, 0  # where a camelCase run starts: its tokens and what they make written as one
+        for run in runs:
+            whole[at] = (len(run), "".join(run).lower(), len(run) == 1 and run[0].isupper())
+            at += len(run)
         i = 0
         while i < len(ws):
+            length, joined, capitals = whole.get(i, (1, ws[i], False))
+            key = self._lookup((joined,)) if length > 1 else None
+            if key is not None:  # BDrum: as written, bdrum
+                found.append(_Match(self._phrases[key], i, i + length, key))
+                i += length
+                continue
             for n in range(min(_MAX_PHRASE, len(ws) - i), 0, -1):
                 phrase = tuple(ws[i : i + n])
                 key = self._lookup(phrase)
@@ -270,8 +287,19 @@ class Synonyms:
                 i += n
                 break
             else:
+                if capitals:
+                    found.extend(_Match(self._phrases[k], i, i + 1, k) for k in self._leading(ws[i]))
                 i += 1
         return found
+
+    def _leading(self, word: str) -> list[tuple[str, ...]]:
+        """The known word that starts a word in capitals, and the rest when that is known too: HIHATOPEN →
+        hihat, SNAREROLL → snare; nothing where too little is left over to be a word (ORGANIC)."""
+        for start in self._starts:
+            if word.startswith(start) and len(word) - len(start) > 2:
+                rest = self._lookup((word[len(start) :],))
+                return [(start,), *([rest] if rest else [])]
+        return []
 
     def _is_genre(self, phrase: tuple[str, ...]) -> bool:
         return phrase in self.ignored or (len(phrase) == 2 and phrase[1] == "house")  # deep, tech, piano house…

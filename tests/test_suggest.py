@@ -463,3 +463,22 @@ def test_cli_synonyms_remove(tmp_path: Path) -> None:
     assert '"alias": "oh"' not in listed and '"alias": "ohh"' in listed
     bad = vibrary("synonyms", "remove", "nope", home=home, check=False)
     assert bad.returncode == 1 and "no alias 'nope'" in bad.stderr
+
+
+def test_a_word_split_by_its_capitals_is_also_read_whole(tmp_path: Path) -> None:
+    """`BDrum_01` was read as b + drum, so it was no kick (not even after `synonyms add bdrum kick`, which
+    made `bdrum_03` one), and `HIHATOPEN` or `SNAREROLL` were nothing: a camelCase word is also looked up
+    as written, and a known word that starts a run of capitals is found there."""
+    table = Synonyms.load(tmp_path)
+    for text, tag in [
+        ("BDrum_01", "kick"),
+        ("SDrum", "snare"),
+        ("HIHATOPEN", "hihat"),
+        ("SNAREROLL_2", "snare"),
+        ("CRASHREV", "cymbal"),
+        ("ORGANIC", None),  # too little left over to be a word of its own
+        ("BASSOON", "woodwind"),
+    ]:
+        assert table.pick(table.find(text)) == tag, text
+    table.add(tmp_path, [("zdrum", "zap")])
+    assert table.find("zdrum_03") == table.find("ZDrum_02") == ["zap"]
