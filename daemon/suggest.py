@@ -57,7 +57,6 @@ BUILTIN = Path(__file__).parent / "builtin" / "synonyms.json"
 USER_FILE = "synonyms.json"
 _RUN = re.compile(r"[^\W_]+")  # letters and digits of any script: Bässe, Señal, 大鼓
 _LETTERS_OR_DIGITS = re.compile(r"[^\W\d_]+|\d+")
-_MAX_PHRASE = 3
 # metadata fields worth reading, in the order they are trusted: a title names the sound, a comment rambles
 _ID3 = {"TIT2": "title", "TCON": "genre", "TIT1": "grouping", "COMM": "comment"}
 _RIFF_INFO = {b"INAM": "title", b"IGNR": "genre", b"ISBJ": "subject", b"IKEY": "keywords", b"ICMT": "comment"}
@@ -153,6 +152,7 @@ class Synonyms:
         self._roles = self.roles - mine  # an alias the user gave a tag means that tag, whatever is beside it
         self._ambiguous = self.ambiguous - mine
         self._drums = {tag for family, members in self.families.items() for tag in (family, *members)}
+        self._longest = max(map(len, [*self._phrases, *self.ignored]), default=1)  # however long the user's
         starts = {k[0] for k in self._phrases if len(k) == 1 and len(k[0]) > 3 and k[0].isalpha()}
         self._starts = sorted(starts, key=len, reverse=True)  # HIHATOPEN: the longest known word first
 
@@ -275,7 +275,7 @@ class Synonyms:
                 found.append(_Match(self._phrases[key], i, i + length, key))
                 i += length
                 continue
-            for n in range(min(_MAX_PHRASE, len(ws) - i), 0, -1):
+            for n in range(min(self._longest, len(ws) - i), 0, -1):
                 phrase = tuple(ws[i : i + n])
                 key = self._lookup(phrase)
                 if key is not None:

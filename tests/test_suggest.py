@@ -482,3 +482,12 @@ def test_a_word_split_by_its_capitals_is_also_read_whole(tmp_path: Path) -> None
         assert table.pick(table.find(text)) == tag, text
     table.add(tmp_path, [("zdrum", "zap")])
     assert table.find("zdrum_03") == table.find("ZDrum_02") == ["zap"]
+
+
+def test_a_long_alias_matches(tmp_path: Path) -> None:
+    """An alias of four words or more was accepted by `synonyms add` and never matched (phrases were cut
+    at three words)."""
+    table = Synonyms.load(tmp_path)
+    table.add(tmp_path, [("big room lead stack", "big-room"), ("one two three four five", "count")])
+    assert table.find("Big_Room_Lead_Stack_04") == ["big-room"]
+    assert table.find("one two three four five six") == ["count"]
