@@ -57,6 +57,7 @@ BUILTIN = Path(__file__).parent / "builtin" / "synonyms.json"
 USER_FILE = "synonyms.json"
 _RUN = re.compile(r"[^\W_]+")  # letters and digits of any script: Bässe, Señal, 大鼓
 _LETTERS_OR_DIGITS = re.compile(r"[^\W\d_]+|\d+")
+_HEX = re.compile(r"(?=.*\d)(?=.*[a-fA-F])[\da-fA-F]{6,}")  # 000003BD; not 808BD
 # metadata fields worth reading, in the order they are trusted: a title names the sound, a comment rambles
 _ID3 = {"TIT2": "title", "TCON": "genre", "TIT1": "grouping", "COMM": "comment"}
 _RIFF_INFO = {b"INAM": "title", b"IGNR": "genre", b"ISBJ": "subject", b"IKEY": "keywords", b"ICMT": "comment"}
@@ -77,8 +78,11 @@ def _written(text: str) -> list[str]:
 
 
 def _runs(text: str) -> list[list[str]]:
-    """The tokens of each run of letters (or of digits), as written: `BDrum` is b + drum but also bdrum."""
-    return [[p] if p.isdigit() else _camel(p) for p in _LETTERS_OR_DIGITS.findall(unicodedata.normalize("NFC", text))]
+    """The tokens of each run of letters (or of digits), as written: `BDrum` is b + drum but also bdrum. A
+    hexadecimal number (`000003BD` of iTunes' loudness comment) is no word, nor its BD a kick."""
+    text = unicodedata.normalize("NFC", text)
+    parts = (p for run in _RUN.findall(text) if not _HEX.fullmatch(run) for p in _LETTERS_OR_DIGITS.findall(run))
+    return [[p] if p.isdigit() else _camel(p) for p in parts]
 
 
 def _camel(word: str) -> list[str]:
@@ -373,6 +377,8 @@ def metadata(path: str) -> list[tuple[str, str]]:
         if hasattr(tags, "getall"):  # ID3, in MP3, WAV, AIFF
             for frame_id, name in _ID3.items():
                 for frame in tags.getall(frame_id):
+                    if getattr(frame, "desc", "").startswith("iTun"):  # iTunNORM, iTunSMPB: numbers, not words
+                        continue
                     found.extend((name, str(t)) for t in frame.text if str(t).strip())
         elif hasattr(tags, "items"):  # Vorbis comments (FLAC, Ogg) and MP4 atoms
             for key, values in tags.items():

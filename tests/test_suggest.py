@@ -491,3 +491,16 @@ def test_a_long_alias_matches(tmp_path: Path) -> None:
     table.add(tmp_path, [("big room lead stack", "big-room"), ("one two three four five", "count")])
     assert table.find("Big_Room_Lead_Stack_04") == ["big-room"]
     assert table.find("one two three four five six") == ["count"]
+
+
+def test_itunes_numbers_are_no_words(tmp_path: Path, table: Synonyms) -> None:
+    """iTunes' `iTunNORM` comment (" 000003BD 00000412 …") made a kick of any MP3 it had touched (BD)."""
+    path = write_tone(tmp_path / "lib" / "Takes" / "take 1.mp3", 100, 0.05, fmt="MP3", subtype="MPEG_LAYER_III")
+    id3 = mutagen.id3.ID3()
+    norm = " 000003BD 00000412 00002F2D 00003C1B 0002AB5C 0002AB5C 00007FFF 00007FFF 0000CD1E 0000CD1E"
+    id3.add(mutagen.id3.COMM(encoding=3, lang="eng", desc="iTunNORM", text=norm))
+    id3.add(mutagen.id3.COMM(encoding=3, lang="eng", desc="", text="hex 00C0FFEE1D and 5DB0"))
+    id3.save(path)
+    (s,) = suggest([str(path)], table)
+    assert (s.tag, s.alternatives) == ("", ())
+    assert words("0002AB5C 000003BD snare 808") == ["snare"]
