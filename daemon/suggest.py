@@ -425,16 +425,19 @@ def _text(raw: bytes) -> str:
 
 
 def audio_files(paths: Sequence[str]) -> list[tuple[str, str]]:
-    """(file, the root it was found under): folders recursively, files as given, sorted."""
-    out: list[tuple[str, str]] = []
+    """(file, the root it was found under): folders recursively, files as given, sorted; a file once,
+    under the first path given that holds it (`lib2 lib2/PackA` would otherwise list PackA twice)."""
+    out: dict[str, tuple[str, str]] = {}
     for p in paths:
         if os.path.isdir(p):
-            out.extend((f, p) for f in audio_files_under(p))
+            found = [(f, p) for f in audio_files_under(p)]
         elif os.path.exists(p):
-            out.append((p, os.path.dirname(os.path.abspath(p))))
+            found = [(p, os.path.dirname(os.path.abspath(p)))]
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
-    return list(dict.fromkeys(out))
+        for f, root in found:
+            out.setdefault(os.path.normcase(os.path.abspath(f)), (f, root))
+    return list(out.values())
 
 
 def _folders(path: str, root: str) -> list[str]:

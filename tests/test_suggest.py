@@ -504,3 +504,11 @@ def test_itunes_numbers_are_no_words(tmp_path: Path, table: Synonyms) -> None:
     (s,) = suggest([str(path)], table)
     assert (s.tag, s.alternatives) == ("", ())
     assert words("0002AB5C 000003BD snare 808") == ["snare"]
+
+
+def test_overlapping_folders_suggest_each_file_once(tmp_path: Path, table: Synonyms) -> None:
+    """`dataset suggest lib2 lib2/PackA` listed PackA's files twice, once per folder given."""
+    kick = write_tone(tmp_path / "lib2" / "PackA" / "Kicks" / "k1.wav", 60, 0.05)
+    write_tone(tmp_path / "lib2" / "Snares" / "s1.wav", 200, 0.05)
+    found = suggest([str(tmp_path / "lib2"), str(tmp_path / "lib2" / "PackA"), str(kick)], table)
+    assert sorted(Path(s.path).name for s in found) == ["k1.wav", "s1.wav"]
