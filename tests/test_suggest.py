@@ -512,3 +512,19 @@ def test_overlapping_folders_suggest_each_file_once(tmp_path: Path, table: Synon
     write_tone(tmp_path / "lib2" / "Snares" / "s1.wav", 200, 0.05)
     found = suggest([str(tmp_path / "lib2"), str(tmp_path / "lib2" / "PackA"), str(kick)], table)
     assert sorted(Path(s.path).name for s in found) == ["k1.wav", "s1.wav"]
+
+
+@pytest.mark.parametrize(
+    ("text", "tag"),
+    [
+        *[(t, "percussion") for t in ("Tamb_01", "Tambo", "SHKR 2", "Timbale", "Guiro", "Triangle", "Woodblock")],
+        *[(t, "percussion") for t in ("Wood Block", "Djembe Slap", "Cajon")],
+        *[(t, "piano") for t in ("Clav 01", "EP_Chords", "Wurly", "Wurli")],
+        ("Vln_Spicc", "strings"),
+        ("Trp Stab", "brass"),
+        ("TPT_01", "brass"),
+        *[(t, "vocals") for t in ("Vocoder", "Adlib 03", "Ad Lib", "Acappella", "A Cappella 120", "Accapella")],
+    ],
+)
+def test_more_vendor_spellings(table: Synonyms, text: str, tag: str) -> None:
+    assert table.pick(table.find(text)) == tag
