@@ -191,6 +191,14 @@ class Synonyms:
     def tags(self) -> set[str]:
         return set(self._phrases.values())
 
+    def spelling(self, text: str) -> str:
+        """A tag the user typed, as the table spells it when it is one of its tags written another way
+        (`Hi Hat`, `hi-hats` → hihat), so that an edit does not start a class beside the suggested one;
+        an alias stays the user's word (renaming synth to "lead" is a choice, not a misspelling)."""
+        tag = clean_tag(text)
+        compact = tag.replace("-", "")
+        return next((t for t in sorted(self.tags) if compact in _spellings(t)), tag)
+
     def pairs(self) -> list[tuple[str, str, bool]]:
         """(alias, tag, builtin) for every alias, the user's overriding the built-in ones."""
         user = {(a.lower(), t) for t, aliases in self.user.items() for a in aliases}
@@ -355,6 +363,11 @@ class Suggestion:
     source: str  # folder | filename | metadata | ""
     raw: str  # the text it came from, as written
     alternatives: tuple[str, ...] = ()
+
+
+def _spellings(tag: str) -> tuple[str, ...]:
+    compact = tag.replace("-", "")
+    return compact, compact + "s", compact + "es"
 
 
 def _aliases(value: object) -> list[str]:

@@ -18,6 +18,7 @@ import mutagen.id3
 import numpy as np
 import pytest
 import soundfile as sf
+from vibrary.daemon import dataset
 from vibrary.daemon.suggest import Synonyms, clean_tag, metadata, suggest, words
 
 from tests.conftest import vibrary
@@ -528,3 +529,19 @@ def test_overlapping_folders_suggest_each_file_once(tmp_path: Path, table: Synon
 )
 def test_more_vendor_spellings(table: Synonyms, text: str, tag: str) -> None:
     assert table.pick(table.find(text)) == tag
+
+
+def test_an_edit_spells_a_tag_as_suggestions_do(tmp_path: Path) -> None:
+    """`dataset relabel NAME FILE "Hi Hat"` started a class hi-hat beside the suggested hihat: a tag typed
+    in an edit joins the table's tag it spells (not one it is only an alias of: "lead" stays lead), and a
+    tag the dataset holds is found however it is spelled."""
+    home = tmp_path / "home"
+    home.mkdir()
+    files = {tag: [write_tone(tmp_path / tag / f"{i}.wav", 80 + 40 * i, 0.3) for i in range(3)] for tag in ("a", "b")}
+    examples = [dataset.example(str(f), tag) for tag, fs in (("kicks", files["a"]), ("hihat", files["b"])) for f in fs]
+    dataset.build(home, "d", examples)
+    relabelled = dataset.edit(home, "d", relabel=[(str(files["a"][0]), "Hi Hat")])
+    assert relabelled.per_class == {"hihat": 4, "kicks": 2}
+    renamed = dataset.edit(home, "d", rename=[("Kicks", "Kick")])  # the dataset's own spelling is found first
+    assert renamed.per_class == {"hihat": 4, "kick": 2}
+    assert dataset.edit(home, "d", rename=[("HI-HATS", "lead")]).per_class == {"kick": 2, "lead": 4}
