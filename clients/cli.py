@@ -617,6 +617,11 @@ def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
 
 def cmd_synonyms(args: argparse.Namespace) -> int:
     table = _synonyms()
+    if args.action == "remove":
+        for alias, tag, builtin in table.remove(config.home(), args.aliases):
+            obj = {"alias": alias, "tag": tag, "builtin": builtin, "removed": True}
+            _out(args, obj, f"{alias:20} ✗ {tag}  (removed{'; `synonyms add` gives it back' if builtin else ''})")
+        return 0
     if args.action == "add":
         table.add(config.home(), [(args.alias, args.tag)])
         table = _synonyms()
@@ -992,6 +997,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = actions.add_parser("add", parents=[common], help="one more alias for a tag (a new tag is fine)")
     a.add_argument("alias", metavar="ALIAS")
     a.add_argument("tag", metavar="TAG")
+    a = actions.add_parser("remove", parents=[common], help="take out an alias, your own or a built-in one")
+    a.add_argument("aliases", nargs="+", metavar="ALIAS")
     p.set_defaults(func=cmd_synonyms)
 
     p = sub.add_parser("train", parents=[common], help="train a model on a dataset, then install and activate it")

@@ -108,9 +108,11 @@ NO_AUDIO = "no audio files found: put examples in one folder per tag (DIR/<tag>/
 
 def _as_held(tag: str, tags: Iterable[str]) -> str:
     """A tag as a dataset with these tags spells it: labels of older versions kept their spaces ("hi hat"),
-    and "hi-hat" or "Hi_Hat" name that same tag."""
+    and "hi-hat", "Hi_Hat" or "hihat" name that same tag."""
     wanted = label(tag)
-    return next((held for held in sorted(tags) if _spelled(held) == wanted), wanted)
+    held = sorted(tags)
+    same = next((t for t in held if _spelled(t) == wanted), None)
+    return same or next((t for t in held if _spelled(t).replace("-", "") == wanted.replace("-", "")), wanted)
 
 
 def check_name(name: str, what: str = "dataset") -> None:
@@ -502,7 +504,16 @@ def _edit(
         raise ValueError(f"no tag {tag!r} in dataset {name!r}; its tags: {', '.join(sorted(tags))}")
 
     def as_held(tag: str) -> str:
-        return _as_held(tag, set(mapping.values()) - {""})
+        """A tag the dataset has, however spelled; else as the synonym table spells it: `relabel … "Hi Hat"`
+        gives hihat, the tag suggestions give, rather than a class hi-hat beside it."""
+        live = set(mapping.values()) - {""}
+        held = _as_held(tag, live)
+        return held if held in live else _as_held(table.spelling(tag), live)
+
+    try:
+        table = suggest.Synonyms.load(home_dir)
+    except ValueError:  # the user's synonyms.json is broken: the built-in spellings still hold
+        table = suggest.Synonyms.load(None)
 
     done: dict[str, str] = {}
     for old, new in rename:

@@ -2,25 +2,39 @@
 
 Sample packs spell one sound a dozen ways (`BD_01`, `Kick Hard`, `KCK`, `Kicks/`, an ID3 genre of "Bass
 Drum"), so every text is split into words (at `_ - .` spaces, camelCase and digits; numbering dropped),
-lower-cased, and matched against a synonym table, longest phrase first and with a plural s/es dropped when
-that is what makes it known. The table ships in `builtin/synonyms.json` (`{"tag": ["alias", ...]}`); the
-user's `$VIBRARY_HOME/synonyms.json` has the same shape and wins on conflicts. A tag the user adds is a
-known word from then on, which is how their own vocabulary ("wobble", "my-snares") takes part.
+lower-cased, and matched against a synonym table (a camelCase word also as written, `BDrum` as bdrum, and
+a known word starting a word in capitals on its own, `SNAREROLL`), longest phrase first and with a plural
+s/es dropped when that is what makes it known. The table ships in `builtin/synonyms.json` (`{"tag":
+["alias", ...]}`); the user's `$VIBRARY_HOME/synonyms.json` has the same shape and wins on conflicts. A
+tag the user adds is a known word from then on, which is how their own vocabulary ("wobble", "my-snares")
+takes part.
 
-Which tag a file gets: every text is read, nearest first: the file's own folder, the file name, the
-folders above it up to and including the one the user named, then the embedded metadata (title, genre,
-comment, description, keywords). A sound (kick, pad) beats a descriptor (mood, timbre, processing:
-"Acoustic Kick", "Vintage Drums/Snare_01" → the kick, the snare), which beats a weak word (what form a file
-has: loop, one-shot); among equals the nearest text wins (a `Kicks/` folder over a file named `Snare_01`,
-the file name over a pack called "Piano House"), and within one text the last word (the head noun ends
-English names). A file no text names takes its own folder's name when that folder holds at least two such
-files: its words joined by '-', a plural s dropped (the user's own tag that nobody put in the table yet:
-`Wobbles/` → wobble). Every other known tag found for the file is reported as an alternative, so a reviewer
-sees what was passed over. (A dataset of moods or other descriptors keeps `dataset create`'s default
-`--labels folders`: its folder names are the labels as written.)
+Which tag a file gets: every text is read, nearest first: the file's own folder, the file name, its
+embedded title, the folders above it up to and including the one the user named, then the rest of the
+embedded metadata (genre, comment, description, keywords). A sound (kick, pad) beats a descriptor (mood,
+timbre, processing: "Acoustic Kick", "Vintage Drums/Snare_01" → the kick, the snare), which beats a weak
+word (what form a file has: loop, one-shot, drums); among equals the nearest text wins (a `Kicks/` folder
+over a file named `Snare_01`, the title over a pack's folder), and within one text the last word (the head
+noun ends English names), but a word for the part a sound plays (lead, pluck, pad, stab, sub, keys) only
+when no other sound is named beside it: `Guitar Lead` is a guitar, `Lead 01` a synth. Packs name
+themselves after genres, so a genre (Drum & Bass, Future Bass, any "X House") is no word at all, and a
+genre field counts only when all it says is a sound ("Bass Drum", not "Bass Music"). A text saying drums
+(`Drums/`, `Drum_Loop`, `Top Loop`) keeps a farther folder's or field's other instruments out: `Bass
+Pack/Drums/Loop 03` is a drum loop, not a bass. A folder naming two sounds (`Kicks & Snares/`) decides
+nothing itself: the file's name or metadata says which of them. A descriptor or a weak word says how a
+sound is, not what it is: alone it is no tag (`Loops/Drum Loop 1`, `Dark/take_1`, a genre field of
+"Electronic"), only an alternative, unless the user's own table has that tag (they asked for loops as a
+class). A file no text names takes its own folder's name when that folder holds at least two such files
+and its name has no known word: its words joined by '-', a plural s dropped (the user's own tag that
+nobody put in the table yet: `Wobbles/` → wobble); never a catch-all (`Misc/`, `Samples/`, `New Folder/`),
+a pack (`Odyssey Sample Pack/`) or a number (`Vol 3/`). Every other known tag found for the file is
+reported as an alternative, so a reviewer sees what was passed over. (A dataset of moods or other
+descriptors keeps `dataset create`'s default `--labels folders`: its folder names are the labels as
+written.)
 
-Numbers are words only inside an alias that has them (`808 kick` → kick): a
-lone number is numbering, and an alias of one letter would match every note name, so neither is taken.
+Numbers are words only inside an alias that has them (`808 kick` → kick; `808` alone is the sub-bass that
+modern packs mean by it, a role word beside a named drum): a number of one or two digits is numbering, and
+an alias of one letter would match every note name, so neither is taken.
 """
 
 from __future__ import annotations
@@ -43,7 +57,7 @@ BUILTIN = Path(__file__).parent / "builtin" / "synonyms.json"
 USER_FILE = "synonyms.json"
 _RUN = re.compile(r"[^\W_]+")  # letters and digits of any script: Bässe, Señal, 大鼓
 _LETTERS_OR_DIGITS = re.compile(r"[^\W\d_]+|\d+")
-_MAX_PHRASE = 3
+_HEX = re.compile(r"(?=.*\d)(?=.*[a-fA-F])[\da-fA-F]{6,}")  # 000003BD; not 808BD
 # metadata fields worth reading, in the order they are trusted: a title names the sound, a comment rambles
 _ID3 = {"TIT2": "title", "TCON": "genre", "TIT1": "grouping", "COMM": "comment"}
 _RIFF_INFO = {b"INAM": "title", b"IGNR": "genre", b"ISBJ": "subject", b"IKEY": "keywords", b"ICMT": "comment"}
@@ -55,10 +69,20 @@ _FIELD_ORDER = (*_COMMENT_KEYS, "bext")
 def tokens(text: str) -> list[str]:
     """`OpenHH_02-hard.wav` → ['open', 'hh', '02', 'hard', 'wav']: split at separators, camelCase and
     digits, lower-cased; composed first (a name zipped on a Mac spells ä as a + ◌̈, which split it)."""
-    out: list[str] = []
-    for part in _LETTERS_OR_DIGITS.findall(unicodedata.normalize("NFC", text)):
-        out.extend([part] if part.isdigit() else _camel(part))
-    return [t.lower() for t in out]
+    return [t.lower() for t in _written(text)]
+
+
+def _written(text: str) -> list[str]:
+    """The tokens as written: `OH_05` is a hat and `Oh Yeah` a lyric."""
+    return [t for run in _runs(text) for t in run]
+
+
+def _runs(text: str) -> list[list[str]]:
+    """The tokens of each run of letters (or of digits), as written: `BDrum` is b + drum but also bdrum. A
+    hexadecimal number (`000003BD` of iTunes' loudness comment) is no word, nor its BD a kick."""
+    text = unicodedata.normalize("NFC", text)
+    parts = (p for run in _RUN.findall(text) if not _HEX.fullmatch(run) for p in _LETTERS_OR_DIGITS.findall(run))
+    return [[p] if p.isdigit() else _camel(p) for p in parts]
 
 
 def _camel(word: str) -> list[str]:
@@ -87,11 +111,20 @@ def clean_tag(text: str) -> str:
 
 def _key(alias: str) -> tuple[str, ...]:
     """An alias as the tokens it matches; () for one that would match noise (a lone letter: every note
-    name "B" or "C"; a lone number: numbering; nothing at all)."""
+    name "B" or "C"; a lone number of one or two digits: numbering; nothing at all). A number of three
+    digits or more names a machine as often as it counts (808, 909, 303)."""
     key = tuple(tokens(alias))
-    if not key or (len(key) == 1 and (len(key[0]) < 2 or key[0].isdigit())):
+    if not key or (len(key) == 1 and (len(key[0]) < 2 or (key[0].isdigit() and len(key[0]) < 3))):
         return ()
     return key
+
+
+@dataclass(frozen=True)
+class _Match:
+    tag: str  # "" for an ignored phrase (a genre)
+    start: int  # the tokens it covers
+    end: int
+    key: tuple[str, ...] = ()  # the alias it matched
 
 
 @dataclass
@@ -102,40 +135,75 @@ class Synonyms:
     user: dict[str, list[str]] = field(default_factory=dict)
     weak: frozenset[str] = frozenset()
     descriptors: frozenset[str] = frozenset()
+    ignored: frozenset[tuple[str, ...]] = frozenset()  # genres: "Drum & Bass" is no drum and no bass
+    families: dict[str, frozenset[str]] = field(default_factory=dict)  # drums → kick, snare, …
+    containers: frozenset[str] = frozenset()  # misc, samples, pack: folders that hold, not name, sounds
+    roles: frozenset[tuple[str, ...]] = frozenset()  # lead, pad, sub: the part a sound plays
+    ambiguous: frozenset[tuple[str, ...]] = frozenset()  # oh, ride: lyrics too
+    removed: list[str] = field(default_factory=list)  # built-in aliases the user took out
 
     def __post_init__(self) -> None:
         self._phrases: dict[tuple[str, ...], str] = {}
+        removed = {_key(alias) for alias in self.removed}
         for table in (self.builtin, self.user):  # the user's table last: it wins
             for tag, aliases in table.items():
                 for alias in (tag, *aliases):
                     key = _key(alias)
-                    if key:
+                    if key and not (table is self.builtin and key in removed):
                         self._phrases[key] = tag
                         self._phrases[("".join(key),)] = tag  # "bass drum" also as "bassdrum"
+        mine = {_key(alias) for aliases in self.user.values() for alias in aliases}
+        self._roles = self.roles - mine  # an alias the user gave a tag means that tag, whatever is beside it
+        self._ambiguous = self.ambiguous - mine
+        self._drums = {tag for family, members in self.families.items() for tag in (family, *members)}
+        self._longest = max(map(len, [*self._phrases, *self.ignored]), default=1)  # however long the user's
+        starts = {k[0] for k in self._phrases if len(k) == 1 and len(k[0]) > 3 and k[0].isalpha()}
+        self._starts = sorted(starts, key=len, reverse=True)  # HIHATOPEN: the longest known word first
 
     @classmethod
     def load(cls, home_dir: Path | None) -> Synonyms:
         raw = json.loads(BUILTIN.read_text())
         builtin = {k: list(v) for k, v in raw.items() if not k.startswith("_")}
         user: dict[str, list[str]] = {}
+        removed: list[str] = []
         path = home_dir / USER_FILE if home_dir else None
         if path is not None and path.exists():
             try:
                 loaded = json.loads(path.read_text())
+                removed = _aliases(loaded.pop("_removed", []))
                 user = {clean_tag(k): _aliases(v) for k, v in loaded.items()}
             except (ValueError, TypeError, AttributeError) as e:
                 raise ValueError(f'{path}: expected {{"tag": ["alias", ...]}} ({e})') from None
-        return cls(builtin, user, frozenset(raw.get("_weak", ())), frozenset(raw.get("_descriptors", ())))
+        return cls(
+            builtin,
+            user,
+            frozenset(raw.get("_weak", ())),
+            frozenset(raw.get("_descriptors", ())),
+            frozenset(tuple(tokens(phrase)) for phrase in raw.get("_ignored", ())),
+            {tag: frozenset(members) for tag, members in raw.get("_families", {}).items()},
+            frozenset(raw.get("_containers", ())),
+            frozenset(_key(alias) for alias in raw.get("_roles", ())),
+            frozenset(_key(alias) for alias in raw.get("_ambiguous", ())),
+            removed,
+        )
 
     @property
     def tags(self) -> set[str]:
         return set(self._phrases.values())
 
+    def spelling(self, text: str) -> str:
+        """A tag the user typed, as the table spells it when it is one of its tags written another way
+        (`Hi Hat`, `hi-hats` → hihat), so that an edit does not start a class beside the suggested one;
+        an alias stays the user's word (renaming synth to "lead" is a choice, not a misspelling)."""
+        tag = clean_tag(text)
+        compact = tag.replace("-", "")
+        return next((t for t in sorted(self.tags) if compact in _spellings(t)), tag)
+
     def pairs(self) -> list[tuple[str, str, bool]]:
         """(alias, tag, builtin) for every alias, the user's overriding the built-in ones."""
         user = {(a.lower(), t) for t, aliases in self.user.items() for a in aliases}
-        user_aliases = {a for a, _ in user}
-        builtin = {(a.lower(), t) for t, aliases in self.builtin.items() for a in aliases if a not in user_aliases}
+        hidden = {a for a, _ in user} | {a.lower() for a in self.removed}
+        builtin = {(a.lower(), t) for t, aliases in self.builtin.items() for a in aliases if a not in hidden}
         return sorted([(a, t, True) for a, t in builtin] + [(a, t, False) for a, t in user], key=lambda x: (x[1], x[0]))
 
     def add(self, home_dir: Path, pairs: Iterable[tuple[str, str]]) -> None:
@@ -147,43 +215,126 @@ class Synonyms:
                 raise ValueError("an alias is empty")
             if not _key(alias):
                 raise ValueError(
-                    f"alias {alias!r} would match noise (a lone letter is a note name, a lone number is "
-                    "numbering): give a word of two letters or more"
+                    f"alias {alias!r} would match noise (a lone letter is a note name, a number of one or "
+                    "two digits is numbering): give a word of two letters or more, or a number of three digits"
                 )
         for alias, tag in checked:
-            self.user = {t: [a for a in aliases if a.lower() != alias.lower()] for t, aliases in self.user.items()}
+            self._forget(alias)
             self.user.setdefault(tag, []).append(alias)
+        self._save(home_dir)
+
+    def remove(self, home_dir: Path, aliases: Iterable[str]) -> list[tuple[str, str, bool]]:
+        """Take aliases out: the user's own from their table, a built-in one by masking it there (a lyric
+        read as a drum, a vendor's word that means something else in this library). The (alias, tag,
+        builtin) pairs removed; ValueError, and nothing changed, for an alias no table has."""
+        pairs = {alias: (alias, tag, builtin) for alias, tag, builtin in self.pairs()}
+        wanted = [alias.strip().lower() for alias in aliases]
+        for alias in wanted:
+            if alias not in pairs:
+                raise ValueError(f"no alias {alias!r}: `vibrary synonyms list` shows them")
+        for alias in wanted:
+            self._forget(alias)
+            if pairs[alias][2]:
+                self.removed.append(alias)
+        self._save(home_dir)
+        return [pairs[alias] for alias in dict.fromkeys(wanted)]
+
+    def _forget(self, alias: str) -> None:
+        self.user = {t: [a for a in aliases if a.lower() != alias.lower()] for t, aliases in self.user.items()}
+        self.removed = [a for a in self.removed if a.lower() != alias.lower()]
+
+    def _save(self, home_dir: Path) -> None:
+        """The user's table, written atomically."""
         self.user = {t: a for t, a in self.user.items() if a}
+        saved: dict[str, list[str]] = {**self.user, **({"_removed": self.removed} if self.removed else {})}
         path = home_dir / USER_FILE
-        path.with_suffix(".part").write_text(json.dumps(self.user, indent=1, sort_keys=True))
+        path.with_suffix(".part").write_text(json.dumps(saved, indent=1, sort_keys=True))
         path.with_suffix(".part").replace(path)
         self.__post_init__()
 
-    def find(self, text: str) -> list[str]:
-        """The known tags in a text, in order of appearance, longest phrases first."""
-        ws = tokens(text)
-        found: list[str] = []
+    def find(self, text: str, drums: bool = False) -> list[str]:
+        """The known tags in a text, in order of appearance, longest phrases first; a role word (lead, sub)
+        only when no other sound is named beside it: `Guitar Lead` is a guitar, `Kick_Sub_Layer` a kick;
+        a word of lyrics too (oh, ride) only in capitals, alone, or where drums are named (here or, said
+        by `drums`, in the file's folder)."""
+        runs = _runs(text)
+        written = [t for run in runs for t in run]
+        found = [m for m in self._scan([w.lower() for w in written], runs) if m.tag]
+        drums = drums or any(m.tag in self._drums and m.key not in self._ambiguous for m in found)
+        words = sum(not w.isdigit() for w in written)
+        found = [
+            m
+            for m in found
+            if m.key not in self._ambiguous
+            or drums
+            or all(w.isupper() for w in written[m.start : m.end])
+            or words == m.end - m.start
+        ]
+        named = any(self.rank(m.tag) == 0 and m.key not in self._roles for m in found)
+        return list(dict.fromkeys(m.tag for m in found if not (named and m.key in self._roles)))
+
+    def _scan(self, ws: list[str], runs: Sequence[Sequence[str]] = ()) -> list[_Match]:
+        found: list[_Match] = []
+        whole, at = {}, 0  # where a camelCase run starts: its tokens and what they make written as one
+        for run in runs:
+            whole[at] = (len(run), "".join(run).lower(), len(run) == 1 and run[0].isupper())
+            at += len(run)
         i = 0
         while i < len(ws):
-            for n in range(min(_MAX_PHRASE, len(ws) - i), 0, -1):
-                tag = self._lookup(tuple(ws[i : i + n]))
-                if tag:
-                    found.append(tag)
-                    i += n
-                    break
+            length, joined, capitals = whole.get(i, (1, ws[i], False))
+            key = self._lookup((joined,)) if length > 1 else None
+            if key is not None:  # BDrum: as written, bdrum
+                found.append(_Match(self._phrases[key], i, i + length, key))
+                i += length
+                continue
+            for n in range(min(self._longest, len(ws) - i), 0, -1):
+                phrase = tuple(ws[i : i + n])
+                key = self._lookup(phrase)
+                if key is not None:
+                    found.append(_Match(self._phrases[key], i, i + n, key))
+                elif self._is_genre(phrase):
+                    found.append(_Match("", i, i + n))  # consumed, so that "Piano House" is not read as piano
+                else:
+                    continue
+                i += n
+                break
             else:
+                if capitals:
+                    found.extend(_Match(self._phrases[k], i, i + 1, k) for k in self._leading(ws[i]))
                 i += 1
-        return list(dict.fromkeys(found))
+        return found
 
-    def _lookup(self, phrase: tuple[str, ...]) -> str | None:
+    def _leading(self, word: str) -> list[tuple[str, ...]]:
+        """The known word that starts a word in capitals, and the rest when that is known too: HIHATOPEN →
+        hihat, SNAREROLL → snare; nothing where too little is left over to be a word (ORGANIC)."""
+        for start in self._starts:
+            if word.startswith(start) and len(word) - len(start) > 2:
+                rest = self._lookup((word[len(start) :],))
+                return [(start,), *([rest] if rest else [])]
+        return []
+
+    def _is_genre(self, phrase: tuple[str, ...]) -> bool:
+        return phrase in self.ignored or (len(phrase) == 2 and phrase[1] == "house")  # deep, tech, piano house…
+
+    def only_sounds(self, text: str) -> bool:
+        """Whether every word of a text is part of a sound's name: a genre field of "Bass Drum" or "Clap"
+        names the sound, one of "Bass Music" or "Electronic" the style of the pack."""
+        ws = tokens(text)
+        matches = self._scan(ws)
+        covered = {i for m in matches if m.tag and self.rank(m.tag) == 0 for i in range(m.start, m.end)}
+        return bool(matches) and all(i in covered for i, w in enumerate(ws) if not w.isdigit())
+
+    def _lookup(self, phrase: tuple[str, ...]) -> tuple[str, ...] | None:
+        """The table's key for a phrase, or for it without a plural s."""
         if phrase in self._phrases:
-            return self._phrases[phrase]
+            return phrase
         last = phrase[-1]
-        for cut in ("es", "s"):  # plurals: hats → hat, claps → clap
-            if last.endswith(cut) and len(last) > len(cut) + 1:
-                tag = self._phrases.get((*phrase[:-1], last[: -len(cut)]))
-                if tag:
-                    return tag
+        for cut in ("es", "s"):  # plurals: crashes → crash, claps → clap; but hates is no hat
+            stem = last[: -len(cut)]
+            if last.endswith(cut) and len(stem) > 1 and (cut == "s" or stem.endswith(("s", "x", "z", "ch", "sh"))):
+                key = (*phrase[:-1], stem)
+                if key in self._phrases:
+                    return key
         return None
 
     def pick(self, tags: Sequence[str]) -> str | None:
@@ -192,6 +343,14 @@ class Synonyms:
             return None
         best = min(self.rank(t) for t in tags)
         return [t for t in tags if self.rank(t) == best][-1]
+
+    def is_drum(self, tag: str) -> bool:
+        return tag in self._drums
+
+    def is_class(self, tag: str) -> bool:
+        """Whether a tag can be a file's tag: a descriptor or weak word (dark, loop) only when the user's own
+        table names it, since a class "loop" holds kicks, basses and pianos alike."""
+        return self.rank(tag) == 0 or tag in self.user
 
     def rank(self, tag: str) -> int:
         return 2 if tag in self.weak else 1 if tag in self.descriptors else 0
@@ -204,6 +363,11 @@ class Suggestion:
     source: str  # folder | filename | metadata | ""
     raw: str  # the text it came from, as written
     alternatives: tuple[str, ...] = ()
+
+
+def _spellings(tag: str) -> tuple[str, ...]:
+    compact = tag.replace("-", "")
+    return compact, compact + "s", compact + "es"
 
 
 def _aliases(value: object) -> list[str]:
@@ -226,6 +390,8 @@ def metadata(path: str) -> list[tuple[str, str]]:
         if hasattr(tags, "getall"):  # ID3, in MP3, WAV, AIFF
             for frame_id, name in _ID3.items():
                 for frame in tags.getall(frame_id):
+                    if getattr(frame, "desc", "").startswith("iTun"):  # iTunNORM, iTunSMPB: numbers, not words
+                        continue
                     found.extend((name, str(t)) for t in frame.text if str(t).strip())
         elif hasattr(tags, "items"):  # Vorbis comments (FLAC, Ogg) and MP4 atoms
             for key, values in tags.items():
@@ -272,16 +438,19 @@ def _text(raw: bytes) -> str:
 
 
 def audio_files(paths: Sequence[str]) -> list[tuple[str, str]]:
-    """(file, the root it was found under): folders recursively, files as given, sorted."""
-    out: list[tuple[str, str]] = []
+    """(file, the root it was found under): folders recursively, files as given, sorted; a file once,
+    under the first path given that holds it (`lib2 lib2/PackA` would otherwise list PackA twice)."""
+    out: dict[str, tuple[str, str]] = {}
     for p in paths:
         if os.path.isdir(p):
-            out.extend((f, p) for f in audio_files_under(p))
+            found = [(f, p) for f in audio_files_under(p)]
         elif os.path.exists(p):
-            out.append((p, os.path.dirname(os.path.abspath(p))))
+            found = [(p, os.path.dirname(os.path.abspath(p)))]
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
-    return list(dict.fromkeys(out))
+        for f, root in found:
+            out.setdefault(os.path.normcase(os.path.abspath(f)), (f, root))
+    return list(out.values())
 
 
 def _folders(path: str, root: str) -> list[str]:
@@ -293,39 +462,73 @@ def _folders(path: str, root: str) -> list[str]:
     return [*reversed(parts), os.path.basename(root)]
 
 
+def _texts(path: str, root: str) -> list[tuple[bool, str, str, str]]:
+    """(names the file itself, source, raw, text to read) for every text of a file, nearest first: a
+    file's own folder, name and title say what it is; the folders above and the other fields say what
+    pack it came from."""
+    own, *above = _folders(path, root)
+    fields = metadata(path)
+    texts = [(True, "folder", own, own)]
+    name = os.path.splitext(os.path.basename(path))[0]
+    texts.append((True, "filename", name, name))
+    texts.extend((True, "metadata", f"{k}: {v}", v) for k, v in fields if k == "title")
+    texts.extend((False, "folder", folder, folder) for folder in above)
+    texts.extend((False, "metadata", f"{k}: {v}", v) for k, v in fields if k != "title")
+    return texts
+
+
+def _choose(
+    texts: list[tuple[bool, str, str, str]], synonyms: Synonyms
+) -> tuple[tuple[str, str, str] | None, list[str]]:
+    """The tag, where it came from and the text it came from (None when no text names one), and every
+    known tag of every text."""
+    best: tuple[str, str, str] | None = None
+    tags: list[str] = []
+    families: list[frozenset[str]] = []  # a nearer "Drums" keeps a farther "Bass Pack" out
+    drums = any(synonyms.is_drum(t) for own, _, _, text in texts if own for t in synonyms.find(text))
+    for own, source, raw, text in texts:
+        here = synonyms.find(text, drums)
+        tags.extend(here)
+        if raw.startswith("genre: ") and not synonyms.only_sounds(text):
+            continue
+        if not own:
+            here = [t for t in here if synonyms.rank(t) or all(t in family for family in families)]
+        sounds = frozenset(t for t in here if synonyms.rank(t) == 0)
+        if source == "folder" and len(sounds) > 1:  # `Kicks & Snares/`: the file's own name says which
+            families.append(sounds)
+            continue
+        tag = synonyms.pick([t for t in here if synonyms.is_class(t)])
+        if tag and (best is None or synonyms.rank(tag) < synonyms.rank(best[0])):
+            best = (tag, source, raw)
+        families.extend(synonyms.families[t] for t in here if t in synonyms.families)
+    return best, tags
+
+
 def suggest(paths: Sequence[str], synonyms: Synonyms) -> list[Suggestion]:
     """A suggestion for every audio file under the given folders and files (rules in the module doc)."""
     files = audio_files(paths)
     chosen: list[tuple[str, str, str] | None] = []
     found: list[list[str]] = []
     for path, root in files:
-        own, *above = _folders(path, root)
-        texts = [("folder", own), ("filename", os.path.splitext(os.path.basename(path))[0])]
-        texts.extend(("folder", name) for name in above)
-        texts.extend(("metadata", f"{name}: {text}") for name, text in metadata(path))
-        best: tuple[str, str, str] | None = None
-        tags: list[str] = []
-        for source, text in texts:
-            here = synonyms.find(text.split(": ", 1)[-1] if source == "metadata" else text)
-            tags.extend(here)
-            tag = synonyms.pick(here)
-            if tag and (best is None or synonyms.rank(tag) < synonyms.rank(best[0])):
-                best = (tag, source, text)
+        best, tags = _choose(_texts(path, root), synonyms)
         chosen.append(best)
         found.append(tags)
     unnamed = Counter(os.path.dirname(path) for (path, _), best in zip(files, chosen, strict=True) if best is None)
     out = []
     for (path, root), best, tags in zip(files, chosen, found, strict=True):
-        tag, source, raw = best or _recurring(path, root, unnamed) or ("", "", "")
+        tag, source, raw = best or _recurring(path, root, unnamed, synonyms) or ("", "", "")
         out.append(Suggestion(path, tag, source, raw, tuple(t for t in dict.fromkeys(tags) if t != tag)))
     return out
 
 
-def _recurring(path: str, root: str, unnamed: Counter[str]) -> tuple[str, str, str] | None:
+def _recurring(path: str, root: str, unnamed: Counter[str], synonyms: Synonyms) -> tuple[str, str, str] | None:
+    """The folder's own name as the tag, for the user's words nobody put in the table (`Wobbles/`); not
+    a name with a known word in it (`Loops/`, `Dark/`), which said what it had to say already, nor a
+    catch-all or a pack (`Misc/`, `New Folder/`, `Odyssey Sample Pack/`) or a number (`Vol 3/`, `v1.2/`)."""
     name = _folders(path, root)[0]
     ws = [w for w in words(name) if len(w) > 1]  # `808s/` is no folder of "s"
-    if unnamed[os.path.dirname(path)] < 2 or not ws:
+    if unnamed[os.path.dirname(path)] < 2 or not ws or synonyms.find(name) or synonyms.containers & set(ws):
         return None
-    if len(ws[-1]) > 3 and ws[-1].endswith("s") and not ws[-1].endswith("ss"):
+    if len(ws[-1]) > 3 and ws[-1].endswith("s") and not ws[-1].endswith(("ss", "us", "is")):
         ws[-1] = ws[-1][:-1]  # a folder of wobbles holds a wobble each
     return clean_tag(" ".join(ws)), "folder", name

@@ -6,9 +6,11 @@ comments in FLAC written with mutagen, all read back through `suggest.py` as a u
 
 from __future__ import annotations
 
+import json
 import struct
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import mutagen.flac
@@ -16,8 +18,10 @@ import mutagen.id3
 import numpy as np
 import pytest
 import soundfile as sf
+from vibrary.daemon import dataset
 from vibrary.daemon.suggest import Synonyms, clean_tag, metadata, suggest, words
 
+from tests.conftest import vibrary
 from tests.synth import tone, write_tone
 
 
@@ -142,7 +146,7 @@ def test_folder_then_file_name_then_metadata_then_recurring_folder(pack: Path, t
         "Wobbles/w2.wav": ("wobble", "folder", "Wobbles"),
         "loose.wav": ("", "", ""),
     }
-    assert found["Drums/Kicks/Snare_01.wav"].alternatives == ("snare",)  # what was passed over is shown
+    assert found["Drums/Kicks/Snare_01.wav"].alternatives == ("snare", "drums")  # what was passed over is shown
     assert "loop" in found["Drums/Loops/HH_Loop_02.wav"].alternatives
 
 
@@ -226,18 +230,318 @@ def test_the_nearest_sound_wins_over_pack_names_and_descriptors(tmp_path: Path, 
         "Vintage Drums/Snare_01.wav": "snare",
         "Dark/Pad_01.wav": "synth",
         "Kicks/Snare_layer.wav": "kick",
-        "808s/808_Long_C.wav": "",  # not a folder of "s"
-        "808s/808_Short_F.wav": "",
+        "808s/808_Long_C.wav": "bass",  # an 808 in a pack is its sub-bass (and not a folder of "s")
+        "808s/808_Short_F.wav": "bass",
     }
     assert found["Dark/Pad_01.wav"].alternatives == ("dark",)
-    assert found["Piano House Vol 2/Drum Hits/Kick_01.wav"].alternatives == ("one-shot", "piano")
+    assert found["Piano House Vol 2/Drum Hits/Kick_01.wav"].alternatives == ("drums", "one-shot")  # no genre
 
 
 def test_an_alias_that_would_match_noise_is_refused(tmp_path: Path) -> None:
     table = Synonyms.load(tmp_path)
-    for noise in ("B", "808", "___"):
+    for noise in ("B", "12", "___"):
         with pytest.raises(ValueError, match="would match noise"):
             table.add(tmp_path, [(noise, "thing")])
     table.add(tmp_path, [("C4", "middle-c")])  # with its number, it matches only where written so
     assert table.pick(table.find("Piano_C4")) == "middle-c"
     assert table.pick(table.find("Dark Pad C")) == "synth"
+
+
+def test_a_form_or_a_mood_alone_is_no_class(tmp_path: Path) -> None:
+    """`Loops/Drum Loop 1 120bpm.wav` was the class "loop", a file whose only genre is "Electronic" the class
+    "electronic", a folder `Dark/` of untitled takes "dark": what form or mood a file has is reported
+    among the alternatives, and becomes a tag only once the user's own table names it."""
+    root = tmp_path / "lib"
+    for rel in ["Loops/Drum Loop 1 120bpm.wav", "Loops/Drum Loop 2 120bpm.wav", "Dark/take_1.wav", "Dark/take_2.wav"]:
+        write_tone(root / rel, 100, 0.05)
+    song = write_tone(root / "Songs" / "untitled.mp3", 100, 0.05, fmt="MP3", subtype="MPEG_LAYER_III")
+    id3 = mutagen.id3.ID3()
+    id3.add(mutagen.id3.TCON(encoding=3, text="Electronic"))
+    id3.save(song)
+    found = {Path(s.path).relative_to(root).as_posix(): s for s in suggest([str(root)], Synonyms.load(tmp_path))}
+    assert {rel: s.tag for rel, s in found.items()} == dict.fromkeys(found, "")
+    assert "loop" in found["Loops/Drum Loop 1 120bpm.wav"].alternatives
+    assert found["Dark/take_1.wav"].alternatives == ("dark",)
+    assert found["Songs/untitled.mp3"].alternatives == ("electronic",)
+    mine = Synonyms.load(tmp_path)
+    mine.add(tmp_path, [("groove", "loop")])  # the user asks for loops as a class of their own
+    assert {s.tag for s in suggest([str(root / "Loops")], mine)} == {"loop"}
+
+
+def _library(root: Path, rels: Iterable[str], table: Synonyms, id3: dict[str, dict[str, str]] | None = None) -> dict:
+    """Tiny files at these paths under root (MP3s get the ID3 frames given, e.g. {"TIT2": "Snare 01"}), and
+    the suggestion for each, by its path relative to root/lib (the test's own folder name has words)."""
+    root = root / "lib"
+    for rel in rels:
+        mp3 = rel.endswith(".mp3")
+        path = write_tone(
+            root / rel, 100, 0.05, fmt="MP3" if mp3 else None, subtype="MPEG_LAYER_III" if mp3 else "PCM_16"
+        )
+        if mp3 and id3 and rel in id3:
+            frames = mutagen.id3.ID3()
+            for frame_id, text in id3[rel].items():
+                frames.add(getattr(mutagen.id3, frame_id)(encoding=3, text=text))
+            frames.save(path)
+    return {Path(s.path).relative_to(root).as_posix(): s for s in suggest([str(root)], table)}
+
+
+def test_genre_and_pack_names_above_lose_to_the_files_own_names(tmp_path: Path, table: Synonyms) -> None:
+    """`Bass House Vol 2/Drum Loops/BH2_Drum_Loop_124_01.wav` was bass, `Piano House/Loops/Top Loop 01` piano,
+    a file titled "Snare 01" in a bass house pack bass: genre names are no sound words, a nearer folder or
+    name saying drums keeps a farther instrument out, and the embedded title comes before the folders above."""
+    loops = [
+        "Bass House Vol 2/Drum Loops/BH2_Drum_Loop_124_01.wav",
+        "Drum & Bass Essentials/Drums/Top Loop 174.wav",
+        "Piano House/Loops/Top Loop 01.wav",
+        "Future Bass Pack/Drums/Drum Loop 150.wav",
+        "Vocal House Pack/Drum Loops/VH_Drum_Loop_01.wav",
+        "Bass Pack/Drums/Loop 03.wav",
+    ]
+    found = _library(
+        tmp_path,
+        [
+            *loops,
+            "Bass House Vol 2/Drum Hits/Sample_001.mp3",
+            "Deep House Bass/Sub Bass 01.wav",
+            "Genre/untitled.mp3",
+            "Genre/Hit 02.mp3",
+        ],
+        table,
+        id3={
+            "Bass House Vol 2/Drum Hits/Sample_001.mp3": {"TIT2": "Snare 01"},
+            "Genre/untitled.mp3": {"TCON": "Drum & Bass"},
+            "Genre/Hit 02.mp3": {"TCON": "Bass Music"},
+        },
+    )
+    instruments = {"bass", "piano", "vocals"}
+    for rel in loops:
+        assert found[rel].tag not in instruments, (rel, found[rel])
+    titled = found["Bass House Vol 2/Drum Hits/Sample_001.mp3"]
+    assert (titled.tag, titled.source, titled.raw) == ("snare", "metadata", "title: Snare 01")
+    assert "bass" not in titled.alternatives
+    assert found["Deep House Bass/Sub Bass 01.wav"].tag == "bass"  # the genre goes, the sound stays
+    assert found["Genre/untitled.mp3"].tag not in instruments  # a genre field names a style, not a sound
+    assert found["Genre/Hit 02.mp3"].tag not in instruments
+
+
+def test_a_folder_naming_two_sounds_leaves_the_choice_to_the_file(tmp_path: Path, table: Synonyms) -> None:
+    """`Kicks & Snares/Kick_01.wav` was a snare and `Hats & Cymbals/CH_01.wav` a cymbal: the folder's last
+    word won over the file's own name. A folder of two sounds says only which two."""
+    found = _library(
+        tmp_path,
+        [
+            "Kicks & Snares/Kick_01.wav",
+            "Kicks & Snares/Snare_02.wav",
+            "Hats & Cymbals/CH_01.wav",
+            "Hats & Cymbals/Crash_01.wav",
+            "Bass Pack/Kicks & Snares/01.wav",
+        ],
+        table,
+    )
+    assert {rel: s.tag for rel, s in found.items()} == {
+        "Kicks & Snares/Kick_01.wav": "kick",
+        "Kicks & Snares/Snare_02.wav": "snare",
+        "Hats & Cymbals/CH_01.wav": "hihat",
+        "Hats & Cymbals/Crash_01.wav": "cymbal",
+        "Bass Pack/Kicks & Snares/01.wav": "",  # one of the two, but which: not the bass of the pack's name
+    }
+    assert found["Bass Pack/Kicks & Snares/01.wav"].alternatives == ("kick", "snare", "bass")
+
+
+def test_catch_all_and_numbered_folders_are_no_tags(tmp_path: Path, table: Synonyms) -> None:
+    """Files nothing names took their folder's name, so `Misc/`, `Samples/`, `New Folder/`, `Vol 3/` or a
+    vendor's `Odyssey Sample Pack/` became classes: a name of container words and numbers is none."""
+    junk = ["Misc", "Samples", "Pack", "Sounds", "Audio", "Stems", "Various", "Other", "Extras", "Bonus"]
+    junk += ["New Folder", "Untitled Folder", "Vol 3", "2019", "v1.2", "Odyssey Sample Pack", "Bonus Sounds 2"]
+    kept = ["Wobbles", "Laser Zaps"]
+    found = _library(tmp_path, [f"{folder}/a{i}.wav" for folder in junk + kept for i in (1, 2)], table)
+    tags = {Path(rel).parent.as_posix(): s.tag for rel, s in found.items()}
+    assert tags == {**dict.fromkeys(junk, ""), "Wobbles": "wobble", "Laser Zaps": "laser-zap"}
+
+
+@pytest.mark.parametrize(
+    ("text", "tag"),
+    [
+        ("Guitar Lead 01", "guitar"),
+        ("Vocal Lead Dry", "vocals"),
+        ("Guitar Pluck", "guitar"),
+        ("Piano Arp", "piano"),
+        ("Piano Arps", "piano"),
+        ("Bass Guitar", "bass"),  # an instrument of its own, named by both words
+        ("Kick_Sub_Layer", "kick"),
+        ("Brass Ensemble Stab", "brass"),
+        ("Choir Ensemble", "vocals"),
+        ("Synth Keys Bell", "synth"),
+        ("Sub Drop 01", "fx"),
+        ("Vocal Pad", "vocals"),
+        ("Lead 01", "synth"),  # alone, a role word still names the sound it usually is
+        ("Sub_C", "bass"),
+        ("Keys", "piano"),
+        ("Stabs", "synth"),
+    ],
+)
+def test_a_role_word_gives_way_to_a_named_instrument(table: Synonyms, text: str, tag: str) -> None:
+    """The last word won, so `Guitar Lead 01` was synth, `Kick_Sub_Layer` bass and `Choir Ensemble`
+    strings: lead, pluck, arp, pad, stab, ensemble, sub and keys say what part a sound plays, and name the
+    sound only when no instrument is named beside them."""
+    assert table.pick(table.find(text)) == tag
+
+
+def test_808_is_the_sub_bass_unless_a_drum_is_named(tmp_path: Path) -> None:
+    """`Drums/808s/808_Boom_C.wav` had no tag, and `vibrary synonyms add 808 bass` was refused as noise: an
+    808 in a modern pack is its sub-bass, a drum named beside it says which drum of the machine it is, and
+    a number of three digits or more is an alias a user may give."""
+    table = Synonyms.load(tmp_path)
+    for text, tag in [("808_Boom_C", "bass"), ("808s", "bass"), ("Kick 808", "kick"), ("808 Kick", "kick")]:
+        assert table.pick(table.find(text)) == tag, text
+    assert table.pick(table.find("TR-808 Clap")) == "clap"
+    found = _library(tmp_path, ["Drums/808s/808_Boom_C.wav"], table)
+    assert found["Drums/808s/808_Boom_C.wav"].tag == "bass"
+    table.add(tmp_path, [("808", "bass"), ("303", "acid")])
+    assert table.pick(table.find("303_Line_01")) == "acid"
+    assert table.pick(table.find("Take 12")) is None
+
+
+def test_lyrics_are_no_drums(tmp_path: Path, table: Synonyms) -> None:
+    """`Oh Yeah 120.wav` in a vocal pack was a hihat (oh: open hat), `Ride With Me.wav` a cymbal and `Hates`
+    a hihat (hat + es): a short or everyday alias counts as written in capitals (`OH_05`), alone in its
+    name (`Ride_01`) or where the file's folder or name says drums, and -es is a plural only after s, x,
+    z, ch and sh (crashes)."""
+    found = _library(
+        tmp_path,
+        [
+            "Vocal Pack/Phrases/Oh Yeah 120.wav",
+            "Vocal Pack/Phrases/Ride With Me.wav",
+            "Vocal Pack/Phrases/Hit Me Baby.wav",
+            "Vocal Pack/Phrases/Hates.wav",
+            "Drums/Ride With Me.wav",
+            "Drums/oh yeah 2.wav",
+            "Loose/OH_05.wav",
+            "Loose/CH_01.wav",
+            "Loose/Ride_01.wav",
+            "Loose/Crashes.wav",
+        ],
+        table,
+    )
+    assert {rel: s.tag for rel, s in found.items()} == {
+        "Vocal Pack/Phrases/Oh Yeah 120.wav": "vocals",
+        "Vocal Pack/Phrases/Ride With Me.wav": "vocals",
+        "Vocal Pack/Phrases/Hit Me Baby.wav": "vocals",
+        "Vocal Pack/Phrases/Hates.wav": "vocals",
+        "Drums/Ride With Me.wav": "cymbal",
+        "Drums/oh yeah 2.wav": "hihat",
+        "Loose/OH_05.wav": "hihat",
+        "Loose/CH_01.wav": "hihat",
+        "Loose/Ride_01.wav": "cymbal",
+        "Loose/Crashes.wav": "cymbal",
+    }
+    for rel in ("Oh Yeah 120.wav", "Ride With Me.wav", "Hit Me Baby.wav", "Hates.wav"):
+        assert found[f"Vocal Pack/Phrases/{rel}"].alternatives == (), rel
+
+
+def test_an_alias_can_be_removed(tmp_path: Path) -> None:
+    """A built-in alias that misreads a user's library could not be taken out; `synonyms remove` takes out
+    the user's own alias or masks a built-in one, kept in their synonyms.json."""
+    table = Synonyms.load(tmp_path)
+    table.add(tmp_path, [("wub", "wobble")])
+    table.remove(tmp_path, ["wub", "OH"])
+    reloaded = Synonyms.load(tmp_path)
+    assert reloaded.find("OH_05 wub") == []
+    assert ("oh", "hihat", True) not in reloaded.pairs() and "wobble" not in reloaded.user
+    assert reloaded.find("OHH_05") == ["hihat"]  # the other aliases stay
+    with pytest.raises(ValueError, match="no alias 'nope'"):
+        reloaded.remove(tmp_path, ["nope"])
+    reloaded.add(tmp_path, [("oh", "hihat")])  # given back
+    assert Synonyms.load(tmp_path).find("OH_05") == ["hihat"]
+
+
+def test_cli_synonyms_remove(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    removed = vibrary("synonyms", "remove", "--json", "oh", home=home).stdout
+    assert json.loads(removed) == {"alias": "oh", "tag": "hihat", "builtin": True, "removed": True}
+    listed = vibrary("synonyms", "list", "--json", home=home).stdout
+    assert '"alias": "oh"' not in listed and '"alias": "ohh"' in listed
+    bad = vibrary("synonyms", "remove", "nope", home=home, check=False)
+    assert bad.returncode == 1 and "no alias 'nope'" in bad.stderr
+
+
+def test_a_word_split_by_its_capitals_is_also_read_whole(tmp_path: Path) -> None:
+    """`BDrum_01` was read as b + drum, so it was no kick (not even after `synonyms add bdrum kick`, which
+    made `bdrum_03` one), and `HIHATOPEN` or `SNAREROLL` were nothing: a camelCase word is also looked up
+    as written, and a known word that starts a run of capitals is found there."""
+    table = Synonyms.load(tmp_path)
+    for text, tag in [
+        ("BDrum_01", "kick"),
+        ("SDrum", "snare"),
+        ("HIHATOPEN", "hihat"),
+        ("SNAREROLL_2", "snare"),
+        ("CRASHREV", "cymbal"),
+        ("ORGANIC", None),  # too little left over to be a word of its own
+        ("BASSOON", "woodwind"),
+    ]:
+        assert table.pick(table.find(text)) == tag, text
+    table.add(tmp_path, [("zdrum", "zap")])
+    assert table.find("zdrum_03") == table.find("ZDrum_02") == ["zap"]
+
+
+def test_a_long_alias_matches(tmp_path: Path) -> None:
+    """An alias of four words or more was accepted by `synonyms add` and never matched (phrases were cut
+    at three words)."""
+    table = Synonyms.load(tmp_path)
+    table.add(tmp_path, [("big room lead stack", "big-room"), ("one two three four five", "count")])
+    assert table.find("Big_Room_Lead_Stack_04") == ["big-room"]
+    assert table.find("one two three four five six") == ["count"]
+
+
+def test_itunes_numbers_are_no_words(tmp_path: Path, table: Synonyms) -> None:
+    """iTunes' `iTunNORM` comment (" 000003BD 00000412 …") made a kick of any MP3 it had touched (BD)."""
+    path = write_tone(tmp_path / "lib" / "Takes" / "take 1.mp3", 100, 0.05, fmt="MP3", subtype="MPEG_LAYER_III")
+    id3 = mutagen.id3.ID3()
+    norm = " 000003BD 00000412 00002F2D 00003C1B 0002AB5C 0002AB5C 00007FFF 00007FFF 0000CD1E 0000CD1E"
+    id3.add(mutagen.id3.COMM(encoding=3, lang="eng", desc="iTunNORM", text=norm))
+    id3.add(mutagen.id3.COMM(encoding=3, lang="eng", desc="", text="hex 00C0FFEE1D and 5DB0"))
+    id3.save(path)
+    (s,) = suggest([str(path)], table)
+    assert (s.tag, s.alternatives) == ("", ())
+    assert words("0002AB5C 000003BD snare 808") == ["snare"]
+
+
+def test_overlapping_folders_suggest_each_file_once(tmp_path: Path, table: Synonyms) -> None:
+    """`dataset suggest lib2 lib2/PackA` listed PackA's files twice, once per folder given."""
+    kick = write_tone(tmp_path / "lib2" / "PackA" / "Kicks" / "k1.wav", 60, 0.05)
+    write_tone(tmp_path / "lib2" / "Snares" / "s1.wav", 200, 0.05)
+    found = suggest([str(tmp_path / "lib2"), str(tmp_path / "lib2" / "PackA"), str(kick)], table)
+    assert sorted(Path(s.path).name for s in found) == ["k1.wav", "s1.wav"]
+
+
+@pytest.mark.parametrize(
+    ("text", "tag"),
+    [
+        *[(t, "percussion") for t in ("Tamb_01", "Tambo", "SHKR 2", "Timbale", "Guiro", "Triangle", "Woodblock")],
+        *[(t, "percussion") for t in ("Wood Block", "Djembe Slap", "Cajon")],
+        *[(t, "piano") for t in ("Clav 01", "EP_Chords", "Wurly", "Wurli")],
+        ("Vln_Spicc", "strings"),
+        ("Trp Stab", "brass"),
+        ("TPT_01", "brass"),
+        *[(t, "vocals") for t in ("Vocoder", "Adlib 03", "Ad Lib", "Acappella", "A Cappella 120", "Accapella")],
+    ],
+)
+def test_more_vendor_spellings(table: Synonyms, text: str, tag: str) -> None:
+    assert table.pick(table.find(text)) == tag
+
+
+def test_an_edit_spells_a_tag_as_suggestions_do(tmp_path: Path) -> None:
+    """`dataset relabel NAME FILE "Hi Hat"` started a class hi-hat beside the suggested hihat: a tag typed
+    in an edit joins the table's tag it spells (not one it is only an alias of: "lead" stays lead), and a
+    tag the dataset holds is found however it is spelled."""
+    home = tmp_path / "home"
+    home.mkdir()
+    files = {tag: [write_tone(tmp_path / tag / f"{i}.wav", 80 + 40 * i, 0.3) for i in range(3)] for tag in ("a", "b")}
+    examples = [dataset.example(str(f), tag) for tag, fs in (("kicks", files["a"]), ("hihat", files["b"])) for f in fs]
+    dataset.build(home, "d", examples)
+    relabelled = dataset.edit(home, "d", relabel=[(str(files["a"][0]), "Hi Hat")])
+    assert relabelled.per_class == {"hihat": 4, "kicks": 2}
+    renamed = dataset.edit(home, "d", rename=[("Kicks", "Kick")])  # the dataset's own spelling is found first
+    assert renamed.per_class == {"hihat": 4, "kick": 2}
+    assert dataset.edit(home, "d", rename=[("HI-HATS", "lead")]).per_class == {"kick": 2, "lead": 4}
