@@ -471,10 +471,18 @@ def _texts(path: str, root: str) -> list[tuple[bool, str, str, str]]:
     texts = [(True, "folder", own, own)]
     name = os.path.splitext(os.path.basename(path))[0]
     texts.append((True, "filename", name, name))
-    texts.extend((True, "metadata", f"{k}: {v}", v) for k, v in fields if k == "title")
+    texts.extend((True, "metadata", f"{k}: {_shown(v)}", v) for k, v in fields if k == "title")
     texts.extend((False, "folder", folder, folder) for folder in above)
-    texts.extend((False, "metadata", f"{k}: {v}", v) for k, v in fields if k != "title")
+    texts.extend((False, "metadata", f"{k}: {_shown(v)}", v) for k, v in fields if k != "title")
     return texts
+
+
+SHOWN_CHARS = 120
+
+
+def _shown(value: str) -> str:
+    """A field as the suggestion quotes it: a 2 MB comment was printed whole, and sent whole over the API."""
+    return value if len(value) <= SHOWN_CHARS else value[: SHOWN_CHARS - 1] + "…"
 
 
 def _choose(

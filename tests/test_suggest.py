@@ -545,3 +545,14 @@ def test_an_edit_spells_a_tag_as_suggestions_do(tmp_path: Path) -> None:
     renamed = dataset.edit(home, "d", rename=[("Kicks", "Kick")])  # the dataset's own spelling is found first
     assert renamed.per_class == {"hihat": 4, "kick": 2}
     assert dataset.edit(home, "d", rename=[("HI-HATS", "lead")]).per_class == {"kick": 2, "lead": 4}
+
+
+def test_a_huge_comment_is_quoted_short(tmp_path: Path, table: Synonyms) -> None:
+    """A 2 MB Vorbis comment was quoted whole as the suggestion's source: a 2 MB line in `dataset suggest`,
+    and a reply that gRPC refused for three such files. It is still read: its tag is found."""
+    path = write_tone(tmp_path / "lib" / "take.flac", 100, 0.05, fmt="FLAC")
+    flac = mutagen.flac.FLAC(path)
+    flac["title"] = "snare " + "very long liner notes " * 100_000
+    flac.save()
+    (s,) = suggest([str(path)], table)
+    assert s.tag == "snare" and len(s.raw) <= 130 and s.raw.startswith("title: snare") and s.raw.endswith("…")
