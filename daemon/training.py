@@ -22,6 +22,7 @@ import importlib
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -304,7 +305,10 @@ def _installed(index: Index, home_dir: Path, files: dict[str, bytes], name: str,
     """Install the trainer's files as a new active version, its plots beside it."""
     summary = json.loads(files.pop("summary.json", b"{}") or b"{}")
     report(state="installing", message="installing the model")
-    row = _install(index, home_dir, files, name)
+    try:
+        row = _install(index, home_dir, files, name)
+    except (TrainingError, OSError, sqlite3.Error) as e:  # a full disk, a locked index: the trainer's copy
+        raise TrainingError(f"{e}; {_kept(home_dir, files, name)}") from None  # may be gone (the cloud's is)
     plots = []
     for plot in registry.PLOTS:
         if plot in files:
@@ -314,6 +318,20 @@ def _installed(index: Index, home_dir: Path, files: dict[str, bytes], name: str,
     accuracy = float(summary.get("val_accuracy", report.state.val_accuracy))
     report(state="succeeded", model=row.ref, val_accuracy=accuracy, message=f"installed and activated {row.ref}")
     return Trained(row, accuracy, time.monotonic() - report.started, plots, summary)
+
+
+def _kept(home_dir: Path, files: dict[str, bytes], name: str) -> str:
+    """Keep a trained model that could not be installed where the user can install it by hand, and say so."""
+    if "model.onnx" not in files:
+        return "nothing was trained to keep"
+    folder = home_dir / "uninstalled" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for file, data in files.items():
+            (folder / file).write_bytes(data)
+    except OSError as e:
+        return f"and the model could not be kept either ({e})"
+    return f"the model is kept: `vibrary models install {folder / 'model.onnx'} --name {name}` installs it"
 
 
 def _install(index: Index, home_dir: Path, files: dict[str, bytes], name: str) -> ModelRow:

@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -19,12 +20,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 from vibrary.clients.client import Client, DaemonError, DaemonNotRunning
-from vibrary.daemon import advice, config, dataset, features, shards
+from vibrary.daemon import advice, config, dataset, features, shards, training
+from vibrary.daemon.index import Index
 from vibrary.daemon.spectrogram import SpectrogramParams
 from vibrary.proto import daemon_pb2 as pb
 
 from tests.conftest import AS_USER, json_lines, start_daemon, vibrary, wait_for
-from tests.synth import KINDS, write_kinds
+from tests.synth import KINDS, band_model, write_kinds
 
 P = SpectrogramParams()
 VENDOR = {"thump": "Kicks", "noise": "Hats", "tone": "Synth Leads"}  # folders as a sample pack names them
@@ -633,3 +635,30 @@ def test_a_file_listed_twice_is_one_example_and_two_tags_for_it_are_refused(home
     with pytest.raises(ValueError, match=r"tagged both '\w+' and 'other'"):
         dataset.build(home, "clash", clash)
     assert dataset.names(home) == ["mine"]
+
+
+def _full_disk(*args: object, **kwargs: object) -> None:
+    raise OSError(28, "No space left on device")
+
+
+def test_a_trained_model_that_cannot_be_installed_is_kept_to_install_by_hand(
+    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer's files were lost when the install failed (a full disk): the cloud had already deleted
+    its copy, so a paid-for training was gone. The model is kept, and the error says how to install it."""
+    from vibrary.daemon import registry
+
+    model = band_model(tmp_path / "mine.onnx", name="mine").read_bytes()
+    files = {"model.onnx": model, "summary.json": b"{}", "learning_curve.png": b"png"}
+    index = Index(config.index_path(model_home))
+    try:
+        with monkeypatch.context() as full:
+            full.setattr(registry, "install", _full_disk)
+            with pytest.raises(training.TrainingError, match=r"No space left.*the model is kept") as e:
+                training._installed(index, model_home, files, "mine", training._Report("ds", lambda p: None))
+        kept = re.search(r"`vibrary models install (\S+) --name mine`", str(e.value))
+        assert kept and Path(kept.group(1)).read_bytes() == model
+    finally:
+        index.close()
+    vibrary("models", "install", kept.group(1), "--name", "mine", home=model_home)
+    assert "mine@1" in vibrary("models", "list", home=model_home).stdout
