@@ -808,10 +808,10 @@ def _trainer_health(args: argparse.Namespace) -> int:
 
 def confirm_cost(args: argparse.Namespace) -> Callable[[str], bool]:
     """What `vibrary train --trainer cloud` asks before anything is launched: yes with --yes, else the
-    user's answer on a terminal; a script without --yes launches nothing."""
+    user's answer on a terminal; a script without --yes launches nothing. The estimate itself is shown by
+    the training's progress (it was printed twice)."""
 
     def confirm(text: str) -> bool:
-        print(text, file=sys.stderr, flush=True)
         if args.yes:
             return True
         if not sys.stdin.isatty():

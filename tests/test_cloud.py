@@ -552,7 +552,6 @@ def test_the_cost_prompt_launches_only_when_accepted(capsys: pytest.CaptureFixtu
     assert not confirm_cost(scripted)("about $0.06")  # no terminal to ask on (pytest's stdin), no --yes
     assert "pass --yes" in capsys.readouterr().err
     assert confirm_cost(build_parser().parse_args(["train", "d", "--trainer", "cloud", "--yes"]))("about $0.06")
-    assert "about $0.06" in capsys.readouterr().err
 
 
 def _kinds_dataset(home: Path, tmp_path: Path) -> Index:
@@ -771,7 +770,9 @@ def test_vibrary_train_killed_or_hung_up_ends_its_instance(
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
         proc.send_signal(sig)
         assert proc.wait(60) == 130
+        said = proc.stderr.read().decode() if proc.stderr else ""
     finally:
         proc.kill()
         proc.wait()
     assert _states(aws["ec2"]) == ["terminated"] and _keys(aws["s3"], "jobs/") == []
+    assert said.count("$0.526/hour") == 1, said  # the estimate, once (it was printed twice)
