@@ -21,13 +21,15 @@ themselves after genres, so a genre (Drum & Bass, Future Bass, any "X House") is
 genre field counts only when all it says is a sound ("Bass Drum", not "Bass Music"). A text saying drums
 (`Drums/`, `Drum_Loop`, `Top Loop`) keeps a farther folder's or field's other instruments out: `Bass
 Pack/Drums/Loop 03` is a drum loop, not a bass. A folder naming two sounds (`Kicks & Snares/`) decides
-nothing itself: the file's name or metadata says which of them. A descriptor or a weak word says how a
-sound is, not what it is: alone it is no tag (`Loops/Drum Loop 1`, `Dark/take_1`, a genre field of
+nothing itself: the file's name or metadata says which of them, and a folder that names a sound only by
+its part (`Roland TR-808/`) gives way to the sound a file names (`Kick 01`). A descriptor or a weak word
+says how a sound is, not what it is: alone it is no tag (`Loops/Drum Loop 1`, a genre field of
 "Electronic"), only an alternative, unless the user's own table has that tag (they asked for loops as a
 class). A file no text names takes its own folder's name when that folder holds at least two such files
 and its name has no known word: its words joined by '-', a plural s dropped (the user's own tag that
-nobody put in the table yet: `Wobbles/` → wobble); never a catch-all (`Misc/`, `Samples/`, `New Folder/`),
-a pack (`Odyssey Sample Pack/`) or a number (`Vol 3/`). Every other known tag found for the file is
+nobody put in the table yet: `Wobbles/` → wobble); or when the name is one mood and nothing else
+(`MyTags/dark/`: one folder per mood is how a user teaches moods); never a catch-all (`Misc/`,
+`New Folder/`), a pack (`Odyssey Sample Pack/`) or a number (`Vol 3/`). Every other known tag found for the file is
 reported as an alternative, so a reviewer sees what was passed over. (A dataset of moods or other
 descriptors keeps `dataset create`'s default `--labels folders`: its folder names are the labels as
 written.)
@@ -57,7 +59,11 @@ BUILTIN = Path(__file__).parent / "builtin" / "synonyms.json"
 USER_FILE = "synonyms.json"
 _RUN = re.compile(r"[^\W_]+")  # letters and digits of any script: Bässe, Señal, 大鼓
 _LETTERS_OR_DIGITS = re.compile(r"[^\W\d_]+|\d+")
-_HEX = re.compile(r"(?=.*\d)(?=.*[a-fA-F])[\da-fA-F]{6,}")  # 000003BD; not 808BD
+_HEX = re.compile(r"(?=.*\d)(?=.*[a-fA-F])[\da-fA-F]{8,}")  # 000003BD; not BD0010 (a TR-808 sample name)
+# what may follow a known word in a run of capitals: HIHATOPEN, SNAREROLL; not KICKSTARTER, CHINATOWN
+_ARTICULATIONS = frozenset(
+    {"open", "closed", "roll", "hit", "shot", "loop", "long", "short", "tight", "ring", "rim", "rev", "reverse"}
+)
 # metadata fields worth reading, in the order they are trusted: a title names the sound, a comment rambles
 _ID3 = {"TIT2": "title", "TCON": "genre", "TIT1": "grouping", "COMM": "comment"}
 _RIFF_INFO = {b"INAM": "title", b"IGNR": "genre", b"ISBJ": "subject", b"IKEY": "keywords", b"ICMT": "comment"}
@@ -170,6 +176,8 @@ class Synonyms:
         if path is not None and path.exists():
             try:
                 loaded = json.loads(path.read_text())
+                if not isinstance(loaded, dict):
+                    raise TypeError(f"not an object but {type(loaded).__name__}")
                 removed = _aliases(loaded.pop("_removed", []))
                 user = {clean_tag(k): _aliases(v) for k, v in loaded.items()}
             except (ValueError, TypeError, AttributeError) as e:
@@ -232,9 +240,10 @@ class Synonyms:
         for alias in wanted:
             if alias not in pairs:
                 raise ValueError(f"no alias {alias!r}: `vibrary synonyms list` shows them")
+        builtin = {a.lower() for aliases in self.builtin.values() for a in aliases}
         for alias in wanted:
             self._forget(alias)
-            if pairs[alias][2]:
+            if alias in builtin:  # the user's own alias that overrode a built-in one: both go
                 self.removed.append(alias)
         self._save(home_dir)
         return [pairs[alias] for alias in dict.fromkeys(wanted)]
@@ -273,6 +282,13 @@ class Synonyms:
         named = any(self.rank(m.tag) == 0 and m.key not in self._roles for m in found)
         return list(dict.fromkeys(m.tag for m in found if not (named and m.key in self._roles)))
 
+    def by_role(self, text: str, tag: str) -> bool:
+        """Whether a text names `tag` only by the part it plays (`Roland TR-808/`: the sub-bass of modern
+        packs, but a drum machine's name over its kicks and snares)."""
+        runs = _runs(text)
+        found = [m for m in self._scan([t.lower() for run in runs for t in run], runs) if m.tag == tag]
+        return bool(found) and all(m.key in self._roles for m in found)
+
     def _scan(self, ws: list[str], runs: Sequence[Sequence[str]] = ()) -> list[_Match]:
         found: list[_Match] = []
         whole, at = {}, 0  # where a camelCase run starts: its tokens and what they make written as one
@@ -305,12 +321,15 @@ class Synonyms:
         return found
 
     def _leading(self, word: str) -> list[tuple[str, ...]]:
-        """The known word that starts a word in capitals, and the rest when that is known too: HIHATOPEN →
-        hihat, SNAREROLL → snare; nothing where too little is left over to be a word (ORGANIC)."""
+        """The known word that starts a word in capitals when the rest is a known word too or how it is
+        played: HIHATOPEN → hihat, SNAREROLL → snare; not the names in capitals artists and packs give
+        (KICKSTARTER, GRANDSON, ORGANISM), nor where too little is left over to be a word (ORGANIC)."""
         for start in self._starts:
             if word.startswith(start) and len(word) - len(start) > 2:
-                rest = self._lookup((word[len(start) :],))
-                return [(start,), *([rest] if rest else [])]
+                rest = word[len(start) :]
+                known = self._lookup((rest,))
+                if known or rest in _ARTICULATIONS:
+                    return [(start,), *([known] if known else [])]
         return []
 
     def _is_genre(self, phrase: tuple[str, ...]) -> bool:
@@ -491,6 +510,7 @@ def _choose(
     """The tag, where it came from and the text it came from (None when no text names one), and every
     known tag of every text."""
     best: tuple[str, str, str] | None = None
+    by_role = False  # best is a role word only (808, lead): a sound the file's own texts name beats it
     tags: list[str] = []
     families: list[frozenset[str]] = []  # a nearer "Drums" keeps a farther "Bass Pack" out
     drums = any(synonyms.is_drum(t) for own, _, _, text in texts if own for t in synonyms.find(text))
@@ -506,8 +526,12 @@ def _choose(
             families.append(sounds)
             continue
         tag = synonyms.pick([t for t in here if synonyms.is_class(t)])
-        if tag and (best is None or synonyms.rank(tag) < synonyms.rank(best[0])):
-            best = (tag, source, raw)
+        if tag is None:
+            pass
+        elif best is None or synonyms.rank(tag) < synonyms.rank(best[0]):
+            best, by_role = (tag, source, raw), synonyms.by_role(text, tag)
+        elif own and by_role and synonyms.rank(tag) == 0 and not synonyms.by_role(text, tag):
+            best, by_role = (tag, source, raw), False  # `TR-808/Kick 01`: a kick
         families.extend(synonyms.families[t] for t in here if t in synonyms.families)
     return best, tags
 
@@ -529,14 +553,25 @@ def suggest(paths: Sequence[str], synonyms: Synonyms) -> list[Suggestion]:
     return out
 
 
+def _holds(ws: list[str], synonyms: Synonyms) -> bool:
+    """Whether a folder's words name a container, not sounds: all of them catch-all words or numbers
+    (`New Folder`, `Vol 3`), or the last (`Odyssey Sample Pack`); `New Wave` is the user's word."""
+    return ws[-1] in synonyms.containers or all(w in synonyms.containers or w.isdigit() for w in ws)
+
+
 def _recurring(path: str, root: str, unnamed: Counter[str], synonyms: Synonyms) -> tuple[str, str, str] | None:
     """The folder's own name as the tag, for the user's words nobody put in the table (`Wobbles/`); not
     a name with a known word in it (`Loops/`, `Dark/`), which said what it had to say already, nor a
     catch-all or a pack (`Misc/`, `New Folder/`, `Odyssey Sample Pack/`) or a number (`Vol 3/`, `v1.2/`)."""
     name = _folders(path, root)[0]
     ws = [w for w in words(name) if len(w) > 1]  # `808s/` is no folder of "s"
-    if unnamed[os.path.dirname(path)] < 2 or not ws or synonyms.find(name) or synonyms.containers & set(ws):
+    known = synonyms.find(name)
+    if unnamed[os.path.dirname(path)] < 2 or not ws or _holds(ws, synonyms):
         return None
+    if known:  # `MyTags/dark/`: one folder per mood is how a user teaches moods (README); `Dark Pads/` is no mood
+        mood = known[0]
+        spelled = len(known) == 1 and clean_tag(name).replace("-", "") in _spellings(mood)
+        return (mood, "folder", name) if spelled and mood in synonyms.descriptors else None
     if len(ws[-1]) > 3 and ws[-1].endswith("s") and not ws[-1].endswith(("ss", "us", "is")):
         ws[-1] = ws[-1][:-1]  # a folder of wobbles holds a wobble each
     return clean_tag(" ".join(ws)), "folder", name
