@@ -23,6 +23,7 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    EventsLostEvent,
     FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
@@ -56,6 +57,7 @@ EVENTS = [
     FileMovedEvent,
     DirMovedEvent,
     DirCreatedEvent,
+    EventsLostEvent,
 ]
 
 
@@ -209,7 +211,10 @@ class Watcher(FileSystemEventHandler):
         if event.is_synthetic:  # watchdog's own walk of a folder moved or made: the move or scan covers it
             return
         src = os.fsdecode(event.src_path)
-        if isinstance(event, FileCreatedEvent) and not is_audio_path(src) and _links_to_folder(src):
+        if isinstance(event, EventsLostEvent):  # the kernel's queue overflowed (a busy disk, a starved daemon)
+            log.warning("file events under %s were lost (inotify's queue overflowed): scanning it again", src)
+            self._scan_in_background(src)  # (they were lost for good, and the files waited for a restart)
+        elif isinstance(event, FileCreatedEvent) and not is_audio_path(src) and _links_to_folder(src):
             self._linked(src)  # inotify does not flag a link as a folder: watchdog calls it a file
         elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
             self._mark(src, time.time() + self.settle_s)
@@ -380,8 +385,9 @@ class Watcher(FileSystemEventHandler):
                         return
                     self.index.mark_found(changed)
                 self._on_pending()
-            if known:
-                self._remove_all(list(known))
+            vanished = [path for path in known if not os.path.lexists(path)]  # not back since the listing (a
+            if vanished:  # move out and back in arrives as two events, the first up to half a second late)
+                self._remove_all(vanished)
         for gone in set(self.index.dirs_under(folder)) - visited:
             # a link is never walked, so never kept; nor is the __MACOSX metadata an older version indexed
             if not os.path.isdir(gone) or os.path.islink(gone) or f"{os.sep}{JUNK_FOLDER}{os.sep}" in gone + os.sep:
