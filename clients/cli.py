@@ -153,8 +153,14 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         daemon.stop()
         raise CommandError(str(e)) from None
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    heard: list[str] = []
+
+    def stopping(signum: int, frame: object) -> None:
+        heard.append(signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # (SIGHUP: its terminal closed; it ended unlogged)
+        signal.signal(sig, stopping)
     print(
         f"vibrary daemon serving {home_dir} (models: {', '.join(m.ref for m in daemon.pipeline.models) or 'none'})",
         file=sys.stderr,
@@ -162,6 +168,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     )
     while not stop.wait(0.5):  # a timeout, so a signal delivered to another thread is still seen
         pass
+    logging.getLogger("vibrary.daemon").info("daemon stopping (%s)", heard[0] if heard else "asked")  # a stop said why
     daemon.events.close()  # front ends' Events streams end with OK, not cut off when the grace runs out
     for stopped in [s.stop(grace=2) for s in servers]:  # both at once: in turn, each took its whole grace
         stopped.wait()
@@ -194,7 +201,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
             folder = indexed_path(args.dir)  # as the daemon will hold it
             covering = [w for w in c.watches() if folder.startswith(under(w)[0])]
             if args.action == "add" and covering and os.path.isdir(folder):  # harmless, but one more to remove
-                print(f"vibrary: {folder} is already watched, inside {covering[0]}", file=sys.stderr)
+                print(
+                    f"vibrary: {folder} is inside {covering[0]}, watched already; added all the same", file=sys.stderr
+                )
             (c.add_watch if args.action == "add" else c.remove_watch)(args.dir)
         found = c.watch_list()
     paths, missing = list(found.paths), list(found.missing)

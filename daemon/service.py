@@ -144,6 +144,7 @@ class Daemon:
         self.status_events.stop()
         self.pipeline.close()
         self.index.close()
+        log.info("daemon stopped")
         self._lock_file.close()
 
     # -- the feeder: pending rows → pipeline ---------------------------------------------------------

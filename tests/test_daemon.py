@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import shutil
+import signal
 import socket
 import stat
 import threading
@@ -17,6 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from vibrary.clients.client import Client, DaemonError
+from vibrary.daemon import config
 from vibrary.daemon.events import MODEL_CHANGED
 from vibrary.daemon.index import Index
 from vibrary.proto import daemon_pb2 as pb
@@ -590,3 +592,14 @@ def test_a_model_that_cannot_load_is_tried_again_only_when_its_file_changes(
         assert changes == ["bands@1"]
     finally:
         d._lock_file.close()
+
+
+def test_a_stop_is_in_the_log_with_its_cause(model_home: Path) -> None:
+    """A daemon that ended left no line in daemon.log, so a stop could not be told from a crash; a closed
+    terminal (SIGHUP) ended it without its clean stop."""
+    for sig, name in ((signal.SIGTERM, "SIGTERM"), (signal.SIGHUP, "SIGHUP")):
+        d = start_daemon(model_home)
+        assert d.stop(sig) == 0
+        log = d.log()
+        assert f"daemon stopping ({name})" in log and log.rstrip().endswith("daemon stopped"), log[-500:]
+        config.log_path(model_home).unlink()
