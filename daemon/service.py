@@ -35,7 +35,7 @@ from .events import (
     EventBus,
     StatusPublisher,
 )
-from .folders import audio_files_under, indexed_path, storable
+from .folders import audio_files_under, storable
 from .index import FileTags, Index, ModelRow, Result
 from .infer import Model, ModelError
 from .pipeline import ActiveModel, Pipeline
@@ -115,24 +115,11 @@ class Daemon:
 
     def start(self) -> None:
         self.index.requeue_missing(list(self._active))
-        self._resolve_linked_watches()
         self.watcher.start()
         self._feeder.start()
         self.status_events.start()
         self._resume_training()
         log.info("daemon started on %s with models %s", self.home, [m.ref for m in self.pipeline.models])
-
-    def _resolve_linked_watches(self) -> None:
-        """Watch folders added through a link before links were resolved (folders.indexed_path) move to where
-        the link leads, their rows with them: inode-watching a link missed files, and clients now ask for
-        resolved paths, so such a folder could not even be removed."""
-        for folder in self.index.watches():
-            real = indexed_path(folder) if os.path.isdir(folder) else folder
-            if real != folder:
-                self.index.move(folder, real)  # rows first: forgetting the watch forgets its rows
-                self.index.remove_watch(folder)
-                self.index.add_watch(real)
-                log.info("watch folder %s is a link: watching %s, where it leads", folder, real)
 
     def stop(self) -> None:
         self._stop.set()

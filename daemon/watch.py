@@ -37,7 +37,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from .decode import JUNK_FOLDER, is_audio_path
-from .folders import storable
+from .folders import indexed_path, storable
 from .index import Index, under
 
 log = logging.getLogger(__name__)
@@ -105,9 +105,25 @@ class Watcher(FileSystemEventHandler):
         self.flush()
 
     # -- watch folders -------------------------------------------------------------------------------
+    def follow_link(self, folder: str) -> str:
+        """Where a watch folder that is a link leads, the watch and its rows moved there (packs moved to
+        another drive and linked back; a watch added through a link by an older version): watched at the
+        link, its files came under the link's path, live changes were missed, and `vibrary tags` (which
+        resolves links) found none of them. Any other folder as it is."""
+        real = indexed_path(folder) if os.path.isdir(folder) else folder
+        if real != folder:
+            self.index.move(folder, real)  # rows first: forgetting the watch forgets its rows
+            self.index.remove_watch(folder)
+            self.index.add_watch(real)
+            with self._lock:
+                self._missing.discard(folder)
+            log.info("watch folder %s is a link: watching %s, where it leads", folder, real)
+        return real
+
     def watch(self, folder: str) -> None:
         """Observe the folder and reconcile it in the background; a folder that is not there (a drive
         not mounted) keeps its index rows and is picked up when it appears."""
+        folder = self.follow_link(folder)
         with self._scheduling:
             with self._lock:
                 if folder in self._watches:
@@ -297,8 +313,9 @@ class Watcher(FileSystemEventHandler):
                 if time.monotonic() - last_check > 5:
                     last_check = time.monotonic()
                     for folder in list(self._watches):
-                        if _identity(folder) != self._identity.get(folder):
-                            self._lost(folder)  # renamed or moved away (maybe another in its place): inotify is silent
+                        if _identity(folder) != self._identity.get(folder) or os.path.islink(folder):
+                            self._lost(folder)  # renamed or moved away (maybe another, or a link, in its place):
+                            # inotify is silent; a link to the very folder moved has its identity
                     for folder in sorted(self._missing):
                         with contextlib.suppress(OSError):  # still over the inotify limit: said at start
                             self.watch(folder)

@@ -334,6 +334,27 @@ def test_a_watch_folder_stored_as_a_link_by_an_older_version_moves_to_where_it_l
         d.stop()
 
 
+def test_a_watch_folder_replaced_by_a_link_while_running_is_followed_to_where_it_leads(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """Packs moved to another drive and linked back while the daemon ran: it watched the link itself, so
+    new files were never indexed and `vibrary tags` (which resolves links) found none of its files."""
+    library = tmp_path / "Samples"
+    library.mkdir()
+    daemon.client.add_watch(str(library))
+    write_tone(library / "low.wav", BANDS["low"])
+    wait_for(lambda: _best(daemon.client, str(library / "low.wav")) == ("indexed", "low"))
+    drive = tmp_path / "drive" / "Samples"
+    drive.parent.mkdir()
+    library.rename(drive)
+    library.symlink_to(drive, target_is_directory=True)
+    wait_for(lambda: daemon.client.watches() == [str(drive)], timeout=20)
+    write_tone(drive / "new" / "high.wav", BANDS["high"])  # in a folder made after the move: seen live
+    wait_for(lambda: _best(daemon.client, str(drive / "new" / "high.wav")) == ("indexed", "high"), timeout=20)
+    assert _best(daemon.client, str(drive / "low.wav")) == ("indexed", "low")  # its row followed it
+    assert daemon.client.status().decoded == 2
+
+
 def test_a_renamed_watch_folder_is_reported_missing_and_re_pointed_without_analysis(
     daemon: DaemonProcess, tmp_path: Path
 ) -> None:
