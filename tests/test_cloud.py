@@ -554,6 +554,13 @@ def test_the_cost_prompt_launches_only_when_accepted(capsys: pytest.CaptureFixtu
     assert confirm_cost(build_parser().parse_args(["train", "d", "--trainer", "cloud", "--yes"]))("about $0.06")
 
 
+def _train_kinds(home: Path, index: Index, **how: Any) -> Any:
+    """`kinds` trained in the cloud from no base, its cost accepted."""
+    from vibrary.daemon import training
+
+    return training.train(home, "kinds", index=index, trainer="cloud", base="none", confirm=lambda text: True, **how)
+
+
 def _kinds_dataset(home: Path, tmp_path: Path) -> Index:
     """A dataset "kinds" of 6 clips per kind in `home`, and the home's index."""
     from vibrary.daemon import config, dataset
@@ -620,14 +627,10 @@ def test_a_cloud_job_left_by_a_stopping_daemon_trains_on_and_is_collected_later(
     try:
         with Instances(aws["ec2"], aws["env"]) as instances:
             with pytest.raises(training.Detached):
-                training.train(
+                _train_kinds(
                     home,
-                    "kinds",
-                    index=index,
-                    trainer="cloud",
-                    base="none",
+                    index,
                     options={"epochs": 30, "patience": 30},
-                    confirm=lambda text: True,
                     progress=progress,
                     leave=leave,
                     on_started=lambda record: recorded.append(dataclasses.replace(record)),
@@ -670,13 +673,9 @@ def test_a_daemon_killed_mid_upload_ends_its_instance_at_the_next_start(
     try:
         with monkeypatch.context() as dead, pytest.raises(Killed):
             dead.setattr(cloud._Job, "clean_up", lambda self: None)  # the process died: nothing ran
-            training.train(
+            _train_kinds(
                 home,
-                "kinds",
-                index=index,
-                trainer="cloud",
-                base="none",
-                confirm=lambda text: True,
+                index,
                 progress=killed_mid_upload,
                 on_started=lambda record: recorded.append(dataclasses.replace(record)),
             )
