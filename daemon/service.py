@@ -96,7 +96,9 @@ class Daemon:
             models_done=self.index.models_done,
         )
         self._unloaded = self._unloaded_files(self.index.active_models())
-        self.watcher = Watcher(self.index, self.settings.settle_s, self._wake_feeder, self._removed)
+        self.watcher = Watcher(
+            self.index, self.settings.settle_s, self._wake_feeder, self._removed, self.settings.rescan_hours * 3600
+        )
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._in_flight: set[int] = set()

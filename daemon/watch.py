@@ -68,9 +68,14 @@ class Watcher(FileSystemEventHandler):
         settle_s: float,
         on_pending: Callable[[], None],
         on_removed: Callable[[list[str]], None],
+        rescan_s: float = 0.0,
     ) -> None:
+        """`rescan_s`: how often every watch is scanned again (0: at start only). Some changes send no
+        event: a linked file whose target is edited outside the watches, events lost to a race the
+        observer cannot see; a scan finds them by their size, time and inode, and reads nothing else."""
         self.index = index
         self.settle_s = settle_s
+        self.rescan_s = rescan_s
         self._on_pending = on_pending
         self._on_removed = on_removed
         self._observer = _observer()
@@ -305,7 +310,7 @@ class Watcher(FileSystemEventHandler):
     def _flush_loop(self) -> None:
         """Every 20 ms; while writing fails (a locked, full or deleted index), ever less often, up to every
         5 s, and each distinct error logged once: it was 50 tracebacks a second."""
-        last_check = time.monotonic()
+        last_check = last_scan = time.monotonic()
         failures, said = 0, ""
         while not self._stop.wait(min(5.0, 0.02 * 2**failures)):
             try:
@@ -319,6 +324,10 @@ class Watcher(FileSystemEventHandler):
                     for folder in sorted(self._missing):
                         with contextlib.suppress(OSError):  # still over the inotify limit: said at start
                             self.watch(folder)
+                    if self.rescan_s and time.monotonic() - last_scan > self.rescan_s and not self.scans_running:
+                        last_scan = time.monotonic()
+                        for folder in list(self._watches):
+                            self._scan_in_background(folder)
                 failures, said = 0, ""
             except Exception as e:
                 failures = min(failures + 1, 8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
@@ -624,3 +625,25 @@ def test_a_stop_is_in_the_log_with_its_cause(model_home: Path) -> None:
         log = d.log()
         assert f"daemon stopping ({name})" in log and log.rstrip().endswith("daemon stopped"), log[-500:]
         config.log_path(model_home).unlink()
+
+
+def test_a_linked_files_target_edited_outside_the_watches_is_caught_up_by_the_rescan(
+    model_home: Path, tmp_path: Path
+) -> None:
+    """inotify says nothing of a file edited through a link's target outside every watch: the link kept
+    the old sound's tags (found by `search kick` as what it no longer was). Watches are scanned again
+    every `rescan_hours` (here 2 s), which finds it by its size and time."""
+    (model_home / "config.json").write_text(json.dumps({"rescan_hours": 2 / 3600, "settle_s": 0.2}))
+    outside = tmp_path / "drive" / "one.wav"
+    write_tone(outside, BANDS["low"])
+    library = tmp_path / "Samples"
+    library.mkdir()
+    (library / "linked.wav").symlink_to(outside)
+    d = start_daemon(model_home)
+    try:
+        d.client.add_watch(str(library))
+        wait_for(lambda: _best(d.client, str(library / "linked.wav")) == ("indexed", "low"))
+        write_tone(outside, BANDS["high"], seconds=1.5)  # no event reaches the watch
+        wait_for(lambda: _best(d.client, str(library / "linked.wav")) == ("indexed", "high"), timeout=30)
+    finally:
+        d.stop()
