@@ -60,10 +60,6 @@ USER_FILE = "synonyms.json"
 _RUN = re.compile(r"[^\W_]+")  # letters and digits of any script: Bässe, Señal, 大鼓
 _LETTERS_OR_DIGITS = re.compile(r"[^\W\d_]+|\d+")
 _HEX = re.compile(r"(?=.*\d)(?=.*[a-fA-F])[\da-fA-F]{8,}")  # 000003BD; not BD0010 (a TR-808 sample name)
-# what may follow a known word in a run of capitals: HIHATOPEN, SNAREROLL; not KICKSTARTER, CHINATOWN
-_ARTICULATIONS = frozenset(
-    {"open", "closed", "roll", "hit", "shot", "loop", "long", "short", "tight", "ring", "rim", "rev", "reverse"}
-)
 # metadata fields worth reading, in the order they are trusted: a title names the sound, a comment rambles
 _ID3 = {"TIT2": "title", "TCON": "genre", "TIT1": "grouping", "COMM": "comment"}
 _RIFF_INFO = {b"INAM": "title", b"IGNR": "genre", b"ISBJ": "subject", b"IKEY": "keywords", b"ICMT": "comment"}
@@ -143,7 +139,9 @@ class Synonyms:
     descriptors: frozenset[str] = frozenset()
     ignored: frozenset[tuple[str, ...]] = frozenset()  # genres: "Drum & Bass" is no drum and no bass
     families: dict[str, frozenset[str]] = field(default_factory=dict)  # drums → kick, snare, …
-    containers: frozenset[str] = frozenset()  # misc, samples, pack: folders that hold, not name, sounds
+    containers: frozenset[str] = frozenset()  # samples, pack, vol: folders that hold, not name, sounds
+    loose_containers: frozenset[str] = frozenset()  # misc, new, free: so only alone or last (not New Wave)
+    articulations: frozenset[str] = frozenset()  # open, roll: may follow a sound in capitals (HIHATOPEN)
     roles: frozenset[tuple[str, ...]] = frozenset()  # lead, pad, sub: the part a sound plays
     ambiguous: frozenset[tuple[str, ...]] = frozenset()  # oh, ride: lyrics too
     removed: list[str] = field(default_factory=list)  # built-in aliases the user took out
@@ -190,6 +188,8 @@ class Synonyms:
             frozenset(tuple(tokens(phrase)) for phrase in raw.get("_ignored", ())),
             {tag: frozenset(members) for tag, members in raw.get("_families", {}).items()},
             frozenset(raw.get("_containers", ())),
+            frozenset(raw.get("_loose_containers", ())),
+            frozenset(raw.get("_articulations", ())),
             frozenset(_key(alias) for alias in raw.get("_roles", ())),
             frozenset(_key(alias) for alias in raw.get("_ambiguous", ())),
             removed,
@@ -328,7 +328,7 @@ class Synonyms:
             if word.startswith(start) and len(word) - len(start) > 2:
                 rest = word[len(start) :]
                 known = self._lookup((rest,))
-                if known or rest in _ARTICULATIONS:
+                if known or rest in self.articulations or rest.removesuffix("s") in self.articulations:
                     return [(start,), *([known] if known else [])]
         return []
 
@@ -530,8 +530,8 @@ def _choose(
             pass
         elif best is None or synonyms.rank(tag) < synonyms.rank(best[0]):
             best, by_role = (tag, source, raw), synonyms.by_role(text, tag)
-        elif own and by_role and synonyms.rank(tag) == 0 and not synonyms.by_role(text, tag):
-            best, by_role = (tag, source, raw), False  # `TR-808/Kick 01`: a kick
+        elif own and by_role and synonyms.is_drum(tag) and not synonyms.by_role(text, tag):
+            best, by_role = (tag, source, raw), False  # `808/808 Kick`: a kick (but `Pads/String Pad` a pad)
         families.extend(synonyms.families[t] for t in here if t in synonyms.families)
     return best, tags
 
@@ -548,30 +548,48 @@ def suggest(paths: Sequence[str], synonyms: Synonyms) -> list[Suggestion]:
     unnamed = Counter(os.path.dirname(path) for (path, _), best in zip(files, chosen, strict=True) if best is None)
     out = []
     for (path, root), best, tags in zip(files, chosen, found, strict=True):
-        tag, source, raw = best or _recurring(path, root, unnamed, synonyms) or ("", "", "")
+        tag, source, raw = best or _recurring(path, root, unnamed, synonyms, tags) or ("", "", "")
         out.append(Suggestion(path, tag, source, raw, tuple(t for t in dict.fromkeys(tags) if t != tag)))
     return out
 
 
 def _holds(ws: list[str], synonyms: Synonyms) -> bool:
-    """Whether a folder's words name a container, not sounds: all of them catch-all words or numbers
-    (`New Folder`, `Vol 3`), or the last (`Odyssey Sample Pack`); `New Wave` is the user's word."""
-    return ws[-1] in synonyms.containers or all(w in synonyms.containers or w.isdigit() for w in ws)
+    """Whether a folder's words name a container, not sounds: a pack's word anywhere (`Odyssey Sample
+    Pack (WAV)`, `Sample Magic`), a catch-all word last or alone (`Misc`, `New Folder`, `Vol 3`); `New
+    Wave` is the user's word."""
+
+    def holding(w: str, kind: frozenset[str]) -> bool:
+        return w in kind or w.removesuffix("s") in kind
+
+    every = synonyms.containers | synonyms.loose_containers
+    return (
+        any(holding(w, synonyms.containers) for w in ws)
+        or holding(ws[-1], every)
+        or all(holding(w, every) or w.isdigit() for w in ws)
+    )
 
 
-def _recurring(path: str, root: str, unnamed: Counter[str], synonyms: Synonyms) -> tuple[str, str, str] | None:
-    """The folder's own name as the tag, for the user's words nobody put in the table (`Wobbles/`); not
-    a name with a known word in it (`Loops/`, `Dark/`), which said what it had to say already, nor a
-    catch-all or a pack (`Misc/`, `New Folder/`, `Odyssey Sample Pack/`) or a number (`Vol 3/`, `v1.2/`)."""
+def _recurring(
+    path: str, root: str, unnamed: Counter[str], synonyms: Synonyms, heard: Sequence[str]
+) -> tuple[str, str, str] | None:
+    """The folder's own name as the tag, for the user's words nobody put in the table (`Wobbles/`), when it
+    holds two files or more that nothing names; not a name with a known word in it (`Loops/`), which said
+    what it had to say already, nor a catch-all or a pack (`Misc/`, `Odyssey Sample Pack/`) or a number
+    (`Vol 3/`). But a folder named by one mood gives it to files that say nothing else (`heard`: the tags
+    their texts name), even alone: one folder per mood is how a user teaches moods (`MyTags/dark/`, the
+    README's example), while a pack's `Drum Loops/Wet/Loop 01` is a loop, no mood, and `Dark Pads/` pads."""
     name = _folders(path, root)[0]
     ws = [w for w in words(name) if len(w) > 1]  # `808s/` is no folder of "s"
-    known = synonyms.find(name)
-    if unnamed[os.path.dirname(path)] < 2 or not ws or _holds(ws, synonyms):
+    if not ws or _holds(ws, synonyms):
         return None
-    if known:  # `MyTags/dark/`: one folder per mood is how a user teaches moods (README); `Dark Pads/` is no mood
+    known = synonyms.find(name)
+    if known:
         mood = known[0]
         spelled = len(known) == 1 and clean_tag(name).replace("-", "") in _spellings(mood)
-        return (mood, "folder", name) if spelled and mood in synonyms.descriptors else None
+        alone = set(heard) <= {mood}
+        return (mood, "folder", name) if spelled and alone and mood in synonyms.descriptors else None
+    if unnamed[os.path.dirname(path)] < 2:
+        return None
     if len(ws[-1]) > 3 and ws[-1].endswith("s") and not ws[-1].endswith(("ss", "us", "is")):
         ws[-1] = ws[-1][:-1]  # a folder of wobbles holds a wobble each
     return clean_tag(" ".join(ws)), "folder", name

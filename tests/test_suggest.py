@@ -610,3 +610,40 @@ def test_removing_an_alias_the_user_had_overridden_removes_the_builtin_too(tmp_p
     (tmp_path / "synonyms.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match=r"expected .* \(not an object but list\)"):
         Synonyms.load(tmp_path)
+
+
+def test_second_review_of_the_vendor_name_rules(tmp_path: Path) -> None:
+    """A second look: a TR-808 folder's unnamed sounds (LT00, CB) were basses, vendor and pack names with
+    a pack word inside (`Sample Magic/`, `Odyssey Sample Pack (WAV)/`) became classes, capitals lost
+    SNAREGHOST and KICKPUNCH, a pack's `Drum Loops/Wet/` made a mood class of its loops, `Pads/String
+    Pad` left the pads, and a mood folder holding one file gave nothing."""
+    root = tmp_path / "lib"
+    layout = {
+        "Drum Machines/Roland TR-808/LT00.WAV": "",
+        "Drum Machines/Roland TR-808/CB.WAV": "",
+        "Drum Machines/Roland TR-808/Kick 01.wav": "kick",
+        "808 Kit/Clap 01.wav": "clap",
+        "808s/808_Boom_C.wav": "bass",
+        "808/808 Kick.wav": "kick",
+        "Sample Magic/a.wav": "",
+        "Sample Magic/b.wav": "",
+        "Odyssey Sample Pack (WAV MIDI)/a.wav": "",
+        "Odyssey Sample Pack (WAV MIDI)/b.wav": "",
+        "Free Jazz/a.wav": "free-jazz",
+        "Free Jazz/b.wav": "free-jazz",
+        "Misc Stuff/a.wav": "",
+        "Misc Stuff/b.wav": "",
+        "One Shots/SNAREGHOST.wav": "snare",
+        "One Shots/KICKPUNCH.wav": "kick",
+        "One Shots/SNAREROLLS.wav": "snare",
+        "Drum Loops/Wet/Loop 01.wav": "",
+        "Drum Loops/Wet/Loop 02.wav": "",
+        "Pads/String Pad.wav": "synth",
+        "MyTags/sad/only one.wav": "sad",
+        "MyTags/dark/take_1.wav": "dark",
+        "MyTags/dark/Kick 01.wav": "kick",
+    }
+    for rel in layout:
+        write_tone(root / rel, 100, 0.05)
+    found = {Path(s.path).relative_to(root).as_posix(): s.tag for s in suggest([str(root)], Synonyms.load(tmp_path))}
+    assert found == layout
