@@ -22,7 +22,8 @@ genre field counts only when all it says is a sound ("Bass Drum", not "Bass Musi
 (`Drums/`, `Drum_Loop`, `Top Loop`) keeps a farther folder's or field's other instruments out: `Bass
 Pack/Drums/Loop 03` is a drum loop, not a bass. A folder naming two sounds (`Kicks & Snares/`) decides
 nothing itself: the file's name or metadata says which of them, and a folder that names a sound only by
-its part (`Roland TR-808/`) gives way to the sound a file names (`Kick 01`). A descriptor or a weak word
+its part (`808/`, the sub-bass) gives way to a drum a file names (`808 Kick`); a drum machine's folder
+(`Roland TR-808/`) says drums. A descriptor or a weak word
 says how a sound is, not what it is: alone it is no tag (`Loops/Drum Loop 1`, a genre field of
 "Electronic"), only an alternative, unless the user's own table has that tag (they asked for loops as a
 class). A file no text names takes its own folder's name when that folder holds at least two such files
@@ -283,8 +284,8 @@ class Synonyms:
         return list(dict.fromkeys(m.tag for m in found if not (named and m.key in self._roles)))
 
     def by_role(self, text: str, tag: str) -> bool:
-        """Whether a text names `tag` only by the part it plays (`Roland TR-808/`: the sub-bass of modern
-        packs, but a drum machine's name over its kicks and snares)."""
+        """Whether a text names `tag` only by the part it plays (`808/`: the sub-bass of modern packs, but
+        a folder over `808 Kick`)."""
         runs = _runs(text)
         found = [m for m in self._scan([t.lower() for run in runs for t in run], runs) if m.tag == tag]
         return bool(found) and all(m.key in self._roles for m in found)
