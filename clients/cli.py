@@ -141,6 +141,15 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     settings = config.Settings.load(home_dir)
     if args.workers is not None:
         settings.workers = args.workers
+    stop = threading.Event()
+    heard: list[str] = []
+
+    def stopping(signum: int, frame: object) -> None:
+        heard.append(signal.Signals(signum).name)
+        stop.set()
+
+    # before anything starts: a signal between the socket's opening and the handlers ended it unlogged
+    on_signals(stopping, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # (SIGHUP: its terminal closed)
     try:
         daemon = Daemon(home_dir, settings)
     except AlreadyRunning as e:
@@ -152,15 +161,6 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     except ValueError as e:
         daemon.stop()
         raise CommandError(str(e)) from None
-    stop = threading.Event()
-    heard: list[str] = []
-
-    def stopping(signum: int, frame: object) -> None:
-        heard.append(signal.Signals(signum).name)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # (SIGHUP: its terminal closed; it ended unlogged)
-        signal.signal(sig, stopping)
     print(
         f"vibrary daemon serving {home_dir} (models: {', '.join(m.ref for m in daemon.pipeline.models) or 'none'})",
         file=sys.stderr,
@@ -174,6 +174,14 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         stopped.wait()
     daemon.stop()
     return 0
+
+
+def on_signals(handler: Callable[[int, Any], None], *signals: signal.Signals) -> None:
+    """Handle these signals, except those the process was started to ignore: `nohup vibrary train &`
+    must outlive its terminal, and a handler put in place of the ignoring undid that."""
+    for sig in signals:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, handler)
 
 
 def _stop_daemon(args: argparse.Namespace, home_dir: Path) -> int:
@@ -689,10 +697,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"loss {p.loss:.3f} val acc {p.val_accuracy:.2f}")
 
     def interrupted(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # a closed terminal or a `kill` ends the job as Ctrl-C does: no instance left
+        # a closed terminal or a `kill` ends the job as Ctrl-C does (they ended the process at once, a cloud
+        # instance running); a second one (a closed terminal sends two) must not cut the clean-up short
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # (they ended the process at once, a cloud instance running)
-        signal.signal(sig, interrupted)
+    on_signals(interrupted, signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
     options = {"epochs": args.epochs, "seed": args.seed}
     with contextlib.suppress(FileNotFoundError, ValueError):  # train() says what is wrong with the dataset
         from vibrary.daemon import dataset

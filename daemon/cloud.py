@@ -287,6 +287,7 @@ def launch(ec2: Any, settings: CloudSettings, region: str, job_id: str, job_url:
         "UserData": user_data(settings, region, job_url),
         "InstanceInitiatedShutdownBehavior": "terminate",
         "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 2},
+        "IamInstanceProfile": {"Name": settings.instance_profile},
         "TagSpecifications": [
             {
                 "ResourceType": "instance",
@@ -294,8 +295,6 @@ def launch(ec2: Any, settings: CloudSettings, region: str, job_id: str, job_url:
             }
         ],
     }
-    if settings.instance_profile:
-        params["IamInstanceProfile"] = {"Name": settings.instance_profile}
     if settings.subnet:
         params["SubnetId"] = settings.subnet
     if settings.security_groups:
@@ -360,12 +359,12 @@ class _Job:
     region: str
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     instance: str = ""
-    launched_at: float = 0.0  # time.monotonic() when this process launched `instance`; 0: another did
+    launched_at: float = 0.0  # time.time() when `instance` was launched (kept in the job's record); 0: unknown
 
     @property
     def fresh(self) -> bool:
         """Whether `instance` was launched by this process moments ago, so AWS may not know it yet."""
-        return bool(self.launched_at) and time.monotonic() - self.launched_at < FRESH_S
+        return bool(self.launched_at) and time.time() - self.launched_at < FRESH_S
 
     @property
     def prefix(self) -> str:
@@ -377,7 +376,7 @@ class _Job:
 
     def launch(self, progress: Callable[[dict[str, Any]], None], why: str) -> None:
         self.instance = launch(self.ec2, self.settings, self.region, self.job_id, self.url)
-        self.launched_at = time.monotonic()
+        self.launched_at = time.time()
         progress({"state": "WAITING", "message": f"launched {self.settings.instance_type} {self.instance}: {why}"})
 
     def wait(self, progress: Callable[[dict[str, Any]], None]) -> None:
@@ -410,6 +409,8 @@ class _Job:
         lived_s = (dt.datetime.now(dt.timezone.utc) - launched[-1]["LaunchTime"]).total_seconds() if launched else 0.0
         if status["state"] != "TRAINING":
             raise CloudError(f"{ended}, before it trained: see its console log")
+        if not launched:  # AWS forgot them all: it ended over an hour ago, maybe at max_hours; not again
+            raise CloudError(f"{ended}, over an hour ago (AWS no longer lists it): start the training again")
         if lived_s >= self.settings.max_hours * 3600 - 60:
             raise CloudError(f"{ended}: it reached its limit of {self.settings.max_hours:g} hours (max_hours)")
         if len(launched) > self.settings.relaunches:
@@ -512,13 +513,21 @@ def train_in_cloud(
                 on_launched(job.job_id, job.instance)
             upload_shards(s3, bucket, missing, shard_dir, sent)  # the last piece launches at the latest
             on_started(job.job_id, job.instance)
+        except Left:  # the daemon stops before the job has all it needs: nobody could go on with it
+            job.clean_up()
+            ended = f": instance {job.instance} was terminated" if job.instance else ""
+            raise CloudError(
+                f"the daemon stopped during the upload{ended}; start the training again (the shards uploaded are kept)"
+            ) from None
         except BaseException:  # (on_started too: a job nobody has on record would never be collected)
             job.clean_up()  # an instance waiting for shards that never come would only cost money
             raise
         return _outcome(job, progress)
 
 
-def collect(job_id: str, instance: str, progress: Callable[[dict[str, Any]], None]) -> dict[str, bytes]:
+def collect(
+    job_id: str, instance: str, progress: Callable[[dict[str, Any]], None], launched_at: float = 0.0
+) -> dict[str, bytes]:
     """The results of a job that an earlier client left running (Left), as train_in_cloud returns them.
     `instance` is the one the client saw launched; a replacement launched since is found by its tag."""
     settings = CloudSettings.load(config.home())
@@ -526,18 +535,19 @@ def collect(job_id: str, instance: str, progress: Callable[[dict[str, Any]], Non
     with _aws_errors():
         s3, ec2 = session.client("s3"), session.client("ec2")
         launched = job_instances(ec2, job_id)
-        job = _Job(settings, s3, ec2, s3.meta.region_name, job_id, launched[-1]["InstanceId"] if launched else instance)
+        latest = launched[-1]["InstanceId"] if launched else instance
+        job = _Job(settings, s3, ec2, s3.meta.region_name, job_id, latest, launched_at if latest == instance else 0.0)
         return _outcome(job, progress)
 
 
-def abandon(job_id: str, instance: str) -> None:
+def abandon(job_id: str, instance: str, launched_at: float = 0.0) -> None:
     """End a job whose client died during its upload: its instances terminated, its files but the shards
     removed (the shards stay for the next try)."""
     settings = CloudSettings.load(config.home())
     session = _session(settings)
     with _aws_errors():
         s3, ec2 = session.client("s3"), session.client("ec2")
-        _Job(settings, s3, ec2, s3.meta.region_name, job_id, instance).clean_up()
+        _Job(settings, s3, ec2, s3.meta.region_name, job_id, instance, launched_at).clean_up()
 
 
 def _outcome(job: _Job, progress: Callable[[dict[str, Any]], None]) -> dict[str, bytes]:

@@ -115,13 +115,18 @@ class JobRecord:
     upload_bytes: int = 0
     instance: str = ""  # cloud: the EC2 instance that trains
     uploading: bool = False  # cloud: an instance launched, the upload not done (a restart ends that job)
+    launched_at: float = 0.0  # cloud: when the instance was launched (AWS may not know it for a while)
 
     def save(self, path: Path) -> None:
         """Atomically, readable by the owner only: the record holds the trainer's token."""
         staging = path.with_name(f".{path.name}.tmp")
         staging.unlink(missing_ok=True)
+        record = asdict(self)
+        for name in ("uploading", "launched_at"):  # left out when unset: an older version reads the record
+            if not record[name]:
+                del record[name]
         with os.fdopen(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-            json.dump(asdict(self), f)
+            json.dump(record, f)
         os.replace(staging, path)
 
     @classmethod
@@ -271,7 +276,11 @@ def resume(
         if leave is not None and leave.is_set():  # stopped as it starts: do not start a trainer only to stop it
             raise Detached(f"left job {job.job_id} to the next start")
         if job.trainer == "cloud" and job.uploading:
-            _cloud().abandon(job.job_id, job.instance)
+            try:
+                _cloud().abandon(job.job_id, job.instance, job.launched_at)
+            except Exception as e:  # AWS out of reach (the network not up yet): the record must stay, or the
+                log.warning("could not end cloud instance %s yet: %s", job.instance, e)  # instance runs on unsaid
+                raise Detached(f"instance {job.instance} could not be ended yet ({e}); tried at the next start") from e
             raise TrainingError(
                 f"the daemon stopped during the upload to the cloud: instance {job.instance} was terminated "
                 "before it trained; start the training again (the shards uploaded are kept)"
@@ -307,8 +316,12 @@ def _installed(index: Index, home_dir: Path, files: dict[str, bytes], name: str,
     report(state="installing", message="installing the model")
     try:
         row = _install(index, home_dir, files, name)
-    except (TrainingError, OSError, sqlite3.Error) as e:  # a full disk, a locked index: the trainer's copy
-        raise TrainingError(f"{e}; {_kept(home_dir, files, name)}") from None  # may be gone (the cloud's is)
+    except BaseException as e:  # a full disk, a locked index, Ctrl-C: the trainer's copy may be gone (the cloud's is)
+        kept = _kept(home_dir, files, name)
+        if isinstance(e, (TrainingError, OSError, sqlite3.Error)):
+            raise TrainingError(f"{e}; {kept}") from None
+        log.warning("installing %s was interrupted; %s", name, kept)
+        raise
     plots = []
     for plot in registry.PLOTS:
         if plot in files:
@@ -327,8 +340,9 @@ def _kept(home_dir: Path, files: dict[str, bytes], name: str) -> str:
     folder = home_dir / "uninstalled" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        for file, data in files.items():
-            (folder / file).write_bytes(data)
+        for file in ("model.onnx", "summary.json", *registry.PLOTS):  # by name: a trainer's names are its own
+            if file in files:
+                (folder / file).write_bytes(files[file])
     except OSError as e:
         return f"and the model could not be kept either ({e})"
     return f"the model is kept: `vibrary models install {folder / 'model.onnx'} --name {name}` installs it"
@@ -576,6 +590,7 @@ def _in_cloud(
 
     def launched(job_id: str, instance: str) -> None:  # on record at once: a daemon killed mid-upload
         job.job_id, job.instance, job.uploading = job_id, instance, True  # left it running, unsaid
+        job.launched_at = time.time()
         on_started(job)
 
     try:
@@ -603,7 +618,8 @@ def _from_cloud(
 ) -> dict[str, bytes]:
     cloud = _cloud()
     try:
-        return dict(cloud.collect(job.job_id, job.instance, _cloud_progress(cloud, report, cancel, leave)))
+        progress = _cloud_progress(cloud, report, cancel, leave)
+        return dict(cloud.collect(job.job_id, job.instance, progress, job.launched_at))
     except cloud.Left:
         raise Detached(f"left cloud job {job.job_id} to instance {job.instance}") from None
 

@@ -90,6 +90,8 @@ class Watcher(FileSystemEventHandler):
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="watch-flush", daemon=True)
         self.scans_running = 0
+        self._rescanning: set[str] = set()  # watch folders being scanned again (rescan) …
+        self._rescan_again: set[str] = set()  # … and those to scan once more when that scan is done
 
     def start(self) -> None:
         self._observer.start()
@@ -234,7 +236,7 @@ class Watcher(FileSystemEventHandler):
         src = os.fsdecode(event.src_path)
         if isinstance(event, EventsLostEvent):  # the kernel's queue overflowed (a busy disk, a starved daemon)
             log.warning("file events under %s were lost (inotify's queue overflowed): scanning it again", src)
-            self._scan_in_background(src)  # (they were lost for good, and the files waited for a restart)
+            self.rescan(src)  # (they were lost for good, and the files waited for a restart)
         elif isinstance(event, FileCreatedEvent) and not is_audio_path(src) and _links_to_folder(src):
             self._linked(src)  # inotify does not flag a link as a folder: watchdog calls it a file
         elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
@@ -327,7 +329,7 @@ class Watcher(FileSystemEventHandler):
                     if self.rescan_s and time.monotonic() - last_scan > self.rescan_s and not self.scans_running:
                         last_scan = time.monotonic()
                         for folder in list(self._watches):
-                            self._scan_in_background(folder)
+                            self.rescan(folder)
                 failures, said = 0, ""
             except Exception as e:
                 failures = min(failures + 1, 8)
@@ -336,6 +338,33 @@ class Watcher(FileSystemEventHandler):
                     log.exception("could not write watch events to the index; will retry")
 
     # -- reconcile -----------------------------------------------------------------------------------
+    def rescan(self, folder: str) -> None:
+        """Scan a watch folder again, once at a time: an overflow says so for every watch at once, and
+        overflows come in bursts; one more scan after the running one covers every change meanwhile."""
+        with self._lock:
+            if folder in self._rescanning:
+                self._rescan_again.add(folder)
+                return
+            self._rescanning.add(folder)
+
+        def scan_until_settled() -> None:
+            try:
+                while True:
+                    self._scan_safely(folder)
+                    with self._lock:
+                        if folder not in self._rescan_again:
+                            self._rescanning.discard(folder)
+                            return
+                        self._rescan_again.discard(folder)
+                        self.scans_running += 1  # (the next _scan_safely takes it off)
+            finally:
+                with self._lock:
+                    self._rescanning.discard(folder)
+
+        with self._lock:
+            self.scans_running += 1
+        threading.Thread(target=scan_until_settled, name="rescan", daemon=True).start()
+
     def _scan_in_background(self, folder: str) -> None:
         if os.path.basename(folder) == JUNK_FOLDER or not self._storable(folder):
             return
@@ -411,7 +440,7 @@ class Watcher(FileSystemEventHandler):
                         return
                     self.index.mark_found(changed)
                 self._on_pending()
-            vanished = [path for path in known if not os.path.lexists(path)]  # not back since the listing (a
+            vanished = [path for path in known if not os.path.exists(path)]  # not back since the listing (a
             if vanished:  # move out and back in arrives as two events, the first up to half a second late)
                 self._remove_all(vanished)
         for gone in set(self.index.dirs_under(folder)) - visited:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,10 +107,11 @@ class DaemonProcess:
         return path.read_text() if path.exists() else ""
 
 
-def start_daemon(home: Path, *extra: str) -> DaemonProcess:
+def start_daemon(home: Path, *extra: str, wrapper: Sequence[str] = ()) -> DaemonProcess:
+    """`wrapper`: a command the daemon runs under (`nohup`)."""
     env = {**os.environ, "VIBRARY_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [*AS_USER, sys.executable, "-m", "vibrary.clients.cli", "daemon", *extra],
+        [*AS_USER, *wrapper, sys.executable, "-m", "vibrary.clients.cli", "daemon", *extra],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

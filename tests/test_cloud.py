@@ -185,7 +185,8 @@ def test_train_in_the_cloud_end_to_end(
             clock[0] += len(params["Body"]) / RATE
 
     real_session = cloud._session
-    monkeypatch.setattr(cloud, "time", types.SimpleNamespace(monotonic=lambda: clock[0], sleep=time.sleep))
+    fake = types.SimpleNamespace(monotonic=lambda: clock[0], sleep=time.sleep, time=time.time)
+    monkeypatch.setattr(cloud, "time", fake)
     monkeypatch.setattr(cloud, "ASSUMED_RATE", 1.0)  # before any measurement the upload looks long
 
     def session(settings: cloud.CloudSettings) -> Any:
@@ -698,7 +699,7 @@ def test_an_instance_aws_does_not_know_yet_is_pending_and_still_terminated() -> 
     ec2 = boto3.client("ec2", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     settings = cloud.CloudSettings(bucket=BUCKET, poll_s=0.0)
-    job = cloud._Job(settings, s3, ec2, "us-east-1", "j1", "i-0123456789abcdef0", launched_at=time.monotonic())
+    job = cloud._Job(settings, s3, ec2, "us-east-1", "j1", "i-0123456789abcdef0", launched_at=time.time())
     not_found = {"service_error_code": "InvalidInstanceID.NotFound", "service_message": "does not exist"}
     with Stubber(ec2) as ec2_stub, Stubber(s3) as s3_stub:
         ec2_stub.add_client_error("describe_instances", **not_found)
@@ -775,3 +776,57 @@ def test_vibrary_train_killed_or_hung_up_ends_its_instance(
         proc.wait()
     assert _states(aws["ec2"]) == ["terminated"] and _keys(aws["s3"], "jobs/") == []
     assert said.count("$0.526/hour") == 1, said  # the estimate, once (it was printed twice)
+
+
+def test_a_daemon_stopping_mid_upload_ends_the_job_and_a_restart_without_aws_keeps_the_record(
+    aws: dict[str, Any], home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop during the upload (leave) terminated the instance but said the job was left to it, and the
+    next start failed it; and a restart that could not reach AWS to end an instance launched mid-upload
+    dropped the record, leaving the instance to run for hours with nothing on record to end it."""
+    from vibrary.daemon import training
+
+    index = _kinds_dataset(home, tmp_path)
+    leave = threading.Event()
+    recorded: list[training.JobRecord] = []
+
+    def on_record(record: training.JobRecord) -> None:
+        recorded.append(dataclasses.replace(record))
+        leave.set()  # the daemon is told to stop as the instance is launched, the upload not done
+
+    try:
+        with pytest.raises(training.TrainingError, match="the daemon stopped during the upload: instance i-") as e:
+            _train_kinds(home, index, leave=leave, on_started=on_record)
+        assert not isinstance(e.value, training.Detached)
+        assert _states(aws["ec2"]) == ["terminated"] and _keys(aws["s3"], "jobs/") == []
+
+        (launched,) = recorded
+        assert launched.uploading and launched.launched_at > 0
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nobody answers
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+        with pytest.raises(training.Detached, match=f"instance {launched.instance} could not be ended yet"):
+            training.resume(home, launched, index=index)
+    finally:
+        index.close()
+
+
+def test_a_job_record_leaves_out_what_an_older_version_cannot_read(tmp_path: Path) -> None:
+    """An older version refused a record with fields it did not know, and forgot a running job."""
+    from vibrary.daemon import training
+
+    path = tmp_path / "training.json"
+    training.JobRecord("ds", "ds", "local", job_id="j").save(path)
+    assert set(json.loads(path.read_text())) == {
+        "dataset",
+        "name",
+        "trainer",
+        "token",
+        "job_id",
+        "classes",
+        "upload_bytes",
+        "instance",
+    }
+    training.JobRecord("ds", "ds", "cloud", job_id="j", instance="i", uploading=True, launched_at=1.0).save(path)
+    assert training.JobRecord.load(path) == training.JobRecord(
+        "ds", "ds", "cloud", job_id="j", instance="i", uploading=True, launched_at=1.0
+    )

@@ -625,6 +625,13 @@ def test_a_stop_is_in_the_log_with_its_cause(model_home: Path) -> None:
         log = d.log()
         assert f"daemon stopping ({name})" in log and log.rstrip().endswith("daemon stopped"), log[-500:]
         config.log_path(model_home).unlink()
+    d = start_daemon(model_home, wrapper=["nohup"])  # started to outlive its terminal: SIGHUP stays ignored
+    try:
+        d.proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert d.proc.poll() is None and d.client.status().home == str(model_home)
+    finally:
+        assert d.stop() == 0
 
 
 def test_a_linked_files_target_edited_outside_the_watches_is_caught_up_by_the_rescan(

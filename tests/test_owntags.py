@@ -649,7 +649,7 @@ def test_a_trained_model_that_cannot_be_installed_is_kept_to_install_by_hand(
     from vibrary.daemon import registry
 
     model = band_model(tmp_path / "mine.onnx", name="mine").read_bytes()
-    files = {"model.onnx": model, "summary.json": b"{}", "learning_curve.png": b"png"}
+    files = {"model.onnx": model, "summary.json": b"{}", "learning_curve.png": b"png", "../../escaped": b"x"}
     index = Index(config.index_path(model_home))
     try:
         with monkeypatch.context() as full:
@@ -658,6 +658,9 @@ def test_a_trained_model_that_cannot_be_installed_is_kept_to_install_by_hand(
                 training._installed(index, model_home, files, "mine", training._Report("ds", lambda p: None))
         kept = re.search(r"`vibrary models install (\S+) --name mine`", str(e.value))
         assert kept and Path(kept.group(1)).read_bytes() == model
+        # the names a (remote) trainer sent are not paths to write to: only the files a model has are kept
+        assert sorted(p.name for p in Path(kept.group(1)).parent.iterdir()) == ["learning_curve.png", "model.onnx"]
+        assert not list(model_home.rglob("escaped"))
     finally:
         index.close()
     vibrary("models", "install", kept.group(1), "--name", "mine", home=model_home)

@@ -260,3 +260,42 @@ def test_a_file_back_since_its_folder_was_listed_keeps_its_row(
     w.scan(str(lib))
     monkeypatch.undo()
     assert _pending(index) == {str(kick)}
+
+
+def test_a_burst_of_overflows_scans_each_watch_once_more_not_once_each(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An overflow is said once per watch, and overflows come in bursts: five on eight watches started
+    forty full scans at once. A watch being scanned again is scanned once more after, whatever came."""
+    from watchdog.events import EventsLostEvent
+
+    w = _watcher(index)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    scans: list[str] = []
+
+    def slow_scan(folder: str) -> None:
+        scans.append(folder)
+        time.sleep(0.3)
+
+    monkeypatch.setattr(w, "scan", slow_scan)
+    for _ in range(5):
+        w.on_any_event(EventsLostEvent(str(lib), is_directory=True))
+    wait_for(lambda: w.scans_running == 0)
+    assert scans == [str(lib), str(lib)]
+
+
+def test_a_link_whose_target_is_deleted_leaves_the_index_at_the_next_scan(index: Index, tmp_path: Path) -> None:
+    """No event reaches the watch when a linked file's target goes; its row stayed at every scan."""
+    w = _watcher(index)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (tmp_path / "kick.wav").write_bytes(b"")
+    (lib / "link.wav").symlink_to(tmp_path / "kick.wav")
+    index.add_watch(str(lib))
+    w.watch(str(lib))
+    wait_for(lambda: w.scans_running == 0)
+    assert _pending(index) == {str(lib / "link.wav")}
+    (tmp_path / "kick.wav").unlink()
+    w.scan(str(lib))
+    assert _pending(index) == set()

@@ -113,14 +113,15 @@ def run_job(url: str) -> int:
 def _require_gpu() -> None:
     """A cloud job is paid by the GPU hour and estimated at a GPU's speed; on a CPU (an image built with
     the default CPU wheel, an instance type without a GPU) it costs 20-50 times that, and ends at
-    max_hours with nothing. VIBRARY_JOB_ALLOW_CPU=1 allows it (the tests, a CPU instance on purpose)."""
+    max_hours with nothing. VIBRARY_JOB_ALLOW_CPU=1 allows it: for the tests, which run the job here
+    (the instance's container is not given it)."""
     import torch
 
     if not torch.cuda.is_available() and os.environ.get("VIBRARY_JOB_ALLOW_CPU") != "1":
         raise ValueError(
             "PyTorch sees no CUDA GPU here: the image was built with the CPU wheel (build it with "
             "--build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128, docs/cloud.md) or the instance "
-            "type has no GPU; not training on the CPU at GPU prices (VIBRARY_JOB_ALLOW_CPU=1 would)"
+            "type has no GPU; not training on the CPU at GPU prices"
         )
 
 
