@@ -303,7 +303,7 @@ def cmd_tray(args: argparse.Namespace) -> int:
     try:
         from .tray import run
     except ImportError as e:
-        raise CommandError(f"the tray needs PySide6: pip install 'vibrary[tray]' ({e})") from None
+        raise CommandError(f"the tray needs PySide6: in Vibrary's clone, pip install -e '.[tray]' ({e})") from None
     return run()
 
 
@@ -765,7 +765,9 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         else:
             from vibrary.trainer.service import TrainerBusy, serve
     except ImportError as e:
-        raise CommandError(f"the trainer needs PyTorch ({e.name} is missing): pip install 'vibrary[trainer]'") from None
+        raise CommandError(
+            f"the trainer needs PyTorch ({e.name} is missing): in Vibrary's clone, pip install -e '.[trainer]'"
+        ) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.action == "run-s3":
         return run_job(args.url)

@@ -346,7 +346,7 @@ def _session(settings: CloudSettings) -> Any:
     try:
         import boto3
     except ImportError:
-        raise CloudError("cloud training needs boto3: pip install 'vibrary[cloud]'") from None
+        raise CloudError("cloud training needs boto3: in Vibrary's clone, pip install -e '.[cloud]'") from None
     return boto3.session.Session(region_name=settings.region or None)
 
 

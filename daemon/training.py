@@ -385,7 +385,7 @@ def _trainer_at(
         from vibrary.trainer.service import TrainerBusy, serve
     except ImportError as e:
         raise TrainingError(
-            f"the local trainer needs PyTorch ({e.name} is missing): pip install 'vibrary[trainer]', "
+            f"the local trainer needs PyTorch ({e.name} is missing): in Vibrary's clone, pip install -e '.[trainer]', "
             "or name a remote trainer (HOST:PORT)"
         ) from None
     said = ""
@@ -540,7 +540,7 @@ def _cloud() -> Any:
     except ModuleNotFoundError as e:
         if e.name == f"{__package__}.cloud":
             raise TrainingError("cloud training is not part of this installation of Vibrary") from None
-        raise TrainingError(f"cloud training needs {e.name}: pip install 'vibrary[cloud]'") from None
+        raise TrainingError(f"cloud training needs {e.name}: in Vibrary's clone, pip install -e '.[cloud]'") from None
 
 
 def _cloud_progress(

@@ -37,7 +37,8 @@ Command = tuple[tuple[str, ...], str, argparse.ArgumentParser]  # the words that
 def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = (), said: str = "") -> Iterator[Command]:
     """Every command one can run, in the order --help lists them."""
     groups = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    if not groups:
+    own = [word for word in options(parser) if word not in ("-h", "--help", "--json")]
+    if not groups or (path and own):  # (`trainer token --data DIR`: an option of a command's group)
         yield path, said, parser
     for group in groups:
         lines = {a.dest: a.help or "" for a in group._choices_actions}

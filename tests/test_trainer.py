@@ -834,7 +834,7 @@ def test_train_without_torch_says_how_to_install_it(home: Path, tmp_path: Path) 
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 1 and "pip install 'vibrary[trainer]'" in proc.stderr
+    assert proc.returncode == 1 and "pip install -e '.[trainer]'" in proc.stderr
 
 
 def test_progress_streams_epochs(trainer_service: str, tmp_path: Path) -> None:
