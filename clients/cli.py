@@ -97,15 +97,23 @@ def cmd_tag(args: argparse.Namespace) -> int:
         print(f"vibrary: no audio files in {', '.join(args.paths)}", file=sys.stderr)
     bar = tqdm(total=len(files), unit="file", disable=None, file=sys.stderr)
     lock = threading.Lock()
+    reader_gone = threading.Event()  # `vibrary tag --json DIR | head`: it has all it wants
 
     def sink(results: list[Result]) -> None:
         with lock:
             for r in results:
+                if reader_gone.is_set():
+                    return
                 tags = [(names[mid], t, s) for mid, ranked in r.tags.items() for t, s in ranked[: args.top]]
                 tags.sort(key=lambda x: -x[2])
                 line = _file_line(r.job.path, tags, r.error)
                 bar.clear()
-                _out(args, line, _human_file(line))
+                try:
+                    _out(args, line, _human_file(line))
+                except BrokenPipeError:  # (in a pipeline thread: it was a traceback per batch, and "pending")
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                    reader_gone.set()
+                    return
                 bar.update(1)
 
     pipeline = Pipeline(
@@ -117,11 +125,13 @@ def cmd_tag(args: argparse.Namespace) -> int:
         store_min_score=settings.store_min_score,
     )
     for n, path in enumerate(files):
+        if reader_gone.is_set():
+            break
         pipeline.submit(Job(n, path, 0, -1, -1, None))
     pipeline.wait_idle()
     pipeline.close()
     bar.close()
-    return 0
+    return 141 if reader_gone.is_set() else 0  # as main() says it: 128 + SIGPIPE
 
 
 # -- vibrary daemon ------------------------------------------------------------------------------------------

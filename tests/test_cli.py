@@ -309,3 +309,26 @@ def test_a_damaged_index_is_one_line_not_a_traceback(model_home: Path) -> None:
         proc = vibrary(*args, home=model_home, check=False)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert f"the index {index} is damaged" in proc.stderr and "move it aside" in proc.stderr
+
+
+def test_tag_cut_short_by_its_reader_stops_quietly(model_home: Path, tmp_path: Path) -> None:
+    """`vibrary tag --json DIR | head -2` printed a traceback per batch from the tagging threads, and
+    "could not store a batch of 8 files; they stay pending" of a command that stores nothing."""
+    import subprocess
+    import sys
+
+    from tests.conftest import AS_USER
+
+    for i in range(40):
+        write_tone(tmp_path / "kit" / f"t{i:02d}.wav", 100.0 + 20 * i, seconds=0.1)
+    proc = subprocess.Popen(
+        [*AS_USER, sys.executable, "-m", "vibrary.clients.cli", "tag", "--json", str(tmp_path / "kit")],
+        env={**os.environ, "VIBRARY_HOME": str(model_home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline() and proc.stdout.readline()
+    proc.stdout.close()  # as `| head -2` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and "Traceback" not in err and "pending" not in err, err
