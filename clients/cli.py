@@ -111,8 +111,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
                 try:
                     _out(args, line, _human_file(line))
                 except BrokenPipeError:  # (in a pipeline thread: it was a traceback per batch, and "pending")
-                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-                    reader_gone.set()
+                    reader_gone.set()  # main() says it, once the pipeline has stopped
                     return
                 bar.update(1)
 
@@ -131,7 +130,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
     pipeline.wait_idle()
     pipeline.close()
     bar.close()
-    return 141 if reader_gone.is_set() else 0  # as main() says it: 128 + SIGPIPE
+    if reader_gone.is_set():
+        raise BrokenPipeError
+    return 0
 
 
 # -- vibrary daemon ------------------------------------------------------------------------------------------
@@ -159,7 +160,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         stop.set()
 
     # before anything starts: a signal between the socket's opening and the handlers ended it unlogged
-    on_signals(stopping, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # (SIGHUP: its terminal closed)
+    on_signals(stopping, *ENDING)
     try:
         daemon = Daemon(home_dir, settings)
     except AlreadyRunning as e:
@@ -184,6 +185,9 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         stopped.wait()
     daemon.stop()
     return 0
+
+
+ENDING = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)  # a kill, a closed terminal, Ctrl-C
 
 
 def on_signals(handler: Callable[[int, Any], None], *signals: signal.Signals) -> None:
@@ -709,11 +713,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     def interrupted(signum: int, frame: object) -> None:
         # a closed terminal or a `kill` ends the job as Ctrl-C does (they ended the process at once, a cloud
         # instance running); a second one (a closed terminal sends two) must not cut the clean-up short
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        for sig in ENDING:
             signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    on_signals(interrupted, signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    on_signals(interrupted, *ENDING)
     options = {"epochs": args.epochs, "seed": args.seed}
     with contextlib.suppress(FileNotFoundError, ValueError):  # train() says what is wrong with the dataset
         from vibrary.daemon import dataset
@@ -889,8 +893,8 @@ def _model_name(text: str) -> str:
     """A model's name: the index holds the tags of each model's active version only, so no @VERSION."""
     if not text:  # argparse passes the default through here too
         return text
-    name, version = _parsed_ref(text)
-    if version or "@" in text:
+    name, _ = _parsed_ref(text)
+    if "@" in text:
         raise argparse.ArgumentTypeError(f"{text}: give a model name without @VERSION (tags are its active version's)")
     return name
 

@@ -342,6 +342,15 @@ def _aws_errors() -> Iterator[None]:
         raise CloudError(f"AWS: {e}") from e
 
 
+@contextmanager
+def _aws() -> Iterator[tuple[CloudSettings, Any, Any]]:
+    """This home's cloud settings and S3 and EC2 clients, with AWS's errors said plainly."""
+    settings = CloudSettings.load(config.home())
+    session = _session(settings)
+    with _aws_errors():
+        yield settings, session.client("s3"), session.client("ec2")
+
+
 def _session(settings: CloudSettings) -> Any:
     try:
         import boto3
@@ -439,9 +448,11 @@ class _Job:
                         self.ec2.terminate_instances(InstanceIds=running)
                     break
                 except Exception as e:  # one launched a moment ago may not be known yet: it will be
-                    if _not_found(e) and not self.fresh:
+                    if not _not_found(e):
+                        raise
+                    if not self.fresh:
                         break  # launched long ago and forgotten by AWS: terminated (and its model installed)
-                    if not _not_found(e) or attempt == TERMINATE_TRIES - 1:
+                    if attempt == TERMINATE_TRIES - 1:
                         raise
                     time.sleep(self.settings.poll_s)
         except Exception as e:  # the one thing that must not pass unsaid: it costs money by the hour
@@ -479,10 +490,7 @@ def train_in_cloud(
     leaves a record to end it by (abandon). AWS errors come as CloudError."""
     if base not in ("", "demo", "none"):
         raise CloudError(f"a cloud training starts from base demo or none, not {base!r}")
-    settings = CloudSettings.load(config.home())
-    session = _session(settings)
-    with _aws_errors():
-        s3, ec2 = session.client("s3"), session.client("ec2")
+    with _aws() as (settings, s3, ec2):
         region = s3.meta.region_name
         bucket = settings.bucket
         missing = missing_shards(s3, bucket, manifest)
@@ -530,10 +538,7 @@ def collect(
 ) -> dict[str, bytes]:
     """The results of a job that an earlier client left running (Left), as train_in_cloud returns them.
     `instance` is the one the client saw launched; a replacement launched since is found by its tag."""
-    settings = CloudSettings.load(config.home())
-    session = _session(settings)
-    with _aws_errors():
-        s3, ec2 = session.client("s3"), session.client("ec2")
+    with _aws() as (settings, s3, ec2):
         launched = job_instances(ec2, job_id)
         latest = launched[-1]["InstanceId"] if launched else instance
         job = _Job(settings, s3, ec2, s3.meta.region_name, job_id, latest, launched_at if latest == instance else 0.0)
@@ -543,10 +548,7 @@ def collect(
 def abandon(job_id: str, instance: str, launched_at: float = 0.0) -> None:
     """End a job whose client died during its upload: its instances terminated, its files but the shards
     removed (the shards stay for the next try)."""
-    settings = CloudSettings.load(config.home())
-    session = _session(settings)
-    with _aws_errors():
-        s3, ec2 = session.client("s3"), session.client("ec2")
+    with _aws() as (settings, s3, ec2):
         _Job(settings, s3, ec2, s3.meta.region_name, job_id, instance, launched_at).clean_up()
 
 

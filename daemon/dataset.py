@@ -283,6 +283,7 @@ def add(
         known = {os.path.normpath(r.path) for r in held.rows}
         removed = set(held.edits.removed)
         tags = {r.label for r in held.rows}
+        spelled: dict[str, str] = {}  # each tag's spelling in the dataset, worked out once, not once a file
         new, left_out = [], 0
         for ex in _once_each(examples):
             path = os.path.normpath(ex.path)
@@ -292,7 +293,9 @@ def add(
             if path in removed or not tag:  # removed by an edit, or its tag was dropped
                 left_out += 1
                 continue
-            new.append(Example(ex.path, _as_held(tag, tags), ex.group))
+            if tag not in spelled:
+                spelled[tag] = _as_held(tag, tags)
+            new.append(Example(ex.path, spelled[tag], ex.group))
         progress(len(examples) - len(new))  # the files it has, or left out: done, as far as progress goes
         if not new:  # a folder added again with nothing new in it: no error, the dataset as it is
             return Added(_report(held.manifest, held.rows, held.failed), 0, left_out)

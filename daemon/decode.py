@@ -97,7 +97,7 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
     if peak < INAUDIBLE:
         # a stem that starts late, its opening seconds only dither or a noise floor: spectrograms are
         # scaled to their own peak, so that floor looked like a hi-hat (0.74) to the model
-        audio = np.zeros_like(audio)
+        return np.zeros((params.channels, params.n_samples), np.float32)
     return fit(audio, native_sr, params, peak)
 
 

@@ -57,7 +57,7 @@ def fingerprint(path: str) -> Fingerprint:
                 start = audio_start(f, bytes(head[:12]))
                 if start > BURIED_BYTES:
                     f.seek(start)
-                    digest.update(f.read(HEAD_BYTES))
+                    digest.update(_read_head(f, HEAD_BYTES))  # (the head is hashed: its buffer is free)
                 f.seek(max(HEAD_BYTES, st.st_size - TAIL_BYTES))
                 digest.update(f.read(TAIL_BYTES))
     except FileNotFoundError:

@@ -228,13 +228,13 @@ class Daemon:
             now = {m.id: m.ref for m in active}
             if now == self._active and self._unloaded_files(active) == self._unloaded:  # (a file put back)
                 return
-            was, tagging = self._active, {i for i in self._active if i not in self._unloaded}
+            was, unloaded = self._active, self._unloaded
             self._active = now
             self.pipeline.models = load_models(self.index, active)
             self._unloaded = self._unloaded_files(active)
             # each model activated, deactivated or removed, and each whose file came back or went away
             changed = [ref for i, ref in (was | now).items() if (i in now) != (i in was)]
-            changed += [ref for i, ref in now.items() if i in was and (i in tagging) != (i not in self._unloaded)]
+            changed += [ref for i, ref in now.items() if i in was and (i in unloaded) != (i in self._unloaded)]
             queued = self.index.requeue_missing(list(now))
         log.info("active models now %s; %d files re-queued", list(now.values()), queued)
         for ref in changed:  # ListModels and Status say what each is now

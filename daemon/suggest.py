@@ -148,6 +148,7 @@ class Synonyms:
     removed: list[str] = field(default_factory=list)  # built-in aliases the user took out
 
     def __post_init__(self) -> None:
+        self._found: dict[tuple[str, bool], list[str]] = {}  # find()'s answers (the table changed: none)
         self._phrases: dict[tuple[str, ...], str] = {}
         removed = {_key(alias) for alias in self.removed}
         for table in (self.builtin, self.user):  # the user's table last: it wins
@@ -266,7 +267,15 @@ class Synonyms:
         """The known tags in a text, in order of appearance, longest phrases first; a role word (lead, sub)
         only when no other sound is named beside it: `Guitar Lead` is a guitar, `Kick_Sub_Layer` a kick;
         a word of lyrics too (oh, ride) only in capitals, alone, or where drums are named (here or, said
-        by `drums`, in the file's folder)."""
+        by `drums`, in the file's folder). Kept for the next files: a folder's names are read for each."""
+        found = self._found.get((text, drums))
+        if found is None:
+            if len(self._found) > 10_000:
+                self._found.clear()
+            found = self._found[(text, drums)] = self._find(text, drums)
+        return list(found)
+
+    def _find(self, text: str, drums: bool) -> list[str]:
         runs = _runs(text)
         written = [t for run in runs for t in run]
         found = [m for m in self._scan([w.lower() for w in written], runs) if m.tag]

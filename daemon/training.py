@@ -314,13 +314,12 @@ def _installed(index: Index, home_dir: Path, files: dict[str, bytes], name: str,
     """Install the trainer's files as a new active version, its plots beside it."""
     summary = json.loads(files.pop("summary.json", b"{}") or b"{}")
     report(state="installing", message="installing the model")
-    try:
+    try:  # a full disk, a locked index, Ctrl-C: the trainer's copy may be gone (the cloud's is)
         row = _install(index, home_dir, files, name)
-    except BaseException as e:  # a full disk, a locked index, Ctrl-C: the trainer's copy may be gone (the cloud's is)
-        kept = _kept(home_dir, files, name)
-        if isinstance(e, (TrainingError, OSError, sqlite3.Error)):
-            raise TrainingError(f"{e}; {kept}") from None
-        log.warning("installing %s was interrupted; %s", name, kept)
+    except (TrainingError, OSError, sqlite3.Error) as e:
+        raise TrainingError(f"{e}; {_kept(home_dir, files, name)}") from None
+    except BaseException:
+        log.warning("installing %s was interrupted; %s", name, _kept(home_dir, files, name))
         raise
     plots = []
     for plot in registry.PLOTS:
@@ -340,7 +339,7 @@ def _kept(home_dir: Path, files: dict[str, bytes], name: str) -> str:
     folder = home_dir / "uninstalled" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        for file in ("model.onnx", "summary.json", *registry.PLOTS):  # by name: a trainer's names are its own
+        for file in ("model.onnx", *registry.PLOTS):  # by name: a trainer's names are its own
             if file in files:
                 (folder / file).write_bytes(files[file])
     except OSError as e:
