@@ -569,7 +569,6 @@ def test_review_of_the_vendor_name_rules(tmp_path: Path) -> None:
     drum in it a bass; `EP` made release folders piano; `BD0010.WAV` lost its kick to the iTunes hex rule;
     the README's one-folder-per-mood library (`MyTags/dark/`) built nothing with `--labels suggest`; a
     container word anywhere in a folder (`New Wave/`) took the user's own tag away; `triangle` beat `lead`."""
-    root = tmp_path / "lib"
     layout = {
         "Drum Machines/Roland TR-808/Kick 01.wav": "kick",
         "Drum Machines/Roland TR-808/Snare 01.wav": "snare",
@@ -590,10 +589,7 @@ def test_review_of_the_vendor_name_rules(tmp_path: Path) -> None:
         "Synth/Lead Triangle 02.wav": "synth",
         "Perc/Triangle Hit.wav": "percussion",
     }
-    for rel in layout:
-        write_tone(root / rel, 100, 0.05)
-    table = Synonyms.load(tmp_path)
-    found = {Path(s.path).relative_to(root).as_posix(): s.tag for s in suggest([str(root)], table)}
+    found = {rel: s.tag for rel, s in _library(tmp_path, layout, Synonyms.load(tmp_path)).items()}
     assert found == {
         **layout,
         "Artist - Title EP/01 Intro.wav": "artist-title-ep",
@@ -617,7 +613,6 @@ def test_second_review_of_the_vendor_name_rules(tmp_path: Path) -> None:
     a pack word inside (`Sample Magic/`, `Odyssey Sample Pack (WAV)/`) became classes, capitals lost
     SNAREGHOST and KICKPUNCH, a pack's `Drum Loops/Wet/` made a mood class of its loops, `Pads/String
     Pad` left the pads, and a mood folder holding one file gave nothing."""
-    root = tmp_path / "lib"
     layout = {
         "Drum Machines/Roland TR-808/LT00.WAV": "",
         "Drum Machines/Roland TR-808/CB.WAV": "",
@@ -643,7 +638,5 @@ def test_second_review_of_the_vendor_name_rules(tmp_path: Path) -> None:
         "MyTags/dark/take_1.wav": "dark",
         "MyTags/dark/Kick 01.wav": "kick",
     }
-    for rel in layout:
-        write_tone(root / rel, 100, 0.05)
-    found = {Path(s.path).relative_to(root).as_posix(): s.tag for s in suggest([str(root)], Synonyms.load(tmp_path))}
+    found = {rel: s.tag for rel, s in _library(tmp_path, layout, Synonyms.load(tmp_path)).items()}
     assert found == layout
