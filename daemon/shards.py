@@ -22,6 +22,7 @@ import numpy as np
 from .spectrogram import SpectrogramParams
 
 SHARD_CLIPS = 256
+MAX_CLIP_VALUES = 1 << 20  # a clip's spectrogram: 2 channels × 256 bands × 2048 frames; the default is 96 × 259
 _ARRAYS = {"codes", "labels", "groups"}
 
 
@@ -91,6 +92,12 @@ class Manifest:
             raise ShardError(f"dataset {self.name!r} has {len(self.classes)} class; a model needs at least 2")
         if len(set(self.classes)) != len(self.classes):
             raise ShardError(f"dataset {self.name!r} names a class twice")
+        values = int(np.prod(self.params.shape))
+        if values > MAX_CLIP_VALUES:  # what a shard may unpack to follows from the shape: a client's say-so
+            raise ShardError(  # (n_mels 10^6) made a 10 MB upload a 66 GB allocation on the trainer
+                f"spectrograms of {self.params.shape} ({values} values a clip) are larger than a trainer takes "
+                f"({MAX_CLIP_VALUES})"
+            )
 
 
 def sha256_bytes(data: bytes) -> str:

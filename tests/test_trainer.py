@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -165,6 +166,43 @@ def test_upload_resumes_after_a_disconnect_and_never_resends(trainer_service: st
         assert sent == manifest.size - half  # only what was missing
         assert client.missing(manifest) == []
         assert client.upload(manifest, tmp_path) == 0  # a second upload sends nothing
+
+
+def test_two_uploads_of_one_shard_at_once_store_it_whole(trainer_service: str, tmp_path: Path) -> None:
+    """Two uploads of one shard at once (a retry while the old stream still wrote, two terminals) could
+    write into the file the other had just verified and renamed: a corrupt shard on record as present,
+    never uploaded again, and every training on it failed (a reviewer saw it about once in 20 tries of
+    2.5 MB shards; this tries 40)."""
+    manifest, _ = _manifest_and_blobs()
+    rng = np.random.default_rng(0)
+
+    def upload(client: TrainerClient, one: shards.Manifest) -> None:
+        with contextlib.suppress(Exception):  # a refused chunk is fine: the other upload stores the shard
+            client.upload(one, tmp_path)
+
+    with TrainerClient(trainer_service) as a, TrainerClient(trainer_service) as b:
+        for _ in range(40):
+            blob = rng.bytes(2_500_000)  # (the upload checks bytes against the hash, not what they hold)
+            digest = shards.sha256_bytes(blob)
+            (tmp_path / f"{digest}.npz").write_bytes(blob)
+            one = dataclasses.replace(manifest, shards=[shards.ShardInfo(digest, 10, len(blob))])
+            threads = [threading.Thread(target=upload, args=(c, one)) for c in (a, b)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            (held,) = (tmp_path / "trainer-home").rglob(f"{digest}.npz")  # (the trainer_service fixture's home)
+            assert shards.sha256_bytes(held.read_bytes()) == digest
+
+
+def test_spectrograms_larger_than_a_trainer_takes_are_refused_by_the_manifest() -> None:
+    """A shard may unpack to what its manifest's spectrogram shape allows: a client's n_mels of 10^6 let a
+    10 MB upload allocate 66 GB on the trainer."""
+    manifest, _ = _manifest_and_blobs()
+    raw = json.loads(manifest.to_json())
+    raw["spectrogram"]["n_mels"] = 1_000_000
+    with pytest.raises(shards.ShardError, match="larger than a trainer takes"):
+        shards.Manifest.from_json(json.dumps(raw))
 
 
 def _age(path: Path, days: float) -> None:
@@ -747,7 +785,10 @@ def test_training_options_are_checked_before_a_trainer_is_asked_and_old_records_
         ('{"epochz": 3}', "unknown training options"),
         ('{"epochs": "x"}', 'epochs: "x" is not a whole number'),
         ('{"augment": 1}', "augment: 1 is not true or false"),
-        ('{"seed": -1}', "seed 0 or more"),
+        ('{"seed": -1}', "seed from 0 to 2147483647"),
+        ('{"seed": 9223372036854775808}', "seed from 0 to 2147483647"),  # (was an overflow deep in training)
+        ('{"epochs": 1000000000}', "epochs must be 10000 or fewer"),  # held a shared trainer for good
+        ('{"device": "nonsense"}', "unknown device 'nonsense'"),  # (was torch's error after the upload)
         ('{"dropout": 1.5}', "within [0, 1)"),
         ('{"lr": NaN}', "lr must be above 0"),
         ('{"patience": 0}', "patience must be 1 or more"),

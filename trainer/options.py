@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import MISSING, dataclass, fields
 
 PRECISIONS = ("auto", "float32", "bfloat16")
+MAX_EPOCHS = 10_000
+DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,2})?")
 _KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
 
 
@@ -60,8 +63,12 @@ class TrainConfig:
         return config
 
     def check_ranges(self) -> None:
-        if self.patience < 1 or self.seed < 0:
-            raise ValueError("patience must be 1 or more, seed 0 or more")
+        if self.patience < 1 or not 0 <= self.seed < 2**31:
+            raise ValueError("patience must be 1 or more, seed from 0 to 2147483647")
+        if self.epochs > MAX_EPOCHS:  # a shared trainer runs one job at a time: 10^9 epochs held it for good
+            raise ValueError(f"epochs must be {MAX_EPOCHS} or fewer")
+        if not DEVICE.fullmatch(self.device):
+            raise ValueError(f"unknown device {self.device!r}: auto, cpu, cuda or cuda:N")
         rates = (self.lr, self.weight_decay, self.body_lr, self.mixup_alpha, self.label_smoothing)
         if not all(math.isfinite(x) and x >= 0 for x in rates) or self.lr == 0:
             raise ValueError("lr must be above 0; weight_decay, body_lr, mixup_alpha, label_smoothing 0 or more")

@@ -168,6 +168,7 @@ class TrainerService(pb_grpc.TrainerServicer):
         # Held while shards are judged present (MissingShards, StartJob) and while stale ones are removed, so
         # that a shard said to be there, or a job's, is never removed between the saying and the training.
         self._shards = threading.Lock()
+        self._writing = threading.Lock()  # taken for each uploaded chunk: see UploadShards
         self._restore(resume, spare)
         self._runner = threading.Thread(target=self._run_jobs, name="trainer", daemon=True)
         self._runner.start()
@@ -289,24 +290,33 @@ class TrainerService(pb_grpc.TrainerServicer):
             path = self._shard_path(user, chunk.sha256, context)
             if not 0 < chunk.size <= MAX_SHARD:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"shard size {chunk.size} outside 1..{MAX_SHARD}")
-            if path.exists():
-                continue  # already stored: nothing is sent twice, but a client may not know yet
-            part = path.with_suffix(".part")
-            have = part.stat().st_size if part.exists() else 0
-            if not 0 <= chunk.offset <= have:
-                context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"shard {chunk.sha256[:12]}: chunk at {chunk.offset} but only {have} bytes held",
-                )
-            with open(part, "r+b" if part.exists() else "wb") as f:
-                f.truncate(chunk.offset)  # a resent chunk replaces what was there
-                f.seek(chunk.offset)
-                f.write(chunk.data)
-            if part.stat().st_size >= chunk.size:
-                if not _finish(part, path, chunk.size, chunk.sha256):
-                    context.abort(grpc.StatusCode.DATA_LOSS, f"shard {chunk.sha256[:12]} is corrupt: checksum mismatch")
-                complete.append(chunk.sha256)
+            # one chunk at a time: two uploads of one shard (a retry while the old stream still writes, two
+            # terminals) wrote into a file the other had just verified and renamed: a corrupt shard on record
+            with self._writing:
+                if self._store(chunk, path, context):
+                    complete.append(chunk.sha256)
         return pb.UploadReply(complete=complete)
+
+    def _store(self, chunk: pb.ShardChunk, path: Path, context: grpc.ServicerContext) -> bool:
+        """Write one chunk of a shard; True when it completed the shard."""
+        if path.exists():
+            return False  # already stored: nothing is sent twice, but a client may not know yet
+        part = path.with_suffix(".part")
+        have = part.stat().st_size if part.exists() else 0
+        if not 0 <= chunk.offset <= have:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"shard {chunk.sha256[:12]}: chunk at {chunk.offset} but only {have} bytes held",
+            )
+        with open(part, "r+b" if part.exists() else "wb") as f:
+            f.truncate(chunk.offset)  # a resent chunk replaces what was there
+            f.seek(chunk.offset)
+            f.write(chunk.data)
+        if part.stat().st_size < chunk.size:
+            return False
+        if not _finish(part, path, chunk.size, chunk.sha256):
+            context.abort(grpc.StatusCode.DATA_LOSS, f"shard {chunk.sha256[:12]} is corrupt: checksum mismatch")
+        return True
 
     # -- jobs ----------------------------------------------------------------------------------------
     def StartJob(self, request: pb.JobRequest, context: grpc.ServicerContext) -> pb.Job:
@@ -508,7 +518,7 @@ def serve(
     service = TrainerService(root, tenants, resume, spare)
     # strangers get nothing but health checks; an open loopback trainer needs no check at all
     check = "" if tenants.open else (lambda authorization: tenants.user(authorization) is not None)
-    server = make_server(lambda s: pb_grpc.add_TrainerServicer_to_server(service, s), [SERVICE_NAME], check, workers=8)
+    server = make_server(lambda s: pb_grpc.add_TrainerServicer_to_server(service, s), [SERVICE_NAME], check, workers=64)
     try:
         tls = None if tls_cert is None or tls_key is None else grpc.ssl_server_credentials([(tls_key, tls_cert)])
         port = bind(server, listen, tls)
