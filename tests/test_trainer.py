@@ -195,6 +195,14 @@ def test_two_uploads_of_one_shard_at_once_store_it_whole(trainer_service: str, t
             assert shards.sha256_bytes(held.read_bytes()) == digest
 
 
+def test_a_shard_size_that_cannot_be_is_refused_without_the_servers_paths(trainer_service: str) -> None:
+    """MissingShards of a shard of 0 bytes answered UNKNOWN, with the trainer's data path in its words."""
+    with TrainerClient(trainer_service) as client:
+        with pytest.raises(grpc.RpcError) as e:
+            client.stub.MissingShards(pb.ShardList(shards=[pb.ShardStatus(sha256="a" * 64, size=0)]), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "/" not in (e.value.details() or "")
+
+
 def test_spectrograms_larger_than_a_trainer_takes_are_refused_by_the_manifest() -> None:
     """A shard may unpack to what its manifest's spectrogram shape allows: a client's n_mels of 10^6 let a
     10 MB upload allocate 66 GB on the trainer."""

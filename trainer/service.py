@@ -271,16 +271,19 @@ class TrainerService(pb_grpc.TrainerServicer):
         with self._shards:
             for s in request.shards:
                 path = self._shard_path(user, s.sha256, context)
+                if not 0 < s.size <= MAX_SHARD:  # (0 reached the file system: UNKNOWN, and the server's paths)
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"shard size {s.size} outside 1..{MAX_SHARD}")
                 if path.exists():
                     prune.touch(path)  # about to be trained on: it stays
-                else:
+                    continue
+                with self._writing:  # (an upload of it may be writing its last chunk)
                     part = path.with_suffix(".part")
                     have = part.stat().st_size if part.exists() else 0
                     if have >= s.size:  # whole, but cut off before its check: checked now, or sent again
                         if _finish(part, path, s.size, s.sha256):
                             continue
                         have = 0
-                    missing.append(pb.ShardStatus(sha256=s.sha256, size=s.size, have_bytes=have))
+                missing.append(pb.ShardStatus(sha256=s.sha256, size=s.size, have_bytes=have))
         return pb.ShardList(shards=missing)
 
     def UploadShards(self, request_iterator: Iterator[pb.ShardChunk], context: grpc.ServicerContext) -> pb.UploadReply:
