@@ -31,6 +31,7 @@ class TrainerClient:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         options = [("grpc.max_receive_message_length", 16 << 20)]
         ca = tls_ca if tls_ca is not None else os.environ.get("VIBRARY_TRAINER_CA") or None
+        self._tls = ca is not None
         if ca is None:
             self._channel = grpc.insecure_channel(target, options=options)
         else:
@@ -51,7 +52,20 @@ class TrainerClient:
         try:
             return getattr(self.stub, method)(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as e:
-            raise DaemonError(e.code(), f"trainer at {self.target}: {e.details()}") from None
+            raise self._said(e) from None
+
+    def _said(self, e: grpc.RpcError) -> DaemonError:
+        """The trainer's refusal, with what to set when it is about the connection: gRPC's words ("Socket
+        closed", "CERTIFICATE_VERIFY_FAILED") did not say that the token or the certificate was wrong."""
+        code, details = e.code(), e.details() or e.code().name
+        hint = ""
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            hint = "; give its token with --token or VIBRARY_TRAINER_TOKEN"
+        elif code == grpc.StatusCode.UNAVAILABLE and self._tls:
+            hint = "; is VIBRARY_TRAINER_CA the certificate it serves (or its CA's)?"
+        elif code == grpc.StatusCode.UNAVAILABLE:
+            hint = "; is it running there? One that serves TLS needs VIBRARY_TRAINER_CA set to its certificate"
+        return DaemonError(code, f"trainer at {self.target}: {details}{hint}")
 
     def missing(self, manifest: Manifest) -> list[pb.ShardStatus]:
         wanted = pb.ShardList(shards=[pb.ShardStatus(sha256=s.sha256, size=s.size) for s in manifest.shards])
@@ -92,7 +106,7 @@ class TrainerClient:
         try:
             yield from getattr(self.stub, method)(request, metadata=self._metadata)
         except grpc.RpcError as e:
-            raise DaemonError(e.code(), f"trainer at {self.target}: {e.details()}") from None
+            raise self._said(e) from None
 
     def watch(self, job_id: str) -> Iterator[pb.Job]:
         return self._stream("WatchJob", pb.JobRef(id=job_id))

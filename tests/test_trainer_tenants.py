@@ -6,6 +6,7 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -158,9 +159,16 @@ def test_tls_end_to_end_with_a_certificate_made_here(home: Path, tmp_path: Path)
             assert {p.key: p.value for p in model.metadata_props}["vibrary.name"] == "tls"
         with TrainerClient(target, "wrong", tls_ca=tmp_path / "cert.pem") as client:
             assert _code(lambda: client.missing(manifest)) == grpc.StatusCode.UNAUTHENTICATED
-        for plain in (TrainerClient(target, "s3cret", timeout=5), TrainerClient(target, "s3cret", 5, other_cert)):
+            with pytest.raises(DaemonError, match="--token or VIBRARY_TRAINER_TOKEN"):  # what to set, said
+                client.missing(manifest)
+        for plain, said in (
+            (TrainerClient(target, "s3cret", timeout=5), "needs VIBRARY_TRAINER_CA set to its certificate"),
+            (TrainerClient(target, "s3cret", 5, other_cert), "is VIBRARY_TRAINER_CA the certificate it serves"),
+        ):
             with plain:  # no TLS, or a certificate the client does not trust: no connection at all
                 assert _code(lambda c=plain: c.missing(manifest)) == grpc.StatusCode.UNAVAILABLE
+                with pytest.raises(DaemonError, match=re.escape(said)):
+                    plain.missing(manifest)
         health = vibrary("trainer", "health", "--target", target, "--tls-ca", str(tmp_path / "cert.pem"), home=home)
         assert health.stdout.strip() == f"{target}: SERVING"
         refused = vibrary("trainer", "health", "--target", target, "--timeout", "3", home=home, check=False)
