@@ -30,6 +30,7 @@ from vibrary.daemon import config, registry
 from vibrary.daemon.folders import indexed_path
 from vibrary.daemon.index import Index, Job, Result, under
 from vibrary.daemon.infer import ModelError
+from vibrary.daemon.modelref import parse_ref
 from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client, DaemonError, DaemonNotRunning
@@ -82,7 +83,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     index, home_dir = _index()
     if args.model:
         try:
-            rows = [index.model(*registry.parse_ref(ref)) for ref in args.model]
+            rows = [index.model(*parse_ref(ref)) for ref in args.model]
         except (KeyError, ValueError) as e:
             raise CommandError(str(e.args[0])) from None
     else:
@@ -449,7 +450,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         _out(args, obj, f"{said} {row.ref} ({len(row.classes)} classes)")
         return 0
     try:
-        row = index.model(*registry.parse_ref(args.ref), active_first=args.action == "deactivate")
+        row = index.model(*parse_ref(args.ref), active_first=args.action == "deactivate")
     except (KeyError, ValueError) as e:
         raise CommandError(str(e.args[0])) from None
     if args.action == "remove":
@@ -878,7 +879,7 @@ def _score(text: str) -> float:
 
 def _parsed_ref(text: str) -> tuple[str, int]:
     try:
-        return registry.parse_ref(text)
+        return parse_ref(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 

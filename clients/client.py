@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 from vibrary.daemon import config
 from vibrary.daemon.folders import indexed_path
+from vibrary.daemon.modelref import parse_ref
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
@@ -294,11 +295,14 @@ def _indexed(paths: Paths) -> list[str]:
 
 
 def _model_ref(name: str, version: int) -> pb.ModelRef:
-    """NAME@VERSION as status() and events name models, or NAME and a version apart. `NAME@0` and `NAME@`
-    (an empty variable in a script) are refused, as the CLI refuses them: they must not mean the newest."""
-    named, at, number = name.partition("@")
-    if not at:
+    """NAME@VERSION as status() and events name models, or NAME and a version apart, read as the CLI reads
+    it (`NAME@0` and `NAME@`, an empty variable in a script, must not mean the newest)."""
+    if "@" not in name:
         return pb.ModelRef(name=name, version=version)
-    if version or not (number.isascii() and number.isdigit() and int(number) > 0):
-        raise BadArgument(f"bad model reference {name!r}: NAME, or NAME@VERSION with versions counting from 1")
-    return pb.ModelRef(name=named, version=int(number))
+    if version:
+        raise BadArgument(f"model {name!r} and version {version}: give the version once")
+    try:
+        named, number = parse_ref(name)
+    except ValueError as e:
+        raise BadArgument(str(e)) from None
+    return pb.ModelRef(name=named, version=number)

@@ -87,13 +87,3 @@ def ensure_builtin(index: Index, home_dir: Path) -> list[ModelRow]:
         index.set_active(row, True)
         rows.append(row)
     return rows
-
-
-def parse_ref(text: str) -> tuple[str, int]:
-    """'NAME' or 'NAME@VERSION' → (name, version or 0)."""
-    name, at, version = text.partition("@")
-    if not name:
-        raise ValueError(f"bad model reference {text!r}: expected NAME or NAME@VERSION")
-    if at and not (version.isdigit() and int(version) > 0):  # `NAME@` or `NAME@0` from an empty variable in a
-        raise ValueError(f"bad model version in {text!r}: versions count from 1")  # script must not mean the newest
-    return name, int(version or 0)

@@ -60,7 +60,7 @@ def test_models_are_named_as_status_names_them(daemon: DaemonProcess) -> None:
     assert not any(m.active for m in daemon.client.deactivate(ref))
     assert [m.version for m in daemon.client.activate(ref) if m.active] == [int(ref.partition("@")[2])]
     for bad in ("bands@0", "bands@", "bands@²"):  # an empty variable in a script must not mean the newest
-        with pytest.raises(BadArgument, match="versions counting from 1"):
+        with pytest.raises(BadArgument, match="versions count from 1"):
             daemon.client.activate(bad)
 
 

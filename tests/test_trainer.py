@@ -203,6 +203,16 @@ def test_a_shard_size_that_cannot_be_is_refused_without_the_servers_paths(traine
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "/" not in (e.value.details() or "")
 
 
+def test_a_start_before_a_large_upload_names_a_few_missing_shards(trainer_service: str) -> None:
+    """Every absent shard was named: over ~1,200 the message exceeded what gRPC carries (RESOURCE_EXHAUSTED
+    instead of the reason)."""
+    manifest, _ = _manifest_and_blobs()
+    many = [shards.ShardInfo(f"{i:064x}", 10, 100) for i in range(1500)]
+    with TrainerClient(trainer_service) as client, pytest.raises(DaemonError) as e:
+        client.start(dataclasses.replace(manifest, shards=many), "big", "none")
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and "and 1490 more" in str(e.value)
+
+
 def test_spectrograms_larger_than_a_trainer_takes_are_refused_by_the_manifest() -> None:
     """A shard may unpack to what its manifest's spectrogram shape allows: a client's n_mels of 10^6 let a
     10 MB upload allocate 66 GB on the trainer."""

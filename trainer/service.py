@@ -335,8 +335,11 @@ class TrainerService(pb_grpc.TrainerServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         with self._shards:  # from here on the job's shards are needed: no prune removes them
             absent = [s.sha256[:12] for s in manifest.shards if not self._shard_path(user, s.sha256, context).exists()]
-            if absent:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"shards not uploaded yet: {', '.join(absent)}")
+            if absent:  # (every one of 1,200 made a message gRPC refused to carry: over 16 KB)
+                more = f" and {len(absent) - 10} more" if len(absent) > 10 else ""
+                context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"shards not uploaded yet: {', '.join(absent[:10])}{more}"
+                )
             job_id = uuid.uuid4().hex[:12]
             job = _JobState(job_id, user, request, manifest, config, self._folder(user, "jobs") / job_id)
             job.save()

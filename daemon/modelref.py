@@ -1,0 +1,15 @@
+"""How a model is named on a command line and over the API: NAME, or NAME@VERSION. Apart from the registry,
+which loads onnxruntime, so that the client library can read references the way the CLI does."""
+
+from __future__ import annotations
+
+
+def parse_ref(text: str) -> tuple[str, int]:
+    """'NAME' or 'NAME@VERSION' → (name, version or 0); ValueError for anything else."""
+    name, at, version = text.partition("@")
+    if not name:
+        raise ValueError(f"bad model reference {text!r}: expected NAME or NAME@VERSION")
+    # `NAME@` or `NAME@0` from an empty variable in a script must not mean the newest; `NAME@²` is no number
+    if at and not (version.isascii() and version.isdigit() and int(version) > 0):
+        raise ValueError(f"bad model version in {text!r}: versions count from 1")
+    return name, int(version or 0)
