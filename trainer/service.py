@@ -129,6 +129,11 @@ class _JobState:
             return pb.Job.FromString(self.job.SerializeToString())
 
 
+def _check_size(size: int, context: grpc.ServicerContext) -> None:
+    if not 0 < size <= MAX_SHARD:
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"shard size {size} outside 1..{MAX_SHARD}")
+
+
 def _finish(part: Path, path: Path, size: int, sha256: str) -> bool:
     """A whole upload becomes its shard when its size and checksum are right; otherwise it is deleted
     (False), to be sent again from its start."""
@@ -271,8 +276,7 @@ class TrainerService(pb_grpc.TrainerServicer):
         with self._shards:
             for s in request.shards:
                 path = self._shard_path(user, s.sha256, context)
-                if not 0 < s.size <= MAX_SHARD:  # (0 reached the file system: UNKNOWN, and the server's paths)
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"shard size {s.size} outside 1..{MAX_SHARD}")
+                _check_size(s.size, context)  # (0 reached the file system: UNKNOWN, and the server's paths)
                 if path.exists():
                     prune.touch(path)  # about to be trained on: it stays
                     continue
@@ -291,8 +295,7 @@ class TrainerService(pb_grpc.TrainerServicer):
         complete = []
         for chunk in request_iterator:
             path = self._shard_path(user, chunk.sha256, context)
-            if not 0 < chunk.size <= MAX_SHARD:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"shard size {chunk.size} outside 1..{MAX_SHARD}")
+            _check_size(chunk.size, context)
             # one chunk at a time: two uploads of one shard (a retry while the old stream still writes, two
             # terminals) wrote into a file the other had just verified and renamed: a corrupt shard on record
             with self._writing:
