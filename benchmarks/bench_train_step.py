@@ -14,6 +14,10 @@ run, each from the same seed:
 Batch 128 is the demo recipe's step (64 instrument + 64 effect clips, `scripts/train_demo.py`), 32 the
 default of `vibrary train`. Prints ms per step, clips/s and each way's speed-up over *before*, and writes
 the table to `--out` (`''`: nowhere) with the machine and the command.
+
+A second table times the augmentation of one batch of 64 clips (`trainer/augment.py`; the demo recipe's
+step augments two) by how many clips the CPU transforms at once: one at a time, `CPU_CHUNK` (what the
+trainer does) and the whole batch, with each one's speed-up over one at a time.
 """
 
 from __future__ import annotations
@@ -66,6 +70,22 @@ def ms_per_step(net: TagNet, x: torch.Tensor, amp: Callable[[], object], steps: 
     return (time.perf_counter() - start) / steps * 1000
 
 
+def ms_per_augment(x: torch.Tensor, chunk: int, repeats: int) -> float:
+    """ms to augment the batch x with the trainer's augment(), `chunk` clips at a time."""
+    from vibrary.trainer import augment
+
+    kept, augment.CPU_CHUNK = augment.CPU_CHUNK, chunk
+    try:
+        generator = torch.Generator().manual_seed(0)
+        augment.augment(x, -80.0, generator)  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            augment.augment(x, -80.0, generator)
+        return (time.perf_counter() - start) / repeats * 1000
+    finally:
+        augment.CPU_CHUNK = kept
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
@@ -107,6 +127,20 @@ def main() -> int:
                     f"| {threads} | {batch} | {name} | {ms:.0f} | {batch / ms * 1000:.0f} | {before / ms:.2f}× |"
                 )
                 print(lines[-1], flush=True)
+    from vibrary.trainer.augment import CPU_CHUNK
+
+    lines += ["", "| threads | clips at once | ms / batch of 64 | speed-up |\n| --- | --- | --- | --- |"]
+    print("\n".join(lines[-2:]), flush=True)
+    x = torch.rand((64, *shape), generator=torch.Generator().manual_seed(0)) * -80
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        one = 0.0
+        for chunk in (1, CPU_CHUNK, len(x)):
+            ms = ms_per_augment(x, chunk, args.steps * 2)
+            one = one or ms
+            note = " (the trainer's CPU_CHUNK)" if chunk == CPU_CHUNK else ""
+            lines.append(f"| {threads} | {chunk}{note} | {ms:.1f} | {one / ms:.2f}× |")
+            print(lines[-1], flush=True)
     if args.out:
         when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         command = "python benchmarks/bench_train_step.py " + " ".join(sys.argv[1:])

@@ -121,13 +121,7 @@ def set_arm(arm: str) -> None:
 
     if arm == "eq10":
         augment.EQ_DB = 10.0
-        equalise = augment._equalise
-
-        def stronger(clip: Any, floor: float, gains: list[float], phase: float) -> Any:
-            extra = [(float(torch.rand(())) * 2 - 1) * augment.EQ_DB / order for order in (4, 5, 6)]
-            return equalise(clip, floor, gains + extra, phase)
-
-        augment._equalise = stronger
+        augment.EQ_ORDERS = 6
     elif arm == "narrow":
         network.WIDTHS = (8, 16, 32, 64)
     elif arm == "fmix":
@@ -159,8 +153,7 @@ def set_arm(arm: str) -> None:
 
         training.TagNet = StyledNet
     elif arm == "mel6":
-        shift = augment._shift
-        augment._shift = lambda clip, k, dim, fill: shift(clip, k * 3 if dim == 1 else k, dim, fill)
+        augment.MEL_SHIFT = 6.0
 
 
 def main() -> int:

@@ -72,9 +72,14 @@ def test_a_body_learning_rate_of_zero_freezes_the_pretrained_body() -> None:
 def test_the_random_eq_leaves_silence_silent_and_the_peak_at_zero_db() -> None:
     from vibrary.trainer.augment import _equalise
 
-    clip = torch.full((1, 96, 40), -80.0)
-    clip[:, :, :20] = torch.linspace(-60.0, 0.0, 96)[None, :, None]  # a sound, then zero padding
-    out = _equalise(clip, -80.0, [4.0, -2.0, 1.0], 0.5)
-    assert torch.equal(out[:, :, 20:], clip[:, :, 20:])  # what was silent stays at the floor
-    assert float(out.max()) == 0.0 and float(out.min()) >= -80.0  # referenced to its peak, as the daemon's
-    assert not torch.allclose(out[:, :, :20], clip[:, :, :20])
+    clip = torch.full((2, 1, 96, 40), -80.0)
+    clip[..., :20] = torch.linspace(-60.0, 0.0, 96)[None, None, :, None]  # a sound, then zero padding
+    clip[1] -= 30.0  # a quiet clip: each is referenced to its own peak
+    clip[1].clamp_(min=-80.0)
+    gains = torch.tensor([[4.0, -2.0, 1.0], [-4.0, 1.0, 0.5]], dtype=torch.float64)
+    out = _equalise(clip, -80.0, gains, torch.tensor([0.5, 2.0], dtype=torch.float64))
+    assert torch.equal(out[..., 20:], clip[..., 20:])  # what was silent stays at the floor
+    for eq, before in zip(out, clip, strict=True):
+        assert float(eq.max()) == 0.0 and float(eq.min()) >= -80.0  # referenced to its peak, as the daemon's
+        assert not torch.allclose(eq[..., :20], before[..., :20])
+    assert not torch.allclose(out[0, ..., :20], out[1, ..., :20])  # each clip its own curve

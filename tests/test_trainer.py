@@ -842,6 +842,34 @@ def test_augmentation_keeps_shape_and_range_and_follows_the_seed() -> None:
     b = augment(x, -80.0, torch.Generator().manual_seed(3))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
     assert a.min() >= -80.0 - 1e-4 and a.max() <= 0.0 + 1e-4
+    assert not torch.equal(a[0] - a[0].max(), a[1] - a[1].max())  # each clip its own draw
+
+
+def test_the_batched_time_stretch_and_shifts_read_as_torchs_resize_and_a_roll() -> None:
+    """The batch is stretched and shifted by index arithmetic; each clip must come out as the plain
+    per-clip operations would make it: torch's bilinear resize to the stretched length, cut or padded
+    with silence, moved in time with silence in the gap, moved in mel with the edge band repeated."""
+    from vibrary.trainer.augment import _gather, _stretch_and_shift
+
+    n, m, t = 5, 12, 50
+    x = torch.from_numpy(np.random.default_rng(1).uniform(-80, 0, (n, 1, m, t)).astype(np.float32))
+    frames = torch.tensor([40, 62, 50, 20, 45])  # shorter, longer, the same
+    shift = torch.tensor([0, 6, -7, 3, -12])
+    bands = torch.tensor([0, 1, -2, 2, 0])
+    out = _gather(
+        _stretch_and_shift(x, frames, shift, -80.0), 2, (torch.arange(m)[None] - bands[:, None]).clamp(0, m - 1)
+    )
+    for i in range(n):
+        f, k, b = int(frames[i]), int(shift[i]), int(bands[i])
+        clip = torch.nn.functional.interpolate(x[i : i + 1], size=(m, f), mode="bilinear", align_corners=False)[0]
+        clip = torch.nn.functional.pad(clip, (0, max(0, t - f)), value=-80.0)[..., :t]
+        moved = torch.full_like(clip, -80.0)
+        if k >= 0:
+            moved[..., k:] = clip[..., : t - k]
+        else:
+            moved[..., :k] = clip[..., -k:]
+        expected = moved[:, (torch.arange(m) - b).clamp(0, m - 1), :]
+        assert torch.allclose(out[i], expected, atol=1e-3), i
 
 
 def test_transfer_copies_the_body_and_refuses_a_base_that_does_not_fit() -> None:
