@@ -871,6 +871,24 @@ def test_malformed_requests_are_refused_and_the_daemon_answers(daemon: DaemonPro
     assert (f.state, f.tags[0].tag) == ("indexed", "mid")
 
 
+def test_a_refusal_that_quotes_a_huge_field_arrives_cut_with_its_code(daemon: DaemonProcess) -> None:
+    """A refusal quoting a 1 MB path or name went over gRPC's 16 KB trailer limit: the caller got
+    RESOURCE_EXHAUSTED "Stream removed" instead of INVALID_ARGUMENT or NOT_FOUND and the reason."""
+    stub = daemon.client.stub
+    huge = "a" * (1 << 20)
+    cases = {
+        "AddWatch": (pb.WatchRequest(path=huge), grpc.StatusCode.INVALID_ARGUMENT, "path must be absolute"),
+        "GetDataset": (pb.DatasetRef(name=huge), grpc.StatusCode.INVALID_ARGUMENT, "dataset name"),
+        "CountTags": (pb.CountTagsRequest(model=huge), grpc.StatusCode.NOT_FOUND, "no model"),
+    }
+    for method, (request, code, reason) in cases.items():
+        with pytest.raises(grpc.RpcError) as e:
+            getattr(stub, method)(request, timeout=10)
+        assert (e.value.code(), reason) == (code, reason) and reason in (e.value.details() or ""), method
+        assert len(e.value.details() or "") < 4000
+    assert daemon.client.status().models == ["bands@1"]
+
+
 # -- one daemon per home -------------------------------------------------------------------------------------
 def test_second_daemon_on_the_same_home_exits_1(daemon: DaemonProcess, tmp_path: Path) -> None:
     lock = daemon.home / "daemon.lock"
