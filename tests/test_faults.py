@@ -860,6 +860,8 @@ def test_malformed_requests_are_refused_and_the_daemon_answers(daemon: DaemonPro
         "AddWatch the whole disk, spelled //": ("AddWatch", pb.WatchRequest(path="//"), invalid),
         "AddWatch a link to /": ("AddWatch", pb.WatchRequest(path=str(root_link)), invalid),
         "Tag the whole disk": ("Tag", pb.TagRequest(paths=["/"]), invalid),
+        "SuggestLabels for the whole disk": ("SuggestLabels", pb.SuggestRequest(paths=["/"]), invalid),
+        "SuggestLabels through a link to /": ("SuggestLabels", pb.SuggestRequest(paths=[str(root_link)]), invalid),
     }
     got = {name: code(method, request) for name, (method, request, _) in cases.items()}
     assert got == {name: want for name, (_, _, want) in cases.items()}
