@@ -151,7 +151,7 @@ def check_request(trainer: str, base: str, name: str, options: str | dict[str, A
     trainer = trainer or "local"
     if trainer not in ("local", "cloud"):
         host, _, port = trainer.rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):  # not `host:²`
             raise ValueError(f"trainer {trainer!r}: expected local, cloud or HOST:PORT")
     base = base or "demo"
     if base not in BASES:

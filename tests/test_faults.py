@@ -862,6 +862,8 @@ def test_malformed_requests_are_refused_and_the_daemon_answers(daemon: DaemonPro
         "Tag the whole disk": ("Tag", pb.TagRequest(paths=["/"]), invalid),
         "SuggestLabels for the whole disk": ("SuggestLabels", pb.SuggestRequest(paths=["/"]), invalid),
         "SuggestLabels through a link to /": ("SuggestLabels", pb.SuggestRequest(paths=[str(root_link)]), invalid),
+        "Train on a port that cannot be": ("Train", pb.TrainRequest(dataset="x", trainer="host:99999"), invalid),
+        "Train on a port of no ASCII digit": ("Train", pb.TrainRequest(dataset="x", trainer="host:²"), invalid),
     }
     got = {name: code(method, request) for name, (method, request, _) in cases.items()}
     assert got == {name: want for name, (_, _, want) in cases.items()}
