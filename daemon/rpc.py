@@ -46,6 +46,39 @@ class TokenCheck(grpc.ServerInterceptor):
         return self._deny_stream if handler is not None and handler.request_streaming else self._deny_unary
 
 
+class CutMessages(grpc.ServerInterceptor):
+    """A refusal's message is cut to MESSAGE_MAX bytes. It goes as a trailer, and one that quoted a huge
+    request field (a 1 MB path, name or job id) passed gRPC's 16 KB limit on the way: the caller got
+    RESOURCE_EXHAUSTED "Stream removed" instead of the refusal and its reason."""
+
+    class _Context:
+        def __init__(self, context: grpc.ServicerContext) -> None:
+            self._context = context
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._context, name)
+
+        def abort(self, code: grpc.StatusCode, details: str) -> None:
+            data = details.encode()
+            if len(data) > MESSAGE_MAX:
+                details = f"{data[:MESSAGE_MAX].decode(errors='ignore')}… ({len(data)} bytes in all)"
+            self._context.abort(code, details)
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        kinds = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+        kind = next(k for k in kinds if getattr(handler, k) is not None)
+        behaviour = getattr(handler, kind)
+        return handler._replace(**{kind: lambda request, context: behaviour(request, self._Context(context))})
+
+
+MESSAGE_MAX = 2000  # bytes; percent-encoded (3 bytes each at most) it stays under gRPC's 8 KB soft limit
+
+
 def make_server(
     add: Callable[[grpc.Server], None],
     services: Sequence[str],
@@ -63,7 +96,7 @@ def make_server(
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
-        interceptors=[TokenCheck(token)] if token else [],
+        interceptors=[TokenCheck(token), CutMessages()] if token else [CutMessages()],
         options=options,
     )
     add(server)

@@ -74,6 +74,13 @@ def _absolute(path: str, context: grpc.ServicerContext) -> str:
     return os.path.normpath(path)
 
 
+def _not_whole_disk(paths: list[str], context: grpc.ServicerContext) -> list[str]:
+    """Paths to walk, none of them `/` (which walked /proc, /sys and every program's files for minutes)."""
+    if any(indexed_path(p) == os.sep for p in paths):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, WHOLE_DISK)
+    return paths
+
+
 class PauseService:
     """Pause / Resume / ListFailed, mixed into DaemonService."""
 
@@ -184,9 +191,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
     def Tag(self, request: pb.TagRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
         if not request.paths:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no paths given")
-        paths = [_absolute(p, context) for p in request.paths]
-        if any(indexed_path(p) == os.sep for p in paths):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, WHOLE_DISK)
+        paths = _not_whole_disk([_absolute(p, context) for p in request.paths], context)
         if self.daemon.paused:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "indexing is paused; resume it first (vibrary resume)")
         remaining = context.time_remaining()  # no deadline reads as ~1e19 s
@@ -275,7 +280,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
     def SuggestLabels(self, request: pb.SuggestRequest, context: grpc.ServicerContext) -> pb.Suggestions:
         if not request.paths:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no paths given")
-        paths = [_absolute(p, context) for p in request.paths]
+        paths = _not_whole_disk([_absolute(p, context) for p in request.paths], context)
         try:
             found = suggest.suggest(paths, suggest.Synonyms.load(self.daemon.home))
         except FileNotFoundError as e:

@@ -106,6 +106,7 @@ class Daemon:
         self._feeder = threading.Thread(target=self._feed, name="feeder", daemon=True)
         self._analyzed_at, self._analyzed_rows = -1e9, 0
         self._models_lock = threading.Lock()
+        self._watches_lock = threading.Lock()  # the watcher and the index change together (add_watch)
         self._paused = threading.Event()
         if config.paused_path(home_dir).exists():
             self._paused.set()
@@ -274,14 +275,17 @@ class Daemon:
 
     def add_watch(self, folder: str) -> None:
         """Watched first, then kept: a folder that cannot be watched (OSError: the inotify limit) must not
-        be in the index, where every start would fail on it again."""
-        self.watcher.watch(folder)
-        self.index.add_watch(folder)
+        be in the index, where every start would fail on it again. One change of watches at a time: a
+        remove between the watcher's watch and the index's row left a watch listed that nothing observed."""
+        with self._watches_lock:
+            self.watcher.watch(folder)
+            self.index.add_watch(folder)
         self.status_events.changed()
 
     def remove_watch(self, folder: str) -> bool:
-        self.watcher.unwatch(folder)
-        removed = self.index.remove_watch(folder)
+        with self._watches_lock:
+            self.watcher.unwatch(folder)
+            removed = self.index.remove_watch(folder)
         self.status_events.changed()
         return removed
 

@@ -36,6 +36,7 @@ from vibrary.clients.client import DaemonError
 from vibrary.clients.trainer_client import TrainerClient
 from vibrary.proto import trainer_pb2
 from vibrary.trainer.options import TrainConfig
+from vibrary.trainer.options import parse as options_parse
 
 from . import config, dataset, registry
 from .index import Index, ModelRow
@@ -150,7 +151,7 @@ def check_request(trainer: str, base: str, name: str, options: str | dict[str, A
     trainer = trainer or "local"
     if trainer not in ("local", "cloud"):
         host, _, port = trainer.rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):  # not `host:²`
             raise ValueError(f"trainer {trainer!r}: expected local, cloud or HOST:PORT")
     base = base or "demo"
     if base not in BASES:
@@ -168,12 +169,7 @@ TRANSFER_DEFAULTS: dict[str, Any] = {"epochs": 20, "patience": 5, "masks": False
 def options_json(base: str, options: str | dict[str, Any] = "{}") -> str:
     """The user's training options over the defaults (TRANSFER_DEFAULTS when training from a base), checked
     as the trainer will check them: a typo or a bad value is said now, not after a trainer started."""
-    try:
-        given = json.loads(options) if isinstance(options, str) else dict(options)
-    except ValueError as e:
-        raise ValueError(f"training options are not JSON: {e}") from None
-    if not isinstance(given, dict):
-        raise ValueError("training options must be a JSON object")
+    given = options_parse(options) if isinstance(options, str) else dict(options)
     defaults: dict[str, Any] = dict(TRANSFER_DEFAULTS) if base != "none" else {}
     merged = {**defaults, **{k: v for k, v in given.items() if v is not None}}
     TrainConfig.from_dict(merged)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -523,6 +524,35 @@ def test_front_ends_following_events_leave_the_api_answering(daemon: DaemonProce
     with pytest.raises(DaemonError) as err:
         list(daemon.client.search([[f"tag{i}"] for i in range(100)]))
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "query too long" in str(err.value)
+
+
+def test_a_watch_added_and_removed_at_once_is_either_watched_or_gone(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A RemoveWatch between AddWatch's watcher and its index row left the folder listed as a watch that
+    nothing observed: files dropped into it were never tagged."""
+    folder = tmp_path / "raced"
+    folder.mkdir()
+    clients = [Client(home_dir=daemon.home) for _ in range(2)]  # one connection each
+    for attempt in range(40):
+        start = threading.Barrier(2)
+
+        def run(method: str, stub: pb_grpc.DaemonStub, start: threading.Barrier = start) -> None:
+            start.wait()
+            with contextlib.suppress(grpc.RpcError):  # NOT_FOUND when the remove comes first
+                getattr(stub, method)(pb.WatchRequest(path=str(folder)), timeout=10)
+
+        calls = zip(("AddWatch", "RemoveWatch"), (c.stub for c in clients), strict=True)
+        threads = [threading.Thread(target=run, args=call) for call in calls]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if str(folder) not in daemon.client.status().watches:
+            continue
+        dropped = str(write_tone(folder / f"new{attempt}.wav", 1000))
+        wait_for(lambda: next(daemon.client.tags([dropped])).state == "indexed", timeout=10)  # noqa: B023
+        daemon.client.remove_watch(str(folder))
+    for c in clients:
+        c.close()
 
 
 def test_daemon_stop_stops_the_daemon_of_this_home(model_home: Path) -> None:

@@ -860,6 +860,10 @@ def test_malformed_requests_are_refused_and_the_daemon_answers(daemon: DaemonPro
         "AddWatch the whole disk, spelled //": ("AddWatch", pb.WatchRequest(path="//"), invalid),
         "AddWatch a link to /": ("AddWatch", pb.WatchRequest(path=str(root_link)), invalid),
         "Tag the whole disk": ("Tag", pb.TagRequest(paths=["/"]), invalid),
+        "SuggestLabels for the whole disk": ("SuggestLabels", pb.SuggestRequest(paths=["/"]), invalid),
+        "SuggestLabels through a link to /": ("SuggestLabels", pb.SuggestRequest(paths=[str(root_link)]), invalid),
+        "Train on a port that cannot be": ("Train", pb.TrainRequest(dataset="x", trainer="host:99999"), invalid),
+        "Train on a port of no ASCII digit": ("Train", pb.TrainRequest(dataset="x", trainer="host:²"), invalid),
     }
     got = {name: code(method, request) for name, (method, request, _) in cases.items()}
     assert got == {name: want for name, (_, _, want) in cases.items()}
@@ -869,6 +873,24 @@ def test_malformed_requests_are_refused_and_the_daemon_answers(daemon: DaemonPro
     assert list(s.watches) == [] and list(s.models) == ["bands@1"] and s.failed == 0
     (f,) = list(daemon.client.tag([str(a_file)]))
     assert (f.state, f.tags[0].tag) == ("indexed", "mid")
+
+
+def test_a_refusal_that_quotes_a_huge_field_arrives_cut_with_its_code(daemon: DaemonProcess) -> None:
+    """A refusal quoting a 1 MB path or name went over gRPC's 16 KB trailer limit: the caller got
+    RESOURCE_EXHAUSTED "Stream removed" instead of INVALID_ARGUMENT or NOT_FOUND and the reason."""
+    stub = daemon.client.stub
+    huge = "a" * (1 << 20)
+    cases = {
+        "AddWatch": (pb.WatchRequest(path=huge), grpc.StatusCode.INVALID_ARGUMENT, "path must be absolute"),
+        "GetDataset": (pb.DatasetRef(name=huge), grpc.StatusCode.INVALID_ARGUMENT, "dataset name"),
+        "CountTags": (pb.CountTagsRequest(model=huge), grpc.StatusCode.NOT_FOUND, "no model"),
+    }
+    for method, (request, code, reason) in cases.items():
+        with pytest.raises(grpc.RpcError) as e:
+            getattr(stub, method)(request, timeout=10)
+        assert (e.value.code(), reason) == (code, reason) and reason in (e.value.details() or ""), method
+        assert len(e.value.details() or "") < 4000
+    assert daemon.client.status().models == ["bands@1"]
 
 
 # -- one daemon per home -------------------------------------------------------------------------------------

@@ -203,6 +203,37 @@ def test_a_shard_size_that_cannot_be_is_refused_without_the_servers_paths(traine
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "/" not in (e.value.details() or "")
 
 
+def test_a_refusal_that_quotes_a_huge_field_arrives_cut_with_its_code(trainer_service: str) -> None:
+    """A job id or sha256 of 1 MB was quoted whole in the refusal, over gRPC's 16 KB trailer limit: the caller
+    got RESOURCE_EXHAUSTED "Stream removed" instead of NOT_FOUND or INVALID_ARGUMENT."""
+    huge = "a" * (1 << 20)
+    with TrainerClient(trainer_service) as client:
+        for call, code in [
+            (lambda: client.stub.CancelJob(pb.JobRef(id=huge), timeout=10), grpc.StatusCode.NOT_FOUND),
+            (
+                lambda: client.stub.MissingShards(
+                    pb.ShardList(shards=[pb.ShardStatus(sha256=huge, size=1)]), timeout=10
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            ),
+        ]:
+            with pytest.raises(grpc.RpcError) as e:
+                call()
+            assert e.value.code() == code and len(e.value.details() or "") < 4000
+
+
+def test_training_options_that_are_not_a_json_object_are_refused_by_name(trainer_service: str) -> None:
+    """StartJob with config "[]" answered UNKNOWN ("'list' object has no attribute 'items'"); config that
+    was not JSON said only "Expecting value", not which field."""
+    manifest, _ = _manifest_and_blobs()
+    with TrainerClient(trainer_service) as client:
+        for config, reason in [("[]", "must be a JSON object"), ("7", "must be a JSON object"), ("{", "not JSON")]:
+            with pytest.raises(grpc.RpcError) as e:
+                client.stub.StartJob(pb.JobRequest(manifest=manifest.to_json(), config=config), timeout=10)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, config
+            assert "training options" in (e.value.details() or "") and reason in (e.value.details() or "")
+
+
 def test_a_start_before_a_large_upload_names_a_few_missing_shards(trainer_service: str) -> None:
     """Every absent shard was named: over ~1,200 the message exceeded what gRPC carries (RESOURCE_EXHAUSTED
     instead of the reason)."""

@@ -15,6 +15,17 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,2})?")
 _KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
 
 
+def parse(text: str) -> dict[str, object]:
+    """Training options as JSON text, read; ValueError that says so when they are not a JSON object."""
+    try:
+        given = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"training options are not JSON: {e}") from None
+    if not isinstance(given, dict):
+        raise ValueError("training options must be a JSON object")
+    return given
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 40

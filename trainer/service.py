@@ -47,7 +47,7 @@ from vibrary.daemon.shards import Manifest, ShardError, sha256_bytes
 from vibrary.proto import trainer_pb2 as pb
 from vibrary.proto import trainer_pb2_grpc as pb_grpc
 
-from . import prune
+from . import options, prune
 from .export import base_path
 from .pipeline import RESULT_FILES, train_to_files
 from .tenants import LOCAL, Tenants, check_user
@@ -332,7 +332,7 @@ class TrainerService(pb_grpc.TrainerServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a shared trainer trains from base demo or none only")
         try:
             manifest = Manifest.from_json(request.manifest)
-            config = TrainConfig.from_dict(json.loads(request.config or "{}"))
+            config = TrainConfig.from_dict(options.parse(request.config or "{}"))
             base_path(base)
         except (ShardError, ValueError, TypeError, FileNotFoundError) as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
