@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from . import config
+from .dataset import check_name
 from .index import Index, ModelRow
 from .infer import Model, ModelError, sha256_file
 
@@ -22,8 +23,10 @@ def install(index: Index, home_dir: Path, source: str, name: str = "", builtin: 
     """Validate an ONNX file (loads it, runs it once), copy it into the home, register a new version."""
     model = Model(source, threads=1)  # raises ModelError with the reason when it does not fit
     name = name or model.info.name
-    if not name.replace("-", "").replace("_", "").isalnum():
-        raise ModelError(f"model name {name!r}: use letters, digits, '-' and '_'")
+    try:
+        check_name(name, "model")
+    except ValueError as e:
+        raise ModelError(str(e)) from None
     digest = sha256_file(source)
     for row in index.models():
         if row.name == name and row.sha256 == digest:  # the same file installed twice is the same version

@@ -42,13 +42,15 @@ an alias of one letter would match every note name, so neither is taken.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import struct
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +60,7 @@ from .folders import audio_files_under
 
 BUILTIN = Path(__file__).parent / "builtin" / "synonyms.json"
 USER_FILE = "synonyms.json"
+LONGEST = 100  # characters of a user's alias or tag
 _RUN = re.compile(r"[^\W_]+")  # letters and digits of any script: Bässe, Señal, 大鼓
 _LETTERS_OR_DIGITS = re.compile(r"[^\W\d_]+|\d+")
 _HEX = re.compile(r"(?=.*\d)(?=.*[a-fA-F])[\da-fA-F]{8,}")  # 000003BD; not BD0010 (a TR-808 sample name)
@@ -220,39 +223,54 @@ class Synonyms:
         """Add alias → tag pairs to the user's table (saved atomically). An alias the user already gave
         another tag moves to this one; ValueError, and nothing changed, when any pair is bad."""
         checked = [(alias.strip(), clean_tag(tag)) for alias, tag in pairs]
-        for alias, _ in checked:
+        for alias, tag in checked:
             if not alias:
                 raise ValueError("an alias is empty")
+            if max(len(alias), len(tag)) > LONGEST or not alias.isprintable():  # stored, listed on every call
+                raise ValueError(f"alias {alias[:40]!r} → {tag[:40]!r}: {LONGEST} printable characters at most")
             if not _key(alias):
                 raise ValueError(
                     f"alias {alias!r} would match noise (a lone letter is a note name, a number of one or "
                     "two digits is numbering): give a word of two letters or more, or a number of three digits"
                 )
-        for alias, tag in checked:
-            self._forget(alias)
-            self.user.setdefault(tag, []).append(alias)
-        self._save(home_dir)
+        with self._editing(home_dir):
+            for alias, tag in checked:
+                self._forget(alias)
+                self.user.setdefault(tag, []).append(alias)
 
     def remove(self, home_dir: Path, aliases: Iterable[str]) -> list[tuple[str, str, bool]]:
         """Take aliases out: the user's own from their table, a built-in one by masking it there (a lyric
         read as a drum, a vendor's word that means something else in this library). The (alias, tag,
         builtin) pairs removed; ValueError, and nothing changed, for an alias no table has."""
-        pairs = {alias: (alias, tag, builtin) for alias, tag, builtin in self.pairs()}
         wanted = [alias.strip().lower() for alias in aliases]
-        for alias in wanted:
-            if alias not in pairs:
-                raise ValueError(f"no alias {alias!r}: `vibrary synonyms list` shows them")
         builtin = {a.lower() for aliases in self.builtin.values() for a in aliases}
-        for alias in wanted:
-            self._forget(alias)
-            if alias in builtin:  # the user's own alias that overrode a built-in one: both go
-                self.removed.append(alias)
-        self._save(home_dir)
+        with self._editing(home_dir):
+            pairs = {alias: (alias, tag, builtin) for alias, tag, builtin in self.pairs()}
+            for alias in wanted:
+                if alias not in pairs:
+                    raise ValueError(f"no alias {alias!r}: `vibrary synonyms list` shows them")
+            for alias in wanted:
+                self._forget(alias)
+                if alias in builtin:  # the user's own alias that overrode a built-in one: both go
+                    self.removed.append(alias)
         return [pairs[alias] for alias in dict.fromkeys(wanted)]
 
     def _forget(self, alias: str) -> None:
         self.user = {t: [a for a in aliases if a.lower() != alias.lower()] for t, aliases in self.user.items()}
         self.removed = [a for a in self.removed if a.lower() != alias.lower()]
+
+    @contextlib.contextmanager
+    def _editing(self, home_dir: Path) -> Iterator[None]:
+        """Change the user's table as saved now, under an flock that every edit takes, then save it: the
+        daemon (AddSynonyms) and `vibrary synonyms` each loaded, changed and saved the file, so two edits at
+        once (two terminals, a script beside the CLI) kept only the last one's."""
+        home_dir.mkdir(parents=True, exist_ok=True)
+        with open(home_dir / f"{USER_FILE}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # held for a read and a write of a small file
+            saved = Synonyms.load(home_dir)
+            self.user, self.removed = saved.user, saved.removed
+            yield
+            self._save(home_dir)
 
     def _save(self, home_dir: Path) -> None:
         """The user's table, written atomically."""

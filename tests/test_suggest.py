@@ -182,6 +182,22 @@ def test_user_synonyms_extend_and_override_the_builtin_table(pack: Path, tmp_pat
             Synonyms.load(home)
 
 
+def test_two_edits_of_the_synonyms_at_once_both_stay_and_oversized_aliases_are_refused(tmp_path: Path) -> None:
+    """The daemon and `vibrary synonyms` each load the table, change it and save it: an edit made from a
+    table loaded before another edit was saved kept only its own change (two terminals, a script)."""
+    home = tmp_path / "home"
+    first, second = Synonyms.load(home), Synonyms.load(home)  # both loaded before either saves
+    first.add(home, [("wub", "wobble")])
+    second.add(home, [("zap", "laser")])
+    assert Synonyms.load(home).user == {"laser": ["zap"], "wobble": ["wub"]}
+    first.remove(home, ["zap"])  # what the other one saved is there to remove
+    assert Synonyms.load(home).user == {"wobble": ["wub"]}
+    for alias, tag in (("x" * 101, "kick"), ("boom", "k" * 101), ("line\nbreak", "kick"), ("nul\x00", "kick")):
+        with pytest.raises(ValueError, match="printable characters at most"):
+            first.add(home, [(alias, tag)])
+    assert Synonyms.load(home).user == {"wobble": ["wub"]}
+
+
 def test_a_missing_path_is_an_error_and_unreadable_tags_are_no_suggestion(tmp_path: Path, table: Synonyms) -> None:
     with pytest.raises(FileNotFoundError, match="nope"):
         suggest([str(tmp_path / "nope")], table)
