@@ -129,10 +129,13 @@ def example(path: str, tag: str) -> Example:
     return Example(path, label(tag), shards.group_id(os.path.dirname(path)))
 
 
-def examples_from_folders(dirs: Sequence[str]) -> list[Example]:
-    """Every audio file under DIR/<label>/…: label = its parent folder's name, group = that folder."""
+def examples_from_folders(dirs: Sequence[str], loose: list[str] | None = None) -> list[Example]:
+    """Every audio file under DIR/<label>/…: label = its parent folder's name, group = that folder. Files
+    lying in a DIR itself have no tag folder and are left out; `loose`, when given, receives them, so that
+    the caller can say so (`dataset add mytags MyTags/dark` said "has these files already" of new files
+    put in dark/ itself, and built datasets one file short without a word)."""
     found: list[Example] = []
-    loose: list[str] = []
+    loose = [] if loose is None else loose
     for root in dirs:
         if not os.path.isdir(root):
             if os.path.exists(root):  # a file names no tag: its label would be whatever folder it is in

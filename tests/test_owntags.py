@@ -181,6 +181,27 @@ def test_adding_files_decodes_only_them_keeps_the_edits_and_follows_renames(
     assert sum(steps) == 9 + len(fourth)  # every file offered is accounted for: the bar ends full
 
 
+def test_files_lying_in_a_folder_given_beside_its_tag_folders_are_said_to_be_left_out(
+    home: Path, tmp_path: Path
+) -> None:
+    """`MyTags/dark/Organ.wav` beside `MyTags/dark/Bass Loops/`: `dataset add mine MyTags/dark` said
+    "has these files already" of the new file in dark/ and added nothing; `create` dropped it silently."""
+    tags = tmp_path / "MyTags"
+    write_kinds(tags, per_kind=2, seed=11)
+    write_kinds(tags / "thump", per_kind=1, seed=12, folders={k: "Deep" for k in KINDS})
+    created = vibrary("dataset", "create", "--json", "mine", str(tags), home=home)
+    assert json_lines(created.stdout)[-1]["per_class"] == {"deep": 3, "noise": 2, "thump": 2, "tone": 2}
+    assert "left out" not in created.stderr  # no file lies loose in MyTags itself
+    new = tags / "thump" / "new_thump.wav"
+    new.write_bytes((tags / "thump" / "thump_11_0.wav").read_bytes())
+    added = vibrary("dataset", "add", "--json", "mine", str(tags / "thump"), home=home)
+    assert json_lines(added.stdout)[-1]["added"] == 0
+    assert "left out 1 file lying directly in a folder given" in added.stderr and str(new) in added.stderr
+    assert "thump_11_0.wav" not in added.stderr  # in the dataset already: not left out of it
+    again = vibrary("dataset", "create", "mine", str(tags / "thump"), home=home, check=False)
+    assert "left out 3 files lying directly" in again.stderr
+
+
 def test_a_tag_left_with_one_example_is_said_at_once_and_stops_training_before_any_upload(
     home: Path, tmp_path: Path
 ) -> None:
