@@ -217,6 +217,23 @@ def test_a_tag_left_with_one_example_is_said_at_once_and_stops_training_before_a
     assert refused.returncode == 1 and "dataset 'mine' cannot train: each tag needs" in refused.stderr
 
 
+def test_a_model_is_not_trained_under_the_built_in_models_name(home: Path, tmp_path: Path) -> None:
+    """A dataset called `demo` trained into demo@2 and deactivated the built-in model: its 15 instrument
+    tags were gone from every search. Refused before any trainer is called (none listens on port 9)."""
+    write_kinds(tmp_path / "ex", per_kind=2, seed=13)
+    vibrary("dataset", "create", "demo", str(tmp_path / "ex"), home=home)
+    for extra in ((), ("--name", "demo")):
+        name = "demo" if not extra else "mine"
+        if extra:
+            vibrary("dataset", "create", "mine", str(tmp_path / "ex"), home=home)
+        refused = vibrary("train", name, *extra, "--trainer", "127.0.0.1:9", home=home, check=False)
+        assert refused.returncode == 1, refused.stderr
+        assert "model name 'demo' is the built-in model's" in refused.stderr and "--name NAME" in refused.stderr
+        assert "127.0.0.1:9" not in refused.stderr  # said before any upload
+    listed = json_lines(vibrary("models", "list", "--json", home=home).stdout)
+    assert [(m["name"], m["version"], m["active"]) for m in listed] == [("demo", 1, True)]
+
+
 def test_labels_an_older_version_spelled_with_spaces_stay_mergeable(home: Path, tmp_path: Path) -> None:
     """Labels are spelled as tags now (hi-hat); a dataset made before keeps "hi hat", and a merge into it
     must not make a second class "hi-hat"."""
