@@ -234,6 +234,21 @@ def test_a_model_is_not_trained_under_the_built_in_models_name(home: Path, tmp_p
     assert [(m["name"], m["version"], m["active"]) for m in listed] == [("demo", 1, True)]
 
 
+def test_a_mistyped_dataset_name_is_answered_with_the_nearest_one_not_told_to_create_it(
+    home: Path, tmp_path: Path
+) -> None:
+    write_kinds(tmp_path / "ex", per_kind=2, seed=14)
+    vibrary("dataset", "create", "mytags", str(tmp_path / "ex"), home=home)
+    for command in (("train", "mytag"), ("dataset", "show", "Mytags"), ("dataset", "drop", "mytgs", "tone")):
+        typo = vibrary(*command, home=home, check=False)
+        assert typo.returncode == 1 and "did you mean 'mytags'?" in typo.stderr, typo.stderr
+        assert "dataset create" not in typo.stderr  # it was told to make a second, empty-handed
+    other = vibrary("dataset", "show", "drums", home=home, check=False)
+    assert "no dataset 'drums'; create it with `vibrary dataset create drums DIR...`" in other.stderr
+    gone = vibrary("dataset", "delete", "drums", home=home, check=False)
+    assert gone.returncode == 1 and gone.stderr.strip() == "vibrary: no dataset 'drums'"
+
+
 def test_labels_an_older_version_spelled_with_spaces_stay_mergeable(home: Path, tmp_path: Path) -> None:
     """Labels are spelled as tags now (hi-hat); a dataset made before keeps "hi hat", and a merge into it
     must not make a second class "hi-hat"."""
