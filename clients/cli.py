@@ -606,12 +606,34 @@ def _examples(args: argparse.Namespace) -> list[Any]:
     from vibrary.daemon import dataset
 
     if args.labels == "folders":
-        return dataset.examples_from_folders(args.dirs)
+        loose: list[str] = []
+        found = dataset.examples_from_folders(args.dirs, loose)
+        if args.action == "add":  # the ones it holds already were not left out of it
+            held = {os.path.normpath(path) for path, _ in dataset.labelled_files(config.home(), args.name)}
+            loose = [path for path in loose if os.path.normpath(os.path.abspath(path)) not in held]
+        _say_loose(loose)
+        return found
     found = _suggestions(args.dirs)
     for s in found:
         if not s.tag:
             print(f"skipped {s.path}: no tag suggested (add a synonym, or put it in a tag folder)", file=sys.stderr)
     return [dataset.example(s.path, s.tag) for s in found if s.tag]
+
+
+def _say_loose(loose: Sequence[str]) -> None:
+    """Files lying in a DIR itself, beside its tag folders, have no tag: said, with the way out, since a
+    producer who puts new examples in `MyTags/dark/` and adds that folder means them to be dark."""
+    if not loose:
+        return
+    print(
+        f"vibrary: left out {_files(len(loose))} lying directly in a folder given, not in a tag folder inside it "
+        "(give the folder above, or use --labels suggest):",
+        file=sys.stderr,
+    )
+    for path in loose[:5]:
+        print(f"  {path}", file=sys.stderr)
+    if len(loose) > 5:
+        print(f"  … and {len(loose) - 5} more", file=sys.stderr)
 
 
 def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:

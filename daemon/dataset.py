@@ -16,6 +16,7 @@ shards under the new labels: nothing is decoded or even read from the source fil
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import hashlib
 import json
@@ -129,10 +130,13 @@ def example(path: str, tag: str) -> Example:
     return Example(path, label(tag), shards.group_id(os.path.dirname(path)))
 
 
-def examples_from_folders(dirs: Sequence[str]) -> list[Example]:
-    """Every audio file under DIR/<label>/…: label = its parent folder's name, group = that folder."""
+def examples_from_folders(dirs: Sequence[str], loose: list[str] | None = None) -> list[Example]:
+    """Every audio file under DIR/<label>/…: label = its parent folder's name, group = that folder. Files
+    lying in a DIR itself have no tag folder and are left out; `loose`, when given, receives them, so that
+    the caller can say so (`dataset add mytags MyTags/dark` said "has these files already" of new files
+    put in dark/ itself, and built datasets one file short without a word)."""
     found: list[Example] = []
-    loose: list[str] = []
+    loose = [] if loose is None else loose
     for root in dirs:
         if not os.path.isdir(root):
             if os.path.exists(root):  # a file names no tag: its label would be whatever folder it is in
@@ -447,10 +451,20 @@ def load(home_dir: Path, name: str) -> tuple[shards.Manifest, Path]:
             if isinstance(text, str) and text:  # the manifest of these labels, whatever a crash left in manifest.json
                 return shards.Manifest.from_json(text), folder / "shards"
         if not (folder / "manifest.json").exists():
-            raise FileNotFoundError(f"no dataset {name!r}; create it with `vibrary dataset create {name} DIR...`")
+            raise _no_dataset(home_dir, name)
         return shards.Manifest.from_json((folder / "manifest.json").read_text()), folder / "shards"
     except (shards.ShardError, UnicodeDecodeError) as e:
         raise _damaged(name, str(e)) from None
+
+
+def _no_dataset(home_dir: Path, name: str, to_create: bool = True) -> FileNotFoundError:
+    """A typo (`train mytag` for mytags) was told to create a dataset of that name: the nearest name there
+    is comes first, and only with none near is creating one the way on."""
+    near = difflib.get_close_matches(name, names(home_dir), n=1)
+    if near:
+        return FileNotFoundError(f"no dataset {name!r}; did you mean {near[0]!r}? (`vibrary dataset list`)")
+    create = f"; create it with `vibrary dataset create {name} DIR...`" if to_create else ""
+    return FileNotFoundError(f"no dataset {name!r}{create}")
 
 
 def names(home_dir: Path) -> list[str]:
@@ -463,7 +477,7 @@ def delete(home_dir: Path, name: str) -> None:
     check_name(name)
     folder = dataset_dir(home_dir, name)
     if not any((folder / f).exists() for f in ("manifest.json", "labels.json")):
-        raise FileNotFoundError(f"no dataset {name!r}")
+        raise _no_dataset(home_dir, name, to_create=False)
     with _held(home_dir, name, change=True):
         shutil.rmtree(folder)
 

@@ -181,6 +181,27 @@ def test_adding_files_decodes_only_them_keeps_the_edits_and_follows_renames(
     assert sum(steps) == 9 + len(fourth)  # every file offered is accounted for: the bar ends full
 
 
+def test_files_lying_in_a_folder_given_beside_its_tag_folders_are_said_to_be_left_out(
+    home: Path, tmp_path: Path
+) -> None:
+    """`MyTags/dark/Organ.wav` beside `MyTags/dark/Bass Loops/`: `dataset add mine MyTags/dark` said
+    "has these files already" of the new file in dark/ and added nothing; `create` dropped it silently."""
+    tags = tmp_path / "MyTags"
+    write_kinds(tags, per_kind=2, seed=11)
+    write_kinds(tags / "thump", per_kind=1, seed=12, folders={k: "Deep" for k in KINDS})
+    created = vibrary("dataset", "create", "--json", "mine", str(tags), home=home)
+    assert json_lines(created.stdout)[-1]["per_class"] == {"deep": 3, "noise": 2, "thump": 2, "tone": 2}
+    assert "left out" not in created.stderr  # no file lies loose in MyTags itself
+    new = tags / "thump" / "new_thump.wav"
+    new.write_bytes((tags / "thump" / "thump_11_0.wav").read_bytes())
+    added = vibrary("dataset", "add", "--json", "mine", str(tags / "thump"), home=home)
+    assert json_lines(added.stdout)[-1]["added"] == 0
+    assert "left out 1 file lying directly in a folder given" in added.stderr and str(new) in added.stderr
+    assert "thump_11_0.wav" not in added.stderr  # in the dataset already: not left out of it
+    again = vibrary("dataset", "create", "mine", str(tags / "thump"), home=home, check=False)
+    assert "left out 3 files lying directly" in again.stderr
+
+
 def test_a_tag_left_with_one_example_is_said_at_once_and_stops_training_before_any_upload(
     home: Path, tmp_path: Path
 ) -> None:
@@ -194,6 +215,38 @@ def test_a_tag_left_with_one_example_is_said_at_once_and_stops_training_before_a
     assert "cannot train yet" in shown
     refused = vibrary("train", "mine", "--trainer", "127.0.0.1:9", home=home, check=False)  # no trainer there
     assert refused.returncode == 1 and "dataset 'mine' cannot train: each tag needs" in refused.stderr
+
+
+def test_a_model_is_not_trained_under_the_built_in_models_name(home: Path, tmp_path: Path) -> None:
+    """A dataset called `demo` trained into demo@2 and deactivated the built-in model: its 15 instrument
+    tags were gone from every search. Refused before any trainer is called (none listens on port 9)."""
+    write_kinds(tmp_path / "ex", per_kind=2, seed=13)
+    vibrary("dataset", "create", "demo", str(tmp_path / "ex"), home=home)
+    for extra in ((), ("--name", "demo")):
+        name = "demo" if not extra else "mine"
+        if extra:
+            vibrary("dataset", "create", "mine", str(tmp_path / "ex"), home=home)
+        refused = vibrary("train", name, *extra, "--trainer", "127.0.0.1:9", home=home, check=False)
+        assert refused.returncode == 1, refused.stderr
+        assert "model name 'demo' is the built-in model's" in refused.stderr and "--name NAME" in refused.stderr
+        assert "127.0.0.1:9" not in refused.stderr  # said before any upload
+    listed = json_lines(vibrary("models", "list", "--json", home=home).stdout)
+    assert [(m["name"], m["version"], m["active"]) for m in listed] == [("demo", 1, True)]
+
+
+def test_a_mistyped_dataset_name_is_answered_with_the_nearest_one_not_told_to_create_it(
+    home: Path, tmp_path: Path
+) -> None:
+    write_kinds(tmp_path / "ex", per_kind=2, seed=14)
+    vibrary("dataset", "create", "mytags", str(tmp_path / "ex"), home=home)
+    for command in (("train", "mytag"), ("dataset", "show", "Mytags"), ("dataset", "drop", "mytgs", "tone")):
+        typo = vibrary(*command, home=home, check=False)
+        assert typo.returncode == 1 and "did you mean 'mytags'?" in typo.stderr, typo.stderr
+        assert "dataset create" not in typo.stderr  # it was told to make a second, empty-handed
+    other = vibrary("dataset", "show", "drums", home=home, check=False)
+    assert "no dataset 'drums'; create it with `vibrary dataset create drums DIR...`" in other.stderr
+    gone = vibrary("dataset", "delete", "drums", home=home, check=False)
+    assert gone.returncode == 1 and gone.stderr.strip() == "vibrary: no dataset 'drums'"
 
 
 def test_labels_an_older_version_spelled_with_spaces_stay_mergeable(home: Path, tmp_path: Path) -> None:
