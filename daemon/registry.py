@@ -33,6 +33,8 @@ def install(index: Index, home_dir: Path, source: str, name: str = "", builtin: 
             if not row.builtin and sha256_file_or_none(row.path) != digest:  # its copy lost or damaged: restored
                 _copy(source, row.path)
             return row
+    if not builtin:
+        check_not_builtin(index, name)
     if builtin:
         target = source
     else:
@@ -59,6 +61,14 @@ def sha256_file_or_none(path: str) -> str | None:
 def usable(row: ModelRow) -> bool:
     """Whether the model's file is still there as installed (models list and status say when not)."""
     return sha256_file_or_none(row.path) == row.sha256
+
+
+def check_not_builtin(index: Index, name: str) -> None:
+    """A model installed or trained under a built-in model's name (`models install --name demo`, a dataset
+    called `demo`) became that model's next version, and activating it deactivated the built-in one: its 15
+    instrument tags left every search without a word."""
+    if any(m.builtin and m.name == name for m in index.models()):
+        raise ModelError(f"model name {name!r} is the built-in model's: yours would replace it; give it another name")
 
 
 PLOTS = ("learning_curve.png", "confusion_matrix.png")  # a trained model's plots, beside its file

@@ -226,7 +226,10 @@ def train(
             if why := too_few(dataset.load_report(home_dir, dataset_name).per_class):
                 raise TrainingError(f"dataset {dataset_name!r} cannot train: {why}")  # before any upload
         model_name = name or dataset_name
-        _check_not_builtin(index, model_name)
+        try:
+            registry.check_not_builtin(index, model_name)  # before any upload
+        except ModelError as e:
+            raise ValueError(f"{e} (`vibrary train DATASET --name NAME`)") from None
         classes = list(manifest.classes)
         report(classes=classes, upload_bytes=manifest.size)
         job = JobRecord(dataset_name, model_name, checked_trainer, token, classes=classes, upload_bytes=manifest.size)
@@ -239,17 +242,6 @@ def train(
         return _installed(index, home_dir, files, model_name, report)
 
     return _reported(report, work)
-
-
-def _check_not_builtin(index: Index, model_name: str) -> None:
-    """A model trained under a built-in model's name (a dataset called `demo`) was installed as that
-    model's next version, and activating it deactivated the built-in one: its 15 instrument tags left every
-    search without a word. Refused before any upload, with the way out."""
-    if any(m.builtin and m.name == model_name for m in index.models()):
-        raise ValueError(
-            f"model name {model_name!r} is the built-in model's: yours would replace it and its tags; "
-            "give yours another name (`vibrary train DATASET --name NAME`)"
-        )
 
 
 def resume(

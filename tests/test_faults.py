@@ -943,7 +943,7 @@ def test_a_dataset_that_cannot_be_written_says_so_and_the_daemon_goes_on(daemon:
     assert list(daemon.client.create_dataset("mine", files))[-1].dataset.clips == len(files)  # once it can
 
 
-def test_a_model_name_that_cannot_be_a_folder_is_refused_before_anything_is_copied(home: Path, band_onnx: Path) -> None:
+def test_a_model_name_that_cannot_be_a_folder_or_is_the_builtins_is_refused(home: Path, band_onnx: Path) -> None:
     """Model names become folders of the home: the same rule as dataset names, its length limit too (a
     1,000-character name passed the character check and failed on the file system, 'File name too long')."""
     from vibrary.daemon import registry
@@ -956,5 +956,8 @@ def test_a_model_name_that_cannot_be_a_folder_is_refused_before_anything_is_copi
                 registry.install(index, home, str(band_onnx), name)
         assert not config.models_dir(home).exists() or not any(config.models_dir(home).iterdir())
         assert registry.install(index, home, str(band_onnx), "x" * 100).name == "x" * 100
+        registry.ensure_builtin(index, home)
+        with pytest.raises(ModelError, match="built-in model's"):  # it would become demo@2, the demo put away
+            registry.install(index, home, str(band_onnx), "demo")
     finally:
         index.close()
