@@ -25,6 +25,7 @@ import grpc
 from vibrary.daemon import config
 from vibrary.daemon.folders import indexed_path
 from vibrary.daemon.modelref import parse_ref
+from vibrary.daemon.rpc import check_token
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
@@ -63,7 +64,7 @@ class Client:
             target = config.unix_target(config.socket_path(home_dir or config.home(create=False)))
         self.target = target
         self.timeout = timeout
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = (("authorization", f"Bearer {check_token(token)}"),) if token else ()
         # a library's suggestions come as one reply (7.5 MB for 40,000 files): gRPC's 4 MB refused them
         self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", REPLY_MAX)])
         self._closed = False

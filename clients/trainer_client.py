@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from vibrary.daemon.rpc import check_token
 from vibrary.daemon.shards import Manifest, sha256_bytes
 from vibrary.proto import trainer_pb2 as pb
 from vibrary.proto import trainer_pb2_grpc as pb_grpc
@@ -28,7 +29,7 @@ class TrainerClient:
     ) -> None:
         self.target = target
         self.timeout = timeout
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata = (("authorization", f"Bearer {check_token(token)}"),) if token else ()
         options = [("grpc.max_receive_message_length", 16 << 20)]
         ca = tls_ca if tls_ca is not None else os.environ.get("VIBRARY_TRAINER_CA") or None
         self._tls = ca is not None

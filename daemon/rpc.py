@@ -24,6 +24,7 @@ class TokenCheck(grpc.ServerInterceptor):
         if callable(token):
             self._allowed = token
         else:
+            check_token(token)  # no client could send it
             expected = f"Bearer {token}".encode()
             self._allowed = lambda given: hmac.compare_digest(given.encode(), expected)
 
@@ -44,6 +45,14 @@ class TokenCheck(grpc.ServerInterceptor):
             return continuation(details)
         handler = continuation(details)
         return self._deny_stream if handler is not None and handler.request_streaming else self._deny_unary
+
+
+def check_token(token: str) -> str:
+    """The token, when gRPC metadata can carry it (printable ASCII); ValueError, without quoting it, when
+    not: a newline or NUL pasted with it failed every call later, as "Invalid metadata"."""
+    if not all(" " <= c <= "~" for c in token):
+        raise ValueError("the token holds a character gRPC cannot send: printable ASCII only (no newline or NUL)")
+    return token
 
 
 class CutMessages(grpc.ServerInterceptor):

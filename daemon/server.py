@@ -421,7 +421,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
 
     def Train(self, request: pb.TrainRequest, context: grpc.ServicerContext) -> Iterator[pb.TrainProgress]:
         try:
-            training.check_request(request.trainer, request.base, request.name, request.options or "{}")
+            training.check_request(request.trainer, request.base, request.name, request.options or "{}", request.token)
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         self._dataset_exists(request.dataset, context)

@@ -41,6 +41,7 @@ from vibrary.trainer.options import parse as options_parse
 from . import config, dataset, registry
 from .index import Index, ModelRow
 from .infer import ModelError
+from .rpc import check_token
 from .shards import Manifest, too_few
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,9 @@ class JobRecord:
 BASES = ("demo", "none")
 
 
-def check_request(trainer: str, base: str, name: str, options: str | dict[str, Any]) -> tuple[str, str, str]:
+def check_request(
+    trainer: str, base: str, name: str, options: str | dict[str, Any], token: str = ""
+) -> tuple[str, str, str]:
     """(trainer, base, options JSON) with the defaults filled in; ValueError for anything a trainer would
     refuse or an install would fail on, so that no trainer is started and no minute trained for nothing."""
     trainer = trainer or "local"
@@ -158,6 +161,7 @@ def check_request(trainer: str, base: str, name: str, options: str | dict[str, A
         raise ValueError(f"base {base!r}: expected demo (transfer from the built-in model) or none")
     if name:
         dataset.check_name(name, "model")
+    check_token(token)
     return trainer, base, options_json(base, options)
 
 
@@ -216,7 +220,7 @@ def train(
     report = _Report(dataset_name, progress)
 
     def work() -> Trained:
-        checked_trainer, checked_base, opts = check_request(trainer, base, name, options)
+        checked_trainer, checked_base, opts = check_request(trainer, base, name, options, token)
         with dataset.reading(home_dir, dataset_name):
             return read(checked_trainer, checked_base, opts)
 

@@ -875,6 +875,28 @@ def test_malformed_requests_are_refused_and_the_daemon_answers(daemon: DaemonPro
     assert (f.state, f.tags[0].tag) == ("indexed", "mid")
 
 
+def test_a_token_grpc_cannot_send_is_refused_before_any_training(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A trainer token with a newline or NUL (pasted with it) started a job, which then failed on the trainer
+    with "Invalid metadata": it is refused up front, named but not quoted, and so by the clients."""
+    from vibrary.clients.trainer_client import TrainerClient
+
+    files = [(str(write_tone(tmp_path / band / f"{band}.wav", freq)), band) for band, freq in BANDS.items()]
+    list(daemon.client.create_dataset("mine", files))
+    for token in ("s3cret\n", "s3\0cret", "s3crét"):
+        with pytest.raises(grpc.RpcError) as e:
+            list(
+                daemon.client.stub.Train(
+                    pb.TrainRequest(dataset="mine", trainer="localhost:1", token=token), timeout=10
+                )
+            )
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "token" in (e.value.details() or "")
+        assert "s3" not in (e.value.details() or "")
+        for client in (Client, TrainerClient):
+            with pytest.raises(ValueError, match="token"):
+                client("localhost:1", token=token)
+    assert not daemon.client.status().HasField("training")
+
+
 def test_a_refusal_that_quotes_a_huge_field_arrives_cut_with_its_code(daemon: DaemonProcess) -> None:
     """A refusal quoting a 1 MB path or name went over gRPC's 16 KB trailer limit: the caller got
     RESOURCE_EXHAUSTED "Stream removed" instead of INVALID_ARGUMENT or NOT_FOUND and the reason."""
