@@ -74,13 +74,25 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
+        """ShardError that names the field missing or wrong (a KeyError's repr said only "'spectrogram'")."""
+        where = ""
         try:
             raw = json.loads(text)
-            params = SpectrogramParams.from_json(json.dumps(raw["spectrogram"]))
-            shards = [ShardInfo(str(s["sha256"]), int(s["clips"]), int(s["size"])) for s in raw["shards"]]
-            manifest = cls(str(raw["name"]), [str(c) for c in raw["classes"]], params, shards)
-        except (KeyError, TypeError, ValueError) as e:
-            raise ShardError(f"bad dataset manifest: {e}") from None
+            if not isinstance(raw, dict):
+                raise TypeError("not a JSON object")
+            where = "spectrogram"
+            params = SpectrogramParams.from_json(json.dumps(raw[where]))
+            where = "shards"
+            shards = [ShardInfo(str(s["sha256"]), int(s["clips"]), int(s["size"])) for s in raw[where]]
+            where = "name"
+            name = str(raw[where])
+            where = "classes"
+            manifest = cls(name, [str(c) for c in raw[where]], params, shards)
+        except KeyError as e:
+            missing = f"no {where!r} field" if e.args[0] == where else f"field {where!r}: no {e.args[0]!r}"
+            raise ShardError(f"bad dataset manifest: {missing}") from None
+        except (TypeError, ValueError) as e:
+            raise ShardError(f"bad dataset manifest: {f'field {where!r}: ' if where else ''}{e}") from None
         manifest.check()
         return manifest
 

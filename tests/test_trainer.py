@@ -234,6 +234,31 @@ def test_training_options_that_are_not_a_json_object_are_refused_by_name(trainer
             assert "training options" in (e.value.details() or "") and reason in (e.value.details() or "")
 
 
+def test_a_model_name_that_cannot_be_or_a_broken_manifest_is_refused_by_name(
+    trainer_service: str, tmp_path: Path
+) -> None:
+    """StartJob trained a model named a/b, with a NUL or of 1 MB (only the daemon checked names): the trainer
+    follows the daemon's rule for the request's name, or else the manifest's. A manifest missing a field
+    said only "bad dataset manifest: 'spectrogram'"."""
+    manifest, blobs = _manifest_and_blobs()
+    _store(blobs, tmp_path)
+    raw = json.loads(manifest.to_json())
+    with TrainerClient(trainer_service) as client:
+        client.upload(manifest, tmp_path)  # nothing else in the way
+        named = [(name, manifest.to_json()) for name in ("a/b", "a\0b", "x" * (1 << 20))]
+        for name, text in [*named, ("", json.dumps({**raw, "name": "../up"}))]:
+            with pytest.raises(grpc.RpcError) as e:
+                client.stub.StartJob(pb.JobRequest(manifest=text, name=name, base="none"), timeout=10)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "model name" in (e.value.details() or "")
+        broken = [({k: v for k, v in raw.items() if k != "spectrogram"}, "no 'spectrogram' field")]
+        broken.append(({**raw, "shards": [{"sha256": "a" * 64, "clips": 1}]}, "field 'shards': no 'size'"))
+        for text, reason in broken:
+            with pytest.raises(grpc.RpcError) as e:
+                client.stub.StartJob(pb.JobRequest(manifest=json.dumps(text), name="ok", base="none"), timeout=10)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason in (e.value.details() or "")
+        assert list(client.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs) == []
+
+
 def test_a_start_before_a_large_upload_names_a_few_missing_shards(trainer_service: str) -> None:
     """Every absent shard was named: over ~1,200 the message exceeded what gRPC carries (RESOURCE_EXHAUSTED
     instead of the reason)."""

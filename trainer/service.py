@@ -42,6 +42,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 from vibrary.daemon import pidlock
+from vibrary.daemon.dataset import check_name
 from vibrary.daemon.rpc import bind, is_loopback, make_server
 from vibrary.daemon.shards import Manifest, ShardError, sha256_bytes
 from vibrary.proto import trainer_pb2 as pb
@@ -332,6 +333,7 @@ class TrainerService(pb_grpc.TrainerServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a shared trainer trains from base demo or none only")
         try:
             manifest = Manifest.from_json(request.manifest)
+            check_name(request.name or manifest.name, "model")  # the daemon's rule: it becomes a folder there
             config = TrainConfig.from_dict(options.parse(request.config or "{}"))
             base_path(base)
         except (ShardError, ValueError, TypeError, FileNotFoundError) as e:
