@@ -282,7 +282,9 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no paths given")
         paths = _not_whole_disk([_absolute(p, context) for p in request.paths], context)
         try:
-            found = suggest.suggest(paths, suggest.Synonyms.load(self.daemon.home))
+            found = suggest.suggest(paths, suggest.Synonyms.load(self.daemon.home), context.is_active)
+        except TimeoutError as e:  # the caller's deadline passed, or it went away: nobody waits for the rest
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
         except FileNotFoundError as e:
             context.abort(grpc.StatusCode.NOT_FOUND, str(e))
         except ValueError as e:  # the user's synonyms.json is broken

@@ -50,7 +50,7 @@ import re
 import struct
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -484,13 +484,14 @@ def _text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", errors="replace").strip()
 
 
-def audio_files(paths: Sequence[str]) -> list[tuple[str, str]]:
+def audio_files(paths: Sequence[str], going: Callable[[], bool] = lambda: True) -> list[tuple[str, str]]:
     """(file, the root it was found under): folders recursively, files as given, sorted; a file once,
-    under the first path given that holds it (`lib2 lib2/PackA` would otherwise list PackA twice)."""
+    under the first path given that holds it (`lib2 lib2/PackA` would otherwise list PackA twice). The
+    walk ends early once `going()` says so."""
     out: dict[str, tuple[str, str]] = {}
     for p in paths:
         if os.path.isdir(p):
-            found = [(f, p) for f in audio_files_under(p)]
+            found = [(f, p) for f in audio_files_under(p, going=going)]
         elif os.path.exists(p):
             found = [(p, os.path.dirname(os.path.abspath(p)))]
         else:
@@ -564,12 +565,15 @@ def _choose(
     return best, tags
 
 
-def suggest(paths: Sequence[str], synonyms: Synonyms) -> list[Suggestion]:
-    """A suggestion for every audio file under the given folders and files (rules in the module doc)."""
-    files = audio_files(paths)
+def suggest(paths: Sequence[str], synonyms: Synonyms, going: Callable[[], bool] = lambda: True) -> list[Suggestion]:
+    """A suggestion for every audio file under the given folders and files (rules in the module doc);
+    TimeoutError once `going()` says to stop (a caller who stopped waiting for a big library)."""
+    files = audio_files(paths, going)
     chosen: list[tuple[str, str, str] | None] = []
     found: list[list[str]] = []
     for path, root in files:
+        if not going():
+            raise TimeoutError(f"stopped after {len(chosen)} of {len(files)} files: the caller stopped waiting")
         best, tags = _choose(_texts(path, root), synonyms)
         chosen.append(best)
         found.append(tags)
