@@ -256,7 +256,8 @@ def _spectrograms(
             return str(e)
 
     codes, rows, failed = [], [], []
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+    pool = ThreadPoolExecutor(workers or os.cpu_count() or 1)
+    try:
         for ex, out in zip(examples, pool.map(one, examples), strict=True):
             progress(1)
             if isinstance(out, str):
@@ -264,6 +265,8 @@ def _spectrograms(
                 continue
             codes.append(out)
             rows.append(Row(ex.path, ex.label, ex.group, os.path.getsize(ex.path)))
+    finally:  # a progress that raised (the caller went away) leaves the files not started undecoded
+        pool.shutdown(cancel_futures=True)
     return (np.stack(codes) if codes else np.zeros((0, *params.shape), np.uint8)), rows, failed
 
 

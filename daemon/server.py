@@ -330,9 +330,16 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         done: queue.Queue[int] = queue.Queue()
         result: dict[str, object] = {}
 
+        def step(n: int) -> None:
+            """A file done; a caller that went away (Ctrl-C, its deadline) ends the build unwritten, since
+            the dataset was written all the same after nobody waited for it."""
+            if not context.is_active():
+                raise TimeoutError(f"dataset {request.name!r} not written: the caller stopped waiting")
+            done.put(n)
+
         def build() -> None:  # in its own thread, so that progress streams while it works
             try:
-                result["done"] = self.daemon.create_dataset(request.name, files, done.put, add=request.add)
+                result["done"] = self.daemon.create_dataset(request.name, files, step, add=request.add)
             except Exception as e:
                 result["error"] = e
             finally:
@@ -346,6 +353,8 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
                 last_sent = time.monotonic()
                 yield pb.DatasetProgress(done=count, total=len(files))
         error = result.get("error")
+        if isinstance(error, TimeoutError):
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
         if isinstance(error, ValueError):  # no readable file, fewer than two tags
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         if isinstance(error, dataset.Busy):

@@ -1003,3 +1003,30 @@ def test_a_model_name_that_cannot_be_a_folder_or_is_the_builtins_is_refused(home
             registry.install(index, home, str(band_onnx), "demo")
     finally:
         index.close()
+
+
+def test_a_dataset_whose_caller_went_away_is_not_written(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """CreateDataset went on decoding every file and wrote the dataset after the caller had cancelled
+    (Ctrl-C on `dataset create`, a script's deadline): a dataset nobody confirmed appeared minutes later."""
+    one = write_tone(tmp_path / "one.wav", 1000, seconds=0.5).read_bytes()
+    files = []
+    for i in range(1500):
+        path = tmp_path / "lib" / f"{i:04d}.wav"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(one[:-4] + struct.pack("<i", i))  # each its own content: each decoded
+        files.append(pb.LabelledFile(path=str(path), tag="low" if i % 2 else "high"))
+    stream = daemon.client.stub.CreateDataset(pb.CreateDatasetRequest(name="gone", files=files), timeout=300)
+    assert next(stream).total == len(files)  # the build is under way
+    stream.cancel()
+    made = None
+    while made is None:  # the name is free once the build is over, however it ended
+        assert "gone" not in [d.name for d in daemon.client.stub.ListDatasets(pb.ListDatasetsRequest()).datasets]
+        try:
+            made = list(daemon.client.stub.CreateDataset(pb.CreateDatasetRequest(name="gone", files=files[:8])))
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, e  # busy: the cancelled build still runs
+            time.sleep(0.2)
+    assert made[-1].dataset.clips == 8
+    with sqlite3.connect(config.cache_path(daemon.home)) as db:
+        decoded = db.execute("SELECT COUNT(*) FROM spectra").fetchone()[0]
+    assert decoded < len(files) // 2, f"{decoded} of {len(files)} files decoded for a caller that had gone"
