@@ -450,7 +450,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         _out(args, obj, f"{said} {row.ref} ({len(row.classes)} classes)")
         return 0
     try:
-        row = index.model(*parse_ref(args.ref), active_first=args.action == "deactivate")
+        name, version = parse_ref(args.ref)
+        row = index.model(name, version, active_first=args.action == "deactivate")
     except (KeyError, ValueError) as e:
         raise CommandError(str(e.args[0])) from None
     if args.action == "remove":
@@ -462,8 +463,13 @@ def cmd_models(args: argparse.Namespace) -> int:
         obj = {"model": row.name, "version": row.version, "action": "remove", **instead}
         _out(args, obj, f"removed {row.ref}" + (f"; {successor.ref} is active instead" if successor else ""))
         return 0
-    index.set_active(row, args.action == "activate")
-    _out(args, {"model": row.name, "version": row.version, "action": args.action}, f"{args.action}d {row.ref}")
+    active = args.action == "activate"
+    obj = {"model": row.name, "version": row.version, "action": args.action, "changed": row.active != active}
+    if not active and not row.active:  # a second `deactivate NAME` said "deactivated NAME@3" again
+        _out(args, obj, f"{row.ref} was not active" if version else f"nothing of {row.name} was active")
+        return 0
+    index.set_active(row, active)
+    _out(args, obj, f"{args.action}d {row.ref}")
     return 0
 
 
