@@ -697,8 +697,13 @@ def cmd_synonyms(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vibrary.daemon.training import TrainingError, TrainProgress, train
+    from vibrary.daemon.training import TrainingError, TrainProgress, check_request, train
 
+    options = {"epochs": args.epochs, "seed": args.seed}
+    try:  # `--name "My Model"`, `--trainer lcoal`: refused as argparse refuses (exit 2), before any advice
+        check_request(args.trainer, args.base, args.name, options)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     index, home_dir = _index()
     bars: dict[str, tqdm] = {}
     said = ""
@@ -747,7 +752,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     on_signals(interrupted, *ENDING)
-    options = {"epochs": args.epochs, "seed": args.seed}
     with contextlib.suppress(FileNotFoundError, ValueError):  # train() says what is wrong with the dataset
         from vibrary.daemon import dataset
 

@@ -602,6 +602,14 @@ def test_training_that_cannot_start_fails_clearly_and_reports_it(home: Path, tmp
     index.close()
     usage = vibrary("train", "mine", "--base", "nosuch", home=home, check=False)
     assert usage.returncode == 2 and "invalid choice: 'nosuch'" in usage.stderr
+    # mistyped options: exit 1 after the dataset's advice before; now a usage error (2), said first and alone
+    for option, reason in (
+        (("--name", "My Model"), "model name 'My Model'"),
+        (("--trainer", "lcoal"), "trainer 'lcoal'"),
+    ):
+        typo = vibrary("train", "mine", *option, home=home, check=False)
+        assert typo.returncode == 2 and typo.stderr.startswith(f"vibrary: {reason}"), typo.stderr
+        assert len(typo.stderr.splitlines()) == 1, typo.stderr  # no advice line, no progress
 
 
 def test_a_bug_in_a_training_job_ends_it_visibly_and_logs_why(caplog: pytest.LogCaptureFixture) -> None:
