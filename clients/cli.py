@@ -701,7 +701,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     options = {"epochs": args.epochs, "seed": args.seed}
     try:  # `--name "My Model"`, `--trainer lcoal`: refused as argparse refuses (exit 2), before any advice
-        check_request(args.trainer, args.base, args.name, options)
+        _, _, checked = check_request(args.trainer, args.base, args.name, options)
     except ValueError as e:
         raise UsageError(str(e)) from None
     index, home_dir = _index()
@@ -796,8 +796,25 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"installed and activated {row.ref}: every clip trained it, none was left to validate on "
             f"(right on {accuracy:.0%} of its own training clips)"
         )
-    _out(args, obj, human + f"\nplots: {', '.join(trained.plots)}")
+    stopped = _stopped_early(trained.summary, checked)
+    _out(args, obj, human + (f"\n{stopped}" if stopped else "") + f"\nplots: {', '.join(trained.plots)}")
     return 0
+
+
+def _stopped_early(summary: dict[str, Any], options: str) -> str:
+    """Why a training ended before the epochs it was given, or "": "epoch 6/30" and then "done" read as a
+    training cut short. It stops once accuracy on the held-out clips has not improved for `patience` epochs,
+    and keeps the best epoch's weights, not the last's."""
+    from vibrary.trainer.options import TrainConfig
+
+    run, best = summary.get("epochs_run", 0), summary.get("best_epoch", 0)  # an older trainer: neither
+    config = TrainConfig.from_dict(json.loads(options))
+    if not run or not best or run >= config.epochs:
+        return ""
+    return (
+        f"stopped early after epoch {run} of {config.epochs}: validation accuracy had not improved for "
+        f"{run - best} epochs (patience {config.patience}); kept the weights of epoch {best}, its best"
+    )
 
 
 def cmd_trainer(args: argparse.Namespace) -> int:

@@ -669,6 +669,27 @@ def test_a_train_command_stopped_by_ctrl_c_or_killed_leaves_no_job_to_train_on(
     assert not list(jobs.glob("*/jobs/*/checkpoint.pt"))
 
 
+def test_a_training_that_stops_early_says_why_and_which_epochs_weights_it_kept(
+    model_home: Path, tmp_path: Path
+) -> None:
+    """With clips held out (25 a class), a training stops once validation accuracy has not improved for its
+    patience (5 epochs from the demo base): the command printed "epoch 6/30" and then "done", which read as
+    a training cut short, and never said that the model kept is an earlier epoch's."""
+    write_kinds(tmp_path / "examples", per_kind=25, seed=1)
+    for noise in (tmp_path / "examples" / "noise").iterdir():  # two tags: half the training time
+        noise.unlink()
+    vibrary("dataset", "create", "kinds", str(tmp_path / "examples"), home=model_home)
+    said = vibrary("train", "kinds", "--epochs", "30", home=model_home, timeout=600).stdout
+    stopped = re.search(
+        r"stopped early after epoch (\d+) of 30: validation accuracy had not improved for (\d+) epochs "
+        r"\(patience 5\); kept the weights of epoch (\d+), its best",
+        said,
+    )
+    assert stopped, said
+    run, idle, best = map(int, stopped.groups())
+    assert idle == 5 and best + idle == run < 30
+
+
 _FOLLOWER = """
 import json, sys
 from vibrary.clients.trainer_client import TrainerClient
