@@ -771,6 +771,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     except TrainingError as e:
         raise CommandError(str(e)) from None
+    except KeyboardInterrupt:  # Ctrl-C, a closed terminal, a kill (interrupted): still 130, no longer unsaid
+        ended = "its cloud instance is terminated" if args.trainer == "cloud" else "its job on the trainer is cancelled"
+        tqdm.write(f"vibrary: training cancelled; {ended}", file=sys.stderr)
+        raise
     finally:
         for bar in bars.values():
             bar.close()
