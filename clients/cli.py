@@ -659,10 +659,10 @@ def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
     try:
         if args.action == "create":
             report = dataset.build(home_dir, args.name, examples, progress=bar.update)
-            added = report.manifest.clips
-        else:
+            added, unread = report.manifest.clips, report.failed
+        else:  # only this add's failures: a file an earlier build could not read, elsewhere, is not news
             grown = dataset.add(home_dir, args.name, examples, progress=bar.update)
-            report, added = grown.report, grown.added
+            report, added, unread = grown.report, grown.added, grown.unread
             if not added:
                 print(f"vibrary: nothing to add: {args.name} has these files already", file=sys.stderr)
             if grown.left_out:
@@ -670,7 +670,7 @@ def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
                 print(said, file=sys.stderr)
     finally:
         bar.close()
-    for path, error in report.failed:
+    for path, error in unread:
         print(f"skipped {path}: {error}", file=sys.stderr)
     return report, added
 

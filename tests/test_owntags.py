@@ -202,6 +202,21 @@ def test_files_lying_in_a_folder_given_beside_its_tag_folders_are_said_to_be_lef
     assert "left out 3 files lying directly" in again.stderr
 
 
+def test_dataset_add_names_only_the_files_it_could_not_read(home: Path, tmp_path: Path) -> None:
+    """`dataset add mine DIR` said "skipped" of every file any earlier build of mine could not read, ones
+    outside DIR too, as if this add had failed on them."""
+    write_kinds(tmp_path / "first", per_kind=2, seed=15)
+    old = tmp_path / "first" / "tone" / "old.wav"
+    old.write_bytes(b"RIFF not audio")
+    assert f"skipped {old}: " in vibrary("dataset", "create", "mine", str(tmp_path / "first"), home=home).stderr
+    write_kinds(tmp_path / "second", per_kind=1, seed=16)
+    new = tmp_path / "second" / "tone" / "new.wav"
+    new.write_bytes(b"RIFF not audio either")
+    added = vibrary("dataset", "add", "--json", "mine", str(tmp_path / "second"), home=home)
+    assert json_lines(added.stdout)[-1]["added"] == 3 and json_lines(added.stdout)[-1]["failed"] == 2
+    assert f"skipped {new}: " in added.stderr and str(old) not in added.stderr, added.stderr
+
+
 def test_a_tag_left_with_one_example_is_said_at_once_and_stops_training_before_any_upload(
     home: Path, tmp_path: Path
 ) -> None:
