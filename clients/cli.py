@@ -581,6 +581,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             report, added = _create(args, home_dir)
         elif args.action == "show":
             report = dataset.load_report(home_dir, args.name)
+            _say_skipped(report.failed, 5)
         elif args.action == "delete":
             dataset.delete(home_dir, args.name)
             _out(args, {"dataset": args.name, "action": "delete"}, f"deleted dataset {args.name}")
@@ -636,10 +637,21 @@ def _say_loose(loose: Sequence[str]) -> None:
         "(give the folder above, or use --labels suggest):",
         file=sys.stderr,
     )
-    for path in loose[:5]:
-        print(f"  {path}", file=sys.stderr)
-    if len(loose) > 5:
-        print(f"  … and {len(loose) - 5} more", file=sys.stderr)
+    _say_few([f"  {path}" for path in loose], 5)
+
+
+def _say_skipped(failed: Sequence[tuple[str, str]], most: int | None = None) -> None:
+    """The files a build could not read, and why: every one as `create` or `add` meets them; a few in
+    `dataset show`, whose "N files could not be read" named none."""
+    _say_few([f"skipped {path}: {error}" for path, error in failed], most)
+
+
+def _say_few(lines: Sequence[str], most: int | None = None) -> None:
+    """Lines on stderr: all of them, or the first `most` and how many more."""
+    for line in lines[:most]:
+        print(line, file=sys.stderr)
+    if most is not None and len(lines) > most:
+        print(f"  … and {len(lines) - most} more", file=sys.stderr)
 
 
 def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
@@ -670,8 +682,7 @@ def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
                 print(said, file=sys.stderr)
     finally:
         bar.close()
-    for path, error in unread:
-        print(f"skipped {path}: {error}", file=sys.stderr)
+    _say_skipped(unread)
     return report, added
 
 
