@@ -426,7 +426,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "list":
         for m in index.models():
             obj = {
-                "name": m.name,
+                "model": m.name,  # as every other line names a model (install, activate, train, tag)
+                "name": m.name,  # kept: scripts read it
                 "version": m.version,
                 "active": m.active,
                 "builtin": m.builtin,

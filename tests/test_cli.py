@@ -52,6 +52,16 @@ def test_json_is_taken_wherever_it_is_given(model_home: Path) -> None:
         assert "bands" in {line["name"] for line in lines}, args
 
 
+def test_every_models_json_line_names_the_model_as_model(model_home: Path) -> None:
+    """`models list --json` said `name` where install, activate, deactivate, remove and train say `model`:
+    `model` now everywhere, and list keeps `name` beside it for the scripts that read it."""
+    listed = json_lines(vibrary("models", "list", "--json", home=model_home).stdout)
+    assert {(m["model"], m["name"]) for m in listed} == {("bands", "bands"), ("demo", "demo")}
+    for action in ("activate", "deactivate"):
+        (line,) = json_lines(vibrary("models", action, "--json", "bands", home=model_home).stdout)
+        assert line["model"] == "bands", line
+
+
 def test_tag_with_a_named_model_and_top(model_home: Path, tmp_path: Path) -> None:
     other = band_model(tmp_path / "v2.onnx", name="bands", version=2, shift=1)
     vibrary("models", "install", "--inactive", str(other), home=model_home)
