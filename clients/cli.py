@@ -426,7 +426,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "list":
         for m in index.models():
             obj = {
-                "name": m.name,
+                "model": m.name,  # as every other line names a model (install, activate, train, tag)
+                "name": m.name,  # kept: scripts read it
                 "version": m.version,
                 "active": m.active,
                 "builtin": m.builtin,
@@ -450,7 +451,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         _out(args, obj, f"{said} {row.ref} ({len(row.classes)} classes)")
         return 0
     try:
-        row = index.model(*parse_ref(args.ref), active_first=args.action == "deactivate")
+        name, version = parse_ref(args.ref)
+        row = index.model(name, version, active_first=args.action == "deactivate")
     except (KeyError, ValueError) as e:
         raise CommandError(str(e.args[0])) from None
     if args.action == "remove":
@@ -462,8 +464,13 @@ def cmd_models(args: argparse.Namespace) -> int:
         obj = {"model": row.name, "version": row.version, "action": "remove", **instead}
         _out(args, obj, f"removed {row.ref}" + (f"; {successor.ref} is active instead" if successor else ""))
         return 0
-    index.set_active(row, args.action == "activate")
-    _out(args, {"model": row.name, "version": row.version, "action": args.action}, f"{args.action}d {row.ref}")
+    active = args.action == "activate"
+    obj = {"model": row.name, "version": row.version, "action": args.action, "changed": row.active != active}
+    if not active and not row.active:  # a second `deactivate NAME` said "deactivated NAME@3" again
+        _out(args, obj, f"{row.ref} was not active" if version else f"nothing of {row.name} was active")
+        return 0
+    index.set_active(row, active)
+    _out(args, obj, f"{args.action}d {row.ref}")
     return 0
 
 
@@ -575,6 +582,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             report, added = _create(args, home_dir)
         elif args.action == "show":
             report = dataset.load_report(home_dir, args.name)
+            _say_skipped(report.failed, 5)
         elif args.action == "delete":
             dataset.delete(home_dir, args.name)
             _out(args, {"dataset": args.name, "action": "delete"}, f"deleted dataset {args.name}")
@@ -630,10 +638,21 @@ def _say_loose(loose: Sequence[str]) -> None:
         "(give the folder above, or use --labels suggest):",
         file=sys.stderr,
     )
-    for path in loose[:5]:
-        print(f"  {path}", file=sys.stderr)
-    if len(loose) > 5:
-        print(f"  … and {len(loose) - 5} more", file=sys.stderr)
+    _say_few([f"  {path}" for path in loose], 5)
+
+
+def _say_skipped(failed: Sequence[tuple[str, str]], most: int | None = None) -> None:
+    """The files a build could not read, and why: every one as `create` or `add` meets them; a few in
+    `dataset show`, whose "N files could not be read" named none."""
+    _say_few([f"skipped {path}: {error}" for path, error in failed], most)
+
+
+def _say_few(lines: Sequence[str], most: int | None = None) -> None:
+    """Lines on stderr: all of them, or the first `most` and how many more."""
+    for line in lines[:most]:
+        print(line, file=sys.stderr)
+    if most is not None and len(lines) > most:
+        print(f"  … and {len(lines) - most} more", file=sys.stderr)
 
 
 def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
@@ -653,10 +672,10 @@ def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
     try:
         if args.action == "create":
             report = dataset.build(home_dir, args.name, examples, progress=bar.update)
-            added = report.manifest.clips
-        else:
+            added, unread = report.manifest.clips, report.failed
+        else:  # only this add's failures: a file an earlier build could not read, elsewhere, is not news
             grown = dataset.add(home_dir, args.name, examples, progress=bar.update)
-            report, added = grown.report, grown.added
+            report, added, unread = grown.report, grown.added, grown.unread
             if not added:
                 print(f"vibrary: nothing to add: {args.name} has these files already", file=sys.stderr)
             if grown.left_out:
@@ -664,8 +683,7 @@ def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
                 print(said, file=sys.stderr)
     finally:
         bar.close()
-    for path, error in report.failed:
-        print(f"skipped {path}: {error}", file=sys.stderr)
+    _say_skipped(unread)
     return report, added
 
 
@@ -691,8 +709,13 @@ def cmd_synonyms(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vibrary.daemon.training import TrainingError, TrainProgress, train
+    from vibrary.daemon.training import TrainingError, TrainProgress, check_request, train
 
+    options = {"epochs": args.epochs, "seed": args.seed}
+    try:  # `--name "My Model"`, `--trainer lcoal`: refused as argparse refuses (exit 2), before any advice
+        _, _, checked = check_request(args.trainer, args.base, args.name, options)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     index, home_dir = _index()
     bars: dict[str, tqdm] = {}
     said = ""
@@ -741,7 +764,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     on_signals(interrupted, *ENDING)
-    options = {"epochs": args.epochs, "seed": args.seed}
     with contextlib.suppress(FileNotFoundError, ValueError):  # train() says what is wrong with the dataset
         from vibrary.daemon import dataset
 
@@ -761,6 +783,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     except TrainingError as e:
         raise CommandError(str(e)) from None
+    except KeyboardInterrupt:  # Ctrl-C, a closed terminal, a kill (interrupted): still 130, no longer unsaid
+        ended = "its cloud instance is terminated" if args.trainer == "cloud" else "its job on the trainer is cancelled"
+        tqdm.write(f"vibrary: training cancelled; {ended}", file=sys.stderr)
+        raise
     finally:
         for bar in bars.values():
             bar.close()
@@ -786,8 +812,25 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"installed and activated {row.ref}: every clip trained it, none was left to validate on "
             f"(right on {accuracy:.0%} of its own training clips)"
         )
-    _out(args, obj, human + f"\nplots: {', '.join(trained.plots)}")
+    stopped = _stopped_early(trained.summary, checked)
+    _out(args, obj, human + (f"\n{stopped}" if stopped else "") + f"\nplots: {', '.join(trained.plots)}")
     return 0
+
+
+def _stopped_early(summary: dict[str, Any], options: str) -> str:
+    """Why a training ended before the epochs it was given, or "": "epoch 6/30" and then "done" read as a
+    training cut short. It stops once accuracy on the held-out clips has not improved for `patience` epochs,
+    and keeps the best epoch's weights, not the last's."""
+    from vibrary.trainer.options import TrainConfig
+
+    run, best = summary.get("epochs_run", 0), summary.get("best_epoch", 0)  # an older trainer: neither
+    config = TrainConfig.from_dict(json.loads(options))
+    if not run or not best or run >= config.epochs:
+        return ""
+    return (
+        f"stopped early after epoch {run} of {config.epochs}: validation accuracy had not improved for "
+        f"{run - best} epochs (patience {config.patience}); kept the weights of epoch {best}, its best"
+    )
 
 
 def cmd_trainer(args: argparse.Namespace) -> int:

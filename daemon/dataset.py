@@ -86,6 +86,8 @@ class Added:
     report: BuildReport
     added: int  # clips that joined the dataset
     left_out: int  # files an earlier edit removed, or whose tag it dropped
+    # the files of this add that could not be read (report.failed holds every build's, still unread)
+    unread: list[tuple[str, str]] = field(default_factory=list)
 
 
 def label(text: str) -> str:
@@ -311,7 +313,7 @@ def add(
         failed = [f for f in held.failed if os.path.normpath(f[0]) not in retried] + unread
         codes = np.concatenate([held.codes, more])
         report = _write(home_dir, name, held.params, codes, held.rows + added, failed, held.edits)
-        return Added(report, len(added), left_out)
+        return Added(report, len(added), left_out, unread)
 
 
 def _write(

@@ -52,6 +52,16 @@ def test_json_is_taken_wherever_it_is_given(model_home: Path) -> None:
         assert "bands" in {line["name"] for line in lines}, args
 
 
+def test_every_models_json_line_names_the_model_as_model(model_home: Path) -> None:
+    """`models list --json` said `name` where install, activate, deactivate, remove and train say `model`:
+    `model` now everywhere, and list keeps `name` beside it for the scripts that read it."""
+    listed = json_lines(vibrary("models", "list", "--json", home=model_home).stdout)
+    assert {(m["model"], m["name"]) for m in listed} == {("bands", "bands"), ("demo", "demo")}
+    for action in ("activate", "deactivate"):
+        (line,) = json_lines(vibrary("models", action, "--json", "bands", home=model_home).stdout)
+        assert line["model"] == "bands", line
+
+
 def test_tag_with_a_named_model_and_top(model_home: Path, tmp_path: Path) -> None:
     other = band_model(tmp_path / "v2.onnx", name="bands", version=2, shift=1)
     vibrary("models", "install", "--inactive", str(other), home=model_home)
@@ -292,12 +302,17 @@ def test_a_dataset_a_training_reads_cannot_be_changed_by_another_command(model_h
 
 def test_deactivate_by_name_deactivates_the_active_version(model_home: Path, tmp_path: Path) -> None:
     """With bands@1 active and bands@2 installed inactive, `deactivate bands` used to pick the newest
-    (already inactive) version and say it was done while bands@1 went on tagging."""
+    (already inactive) version and say it was done while bands@1 went on tagging; run again, it said it
+    deactivated a version although none was active."""
     v2 = band_model(tmp_path / "v2.onnx", name="bands", version=2, shift=1)
     vibrary("models", "install", "--inactive", str(v2), home=model_home)
     vibrary("models", "deactivate", "bands", home=model_home)
     rows = json_lines(vibrary("models", "list", "--json", home=model_home).stdout)
     assert [(m["version"], m["active"]) for m in rows if m["name"] == "bands"] == [(1, False), (2, False)]
+    again = vibrary("models", "deactivate", "bands", home=model_home)  # it said "deactivated bands@2" again
+    assert again.returncode == 0 and again.stdout.strip() == "nothing of bands was active", again.stdout
+    (told,) = json_lines(vibrary("models", "deactivate", "--json", "bands@1", home=model_home).stdout)
+    assert (told["model"], told["version"], told["changed"]) == ("bands", 1, False)
     long_name = vibrary("dataset", "show", "x" * 300, home=model_home, check=False)
     assert long_name.returncode == 1 and "100 at most" in long_name.stderr, long_name.stderr
 

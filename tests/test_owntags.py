@@ -202,6 +202,35 @@ def test_files_lying_in_a_folder_given_beside_its_tag_folders_are_said_to_be_lef
     assert "left out 3 files lying directly" in again.stderr
 
 
+def test_dataset_add_names_only_the_files_it_could_not_read(home: Path, tmp_path: Path) -> None:
+    """`dataset add mine DIR` said "skipped" of every file any earlier build of mine could not read, ones
+    outside DIR too, as if this add had failed on them."""
+    write_kinds(tmp_path / "first", per_kind=2, seed=15)
+    old = tmp_path / "first" / "tone" / "old.wav"
+    old.write_bytes(b"RIFF not audio")
+    assert f"skipped {old}: " in vibrary("dataset", "create", "mine", str(tmp_path / "first"), home=home).stderr
+    write_kinds(tmp_path / "second", per_kind=1, seed=16)
+    new = tmp_path / "second" / "tone" / "new.wav"
+    new.write_bytes(b"RIFF not audio either")
+    added = vibrary("dataset", "add", "--json", "mine", str(tmp_path / "second"), home=home)
+    assert json_lines(added.stdout)[-1]["added"] == 3 and json_lines(added.stdout)[-1]["failed"] == 2
+    assert f"skipped {new}: " in added.stderr and str(old) not in added.stderr, added.stderr
+
+
+def test_dataset_show_names_the_files_that_could_not_be_read(home: Path, tmp_path: Path) -> None:
+    """`dataset show` said "7 files could not be read" and named none; now a few, as `create` names them."""
+    write_kinds(tmp_path / "ex", per_kind=2, seed=17)
+    broken = [tmp_path / "ex" / "tone" / f"broken{i}.wav" for i in range(7)]
+    for path in broken:
+        path.write_bytes(b"RIFF not audio")
+    vibrary("dataset", "create", "mine", str(tmp_path / "ex"), home=home)
+    shown = vibrary("dataset", "show", "mine", home=home)
+    assert "7 files could not be read" in shown.stdout
+    named = [line for line in shown.stderr.splitlines() if line.startswith("skipped ")]
+    assert len(named) == 5 and {n.split(": ")[0].removeprefix("skipped ") for n in named} < {str(p) for p in broken}
+    assert shown.stderr.splitlines()[-1] == "  … and 2 more", shown.stderr
+
+
 def test_a_tag_left_with_one_example_is_said_at_once_and_stops_training_before_any_upload(
     home: Path, tmp_path: Path
 ) -> None:
@@ -602,6 +631,14 @@ def test_training_that_cannot_start_fails_clearly_and_reports_it(home: Path, tmp
     index.close()
     usage = vibrary("train", "mine", "--base", "nosuch", home=home, check=False)
     assert usage.returncode == 2 and "invalid choice: 'nosuch'" in usage.stderr
+    # mistyped options: exit 1 after the dataset's advice before; now a usage error (2), said first and alone
+    for option, reason in (
+        (("--name", "My Model"), "model name 'My Model'"),
+        (("--trainer", "lcoal"), "trainer 'lcoal'"),
+    ):
+        typo = vibrary("train", "mine", *option, home=home, check=False)
+        assert typo.returncode == 2 and typo.stderr.startswith(f"vibrary: {reason}"), typo.stderr
+        assert len(typo.stderr.splitlines()) == 1, typo.stderr  # no advice line, no progress
 
 
 def test_a_bug_in_a_training_job_ends_it_visibly_and_logs_why(caplog: pytest.LogCaptureFixture) -> None:

@@ -666,9 +666,9 @@ def test_the_daemons_own_training_goes_on_from_its_last_epoch_after_a_stop_or_a_
 def test_a_train_command_stopped_by_ctrl_c_or_killed_leaves_no_job_to_train_on(
     model_home: Path, tmp_path: Path
 ) -> None:
-    """Nobody will collect the job of a `vibrary train` that is gone: Ctrl-C cancels it, and after a kill
-    the next local trainer fails it instead of training it first (the daemon's own jobs are taken up by
-    name, `resume`)."""
+    """Nobody will collect the job of a `vibrary train` that is gone: Ctrl-C cancels it (and now says so:
+    it exited 130 without a word), and after a kill the next local trainer fails it instead of training it
+    first (the daemon's own jobs are taken up by name, `resume`)."""
     write_kinds(tmp_path / "examples", per_kind=8, seed=1)
     vibrary("dataset", "create", "--json", "kinds", str(tmp_path / "examples"), home=model_home)
     jobs = model_home / "trainer" / "tenants"
@@ -679,7 +679,10 @@ def test_a_train_command_stopped_by_ctrl_c_or_killed_leaves_no_job_to_train_on(
         try:
             wait_for(lambda: any(jobs.glob("*/jobs/*/checkpoint.pt")), timeout=120)  # an epoch is done
             proc.send_signal(stop)
-            assert proc.wait(timeout=60) == (130 if stop == signal.SIGINT else -signal.SIGKILL)
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == (130 if stop == signal.SIGINT else -signal.SIGKILL)
+            if stop == signal.SIGINT:  # it ended with no word of the training's end
+                assert err.decode().endswith("vibrary: training cancelled; its job on the trainer is cancelled\n"), err
         finally:
             proc.kill()
         records += [r for r in jobs.glob("*/jobs/*/job.json") if r not in records]
@@ -692,6 +695,27 @@ def test_a_train_command_stopped_by_ctrl_c_or_killed_leaves_no_job_to_train_on(
     record = json.loads(killed.read_text())["job"]
     assert record["state"] == "FAILED" and "nobody was left to collect it" in record["error"]
     assert not list(jobs.glob("*/jobs/*/checkpoint.pt"))
+
+
+def test_a_training_that_stops_early_says_why_and_which_epochs_weights_it_kept(
+    model_home: Path, tmp_path: Path
+) -> None:
+    """With clips held out (25 a class), a training stops once validation accuracy has not improved for its
+    patience (5 epochs from the demo base): the command printed "epoch 6/30" and then "done", which read as
+    a training cut short, and never said that the model kept is an earlier epoch's."""
+    write_kinds(tmp_path / "examples", per_kind=25, seed=1)
+    for noise in (tmp_path / "examples" / "noise").iterdir():  # two tags: half the training time
+        noise.unlink()
+    vibrary("dataset", "create", "kinds", str(tmp_path / "examples"), home=model_home)
+    said = vibrary("train", "kinds", "--epochs", "30", home=model_home, timeout=600).stdout
+    stopped = re.search(
+        r"stopped early after epoch (\d+) of 30: validation accuracy had not improved for (\d+) epochs "
+        r"\(patience 5\); kept the weights of epoch (\d+), its best",
+        said,
+    )
+    assert stopped, said
+    run, idle, best = map(int, stopped.groups())
+    assert idle == 5 and best + idle == run < 30
 
 
 _FOLLOWER = """
