@@ -107,6 +107,13 @@ class DaemonProcess:
         return path.read_text() if path.exists() else ""
 
 
+def as_from_a_terminal() -> None:
+    """A child's SIGHUP as a terminal's shell leaves it (a Popen preexec_fn): a test suite run under
+    `nohup` or a CI runner that ignores SIGHUP passes that on, and a daemon or a `vibrary train` honours
+    it, so the tests of what a closed terminal does would wait for an exit that never comes."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def start_daemon(home: Path, *extra: str, wrapper: Sequence[str] = ()) -> DaemonProcess:
     """`wrapper`: a command the daemon runs under (`nohup`)."""
     env = {**os.environ, "VIBRARY_HOME": str(home), "PYTHONUNBUFFERED": "1"}
@@ -115,6 +122,7 @@ def start_daemon(home: Path, *extra: str, wrapper: Sequence[str] = ()) -> Daemon
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        preexec_fn=as_from_a_terminal,
     )
     client = Client(home_dir=home, timeout=30)
 
