@@ -15,6 +15,15 @@ from pathlib import Path
 import platformdirs
 
 
+def check_name(name: str, what: str = "dataset") -> None:
+    """Dataset and model names become folder and file names of the home: nothing that could leave it.
+    Here, beside the home's layout, so that the registry and the trainer service need not load datasets."""
+    if not name or not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"{what} name {name!r}: use letters, digits, '-' and '_'")
+    if len(name) > 100:
+        raise ValueError(f"{what} name of {len(name)} characters: 100 at most")
+
+
 def home(create: bool = True) -> Path:
     """$VIBRARY_HOME, or the platform's user data folder; made (mode 0700) unless `create` is False, as
     for a client that only looks for a daemon there."""

@@ -34,6 +34,7 @@ import numpy as np
 from . import config, shards, suggest
 from .advice import advise
 from .cache import SpectrogramCache
+from .config import check_name
 from .decode import DecodeError
 from .features import features, fingerprint
 from .folders import audio_files_under
@@ -116,14 +117,6 @@ def _as_held(tag: str, tags: Iterable[str]) -> str:
     held = sorted(tags)
     same = next((t for t in held if _spelled(t) == wanted), None)
     return same or next((t for t in held if _spelled(t).replace("-", "") == wanted.replace("-", "")), wanted)
-
-
-def check_name(name: str, what: str = "dataset") -> None:
-    """Dataset and model names become folder and file names: nothing that could leave the home."""
-    if not name or not name.replace("-", "").replace("_", "").isalnum():
-        raise ValueError(f"{what} name {name!r}: use letters, digits, '-' and '_'")
-    if len(name) > 100:
-        raise ValueError(f"{what} name of {len(name)} characters: 100 at most")
 
 
 def example(path: str, tag: str) -> Example:

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from . import config
-from .dataset import check_name
+from .config import check_name
 from .index import Index, ModelRow
 from .infer import Model, ModelError, sha256_file
 
@@ -33,11 +33,10 @@ def install(index: Index, home_dir: Path, source: str, name: str = "", builtin: 
             if not row.builtin and sha256_file_or_none(row.path) != digest:  # its copy lost or damaged: restored
                 _copy(source, row.path)
             return row
-    if not builtin:
-        check_not_builtin(index, name)
     if builtin:
         target = source
     else:
+        check_not_builtin(index, name)
         folder = config.models_dir(home_dir) / name
         folder.mkdir(parents=True, exist_ok=True)
         target = str(folder / f"{digest[:16]}.onnx")

@@ -42,7 +42,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import json_format
 from vibrary.daemon import pidlock
-from vibrary.daemon.dataset import check_name
+from vibrary.daemon.config import check_name
 from vibrary.daemon.rpc import bind, is_loopback, make_server
 from vibrary.daemon.shards import Manifest, ShardError, sha256_bytes
 from vibrary.proto import trainer_pb2 as pb
