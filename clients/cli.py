@@ -469,6 +469,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     if not active and not row.active:  # a second `deactivate NAME` said "deactivated NAME@3" again
         _out(args, obj, f"{row.ref} was not active" if version else f"nothing of {row.name} was active")
         return 0
+    if active and row.active:  # likewise a second `activate`
+        _out(args, obj, f"{row.ref} was already active")
+        return 0
     index.set_active(row, active)
     _out(args, obj, f"{args.action}d {row.ref}")
     return 0
@@ -719,6 +722,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     index, home_dir = _index()
     bars: dict[str, tqdm] = {}
     said = ""
+    states: list[str] = []  # the states seen, in order: a job exists on the trainer only once uploading is over
 
     logged = {"epoch": -1, "upload": -1}
 
@@ -736,6 +740,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def progress(p: TrainProgress) -> None:
         nonlocal said
+        if p.state not in states[-1:]:
+            states.append(p.state)
         if p.state == "waiting" and p.message != said:  # queued, or the trainer out of reach
             said = p.message
             tqdm.write(p.message, file=sys.stderr)
@@ -784,7 +790,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingError as e:
         raise CommandError(str(e)) from None
     except KeyboardInterrupt:  # Ctrl-C, a closed terminal, a kill (interrupted): still 130, no longer unsaid
-        ended = "its cloud instance is terminated" if args.trainer == "cloud" else "its job on the trainer is cancelled"
+        if args.trainer == "cloud":
+            ended = "its cloud instance is terminated"
+        elif states[-1:] == ["uploading"]:  # "its job ... is cancelled" of a job never started
+            ended = "nothing was started on the trainer (what was uploaded stays there for the next try)"
+        else:
+            ended = "its job on the trainer is cancelled"
         tqdm.write(f"vibrary: training cancelled; {ended}", file=sys.stderr)
         raise
     finally:

@@ -16,6 +16,7 @@ import io
 import json
 import zipfile
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -83,11 +84,14 @@ class Manifest:
             where = "spectrogram"
             params = SpectrogramParams.from_json(json.dumps(raw[where]))
             where = "shards"
-            shards = [ShardInfo(str(s["sha256"]), int(s["clips"]), int(s["size"])) for s in raw[where]]
+            shards = [ShardInfo(str(s["sha256"]), int(s["clips"]), int(s["size"])) for s in _list(raw[where])]
             where = "name"
             name = str(raw[where])
             where = "classes"
-            manifest = cls(name, [str(c) for c in raw[where]], params, shards)
+            classes = _list(raw[where])  # a string would be a list of its letters
+            if not all(isinstance(c, str) for c in classes):
+                raise TypeError("not a list of names")
+            manifest = cls(name, classes, params, shards)
         except KeyError as e:
             missing = f"no {where!r} field" if e.args[0] == where else f"field {where!r}: no {e.args[0]!r}"
             raise ShardError(f"bad dataset manifest: {missing}") from None
@@ -178,3 +182,9 @@ def write(
         blobs[digest] = blob
         manifest.shards.append(ShardInfo(digest, len(labels[start:stop]), len(blob)))
     return manifest, blobs
+
+
+def _list(value: object) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"not a list: {json.dumps(value)[:100]}")
+    return value

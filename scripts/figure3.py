@@ -244,7 +244,7 @@ def checkpoint_id(base: str) -> str:
     """A base as runs.jsonl keys it: its name and the hash of its weights, so a retrained base reruns."""
     import hashlib
 
-    from vibrary.trainer.export import base_path
+    from vibrary.trainer.options import base_path
 
     path = base_path(base)
     return base if path is None else f"{base}@{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"

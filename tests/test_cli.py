@@ -303,7 +303,7 @@ def test_a_dataset_a_training_reads_cannot_be_changed_by_another_command(model_h
 def test_deactivate_by_name_deactivates_the_active_version(model_home: Path, tmp_path: Path) -> None:
     """With bands@1 active and bands@2 installed inactive, `deactivate bands` used to pick the newest
     (already inactive) version and say it was done while bands@1 went on tagging; run again, it said it
-    deactivated a version although none was active."""
+    deactivated a version although none was active (and a second `activate` that it activated one)."""
     v2 = band_model(tmp_path / "v2.onnx", name="bands", version=2, shift=1)
     vibrary("models", "install", "--inactive", str(v2), home=model_home)
     vibrary("models", "deactivate", "bands", home=model_home)
@@ -313,6 +313,9 @@ def test_deactivate_by_name_deactivates_the_active_version(model_home: Path, tmp
     assert again.returncode == 0 and again.stdout.strip() == "nothing of bands was active", again.stdout
     (told,) = json_lines(vibrary("models", "deactivate", "--json", "bands@1", home=model_home).stdout)
     assert (told["model"], told["version"], told["changed"]) == ("bands", 1, False)
+    vibrary("models", "activate", "bands@1", home=model_home)
+    twice = vibrary("models", "activate", "bands@1", home=model_home)  # it said "activated bands@1" again
+    assert twice.stdout.strip() == "bands@1 was already active", twice.stdout
     long_name = vibrary("dataset", "show", "x" * 300, home=model_home, check=False)
     assert long_name.returncode == 1 and "100 at most" in long_name.stderr, long_name.stderr
 

@@ -278,14 +278,21 @@ def test_nothing_is_uploaded_or_launched_when_the_cost_is_declined(aws: dict[str
     assert {op for op, _ in aws["calls"]} == {"HeadObject"}
 
 
-def test_a_failed_job_says_why_and_its_instance_is_terminated(aws: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "per_thump", "why"),
+    [("t", 1, r"thump \(1\)"), ("../t", 4, r"model name '\.\./t'")],  # the job checks the name as the trainer does
+    ids=["a class of one clip", "a model name that is no folder name"],
+)
+def test_a_failed_job_says_why_and_its_instance_is_terminated(
+    aws: dict[str, Any], tmp_path: Path, name: str, per_thump: int, why: str
+) -> None:
     codes, labels, groups = spectrograms(4, 0)
-    keep = np.r_[np.flatnonzero(labels != 2), np.flatnonzero(labels == 2)[:1]]  # one thump only
+    keep = np.r_[np.flatnonzero(labels != 2), np.flatnonzero(labels == 2)[:per_thump]]
     manifest, blobs = shards.write("thin", list(KINDS), P, codes[keep], labels[keep], [groups[i] for i in keep])
     _store(blobs, tmp_path)
-    with Instances(aws["ec2"], aws["env"]) as instances, pytest.raises(cloud.CloudError, match=r"thump \(1\)"):
+    with Instances(aws["ec2"], aws["env"]) as instances, pytest.raises(cloud.CloudError, match=why):
         cloud.train_in_cloud(
-            manifest, tmp_path, name="t", base="none", options="{}", confirm=lambda t: True, progress=lambda p: None
+            manifest, tmp_path, name=name, base="none", options="{}", confirm=lambda t: True, progress=lambda p: None
         )
     assert [r.returncode for r in instances.runs] == [1]
     calls = aws["calls"]

@@ -35,9 +35,11 @@ def test_only_datasets_with_a_small_class_skip_validation() -> None:
     config = TrainConfig(epochs=1, seed=0)  # the default val_fraction
     full = train(manifest, codes, labels, np.array(groups), config)
     assert full.val_clips > 0 and full.train_clips + full.val_clips == len(labels)
+    assert "train_accuracy" not in full.summary()  # measured on the held-out clips only, not a 0.0
     keep = np.r_[np.flatnonzero(labels != 1), np.flatnonzero(labels == 1)[: SMALL_CLASS - 1]]  # one class short
     small = train(manifest, codes[keep], labels[keep], np.array(groups)[keep], config)
     assert small.val_clips == 0 and small.train_clips == len(keep)
+    assert "val_accuracy" not in small.summary() and small.summary()["train_accuracy"] > 0
 
 
 def test_early_stopping_breaks_accuracy_ties_by_validation_loss() -> None:

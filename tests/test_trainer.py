@@ -239,7 +239,7 @@ def test_a_model_name_that_cannot_be_or_a_broken_manifest_is_refused_by_name(
 ) -> None:
     """StartJob trained a model named a/b, with a NUL or of 1 MB (only the daemon checked names): the trainer
     follows the daemon's rule for the request's name, or else the manifest's. A manifest missing a field
-    said only "bad dataset manifest: 'spectrogram'"."""
+    said only "bad dataset manifest: 'spectrogram'"; a string of classes was taken for a list of its letters."""
     manifest, blobs = _manifest_and_blobs()
     _store(blobs, tmp_path)
     raw = json.loads(manifest.to_json())
@@ -252,6 +252,8 @@ def test_a_model_name_that_cannot_be_or_a_broken_manifest_is_refused_by_name(
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "model name" in (e.value.details() or "")
         broken = [({k: v for k, v in raw.items() if k != "spectrogram"}, "no 'spectrogram' field")]
         broken.append(({**raw, "shards": [{"sha256": "a" * 64, "clips": 1}]}, "field 'shards': no 'size'"))
+        broken.append(({**raw, "classes": "tone"}, "field 'classes': not a list"))  # was the classes t, o, n, e
+        broken.append(({**raw, "classes": ["a", 1]}, "field 'classes': not a list of names"))
         for text, reason in broken:
             with pytest.raises(grpc.RpcError) as e:
                 client.stub.StartJob(pb.JobRequest(manifest=json.dumps(text), name="ok", base="none"), timeout=10)
@@ -437,7 +439,7 @@ def test_cancel_mid_training_leaves_no_model(trainer_service: str, tmp_path: Pat
 
 
 def test_a_restarted_trainer_keeps_finished_jobs_and_goes_on_with_the_interrupted_one(tmp_path: Path) -> None:
-    manifest, blobs = _manifest_and_blobs(per_kind=30)
+    manifest, blobs = _manifest_and_blobs(per_kind=10)
     _store(blobs, tmp_path)
     home = tmp_path / "trainer-home"
     proc, target = _start_trainer(home)
@@ -695,6 +697,31 @@ def test_a_train_command_stopped_by_ctrl_c_or_killed_leaves_no_job_to_train_on(
     record = json.loads(killed.read_text())["job"]
     assert record["state"] == "FAILED" and "nobody was left to collect it" in record["error"]
     assert not list(jobs.glob("*/jobs/*/checkpoint.pt"))
+
+
+def test_ctrl_c_during_the_upload_says_no_job_was_started(model_home: Path, tmp_path: Path) -> None:
+    """Ctrl-C while the spectrograms were still on their way said "its job on the trainer is cancelled" of a
+    job that did not exist. A trainer that takes the connection and never answers holds the upload."""
+    write_kinds(tmp_path / "examples", per_kind=8, seed=1)
+    vibrary("dataset", "create", "kinds", str(tmp_path / "examples"), home=model_home)
+    silent = socket.create_server(("127.0.0.1", 0))
+    taken: list[socket.socket] = []
+    threading.Thread(target=lambda: taken.append(silent.accept()[0]), daemon=True).start()
+    address = f"127.0.0.1:{silent.getsockname()[1]}"
+    args = [sys.executable, "-m", "vibrary.clients.cli", "train", "kinds", "--base", "none", "--trainer", address]
+    proc = subprocess.Popen(args, env={**os.environ, "VIBRARY_HOME": str(model_home)}, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: taken, timeout=60)  # the upload has begun
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        silent.close()
+    assert proc.returncode == 130
+    assert err.decode().endswith(
+        "vibrary: training cancelled; nothing was started on the trainer "
+        "(what was uploaded stays there for the next try)\n"
+    ), err
 
 
 def test_a_training_that_stops_early_says_why_and_which_epochs_weights_it_kept(
@@ -990,10 +1017,21 @@ def test_daemon_and_clients_never_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+_NO_TORCH = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoTorch())
+"""
+
+
 def test_train_without_torch_says_how_to_install_it(home: Path, tmp_path: Path) -> None:
-    fake = tmp_path / "no-torch" / "torch"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("raise ImportError('No module named torch', name='torch')\n")
+    """The trainer service loads torch with its first job, and says at its start when torch is not there
+    (a `sitecustomize` hides it as an installation without the trainer extra would)."""
+    (tmp_path / "no-torch").mkdir()
+    (tmp_path / "no-torch" / "sitecustomize.py").write_text(_NO_TORCH)
     write_kinds(tmp_path / "ex", per_kind=2, seed=0)
     vibrary("dataset", "create", "d", str(tmp_path / "ex"), home=home)
     env = {**os.environ, "VIBRARY_HOME": str(home), "PYTHONPATH": str(tmp_path / "no-torch")}

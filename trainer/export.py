@@ -19,10 +19,10 @@ from vibrary.daemon.infer import ACTIVATION_KEY, CLASSES_KEY, NAME_KEY, VERSION_
 from vibrary.daemon.spectrogram import METADATA_KEY
 
 from .network import TagNet, WithSoftmax
+from .options import base_path
 from .train import TrainResult
 
 SUMMARY_KEY = "vibrary.training"
-BUILTIN_DIR = Path(__file__).parent / "builtin"
 
 
 def to_onnx(result: TrainResult, name: str, version: int = 1) -> bytes:
@@ -62,19 +62,6 @@ def max_difference(net: TagNet, onnx_bytes: bytes, x: np.ndarray) -> float:
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
     return float(np.abs(expected - got).max())
-
-
-def base_path(base: str) -> Path | None:
-    """Where the base checkpoint of 'demo' or a path lives (None for 'none'); FileNotFoundError if absent.
-    Cheap, so a job request is checked before it is queued and the weights are loaded once, by the job."""
-    if base == "none":
-        return None
-    path = BUILTIN_DIR / "demo.pt" if base == "demo" else Path(base)
-    if not path.exists():
-        if base == "demo":
-            raise FileNotFoundError("the built-in demo model's checkpoint is not installed; train with --base none")
-        raise FileNotFoundError(f"no base checkpoint at {path}")
-    return path
 
 
 def load_base(base: str) -> tuple[dict[str, torch.Tensor] | None, str]:

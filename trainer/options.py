@@ -1,5 +1,7 @@
 """What a training can be asked to do: the options of `vibrary train` and of the Train RPC, checked by the
-daemon before it starts a trainer or uploads a byte (this module needs no torch), and again by the trainer.
+daemon before it starts a trainer or uploads a byte, and again by the trainer; the base it starts from, and
+what it hands back. This module needs no torch: the trainer service answers at once and loads torch with its
+first job (4 s of imports that a service which only stores uploads or lists jobs never needs).
 """
 
 from __future__ import annotations
@@ -8,11 +10,31 @@ import json
 import math
 import re
 from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
 
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+RESULT_FILES = ("model.onnx", "learning_curve.png", "confusion_matrix.png")  # what a finished job hands back
 PRECISIONS = ("auto", "float32", "bfloat16")
 MAX_EPOCHS = 10_000
 DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,2})?")
 _KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
+
+
+class Cancelled(Exception):
+    """A training stopped on request (a cancel, or a service suspending its jobs)."""
+
+
+def base_path(base: str) -> Path | None:
+    """Where the base checkpoint of 'demo' or a path lives (None for 'none'); FileNotFoundError if absent.
+    Cheap, so a job request is checked before it is queued and the weights are loaded once, by the job."""
+    if base == "none":
+        return None
+    path = BUILTIN_DIR / "demo.pt" if base == "demo" else Path(base)
+    if not path.exists():
+        if base == "demo":
+            raise FileNotFoundError("the built-in demo model's checkpoint is not installed; train with --base none")
+        raise FileNotFoundError(f"no base checkpoint at {path}")
+    return path
 
 
 def parse(text: str) -> dict[str, object]:

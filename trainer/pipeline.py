@@ -12,9 +12,8 @@ from vibrary.daemon.spectrogram import dequantize
 
 from . import plots
 from .export import load_base, max_difference, to_onnx
-from .train import Cancelled, Progress, TrainConfig, TrainResult, train
-
-RESULT_FILES = ("model.onnx", "learning_curve.png", "confusion_matrix.png")
+from .options import Cancelled
+from .train import Progress, TrainConfig, TrainResult, train
 
 
 def train_to_files(

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from vibrary.daemon.cloud import exists, parse_s3_url, put_json, read_json, shard_key
+from vibrary.daemon.config import check_name
 from vibrary.daemon.shards import Manifest, ShardError, sha256_bytes
 from vibrary.daemon.training import progress_fields
 
@@ -130,6 +131,7 @@ def _run(s3: Any, bucket: str, key: str, prefix: str, report: _Reporter, checkpo
     if spec is None:
         raise ValueError(f"no job at s3://{bucket}/{key}")
     manifest = Manifest.from_json(spec["manifest"])
+    check_name(spec["name"], "model")  # the daemon's rule, as the trainer service checks it: a folder there
     train_config = TrainConfig.from_dict(json.loads(spec.get("options") or "{}"))
     _require_gpu()
     report("WAITING", message="fetching the shards")

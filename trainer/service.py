@@ -27,6 +27,7 @@ user's storage is separate, and another user's job id gets the same NOT_FOUND as
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ import uuid
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import json_format
@@ -49,10 +51,14 @@ from vibrary.proto import trainer_pb2 as pb
 from vibrary.proto import trainer_pb2_grpc as pb_grpc
 
 from . import options, prune
-from .export import base_path
-from .pipeline import RESULT_FILES, train_to_files
+from .options import RESULT_FILES, Cancelled, TrainConfig, base_path
 from .tenants import LOCAL, Tenants, check_user
-from .train import Cancelled, Progress, TrainConfig
+
+if TYPE_CHECKING:
+    from .train import Progress
+
+if importlib.util.find_spec("torch") is None:  # said when the service starts, not by its first job
+    raise ModuleNotFoundError("No module named 'torch'", name="torch")
 
 log = logging.getLogger(__name__)
 
@@ -461,6 +467,8 @@ class TrainerService(pb_grpc.TrainerServicer):
             self._prune()
 
     def _run(self, job: _JobState) -> None:
+        from .pipeline import train_to_files  # torch: loaded by the first job, not by the service's start
+
         shard_dir = self._folder(job.user, "shards")
         blobs = ((shard_dir / f"{s.sha256}.npz").read_bytes() for s in job.manifest.shards)
 

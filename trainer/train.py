@@ -29,14 +29,10 @@ from vibrary.daemon.spectrogram import SpectrogramParams, dequantize
 from . import checkpoint as snapshot
 from .augment import augment, mixup
 from .network import TagNet
-from .options import PRECISIONS, TrainConfig
+from .options import PRECISIONS, Cancelled, TrainConfig
 
 MIN_STEPS, MIN_BATCH = 3, 8  # optimiser steps an epoch at least, by smaller batches (see train)
 SMALL_CLASS = 25  # fewer clips than this in some class: no validation split (see train); measured at 1–20
-
-
-class Cancelled(Exception):
-    pass
 
 
 def epoch_score(val_accuracy: float, val_loss: float) -> float:
@@ -87,9 +83,11 @@ class TrainResult:
     device: str = "cpu"
 
     def summary(self) -> dict[str, object]:
+        """What the training measured: the accuracy on held-out clips, or on the training clips when none
+        was held out; never the other as a 0.0 that reads as a model always wrong."""
+        measured = {"val_accuracy": self.val_accuracy} if self.val_clips else {"train_accuracy": self.train_accuracy}
         return {
-            "val_accuracy": round(self.val_accuracy, 4),
-            "train_accuracy": round(self.train_accuracy, 4),
+            **{k: round(v, 4) for k, v in measured.items()},
             "best_epoch": self.best_epoch,
             "epochs_run": len(self.history),
             "resumed_from_epoch": self.resumed_from_epoch,
