@@ -10,12 +10,15 @@ Everything it raises is a VibraryError: DaemonNotRunning (nobody answers), Daemo
 refused or could not finish; `.code` is gRPC's status code), ClientClosed, or BadArgument (QueryError
 for a query that makes no sense) before anything is sent. Replies are the protobuf
 messages of proto/vibrary/v1/daemon.proto. A stream of results (search, tags) has no deadline unless
-given one: it lasts as long as the caller takes to read it.
+given one: it lasts as long as the caller takes to read it; but a daemon that sends nothing of it for the
+client's `timeout` (a hung or stopped machine) ends it with DaemonError DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -91,13 +94,26 @@ class Client:
             self._check_open()
             raise
 
-    def _stream(self, method: str, request: object, timeout: float | None = None, endless: bool = False) -> Iterator:
+    def _stream(
+        self, method: str, request: object, timeout: float | None = None, endless: bool = False, idle: bool = False
+    ) -> Iterator:
         """`endless`: a stream that ends only when closed (events), so close() is its normal end; any
-        other stream cut short by close() raises ClientClosed: its caller must not take a part for all."""
+        other stream cut short by close() raises ClientClosed: its caller must not take a part for all.
+        `idle`: a stream whose messages keep coming while the daemon works (results): waiting longer than
+        the client's timeout for the next one ends it, as a hung daemon would otherwise hang the caller."""
         self._check_open()  # when the caller starts reading: streams are lazy
+        call = getattr(self.stub, method)(request, timeout=timeout, metadata=self._metadata)
+        quiet = _Quiet(call, self.timeout) if idle else None
         try:
-            yield from getattr(self.stub, method)(request, timeout=timeout, metadata=self._metadata)
+            if quiet is None:
+                yield from call
+            else:
+                yield from quiet.messages()
         except grpc.RpcError as e:
+            if quiet is not None and quiet.fired:
+                raise DaemonError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, f"the daemon sent nothing of {method} for {self.timeout:g} s"
+                ) from None
             if self._closed and e.code() == grpc.StatusCode.CANCELLED:
                 if endless:
                     return
@@ -106,6 +122,9 @@ class Client:
         except ValueError:
             self._check_open()
             raise
+        finally:
+            if quiet is not None:
+                quiet.stop()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -180,11 +199,11 @@ class Client:
             limit=limit,
             best_first=best_first,
         )
-        return self._stream("Search", request, timeout)
+        return self._stream("Search", request, timeout, idle=True)
 
     def tags(self, paths: Paths, timeout: float | None = None) -> Iterator[pb.FileTags]:
         """What the index holds for these files, or for every file under these folders (one stream)."""
-        return self._stream("GetTags", pb.GetTagsRequest(paths=_indexed(paths)), timeout)
+        return self._stream("GetTags", pb.GetTagsRequest(paths=_indexed(paths)), timeout, idle=True)
 
     def counts(self, model: str = "") -> list[pb.TagCount]:
         return list(self._call("CountTags", pb.CountTagsRequest(model=model)).counts)
@@ -287,6 +306,42 @@ class Client:
 
     def cancel_training(self) -> pb.TrainProgress:
         return self._call("CancelTraining", pb.CancelTrainingRequest())
+
+
+class _Quiet:
+    """Cancels a streaming call once it has waited on the daemon for more than `idle` seconds at a time;
+    the time its caller spends between reads does not count. One thread a stream, not a timer a message:
+    a search may stream a million results."""
+
+    def __init__(self, call: Any, idle: float) -> None:
+        self.call, self.idle = call, idle
+        self.fired = False
+        self._since: float | None = None  # when the wait for the next message began; None: not waiting
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, name="stream-watch", daemon=True).start()
+
+    def messages(self) -> Iterator[Any]:
+        for_next = iter(self.call)
+        while True:
+            self._since = time.monotonic()
+            try:
+                message = next(for_next)
+            except StopIteration:
+                return
+            finally:
+                self._since = None
+            yield message
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(self.idle / 4, 1.0)):
+            since = self._since
+            if since is not None and time.monotonic() - since > self.idle:
+                self.fired = True
+                self.call.cancel()
+                return
+
+    def stop(self) -> None:
+        self._done.set()
 
 
 def _indexed(paths: Paths) -> list[str]:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import pytest
 from vibrary.clients.client import BadArgument, Client, ClientClosed, DaemonError, DaemonNotRunning, VibraryError
 from vibrary.clients.query import QueryError, parse_query
+from vibrary.proto import daemon_pb2 as pb
+from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from tests.conftest import DaemonProcess
 from tests.synth import BANDS, write_tone
@@ -25,18 +30,55 @@ def test_a_search_read_slowly_is_not_cut_off_by_the_calls_timeout(daemon: Daemon
     """The client's timeout covered a whole stream: a script doing a second's work per result lost the
     rest of its search (DEADLINE_EXCEEDED) after 30 s, whatever the daemon did."""
     paths = _tagged(daemon, tmp_path)
-    with Client(home_dir=daemon.home, timeout=0.3) as c:
+    with Client(home_dir=daemon.home, timeout=0.5) as c:
         read = []
         for f in c.search([["low", "mid", "high"]]):
-            time.sleep(0.2)
+            time.sleep(0.3)
             read.append(f.path)
         assert sorted(read) == sorted(paths.values())
         assert len(list(c.tags(str(tmp_path / "lib")))) == 3  # one folder, given as a string
         assert len(list(c.tags(tmp_path / "lib"))) == 3  # or as a Path
         with pytest.raises(DaemonError) as late:
-            for _ in c.search([["low", "mid", "high"]], timeout=0.3):  # a deadline when asked for
-                time.sleep(0.2)
+            for _ in c.search([["low", "mid", "high"]], timeout=0.5):  # a deadline when asked for
+                time.sleep(0.3)
         assert late.value.code.name == "DEADLINE_EXCEEDED"
+
+
+class _Hung(pb_grpc.DaemonServicer):
+    """A daemon that sends the first result of a search and then nothing, as a hung one does."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def _one_then_nothing(self, request: object, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
+        yield pb.FileTags(path="/first.wav")
+        self.release.wait(60)
+
+    Search = GetTags = _one_then_nothing
+
+
+def test_a_result_stream_from_a_daemon_that_hangs_ends_after_the_clients_timeout() -> None:
+    """A search from a script waited for ever on a daemon that had stopped answering (a stream had no
+    deadline, so that a slow reader keeps its results): waiting for the next result is what is timed."""
+    hung = _Hung()
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    pb_grpc.add_DaemonServicer_to_server(hung, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=1.0) as c:
+            for call in (lambda: c.search("kick"), lambda: c.tags("/x")):
+                started = time.monotonic()
+                read: list[str] = []
+                with pytest.raises(DaemonError) as stalled:
+                    for f in call():
+                        time.sleep(1.5)  # the reader's own time is not the daemon's silence
+                        read.append(f.path)
+                assert stalled.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and "sent nothing" in str(stalled.value)
+                assert read == ["/first.wav"] and time.monotonic() - started < 30
+    finally:
+        hung.release.set()
+        server.stop(0)
 
 
 def test_searches_as_people_type_them_and_tags_as_strings(daemon: DaemonProcess, tmp_path: Path) -> None:
