@@ -1,7 +1,7 @@
 """Content-addressed spectrogram cache: a new model re-tags the library without decoding audio again.
 
-Keyed by (content hash, spectrogram parameters), so a moved or duplicated file hits the cache and a model
-trained on other parameters never receives the wrong features. Entries are the 8-bit codes of
+Keyed by (content hash, spectrogram parameters, FEATURES_VERSION), so a moved or duplicated file hits the
+cache and a model trained on other parameters never receives the wrong features. Entries are the 8-bit codes of
 `spectrogram.quantize`, zlib-compressed (zero-padded one-shots shrink a lot), in their own SQLite file so
 that cache traffic never contends with the index. The least recently written entries go first when the
 cache outgrows its budget.
@@ -23,6 +23,12 @@ import numpy as np
 from .spectrogram import SpectrogramParams, dequantize, quantize
 
 log = logging.getLogger(__name__)
+
+# A file's spectrogram depends on the decoder and the log-mel code as well as on the parameters: after a fix
+# to either (stop 22's: inf samples, an inverted channel, opening silence) a new model must not re-tag the
+# library from spectrograms computed before it. Part of every key: bump it with any change to what
+# decode() or log_mel() return, and earlier entries are misses (decoded again, and evicted in time).
+FEATURES_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spectra (
@@ -85,7 +91,7 @@ class SpectrogramCache:
 
     @staticmethod
     def key(content_hash: bytes, params: SpectrogramParams) -> bytes:
-        return content_hash + bytes.fromhex(params.key)
+        return content_hash + bytes.fromhex(params.key) + bytes([FEATURES_VERSION])
 
     def get(self, content_hash: bytes, params: SpectrogramParams) -> np.ndarray | None:
         try:
@@ -105,8 +111,6 @@ class SpectrogramCache:
             return None
         try:
             codes = np.frombuffer(zlib.decompress(row[0]), dtype=row[1]).reshape(params.shape)
-            if codes.dtype == np.uint8 and not codes.any():  # 0 dB everywhere: silence as older versions
-                raise ValueError("silence stored as 0 dB")  # computed it; it is the floor now
         except (zlib.error, ValueError, TypeError) as e:  # a damaged entry is a miss: the audio is decoded again
             log.warning("spectrogram cache entry damaged (%s); computing it again", e)
             with self._lock, contextlib.suppress(sqlite3.Error):

@@ -7,6 +7,8 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
+import pytest
+from vibrary.daemon import cache as cache_module
 from vibrary.daemon.cache import SpectrogramCache
 from vibrary.daemon.spectrogram import SpectrogramParams
 
@@ -55,9 +57,14 @@ def test_a_damaged_cache_file_is_set_aside_and_a_damaged_entry_is_a_miss(tmp_pat
     assert cache.get(b"c" * 16, P) is not None
 
 
-def test_silence_stored_as_0_db_by_an_older_version_is_a_miss(tmp_path: Path) -> None:
+def test_a_spectrogram_computed_by_an_earlier_decoder_is_a_miss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a fix to the decoder (stop 22's), a new model re-tagged the library from spectrograms of the
+    unfixed one (silence stored as 0 dB, the loudest there is, among them): the features' version is part
+    of the key."""
     cache = SpectrogramCache(tmp_path / "c.sqlite", 1 << 30)
-    cache.put_many([(b"s" * 16, P, np.zeros(P.shape, np.float32))])  # what log_mel gave silence before
-    assert cache.get(b"s" * 16, P) is None  # so the file is decoded again, into the floor
-    cache.put_many([(b"q" * 16, P, np.full(P.shape, -P.top_db, np.float32))])
-    assert cache.get(b"q" * 16, P) is not None
+    cache.put_many([(b"v" * 16, P, _spec(3))])
+    assert cache.get(b"v" * 16, P) is not None
+    monkeypatch.setattr(cache_module, "FEATURES_VERSION", cache_module.FEATURES_VERSION + 1)
+    assert cache.get(b"v" * 16, P) is None
