@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, fields
 from functools import cached_property, lru_cache
 
 import numpy as np
-import scipy.fft
 
 METADATA_KEY = "vibrary.spectrogram"
 
@@ -180,6 +179,8 @@ def mel_power(audio: np.ndarray, params: SpectrogramParams) -> np.ndarray:
     computes it: scipy's pocketfft transforms a block of float32 frames several at a time, four times
     faster than numpy's float64 FFT and within 1e-6 of it.
     """
+    import scipy.fft  # here: 0.3 s that every `vibrary` command paid at its start, for a model's metadata
+
     audio = np.asarray(audio, dtype=np.float32)
     channels, samples = audio.shape
     half = params.n_fft // 2

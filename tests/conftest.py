@@ -14,6 +14,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+# The suite runs in two processes (-n 2), each training and starting trainers: torch's two OpenMP threads
+# per process spun against the other process's (a third of the training tests' time). One thread each; set
+# before anything imports torch, and inherited by every process the tests start.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import grpc
 import pytest
 from vibrary.clients.client import Client
