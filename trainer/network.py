@@ -54,15 +54,22 @@ class TagNet(nn.Module):
 
     def embedding(self, x: torch.Tensor) -> torch.Tensor:
         """(N, channels, mels, frames) dB in [-top_db, 0] → (N, EMBED): what every head reads."""
-        x = F.avg_pool2d(x / self.half_range + 1.0, (1, TIME_POOL))
-        f = self.features(x)
-        mean = f.mean(dim=3)
-        spread = (f - mean[..., None]).square().mean(dim=3).add(1e-6).sqrt()
-        return self.embed(torch.cat([mean, f.amax(dim=3), spread], dim=1).flatten(1))
+        return self.embed(pool_time(self.features(self.scaled(x))).flatten(1))
+
+    def scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """dB in [-top_db, 0] → about [-1, 1], frames averaged in pairs: what the first convolution reads."""
+        return F.avg_pool2d(x / self.half_range + 1.0, (1, TIME_POOL))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, channels, mels, frames) dB → (N, classes) logits."""
         return self.head(self.embedding(x))
+
+
+def pool_time(f: torch.Tensor) -> torch.Tensor:
+    """(N, C, bands, frames) → (N, POOLS·C, bands): mean, max and standard deviation over time."""
+    mean = f.mean(dim=3)
+    spread = (f - mean[..., None]).square().mean(dim=3).add(1e-6).sqrt()
+    return torch.cat([mean, f.amax(dim=3), spread], dim=1)
 
 
 class WithSoftmax(nn.Module):
