@@ -720,6 +720,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     index, home_dir = _index()
+    if args.name:  # as mistyped as any other option: a usage error, before any advice
+        try:
+            registry.check_not_builtin(index, args.name)
+        except ModelError as e:
+            raise UsageError(f"{e} (`--name NAME`)") from None
     bars: dict[str, tqdm] = {}
     said = ""
     states: list[str] = []  # the states seen, in order: a job exists on the trainer only once uploading is over
