@@ -567,7 +567,7 @@ def test_the_daemon_waits_out_a_trainer_longer_out_of_reach_than_the_command_doe
             for daemon_follows in (False, True):
                 seen: list[TrainProgress] = []
                 outcome: list[object] = []
-                how = {"trainer": link.address, "base": "none", "options": {"epochs": 40}, "progress": seen.append}
+                how = {"trainer": link.address, "base": "none", "options": {"epochs": 20}, "progress": seen.append}
                 leave = threading.Event() if daemon_follows else None
 
                 def run(how: dict[str, Any] = how, leave: threading.Event | None = leave, out: list[object] = outcome):
