@@ -1017,21 +1017,23 @@ def test_daemon_and_clients_never_import_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-_NO_TORCH = """
+_HIDDEN = """
 import sys
-class NoTorch:
+class Hidden:
     def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-sys.meta_path.insert(0, NoTorch())
+        if name == {0!r} or name.startswith({0!r} + "."):
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Hidden())
 """
 
 
-def test_train_without_torch_says_how_to_install_it(home: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("missing", ["torch", "matplotlib"])
+def test_train_without_torch_says_how_to_install_it(home: Path, tmp_path: Path, missing: str) -> None:
     """The trainer service loads torch with its first job, and says at its start when torch is not there
-    (a `sitecustomize` hides it as an installation without the trainer extra would)."""
+    (a `sitecustomize` hides it as an installation without the trainer extra would); nor the rest of the
+    extra: torch without it took the job and failed it with "internal error: No module named 'matplotlib'"."""
     (tmp_path / "no-torch").mkdir()
-    (tmp_path / "no-torch" / "sitecustomize.py").write_text(_NO_TORCH)
+    (tmp_path / "no-torch" / "sitecustomize.py").write_text(_HIDDEN.format(missing))
     write_kinds(tmp_path / "ex", per_kind=2, seed=0)
     vibrary("dataset", "create", "d", str(tmp_path / "ex"), home=home)
     env = {**os.environ, "VIBRARY_HOME": str(home), "PYTHONPATH": str(tmp_path / "no-torch")}
@@ -1043,6 +1045,29 @@ def test_train_without_torch_says_how_to_install_it(home: Path, tmp_path: Path) 
         timeout=120,
     )
     assert proc.returncode == 1 and "pip install -e '.[trainer]'" in proc.stderr
+
+
+def test_a_trainer_whose_torch_is_broken_fails_each_job_saying_so(tmp_path: Path) -> None:
+    """torch is loaded by the first job: one there but broken (a half-done upgrade) failed it as an
+    "internal error"; it says what to reinstall, and the service goes on to fail the next one alike."""
+    broken = tmp_path / "broken" / "onnx"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('libonnx.so: cannot open shared object file')\n")
+    manifest, blobs = _manifest_and_blobs(per_kind=2)
+    _store(blobs, tmp_path)
+    proc, target = _start_trainer(tmp_path / "trainer-home", PYTHONPATH=str(tmp_path / "broken"))
+    try:
+        with TrainerClient(target) as client:
+            client.upload(manifest, tmp_path)
+            for name in ("first", "second"):
+                job = client.start(manifest, name, "none", json.dumps({"epochs": 1}))
+                last = list(client.watch(job.id))[-1]
+                assert last.state == pb.Job.FAILED, last
+                assert "libonnx.so" in last.error and "pip install -e '.[trainer]'" in last.error, last.error
+                assert not last.error.startswith("internal error"), last.error
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_progress_streams_epochs(trainer_service: str, tmp_path: Path) -> None:

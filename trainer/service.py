@@ -57,10 +57,19 @@ from .tenants import LOCAL, Tenants, check_user
 if TYPE_CHECKING:
     from .train import Progress
 
-if importlib.util.find_spec("torch") is None:  # said when the service starts, not by its first job
-    raise ModuleNotFoundError("No module named 'torch'", name="torch")
+# The trainer extra, said missing when the service starts, not by its first job (which imports it): torch
+# alone is not all of it, and an environment that has torch without `.[trainer]` took uploads and then
+# failed every job with "internal error: No module named 'onnx'"
+for _needed in ("torch", "onnx", "matplotlib"):
+    if importlib.util.find_spec(_needed) is None:
+        raise ModuleNotFoundError(f"No module named {_needed!r}", name=_needed)
 
 log = logging.getLogger(__name__)
+
+
+class Unusable(RuntimeError):
+    """The trainer's own installation cannot train: each job fails saying so, and the service goes on."""
+
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Trainer"].full_name
 MAX_SHARD = 256 << 20
@@ -459,7 +468,7 @@ class TrainerService(pb_grpc.TrainerServicer):
                     log.info("job %s suspended at epoch %d", job.job.id, job.job.epoch)
                     return
                 job.update(state=pb.Job.CANCELLED, phase="cancelled")
-            except (ShardError, ValueError, FileNotFoundError) as e:
+            except (ShardError, ValueError, FileNotFoundError, Unusable) as e:
                 job.update(state=pb.Job.FAILED, phase="failed", error=str(e))
             except Exception as e:  # a bug fails the job, never the service
                 log.exception("job %s failed", job.job.id)
@@ -467,7 +476,12 @@ class TrainerService(pb_grpc.TrainerServicer):
             self._prune()
 
     def _run(self, job: _JobState) -> None:
-        from .pipeline import train_to_files  # torch: loaded by the first job, not by the service's start
+        try:
+            from .pipeline import train_to_files  # torch: loaded by the first job, not by the service's start
+        except (ImportError, OSError) as e:  # there but broken (a half-done upgrade, a missing library)
+            raise Unusable(
+                f"the trainer cannot load PyTorch and its extra ({e}): in Vibrary's clone, pip install -e '.[trainer]'"
+            ) from None
 
         shard_dir = self._folder(job.user, "shards")
         blobs = ((shard_dir / f"{s.sha256}.npz").read_bytes() for s in job.manifest.shards)
