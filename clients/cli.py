@@ -727,7 +727,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"{e} (`--name NAME`)") from None
     bars: dict[str, tqdm] = {}
     said = ""
-    states: list[str] = []  # the states seen, in order: a job exists on the trainer only once uploading is over
+    states: list[str] = []  # the states seen, in order
+    started: list[str] = []  # the job, once a trainer has it: waiting for a busy trainer or uploading, none
 
     logged = {"epoch": -1, "upload": -1}
 
@@ -791,16 +792,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             token=args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", ""),
             confirm=confirm_cost(args),
             progress=progress,
+            on_started=lambda job: started.append(job.job_id),
         )
     except TrainingError as e:
         raise CommandError(str(e)) from None
     except KeyboardInterrupt:  # Ctrl-C, a closed terminal, a kill (interrupted): still 130, no longer unsaid
         if args.trainer == "cloud":
             ended = "its cloud instance is terminated"
-        elif states[-1:] == ["uploading"]:  # "its job ... is cancelled" of a job never started
-            ended = "nothing was started on the trainer (what was uploaded stays there for the next try)"
-        else:
+        elif started:
             ended = "its job on the trainer is cancelled"
+        elif "uploading" in states:  # "its job ... is cancelled" of a job never started
+            ended = "nothing was started on the trainer (what was uploaded stays there for the next try)"
+        else:  # waiting for a trainer busy with another's training
+            ended = "nothing was started on the trainer"
         tqdm.write(f"vibrary: training cancelled; {ended}", file=sys.stderr)
         raise
     finally:

@@ -724,6 +724,31 @@ def test_ctrl_c_during_the_upload_says_no_job_was_started(model_home: Path, tmp_
     ), err
 
 
+def test_ctrl_c_while_waiting_for_a_busy_trainer_says_no_job_was_started(model_home: Path, tmp_path: Path) -> None:
+    """Ctrl-C while the local trainer was busy with another process's training (nothing uploaded, no job)
+    said "its job on the trainer is cancelled"."""
+    write_kinds(tmp_path / "examples", per_kind=8, seed=1)
+    vibrary("dataset", "create", "kinds", str(tmp_path / "examples"), home=model_home)
+    busy, _ = _start_trainer(model_home)  # the folder of the local trainer of `vibrary train`
+    args = [sys.executable, "-m", "vibrary.clients.cli", "train", "kinds", "--base", "none"]
+    proc = subprocess.Popen(
+        args, env={**os.environ, "VIBRARY_HOME": str(model_home)}, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "waiting for its training to finish" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        busy.terminate()
+        busy.wait(timeout=30)
+    assert proc.returncode == 130
+    assert err.endswith("vibrary: training cancelled; nothing was started on the trainer\n"), err
+
+
 def test_a_training_that_stops_early_says_why_and_which_epochs_weights_it_kept(
     model_home: Path, tmp_path: Path
 ) -> None:
