@@ -10,8 +10,8 @@ Everything it raises is a VibraryError: DaemonNotRunning (nobody answers), Daemo
 refused or could not finish; `.code` is gRPC's status code), ClientClosed, or BadArgument (QueryError
 for a query that makes no sense) before anything is sent. Replies are the protobuf
 messages of proto/vibrary/v1/daemon.proto. A stream of results (search, tags) has no deadline unless
-given one: it lasts as long as the caller takes to read it; but a daemon that sends nothing of it for the
-client's `timeout` (a hung or stopped machine) ends it with DaemonError DEADLINE_EXCEEDED.
+given one: it lasts as long as the caller takes to read it; but, given none, a daemon that sends nothing of
+it for the client's `timeout` (a hung or stopped machine) ends it with DaemonError DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
@@ -99,16 +99,16 @@ class Client:
     ) -> Iterator:
         """`endless`: a stream that ends only when closed (events), so close() is its normal end; any
         other stream cut short by close() raises ClientClosed: its caller must not take a part for all.
-        `idle`: a stream whose messages keep coming while the daemon works (results): waiting longer than
-        the client's timeout for the next one ends it, as a hung daemon would otherwise hang the caller."""
+        `idle`: a stream whose messages keep coming while the daemon works (results): given no deadline,
+        waiting longer than the client's timeout for the next one ends it, as a hung daemon would otherwise
+        hang the caller; given one, that is the bound (a search known to be slow to start is given one)."""
         self._check_open()  # when the caller starts reading: streams are lazy
-        call = getattr(self.stub, method)(request, timeout=timeout, metadata=self._metadata)
-        quiet = _Quiet(call, self.timeout) if idle else None
-        try:
-            if quiet is None:
-                yield from call
-            else:
-                yield from quiet.messages()
+        quiet: _Quiet | None = None
+        try:  # a close() in another thread since the check: the call raises ValueError
+            call = getattr(self.stub, method)(request, timeout=timeout, metadata=self._metadata)
+            if idle and timeout is None and self.timeout:  # a deadline given is the caller's own bound
+                quiet = _Quiet(call, self.timeout)
+            yield from call if quiet is None else quiet.messages()
         except grpc.RpcError as e:
             if quiet is not None and quiet.fired:
                 raise DaemonError(

@@ -81,6 +81,47 @@ def test_a_result_stream_from_a_daemon_that_hangs_ends_after_the_clients_timeout
         server.stop(0)
 
 
+class _SlowToStart(pb_grpc.DaemonServicer):
+    """A daemon whose first result takes longer than the client's timeout (a search of a large library)."""
+
+    def Search(self, request: object, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
+        time.sleep(1.5)
+        yield pb.FileTags(path="/first.wav")
+
+
+def test_a_result_stream_given_a_deadline_or_a_client_without_timeout_is_not_cut_by_its_silence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon's silence was timed against the client's timeout even when the search was given a
+    longer deadline of its own (cut after 1 s of the 10 asked for), and a Client(timeout=None) had its
+    watching thread die of a TypeError on every stream. A close() in another thread between the open
+    check and the call raised grpc's ValueError, not ClientClosed."""
+    died: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    pb_grpc.add_DaemonServicer_to_server(_SlowToStart(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=1.0) as c:
+            assert [f.path for f in c.search("kick", timeout=10)] == ["/first.wav"]
+        with Client(f"127.0.0.1:{port}", timeout=None) as c:
+            assert [f.path for f in c.search("kick")] == ["/first.wav"]
+        c = Client(f"127.0.0.1:{port}")
+        check_open = c._check_open
+
+        def closed_by_another_thread_after_the_check() -> None:
+            check_open()
+            c.close()
+
+        monkeypatch.setattr(c, "_check_open", closed_by_another_thread_after_the_check)
+        with pytest.raises(ClientClosed):
+            list(c.search("kick"))
+    finally:
+        server.stop(0)
+    assert died == []
+
+
 def test_searches_as_people_type_them_and_tags_as_strings(daemon: DaemonProcess, tmp_path: Path) -> None:
     """A bare string searched its letters (`search(["kick"])` asked for k OR i OR c OR k), and the CLI's
     query grammar was the CLI's own."""
