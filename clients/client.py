@@ -334,8 +334,9 @@ class _Quiet:
 
     def _watch(self) -> None:
         while not self._done.wait(min(self.idle / 4, 1.0)):
+            now = time.monotonic()  # before reading `since`: a wait begun after `now` is never counted as long
             since = self._since
-            if since is not None and time.monotonic() - since > self.idle:
+            if since is not None and now - since > self.idle:
                 self.fired = True
                 self.call.cancel()
                 return
