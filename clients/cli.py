@@ -1148,7 +1148,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--data", default="", help="the trainer's data folder (default $VIBRARY_HOME/trainer)")
     tokens = a.add_subparsers(dest="token_action", required=True)
     tokens.add_parser("add", parents=[common], help="a new token for USER, printed once").add_argument("user")
-    tokens.add_parser("remove", parents=[common], help="USER's token stops working").add_argument("user")
+    tokens.add_parser("remove", parents=[common], help="USER's token and jobs stop").add_argument("user")
     tokens.add_parser("list", parents=[common], help="users with a token")
     a = actions.add_parser("health", parents=[common], help="exit 0 when the trainer at --target is serving")
     a.add_argument("--target", default="127.0.0.1:7878", metavar="HOST:PORT")

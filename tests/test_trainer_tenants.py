@@ -110,6 +110,32 @@ def test_users_see_neither_the_jobs_nor_the_shards_of_others(
         assert _code(lambda: alice.start(manifest, "x", "/etc/passwd", ONE_EPOCH)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_removing_a_users_token_stops_their_running_and_queued_jobs(
+    shared: tuple[str, Path, dict[str, str]], home: Path, tmp_path: Path
+) -> None:
+    """A revoked user can neither follow nor cancel their jobs; those went on taking the trainer for hours."""
+    target, data, tokens = shared
+    manifest, blobs = _manifest_and_blobs(per_kind=4)
+    _store(blobs, tmp_path)
+    long = json.dumps({"epochs": 500, "patience": 500})
+    with TrainerClient(target, tokens["alice"]) as alice, TrainerClient(target, tokens["bob"]) as bob:
+        alice.upload(manifest, tmp_path)
+        bob.upload(manifest, tmp_path)
+        running = alice.start(manifest, "a", "none", long)
+        queued = alice.start(manifest, "b", "none", long)
+        next(u for u in alice.watch(running.id) if u.epoch >= 1)
+        vibrary("trainer", "token", "--data", str(data), "remove", "alice", home=home)
+        records = {job.id: data / "tenants" / "alice" / "jobs" / job.id / "job.json" for job in (running, queued)}
+
+        def ended(job_id: str) -> dict[str, str]:
+            return dict(json.loads(records[job_id].read_text())["job"])
+
+        wait_for(lambda: all(ended(j).get("state") == "CANCELLED" for j in records), timeout=60)
+        assert all(ended(j)["error"] == "its owner's token was removed" for j in records)
+        theirs = bob.start(manifest, "c", "none", ONE_EPOCH)  # the trainer is free for the others
+        assert list(bob.watch(theirs.id))[-1].state == pb.Job.SUCCEEDED
+
+
 def _self_signed(tmp_path: Path) -> tuple[bytes, bytes]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization

@@ -94,6 +94,7 @@ class _JobState:
         self.config = config
         self.out = out
         self.cancel = threading.Event()
+        self.why = ""  # why it was cancelled, when not by its owner
         self.changed = threading.Condition()
         self.history: list[pb.Job] = []  # every update since `past` updates, in order: a watcher misses none
         self.past = 0  # updates dropped from history once the job ended (watchers count from the start)
@@ -467,13 +468,21 @@ class TrainerService(pb_grpc.TrainerServicer):
                 if not job.cancel.is_set():  # suspended: on record as running, for the next start
                     log.info("job %s suspended at epoch %d", job.job.id, job.job.epoch)
                     return
-                job.update(state=pb.Job.CANCELLED, phase="cancelled")
+                job.update(state=pb.Job.CANCELLED, phase="cancelled", error=job.why)
             except (ShardError, ValueError, FileNotFoundError, Unusable) as e:
                 job.update(state=pb.Job.FAILED, phase="failed", error=str(e))
             except Exception as e:  # a bug fails the job, never the service
                 log.exception("job %s failed", job.job.id)
                 job.update(state=pb.Job.FAILED, phase="failed", error=f"internal error: {e}")
             self._prune()
+
+    def _stopped(self, job: _JobState) -> bool:
+        """Asked every batch: a cancel, a suspension, or the owner's token removed. A user whose token was
+        revoked could neither follow nor cancel their jobs, which went on taking the trainer's hours."""
+        if not job.cancel.is_set() and self.tenants.revoked(job.user):
+            job.why = "its owner's token was removed"
+            job.cancel.set()
+        return job.cancel.is_set() or self._suspended.is_set()
 
     def _run(self, job: _JobState) -> None:
         try:
@@ -499,7 +508,7 @@ class TrainerService(pb_grpc.TrainerServicer):
             job.request.base or "demo",
             job.config,
             progress,
-            lambda: job.cancel.is_set() or self._suspended.is_set(),
+            lambda: self._stopped(job),
             job.out / CHECKPOINT,
         )
         for file_name, data in files.items():

@@ -112,6 +112,11 @@ class Tenants:
         self._reload()
         return not self._token and (self._own or not self._users)
 
+    def revoked(self, user: str) -> bool:
+        """Whether `user` was one of tokens.json's and is no more (`vibrary trainer token remove`)."""
+        self._reload()
+        return user not in (LOCAL, DEFAULT) and user not in self._users
+
     def user(self, authorization: str) -> str | None:
         self._reload()
         if self.open:
