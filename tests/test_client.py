@@ -33,14 +33,14 @@ def test_a_search_read_slowly_is_not_cut_off_by_the_calls_timeout(daemon: Daemon
     with Client(home_dir=daemon.home, timeout=1.0) as c:  # the daemon's answer has a second, whatever the load
         read = []
         for f in c.search([["low", "mid", "high"]]):
-            time.sleep(0.5)
+            time.sleep(0.6)
             read.append(f.path)
         assert sorted(read) == sorted(paths.values())
         assert len(list(c.tags(str(tmp_path / "lib")))) == 3  # one folder, given as a string
         assert len(list(c.tags(tmp_path / "lib"))) == 3  # or as a Path
         with pytest.raises(DaemonError) as late:
             for _ in c.search([["low", "mid", "high"]], timeout=1.0):  # a deadline when asked for
-                time.sleep(0.5)
+                time.sleep(0.6)
         assert late.value.code.name == "DEADLINE_EXCEEDED"
 
 

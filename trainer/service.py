@@ -94,7 +94,6 @@ class _JobState:
         self.config = config
         self.out = out
         self.cancel = threading.Event()
-        self.why = ""  # why it was cancelled, when not by its owner
         self.changed = threading.Condition()
         self.history: list[pb.Job] = []  # every update since `past` updates, in order: a watcher misses none
         self.past = 0  # updates dropped from history once the job ended (watchers count from the start)
@@ -468,7 +467,7 @@ class TrainerService(pb_grpc.TrainerServicer):
                 if not job.cancel.is_set():  # suspended: on record as running, for the next start
                     log.info("job %s suspended at epoch %d", job.job.id, job.job.epoch)
                     return
-                job.update(state=pb.Job.CANCELLED, phase="cancelled", error=job.why)
+                job.update(state=pb.Job.CANCELLED, phase="cancelled")
             except (ShardError, ValueError, FileNotFoundError, Unusable) as e:
                 job.update(state=pb.Job.FAILED, phase="failed", error=str(e))
             except Exception as e:  # a bug fails the job, never the service
@@ -480,8 +479,7 @@ class TrainerService(pb_grpc.TrainerServicer):
         """Asked every batch: a cancel, a suspension, or the owner's token removed. A user whose token was
         revoked could neither follow nor cancel their jobs, which went on taking the trainer's hours."""
         if not job.cancel.is_set() and self.tenants.revoked(job.user):
-            job.why = "its owner's token was removed"
-            job.cancel.set()
+            self._cancel(job, "its owner's token was removed")
         return job.cancel.is_set() or self._suspended.is_set()
 
     def _run(self, job: _JobState) -> None:
