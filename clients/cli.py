@@ -727,7 +727,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UsageError(f"{e} (`--name NAME`)") from None
     bars: dict[str, tqdm] = {}
     said = ""
-    states: list[str] = []  # the states seen, in order
+    states: set[str] = set()  # the states seen
     started: list[str] = []  # the job, once a trainer has it: waiting for a busy trainer or uploading, none
 
     logged = {"epoch": -1, "upload": -1}
@@ -746,8 +746,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def progress(p: TrainProgress) -> None:
         nonlocal said
-        if p.state not in states[-1:]:
-            states.append(p.state)
+        states.add(p.state)
         if p.state == "waiting" and p.message != said:  # queued, or the trainer out of reach
             said = p.message
             tqdm.write(p.message, file=sys.stderr)

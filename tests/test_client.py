@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -44,6 +45,19 @@ def test_a_search_read_slowly_is_not_cut_off_by_the_calls_timeout(daemon: Daemon
         assert late.value.code.name == "DEADLINE_EXCEEDED"
 
 
+@contextlib.contextmanager
+def _serving(servicer: pb_grpc.DaemonServicer) -> Iterator[str]:
+    """A gRPC server of the daemon's service that behaves as `servicer` says (a hung daemon, a slow one)."""
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    pb_grpc.add_DaemonServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
+
+
 class _Hung(pb_grpc.DaemonServicer):
     """A daemon that sends the first result of a search and then nothing, as a hung one does."""
 
@@ -61,12 +75,8 @@ def test_a_result_stream_from_a_daemon_that_hangs_ends_after_the_clients_timeout
     """A search from a script waited for ever on a daemon that had stopped answering (a stream had no
     deadline, so that a slow reader keeps its results): waiting for the next result is what is timed."""
     hung = _Hung()
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    pb_grpc.add_DaemonServicer_to_server(hung, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        with Client(f"127.0.0.1:{port}", timeout=1.0) as c:
+    with _serving(hung) as target, Client(target, timeout=1.0) as c:
+        try:
             for call in (lambda: c.search("kick"), lambda: c.tags("/x")):
                 started = time.monotonic()
                 read: list[str] = []
@@ -76,9 +86,8 @@ def test_a_result_stream_from_a_daemon_that_hangs_ends_after_the_clients_timeout
                         read.append(f.path)
                 assert stalled.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and "sent nothing" in str(stalled.value)
                 assert read == ["/first.wav"] and time.monotonic() - started < 30
-    finally:
-        hung.release.set()
-        server.stop(0)
+        finally:
+            hung.release.set()
 
 
 class _SlowToStart(pb_grpc.DaemonServicer):
@@ -98,16 +107,12 @@ def test_a_result_stream_given_a_deadline_or_a_client_without_timeout_is_not_cut
     check and the call raised grpc's ValueError, not ClientClosed."""
     died: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args.exc_value))
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    pb_grpc.add_DaemonServicer_to_server(_SlowToStart(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        with Client(f"127.0.0.1:{port}", timeout=1.0) as c:
+    with _serving(_SlowToStart()) as target:
+        with Client(target, timeout=1.0) as c:
             assert [f.path for f in c.search("kick", timeout=10)] == ["/first.wav"]
-        with Client(f"127.0.0.1:{port}", timeout=None) as c:
+        with Client(target, timeout=None) as c:
             assert [f.path for f in c.search("kick")] == ["/first.wav"]
-        c = Client(f"127.0.0.1:{port}")
+        c = Client(target)
         check_open = c._check_open
 
         def closed_by_another_thread_after_the_check() -> None:
@@ -117,8 +122,6 @@ def test_a_result_stream_given_a_deadline_or_a_client_without_timeout_is_not_cut
         monkeypatch.setattr(c, "_check_open", closed_by_another_thread_after_the_check)
         with pytest.raises(ClientClosed):
             list(c.search("kick"))
-    finally:
-        server.stop(0)
     assert died == []
 
 

@@ -113,9 +113,12 @@ class Tenants:
         return not self._token and (self._own or not self._users)
 
     def revoked(self, user: str) -> bool:
-        """Whether `user` was one of tokens.json's and is no more (`vibrary trainer token remove`)."""
+        """Whether `user` was one of tokens.json's and is no more (`vibrary trainer token remove`). Asked
+        every batch: the local and default users, never in tokens.json, cost no look at the file."""
+        if user in (LOCAL, DEFAULT):
+            return False
         self._reload()
-        return user not in (LOCAL, DEFAULT) and user not in self._users
+        return user not in self._users
 
     def user(self, authorization: str) -> str | None:
         self._reload()
