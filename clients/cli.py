@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +49,16 @@ def _out(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
     print(json.dumps(obj) if args.json else human, flush=True)
 
 
-def _file_line(path: str, tags: Iterable[tuple[str, str, float]], error: str | None) -> dict[str, Any]:
+def _file_line(
+    path: str, tags: Iterable[tuple[str, str, float]], error: str | None, unfamiliar: Collection[str] = ()
+) -> dict[str, Any]:
+    """A file's line; `unfamiliar`: the models that find it like none of their examples (their tags are
+    guesses, which searches leave out)."""
     return {
         "path": path,
-        "tags": [{"model": m, "tag": t, "score": round(float(s), 4)} for m, t, s in tags],
+        "tags": [
+            {"model": m, "tag": t, "score": round(float(s), 4), "unfamiliar": m in unfamiliar} for m, t, s in tags
+        ],
         "error": error or None,
     }
 
@@ -61,11 +67,12 @@ def _human_file(line: dict[str, Any]) -> str:
     if line["error"]:
         return f"{line['path']}: ERROR {line['error']}"
     by_model: dict[str, list[str]] = {}
-    for t in line["tags"]:
-        by_model.setdefault(t["model"], []).append(f"{t['tag']} {t['score']:.2f}")
+    for t in line["tags"]:  # "dark? 0.91": a guess, the file sounds like none of the model's examples
+        by_model.setdefault(t["model"], []).append(f"{t['tag']}{'?' if t['unfamiliar'] else ''} {t['score']:.2f}")
     if len(by_model) > 1:  # each model's tags apart: two models can give the same tag
         return f"{line['path']}: " + "; ".join(f"{model}: {', '.join(tags)}" for model, tags in by_model.items())
-    return f"{line['path']}: {', '.join(next(iter(by_model.values()), ['(no tags)']))}"
+    silent = "(no tags: no sound above -70 dBFS in its first minute)"  # what a file read fine with no tags is
+    return f"{line['path']}: {', '.join(next(iter(by_model.values()), [silent]))}"
 
 
 def _index() -> tuple[Index, Any]:
@@ -78,7 +85,7 @@ def _index() -> tuple[Index, Any]:
 # -- vibrary tag: right here, no daemon ------------------------------------------------------------------
 def cmd_tag(args: argparse.Namespace) -> int:
     from vibrary.daemon.pipeline import Pipeline
-    from vibrary.daemon.service import expand, load_models
+    from vibrary.daemon.service import NO_SUCH_PATH, expand, load_models
 
     index, home_dir = _index()
     if args.model:
@@ -93,6 +100,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
         raise CommandError("no usable model: activate one with `vibrary models activate NAME`")
     names = {m.id: m.ref.split("@")[0] for m in models}
     settings = config.Settings.load(home_dir)
+    absent = {p for p in args.paths if not os.path.lexists(p)}  # a typo is not a file "deleted or moved"
     files = list(expand(args.paths))
     if not files:
         print(f"vibrary: no audio files in {', '.join(args.paths)}", file=sys.stderr)
@@ -107,7 +115,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
                     return
                 tags = [(names[mid], t, s) for mid, ranked in r.tags.items() for t, s in ranked[: args.top]]
                 tags.sort(key=lambda x: -x[2])
-                line = _file_line(r.job.path, tags, r.error)
+                error = NO_SUCH_PATH if r.vanished and r.job.path in absent else r.error
+                line = _file_line(r.job.path, tags, error, {names[mid] for mid in r.unfamiliar})
                 bar.clear()
                 try:
                     _out(args, line, _human_file(line))
@@ -138,7 +147,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 # -- vibrary daemon ------------------------------------------------------------------------------------------
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from vibrary.daemon.server import serve
+    from vibrary.daemon.server import check_listening, serve
     from vibrary.daemon.service import AlreadyRunning, Daemon
 
     os.umask(0o077)
@@ -162,22 +171,23 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
     # before anything starts: a signal between the socket's opening and the handlers ended it unlogged
     on_signals(stopping, *ENDING)
+    token = args.token or os.environ.get("VIBRARY_TOKEN", "")
     try:
+        check_listening(str(config.socket_path(home_dir)), args.listen, token)
         daemon = Daemon(home_dir, settings)
-    except AlreadyRunning as e:
+    except (AlreadyRunning, ValueError) as e:
         raise CommandError(str(e)) from None
     daemon.start()
-    token = args.token or os.environ.get("VIBRARY_TOKEN", "")
     try:
         servers = serve(daemon, str(config.socket_path(home_dir)), args.listen, token)
     except ValueError as e:
         daemon.stop()
         raise CommandError(str(e)) from None
-    print(
-        f"vibrary daemon serving {home_dir} (models: {', '.join(m.ref for m in daemon.pipeline.models) or 'none'})",
-        file=sys.stderr,
-        flush=True,
-    )
+    models = [m.ref for m in daemon.pipeline.models]
+    serving = {"serving": str(config.socket_path(home_dir)), "listen": args.listen or None, "pid": os.getpid()}
+    if args.json:  # a script that starts a daemon knows from this line that it answers
+        print(json.dumps({**serving, "home": str(home_dir), "models": models}), flush=True)
+    print(f"vibrary daemon serving {home_dir} (models: {', '.join(models) or 'none'})", file=sys.stderr, flush=True)
     while not stop.wait(0.5):  # a timeout, so a signal delivered to another thread is still seen
         pass
     logging.getLogger("vibrary.daemon").info("daemon stopping (%s)", heard[0] if heard else "asked")  # a stop said why
@@ -305,7 +315,7 @@ def cmd_pause(args: argparse.Namespace) -> int:
     with Client() as c:
         s = c.pause() if args.command == "pause" else c.resume()
     state = "paused" if s.paused else "resumed"
-    _out(args, {"paused": s.paused, "pending": s.pending}, f"indexing {state} ({s.pending} files pending)")
+    _out(args, {"paused": s.paused, "pending": s.pending}, f"indexing {state} ({_many(s.pending)} pending)")
     return 0
 
 
@@ -335,7 +345,7 @@ def _wait_idle(c: Client, pending: int) -> None:
             break
         if s.paused:  # it would wait for ever
             bar.close()
-            raise CommandError(f"indexing is paused with {s.pending} files pending: `vibrary resume` goes on")
+            raise CommandError(f"indexing is paused with {_many(s.pending)} pending: `vibrary resume` goes on")
         time.sleep(0.25)
     bar.close()
 
@@ -369,7 +379,8 @@ def _exclusions_as_words(argv: list[str]) -> list[str]:
 def _print_files(args: argparse.Namespace, files: Iterable[Any]) -> int:
     n = 0
     for f in files:
-        line = _file_line(f.path, ((t.model, t.tag, t.score) for t in f.tags), f.error)
+        unfamiliar = {t.model for t in f.tags if t.unfamiliar}
+        line = _file_line(f.path, ((t.model, t.tag, t.score) for t in f.tags), f.error, unfamiliar)
         _out(args, line, _human_file(line))
         n += 1
     return n
@@ -390,19 +401,23 @@ def cmd_search(args: argparse.Namespace) -> int:
             c.search(groups, excluded, min_score, args.under or "", args.model or "", args.limit, best_first=True),
         )
         if not args.json:
-            print(f"{n} files{_unknown_tags(c, groups, args.model or '') if n == 0 else ''}", file=sys.stderr)
+            print(f"{_many(n)}{_unknown_tags(c, groups, excluded, args.model or '', n)}", file=sys.stderr)
+            if n == 0 and args.under and not os.path.isdir(args.under):
+                print(f"vibrary: no folder {args.under} (--under)", file=sys.stderr)
     return 0
 
 
-def _unknown_tags(c: Client, groups: list[list[str]], model: str) -> str:
-    """Why a search found nothing, when an AND group is only words no active model tags (a typo, or an
-    inactive model's word): `low|lwo deep` found nothing because of the AND, not the typo. The active
-    models' classes answer it from their metadata; counting the tags in use reads the whole index."""
+def _unknown_tags(c: Client, groups: list[list[str]], excluded: list[str], model: str, found: int) -> str:
+    """Words no active model tags (a typo, or an inactive model's word), said where they matter: an AND
+    group only of them when nothing was found (`low|lwo deep` found nothing because of the AND, not the
+    typo), and an excluded one always (`kick -m` left nothing out, silently). The active models' classes
+    answer it from their metadata; counting the tags in use reads the whole index."""
     known = {tag for m in c.models() if m.active and model in ("", m.name) for tag in m.classes}
-    unknown = [w for g in groups if not known & set(g) for w in g]
+    unknown = [w for g in groups if not known & set(g) for w in g] if found == 0 else []
+    unknown += [f"-{w}" for w in excluded if w not in known]
     if not unknown:
         return ""
-    close = {w: difflib.get_close_matches(w, known, n=1) for w in unknown}
+    close = {w: difflib.get_close_matches(w.lstrip("-"), known, n=1) for w in unknown}
     said = ", ".join(f"{w!r}" + (f" (did you mean {m[0]!r}?)" if m else "") for w, m in close.items())
     return f": no active model tags {said}; `vibrary models list` shows their tags"
 
@@ -497,11 +512,11 @@ def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
         "advice": report.advice,
     }
     human = (
-        f"dataset {name}: {manifest.clips} clips in {len(manifest.classes)} classes "
+        f"dataset {name}: {_many(manifest.clips, 'clip')} in {len(manifest.classes)} classes "
         f"({', '.join(f'{c} {n}' for c, n in report.per_class.items())})\n"
         f"audio {_size(report.audio_bytes)} → upload {_size(manifest.size)} "
         f"({report.ratio:.0f}× smaller, spectrograms only)"
-        + (f"\n{_files(failed)} could not be read" if failed else "")
+        + (f"\n{_many(failed)} could not be read" if failed else "")
         + (f"\n{report.advice}" if report.advice else "")
         + (f"\nmore examples: `vibrary dataset add {name} DIR...`" if " more per class " in report.advice else "")
     )
@@ -526,8 +541,9 @@ def _suggestions(dirs: Sequence[str]) -> list[Any]:
     return found
 
 
-def _files(n: int) -> str:
-    return f"{n} file" if n == 1 else f"{n} files"
+def _many(n: int, noun: str = "file") -> str:
+    """ "1 file", "2 files": people read it (stderr, human lines), scripts read the numbers in --json."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
@@ -545,15 +561,15 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         if not tag:
             continue
         sources = sorted({f"{s.source} {s.raw!r}" for s in files})
-        print(f"{tag:16} {_files(len(files)):>11}, from {', '.join(sources[:3])}{' …' if len(sources) > 3 else ''}")
+        print(f"{tag:16} {_many(len(files)):>11}, from {', '.join(sources[:3])}{' …' if len(sources) > 3 else ''}")
         for s in files[:3]:
             print(f"{'':16}   e.g. {s.path}")
         passed = Counter(alt for s in files for alt in s.alternatives)  # a pack name or mood that lost: check
         if passed:
-            print(f"{'':16}   also named: {', '.join(f'{alt} ({_files(n)})' for alt, n in passed.most_common(5))}")
+            print(f"{'':16}   also named: {', '.join(f'{alt} ({_many(n)})' for alt, n in passed.most_common(5))}")
     missing = by_tag.get("", [])
     if missing:
-        print(f"no suggestion for {_files(len(missing))}:")
+        print(f"no suggestion for {_many(len(missing))}:")
         for s in missing[:20]:
             print(f"  {s.path}")
         if len(missing) > 20:
@@ -575,7 +591,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             _out(
                 args,
                 {"dataset": name, "clips": manifest.clips, "classes": manifest.classes},
-                f"{name}: {manifest.clips} clips, {len(manifest.classes)} classes",
+                f"{name}: {_many(manifest.clips, 'clip')}, {len(manifest.classes)} classes",
             )
         return 0
     if args.action == "suggest":
@@ -597,7 +613,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     obj, human = _dataset_line(args.name, report)
     if args.action == "add":
         obj["added"] = added
-        human = f"added {added} clips to dataset {args.name}\n{human}"
+        human = f"added {_many(added, 'clip')} to dataset {args.name}\n{human}"
     _out(args, obj, human)
     return 0
 
@@ -637,7 +653,7 @@ def _say_loose(loose: Sequence[str]) -> None:
     if not loose:
         return
     print(
-        f"vibrary: left out {_files(len(loose))} lying directly in a folder given, not in a tag folder inside it "
+        f"vibrary: left out {_many(len(loose))} lying directly in a folder given, not in a tag folder inside it "
         "(give the folder above, or use --labels suggest):",
         file=sys.stderr,
     )
@@ -669,7 +685,7 @@ def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
     if args.action == "create":
         with contextlib.suppress(FileNotFoundError, ValueError):
             before, _ = dataset.load(home_dir, args.name)
-            said = f"vibrary: replacing dataset {args.name} ({before.clips} clips, and any edits made to it)"
+            said = f"vibrary: replacing dataset {args.name} ({_many(before.clips, 'clip')}, and any edits made to it)"
             print(said, file=sys.stderr)
     bar = tqdm(total=len(examples), unit="file", disable=None, file=sys.stderr, desc="spectrograms")
     try:
@@ -682,7 +698,7 @@ def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
             if not added:
                 print(f"vibrary: nothing to add: {args.name} has these files already", file=sys.stderr)
             if grown.left_out:
-                said = f"left out {_files(grown.left_out)} that edits had removed from {args.name} (or their tags)"
+                said = f"left out {_many(grown.left_out)} that edits had removed from {args.name} (or their tags)"
                 print(said, file=sys.stderr)
     finally:
         bar.close()
@@ -974,6 +990,16 @@ def _model_ref(text: str) -> str:
     return text
 
 
+def _dataset_name(text: str) -> str:
+    """A name that can be no dataset is a usage error (exit 2) before anything is read: `dataset create a/b
+    DIR` walked all of DIR first, then failed (exit 1)."""
+    try:
+        config.check_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _model_name(text: str) -> str:
     """A model's name: the index holds the tags of each model's active version only, so no @VERSION."""
     if not text:  # argparse passes the default through here too
@@ -1078,7 +1104,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("add", "more labelled files for a dataset (only they are decoded; its edits stay)"),
     ):
         a = actions.add_parser(action, parents=[common], help=text)
-        a.add_argument("name", metavar="NAME")
+        a.add_argument("name", metavar="NAME", type=_dataset_name)
         a.add_argument("dirs", nargs="+", metavar="DIR")
         a.add_argument(
             "--labels",
@@ -1089,18 +1115,18 @@ def build_parser() -> argparse.ArgumentParser:
     a = actions.add_parser("suggest", parents=[common], help="suggested tags for files, from names and metadata")
     a.add_argument("dirs", nargs="+", metavar="DIR")
     a = actions.add_parser("rename", parents=[common], help="rename a tag (to an existing tag: a merge)")
-    a.add_argument("name", metavar="NAME")
+    a.add_argument("name", metavar="NAME", type=_dataset_name)
     a.add_argument("old", metavar="OLD")
     a.add_argument("new", metavar="NEW")
     a = actions.add_parser("merge", parents=[common], help="merge tags into one")
-    a.add_argument("name", metavar="NAME")
+    a.add_argument("name", metavar="NAME", type=_dataset_name)
     a.add_argument("tags", nargs="+", metavar="TAG")
     a.add_argument("--into", required=True, metavar="TAG")
     a = actions.add_parser("drop", parents=[common], help="drop tags and their files from the dataset")
-    a.add_argument("name", metavar="NAME")
+    a.add_argument("name", metavar="NAME", type=_dataset_name)
     a.add_argument("tags", nargs="+", metavar="TAG")
     a = actions.add_parser("relabel", parents=[common], help="give one file another tag ('' drops it)")
-    a.add_argument("name", metavar="NAME")
+    a.add_argument("name", metavar="NAME", type=_dataset_name)
     a.add_argument("path", metavar="PATH")
     a.add_argument("tag", metavar="TAG")
     for action, text in (
@@ -1108,7 +1134,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("delete", "delete a dataset"),
     ):
         a = actions.add_parser(action, parents=[common], help=text)
-        a.add_argument("name", metavar="NAME")
+        a.add_argument("name", metavar="NAME", type=_dataset_name)
     actions.add_parser("list", parents=[common], help="the datasets in this home")
     p.set_defaults(func=cmd_dataset)
 
@@ -1123,7 +1149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synonyms)
 
     p = sub.add_parser("train", parents=[common], help="train a model on a dataset, then install and activate it")
-    p.add_argument("dataset", metavar="DATASET")
+    p.add_argument("dataset", metavar="DATASET", type=_dataset_name)
     p.add_argument("--name", default="", help="model name (default: the dataset's)")
     p.add_argument("--trainer", default="local", metavar="local|HOST:PORT|cloud", help="where to train (default: here)")
     p.add_argument("--token", default="", help="token of a remote trainer (default $VIBRARY_TRAINER_TOKEN)")

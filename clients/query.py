@@ -18,19 +18,28 @@ class QueryError(BadArgument):
 
 def parse_query(words: str | Sequence[str]) -> tuple[list[list[str]], list[str]]:
     """`kick -acoustic snare|clap` or `snare OR clap NOT acoustic` → (AND of OR-groups, excluded tags):
-    AND of words, '-' or NOT negates, OR / '|' alternates; tags in lower case, as they are stored."""
+    AND of words (AND itself may be said), '-' or NOT negates, OR / '|' alternates (a '|' alone or at a
+    word's edge too: `snare | clap`, `snare |clap`); tags in lower case, as they are stored."""
     groups: list[list[str]] = []
     excluded: list[str] = []
-    join_next = negate_next = False
+    join_next = negate_next = and_next = False
     for word in words.split() if isinstance(words, str) else words:
-        if word.upper() == "OR":
-            if not groups:
+        if word.upper() == "OR" or set(word) == {"|"}:
+            if not groups or join_next or negate_next or and_next:
                 raise QueryError("OR needs a tag on each side")
             join_next = True
             continue
+        if word.upper() == "AND":  # what a word already means: said, it must stand between two
+            if not (groups or excluded) or join_next or negate_next or and_next:
+                raise QueryError("AND needs a tag on each side")
+            and_next = True
+            continue
         if word.upper() == "NOT":
+            if negate_next:
+                raise QueryError("NOT NOT: say NOT once, before the tag to leave out")
             negate_next = True
             continue
+        and_next = False
         if negate_next or (word.startswith("-") and len(word) > 1):
             if join_next:  # `kick OR -snare hihat` is no OR of kick and hihat
                 raise QueryError("OR needs a tag on each side, not an excluded one")
@@ -38,13 +47,17 @@ def parse_query(words: str | Sequence[str]) -> tuple[list[list[str]], list[str]]
             negate_next = False
             continue
         alternatives = [w.lower() for w in word.split("|") if w]
-        if join_next:
+        if join_next or word.startswith("|"):
+            if not groups:
+                raise QueryError("OR needs a tag on each side")
             groups[-1].extend(alternatives)
-            join_next = False
-        elif alternatives:
+        else:
             groups.append(alternatives)
+        join_next = word.endswith("|")
     if join_next:
         raise QueryError("OR needs a tag on each side")
     if negate_next:
         raise QueryError("NOT needs a tag after it")
+    if and_next:
+        raise QueryError("AND needs a tag on each side")
     return groups, excluded

@@ -51,6 +51,9 @@ class FileVanished(DecodeError):
     """The file is gone (deleted or moved away since it was seen)."""
 
 
+VANISHED = "file not found (deleted or moved before it could be read)"
+
+
 # What macOS leaves in the zips sample packs come in: `._Kick.wav` beside each `Kick.wav` (its Finder
 # metadata, no audio) and a `__MACOSX/` folder of them. Read as audio, each was a failure that crowded the
 # real ones out of `vibrary status`, and a bogus example in a dataset.
@@ -67,16 +70,23 @@ def is_audio_path(path: str) -> bool:
 
 LOUDEST = 1e6  # float samples beyond this (full scale is 1) are clipped to it: its power spectrum stays finite
 INAUDIBLE = 10 ** (-70 / 20)  # opening seconds that peak below -70 dBFS are silence (16-bit dither: -90)
+# How far into a file whose opening seconds are silent the first sound is looked for (a stem that starts at
+# bar 17, a kick after 5 s of silence): those files had no tags, and never turned up in a search.
+LOOK_AHEAD_S = 60.0
 
 
 def decode(path: str, params: SpectrogramParams) -> np.ndarray:
-    """(channels, n_samples) float32 at params.sample_rate: the first duration_s, padded to length."""
+    """(channels, n_samples) float32 at params.sample_rate: the first duration_s, padded to length; when
+    those are silent, the duration_s from the first sound in the next LOOK_AHEAD_S."""
     check_readable(path)
     try:
         with sf.SoundFile(os.fsencode(path)) as f:  # bytes: a name that is not UTF-8 opens too
             _check_not_truncated(f)
             native_sr = f.samplerate
-            audio = _read(f, math.ceil(params.duration_s * native_sr))
+            frames = math.ceil(params.duration_s * native_sr)
+            audio = _read(f, frames)
+            if audio.shape[0] == frames and _peak(audio) < INAUDIBLE:
+                audio = _from_first_sound(f, frames, audio)
     except sf.LibsndfileError as e:
         check_readable(path)  # gone or locked since the first check: say that, not libsndfile's guess
         raise DecodeError(_describe_libsndfile_error(e)) from None
@@ -84,9 +94,7 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
         raise DecodeError(f"cannot decode audio: {e}") from None
     if audio.shape[0] == 0:
         raise DecodeError("no audio frames in file")
-    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: the NaN this looks for, no warning
-        finite = np.isfinite(audio.sum())
-    peak = float(max(audio.max(), -audio.min())) if finite else math.inf
+    peak = _peak(audio)
     if peak > LOUDEST:
         # NaN, inf, or float samples so large that the mix or the power spectrum overflows float32 (a
         # corrupt or mislabelled float file): that spectrogram was NaN, then quantized to 0 dB everywhere.
@@ -99,6 +107,30 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
         # scaled to their own peak, so that floor looked like a hi-hat (0.74) to the model
         return np.zeros((params.channels, params.n_samples), np.float32)
     return fit(audio, native_sr, params, peak)
+
+
+def _peak(audio: np.ndarray) -> float:
+    """The largest magnitude of some (not no) audio; inf when any sample is not a number."""
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: the NaN this looks for, no warning
+        finite = np.isfinite(audio.sum())
+    return float(max(audio.max(), -audio.min())) if finite else math.inf
+
+
+def _from_first_sound(f: sf.SoundFile, frames: int, silent: np.ndarray) -> np.ndarray:
+    """`frames` frames from the first audible sample within LOOK_AHEAD_S of the start, read a block at a
+    time (memory stays that of a clip); `silent`, the opening, when there is none."""
+    seen, limit = silent.shape[0], int(LOOK_AHEAD_S * f.samplerate)
+    while seen < limit:
+        block = _read(f, min(frames, limit - seen))
+        if block.shape[0] == 0:
+            break
+        seen += block.shape[0]
+        with np.errstate(invalid="ignore"):  # a NaN sample is no sound
+            loud = np.flatnonzero(np.abs(block).max(axis=1) >= INAUDIBLE)
+        if loud.size:
+            start = block[loud[0] :]
+            return np.concatenate([start, _read(f, frames - start.shape[0])]) if len(start) < frames else start
+    return silent
 
 
 def _read(f: sf.SoundFile, frames: int) -> np.ndarray:
@@ -163,7 +195,7 @@ def check_readable(path: str) -> None:
     except FileNotFoundError:
         if os.path.islink(path):  # its target is what is missing: an unmounted drive, a moved pack
             raise FileVanished(f"broken symbolic link: {_link_target(path)} is not there") from None
-        raise FileVanished("file not found (deleted or moved before it could be read)") from None
+        raise FileVanished(VANISHED) from None
     except PermissionError:
         raise DecodeError("permission denied") from None
     except OSError as e:

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .cache import SpectrogramCache
-from .decode import DecodeError, FileVanished, check_readable, decode
+from .decode import VANISHED, DecodeError, FileVanished, check_readable, decode
 from .spectrogram import SpectrogramParams, dequantize, log_mel, quantize
 
 HEAD_BYTES = 4 << 20
@@ -61,7 +61,7 @@ def fingerprint(path: str) -> Fingerprint:
                 f.seek(max(HEAD_BYTES, st.st_size - TAIL_BYTES))
                 digest.update(f.read(TAIL_BYTES))
     except FileNotFoundError:
-        raise FileVanished("file not found (deleted or moved before it could be read)") from None
+        raise FileVanished(VANISHED) from None
     except OSError as e:  # changed between the check and the read
         raise DecodeError(f"cannot read file: {e.strerror}") from None
     return Fingerprint(st.st_size, st.st_mtime_ns, st.st_ino, digest.digest()[:16])

@@ -122,6 +122,7 @@ class Result:
     inode: int = -1
     hash: bytes | None = None
     tags: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
+    unfamiliar: set[int] = field(default_factory=set)  # models that find the file like none of their examples
     error: str | None = None
     vanished: bool = False  # the file is gone: its row leaves the index
 
@@ -149,6 +150,7 @@ class FileTags:
     state: str
     error: str | None
     tags: list[tuple[str, str, float]]  # (model, tag, score), best first
+    unfamiliar: frozenset[str] = frozenset()  # models that find it like none of their examples (guesses)
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,14 @@ class Query:
     limit: int = 0
     best_first: bool = False  # with a limit: the surest matches, best first (Index._best_first)
 
+
+# Before it (PRAGMA user_version), a file whose opening seconds were silent was indexed with no tags at all
+# (a stem that starts late, a kick after 5 s of silence); decode() now reads on to its first sound, so such
+# files are read again once, and their contents computed anew.
+_SILENT_OPENINGS_READ = 1
+_REREAD_UNTAGGED = """UPDATE files SET state = 'pending', due = 0, gen = gen + 1
+    WHERE state = 'indexed' AND content_id IN (SELECT content_id FROM tagged)
+      AND content_id NOT IN (SELECT content_id FROM tags)"""
 
 # (path, dir, due, updated): a file to read once `due` has passed; a row already there is read again
 _MARK_PENDING = """INSERT INTO files(path, dir, state, due, gen, updated) VALUES (?1, ?2, 'pending', ?3, 1, ?4)
@@ -238,6 +248,11 @@ class Index:
         c.executescript(SCHEMA)  # executescript runs its own transaction
         if upgrade:  # tags_hit gave way to tags_hits: without its statistics a path search walks every tag
             c.execute("ANALYZE tags")
+        if int(c.execute("PRAGMA user_version").fetchone()[0]) < _SILENT_OPENINGS_READ:
+            with self.write() as w:  # once: the files an older version found silent are read past the silence
+                w.execute(_REREAD_UNTAGGED)
+                w.execute("DELETE FROM tagged WHERE content_id NOT IN (SELECT content_id FROM tags)")
+                w.execute(f"PRAGMA user_version = {_SILENT_OPENINGS_READ}")
 
     # -- connections ---------------------------------------------------------------------------------
     def conn(self) -> sqlite3.Connection:
@@ -433,7 +448,7 @@ class Index:
                 content_id = self._content_id(c, r.hash) if r.hash is not None else None
                 if content_id is not None:
                     tags = {model: ranked for model, ranked in r.tags.items() if model in models}
-                    self._store_tags(c, content_id, tags, min_score_stored)
+                    self._store_tags(c, content_id, tags, min_score_stored, r.unfamiliar)
                 state, error = ("failed", r.error) if r.error else ("indexed", None)
                 cur = c.execute(
                     """UPDATE files SET state = ?, error = ?, size = ?, mtime_ns = ?, inode = ?,
@@ -450,12 +465,20 @@ class Index:
         return int(c.execute("SELECT id FROM contents WHERE hash = ?", (content_hash,)).fetchone()[0])
 
     def _store_tags(
-        self, c: sqlite3.Connection, content_id: int, tags: dict[int, list[tuple[str, float]]], floor: float
+        self,
+        c: sqlite3.Connection,
+        content_id: int,
+        tags: dict[int, list[tuple[str, float]]],
+        floor: float,
+        unfamiliar: set[int],
     ) -> None:
+        """A file a model finds unfamiliar keeps that model's tags, none of them a hit: a model's best tag
+        (or any of its tags) is otherwise a hit, which is what a search finds."""
         for model_id, ranked in tags.items():
             c.execute("DELETE FROM tags WHERE content_id = ? AND model_id = ?", (content_id, model_id))
+            familiar = model_id not in unfamiliar
             rows = [
-                (content_id, model_id, self._tag_id(c, tag), score, int(rank == 0 or score >= HIT_SCORE))
+                (content_id, model_id, self._tag_id(c, tag), score, int(familiar and (rank == 0 or score >= HIT_SCORE)))
                 for rank, (tag, score) in enumerate(ranked)
                 if rank == 0 or score >= floor
             ]
@@ -761,18 +784,23 @@ class Index:
             page = rows[start : start + 500]
             content_ids = sorted({r[1] for r in page if r[1] is not None})
             by_content: dict[int, list[tuple[str, str, float]]] = {}
+            hit_by: dict[int, set[str]] = {}  # a model none of whose tags is a hit found the file unfamiliar
             if content_ids and model_ids:
-                sql = f"""SELECT t.content_id, m.name, v.tag, t.score FROM tags t
+                sql = f"""SELECT t.content_id, m.name, v.tag, t.score, t.hit FROM tags t
                           JOIN vocab v ON v.id = t.tag_id JOIN models m ON m.id = t.model_id
                           WHERE t.content_id IN ({",".join("?" * len(content_ids))})
                             AND t.model_id IN ({",".join("?" * len(model_ids))})
                           ORDER BY t.score DESC"""
-                for cid, model, tag, score in self.conn().execute(sql, (*content_ids, *model_ids)):
+                for cid, model, tag, score, hit in self.conn().execute(sql, (*content_ids, *model_ids)):
                     by_content.setdefault(cid, []).append((model, tag, score))
+                    if hit:
+                        hit_by.setdefault(cid, set()).add(model)
             for r in page:
                 path, content_id = r[0], r[1]
                 state, error = r[2], r[3]
-                yield FileTags(path, state, error, by_content.get(content_id, []) if state != FAILED else [])
+                tags = by_content.get(content_id, []) if state != FAILED else []
+                unfamiliar = frozenset(m for m, _, _ in tags) - hit_by.get(content_id, set())
+                yield FileTags(path, state, error, tags, unfamiliar)
 
     def tag_counts(self, model: str = "") -> list[tuple[str, str, int]]:
         """(model, tag, files) for every tag that some indexed file has."""

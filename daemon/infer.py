@@ -25,6 +25,11 @@ NAME_KEY = "vibrary.name"
 VERSION_KEY = "vibrary.version"
 # "none": the graph already outputs scores in [0, 1]; "softmax" / "sigmoid": it outputs logits.
 ACTIVATION_KEY = "vibrary.activation"
+# A model may also say whether a clip is like its examples at all (trainer/network.py WithSoftmax): an output
+# of each clip's familiarity, and the familiarity that makes a clip one of its classes. A file it finds
+# unfamiliar keeps its best tag as a guess, but has none of the model's tags in searches.
+FAMILIARITY_OUTPUT = "familiarity"
+FAMILIAR_KEY = "vibrary.familiar_from"
 
 # Clips per onnxruntime run. A CNN's activations for a few clips stay in the CPU's caches; for eight they
 # do not, and one thread then spends more per clip (demo CNN: 0.63 ms per clip in runs of 1-4, 0.75-0.8
@@ -46,6 +51,7 @@ class ModelInfo:
     params: SpectrogramParams
     activation: str = "none"
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
+    familiar_from: float | None = None  # None: the model does not tell (every clip counts as familiar)
 
 
 def sha256_file(path: str) -> str:
@@ -97,7 +103,13 @@ def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
     except ValueError:
         raise ModelError(f"{source}: {VERSION_KEY} must be an integer") from None
     name = meta.get(NAME_KEY) or os.path.splitext(os.path.basename(source))[0]
-    return ModelInfo(name, version, classes, params, activation, dict(meta))
+    familiar_from = None
+    if FAMILIAR_KEY in meta:
+        try:
+            familiar_from = float(meta[FAMILIAR_KEY])
+        except ValueError:
+            raise ModelError(f"{source}: {FAMILIAR_KEY} must be a number") from None
+    return ModelInfo(name, version, classes, params, activation, dict(meta), familiar_from)
 
 
 class Model:
@@ -109,6 +121,14 @@ class Model:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.info = parse_metadata(meta, os.path.basename(path))
         self._input = self.session.get_inputs()[0]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if (FAMILIARITY_OUTPUT in outputs) != (self.info.familiar_from is not None):
+            raise ModelError(
+                f"{self.info.name}: a {FAMILIARITY_OUTPUT!r} output and a {FAMILIAR_KEY} bar come together"
+                " (one is missing)"
+            )
+        scores = [name for name in outputs if name != FAMILIARITY_OUTPUT][:1]
+        self._outputs = scores + ([FAMILIARITY_OUTPUT] if self.info.familiar_from is not None else [])
         self._check_shapes()
 
     def _check_shapes(self) -> None:
@@ -119,13 +139,15 @@ class Model:
             raise ModelError(f"{self.info.name}: input shape {dims} does not fit spectrograms of shape [N, {fits}]")
         probe = np.zeros((self._fixed or 1, *want), dtype=np.float32)
         try:
-            out = self.session.run(None, {self._input.name: probe})[0]
+            out, *familiarity = self.session.run(self._outputs, {self._input.name: probe})
         except Exception as e:
             raise ModelError(f"{self.info.name}: fails on a spectrogram of shape {want} ({e})") from None
         if out.shape != (len(probe), len(self.info.classes)):
             raise ModelError(
                 f"{self.info.name}: outputs shape {list(out.shape[1:])} but names {len(self.info.classes)} classes"
             )
+        if familiarity and familiarity[0].shape != (len(probe),):
+            raise ModelError(f"{self.info.name}: {FAMILIARITY_OUTPUT!r} must be one number a clip")
 
     @property
     def _fixed(self) -> int:
@@ -134,21 +156,31 @@ class Model:
         return first if isinstance(first, int) and first > 0 else 0
 
     def predict(self, specs: np.ndarray) -> np.ndarray:
+        """Scores (N, classes)."""
+        return self.predict_familiar(specs)[0]
+
+    def predict_familiar(self, specs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (N, classes), and whether each clip is like the model's examples (FAMILIAR_KEY; every
+        clip is, for a model that does not say)."""
         specs = np.ascontiguousarray(specs, np.float32)
         step = self._fixed or RUN_CLIPS
         runs = [np.zeros((0, len(self.info.classes)), np.float32)]
+        familiar = [np.ones(0, bool)]
         for i in range(0, len(specs), step):
             chunk = specs[i : i + step]
             if self._fixed and len(chunk) < step:  # a fixed batch size: the last chunk padded (rows dropped after)
                 chunk = np.concatenate([chunk, np.zeros((step - len(chunk), *chunk.shape[1:]), np.float32)])
-            runs.append(self.session.run(None, {self._input.name: chunk})[0][: len(specs) - i])
+            out, *familiarity = self.session.run(self._outputs, {self._input.name: chunk})
+            runs.append(out[: len(specs) - i])
+            seen = familiarity[0][: len(specs) - i] >= self.info.familiar_from if familiarity else True
+            familiar.append(np.broadcast_to(seen, len(runs[-1])))
         scores: np.ndarray = np.concatenate(runs)
         if self.info.activation == "softmax":
             shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
             scores = shifted / shifted.sum(axis=1, keepdims=True)
         elif self.info.activation == "sigmoid":
             scores = 1.0 / (1.0 + np.exp(-scores))
-        return np.asarray(scores, dtype=np.float32)
+        return np.asarray(scores, dtype=np.float32), np.concatenate(familiar)
 
 
 def ranked_tags(scores: np.ndarray, classes: tuple[str, ...], min_score: float) -> list[tuple[str, float]]:

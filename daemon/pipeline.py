@@ -202,23 +202,30 @@ class Pipeline:
                     p.result.error = f"model {model.ref} failed on it: {row}"
                     p.result.tags.clear()
                 elif not p.result.error:
+                    scores, familiar = row
                     heard = _heard(p.specs[params])
                     p.result.tags[model.id] = (
-                        ranked_tags(row, model.model.info.classes, self._store_min) if heard else []
+                        ranked_tags(scores, model.model.info.classes, self._store_min) if heard else []
                     )
+                    if not familiar:
+                        p.result.unfamiliar.add(model.id)
 
     @staticmethod
-    def _predict(model: ActiveModel, specs: list[np.ndarray]) -> Iterator[tuple[int, np.ndarray | Exception]]:
-        """(position, scores) for the whole batch at once; when that fails, file by file, so one file that
-        a model cannot take gets its own error and the rest of the batch is tagged."""
+    def _predict(
+        model: ActiveModel, specs: list[np.ndarray]
+    ) -> Iterator[tuple[int, tuple[np.ndarray, bool] | Exception]]:
+        """(position, (scores, familiar)) for the whole batch at once; when that fails, file by file, so one
+        file that a model cannot take gets its own error and the rest of the batch is tagged."""
         try:
-            yield from enumerate(model.model.predict(np.stack(specs)))
+            scores, familiar = model.model.predict_familiar(np.stack(specs))
+            yield from enumerate(zip(scores, familiar.tolist(), strict=True))
             return
         except Exception:
             log.exception("%s failed on a batch of %d; trying the files one by one", model.ref, len(specs))
         for i, spec in enumerate(specs):
             try:
-                yield i, model.model.predict(spec[None])[0]
+                scores, familiar = model.model.predict_familiar(spec[None])
+                yield i, (scores[0], bool(familiar[0]))
             except Exception as e:
                 yield i, e
 

@@ -47,7 +47,7 @@ def file_tags_pb(f: FileTags) -> pb.FileTags:
         path=f.path,
         state=f.state,
         error=f.error or "",
-        tags=[pb.Tag(model=m, tag=t, score=s) for m, t, s in f.tags],
+        tags=[pb.Tag(model=m, tag=t, score=s, unfamiliar=m in f.unfamiliar) for m, t, s in f.tags],
     )
 
 
@@ -507,9 +507,17 @@ def _server(daemon: Daemon, token: str) -> grpc.Server:
     )
 
 
+def check_listening(socket_path: str, listen: str, token: str) -> str:
+    """The socket's gRPC target; ValueError for what cannot be served. Asked before a daemon starts, too:
+    `vibrary daemon --listen` without a token logged a start and a stop before it said why."""
+    if listen and not token:
+        raise ValueError("listening on TCP needs a token (--token or VIBRARY_TOKEN)")
+    return config.unix_target(socket_path)  # ValueError when too long to be a socket's path
+
+
 def serve(daemon: Daemon, socket_path: str, listen: str = "", token: str = "") -> list[grpc.Server]:
     """Start the servers; the socket is created user-only (0600) before anyone can connect."""
-    target = config.unix_target(socket_path)  # ValueError when too long to be a socket's path
+    target = check_listening(socket_path, listen, token)
     if os.path.exists(socket_path):
         os.unlink(socket_path)  # stale: the home lock proves no other daemon owns it
     servers = []
@@ -526,8 +534,6 @@ def serve(daemon: Daemon, socket_path: str, listen: str = "", token: str = "") -
     os.chmod(socket_path, 0o600)
     servers.append(unix)
     if listen:
-        if not token:
-            raise ValueError("listening on TCP needs a token (--token or VIBRARY_TOKEN)")
         tcp = _server(daemon, token)
         bind(tcp, listen)
         tcp.start()

@@ -23,6 +23,7 @@ import psutil
 
 from . import config, dataset, pidlock, registry, training
 from .cache import SpectrogramCache
+from .decode import VANISHED
 from .events import (
     FILE_FAILED,
     FILE_REMOVED,
@@ -320,6 +321,7 @@ class Daemon:
         def going() -> bool:  # a folder as big as /usr takes a while: the caller may not wait for it
             return wanted() and time.time() < deadline
 
+        absent = {p for p in paths if not os.path.lexists(p)}
         files: list[str] = []
         unnamed: list[str] = []  # the index cannot hold them (the watcher leaves such names out too)
         for path in expand(paths, going):
@@ -343,7 +345,7 @@ class Daemon:
             if not (time.time() < deadline and wanted() and not self.paused):
                 break
             time.sleep(0.02)
-        return [_say_why_missing(r) for r in results]
+        return [_say_why_missing(r, absent) for r in results]
 
     # -- your own tags: datasets and training --------------------------------------------------------
     def create_dataset(
@@ -470,9 +472,13 @@ def expand(paths: Sequence[str], going: Callable[[], bool] = lambda: True) -> It
                 yield f
 
 
-def _say_why_missing(found: FileTags) -> FileTags:
+NO_SUCH_PATH = "no such file or folder"  # a path asked for that was not there to begin with (a typo, often)
+
+
+def _say_why_missing(found: FileTags, absent: set[str]) -> FileTags:
+    """`absent`: the paths asked for that did not exist when asked; the others were there, then went."""
     if found.state == "unknown" and not os.path.lexists(found.path):
-        return FileTags(found.path, "unknown", "file not found (deleted or moved before it could be read)", [])
+        return FileTags(found.path, "unknown", NO_SUCH_PATH if found.path in absent else VANISHED, [])
     return found
 
 

@@ -62,7 +62,8 @@ BUILTIN = Path(__file__).parent / "builtin" / "synonyms.json"
 USER_FILE = "synonyms.json"
 LONGEST = 100  # characters of a user's alias or tag
 _RUN = re.compile(r"[^\W_]+")  # letters and digits of any script: Bässe, Señal, 大鼓
-_LETTERS_OR_DIGITS = re.compile(r"[^\W\d_]+|\d+")
+# an ordinal is one word (`Snare_3rd_Layer`: no rd, a ride), then letters, or digits
+_LETTERS_OR_DIGITS = re.compile(r"\d+(?:st|nd|rd|th)(?![^\W\d_])|[^\W\d_]+|\d+", re.IGNORECASE)
 _HEX = re.compile(r"(?=.*\d)(?=.*[a-fA-F])[\da-fA-F]{8,}")  # 000003BD; not BD0010 (a TR-808 sample name)
 # metadata fields worth reading, in the order they are trusted: a title names the sound, a comment rambles
 _ID3 = {"TIT2": "title", "TCON": "genre", "TIT1": "grouping", "COMM": "comment"}

@@ -14,7 +14,14 @@ import numpy as np
 import onnx
 import soundfile as sf
 from onnx import TensorProto, helper, numpy_helper
-from vibrary.daemon.infer import ACTIVATION_KEY, CLASSES_KEY, NAME_KEY, VERSION_KEY
+from vibrary.daemon.infer import (
+    ACTIVATION_KEY,
+    CLASSES_KEY,
+    FAMILIAR_KEY,
+    FAMILIARITY_OUTPUT,
+    NAME_KEY,
+    VERSION_KEY,
+)
 from vibrary.daemon.spectrogram import METADATA_KEY, SpectrogramParams, _hz_to_mel, _mel_to_hz
 
 BANDS = {"low": 100.0, "mid": 1000.0, "high": 8000.0}  # a tone that each class must recognise
@@ -52,6 +59,7 @@ def band_model(
     shift: int = 0,
     batch: int | str = "N",
     fails_on_audio: bool = False,
+    familiar_from: float | None = None,
 ) -> Path:
     """An ONNX model scoring (N, C, mels, frames) spectrograms as low / mid / high.
 
@@ -60,6 +68,8 @@ def band_model(
     model exported without a dynamic batch axis has. `fails_on_audio`: onnxruntime raises on any real
     clip (a Gather indexed by the clip's quietest value, out of range below 0 dB) yet runs on the
     all-zero probe that an install checks, like a model with a bug its author never met.
+    `familiar_from`: the model also outputs a familiarity, its best score (a pure 100 Hz tone: 1.0; white
+    noise, whose energy is in every band: about 0.37), and counts clips from this one up as familiar.
     """
     params = params or SpectrogramParams()
     centres = _mel_to_hz(
@@ -91,11 +101,15 @@ def band_model(
             helper.make_node("Add", ["logits", "nothing"], ["kept"]),
         ]
         nodes[-1] = helper.make_node("Softmax", ["kept"], ["scores"], axis=1)
+    outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, len(classes)])]
+    if familiar_from is not None:
+        nodes.append(helper.make_node("ReduceMax", ["scores", "axes_c"], [FAMILIARITY_OUTPUT], keepdims=0))
+        outputs.append(helper.make_tensor_value_info(FAMILIARITY_OUTPUT, TensorProto.FLOAT, [batch]))
     graph = helper.make_graph(
         nodes,
         name,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *params.shape])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, len(classes)])],
+        outputs,
         initializer=[
             numpy_helper.from_array(np.array([3], np.int64), "axes_t"),
             numpy_helper.from_array(np.array([1], np.int64), "axes_c"),
@@ -112,6 +126,8 @@ def band_model(
         VERSION_KEY: str(version),
         ACTIVATION_KEY: "none",
     }
+    if familiar_from is not None:
+        meta[FAMILIAR_KEY] = str(familiar_from)
     for k, v in meta.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     onnx.checker.check_model(model)

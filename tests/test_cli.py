@@ -6,7 +6,8 @@ import os
 import shutil
 from pathlib import Path
 
-from vibrary.clients.query import parse_query
+import pytest
+from vibrary.clients.query import QueryError, parse_query
 
 from tests.conftest import DaemonProcess, json_lines, vibrary, wait_for
 from tests.synth import BANDS, band_model, write_tone
@@ -26,23 +27,29 @@ def test_tag_json_contract(model_home: Path, tmp_path: Path) -> None:
         scores = [t["score"] for t in line["tags"]]
         assert scores == sorted(scores, reverse=True) and len(scores) <= 3
     assert lines["broken.wav"]["tags"] == [] and "not a recognised audio format" in lines["broken.wav"]["error"]
-    assert "not found" in lines["gone.wav"]["error"]
+    assert lines["gone.wav"]["error"] == "no such file or folder"  # named, never there: not "deleted or moved"
     assert lines["low.wav"]["path"] == str(tmp_path / "kit" / "low.wav")
 
 
-def test_a_file_silent_in_its_opening_seconds_gets_no_tags(model_home: Path, tmp_path: Path) -> None:
+def test_a_file_silent_in_its_opening_seconds_is_tagged_by_its_first_sound(model_home: Path, tmp_path: Path) -> None:
     """A stem that starts after 4 s of digital silence came out with the model's guess for nothing as its
-    best tag, and was found by a search for that tag; a file with sound in its opening seconds is tagged."""
+    best tag (stop 22: then with no tags at all, never found); it is tagged by its first sound, a 1.4 kHz
+    tone: mid. A file silent throughout has no tags; a file with sound in its opening seconds is tagged."""
     import numpy as np
     import soundfile as sf
 
     late = np.concatenate([np.zeros(4 * 44100, np.float32), np.sin(np.arange(44100, dtype=np.float32) / 5)])
     sf.write(tmp_path / "late.wav", late, 44100, subtype="PCM_24")
+    sf.write(tmp_path / "silent.wav", np.zeros(6 * 44100, np.float32), 44100, subtype="PCM_24")
     write_tone(tmp_path / "low.wav", BANDS["low"])
-    proc = vibrary("tag", "--json", str(tmp_path / "late.wav"), str(tmp_path / "low.wav"), home=model_home)
+    names = ("late.wav", "silent.wav", "low.wav")
+    proc = vibrary("tag", "--json", *(str(tmp_path / n) for n in names), home=model_home)
     lines = {Path(x["path"]).name: x for x in json_lines(proc.stdout)}
-    assert lines["late.wav"] == {**lines["late.wav"], "tags": [], "error": None}
+    assert lines["late.wav"]["tags"][0]["tag"] == "mid" and lines["late.wav"]["error"] is None
+    assert lines["silent.wav"] == {**lines["silent.wav"], "tags": [], "error": None}
     assert lines["low.wav"]["tags"][0]["tag"] == "low"
+    said = vibrary("tag", str(tmp_path / "silent.wav"), home=model_home).stdout
+    assert "silent.wav: (no tags: no sound above -70 dBFS in its first minute)" in said
 
 
 def test_json_is_taken_wherever_it_is_given(model_home: Path) -> None:
@@ -132,6 +139,33 @@ def test_models_commands(model_home: Path, tmp_path: Path) -> None:
     assert none.returncode == 1 and "no usable model" in none.stderr
 
 
+@pytest.mark.parametrize("case", ["output without a bar", "bar without an output", "bar not a number"])
+def test_a_model_whose_familiarity_and_its_bar_do_not_agree_is_refused(
+    case: str, model_home: Path, tmp_path: Path
+) -> None:
+    import onnx
+    from vibrary.daemon.infer import FAMILIAR_KEY
+
+    path = band_model(
+        tmp_path / "fussy.onnx", name="fussy", familiar_from=None if case.startswith("bar without") else 0.9
+    )
+    model = onnx.load(str(path))
+    meta = {p.key: p.value for p in model.metadata_props}
+    if case == "output without a bar":
+        del meta[FAMILIAR_KEY]
+    else:
+        meta[FAMILIAR_KEY] = "0.9" if case.startswith("bar without") else "high"
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    onnx.save(model, str(path))
+    refused = vibrary("models", "install", str(path), home=model_home, check=False)
+    said = "must be a number" if case == "bar not a number" else "come together (one is missing)"
+    assert refused.returncode == 1 and said in refused.stderr, refused.stderr
+    listed = json_lines(vibrary("models", "list", "--json", home=model_home).stdout)
+    assert [m["name"] for m in listed if not m["builtin"]] == ["bands"]
+
+
 def test_two_hundred_files_copied_in_are_all_tagged_and_searchable(daemon: DaemonProcess, tmp_path: Path) -> None:
     """The README's walk-through: watch a folder, copy a sample pack in, find sounds by tag."""
     pack = tmp_path / "pack"
@@ -188,6 +222,19 @@ def test_two_hundred_files_copied_in_are_all_tagged_and_searchable(daemon: Daemo
 def test_query_words() -> None:
     assert parse_query(["kick", "-acoustic", "snare|clap"]) == ([["kick"], ["snare", "clap"]], ["acoustic"])
     assert parse_query(["Snare", "OR", "clap", "dark"]) == ([["snare", "clap"], ["dark"]], [])
+    for spelled in ("kick | snare dark", "kick |snare dark", "kick| snare dark", "kick OR snare AND dark"):
+        assert parse_query(spelled) == ([["kick", "snare"], ["dark"]], []), spelled  # '|' alone read nothing
+    for wrong, said in [
+        ("NOT NOT kick", "say NOT once"),  # it was read as NOT kick
+        ("| kick", "OR needs"),
+        ("kick |", "OR needs"),
+        ("kick OR | snare", "OR needs"),
+        ("AND kick", "AND needs"),
+        ("kick AND", "AND needs"),
+        ("kick OR AND snare", "AND needs"),
+    ]:
+        with pytest.raises(QueryError, match=said):
+            parse_query(wrong)
 
 
 def test_a_models_class_names_are_tags_in_lower_case_and_each_once(daemon: DaemonProcess, tmp_path: Path) -> None:
@@ -223,6 +270,10 @@ def test_search_words_that_look_like_options_and_model_filters(daemon: DaemonPro
     assert typo.stdout == "" and "0 files: no active model tags 'hihg' (did you mean 'high'?)" in typo.stderr
     either = vibrary("search", "low|hihg", "high", home=daemon.home)  # nothing is low and high: no typo to blame
     assert either.stderr.strip() == "0 files"
+    leaves_nothing_out = vibrary("search", "low", "-lwo", home=daemon.home)  # it found low, silently
+    assert "1 file: no active model tags '-lwo' (did you mean 'low'?)" in leaves_nothing_out.stderr
+    nowhere = vibrary("search", "low", "--under", str(tmp_path / "nowhere"), home=daemon.home)
+    assert f"no folder {tmp_path / 'nowhere'} (--under)" in nowhere.stderr
     assert found("high", "--min-score", "0") > {"high"}  # every stored score (mid's), not hits only
     assert found("--model", "bands", "high") == {"high"}
     for command, model, said, code in (
@@ -317,7 +368,7 @@ def test_deactivate_by_name_deactivates_the_active_version(model_home: Path, tmp
     twice = vibrary("models", "activate", "bands@1", home=model_home)  # it said "activated bands@1" again
     assert twice.stdout.strip() == "bands@1 was already active", twice.stdout
     long_name = vibrary("dataset", "show", "x" * 300, home=model_home, check=False)
-    assert long_name.returncode == 1 and "100 at most" in long_name.stderr, long_name.stderr
+    assert long_name.returncode == 2 and "100 at most" in long_name.stderr, long_name.stderr  # no name: usage
 
 
 def test_a_damaged_index_is_one_line_not_a_traceback(model_home: Path) -> None:

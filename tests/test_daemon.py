@@ -10,13 +10,17 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import psutil
 import pytest
+import soundfile as sf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from vibrary.clients.client import Client, DaemonError
@@ -448,6 +452,44 @@ def test_a_new_model_retags_the_library_from_cached_spectrograms(daemon: DaemonP
         next_change()
 
 
+def test_a_file_like_none_of_a_models_examples_keeps_its_guess_but_is_not_found(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """A model that says how familiar a file is (trainer/train.py `familiarity`): below its bar, the file
+    keeps the model's best tag, marked unfamiliar, but no search finds it by that model's tags. White
+    noise is none of "deep / body / air" (the band model's best score for it is ~0.37, under 0.9)."""
+    library = tmp_path / "library"
+    low = write_tone(library / "low.wav", BANDS["low"])
+    noise = library / "noise.wav"
+    sf.write(str(noise), 0.3 * np.random.default_rng(0).standard_normal(44100), 44100)
+    fussy = band_model(tmp_path / "family.onnx", name="family", classes=("deep", "body", "air"), familiar_from=0.9)
+    vibrary("models", "install", str(fussy), home=daemon.home)
+    daemon.client.add_watch(str(library))
+    wait_for(
+        lambda: _indexed(daemon.client, 2) and {m for m in daemon.client.status().models} == {"bands@1", "family@1"}
+    )
+
+    def family(path: Path) -> list[tuple[str, bool]]:
+        (found,) = daemon.client.tags([str(path)])
+        return [(t.tag, t.unfamiliar) for t in found.tags if t.model == "family"]
+
+    wait_for(lambda: family(low)[:1] == [("deep", False)] and family(noise))
+    assert family(noise)[0][1] and all(unfamiliar for _, unfamiliar in family(noise))  # its guess, said so
+    assert {f.path for f in daemon.client.search([["deep"]])} == {str(low)}
+    for tag in ("deep", "body", "air"):
+        assert str(noise) not in {f.path for f in daemon.client.search([[tag]])}
+    assert str(noise) in {f.path for f in daemon.client.search([["low", "mid", "high"]])}  # the other model's: found
+    line = json_lines(vibrary("tags", "--json", str(noise), home=daemon.home).stdout)[0]
+    assert {t["unfamiliar"] for t in line["tags"] if t["model"] == "family"} == {True}
+    assert {t["unfamiliar"] for t in line["tags"] if t["model"] == "bands"} == {False}
+    tagged = json_lines(vibrary("tag", "--json", str(noise), str(low), home=daemon.home).stdout)  # in-process
+    guesses = {
+        f["path"]: next((t["tag"], t["unfamiliar"]) for t in f["tags"] if t["model"] == "family") for f in tagged
+    }
+    assert guesses == {str(noise): (family(noise)[0][0], True), str(low): ("deep", False)}
+    assert "?" in vibrary("tags", str(noise), home=daemon.home).stdout.split("family:")[1]
+
+
 def test_versions_and_rollback(daemon: DaemonProcess, tmp_path: Path) -> None:
     library = tmp_path / "library"
     library.mkdir()
@@ -487,6 +529,7 @@ def test_tcp_only_when_asked_and_only_with_the_token(model_home: Path) -> None:
     port = _free_port()
     refused = vibrary("daemon", "--listen", f"127.0.0.1:{port}", home=model_home, check=False)
     assert refused.returncode == 1 and "token" in refused.stderr
+    assert "daemon started" not in refused.stderr  # said before anything starts, not after a start and stop
 
     d = start_daemon(model_home, "--listen", f"127.0.0.1:{port}", "--token", "s3cret")
     try:
@@ -502,6 +545,25 @@ def test_tcp_only_when_asked_and_only_with_the_token(model_home: Path) -> None:
         assert stub.GetStatus(pb.GetStatusRequest(), metadata=[("authorization", "bearer  s3cret")]).models
     finally:
         d.stop()
+
+
+def test_daemon_json_says_on_stdout_once_it_answers(model_home: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vibrary.clients.cli", "daemon", "--json"],
+        env={**os.environ, "VIBRARY_HOME": str(model_home)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        said = json.loads(proc.stdout.readline())
+        assert said["serving"] == str(config.socket_path(model_home)) and said["models"] == ["bands@1"]
+        with Client(home_dir=model_home) as c:  # what the line promises: it answers
+            assert c.status(timeout=5).home == str(model_home)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_front_ends_following_events_leave_the_api_answering(daemon: DaemonProcess) -> None:

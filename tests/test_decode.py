@@ -206,13 +206,28 @@ def test_a_broken_link_names_its_missing_target(tmp_path: Path) -> None:
         decode(str(tmp_path / "link.wav"), SpectrogramParams())
 
 
-def test_opening_seconds_of_dither_or_a_noise_floor_are_silence(tmp_path: Path) -> None:
+def test_opening_seconds_of_dither_or_a_noise_floor_are_silence_and_the_first_sound_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Spectrograms are scaled to their own peak, so 3 s of 16-bit dither before a late entry looked like
-    a hi-hat (0.74) to the model: anything under -70 dBFS is decoded as silence; a quiet sound is not."""
+    a hi-hat (0.74) to the model: anything under -70 dBFS is silence, and a silent opening is read past, to
+    the first sound within LOOK_AHEAD_S (stop 22 decoded it as silence: the file had no tags at all); a
+    file of dither alone, or whose sound comes later, is silence; a quiet sound is not."""
+    from vibrary.daemon import decode as decode_module
+
     rng = np.random.default_rng(0)
     dither = (rng.random(4 * 44100) - rng.random(4 * 44100)) / 32768  # TPDF, ±1 LSB
-    late = np.concatenate([dither, tone(440.0, 1.0)[:, 0]]).astype(np.float32)
-    sf.write(tmp_path / "late.wav", late, 44100, subtype="PCM_16")
+    entry = tone(440.0, 1.0)[:, 0]
+    sf.write(tmp_path / "late.wav", np.concatenate([dither, entry]).astype(np.float32), 44100, subtype="PCM_16")
+    clip = decode(str(tmp_path / "late.wav"), SpectrogramParams())[0]
+    heard = len(entry) - 1  # from its first audible sample: the tone's second (sin 0 is silent)
+    assert np.allclose(clip[:heard], entry[1:], atol=1e-4) and not clip[heard:].any()
+    sf.write(tmp_path / "dither.wav", dither.astype(np.float32), 44100, subtype="PCM_16")
+    assert not decode(str(tmp_path / "dither.wav"), SpectrogramParams()).any()
+    monkeypatch.setattr(decode_module, "LOOK_AHEAD_S", 4.2)  # the entry (4 s) in a last, short block: read whole
+    clip = decode(str(tmp_path / "late.wav"), SpectrogramParams())[0]
+    assert np.allclose(clip[:heard], entry[1:], atol=1e-4)
+    monkeypatch.setattr(decode_module, "LOOK_AHEAD_S", 3.5)  # the entry at 4 s is beyond it
     assert not decode(str(tmp_path / "late.wav"), SpectrogramParams()).any()
     sf.write(tmp_path / "quiet.wav", tone(440.0, 1.0, amp=10 ** (-50 / 20)), 44100, subtype="PCM_24")
     assert decode(str(tmp_path / "quiet.wav"), SpectrogramParams()).any()  # -50 dBFS is quiet, not silent

@@ -219,7 +219,7 @@ def test_cli_reports_file_deleted_before_the_read(model_home: Path, tmp_path: Pa
     gone.unlink()
     lines = tag_json(model_home, gone, *good)
     assert lines[str(gone)]["tags"] == []
-    assert "not found" in lines[str(gone)]["error"]
+    assert lines[str(gone)]["error"] == "no such file or folder"  # not "deleted or moved before it could be read"
     assert_good_tagged(lines, good)
 
 
@@ -548,9 +548,9 @@ def watch_and_delete(path: Path) -> Path:
 
 
 def test_daemon_tag_rpc_says_why_a_missing_file_has_no_tags(daemon: DaemonProcess, tmp_path: Path) -> None:
-    (f,) = list(daemon.client.tag([str(tmp_path / "moved-away.wav")]))
+    (f,) = list(daemon.client.tag([str(tmp_path / "never-was.wav")]))  # a typo: nothing was deleted or moved
     assert not f.tags and f.state != "indexed"
-    assert "not found" in f.error, (f.state, f.error)
+    assert f.error == "no such file or folder", (f.state, f.error)
 
 
 def test_daemon_folder_link_to_parent(daemon: DaemonProcess, tmp_path: Path) -> None:

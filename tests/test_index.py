@@ -417,3 +417,25 @@ def test_a_best_first_search_gives_the_surest_matches_first(
         for limit in (1, 5, 30):
             found = [f.path for f in index.search(Query(**kw, limit=limit, best_first=True))]
             assert found == surest(limit, **kw), (kw, limit)
+
+
+def test_files_an_older_version_found_silent_are_read_again_once(tmp_path: Path) -> None:
+    """Before stop 25 a silent opening was all a file was (no tags at all); decode() now reads on to the
+    first sound, so an index from before reads such files again, once (PRAGMA user_version)."""
+    path = tmp_path / "index.sqlite"
+    index = Index(path)
+    inst = index.add_model("inst", "/m/inst.onnx", "a" * 64, ["kick", "snare"], "{}", False)
+    index.set_active(inst, True)
+    _add(index, "/lib/late-stem.wav", {}, inst.id)  # what a silent opening was stored as
+    _add(index, "/lib/kick.wav", {"kick": 0.9}, inst.id)
+    index.close()
+    with sqlite3.connect(path) as old:
+        old.execute("PRAGMA user_version = 0")
+    states = lambda ix: {f.path: f.state for f in ix.file_tags(["/lib"])}  # noqa: E731
+    reopened = Index(path)
+    assert states(reopened) == {"/lib/late-stem.wav": "pending", "/lib/kick.wav": "indexed"}
+    done = {c for (c,) in reopened.conn().execute("SELECT content_id FROM tagged")}
+    assert len(done) == 1  # the stem's content is computed anew, the kick's is not
+    _add(reopened, "/lib/late-stem.wav", {}, inst.id)  # silent still (a sound beyond LOOK_AHEAD_S): it stays so
+    reopened.close()
+    assert states(Index(path)) == {"/lib/late-stem.wav": "indexed", "/lib/kick.wav": "indexed"}

@@ -407,6 +407,9 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     assert grown[-1]["added"] == 3 and grown[-1]["per_class"] == {"drums": 8, "lead": 4}  # merged, renamed
     missing = vibrary("dataset", "add", "nope", str(second), home=home, check=False)
     assert missing.returncode == 1 and "no dataset 'nope'" in missing.stderr
+    for args in (("dataset", "create", "a/b", str(second)), ("train", "a b")):  # no name of a dataset: usage
+        named = vibrary(*args, home=home, check=False)
+        assert named.returncode == 2 and "use letters, digits" in named.stderr and "left out" not in named.stderr
 
     added = json_lines(vibrary("synonyms", "add", "--json", "Take", "field-recording", home=home).stdout)
     assert added == [{"alias": "take", "tag": "field-recording", "builtin": False}]

@@ -547,9 +547,14 @@ def test_overlapping_folders_suggest_each_file_once(tmp_path: Path, table: Synon
         ("Trp Stab", "brass"),
         ("TPT_01", "brass"),
         *[(t, "vocals") for t in ("Vocoder", "Adlib 03", "Ad Lib", "Acappella", "A Cappella 120", "Accapella")],
+        # drum kits' two-letter names (Hydrogen's BJA_Pacific: TM_01, RD2_01, CB_01), in capitals or alone
+        *[(t, "tom") for t in ("TM_01", "TM2_03", "FT_02", "LT 1", "MT", "ht_04")],
+        *[(t, "cymbal") for t in ("RD_01", "RD2_05", "CR_02", "CY 3")],
+        ("CB_01", "percussion"),
+        *[(t, "guitar") for t in ("Guitar ft John", "Guitar_2nd_take", "GTR 3RD")],  # ft: featuring; 2nd, 3rd
     ],
 )
-def test_more_vendor_spellings(table: Synonyms, text: str, tag: str) -> None:
+def test_more_vendor_spellings(table: Synonyms, text: str, tag: str | None) -> None:
     assert table.pick(table.find(text)) == tag
 
 
@@ -625,13 +630,13 @@ def test_removing_an_alias_the_user_had_overridden_removes_the_builtin_too(tmp_p
 
 
 def test_second_review_of_the_vendor_name_rules(tmp_path: Path) -> None:
-    """A second look: a TR-808 folder's unnamed sounds (LT00, CB) were basses, vendor and pack names with
-    a pack word inside (`Sample Magic/`, `Odyssey Sample Pack (WAV)/`) became classes, capitals lost
+    """A second look: a TR-808 folder's sounds named by their initials (LT00, CB) were basses, vendor and
+    pack names with a pack word inside (`Sample Magic/`, `Odyssey Sample Pack (WAV)/`) became classes, capitals lost
     SNAREGHOST and KICKPUNCH, a pack's `Drum Loops/Wet/` made a mood class of its loops, `Pads/String
     Pad` left the pads, and a mood folder holding one file gave nothing."""
     layout = {
-        "Drum Machines/Roland TR-808/LT00.WAV": "",
-        "Drum Machines/Roland TR-808/CB.WAV": "",
+        "Drum Machines/Roland TR-808/LT00.WAV": "tom",  # the 808's low tom and cowbell (stop 25)
+        "Drum Machines/Roland TR-808/CB.WAV": "percussion",
         "Drum Machines/Roland TR-808/Kick 01.wav": "kick",
         "808 Kit/Clap 01.wav": "clap",
         "808s/808_Boom_C.wav": "bass",

@@ -28,12 +28,12 @@ from vibrary.clients.trainer_client import TrainerClient  # noqa: E402
 from vibrary.daemon import config, dataset, shards  # noqa: E402
 from vibrary.daemon.index import Index  # noqa: E402
 from vibrary.daemon.infer import Model  # noqa: E402
-from vibrary.daemon.spectrogram import SpectrogramParams, log_mel, quantize  # noqa: E402
+from vibrary.daemon.spectrogram import SpectrogramParams, dequantize, log_mel, quantize  # noqa: E402
 from vibrary.daemon.training import JobRecord, TrainingError, TrainProgress, resume  # noqa: E402
 from vibrary.proto import daemon_pb2  # noqa: E402
 from vibrary.proto import trainer_pb2 as pb  # noqa: E402
 from vibrary.trainer.augment import augment  # noqa: E402
-from vibrary.trainer.export import max_difference, to_onnx  # noqa: E402
+from vibrary.trainer.export import exported, max_difference, to_onnx  # noqa: E402
 from vibrary.trainer.network import TagNet  # noqa: E402
 from vibrary.trainer.train import TrainConfig, _load_base, split_by_group, train  # noqa: E402
 
@@ -883,7 +883,7 @@ def test_export_matches_torch_and_the_daemon_loads_it(tmp_path: Path) -> None:
     result = train(manifest, codes, labels, np.array(groups), TrainConfig(epochs=2, seed=1))
     model_bytes = to_onnx(result, "kinds")
     x = np.random.default_rng(0).uniform(-80, 0, (5, *P.shape)).astype(np.float32)
-    assert max_difference(result.net, model_bytes, x) < 1e-4
+    assert max_difference(exported(result), model_bytes, x) < 1e-4
     (tmp_path / "kinds.onnx").write_bytes(model_bytes)
     model = Model(str(tmp_path / "kinds.onnx"))
     assert model.info.classes == KINDS and model.info.params == P and model.info.name == "kinds"
@@ -891,6 +891,42 @@ def test_export_matches_torch_and_the_daemon_loads_it(tmp_path: Path) -> None:
     for n in (1, 7):  # the batch axis is dynamic
         scores = model.predict(x[:1].repeat(n, axis=0))
         assert scores.shape == (n, 3) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-5)
+    assert model.info.familiar_from == pytest.approx(result.familiar_from, abs=1e-6)
+    _, familiar = model.predict_familiar(dequantize(codes, P))
+    assert familiar.sum() >= len(codes) - 1  # the bar is its least typical training clip (1 % of them)
+
+
+def test_the_familiarity_bar_is_the_least_typical_example_without_itself_in_its_class() -> None:
+    """familiarity() on a network whose embedding is the input itself: two classes of three points
+    around the two axes. Each point is measured against the mean direction of the two others of its class
+    (with itself, a class of a few points would find each of them close to a centre it pulls in)."""
+    from vibrary.trainer.train import UNFAMILIAR_EXAMPLES, familiarity
+
+    class Points:
+        def eval(self) -> None:
+            pass
+
+        def embedding(self, x: Any) -> Any:
+            return x
+
+    points = np.array([[1, 0.3], [1, -0.1], [1, 0], [0, 1], [0.2, 1], [-0.4, 1]], np.float32)
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    unit = points / np.linalg.norm(points, axis=1, keepdims=True)
+
+    def batch(idx: np.ndarray) -> tuple[Any, Any]:
+        return torch.from_numpy(points[idx]), torch.from_numpy(labels[idx])
+
+    centroids, bar = familiarity(Points(), np.arange(6), batch, 2, 2)
+    means = np.stack([unit[labels == c].mean(0) for c in (0, 1)])
+    assert np.allclose(centroids, means / np.linalg.norm(means, axis=1, keepdims=True), atol=1e-6)
+    typical = []
+    for i in range(6):
+        others = unit[(labels == labels[i]) & (np.arange(6) != i)].mean(0)
+        own = unit[i] @ others / np.linalg.norm(others)
+        typical.append(max(own, unit[i] @ centroids[1 - labels[i]]))
+    assert bar == pytest.approx(np.quantile(typical, UNFAMILIAR_EXAMPLES), abs=1e-6)
+    assert bar < min(unit[i] @ centroids[labels[i]] for i in range(6))  # every example is familiar
+    assert max(np.array([0.7071, 0.7071]) @ centroids.T) < bar  # half-way between the two: neither
 
 
 def test_training_is_deterministic_for_a_seed() -> None:
@@ -926,7 +962,7 @@ def test_bfloat16_is_for_the_training_steps_only(precision: str) -> None:
     assert seen == {(True, step), (False, torch.float32)}
     assert all(p.dtype == torch.float32 and p.is_contiguous() for p in result.net.parameters())
     x = np.random.default_rng(0).uniform(-80, 0, (3, *P.shape)).astype(np.float32)
-    assert max_difference(result.net, to_onnx(result, "d"), x) < 1e-4
+    assert max_difference(exported(result), to_onnx(result, "d"), x) < 1e-4
     with pytest.raises(ValueError, match="unknown precision"):
         TrainConfig.from_dict({"precision": "fp8"})
 
@@ -1127,6 +1163,15 @@ def test_batch_norm_is_recalibrated_on_a_shuffled_sample(monkeypatch: pytest.Mon
     train(manifest, codes, labels, np.array(groups), TrainConfig(epochs=1, val_fraction=0.0))
     first_third = labels[seen[0][: len(seen[0]) // 3]]
     assert set(first_third.tolist()) == {0, 1, 2}
+
+
+def test_with_no_clip_held_out_the_confusion_matrix_is_of_the_training_clips() -> None:
+    """As the accuracy is then (README): it was an empty matrix, a blank PNG titled "no clips held out"."""
+    codes, labels, groups = spectrograms(4, 6)
+    manifest, _ = shards.write("small", list(KINDS), P, codes, labels, groups)
+    result = train(manifest, codes, labels, np.array(groups), TrainConfig(epochs=2, seed=0))
+    assert result.val_clips == 0 and result.confusion.sum() == result.train_clips == len(labels)
+    assert np.trace(result.confusion) / result.confusion.sum() == pytest.approx(result.train_accuracy)
 
 
 @pytest.mark.parametrize(("clips_per_kind", "epochs"), [(2, 1), (4, 5)])

@@ -15,10 +15,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from vibrary.daemon.infer import ACTIVATION_KEY, CLASSES_KEY, NAME_KEY, VERSION_KEY
+from vibrary.daemon.infer import (
+    ACTIVATION_KEY,
+    CLASSES_KEY,
+    FAMILIAR_KEY,
+    FAMILIARITY_OUTPUT,
+    NAME_KEY,
+    VERSION_KEY,
+)
 from vibrary.daemon.spectrogram import METADATA_KEY
 
-from .network import TagNet, WithSoftmax
+from .network import WithSoftmax
 from .options import base_path
 from .train import TrainResult
 
@@ -26,7 +33,8 @@ SUMMARY_KEY = "vibrary.training"
 
 
 def to_onnx(result: TrainResult, name: str, version: int = 1) -> bytes:
-    net = WithSoftmax(result.net).eval()
+    net = exported(result)
+    outputs = ["scores"] if net.centroids is None else ["scores", FAMILIARITY_OUTPUT]
     example = torch.zeros((2, *result.params.shape))
     buf = io.BytesIO()
     torch.onnx.export(
@@ -35,8 +43,8 @@ def to_onnx(result: TrainResult, name: str, version: int = 1) -> bytes:
         buf,  # type: ignore[arg-type]  # a file object works, and spares a temporary file
         dynamo=False,
         input_names=["spectrogram"],
-        output_names=["scores"],
-        dynamic_axes={"spectrogram": {0: "batch"}, "scores": {0: "batch"}},
+        output_names=outputs,
+        dynamic_axes={"spectrogram": {0: "batch"}, **{out: {0: "batch"} for out in outputs}},
         opset_version=17,
     )
     model = onnx.load_from_string(buf.getvalue())
@@ -48,6 +56,8 @@ def to_onnx(result: TrainResult, name: str, version: int = 1) -> bytes:
         ACTIVATION_KEY: "none",
         SUMMARY_KEY: json.dumps(result.summary()),
     }
+    if net.centroids is not None:
+        meta[FAMILIAR_KEY] = f"{result.familiar_from:.6f}"
     del model.metadata_props[:]
     for key, value in meta.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
@@ -55,13 +65,21 @@ def to_onnx(result: TrainResult, name: str, version: int = 1) -> bytes:
     return model.SerializeToString()
 
 
-def max_difference(net: TagNet, onnx_bytes: bytes, x: np.ndarray) -> float:
-    """Largest |torch − onnxruntime| score on x: the export must not change what the model says."""
+def exported(result: TrainResult) -> WithSoftmax:
+    """The network as the ONNX file computes it: scores, and familiarity when the training measured it."""
+    centroids = None if result.centroids is None else torch.from_numpy(result.centroids)
+    return WithSoftmax(result.net, centroids).eval()
+
+
+def max_difference(net: WithSoftmax, onnx_bytes: bytes, x: np.ndarray) -> float:
+    """Largest |torch − onnxruntime| output on x (`net`: what was exported, `exported(result)`): the export
+    must not change what the model says."""
     with torch.no_grad():
-        expected = WithSoftmax(net).eval()(torch.from_numpy(x)).numpy()
+        out = net.eval()(torch.from_numpy(x))
+    expected = out if isinstance(out, tuple) else (out,)
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: x})[0]
-    return float(np.abs(expected - got).max())
+    got = session.run(None, {session.get_inputs()[0].name: x})
+    return max(float(np.abs(e.numpy() - g).max()) for e, g in zip(expected, got, strict=True))
 
 
 def load_base(base: str) -> tuple[dict[str, torch.Tensor] | None, str]:

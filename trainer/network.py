@@ -73,11 +73,20 @@ def pool_time(f: torch.Tensor) -> torch.Tensor:
 
 
 class WithSoftmax(nn.Module):
-    """What gets exported: scores in [0, 1], so no consumer has to know the activation."""
+    """What gets exported: scores in [0, 1], so no consumer has to know the activation; with `centroids`
+    (one unit-length embedding per class, from the training clips) also each clip's familiarity, its cosine
+    similarity to the nearest of them. A softmax shares its total over the model's own classes, so a kick
+    scores 0.9 "dark pad" from a model that never heard a kick; how far the clip lies from every class's
+    examples is what tells it is none of them (trainer/train.py `familiarity`)."""
 
-    def __init__(self, net: TagNet) -> None:
+    def __init__(self, net: TagNet, centroids: torch.Tensor | None = None) -> None:
         super().__init__()
         self.net = net
+        self.centroids = centroids
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(x), dim=1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        embedded = self.net.embedding(x)
+        scores = torch.softmax(self.net.head(embedded), dim=1)
+        if self.centroids is None:
+            return scores
+        return scores, (F.normalize(embedded, dim=1) @ self.centroids.T).amax(dim=1)

@@ -11,7 +11,7 @@ from vibrary.daemon.shards import Manifest, unpack
 from vibrary.daemon.spectrogram import dequantize
 
 from . import plots
-from .export import load_base, max_difference, to_onnx
+from .export import exported, load_base, max_difference, to_onnx
 from .options import Cancelled
 from .train import Progress, TrainConfig, TrainResult, train
 
@@ -41,13 +41,13 @@ def train_to_files(
     name = name or manifest.name
     model = to_onnx(result, name)
     probe = dequantize(codes[: min(16, len(codes))], manifest.params)
-    if (diff := max_difference(result.net, model, probe)) > 1e-4:
+    if (diff := max_difference(exported(result), model, probe)) > 1e-4:
         raise ValueError(f"exported model differs from the trained one by {diff:.2g}")
     if cancelled():
         raise Cancelled("training cancelled")
     title = f"{name}: {len(manifest.classes)} classes, {result.train_clips} training clips"
-    # a dataset too small to hold clips out trains on all of them: its matrix is empty, and says why
-    matrix_title = f"{name} (validation)" if result.val_clips else f"{name}: no clips held out (too few to spare)"
+    # a dataset too small to hold clips out trains on all of them: its matrix is of those, and says so
+    matrix_title = f"{name}\nheld-out clips" if result.val_clips else f"{name}\ntraining clips (none held out)"
     files = {
         "model.onnx": model,
         "learning_curve.png": plots.learning_curve(result.history, title),

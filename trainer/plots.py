@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on a server or in CI
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 
 def learning_curve(history: list[dict[str, float]], title: str, loss_label: str = "training loss") -> bytes:
@@ -21,6 +22,7 @@ def learning_curve(history: list[dict[str, float]], title: str, loss_label: str 
     if validated:
         loss_ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss", color="tab:orange")
     loss_ax.set_xlabel("epoch")
+    loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a 3-epoch training had an epoch 1.25
     loss_ax.set_ylabel("loss")
     lines = loss_ax.get_legend_handles_labels()[0]
     if validated:
@@ -36,7 +38,8 @@ def learning_curve(history: list[dict[str, float]], title: str, loss_label: str 
 
 def confusion_matrix(confusion: np.ndarray, classes: list[str], title: str) -> bytes:
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * n, 1.0 + 0.45 * n), dpi=100)
+    # never smaller than its two-line title and a tag's name need (two tags made a 2.1-inch square)
+    fig, ax = plt.subplots(figsize=(max(3.6, 1.2 + 0.45 * n), max(3.4, 1.0 + 0.45 * n)), dpi=100)
     rows = confusion.sum(axis=1, keepdims=True)
     share = np.divide(confusion, rows, out=np.zeros(confusion.shape, float), where=rows > 0)
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
@@ -56,7 +59,7 @@ def confusion_matrix(confusion: np.ndarray, classes: list[str], title: str) -> b
     ax.set_yticks(range(n), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     return _png(fig)
 
 

@@ -216,19 +216,25 @@ class Tag(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     TAG_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
+    UNFAMILIAR_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     tag: _builtins.str
     score: _builtins.float
+    unfamiliar: _builtins.bool
+    """The model finds the file like none of its examples: the tag is its best guess, and searches leave
+    the file out (a model of your own tags would otherwise give every file one of them).
+    """
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
         tag: _builtins.str = ...,
         score: _builtins.float = ...,
+        unfamiliar: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "score", b"score", "tag", b"tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "score", b"score", "tag", b"tag", "unfamiliar", b"unfamiliar"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
