@@ -54,7 +54,7 @@ from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, beside this
 from vibrary.daemon import config, registry  # noqa: E402
 from vibrary.daemon.decode import DecodeError, decode  # noqa: E402
 from vibrary.daemon.index import HIT_SCORE, SCHEMA, Index, Query  # noqa: E402
-from vibrary.daemon.infer import ACTIVATION_KEY, CLASSES_KEY, NAME_KEY, VERSION_KEY  # noqa: E402
+from vibrary.daemon.infer import ACTIVATION_KEY, CLASSES_KEY, NAME_KEY, VERSION_KEY, parse_metadata  # noqa: E402
 from vibrary.daemon.spectrogram import METADATA_KEY, SpectrogramParams  # noqa: E402
 
 from tests.conftest import DaemonProcess, start_daemon  # noqa: E402
@@ -322,9 +322,15 @@ def ort_session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def model_params(session: ort.InferenceSession) -> SpectrogramParams:
+    """The spectrogram parameters a model says it was trained on (the stand-in CNN's are the defaults)."""
+    return parse_metadata(session.get_modelmeta().custom_metadata_map, "model").params
+
+
 def cnn_cost_ms(session: ort.InferenceSession, batch: int, repeats: int) -> float:
     """Milliseconds of onnxruntime time per clip at this batch size."""
-    x = np.random.default_rng(0).uniform(-80, 0, (batch, *SpectrogramParams().shape)).astype(np.float32)
+    shape = model_params(session).shape
+    x = np.random.default_rng(0).uniform(-80, 0, (batch, *shape)).astype(np.float32)
     session.run(None, {session.get_inputs()[0].name: x})
     start = time.perf_counter()
     for _ in range(repeats):
@@ -348,7 +354,7 @@ def naive_throughput(paths: list[str], model: Path, seed: int, min_subset: int, 
     import librosa  # seconds of import (numba, scipy): kept out of the timing
 
     session = ort_session(model, os.cpu_count() or 1)
-    params = SpectrogramParams()
+    params = model_params(session)
 
     def one(path: str) -> np.ndarray:
         y, _ = librosa.load(path, sr=params.sample_rate, mono=True, duration=params.duration_s)
@@ -387,8 +393,8 @@ def naive_throughput(paths: list[str], model: Path, seed: int, min_subset: int, 
 
 
 # -- 3c. decode-only bound -------------------------------------------------------------------------------
-def decode_throughput(paths: list[str], threads: int) -> Rate:
-    params = SpectrogramParams()
+def decode_throughput(paths: list[str], threads: int, params: SpectrogramParams) -> Rate:
+    """decode() of every file at the model's parameters (its sample rate: a resampling the daemon does too)."""
 
     def one(path: str) -> bool:
         try:
@@ -764,6 +770,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=20240601)
     ap.add_argument("--drops", type=int, default=50, help="drops per copy method for the latency test")
     ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument(
+        "--model", default="", help="an ONNX model to run instead of the demo (its spectrogram parameters are used)"
+    )
     ap.add_argument("--naive-subset", type=int, default=300, help="files the naive loop times at least")
     ap.add_argument(
         "--naive-budget",
@@ -806,7 +815,9 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         # 2. model
-        if DEMO.exists():
+        if args.model:
+            model_path, model_label = Path(args.model), f"`{args.model}` (--model)"
+        elif DEMO.exists():
             model_path, model_label = DEMO, "the built-in *demo model* (`daemon/builtin/demo.onnx`)"
         else:
             model_path = standin_cnn(temp("vb-model-") / "standin-cnn.onnx", seed=args.seed)
@@ -828,7 +839,7 @@ def main(argv: list[str] | None = None) -> int:
         daemon_nice = min(19, psutil.Process().nice() + settings.nice)
         with niceness(daemon_nice):
             log(f"decode-only bound: {threads} threads over {len(paths)} files ...")
-            dec = decode_throughput(paths, settings.worker_count)
+            dec = decode_throughput(paths, settings.worker_count, model_params(ort_session(model_path, 1)))
             log(f"decode-only: {dec.files_per_s:.1f} files/s, {dec.cpu_ms_per_file:.1f} ms CPU/file ({dec.what})")
             log("naive loop (librosa + onnxruntime, one file at a time) ...")
             naive = naive_throughput(paths, model_path, args.seed, args.naive_subset, args.naive_budget)

@@ -63,7 +63,8 @@ def _file_line(
     }
 
 
-def _human_file(line: dict[str, Any]) -> str:
+def _human_file(line: dict[str, Any], state: str = "indexed") -> str:
+    """`state`: the index's (pending, indexed …); a file `vibrary tag` read here is indexed."""
     if line["error"]:
         return f"{line['path']}: ERROR {line['error']}"
     by_model: dict[str, list[str]] = {}
@@ -71,8 +72,9 @@ def _human_file(line: dict[str, Any]) -> str:
         by_model.setdefault(t["model"], []).append(f"{t['tag']}{'?' if t['unfamiliar'] else ''} {t['score']:.2f}")
     if len(by_model) > 1:  # each model's tags apart: two models can give the same tag
         return f"{line['path']}: " + "; ".join(f"{model}: {', '.join(tags)}" for model, tags in by_model.items())
-    silent = "(no tags: no sound above -70 dBFS in its first minute)"  # what a file read fine with no tags is
-    return f"{line['path']}: {', '.join(next(iter(by_model.values()), [silent]))}"
+    # what a file read fine with no tags is; one not read yet has none either
+    none = "(no tags: no sound above -70 dBFS in its first minute)" if state == "indexed" else f"({state})"
+    return f"{line['path']}: {', '.join(next(iter(by_model.values()), [none]))}"
 
 
 def _index() -> tuple[Index, Any]:
@@ -381,7 +383,7 @@ def _print_files(args: argparse.Namespace, files: Iterable[Any]) -> int:
     for f in files:
         unfamiliar = {t.model for t in f.tags if t.unfamiliar}
         line = _file_line(f.path, ((t.model, t.tag, t.score) for t in f.tags), f.error, unfamiliar)
-        _out(args, line, _human_file(line))
+        _out(args, line, _human_file(line, f.state))
         n += 1
     return n
 
@@ -412,6 +414,8 @@ def _unknown_tags(c: Client, groups: list[list[str]], excluded: list[str], model
     group only of them when nothing was found (`low|lwo deep` found nothing because of the AND, not the
     typo), and an excluded one always (`kick -m` left nothing out, silently). The active models' classes
     answer it from their metadata; counting the tags in use reads the whole index."""
+    if found and not excluded:  # nothing to say: no need to ask for the models
+        return ""
     known = {tag for m in c.models() if m.active and model in ("", m.name) for tag in m.classes}
     unknown = [w for g in groups if not known & set(g) for w in g] if found == 0 else []
     unknown += [f"-{w}" for w in excluded if w not in known]

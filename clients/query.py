@@ -22,11 +22,13 @@ def parse_query(words: str | Sequence[str]) -> tuple[list[list[str]], list[str]]
     word's edge too: `snare | clap`, `snare |clap`); tags in lower case, as they are stored."""
     groups: list[list[str]] = []
     excluded: list[str] = []
-    join_next = negate_next = and_next = False
+    join_next = negate_next = and_next = after_excluded = False
     for word in words.split() if isinstance(words, str) else words:
         if word.upper() == "OR" or set(word) == {"|"}:
             if not groups or join_next or negate_next or and_next:
                 raise QueryError("OR needs a tag on each side")
+            if after_excluded:  # `kick -snare OR hihat` is no OR of kick and hihat either
+                raise QueryError("OR needs a tag on each side, not an excluded one")
             join_next = True
             continue
         if word.upper() == "AND":  # what a word already means: said, it must stand between two
@@ -43,9 +45,15 @@ def parse_query(words: str | Sequence[str]) -> tuple[list[list[str]], list[str]]
         if negate_next or (word.startswith("-") and len(word) > 1):
             if join_next:  # `kick OR -snare hihat` is no OR of kick and hihat
                 raise QueryError("OR needs a tag on each side, not an excluded one")
-            excluded.append(word[0 if negate_next else 1 :].lower())
-            negate_next = False
+            tag = word[0 if negate_next else 1 :]
+            if negate_next and tag.startswith("-"):
+                raise QueryError(f"NOT {word}: NOT and '-' both leave a tag out; use one of them")
+            if "|" in tag:
+                raise QueryError(f"{word}: leave tags out one at a time ({' '.join('-' + t for t in tag.split('|'))})")
+            excluded.append(tag.lower())
+            negate_next, after_excluded = False, True
             continue
+        after_excluded = False
         alternatives = [w.lower() for w in word.split("|") if w]
         if join_next or word.startswith("|"):
             if not groups:

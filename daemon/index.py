@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 HIT_SCORE = 0.5  # by default a file "has" a tag when it is its model's best tag or scores at least this
+# ...unless the model finds the file unfamiliar: then none of its tags is a hit. A familiar file's best tag
+# always is, and that is how an unfamiliar one is told when read back (_with_tags): keep the two together.
 
 # An AND of two posting lists is merged unless they hold more than this many times the shorter one's
 # entries: a merge reads both lists, a probe (several times dearer per entry) only the shorter one.
@@ -164,13 +166,8 @@ class Query:
     best_first: bool = False  # with a limit: the surest matches, best first (Index._best_first)
 
 
-# Before it (PRAGMA user_version), a file whose opening seconds were silent was indexed with no tags at all
-# (a stem that starts late, a kick after 5 s of silence); decode() now reads on to its first sound, so such
-# files are read again once, and their contents computed anew.
+# PRAGMA user_version from which silent openings were read past (Index.forget_silent_once).
 _SILENT_OPENINGS_READ = 1
-_REREAD_UNTAGGED = """UPDATE files SET state = 'pending', due = 0, gen = gen + 1
-    WHERE state = 'indexed' AND content_id IN (SELECT content_id FROM tagged)
-      AND content_id NOT IN (SELECT content_id FROM tags)"""
 
 # (path, dir, due, updated): a file to read once `due` has passed; a row already there is read again
 _MARK_PENDING = """INSERT INTO files(path, dir, state, due, gen, updated) VALUES (?1, ?2, 'pending', ?3, 1, ?4)
@@ -248,11 +245,6 @@ class Index:
         c.executescript(SCHEMA)  # executescript runs its own transaction
         if upgrade:  # tags_hit gave way to tags_hits: without its statistics a path search walks every tag
             c.execute("ANALYZE tags")
-        if int(c.execute("PRAGMA user_version").fetchone()[0]) < _SILENT_OPENINGS_READ:
-            with self.write() as w:  # once: the files an older version found silent are read past the silence
-                w.execute(_REREAD_UNTAGGED)
-                w.execute("DELETE FROM tagged WHERE content_id NOT IN (SELECT content_id FROM tags)")
-                w.execute(f"PRAGMA user_version = {_SILENT_OPENINGS_READ}")
 
     # -- connections ---------------------------------------------------------------------------------
     def conn(self) -> sqlite3.Connection:
@@ -578,6 +570,22 @@ class Index:
                 return None
             c.execute("UPDATE models SET active = 1 WHERE name = ? AND version = ?", (model.name, row[0]))
         return self.model(model.name, int(row[0]))
+
+    def forget_silent_once(self) -> int:
+        """Before stop 25 a file whose opening seconds were silent was computed as having no tags at all (a
+        stem that starts late, a kick after 5 s of silence); decode() now reads on to the first sound. Once
+        per index, such (content, model) pairs are forgotten, so that requeue_missing reads their files
+        again. The daemon asks it at its start, holding the home: a command run beside an older daemon still
+        running must not use it up while that daemon stores the old silence again."""
+        with self.write() as c:
+            if int(c.execute("PRAGMA user_version").fetchone()[0]) >= _SILENT_OPENINGS_READ:
+                return 0
+            forgotten = c.execute(
+                """DELETE FROM tagged WHERE NOT EXISTS
+                   (SELECT 1 FROM tags t WHERE t.content_id = tagged.content_id AND t.model_id = tagged.model_id)"""
+            ).rowcount
+            c.execute(f"PRAGMA user_version = {_SILENT_OPENINGS_READ}")
+            return forgotten
 
     def requeue_missing(self, model_ids: Sequence[int]) -> int:
         """Indexed files whose content lacks tags from one of these models go back to pending. Pending

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -108,7 +109,9 @@ def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
         try:
             familiar_from = float(meta[FAMILIAR_KEY])
         except ValueError:
-            raise ModelError(f"{source}: {FAMILIAR_KEY} must be a number") from None
+            familiar_from = math.nan
+        if not -1.0 <= familiar_from <= 1.0:  # a cosine similarity; NaN would make every file unfamiliar
+            raise ModelError(f"{source}: {FAMILIAR_KEY} must be a number from -1 to 1, not {meta[FAMILIAR_KEY]!r}")
     return ModelInfo(name, version, classes, params, activation, dict(meta), familiar_from)
 
 

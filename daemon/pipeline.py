@@ -218,10 +218,12 @@ class Pipeline:
         file that a model cannot take gets its own error and the rest of the batch is tagged."""
         try:
             scores, familiar = model.model.predict_familiar(np.stack(specs))
-            yield from enumerate(zip(scores, familiar.tolist(), strict=True))
-            return
+            rows = list(zip(scores, familiar.tolist(), strict=True))  # whole before any is given out
         except Exception:
             log.exception("%s failed on a batch of %d; trying the files one by one", model.ref, len(specs))
+        else:
+            yield from enumerate(rows)
+            return
         for i, spec in enumerate(specs):
             try:
                 scores, familiar = model.model.predict_familiar(spec[None])

@@ -118,6 +118,7 @@ class Daemon:
         self._dataset_changing = ""  # the dataset being built, edited or deleted now (under _training_lock)
 
     def start(self) -> None:
+        self.index.forget_silent_once()
         self.index.requeue_missing(list(self._active))
         self.watcher.start()
         self._feeder.start()

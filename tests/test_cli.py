@@ -139,7 +139,9 @@ def test_models_commands(model_home: Path, tmp_path: Path) -> None:
     assert none.returncode == 1 and "no usable model" in none.stderr
 
 
-@pytest.mark.parametrize("case", ["output without a bar", "bar without an output", "bar not a number"])
+@pytest.mark.parametrize(
+    "case", ["output without a bar", "bar without an output", "bar not a number", "bar nan", "bar 2.5"]
+)
 def test_a_model_whose_familiarity_and_its_bar_do_not_agree_is_refused(
     case: str, model_home: Path, tmp_path: Path
 ) -> None:
@@ -154,13 +156,13 @@ def test_a_model_whose_familiarity_and_its_bar_do_not_agree_is_refused(
     if case == "output without a bar":
         del meta[FAMILIAR_KEY]
     else:
-        meta[FAMILIAR_KEY] = "0.9" if case.startswith("bar without") else "high"
+        meta[FAMILIAR_KEY] = {"bar without an output": "0.9", "bar nan": "nan", "bar 2.5": "2.5"}.get(case, "high")
     del model.metadata_props[:]
     for key, value in meta.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     onnx.save(model, str(path))
     refused = vibrary("models", "install", str(path), home=model_home, check=False)
-    said = "must be a number" if case == "bar not a number" else "come together (one is missing)"
+    said = "come together (one is missing)" if "without" in case else "must be a number from -1 to 1"
     assert refused.returncode == 1 and said in refused.stderr, refused.stderr
     listed = json_lines(vibrary("models", "list", "--json", home=model_home).stdout)
     assert [m["name"] for m in listed if not m["builtin"]] == ["bands"]
@@ -232,6 +234,9 @@ def test_query_words() -> None:
         ("AND kick", "AND needs"),
         ("kick AND", "AND needs"),
         ("kick OR AND snare", "AND needs"),
+        ("NOT -snare kick", "use one of them"),  # it left out a tag spelled "-snare"
+        ("kick -snare|clap", "one at a time"),  # it left out a tag spelled "snare|clap"
+        ("kick -snare | clap", "not an excluded one"),  # it was kick OR clap
     ]:
         with pytest.raises(QueryError, match=said):
             parse_query(wrong)

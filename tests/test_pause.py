@@ -56,6 +56,8 @@ def test_paused_daemon_records_changes_and_indexes_them_on_resume(daemon: Daemon
     s = daemon.client.status()
     assert (s.paused, s.pending, s.indexed, s.decoded) == (True, 3, 0, 0)
     assert _states(daemon.client, paths) == {"pending"}
+    said = vibrary("tags", str(paths[0]), home=daemon.home).stdout  # not "no sound above -70 dBFS"
+    assert said.strip() == f"{paths[0]}: (pending)", said
     with pytest.raises(DaemonError) as refused:
         list(daemon.client.tag(paths[:1], timeout=10))
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION and "paused" in str(refused.value)

@@ -552,6 +552,8 @@ def test_overlapping_folders_suggest_each_file_once(tmp_path: Path, table: Synon
         *[(t, "cymbal") for t in ("RD_01", "RD2_05", "CR_02", "CY 3")],
         ("CB_01", "percussion"),
         *[(t, "guitar") for t in ("Guitar ft John", "Guitar_2nd_take", "GTR 3RD")],  # ft: featuring; 2nd, 3rd
+        *[(t, "vocals") for t in ("Vox_FT_Drake", "HT Vocal", "CR_Vocal_Chop")],  # initials beside a named sound
+        ("Kick FT", "kick"),
     ],
 )
 def test_more_vendor_spellings(table: Synonyms, text: str, tag: str | None) -> None:

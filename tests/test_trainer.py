@@ -916,7 +916,7 @@ def test_the_familiarity_bar_is_the_least_typical_example_without_itself_in_its_
     def batch(idx: np.ndarray) -> tuple[Any, Any]:
         return torch.from_numpy(points[idx]), torch.from_numpy(labels[idx])
 
-    centroids, bar = familiarity(Points(), np.arange(6), batch, 2, 2)
+    centroids, bar = familiarity(Points(), np.arange(6), labels, batch, 2, 2)
     means = np.stack([unit[labels == c].mean(0) for c in (0, 1)])
     assert np.allclose(centroids, means / np.linalg.norm(means, axis=1, keepdims=True), atol=1e-6)
     typical = []
@@ -927,6 +927,12 @@ def test_the_familiarity_bar_is_the_least_typical_example_without_itself_in_its_
     assert bar == pytest.approx(np.quantile(typical, UNFAMILIAR_EXAMPLES), abs=1e-6)
     assert bar < min(unit[i] @ centroids[labels[i]] for i in range(6))  # every example is familiar
     assert max(np.array([0.7071, 0.7071]) @ centroids.T) < bar  # half-way between the two: neither
+
+    # a third tag of one clip, half-way: without itself it has no centroid, and it set the bar at 0.71
+    points = np.concatenate([points, np.array([[1, 1]], np.float32)])
+    labels = np.append(labels, 2)
+    _, with_a_lone_clip = familiarity(Points(), np.arange(7), labels, batch, 3, 2)
+    assert with_a_lone_clip == pytest.approx(bar, abs=0.02) and with_a_lone_clip > 0.8
 
 
 def test_training_is_deterministic_for_a_seed() -> None:

@@ -57,6 +57,8 @@ def to_onnx(result: TrainResult, name: str, version: int = 1) -> bytes:
         SUMMARY_KEY: json.dumps(result.summary()),
     }
     if net.centroids is not None:
+        if not -1.0 <= result.familiar_from <= 1.0:  # embeddings gone NaN: the daemon would refuse the model
+            raise ValueError(f"the familiarity bar is {result.familiar_from}, not a similarity")
         meta[FAMILIAR_KEY] = f"{result.familiar_from:.6f}"
     del model.metadata_props[:]
     for key, value in meta.items():
@@ -72,8 +74,9 @@ def exported(result: TrainResult) -> WithSoftmax:
 
 
 def max_difference(net: WithSoftmax, onnx_bytes: bytes, x: np.ndarray) -> float:
-    """Largest |torch − onnxruntime| output on x (`net`: what was exported, `exported(result)`): the export
-    must not change what the model says."""
+    """Largest |torch − onnxruntime| output on x (`net`: what was exported, `exported(result)`, not the bare
+    TagNet, whose logits would be compared with scores): the export must not change what the model says."""
+    assert isinstance(net, WithSoftmax), "max_difference(exported(result), ...)"
     with torch.no_grad():
         out = net.eval()(torch.from_numpy(x))
     expected = out if isinstance(out, tuple) else (out,)

@@ -82,7 +82,8 @@ class WithSoftmax(nn.Module):
     def __init__(self, net: TagNet, centroids: torch.Tensor | None = None) -> None:
         super().__init__()
         self.net = net
-        self.centroids = centroids
+        self.centroids: torch.Tensor | None
+        self.register_buffer("centroids", centroids)  # moves with the network (.to(device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         embedded = self.net.embedding(x)

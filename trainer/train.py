@@ -343,22 +343,23 @@ def train(
     if not len(val_idx):  # all there is to say of a model nothing was held out from, said as what it is
         _, result.train_accuracy, result.confusion = _evaluate(net, train_idx, batch, n_classes, config.batch_size)
     labelled = np.random.default_rng(config.seed).permutation(np.concatenate([train_idx, val_idx]))
-    result.centroids, result.familiar_from = familiarity(net, labelled, batch, n_classes, config.batch_size)
+    result.centroids, result.familiar_from = familiarity(net, labelled, labels, batch, n_classes, config.batch_size)
     result.seconds = spent + time.monotonic() - started
     net.to("cpu", memory_format=torch.contiguous_format).eval()  # type: ignore[call-overload]
     return result
 
 
 # The share of a model's own examples it may find unfamiliar. The least typical of them sets the bar: a file
-# less like any class than that is none of them. Measured on the demo body's embedding (3-4 tags from 10
-# clips each, clips of unheard sources): such a bar kept 90-99 % of a tag's files and turned away 40-97 % of
-# the files that were none of the tags (docs/own-tags.md).
+# less like any class than that is none of them (docs/familiarity.md: with 10 examples a tag, 87-99 % of the
+# tags' files kept and 31-96 % of other classes' files turned away, on sources never trained on).
 UNFAMILIAR_EXAMPLES = 0.01
+FAMILIARITY_CLIPS = 256  # clips a class that its centroid and the bar are measured on: a big class needs no more
 
 
 def familiarity(
     net: TagNet,
     idx: np.ndarray,
+    labels: np.ndarray,
     batch: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
     n_classes: int,
     batch_size: int,
@@ -366,12 +367,16 @@ def familiarity(
     """Each class's centroid (the mean direction of its clips' embeddings) and the familiarity a file needs
     to be one of the classes: that of the least typical labelled clips (UNFAMILIAR_EXAMPLES), each measured
     against its own class's centroid without itself; with itself in it, every clip of a ten-clip class
-    would look close to a centre it pulled towards itself. From up to 4096 of the (shuffled) clips."""
-    e, y = _embedded(net, idx[:4096], batch, batch_size)
+    would look close to a centre it pulled towards itself. A class of one clip has no centroid without it:
+    that clip is measured with itself (as 1.0), or it alone would set the bar at its distance from the
+    others. Up to FAMILIARITY_CLIPS of each class's clips, in the (shuffled) order of `idx`."""
+    picked = np.concatenate([idx[labels[idx] == c][:FAMILIARITY_CLIPS] for c in range(n_classes)])
+    e, y = _embedded(net, picked, batch, batch_size)
     e = F.normalize(e.double(), dim=1)
     sums = torch.zeros(n_classes, e.shape[1], dtype=e.dtype).index_add_(0, y, e)
     similarity = e @ F.normalize(sums, dim=1).T
-    without_itself = F.normalize(sums[y] - e, dim=1)  # a class of one clip: a zero vector, similarity 0
+    alone = (torch.bincount(y, minlength=n_classes) == 1)[y]
+    without_itself = F.normalize(torch.where(alone[:, None], e, sums[y] - e), dim=1)
     similarity[torch.arange(len(y)), y] = (e * without_itself).sum(dim=1)
     bar = float(torch.quantile(similarity.amax(dim=1), UNFAMILIAR_EXAMPLES))
     return F.normalize(sums, dim=1).float().numpy(), bar
