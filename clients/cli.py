@@ -1074,7 +1074,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", parents=[common], help="find files by tag: kick -acoustic snare|clap")
     p.add_argument("query", nargs="*", metavar="QUERY")
     p.add_argument(
-        "--min-score", type=_score, default=None, help="only tags scoring at least this (default: the tags that hit)"
+        "--min-score",
+        type=_score,
+        default=None,
+        help="only tags scoring at least this, even a model's guesses for a file unlike its examples"
+        " (default: the tags that hit)",
     )
     p.add_argument("--under", default="", metavar="DIR", help="only files under this folder")
     p.add_argument("--model", type=_model_name, default="", help="only tags from this model")
