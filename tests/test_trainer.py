@@ -934,6 +934,14 @@ def test_the_familiarity_bar_is_the_least_typical_example_without_itself_in_its_
     _, with_a_lone_clip = familiarity(Points(), np.arange(7), labels, batch, 3, 2)
     assert with_a_lone_clip == pytest.approx(bar, abs=0.02) and with_a_lone_clip > 0.8
 
+    # 5000 clips of one tag, then 3 of another: a sample of the first 4096 clips left the rare tag out
+    rng = np.random.default_rng(0)
+    points = np.concatenate([[1, 0] + 0.1 * rng.standard_normal((5000, 2)), [[0, 1], [0.1, 1], [-0.1, 1]]])
+    points = points.astype(np.float32)
+    labels = np.array([0] * 5000 + [1] * 3)
+    centroids, bar = familiarity(Points(), np.arange(5003), labels, batch, 2, 64)  # the rare tag last
+    assert centroids[1] @ np.array([0.0, 1.0]) > 0.99 and bar < 0.99  # the rare tag's files are familiar
+
 
 def test_training_is_deterministic_for_a_seed() -> None:
     codes, labels, groups = spectrograms(4, 5)
