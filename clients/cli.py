@@ -994,6 +994,14 @@ def _model_ref(text: str) -> str:
     return text
 
 
+def _path(text: str) -> str:
+    """A path given: an empty one (an unset variable, `vibrary watch add "$SAMPLES"`) read as the current
+    folder, and `watch add` indexed whatever that was."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset variable?)")
+    return text
+
+
 def _dataset_name(text: str) -> str:
     """A name that can be no dataset is a usage error (exit 2) before anything is read: `dataset create a/b
     DIR` walked all of DIR first, then failed (exit 1)."""
@@ -1038,7 +1046,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("tag", parents=[common], help="tag files and folders now, without the daemon")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", type=_path)
     p.add_argument(
         "--model", action="append", type=_model_ref, metavar="NAME[@VERSION]", help="use this model (repeatable)"
     )
@@ -1056,7 +1064,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions = p.add_subparsers(dest="action", required=True)
     for action, text in (("add", "watch a folder"), ("remove", "stop watching a folder")):
         a = actions.add_parser(action, parents=[common], help=text)
-        a.add_argument("dir", metavar="DIR")
+        a.add_argument("dir", metavar="DIR", type=_path)
     actions.add_parser("list", parents=[common], help="the watched folders")
     p.set_defaults(func=cmd_watch)
 
@@ -1080,13 +1088,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="only tags scoring at least this, even a model's guesses for a file unlike its examples"
         " (default: the tags that hit)",
     )
-    p.add_argument("--under", default="", metavar="DIR", help="only files under this folder")
+    p.add_argument("--under", default=None, metavar="DIR", type=_path, help="only files under this folder")
     p.add_argument("--model", type=_model_name, default="", help="only tags from this model")
     p.add_argument("--limit", type=_count, default=0, help="at most this many files, the surest first")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("tags", parents=[common], help="what the index holds for these files")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", type=_path)
     p.set_defaults(func=cmd_tags)
 
     p = sub.add_parser("counts", parents=[common], help="how many files carry each tag")
@@ -1113,7 +1121,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         a = actions.add_parser(action, parents=[common], help=text)
         a.add_argument("name", metavar="NAME", type=_dataset_name)
-        a.add_argument("dirs", nargs="+", metavar="DIR")
+        a.add_argument("dirs", nargs="+", metavar="DIR", type=_path)
         a.add_argument(
             "--labels",
             choices=["folders", "suggest"],
@@ -1121,7 +1129,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="folders: DIR/<tag>/*; suggest: from folder names, file names and metadata (see `dataset suggest`)",
         )
     a = actions.add_parser("suggest", parents=[common], help="suggested tags for files, from names and metadata")
-    a.add_argument("dirs", nargs="+", metavar="DIR")
+    a.add_argument("dirs", nargs="+", metavar="DIR", type=_path)
     a = actions.add_parser("rename", parents=[common], help="rename a tag (to an existing tag: a merge)")
     a.add_argument("name", metavar="NAME", type=_dataset_name)
     a.add_argument("old", metavar="OLD")
@@ -1135,7 +1143,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("tags", nargs="+", metavar="TAG")
     a = actions.add_parser("relabel", parents=[common], help="give one file another tag ('' drops it)")
     a.add_argument("name", metavar="NAME", type=_dataset_name)
-    a.add_argument("path", metavar="PATH")
+    a.add_argument("path", metavar="PATH", type=_path)
     a.add_argument("tag", metavar="TAG")
     for action, text in (
         ("show", "classes, counts, upload size and advice on a dataset"),

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import platformdirs
 
+QUERY_WORDS = frozenset({"or", "and", "not"})  # a search's own words (clients/query.py): no tag can be one
+
 
 def check_name(name: str, what: str = "dataset") -> None:
     """Dataset and model names become folder and file names of the home: nothing that could leave it.

@@ -587,6 +587,17 @@ class Index:
             c.execute(f"PRAGMA user_version = {_SILENT_OPENINGS_READ}")
             return forgotten
 
+    def requeue_model_failures(self) -> int:
+        """Files that failed because a model could not score them (its error says "model NAME@V failed on
+        it", or their tags could not be stored) go back to pending: called when the active models change,
+        since the model may be gone. Its files stayed failed, the other models' tags lost with them, until
+        each file changed (a model that gave NaN scores failed a whole library)."""
+        with self.write() as c:
+            return c.execute(
+                """UPDATE files SET state = 'pending', error = NULL, due = 0, gen = gen + 1 WHERE state = 'failed'
+                   AND (error LIKE 'model % failed on it: %' OR error LIKE 'its tags could not be stored%')"""
+            ).rowcount
+
     def requeue_missing(self, model_ids: Sequence[int]) -> int:
         """Indexed files whose content lacks tags from one of these models go back to pending. Pending
         files move to a new generation too: one a worker holds was read for the models active before,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
+from .config import QUERY_WORDS
 from .onnx_rewrite import faster_graph
 from .spectrogram import METADATA_KEY, SpectrogramParams
 
@@ -93,6 +94,9 @@ def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
         raise ModelError(f"{source}: {CLASSES_KEY} must be a non-empty list of names")
     # Tags are searched without regard to case, as people type them: a model's "Kick" is the tag "kick".
     classes = tuple(c.strip().lower() for c in classes)
+    unsearchable = [c for c in classes if c in QUERY_WORDS or c.startswith("-") or "|" in c]
+    if unsearchable:  # `vibrary search or` is a usage error, `-snare` leaves snare out: such a tag is never found
+        raise ModelError(f"{source}: class names {unsearchable} read as search syntax (OR AND NOT, -, |): rename them")
     twice = sorted({c for c in classes if classes.count(c) > 1})
     if twice:
         raise ModelError(f"{source}: {CLASSES_KEY} names {', '.join(map(repr, twice))} more than once")
@@ -151,6 +155,13 @@ class Model:
             )
         if familiarity and familiarity[0].shape != (len(probe),):
             raise ModelError(f"{self.info.name}: {FAMILIARITY_OUTPUT!r} must be one number a clip")
+        if not all(np.isfinite(o).all() for o in (out, *familiarity)):  # NaN scores cannot even be stored
+            raise ModelError(f"{self.info.name}: outputs that are not numbers (NaN or infinite) for a silent clip")
+        if self.info.activation == "none" and not -1e-3 <= float(out.min()) <= float(out.max()) <= 1 + 1e-3:
+            raise ModelError(
+                f"{self.info.name}: scores from {out.min():.3g} to {out.max():.3g}, not 0 to 1 (a model that outputs"
+                f" logits says so: {ACTIVATION_KEY} softmax or sigmoid)"
+            )
 
     @property
     def _fixed(self) -> int:

@@ -37,6 +37,10 @@ class ActiveModel:
     model: Model
 
 
+# A file a model could not score fails with this: once the active models change, it is read again
+# (Index.requeue_model_failures), as the model may be the one deactivated or removed.
+MODEL_FAILED = "model {ref} failed on it: "
+
 # How long the inference thread waits for a batch to fill while more files are on their way. Each batch
 # is one index transaction and one cache transaction, and files came one or two at a time (0.2-0.3 ms of
 # SQLite per file); a lone file (nothing else in flight) never waits.
@@ -198,8 +202,10 @@ class Pipeline:
                 continue
             for i, row in self._predict(model, [p.specs[params] for p in items]):
                 p = items[i]
+                if not isinstance(row, Exception) and not np.isfinite(row[0]).all():  # SQLite stores no NaN
+                    row = ValueError("its scores are not numbers (NaN or infinite)")
                 if isinstance(row, Exception):  # the file fails, not the batch: it would stay pending for good
-                    p.result.error = f"model {model.ref} failed on it: {row}"
+                    p.result.error = f"{MODEL_FAILED.format(ref=model.ref)}{row}"
                     p.result.tags.clear()
                 elif not p.result.error:
                     scores, familiar = row

@@ -238,7 +238,7 @@ class Daemon:
             # each model activated, deactivated or removed, and each whose file came back or went away
             changed = [ref for i, ref in (was | now).items() if (i in now) != (i in was)]
             changed += [ref for i, ref in now.items() if i in was and (i in unloaded) != (i in self._unloaded)]
-            queued = self.index.requeue_missing(list(now))
+            queued = self.index.requeue_missing(list(now)) + self.index.requeue_model_failures()
         log.info("active models now %s; %d files re-queued", list(now.values()), queued)
         for ref in changed:  # ListModels and Status say what each is now
             self.events.publish(Event(MODEL_CHANGED, model=ref))

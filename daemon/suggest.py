@@ -56,6 +56,7 @@ from pathlib import Path
 
 import mutagen
 
+from .config import QUERY_WORDS
 from .folders import audio_files_under
 
 BUILTIN = Path(__file__).parent / "builtin" / "synonyms.json"
@@ -113,6 +114,8 @@ def clean_tag(text: str) -> str:
     tag = "-".join(w.lower() for w in _RUN.findall(unicodedata.normalize("NFC", text)))
     if not tag:
         raise ValueError(f"tag {text!r}: use letters and digits (words are joined by '-')")
+    if tag in QUERY_WORDS:  # a model trained on it would be refused at its install, after the training
+        raise ValueError(f"tag {text!r}: OR, AND and NOT are words of a search; give the tag another name")
     return tag
 
 

@@ -406,3 +406,30 @@ def test_tag_cut_short_by_its_reader_stops_quietly(model_home: Path, tmp_path: P
     proc.stdout.close()  # as `| head -2` does
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141 and "Traceback" not in err and "pending" not in err, err
+
+
+def test_an_empty_path_is_a_usage_error_not_the_current_folder(model_home: Path) -> None:
+    """`vibrary watch add "$SAMPLES"` with the variable unset watched the current folder, whatever it was."""
+    for args in (
+        ("watch", "add", ""),
+        ("tag", " "),
+        ("tags", ""),
+        ("search", "kick", "--under", ""),
+        ("dataset", "create", "x", ""),
+    ):
+        said = vibrary(*args, home=model_home, check=False)
+        assert said.returncode == 2 and "an empty path (an unset variable?)" in said.stderr, (args, said.stderr)
+
+
+@pytest.mark.parametrize("classes", [("or", "kick", "snare"), ("-snare", "kick", "hat"), ("a|b", "kick", "hat")])
+def test_a_model_whose_tags_read_as_search_syntax_is_refused(
+    classes: tuple[str, ...], model_home: Path, tmp_path: Path
+) -> None:
+    """`vibrary search or` is a usage error and `-snare` leaves snare out: such tags could never be found."""
+    from vibrary.daemon.suggest import clean_tag
+
+    odd = band_model(tmp_path / "odd.onnx", name="odd", classes=classes)
+    refused = vibrary("models", "install", str(odd), home=model_home, check=False)
+    assert refused.returncode == 1 and "read as search syntax" in refused.stderr, refused.stderr
+    with pytest.raises(ValueError, match="words of a search"):
+        clean_tag("NOT")  # a folder so named: refused before a training that could not be installed

@@ -487,7 +487,8 @@ def test_daemon_drops_a_file_deleted_before_the_read(watched: Watched) -> None:
 def test_daemon_fails_the_files_a_model_cannot_take_and_keeps_tagging(watched: Watched, tmp_path: Path) -> None:
     """A model that passed its install check but that onnxruntime fails on: each file ends failed with the
     model named, never pending for good (a failed batch used to hold its files' places in the queue), and
-    once the model is deactivated new files are tagged as before."""
+    once the model is deactivated new files are tagged as before, and the files it failed are read again
+    (they stayed failed, the other model's tags lost with them, until each file changed)."""
     d = watched.daemon
     buggy = band_model(tmp_path / "buggy.onnx", name="buggy", fails_on_audio=True)
     vibrary("models", "install", str(buggy), home=d.home)
@@ -498,7 +499,36 @@ def test_daemon_fails_the_files_a_model_cannot_take_and_keeps_tagging(watched: W
         assert "model buggy@1 failed on it" in watched.file(path).error
     d.client.deactivate("buggy")
     assert_keeps_tagging(watched)
+    wait_for(
+        lambda: (
+            {(f.state, f.tags[0].model if f.tags else "") for f in map(watched.file, drops)} == {("indexed", "bands")}
+        )
+    )
     assert d.client.status().pending == 0
+
+
+@pytest.mark.parametrize("scores", ["nan", "inf", "logits"])
+def test_a_model_whose_scores_are_not_numbers_from_0_to_1_is_refused_at_install(
+    scores: str, daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """One whose output was NaN installed, and then every file of the library failed ("NOT NULL constraint
+    failed: tags.score"), the other models' tags lost with them, even after its removal; one whose
+    "scores" were logits (84.0) installed, and `--min-score` could never reach them."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    path = band_model(tmp_path / "odd.onnx", name="odd")
+    model = onnx.load(str(path))
+    value = {"nan": np.nan, "inf": np.inf, "logits": 84.0}[scores]
+    scale = numpy_helper.from_array(np.array(value, np.float32), "odd_scale")
+    model.graph.initializer.append(scale)
+    model.graph.node.append(helper.make_node("Mul", ["scores", "odd_scale"], ["odd_scores"]))
+    model.graph.output[0].name = "odd_scores"
+    onnx.save(model, str(path))
+    refused = vibrary("models", "install", str(path), home=daemon.home, check=False)
+    said = "not 0 to 1" if scores == "logits" else "not numbers (NaN or infinite)"
+    assert refused.returncode == 1 and said in refused.stderr, refused.stderr
+    assert "odd" not in {m.name for m in daemon.client.models()}
 
 
 @pytest.mark.parametrize("batch", [1, 3])
