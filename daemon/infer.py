@@ -65,6 +65,8 @@ def sha256_file(path: str) -> str:
 
 
 def _session(path: str, threads: int) -> ort.InferenceSession:
+    if not os.path.isfile(path):  # onnxruntime's words were "[ONNXRuntimeError] : 3 : NO_SUCHFILE"
+        raise ModelError(f"{path}: no such file" if not os.path.exists(path) else f"{path}: not a file")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

@@ -75,10 +75,16 @@ def _absolute(path: str, context: grpc.ServicerContext) -> str:
 
 
 def _not_whole_disk(paths: list[str], context: grpc.ServicerContext) -> list[str]:
-    """Paths to walk, none of them `/` (which walked /proc, /sys and every program's files for minutes)."""
-    if any(indexed_path(p) == os.sep for p in paths):
+    """Paths to walk, none of them `/` (which walked /proc, /sys and every program's files for minutes) nor
+    inside the system's own pseudo-folders (`watch add /proc` flooded the log with unreadable entries)."""
+    if any(_whole_disk_or_system(p) for p in paths):
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, WHOLE_DISK)
     return paths
+
+
+def _whole_disk_or_system(path: str) -> bool:
+    where = indexed_path(path)
+    return where == os.sep or any(where == s or where.startswith(s + os.sep) for s in SYSTEM_FOLDERS)
 
 
 class PauseService:
@@ -115,8 +121,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         if not os.path.isdir(folder):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a folder: {folder}")
         folder = indexed_path(folder)  # a link is watched where it leads (folders.indexed_path)
-        if folder == os.sep:  # /proc, /sys, the daemon's own home and every program's files, re-read forever
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, WHOLE_DISK)
+        _not_whole_disk([folder], context)  # /proc, /sys, every program's files, re-read for ever
         try:
             self.daemon.add_watch(folder)
         except OSError as e:  # the inotify watch limit, too many open files: nothing is kept
@@ -494,7 +499,8 @@ def train_progress_pb(p: training.TrainProgress) -> pb.TrainProgress:
 # room for the calls of every front end beside MAX_FOLLOWERS event streams.
 MAX_FOLLOWERS = 32
 MAX_QUERY_TERMS = 64  # AND groups in a search (SQLite's expression depth stops at 1000)
-WHOLE_DISK = "not the whole disk: name the folders your samples are in"
+WHOLE_DISK = "not the whole disk nor a system folder (/proc, /sys, /dev): name the folders your samples are in"
+SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")  # the kernel's and devices' pseudo-files: no samples, endless errors
 TAG_WAIT_S = 3600.0  # longest a Tag call waits for its files when the caller set no deadline
 
 

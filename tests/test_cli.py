@@ -137,6 +137,8 @@ def test_models_commands(model_home: Path, tmp_path: Path) -> None:
     vibrary("models", "deactivate", "bands", home=model_home)
     none = vibrary("tag", str(write_tone(tmp_path / "a.wav", 100)), home=model_home, check=False)
     assert none.returncode == 1 and "no usable model" in none.stderr
+    missing = vibrary("models", "install", str(tmp_path / "nope.onnx"), home=model_home, check=False)
+    assert missing.returncode == 1 and f"{tmp_path / 'nope.onnx'}: no such file" in missing.stderr, missing.stderr
 
 
 @pytest.mark.parametrize(

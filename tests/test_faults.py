@@ -888,6 +888,8 @@ def test_malformed_requests_are_refused_and_the_daemon_answers(daemon: DaemonPro
         "Tag a path with a NUL byte": ("Tag", pb.TagRequest(paths=["/tmp/x\x00y.wav"]), invalid),
         "AddWatch the whole disk": ("AddWatch", pb.WatchRequest(path="/"), invalid),
         "AddWatch the whole disk, spelled //": ("AddWatch", pb.WatchRequest(path="//"), invalid),
+        "AddWatch /proc": ("AddWatch", pb.WatchRequest(path="/proc"), invalid),
+        "AddWatch /sys/kernel": ("AddWatch", pb.WatchRequest(path="/sys/kernel"), invalid),
         "AddWatch a link to /": ("AddWatch", pb.WatchRequest(path=str(root_link)), invalid),
         "Tag the whole disk": ("Tag", pb.TagRequest(paths=["/"]), invalid),
         "SuggestLabels for the whole disk": ("SuggestLabels", pb.SuggestRequest(paths=["/"]), invalid),
