@@ -7,10 +7,12 @@ producer can act on; nothing else escapes, so one bad file never stops the daemo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
 import re
+from collections.abc import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -80,7 +82,7 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
     those are silent, the duration_s from the first sound in the next LOOK_AHEAD_S."""
     check_readable(path)
     try:
-        with sf.SoundFile(os.fsencode(path)) as f:  # bytes: a name that is not UTF-8 opens too
+        with _sound_file(path) as f:
             _check_not_truncated(f)
             native_sr = f.samplerate
             frames = math.ceil(params.duration_s * native_sr)
@@ -107,6 +109,22 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
         # scaled to their own peak, so that floor looked like a hi-hat (0.74) to the model
         return np.zeros((params.channels, params.n_samples), np.float32)
     return fit(audio, native_sr, params, peak)
+
+
+LIBSNDFILE_NAME_MAX = 1000  # bytes of a file name libsndfile opens itself ("Supplied filename too long": 1024)
+
+
+@contextlib.contextmanager
+def _sound_file(path: str) -> Iterator[sf.SoundFile]:
+    """libsndfile opens the file by its name, given as bytes (a name that is not UTF-8 opens too); a longer
+    name than it takes (a deep folder of long pack names: the system allows 4096) through a file object."""
+    name = os.fsencode(path)
+    if len(name) < LIBSNDFILE_NAME_MAX:
+        with sf.SoundFile(name) as f:
+            yield f
+        return
+    with open(name, "rb") as raw, sf.SoundFile(raw) as f:
+        yield f
 
 
 def _peak(audio: np.ndarray) -> float:

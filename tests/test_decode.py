@@ -231,3 +231,18 @@ def test_opening_seconds_of_dither_or_a_noise_floor_are_silence_and_the_first_so
     assert not decode(str(tmp_path / "late.wav"), SpectrogramParams()).any()
     sf.write(tmp_path / "quiet.wav", tone(440.0, 1.0, amp=10 ** (-50 / 20)), 44100, subtype="PCM_24")
     assert decode(str(tmp_path / "quiet.wav"), SpectrogramParams()).any()  # -50 dBFS is quiet, not silent
+
+
+def test_a_file_whose_path_is_longer_than_libsndfile_takes_is_decoded(tmp_path: Path) -> None:
+    """Packs nest long folder names: libsndfile refused names over ~1024 bytes ("Supplied filename too
+    long"), the system takes 4096."""
+    import os
+    import shutil
+
+    short = write_tone(tmp_path / "kick.wav", 100.0)
+    deep = tmp_path.joinpath(*["Very Long Sample Pack Folder Name " * 6] * 6)
+    deep.mkdir(parents=True)
+    shutil.copyfile(short, deep / "kick 01.wav")
+    assert len(os.fsencode(str(deep / "kick 01.wav"))) > 1100
+    params = SpectrogramParams()
+    assert np.array_equal(decode(str(deep / "kick 01.wav"), params), decode(str(short), params))
