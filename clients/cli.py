@@ -135,11 +135,15 @@ def cmd_tag(args: argparse.Namespace) -> int:
         queue_size=settings.queue_size,
         store_min_score=settings.store_min_score,
     )
-    for n, path in enumerate(files):
-        if reader_gone.is_set():
-            break
-        pipeline.submit(Job(n, path, 0, -1, -1, None))
-    pipeline.wait_idle()
+    try:
+        for n, path in enumerate(files):
+            if reader_gone.is_set():
+                break
+            pipeline.submit(Job(n, path, 0, -1, -1, None))
+        pipeline.wait_idle()
+    except KeyboardInterrupt:  # the threads still in onnxruntime at the exit aborted the process (134, not 130)
+        pipeline.close(drop_queued=True)
+        raise
     pipeline.close()
     bar.close()
     if reader_gone.is_set():
@@ -1226,8 +1230,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except sqlite3.DatabaseError as e:  # damage found mid-query; opening says more (index.IndexDamaged)
         print(f"vibrary: {config.home()}: a database there is damaged ({e})", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt:  # each command has cleaned up on its way out
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        # not through the interpreter's finalisation: a thread of onnxruntime's still at work there aborted
+        # the process (134, "terminate called without an active exception") instead of exiting 130
+        os._exit(130)
 
 
 if __name__ == "__main__":

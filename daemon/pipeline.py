@@ -103,7 +103,17 @@ class Pipeline:
         with self._idle:
             return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
-    def close(self) -> None:
+    def close(self, drop_queued: bool = False) -> None:
+        """Stop once the files in flight are done; `drop_queued`: those not yet read are dropped (Ctrl-C)."""
+        while drop_queued:
+            try:
+                self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            self._slots.release()
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
         for _ in self._workers:
             self._jobs.put(_STOP)
         for t in self._workers:
