@@ -346,6 +346,14 @@ class Index:
         with self.write() as c:
             c.executemany("UPDATE files SET inode = ? WHERE path = ? AND state = 'indexed'", list(items))
 
+    def outside_watches(self) -> list[tuple[str, str]]:
+        """(path, state) of the files no watch holds: those tagged on demand (the Tag call)."""
+        bounds = [under(w) for w in self.watches()]
+        held = " AND ".join("NOT (path >= ? AND path < ?)" for _ in bounds) or "1"
+        args = [bound for pair in bounds for bound in pair]
+        rows = self.conn().execute(f"SELECT path, state FROM files WHERE {held}", args)
+        return [(str(path), str(state)) for path, state in rows]
+
     def remove_paths(self, paths: Iterable[str]) -> list[str]:
         """Drop files (and, for folders, everything under them); returns the file paths dropped."""
         removed: list[str] = []

@@ -119,6 +119,7 @@ class Daemon:
 
     def start(self) -> None:
         self.index.forget_silent_once()
+        self._forget_on_demand_leftovers()
         self.index.requeue_missing(list(self._active))
         self.watcher.start()
         self._feeder.start()
@@ -216,6 +217,15 @@ class Daemon:
                 r.error, r.tags = f"its tags could not be stored: {e}", {}
                 written += self.index.write_results([r], self.settings.store_min_score)
         return written
+
+    def _forget_on_demand_leftovers(self) -> None:
+        """Files tagged on demand outside every watch are looked at by nobody once answered: one deleted
+        since stayed in searches for good, a file that was no audio stayed among the failures. At each start
+        those are forgotten (the others stay, to answer the next Tag call from the cache)."""
+        leftovers = [p for p, state in self.index.outside_watches() if state == "failed" or not os.path.lexists(p)]
+        if leftovers:
+            self.index.remove_paths(leftovers)
+            log.info("forgot %d files tagged on demand outside the watches (deleted, or not audio)", len(leftovers))
 
     def _removed(self, paths: list[str]) -> None:
         self.status_events.changed()

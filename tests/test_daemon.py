@@ -746,3 +746,26 @@ def test_a_linked_files_target_edited_outside_the_watches_is_caught_up_by_the_re
         wait_for(lambda: _best(d.client, str(library / "linked.wav")) == ("indexed", "high"), timeout=30)
     finally:
         d.stop()
+
+
+def test_files_tagged_on_demand_that_are_gone_or_no_audio_are_forgotten_at_the_next_start(
+    model_home: Path, tmp_path: Path
+) -> None:
+    """Nothing watches a file tagged through the Tag call outside the watches: deleted, it stayed in
+    searches for good; a text file stayed among the failures. A file still there keeps its tags."""
+    kept = write_tone(tmp_path / "loose" / "kept.wav", BANDS["low"])
+    deleted = write_tone(tmp_path / "loose" / "deleted.wav", BANDS["low"])
+    (tmp_path / "loose" / "notes.wav").write_text("not audio")
+    d = start_daemon(model_home)
+    try:
+        paths = [str(kept), str(deleted), str(tmp_path / "loose" / "notes.wav")]
+        assert [r.state for r in d.client.tag(paths)] == ["indexed", "indexed", "failed"]
+    finally:
+        d.stop()
+    deleted.unlink()
+    d = start_daemon(model_home)
+    try:
+        assert {f.path for f in d.client.search([["low"]])} == {str(kept)}
+        assert d.client.status().failed == 0
+    finally:
+        d.stop()
