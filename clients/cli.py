@@ -1215,21 +1215,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor one when Python flushes at exit
         return 141  # 128 + SIGPIPE, what a shell reports for a writer cut short
     except UsageError as e:
-        print(f"vibrary: {e}", file=sys.stderr)
-        return 2
+        return _failed(args, str(e), 2)
     except UnicodeEncodeError as e:  # a path from an old archive, passed on to the daemon or the index
         name = e.object if isinstance(e.object, str) else ""
-        print(f"vibrary: {os.fsencode(name)!r} is not valid UTF-8: rename it to use it here", file=sys.stderr)
-        return 1
+        return _failed(args, f"{os.fsencode(name)!r} is not valid UTF-8: rename it to use it here")
     except (CommandError, DaemonNotRunning, DaemonError, ModelError, ValueError, OSError) as e:
-        print(f"vibrary: {e}", file=sys.stderr)
-        return 1
+        return _failed(args, str(e))
     except sqlite3.OperationalError as e:  # locked by another process, a full disk: not damage
-        print(f"vibrary: {config.home()}: {e}", file=sys.stderr)
-        return 1
+        return _failed(args, f"{config.home()}: {e}")
     except sqlite3.DatabaseError as e:  # damage found mid-query; opening says more (index.IndexDamaged)
-        print(f"vibrary: {config.home()}: a database there is damaged ({e})", file=sys.stderr)
-        return 1
+        return _failed(args, f"{config.home()}: a database there is damaged ({e})")
     except KeyboardInterrupt:  # each command has cleaned up on its way out
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
@@ -1237,6 +1232,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # not through the interpreter's finalisation: a thread of onnxruntime's still at work there aborted
         # the process (134, "terminate called without an active exception") instead of exiting 130
         os._exit(130)
+
+
+def _failed(args: argparse.Namespace, why: str, status: int = 1) -> int:
+    """The command failed: said on stderr, and with --json also as one object on stdout, so that a script
+    reading stdout has a line to read (it had none)."""
+    print(f"vibrary: {why}", file=sys.stderr)
+    if args.json:
+        with contextlib.suppress(OSError):
+            print(json.dumps({"error": why, "exit_status": status}), flush=True)
+    return status
 
 
 if __name__ == "__main__":

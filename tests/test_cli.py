@@ -137,8 +137,10 @@ def test_models_commands(model_home: Path, tmp_path: Path) -> None:
     vibrary("models", "deactivate", "bands", home=model_home)
     none = vibrary("tag", str(write_tone(tmp_path / "a.wav", 100)), home=model_home, check=False)
     assert none.returncode == 1 and "no usable model" in none.stderr
-    missing = vibrary("models", "install", str(tmp_path / "nope.onnx"), home=model_home, check=False)
+    missing = vibrary("models", "install", "--json", str(tmp_path / "nope.onnx"), home=model_home, check=False)
     assert missing.returncode == 1 and f"{tmp_path / 'nope.onnx'}: no such file" in missing.stderr, missing.stderr
+    # with --json a failure is also a line on stdout, for the script that reads only that (it had nothing)
+    assert json_lines(missing.stdout) == [{"error": f"{tmp_path / 'nope.onnx'}: no such file", "exit_status": 1}]
 
 
 @pytest.mark.parametrize(
