@@ -86,8 +86,9 @@ def _index() -> tuple[Index, Any]:
 
 # -- vibrary tag: right here, no daemon ------------------------------------------------------------------
 def cmd_tag(args: argparse.Namespace) -> int:
+    from vibrary.daemon.index import NO_SUCH_PATH
     from vibrary.daemon.pipeline import Pipeline
-    from vibrary.daemon.service import NO_SUCH_PATH, expand, load_models
+    from vibrary.daemon.service import expand, load_models
 
     index, home_dir = _index()
     if args.model:

@@ -166,6 +166,12 @@ class Query:
     best_first: bool = False  # with a limit: the surest matches, best first (Index._best_first)
 
 
+# Errors of files that a model, not the file, failed: read again once the active models change
+# (Index.requeue_model_failures), as the model may be the one deactivated or removed.
+MODEL_FAILED = "model {ref} failed on it: "  # the pipeline: a model raised on the file, or gave NaN scores
+NOT_STORED = "its tags could not be stored: "  # the daemon: the index refused what the models said
+NO_SUCH_PATH = "no such file or folder"  # a path asked for that is not there (nor was, when asked)
+
 # PRAGMA user_version from which silent openings were read past (Index.forget_silent_once).
 _SILENT_OPENINGS_READ = 1
 
@@ -602,8 +608,9 @@ class Index:
         each file changed (a model that gave NaN scores failed a whole library)."""
         with self.write() as c:
             return c.execute(
-                """UPDATE files SET state = 'pending', error = NULL, due = 0, gen = gen + 1 WHERE state = 'failed'
-                   AND (error LIKE 'model % failed on it: %' OR error LIKE 'its tags could not be stored%')"""
+                """UPDATE files SET state = 'pending', error = NULL, due = 0, gen = gen + 1
+                   WHERE state = 'failed' AND (error LIKE ? OR error LIKE ?)""",
+                (MODEL_FAILED.format(ref="%") + "%", NOT_STORED + "%"),
             ).rowcount
 
     def requeue_missing(self, model_ids: Sequence[int]) -> int:
@@ -801,7 +808,7 @@ class Index:
                 .fetchall()
             )
             if not rows:
-                yield FileTags(p, "unknown", "not in the index" if os.path.lexists(p) else "no such file or folder", [])
+                yield FileTags(p, "unknown", "not in the index" if os.path.lexists(p) else NO_SUCH_PATH, [])
             yield from self._with_tags(rows, model_ids)
 
     def _with_tags(self, rows: Sequence[tuple], model_ids: Sequence[int]) -> Iterator[FileTags]:

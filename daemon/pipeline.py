@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 from .cache import SpectrogramCache
 from .decode import DecodeError, FileVanished
 from .features import features, fingerprint
-from .index import Job, Result
+from .index import MODEL_FAILED, Job, Result
 from .infer import Model, ranked_tags
 from .spectrogram import SpectrogramParams
 
@@ -36,10 +36,6 @@ class ActiveModel:
     ref: str
     model: Model
 
-
-# A file a model could not score fails with this: once the active models change, it is read again
-# (Index.requeue_model_failures), as the model may be the one deactivated or removed.
-MODEL_FAILED = "model {ref} failed on it: "
 
 # How long the inference thread waits for a batch to fill while more files are on their way. Each batch
 # is one index transaction and one cache transaction, and files came one or two at a time (0.2-0.3 ms of

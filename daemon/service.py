@@ -37,7 +37,7 @@ from .events import (
     StatusPublisher,
 )
 from .folders import audio_files_under, storable
-from .index import FileTags, Index, ModelRow, Result
+from .index import NO_SUCH_PATH, NOT_STORED, FileTags, Index, ModelRow, Result
 from .infer import Model, ModelError
 from .pipeline import ActiveModel, Pipeline
 from .watch import Watcher
@@ -214,7 +214,7 @@ class Daemon:
             try:
                 written += self.index.write_results([r], self.settings.store_min_score)
             except Exception as e:
-                r.error, r.tags = f"its tags could not be stored: {e}", {}
+                r.error, r.tags = f"{NOT_STORED}{e}", {}
                 written += self.index.write_results([r], self.settings.store_min_score)
         return written
 
@@ -481,9 +481,6 @@ def expand(paths: Sequence[str], going: Callable[[], bool] = lambda: True) -> It
             if f not in seen:
                 seen.add(f)
                 yield f
-
-
-NO_SUCH_PATH = "no such file or folder"  # a path asked for that was not there to begin with (a typo, often)
 
 
 def _say_why_missing(found: FileTags, absent: set[str]) -> FileTags:
