@@ -63,18 +63,29 @@ def _file_line(
     }
 
 
+_CONTROL = {**{c: f"\\x{c:02x}" for c in (*range(32), 127)}, 9: "\\t", 10: "\\n", 13: "\\r"}
+
+
+def _shown(path: str) -> str:
+    """A file name as a person reads it on one line: a newline or tab in a name, which file systems allow,
+    is written as `\\n`, `\\t` (`--json` keeps the name as it is)."""
+    return path.translate(_CONTROL)
+
+
 def _human_file(line: dict[str, Any], state: str = "indexed") -> str:
     """`state`: the index's (pending, indexed …); a file `vibrary tag` read here is indexed."""
     if line["error"]:
-        return f"{line['path']}: ERROR {line['error']}"
+        return f"{_shown(line['path'])}: ERROR {line['error']}"
     by_model: dict[str, list[str]] = {}
     for t in line["tags"]:  # "dark? 0.91": a guess, the file sounds like none of the model's examples
         by_model.setdefault(t["model"], []).append(f"{t['tag']}{'?' if t['unfamiliar'] else ''} {t['score']:.2f}")
     if len(by_model) > 1:  # each model's tags apart: two models can give the same tag
-        return f"{line['path']}: " + "; ".join(f"{model}: {', '.join(tags)}" for model, tags in by_model.items())
+        return f"{_shown(line['path'])}: " + "; ".join(
+            f"{model}: {', '.join(tags)}" for model, tags in by_model.items()
+        )
     # what a file read fine with no tags is; one not read yet has none either
     none = "(no tags: no sound above -70 dBFS in its first minute)" if state == "indexed" else f"({state})"
-    return f"{line['path']}: {', '.join(next(iter(by_model.values()), [none]))}"
+    return f"{_shown(line['path'])}: {', '.join(next(iter(by_model.values()), [none]))}"
 
 
 def _index() -> tuple[Index, Any]:
@@ -239,11 +250,20 @@ def cmd_watch(args: argparse.Namespace) -> int:
     with Client() as c:
         if args.action != "list":
             folder = indexed_path(args.dir)  # as the daemon will hold it
-            covering = [w for w in c.watches() if folder.startswith(under(w)[0])]
-            if args.action == "add" and covering and os.path.isdir(folder):  # harmless, but one more to remove
-                print(
-                    f"vibrary: {folder} is inside {covering[0]}, watched already; added all the same", file=sys.stderr
-                )
+            watches = c.watches()
+            covering = [w for w in watches if folder.startswith(under(w)[0])]
+            inside = [w for w in watches if w.startswith(under(folder)[0])]
+            if args.action == "add" and os.path.isdir(folder):  # harmless, but one more to remove
+                if covering:
+                    print(
+                        f"vibrary: {folder} is inside {covering[0]}, watched already; added all the same",
+                        file=sys.stderr,
+                    )
+                elif inside:
+                    said = f"vibrary: {folder} holds {_many(len(inside), 'watch folder')} already ({', '.join(inside)})"
+                    print(
+                        f"{said}: each file is indexed once; `vibrary watch remove` them if you like", file=sys.stderr
+                    )
             (c.add_watch if args.action == "add" else c.remove_watch)(args.dir)
         found = c.watch_list()
     paths, missing = list(found.paths), list(found.missing)
@@ -297,7 +317,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             human += f"\n  {x.path} → {x.target}: vibrary watch add {shlex.quote(x.target)}"
     if newest:
         obj["recent_failures"] = [{"path": f.path, "error": f.error} for f in newest]
-        human += "\nnewest failures:" + "".join(f"\n  {f.path}: {f.error}" for f in newest)
+        human += "\nnewest failures:" + "".join(f"\n  {_shown(f.path)}: {f.error}" for f in newest)
     if s.HasField("training"):  # the daemon's latest training job (Train RPC), running or how it ended
         from .tray_state import training_line
 
@@ -572,7 +592,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         sources = sorted({f"{s.source} {s.raw!r}" for s in files})
         print(f"{tag:16} {_many(len(files)):>11}, from {', '.join(sources[:3])}{' …' if len(sources) > 3 else ''}")
         for s in files[:3]:
-            print(f"{'':16}   e.g. {s.path}")
+            print(f"{'':16}   e.g. {_shown(s.path)}")
         passed = Counter(alt for s in files for alt in s.alternatives)  # a pack name or mood that lost: check
         if passed:
             print(f"{'':16}   also named: {', '.join(f'{alt} ({_many(n)})' for alt, n in passed.most_common(5))}")
@@ -580,7 +600,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     if missing:
         print(f"no suggestion for {_many(len(missing))}:")
         for s in missing[:20]:
-            print(f"  {s.path}")
+            print(f"  {_shown(s.path)}")
         if len(missing) > 20:
             print(f"  … and {len(missing) - 20} more")
     return 0
@@ -652,7 +672,10 @@ def _examples(args: argparse.Namespace) -> list[Any]:
     found = _suggestions(args.dirs)
     for s in found:
         if not s.tag:
-            print(f"skipped {s.path}: no tag suggested (add a synonym, or put it in a tag folder)", file=sys.stderr)
+            print(
+                f"skipped {_shown(s.path)}: no tag suggested (add a synonym, or put it in a tag folder)",
+                file=sys.stderr,
+            )
     return [dataset.example(s.path, s.tag) for s in found if s.tag]
 
 
