@@ -31,6 +31,19 @@ def test_tag_json_contract(model_home: Path, tmp_path: Path) -> None:
     assert lines["low.wav"]["path"] == str(tmp_path / "kit" / "low.wav")
 
 
+def test_a_newline_in_a_file_name_keeps_the_file_on_one_human_line(model_home: Path, tmp_path: Path) -> None:
+    """A name may hold a newline; printed as it is, it split the file's line in two (--json keeps it)."""
+    write_tone(tmp_path / "kit" / "two\nlines.wav", BANDS["low"])
+    write_tone(tmp_path / "kit" / "plain.wav", BANDS["high"])
+    human = vibrary("tag", str(tmp_path / "kit"), home=model_home).stdout.splitlines()
+    assert len(human) == 2 and any(line.startswith(f"{tmp_path}/kit/two\\nlines.wav: low") for line in human)
+    as_json = json_lines(vibrary("tag", "--json", str(tmp_path / "kit"), home=model_home).stdout)
+    assert {x["path"] for x in as_json} == {
+        str(tmp_path / "kit" / "two\nlines.wav"),
+        str(tmp_path / "kit" / "plain.wav"),
+    }
+
+
 def test_a_file_silent_in_its_opening_seconds_is_tagged_by_its_first_sound(model_home: Path, tmp_path: Path) -> None:
     """A stem that starts after 4 s of digital silence came out with the model's guess for nothing as its
     best tag (stop 22: then with no tags at all, never found); it is tagged by its first sound, a 1.4 kHz
@@ -437,6 +450,48 @@ def test_a_model_whose_tags_read_as_search_syntax_is_refused(
     assert refused.returncode == 1 and "read as search syntax" in refused.stderr, refused.stderr
     with pytest.raises(ValueError, match="words of a search"):
         clean_tag("NOT")  # a folder so named: refused before a training that could not be installed
+
+
+def test_watching_the_folder_above_a_watch_says_so_and_indexes_each_file_once(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """Adding the parent of a watched folder gave no notice (the other way round did)."""
+    for i, band in enumerate(BANDS):
+        write_tone(tmp_path / "lib" / "pack" / f"{band}.wav", BANDS[band])
+        write_tone(tmp_path / "lib" / f"loose_{i}.wav", BANDS[band])
+    vibrary("watch", "add", str(tmp_path / "lib" / "pack"), home=daemon.home)
+    above = vibrary("watch", "add", str(tmp_path / "lib"), home=daemon.home)
+    assert f"{tmp_path / 'lib'} holds 1 watch folder already ({tmp_path / 'lib' / 'pack'})" in above.stderr
+
+    def done() -> dict:
+        status = json_lines(vibrary("status", "--json", home=daemon.home).stdout)[0]
+        return status if status["indexed"] + status["failed"] >= 2 * len(BANDS) and status["pending"] == 0 else {}
+
+    status = wait_for(done, timeout=60, interval=0.3)
+    assert (status["indexed"], status["failed"]) == (2 * len(BANDS), 0)  # type: ignore[index]
+    paths = [f["path"] for f in json_lines(vibrary("tags", "--json", str(tmp_path / "lib"), home=daemon.home).stdout)]
+    assert sorted(paths) == sorted(set(paths)) and len(paths) == 2 * len(BANDS)
+
+
+def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    """The imports take about 0.3 s, and a Ctrl-C in them printed a traceback from inside numpy or grpc.
+    The console script's entry makes them: the interrupt is raised there, as the import of the command line
+    would raise it, here by an import hook so that it lands in the imports every time."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'vibrary.clients.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from vibrary.clients.entry import main\n"
+        "sys.exit(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
 
 
 def test_ctrl_c_during_tag_exits_130_with_whole_lines(model_home: Path, tmp_path: Path) -> None:
