@@ -168,6 +168,7 @@ class Synonyms:
         mine = {_key(alias) for aliases in self.user.values() for alias in aliases}
         self._roles = self.roles - mine  # an alias the user gave a tag means that tag, whatever is beside it
         self._ambiguous = self.ambiguous - mine
+        self._played = {(w,) for w in self.articulations} - mine
         self._drums = {tag for family, members in self.families.items() for tag in (family, *members)}
         self._longest = max(map(len, [*self._phrases, *self.ignored]), default=1)  # however long the user's
         starts = {k[0] for k in self._phrases if len(k) == 1 and len(k[0]) > 3 and k[0].isalpha()}
@@ -312,7 +313,16 @@ class Synonyms:
             or words == m.end - m.start
         ]
         named = any(self.rank(m.tag) == 0 and m.key not in self._roles for m in found)
-        return list(dict.fromkeys(m.tag for m in found if not (named and m.key in self._roles)))
+        after = min((m.end for m in found if self.rank(m.tag) == 0), default=len(written))
+        return list(
+            dict.fromkeys(
+                m.tag
+                for m in found
+                if not (named and m.key in self._roles)
+                # `Kick-Hard`, `Snare_Soft`: after the sound, how it was played (a velocity layer), no mood
+                and not (m.start >= after and self.rank(m.tag) == 1 and m.key in self._played)
+            )
+        )
 
     def by_role(self, text: str, tag: str) -> bool:
         """Whether a text names `tag` only by the part it plays (`808/`: the sub-bass of modern packs, but
@@ -549,7 +559,9 @@ def _choose(
     drums = any(synonyms.is_drum(t) for own, _, _, text in texts if own for t in synonyms.find(text))
     for own, source, raw, text in texts:
         here = synonyms.find(text, drums)
-        tags.extend(here)
+        # a form in a pack's name above (loop, one-shot) is the pack's, not this file's: every one-shot of
+        # `Phat Beats/` was "also named: loop", and a mood folder inside it (`Phat Beats/dark/`) gave no mood
+        tags.extend(t for t in here if own or synonyms.rank(t) < 2 or t in synonyms.families)
         if raw.startswith("genre: ") and not synonyms.only_sounds(text):
             continue
         if not own:

@@ -663,3 +663,18 @@ def test_second_review_of_the_vendor_name_rules(tmp_path: Path) -> None:
     }
     found = {rel: s.tag for rel, s in _library(tmp_path, layout, Synonyms.load(tmp_path)).items()}
     assert found == layout
+
+
+def test_a_velocity_layer_is_no_mood_and_a_pack_name_no_form(tmp_path: Path) -> None:
+    """From a QA session: `Kick-Hard` (a velocity layer) was "also named: aggressive", every one-shot of a
+    `Phat Beats/` pack "also named: loop", and a mood folder in that pack gave no mood."""
+    table = Synonyms.load(tmp_path)
+    layout = ["Phat Beats/Kicks/Kick-Hard.wav", "Phat Beats/Kicks/Kick_01_Soft.wav", "Phat Beats/dark/take 1.wav"]
+    found = _library(tmp_path, [*layout, "Loops/Hard Kick Loop.wav"], table)
+    assert found["Phat Beats/Kicks/Kick-Hard.wav"].alternatives == ()
+    assert found["Phat Beats/Kicks/Kick_01_Soft.wav"].alternatives == ()
+    assert found["Phat Beats/dark/take 1.wav"].tag == "dark"
+    assert set(found["Loops/Hard Kick Loop.wav"].alternatives) == {"aggressive", "loop"}  # before the sound: a mood
+    (tmp_path / "synonyms.json").write_text(json.dumps({"aggressive": ["hard"]}))  # the user's word counts anywhere
+    mine = _library(tmp_path / "again", layout, Synonyms.load(tmp_path))
+    assert mine["Phat Beats/Kicks/Kick-Hard.wav"].alternatives == ("aggressive",)
