@@ -16,13 +16,14 @@ it for the client's `timeout` (a hung or stopped machine) ends it with DaemonErr
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import grpc
 from vibrary.daemon import config
@@ -67,7 +68,13 @@ class Client:
             target = config.unix_target(config.socket_path(home_dir or config.home(create=False)))
         self.target = target
         self.timeout = timeout
-        self._metadata = (("authorization", f"Bearer {check_token(token)}"),) if token else ()
+        try:
+            self._metadata = (("authorization", f"Bearer {check_token(token)}"),) if token else ()
+        except ValueError as e:
+            raise BadArgument(str(e)) from None
+        # paths name files of the daemon's machine: one over TCP resolves them itself (a relative path, a
+        # link, macOS's /tmp → /private/tmp resolved here named another file there, or none)
+        self._local = target.startswith("unix:")
         # a library's suggestions come as one reply (7.5 MB for 40,000 files): gRPC's 4 MB refused them
         self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", REPLY_MAX)])
         self._closed = False
@@ -140,6 +147,19 @@ class Client:
             return DaemonNotRunning(f"no daemon answers at {where}; start it with `vibrary daemon`")
         return DaemonError(code, details or code.name)
 
+    def _path(self, path: str | os.PathLike[str]) -> str:
+        """A path as the index spells it (absolute, links to folders resolved) when the daemon shares this
+        machine; as given when it is reached over TCP. An empty one is refused: abspath made it the current
+        folder, and `add_watch("")` watched wherever the calling program stood."""
+        path = os.fspath(path)
+        if not path:
+            raise BadArgument("an empty path: name a file or folder")
+        return indexed_path(path) if self._local else path
+
+    def _paths(self, paths: Paths) -> list[str]:
+        """One path alone, or several."""
+        return [self._path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+
     # -- calls ---------------------------------------------------------------------------------------
     def is_running(self) -> bool:
         """Whether a daemon answers there; one that refuses this client's token runs all the same."""
@@ -156,10 +176,10 @@ class Client:
         return self._call("GetStatus", pb.GetStatusRequest(), timeout)
 
     def add_watch(self, folder: str) -> list[str]:
-        return list(self._call("AddWatch", pb.WatchRequest(path=indexed_path(folder))).paths)
+        return list(self._call("AddWatch", pb.WatchRequest(path=self._path(folder))).paths)
 
     def remove_watch(self, folder: str) -> list[str]:
-        return list(self._call("RemoveWatch", pb.WatchRequest(path=indexed_path(folder))).paths)
+        return list(self._call("RemoveWatch", pb.WatchRequest(path=self._path(folder))).paths)
 
     def watches(self) -> list[str]:
         return list(self.watch_list().paths)
@@ -194,7 +214,7 @@ class Client:
             all_of=[pb.AnyOf(tags=g) for g in groups],
             none_of=[*excluded, *([none_of] if isinstance(none_of, str) else none_of)],
             min_score=min_score,
-            path_prefix=indexed_path(under) if under else "",
+            path_prefix=self._path(under) if under else "",
             model=model,
             limit=limit,
             best_first=best_first,
@@ -203,7 +223,7 @@ class Client:
 
     def tags(self, paths: Paths, timeout: float | None = None) -> Iterator[pb.FileTags]:
         """What the index holds for these files, or for every file under these folders (one stream)."""
-        return self._stream("GetTags", pb.GetTagsRequest(paths=_indexed(paths)), timeout, idle=True)
+        return self._stream("GetTags", pb.GetTagsRequest(paths=self._paths(paths)), timeout, idle=True)
 
     def counts(self, model: str = "") -> list[pb.TagCount]:
         return list(self._call("CountTags", pb.CountTagsRequest(model=model)).counts)
@@ -211,7 +231,7 @@ class Client:
     def tag(self, paths: Paths, timeout: float = 600.0) -> Iterator[pb.FileTags]:
         """Tag these files (and the files under these folders) first, inside watches or not, and stream
         their results once all are done; DaemonError DEADLINE_EXCEEDED when they take longer than timeout."""
-        return self._stream("Tag", pb.TagRequest(paths=_indexed(paths)), timeout)
+        return self._stream("Tag", pb.TagRequest(paths=self._paths(paths)), timeout)
 
     def events(self) -> Iterator[pb.Event]:
         """The daemon's events as they happen (a status snapshot first), until close() or until the
@@ -240,8 +260,8 @@ class Client:
         return list(self._stream("ListFailed", pb.ListFailedRequest(limit=limit), self.timeout))
 
     # -- your own tags -------------------------------------------------------------------------------
-    def suggest(self, paths: Sequence[str], timeout: float = 600.0) -> pb.Suggestions:
-        return self._call("SuggestLabels", pb.SuggestRequest(paths=[os.path.abspath(p) for p in paths]), timeout)
+    def suggest(self, paths: Paths, timeout: float = 600.0) -> pb.Suggestions:
+        return self._call("SuggestLabels", pb.SuggestRequest(paths=self._paths(paths)), timeout)
 
     def synonyms(self) -> list[pb.Synonym]:
         return list(self._call("ListSynonyms", pb.ListSynonymsRequest()).synonyms)
@@ -254,7 +274,7 @@ class Client:
         self, name: str, files: Sequence[tuple[str, str]], timeout: float | None = None, add: bool = False
     ) -> Iterator[pb.DatasetProgress]:
         """Progress messages; the last one carries the dataset (and, with `add`, how many clips joined it)."""
-        labelled = [pb.LabelledFile(path=os.path.abspath(p), tag=t) for p, t in files]
+        labelled = [pb.LabelledFile(path=self._path(p), tag=t) for p, t in files]
         return self._stream("CreateDataset", pb.CreateDatasetRequest(name=name, files=labelled, add=add), timeout)
 
     def edit_dataset(
@@ -268,7 +288,7 @@ class Client:
             name=name,
             rename=[pb.EditDatasetRequest.Rename(tag=a, to=b) for a, b in rename],
             drop=list(drop),
-            relabel=[pb.LabelledFile(path=os.path.abspath(p), tag=t) for p, t in relabel],
+            relabel=[pb.LabelledFile(path=self._path(p), tag=t) for p, t in relabel],
         )
         return self._call("EditDataset", request)
 
@@ -345,12 +365,6 @@ class _Quiet:
         self._done.set()
 
 
-def _indexed(paths: Paths) -> list[str]:
-    """The paths as the index spells them (absolute, normalised); one path may come alone."""
-    many = [paths] if isinstance(paths, (str, os.PathLike)) else paths
-    return [indexed_path(os.fspath(p)) for p in many]
-
-
 def _model_ref(name: str, version: int) -> pb.ModelRef:
     """NAME@VERSION as status() and events name models, or NAME and a version apart, read as the CLI reads
     it (`NAME@0` and `NAME@`, an empty variable in a script, must not mean the newest)."""
@@ -363,3 +377,28 @@ def _model_ref(name: str, version: int) -> pb.ModelRef:
     except ValueError as e:
         raise BadArgument(str(e)) from None
     return pb.ModelRef(name=named, version=number)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _refusing_bad_values(method: Callable[P, R]) -> Callable[P, R]:
+    """protobuf's own checks (a limit past 2**32, a number where a string goes) raised its ValueError or
+    TypeError, which the module's promise, "everything it raises is a VibraryError", did not cover."""
+
+    @functools.wraps(method)
+    def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except VibraryError:
+            raise
+        except (ValueError, TypeError) as e:
+            raise BadArgument(str(e)) from None
+
+    return checked
+
+
+for _name, _method in list(vars(Client).items()):
+    if callable(_method) and not _name.startswith("_"):
+        setattr(Client, _name, _refusing_bad_values(_method))

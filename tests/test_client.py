@@ -140,6 +140,25 @@ def test_searches_as_people_type_them_and_tags_as_strings(daemon: DaemonProcess,
     assert parse_query("Snare OR clap dark") == ([["snare", "clap"], ["dark"]], [])
 
 
+def test_what_the_client_refuses_is_a_bad_argument_before_anything_is_sent(
+    daemon: DaemonProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`add_watch("")` watched the calling program's current folder (abspath of ""), and protobuf's own range
+    checks raised its ValueError, not the library's; suggest() read a lone path letter by letter."""
+    c = daemon.client
+    monkeypatch.chdir(tmp_path)
+    for call in (lambda: c.add_watch(""), lambda: list(c.tag([""])), lambda: c.suggest(["", str(tmp_path)])):
+        with pytest.raises(BadArgument, match="empty path"):
+            call()
+    assert c.watches() == []
+    with pytest.raises(BadArgument, match="out of range"):
+        list(c.search("low", limit=2**40))
+    with pytest.raises(BadArgument):
+        c.deactivate("bands", 2**31)
+    write_tone(tmp_path / "kit" / "Kicks" / "kick_01.wav", 60)
+    assert [s.tag for s in c.suggest(str(tmp_path / "kit")).files] == ["kick"]
+
+
 def test_models_are_named_as_status_names_them(daemon: DaemonProcess) -> None:
     """status() and events name a model NAME@VERSION; handing that back to activate() was refused."""
     (ref,) = daemon.client.status().models

@@ -23,7 +23,7 @@ import pytest
 import soundfile as sf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from vibrary.clients.client import Client, DaemonError
+from vibrary.clients.client import BadArgument, Client, DaemonError
 from vibrary.daemon import config
 from vibrary.daemon.events import MODEL_CHANGED
 from vibrary.daemon.index import Index
@@ -535,6 +535,11 @@ def test_tcp_only_when_asked_and_only_with_the_token(model_home: Path) -> None:
     try:
         with Client(f"127.0.0.1:{port}", token="s3cret") as good:
             assert list(good.status().models) == ["bands@1"]
+            with pytest.raises(DaemonError, match="absolute") as relative:  # not resolved where the client runs
+                good.add_watch("samples")
+            assert relative.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(BadArgument, match="printable ASCII"):
+            Client(f"127.0.0.1:{port}", token="s3cret\n")
         for token in ("", "wrong"):
             with Client(f"127.0.0.1:{port}", token=token) as bad:
                 assert bad.is_running()  # it runs: it only refuses this client
