@@ -330,6 +330,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "epoch": t.epoch,
             "epochs": t.epochs,
             "val_accuracy": round(t.val_accuracy, 4),
+            "accuracy_of": t.accuracy_of,  # once installed
             "error": t.error,
         }
         human += f"\n{training_line(t)}{f' ({t.error})' if t.error else ''}"
@@ -760,7 +761,7 @@ def cmd_synonyms(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vibrary.daemon.training import TrainingError, TrainProgress, check_request, train
+    from vibrary.daemon.training import OWN_CLIPS, TrainingError, TrainProgress, check_request, train
 
     options = {"epochs": args.epochs, "seed": args.seed}
     try:  # `--name "My Model"`, `--trainer lcoal`: refused as argparse refuses (exit 2), before any advice
@@ -858,16 +859,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         for bar in bars.values():
             bar.close()
     row = trained.row
-    nothing_held_out = trained.summary.get("val_clips") == 0  # a small dataset trains on every clip
-    accuracy = float(trained.summary.get("train_accuracy", trained.val_accuracy))  # an older trainer: none
+    nothing_held_out = trained.accuracy_of == OWN_CLIPS
+    accuracy = trained.val_accuracy
     obj = {
         "model": row.name,
         "version": row.version,
         "classes": list(row.classes),
         # a number, as shared/interfaces.md has it (null broke scripts that read it as one); when no clip was
         # held out, the accuracy on the clips it learned from, and `accuracy_of` says so
-        "val_accuracy": round(accuracy if nothing_held_out else trained.val_accuracy, 4),
-        "accuracy_of": "training clips (none held out)" if nothing_held_out else "held-out clips",
+        "val_accuracy": round(accuracy, 4),
+        "accuracy_of": trained.accuracy_of,
         "val_clips": trained.summary.get("val_clips"),
         "seconds": round(trained.seconds, 1),
         "plots": trained.plots,

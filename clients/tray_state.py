@@ -111,7 +111,9 @@ def errors_seen(state: TrayState) -> TrayState:
 def _training_notice(t: pb.TrainProgress) -> Notice:
     name = t.model or t.dataset or "your model"
     if t.state == TP.SUCCEEDED:
-        accuracy = f", validation accuracy {t.val_accuracy:.0%}" if t.val_accuracy else ""
+        # "training clips (none held out)" for a small dataset: its figure is no validation accuracy
+        of = t.accuracy_of or "held-out clips"
+        accuracy = f", right on {t.val_accuracy:.0%} of the {of}" if t.val_accuracy else ""
         return Notice("Training finished", f"{name} is trained and installed{accuracy}.")
     if t.state == TP.CANCELLED:
         return Notice("Training cancelled", f"Training of {name} was cancelled.")

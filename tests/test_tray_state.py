@@ -110,7 +110,7 @@ def test_training_progress_finish_and_install_notifications() -> None:
         changed(indexed=8),
     )
     assert notices == [
-        ts.Notice("Training finished", "mytags@2 is trained and installed, validation accuracy 88%."),
+        ts.Notice("Training finished", "mytags@2 is trained and installed, right on 88% of the held-out clips."),
         ts.Notice("Model installed", "mytags@2 is installed and tags your library now."),
     ]
     assert ts.view(state).icon == ts.Icon.IDLE

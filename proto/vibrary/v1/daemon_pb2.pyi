@@ -1197,6 +1197,8 @@ class TrainProgress(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     CLASSES_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
+    ACCURACY_OF_FIELD_NUMBER: _builtins.int
+    PLOTS_FIELD_NUMBER: _builtins.int
     state: Global___TrainProgress.State.ValueType
     dataset: _builtins.str
     model: _builtins.str
@@ -1212,8 +1214,16 @@ class TrainProgress(_message.Message):
     message: _builtins.str
     """a line for people: cost estimate, advice, what happens now"""
     seconds: _builtins.float
+    accuracy_of: _builtins.str
+    """what val_accuracy was measured on once the model is installed: "held-out clips", or "training clips
+    (none held out)" when a small dataset trained on every clip
+    """
     @_builtins.property
     def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def plots(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the installed model's learning curve and confusion matrix (PNG files)"""
+
     def __init__(
         self,
         *,
@@ -1231,10 +1241,12 @@ class TrainProgress(_message.Message):
         message: _builtins.str = ...,
         classes: _abc.Iterable[_builtins.str] | None = ...,
         seconds: _builtins.float = ...,
+        accuracy_of: _builtins.str = ...,
+        plots: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "dataset", b"dataset", "epoch", b"epoch", "epochs", b"epochs", "error", b"error", "eta_s", b"eta_s", "loss", b"loss", "message", b"message", "model", b"model", "seconds", b"seconds", "state", b"state", "upload_bytes", b"upload_bytes", "uploaded_bytes", b"uploaded_bytes", "val_accuracy", b"val_accuracy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_of", b"accuracy_of", "classes", b"classes", "dataset", b"dataset", "epoch", b"epoch", "epochs", b"epochs", "error", b"error", "eta_s", b"eta_s", "loss", b"loss", "message", b"message", "model", b"model", "plots", b"plots", "seconds", b"seconds", "state", b"state", "upload_bytes", b"upload_bytes", "uploaded_bytes", b"uploaded_bytes", "val_accuracy", b"val_accuracy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
