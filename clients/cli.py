@@ -104,7 +104,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     index, home_dir = _index()
     if args.model:
         try:
-            rows = [index.model(*parse_ref(ref)) for ref in args.model]
+            rows = [index.model(*parse_ref(ref), active_first=True) for ref in args.model]
         except (KeyError, ValueError) as e:
             raise CommandError(str(e.args[0])) from None
     else:
@@ -1077,7 +1077,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tag", parents=[common], help="tag files and folders now, without the daemon")
     p.add_argument("paths", nargs="+", metavar="PATH", type=_path)
     p.add_argument(
-        "--model", action="append", type=_model_ref, metavar="NAME[@VERSION]", help="use this model (repeatable)"
+        "--model",
+        action="append",
+        type=_model_ref,
+        metavar="NAME[@VERSION]",
+        help="use this model: its active version, or VERSION (repeatable)",
     )
     p.add_argument("--top", type=_count, default=3, metavar="K", help="at most K tags per model (default 3)")
     p.set_defaults(func=cmd_tag)

@@ -90,6 +90,8 @@ def test_tag_with_a_named_model_and_top(model_home: Path, tmp_path: Path) -> Non
     v2 = json_lines(vibrary("tag", "--json", "--model", "bands@2", str(clip), home=model_home).stdout)[0]
     assert [t["tag"] for t in v1["tags"]] == ["low"]
     assert v2["tags"][0]["tag"] == "mid"
+    named = json_lines(vibrary("tag", "--json", "--model", "bands", str(clip), home=model_home).stdout)[0]
+    assert named["tags"][0]["tag"] == "low"  # the active version (1), not the newest (2): a rollback stands
     bad = vibrary("tag", "--model", "nope", str(clip), home=model_home, check=False)
     assert bad.returncode == 1 and "no model nope" in bad.stderr
 
