@@ -169,9 +169,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from vibrary.daemon.service import AlreadyRunning, Daemon
 
     os.umask(0o077)
+    if args.action == "stop":  # a mistyped VIBRARY_HOME is no daemon to stop, and no home to make
+        return _stop_daemon(args, config.home(create=False))
     home_dir = config.home()
-    if args.action == "stop":
-        return _stop_daemon(args, home_dir)
+    logging.raiseExceptions = False  # a log that cannot be written (a full disk) must not print a traceback a line
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -296,6 +297,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "unfollowed_links": [{"path": x.path, "target": x.target} for x in s.unfollowed_links],
         "home": s.home,
         "paused": s.paused,
+        "stalled": s.stalled,  # why indexing waits: the index cannot be written (a full disk)
         # since the daemon started: read from audio, from cached spectrograms, content already tagged
         "decoded": s.decoded,
         "from_cache": s.from_cache,
@@ -306,6 +308,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"models: {', '.join(s.models) or 'none'}\nwatching: {', '.join(s.watches) or 'nothing'}\n"
         f"since it started: {s.decoded} decoded, {s.from_cache} from cached spectrograms, {s.reused} already tagged"
     )
+    if s.stalled:
+        human += f"\nINDEXING WAITS: {s.stalled}"
     for ref in s.unusable_models:
         human += f"\nmodel {ref} tags nothing: {UNUSABLE.format(ref=ref)}"
     if s.missing_watches:

@@ -59,6 +59,9 @@ class TrainingBusy(dataset.Busy):
     """A training job is already running: one at a time, a second would only halve the speed of both."""
 
 
+STALL_RETRY_S = 30.0  # how often a daemon whose index cannot be written tries again
+
+
 def load_models(index: Index, rows: Sequence | None = None) -> list[ActiveModel]:
     """onnxruntime sessions for the given model rows (default: the active ones); a model file that has
     gone bad is logged and skipped rather than stopping every other model. One thread each: the
@@ -109,6 +112,8 @@ class Daemon:
         self._models_lock = threading.Lock()
         self._watches_lock = threading.Lock()  # the watcher and the index change together (add_watch)
         self._paused = threading.Event()
+        self.stalled = ""  # why the index cannot be written now (a full disk), while files wait for it
+        self._stalled_until = 0.0
         if config.paused_path(home_dir).exists():
             self._paused.set()
         self.status_events = StatusPublisher(self.events, self.status)
@@ -156,7 +161,8 @@ class Daemon:
                 with self._in_flight_lock:
                     skip = set(self._in_flight)
                 room = self.settings.queue_size - len(skip)
-                paused = self._paused.is_set()  # the watcher still records changes; nothing is read
+                # paused, or the index cannot be written: the watcher still records changes; nothing is read
+                paused = self._paused.is_set() or time.monotonic() < self._stalled_until
                 now = time.time()
                 jobs = self.index.due_jobs(room, skip, now) if room > 0 and not paused else []
                 for job in jobs:
@@ -187,6 +193,13 @@ class Daemon:
     def _store(self, results: list[Result]) -> None:
         try:
             written = self._write(results)
+        except Exception as e:
+            self._stall(e)
+            raise  # the pipeline leaves them pending
+        else:
+            if self.stalled:
+                log.warning("the index can be written again: indexing goes on")
+                self.stalled = ""
         finally:
             with self._in_flight_lock:
                 self._in_flight.difference_update(r.job.id for r in results)
@@ -201,6 +214,15 @@ class Daemon:
                 self.events.publish(Event(FILE_FAILED, FileTags(r.job.path, "failed", r.error, [])))
             else:  # from the index: a copy of known content computed nothing, yet has tags
                 self.events.publish(Event(FILE_TAGGED, next(self.index.file_tags([r.job.path]))))
+
+    def _stall(self, e: Exception) -> None:
+        """Not even a failure could be stored: the index cannot be written (a full disk, a drive gone
+        read-only). The files stay pending, and fed again at once they were decoded again and again, 125 %
+        CPU and megabytes of log a minute, while `status` showed nothing: now they wait, status says why."""
+        why = f"the index in {self.home} cannot be written ({e}); files wait, tried again every {STALL_RETRY_S:g} s"
+        if not self.stalled:
+            log.error("%s", why)
+        self.stalled, self._stalled_until = why, time.monotonic() + STALL_RETRY_S
 
     def _write(self, results: list[Result]) -> list[Result]:
         """A batch in one transaction; when that fails, file by file, and a file whose tags cannot be
@@ -279,6 +301,7 @@ class Daemon:
             "unfollowed_links": self.watcher.unfollowed_links,
             "home": str(self.home),
             "paused": self.paused,
+            "stalled": self.stalled,
             "training": self.training.progress if self.training is not None else None,
             "uptime_s": time.time() - self.started,
             "version": VERSION,

@@ -522,3 +522,10 @@ def test_ctrl_c_during_tag_exits_130_with_whole_lines(model_home: Path, tmp_path
         assert proc.wait(timeout=60) == 130
         lines = json_lines(first + rest)
         assert 1 <= len(lines) < 120 and all(line["tags"] for line in lines)
+
+
+def test_stopping_a_daemon_of_a_mistyped_home_makes_no_home(tmp_path: Path) -> None:
+    """`vibrary daemon stop` made the folder VIBRARY_HOME named (a relative one inside a sample pack)."""
+    typo = tmp_path / "no-such-home"
+    stopped = vibrary("daemon", "stop", home=typo, check=False)
+    assert stopped.returncode == 1 and "no daemon is running" in stopped.stderr and not typo.exists()

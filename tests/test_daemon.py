@@ -9,6 +9,7 @@ import queue
 import shutil
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -772,5 +773,41 @@ def test_files_tagged_on_demand_that_are_gone_or_no_audio_are_forgotten_at_the_n
     try:
         assert {f.path for f in d.client.search([["low"]])} == {str(kept)}
         assert d.client.status().failed == 0
+    finally:
+        d.stop()
+
+
+def test_an_index_that_cannot_be_written_makes_files_wait_and_status_say_why(
+    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk under the home (found by a QA session on a tiny tmpfs): no result could be stored, not
+    even as a failure, so the files stayed pending and were fed again at once, decoded again and again at
+    125 % CPU, megabytes of log a minute, while `status` said nothing. Here SQLite refuses every insert of
+    the thread that stores results (its authorizer; a full disk cannot be made without root): files wait,
+    status says why, and nothing is decoded again meanwhile."""
+    from vibrary.daemon import service
+
+    real_conn = Index.conn
+
+    def full_for_results(self: Index) -> sqlite3.Connection:
+        fresh = getattr(self._local, "conn", None) is None
+        c = real_conn(self)
+        if fresh and threading.current_thread().name == "infer":  # SQLite's answer when a write needs a page
+            c.set_authorizer(lambda action, *_: sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_INSERT else 0)
+        return c
+
+    monkeypatch.setattr(Index, "conn", full_for_results)
+    for i in range(6):
+        write_tone(tmp_path / "lib" / f"{i}.wav", 200 + 100 * i, seconds=1.0)
+    d = service.Daemon(model_home, service.config.Settings(nice=0, settle_s=0.1))
+    d.start()
+    try:
+        d.add_watch(str(tmp_path / "lib"))
+        assert wait_for(lambda: d.status()["stalled"], timeout=60)
+        assert "cannot be written (not authorized)" in str(d.status()["stalled"])
+        read = dict(d.pipeline.counters)
+        time.sleep(3.0)
+        assert d.pipeline.counters == read and sum(read.values()) <= 6  # waiting, not reading them again
+        assert d.status()["pending"] == 6 and d.status()["failed"] == 0
     finally:
         d.stop()

@@ -55,6 +55,7 @@ class Status(_message.Message):
     MISSING_WATCHES_FIELD_NUMBER: _builtins.int
     UNUSABLE_MODELS_FIELD_NUMBER: _builtins.int
     UNFOLLOWED_LINKS_FIELD_NUMBER: _builtins.int
+    STALLED_FIELD_NUMBER: _builtins.int
     indexed: _builtins.int
     pending: _builtins.int
     failed: _builtins.int
@@ -70,6 +71,10 @@ class Status(_message.Message):
     from_cache: _builtins.int
     reused: _builtins.int
     paused: _builtins.bool
+    stalled: _builtins.str
+    """Why indexing waits though not paused: the index cannot be written (its disk is full, or read-only).
+    Empty when it does not. Files stay pending, and are tried again every 30 s.
+    """
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """active models at work, as NAME@VERSION"""
@@ -116,10 +121,11 @@ class Status(_message.Message):
         missing_watches: _abc.Iterable[_builtins.str] | None = ...,
         unusable_models: _abc.Iterable[_builtins.str] | None = ...,
         unfollowed_links: _abc.Iterable[Global___Link] | None = ...,
+        stalled: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "reused", b"reused", "training", b"training", "unfollowed_links", b"unfollowed_links", "unusable_models", b"unusable_models", "uptime_s", b"uptime_s", "version", b"version", "watches", b"watches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "reused", b"reused", "stalled", b"stalled", "training", b"training", "unfollowed_links", b"unfollowed_links", "unusable_models", b"unusable_models", "uptime_s", b"uptime_s", "version", b"version", "watches", b"watches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
