@@ -75,6 +75,13 @@ def test_paused_shows_what_waits_and_offers_resume() -> None:
     assert v.icon == ts.Icon.INDEXING and menu(v)["pause"].text == "Pause indexing"
 
 
+def test_an_index_that_cannot_be_written_shows_as_an_error_with_why() -> None:
+    why = "the index in /h cannot be written (database or disk is full); files wait, tried again every 30 s"
+    state, _ = feed(ts.TrayState(), changed(indexed=3, pending=4, stalled=why))
+    v = ts.view(state)
+    assert (v.icon, v.tooltip.splitlines()[0]) == (ts.Icon.ERROR, f"Vibrary: indexing waits: {why}")
+
+
 def test_new_failures_show_as_error_until_looked_at() -> None:
     state, _ = feed(ts.TrayState(), changed(indexed=5, failed=2))
     assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 2 new files could not be read"
