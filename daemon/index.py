@@ -164,6 +164,9 @@ class Query:
     model: str = ""
     limit: int = 0
     best_first: bool = False  # with a limit: the surest matches, best first (Index._best_first)
+    # folders whose files are left out: watch folders not there now (moved, unmounted), whose files stay
+    # indexed under paths that cannot be opened (a moved pack, watched again where it is, came up twice)
+    hidden: Sequence[str] = ()
 
 
 # Errors of files that a model, not the file, failed: read again once the active models change
@@ -836,18 +839,28 @@ class Index:
                 unfamiliar = frozenset(m for m, _, _ in tags) - hit_by.get(content_id, set())
                 yield FileTags(path, state, error, tags, unfamiliar)
 
-    def tag_counts(self, model: str = "") -> list[tuple[str, str, int]]:
-        """(model, tag, files) for every tag that some indexed file has."""
+    def tag_counts(self, model: str = "", hidden: Sequence[str] = ()) -> list[tuple[str, str, int]]:
+        """(model, tag, files) for every tag that some indexed file has; `hidden` as in Query."""
+        args: list[object] = [model, model]
         rows = self.conn().execute(
-            """SELECT m.name, v.tag, count(*) FROM files f
+            f"""SELECT m.name, v.tag, count(*) FROM files f
                JOIN tags t ON t.content_id = f.content_id AND t.hit = 1
                JOIN models m ON m.id = t.model_id AND m.active = 1
                JOIN vocab v ON v.id = t.tag_id
-               WHERE f.state != 'failed' AND (? = '' OR m.name = ?)
+               WHERE f.state != 'failed' AND (? = '' OR m.name = ?){"".join(_outside(hidden, args))}
                GROUP BY m.name, v.tag ORDER BY count(*) DESC, v.tag""",
-            (model, model),
+            args,
         )
         return [(m, t, int(n)) for m, t, n in rows]
+
+
+def _outside(folders: Sequence[str], args: list[object]) -> list[str]:
+    """` AND ` conditions that leave out the files under these folders (their bounds appended to args)."""
+    conditions = []
+    for folder in folders:
+        conditions.append(" AND NOT (f.path >= ? AND f.path < ?)")
+        args.extend(under(folder))
+    return conditions
 
 
 def _search_sql(
@@ -887,6 +900,7 @@ def _search_sql(
         lo, hi = under(q.path_prefix)
         where.append("f.path >= ? AND f.path < ?")
         args.extend([lo, hi])
+    where.extend(condition.removeprefix(" AND ") for condition in _outside(q.hidden, args))
     sql = f"SELECT DISTINCT f.path, f.content_id, f.state, f.error FROM {source} WHERE {' AND '.join(where)}"
     if q.limit > 0:
         sql += " LIMIT ?"

@@ -163,6 +163,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             request.model,
             request.limit,
             request.best_first,
+            sorted(self.daemon.watcher.missing),  # files that cannot be opened now: no use in a DAW
         )
         for found in self.daemon.index.search(query):
             if not context.is_active():
@@ -190,7 +191,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
 
     def CountTags(self, request: pb.CountTagsRequest, context: grpc.ServicerContext) -> pb.TagCounts:
         self._check_model_name(request.model, context)
-        counts = self.daemon.index.tag_counts(request.model)
+        counts = self.daemon.index.tag_counts(request.model, sorted(self.daemon.watcher.missing))
         return pb.TagCounts(counts=[pb.TagCount(model=m, tag=t, files=n) for m, t, n in counts])
 
     def Tag(self, request: pb.TagRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:

@@ -365,7 +365,8 @@ def test_a_watch_folder_replaced_by_a_link_while_running_is_followed_to_where_it
 def test_a_renamed_watch_folder_is_reported_missing_and_re_pointed_without_analysis(
     daemon: DaemonProcess, tmp_path: Path
 ) -> None:
-    """Its files stay under their old paths in the index; the user used to learn of it only from the log."""
+    """Its files stay under their old paths in the index (a drive unmounted comes back), out of searches and
+    counts while it is missing; the user used to learn of it only from the log."""
     library = tmp_path / "Samples"
     library.mkdir()
     daemon.client.add_watch(str(library))
@@ -377,8 +378,14 @@ def test_a_renamed_watch_folder_is_reported_missing_and_re_pointed_without_analy
     assert line == {"watches": [str(library)], "missing": [str(library)]}
     assert "missing: moved, renamed or unmounted?" in vibrary("watch", "list", home=daemon.home).stdout
     decoded = daemon.client.status().decoded
+    moved = tmp_path / "Samples 2024"
+    daemon.client.add_watch(str(moved))  # watched where it is now, the old watch not removed (yet)
+    wait_for(lambda: _indexed(daemon.client, 6))
+    # the files under the missing watch cannot be opened: a search or a count that showed them twice, once
+    # at a dead path, gave a producer results a DAW could not load
+    assert [f.path for f in daemon.client.search("low")] == [str(moved / "low_0.wav")]
+    assert {(c.tag, c.files) for c in daemon.client.counts()} == {("low", 1), ("mid", 1), ("high", 1)}
     daemon.client.remove_watch(str(library))
-    daemon.client.add_watch(str(tmp_path / "Samples 2024"))
     wait_for(lambda: _indexed(daemon.client, 3))
     status = daemon.client.status()
     assert status.decoded == decoded and list(status.missing_watches) == []

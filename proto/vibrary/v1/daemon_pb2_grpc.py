@@ -190,7 +190,8 @@ class DaemonServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Search(self, request, context):
-        """Files whose tags match the query, streamed so a huge result set never sits in memory.
+        """Files whose tags match the query, streamed so a huge result set never sits in memory. Files under a
+        watch folder that is not there now (Status.missing_watches) are left out, here and in CountTags.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
