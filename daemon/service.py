@@ -60,6 +60,8 @@ class TrainingBusy(dataset.Busy):
 
 
 STALL_RETRY_S = 30.0  # how often a daemon whose index cannot be written tries again
+NO_MODEL = "no usable active model: `vibrary models` lists them, `models activate NAME` picks one"
+NO_MODEL_WAITS = f"{NO_MODEL}; files wait for one"
 
 
 def load_models(index: Index, rows: Sequence | None = None) -> list[ActiveModel]:
@@ -161,8 +163,10 @@ class Daemon:
                 with self._in_flight_lock:
                     skip = set(self._in_flight)
                 room = self.settings.queue_size - len(skip)
-                # paused, or the index cannot be written: the watcher still records changes; nothing is read
-                paused = self._paused.is_set() or time.monotonic() < self._stalled_until
+                # paused, the index cannot be written, or no model to tag with: the watcher still records
+                # changes; nothing is read (with no model, files were stored as read with no tags, and said
+                # to be silent)
+                paused = self._paused.is_set() or time.monotonic() < self._stalled_until or not self.pipeline.models
                 now = time.time()
                 jobs = self.index.due_jobs(room, skip, now) if room > 0 and not paused else []
                 for job in jobs:
@@ -301,7 +305,7 @@ class Daemon:
             "unfollowed_links": self.watcher.unfollowed_links,
             "home": str(self.home),
             "paused": self.paused,
-            "stalled": self.stalled,
+            "stalled": self.stalled or ("" if self.pipeline.models else NO_MODEL_WAITS),
             "training": self.training.progress if self.training is not None else None,
             "uptime_s": time.time() - self.started,
             "version": VERSION,
@@ -350,7 +354,7 @@ class Daemon:
         results, from the models active now (a `vibrary models` change is otherwise followed within a second)."""
         self._follow_models()
         if not self.pipeline.models:  # the files would come back "indexed" with no tags, and stay so
-            raise NoModel("no usable active model: `vibrary models` lists them, `models activate NAME` picks one")
+            raise NoModel(NO_MODEL)
 
         def going() -> bool:  # a folder as big as /usr takes a while: the caller may not wait for it
             return wanted() and time.time() < deadline

@@ -292,6 +292,24 @@ def test_tag_calls_on_one_file_at_once_all_get_its_tags_and_prefixes_are_normali
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "no usable active model" in str(err.value)
 
 
+def test_with_no_active_model_new_files_wait_and_status_says_why(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """With every model deactivated a dropped file was stored as read with no tags, and `vibrary tags` said
+    it had no sound (a loud cowbell, in a QA session): it waits now, and is tagged once a model is back."""
+    library = tmp_path / "library"
+    library.mkdir()
+    daemon.client.add_watch(str(library))
+    daemon.client.deactivate("bands")
+    wait_for(lambda: "no usable active model" in daemon.client.status().stalled, timeout=10)
+    clip = write_tone(library / "loud.wav", BANDS["high"])
+    wait_for(lambda: daemon.client.status().pending == 1, timeout=10)
+    time.sleep(1.5)  # the feeder follows the models every second: long enough to have read it
+    assert [(f.state, list(f.tags)) for f in daemon.client.tags(str(clip))] == [("pending", [])]
+    assert "(pending)" in vibrary("tags", str(clip), home=daemon.home).stdout
+    daemon.client.activate("bands")
+    wait_for(lambda: _indexed(daemon.client, 1), timeout=20)
+    assert _best(daemon.client, str(clip)) == ("indexed", "high") and daemon.client.status().stalled == ""
+
+
 def test_restart_reconciles_what_changed_while_down(model_home: Path, tmp_path: Path) -> None:
     library = tmp_path / "library"
     library.mkdir()

@@ -72,8 +72,8 @@ class Status(_message.Message):
     reused: _builtins.int
     paused: _builtins.bool
     stalled: _builtins.str
-    """Why indexing waits though not paused: the index cannot be written (its disk is full, or read-only).
-    Empty when it does not. Files stay pending, and are tried again every 30 s.
+    """Why indexing waits though not paused: the index cannot be written (its disk is full, or read-only;
+    tried again every 30 s), or no active model can tag. Empty when it does not. Files stay pending.
     """
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
