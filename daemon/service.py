@@ -303,6 +303,7 @@ class Daemon:
             "watches": self.index.watches(),
             "missing_watches": sorted(self.watcher.missing),
             "unfollowed_links": self.watcher.unfollowed_links,
+            "unnamed_files": self.watcher.unnamed,
             "home": str(self.home),
             "paused": self.paused,
             "stalled": self.stalled or ("" if self.pipeline.models else NO_MODEL_WAITS),
