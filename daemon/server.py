@@ -20,9 +20,10 @@ import grpc
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
-from . import config, dataset, events, suggest, training
+from . import config, dataset, events, registry, suggest, training
 from .folders import indexed_path
 from .index import FileTags, Query
+from .infer import ModelError
 from .rpc import bind, make_server
 from .service import Daemon, NoModel, TooManyFiles, TrainingBusy
 
@@ -442,6 +443,10 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         self._dataset_exists(request.dataset, context)
+        try:  # refused now, as the CLI refuses it: it was a stream that went WAITING, then FAILED, status OK
+            registry.check_not_builtin(self.daemon.index, request.name or request.dataset)
+        except ModelError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{e} (TrainRequest.name)")
         confirmed = request.confirm_cost
         try:
             job = self.daemon.start_training(

@@ -4,6 +4,7 @@ advice on size, the CLI for all of it, and the whole workflow through a real dae
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -261,6 +262,12 @@ def test_a_model_is_not_trained_under_the_built_in_models_name(home: Path, tmp_p
         assert "127.0.0.1:9" not in refused.stderr  # said before any upload
     listed = json_lines(vibrary("models", "list", "--json", home=home).stdout)
     assert [(m["name"], m["version"], m["active"]) for m in listed] == [("demo", 1, True)]
+    d = start_daemon(home)
+    try:  # over the API: refused before a stream starts (it went WAITING, then FAILED, with status OK)
+        for dataset_name, name in (("demo", ""), ("mine", "demo")):
+            assert _code(functools.partial(d.client.train, dataset_name, name=name)) == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        d.stop()
 
 
 def test_a_mistyped_dataset_name_is_answered_with_the_nearest_one_not_told_to_create_it(
