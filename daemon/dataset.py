@@ -534,8 +534,11 @@ def _edit(
     for old, new in rename:
         if done.get(_spelled(old)) == as_held(new):  # `merge noisy Noisy --into hiss`: one tag, named twice
             continue
-        done[_spelled(old)] = new = as_held(new)
+        typed, new = new, as_held(new)
+        done[_spelled(old)] = new
         old = existing(old)
+        if new == old:  # `rename kick kicks`: the same tag as this dataset spells it, which was a silent no-op
+            raise ValueError(f"{typed!r} is {old!r} as this dataset spells it: nothing to rename")
         mapping = {k: (new if v == old else v) for k, v in mapping.items()}
     dropped: set[str] = set()
     for t in drop:

@@ -108,6 +108,9 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
         dataset.edit(home, "mine", drop=["noise", "thump"])
     with pytest.raises(ValueError, match="empty tag"):
         dataset.edit(home, "mine", rename=[("noise", "  ")])
+    for same in ("Noise", "NOISE", "noise"):  # the same tag as spelled here (kick → kicks too): a silent no-op
+        with pytest.raises(ValueError, match=f"'{same}' is 'noise' as this dataset spells it: nothing to rename"):
+            dataset.edit(home, "mine", rename=[("NOISE", same)])
     # spelled as suggestions spell tags: a space or a | could never be searched for
     assert [dataset.label(t) for t in ("Claps & Snaps", "snare|rim", " Lead  Synth")] == [
         "claps-snaps",
