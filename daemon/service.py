@@ -37,7 +37,7 @@ from .events import (
     StatusPublisher,
 )
 from .folders import audio_files_under, storable
-from .index import NO_SUCH_PATH, NOT_STORED, FileTags, Index, ModelRow, Result
+from .index import NO_SUCH_PATH, NOT_STORED, FileTags, Index, ModelRow, Result, under
 from .infer import Model, ModelError
 from .pipeline import ActiveModel, Pipeline
 from .watch import Watcher
@@ -382,9 +382,20 @@ class Daemon:
             if all(r.state != "pending" for r in results):
                 break
             if not (time.time() < deadline and wanted() and not self.paused):
+                self._forget_unwatched([r.path for r in results if r.state == "pending"])
                 break
             time.sleep(0.02)
         return [_say_why_missing(r, absent) for r in results]
+
+    def _forget_unwatched(self, paths: list[str]) -> None:
+        """A Tag call's files that no watch holds, when its caller stopped waiting for them (a deadline, a
+        cancel): they were all read anyway and kept for good, 800 files for a call cut off after a second.
+        The ones a watch holds stay queued: the daemon would read them in any case."""
+        bounds = [under(w)[0] for w in self.index.watches()]
+        unwatched = [p for p in paths if not any(p.startswith(b) for b in bounds)]
+        if unwatched:
+            self.index.remove_paths(unwatched)
+            log.info("dropped %d files of a Tag call whose caller stopped waiting", len(unwatched))
 
     # -- your own tags: datasets and training --------------------------------------------------------
     def create_dataset(

@@ -292,6 +292,20 @@ def test_tag_calls_on_one_file_at_once_all_get_its_tags_and_prefixes_are_normali
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "no usable active model" in str(err.value)
 
 
+def test_a_tag_call_cut_short_drops_its_unread_files_outside_the_watches(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A Tag call whose deadline passed (or whose caller cancelled) left all its files queued: every one was
+    read anyway and kept in the index for good, outside any watch (800 files for a call cut after 1 s)."""
+    for i in range(600):
+        write_tone(tmp_path / "outside" / f"{i:03d}.wav", 100 + i, seconds=0.2)
+    with pytest.raises(DaemonError) as late:
+        list(daemon.client.tag([str(tmp_path / "outside")], timeout=0.5))
+    assert late.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_for(lambda: daemon.client.status().pending == 0 and daemon.client.status().queue_depth == 0, timeout=30)
+    time.sleep(0.5)  # the files in flight when it was cut finish
+    status = daemon.client.status()
+    assert status.pending == 0 and 0 <= status.indexed < 600, status
+
+
 def test_with_no_active_model_new_files_wait_and_status_says_why(daemon: DaemonProcess, tmp_path: Path) -> None:
     """With every model deactivated a dropped file was stored as read with no tags, and `vibrary tags` said
     it had no sound (a loud cowbell, in a QA session): it waits now, and is tagged once a model is back."""
