@@ -445,20 +445,17 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _unknown_tags(c: Client, groups: list[list[str]], excluded: list[str], model: str, found: int) -> str:
-    """Words no active model tags (a typo, or an inactive model's word), said where they matter: an AND
-    group only of them when nothing was found (`low|lwo deep` found nothing because of the AND, not the
-    typo), and an excluded one always (`kick -m` left nothing out, silently). The active models' classes
-    answer it from their metadata; counting the tags in use reads the whole index."""
-    if found and not excluded:  # nothing to say: no need to ask for the models
-        return ""
+    """Words no active model tags (a typo, or an inactive model's word), said whatever was found: a typo in
+    an OR arm (`kick OR kikc`) or an excluded word (`kick -m`) changed nothing, silently. The active models'
+    classes answer it from their metadata; counting the tags in use reads the whole index."""
     known = {tag for m in c.models() if m.active and model in ("", m.name) for tag in m.classes}
-    unknown = [w for g in groups if not known & set(g) for w in g] if found == 0 else []
-    unknown += [f"-{w}" for w in excluded if w not in known]
+    unknown = [w for g in groups for w in g if w not in known] + [f"-{w}" for w in excluded if w not in known]
     if not unknown:
         return ""
     close = {w: difflib.get_close_matches(w.lstrip("-"), known, n=1) for w in unknown}
     said = ", ".join(f"{w!r}" + (f" (did you mean {m[0]!r}?)" if m else "") for w, m in close.items())
-    return f": no active model tags {said}; `vibrary models list` shows their tags"
+    who = f"model {model} has no tag" if model else "no active model tags"  # `--model mine kick`: demo has it
+    return f": {who} {said}; `vibrary models list` shows their tags"
 
 
 def cmd_counts(args: argparse.Namespace) -> int:
@@ -490,7 +487,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             }
             obj["usable"] = registry.usable(m)
             broken = "" if obj["usable"] else f"  ({UNUSABLE.format(ref=m.ref)})"
-            _out(args, obj, f"{'*' if m.active else ' '} {m.ref:24} {len(m.classes):3} classes  {m.path}{broken}")
+            line = f"{'*' if m.active else ' '} {m.ref:24} {len(m.classes):3} classes  {m.path}{broken}"
+            _out(args, obj, f"{line}\n    tags: {', '.join(m.classes)}")  # what a search can ask for
         return 0
     if args.action == "install":
         known = {m.id for m in index.models()}
@@ -498,11 +496,17 @@ def cmd_models(args: argparse.Namespace) -> int:
             row = registry.install(index, home_dir, args.ref, args.name or "")
         except (ModelError, OSError) as e:
             raise CommandError(str(e)) from None
+        # a rollback undone by installing a newer file again said only "already installed": say what changes
+        was = next((m for m in index.active_models() if m.name == row.name and m.id != row.id), None)
         if not args.inactive:
             index.set_active(row, True)
         obj = {"model": row.name, "version": row.version, "classes": list(row.classes), "active": not args.inactive}
         said = "already installed as" if row.id in known else "installed"  # the same file is the same version
-        _out(args, obj, f"{said} {row.ref} ({len(row.classes)} classes)")
+        human = f"{said} {row.ref} ({len(row.classes)} classes)"
+        if was is not None and not args.inactive:
+            obj["deactivated"] = was.ref
+            human += f"; active now in place of {was.ref} (`vibrary models activate {was.ref}` goes back)"
+        _out(args, obj, human)
         return 0
     try:
         name, version = parse_ref(args.ref)

@@ -94,6 +94,10 @@ def test_tag_with_a_named_model_and_top(model_home: Path, tmp_path: Path) -> Non
     assert named["tags"][0]["tag"] == "low"  # the active version (1), not the newest (2): a rollback stands
     bad = vibrary("tag", "--model", "nope", str(clip), home=model_home, check=False)
     assert bad.returncode == 1 and "no model nope" in bad.stderr
+    again = vibrary("models", "install", str(other), home=model_home)  # undoes the rollback: said so
+    assert "already installed as bands@2 (3 classes); active now in place of bands@1" in again.stdout
+    listed = vibrary("models", "list", home=model_home).stdout
+    assert "* bands@2" in listed and "tags: low, mid, high" in listed  # the words a search can ask for
 
 
 def test_usage_errors_exit_2_and_failures_exit_1(home: Path, tmp_path: Path) -> None:
@@ -292,8 +296,11 @@ def test_search_words_that_look_like_options_and_model_filters(daemon: DaemonPro
     assert found("low", "OR", "mid", "NOT", "mid") == {"low"}
     typo = vibrary("search", "hihg", "low", home=daemon.home)
     assert typo.stdout == "" and "0 files: no active model tags 'hihg' (did you mean 'high'?)" in typo.stderr
-    either = vibrary("search", "low|hihg", "high", home=daemon.home)  # nothing is low and high: no typo to blame
-    assert either.stderr.strip() == "0 files"
+    either = vibrary("search", "low|hihg", home=daemon.home)  # a typo in an OR arm changed nothing, silently
+    assert "1 file: no active model tags 'hihg' (did you mean 'high'?)" in either.stderr
+    assert vibrary("search", "low|mid", "high", home=daemon.home).stderr.strip() == "0 files"  # no typo to blame
+    elsewhere = vibrary("search", "--model", "bands", "kick", home=daemon.home)
+    assert "0 files: model bands has no tag 'kick'" in elsewhere.stderr
     leaves_nothing_out = vibrary("search", "low", "-lwo", home=daemon.home)  # it found low, silently
     assert "1 file: no active model tags '-lwo' (did you mean 'low'?)" in leaves_nothing_out.stderr
     nowhere = vibrary("search", "low", "--under", str(tmp_path / "nowhere"), home=daemon.home)
