@@ -650,7 +650,10 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             _out(args, {"dataset": args.name, "action": "delete"}, f"deleted dataset {args.name}")
             return 0
         else:
+            before = len(dataset.load(home_dir, args.name)[0].classes)
             report = dataset.edit(home_dir, args.name, **_edits(args))
+            if args.action == "rename" and len(report.per_class) < before:  # `--help` said so; the output did not
+                print(f"vibrary: {args.old} merged into {args.new}, a tag the dataset had already", file=sys.stderr)
     except (FileNotFoundError, dataset.Busy) as e:
         raise CommandError(str(e)) from None
     obj, human = _dataset_line(args.name, report)

@@ -397,6 +397,9 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     )
     assert created[-1]["per_class"] == {"hihat": 3, "kick": 3, "synth": 3} and created[-1]["ratio"] > 20
     assert "smallest class" in created[-1]["advice"]
+    vibrary("dataset", "create", "--labels", "suggest", "pk2", str(pack), home=home)
+    onto = vibrary("dataset", "rename", "pk2", "kick", "hihat", home=home)  # onto a tag it has: a merge, said
+    assert "kick merged into hihat, a tag the dataset had already" in onto.stderr and "hihat 6, synth 3" in onto.stdout
 
     merged = json_lines(
         vibrary("dataset", "merge", "--json", "pk", "kick", "hihat", "--into", "drums", home=home).stdout
@@ -432,7 +435,7 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     broken.parent.mkdir()
     broken.write_text("{}")
     names = vibrary("dataset", "list", "--json", home=home)
-    assert [d["dataset"] for d in json_lines(names.stdout)] == ["pk"] and "broken cannot be read" in names.stderr
+    assert [d["dataset"] for d in json_lines(names.stdout)] == ["pk", "pk2"] and "broken cannot be read" in names.stderr
     vibrary("dataset", "delete", "pk", home=home)
     assert json_lines(vibrary("dataset", "list", "--json", home=home).stdout) == []
     gone = vibrary("dataset", "show", "pk", home=home, check=False)
