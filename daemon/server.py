@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 
 import grpc
 from vibrary.proto import daemon_pb2 as pb
@@ -468,8 +469,8 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         if job is None or job.finished:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no training is running")
         assert job is not None
-        job.cancel.set()
-        return train_progress_pb(job.progress)
+        job.cancel.set()  # the reply said the state before it, "training": the stream ends in CANCELLED
+        return train_progress_pb(replace(job.progress, message="cancelling"))
 
 
 def suggestions_pb(found: list[suggest.Suggestion]) -> pb.Suggestions:

@@ -432,7 +432,7 @@ def _on_trainer(
     shard_dir: Path,
     base: str,
     options: str,
-    report: Callable[..., None],
+    report: _Report,
     cancel: threading.Event,
     leave: threading.Event | None,
     on_started: Callable[[JobRecord], None],
@@ -471,7 +471,7 @@ def _on_trainer(
 def _collect(
     client: TrainerClient,
     job_id: str,
-    report: Callable[..., None],
+    report: _Report,
     cancel: threading.Event,
     leave: threading.Event | None,
 ) -> dict[str, bytes]:
@@ -493,7 +493,7 @@ def _collect(
 def _follow(
     client: TrainerClient,
     job_id: str,
-    report: Callable[..., None],
+    report: _Report,
     cancel: threading.Event,
     leave: threading.Event | None = None,
 ) -> trainer_pb2.Job | None:
@@ -523,8 +523,7 @@ def _follow(
             try:
                 for job in client.watch(job_id):  # a new watch starts with the job as it is now
                     heard = time.monotonic()
-                    running = job.state == trainer_pb2.Job.RUNNING
-                    report(state="training" if running else "waiting", message=job.phase, **progress_fields(job))
+                    report(**_forward(job, report.state))
                 return job
             except Exception as e:
                 if leave is not None and leave.is_set():
@@ -545,6 +544,22 @@ def _follow(
     finally:
         done.set()
         stopper.join()
+
+
+def _forward(job: Any, now: TrainProgress) -> dict[str, Any]:
+    """A trainer Job's news as a report that only moves forward: its queue is waiting and its run training,
+    but a run's export (epoch 0 of 0) keeps the epochs trained, and its end (done, cancelled) is train()'s
+    to say once the model is installed. A front end's bar went back to 0, and a finished training read
+    "waiting", then "installing"."""
+    if job.state in (trainer_pb2.Job.SUCCEEDED, trainer_pb2.Job.FAILED, trainer_pb2.Job.CANCELLED):
+        return {}
+    running = job.state == trainer_pb2.Job.RUNNING
+    changes: dict[str, Any] = {"message": job.phase}
+    if running or now.state != "training":  # a job queued again after a restart of the trainer stays training
+        changes["state"] = "training" if running else "waiting"
+    if job.epochs:
+        changes.update(progress_fields(job))
+    return changes
 
 
 def _cloud() -> Any:

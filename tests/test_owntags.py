@@ -570,7 +570,9 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         next(iter(leaving.train("mine", options=json.dumps({"epochs": 500, "patience": 500}))))
         leaving.close()
         wait_for(lambda: c.status().training.epoch >= 2, timeout=120)
-        assert c.cancel_training().state in (pb.TrainProgress.TRAINING, pb.TrainProgress.WAITING)
+        cancelling = c.cancel_training()  # the state it was in, and what happens now
+        assert cancelling.state in (pb.TrainProgress.TRAINING, pb.TrainProgress.WAITING)
+        assert cancelling.message == "cancelling"
         wait_for(lambda: c.status().training.state == pb.TrainProgress.CANCELLED, timeout=60)
         told = json_lines(vibrary("status", "--json", home=home).stdout)[0]["training"]
         assert (told["dataset"], told["state"], told["model"]) == ("mine", "cancelled", "")
@@ -618,6 +620,11 @@ def _train(c: Client, name: str) -> pb.TrainProgress:
     runner.join(timeout=300)
     states = [u.state for u in updates]
     assert pb.TrainProgress.UPLOADING in states and pb.TrainProgress.TRAINING in states
+    # forward only: it went TRAINING, epoch 0/0 "exporting", WAITING "done", then INSTALLING
+    after = states[states.index(pb.TrainProgress.TRAINING) :]
+    assert pb.TrainProgress.WAITING not in after, [(pb.TrainProgress.State.Name(u.state), u.message) for u in updates]
+    trained = [(u.epoch, u.epochs) for u in updates[states.index(pb.TrainProgress.TRAINING) :]]
+    assert trained == sorted(trained) and trained[-1] == (6, 6), trained
     assert states[-1] == pb.TrainProgress.SUCCEEDED, updates[-1]
     assert c.status().training.state == pb.TrainProgress.SUCCEEDED
     assert max(u.uploaded_bytes for u in updates) == updates[-1].upload_bytes > 0
