@@ -517,8 +517,13 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         assert (same.added, same.dataset.clips, same.done, same.total) == (0, 24, 1, 1)
         grown = list(c.create_dataset("mine", labelled, add=True))
         assert grown[-1].added == 3 and grown[-1].dataset.clips == 27
-        spare = list(c.create_dataset("spare", [(s.path, "x" if s.tag == "kick" else "y") for s in suggestions.files]))
+        gone = [(str(tmp_path / f"gone_{i}.wav"), "x") for i in range(130)]
+        spare = list(
+            c.create_dataset("spare", [(s.path, "x" if s.tag == "kick" else "y") for s in suggestions.files] + gone)
+        )
         assert [(k.tag, k.clips) for k in spare[-1].dataset.classes] == [("x", 8), ("y", 16)]
+        # the first 100 unreadable files and how many: every one made replies pass gRPC's 4 MB
+        assert (len(spare[-1].dataset.failed), spare[-1].dataset.failed_count) == (100, 130)
         moved = c.edit_dataset("spare", relabel=[(suggestions.files[0].path, "x")], rename=[("y", "z")])
         assert [(k.tag, k.clips) for k in moved.classes] == [("x", 9), ("z", 15)]
         assert _code(lambda: c.edit_dataset("spare", drop=["x"])) == grpc.StatusCode.INVALID_ARGUMENT

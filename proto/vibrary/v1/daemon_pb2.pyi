@@ -964,6 +964,7 @@ class Dataset(_message.Message):
     RATIO_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
     ADVICE_FIELD_NUMBER: _builtins.int
+    FAILED_COUNT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     clips: _builtins.int
     audio_bytes: _builtins.int
@@ -974,11 +975,13 @@ class Dataset(_message.Message):
     """audio_bytes / upload_bytes"""
     advice: _builtins.str
     """what accuracy to expect at this size, and how many more examples help"""
+    failed_count: _builtins.int
+    """how many could not be read in all"""
     @_builtins.property
     def classes(self) -> _containers.RepeatedCompositeFieldContainer[Global___DatasetClass]: ...
     @_builtins.property
     def failed(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileTags]:
-        """files that could not be read, with the reason"""
+        """files that could not be read, with the reason: the first 100"""
 
     def __init__(
         self,
@@ -991,10 +994,11 @@ class Dataset(_message.Message):
         ratio: _builtins.float = ...,
         failed: _abc.Iterable[Global___FileTags] | None = ...,
         advice: _builtins.str = ...,
+        failed_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["advice", b"advice", "audio_bytes", b"audio_bytes", "classes", b"classes", "clips", b"clips", "failed", b"failed", "name", b"name", "ratio", b"ratio", "upload_bytes", b"upload_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["advice", b"advice", "audio_bytes", b"audio_bytes", "classes", b"classes", "clips", b"clips", "failed", b"failed", "failed_count", b"failed_count", "name", b"name", "ratio", b"ratio", "upload_bytes", b"upload_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

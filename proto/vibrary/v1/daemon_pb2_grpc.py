@@ -267,6 +267,8 @@ class DaemonServicer:
     def SuggestLabels(self, request, context):
         """Your own tags. Suggestions come from folder names, file names and embedded metadata, normalised
         through the synonym table; nothing is stored until CreateDataset.
+        One reply: about 170 bytes a file, past gRPC's default 4 MB limit on what a client receives from some
+        24,000 files (raise grpc.max_receive_message_length, as the Python client does, or ask per folder).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
