@@ -324,7 +324,13 @@ def _write(
     classes = sorted({r.label for r in rows})
     labels = np.array([classes.index(r.label) for r in rows], dtype=np.int64)
     manifest, blobs = shards.write(name, classes, params, codes, labels, [r.group for r in rows])
-    manifest.check()  # before anything is written: a bad edit leaves the dataset as it was
+    try:
+        manifest.check()  # before anything is written: a bad edit leaves the dataset as it was
+    except shards.ShardError as e:
+        if not failed:
+            raise
+        path, why = failed[0]  # "is empty" said nothing of the files that could not be read
+        raise shards.ShardError(f"{e}: {len(failed)} of its files could not be read, such as {path} ({why})") from None
     folder = dataset_dir(home_dir, name)
     (folder / "shards").mkdir(parents=True, exist_ok=True)
     for digest, blob in blobs.items():

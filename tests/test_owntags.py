@@ -98,6 +98,9 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
     with pytest.raises(ValueError, match="all 2 files are tagged 'noise'; a model needs at least 2 tags"):
         dataset.build(home, "mine", [dataset.example(str(f), "noise") for f in (tmp_path / "ex").glob("noise/*")])
     assert decodes == [] and dataset.names(home) == []  # refused before any file was decoded
+    gone = [dataset.example(str(tmp_path / f"gone_{tag}.wav"), tag) for tag in ("a", "b")]
+    with pytest.raises(ValueError, match=r"is empty: 2 of its files could not be read, such as .*gone_a\.wav"):
+        dataset.build(home, "mine", gone)  # "is empty" alone said nothing of why
     dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
     manifest_before = (dataset.dataset_dir(home, "mine") / "manifest.json").read_text()
     with pytest.raises(ValueError, match=r"no tag 'snare'.*noise, thump, tone"):
