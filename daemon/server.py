@@ -25,6 +25,7 @@ from . import config, dataset, events, registry, suggest, training
 from .folders import indexed_path
 from .index import FileTags, Query
 from .infer import ModelError
+from .modelref import parse_ref
 from .rpc import bind, make_server
 from .service import Daemon, NoModel, TooManyFiles, TrainingBusy
 
@@ -156,13 +157,13 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"query too long: at most {MAX_QUERY_TERMS} AND groups and {4 * MAX_QUERY_TERMS} tags in all",
             )
-        self._check_model_name(request.model, context)
+        model = self._model_name(request.model, context)
         query = Query(
             groups,
             list(request.none_of),
             request.min_score,
             prefix,
-            request.model,
+            model,
             request.limit,
             request.best_first,
             sorted(self.daemon.watcher.missing),  # files that cannot be opened now: no use in a DAW
@@ -172,17 +173,27 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
                 return
             yield file_tags_pb(found)
 
-    def _check_model_name(self, name: str, context: grpc.ServicerContext) -> None:
-        """A model filter names an installed model, by name only: its active version is what is indexed."""
-        if not name:
-            return
-        if "@" in name:
+    def _model_name(self, ref: str, context: grpc.ServicerContext) -> str:
+        """A model filter's model: an installed one by name, or NAME@VERSION of its active version, as Status
+        and Events name it (a front end handing that back was refused); the index holds the tags of each
+        model's active version only, so another version is refused with the reason."""
+        if not ref:
+            return ""
+        try:
+            name, version = parse_ref(ref)
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        installed = [m for m in self.daemon.index.models() if m.name == name]
+        if not installed:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no model {name}")
+        active = next((m.ref for m in installed if m.active), None)
+        if version and f"{name}@{version}" != active:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"{name}: a model name without @VERSION (the index holds the tags of each model's active version)",
+                f"{ref} is not the active version of {name} ({active or 'none is active'}): the index holds the "
+                "tags of each model's active version; filter by the name",
             )
-        if not any(m.name == name for m in self.daemon.index.models()):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no model {name}")
+        return name
 
     def GetTags(self, request: pb.GetTagsRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
         paths = [_absolute(p, context) for p in request.paths]
@@ -192,8 +203,8 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             yield file_tags_pb(found)
 
     def CountTags(self, request: pb.CountTagsRequest, context: grpc.ServicerContext) -> pb.TagCounts:
-        self._check_model_name(request.model, context)
-        counts = self.daemon.index.tag_counts(request.model, sorted(self.daemon.watcher.missing))
+        model = self._model_name(request.model, context)
+        counts = self.daemon.index.tag_counts(model, sorted(self.daemon.watcher.missing))
         return pb.TagCounts(counts=[pb.TagCount(model=m, tag=t, files=n) for m, t, n in counts])
 
     def Tag(self, request: pb.TagRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:

@@ -167,6 +167,9 @@ def test_models_are_named_as_status_names_them(daemon: DaemonProcess) -> None:
     for bad in ("bands@0", "bands@", "bands@²"):  # an empty variable in a script must not mean the newest
         with pytest.raises(BadArgument, match="versions count from 1"):
             daemon.client.activate(bad)
+    assert list(daemon.client.search("low", model=ref)) == [] and daemon.client.counts(ref) == []  # not refused
+    with pytest.raises(DaemonError, match="bands@2 is not the active version of bands"):
+        list(daemon.client.search("low", model="bands@2"))
 
 
 def test_closing_the_client_ends_a_stream_read_elsewhere_and_later_calls_say_so(daemon: DaemonProcess) -> None:

@@ -326,7 +326,7 @@ class SearchRequest(_message.Message):
     path_prefix: _builtins.str
     """only files under this folder"""
     model: _builtins.str
-    """only tags from this model"""
+    """only tags from this model: NAME, or NAME@VERSION of its active version"""
     limit: _builtins.int
     """0: no limit"""
     best_first: _builtins.bool
