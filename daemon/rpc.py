@@ -56,9 +56,10 @@ def check_token(token: str) -> str:
 
 
 class CutMessages(grpc.ServerInterceptor):
-    """A refusal's message is cut to MESSAGE_MAX bytes. It goes as a trailer, and one that quoted a huge
-    request field (a 1 MB path, name or job id) passed gRPC's 16 KB limit on the way: the caller got
-    RESOURCE_EXHAUSTED "Stream removed" instead of the refusal and its reason."""
+    """A request that cannot be decoded is INVALID_ARGUMENT, and a refusal's message is cut to MESSAGE_MAX
+    bytes. It goes as a trailer, and one that quoted a huge request field (a 1 MB path, name or job id)
+    passed gRPC's 16 KB limit on the way: the caller got RESOURCE_EXHAUSTED "Stream removed" instead of the
+    refusal and its reason."""
 
     class _Context:
         def __init__(self, context: grpc.ServicerContext) -> None:
@@ -82,7 +83,21 @@ class CutMessages(grpc.ServerInterceptor):
         kinds = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
         kind = next(k for k in kinds if getattr(handler, k) is not None)
         behaviour = getattr(handler, kind)
-        return handler._replace(**{kind: lambda request, context: behaviour(request, self._Context(context))})
+        deserialize = handler.request_deserializer
+        if not kind.startswith("unary_") or deserialize is None:
+            return handler._replace(**{kind: lambda request, context: behaviour(request, self._Context(context))})
+
+        def decoded(raw: bytes, context: grpc.ServicerContext) -> Any:
+            """A request that does not decode (invalid UTF-8 in a string field, a message cut short) is the
+            caller's mistake: gRPC answered INTERNAL "Exception deserializing request!" and logged a traceback."""
+            checked = self._Context(context)
+            try:
+                request = deserialize(raw)
+            except Exception as e:
+                checked.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}")
+            return behaviour(request, checked)
+
+        return handler._replace(request_deserializer=None, **{kind: decoded})
 
 
 MESSAGE_MAX = 2000  # bytes; percent-encoded (3 bytes each at most) it stays under gRPC's 8 KB soft limit

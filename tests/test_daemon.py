@@ -850,3 +850,18 @@ def test_an_index_that_cannot_be_written_makes_files_wait_and_status_say_why(
         assert d.status()["pending"] == 6 and d.status()["failed"] == 0
     finally:
         d.stop()
+
+
+def test_a_request_that_does_not_decode_is_invalid_argument(daemon: DaemonProcess) -> None:
+    """Invalid UTF-8 in a string field, or a message cut short, was INTERNAL "Exception deserializing
+    request!" with a traceback in the log: a caller's mistake, said as one."""
+    channel = grpc.insecure_channel(config.unix_target(config.socket_path(daemon.home)))
+    bad_path = b"\x0a\x09/tmp/caf\xe9"  # field 1 (path), 9 bytes that are not UTF-8
+    for method, raw in (("AddWatch", bad_path), ("GetTags", bad_path), ("Search", b"\x0a\x05\x0a")):
+        call = (channel.unary_unary if method == "AddWatch" else channel.unary_stream)(f"/vibrary.v1.Daemon/{method}")
+        with pytest.raises(grpc.RpcError) as err:
+            reply = call(raw, timeout=10)
+            list(reply) if method != "AddWatch" else None
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed request" in str(err.value.details())
+    channel.close()
+    assert daemon.client.status().home == str(daemon.home) and "deserializing" not in daemon.log()
