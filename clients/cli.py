@@ -763,8 +763,15 @@ def cmd_synonyms(args: argparse.Namespace) -> int:
             _out(args, obj, f"{alias:20} ✗ {tag}  (removed{'; `synonyms add` gives it back' if builtin else ''})")
         return 0
     if args.action == "add":
+        meant = {alias: (tag, builtin) for alias, tag, builtin in table.pairs()}.get(args.alias.strip().lower())
         table.add(config.home(), [(args.alias, args.tag)])
         table = _synonyms()
+        now = {alias: tag for alias, tag, _ in table.pairs()}.get(args.alias.strip().lower())
+        if meant is not None and meant[0] != now:  # `synonyms add BD snare` took bd from kick without a word
+            whose = "the built-in table's" if meant[1] else "yours"
+            print(
+                f"vibrary: {args.alias.strip().lower()} meant {meant[0]} ({whose}); it means {now} now", file=sys.stderr
+            )
     for alias, tag, builtin in table.pairs():
         if args.action == "add" and alias != args.alias.strip().lower():
             continue

@@ -483,6 +483,9 @@ def test_cli_synonyms_remove(tmp_path: Path) -> None:
     assert '"alias": "oh"' not in listed and '"alias": "ohh"' in listed
     bad = vibrary("synonyms", "remove", "nope", home=home, check=False)
     assert bad.returncode == 1 and "no alias 'nope'" in bad.stderr
+    moved = vibrary("synonyms", "add", "BD", "snare", home=home)  # took bd from kick without a word
+    assert "bd meant kick (the built-in table's); it means snare now" in moved.stderr
+    assert "meant" not in vibrary("synonyms", "add", "wub", "wobble", home=home).stderr  # new: nothing to say
 
 
 def test_a_word_split_by_its_capitals_is_also_read_whole(tmp_path: Path) -> None:
