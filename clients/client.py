@@ -393,6 +393,9 @@ def _refusing_bad_values(method: Callable[P, R]) -> Callable[P, R]:
             return method(*args, **kwargs)
         except VibraryError:
             raise
+        except UnicodeEncodeError as e:  # a path from an old archive: its bytes are no UTF-8 to send
+            name = e.object if isinstance(e.object, str) else ""
+            raise BadArgument(f"{os.fsencode(name)!r} is not valid UTF-8: rename it to use it here") from None
         except (ValueError, TypeError) as e:
             raise BadArgument(str(e)) from None
 
