@@ -383,6 +383,9 @@ def _wait_idle(c: Client, pending: int) -> None:
         if s.paused:  # it would wait for ever
             bar.close()
             raise CommandError(f"indexing is paused with {_many(s.pending)} pending: `vibrary resume` goes on")
+        if s.stalled:  # no model to tag with, a full disk: it waits for the user too
+            bar.close()
+            raise CommandError(f"indexing waits with {_many(s.pending)} pending: {s.stalled}")
         time.sleep(0.25)
     bar.close()
 

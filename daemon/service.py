@@ -13,8 +13,10 @@ import functools
 import importlib.metadata
 import logging
 import os
+import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -123,6 +125,8 @@ class Daemon:
         self._training_lock = threading.Lock()
         self._datasets_lock = threading.Lock()
         self._dataset_changing = ""  # the dataset being built, edited or deleted now (under _training_lock)
+        self._tag_lock = threading.Lock()
+        self._tag_waits: Counter[str] = Counter()  # how many Tag calls wait for each file
 
     def start(self) -> None:
         self.index.forget_silent_once()
@@ -177,6 +181,9 @@ class Daemon:
                     continue
                 if not jobs and not self._in_flight:
                     self._refresh_statistics()
+                    if self.stalled and time.monotonic() >= self._stalled_until and not self.index.due_count(now):
+                        self.stalled = ""  # nothing waits to be written any more (its files removed, say)
+                        self.status_events.changed()
                 next_due = self.index.next_due(after=now)  # due ones are in flight or wait for room: _store wakes us
                 wait = 1.0 if next_due is None or paused else min(1.0, max(0.005, next_due - time.time()))
                 self._wake.wait(wait)
@@ -198,8 +205,8 @@ class Daemon:
         try:
             written = self._write(results)
         except Exception as e:
-            self._stall(e)
-            raise  # the pipeline leaves them pending
+            self._stall(e)  # they stay pending, said once in the log (the pipeline logged each batch again)
+            return
         else:
             if self.stalled:
                 log.warning("the index can be written again: indexing goes on")
@@ -233,8 +240,11 @@ class Daemon:
         stored is stored as failed with the reason (left pending, it would be fed again at once, forever)."""
         try:
             return self.index.write_results(results, self.settings.store_min_score)
-        except Exception:
-            log.exception("could not store a batch of %d files; storing them one by one", len(results))
+        except Exception as e:
+            if self.stalled:  # known, and said: not a traceback every 30 s
+                log.warning("could not store a batch of %d files (%s)", len(results), e)
+            else:
+                log.exception("could not store a batch of %d files; storing them one by one", len(results))
         written = []
         for r in results:
             try:
@@ -375,27 +385,44 @@ class Daemon:
             )
         if not going():
             raise TimeoutError(f"the deadline passed while finding the files ({len(files)} so far)")
-        self.index.mark_pending((p, 0.0) for p in files)
-        self._wake.set()
-        while True:  # the answer is the poll that found them done: another Tag of one of them may re-queue it
-            results = list(self.index.file_tags(files))
-            if all(r.state != "pending" for r in results):
-                break
-            if not (time.time() < deadline and wanted() and not self.paused):
-                self._forget_unwatched([r.path for r in results if r.state == "pending"])
-                break
-            time.sleep(0.02)
+        with self._tag_lock:
+            self._tag_waits.update(files)
+        abandoned: list[str] = []
+        try:
+            self.index.mark_pending((p, 0.0) for p in files)
+            self._wake.set()
+            while True:  # the answer is the poll that found them done: another Tag of one may re-queue it
+                results = list(self.index.file_tags(files))
+                if all(r.state != "pending" for r in results):
+                    break
+                if self.paused:  # they are read once indexing resumes, as the reply says
+                    break
+                if not (time.time() < deadline and wanted()):
+                    abandoned = [r.path for r in results if r.state == "pending"]
+                    break
+                time.sleep(0.02)
+        finally:
+            with self._tag_lock:
+                self._tag_waits.subtract(files)
+                abandoned = [p for p in abandoned if self._tag_waits[p] <= 0]  # another call still waits for it
+                self._tag_waits = +self._tag_waits
+        self._forget_unwatched(abandoned)
         return [_say_why_missing(r, absent) for r in results]
 
     def _forget_unwatched(self, paths: list[str]) -> None:
-        """A Tag call's files that no watch holds, when its caller stopped waiting for them (a deadline, a
-        cancel): they were all read anyway and kept for good, 800 files for a call cut off after a second.
-        The ones a watch holds stay queued: the daemon would read them in any case."""
+        """A Tag call's files that no watch holds and no other call waits for, when its caller stopped
+        waiting for them (a deadline, a cancel): they were all read anyway and kept for good, 800 files for a
+        call cut off after a second. The ones a watch holds stay queued: the daemon reads them in any case."""
         bounds = [under(w)[0] for w in self.index.watches()]
         unwatched = [p for p in paths if not any(p.startswith(b) for b in bounds)]
-        if unwatched:
+        if not unwatched:
+            return
+        try:
             self.index.remove_paths(unwatched)
-            log.info("dropped %d files of a Tag call whose caller stopped waiting", len(unwatched))
+        except sqlite3.Error as e:  # a full disk: they stay queued, and are read when it is writable again
+            log.warning("could not drop %d files of an abandoned Tag call: %s", len(unwatched), e)
+            return
+        log.info("dropped %d files of a Tag call whose caller stopped waiting", len(unwatched))
 
     # -- your own tags: datasets and training --------------------------------------------------------
     def create_dataset(
