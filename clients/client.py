@@ -147,14 +147,17 @@ class Client:
             return DaemonNotRunning(f"no daemon answers at {where}; start it with `vibrary daemon`")
         return DaemonError(code, details or code.name)
 
-    def _path(self, path: str | os.PathLike[str]) -> str:
-        """A path as the index spells it (absolute, links to folders resolved) when the daemon shares this
-        machine; as given when it is reached over TCP. An empty one is refused: abspath made it the current
-        folder, and `add_watch("")` watched wherever the calling program stood."""
+    def _path(self, path: str | os.PathLike[str], indexed: bool = True) -> str:
+        """A path as the index spells it (absolute, links to folders resolved), or as a dataset does (absolute
+        only: `indexed` False), when the daemon shares this machine; as given when it is reached over TCP.
+        An empty one is refused: abspath made it the current folder, and `add_watch("")` watched wherever
+        the calling program stood."""
         path = os.fspath(path)
         if not path:
             raise BadArgument("an empty path: name a file or folder")
-        return indexed_path(path) if self._local else path
+        if not self._local:
+            return path
+        return indexed_path(path) if indexed else os.path.abspath(path)
 
     def _paths(self, paths: Paths) -> list[str]:
         """One path alone, or several."""
@@ -274,7 +277,7 @@ class Client:
         self, name: str, files: Sequence[tuple[str, str]], timeout: float | None = None, add: bool = False
     ) -> Iterator[pb.DatasetProgress]:
         """Progress messages; the last one carries the dataset (and, with `add`, how many clips joined it)."""
-        labelled = [pb.LabelledFile(path=self._path(p), tag=t) for p, t in files]
+        labelled = [pb.LabelledFile(path=self._path(p, indexed=False), tag=t) for p, t in files]
         return self._stream("CreateDataset", pb.CreateDatasetRequest(name=name, files=labelled, add=add), timeout)
 
     def edit_dataset(
@@ -288,7 +291,7 @@ class Client:
             name=name,
             rename=[pb.EditDatasetRequest.Rename(tag=a, to=b) for a, b in rename],
             drop=list(drop),
-            relabel=[pb.LabelledFile(path=self._path(p), tag=t) for p, t in relabel],
+            relabel=[pb.LabelledFile(path=self._path(p, indexed=False), tag=t) for p, t in relabel],
         )
         return self._call("EditDataset", request)
 
@@ -384,8 +387,8 @@ R = TypeVar("R")
 
 
 def _refusing_bad_values(method: Callable[P, R]) -> Callable[P, R]:
-    """protobuf's own checks (a limit past 2**32, a number where a string goes) raised its ValueError or
-    TypeError, which the module's promise, "everything it raises is a VibraryError", did not cover."""
+    """protobuf's own checks (a limit past 2**32, a token it cannot send) raised its ValueError, which the
+    module's promise, "everything it raises is a VibraryError", did not cover."""
 
     @functools.wraps(method)
     def checked(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -396,7 +399,7 @@ def _refusing_bad_values(method: Callable[P, R]) -> Callable[P, R]:
         except UnicodeEncodeError as e:  # a path from an old archive: its bytes are no UTF-8 to send
             name = e.object if isinstance(e.object, str) else ""
             raise BadArgument(f"{os.fsencode(name)!r} is not valid UTF-8: rename it to use it here") from None
-        except (ValueError, TypeError) as e:
+        except ValueError as e:  # a TypeError stays one: a call with the wrong arguments is the program's bug
             raise BadArgument(str(e)) from None
 
     return checked

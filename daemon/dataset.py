@@ -230,7 +230,7 @@ def _build(
     if len(tags) == 1:  # said now, not after decoding every file (the shards' own check would, at the end)
         raise ValueError(f"all {len(examples)} files are tagged {tags[0]!r}; a model needs at least 2 tags")
     codes, rows, failed = _spectrograms(examples, params, workers, progress, cache or open_cache(home_dir))
-    return _write(home_dir, name, params, codes, rows, failed)
+    return _write(home_dir, name, params, codes, rows, failed, unread=failed)
 
 
 def _spectrograms(
@@ -305,7 +305,7 @@ def add(
         retried = {os.path.normpath(ex.path) for ex in new}
         failed = [f for f in held.failed if os.path.normpath(f[0]) not in retried] + unread
         codes = np.concatenate([held.codes, more])
-        report = _write(home_dir, name, held.params, codes, held.rows + added, failed, held.edits)
+        report = _write(home_dir, name, held.params, codes, held.rows + added, failed, held.edits, unread)
         return Added(report, len(added), left_out, unread)
 
 
@@ -317,6 +317,7 @@ def _write(
     rows: Sequence[Row],
     failed: Sequence[tuple[str, str]],
     edits: Edits | None = None,
+    unread: Sequence[tuple[str, str]] = (),
 ) -> BuildReport:
     """New shards first (content-addressed: the old ones stay), then `labels.json`, which holds the manifest
     too and so is the one commit point: a crash before it leaves the dataset as it was, a crash after it
@@ -326,11 +327,11 @@ def _write(
     manifest, blobs = shards.write(name, classes, params, codes, labels, [r.group for r in rows])
     try:
         manifest.check()  # before anything is written: a bad edit leaves the dataset as it was
-    except shards.ShardError as e:
-        if not failed:
+    except shards.ShardError as e:  # `unread`: the files this build or add could not read
+        if not unread:
             raise
-        path, why = failed[0]  # "is empty" said nothing of the files that could not be read
-        raise shards.ShardError(f"{e}: {len(failed)} of its files could not be read, such as {path} ({why})") from None
+        path, why = unread[0]  # "is empty" said nothing of the files that could not be read
+        raise shards.ShardError(f"{e}: {len(unread)} of its files could not be read, such as {path} ({why})") from None
     folder = dataset_dir(home_dir, name)
     (folder / "shards").mkdir(parents=True, exist_ok=True)
     for digest, blob in blobs.items():
@@ -537,15 +538,18 @@ def _edit(
         table = suggest.Synonyms.load(None)
 
     done: dict[str, str] = {}
-    for old, new in rename:
+    same: list[str] = []  # renames onto the tag itself: part of a merge (`merge a b --into A`), or all there is
+    for old, new in list(rename):
         if done.get(_spelled(old)) == as_held(new):  # `merge noisy Noisy --into hiss`: one tag, named twice
             continue
         typed, new = new, as_held(new)
         done[_spelled(old)] = new
         old = existing(old)
-        if new == old:  # `rename kick kicks`: the same tag as this dataset spells it, which was a silent no-op
-            raise ValueError(f"{typed!r} is {old!r} as this dataset spells it: nothing to rename")
+        if new == old:
+            same.append(f"{typed!r} is {old!r} as this dataset spells it: nothing to rename")
         mapping = {k: (new if v == old else v) for k, v in mapping.items()}
+    if same and len(same) == len(done):  # `rename kick kicks`: the same tag, which was a silent no-op
+        raise ValueError(same[0])
     dropped: set[str] = set()
     for t in drop:
         if _spelled(t) in dropped:  # `drop wobble Wobble`: one tag, named twice

@@ -246,3 +246,21 @@ def test_suggestions_for_a_large_library_come_back_whole(daemon: DaemonProcess, 
     found = daemon.client.suggest([str(tmp_path / deep.relative_to(tmp_path).parts[0])])
     assert len(found.files) == 1100 and {f.tag for f in found.files} == {"kick"}
     assert found.ByteSize() > 4 << 20
+
+
+def test_dataset_paths_are_kept_as_given_through_a_link(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A dataset holds its files' absolute paths as given, links and all; the client resolved links on the
+    way, so a relabel by the very path the dataset holds was "not in dataset" (macOS's /tmp is a link)."""
+    import os
+
+    from vibrary.daemon import dataset
+
+    from tests.synth import write_kinds
+
+    write_kinds(tmp_path / "real" / "ex", per_kind=3, seed=3)
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    dataset.build(daemon.home, "mine", dataset.examples_from_folders([str(tmp_path / "link" / "ex")]), workers=1)
+    held = sorted(p for p, _ in dataset.labelled_files(daemon.home, "mine"))
+    assert held[0].startswith(str(tmp_path / "link"))
+    edited = daemon.client.edit_dataset("mine", relabel=[(held[0], "thump")])
+    assert sum(k.clips for k in edited.classes) == len(held)

@@ -101,6 +101,11 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
     gone = [dataset.example(str(tmp_path / f"gone_{tag}.wav"), tag) for tag in ("a", "b")]
     with pytest.raises(ValueError, match=r"is empty: 2 of its files could not be read, such as .*gone_a\.wav"):
         dataset.build(home, "mine", gone)  # "is empty" alone said nothing of why
+    dataset.build(home, "other", [*dataset.examples_from_folders([str(tmp_path / "ex")]), *gone])
+    with pytest.raises(ValueError, match="at least 2") as refused:
+        dataset.edit(home, "other", drop=["noise", "thump"])
+    assert "could not be read" not in str(refused.value)  # the build's old failures are not why an edit is refused
+    dataset.delete(home, "other")
     dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
     manifest_before = (dataset.dataset_dir(home, "mine") / "manifest.json").read_text()
     with pytest.raises(ValueError, match=r"no tag 'snare'.*noise, thump, tone"):
@@ -114,6 +119,8 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
     for same in ("Noise", "NOISE", "noise"):  # the same tag as spelled here (kick → kicks too): a silent no-op
         with pytest.raises(ValueError, match=f"'{same}' is 'noise' as this dataset spells it: nothing to rename"):
             dataset.edit(home, "mine", rename=[("NOISE", same)])
+    with pytest.raises(ValueError, match="at least 2"):  # a merge that names its target is no "nothing to rename"
+        dataset.edit(home, "mine", rename=[("Thump", "Thump"), ("tone", "Thump"), ("noise", "Thump")])
     # spelled as suggestions spell tags: a space or a | could never be searched for
     assert [dataset.label(t) for t in ("Claps & Snaps", "snare|rim", " Lead  Synth")] == [
         "claps-snaps",
