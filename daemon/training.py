@@ -540,7 +540,8 @@ def _follow(
                 if cancel.wait(min(RECALL_MAX_S, 1.0 + silent / 10)):  # the trainer cannot be told
                     raise Cancelled("training cancelled while the trainer was out of reach") from None
                 since = f"for {silent:.0f} s" if silent >= 1 else "just now"
-                report(state="waiting", message=f"lost the trainer {since} ({e}); reconnecting to job {job_id}")
+                lost_it = f"lost the trainer {since} ({e}); reconnecting to job {job_id}"
+                report(message=lost_it, **({} if report.state.state == "training" else {"state": "waiting"}))
     finally:
         done.set()
         stopper.join()
@@ -556,6 +557,7 @@ def _forward(job: Any, now: TrainProgress) -> dict[str, Any]:
     running = job.state == trainer_pb2.Job.RUNNING
     changes: dict[str, Any] = {"message": job.phase}
     if running or now.state != "training":  # a job queued again after a restart of the trainer stays training
+        # (and so does one whose trainer was out of reach meanwhile: _follow keeps the state then)
         changes["state"] = "training" if running else "waiting"
     if job.epochs:
         changes.update(progress_fields(job))

@@ -589,6 +589,8 @@ def test_the_daemon_waits_out_a_trainer_longer_out_of_reach_than_the_command_doe
                     assert isinstance(trained, training.Trained) and trained.row.name == "kinds", trained
                     assert [m.name for m in index.models() if m.active and m.name == "kinds"] == ["kinds"]
                     assert any("reconnecting to job" in p.message for p in seen)
+                    after = [p.state for p in seen][[p.state for p in seen].index("training") :]
+                    assert "waiting" not in after, after  # out of reach, then back: training all along
                 else:
                     (error,) = outcome
                     assert isinstance(error, TrainingError) and "may still be training there" in str(error)
