@@ -61,6 +61,7 @@ from .folders import audio_files_under
 
 BUILTIN = Path(__file__).parent / "builtin" / "synonyms.json"
 USER_FILE = "synonyms.json"
+LOOP = "loop"  # the form tag of a file that repeats: a loop's "hard" is its character, not a velocity layer
 LONGEST = 100  # characters of a user's alias or tag
 _RUN = re.compile(r"[^\W_]+")  # letters and digits of any script: Bässe, Señal, 大鼓
 # an ordinal is one word (`Snare_3rd_Layer`: no rd, a ride), then letters, or digits
@@ -313,16 +314,27 @@ class Synonyms:
             or words == m.end - m.start
         ]
         named = any(self.rank(m.tag) == 0 and m.key not in self._roles for m in found)
-        after = min((m.end for m in found if self.rank(m.tag) == 0), default=len(written))
+        # `Kick-Hard`, `Snare_Soft`: after a drum, how it was hit (a velocity layer), no mood; but a pad's
+        # `Soft` or a `Kick Hard Loop` are the sound's character
+        hit = not any(m.tag == LOOP for m in found)
+        after = min(
+            (m.end for m in found if hit and m.tag in self._drums and self.rank(m.tag) == 0), default=len(written)
+        )
         return list(
             dict.fromkeys(
                 m.tag
                 for m in found
                 if not (named and m.key in self._roles)
-                # `Kick-Hard`, `Snare_Soft`: after the sound, how it was played (a velocity layer), no mood
                 and not (m.start >= after and self.rank(m.tag) == 1 and m.key in self._played)
             )
         )
+
+    def names_only_tags(self, text: str) -> bool:
+        """Whether every word of a text is part of a known tag's name, or numbering: a category folder
+        (`One Shots/`, `Drum Loops/`), not a pack's name (`Phat Beats/`)."""
+        ws = tokens(text)
+        covered = {i for m in self._scan(ws) if m.tag for i in range(m.start, m.end)}
+        return all(i in covered or w.isdigit() for i, w in enumerate(ws))
 
     def by_role(self, text: str, tag: str) -> bool:
         """Whether a text names `tag` only by the part it plays (`808/`: the sub-bass of modern packs, but
@@ -560,8 +572,10 @@ def _choose(
     for own, source, raw, text in texts:
         here = synonyms.find(text, drums)
         # a form in a pack's name above (loop, one-shot) is the pack's, not this file's: every one-shot of
-        # `Phat Beats/` was "also named: loop", and a mood folder inside it (`Phat Beats/dark/`) gave no mood
-        tags.extend(t for t in here if own or synonyms.rank(t) < 2 or t in synonyms.families)
+        # `Phat Beats/` was "also named: loop", and a mood folder inside it (`Phat Beats/dark/`) gave no mood;
+        # a category folder above (`One Shots/Snares/`) says the file's form
+        pack = not own and not synonyms.names_only_tags(text)
+        tags.extend(t for t in here if not pack or synonyms.rank(t) < 2 or t in synonyms.families)
         if raw.startswith("genre: ") and not synonyms.only_sounds(text):
             continue
         if not own:

@@ -678,6 +678,13 @@ def test_a_velocity_layer_is_no_mood_and_a_pack_name_no_form(tmp_path: Path) -> 
     assert found["Phat Beats/Kicks/Kick_01_Soft.wav"].alternatives == ()
     assert found["Phat Beats/dark/take 1.wav"].tag == "dark"
     assert set(found["Loops/Hard Kick Loop.wav"].alternatives) == {"aggressive", "loop"}  # before the sound: a mood
+    # what a review found the first version lost: a category folder's form, a loop's or a pad's character
+    kept = _library(
+        tmp_path / "kept", ["One Shots/Snares/Snare 01.wav", "Kicks/Kick Hard Loop.wav", "Pad_Soft.wav"], table
+    )
+    assert kept["One Shots/Snares/Snare 01.wav"].alternatives == ("one-shot",)
+    assert set(kept["Kicks/Kick Hard Loop.wav"].alternatives) == {"aggressive", "loop"}
+    assert kept["Pad_Soft.wav"].alternatives == ("soft",)
     (tmp_path / "synonyms.json").write_text(json.dumps({"aggressive": ["hard"]}))  # the user's word counts anywhere
     mine = _library(tmp_path / "again", layout, Synonyms.load(tmp_path))
     assert mine["Phat Beats/Kicks/Kick-Hard.wav"].alternatives == ("aggressive",)
