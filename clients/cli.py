@@ -295,7 +295,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         "watches": list(s.watches),
         "missing_watches": list(s.missing_watches),  # not there now: renamed, moved or unmounted
         "unfollowed_links": [{"path": x.path, "target": x.target} for x in s.unfollowed_links],
-        "unnamed_files": list(s.unnamed_files),  # names not UTF-8: left out until renamed
+        "unnamed_files": list(s.unnamed_files),  # names not UTF-8: left out until renamed (the first 100)
+        "unnamed_count": s.unnamed_count,
         "home": s.home,
         "paused": s.paused,
         "stalled": s.stalled,  # why indexing waits: the index cannot be written (a full disk)
@@ -320,10 +321,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         human += "\nlinked folders, not followed (their files are not indexed; add where they lead as watches):"
         for x in s.unfollowed_links:
             human += f"\n  {x.path} → {x.target}: vibrary watch add {shlex.quote(x.target)}"
-    if s.unnamed_files:
-        human += f"\nleft out, their names are not valid UTF-8 (rename them to index them): {len(s.unnamed_files)}"
+    if s.unnamed_count:
+        human += f"\nleft out, their names are not valid UTF-8 (rename them to index them): {s.unnamed_count}"
         human += "".join(f"\n  {_shown(name)}" for name in s.unnamed_files[:5])
-        human += f"\n  … and {len(s.unnamed_files) - 5} more" if len(s.unnamed_files) > 5 else ""
+        human += f"\n  … and {s.unnamed_count - 5} more" if s.unnamed_count > 5 else ""
     if newest:
         obj["recent_failures"] = [{"path": f.path, "error": f.error} for f in newest]
         human += "\nnewest failures:" + "".join(f"\n  {_shown(f.path)}: {f.error}" for f in newest)

@@ -84,18 +84,22 @@ class CutMessages(grpc.ServerInterceptor):
         kind = next(k for k in kinds if getattr(handler, k) is not None)
         behaviour = getattr(handler, kind)
         deserialize = handler.request_deserializer
-        if not kind.startswith("unary_") or deserialize is None:
+        if deserialize is None:
             return handler._replace(**{kind: lambda request, context: behaviour(request, self._Context(context))})
 
-        def decoded(raw: bytes, context: grpc.ServicerContext) -> Any:
+        def decode(raw: bytes, checked: CutMessages._Context) -> Any:
             """A request that does not decode (invalid UTF-8 in a string field, a message cut short) is the
             caller's mistake: gRPC answered INTERNAL "Exception deserializing request!" and logged a traceback."""
-            checked = self._Context(context)
             try:
-                request = deserialize(raw)
+                return deserialize(raw)
             except Exception as e:
                 checked.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}")
-            return behaviour(request, checked)
+
+        def decoded(request: Any, context: grpc.ServicerContext) -> Any:
+            checked = self._Context(context)
+            if kind.startswith("unary_"):
+                return behaviour(decode(request, checked), checked)
+            return behaviour((decode(raw, checked) for raw in request), checked)  # a stream: each as it comes
 
         return handler._replace(request_deserializer=None, **{kind: decoded})
 

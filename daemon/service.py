@@ -61,6 +61,7 @@ class TrainingBusy(dataset.Busy):
     """A training job is already running: one at a time, a second would only halve the speed of both."""
 
 
+UNNAMED_SHOWN = 100  # names not UTF-8 in a status (unnamed_count has them all)
 STALL_RETRY_S = 30.0  # how often a daemon whose index cannot be written tries again
 NO_MODEL = "no usable active model: `vibrary models` lists them, `models activate NAME` picks one"
 NO_MODEL_WAITS = f"{NO_MODEL}; files wait for one"
@@ -313,7 +314,8 @@ class Daemon:
             "watches": self.index.watches(),
             "missing_watches": sorted(self.watcher.missing),
             "unfollowed_links": self.watcher.unfollowed_links,
-            "unnamed_files": self.watcher.unnamed,
+            "unnamed_files": (unnamed := self.watcher.unnamed)[:UNNAMED_SHOWN],  # sent 4 times a second
+            "unnamed_count": len(unnamed),
             "home": str(self.home),
             "paused": self.paused,
             "stalled": self.stalled or ("" if self.pipeline.models else NO_MODEL_WAITS),

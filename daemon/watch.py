@@ -198,12 +198,15 @@ class Watcher(FileSystemEventHandler):
 
     @property
     def unnamed(self) -> list[str]:
-        """Files and folders left out because their names are not UTF-8 (the index cannot hold them), as
-        people can read them (`Caf\\xe9 Tom.wav`); said in status, not only in the log: one unzipped from a
-        Windows-made pack could never be found, and nothing said why. Renamed or deleted ones drop out."""
+        """Files and folders under the watches left out because their names are not UTF-8 (the index cannot
+        hold them), as people can read them (`Caf\\xe9 Tom.wav`); said in status, not only in the log: one
+        unzipped from a Windows-made pack could never be found, and nothing said why. Renamed or deleted
+        ones, and ones no watch holds any more, are forgotten."""
         with self._lock:
+            gone = {p for p in self._unnamed if not (os.path.lexists(p) and self._watched(p))}
+            self._unnamed -= gone
             names = sorted(self._unnamed)
-        return [os.fsencode(p).decode("utf-8", "backslashreplace") for p in names if os.path.lexists(p)]
+        return [os.fsencode(p).decode("utf-8", "backslashreplace") for p in names]
 
     def _linked(self, link: str) -> None:
         """Note a link to a folder: links are not followed, so that a loop cannot trap a scan or the observer."""
@@ -226,7 +229,7 @@ class Watcher(FileSystemEventHandler):
             return True
         with self._lock:
             said = path in self._unnamed
-            if not said and len(self._unnamed) < 10_000:
+            if not said and len(self._unnamed) < UNNAMED_MOST:
                 self._unnamed.add(path)
         if not said:
             log.warning("%r is left out: its name is not valid UTF-8; rename it to index it", os.fsencode(path))
@@ -475,6 +478,9 @@ def _links_to_folder(path: str) -> bool:
 
 MOUNTINFO = "/proc/self/mountinfo"
 MADE_UP_INODES = {"vfat", "msdos", "exfat", "fat", "umsdos"}  # numbered at each mount: no way to know a file
+
+
+UNNAMED_MOST = 1000  # names not UTF-8 remembered (each status checks they are still there)
 
 
 def _stable_inodes() -> Callable[[int], bool]:

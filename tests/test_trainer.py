@@ -1241,3 +1241,13 @@ def test_a_whole_shard_cut_off_before_its_check_is_finished_or_sent_again(tmp_pa
         serving.stop(grace=0)
     assert good.sha256 not in missing and (folder / f"{good.sha256}.npz").read_bytes() == blobs[good.sha256]
     assert missing[bad.sha256] == 0 and not (folder / f"{bad.sha256}.part").exists()
+
+
+def test_an_upload_chunk_that_does_not_decode_is_invalid_argument(trainer_service: str) -> None:
+    """A request stream's message that does not decode (a sha256 field that is not UTF-8) was INTERNAL
+    "Exception deserializing request!", as unary requests were."""
+    with grpc.insecure_channel(trainer_service) as channel:
+        upload = channel.stream_unary("/vibrary.v1.Trainer/UploadShards")
+        with pytest.raises(grpc.RpcError) as err:
+            upload(iter([b"\x0a\x03\xff\xfe\xfd"]), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed request" in str(err.value.details())

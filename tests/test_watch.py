@@ -190,6 +190,8 @@ def test_a_name_that_is_not_utf8_is_left_out_and_said_once_and_the_rest_is_recor
         left_out = w.unnamed  # as status shows them: those still there, \xNN for the bytes that are not UTF-8
         assert f"{lib}/z/caf\\xe9.wav" in left_out and f"{lib}/d\\xe9mo" in left_out, left_out
         assert not any("late" in name for name in left_out)  # renamed since, to a name it can hold
+        w.unwatch(str(lib))
+        assert w.unnamed == []  # no watch holds them now
     finally:
         w.stop()
     said = [r.getMessage() for r in caplog.records if "not valid UTF-8" in r.getMessage()]

@@ -57,6 +57,7 @@ class Status(_message.Message):
     UNFOLLOWED_LINKS_FIELD_NUMBER: _builtins.int
     STALLED_FIELD_NUMBER: _builtins.int
     UNNAMED_FILES_FIELD_NUMBER: _builtins.int
+    UNNAMED_COUNT_FIELD_NUMBER: _builtins.int
     indexed: _builtins.int
     pending: _builtins.int
     failed: _builtins.int
@@ -76,6 +77,7 @@ class Status(_message.Message):
     """Why indexing waits though not paused: the index cannot be written (its disk is full, or read-only;
     tried again every 30 s), or no active model can tag. Empty when it does not. Files stay pending.
     """
+    unnamed_count: _builtins.int
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """active models at work, as NAME@VERSION"""
@@ -106,7 +108,7 @@ class Status(_message.Message):
     def unnamed_files(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Files and folders under the watches left out because their names are not valid UTF-8 (unpacked from
         an archive made elsewhere): the index cannot hold them. Written with \\xNN for the bytes that are not
-        UTF-8; renaming one indexes it.
+        UTF-8; renaming one indexes it. The first 100; unnamed_count counts them all.
         """
 
     def __init__(
@@ -131,10 +133,11 @@ class Status(_message.Message):
         unfollowed_links: _abc.Iterable[Global___Link] | None = ...,
         stalled: _builtins.str = ...,
         unnamed_files: _abc.Iterable[_builtins.str] | None = ...,
+        unnamed_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "reused", b"reused", "stalled", b"stalled", "training", b"training", "unfollowed_links", b"unfollowed_links", "unnamed_files", b"unnamed_files", "unusable_models", b"unusable_models", "uptime_s", b"uptime_s", "version", b"version", "watches", b"watches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "reused", b"reused", "stalled", b"stalled", "training", b"training", "unfollowed_links", b"unfollowed_links", "unnamed_count", b"unnamed_count", "unnamed_files", b"unnamed_files", "unusable_models", b"unusable_models", "uptime_s", b"uptime_s", "version", b"version", "watches", b"watches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
