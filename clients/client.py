@@ -206,7 +206,8 @@ class Client:
         snare|clap"`, QueryError when it makes no sense), or groups that must all match, each a tag or a
         list of alternatives (`[["snare", "clap"], "dark"]`). `none_of`: tags no result has. `min_score`:
         0 counts the tags that hit (a model's best tag, or a score of at least 0.5), a score counts every
-        stored score from it up (query.ANY_STORED_SCORE: all). `under`: a folder. `model`: one model's tags.
+        stored score from it up (query.ANY_STORED_SCORE: all). `under`: a folder. `model`: one model's tags (NAME,
+        or NAME@VERSION of its active version).
         `limit` 0: every match; in the index's order unless `best_first` (the surest first, which costs
         more: `vibrary search --limit` asks for it)."""
         if isinstance(all_of, str):

@@ -440,3 +440,37 @@ def test_files_an_older_version_found_silent_are_read_again_once(tmp_path: Path)
     _add(reopened, "/lib/late-stem.wav", {}, inst.id)  # silent still (a sound beyond LOOK_AHEAD_S): it stays so
     assert reopened.forget_silent_once() == 0 and reopened.requeue_missing([inst.id]) == 0
     assert states(reopened) == {"/lib/late-stem.wav": "indexed", "/lib/kick.wav": "indexed"}
+
+
+def test_folders_left_out_are_left_out_by_every_plan(index: Index, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Query.hidden (the files under a missing watch): the merged AND, the probed AND, a folder, best first
+    and the counts all leave them out, and a sibling folder whose name starts alike (`Pack 2`) stays."""
+    import random
+
+    inst = index.add_model("inst", "/m/inst.onnx", "a" * 64, ["kick", "snare", "hihat"], "{}", False)
+    index.set_active(inst, True)
+    rng = random.Random(3)
+    scores: dict[str, tuple[float, float]] = {}
+    for root in ("/old/Pack", "/new/Pack", "/old/Pack 2"):
+        for i in range(150):
+            kick, snare = rng.random(), rng.random()
+            path = f"{root}/{i:03d}.wav"
+            _add(index, path, {"kick": kick, "snare": snare, "hihat": 0.01}, inst.id, f"{root}{i}".encode()[-16:])
+            scores[path] = (kick, snare)
+    hidden = ["/old/Pack"]
+    shown = {p: s for p, s in scores.items() if not p.startswith("/old/Pack/")}
+    both = sorted(p for p, (k, s) in shown.items() if min(k, s) >= 0.5)
+
+    def found(q: Query) -> list[str]:
+        return sorted(f.path for f in index.search(q))
+
+    assert found(Query([["kick"], ["snare"]], hidden=hidden)) == both  # merged posting lists
+    assert found(Query([["kick"], ["snare"]], path_prefix="/old", hidden=hidden)) == [
+        p for p in both if p.startswith("/old/")
+    ]
+    best = [f.path for f in index.search(Query([["kick"]], hidden=hidden, limit=20, best_first=True))]
+    assert best and all(p in shown for p in best)
+    kicks = sum(1 for p, (k, s) in shown.items() if k > s)  # a file's best tag is a hit
+    assert dict((t, n) for _, t, n in index.tag_counts("", hidden))["kick"] == kicks
+    monkeypatch.setattr(index_module, "MERGE_MAX_RATIO", 0)  # the probed plan
+    assert found(Query([["kick"], ["snare"]], hidden=hidden)) == both
