@@ -788,7 +788,7 @@ def cmd_synonyms(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vibrary.daemon.training import OWN_CLIPS, TrainingError, TrainProgress, check_request, train
+    from vibrary.daemon.training import LOST_TRAINER, OWN_CLIPS, TrainingError, TrainProgress, check_request, train
 
     options = {"epochs": args.epochs, "seed": args.seed}
     try:  # `--name "My Model"`, `--trainer lcoal`: refused as argparse refuses (exit 2), before any advice
@@ -823,7 +823,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     def progress(p: TrainProgress) -> None:
         nonlocal said
         states.add(p.state)
-        if p.state == "waiting" and p.message != said:  # queued, or the trainer out of reach
+        news = p.state == "waiting" or p.message.startswith(LOST_TRAINER)  # queued, or the trainer out of reach
+        if news and p.message != said:
             said = p.message
             tqdm.write(p.message, file=sys.stderr)
         if not sys.stderr.isatty():

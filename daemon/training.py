@@ -96,6 +96,7 @@ class TrainProgress:
     plots: list[str] = field(default_factory=list)
 
 
+LOST_TRAINER = "lost the trainer"  # a message said while training goes on (the state stays as it was)
 HELD_OUT = "held-out clips"
 OWN_CLIPS = "training clips (none held out)"  # a small dataset trains on every clip
 
@@ -540,7 +541,7 @@ def _follow(
                 if cancel.wait(min(RECALL_MAX_S, 1.0 + silent / 10)):  # the trainer cannot be told
                     raise Cancelled("training cancelled while the trainer was out of reach") from None
                 since = f"for {silent:.0f} s" if silent >= 1 else "just now"
-                lost_it = f"lost the trainer {since} ({e}); reconnecting to job {job_id}"
+                lost_it = f"{LOST_TRAINER} {since} ({e}); reconnecting to job {job_id}"
                 report(message=lost_it, **({} if report.state.state == "training" else {"state": "waiting"}))
     finally:
         done.set()
