@@ -1109,7 +1109,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_model_ref,
         metavar="NAME[@VERSION]",
-        help="use this model: its active version, or VERSION (repeatable)",
+        help="use this model: its active version (else its newest), or VERSION (repeatable)",
     )
     p.add_argument("--top", type=_count, default=3, metavar="K", help="at most K tags per model (default 3)")
     p.set_defaults(func=cmd_tag)
@@ -1118,7 +1118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=["stop"], help="stop the daemon running for this home")
     p.add_argument("--listen", default="", metavar="HOST:PORT", help="also serve on TCP (needs a token)")
     p.add_argument("--token", default="", help="token TCP clients must send (default $VIBRARY_TOKEN)")
-    p.add_argument("--workers", type=_workers, default=None, help="decode threads (default: one per core)")
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=None,
+        help="decode threads (default: config.json's workers, else one per core)",
+    )
     p.set_defaults(func=cmd_daemon)
 
     p = sub.add_parser("watch", parents=[common], help="manage the daemon's watch folders")
@@ -1233,7 +1238,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--base", choices=["demo", "none"], default="demo", help="demo (transfer from the built-in model) or none"
     )
-    p.add_argument("--epochs", type=_count, default=None, help="at most this many epochs")
+    p.add_argument(
+        "--epochs",
+        type=_count,
+        default=None,
+        help="at most this many epochs (default 20 from the demo model, 40 with --base none; fewer once "
+        "validation stops improving)",
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--yes", action="store_true", help="cloud: accept the cost estimate without asking")
     p.set_defaults(func=cmd_train)
@@ -1241,7 +1252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("trainer", parents=[common], help="the training service")
     actions = p.add_subparsers(dest="action", required=True)
     a = actions.add_parser("serve", parents=[common], help="run the trainer service in the foreground")
-    a.add_argument("--listen", default="127.0.0.1:7878", metavar="HOST:PORT")
+    a.add_argument("--listen", default="127.0.0.1:7878", metavar="HOST:PORT", help="default 127.0.0.1:7878")
     a.add_argument("--token", default="", help="required on anything but loopback (default $VIBRARY_TRAINER_TOKEN)")
     a.add_argument("--data", default="", help="where shards and jobs are kept (default $VIBRARY_HOME/trainer)")
     a.add_argument("--tls-cert", default=os.environ.get("VIBRARY_TRAINER_TLS_CERT", ""), metavar="PEM")
@@ -1253,10 +1264,10 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_parser("remove", parents=[common], help="USER's token and jobs stop").add_argument("user")
     tokens.add_parser("list", parents=[common], help="users with a token")
     a = actions.add_parser("health", parents=[common], help="exit 0 when the trainer at --target is serving")
-    a.add_argument("--target", default="127.0.0.1:7878", metavar="HOST:PORT")
+    a.add_argument("--target", default="127.0.0.1:7878", metavar="HOST:PORT", help="default 127.0.0.1:7878")
     a.add_argument("--tls-ca", default="", metavar="PEM", help="default $VIBRARY_TRAINER_CA or the served cert")
     a.add_argument("--server-name", default="", help="name the certificate is for (default: the target's host)")
-    a.add_argument("--timeout", type=float, default=5.0)
+    a.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     a = actions.add_parser("run-s3", parents=[common], help="run one cloud training job: s3://BUCKET/jobs/ID/job.json")
     a.add_argument("url", metavar="S3_URL")
     p.set_defaults(func=cmd_trainer)

@@ -63,7 +63,7 @@ class TrainingBusy(dataset.Busy):
 
 UNNAMED_SHOWN = 100  # names not UTF-8 in a status (unnamed_count has them all)
 STALL_RETRY_S = 30.0  # how often a daemon whose index cannot be written tries again
-NO_MODEL = "no usable active model: `vibrary models` lists them, `models activate NAME` picks one"
+NO_MODEL = "no usable active model: `vibrary models list` lists them, `vibrary models activate NAME` picks one"
 NO_MODEL_WAITS = f"{NO_MODEL}; files wait for one"
 
 

@@ -457,7 +457,7 @@ def _on_trainer(
             if cancel.is_set():
                 raise Cancelled("training cancelled during the upload") from None
             raise
-        report(state="waiting", uploaded_bytes=manifest.size, message="waiting for the trainer")
+        report(state="waiting", uploaded_bytes=manifest.size, message="starting the job on the trainer")
         job.job_id = client.start(manifest, job.name, base, options, followed=leave is None).id  # none come back
         on_started(job)
         try:
