@@ -148,7 +148,9 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "min_score must be within [0, 1]")
         if request.limit < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit must not be negative")
-        prefix = _absolute(request.path_prefix, context) if request.path_prefix else ""  # `lib/../x` is x
+        # `lib/../x` is x, and a link to a folder is where it leads, as the index holds it (a client over TCP
+        # cannot resolve the daemon's links for it)
+        prefix = indexed_path(_absolute(request.path_prefix, context)) if request.path_prefix else ""
         groups = [list(dict.fromkeys(g.tags)) for g in request.all_of]
         if any(not g or any(not t.strip() for t in g) for g in groups) or any(not t.strip() for t in request.none_of):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty tag in query")
@@ -196,7 +198,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         return name
 
     def GetTags(self, request: pb.GetTagsRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
-        paths = [_absolute(p, context) for p in request.paths]
+        paths = [indexed_path(_absolute(p, context)) for p in request.paths]
         for found in self.daemon.index.file_tags(paths):
             if not context.is_active():
                 return
@@ -210,7 +212,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
     def Tag(self, request: pb.TagRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
         if not request.paths:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no paths given")
-        paths = _not_whole_disk([_absolute(p, context) for p in request.paths], context)
+        paths = _not_whole_disk([indexed_path(_absolute(p, context)) for p in request.paths], context)
         if self.daemon.paused:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "indexing is paused; resume it first (vibrary resume)")
         remaining = context.time_remaining()  # no deadline reads as ~1e19 s

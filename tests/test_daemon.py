@@ -582,7 +582,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_tcp_only_when_asked_and_only_with_the_token(model_home: Path) -> None:
+def test_tcp_only_when_asked_and_only_with_the_token(model_home: Path, tmp_path: Path) -> None:
     port = _free_port()
     refused = vibrary("daemon", "--listen", f"127.0.0.1:{port}", home=model_home, check=False)
     assert refused.returncode == 1 and "token" in refused.stderr
@@ -595,6 +595,11 @@ def test_tcp_only_when_asked_and_only_with_the_token(model_home: Path) -> None:
             with pytest.raises(DaemonError, match="absolute") as relative:  # not resolved where the client runs
                 good.add_watch("samples")
             assert relative.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            real = write_tone(tmp_path / "real" / "low.wav", BANDS["low"]).parent
+            (tmp_path / "link").symlink_to(real)  # the daemon resolves its own links: the client cannot
+            assert [f.state for f in good.tag([str(tmp_path / "link" / "low.wav")])] == ["indexed"]
+            assert [f.path for f in good.tags([str(tmp_path / "link")])] == [str(real / "low.wav")]
+            assert [f.path for f in good.search("low", under=str(tmp_path / "link"))] == [str(real / "low.wav")]
         with pytest.raises(BadArgument, match="printable ASCII"):
             Client(f"127.0.0.1:{port}", token="s3cret\n")
         for token in ("", "wrong"):
