@@ -39,9 +39,17 @@ TAIL_BYTES = 64 << 10
 
 class Fingerprint(NamedTuple):
     size: int
-    mtime_ns: int
+    mtime_ns: int  # changed_at(): the file's mtime or, when later, its ctime
     inode: int
     hash: bytes
+
+
+def changed_at(st: os.stat_result) -> int:
+    """When a file last changed, as far as its stat can tell: its mtime, or its ctime when later. An mtime
+    can be set back (`touch -d`, `cp -p`, an unzip), and a one-shot rewritten with another of its length
+    and its old mtime kept its old tags; the ctime cannot be set. A rename or a chmod moves the ctime too,
+    which costs a hash of the file's head at the next scan (its tags come back by content), no decoding."""
+    return max(st.st_mtime_ns, st.st_ctime_ns)
 
 
 def fingerprint(path: str) -> Fingerprint:
@@ -64,7 +72,7 @@ def fingerprint(path: str) -> Fingerprint:
         raise FileVanished(VANISHED) from None
     except OSError as e:  # changed between the check and the read
         raise DecodeError(f"cannot read file: {e.strerror}") from None
-    return Fingerprint(st.st_size, st.st_mtime_ns, st.st_ino, digest.digest()[:16])
+    return Fingerprint(st.st_size, changed_at(st), st.st_ino, digest.digest()[:16])
 
 
 OPENING_BYTES = 3_500_000  # the most the decoder reads of the audio itself: 3 s of 192 kHz 24-bit stereo
@@ -173,7 +181,7 @@ def features(
             raise FileVanished("file not found (deleted or moved while it was read)") from None
         except OSError:
             raise FileChanged(CHANGED) from None
-        if (st.st_size, st.st_mtime_ns, st.st_ino) != (hashed.size, hashed.mtime_ns, hashed.inode):
+        if (st.st_size, changed_at(st), st.st_ino) != (hashed.size, hashed.mtime_ns, hashed.inode):
             raise FileChanged(CHANGED)
     return found, fresh
 

@@ -37,6 +37,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from .decode import JUNK_FOLDER, is_audio_path
+from .features import changed_at
 from .folders import indexed_path, storable
 from .index import Index, under
 
@@ -430,8 +431,8 @@ class Watcher(FileSystemEventHandler):
                     continue
                 try:
                     st = os.stat(entry.path)
-                    current, inode = (st.st_size, st.st_mtime_ns), st.st_ino if stable(st.st_dev) else -1
-                    fresh = now - st.st_mtime > self.settle_s
+                    current, inode = (st.st_size, changed_at(st)), st.st_ino if stable(st.st_dev) else -1
+                    fresh = now - changed_at(st) / 1e9 > self.settle_s
                 except FileNotFoundError:
                     continue  # gone since the listing; its own event says where to
                 except OSError:

@@ -466,6 +466,35 @@ def test_names_swapped_while_down_are_read_again_though_size_and_mtime_match(mod
         d.stop()
 
 
+def test_a_file_rewritten_in_place_while_down_with_its_old_mtime_is_read_again(
+    model_home: Path, tmp_path: Path
+) -> None:
+    """Found by a QA session: a one-shot rewritten while the daemon was stopped with another of its length,
+    in place (`cp` over it keeps the inode) and its mtime set back (`touch -d`, `cp -p`), kept the old tags:
+    size, mtime and inode all matched. Its ctime cannot be set back."""
+    library = tmp_path / "library"
+    clip = write_tone(library / "kick_01.wav", BANDS["low"])
+    d = start_daemon(model_home)
+    try:
+        d.client.add_watch(str(library))
+        wait_for(lambda: _indexed(d.client, 1))
+        assert _best(d.client, str(clip)) == ("indexed", "low")
+    finally:
+        d.stop()
+    before = clip.stat()
+    other = write_tone(tmp_path / "other.wav", BANDS["high"])
+    with open(clip, "r+b") as f:  # in place: the same inode
+        f.write(other.read_bytes())
+    os.utime(clip, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = clip.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+    d = start_daemon(model_home)
+    try:
+        wait_for(lambda: _best(d.client, str(clip)) == ("indexed", "high"), timeout=30)
+    finally:
+        d.stop()
+
+
 def test_a_new_model_retags_the_library_from_cached_spectrograms(daemon: DaemonProcess, tmp_path: Path) -> None:
     library = tmp_path / "library"
     library.mkdir()

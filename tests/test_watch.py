@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from vibrary.daemon import watch as watch_module
+from vibrary.daemon.features import changed_at
 from vibrary.daemon.index import Index, Result
 from vibrary.daemon.watch import Watcher
 from watchdog.events import FileClosedEvent
@@ -106,9 +107,9 @@ def test_a_flush_that_keeps_failing_backs_off_and_says_so_once(
 def test_a_name_given_another_file_is_read_again_unless_the_drive_makes_inodes_up(
     index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two one-shots of one size and mtime renumbered while the daemon was down: the inode tells. FAT and
-    exFAT make inode numbers up at each mount, so there a changed inode alone would read the whole drive
-    again at every start: it is not compared."""
+    """Two one-shots of one size and mtime renumbered while the daemon was down: the inode tells (and the
+    ctime the renames moved). FAT and exFAT make inode numbers up at each mount, so there a changed inode
+    alone would read the whole drive again at every start: it is not compared."""
     lib = tmp_path / "lib"
     lib.mkdir()
     a, b = lib / "kick_01.wav", lib / "kick_02.wav"
@@ -117,10 +118,18 @@ def test_a_name_given_another_file_is_read_again_unless_the_drive_makes_inodes_u
     for f in (a, b):
         os.utime(f, ns=(10**18, 10**18))
         index.mark_pending([(str(f), 0.0)])
-    for job in index.due_jobs(10, set(), 1e12):
-        st = os.stat(job.path)
-        result = Result(job, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino, hash=job.path.encode()[-16:])
-        assert index.write_results([result], 0.02) == [result]
+
+    def indexed(inode_shift: int) -> None:
+        for job in index.due_jobs(10, set(), 1e12):
+            st = os.stat(job.path)
+            result = Result(
+                job,
+                size=st.st_size,
+                mtime_ns=changed_at(st),
+                inode=st.st_ino + inode_shift,
+                hash=job.path.encode()[-16:],
+            )
+            assert index.write_results([result], 0.02) == [result]
 
     def scanned() -> set[str]:
         w = _watcher(index)
@@ -129,13 +138,17 @@ def test_a_name_given_another_file_is_read_again_unless_the_drive_makes_inodes_u
         w.unwatch(str(lib))
         return _pending(index)
 
+    indexed(0)
     assert scanned() == set()
-    os.rename(a, lib / "swap")
-    os.rename(b, a)
-    os.rename(lib / "swap", b)
+    index.set_inodes([(os.stat(f).st_ino + 1000, str(f)) for f in (a, b)])  # as a FAT drive's next mount numbers them
     with monkeypatch.context() as fat:  # this folder's drive as a FAT drive: its inode numbers say nothing
         fat.setattr(watch_module, "_stable_inodes", lambda: lambda dev: False)
         assert scanned() == set()
+    assert scanned() == {str(a), str(b)}  # elsewhere they do
+    indexed(0)
+    os.rename(a, lib / "swap")
+    os.rename(b, a)
+    os.rename(lib / "swap", b)
     assert scanned() == {str(a), str(b)}
 
 
