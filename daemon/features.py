@@ -181,7 +181,9 @@ def features(
             raise FileVanished("file not found (deleted or moved while it was read)") from None
         except OSError:
             raise FileChanged(CHANGED) from None
-        if (st.st_size, changed_at(st), st.st_ino) != (hashed.size, hashed.mtime_ns, hashed.inode):
+        # rewritten meanwhile: its size, its inode or a newer mtime tell; not its ctime alone, which a hard
+        # link made or removed (a `cp -al` backup, a deduplicator) moves: such files failed as changed
+        if (st.st_size, st.st_ino) != (hashed.size, hashed.inode) or st.st_mtime_ns > hashed.mtime_ns:
             raise FileChanged(CHANGED)
     return found, fresh
 

@@ -246,3 +246,24 @@ def test_a_file_whose_path_is_longer_than_libsndfile_takes_is_decoded(tmp_path: 
     assert len(os.fsencode(str(deep / "kick 01.wav"))) > 1100
     params = SpectrogramParams()
     assert np.array_equal(decode(str(deep / "kick 01.wav"), params), decode(str(short), params))
+
+
+def test_a_hard_link_made_while_a_file_is_read_is_no_change_of_it(tmp_path: Path) -> None:
+    """A hard link made or removed (a `cp -al` backup, a deduplicator) moves the file's ctime, and files read
+    at that moment failed as "changed while it was being read" until the next rescan, hours later (a QA
+    session). A rewrite still tells: its size, or a newer mtime."""
+    import os
+    import time
+
+    from vibrary.daemon.features import FileChanged, features, fingerprint
+    from vibrary.daemon.spectrogram import SpectrogramParams
+
+    clip = write_tone(tmp_path / "kick.wav", 60)
+    hashed = fingerprint(str(clip))
+    os.link(clip, tmp_path / "backup.wav")
+    specs, fresh = features(str(clip), hashed, [SpectrogramParams()], None)
+    assert len(specs) == len(fresh) == 1
+    time.sleep(0.05)  # past the file system's clock tick
+    clip.write_bytes(clip.read_bytes())  # the same bytes written again: a newer mtime
+    with pytest.raises(FileChanged):
+        features(str(clip), hashed, [SpectrogramParams()], None)

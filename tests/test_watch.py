@@ -317,3 +317,34 @@ def test_a_link_whose_target_is_deleted_leaves_the_index_at_the_next_scan(index:
     (tmp_path / "kick.wav").unlink()
     w.scan(str(lib))
     assert _pending(index) == set()
+
+
+def test_scans_of_folders_copied_in_leave_no_index_connection_open(index: Index, tmp_path: Path) -> None:
+    """Each folder made under a watch is scanned in a thread of its own, whose index connection stayed open
+    after it (until the garbage collector came by): a copy of 500 folders held hundreds of open files, and at
+    macOS's limit of 256 thousands of files failed with "Too many open files" (a QA session)."""
+    import gc
+
+    def open_on_index() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd).startswith(str(tmp_path / "index.sqlite")))
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    w = _watcher(index)
+    w.start()
+    gc.disable()  # as a busy daemon between collections
+    try:
+        w.watch(str(lib))
+        wait_for(lambda: w.scans_running == 0)
+        before = open_on_index()
+        for i in range(60):
+            (lib / f"pack{i}").mkdir()
+            (lib / f"pack{i}" / "k.wav").write_bytes(b"x")
+        wait_for(lambda: len(_pending(index)) == 60, timeout=30)
+        wait_for(lambda: w.scans_running == 0)
+        time.sleep(0.2)  # the scan threads end
+        assert open_on_index() - before < 10
+    finally:
+        gc.enable()
+        w.stop()
