@@ -444,8 +444,9 @@ class Watcher(FileSystemEventHandler):
                     continue
                 try:
                     st = os.stat(entry.path)
-                    current, inode = (st.st_size, changed_at(st)), st.st_ino if stable(st.st_dev) else -1
-                    fresh = now - changed_at(st) / 1e9 > self.settle_s
+                    stamp = changed_at(st)
+                    current, inode = (st.st_size, stamp), st.st_ino if stable(st.st_dev) else -1
+                    fresh = now - stamp / 1e9 > self.settle_s
                 except FileNotFoundError:
                     continue  # gone since the listing; its own event says where to
                 except OSError:
