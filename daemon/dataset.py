@@ -539,7 +539,7 @@ def _edit(
 
     done: dict[str, str] = {}
     same: list[str] = []  # renames onto the tag itself: part of a merge (`merge a b --into A`), or all there is
-    for old, new in list(rename):
+    for old, new in rename:
         if done.get(_spelled(old)) == as_held(new):  # `merge noisy Noisy --into hiss`: one tag, named twice
             continue
         typed, new = new, as_held(new)

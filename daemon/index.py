@@ -842,12 +842,13 @@ class Index:
     def tag_counts(self, model: str = "", hidden: Sequence[str] = ()) -> list[tuple[str, str, int]]:
         """(model, tag, files) for every tag that some indexed file has; `hidden` as in Query."""
         args: list[object] = [model, model]
+        outside = "".join(f" AND {c}" for c in _outside(hidden, args))
         rows = self.conn().execute(
             f"""SELECT m.name, v.tag, count(*) FROM files f
                JOIN tags t ON t.content_id = f.content_id AND t.hit = 1
                JOIN models m ON m.id = t.model_id AND m.active = 1
                JOIN vocab v ON v.id = t.tag_id
-               WHERE f.state != 'failed' AND (? = '' OR m.name = ?){"".join(_outside(hidden, args))}
+               WHERE f.state != 'failed' AND (? = '' OR m.name = ?){outside}
                GROUP BY m.name, v.tag ORDER BY count(*) DESC, v.tag""",
             args,
         )
@@ -855,10 +856,10 @@ class Index:
 
 
 def _outside(folders: Sequence[str], args: list[object]) -> list[str]:
-    """` AND ` conditions that leave out the files under these folders (their bounds appended to args)."""
+    """Conditions that leave out the files under these folders (their bounds appended to args)."""
     conditions = []
     for folder in folders:
-        conditions.append(" AND NOT (f.path >= ? AND f.path < ?)")
+        conditions.append("NOT (f.path >= ? AND f.path < ?)")
         args.extend(under(folder))
     return conditions
 
@@ -900,7 +901,7 @@ def _search_sql(
         lo, hi = under(q.path_prefix)
         where.append("f.path >= ? AND f.path < ?")
         args.extend([lo, hi])
-    where.extend(condition.removeprefix(" AND ") for condition in _outside(q.hidden, args))
+    where.extend(_outside(q.hidden, args))
     sql = f"SELECT DISTINCT f.path, f.content_id, f.state, f.error FROM {source} WHERE {' AND '.join(where)}"
     if q.limit > 0:
         sql += " LIMIT ?"

@@ -332,9 +332,7 @@ class Synonyms:
     def names_only_tags(self, text: str) -> bool:
         """Whether every word of a text is part of a known tag's name, or numbering: a category folder
         (`One Shots/`, `Drum Loops/`), not a pack's name (`Phat Beats/`)."""
-        ws = tokens(text)
-        covered = {i for m in self._scan(ws) if m.tag for i in range(m.start, m.end)}
-        return all(i in covered or w.isdigit() for i, w in enumerate(ws))
+        return self._named(text, sounds=False)[1]
 
     def by_role(self, text: str, tag: str) -> bool:
         """Whether a text names `tag` only by the part it plays (`808/`: the sub-bass of modern packs, but
@@ -392,10 +390,16 @@ class Synonyms:
     def only_sounds(self, text: str) -> bool:
         """Whether every word of a text is part of a sound's name: a genre field of "Bass Drum" or "Clap"
         names the sound, one of "Bass Music" or "Electronic" the style of the pack."""
+        found, named = self._named(text, sounds=True)
+        return found and named
+
+    def _named(self, text: str, sounds: bool) -> tuple[bool, bool]:
+        """(whether the text has a known word, whether every word but numbering is part of a tag's name: a
+        sound's, with `sounds`)."""
         ws = tokens(text)
         matches = self._scan(ws)
-        covered = {i for m in matches if m.tag and self.rank(m.tag) == 0 for i in range(m.start, m.end)}
-        return bool(matches) and all(i in covered for i, w in enumerate(ws) if not w.isdigit())
+        covered = {i for m in matches if m.tag and not (sounds and self.rank(m.tag)) for i in range(m.start, m.end)}
+        return bool(matches), all(i in covered or w.isdigit() for i, w in enumerate(ws))
 
     def _lookup(self, phrase: tuple[str, ...]) -> tuple[str, ...] | None:
         """The table's key for a phrase, or for it without a plural s."""
