@@ -74,6 +74,8 @@ def _shown(path: str) -> str:
 
 def _human_file(line: dict[str, Any], state: str = "indexed") -> str:
     """`state`: the index's (pending, indexed …); a file `vibrary tag` read here is indexed."""
+    if line["error"] and state == "pending":  # a reason that passes (no file handles left)
+        return f"{_shown(line['path'])}: waits to be read again ({line['error']})"
     if line["error"]:
         return f"{_shown(line['path'])}: ERROR {line['error']}"
     by_model: dict[str, list[str]] = {}
@@ -300,6 +302,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         "home": s.home,
         "paused": s.paused,
         "stalled": s.stalled,  # why indexing waits: the index cannot be written (a full disk)
+        "retrying": s.retrying,  # pending files read again a minute after a passing error (no file handles)
+        "retry_reason": s.retry_reason,
         # since the daemon started: read from audio, from cached spectrograms, content already tagged
         "decoded": s.decoded,
         "from_cache": s.from_cache,
@@ -312,6 +316,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     if s.stalled:
         human += f"\nINDEXING WAITS: {s.stalled}"
+    if s.retrying:
+        human += f"\nwaiting to be read again: {_many(s.retrying)} ({s.retry_reason})"
     for ref in s.unusable_models:
         human += f"\nmodel {ref} tags nothing: {UNUSABLE.format(ref=ref)}"
     if s.missing_watches:

@@ -253,6 +253,20 @@ class Client:
         """Deactivate NAME's active version, or NAME@VERSION."""
         return list(self._call("DeactivateModel", _model_ref(name, version)).models)
 
+    def install_model(self, path: str, name: str = "", inactive: bool = False) -> list[pb.Model]:
+        """Send an ONNX file (read here: the daemon may run on another machine) to be installed as a new
+        version of `name` (its metadata's name when empty) and activated, unless `inactive`."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise BadArgument(f"cannot read {path}: {e.strerror}") from None
+        request = pb.InstallModelRequest(onnx=data, name=name, inactive=inactive)
+        return list(self._call("InstallModel", request).models)
+
+    def remove_model(self, name: str, version: int = 0) -> list[pb.Model]:
+        """Remove NAME's newest version, or NAME@VERSION; the newest left is activated if it was active."""
+        return list(self._call("RemoveModel", _model_ref(name, version)).models)
+
     def pause(self) -> pb.Status:
         return self._call("Pause", pb.PauseRequest())
 
@@ -273,6 +287,11 @@ class Client:
     def add_synonyms(self, pairs: Sequence[tuple[str, str]]) -> list[pb.Synonym]:
         request = pb.Synonyms(synonyms=[pb.Synonym(alias=a, tag=t) for a, t in pairs])
         return list(self._call("AddSynonyms", request).synonyms)
+
+    def remove_synonyms(self, aliases: Sequence[str]) -> list[pb.Synonym]:
+        """Take these aliases out (built-in ones too); the table as it is then."""
+        request = pb.Synonyms(synonyms=[pb.Synonym(alias=a) for a in aliases])
+        return list(self._call("RemoveSynonyms", request).synonyms)
 
     def create_dataset(
         self, name: str, files: Sequence[tuple[str, str]], timeout: float | None = None, add: bool = False

@@ -53,7 +53,21 @@ class FileVanished(DecodeError):
     """The file is gone (deleted or moved away since it was seen)."""
 
 
+class TryLater(DecodeError):
+    """A reason that passes: the system out of file handles or memory, a network drive that timed out.
+    Stored as a failure, such a file waited for a change or a restart: it is read again a little later."""
+
+
 VANISHED = "file not found (deleted or moved before it could be read)"
+# errnos that say nothing about the file; EIO is left out: on a local disk it is a bad sector, for good
+PASSING = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ESTALE}
+)
+
+
+def unreadable(doing: str, e: OSError) -> DecodeError:
+    """The error for an OSError met while `doing` (open, stat, read) a file."""
+    return (TryLater if e.errno in PASSING else DecodeError)(f"cannot {doing} file: {e.strerror}")
 
 
 # What macOS leaves in the zips sample packs come in: `._Kick.wav` beside each `Kick.wav` (its Finder
@@ -91,7 +105,8 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
                 audio = _from_first_sound(f, frames, audio)
     except sf.LibsndfileError as e:
         check_readable(path)  # gone or locked since the first check: say that, not libsndfile's guess
-        raise DecodeError(_describe_libsndfile_error(e)) from None
+        # its "System error" is the OS refusing an open or a read of a file just found readable: passing
+        raise (TryLater if "System error" in e.error_string else DecodeError)(_describe_libsndfile_error(e)) from None
     except (RuntimeError, TypeError, ValueError) as e:  # soundfile wraps some codec errors this way
         raise DecodeError(f"cannot decode audio: {e}") from None
     if audio.shape[0] == 0:
@@ -219,7 +234,7 @@ def check_readable(path: str) -> None:
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise DecodeError("symbolic link loop") from None
-        raise DecodeError(f"cannot stat file: {e.strerror}") from None
+        raise unreadable("stat", e) from None
     if not os.path.isfile(path):
         raise DecodeError("not a regular file")
     if st.st_size == 0:
@@ -230,7 +245,7 @@ def check_readable(path: str) -> None:
     except PermissionError:
         raise DecodeError("permission denied") from None
     except OSError as e:
-        raise DecodeError(f"cannot open file: {e.strerror}") from None
+        raise unreadable("open", e) from None
 
 
 # Sizes that recorders and pipes write when the length is not known yet (sox writing to a pipe, a streamed

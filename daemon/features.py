@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .cache import SpectrogramCache
-from .decode import VANISHED, DecodeError, FileVanished, check_readable, decode
+from .decode import VANISHED, DecodeError, FileVanished, check_readable, decode, unreadable
 from .spectrogram import SpectrogramParams, dequantize, log_mel, quantize
 
 HEAD_BYTES = 4 << 20
@@ -71,7 +71,7 @@ def fingerprint(path: str) -> Fingerprint:
     except FileNotFoundError:
         raise FileVanished(VANISHED) from None
     except OSError as e:  # changed between the check and the read
-        raise DecodeError(f"cannot read file: {e.strerror}") from None
+        raise unreadable("read", e) from None
     return Fingerprint(st.st_size, changed_at(st), st.st_ino, digest.digest()[:16])
 
 

@@ -51,6 +51,7 @@ CREATE INDEX IF NOT EXISTS files_work ON files(state, due);
 CREATE INDEX IF NOT EXISTS files_dir ON files(dir);
 CREATE INDEX IF NOT EXISTS files_content ON files(content_id);
 CREATE INDEX IF NOT EXISTS files_failed ON files(updated) WHERE state = 'failed';
+CREATE INDEX IF NOT EXISTS files_retry ON files(due) WHERE state = 'pending' AND error IS NOT NULL;
 CREATE TABLE IF NOT EXISTS contents (
     id INTEGER PRIMARY KEY,
     hash BLOB NOT NULL UNIQUE
@@ -127,6 +128,7 @@ class Result:
     unfamiliar: set[int] = field(default_factory=set)  # models that find the file like none of their examples
     error: str | None = None
     vanished: bool = False  # the file is gone: its row leaves the index
+    retry: bool = False  # the error passes (no file handles left): the file stays pending, read again later
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,8 @@ NO_SUCH_PATH = "no such file or folder"  # a path asked for that is not there (n
 # PRAGMA user_version from which silent openings were read past (Index.forget_silent_once).
 _SILENT_OPENINGS_READ = 1
 
+RETRY_S = 60.0  # how long a file whose reading failed for a passing reason waits to be read again
+
 # (path, dir, due, updated): a file to read once `due` has passed; a row already there is read again
 _MARK_PENDING = """INSERT INTO files(path, dir, state, due, gen, updated) VALUES (?1, ?2, 'pending', ?3, 1, ?4)
     ON CONFLICT(path) DO UPDATE SET state = 'pending', error = NULL,
@@ -199,6 +203,11 @@ def under(folder: str) -> tuple[str, str]:
     """Bounds of the paths strictly under `folder`: '/' sorts just before '0'."""
     base = folder.rstrip(os.sep)
     return base + os.sep, base + chr(ord(os.sep) + 1)
+
+
+def within(path: str, folders: Iterable[str]) -> bool:
+    """Whether path is one of the folders or under one: a prefix test alone would put `Drums2/` in `Drums`."""
+    return any(path == f or path.startswith(under(f)[0]) for f in folders)
 
 
 def _ids_never_reused(c: sqlite3.Connection, table: str, then: str = "") -> None:
@@ -298,7 +307,7 @@ class Index:
             others = [r[0] for r in c.execute("SELECT path FROM watches")]
             lo, hi = under(folder)
             rows = c.execute("SELECT id, path FROM files WHERE path >= ? AND path < ?", (lo, hi)).fetchall()
-            gone = [(i,) for i, p in rows if not any(p.startswith(under(o)[0]) for o in others)]
+            gone = [(i,) for i, p in rows if not within(p, others)]
             c.executemany("DELETE FROM files WHERE id = ?", gone)
         return True
 
@@ -377,6 +386,24 @@ class Index:
                 removed.extend(r[0] for r in hits)
         return removed
 
+    def retry_now(self, folder: str) -> int:
+        """Files under folder that wait to be read again after a passing error: due now (their drive is back)."""
+        lo, hi = under(folder)
+        sql = "UPDATE files SET due = 0 WHERE state = 'pending' AND error IS NOT NULL AND path >= ? AND path < ?"
+        with self.write() as c:
+            return int(c.execute(sql, (lo, hi)).rowcount)
+
+    def unread(self, paths: Sequence[str]) -> list[str]:
+        """Which of these files are pending and not waiting after a passing error: a Tag call's poll, which
+        asked for every file's tags 50 times a second (2.7 s a time for 100,000 files)."""
+        left: list[str] = []
+        for start in range(0, len(paths), 500):  # SQLite takes only so many variables in one statement
+            page = paths[start : start + 500]
+            marks = ",".join("?" * len(page))
+            sql = f"SELECT path FROM files WHERE state = 'pending' AND error IS NULL AND path IN ({marks})"
+            left += [r[0] for r in self.conn().execute(sql, page)]
+        return left
+
     def move(self, src: str, dst: str) -> int:
         """A file or folder renamed inside the library: paths change, content and tags stay. The new
         `gen` drops any result a worker is still computing under the old path."""
@@ -414,12 +441,16 @@ class Index:
         return [r[0] for r in rows]
 
     # -- work queue ----------------------------------------------------------------------------------
-    def due_jobs(self, limit: int, skip: set[int], now: float) -> list[Job]:
+    def due_jobs(self, limit: int, skip: set[int], now: float, hidden: Sequence[str] = ()) -> list[Job]:
+        """`hidden`: folders whose files wait (a watch folder on a drive unplugged): read now, each would
+        be found gone and leave the index, to be hashed again when the drive is back."""
+        args: list[object] = [now]
+        outside = "".join(f" AND {c}" for c in _outside(hidden, args))
         rows = self.conn().execute(
-            """SELECT f.id, f.path, f.gen, f.size, f.mtime_ns, c.hash FROM files f
+            f"""SELECT f.id, f.path, f.gen, f.size, f.mtime_ns, c.hash FROM files f
                LEFT JOIN contents c ON c.id = f.content_id
-               WHERE f.state = 'pending' AND f.due <= ? ORDER BY f.due LIMIT ?""",
-            (now, limit + len(skip)),
+               WHERE f.state = 'pending' AND f.due <= ?{outside} ORDER BY f.due LIMIT ?""",
+            (*args, limit + len(skip)),
         )
         jobs = [Job(*r) for r in rows if r[0] not in skip]
         return jobs[:limit]
@@ -452,6 +483,12 @@ class Index:
             for r in results:
                 if r.vanished:
                     if c.execute("DELETE FROM files WHERE id = ? AND gen = ?", (r.job.id, r.job.gen)).rowcount:
+                        written.append(r)
+                    continue
+                if r.retry:  # the reason is kept for `vibrary tags`: pending, and why it waits
+                    due = time.time() + RETRY_S
+                    sql = "UPDATE files SET due = ?, error = ? WHERE id = ? AND gen = ? AND state = 'pending'"
+                    if c.execute(sql, (due, r.error, r.job.id, r.job.gen)).rowcount:
                         written.append(r)
                     continue
                 content_id = self._content_id(c, r.hash) if r.hash is not None else None
@@ -507,6 +544,20 @@ class Index:
     def due_count(self, now: float) -> int:
         row = self.conn().execute("SELECT count(*) FROM files WHERE state = 'pending' AND due <= ?", (now,))
         return int(row.fetchone()[0])
+
+    def retrying(self) -> tuple[int, str]:
+        """How many pending files wait to be read again after a passing error, and the soonest one's reason:
+        from a partial index as small as they are few, asked 4 times a second by each status follower."""
+        row = (
+            self.conn()
+            .execute(
+                """SELECT count(*), (SELECT error FROM files INDEXED BY files_retry WHERE state = 'pending'
+                                   AND error IS NOT NULL ORDER BY due LIMIT 1)
+               FROM files INDEXED BY files_retry WHERE state = 'pending' AND error IS NOT NULL"""
+            )
+            .fetchone()
+        )
+        return int(row[0]), row[1] or ""
 
     def failures(self, limit: int = 20) -> list[tuple[str, str]]:
         """The newest failures first, from a partial index that holds only failed files: instant on a huge,

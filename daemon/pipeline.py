@@ -19,7 +19,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .cache import SpectrogramCache
-from .decode import DecodeError, FileVanished
+from .decode import DecodeError, FileVanished, TryLater
 from .features import features, fingerprint
 from .index import MODEL_FAILED, Job, Result
 from .infer import Model, ranked_tags
@@ -139,6 +139,7 @@ class Pipeline:
         except DecodeError as e:
             result.error = str(e)
             result.vanished = isinstance(e, FileVanished)
+            result.retry = isinstance(e, TryLater)
             return _Prepared(result, {}, [])
         outcome = "decoded" if fresh else "from_cache" if todo else "reused"
         with self._idle:

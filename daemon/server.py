@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import queue
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from . import config, dataset, events, registry, suggest, training
 from .folders import indexed_path
-from .index import FileTags, Query
+from .index import FileTags, ModelRow, Query
 from .infer import ModelError
 from .modelref import parse_ref
 from .rpc import bind, make_server
@@ -227,7 +228,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         if not context.is_active():
             return  # the caller went away: nobody to answer
-        if any(r.state == "pending" for r in results):
+        if any(r.state == "pending" and not r.error for r in results):  # (an error: read again a minute later)
             if self.daemon.paused:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, "indexing was paused before these files were done")
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "files still pending at the deadline")
@@ -269,15 +270,51 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         return self._set_active(request, context, False)
 
     def _set_active(self, request: pb.ModelRef, context: grpc.ServicerContext, active: bool) -> pb.ModelList:
+        row = self._model_row(request, context, active_first=not active)
+        self.daemon.index.set_active(row, active)
+        self.daemon.models_changed()
+        return self._models()
+
+    def _model_row(self, request: pb.ModelRef, context: grpc.ServicerContext, active_first: bool) -> ModelRow:
         if not request.name or request.version < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model name required, version >= 0")
         if "@" in request.name:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give the version in its own field, not as NAME@VERSION")
         try:
-            row = self.daemon.index.model(request.name, request.version, active_first=not active)
+            return self.daemon.index.model(request.name, request.version, active_first=active_first)
         except KeyError as e:
             context.abort(grpc.StatusCode.NOT_FOUND, str(e.args[0]))
-        self.daemon.index.set_active(row, active)
+        raise AssertionError("unreachable")  # abort raised
+
+    def InstallModel(self, request: pb.InstallModelRequest, context: grpc.ServicerContext) -> pb.ModelList:
+        if not request.onnx:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no model given: onnx holds the model file's bytes")
+        folder = config.models_dir(self.daemon.home)
+        folder.mkdir(parents=True, exist_ok=True)
+        # a file of its own: registry.install checks it by loading it, and copies it under its hash
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".upload-", suffix=".onnx") as upload:
+            upload.write(request.onnx)
+            upload.flush()
+            try:
+                row = registry.install(self.daemon.index, self.daemon.home, upload.name, request.name)
+            except ModelError as e:
+                said = (
+                    str(e)
+                    .replace(upload.name, "the model sent")
+                    .replace(os.path.basename(upload.name), "the model sent")
+                )
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, said)
+        if not request.inactive:
+            self.daemon.index.set_active(row, True)
+        self.daemon.models_changed()
+        return self._models()
+
+    def RemoveModel(self, request: pb.ModelRef, context: grpc.ServicerContext) -> pb.ModelList:
+        row = self._model_row(request, context, active_first=False)
+        try:
+            registry.remove(self.daemon.index, row)
+        except ModelError as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         self.daemon.models_changed()
         return self._models()
 
@@ -323,6 +360,16 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             table.add(self.daemon.home, [(s.alias, s.tag) for s in request.synonyms])
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return self._synonyms(context)
+
+    def RemoveSynonyms(self, request: pb.Synonyms, context: grpc.ServicerContext) -> pb.Synonyms:
+        if not request.synonyms:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no aliases given")
+        table = self._load_synonyms(context)
+        try:
+            table.remove(self.daemon.home, [s.alias for s in request.synonyms])
+        except ValueError as e:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(e))
         return self._synonyms(context)
 
     def _load_synonyms(self, context: grpc.ServicerContext) -> suggest.Synonyms:

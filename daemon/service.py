@@ -39,7 +39,7 @@ from .events import (
     StatusPublisher,
 )
 from .folders import audio_files_under, storable
-from .index import NO_SUCH_PATH, NOT_STORED, FileTags, Index, ModelRow, Result, under
+from .index import NO_SUCH_PATH, NOT_STORED, FileTags, Index, ModelRow, Result, within
 from .infer import Model, ModelError
 from .pipeline import ActiveModel, Pipeline
 from .watch import Watcher
@@ -62,6 +62,7 @@ class TrainingBusy(dataset.Busy):
 
 
 UNNAMED_SHOWN = 100  # names not UTF-8 in a status (unnamed_count has them all)
+WATCH_GONE = "its watch folder is not there now (a drive unplugged?): read when it is back"
 STALL_RETRY_S = 30.0  # how often a daemon whose index cannot be written tries again
 NO_MODEL = "no usable active model: `vibrary models list` lists them, `vibrary models activate NAME` picks one"
 NO_MODEL_WAITS = f"{NO_MODEL}; files wait for one"
@@ -173,7 +174,8 @@ class Daemon:
                 # to be silent)
                 paused = self._paused.is_set() or time.monotonic() < self._stalled_until or not self.pipeline.models
                 now = time.time()
-                jobs = self.index.due_jobs(room, skip, now) if room > 0 and not paused else []
+                hidden = sorted(self.watcher.missing)
+                jobs = self.index.due_jobs(room, skip, now, hidden) if room > 0 and not paused else []
                 for job in jobs:
                     with self._in_flight_lock:
                         self._in_flight.add(job.id)
@@ -203,6 +205,7 @@ class Daemon:
             self._analyzed_rows = total
 
     def _store(self, results: list[Result]) -> None:
+        self._keep_under_gone_watches(results)
         try:
             written = self._write(results)
         except Exception as e:
@@ -211,7 +214,7 @@ class Daemon:
         else:
             if self.stalled:
                 log.warning("the index can be written again: indexing goes on")
-                self.stalled = ""
+                self.stalled, self._stalled_until = "", 0.0  # fed at once, not after the rest of the pause
         finally:
             with self._in_flight_lock:
                 self._in_flight.difference_update(r.job.id for r in results)
@@ -222,10 +225,24 @@ class Daemon:
         for r in written:
             if r.vanished:
                 self._removed([r.job.path])
+            elif r.retry:
+                continue
             elif r.error:
                 self.events.publish(Event(FILE_FAILED, FileTags(r.job.path, "failed", r.error, [])))
             else:  # from the index: a copy of known content computed nothing, yet has tags
                 self.events.publish(Event(FILE_TAGGED, next(self.index.file_tags([r.job.path]))))
+
+    def _keep_under_gone_watches(self, results: list[Result]) -> None:
+        """A file not found because its whole watch folder is gone (a drive unplugged while its files
+        waited to be read; the watcher sees it within seconds) keeps its row, pending: it is read when the
+        drive is back, not hashed again as a new file after being dropped."""
+        gone = [r for r in results if r.vanished]
+        if not gone:
+            return
+        away = [w for w in self.index.watches() if not os.path.isdir(w)]
+        for r in gone:
+            if within(r.job.path, away):
+                r.vanished, r.retry, r.error = False, True, WATCH_GONE
 
     def _stall(self, e: Exception) -> None:
         """Not even a failure could be stored: the index cannot be written (a full disk, a drive gone
@@ -304,6 +321,7 @@ class Daemon:
     # -- API helpers ---------------------------------------------------------------------------------
     def status(self) -> dict[str, object]:
         counts = self.index.counts()
+        retrying, retry_reason = self.index.retrying()
         active = self.index.active_models()
         unusable = [m.ref for m in active if m.id in self._unloaded]  # tried, and could not be loaded
         return {
@@ -316,6 +334,8 @@ class Daemon:
             "unfollowed_links": self.watcher.unfollowed_links,
             "unnamed_files": (unnamed := self.watcher.unnamed)[:UNNAMED_SHOWN],  # sent 4 times a second
             "unnamed_count": len(unnamed),
+            "retrying": retrying,
+            "retry_reason": retry_reason,
             "home": str(self.home),
             "paused": self.paused,
             "stalled": self.stalled or ("" if self.pipeline.models else NO_MODEL_WAITS),
@@ -393,16 +413,20 @@ class Daemon:
         try:
             self.index.mark_pending((p, 0.0) for p in files)
             self._wake.set()
-            while True:  # the answer is the poll that found them done: another Tag of one may re-queue it
-                results = list(self.index.file_tags(files))
-                if all(r.state != "pending" for r in results):
-                    break
-                if self.paused:  # they are read once indexing resumes, as the reply says
-                    break
-                if not (time.time() < deadline and wanted()):
-                    abandoned = [r.path for r in results if r.state == "pending"]
-                    break
-                time.sleep(0.02)
+            waiting = files
+            while True:
+                began = time.monotonic()
+                waiting = self.index.unread(waiting)
+                if not waiting or self.paused or not (time.time() < deadline and wanted()):
+                    results = list(self.index.file_tags(files))
+                    waiting = [r.path for r in results if r.state == "pending" and not r.error]
+                    if not waiting or self.paused:  # (paused: read once indexing resumes, as the reply says)
+                        break  # the answer is the read that found them done: another Tag of one may re-queue it
+                    if not (time.time() < deadline and wanted()):
+                        abandoned = waiting
+                        break
+                # a poll of 100,000 files takes a while: waiting 4 times as long leaves the core to the workers
+                time.sleep(max(0.02, 4 * (time.monotonic() - began)))
         finally:
             with self._tag_lock:
                 self._tag_waits.subtract(files)
@@ -415,8 +439,8 @@ class Daemon:
         """A Tag call's files that no watch holds and no other call waits for, when its caller stopped
         waiting for them (a deadline, a cancel): they were all read anyway and kept for good, 800 files for a
         call cut off after a second. The ones a watch holds stay queued: the daemon reads them in any case."""
-        bounds = [under(w)[0] for w in self.index.watches()]
-        unwatched = [p for p in paths if not any(p.startswith(b) for b in bounds)]
+        watches = self.index.watches()
+        unwatched = [p for p in paths if not within(p, watches)]
         if not unwatched:
             return
         try:

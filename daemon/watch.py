@@ -39,7 +39,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 from .decode import JUNK_FOLDER, is_audio_path
 from .features import changed_at
 from .folders import indexed_path, storable
-from .index import Index, under
+from .index import Index, under, within
 
 log = logging.getLogger(__name__)
 # watchdog warns on stderr each time a folder it already follows is registered again during a copy: noise
@@ -89,6 +89,7 @@ class Watcher(FileSystemEventHandler):
         self._lock = threading.RLock()
         self._scheduling = threading.Lock()  # one watch() or unwatch() at a time, taken before _lock
         self._stop = threading.Event()
+        self._events = threading.Event()  # set when an event is buffered: the flusher sleeps until then
         self._flusher = threading.Thread(target=self._flush_loop, name="watch-flush", daemon=True)
         self.scans_running = 0
         self._rescanning: set[str] = set()  # watch folders being scanned again (rescan) …
@@ -107,10 +108,14 @@ class Watcher(FileSystemEventHandler):
 
     def stop(self) -> None:
         self._stop.set()
+        self._events.set()
         self._observer.stop()
         self._observer.join()
         self._flusher.join()
-        self.flush()
+        try:
+            self.flush()
+        except Exception as e:  # a full or locked index at shutdown must not stop the daemon's own shutdown
+            log.warning("could not record the last file events (%s); the next start's scan finds them", e)
 
     # -- watch folders -------------------------------------------------------------------------------
     def follow_link(self, folder: str) -> str:
@@ -146,8 +151,11 @@ class Watcher(FileSystemEventHandler):
             watch = self._observer.schedule(self, folder, recursive=True, event_filter=EVENTS)  # OSError: no change
             with self._lock:
                 self._watches[folder] = watch
+                came_back = folder in self._missing
                 self._missing.discard(folder)
                 self._identity[folder] = _identity(folder)
+        if came_back and self.index.retry_now(folder):  # files that waited for it, not a minute more
+            self._on_pending()
         self._scan_in_background(folder)
 
     def unwatch(self, folder: str) -> None:
@@ -176,7 +184,7 @@ class Watcher(FileSystemEventHandler):
 
     def _watched(self, path: str) -> bool:
         """Whether path is a watch folder or under one (call with the lock held)."""
-        return any(path == root or path.startswith(under(root)[0]) for root in self._watches)
+        return within(path, self._watches)
 
     @property
     def missing(self) -> set[str]:
@@ -274,15 +282,14 @@ class Watcher(FileSystemEventHandler):
                     return
                 if postpone or path not in self._buffer:
                     self._buffer[path] = due
+                    self._events.set()
 
     def _remove(self, path: str) -> None:
         if not path or not storable(path):  # nothing, or a name never in the index
             return
         with self._lock:
-            self.flush()
-            removed = self.index.remove_paths([path])
-        if removed:
-            self._on_removed(removed)
+            self.flush()  # (an event of it still buffered would bring it back)
+        self._remove_all([path])
 
     def _move(self, src: str, dst: str, is_dir: bool) -> None:
         if dst and not self._storable(dst):
@@ -323,14 +330,21 @@ class Watcher(FileSystemEventHandler):
         self._on_pending()
 
     def _flush_loop(self) -> None:
-        """Every 20 ms; while writing fails (a locked, full or deleted index), ever less often, up to every
-        5 s, and each distinct error logged once: it was 50 tracebacks a second."""
+        """Asleep until an event is buffered or the 5-s check of the watch folders is due (it woke every 20 ms,
+        which a laptop's battery pays for); then 20 ms more, so that a burst of events is one write. While
+        writing fails (a locked, full or deleted index), ever less often, up to every 5 s, and each distinct
+        error logged once: it was 50 tracebacks a second."""
         last_check = last_scan = time.monotonic()
         failures, said = 0, ""
-        while not self._stop.wait(min(5.0, 0.02 * 2**failures)):
+        while True:
+            if not failures:  # (a failed write keeps its events buffered: retried after the pause below)
+                self._events.wait(max(0.0, CHECK_S - (time.monotonic() - last_check)))
+            if self._stop.wait(min(5.0, 0.02 * 2**failures)):
+                return
+            self._events.clear()  # before the flush: an event buffered during it wakes the next round
             try:
                 self.flush()
-                if time.monotonic() - last_check > 5:
+                if time.monotonic() - last_check >= CHECK_S:
                     last_check = time.monotonic()
                     for folder in list(self._watches):
                         if _identity(folder) != self._identity.get(folder) or os.path.islink(folder):
@@ -496,6 +510,7 @@ MADE_UP_INODES = {"vfat", "msdos", "exfat", "fat", "umsdos"}  # numbered at each
 
 
 UNNAMED_MOST = 1000  # names not UTF-8 remembered (each status checks they are still there)
+CHECK_S = 5.0  # how often watch folders are checked for a move, a comeback or a due rescan
 
 
 def _stable_inodes() -> Callable[[int], bool]:

@@ -17,7 +17,7 @@ from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from tests.conftest import DaemonProcess
-from tests.synth import BANDS, write_tone
+from tests.synth import BANDS, band_model, write_tone
 
 
 def _tagged(daemon: DaemonProcess, tmp_path: Path) -> dict[str, str]:
@@ -264,3 +264,39 @@ def test_dataset_paths_are_kept_as_given_through_a_link(daemon: DaemonProcess, t
     assert held[0].startswith(str(tmp_path / "link"))
     edited = daemon.client.edit_dataset("mine", relabel=[(held[0], "thump")])
     assert sum(k.clips for k in edited.classes) == len(held)
+
+
+def test_a_front_end_installs_and_removes_models_and_synonyms_over_the_api_alone(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """A front end on another machine can neither run the CLI there nor reach its files: the model goes as
+    bytes, and is checked, installed, activated and removed as `vibrary models` would."""
+    moods = band_model(tmp_path / "mine.onnx", name="moods", classes=("dark", "warm", "bright"))
+    installed = daemon.client.install_model(str(moods))
+    assert [(m.name, m.version, m.active) for m in installed if m.name == "moods"] == [("moods", 1, True)]
+    low = str(write_tone(tmp_path / "lib" / "low.wav", BANDS["low"]))
+    (tagged,) = daemon.client.tag(low)
+    assert {(t.model, t.tag) for t in tagged.tags if t.score > 0.5} == {("bands", "low"), ("moods", "dark")}
+    again = daemon.client.install_model(str(moods), inactive=True)  # the same file: the version it is
+    assert [(m.version, m.active) for m in again if m.name == "moods"] == [(1, True)]
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model at all")
+    with pytest.raises(DaemonError, match="the model sent: not a loadable ONNX model") as refused:
+        daemon.client.install_model(str(junk))
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT and "upload" not in str(refused.value)
+    with pytest.raises(DaemonError, match="built in") as builtin:
+        daemon.client.remove_model("demo")
+    assert builtin.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "moods" not in {m.name for m in daemon.client.remove_model("moods@1")}
+    assert not list((daemon.home / "models").glob("moods/*.onnx"))  # its file went with it
+    assert not list((daemon.home / "models").glob(".upload-*"))  # nor were the uploads left behind
+    (retagged,) = daemon.client.tag(low)  # (tagged again by the models active now)
+    assert {t.model for t in retagged.tags} == {"bands"}
+
+    daemon.client.add_synonyms([("thwack", "snare")])
+    left = {s.alias for s in daemon.client.remove_synonyms(["thwack", "bd"])}
+    assert "thwack" not in left and "bd" not in left and "kck" in left
+    with pytest.raises(DaemonError, match="no alias 'nope'") as unknown:
+        daemon.client.remove_synonyms(["nope", "kck"])
+    assert unknown.value.code == grpc.StatusCode.NOT_FOUND and "kck" in {s.alias for s in daemon.client.synonyms()}

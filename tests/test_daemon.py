@@ -440,6 +440,31 @@ def test_a_renamed_watch_folder_is_reported_missing_and_re_pointed_without_analy
     assert status.decoded == decoded and list(status.missing_watches) == []
 
 
+def test_files_waiting_under_a_watch_folder_that_goes_away_keep_their_rows(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """A drive unplugged halfway through its first indexing: every file still waiting was read, found gone,
+    dropped from the index and hashed again as new when the drive came back. They wait for it, and say so."""
+    library = tmp_path / "Samples"
+    library.mkdir()
+    _drop(library, 2)
+    daemon.client.pause()
+    daemon.client.add_watch(str(library))
+    wait_for(lambda: daemon.client.status().pending == 6)
+    unplugged = tmp_path / "elsewhere"
+    library.rename(unplugged)
+    daemon.client.resume()  # (before the watcher can know: the files are read, and not there)
+    wait_for(lambda: daemon.client.status().retrying == 6 or daemon.client.status().missing_watches, timeout=15)
+    wait_for(lambda: list(daemon.client.status().missing_watches) == [str(library)], timeout=15)
+    time.sleep(1.5)  # the feeder's time to read what it may
+    status = daemon.client.status()
+    assert (status.pending, status.indexed, status.failed, status.decoded) == (6, 0, 0, 0)
+    unplugged.rename(library)  # back: read at once, not a minute later
+    wait_for(lambda: _indexed(daemon.client, 6), timeout=20)
+    status = daemon.client.status()
+    assert (status.retrying, status.decoded) == (0, 6)
+
+
 def test_names_swapped_while_down_are_read_again_though_size_and_mtime_match(model_home: Path, tmp_path: Path) -> None:
     """One-shots of one length unpacked with one mtime, renumbered while the daemon was stopped: each name
     then holds another file of the same size and mtime, and kept the tags of the file it held before."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import resource
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from vibrary.daemon.decode import DecodeError, decode, is_audio_path
+from vibrary.daemon.decode import DecodeError, TryLater, decode, is_audio_path
+from vibrary.daemon.features import fingerprint
 from vibrary.daemon.spectrogram import SpectrogramParams
 
 from tests.synth import tone, write_tone
@@ -267,3 +270,28 @@ def test_a_hard_link_made_while_a_file_is_read_is_no_change_of_it(tmp_path: Path
     clip.write_bytes(clip.read_bytes())  # the same bytes written again: a newer mtime
     with pytest.raises(FileChanged):
         features(str(clip), hashed, [SpectrogramParams()], None)
+
+
+def test_running_out_of_file_handles_is_a_reason_that_passes(tmp_path: Path) -> None:
+    """A daemon at its open-files limit (macOS's default is 256) failed every file it met then, for good;
+    such a failure says it passes, and the pipeline keeps the file pending (a real EMFILE here)."""
+    path = str(write_tone(tmp_path / "k.wav", 100.0, seconds=0.5))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/dev/fd")) + 16, hard))
+        with pytest.raises(OSError, match="Too many open files"):
+            while True:
+                held.append(open(os.devnull, "rb"))  # noqa: SIM115 (closed below)
+        with pytest.raises(TryLater, match="cannot open file: Too many open files"):
+            fingerprint(path)
+        with pytest.raises(TryLater):
+            decode(path, P)
+    finally:
+        for f in held:
+            f.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert fingerprint(path).size > 0 and decode(path, P).shape == (1, P.n_samples)
+    with pytest.raises(DecodeError) as e:
+        decode(str(tmp_path), P)  # (a folder: a reason that stays, and not one that passes)
+    assert not isinstance(e.value, TryLater)

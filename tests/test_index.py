@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,23 @@ def test_failures_are_kept_with_their_reason(index: Index) -> None:
     (f,) = index.file_tags(["/bad.wav"])
     assert (f.state, f.error, f.tags) == ("failed", "empty file (0 bytes)", [])
     assert index.failures() == [("/bad.wav", "empty file (0 bytes)")]
+
+
+def test_a_failure_that_passes_keeps_the_file_pending_and_reads_it_again_later(index: Index) -> None:
+    """Out of file handles (EMFILE) for a moment, a file was failed for good: only a change or a rescan hours
+    later read it again. It waits a minute, says why, and a change reads it at once."""
+    index.mark_pending([("/lib/k.wav", 0.0), ("/lib/s.wav", 0.0)])
+    jobs = index.due_jobs(10, set(), 1e12)
+    why = "cannot open file: Too many open files"
+    now = time.time()
+    assert len(index.write_results([Result(j, error=why, retry=True) for j in jobs], 0.02)) == 2
+    assert index.counts() == {"indexed": 0, "pending": 2, "failed": 0} and index.failures() == []
+    assert index.retrying() == (2, why)
+    assert index.due_jobs(10, set(), now + 1) == []  # not fed again at once: the reason has to pass first
+    assert {j.path for j in index.due_jobs(10, set(), now + index_module.RETRY_S + 1)} == {"/lib/k.wav", "/lib/s.wav"}
+    assert [(f.state, f.error) for f in index.file_tags(["/lib/k.wav"])] == [("pending", why)]
+    index.mark_pending([("/lib/k.wav", 0.0)])  # changed meanwhile: read now, the old reason forgotten
+    assert index.retrying() == (1, why) and [j.path for j in index.due_jobs(10, set(), now + 1)] == ["/lib/k.wav"]
 
 
 def test_due_jobs_respects_settle_time_and_in_flight(index: Index) -> None:

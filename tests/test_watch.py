@@ -104,6 +104,35 @@ def test_a_flush_that_keeps_failing_backs_off_and_says_so_once(
         w.stop()
 
 
+def test_an_idle_watcher_sleeps_until_an_event_comes(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its flush loop woke every 20 ms with nothing to write, 50 wake-ups a second on a laptop's battery
+    for a library nobody touches; an event still reaches the index at once."""
+    flushes: list[float] = []
+    real = Watcher.flush
+
+    def counted(self: Watcher) -> None:
+        flushes.append(time.monotonic())
+        real(self)
+
+    monkeypatch.setattr(Watcher, "flush", counted)
+    w = _watcher(index)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    w.watch(str(lib))
+    w.start()
+    try:
+        wait_for(lambda: w.scans_running == 0)
+        time.sleep(1.0)
+        idle = len(flushes)
+        assert idle <= 1  # at most the check of the watch folders, due every 5 s (about 50 at the old pace)
+        w.on_any_event(FileClosedEvent(str(lib / "kick.wav")))
+        wait_for(lambda: _pending(index) == {str(lib / "kick.wav")}, timeout=2)
+    finally:
+        w.stop()
+
+
 def test_a_name_given_another_file_is_read_again_unless_the_drive_makes_inodes_up(
     index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -58,6 +58,8 @@ class Status(_message.Message):
     STALLED_FIELD_NUMBER: _builtins.int
     UNNAMED_FILES_FIELD_NUMBER: _builtins.int
     UNNAMED_COUNT_FIELD_NUMBER: _builtins.int
+    RETRYING_FIELD_NUMBER: _builtins.int
+    RETRY_REASON_FIELD_NUMBER: _builtins.int
     indexed: _builtins.int
     pending: _builtins.int
     failed: _builtins.int
@@ -78,6 +80,12 @@ class Status(_message.Message):
     tried again every 30 s), or no active model can tag. Empty when it does not. Files stay pending.
     """
     unnamed_count: _builtins.int
+    retrying: _builtins.int
+    """Pending files whose last read failed for a reason that passes (no file handles or memory left, a
+    network drive that timed out, their watch folder gone): each is read again a minute later, or when its
+    watch folder is back. retry_reason: one of their reasons.
+    """
+    retry_reason: _builtins.str
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """active models at work, as NAME@VERSION"""
@@ -134,10 +142,12 @@ class Status(_message.Message):
         stalled: _builtins.str = ...,
         unnamed_files: _abc.Iterable[_builtins.str] | None = ...,
         unnamed_count: _builtins.int = ...,
+        retrying: _builtins.int = ...,
+        retry_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "reused", b"reused", "stalled", b"stalled", "training", b"training", "unfollowed_links", b"unfollowed_links", "unnamed_count", b"unnamed_count", "unnamed_files", b"unnamed_files", "unusable_models", b"unusable_models", "uptime_s", b"uptime_s", "version", b"version", "watches", b"watches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "retry_reason", b"retry_reason", "retrying", b"retrying", "reused", b"reused", "stalled", b"stalled", "training", b"training", "unfollowed_links", b"unfollowed_links", "unnamed_count", b"unnamed_count", "unnamed_files", b"unnamed_files", "unusable_models", b"unusable_models", "uptime_s", b"uptime_s", "version", b"version", "watches", b"watches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -659,6 +669,32 @@ class ModelRef(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelRef: _TypeAlias = ModelRef  # noqa: Y015
+
+@_typing.final
+class InstallModelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ONNX_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    INACTIVE_FIELD_NUMBER: _builtins.int
+    onnx: _builtins.bytes
+    """the model file's bytes (at most 64 MB)"""
+    name: _builtins.str
+    inactive: _builtins.bool
+    def __init__(
+        self,
+        *,
+        onnx: _builtins.bytes = ...,
+        name: _builtins.str = ...,
+        inactive: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inactive", b"inactive", "name", b"name", "onnx", b"onnx"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstallModelRequest: _TypeAlias = InstallModelRequest  # noqa: Y015
 
 @_typing.final
 class PauseRequest(_message.Message):

@@ -94,6 +94,16 @@ class DaemonStub:
                 request_serializer=vibrary_dot_v1_dot_daemon__pb2.ModelRef.SerializeToString,
                 response_deserializer=vibrary_dot_v1_dot_daemon__pb2.ModelList.FromString,
                 _registered_method=True)
+        self.InstallModel = channel.unary_unary(
+                '/vibrary.v1.Daemon/InstallModel',
+                request_serializer=vibrary_dot_v1_dot_daemon__pb2.InstallModelRequest.SerializeToString,
+                response_deserializer=vibrary_dot_v1_dot_daemon__pb2.ModelList.FromString,
+                _registered_method=True)
+        self.RemoveModel = channel.unary_unary(
+                '/vibrary.v1.Daemon/RemoveModel',
+                request_serializer=vibrary_dot_v1_dot_daemon__pb2.ModelRef.SerializeToString,
+                response_deserializer=vibrary_dot_v1_dot_daemon__pb2.ModelList.FromString,
+                _registered_method=True)
         self.Pause = channel.unary_unary(
                 '/vibrary.v1.Daemon/Pause',
                 request_serializer=vibrary_dot_v1_dot_daemon__pb2.PauseRequest.SerializeToString,
@@ -121,6 +131,11 @@ class DaemonStub:
                 _registered_method=True)
         self.AddSynonyms = channel.unary_unary(
                 '/vibrary.v1.Daemon/AddSynonyms',
+                request_serializer=vibrary_dot_v1_dot_daemon__pb2.Synonyms.SerializeToString,
+                response_deserializer=vibrary_dot_v1_dot_daemon__pb2.Synonyms.FromString,
+                _registered_method=True)
+        self.RemoveSynonyms = channel.unary_unary(
+                '/vibrary.v1.Daemon/RemoveSynonyms',
                 request_serializer=vibrary_dot_v1_dot_daemon__pb2.Synonyms.SerializeToString,
                 response_deserializer=vibrary_dot_v1_dot_daemon__pb2.Synonyms.FromString,
                 _registered_method=True)
@@ -212,7 +227,9 @@ class DaemonServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Tag(self, request, context):
-        """Tag these paths now with the active models, store the result, stream it back.
+        """Tag these paths now with the active models, store the result, stream it back. A file whose reading
+        failed for a reason that passes (no file handles left) comes back pending, with that error: it is
+        read again a minute later (Status.retrying).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -239,6 +256,24 @@ class DaemonServicer:
 
     def DeactivateModel(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InstallModel(self, request, context):
+        """Install an ONNX model, sent as bytes (a front end may run on another machine), as a new version of
+        `name` (the name in its metadata when empty), checked by loading and running it once, and activate it
+        in place of the name's active version unless `inactive`. INVALID_ARGUMENT with the reason for a file
+        this daemon cannot run; the same file again is the version it already is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveModel(self, request, context):
+        """Forget a version and delete its file; when it was active, the newest version left of its name is
+        activated instead. A built-in model is FAILED_PRECONDITION: deactivate it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -282,6 +317,14 @@ class DaemonServicer:
 
     def AddSynonyms(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveSynonyms(self, request, context):
+        """Take aliases out (only `alias` is read): the user's own, or built-in ones (masked, so that AddSynonyms
+        gives them back). NOT_FOUND, and nothing changed, when a table has no such alias.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -396,6 +439,16 @@ def add_DaemonServicer_to_server(servicer, server):
                     request_deserializer=vibrary_dot_v1_dot_daemon__pb2.ModelRef.FromString,
                     response_serializer=vibrary_dot_v1_dot_daemon__pb2.ModelList.SerializeToString,
             ),
+            'InstallModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.InstallModel,
+                    request_deserializer=vibrary_dot_v1_dot_daemon__pb2.InstallModelRequest.FromString,
+                    response_serializer=vibrary_dot_v1_dot_daemon__pb2.ModelList.SerializeToString,
+            ),
+            'RemoveModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveModel,
+                    request_deserializer=vibrary_dot_v1_dot_daemon__pb2.ModelRef.FromString,
+                    response_serializer=vibrary_dot_v1_dot_daemon__pb2.ModelList.SerializeToString,
+            ),
             'Pause': grpc.unary_unary_rpc_method_handler(
                     servicer.Pause,
                     request_deserializer=vibrary_dot_v1_dot_daemon__pb2.PauseRequest.FromString,
@@ -423,6 +476,11 @@ def add_DaemonServicer_to_server(servicer, server):
             ),
             'AddSynonyms': grpc.unary_unary_rpc_method_handler(
                     servicer.AddSynonyms,
+                    request_deserializer=vibrary_dot_v1_dot_daemon__pb2.Synonyms.FromString,
+                    response_serializer=vibrary_dot_v1_dot_daemon__pb2.Synonyms.SerializeToString,
+            ),
+            'RemoveSynonyms': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveSynonyms,
                     request_deserializer=vibrary_dot_v1_dot_daemon__pb2.Synonyms.FromString,
                     response_serializer=vibrary_dot_v1_dot_daemon__pb2.Synonyms.SerializeToString,
             ),
@@ -797,6 +855,60 @@ class Daemon:
             _registered_method=True)
 
     @staticmethod
+    def InstallModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vibrary.v1.Daemon/InstallModel',
+            vibrary_dot_v1_dot_daemon__pb2.InstallModelRequest.SerializeToString,
+            vibrary_dot_v1_dot_daemon__pb2.ModelList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vibrary.v1.Daemon/RemoveModel',
+            vibrary_dot_v1_dot_daemon__pb2.ModelRef.SerializeToString,
+            vibrary_dot_v1_dot_daemon__pb2.ModelList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Pause(request,
             target,
             options=(),
@@ -946,6 +1058,33 @@ class Daemon:
             request,
             target,
             '/vibrary.v1.Daemon/AddSynonyms',
+            vibrary_dot_v1_dot_daemon__pb2.Synonyms.SerializeToString,
+            vibrary_dot_v1_dot_daemon__pb2.Synonyms.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveSynonyms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vibrary.v1.Daemon/RemoveSynonyms',
             vibrary_dot_v1_dot_daemon__pb2.Synonyms.SerializeToString,
             vibrary_dot_v1_dot_daemon__pb2.Synonyms.FromString,
             options,
