@@ -31,6 +31,7 @@ from vibrary.daemon.folders import indexed_path
 from vibrary.daemon.index import Index, Job, Result, under
 from vibrary.daemon.infer import ModelError
 from vibrary.daemon.modelref import parse_ref
+from vibrary.daemon.spectrogram import SILENT
 from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client, DaemonError, DaemonNotRunning
@@ -86,7 +87,7 @@ def _human_file(line: dict[str, Any], state: str = "indexed") -> str:
             f"{model}: {', '.join(tags)}" for model, tags in by_model.items()
         )
     # what a file read fine with no tags is; one not read yet has none either
-    none = "(no tags: no sound above -70 dBFS in its first minute)" if state == "indexed" else f"({state})"
+    none = f"(no tags: {SILENT})" if state == "indexed" else f"({state})"
     return f"{_shown(line['path'])}: {', '.join(next(iter(by_model.values()), [none]))}"
 
 
@@ -434,8 +435,13 @@ def _print_files(args: argparse.Namespace, files: Iterable[Any]) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    words = args.query
+    if any(w.split() != [w] for w in words):  # quoted, as people quote `snare|clap` for the shell: its words,
+        with Client() as c:  # unless a model's tag is spelled so ("hi hat")
+            spelled = {tag for m in c.models() for tag in m.classes}
+        words = [part for w in words for part in ([w.strip()] if w.strip().lower() in spelled else w.split())]
     try:
-        groups, excluded = parse_query(args.query)
+        groups, excluded = parse_query(words)
     except QueryError as e:
         raise UsageError(str(e)) from None
     if not groups and not excluded and not args.under:
@@ -569,7 +575,7 @@ def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
         f"({', '.join(f'{c} {n}' for c, n in report.per_class.items())})\n"
         f"audio {_size(report.audio_bytes)} → upload {_size(manifest.size)} "
         f"({report.ratio:.0f}× smaller, spectrograms only)"
-        + (f"\n{_many(failed)} could not be read" if failed else "")
+        + (f"\n{_many(failed)} left out (unreadable, silent, or the same sound as another)" if failed else "")
         + (f"\n{report.advice}" if report.advice else "")
         + (f"\nmore examples: `vibrary dataset add {name} DIR...`" if " more per class " in report.advice else "")
     )
@@ -688,13 +694,21 @@ def _examples(args: argparse.Namespace) -> list[Any]:
     """The labelled files under args.dirs, by folder names or by suggestion (--labels)."""
     from vibrary.daemon import dataset
 
-    if args.labels == "folders":
+    if args.labels in ("folders", "top"):
         loose: list[str] = []
-        found = dataset.examples_from_folders(args.dirs, loose)
+        spread: list[str] = []
+        found = dataset.examples_from_folders(args.dirs, loose, top=args.labels == "top", spread=spread)
         if args.action == "add":  # the ones it holds already were not left out of it
             held = {os.path.normpath(path) for path, _ in dataset.labelled_files(config.home(), args.name)}
             loose = [path for path in loose if os.path.normpath(os.path.abspath(path)) not in held]
         _say_loose(loose)
+        if spread and args.labels == "folders":
+            print(
+                "vibrary: each file's own folder names its tag, and these tags' folders lie under several folders "
+                "(if those folders are your tags, give --labels top):",
+                file=sys.stderr,
+            )
+            _say_few([f"  {line}" for line in spread], 5)
         return found
     found = _suggestions(args.dirs)
     for s in found:
@@ -768,9 +782,14 @@ def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
 def cmd_synonyms(args: argparse.Namespace) -> int:
     table = _synonyms()
     if args.action == "remove":
+        shipped = {alias.lower(): tag for tag, aliases in table.builtin.items() for alias in aliases}
         for alias, tag, builtin in table.remove(config.home(), args.aliases):
             obj = {"alias": alias, "tag": tag, "builtin": builtin, "removed": True}
-            _out(args, obj, f"{alias:20} ✗ {tag}  (removed{'; `synonyms add` gives it back' if builtin else ''})")
+            said = "; `synonyms add` gives it back" if builtin else ""
+            if not builtin and alias in shipped:  # yours overrode the built-in one: both go, and it must be said
+                obj["builtin_removed"] = shipped[alias]
+                said = f"; the built-in {alias} → {shipped[alias]} too: `vibrary synonyms add {alias} {shipped[alias]}`"
+            _out(args, obj, f"{alias:20} ✗ {tag}  (removed{said})")
         return 0
     if args.action == "add":
         meant = {alias: (tag, builtin) for alias, tag, builtin in table.pairs()}.get(args.alias.strip().lower())
@@ -791,6 +810,9 @@ def cmd_synonyms(args: argparse.Namespace) -> int:
             f"{alias:20} → {tag}{'' if builtin else '  (yours)'}",
         )
     return 0
+
+
+LOST_SAID_EVERY_S = 30.0  # how often `vibrary train` says the trainer is still out of reach
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -826,12 +848,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             logged["epoch"] = p.epoch
             print(f"epoch {p.epoch}/{p.epochs}: loss {p.loss:.3f}", file=sys.stderr, flush=True)
 
+    said_at = 0.0
+
     def progress(p: TrainProgress) -> None:
-        nonlocal said
+        nonlocal said, said_at
         states.add(p.state)
-        news = p.state == "waiting" or p.message.startswith(LOST_TRAINER)  # queued, or the trainer out of reach
-        if news and p.message != said:
-            said = p.message
+        lost = p.message.startswith(LOST_TRAINER)
+        news = p.state == "waiting" or lost  # queued, or the trainer out of reach
+        # out of reach, the message counts the seconds: it was a new line every second or two
+        again = lost and said.startswith(LOST_TRAINER) and time.monotonic() - said_at < LOST_SAID_EVERY_S
+        if news and p.message != said and not again:
+            said, said_at = p.message, time.monotonic()
             tqdm.write(p.message, file=sys.stderr)
         if not sys.stderr.isatty():
             log_lines(p)
@@ -843,12 +870,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             bars["upload"].n = p.uploaded_bytes
             bars["upload"].refresh()
         elif p.state == "training":
+            upload = bars.get("upload")
+            if upload is not None and upload.n != upload.total:  # the trainer had the rest: it stood at 0 %
+                upload.n = upload.total or 0
+                upload.refresh()
             if "train" not in bars:
                 bars["train"] = tqdm(total=None, unit="epoch", disable=None, file=sys.stderr, desc="training")
             bar = bars["train"]
             if p.epochs:  # 0 while it exports: the bar stays where training ended
                 bar.total, bar.n = p.epochs, p.epoch
-            bar.set_postfix_str(f"loss {p.loss:.3f} val acc {p.val_accuracy:.2f}")
+            # a dataset too small to hold clips out has no validation: "val acc 0.00" read as a failure
+            held_out = f" val acc {p.val_accuracy:.2f}" if p.val_accuracy else ""
+            bar.set_postfix_str(f"loss {p.loss:.3f}{held_out}")
 
     def interrupted(signum: int, frame: object) -> None:
         # a closed terminal or a `kill` ends the job as Ctrl-C does (they ended the process at once, a cloud
@@ -1196,9 +1229,10 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("dirs", nargs="+", metavar="DIR", type=_path)
         a.add_argument(
             "--labels",
-            choices=["folders", "suggest"],
+            choices=["folders", "top", "suggest"],
             default="folders",
-            help="folders: DIR/<tag>/*; suggest: from folder names, file names and metadata (see `dataset suggest`)",
+            help="folders: each file's own folder names its tag (DIR/.../<tag>/*); top: the folder right under DIR "
+            "does (DIR/<tag>/.../*); suggest: from folder names, file names and metadata (see `dataset suggest`)",
         )
     a = actions.add_parser("suggest", parents=[common], help="suggested tags for files, from names and metadata")
     a.add_argument("dirs", nargs="+", metavar="DIR", type=_path)

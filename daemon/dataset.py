@@ -38,7 +38,7 @@ from .config import check_name
 from .decode import DecodeError
 from .features import features, fingerprint
 from .folders import audio_files_under
-from .spectrogram import SpectrogramParams, quantize
+from .spectrogram import SILENT, SpectrogramParams, heard_in, quantize
 
 
 @dataclass(frozen=True)
@@ -125,30 +125,44 @@ def example(path: str, tag: str) -> Example:
     return Example(path, label(tag), shards.group_id(os.path.dirname(path)))
 
 
-def examples_from_folders(dirs: Sequence[str], loose: list[str] | None = None) -> list[Example]:
-    """Every audio file under DIR/<label>/…: label = its parent folder's name, group = that folder. Files
-    lying in a DIR itself have no tag folder and are left out; `loose`, when given, receives them, so that
-    the caller can say so (`dataset add mytags MyTags/dark` said "has these files already" of new files
-    put in dark/ itself, and built datasets one file short without a word)."""
+def examples_from_folders(
+    dirs: Sequence[str], loose: list[str] | None = None, top: bool = False, spread: list[str] | None = None
+) -> list[Example]:
+    """Every audio file under DIR/<label>/…: label = its parent folder's name (`top`: the name of the folder
+    right under DIR), group = its own folder. Files lying in a DIR itself have no tag folder and are left
+    out; `loose`, when given, receives them, so that the caller can say so (`dataset add mytags MyTags/dark`
+    said "has these files already" of new files put in dark/ itself, and built datasets one file short
+    without a word). `spread` receives a line for each tag whose folders lie under several folders of a DIR
+    (`punchy/kicks/`, `soft/kicks/`): a pack dropped into each tag folder, whose own folders replaced the
+    tags without a word, where `top` keeps them."""
     found: list[Example] = []
     loose = [] if loose is None else loose
+    firsts: dict[str, set[str]] = {}  # each tag → the folders right under a DIR that its files lie in
     for root in dirs:
         if not os.path.isdir(root):
             if os.path.exists(root):  # a file names no tag: its label would be whatever folder it is in
                 raise ValueError(f"{root} is not a folder: give folders of DIR/<tag>/ files, or use --labels suggest")
             raise FileNotFoundError(f"no such folder: {root}")
-        top = os.path.normpath(root)
+        base = os.path.normpath(root)
         for path in audio_files_under(root):
-            folder = os.path.dirname(path)
-            if os.path.normpath(folder) != top:
-                found.append(example(path, os.path.basename(folder)))
-            else:  # loose in DIR itself: no folder names its tag
+            folder = os.path.normpath(os.path.dirname(path))
+            if folder == base:  # loose in DIR itself: no folder names its tag
                 loose.append(path)
+                continue
+            first = os.path.relpath(folder, base).split(os.sep)[0]
+            found.append(example(path, first if top else os.path.basename(folder)))
+            firsts.setdefault(found[-1].label, set()).add(first)
     if loose and not found:  # "no audio files found" sent people looking for files that were there
         raise ValueError(
             f"the {len(loose)} audio files lie loose in {', '.join(dirs)}: put them in one folder per tag "
             "(DIR/<tag>/…), or use --labels suggest to tag them from their names"
         )
+    if spread is not None:
+        spread += [
+            f"{tag}: under {', '.join(sorted(f + '/' for f in where))}"
+            for tag, where in firsts.items()
+            if len(where) > 1
+        ]
     return found
 
 
@@ -239,17 +253,25 @@ def _spectrograms(
     workers: int,
     progress: Callable[[int], None],
     cache: SpectrogramCache,
+    held: Sequence[Row] = (),
 ) -> tuple[np.ndarray, list[Row], list[tuple[str, str]]]:
-    """Each example's 8-bit spectrogram and row, in order, and the files that could not be read."""
+    """Each example's 8-bit spectrogram and row, in order, and the files left out and why: unreadable,
+    silent, or the same sound as a file before it or one `held` already (a pack copied to another drive and
+    added again was in the dataset twice, the same clip on both sides of the validation split; a copy under
+    another tag taught the model two answers for one sound)."""
 
-    def one(ex: Example) -> np.ndarray | str:
+    def one(ex: Example) -> tuple[np.ndarray, int, bytes] | str:
         try:
-            found, fresh = features(ex.path, fingerprint(ex.path), [params], cache)
+            hashed = fingerprint(ex.path)  # (its size, as read: the file may be deleted once it is decoded)
+            found, fresh = features(ex.path, hashed, [params], cache)
             cache.put_many(fresh)
-            return quantize(found[params], params)
+            if not heard_in(found[params]):  # nothing to learn from: a model would learn silence as the tag
+                return f"silent: {SILENT}"
+            return quantize(found[params], params), hashed.size, hashed.hash
         except DecodeError as e:
             return str(e)
 
+    seen = _contents(held)
     codes, rows, failed = [], [], []
     pool = ThreadPoolExecutor(workers or os.cpu_count() or 1)
     try:
@@ -258,11 +280,30 @@ def _spectrograms(
             if isinstance(out, str):
                 failed.append((ex.path, out))
                 continue
-            codes.append(out)
-            rows.append(Row(ex.path, ex.label, ex.group, os.path.getsize(ex.path)))
+            code, size, content = out
+            first = seen.setdefault(content, (ex.path, ex.label))
+            if first[0] != ex.path:
+                failed.append(
+                    (
+                        ex.path,
+                        f"the same sound as {first[0]}" + (f", tagged {first[1]}" if first[1] != ex.label else ""),
+                    )
+                )
+                continue
+            codes.append(code)
+            rows.append(Row(ex.path, ex.label, ex.group, size))
     finally:  # a progress that raised (the caller went away) leaves the files not started undecoded
         pool.shutdown(cancel_futures=True)
     return (np.stack(codes) if codes else np.zeros((0, *params.shape), np.uint8)), rows, failed
+
+
+def _contents(rows: Sequence[Row]) -> dict[bytes, tuple[str, str]]:
+    """The content of each row's file still there (its head hashed, as the index knows files): path, tag."""
+    found: dict[bytes, tuple[str, str]] = {}
+    for r in rows:
+        with contextlib.suppress(DecodeError):
+            found.setdefault(fingerprint(r.path).hash, (r.path, r.label))
+    return found
 
 
 def add(
@@ -301,7 +342,9 @@ def add(
         progress(len(examples) - len(new))  # the files it has, or left out: done, as far as progress goes
         if not new:  # a folder added again with nothing new in it: no error, the dataset as it is
             return Added(_report(held.manifest, held.rows, held.failed), 0, left_out)
-        more, added, unread = _spectrograms(new, held.params, workers, progress, cache or open_cache(home_dir))
+        more, added, unread = _spectrograms(
+            new, held.params, workers, progress, cache or open_cache(home_dir), held.rows
+        )
         retried = {os.path.normpath(ex.path) for ex in new}
         failed = [f for f in held.failed if os.path.normpath(f[0]) not in retried] + unread
         codes = np.concatenate([held.codes, more])

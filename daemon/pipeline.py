@@ -23,7 +23,7 @@ from .decode import DecodeError, FileVanished, TryLater
 from .features import features, fingerprint
 from .index import MODEL_FAILED, Job, Result
 from .infer import Model, ranked_tags
-from .spectrogram import SpectrogramParams
+from .spectrogram import SpectrogramParams, heard_in
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class Pipeline:
                     p.result.tags.clear()
                 elif not p.result.error:
                     scores, familiar = row
-                    heard = _heard(p.specs[params])
+                    heard = heard_in(p.specs[params])
                     p.result.tags[model.id] = (
                         ranked_tags(scores, model.model.info.classes, self._store_min) if heard else []
                     )
@@ -243,10 +243,3 @@ class Pipeline:
                 yield i, (scores[0], bool(familiar[0]))
             except Exception as e:
                 yield i, e
-
-
-def _heard(spec: np.ndarray) -> bool:
-    """Whether a clip has any sound in it. A spectrogram flat throughout (a file silent for its opening
-    seconds: a stem that starts late) tells a model nothing, yet its guess (kick 0.24) was stored as the
-    file's best tag, and the file turned up in `vibrary search kick`: such a file is indexed with no tags."""
-    return bool(spec.max() > spec.min())

@@ -476,18 +476,23 @@ class Daemon:
     def _changing(self, name: str) -> Iterator[None]:
         """One dataset build or edit at a time (each takes every core), and none of the dataset a training
         reads: rewriting its shards would break the upload halfway or train on a mix of old and new labels.
-        TrainingBusy instead; start_training likewise refuses the dataset named here while it changes."""
-        with self._datasets_lock:
+        TrainingBusy instead; start_training likewise refuses the dataset named here while it changes. A
+        second build or edit is refused, not held: an edit of another dataset hung, silent, for as long as a
+        build of thousands of files took."""
+        if not self._datasets_lock.acquire(blocking=False):
+            busy = self._dataset_changing or "another dataset"
+            raise dataset.Busy(f"dataset {busy!r} is being built or edited; try again when that is done")
+        try:
             with self._training_lock:
                 job = self.training
                 if job is not None and not job.finished and job.progress.dataset == name:
                     raise TrainingBusy(f"dataset {name!r} is being trained on; wait for the training or cancel it")
                 self._dataset_changing = name
-            try:
-                yield
-            finally:
-                with self._training_lock:
-                    self._dataset_changing = ""
+            yield
+        finally:
+            with self._training_lock:
+                self._dataset_changing = ""
+            self._datasets_lock.release()
 
     def start_training(self, dataset_name: str, **kwargs: Any) -> training.Background:
         """Train in the background (indexing and the API go on meanwhile); TrainingBusy when a job runs."""

@@ -287,3 +287,13 @@ def dequantize(codes: np.ndarray, params: SpectrogramParams) -> np.ndarray:
     spec = codes.astype(np.float32)
     spec *= -params.top_db / 255.0
     return spec
+
+
+SILENT = "no sound above -70 dBFS in its first minute"
+
+
+def heard_in(spec: np.ndarray) -> bool:
+    """Whether a clip has any sound in it. A spectrogram flat throughout (a file silent for its opening
+    seconds: a stem that starts late) tells a model nothing: its guess (kick 0.24) was stored as the file's
+    best tag and found by `vibrary search kick`, and a dataset trained on it as an example of its tag."""
+    return bool(spec.max() > spec.min())

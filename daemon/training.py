@@ -337,7 +337,11 @@ def _installed(index: Index, home_dir: Path, files: dict[str, bytes], name: str,
     for plot in registry.PLOTS:
         if plot in files:
             target = Path(row.path).with_suffix(f".{plot}")
-            target.write_bytes(files[plot])
+            try:
+                target.write_bytes(files[plot])
+            except OSError as e:  # the model is installed and tags already: a job "failed" for a plot was false
+                log.warning("could not write %s (%s); the model is installed all the same", target, e)
+                continue
             plots.append(str(target))
     # with no clip held out there is no validation accuracy: the API said 0.0, the CLI the training's
     held_out = summary.get("val_clips") != 0

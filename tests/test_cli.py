@@ -294,6 +294,7 @@ def test_search_words_that_look_like_options_and_model_filters(daemon: DaemonPro
     first = vibrary("--json", "search", "low|high", "-high", home=daemon.home)  # --json before the command
     assert {Path(x["path"]).stem for x in json_lines(first.stdout)} == {"low"}
     assert found("low", "OR", "mid", "NOT", "mid") == {"low"}
+    assert found("low|mid -mid") == found("low OR mid NOT mid") == {"low"}  # quoted whole: one tag, not found
     typo = vibrary("search", "hihg", "low", home=daemon.home)
     assert typo.stdout == "" and "0 files: no active model tags 'hihg' (did you mean 'high'?)" in typo.stderr
     either = vibrary("search", "low|hihg", home=daemon.home)  # a typo in an OR arm changed nothing, silently

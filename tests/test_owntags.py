@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -91,6 +92,55 @@ def test_edits_repack_the_shards_without_decoding_or_reading_audio(
         assert tag == ("tone" if "tone" in Path(path).name or path == str(moved) else "kick")
     shard_files = sorted(p.stem for p in (dataset.dataset_dir(home, "mine") / "shards").glob("*.npz"))
     assert shard_files == sorted(s.sha256 for s in edited.manifest.shards)  # stale shards are gone
+
+
+def test_silent_files_are_no_examples_and_say_why(home: Path, tmp_path: Path) -> None:
+    """A stem that starts after a minute, a rendered silence: the tagger knows such a file has no sound in
+    it, yet a dataset took it as an example of its folder's tag, and the model learned silence as that tag."""
+    write_kinds(tmp_path / "ex", per_kind=3, seed=5)
+    sf.write(tmp_path / "ex" / "tone" / "silence.wav", np.zeros(44100, np.float32), 44100)
+    sf.write(tmp_path / "ex" / "noise" / "hum.wav", np.full(44100, 1e-5, np.float32), 44100)  # -100 dBFS
+    report = dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]), workers=1)
+    assert report.per_class == {"noise": 3, "thump": 3, "tone": 3}
+    failed = dict(report.failed)
+    assert failed[str(tmp_path / "ex" / "tone" / "silence.wav")].startswith("silent: no sound above -70 dBFS")
+    assert str(tmp_path / "ex" / "noise" / "hum.wav") in failed
+
+
+def test_the_same_sound_twice_is_one_example(home: Path, tmp_path: Path) -> None:
+    """A pack copied to another drive and added again was in the dataset twice (the same clip on both sides
+    of the validation split); a copy filed under two tags taught the model two answers for one sound."""
+    files = write_kinds(tmp_path / "ex", per_kind=3, seed=8)
+    kept = next(f for f in files if f.parent.name == "tone")
+    shutil.copy(kept, tmp_path / "ex" / "noise" / "tone-copy.wav")
+    report = dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]), workers=1)
+    assert report.per_class == {"noise": 3, "thump": 3, "tone": 3}
+    assert dict(report.failed) == {
+        str(tmp_path / "ex" / "noise" / "tone-copy.wav"): f"the same sound as {kept}, tagged tone"
+    }
+    shutil.copytree(tmp_path / "ex", tmp_path / "drive" / "ex")
+    again = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "drive" / "ex")]), workers=1)
+    assert again.added == 0 and again.report.per_class == {"noise": 3, "thump": 3, "tone": 3}
+    copied = dict(again.unread)
+    assert copied[str(tmp_path / "drive" / "ex" / "tone" / kept.name)] == f"the same sound as {kept}"
+
+
+def test_tags_by_the_folders_right_under_the_one_given(home: Path, tmp_path: Path) -> None:
+    """Packs dropped into each tag folder (`punchy/kicks/`, `soft/kicks/`): their own folders named the tags,
+    punchy and soft were gone without a word. Said, and `--labels top` keeps them."""
+    for mood in ("punchy", "soft"):
+        write_kinds(tmp_path / "ex" / mood, per_kind=2, seed=len(mood))
+    spread: list[str] = []
+    nearest = dataset.examples_from_folders([str(tmp_path / "ex")], spread=spread)
+    assert {e.label for e in nearest} == {"noise", "thump", "tone"}
+    assert spread == [f"{kind}: under punchy/, soft/" for kind in ("noise", "thump", "tone")]
+    top = dataset.examples_from_folders([str(tmp_path / "ex")], top=True, spread=spread)
+    assert sorted(e.label for e in top) == ["punchy"] * 6 + ["soft"] * 6
+    said = vibrary("dataset", "create", "moods", str(tmp_path / "ex"), "--json", home=home, check=False)
+    assert (
+        "if those folders are your tags, give --labels top" in said.stderr
+        and "tone: under punchy/, soft/" in said.stderr
+    )
 
 
 def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_path: Path, decodes: list[str]) -> None:
@@ -239,7 +289,7 @@ def test_dataset_show_names_the_files_that_could_not_be_read(home: Path, tmp_pat
         path.write_bytes(b"RIFF not audio")
     vibrary("dataset", "create", "mine", str(tmp_path / "ex"), home=home)
     shown = vibrary("dataset", "show", "mine", home=home)
-    assert "7 files could not be read" in shown.stdout
+    assert "7 files left out (unreadable, silent, or the same sound as another)" in shown.stdout
     named = [line for line in shown.stderr.splitlines() if line.startswith("skipped ")]
     assert len(named) == 5 and {n.split(": ")[0].removeprefix("skipped ") for n in named} < {str(p) for p in broken}
     assert shown.stderr.splitlines()[-1] == "  … and 2 more", shown.stderr
@@ -716,6 +766,8 @@ def test_a_dataset_being_built_is_not_trained_on_and_other_datasets_are(home: Pa
         assert halfway.wait(30)
         with pytest.raises(TrainingBusy, match="'mine' is being built or edited"):
             d.start_training("mine")
+        with pytest.raises(dataset.Busy, match="'mine' is being built or edited; try again"):
+            d.edit_dataset("other", drop=["noise"])  # refused at once: it waited, silent, for the whole build
         job = d.start_training("other", trainer="127.0.0.1:1")  # another dataset: not held up by the build
         job.join(timeout=30)
         assert job.progress.state == "failed" and "127.0.0.1:1" in job.progress.error

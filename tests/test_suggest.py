@@ -486,6 +486,8 @@ def test_cli_synonyms_remove(tmp_path: Path) -> None:
     moved = vibrary("synonyms", "add", "BD", "snare", home=home)  # took bd from kick without a word
     assert "bd meant kick (the built-in table's); it means snare now" in moved.stderr
     assert "meant" not in vibrary("synonyms", "add", "wub", "wobble", home=home).stderr  # new: nothing to say
+    undone = vibrary("synonyms", "remove", "bd", home=home).stdout  # the built-in kick went too, unsaid
+    assert "(removed; the built-in bd → kick too: `vibrary synonyms add bd kick`)" in undone
 
 
 def test_a_word_split_by_its_capitals_is_also_read_whole(tmp_path: Path) -> None:
