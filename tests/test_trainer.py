@@ -341,6 +341,43 @@ def test_a_trainer_gives_back_the_disk_of_finished_jobs_and_stale_shards(tmp_pat
         serving.stop(grace=0)
 
 
+def test_a_followed_job_cut_off_goes_on_when_its_caller_starts_it_again(tmp_path: Path) -> None:
+    """A `vibrary train` killed mid-training (kill -9, a laptop shut): the trainer the next run starts failed
+    the job and dropped its checkpoint, and the same command trained from the first epoch again. One that gave
+    up on a trainer out of reach queued a second job behind the first, which nobody would collect."""
+    from vibrary.trainer.service import serve
+
+    root = tmp_path / "trainer"
+    manifest, blobs = _manifest_and_blobs(per_kind=4, seed=0)
+    (tmp_path / "shards").mkdir()
+    _store(blobs, tmp_path / "shards")
+    long = json.dumps({"epochs": 400})
+    serving = serve(root, "127.0.0.1:0")
+    try:
+        with TrainerClient(f"127.0.0.1:{serving.port}") as client:
+            client.upload(manifest, tmp_path / "shards")
+            first = client.start(manifest, "k", "none", long, followed=True)
+            assert client.start(manifest, "k", "none", long, followed=True).id == first.id  # followed where it is
+            other = client.start(manifest, "k", "none", json.dumps({"epochs": 3}), followed=True)
+            assert other.id != first.id and client.cancel(other.id).state == pb.Job.CANCELLED  # another job
+            next(u for u in client.watch(first.id) if u.epoch >= 4)
+    finally:
+        serving.stop(grace=0)  # cut off mid-training, at its 4th epoch or later
+    serving = serve(root, "127.0.0.1:0", resume=[])  # as the next `vibrary train` starts its own trainer
+    try:
+        with TrainerClient(f"127.0.0.1:{serving.port}") as client:
+            (old,) = [job for job in client.jobs() if job.id == first.id]
+            assert old.state == pb.Job.FAILED and "it goes on from its last epoch" in old.error
+            again = client.start(manifest, "k", "none", long, followed=True)
+            assert again.id != first.id
+            went_on_from = next(u.epoch for u in client.watch(again.id) if u.epoch > 0)
+            client.cancel(again.id)
+    finally:
+        serving.stop(grace=0)
+    assert went_on_from >= 3  # from scratch: 1
+    assert not list(root.glob("tenants/*/leftovers/*.pt"))  # taken up, and a cancel keeps nothing
+
+
 def test_a_shard_said_to_be_there_is_not_pruned_before_its_job_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

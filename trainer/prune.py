@@ -59,11 +59,12 @@ def touch(path: Path) -> None:
         os.utime(path)
 
 
-def prune_shards(folder: Path, needed: Collection[str]) -> int:
-    """Remove the shards in `folder` that are stale and not `needed` (sha256s); the bytes freed."""
+def prune_shards(folder: Path, needed: Collection[str], suffixes: Collection[str] = (".npz", ".part")) -> int:
+    """Remove the files in `folder` (shards; kept checkpoints, by `suffixes`) that are stale and not
+    `needed` (by name); the bytes freed."""
     freed = 0
     for path in folder.glob("*"):
-        if path.suffix not in (".npz", ".part") or path.stem in needed:
+        if path.suffix not in suffixes or path.stem in needed:
             continue
         try:
             if _age(path) > SHARD_DAYS:

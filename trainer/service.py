@@ -15,7 +15,9 @@ to spare (the daemon's, which the daemon comes back for). One trainer at a time 
 flock, `trainer.lock`): two would each take up or fail the other's jobs; the second gets TrainerBusy.
 A job whose caller said it follows it to the end (`followed`: a `vibrary train` in a terminal) is
 cancelled once nobody has watched it for UNWATCHED_S: that caller was killed, and nobody else would
-collect the model, so the trainer's time goes to the next job instead.
+collect the model, so the trainer's time goes to the next job instead. Such a job, failed or cancelled for
+want of its caller, keeps its checkpoint (`leftovers/`): the same job started again (the same command run
+again) goes on from there; started again while it still runs, the caller is given it to follow.
 At its start and after every job the trainer gives back the disk of collected or long-finished jobs and of
 shards unused for a week (trainer/prune.py).
 
@@ -27,6 +29,7 @@ user's storage is separate, and another user's job id gets the same NOT_FOUND as
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -78,6 +81,9 @@ _SHA = re.compile(r"^[0-9a-f]{64}$")
 _TERMINAL = (pb.Job.SUCCEEDED, pb.Job.FAILED, pb.Job.CANCELLED)
 RECORD = "job.json"
 CHECKPOINT = "checkpoint.pt"
+# Checkpoints of followed jobs whose caller was gone (a `vibrary train` killed, its terminal closed): the
+# same job started again goes on from there instead of from its first epoch. Kept as long as shards are.
+LEFTOVERS = "leftovers"
 # How long a followed job may go unwatched: well past the 120 s a `vibrary train` spends reconnecting
 # (daemon/training.py RECONNECT_S), so a client behind a dropped Wi-Fi is not mistaken for a killed one.
 UNWATCHED_S = float(os.environ.get("VIBRARY_TRAINER_UNWATCHED_S", "600"))
@@ -99,6 +105,12 @@ class _JobState:
         self.past = 0  # updates dropped from history once the job ended (watchers count from the start)
         self.watchers = 0
         self.unwatched_since = time.monotonic()  # a restarted trainer gives its caller the whole limit again
+        self.keep_as: Path | None = None  # where its checkpoint goes when it ends, for a run of it again
+
+    @property
+    def key(self) -> str:
+        """What the job is (dataset, name, base, options): the same `vibrary train` run again is the same."""
+        return hashlib.sha256(self.request.SerializeToString(deterministic=True)).hexdigest()[:32]
 
     def update(self, **fields: object) -> None:
         with self.changed:
@@ -107,8 +119,8 @@ class _JobState:
             if "state" in fields:
                 try:
                     self.save()
-                    if self.job.state in _TERMINAL:  # over: nothing will go on from it
-                        (self.out / CHECKPOINT).unlink(missing_ok=True)
+                    if self.job.state in _TERMINAL:  # over: nothing goes on from it, but a run of it again
+                        self._put_checkpoint_away()
                 except OSError:  # a full disk: the record on disk lags, but watchers still hear the end
                     log.exception("job %s: could not record its state %s", self.job.id, self.job.state)
             self.history.append(self.snapshot())
@@ -116,6 +128,14 @@ class _JobState:
                 self.past += len(self.history) - 1
                 self.history = self.history[-1:]
             self.changed.notify_all()
+
+    def _put_checkpoint_away(self) -> None:
+        checkpoint = self.out / CHECKPOINT
+        if self.keep_as is not None and checkpoint.exists():
+            self.keep_as.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint.replace(self.keep_as)
+            log.info("job %s: its checkpoint is kept for the same job started again", self.job.id)
+        checkpoint.unlink(missing_ok=True)
 
     def save(self) -> None:
         """The job's record, replaced whole: a trainer killed mid-write leaves the previous one."""
@@ -230,11 +250,12 @@ class TrainerService(pb_grpc.TrainerServicer):
                 self._spared.append(job)  # (not listed: this trainer neither runs it nor answers for it)
                 continue
             else:
+                job.keep_as = self._leftover(job)
                 job.update(
                     state=pb.Job.FAILED,
                     phase="failed",
                     error=f"the trainer stopped while this job was {was}, and nobody was left to collect it; "
-                    "start it again (its shards are kept: nothing is uploaded twice)",
+                    "start it again (its shards are kept: nothing is uploaded twice; it goes on from its last epoch)",
                 )
             self.jobs[job.job.id] = job
         for _, _, job in sorted(again, key=lambda entry: entry[:2]):
@@ -265,6 +286,8 @@ class TrainerService(pb_grpc.TrainerServicer):
                 freed = prune.prune_shards(folder, needed.get(folder.parent.name, set()))
                 if freed:
                     log.info("%s: %.1f MB of shards unused for a week removed", folder, freed / 1e6)
+            for folder in self.root.glob(f"tenants/*/{LEFTOVERS}"):  # (their shards went too by then)
+                prune.prune_shards(folder, set(), suffixes=(".pt",))
 
     # -- who is asking -------------------------------------------------------------------------------
     def _user(self, context: grpc.ServicerContext) -> str:
@@ -362,10 +385,32 @@ class TrainerService(pb_grpc.TrainerServicer):
                 )
             job_id = uuid.uuid4().hex[:12]
             job = _JobState(job_id, user, request, manifest, config, self._folder(user, "jobs") / job_id)
+            if request.followed:  # the same `vibrary train` again: its caller was cut off, or gave up on a
+                same = self._unfinished(user, job.key)  # trainer out of reach, and comes back for it
+                if same is not None:
+                    log.info("job %s started again by its caller: followed where it is", same.job.id)
+                    return same.snapshot()
             job.save()
+            leftover = self._leftover(job)
+            if leftover.exists():
+                leftover.replace(job.out / CHECKPOINT)
+                log.info("job %s goes on from where the same job, cut off, was", job_id)
             self.jobs[job_id] = job
         self._queue.put(job)
         return job.snapshot()
+
+    def _unfinished(self, user: str, key: str) -> _JobState | None:
+        return next(
+            (
+                j
+                for j in list(self.jobs.values())
+                if j.user == user and j.request.followed and j.job.state not in _TERMINAL and j.key == key
+            ),
+            None,
+        )
+
+    def _leftover(self, job: _JobState) -> Path:
+        return self._folder(job.user, LEFTOVERS) / f"{job.key}.pt"
 
     def _job(self, ref: pb.JobRef, context: grpc.ServicerContext) -> _JobState:
         user = self._user(context)
@@ -432,6 +477,7 @@ class TrainerService(pb_grpc.TrainerServicer):
                         job.job.id,
                         now - job.unwatched_since,
                     )
+                    job.keep_as = self._leftover(job)
                     self._cancel(
                         job,
                         f"cancelled: nobody watched it for {UNWATCHED_S:.0f} s, and the caller that started it "
