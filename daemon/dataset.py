@@ -374,7 +374,7 @@ def _write(
         if not unread:
             raise
         path, why = unread[0]  # "is empty" said nothing of the files that could not be read
-        raise shards.ShardError(f"{e}: {len(unread)} of its files could not be read, such as {path} ({why})") from None
+        raise shards.ShardError(f"{e}: {len(unread)} of its files were left out, such as {path} ({why})") from None
     folder = dataset_dir(home_dir, name)
     (folder / "shards").mkdir(parents=True, exist_ok=True)
     for digest, blob in blobs.items():

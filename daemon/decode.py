@@ -84,6 +84,7 @@ def is_audio_path(path: str) -> bool:
     return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS
 
 
+RATES = (1_000, 768_000)  # the sample rates a real file has, in Hz: 768 kHz is DXD's double, 8 kHz telephony
 LOUDEST = 1e6  # float samples beyond this (full scale is 1) are clipped to it: its power spectrum stays finite
 INAUDIBLE = 10 ** (-70 / 20)  # opening seconds that peak below -70 dBFS are silence (16-bit dither: -90)
 # How far into a file whose opening seconds are silent the first sound is looked for (a stem that starts at
@@ -99,6 +100,9 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
         with _sound_file(path) as f:
             _check_not_truncated(f)
             native_sr = f.samplerate
+            if not RATES[0] <= native_sr <= RATES[1]:  # a damaged header: its "3 s" could be the whole file,
+                # 2 GB of samples for a 48 MB file, or 24 GiB asked of the allocator for one of 65 kB
+                raise DecodeError(f"implausible sample rate in its header: {native_sr:,} Hz (damaged?)")
             frames = math.ceil(params.duration_s * native_sr)
             audio = _read(f, frames)
             if audio.shape[0] == frames and _peak(audio) < INAUDIBLE:
@@ -226,8 +230,9 @@ def check_readable(path: str) -> None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        if os.path.islink(path):  # its target is what is missing: an unmounted drive, a moved pack
-            raise FileVanished(f"broken symbolic link: {_link_target(path)} is not there") from None
+        if os.path.islink(path):  # its target is what is missing: an unmounted drive, a moved pack. A
+            # failure to show, not a file gone: dropped from the index, it was gone from status as well
+            raise DecodeError(f"broken symbolic link: {_link_target(path)} is not there") from None
         raise FileVanished(VANISHED) from None
     except PermissionError:
         raise DecodeError("permission denied") from None

@@ -6,8 +6,10 @@ tagging it. The head is 4 MiB because it should hold every byte the decoder read
 stereo is 1.7 MB, of 192 kHz 24-bit stereo 3.5 MB; a smaller head would let an edit inside the opening
 seconds of such a file keep its old hash, and with it the old tags and cached spectrogram. It costs
 little: a sample is usually far smaller than the head, so the hash reads the file once, whole, and the
-decoder then finds it in the page cache. Containers may put megabytes of metadata (cover art, an ID3
-chunk) before the audio; when they put more than BURIED_BYTES (~680 KB), the head alone would hash mostly metadata,
+decoder then finds it in the page cache. A head that holds only silence (a stem that starts after 20 s:
+the decoder reads on to its first sound, up to a minute in) says nothing of the file: the bytes from its
+first sound are hashed too. Containers may put megabytes of metadata (cover art, an ID3 chunk) before the
+audio; when they put more than BURIED_BYTES (~680 KB), the head alone would hash mostly metadata,
 and two packs' files with the same artwork got one content id (and one's tags): the audio's own opening
 bytes are hashed too.
 
@@ -63,9 +65,14 @@ def fingerprint(path: str) -> Fingerprint:
             digest.update(head)
             if st.st_size > HEAD_BYTES:
                 start = audio_start(f, bytes(head[:12]))
+                opening, read_to = head[start:], HEAD_BYTES
                 if start > BURIED_BYTES:
                     f.seek(start)
-                    digest.update(_read_head(f, HEAD_BYTES))  # (the head is hashed: its buffer is free)
+                    opening = _read_head(f, HEAD_BYTES)  # (the head is hashed: its buffer is free)
+                    digest.update(opening)
+                    read_to = start + len(opening)
+                if _silence(opening):
+                    digest.update(_first_sound(f, read_to, opening[0]))
                 f.seek(max(HEAD_BYTES, st.st_size - TAIL_BYTES))
                 digest.update(f.read(TAIL_BYTES))
     except FileNotFoundError:
@@ -114,6 +121,35 @@ def _chunk(f: FileIO, wanted: bytes, order: str, skip: int) -> int:
             return pos + 8 + skip
         pos += 8 + size + (size & 1)  # chunks are padded to an even length
     return 0
+
+
+# How far past a silent head the first sound is looked for: as far as the decoder looks (LOOK_AHEAD_S),
+# in 192 kHz 24-bit stereo.
+LOOK_AHEAD_BYTES = 72 << 20
+
+
+def _silence(opening: memoryview) -> bool:
+    """Whether the audio in the head is one byte over and over: digital silence (0, or 0x80 in 8-bit)."""
+    a = np.frombuffer(opening, np.uint8)
+    return a.size > 0 and a[-1] == a[0] and bool((a == a[0]).all())
+
+
+def _first_sound(f: FileIO, pos: int, quiet: int) -> bytes:
+    """Where the first byte that is not silence lies past `pos`, and the opening from there. A stem that
+    starts after 20 s has a head of silence, and the decoder reads on to its first sound: the stems of one
+    song, of one length, were known by their silent heads alone, one content id and one stem's tags for all."""
+    f.seek(pos)
+    while pos < LOOK_AHEAD_BYTES:
+        block = f.read(1 << 20)
+        if not block:
+            break
+        loud = np.flatnonzero(np.frombuffer(block, np.uint8) != quiet)
+        if loud.size:
+            pos += int(loud[0])
+            f.seek(pos)
+            return pos.to_bytes(8, "little") + f.read(OPENING_BYTES)
+        pos += len(block)
+    return pos.to_bytes(8, "little")
 
 
 _buffers = threading.local()

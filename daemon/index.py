@@ -179,6 +179,8 @@ NO_SUCH_PATH = "no such file or folder"  # a path asked for that is not there (n
 
 # PRAGMA user_version from which silent openings were read past (Index.forget_silent_once).
 _SILENT_OPENINGS_READ = 1
+# ... from which files longer than the hashed head were hashed again (Index.rehash_long_once).
+_SILENT_HEADS_HASHED = 2
 
 RETRY_S = 60.0  # how long a file whose reading failed for a passing reason waits to be read again
 
@@ -654,6 +656,21 @@ class Index:
             ).rowcount
             c.execute(f"PRAGMA user_version = {_SILENT_OPENINGS_READ}")
             return forgotten
+
+    def rehash_long_once(self, head_bytes: int) -> int:
+        """Before stop 27 a file whose hashed head was all silence (a stem that starts after 20 s) was known
+        by it alone: the stems of one song shared one content id, and one stem's tags. Once per index, the
+        files longer than the head are read again (at the daemon's start, as forget_silent_once): an unchanged
+        hash needs no decoding, a silent head's new one is tagged from its own sound."""
+        with self.write() as c:
+            if int(c.execute("PRAGMA user_version").fetchone()[0]) >= _SILENT_HEADS_HASHED:
+                return 0
+            requeued = c.execute(
+                "UPDATE files SET state = 'pending', due = 0, gen = gen + 1 WHERE size > ? AND state = 'indexed'",
+                (head_bytes,),
+            ).rowcount
+            c.execute(f"PRAGMA user_version = {_SILENT_HEADS_HASHED}")
+            return int(requeued)
 
     def requeue_model_failures(self) -> int:
         """Files that failed because a model could not score them (its error says "model NAME@V failed on

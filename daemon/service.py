@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import psutil
 
-from . import config, dataset, pidlock, registry, training
+from . import config, dataset, features, pidlock, registry, training
 from .cache import SpectrogramCache
 from .decode import VANISHED
 from .events import (
@@ -132,6 +132,7 @@ class Daemon:
 
     def start(self) -> None:
         self.index.forget_silent_once()
+        self.index.rehash_long_once(features.HEAD_BYTES)
         self._forget_on_demand_leftovers()
         self.index.requeue_missing(list(self._active))
         self.watcher.start()

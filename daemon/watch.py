@@ -441,6 +441,10 @@ class Watcher(FileSystemEventHandler):
             except OSError as e:
                 log.warning("cannot list %s (%s); its index entries are kept", directory, e.strerror)
                 continue
+            if directory == folder and not entries and (known or self.index.dirs_under(folder)):
+                # the mount point of a drive unmounted (an fstab one stays, empty): its files are not gone
+                log.warning("watch folder %s is empty: a drive not mounted there? its index entries are kept", folder)
+                return
             now = time.time()
             changed: list[tuple[str, float, int, int, int]] = []
             first_inodes: list[tuple[int, str]] = []  # rows of an index from before inodes were kept
@@ -462,7 +466,9 @@ class Watcher(FileSystemEventHandler):
                     current, inode = (st.st_size, stamp), st.st_ino if stable(st.st_dev) else -1
                     fresh = now - stamp / 1e9 > self.settle_s
                 except FileNotFoundError:
-                    continue  # gone since the listing; its own event says where to
+                    if not os.path.islink(entry.path):
+                        continue  # gone since the listing; its own event says where to
+                    current, inode, fresh = (-1, -1), -1, True  # its target gone: read, it says so (failed)
                 except OSError:
                     current, inode, fresh = (-1, -1), -1, True  # the worker will record why it cannot be read
                 size, mtime_ns, known_inode, state = known.pop(entry.path, (None, None, None, None))

@@ -201,12 +201,14 @@ def test_files_whose_audio_lies_behind_megabytes_of_metadata_are_told_apart(tmp_
 
 
 def test_a_broken_link_names_its_missing_target(tmp_path: Path) -> None:
-    """It said "file not found (deleted or moved…)" of a link whose drive was not mounted."""
+    """It said "file not found (deleted or moved…)" of a link whose drive was not mounted; and, taken for a
+    file gone, it left the index, and status, without a word."""
     from vibrary.daemon.decode import FileVanished
 
     (tmp_path / "link.wav").symlink_to(tmp_path / "Drive" / "kick.wav")
-    with pytest.raises(FileVanished, match=f"broken symbolic link: {tmp_path / 'Drive' / 'kick.wav'} is not there"):
+    with pytest.raises(DecodeError, match=f"broken symbolic link: {tmp_path / 'Drive' / 'kick.wav'} is not there") as e:
         decode(str(tmp_path / "link.wav"), SpectrogramParams())
+    assert not isinstance(e.value, FileVanished)
 
 
 def test_opening_seconds_of_dither_or_a_noise_floor_are_silence_and_the_first_sound_is_read(
@@ -272,6 +274,28 @@ def test_a_hard_link_made_while_a_file_is_read_is_no_change_of_it(tmp_path: Path
         features(str(clip), hashed, [SpectrogramParams()], None)
 
 
+def test_stems_of_one_song_that_open_with_long_silence_are_told_apart(tmp_path: Path) -> None:
+    """The hash read the first 4 MiB and the last 64 KiB, but the decoder reads on, past up to a minute of
+    silence, to a file's first sound: the stems of one song (one length, silent for their first 25 s) got
+    one content id, and all of them the first one's tags, for good."""
+    from vibrary.daemon.features import HEAD_BYTES, fingerprint
+
+    sr = 44100
+    prints = {}
+    for subtype, silent_s, seconds in (("PCM_16", 25, 40), ("PCM_U8", 50, 56)):  # (8-bit silence is 0x80)
+        assert silent_s * sr * 2 * (2 if subtype == "PCM_16" else 1) > HEAD_BYTES  # the head is silence only
+        for stem, freq in (("kick", 60.0), ("hat", 8000.0)):
+            audio = np.zeros((sr * seconds, 2), np.float32)
+            audio[silent_s * sr : (silent_s + 1) * sr] = tone(freq, 1.0, sr)
+            name = f"{stem} stem {subtype}.wav"
+            sf.write(tmp_path / name, audio, sr, subtype=subtype)
+            prints[name] = fingerprint(str(tmp_path / name)).hash
+    assert len(set(prints.values())) == 4
+    again = tmp_path / "kick stem again.wav"
+    again.write_bytes((tmp_path / "kick stem PCM_16.wav").read_bytes())
+    assert fingerprint(str(again)).hash == prints["kick stem PCM_16.wav"]  # a copy is still the same content
+
+
 def test_running_out_of_file_handles_is_a_reason_that_passes(tmp_path: Path) -> None:
     """A daemon at its open-files limit (macOS's default is 256) failed every file it met then, for good;
     such a failure says it passes, and the pipeline keeps the file pending (a real EMFILE here)."""
@@ -295,3 +319,20 @@ def test_running_out_of_file_handles_is_a_reason_that_passes(tmp_path: Path) -> 
     with pytest.raises(DecodeError) as e:
         decode(str(tmp_path), P)  # (a folder: a reason that stays, and not one that passes)
     assert not isinstance(e.value, TryLater)
+
+
+@pytest.mark.parametrize("rate", [1, 400_000_000])
+def test_a_header_with_an_implausible_sample_rate_is_refused_before_any_sample_is_read(
+    tmp_path: Path, rate: int
+) -> None:
+    """Its "3 s" is the whole file or more: 2 GB of samples for a 48 MB file, 24 GiB asked for one of 65 kB,
+    and confident tags for noise (a 1 Hz header read as bass)."""
+    import struct
+
+    path = write_tone(tmp_path / "damaged.wav", 440.0, seconds=1.0)
+    data = bytearray(path.read_bytes())
+    assert data[12:16] == b"fmt " and struct.unpack_from("<I", data, 24)[0] == 44100
+    struct.pack_into("<II", data, 24, rate, rate * 2)  # the sample rate and the byte rate that follows from it
+    path.write_bytes(bytes(data))
+    with pytest.raises(DecodeError, match=f"implausible sample rate in its header: {rate:,} Hz"):
+        decode(str(path), P)

@@ -148,12 +148,12 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
         dataset.build(home, "mine", [dataset.example(str(f), "noise") for f in (tmp_path / "ex").glob("noise/*")])
     assert decodes == [] and dataset.names(home) == []  # refused before any file was decoded
     gone = [dataset.example(str(tmp_path / f"gone_{tag}.wav"), tag) for tag in ("a", "b")]
-    with pytest.raises(ValueError, match=r"is empty: 2 of its files could not be read, such as .*gone_a\.wav"):
+    with pytest.raises(ValueError, match=r"is empty: 2 of its files were left out, such as .*gone_a\.wav"):
         dataset.build(home, "mine", gone)  # "is empty" alone said nothing of why
     dataset.build(home, "other", [*dataset.examples_from_folders([str(tmp_path / "ex")]), *gone])
     with pytest.raises(ValueError, match="at least 2") as refused:
         dataset.edit(home, "other", drop=["noise", "thump"])
-    assert "could not be read" not in str(refused.value)  # the build's old failures are not why an edit is refused
+    assert "left out" not in str(refused.value)  # the build's old failures are not why an edit is refused
     dataset.delete(home, "other")
     dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
     manifest_before = (dataset.dataset_dir(home, "mine") / "manifest.json").read_text()

@@ -571,7 +571,10 @@ def test_an_edit_spells_a_tag_as_suggestions_do(tmp_path: Path) -> None:
     tag the dataset holds is found however it is spelled."""
     home = tmp_path / "home"
     home.mkdir()
-    files = {tag: [write_tone(tmp_path / tag / f"{i}.wav", 80 + 40 * i, 0.3) for i in range(3)] for tag in ("a", "b")}
+    files = {
+        tag: [write_tone(tmp_path / tag / f"{i}.wav", f + 40 * i, 0.3) for i in range(3)]
+        for tag, f in (("a", 80), ("b", 900))
+    }
     examples = [dataset.example(str(f), tag) for tag, fs in (("kicks", files["a"]), ("hihat", files["b"])) for f in fs]
     dataset.build(home, "d", examples)
     relabelled = dataset.edit(home, "d", relabel=[(str(files["a"][0]), "Hi Hat")])
