@@ -211,7 +211,9 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         print(json.dumps({**serving, "home": str(home_dir), "models": models}), flush=True)
     print(f"vibrary daemon serving {home_dir} (models: {', '.join(models) or 'none'})", file=sys.stderr, flush=True)
     while not stop.wait(0.5):  # a timeout, so a signal delivered to another thread is still seen
-        pass
+        if daemon.ended.is_set():
+            heard.append("its home is gone")
+            break
     logging.getLogger("vibrary.daemon").info("daemon stopping (%s)", heard[0] if heard else "asked")  # a stop said why
     daemon.events.close()  # front ends' Events streams end with OK, not cut off when the grace runs out
     for stopped in [s.stop(grace=2) for s in servers]:  # both at once: in turn, each took its whole grace
@@ -305,6 +307,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "stalled": s.stalled,  # why indexing waits: the index cannot be written (a full disk)
         "retrying": s.retrying,  # pending files read again a minute after a passing error (no file handles)
         "retry_reason": s.retry_reason,
+        "unlisted_folders": list(s.unlisted_folders),  # cannot be listed: their files are not indexed
         # since the daemon started: read from audio, from cached spectrograms, content already tagged
         "decoded": s.decoded,
         "from_cache": s.from_cache,
@@ -317,6 +320,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     if s.stalled:
         human += f"\nINDEXING WAITS: {s.stalled}"
+    if s.unlisted_folders:
+        human += "\nfolders that cannot be listed, their files not indexed (read within seconds once fixed):"
+        human += "".join(f"\n  {_shown(folder)}" for folder in s.unlisted_folders[:5])
+        human += f"\n  … and {len(s.unlisted_folders) - 5} more" if len(s.unlisted_folders) > 5 else ""
     if s.retrying:
         human += f"\nwaiting to be read again: {_many(s.retrying)} ({s.retry_reason})"
     for ref in s.unusable_models:
@@ -948,7 +955,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"(right on {accuracy:.0%} of its own training clips)"
         )
     stopped = _stopped_early(trained.summary, checked)
-    _out(args, obj, human + (f"\n{stopped}" if stopped else "") + f"\nplots: {', '.join(trained.plots)}")
+    human += f"\n{stopped}" if stopped else ""
+    was = next((m for m in index.models() if m.name == row.name and m.version == row.version - 1), None)
+    if was is not None and set(was.classes) != set(row.classes):  # a search for a tag it had found nothing
+        gone, new = sorted(set(was.classes) - set(row.classes)), sorted(set(row.classes) - set(was.classes))
+        obj["tags_changed"] = {"since": was.ref, "gone": gone, "new": new}
+        human += f"\nits tags are not {was.ref}'s: " + "; ".join(
+            f"{what} {', '.join(tags)}" for what, tags in (("gone:", gone), ("new:", new)) if tags
+        )
+        human += f" (`vibrary models activate {was.ref}` goes back)"
+    _out(args, obj, human + f"\nplots: {', '.join(trained.plots)}")
     return 0
 
 

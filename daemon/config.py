@@ -7,6 +7,7 @@ never interfere and two daemons can run side by side.
 from __future__ import annotations
 
 import json
+import math
 import os
 import urllib.parse
 from dataclasses import asdict, dataclass, fields
@@ -59,7 +60,7 @@ class Settings:
             return cls()
         try:
             raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(raw, dict):
             raise ValueError(f'{path}: expected an object of settings, e.g. {{"workers": 2}}')
@@ -69,7 +70,11 @@ class Settings:
             raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(known)}")
         for name, value in raw.items():
             kind = type(getattr(cls, name))  # the default's type: int, or float (which takes an int too)
-            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float) if kind is float else int)
+                or not math.isfinite(value)  # JSON's NaN and 1e999 (inf): a settle_s of inf left files pending
+            ):
                 raise ValueError(f"{path}: {name} must be {'a number' if kind is float else 'a whole number'}")
             least = 1 if name in ("batch_size", "queue_size") else 0
             if value < least:

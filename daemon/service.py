@@ -118,6 +118,7 @@ class Daemon:
         self._models_lock = threading.Lock()
         self._watches_lock = threading.Lock()  # the watcher and the index change together (add_watch)
         self._paused = threading.Event()
+        self.ended = threading.Event()  # it cannot go on (its home deleted): whoever runs it stops it
         self.stalled = ""  # why the index cannot be written now (a full disk), while files wait for it
         self._stalled_until = 0.0
         if config.paused_path(home_dir).exists():
@@ -155,6 +156,14 @@ class Daemon:
         self._lock_file.close()
 
     # -- the feeder: pending rows → pipeline ---------------------------------------------------------
+    def _stop_if_home_gone(self) -> None:
+        """`rm -rf` of the home (a reset) left this daemon running on a deleted index, out of reach of every
+        command (its socket gone with it), beside the next one `vibrary daemon` started: it stops, as a
+        `vibrary daemon stop` would have stopped it."""
+        if not self.home.is_dir() and not self.ended.is_set():
+            log.error("the home %s is gone (deleted?): the daemon stops", self.home)
+            self.ended.set()
+
     def _wake_feeder(self) -> None:
         self._wake.set()
         self.status_events.changed()
@@ -166,6 +175,7 @@ class Daemon:
                 if time.monotonic() - last_model_check > 1.0:
                     last_model_check = time.monotonic()
                     self._follow_models()
+                    self._stop_if_home_gone()
                 self._wake.clear()
                 with self._in_flight_lock:
                     skip = set(self._in_flight)
@@ -336,6 +346,7 @@ class Daemon:
             "unnamed_files": (unnamed := self.watcher.unnamed)[:UNNAMED_SHOWN],  # sent 4 times a second
             "unnamed_count": len(unnamed),
             "retrying": retrying,
+            "unlisted_folders": self.watcher.unlisted,
             "retry_reason": retry_reason,
             "home": str(self.home),
             "paused": self.paused,

@@ -85,6 +85,7 @@ class Watcher(FileSystemEventHandler):
         self._missing: set[str] = set()
         self._links: dict[str, str] = {}  # links to folders met under the watches → where they point
         self._unnamed: set[str] = set()  # paths whose names are not UTF-8, said once
+        self._unlisted: dict[str, str] = {}  # folders under the watches that could not be listed → why
         self._buffer: dict[str, float] = {}
         self._lock = threading.RLock()
         self._scheduling = threading.Lock()  # one watch() or unwatch() at a time, taken before _lock
@@ -216,6 +217,48 @@ class Watcher(FileSystemEventHandler):
             self._unnamed -= gone
             names = sorted(self._unnamed)
         return [os.fsencode(p).decode("utf-8", "backslashreplace") for p in names]
+
+    @property
+    def unlisted(self) -> list[str]:
+        """Folders under the watches whose files are not indexed because they cannot be listed (no
+        permission, a name too long), with why: said in status, not only in the log."""
+        with self._lock:
+            return sorted(f"{folder} ({why})" for folder, why in self._unlisted.items() if self._watched(folder))
+
+    def _list_again(self) -> None:
+        """A folder that could not be listed, listable now (its permissions fixed): scanned. No event says so
+        (inotify could not watch it either), and it waited for a restart or the next rescan, hours away."""
+        with self._lock:
+            folders = list(self._unlisted)
+        for folder in folders:
+            try:
+                with os.scandir(folder):
+                    pass
+            except OSError:
+                if not os.path.isdir(folder):  # gone: nothing to say any more
+                    with self._lock:
+                        self._unlisted.pop(folder, None)
+                continue
+            with self._lock:
+                self._unlisted.pop(folder, None)
+                root = next((w for w in self._watches if within(folder, [w])), None)
+            if root is not None:
+                log.info("%s can be listed now: watching and scanning %s again", folder, root)
+                self._rewatch(root)
+                self.rescan(root)  # (what changed while it was watched anew, too)
+
+    def _rewatch(self, root: str) -> None:
+        """Observe a watch folder anew: a folder inside it that could not be listed when it was scheduled got
+        no inotify watch of its own, and a file added to it once fixed sent no event."""
+        with self._scheduling:
+            with self._lock:
+                old = self._watches.get(root)
+            if old is None:
+                return
+            self._observer.unschedule(old)
+            watch = self._observer.schedule(self, root, recursive=True, event_filter=EVENTS)
+            with self._lock:
+                self._watches[root] = watch
 
     def _linked(self, link: str) -> None:
         """Note a link to a folder: links are not followed, so that a loop cannot trap a scan or the observer."""
@@ -353,6 +396,7 @@ class Watcher(FileSystemEventHandler):
                     for folder in sorted(self._missing):
                         with contextlib.suppress(OSError):  # still over the inotify limit: said at start
                             self.watch(folder)
+                    self._list_again()
                     if self.rescan_s and time.monotonic() - last_scan > self.rescan_s and not self.scans_running:
                         last_scan = time.monotonic()
                         for folder in list(self._watches):
@@ -439,9 +483,13 @@ class Watcher(FileSystemEventHandler):
             try:
                 entries = sorted(os.scandir(directory), key=lambda e: e.name)
             except OSError as e:
+                with self._lock:
+                    self._unlisted[directory] = e.strerror or str(e)
                 log.warning("cannot list %s (%s); its index entries are kept", directory, e.strerror)
                 continue
-            if directory == folder and not entries and (known or self.index.dirs_under(folder)):
+            with self._lock:
+                self._unlisted.pop(directory, None)
+            if directory == folder in self._watches and not entries and (known or self.index.dirs_under(folder)):
                 # the mount point of a drive unmounted (an fstab one stays, empty): its files are not gone
                 log.warning("watch folder %s is empty: a drive not mounted there? its index entries are kept", folder)
                 return

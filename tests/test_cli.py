@@ -361,6 +361,13 @@ def test_bad_numbers_and_settings_are_refused_before_anything_starts(model_home:
     bad = vibrary("tag", str(clip), home=model_home, check=False)
     assert bad.returncode == 1 and "workers must be 64 or less" in bad.stderr, bad.stderr
     assert "64 or fewer" in vibrary("daemon", "--workers", "100000", home=model_home, check=False).stderr
+    for text in ('{"settle_s": NaN}', '{"settle_s": 1e999}'):  # (JSON's infinity): files pending for ever
+        (model_home / "config.json").write_text(text)
+        bad = vibrary("tag", str(clip), home=model_home, check=False)
+        assert bad.returncode == 1 and "settle_s must be a number" in bad.stderr, bad.stderr
+    (model_home / "config.json").write_bytes(b"\xfd\xfe binary")  # named the codec, not the file
+    bad = vibrary("tag", str(clip), home=model_home, check=False)
+    assert bad.returncode == 1 and f"{model_home / 'config.json'}: not valid JSON" in bad.stderr, bad.stderr
     (model_home / "config.json").unlink()
     taken = vibrary("daemon", "--listen", "nonsense", "--token", "t", home=model_home, check=False)
     assert taken.returncode == 1 and "cannot listen on nonsense" in taken.stderr, taken.stderr

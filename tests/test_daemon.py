@@ -465,6 +465,17 @@ def test_files_waiting_under_a_watch_folder_that_goes_away_keep_their_rows(
     assert (status.retrying, status.decoded) == (0, 6)
 
 
+def test_a_daemon_whose_home_is_deleted_stops(model_home: Path) -> None:
+    """`rm -rf` of the home (a reset) left the daemon running on a deleted index, out of reach of every
+    command (its socket gone with it), beside the next one `vibrary daemon` started there."""
+    d = start_daemon(model_home)
+    try:
+        shutil.rmtree(model_home)
+        assert d.proc.wait(timeout=30) == 0
+    finally:
+        d.stop()
+
+
 def test_names_swapped_while_down_are_read_again_though_size_and_mtime_match(model_home: Path, tmp_path: Path) -> None:
     """One-shots of one length unpacked with one mtime, renumbered while the daemon was stopped: each name
     then holds another file of the same size and mtime, and kept the tags of the file it held before."""

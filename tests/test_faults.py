@@ -1004,6 +1004,28 @@ def test_an_unreadable_subfolder_is_reported_and_the_rest_is_tagged(model_home: 
 
 
 @NEEDS_USER
+def test_a_watched_folder_that_cannot_be_listed_is_said_and_read_once_fixed(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """A folder without read permission inside a watch: its files were left out with a log line only, and
+    stayed out after `chmod` fixed it (no event says so) until a restart or the next rescan, hours away."""
+    lib = tmp_path / "lib"
+    write_tone(lib / "ok" / "low.wav", BANDS["low"])
+    write_tone(lib / "locked" / "high.wav", BANDS["high"])
+    (lib / "locked").chmod(0)
+    try:
+        daemon.client.add_watch(str(lib))
+        wait_for(lambda: list(daemon.client.status().unlisted_folders) == [f"{lib / 'locked'} (Permission denied)"])
+        assert "folders that cannot be listed" in vibrary("status", home=daemon.home).stdout
+    finally:
+        (lib / "locked").chmod(0o755)
+    wait_for(lambda: [f.state for f in daemon.client.tags(str(lib / "locked" / "high.wav"))] == ["indexed"], timeout=30)
+    assert list(daemon.client.status().unlisted_folders) == []
+    write_tone(lib / "locked" / "mid.wav", BANDS["mid"])  # and watched from then on: no event came from it
+    wait_for(lambda: [f.state for f in daemon.client.tags(str(lib / "locked" / "mid.wav"))] == ["indexed"], timeout=15)
+
+
+@NEEDS_USER
 def test_a_dataset_that_cannot_be_written_says_so_and_the_daemon_goes_on(daemon: DaemonProcess, tmp_path: Path) -> None:
     files = [(str(write_tone(tmp_path / band / f"{band}.wav", freq)), band) for band, freq in BANDS.items()]
     locked = daemon.home / "datasets"

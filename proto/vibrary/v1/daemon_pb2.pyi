@@ -60,6 +60,7 @@ class Status(_message.Message):
     UNNAMED_COUNT_FIELD_NUMBER: _builtins.int
     RETRYING_FIELD_NUMBER: _builtins.int
     RETRY_REASON_FIELD_NUMBER: _builtins.int
+    UNLISTED_FOLDERS_FIELD_NUMBER: _builtins.int
     indexed: _builtins.int
     pending: _builtins.int
     failed: _builtins.int
@@ -119,6 +120,12 @@ class Status(_message.Message):
         UTF-8; renaming one indexes it. The first 100; unnamed_count counts them all.
         """
 
+    @_builtins.property
+    def unlisted_folders(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Folders under the watches that cannot be listed (no permission, a name too long), each with why as
+        "PATH (reason)": their files are not indexed. Fixed, each is read within seconds.
+        """
+
     def __init__(
         self,
         *,
@@ -144,10 +151,11 @@ class Status(_message.Message):
         unnamed_count: _builtins.int = ...,
         retrying: _builtins.int = ...,
         retry_reason: _builtins.str = ...,
+        unlisted_folders: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "retry_reason", b"retry_reason", "retrying", b"retrying", "reused", b"reused", "stalled", b"stalled", "training", b"training", "unfollowed_links", b"unfollowed_links", "unnamed_count", b"unnamed_count", "unnamed_files", b"unnamed_files", "unusable_models", b"unusable_models", "uptime_s", b"uptime_s", "version", b"version", "watches", b"watches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "retry_reason", b"retry_reason", "retrying", b"retrying", "reused", b"reused", "stalled", b"stalled", "training", b"training", "unfollowed_links", b"unfollowed_links", "unlisted_folders", b"unlisted_folders", "unnamed_count", b"unnamed_count", "unnamed_files", b"unnamed_files", "unusable_models", b"unusable_models", "uptime_s", b"uptime_s", "version", b"version", "watches", b"watches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
