@@ -446,7 +446,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if any(w.split() != [w] for w in words):  # quoted, as people quote `snare|clap` for the shell: its words,
         with Client() as c:  # unless a model's tag is spelled so ("hi hat")
             spelled = {tag for m in c.models() for tag in m.classes}
-        words = [part for w in words for part in ([w.strip()] if w.strip().lower() in spelled else w.split())]
+        words = [part for w in words for part in ([w.strip()] if _spelled_as(w, spelled) else w.split())]
     try:
         groups, excluded = parse_query(words)
     except QueryError as e:
@@ -465,6 +465,13 @@ def cmd_search(args: argparse.Namespace) -> int:
             if n == 0 and args.under and not os.path.isdir(args.under):
                 print(f"vibrary: no folder {args.under} (--under)", file=sys.stderr)
     return 0
+
+
+def _spelled_as(word: str, tags: set[str]) -> bool:
+    """Whether a quoted word is a tag as a model spells it ("hi hat"), or one left out ("-hi hat", "NOT hi hat")."""
+    core = word.strip().lower()
+    core = core[4:] if core.startswith("not ") else core.lstrip("-")
+    return core.strip() in tags
 
 
 def _unknown_tags(c: Client, groups: list[list[str]], excluded: list[str], model: str, found: int) -> str:
@@ -773,12 +780,15 @@ def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
             report = dataset.build(home_dir, args.name, examples, progress=bar.update)
             added, unread = report.manifest.clips, report.failed
         else:  # only this add's failures: a file an earlier build could not read, elsewhere, is not news
-            grown = dataset.add(home_dir, args.name, examples, progress=bar.update)
+            grown = dataset.add(home_dir, args.name, examples, progress=bar.update, restore=args.restore)
             report, added, unread = grown.report, grown.added, grown.unread
             if not added:
                 print(f"vibrary: nothing to add: {args.name} has these files already", file=sys.stderr)
             if grown.left_out:
-                said = f"left out {_many(grown.left_out)} that edits had removed from {args.name} (or their tags)"
+                said = (
+                    f"left out {_many(grown.left_out)} that edits had removed from {args.name} (or their tags); "
+                    "--restore adds them again"
+                )
                 print(said, file=sys.stderr)
     finally:
         bar.close()
@@ -956,7 +966,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     stopped = _stopped_early(trained.summary, checked)
     human += f"\n{stopped}" if stopped else ""
-    was = next((m for m in index.models() if m.name == row.name and m.version == row.version - 1), None)
+    earlier = [m for m in index.models() if m.name == row.name and m.version < row.version]
+    was = max(earlier, key=lambda m: m.version, default=None)
     if was is not None and set(was.classes) != set(row.classes):  # a search for a tag it had found nothing
         gone, new = sorted(set(was.classes) - set(row.classes)), sorted(set(row.classes) - set(was.classes))
         obj["tags_changed"] = {"since": was.ref, "gone": gone, "new": new}
@@ -1250,6 +1261,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="folders: each file's own folder names its tag (DIR/.../<tag>/*); top: the folder right under DIR "
             "does (DIR/<tag>/.../*); suggest: from folder names, file names and metadata (see `dataset suggest`)",
         )
+        if action == "add":
+            a.add_argument(
+                "--restore",
+                action="store_true",
+                help="files and tags that edits removed (drop, relabel '') join again, and stay in",
+            )
     a = actions.add_parser("suggest", parents=[common], help="suggested tags for files, from names and metadata")
     a.add_argument("dirs", nargs="+", metavar="DIR", type=_path)
     a = actions.add_parser("rename", parents=[common], help="rename a tag (to an existing tag: a merge)")

@@ -294,11 +294,18 @@ class Client:
         return list(self._call("RemoveSynonyms", request).synonyms)
 
     def create_dataset(
-        self, name: str, files: Sequence[tuple[str, str]], timeout: float | None = None, add: bool = False
+        self,
+        name: str,
+        files: Sequence[tuple[str, str]],
+        timeout: float | None = None,
+        add: bool = False,
+        restore: bool = False,
     ) -> Iterator[pb.DatasetProgress]:
-        """Progress messages; the last one carries the dataset (and, with `add`, how many clips joined it)."""
+        """Progress messages; the last one carries the dataset (and, with `add`, how many clips joined it).
+        `restore` (with `add`): files and tags that edits removed join again."""
         labelled = [pb.LabelledFile(path=self._path(p, indexed=False), tag=t) for p, t in files]
-        return self._stream("CreateDataset", pb.CreateDatasetRequest(name=name, files=labelled, add=add), timeout)
+        request = pb.CreateDatasetRequest(name=name, files=labelled, add=add, restore=restore)
+        return self._stream("CreateDataset", request, timeout)
 
     def edit_dataset(
         self,

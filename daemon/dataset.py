@@ -313,12 +313,15 @@ def add(
     workers: int = 0,
     progress: Callable[[int], None] = lambda n: None,
     cache: SpectrogramCache | None = None,
+    restore: bool = False,
 ) -> Added:
     """More examples for an existing dataset: only files it has not seen are decoded, with the dataset's own
     spectrogram parameters, and its edits stay, so the folders it was made from can be added again once
     they hold more files. A file already in the dataset keeps its tag (a relabel stands); a file or a tag
-    an edit removed stays out; a tag renamed or merged away names what it became (a second pack's
-    `Kicks/` joins the `kick` that the first pack's `Kicks/` was renamed to)."""
+    an edit removed stays out, unless `restore`: then it joins again, and the edit that took it out no
+    longer holds for it (a dropped tag could only come back by making the dataset anew, every other edit
+    lost); a tag renamed or merged away names what it became (a second pack's `Kicks/` joins the `kick`
+    that the first pack's `Kicks/` was renamed to)."""
     with _held(home_dir, name, change=True):
         held = _stored(home_dir, name)
         if not examples:
@@ -328,14 +331,21 @@ def add(
         tags = {r.label for r in held.rows}
         spelled: dict[str, str] = {}  # each tag's spelling in the dataset, worked out once, not once a file
         new, left_out = [], 0
+        edits = Edits(dict(held.edits.renamed), list(held.edits.removed))
         for ex in _once_each(examples):
             path = os.path.normpath(ex.path)
             tag = held.edits.renamed.get(ex.label, ex.label)
             if path in known:
                 continue
-            if path in removed or not tag:  # removed by an edit, or its tag was dropped
+            if (path in removed or not tag) and not restore:  # removed by an edit, or its tag was dropped
                 left_out += 1
                 continue
+            if restore:  # back as given, the edit undone for it: later adds take it as well
+                if not tag:  # its tag was dropped
+                    tag = ex.label
+                    edits.renamed.pop(ex.label, None)
+                if path in removed:
+                    edits.removed = [p for p in edits.removed if os.path.normpath(p) != path]
             if tag not in spelled:
                 spelled[tag] = _as_held(tag, tags)
             new.append(Example(ex.path, spelled[tag], ex.group))
@@ -348,7 +358,7 @@ def add(
         retried = {os.path.normpath(ex.path) for ex in new}
         failed = [f for f in held.failed if os.path.normpath(f[0]) not in retried] + unread
         codes = np.concatenate([held.codes, more])
-        report = _write(home_dir, name, held.params, codes, held.rows + added, failed, held.edits, unread)
+        report = _write(home_dir, name, held.params, codes, held.rows + added, failed, edits, unread)
         return Added(report, len(added), left_out, unread)
 
 

@@ -30,9 +30,10 @@ from io import FileIO
 from typing import NamedTuple
 
 import numpy as np
+import soundfile as sf
 
 from .cache import SpectrogramCache
-from .decode import VANISHED, DecodeError, FileVanished, check_readable, decode, unreadable
+from .decode import LOOK_AHEAD_S, VANISHED, DecodeError, FileVanished, check_readable, decode, unreadable
 from .spectrogram import SpectrogramParams, dequantize, log_mel, quantize
 
 HEAD_BYTES = 4 << 20
@@ -71,8 +72,9 @@ def fingerprint(path: str) -> Fingerprint:
                     opening = _read_head(f, HEAD_BYTES)  # (the head is hashed: its buffer is free)
                     digest.update(opening)
                     read_to = start + len(opening)
-                if _silence(opening):
-                    digest.update(_first_sound(f, read_to, opening[0]))
+                frame = _repeated_frame(opening)
+                if frame:  # (the pattern as it goes on at read_to)
+                    digest.update(_first_sound(f, read_to, bytes(opening[-frame:]), _look_ahead_end(path, start)))
                 f.seek(max(HEAD_BYTES, st.st_size - TAIL_BYTES))
                 digest.update(f.read(TAIL_BYTES))
     except FileNotFoundError:
@@ -123,27 +125,44 @@ def _chunk(f: FileIO, wanted: bytes, order: str, skip: int) -> int:
     return 0
 
 
-# How far past a silent head the first sound is looked for: as far as the decoder looks (LOOK_AHEAD_S),
-# in 192 kHz 24-bit stereo.
-LOOK_AHEAD_BYTES = 72 << 20
+FRAMES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # the bytes of a frame: 1 to 4 bytes a sample, 1 to 8 channels
+SAMPLE_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
 
 
-def _silence(opening: memoryview) -> bool:
-    """Whether the audio in the head is one byte over and over: digital silence (0, or 0x80 in 8-bit)."""
+def _repeated_frame(opening: memoryview) -> int:
+    """The length of the frame that the audio in the head repeats throughout, 0 when it does not: digital
+    silence (0, 0x80 in 8-bit), a DC offset of a few LSB, one channel at 0 and the other at -1. Such a head
+    says nothing of the file (the decoder reads on to the first sound); a few kB tell most heads apart."""
     a = np.frombuffer(opening, np.uint8)
-    return a.size > 0 and a[-1] == a[0] and bool((a == a[0]).all())
+    if a.size < 64:
+        return 0
+    probe = a[: 1 << 16]
+    return next((n for n in FRAMES if (probe[n:] == probe[:-n]).all() and (a[n:] == a[:-n]).all()), 0)
 
 
-def _first_sound(f: FileIO, pos: int, quiet: int) -> bytes:
-    """Where the first byte that is not silence lies past `pos`, and the opening from there. A stem that
-    starts after 20 s has a head of silence, and the decoder reads on to its first sound: the stems of one
-    song, of one length, were known by their silent heads alone, one content id and one stem's tags for all."""
+def _look_ahead_end(path: str, audio_at: int) -> int:
+    """Where the decoder stops looking for a first sound, in bytes: LOOK_AHEAD_S of this file's frames (and
+    the clip after it) from where its audio begins; a generous bound when its header cannot tell."""
+    try:
+        info = sf.info(path)
+        per_s = info.samplerate * info.channels * SAMPLE_BYTES.get(info.subtype, 8)
+    except Exception:  # (libsndfile refuses it: the decoder will say why)
+        return audio_at + (256 << 20)
+    return audio_at + int(per_s * (LOOK_AHEAD_S + 4))
+
+
+def _first_sound(f: FileIO, pos: int, pattern: bytes, end: int) -> bytes:
+    """Where the head's repeated frame first breaks past `pos` (up to `end`), and the opening from there. A
+    stem that starts after 20 s has a head of silence, and the decoder reads on to its first sound: the stems
+    of one song, of one length, were known by their silent heads alone, one content id and one stem's tags."""
+    step = len(pattern) << 18  # a whole number of frames: each block starts where the pattern does
+    expected = np.frombuffer(pattern * (1 << 18), np.uint8)
     f.seek(pos)
-    while pos < LOOK_AHEAD_BYTES:
-        block = f.read(1 << 20)
+    while pos < end:
+        block = f.read(min(step, end - pos))
         if not block:
             break
-        loud = np.flatnonzero(np.frombuffer(block, np.uint8) != quiet)
+        loud = np.flatnonzero(np.frombuffer(block, np.uint8) != expected[: len(block)])
         if loud.size:
             pos += int(loud[0])
             f.seek(pos)

@@ -128,7 +128,9 @@ class Result:
     unfamiliar: set[int] = field(default_factory=set)  # models that find the file like none of their examples
     error: str | None = None
     vanished: bool = False  # the file is gone: its row leaves the index
-    retry: bool = False  # the error passes (no file handles left): the file stays pending, read again later
+    # the error passes (no file handles left): the file stays pending, read again every RETRY_S for as long
+    # as this many seconds since it changed; then it fails, and said so
+    retry_for: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -181,8 +183,10 @@ NO_SUCH_PATH = "no such file or folder"  # a path asked for that is not there (n
 _SILENT_OPENINGS_READ = 1
 # ... from which files longer than the hashed head were hashed again (Index.rehash_long_once).
 _SILENT_HEADS_HASHED = 2
+UNCOMPRESSED = (".wav", ".wave", ".bwf", ".aif", ".aiff", ".aifc", ".w64", ".rf64", ".caf")
 
 RETRY_S = 60.0  # how long a file whose reading failed for a passing reason waits to be read again
+RETRY_FOR_S = 3600.0  # ... and for how long after its change: an EIO or an ESTALE may never pass
 
 # (path, dir, due, updated): a file to read once `due` has passed; a row already there is read again
 _MARK_PENDING = """INSERT INTO files(path, dir, state, due, gen, updated) VALUES (?1, ?2, 'pending', ?3, 1, ?4)
@@ -487,12 +491,15 @@ class Index:
                     if c.execute("DELETE FROM files WHERE id = ? AND gen = ?", (r.job.id, r.job.gen)).rowcount:
                         written.append(r)
                     continue
-                if r.retry:  # the reason is kept for `vibrary tags`: pending, and why it waits
-                    due = time.time() + RETRY_S
-                    sql = "UPDATE files SET due = ?, error = ? WHERE id = ? AND gen = ? AND state = 'pending'"
-                    if c.execute(sql, (due, r.error, r.job.id, r.job.gen)).rowcount:
+                if r.retry_for:  # the reason is kept for `vibrary tags`: pending, and why it waits
+                    now = time.time()
+                    sql = """UPDATE files SET due = ?, error = ?
+                             WHERE id = ? AND gen = ? AND state = 'pending' AND updated > ?"""
+                    if c.execute(sql, (now + RETRY_S, r.error, r.job.id, r.job.gen, now - r.retry_for)).rowcount:
                         written.append(r)
-                    continue
+                        continue
+                    r.error = f"{r.error} (tried for {r.retry_for / 60:g} min; read again when it changes)"  # given up
+                    r.retry_for = 0.0
                 content_id = self._content_id(c, r.hash) if r.hash is not None else None
                 if content_id is not None:
                     tags = {model: ranked for model, ranked in r.tags.items() if model in models}
@@ -661,12 +668,15 @@ class Index:
         """Before stop 27 a file whose hashed head was all silence (a stem that starts after 20 s) was known
         by it alone: the stems of one song shared one content id, and one stem's tags. Once per index, the
         files longer than the head are read again (at the daemon's start, as forget_silent_once): an unchanged
-        hash needs no decoding, a silent head's new one is tagged from its own sound."""
+        hash needs no decoding, a silent head's new one is tagged from its own sound (and one an older daemon
+        hashed with blake2b is decoded again). Only uncompressed files: a compressed one's head holds minutes."""
+        uncompressed = " OR ".join(f"lower(path) LIKE '%{ext}'" for ext in UNCOMPRESSED)
         with self.write() as c:
             if int(c.execute("PRAGMA user_version").fetchone()[0]) >= _SILENT_HEADS_HASHED:
                 return 0
             requeued = c.execute(
-                "UPDATE files SET state = 'pending', due = 0, gen = gen + 1 WHERE size > ? AND state = 'indexed'",
+                f"""UPDATE files SET state = 'pending', due = 0, gen = gen + 1
+                    WHERE size > ? AND state = 'indexed' AND ({uncompressed})""",
                 (head_bytes,),
             ).rowcount
             c.execute(f"PRAGMA user_version = {_SILENT_HEADS_HASHED}")

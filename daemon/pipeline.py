@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 from .cache import SpectrogramCache
 from .decode import DecodeError, FileVanished, TryLater
 from .features import features, fingerprint
-from .index import MODEL_FAILED, Job, Result
+from .index import MODEL_FAILED, RETRY_FOR_S, Job, Result
 from .infer import Model, ranked_tags
 from .spectrogram import SpectrogramParams, heard_in
 
@@ -139,7 +139,7 @@ class Pipeline:
         except DecodeError as e:
             result.error = str(e)
             result.vanished = isinstance(e, FileVanished)
-            result.retry = isinstance(e, TryLater)
+            result.retry_for = RETRY_FOR_S if isinstance(e, TryLater) else 0.0
             return _Prepared(result, {}, [])
         outcome = "decoded" if fresh else "from_cache" if todo else "reused"
         with self._idle:

@@ -290,20 +290,20 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         if not request.onnx:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no model given: onnx holds the model file's bytes")
         folder = config.models_dir(self.daemon.home)
-        folder.mkdir(parents=True, exist_ok=True)
-        # a file of its own: registry.install checks it by loading it, and copies it under its hash
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".upload-", suffix=".onnx") as upload:
-            upload.write(request.onnx)
-            upload.flush()
-            try:
-                row = registry.install(self.daemon.index, self.daemon.home, upload.name, request.name)
-            except ModelError as e:
-                said = (
-                    str(e)
-                    .replace(upload.name, "the model sent")
-                    .replace(os.path.basename(upload.name), "the model sent")
-                )
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, said)
+        try:  # a file of its own: registry.install checks it by loading it, and copies it under its hash
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".upload-", suffix=".onnx") as upload:
+                upload.write(request.onnx)
+                upload.flush()
+                try:
+                    row = registry.install(self.daemon.index, self.daemon.home, upload.name, request.name)
+                except ModelError as e:
+                    sent = str(e).replace(upload.name, "the model sent")
+                    sent = sent.replace(os.path.basename(upload.name), "the model sent")
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, sent)
+        except OSError as e:  # a full disk, a home not writable: the user can act on it
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED if e.errno == errno.ENOSPC else grpc.StatusCode.INTERNAL
+            context.abort(code, f"the model could not be written to {folder}: {e.strerror or e}")
         if not request.inactive:
             self.daemon.index.set_active(row, True)
         self.daemon.models_changed()
@@ -407,7 +407,9 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
 
         def build() -> None:  # in its own thread, so that progress streams while it works
             try:
-                result["done"] = self.daemon.create_dataset(request.name, files, step, add=request.add)
+                result["done"] = self.daemon.create_dataset(
+                    request.name, files, step, add=request.add, restore=request.restore
+                )
             except Exception as e:
                 result["error"] = e
             finally:

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import importlib.metadata
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -160,7 +161,11 @@ class Daemon:
         """`rm -rf` of the home (a reset) left this daemon running on a deleted index, out of reach of every
         command (its socket gone with it), beside the next one `vibrary daemon` started: it stops, as a
         `vibrary daemon stop` would have stopped it."""
-        if not self.home.is_dir() and not self.ended.is_set():
+        try:  # its lock file unlinked: a home recreated since (`rm -rf` then `vibrary daemon`) is not its own
+            gone = os.fstat(self._lock_file.fileno()).st_nlink == 0
+        except OSError:  # (closed: stopping anyway)
+            return
+        if gone and not self.ended.is_set():
             log.error("the home %s is gone (deleted?): the daemon stops", self.home)
             self.ended.set()
 
@@ -236,7 +241,7 @@ class Daemon:
         for r in written:
             if r.vanished:
                 self._removed([r.job.path])
-            elif r.retry:
+            elif r.retry_for:  # waits to be read again: no news
                 continue
             elif r.error:
                 self.events.publish(Event(FILE_FAILED, FileTags(r.job.path, "failed", r.error, [])))
@@ -250,10 +255,10 @@ class Daemon:
         gone = [r for r in results if r.vanished]
         if not gone:
             return
-        away = [w for w in self.index.watches() if not os.path.isdir(w)]
+        away = [w for w in self.index.watches() if self.watcher.gone(w)]
         for r in gone:
             if within(r.job.path, away):
-                r.vanished, r.retry, r.error = False, True, WATCH_GONE
+                r.vanished, r.retry_for, r.error = False, math.inf, WATCH_GONE  # for as long as it takes
 
     def _stall(self, e: Exception) -> None:
         """Not even a failure could be stored: the index cannot be written (a full disk, a drive gone
@@ -438,7 +443,7 @@ class Daemon:
                         abandoned = waiting
                         break
                 # a poll of 100,000 files takes a while: waiting 4 times as long leaves the core to the workers
-                time.sleep(max(0.02, 4 * (time.monotonic() - began)))
+                time.sleep(min(1.0, max(0.02, 4 * (time.monotonic() - began))))
         finally:
             with self._tag_lock:
                 self._tag_waits.subtract(files)
@@ -464,7 +469,12 @@ class Daemon:
 
     # -- your own tags: datasets and training --------------------------------------------------------
     def create_dataset(
-        self, name: str, files: Sequence[tuple[str, str]], progress: Callable[[int], None], add: bool = False
+        self,
+        name: str,
+        files: Sequence[tuple[str, str]],
+        progress: Callable[[int], None],
+        add: bool = False,
+        restore: bool = False,
     ) -> dataset.Added:
         """Spectrograms of confirmed (path, tag) pairs, from the cache this daemon fills while indexing, as a
         new dataset or (`add`) added to one."""
@@ -472,7 +482,9 @@ class Daemon:
         workers = self.settings.worker_count
         with self._changing(name):
             if add:
-                return dataset.add(self.home, name, examples, workers=workers, progress=progress, cache=self.cache)
+                return dataset.add(
+                    self.home, name, examples, workers=workers, progress=progress, cache=self.cache, restore=restore
+                )
             report = dataset.build(self.home, name, examples, workers=workers, progress=progress, cache=self.cache)
             return dataset.Added(report, report.manifest.clips, 0)
 

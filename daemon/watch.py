@@ -86,6 +86,7 @@ class Watcher(FileSystemEventHandler):
         self._links: dict[str, str] = {}  # links to folders met under the watches → where they point
         self._unnamed: set[str] = set()  # paths whose names are not UTF-8, said once
         self._unlisted: dict[str, str] = {}  # folders under the watches that could not be listed → why
+        self._mounts: set[str] = set()  # watch folders that were mount points when watched
         self._buffer: dict[str, float] = {}
         self._lock = threading.RLock()
         self._scheduling = threading.Lock()  # one watch() or unwatch() at a time, taken before _lock
@@ -152,6 +153,8 @@ class Watcher(FileSystemEventHandler):
             watch = self._observer.schedule(self, folder, recursive=True, event_filter=EVENTS)  # OSError: no change
             with self._lock:
                 self._watches[folder] = watch
+                if os.path.ismount(folder):
+                    self._mounts.add(folder)
                 came_back = folder in self._missing
                 self._missing.discard(folder)
                 self._identity[folder] = _identity(folder)
@@ -167,6 +170,7 @@ class Watcher(FileSystemEventHandler):
                 self._missing.discard(folder)
                 self._identity.pop(folder, None)
                 watch = self._watches.pop(folder, None)
+                self._mounts.discard(folder)
                 self._buffer = {p: due for p, due in self._buffer.items() if self._watched(p)}
             if watch is not None:
                 self._observer.unschedule(watch)
@@ -190,10 +194,15 @@ class Watcher(FileSystemEventHandler):
     @property
     def missing(self) -> set[str]:
         """Watch folders not there now (one that is there but could not be watched, at the inotify limit,
-        is retried as well, but is not missing)."""
+        is retried as well, but is not missing), a drive's mount point with the drive unmounted among them."""
         with self._lock:
-            waiting = set(self._missing)
-        return {folder for folder in waiting if not os.path.isdir(folder)}
+            waiting = self._missing | self._mounts
+        return {folder for folder in waiting if self.gone(folder)}
+
+    def gone(self, folder: str) -> bool:
+        """Whether a watch folder is not there, or is the mount point of a drive not mounted now: an fstab
+        mount point stays, empty, and a scan of it found the whole drive's files gone and forgot them all."""
+        return not os.path.isdir(folder) or (folder in self._mounts and not os.path.ismount(folder))
 
     @property
     def unfollowed_links(self) -> list[tuple[str, str]]:
@@ -226,26 +235,33 @@ class Watcher(FileSystemEventHandler):
             return sorted(f"{folder} ({why})" for folder, why in self._unlisted.items() if self._watched(folder))
 
     def _list_again(self) -> None:
-        """A folder that could not be listed, listable now (its permissions fixed): scanned. No event says so
-        (inotify could not watch it either), and it waited for a restart or the next rescan, hours away."""
+        """Folders that could not be listed, listable now (their permissions fixed): their watch folders are
+        watched anew and scanned, each once. No event says so (inotify could not watch them either), and they
+        waited for a restart or the next rescan, hours away."""
         with self._lock:
             folders = list(self._unlisted)
+        roots: set[str] = set()
         for folder in folders:
             try:
                 with os.scandir(folder):
                     pass
             except OSError:
-                if not os.path.isdir(folder):  # gone: nothing to say any more
-                    with self._lock:
-                        self._unlisted.pop(folder, None)
-                continue
-            with self._lock:
+                if os.path.isdir(folder):
+                    continue
+            with self._lock:  # listable now, or gone: nothing to say any more
                 self._unlisted.pop(folder, None)
-                root = next((w for w in self._watches if within(folder, [w])), None)
-            if root is not None:
-                log.info("%s can be listed now: watching and scanning %s again", folder, root)
+                roots.update(w for w in self._watches if within(folder, [w]) and os.path.isdir(folder))
+        for root in sorted(roots):
+            log.info("a folder in %s can be listed now: watching and scanning it again", root)
+            try:
                 self._rewatch(root)
-                self.rescan(root)  # (what changed while it was watched anew, too)
+            except OSError as e:  # (the inotify limit): watched again with the missing ones, every few seconds
+                log.warning("cannot watch %s again (%s); tried again every few seconds", root, e)
+                with self._lock:
+                    self._watches.pop(root, None)
+                    self._missing.add(root)
+                continue
+            self.rescan(root)  # (what changed while it was watched anew, too)
 
     def _rewatch(self, root: str) -> None:
         """Observe a watch folder anew: a folder inside it that could not be listed when it was scheduled got
@@ -489,9 +505,8 @@ class Watcher(FileSystemEventHandler):
                 continue
             with self._lock:
                 self._unlisted.pop(directory, None)
-            if directory == folder in self._watches and not entries and (known or self.index.dirs_under(folder)):
-                # the mount point of a drive unmounted (an fstab one stays, empty): its files are not gone
-                log.warning("watch folder %s is empty: a drive not mounted there? its index entries are kept", folder)
+            if directory == folder and self.gone(folder):  # its files are not gone: their drive is
+                log.warning("watch folder %s: its drive is not mounted; its index entries are kept", folder)
                 return
             now = time.time()
             changed: list[tuple[str, float, int, int, int]] = []

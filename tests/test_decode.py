@@ -282,18 +282,24 @@ def test_stems_of_one_song_that_open_with_long_silence_are_told_apart(tmp_path: 
 
     sr = 44100
     prints = {}
-    for subtype, silent_s, seconds in (("PCM_16", 25, 40), ("PCM_U8", 50, 56)):  # (8-bit silence is 0x80)
-        assert silent_s * sr * 2 * (2 if subtype == "PCM_16" else 1) > HEAD_BYTES  # the head is silence only
+    cases = (  # (8-bit silence is 0x80; a right channel 1 LSB below 0 is silence to the decoder too)
+        ("PCM_16", 25, 40, 0.0),
+        ("PCM_U8", 50, 56, 0.0),
+        ("PCM_16", 25, 40, -1 / 32768),
+    )
+    for subtype, silent_s, seconds, offset in cases:
+        assert silent_s * sr * 2 * (2 if subtype == "PCM_16" else 1) > HEAD_BYTES  # silence only
         for stem, freq in (("kick", 60.0), ("hat", 8000.0)):
             audio = np.zeros((sr * seconds, 2), np.float32)
+            audio[:, 1] = offset
             audio[silent_s * sr : (silent_s + 1) * sr] = tone(freq, 1.0, sr)
-            name = f"{stem} stem {subtype}.wav"
+            name = f"{stem} stem {subtype} {offset:g}.wav"
             sf.write(tmp_path / name, audio, sr, subtype=subtype)
             prints[name] = fingerprint(str(tmp_path / name)).hash
-    assert len(set(prints.values())) == 4
+    assert len(set(prints.values())) == 2 * len(cases)
     again = tmp_path / "kick stem again.wav"
-    again.write_bytes((tmp_path / "kick stem PCM_16.wav").read_bytes())
-    assert fingerprint(str(again)).hash == prints["kick stem PCM_16.wav"]  # a copy is still the same content
+    again.write_bytes((tmp_path / "kick stem PCM_16 0.wav").read_bytes())
+    assert fingerprint(str(again)).hash == prints["kick stem PCM_16 0.wav"]  # a copy is still the same content
 
 
 def test_running_out_of_file_handles_is_a_reason_that_passes(tmp_path: Path) -> None:

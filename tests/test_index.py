@@ -134,7 +134,7 @@ def test_a_failure_that_passes_keeps_the_file_pending_and_reads_it_again_later(i
     jobs = index.due_jobs(10, set(), 1e12)
     why = "cannot open file: Too many open files"
     now = time.time()
-    assert len(index.write_results([Result(j, error=why, retry=True) for j in jobs], 0.02)) == 2
+    assert len(index.write_results([Result(j, error=why, retry_for=index_module.RETRY_FOR_S) for j in jobs], 0.02)) == 2
     assert index.counts() == {"indexed": 0, "pending": 2, "failed": 0} and index.failures() == []
     assert index.retrying() == (2, why)
     assert index.due_jobs(10, set(), now + 1) == []  # not fed again at once: the reason has to pass first
@@ -142,17 +142,20 @@ def test_a_failure_that_passes_keeps_the_file_pending_and_reads_it_again_later(i
     assert [(f.state, f.error) for f in index.file_tags(["/lib/k.wav"])] == [("pending", why)]
     index.mark_pending([("/lib/k.wav", 0.0)])  # changed meanwhile: read now, the old reason forgotten
     assert index.retrying() == (1, why) and [j.path for j in index.due_jobs(10, set(), now + 1)] == ["/lib/k.wav"]
+    (late,) = index.due_jobs(10, set(), now + index_module.RETRY_S + 1)[1:]  # an EIO, an ESTALE may never pass:
+    index.write_results([Result(late, error=why, retry_for=1e-6)], 0.02)  # tried for as long as it may, it fails
+    assert index.failures() == [("/lib/s.wav", f"{why} (tried for 1.66667e-08 min; read again when it changes)")]
 
 
 def test_files_longer_than_the_hashed_head_are_read_again_once_after_the_upgrade(index: Index) -> None:
     """Their hash may have been their silent head's alone (stems of one song shared one id and one's tags):
     an index made before is read again once, those files only; their unchanged content is not decoded."""
     head = 4 << 20
-    for path, size in (("/lib/stem.wav", head + 1), ("/lib/kick.wav", 50_000)):
+    for path, size in (("/lib/stem.wav", head + 1), ("/lib/kick.wav", 50_000), ("/lib/song.flac", head + 1)):
         index.mark_pending([(path, 0.0)])
         (job,) = index.due_jobs(10, set(), 1e12)
         index.write_results([Result(job, size=size, mtime_ns=1, hash=path.encode().ljust(16)[:16])], 0.02)
-    assert index.rehash_long_once(head) == 1
+    assert index.rehash_long_once(head) == 1  # (a compressed file's head holds minutes of its audio)
     assert [j.path for j in index.due_jobs(10, set(), 1e12)] == ["/lib/stem.wav"]
     assert index.rehash_long_once(head) == 0  # once
 

@@ -243,6 +243,13 @@ def test_adding_files_decodes_only_them_keeps_the_edits_and_follows_renames(
     assert grown.report.per_class == {"boom": 6, "kick": 1, "noise": 8}  # thump/ joins what it was renamed to
     assert sum(steps) == 9 + len(fourth)  # every file offered is accounted for: the bar ends full
 
+    # a dropped tag and a removed file came back only with a dataset made anew, every other edit lost
+    restored = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "first")]), restore=True)
+    assert (restored.added, restored.left_out) == (2, 0) and restored.report.per_class["tone"] == 2
+    assert restored.report.per_class["boom"] == 6  # the other edits stand
+    later = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "third")]))
+    assert (later.added, later.left_out) == (1, 0)  # the drop no longer holds for tone: its file from third/ joins
+
 
 def test_files_lying_in_a_folder_given_beside_its_tag_folders_are_said_to_be_left_out(
     home: Path, tmp_path: Path

@@ -404,7 +404,11 @@ class TrainerService(pb_grpc.TrainerServicer):
             (
                 j
                 for j in list(self.jobs.values())
-                if j.user == user and j.request.followed and j.job.state not in _TERMINAL and j.key == key
+                if j.user == user
+                and j.request.followed
+                and j.job.state not in _TERMINAL
+                and not j.cancel.is_set()
+                and j.key == key  # (one cancelled, by Ctrl-C or for want of its caller, is ending)
             ),
             None,
         )
@@ -561,6 +565,7 @@ class TrainerService(pb_grpc.TrainerServicer):
         job.update(
             state=pb.Job.SUCCEEDED, phase="done", val_accuracy=result.val_accuracy, summary=json.dumps(result.summary())
         )
+        self._leftover(job).unlink(missing_ok=True)  # (a run of it cut off meanwhile: done now, nothing to go on from)
 
 
 @dataclass

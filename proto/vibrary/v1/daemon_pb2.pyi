@@ -916,12 +916,15 @@ class CreateDatasetRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     FILES_FIELD_NUMBER: _builtins.int
     ADD_FIELD_NUMBER: _builtins.int
+    RESTORE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     add: _builtins.bool
     """Add the files to the existing dataset `name` (NOT_FOUND when there is none): only files it has not
     seen are decoded, and its edits stay: a file already in it keeps its tag, a file or tag an edit
     removed stays out, a tag renamed or merged away names what it became.
     """
+    restore: _builtins.bool
+    """With `add`: the files and tags that edits removed join again, and the edits no longer hold for them."""
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelledFile]:
         """the confirmed labels"""
@@ -932,10 +935,11 @@ class CreateDatasetRequest(_message.Message):
         name: _builtins.str = ...,
         files: _abc.Iterable[Global___LabelledFile] | None = ...,
         add: _builtins.bool = ...,
+        restore: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "files", b"files", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "files", b"files", "name", b"name", "restore", b"restore"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
