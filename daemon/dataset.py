@@ -16,6 +16,7 @@ shards under the new labels: nothing is decoded or even read from the source fil
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import fcntl
 import hashlib
@@ -56,6 +57,7 @@ class Row:
     label: str
     group: str
     audio_bytes: int
+    content: str = ""  # its content hash (hex) when read: a later add knows the same sound without reading it
 
 
 @dataclass
@@ -291,18 +293,19 @@ def _spectrograms(
                 )
                 continue
             codes.append(code)
-            rows.append(Row(ex.path, ex.label, ex.group, size))
+            rows.append(Row(ex.path, ex.label, ex.group, size, content.hex()))
     finally:  # a progress that raised (the caller went away) leaves the files not started undecoded
         pool.shutdown(cancel_futures=True)
     return (np.stack(codes) if codes else np.zeros((0, *params.shape), np.uint8)), rows, failed
 
 
 def _contents(rows: Sequence[Row]) -> dict[bytes, tuple[str, str]]:
-    """The content of each row's file still there (its head hashed, as the index knows files): path, tag."""
+    """Each row's content → its path and tag: as recorded, or (a row written before contents were kept) its
+    file's head hashed again, when the file is still there."""
     found: dict[bytes, tuple[str, str]] = {}
     for r in rows:
         with contextlib.suppress(DecodeError):
-            found.setdefault(fingerprint(r.path).hash, (r.path, r.label))
+            found.setdefault(bytes.fromhex(r.content) if r.content else fingerprint(r.path).hash, (r.path, r.label))
     return found
 
 
@@ -618,7 +621,7 @@ def _edit(
             raise ValueError(f"{path} is not in dataset {name!r}")
         labels[i] = as_held(tag) if tag.strip() else ""
     keep = [i for i, t in enumerate(labels) if t]
-    kept = [Row(rows[i].path, labels[i], rows[i].group, rows[i].audio_bytes) for i in keep]
+    kept = [dataclasses.replace(rows[i], label=labels[i]) for i in keep]
     live = {labels[i] for i in keep}
     removed = held.edits.removed + [rows[i].path for i, t in enumerate(labels) if not t]
     edits = Edits(_renamed(held.edits.renamed, mapping, live), removed)

@@ -122,6 +122,9 @@ def test_the_same_sound_twice_is_one_example(home: Path, tmp_path: Path) -> None
     assert again.added == 0 and again.report.per_class == {"noise": 3, "thump": 3, "tone": 3}
     copied = dict(again.unread)
     assert copied[str(tmp_path / "drive" / "ex" / "noise" / kept.name)] == f"the same sound as {kept}"
+    kept.unlink()  # (its first place emptied: the dataset recorded what it sounds like, and reads nothing)
+    last = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "drive" / "ex")]), workers=1)
+    assert last.added == 0 and str(tmp_path / "drive" / "ex" / "noise" / kept.name) in dict(last.unread)
 
 
 def test_tags_by_the_folders_right_under_the_one_given(home: Path, tmp_path: Path) -> None:
