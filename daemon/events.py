@@ -38,23 +38,41 @@ class Event:
     status: dict[str, object] | None = None  # STATUS_CHANGED: the daemon's status() at that moment
 
 
+Feed = queue.Queue  # of Event, and None at its end
+
+
 class EventBus:
     def __init__(self, per_subscriber: int = 10_000) -> None:
-        self._subscribers: set[queue.Queue[Event]] = set()
+        self._subscribers: set[Feed[Event | None]] = set()
         self._lock = threading.Lock()
         self._size = per_subscriber
-        self.closed = threading.Event()  # the daemon is stopping: streams end, cleanly, within a poll
+        self.closed = threading.Event()  # the daemon is stopping: streams end, cleanly
 
     def close(self) -> None:
         self.closed.set()
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for q in subscribers:
+            self.end(q)
 
-    def subscribe(self) -> queue.Queue[Event]:
-        q: queue.Queue[Event] = queue.Queue(self._size)
+    def subscribe(self) -> Feed[Event | None]:
+        q: Feed[Event | None] = queue.Queue(self._size)
         with self._lock:
             self._subscribers.add(q)
+        if self.closed.is_set():
+            self.end(q)
         return q
 
-    def unsubscribe(self, q: queue.Queue[Event]) -> None:
+    def end(self, q: Feed[Event | None]) -> None:
+        """Wake its reader to end: a front end gone, or the daemon stopping. A reader blocks on its feed
+        until then (it polled 4 times a second, for as long as a tray ran)."""
+        with contextlib.suppress(queue.Empty):
+            if q.full():
+                q.get_nowait()  # (the end matters more than the oldest event)
+        with contextlib.suppress(queue.Full):
+            q.put_nowait(None)
+
+    def unsubscribe(self, q: Feed[Event | None]) -> None:
         with self._lock:
             self._subscribers.discard(q)
 

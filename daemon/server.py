@@ -241,14 +241,13 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_FOLLOWERS} front ends follow events already: close one"
             )
         feed = self.daemon.events.subscribe()
+        bus = self.daemon.events
+        if not context.add_callback(lambda: bus.end(feed)):  # the caller already gone
+            bus.end(feed)
         try:
             # where things stand now, so a front end needs no GetStatus call (and misses nothing between)
             yield pb.Event(kind=pb.Event.STATUS_CHANGED, time=time.time(), status=status_pb(self.daemon.status()))
-            while context.is_active() and not self.daemon.events.closed.is_set():
-                try:
-                    e = feed.get(timeout=0.25)
-                except queue.Empty:
-                    continue
+            while (e := feed.get()) is not None:
                 yield pb.Event(
                     kind=_EVENT_KINDS[e.kind],
                     time=e.time,
