@@ -32,6 +32,16 @@ def _watcher(index: Index) -> Watcher:
     return Watcher(index, settle_s=0.0, on_pending=lambda: None, on_removed=lambda paths: None)
 
 
+def _started(index: Index, tmp_path: Path) -> tuple[Watcher, Path]:
+    """A watcher started on a folder `lib` of its own."""
+    w = _watcher(index)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    w.watch(str(lib))
+    w.start()
+    return w, lib
+
+
 def _pending(index: Index) -> set[str]:
     return {job.path for job in index.due_jobs(100_000, set(), 1e12)}
 
@@ -121,11 +131,7 @@ def test_a_flush_that_keeps_failing_backs_off_and_says_so_once(
         raise sqlite3.OperationalError("disk I/O error")
 
     monkeypatch.setattr(index, "mark_pending", failing)
-    w = _watcher(index)
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    w.watch(str(lib))
-    w.start()
+    w, lib = _started(index, tmp_path)
     try:
         w.on_any_event(FileClosedEvent(str(lib / "kick.wav")))
         time.sleep(1.5)
@@ -150,11 +156,7 @@ def test_an_idle_watcher_sleeps_until_an_event_comes(
         real(self)
 
     monkeypatch.setattr(Watcher, "flush", counted)
-    w = _watcher(index)
-    lib = tmp_path / "lib"
-    lib.mkdir()
-    w.watch(str(lib))
-    w.start()
+    w, lib = _started(index, tmp_path)
     try:
         wait_for(lambda: w.scans_running == 0)
         time.sleep(1.0)
