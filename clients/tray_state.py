@@ -159,8 +159,9 @@ def view(state: TrayState) -> View:
     new_failures = s.failed - state.failed_seen
     if training is not None:
         icon, ring, headline = Icon.TRAINING, _training_progress(training), training_line(training)
-    elif s.stalled:  # the index cannot be written (a full disk): nothing else matters until it can
-        icon, ring, headline = Icon.ERROR, None, f"indexing waits: {s.stalled}"
+    elif s.stalled:  # the index cannot be written (a full disk): nothing else matters until it can. No model
+        # to tag with (all deactivated) is the user's own doing, waiting as a pause does, not a fault shown red
+        icon, ring, headline = Icon.ERROR if s.models else Icon.PAUSED, None, f"indexing waits: {s.stalled}"
     elif s.paused:
         waiting = f" ({s.pending} files waiting)" if s.pending else ""
         icon, ring, headline = Icon.PAUSED, None, f"indexing paused{waiting}"

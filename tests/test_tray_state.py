@@ -13,8 +13,15 @@ from tests.conftest import vibrary
 TP = pb.TrainProgress
 
 
-def status(indexed: int = 0, pending: int = 0, failed: int = 0, paused: bool = False, **kw: object) -> pb.Status:
-    return pb.Status(indexed=indexed, pending=pending, failed=failed, paused=paused, models=["bands@1"], **kw)
+def status(
+    indexed: int = 0,
+    pending: int = 0,
+    failed: int = 0,
+    paused: bool = False,
+    models: tuple[str, ...] = ("bands@1",),
+    **kw: object,
+) -> pb.Status:
+    return pb.Status(indexed=indexed, pending=pending, failed=failed, paused=paused, models=models, **kw)
 
 
 def changed(**kw: object) -> pb.Event:
@@ -80,6 +87,10 @@ def test_an_index_that_cannot_be_written_shows_as_an_error_with_why() -> None:
     state, _ = feed(ts.TrayState(), changed(indexed=3, pending=4, stalled=why))
     v = ts.view(state)
     assert (v.icon, v.tooltip.splitlines()[0]) == (ts.Icon.ERROR, f"Vibrary: indexing waits: {why}")
+    no_model = "no usable active model; files wait for one"  # every model deactivated: a choice, not a fault
+    state, _ = feed(ts.TrayState(), changed(indexed=3, pending=4, stalled=no_model, models=()))
+    v = ts.view(state)
+    assert (v.icon, v.tooltip.splitlines()[0]) == (ts.Icon.PAUSED, f"Vibrary: indexing waits: {no_model}")
 
 
 def test_new_failures_show_as_error_until_looked_at() -> None:
