@@ -23,6 +23,9 @@ CHUNK = 1 << 20
 FINISHED = (pb.Job.SUCCEEDED, pb.Job.FAILED, pb.Job.CANCELLED)
 
 
+KEEPALIVE_MS = (30_000, 20_000)  # a ping after this long without a message; an answer awaited this long
+
+
 class TrainerClient:
     def __init__(
         self, target: str, token: str = "", timeout: float = 60.0, tls_ca: bytes | str | Path | None = None
@@ -30,7 +33,13 @@ class TrainerClient:
         self.target = target
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {check_token(token)}"),) if token else ()
-        options = [("grpc.max_receive_message_length", 16 << 20)]
+        options = [
+            ("grpc.max_receive_message_length", 16 << 20),
+            # a trainer that stops answering (a hung host, a link that drops packets) ends a watch: it hung
+            # for as long as that lasted, silent, and never gave up
+            ("grpc.keepalive_time_ms", KEEPALIVE_MS[0]),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_MS[1]),
+        ]
         ca = tls_ca if tls_ca is not None else os.environ.get("VIBRARY_TRAINER_CA") or None
         self._tls = ca is not None
         if ca is None:

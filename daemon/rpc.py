@@ -121,6 +121,8 @@ def make_server(
         # a client that vanished (a laptop asleep, a network change) is noticed, and its streams end
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.keepalive_timeout_ms", 20_000),
+        # and a client that pings to know the server is there (the trainer's) is not told off for it
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.events import (
+    DirAttribEvent,
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
@@ -58,6 +59,7 @@ EVENTS = [
     FileMovedEvent,
     DirMovedEvent,
     DirCreatedEvent,
+    DirAttribEvent,
     EventsLostEvent,
 ]
 
@@ -333,6 +335,9 @@ class Watcher(FileSystemEventHandler):
             self._move(src, os.fsdecode(event.dest_path), event.is_directory)
         elif isinstance(event, DirCreatedEvent) and not os.path.islink(src):
             self._scan_in_background(src)  # a folder moved in arrives as one event for all its files
+        elif isinstance(event, DirAttribEvent) and not os.path.islink(src):
+            # a chmod of a folder: its files failed "permission denied" and stayed failed once it was fixed
+            self._scan_in_background(src)
 
     def _mark(self, path: str, due: float, postpone: bool = True) -> None:
         if is_audio_path(path) and self._storable(path):

@@ -1026,6 +1026,25 @@ def test_a_watched_folder_that_cannot_be_listed_is_said_and_read_once_fixed(
 
 
 @NEEDS_USER
+def test_files_of_a_folder_locked_then_fixed_are_read_again(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A folder left without its x bit as a pack was copied in: its files failed "permission denied" and stayed
+    failed after `chmod 755` (only a restart read them again); the chmod's own event scans the folder."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    daemon.client.add_watch(str(lib))
+    daemon.client.pause()
+    write_tone(lib / "pack" / "low.wav", BANDS["low"])
+    wait_for(lambda: daemon.client.status().pending == 1)
+    (lib / "pack").chmod(0o644)
+    try:
+        daemon.client.resume()
+        wait_for(lambda: [f.error for f in daemon.client.tags(str(lib))] == ["permission denied"])
+    finally:
+        (lib / "pack").chmod(0o755)
+    wait_for(lambda: [f.state for f in daemon.client.tags(str(lib))] == ["indexed"], timeout=15)
+
+
+@NEEDS_USER
 def test_a_dataset_that_cannot_be_written_says_so_and_the_daemon_goes_on(daemon: DaemonProcess, tmp_path: Path) -> None:
     files = [(str(write_tone(tmp_path / band / f"{band}.wav", freq)), band) for band, freq in BANDS.items()]
     locked = daemon.home / "datasets"

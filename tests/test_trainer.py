@@ -378,6 +378,34 @@ def test_a_followed_job_cut_off_goes_on_when_its_caller_starts_it_again(tmp_path
     assert not list(root.glob("tenants/*/leftovers/*.pt"))  # taken up, and a cancel keeps nothing
 
 
+def test_a_watch_of_a_trainer_that_stops_answering_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trainer host that hangs (here: SIGSTOP) keeps its connection open: a `vibrary train` following its
+    job waited, silent, for as long as that lasted (11 minutes in a QA session) and never gave up."""
+    from vibrary.clients import trainer_client
+
+    monkeypatch.setattr(trainer_client, "KEEPALIVE_MS", (6_000, 3_000))  # (30 s and 20 s in use)
+    proc, target = _start_trainer(tmp_path / "trainer-home")
+    manifest, blobs = _manifest_and_blobs(per_kind=4, seed=0)
+    (tmp_path / "shards").mkdir()
+    _store(blobs, tmp_path / "shards")
+    try:
+        with TrainerClient(target) as client:
+            client.upload(manifest, tmp_path / "shards")
+            job = client.start(manifest, "k", "none", json.dumps({"epochs": 400}), followed=True)
+            updates = client.watch(job.id)
+            next(u for u in updates if u.epoch >= 1)
+            proc.send_signal(signal.SIGSTOP)
+            stopped = time.monotonic()
+            with pytest.raises(DaemonError):
+                for _ in updates:
+                    pass
+            assert time.monotonic() - stopped < 30
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_a_shard_said_to_be_there_is_not_pruned_before_its_job_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
