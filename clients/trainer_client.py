@@ -39,6 +39,10 @@ class TrainerClient:
             # for as long as that lasted, silent, and never gave up
             ("grpc.keepalive_time_ms", KEEPALIVE_MS[0]),
             ("grpc.keepalive_timeout_ms", KEEPALIVE_MS[1]),
+            ("grpc.http2.ping_timeout_ms", KEEPALIVE_MS[1]),  # (which newer gRPC waits on: a minute, by default)
+            # (a watch sends nothing: by default, 2 pings and then none, or one in 5 minutes)
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.min_time_between_pings_ms", KEEPALIVE_MS[0]),
         ]
         ca = tls_ca if tls_ca is not None else os.environ.get("VIBRARY_TRAINER_CA") or None
         self._tls = ca is not None

@@ -508,8 +508,6 @@ class Watcher(FileSystemEventHandler):
                     self._unlisted[directory] = e.strerror or str(e)
                 log.warning("cannot list %s (%s); its index entries are kept", directory, e.strerror)
                 continue
-            with self._lock:
-                self._unlisted.pop(directory, None)
             if directory == folder and self.gone(folder):  # its files are not gone: their drive is
                 log.warning("watch folder %s: its drive is not mounted; its index entries are kept", folder)
                 return
