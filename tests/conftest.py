@@ -122,18 +122,24 @@ def as_from_a_terminal() -> None:
 def start_daemon(home: Path, *extra: str, wrapper: Sequence[str] = ()) -> DaemonProcess:
     """`wrapper`: a command the daemon runs under (`nohup`)."""
     env = {**os.environ, "VIBRARY_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    said = tempfile.TemporaryFile()  # noqa: SIM115 (its stderr, for its whole life: what it says before its log)
     proc = subprocess.Popen(
         [*AS_USER, *wrapper, sys.executable, "-m", "vibrary.clients.cli", "daemon", *extra],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=said,
         preexec_fn=as_from_a_terminal,
     )
     client = Client(home_dir=home, timeout=30)
 
     def up() -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {proc.returncode}: {config.log_path(home).read_text()}")
+            said.seek(0)
+            log = config.log_path(home)
+            raise AssertionError(
+                f"daemon exited with {proc.returncode}: {said.read().decode(errors='replace')[-3000:]}"
+                f"{log.read_text()[-3000:] if log.exists() else f'(no {log}; home there: {home.exists()})'}"
+            )
         try:
             grpc.channel_ready_future(client._channel).result(timeout=0.2)
             return True
