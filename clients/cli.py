@@ -799,7 +799,7 @@ def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
 def cmd_synonyms(args: argparse.Namespace) -> int:
     table = _synonyms()
     if args.action == "remove":
-        shipped = {alias.lower(): tag for tag, aliases in table.builtin.items() for alias in aliases}
+        shipped = table.shipped()
         for alias, tag, builtin in table.remove(config.home(), args.aliases):
             obj = {"alias": alias, "tag": tag, "builtin": builtin, "removed": True}
             said = "; `synonyms add` gives it back" if builtin else ""

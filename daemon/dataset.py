@@ -285,12 +285,8 @@ def _spectrograms(
             code, size, content = out
             first = seen.setdefault(content, (ex.path, ex.label))
             if first[0] != ex.path:
-                failed.append(
-                    (
-                        ex.path,
-                        f"the same sound as {first[0]}" + (f", tagged {first[1]}" if first[1] != ex.label else ""),
-                    )
-                )
+                tagged = f", tagged {first[1]}" if first[1] != ex.label else ""
+                failed.append((ex.path, f"the same sound as {first[0]}{tagged}"))
                 continue
             codes.append(code)
             rows.append(Row(ex.path, ex.label, ex.group, size, content.hex()))
@@ -334,7 +330,7 @@ def add(
         tags = {r.label for r in held.rows}
         spelled: dict[str, str] = {}  # each tag's spelling in the dataset, worked out once, not once a file
         new, left_out = [], 0
-        edits = Edits(dict(held.edits.renamed), list(held.edits.removed))
+        renamed, restored = dict(held.edits.renamed), set()  # (the edits that no longer hold, with `restore`)
         for ex in _once_each(examples):
             path = os.path.normpath(ex.path)
             tag = held.edits.renamed.get(ex.label, ex.label)
@@ -346,9 +342,8 @@ def add(
             if restore:  # back as given, the edit undone for it: later adds take it as well
                 if not tag:  # its tag was dropped
                     tag = ex.label
-                    edits.renamed.pop(ex.label, None)
-                if path in removed:
-                    edits.removed = [p for p in edits.removed if os.path.normpath(p) != path]
+                    renamed.pop(ex.label, None)
+                restored.add(path)
             if tag not in spelled:
                 spelled[tag] = _as_held(tag, tags)
             new.append(Example(ex.path, spelled[tag], ex.group))
@@ -361,6 +356,7 @@ def add(
         retried = {os.path.normpath(ex.path) for ex in new}
         failed = [f for f in held.failed if os.path.normpath(f[0]) not in retried] + unread
         codes = np.concatenate([held.codes, more])
+        edits = Edits(renamed, [p for p in held.edits.removed if os.path.normpath(p) not in restored])
         report = _write(home_dir, name, held.params, codes, held.rows + added, failed, edits, unread)
         return Added(report, len(added), left_out, unread)
 

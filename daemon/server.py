@@ -240,8 +240,8 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_FOLLOWERS} front ends follow events already: close one"
             )
-        feed = self.daemon.events.subscribe()
         bus = self.daemon.events
+        feed = bus.subscribe()
         if not context.add_callback(lambda: bus.end(feed)):  # the caller already gone
             bus.end(feed)
         try:
@@ -257,7 +257,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
                     training=train_progress_pb(e.training) if e.training else None,
                 )
         finally:
-            self.daemon.events.unsubscribe(feed)
+            bus.unsubscribe(feed)
 
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ModelList:
         return self._models()

@@ -350,8 +350,8 @@ class Daemon:
             "unfollowed_links": self.watcher.unfollowed_links,
             "unnamed_files": (unnamed := self.watcher.unnamed)[:UNNAMED_SHOWN],  # sent 4 times a second
             "unnamed_count": len(unnamed),
-            "retrying": retrying,
             "unlisted_folders": self.watcher.unlisted,
+            "retrying": retrying,
             "retry_reason": retry_reason,
             "home": str(self.home),
             "paused": self.paused,
@@ -434,12 +434,12 @@ class Daemon:
             while True:
                 began = time.monotonic()
                 waiting = self.index.unread(waiting)
-                if not waiting or self.paused or not (time.time() < deadline and wanted()):
+                if not waiting or self.paused or not going():
                     results = list(self.index.file_tags(files))
                     waiting = [r.path for r in results if r.state == "pending" and not r.error]
                     if not waiting or self.paused:  # (paused: read once indexing resumes, as the reply says)
                         break  # the answer is the read that found them done: another Tag of one may re-queue it
-                    if not (time.time() < deadline and wanted()):
+                    if not going():
                         abandoned = waiting
                         break
                 # a poll of 100,000 files takes a while: waiting 4 times as long leaves the core to the workers

@@ -244,12 +244,16 @@ class Synonyms:
                 self._forget(alias)
                 self.user.setdefault(tag, []).append(alias)
 
+    def shipped(self) -> dict[str, str]:
+        """Each built-in alias → its tag, as the built-in table has them (whatever the user's table masks)."""
+        return {alias.lower(): tag for tag, aliases in self.builtin.items() for alias in aliases}
+
     def remove(self, home_dir: Path, aliases: Iterable[str]) -> list[tuple[str, str, bool]]:
         """Take aliases out: the user's own from their table, a built-in one by masking it there (a lyric
         read as a drum, a vendor's word that means something else in this library). The (alias, tag,
         builtin) pairs removed; ValueError, and nothing changed, for an alias no table has."""
         wanted = [alias.strip().lower() for alias in aliases]
-        builtin = {a.lower() for aliases in self.builtin.values() for a in aliases}
+        builtin = self.shipped()
         with self._editing(home_dir):
             pairs = {alias: (alias, tag, builtin) for alias, tag, builtin in self.pairs()}
             for alias in wanted:

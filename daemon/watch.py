@@ -246,13 +246,15 @@ class Watcher(FileSystemEventHandler):
         for folder in folders:
             try:
                 with os.scandir(folder):
-                    pass
+                    listable = True
             except OSError:
                 if os.path.isdir(folder):
-                    continue
+                    continue  # (still not)
+                listable = False
             with self._lock:  # listable now, or gone: nothing to say any more
                 self._unlisted.pop(folder, None)
-                roots.update(w for w in self._watches if within(folder, [w]) and os.path.isdir(folder))
+                if listable:
+                    roots.update(w for w in self._watches if within(folder, [w]))
         for root in sorted(roots):
             log.info("a folder in %s can be listed now: watching and scanning it again", root)
             try:

@@ -29,6 +29,7 @@ user's storage is separate, and another user's job id gets the same NOT_FOUND as
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -107,7 +108,7 @@ class _JobState:
         self.unwatched_since = time.monotonic()  # a restarted trainer gives its caller the whole limit again
         self.keep_as: Path | None = None  # where its checkpoint goes when it ends, for a run of it again
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """What the job is (dataset, name, base, options): the same `vibrary train` run again is the same."""
         return hashlib.sha256(self.request.SerializeToString(deterministic=True)).hexdigest()[:32]
