@@ -47,6 +47,7 @@ from .shards import Manifest, too_few
 log = logging.getLogger(__name__)
 
 FINISHED = ("succeeded", "failed", "cancelled")
+PHASES_KEPT = 16  # states a slow follower of a training can catch up on
 STATES = ("uploading", "waiting", "training", "installing", *FINISHED)
 # How long `vibrary train` calls a trainer that stopped answering mid-job before it gives up: a dropped
 # Wi-Fi or VPN must not throw away hours of training that go on at the other end. The daemon never gives
@@ -677,6 +678,10 @@ class Background:
         self.progress = TrainProgress(dataset=dataset_name)
         self._changed = threading.Condition()
         self._version = 0
+        self._passed = 0  # states left behind since the start
+        # the last progress of each state in turn: a follower that reads slower than the states change (a
+        # small upload is over in milliseconds) still sees every state, not only the newest progress
+        self._phases: list[TrainProgress] = [self.progress]
         self._listener = listener
         self._thread = threading.Thread(target=self._run, args=(run,), name="training", daemon=True)
         self._thread.start()
@@ -692,6 +697,11 @@ class Background:
 
     def update(self, progress: TrainProgress) -> None:
         with self._changed:
+            if progress.state == self.progress.state:
+                self._phases[-1] = progress
+            else:
+                self._phases = [*self._phases[-PHASES_KEPT + 1 :], progress]
+                self._passed += 1
             self.progress = progress
             self._version += 1
             self._changed.notify_all()
@@ -710,16 +720,20 @@ class Background:
         self._thread.join(timeout)
 
     def follow(self, active: Callable[[], bool] = lambda: True) -> Iterator[TrainProgress]:
-        """Every change from now (starting with the current state) until the job ends or the caller leaves."""
-        seen = -1
+        """Every state from now (starting with the current one) until the job ends or the caller leaves:
+        within a state the newest progress, and the last progress of each state that passed meanwhile."""
+        seen, last, passed = -1, None, self._passed
         while active():
             with self._changed:
                 if self._version == seen:
                     self._changed.wait(0.25)
-                current, version = self.progress, self._version
-            if version != seen:
-                seen = version
+                seen = self._version
+                behind = min(self._passed - passed, len(self._phases) - 1)
+                news = [p for p in self._phases[-1 - behind :] if p is not last]
+                passed = self._passed
+            for current in news:
                 yield current
+                last = current
                 if current.state in FINISHED:
                     return
 

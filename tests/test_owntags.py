@@ -754,6 +754,29 @@ def test_a_bug_in_a_training_job_ends_it_visibly_and_logs_why(caplog: pytest.Log
     assert "training on mine failed unexpectedly" in caplog.text and "RuntimeError: boom" in caplog.text
 
 
+def test_a_slow_follower_of_a_training_sees_every_state_it_passed() -> None:
+    """A small upload is over in milliseconds: a front end that read its stream later saw WAITING then
+    TRAINING, never UPLOADING (a CI run on a loaded host)."""
+    from vibrary.daemon import training
+
+    go = threading.Event()
+
+    def quick(job: training.Background) -> None:
+        go.wait(10)
+        for state, epoch in (("uploading", 0), ("uploading", 0), ("waiting", 0), ("training", 1), ("training", 2)):
+            job.update(training.TrainProgress(dataset="mine", state=state, epoch=epoch))
+        job.update(training.TrainProgress(dataset="mine", state="succeeded", epoch=2))
+
+    job = training.Background("mine", quick)
+    follower = job.follow()
+    assert next(follower).state == "waiting"  # the state it joined in
+    go.set()
+    job.join(timeout=10)  # every change made before the follower reads again
+    seen = [(p.state, p.epoch) for p in follower]
+    assert seen == [("uploading", 0), ("waiting", 0), ("training", 2), ("succeeded", 2)]
+    assert [p.state for p in job.follow()] == ["succeeded"]  # one joining later sees where it ended
+
+
 def test_a_dataset_being_built_is_not_trained_on_and_other_datasets_are(home: Path, tmp_path: Path) -> None:
     from vibrary.daemon.service import Daemon, TrainingBusy
 
