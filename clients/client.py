@@ -29,7 +29,7 @@ import grpc
 from vibrary.daemon import config
 from vibrary.daemon.folders import indexed_path
 from vibrary.daemon.modelref import parse_ref
-from vibrary.daemon.rpc import check_token
+from vibrary.daemon.rpc import REQUEST_MAX, check_token
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
@@ -260,6 +260,11 @@ class Client:
             data = Path(path).read_bytes()
         except OSError as e:
             raise BadArgument(f"cannot read {path}: {e.strerror}") from None
+        if len(data) > REQUEST_MAX - 4096:  # (the name and gRPC's framing): gRPC's own refusal named no file
+            raise BadArgument(
+                f"{path} is {len(data) / 1e6:.0f} MB, more than the {REQUEST_MAX >> 20} MB a model sent to the daemon "
+                "may be: on the daemon's machine, `vibrary models install` takes it from its disk"
+            )
         request = pb.InstallModelRequest(onnx=data, name=name, inactive=inactive)
         return list(self._call("InstallModel", request).models)
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import platformdirs
 
+from . import atomic
+
 QUERY_WORDS = frozenset({"or", "and", "not"})  # a search's own words (clients/query.py): no tag can be one
 
 
@@ -84,7 +86,7 @@ class Settings:
         return cls(**raw)
 
     def save(self, home_dir: Path) -> None:
-        (home_dir / "config.json").write_text(json.dumps(asdict(self), indent=2) + "\n")
+        atomic.write(home_dir / "config.json", json.dumps(asdict(self), indent=2) + "\n")
 
     @property
     def worker_count(self) -> int:

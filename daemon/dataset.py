@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from . import config, shards, suggest
+from . import atomic, config, shards, suggest
 from .advice import advise
 from .cache import SpectrogramCache
 from .config import check_name
@@ -387,24 +387,19 @@ def _write(
     folder = dataset_dir(home_dir, name)
     (folder / "shards").mkdir(parents=True, exist_ok=True)
     for digest, blob in blobs.items():
-        (folder / "shards" / f"{digest}.npz").write_bytes(blob)
+        atomic.write(folder / "shards" / f"{digest}.npz", blob)
     record = {
         "files": [r.__dict__ for r in rows],
         "failed": [list(f) for f in failed],
         **(edits or Edits()).__dict__,
         "manifest": manifest.to_json(),
     }
-    _replace(folder / "labels.json", json.dumps(record))
-    _replace(folder / "manifest.json", manifest.to_json())
+    atomic.write(folder / "labels.json", json.dumps(record))
+    atomic.write(folder / "manifest.json", manifest.to_json())
     for stale in (folder / "shards").glob("*.npz"):
         if stale.stem not in blobs:
             stale.unlink()
     return _report(manifest, rows, failed)
-
-
-def _replace(path: Path, text: str) -> None:
-    path.with_suffix(".part").write_text(text)
-    path.with_suffix(".part").replace(path)
 
 
 def _report(manifest: shards.Manifest, rows: Sequence[Row], failed: Sequence[tuple[str, str]]) -> BuildReport:

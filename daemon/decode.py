@@ -59,6 +59,7 @@ class TryLater(DecodeError):
 
 
 VANISHED = "file not found (deleted or moved before it could be read)"
+BROKEN_LINK = "broken symbolic link"  # its target not there: the watcher looks for it to come back
 # errnos that say nothing about the file; EIO is left out: on a local disk it is a bad sector, for good
 PASSING = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ESTALE}
@@ -232,7 +233,7 @@ def check_readable(path: str) -> None:
     except FileNotFoundError:
         if os.path.islink(path):  # its target is what is missing: an unmounted drive, a moved pack. A
             # failure to show, not a file gone: dropped from the index, it was gone from status as well
-            raise DecodeError(f"broken symbolic link: {_link_target(path)} is not there") from None
+            raise DecodeError(f"{BROKEN_LINK}: {_link_target(path)} is not there") from None
         raise FileVanished(VANISHED) from None
     except PermissionError:
         raise DecodeError("permission denied") from None

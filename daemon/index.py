@@ -578,6 +578,14 @@ class Index:
         )
         return [(p, e) for p, e in rows]
 
+    def failed_with(self, reason: str) -> list[str]:
+        """The failed files whose error starts with `reason`, from the partial index of failed files."""
+        rows = self.conn().execute(
+            "SELECT path FROM files INDEXED BY files_failed WHERE state = 'failed' AND substr(error, 1, ?) = ?",
+            (len(reason), reason),
+        )
+        return [p for (p,) in rows]
+
     # -- models --------------------------------------------------------------------------------------
     def add_model(
         self, name: str, path: str, sha256: str, classes: Sequence[str], spectrogram: str, builtin: bool

@@ -7,10 +7,9 @@ The demo model shipped inside the package is registered on first use and active 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
-from . import config
+from . import atomic, config
 from .config import check_name
 from .index import Index, ModelRow
 from .infer import Model, ModelError, sha256_file
@@ -46,8 +45,7 @@ def install(index: Index, home_dir: Path, source: str, name: str = "", builtin: 
 
 def _copy(source: str, target: str) -> None:
     Path(target).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target + ".part")
-    Path(target + ".part").replace(target)  # never a half-written model under its final name
+    atomic.copy(Path(source), Path(target))  # never a half-written model under its final name
 
 
 def sha256_file_or_none(path: str) -> str | None:

@@ -104,6 +104,7 @@ class CutMessages(grpc.ServerInterceptor):
         return handler._replace(request_deserializer=None, **{kind: decoded})
 
 
+REQUEST_MAX = 64 << 20  # bytes of one request: a dataset of 300,000 labelled paths; a model file
 MESSAGE_MAX = 2000  # bytes; percent-encoded (3 bytes each at most) it stays under gRPC's 8 KB soft limit
 
 
@@ -115,7 +116,7 @@ def make_server(
 ) -> grpc.Server:
     """A server with the given servicers (added by `add`), health SERVING for each, and reflection."""
     options = [
-        ("grpc.max_receive_message_length", 64 << 20),  # a dataset of 300,000 labelled paths in one request
+        ("grpc.max_receive_message_length", REQUEST_MAX),
         ("grpc.max_send_message_length", 1 << 30),  # a library's suggestions are one reply (7.5 MB per 40,000 files)
         ("grpc.so_reuseport", 0),  # a port another server holds is an error, not a port shared with it
         # a client that vanished (a laptop asleep, a network change) is noticed, and its streams end

@@ -56,6 +56,7 @@ from pathlib import Path
 
 import mutagen
 
+from . import atomic
 from .config import QUERY_WORDS
 from .folders import audio_files_under
 
@@ -286,9 +287,7 @@ class Synonyms:
         """The user's table, written atomically."""
         self.user = {t: a for t, a in self.user.items() if a}
         saved: dict[str, list[str]] = {**self.user, **({"_removed": self.removed} if self.removed else {})}
-        path = home_dir / USER_FILE
-        path.with_suffix(".part").write_text(json.dumps(saved, indent=1, sort_keys=True))
-        path.with_suffix(".part").replace(path)
+        atomic.write(home_dir / USER_FILE, json.dumps(saved, indent=1, sort_keys=True))
         self.__post_init__()
 
     def find(self, text: str, drums: bool = False) -> list[str]:

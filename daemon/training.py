@@ -21,7 +21,6 @@ import copy
 import importlib
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -38,7 +37,7 @@ from vibrary.proto import trainer_pb2
 from vibrary.trainer.options import TrainConfig
 from vibrary.trainer.options import parse as options_parse
 
-from . import config, dataset, registry
+from . import atomic, config, dataset, registry
 from .index import Index, ModelRow
 from .infer import ModelError
 from .rpc import check_token
@@ -130,15 +129,11 @@ class JobRecord:
 
     def save(self, path: Path) -> None:
         """Atomically, readable by the owner only: the record holds the trainer's token."""
-        staging = path.with_name(f".{path.name}.tmp")
-        staging.unlink(missing_ok=True)
         record = asdict(self)
         for name in ("uploading", "launched_at"):  # left out when unset: an older version reads the record
             if not record[name]:
                 del record[name]
-        with os.fdopen(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-            json.dump(record, f)
-        os.replace(staging, path)
+        atomic.write(path, json.dumps(record), mode=0o600)
 
     @classmethod
     def load(cls, path: Path) -> JobRecord | None:
@@ -362,7 +357,7 @@ def _kept(home_dir: Path, files: dict[str, bytes], name: str) -> str:
         folder.mkdir(parents=True, exist_ok=True)
         for file in ("model.onnx", *registry.PLOTS):  # by name: a trainer's names are its own
             if file in files:
-                (folder / file).write_bytes(files[file])
+                atomic.write(folder / file, files[file])
     except OSError as e:
         return f"and the model could not be kept either ({e})"
     return f"the model is kept: `vibrary models install {folder / 'model.onnx'} --name {name}` installs it"

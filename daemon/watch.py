@@ -37,7 +37,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from .decode import JUNK_FOLDER, is_audio_path
+from .decode import BROKEN_LINK, JUNK_FOLDER, is_audio_path
 from .features import changed_at
 from .folders import indexed_path, storable
 from .index import Index, under, within
@@ -267,6 +267,13 @@ class Watcher(FileSystemEventHandler):
                 continue
             self.rescan(root)  # (what changed while it was watched anew, too)
 
+    def _links_back(self) -> None:
+        """Broken links whose targets are there again (their drive mounted, their pack moved back) are read:
+        no event comes for a link when its target returns, and they stayed failed until a rescan hours later."""
+        for path in self.index.failed_with(BROKEN_LINK):
+            if os.path.exists(path):
+                self._mark(path, time.time())
+
     def _rewatch(self, root: str) -> None:
         """Observe a watch folder anew: a folder inside it that could not be listed when it was scheduled got
         no inotify watch of its own, and a file added to it once fixed sent no event."""
@@ -400,7 +407,7 @@ class Watcher(FileSystemEventHandler):
         which a laptop's battery pays for); then 20 ms more, so that a burst of events is one write. While
         writing fails (a locked, full or deleted index), ever less often, up to every 5 s, and each distinct
         error logged once: it was 50 tracebacks a second."""
-        last_check = last_scan = time.monotonic()
+        last_check = last_scan = last_links = time.monotonic()
         failures, said = 0, ""
         while True:
             if not failures:  # (a failed write keeps its events buffered: retried after the pause below)
@@ -420,6 +427,9 @@ class Watcher(FileSystemEventHandler):
                         with contextlib.suppress(OSError):  # still over the inotify limit: said at start
                             self.watch(folder)
                     self._list_again()
+                    if time.monotonic() - last_links >= LINKS_S:
+                        last_links = time.monotonic()
+                        self._links_back()
                     if self.rescan_s and time.monotonic() - last_scan > self.rescan_s and not self.scans_running:
                         last_scan = time.monotonic()
                         for folder in list(self._watches):
@@ -585,6 +595,7 @@ MADE_UP_INODES = {"vfat", "msdos", "exfat", "fat", "umsdos"}  # numbered at each
 
 UNNAMED_MOST = 1000  # names not UTF-8 remembered (each status checks they are still there)
 CHECK_S = 5.0  # how often watch folders are checked for a move, a comeback or a due rescan
+LINKS_S = 60.0  # how often the targets of broken links are looked for
 
 
 def _stable_inodes() -> Callable[[int], bool]:

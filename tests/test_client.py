@@ -285,6 +285,11 @@ def test_a_front_end_installs_and_removes_models_and_synonyms_over_the_api_alone
     with pytest.raises(DaemonError, match="the model sent: not a loadable ONNX model") as refused:
         daemon.client.install_model(str(junk))
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT and "upload" not in str(refused.value)
+    huge = tmp_path / "huge.onnx"
+    with open(huge, "wb") as f:
+        f.truncate(65 << 20)  # gRPC's own refusal ("Received message larger than max") named neither file nor way
+    with pytest.raises(BadArgument, match=r"huge.onnx is 68 MB, more than the 64 MB .* `vibrary models install`"):
+        daemon.client.install_model(str(huge))
     with pytest.raises(DaemonError, match="built in") as builtin:
         daemon.client.remove_model("demo")
     assert builtin.value.code == grpc.StatusCode.FAILED_PRECONDITION

@@ -390,6 +390,39 @@ def test_a_link_whose_target_is_deleted_is_read_again_at_the_next_scan(index: In
     assert not isinstance(why.value, FileVanished)
 
 
+def test_a_broken_link_is_read_once_its_target_is_back(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packs kept on another drive, linked into the library: with the drive not mounted each link failed,
+    and it stayed failed once the drive was back (no event comes for a link), until a rescan hours later."""
+    monkeypatch.setattr(watch_module, "CHECK_S", 0.1)
+    monkeypatch.setattr(watch_module, "LINKS_S", 0.3)
+    drive, lib = tmp_path / "drive", tmp_path / "lib"
+    lib.mkdir()
+    (lib / "kick.wav").symlink_to(drive / "kick.wav")
+    (lib / "snare.wav").symlink_to(drive / "snare.wav")
+    index.add_watch(str(lib))
+    w = _watcher(index)
+    w.watch(str(lib))
+    wait_for(lambda: w.scans_running == 0)
+    jobs = index.due_jobs(10, set(), 1e12)
+    assert sorted(j.path for j in jobs) == [str(lib / "kick.wav"), str(lib / "snare.wav")]
+    for job in jobs:
+        with pytest.raises(DecodeError) as why:
+            check_readable(job.path)
+        index.write_results([Result(job, error=str(why.value))], 0.02)
+    w.start()
+    try:
+        time.sleep(0.6)  # looked for, not there: they stay failed
+        assert _pending(index) == set() and len(index.failures()) == 2
+        drive.mkdir()
+        (drive / "kick.wav").write_bytes(b"RIFF")  # the drive is back with one of them
+        wait_for(lambda: _pending(index) == {str(lib / "kick.wav")}, timeout=5)
+        assert [p for p, _ in index.failures()] == [str(lib / "snare.wav")]
+    finally:
+        w.stop()
+
+
 def test_scans_of_folders_copied_in_leave_no_index_connection_open(index: Index, tmp_path: Path) -> None:
     """Each folder made under a watch is scanned in a thread of its own, whose index connection stayed open
     after it (until the garbage collector came by): a copy of 500 folders held hundreds of open files, and at

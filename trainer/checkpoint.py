@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from vibrary.daemon import atomic
 
 
 def fingerprint(config: Any, settings: str, *arrays: np.ndarray) -> str:
@@ -61,9 +61,8 @@ def restore(state: dict[str, Any], modules: Modules, rng: np.random.Generator, g
 def save(path: Path, state: dict[str, Any]) -> None:
     """Written beside and renamed over: a cut during the write leaves the previous epoch's snapshot."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    torch.save(state, part)
-    os.replace(part, path)
+    with atomic.writing(path) as f:
+        torch.save(state, f)
 
 
 def load(path: Path | None, key: str) -> dict[str, Any] | None:

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import json_format
-from vibrary.daemon import pidlock
+from vibrary.daemon import atomic, pidlock
 from vibrary.daemon.config import check_name
 from vibrary.daemon.rpc import bind, is_loopback, make_server
 from vibrary.daemon.shards import Manifest, ShardError, sha256_bytes
@@ -146,9 +146,7 @@ class _JobState:
             "request": json_format.MessageToDict(self.request),
             "job": json_format.MessageToDict(self.job),
         }
-        part = self.out / f"{RECORD}.part"
-        part.write_text(json.dumps(record, indent=1))
-        part.replace(self.out / RECORD)
+        atomic.write(self.out / RECORD, json.dumps(record, indent=1))
 
     @classmethod
     def load(cls, path: Path) -> _JobState:
@@ -178,7 +176,7 @@ def _finish(part: Path, path: Path, size: int, sha256: str) -> bool:
     if len(data) != size or sha256_bytes(data) != sha256:
         part.unlink()
         return False
-    part.replace(path)
+    atomic.publish(part, path)
     return True
 
 
@@ -561,8 +559,7 @@ class TrainerService(pb_grpc.TrainerServicer):
             job.out / CHECKPOINT,
         )
         for file_name, data in files.items():
-            (job.out / f"{file_name}.part").write_bytes(data)
-            (job.out / f"{file_name}.part").replace(job.out / file_name)
+            atomic.write(job.out / file_name, data)
         job.update(
             state=pb.Job.SUCCEEDED, phase="done", val_accuracy=result.val_accuracy, summary=json.dumps(result.summary())
         )

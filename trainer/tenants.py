@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import threading
 from pathlib import Path
+
+from vibrary.daemon import atomic
 
 USER = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 LOCAL = "local"  # the one user of a trainer open on loopback without tokens
@@ -51,11 +52,7 @@ def _load(path: Path) -> dict[str, dict[str, str]]:
 
 def _save(path: Path, users: dict[str, dict[str, str]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"users": users}, f, indent=1)
-    tmp.replace(path)
+    atomic.write(path, json.dumps({"users": users}, indent=1), mode=0o600)
 
 
 def add_token(data: Path, user: str) -> str:

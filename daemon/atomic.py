@@ -1,0 +1,62 @@
+"""Files replaced whole. A crash or a power cut while one is written must leave the previous version (or no
+file), never a short one under its final name: a trained model that no longer loads, a dataset's labels cut
+in half, a config the daemon refuses, a trainer's checkpoint that cannot be resumed. A rename alone does
+not promise that: ext4 and APFS may keep the rename and lose the data written before it, so the data reach
+the disk (fsync) before the rename, and the rename before the writer goes on (the folder's fsync)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+
+@contextlib.contextmanager
+def writing(path: Path, mode: int = 0o666) -> Iterator[BinaryIO]:
+    """A file to write `path`'s new content into; it becomes `path` when the block ends without an error.
+    `mode` (before the umask) is for files only their owner may read, such as a token's."""
+    part = path.with_name(f"{path.name}.part")
+    part.unlink(missing_ok=True)  # (left by a cut: O_EXCL, so a link planted there is not written through)
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        _rename(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
+def write(path: Path, data: bytes | str, mode: int = 0o666) -> None:
+    with writing(path, mode) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+def copy(source: Path, target: Path) -> None:
+    with writing(target) as f, open(source, "rb") as read:
+        shutil.copyfileobj(read, f)
+
+
+def publish(part: Path, path: Path) -> None:
+    """Rename a file written elsewhere (a shard that arrived chunk by chunk) to `path`, durably."""
+    with open(part, "rb+") as f:
+        os.fsync(f.fileno())
+    _rename(part, path)
+
+
+def _rename(part: Path, path: Path) -> None:
+    os.replace(part, path)
+    try:
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # a folder that cannot be opened (a platform without that) keeps the rename unsynced
+        return
+    try:
+        with contextlib.suppress(OSError):  # some file systems refuse a folder's fsync: nothing more to do
+            os.fsync(folder)
+    finally:
+        os.close(folder)
