@@ -1022,8 +1022,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     tls = " over TLS" if cert else ""
     print(f"vibrary trainer serving on port {serving.port}{tls} (data in {data})", file=sys.stderr, flush=True)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    on_signals(lambda *_: stop.set(), *ENDING)  # as the daemon: a closed terminal stops it cleanly too
     while not stop.wait(0.5):
         pass
     serving.stop(grace=2)  # a job in training goes on from its last epoch at the next start
@@ -1051,15 +1050,10 @@ def _trainer_health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    ca = args.tls_ca or os.environ.get("VIBRARY_TRAINER_CA") or os.environ.get("VIBRARY_TRAINER_TLS_CERT", "")
-    name = args.server_name or os.environ.get("VIBRARY_TRAINER_TLS_NAME", "")
-    options = [("grpc.ssl_target_name_override", name)] if name else []
-    if ca:
-        credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes())
-        channel = grpc.secure_channel(args.target, credentials, options)
-    else:
-        channel = grpc.insecure_channel(args.target)
-    with channel:
+    from .trainer_client import open_channel
+
+    ca = args.tls_ca or os.environ.get("VIBRARY_TRAINER_CA") or os.environ.get("VIBRARY_TRAINER_TLS_CERT") or None
+    with open_channel(args.target, ca, args.server_name) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
         except grpc.RpcError as e:

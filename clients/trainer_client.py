@@ -7,7 +7,7 @@ certificate (a self-signed certificate is its own), or the path of that file in 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,21 @@ FINISHED = (pb.Job.SUCCEEDED, pb.Job.FAILED, pb.Job.CANCELLED)
 
 
 KEEPALIVE_MS = (30_000, 20_000)  # a ping after this long without a message; an answer awaited this long
+
+
+def open_channel(
+    target: str, ca: bytes | str | Path | None, server_name: str = "", options: Sequence[tuple[str, Any]] = ()
+) -> grpc.Channel:
+    """A channel to a trainer: TLS when `ca` (the certificate it serves, or its CA's) is given, the
+    certificate checked for `server_name` (or $VIBRARY_TRAINER_TLS_NAME) when the address is not its name
+    (an IP address; localhost in its container). Only `trainer health` took that name: `vibrary train
+    --trainer IP:PORT` failed the check for the same trainer."""
+    if ca is None:
+        return grpc.insecure_channel(target, options=list(options))
+    pem = ca if isinstance(ca, bytes) else Path(ca).read_bytes()
+    name = server_name or os.environ.get("VIBRARY_TRAINER_TLS_NAME", "")
+    named = [("grpc.ssl_target_name_override", name)] if name else []
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=pem), [*options, *named])
 
 
 class TrainerClient:
@@ -46,11 +61,7 @@ class TrainerClient:
         ]
         ca = tls_ca if tls_ca is not None else os.environ.get("VIBRARY_TRAINER_CA") or None
         self._tls = ca is not None
-        if ca is None:
-            self._channel = grpc.insecure_channel(target, options=options)
-        else:
-            pem = ca if isinstance(ca, bytes) else Path(ca).read_bytes()
-            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=pem), options)
+        self._channel = open_channel(target, ca, options=options)
         self.stub = pb_grpc.TrainerStub(self._channel)
 
     def __enter__(self) -> TrainerClient:
@@ -75,6 +86,8 @@ class TrainerClient:
         hint = ""
         if code == grpc.StatusCode.UNAUTHENTICATED:
             hint = "; give its token with --token or VIBRARY_TRAINER_TOKEN"
+        elif code == grpc.StatusCode.UNAVAILABLE and "Hostname Verification" in details:
+            hint = "; its certificate does not name this address: set VIBRARY_TRAINER_TLS_NAME to the name it holds"
         elif code == grpc.StatusCode.UNAVAILABLE and self._tls:
             hint = "; is VIBRARY_TRAINER_CA the certificate it serves (or its CA's)?"
         elif code == grpc.StatusCode.UNAVAILABLE:

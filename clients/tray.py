@@ -165,7 +165,7 @@ class DaemonLink(QObject):
         for e in client.events():
             self._delay = 0.5  # connected: if it goes away, look again soon
             self.received.emit(e)
-            if e.kind == pb.Event.STATUS_CHANGED and e.status.failed != failed:
+            if e.kind in (pb.Event.STATUS_CHANGED, pb.Event.EVENTS_LOST) and e.status.failed != failed:
                 failed = e.status.failed
                 self.errors.emit(client.failed(RECENT_ERRORS))
 
@@ -231,9 +231,8 @@ class Tray(QObject):
         proc = self.started_daemon
         if proc is not None and proc.poll() not in (None, 0):
             self.started_daemon = None
-            self.notify(
-                ts.Notice("Daemon stopped", f"It exited with {proc.returncode}; see {config.log_path(self.home)}", True)
-            )
+            why = _last_line(config.start_output_path(self.home)) or f"see {config.log_path(self.home)}"
+            self.notify(ts.Notice("Daemon stopped", f"It exited with {proc.returncode}: {why}", True))
 
     def notify(self, notice: ts.Notice) -> None:
         kind = QSystemTrayIcon.MessageIcon.Warning if notice.warning else QSystemTrayIcon.MessageIcon.Information
@@ -335,15 +334,26 @@ class Tray(QObject):
             if sys.platform == "win32"
             else {"start_new_session": True}
         )
-        self.started_daemon = subprocess.Popen(
-            [sys.executable, "-m", "vibrary.clients.cli", "daemon"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            **detach,  # type: ignore[call-overload]
-        )
+        with open(config.start_output_path(self.home), "wb") as said:
+            self.started_daemon = subprocess.Popen(
+                [sys.executable, "-m", "vibrary.clients.cli", "daemon"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=said,
+                **detach,  # type: ignore[call-overload]
+            )
         self.link.poke()
+
+
+def _last_line(path: Path) -> str:
+    """The reason a daemon gave as it ended: the last line it printed (its log has no line of a daemon
+    that never started: a bad config.json, another daemon on the home)."""
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
 
 
 def open_folder(path: Path) -> None:

@@ -78,7 +78,9 @@ def with_status(state: TrayState, status: pb.Status) -> TrayState:
     else:
         base = min(state.batch_base, finished)  # files removed meanwhile never make progress negative
     training = status.training if status.HasField("training") else state.training
-    return replace(state, running=True, status=status, batch_base=base, training=training)
+    # failures fixed or removed since they were seen: the next ones are new (it stayed idle for as many)
+    seen = min(state.failed_seen, status.failed)
+    return replace(state, running=True, status=status, batch_base=base, training=training, failed_seen=seen)
 
 
 def disconnected(state: TrayState) -> TrayState:
@@ -88,7 +90,7 @@ def disconnected(state: TrayState) -> TrayState:
 def apply(state: TrayState, event: pb.Event) -> tuple[TrayState, list[Notice]]:
     """One event from the daemon's stream → the new state and the notifications it deserves."""
     kind = event.kind
-    if kind == pb.Event.STATUS_CHANGED:
+    if kind in (pb.Event.STATUS_CHANGED, pb.Event.EVENTS_LOST):  # (lost: the status is where things stand)
         return with_status(state, event.status), []
     if kind == pb.Event.TRAINING_PROGRESS:
         return replace(state, training=event.training), []

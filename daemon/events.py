@@ -1,6 +1,7 @@
 """In-process publish/subscribe for the Events stream: every front end gets its own bounded queue.
 
-A subscriber that stops reading loses events instead of growing the daemon's memory.
+A subscriber that stops reading loses events instead of growing the daemon's memory, and is told so
+(EVENTS_LOST): a front end that keeps a list from the events would otherwise show it wrong, unsaid.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ STATUS_CHANGED = "status_changed"
 TRAINING_PROGRESS = "training_progress"
 TRAINING_FINISHED = "training_finished"  # succeeded, failed or cancelled: see the event's training state
 MODEL_INSTALLED = "model_installed"
+EVENTS_LOST = "events_lost"  # in place of the events a slow reader missed, and of those queued before them
 
 
 @dataclass(frozen=True)
@@ -36,14 +38,42 @@ class Event:
     training: Any = None  # training.TrainProgress, for TRAINING_* events
     time: float = field(default_factory=time.time)
     status: dict[str, object] | None = None  # STATUS_CHANGED: the daemon's status() at that moment
+    lost: int = 0  # EVENTS_LOST: how many
 
 
-Feed = queue.Queue  # of Event, and None at its end
+class Feed(queue.Queue["Event | None"]):
+    """One subscriber's events, None at its end, and how many were dropped since it last read."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.lost = 0
+
+    def drop(self) -> None:
+        with self.mutex:
+            self.lost += 1
+
+    def next(self) -> Event | None:
+        """The next event; after a loss, EVENTS_LOST in place of everything queued, which is older than what
+        the reader reloads on seeing it."""
+        event = self.get()
+        with self.mutex:
+            lost, self.lost = self.lost, 0
+        if not lost or event is None:
+            return event
+        ended = False
+        with contextlib.suppress(queue.Empty):
+            while True:
+                queued = self.get_nowait()
+                ended = ended or queued is None
+                lost += queued is not None
+        if ended:
+            self.put_nowait(None)  # (emptied: room for it)
+        return Event(EVENTS_LOST, lost=lost + 1)
 
 
 class EventBus:
     def __init__(self, per_subscriber: int = 10_000) -> None:
-        self._subscribers: set[Feed[Event | None]] = set()
+        self._subscribers: set[Feed] = set()
         self._lock = threading.Lock()
         self._size = per_subscriber
         self.closed = threading.Event()  # the daemon is stopping: streams end, cleanly
@@ -55,15 +85,15 @@ class EventBus:
         for q in subscribers:
             self.end(q)
 
-    def subscribe(self) -> Feed[Event | None]:
-        q: Feed[Event | None] = queue.Queue(self._size)
+    def subscribe(self) -> Feed:
+        q = Feed(self._size)
         with self._lock:
             self._subscribers.add(q)
         if self.closed.is_set():
             self.end(q)
         return q
 
-    def end(self, q: Feed[Event | None]) -> None:
+    def end(self, q: Feed) -> None:
         """Wake its reader to end: a front end gone, or the daemon stopping. A reader blocks on its feed
         until then (it polled 4 times a second, for as long as a tray ran)."""
         with contextlib.suppress(queue.Empty):
@@ -72,7 +102,7 @@ class EventBus:
         with contextlib.suppress(queue.Full):
             q.put_nowait(None)
 
-    def unsubscribe(self, q: Feed[Event | None]) -> None:
+    def unsubscribe(self, q: Feed) -> None:
         with self._lock:
             self._subscribers.discard(q)
 
@@ -80,8 +110,10 @@ class EventBus:
         with self._lock:
             subscribers = list(self._subscribers)
         for q in subscribers:
-            with contextlib.suppress(queue.Full):  # a stalled front end must not stall tagging
+            try:
                 q.put_nowait(event)
+            except queue.Full:  # a stalled front end must not stall tagging
+                q.drop()
 
     @property
     def subscribers(self) -> int:

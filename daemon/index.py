@@ -305,17 +305,18 @@ class Index:
         with self.write() as c:
             c.execute("INSERT OR IGNORE INTO watches(path, added) VALUES (?, ?)", (folder, time.time()))
 
-    def remove_watch(self, folder: str) -> bool:
-        """Forget the folder and the files under it that no other watch folder covers."""
+    def remove_watch(self, folder: str) -> list[str] | None:
+        """Forget the folder and the files under it that no other watch folder covers: those files' paths,
+        or None when it was no watch folder."""
         with self.write() as c:
             if c.execute("DELETE FROM watches WHERE path = ?", (folder,)).rowcount == 0:
-                return False
+                return None
             others = [r[0] for r in c.execute("SELECT path FROM watches")]
             lo, hi = under(folder)
             rows = c.execute("SELECT id, path FROM files WHERE path >= ? AND path < ?", (lo, hi)).fetchall()
-            gone = [(i,) for i, p in rows if not within(p, others)]
-            c.executemany("DELETE FROM files WHERE id = ?", gone)
-        return True
+            gone = [(i, p) for i, p in rows if not within(p, others)]
+            c.executemany("DELETE FROM files WHERE id = ?", [(i,) for i, _ in gone])
+        return [p for _, p in gone]
 
     def analyze(self) -> None:
         """Refresh SQLite's statistics: without them it guesses badly how selective a tag or a folder is,
@@ -371,11 +372,19 @@ class Index:
             c.executemany("UPDATE files SET inode = ? WHERE path = ? AND state = 'indexed'", list(items))
 
     def outside_watches(self) -> list[tuple[str, str]]:
-        """(path, state) of the files no watch holds: those tagged on demand (the Tag call)."""
-        bounds = [under(w) for w in self.watches()]
-        held = " AND ".join("NOT (path >= ? AND path < ?)" for _ in bounds) or "1"
-        args = [bound for pair in bounds for bound in pair]
-        rows = self.conn().execute(f"SELECT path, state FROM files WHERE {held}", args)
+        """(path, state) of the files no watch holds: those tagged on demand (the Tag call). Read as the
+        ranges of paths between the watches, from the path index: asked every minute, it read every row of a
+        library of a million files to find the few."""
+        held: list[tuple[str, str]] = []
+        for lo, hi in sorted(under(w) for w in self.watches()):  # nested watches merged into one range
+            if held and lo <= held[-1][1]:
+                held[-1] = (held[-1][0], max(held[-1][1], hi))
+            else:
+                held.append((lo, hi))
+        starts, ends = ["", *(hi for _, hi in held)], [*(lo for lo, _ in held), "\U0010ffff"]  # (past any path)
+        rows: list[tuple[str, str]] = []
+        for start, end in zip(starts, ends, strict=True):
+            rows += self.conn().execute("SELECT path, state FROM files WHERE path >= ? AND path < ?", (start, end))
         return [(str(path), str(state)) for path, state in rows]
 
     def remove_paths(self, paths: Iterable[str]) -> list[str]:

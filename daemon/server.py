@@ -42,6 +42,7 @@ _EVENT_KINDS = {
     events.TRAINING_PROGRESS: pb.Event.TRAINING_PROGRESS,
     events.TRAINING_FINISHED: pb.Event.TRAINING_FINISHED,
     events.MODEL_INSTALLED: pb.Event.MODEL_INSTALLED,
+    events.EVENTS_LOST: pb.Event.EVENTS_LOST,
 }
 _FAILED_DEFAULT_LIMIT = 50
 
@@ -247,14 +248,16 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         try:
             # where things stand now, so a front end needs no GetStatus call (and misses nothing between)
             yield pb.Event(kind=pb.Event.STATUS_CHANGED, time=time.time(), status=status_pb(self.daemon.status()))
-            while (e := feed.get()) is not None:
+            while (e := feed.next()) is not None:
+                status = self.daemon.status() if e.kind == events.EVENTS_LOST else e.status  # where things stand
                 yield pb.Event(
                     kind=_EVENT_KINDS[e.kind],
                     time=e.time,
                     file=file_tags_pb(e.file) if e.file else None,
                     model=e.model,
-                    status=status_pb(e.status) if e.status is not None else None,
+                    status=status_pb(status) if status is not None else None,
                     training=train_progress_pb(e.training) if e.training else None,
+                    lost=e.lost,
                 )
         finally:
             bus.unsubscribe(feed)
@@ -505,6 +508,11 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         self._dataset_exists(request.dataset, context)
+        if request.trainer in ("", "local"):
+            try:
+                training.check_local_trainer()
+            except training.TrainingError as e:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         try:  # refused now, as the CLI refuses it: it was a stream that went WAITING, then FAILED, status OK
             registry.check_not_builtin(self.daemon.index, request.name or request.dataset)
         except ModelError as e:

@@ -63,6 +63,7 @@ class TrainingBusy(dataset.Busy):
 
 
 UNNAMED_SHOWN = 100  # names not UTF-8 in a status (unnamed_count has them all)
+ON_DEMAND_SWEEP_S = 60.0  # how often files tagged outside the watches are looked for (none watches them)
 WATCH_GONE = "its watch folder is not there now (a drive unplugged?): read when it is back"
 STALL_RETRY_S = 30.0  # how often a daemon whose index cannot be written tries again
 NO_MODEL = "no usable active model: `vibrary models list` lists them, `vibrary models activate NAME` picks one"
@@ -174,13 +175,16 @@ class Daemon:
         self.status_events.changed()
 
     def _feed(self) -> None:
-        last_model_check = 0.0
+        last_model_check = last_sweep = 0.0
         while not self._stop.is_set():
             try:
                 if time.monotonic() - last_model_check > 1.0:
                     last_model_check = time.monotonic()
                     self._follow_models()
                     self._stop_if_home_gone()
+                if time.monotonic() - last_sweep > ON_DEMAND_SWEEP_S:
+                    last_sweep = time.monotonic()
+                    self._forget_on_demand_leftovers(failed_too=False)
                 self._wake.clear()
                 with self._in_flight_lock:
                     skip = set(self._in_flight)
@@ -288,13 +292,15 @@ class Daemon:
                 written += self.index.write_results([r], self.settings.store_min_score)
         return written
 
-    def _forget_on_demand_leftovers(self) -> None:
+    def _forget_on_demand_leftovers(self, failed_too: bool = True) -> None:
         """Files tagged on demand outside every watch are looked at by nobody once answered: one deleted
-        since stayed in searches for good, a file that was no audio stayed among the failures. At each start
-        those are forgotten (the others stay, to answer the next Tag call from the cache)."""
-        leftovers = [p for p, state in self.index.outside_watches() if state == "failed" or not os.path.lexists(p)]
+        since stayed in searches for good (a DAW offered files it could not load), a file that was no audio
+        stayed among the failures. Deleted ones are forgotten every minute, failed ones at each start (the
+        others stay, to answer the next Tag call from the cache)."""
+        outside = self.index.outside_watches()
+        leftovers = [p for p, state in outside if (failed_too and state == "failed") or not os.path.lexists(p)]
         if leftovers:
-            self.index.remove_paths(leftovers)
+            self._removed(self.index.remove_paths(leftovers))
             log.info("forgot %d files tagged on demand outside the watches (deleted, or not audio)", len(leftovers))
 
     def _removed(self, paths: list[str]) -> None:
@@ -375,8 +381,10 @@ class Daemon:
         with self._watches_lock:
             self.watcher.unwatch(folder)
             removed = self.index.remove_watch(folder)
-        self.status_events.changed()
-        return removed
+        if removed is None:
+            return False
+        self._removed(removed)  # a front end that keeps a list from the events kept them all
+        return True
 
     # -- pause / resume ------------------------------------------------------------------------------
     @property
@@ -424,18 +432,24 @@ class Daemon:
             )
         if not going():
             raise TimeoutError(f"the deadline passed while finding the files ({len(files)} so far)")
+        # under a watch folder not there now (a drive unplugged): never fed, so waited on until the deadline
+        # (an hour: enough such calls took every server thread), and queued for good as files that may not
+        # exist. Answered at once from the index, as a search would
+        gone = self.watcher.missing
+        hidden = {p for p in files if within(p, gone)} if gone else set()
+        queued = [p for p in files if p not in hidden]
         with self._tag_lock:
-            self._tag_waits.update(files)
+            self._tag_waits.update(queued)
         abandoned: list[str] = []
         try:
-            self.index.mark_pending((p, 0.0) for p in files)
+            self.index.mark_pending((p, 0.0) for p in queued)
             self._wake.set()
-            waiting = files
+            waiting = queued
             while True:
                 began = time.monotonic()
                 waiting = self.index.unread(waiting)
                 if not waiting or self.paused or not going():
-                    results = list(self.index.file_tags(files))
+                    results = [_say_why_hidden(r, hidden) for r in self.index.file_tags(files)]
                     waiting = [r.path for r in results if r.state == "pending" and not r.error]
                     if not waiting or self.paused:  # (paused: read once indexing resumes, as the reply says)
                         break  # the answer is the read that found them done: another Tag of one may re-queue it
@@ -446,7 +460,7 @@ class Daemon:
                 time.sleep(min(1.0, max(0.02, 4 * (time.monotonic() - began))))
         finally:
             with self._tag_lock:
-                self._tag_waits.subtract(files)
+                self._tag_waits.subtract(queued)
                 abandoned = [p for p in abandoned if self._tag_waits[p] <= 0]  # another call still waits for it
                 self._tag_waits = +self._tag_waits
         self._forget_unwatched(abandoned)
@@ -604,9 +618,16 @@ def expand(paths: Sequence[str], going: Callable[[], bool] = lambda: True) -> It
                 yield f
 
 
+def _say_why_hidden(found: FileTags, hidden: set[str]) -> FileTags:
+    """A file under a watch folder not there now, as the index last knew it, and why it is not read now."""
+    if found.path not in hidden or found.state not in ("pending", "unknown") or found.error not in (None, NO_SUCH_PATH):
+        return found
+    return FileTags(found.path, found.state, WATCH_GONE, found.tags, found.unfamiliar)
+
+
 def _say_why_missing(found: FileTags, absent: set[str]) -> FileTags:
     """`absent`: the paths asked for that did not exist when asked; the others were there, then went."""
-    if found.state == "unknown" and not os.path.lexists(found.path):
+    if found.state == "unknown" and found.error != WATCH_GONE and not os.path.lexists(found.path):
         return FileTags(found.path, "unknown", NO_SUCH_PATH if found.path in absent else VANISHED, [])
     return found
 

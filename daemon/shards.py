@@ -24,6 +24,10 @@ from .spectrogram import SpectrogramParams
 
 SHARD_CLIPS = 256
 MAX_CLIP_VALUES = 1 << 20  # a clip's spectrogram: 2 channels × 256 bands × 2048 frames; the default is 96 × 259
+# the least the trainer's network takes: it halves both axes four times, after frames averaged in pairs
+# (trainer/network.py); smaller ones were taken, uploaded and queued, then failed "internal error: Output
+# size is too small"
+MIN_MELS, MIN_FRAMES = 16, 32
 _ARRAYS = {"codes", "labels", "groups"}
 
 
@@ -108,6 +112,13 @@ class Manifest:
             raise ShardError(f"dataset {self.name!r} has {len(self.classes)} class; a model needs at least 2")
         if len(set(self.classes)) != len(self.classes):
             raise ShardError(f"dataset {self.name!r} names a class twice")
+        _, mels, frames = self.params.shape
+        if mels < MIN_MELS or frames < MIN_FRAMES:
+            shortest = MIN_FRAMES * self.params.hop_length / self.params.sample_rate
+            raise ShardError(
+                f"spectrograms of {mels} mel bands × {frames} frames are smaller than a trainer takes "
+                f"({MIN_MELS} × {MIN_FRAMES}: clips of {shortest:.2f} s at this hop)"
+            )
         values = int(np.prod(self.params.shape))
         if values > MAX_CLIP_VALUES:  # what a shard may unpack to follows from the shape: a client's say-so
             raise ShardError(  # (n_mels 10^6) made a 10 MB upload a 66 GB allocation on the trainer

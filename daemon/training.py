@@ -150,6 +150,18 @@ class JobRecord:
 BASES = ("demo", "none")
 
 
+def check_local_trainer() -> None:
+    """TrainingError when this installation cannot train locally (the trainer extra not installed): said
+    before anything starts (the Train RPC's stream went WAITING, then FAILED, with status OK)."""
+    try:
+        importlib.import_module("vibrary.trainer.service")
+    except ImportError as e:
+        raise TrainingError(
+            f"the local trainer needs PyTorch ({e.name} is missing): in Vibrary's clone, pip install -e '.[trainer]', "
+            "or name a remote trainer (HOST:PORT)"
+        ) from None
+
+
 def check_request(
     trainer: str, base: str, name: str, options: str | dict[str, Any], token: str = ""
 ) -> tuple[str, str, str]:
@@ -396,13 +408,9 @@ def _trainer_at(
     if trainer != "local":
         yield trainer
         return
-    try:
-        from vibrary.trainer.service import TrainerBusy, serve
-    except ImportError as e:
-        raise TrainingError(
-            f"the local trainer needs PyTorch ({e.name} is missing): in Vibrary's clone, pip install -e '.[trainer]', "
-            "or name a remote trainer (HOST:PORT)"
-        ) from None
+    check_local_trainer()
+    from vibrary.trainer.service import TrainerBusy, serve
+
     said = ""
     while True:
         recorded = JobRecord.load(config.training_path(home_dir))  # read anew: the daemon may have ended

@@ -73,7 +73,8 @@ class Watcher(FileSystemEventHandler):
         on_removed: Callable[[list[str]], None],
         rescan_s: float = 0.0,
     ) -> None:
-        """`rescan_s`: how often every watch is scanned again (0: at start only). Some changes send no
+        """`on_pending`: files may be due, or the missing watch folders changed (either changes the daemon's
+        status). `rescan_s`: how often every watch is scanned again (0: at start only). Some changes send no
         event: a linked file whose target is edited outside the watches, events lost to a race the
         observer cannot see; a scan finds them by their size, time and inode, and reads nothing else."""
         self.index = index
@@ -408,6 +409,7 @@ class Watcher(FileSystemEventHandler):
         writing fails (a locked, full or deleted index), ever less often, up to every 5 s, and each distinct
         error logged once: it was 50 tracebacks a second."""
         last_check = last_scan = last_links = time.monotonic()
+        said_missing: set[str] = set()
         failures, said = 0, ""
         while True:
             if not failures:  # (a failed write keeps its events buffered: retried after the pause below)
@@ -427,6 +429,9 @@ class Watcher(FileSystemEventHandler):
                         with contextlib.suppress(OSError):  # still over the inotify limit: said at start
                             self.watch(folder)
                     self._list_again()
+                    if (missing := self.missing) != said_missing:  # gone or back: Status.missing_watches
+                        said_missing = missing  # changed, and a front end that follows events is told
+                        self._on_pending()
                     if time.monotonic() - last_links >= LINKS_S:
                         last_links = time.monotonic()
                         self._links_back()

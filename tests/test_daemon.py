@@ -28,6 +28,7 @@ from vibrary.clients.client import BadArgument, Client, DaemonError
 from vibrary.daemon import config
 from vibrary.daemon.events import MODEL_CHANGED
 from vibrary.daemon.index import Index
+from vibrary.daemon.service import WATCH_GONE
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
@@ -426,6 +427,12 @@ def test_a_renamed_watch_folder_is_reported_missing_and_re_pointed_without_analy
     (line,) = json_lines(vibrary("watch", "list", "--json", home=daemon.home).stdout)
     assert line == {"watches": [str(library)], "missing": [str(library)]}
     assert "missing: moved, renamed or unmounted?" in vibrary("watch", "list", home=daemon.home).stdout
+    # a front end asking for files under it was left waiting until its deadline (an hour: enough such calls
+    # took every server thread), and an absent file stayed queued for good
+    asked = [str(library / "low_0.wav"), str(library / "never.wav")]
+    told = {f.path: (f.state, f.error) for f in daemon.client.tag(asked, timeout=20)}
+    assert told == {asked[0]: ("indexed", ""), asked[1]: ("unknown", WATCH_GONE)}
+    assert daemon.client.status().pending == 0
     decoded = daemon.client.status().decoded
     moved = tmp_path / "Samples 2024"
     daemon.client.add_watch(str(moved))  # watched where it is now, the old watch not removed (yet)
@@ -720,6 +727,61 @@ def test_front_ends_following_events_leave_the_api_answering(daemon: DaemonProce
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "query too long" in str(err.value)
 
 
+def test_a_reader_too_slow_for_its_events_is_told_what_it_missed() -> None:
+    """Events beyond a subscriber's queue were dropped unsaid (a QA front end counted 34,405 of 36,000): a
+    list kept from them was wrong for good."""
+    from vibrary.daemon.events import EVENTS_LOST, FILE_TAGGED, Event, EventBus
+
+    bus = EventBus(per_subscriber=3)
+    slow, quick = bus.subscribe(), bus.subscribe()
+    for i in range(10):
+        bus.publish(Event(FILE_TAGGED, model=f"m{i}"))
+        read = quick.next()  # one that keeps up misses nothing
+        assert read is not None and (read.kind, read.model) == (FILE_TAGGED, f"m{i}")
+    said = slow.next()
+    assert said is not None and (said.kind, said.lost) == (EVENTS_LOST, 10)  # in place of the 3 queued too
+    bus.publish(Event(FILE_TAGGED, model="after"))
+    bus.end(slow)
+    after = slow.next()
+    assert after is not None and (after.kind, after.model) == (FILE_TAGGED, "after")
+    assert slow.next() is None
+
+
+def test_events_alone_follow_a_watch_folder_going_coming_back_and_removed(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """A front end kept from the events alone: a watch folder gone or back changed the status (its files out
+    of searches) with no STATUS_CHANGED, and RemoveWatch dropped its files with no FILE_REMOVED."""
+    library = tmp_path / "Samples"
+    library.mkdir()
+    dropped = _drop(library, 1)
+    daemon.client.add_watch(str(library))
+    wait_for(lambda: _indexed(daemon.client, 3))
+    seen: list[pb.Event] = []
+    listener = Client(home_dir=daemon.home)
+
+    def follow() -> None:
+        with contextlib.suppress(DaemonError):
+            seen.extend(listener.events())
+
+    threading.Thread(target=follow, daemon=True).start()
+    try:
+        wait_for(lambda: seen)  # (its first snapshot)
+
+        def missing_said() -> list[list[str]]:
+            return [list(e.status.missing_watches) for e in seen if e.kind == pb.Event.STATUS_CHANGED]
+
+        library.rename(tmp_path / "away")
+        wait_for(lambda: missing_said()[-1] == [str(library)], timeout=20)
+        (tmp_path / "away").rename(library)
+        wait_for(lambda: missing_said()[-1] == [], timeout=20)
+        daemon.client.remove_watch(str(library))
+        removed = lambda: {e.file.path for e in seen if e.kind == pb.Event.FILE_REMOVED}  # noqa: E731
+        wait_for(lambda: removed() == set(dropped), timeout=10)
+    finally:
+        listener.close()
+
+
 def test_a_watch_added_and_removed_at_once_is_either_watched_or_gone(daemon: DaemonProcess, tmp_path: Path) -> None:
     """A RemoveWatch between AddWatch's watcher and its index row left the folder listed as a watch that
     nothing observed: files dropped into it were never tagged."""
@@ -942,6 +1004,37 @@ def test_an_index_that_cannot_be_written_makes_files_wait_and_status_say_why(
         d.stop()
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) <= 2, [r.getMessage() for r in tracebacks]  # the first batch's, not one per retry
+
+
+def test_a_file_tagged_outside_the_watches_and_deleted_leaves_searches(
+    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No watch holds it, so no event says it went: it stayed in searches (a DAW browser offered a file it
+    could not load) and in the counts until the daemon's next start."""
+    from vibrary.daemon import service
+    from vibrary.daemon.events import FILE_REMOVED
+    from vibrary.daemon.index import Query
+
+    monkeypatch.setattr(service, "ON_DEMAND_SWEEP_S", 0.3)
+    dropped = str(write_tone(tmp_path / "drop" / "low.wav", BANDS["low"]))
+    kept = str(write_tone(tmp_path / "drop" / "high.wav", BANDS["high"]))
+    d = service.Daemon(model_home, service.config.Settings(nice=0, settle_s=0.1))
+    d.start()
+    feed = d.events.subscribe()
+    try:
+        assert [f.state for f in d.tag_now([dropped, kept], time.time() + 60)] == ["indexed", "indexed"]
+        assert [f.path for f in d.index.search(Query([["low"]]))] == [dropped]
+        os.remove(dropped)
+        wait_for(lambda: [f.path for f in d.index.search(Query([["low"]]))] == [], timeout=10)
+        assert [f.path for f in d.index.search(Query([["high"]]))] == [kept]  # still there: still found
+        removed = []
+        while not feed.empty():
+            e = feed.get_nowait()
+            if e is not None and e.kind == FILE_REMOVED and e.file is not None:
+                removed.append(e.file.path)
+        assert removed == [dropped]
+    finally:
+        d.stop()
 
 
 def test_a_request_that_does_not_decode_is_invalid_argument(daemon: DaemonProcess) -> None:

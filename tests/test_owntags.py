@@ -777,6 +777,39 @@ def test_a_slow_follower_of_a_training_sees_every_state_it_passed() -> None:
     assert [p.state for p in job.follow()] == ["succeeded"]  # one joining later sees where it ended
 
 
+NO_TORCH = """import sys
+
+
+class NoTorch:  # as an installation without the trainer extra
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+
+sys.meta_path.insert(0, NoTorch())
+"""
+
+
+def test_a_daemon_without_pytorch_refuses_local_training_at_once(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Train stream went WAITING, then FAILED, and ended with status OK: a front end had to read the
+    stream to learn what other refusals say at once."""
+    blocker = tmp_path / "no-torch"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(NO_TORCH)
+    monkeypatch.setenv("PYTHONPATH", str(blocker))
+    files = [(str(f), f.parent.name) for f in write_kinds(tmp_path / "ex", per_kind=2, seed=9)]
+    d = start_daemon(home)
+    try:
+        assert list(d.client.create_dataset("mine", files))[-1].dataset.clips == 6
+        assert _code(lambda: list(d.client.train("mine"))) == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(DaemonError, match=r"the local trainer needs PyTorch \(torch is missing\)"):
+            list(d.client.train("mine"))
+    finally:
+        d.stop()
+
+
 def test_a_dataset_being_built_is_not_trained_on_and_other_datasets_are(home: Path, tmp_path: Path) -> None:
     from vibrary.daemon.service import Daemon, TrainingBusy
 
@@ -816,15 +849,15 @@ def test_an_edit_cut_off_by_a_crash_leaves_the_old_dataset_or_the_new_never_a_mi
 ) -> None:
     write_kinds(tmp_path / "ex", per_kind=3, seed=11)
     dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
-    real_replace = dataset._replace
+    real_write = dataset.atomic.write
 
-    def crash_at(name: str) -> Callable[[Path, str], None]:
-        def replace(path: Path, text: str) -> None:
+    def crash_at(name: str) -> Callable[[Path, bytes | str], None]:
+        def write(path: Path, data: bytes | str, mode: int = 0o666) -> None:
             if path.name == name:
                 raise OSError("power cut")
-            real_replace(path, text)
+            real_write(path, data, mode)
 
-        return replace
+        return write
 
     def consistent() -> list[str]:
         manifest, shard_dir = dataset.load(home, "mine")
@@ -833,11 +866,11 @@ def test_an_edit_cut_off_by_a_crash_leaves_the_old_dataset_or_the_new_never_a_mi
         assert all((shard_dir / f"{s.sha256}.npz").exists() for s in manifest.shards)
         return list(manifest.classes)
 
-    monkeypatch.setattr(dataset, "_replace", crash_at("labels.json"))  # before the commit point
+    monkeypatch.setattr(dataset.atomic, "write", crash_at("labels.json"))  # before the commit point
     with pytest.raises(OSError, match="power cut"):
         dataset.edit(home, "mine", rename=[("noise", "hiss")])
     assert consistent() == ["noise", "thump", "tone"]
-    monkeypatch.setattr(dataset, "_replace", crash_at("manifest.json"))  # after it
+    monkeypatch.setattr(dataset.atomic, "write", crash_at("manifest.json"))  # after it
     with pytest.raises(OSError, match="power cut"):
         dataset.edit(home, "mine", rename=[("noise", "hiss")])
     assert consistent() == ["hiss", "thump", "tone"]

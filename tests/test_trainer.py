@@ -281,6 +281,20 @@ def test_spectrograms_larger_than_a_trainer_takes_are_refused_by_the_manifest() 
         shards.Manifest.from_json(json.dumps(raw))
 
 
+@pytest.mark.parametrize(("field", "value"), [("n_mels", 8), ("duration_s", 0.3)])
+def test_spectrograms_smaller_than_the_network_takes_are_refused_by_the_manifest(field: str, value: float) -> None:
+    """Taken, uploaded and queued, they failed in training with "internal error: Output size is too small"."""
+    from vibrary.trainer.network import TagNet
+
+    manifest, _ = _manifest_and_blobs()
+    raw = json.loads(manifest.to_json())
+    raw["spectrogram"][field] = value
+    with pytest.raises(shards.ShardError, match=r"smaller than a trainer takes \(16 × 32"):
+        shards.Manifest.from_json(json.dumps(raw))
+    net = TagNet(2, n_mels=shards.MIN_MELS).eval()  # the least it takes, it takes
+    assert net(torch.zeros(1, 1, shards.MIN_MELS, shards.MIN_FRAMES)).shape == (1, 2)
+
+
 def _age(path: Path, days: float) -> None:
     then = time.time() - days * 86400
     os.utime(path, (then, then))
@@ -371,11 +385,16 @@ def test_a_followed_job_cut_off_goes_on_when_its_caller_starts_it_again(tmp_path
             again = client.start(manifest, "k", "none", long, followed=True)
             assert again.id != first.id
             went_on_from = next(u.epoch for u in client.watch(again.id) if u.epoch > 0)
-            client.cancel(again.id)
+            assert not list(root.glob("tenants/*/leftovers/*.pt"))  # taken up
+            client.cancel(again.id)  # Ctrl-C, a `kill`, a terminal closed: its epochs are kept all the same
+            assert [u.state for u in client.watch(again.id)][-1] == pb.Job.CANCELLED
+            assert len(list(root.glob("tenants/*/leftovers/*.pt"))) == 1
+            third = client.start(manifest, "k", "none", long, followed=True)
+            resumed_at = next(u.epoch for u in client.watch(third.id) if u.epoch > 0)
+            client.cancel(third.id)
     finally:
         serving.stop(grace=0)
-    assert went_on_from >= 3  # from scratch: 1
-    assert not list(root.glob("tenants/*/leftovers/*.pt"))  # taken up, and a cancel keeps nothing
+    assert went_on_from >= 3 and resumed_at >= 3  # from scratch: 1
 
 
 def test_a_watch_of_a_trainer_that_stops_answering_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

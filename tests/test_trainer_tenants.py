@@ -81,6 +81,23 @@ def test_tokens_are_stored_hashed_and_wrong_or_missing_ones_are_refused(
     assert bad.returncode == 1 and "bad user name" in bad.stderr
 
 
+def test_a_token_file_damaged_by_hand_keeps_a_running_trainers_users_and_stops_a_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An admin's edit that left a trailing comma failed every running job of every user (asked each batch
+    whether their token was revoked) and every call, with UNKNOWN."""
+    from vibrary.trainer.tenants import Tenants, add_token, tokens_path
+
+    token = add_token(tmp_path, "alice")
+    tenants = Tenants(tmp_path, open_ok=False)
+    path = tokens_path(tmp_path)
+    path.write_text(path.read_text().replace("}\n}", "},\n}"))
+    assert not tenants.revoked("alice") and tenants.user(f"Bearer {token}") == "alice"
+    assert "not a token file" in caplog.text and caplog.text.count("not a token file") == 1  # said once
+    with pytest.raises(ValueError, match="not a token file"):
+        Tenants(tmp_path, open_ok=False)  # a trainer started on it says why, at once
+
+
 def test_users_see_neither_the_jobs_nor_the_shards_of_others(
     shared: tuple[str, Path, dict[str, str]], tmp_path: Path
 ) -> None:
@@ -136,7 +153,7 @@ def test_removing_a_users_token_stops_their_running_and_queued_jobs(
         assert list(bob.watch(theirs.id))[-1].state == pb.Job.SUCCEEDED
 
 
-def _self_signed(tmp_path: Path) -> tuple[bytes, bytes]:
+def _self_signed(tmp_path: Path, names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> tuple[bytes, bytes]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -154,7 +171,9 @@ def _self_signed(tmp_path: Path) -> tuple[bytes, bytes]:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName(
+                [x509.DNSName(n) if n[0].isalpha() else x509.IPAddress(ipaddress.ip_address(n)) for n in names]
+            ),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -199,6 +218,31 @@ def test_tls_end_to_end_with_a_certificate_made_here(home: Path, tmp_path: Path)
         assert health.stdout.strip() == f"{target}: SERVING"
         refused = vibrary("trainer", "health", "--target", target, "--timeout", "3", home=home, check=False)
         assert refused.returncode == 1
+    finally:
+        serving.stop(grace=0)
+
+
+def test_a_trainer_reached_by_an_address_its_certificate_does_not_name(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A certificate made for gpubox.example, the trainer reached by its IP address: `trainer health` took
+    the name to check the certificate for, `vibrary train` (the trainer client) did not."""
+    pytest.importorskip("cryptography")
+    cert, key = _self_signed(tmp_path, ("gpubox.example",))
+    (tmp_path / "cert.pem").write_bytes(cert)
+    manifest, _ = _manifest_and_blobs(per_kind=1)
+    serving = serve(tmp_path / "trainer", "127.0.0.1:0", token="s3cret", tls_cert=cert, tls_key=key)
+    target = f"127.0.0.1:{serving.port}"
+    try:
+        with TrainerClient(target, "s3cret", timeout=5, tls_ca=cert) as client:
+            with pytest.raises(DaemonError, match="set VIBRARY_TRAINER_TLS_NAME to the name it holds") as e:
+                client.missing(manifest)
+            assert e.value.code == grpc.StatusCode.UNAVAILABLE  # not its name
+        monkeypatch.setenv("VIBRARY_TRAINER_TLS_NAME", "gpubox.example")
+        with TrainerClient(target, "s3cret", timeout=5, tls_ca=cert) as client:
+            assert len(client.missing(manifest)) == len(manifest.shards)
+        health = vibrary("trainer", "health", "--target", target, "--tls-ca", str(tmp_path / "cert.pem"), home=home)
+        assert health.stdout.strip() == f"{target}: SERVING"
     finally:
         serving.stop(grace=0)
 

@@ -168,6 +168,21 @@ def test_start_daemon_from_the_tray(tray: Tray, model_home: Path) -> None:
     wait_view(tray, showing(ts.Icon.NOT_RUNNING))
 
 
+def test_a_daemon_the_tray_cannot_start_says_why(tray: Tray, model_home: Path) -> None:
+    """Its stderr went nowhere, and the notice said "see daemon.log", where a daemon that never started
+    writes nothing."""
+    notices: list[ts.Notice] = []
+    tray.notified.connect(notices.append)
+    (model_home / "config.json").write_text('{"workerz": 2}')
+    wait_view(tray, showing(ts.Icon.NOT_RUNNING))
+    tray.do("start_daemon")
+    end = time.monotonic() + 60
+    while not notices and time.monotonic() < end:
+        QTest.qWait(50)
+    assert [n.title for n in notices] == ["Daemon stopped"] and notices[0].warning
+    assert "unknown settings ['workerz']" in notices[0].text, notices[0].text
+
+
 def test_every_state_has_its_own_icon(qapp: QApplication) -> None:
     images = {icon: draw_icon(icon, 0.5, 32).toImage() for icon in ts.Icon}
     distinct = {bytes(img.constBits()) for img in images.values()}

@@ -70,6 +70,10 @@ def test_indexing_counts_done_of_queued_from_when_the_work_began() -> None:
     state, _ = feed(state, changed(indexed=13, failed=1, pending=2))  # a new run counts from zero
     assert ts.indexing_progress(state) == (0, 2)
     assert ts.view(state).tooltip.endswith("models: bands@1")
+    state, _ = feed(state, changed(indexed=15, failed=0, pending=0))  # the failed file mended, read fine
+    assert ts.view(state).icon == ts.Icon.IDLE
+    state, _ = feed(state, changed(indexed=15, failed=1, pending=0))  # another fails: new, though one was seen
+    assert ts.view(state).icon == ts.Icon.ERROR
 
 
 def test_paused_shows_what_waits_and_offers_resume() -> None:

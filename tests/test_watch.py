@@ -82,7 +82,7 @@ def test_a_folder_unwatched_during_its_first_scan_leaves_nothing_behind(index: I
     index.add_watch(str(lib))
     w.watch(str(lib))
     w.unwatch(str(lib))
-    assert index.remove_watch(str(lib))
+    assert index.remove_watch(str(lib)) is not None
     wait_for(lambda: w.scans_running == 0)
     w.stop()
     assert _pending(index) == set()

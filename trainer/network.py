@@ -19,10 +19,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from vibrary.daemon.shards import MIN_FRAMES, MIN_MELS
 
 WIDTHS = (16, 32, 64, 128)
 EMBED = 128
 TIME_POOL = 2
+# what the daemon's datasets and the trainer's manifests are held to (daemon/shards.py)
+assert (2 ** len(WIDTHS), TIME_POOL * 2 ** len(WIDTHS)) == (MIN_MELS, MIN_FRAMES)
 POOLS = 3  # mean, max and standard deviation over time
 
 

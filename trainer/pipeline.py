@@ -30,9 +30,8 @@ def train_to_files(
     The exported ONNX model is compared with the torch network before anything is returned. `checkpoint`:
     as in `train`."""
     parts = [unpack(blob, manifest.params, len(manifest.classes)) for blob in blobs]
-    codes = np.concatenate([p[0] for p in parts])
-    labels = np.concatenate([p[1] for p in parts])
-    groups = np.concatenate([p[2] for p in parts])
+    codes, labels, groups = (np.concatenate(column) for column in zip(*parts, strict=True))
+    del parts  # the dataset once, not twice, for the hours it trains
     base_state, base_name = load_base(base or "demo")
     result = train(
         manifest, codes, labels, groups, config, base_state, base_name, progress, cancelled, checkpoint=checkpoint

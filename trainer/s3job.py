@@ -20,6 +20,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from vibrary.daemon.config import check_name
 from vibrary.daemon.shards import Manifest, ShardError, sha256_bytes
 from vibrary.daemon.training import progress_fields
 
+from . import options
 from .pipeline import train_to_files
 from .train import Progress, TrainConfig
 
@@ -51,6 +53,14 @@ class _Reporter:
         if force or phase != self._phase or now - self._last >= REPORT_S:
             put_json(self.s3, self.bucket, self.key, {"state": state, **fields})
             self._last, self._phase = now, phase
+
+
+def _handed_over(blobs: list[bytes]) -> Iterator[bytes]:
+    """Each shard's bytes once, let go of as it is unpacked: the compressed dataset was kept beside the
+    unpacked one for the whole training."""
+    blobs.reverse()
+    while blobs:
+        yield blobs.pop()
 
 
 def _shards(s3: Any, bucket: str, manifest: Manifest, report: _Reporter) -> list[bytes]:
@@ -132,7 +142,7 @@ def _run(s3: Any, bucket: str, key: str, prefix: str, report: _Reporter, checkpo
         raise ValueError(f"no job at s3://{bucket}/{key}")
     manifest = Manifest.from_json(spec["manifest"])
     check_name(spec["name"], "model")  # the daemon's rule, as the trainer service checks it: a folder there
-    train_config = TrainConfig.from_dict(json.loads(spec.get("options") or "{}"))
+    train_config = TrainConfig.from_dict(options.parse(spec.get("options") or "{}"))  # `[]`: said, not a TypeError
     _require_gpu()
     report("WAITING", message="fetching the shards")
     blobs = _shards(s3, bucket, manifest, report)
@@ -145,7 +155,7 @@ def _run(s3: Any, bucket: str, key: str, prefix: str, report: _Reporter, checkpo
 
     report("TRAINING", message="going on from the last checkpoint" if resumed else "loading")
     files, result = train_to_files(
-        manifest, blobs, spec["name"], spec["base"], train_config, progress, checkpoint=checkpoints.path
+        manifest, _handed_over(blobs), spec["name"], spec["base"], train_config, progress, checkpoint=checkpoints.path
     )
     files["summary.json"] = json.dumps(result.summary()).encode()
     for name, data in files.items():

@@ -15,9 +15,10 @@ to spare (the daemon's, which the daemon comes back for). One trainer at a time 
 flock, `trainer.lock`): two would each take up or fail the other's jobs; the second gets TrainerBusy.
 A job whose caller said it follows it to the end (`followed`: a `vibrary train` in a terminal) is
 cancelled once nobody has watched it for UNWATCHED_S: that caller was killed, and nobody else would
-collect the model, so the trainer's time goes to the next job instead. Such a job, failed or cancelled for
-want of its caller, keeps its checkpoint (`leftovers/`): the same job started again (the same command run
-again) goes on from there; started again while it still runs, the caller is given it to follow.
+collect the model, so the trainer's time goes to the next job instead. A job that ends without a model
+(cancelled, failed, or either for want of its caller) keeps its checkpoint (`leftovers/`): the same job
+started again (the same command run again) goes on from there; started again while it still runs, the
+caller is given it to follow.
 At its start and after every job the trainer gives back the disk of collected or long-finished jobs and of
 shards unused for a week (trainer/prune.py).
 
@@ -51,6 +52,7 @@ from vibrary.daemon import atomic, pidlock
 from vibrary.daemon.config import check_name
 from vibrary.daemon.rpc import bind, is_loopback, make_server
 from vibrary.daemon.shards import Manifest, ShardError, sha256_bytes
+from vibrary.daemon.training import progress_fields
 from vibrary.proto import trainer_pb2 as pb
 from vibrary.proto import trainer_pb2_grpc as pb_grpc
 
@@ -106,12 +108,18 @@ class _JobState:
         self.past = 0  # updates dropped from history once the job ended (watchers count from the start)
         self.watchers = 0
         self.unwatched_since = time.monotonic()  # a restarted trainer gives its caller the whole limit again
-        self.keep_as: Path | None = None  # where its checkpoint goes when it ends, for a run of it again
 
     @functools.cached_property
     def key(self) -> str:
         """What the job is (dataset, name, base, options): the same `vibrary train` run again is the same."""
         return hashlib.sha256(self.request.SerializeToString(deterministic=True)).hexdigest()[:32]
+
+    @property
+    def leftover(self) -> Path:
+        """Where its checkpoint goes when it ends without a model (cancelled by a Ctrl-C, a `kill` or a
+        terminal closed; failed for want of its caller, or for a full disk), for the same job started again:
+        every such ending but the first dropped the epochs trained."""
+        return self.out.parent.parent / LEFTOVERS / f"{self.key}.pt"
 
     def update(self, **fields: object) -> None:
         with self.changed:
@@ -121,7 +129,7 @@ class _JobState:
                 try:
                     self.save()
                     if self.job.state in _TERMINAL:  # over: nothing goes on from it, but a run of it again
-                        self._put_checkpoint_away()
+                        self.put_checkpoint_away()
                 except OSError:  # a full disk: the record on disk lags, but watchers still hear the end
                     log.exception("job %s: could not record its state %s", self.job.id, self.job.state)
             self.history.append(self.snapshot())
@@ -130,11 +138,11 @@ class _JobState:
                 self.history = self.history[-1:]
             self.changed.notify_all()
 
-    def _put_checkpoint_away(self) -> None:
+    def put_checkpoint_away(self) -> None:
         checkpoint = self.out / CHECKPOINT
-        if self.keep_as is not None and checkpoint.exists():
-            self.keep_as.parent.mkdir(parents=True, exist_ok=True)
-            checkpoint.replace(self.keep_as)
+        if self.job.state != pb.Job.SUCCEEDED and checkpoint.exists():
+            self.leftover.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint.replace(self.leftover)
             log.info("job %s: its checkpoint is kept for the same job started again", self.job.id)
         checkpoint.unlink(missing_ok=True)
 
@@ -242,14 +250,13 @@ class TrainerService(pb_grpc.TrainerServicer):
                 continue
             was = "running" if job.job.state == pb.Job.RUNNING else "queued"
             if job.job.state in _TERMINAL:
-                (job.out / CHECKPOINT).unlink(missing_ok=True)  # left by a stop between the record and this
+                job.put_checkpoint_away()  # left by a stop between the record and this
             elif resume is None or job.job.id in resume:
                 again.append((was != "running", path.stat().st_mtime, job))
             elif job.job.id in spare:
                 self._spared.append(job)  # (not listed: this trainer neither runs it nor answers for it)
                 continue
             else:
-                job.keep_as = self._leftover(job)
                 job.update(
                     state=pb.Job.FAILED,
                     phase="failed",
@@ -390,7 +397,7 @@ class TrainerService(pb_grpc.TrainerServicer):
                     log.info("job %s started again by its caller: followed where it is", same.job.id)
                     return same.snapshot()
             job.save()
-            leftover = self._leftover(job)
+            leftover = job.leftover
             if leftover.exists():
                 leftover.replace(job.out / CHECKPOINT)
                 log.info("job %s goes on from where the same job, cut off, was", job_id)
@@ -411,9 +418,6 @@ class TrainerService(pb_grpc.TrainerServicer):
             ),
             None,
         )
-
-    def _leftover(self, job: _JobState) -> Path:
-        return self._folder(job.user, LEFTOVERS) / f"{job.key}.pt"
 
     def _job(self, ref: pb.JobRef, context: grpc.ServicerContext) -> _JobState:
         user = self._user(context)
@@ -480,7 +484,6 @@ class TrainerService(pb_grpc.TrainerServicer):
                         job.job.id,
                         now - job.unwatched_since,
                     )
-                    job.keep_as = self._leftover(job)
                     self._cancel(
                         job,
                         f"cancelled: nobody watched it for {UNWATCHED_S:.0f} s, and the caller that started it "
@@ -543,9 +546,7 @@ class TrainerService(pb_grpc.TrainerServicer):
         blobs = ((shard_dir / f"{s.sha256}.npz").read_bytes() for s in job.manifest.shards)
 
         def progress(p: Progress) -> None:
-            job.update(
-                phase=p.phase, epoch=p.epoch, epochs=p.epochs, loss=p.loss, val_accuracy=p.val_accuracy, eta_s=p.eta_s
-            )
+            job.update(phase=p.phase, **progress_fields(p))
 
         name = job.request.name or job.manifest.name
         files, result = train_to_files(
@@ -563,7 +564,7 @@ class TrainerService(pb_grpc.TrainerServicer):
         job.update(
             state=pb.Job.SUCCEEDED, phase="done", val_accuracy=result.val_accuracy, summary=json.dumps(result.summary())
         )
-        self._leftover(job).unlink(missing_ok=True)  # (a run of it cut off meanwhile: done now, nothing to go on from)
+        job.leftover.unlink(missing_ok=True)  # (a run of it cut off meanwhile: done now, nothing to go on from)
 
 
 @dataclass

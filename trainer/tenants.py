@@ -14,12 +14,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import re
 import secrets
 import threading
 from pathlib import Path
 
 from vibrary.daemon import atomic
+
+log = logging.getLogger(__name__)
 
 USER = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 LOCAL = "local"  # the one user of a trainer open on loopback without tokens
@@ -90,9 +93,13 @@ class Tenants:
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._users: dict[str, dict[str, str]] = {}
-        self._reload()
+        self._reload(starting=True)
 
-    def _reload(self) -> None:
+    def _reload(self, starting: bool = False) -> None:
+        """tokens.json read again when it changed. One that cannot be read (an admin's edit left a trailing
+        comma; an editor caught halfway through writing it) stops a trainer from starting, but a running one
+        keeps the users it had and says why once: it failed every running job ("revoked" is asked each batch)
+        and every call."""
         try:
             st = self._path.stat()
             stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
@@ -100,7 +107,12 @@ class Tenants:
             stamp = None
         with self._lock:
             if stamp != self._stamp:
-                self._users = _load(self._path) if stamp else {}
+                try:
+                    self._users = _load(self._path) if stamp else {}
+                except ValueError as e:
+                    if starting:
+                        raise
+                    log.error("%s: its users as they were before are kept until it is mended", e)
                 self._stamp = stamp
 
     @property

@@ -517,11 +517,15 @@ class Event(_message.Message):
         MODEL_CHANGED: Event._Kind.ValueType  # 4
         """a model was activated or deactivated (ListModels says which)"""
         STATUS_CHANGED: Event._Kind.ValueType  # 5
-        """counts or paused state changed (at most a few per second)"""
+        """counts, paused, missing watches… changed (at most a few per second)"""
         TRAINING_PROGRESS: Event._Kind.ValueType  # 6
         TRAINING_FINISHED: Event._Kind.ValueType  # 7
         """succeeded, failed or cancelled: see training.state"""
         MODEL_INSTALLED: Event._Kind.ValueType  # 8
+        EVENTS_LOST: Event._Kind.ValueType  # 9
+        """this stream was read too slowly and `lost` events were dropped (the daemon's memory stays bounded):
+        reload what you show (status is where things stand now); the events after it are newer
+        """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: Event.Kind.ValueType  # 0
@@ -531,11 +535,15 @@ class Event(_message.Message):
     MODEL_CHANGED: Event.Kind.ValueType  # 4
     """a model was activated or deactivated (ListModels says which)"""
     STATUS_CHANGED: Event.Kind.ValueType  # 5
-    """counts or paused state changed (at most a few per second)"""
+    """counts, paused, missing watches… changed (at most a few per second)"""
     TRAINING_PROGRESS: Event.Kind.ValueType  # 6
     TRAINING_FINISHED: Event.Kind.ValueType  # 7
     """succeeded, failed or cancelled: see training.state"""
     MODEL_INSTALLED: Event.Kind.ValueType  # 8
+    EVENTS_LOST: Event.Kind.ValueType  # 9
+    """this stream was read too slowly and `lost` events were dropped (the daemon's memory stays bounded):
+    reload what you show (status is where things stand now); the events after it are newer
+    """
 
     KIND_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
@@ -543,11 +551,14 @@ class Event(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     TRAINING_FIELD_NUMBER: _builtins.int
+    LOST_FIELD_NUMBER: _builtins.int
     kind: Global___Event.Kind.ValueType
     time: _builtins.float
     """unix seconds"""
     model: _builtins.str
     """MODEL_CHANGED, MODEL_INSTALLED: NAME@VERSION"""
+    lost: _builtins.int
+    """EVENTS_LOST"""
     @_builtins.property
     def file(self) -> Global___FileTags:
         """FILE_* events"""
@@ -569,10 +580,11 @@ class Event(_message.Message):
         model: _builtins.str = ...,
         status: Global___Status | None = ...,
         training: Global___TrainProgress | None = ...,
+        lost: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "status", b"status", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "kind", b"kind", "model", b"model", "status", b"status", "time", b"time", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "kind", b"kind", "lost", b"lost", "model", b"model", "status", b"status", "time", b"time", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -236,7 +236,9 @@ class DaemonServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Events(self, request, context):
-        """Live feed for front ends: files tagged or failed, models changed.
+        """Live feed for front ends: files tagged, failed or removed (a watch folder removed: each of its files),
+        models changed, the status when it changes (counts, paused, missing watch folders, …). A reader too
+        slow for it is told what it missed (EVENTS_LOST), never left with a gap unsaid.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
