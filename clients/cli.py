@@ -181,7 +181,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         handlers=[logging.StreamHandler(sys.stderr), logging.FileHandler(config.log_path(home_dir))],
     )
-    settings = config.Settings.load(home_dir)
+    try:
+        settings = config.Settings.load(home_dir)
+    except ValueError as e:
+        raise _not_started(e) from None
     if args.workers is not None:
         settings.workers = args.workers
     stop = threading.Event()
@@ -198,13 +201,13 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         check_listening(str(config.socket_path(home_dir)), args.listen, token)
         daemon = Daemon(home_dir, settings)
     except (AlreadyRunning, ValueError) as e:
-        raise CommandError(str(e)) from None
+        raise _not_started(e) from None
     daemon.start()
     try:
         servers = serve(daemon, str(config.socket_path(home_dir)), args.listen, token)
     except ValueError as e:
         daemon.stop()
-        raise CommandError(str(e)) from None
+        raise _not_started(e) from None
     models = [m.ref for m in daemon.pipeline.models]
     serving = {"serving": str(config.socket_path(home_dir)), "listen": args.listen or None, "pid": os.getpid()}
     if args.json:  # a script that starts a daemon knows from this line that it answers
@@ -223,6 +226,13 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 
 ENDING = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)  # a kill, a closed terminal, Ctrl-C
+
+
+def _not_started(e: Exception) -> CommandError:
+    """Why the daemon would not start, in its log as well: one started in the background (by the tray, at
+    login) has no terminal to say it in."""
+    logging.getLogger("vibrary.daemon").error("not started: %s", e)
+    return CommandError(str(e))
 
 
 def on_signals(handler: Callable[[int, Any], None], *signals: signal.Signals) -> None:
@@ -384,12 +394,28 @@ def cmd_tray(args: argparse.Namespace) -> int:
     return run()
 
 
+BACK_S = 60.0  # how long `status --wait` waits for a daemon that stopped to come back (a restart, an upgrade)
+
+
 def _wait_idle(c: Client, pending: int) -> None:
-    """Progress bar until nothing is pending."""
+    """Progress bar until nothing is pending. A daemon that stops meanwhile is waited for a while: one
+    restarted (by its start-at-login unit, after an upgrade) ended an hour's wait with "no daemon"."""
     bar = tqdm(total=pending, unit="file", disable=None, file=sys.stderr, desc="indexing")
     done_before = c.status().indexed
+    gone_since = None
     while True:
-        s = c.status()
+        try:
+            s = c.status()
+        except DaemonNotRunning:
+            if gone_since is None:
+                gone_since = time.monotonic()
+                bar.write(f"the daemon stopped; waiting up to {BACK_S:.0f} s for it to start again", file=sys.stderr)
+            if time.monotonic() - gone_since > BACK_S:
+                bar.close()
+                raise
+            time.sleep(1.0)
+            continue
+        gone_since = None
         bar.total = max(bar.total or 0, s.pending + (s.indexed - done_before))
         bar.n = s.indexed - done_before
         bar.refresh()
@@ -1333,7 +1359,11 @@ def build_parser() -> argparse.ArgumentParser:
     a = actions.add_parser("health", parents=[common], help="exit 0 when the trainer at --target is serving")
     a.add_argument("--target", default="127.0.0.1:7878", metavar="HOST:PORT", help="default 127.0.0.1:7878")
     a.add_argument("--tls-ca", default="", metavar="PEM", help="default $VIBRARY_TRAINER_CA or the served cert")
-    a.add_argument("--server-name", default="", help="name the certificate is for (default: the target's host)")
+    a.add_argument(
+        "--server-name",
+        default="",
+        help="name the certificate is for (default: $VIBRARY_TRAINER_TLS_NAME, or the target's host)",
+    )
     a.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
     a = actions.add_parser("run-s3", parents=[common], help="run one cloud training job: s3://BUCKET/jobs/ID/job.json")
     a.add_argument("url", metavar="S3_URL")

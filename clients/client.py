@@ -262,8 +262,8 @@ class Client:
             raise BadArgument(f"cannot read {path}: {e.strerror}") from None
         if len(data) > REQUEST_MAX - 4096:  # (the name and gRPC's framing): gRPC's own refusal named no file
             raise BadArgument(
-                f"{path} is {len(data) / 1e6:.0f} MB, more than the {REQUEST_MAX >> 20} MB a model sent to the daemon "
-                "may be: on the daemon's machine, `vibrary models install` takes it from its disk"
+                f"{path} is {len(data) / 2**20:.0f} MiB, more than the {REQUEST_MAX >> 20} MiB a model sent to the "
+                "daemon may be: on the daemon's machine, `vibrary models install` takes it from its disk"
             )
         request = pb.InstallModelRequest(onnx=data, name=name, inactive=inactive)
         return list(self._call("InstallModel", request).models)

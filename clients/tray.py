@@ -231,8 +231,9 @@ class Tray(QObject):
         proc = self.started_daemon
         if proc is not None and proc.poll() not in (None, 0):
             self.started_daemon = None
-            why = _last_line(config.start_output_path(self.home)) or f"see {config.log_path(self.home)}"
-            self.notify(ts.Notice("Daemon stopped", f"It exited with {proc.returncode}: {why}", True))
+            log = config.log_path(self.home)
+            why = _last_line(log) or "no reason given"
+            self.notify(ts.Notice("Daemon stopped", f"It exited with {proc.returncode}: {why} (see {log})", True))
 
     def notify(self, notice: ts.Notice) -> None:
         kind = QSystemTrayIcon.MessageIcon.Warning if notice.warning else QSystemTrayIcon.MessageIcon.Information
@@ -334,26 +335,27 @@ class Tray(QObject):
             if sys.platform == "win32"
             else {"start_new_session": True}
         )
-        with open(config.start_output_path(self.home), "wb") as said:
-            self.started_daemon = subprocess.Popen(
-                [sys.executable, "-m", "vibrary.clients.cli", "daemon"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=said,
-                **detach,  # type: ignore[call-overload]
-            )
+        self.started_daemon = subprocess.Popen(
+            [sys.executable, "-m", "vibrary.clients.cli", "daemon"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,  # (what it says is in its log)
+            **detach,  # type: ignore[call-overload]
+        )
         self.link.poke()
 
 
-def _last_line(path: Path) -> str:
-    """The reason a daemon gave as it ended: the last line it printed (its log has no line of a daemon
-    that never started: a bad config.json, another daemon on the home)."""
+def _last_line(log: Path) -> str:
+    """The reason a daemon gave as it ended: the message of its log's last line (it said "see daemon.log",
+    where a daemon that never started, for a bad config.json, wrote nothing)."""
     try:
-        lines = path.read_text(errors="replace").strip().splitlines()
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().decode(errors="replace").strip().splitlines()
     except OSError:
         return ""
-    return lines[-1] if lines else ""
+    return lines[-1].split(": ", 1)[-1] if lines else ""  # (after the time, level and logger)
 
 
 def open_folder(path: Path) -> None:

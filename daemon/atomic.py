@@ -1,8 +1,10 @@
 """Files replaced whole. A crash or a power cut while one is written must leave the previous version (or no
 file), never a short one under its final name: a trained model that no longer loads, a dataset's labels cut
 in half, a config the daemon refuses, a trainer's checkpoint that cannot be resumed. A rename alone does
-not promise that: ext4 and APFS may keep the rename and lose the data written before it, so the data reach
-the disk (fsync) before the rename, and the rename before the writer goes on (the folder's fsync)."""
+not promise that: ext4 may keep the rename and lose the data written before it, so the data are handed to
+the disk (fsync) before the rename, and the rename before the writer goes on (the folder's fsync). (On
+macOS fsync leaves the data in the drive's cache; F_FULLFSYNC would flush that too, at a far higher cost.)
+A process killed mid-write leaves its `.part`, replaced by the next write of the same file."""
 
 from __future__ import annotations
 

@@ -128,12 +128,6 @@ def log_path(home_dir: Path) -> Path:
     return home_dir / "daemon.log"
 
 
-def start_output_path(home_dir: Path) -> Path:
-    """What a daemon started in the background (by the tray) printed: why it would not start (a bad
-    config.json, another daemon on the home) is said there, before any log is opened."""
-    return home_dir / "daemon-start.txt"
-
-
 def lock_path(home_dir: Path) -> Path:
     """Held by the running daemon (an flock): who it is, and whether one runs at all."""
     return home_dir / "daemon.lock"

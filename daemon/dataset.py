@@ -387,7 +387,9 @@ def _write(
     folder = dataset_dir(home_dir, name)
     (folder / "shards").mkdir(parents=True, exist_ok=True)
     for digest, blob in blobs.items():
-        atomic.write(folder / "shards" / f"{digest}.npz", blob)
+        shard = folder / "shards" / f"{digest}.npz"
+        if not (shard.exists() and shard.stat().st_size == len(blob)):  # named by its content: the same bytes
+            atomic.write(shard, blob)
     record = {
         "files": [r.__dict__ for r in rows],
         "failed": [list(f) for f in failed],
@@ -396,8 +398,8 @@ def _write(
     }
     atomic.write(folder / "labels.json", json.dumps(record))
     atomic.write(folder / "manifest.json", manifest.to_json())
-    for stale in (folder / "shards").glob("*.npz"):
-        if stale.stem not in blobs:
+    for stale in (folder / "shards").glob("*.npz*"):  # (and the part of one a killed build was writing)
+        if stale.name != f"{stale.stem}.npz" or stale.stem not in blobs:
             stale.unlink()
     return _report(manifest, rows, failed)
 

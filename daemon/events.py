@@ -27,7 +27,7 @@ STATUS_CHANGED = "status_changed"
 TRAINING_PROGRESS = "training_progress"
 TRAINING_FINISHED = "training_finished"  # succeeded, failed or cancelled: see the event's training state
 MODEL_INSTALLED = "model_installed"
-EVENTS_LOST = "events_lost"  # in place of the events a slow reader missed, and of those queued before them
+EVENTS_LOST = "events_lost"  # in place of everything a slow reader had queued and missed
 
 
 @dataclass(frozen=True)
@@ -53,29 +53,33 @@ class Feed(queue.Queue["Event | None"]):
             self.lost += 1
 
     def next(self) -> Event | None:
-        """The next event; after a loss, EVENTS_LOST in place of everything queued, which is older than what
-        the reader reloads on seeing it."""
-        event = self.get()
-        with self.mutex:
-            lost, self.lost = self.lost, 0
-        if not lost or event is None:
-            return event
-        ended = False
+        """The next event; after a loss, EVENTS_LOST in place of everything queued (what the reader reloads
+        on seeing it covers those; an event published meanwhile may come after it and be counted again)."""
+        while True:
+            event = self.get()
+            with self.mutex:
+                lost, self.lost = self.lost, 0
+            if event is None:
+                return None
+            if lost:
+                break
+            if event.kind != EVENTS_LOST:  # (one that is, with nothing lost: the wake-up of a loss said already)
+                return event
+        queued: list[Event | None] = [event]
         with contextlib.suppress(queue.Empty):
             while True:
-                queued = self.get_nowait()
-                ended = ended or queued is None
-                lost += queued is not None
-        if ended:
+                queued.append(self.get_nowait())
+        if None in queued:
             self.put_nowait(None)  # (emptied: room for it)
-        return Event(EVENTS_LOST, lost=lost + 1)
+        lost += sum(e is not None and e.kind != EVENTS_LOST for e in queued)  # (EVENTS_LOST: a wake-up)
+        return Event(EVENTS_LOST, lost=lost)
 
 
 class EventBus:
     def __init__(self, per_subscriber: int = 10_000) -> None:
         self._subscribers: set[Feed] = set()
         self._lock = threading.Lock()
-        self._size = per_subscriber
+        self.queue_size = per_subscriber
         self.closed = threading.Event()  # the daemon is stopping: streams end, cleanly
 
     def close(self) -> None:
@@ -86,7 +90,7 @@ class EventBus:
             self.end(q)
 
     def subscribe(self) -> Feed:
-        q = Feed(self._size)
+        q = Feed(self.queue_size)
         with self._lock:
             self._subscribers.add(q)
         if self.closed.is_set():
@@ -114,6 +118,17 @@ class EventBus:
                 q.put_nowait(event)
             except queue.Full:  # a stalled front end must not stall tagging
                 q.drop()
+
+    def lost(self, n: int) -> None:
+        """`n` events that no subscriber is sent (a watch of a million files removed): each hears
+        EVENTS_LOST, which costs nothing per event."""
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for q in subscribers:
+            with q.mutex:
+                q.lost += n
+            with contextlib.suppress(queue.Full):  # wakes a reader that waits (a full feed wakes it anyway)
+                q.put_nowait(Event(EVENTS_LOST))
 
     @property
     def subscribers(self) -> int:

@@ -28,7 +28,7 @@ from .index import FileTags, ModelRow, Query
 from .infer import ModelError
 from .modelref import parse_ref
 from .rpc import bind, make_server
-from .service import Daemon, NoModel, TooManyFiles, TrainingBusy
+from .service import Daemon, NoModel, Paused, TooManyFiles, TrainingBusy
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +215,6 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         if not request.paths:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no paths given")
         paths = _not_whole_disk([indexed_path(_absolute(p, context)) for p in request.paths], context)
-        if self.daemon.paused:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "indexing is paused; resume it first (vibrary resume)")
         remaining = context.time_remaining()  # no deadline reads as ~1e19 s
         deadline = time.time() + min(remaining if remaining is not None else TAG_WAIT_S, TAG_WAIT_S)
         try:
@@ -225,7 +223,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
         except TooManyFiles as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except NoModel as e:
+        except (NoModel, Paused) as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         if not context.is_active():
             return  # the caller went away: nobody to answer

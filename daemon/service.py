@@ -116,6 +116,7 @@ class Daemon:
         self._in_flight: set[int] = set()
         self._in_flight_lock = threading.Lock()
         self._feeder = threading.Thread(target=self._feed, name="feeder", daemon=True)
+        self._sweeper = threading.Thread(target=self._sweep_on_demand, name="on-demand-sweep", daemon=True)
         self._analyzed_at, self._analyzed_rows = -1e9, 0
         self._models_lock = threading.Lock()
         self._watches_lock = threading.Lock()  # the watcher and the index change together (add_watch)
@@ -140,6 +141,7 @@ class Daemon:
         self.index.requeue_missing(list(self._active))
         self.watcher.start()
         self._feeder.start()
+        self._sweeper.start()
         self.status_events.start()
         self._resume_training()
         log.info("daemon started on %s with models %s", self.home, [m.ref for m in self.pipeline.models])
@@ -149,6 +151,7 @@ class Daemon:
         self._wake.set()
         self.watcher.stop()
         self._feeder.join()
+        self._sweeper.join(timeout=5.0)  # (a network drive that hangs may hold it: it is a daemon thread)
         if self.training is not None and not self.training.finished:
             self.training.stop(timeout=15.0)  # its own trainer's job is suspended within 10 s
         self.status_events.stop()
@@ -175,16 +178,13 @@ class Daemon:
         self.status_events.changed()
 
     def _feed(self) -> None:
-        last_model_check = last_sweep = 0.0
+        last_model_check = 0.0
         while not self._stop.is_set():
             try:
                 if time.monotonic() - last_model_check > 1.0:
                     last_model_check = time.monotonic()
                     self._follow_models()
                     self._stop_if_home_gone()
-                if time.monotonic() - last_sweep > ON_DEMAND_SWEEP_S:
-                    last_sweep = time.monotonic()
-                    self._forget_on_demand_leftovers(failed_too=False)
                 self._wake.clear()
                 with self._in_flight_lock:
                     skip = set(self._in_flight)
@@ -292,19 +292,37 @@ class Daemon:
                 written += self.index.write_results([r], self.settings.store_min_score)
         return written
 
-    def _forget_on_demand_leftovers(self, failed_too: bool = True) -> None:
+    def _forget_on_demand_leftovers(self) -> None:
         """Files tagged on demand outside every watch are looked at by nobody once answered: one deleted
         since stayed in searches for good (a DAW offered files it could not load), a file that was no audio
-        stayed among the failures. Deleted ones are forgotten every minute, failed ones at each start (the
-        others stay, to answer the next Tag call from the cache)."""
-        outside = self.index.outside_watches()
-        leftovers = [p for p, state in outside if (failed_too and state == "failed") or not os.path.lexists(p)]
+        stayed among the failures. At each start those are forgotten (the others stay, to answer the next
+        Tag call from the cache)."""
+        leftovers = [p for p, state in self.index.outside_watches() if state == "failed" or not os.path.lexists(p)]
         if leftovers:
             self._removed(self.index.remove_paths(leftovers))
             log.info("forgot %d files tagged on demand outside the watches (deleted, or not audio)", len(leftovers))
 
+    def _sweep_on_demand(self) -> None:
+        """Between starts, once a minute, the files tagged on demand that were deleted from a folder still
+        there (a folder gone may be a drive unplugged: its files wait for it, as a watch's do). In a thread
+        of its own: a network drive that hangs must not hold up tagging."""
+        while not self._stop.wait(ON_DEMAND_SWEEP_S):
+            try:
+                deleted = [
+                    p
+                    for p, _ in self.index.outside_watches()
+                    if not os.path.lexists(p) and os.path.isdir(os.path.dirname(p))
+                ]
+                if deleted:
+                    self._removed(self.index.remove_paths(deleted))
+            except Exception:  # (a locked or full index: the next minute tries again)
+                log.exception("could not forget the deleted files tagged on demand")
+
     def _removed(self, paths: list[str]) -> None:
         self.status_events.changed()
+        if len(paths) > self.events.queue_size:  # more than any reader could hold: said as lost at once
+            self.events.lost(len(paths))
+            return
         for p in paths:
             self.events.publish(Event(FILE_REMOVED, FileTags(p, "unknown", None, [])))
 
@@ -437,6 +455,12 @@ class Daemon:
         # exist. Answered at once from the index, as a search would
         gone = self.watcher.missing
         hidden = {p for p in files if within(p, gone)} if gone else set()
+        if self.paused:  # files tagged already are answered as they are (a DAW's dropped file that is known)
+            known = [_say_why_hidden(r, hidden) for r in self.index.file_tags(files)]
+            untagged = sum(r.state in ("pending", "unknown") and not r.error for r in known)
+            if untagged:
+                raise Paused(f"indexing is paused and {untagged} of these files are not tagged yet: resume it first")
+            return [_say_why_missing(r, absent) for r in known]
         queued = [p for p in files if p not in hidden]
         with self._tag_lock:
             self._tag_waits.update(queued)
@@ -597,6 +621,10 @@ class Daemon:
 
 class NoModel(RuntimeError):
     """Nothing to tag with: every model is inactive, or none of the active ones loads."""
+
+
+class Paused(RuntimeError):
+    """A Tag call while indexing is paused, for files not tagged yet."""
 
 
 class TooManyFiles(ValueError):

@@ -114,7 +114,8 @@ class Manifest:
             raise ShardError(f"dataset {self.name!r} names a class twice")
         _, mels, frames = self.params.shape
         if mels < MIN_MELS or frames < MIN_FRAMES:
-            shortest = MIN_FRAMES * self.params.hop_length / self.params.sample_rate
+            # (frames: 1 + samples // hop)
+            shortest = (MIN_FRAMES - 1) * self.params.hop_length / self.params.sample_rate
             raise ShardError(
                 f"spectrograms of {mels} mel bands × {frames} frames are smaller than a trainer takes "
                 f"({MIN_MELS} × {MIN_FRAMES}: clips of {shortest:.2f} s at this hop)"

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from vibrary.clients.query import QueryError, parse_query
+from vibrary.daemon import config
 
-from tests.conftest import DaemonProcess, json_lines, vibrary, wait_for
+from tests.conftest import DaemonProcess, json_lines, start_daemon, vibrary, wait_for
 from tests.synth import BANDS, band_model, write_tone
 
 
@@ -327,6 +331,33 @@ def test_status_wait_says_when_indexing_is_paused(daemon: DaemonProcess, tmp_pat
     wait_for(lambda: daemon.client.status().pending == 1)
     stuck = vibrary("status", "--wait", home=daemon.home, check=False, timeout=30)
     assert stuck.returncode == 1 and "paused" in stuck.stderr and "vibrary resume" in stuck.stderr
+
+
+def test_status_wait_waits_for_a_daemon_that_is_restarted(model_home: Path, tmp_path: Path) -> None:
+    """A daemon restarted meanwhile (its start-at-login unit, an upgrade) ended an hour's wait with "no
+    daemon is running", exit 1."""
+    config.Settings(settle_s=15.0).save(model_home)  # the file waits that long: the wait outlasts a restart
+    d = start_daemon(model_home)
+    waiting = None
+    try:
+        write_tone(tmp_path / "lib" / "a.wav", BANDS["low"])
+        d.client.add_watch(str(tmp_path / "lib"))
+        wait_for(lambda: d.client.status().pending == 1)
+        env = {**os.environ, "VIBRARY_HOME": str(model_home)}
+        command = [sys.executable, "-m", "vibrary.clients.cli", "status", "--wait", "--json"]
+        waiting = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(4.0)  # (its first status asked)
+        assert waiting.poll() is None, waiting.communicate()
+        d.stop()
+        d = start_daemon(model_home)
+        out, err = waiting.communicate(timeout=60)
+        assert waiting.returncode == 0, err
+        assert "the daemon stopped; waiting up to 60 s" in err
+        assert (json_lines(out)[0]["pending"], json_lines(out)[0]["indexed"]) == (0, 1)
+    finally:
+        if waiting is not None and waiting.poll() is None:
+            waiting.kill()
+        d.stop()
 
 
 def test_removing_the_active_version_activates_the_one_before_and_numbers_are_not_reused(

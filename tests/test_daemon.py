@@ -741,9 +741,15 @@ def test_a_reader_too_slow_for_its_events_is_told_what_it_missed() -> None:
     said = slow.next()
     assert said is not None and (said.kind, said.lost) == (EVENTS_LOST, 10)  # in place of the 3 queued too
     bus.publish(Event(FILE_TAGGED, model="after"))
-    bus.end(slow)
     after = slow.next()
     assert after is not None and (after.kind, after.model) == (FILE_TAGGED, "after")
+    said_later: list[Event | None] = []
+    waiting = threading.Thread(target=lambda: said_later.append(slow.next()))
+    waiting.start()  # a reader waiting for the next event when a million files are removed at once
+    bus.lost(1_000_000)
+    waiting.join(timeout=10)
+    assert [(e.kind, e.lost) for e in said_later if e is not None] == [(EVENTS_LOST, 1_000_000)]
+    bus.end(slow)
     assert slow.next() is None
 
 
@@ -1018,14 +1024,18 @@ def test_a_file_tagged_outside_the_watches_and_deleted_leaves_searches(
     monkeypatch.setattr(service, "ON_DEMAND_SWEEP_S", 0.3)
     dropped = str(write_tone(tmp_path / "drop" / "low.wav", BANDS["low"]))
     kept = str(write_tone(tmp_path / "drop" / "high.wav", BANDS["high"]))
+    unplugged = str(write_tone(tmp_path / "drive" / "low.wav", BANDS["low"]))
     d = service.Daemon(model_home, service.config.Settings(nice=0, settle_s=0.1))
     d.start()
     feed = d.events.subscribe()
     try:
-        assert [f.state for f in d.tag_now([dropped, kept], time.time() + 60)] == ["indexed", "indexed"]
-        assert [f.path for f in d.index.search(Query([["low"]]))] == [dropped]
+        assert {f.state for f in d.tag_now([dropped, kept, unplugged], time.time() + 60)} == {"indexed"}
+        assert sorted(f.path for f in d.index.search(Query([["low"]]))) == [unplugged, dropped]
         os.remove(dropped)
-        wait_for(lambda: [f.path for f in d.index.search(Query([["low"]]))] == [], timeout=10)
+        (tmp_path / "drive").rename(tmp_path / "elsewhere")  # its folder gone: a drive unplugged, it waits
+        wait_for(lambda: [f.path for f in d.index.search(Query([["low"]]))] == [unplugged], timeout=10)
+        time.sleep(1.0)  # more sweeps: still kept
+        assert [f.path for f in d.index.search(Query([["low"]]))] == [unplugged]
         assert [f.path for f in d.index.search(Query([["high"]]))] == [kept]  # still there: still found
         removed = []
         while not feed.empty():

@@ -187,6 +187,19 @@ def test_tag_counts_and_watches(library: tuple[Index, int, int]) -> None:
     assert index.remove_watch("/nowhere") is None
 
 
+def test_the_files_outside_every_watch_are_read_between_the_watches(index: Index) -> None:
+    """Nested, sibling and prefix-sharing watches (`/lib` and `/lib2`): the ranges between them, merged."""
+    for w in ("/lib", "/lib/sub", "/other", "/b"):
+        index.add_watch(w)
+    inside = ["/lib/a.wav", "/lib/sub/b.wav", "/other/c.wav", "/b/x/y.wav"]
+    outside = ["/a.wav", "/lib2/f.wav", "/lib-x/g.wav", "/libz.wav", "/zzz/e.wav", "/\u00e9t\u00e9.wav"]
+    outside.append("/\U0001f600.wav")
+    index.mark_pending((p, 0.0) for p in inside + outside)
+    assert sorted(p for p, _ in index.outside_watches()) == sorted(outside)
+    index.remove_watch("/lib")
+    assert sorted(p for p, _ in index.outside_watches()) == sorted(outside)  # (its files went with it)
+
+
 def test_model_versions(index: Index) -> None:
     a1 = index.add_model("inst", "/1.onnx", "1" * 64, ["kick"], "{}", False)
     a2 = index.add_model("inst", "/2.onnx", "2" * 64, ["kick"], "{}", False)

@@ -61,10 +61,14 @@ def test_paused_daemon_records_changes_and_indexes_them_on_resume(daemon: Daemon
     with pytest.raises(DaemonError) as refused:
         list(daemon.client.tag(paths[:1], timeout=10))
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION and "paused" in str(refused.value)
+    assert "1 of these files are not tagged yet" in str(refused.value)
 
     s = daemon.client.resume()
     assert not s.paused
     wait_for(lambda: _states(daemon.client, paths) == {"indexed"})
+    assert daemon.client.status().decoded == 3
+    daemon.client.pause()  # a file tagged already is answered while paused (a DAW's dropped file it knows)
+    assert [f.state for f in daemon.client.tag(paths[:1], timeout=10)] == ["indexed"]
     assert daemon.client.status().decoded == 3
 
 

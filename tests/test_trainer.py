@@ -355,6 +355,48 @@ def test_a_trainer_gives_back_the_disk_of_finished_jobs_and_stale_shards(tmp_pat
         serving.stop(grace=0)
 
 
+def test_watches_of_jobs_leave_the_trainer_answering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each WatchJob stream holds a server thread: 64 of them (one tenant could open them) left none for any
+    other call, the health check included."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from vibrary.trainer import service
+
+    monkeypatch.setattr(service, "MAX_USER_WATCHES", 2)
+    manifest, blobs = _manifest_and_blobs(per_kind=2, seed=0)
+    (tmp_path / "shards").mkdir()
+    _store(blobs, tmp_path / "shards")
+    serving = service.serve(tmp_path / "trainer", "127.0.0.1:0")
+    target = f"127.0.0.1:{serving.port}"
+    watchers = [TrainerClient(target) for _ in range(3)]
+    try:
+        with TrainerClient(target) as client:
+            client.upload(manifest, tmp_path / "shards")
+            job = client.start(manifest, "k", "none", json.dumps({"epochs": 400}))
+            streams = [w.watch(job.id) for w in watchers[:2]]
+            assert [next(s).id for s in streams] == [job.id] * 2  # each one is being served
+            with pytest.raises(DaemonError) as refused:
+                next(watchers[2].watch(job.id))
+            assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "close one" in str(refused.value)
+            with grpc.insecure_channel(target) as channel:
+                health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+                assert health.status == health_pb2.HealthCheckResponse.SERVING
+            watchers[0].close()  # one closed: room for another
+
+            def room() -> bool:
+                with TrainerClient(target) as again:
+                    try:
+                        return next(again.watch(job.id)).id == job.id
+                    except DaemonError:
+                        return False
+
+            wait_for(room)
+            client.cancel(job.id)
+    finally:
+        for w in watchers:
+            w.close()
+        serving.stop(grace=0)
+
+
 def test_a_followed_job_cut_off_goes_on_when_its_caller_starts_it_again(tmp_path: Path) -> None:
     """A `vibrary train` killed mid-training (kill -9, a laptop shut): the trainer the next run starts failed
     the job and dropped its checkpoint, and the same command trained from the first epoch again. One that gave

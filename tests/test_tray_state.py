@@ -76,6 +76,15 @@ def test_indexing_counts_done_of_queued_from_when_the_work_began() -> None:
     assert ts.view(state).icon == ts.Icon.ERROR
 
 
+def test_events_lost_bring_the_status_they_carry() -> None:
+    """A tray too slow for its events is told so, with the status as it stands: it shows that."""
+    state, _ = feed(ts.TrayState(), changed(indexed=3, pending=4))
+    lost = pb.Event(kind=pb.Event.EVENTS_LOST, lost=5000, status=status(indexed=5000, pending=0))
+    state, notices = feed(state, lost)
+    shown = ts.view(state).tooltip.splitlines()[:2]
+    assert notices == [] and shown == ["Vibrary: idle", "5000 indexed, 0 pending, 0 failed"]
+
+
 def test_paused_shows_what_waits_and_offers_resume() -> None:
     state, _ = feed(ts.TrayState(), changed(indexed=3, pending=4, paused=True))
     v = ts.view(state)

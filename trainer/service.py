@@ -41,6 +41,7 @@ import re
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,10 @@ LEFTOVERS = "leftovers"
 # How long a followed job may go unwatched: well past the 120 s a `vibrary train` spends reconnecting
 # (daemon/training.py RECONNECT_S), so a client behind a dropped Wi-Fi is not mistaken for a killed one.
 UNWATCHED_S = float(os.environ.get("VIBRARY_TRAINER_UNWATCHED_S", "600"))
+# A WatchJob stream holds one of the server's WORKERS threads for as long as it is open: 64 of them (a
+# studio's callers, or one tenant on purpose) left no thread for any other call, the health check included
+WORKERS = 64
+MAX_WATCHES, MAX_USER_WATCHES = 48, 8
 
 
 class _JobState:
@@ -108,6 +113,7 @@ class _JobState:
         self.past = 0  # updates dropped from history once the job ended (watchers count from the start)
         self.watchers = 0
         self.unwatched_since = time.monotonic()  # a restarted trainer gives its caller the whole limit again
+        self.caller_gone = False  # failed for want of its caller: its checkpoint is kept, as a cancel's is
 
     @functools.cached_property
     def key(self) -> str:
@@ -116,9 +122,9 @@ class _JobState:
 
     @property
     def leftover(self) -> Path:
-        """Where its checkpoint goes when it ends without a model (cancelled by a Ctrl-C, a `kill` or a
-        terminal closed; failed for want of its caller, or for a full disk), for the same job started again:
-        every such ending but the first dropped the epochs trained."""
+        """Where its checkpoint goes when it is cancelled (a Ctrl-C, a `kill`, a terminal closed) or fails
+        for want of its caller, for the same job started again: a cancel dropped the epochs trained. A job
+        failed otherwise drops it (its state may be what failed: weights gone NaN)."""
         return self.out.parent.parent / LEFTOVERS / f"{self.key}.pt"
 
     def update(self, **fields: object) -> None:
@@ -140,7 +146,7 @@ class _JobState:
 
     def put_checkpoint_away(self) -> None:
         checkpoint = self.out / CHECKPOINT
-        if self.job.state != pb.Job.SUCCEEDED and checkpoint.exists():
+        if (self.job.state == pb.Job.CANCELLED or self.caller_gone) and checkpoint.exists():
             self.leftover.parent.mkdir(parents=True, exist_ok=True)
             checkpoint.replace(self.leftover)
             log.info("job %s: its checkpoint is kept for the same job started again", self.job.id)
@@ -217,6 +223,8 @@ class TrainerService(pb_grpc.TrainerServicer):
         # that a shard said to be there, or a job's, is never removed between the saying and the training.
         self._shards = threading.Lock()
         self._writing = threading.Lock()  # taken for each uploaded chunk: see UploadShards
+        self._watching: Counter[str] = Counter()  # WatchJob streams open, by user
+        self._watching_lock = threading.Lock()
         self._restore(resume, spare)
         self._runner = threading.Thread(target=self._run_jobs, name="trainer", daemon=True)
         self._runner.start()
@@ -257,6 +265,7 @@ class TrainerService(pb_grpc.TrainerServicer):
                 self._spared.append(job)  # (not listed: this trainer neither runs it nor answers for it)
                 continue
             else:
+                job.caller_gone = True
                 job.update(
                     state=pb.Job.FAILED,
                     phase="failed",
@@ -397,10 +406,6 @@ class TrainerService(pb_grpc.TrainerServicer):
                     log.info("job %s started again by its caller: followed where it is", same.job.id)
                     return same.snapshot()
             job.save()
-            leftover = job.leftover
-            if leftover.exists():
-                leftover.replace(job.out / CHECKPOINT)
-                log.info("job %s goes on from where the same job, cut off, was", job_id)
             self.jobs[job_id] = job
         self._queue.put(job)
         return job.snapshot()
@@ -435,6 +440,15 @@ class TrainerService(pb_grpc.TrainerServicer):
         """The job as it is now, then every update after it in order (an epoch is never skipped for the
         next one having come fast), until it ends or the caller goes."""
         job = self._job(request, context)
+        with self._watching_lock:
+            full = sum(self._watching.values()) >= MAX_WATCHES or self._watching[job.user] >= MAX_USER_WATCHES
+            if not full:
+                self._watching[job.user] += 1
+        if full:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many jobs watched at once ({MAX_USER_WATCHES} a user, {MAX_WATCHES} in all): close one",
+            )
         with job.changed:
             pending, seen = [job.snapshot()], job.past + len(job.history)
             job.watchers += 1
@@ -443,6 +457,8 @@ class TrainerService(pb_grpc.TrainerServicer):
             with job.changed:
                 job.watchers -= 1
                 job.unwatched_since = time.monotonic()
+            with self._watching_lock:
+                self._watching[job.user] -= 1
 
         if not context.add_callback(gone):  # the call already ended
             gone()
@@ -542,6 +558,10 @@ class TrainerService(pb_grpc.TrainerServicer):
                 f"the trainer cannot load PyTorch and its extra ({e}): in Vibrary's clone, pip install -e '.[trainer]'"
             ) from None
 
+        checkpoint = job.out / CHECKPOINT
+        if not checkpoint.exists() and job.leftover.exists():  # taken as it starts, not when it was queued: the
+            job.leftover.replace(checkpoint)  # same job cancelled just before put its epochs away only at its end
+            log.info("job %s goes on from where the same job, cut off, was", job.job.id)
         shard_dir = self._folder(job.user, "shards")
         blobs = ((shard_dir / f"{s.sha256}.npz").read_bytes() for s in job.manifest.shards)
 
@@ -557,7 +577,7 @@ class TrainerService(pb_grpc.TrainerServicer):
             job.config,
             progress,
             lambda: self._stopped(job),
-            job.out / CHECKPOINT,
+            checkpoint,
         )
         for file_name, data in files.items():
             atomic.write(job.out / file_name, data)
@@ -608,7 +628,9 @@ def serve(
     service = TrainerService(root, tenants, resume, spare)
     # strangers get nothing but health checks; an open loopback trainer needs no check at all
     check = "" if tenants.open else (lambda authorization: tenants.user(authorization) is not None)
-    server = make_server(lambda s: pb_grpc.add_TrainerServicer_to_server(service, s), [SERVICE_NAME], check, workers=64)
+    server = make_server(
+        lambda s: pb_grpc.add_TrainerServicer_to_server(service, s), [SERVICE_NAME], check, workers=WORKERS
+    )
     try:
         tls = None if tls_cert is None or tls_key is None else grpc.ssl_server_credentials([(tls_key, tls_cert)])
         port = bind(server, listen, tls)

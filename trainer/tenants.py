@@ -93,13 +93,14 @@ class Tenants:
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._users: dict[str, dict[str, str]] = {}
+        self._damaged = False
         self._reload(starting=True)
 
     def _reload(self, starting: bool = False) -> None:
         """tokens.json read again when it changed. One that cannot be read (an admin's edit left a trailing
-        comma; an editor caught halfway through writing it) stops a trainer from starting, but a running one
-        keeps the users it had and says why once: it failed every running job ("revoked" is asked each batch)
-        and every call."""
+        comma; an editor caught halfway through writing it) stops a trainer from starting; a running one says
+        why once, lets no call in until it is mended (the edit may have been a revocation), and keeps its
+        running jobs going (they failed: "revoked" is asked each batch)."""
         try:
             st = self._path.stat()
             stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
@@ -109,10 +110,12 @@ class Tenants:
             if stamp != self._stamp:
                 try:
                     self._users = _load(self._path) if stamp else {}
+                    self._damaged = False
                 except ValueError as e:
                     if starting:
                         raise
-                    log.error("%s: its users as they were before are kept until it is mended", e)
+                    log.error("%s: no call is let in until it is mended; running jobs go on", e)
+                    self._damaged = True
                 self._stamp = stamp
 
     @property
@@ -131,6 +134,8 @@ class Tenants:
 
     def user(self, authorization: str) -> str | None:
         self._reload()
+        if self._damaged and not self._own:
+            return None
         if self.open:
             return LOCAL if self._open_ok else None
         scheme, _, given = authorization.partition(" ")
