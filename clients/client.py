@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
-from vibrary.daemon import config
+import psutil
+from vibrary.daemon import config, pidlock
 from vibrary.daemon.folders import indexed_path
 from vibrary.daemon.modelref import parse_ref
 from vibrary.daemon.rpc import REQUEST_MAX, check_token
@@ -140,12 +141,29 @@ class Client:
     def _translate(self, e: grpc.RpcError) -> VibraryError:
         code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
         details = e.details() if hasattr(e, "details") else str(e)
+        unanswered = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        stopped = self._stopped_daemon() if unanswered else 0
+        if stopped:  # "start it" was wrong: one runs, and a second would not start
+            return DaemonError(code, f"the daemon (pid {stopped}) is suspended: `kill -CONT {stopped}` resumes it")
         if code == grpc.StatusCode.UNAVAILABLE:
             if not self.target.startswith("unix:"):
                 return DaemonNotRunning(f"no daemon answers at {self.target} ({details})")
-            where = urllib.parse.unquote(self.target.removeprefix("unix:"))  # the socket's path, not its URI
-            return DaemonNotRunning(f"no daemon answers at {where}; start it with `vibrary daemon`")
+            return DaemonNotRunning(f"no daemon answers at {self._socket()}; start it with `vibrary daemon`")
         return DaemonError(code, details or code.name)
+
+    def _socket(self) -> str:
+        return urllib.parse.unquote(self.target.removeprefix("unix:"))  # the socket's path, not its URI
+
+    def _stopped_daemon(self) -> int:
+        """The pid of this home's daemon when it is suspended (SIGSTOP, a ^Z in its terminal): it holds the
+        home, so it answers nothing and no other starts; 0 otherwise."""
+        if not self._local:
+            return 0
+        pid = pidlock.holder(config.lock_path(Path(self._socket()).parent))
+        try:
+            return pid if pid and psutil.Process(pid).status() == psutil.STATUS_STOPPED else 0
+        except psutil.Error:
+            return 0
 
     def _path(self, path: str | os.PathLike[str], indexed: bool = True) -> str:
         """A path as the index spells it (absolute, links to folders resolved), or as a dataset does (absolute

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -264,6 +265,25 @@ def test_dataset_paths_are_kept_as_given_through_a_link(daemon: DaemonProcess, t
     assert held[0].startswith(str(tmp_path / "link"))
     edited = daemon.client.edit_dataset("mine", relabel=[(held[0], "thump")])
     assert sum(k.clips for k in edited.classes) == len(held)
+
+
+def test_a_suspended_daemon_is_said_to_be_suspended_not_absent(daemon: DaemonProcess) -> None:
+    """A daemon stopped with ^Z or SIGSTOP holds its home: "no daemon answers … start it with `vibrary
+    daemon`" sent the user to start one, which would not start."""
+    import signal
+
+    from vibrary.daemon import config, pidlock
+
+    pid = pidlock.holder(config.lock_path(daemon.home))
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with Client(home_dir=daemon.home, timeout=2) as c, pytest.raises(DaemonError) as e:
+            c.status()
+        assert f"the daemon (pid {pid}) is suspended: `kill -CONT {pid}` resumes it" in str(e.value)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert daemon.client.status(timeout=10).home == str(daemon.home)
 
 
 def test_a_front_end_installs_and_removes_models_and_synonyms_over_the_api_alone(
