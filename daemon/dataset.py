@@ -274,6 +274,8 @@ def _spectrograms(
             return str(e)
 
     seen = _contents(held)
+    # the same audio in other bytes (a pack shipped as WAV and as AIFF, or FLAC): the same spectrogram
+    heard: dict[bytes, tuple[str, str]] = {}
     codes, rows, failed = [], [], []
     pool = ThreadPoolExecutor(workers or os.cpu_count() or 1)
     try:
@@ -284,6 +286,8 @@ def _spectrograms(
                 continue
             code, size, content = out
             first = seen.setdefault(content, (ex.path, ex.label))
+            if first[0] == ex.path:
+                first = heard.setdefault(hashlib.blake2b(code.tobytes(), digest_size=16).digest(), first)
             if first[0] != ex.path:
                 tagged = f", tagged {first[1]}" if first[1] != ex.label else ""
                 failed.append((ex.path, f"the same sound as {first[0]}{tagged}"))

@@ -127,6 +127,19 @@ def test_the_same_sound_twice_is_one_example(home: Path, tmp_path: Path) -> None
     assert last.added == 0 and str(tmp_path / "drive" / "ex" / "noise" / kept.name) in dict(last.unread)
 
 
+def test_the_same_audio_in_another_format_is_one_example(home: Path, tmp_path: Path) -> None:
+    """A pack shipped as WAV and as AIFF (or FLAC) was every clip twice: other bytes, the same sound."""
+    files = write_kinds(tmp_path / "ex", per_kind=3, seed=8)
+    kept = next(f for f in files if f.parent.name == "thump")
+    audio, rate = sf.read(kept, dtype="int16")
+    aiff = kept.with_suffix(".aiff")
+    sf.write(aiff, audio, rate, subtype="PCM_16")  # lossless: the same samples
+    report = dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]), workers=1)
+    assert report.per_class == {"noise": 3, "thump": 3, "tone": 3}
+    first, second = sorted([str(kept), str(aiff)])  # the first met (in order of path) stays
+    assert dict(report.failed) == {second: f"the same sound as {first}"}
+
+
 def test_tags_by_the_folders_right_under_the_one_given(home: Path, tmp_path: Path) -> None:
     """Packs dropped into each tag folder (`punchy/kicks/`, `soft/kicks/`): their own folders named the tags,
     punchy and soft were gone without a word. Said, and `--labels top` keeps them."""
