@@ -470,6 +470,10 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except FileNotFoundError as e:
+            if self.daemon.dataset_changing == name:  # its first build runs: "no dataset" sent people to make it
+                context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"dataset {name!r} is being built; try when it is done"
+                )
             context.abort(grpc.StatusCode.NOT_FOUND, str(e))
 
     def GetDataset(self, request: pb.DatasetRef, context: grpc.ServicerContext) -> pb.Dataset:

@@ -534,6 +534,12 @@ class Daemon:
         with self._changing(name):
             dataset.delete(self.home, name)
 
+    @property
+    def dataset_changing(self) -> str:
+        """The dataset being built, edited or deleted now ("" when none)."""
+        with self._training_lock:
+            return self._dataset_changing
+
     @contextlib.contextmanager
     def _changing(self, name: str) -> Iterator[None]:
         """One dataset build or edit at a time (each takes every core), and none of the dataset a training

@@ -857,6 +857,41 @@ def test_a_dataset_being_built_is_not_trained_on_and_other_datasets_are(home: Pa
         d.stop()
 
 
+def test_a_dataset_in_its_first_build_is_said_to_be_built_not_absent(home: Path, tmp_path: Path) -> None:
+    """An edit or a look at a dataset whose first build runs answered "no dataset", which sent people to
+    make it again."""
+    from vibrary.daemon.server import serve
+    from vibrary.daemon.service import Daemon
+
+    files = [(str(f), f.parent.name) for f in write_kinds(tmp_path / "ex", per_kind=2, seed=9)]
+    config.Settings(settle_s=0.2, nice=0).save(home)  # in this process: pytest's own priority stays
+    d = Daemon(home)
+    d.start()
+    servers = serve(d, str(config.socket_path(home)))
+    halfway, release = threading.Event(), threading.Event()
+
+    def slow_progress(n: int) -> None:
+        halfway.set()
+        release.wait(30)
+
+    build = threading.Thread(target=d.create_dataset, args=("fresh", files, slow_progress))
+    try:
+        build.start()
+        assert halfway.wait(30)
+        with Client(home_dir=home) as c:
+            for call in (lambda: c.edit_dataset("fresh", drop=["noise"]), lambda: c.dataset("fresh")):
+                with pytest.raises(DaemonError, match="dataset 'fresh' is being built; try when it is done") as e:
+                    call()
+                assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+            assert _code(lambda: c.dataset("never")) == grpc.StatusCode.NOT_FOUND
+    finally:
+        release.set()
+        build.join(timeout=30)
+        for server in servers:
+            server.stop(grace=0)
+        d.stop()
+
+
 def test_an_edit_cut_off_by_a_crash_leaves_the_old_dataset_or_the_new_never_a_mix(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
