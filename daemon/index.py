@@ -19,6 +19,9 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 HIT_SCORE = 0.5  # by default a file "has" a tag when it is its model's best tag or scores at least this
 # ...unless the model finds the file unfamiliar: then none of its tags is a hit. A familiar file's best tag
@@ -203,6 +206,13 @@ _ORPHANS = """DELETE FROM tags WHERE model_id NOT IN (SELECT id FROM models);
 # rewritten waits to be read) keeps being found until its new tags replace the old, instead of vanishing
 # from search for as long as a re-tag of the whole library takes.
 FAILED = "failed"
+
+
+def _pages(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    """500 at a time: SQLite takes only so many variables in one statement (32,766 on many builds, 999 on
+    old ones), and a folder, a Tag call or a search can hold more."""
+    for start in range(0, len(items), 500):
+        yield items[start : start + 500]
 
 
 def under(folder: str) -> tuple[str, str]:
@@ -412,8 +422,7 @@ class Index:
         """Which of these files are pending and not waiting after a passing error: a Tag call's poll, which
         asked for every file's tags 50 times a second (2.7 s a time for 100,000 files)."""
         left: list[str] = []
-        for start in range(0, len(paths), 500):  # SQLite takes only so many variables in one statement
-            page = paths[start : start + 500]
+        for page in _pages(paths):
             marks = ",".join("?" * len(page))
             sql = f"SELECT path FROM files WHERE state = 'pending' AND error IS NULL AND path IN ({marks})"
             left += [r[0] for r in self.conn().execute(sql, page)]
@@ -817,8 +826,7 @@ class Index:
     def _lead_scores(self, tag_ids: list[int], model_ids: list[int], content_ids: list[int]) -> dict[int, float]:
         """Each content's best score among these tags, 500 contents a statement (SQLite's variable limit)."""
         scores: dict[int, float] = {}
-        for start in range(0, len(content_ids), 500):
-            page = content_ids[start : start + 500]
+        for page in _pages(content_ids):
             rows = self.conn().execute(
                 f"""SELECT content_id, max(score) FROM tags WHERE content_id IN ({",".join("?" * len(page))})
                     AND tag_id IN ({",".join("?" * len(tag_ids))}) AND model_id IN ({",".join("?" * len(model_ids))})
@@ -912,8 +920,7 @@ class Index:
     def _with_tags(self, rows: Sequence[tuple], model_ids: Sequence[int]) -> Iterator[FileTags]:
         """Rows with their tags, looked up a page of rows at a time: SQLite takes only so many variables
         in one statement (32,766 on many builds), and a folder can hold more files than that."""
-        for start in range(0, len(rows), 500):
-            page = rows[start : start + 500]
+        for page in _pages(rows):
             content_ids = sorted({r[1] for r in page if r[1] is not None})
             by_content: dict[int, list[tuple[str, str, float]]] = {}
             hit_by: dict[int, set[str]] = {}  # a model none of whose tags is a hit found the file unfamiliar
