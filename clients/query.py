@@ -23,7 +23,10 @@ def parse_query(words: str | Sequence[str]) -> tuple[list[list[str]], list[str]]
     groups: list[list[str]] = []
     excluded: list[str] = []
     join_next = negate_next = and_next = after_excluded = False
-    for word in words.split() if isinstance(words, str) else words:
+    for quoted in words.split() if isinstance(words, str) else words:
+        word = quoted.strip("\"'")  # `vibrary search '"snare"'`, a front end's quoted term: no tag has quotes
+        if not word:
+            continue
         if word.upper() == "OR" or set(word) == {"|"}:
             if not groups or join_next or negate_next or and_next:
                 raise QueryError("OR needs a tag on each side")
