@@ -90,6 +90,9 @@ class Watcher(FileSystemEventHandler):
         self._unnamed: set[str] = set()  # paths whose names are not UTF-8, said once
         self._unlisted: dict[str, str] = {}  # folders under the watches that could not be listed → why
         self._mounts: set[str] = set()  # watch folders that were mount points when watched
+        # both of them, and the mount points, as `_note_waiting` last saw them
+        self._waiting: frozenset[str] = frozenset()
+        self._mount_points: frozenset[str] = frozenset()
         self._buffer: dict[str, float] = {}
         self._lock = threading.RLock()
         self._scheduling = threading.Lock()  # one watch() or unwatch() at a time, taken before _lock
@@ -110,6 +113,7 @@ class Watcher(FileSystemEventHandler):
                 log.error("cannot watch %s (%s); it is tried again every few seconds", folder, e)
                 with self._lock:
                     self._missing.add(folder)
+                    self._note_waiting()
 
     def stop(self) -> None:
         self._stop.set()
@@ -135,6 +139,7 @@ class Watcher(FileSystemEventHandler):
             self.index.add_watch(real)
             with self._lock:
                 self._missing.discard(folder)
+                self._note_waiting()
             log.info("watch folder %s is a link: watching %s, where it leads", folder, real)
         return real
 
@@ -150,6 +155,7 @@ class Watcher(FileSystemEventHandler):
                     if folder not in self._missing:  # said once, not at every retry
                         log.warning("watch folder %s is missing; its index entries are kept", folder)
                     self._missing.add(folder)
+                    self._note_waiting()
                     return
             # not under self._lock, which the observer's thread takes to record an event: scheduling waits
             # for the observer's own lock
@@ -160,6 +166,7 @@ class Watcher(FileSystemEventHandler):
                     self._mounts.add(folder)
                 came_back = folder in self._missing
                 self._missing.discard(folder)
+                self._note_waiting()
                 self._identity[folder] = _identity(folder)
         if came_back and self.index.retry_now(folder):  # files that waited for it, not a minute more
             self._on_pending()
@@ -174,6 +181,7 @@ class Watcher(FileSystemEventHandler):
                 self._identity.pop(folder, None)
                 watch = self._watches.pop(folder, None)
                 self._mounts.discard(folder)
+                self._note_waiting()
                 self._buffer = {p: due for p, due in self._buffer.items() if self._watched(p)}
             if watch is not None:
                 self._observer.unschedule(watch)
@@ -186,6 +194,7 @@ class Watcher(FileSystemEventHandler):
             if watch is None:
                 return
             self._missing.add(folder)
+            self._note_waiting()
         log.warning("watch folder %s is gone; watching for it to come back", folder)
         with contextlib.suppress(Exception):  # its emitter may have ended itself already
             self._observer.unschedule(watch)
@@ -194,18 +203,23 @@ class Watcher(FileSystemEventHandler):
         """Whether path is a watch folder or under one (call with the lock held)."""
         return within(path, self._watches)
 
+    def _note_waiting(self) -> None:
+        """(With the lock held, after a change to the missing watches or the mount points.) Read without the
+        lock by `missing`: every Search, CountTags and Tag asks it, and the lock is held while events are
+        written to the index (a second or more after a copy of thousands of files)."""
+        self._waiting = frozenset(self._missing | self._mounts)
+        self._mount_points = frozenset(self._mounts)
+
     @property
     def missing(self) -> set[str]:
         """Watch folders not there now (one that is there but could not be watched, at the inotify limit,
         is retried as well, but is not missing), a drive's mount point with the drive unmounted among them."""
-        with self._lock:
-            waiting = self._missing | self._mounts
-        return {folder for folder in waiting if self.gone(folder)}
+        return {folder for folder in self._waiting if self.gone(folder)}
 
     def gone(self, folder: str) -> bool:
         """Whether a watch folder is not there, or is the mount point of a drive not mounted now: an fstab
         mount point stays, empty, and a scan of it found the whole drive's files gone and forgot them all."""
-        return not os.path.isdir(folder) or (folder in self._mounts and not os.path.ismount(folder))
+        return not os.path.isdir(folder) or (folder in self._mount_points and not os.path.ismount(folder))
 
     @property
     def unfollowed_links(self) -> list[tuple[str, str]]:
@@ -265,6 +279,7 @@ class Watcher(FileSystemEventHandler):
                 with self._lock:
                     self._watches.pop(root, None)
                     self._missing.add(root)
+                    self._note_waiting()
                 continue
             self.rescan(root)  # (what changed while it was watched anew, too)
 
@@ -425,7 +440,9 @@ class Watcher(FileSystemEventHandler):
                         if _identity(folder) != self._identity.get(folder) or os.path.islink(folder):
                             self._lost(folder)  # renamed or moved away (maybe another, or a link, in its place):
                             # inotify is silent; a link to the very folder moved has its identity
-                    for folder in sorted(self._missing):
+                    with self._lock:
+                        retried = sorted(self._missing)
+                    for folder in retried:
                         with contextlib.suppress(OSError):  # still over the inotify limit: said at start
                             self.watch(folder)
                     self._list_again()

@@ -423,6 +423,24 @@ def test_a_broken_link_is_read_once_its_target_is_back(
         w.stop()
 
 
+def test_the_missing_watches_are_read_while_the_watcher_writes(index: Index, tmp_path: Path) -> None:
+    """Every Search, CountTags and Tag asks which watch folders are missing; that waited on the lock the
+    watcher holds while it writes events to the index (a second or more after a copy of thousands of files),
+    so a plug-in's search waited as long."""
+    import threading
+
+    w = _watcher(index)
+    gone = tmp_path / "unplugged"
+    w.watch(str(gone))  # not there: missing
+    answers: list[set[str]] = []
+    with w._lock:  # as during a long write
+        asking = threading.Thread(target=lambda: answers.append(w.missing))
+        asking.start()
+        asking.join(timeout=5)
+        assert answers == [{str(gone)}]  # answered while the lock is held
+    asking.join()
+
+
 def test_scans_of_folders_copied_in_leave_no_index_connection_open(index: Index, tmp_path: Path) -> None:
     """Each folder made under a watch is scanned in a thread of its own, whose index connection stayed open
     after it (until the garbage collector came by): a copy of 500 folders held hundreds of open files, and at
