@@ -363,13 +363,19 @@ def open_folder(path: Path) -> None:
 
 
 class SearchDialog(QDialog):
-    """Type a query as for `vibrary search` (kick -acoustic snare|clap); double-click shows the file."""
+    """Type a query as for `vibrary search` (kick -acoustic snare|clap); double-click shows the file. The
+    daemon is asked in a thread of its own: a slow answer (a best-first search of a big library, a busy
+    daemon) froze the icon and its menu for up to the call's deadline."""
 
     LIMIT = 500
+    SEARCHING = "searching…"
+    answered = Signal(object)  # (the search's number, its files or an error line)
 
     def __init__(self, home: Path) -> None:
         super().__init__()
         self.home = home
+        self._asked = 0  # the newest search's number: an older one's answer, come late, is not shown
+        self.answered.connect(self._show)
         self.setWindowTitle("Vibrary: search tags")
         self.resize(640, 420)
         self.query = QLineEdit(placeholderText="kick -acoustic snare|clap")
@@ -388,10 +394,29 @@ class SearchDialog(QDialog):
             all_of, none_of = parse_query(self.query.text())
             if not all_of and not none_of:  # the daemon would list the whole library
                 raise QueryError("type a tag to search for, e.g. kick -acoustic snare|clap")
+        except QueryError as e:  # a Qt slot must not raise: say it here
+            self.results.addItem(f"error: {e}")
+            return
+        self._asked += 1
+        self.results.addItem(self.SEARCHING)
+        threading.Thread(target=self._ask, args=(self._asked, all_of, none_of), daemon=True).start()
+
+    def _ask(self, asked: int, all_of: list[list[str]], none_of: list[str]) -> None:
+        found: list[pb.FileTags] | str
+        try:
             with Client(home_dir=self.home, timeout=CALL_TIMEOUT_S) as c:
                 found = list(c.search(all_of, none_of, limit=self.LIMIT, best_first=True, timeout=CALL_TIMEOUT_S))
-        except (QueryError, DaemonNotRunning, DaemonError) as e:  # a Qt slot must not raise: say it here
-            self.results.addItem(f"error: {e}")
+        except (DaemonNotRunning, DaemonError) as e:
+            found = f"error: {e}"
+        self.answered.emit((asked, found))  # to the GUI thread, which alone may touch the widgets
+
+    def _show(self, answer: tuple[int, list[pb.FileTags] | str]) -> None:
+        asked, found = answer
+        if asked != self._asked:
+            return
+        self.results.clear()
+        if isinstance(found, str):
+            self.results.addItem(found)
             return
         for f in found:
             tags = ", ".join(f"{t.tag} {t.score:.2f}" for t in f.tags[:3])

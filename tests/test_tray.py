@@ -73,6 +73,20 @@ def drop(folder: Path, names: list[str]) -> list[str]:
     return [str(folder / n) for n in names]
 
 
+def answer(dialog: SearchDialog, timeout: float = 30.0) -> list[str]:
+    """Search, and run Qt's event loop until the answer is shown (it is asked in a thread: the GUI stays
+    live meanwhile); the lines shown."""
+    dialog.search()
+    end = time.monotonic() + timeout
+
+    def shown() -> list[str]:
+        return [dialog.results.item(n).text() for n in range(dialog.results.count())]
+
+    while shown() == [SearchDialog.SEARCHING] and time.monotonic() < end:
+        QTest.qWait(20)
+    return shown()
+
+
 def menu_texts(menu: QMenu) -> dict[str, bool]:
     return {a.text(): a.isEnabled() for a in menu.actions() if a.text()}
 
@@ -112,12 +126,10 @@ def test_tray_icon_and_tooltip_follow_the_daemon(tray: Tray, model_home: Path, t
 
         search = tray.open_search()
         search.query.setText("low|mid|high -nosuchtag")
-        search.search()
-        found = {search.results.item(n).text().split()[0] for n in range(search.results.count())}
+        found = {line.split()[0] for line in answer(search)}
         assert found == {str(library / n) for n in ["held.wav", *(f"a{i}.wav" for i in range(5))]}
         search.query.setText("nosuchtag")
-        search.search()
-        assert [search.results.item(n).text() for n in range(search.results.count())] == ["no files match"]
+        assert answer(search) == ["no files match"]
         search.close()
 
         (library / "broken.wav").touch()  # an empty file cannot be read
@@ -214,13 +226,37 @@ def test_training_and_installed_models_notify(tray: Tray, model_home: Path, tmp_
         d.stop()
 
 
+def test_a_search_waiting_for_the_daemon_leaves_the_tray_live(qapp: QApplication, model_home: Path) -> None:
+    """Asked on the GUI thread, a slow answer froze the icon and its menu for up to the call's deadline; here
+    the daemon is suspended (^Z), and says so once the deadline passes."""
+    import os
+    import signal
+
+    from vibrary.daemon import config, pidlock
+
+    d = start_daemon(model_home)
+    pid = pidlock.holder(config.lock_path(model_home))
+    assert pid is not None
+    dialog = SearchDialog(model_home)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        dialog.query.setText("low")
+        dialog.search()  # returns at once
+        assert [dialog.results.item(n).text() for n in range(dialog.results.count())] == [SearchDialog.SEARCHING]
+        [said] = answer(dialog)
+        assert said == f"error: the daemon (pid {pid}) is suspended: `kill -CONT {pid}` resumes it"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        dialog.close()
+        d.stop()
+
+
 def test_search_dialog_says_what_is_wrong_instead_of_searching(qapp: QApplication, home: Path) -> None:
     dialog = SearchDialog(home)
 
     def results(query: str) -> list[str]:
         dialog.query.setText(query)
-        dialog.search()
-        return [dialog.results.item(n).text() for n in range(dialog.results.count())]
+        return answer(dialog)
 
     assert results("OR kick") == ["error: OR needs a tag on each side"]
     assert results("   ") == ["error: type a tag to search for, e.g. kick -acoustic snare|clap"]
