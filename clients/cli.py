@@ -183,7 +183,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     )
     try:
         settings = config.Settings.load(home_dir)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # (a config.json that is a folder, unreadable)
         raise _not_started(e) from None
     if args.workers is not None:
         settings.workers = args.workers
@@ -200,7 +200,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     try:
         check_listening(str(config.socket_path(home_dir)), args.listen, token)
         daemon = Daemon(home_dir, settings)
-    except (AlreadyRunning, ValueError) as e:
+    except (AlreadyRunning, ValueError, OSError) as e:
         raise _not_started(e) from None
     daemon.start()
     try:
@@ -882,7 +882,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     def log_lines(p: TrainProgress) -> None:
         """A line per epoch and per quarter of the upload where no bar can show (a log file, a script's
         pipe): a training of hours said nothing there until it ended."""
-        if p.state == "uploading" and p.upload_bytes:
+        if p.state in ("uploading", "waiting") and p.upload_bytes:  # (the last quarter comes as it waits)
             quarter = 4 * p.uploaded_bytes // p.upload_bytes
             if quarter > logged["upload"]:
                 logged["upload"] = quarter
@@ -1391,6 +1391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except sqlite3.DatabaseError as e:  # damage found mid-query; opening says more (index.IndexDamaged)
         return _failed(args, f"{config.home()}: a database there is damaged ({e})")
     except KeyboardInterrupt:  # each command has cleaned up on its way out
+        if args.json:  # a script reading stdout has its line, as for any other ending
+            with contextlib.suppress(OSError, ValueError):
+                print(json.dumps({"error": "interrupted", "exit_status": 130}))
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()

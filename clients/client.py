@@ -278,10 +278,11 @@ class Client:
             data = Path(path).read_bytes()
         except OSError as e:
             raise BadArgument(f"cannot read {path}: {e.strerror}") from None
-        if len(data) > REQUEST_MAX - 4096:  # (the name and gRPC's framing): gRPC's own refusal named no file
+        most = REQUEST_MAX - 4096  # (the name and gRPC's framing): gRPC's own refusal named no file
+        if len(data) > most:
             raise BadArgument(
-                f"{path} is {len(data) / 2**20:.0f} MiB, more than the {REQUEST_MAX >> 20} MiB a model sent to the "
-                "daemon may be: on the daemon's machine, `vibrary models install` takes it from its disk"
+                f"{path} is {len(data):,} bytes, more than the {most:,} a model sent to the daemon may be: on the "
+                "daemon's machine, `vibrary models install` takes it from its disk"
             )
         request = pb.InstallModelRequest(onnx=data, name=name, inactive=inactive)
         return list(self._call("InstallModel", request).models)

@@ -183,6 +183,7 @@ class Tray(QObject):
         self.state = ts.TrayState()
         self.view = ts.view(self.state)
         self.started_daemon: subprocess.Popen[bytes] | None = None
+        self._log_before = 0  # the size of the daemon's log when the tray started one
         self.icon = QSystemTrayIcon()
         self.menu = QMenu()
         self.icon.setContextMenu(self.menu)
@@ -232,7 +233,7 @@ class Tray(QObject):
         if proc is not None and proc.poll() not in (None, 0):
             self.started_daemon = None
             log = config.log_path(self.home)
-            why = _last_line(log) or "no reason given"
+            why = _last_line(log, self._log_before) or "it wrote no reason in its log"
             self.notify(ts.Notice("Daemon stopped", f"It exited with {proc.returncode}: {why} (see {log})", True))
 
     def notify(self, notice: ts.Notice) -> None:
@@ -335,6 +336,8 @@ class Tray(QObject):
             if sys.platform == "win32"
             else {"start_new_session": True}
         )
+        log = config.log_path(self.home)
+        self._log_before = log.stat().st_size if log.exists() else 0  # what an earlier daemon wrote: not its reason
         self.started_daemon = subprocess.Popen(
             [sys.executable, "-m", "vibrary.clients.cli", "daemon"],
             env=env,
@@ -346,12 +349,12 @@ class Tray(QObject):
         self.link.poke()
 
 
-def _last_line(log: Path) -> str:
-    """The reason a daemon gave as it ended: the message of its log's last line (it said "see daemon.log",
-    where a daemon that never started, for a bad config.json, wrote nothing)."""
+def _last_line(log: Path, since: int = 0) -> str:
+    """The reason a daemon gave as it ended: the message of the last line it wrote in its log past `since`
+    (the tray said "see daemon.log", where a daemon that never started, for a bad config.json, wrote nothing)."""
     try:
         with open(log, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            f.seek(max(since, f.seek(0, os.SEEK_END) - 4096))
             lines = f.read().decode(errors="replace").strip().splitlines()
     except OSError:
         return ""

@@ -29,6 +29,11 @@ def writing(path: Path, mode: int = 0o666) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(f.fileno())
         _rename(part, path)
+    except OSError as e:
+        part.unlink(missing_ok=True)
+        if e.filename is None:  # a full disk's "[Errno 28] No space left on device" named no file
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         part.unlink(missing_ok=True)
         raise

@@ -180,6 +180,7 @@ class Query:
 # (Index.requeue_model_failures), as the model may be the one deactivated or removed.
 MODEL_FAILED = "model {ref} failed on it: "  # the pipeline: a model raised on the file, or gave NaN scores
 NOT_STORED = "its tags could not be stored: "  # the daemon: the index refused what the models said
+NOT_INDEXED = "not in the index"  # a path asked for that is there, but never read
 NO_SUCH_PATH = "no such file or folder"  # a path asked for that is not there (nor was, when asked)
 
 # PRAGMA user_version from which silent openings were read past (Index.forget_silent_once).
@@ -914,7 +915,7 @@ class Index:
                 .fetchall()
             )
             if not rows:
-                yield FileTags(p, "unknown", "not in the index" if os.path.lexists(p) else NO_SUCH_PATH, [])
+                yield FileTags(p, "unknown", NOT_INDEXED if os.path.lexists(p) else NO_SUCH_PATH, [])
             yield from self._with_tags(rows, model_ids)
 
     def _with_tags(self, rows: Sequence[tuple], model_ids: Sequence[int]) -> Iterator[FileTags]:

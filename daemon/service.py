@@ -40,7 +40,7 @@ from .events import (
     StatusPublisher,
 )
 from .folders import audio_files_under, storable
-from .index import NO_SUCH_PATH, NOT_STORED, FileTags, Index, ModelRow, Result, within
+from .index import NO_SUCH_PATH, NOT_INDEXED, NOT_STORED, FileTags, Index, ModelRow, Result, within
 from .infer import Model, ModelError
 from .pipeline import ActiveModel, Pipeline
 from .watch import Watcher
@@ -297,22 +297,17 @@ class Daemon:
         since stayed in searches for good (a DAW offered files it could not load), a file that was no audio
         stayed among the failures. At each start those are forgotten (the others stay, to answer the next
         Tag call from the cache)."""
-        leftovers = [p for p, state in self.index.outside_watches() if state == "failed" or not os.path.lexists(p)]
+        leftovers = [p for p, state in self.index.outside_watches() if state == "failed" or _deleted(p)]
         if leftovers:
             self._removed(self.index.remove_paths(leftovers))
             log.info("forgot %d files tagged on demand outside the watches (deleted, or not audio)", len(leftovers))
 
     def _sweep_on_demand(self) -> None:
-        """Between starts, once a minute, the files tagged on demand that were deleted from a folder still
-        there (a folder gone may be a drive unplugged: its files wait for it, as a watch's do). In a thread
-        of its own: a network drive that hangs must not hold up tagging."""
+        """Between starts, once a minute, the files tagged on demand that were deleted (`_deleted`). In a
+        thread of its own: a network drive that hangs must not hold up tagging."""
         while not self._stop.wait(ON_DEMAND_SWEEP_S):
             try:
-                deleted = [
-                    p
-                    for p, _ in self.index.outside_watches()
-                    if not os.path.lexists(p) and os.path.isdir(os.path.dirname(p))
-                ]
+                deleted = [p for p, _ in self.index.outside_watches() if _deleted(p)]
                 if deleted:
                     self._removed(self.index.remove_paths(deleted))
             except Exception:  # (a locked or full index: the next minute tries again)
@@ -453,11 +448,12 @@ class Daemon:
         # under a watch folder not there now (a drive unplugged): never fed, so waited on until the deadline
         # (an hour: enough such calls took every server thread), and queued for good as files that may not
         # exist. Answered at once from the index, as a search would
-        gone = self.watcher.missing
+        # (one gone in the seconds before the watcher's check notices is missing as well)
+        gone = self.watcher.missing | {w for w in self.index.watches() if not os.path.isdir(w)}
         hidden = {p for p in files if within(p, gone)} if gone else set()
         if self.paused:  # files tagged already are answered as they are (a DAW's dropped file that is known)
             known = [_say_why_hidden(r, hidden) for r in self.index.file_tags(files)]
-            untagged = sum(r.state in ("pending", "unknown") and not r.error for r in known)
+            untagged = sum(r.state in ("pending", "unknown") and r.error in (None, "", NOT_INDEXED) for r in known)
             if untagged:
                 raise Paused(f"indexing is paused and {untagged} of these files are not tagged yet: resume it first")
             return [_say_why_missing(r, absent) for r in known]
@@ -650,6 +646,23 @@ def expand(paths: Sequence[str], going: Callable[[], bool] = lambda: True) -> It
             if f not in seen:
                 seen.add(f)
                 yield f
+
+
+# where removable drives are mounted: a file under one of these whose folders are gone may be on a drive
+# unplugged (its mount point removed, or left empty), not deleted
+DRIVE_ROOTS = ("/media", "/mnt", "/run/media", "/Volumes")
+
+
+def _deleted(path: str) -> bool:
+    """Whether a file tagged on demand is gone for good: not there, and not on a drive that is away. The
+    nearest folder above it that is there tells: a mount point (its drive is in: deleted from it), or
+    anywhere but under DRIVE_ROOTS (deleted, with its pack folder maybe)."""
+    if os.path.lexists(path):
+        return False
+    there = os.path.dirname(path)
+    while not os.path.isdir(there):
+        there = os.path.dirname(there)
+    return os.path.ismount(there) or not within(there, DRIVE_ROOTS)
 
 
 def _say_why_hidden(found: FileTags, hidden: set[str]) -> FileTags:

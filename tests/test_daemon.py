@@ -1022,17 +1022,21 @@ def test_a_file_tagged_outside_the_watches_and_deleted_leaves_searches(
     from vibrary.daemon.index import Query
 
     monkeypatch.setattr(service, "ON_DEMAND_SWEEP_S", 0.3)
+    monkeypatch.setattr(service, "DRIVE_ROOTS", (str(tmp_path / "media"),))  # where drives are mounted
     dropped = str(write_tone(tmp_path / "drop" / "low.wav", BANDS["low"]))
+    in_pack = str(write_tone(tmp_path / "drop" / "Pack" / "low.wav", BANDS["low"] * 1.01))
     kept = str(write_tone(tmp_path / "drop" / "high.wav", BANDS["high"]))
-    unplugged = str(write_tone(tmp_path / "drive" / "low.wav", BANDS["low"]))
+    unplugged = str(write_tone(tmp_path / "media" / "USB" / "Pack" / "low.wav", BANDS["low"] * 1.02))
     d = service.Daemon(model_home, service.config.Settings(nice=0, settle_s=0.1))
     d.start()
     feed = d.events.subscribe()
     try:
-        assert {f.state for f in d.tag_now([dropped, kept, unplugged], time.time() + 60)} == {"indexed"}
-        assert sorted(f.path for f in d.index.search(Query([["low"]]))) == [unplugged, dropped]
+        asked = [dropped, in_pack, kept, unplugged]
+        assert {f.state for f in d.tag_now(asked, time.time() + 60)} == {"indexed"}
+        assert sorted(f.path for f in d.index.search(Query([["low"]]))) == sorted([dropped, in_pack, unplugged])
         os.remove(dropped)
-        (tmp_path / "drive").rename(tmp_path / "elsewhere")  # its folder gone: a drive unplugged, it waits
+        shutil.rmtree(tmp_path / "drop" / "Pack")  # a pack deleted with its folder
+        (tmp_path / "media" / "USB").rename(tmp_path / "elsewhere")  # a drive unplugged: its files wait for it
         wait_for(lambda: [f.path for f in d.index.search(Query([["low"]]))] == [unplugged], timeout=10)
         time.sleep(1.0)  # more sweeps: still kept
         assert [f.path for f in d.index.search(Query([["low"]]))] == [unplugged]
@@ -1042,7 +1046,7 @@ def test_a_file_tagged_outside_the_watches_and_deleted_leaves_searches(
             e = feed.get_nowait()
             if e is not None and e.kind == FILE_REMOVED and e.file is not None:
                 removed.append(e.file.path)
-        assert removed == [dropped]
+        assert sorted(removed) == sorted([dropped, in_pack])
     finally:
         d.stop()
 

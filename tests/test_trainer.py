@@ -361,7 +361,7 @@ def test_watches_of_jobs_leave_the_trainer_answering(tmp_path: Path, monkeypatch
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from vibrary.trainer import service
 
-    monkeypatch.setattr(service, "MAX_USER_WATCHES", 2)
+    monkeypatch.setattr(service, "MAX_WATCHES", 2)  # (the one user of an open trainer has them all)
     manifest, blobs = _manifest_and_blobs(per_kind=2, seed=0)
     (tmp_path / "shards").mkdir()
     _store(blobs, tmp_path / "shards")
@@ -395,6 +395,37 @@ def test_watches_of_jobs_leave_the_trainer_answering(tmp_path: Path, monkeypatch
         for w in watchers:
             w.close()
         serving.stop(grace=0)
+
+
+@pytest.mark.parametrize(("fault", "kept"), [(RuntimeError("disk full"), True), (ValueError("NaN weights"), False)])
+def test_a_job_failed_by_the_machine_keeps_its_epochs_and_one_failed_by_its_own_state_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: Exception, kept: bool
+) -> None:
+    """A full disk (torch's words: "unexpected pos 112832") failed a job that had taken up the epochs of the
+    same job cancelled before, and dropped them; a failure of the training's own (a ValueError) may be the
+    state itself, which would fail every run that went on from it."""
+    from vibrary.trainer import pipeline, service
+
+    def failing(*args: object, **kwargs: object) -> None:
+        checkpoint = args[-1]
+        assert isinstance(checkpoint, Path)
+        checkpoint.write_bytes(b"epoch 5")  # as train() saves one after each epoch
+        raise fault
+
+    monkeypatch.setattr(pipeline, "train_to_files", failing)
+    manifest, blobs = _manifest_and_blobs(per_kind=2, seed=0)
+    (tmp_path / "shards").mkdir()
+    _store(blobs, tmp_path / "shards")
+    serving = service.serve(tmp_path / "trainer", "127.0.0.1:0")
+    try:
+        with TrainerClient(f"127.0.0.1:{serving.port}") as client:
+            client.upload(manifest, tmp_path / "shards")
+            job = client.start(manifest, "k", "none", json.dumps({"epochs": 9}))
+            end = list(client.watch(job.id))[-1]
+    finally:
+        serving.stop(grace=0)
+    assert end.state == pb.Job.FAILED and str(fault) in end.error
+    assert len(list((tmp_path / "trainer").glob("tenants/*/leftovers/*.pt"))) == kept
 
 
 def test_a_followed_job_cut_off_goes_on_when_its_caller_starts_it_again(tmp_path: Path) -> None:
@@ -804,23 +835,28 @@ def test_a_train_command_stopped_by_ctrl_c_or_killed_leaves_no_job_to_train_on(
     jobs = model_home / "trainer" / "tenants"
     records: list[Path] = []
     for stop in (signal.SIGINT, signal.SIGKILL):
-        args = [sys.executable, "-m", "vibrary.clients.cli", "train", "kinds", "--base", "none", "--epochs", "500"]
-        proc = subprocess.Popen(args, env={**os.environ, "VIBRARY_HOME": str(model_home)}, stderr=subprocess.PIPE)
+        args = [sys.executable, "-m", "vibrary.clients.cli", "train", "kinds", "--json", "--base", "none"]
+        args += ["--epochs", "500"]
+        env = {**os.environ, "VIBRARY_HOME": str(model_home)}
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             wait_for(lambda: any(jobs.glob("*/jobs/*/checkpoint.pt")), timeout=120)  # an epoch is done
             proc.send_signal(stop)
-            _, err = proc.communicate(timeout=60)
+            out, err = proc.communicate(timeout=60)
             assert proc.returncode == (130 if stop == signal.SIGINT else -signal.SIGKILL)
             if stop == signal.SIGINT:  # it ended with no word of the training's end
                 assert err.decode().endswith("vibrary: training cancelled; its job on the trainer is cancelled\n"), err
+                assert json_lines(out.decode())[-1] == {"error": "interrupted", "exit_status": 130}  # (--json: none)
         finally:
             proc.kill()
         records += [r for r in jobs.glob("*/jobs/*/job.json") if r not in records]
     interrupted, killed = records
     assert json.loads(interrupted.read_text())["job"]["state"] == "CANCELLED"
     assert not (interrupted.parent / "checkpoint.pt").exists()
-    trained = json_lines(vibrary("train", "kinds", "--json", "--base", "none", "--epochs", "1", home=model_home).stdout)
+    again = vibrary("train", "kinds", "--json", "--base", "none", "--epochs", "1", home=model_home)
+    trained = json_lines(again.stdout)
     assert trained[-1]["summary"]["epochs_run"] == 1
+    assert re.search(r"^upload ([\d,]+) of \1 bytes$", again.stderr, re.M), again.stderr  # (it stopped at 0)
     assert trained[-1]["accuracy_of"] == "training clips (none held out)"  # 8 clips a class all train
     record = json.loads(killed.read_text())["job"]
     assert record["state"] == "FAILED" and "nobody was left to collect it" in record["error"]

@@ -185,14 +185,20 @@ def test_a_daemon_the_tray_cannot_start_says_why(tray: Tray, model_home: Path) -
     writes nothing."""
     notices: list[ts.Notice] = []
     tray.notified.connect(notices.append)
-    (model_home / "config.json").write_text('{"workerz": 2}')
     wait_view(tray, showing(ts.Icon.NOT_RUNNING))
-    tray.do("start_daemon")
-    end = time.monotonic() + 60
-    while not notices and time.monotonic() < end:
-        QTest.qWait(50)
-    assert [n.title for n in notices] == ["Daemon stopped"] and notices[0].warning
-    assert "unknown settings ['workerz']" in notices[0].text, notices[0].text
+    for config_json, why in (('{"workerz": 2}', "unknown settings ['workerz']"), (None, "Is a directory")):
+        if config_json is None:  # not JSON at all: a folder (an OSError, logged too, not an earlier line)
+            (model_home / "config.json").unlink()
+            (model_home / "config.json").mkdir()
+        else:
+            (model_home / "config.json").write_text(config_json)
+        notices.clear()
+        tray.do("start_daemon")
+        end = time.monotonic() + 60
+        while not notices and time.monotonic() < end:
+            QTest.qWait(50)
+        assert [n.title for n in notices] == ["Daemon stopped"] and notices[0].warning
+        assert why in notices[0].text, notices[0].text
 
 
 def test_every_state_has_its_own_icon(qapp: QApplication) -> None:

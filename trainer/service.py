@@ -38,6 +38,7 @@ import logging
 import os
 import queue
 import re
+import shutil
 import threading
 import time
 import uuid
@@ -59,7 +60,7 @@ from vibrary.proto import trainer_pb2_grpc as pb_grpc
 
 from . import options, prune
 from .options import RESULT_FILES, Cancelled, TrainConfig, base_path
-from .tenants import LOCAL, Tenants, check_user
+from .tenants import DEFAULT, LOCAL, Tenants, check_user
 
 if TYPE_CHECKING:
     from .train import Progress
@@ -94,6 +95,7 @@ UNWATCHED_S = float(os.environ.get("VIBRARY_TRAINER_UNWATCHED_S", "600"))
 # A WatchJob stream holds one of the server's WORKERS threads for as long as it is open: 64 of them (a
 # studio's callers, or one tenant on purpose) left no thread for any other call, the health check included
 WORKERS = 64
+LOW_DISK = 256 << 20  # free bytes under which a failure says how few: torch's words for a full disk hide it
 MAX_WATCHES, MAX_USER_WATCHES = 48, 8
 
 
@@ -113,7 +115,9 @@ class _JobState:
         self.past = 0  # updates dropped from history once the job ended (watchers count from the start)
         self.watchers = 0
         self.unwatched_since = time.monotonic()  # a restarted trainer gives its caller the whole limit again
-        self.caller_gone = False  # failed for want of its caller: its checkpoint is kept, as a cancel's is
+        # failed for want of its caller, or for a fault of the machine (a full disk, memory): its checkpoint is
+        # kept, as a cancel's is (a failure of its own, a ValueError, drops it: the state may be what failed)
+        self.keep_checkpoint = False
 
     @functools.cached_property
     def key(self) -> str:
@@ -123,8 +127,8 @@ class _JobState:
     @property
     def leftover(self) -> Path:
         """Where its checkpoint goes when it is cancelled (a Ctrl-C, a `kill`, a terminal closed) or fails
-        for want of its caller, for the same job started again: a cancel dropped the epochs trained. A job
-        failed otherwise drops it (its state may be what failed: weights gone NaN)."""
+        for want of its caller or for a fault of the machine, for the same job started again: a cancel
+        dropped the epochs trained."""
         return self.out.parent.parent / LEFTOVERS / f"{self.key}.pt"
 
     def update(self, **fields: object) -> None:
@@ -146,7 +150,7 @@ class _JobState:
 
     def put_checkpoint_away(self) -> None:
         checkpoint = self.out / CHECKPOINT
-        if (self.job.state == pb.Job.CANCELLED or self.caller_gone) and checkpoint.exists():
+        if (self.job.state == pb.Job.CANCELLED or self.keep_checkpoint) and checkpoint.exists():
             self.leftover.parent.mkdir(parents=True, exist_ok=True)
             checkpoint.replace(self.leftover)
             log.info("job %s: its checkpoint is kept for the same job started again", self.job.id)
@@ -265,7 +269,7 @@ class TrainerService(pb_grpc.TrainerServicer):
                 self._spared.append(job)  # (not listed: this trainer neither runs it nor answers for it)
                 continue
             else:
-                job.caller_gone = True
+                job.keep_checkpoint = True
                 job.update(
                     state=pb.Job.FAILED,
                     phase="failed",
@@ -440,8 +444,11 @@ class TrainerService(pb_grpc.TrainerServicer):
         """The job as it is now, then every update after it in order (an epoch is never skipped for the
         next one having come fast), until it ends or the caller goes."""
         job = self._job(request, context)
+        # a share for each user of tokens.json; the one user of an open trainer or of --token (every caller
+        # of a studio's trainer, maybe) has them all
+        share = MAX_WATCHES if job.user in (LOCAL, DEFAULT) else MAX_USER_WATCHES
         with self._watching_lock:
-            full = sum(self._watching.values()) >= MAX_WATCHES or self._watching[job.user] >= MAX_USER_WATCHES
+            full = sum(self._watching.values()) >= MAX_WATCHES or self._watching[job.user] >= share
             if not full:
                 self._watching[job.user] += 1
         if full:
@@ -538,9 +545,12 @@ class TrainerService(pb_grpc.TrainerServicer):
                 job.update(state=pb.Job.CANCELLED, phase="cancelled")
             except (ShardError, ValueError, FileNotFoundError, Unusable) as e:
                 job.update(state=pb.Job.FAILED, phase="failed", error=str(e))
-            except Exception as e:  # a bug fails the job, never the service
+            except Exception as e:  # a bug, or the machine (a full disk, memory), fails the job, never the service
                 log.exception("job %s failed", job.job.id)
-                job.update(state=pb.Job.FAILED, phase="failed", error=f"internal error: {e}")
+                job.keep_checkpoint = True  # (a full disk, once freed, goes on from there)
+                free = shutil.disk_usage(self.root).free
+                full = f" (the trainer's disk has {free / 1e6:.0f} MB free)" if free < LOW_DISK else ""
+                job.update(state=pb.Job.FAILED, phase="failed", error=f"internal error: {e}{full}")
             self._prune()
 
     def _stopped(self, job: _JobState) -> bool:
