@@ -566,8 +566,9 @@ def test_ctrl_c_during_tag_exits_130_with_whole_lines(model_home: Path, tmp_path
         proc.send_signal(signal.SIGINT)
         rest = proc.stdout.read()
         assert proc.wait(timeout=60) == 130
-        lines = json_lines(first + rest)
+        *lines, ended = json_lines(first + rest)
         assert 1 <= len(lines) < 120 and all(line["tags"] for line in lines)
+        assert ended == {"error": "interrupted", "exit_status": 130}  # the last line, as any ending's
 
 
 def test_stopping_a_daemon_of_a_mistyped_home_makes_no_home(tmp_path: Path) -> None:

@@ -1086,7 +1086,10 @@ def test_a_dataset_whose_caller_went_away_is_not_written(daemon: DaemonProcess, 
     for i in range(1500):
         path = tmp_path / "lib" / f"{i:04d}.wav"
         path.parent.mkdir(exist_ok=True)
-        path.write_bytes(one[:-4] + struct.pack("<i", i))  # each its own content: each decoded
+        if i < 8:  # the dataset made at the end: sounds of their own (one sound twice is one example)
+            write_tone(path, 1000 + 100 * i, seconds=0.5)
+        else:
+            path.write_bytes(one[:-4] + struct.pack("<i", i))  # each its own content: each decoded
         files.append(pb.LabelledFile(path=str(path), tag="low" if i % 2 else "high"))
     stream = daemon.client.stub.CreateDataset(pb.CreateDatasetRequest(name="gone", files=files), timeout=300)
     assert next(stream).total == len(files)  # the build is under way
