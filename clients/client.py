@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import grpc
-import psutil
-from vibrary.daemon import config, pidlock
+from vibrary.daemon import config
 from vibrary.daemon.folders import indexed_path
 from vibrary.daemon.modelref import parse_ref
 from vibrary.daemon.rpc import REQUEST_MAX, check_token
@@ -159,6 +158,9 @@ class Client:
         home, so it answers nothing and no other starts; 0 otherwise."""
         if not self._local:
             return 0
+        import psutil  # (here: the lock is fcntl's, and a client on Windows reaches a daemon over TCP only)
+        from vibrary.daemon import pidlock
+
         pid = pidlock.holder(config.lock_path(Path(self._socket()).parent))
         try:
             return pid if pid and psutil.Process(pid).status() == psutil.STATUS_STOPPED else 0

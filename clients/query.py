@@ -16,6 +16,11 @@ class QueryError(BadArgument):
     """A query that cannot make sense (`kick OR`, `NOT`); str() says why."""
 
 
+def _unquoted(tag: str) -> str:
+    """`"snare"` → snare: quoted for a shell twice, or by a front end; no tag holds a quote."""
+    return tag.strip("\"'")
+
+
 def parse_query(words: str | Sequence[str]) -> tuple[list[list[str]], list[str]]:
     """`kick -acoustic snare|clap` or `snare OR clap NOT acoustic` → (AND of OR-groups, excluded tags):
     AND of words (AND itself may be said), '-' or NOT negates, OR / '|' alternates (a '|' alone or at a
@@ -24,7 +29,7 @@ def parse_query(words: str | Sequence[str]) -> tuple[list[list[str]], list[str]]
     excluded: list[str] = []
     join_next = negate_next = and_next = after_excluded = False
     for quoted in words.split() if isinstance(words, str) else words:
-        word = quoted.strip("\"'")  # `vibrary search '"snare"'`, a front end's quoted term: no tag has quotes
+        word = _unquoted(quoted)
         if not word:
             continue
         if word.upper() == "OR" or set(word) == {"|"}:
@@ -53,11 +58,11 @@ def parse_query(words: str | Sequence[str]) -> tuple[list[list[str]], list[str]]
                 raise QueryError(f"NOT {word}: NOT and '-' both leave a tag out; use one of them")
             if "|" in tag:
                 raise QueryError(f"{word}: leave tags out one at a time ({' '.join('-' + t for t in tag.split('|'))})")
-            excluded.append(tag.lower())
+            excluded.append(_unquoted(tag).lower())
             negate_next, after_excluded = False, True
             continue
         after_excluded = False
-        alternatives = [w.lower() for w in word.split("|") if w]
+        alternatives = [_unquoted(w).lower() for w in word.split("|") if _unquoted(w)]
         if join_next or word.startswith("|"):
             if not groups:
                 raise QueryError("OR needs a tag on each side")

@@ -16,10 +16,11 @@ import signal
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-from PySide6.QtCore import QFileSystemWatcher, QObject, QPoint, QRectF, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QFileSystemWatcher, QObject, QPoint, QRectF, Qt, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QAction, QBrush, QColor, QDesktopServices, QIcon, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import (
     QApplication,
@@ -365,6 +366,41 @@ def open_folder(path: Path) -> None:
     QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
 
 
+class _Answers(QObject):
+    """Carries a search's answer from its thread to the GUI thread. One for the process, never destroyed:
+    a thread that held its dialog (or a QObject of it) could be the last to let go of one closed meanwhile,
+    and a Qt object destroyed off the GUI thread is undefined behaviour."""
+
+    done = Signal(object)  # (a weak reference to the dialog, the search's number, its files or an error line)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done.connect(self._deliver)  # a method of this GUI-thread object: queued, run on the GUI thread
+
+    @Slot(object)
+    def _deliver(self, answer: tuple[weakref.ref[SearchDialog], int, list[pb.FileTags] | str]) -> None:
+        dialog = answer[0]()
+        if dialog is not None:  # (closed and gone meanwhile: nobody to show it to)
+            dialog.show_answer(answer[1], answer[2])
+
+
+_answers: _Answers | None = None  # made by the first search, on the GUI thread
+
+
+def _search(
+    home: Path, dialog: weakref.ref[SearchDialog], asked: int, query: tuple[list[list[str]], list[str]]
+) -> None:
+    """A search, in a thread of its own; its answer goes through `_answers`."""
+    found: list[pb.FileTags] | str
+    try:
+        with Client(home_dir=home, timeout=CALL_TIMEOUT_S) as c:
+            found = list(c.search(*query, limit=SearchDialog.LIMIT, best_first=True, timeout=CALL_TIMEOUT_S))
+    except Exception as e:  # (any: a thread that dies leaves "searching…" for ever)
+        found = f"error: {e}"
+    assert _answers is not None
+    _answers.done.emit((dialog, asked, found))
+
+
 class SearchDialog(QDialog):
     """Type a query as for `vibrary search` (kick -acoustic snare|clap); double-click shows the file. The
     daemon is asked in a thread of its own: a slow answer (a best-first search of a big library, a busy
@@ -372,13 +408,11 @@ class SearchDialog(QDialog):
 
     LIMIT = 500
     SEARCHING = "searching…"
-    answered = Signal(object)  # (the search's number, its files or an error line)
 
     def __init__(self, home: Path) -> None:
         super().__init__()
         self.home = home
         self._asked = 0  # the newest search's number: an older one's answer, come late, is not shown
-        self.answered.connect(self._show)
         self.setWindowTitle("Vibrary: search tags")
         self.resize(640, 420)
         self.query = QLineEdit(placeholderText="kick -acoustic snare|clap")
@@ -400,21 +434,16 @@ class SearchDialog(QDialog):
         except QueryError as e:  # a Qt slot must not raise: say it here
             self.results.addItem(f"error: {e}")
             return
+        global _answers
+        if _answers is None:
+            _answers = _Answers()
         self._asked += 1
         self.results.addItem(self.SEARCHING)
-        threading.Thread(target=self._ask, args=(self._asked, all_of, none_of), daemon=True).start()
+        query = (all_of, none_of)
+        threading.Thread(target=_search, args=(self.home, weakref.ref(self), self._asked, query), daemon=True).start()
 
-    def _ask(self, asked: int, all_of: list[list[str]], none_of: list[str]) -> None:
-        found: list[pb.FileTags] | str
-        try:
-            with Client(home_dir=self.home, timeout=CALL_TIMEOUT_S) as c:
-                found = list(c.search(all_of, none_of, limit=self.LIMIT, best_first=True, timeout=CALL_TIMEOUT_S))
-        except (DaemonNotRunning, DaemonError) as e:
-            found = f"error: {e}"
-        self.answered.emit((asked, found))  # to the GUI thread, which alone may touch the widgets
-
-    def _show(self, answer: tuple[int, list[pb.FileTags] | str]) -> None:
-        asked, found = answer
+    def show_answer(self, asked: int, found: list[pb.FileTags] | str) -> None:
+        """(On the GUI thread.)"""
         if asked != self._asked:
             return
         self.results.clear()

@@ -31,7 +31,7 @@ def writing(path: Path, mode: int = 0o666) -> Iterator[BinaryIO]:
         _rename(part, path)
     except OSError as e:
         part.unlink(missing_ok=True)
-        if e.filename is None:  # a full disk's "[Errno 28] No space left on device" named no file
+        if e.filename is None and e.errno is not None:  # a full disk's "No space left on device" named none
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     except BaseException:

@@ -256,6 +256,7 @@ def _spectrograms(
     progress: Callable[[int], None],
     cache: SpectrogramCache,
     held: Sequence[Row] = (),
+    held_codes: np.ndarray | None = None,  # (the codes of `held`, in its order)
 ) -> tuple[np.ndarray, list[Row], list[tuple[str, str]]]:
     """Each example's 8-bit spectrogram and row, in order, and the files left out and why: unreadable,
     silent, or the same sound as a file before it or one `held` already (a pack copied to another drive and
@@ -275,7 +276,8 @@ def _spectrograms(
 
     seen = _contents(held)
     # the same audio in other bytes (a pack shipped as WAV and as AIFF, or FLAC): the same spectrogram
-    heard: dict[bytes, tuple[str, str]] = {}
+    held_sounds = [_sound(code) for code in held_codes] if held_codes is not None else []
+    heard = {sound: (r.path, r.label) for r, sound in reversed(list(zip(held, held_sounds, strict=True)))}
     codes, rows, failed = [], [], []
     pool = ThreadPoolExecutor(workers or os.cpu_count() or 1)
     try:
@@ -287,7 +289,7 @@ def _spectrograms(
             code, size, content = out
             first = seen.setdefault(content, (ex.path, ex.label))
             if first[0] == ex.path:
-                first = heard.setdefault(hashlib.blake2b(code.tobytes(), digest_size=16).digest(), first)
+                first = seen[content] = heard.setdefault(_sound(code), first)  # (a byte copy of it: as it is)
             if first[0] != ex.path:
                 tagged = f", tagged {first[1]}" if first[1] != ex.label else ""
                 failed.append((ex.path, f"the same sound as {first[0]}{tagged}"))
@@ -297,6 +299,11 @@ def _spectrograms(
     finally:  # a progress that raised (the caller went away) leaves the files not started undecoded
         pool.shutdown(cancel_futures=True)
     return (np.stack(codes) if codes else np.zeros((0, *params.shape), np.uint8)), rows, failed
+
+
+def _sound(code: np.ndarray) -> bytes:
+    """What a clip sounds like to a model: its 8-bit spectrogram, hashed."""
+    return hashlib.blake2b(code.tobytes(), digest_size=16).digest()
 
 
 def _contents(rows: Sequence[Row]) -> dict[bytes, tuple[str, str]]:
@@ -355,7 +362,7 @@ def add(
         if not new:  # a folder added again with nothing new in it: no error, the dataset as it is
             return Added(_report(held.manifest, held.rows, held.failed), 0, left_out)
         more, added, unread = _spectrograms(
-            new, held.params, workers, progress, cache or open_cache(home_dir), held.rows
+            new, held.params, workers, progress, cache or open_cache(home_dir), held.rows, held.codes
         )
         retried = {os.path.normpath(ex.path) for ex in new}
         failed = [f for f in held.failed if os.path.normpath(f[0]) not in retried] + unread

@@ -472,7 +472,8 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         except FileNotFoundError as e:
             if self.daemon.dataset_changing == name:  # its first build runs: "no dataset" sent people to make it
                 context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION, f"dataset {name!r} is being built; try when it is done"
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"dataset {name!r} is being built or deleted; try when it is done",
                 )
             context.abort(grpc.StatusCode.NOT_FOUND, str(e))
 

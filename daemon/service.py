@@ -449,7 +449,7 @@ class Daemon:
         # (an hour: enough such calls took every server thread), and queued for good as files that may not
         # exist. Answered at once from the index, as a search would
         # (one gone in the seconds before the watcher's check notices is missing as well)
-        gone = self.watcher.missing | {w for w in self.index.watches() if not os.path.isdir(w)}
+        gone = self.watcher.missing | {w for w in self.index.watches() if self.watcher.gone(w)}
         hidden = {p for p in files if within(p, gone)} if gone else set()
         if self.paused:  # files tagged already are answered as they are (a DAW's dropped file that is known)
             known = [_say_why_hidden(r, hidden) for r in self.index.file_tags(files)]
@@ -648,21 +648,30 @@ def expand(paths: Sequence[str], going: Callable[[], bool] = lambda: True) -> It
                 yield f
 
 
-# where removable drives are mounted: a file under one of these whose folders are gone may be on a drive
-# unplugged (its mount point removed, or left empty), not deleted
+# where removable drives are mounted (a drive unplugged takes its mount point with it, or leaves it empty)
 DRIVE_ROOTS = ("/media", "/mnt", "/run/media", "/Volumes")
 
 
 def _deleted(path: str) -> bool:
-    """Whether a file tagged on demand is gone for good: not there, and not on a drive that is away. The
-    nearest folder above it that is there tells: a mount point (its drive is in: deleted from it), or
-    anywhere but under DRIVE_ROOTS (deleted, with its pack folder maybe)."""
+    """Whether a file tagged on demand is gone for good, not on a drive or share that is away. The nearest
+    folder above it that is there tells: an empty one may be a mount point with nothing mounted (an fstab
+    drive, a network share); one under DRIVE_ROOTS on the system's own disk is where a drive's mount point
+    was. Anything else: deleted (with its pack folder, maybe)."""
     if os.path.lexists(path):
         return False
     there = os.path.dirname(path)
     while not os.path.isdir(there):
         there = os.path.dirname(there)
-    return os.path.ismount(there) or not within(there, DRIVE_ROOTS)
+    try:
+        with os.scandir(there) as entries:
+            if next(entries, None) is None:
+                return False
+    except OSError:  # (cannot be listed: nothing to tell by)
+        return False
+    mount = there
+    while not os.path.ismount(mount):
+        mount = os.path.dirname(mount)
+    return not within(there, DRIVE_ROOTS) or within(mount, DRIVE_ROOTS)
 
 
 def _say_why_hidden(found: FileTags, hidden: set[str]) -> FileTags:

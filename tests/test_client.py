@@ -141,6 +141,7 @@ def test_searches_as_people_type_them_and_tags_as_strings(daemon: DaemonProcess,
     assert parse_query("Snare OR clap dark") == ([["snare", "clap"], ["dark"]], [])
     # quoted for the shell twice (`'"snare"'`), or by a front end: the quotes were searched for as a tag
     assert parse_query(['"snare"', "'-dark'", '""']) == ([["snare"]], ["dark"])
+    assert parse_query(['"snare"|"clap"', '-"dark"', "NOT", "'soft'"]) == ([["snare", "clap"]], ["dark", "soft"])
 
 
 def test_what_the_client_refuses_is_a_bad_argument_before_anything_is_sent(

@@ -1051,6 +1051,36 @@ def test_a_file_tagged_outside_the_watches_and_deleted_leaves_searches(
         d.stop()
 
 
+def test_a_file_tagged_on_demand_is_deleted_or_on_a_drive_away_as_its_drive_tells(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rule that forgets files tagged outside the watches: deleted from a drive that is in (a real tmpfs
+    under the drives' root), or from the system's disk, it is gone; on a drive unmounted (its mount point
+    left empty) or unplugged (its mount point gone), it waits."""
+    from vibrary.daemon import service
+
+    media = tmp_path / "media"
+    monkeypatch.setattr(service, "DRIVE_ROOTS", (str(media),))
+    drive = media / "USB"
+    drive.mkdir(parents=True)
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(drive)], capture_output=True)
+    if mount.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
+    try:
+        (drive / "Pack").mkdir()
+        (drive / "Pack" / "left.wav").write_bytes(b"RIFF")
+        assert service._deleted(str(drive / "Pack" / "kick.wav"))  # deleted, the drive in: its folder there
+        assert service._deleted(str(drive / "Gone" / "kick.wav"))  # its pack folder deleted too
+        assert not service._deleted(str(drive / "Pack" / "left.wav"))  # there
+    finally:
+        subprocess.run(["umount", str(drive)], check=True)
+    assert not service._deleted(str(drive / "Pack" / "kick.wav"))  # unmounted: its mount point left empty
+    drive.rmdir()
+    (media / "other").mkdir()
+    assert not service._deleted(str(drive / "Pack" / "kick.wav"))  # unplugged: its mount point gone too
+    assert service._deleted(str(tmp_path / "Samples" / "kick.wav"))  # on the system's own disk: deleted
+
+
 def test_a_request_that_does_not_decode_is_invalid_argument(daemon: DaemonProcess) -> None:
     """Invalid UTF-8 in a string field, or a message cut short, was INTERNAL "Exception deserializing
     request!" with a traceback in the log: a caller's mistake, said as one."""

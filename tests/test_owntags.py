@@ -138,6 +138,11 @@ def test_the_same_audio_in_another_format_is_one_example(home: Path, tmp_path: P
     assert report.per_class == {"noise": 3, "thump": 3, "tone": 3}
     first, second = sorted([str(kept), str(aiff)])  # the first met (in order of path) stays
     assert dict(report.failed) == {second: f"the same sound as {first}"}
+    flac = tmp_path / "more" / "thump" / f"{kept.stem}.flac"  # added later: the dataset knows it too
+    flac.parent.mkdir(parents=True)
+    sf.write(flac, audio, rate, subtype="PCM_16")
+    added = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "more")]), workers=1)
+    assert added.added == 0 and dict(added.unread) == {str(flac): f"the same sound as {first}"}
 
 
 def test_tags_by_the_folders_right_under_the_one_given(home: Path, tmp_path: Path) -> None:
@@ -880,7 +885,9 @@ def test_a_dataset_in_its_first_build_is_said_to_be_built_not_absent(home: Path,
         assert halfway.wait(30)
         with Client(home_dir=home) as c:
             for call in (lambda: c.edit_dataset("fresh", drop=["noise"]), lambda: c.dataset("fresh")):
-                with pytest.raises(DaemonError, match="dataset 'fresh' is being built; try when it is done") as e:
+                with pytest.raises(
+                    DaemonError, match="dataset 'fresh' is being built or deleted; try when it is done"
+                ) as e:
                     call()
                 assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
             assert _code(lambda: c.dataset("never")) == grpc.StatusCode.NOT_FOUND

@@ -30,6 +30,7 @@ user's storage is separate, and another user's job id gets the same NOT_FOUND as
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -446,7 +447,8 @@ class TrainerService(pb_grpc.TrainerServicer):
         job = self._job(request, context)
         # a share for each user of tokens.json; the one user of an open trainer or of --token (every caller
         # of a studio's trainer, maybe) has them all
-        share = MAX_WATCHES if job.user in (LOCAL, DEFAULT) else MAX_USER_WATCHES
+        alone = job.user == LOCAL or (job.user == DEFAULT and not self.tenants.has_users())
+        share = MAX_WATCHES if alone else MAX_USER_WATCHES
         with self._watching_lock:
             full = sum(self._watching.values()) >= MAX_WATCHES or self._watching[job.user] >= share
             if not full:
@@ -454,7 +456,7 @@ class TrainerService(pb_grpc.TrainerServicer):
         if full:
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"too many jobs watched at once ({MAX_USER_WATCHES} a user, {MAX_WATCHES} in all): close one",
+                f"too many jobs watched at once ({share} by one user, {MAX_WATCHES} in all): close one",
             )
         with job.changed:
             pending, seen = [job.snapshot()], job.past + len(job.history)
@@ -548,8 +550,10 @@ class TrainerService(pb_grpc.TrainerServicer):
             except Exception as e:  # a bug, or the machine (a full disk, memory), fails the job, never the service
                 log.exception("job %s failed", job.job.id)
                 job.keep_checkpoint = True  # (a full disk, once freed, goes on from there)
-                free = shutil.disk_usage(self.root).free
-                full = f" (the trainer's disk has {free / 1e6:.0f} MB free)" if free < LOW_DISK else ""
+                full = ""
+                with contextlib.suppress(OSError):  # (its folder gone may be what failed the job)
+                    free = shutil.disk_usage(self.root).free
+                    full = f" (the trainer's disk has {free / 1e6:.0f} MB free)" if free < LOW_DISK else ""
                 job.update(state=pb.Job.FAILED, phase="failed", error=f"internal error: {e}{full}")
             self._prune()
 

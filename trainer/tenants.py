@@ -124,6 +124,11 @@ class Tenants:
         self._reload()
         return not self._token and (self._own or not self._users)
 
+    def has_users(self) -> bool:
+        """Whether tokens.json names any user (beside them, the one of --token is held to a user's share)."""
+        self._reload()
+        return bool(self._users)
+
     def revoked(self, user: str) -> bool:
         """Whether `user` was one of tokens.json's and is no more (`vibrary trainer token remove`). Asked
         every batch: the local and default users, never in tokens.json, cost no look at the file."""
