@@ -101,6 +101,33 @@ def test_a_token_file_damaged_by_hand_keeps_a_running_trainers_users_and_stops_a
     assert tenants.user(f"Bearer {token}") == "alice"
 
 
+def test_one_user_watching_many_jobs_leaves_watches_to_the_others(
+    shared: tuple[str, Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each WatchJob stream holds a server thread: one tenant could take them all."""
+    from vibrary.trainer import service
+
+    monkeypatch.setattr(service, "MAX_USER_WATCHES", 1)
+    target, _, tokens = shared
+    manifest, blobs = _manifest_and_blobs(per_kind=2)
+    _store(blobs, tmp_path)
+    long = json.dumps({"epochs": 400})
+    with TrainerClient(target, tokens["alice"]) as alice, TrainerClient(target, tokens["bob"]) as bob:
+        jobs = {}
+        for name, client in (("alice", alice), ("bob", bob)):
+            client.upload(manifest, tmp_path)
+            jobs[name] = client.start(manifest, name, "none", long)
+        with TrainerClient(target, tokens["alice"]) as watching:
+            held = watching.watch(jobs["alice"].id)
+            assert next(held).id == jobs["alice"].id  # her one watch, held open
+            with pytest.raises(DaemonError, match=r"too many jobs watched at once \(1 by one user") as refused:
+                next(alice.watch(jobs["alice"].id))
+            assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert next(bob.watch(jobs["bob"].id)).id == jobs["bob"].id  # bob's share is his own
+        for name, client in (("alice", alice), ("bob", bob)):
+            client.cancel(jobs[name].id)
+
+
 def test_users_see_neither_the_jobs_nor_the_shards_of_others(
     shared: tuple[str, Path, dict[str, str]], tmp_path: Path
 ) -> None:
