@@ -48,9 +48,10 @@ class Feed(queue.Queue["Event | None"]):
         super().__init__(size)
         self.lost = 0
 
-    def drop(self) -> None:
+    def drop(self, n: int = 1) -> None:
+        """`n` events not queued: said as EVENTS_LOST at the next read."""
         with self.mutex:
-            self.lost += 1
+            self.lost += n
 
     def next(self) -> Event | None:
         """The next event; after a loss, EVENTS_LOST in place of everything queued (what the reader reloads
@@ -125,8 +126,7 @@ class EventBus:
         with self._lock:
             subscribers = list(self._subscribers)
         for q in subscribers:
-            with q.mutex:
-                q.lost += n
+            q.drop(n)
             with contextlib.suppress(queue.Full):  # wakes a reader that waits (a full feed wakes it anyway)
                 q.put_nowait(Event(EVENTS_LOST))
 

@@ -448,8 +448,9 @@ class Daemon:
         # under a watch folder not there now (a drive unplugged): never fed, so waited on until the deadline
         # (an hour: enough such calls took every server thread), and queued for good as files that may not
         # exist. Answered at once from the index, as a search would
-        # (one gone in the seconds before the watcher's check notices is missing as well)
-        gone = self.watcher.missing | {w for w in self.index.watches() if self.watcher.gone(w)}
+        # (asked of every watch, not only of those the watcher's last check found missing: one gone in the
+        # seconds since is missing as well)
+        gone = {w for w in self.index.watches() if self.watcher.gone(w)}
         hidden = {p for p in files if within(p, gone)} if gone else set()
         if self.paused:  # files tagged already are answered as they are (a DAW's dropped file that is known)
             known = [_say_why_hidden(r, hidden) for r in self.index.file_tags(files)]

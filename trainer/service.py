@@ -15,10 +15,10 @@ to spare (the daemon's, which the daemon comes back for). One trainer at a time 
 flock, `trainer.lock`): two would each take up or fail the other's jobs; the second gets TrainerBusy.
 A job whose caller said it follows it to the end (`followed`: a `vibrary train` in a terminal) is
 cancelled once nobody has watched it for UNWATCHED_S: that caller was killed, and nobody else would
-collect the model, so the trainer's time goes to the next job instead. A job that ends without a model
-(cancelled, failed, or either for want of its caller) keeps its checkpoint (`leftovers/`): the same job
+collect the model, so the trainer's time goes to the next job instead. A job cancelled, or failed for want
+of its caller or for a fault of the machine (a full disk), keeps its checkpoint (`leftovers/`): the same job
 started again (the same command run again) goes on from there; started again while it still runs, the
-caller is given it to follow.
+caller is given it to follow. One failed by its own training drops it (its state may be what failed).
 At its start and after every job the trainer gives back the disk of collected or long-finished jobs and of
 shards unused for a week (trainer/prune.py).
 
