@@ -861,7 +861,7 @@ LOST_SAID_EVERY_S = 30.0  # how often `vibrary train` says the trainer is still 
 def cmd_train(args: argparse.Namespace) -> int:
     from vibrary.daemon.training import LOST_TRAINER, OWN_CLIPS, TrainingError, TrainProgress, check_request, train
 
-    options = {"epochs": args.epochs, "seed": args.seed}
+    options = {"epochs": args.epochs, "seed": args.seed, "known_pull": 0 if args.as_new else None}
     try:  # `--name "My Model"`, `--trainer lcoal`: refused as argparse refuses (exit 2), before any advice
         _, _, checked = check_request(args.trainer, args.base, args.name, options)
     except ValueError as e:
@@ -1008,9 +1008,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _stopped_early(summary: dict[str, Any], options: str) -> str:
     """Why a training ended before the epochs it was given, or "": "epoch 6/30" and then "done" read as a
     training cut short. It stops once accuracy on the held-out clips has not improved for `patience` epochs,
-    and keeps the best epoch's weights, not the last's."""
+    and keeps the best epoch's weights, not the last's; a dataset of tags the base knows runs no epoch."""
+    from vibrary.daemon.training import known_said
     from vibrary.trainer.options import TrainConfig
 
+    if fitted := known_said(summary):
+        return fitted
     run, best = summary.get("epochs_run", 0), summary.get("best_epoch", 0)  # an older trainer: neither
     config = TrainConfig.from_dict(json.loads(options))
     if not run or not best or run >= config.epochs:
@@ -1339,6 +1342,12 @@ def build_parser() -> argparse.ArgumentParser:
         "validation stops improving)",
     )
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument(
+        "--as-new",
+        action="store_true",
+        help="train tags the demo model already knows (reverb, delay, chorus…) as new ones, over epochs, instead "
+        "of fitting what it knows of them to your clips",
+    )
     p.add_argument("--yes", action="store_true", help="cloud: accept the cost estimate without asking")
     p.set_defaults(func=cmd_train)
 

@@ -241,13 +241,31 @@ def build_instruments(cache: Path, corpus: Path) -> dict[str, np.ndarray]:
 # Training and testing
 # ---------------------------------------------------------------------------------------------------
 def checkpoint_id(base: str) -> str:
-    """A base as runs.jsonl keys it: its name and the hash of its weights, so a retrained base reruns."""
+    """A base as runs.jsonl keys it: its name and the hash of its weights, so a retrained base reruns; and of
+    the known rows shipped with it (trainer/known.py), which change how its transfer runs train."""
     import hashlib
 
+    from vibrary.trainer import known
     from vibrary.trainer.options import base_path
 
     path = base_path(base)
-    return base if path is None else f"{base}@{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+    if path is None:
+        return base
+    file = known.file_of(base)
+    rows = f"+known@{hashlib.sha256(file.read_bytes()).hexdigest()[:12]}" if file and known.load(base) else ""
+    return f"{base}@{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}{rows}"
+
+
+def recorded(base: str, done: dict[tuple[str, str, str, int, int], dict[str, Any]]) -> str:
+    """The base's key, or where its checkpoint is gone (a fold trained on another machine, then removed) the
+    one key its finished runs were kept under: the figure is redrawn from them."""
+    try:
+        return checkpoint_id(base)
+    except FileNotFoundError:
+        kept = {key[2] for key in done if key[2].split("@")[0] == base}
+        if len(kept) != 1:
+            raise
+        return kept.pop()
 
 
 def draw(data: dict[str, np.ndarray], n: int, seed: int) -> np.ndarray:
@@ -273,6 +291,7 @@ def run_one(
     from vibrary.daemon.spectrogram import SpectrogramParams
     from vibrary.daemon.training import TRANSFER_DEFAULTS
     from vibrary.trainer.export import load_base
+    from vibrary.trainer.known import load as load_known
     from vibrary.trainer.train import TrainConfig, train
 
     params = SpectrogramParams()
@@ -289,6 +308,7 @@ def run_one(
         config,
         base,
         base_name,
+        known=load_known(base_checkpoint),
     )
     import train_demo
 
@@ -413,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 for mode in args.modes.split(","):
                     base = "none" if mode == "scratch" else bases[set_name]
-                    key = (args.tag, set_name, checkpoint_id(base), n, seed)
+                    key = (args.tag, set_name, recorded(base, done) if args.plot_only else checkpoint_id(base), n, seed)
                     if key not in done and args.plot_only:
                         continue
                     if key not in done:

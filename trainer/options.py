@@ -66,6 +66,9 @@ class TrainConfig:
     head_dropout: float = 0.5  # on the embedding, before the classifier
     device: str = "auto"  # "auto": CUDA when present, else the CPU
     precision: str = "auto"  # of the training steps: "auto", "float32" or "bfloat16" (see mixed_precision)
+    # how hard a dataset of tags the base already knows is held to what it knows (trainer/known.py), as the
+    # weight of their squared distance beside the clips' summed loss; 0: such tags train as any others
+    known_pull: float = 100.0
 
     @classmethod
     def from_dict(cls, raw: dict[str, object], strict: bool = True) -> TrainConfig:
@@ -102,8 +105,10 @@ class TrainConfig:
             raise ValueError(f"epochs must be {MAX_EPOCHS} or fewer")
         if not DEVICE.fullmatch(self.device):
             raise ValueError(f"unknown device {self.device!r}: auto, cpu, cuda or cuda:N")
-        rates = (self.lr, self.weight_decay, self.body_lr, self.mixup_alpha, self.label_smoothing)
+        rates = (self.lr, self.weight_decay, self.body_lr, self.mixup_alpha, self.label_smoothing, self.known_pull)
         if not all(math.isfinite(x) and x >= 0 for x in rates) or self.lr == 0:
-            raise ValueError("lr must be above 0; weight_decay, body_lr, mixup_alpha, label_smoothing 0 or more")
+            raise ValueError(
+                "lr must be above 0; weight_decay, body_lr, mixup_alpha, label_smoothing, known_pull 0 or more"
+            )
         if not all(0 <= x < 1 for x in (self.dropout, self.head_dropout, self.label_smoothing)):
             raise ValueError("dropout, head_dropout and label_smoothing must lie within [0, 1)")

@@ -12,6 +12,7 @@ from vibrary.daemon.spectrogram import dequantize
 
 from . import plots
 from .export import exported, load_base, max_difference, to_onnx
+from .known import load as load_known
 from .options import Cancelled
 from .train import Progress, TrainConfig, TrainResult, train
 
@@ -33,8 +34,9 @@ def train_to_files(
     codes, labels, groups = (np.concatenate(column) for column in zip(*parts, strict=True))
     del parts  # the dataset once, not twice, for the hours it trains
     base_state, base_name = load_base(base or "demo")
+    known = load_known(base or "demo")
     result = train(
-        manifest, codes, labels, groups, config, base_state, base_name, progress, cancelled, checkpoint=checkpoint
+        manifest, codes, labels, groups, config, base_state, base_name, progress, cancelled, None, checkpoint, known
     )
     progress(Progress("exporting"))
     name = name or manifest.name

@@ -6,7 +6,8 @@ validation accuracy stops improving, and the best epoch's weights are kept. A da
 fewer than SMALL_CLASS clips has no validation split: every clip trains for the whole epoch budget, and
 the last epoch's weights, where the learning-rate schedule ends, are kept. With a base (transfer) the new
 head starts as the nearest class mean of the base's embeddings and the body learns at body_lr × lr (0.05:
-a pretrained body needs only nudging; docs/figure3.md measures the full rate against it). Everything
+a pretrained body needs only nudging; docs/figure3.md measures the full rate against it), unless every tag
+is one the base already knows: then the head is fitted from what it knows, with no epoch (trainer/known.py). Everything
 random is drawn from the seed, so the same dataset and config give the same model on the same device.
 """
 
@@ -28,6 +29,7 @@ from vibrary.daemon.spectrogram import SpectrogramParams, dequantize
 
 from . import checkpoint as snapshot
 from .augment import augment, mixup
+from .known import Known
 from .network import TagNet
 from .options import PRECISIONS, Cancelled, TrainConfig
 
@@ -84,6 +86,7 @@ class TrainResult:
     device: str = "cpu"
     centroids: np.ndarray | None = None  # (classes, EMBED), unit length: see familiarity()
     familiar_from: float = -1.0  # the familiarity a clip needs to be one of the classes
+    known: list[str] = field(default_factory=list)  # the base's classes the tags were fitted from (known.py)
 
     def summary(self) -> dict[str, object]:
         """What the training measured: the accuracy on held-out clips, or on the training clips when none
@@ -99,6 +102,7 @@ class TrainResult:
             "val_clips": self.val_clips,
             "base": self.base,
             "device": self.device,
+            "known": self.known,
         }
 
 
@@ -171,9 +175,12 @@ def train(
     cancelled: Callable[[], bool] = lambda: False,
     aux: AuxTask | None = None,
     checkpoint: Path | None = None,
+    known: Known | None = None,
 ) -> TrainResult:
     """With `checkpoint`, every finished epoch is saved there and a training found there goes on from it
-    (trainer/checkpoint.py); the file is left for the caller to remove once the result is safe."""
+    (trainer/checkpoint.py); the file is left for the caller to remove once the result is safe. With
+    `known` (the base's rows of tags it knows), a dataset of only such tags is fitted on the base's frozen
+    embedding instead, and no epoch runs (trainer/known.py)."""
     started = time.monotonic()
     check_counts(labels, manifest.classes)
     params = manifest.params
@@ -250,7 +257,13 @@ def train(
         train_clips=len(train_idx),
         val_clips=len(val_idx),
     )
-    if base is not None:
+    rows = known.rows(manifest.classes) if known is not None and base is not None and config.known_pull else None
+    epochs = config.epochs if rows is None else 0
+    if rows is not None and known is not None:
+        result.known = [known.classes[i] for i in rows]
+        _fit_known(net, result, known, rows, config.known_pull, (train_idx, val_idx), batch, config.batch_size)
+        progress(Progress("training", 1, 1, result.history[0]["train_loss"], result.history[0]["val_accuracy"]))
+    elif base is not None:
         _imprint(net, rng.permutation(train_idx), batch, n_classes=len(manifest.classes), batch_size=config.batch_size)
     best_state, best_acc, since_best = copy.deepcopy(net.state_dict()), -math.inf, 0  # scores can be < -1
     n_classes = len(manifest.classes)
@@ -272,7 +285,7 @@ def train(
         last = result.history[-1] if result.history else {}  # where it stands, before an epoch's wait
         last_loss, last_accuracy = last.get("train_loss", 0.0), last.get("val_accuracy", 0.0)
         progress(Progress("training", first - 1, config.epochs, last_loss, last_accuracy))
-    for epoch in range(first, config.epochs + 1):
+    for epoch in range(first, epochs + 1):
         if len(val_idx) and since_best >= config.patience:  # without validation, nothing says when to stop
             break
         epoch_start = time.monotonic()
@@ -335,7 +348,8 @@ def train(
         eta = (time.monotonic() - started) / (epoch - first + 1) * (config.epochs - epoch)
         progress(Progress("training", epoch, config.epochs, train_loss, val_acc, eta))
     net.load_state_dict(best_state)
-    if not len(val_idx):  # once, for the weights kept: a fifth of a large training's time when done every epoch
+    # once, for the weights kept (a fifth of a large training's time when done every epoch); never under known rows
+    if not len(val_idx) and rows is None:
         _recalibrate_batch_norm(
             net, np.random.default_rng(config.seed).permutation(train_idx), batch, config.batch_size
         )
@@ -435,6 +449,33 @@ def _recalibrate_batch_norm(
             net(batch(idx[start : start + batch_size * 4])[0])
     for m in norms:
         m.momentum = 0.1
+
+
+def _fit_known(
+    net: TagNet,
+    result: TrainResult,
+    known: Known,
+    rows: list[int],
+    pull: float,
+    split: tuple[np.ndarray, np.ndarray],
+    batch: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
+    batch_size: int,
+) -> None:
+    """The head of a dataset of tags the base knows, fitted on the training clips' embedding and pulled
+    towards the known rows. The body stays the base's, batch norm included: the rows were fitted on its
+    embedding as it is. One entry of history says what the fit came to."""
+    started = time.monotonic()
+    train_idx, val_idx = split
+    loss, weight, bias = known.fit(*_embedded(net, train_idx, batch, batch_size), rows, pull)
+    with torch.no_grad():
+        net.head.weight.copy_(weight)
+        net.head.bias.copy_(bias)
+    val_loss, val_acc, _ = _evaluate(net, val_idx, batch, len(rows), batch_size)
+    result.best_epoch = 1
+    seconds = time.monotonic() - started
+    result.history.append(
+        {"epoch": 1, "train_loss": loss, "val_loss": val_loss, "val_accuracy": val_acc, "seconds": seconds}
+    )
 
 
 def _imprint(

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Fit the rows of the effect classes the demo model knows, into trainer/builtin/demo-known.pt.
+
+A logistic regression (L2 0.001 in the standardised space) on the shipped demo body's frozen embedding of
+every clip of the effects corpus (`scripts/build_effects_corpus.py`: 17 effects, which the body was trained
+beside); the trainer starts a user's dataset of those tags from its rows (trainer/known.py). Rerun after
+every retrain of the demo: the file names the demo.pt it was fitted on, and is ignored for any other.
+Deterministic (LBFGS, no sampling); about two minutes on 2 cores.
+
+Usage: python scripts/fit_known.py --effects /work/fxcorpus/effects.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from vibrary.daemon.spectrogram import SpectrogramParams, dequantize
+from vibrary.trainer import known
+from vibrary.trainer.export import load_base
+from vibrary.trainer.network import TagNet
+from vibrary.trainer.train import _embedded
+
+L2 = 1e-3  # per clip, as the figure's probes fitted it (docs/figure3.md, "Stop 26")
+# other names of the classes, as sample packs and effect plug-ins write them (matched as trainer/known.py's _key)
+ALIASES = {
+    "dry": "clean", "nofx": "clean", "unprocessed": "clean", "bypass": "clean",
+    "dist": "distortion", "distorted": "distortion",
+    "od": "overdrive", "overdriven": "overdrive", "drive": "overdrive",
+    "bitcrusher": "bitcrush", "bitcrushed": "bitcrush", "crusher": "bitcrush",
+    "ring mod": "ringmod", "ring modulator": "ringmod", "ring modulation": "ringmod",
+    "chorused": "chorus", "flange": "flanger", "flanged": "flanger", "phased": "phaser", "phasing": "phaser",
+    "trem": "tremolo", "vib": "vibrato",
+    "verb": "reverb", "reverberation": "reverb",
+    "echo": "delay", "feedback delay": "delay", "slapback": "delay",
+    "lpf": "lowpass", "low pass": "lowpass", "hpf": "highpass", "high pass": "highpass",
+    "bpf": "bandpass", "band pass": "bandpass",
+    "reversed": "reverse", "compression": "compressor", "compressed": "compressor", "comp": "compressor",
+}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--effects", type=Path, required=True, help="effects.npz of scripts/build_effects_corpus.py")
+    ap.add_argument("--out", type=Path, default=known.FILE)
+    args = ap.parse_args()
+    corpus = np.load(args.effects)
+    classes = [str(c) for c in corpus["classes"]]
+    state, _ = load_base("demo")
+    assert state is not None
+    net = TagNet(state["head.weight"].shape[0])
+    net.load_state_dict(state)
+    params, codes = SpectrogramParams(), corpus["codes"]
+
+    def batch(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(dequantize(codes[idx], params)), torch.from_numpy(corpus["labels"][idx]).long()
+
+    embedded, labels = _embedded(net, np.arange(len(codes)), batch, 64)
+    mean, scale = embedded.mean(0), embedded.std(0) + 1e-4
+    zeros = torch.zeros(len(classes), embedded.shape[1]), torch.zeros(len(classes))
+    loss, weight, bias = known.fit_head(embedded, labels, *zeros, mean, scale, L2 * len(labels))
+    right = float(((embedded @ weight.T + bias).argmax(1) == labels).float().mean())
+    assert not set(ALIASES.values()) - set(classes), "an alias of a class the corpus does not have"
+    demo = known.base_path("demo")
+    assert demo is not None
+    torch.save(
+        {
+            "base": hashlib.sha256(demo.read_bytes()).hexdigest(),
+            "classes": classes,
+            "weight": weight.contiguous(),
+            "bias": bias.contiguous(),
+            "mean": mean.contiguous(),
+            "scale": scale.contiguous(),
+            "aliases": ALIASES,
+            "families": ["effects"] * len(classes),
+        },
+        args.out,
+    )
+    print(f"{args.out}: {len(classes)} classes, {len(labels)} clips, loss {loss:.3f}, right on them {right:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Tags the base already knows start from what it knows (trainer/known.py).
+
+A dataset of only effect tags the demo model was trained beside (reverb, delay, …) is fitted on the demo's
+frozen embedding, pulled towards the shipped rows of those classes, instead of training a head from ten
+clips' class means over epochs (docs/figure3.md: 0.80 against 0.67 at ten clips a class on unheard
+instruments). Any other tag in the dataset, or `known_pull` 0, trains as before."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from vibrary.daemon import shards  # noqa: E402
+from vibrary.trainer import known  # noqa: E402
+from vibrary.trainer.export import load_base  # noqa: E402
+from vibrary.trainer.train import TrainConfig, train  # noqa: E402
+
+from tests.conftest import json_lines, vibrary  # noqa: E402
+from tests.synth import write_kinds  # noqa: E402
+from tests.test_trainer import KINDS, P, spectrograms  # noqa: E402
+
+EFFECTS = ["tremolo", "distortion", "reverb"]  # a name for each of the synthetic kinds
+
+
+def _known(classes: list[str], aliases: dict[str, str], dim: int = 4) -> known.Known:
+    n = len(classes)
+    zeros, ones = torch.zeros(dim), torch.ones(dim)
+    families = ["instruments" if c in ("kick", "snare") else "effects" for c in classes]
+    return known.Known(classes, torch.zeros(n, dim), torch.zeros(n), zeros, ones, aliases, families)
+
+
+def test_tags_are_known_by_name_alias_case_separators_and_plural() -> None:
+    aliases = {"echo": "delay", "ring mod": "ringmod", "dry": "clean"}
+    rows = _known(["clean", "distortion", "ringmod", "delay", "kick", "snare"], aliases)
+    assert rows.rows(["Distortion", "Ring-Mods", "echoes", "DRY"]) == [1, 2, 3, 0]
+    assert rows.rows(["delay", "distortion"]) == [3, 1] and rows.rows(["snares", "kick"]) == [5, 4]
+    assert rows.rows(["distortion", "fuzz"]) is None  # one tag it never heard: the whole dataset trains anew
+    assert rows.rows(["delay", "echo"]) is None  # two tags of one class: one row cannot start both
+    assert rows.rows(["kick", "delay"]) is None  # rows of two families were not fitted on one scale
+
+
+def test_the_fit_holds_to_the_rows_as_hard_as_it_is_pulled() -> None:
+    """Pulled hard, the rows stay what they were; not pulled, the clips decide. The weights come back in the
+    raw embedding's space whatever the mean and spread the pull was measured in."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (3, 8))
+    labels = np.repeat(np.arange(3), 20)
+    embedded = torch.from_numpy(centres[labels] + rng.normal(0, 1, (60, 8)) + 5).float()
+    y = torch.from_numpy(labels)
+    start_w, start_b = torch.from_numpy(rng.normal(0, 1, (3, 8))).float(), torch.zeros(3)
+    mean, scale = embedded.mean(0), embedded.std(0)
+    _, held_w, held_b = known.fit_head(embedded, y, start_w, start_b, mean, scale, pull=1e7)
+    assert torch.allclose(held_w, start_w, atol=1e-3) and torch.allclose(held_b, start_b, atol=1e-2)
+    loss, free_w, free_b = known.fit_head(embedded, y, start_w, start_b, mean, scale, pull=1e-3)
+    assert ((embedded @ free_w.T + free_b).argmax(1) == y).all() and loss < 0.05
+    started_right = float(((embedded @ start_w.T + start_b).argmax(1) == y).float().mean())
+    assert started_right < 0.9  # the rows were wrong: the clips are what made them right
+
+
+def test_a_dataset_of_known_tags_keeps_the_base_body_and_runs_no_epoch() -> None:
+    rows = known.load("demo")
+    assert rows is not None, "trainer/builtin/demo-known.pt must belong to the shipped demo.pt"
+    base, name = load_base("demo")
+    codes, labels, groups = spectrograms(10, 0)
+    manifest = shards.write("fx", EFFECTS, P, codes, labels, groups)[0]
+    config = TrainConfig(epochs=3, seed=0)
+    result = train(manifest, codes, labels, np.array(groups), config, base, name, known=rows)
+    assert result.known == EFFECTS and result.summary()["known"] == EFFECTS
+    assert len(result.history) == 1 and result.best_epoch == 1
+    state = result.net.state_dict()
+    assert base is not None
+    assert all(torch.equal(state[k], v) for k, v in base.items() if not k.startswith("head."))  # batch norm too
+    picked = [rows.classes.index(c) for c in EFFECTS]
+    moved = (state["head.weight"] - rows.weight[picked]).norm() / rows.weight[picked].norm()
+    assert 0 < moved < 0.5  # adjusted by the clips, still the known rows
+    held = train(manifest, codes, labels, np.array(groups), TrainConfig(seed=0, known_pull=1e9), base, name, known=rows)
+    assert torch.allclose(held.net.head.weight, rows.weight[picked], atol=1e-4)  # the rows as shipped
+    assert result.train_accuracy > held.train_accuracy + 0.1  # the clips taught them what these tags sound like
+
+    renamed = [*EFFECTS[:2], "my pads"]  # one tag the base never heard: trained over epochs, as any dataset
+    manifest = shards.write("own", renamed, P, codes, labels, groups)[0]
+    result = train(manifest, codes, labels, np.array(groups), config, base, name, known=rows)
+    assert result.known == [] and len(result.history) == 3
+    not_pulled = TrainConfig(epochs=3, seed=0, known_pull=0)  # `vibrary train --as-new`
+    manifest = shards.write("fx", EFFECTS, P, codes, labels, groups)[0]
+    result = train(manifest, codes, labels, np.array(groups), not_pulled, base, name, known=rows)
+    assert result.known == [] and len(result.history) == 3
+
+
+def test_rows_fitted_on_another_demo_are_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A retrained demo.pt beside rows of the old one: their logits would read another embedding."""
+    demo = known.base_path("demo")
+    assert demo is not None and len(KINDS) == len(EFFECTS)
+    raw = torch.load(known.FILE, weights_only=True)
+    assert raw["base"] == hashlib.sha256(demo.read_bytes()).hexdigest()
+    copy = tmp_path / "demo-known.pt"
+    shutil.copy(known.FILE, copy)
+    monkeypatch.setattr(known, "FILE", copy)
+    assert known.load("demo") is not None and known.load("none") is None
+    torch.save(raw | {"base": "0" * 64}, copy)
+    with caplog.at_level(logging.WARNING, logger="vibrary.trainer.known"):
+        assert known.load("demo") is None
+    assert "fitted on another demo.pt" in caplog.text
+
+
+def test_vibrary_train_fits_known_tags_says_so_and_trains_them_as_new_when_asked(
+    model_home: Path, tmp_path: Path
+) -> None:
+    """Through the CLI and its local trainer: a dataset of folders named as effects the demo knows."""
+    named = dict(zip(KINDS, EFFECTS, strict=True))
+    write_kinds(tmp_path / "examples", per_kind=8, seed=1, folders=named, names=named)
+    vibrary("dataset", "create", "fx", str(tmp_path / "examples"), home=model_home)
+    fitted = vibrary("train", "fx", home=model_home)
+    assert "the base model already knows these tags" in fitted.stdout and "--as-new" in fitted.stdout
+    # tones and noises called tremolo, distortion and reverb are not the demo's: it says they may be other sounds
+    assert re.search(r"it is right on only \d+% of them: you may mean other sounds", fitted.stdout), fitted.stdout
+    assert "stopped early" not in fitted.stdout  # one fit of a 20-epoch budget is not a training cut short
+    as_new = json_lines(vibrary("train", "fx", "--json", "--as-new", "--epochs", "2", home=model_home).stdout)[-1]
+    assert as_new["summary"]["known"] == [] and as_new["summary"]["epochs_run"] == 2
+    again = json_lines(vibrary("train", "fx", "--json", home=model_home).stdout)[-1]
+    assert sorted(again["summary"]["known"]) == sorted(EFFECTS) and again["summary"]["epochs_run"] == 1
+    assert sorted(again["classes"]) == sorted(EFFECTS)
