@@ -3,7 +3,9 @@
 `builtin/examples_curve.json` holds test accuracy against examples per class for an instrument set and
 an effects set (`{"instruments": {"10": 0.77, ...}, "effects": {...}, "source": "..."}`), as
 `docs/figure3` measures it. The smallest class limits a model most, so advice is about that class;
-between measured sizes accuracy is interpolated on a log scale of the size, as such curves are drawn.
+between measured sizes accuracy is interpolated on a log scale of the size, as such curves are drawn. Tags
+the demo model already knows (vibrary.trainer.known: its effects) are read off the curve of their family,
+which was measured as they train; any other dataset off the instruments curve.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
+
+from vibrary.trainer import known
 
 from .shards import too_few
 
@@ -36,12 +40,15 @@ def expected(n: int, points: list[tuple[int, float]]) -> float:
     return points[-1][1]
 
 
-def advise(per_class: Mapping[str, int], family: str = "instruments", path: Path = CURVE) -> str:
-    """One or two sentences for people: what to expect now, and what more examples would buy."""
+def advise(per_class: Mapping[str, int], family: str = "", path: Path = CURVE) -> str:
+    """One or two sentences for people: what to expect now, and what more examples would buy. `family`: the
+    curve to read (default: the known tags' family, else instruments)."""
     if not per_class:
         return ""
     if why := too_few(dict(per_class)):  # said at `dataset show` and after each edit, not after an upload
         return f"cannot train yet: {why} (`vibrary dataset add` more, or relabel or drop them)"
+    known_family = (rows := known.load()) and rows.family(list(per_class))
+    family = family or known_family or "instruments"
     points, source = load_curve(family, path)
     tag, n = min(per_class.items(), key=lambda kv: (kv[1], kv[0]))
     now = expected(n, points)
@@ -52,4 +59,5 @@ def advise(per_class: Mapping[str, int], family: str = "instruments", path: Path
         text += "; more examples would add little"
     else:
         text += f"; {better[0] - n} more per class ({better[0]} each) should give about {better[1]:.0%}"
-    return f"{text} ({family} curve, {source})"
+    of_known = " of tags the demo model knows" if family == known_family else ""
+    return f"{text} ({family} curve{of_known}, {source})"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fit the rows of the effect classes the demo model knows, into trainer/builtin/demo-known.pt.
+"""Fit the rows of the effect classes the demo model knows, into trainer/builtin/demo-known.json.
 
 A logistic regression (L2 0.001 in the standardised space) on the shipped demo body's frozen embedding of
 every clip of the effects corpus (`scripts/build_effects_corpus.py`: 17 effects, which the body was trained
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -66,19 +67,14 @@ def main() -> None:
     assert not set(ALIASES.values()) - set(classes), "an alias of a class the corpus does not have"
     demo = known.base_path("demo")
     assert demo is not None
-    torch.save(
-        {
-            "base": hashlib.sha256(demo.read_bytes()).hexdigest(),
-            "classes": classes,
-            "weight": weight.contiguous(),
-            "bias": bias.contiguous(),
-            "mean": mean.contiguous(),
-            "scale": scale.contiguous(),
-            "aliases": ALIASES,
-            "families": ["effects"] * len(classes),
-        },
-        args.out,
-    )
+    fitted = {
+        "base": hashlib.sha256(demo.read_bytes()).hexdigest(),
+        "classes": classes,
+        "families": ["effects"] * len(classes),
+        "aliases": ALIASES,
+        **{k: v.tolist() for k, v in (("weight", weight), ("bias", bias), ("mean", mean), ("scale", scale))},
+    }
+    args.out.write_text(json.dumps(fitted) + "\n")  # float32's digits: read back as the same float32s
     print(f"{args.out}: {len(classes)} classes, {len(labels)} clips, loss {loss:.3f}, right on them {right:.3f}")
 
 

@@ -462,6 +462,12 @@ def test_advice_reads_the_curve_and_names_the_smallest_class(tmp_path: Path) -> 
     assert text.startswith("smallest class 'snare' has 4 examples: expect about 68% accuracy")
     assert "6 more per class (10 each) should give about 80%" in text and "measured" in text
     assert "add little" in advice.advise({"kick": 60, "snare": 50}, path=curve)
+    # effects the demo knows train from what it knows (trainer/known.py): their own curve, as they train
+    fx = advice.advise({"reverb": 12, "Echo": 10})
+    effects_at_10 = advice.expected(10, advice.load_curve("effects")[0])
+    assert f"expect about {effects_at_10:.0%} accuracy" in fx and "(effects curve of tags the demo model knows" in fx
+    for other in ({"reverb": 12, "my fuzz": 10}, {"kick": 12, "reverb": 10}):
+        assert "(instruments curve, " in advice.advise(other)
 
 
 def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -> None:
