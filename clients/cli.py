@@ -936,8 +936,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     on_signals(interrupted, *ENDING)
     with contextlib.suppress(FileNotFoundError, ValueError):  # train() says what is wrong with the dataset
         from vibrary.daemon import dataset
+        from vibrary.daemon.advice import advise
 
-        print(dataset.load_report(home_dir, args.dataset).advice, file=sys.stderr)  # before minutes of waiting
+        # before minutes of waiting; tags the demo knows are advised as they will train, not with --as-new or none
+        from_known = args.base == "demo" and not args.as_new
+        print(advise(dataset.load_report(home_dir, args.dataset).per_class, from_known=from_known), file=sys.stderr)
     try:
         trained = train(
             home_dir,
@@ -990,7 +993,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"installed and activated {row.ref}: every clip trained it, none was left to validate on "
             f"(right on {accuracy:.0%} of its own training clips)"
         )
-    stopped = _stopped_early(trained.summary, checked)
+    stopped = _stopped_early(trained.summary, checked, row.classes)
     human += f"\n{stopped}" if stopped else ""
     earlier = [m for m in index.models() if m.name == row.name and m.version < row.version]
     was = max(earlier, key=lambda m: m.version, default=None)
@@ -1005,14 +1008,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stopped_early(summary: dict[str, Any], options: str) -> str:
+def _stopped_early(summary: dict[str, Any], options: str, tags: Sequence[str]) -> str:
     """Why a training ended before the epochs it was given, or "": "epoch 6/30" and then "done" read as a
     training cut short. It stops once accuracy on the held-out clips has not improved for `patience` epochs,
     and keeps the best epoch's weights, not the last's; a dataset of tags the base knows runs no epoch."""
     from vibrary.daemon.training import known_said
     from vibrary.trainer.options import TrainConfig
 
-    if fitted := known_said(summary):
+    if fitted := known_said(summary, tags):
         return fitted
     run, best = summary.get("epochs_run", 0), summary.get("best_epoch", 0)  # an older trainer: neither
     config = TrainConfig.from_dict(json.loads(options))

@@ -40,14 +40,14 @@ def expected(n: int, points: list[tuple[int, float]]) -> float:
     return points[-1][1]
 
 
-def advise(per_class: Mapping[str, int], family: str = "", path: Path = CURVE) -> str:
+def advise(per_class: Mapping[str, int], family: str = "", path: Path = CURVE, from_known: bool = True) -> str:
     """One or two sentences for people: what to expect now, and what more examples would buy. `family`: the
-    curve to read (default: the known tags' family, else instruments)."""
+    curve to read (default: the known tags' family when they will train from the known rows, else instruments)."""
     if not per_class:
         return ""
     if why := too_few(dict(per_class)):  # said at `dataset show` and after each edit, not after an upload
         return f"cannot train yet: {why} (`vibrary dataset add` more, or relabel or drop them)"
-    known_family = (rows := known.load()) and rows.family(list(per_class))
+    known_family = from_known and (rows := known.load()) and rows.family(list(per_class))
     family = family or known_family or "instruments"
     points, source = load_curve(family, path)
     tag, n = min(per_class.items(), key=lambda kv: (kv[1], kv[0]))

@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -335,11 +335,14 @@ def _reported(report: _Report, work: Callable[[], Trained]) -> Trained:
 KNOWN_FITS = 0.7
 
 
-def known_said(summary: dict[str, Any]) -> str:
+def known_said(summary: dict[str, Any], tags: Sequence[str]) -> str:
     """What a training of tags the base already knows did (trainer/known.py), or "": no epochs ran."""
     if not (known := summary.get("known")):
         return ""
-    said = f"the base model already knows these tags ({', '.join(known)}): your clips adjusted what it knows in one fit"
+    said = f"the base model already knows these tags ({', '.join(known)}): your clips adjusted what it knows"
+    if new := [t for t in tags if t not in known]:
+        said += f", and taught it {', '.join(new)} beside them,"
+    said += " in one fit"
     right = summary.get("val_accuracy", summary.get("train_accuracy", 1.0))
     if right < KNOWN_FITS:  # held to the demo's idea of them: the user may mean other sounds by these names
         return (
@@ -374,7 +377,8 @@ def _installed(index: Index, home_dir: Path, files: dict[str, bytes], name: str,
     held_out = summary.get("val_clips") != 0
     accuracy = float(summary.get("val_accuracy" if held_out else "train_accuracy", report.state.val_accuracy))
     accuracy_of = HELD_OUT if held_out else OWN_CLIPS
-    said = f"installed and activated {row.ref}" + (f"; {fitted}" if (fitted := known_said(summary)) else "")
+    fitted = known_said(summary, row.classes)
+    said = f"installed and activated {row.ref}" + (f"; {fitted}" if fitted else "")
     report(state="succeeded", model=row.ref, val_accuracy=accuracy, accuracy_of=accuracy_of, plots=plots, message=said)
     return Trained(row, accuracy, accuracy_of, time.monotonic() - report.started, plots, summary)
 

@@ -468,6 +468,7 @@ def test_advice_reads_the_curve_and_names_the_smallest_class(tmp_path: Path) -> 
     assert f"expect about {effects_at_10:.0%} accuracy" in fx and "(effects curve of tags the demo model knows" in fx
     for other in ({"reverb": 12, "my fuzz": 10}, {"kick": 12, "reverb": 10}):
         assert "(instruments curve, " in advice.advise(other)
+    assert "(instruments curve, " in advice.advise({"reverb": 12, "Echo": 10}, from_known=False)  # --as-new
 
 
 def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -> None:

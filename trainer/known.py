@@ -2,12 +2,13 @@
 
 The demo model's body was trained beside a second head on 13,600 effect clips (docs/demo-model.md). A head
 fitted on its frozen embedding over those clips (`scripts/fit_known.py`) names the effect of notes from
-soundfonts and programs it never heard 80 % of the time, where ten clips a class of the user's reach 67 %
+soundfonts and programs it never heard 80 % of the time, where ten clips a class of the user's reach 66 %
 from imprinted class means, and fine-tuning the network from that head on them lost four points of it
-(docs/figure3.md, "Stop 29"). So a dataset whose every tag is one of these classes is fitted as a logistic
+(docs/figure3.md, "Stop 29"). So a dataset whose tags are mostly these classes is fitted as a logistic
 regression on the base's frozen embedding, pulled towards the known rows: the user's clips correct what is
-known, they do not replace it, and no epoch is spent. A dataset with any other tag trains as before: rows
-fitted on thousands of clips and class means of ten do not share a scale. The rows ship beside the base they
+known, they do not replace it, and no epoch is spent; its other tags are fitted beside them from nothing (a
+dataset of 12 effects with 3 or 6 unknown: 0.77 and 0.75, against 0.66 all trained as new). A dataset of
+mostly other tags trains as before. The rows ship beside the base they
 were fitted on and count only for it (its hash is in the file): a retrained demo needs them refitted. The
 file is JSON and this module imports torch only to fit, so the daemon reads which tags are known (its
 advice before a training) without PyTorch.
@@ -15,6 +16,7 @@ advice before a training) without PyTorch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -32,6 +34,11 @@ if TYPE_CHECKING:
 
 FILE = BUILTIN_DIR / "demo-known.json"  # beside any other base checkpoint X.pt: X-known.json
 BIAS_SHARE = 0.1  # the pull on the biases, as a share of that on the weights: a class's prior frequency may move
+# Tags known, at least, for a dataset to start from the known rows: with 3 or 6 of the 12 effects unknown, the
+# fit beside the known rows was right on 0.77 and 0.75 of the test clips, against 0.66 trained as new
+# (docs/figure3.md, "Stop 29"); fewer known tags were not measured.
+MOST = 0.5
+NEW_L2 = 1e-3  # a clip, of a tag the base does not know fitted beside known ones (as scripts/fit_known.py's rows)
 log = logging.getLogger(__name__)
 
 
@@ -56,35 +63,38 @@ class Known:
     mean: np.ndarray  # the embedding's mean and spread over the clips the rows were fitted on: the space
     scale: np.ndarray  # in which the pull towards them is measured, whatever the embedding's scale
 
-    def rows(self, tags: list[str]) -> list[int] | None:
-        """The known class of each tag, in order; None unless every tag is a different one of them, all of
-        one family."""
+    def rows(self, tags: list[str]) -> list[int | None] | None:
+        """The known class of each tag, in order (None: a tag it does not know), when at least MOST of the
+        tags are known, each a different class, all of one family; else None: the dataset trains as new."""
         index = {_key(c): i for i, c in enumerate(self.classes)}
         index |= {_key(alias): index[_key(c)] for alias, c in self.aliases.items()}
         picked = [next((index[k] for k in _singulars(t) if k in index), None) for t in tags]
-        if any(i is None for i in picked) or len(set(picked)) < len(picked):
+        known = [i for i in picked if i is not None]
+        if len(known) < max(1, MOST * len(tags)) or len(set(known)) < len(known):
             return None
-        if len({self.families[i] for i in picked if i is not None}) > 1:
-            return None
-        return [i for i in picked if i is not None]
+        return picked if len({self.families[i] for i in known}) == 1 else None
 
     def family(self, tags: list[str]) -> str | None:
-        """The family of these tags when a training of them starts from the known rows, else None."""
+        """The family of these tags when every one is known (its measured curve is theirs), else None."""
         rows = self.rows(tags)
-        return self.families[rows[0]] if rows else None
+        return self.families[rows[0]] if rows and rows[0] is not None and None not in rows else None
 
     def fit(
-        self, embedded: torch.Tensor, labels: torch.Tensor, rows: list[int], pull: float
+        self, embedded: torch.Tensor, labels: torch.Tensor, rows: list[int | None], pull: float
     ) -> tuple[float, torch.Tensor, torch.Tensor]:
-        """(mean cross-entropy, weight, bias) of the head for these clips, started at and pulled towards the
-        known rows with `pull` × their squared distance, beside the summed cross-entropy of the clips: ten
-        clips a class of one sound bank move the rows little, hundreds move them more."""
+        """(mean cross-entropy, weight, bias) of the head for these clips: a known tag's row starts at the
+        known one and is pulled towards it with `pull` × their squared distance, beside the summed
+        cross-entropy of the clips (ten clips a class of one sound bank move it little, hundreds more); a
+        tag it does not know starts at zero under a plain L2 of NEW_L2 a clip, as the known rows were fitted."""
         import torch
 
-        weight, bias, mean, scale = (
-            torch.from_numpy(a) for a in (self.weight[rows], self.bias[rows], self.mean, self.scale)
-        )
-        return fit_head(embedded, labels, weight, bias, mean, scale, pull)
+        weight, bias = np.zeros((len(rows), self.weight.shape[1]), np.float32), np.zeros(len(rows), np.float32)
+        pulls = np.full(len(rows), NEW_L2 * len(labels))
+        for j, i in enumerate(rows):
+            if i is not None:
+                weight[j], bias[j], pulls[j] = self.weight[i], self.bias[i], pull
+        tensors = (torch.from_numpy(a) for a in (weight, bias, self.mean, self.scale, pulls))
+        return fit_head(embedded, labels, *tensors)
 
 
 def fit_head(
@@ -94,10 +104,11 @@ def fit_head(
     bias: torch.Tensor,
     mean: torch.Tensor,
     scale: torch.Tensor,
-    pull: float,
+    pull: float | torch.Tensor,
 ) -> tuple[float, torch.Tensor, torch.Tensor]:
     """A logistic regression of the embeddings, in the space standardised by mean and scale, with an L2 pull
-    of `pull` towards (weight, bias) (zeros: plain L2); returned folded back to the raw embedding."""
+    of `pull` (one, or one a row) towards (weight, bias) (zeros: plain L2); returned folded back to the raw
+    embedding."""
     import torch
     import torch.nn.functional as F
 
@@ -106,12 +117,14 @@ def fit_head(
     w0 = (weight * scale).double()  # the same logits in the standardised space
     b0 = (bias + weight @ mean).double()
     w, b = w0.clone().requires_grad_(), b0.clone().requires_grad_()
+    pulls = torch.as_tensor(pull, dtype=torch.float64).reshape(-1)  # (1,) or one a row
     optimizer = torch.optim.LBFGS([w, b], max_iter=300, line_search_fn="strong_wolfe")
 
     def loss() -> torch.Tensor:
         optimizer.zero_grad()
         ce = F.cross_entropy(x @ w.T + b, y, reduction="sum")
-        value = (ce + pull * ((w - w0).square().sum() + BIAS_SHARE * (b - b0).square().sum())) / len(y)
+        held = (pulls[:, None] * (w - w0).square()).sum() + (BIAS_SHARE * pulls * (b - b0).square()).sum()
+        value = (ce + held) / len(y)
         value.backward()
         return value
 
@@ -134,16 +147,38 @@ def file_of(base: str) -> Path | None:
 
 
 def load(base: str = "demo") -> Known | None:
-    """The known rows of a base; None where it has none, or when they were fitted on another version of it
-    (said in the log: a retrained demo whose rows were not refitted)."""
+    """The known rows of a base; None where it has none, where they were fitted on another version of it (a
+    retrained demo whose rows were not refitted) or cannot be read: said in the log, once a version of either
+    file (the daemon's advice asks at every dataset edit)."""
     file = file_of(base)
-    if file is None or not file.exists():
+    path = base_path(base) if file is not None else None
+    if file is None or path is None or not file.exists():
         return None
-    raw = json.loads(file.read_text())
-    path = base_path(base)
-    assert path is not None
-    if raw["base"] != hashlib.sha256(path.read_bytes()).hexdigest():
-        log.warning("%s was fitted on another %s than this one: not used (scripts/fit_known.py)", file, path.name)
+    return _read(file, _version(file), path, _version(path))
+
+
+def _version(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=4)
+def _read(file: Path, _file_version: tuple[int, int], base: Path, _base_version: tuple[int, int]) -> Known | None:
+    try:
+        raw = json.loads(file.read_text())
+        if raw["base"] != hashlib.sha256(base.read_bytes()).hexdigest():
+            log.warning("%s was fitted on another %s than this one: not used (scripts/fit_known.py)", file, base.name)
+            return None
+        weight, bias, mean, scale = (np.array(raw[k], np.float32) for k in ("weight", "bias", "mean", "scale"))
+        classes, families, aliases = list(raw["classes"]), list(raw["families"]), dict(raw["aliases"])
+        n, dim = weight.shape
+        if (bias.shape, mean.shape, scale.shape, len(classes), len(families)) != ((n,), (dim,), (dim,), n, n):
+            raise ValueError("its rows, classes and families do not match in number")
+        if not (scale > 0).all() or not all(np.isfinite(a).all() for a in (weight, bias, mean)):
+            raise ValueError("it holds a scale of 0 or numbers that are not finite")
+        if set(aliases.values()) - set(classes):
+            raise ValueError(f"aliases of no class: {sorted(set(aliases.values()) - set(classes))}")
+    except (OSError, ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        log.warning("%s cannot be read (%s): tags the base knows train as new", file, e)
         return None
-    arrays = (np.array(raw[k], np.float32) for k in ("weight", "bias", "mean", "scale"))
-    return Known(list(raw["classes"]), list(raw["families"]), dict(raw["aliases"]), *arrays)
+    return Known(classes, families, aliases, weight, bias, mean, scale)

@@ -6,9 +6,9 @@ validation accuracy stops improving, and the best epoch's weights are kept. A da
 fewer than SMALL_CLASS clips has no validation split: every clip trains for the whole epoch budget, and
 the last epoch's weights, where the learning-rate schedule ends, are kept. With a base (transfer) the new
 head starts as the nearest class mean of the base's embeddings and the body learns at body_lr × lr (0.05:
-a pretrained body needs only nudging; docs/figure3.md measures the full rate against it), unless every tag
-is one the base already knows: then the head is fitted from what it knows, with no epoch (trainer/known.py). Everything
-random is drawn from the seed, so the same dataset and config give the same model on the same device.
+a pretrained body needs only nudging; docs/figure3.md measures the full rate against it), unless most tags
+are ones the base already knows: then the head is fitted from what it knows, with no epoch (trainer/known.py).
+Everything random is drawn from the seed, so the same dataset and config give the same model on the same device.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class TrainResult:
     device: str = "cpu"
     centroids: np.ndarray | None = None  # (classes, EMBED), unit length: see familiarity()
     familiar_from: float = -1.0  # the familiarity a clip needs to be one of the classes
-    known: list[str] = field(default_factory=list)  # the base's classes the tags were fitted from (known.py)
+    known: list[str] = field(default_factory=list)  # the tags fitted from what the base knows of them (known.py)
 
     def summary(self) -> dict[str, object]:
         """What the training measured: the accuracy on held-out clips, or on the training clips when none
@@ -179,7 +179,7 @@ def train(
 ) -> TrainResult:
     """With `checkpoint`, every finished epoch is saved there and a training found there goes on from it
     (trainer/checkpoint.py); the file is left for the caller to remove once the result is safe. With
-    `known` (the base's rows of tags it knows), a dataset of only such tags is fitted on the base's frozen
+    `known` (the base's rows of tags it knows), a dataset of mostly such tags is fitted on the base's frozen
     embedding instead, and no epoch runs (trainer/known.py)."""
     started = time.monotonic()
     check_counts(labels, manifest.classes)
@@ -260,7 +260,7 @@ def train(
     rows = known.rows(manifest.classes) if known is not None and base is not None and config.known_pull else None
     epochs = config.epochs if rows is None else 0
     if rows is not None and known is not None:
-        result.known = [known.classes[i] for i in rows]
+        result.known = [tag for tag, i in zip(manifest.classes, rows, strict=True) if i is not None]
         _fit_known(net, result, known, rows, config.known_pull, (train_idx, val_idx), batch, config.batch_size)
         progress(Progress("training", 1, 1, result.history[0]["train_loss"], result.history[0]["val_accuracy"]))
     elif base is not None:
@@ -268,6 +268,8 @@ def train(
     best_state, best_acc, since_best = copy.deepcopy(net.state_dict()), -math.inf, 0  # scores can be < -1
     n_classes = len(manifest.classes)
     key = ""  # hashing every clip costs a pass over the dataset: only for a training that checkpoints
+    if rows is not None:  # no epoch to save or resume: an epoch saved by a training of them as new is not this
+        checkpoint = None
     if checkpoint is not None:
         aux_arrays = (aux.codes, aux.labels, np.array([aux.share, aux.masks])) if aux else ()
         # the network's layout too: a snapshot from before an upgrade that changed it starts over, not fails
@@ -455,7 +457,7 @@ def _fit_known(
     net: TagNet,
     result: TrainResult,
     known: Known,
-    rows: list[int],
+    rows: list[int | None],
     pull: float,
     split: tuple[np.ndarray, np.ndarray],
     batch: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
