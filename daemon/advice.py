@@ -26,7 +26,7 @@ GAIN = 0.05  # more examples are worth suggesting when they buy at least this mu
 
 def load_curve(family: str = "instruments", path: Path = CURVE) -> tuple[list[tuple[int, float]], str]:
     raw = json.loads(path.read_text())
-    points = sorted((int(n), float(acc)) for n, acc in raw[family].items())
+    points = sorted((int(n), float(acc)) for n, acc in raw.get(family, raw["instruments"]).items())
     return points, str(raw.get("source", ""))
 
 

@@ -343,10 +343,12 @@ def known_said(summary: dict[str, Any], tags: Sequence[str]) -> str:
     if new := [t for t in tags if t not in known]:
         said += f", and taught it {', '.join(new)} beside them,"
     said += " in one fit"
+    held_out = "val_accuracy" in summary
     right = summary.get("val_accuracy", summary.get("train_accuracy", 1.0))
     if right < KNOWN_FITS:  # held to the demo's idea of them: the user may mean other sounds by these names
+        clips = "the clips held out to check it" if held_out else "your clips it was fitted on"
         return (
-            f"{said}, and it is right on only {right:.0%} of them: you may mean other sounds by these names; "
+            f"{said}, and it is right on only {right:.0%} of {clips}: you may mean other sounds by these names; "
             "`vibrary train --as-new` (the option known_pull 0) trains them as new tags"
         )
     return f"{said}, no epochs needed (`vibrary train --as-new`, or the option known_pull 0, trains them as new tags)"

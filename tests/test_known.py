@@ -22,7 +22,7 @@ from vibrary.daemon import shards, training  # noqa: E402
 from vibrary.daemon.spectrogram import dequantize  # noqa: E402
 from vibrary.trainer import known  # noqa: E402
 from vibrary.trainer.export import load_base  # noqa: E402
-from vibrary.trainer.train import TrainConfig, train  # noqa: E402
+from vibrary.trainer.train import SMALL_CLASS, TrainConfig, train  # noqa: E402
 
 from tests.conftest import json_lines, vibrary  # noqa: E402
 from tests.synth import write_kinds  # noqa: E402
@@ -42,12 +42,13 @@ def test_tags_are_known_by_name_alias_case_separators_and_plural() -> None:
     rows = _known(["clean", "distortion", "ringmod", "delay", "kick", "snare"], aliases)
     assert rows.rows(["Distortion", "Ring-Mods", "echoes", "DRY"]) == [1, 2, 3, 0]
     assert rows.rows(["delay", "distortion"]) == [3, 1] and rows.rows(["snares", "kick"]) == [5, 4]
-    assert rows.rows(["distortion", "fuzz"]) == [1, None]  # half known: fuzz is fitted beside distortion
+    assert rows.rows(["distortion", "delay", "fuzz"]) == [1, 3, None]  # fuzz is fitted beside the known two
     assert rows.rows(["distortion", "fuzz", "wah"]) is None  # mostly tags it never heard: trained as new
-    assert rows.rows(["delay", "echo"]) is None  # two tags of one class: one row cannot start both
+    assert rows.rows(["clean", "explicit"]) is None  # one known word is no set of effects
+    assert rows.rows(["delay", "echo", "dry"]) == [3, None, 0]  # one row cannot start both: echo starts afresh
     assert rows.rows(["kick", "delay"]) is None  # rows of two families were not fitted on one scale
     assert rows.family(["snare", "kick"]) == "instruments" and rows.family(["kick", "delay"]) is None
-    assert rows.family(["distortion", "fuzz"]) is None  # its curve was measured with every tag known
+    assert rows.family(["distortion", "delay", "fuzz"]) is None  # its curve was measured with every tag known
 
 
 def test_the_fit_holds_to_the_rows_as_hard_as_it_is_pulled() -> None:
@@ -106,6 +107,19 @@ def test_a_dataset_of_known_tags_keeps_the_base_body_and_runs_no_epoch() -> None
     assert result.known == [] and len(result.history) == 3
 
 
+def test_a_dataset_large_enough_to_hold_clips_out_is_measured_on_them() -> None:
+    rows = known.load("demo")
+    base, name = load_base("demo")
+    codes, labels, groups = spectrograms(SMALL_CLASS + 5, 0)
+    manifest = shards.write("fx", EFFECTS, P, codes, labels, groups)[0]
+    result = train(manifest, codes, labels, np.array(groups), TrainConfig(seed=0), base, name, known=rows)
+    assert result.known == EFFECTS and result.val_clips > 0 and result.train_clips + result.val_clips == len(labels)
+    summary = result.summary()
+    assert "train_accuracy" not in summary and result.history[0]["val_accuracy"] > 0
+    assert summary["val_accuracy"] == pytest.approx(result.history[0]["val_accuracy"], abs=1e-4)
+    assert result.confusion.sum() == result.val_clips  # the matrix is of the held-out clips
+
+
 def test_what_a_fit_from_known_rows_did_is_said() -> None:
     known_said = training.known_said
     assert known_said({"known": [], "train_accuracy": 0.9}, ["pads"]) == ""  # trained over epochs: nothing to say
@@ -113,7 +127,9 @@ def test_what_a_fit_from_known_rows_did_is_said() -> None:
     assert "already knows these tags (reverb, delay)" in said and "taught it my pads beside them" in said
     assert "no epochs needed" in said and "right on only" not in said
     low = known_said({"known": ["reverb"], "train_accuracy": 0.5}, ["reverb"])
-    assert "right on only 50% of them: you may mean other sounds" in low and "--as-new" in low
+    assert "right on only 50% of your clips it was fitted on: you may mean other sounds" in low and "--as-new" in low
+    held_out = known_said({"known": ["reverb"], "val_accuracy": 0.5}, ["reverb"])
+    assert "right on only 50% of the clips held out to check it" in held_out
 
 
 def test_rows_fitted_on_another_demo_are_not_used(
@@ -130,8 +146,8 @@ def test_rows_fitted_on_another_demo_are_not_used(
     assert known.load("demo") is not None
     copy.write_text(json.dumps(raw | {"base": "0" * 64}))
     with caplog.at_level(logging.WARNING, logger="vibrary.trainer.known"):
-        assert known.load("demo") is None
-    assert "fitted on another demo.pt" in caplog.text
+        assert known.load("demo") is None and known.load("demo") is None
+    assert caplog.text.count("fitted on another demo.pt") == 1  # once, not at every dataset edit
     damaged = {
         "cut short": json.dumps(raw)[:-100],
         "a row short": json.dumps(raw | {"bias": raw["bias"][:-1]}),

@@ -4,14 +4,13 @@ The demo model's body was trained beside a second head on 13,600 effect clips (d
 fitted on its frozen embedding over those clips (`scripts/fit_known.py`) names the effect of notes from
 soundfonts and programs it never heard 80 % of the time, where ten clips a class of the user's reach 66 %
 from imprinted class means, and fine-tuning the network from that head on them lost four points of it
-(docs/figure3.md, "Stop 29"). So a dataset whose tags are mostly these classes is fitted as a logistic
+(docs/figure3.md, "Stop 29"). So a dataset whose tags are half or more these classes is fitted as a logistic
 regression on the base's frozen embedding, pulled towards the known rows: the user's clips correct what is
 known, they do not replace it, and no epoch is spent; its other tags are fitted beside them from nothing (a
-dataset of 12 effects with 3 or 6 unknown: 0.77 and 0.75, against 0.66 all trained as new). A dataset of
-mostly other tags trains as before. The rows ship beside the base they
-were fitted on and count only for it (its hash is in the file): a retrained demo needs them refitted. The
-file is JSON and this module imports torch only to fit, so the daemon reads which tags are known (its
-advice before a training) without PyTorch.
+dataset of 12 effects with 3 or 6 unknown: 0.77 and 0.75, against 0.66 all trained as new). A dataset
+of fewer known tags trains as before. The rows ship beside the base they were fitted on and count only for
+it (its hash is in the file): a retrained demo needs them refitted. The file is JSON and this module imports
+torch only to fit, so the daemon reads which tags are known (its advice before a training) without PyTorch.
 """
 
 from __future__ import annotations
@@ -64,13 +63,17 @@ class Known:
     scale: np.ndarray  # in which the pull towards them is measured, whatever the embedding's scale
 
     def rows(self, tags: list[str]) -> list[int | None] | None:
-        """The known class of each tag, in order (None: a tag it does not know), when at least MOST of the
-        tags are known, each a different class, all of one family; else None: the dataset trains as new."""
+        """The known class of each tag, in order (None: a tag it does not know, or a second name of a class
+        another tag has: delay and echo), when two tags at least, and at least MOST of them, are known, all
+        of one family; else None: the dataset trains as new (`clean` beside `explicit` is not an effects set)."""
         index = {_key(c): i for i, c in enumerate(self.classes)}
         index |= {_key(alias): index[_key(c)] for alias, c in self.aliases.items()}
-        picked = [next((index[k] for k in _singulars(t) if k in index), None) for t in tags]
+        picked: list[int | None] = []
+        for tag in tags:
+            i = next((index[k] for k in _singulars(tag) if k in index), None)
+            picked.append(i if i not in picked else None)
         known = [i for i in picked if i is not None]
-        if len(known) < max(1, MOST * len(tags)) or len(set(known)) < len(known):
+        if len(known) < max(2, MOST * len(tags)):
             return None
         return picked if len({self.families[i] for i in known}) == 1 else None
 
@@ -151,21 +154,22 @@ def load(base: str = "demo") -> Known | None:
     retrained demo whose rows were not refitted) or cannot be read: said in the log, once a version of either
     file (the daemon's advice asks at every dataset edit)."""
     file = file_of(base)
-    path = base_path(base) if file is not None else None
-    if file is None or path is None or not file.exists():
+    try:
+        path = base_path(base)
+        if file is None or path is None or not file.exists():
+            return None
+        stat = path.stat()
+        return _read(file, file.read_text(), path, (stat.st_mtime_ns, stat.st_size))
+    except OSError as e:
+        log.warning("%s cannot be read (%s): tags the base knows train as new", file, e)
         return None
-    return _read(file, _version(file), path, _version(path))
-
-
-def _version(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_mtime_ns, stat.st_size
 
 
 @functools.lru_cache(maxsize=4)
-def _read(file: Path, _file_version: tuple[int, int], base: Path, _base_version: tuple[int, int]) -> Known | None:
+def _read(file: Path, text: str, base: Path, _base_version: tuple[int, int]) -> Known | None:
+    """Cached by the file's text (54 kB) and the base's time and size: hashing the base costs more."""
     try:
-        raw = json.loads(file.read_text())
+        raw = json.loads(text)
         if raw["base"] != hashlib.sha256(base.read_bytes()).hexdigest():
             log.warning("%s was fitted on another %s than this one: not used (scripts/fit_known.py)", file, base.name)
             return None
@@ -176,9 +180,11 @@ def _read(file: Path, _file_version: tuple[int, int], base: Path, _base_version:
             raise ValueError("its rows, classes and families do not match in number")
         if not (scale > 0).all() or not all(np.isfinite(a).all() for a in (weight, bias, mean)):
             raise ValueError("it holds a scale of 0 or numbers that are not finite")
+        if not all(isinstance(x, str) for x in [*classes, *families, *aliases, *aliases.values()]):
+            raise ValueError("its names are not all text")
         if set(aliases.values()) - set(classes):
             raise ValueError(f"aliases of no class: {sorted(set(aliases.values()) - set(classes))}")
-    except (OSError, ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
         log.warning("%s cannot be read (%s): tags the base knows train as new", file, e)
         return None
     return Known(classes, families, aliases, weight, bias, mean, scale)

@@ -18,16 +18,19 @@ def learning_curve(history: list[dict[str, float]], title: str, loss_label: str 
     epochs = [h["epoch"] for h in history]
     validated = any(h["val_loss"] for h in history)
     fig, loss_ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    loss_ax.plot(epochs, [h["train_loss"] for h in history], label=loss_label, color="tab:blue")
+    dot = "o" if len(history) == 1 else None  # one fit from known rows (trainer/known.py): a point, not a line
+    loss_ax.plot(epochs, [h["train_loss"] for h in history], label=loss_label, color="tab:blue", marker=dot)
     if validated:
-        loss_ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss", color="tab:orange")
+        loss_ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss", color="tab:orange", marker=dot)
     loss_ax.set_xlabel("epoch")
     loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a 3-epoch training had an epoch 1.25
     loss_ax.set_ylabel("loss")
     lines = loss_ax.get_legend_handles_labels()[0]
     if validated:
         acc_ax = loss_ax.twinx()
-        acc_ax.plot(epochs, [h["val_accuracy"] for h in history], label="validation accuracy", color="tab:green")
+        acc_ax.plot(
+            epochs, [h["val_accuracy"] for h in history], label="validation accuracy", color="tab:green", marker=dot
+        )
         acc_ax.set_ylim(0, 1.02)
         acc_ax.set_ylabel("accuracy")
         lines += acc_ax.get_legend_handles_labels()[0]

@@ -6,8 +6,8 @@ validation accuracy stops improving, and the best epoch's weights are kept. A da
 fewer than SMALL_CLASS clips has no validation split: every clip trains for the whole epoch budget, and
 the last epoch's weights, where the learning-rate schedule ends, are kept. With a base (transfer) the new
 head starts as the nearest class mean of the base's embeddings and the body learns at body_lr × lr (0.05:
-a pretrained body needs only nudging; docs/figure3.md measures the full rate against it), unless most tags
-are ones the base already knows: then the head is fitted from what it knows, with no epoch (trainer/known.py).
+a pretrained body needs only nudging; docs/figure3.md measures the full rate against it), unless half the tags
+or more are ones the base already knows: then the head is fitted from what it knows, with no epoch (trainer/known.py).
 Everything random is drawn from the seed, so the same dataset and config give the same model on the same device.
 """
 
@@ -179,7 +179,7 @@ def train(
 ) -> TrainResult:
     """With `checkpoint`, every finished epoch is saved there and a training found there goes on from it
     (trainer/checkpoint.py); the file is left for the caller to remove once the result is safe. With
-    `known` (the base's rows of tags it knows), a dataset of mostly such tags is fitted on the base's frozen
+    `known` (the base's rows of tags it knows), a dataset of half or more such tags is fitted on the base's frozen
     embedding instead, and no epoch runs (trainer/known.py)."""
     started = time.monotonic()
     check_counts(labels, manifest.classes)
@@ -261,6 +261,7 @@ def train(
     epochs = config.epochs if rows is None else 0
     if rows is not None and known is not None:
         result.known = [tag for tag, i in zip(manifest.classes, rows, strict=True) if i is not None]
+        progress(Progress("training", 0, 1))  # a pass over every clip comes first
         _fit_known(net, result, known, rows, config.known_pull, (train_idx, val_idx), batch, config.batch_size)
         progress(Progress("training", 1, 1, result.history[0]["train_loss"], result.history[0]["val_accuracy"]))
     elif base is not None:
