@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+CHUNK = 1 << 20  # bytes a read while copying
 
 
 @contextlib.contextmanager
@@ -45,8 +46,16 @@ def write(path: Path, data: bytes | str, mode: int = 0o666) -> None:
 
 
 def copy(source: Path, target: Path) -> None:
-    with writing(target) as f, open(source, "rb") as read:
-        shutil.copyfileobj(read, f)
+    """A read error names the source (writing() names its own errors after the target)."""
+    with open(source, "rb") as read, writing(target) as f:
+        while True:
+            try:
+                chunk = read.read(CHUNK)
+            except OSError as e:  # EIO of a failing drive: a file named nowhere, or named as the target
+                raise OSError(e.errno, e.strerror, str(source)) from e
+            if not chunk:
+                return
+            f.write(chunk)
 
 
 def publish(part: Path, path: Path) -> None:

@@ -48,6 +48,21 @@ def test_an_error_while_writing_leaves_the_previous_file_and_no_part(tmp_path: P
     assert path.read_text() == "the dataset's labels" and os.listdir(tmp_path) == ["labels.json"]
 
 
+def test_a_read_error_while_copying_names_the_source_and_leaves_the_target(tmp_path: Path) -> None:
+    """A failing drive's EIO carries no file name: it was said of the model being installed, not of the file
+    it was read from. /proc/self/mem answers its first byte with EIO, as a bad sector does."""
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"before")
+    with pytest.raises(OSError) as raised:
+        atomic.copy(Path("/proc/self/mem"), target)
+    assert raised.value.errno == errno.EIO and raised.value.filename == "/proc/self/mem"
+    assert target.read_bytes() == b"before" and not list(tmp_path.glob("*.part"))
+    source = tmp_path / "big.onnx"
+    source.write_bytes(os.urandom(atomic.CHUNK * 2 + 5))  # more than one read
+    atomic.copy(source, target)
+    assert target.read_bytes() == source.read_bytes()
+
+
 def test_a_full_disk_mid_write_leaves_the_previous_file_and_no_part(tmp_path: Path) -> None:
     """A config written in place was left cut short (the daemon then refused to start); a model copied to
     a `.part` on a full disk left the part behind, taking the space the user was short of."""
