@@ -901,8 +901,10 @@ class Index:
         return None if row is None else int(row[0])
 
     def file_tags(self, paths: Sequence[str]) -> Iterator[FileTags]:
-        """What the index holds for these paths; a folder stands for everything under it."""
+        """What the index holds for these paths; a folder stands for everything under it. Each file once, as
+        a Tag answers: a path given twice, or a file given beside its folder, is one answer."""
         model_ids = [m.id for m in self.active_models()]
+        answered: set[str] = set()
         for p in paths:
             lo, hi = under(p)
             rows = (
@@ -914,9 +916,11 @@ class Index:
                 )
                 .fetchall()
             )
-            if not rows:
+            if not rows and p not in answered:
                 yield FileTags(p, "unknown", NOT_INDEXED if os.path.lexists(p) else NO_SUCH_PATH, [])
-            yield from self._with_tags(rows, model_ids)
+            new = [r for r in rows if r[0] not in answered]
+            answered.update([p, *(r[0] for r in new)])
+            yield from self._with_tags(new, model_ids)
 
     def _with_tags(self, rows: Sequence[tuple], model_ids: Sequence[int]) -> Iterator[FileTags]:
         """Rows with their tags, looked up a page of rows at a time: SQLite takes only so many variables

@@ -381,6 +381,8 @@ def test_a_search_finds_no_file_that_was_never_read_and_nothing_removes_everythi
         with pytest.raises(ValueError, match="refusing to remove everything"):
             index.remove_paths([everything])
     assert len(list(index.file_tags(["/lib"]))) == 3
+    twice = [f.path for f in index.file_tags(["/lib/k.wav", "/lib", "/lib/k.wav", "/gone.wav", "/gone.wav"])]
+    assert twice == ["/lib/k.wav", "/lib/new.wav", "/lib/s.wav", "/gone.wav"]  # each once, as a Tag answers
 
 
 def test_an_index_from_before_inodes_gets_the_column_with_inodes_unknown(tmp_path: Path) -> None:
