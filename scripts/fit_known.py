@@ -41,16 +41,25 @@ ALIASES = {
     "lpf": "lowpass", "hpf": "highpass", "bpf": "bandpass",
     "reversed": "reverse", "compression": "compressor", "compressed": "compressor",
 }  # fmt: skip
+INSTRUMENT_ALIASES = {
+    "bd": "kick", "bassdrum": "kick", "kickdrum": "kick", "sd": "snare", "hh": "hihat", "hat": "hihat",
+    "cym": "cymbal", "crash": "cymbal", "handclap": "clap", "gtr": "guitar",
+    "string": "strings", "horn": "brass", "synthesizer": "synth", "vocal": "vocals",
+    "vox": "vocals", "voice": "vocals",
+}  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--effects", type=Path, required=True, help="effects.npz of scripts/build_effects_corpus.py")
-    ap.add_argument("--out", type=Path, default=known.FILE)
+    ap.add_argument("--base", default="demo", help="demo, or a checkpoint of train_demo.py (a fold's demo.pt)")
+    ap.add_argument(
+        "--instruments", action="store_true", help="the base's own 15 classes too, its head's rows as they are"
+    )
     args = ap.parse_args()
     corpus = np.load(args.effects)
     classes = [str(c) for c in corpus["classes"]]
-    state, _ = load_base("demo")
+    state, _ = load_base(args.base)
     assert state is not None
     net = TagNet(state["head.weight"].shape[0])
     net.load_state_dict(state)
@@ -64,20 +73,30 @@ def main() -> None:
     zeros = torch.zeros(len(classes), embedded.shape[1]), torch.zeros(len(classes))
     loss, weight, bias = known.fit_head(embedded, labels, *zeros, mean, scale, L2 * len(labels))
     right = float(((embedded @ weight.T + bias).argmax(1) == labels).float().mean())
-    assert not set(ALIASES.values()) - set(classes), "an alias of a class the corpus does not have"
-    keys = [known._key(name) for name in [*classes, *ALIASES]]
+    families, aliases = ["effects"] * len(classes), dict(ALIASES)
+    if args.instruments:  # the demo's head, trained on them: its logits, as the demo model tags with them
+        import train_demo
+
+        weight = torch.cat([weight, state["head.weight"]])
+        bias = torch.cat([bias, state["head.bias"]])
+        families += ["instruments"] * len(train_demo.CLASSES)
+        classes += list(train_demo.CLASSES)
+        aliases |= INSTRUMENT_ALIASES
+    assert not set(aliases.values()) - set(classes), "an alias of a class the corpus does not have"
+    keys = [known._key(name) for name in [*classes, *aliases]]
     assert len(set(keys)) == len(keys), "an alias spelled as a class or another alias (trainer/known.py's _key)"
-    demo = known.base_path("demo")
-    assert demo is not None
+    base = known.base_path(args.base)
+    out = known.file_of(args.base)
+    assert base is not None and out is not None
     fitted = {
-        "base": hashlib.sha256(demo.read_bytes()).hexdigest(),
+        "base": hashlib.sha256(base.read_bytes()).hexdigest(),
         "classes": classes,
-        "families": ["effects"] * len(classes),
-        "aliases": ALIASES,
+        "families": families,
+        "aliases": aliases,
         **{k: v.tolist() for k, v in (("weight", weight), ("bias", bias), ("mean", mean), ("scale", scale))},
     }
-    args.out.write_text(json.dumps(fitted) + "\n")  # float32's digits: read back as the same float32s
-    print(f"{args.out}: {len(classes)} classes, {len(labels)} clips, loss {loss:.3f}, right on them {right:.3f}")
+    out.write_text(json.dumps(fitted) + "\n")  # float32's digits: read back as the same float32s
+    print(f"{out}: {len(classes)} classes, {len(labels)} clips, loss {loss:.3f}, right on them {right:.3f}")
 
 
 if __name__ == "__main__":
