@@ -993,7 +993,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"installed and activated {row.ref}: every clip trained it, none was left to validate on "
             f"(right on {accuracy:.0%} of its own training clips)"
         )
-    stopped = _stopped_early(trained.summary, checked, row.classes)
+    stopped = _what_the_progress_did_not_say(trained.summary, checked, row.classes)
     human += f"\n{stopped}" if stopped else ""
     earlier = [m for m in index.models() if m.name == row.name and m.version < row.version]
     was = max(earlier, key=lambda m: m.version, default=None)
@@ -1008,7 +1008,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stopped_early(summary: dict[str, Any], options: str, tags: Sequence[str]) -> str:
+def _what_the_progress_did_not_say(summary: dict[str, Any], options: str, tags: Sequence[str]) -> str:
     """Why a training ended before the epochs it was given, or "": "epoch 6/30" and then "done" read as a
     training cut short. It stops once accuracy on the held-out clips has not improved for `patience` epochs,
     and keeps the best epoch's weights, not the last's; a dataset of tags the base knows runs no epoch."""

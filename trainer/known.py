@@ -140,24 +140,30 @@ def fit_head(
 
 def file_of(base: str) -> Path | None:
     """Where the known rows of a base would be: FILE for the built-in one, X-known.json beside a checkpoint X.pt."""
+    found = _paths(base)
+    return found[0] if found else None
+
+
+def _paths(base: str) -> tuple[Path, Path] | None:
+    """(the known rows' file, the base's checkpoint); None for no base or a checkpoint that is not there."""
     try:
         path = base_path(base)
     except FileNotFoundError:
         return None
     if path is None:
         return None
-    return FILE if base == "demo" else path.with_name(f"{path.stem}-known.json")
+    return (FILE if base == "demo" else path.with_name(f"{path.stem}-known.json")), path
 
 
 def load(base: str = "demo") -> Known | None:
     """The known rows of a base; None where it has none, where they were fitted on another version of it (a
     retrained demo whose rows were not refitted) or cannot be read: said in the log, once a version of either
     file (the daemon's advice asks at every dataset edit)."""
-    file = file_of(base)
+    found = _paths(base)
+    if found is None or not found[0].exists():
+        return None
+    file, path = found
     try:
-        path = base_path(base)
-        if file is None or path is None or not file.exists():
-            return None
         stat = path.stat()
         return _read(file, file.read_text(), path, (stat.st_mtime_ns, stat.st_size))
     except OSError as e:
