@@ -118,6 +118,12 @@ def test_a_dataset_large_enough_to_hold_clips_out_is_measured_on_them() -> None:
     assert "train_accuracy" not in summary and result.history[0]["val_accuracy"] > 0
     assert summary["val_accuracy"] == pytest.approx(result.history[0]["val_accuracy"], abs=1e-4)
     assert result.confusion.sum() == result.val_clips  # the matrix is of the held-out clips
+    with torch.no_grad():  # measured without them, the head kept is fitted on every clip
+        embedded = result.net.eval().embedding(torch.from_numpy(dequantize(codes, P)))
+    indices = rows.rows(EFFECTS)
+    _, weight, bias = rows.fit(embedded, torch.from_numpy(labels), indices, TrainConfig().known_pull)
+    assert torch.allclose(result.net.head.weight, weight, atol=1e-4)
+    assert torch.allclose(result.net.head.bias, bias, atol=1e-4)
 
 
 def test_what_a_fit_from_known_rows_did_is_said() -> None:
