@@ -51,17 +51,25 @@ def _out(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
 
 
 def _file_line(
-    path: str, tags: Iterable[tuple[str, str, float]], error: str | None, unfamiliar: Collection[str] = ()
+    path: str,
+    tags: Iterable[tuple[str, str, float]],
+    error: str | None,
+    unfamiliar: Collection[str] = (),
+    state: str = "indexed",
 ) -> dict[str, Any]:
     """A file's line; `unfamiliar`: the models that find it like none of their examples (their tags are
-    guesses, which searches leave out)."""
-    return {
+    guesses, which searches leave out). A file read fine with no tags at all is silent: its line says so in
+    `note`, as a script reading `"tags": [], "error": null` could not tell it from a file not read yet."""
+    line = {
         "path": path,
         "tags": [
             {"model": m, "tag": t, "score": round(float(s), 4), "unfamiliar": m in unfamiliar} for m, t, s in tags
         ],
         "error": error or None,
     }
+    if state == "indexed" and not line["tags"] and not error:
+        line["note"] = f"no tags: {SILENT}"
+    return line
 
 
 _CONTROL = {**{c: f"\\x{c:02x}" for c in (*range(32), 127)}, 9: "\\t", 10: "\\n", 13: "\\r"}
@@ -86,8 +94,7 @@ def _human_file(line: dict[str, Any], state: str = "indexed") -> str:
         return f"{_shown(line['path'])}: " + "; ".join(
             f"{model}: {', '.join(tags)}" for model, tags in by_model.items()
         )
-    # what a file read fine with no tags is; one not read yet has none either
-    none = f"(no tags: {SILENT})" if state == "indexed" else f"({state})"
+    none = f"({line.get('note') or state})"  # one not read yet has no tags either
     return f"{_shown(line['path'])}: {', '.join(next(iter(by_model.values()), [none]))}"
 
 
@@ -461,7 +468,7 @@ def _print_files(args: argparse.Namespace, files: Iterable[Any]) -> int:
     n = 0
     for f in files:
         unfamiliar = {t.model for t in f.tags if t.unfamiliar}
-        line = _file_line(f.path, ((t.model, t.tag, t.score) for t in f.tags), f.error, unfamiliar)
+        line = _file_line(f.path, ((t.model, t.tag, t.score) for t in f.tags), f.error, unfamiliar, f.state)
         _out(args, line, _human_file(line, f.state))
         n += 1
     return n

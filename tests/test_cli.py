@@ -51,7 +51,8 @@ def test_a_newline_in_a_file_name_keeps_the_file_on_one_human_line(model_home: P
 def test_a_file_silent_in_its_opening_seconds_is_tagged_by_its_first_sound(model_home: Path, tmp_path: Path) -> None:
     """A stem that starts after 4 s of digital silence came out with the model's guess for nothing as its
     best tag (stop 22: then with no tags at all, never found); it is tagged by its first sound, a 1.4 kHz
-    tone: mid. A file silent throughout has no tags; a file with sound in its opening seconds is tagged."""
+    tone: mid. A file silent throughout has no tags, and its line says why; a file with sound in its opening
+    seconds is tagged."""
     import numpy as np
     import soundfile as sf
 
@@ -64,7 +65,8 @@ def test_a_file_silent_in_its_opening_seconds_is_tagged_by_its_first_sound(model
     lines = {Path(x["path"]).name: x for x in json_lines(proc.stdout)}
     assert lines["late.wav"]["tags"][0]["tag"] == "mid" and lines["late.wav"]["error"] is None
     assert lines["silent.wav"] == {**lines["silent.wav"], "tags": [], "error": None}
-    assert lines["low.wav"]["tags"][0]["tag"] == "low"
+    assert lines["silent.wav"]["note"] == "no tags: no sound above -70 dBFS in its first minute"  # not "not read"
+    assert lines["low.wav"]["tags"][0]["tag"] == "low" and "note" not in lines["low.wav"]
     said = vibrary("tag", str(tmp_path / "silent.wav"), home=model_home).stdout
     assert "silent.wav: (no tags: no sound above -70 dBFS in its first minute)" in said
 
