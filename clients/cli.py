@@ -884,7 +884,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     states: set[str] = set()  # the states seen
     started: list[str] = []  # the job, once a trainer has it: waiting for a busy trainer or uploading, none
 
-    logged = {"epoch": -1, "upload": -1}
+    logged = {"epoch": 0, "upload": -1}  # epoch 0 of a fit from known rows says "loss 0.000" of nothing yet
 
     def log_lines(p: TrainProgress) -> None:
         """A line per epoch and per quarter of the upload where no bar can show (a log file, a script's

@@ -1,11 +1,12 @@
 """How many examples do I need? Expected accuracy at a dataset's size, read off a measured curve.
 
 `builtin/examples_curve.json` holds test accuracy against examples per class for an instrument set and
-an effects set (`{"instruments": {"10": 0.77, ...}, "effects": {...}, "source": "..."}`), as
-`docs/figure3` measures it. The smallest class limits a model most, so advice is about that class;
-between measured sizes accuracy is interpolated on a log scale of the size, as such curves are drawn. Tags
-the demo model already knows (vibrary.trainer.known: its effects) are read off the curve of their family,
-which was measured as they train; any other dataset off the instruments curve.
+an effects set, each as the demo's classes train (from its rows of them, vibrary.trainer.known) and as new
+tags train (`{"instruments": {"10": 0.68, ...}, "instruments as new": {...}, "effects": ..., "source": "..."}`),
+as `docs/figure3` measures them. The smallest class limits a model most, so advice is about that class;
+between measured sizes accuracy is interpolated on a log scale of the size, as such curves are drawn. A
+dataset of tags the demo knows is read off their family's curve; any other (moods, a mix) off the
+instruments curve as new.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ CURVE = Path(__file__).parent / "builtin" / "examples_curve.json"
 GAIN = 0.05  # more examples are worth suggesting when they buy at least this much accuracy
 
 
-def load_curve(family: str = "instruments", path: Path = CURVE) -> tuple[list[tuple[int, float]], str]:
+def load_curve(curve: str = "instruments", path: Path = CURVE) -> tuple[list[tuple[int, float]], str]:
+    """`instruments` or `effects`: as such tags train (from the rows the demo has of them); with ` as new`
+    (`instruments as new`): as tags it does not know, or `--as-new`, train; instruments where it is missing."""
     raw = json.loads(path.read_text())
-    points = sorted((int(n), float(acc)) for n, acc in raw.get(family, raw["instruments"]).items())
+    points = sorted((int(n), float(acc)) for n, acc in raw.get(curve, raw["instruments"]).items())
     return points, str(raw.get("source", ""))
 
 
@@ -47,9 +50,11 @@ def advise(per_class: Mapping[str, int], family: str = "", path: Path = CURVE, f
         return ""
     if why := too_few(dict(per_class)):  # said at `dataset show` and after each edit, not after an upload
         return f"cannot train yet: {why} (`vibrary dataset add` more, or relabel or drop them)"
-    known_family = from_known and (rows := known.load()) and rows.family(list(per_class))
+    rows = known.load()
+    known_family = rows.family(list(per_class)) if rows is not None else None
     family = family or known_family or "instruments"
-    points, source = load_curve(family, path)
+    from_rows = from_known and family == known_family
+    points, source = load_curve(family if from_rows else f"{family} as new", path)
     tag, n = min(per_class.items(), key=lambda kv: (kv[1], kv[0]))
     now = expected(n, points)
     bound = "at most about" if n < points[0][0] else "about"  # below the curve's first measured size
@@ -59,5 +64,5 @@ def advise(per_class: Mapping[str, int], family: str = "", path: Path = CURVE, f
         text += "; more examples would add little"
     else:
         text += f"; {better[0] - n} more per class ({better[0]} each) should give about {better[1]:.0%}"
-    of_known = " of tags the demo model knows" if family == known_family else ""
-    return f"{text} ({family} curve{of_known}, {source})"
+    how = " of tags the demo model knows" if from_rows else ", tags trained as new"
+    return f"{text} ({family} curve{how}, {source})"

@@ -240,29 +240,33 @@ def build_instruments(cache: Path, corpus: Path) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------------
 # Training and testing
 # ---------------------------------------------------------------------------------------------------
-def checkpoint_id(base: str) -> str:
+def checkpoint_id(base: str, known: bool = True) -> str:
     """A base as runs.jsonl keys it: its name and the hash of its weights, so a retrained base reruns; and of
-    the known rows shipped with it (trainer/known.py), which change how its transfer runs train."""
+    the known rows shipped with it (trainer/known.py), which change how its transfer runs train (`known`
+    False: a run that trains the tags as new, `--as-new`, which they do not change)."""
     import hashlib
 
-    from vibrary.trainer import known
+    from vibrary.trainer import known as rows_of
     from vibrary.trainer.options import base_path
 
     path = base_path(base)
     if path is None:
         return base
-    file = known.file_of(base)
-    rows = f"+known@{hashlib.sha256(file.read_bytes()).hexdigest()[:12]}" if file and known.load(base) else ""
+    file = rows_of.file_of(base)
+    with_rows = known and file is not None and rows_of.load(base) is not None
+    rows = f"+known@{hashlib.sha256(file.read_bytes()).hexdigest()[:12]}" if with_rows and file else ""
     return f"{base}@{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}{rows}"
 
 
-def recorded(base: str, done: dict[tuple[str, str, str, int, int], dict[str, Any]]) -> str:
+def recorded(base: str, done: dict[tuple[str, str, str, int, int], dict[str, Any]], known: bool = True) -> str:
     """The base's key, or where its checkpoint is gone (a fold trained on another machine, then removed) the
-    one key its finished runs were kept under: the figure is redrawn from them."""
+    one key its finished runs were kept under (with known rows or without, as asked, where it had both):
+    the figure is redrawn from them."""
     try:
-        return checkpoint_id(base)
+        return checkpoint_id(base, known)
     except FileNotFoundError:
         kept = {key[2] for key in done if key[2].split("@")[0] == base}
+        kept = {k for k in kept if ("+known@" in k) == known} or kept
         if len(kept) != 1:
             raise
         return kept.pop()
@@ -331,6 +335,7 @@ def run_one(
     }
 
 
+LABELS = {"transfer": "transfer, from its known rows", "as-new": "transfer, tags as new", "scratch": "scratch"}
 Curves = dict[str, dict[str, dict[str, dict[str, float]]]]  # set → mode → n → mean / std / min / max / seeds
 
 
@@ -358,16 +363,17 @@ def plot(summary: Curves, path: Path) -> None:
     import matplotlib.pyplot as plt
     from vibrary.trainer.train import SMALL_CLASS
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.9), sharey=True)
     for ax, name in zip(axes, ("instruments", "effects"), strict=True):
-        for mode, colour in (("transfer", "tab:blue"), ("scratch", "tab:orange")):
+        for mode, colour in (("transfer", "tab:blue"), ("as-new", "tab:purple"), ("scratch", "tab:orange")):
             curve = summary.get(name, {}).get(mode, {})
             ns = sorted(curve, key=int)
             if not ns:
                 continue
             x = [int(n) for n in ns]
             mean = [curve[n]["mean"] for n in ns]
-            ax.plot(x, mean, "o-", color=colour, label=f"Vibrary, {mode} (mean of {curve[ns[0]]['seeds']} seeds)")
+            label = f"Vibrary, {LABELS[mode]} (mean of {curve[ns[0]]['seeds']} seeds)"
+            ax.plot(x, mean, "o-", color=colour, label=label)
             ax.fill_between(x, [curve[n]["min"] for n in ns], [curve[n]["max"] for n in ns], color=colour, alpha=0.2)
         n_classes = len(INSTRUMENTS if name == "instruments" else EFFECTS)
         ax.axhline(1 / n_classes, ls=":", color="black", lw=0.8, label="chance")
@@ -379,9 +385,10 @@ def plot(summary: Curves, path: Path) -> None:
         ax.set_title(f"{name}: {n_classes} classes, unseen sources")
         ax.grid(True, which="both", alpha=0.3)
         ax.set_ylim(0, 1.02)
-        ax.legend(loc="lower right", fontsize=8)
     axes[0].set_ylabel("test accuracy (shaded: min–max over seeds)")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()  # one legend under both: inside, it hid curves
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
     fig.savefig(path, dpi=110)
 
 
@@ -392,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--counts", default="1,2,5,10,20,50")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--sets", default="instruments,effects")
-    ap.add_argument("--modes", default="transfer,scratch")
+    ap.add_argument("--modes", default="transfer,as-new,scratch", help="as-new: transfer with the known rows unused")
     ap.add_argument("--config", default="{}", help="JSON TrainConfig overrides (experiments; not for the figure)")
     ap.add_argument("--tag", default="", help="experiment label kept in runs.jsonl (empty: the figure's runs)")
     ap.add_argument("--threads", type=int, default=1)
@@ -401,8 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--instrument-base",
-        default="/work/loso80/fold-0/demo.pt",
-        help="base of the instrument transfer runs: fold 0 of the recipe (`train_demo.py --fold 0 --out /work/loso80`)",
+        default="/work/loso80/fold-0-stop29/demo.pt",
+        help="base of the instrument transfer runs: fold 0 of the recipe (`train_demo.py --fold 0 --out DIR`), with its"
+        " known rows beside it (`fit_known.py --base DIR/demo.pt --instruments`)",
     )
     ap.add_argument("--no-write", action="store_true", help="print results, write no docs")
     ap.add_argument("--plot-only", action="store_true", help="train nothing: write the docs from finished runs")
@@ -433,16 +441,19 @@ def main(argv: list[str] | None = None) -> int:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 for mode in args.modes.split(","):
                     base = "none" if mode == "scratch" else bases[set_name]
-                    key = (args.tag, set_name, recorded(base, done) if args.plot_only else checkpoint_id(base), n, seed)
+                    known = mode != "as-new"  # as `vibrary train --as-new`: the known rows are not used
+                    config = overrides if known else {**overrides, "known_pull": 0}
+                    base_id = recorded(base, done, known) if args.plot_only else checkpoint_id(base, known)
+                    key = (args.tag, set_name, base_id, n, seed)
                     if key not in done and args.plot_only:
                         continue
                     if key not in done:
-                        r = run_one(data, classes, n, seed, base, overrides)
-                        r.update(set=set_name, tag=args.tag, config=overrides, base=checkpoint_id(base))
+                        r = run_one(data, classes, n, seed, base, config)
+                        r.update(set=set_name, tag=args.tag, config=config, base=base_id)
                         with open(log_path, "a") as f:
                             f.write(json.dumps(r) + "\n")
                         done[key] = r
-                    r = done[key]
+                    r = {**done[key], "mode": mode}  # a base without known rows: one run serves both transfers
                     runs.append(r)
                     worst = sorted(r["per_class"].items(), key=lambda kv: kv[1])[:3]
                     print(
@@ -483,10 +494,11 @@ def main(argv: list[str] | None = None) -> int:
         + "\n"
     )
     plot(summary, ROOT / "docs" / "figure3.png")
-    curve: dict[str, object] = {
-        s: {n: v["mean"] for n, v in sorted(summary[s].get("transfer", {}).items(), key=lambda kv: int(kv[0]))}
+    curve: dict[str, object] = {  # daemon/advice.py: "effects" as they train, "effects as new" with --as-new
+        f"{s}{suffix}": {n: v["mean"] for n, v in sorted(summary[s].get(mode, {}).items(), key=lambda kv: int(kv[0]))}
         for s in ("instruments", "effects")
-        if s in summary
+        for mode, suffix in (("transfer", ""), ("as-new", " as new"))
+        if summary.get(s, {}).get(mode)
     }
     curve["source"] = f"docs/figure3.json, {today}"
     (ROOT / "daemon" / "builtin" / "examples_curve.json").write_text(json.dumps(curve, indent=1) + "\n")

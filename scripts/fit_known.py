@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fit the rows of the effect classes the demo model knows, into trainer/builtin/demo-known.json.
+"""Fit the rows of the effect classes the demo model knows, into trainer/builtin/demo-known.json (with
+--instruments, as shipped: its own 15 instrument classes beside them, its head's rows as they are).
 
 A logistic regression (L2 0.001 in the standardised space) on the shipped demo body's frozen embedding of
 every clip of the effects corpus (`scripts/build_effects_corpus.py`: 17 effects, which the body was trained
@@ -7,7 +8,7 @@ beside); the trainer starts a user's dataset of those tags from its rows (traine
 every retrain of the demo: the file names the demo.pt it was fitted on, and is ignored for any other.
 Deterministic (LBFGS, no sampling); about two minutes on 2 cores.
 
-Usage: python scripts/fit_known.py --effects /work/fxcorpus/effects.npz
+Usage: python scripts/fit_known.py --effects /work/fxcorpus/effects.npz --instruments
 """
 
 from __future__ import annotations

@@ -453,7 +453,8 @@ def test_only_spectrograms_and_labels_leave_the_machine(home: Path, tmp_path: Pa
 
 
 def test_advice_reads_the_curve_and_names_the_smallest_class(tmp_path: Path) -> None:
-    for family in ("instruments", "effects"):  # whatever numbers the file holds, this is its shape
+    for family in ("instruments", "instruments as new", "effects", "effects as new"):  # whatever the numbers, its shape
+        assert family in json.loads(advice.CURVE.read_text())
         points, source = advice.load_curve(family)
         assert len(points) >= 2 and all(0 < acc <= 1 for _, acc in points) and source
     curve = tmp_path / "curve.json"
@@ -466,9 +467,14 @@ def test_advice_reads_the_curve_and_names_the_smallest_class(tmp_path: Path) -> 
     fx = advice.advise({"reverb": 12, "Echo": 10})
     effects_at_10 = advice.expected(10, advice.load_curve("effects")[0])
     assert f"expect about {effects_at_10:.0%} accuracy" in fx and "(effects curve of tags the demo model knows" in fx
-    for other in ({"reverb": 12, "my fuzz": 10}, {"kick": 12, "reverb": 10}):
-        assert "(instruments curve, " in advice.advise(other)
-    assert "(instruments curve, " in advice.advise({"reverb": 12, "Echo": 10}, from_known=False)  # --as-new
+    drums = advice.advise({"Kicks": 12, "snare": 10})  # so are the demo's own classes, read off their own curve
+    drums_at_10 = advice.expected(10, advice.load_curve("instruments")[0])
+    assert f"expect about {drums_at_10:.0%}" in drums and "(instruments curve of tags the demo model knows" in drums
+    for other in ({"reverb": 12, "my fuzz": 10}, {"kick": 12, "reverb": 10}, {"dark": 12, "bright": 10}):
+        assert "(instruments curve, tags trained as new, " in advice.advise(other)
+    as_new = advice.advise({"reverb": 12, "Echo": 10}, from_known=False)  # --as-new
+    effects_as_new = advice.expected(10, advice.load_curve("effects as new")[0])
+    assert f"expect about {effects_as_new:.0%}" in as_new and "(effects curve, tags trained as new, " in as_new
 
 
 def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -> None:
@@ -633,8 +639,9 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         for bad in ('{"epochz": 3}', '{"epochs": "x"}', '{"batch_size": 0}', "not json"):  # before any trainer starts
             assert _code(lambda: c.train("mine", options=bad)) == grpc.StatusCode.INVALID_ARGUMENT, bad  # noqa: B023
 
-        first = _train(c, "mine")
+        first = _train(c, "mine", {})  # tags the demo knows: fitted from its rows of them, no epochs
         assert first.model == "mine@1" and list(first.classes) == ["hihat", "kick", "synth"]
+        assert "already knows these tags (hihat, kick, synth)" in first.message, first.message
         active = {m.name: m.version for m in c.models() if m.active}
         assert active == {"demo": 1, "mine": 1}  # a new tag family beside the demo model's
 
@@ -651,8 +658,8 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
 
         renamed = c.edit_dataset("mine", rename=[("kick", "boom")])
         assert [k.tag for k in renamed.classes] == ["boom", "hihat", "synth"]
-        second = _train(c, "mine")
-        assert second.model == "mine@2"
+        second = _train(c, "mine", AS_NEW)
+        assert second.model == "mine@2" and "already knows" not in second.message
         thumps = [f.name for f in new if f.name.startswith("thump")]
 
         def thumps_say(tag: str, never: str) -> bool:
@@ -666,7 +673,7 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
 
         # a caller who goes away does not stop a training; CancelTraining does, and installs nothing
         leaving = Client(home_dir=home)
-        next(iter(leaving.train("mine", options=json.dumps({"epochs": 500, "patience": 500}))))
+        next(iter(leaving.train("mine", options=json.dumps({**AS_NEW, "epochs": 500, "patience": 500}))))
         leaving.close()
         wait_for(lambda: c.status().training.epoch >= 2, timeout=120)
         cancelling = c.cancel_training()  # the state it was in, and what happens now
@@ -680,7 +687,7 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
 
         # a daemon told to stop mid-training suspends it (its next start goes on with it), exits cleanly
         leaving = Client(home_dir=home)
-        next(iter(leaving.train("mine", options=json.dumps({"epochs": 500, "patience": 500}))))
+        next(iter(leaving.train("mine", options=json.dumps({**AS_NEW, "epochs": 500, "patience": 500}))))
         leaving.close()
         wait_for(lambda: c.status().training.epoch >= 1, timeout=120)
         assert d.stop() == 0
@@ -702,20 +709,26 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
     assert finished[:3] == [pb.TrainProgress.SUCCEEDED, pb.TrainProgress.SUCCEEDED, cancelled], finished
 
 
-def _train(c: Client, name: str) -> pb.TrainProgress:
-    """Train through the API; while it runs the daemon answers, reports it, and refuses a second job."""
+AS_NEW = {"epochs": 6, "known_pull": 0}  # `vibrary train --as-new`: epochs, even of tags the demo knows
+
+
+def _train(c: Client, name: str, options: dict[str, int]) -> pb.TrainProgress:
+    """Train through the API; while a training over epochs runs the daemon answers, reports it, and refuses a
+    second job (a fit from known rows takes a second or two: no time to watch it)."""
     updates: list[pb.TrainProgress] = []
-    runner = threading.Thread(target=lambda: updates.extend(c.train(name, options=json.dumps({"epochs": 6}))))
+    runner = threading.Thread(target=lambda: updates.extend(c.train(name, options=json.dumps(options))))
     runner.start()
-    wait_for(lambda: c.status().training.state == pb.TrainProgress.TRAINING, timeout=120)
-    assert _code(lambda: c.train(name)) == grpc.StatusCode.FAILED_PRECONDITION
-    before = c.dataset(name)  # the dataset in training is neither rewritten nor deleted under it
-    tag = before.classes[0].tag
-    assert _code(lambda: c.edit_dataset(name, rename=[(tag, "renamed")])) == grpc.StatusCode.FAILED_PRECONDITION
-    assert _code(lambda: c.delete_dataset(name)) == grpc.StatusCode.FAILED_PRECONDITION
-    recreate = [("/nowhere.wav", "x")]  # refused before any file is read
-    assert _code(lambda: c.create_dataset(name, recreate)) == grpc.StatusCode.FAILED_PRECONDITION
-    assert c.dataset(name) == before
+    epochs = options.get("epochs", 1)
+    if epochs > 1:
+        wait_for(lambda: c.status().training.state == pb.TrainProgress.TRAINING, timeout=120)
+        assert _code(lambda: c.train(name)) == grpc.StatusCode.FAILED_PRECONDITION
+        before = c.dataset(name)  # the dataset in training is neither rewritten nor deleted under it
+        tag = before.classes[0].tag
+        assert _code(lambda: c.edit_dataset(name, rename=[(tag, "renamed")])) == grpc.StatusCode.FAILED_PRECONDITION
+        assert _code(lambda: c.delete_dataset(name)) == grpc.StatusCode.FAILED_PRECONDITION
+        recreate = [("/nowhere.wav", "x")]  # refused before any file is read
+        assert _code(lambda: c.create_dataset(name, recreate)) == grpc.StatusCode.FAILED_PRECONDITION
+        assert c.dataset(name) == before
     runner.join(timeout=300)
     states = [u.state for u in updates]
     assert pb.TrainProgress.UPLOADING in states and pb.TrainProgress.TRAINING in states
@@ -723,7 +736,7 @@ def _train(c: Client, name: str) -> pb.TrainProgress:
     after = states[states.index(pb.TrainProgress.TRAINING) :]
     assert pb.TrainProgress.WAITING not in after, [(pb.TrainProgress.State.Name(u.state), u.message) for u in updates]
     trained = [(u.epoch, u.epochs) for u in updates[states.index(pb.TrainProgress.TRAINING) :]]
-    assert trained == sorted(trained) and trained[-1] == (6, 6), trained
+    assert trained == sorted(trained) and trained[-1] == (epochs, epochs), trained
     assert states[-1] == pb.TrainProgress.SUCCEEDED, updates[-1]
     assert c.status().training.state == pb.TrainProgress.SUCCEEDED
     assert max(u.uploaded_bytes for u in updates) == updates[-1].upload_bytes > 0
