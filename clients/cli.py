@@ -56,10 +56,12 @@ def _file_line(
     error: str | None,
     unfamiliar: Collection[str] = (),
     state: str = "indexed",
+    no_tags: str = f"no tags: {SILENT}",
 ) -> dict[str, Any]:
     """A file's line; `unfamiliar`: the models that find it like none of their examples (their tags are
-    guesses, which searches leave out). A file read fine with no tags at all is silent: its line says so in
-    `note`, as a script reading `"tags": [], "error": null` could not tell it from a file not read yet."""
+    guesses, which searches leave out). A file read fine with no tags at all is silent (or no model is active:
+    `no_tags`): its line says so in `note`, where a script reading `"tags": [], "error": null` could not tell
+    it from a file not read yet."""
     line = {
         "path": path,
         "tags": [
@@ -68,7 +70,7 @@ def _file_line(
         "error": error or None,
     }
     if state == "indexed" and not line["tags"] and not error:
-        line["note"] = f"no tags: {SILENT}"
+        line["note"] = no_tags
     return line
 
 
@@ -464,11 +466,15 @@ def _exclusions_as_words(argv: list[str]) -> list[str]:
     return [*argv[:at], "search", *options, *words]
 
 
-def _print_files(args: argparse.Namespace, files: Iterable[Any]) -> int:
+NO_MODEL_TAGS = "no tags: no model is active (`vibrary models activate NAME`)"
+
+
+def _print_files(args: argparse.Namespace, files: Iterable[Any], no_tags: str = f"no tags: {SILENT}") -> int:
     n = 0
     for f in files:
         unfamiliar = {t.model for t in f.tags if t.unfamiliar}
-        line = _file_line(f.path, ((t.model, t.tag, t.score) for t in f.tags), f.error, unfamiliar, f.state)
+        tags = ((t.model, t.tag, t.score) for t in f.tags)
+        line = _file_line(f.path, tags, f.error, unfamiliar, f.state, no_tags)
         _out(args, line, _human_file(line, f.state))
         n += 1
     return n
@@ -530,7 +536,9 @@ def cmd_counts(args: argparse.Namespace) -> int:
 
 def cmd_tags(args: argparse.Namespace) -> int:
     with Client() as c:
-        _print_files(args, c.tags(args.paths))
+        # the index answers with the active models' tags: with none active, no file has any
+        idle = not any(m.active for m in c.models())
+        _print_files(args, c.tags(args.paths), NO_MODEL_TAGS if idle else f"no tags: {SILENT}")
     return 0
 
 
@@ -1355,7 +1363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--as-new",
         action="store_true",
-        help="train tags the demo model already knows (reverb, delay, chorus…) as new ones, over epochs, instead "
+        help="train tags the demo model already knows (kick, snare, piano…, reverb, delay…) as new ones, over epochs, "
+        "instead "
         "of fitting what it knows of them to your clips",
     )
     p.add_argument("--yes", action="store_true", help="cloud: accept the cost estimate without asking")

@@ -266,10 +266,11 @@ def recorded(base: str, done: dict[tuple[str, str, str, int, int], dict[str, Any
         return checkpoint_id(base, known)
     except FileNotFoundError:
         kept = {key[2] for key in done if key[2].split("@")[0] == base}
-        kept = {k for k in kept if ("+known@" in k) == known} or kept
-        if len(kept) != 1:
+        plain = {k for k in kept if "+known@" not in k}
+        chosen = (kept - plain or plain) if known else plain  # a base without rows: its runs are both
+        if len(chosen) != 1:
             raise
-        return kept.pop()
+        return chosen.pop()
 
 
 def draw(data: dict[str, np.ndarray], n: int, seed: int) -> np.ndarray:
@@ -386,8 +387,11 @@ def plot(summary: Curves, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.set_ylim(0, 1.02)
     axes[0].set_ylabel("test accuracy (shaded: min–max over seeds)")
-    handles, labels = axes[0].get_legend_handles_labels()  # one legend under both: inside, it hid curves
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    drawn: dict[str, Any] = {}  # one legend under both: inside, it hid curves
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            drawn.setdefault(label, handle)
+    fig.legend(list(drawn.values()), list(drawn), loc="lower center", ncol=3, fontsize=8)
     fig.tight_layout(rect=(0, 0.13, 1, 1))
     fig.savefig(path, dpi=110)
 
@@ -501,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         if summary.get(s, {}).get(mode)
     }
     curve["source"] = f"docs/figure3.json, {today}"
-    (ROOT / "daemon" / "builtin" / "examples_curve.json").write_text(json.dumps(curve, indent=1) + "\n")
+    path = ROOT / "daemon" / "builtin" / "examples_curve.json"  # the curves of sets and modes not run stay
+    path.write_text(json.dumps({**json.loads(path.read_text()), **curve}, indent=1) + "\n")
     return 0
 
 

@@ -291,6 +291,8 @@ def test_tag_calls_on_one_file_at_once_all_get_its_tags_and_prefixes_are_normali
     with pytest.raises(DaemonError) as err:
         list(daemon.client.tag([str(write_tone(tmp_path / "new.wav", BANDS["mid"]))], timeout=10))
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION and "no usable active model" in str(err.value)
+    (idle,) = json_lines(vibrary("tags", "--json", str(clip), home=daemon.home).stdout)  # indexed, not silent
+    assert idle["tags"] == [] and idle["note"] == "no tags: no model is active (`vibrary models activate NAME`)"
 
 
 def test_a_tag_call_cut_short_drops_its_unread_files_outside_the_watches(

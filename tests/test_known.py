@@ -48,7 +48,7 @@ def test_tags_are_known_by_name_alias_case_separators_and_plural() -> None:
     assert rows.rows(["delay", "echo", "dry"]) == [3, None, 0]  # one row cannot start both: echo starts afresh
     assert rows.rows(["kick", "delay"]) is None  # rows of two families were not fitted on one scale
     assert rows.family(["snare", "kick"]) == "instruments" and rows.family(["kick", "delay"]) is None
-    assert rows.family(["distortion", "delay", "fuzz"]) is None  # its curve was measured with every tag known
+    assert rows.family(["distortion", "delay", "fuzz"]) == "effects" and rows.family(["fuzz", "wah", "kick"]) is None
 
 
 def test_the_fit_holds_to_the_rows_as_hard_as_it_is_pulled() -> None:

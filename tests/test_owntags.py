@@ -467,9 +467,12 @@ def test_advice_reads_the_curve_and_names_the_smallest_class(tmp_path: Path) -> 
     fx = advice.advise({"reverb": 12, "Echo": 10})
     effects_at_10 = advice.expected(10, advice.load_curve("effects")[0])
     assert f"expect about {effects_at_10:.0%} accuracy" in fx and "(effects curve of tags the demo model knows" in fx
-    drums = advice.advise({"Kicks": 12, "snare": 10})  # so are the demo's own classes, read off their own curve
-    drums_at_10 = advice.expected(10, advice.load_curve("instruments")[0])
-    assert f"expect about {drums_at_10:.0%}" in drums and "(instruments curve of tags the demo model knows" in drums
+    drums = advice.advise({"Kicks": 12, "snare": 2})  # so are the demo's own classes, read off their own curve
+    known_at_2, new_at_2 = (advice.expected(2, advice.load_curve(c)[0]) for c in ("instruments", "instruments as new"))
+    assert f"{known_at_2:.0%}" != f"{new_at_2:.0%}"  # (the two curves part at two clips a class)
+    assert f"expect about {known_at_2:.0%}" in drums and "(instruments curve of tags the demo model knows" in drums
+    partly = advice.advise({"reverb": 12, "delay": 10, "my fuzz": 11})  # trains from the rows, fuzz as new
+    assert "(effects curve of tags trained as new; the demo model knows 2 of your 3, which should do better" in partly
     for other in ({"reverb": 12, "my fuzz": 10}, {"kick": 12, "reverb": 10}, {"dark": 12, "bright": 10}):
         assert "(instruments curve, tags trained as new, " in advice.advise(other)
     as_new = advice.advise({"reverb": 12, "Echo": 10}, from_known=False)  # --as-new

@@ -84,9 +84,9 @@ class Known:
         return picked if len({self.families[i] for i in known}) == 1 else None
 
     def family(self, tags: list[str]) -> str | None:
-        """The family of these tags when every one is known (its measured curve is theirs), else None."""
+        """The family of the rows these tags start from (those it knows of them), else None: trained as new."""
         rows = self.rows(tags)
-        return self.families[rows[0]] if rows and rows[0] is not None and None not in rows else None
+        return self.families[next(i for i in rows if i is not None)] if rows else None
 
     def fit(
         self, embedded: torch.Tensor, labels: torch.Tensor, rows: list[int | None], pull: float
@@ -179,7 +179,7 @@ def load(base: str = "demo") -> Known | None:
 
 @functools.lru_cache(maxsize=4)
 def _read(file: Path, text: str, base: Path, _base_version: tuple[int, int]) -> Known | None:
-    """Cached by the file's text (54 kB) and the base's time and size: hashing the base costs more."""
+    """Cached by the file's text (97 kB) and the base's time and size: hashing the base costs more."""
     try:
         raw = json.loads(text)
         if raw["base"] != hashlib.sha256(base.read_bytes()).hexdigest():

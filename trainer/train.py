@@ -53,7 +53,7 @@ class AuxTask:
     codes: np.ndarray
     labels: np.ndarray
     classes: list[str]
-    share: float = 0.5  # aux clips per step, as a share of batch_size
+    share: float = 0.5  # aux clips per step, as a share of the step's own clips
     masks: bool = False  # SpecAugment's silent stripes would read as tremolo or gating
 
 
@@ -305,7 +305,7 @@ def train(
                     logits = net(x)
                 loss = soft_ce(logits.float(), targets)
             else:  # one pass through the body for both sets: batch norm sees what it will be fed
-                pick = rng.integers(0, len(aux.labels), max(2, round(config.batch_size * aux.share)))
+                pick = rng.integers(0, len(aux.labels), max(2, round(len(part) * aux.share)))
                 xa = torch.from_numpy(dequantize(aux.codes[pick], params)).to(device)
                 xa, ta = prepared(xa, torch.from_numpy(aux.labels[pick]).long().to(device), len(aux.classes), aux.masks)
                 with amp():
