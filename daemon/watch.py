@@ -16,7 +16,7 @@ import shlex
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from watchdog.events import (
@@ -100,6 +100,8 @@ class Watcher(FileSystemEventHandler):
         self._events = threading.Event()  # set when an event is buffered: the flusher sleeps until then
         self._flusher = threading.Thread(target=self._flush_loop, name="watch-flush", daemon=True)
         self.scans_running = 0
+        self._folders: dict[str, None] = {}  # folders made or moved in under the watches, to scan in turn …
+        self._folders_scanning = False  # … by one thread, while this is set
         self._rescanning: set[str] = set()  # watch folders being scanned again (rescan) …
         self._rescan_again: set[str] = set()  # … and those to scan once more when that scan is done
 
@@ -359,10 +361,10 @@ class Watcher(FileSystemEventHandler):
         elif isinstance(event, (FileMovedEvent, DirMovedEvent)):
             self._move(src, os.fsdecode(event.dest_path), event.is_directory)
         elif isinstance(event, DirCreatedEvent) and not os.path.islink(src):
-            self._scan_in_background(src)  # a folder moved in arrives as one event for all its files
+            self._scan_folder(src)  # a folder moved in arrives as one event for all its files
         elif isinstance(event, DirAttribEvent) and not os.path.islink(src):
             # a chmod of a folder: its files failed "permission denied" and stayed failed once it was fixed
-            self._scan_in_background(src)
+            self._scan_folder(src)
 
     def _mark(self, path: str, due: float, postpone: bool = True) -> None:
         if is_audio_path(path) and self._storable(path):
@@ -394,7 +396,7 @@ class Watcher(FileSystemEventHandler):
             return
         if not src:  # moved in from outside the watched folders: a rename is atomic, the file is complete
             if is_dir and not os.path.islink(dst):
-                self._scan_in_background(dst)
+                self._scan_folder(dst)
             else:
                 self._mark(dst, time.time())
             return
@@ -407,7 +409,7 @@ class Watcher(FileSystemEventHandler):
             if not is_dir and not is_audio_path(dst):
                 self._remove(src)
         if is_dir and not moved and not os.path.islink(dst):
-            self._scan_in_background(dst)
+            self._scan_folder(dst)
 
     def flush(self) -> None:
         with self._lock:
@@ -446,6 +448,7 @@ class Watcher(FileSystemEventHandler):
                         with contextlib.suppress(OSError):  # still over the inotify limit: said at start
                             self.watch(folder)
                     self._list_again()
+                    self._scan_folders_in_turn()  # (its thread could not be started at the time)
                     if (missing := self.missing) != said_missing:  # gone or back: Status.missing_watches
                         said_missing = missing  # changed, and a front end that follows events is told
                         self._on_pending()
@@ -497,6 +500,42 @@ class Watcher(FileSystemEventHandler):
         with self._lock:
             self.scans_running += 1
         self._thread(lambda: self._scan_safely(folder), "scan")
+
+    def _scan_folder(self, folder: str) -> None:
+        """A folder made, moved in or opened up (chmod) under a watch, scanned in turn by one thread: with a
+        thread each, unpacking a pack of 3,000 folders started 3,000 threads at once, and a folder whose
+        thread could not start (a limit on threads) had its files missed until the next start. One inside a
+        folder still waiting its turn is left to that one's scan."""
+        if os.path.basename(folder) == JUNK_FOLDER or not self._storable(folder):
+            return
+        with self._lock:
+            if any(up in self._folders for up in _upwards(folder)):
+                return
+            self._folders[folder] = None
+            self.scans_running += 1
+        self._scan_folders_in_turn()
+
+    def _scan_folders_in_turn(self) -> None:
+        with self._lock:
+            if self._folders_scanning or not self._folders:
+                return
+            self._folders_scanning = True
+        try:
+            self._thread(self._scan_folders, "scan-folders")
+        except RuntimeError as e:  # can't start new thread: the flusher's next check tries again
+            with self._lock:
+                self._folders_scanning = False
+            log.warning("could not start a scan of new folders (%s); trying again in a few seconds", e)
+
+    def _scan_folders(self) -> None:
+        while True:
+            with self._lock:
+                if not self._folders:
+                    self._folders_scanning = False
+                    return
+                folder = next(iter(self._folders))
+                del self._folders[folder]
+            self._scan_safely(folder)
 
     def _thread(self, work: Callable[[], None], name: str) -> None:
         """A scan's own thread, whose index connection is closed when it ends: a copy that made 500 folders
@@ -600,6 +639,16 @@ class Watcher(FileSystemEventHandler):
             removed = self.index.remove_paths(paths)
         if removed:
             self._on_removed(removed)
+
+
+def _upwards(path: str) -> Iterator[str]:
+    """The path, then each folder above it."""
+    while True:
+        yield path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        path = parent
 
 
 def _loop(link: str, target: str) -> bool:

@@ -470,3 +470,45 @@ def test_scans_of_folders_copied_in_leave_no_index_connection_open(index: Index,
     finally:
         gc.enable()
         w.stop()
+
+
+def test_folders_made_at_once_are_scanned_in_turn_and_none_is_missed(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unpacking a pack of thousands of folders started a thread per folder, all at once (and a folder whose
+    thread could not start lost its files until the next start): one thread scans them in turn. Scans are
+    slowed here so that, a thread each, they would overlap whatever the machine's speed."""
+    import threading
+
+    running, most = 0, 0
+    count = threading.Lock()
+    scan = Watcher.scan
+
+    def slow_scan(self: Watcher, folder: str) -> None:
+        nonlocal running, most
+        with count:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.02)
+            scan(self, folder)
+        finally:
+            with count:
+                running -= 1
+
+    w, lib = _started(index, tmp_path)
+    try:
+        wait_for(lambda: w.scans_running == 0)
+        monkeypatch.setattr(Watcher, "scan", slow_scan)
+        most = 0
+        made = []
+        for i in range(60):
+            (lib / f"kit{i:02d}" / "one shots").mkdir(parents=True)  # a folder inside a new one: the outer scan's
+            made.append(lib / f"kit{i:02d}" / "one shots" / "hit.wav")
+            made[-1].write_bytes(b"RIFF")
+        wait_for(lambda: w.scans_running == 0, timeout=30)
+        w.flush()
+        assert {str(f) for f in made} <= _pending(index)
+        assert most == 1, most
+    finally:
+        w.stop()
