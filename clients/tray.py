@@ -11,11 +11,13 @@ offers to start one. Only Qt and the standard library are used, so macOS and Win
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -162,12 +164,17 @@ class DaemonLink(QObject):
             self._delay = 0.5 if poked else min(self._delay * 2, self._max_backoff)
 
     def _follow(self, client: Client) -> None:
-        failed = -1
+        """Recent errors are asked for again when the count of failures changes, and on a file's failure (one
+        mended and one failed leave the count as it was), at most once a second for a burst of them."""
+        failed, asked = -1, -math.inf
         for e in client.events():
             self._delay = 0.5  # connected: if it goes away, look again soon
             self.received.emit(e)
-            if e.kind in (pb.Event.STATUS_CHANGED, pb.Event.EVENTS_LOST) and e.status.failed != failed:
-                failed = e.status.failed
+            counted = e.kind in (pb.Event.STATUS_CHANGED, pb.Event.EVENTS_LOST) and e.status.failed != failed
+            one = e.kind == pb.Event.FILE_FAILED and time.monotonic() - asked >= 1.0
+            if counted or one:
+                failed = e.status.failed if counted else failed
+                asked = time.monotonic()
                 self.errors.emit(client.failed(RECENT_ERRORS))
 
 

@@ -57,6 +57,9 @@ class Notice:
     warning: bool = False
 
 
+FAILED_KEPT = 1000  # paths of new failures kept, at most: beyond, the count says it
+
+
 @dataclass(frozen=True)
 class TrayState:
     running: bool = False
@@ -64,6 +67,9 @@ class TrayState:
     training: pb.TrainProgress | None = None  # the newest training news, from Status or an event
     batch_base: int = -1  # indexed + failed when the current run of work began; -1: no work pending
     failed_seen: int = 0  # failures the user has already looked at (Recent errors)
+    # files failed since then, by their FILE_FAILED events: one mended and another failed between two
+    # snapshots left the count as it was, and the new failure unseen
+    failed_since: frozenset[str] = frozenset()
     recent_errors: tuple[tuple[str, str], ...] = ()  # (path, why), newest first
 
 
@@ -96,6 +102,10 @@ def apply(state: TrayState, event: pb.Event) -> tuple[TrayState, list[Notice]]:
         return replace(state, training=event.training), []
     if kind == pb.Event.TRAINING_FINISHED:
         return replace(state, training=event.training), [_training_notice(event.training)]
+    if kind == pb.Event.FILE_FAILED and len(state.failed_since) < FAILED_KEPT:
+        return replace(state, failed_since=state.failed_since | {event.file.path}), []
+    if kind in (pb.Event.FILE_TAGGED, pb.Event.FILE_REMOVED) and event.file.path in state.failed_since:
+        return replace(state, failed_since=state.failed_since - {event.file.path}), []  # mended, or gone
     if kind == pb.Event.MODEL_INSTALLED:
         return state, [Notice("Model installed", f"{event.model} is installed and tags your library now.")]
     return state, []
@@ -107,7 +117,8 @@ def with_errors(state: TrayState, failed: list[pb.FileTags]) -> TrayState:
 
 def errors_seen(state: TrayState) -> TrayState:
     """The user opened Recent errors: the error icon goes until something new fails."""
-    return replace(state, failed_seen=state.status.failed if state.status else state.failed_seen)
+    seen = state.status.failed if state.status else state.failed_seen
+    return replace(state, failed_seen=seen, failed_since=frozenset())
 
 
 def _training_notice(t: pb.TrainProgress) -> Notice:
@@ -158,7 +169,7 @@ def view(state: TrayState) -> View:
         return View(Icon.NOT_RUNNING, None, "Vibrary: daemon not running", _menu(state, "Daemon not running"))
     training = state.training if state.training is not None and state.training.state in TRAINING_ACTIVE else None
     progress = indexing_progress(state)
-    new_failures = s.failed - state.failed_seen
+    new_failures = max(s.failed - state.failed_seen, len(state.failed_since))
     if training is not None:
         icon, ring, headline = Icon.TRAINING, _training_progress(training), training_line(training)
     elif s.stalled:  # the index cannot be written (a full disk): nothing else matters until it can. No model

@@ -121,6 +121,16 @@ def test_new_failures_show_as_error_until_looked_at() -> None:
     assert ts.view(state).icon == ts.Icon.IDLE
     state, _ = feed(state, changed(indexed=5, failed=3))
     assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 1 new files could not be read"
+    state = ts.errors_seen(state)
+    mended = pb.Event(kind=pb.Event.FILE_TAGGED, file=pb.FileTags(path="/lib/a.wav", state="indexed"))
+    broken = pb.Event(kind=pb.Event.FILE_FAILED, file=pb.FileTags(path="/lib/c.wav", error="truncated"))
+    for event in (mended, broken, broken, changed(indexed=6, failed=3)):  # one mended, one failed: 3 as before
+        state, _ = feed(state, event)
+    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 1 new files could not be read"
+    fixed = pb.Event(kind=pb.Event.FILE_TAGGED, file=pb.FileTags(path="/lib/c.wav", state="indexed"))
+    state, _ = feed(state, fixed)  # and mended in its turn before anyone looked
+    state, _ = feed(state, changed(indexed=7, failed=2))
+    assert ts.view(state).icon == ts.Icon.IDLE
 
 
 def test_training_progress_finish_and_install_notifications() -> None:
