@@ -530,7 +530,7 @@ class Watcher(FileSystemEventHandler):
     def _scan_folders(self) -> None:
         while True:
             with self._lock:
-                if not self._folders:
+                if not self._folders or self._stop.is_set():  # (stopping: the next start's scan finds them)
                     self._folders_scanning = False
                     return
                 folder = next(iter(self._folders))
