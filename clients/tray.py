@@ -166,15 +166,15 @@ class DaemonLink(QObject):
     def _follow(self, client: Client) -> None:
         """Recent errors are asked for again when the count of failures changes, and on a file's failure (one
         mended and one failed leave the count as it was), at most once a second for a burst of them."""
-        failed, asked = -1, -math.inf
+        failed, asked, owed = -1, -math.inf, False
         for e in client.events():
             self._delay = 0.5  # connected: if it goes away, look again soon
             self.received.emit(e)
             counted = e.kind in (pb.Event.STATUS_CHANGED, pb.Event.EVENTS_LOST) and e.status.failed != failed
-            one = e.kind == pb.Event.FILE_FAILED and time.monotonic() - asked >= 1.0
-            if counted or one:
-                failed = e.status.failed if counted else failed
-                asked = time.monotonic()
+            failed = e.status.failed if counted else failed
+            owed = owed or e.kind == pb.Event.FILE_FAILED  # (asked for at the next event after the second)
+            if counted or (owed and time.monotonic() - asked >= 1.0):
+                asked, owed = time.monotonic(), False
                 self.errors.emit(client.failed(RECENT_ERRORS))
 
 

@@ -90,13 +90,17 @@ def with_status(state: TrayState, status: pb.Status) -> TrayState:
 
 
 def disconnected(state: TrayState) -> TrayState:
-    return replace(state, running=False, status=None, batch_base=-1)
+    """(The files failed since the user looked are forgotten: what happened to them meanwhile was not heard;
+    the count of failures says what is new from here on.)"""
+    return replace(state, running=False, status=None, batch_base=-1, failed_since=frozenset())
 
 
 def apply(state: TrayState, event: pb.Event) -> tuple[TrayState, list[Notice]]:
     """One event from the daemon's stream → the new state and the notifications it deserves."""
     kind = event.kind
-    if kind in (pb.Event.STATUS_CHANGED, pb.Event.EVENTS_LOST):  # (lost: the status is where things stand)
+    if kind == pb.Event.EVENTS_LOST:  # the status is where things stand; what was lost may have mended files
+        return with_status(replace(state, failed_since=frozenset()), event.status), []
+    if kind == pb.Event.STATUS_CHANGED:
         return with_status(state, event.status), []
     if kind == pb.Event.TRAINING_PROGRESS:
         return replace(state, training=event.training), []

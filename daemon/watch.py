@@ -10,6 +10,7 @@ that was moved keeps its tags because its content hash is already known.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shlex
@@ -100,8 +101,10 @@ class Watcher(FileSystemEventHandler):
         self._events = threading.Event()  # set when an event is buffered: the flusher sleeps until then
         self._flusher = threading.Thread(target=self._flush_loop, name="watch-flush", daemon=True)
         self.scans_running = 0
-        self._folders: dict[str, None] = {}  # folders made or moved in under the watches, to scan in turn …
-        self._folders_scanning = False  # … by one thread, while this is set
+        # watch folder → folders made or moved in under it, to scan in turn by one thread a watch folder (while
+        # it is in _folders_scanning): a network drive whose listing hangs holds up only its own
+        self._folders: dict[str, dict[str, None]] = {}
+        self._folders_scanning: set[str] = set()
         self._rescanning: set[str] = set()  # watch folders being scanned again (rescan) …
         self._rescan_again: set[str] = set()  # … and those to scan once more when that scan is done
 
@@ -402,13 +405,14 @@ class Watcher(FileSystemEventHandler):
             return
         with self._lock:
             self.flush()
+            waited = is_dir and self._waits(src)  # renamed before its scan: its files are not in the index yet
             moved = self.index.move(src, dst) if is_dir or is_audio_path(dst) else 0
             if not is_dir and not moved:
                 # unknown under its old name: a downloader's .part file, or a file staged elsewhere
                 self._mark(dst, time.time())
             if not is_dir and not is_audio_path(dst):
                 self._remove(src)
-        if is_dir and not moved and not os.path.islink(dst):
+        if is_dir and (waited or not moved) and not os.path.islink(dst):
             self._scan_folder(dst)
 
     def flush(self) -> None:
@@ -502,40 +506,55 @@ class Watcher(FileSystemEventHandler):
         self._thread(lambda: self._scan_safely(folder), "scan")
 
     def _scan_folder(self, folder: str) -> None:
-        """A folder made, moved in or opened up (chmod) under a watch, scanned in turn by one thread: with a
-        thread each, unpacking a pack of 3,000 folders started 3,000 threads at once, and a folder whose
-        thread could not start (a limit on threads) had its files missed until the next start. One inside a
-        folder still waiting its turn is left to that one's scan."""
+        """A folder made, moved in or opened up (chmod) under a watch, scanned in turn with the others of its
+        watch folder by one thread: with a thread each, unpacking a pack of 3,000 folders started 3,000
+        threads at once, and a folder whose thread could not start (a limit on threads) had its files missed
+        until the next start. One inside a folder still waiting its turn is left to that one's scan."""
         if os.path.basename(folder) == JUNK_FOLDER or not self._storable(folder):
             return
         with self._lock:
-            if any(up in self._folders for up in _upwards(folder)):
+            root = next((up for up in _upwards(folder) if up in self._watches), None)
+            if root is None:  # unwatched meanwhile
                 return
-            self._folders[folder] = None
+            waiting = self._folders.setdefault(root, {})
+            if any(up in waiting for up in _upwards(folder)):
+                return
+            waiting[folder] = None
             self.scans_running += 1
         self._scan_folders_in_turn()
 
+    def _waits(self, folder: str) -> bool:
+        """(With the lock held.) Whether the folder, or one above it, waits for its scan."""
+        return any(up in waiting for waiting in self._folders.values() for up in _upwards(folder))
+
     def _scan_folders_in_turn(self) -> None:
         with self._lock:
-            if self._folders_scanning or not self._folders:
-                return
-            self._folders_scanning = True
-        try:
-            self._thread(self._scan_folders, "scan-folders")
-        except RuntimeError as e:  # can't start new thread: the flusher's next check tries again
-            with self._lock:
-                self._folders_scanning = False
-            log.warning("could not start a scan of new folders (%s); trying again in a few seconds", e)
+            idle = [root for root, waiting in self._folders.items() if waiting and root not in self._folders_scanning]
+            self._folders_scanning.update(idle)
+        for root in idle:
+            try:
+                self._thread(functools.partial(self._scan_folders, root), "scan-folders")
+            except RuntimeError as e:  # can't start new thread: the flusher's next check tries again
+                with self._lock:
+                    self._folders_scanning.discard(root)
+                log.warning("could not start a scan of new folders under %s (%s); trying again soon", root, e)
 
-    def _scan_folders(self) -> None:
+    def _scan_folders(self, root: str) -> None:
         while True:
             with self._lock:
-                if not self._folders or self._stop.is_set():  # (stopping: the next start's scan finds them)
-                    self._folders_scanning = False
+                waiting = self._folders.get(root, {})
+                if not waiting or self._stop.is_set():  # (stopping: the next start's scan finds them)
+                    self.scans_running -= len(waiting)
+                    self._folders.pop(root, None)
+                    self._folders_scanning.discard(root)
                     return
-                folder = next(iter(self._folders))
-                del self._folders[folder]
-            self._scan_safely(folder)
+                folder = next(iter(waiting))
+                del waiting[folder]
+            if os.path.isdir(folder):
+                self._scan_safely(folder)
+            else:  # moved away or deleted while it waited: its move or deletion was handled as such
+                with self._lock:
+                    self.scans_running -= 1
 
     def _thread(self, work: Callable[[], None], name: str) -> None:
         """A scan's own thread, whose index connection is closed when it ends: a copy that made 500 folders

@@ -131,6 +131,11 @@ def test_new_failures_show_as_error_until_looked_at() -> None:
     state, _ = feed(state, fixed)  # and mended in its turn before anyone looked
     state, _ = feed(state, changed(indexed=7, failed=2))
     assert ts.view(state).icon == ts.Icon.IDLE
+    for lost_news in (pb.Event(kind=pb.Event.EVENTS_LOST, lost=9, status=status(indexed=7, failed=2)), None):
+        state, _ = feed(state, broken)  # failed, then mended in events the tray never heard
+        state = ts.disconnected(state) if lost_news is None else feed(state, lost_news)[0]
+        state = ts.with_status(state, status(indexed=8, failed=2))
+        assert ts.view(state).icon == ts.Icon.IDLE  # the count says what is new from there
 
 
 def test_training_progress_finish_and_install_notifications() -> None:

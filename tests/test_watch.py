@@ -503,12 +503,47 @@ def test_folders_made_at_once_are_scanned_in_turn_and_none_is_missed(
         most = 0
         made = []
         for i in range(60):
-            (lib / f"kit{i:02d}" / "one shots").mkdir(parents=True)  # a folder inside a new one: the outer scan's
+            (lib / f"kit{i:02d}" / "one shots").mkdir(parents=True)  # inside a new one: left to the outer's scan
             made.append(lib / f"kit{i:02d}" / "one shots" / "hit.wav")
             made[-1].write_bytes(b"RIFF")
         wait_for(lambda: w.scans_running == 0, timeout=30)
         w.flush()
         assert {str(f) for f in made} <= _pending(index)
         assert most == 1, most
+    finally:
+        w.stop()
+
+
+def test_a_folder_renamed_while_it_waits_for_its_scan_is_scanned_under_its_new_name(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack moved in waits behind another folder's scan, gets a file of its own, and is renamed: the move
+    of that file's row counted as the folder's move, and the pack's files were never read (until the next
+    start). The other folder's scan is slowed so that the pack waits."""
+    scan = Watcher.scan
+
+    def slow_scan(self: Watcher, folder: str) -> None:
+        if os.path.basename(folder) == "big":
+            time.sleep(1.0)
+        scan(self, folder)
+
+    w, lib = _started(index, tmp_path)
+    try:
+        wait_for(lambda: w.scans_running == 0)
+        monkeypatch.setattr(Watcher, "scan", slow_scan)
+        (lib / "big").mkdir()
+        pack = tmp_path / "pack"
+        pack.mkdir()
+        for name in ("a.wav", "b.wav"):
+            (pack / name).write_bytes(b"RIFF")
+        os.rename(pack, lib / "pack")  # moved in: one event for the folder, queued behind big
+        time.sleep(0.2)
+        (lib / "pack" / "late.wav").write_bytes(b"RIFF")
+        time.sleep(0.2)
+        assert w.scans_running == 2  # big, and the pack still waiting
+        os.rename(lib / "pack", lib / "renamed")
+        wait_for(lambda: w.scans_running == 0, timeout=30)
+        w.flush()
+        assert {str(lib / "renamed" / n) for n in ("a.wav", "b.wav", "late.wav")} <= _pending(index)
     finally:
         w.stop()
