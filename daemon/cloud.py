@@ -234,8 +234,17 @@ class Estimate:
     text: str
 
 
-def estimate(settings: CloudSettings, manifest: Manifest, options: str, upload_bytes: int) -> Estimate:
-    epochs = int(json.loads(options or "{}").get("epochs") or 40)
+def estimate(
+    settings: CloudSettings, manifest: Manifest, options: str, upload_bytes: int, base: str = "demo"
+) -> Estimate:
+    """What the job would cost. Tags the demo knows train in one fit of seconds (vibrary.trainer.known):
+    the estimate counted their epochs, and did not say that this machine does it at no cost."""
+    from vibrary.trainer import known
+
+    opts = json.loads(options or "{}")
+    rows = known.load() if base != "none" and opts.get("known_pull") != 0 else None
+    fits = rows is not None and rows.rows(list(manifest.classes)) is not None
+    epochs = 1 if fits else int(opts.get("epochs") or 40)
     train_s = manifest.clips * epochs / CLIPS_PER_S
     minutes = max(1.0, (settings.boot_s + SETUP_S + train_s) / 60)  # EC2 bills a minute at least
     price = PRICES.get(settings.instance_type)
@@ -245,8 +254,14 @@ def estimate(settings: CloudSettings, manifest: Manifest, options: str, upload_b
         if dollars is not None
         else f"unknown: no price on record for {settings.instance_type}, see aws.amazon.com/ec2/pricing"
     )
+    work = (
+        "one fit from what the demo model knows of these tags (seconds: `--trainer local`, the default, does it"
+        " on this machine at no cost)"
+        if fits
+        else f"up to {epochs} epochs"
+    )
     text = (
-        f"Cloud training of {manifest.name!r}: {manifest.clips} clips, up to {epochs} epochs.\n"
+        f"Cloud training of {manifest.name!r}: {manifest.clips} clips, {work}.\n"
         f"Upload: {upload_bytes / 1e6:.1f} MB of spectrograms and labels (no audio) to s3://{settings.bucket}.\n"
         f"One {settings.instance_type} instance for about {minutes:.0f} minutes: {cost}.\n"
         f"It ends itself after {settings.max_hours:g} hours at most. S3 storage of the shards is billed apart."
@@ -495,7 +510,7 @@ def train_in_cloud(
         bucket = settings.bucket
         missing = missing_shards(s3, bucket, manifest)
         total = sum(size for _, size in missing)
-        if not confirm(estimate(settings, manifest, options, total).text):
+        if not confirm(estimate(settings, manifest, options, total, base).text):
             raise CostDeclined("not launched: the cost estimate was not accepted")
         job = _Job(settings, s3, ec2, region)
         spec = {"manifest": manifest.to_json(), "name": name or manifest.name, "base": base, "options": options or "{}"}

@@ -545,6 +545,19 @@ def test_a_training_cut_off_mid_upload_cleans_up_and_the_next_sends_only_the_res
     assert files["model.onnx"] and _states(aws["ec2"]) == ["terminated", "terminated"]
 
 
+def test_the_estimate_of_tags_the_demo_knows_counts_one_fit_and_says_it_costs_nothing_here() -> None:
+    settings = cloud.CloudSettings(bucket=BUCKET)
+    many = [shards.ShardInfo("0" * 64, 3000, 10**6)]
+    drums = shards.Manifest("drums", ["kick", "snare", "hihat"], P, many)
+    fit = cloud.estimate(settings, drums, "{}", 10**6)
+    assert "one fit from what the demo model knows" in fit.text and "no cost" in fit.text
+    for options, base in (('{"known_pull": 0}', "demo"), ("{}", "none")):  # --as-new, or from scratch: epochs
+        epochs = cloud.estimate(settings, drums, options, 10**6, base)
+        assert "up to 40 epochs" in epochs.text and epochs.minutes > fit.minutes
+    moods = shards.Manifest("moods", ["dark", "bright", "warm"], P, many)
+    assert "up to 40 epochs" in cloud.estimate(settings, moods, "{}", 10**6).text
+
+
 def test_the_cloud_module_loads_neither_boto3_nor_torch_until_a_job_runs() -> None:
     code = (
         "import sys, vibrary.daemon.cloud, vibrary.clients.cli; "
