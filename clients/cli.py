@@ -35,7 +35,7 @@ from vibrary.daemon.spectrogram import SILENT
 from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client, DaemonError, DaemonNotRunning
-from .query import ANY_STORED_SCORE, QueryError, parse_query
+from .query import QueryError, parse_query
 
 
 class CommandError(Exception):
@@ -492,12 +492,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     if not groups and not excluded and not args.under:
         raise UsageError("give at least one tag to search for")
-    # 0 on the wire asks for hits only; `--min-score 0` asks for every stored score
-    min_score = 0.0 if args.min_score is None else max(args.min_score, ANY_STORED_SCORE)
     with Client() as c:
         n = _print_files(
             args,
-            c.search(groups, excluded, min_score, args.under or "", args.model or "", args.limit, best_first=True),
+            c.search(groups, excluded, args.min_score, args.under or "", args.model or "", args.limit, best_first=True),
         )
         if not args.json:
             print(f"{_many(n)}{_unknown_tags(c, groups, excluded, args.model or '', n)}", file=sys.stderr)

@@ -215,7 +215,7 @@ class Client:
         self,
         all_of: str | Sequence[str | Sequence[str]] = (),
         none_of: Sequence[str] = (),
-        min_score: float = 0.0,
+        min_score: float | None = None,
         under: str = "",
         model: str = "",
         limit: int = 0,
@@ -225,8 +225,8 @@ class Client:
         """Files whose tags match, streamed. `all_of`: a query as people type it (`"kick -acoustic
         snare|clap"`, QueryError when it makes no sense), or groups that must all match, each a tag or a
         list of alternatives (`[["snare", "clap"], "dark"]`). `none_of`: tags no result has. `min_score`:
-        0 counts the tags that hit (a model's best tag, or a score of at least 0.5), a score counts every
-        stored score from it up (query.ANY_STORED_SCORE: all). `under`: a folder. `model`: one model's tags (NAME,
+        None counts the tags that hit (a model's best tag, or a score of at least 0.5), a score counts every
+        stored score from it up (0: all). `under`: a folder. `model`: one model's tags (NAME,
         or NAME@VERSION of its active version).
         `limit` 0: every match; in the index's order unless `best_first` (the surest first, which costs
         more: `vibrary search --limit` asks for it)."""
@@ -237,7 +237,7 @@ class Client:
         request = pb.SearchRequest(
             all_of=[pb.AnyOf(tags=g) for g in groups],
             none_of=[*excluded, *([none_of] if isinstance(none_of, str) else none_of)],
-            min_score=min_score,
+            min_score=min_score,  # (None: unset)
             path_prefix=self._path(under) if under else "",
             model=model,
             limit=limit,

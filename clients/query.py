@@ -7,10 +7,6 @@ from collections.abc import Sequence
 
 from .errors import BadArgument
 
-# The API's min_score 0 asks for the tags that hit (a model's best tag, or a score of at least 0.5); this
-# asks for every stored score, which is what `--min-score 0` means to a person.
-ANY_STORED_SCORE = 1e-9
-
 
 class QueryError(BadArgument):
     """A query that cannot make sense (`kick OR`, `NOT`); str() says why."""

@@ -26,6 +26,7 @@ T = TypeVar("T")
 HIT_SCORE = 0.5  # by default a file "has" a tag when it is its model's best tag or scores at least this
 # ...unless the model finds the file unfamiliar: then none of its tags is a hit. A familiar file's best tag
 # always is, and that is how an unfamiliar one is told when read back (_with_tags): keep the two together.
+ANY_STORED_SCORE = 1e-9  # a min_score that counts every stored score: 0 counts the hits (HIT_SCORE)
 
 # An AND of two posting lists is merged unless they hold more than this many times the shorter one's
 # entries: a merge reads both lists, a probe (several times dearer per entry) only the shorter one.
@@ -166,7 +167,7 @@ class FileTags:
 class Query:
     all_of: Sequence[Sequence[str]] = ()  # AND of OR-groups
     none_of: Sequence[str] = ()
-    min_score: float = 0.0  # 0: the default (best tag of each model, or score >= HIT_SCORE)
+    min_score: float = 0.0  # 0: the default (best tag of each model, or score >= HIT_SCORE); ANY_STORED_SCORE: all
     path_prefix: str = ""
     model: str = ""
     limit: int = 0

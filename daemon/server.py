@@ -24,7 +24,7 @@ from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from . import config, dataset, events, registry, suggest, training
 from .folders import indexed_path
-from .index import FileTags, ModelRow, Query
+from .index import ANY_STORED_SCORE, FileTags, ModelRow, Query
 from .infer import ModelError
 from .modelref import parse_ref
 from .rpc import bind, make_server
@@ -148,6 +148,8 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
         if not 0.0 <= request.min_score <= 1.0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "min_score must be within [0, 1]")
+        # set (0 included: a front end's slider at its bottom), every stored score from it up; unset, the hits
+        min_score = max(request.min_score, ANY_STORED_SCORE) if request.HasField("min_score") else 0.0
         if request.limit < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit must not be negative")
         # `lib/../x` is x, and a link to a folder is where it leads, as the index holds it (a client over TCP
@@ -165,7 +167,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         query = Query(
             groups,
             list(request.none_of),
-            request.min_score,
+            min_score,
             prefix,
             model,
             request.limit,

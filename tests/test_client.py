@@ -135,6 +135,10 @@ def test_searches_as_people_type_them_and_tags_as_strings(daemon: DaemonProcess,
     assert {f.path for f in c.search("low|high -high")} == {paths["low"]}
     assert {f.path for f in c.search("mid OR high", none_of="high")} == {paths["mid"]}
     assert [f.path for f in c.tags(paths["mid"])] == [paths["mid"]]
+    # min_score 0, set, is every stored score (a slider at its bottom); unset, the hits only
+    assert {f.path for f in c.search("high", min_score=0)} > {f.path for f in c.search("high")} == {paths["high"]}
+    raw = c.stub.Search(pb.SearchRequest(all_of=[pb.AnyOf(tags=["high"])], min_score=0.0))
+    assert len(list(raw)) > 1
     with pytest.raises(QueryError, match="OR needs a tag on each side"):
         c.search("low OR")
     assert issubclass(QueryError, VibraryError)  # one except clause for everything the library raises

@@ -343,7 +343,10 @@ class SearchRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     BEST_FIRST_FIELD_NUMBER: _builtins.int
     min_score: _builtins.float
-    """0: the default (best tag of a model, or score >= 0.5)"""
+    """Unset: the tags that hit (a model's best tag, or a score >= 0.5); set: every stored score from it up, so
+    0 counts every tag stored (a slider at its bottom); built from the protos before it was optional, a client
+    cannot send 0: it is unset there.
+    """
     path_prefix: _builtins.str
     """only files under this folder"""
     model: _builtins.str
@@ -367,17 +370,19 @@ class SearchRequest(_message.Message):
         *,
         all_of: _abc.Iterable[Global___AnyOf] | None = ...,
         none_of: _abc.Iterable[_builtins.str] | None = ...,
-        min_score: _builtins.float = ...,
+        min_score: _builtins.float | None = ...,
         path_prefix: _builtins.str = ...,
         model: _builtins.str = ...,
         limit: _builtins.int = ...,
         best_first: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "min_score", b"min_score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_of", b"all_of", "best_first", b"best_first", "limit", b"limit", "min_score", b"min_score", "model", b"model", "none_of", b"none_of", "path_prefix", b"path_prefix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_score", b"_min_score", "all_of", b"all_of", "best_first", b"best_first", "limit", b"limit", "min_score", b"min_score", "model", b"model", "none_of", b"none_of", "path_prefix", b"path_prefix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__min_score: _TypeAlias = _typing.Literal["min_score"]  # noqa: Y015
+    _WhichOneofArgType__min_score: _TypeAlias = _typing.Literal["_min_score", b"_min_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_score) -> _WhichOneofReturnType__min_score | None: ...
 
 Global___SearchRequest: _TypeAlias = SearchRequest  # noqa: Y015
 
