@@ -28,6 +28,7 @@ from typing import Any, ParamSpec, TypeVar
 import grpc
 from vibrary.daemon import config
 from vibrary.daemon.folders import indexed_path
+from vibrary.daemon.index import ANY_STORED_SCORE
 from vibrary.daemon.modelref import parse_ref
 from vibrary.daemon.rpc import REQUEST_MAX, check_token
 from vibrary.proto import daemon_pb2 as pb
@@ -237,7 +238,8 @@ class Client:
         request = pb.SearchRequest(
             all_of=[pb.AnyOf(tags=g) for g in groups],
             none_of=[*excluded, *([none_of] if isinstance(none_of, str) else none_of)],
-            min_score=min_score,  # (None: unset)
+            # (None: unset) a daemon from before the field was optional reads 0 as unset: the least score above it
+            min_score=None if min_score is None else max(min_score, ANY_STORED_SCORE),
             path_prefix=self._path(under) if under else "",
             model=model,
             limit=limit,

@@ -344,8 +344,8 @@ class SearchRequest(_message.Message):
     BEST_FIRST_FIELD_NUMBER: _builtins.int
     min_score: _builtins.float
     """Unset: the tags that hit (a model's best tag, or a score >= 0.5); set: every stored score from it up, so
-    0 counts every tag stored (a slider at its bottom); built from the protos before it was optional, a client
-    cannot send 0: it is unset there.
+    0 counts every tag stored, from 1e-9 (a slider at its bottom). A client built from the protos before it
+    was optional cannot send 0: it arrives unset.
     """
     path_prefix: _builtins.str
     """only files under this folder"""
