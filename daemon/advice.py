@@ -25,11 +25,12 @@ CURVE = Path(__file__).parent / "builtin" / "examples_curve.json"
 GAIN = 0.05  # more examples are worth suggesting when they buy at least this much accuracy
 
 
-def load_curve(curve: str = "instruments", path: Path = CURVE) -> tuple[list[tuple[int, float]], str]:
-    """`instruments` or `effects`: as such tags train (from the rows the demo has of them); with ` as new`
-    (`instruments as new`): as tags it does not know, or `--as-new`, train; instruments where it is missing."""
+def load_curve(*curves: str, path: Path = CURVE) -> tuple[list[tuple[int, float]], str]:
+    """The first of these curves the file has (then instruments as new, instruments). `instruments` or
+    `effects`: as such tags train, from the rows the demo has of them; ` half known`: with every second tag
+    one it does not know; ` as new`: as tags it does not know, or `--as-new`, train."""
     raw = json.loads(path.read_text())
-    found = next(raw[key] for key in (curve, "instruments as new", "instruments") if key in raw)
+    found = next(raw[key] for key in (*curves, "instruments as new", "instruments") if key in raw)
     points = sorted((int(n), float(acc)) for n, acc in found.items())
     return points, str(raw.get("source", ""))
 
@@ -56,8 +57,14 @@ def advise(per_class: Mapping[str, int], path: Path = CURVE, from_known: bool = 
     picked = rows.rows(tags) if rows is not None else None  # as the trainer will pick them
     family = (rows.family(tags) if rows is not None else None) or "instruments"
     knows = len(tags) - picked.count(None) if picked is not None and from_known else 0
-    # a partly known dataset reads the as-new curve: measured at ten a class only, it trains between the two
-    points, source = load_curve(family if knows == len(tags) else f"{family} as new", path)
+    if knows == len(tags):
+        curves, how = [family], " of tags the demo model knows"
+    elif knows:  # measured with half of them known: with more known it trains better, with fewer worse
+        curves = [f"{family} half known", f"{family} as new"]
+        how = f" measured with half the tags new to the demo model; it knows {knows} of your {len(tags)}"
+    else:
+        curves, how = [f"{family} as new"], ", tags trained as new"
+    points, source = load_curve(*curves, path=path)
     tag, n = min(per_class.items(), key=lambda kv: (kv[1], kv[0]))
     now = expected(n, points)
     bound = "at most about" if n < points[0][0] else "about"  # below the curve's first measured size
@@ -67,10 +74,4 @@ def advise(per_class: Mapping[str, int], path: Path = CURVE, from_known: bool = 
         text += "; more examples would add little"
     else:
         text += f"; {better[0] - n} more per class ({better[0]} each) should give about {better[1]:.0%}"
-    if knows == len(tags):
-        how = " of tags the demo model knows"
-    elif knows:  # (0.75-0.77 with a quarter to half of 12 effects unknown, against 0.66 as new and 0.80 known)
-        how = f" of tags trained as new; the demo model knows {knows} of your {len(tags)}, which should do better"
-    else:
-        how = ", tags trained as new"
     return f"{text} ({family} curve{how}, {source})"
