@@ -1,12 +1,13 @@
 """How many examples do I need? Expected accuracy at a dataset's size, read off a measured curve.
 
 `builtin/examples_curve.json` holds test accuracy against examples per class for an instrument set and
-an effects set, each as the demo's classes train (from its rows of them, vibrary.trainer.known) and as new
-tags train (`{"instruments": {"10": 0.68, ...}, "instruments as new": {...}, "effects": ..., "source": "..."}`),
-as `docs/figure3` measures them. The smallest class limits a model most, so advice is about that class;
+an effects set, each as the demo's classes train (from its rows of them, vibrary.trainer.known), with half
+of them renamed so that it does not know them, and as new tags train (`{"instruments": {"10": 0.68, ...},
+"instruments half known": ..., "instruments as new": ..., "effects": ..., "source": "..."}`), as
+`docs/figure3` measures them. The smallest class limits a model most, so advice is about that class;
 between measured sizes accuracy is interpolated on a log scale of the size, as such curves are drawn. A
-dataset of tags the demo knows is read off their family's curve; any other (moods, a mix) off the
-instruments curve as new.
+dataset is read off the curve of the family and the way it will train; one of tags the demo does not know
+(moods, a mix of families) off the instruments curve as new.
 """
 
 from __future__ import annotations

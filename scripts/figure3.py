@@ -345,11 +345,13 @@ def run_one(
     }
 
 
-LABELS = {
-    "transfer": "transfer, from its known rows",
-    "half-known": "transfer, half the tags unknown to it",
-    "as-new": "transfer, tags as new",
-    "scratch": "scratch",
+# each mode's label and colour in the figure, and its curve in daemon/builtin/examples_curve.json (a suffix of
+# the set's name, read by daemon/advice.py; None: not there)
+MODES = {
+    "transfer": ("transfer, from its known rows", "tab:blue", ""),
+    "half-known": ("transfer, half the tags unknown to it", "tab:cyan", " half known"),
+    "as-new": ("transfer, tags as new", "tab:purple", " as new"),
+    "scratch": ("scratch", "tab:orange", None),
 }
 Curves = dict[str, dict[str, dict[str, dict[str, float]]]]  # set → mode → n → mean / std / min / max / seeds
 
@@ -380,20 +382,14 @@ def plot(summary: Curves, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.9), sharey=True)
     for ax, name in zip(axes, ("instruments", "effects"), strict=True):
-        for mode, colour in (
-            ("transfer", "tab:blue"),
-            ("half-known", "tab:cyan"),
-            ("as-new", "tab:purple"),
-            ("scratch", "tab:orange"),
-        ):
+        for mode, (label, colour, _) in MODES.items():
             curve = summary.get(name, {}).get(mode, {})
             ns = sorted(curve, key=int)
             if not ns:
                 continue
             x = [int(n) for n in ns]
             mean = [curve[n]["mean"] for n in ns]
-            label = f"Vibrary, {LABELS[mode]} (mean of {curve[ns[0]]['seeds']} seeds)"
-            ax.plot(x, mean, "o-", color=colour, label=label)
+            ax.plot(x, mean, "o-", color=colour, label=f"Vibrary, {label} (mean of {curve[ns[0]]['seeds']} seeds)")
             ax.fill_between(x, [curve[n]["min"] for n in ns], [curve[n]["max"] for n in ns], color=colour, alpha=0.2)
         n_classes = len(INSTRUMENTS if name == "instruments" else EFFECTS)
         ax.axhline(1 / n_classes, ls=":", color="black", lw=0.8, label="chance")
@@ -524,11 +520,11 @@ def main(argv: list[str] | None = None) -> int:
         + "\n"
     )
     plot(summary, ROOT / "docs" / "figure3.png")
-    curve: dict[str, object] = {  # daemon/advice.py: "effects" as they train, "effects as new" with --as-new …
+    curve: dict[str, object] = {
         f"{s}{suffix}": {n: v["mean"] for n, v in sorted(summary[s].get(mode, {}).items(), key=lambda kv: int(kv[0]))}
         for s in ("instruments", "effects")
-        for mode, suffix in (("transfer", ""), ("half-known", " half known"), ("as-new", " as new"))
-        if summary.get(s, {}).get(mode)
+        for mode, (_, _, suffix) in MODES.items()
+        if suffix is not None and summary.get(s, {}).get(mode)
     }
     curve["source"] = f"docs/figure3.json, {today}"
     path = ROOT / "daemon" / "builtin" / "examples_curve.json"  # the curves of sets and modes not run stay
