@@ -50,13 +50,18 @@ def _out(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
     print(json.dumps(obj) if args.json else human, flush=True)
 
 
+# what a file read fine with no tags is (`note` in its line): silent, or, in the index, heard by no active model
+SILENT_TAGS = f"no tags: {SILENT}"
+NO_MODEL_TAGS = "no tags: no model is active (`vibrary models activate NAME`)"
+
+
 def _file_line(
     path: str,
     tags: Iterable[tuple[str, str, float]],
     error: str | None,
     unfamiliar: Collection[str] = (),
     state: str = "indexed",
-    no_tags: str = f"no tags: {SILENT}",
+    no_tags: str = SILENT_TAGS,
 ) -> dict[str, Any]:
     """A file's line; `unfamiliar`: the models that find it like none of their examples (their tags are
     guesses, which searches leave out). A file read fine with no tags at all is silent (or no model is active:
@@ -466,10 +471,7 @@ def _exclusions_as_words(argv: list[str]) -> list[str]:
     return [*argv[:at], "search", *options, *words]
 
 
-NO_MODEL_TAGS = "no tags: no model is active (`vibrary models activate NAME`)"
-
-
-def _print_files(args: argparse.Namespace, files: Iterable[Any], no_tags: str = f"no tags: {SILENT}") -> int:
+def _print_files(args: argparse.Namespace, files: Iterable[Any], no_tags: str = SILENT_TAGS) -> int:
     n = 0
     for f in files:
         unfamiliar = {t.model for t in f.tags if t.unfamiliar}
@@ -536,7 +538,7 @@ def cmd_tags(args: argparse.Namespace) -> int:
     with Client() as c:
         # the index answers with the active models' tags: with none active, no file has any
         idle = not any(m.active for m in c.models())
-        _print_files(args, c.tags(args.paths), NO_MODEL_TAGS if idle else f"no tags: {SILENT}")
+        _print_files(args, c.tags(args.paths), NO_MODEL_TAGS if idle else SILENT_TAGS)
     return 0
 
 
