@@ -112,11 +112,11 @@ class DaemonProcess:
         return path.read_text() if path.exists() else ""
 
 
-def as_from_a_terminal() -> None:
-    """A child's SIGHUP as a terminal's shell leaves it (a Popen preexec_fn): a test suite run under
-    `nohup` or a CI runner that ignores SIGHUP passes that on, and a daemon or a `vibrary train` honours
-    it, so the tests of what a closed terminal does would wait for an exit that never comes."""
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+# A command's prefix: its SIGHUP as a terminal's shell leaves it. A test suite run under `nohup` or a CI runner
+# that ignores SIGHUP passes that on, and a daemon or a `vibrary train` honours it, so the tests of what a closed
+# terminal does would wait for an exit that never comes. (Not a Popen preexec_fn: Python code run between fork
+# and exec in a process with gRPC and Qt threads crashed the child now and then, SIGSEGV or SIGABRT.)
+FROM_A_TERMINAL = ["env", "--default-signal=HUP"]
 
 
 def start_daemon(home: Path, *extra: str, wrapper: Sequence[str] = ()) -> DaemonProcess:
@@ -124,11 +124,10 @@ def start_daemon(home: Path, *extra: str, wrapper: Sequence[str] = ()) -> Daemon
     env = {**os.environ, "VIBRARY_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     said = tempfile.TemporaryFile()  # noqa: SIM115 (its stderr, for its whole life: what it says before its log)
     proc = subprocess.Popen(
-        [*AS_USER, *wrapper, sys.executable, "-m", "vibrary.clients.cli", "daemon", *extra],
+        [*FROM_A_TERMINAL, *AS_USER, *wrapper, sys.executable, "-m", "vibrary.clients.cli", "daemon", *extra],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=said,
-        preexec_fn=as_from_a_terminal,
     )
     client = Client(home_dir=home, timeout=30)
 

@@ -36,7 +36,7 @@ from moto.server import ThreadedMotoServer  # noqa: E402
 from vibrary.daemon import cloud, registry, shards  # noqa: E402
 from vibrary.daemon.index import Index  # noqa: E402
 
-from tests.conftest import as_from_a_terminal, json_lines, vibrary, wait_for  # noqa: E402
+from tests.conftest import FROM_A_TERMINAL, json_lines, vibrary, wait_for  # noqa: E402
 from tests.test_trainer import KINDS, P, _free_port, _store, spectrograms, write_kinds  # noqa: E402
 
 BUCKET = "vibrary-test"
@@ -770,6 +770,7 @@ def test_vibrary_train_killed_or_hung_up_ends_its_instance(
     env = {**os.environ, "VIBRARY_HOME": str(home)}
     proc = subprocess.Popen(
         [
+            *FROM_A_TERMINAL,
             sys.executable,
             "-m",
             "vibrary.clients.cli",
@@ -784,7 +785,6 @@ def test_vibrary_train_killed_or_hung_up_ends_its_instance(
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        preexec_fn=as_from_a_terminal,
     )
     try:
         wait_for(lambda: _states(aws["ec2"]) == ["running"] or proc.poll() is not None, timeout=60)
