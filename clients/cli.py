@@ -1364,8 +1364,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--as-new",
         action="store_true",
         help="train tags the demo model already knows (kick, snare, piano…, reverb, delay…) as new ones, over epochs, "
-        "instead "
-        "of fitting what it knows of them to your clips",
+        "instead of fitting what it knows of them to your clips",
     )
     p.add_argument("--yes", action="store_true", help="cloud: accept the cost estimate without asking")
     p.set_defaults(func=cmd_train)

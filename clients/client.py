@@ -239,7 +239,7 @@ class Client:
             all_of=[pb.AnyOf(tags=g) for g in groups],
             none_of=[*excluded, *([none_of] if isinstance(none_of, str) else none_of)],
             # (None: unset) a daemon from before the field was optional reads 0 as unset: the least score above it
-            min_score=None if min_score is None else max(min_score, ANY_STORED_SCORE),
+            min_score=ANY_STORED_SCORE if min_score == 0 else min_score,
             path_prefix=self._path(under) if under else "",
             model=model,
             limit=limit,

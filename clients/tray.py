@@ -11,13 +11,11 @@ offers to start one. Only Qt and the standard library are used, so macOS and Win
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -164,17 +162,16 @@ class DaemonLink(QObject):
             self._delay = 0.5 if poked else min(self._delay * 2, self._max_backoff)
 
     def _follow(self, client: Client) -> None:
-        """Recent errors are asked for again when the count of failures changes, and on a file's failure (one
-        mended and one failed leave the count as it was), at most once a second for a burst of them."""
-        failed, asked, owed = -1, -math.inf, False
+        """Recent errors are asked for again at a status whose count of failures changed, or that follows a
+        file's failure (one mended and one failed leave the count as it was): at most as often as the daemon
+        sends its status, four times a second, however many files fail."""
+        failed, owed = -1, False
         for e in client.events():
             self._delay = 0.5  # connected: if it goes away, look again soon
             self.received.emit(e)
-            counted = e.kind in (pb.Event.STATUS_CHANGED, pb.Event.EVENTS_LOST) and e.status.failed != failed
-            failed = e.status.failed if counted else failed
-            owed = owed or e.kind == pb.Event.FILE_FAILED  # (asked for at the next event after the second)
-            if counted or (owed and time.monotonic() - asked >= 1.0):
-                asked, owed = time.monotonic(), False
+            owed = owed or e.kind == pb.Event.FILE_FAILED
+            if e.kind in (pb.Event.STATUS_CHANGED, pb.Event.EVENTS_LOST) and (owed or e.status.failed != failed):
+                failed, owed = e.status.failed, False
                 self.errors.emit(client.failed(RECENT_ERRORS))
 
 

@@ -60,7 +60,7 @@ def advise(per_class: Mapping[str, int], path: Path = CURVE, from_known: bool = 
     knows = len(tags) - picked.count(None) if picked is not None and from_known else 0
     if knows == len(tags):
         curves, how = [family], " of tags the demo model knows"
-    elif knows:  # measured with half of them known: with more known it trains better, with fewer worse
+    elif knows:  # measured with half of them known (effects: between the two curves; instruments: near both)
         curves = [f"{family} half known", f"{family} as new"]
         how = f" measured with half the tags new to the demo model; it knows {knows} of your {len(tags)}"
     else:

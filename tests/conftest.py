@@ -116,7 +116,11 @@ class DaemonProcess:
 # that ignores SIGHUP passes that on, and a daemon or a `vibrary train` honours it, so the tests of what a closed
 # terminal does would wait for an exit that never comes. (Not a Popen preexec_fn: Python code run between fork
 # and exec in a process with gRPC and Qt threads crashed the child now and then, SIGSEGV or SIGABRT.)
-FROM_A_TERMINAL = ["env", "--default-signal=HUP"]
+FROM_A_TERMINAL = (
+    ["env", "--default-signal=HUP"]  # GNU coreutils 8.31 on; elsewhere (BSD, busybox) run the suite without nohup
+    if subprocess.run(["env", "--default-signal=HUP", "true"], capture_output=True).returncode == 0
+    else []
+)
 
 
 def start_daemon(home: Path, *extra: str, wrapper: Sequence[str] = ()) -> DaemonProcess:
