@@ -954,8 +954,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         from vibrary.daemon.advice import advise
 
         # before minutes of waiting; tags the demo knows are advised as they will train, not with --as-new or none
-        from_known = args.base == "demo" and not args.as_new
-        print(advise(dataset.load_report(home_dir, args.dataset).per_class, from_known=from_known), file=sys.stderr)
+        per_class = dataset.load_report(home_dir, args.dataset).per_class
+        print(advise(per_class, base=args.base, pull=0 if args.as_new else None), file=sys.stderr)
     try:
         trained = train(
             home_dir,

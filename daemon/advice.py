@@ -46,18 +46,19 @@ def expected(n: int, points: list[tuple[int, float]]) -> float:
     return points[-1][1]
 
 
-def advise(per_class: Mapping[str, int], path: Path = CURVE, from_known: bool = True) -> str:
+def advise(per_class: Mapping[str, int], path: Path = CURVE, base: str = "demo", pull: float | None = None) -> str:
     """One or two sentences for people: what to expect now, and what more examples would buy, off the curve
-    of the family the tags train from (instruments for tags the demo does not know), as they will train:
-    from the rows the demo has of them, or as new tags (`from_known` False: `--as-new`, `--base none`)."""
+    of the family the tags train from (instruments for tags the demo does not know), as they will train
+    (vibrary.trainer.known.starts_from): from the rows the base has of them, or as new tags (`pull` 0:
+    `--as-new`; `base` "none": every tag, on the family's curve as new)."""
     if not per_class:
         return ""
     if why := too_few(dict(per_class)):  # said at `dataset show` and after each edit, not after an upload
         return f"cannot train yet: {why} (`vibrary dataset add` more, or relabel or drop them)"
-    tags, rows = list(per_class), known.load()
-    picked = rows.rows(tags) if rows is not None else None  # as the trainer will pick them
+    tags, rows = list(per_class), known.load("demo" if base == "none" else base)
+    picked = known.starts_from(rows if base != "none" else None, tags, pull)
     family = (rows.family(tags) if rows is not None else None) or "instruments"
-    knows = len(tags) - picked.count(None) if picked is not None and from_known else 0
+    knows = len(tags) - picked.count(None) if picked is not None else 0
     if knows == len(tags):
         curves, how = [family], " of tags the demo model knows"
     elif knows:  # measured with half of them known (effects: between the two curves; instruments: near both)

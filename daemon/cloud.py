@@ -242,8 +242,7 @@ def estimate(
     from vibrary.trainer import known
 
     opts = json.loads(options or "{}")
-    rows = known.load() if base != "none" and opts.get("known_pull") != 0 else None
-    fits = rows is not None and rows.rows(list(manifest.classes)) is not None
+    fits = known.starts_from(known.load(base), manifest.classes, opts.get("known_pull")) is not None
     epochs = 1 if fits else int(opts.get("epochs") or 40)
     train_s = manifest.clips * epochs / CLIPS_PER_S
     minutes = max(1.0, (settings.boot_s + SETUP_S + train_s) / 60)  # EC2 bills a minute at least

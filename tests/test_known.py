@@ -22,7 +22,7 @@ from vibrary.daemon import shards, training  # noqa: E402
 from vibrary.daemon.spectrogram import dequantize  # noqa: E402
 from vibrary.trainer import known  # noqa: E402
 from vibrary.trainer.export import load_base  # noqa: E402
-from vibrary.trainer.train import SMALL_CLASS, TrainConfig, train  # noqa: E402
+from vibrary.trainer.train import SMALL_CLASS, TrainConfig, split_by_group, train  # noqa: E402
 
 from tests.conftest import json_lines, vibrary  # noqa: E402
 from tests.synth import write_kinds  # noqa: E402
@@ -120,10 +120,19 @@ def test_a_dataset_large_enough_to_hold_clips_out_is_measured_on_them() -> None:
     assert result.confusion.sum() == result.val_clips  # the matrix is of the held-out clips
     with torch.no_grad():  # measured without them, the head kept is fitted on every clip
         embedded = result.net.eval().embedding(torch.from_numpy(dequantize(codes, P)))
-    indices = rows.rows(EFFECTS)
-    _, weight, bias = rows.fit(embedded, torch.from_numpy(labels), indices, TrainConfig().known_pull)
+    indices, y = rows.rows(EFFECTS), torch.from_numpy(labels)
+    _, weight, bias = rows.fit(embedded, y, indices, TrainConfig().known_pull)
     assert torch.allclose(result.net.head.weight, weight, atol=1e-4)
     assert torch.allclose(result.net.head.bias, bias, atol=1e-4)
+    held = torch.from_numpy(
+        split_by_group(labels, np.array(groups), TrainConfig().val_fraction, np.random.default_rng(0))
+    )
+    _, weight, bias = rows.fit(embedded[~held], y[~held], indices, TrainConfig().known_pull)  # what was measured
+    measured = torch.nn.functional.cross_entropy(embedded[held] @ weight.T + bias, y[held])
+    assert result.history[0]["val_loss"] == pytest.approx(float(measured), rel=1e-3)
+    with torch.no_grad():
+        refit = torch.nn.functional.cross_entropy(result.net.head(embedded[held]), y[held])
+    assert float(refit) < float(measured) * 0.999  # the head kept has seen those clips: not what is reported
 
 
 def test_what_a_fit_from_known_rows_did_is_said() -> None:

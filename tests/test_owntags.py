@@ -477,9 +477,13 @@ def test_advice_reads_the_curve_and_names_the_smallest_class(tmp_path: Path) -> 
     assert "(effects curve measured with half the tags new to the demo model; it knows 2 of your 3, " in partly
     for other in ({"reverb": 12, "my fuzz": 10}, {"kick": 12, "reverb": 10}, {"dark": 12, "bright": 10}):
         assert "(instruments curve, tags trained as new, " in advice.advise(other)
-    as_new = advice.advise({"reverb": 12, "Echo": 10}, from_known=False)  # --as-new
     effects_as_new = advice.expected(10, advice.load_curve("effects as new")[0])
-    assert f"expect about {effects_as_new:.0%}" in as_new and "(effects curve, tags trained as new, " in as_new
+    for as_new in (
+        advice.advise({"reverb": 12, "Echo": 10}, pull=0),
+        advice.advise({"reverb": 12, "Echo": 10}, base="none"),
+    ):
+        assert f"expect about {effects_as_new:.0%}" in as_new and "(effects curve, tags trained as new, " in as_new
+    assert "tags the demo model knows" in advice.advise({"reverb": 12, "Echo": 10}, pull=1)  # any pull but 0
 
 
 def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -> None:

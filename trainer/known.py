@@ -26,13 +26,14 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .options import BUILTIN_DIR, base_path
+from .options import BUILTIN_DIR, TrainConfig, base_path
 
 if TYPE_CHECKING:
     import torch
@@ -104,6 +105,16 @@ class Known:
                 weight[j], bias[j], pulls[j] = self.weight[i], self.bias[i], pull
         tensors = (torch.from_numpy(a) for a in (weight, bias, self.mean, self.scale, pulls))
         return fit_head(embedded, labels, *tensors)
+
+
+def starts_from(rows: Known | None, tags: Sequence[str], pull: float | None = None) -> list[int | None] | None:
+    """The known row each tag starts from (None: fitted beside them from nothing), or None: the dataset trains
+    over epochs as new tags. The one rule that the trainer fits by, the cloud estimate prices by and the
+    advice reads its curve by: the base has rows (`rows`), they cover the tags (`Known.rows`), and the pull
+    towards them (`known_pull`; None: the default) is not 0, which is `vibrary train --as-new`."""
+    if rows is None or (TrainConfig.known_pull if pull is None else pull) == 0:
+        return None
+    return rows.rows(list(tags))
 
 
 def fit_head(

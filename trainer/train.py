@@ -17,7 +17,7 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from vibrary.daemon.spectrogram import SpectrogramParams, dequantize
 
 from . import checkpoint as snapshot
 from .augment import augment, mixup
-from .known import Known
+from .known import Known, starts_from
 from .network import TagNet
 from .options import PRECISIONS, Cancelled, TrainConfig
 
@@ -257,7 +257,7 @@ def train(
         train_clips=len(train_idx),
         val_clips=len(val_idx),
     )
-    rows = known.rows(manifest.classes) if known is not None and base is not None and config.known_pull else None
+    rows = starts_from(known if base is not None else None, manifest.classes, config.known_pull)
     epochs = config.epochs if rows is None else 0
     if rows is not None and known is not None:
         result.known = [tag for tag, i in zip(manifest.classes, rows, strict=True) if i is not None]
@@ -423,18 +423,21 @@ def _evaluate(
     n_classes: int,
     batch_size: int,
 ) -> tuple[float, float, np.ndarray]:
-    confusion = np.zeros((n_classes, n_classes), np.int64)
-    if len(idx) == 0:
-        return 0.0, 0.0, confusion
     net.eval()
-    total = 0.0
     with torch.no_grad():
-        for start in range(0, len(idx), batch_size * 4):
-            x, y = batch(idx[start : start + batch_size * 4])
-            logits = net(x)
-            total += float(F.cross_entropy(logits, y, reduction="sum"))
-            np.add.at(confusion, (y.cpu().numpy(), logits.argmax(1).cpu().numpy()), 1)
-    return total / len(idx), float(np.trace(confusion) / confusion.sum()), confusion
+        parts = (batch(idx[start : start + batch_size * 4]) for start in range(0, len(idx), batch_size * 4))
+        return _scored(((net(x), y) for x, y in parts), n_classes)
+
+
+def _scored(parts: Iterable[tuple[torch.Tensor, torch.Tensor]], n_classes: int) -> tuple[float, float, np.ndarray]:
+    """(mean cross-entropy, accuracy, confusion matrix) of (logits, labels) batches; zeros for no clips."""
+    confusion = np.zeros((n_classes, n_classes), np.int64)
+    total = 0.0
+    for logits, y in parts:
+        total += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+        np.add.at(confusion, (y.cpu().numpy(), logits.argmax(1).cpu().numpy()), 1)
+    clips = int(confusion.sum())
+    return (total / clips, float(np.trace(confusion) / clips), confusion) if clips else (0.0, 0.0, confusion)
 
 
 def _recalibrate_batch_norm(
@@ -474,14 +477,14 @@ def _fit_known(
     a fifth of a 50-clip class is not left out of the model it was measured for."""
     started = time.monotonic()
     train_idx, val_idx = split
-    embedded, labels = _embedded(net, train_idx, batch, batch_size)
-    loss, weight, bias = known.fit(embedded, labels, rows, pull)
-    _set_head(net, weight, bias)
-    val_loss, result.val_accuracy, result.confusion = _evaluate(net, val_idx, batch, len(rows), batch_size)
+    embedded, labels = _embedded(net, np.concatenate([train_idx, val_idx]), batch, batch_size)
+    n = len(train_idx)
+    loss, weight, bias = known.fit(embedded[:n], labels[:n], rows, pull)
+    held = [(embedded[n:] @ weight.T + bias, labels[n:])]
+    val_loss, result.val_accuracy, result.confusion = _scored(held, len(rows))
     if len(val_idx):
-        held, held_labels = _embedded(net, val_idx, batch, batch_size)
-        _, weight, bias = known.fit(torch.cat([embedded, held]), torch.cat([labels, held_labels]), rows, pull)
-        _set_head(net, weight, bias)
+        _, weight, bias = known.fit(embedded, labels, rows, pull)
+    _set_head(net, weight, bias)
     result.best_epoch = 1
     seconds = time.monotonic() - started
     result.history.append(
