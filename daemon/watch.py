@@ -85,6 +85,7 @@ class Watcher(FileSystemEventHandler):
         self._on_removed = on_removed
         self._observer = _observer()
         self._watches: dict[str, ObservedWatch] = {}
+        self._inner: frozenset[str] = frozenset()  # watch folders inside another one observed (_note_watches)
         self._identity: dict[str, tuple[int, int] | None] = {}  # each watch folder's device and inode
         self._missing: set[str] = set()
         self._links: dict[str, str] = {}  # links to folders met under the watches → where they point
@@ -164,18 +165,22 @@ class Watcher(FileSystemEventHandler):
                     return
             # not under self._lock, which the observer's thread takes to record an event: scheduling waits
             # for the observer's own lock
-            watch = self._observer.schedule(self, folder, recursive=True, event_filter=EVENTS)  # OSError: no change
+            handler = _Outermost(self, folder)
+            watch = self._observer.schedule(handler, folder, recursive=True, event_filter=EVENTS)  # OSError: no change
             with self._lock:
                 self._watches[folder] = watch
+                self._note_watches()
                 if os.path.ismount(folder):
                     self._mounts.add(folder)
                 came_back = folder in self._missing
                 self._missing.discard(folder)
                 self._note_waiting()
                 self._identity[folder] = _identity(folder)
+                covered = folder in self._inner
         if came_back and self.index.retry_now(folder):  # files that waited for it, not a minute more
             self._on_pending()
-        self._scan_in_background(folder)
+        if not covered:  # (the scan of the folder it is in covers it, or has done so)
+            self._scan_in_background(folder)
 
     def unwatch(self, folder: str) -> None:
         """Stop observing; a scan of the folder still running stops at its next directory, and events
@@ -185,6 +190,7 @@ class Watcher(FileSystemEventHandler):
                 self._missing.discard(folder)
                 self._identity.pop(folder, None)
                 watch = self._watches.pop(folder, None)
+                self._note_watches()
                 self._mounts.discard(folder)
                 self._note_waiting()
                 self._buffer = {p: due for p, due in self._buffer.items() if self._watched(p)}
@@ -198,6 +204,7 @@ class Watcher(FileSystemEventHandler):
             watch = self._watches.pop(folder, None)
             if watch is None:
                 return
+            self._note_watches()
             self._missing.add(folder)
             self._note_waiting()
         log.warning("watch folder %s is gone; watching for it to come back", folder)
@@ -207,6 +214,13 @@ class Watcher(FileSystemEventHandler):
     def _watched(self, path: str) -> bool:
         """Whether path is a watch folder or under one (call with the lock held)."""
         return within(path, self._watches)
+
+    def _note_watches(self) -> None:
+        """(With the lock held, after a change to the observed folders.) A pack watched inside a library already
+        watched (the CLI warns and adds it) has an observer of its own, which reports every change under it a
+        second time: the second of a rename's two moves found no row under the old name and read the file
+        again. Its events are dropped while the folder it is in is observed (read without the lock by each)."""
+        self._inner = frozenset(f for f in self._watches if within(f, [w for w in self._watches if w != f]))
 
     def _note_waiting(self) -> None:
         """(With the lock held, after a change to the missing watches or the mount points.) Read without the
@@ -461,7 +475,7 @@ class Watcher(FileSystemEventHandler):
                         self._links_back()
                     if self.rescan_s and time.monotonic() - last_scan > self.rescan_s and not self.scans_running:
                         last_scan = time.monotonic()
-                        for folder in list(self._watches):
+                        for folder in set(self._watches) - self._inner:
                             self.rescan(folder)
                 failures, said = 0, ""
             except Exception as e:
@@ -658,6 +672,18 @@ class Watcher(FileSystemEventHandler):
             removed = self.index.remove_paths(paths)
         if removed:
             self._on_removed(removed)
+
+
+class _Outermost(FileSystemEventHandler):
+    """The events of one watch folder's observer, handed on unless the folder is inside another one observed,
+    whose observer reports them too."""
+
+    def __init__(self, watcher: Watcher, folder: str) -> None:
+        self.watcher, self.folder = watcher, folder
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if self.folder not in self.watcher._inner:
+            self.watcher.on_any_event(event)
 
 
 def _upwards(path: str) -> Iterator[str]:

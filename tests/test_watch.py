@@ -547,3 +547,37 @@ def test_a_folder_renamed_while_it_waits_for_its_scan_is_scanned_under_its_new_n
         assert {str(lib / "renamed" / n) for n in ("a.wav", "b.wav", "late.wav")} <= _pending(index)
     finally:
         w.stop()
+
+
+def test_a_file_renamed_under_a_watch_inside_another_is_moved_once_not_read_again(index: Index, tmp_path: Path) -> None:
+    """`watch add` of a pack inside a library already watched is allowed (the CLI says it is covered): both
+    folders' observers saw each event under the pack, and the second of a rename's two moves found no row
+    under the old name, so the file was read again as new; a folder renamed there was scanned again."""
+    lib = tmp_path / "lib"
+    pack = lib / "pack"
+    (pack / "drums").mkdir(parents=True)
+    kick = pack / "drums" / "kick.wav"
+    kick.write_bytes(b"K" * 100)  # before the watch: found by its scan, no event of it still on its way
+    w = _watcher(index)
+    w.watch(str(lib))
+    w.start()
+    w.watch(str(pack))
+    wait_for(lambda: w.scans_running == 0 and _pending(index) == {str(kick)})
+    for job in index.due_jobs(10, set(), 1e12):
+        st = os.stat(job.path)
+        result = Result(job, size=st.st_size, mtime_ns=changed_at(st), inode=st.st_ino, hash=b"k" * 16)
+        assert index.write_results([result], 0.02) == [result]
+    assert _pending(index) == set()
+    os.rename(kick, pack / "drums" / "kick 2.wav")
+    os.rename(pack / "drums", pack / "Drums")
+    moved = str(pack / "Drums" / "kick 2.wav")
+    wait_for(lambda: [*index.file_tags([moved])])
+    time.sleep(0.3)  # the second observer's events, had they been handled, were flushed by now
+    w.flush()
+    assert [f.state for f in index.file_tags([str(lib)])] == ["indexed"] and _pending(index) == set()
+    w.unwatch(str(lib))  # the pack's own observer takes over: a rename there is seen again
+    os.rename(moved, pack / "kick.wav")
+    wait_for(lambda: [*index.file_tags([str(pack / "kick.wav")])])
+    w.flush()
+    assert [f.state for f in index.file_tags([str(lib)])] == ["indexed"] and _pending(index) == set()
+    w.stop()
