@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import shlex
+import stat
 import threading
 import time
 import warnings
@@ -598,6 +599,7 @@ class Watcher(FileSystemEventHandler):
         is listed, so a file that arrives meanwhile is never mistaken for one that vanished. Symbolic
         links to folders are not followed, so a link loop cannot trap the scan; they are noted, to be reported."""
         visited: set[str] = set()
+        unlisted: list[str] = []  # by this scan: what is under them is not known to be gone
         stable = _stable_inodes()
         stack = [folder]
         while stack:
@@ -610,6 +612,7 @@ class Watcher(FileSystemEventHandler):
             try:
                 entries = sorted(os.scandir(directory), key=lambda e: e.name)
             except OSError as e:
+                unlisted.append(directory)
                 with self._lock:
                     self._unlisted[directory] = e.strerror or str(e)
                 log.warning("cannot list %s (%s); its index entries are kept", directory, e.strerror)
@@ -662,9 +665,13 @@ class Watcher(FileSystemEventHandler):
             vanished = [path for path in known if not os.path.exists(path)]  # not back since the listing (a
             if vanished:  # move out and back in arrives as two events, the first up to half a second late)
                 self._remove_all(vanished)
+        if self.gone(folder):  # its drive went during the scan: its files are not gone
+            return
         for gone in set(self.index.dirs_under(folder)) - visited:
+            if within(gone, unlisted):  # a pack unpacked by root with mode 700: its files are kept, said in status
+                continue
             # a link is never walked, so never kept; nor is the __MACOSX metadata an older version indexed
-            if not os.path.isdir(gone) or os.path.islink(gone) or f"{os.sep}{JUNK_FOLDER}{os.sep}" in gone + os.sep:
+            if _not_a_folder(gone) or os.path.islink(gone) or f"{os.sep}{JUNK_FOLDER}{os.sep}" in gone + os.sep:
                 self._remove_all(list(self.index.files_in_dir(gone)))
 
     def _remove_all(self, paths: list[str]) -> None:
@@ -699,6 +706,18 @@ def _upwards(path: str) -> Iterator[str]:
 def _loop(link: str, target: str) -> bool:
     """A link to a folder it is in (`up -> ..`): there is nothing more to index there."""
     return link.startswith(under(target)[0])
+
+
+def _not_a_folder(path: str) -> bool:
+    """Whether path is known to be no folder now: gone, or a file in its place. A folder that cannot be looked
+    at (permission denied on the way, a network drive's timeout) is not: os.path.isdir says False for it too,
+    and its files were forgotten."""
+    try:
+        return not stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
 
 
 def _links_to_folder(path: str) -> bool:

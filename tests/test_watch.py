@@ -4,6 +4,7 @@ index cannot be written for a moment, and what it stops recording when a folder 
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -581,3 +582,44 @@ def test_a_file_renamed_under_a_watch_inside_another_is_moved_once_not_read_agai
     w.flush()
     assert [f.state for f in index.file_tags([str(lib)])] == ["indexed"] and _pending(index) == set()
     w.stop()
+
+
+def test_a_folder_that_cannot_be_listed_keeps_the_rows_of_the_folders_under_it(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pack unpacked by root with mode 700 (or a network drive timing out): the scan could not list it and
+    said its rows were kept, then forgot the files of every folder under it, whose stat failed as well, as
+    gone; they would be read again, hashes and all, once the folder opened up."""
+    lib = tmp_path / "lib"
+    kicks = lib / "Pack" / "Kicks"
+    kicks.mkdir(parents=True)
+    files = {str(f) for f in (lib / "top.wav", kicks / "k1.wav", kicks / "k2.wav")}
+    for f in files:
+        Path(f).write_bytes(b"x" * 100)
+    w = _watcher(index)
+    w.watch(str(lib))
+    wait_for(lambda: w.scans_running == 0)
+    assert _pending(index) == files
+    pack = str(lib / "Pack")
+    scandir, stat = os.scandir, os.stat
+
+    def listing(path: str = ".") -> Iterator[os.DirEntry[str]]:
+        if os.fspath(path) == pack:
+            raise PermissionError(13, "Permission denied", path)
+        return scandir(path)
+
+    def looking(path: str, *args: object, **kwargs: object) -> os.stat_result:
+        if os.fspath(path).startswith(pack + os.sep):  # no search permission on the pack: nothing under it
+            raise PermissionError(13, "Permission denied", path)
+        return stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as denied:  # (root, as tests may run, reads every folder)
+        denied.setattr(os, "scandir", listing)
+        denied.setattr(os, "stat", looking)
+        w.scan(str(lib))
+    assert _pending(index) == files
+    assert w.unlisted == [f"{pack} (Permission denied)"]
+    shutil.rmtree(kicks)
+    w.scan(str(lib))  # listed again, and the folder truly gone
+    assert _pending(index) == {str(lib / "top.wav")}
+    w.unwatch(str(lib))
