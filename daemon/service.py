@@ -138,7 +138,7 @@ class Daemon:
         self.index.forget_silent_once()
         self.index.rehash_long_once(features.HEAD_BYTES)
         self._forget_on_demand_leftovers()
-        self.index.requeue_missing(list(self._active))
+        self.index.requeue_missing(self._loaded())
         self.watcher.start()
         self._feeder.start()
         self._sweeper.start()
@@ -337,12 +337,18 @@ class Daemon:
             # each model activated, deactivated or removed, and each whose file came back or went away
             changed = [ref for i, ref in (was | now).items() if (i in now) != (i in was)]
             changed += [ref for i, ref in now.items() if i in was and (i in unloaded) != (i in self._unloaded)]
-            queued = self.index.requeue_missing(list(now)) + self.index.requeue_model_failures()
+            queued = self.index.requeue_missing(self._loaded()) + self.index.requeue_model_failures()
         log.info("active models now %s; %d files re-queued", list(now.values()), queued)
         for ref in changed:  # ListModels and Status say what each is now
             self.events.publish(Event(MODEL_CHANGED, model=ref))
         self._wake.set()
         self.status_events.changed()
+
+    def _loaded(self) -> list[int]:
+        """The active models that tag: a file lacking tags of one that could not be loaded was sent back to be
+        read at every start and every model change, the whole library, and none came; its file back, it is
+        loaded, and the files are sent back for it then."""
+        return [m.id for m in self.pipeline.models]
 
     def _unloaded_files(self, active: Sequence[ModelRow]) -> dict[int, tuple[int, int, int] | None]:
         """The active models the pipeline could not load, with their files' stat (None: no file)."""

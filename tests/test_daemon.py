@@ -872,6 +872,39 @@ def test_an_active_model_whose_file_is_gone_is_said_unusable_and_reinstalled(mod
         d.stop()
 
 
+def test_an_active_model_that_cannot_load_sends_no_file_back_to_be_read_at_each_start(
+    model_home: Path, tmp_path: Path
+) -> None:
+    """Every start sent every indexed file back to be read for the tags of an active model that could not be
+    loaded (a damaged file, one a newer onnxruntime refuses), none came, and the next start did it again:
+    the whole library read again at each login, and shown pending meanwhile."""
+    from vibrary.daemon import registry
+
+    index = Index(config.index_path(model_home))
+    moods = band_model(tmp_path / "moods.onnx", name="moods", classes=("dark", "warm", "bright"))
+    row = registry.install(index, model_home, str(moods))
+    index.set_active(row, True)
+    index.close()
+    Path(row.path).write_bytes(b"not a model any more")
+    library = tmp_path / "library"
+    library.mkdir()
+    write_tone(library / "low.wav", BANDS["low"])
+    d = start_daemon(model_home)
+    try:
+        assert list(d.client.status().unusable_models) == ["moods@1"]
+        d.client.add_watch(str(library))
+        wait_for(lambda: _best(d.client, str(library / "low.wav")) == ("indexed", "low"), timeout=15)
+    finally:
+        d.stop()
+    d = start_daemon(model_home)
+    try:
+        time.sleep(2.0)  # the start's re-queue done, and a file it sent back read again
+        status = d.client.status()
+        assert (status.indexed, status.pending, status.decoded, status.reused) == (1, 0, 0, 0)
+    finally:
+        d.stop()
+
+
 def test_a_model_that_cannot_load_is_tried_again_only_when_its_file_changes(
     model_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
