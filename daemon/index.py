@@ -26,6 +26,7 @@ T = TypeVar("T")
 HIT_SCORE = 0.5  # by default a file "has" a tag when it is its model's best tag or scores at least this
 # ...unless the model finds the file unfamiliar: then none of its tags is a hit. A familiar file's best tag
 # always is, and that is how an unfamiliar one is told when read back (_with_tags): keep the two together.
+ASKED_DUE = -1.0  # the due of the files a caller waits for: ahead of a re-tag of the library (due 0)
 ANY_STORED_SCORE = 1e-9  # a min_score that counts every stored score: 0 counts the hits (HIT_SCORE)
 
 # An AND of two posting lists is merged unless they hold more than this many times the shorter one's
@@ -360,6 +361,31 @@ class Index:
         with self.write() as c:
             c.executemany(_MARK_PENDING, rows)
         return len(rows)
+
+    def mark_asked(self, items: Sequence[tuple[str, int, int]]) -> set[str]:
+        """(path, size, mtime_ns; -1, -1 when it cannot be looked at) of files a caller waits for (Tag). Those
+        new, changed since they were read, or not to be looked at are queued ahead of every file waiting, and
+        those waiting already are moved ahead: a re-tag of the whole library waits at due 0, and the ties went
+        by row id, so a plugin's Tag of one new sample waited for all of it. Those read as they are now are
+        left as they are: each was read again, and dropped from the index when the caller stopped waiting.
+        Returns the paths that were not in the index (the ones to drop then)."""
+        known: set[str] = set()
+        for page in _pages([p for p, _, _ in items]):
+            marks = ",".join("?" * len(page))
+            known.update(r[0] for r in self.conn().execute(f"SELECT path FROM files WHERE path IN ({marks})", page))
+        now = time.time()
+        rows = [(p, os.path.dirname(p), ASKED_DUE, now, size, mtime) for p, size, mtime in items]
+        with self.write() as c:
+            c.executemany(
+                f"""{_MARK_PENDING}
+                   WHERE files.state != 'pending' AND (?5 = -1 OR files.size != ?5 OR files.mtime_ns != ?6)""",
+                rows,
+            )
+            c.executemany(
+                "UPDATE files SET due = ?2 WHERE path = ?1 AND state = 'pending' AND due > ?2",
+                [(p, ASKED_DUE) for p, *_ in items],
+            )
+        return {p for p, *_ in items if p not in known}
 
     def mark_found(self, items: Iterable[tuple[str, float, int, int, int]]) -> int:
         """(path, due, size, mtime_ns, inode) of files a scan found new or changed: marked as mark_pending

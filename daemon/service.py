@@ -70,6 +70,15 @@ NO_MODEL = "no usable active model: `vibrary models list` lists them, `vibrary m
 NO_MODEL_WAITS = f"{NO_MODEL}; files wait for one"
 
 
+def _size_and_time(path: str) -> tuple[int, int]:
+    """As the index keeps them, to tell a file read as it is now; -1, -1 when it cannot be looked at."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, -1
+    return st.st_size, features.changed_at(st)
+
+
 def load_models(index: Index, rows: Sequence | None = None) -> list[ActiveModel]:
     """onnxruntime sessions for the given model rows (default: the active ones); a model file that has
     gone bad is logged and skipped rather than stopping every other model. One thread each: the
@@ -225,8 +234,8 @@ class Daemon:
             self._analyzed_rows = total
 
     def _store(self, results: list[Result]) -> None:
-        self._keep_under_gone_watches(results)
-        try:
+        try:  # (whatever fails, the files are no longer in flight: kept so, the feeder skipped them for good)
+            self._keep_under_gone_watches(results)
             written = self._write(results)
         except Exception as e:
             self._stall(e)  # they stay pending, said once in the log (the pipeline logged each batch again)
@@ -468,8 +477,9 @@ class Daemon:
         with self._tag_lock:
             self._tag_waits.update(queued)
         abandoned: list[str] = []
+        new: set[str] = set()
         try:
-            self.index.mark_pending((p, 0.0) for p in queued)
+            new = self.index.mark_asked([(p, *_size_and_time(p)) for p in queued])
             self._wake.set()
             waiting = queued
             while True:
@@ -488,7 +498,8 @@ class Daemon:
         finally:
             with self._tag_lock:
                 self._tag_waits.subtract(queued)
-                abandoned = [p for p in abandoned if self._tag_waits[p] <= 0]  # another call still waits for it
+                # not known before this call, and no other call waits for it
+                abandoned = [p for p in abandoned if p in new and self._tag_waits[p] <= 0]
                 self._tag_waits = +self._tag_waits
         self._forget_unwatched(abandoned)
         return [_say_why_missing(r, absent) for r in results]

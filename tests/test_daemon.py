@@ -320,6 +320,12 @@ def test_a_tag_call_cut_short_drops_its_unread_files_outside_the_watches(
         waiting.join(timeout=40)
         assert [(r.state, r.tags[0][1] if r.tags else "") for r in patient] == [("indexed", "low")]
         assert d.status()["indexed"] == 1 and d.status()["pending"] == 0
+        read = d.status()["decoded"] + d.status()["reused"]
+        d._stalled_until = time.monotonic() + 2.0
+        again = d.tag_now(files, time.time() + 0.3)  # the file read before, as it is now, is answered at once
+        assert [r.state for r in again] == ["indexed", "pending", "pending"]  # (it was read again, and dropped)
+        assert [r.path for r in d.index.file_tags(files) if r.state != "unknown"] == files[:1]
+        assert d.status()["decoded"] + d.status()["reused"] == read
     finally:
         d.stop()
 
@@ -903,6 +909,29 @@ def test_an_active_model_that_cannot_load_sends_no_file_back_to_be_read_at_each_
         assert (status.indexed, status.pending, status.decoded, status.reused) == (1, 0, 0, 0)
     finally:
         d.stop()
+
+
+def test_a_batch_whose_results_cannot_be_checked_still_leaves_the_feeder_room(
+    model_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of files found gone asks the index for the watch folders first; when that read failed (a disk
+    I/O error, a busy timeout), the files stayed in flight for good, skipped by the feeder, and after 64 such
+    batches nothing was fed at all. The daemon in this process, its feeder not started."""
+    from vibrary.daemon import service
+    from vibrary.daemon.index import Job, Result
+
+    d = service.Daemon(model_home, service.config.Settings(nice=0))
+    try:
+        d._in_flight.update({7, 8})
+
+        def failing() -> list[str]:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(d.index, "watches", failing)
+        d._store([Result(Job(7, "/lib/gone.wav", 1, -1, -1, None), vanished=True)])
+        assert d._in_flight == {8} and "disk I/O error" in d.stalled  # said in status; fed again later
+    finally:
+        d._lock_file.close()
 
 
 def test_a_model_that_cannot_load_is_tried_again_only_when_its_file_changes(

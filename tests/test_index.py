@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 import time
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 import vibrary.daemon.index as index_module
+from vibrary.daemon.features import changed_at
 from vibrary.daemon.index import Index, Query, Result
 
 
@@ -494,7 +496,6 @@ def test_files_an_older_version_found_silent_are_read_again_once(tmp_path: Path)
 def test_folders_left_out_are_left_out_by_every_plan(index: Index, monkeypatch: pytest.MonkeyPatch) -> None:
     """Query.hidden (the files under a missing watch): the merged AND, the probed AND, a folder, best first
     and the counts all leave them out, and a sibling folder whose name starts alike (`Pack 2`) stays."""
-    import random
 
     inst = index.add_model("inst", "/m/inst.onnx", "a" * 64, ["kick", "snare", "hihat"], "{}", False)
     index.set_active(inst, True)
@@ -523,3 +524,27 @@ def test_folders_left_out_are_left_out_by_every_plan(index: Index, monkeypatch: 
     assert dict((t, n) for _, t, n in index.tag_counts("", hidden))["kick"] == kicks
     monkeypatch.setattr(index_module, "MERGE_MAX_RATIO", 0)  # the probed plan
     assert found(Query([["kick"], ["snare"]], hidden=hidden)) == both
+
+
+def test_files_a_caller_waits_for_go_ahead_of_a_retag_and_unchanged_ones_are_left(tmp_path: Path) -> None:
+    """A Tag of one new sample waited behind a re-tag of the whole library (due 0 both, ties by row id), and
+    every file it named was queued again, read or not, as it is now or not."""
+    index = Index(tmp_path / "index.sqlite")
+    read = tmp_path / "read.wav"
+    read.write_bytes(b"R" * 100)
+    index.mark_pending([(str(read), 0.0)])
+    (job,) = index.due_jobs(10, set(), 1e12)
+    st = os.stat(read)
+    index.write_results([Result(job, size=st.st_size, mtime_ns=changed_at(st), inode=st.st_ino, hash=b"r" * 16)], 0.02)
+    backlog = [f"/lib/{i:05d}.wav" for i in range(3000)]
+    index.mark_pending((p, 0.0) for p in backlog)  # as a new model's re-tag leaves them
+    asked = [("/new/one.wav", -1, -1), (backlog[-1], -1, -1), (str(read), st.st_size, changed_at(st))]
+    assert index.mark_asked(asked) == {"/new/one.wav"}
+    first = [j.path for j in index.due_jobs(8, set(), time.time())]
+    assert set(first[:2]) == {"/new/one.wav", backlog[-1]} and str(read) not in first
+    assert [f.state for f in index.file_tags([str(read)])] == ["indexed"]  # read as it is now: left as it was
+    read.write_bytes(b"changed, and longer")
+    st = os.stat(read)
+    index.mark_asked([(str(read), st.st_size, changed_at(st))])
+    assert [f.state for f in index.file_tags([str(read)])] == ["pending"]
+    index.close()
