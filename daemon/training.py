@@ -552,12 +552,15 @@ def _follow(
     stopper = threading.Thread(target=stop_when_cancelled, name="train-cancel", daemon=True)
     stopper.start()
     job = None
-    heard = time.monotonic()
+    # since when the trainer is out of reach (None: it answered since). Not since its last message: a job
+    # queued behind another, or a CPU epoch of minutes, says nothing for long, and the first dropped
+    # connection after such a quiet spell counted it all, and gave up at once
+    lost_at: float | None = None
     try:
         while True:
             try:
                 for job in client.watch(job_id):  # a new watch starts with the job as it is now
-                    heard = time.monotonic()
+                    lost_at = None
                     report(**_forward(job, report.state))
                 return job
             except Exception as e:
@@ -566,11 +569,13 @@ def _follow(
                 lost = isinstance(e, DaemonError) and e.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
                 if not lost:
                     raise
-                silent = time.monotonic() - heard
+                lost_at = time.monotonic() if lost_at is None else lost_at
+                silent = time.monotonic() - lost_at
                 if leave is None and silent > RECONNECT_S:
                     raise TrainingError(
-                        f"the trainer has been out of reach for {silent:.0f} s ({e}); job {job_id} may still be "
-                        "training there, but this command no longer follows it"
+                        f"the trainer has been out of reach for {silent:.0f} s ({e}); this command no longer follows "
+                        f"job {job_id}, and the trainer cancels a job nobody follows: once it is back, the same "
+                        "command goes on from the job's last finished epoch"
                     ) from e
                 if cancel.wait(min(RECALL_MAX_S, 1.0 + silent / 10)):  # the trainer cannot be told
                     raise Cancelled("training cancelled while the trainer was out of reach") from None

@@ -750,10 +750,57 @@ def test_the_daemon_waits_out_a_trainer_longer_out_of_reach_than_the_command_doe
                     assert "waiting" not in after, after  # out of reach, then back: training all along
                 else:
                     (error,) = outcome
-                    assert isinstance(error, TrainingError) and "may still be training there" in str(error)
+                    assert isinstance(error, TrainingError) and "out of reach for" in str(error)
+                    assert "the same command goes on from the job's last finished epoch" in str(error)
                     assert seen[-1].state == "failed"
                 wait_for(lambda: all(j.state == pb.Job.SUCCEEDED for j in watcher.jobs()), timeout=300)
     finally:
+        link.close()
+        index.close()
+
+
+def test_a_connection_cut_after_a_long_quiet_spell_is_reconnected_not_given_up(
+    model_home: Path, tmp_path: Path, trainer_service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job queued behind another one's (or in a CPU epoch of minutes) hears nothing from the trainer for
+    long: the first dropped connection after such a spell was counted out of reach since the last word, so
+    `vibrary train` gave up at once and cancelled a job the trainer still had (RECONNECT_S here 1 s)."""
+    from vibrary.daemon import training
+
+    monkeypatch.setattr(training, "RECONNECT_S", 1.0)
+    write_kinds(tmp_path / "examples", per_kind=8, seed=1)
+    dataset.build(model_home, "kinds", dataset.examples_from_folders([str(tmp_path / "examples")]))
+    index = Index(config.index_path(model_home))
+    link = _Link(trainer_service)
+    ahead = threading.Event()  # cancels the job ahead of ours
+    outcome: list[object] = []
+
+    def run(trainer: str, epochs: int, cancel: threading.Event | None = None) -> None:
+        try:
+            how = {"trainer": trainer, "base": "none", "options": {"epochs": epochs, "patience": epochs}}
+            outcome.append(training.train(model_home, "kinds", index=index, cancel=cancel, **how))
+        except TrainingError as e:
+            outcome.append(e)
+
+    first = threading.Thread(target=run, args=(trainer_service, 500, ahead))
+    ours = threading.Thread(target=run, args=(link.address, 3))
+    try:
+        with TrainerClient(trainer_service) as watcher:
+            first.start()
+            wait_for(lambda: any(j.state == pb.Job.RUNNING for j in watcher.jobs()), timeout=120)
+            ours.start()
+            wait_for(lambda: any(j.state == pb.Job.QUEUED for j in watcher.jobs()), timeout=60)
+            time.sleep(3 * training.RECONNECT_S)  # queued: not a word from the trainer all along
+            link.cut()  # one blip; the link is up again at once
+            time.sleep(0.5)
+            ahead.set()
+            ours.join(timeout=300)
+            first.join(timeout=60)
+        cancelled, trained = sorted(outcome, key=lambda o: isinstance(o, training.Trained))
+        assert isinstance(trained, training.Trained) and trained.row.name == "kinds", trained
+        assert isinstance(cancelled, training.Cancelled)
+    finally:
+        ahead.set()
         link.close()
         index.close()
 
