@@ -21,6 +21,7 @@ import copy
 import importlib
 import json
 import logging
+import shlex
 import sqlite3
 import threading
 import time
@@ -398,7 +399,8 @@ def _kept(home_dir: Path, files: dict[str, bytes], name: str) -> str:
                 atomic.write(folder / file, files[file])
     except OSError as e:
         return f"and the model could not be kept either ({e})"
-    return f"the model is kept: `vibrary models install {folder / 'model.onnx'} --name {name}` installs it"
+    command = shlex.join(["vibrary", "models", "install", str(folder / "model.onnx"), "--name", name])
+    return f"the model is kept: `{command}` installs it"  # (pasted: macOS's home has a space)
 
 
 def _install(index: Index, home_dir: Path, files: dict[str, bytes], name: str) -> ModelRow:

@@ -1460,3 +1460,17 @@ def test_an_upload_chunk_that_does_not_decode_is_invalid_argument(trainer_servic
         with pytest.raises(grpc.RpcError) as err:
             upload(iter([b"\x0a\x03\xff\xfe\xfd"]), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed request" in str(err.value.details())
+
+
+def test_a_model_that_could_not_be_installed_is_kept_with_a_command_that_pastes(tmp_path: Path) -> None:
+    """The command said for installing it by hand broke on a home with a space (macOS's
+    `~/Library/Application Support/vibrary`): argparse's "unrecognized arguments"."""
+    import shlex
+
+    from vibrary.daemon import training
+
+    home = tmp_path / "Application Support" / "vibrary"
+    said = training._kept(home, {"model.onnx": b"onnx bytes"}, "dark pads")
+    command = shlex.split(said.split("`")[1])
+    assert command[:3] == ["vibrary", "models", "install"] and command[4:] == ["--name", "dark pads"]
+    assert Path(command[3]).read_bytes() == b"onnx bytes" and Path(command[3]).is_relative_to(home / "uninstalled")
