@@ -543,6 +543,12 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         if job is None or job.finished:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no training is running")
         assert job is not None
+        if job.progress.state == "installing":  # seconds, and past undoing: the trainer's copy may be gone
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "the trained model is being installed (seconds): once it is, `vibrary models deactivate` it or"
+                " activate the version before it",
+            )
         job.cancel.set()  # the reply said the state before it, "training": the stream ends in CANCELLED
         return train_progress_pb(replace(job.progress, message="cancelling"))
 

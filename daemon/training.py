@@ -260,7 +260,7 @@ def train(
             files = _on_trainer(
                 home_dir, job, manifest, shard_dir, checked_base, opts, report, cancel, leave, on_started
             )
-        return _installed(index, home_dir, files, model_name, report)
+        return _installed(index, home_dir, files, model_name, report, cancel)
 
     return _reported(report, work)
 
@@ -312,7 +312,7 @@ def resume(
             at = _trainer_at(home_dir, job.trainer, report, cancel, leave, job.job_id)
             with at as address, TrainerClient(address, job.token) as client:
                 files = _collect(client, job.job_id, report, cancel, leave)
-        return _installed(index, home_dir, files, job.name, report)
+        return _installed(index, home_dir, files, job.name, report, cancel)
 
     return _reported(report, work)
 
@@ -356,9 +356,15 @@ def known_said(summary: dict[str, Any], tags: Sequence[str]) -> str:
     return f"{said}, no epochs needed (`vibrary train --as-new`, or the option known_pull 0, trains them as new tags)"
 
 
-def _installed(index: Index, home_dir: Path, files: dict[str, bytes], name: str, report: _Report) -> Trained:
-    """Install the trainer's files as a new active version, its plots beside it."""
+def _installed(
+    index: Index, home_dir: Path, files: dict[str, bytes], name: str, report: _Report, cancel: threading.Event
+) -> Trained:
+    """Install the trainer's files as a new active version, its plots beside it. A cancel heard while they
+    came keeps them uninstalled (it was answered "cancelling", and the model was installed and activated);
+    once installing, a cancel is refused (daemon/server.py)."""
     summary = json.loads(files.pop("summary.json", b"{}") or b"{}")
+    if cancel.is_set():
+        raise Cancelled(f"training cancelled as its model came; {_kept(home_dir, files, name)}")
     report(state="installing", message="installing the model")
     try:  # a full disk, a locked index, Ctrl-C: the trainer's copy may be gone (the cloud's is)
         row = _install(index, home_dir, files, name)

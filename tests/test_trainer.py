@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -38,7 +39,7 @@ from vibrary.trainer.network import TagNet  # noqa: E402
 from vibrary.trainer.train import TrainConfig, _load_base, split_by_group, train  # noqa: E402
 
 from tests.conftest import json_lines, start_daemon, vibrary, wait_for  # noqa: E402
-from tests.synth import KINDS, sound, write_kinds  # noqa: E402
+from tests.synth import KINDS, band_model, sound, write_kinds  # noqa: E402
 
 P = SpectrogramParams()
 
@@ -1465,8 +1466,6 @@ def test_an_upload_chunk_that_does_not_decode_is_invalid_argument(trainer_servic
 def test_a_model_that_could_not_be_installed_is_kept_with_a_command_that_pastes(tmp_path: Path) -> None:
     """The command said for installing it by hand broke on a home with a space (macOS's
     `~/Library/Application Support/vibrary`): argparse's "unrecognized arguments"."""
-    import shlex
-
     from vibrary.daemon import training
 
     home = tmp_path / "Application Support" / "vibrary"
@@ -1474,3 +1473,21 @@ def test_a_model_that_could_not_be_installed_is_kept_with_a_command_that_pastes(
     command = shlex.split(said.split("`")[1])
     assert command[:3] == ["vibrary", "models", "install"] and command[4:] == ["--name", "dark pads"]
     assert Path(command[3]).read_bytes() == b"onnx bytes" and Path(command[3]).is_relative_to(home / "uninstalled")
+
+
+def test_a_cancel_heard_while_the_model_came_keeps_it_uninstalled(model_home: Path, tmp_path: Path) -> None:
+    """CancelTraining answered "cancelling" once the trainer's files were on their way, and the model was
+    installed and activated all the same (the training ended SUCCEEDED)."""
+    from vibrary.daemon import training
+
+    index = Index(config.index_path(model_home))
+    files = {"model.onnx": band_model(tmp_path / "moods.onnx", name="moods").read_bytes(), "summary.json": b"{}"}
+    said: list[TrainProgress] = []
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(training.Cancelled, match="uninstalled") as cancelled:
+        training._installed(index, model_home, files, "moods", training._Report("moods", said.append), cancel)
+    assert "moods" not in [m.name for m in index.models()] and not said  # never "installing"
+    kept = shlex.split(str(cancelled.value).split("`")[1])[3]
+    assert Path(kept).read_bytes() == files["model.onnx"]
+    index.close()
