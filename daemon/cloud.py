@@ -19,6 +19,7 @@ from the usual AWS places (credentials, region) plus VIBRARY_CLOUD_* variables o
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -28,11 +29,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import config
 from .shards import Manifest, sha256_bytes
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 # On-demand Linux prices in US$ per hour, us-east-1, as AWS listed them in 2025 (not fetched live).
@@ -335,7 +337,8 @@ def instance_state(ec2: Any, instance_id: str, fresh: bool = True) -> str:
 
 
 def _not_found(error: Exception) -> bool:
-    return bool(getattr(error, "response", {}).get("Error", {}).get("Code") == "InvalidInstanceID.NotFound")
+    response = getattr(error, "response", None) or {}  # (None on botocore's connection errors)
+    return bool(response.get("Error", {}).get("Code") == "InvalidInstanceID.NotFound")
 
 
 def job_instances(ec2: Any, job_id: str) -> list[dict[str, Any]]:
@@ -343,6 +346,24 @@ def job_instances(ec2: Any, job_id: str) -> list[dict[str, Any]]:
     machine names the one it saw launched, and the bucket's record would cost a write per launch."""
     reply = ec2.describe_instances(Filters=[{"Name": "tag:vibrary-job", "Values": [job_id]}])
     return sorted((i for r in reply["Reservations"] for i in r["Instances"]), key=lambda i: i["LaunchTime"])
+
+
+def patiently(call: Callable[[], T], progress: Callable[[dict[str, Any]], None], poll_s: float, deadline: float) -> T:
+    """AWS's answer, asked again while AWS is out of reach (a laptop's Wi-Fi gone for a minute, a daemon
+    started before the network): botocore's own retries last seconds, and one failed poll ended a paid
+    training, its instance terminated and its checkpoint deleted. `progress` is told each time (raising
+    there, a cancel or a stopping daemon, ends the wait)."""
+    from botocore.exceptions import ConnectionError as Unreachable
+    from botocore.exceptions import HTTPClientError
+
+    while True:
+        try:
+            return call()
+        except (Unreachable, HTTPClientError) as e:
+            if time.monotonic() > deadline:
+                raise
+            progress({"message": f"AWS is out of reach ({e}); asking again every {poll_s:g} s"})
+            time.sleep(poll_s)
 
 
 @contextmanager
@@ -407,15 +428,22 @@ class _Job:
         `replace` allows, else that is a failure."""
         bucket, key = self.settings.bucket, f"{self.prefix}progress.json"
         deadline = time.monotonic() + self.settings.timeout_s
+
+        def asked(call: Callable[[], T]) -> T:
+            return patiently(call, progress, self.settings.poll_s, deadline)
+
         while True:
-            status = read_json(self.s3, bucket, key) or {"state": "WAITING", "message": "the instance is starting"}
+            status = asked(lambda: read_json(self.s3, bucket, key)) or {
+                "state": "WAITING",
+                "message": "the instance is starting",
+            }
             if status["state"] == "SUCCEEDED":
                 return
             if status["state"] == "FAILED":
                 raise CloudError(f"cloud training failed: {status.get('error') or 'no reason given'}")
             progress({k: v for k, v in status.items() if k != "error"})
-            if instance_state(self.ec2, self.instance, self.fresh) in _ENDED:
-                if (read_json(self.s3, bucket, key) or {}).get("state") == "SUCCEEDED":
+            if asked(lambda: instance_state(self.ec2, self.instance, self.fresh)) in _ENDED:
+                if (asked(lambda: read_json(self.s3, bucket, key)) or {}).get("state") == "SUCCEEDED":
                     return
                 self.replace(status, progress)
             if time.monotonic() > deadline:
@@ -441,12 +469,17 @@ class _Job:
         epoch = f"epoch {status['epoch']}" if status.get("epoch") else "its start"
         self.launch(progress, f"{ended} (reclaimed, or its host failed); the new one goes on from {epoch}")
 
-    def results(self) -> dict[str, bytes]:
-        files = {}
-        for name in RESULTS:
+    def results(self, progress: Callable[[dict[str, Any]], None]) -> dict[str, bytes]:
+        deadline = time.monotonic() + self.settings.timeout_s
+
+        def fetched(name: str) -> bytes:
             reply = self.s3.get_object(Bucket=self.settings.bucket, Key=f"{self.prefix}out/{name}")
-            files[name] = reply["Body"].read()
-        return files
+            return bytes(reply["Body"].read())
+
+        return {
+            name: patiently(functools.partial(fetched, name), progress, self.settings.poll_s, deadline)
+            for name in RESULTS
+        }
 
     def clean_up(self) -> None:
         """The job's instances go (those that have not gone themselves), and so does everything of the
@@ -553,7 +586,8 @@ def collect(
     """The results of a job that an earlier client left running (Left), as train_in_cloud returns them.
     `instance` is the one the client saw launched; a replacement launched since is found by its tag."""
     with _aws() as (settings, s3, ec2):
-        launched = job_instances(ec2, job_id)
+        deadline = time.monotonic() + settings.timeout_s  # (a daemon started before the network is up)
+        launched = patiently(lambda: job_instances(ec2, job_id), progress, settings.poll_s, deadline)
         latest = launched[-1]["InstanceId"] if launched else instance
         job = _Job(settings, s3, ec2, s3.meta.region_name, job_id, latest, launched_at if latest == instance else 0.0)
         return _outcome(job, progress)
@@ -570,7 +604,7 @@ def _outcome(job: _Job, progress: Callable[[dict[str, Any]], None]) -> dict[str,
     """Wait for the job and fetch its results, then clean up; unless progress says Left."""
     try:
         job.wait(progress)
-        files = job.results()
+        files = job.results(progress)
     except Left:
         raise  # the instance trains on and terminates itself; collect() picks up what it leaves
     except BaseException:

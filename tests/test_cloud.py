@@ -347,6 +347,39 @@ def test_an_instance_ended_mid_training_is_replaced_and_the_new_one_goes_on_from
     assert _states(aws["ec2"]) == ["terminated", "terminated"] and _keys(aws["s3"], "jobs/") == []
 
 
+def test_aws_out_of_reach_for_a_while_mid_training_loses_nothing(
+    aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A laptop's Wi-Fi gone for a moment while its cloud job trains: botocore's own retries are over in
+    seconds, and the one poll that failed ended the job, its instance terminated and its checkpoint deleted.
+    AWS (moto) is reached here through a relay whose connections are refused for a while; the instance
+    itself reaches it directly."""
+    from tests.test_trainer import _Link
+
+    manifest = _dataset(tmp_path, per_kind=4, clips_per_shard=256)
+    link = _Link(aws["env"]["AWS_ENDPOINT_URL"].removeprefix("http://"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{link.address}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    said: list[str] = []
+
+    def progress(update: dict[str, Any]) -> None:
+        said.append(update.get("message", ""))
+        if update.get("state") == "TRAINING" and not link.down and not any("out of reach" in m for m in said):
+            link.down = True  # from the next poll on, for a second
+            link.cut()
+            threading.Timer(1.0, lambda: setattr(link, "down", False)).start()
+
+    try:
+        with Instances(aws["ec2"], aws["env"]) as instances:
+            files = _train_long(manifest, tmp_path, 30, progress)
+    finally:
+        link.close()
+    assert [r.returncode for r in instances.runs] == [0], [r.stderr[-2000:] for r in instances.runs]
+    assert any(m.startswith("AWS is out of reach") for m in said)
+    assert json.loads(files["summary.json"])["epochs_run"] == 30
+    assert _states(aws["ec2"]) == ["terminated"] and _keys(aws["s3"], "jobs/") == []
+
+
 def test_an_instance_is_not_replaced_beyond_the_setting_or_before_it_trained(
     aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -630,11 +663,18 @@ def test_vibrary_train_in_the_cloud_installs_the_model_and_a_decline_says_what_i
 
 
 def test_a_cloud_job_left_by_a_stopping_daemon_trains_on_and_is_collected_later(
-    aws: dict[str, Any], home: Path, tmp_path: Path
+    aws: dict[str, Any], home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The daemon stops (leave) mid-training: the instance is not terminated, and `resume` installs the model."""
+    """The daemon stops (leave) mid-training: the instance is not terminated, and `resume` installs the model,
+    though it starts before the network is up (it failed the job, and dropped its record: the results lay in
+    the bucket for good). This machine reaches AWS (moto) through a relay that can refuse it."""
     from vibrary.daemon import training
 
+    from tests.test_trainer import _Link
+
+    link = _Link(aws["env"]["AWS_ENDPOINT_URL"].removeprefix("http://"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{link.address}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     index = _kinds_dataset(home, tmp_path)
     leave = threading.Event()
     recorded: list[training.JobRecord] = []
@@ -664,13 +704,17 @@ def test_a_cloud_job_left_by_a_stopping_daemon_trains_on_and_is_collected_later(
             assert not any(p.state in training.FINISHED for p in seen)
 
             seen.clear()
+            link.down = True  # the network not up yet, for a second
+            threading.Timer(1.0, lambda: setattr(link, "down", False)).start()
             trained = training.resume(home, job, index=index, progress=seen.append)
         assert [r.returncode for r in instances.runs] == [0], [r.stderr[-2000:] for r in instances.runs]
         assert trained.row.ref == "kinds@1" and trained.summary["epochs_run"] == 30  # the one run, to its end
         assert seen[-1].state == "succeeded" and "started before the daemon restarted" in seen[0].message
+        assert any(p.message.startswith("AWS is out of reach") for p in seen)
         assert _states(aws["ec2"]) == ["terminated"] and _keys(aws["s3"], "jobs/") == []  # cleaned up then
     finally:
         index.close()
+        link.close()
 
 
 def test_a_daemon_killed_mid_upload_ends_its_instance_at_the_next_start(
