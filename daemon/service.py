@@ -624,6 +624,12 @@ class Daemon:
             except training.Detached:
                 left = True
                 raise
+            except training.TrainingError:
+                # ended by the daemon's stop (no trainer had the job yet, an upload to the cloud cut off): said
+                # to no front end, the servers stopping, and it read "cancelled" as if the user had. The record
+                # stays: the next start says what became of it
+                left = job.leave.is_set()
+                raise
             finally:
                 if not left:
                     record.unlink(missing_ok=True)

@@ -839,6 +839,35 @@ def test_a_daemon_restarted_mid_training_collects_the_remote_job(
         d.stop()
 
 
+def test_a_daemon_stopped_before_its_trainer_had_the_job_says_so_at_its_next_start(
+    model_home: Path, tmp_path: Path
+) -> None:
+    """A logout while a training waits for its trainer (here: the local trainer's folder held by another
+    trainer) ended it as "cancelled", as if the user had, in an event sent after the servers had stopped,
+    and dropped its record: the next morning nothing was trained and nothing said why."""
+    from vibrary.trainer.service import serve
+
+    write_kinds(tmp_path / "examples", per_kind=8, seed=1)
+    vibrary("dataset", "create", "--json", "kinds", str(tmp_path / "examples"), home=model_home)
+    busy = serve(model_home / "trainer", "127.0.0.1:0")  # another process's training holds the folder
+    d = start_daemon(model_home)
+    try:
+        with Client(home_dir=model_home) as asking:
+            next(iter(asking.train("kinds", trainer="local", base="none")))
+        wait_for(lambda: "waiting for its training to finish" in d.client.status().training.message, timeout=60)
+        assert d.stop() == 0
+        busy.stop(grace=1)
+        assert config.training_path(model_home).exists()
+        d = start_daemon(model_home)
+        failed = daemon_pb2.TrainProgress.FAILED
+        told = wait_for(lambda: (t := d.client.status().training).state == failed and t, timeout=60)
+        assert "the daemon stopped before its own trainer had the job: start the training again" in told.error
+        assert not config.training_path(model_home).exists()
+    finally:
+        busy.stop(grace=1)
+        d.stop()
+
+
 def test_the_daemons_own_training_goes_on_from_its_last_epoch_after_a_stop_or_a_crash(
     model_home: Path, tmp_path: Path
 ) -> None:
