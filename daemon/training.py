@@ -585,8 +585,17 @@ def _follow(
                         f"job {job_id}, and the trainer cancels a job nobody follows: once it is back, the same "
                         "command goes on from the job's last finished epoch"
                     ) from e
-                if cancel.wait(min(RECALL_MAX_S, 1.0 + silent / 10)):  # the trainer cannot be told
-                    raise Cancelled("training cancelled while the trainer was out of reach") from None
+                if cancel.wait(min(RECALL_MAX_S, 1.0 + silent / 10)):
+                    with contextlib.suppress(DaemonError):  # back meanwhile?
+                        client.cancel(job_id)
+                        raise Cancelled("training cancelled") from None
+                    # a daemon's job is not cancelled by the trainer when nobody follows it (the daemon comes back
+                    # for it): said, for the user to know that a shared trainer's time goes on it
+                    there = "the trainer cancels it once nobody follows it" if leave is None else "it trains on there"
+                    raise Cancelled(
+                        f"training cancelled while the trainer was out of reach: job {job_id} could not be told;"
+                        f" {there}"
+                    ) from None
                 since = f"for {silent:.0f} s" if silent >= 1 else "just now"
                 lost_it = f"{LOST_TRAINER} {since} ({e}); reconnecting to job {job_id}"
                 report(message=lost_it, **({} if report.state.state == "training" else {"state": "waiting"}))

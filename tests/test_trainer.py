@@ -806,6 +806,49 @@ def test_a_connection_cut_after_a_long_quiet_spell_is_reconnected_not_given_up(
         index.close()
 
 
+def test_a_cancel_the_trainer_cannot_hear_says_the_job_trains_on_there(
+    model_home: Path, tmp_path: Path, trainer_service: str
+) -> None:
+    """The daemon cancels a training while its remote trainer is out of reach: the job there was left
+    training to its end (the trainer cancels only jobs whose caller said it follows them), and the daemon
+    said only "cancelled"."""
+    from vibrary.daemon import training
+
+    write_kinds(tmp_path / "examples", per_kind=8, seed=1)
+    dataset.build(model_home, "kinds", dataset.examples_from_folders([str(tmp_path / "examples")]))
+    index = Index(config.index_path(model_home))
+    link = _Link(trainer_service)
+    cancel, leave = threading.Event(), threading.Event()  # leave: followed as the daemon follows it
+    outcome: list[object] = []
+
+    def run() -> None:
+        how = {"trainer": link.address, "base": "none", "options": {"epochs": 300, "patience": 300}}
+        try:
+            outcome.append(training.train(model_home, "kinds", index=index, cancel=cancel, leave=leave, **how))
+        except TrainingError as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=run)
+    try:
+        with TrainerClient(trainer_service) as watcher:
+            thread.start()
+            wait_for(lambda: any(j.epoch >= 1 and j.state == pb.Job.RUNNING for j in watcher.jobs()), timeout=120)
+            link.down = True
+            link.cut()
+            time.sleep(0.5)
+            cancel.set()
+            thread.join(timeout=60)
+            (cancelled,) = outcome
+            assert isinstance(cancelled, training.Cancelled), cancelled
+            assert "could not be told; it trains on there" in str(cancelled)
+            (job,) = watcher.jobs()
+            assert job.state == pb.Job.RUNNING
+            watcher.cancel(job.id)
+    finally:
+        link.close()
+        index.close()
+
+
 def test_a_daemon_restarted_mid_training_collects_the_remote_job(
     model_home: Path, tmp_path: Path, trainer_service: str
 ) -> None:
@@ -860,8 +903,9 @@ def test_a_daemon_stopped_before_its_trainer_had_the_job_says_so_at_its_next_sta
         assert config.training_path(model_home).exists()
         d = start_daemon(model_home)
         failed = daemon_pb2.TrainProgress.FAILED
-        told = wait_for(lambda: (t := d.client.status().training).state == failed and t, timeout=60)
-        assert "the daemon stopped before its own trainer had the job: start the training again" in told.error
+        wait_for(lambda: d.client.status().training.state == failed, timeout=60)
+        told = d.client.status().training.error
+        assert "the daemon stopped before its own trainer had the job: start the training again" in told
         assert not config.training_path(model_home).exists()
     finally:
         busy.stop(grace=1)
