@@ -105,19 +105,32 @@ class TrainerClient:
             if sha256_bytes((shard_dir / f"{status.sha256}.npz").read_bytes()) != status.sha256:
                 raise ValueError(f"local shard {status.sha256[:12]} is corrupt; create the dataset again")
         sent = 0
+        # raised inside the iterator, gRPC logged a traceback ("Exception iterating requests!") and ended the
+        # call UNKNOWN with those words: a cancel (progress raises) or a shard unreadable lost its own. Kept
+        # here, the stream ends (the trainer keeps what came, to resume from) and it is raised as it was.
+        stopped: list[Exception] = []
 
         def chunks() -> Iterator[pb.ShardChunk]:
             nonlocal sent
-            for status in missing:
-                data = (shard_dir / f"{status.sha256}.npz").read_bytes()
-                for start in range(status.have_bytes, len(data), CHUNK):
-                    piece = data[start : start + CHUNK]
-                    yield pb.ShardChunk(sha256=status.sha256, offset=start, data=piece, size=len(data))
-                    sent += len(piece)
-                    progress(len(piece))
+            try:
+                for status in missing:
+                    data = (shard_dir / f"{status.sha256}.npz").read_bytes()
+                    for start in range(status.have_bytes, len(data), CHUNK):
+                        piece = data[start : start + CHUNK]
+                        yield pb.ShardChunk(sha256=status.sha256, offset=start, data=piece, size=len(data))
+                        sent += len(piece)
+                        progress(len(piece))
+            except Exception as e:
+                stopped.append(e)
 
         if missing:
-            self._rpc("UploadShards", chunks(), None)
+            try:
+                self._rpc("UploadShards", chunks(), None)
+            except DaemonError:
+                if not stopped:
+                    raise
+            if stopped:
+                raise stopped[0]
         return sent
 
     def start(

@@ -169,6 +169,32 @@ def test_upload_resumes_after_a_disconnect_and_never_resends(trainer_service: st
         assert client.upload(manifest, tmp_path) == 0  # a second upload sends nothing
 
 
+def test_an_upload_stopped_here_raises_its_own_error_and_logs_no_traceback(
+    trainer_service: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cancel during the upload (the progress callback raises) put gRPC's "Exception iterating requests!"
+    traceback in the daemon's log and came back as UNKNOWN with those words; so did a shard that could not
+    be read, whose own error was lost."""
+    manifest, blobs = _manifest_and_blobs(per_kind=100)
+    _store(blobs, tmp_path)
+
+    class Stop(Exception):
+        pass
+
+    def cancelled(n: int) -> None:
+        raise Stop("cancelled by the user")
+
+    with TrainerClient(trainer_service) as client:
+        with pytest.raises(Stop):
+            client.upload(manifest, tmp_path, cancelled)
+        left = sum(s.size - s.have_bytes for s in client.missing(manifest))
+        assert 0 < left < manifest.size  # what came is kept, to resume from
+        (tmp_path / f"{manifest.shards[-1].sha256}.npz").unlink()  # the dataset's folder cleaned up meanwhile
+        with pytest.raises(FileNotFoundError, match=manifest.shards[-1].sha256):
+            client.upload(manifest, tmp_path)
+    assert "Exception iterating requests" not in caplog.text
+
+
 def test_two_uploads_of_one_shard_at_once_store_it_whole(trainer_service: str, tmp_path: Path) -> None:
     """Two uploads of one shard at once (a retry while the old stream still wrote, two terminals) could
     write into the file the other had just verified and renamed: a corrupt shard on record as present,
