@@ -207,7 +207,9 @@ _ORPHANS = """DELETE FROM tags WHERE model_id NOT IN (SELECT id FROM models);
 # Files whose last reading failed have no tags to show. Every other file shows the tags of the content it
 # last had: one that is pending again (a model just activated re-tags the library, a file touched or
 # rewritten waits to be read) keeps being found until its new tags replace the old, instead of vanishing
-# from search for as long as a re-tag of the whole library takes.
+# from search for as long as a re-tag of the whole library takes. The tags shown are the active models'
+# only: a new version of a model shows its tags file by file as its re-tag goes (from cached spectrograms),
+# not the old version's meanwhile (they may name other tags); those stay stored, for a rollback at once.
 FAILED = "failed"
 
 
