@@ -973,8 +973,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingError as e:
         raise CommandError(str(e)) from None
     except KeyboardInterrupt:  # Ctrl-C, a closed terminal, a kill (interrupted): still 130, no longer unsaid
-        if args.trainer == "cloud":
-            ended = "its cloud instance is terminated"
+        if "installing" in states:  # trained: kept where `vibrary models install` takes it from
+            ended = f"its trained model is kept in {home_dir / 'uninstalled'} (`vibrary models install` installs it)"
+        elif args.trainer == "cloud":  # (a job id on record once an instance is launched)
+            ended = "its cloud instance is terminated" if started else "nothing was launched"
         elif started:
             ended = "its job on the trainer is cancelled"
         elif "uploading" in states:  # "its job ... is cancelled" of a job never started

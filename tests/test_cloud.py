@@ -841,6 +841,7 @@ def test_vibrary_train_killed_or_hung_up_ends_its_instance(
         proc.wait()
     assert _states(aws["ec2"]) == ["terminated"] and _keys(aws["s3"], "jobs/") == []
     assert said.count("$0.526/hour") == 1, said  # the estimate, once (it was printed twice)
+    assert "vibrary: training cancelled; its cloud instance is terminated" in said
 
 
 def test_a_daemon_stopping_mid_upload_ends_the_job_and_a_restart_without_aws_keeps_the_record(
