@@ -46,6 +46,16 @@ def expected(n: int, points: list[tuple[int, float]]) -> float:
     return points[-1][1]
 
 
+def _between(family: str, share: float, path: Path) -> tuple[list[tuple[int, float]], str]:
+    """The curve of a dataset with this share of its tags known (MOST, half, up to all), drawn between the
+    curves measured with half and with all of them known, by the share: read off the half-known curve
+    whatever the share, 9 effects known of 12 were advised 0.75 at ten clips a class, and measured 0.77
+    (docs/figure3.md, "Stop 29"); halfway between the two is 0.775."""
+    (half, source), (whole, _) = load_curve(f"{family} half known", path=path), load_curve(family, path=path)
+    weight = min(1.0, max(0.0, (share - known.MOST) / (1 - known.MOST)))
+    return [(n, (1 - weight) * acc + weight * expected(n, whole)) for n, acc in half], source
+
+
 def advise(per_class: Mapping[str, int], path: Path = CURVE, base: str = "demo", pull: float | None = None) -> str:
     """One or two sentences for people: what to expect now, and what more examples would buy, off the curve
     of the family the tags train from (instruments for tags the demo does not know), as they will train
@@ -60,13 +70,12 @@ def advise(per_class: Mapping[str, int], path: Path = CURVE, base: str = "demo",
     family = (rows.family(tags) if rows is not None else None) or "instruments"
     knows = len(tags) - picked.count(None) if picked is not None else 0
     if knows == len(tags):
-        curves, how = [family], " of tags the demo model knows"
-    elif knows:  # measured with half of them known (effects: between the two curves; instruments: near both)
-        curves = [f"{family} half known", f"{family} as new"]
-        how = f" measured with half the tags new to the demo model; it knows {knows} of your {len(tags)}"
+        (points, source), how = load_curve(family, path=path), " of tags the demo model knows"
+    elif knows:
+        points, source = _between(family, knows / len(tags), path)
+        how = f" drawn between all and half the tags known; the demo model knows {knows} of your {len(tags)}"
     else:
-        curves, how = [f"{family} as new"], ", tags trained as new"
-    points, source = load_curve(*curves, path=path)
+        (points, source), how = load_curve(f"{family} as new", path=path), ", tags trained as new"
     tag, n = min(per_class.items(), key=lambda kv: (kv[1], kv[0]))
     now = expected(n, points)
     bound = "at most about" if n < points[0][0] else "about"  # below the curve's first measured size

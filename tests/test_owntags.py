@@ -473,8 +473,14 @@ def test_advice_reads_the_curve_and_names_the_smallest_class(tmp_path: Path) -> 
     assert f"expect about {known_at_2:.0%}" in drums and "(instruments curve of tags the demo model knows" in drums
     partly = advice.advise({"reverb": 12, "delay": 10, "my fuzz": 11})  # trains from the rows, fuzz as new
     half_at_10 = advice.expected(10, advice.load_curve("effects half known")[0])
-    assert f"expect about {half_at_10:.0%}" in partly
-    assert "(effects curve measured with half the tags new to the demo model; it knows 2 of your 3, " in partly
+    known_at_10 = advice.expected(10, advice.load_curve("effects")[0])
+    third = half_at_10 + (known_at_10 - half_at_10) / 3  # 2 of 3 known: a third of the way from half to all
+    assert f"expect about {third:.0%}" in partly
+    assert "(effects curve drawn between all and half the tags known; the demo model knows 2 of your 3, " in partly
+    halves = {"reverb": 10, "delay": 10, "my fuzz": 10, "my grit": 10}
+    assert f"expect about {half_at_10:.0%}" in advice.advise(halves)  # half known: the half-known curve itself
+    points = advice._between("effects", 0.75, advice.CURVE)[0]  # 9 of 12 effects known: measured 0.77 at ten
+    assert advice.expected(10, points) == pytest.approx((half_at_10 + known_at_10) / 2)
     for other in ({"reverb": 12, "my fuzz": 10}, {"kick": 12, "reverb": 10}, {"dark": 12, "bright": 10}):
         assert "(instruments curve, tags trained as new, " in advice.advise(other)
     effects_as_new = advice.expected(10, advice.load_curve("effects as new")[0])
