@@ -581,7 +581,14 @@ class Index:
             c.execute("DELETE FROM tags WHERE content_id = ? AND model_id = ?", (content_id, model_id))
             familiar = model_id not in unfamiliar
             rows = [
-                (content_id, model_id, self._tag_id(c, tag), score, int(familiar and (rank == 0 or score >= HIT_SCORE)))
+                # at least ANY_STORED_SCORE: the bottom of a search's range finds every score stored
+                (
+                    content_id,
+                    model_id,
+                    self._tag_id(c, tag),
+                    max(score, ANY_STORED_SCORE),
+                    int(familiar and (rank == 0 or score >= HIT_SCORE)),
+                )
                 for rank, (tag, score) in enumerate(ranked)
                 if rank == 0 or score >= floor
             ]

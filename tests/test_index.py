@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import vibrary.daemon.index as index_module
 from vibrary.daemon.features import changed_at
-from vibrary.daemon.index import Index, Query, Result
+from vibrary.daemon.index import ANY_STORED_SCORE, Index, Query, Result
 
 
 @pytest.fixture
@@ -62,6 +62,13 @@ def test_single_tag_matches_best_tag_or_high_score(library: tuple[Index, int, in
         "/lib/drums/s1.wav",
     ]
     assert _paths(index, all_of=[["kick"]], min_score=0.5) == ["/lib/drums/k1.wav"]
+    # every stored score, from the bottom of a slider: a multi-label model's best tag of 1e-12 (stored, as a
+    # best tag always is) was not found by it, nor any score under 1e-9 with store_min_score 0
+    index.add_model("sparse", "/m/sparse.onnx", "c" * 64, ["dusty"], "{}", False)
+    sparse = index.model("sparse", 1)
+    index.set_active(sparse, True)
+    _add(index, "/lib/drums/d1.wav", {"dusty": 1e-12}, sparse.id)
+    assert _paths(index, all_of=[["dusty"]], min_score=ANY_STORED_SCORE) == ["/lib/drums/d1.wav"]
 
 
 def test_and_or_not_and_prefix(library: tuple[Index, int, int]) -> None:
