@@ -116,7 +116,12 @@ def apply(state: TrayState, event: pb.Event) -> tuple[TrayState, list[Notice]]:
 
 
 def with_errors(state: TrayState, failed: list[pb.FileTags]) -> TrayState:
-    return replace(state, recent_errors=tuple((f.path, f.error) for f in failed))
+    """Recent errors, newest first. When they are every file failed now, a new failure not among them is
+    mended: renamed first (a move sends no event) and then mended, it stayed new until the user looked."""
+    since = state.failed_since
+    if state.status is not None and len(failed) >= state.status.failed:
+        since = since & {f.path for f in failed}
+    return replace(state, recent_errors=tuple((f.path, f.error) for f in failed), failed_since=since)
 
 
 def errors_seen(state: TrayState) -> TrayState:

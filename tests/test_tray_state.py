@@ -136,6 +136,13 @@ def test_new_failures_show_as_error_until_looked_at() -> None:
         state = ts.disconnected(state) if lost_news is None else feed(state, lost_news)[0]
         state = ts.with_status(state, status(indexed=8, failed=2))
         assert ts.view(state).icon == ts.Icon.IDLE  # the count says what is new from there
+    state, _ = feed(state, broken)  # failed, then renamed (no event) and mended under its new name
+    renamed = pb.Event(kind=pb.Event.FILE_TAGGED, file=pb.FileTags(path="/lib/c (1).wav", state="indexed"))
+    state, _ = feed(state, renamed, changed(indexed=9, failed=2))
+    assert ts.view(state).icon == ts.Icon.ERROR  # (nothing says yet that c.wav is mended)
+    still = [pb.FileTags(path="/lib/b.wav", error="empty file (0 bytes)"), pb.FileTags(path="/lib/x.wav", error="x")]
+    state = ts.with_errors(state, still)  # the two failures left, c.wav not among them
+    assert ts.view(state).icon == ts.Icon.IDLE
 
 
 def test_training_progress_finish_and_install_notifications() -> None:
