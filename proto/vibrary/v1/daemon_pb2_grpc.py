@@ -227,12 +227,13 @@ class DaemonServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Tag(self, request, context):
-        """Tag these paths now with the active models, store the result, stream it back. A file whose reading
-        failed for a reason that passes (no file handles left) comes back pending, with that error: it is
-        read again a minute later (Status.retrying). Files under a watch folder not there now come back at
+        """Tag these paths now with the active models, store the result, stream it back: ahead of any other file
+        waiting (a re-tag of the library after a model change included); a file read before and not changed
+        since is answered as the index has it. A file whose reading failed for a reason that passes (no file
+        handles left) comes back pending, with that error: it is read again a minute later (Status.retrying). Files under a watch folder not there now come back at
         once as the index last knew them, with why. While indexing is paused, files tagged already are
         answered and any other is FAILED_PRECONDITION. At the deadline (DEADLINE_EXCEEDED) the files inside
-        the watches go on being read; those outside, not read yet, are dropped.
+        the watches go on being read; those outside, new to the index and not read yet, are dropped.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
