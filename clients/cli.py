@@ -1124,7 +1124,8 @@ def confirm_cost(args: argparse.Namespace) -> Callable[[str], bool]:
         if not sys.stdin.isatty():
             print("not launching: no terminal to ask on (pass --yes to accept the cost)", file=sys.stderr)
             return False
-        return input("launch? [y/N] ").strip().lower() in ("y", "yes")
+        print("launch? [y/N] ", end="", file=sys.stderr, flush=True)  # (input() prompts on stdout: into --json)
+        return sys.stdin.readline().strip().lower() in ("y", "yes")
 
     return confirm
 

@@ -183,7 +183,9 @@ def view(state: TrayState) -> View:
         icon, ring, headline = Icon.TRAINING, _training_progress(training), training_line(training)
     elif s.stalled:  # the index cannot be written (a full disk): nothing else matters until it can. No model
         # to tag with (all deactivated) is the user's own doing, waiting as a pause does, not a fault shown red
-        icon, ring, headline = Icon.ERROR if s.models else Icon.PAUSED, None, f"indexing waits: {s.stalled}"
+        # (an active model whose file is missing or damaged is no doing of the user's: red)
+        faulty = s.models or s.unusable_models
+        icon, ring, headline = Icon.ERROR if faulty else Icon.PAUSED, None, f"indexing waits: {s.stalled}"
     elif s.paused:
         waiting = f" ({s.pending} files waiting)" if s.pending else ""
         icon, ring, headline = Icon.PAUSED, None, f"indexing paused{waiting}"
@@ -200,8 +202,14 @@ def view(state: TrayState) -> View:
         lines.append("indexing paused" if s.paused else done_queued)
     elif state.training is not None and state.training.state == TP.FAILED:
         lines.append(f"last training failed: {state.training.error or 'no reason given'}")
-    lines.append(f"models: {', '.join(s.models) or 'none active'}")
+    lines.append(f"models: {', '.join(_models(s)) or 'none active'}")
     return View(icon, ring, "\n".join(lines), _menu(state, lines[0].removeprefix("Vibrary: ").capitalize()))
+
+
+def _models(s: pb.Status) -> list[str]:
+    """The active models, those that cannot tag (their file missing or damaged) said so: one left out read as
+    none active, and `vibrary models activate` would not help."""
+    return [*s.models, *(f"{m} (its file is missing or damaged)" for m in s.unusable_models)]
 
 
 def _menu(state: TrayState, headline: str) -> tuple[MenuItem, ...]:
@@ -211,7 +219,7 @@ def _menu(state: TrayState, headline: str) -> tuple[MenuItem, ...]:
     errors = tuple(
         MenuItem(f"error:{path}", f"{os.path.basename(path)}: {why}") for path, why in state.recent_errors
     ) or (MenuItem("", "(none)", enabled=False),)
-    models = tuple(MenuItem("", m, enabled=False) for m in (s.models if s else ())) or (
+    models = tuple(MenuItem("", m, enabled=False) for m in (_models(s) if s else ())) or (
         MenuItem("", "(none)", enabled=False),
     )
     return (

@@ -104,6 +104,10 @@ def test_an_index_that_cannot_be_written_shows_as_an_error_with_why() -> None:
     state, _ = feed(ts.TrayState(), changed(indexed=3, pending=4, stalled=no_model, models=()))
     v = ts.view(state)
     assert (v.icon, v.tooltip.splitlines()[0]) == (ts.Icon.PAUSED, f"Vibrary: indexing waits: {no_model}")
+    broken = changed(indexed=3, pending=4, stalled=no_model, models=(), unusable_models=["mine@2"])
+    v = ts.view(feed(ts.TrayState(), broken)[0])  # active, its file damaged: a fault, and named
+    assert v.icon == ts.Icon.ERROR and v.tooltip.splitlines()[-1] == "models: mine@2 (its file is missing or damaged)"
+    assert [c.text for c in menu(v)["models"].children] == ["mine@2 (its file is missing or damaged)"]
 
 
 def test_new_failures_show_as_error_until_looked_at() -> None:
