@@ -448,6 +448,14 @@ def _wait_idle(c: Client, pending: int) -> None:
 SEARCH_VALUE_OPTIONS = ("--limit", "--min-score", "--under", "--model")
 
 
+def _takes_value(word: str) -> bool:
+    """A search option given its value as the next word: its name, or a prefix of one alone (argparse takes
+    `--lim 5` for `--limit 5`, and it was read as a flag: `kick` became the limit)."""
+    if not word.startswith("--") or "=" in word:
+        return False
+    return word in SEARCH_VALUE_OPTIONS or len([o for o in SEARCH_VALUE_OPTIONS if o.startswith(word)]) == 1
+
+
 def _exclusions_as_words(argv: list[str]) -> list[str]:
     """`vibrary search kick -acoustic`: argparse takes `-acoustic` for an option it does not know (and
     `-hihat` for -h with a value), so a search's `-TAG` words become `NOT TAG` before it parses them. Its
@@ -460,7 +468,7 @@ def _exclusions_as_words(argv: list[str]) -> list[str]:
     words: list[str] = []
     rest = iter(argv[at + 1 :])
     for word in rest:
-        if word in SEARCH_VALUE_OPTIONS:  # with its value, whatever it looks like: `--limit -1`, argparse says why
+        if _takes_value(word):  # with its value, whatever it looks like: `--limit -1`, argparse says why
             options += [word, *itertools.islice(rest, 1)]
         elif word.startswith("--") or word == "-h":
             options.append(word)

@@ -297,6 +297,7 @@ def test_search_words_that_look_like_options_and_model_filters(daemon: DaemonPro
 
     assert found("low|mid|high", "-high", "-acoustic") == {"low", "mid"}
     assert found("low|mid", "--limit", "5", "-mid") == {"low"}  # words on both sides of an option
+    assert found("low|mid", "--lim", "5", "--mod", "bands") == {"low", "mid"}  # argparse's abbreviations too
     first = vibrary("--json", "search", "low|high", "-high", home=daemon.home)  # --json before the command
     assert {Path(x["path"]).stem for x in json_lines(first.stdout)} == {"low"}
     assert found("low", "OR", "mid", "NOT", "mid") == {"low"}
