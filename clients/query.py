@@ -3,6 +3,7 @@ tray's search box and scripts (`Client.search("kick -acoustic")`), so the three 
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 
 from .errors import BadArgument
@@ -17,6 +18,17 @@ def _unquoted(tag: str) -> str:
     return tag.strip("\"'")
 
 
+def _words(text: str) -> list[str]:
+    """A query typed as one line (the tray's box, `Client.search`): its words, a tag with spaces in double
+    quotes as one (`"hi hat"`, `-"hi hat"`), as the shell gives them to the CLI; an apostrophe is a letter."""
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split, lexer.quotes, lexer.escape = True, '"', ""
+    try:
+        return list(lexer)
+    except ValueError:
+        raise QueryError(f"{text}: a double quote is not closed") from None
+
+
 def parse_query(words: str | Sequence[str]) -> tuple[list[list[str]], list[str]]:
     """`kick -acoustic snare|clap` or `snare OR clap NOT acoustic` → (AND of OR-groups, excluded tags):
     AND of words (AND itself may be said), '-' or NOT negates, OR / '|' alternates (a '|' alone or at a
@@ -24,10 +36,14 @@ def parse_query(words: str | Sequence[str]) -> tuple[list[list[str]], list[str]]
     groups: list[list[str]] = []
     excluded: list[str] = []
     join_next = negate_next = and_next = after_excluded = False
-    for quoted in words.split() if isinstance(words, str) else words:
+    for quoted in _words(words) if isinstance(words, str) else words:
         word = _unquoted(quoted)
         if not word:
             continue
+        if "(" in word or ")" in word:  # searched as tags, they matched nothing, silently
+            raise QueryError(f"{word}: no parentheses; OR binds first: `kick|snare dark` is (kick or snare) and dark")
+        if word == "-":
+            raise QueryError("'-' alone: write it against the tag to leave out (`-snare`)")
         if word.upper() == "OR" or set(word) == {"|"}:
             if not groups or join_next or negate_next or and_next:
                 raise QueryError("OR needs a tag on each side")

@@ -255,7 +255,13 @@ def test_query_words() -> None:
     assert parse_query(["Snare", "OR", "clap", "dark"]) == ([["snare", "clap"], ["dark"]], [])
     for spelled in ("kick | snare dark", "kick |snare dark", "kick| snare dark", "kick OR snare AND dark"):
         assert parse_query(spelled) == ([["kick", "snare"], ["dark"]], []), spelled  # '|' alone read nothing
+    # a line typed whole (the tray's box, Client.search): a tag with spaces quoted, as the shell reads it
+    assert parse_query('"Hi Hat" -"open hat"') == ([["hi hat"]], ["open hat"])  # was hi AND hat, NOT "open"
+    assert parse_query("rock'n'roll") == ([["rock'n'roll"]], [])
     for wrong, said in [
+        ("(kick OR snare) dark", "no parentheses"),  # '(kick' and 'snare)' were searched as tags
+        ("kick - snare", "'-' alone"),  # the tag '-'
+        ('kick "hi hat', "not closed"),
         ("NOT NOT kick", "say NOT once"),  # it was read as NOT kick
         ("| kick", "OR needs"),
         ("kick |", "OR needs"),
