@@ -1263,8 +1263,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tray", parents=[common], help="the system-tray status icon (needs the [tray] extra)")
     p.set_defaults(func=cmd_tray)
 
-    p = sub.add_parser("search", parents=[common], help="find files by tag: kick -acoustic snare|clap")
-    p.add_argument("query", nargs="*", metavar="QUERY")
+    p = sub.add_parser(
+        "search",
+        parents=[common],
+        help="find files by tag: kick -acoustic snare|clap",
+        description="Find files by tag. Every tag given must match; snare|clap (or snare OR clap) either one;"
+        ' -acoustic (or NOT acoustic) leaves files with that tag out; quote a tag with spaces ("hi hat").'
+        " Surest first with --limit.",
+    )
+    p.add_argument(
+        "query", nargs="*", metavar="QUERY", help="tags: kick snare|clap -acoustic (AND, OR and NOT may be written)"
+    )
     p.add_argument(
         "--min-score",
         type=_score,
