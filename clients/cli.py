@@ -409,14 +409,19 @@ def cmd_tray(args: argparse.Namespace) -> int:
 
 
 BACK_S = 60.0  # how long `status --wait` waits for a daemon that stopped to come back (a restart, an upgrade)
+STUCK_S = 10.0  # how long nothing moves, a watch folder missing, before `status --wait` says so and ends
 
 
 def _wait_idle(c: Client, pending: int) -> None:
     """Progress bar until nothing is pending. A daemon that stops meanwhile is waited for a while: one
-    restarted (by its start-at-login unit, after an upgrade) ended an hour's wait with "no daemon"."""
+    restarted (by its start-at-login unit, after an upgrade) ended an hour's wait with "no daemon". Files
+    under a watch folder not there now (a drive unplugged) wait for it: when nothing else moves for
+    STUCK_S, that is said and the wait ends (it waited for ever)."""
     bar = tqdm(total=pending, unit="file", disable=None, file=sys.stderr, desc="indexing")
-    done_before = c.status().indexed
+    first = c.status()
+    done_before = first.indexed + first.failed  # a failed file is done too: the bar stopped short of them
     gone_since = None
+    moved_at, last = time.monotonic(), (-1, -1)
     while True:
         try:
             s = c.status()
@@ -430,11 +435,21 @@ def _wait_idle(c: Client, pending: int) -> None:
             time.sleep(1.0)
             continue
         gone_since = None
-        bar.total = max(bar.total or 0, s.pending + (s.indexed - done_before))
-        bar.n = s.indexed - done_before
+        done = s.indexed + s.failed
+        done_before = min(done_before, done)  # files removed meanwhile (a re-tag, a watch removed): never below 0
+        bar.total = max(bar.total or 0, s.pending + (done - done_before))
+        bar.n = done - done_before
         bar.refresh()
         if s.pending == 0:
             break
+        if (s.pending, done) != last:
+            moved_at, last = time.monotonic(), (s.pending, done)
+        elif s.missing_watches and time.monotonic() - moved_at > STUCK_S:
+            bar.close()
+            raise CommandError(
+                f"indexing waits with {_many(s.pending)} pending, none read for {STUCK_S:.0f} s: watch folders not"
+                f" there now ({', '.join(s.missing_watches)}) keep their files pending until they are back"
+            )
         if s.paused:  # it would wait for ever
             bar.close()
             raise CommandError(f"indexing is paused with {_many(s.pending)} pending: `vibrary resume` goes on")

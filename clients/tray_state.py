@@ -202,6 +202,8 @@ def view(state: TrayState) -> View:
         lines.append("indexing paused" if s.paused else done_queued)
     elif state.training is not None and state.training.state == TP.FAILED:
         lines.append(f"last training failed: {state.training.error or 'no reason given'}")
+    if s.missing_watches:  # their files wait, pending: "indexing: 0 of 900" said nothing of why
+        lines.append(f"waiting for watch folders not there now: {', '.join(s.missing_watches)}")
     lines.append(f"models: {', '.join(_models(s)) or 'none active'}")
     return View(icon, ring, "\n".join(lines), _menu(state, lines[0].removeprefix("Vibrary: ").capitalize()))
 

@@ -331,8 +331,9 @@ def test_search_words_that_look_like_options_and_model_filters(daemon: DaemonPro
         assert bad.returncode == code and said in bad.stderr, bad.stderr
 
 
-def test_status_wait_says_when_indexing_is_paused(daemon: DaemonProcess, tmp_path: Path) -> None:
-    """`vibrary status --wait` with files pending while paused would wait for ever: it says why it stops."""
+def test_status_wait_says_when_indexing_is_paused_or_waits_for_a_drive(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """`vibrary status --wait` with files pending while paused, or under a watch folder not there now, would
+    wait for ever: it says why it stops."""
     lib = tmp_path / "lib"
     write_tone(lib / "a.wav", BANDS["low"])
     vibrary("pause", home=daemon.home)
@@ -340,6 +341,12 @@ def test_status_wait_says_when_indexing_is_paused(daemon: DaemonProcess, tmp_pat
     wait_for(lambda: daemon.client.status().pending == 1)
     stuck = vibrary("status", "--wait", home=daemon.home, check=False, timeout=30)
     assert stuck.returncode == 1 and "paused" in stuck.stderr and "vibrary resume" in stuck.stderr
+    lib.rename(tmp_path / "unplugged")  # its file waits for the folder to be back: it waited for ever
+    wait_for(lambda: list(daemon.client.status().missing_watches) == [str(lib)], timeout=30)
+    vibrary("resume", home=daemon.home)
+    stuck = vibrary("status", "--wait", home=daemon.home, check=False, timeout=60)
+    assert stuck.returncode == 1 and "1 file pending, none read for 10 s" in stuck.stderr, stuck.stderr
+    assert f"watch folders not there now ({lib})" in stuck.stderr
 
 
 def test_status_wait_waits_for_a_daemon_that_is_restarted(model_home: Path, tmp_path: Path) -> None:

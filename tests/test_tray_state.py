@@ -85,6 +85,14 @@ def test_events_lost_bring_the_status_they_carry() -> None:
     assert notices == [] and shown == ["Vibrary: idle", "5000 indexed, 0 pending, 0 failed"]
 
 
+def test_files_waiting_for_a_drive_say_which_folder_they_wait_for() -> None:
+    state, _ = feed(ts.TrayState(), changed(indexed=3), changed(indexed=3, pending=900, missing_watches=["/media/x"]))
+    lines = ts.view(state).tooltip.splitlines()
+    assert (
+        lines[0] == "Vibrary: indexing: 0 of 900 files" and "waiting for watch folders not there now: /media/x" in lines
+    )
+
+
 def test_paused_shows_what_waits_and_offers_resume() -> None:
     state, _ = feed(ts.TrayState(), changed(indexed=3, pending=4, paused=True))
     v = ts.view(state)
