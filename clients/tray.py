@@ -10,6 +10,7 @@ offers to start one. Only Qt and the standard library are used, so macOS and Win
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -34,7 +35,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-from vibrary.daemon import config
+from vibrary.daemon import atomic, config
 from vibrary.proto import daemon_pb2 as pb
 
 from . import tray_state as ts
@@ -52,6 +53,7 @@ COLORS = {
     ts.Icon.NOT_RUNNING: "#8a8a8a",
 }
 RECENT_ERRORS = 10  # how many failures the menu lists
+SEEN_FILE = "tray.json"  # in the home: the failures the user has looked at
 CALL_TIMEOUT_S = 5.0  # menu actions: the daemon answers these at once, or not at all
 
 
@@ -175,6 +177,14 @@ class DaemonLink(QObject):
                 self.errors.emit(client.failed(RECENT_ERRORS))
 
 
+def _failures_seen(home: Path) -> int:
+    """How many failures the user had looked at when a tray last showed Recent errors (0: none kept)."""
+    try:
+        return int(json.loads((home / SEEN_FILE).read_text())["failed_seen"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 # -- the tray ----------------------------------------------------------------------------------------------
 class Tray(QObject):
     """The icon, its menu and its notifications; `view` is what is shown now."""
@@ -185,7 +195,7 @@ class Tray(QObject):
     def __init__(self, home: Path | None = None) -> None:
         super().__init__()
         self.home = home or config.home()
-        self.state = ts.TrayState()
+        self.state = ts.TrayState(failed_seen=_failures_seen(self.home))
         self.view = ts.view(self.state)
         self.started_daemon: subprocess.Popen[bytes] | None = None
         self._log_before = 0  # the size of the daemon's log when the tray started one
@@ -281,11 +291,19 @@ class Tray(QObject):
                 action = self.menu.addMenu(sub)
                 self._submenus[n] = (sub, ())
                 if item.action == "errors":
-                    sub.aboutToShow.connect(lambda: self.set_state(ts.errors_seen(self.state)))
+                    sub.aboutToShow.connect(self._errors_looked_at)
             else:
                 action = self.menu.addAction(item.text)
                 action.triggered.connect(lambda _=False, a=action: self.do(str(a.data())))
             self._actions.append(action)
+
+    def _errors_looked_at(self) -> None:
+        """Kept in the home, so a tray started again (at every login) does not show them as new."""
+        self.set_state(ts.errors_seen(self.state))
+        try:
+            atomic.write(self.home / SEEN_FILE, json.dumps({"failed_seen": self.state.failed_seen}))
+        except OSError as e:
+            log.warning("could not keep the failures seen in %s: %s", self.home / SEEN_FILE, e)
 
     def _fill(self, menu: QMenu, children: tuple[ts.MenuItem, ...]) -> None:
         menu.clear()

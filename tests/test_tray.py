@@ -162,6 +162,12 @@ def test_tray_icon_and_tooltip_follow_the_daemon(tray: Tray, model_home: Path, t
         config.Settings(settle_s=0.2).save(model_home)  # the failed file is tried again at start-up
         d = start_daemon(model_home)  # started elsewhere: the tray sees its socket appear
         wait_view(tray, showing(ts.Icon.IDLE, "10 indexed, 0 pending, 1 failed"))
+        again = Tray(model_home)  # the next login's tray: the failure was looked at already
+        again.start()
+        try:
+            wait_view(again, showing(ts.Icon.IDLE, "10 indexed, 0 pending, 1 failed"))
+        finally:
+            again.stop()
     finally:
         d.stop()
 
