@@ -443,9 +443,14 @@ class SearchDialog(QDialog):
         layout.addWidget(self.query)
         layout.addWidget(self.results)
         self.query.returnPressed.connect(self.search)
-        self.results.itemDoubleClicked.connect(
-            lambda item: open_folder(Path(item.data(Qt.ItemDataRole.UserRole)).parent)
-        )
+        self.results.itemDoubleClicked.connect(self._open)
+
+    def _open(self, item: QListWidgetItem) -> None:
+        """A found file's folder; a line that is no file ("searching…", "no files match", an error) opens
+        nothing (Path(None) raised in the Qt slot)."""
+        path = item.data(Qt.ItemDataRole.UserRole)
+        if path:
+            open_folder(Path(path).parent)
 
     def search(self) -> None:
         self.results.clear()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -263,7 +264,9 @@ def test_a_search_waiting_for_the_daemon_leaves_the_tray_live(qapp: QApplication
         d.stop()
 
 
-def test_search_dialog_says_what_is_wrong_instead_of_searching(qapp: QApplication, home: Path) -> None:
+def test_search_dialog_says_what_is_wrong_instead_of_searching(
+    qapp: QApplication, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     dialog = SearchDialog(home)
 
     def results(query: str) -> list[str]:
@@ -274,4 +277,8 @@ def test_search_dialog_says_what_is_wrong_instead_of_searching(qapp: QApplicatio
     assert results("   ") == ["error: type a tag to search for, e.g. kick -acoustic snare|clap"]
     [no_daemon] = results("kick")
     assert no_daemon.startswith("error: no daemon answers")
+    raised: list[object] = []  # (what a Qt slot raises reaches sys.excepthook, not the caller)
+    monkeypatch.setattr(sys, "excepthook", lambda *exc: raised.append(exc))
+    dialog.results.itemDoubleClicked.emit(dialog.results.item(0))  # no file: nothing to open
+    assert raised == []
     dialog.close()
