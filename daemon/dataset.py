@@ -121,6 +121,33 @@ def _as_held(tag: str, tags: Iterable[str]) -> str:
     return same or next((t for t in held if _spelled(t).replace("-", "") == wanted.replace("-", "")), wanted)
 
 
+def _in_dataset(tag: str, tags: set[str], table: suggest.Synonyms) -> str:
+    """A tag the dataset has, however spelled (plurals too); else as the synonym table spells it: `relabel …
+    "Hi Hat"` gives hihat, the tag suggestions give, rather than a class hi-hat beside it, and a second pack's
+    `Kicks/` added joins the `kick` the suggestions gave the first (it became a class `kicks` beside it)."""
+    held = _as_held(tag, tags)
+    return held if held in tags else _as_held(table.spelling(tag), tags)
+
+
+def _joining(tag: str, tags: set[str], table: suggest.Synonyms) -> str:
+    """The tag a folder's files join when added (`dataset add`): as the dataset spells it, else the one held
+    tag the suggestions read as the same sound (`hats` held, a second pack's `Hi Hats/`: both hihat), else
+    as given, a new tag (as `dataset create` would name it)."""
+    spelled = _in_dataset(tag, tags, table)
+    if spelled in tags:
+        return spelled
+    sound = table.find(tag)
+    same = [t for t in sorted(tags) if len(sound) == 1 and table.find(t) == sound]
+    return same[0] if len(same) == 1 else tag
+
+
+def _synonyms(home_dir: Path) -> suggest.Synonyms:
+    try:
+        return suggest.Synonyms.load(home_dir)
+    except ValueError:  # the user's synonyms.json is broken: the built-in spellings still hold
+        return suggest.Synonyms.load(None)
+
+
 def example(path: str, tag: str) -> Example:
     """A file with a confirmed label; its group is its folder (validation holds out whole folders)."""
     path = os.path.abspath(path)
@@ -338,7 +365,7 @@ def add(
             raise ValueError(NO_AUDIO)
         known = {os.path.normpath(r.path) for r in held.rows}
         removed = set(held.edits.removed)
-        tags = {r.label for r in held.rows}
+        tags, table = {r.label for r in held.rows}, _synonyms(home_dir)
         spelled: dict[str, str] = {}  # each tag's spelling in the dataset, worked out once, not once a file
         new, left_out = [], 0
         renamed, restored = dict(held.edits.renamed), set()  # (the edits that no longer hold, with `restore`)
@@ -356,7 +383,7 @@ def add(
                     renamed.pop(ex.label, None)
                 restored.add(path)
             if tag not in spelled:
-                spelled[tag] = _as_held(tag, tags)
+                spelled[tag] = _joining(tag, tags, table)
             new.append(Example(ex.path, spelled[tag], ex.group))
         progress(len(examples) - len(new))  # the files it has, or left out: done, as far as progress goes
         if not new:  # a folder added again with nothing new in it: no error, the dataset as it is
@@ -586,17 +613,9 @@ def _edit(
         raise ValueError(f"no tag {tag!r} in dataset {name!r}; its tags: {', '.join(sorted(tags))}")
 
     def as_held(tag: str) -> str:
-        """A tag the dataset has, however spelled; else as the synonym table spells it: `relabel … "Hi Hat"`
-        gives hihat, the tag suggestions give, rather than a class hi-hat beside it."""
-        live = set(mapping.values()) - {""}
-        held = _as_held(tag, live)
-        return held if held in live else _as_held(table.spelling(tag), live)
+        return _in_dataset(tag, set(mapping.values()) - {""}, table)
 
-    try:
-        table = suggest.Synonyms.load(home_dir)
-    except ValueError:  # the user's synonyms.json is broken: the built-in spellings still hold
-        table = suggest.Synonyms.load(None)
-
+    table = _synonyms(home_dir)
     done: dict[str, str] = {}
     same: list[str] = []  # renames onto the tag itself: part of a merge (`merge a b --into A`), or all there is
     for old, new in rename:

@@ -272,6 +272,20 @@ def test_adding_files_decodes_only_them_keeps_the_edits_and_follows_renames(
     assert (later.added, later.left_out) == (1, 0)  # the drop no longer holds for tone: its file from third/ joins
 
 
+def test_a_second_packs_folders_join_the_tags_they_spell_another_way(home: Path, tmp_path: Path) -> None:
+    """`dataset add` of a second pack made `kicks` a class beside `kick` (and `hihat` beside `hats`), which
+    every edit reads as one tag; the files join the tag the dataset has."""
+    write_kinds(tmp_path / "first", per_kind=2, seed=5, folders={"thump": "Kick", "noise": "Hats", "tone": "Pads"})
+    dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "first")]))
+    folders = {"thump": "Kicks", "noise": "Hi Hats", "tone": "Pad"}
+    write_kinds(tmp_path / "second", per_kind=1, seed=6, folders=folders)
+    write_kinds(tmp_path / "third", per_kind=1, seed=7, folders={"thump": "Bass", "noise": "Claps", "tone": "FX"})
+    grown = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "second")]))
+    assert grown.report.per_class == {"hats": 3, "kick": 3, "pads": 3}
+    grown = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "third")]))  # new sounds: new tags
+    assert grown.report.per_class == {"bass": 1, "claps": 1, "fx": 1, "hats": 3, "kick": 3, "pads": 3}
+
+
 def test_files_lying_in_a_folder_given_beside_its_tag_folders_are_said_to_be_left_out(
     home: Path, tmp_path: Path
 ) -> None:
@@ -994,7 +1008,8 @@ def test_a_trained_model_that_cannot_be_installed_is_kept_to_install_by_hand(
         with monkeypatch.context() as full:
             full.setattr(registry, "install", _full_disk)
             with pytest.raises(training.TrainingError, match=r"No space left.*the model is kept") as e:
-                training._installed(index, model_home, files, "mine", training._Report("ds", lambda p: None))
+                report = training._Report("ds", lambda p: None)
+                training._installed(index, model_home, files, "mine", report, threading.Event())
         kept = re.search(r"`vibrary models install (\S+) --name mine`", str(e.value))
         assert kept and Path(kept.group(1)).read_bytes() == model
         # the names a (remote) trainer sent are not paths to write to: only the files a model has are kept
