@@ -87,10 +87,15 @@ def _written(text: str) -> list[str]:
     return [t for run in _runs(text) for t in run]
 
 
+# `Bass & Drums`, `Bass+Drums`: two sounds, read as `Bass and Drums` is (`bass drums` was the alias of a kick);
+# not `R&B` or `D&B`, one name
+_AMPERSAND = re.compile(r"(?<=\w\w)\s*[&+]\s*(?=\w\w)")
+
+
 def _runs(text: str) -> list[list[str]]:
     """The tokens of each run of letters (or of digits), as written: `BDrum` is b + drum but also bdrum. A
     hexadecimal number (`000003BD` of iTunes' loudness comment) is no word, nor its BD a kick."""
-    text = unicodedata.normalize("NFC", text)
+    text = _AMPERSAND.sub(" and ", unicodedata.normalize("NFC", text))
     parts = (p for run in _RUN.findall(text) if not _HEX.fullmatch(run) for p in _LETTERS_OR_DIGITS.findall(run))
     return [[p] if p.isdigit() else _camel(p) for p in parts]
 
@@ -634,8 +639,13 @@ def _holds(ws: list[str], synonyms: Synonyms) -> bool:
     return (
         any(holding(w, synonyms.containers) for w in ws)
         or holding(ws[-1], every)
-        or all(holding(w, every) or w.isdigit() for w in ws)
+        or all(holding(w, every) or w.isdigit() or _TEMPO_OR_KEY.fullmatch(w) for w in ws)
     )
+
+
+# a folder of loops sorted by tempo or key (`120 BPM/`, `Am/`, `Key of C/`, `F# Minor/`) names no sound: as a tag
+# every loop of that tempo was `bpm`, whatever it played
+_TEMPO_OR_KEY = re.compile(r"bpm|key|of|in|scale|major|minor|maj|min|[a-g](b|s|sharp|flat)?(m|maj|min|major|minor)?")
 
 
 def _recurring(
@@ -659,6 +669,8 @@ def _recurring(
         return (mood, "folder", name) if spelled and alone and mood in synonyms.descriptors else None
     if unnamed[os.path.dirname(path)] < 2:
         return None
-    if len(ws[-1]) > 3 and ws[-1].endswith("s") and not ws[-1].endswith(("ss", "us", "is")):
+    if len(ws[-1]) > 4 and ws[-1].endswith("ies"):
+        ws[-1] = ws[-1][:-3] + "y"  # a folder of melodies holds a melody each
+    elif len(ws[-1]) > 3 and ws[-1].endswith("s") and not ws[-1].endswith(("ss", "us", "is")):
         ws[-1] = ws[-1][:-1]  # a folder of wobbles holds a wobble each
     return clean_tag(" ".join(ws)), "folder", name
