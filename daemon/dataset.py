@@ -173,7 +173,7 @@ def examples_from_folders(
                 raise ValueError(f"{root} is not a folder: give folders of DIR/<tag>/ files, or use --labels suggest")
             raise FileNotFoundError(f"no such folder: {root}")
         base = os.path.normpath(root)
-        for path in audio_files_under(root):
+        for path in audio_files_under(root, links=True):
             folder = os.path.normpath(os.path.dirname(path))
             if folder == base:  # loose in DIR itself: no folder names its tag
                 loose.append(path)

@@ -1,8 +1,10 @@
 """The one walk over the folders a user names, for tagging, tag suggestions and datasets alike.
 
 Sorted, so every run sees files in the same order (reproducible datasets, stable output). Links to folders
-are not followed, so a link loop cannot trap it. A subfolder that cannot be read is reported, not skipped
-in silence: otherwise a producer would never learn that part of the library was left out.
+are not followed for tagging, so a link loop cannot trap it; a dataset's folders and suggestions follow them
+(`MyTags/kick` linked to a pack's `Kicks/` is how a producer gathers examples without copying them), each
+folder walked once. A subfolder that cannot be read is reported, not skipped in silence: otherwise a
+producer would never learn that part of the library was left out.
 """
 
 from __future__ import annotations
@@ -41,16 +43,27 @@ def _warn(folder: str, reason: str) -> None:
 
 
 def audio_files_under(
-    folder: str, on_error: Callable[[str, str], None] = _warn, going: Callable[[], bool] = lambda: True
+    folder: str,
+    on_error: Callable[[str, str], None] = _warn,
+    going: Callable[[], bool] = lambda: True,
+    links: bool = False,
 ) -> Iterator[str]:
     """Every audio file under folder, by path; on_error(folder, reason) for each folder that cannot be read.
-    The walk ends early, at a folder, once `going()` says so (a caller who stopped waiting for a big tree)."""
+    The walk ends early, at a folder, once `going()` says so (a caller who stopped waiting for a big tree).
+    `links`: links to folders are followed (a folder met twice, a loop, is walked once)."""
 
     def unreadable(e: OSError) -> None:
         on_error(str(e.filename), e.strerror or str(e))
 
-    for dirpath, dirs, names in os.walk(folder, onerror=unreadable):
+    walked: set[str] = set()
+    for dirpath, dirs, names in os.walk(folder, onerror=unreadable, followlinks=links):
         if not going():
             return
+        if links:
+            real = os.path.realpath(dirpath)
+            if real in walked:
+                dirs[:] = []
+                continue
+            walked.add(real)
         dirs[:] = sorted(d for d in dirs if d != JUNK_FOLDER)
         yield from (os.path.join(dirpath, n) for n in sorted(names) if is_audio_path(n))

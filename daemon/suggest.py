@@ -529,7 +529,7 @@ def audio_files(paths: Sequence[str], going: Callable[[], bool] = lambda: True) 
     out: dict[str, tuple[str, str]] = {}
     for p in paths:
         if os.path.isdir(p):
-            found = [(f, p) for f in audio_files_under(p, going=going)]
+            found = [(f, p) for f in audio_files_under(p, going=going, links=True)]
         elif os.path.exists(p):
             found = [(p, os.path.dirname(os.path.abspath(p)))]
         else:

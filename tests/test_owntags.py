@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from vibrary.clients.client import Client, DaemonError, DaemonNotRunning
-from vibrary.daemon import advice, config, dataset, features, shards, training
+from vibrary.daemon import advice, config, dataset, features, shards, suggest, training
 from vibrary.daemon.index import Index
 from vibrary.daemon.spectrogram import SpectrogramParams
 from vibrary.proto import daemon_pb2 as pb
@@ -284,6 +284,25 @@ def test_a_second_packs_folders_join_the_tags_they_spell_another_way(home: Path,
     assert grown.report.per_class == {"hats": 3, "kick": 3, "pads": 3}
     grown = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "third")]))  # new sounds: new tags
     assert grown.report.per_class == {"bass": 1, "claps": 1, "fx": 1, "hats": 3, "kick": 3, "pads": 3}
+
+
+def test_tag_folders_linked_to_a_packs_folders_are_followed_once(home: Path, tmp_path: Path) -> None:
+    """`MyTags/kick` linked to a pack's `Kicks/` (examples gathered without copying them) was skipped without
+    a word: a dataset of the other tags only. A link loop is walked once."""
+    pack = write_kinds(
+        tmp_path / "Pack", per_kind=2, seed=5, folders={"thump": "Kicks", "noise": "Hats", "tone": "Keys"}
+    )
+    tags = tmp_path / "MyTags"
+    tags.mkdir()
+    (tags / "kick").symlink_to(tmp_path / "Pack" / "Kicks")
+    (tags / "hat").symlink_to(tmp_path / "Pack" / "Hats")
+    (tmp_path / "Pack" / "Hats" / "loop").symlink_to(tags)  # a loop: MyTags/hat/loop/hat/loop/…
+    found = dataset.examples_from_folders([str(tags)])
+    assert sorted((Path(e.path).name, e.label) for e in found) == sorted(
+        (f.name, "kick" if "Kicks" in str(f) else "hat") for f in pack if "Keys" not in str(f)
+    )
+    suggested = {Path(s.path).parent.name: s.tag for s in suggest.suggest([str(tags)], suggest.Synonyms.load(None))}
+    assert suggested == {"kick": "kick", "hat": "hihat"}
 
 
 def test_files_lying_in_a_folder_given_beside_its_tag_folders_are_said_to_be_left_out(
