@@ -846,7 +846,11 @@ def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
         else:  # only this add's failures: a file an earlier build could not read, elsewhere, is not news
             grown = dataset.add(home_dir, args.name, examples, progress=bar.update, restore=args.restore)
             report, added, unread = grown.report, grown.added, grown.unread
-            if not added:
+            if not added and unread:  # (said of files that could not be read, it sent people looking elsewhere)
+                print(
+                    f"vibrary: nothing added: the {_many(len(unread), 'new file')} could not be read", file=sys.stderr
+                )
+            elif not added:
                 print(f"vibrary: nothing to add: {args.name} has these files already", file=sys.stderr)
             if grown.left_out:
                 said = (

@@ -305,6 +305,17 @@ def test_tag_folders_linked_to_a_packs_folders_are_followed_once(home: Path, tmp
     assert suggested == {"kick": "kick", "hat": "hihat"}
 
 
+def test_an_add_whose_new_files_cannot_be_read_says_so(home: Path, tmp_path: Path) -> None:
+    """It said "nothing to add: mine has these files already" of a new file it could not read."""
+    tags = tmp_path / "MyTags"
+    write_kinds(tags, per_kind=2, seed=11)
+    vibrary("dataset", "create", "mine", str(tags), home=home)
+    (tags / "thump" / "new.wav").write_text("not audio")
+    added = vibrary("dataset", "add", "mine", str(tags), home=home)
+    assert "nothing added: the 1 new file could not be read" in added.stderr, added.stderr
+    assert "has these files already" not in added.stderr and f"skipped {tags / 'thump' / 'new.wav'}" in added.stderr
+
+
 def test_files_lying_in_a_folder_given_beside_its_tag_folders_are_said_to_be_left_out(
     home: Path, tmp_path: Path
 ) -> None:
