@@ -268,7 +268,8 @@ def _build(
     params = params or SpectrogramParams()
     if not examples:
         raise ValueError(NO_AUDIO)
-    examples = _once_each(examples)
+    given, examples = len(examples), _once_each(examples)
+    progress(given - len(examples))  # a file given twice (a folder and one inside it) is done once: the bar ends full
     tags = sorted({ex.label for ex in examples})
     if len(tags) == 1:  # said now, not after decoding every file (the shards' own check would, at the end)
         raise ValueError(f"all {len(examples)} files are tagged {tags[0]!r}; a model needs at least 2 tags")

@@ -305,6 +305,16 @@ def test_tag_folders_linked_to_a_packs_folders_are_followed_once(home: Path, tmp
     assert suggested == {"kick": "kick", "hat": "hihat"}
 
 
+def test_a_file_given_twice_is_built_once_and_the_progress_ends_full(home: Path, tmp_path: Path) -> None:
+    """A folder given twice (or through a link beside it): each file is built once, and the progress stopped
+    at half."""
+    write_kinds(tmp_path / "lib", per_kind=2, seed=3)
+    steps: list[int] = []
+    examples = dataset.examples_from_folders([str(tmp_path / "lib"), str(tmp_path / "lib")])
+    report = dataset.build(home, "mine", examples, progress=steps.append)
+    assert report.manifest.clips == 6 < len(examples) == sum(steps)
+
+
 def test_an_add_whose_new_files_cannot_be_read_says_so(home: Path, tmp_path: Path) -> None:
     """It said "nothing to add: mine has these files already" of a new file it could not read."""
     tags = tmp_path / "MyTags"
