@@ -527,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         if suffix is not None and summary.get(s, {}).get(mode)
     }
     curve["source"] = f"docs/figure3.json, {today}"
+    curve["classes"] = {"instruments": len(INSTRUMENTS), "effects": len(EFFECTS)}  # what the advice says of them
     path = ROOT / "daemon" / "builtin" / "examples_curve.json"  # the curves of sets and modes not run stay
     path.write_text(json.dumps({**json.loads(path.read_text()), **curve}, indent=1) + "\n")
     return 0

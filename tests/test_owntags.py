@@ -530,19 +530,23 @@ def test_advice_reads_the_curve_and_names_the_smallest_class(tmp_path: Path) -> 
     known_at_10 = advice.expected(10, advice.load_curve("effects")[0])
     third = half_at_10 + (known_at_10 - half_at_10) / 3  # 2 of 3 known: a third of the way from half to all
     assert f"expect about {third:.0%}" in partly
-    assert "(effects curve drawn between all and half the tags known; the demo model knows 2 of your 3, " in partly
+    drawn = "(effects curve drawn between all and half the tags known; the demo model knows 2 of your 3"
+    assert f"{drawn}; measured with 12 tags, yours are 3, " in partly
     halves = {"reverb": 10, "delay": 10, "my fuzz": 10, "my grit": 10}
     assert f"expect about {half_at_10:.0%}" in advice.advise(halves)  # half known: the half-known curve itself
     points = advice._between("effects", 0.75, advice.CURVE)[0]  # 9 of 12 effects known: measured 0.77 at ten
     assert advice.expected(10, points) == pytest.approx((half_at_10 + known_at_10) / 2)
     for other in ({"reverb": 12, "my fuzz": 10}, {"kick": 12, "reverb": 10}, {"dark": 12, "bright": 10}):
-        assert "(instruments curve, tags trained as new, " in advice.advise(other)
+        assert "(instruments curve, tags trained as new; measured with 9 tags, yours are 2, " in advice.advise(other)
     effects_as_new = advice.expected(10, advice.load_curve("effects as new")[0])
     for as_new in (
         advice.advise({"reverb": 12, "Echo": 10}, pull=0),
         advice.advise({"reverb": 12, "Echo": 10}, base="none"),
     ):
-        assert f"expect about {effects_as_new:.0%}" in as_new and "(effects curve, tags trained as new, " in as_new
+        assert (
+            f"expect about {effects_as_new:.0%}" in as_new
+            and "(effects curve, tags trained as new; measured with 12 tags, yours are 2, " in as_new
+        )
     assert "tags the demo model knows" in advice.advise({"reverb": 12, "Echo": 10}, pull=1)  # any pull but 0
 
 
