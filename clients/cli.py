@@ -782,8 +782,8 @@ def _examples(args: argparse.Namespace) -> list[Any]:
         _say_loose(loose)
         if spread and args.labels == "folders":
             print(
-                "vibrary: each file's own folder names its tag, and these tags' folders lie under several folders "
-                "(if those folders are your tags, give --labels top):",
+                "vibrary: each file's own folder names its tag, and these tags' folders lie under several folders, "
+                "or inside another tag's (if the folders right under it are your tags, give --labels top):",
                 file=sys.stderr,
             )
             _say_few([f"  {line}" for line in spread], 5)

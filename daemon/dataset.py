@@ -167,6 +167,8 @@ def examples_from_folders(
     found: list[Example] = []
     loose = [] if loose is None else loose
     firsts: dict[str, set[str]] = {}  # each tag → the folders right under a DIR that its files lie in
+    inside: dict[str, set[str]] = {}  # each tag of a deeper folder → the folders right under a DIR it lies in
+    holding: set[str] = set()  # the folders right under a DIR that hold files themselves: tag folders
     for root in dirs:
         if not os.path.isdir(root):
             if os.path.exists(root):  # a file names no tag: its label would be whatever folder it is in
@@ -178,9 +180,13 @@ def examples_from_folders(
             if folder == base:  # loose in DIR itself: no folder names its tag
                 loose.append(path)
                 continue
-            first = os.path.relpath(folder, base).split(os.sep)[0]
+            first, *deeper = os.path.relpath(folder, base).split(os.sep)
             found.append(example(path, first if top else os.path.basename(folder)))
             firsts.setdefault(found[-1].label, set()).add(first)
+            if deeper:
+                inside.setdefault(found[-1].label, set()).add(first)
+            else:
+                holding.add(first)
     if loose and not found:  # "no audio files found" sent people looking for files that were there
         raise ValueError(
             f"the {len(loose)} audio files lie loose in {', '.join(dirs)}: put them in one folder per tag "
@@ -191,6 +197,12 @@ def examples_from_folders(
             f"{tag}: under {', '.join(sorted(f + '/' for f in where))}"
             for tag, where in firsts.items()
             if len(where) > 1
+        ]
+        # `kick/Vengeance Kicks Vol 2/`: a pack dropped into a tag folder became a tag of its own, silently
+        spread += [
+            f"{tag}: inside {', '.join(sorted(f + '/' for f in where & holding))}, a tag folder"
+            for tag, where in inside.items()
+            if len(firsts[tag]) == 1 and where & holding
         ]
     return found
 

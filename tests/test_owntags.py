@@ -158,9 +158,15 @@ def test_tags_by_the_folders_right_under_the_one_given(home: Path, tmp_path: Pat
     assert sorted(e.label for e in top) == ["punchy"] * 6 + ["soft"] * 6
     said = vibrary("dataset", "create", "moods", str(tmp_path / "ex"), "--json", home=home, check=False)
     assert (
-        "if those folders are your tags, give --labels top" in said.stderr
+        "if the folders right under it are your tags, give --labels top" in said.stderr
         and "tone: under punchy/, soft/" in said.stderr
     )
+    # a pack dropped into one tag folder beside that tag's own files: a tag of its own, silently
+    write_kinds(tmp_path / "mine", per_kind=2, seed=3)
+    write_kinds(tmp_path / "mine" / "thump", per_kind=1, seed=4, folders={k: "Vengeance Kicks Vol 2" for k in KINDS})
+    spread.clear()
+    dataset.examples_from_folders([str(tmp_path / "mine")], spread=spread)
+    assert spread == ["vengeance-kicks-vol-2: inside thump/, a tag folder"]
 
 
 def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_path: Path, decodes: list[str]) -> None:
