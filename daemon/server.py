@@ -390,7 +390,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
     ) -> Iterator[pb.DatasetProgress]:
         try:
             dataset.check_name(request.name)
-            files = [(_absolute(f.path, context), dataset.label(f.tag)) for f in request.files]
+            files = [(_absolute(f.path, context), _labelled(f)) for f in request.files]
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if not files:
@@ -551,6 +551,15 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             )
         job.cancel.set()  # the reply said the state before it, "training": the stream ends in CANCELLED
         return train_progress_pb(replace(job.progress, message="cancelling"))
+
+
+def _labelled(f: pb.LabelledFile) -> str:
+    """A file's tag; ValueError naming the file (a suggestion's empty tag, no tag found for it, was refused
+    as a bare "empty tag", the request's other files unnamed)."""
+    try:
+        return dataset.label(f.tag)
+    except ValueError as e:
+        raise ValueError(f"{f.path}: {e}") from None
 
 
 def suggestions_pb(found: list[suggest.Suggestion]) -> pb.Suggestions:

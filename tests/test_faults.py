@@ -899,6 +899,10 @@ def test_malformed_requests_are_refused_and_the_daemon_answers(daemon: DaemonPro
     }
     got = {name: code(method, request) for name, (method, request, _) in cases.items()}
     assert got == {name: want for name, (_, _, want) in cases.items()}
+    untagged = pb.CreateDatasetRequest(name="d", files=[pb.LabelledFile(path=str(a_file), tag="")])
+    with pytest.raises(grpc.RpcError) as err:  # (a suggestion's empty tag: no tag found for that file)
+        list(daemon.client.stub.CreateDataset(untagged))
+    assert err.value.code() == invalid and err.value.details() == f"{a_file}: empty tag"  # it named no file
 
     # still answering, nothing half-done: no watch added, the model still active, tagging works
     s = daemon.client.status()
