@@ -608,6 +608,27 @@ def test_the_cost_prompt_launches_only_when_accepted(capsys: pytest.CaptureFixtu
     assert confirm_cost(build_parser().parse_args(["train", "d", "--trainer", "cloud", "--yes"]))("about $0.06")
 
 
+def test_the_cost_prompt_is_asked_on_a_terminal_and_said_on_stderr(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """input() wrote its prompt to stdout: `vibrary train … --json | jq` lost it in the pipe, and the JSON
+    line after it began with `launch? [y/N] `."""
+    import pty
+
+    from vibrary.clients.cli import build_parser, confirm_cost
+
+    terminal, answers = pty.openpty()
+    with os.fdopen(answers, "r") as typed:
+        monkeypatch.setattr(sys, "stdin", typed)
+        asked = confirm_cost(build_parser().parse_args(["train", "d", "--trainer", "cloud", "--json"]))
+        for answer, launches in ((b"y\n", True), (b"no\n", False)):
+            os.write(terminal, answer)
+            assert asked("about $0.06") is launches
+    os.close(terminal)
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.count("launch? [y/N] ") == 2
+
+
 def _train_kinds(home: Path, index: Index, **how: Any) -> Any:
     """`kinds` trained in the cloud from no base, its cost accepted."""
     from vibrary.daemon import training
