@@ -633,6 +633,8 @@ def test_a_restarted_trainer_keeps_finished_jobs_and_goes_on_with_the_interrupte
             done = client.start(manifest, "d", "none", json.dumps({"epochs": 2, "patience": 10}))
             assert list(client.watch(done.id))[-1].state == pb.Job.SUCCEEDED
             result = client.download(done.id)
+            quick = [client.start(manifest, f"q{i}", "none", json.dumps({"epochs": 1})).id for i in range(3)]
+            assert all(list(client.watch(q))[-1].state == pb.Job.SUCCEEDED for q in quick)
             busy = client.start(manifest, "b", "none", json.dumps({"epochs": 20, "patience": 20}))
             next(u for u in client.watch(busy.id) if u.epoch >= 2)  # training is under way
         proc.terminate()  # a clean stop (SIGTERM) suspends the job
@@ -645,6 +647,7 @@ def test_a_restarted_trainer_keeps_finished_jobs_and_goes_on_with_the_interrupte
         proc, target = _start_trainer(home)
         with TrainerClient(target) as client:
             jobs = {j.id: j for j in client.jobs()}
+            assert list(jobs) == [done.id, *quick, busy.id]  # oldest first, as before the restarts (ids are random)
             assert jobs[done.id].state == pb.Job.SUCCEEDED and json.loads(jobs[done.id].summary)
             assert client.download(done.id) == result  # the finished model is still there, byte for byte
             assert jobs[busy.id].state in (pb.Job.QUEUED, pb.Job.RUNNING)  # taken up again

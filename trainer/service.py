@@ -119,6 +119,7 @@ class _JobState:
         # failed for want of its caller, or for a fault of the machine (a full disk, memory): its checkpoint is
         # kept, as a cancel's is (a failure of its own, a ValueError, drops it: the state may be what failed)
         self.keep_checkpoint = False
+        self.created = time.time()  # ListJobs is oldest first, a restarted trainer's too (its folders are by id)
 
     @functools.cached_property
     def key(self) -> str:
@@ -162,6 +163,7 @@ class _JobState:
         self.out.mkdir(parents=True, exist_ok=True)
         record = {
             "user": self.user,
+            "created": self.created,
             "request": json_format.MessageToDict(self.request),
             "job": json_format.MessageToDict(self.job),
         }
@@ -176,6 +178,7 @@ class _JobState:
         config = TrainConfig.from_dict(json.loads(request.config or "{}"), strict=False)
         state = cls(path.parent.name, str(record["user"]), request, manifest, config, path.parent)
         state.job = json_format.ParseDict(record["job"], pb.Job())
+        state.created = float(record.get("created", path.stat().st_mtime))  # (an older record: its last change)
         return state
 
     def snapshot(self) -> pb.Job:
@@ -252,12 +255,13 @@ class TrainerService(pb_grpc.TrainerServicer):
         """The jobs of this trainer's earlier runs, from their records; unfinished ones are queued again,
         the one that was training first, then the others in the order they came."""
         again: list[tuple[bool, float, _JobState]] = []
-        for path in sorted(self.root.glob(f"tenants/*/jobs/*/{RECORD}")):
+        loaded: list[tuple[Path, _JobState]] = []
+        for path in self.root.glob(f"tenants/*/jobs/*/{RECORD}"):
             try:
-                job = _JobState.load(path)
+                loaded.append((path, _JobState.load(path)))
             except (OSError, ValueError, KeyError, TypeError, json_format.ParseError, ShardError) as e:
                 log.warning("%s: not a job record (%s); skipped", path, e)
-                continue
+        for path, job in sorted(loaded, key=lambda pj: (pj[1].created, str(pj[0]))):
             if job.user != path.parent.parent.parent.name:
                 log.warning("%s: names user %r, but lies in another user's folder; skipped", path, job.user)
                 continue
@@ -265,7 +269,7 @@ class TrainerService(pb_grpc.TrainerServicer):
             if job.job.state in _TERMINAL:
                 job.put_checkpoint_away()  # left by a stop between the record and this
             elif resume is None or job.job.id in resume:
-                again.append((was != "running", path.stat().st_mtime, job))
+                again.append((was != "running", job.created, job))
             elif job.job.id in spare:
                 self._spared.append(job)  # (not listed: this trainer neither runs it nor answers for it)
                 continue
