@@ -166,8 +166,7 @@ class Watcher(FileSystemEventHandler):
                     return
             # not under self._lock, which the observer's thread takes to record an event: scheduling waits
             # for the observer's own lock
-            handler = _Outermost(self, folder)
-            watch = self._observer.schedule(handler, folder, recursive=True, event_filter=EVENTS)  # OSError: no change
+            watch = self._schedule(folder)  # OSError: no change
             with self._lock:
                 self._watches[folder] = watch
                 self._note_watches()
@@ -319,9 +318,14 @@ class Watcher(FileSystemEventHandler):
             if old is None:
                 return
             self._observer.unschedule(old)
-            watch = self._observer.schedule(self, root, recursive=True, event_filter=EVENTS)
+            watch = self._schedule(root)
             with self._lock:
                 self._watches[root] = watch
+
+    def _schedule(self, root: str) -> ObservedWatch:
+        """(Not under self._lock: scheduling waits for the observer's own lock, which its thread holds while it
+        hands an event on, and handing one on takes self._lock.)"""
+        return self._observer.schedule(_Outermost(self, root), root, recursive=True, event_filter=EVENTS)
 
     def _linked(self, link: str) -> None:
         """Note a link to a folder: links are not followed, so that a loop cannot trap a scan or the observer."""
@@ -607,10 +611,11 @@ class Watcher(FileSystemEventHandler):
             with self._lock:
                 if not self._watched(directory):
                     return  # unwatched meanwhile
-            visited.add(directory)
             known = self.index.files_in_dir(directory)
             try:
                 entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            except (FileNotFoundError, NotADirectoryError):  # gone since: not visited, its rows go below
+                continue
             except OSError as e:
                 unlisted.append(directory)
                 with self._lock:
@@ -620,6 +625,7 @@ class Watcher(FileSystemEventHandler):
             if directory == folder and self.gone(folder):  # its files are not gone: their drive is
                 log.warning("watch folder %s: its drive is not mounted; its index entries are kept", folder)
                 return
+            visited.add(directory)
             now = time.time()
             changed: list[tuple[str, float, int, int, int]] = []
             first_inodes: list[tuple[int, str]] = []  # rows of an index from before inodes were kept
