@@ -22,7 +22,7 @@ def _words(text: str) -> list[str]:
     """A query typed as one line (the tray's box, `Client.search`): its words, a tag with spaces in double
     quotes as one (`"hi hat"`, `-"hi hat"`), as the shell gives them to the CLI; an apostrophe is a letter."""
     lexer = shlex.shlex(text, posix=True)
-    lexer.whitespace_split, lexer.quotes, lexer.escape = True, '"', ""
+    lexer.whitespace_split, lexer.quotes, lexer.escape, lexer.commenters = True, '"', "", ""  # `#808`, `C#m`
     try:
         return list(lexer)
     except ValueError:

@@ -257,7 +257,7 @@ def test_query_words() -> None:
         assert parse_query(spelled) == ([["kick", "snare"], ["dark"]], []), spelled  # '|' alone read nothing
     # a line typed whole (the tray's box, Client.search): a tag with spaces quoted, as the shell reads it
     assert parse_query('"Hi Hat" -"open hat"') == ([["hi hat"]], ["open hat"])  # was hi AND hat, NOT "open"
-    assert parse_query("rock'n'roll") == ([["rock'n'roll"]], [])
+    assert parse_query("rock'n'roll #808 c#m") == ([["rock'n'roll"], ["#808"], ["c#m"]], [])  # no shell comment
     for wrong, said in [
         ("(kick OR snare) dark", "no parentheses"),  # '(kick' and 'snare)' were searched as tags
         ("kick - snare", "'-' alone"),  # the tag '-'
