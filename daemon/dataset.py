@@ -114,11 +114,17 @@ NO_AUDIO = "no audio files found: put examples in one folder per tag (DIR/<tag>/
 
 def _as_held(tag: str, tags: Iterable[str]) -> str:
     """A tag as a dataset with these tags spells it: labels of older versions kept their spaces ("hi hat"),
-    and "hi-hat", "Hi_Hat" or "hihat" name that same tag."""
+    and "hi-hat", "Hi_Hat", "hihat" or "hi-hats" name that same tag."""
     wanted = label(tag)
     held = sorted(tags)
     same = next((t for t in held if _spelled(t) == wanted), None)
-    return same or next((t for t in held if _spelled(t).replace("-", "") == wanted.replace("-", "")), wanted)
+    return same or next((t for t in held if _one(_spelled(t)) == _one(wanted)), wanted)
+
+
+def _one(tag: str) -> str:
+    """A tag without its separators and a plural's s (pads, pad; not bass)."""
+    word = tag.replace("-", "")
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
 
 def _in_dataset(tag: str, tags: set[str], table: suggest.Synonyms) -> str:
@@ -131,13 +137,16 @@ def _in_dataset(tag: str, tags: set[str], table: suggest.Synonyms) -> str:
 
 def _joining(tag: str, tags: set[str], table: suggest.Synonyms) -> str:
     """The tag a folder's files join when added (`dataset add`): as the dataset spells it, else the one held
-    tag the suggestions read as the same sound (`hats` held, a second pack's `Hi Hats/`: both hihat), else
-    as given, a new tag (as `dataset create` would name it)."""
+    tag of one word that the suggestions read as the sound the folder plainly names (`hats` held, a second
+    pack's `Hi Hats/`: both hihat), else as given, a new tag (as `dataset create` would name it). A folder
+    that names a kind of it (`Open Hat/`, `Rimshot/`) is a tag of its own."""
     spelled = _in_dataset(tag, tags, table)
     if spelled in tags:
         return spelled
     sound = table.find(tag)
-    same = [t for t in sorted(tags) if len(sound) == 1 and table.find(t) == sound]
+    if len(sound) != 1 or table.spelling(tag) != sound[0]:
+        return tag
+    same = [t for t in sorted(tags) if "-" not in t and table.find(t) == sound]
     return same[0] if len(same) == 1 else tag
 
 
@@ -163,7 +172,8 @@ def examples_from_folders(
     said "has these files already" of new files put in dark/ itself, and built datasets one file short
     without a word). `spread` receives a line for each tag whose folders lie under several folders of a DIR
     (`punchy/kicks/`, `soft/kicks/`): a pack dropped into each tag folder, whose own folders replaced the
-    tags without a word, where `top` keeps them."""
+    tags without a word, where `top` keeps them; and one for each folder inside a tag folder of the same sound
+    (`kick/Vengeance Kicks Vol 2/`): a pack dropped into it, that became a tag of its own."""
     found: list[Example] = []
     loose = [] if loose is None else loose
     firsts: dict[str, set[str]] = {}  # each tag → the folders right under a DIR that its files lie in
@@ -198,11 +208,14 @@ def examples_from_folders(
             for tag, where in firsts.items()
             if len(where) > 1
         ]
-        # `kick/Vengeance Kicks Vol 2/`: a pack dropped into a tag folder became a tag of its own, silently
+        # `kick/Vengeance Kicks Vol 2/`: a pack of the tag folder's own sound dropped into it became a tag of its
+        # own, silently (not `Drums/kick/` beside `Drums/crash.wav`: a tag of its own, rightly)
+        table = suggest.Synonyms.load(None)
         spread += [
-            f"{tag}: inside {', '.join(sorted(f + '/' for f in where & holding))}, a tag folder"
+            f"{tag}: inside {f}/, a tag folder of that sound"
             for tag, where in inside.items()
-            if len(firsts[tag]) == 1 and where & holding
+            for f in sorted(where & holding)
+            if tag != label(f) and (sound := table.find(tag)) and table.find(f) == sound
         ]
     return found
 
