@@ -244,7 +244,7 @@ def estimate(
     from vibrary.trainer import known
 
     opts = json.loads(options or "{}")
-    fits = known.starts_from(known.load(base), manifest.classes, opts.get("known_pull")) is not None
+    fits = known.starts_from(known.load(base or "demo"), manifest.classes, opts.get("known_pull")) is not None
     epochs = 1 if fits else int(opts.get("epochs") or 40)
     train_s = manifest.clips * epochs / CLIPS_PER_S
     minutes = max(1.0, (settings.boot_s + SETUP_S + train_s) / 60)  # EC2 bills a minute at least

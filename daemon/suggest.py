@@ -643,9 +643,12 @@ def _holds(ws: list[str], synonyms: Synonyms) -> bool:
     )
 
 
+_IES = frozenset({"melodies", "harmonies", "bodies", "stories", "memories", "symphonies", "frequencies", "energies"})
 # a folder of loops sorted by tempo or key (`120 BPM/`, `Am/`, `Key of C/`, `F# Minor/`) names no sound: as a tag
 # every loop of that tempo was `bpm`, whatever it played
-_TEMPO_OR_KEY = re.compile(r"bpm|key|of|in|scale|major|minor|maj|min|[a-g](b|s|sharp|flat)?(m|maj|min|major|minor)?")
+_TEMPO_OR_KEY = re.compile(
+    r"bpm|key|of|scale|major|minor|maj|min|(?!fm$)[a-g](b|s|sharp|flat)?(m|maj|min|major|minor)?"
+)
 
 
 def _recurring(
@@ -669,8 +672,8 @@ def _recurring(
         return (mood, "folder", name) if spelled and alone and mood in synonyms.descriptors else None
     if unnamed[os.path.dirname(path)] < 2:
         return None
-    if len(ws[-1]) > 4 and ws[-1].endswith("ies"):
-        ws[-1] = ws[-1][:-3] + "y"  # a folder of melodies holds a melody each
+    if ws[-1] in _IES:
+        ws[-1] = ws[-1][:-3] + "y"  # a folder of melodies holds a melody each (but movies a movie)
     elif len(ws[-1]) > 3 and ws[-1].endswith("s") and not ws[-1].endswith(("ss", "us", "is")):
         ws[-1] = ws[-1][:-1]  # a folder of wobbles holds a wobble each
     return clean_tag(" ".join(ws)), "folder", name

@@ -584,6 +584,7 @@ def test_the_estimate_of_tags_the_demo_knows_counts_one_fit_and_says_it_costs_no
     drums = shards.Manifest("drums", ["kick", "snare", "hihat"], P, many)
     fit = cloud.estimate(settings, drums, "{}", 10**6)
     assert "one fit from what the demo model knows" in fit.text and "no cost" in fit.text
+    assert cloud.estimate(settings, drums, "{}", 10**6, "") == fit  # "" is the demo, as train_in_cloud reads it
     for options, base in (('{"known_pull": 0}', "demo"), ("{}", "none")):  # --as-new, or from scratch: epochs
         epochs = cloud.estimate(settings, drums, options, 10**6, base)
         assert "up to 40 epochs" in epochs.text and epochs.minutes > fit.minutes

@@ -376,10 +376,10 @@ def test_catch_all_and_numbered_folders_are_no_tags(tmp_path: Path, table: Synon
     junk = ["Misc", "Samples", "Pack", "Sounds", "Audio", "Stems", "Various", "Other", "Extras", "Bonus"]
     junk += ["New Folder", "Untitled Folder", "Vol 3", "2019", "v1.2", "Odyssey Sample Pack", "Bonus Sounds 2"]
     junk += ["120 BPM", "128bpm", "Am", "Key of C", "F# Minor", "Cmaj"]  # tempo and key: every loop was `bpm`
-    kept = ["Wobbles", "Laser Zaps", "Melodies"]
+    kept = ["Wobbles", "Laser Zaps", "Melodies", "Movies", "FM"]
     found = _library(tmp_path, [f"{folder}/a{i}.wav" for folder in junk + kept for i in (1, 2)], table)
     tags = {Path(rel).parent.as_posix(): s.tag for rel, s in found.items()}
-    kept_as = {"Wobbles": "wobble", "Laser Zaps": "laser-zap", "Melodies": "melody"}  # (it was `melodie`)
+    kept_as = {"Wobbles": "wobble", "Laser Zaps": "laser-zap", "Melodies": "melody", "Movies": "movie", "FM": "fm"}
     assert tags == {**dict.fromkeys(junk, ""), **kept_as}
 
 
