@@ -366,11 +366,12 @@ class Index:
 
     def mark_asked(self, items: Sequence[tuple[str, int, int]]) -> set[str]:
         """(path, size, mtime_ns; -1, -1 when it cannot be looked at) of files a caller waits for (Tag). Those
-        new, changed since they were read, or not to be looked at are queued ahead of every file waiting, and
-        those waiting already are moved ahead: a re-tag of the whole library waits at due 0, and the ties went
-        by row id, so a plugin's Tag of one new sample waited for all of it. Those read as they are now are
-        left as they are: each was read again, and dropped from the index when the caller stopped waiting.
-        Returns the paths that were not in the index (the ones to drop then)."""
+        new, changed since they were read, failed (a codec installed since) or not to be looked at are queued
+        ahead of every file waiting, and those waiting already are moved ahead and read at once (a passing
+        error forgotten): a re-tag of the whole library waits at due 0, and the ties went by row id, so a
+        plugin's Tag of one new sample waited for all of it. Those read as they are now are left as they are:
+        each was read again, and dropped from the index when the caller stopped waiting. Returns the paths
+        that were not in the index (the ones to drop then)."""
         known: set[str] = set()
         for page in _pages([p for p, _, _ in items]):
             marks = ",".join("?" * len(page))
@@ -380,11 +381,12 @@ class Index:
         with self.write() as c:
             c.executemany(
                 f"""{_MARK_PENDING}
-                   WHERE files.state != 'pending' AND (?5 = -1 OR files.size != ?5 OR files.mtime_ns != ?6)""",
+                   WHERE files.state != 'pending'
+                     AND (?5 = -1 OR files.state = 'failed' OR files.size != ?5 OR files.mtime_ns != ?6)""",
                 rows,
             )
             c.executemany(
-                "UPDATE files SET due = ?2 WHERE path = ?1 AND state = 'pending' AND due > ?2",
+                "UPDATE files SET due = ?2, error = NULL WHERE path = ?1 AND state = 'pending' AND due > ?2",
                 [(p, ASKED_DUE) for p, *_ in items],
             )
         return {p for p, *_ in items if p not in known}

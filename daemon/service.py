@@ -142,6 +142,7 @@ class Daemon:
         self._dataset_changing = ""  # the dataset being built, edited or deleted now (under _training_lock)
         self._tag_lock = threading.Lock()
         self._tag_waits: Counter[str] = Counter()  # how many Tag calls wait for each file
+        self._tag_new: set[str] = set()  # those of them that a Tag call put in the index: dropped if nobody waits
 
     def start(self) -> None:
         self.index.forget_silent_once()
@@ -477,9 +478,10 @@ class Daemon:
         with self._tag_lock:
             self._tag_waits.update(queued)
         abandoned: list[str] = []
-        new: set[str] = set()
         try:
             new = self.index.mark_asked([(p, *_size_and_time(p)) for p in queued])
+            with self._tag_lock:  # (a retry of a call that is still waiting finds them known: it was this one)
+                self._tag_new.update(new)
             self._wake.set()
             waiting = queued
             while True:
@@ -489,7 +491,7 @@ class Daemon:
                     results = [_say_why_hidden(r, hidden) for r in self.index.file_tags(files)]
                     waiting = [r.path for r in results if r.state == "pending" and not r.error]
                     if not waiting or self.paused:  # (paused: read once indexing resumes, as the reply says)
-                        break  # the answer is the read that found them done: another Tag of one may re-queue it
+                        break  # the answer is the read that found them done: a Tag of one changed since queues it again
                     if not going():
                         abandoned = waiting
                         break
@@ -498,9 +500,10 @@ class Daemon:
         finally:
             with self._tag_lock:
                 self._tag_waits.subtract(queued)
-                # not known before this call, and no other call waits for it
-                abandoned = [p for p in abandoned if p in new and self._tag_waits[p] <= 0]
+                # new to the index with a Tag call, and no other call waits for it
+                abandoned = [p for p in abandoned if p in self._tag_new and self._tag_waits[p] <= 0]
                 self._tag_waits = +self._tag_waits
+                self._tag_new &= set(self._tag_waits)  # (read, or dropped below: no longer new)
         self._forget_unwatched(abandoned)
         return [_say_why_missing(r, absent) for r in results]
 

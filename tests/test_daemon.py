@@ -322,10 +322,20 @@ def test_a_tag_call_cut_short_drops_its_unread_files_outside_the_watches(
         assert d.status()["indexed"] == 1 and d.status()["pending"] == 0
         read = d.status()["decoded"] + d.status()["reused"]
         d._stalled_until = time.monotonic() + 2.0
+        time.sleep(0.2)  # (a round of the feeder under way when it was set has ended)
         again = d.tag_now(files, time.time() + 0.3)  # the file read before, as it is now, is answered at once
         assert [r.state for r in again] == ["indexed", "pending", "pending"]  # (it was read again, and dropped)
         assert [r.path for r in d.index.file_tags(files) if r.state != "unknown"] == files[:1]
         assert d.status()["decoded"] + d.status()["reused"] == read
+        d._stalled_until = time.monotonic() + 3.0  # a plugin's call cut off, and its retry while it still waits
+        late = str(write_tone(tmp_path / "outside" / "late.wav", 900))
+        time.sleep(0.2)
+        first = threading.Thread(target=lambda: d.tag_now([late], time.time() + 0.4))
+        first.start()
+        time.sleep(0.15)
+        d.tag_now([late], time.time() + 0.8)  # (to it the file was known already: it was left in the index)
+        first.join()
+        assert [r.state for r in d.index.file_tags([late])] == ["unknown"]  # dropped once nobody waits for it
     finally:
         d.stop()
 

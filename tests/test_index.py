@@ -554,4 +554,8 @@ def test_files_a_caller_waits_for_go_ahead_of_a_retag_and_unchanged_ones_are_lef
     st = os.stat(read)
     index.mark_asked([(str(read), st.st_size, changed_at(st))])
     assert [f.state for f in index.file_tags([str(read)])] == ["pending"]
+    (job,) = [j for j in index.due_jobs(10, set(), time.time()) if j.path == str(read)]
+    index.write_results([Result(job, size=st.st_size, mtime_ns=changed_at(st), error="unsupported codec")], 0.02)
+    index.mark_asked([(str(read), st.st_size, changed_at(st))])  # failed, unchanged: asked for, read again
+    assert [f.state for f in index.file_tags([str(read)])] == ["pending"]
     index.close()
