@@ -444,7 +444,8 @@ def _wait_idle(c: Client, pending: int) -> None:
             break
         if (s.pending, done) != last:
             moved_at, last = time.monotonic(), (s.pending, done)
-        elif s.missing_watches and time.monotonic() - moved_at > STUCK_S:
+        elif s.missing_watches and s.pending > s.retrying and time.monotonic() - moved_at > STUCK_S:
+            # (files waiting a minute after a passing error move on their own: not given up on)
             bar.close()
             raise CommandError(
                 f"indexing waits with {_many(s.pending)} pending, none read for {STUCK_S:.0f} s: watch folders not"

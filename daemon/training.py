@@ -363,9 +363,9 @@ def _installed(
     came keeps them uninstalled (it was answered "cancelling", and the model was installed and activated);
     once installing, a cancel is refused (daemon/server.py)."""
     summary = json.loads(files.pop("summary.json", b"{}") or b"{}")
+    report(state="installing", message="installing the model")  # first: a cancel from now on is refused
     if cancel.is_set():
         raise Cancelled(f"training cancelled as its model came; {_kept(home_dir, files, name)}")
-    report(state="installing", message="installing the model")
     try:  # a full disk, a locked index, Ctrl-C: the trainer's copy may be gone (the cloud's is)
         row = _install(index, home_dir, files, name)
     except (TrainingError, OSError, sqlite3.Error) as e:
