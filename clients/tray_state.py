@@ -71,6 +71,9 @@ class TrayState:
     # snapshots left the count as it was, and the new failure unseen
     failed_since: frozenset[str] = frozenset()
     recent_errors: tuple[tuple[str, str], ...] = ()  # (path, why), newest first
+    # the failures listed when the user looked: a FILE_FAILED event of one, arriving after the status that
+    # counted it (and after the look), is no new failure (it showed red again)
+    looked_at: frozenset[str] = frozenset()
 
 
 # -- transitions -------------------------------------------------------------------------------------
@@ -106,10 +109,13 @@ def apply(state: TrayState, event: pb.Event) -> tuple[TrayState, list[Notice]]:
         return replace(state, training=event.training), []
     if kind == pb.Event.TRAINING_FINISHED:
         return replace(state, training=event.training), [_training_notice(event.training)]
+    if kind == pb.Event.FILE_FAILED and event.file.path in state.looked_at:
+        return state, []
     if kind == pb.Event.FILE_FAILED and len(state.failed_since) < FAILED_KEPT:
         return replace(state, failed_since=state.failed_since | {event.file.path}), []
-    if kind in (pb.Event.FILE_TAGGED, pb.Event.FILE_REMOVED) and event.file.path in state.failed_since:
-        return replace(state, failed_since=state.failed_since - {event.file.path}), []  # mended, or gone
+    if kind in (pb.Event.FILE_TAGGED, pb.Event.FILE_REMOVED):  # mended, or gone: a failure of it again is new
+        path = event.file.path
+        return replace(state, failed_since=state.failed_since - {path}, looked_at=state.looked_at - {path}), []
     if kind == pb.Event.MODEL_INSTALLED:
         return state, [Notice("Model installed", f"{event.model} is installed and tags your library now.")]
     return state, []
@@ -127,7 +133,8 @@ def with_errors(state: TrayState, failed: list[pb.FileTags]) -> TrayState:
 def errors_seen(state: TrayState) -> TrayState:
     """The user opened Recent errors: the error icon goes until something new fails."""
     seen = state.status.failed if state.status else state.failed_seen
-    return replace(state, failed_seen=seen, failed_since=frozenset())
+    looked = frozenset(path for path, _ in state.recent_errors)
+    return replace(state, failed_seen=seen, failed_since=frozenset(), looked_at=looked)
 
 
 def _training_notice(t: pb.TrainProgress) -> Notice:

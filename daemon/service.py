@@ -240,6 +240,7 @@ class Daemon:
             written = self._write(results)
         except Exception as e:
             self._stall(e)  # they stay pending, said once in the log (the pipeline logged each batch again)
+            self.status_events.changed()
             return
         else:
             if self.stalled:
@@ -249,10 +250,7 @@ class Daemon:
             with self._in_flight_lock:
                 self._in_flight.difference_update(r.job.id for r in results)
             self._wake.set()
-            self.status_events.changed()
-        if not self.events.subscribers:
-            return
-        for r in written:
+        for r in written if self.events.subscribers else ():
             if r.vanished:
                 self._removed([r.job.path])
             elif r.retry_for:  # waits to be read again: no news
@@ -261,6 +259,9 @@ class Daemon:
                 self.events.publish(Event(FILE_FAILED, FileTags(r.job.path, "failed", r.error, [])))
             else:  # from the index: a copy of known content computed nothing, yet has tags
                 self.events.publish(Event(FILE_TAGGED, next(self.index.file_tags([r.job.path]))))
+        # after the files' own events: a front end that counted a failure by the status, and was looked at,
+        # heard of the failure after it and showed it new again
+        self.status_events.changed()
 
     def _keep_under_gone_watches(self, results: list[Result]) -> None:
         """A file not found because its whole watch folder is gone (a drive unplugged while its files

@@ -131,6 +131,8 @@ def test_new_failures_show_as_error_until_looked_at() -> None:
     ]
     state = ts.errors_seen(state)
     assert ts.view(state).icon == ts.Icon.IDLE
+    late = pb.Event(kind=pb.Event.FILE_FAILED, file=pb.FileTags(path="/lib/b.wav", error="empty file (0 bytes)"))
+    assert ts.view(feed(state, late)[0]).icon == ts.Icon.IDLE  # its event after the status that counted it
     state, _ = feed(state, changed(indexed=5, failed=3))
     assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 1 new files could not be read"
     state = ts.errors_seen(state)
