@@ -37,7 +37,8 @@ class SpectrogramParams:
     fmax: float | None = None  # None: sample_rate / 2
     power: float = 2.0
     top_db: float = 80.0
-    ref: str = "max"  # "max": level-independent (quiet and normalised files look alike); or a number
+    ref: str = "max"  # "max": level-independent (quiet and normalised files look alike, down to about -55 dBFS,
+    # below which librosa's floor of 1e-10 power, kept, lifts the quietest bins); or a number
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0 or self.duration_s <= 0:

@@ -1,7 +1,8 @@
 """Train a TagNet on a dataset of spectrogram shards: the user's CPU by default, CUDA when present.
 
-Validation holds out whole groups (source folders) where a class has more than one, because a model that
-only recognises clips from folders it has seen is not what a producer needs. Training stops early when
+Validation holds out whole groups (source folders) where a class has more than one small enough to spare
+(else a random share of its clips, split_by_group), because a model that only recognises clips from folders
+it has seen is not what a producer needs. Training stops early when
 validation accuracy stops improving, and the best epoch's weights are kept. A dataset with a class of
 fewer than SMALL_CLASS clips has no validation split: every clip trains for the whole epoch budget, and
 the last epoch's weights, where the learning-rate schedule ends, are kept. With a base (transfer) the new
@@ -265,7 +266,8 @@ def train(
         _fit_known(net, result, known, rows, config.known_pull, (train_idx, val_idx), batch, config.batch_size)
         progress(Progress("training", 1, 1, result.history[0]["train_loss"], result.history[0]["val_accuracy"]))
     elif base is not None:
-        _imprint(net, rng.permutation(train_idx), batch, n_classes=len(manifest.classes), batch_size=config.batch_size)
+        order = rng.permutation(train_idx)
+        _imprint(net, order, labels, batch, n_classes=len(manifest.classes), batch_size=config.batch_size)
     best_state, best_acc, since_best = copy.deepcopy(net.state_dict()), -math.inf, 0  # scores can be < -1
     n_classes = len(manifest.classes)
     key = ""  # hashing every clip costs a pass over the dataset: only for a training that checkpoints
@@ -443,9 +445,11 @@ def _scored(parts: Iterable[tuple[torch.Tensor, torch.Tensor]], n_classes: int) 
 def _recalibrate_batch_norm(
     net: TagNet, idx: np.ndarray, batch: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]], batch_size: int
 ) -> None:
-    """Exact batch-norm statistics of (up to 2048 of) the unaugmented training clips, in the shuffled
-    order given. With few examples an epoch is a step or two, far too few for running averages to settle,
-    and evaluation would see stale statistics."""
+    """Batch-norm statistics of (up to 2048 of) the unaugmented training clips, in the shuffled order given,
+    in passes of sizes within one of each other: the cumulative average weighs each pass alike, and a last
+    pass of one clip (129 clips in passes of 128) made half of every mean and variance. With few examples an
+    epoch is a step or two, far too few for running averages to settle, and evaluation would see stale
+    statistics."""
     norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for m in norms:
         m.reset_running_stats()
@@ -453,9 +457,10 @@ def _recalibrate_batch_norm(
     net.eval()
     for m in norms:
         m.train()
+    used = idx[:2048]
     with torch.no_grad():
-        for start in range(0, min(len(idx), 2048), batch_size * 4):
-            net(batch(idx[start : start + batch_size * 4])[0])
+        for part in np.array_split(used, max(1, math.ceil(len(used) / (batch_size * 4)))):
+            net(batch(part)[0])
     for m in norms:
         m.momentum = 0.1
 
@@ -507,6 +512,7 @@ def _set_head(net: TagNet, weight: torch.Tensor, bias: torch.Tensor) -> None:
 def _imprint(
     net: TagNet,
     idx: np.ndarray,
+    labels: np.ndarray,
     batch: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
     n_classes: int,
     batch_size: int,
@@ -519,8 +525,9 @@ def _imprint(
     biases −|μ_c|²/2, the logits order the classes by distance to their mean embedding, so training starts
     from that classifier instead. The scale, 2 / (mean squared distance of a clip to its own class mean),
     keeps those first logits in the range a softmax trains well from, whatever the size of the base's
-    embeddings. The means come from (up to 4096 of) the shuffled clips: a large dataset needs no more."""
-    idx = idx[:4096]
+    embeddings. The means come from up to 4096 of the shuffled clips, as many of each class as there are
+    up to its share (_shares)."""
+    idx = _shares(idx, labels, n_classes)
     _recalibrate_batch_norm(net, idx, batch, batch_size)
     e, y = _embedded(net, idx, batch, batch_size)
     with torch.no_grad():
@@ -530,6 +537,18 @@ def _imprint(
         scale = 2.0 / max(spread, 1e-6)
         net.head.weight.copy_(means * scale)
         net.head.bias.copy_(-0.5 * scale * means.square().sum(1))
+
+
+def _shares(idx: np.ndarray, labels: np.ndarray, n_classes: int, most: int = 4096) -> np.ndarray:
+    """Up to `most` of these clips in their order, as many of each class as there are up to an even share:
+    the first 4096 of a large dataset left out a small class a third of the time, and its row of the head
+    started at zero."""
+    share, taken = max(1, most // n_classes), np.zeros(n_classes, np.int64)
+    keep = np.zeros(len(idx), bool)
+    for i, c in enumerate(labels[idx]):
+        if taken[c] < share:
+            keep[i], taken[c] = True, taken[c] + 1
+    return idx[keep]
 
 
 def _load_base(net: TagNet, base: dict[str, torch.Tensor]) -> None:
