@@ -114,11 +114,11 @@ NO_AUDIO = "no audio files found: put examples in one folder per tag (DIR/<tag>/
 
 def _as_held(tag: str, tags: Iterable[str]) -> str:
     """A tag as a dataset with these tags spells it: labels of older versions kept their spaces ("hi hat"),
-    and "hi-hat", "Hi_Hat", "hihat" or "hi-hats" name that same tag."""
+    and "hi-hat", "Hi_Hat" or "hihat" name that same tag."""
     wanted = label(tag)
     held = sorted(tags)
     same = next((t for t in held if _spelled(t) == wanted), None)
-    return same or next((t for t in held if _one(_spelled(t)) == _one(wanted)), wanted)
+    return same or next((t for t in held if _spelled(t).replace("-", "") == wanted.replace("-", "")), wanted)
 
 
 def _one(tag: str) -> str:
@@ -143,6 +143,9 @@ def _joining(tag: str, tags: set[str], table: suggest.Synonyms) -> str:
     spelled = _in_dataset(tag, tags, table)
     if spelled in tags:
         return spelled
+    plural = next((t for t in sorted(tags) if _one(_spelled(t)) == _one(label(tag))), None)
+    if plural is not None:  # `Pad/` beside pads (an edit's `Kick` for kicks is a rename, not the same tag)
+        return plural
     sound = table.find(tag)
     if len(sound) != 1 or table.spelling(tag) != sound[0]:
         return tag
