@@ -4,26 +4,32 @@ in half, a config the daemon refuses, a trainer's checkpoint that cannot be resu
 not promise that: ext4 may keep the rename and lose the data written before it, so the data are handed to
 the disk (fsync) before the rename, and the rename before the writer goes on (the folder's fsync). (On
 macOS fsync leaves the data in the drive's cache; F_FULLFSYNC would flush that too, at a far higher cost.)
-A process killed mid-write leaves its `.part`, replaced by the next write of the same file."""
+Each write has a `.part` of its own: two writers of one file (two `trainer token add`, two installs of one
+model) shared one, and the first to finish published the other's half-written file. A process killed
+mid-write leaves its `.part`, removed by a later write of the same file once it is an hour old."""
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 CHUNK = 1 << 20  # bytes a read while copying
+STALE_S = 3600.0  # a `.part` this old belongs to a write that was cut off
 
 
 @contextlib.contextmanager
 def writing(path: Path, mode: int = 0o666) -> Iterator[BinaryIO]:
     """A file to write `path`'s new content into; it becomes `path` when the block ends without an error.
     `mode` (before the umask) is for files only their owner may read, such as a token's."""
-    part = path.with_name(f"{path.name}.part")
-    part.unlink(missing_ok=True)  # (left by a cut: O_EXCL, so a link planted there is not written through)
-    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    _sweep(path)
+    part = path.with_name(f"{path.name}.{secrets.token_hex(6)}.part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # (O_EXCL: a link planted there is not followed)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -38,6 +44,16 @@ def writing(path: Path, mode: int = 0o666) -> Iterator[BinaryIO]:
     except BaseException:
         part.unlink(missing_ok=True)
         raise
+
+
+def _sweep(path: Path) -> None:
+    """The `.part`s of writes of `path` cut off an hour ago or more (and the one of an older version's write)."""
+    with contextlib.suppress(OSError):
+        path.with_name(f"{path.name}.part").unlink(missing_ok=True)
+        for old in path.parent.glob(f"{glob.escape(path.name)}.*.part"):
+            with contextlib.suppress(OSError):
+                if time.time() - old.lstat().st_mtime > STALE_S:
+                    old.unlink()
 
 
 def write(path: Path, data: bytes | str, mode: int = 0o666) -> None:

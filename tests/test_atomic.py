@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,29 @@ def test_a_model_that_does_not_fit_on_the_disk_is_not_installed_and_leaves_nothi
         assert [m.name for m in index.models() if m.name == "mine"] == []
     finally:
         index.close()
+
+
+def test_two_writers_of_one_file_each_publish_a_whole_one(tmp_path: Path) -> None:
+    """Both wrote `NAME.part`: the second's start unlinked the first's, and the first, done, published the
+    second's half-written file under the name (then the second failed, FileNotFoundError)."""
+    target = tmp_path / "tokens.json"
+    first, second = atomic.writing(target), atomic.writing(target)
+    first.__enter__().write(b'{"a": 1}')
+    late = second.__enter__()
+    late.write(b'{"b": [1, 2,')
+    late.flush()
+    first.__exit__(None, None, None)
+    assert target.read_bytes() == b'{"a": 1}'
+    late.write(b" 3]}")
+    second.__exit__(None, None, None)
+    assert target.read_bytes() == b'{"b": [1, 2, 3]}' and not list(tmp_path.glob("*.part"))
+
+
+def test_a_part_left_by_a_write_cut_off_an_hour_ago_is_removed_by_the_next(tmp_path: Path) -> None:
+    target = tmp_path / "config.json"
+    old, fresh = tmp_path / "config.json.0123456789ab.part", tmp_path / "config.json.ba9876543210.part"
+    for part in (old, fresh):
+        part.write_bytes(b"cut off")
+    os.utime(old, (time.time() - 2 * atomic.STALE_S,) * 2)
+    atomic.write(target, "{}")
+    assert not old.exists() and fresh.exists()  # (another process may still be writing that one)
