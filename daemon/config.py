@@ -39,7 +39,17 @@ def home(create: bool = True) -> Path:
     return path
 
 
-MOST = {"workers": 64, "batch_size": 1024, "queue_size": 100_000, "nice": 19}
+# the most each setting may be: beyond, a traceback (100000 workers: "can't start new thread"), or files that
+# wait for decades (a settle_s of 1e9), or a score no tag reaches (a store_min_score of 5)
+MOST = {
+    "workers": 64,
+    "batch_size": 1024,
+    "queue_size": 100_000,
+    "nice": 19,
+    "settle_s": 3600,
+    "store_min_score": 1,
+    "rescan_hours": 24 * 365,
+}
 
 
 @dataclass
@@ -81,8 +91,10 @@ class Settings:
             least = 1 if name in ("batch_size", "queue_size") else 0
             if value < least:
                 raise ValueError(f"{path}: {name} must be {least} or more")
-            if value > MOST.get(name, value):  # 100000 workers: "can't start new thread", a traceback
+            if value > MOST.get(name, value):
                 raise ValueError(f"{path}: {name} must be {MOST[name]} or less")
+            if name == "rescan_hours" and 0 < value < 0.1:  # every watch scanned again back to back
+                raise ValueError(f"{path}: rescan_hours must be 0 (at start only) or 0.1 or more")
         return cls(**raw)
 
     def save(self, home_dir: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -408,6 +409,14 @@ def test_bad_numbers_and_settings_are_refused_before_anything_starts(model_home:
     bad = vibrary("tag", str(clip), home=model_home, check=False)
     assert bad.returncode == 1 and "workers must be 64 or less" in bad.stderr, bad.stderr
     assert "64 or fewer" in vibrary("daemon", "--workers", "100000", home=model_home, check=False).stderr
+    for text, said in (
+        ('{"settle_s": 1e9}', "settle_s must be 3600 or less"),  # files pending for decades
+        ('{"store_min_score": 5}', "store_min_score must be 1 or less"),  # only each model's best tag stored
+        ('{"rescan_hours": 1e-9}', "rescan_hours must be 0 (at start only) or 0.1 or more"),  # back to back
+    ):
+        (model_home / "config.json").write_text(text)
+        with pytest.raises(ValueError, match=re.escape(said)):
+            config.Settings.load(model_home)
     for text in ('{"settle_s": NaN}', '{"settle_s": 1e999}'):  # (JSON's infinity): files pending for ever
         (model_home / "config.json").write_text(text)
         bad = vibrary("tag", str(clip), home=model_home, check=False)

@@ -77,8 +77,12 @@ def test_tokens_are_stored_hashed_and_wrong_or_missing_ones_are_refused(
         assert _code(lambda: alice.missing(manifest)) == grpc.StatusCode.UNAUTHENTICATED  # no restart needed
     listed = json_lines(vibrary("trainer", "token", "--data", str(data), "list", "--json", home=home).stdout)
     assert listed == [{"users": ["bob"]}]
-    bad = vibrary("trainer", "token", "--data", str(data), "add", "../x", home=home, check=False)
-    assert bad.returncode == 1 and "bad user name" in bad.stderr
+    for name in ("../x", "carol\n"):  # (a newline at the end passed: a folder `carol\n`)
+        bad = vibrary("trainer", "token", "--data", str(data), "add", name, home=home, check=False)
+        assert bad.returncode == 1 and "bad user name" in bad.stderr
+    with TrainerClient(target, tokens["bob"]) as bob:  # a sha with a newline at the end: a .part never whole
+        trailing = pb.ShardList(shards=[pb.ShardStatus(sha256="a" * 64 + "\n", size=10)])
+        assert _code(lambda: bob._rpc("MissingShards", trailing, 10)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_a_token_file_damaged_by_hand_keeps_a_running_trainers_users_and_stops_a_start(

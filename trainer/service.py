@@ -329,7 +329,7 @@ class TrainerService(pb_grpc.TrainerServicer):
 
     # -- uploads -------------------------------------------------------------------------------------
     def _shard_path(self, user: str, sha: str, context: grpc.ServicerContext) -> Path:
-        if not _SHA.match(sha):
+        if not _SHA.fullmatch(sha):  # (match let a trailing newline through)
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a sha256: {sha!r}")
         return self._folder(user, "shards") / f"{sha}.npz"
 

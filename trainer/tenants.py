@@ -38,7 +38,7 @@ def _hash(salt: str, token: str) -> str:
 
 
 def check_user(user: str) -> str:
-    if not USER.match(user):
+    if not USER.fullmatch(user):  # (match let a trailing newline through)
         raise ValueError(f"bad user name {user!r}: 1–32 of a-z 0-9 _ . - (starting with a letter or digit)")
     return user
 
