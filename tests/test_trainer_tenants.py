@@ -371,3 +371,34 @@ def test_tokens_for_a_served_trainer_leave_the_homes_own_trainer_open(home: Path
             serving.stop(grace=0)
     with pytest.raises(ValueError, match="loopback only"):
         serve(data, "0.0.0.0:0", token="t", own=True)
+
+
+def test_the_own_trainer_of_a_vibrary_train_leaves_a_shared_trainers_jobs_alone(tmp_path: Path) -> None:
+    """`trainer serve` stopped with alice's job queued, and the same account's `vibrary train` ran its own
+    trainer on the same data folder (the default, $VIBRARY_HOME/trainer): it failed alice's job as nobody's."""
+    from vibrary.trainer import tenants
+    from vibrary.trainer.service import serve
+
+    root = tmp_path / "trainer"
+    root.mkdir()
+    alice = tenants.add_token(root, "alice")
+    manifest, blobs = _manifest_and_blobs()
+    _store(blobs, tmp_path)
+    shared = serve(root, "127.0.0.1:0")
+    try:
+        with TrainerClient(f"127.0.0.1:{shared.port}", alice) as client:
+            client.upload(manifest, tmp_path)
+            job = client.start(manifest, "a", "none", json.dumps({"epochs": 500}))
+            next(u for u in client.watch(job.id) if u.epoch >= 1)
+    finally:
+        shared.stop(grace=0)  # cut off mid-training
+    own = serve(root, "127.0.0.1:0", resume=[], own=True)  # a `vibrary train` of the same account
+    own.stop(grace=0)
+    shared = serve(root, "127.0.0.1:0")
+    try:
+        with TrainerClient(f"127.0.0.1:{shared.port}", alice) as client:
+            (again,) = client.jobs()
+            assert again.id == job.id and again.state in (pb.Job.QUEUED, pb.Job.RUNNING), again.error
+            client.cancel(job.id)
+    finally:
+        shared.stop(grace=0)

@@ -270,8 +270,10 @@ class TrainerService(pb_grpc.TrainerServicer):
                 job.put_checkpoint_away()  # left by a stop between the record and this
             elif resume is None or job.job.id in resume:
                 again.append((was != "running", job.created, job))
-            elif job.job.id in spare:
-                self._spared.append(job)  # (not listed: this trainer neither runs it nor answers for it)
+            elif job.job.id in spare or (resume is not None and job.user != LOCAL):
+                # (not listed: this trainer neither runs it nor answers for it; another user's is a shared
+                # trainer's on the same folder, which comes back for it: it was failed as nobody's)
+                self._spared.append(job)
                 continue
             else:
                 job.keep_checkpoint = True
