@@ -21,6 +21,7 @@ import copy
 import importlib
 import json
 import logging
+import secrets
 import shlex
 import sqlite3
 import threading
@@ -309,8 +310,7 @@ def resume(
         if job.trainer == "cloud":
             files = _from_cloud(job, report, cancel, leave)
         else:
-            at = _trainer_at(home_dir, job.trainer, report, cancel, leave, job.job_id)
-            with at as address, TrainerClient(address, job.token) as client:
+            with _trainer_at(home_dir, job, report, cancel, leave, job.job_id) as client:
                 files = _collect(client, job.job_id, report, cancel, leave)
         return _installed(index, home_dir, files, job.name, report, cancel)
 
@@ -428,31 +428,33 @@ def _install(index: Index, home_dir: Path, files: dict[str, bytes], name: str) -
 @contextlib.contextmanager
 def _trainer_at(
     home_dir: Path,
-    trainer: str,
+    job: JobRecord,
     report: Callable[..., None],
     cancel: threading.Event,
     leave: threading.Event | None,
     resume: str = "",
-) -> Iterator[str]:
-    """The address of `trainer`: HOST:PORT as it is, or "local", the daemon's own trainer, started in this
-    process for as long as the job is followed (and its job suspended on the way out, to go on later).
-    The local trainer takes up again only the job `resume` names; another it was cut off in is failed,
-    unless the daemon comes back for it (its training record names it). While another process trains in
-    the same folder (the daemon, or a `vibrary train`), this waits for it to finish."""
-    if trainer != "local":
-        yield trainer
+) -> Iterator[TrainerClient]:
+    """A client of the job's trainer: HOST:PORT with the job's token, or "local", the daemon's own trainer,
+    started in this process for as long as the job is followed (and its job suspended on the way out, to go
+    on later), with a token of this run's: open on loopback, any other account on the machine could list,
+    download and cancel the user's jobs. The local trainer takes up again only the job `resume` names;
+    another it was cut off in is failed, unless the daemon comes back for it (its training record names it).
+    While another process trains in the same folder (the daemon, or a `vibrary train`), this waits for it to
+    finish."""
+    if job.trainer != "local":
+        with TrainerClient(job.trainer, job.token) as client:
+            yield client
         return
     check_local_trainer()
     from vibrary.trainer.service import TrainerBusy, serve
 
-    said = ""
+    said, token = "", secrets.token_urlsafe(32)
     while True:
         recorded = JobRecord.load(config.training_path(home_dir))  # read anew: the daemon may have ended
         spare = [recorded.job_id] if recorded is not None and recorded.trainer == "local" else []
         try:
-            serving = serve(
-                home_dir / "trainer", "127.0.0.1:0", resume=[resume] if resume else [], spare=spare, own=True
-            )
+            resumed = [resume] if resume else []
+            serving = serve(home_dir / "trainer", "127.0.0.1:0", token, resume=resumed, spare=spare, own=True)
             break
         except TrainerBusy as e:
             if str(e) != said:
@@ -463,7 +465,8 @@ def _trainer_at(
         if leave is not None and leave.is_set():
             raise Detached("left while waiting for the trainer")
     try:
-        yield f"127.0.0.1:{serving.port}"
+        with TrainerClient(f"127.0.0.1:{serving.port}", token) as client:
+            yield client
     finally:
         serving.stop(grace=1)  # exiting while gRPC shuts down aborts the process
 
@@ -490,9 +493,8 @@ def _on_trainer(
         sent += n
         report(uploaded_bytes=sent)
 
-    at = _trainer_at(home_dir, job.trainer, report, cancel, leave)
-    with at as trainer, TrainerClient(trainer, job.token) as client:
-        report(state="uploading", message=f"uploading {manifest.size} bytes of spectrograms to {trainer}")
+    with _trainer_at(home_dir, job, report, cancel, leave) as client:
+        report(state="uploading", message=f"uploading {manifest.size} bytes of spectrograms to {client.target}")
         try:
             client.upload(manifest, shard_dir, uploaded)
         except Exception:

@@ -355,22 +355,23 @@ def test_own_gpu_box_story_serve_with_tls_and_a_user_token_then_train_from_the_c
 
 def test_tokens_for_a_served_trainer_leave_the_homes_own_trainer_open(home: Path) -> None:
     """`vibrary trainer token add` writes users into the home's trainer folder, which `vibrary train` and
-    the daemon train in too: their own loopback trainer stays open to the local user (it used to refuse
-    them all, "missing or wrong token"), while the served one asks for a token."""
+    the daemon train in too: their own loopback trainer lets the local user in, by the run's own token (it
+    used to refuse them all, "missing or wrong token"), while the served one asks for a user's token."""
     data = home / "trainer"
     _add_user(home, data, "alice")
     for own, works in ((True, True), (False, False)):
-        serving = serve(data, "127.0.0.1:0", own=own)
+        serving = serve(data, "127.0.0.1:0", "the-runs-own" if own else "", own=own)
         try:
-            with TrainerClient(f"127.0.0.1:{serving.port}") as client:
+            with TrainerClient(f"127.0.0.1:{serving.port}", "the-runs-own" if own else "") as client:
                 if works:
                     assert client.jobs() == []
                 else:
                     assert _code(client.jobs) == grpc.StatusCode.UNAUTHENTICATED
         finally:
             serving.stop(grace=0)
-    with pytest.raises(ValueError, match="loopback only"):
-        serve(data, "0.0.0.0:0", token="t", own=True)
+    for listen, token in (("0.0.0.0:0", "t"), ("127.0.0.1:0", "")):  # off loopback, or open to every account
+        with pytest.raises(ValueError, match="loopback only, with a token of the run's own"):
+            serve(data, listen, token=token, own=True)
 
 
 def test_the_own_trainer_of_a_vibrary_train_leaves_a_shared_trainers_jobs_alone(tmp_path: Path) -> None:
@@ -392,7 +393,7 @@ def test_the_own_trainer_of_a_vibrary_train_leaves_a_shared_trainers_jobs_alone(
             next(u for u in client.watch(job.id) if u.epoch >= 1)
     finally:
         shared.stop(grace=0)  # cut off mid-training
-    own = serve(root, "127.0.0.1:0", resume=[], own=True)  # a `vibrary train` of the same account
+    own = serve(root, "127.0.0.1:0", "runs-own", resume=[], own=True)  # a `vibrary train` of the same account
     own.stop(grace=0)
     shared = serve(root, "127.0.0.1:0")
     try:
@@ -402,3 +403,19 @@ def test_the_own_trainer_of_a_vibrary_train_leaves_a_shared_trainers_jobs_alone(
             client.cancel(job.id)
     finally:
         shared.stop(grace=0)
+
+
+def test_the_own_trainer_of_a_run_answers_only_that_run(tmp_path: Path) -> None:
+    """The trainer a daemon or `vibrary train` runs for itself listened on loopback with no token: any other
+    account on the machine could list, download and cancel the user's jobs, or name any file as a base."""
+    from vibrary.trainer.service import serve
+
+    own = serve(tmp_path / "trainer", "127.0.0.1:0", "this-runs-own-token", resume=[], own=True)
+    try:
+        for token in ("", "another-accounts-guess"):
+            with TrainerClient(f"127.0.0.1:{own.port}", token) as stranger:
+                assert _code(lambda c=stranger: c.jobs()) == grpc.StatusCode.UNAUTHENTICATED
+        with TrainerClient(f"127.0.0.1:{own.port}", "this-runs-own-token") as caller:
+            assert caller.jobs() == []
+    finally:
+        own.stop(grace=0)

@@ -633,13 +633,14 @@ def serve(
     own: bool = False,
 ) -> Serving:
     """Start the trainer on listen (HOST:PORT, port 0 picks one); `resume`, `spare` and TrainerBusy as in
-    TrainerService. `own`: the trainer a daemon or `vibrary train` runs for itself on loopback, open to
-    the local user even when `vibrary trainer token add` gave the data folder users for `trainer serve`.
+    TrainerService. `own`: the trainer a daemon or `vibrary train` runs for itself on loopback, for the
+    local user alone: `token` is the run's own (without one, every account on the machine was let in), and
+    the users `vibrary trainer token add` gave the data folder are `trainer serve`'s, not its.
 
     Off loopback a token is required (`token`, or users in root/tokens.json); with tls_cert and tls_key
     (PEM) the trainer speaks only TLS, so tokens and spectrograms never cross a network in the clear."""
-    if own and (token or not is_loopback(listen)):
-        raise ValueError("a trainer of one's own serves loopback only, without a token")
+    if own and not (token and is_loopback(listen)):
+        raise ValueError("a trainer of one's own serves loopback only, with a token of the run's own")
     tenants = Tenants(root, token, open_ok=is_loopback(listen), own=own)
     if tenants.open and not is_loopback(listen):
         raise ValueError(f"refusing to serve on {listen} without a token: only loopback is open to all")

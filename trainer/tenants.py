@@ -89,7 +89,9 @@ class Tenants:
         self._path = tokens_path(data)
         self._token = token
         self._open_ok = open_ok  # False off loopback: removing the last token locks everyone out
-        self._own = own  # the daemon's own trainer: the users of tokens.json are `trainer serve`'s, not its
+        # the daemon's own trainer: the users of tokens.json are `trainer serve`'s, not its; its one caller, the
+        # local user, comes with `token` (a run's own)
+        self._own = own
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._users: dict[str, dict[str, str]] = {}
@@ -149,7 +151,9 @@ class Tenants:
         given = given.strip()
         found = None
         if self._token and hmac.compare_digest(given.encode(), self._token.encode()):
-            found = DEFAULT
+            found = LOCAL if self._own else DEFAULT
+        if self._own:
+            return found
         for name, entry in self._users.items():  # every entry is compared: the time says nothing
             if hmac.compare_digest(_hash(entry["salt"], given), entry["sha256"]):
                 found = name
