@@ -86,12 +86,14 @@ def _session(path: str, threads: int) -> ort.InferenceSession:
 
 def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
     try:
-        classes = tuple(json.loads(meta[CLASSES_KEY]))
+        listed = json.loads(meta[CLASSES_KEY])
         params = SpectrogramParams.from_json(meta[METADATA_KEY])
     except KeyError as e:
         raise ModelError(f"{source}: metadata_props lacks {e.args[0]!r}; not a Vibrary model") from None
     except (ValueError, TypeError) as e:
         raise ModelError(f"{source}: bad Vibrary metadata ({e})") from None
+    # (an exporter's id2label object gave the tags "0" and "1"; a string, a tag of each letter)
+    classes = tuple(listed) if isinstance(listed, list) else ()
     if not classes or not all(isinstance(c, str) and c.strip() for c in classes):
         raise ModelError(f"{source}: {CLASSES_KEY} must be a non-empty list of names")
     # Tags are searched without regard to case, as people type them: a model's "Kick" is the tag "kick".

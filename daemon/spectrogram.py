@@ -47,6 +47,14 @@ class SpectrogramParams:
             raise ValueError(f"pad must be 'zero' or 'repeat', not {self.pad!r}")
         if self.n_fft <= 0 or self.hop_length <= 0 or self.n_mels <= 0:
             raise ValueError("n_fft, hop_length and n_mels must be positive")
+        # a model's metadata is read into these: one the spectrogram cannot be made for (an odd n_fft, a top_db
+        # of null) installed, then failed every file for every model, the built-in one's tags included
+        if self.n_fft % 2:
+            raise ValueError(f"n_fft must be even (librosa's frequency grid), not {self.n_fft}")
+        if not (isinstance(self.top_db, (int, float)) and self.top_db > 0 and self.power > 0):
+            raise ValueError(f"top_db and power must be numbers above 0, not {self.top_db!r} and {self.power!r}")
+        if not 0 <= self.fmin < (self.sample_rate / 2 if self.fmax is None else self.fmax) <= self.sample_rate / 2:
+            raise ValueError(f"0 <= fmin < fmax <= sample_rate / 2, not {self.fmin}, {self.fmax}, {self.sample_rate}")
         if self.ref != "max":
             float(self.ref)  # raises ValueError for anything that is not a number
 

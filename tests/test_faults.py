@@ -1110,3 +1110,22 @@ def test_a_dataset_whose_caller_went_away_is_not_written(daemon: DaemonProcess, 
     with sqlite3.connect(config.cache_path(daemon.home)) as db:
         decoded = db.execute("SELECT COUNT(*) FROM spectra").fetchone()[0]
     assert decoded < len(files) // 2, f"{decoded} of {len(files)} files decoded for a caller that had gone"
+
+
+def test_a_model_whose_metadata_cannot_be_fed_or_named_is_refused_at_its_install() -> None:
+    """A model whose spectrogram cannot be made (an odd n_fft, a top_db of null) installed, then every file
+    failed for every model, the built-in one's tags included; classes given as an object were tags "0", "1"."""
+    from vibrary.daemon.infer import CLASSES_KEY, ModelError, parse_metadata
+    from vibrary.daemon.spectrogram import METADATA_KEY
+
+    good = {CLASSES_KEY: '["kick", "snare"]', METADATA_KEY: '{"n_fft": 1024}'}
+    assert parse_metadata(good, "m.onnx").classes == ("kick", "snare")
+    for key, value, said in (
+        (METADATA_KEY, '{"top_db": null}', "top_db and power must be numbers above 0"),
+        (METADATA_KEY, '{"n_fft": 1023}', "n_fft must be even"),
+        (METADATA_KEY, '{"fmin": 5000, "fmax": 2000}', "fmin < fmax"),
+        (CLASSES_KEY, '{"0": "kick", "1": "snare"}', "must be a non-empty list of names"),
+        (CLASSES_KEY, '"kick"', "must be a non-empty list of names"),
+    ):
+        with pytest.raises(ModelError, match=said):
+            parse_metadata({**good, key: value}, "m.onnx")
