@@ -40,6 +40,11 @@ def install(index: Index, home_dir: Path, source: str, name: str = "", builtin: 
         folder.mkdir(parents=True, exist_ok=True)
         target = str(folder / f"{digest[:16]}.onnx")
         _copy(source, target)
+        try:  # as copied: one whose weights lie in files beside it (ONNX external data) loaded there, not here
+            Model(target, threads=1)
+        except ModelError as e:
+            Path(target).unlink(missing_ok=True)
+            raise ModelError(f"{e}; its weights must be inside the .onnx file, not in files beside it") from None
     return index.add_model(name, target, digest, model.info.classes, model.info.params.to_json(), builtin)
 
 

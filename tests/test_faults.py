@@ -1129,3 +1129,23 @@ def test_a_model_whose_metadata_cannot_be_fed_or_named_is_refused_at_its_install
     ):
         with pytest.raises(ModelError, match=said):
             parse_metadata({**good, key: value}, "m.onnx")
+
+
+def test_a_model_whose_weights_lie_beside_it_is_refused_and_no_copy_is_left(model_home: Path, tmp_path: Path) -> None:
+    """An ONNX file saved with external data loaded where it was, so it installed, but only the .onnx was
+    copied: the daemon could not load it, and `models list` called it usable."""
+    import onnx
+    from vibrary.daemon import registry
+    from vibrary.daemon.infer import ModelError
+
+    proto = onnx.load(str(band_model(tmp_path / "whole.onnx", name="apart")))
+    (tmp_path / "apart").mkdir()
+    onnx.save(proto, str(tmp_path / "apart" / "apart.onnx"), save_as_external_data=True, size_threshold=64)
+    index = Index(config.index_path(model_home))
+    try:
+        with pytest.raises(ModelError, match=r"inside the \.onnx file"):
+            registry.install(index, model_home, str(tmp_path / "apart" / "apart.onnx"))
+        assert [m.name for m in index.models() if m.name == "apart"] == []
+        assert not list((config.models_dir(model_home) / "apart").glob("*.onnx"))
+    finally:
+        index.close()
