@@ -145,6 +145,7 @@ class Daemon:
         self._tag_new: set[str] = set()  # those of them that a Tag call put in the index: dropped if nobody waits
 
     def start(self) -> None:
+        self._forget_install_leftovers()
         self.index.forget_silent_once()
         self.index.rehash_long_once(features.HEAD_BYTES)
         self._forget_on_demand_leftovers()
@@ -302,6 +303,15 @@ class Daemon:
                 r.error, r.tags = f"{NOT_STORED}{e}", {}
                 written += self.index.write_results([r], self.settings.store_min_score)
         return written
+
+    def _forget_install_leftovers(self) -> None:
+        """Model files an install cut off left in models/ (a daemon killed during InstallModel or a training's
+        install: up to 64 MB each), an hour old or more: nothing else removed them."""
+        folder = config.models_dir(self.home)
+        for leftover in [*folder.glob(".upload-*.onnx"), *folder.glob(".incoming-*.onnx")]:
+            with contextlib.suppress(OSError):
+                if time.time() - leftover.stat().st_mtime > 3600:
+                    leftover.unlink()
 
     def _forget_on_demand_leftovers(self) -> None:
         """Files tagged on demand outside every watch are looked at by nobody once answered: one deleted

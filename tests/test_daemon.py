@@ -944,6 +944,24 @@ def test_a_batch_whose_results_cannot_be_checked_still_leaves_the_feeder_room(
         d._lock_file.close()
 
 
+def test_model_files_an_install_cut_off_left_are_removed_at_the_next_start(model_home: Path) -> None:
+    """A daemon killed during InstallModel (or a training's install) left its staged copy in models/, up to
+    64 MB each, for good. The daemon in this process."""
+    from vibrary.daemon import service
+
+    folder = service.config.models_dir(model_home)
+    old, fresh = folder / ".upload-abc123.onnx", folder / ".incoming-0123456789ab.onnx"
+    for f in (old, fresh):
+        f.write_bytes(b"half a model")
+    os.utime(old, (time.time() - 7200,) * 2)
+    d = service.Daemon(model_home, service.config.Settings(nice=0))
+    d.start()
+    try:
+        assert not old.exists() and fresh.exists()  # (another process may be installing that one now)
+    finally:
+        d.stop()
+
+
 def test_a_model_that_cannot_load_is_tried_again_only_when_its_file_changes(
     model_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
