@@ -195,6 +195,29 @@ def test_an_upload_stopped_here_raises_its_own_error_and_logs_no_traceback(
     assert "Exception iterating requests" not in caplog.text
 
 
+def test_a_full_disk_on_the_trainer_is_said_without_its_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard that could not be stored (the trainer's disk full) came back UNKNOWN, "Exception calling
+    application: [Errno 28] No space left on device: '/data/tenants/alice/shards/….part'"."""
+    import errno
+
+    from vibrary.trainer import service
+
+    def full(self: object, chunk: object, path: Path, context: object) -> bool:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path.with_suffix(".part")))
+
+    monkeypatch.setattr(service.TrainerService, "_store", full)
+    manifest, blobs = _manifest_and_blobs()
+    _store(blobs, tmp_path)
+    serving = service.serve(tmp_path / "trainer", "127.0.0.1:0")
+    try:
+        with TrainerClient(f"127.0.0.1:{serving.port}") as client, pytest.raises(DaemonError) as err:
+            client.upload(manifest, tmp_path)
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "No space left on device" in str(err.value)
+        assert str(tmp_path) not in str(err.value)
+    finally:
+        serving.stop(grace=0)
+
+
 def test_two_uploads_of_one_shard_at_once_store_it_whole(trainer_service: str, tmp_path: Path) -> None:
     """Two uploads of one shard at once (a retry while the old stream still wrote, two terminals) could
     write into the file the other had just verified and renamed: a corrupt shard on record as present,
