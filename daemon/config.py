@@ -93,8 +93,6 @@ class Settings:
                 raise ValueError(f"{path}: {name} must be {least} or more")
             if value > MOST.get(name, value):
                 raise ValueError(f"{path}: {name} must be {MOST[name]} or less")
-            if name == "rescan_hours" and 0 < value < 0.1:  # every watch scanned again back to back
-                raise ValueError(f"{path}: rescan_hours must be 0 (at start only) or 0.1 or more")
         return cls(**raw)
 
     def save(self, home_dir: Path) -> None:

@@ -412,7 +412,6 @@ def test_bad_numbers_and_settings_are_refused_before_anything_starts(model_home:
     for text, said in (
         ('{"settle_s": 1e9}', "settle_s must be 3600 or less"),  # files pending for decades
         ('{"store_min_score": 5}', "store_min_score must be 1 or less"),  # only each model's best tag stored
-        ('{"rescan_hours": 1e-9}', "rescan_hours must be 0 (at start only) or 0.1 or more"),  # back to back
     ):
         (model_home / "config.json").write_text(text)
         with pytest.raises(ValueError, match=re.escape(said)):
