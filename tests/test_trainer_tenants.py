@@ -10,6 +10,7 @@ import re
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -130,6 +131,39 @@ def test_one_user_watching_many_jobs_leaves_watches_to_the_others(
             assert next(bob.watch(jobs["bob"].id)).id == jobs["bob"].id  # bob's share is his own
         for name, client in (("alice", alice), ("bob", bob)):
             client.cancel(jobs[name].id)
+
+
+def test_one_user_holding_uploads_open_leaves_uploads_to_the_others(
+    shared: tuple[str, Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An UploadShards stream holds a server thread for as long as its caller keeps it open: 64 idle ones (one
+    tenant's) left no thread for any other call, the health check included."""
+    from vibrary.trainer import service
+
+    monkeypatch.setattr(service, "MAX_USER_UPLOADS", 1)
+    target, _, tokens = shared
+    manifest, blobs = _manifest_and_blobs(per_kind=2)
+    _store(blobs, tmp_path)
+    first = manifest.shards[0]
+    data = blobs[first.sha256]
+    stop = threading.Event()
+
+    def idle() -> Iterator[pb.ShardChunk]:  # one chunk, then the stream held open
+        yield pb.ShardChunk(sha256=first.sha256, offset=0, data=data[:10], size=len(data))
+        stop.wait(30)
+
+    with TrainerClient(target, tokens["alice"]) as held:
+        call = held.stub.UploadShards.future(idle(), metadata=held._metadata)
+        try:
+            with TrainerClient(target, tokens["alice"]) as alice, TrainerClient(target, tokens["bob"]) as bob:
+                wait_for(lambda: alice.missing(manifest)[0].have_bytes == 10)  # hers is being served
+                with pytest.raises(DaemonError, match=r"too many uploads at once \(1 by one user") as refused:
+                    alice.upload(manifest, tmp_path)
+                assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert bob.upload(manifest, tmp_path) == manifest.size  # bob's share is his own
+        finally:
+            stop.set()
+            call.result(timeout=30)
 
 
 def test_users_see_neither_the_jobs_nor_the_shards_of_others(

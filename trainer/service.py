@@ -45,7 +45,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,6 +99,9 @@ UNWATCHED_S = float(os.environ.get("VIBRARY_TRAINER_UNWATCHED_S", "600"))
 WORKERS = 64
 LOW_DISK = 256 << 20  # free bytes under which a failure says how few: torch's words for a full disk hide it
 MAX_WATCHES, MAX_USER_WATCHES = 48, 8
+# an upload stream holds one too, for as long as its caller keeps it open: 64 idle ones left no thread for
+# any other call, the health check included
+MAX_UPLOADS, MAX_USER_UPLOADS = 8, 2
 
 
 class _JobState:
@@ -233,7 +236,8 @@ class TrainerService(pb_grpc.TrainerServicer):
         self._shards = threading.Lock()
         self._writing = threading.Lock()  # taken for each uploaded chunk: see UploadShards
         self._watching: Counter[str] = Counter()  # WatchJob streams open, by user
-        self._watching_lock = threading.Lock()
+        self._uploading: Counter[str] = Counter()  # UploadShards streams open, by user
+        self._streams_lock = threading.Lock()
         self._restore(resume, spare)
         self._runner = threading.Thread(target=self._run_jobs, name="trainer", daemon=True)
         self._runner.start()
@@ -358,6 +362,15 @@ class TrainerService(pb_grpc.TrainerServicer):
 
     def UploadShards(self, request_iterator: Iterator[pb.ShardChunk], context: grpc.ServicerContext) -> pb.UploadReply:
         user = self._user(context)
+        release = self._stream(user, self._uploading, MAX_UPLOADS, MAX_USER_UPLOADS, "uploads", context)
+        try:
+            return self._upload(user, request_iterator, context)
+        finally:
+            release()
+
+    def _upload(
+        self, user: str, request_iterator: Iterator[pb.ShardChunk], context: grpc.ServicerContext
+    ) -> pb.UploadReply:
         complete = []
         for chunk in request_iterator:
             path = self._shard_path(user, chunk.sha256, context)
@@ -459,19 +472,7 @@ class TrainerService(pb_grpc.TrainerServicer):
         """The job as it is now, then every update after it in order (an epoch is never skipped for the
         next one having come fast), until it ends or the caller goes."""
         job = self._job(request, context)
-        # a share for each user of tokens.json; the one user of an open trainer or of --token (every caller
-        # of a studio's trainer, maybe) has them all
-        alone = job.user == LOCAL or (job.user == DEFAULT and not self.tenants.has_users())
-        share = MAX_WATCHES if alone else MAX_USER_WATCHES
-        with self._watching_lock:
-            full = sum(self._watching.values()) >= MAX_WATCHES or self._watching[job.user] >= share
-            if not full:
-                self._watching[job.user] += 1
-        if full:
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"too many jobs watched at once ({share} by one user, {MAX_WATCHES} in all): close one",
-            )
+        release = self._stream(job.user, self._watching, MAX_WATCHES, MAX_USER_WATCHES, "jobs watched", context)
         with job.changed:
             pending, seen = [job.snapshot()], job.past + len(job.history)
             job.watchers += 1
@@ -480,8 +481,7 @@ class TrainerService(pb_grpc.TrainerServicer):
             with job.changed:
                 job.watchers -= 1
                 job.unwatched_since = time.monotonic()
-            with self._watching_lock:
-                self._watching[job.user] -= 1
+            release()
 
         if not context.add_callback(gone):  # the call already ended
             gone()
@@ -496,6 +496,30 @@ class TrainerService(pb_grpc.TrainerServicer):
                 if job.past + len(job.history) == seen:
                     job.changed.wait(0.5)
                 pending, seen = job.history[max(0, seen - job.past) :], job.past + len(job.history)
+
+    def _stream(
+        self, user: str, open_now: Counter[str], most: int, most_each: int, what: str, context: grpc.ServicerContext
+    ) -> Callable[[], None]:
+        """One of the server's threads for a stream (each holds one for as long as it is open), or
+        RESOURCE_EXHAUSTED: a share for each user of tokens.json; the one user of an open trainer or of --token
+        (every caller of a studio's trainer, maybe) has them all. Returns what gives it back."""
+        alone = user == LOCAL or (user == DEFAULT and not self.tenants.has_users())
+        share = most if alone else most_each
+        with self._streams_lock:
+            full = sum(open_now.values()) >= most or open_now[user] >= share
+            if not full:
+                open_now[user] += 1
+        if full:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many {what} at once ({share} by one user, {most} in all): close one",
+            )
+
+        def release() -> None:
+            with self._streams_lock:
+                open_now[user] -= 1
+
+        return release
 
     def CancelJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.Job:
         job = self._job(request, context)
