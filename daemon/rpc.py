@@ -3,8 +3,10 @@ a Unix socket. The daemon and the trainer both build their servers here."""
 
 from __future__ import annotations
 
+import errno
 import hmac
 import ipaddress
+import logging
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from typing import Any
@@ -12,6 +14,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
 
 HEALTH_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
@@ -97,11 +101,26 @@ class CutMessages(grpc.ServerInterceptor):
 
         def decoded(request: Any, context: grpc.ServicerContext) -> Any:
             checked = self._Context(context)
+            if kind == "unary_unary":
+                return _disk_errors_said(lambda: behaviour(decode(request, checked), checked), checked)
             if kind.startswith("unary_"):
                 return behaviour(decode(request, checked), checked)
             return behaviour((decode(raw, checked) for raw in request), checked)  # a stream: each as it comes
 
         return handler._replace(request_deserializer=None, **{kind: decoded})
+
+
+def _disk_errors_said(call: Callable[[], Any], context: grpc.ServicerContext) -> Any:
+    """A call's own disk error (a full or read-only home: a dataset edit, a synonym, a pause marker) came back
+    UNKNOWN, "Exception calling application", the server's paths in it: RESOURCE_EXHAUSTED for a full disk,
+    INTERNAL else, said without them."""
+    try:
+        return call()
+    except OSError as e:
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+        log.error("a call failed on the disk: %s", e)
+        said = "the disk is full" if full else "a disk error"
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.INTERNAL, f"{said}: {e.strerror}")
 
 
 REQUEST_MAX = 64 << 20  # bytes of one request: a dataset of 300,000 labelled paths; a model file

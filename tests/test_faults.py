@@ -903,6 +903,11 @@ def test_malformed_requests_are_refused_and_the_daemon_answers(daemon: DaemonPro
     with pytest.raises(grpc.RpcError) as err:  # (a suggestion's empty tag: no tag found for that file)
         list(daemon.client.stub.CreateDataset(untagged))
     assert err.value.code() == invalid and err.value.details() == f"{a_file}: empty tag"  # it named no file
+    (daemon.home / "synonyms.json.lock").mkdir()  # the home refusing a write (full, read-only): as it fails
+    with pytest.raises(grpc.RpcError) as err:  # it came back UNKNOWN, "Exception calling application", paths in it
+        daemon.client.stub.AddSynonyms(pb.Synonyms(synonyms=[pb.Synonym(alias="wub", tag="wobble")]))
+    assert err.value.code() == grpc.StatusCode.INTERNAL and str(daemon.home) not in (err.value.details() or "")
+    (daemon.home / "synonyms.json.lock").rmdir()
 
     # still answering, nothing half-done: no watch added, the model still active, tagging works
     s = daemon.client.status()
