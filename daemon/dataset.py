@@ -387,12 +387,14 @@ def add(
     an edit removed stays out, unless `restore`: then it joins again, and the edit that took it out no
     longer holds for it (a dropped tag could only come back by making the dataset anew, every other edit
     lost); a tag renamed or merged away names what it became (a second pack's `Kicks/` joins the `kick`
-    that the first pack's `Kicks/` was renamed to)."""
+    that the first pack's `Kicks/` was renamed to). A file rewritten since it was read (a sample bounced
+    again under its name) is read again, its tag kept: it trained on its old sound."""
     with _held(home_dir, name, change=True):
         held = _stored(home_dir, name)
         if not examples:
             raise ValueError(NO_AUDIO)
-        known = {os.path.normpath(r.path) for r in held.rows}
+        known = {os.path.normpath(r.path): r for r in held.rows}
+        replaced: set[str] = set()
         removed = set(held.edits.removed)
         tags, table = {r.label for r in held.rows}, _synonyms(home_dir)
         spelled: dict[str, str] = {}  # each tag's spelling in the dataset, worked out once, not once a file
@@ -402,6 +404,9 @@ def add(
             path = os.path.normpath(ex.path)
             tag = held.edits.renamed.get(ex.label, ex.label)
             if path in known:
+                if _rewritten(ex.path, known[path].content):
+                    replaced.add(path)
+                    new.append(Example(ex.path, known[path].label, known[path].group))
                 continue
             if (path in removed or not tag) and not restore:  # removed by an edit, or its tag was dropped
                 left_out += 1
@@ -417,15 +422,28 @@ def add(
         progress(len(examples) - len(new))  # the files it has, or left out: done, as far as progress goes
         if not new:  # a folder added again with nothing new in it: no error, the dataset as it is
             return Added(_report(held.manifest, held.rows, held.failed), 0, left_out)
+        kept = np.array([os.path.normpath(r.path) not in replaced for r in held.rows], bool)
+        rows, codes = [r for r, k in zip(held.rows, kept, strict=True) if k], held.codes[kept]
         more, added, unread = _spectrograms(
-            new, held.params, workers, progress, cache or open_cache(home_dir), held.rows, held.codes
+            new, held.params, workers, progress, cache or open_cache(home_dir), rows, codes
         )
         retried = {os.path.normpath(ex.path) for ex in new}
         failed = [f for f in held.failed if os.path.normpath(f[0]) not in retried] + unread
-        codes = np.concatenate([held.codes, more])
+        codes = np.concatenate([codes, more])
         edits = Edits(renamed, [p for p in held.edits.removed if os.path.normpath(p) not in restored])
-        report = _write(home_dir, name, held.params, codes, held.rows + added, failed, edits, unread)
+        report = _write(home_dir, name, held.params, codes, rows + added, failed, edits, unread)
         return Added(report, len(added), left_out, unread)
+
+
+def _rewritten(path: str, content: str) -> bool:
+    """Whether a file of the dataset holds another sound than when it was read (its content hash, recorded
+    then); not when it cannot be read now (it keeps the clip it gave) or a row of an older version has none."""
+    if not content:
+        return False
+    try:
+        return fingerprint(path).hash.hex() != content
+    except DecodeError:
+        return False
 
 
 def _write(

@@ -28,7 +28,7 @@ from vibrary.daemon.spectrogram import SpectrogramParams
 from vibrary.proto import daemon_pb2 as pb
 
 from tests.conftest import AS_USER, json_lines, start_daemon, vibrary, wait_for
-from tests.synth import KINDS, band_model, write_kinds
+from tests.synth import KINDS, band_model, write_kinds, write_tone
 
 P = SpectrogramParams()
 VENDOR = {"thump": "Kicks", "noise": "Hats", "tone": "Synth Leads"}  # folders as a sample pack names them
@@ -320,6 +320,25 @@ def test_a_file_given_twice_is_built_once_and_the_progress_ends_full(home: Path,
     examples = dataset.examples_from_folders([str(tmp_path / "lib"), str(tmp_path / "lib")])
     report = dataset.build(home, "mine", examples, progress=steps.append)
     assert report.manifest.clips == 6 < len(examples) == sum(steps)
+
+
+def test_a_sample_rewritten_in_place_is_read_again_when_its_folder_is_added(home: Path, tmp_path: Path) -> None:
+    """`add` skipped every path the dataset held: a kick bounced again under its name kept its old sound in the
+    dataset, and the model trained on it."""
+    files = write_kinds(tmp_path / "ex", per_kind=2, seed=5)
+    dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
+    dataset.edit(home, "mine", relabel=[(str(files[0]), "noise")])  # an edit of it stands
+    before = dict(zip(dataset.labelled_files(home, "mine"), _shard_arrays(home, "mine")[0], strict=True))
+    rewritten = files[0]
+    write_tone(rewritten, 3000.0, 0.4)  # another sound, under the same name
+    grown = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
+    after = dict(zip(dataset.labelled_files(home, "mine"), _shard_arrays(home, "mine")[0], strict=True))
+    assert grown.added == 1 and grown.report.per_class == dataset.load_report(home, "mine").per_class
+    assert set(after) == set(before)  # the same files, the relabel kept
+    changed = [row for row in before if not np.array_equal(before[row], after[row])]
+    assert changed == [(str(rewritten), "noise")]
+    again = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
+    assert again.added == 0  # read once: as it is now
 
 
 def test_an_add_whose_new_files_cannot_be_read_says_so(home: Path, tmp_path: Path) -> None:
