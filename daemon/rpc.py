@@ -103,17 +103,21 @@ class CutMessages(grpc.ServerInterceptor):
             checked = self._Context(context)
             if kind == "unary_unary":
                 return _disk_errors_said(lambda: behaviour(decode(request, checked), checked), checked)
-            if kind.startswith("unary_"):
+            if kind == "unary_stream":
                 return behaviour(decode(request, checked), checked)
-            return behaviour((decode(raw, checked) for raw in request), checked)  # a stream: each as it comes
+            requests = (decode(raw, checked) for raw in request)  # a stream: each as it comes
+            if kind == "stream_unary":  # (the trainer's upload: a shard it could not store)
+                return _disk_errors_said(lambda: behaviour(requests, checked), checked)
+            return behaviour(requests, checked)
 
         return handler._replace(request_deserializer=None, **{kind: decoded})
 
 
 def _disk_errors_said(call: Callable[[], Any], context: grpc.ServicerContext) -> Any:
-    """A call's own disk error (a full or read-only home: a dataset edit, a synonym, a pause marker) came back
-    UNKNOWN, "Exception calling application", the server's paths in it: RESOURCE_EXHAUSTED for a full disk,
-    INTERNAL else, said without them."""
+    """A call's own disk error (a full or read-only home: a dataset edit, a synonym, a pause marker; a shard
+    the trainer could not store) came back UNKNOWN, "Exception calling application", the server's paths in
+    it: RESOURCE_EXHAUSTED for a full disk, INTERNAL else, said without them. (A call that streams its
+    answer raises as it goes, past this.)"""
     try:
         return call()
     except OSError as e:

@@ -31,7 +31,6 @@ user's storage is separate, and another user's job id gets the same NOT_FOUND as
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import hashlib
 import importlib.util
@@ -377,15 +376,8 @@ class TrainerService(pb_grpc.TrainerServicer):
             _check_size(chunk.size, context)
             # one chunk at a time: two uploads of one shard (a retry while the old stream still writes, two
             # terminals) wrote into a file the other had just verified and renamed: a corrupt shard on record
-            with self._writing:
-                try:
-                    stored = self._store(chunk, path, context)
-                except OSError as e:  # a full disk: UNKNOWN, with the server's paths in its words
-                    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-                    code = grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.INTERNAL
-                    log.error("storing shard %s for %s: %s", chunk.sha256[:12], user, e)
-                    context.abort(code, f"the trainer could not store shard {chunk.sha256[:12]}: {e.strerror}")
-                if stored:
+            with self._writing:  # (a full disk is said by daemon/rpc.py, without the server's paths)
+                if self._store(chunk, path, context):
                     complete.append(chunk.sha256)
         return pb.UploadReply(complete=complete)
 
