@@ -50,10 +50,18 @@ def _sweep(path: Path) -> None:
     """The `.part`s of writes of `path` cut off an hour ago or more (and the one of an older version's write)."""
     with contextlib.suppress(OSError):
         path.with_name(f"{path.name}.part").unlink(missing_ok=True)
-        for old in path.parent.glob(f"{glob.escape(path.name)}.*.part"):
-            with contextlib.suppress(OSError):
-                if time.time() - old.lstat().st_mtime > STALE_S:
-                    old.unlink()
+    remove_stale(path.parent, f"{glob.escape(path.name)}.*.part")
+
+
+def remove_stale(folder: Path, *patterns: str) -> None:
+    """The files of `folder` matching these patterns left by a write cut off STALE_S ago or more (a younger
+    one may be another process's, still being written)."""
+    for pattern in patterns:
+        with contextlib.suppress(OSError):
+            for old in folder.glob(pattern):
+                with contextlib.suppress(OSError):
+                    if time.time() - old.lstat().st_mtime > STALE_S:
+                        old.unlink()
 
 
 def write(path: Path, data: bytes | str, mode: int = 0o666) -> None:

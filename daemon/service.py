@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import psutil
 
-from . import config, dataset, features, pidlock, registry, training
+from . import atomic, config, dataset, features, pidlock, registry, training
 from .cache import SpectrogramCache
 from .decode import VANISHED
 from .events import (
@@ -307,11 +307,7 @@ class Daemon:
     def _forget_install_leftovers(self) -> None:
         """Model files an install cut off left in models/ (a daemon killed during InstallModel or a training's
         install: up to 64 MB each), an hour old or more: nothing else removed them."""
-        folder = config.models_dir(self.home)
-        for leftover in [*folder.glob(".upload-*.onnx"), *folder.glob(".incoming-*.onnx")]:
-            with contextlib.suppress(OSError):
-                if time.time() - leftover.stat().st_mtime > 3600:
-                    leftover.unlink()
+        atomic.remove_stale(config.models_dir(self.home), ".upload-*.onnx", ".incoming-*.onnx")
 
     def _forget_on_demand_leftovers(self) -> None:
         """Files tagged on demand outside every watch are looked at by nobody once answered: one deleted
