@@ -131,8 +131,10 @@ def with_errors(state: TrayState, failed: list[pb.FileTags]) -> TrayState:
 
 
 def errors_seen(state: TrayState) -> TrayState:
-    """The user opened Recent errors: the error icon goes until something new fails."""
-    seen = state.status.failed if state.status else state.failed_seen
+    """The user opened Recent errors: the error icon goes until something new fails. The list may be newer
+    than the status (a snapshot of the daemon's counts taken as the file failed, sent after its event): the
+    failures listed were seen even when the status does not count them yet."""
+    seen = max(state.status.failed, len(state.recent_errors)) if state.status else state.failed_seen
     looked = frozenset(path for path, _ in state.recent_errors)
     return replace(state, failed_seen=seen, failed_since=frozenset(), looked_at=looked)
 

@@ -118,6 +118,22 @@ def test_an_index_that_cannot_be_written_shows_as_an_error_with_why() -> None:
     assert [c.text for c in menu(v)["models"].children] == ["mine@2 (its file is missing or damaged)"]
 
 
+def test_failures_listed_before_the_status_counts_them_were_seen() -> None:
+    """The daemon's status snapshot may be taken as a file fails and sent after the failure's event: the
+    tray lists the failure (asked for at that status) while the status still counts none. Looked at then, a
+    status that counts it next is no new failure."""
+    broken = pb.Event(kind=pb.Event.FILE_FAILED, file=pb.FileTags(path="/lib/c.wav", error="truncated"))
+    state, _ = feed(ts.TrayState(), changed(indexed=6), broken, changed(indexed=6))
+    state = ts.with_errors(state, [broken.file])
+    assert ts.view(state).icon == ts.Icon.ERROR
+    state = ts.errors_seen(state)
+    assert ts.view(state).icon == ts.Icon.IDLE
+    state, _ = feed(state, changed(indexed=6, failed=1))
+    assert ts.view(state).icon == ts.Icon.IDLE
+    state, _ = feed(state, changed(indexed=6, failed=2))
+    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 1 new files could not be read"
+
+
 def test_new_failures_show_as_error_until_looked_at() -> None:
     state, _ = feed(ts.TrayState(), changed(indexed=5, failed=2))
     assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 2 new files could not be read"
