@@ -7,7 +7,7 @@ import errno
 import hmac
 import ipaddress
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -104,11 +104,11 @@ class CutMessages(grpc.ServerInterceptor):
             if kind == "unary_unary":
                 return _disk_errors_said(lambda: behaviour(decode(request, checked), checked), checked)
             if kind == "unary_stream":
-                return behaviour(decode(request, checked), checked)
+                return _disk_errors_streamed(lambda: behaviour(decode(request, checked), checked), checked)
             requests = (decode(raw, checked) for raw in request)  # a stream: each as it comes
             if kind == "stream_unary":  # (the trainer's upload: a shard it could not store)
                 return _disk_errors_said(lambda: behaviour(requests, checked), checked)
-            return behaviour(requests, checked)
+            return _disk_errors_streamed(lambda: behaviour(requests, checked), checked)
 
         return handler._replace(request_deserializer=None, **{kind: decoded})
 
@@ -116,15 +116,27 @@ class CutMessages(grpc.ServerInterceptor):
 def _disk_errors_said(call: Callable[[], Any], context: grpc.ServicerContext) -> Any:
     """A call's own disk error (a full or read-only home: a dataset edit, a synonym, a pause marker; a shard
     the trainer could not store) came back UNKNOWN, "Exception calling application", the server's paths in
-    it: RESOURCE_EXHAUSTED for a full disk, INTERNAL else, said without them. (A call that streams its
-    answer raises as it goes, past this.)"""
+    it: RESOURCE_EXHAUSTED for a full disk, INTERNAL else, said without them."""
     try:
         return call()
     except OSError as e:
-        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-        log.error("a call failed on the disk: %s", e)
-        said = "the disk is full" if full else "a disk error"
-        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.INTERNAL, f"{said}: {e.strerror}")
+        _abort_for_disk(e, context)
+
+
+def _disk_errors_streamed(call: Callable[[], Iterator[Any]], context: grpc.ServicerContext) -> Iterator[Any]:
+    """The same for a call that streams its answer: it raises as it goes (a training whose record cannot be
+    written), and came back UNKNOWN, "Exception iterating responses"."""
+    try:
+        yield from call()
+    except OSError as e:
+        _abort_for_disk(e, context)
+
+
+def _abort_for_disk(e: OSError, context: grpc.ServicerContext) -> None:
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+    log.error("a call failed on the disk: %s", e)
+    said = "the disk is full" if full else "a disk error"
+    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.INTERNAL, f"{said}: {e.strerror}")
 
 
 REQUEST_MAX = 64 << 20  # bytes of one request: a dataset of 300,000 labelled paths; a model file

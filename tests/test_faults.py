@@ -938,6 +938,25 @@ def test_a_token_grpc_cannot_send_is_refused_before_any_training(daemon: DaemonP
     assert not daemon.client.status().HasField("training")
 
 
+def test_a_disk_error_in_a_streamed_answer_is_said_without_the_servers_paths(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """A call that streams its answer and fails on the home (a training whose record cannot be written: a
+    read-only or full home) came back UNKNOWN, "Exception iterating responses", with the daemon's paths."""
+    files = [(str(write_tone(tmp_path / band / f"{band}.wav", freq)), band) for band, freq in BANDS.items()]
+    list(daemon.client.create_dataset("mine", files))
+    record = config.training_path(daemon.home)
+    record.mkdir()  # the record cannot be written in its place
+    try:
+        with pytest.raises(grpc.RpcError) as e:
+            list(daemon.client.stub.Train(pb.TrainRequest(dataset="mine", trainer="localhost:1"), timeout=10))
+        assert e.value.code() == grpc.StatusCode.INTERNAL and str(daemon.home) not in (e.value.details() or "")
+        assert (e.value.details() or "").startswith("a disk error")
+    finally:
+        record.rmdir()
+    assert not daemon.client.status().HasField("training") and daemon.client.datasets()
+
+
 def test_suggestions_stop_reading_a_big_library_once_the_caller_stopped_waiting(
     daemon: DaemonProcess, tmp_path: Path
 ) -> None:
