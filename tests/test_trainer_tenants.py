@@ -166,6 +166,34 @@ def test_one_user_holding_uploads_open_leaves_uploads_to_the_others(
             call.result(timeout=30)
 
 
+def test_one_user_queueing_many_jobs_leaves_the_trainer_to_the_others(
+    shared: tuple[str, Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Jobs run one at a time in the order they came: a tenant's thousand queued jobs held every other
+    tenant's back for days, and their records filled the trainer's disk."""
+    from vibrary.trainer import service
+
+    monkeypatch.setattr(service, "MAX_USER_JOBS", 1)
+    target, _, tokens = shared
+    manifest, blobs = _manifest_and_blobs(per_kind=2)
+    _store(blobs, tmp_path)
+    long = json.dumps({"epochs": 400})
+    with TrainerClient(target, tokens["alice"]) as alice, TrainerClient(target, tokens["bob"]) as bob:
+        for client in (alice, bob):
+            client.upload(manifest, tmp_path)
+        first = alice.start(manifest, "mine", "none", long)
+        with pytest.raises(DaemonError, match=r"too many jobs queued or running \(1 by one user") as refused:
+            alice.start(manifest, "mine2", "none", long)
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert [j.id for j in alice.jobs()] == [first.id]  # nothing kept of the refused one
+        theirs = bob.start(manifest, "his", "none", long)  # bob's share is his own
+        alice.cancel(first.id)
+        wait_for(lambda: alice.jobs()[0].state == pb.Job.CANCELLED)
+        again = alice.start(manifest, "mine2", "none", long)  # an ended job leaves room
+        for client, job in ((alice, again), (bob, theirs)):
+            client.cancel(job.id)
+
+
 def test_users_see_neither_the_jobs_nor_the_shards_of_others(
     shared: tuple[str, Path, dict[str, str]], tmp_path: Path
 ) -> None:

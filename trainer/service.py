@@ -101,6 +101,8 @@ MAX_WATCHES, MAX_USER_WATCHES = 48, 8
 # an upload stream holds one too, for as long as its caller keeps it open: 64 idle ones left no thread for
 # any other call, the health check included
 MAX_UPLOADS, MAX_USER_UPLOADS = 8, 2
+# jobs queued or running: one tenant's thousand queued jobs left the others waiting behind them for days
+MAX_JOBS, MAX_USER_JOBS = 64, 4
 
 
 class _JobState:
@@ -429,10 +431,29 @@ class TrainerService(pb_grpc.TrainerServicer):
                 if same is not None:
                     log.info("job %s started again by its caller: followed where it is", same.job.id)
                     return same.snapshot()
+            self._check_room(user, context)
             job.save()
             self.jobs[job_id] = job
         self._queue.put(job)
         return job.snapshot()
+
+    def _alone(self, user: str) -> bool:
+        """The one user of an open trainer or of --token (every caller of a studio's trainer, maybe), or the
+        daemon's own: it has the trainer's whole share of anything."""
+        return user == LOCAL or (user == DEFAULT and not self.tenants.has_users())
+
+    def _check_room(self, user: str, context: grpc.ServicerContext) -> None:
+        """RESOURCE_EXHAUSTED past MAX_USER_JOBS unfinished jobs of one user of a shared trainer (the jobs run
+        one at a time, in the order they came), or MAX_JOBS in all."""
+        alone = self._alone(user)
+        unfinished = [j.user for j in list(self.jobs.values()) if j.job.state not in _TERMINAL]
+        share = MAX_JOBS if alone else MAX_USER_JOBS
+        if len(unfinished) >= MAX_JOBS or unfinished.count(user) >= share:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many jobs queued or running ({share} by one user, {MAX_JOBS} in all): wait for one to"
+                " finish, or cancel one",
+            )
 
     def _unfinished(self, user: str, key: str) -> _JobState | None:
         return next(
@@ -495,8 +516,7 @@ class TrainerService(pb_grpc.TrainerServicer):
         """One of the server's threads for a stream (each holds one for as long as it is open), or
         RESOURCE_EXHAUSTED: a share for each user of tokens.json; the one user of an open trainer or of --token
         (every caller of a studio's trainer, maybe) has them all. Returns what gives it back."""
-        alone = user == LOCAL or (user == DEFAULT and not self.tenants.has_users())
-        share = most if alone else most_each
+        share = most if self._alone(user) else most_each
         with self._streams_lock:
             full = sum(open_now.values()) >= most or open_now[user] >= share
             if not full:
