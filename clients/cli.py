@@ -332,6 +332,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "retrying": s.retrying,  # pending files read again a minute after a passing error (no file handles)
         "retry_reason": s.retry_reason,
         "unlisted_folders": list(s.unlisted_folders),  # cannot be listed: their files are not indexed
+        "scanning": s.scanning,  # folders being listed now: files found there are not pending yet
         # since the daemon started: read from audio, from cached spectrograms, content already tagged
         "decoded": s.decoded,
         "from_cache": s.from_cache,
@@ -342,6 +343,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"models: {', '.join(s.models) or 'none'}\nwatching: {', '.join(s.watches) or 'nothing'}\n"
         f"since it started: {s.decoded} decoded, {s.from_cache} from cached spectrograms, {s.reused} already tagged"
     )
+    if s.scanning:
+        human += f"\nlooking for new and changed files: {s.scanning} folder(s) being listed"
     if s.stalled:
         human += f"\nINDEXING WAITS: {s.stalled}"
     if s.unlisted_folders:
@@ -440,7 +443,7 @@ def _wait_idle(c: Client, pending: int) -> None:
         bar.total = max(bar.total or 0, s.pending + (done - done_before))
         bar.n = done - done_before
         bar.refresh()
-        if s.pending == 0:
+        if s.pending == 0 and s.scanning == 0:  # (a folder still being listed may yet hold new files)
             break
         if (s.pending, done) != last:
             moved_at, last = time.monotonic(), (s.pending, done)

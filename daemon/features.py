@@ -55,6 +55,17 @@ def changed_at(st: os.stat_result) -> int:
     return max(st.st_mtime_ns, st.st_ctime_ns)
 
 
+def stamp(path: str) -> tuple[int, int]:
+    """(size, changed_at) as the watcher's scan sees the file, (-1, -1) when it cannot be stat'ed. Kept for
+    a file refused before it is hashed (empty, a named pipe, no permission): with none, every scan found
+    it changed and read it again, its failure counted out of the status meanwhile and sent anew."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, -1
+    return st.st_size, changed_at(st)
+
+
 def fingerprint(path: str) -> Fingerprint:
     """What the index keeps to know a file again; DecodeError when the file cannot be read."""
     check_readable(path)

@@ -20,7 +20,7 @@ from threadpoolctl import threadpool_limits
 
 from .cache import SpectrogramCache
 from .decode import DecodeError, FileVanished, TryLater
-from .features import features, fingerprint
+from .features import features, fingerprint, stamp
 from .index import MODEL_FAILED, RETRY_FOR_S, Job, Result
 from .infer import Model, ranked_tags
 from .spectrogram import SpectrogramParams, heard_in
@@ -130,6 +130,7 @@ class Pipeline:
     def _prepare(self, job: Job) -> _Prepared:
         result = Result(job)
         models = self.models
+        result.size, result.mtime_ns = stamp(job.path)  # as it was when judged, should it fail before the hash
         try:
             hashed = fingerprint(job.path)
             result.size, result.mtime_ns, result.inode, result.hash = hashed

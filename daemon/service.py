@@ -393,6 +393,7 @@ class Daemon:
             "unnamed_files": (unnamed := self.watcher.unnamed)[:UNNAMED_SHOWN],  # sent 4 times a second
             "unnamed_count": len(unnamed),
             "unlisted_folders": self.watcher.unlisted,
+            "scanning": self.watcher.scans_running,
             "retrying": retrying,
             "retry_reason": retry_reason,
             "home": str(self.home),

@@ -563,7 +563,7 @@ class Watcher(FileSystemEventHandler):
             with self._lock:
                 waiting = self._folders.get(root, {})
                 if not waiting or self._stop.is_set():  # (stopping: the next start's scan finds them)
-                    self.scans_running -= len(waiting)
+                    self._scans_done(len(waiting))
                     self._folders.pop(root, None)
                     self._folders_scanning.discard(root)
                     return
@@ -573,7 +573,7 @@ class Watcher(FileSystemEventHandler):
                 self._scan_safely(folder)
             else:  # moved away or deleted while it waited: its move or deletion was handled as such
                 with self._lock:
-                    self.scans_running -= 1
+                    self._scans_done(1)
 
     def _thread(self, work: Callable[[], None], name: str) -> None:
         """A scan's own thread, whose index connection is closed when it ends: a copy that made 500 folders
@@ -595,7 +595,14 @@ class Watcher(FileSystemEventHandler):
             log.exception("scan of %s failed", folder)
         finally:
             with self._lock:
-                self.scans_running -= 1
+                self._scans_done(1)
+
+    def _scans_done(self, n: int) -> None:
+        """(With the lock held.) The status counts the scans running (`Status.scanning`): the last one's end
+        changes it, though it found nothing (`vibrary status --wait` waits for it; followers are told)."""
+        self.scans_running -= n
+        if n and not self.scans_running:
+            self._on_pending()
 
     def scan(self, folder: str) -> None:
         """Bring the index in line with what is on disk under folder, one directory at a time (memory

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -374,6 +375,54 @@ def test_status_wait_waits_for_a_daemon_that_is_restarted(model_home: Path, tmp_
     finally:
         if waiting is not None and waiting.poll() is None:
             waiting.kill()
+        d.stop()
+
+
+def test_status_wait_waits_for_the_folders_still_being_listed(
+    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watch folder is listed in the background: `watch add ~/Samples && status --wait` said "0 pending"
+    and ended before the listing had found a file (a big library takes minutes to list; so does a restart's
+    reconcile). The status counts the folders being listed, and the wait waits for them."""
+    from vibrary.daemon.server import serve
+    from vibrary.daemon.service import Daemon
+    from vibrary.daemon.watch import Watcher
+
+    listing, release = threading.Event(), threading.Event()
+    real_scan = Watcher.scan
+
+    def slow_scan(self: Watcher, folder: str) -> None:  # a network drive's listing, slow to come
+        listing.set()
+        release.wait(30)
+        real_scan(self, folder)
+
+    monkeypatch.setattr(Watcher, "scan", slow_scan)
+    write_tone(tmp_path / "lib" / "a.wav", BANDS["low"])
+    config.Settings(settle_s=0.2, nice=0).save(model_home)  # in this process: pytest's own priority stays
+    d = Daemon(model_home)
+    d.start()
+    servers = serve(d, str(config.socket_path(model_home)))
+    waiting = None
+    try:
+        d.add_watch(str(tmp_path / "lib"))
+        assert listing.wait(10)
+        assert (d.status()["pending"], d.status()["scanning"]) == (0, 1)
+        env = {**os.environ, "VIBRARY_HOME": str(model_home)}
+        command = [sys.executable, "-m", "vibrary.clients.cli", "status", "--wait", "--json"]
+        waiting = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3.0)
+        assert waiting.poll() is None, waiting.communicate()
+        release.set()
+        out, err = waiting.communicate(timeout=60)
+        assert waiting.returncode == 0, err
+        said = json_lines(out)[0]
+        assert (said["pending"], said["indexed"], said["scanning"]) == (0, 1, 0)
+    finally:
+        release.set()
+        if waiting is not None and waiting.poll() is None:
+            waiting.kill()
+        for server in servers:
+            server.stop(grace=0)
         d.stop()
 
 

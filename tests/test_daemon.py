@@ -55,16 +55,21 @@ def _best(client: Client, path: str) -> tuple[str, str]:
 
 
 def _collect_events(client: Client) -> queue.Queue[pb.Event]:
+    """The Events stream read in a thread, returned once subscribed (its first message, the status as it
+    stands, has come): what the caller does next is heard."""
     events: queue.Queue[pb.Event] = queue.Queue()
+    opened = threading.Event()
 
     def read() -> None:
         try:
             for e in client.events():
                 events.put(e)
+                opened.set()
         except Exception:
             pass  # the stream ends when the client closes
 
     threading.Thread(target=read, daemon=True).start()
+    assert opened.wait(30), "the Events stream sent nothing"
     return events
 
 
@@ -1040,6 +1045,37 @@ def test_a_linked_files_target_edited_outside_the_watches_is_caught_up_by_the_re
         d.stop()
 
 
+def test_a_file_that_failed_unchanged_is_not_read_again_by_a_rescan(model_home: Path, tmp_path: Path) -> None:
+    """A file refused before it was opened (empty, a named pipe, no permission) kept no size or time in the
+    index: every scan found it "changed" and read it again, its failure sent anew and, meanwhile, counted
+    out of the status's failures (a tray showed it as a new failure after the user had looked)."""
+    (model_home / "config.json").write_text(json.dumps({"rescan_hours": 2 / 3600, "settle_s": 0.2}))
+    outside = tmp_path / "drive" / "one.wav"
+    write_tone(outside, BANDS["low"])
+    library = tmp_path / "Samples"
+    library.mkdir()
+    (library / "linked.wav").symlink_to(outside)  # what only a rescan sees change: proof that one ran
+    (library / "empty.wav").touch()
+    os.mkfifo(library / "pipe.wav")
+    failing = {str(library / "empty.wav"), str(library / "pipe.wav")}
+    d = start_daemon(model_home)
+    try:
+        events = _collect_events(Client(home_dir=d.home))
+        d.client.add_watch(str(library))
+        wait_for(lambda: _best(d.client, str(library / "linked.wav")) == ("indexed", "low"))
+        wait_for(lambda: (s := d.client.status()).pending == 0 and s.failed == 2)
+        write_tone(outside, BANDS["high"], seconds=1.5)  # no event reaches the watch
+        wait_for(lambda: _best(d.client, str(library / "linked.wav")) == ("indexed", "high"), timeout=30)
+        wait_for(lambda: (s := d.client.status()).pending == 0 and s.failed == 2)
+        failures: list[str] = []
+        while not events.empty():
+            e = events.get()
+            failures += [e.file.path] if e.kind == pb.Event.FILE_FAILED else []
+        assert sorted(failures) == sorted(failing)  # once each
+    finally:
+        d.stop()
+
+
 def test_files_tagged_on_demand_that_are_gone_or_no_audio_are_forgotten_at_the_next_start(
     model_home: Path, tmp_path: Path
 ) -> None:
@@ -1091,6 +1127,7 @@ def test_an_index_that_cannot_be_written_makes_files_wait_and_status_say_why(
         d.add_watch(str(tmp_path / "lib"))
         assert wait_for(lambda: d.status()["stalled"], timeout=60)
         assert "cannot be written (not authorized)" in str(d.status()["stalled"])
+        assert d.pipeline.wait_idle(30)  # the files read beside the first batch (two workers) end their way
         read = dict(d.pipeline.counters)
         time.sleep(3.0)
         assert d.pipeline.counters == read and sum(read.values()) <= 6  # waiting, not reading them again

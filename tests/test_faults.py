@@ -120,8 +120,7 @@ def make_link_loop(folder: Path) -> list[Path]:
 def make_header_only(folder: Path) -> list[Path]:
     """A well-formed WAV header with no samples after it (a render that was cancelled at once)."""
     path = folder / "nothing.wav"
-    path.write_bytes(_wav_bytes()[:44])
-    data = bytearray(path.read_bytes())
+    data = bytearray(_wav_bytes()[:44])  # written once: a first version read by the watcher failed otherwise
     assert data[36:40] == b"data"
     struct.pack_into("<I", data, 4, 36)
     struct.pack_into("<I", data, 40, 0)
@@ -392,18 +391,12 @@ def watched(daemon: DaemonProcess, tmp_path: Path) -> Iterator[Watched]:
     lib = tmp_path / "lib"
     lib.mkdir()
     probe = write_tone(lib / "probe.wav", 95.0)  # content no other test file shares
-    assert daemon.client.add_watch(str(lib)) == [str(lib)]
     log = EventLog(daemon.home)
-    # The subscription starts when the server sees the call: re-tag a probe until its event comes through.
-    for _ in range(50):
-        list(daemon.client.tag([str(probe)]))
-        try:
-            log.wait(pb.Event.FILE_TAGGED, str(probe), timeout=0.5)
-            break
-        except AssertionError:
-            continue
-    else:
-        pytest.fail("the Events stream never delivered anything")
+    # Subscribed once the stream's first message (the status as it stands) came: the probe's event follows.
+    # (Tagging the probe until its event came, when the subscription came late, asked the index: no event.)
+    wait_for(lambda: log.mark() > 0)
+    assert daemon.client.add_watch(str(lib)) == [str(lib)]
+    log.wait(pb.Event.FILE_TAGGED, str(probe))
     yield Watched(daemon, lib, log)
     log.close()
 
