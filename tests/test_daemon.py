@@ -74,8 +74,10 @@ def _collect_events(client: Client) -> queue.Queue[pb.Event]:
 
 
 def _indexed(client: Client, n: int) -> bool:
+    """n files indexed, none pending, and no folder still being listed (a restart's reconcile runs in the
+    background: before it, the index says what it said when the daemon stopped)."""
     s = client.status()
-    return s.pending == 0 and s.indexed == n
+    return s.pending == 0 and s.indexed == n and s.scanning == 0
 
 
 def test_dropped_files_are_tagged_and_found(daemon: DaemonProcess, tmp_path: Path) -> None:

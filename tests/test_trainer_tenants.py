@@ -194,6 +194,25 @@ def test_one_user_queueing_many_jobs_leaves_the_trainer_to_the_others(
             client.cancel(job.id)
 
 
+def test_one_user_cannot_fill_a_shared_trainers_disk_with_shards(
+    shared: tuple[str, Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vibrary.trainer import service
+
+    target, _, tokens = shared
+    manifest, blobs = _manifest_and_blobs(per_kind=2)
+    _store(blobs, tmp_path)
+    monkeypatch.setattr(service, "MAX_USER_SHARD_BYTES", manifest.size - 1)  # all but the last byte fits
+    with TrainerClient(target, tokens["alice"]) as alice:
+        with pytest.raises(DaemonError, match="more than the") as refused:
+            alice.upload(manifest, tmp_path)
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert len(alice.missing(manifest)) == 1  # the others kept: room made, only that one goes
+        monkeypatch.setattr(service, "MAX_USER_SHARD_BYTES", manifest.size)
+        alice.upload(manifest, tmp_path)
+        assert alice.missing(manifest) == []
+
+
 def test_users_see_neither_the_jobs_nor_the_shards_of_others(
     shared: tuple[str, Path, dict[str, str]], tmp_path: Path
 ) -> None:

@@ -103,6 +103,8 @@ MAX_WATCHES, MAX_USER_WATCHES = 48, 8
 MAX_UPLOADS, MAX_USER_UPLOADS = 8, 2
 # jobs queued or running: one tenant's thousand queued jobs left the others waiting behind them for days
 MAX_JOBS, MAX_USER_JOBS = 64, 4
+# a tenant's shards (the spectrograms of about a million clips): one could fill the disk the others train on
+MAX_USER_SHARD_BYTES = 32 << 30
 
 
 class _JobState:
@@ -194,6 +196,21 @@ class _JobState:
 def _check_size(size: int, context: grpc.ServicerContext) -> None:
     if not 0 < size <= MAX_SHARD:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"shard size {size} outside 1..{MAX_SHARD}")
+
+
+def _check_shard_room(path: Path, size: int, context: grpc.ServicerContext) -> None:
+    """RESOURCE_EXHAUSTED for a new shard that would take a user of a shared trainer past
+    MAX_USER_SHARD_BYTES (shards no job needs are given back a week after their last use)."""
+    if path.exists() or path.with_suffix(".part").exists():
+        return
+    with os.scandir(path.parent) as entries:
+        held = sum(e.stat().st_size for e in entries if e.is_file())
+    if held + size > MAX_USER_SHARD_BYTES:
+        context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"your shards on this trainer would take {(held + size) / 1e9:.1f} GB, more than the"
+            f" {MAX_USER_SHARD_BYTES / 1e9:.1f} GB a user may hold; those no job needs go a week after their last use",
+        )
 
 
 def _finish(part: Path, path: Path, size: int, sha256: str) -> bool:
@@ -379,6 +396,8 @@ class TrainerService(pb_grpc.TrainerServicer):
             # one chunk at a time: two uploads of one shard (a retry while the old stream still writes, two
             # terminals) wrote into a file the other had just verified and renamed: a corrupt shard on record
             with self._writing:  # (a full disk is said by daemon/rpc.py, without the server's paths)
+                if chunk.offset == 0 and not self._alone(user):
+                    _check_shard_room(path, chunk.size, context)
                 if self._store(chunk, path, context):
                     complete.append(chunk.sha256)
         return pb.UploadReply(complete=complete)
