@@ -713,6 +713,29 @@ class Index:
             c.execute("UPDATE models SET active = 1 WHERE name = ? AND version = ?", (model.name, row[0]))
         return self.model(model.name, int(row[0]))
 
+    def unused_contents(self) -> set[int]:
+        """Contents no file has now: deleted or rewritten files left them, with their tags. Kept a while, so
+        that a file moved by a delete and a create (across drives, out of the library and back) gets its tags
+        back by its hash; never forgotten, they grew the index and every tag's posting list for good."""
+        rows = self.conn().execute(
+            "SELECT id FROM contents c WHERE NOT EXISTS (SELECT 1 FROM files f WHERE f.content_id = c.id)"
+        )
+        return {int(r[0]) for r in rows}
+
+    def forget_contents(self, ids: Iterable[int]) -> int:
+        """Forget contents with their tags, unless a file has one again; returns how many went."""
+        forgotten = 0
+        for page in _pages(sorted(ids)):
+            marks = ",".join("?" * len(page))
+            with self.write() as c:
+                still = f"""SELECT id FROM contents c WHERE id IN ({marks})
+                    AND NOT EXISTS (SELECT 1 FROM files f WHERE f.content_id = c.id)"""
+                gone = [int(r[0]) for r in c.execute(still, page)]
+                for table, column in (("tags", "content_id"), ("tagged", "content_id"), ("contents", "id")):
+                    c.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(i,) for i in gone])
+                forgotten += len(gone)
+        return forgotten
+
     def forget_silent_once(self) -> int:
         """Before stop 25 a file whose opening seconds were silent was computed as having no tags at all (a
         stem that starts late, a kick after 5 s of silence); decode() now reads on to the first sound. Once

@@ -66,6 +66,7 @@ UNNAMED_SHOWN = 100  # names not UTF-8 in a status (unnamed_count has them all)
 ON_DEMAND_SWEEP_S = 60.0  # how often files tagged outside the watches are looked for (none watches them)
 WATCH_GONE = "its watch folder is not there now (a drive unplugged?): read when it is back"
 STALL_RETRY_S = 30.0  # how often a daemon whose index cannot be written tries again
+UNUSED_S = 3600.0  # how long a content no file has is kept (with its tags), and how often they are looked for
 NO_MODEL = "no usable active model: `vibrary models list` lists them, `vibrary models activate NAME` picks one"
 NO_MODEL_WAITS = f"{NO_MODEL}; files wait for one"
 
@@ -127,6 +128,7 @@ class Daemon:
         self._feeder = threading.Thread(target=self._feed, name="feeder", daemon=True)
         self._sweeper = threading.Thread(target=self._sweep_on_demand, name="on-demand-sweep", daemon=True)
         self._analyzed_at, self._analyzed_rows = -1e9, 0
+        self._unused_at, self._unused = time.monotonic(), set[int]()  # (a start's scan has its hour too)
         self._models_lock = threading.Lock()
         self._watches_lock = threading.Lock()  # the watcher and the index change together (add_watch)
         self._paused = threading.Event()
@@ -215,6 +217,7 @@ class Daemon:
                     continue
                 if not jobs and not self._in_flight:
                     self._refresh_statistics()
+                    self._forget_unused_contents()
                     if self.stalled and time.monotonic() >= self._stalled_until and not self.index.due_count(now):
                         self.stalled = ""  # nothing waits to be written any more (its files removed, say)
                         self.status_events.changed()
@@ -224,6 +227,17 @@ class Daemon:
             except Exception:
                 log.exception("feeder error; retrying")
                 self._stop.wait(1.0)
+
+    def _forget_unused_contents(self) -> None:
+        """When idle, at most every UNUSED_S: the contents no file had at the last look and has now are
+        forgotten with their tags (a file moved by a delete and a create has had that long to come back)."""
+        if time.monotonic() - self._unused_at < UNUSED_S:
+            return
+        self._unused_at = time.monotonic()
+        unused = self.index.unused_contents()
+        if forgotten := self.index.forget_contents(unused & self._unused):
+            log.info("forgot %d contents no file has had for an hour, with their tags", forgotten)
+        self._unused = unused - self._unused
 
     def _refresh_statistics(self) -> None:
         """ANALYZE when idle and the index grew by a quarter since the last time (seconds on 1 M files)."""

@@ -1143,6 +1143,33 @@ def test_an_index_that_cannot_be_written_makes_files_wait_and_status_say_why(
     assert len(tracebacks) <= 2, [r.getMessage() for r in tracebacks]  # the first batch's, not one per retry
 
 
+def test_an_idle_daemon_forgets_what_deleted_files_left_after_a_while(
+    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vibrary.daemon import service
+
+    monkeypatch.setattr(service, "UNUSED_S", 0.3)  # an hour, in the daemon
+    write_tone(tmp_path / "lib" / "a.wav", BANDS["low"])
+    d = service.Daemon(model_home, service.config.Settings(nice=0, settle_s=0.1))
+    d.start()
+    try:
+        d.add_watch(str(tmp_path / "lib"))
+        wait_for(lambda: d.status()["indexed"] == 1)
+
+        def kept() -> tuple[int, int]:
+            c = d.index.conn()
+            return c.execute("SELECT count(*) FROM contents").fetchone()[0], c.execute(
+                "SELECT count(*) FROM tags"
+            ).fetchone()[0]
+
+        assert kept()[0] == 1 and kept()[1] > 0
+        (tmp_path / "lib" / "a.wav").unlink()
+        wait_for(lambda: d.status()["indexed"] == 0)
+        wait_for(lambda: kept() == (0, 0))
+    finally:
+        d.stop()
+
+
 def test_a_file_tagged_outside_the_watches_and_deleted_leaves_searches(
     model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -559,3 +559,25 @@ def test_files_a_caller_waits_for_go_ahead_of_a_retag_and_unchanged_ones_are_lef
     index.mark_asked([(str(read), st.st_size, changed_at(st))])  # failed, unchanged: asked for, read again
     assert [f.state for f in index.file_tags([str(read)])] == ["pending"]
     index.close()
+
+
+def test_contents_no_file_has_are_forgotten_with_their_tags_unless_one_has_them_again(
+    library: tuple[Index, int, int],
+) -> None:
+    """Deleted and rewritten files left their contents and tags in the index for good (a library that churns
+    renders grew it, and every tag's posting list, without end)."""
+    index, inst_id, mood_id = library
+    k1 = b"/lib/drums/k1.wav".ljust(16, b"\0")[:16]
+    h1 = b"/lib/other/h1.wav".ljust(16, b"\0")[:16]
+    assert index.unused_contents() == set()
+    assert index.remove_paths(["/lib/drums/k1.wav", "/lib/other/h1.wav"]) == ["/lib/drums/k1.wav", "/lib/other/h1.wav"]
+    unused = index.unused_contents()
+    assert len(unused) == 2 and index.models_done(k1) == {inst_id, mood_id}  # kept: it may come back
+    _add(index, "/lib/moved/h1.wav", {"hihat": 0.95}, inst_id, content=h1)  # it came back, by a delete and a create
+    assert index.forget_contents(unused) == 1
+    assert index.models_done(k1) == set() and index.models_done(h1) == {inst_id}
+    assert index.unused_contents() == set()
+    rows = index.conn().execute("SELECT count(*) FROM tags t JOIN contents c ON c.id = t.content_id").fetchone()[0]
+    assert rows == index.conn().execute("SELECT count(*) FROM tags").fetchone()[0]  # no tag of a forgotten one
+    assert _paths(index, all_of=[["hihat"]]) == ["/lib/moved/h1.wav"]
+    assert _paths(index, all_of=[["kick"]]) == ["/lib/drums/k2.wav"]
