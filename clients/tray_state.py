@@ -87,8 +87,10 @@ def with_status(state: TrayState, status: pb.Status) -> TrayState:
     else:
         base = min(state.batch_base, finished)  # files removed meanwhile never make progress negative
     training = status.training if status.HasField("training") else state.training
-    # failures fixed or removed since they were seen: the next ones are new (it stayed idle for as many)
-    seen = min(state.failed_seen, status.failed)
+    # failures fixed or removed since they were seen: the next ones are new (it stayed idle for as many). Only
+    # once at rest: a failed file read again (a Tag call, a change) is out of the count while it is, and
+    # failing again as before is nothing new (a new failure meanwhile is in failed_since, by its event)
+    seen = min(state.failed_seen, status.failed) if status.pending == 0 else state.failed_seen
     return replace(state, running=True, status=status, batch_base=base, training=training, failed_seen=seen)
 
 

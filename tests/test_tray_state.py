@@ -134,6 +134,19 @@ def test_failures_listed_before_the_status_counts_them_were_seen() -> None:
     assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 1 new files could not be read"
 
 
+def test_a_failure_looked_at_and_read_again_to_fail_as_before_is_not_new() -> None:
+    """A failed file is read again when a plugin asks for its tags (or it changes): out of the count while it
+    is, back when it fails as before. The dip lowered what was seen, and the same failure showed as new."""
+    broken = pb.Event(kind=pb.Event.FILE_FAILED, file=pb.FileTags(path="/lib/c.wav", error="truncated"))
+    state, _ = feed(ts.TrayState(), changed(indexed=6, failed=1))
+    state = ts.errors_seen(ts.with_errors(state, [broken.file]))
+    state, _ = feed(state, changed(indexed=6, failed=0, pending=1), broken, changed(indexed=6, failed=1))
+    assert ts.view(state).icon == ts.Icon.IDLE
+    other = pb.Event(kind=pb.Event.FILE_FAILED, file=pb.FileTags(path="/lib/d.wav", error="truncated"))
+    state, _ = feed(state, changed(indexed=6, failed=1, pending=2), other, changed(indexed=6, failed=2))
+    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 1 new files could not be read"
+
+
 def test_new_failures_show_as_error_until_looked_at() -> None:
     state, _ = feed(ts.TrayState(), changed(indexed=5, failed=2))
     assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 2 new files could not be read"
