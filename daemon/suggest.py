@@ -16,7 +16,10 @@ timbre, processing: "Acoustic Kick", "Vintage Drums/Snare_01" → the kick, the 
 word (what form a file has: loop, one-shot, drums); among equals the nearest text wins (a `Kicks/` folder
 over a file named `Snare_01`, the title over a pack's folder), and within one text the last word (the head
 noun ends English names), but a word for the part a sound plays (lead, pluck, pad, stab, sub, keys) only
-when no other sound is named beside it: `Guitar Lead` is a guitar, `Lead 01` a synth. Packs name
+when no other sound is named beside it: `Guitar Lead` is a guitar, `Lead 01` a synth, and a folder named
+for a part (`Keys/`, `Stabs/`) gives way to the instrument a file names (`Organ_Chord`), but for pads (a
+`String Pad` is a synth's). A name that starts with a vocal is a vocal, whatever its lyric says
+(`Vox_Drop_The_Bass`); one that says what a loop lacks (`No Kick`) does not name that sound. Packs name
 themselves after genres, so a genre (Drum & Bass, Future Bass, any "X House") is no word at all, and a
 genre field counts only when all it says is a sound ("Bass Drum", not "Bass Music"). A text saying drums
 (`Drums/`, `Drum_Loop`, `Top Loop`) keeps a farther folder's or field's other instruments out: `Bass
@@ -423,10 +426,13 @@ class Synonyms:
         return None
 
     def pick(self, tags: Sequence[str]) -> str | None:
-        """The tag a text stands for: its last sound word, else its last descriptor, else its last weak word."""
+        """The tag a text stands for: its last sound word (its first when that is a vocal: what follows is its
+        lyric, `Vox_Drop_The_Bass`), else its last descriptor, else its last weak word."""
         if not tags:
             return None
         best = min(self.rank(t) for t in tags)
+        if best == 0 and tags[0] == "vocals":
+            return "vocals"
         return [t for t in tags if self.rank(t) == best][-1]
 
     def is_drum(self, tag: str) -> bool:
@@ -601,10 +607,15 @@ def _choose(
             pass
         elif best is None or synonyms.rank(tag) < synonyms.rank(best[0]):
             best, by_role = (tag, source, raw), synonyms.by_role(text, tag)
-        elif own and by_role and synonyms.is_drum(tag) and not synonyms.by_role(text, tag):
-            best, by_role = (tag, source, raw), False  # `808/808 Kick`: a kick (but `Pads/String Pad` a pad)
+        elif own and by_role and (synonyms.is_drum(tag) or not _says_pad(best[2])) and not synonyms.by_role(text, tag):
+            # `808/808 Kick`: a kick; `Keys/Organ_Chord`: an organ (but `Pads/String Pad` a synth's pad)
+            best, by_role = (tag, source, raw), False
         families.extend(synonyms.families[t] for t in here if t in synonyms.families)
     return best, tags
+
+
+def _says_pad(text: str) -> bool:
+    return any(w in ("pad", "pads") for w in words(text))
 
 
 def suggest(paths: Sequence[str], synonyms: Synonyms, going: Callable[[], bool] = lambda: True) -> list[Suggestion]:

@@ -698,3 +698,51 @@ def test_a_velocity_layer_is_no_mood_and_a_pack_name_no_form(tmp_path: Path) -> 
     (tmp_path / "synonyms.json").write_text(json.dumps({"aggressive": ["hard"]}))  # the user's word counts anywhere
     mine = _library(tmp_path / "again", layout, Synonyms.load(tmp_path))
     assert mine["Phat Beats/Kicks/Kick-Hard.wav"].alternatives == ("aggressive",)
+
+
+@pytest.mark.parametrize(
+    ("text", "tag"),
+    [
+        *[(t, "bass") for t in ("Bass_Gtr_Slap_E", "BassGtr 02", "Bass_Synth_Growl_01", "TB303_Acid_Line_130_A")],
+        *[(t, "vocals") for t in ("Chop_01_Am", "Vocal Chops", "Oh_Yeah_Shout", "Crowd_Chant_03")],
+        ("Piano_Chop_Am", "piano"),  # chop: a part played, when a sound is named beside it
+        *[(t, "strings") for t in ("Pizz_Loop_120_Dm", "Pizzicato Cello", "Harp_Gliss_C")],
+        *[(t, "guitar") for t in ("Nylon_Loop_Am_80", "Banjo_Roll_G", "Vox_AC30_Guitar_Riff_Am")],
+        *[(t, "piano") for t in ("EP_Chord_Cmaj7", "EP Keys 02", "Klavier_C4")],
+        *[(t, "fx") for t in ("Air_Horn_01", "Vinyl_Crackle_Loop", "Ambience_Rain_01", "Tape_Stop_01")],
+        *[(t, "percussion") for t in ("Cabasa_01", "Maracas_02", "Tabla_Na_01", "Timpani_Hit_C", "Agogo Hi")],
+        *[(t, "cymbal") for t in ("Ride_Bell_01", "Ride Cymbal Jazz", "Becken_03")],
+        ("Flugelhorn_Sus_Bb", "brass"),
+        ("Piccolo_Trill", "woodwind"),
+        ("RS", "snare"),  # the TR-808's rimshot, as its sample is named
+        # what follows a vocal is its lyric
+        *[(t, "vocals") for t in ("Vox_Drop_The_Bass_128", "Vox_Kick_It_128", "Vocal_Chant_Clap_Your_Hands")],
+    ],
+)
+def test_spellings_found_missing_in_a_review_of_real_pack_names(table: Synonyms, text: str, tag: str) -> None:
+    assert table.pick(table.find(text)) == tag
+
+
+@pytest.mark.parametrize(
+    "text", ["Drum_Loop_No_Kick_128", "Top_Loop_01_NoKick_125", "Full_Drum_Loop_(No Hats)_124", "Beat No Snare"]
+)
+def test_a_sound_a_loop_says_it_lacks_is_not_its_tag(table: Synonyms, text: str) -> None:
+    """Drum loops say what they leave out (for layering): `Top_Loop_No_Kick` was suggested as a kick."""
+    assert table.pick(table.find(text)) not in ("kick", "hihat", "snare")
+
+
+def test_a_folder_naming_a_part_gives_way_to_the_instrument_a_file_names(tmp_path: Path, table: Synonyms) -> None:
+    """`Keys/Organ_Chord_Dm_01.wav` was a piano and `Stabs/Brass_Stab_01.wav` a synth: a folder named for the
+    part its sounds play (keys, stabs, leads, arps) said less than the instrument the file's own name gives.
+    A pad folder still says synth: a `String Pad` is a synth's sound."""
+    rels = {
+        "Keys/Organ_Chord_Dm_01.wav": "organ",
+        "Stabs/Brass_Stab_01.wav": "brass",
+        "Leads/Guitar_Lead_Dist_Em.wav": "guitar",
+        "Arps/Piano_Arp_Cm_124.wav": "piano",
+        "Leads/Lead_03.wav": "synth",
+        "Pads/String Pad 01.wav": "synth",
+        "808/808 Kick.wav": "kick",
+    }
+    found = _library(tmp_path, rels, table)
+    assert {rel: s.tag for rel, s in found.items()} == rels
