@@ -563,10 +563,14 @@ def _texts(path: str, root: str) -> list[tuple[bool, str, str, str]]:
     texts = [(True, "folder", own, own)]
     name = os.path.splitext(os.path.basename(path))[0]
     texts.append((True, "filename", name, name))
-    texts.extend((True, "metadata", f"{k}: {_shown(v)}", v) for k, v in fields if k == "title")
+    texts.extend((True, "metadata", f"{k}: {_shown(v)}", _URL.sub(" ", v)) for k, v in fields if k == "title")
     texts.extend((False, "folder", folder, folder) for folder in above)
-    texts.extend((False, "metadata", f"{k}: {_shown(v)}", v) for k, v in fields if k != "title")
+    texts.extend((False, "metadata", f"{k}: {_shown(v)}", _URL.sub(" ", v)) for k, v in fields if k != "title")
     return texts
+
+
+# a web address in a field ("Downloaded from www.freesounds.org") is no word: its .org was an organ
+_URL = re.compile(r"\S*(?:://|www\.)\S*|\S+\.(?:com|org|net|io|co|uk|de|fr|info|me)\b\S*", re.IGNORECASE)
 
 
 SHOWN_CHARS = 120

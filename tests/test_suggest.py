@@ -746,3 +746,17 @@ def test_a_folder_naming_a_part_gives_way_to_the_instrument_a_file_names(tmp_pat
     }
     found = _library(tmp_path, rels, table)
     assert {rel: s.tag for rel, s in found.items()} == rels
+
+
+def test_a_web_address_in_a_field_names_no_sound(tmp_path: Path, table: Synonyms) -> None:
+    """A comment "Downloaded from www.freesounds.org" made the file an organ (its .org); the field's words
+    around it still count."""
+    quiet = write_tone(tmp_path / "lib" / "take_01.flac", 100, 0.05, fmt="FLAC")
+    said = write_tone(tmp_path / "lib" / "take_02.flac", 100, 0.05, fmt="FLAC")
+    for path, comment in ((quiet, "Downloaded from www.freesounds.org"), (said, "Snare, see https://x.org/kit")):
+        flac = mutagen.flac.FLAC(path)
+        flac["comment"] = comment
+        flac.save()
+    found = {Path(s.path).name: s for s in suggest([str(tmp_path / "lib")], table)}
+    assert (found["take_01.flac"].tag, found["take_02.flac"].tag) == ("", "snare")
+    assert "organ" not in found["take_01.flac"].alternatives
