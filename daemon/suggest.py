@@ -9,34 +9,33 @@ s/es dropped when that is what makes it known. The table ships in `builtin/synon
 tag the user adds is a known word from then on, which is how their own vocabulary ("wobble", "my-snares")
 takes part.
 
-Which tag a file gets: every text is read, nearest first: the file's own folder, the file name, its
-embedded title, the folders above it up to and including the one the user named, then the rest of the
-embedded metadata (genre, comment, description, keywords). A sound (kick, pad) beats a descriptor (mood,
-timbre, processing: "Acoustic Kick", "Vintage Drums/Snare_01" → the kick, the snare), which beats a weak
-word (what form a file has: loop, one-shot, drums); among equals the nearest text wins (a `Kicks/` folder
-over a file named `Snare_01`, the title over a pack's folder), and within one text the last word (the head
-noun ends English names), but a word for the part a sound plays (lead, pluck, pad, stab, sub, keys) only
-when no other sound is named beside it: `Guitar Lead` is a guitar, `Lead 01` a synth, and a folder named
-for a part (`Keys/`, `Stabs/`) gives way to the instrument a file names (`Organ_Chord`), but for pads (a
-`String Pad` is a synth's). A name that starts with a vocal is a vocal, whatever its lyric says
-(`Vox_Drop_The_Bass`); one that says what a loop lacks (`No Kick`) does not name that sound. Packs name
-themselves after genres, so a genre (Drum & Bass, Future Bass, any "X House") is no word at all, and a
-genre field counts only when all it says is a sound ("Bass Drum", not "Bass Music"). A text saying drums
+Which tag a file gets: every text is read, nearest first: the file's own folder, the file name, its embedded
+title, the folders above it up to and including the one the user named, then the rest of the embedded
+metadata (genre, comment, description, keywords). A sound (kick, pad) beats a descriptor (mood, timbre,
+processing: "Acoustic Kick", "Vintage Drums/Snare_01" → the kick, the snare), which beats a weak word (what
+form a file has: loop, one-shot, drums); among equals the nearest text wins (a `Kicks/` folder over a file
+named `Snare_01`, the title over a pack's folder), and within one text the last word (the head noun ends
+English names), but a word for the part a sound plays (lead, pluck, pad, stab, sub, keys) only when no other
+sound is named beside it: `Guitar Lead` is a guitar, `Lead 01` a synth, and a folder named for a part
+(`Keys/`, `Stabs/`) gives way to the instrument a file names (`Organ_Chord`), but for pads (a `String Pad`
+is a synth's). A name that starts with a vocal is a vocal, whatever its lyric says (`Vox_Drop_The_Bass`; but
+`Vocoder Bass` is a bass); one that says what a loop lacks (`No Kick`) does not name that sound. Packs name
+themselves after genres, so a genre (Drum & Bass, Future Bass, any "X House") is no word at all, and a genre
+field counts only when all it says is a sound ("Bass Drum", not "Bass Music"). A text saying drums
 (`Drums/`, `Drum_Loop`, `Top Loop`) keeps a farther folder's or field's other instruments out: `Bass
 Pack/Drums/Loop 03` is a drum loop, not a bass. A folder naming two sounds (`Kicks & Snares/`) decides
-nothing itself: the file's name or metadata says which of them, and a folder that names a sound only by
-its part (`808/`, the sub-bass) gives way to a drum a file names (`808 Kick`); a drum machine's folder
-(`Roland TR-808/`) says drums. A descriptor or a weak word
-says how a sound is, not what it is: alone it is no tag (`Loops/Drum Loop 1`, a genre field of
-"Electronic"), only an alternative, unless the user's own table has that tag (they asked for loops as a
-class). A file no text names takes its own folder's name when that folder holds at least two such files
-and its name has no known word: its words joined by '-', a plural s dropped (the user's own tag that
-nobody put in the table yet: `Wobbles/` → wobble); or when the name is one mood and nothing else
-(`MyTags/dark/`: one folder per mood is how a user teaches moods); never a catch-all (`Misc/`,
-`New Folder/`), a pack (`Odyssey Sample Pack/`) or a number (`Vol 3/`). Every other known tag found for the file is
-reported as an alternative, so a reviewer sees what was passed over. (A dataset of moods or other
-descriptors keeps `dataset create`'s default `--labels folders`: its folder names are the labels as
-written.)
+nothing itself: the file's name or metadata says which of them, and a folder that names a sound only by its
+part (`808/`, the sub-bass) gives way to a drum a file names (`808 Kick`); a drum machine's folder (`Roland
+TR-808/`) says drums. A descriptor or a weak word says how a sound is, not what it is: alone it is no tag
+(`Loops/Drum Loop 1`, a genre field of "Electronic"), only an alternative, unless the user's own table has
+that tag (they asked for loops as a class). A file no text names takes its own folder's name when that
+folder holds at least two such files and its name has no known word: its words joined by '-', a plural s
+dropped (the user's own tag that nobody put in the table yet: `Wobbles/` → wobble); or when the name is one
+mood and nothing else (`MyTags/dark/`: one folder per mood is how a user teaches moods); never a catch-all
+(`Misc/`, `New Folder/`), a pack (`Odyssey Sample Pack/`) or a number (`Vol 3/`). Every other known tag
+found for the file is reported as an alternative, so a reviewer sees what was passed over. (A dataset of
+moods or other descriptors keeps `dataset create`'s default `--labels folders`: its folder names are the
+labels as written.)
 
 Numbers are words only inside an alias that has them (`808 kick` → kick; `808` alone is the sub-bass that
 modern packs mean by it, a role word beside a named drum): a number of one or two digits is numbering, and
@@ -324,6 +323,8 @@ class Synonyms:
             or all(w.isupper() for w in written[m.start : m.end])
             or words == m.end - m.start
         ]
+        if found and found[0].start == 0 and found[0].key in _VOICE:  # `Vox_Drop_The_Bass`: a lyric follows
+            found = [m for m in found if self.rank(m.tag) or m.tag == found[0].tag]
         named = any(self.rank(m.tag) == 0 and m.key not in self._roles for m in found)
         # `Kick-Hard`, `Snare_Soft`: after a drum, how it was hit (a velocity layer), no mood; but a pad's
         # `Soft` or a `Kick Hard Loop` are the sound's character
@@ -426,13 +427,10 @@ class Synonyms:
         return None
 
     def pick(self, tags: Sequence[str]) -> str | None:
-        """The tag a text stands for: its last sound word (its first when that is a vocal: what follows is its
-        lyric, `Vox_Drop_The_Bass`), else its last descriptor, else its last weak word."""
+        """The tag a text stands for: its last sound word, else its last descriptor, else its last weak word."""
         if not tags:
             return None
         best = min(self.rank(t) for t in tags)
-        if best == 0 and tags[0] == "vocals":
-            return "vocals"
         return [t for t in tags if self.rank(t) == best][-1]
 
     def is_drum(self, tag: str) -> bool:
@@ -616,6 +614,12 @@ def _choose(
             best, by_role = (tag, source, raw), False
         families.extend(synonyms.families[t] for t in here if t in synonyms.families)
     return best, tags
+
+
+# a name that starts with one of these is a voice's, and the sounds it names after are its lyric
+_VOICE = frozenset(
+    {("vox",), ("vocal",), ("vocals",), ("acapella",), ("acappella",), ("accapella",), ("a", "cappella")}
+)
 
 
 def _says_pad(text: str) -> bool:

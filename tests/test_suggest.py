@@ -704,8 +704,7 @@ def test_a_velocity_layer_is_no_mood_and_a_pack_name_no_form(tmp_path: Path) -> 
     ("text", "tag"),
     [
         *[(t, "bass") for t in ("Bass_Gtr_Slap_E", "BassGtr 02", "Bass_Synth_Growl_01", "TB303_Acid_Line_130_A")],
-        *[(t, "vocals") for t in ("Chop_01_Am", "Vocal Chops", "Oh_Yeah_Shout", "Crowd_Chant_03")],
-        ("Piano_Chop_Am", "piano"),  # chop: a part played, when a sound is named beside it
+        *[(t, "vocals") for t in ("Vox Chop 01", "Vocal Chops", "Oh_Yeah_Shout", "Crowd_Chant_03")],
         *[(t, "strings") for t in ("Pizz_Loop_120_Dm", "Pizzicato Cello", "Harp_Gliss_C")],
         *[(t, "guitar") for t in ("Nylon_Loop_Am_80", "Banjo_Roll_G", "Vox_AC30_Guitar_Riff_Am")],
         *[(t, "piano") for t in ("EP_Chord_Cmaj7", "EP Keys 02", "Klavier_C4")],
@@ -717,9 +716,14 @@ def test_a_velocity_layer_is_no_mood_and_a_pack_name_no_form(tmp_path: Path) -> 
         ("RS", "snare"),  # the TR-808's rimshot, as its sample is named
         # what follows a vocal is its lyric
         *[(t, "vocals") for t in ("Vox_Drop_The_Bass_128", "Vox_Kick_It_128", "Vocal_Chant_Clap_Your_Hands")],
+        # but a voice named after the sound is what the sound is like, and an effect named after it its processing
+        *[("Vocoder Bass", "bass"), ("Chant Kick", "kick"), ("Drum_Chop_01", "drums")],
+        *[("Guitar_Noise_Burst", "guitar"), ("Piano_Ambience_01", "piano"), ("Kick_Tape_Stop", "kick")],
     ],
 )
 def test_spellings_found_missing_in_a_review_of_real_pack_names(table: Synonyms, text: str, tag: str) -> None:
+    """A review of 262 names of real packs' kind found these; a second one, the aliases' first version
+    taking over names they should not (a guitar's noise burst an effect, a drum chop a vocal)."""
     assert table.pick(table.find(text)) == tag
 
 
