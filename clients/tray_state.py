@@ -77,8 +77,9 @@ class TrayState:
 
 
 # -- transitions -------------------------------------------------------------------------------------
-def with_status(state: TrayState, status: pb.Status) -> TrayState:
-    """A fresh snapshot (the Events stream's first message, STATUS_CHANGED, or an RPC's reply)."""
+def with_status(state: TrayState, status: pb.Status, heard_all: bool = True) -> TrayState:
+    """A fresh snapshot (the Events stream's first message, STATUS_CHANGED, or an RPC's reply). `heard_all`:
+    False when events were lost before it (failed_since knows nothing of them)."""
     finished = status.indexed + status.failed
     if status.pending == 0:
         base = -1
@@ -89,8 +90,10 @@ def with_status(state: TrayState, status: pb.Status) -> TrayState:
     training = status.training if status.HasField("training") else state.training
     # failures fixed or removed since they were seen: the next ones are new (it stayed idle for as many). Only
     # once at rest: a failed file read again (a Tag call, a change) is out of the count while it is, and
-    # failing again as before is nothing new (a new failure meanwhile is in failed_since, by its event)
-    seen = min(state.failed_seen, status.failed) if status.pending == 0 else state.failed_seen
+    # failing again as before is nothing new (a new failure meanwhile is in failed_since, by its event); but
+    # at once when what happened meanwhile was not heard (connected now, events lost): the count is all there is
+    unheard = not heard_all or state.status is None
+    seen = min(state.failed_seen, status.failed) if status.pending == 0 or unheard else state.failed_seen
     return replace(state, running=True, status=status, batch_base=base, training=training, failed_seen=seen)
 
 
@@ -104,7 +107,7 @@ def apply(state: TrayState, event: pb.Event) -> tuple[TrayState, list[Notice]]:
     """One event from the daemon's stream → the new state and the notifications it deserves."""
     kind = event.kind
     if kind == pb.Event.EVENTS_LOST:  # the status is where things stand; what was lost may have mended files
-        return with_status(replace(state, failed_since=frozenset()), event.status), []
+        return with_status(replace(state, failed_since=frozenset()), event.status, heard_all=False), []
     if kind == pb.Event.STATUS_CHANGED:
         return with_status(state, event.status), []
     if kind == pb.Event.TRAINING_PROGRESS:

@@ -146,6 +146,18 @@ def test_a_failure_looked_at_and_read_again_to_fail_as_before_is_not_new() -> No
     state, _ = feed(state, changed(indexed=6, failed=1, pending=2), other, changed(indexed=6, failed=2))
     assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 1 new files could not be read"
 
+    # but what was not heard leaves the count alone to say: ten seen, mended while a pack is indexed, and
+    # three new failures among events lost, or while the tray was not connected
+    for unheard in ("lost", "reconnected"):
+        state = ts.errors_seen(ts.with_status(ts.TrayState(), status(indexed=6, failed=10)))
+        if unheard == "lost":
+            state, _ = feed(state, pb.Event(kind=pb.Event.EVENTS_LOST, lost=9, status=status(failed=0, pending=500)))
+        else:
+            state, _ = feed(ts.disconnected(state), changed(failed=0, pending=500))
+        state, _ = feed(state, pb.Event(kind=pb.Event.EVENTS_LOST, lost=9, status=status(failed=3, pending=400)))
+        state, _ = feed(state, changed(indexed=500, failed=3))
+        assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 3 new files could not be read", unheard
+
 
 def test_new_failures_show_as_error_until_looked_at() -> None:
     state, _ = feed(ts.TrayState(), changed(indexed=5, failed=2))
