@@ -303,7 +303,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 UNUSABLE = "its file is missing or damaged: `vibrary models remove {ref}`, then install it again"
-MISSING_FIX = "`vibrary watch remove` it and add it where it is now: no file is analysed again"
+MISSING_FIX = (
+    "`vibrary watch add` it where it is now, then `vibrary watch remove` the old path: no file is analysed again"
+)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

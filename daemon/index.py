@@ -722,6 +722,12 @@ class Index:
         )
         return {int(r[0]) for r in rows}
 
+    def unhashed_pending(self) -> bool:
+        """Whether a file waits to be read that has no content yet: a new one, maybe a moved one whose
+        content no file has now."""
+        row = self.conn().execute("SELECT 1 FROM files WHERE state = 'pending' AND content_id IS NULL LIMIT 1")
+        return row.fetchone() is not None
+
     def forget_contents(self, ids: Iterable[int]) -> int:
         """Forget contents with their tags, unless a file has one again; returns how many went."""
         forgotten = 0

@@ -67,6 +67,7 @@ ON_DEMAND_SWEEP_S = 60.0  # how often files tagged outside the watches are looke
 WATCH_GONE = "its watch folder is not there now (a drive unplugged?): read when it is back"
 STALL_RETRY_S = 30.0  # how often a daemon whose index cannot be written tries again
 UNUSED_S = 3600.0  # how long a content no file has is kept (with its tags), and how often they are looked for
+FORGET_MAX = 50_000  # contents forgotten at one time, at most (about 3 s): the feeder waits meanwhile
 NO_MODEL = "no usable active model: `vibrary models list` lists them, `vibrary models activate NAME` picks one"
 NO_MODEL_WAITS = f"{NO_MODEL}; files wait for one"
 
@@ -230,14 +231,20 @@ class Daemon:
 
     def _forget_unused_contents(self) -> None:
         """When idle, at most every UNUSED_S: the contents no file had at the last look and has now are
-        forgotten with their tags (a file moved by a delete and a create has had that long to come back)."""
+        forgotten with their tags (a file moved by a delete and a create has had that long to come back).
+        Not while files wait to be hashed (paused, stalled, not due yet: a pack moved across drives meanwhile
+        is among them), and the hour starts again after: their contents would be forgotten under them."""
         if time.monotonic() - self._unused_at < UNUSED_S:
             return
         self._unused_at = time.monotonic()
+        if self._paused.is_set() or self.stalled or self.index.unhashed_pending():
+            self._unused = set()
+            return
         unused = self.index.unused_contents()
-        if forgotten := self.index.forget_contents(unused & self._unused):
+        forget = sorted(unused & self._unused)[:FORGET_MAX]  # (years of them, after an upgrade: a bit an hour)
+        if forgotten := self.index.forget_contents(forget):
             log.info("forgot %d contents no file has had for an hour, with their tags", forgotten)
-        self._unused = unused - self._unused
+        self._unused = unused - set(forget)
 
     def _refresh_statistics(self) -> None:
         """ANALYZE when idle and the index grew by a quarter since the last time (seconds on 1 M files)."""

@@ -1163,7 +1163,19 @@ def test_an_idle_daemon_forgets_what_deleted_files_left_after_a_while(
             ).fetchone()[0]
 
         assert kept()[0] == 1 and kept()[1] > 0
-        (tmp_path / "lib" / "a.wav").unlink()
+        d.set_paused(True)  # files wait to be read: a moved one may be among them, its content kept for it
+        (tmp_path / "lib" / "a.wav").rename(tmp_path / "a.wav")
+        wait_for(lambda: d.status()["indexed"] == 0)
+        time.sleep(1.5)
+        assert kept()[0] == 1
+        (tmp_path / "a.wav").rename(tmp_path / "lib" / "moved.wav")  # deleted, and created anew elsewhere
+        wait_for(lambda: d.status()["pending"] == 1)
+        time.sleep(1.5)
+        assert kept()[0] == 1
+        d.set_paused(False)
+        wait_for(lambda: d.status()["indexed"] == 1)
+        assert d.status()["decoded"] == 1 and d.status()["reused"] == 1  # its tags came back by its content
+        (tmp_path / "lib" / "moved.wav").unlink()
         wait_for(lambda: d.status()["indexed"] == 0)
         wait_for(lambda: kept() == (0, 0))
     finally:
