@@ -365,9 +365,7 @@ def test_aws_out_of_reach_for_a_while_mid_training_loses_nothing(
     def progress(update: dict[str, Any]) -> None:
         said.append(update.get("message", ""))
         if update.get("state") == "TRAINING" and not link.down and not any("out of reach" in m for m in said):
-            link.down = True  # from the next poll on, for a second
-            link.cut()
-            threading.Timer(1.0, lambda: setattr(link, "down", False)).start()
+            link.outage()  # from the next poll on, for a second
 
     try:
         with Instances(aws["ec2"], aws["env"]) as instances:
@@ -726,8 +724,7 @@ def test_a_cloud_job_left_by_a_stopping_daemon_trains_on_and_is_collected_later(
             assert not any(p.state in training.FINISHED for p in seen)
 
             seen.clear()
-            link.down = True  # the network not up yet, for a second
-            threading.Timer(1.0, lambda: setattr(link, "down", False)).start()
+            link.outage()  # the network not up yet, for a second
             trained = training.resume(home, job, index=index, progress=seen.append)
         assert [r.returncode for r in instances.runs] == [0], [r.stderr[-2000:] for r in instances.runs]
         assert trained.row.ref == "kinds@1" and trained.summary["epochs_run"] == 30  # the one run, to its end

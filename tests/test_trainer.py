@@ -695,6 +695,7 @@ class _Link:
         self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.open: list[socket.socket] = []
         self.down = False  # while set, the trainer is out of reach: connections are closed as they come
+        self.refused = threading.Event()  # a connection was closed as it came
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -705,6 +706,7 @@ class _Link:
                 return
             if self.down:
                 near.close()
+                self.refused.set()
                 continue
             far = socket.create_connection(self.upstream)
             self.open += [near, far]
@@ -721,6 +723,20 @@ class _Link:
         for s in (a, b):
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
+
+    def outage(self, after_refused_s: float = 1.0) -> None:
+        """Out of reach from now (open connections cut) until `after_refused_s` after it first refused one:
+        a fixed time from now could end before a loaded machine's caller even tried."""
+        self.refused.clear()
+        self.down = True
+        self.cut()
+
+        def back() -> None:
+            self.refused.wait(60)
+            time.sleep(after_refused_s)
+            self.down = False
+
+        threading.Thread(target=back, daemon=True).start()
 
     def cut(self) -> None:
         for s in self.open:
