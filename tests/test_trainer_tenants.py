@@ -212,6 +212,16 @@ def test_one_user_cannot_fill_a_shared_trainers_disk_with_shards(
         alice.upload(manifest, tmp_path)
         assert alice.missing(manifest) == []
 
+    # nor by shards begun small and grown: a shard's first chunk checked alone let 1,000 of them grow to 250 GB
+    monkeypatch.setattr(service, "MAX_USER_SHARD_BYTES", 1000)
+    with TrainerClient(target, tokens["bob"]) as bob:
+        begun = [pb.ShardChunk(sha256=f"{i:064x}", offset=0, data=b"x" * 400, size=1 << 20) for i in range(2)]
+        bob.stub.UploadShards(iter(begun), metadata=bob._metadata)  # 800 bytes held
+        grown = pb.ShardChunk(sha256=f"{0:064x}", offset=400, data=b"x" * 400, size=1 << 20)
+        with pytest.raises(grpc.RpcError) as grew:
+            bob.stub.UploadShards(iter([grown]), metadata=bob._metadata)
+        assert grew.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
 
 def test_users_see_neither_the_jobs_nor_the_shards_of_others(
     shared: tuple[str, Path, dict[str, str]], tmp_path: Path

@@ -198,19 +198,13 @@ def _check_size(size: int, context: grpc.ServicerContext) -> None:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"shard size {size} outside 1..{MAX_SHARD}")
 
 
-def _check_shard_room(path: Path, size: int, context: grpc.ServicerContext) -> None:
-    """RESOURCE_EXHAUSTED for a new shard that would take a user of a shared trainer past
-    MAX_USER_SHARD_BYTES (shards no job needs are given back a week after their last use)."""
-    if path.exists() or path.with_suffix(".part").exists():
-        return
-    with os.scandir(path.parent) as entries:
-        held = sum(e.stat().st_size for e in entries if e.is_file())
-    if held + size > MAX_USER_SHARD_BYTES:
-        context.abort(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"your shards on this trainer would take {(held + size) / 1e9:.1f} GB, more than the"
-            f" {MAX_USER_SHARD_BYTES / 1e9:.1f} GB a user may hold; those no job needs go a week after their last use",
-        )
+def _held_bytes(folder: Path) -> int:
+    held = 0
+    with os.scandir(folder) as entries:
+        for e in entries:
+            with contextlib.suppress(FileNotFoundError):  # pruned meanwhile
+                held += e.stat().st_size if e.is_file() else 0
+    return held
 
 
 def _finish(part: Path, path: Path, size: int, sha256: str) -> bool:
@@ -253,6 +247,7 @@ class TrainerService(pb_grpc.TrainerServicer):
         # that a shard said to be there, or a job's, is never removed between the saying and the training.
         self._shards = threading.Lock()
         self._writing = threading.Lock()  # taken for each uploaded chunk: see UploadShards
+        self._shard_bytes: dict[str, int] = {}  # a tenant's shard bytes, about (_check_shard_room)
         self._watching: Counter[str] = Counter()  # WatchJob streams open, by user
         self._uploading: Counter[str] = Counter()  # UploadShards streams open, by user
         self._streams_lock = threading.Lock()
@@ -396,11 +391,28 @@ class TrainerService(pb_grpc.TrainerServicer):
             # one chunk at a time: two uploads of one shard (a retry while the old stream still writes, two
             # terminals) wrote into a file the other had just verified and renamed: a corrupt shard on record
             with self._writing:  # (a full disk is said by daemon/rpc.py, without the server's paths)
-                if chunk.offset == 0 and not self._alone(user):
-                    _check_shard_room(path, chunk.size, context)
+                self._check_shard_room(user, path, len(chunk.data), context)
                 if self._store(chunk, path, context):
                     complete.append(chunk.sha256)
         return pb.UploadReply(complete=complete)
+
+    def _check_shard_room(self, user: str, path: Path, grows: int, context: grpc.ServicerContext) -> None:
+        """(Holding _writing.) RESOURCE_EXHAUSTED for a chunk that would take a user of a shared trainer past
+        MAX_USER_SHARD_BYTES; shards no job needs are given back a week after their last use. Counted as the
+        chunks come (a resent one counted twice), and the shard folder read again when that count says no:
+        prunes give bytes back, and reading it at every chunk held up every other upload."""
+        if self._alone(user) or path.exists():
+            return
+        held = self._shard_bytes.get(user)
+        if held is None or held + grows > MAX_USER_SHARD_BYTES:
+            held = _held_bytes(path.parent)
+        if held + grows > MAX_USER_SHARD_BYTES:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"your shards on this trainer would take more than the {MAX_USER_SHARD_BYTES / 1e9:.1f} GB a"
+                f" user may hold ({held / 1e9:.1f} GB now); those no job needs go a week after their last use",
+            )
+        self._shard_bytes[user] = held + grows
 
     def _store(self, chunk: pb.ShardChunk, path: Path, context: grpc.ServicerContext) -> bool:
         """Write one chunk of a shard; True when it completed the shard."""
