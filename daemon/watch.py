@@ -513,16 +513,26 @@ class Watcher(FileSystemEventHandler):
                 with self._lock:
                     self._rescanning.discard(folder)
 
-        with self._lock:
-            self.scans_running += 1
-        self._thread(scan_until_settled, "rescan")
+        self._scan_thread(scan_until_settled, "rescan", folder)
 
     def _scan_in_background(self, folder: str) -> None:
         if os.path.basename(folder) == JUNK_FOLDER or not self._storable(folder):
             return
+        self._scan_thread(lambda: self._scan_safely(folder), "scan")
+
+    def _scan_thread(self, scan: Callable[[], None], name: str, rescanning: str = "") -> None:
+        """A scan counted as running (Status.scanning) until it ends. One whose thread could not start (a
+        limit on threads: RuntimeError, raised on) is not: counted, it kept `status --wait` waiting and the
+        periodic rescans off for good."""
         with self._lock:
             self.scans_running += 1
-        self._thread(lambda: self._scan_safely(folder), "scan")
+        try:
+            self._thread(scan, name)
+        except RuntimeError:
+            with self._lock:
+                self._scans_done(1)
+                self._rescanning.discard(rescanning)
+            raise
 
     def _scan_folder(self, folder: str) -> None:
         """A folder made, moved in or opened up (chmod) under a watch, scanned in turn with the others of its

@@ -8,7 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -623,3 +623,28 @@ def test_a_folder_that_cannot_be_listed_keeps_the_rows_of_the_folders_under_it(
     w.scan(str(lib))  # listed again, and the folder truly gone
     assert _pending(index) == {str(lib / "top.wav")}
     w.unwatch(str(lib))
+
+
+def test_a_scan_whose_thread_cannot_start_is_not_counted_as_running(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A limit on threads: the scan was counted as running for good, `status --wait` never ended and the
+    periodic rescans (which wait for no scan to run) never came again."""
+    w = _watcher(index)
+    w.start()
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "a.wav").write_bytes(b"A" * 100)
+    real_thread = w._thread
+
+    def no_threads(work: Callable[[], None], name: str) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(w, "_thread", no_threads)
+    for start in (lambda: w.watch(str(tmp_path / "lib")), lambda: w.rescan(str(tmp_path / "lib"))):
+        with pytest.raises(RuntimeError):
+            start()
+        assert w.scans_running == 0
+    monkeypatch.setattr(w, "_thread", real_thread)
+    w.rescan(str(tmp_path / "lib"))  # not taken for one still running
+    wait_for(lambda: w.scans_running == 0 and _pending(index) == {str(tmp_path / "lib" / "a.wav")})
+    w.stop()
