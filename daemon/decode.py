@@ -53,6 +53,11 @@ class FileVanished(DecodeError):
     """The file is gone (deleted or moved away since it was seen)."""
 
 
+class NotAllowed(DecodeError):
+    """No permission to read it: mended without the file changing (its owner's group joined, a share's rights
+    changed on the server), so it is read again at every scan."""
+
+
 class TryLater(DecodeError):
     """A reason that passes: the system out of file handles or memory, a network drive that timed out.
     Stored as a failure, such a file waited for a change or a restart: it is read again a little later."""
@@ -236,7 +241,7 @@ def check_readable(path: str) -> None:
             raise DecodeError(f"{BROKEN_LINK}: {_link_target(path)} is not there") from None
         raise FileVanished(VANISHED) from None
     except PermissionError:
-        raise DecodeError("permission denied") from None
+        raise NotAllowed("permission denied") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise DecodeError("symbolic link loop") from None
@@ -249,7 +254,7 @@ def check_readable(path: str) -> None:
         with open(path, "rb"):
             pass
     except PermissionError:
-        raise DecodeError("permission denied") from None
+        raise NotAllowed("permission denied") from None
     except OSError as e:
         raise unreadable("open", e) from None
 
