@@ -427,6 +427,7 @@ def _wait_idle(c: Client, pending: int) -> None:
     done_before = first.indexed + first.failed  # a failed file is done too: the bar stopped short of them
     gone_since = None
     moved_at, last = time.monotonic(), (-1, -1)
+    said_listing = False
     while True:
         try:
             s = c.status()
@@ -449,6 +450,12 @@ def _wait_idle(c: Client, pending: int) -> None:
             break
         if (s.pending, done) != last:
             moved_at, last = time.monotonic(), (s.pending, done)
+        elif s.pending == 0 and not said_listing and time.monotonic() - moved_at > STUCK_S:
+            said_listing = True  # a big or slow drive (a NAS) takes a while; one that hangs, for ever
+            bar.write(
+                f"still looking for new files in {s.scanning} folder(s) being listed; Ctrl-C stops waiting",
+                file=sys.stderr,
+            )
         elif s.missing_watches and s.pending > s.retrying and time.monotonic() - moved_at > STUCK_S:
             # (files waiting a minute after a passing error move on their own: not given up on)
             bar.close()
