@@ -53,11 +53,6 @@ class FileVanished(DecodeError):
     """The file is gone (deleted or moved away since it was seen)."""
 
 
-class NotAllowed(DecodeError):
-    """No permission to read it: mended without the file changing (its owner's group joined, a share's rights
-    changed on the server), so it is read again at every scan."""
-
-
 class TryLater(DecodeError):
     """A reason that passes: the system out of file handles or memory, a network drive that timed out.
     Stored as a failure, such a file waited for a change or a restart: it is read again a little later."""
@@ -65,6 +60,7 @@ class TryLater(DecodeError):
 
 VANISHED = "file not found (deleted or moved before it could be read)"
 BROKEN_LINK = "broken symbolic link"  # its target not there: the watcher looks for it to come back
+NO_PERMISSION = "permission denied"  # the watcher looks for it to be readable: mended, the file need not change
 # errnos that say nothing about the file; EIO is left out: on a local disk it is a bad sector, for good
 PASSING = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ESTALE}
@@ -241,7 +237,7 @@ def check_readable(path: str) -> None:
             raise DecodeError(f"{BROKEN_LINK}: {_link_target(path)} is not there") from None
         raise FileVanished(VANISHED) from None
     except PermissionError:
-        raise NotAllowed("permission denied") from None
+        raise DecodeError(NO_PERMISSION) from None
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise DecodeError("symbolic link loop") from None
@@ -254,7 +250,7 @@ def check_readable(path: str) -> None:
         with open(path, "rb"):
             pass
     except PermissionError:
-        raise NotAllowed("permission denied") from None
+        raise DecodeError(NO_PERMISSION) from None
     except OSError as e:
         raise unreadable("open", e) from None
 

@@ -58,7 +58,8 @@ def changed_at(st: os.stat_result) -> int:
 def stamp(path: str) -> tuple[int, int]:
     """(size, changed_at) as the watcher's scan sees the file, (-1, -1) when it cannot be stat'ed. Kept for
     a file refused before it is hashed (empty, a named pipe, no permission): with none, every scan found
-    it changed and read it again, its failure counted out of the status meanwhile and sent anew."""
+    it changed and read it again, its failure counted out of the status meanwhile and sent anew. (One the
+    daemon may not read is read again once it may: the watcher looks, `_readable_again`.)"""
     try:
         st = os.stat(path)
     except OSError:

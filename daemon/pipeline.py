@@ -19,7 +19,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .cache import SpectrogramCache
-from .decode import DecodeError, FileVanished, NotAllowed, TryLater
+from .decode import DecodeError, FileVanished, TryLater
 from .features import features, fingerprint, stamp
 from .index import MODEL_FAILED, RETRY_FOR_S, Job, Result
 from .infer import Model, ranked_tags
@@ -140,8 +140,6 @@ class Pipeline:
         except DecodeError as e:
             result.error = str(e)
             result.vanished = isinstance(e, FileVanished)
-            if isinstance(e, NotAllowed):  # no stamp: a scan reads it again, though the file did not change
-                result.size, result.mtime_ns = -1, -1
             result.retry_for = RETRY_FOR_S if isinstance(e, TryLater) else 0.0
             return _Prepared(result, {}, [])
         outcome = "decoded" if fresh else "from_cache" if todo else "reused"

@@ -39,7 +39,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from .decode import BROKEN_LINK, JUNK_FOLDER, is_audio_path
+from .decode import BROKEN_LINK, JUNK_FOLDER, NO_PERMISSION, is_audio_path
 from .features import changed_at
 from .folders import indexed_path, storable
 from .index import Index, under, within
@@ -302,11 +302,15 @@ class Watcher(FileSystemEventHandler):
                 continue
             self.rescan(root)  # (what changed while it was watched anew, too)
 
-    def _links_back(self) -> None:
-        """Broken links whose targets are there again (their drive mounted, their pack moved back) are read:
-        no event comes for a link when its target returns, and they stayed failed until a rescan hours later."""
+    def _readable_again(self) -> None:
+        """Broken links whose targets are there again (their drive mounted, their pack moved back), and files
+        the daemon may read now (its user put in their group, a share's rights changed on its server), are
+        read: no event comes for either, the file itself unchanged, and they stayed failed for good."""
         for path in self.index.failed_with(BROKEN_LINK):
             if os.path.exists(path):
+                self._mark(path, time.time())
+        for path in self.index.failed_with(NO_PERMISSION):
+            if _readable(path):
                 self._mark(path, time.time())
 
     def _rewatch(self, root: str) -> None:
@@ -477,7 +481,7 @@ class Watcher(FileSystemEventHandler):
                         self._on_pending()
                     if time.monotonic() - last_links >= LINKS_S:
                         last_links = time.monotonic()
-                        self._links_back()
+                        self._readable_again()
                     if self.rescan_s and time.monotonic() - last_scan > self.rescan_s and not self.scans_running:
                         last_scan = time.monotonic()
                         for folder in set(self._watches) - self._inner:
@@ -513,26 +517,29 @@ class Watcher(FileSystemEventHandler):
                 with self._lock:
                     self._rescanning.discard(folder)
 
-        self._scan_thread(scan_until_settled, "rescan", folder)
+        self._scan_thread(scan_until_settled, "rescan", folder, rescanning=True)
 
     def _scan_in_background(self, folder: str) -> None:
         if os.path.basename(folder) == JUNK_FOLDER or not self._storable(folder):
             return
-        self._scan_thread(lambda: self._scan_safely(folder), "scan")
+        self._scan_thread(lambda: self._scan_safely(folder), "scan", folder)
 
-    def _scan_thread(self, scan: Callable[[], None], name: str, rescanning: str = "") -> None:
-        """A scan counted as running (Status.scanning) until it ends. One whose thread could not start (a
-        limit on threads: RuntimeError, raised on) is not: counted, it kept `status --wait` waiting and the
-        periodic rescans off for good."""
+    def _scan_thread(self, scan: Callable[[], None], name: str, folder: str, rescanning: bool = False) -> None:
+        """A scan counted as running (Status.scanning) until it ends. One whose thread cannot start (a limit
+        on threads) waits with the new folders, whose scans are started again at every check until one can
+        be: counted as running, it kept `status --wait` waiting and the periodic rescans off for good, and a
+        watch folder back from a drive unplugged was watched but never scanned."""
         with self._lock:
             self.scans_running += 1
         try:
             self._thread(scan, name)
-        except RuntimeError:
+        except RuntimeError as e:
             with self._lock:
                 self._scans_done(1)
-                self._rescanning.discard(rescanning)
-            raise
+                if rescanning:
+                    self._rescanning.discard(folder)
+            log.warning("could not start a scan of %s (%s); trying again soon", folder, e)
+            self._scan_folder(folder)
 
     def _scan_folder(self, folder: str) -> None:
         """A folder made, moved in or opened up (chmod) under a watch, scanned in turn with the others of its
@@ -753,7 +760,11 @@ MADE_UP_INODES = {"vfat", "msdos", "exfat", "fat", "umsdos"}  # numbered at each
 
 UNNAMED_MOST = 1000  # names not UTF-8 remembered (each status checks they are still there)
 CHECK_S = 5.0  # how often watch folders are checked for a move, a comeback or a due rescan
-LINKS_S = 60.0  # how often the targets of broken links are looked for
+LINKS_S = 60.0  # how often the targets of broken links, and unreadable files, are looked at again
+
+
+def _readable(path: str) -> bool:
+    return os.access(path, os.R_OK)
 
 
 def _stable_inodes() -> Callable[[int], bool]:

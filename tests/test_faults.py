@@ -276,38 +276,6 @@ def test_pipeline_file_deleted_between_event_and_read(
     assert ranked[0][0] == "high"
 
 
-def test_a_file_refused_before_it_is_hashed_is_read_again_by_a_scan_only_when_that_may_mend_it(
-    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An empty file keeps its size and time, so an unchanged one is not read again at every scan; one the
-    daemon may not read keeps none: the permission is mended without the file changing (a group joined)."""
-    empty = tmp_path / "empty.wav"
-    empty.touch()
-    locked = write_tone(tmp_path / "locked.wav", 1000)
-    real_check = features.check_readable
-
-    def no_permission(path: str) -> None:  # (this test may run as root, who reads any file)
-        if path == str(locked):
-            raise decode.NotAllowed("permission denied")
-        real_check(path)
-
-    monkeypatch.setattr(features, "check_readable", no_permission)
-    results: list[Result] = []
-    index = Index(config.index_path(model_home))
-    pipeline = Pipeline(load_models(index), results.extend, workers=1, batch_size=4, queue_size=4, store_min_score=0.02)
-    try:
-        pipeline.submit(Job(1, str(empty), 1, -1, -1, None))
-        pipeline.submit(Job(2, str(locked), 1, -1, -1, None))
-        assert pipeline.wait_idle(timeout=30)
-    finally:
-        pipeline.close()
-        index.close()
-    by_id = {r.job.id: r for r in results}
-    assert by_id[1].error == "empty file (0 bytes)" and by_id[2].error == "permission denied"
-    assert (by_id[1].size, by_id[1].mtime_ns) == (0, features.changed_at(empty.stat()))
-    assert (by_id[2].size, by_id[2].mtime_ns) == (-1, -1)
-
-
 def test_a_file_rewritten_between_its_hash_and_its_decoding_is_not_tagged_as_its_old_content(
     model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

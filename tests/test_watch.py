@@ -424,6 +424,37 @@ def test_a_broken_link_is_read_once_its_target_is_back(
         w.stop()
 
 
+def test_a_file_the_daemon_may_not_read_is_read_once_it_may(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its permission mended without the file changing (the daemon's user put in its group, a share's rights
+    changed on the server): no event comes, no scan sees a change, and it stayed failed for good."""
+    monkeypatch.setattr(watch_module, "CHECK_S", 0.1)
+    monkeypatch.setattr(watch_module, "LINKS_S", 0.3)
+    allowed: set[str] = set()
+    monkeypatch.setattr(watch_module, "_readable", lambda path: path in allowed)  # (root may read any file)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for name in ("kick.wav", "snare.wav"):
+        (lib / name).write_bytes(b"RIFF")
+    index.add_watch(str(lib))
+    w = _watcher(index)
+    w.watch(str(lib))
+    wait_for(lambda: w.scans_running == 0)
+    for job in index.due_jobs(10, set(), 1e12):
+        st = os.stat(job.path)
+        index.write_results([Result(job, size=st.st_size, mtime_ns=changed_at(st), error="permission denied")], 0.02)
+    w.start()
+    try:
+        time.sleep(0.6)  # looked at, still not readable: they stay failed
+        assert _pending(index) == set() and len(index.failures()) == 2
+        allowed.add(str(lib / "kick.wav"))
+        wait_for(lambda: _pending(index) == {str(lib / "kick.wav")}, timeout=5)
+        assert [p for p, _ in index.failures()] == [str(lib / "snare.wav")]
+    finally:
+        w.stop()
+
+
 def test_the_missing_watches_are_read_while_the_watcher_writes(index: Index, tmp_path: Path) -> None:
     """Every Search, CountTags and Tag asks which watch folders are missing; that waited on the lock the
     watcher holds while it writes events to the index (a second or more after a copy of thousands of files),
@@ -625,11 +656,11 @@ def test_a_folder_that_cannot_be_listed_keeps_the_rows_of_the_folders_under_it(
     w.unwatch(str(lib))
 
 
-def test_a_scan_whose_thread_cannot_start_is_not_counted_as_running(
+def test_a_scan_whose_thread_cannot_start_waits_for_one(
     index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A limit on threads: the scan was counted as running for good, `status --wait` never ended and the
-    periodic rescans (which wait for no scan to run) never came again."""
+    periodic rescans (which wait for no scan to run) never came again. It waits for a thread, and runs."""
     w = _watcher(index)
     w.start()
     (tmp_path / "lib").mkdir()
@@ -641,10 +672,12 @@ def test_a_scan_whose_thread_cannot_start_is_not_counted_as_running(
 
     monkeypatch.setattr(w, "_thread", no_threads)
     for start in (lambda: w.watch(str(tmp_path / "lib")), lambda: w.rescan(str(tmp_path / "lib"))):
-        with pytest.raises(RuntimeError):
-            start()
-        assert w.scans_running == 0
-    monkeypatch.setattr(w, "_thread", real_thread)
-    w.rescan(str(tmp_path / "lib"))  # not taken for one still running
+        start()
+        assert w.scans_running == 1  # one scan waits for a thread, not one more for each try
+    time.sleep(0.3)
+    assert _pending(index) == set() and w.scans_running == 1
+    monkeypatch.setattr(w, "_thread", real_thread)  # threads again: the check after starts it
     wait_for(lambda: w.scans_running == 0 and _pending(index) == {str(tmp_path / "lib" / "a.wav")})
+    w.rescan(str(tmp_path / "lib"))  # and a rescan is no longer taken for one still running
+    wait_for(lambda: w.scans_running == 0)
     w.stop()
