@@ -418,7 +418,7 @@ STUCK_S = 10.0  # how long nothing moves, a watch folder missing, before `status
 
 
 def _wait_idle(c: Client, pending: int) -> None:
-    """Progress bar until nothing is pending. A daemon that stops meanwhile is waited for a while: one
+    """Progress bar until nothing is pending or being listed. A daemon that stops meanwhile is waited for a while: one
     restarted (by its start-at-login unit, after an upgrade) ended an hour's wait with "no daemon". Files
     under a watch folder not there now (a drive unplugged) wait for it: when nothing else moves for
     STUCK_S, that is said and the wait ends (it waited for ever)."""
@@ -1285,7 +1285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("status", parents=[common], help="what the daemon is doing")
-    p.add_argument("--wait", action="store_true", help="show progress until nothing is pending")
+    p.add_argument("--wait", action="store_true", help="show progress until nothing is pending or being listed")
     p.set_defaults(func=cmd_status)
 
     for name, text in (("pause", "pause indexing (changes are still recorded)"), ("resume", "resume indexing")):

@@ -722,10 +722,12 @@ class Index:
         )
         return {int(r[0]) for r in rows}
 
-    def unhashed_pending(self) -> bool:
-        """Whether a file waits to be read that has no content yet: a new one, maybe a moved one whose
-        content no file has now."""
-        row = self.conn().execute("SELECT 1 FROM files WHERE state = 'pending' AND content_id IS NULL LIMIT 1")
+    def any_pending(self, hidden: Sequence[str] = ()) -> bool:
+        """Whether a file waits to be read, but for those under `hidden` (watch folders not there now, whose
+        files wait for them for as long as a drive stays unplugged)."""
+        args: list[object] = []
+        outside = "".join(f" AND {c}" for c in _outside(hidden, args))
+        row = self.conn().execute(f"SELECT 1 FROM files f WHERE f.state = 'pending'{outside} LIMIT 1", args)
         return row.fetchone() is not None
 
     def forget_contents(self, ids: Iterable[int]) -> int:

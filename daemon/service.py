@@ -232,12 +232,14 @@ class Daemon:
     def _forget_unused_contents(self) -> None:
         """When idle, at most every UNUSED_S: the contents no file had at the last look and has now are
         forgotten with their tags (a file moved by a delete and a create has had that long to come back).
-        Not while files wait to be hashed (paused, stalled, not due yet: a pack moved across drives meanwhile
-        is among them), and the hour starts again after: their contents would be forgotten under them."""
+        Not while files wait to be read (paused, stalled, not due yet: a pack moved across drives meanwhile is
+        among them) or folders to be listed, but for those under watch folders not there now; the hour starts
+        again after: their contents would be forgotten under them."""
         if time.monotonic() - self._unused_at < UNUSED_S:
             return
         self._unused_at = time.monotonic()
-        if self._paused.is_set() or self.stalled or self.index.unhashed_pending():
+        waiting = self.watcher.scans_running or self.index.any_pending(sorted(self.watcher.missing))
+        if self._paused.is_set() or self.stalled or waiting:
             self._unused = set()
             return
         unused = self.index.unused_contents()

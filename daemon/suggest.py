@@ -323,8 +323,8 @@ class Synonyms:
             or all(w.isupper() for w in written[m.start : m.end])
             or words == m.end - m.start
         ]
-        if found and found[0].start == 0 and found[0].key in _VOICE:  # `Vox_Drop_The_Bass`: a lyric follows
-            found = [m for m in found if self.rank(m.tag) or m.tag == found[0].tag]
+        if found and found[0].tag == "vocals" and _voice(found[0].key):  # `SM101_Vox_Drop_The_Bass`: a lyric
+            found = [m for m in found if self.rank(m.tag) or m.tag == "vocals"]
         named = any(self.rank(m.tag) == 0 and m.key not in self._roles for m in found)
         # `Kick-Hard`, `Snare_Soft`: after a drum, how it was hit (a velocity layer), no mood; but a pad's
         # `Soft` or a `Kick Hard Loop` are the sound's character
@@ -616,10 +616,10 @@ def _choose(
     return best, tags
 
 
-# a name that starts with one of these is a voice's, and the sounds it names after are its lyric
-_VOICE = frozenset(
-    {("vox",), ("vocal",), ("vocals",), ("acapella",), ("acappella",), ("accapella",), ("a", "cappella")}
-)
+def _voice(key: tuple[str, ...]) -> bool:
+    """Whether an alias names a voice (vox, vocal chop, a cappella): the sounds a name gives after it are its
+    lyric. (A vocoder, a choir or a chant named before a sound is how that sound is made.)"""
+    return key[0] in ("vox", "vocal", "vocals", "acapella", "acappella", "accapella") or key[:2] == ("a", "cappella")
 
 
 def _says_pad(text: str) -> bool:

@@ -716,6 +716,7 @@ def test_a_velocity_layer_is_no_mood_and_a_pack_name_no_form(tmp_path: Path) -> 
         ("RS", "snare"),  # the TR-808's rimshot, as its sample is named
         # what follows a vocal is its lyric
         *[(t, "vocals") for t in ("Vox_Drop_The_Bass_128", "Vox_Kick_It_128", "Vocal_Chant_Clap_Your_Hands")],
+        *[(t, "vocals") for t in ("SM101_Vox_Drop_The_Bass", "Female Vox Bass Drop", "Vocal_Chop_Drop_The_Bass")],
         # but a voice named after the sound is what the sound is like, and an effect named after it its processing
         *[("Vocoder Bass", "bass"), ("Chant Kick", "kick"), ("Drum_Chop_01", "drums")],
         *[("Guitar_Noise_Burst", "guitar"), ("Piano_Ambience_01", "piano"), ("Kick_Tape_Stop", "kick")],

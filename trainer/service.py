@@ -401,7 +401,10 @@ class TrainerService(pb_grpc.TrainerServicer):
         MAX_USER_SHARD_BYTES; shards no job needs are given back a week after their last use. Counted as the
         chunks come (a resent one counted twice), and the shard folder read again when that count says no:
         prunes give bytes back, and reading it at every chunk held up every other upload."""
-        if self._alone(user) or path.exists():
+        if self._alone(user):  # (no count kept meanwhile: one kept from before would be low when tenants come)
+            self._shard_bytes.pop(user, None)
+            return
+        if path.exists():
             return
         held = self._shard_bytes.get(user)
         if held is None or held + grows > MAX_USER_SHARD_BYTES:
