@@ -531,6 +531,8 @@ class Watcher(FileSystemEventHandler):
         watch folder back from a drive unplugged was watched but never scanned."""
         with self._lock:
             self.scans_running += 1
+            if self.scans_running == 1:  # (Status.scanning: its first, as its last, is said to followers)
+                self._on_pending()
         try:
             self._thread(scan, name)
         except RuntimeError as e:

@@ -76,6 +76,19 @@ def test_indexing_counts_done_of_queued_from_when_the_work_began() -> None:
     assert ts.view(state).icon == ts.Icon.ERROR
 
 
+def test_folders_being_listed_are_said_while_nothing_else_is_going_on() -> None:
+    state, _ = feed(ts.TrayState(), changed(indexed=3, scanning=2))
+    v = ts.view(state)
+    assert (v.icon, v.tooltip.splitlines()[0]) == (
+        ts.Icon.IDLE,
+        "Vibrary: looking for new files (2 folders being listed)",
+    )
+    state, _ = feed(state, changed(indexed=3, pending=4, scanning=2))  # what they found is said instead
+    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: indexing: 0 of 4 files"
+    state, _ = feed(state, changed(indexed=7))
+    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: idle"
+
+
 def test_events_lost_bring_the_status_they_carry() -> None:
     """A tray too slow for its events is told so, with the status as it stands: it shows that."""
     state, _ = feed(ts.TrayState(), changed(indexed=3, pending=4))
