@@ -351,6 +351,11 @@ def test_status_wait_says_when_indexing_is_paused_or_waits_for_a_drive(daemon: D
     assert f"watch folders not there now ({lib})" in stuck.stderr
 
 
+def _connections(socket: Path) -> int:
+    """Connections to the daemon's socket now (Linux lists each accepted one with the socket's path)."""
+    return sum(line.endswith(f" {socket}") for line in Path("/proc/net/unix").read_text().splitlines())
+
+
 def test_status_wait_waits_for_a_daemon_that_is_restarted(model_home: Path, tmp_path: Path) -> None:
     """A daemon restarted meanwhile (its start-at-login unit, an upgrade) ended an hour's wait with "no
     daemon is running", exit 1."""
@@ -363,8 +368,10 @@ def test_status_wait_waits_for_a_daemon_that_is_restarted(model_home: Path, tmp_
         wait_for(lambda: d.client.status().pending == 1)
         env = {**os.environ, "VIBRARY_HOME": str(model_home)}
         command = [sys.executable, "-m", "vibrary.clients.cli", "status", "--wait", "--json"]
+        before = _connections(config.socket_path(model_home))
         waiting = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(4.0)  # (its first status asked)
+        wait_for(lambda: _connections(config.socket_path(model_home)) > before)  # its first status asked
+        time.sleep(1.0)
         assert waiting.poll() is None, waiting.communicate()
         d.stop()
         d = start_daemon(model_home)
