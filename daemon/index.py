@@ -59,8 +59,10 @@ CREATE INDEX IF NOT EXISTS files_failed ON files(updated) WHERE state = 'failed'
 CREATE INDEX IF NOT EXISTS files_retry ON files(due) WHERE state = 'pending' AND error IS NOT NULL;
 CREATE TABLE IF NOT EXISTS contents (
     id INTEGER PRIMARY KEY,
-    hash BLOB NOT NULL UNIQUE
+    hash BLOB NOT NULL UNIQUE,
+    unused_since REAL                         -- when no file had it any more (looked at hourly), else NULL
 );
+CREATE INDEX IF NOT EXISTS contents_unused ON contents(unused_since) WHERE unused_since IS NOT NULL;
 CREATE TABLE IF NOT EXISTS models (
     id INTEGER PRIMARY KEY AUTOINCREMENT,     -- never reused: tags of a removed model must not pass to another
     name TEXT NOT NULL,
@@ -213,6 +215,15 @@ _ORPHANS = """DELETE FROM tags WHERE model_id NOT IN (SELECT id FROM models);
 FAILED = "failed"
 
 
+def _add_column(c: sqlite3.Connection, table: str, column: str) -> None:
+    """A column an index made by an older version lacks."""
+    name = column.split()[0]
+    if c.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone() and not any(
+        row[1] == name for row in c.execute(f"PRAGMA table_info({table})")
+    ):
+        c.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+
+
 def _pages(items: Sequence[T]) -> Iterator[Sequence[T]]:
     """500 at a time: SQLite takes only so many variables in one statement (32,766 on many builds, 999 on
     old ones), and a folder, a Tag call or a search can hold more."""
@@ -277,10 +288,8 @@ class Index:
         upgrade = c.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'tags_hit'").fetchone()
         _ids_never_reused(c, "files")
         _ids_never_reused(c, "models", then=_ORPHANS)
-        if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'files'").fetchone() and not any(
-            row[1] == "inode" for row in c.execute("PRAGMA table_info(files)")
-        ):
-            c.execute("ALTER TABLE files ADD COLUMN inode INTEGER NOT NULL DEFAULT -1")  # -1: not known yet
+        _add_column(c, "files", "inode INTEGER NOT NULL DEFAULT -1")  # -1: not known yet
+        _add_column(c, "contents", "unused_since REAL")
         c.executescript(SCHEMA)  # executescript runs its own transaction
         if upgrade:  # tags_hit gave way to tags_hits: without its statistics a path search walks every tag
             c.execute("ANALYZE tags")
@@ -713,14 +722,35 @@ class Index:
             c.execute("UPDATE models SET active = 1 WHERE name = ? AND version = ?", (model.name, row[0]))
         return self.model(model.name, int(row[0]))
 
-    def unused_contents(self) -> set[int]:
-        """Contents no file has now: deleted or rewritten files left them, with their tags. Kept a while, so
-        that a file moved by a delete and a create (across drives, out of the library and back) gets its tags
-        back by its hash; never forgotten, they grew the index and every tag's posting list for good."""
+    def note_unused(self, now: float) -> None:
+        """Contents no file has now (deleted or rewritten files left them, with their tags) are marked so since
+        `now`, and those a file has again unmarked. Kept a while, so that a file that comes back (moved by a
+        delete and a create, a drive mounted inside a watch folder plugged in again) gets its tags by its
+        hash; never forgotten, they grew the index and every tag's posting list for good."""
+        unused = "NOT EXISTS (SELECT 1 FROM files f WHERE f.content_id = contents.id)"
+        with self.write() as c:
+            c.execute(f"UPDATE contents SET unused_since = ? WHERE unused_since IS NULL AND {unused}", (now,))
+            c.execute(f"UPDATE contents SET unused_since = NULL WHERE unused_since IS NOT NULL AND NOT {unused}")
+
+    def forget_unused(self, before: float, most: int) -> int:
+        """Forget, with their tags, at most `most` contents no file has had since before `before` (and none has
+        now); returns how many went."""
         rows = self.conn().execute(
-            "SELECT id FROM contents c WHERE NOT EXISTS (SELECT 1 FROM files f WHERE f.content_id = c.id)"
+            """SELECT id FROM contents c WHERE unused_since < ?
+               AND NOT EXISTS (SELECT 1 FROM files f WHERE f.content_id = c.id) LIMIT ?""",
+            (before, most),
         )
-        return {int(r[0]) for r in rows}
+        forgotten = 0
+        for page in _pages([int(r[0]) for r in rows]):
+            marks = ",".join("?" * len(page))
+            with self.write() as c:
+                still = f"""SELECT id FROM contents c WHERE id IN ({marks})
+                    AND NOT EXISTS (SELECT 1 FROM files f WHERE f.content_id = c.id)"""
+                gone = [int(r[0]) for r in c.execute(still, page)]
+                for table, column in (("tags", "content_id"), ("tagged", "content_id"), ("contents", "id")):
+                    c.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(i,) for i in gone])
+                forgotten += len(gone)
+        return forgotten
 
     def any_pending(self, hidden: Sequence[str] = ()) -> bool:
         """Whether a file waits to be read, but for those under `hidden` (watch folders not there now, whose

@@ -66,7 +66,8 @@ UNNAMED_SHOWN = 100  # names not UTF-8 in a status (unnamed_count has them all)
 ON_DEMAND_SWEEP_S = 60.0  # how often files tagged outside the watches are looked for (none watches them)
 WATCH_GONE = "its watch folder is not there now (a drive unplugged?): read when it is back"
 STALL_RETRY_S = 30.0  # how often a daemon whose index cannot be written tries again
-UNUSED_S = 3600.0  # how long a content no file has is kept (with its tags), and how often they are looked for
+UNUSED_S = 3600.0  # how often contents no file has are looked for, when idle
+UNUSED_KEEP_S = 30 * 86400.0  # how long one is kept with its tags: a drive unplugged for weeks, plugged in again
 FORGET_MAX = 50_000  # contents forgotten at one time, at most (about 3 s): the feeder waits meanwhile
 NO_MODEL = "no usable active model: `vibrary models list` lists them, `vibrary models activate NAME` picks one"
 NO_MODEL_WAITS = f"{NO_MODEL}; files wait for one"
@@ -129,7 +130,7 @@ class Daemon:
         self._feeder = threading.Thread(target=self._feed, name="feeder", daemon=True)
         self._sweeper = threading.Thread(target=self._sweep_on_demand, name="on-demand-sweep", daemon=True)
         self._analyzed_at, self._analyzed_rows = -1e9, 0
-        self._unused_at, self._unused = time.monotonic(), set[int]()  # (a start's scan has its hour too)
+        self._unused_at = time.monotonic()  # (a start's scan has its hour too)
         self._models_lock = threading.Lock()
         self._watches_lock = threading.Lock()  # the watcher and the index change together (add_watch)
         self._paused = threading.Event()
@@ -230,23 +231,23 @@ class Daemon:
                 self._stop.wait(1.0)
 
     def _forget_unused_contents(self) -> None:
-        """When idle, at most every UNUSED_S: the contents no file had at the last look and has now are
-        forgotten with their tags (a file moved by a delete and a create has had that long to come back).
-        Not while files wait to be read (paused, stalled, not due yet: a pack moved across drives meanwhile is
-        among them) or folders to be listed, but for those under watch folders not there now; the hour starts
-        again after: their contents would be forgotten under them."""
+        """When idle, at most every UNUSED_S: contents no file has are noted so, and those no file has had for
+        UNUSED_KEEP_S forgotten with their tags (note_unused says why). Not while files wait to be read (paused,
+        stalled, not due yet: a pack moved across drives meanwhile is among them) or folders to be listed,
+        but for those under watch folders not there now, whose files wait for them as long as a drive stays
+        unplugged."""
         if time.monotonic() - self._unused_at < UNUSED_S:
             return
         self._unused_at = time.monotonic()
         waiting = self.watcher.scans_running or self.index.any_pending(sorted(self.watcher.missing))
         if self._paused.is_set() or self.stalled or waiting:
-            self._unused = set()
             return
-        unused = self.index.unused_contents()
-        forget = sorted(unused & self._unused)[:FORGET_MAX]  # (years of them, after an upgrade: a bit an hour)
-        if forgotten := self.index.forget_contents(forget):
-            log.info("forgot %d contents no file has had for an hour, with their tags", forgotten)
-        self._unused = unused - set(forget)
+        now = time.time()
+        self.index.note_unused(now)
+        if forgotten := self.index.forget_unused(now - UNUSED_KEEP_S, FORGET_MAX):
+            log.info(
+                "forgot %d contents no file has had for %g days, with their tags", forgotten, UNUSED_KEEP_S / 86400
+            )
 
     def _refresh_statistics(self) -> None:
         """ANALYZE when idle and the index grew by a quarter since the last time (seconds on 1 M files)."""

@@ -1149,6 +1149,7 @@ def test_an_idle_daemon_forgets_what_deleted_files_left_after_a_while(
     from vibrary.daemon import service
 
     monkeypatch.setattr(service, "UNUSED_S", 0.3)  # an hour, in the daemon
+    monkeypatch.setattr(service, "UNUSED_KEEP_S", 0.5)  # a month
     write_tone(tmp_path / "lib" / "a.wav", BANDS["low"])
     d = service.Daemon(model_home, service.config.Settings(nice=0, settle_s=0.1))
     d.start()

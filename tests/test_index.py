@@ -565,19 +565,37 @@ def test_contents_no_file_has_are_forgotten_with_their_tags_unless_one_has_them_
     library: tuple[Index, int, int],
 ) -> None:
     """Deleted and rewritten files left their contents and tags in the index for good (a library that churns
-    renders grew it, and every tag's posting list, without end)."""
+    renders grew it, and every tag's posting list, without end). Those no file has had for a while go."""
     index, inst_id, mood_id = library
     k1 = b"/lib/drums/k1.wav".ljust(16, b"\0")[:16]
     h1 = b"/lib/other/h1.wav".ljust(16, b"\0")[:16]
-    assert index.unused_contents() == set()
+    s1 = b"/lib/drums/s1.wav".ljust(16, b"\0")[:16]
+    index.note_unused(100.0)
+    assert index.forget_unused(1e12, 10) == 0  # every content is some file's
     assert index.remove_paths(["/lib/drums/k1.wav", "/lib/other/h1.wav"]) == ["/lib/drums/k1.wav", "/lib/other/h1.wav"]
-    unused = index.unused_contents()
-    assert len(unused) == 2 and index.models_done(k1) == {inst_id, mood_id}  # kept: it may come back
+    index.note_unused(200.0)
+    assert index.forget_unused(150.0, 10) == 0  # not unused for long enough
+    assert index.models_done(k1) == {inst_id, mood_id}  # kept: it may come back
     _add(index, "/lib/moved/h1.wav", {"hihat": 0.95}, inst_id, content=h1)  # it came back, by a delete and a create
-    assert index.forget_contents(unused) == 1
+    index.remove_paths(["/lib/drums/s1.wav"])
+    index.note_unused(300.0)  # s1's from now; h1's no longer
+    assert index.forget_unused(250.0, 10) == 1  # k1's
     assert index.models_done(k1) == set() and index.models_done(h1) == {inst_id}
-    assert index.unused_contents() == set()
+    assert index.models_done(s1) == {inst_id, mood_id}
+    assert index.forget_unused(1e12, 10) == 1 and index.models_done(s1) == set()
     rows = index.conn().execute("SELECT count(*) FROM tags t JOIN contents c ON c.id = t.content_id").fetchone()[0]
     assert rows == index.conn().execute("SELECT count(*) FROM tags").fetchone()[0]  # no tag of a forgotten one
     assert _paths(index, all_of=[["hihat"]]) == ["/lib/moved/h1.wav"]
     assert _paths(index, all_of=[["kick"]]) == ["/lib/drums/k2.wav"]
+
+
+def test_an_index_from_before_contents_were_forgotten_gets_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    c = sqlite3.connect(path)
+    c.execute("CREATE TABLE contents (id INTEGER PRIMARY KEY, hash BLOB NOT NULL UNIQUE)")
+    c.execute("INSERT INTO contents(hash) VALUES (x'00')")
+    c.commit()
+    c.close()
+    index = Index(path)
+    index.note_unused(5.0)
+    assert index.forget_unused(10.0, 10) == 1
