@@ -138,23 +138,28 @@ def cmd_tag(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(files), unit="file", disable=None, file=sys.stderr)
     lock = threading.Lock()
     reader_gone = threading.Event()  # `vibrary tag --json DIR | head`: it has all it wants
+    # files are read in parallel and come back in any order: each is said in the order given (a script pairs
+    # its paths with the lines, or compares two runs), held until those before it are done
+    done: dict[int, dict] = {}
+    said = 0
 
     def sink(results: list[Result]) -> None:
+        nonlocal said
         with lock:
             for r in results:
-                if reader_gone.is_set():
-                    return
                 tags = [(names[mid], t, s) for mid, ranked in r.tags.items() for t, s in ranked[: args.top]]
                 tags.sort(key=lambda x: -x[2])
                 error = NO_SUCH_PATH if r.vanished and r.job.path in absent else r.error
-                line = _file_line(r.job.path, tags, error, {names[mid] for mid in r.unfamiliar})
+                done[r.job.id] = _file_line(r.job.path, tags, error, {names[mid] for mid in r.unfamiliar})
+                bar.update(1)
+            while said in done and not reader_gone.is_set():
+                line = done.pop(said)
+                said += 1
                 bar.clear()
                 try:
                     _out(args, line, _human_file(line))
                 except BrokenPipeError:  # (in a pipeline thread: it was a traceback per batch, and "pending")
                     reader_gone.set()  # main() says it, once the pipeline has stopped
-                    return
-                bar.update(1)
 
     pipeline = Pipeline(
         models,

@@ -37,6 +37,18 @@ def test_tag_json_contract(model_home: Path, tmp_path: Path) -> None:
     assert lines["low.wav"]["path"] == str(tmp_path / "kit" / "low.wav")
 
 
+def test_tag_json_says_the_files_in_the_order_given(model_home: Path, tmp_path: Path) -> None:
+    """Files are read in parallel: the lines came in the order the reads ended, and a script pairing its paths
+    with the lines (or comparing two runs) read one file's tags as another's. Long and short files alternate
+    here, so that reads end out of order."""
+    paths = []
+    for i in range(24):
+        seconds = 3.0 if i % 2 else 0.1
+        paths.append(str(write_tone(tmp_path / f"f{(i * 7) % 24:02d}.wav", 200 + 30 * i, seconds=seconds)))
+    proc = vibrary("tag", "--json", *paths, home=model_home)
+    assert [line["path"] for line in json_lines(proc.stdout)] == paths
+
+
 def test_a_newline_in_a_file_name_keeps_the_file_on_one_human_line(model_home: Path, tmp_path: Path) -> None:
     """A name may hold a newline; printed as it is, it split the file's line in two (--json keeps it)."""
     write_tone(tmp_path / "kit" / "two\nlines.wav", BANDS["low"])
