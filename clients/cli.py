@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tqdm import tqdm
 from vibrary.daemon import config, registry
@@ -1245,16 +1245,28 @@ def _count(text: str) -> int:
     return n
 
 
+class _BadArguments(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's own, but for a mistake it catches (`--limit 0`, an unknown command): said as every other
+    failure is, and with --json also as a JSON line on stdout, where a script had nothing to read. (Its
+    subcommands' parsers are of this class too: argparse makes them so.)"""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise _BadArguments(f"{message} (`{self.prog} --help` says more)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     # SUPPRESS: a --json given before a subcommand (`vibrary models --json list`) is not reset by the
     # subcommand's own default; main() sets False when none was given
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="machine output: one JSON object per line"
     )
-    parser = argparse.ArgumentParser(
-        prog="vibrary", description="Tag your sample library by your own tags.", parents=[common]
-    )
+    parser = _Parser(prog="vibrary", description="Tag your sample library by your own tags.", parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("tag", parents=[common], help="tag files and folders now, without the daemon")
@@ -1456,7 +1468,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(_exclusions_as_words(list(sys.argv[1:] if argv is None else argv)))
+    words = _exclusions_as_words(list(sys.argv[1:] if argv is None else argv))
+    try:
+        args = build_parser().parse_args(words)
+    except _BadArguments as e:
+        return _failed(argparse.Namespace(json="--json" in words), str(e), 2)
     args.json = getattr(args, "json", False)
     try:
         return int(args.func(args))

@@ -49,6 +49,18 @@ def test_tag_json_says_the_files_in_the_order_given(model_home: Path, tmp_path: 
     assert [line["path"] for line in json_lines(proc.stdout)] == paths
 
 
+def test_a_mistake_the_parser_catches_is_a_json_line_too(home: Path) -> None:
+    """`search --limit 0 --json` printed argparse's usage on stderr and nothing on stdout, where the same
+    script got `{"error": …}` for a mistake the command itself caught."""
+    for args in (["search", "kick", "--limit", "0"], ["nosuchcmd"], ["tag", "--top", "0", "x.wav"]):
+        proc = vibrary(*args, "--json", home=home, check=False)
+        (line,) = json_lines(proc.stdout)
+        assert proc.returncode == 2 and line["exit_status"] == 2 and "--help` says more" in line["error"], args
+        assert proc.stderr.startswith("usage: vibrary") and f"vibrary: {line['error']}" in proc.stderr
+    plain = vibrary("search", "kick", "--limit", "0", home=home, check=False)
+    assert plain.returncode == 2 and plain.stdout == ""
+
+
 def test_a_newline_in_a_file_name_keeps_the_file_on_one_human_line(model_home: Path, tmp_path: Path) -> None:
     """A name may hold a newline; printed as it is, it split the file's line in two (--json keeps it)."""
     write_tone(tmp_path / "kit" / "two\nlines.wav", BANDS["low"])
