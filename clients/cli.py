@@ -1114,6 +1114,9 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     except TrainerBusy as e:
         raise CommandError(f"{e}: stop that one first, or give this one its own folder (--data)") from None
     tls = " over TLS" if cert else ""
+    if args.json:  # a script that starts a trainer knows from this line that it answers, and on which port
+        said = {"serving": serving.port, "tls": bool(cert), "data": str(data), "pid": os.getpid()}
+        print(json.dumps(said), flush=True)
     print(f"vibrary trainer serving on port {serving.port}{tls} (data in {data})", file=sys.stderr, flush=True)
     stop = threading.Event()
     on_signals(lambda *_: stop.set(), *ENDING)  # as the daemon: a closed terminal stops it cleanly too

@@ -65,14 +65,18 @@ def _free_port() -> int:
 
 
 def _start_trainer(home: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
-    """`vibrary trainer serve` as its own process on a real TCP port, once it answers."""
-    port = _free_port()
+    """`vibrary trainer serve` as its own process on a real TCP port, once it answers. The port is its own
+    pick, said in its --json line (one found free here first could be taken meanwhile by another test's)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vibrary.clients.cli", "trainer", "serve", "--listen", f"127.0.0.1:{port}"],
+        [sys.executable, "-m", "vibrary.clients.cli", "trainer", "serve", "--listen", "127.0.0.1:0", "--json"],
         env={**os.environ, "VIBRARY_HOME": str(home), **env},
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    assert proc.stdout is not None
+    said = proc.stdout.readline()
+    assert said, proc.communicate(timeout=30)[1].decode(errors="replace")[-2000:]
+    port = json.loads(said)["serving"]
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         grpc.channel_ready_future(channel).result(timeout=60)
     return proc, f"127.0.0.1:{port}"
