@@ -1451,10 +1451,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--tls-key", default=os.environ.get("VIBRARY_TRAINER_TLS_KEY", ""), metavar="PEM")
     a = actions.add_parser("token", parents=[common], help="per-user tokens of this trainer (stored hashed)")
     a.add_argument("--data", default="", help="the trainer's data folder (default $VIBRARY_HOME/trainer)")
+    data = _Parser(add_help=False)  # --data after the action too (`token add --data DIR bob`), as before it
+    data.add_argument("--data", default=argparse.SUPPRESS, help="the trainer's data folder")
     tokens = a.add_subparsers(dest="token_action", required=True)
-    tokens.add_parser("add", parents=[common], help="a new token for USER, printed once").add_argument("user")
-    tokens.add_parser("remove", parents=[common], help="USER's token and jobs stop").add_argument("user")
-    tokens.add_parser("list", parents=[common], help="users with a token")
+    for action, what in (("add", "a new token for USER, printed once"), ("remove", "USER's token and jobs stop")):
+        tokens.add_parser(action, parents=[common, data], help=what).add_argument("user")
+    tokens.add_parser("list", parents=[common, data], help="users with a token")
     a = actions.add_parser("health", parents=[common], help="exit 0 when the trainer at --target is serving")
     a.add_argument("--target", default="127.0.0.1:7878", metavar="HOST:PORT", help="default 127.0.0.1:7878")
     a.add_argument("--tls-ca", default="", metavar="PEM", help="default $VIBRARY_TRAINER_CA or the served cert")

@@ -510,3 +510,14 @@ def test_the_own_trainer_of_a_run_answers_only_that_run(tmp_path: Path) -> None:
             assert caller.jobs() == []
     finally:
         own.stop(grace=0)
+
+
+def test_the_data_folder_may_follow_the_token_action(home: Path, tmp_path: Path) -> None:
+    """`vibrary trainer token add --data DIR bob` was refused, "unrecognized arguments", its usage the
+    trainer's: --data went only before the action."""
+    data = tmp_path / "trainer"
+    added = json_lines(vibrary("trainer", "token", "add", "--data", str(data), "bob", "--json", home=home).stdout)
+    assert added[0]["user"] == "bob" and (data / "tokens.json").exists()
+    for args in (["--data", str(data), "list"], ["list", "--data", str(data)]):
+        assert json_lines(vibrary("trainer", "token", *args, "--json", home=home).stdout) == [{"users": ["bob"]}]
+    assert json_lines(vibrary("trainer", "token", "list", "--json", home=home).stdout) == [{"users": []}]
