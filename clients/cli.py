@@ -613,7 +613,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         if not args.inactive:
             index.set_active(row, True)
         obj = {"model": row.name, "version": row.version, "classes": list(row.classes), "active": not args.inactive}
-        said = "already installed as" if row.id in known else "installed"  # the same file is the same version
+        obj["installed"] = row.id not in known  # False: the same file was installed already, as this version
+        said = "installed" if obj["installed"] else "already installed as"
         human = f"{said} {row.ref} ({len(row.classes)} classes)"
         if was is not None and not args.inactive:
             obj["deactivated"] = was.ref

@@ -181,6 +181,9 @@ def test_models_commands(model_home: Path, tmp_path: Path) -> None:
     v2 = band_model(tmp_path / "v2.onnx", name="bands", version=2, shift=1)
     installed = json_lines(vibrary("models", "install", "--json", str(v2), home=model_home).stdout)[0]
     assert (installed["model"], installed["version"], installed["classes"]) == ("bands", 2, ["low", "mid", "high"])
+    assert installed["installed"] is True
+    again = json_lines(vibrary("models", "install", "--json", str(v2), home=model_home).stdout)[0]
+    assert (again["version"], again["installed"]) == (2, False)  # the same file: the same version, said so
     vibrary("models", "activate", "bands@1", home=model_home)
     assert listed() == [("bands", 1, True), ("bands", 2, False)]
     vibrary("models", "remove", "bands@2", home=model_home)
