@@ -1238,6 +1238,16 @@ def _model_name(text: str) -> str:
     return name
 
 
+def _new_model_name(text: str) -> str:
+    """A name to install a model under, refused as `train --name` refuses one (exit 2) before anything is read."""
+    if text:  # (argparse passes the default through here too)
+        try:
+            config.check_name(text, "model")
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _count(text: str) -> int:
     """A whole number of at least 1, refused by argparse (exit 2, a usage line) before anything starts."""
     try:
@@ -1352,7 +1362,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_parser("list", parents=[common], help="installed models; * marks the active ones")
     a = actions.add_parser("install", parents=[common], help="install an ONNX model file as a new version")
     a.add_argument("ref", metavar="FILE.onnx")
-    a.add_argument("--name", default="", help="install under this name")
+    a.add_argument("--name", default="", type=_new_model_name, help="install under this name")
     a.add_argument("--inactive", action="store_true", help="install without activating")
     for action, which in (("activate", "newest"), ("deactivate", "active"), ("remove", "newest")):
         a = actions.add_parser(action, parents=[common], help=f"{action} NAME (its {which} version) or NAME@VERSION")
