@@ -540,10 +540,11 @@ def cmd_search(args: argparse.Namespace) -> int:
             args,
             c.search(groups, excluded, args.min_score, args.under or "", args.model or "", args.limit, best_first=True),
         )
-        if not args.json:
-            print(f"{_many(n)}{_unknown_tags(c, groups, excluded, args.model or '', n)}", file=sys.stderr)
-            if n == 0 and args.under and not os.path.isdir(args.under):
-                print(f"vibrary: no folder {args.under} (--under)", file=sys.stderr)
+        unknown = _unknown_tags(c, groups, excluded, args.model or "", n)
+        if not args.json or unknown:  # (stderr is the human's with --json too: a typo was silent there)
+            print(f"{_many(n)}{unknown}", file=sys.stderr)
+        if n == 0 and args.under and not os.path.isdir(args.under):
+            print(f"vibrary: no folder {args.under} (--under)", file=sys.stderr)
     return 0
 
 

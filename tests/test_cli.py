@@ -349,6 +349,9 @@ def test_search_words_that_look_like_options_and_model_filters(daemon: DaemonPro
     assert "1 file: no active model tags '-lwo' (did you mean 'low'?)" in leaves_nothing_out.stderr
     nowhere = vibrary("search", "low", "--under", str(tmp_path / "nowhere"), home=daemon.home)
     assert f"no folder {tmp_path / 'nowhere'} (--under)" in nowhere.stderr
+    quiet = vibrary("search", "hihg", "--under", str(tmp_path / "nowhere"), "--json", home=daemon.home)
+    assert quiet.stdout == "" and "(did you mean 'high'?)" in quiet.stderr and "(--under)" in quiet.stderr  # was silent
+    assert vibrary("search", "low", "--json", home=daemon.home).stderr == ""  # nothing to say: nothing said
     assert found("high", "--min-score", "0") > {"high"}  # every stored score (mid's), not hits only
     assert found("--model", "bands", "high") == {"high"}
     for command, model, said, code in (
