@@ -67,10 +67,24 @@ def _file_line(
     guesses, which searches leave out). A file read fine with no tags at all is silent (or no model is active:
     `no_tags`): its line says so in `note`, where a script reading `"tags": [], "error": null` could not tell
     it from a file not read yet."""
+    from vibrary.daemon.index import HIT_SCORE
+
+    tags = list(tags)
+    best = {m: max(s for m2, _, s in tags if m2 == m) for m, _, _ in tags}
     line = {
         "path": path,
         "tags": [
-            {"model": m, "tag": t, "score": round(float(s), 4), "unfamiliar": m in unfamiliar} for m, t, s in tags
+            # hit: the file has this tag, as a search finds it by default (its model's best, or a score of at
+            # least 0.5; a guess of a model that finds the file unfamiliar is none): a script that checked
+            # "no result carries the tag I excluded" read the low scores kept beside the hits as matches
+            {
+                "model": m,
+                "tag": t,
+                "score": round(float(s), 4),
+                "unfamiliar": m in unfamiliar,
+                "hit": m not in unfamiliar and (s == best[m] or s >= HIT_SCORE),
+            }
+            for m, t, s in tags
         ],
         "error": error or None,
     }

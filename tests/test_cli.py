@@ -32,9 +32,28 @@ def test_tag_json_contract(model_home: Path, tmp_path: Path) -> None:
         assert line["error"] is None and line["tags"][0] == {**line["tags"][0], "model": "bands", "tag": band}
         scores = [t["score"] for t in line["tags"]]
         assert scores == sorted(scores, reverse=True) and len(scores) <= 3
+        assert [t["tag"] for t in line["tags"] if t["hit"]] == [band]
     assert lines["broken.wav"]["tags"] == [] and "not a recognised audio format" in lines["broken.wav"]["error"]
     assert lines["gone.wav"]["error"] == "no such file or folder"  # named, never there: not "deleted or moved"
     assert lines["low.wav"]["path"] == str(tmp_path / "kit" / "low.wav")
+
+
+def test_a_files_line_marks_the_tags_it_has_among_the_scores_kept_beside() -> None:
+    """A script that checked "no result carries the tag I excluded" read the low scores kept beside a file's
+    tags as matches: `hit` marks what a search finds, its model's best tag or a score of at least 0.5."""
+    from vibrary.clients.cli import _file_line
+
+    tags = [("inst", "kick", 0.62), ("inst", "tom", 0.51), ("inst", "snare", 0.3), ("mood", "dark", 0.2)]
+    tags += [("mood", "warm", 0.1), ("mine", "wobble", 0.9)]
+    line = _file_line("/x.wav", tags, None, unfamiliar={"mine"})
+    assert {t["tag"]: t["hit"] for t in line["tags"]} == {
+        "kick": True,
+        "tom": True,  # at least 0.5
+        "snare": False,
+        "dark": True,  # its model's best
+        "warm": False,
+        "wobble": False,  # a guess: its model finds the file like none of its examples
+    }
 
 
 def test_tag_json_says_the_files_in_the_order_given(model_home: Path, tmp_path: Path) -> None:
