@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -594,8 +594,24 @@ def cmd_tags(args: argparse.Namespace) -> int:
     with Client() as c:
         # the index answers with the active models' tags: with none active, no file has any
         idle = not any(m.active for m in c.models())
-        _print_files(args, c.tags(args.paths), NO_MODEL_TAGS if idle else SILENT_TAGS)
+        _print_files(args, _as_given(c.tags(args.paths), args.paths), NO_MODEL_TAGS if idle else SILENT_TAGS)
     return 0
+
+
+def _as_given(files: Iterable[pb.FileTags], paths: Sequence[str]) -> Iterator[pb.FileTags]:
+    """The files' paths as `tag` says them, as given or joined to the folder given (the index holds them
+    absolute, links to folders resolved): a script comparing `tag` and `tags` lines, "the same shape", found
+    no path in both."""
+    given = {indexed_path(p): p for p in paths}
+    for f in files:
+        said = given.get(f.path)
+        for root, p in given.items() if said is None else ():
+            if f.path.startswith(root.rstrip("/") + "/"):
+                said = os.path.join(p, os.path.relpath(f.path, root))
+                break
+        if said is not None:
+            f.path = said
+        yield f
 
 
 # -- models: on the home's index directly; a running daemon follows within a second ------------------------

@@ -651,6 +651,24 @@ def test_watching_the_folder_above_a_watch_says_so_and_indexes_each_file_once(
     assert sorted(paths) == sorted(set(paths)) and len(paths) == 2 * len(BANDS)
 
 
+def test_tags_says_the_paths_as_tag_does(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """The same shape, as interfaces.md says: `tags kick/k.wav` said the index's absolute path where `tag` says it
+    as given, so a script comparing the two found no file in both."""
+    for band, freq in BANDS.items():
+        write_tone(tmp_path / "lib" / "kit" / f"{band}.wav", freq)
+    list(daemon.client.tag([str(tmp_path / "lib")]))
+    env = {**os.environ, "VIBRARY_HOME": str(daemon.home)}
+
+    def paths(*args: str) -> list[str]:
+        command = [sys.executable, "-m", "vibrary.clients.cli", *args, "--json"]
+        proc = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
+        return sorted(line["path"] for line in json_lines(proc.stdout))
+
+    for given in (["lib"], ["lib/kit/low.wav", "lib/kit"], [str(tmp_path / "lib")]):
+        assert paths("tags", *given) == paths("tag", *given), given
+    assert paths("tags", "lib/kit/mid.wav") == ["lib/kit/mid.wav"]
+
+
 def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(tmp_path: Path) -> None:
     """The imports take about 0.3 s, and a Ctrl-C in them printed a traceback from inside numpy or grpc.
     The console script's entry makes them: the interrupt is raised there, as the import of the command line
