@@ -303,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
   {args.seed}; held-out test set {len(classes)} × {args.test_per_class}, seed {args.seed + TEST_SEED_OFFSET};
   {size_line}
 - **Base:** {base_note}
-- **Training:** defaults of `vibrary train` (TrainConfig: at most 40 epochs, early stop after 10 without
-  improvement), `--seed {args.seed}`, local trainer, CPU
+- **Training:** defaults of `vibrary train` (from the demo model: at most 20 epochs, early stop after 5
+  without improvement; from none: at most 40, after 10), `--seed {args.seed}`, local trainer, CPU
 
 {table(runs)}
 
