@@ -70,7 +70,10 @@ def _file_line(
     from vibrary.daemon.index import HIT_SCORE
 
     tags = list(tags)
-    best = {m: max(s for m2, _, s in tags if m2 == m) for m, _, _ in tags}
+    best: dict[str, int] = {}  # each model's best tag, by its place: the first of a tie, as the index has it
+    for i, (m, _, s) in enumerate(tags):
+        if m not in best or s > tags[best[m]][2]:
+            best[m] = i
     line = {
         "path": path,
         "tags": [
@@ -82,9 +85,9 @@ def _file_line(
                 "tag": t,
                 "score": round(float(s), 4),
                 "unfamiliar": m in unfamiliar,
-                "hit": m not in unfamiliar and (s == best[m] or s >= HIT_SCORE),
+                "hit": m not in unfamiliar and (i == best[m] or s >= HIT_SCORE),
             }
-            for m, t, s in tags
+            for i, (m, t, s) in enumerate(tags)
         ],
         "error": error or None,
     }
@@ -156,6 +159,10 @@ def cmd_tag(args: argparse.Namespace) -> int:
     # its paths with the lines, or compares two runs), held until those before it are done
     done: dict[int, dict] = {}
     said = 0
+    # files submitted beyond those said, at most: one slow file (a stalled network drive) held every line
+    # after it in memory, said nothing meanwhile, and `| head` went unnoticed until it came
+    ahead = threading.Condition(lock)
+    window = 4 * settings.queue_size
 
     def sink(results: list[Result]) -> None:
         nonlocal said
@@ -174,6 +181,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
                     _out(args, line, _human_file(line))
                 except BrokenPipeError:  # (in a pipeline thread: it was a traceback per batch, and "pending")
                     reader_gone.set()  # main() says it, once the pipeline has stopped
+            ahead.notify_all()
 
     pipeline = Pipeline(
         models,
@@ -185,6 +193,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
     )
     try:
         for n, path in enumerate(files):
+            with ahead:
+                while n - said >= window and not reader_gone.is_set():
+                    ahead.wait(0.5)  # (a timeout: Ctrl-C is heard meanwhile)
             if reader_gone.is_set():
                 break
             pipeline.submit(Job(n, path, 0, -1, -1, None))
@@ -602,15 +613,15 @@ def _as_given(files: Iterable[pb.FileTags], paths: Sequence[str]) -> Iterator[pb
     """The files' paths as `tag` says them, as given or joined to the folder given (the index holds them
     absolute, links to folders resolved): a script comparing `tag` and `tags` lines, "the same shape", found
     no path in both."""
-    given = {indexed_path(p): p for p in paths}
+    given: dict[str, str] = {}
+    for p in paths:
+        given.setdefault(indexed_path(p), p)  # (the first spelling of one path given twice, as `tag` says it)
     for f in files:
-        said = given.get(f.path)
-        for root, p in given.items() if said is None else ():
-            if f.path.startswith(root.rstrip("/") + "/"):
-                said = os.path.join(p, os.path.relpath(f.path, root))
-                break
-        if said is not None:
-            f.path = said
+        up = f.path
+        while up not in given and os.path.dirname(up) != up:  # the nearest folder given, walked up to
+            up = os.path.dirname(up)
+        if up in given:
+            f.path = given[up] if up == f.path else os.path.join(given[up], os.path.relpath(f.path, up))
         yield f
 
 
@@ -1519,7 +1530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(words)
     except _BadArguments as e:
-        return _failed(argparse.Namespace(json="--json" in words), str(e), 2)
+        json_asked = any(len(w) > 2 and "--json".startswith(w) for w in words)  # (--js: argparse's abbreviation)
+        return _failed(argparse.Namespace(json=json_asked), str(e), 2)
     args.json = getattr(args, "json", False)
     try:
         return int(args.func(args))

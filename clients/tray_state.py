@@ -209,7 +209,8 @@ def view(state: TrayState) -> View:
     elif new_failures > 0:
         icon, ring, headline = Icon.ERROR, None, f"{new_failures} new files could not be read"
     elif s.scanning:  # a big library's listing (at a start, a watch added) finds no file for a while
-        icon, ring, headline = Icon.IDLE, None, f"looking for new files ({s.scanning} folders being listed)"
+        listed = f"{s.scanning} folder{'s' if s.scanning > 1 else ''} being listed"
+        icon, ring, headline = Icon.IDLE, None, f"looking for new files ({listed})"
     else:
         icon, ring, headline = Icon.IDLE, None, "idle"
     lines = [f"Vibrary: {headline}", f"{s.indexed} indexed, {s.pending} pending, {s.failed} failed"]

@@ -575,7 +575,12 @@ class Index:
         return written
 
     def _content_id(self, c: sqlite3.Connection, content_hash: bytes) -> int:
+        """(A content a file has again is in use from now: marked unused a month ago and back for less than
+        the hour between two looks, it was forgotten at the next look after it went again.)"""
         c.execute("INSERT OR IGNORE INTO contents(hash) VALUES (?)", (content_hash,))
+        c.execute(
+            "UPDATE contents SET unused_since = NULL WHERE hash = ? AND unused_since IS NOT NULL", (content_hash,)
+        )
         return int(c.execute("SELECT id FROM contents WHERE hash = ?", (content_hash,)).fetchone()[0])
 
     def _store_tags(
@@ -740,17 +745,7 @@ class Index:
                AND NOT EXISTS (SELECT 1 FROM files f WHERE f.content_id = c.id) LIMIT ?""",
             (before, most),
         )
-        forgotten = 0
-        for page in _pages([int(r[0]) for r in rows]):
-            marks = ",".join("?" * len(page))
-            with self.write() as c:
-                still = f"""SELECT id FROM contents c WHERE id IN ({marks})
-                    AND NOT EXISTS (SELECT 1 FROM files f WHERE f.content_id = c.id)"""
-                gone = [int(r[0]) for r in c.execute(still, page)]
-                for table, column in (("tags", "content_id"), ("tagged", "content_id"), ("contents", "id")):
-                    c.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(i,) for i in gone])
-                forgotten += len(gone)
-        return forgotten
+        return self._forget_contents([int(r[0]) for r in rows])
 
     def any_pending(self, hidden: Sequence[str] = ()) -> bool:
         """Whether a file waits to be read, but for those under `hidden` (watch folders not there now, whose
@@ -760,7 +755,7 @@ class Index:
         row = self.conn().execute(f"SELECT 1 FROM files f WHERE f.state = 'pending'{outside} LIMIT 1", args)
         return row.fetchone() is not None
 
-    def forget_contents(self, ids: Iterable[int]) -> int:
+    def _forget_contents(self, ids: Iterable[int]) -> int:
         """Forget contents with their tags, unless a file has one again; returns how many went."""
         forgotten = 0
         for page in _pages(sorted(ids)):

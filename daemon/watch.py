@@ -39,7 +39,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from .decode import BROKEN_LINK, JUNK_FOLDER, NO_PERMISSION, is_audio_path
+from .decode import BROKEN_LINK, JUNK_FOLDER, NO_PERMISSION, DecodeError, check_readable, is_audio_path
 from .features import changed_at
 from .folders import indexed_path, storable
 from .index import Index, under, within
@@ -766,7 +766,13 @@ LINKS_S = 60.0  # how often the targets of broken links, and unreadable files, a
 
 
 def _readable(path: str) -> bool:
-    return os.access(path, os.R_OK)
+    """Whether it opens now: os.access said yes where the open still failed (a share's ACLs behind its mode
+    bits, an AppArmor rule), and the file was read and failed again every minute."""
+    try:
+        check_readable(path)
+    except DecodeError:
+        return False
+    return True
 
 
 def _stable_inodes() -> Callable[[int], bool]:

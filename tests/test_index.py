@@ -577,9 +577,13 @@ def test_contents_no_file_has_are_forgotten_with_their_tags_unless_one_has_them_
     assert index.forget_unused(150.0, 10) == 0  # not unused for long enough
     assert index.models_done(k1) == {inst_id, mood_id}  # kept: it may come back
     _add(index, "/lib/moved/h1.wav", {"hihat": 0.95}, inst_id, content=h1)  # it came back, by a delete and a create
+    index.remove_paths(["/lib/moved/h1.wav"])  # and went again before the next look: unused from now, not from 200
+    index.note_unused(250.0)
+    assert index.forget_unused(240.0, 10) == 1 and index.models_done(h1) == {inst_id}  # k1's only
+    _add(index, "/lib/moved/h1.wav", {"hihat": 0.95}, inst_id, content=h1)
     index.remove_paths(["/lib/drums/s1.wav"])
     index.note_unused(300.0)  # s1's from now; h1's no longer
-    assert index.forget_unused(250.0, 10) == 1  # k1's
+    assert index.forget_unused(260.0, 10) == 0
     assert index.models_done(k1) == set() and index.models_done(h1) == {inst_id}
     assert index.models_done(s1) == {inst_id, mood_id}
     assert index.forget_unused(1e12, 10) == 1 and index.models_done(s1) == set()

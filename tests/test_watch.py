@@ -681,3 +681,12 @@ def test_a_scan_whose_thread_cannot_start_waits_for_one(
     w.rescan(str(tmp_path / "lib"))  # and a rescan is no longer taken for one still running
     wait_for(lambda: w.scans_running == 0)
     w.stop()
+
+
+def test_a_file_is_readable_again_only_when_it_opens(tmp_path: Path) -> None:
+    """os.access said yes where opening still failed (a share's ACLs, an AppArmor rule): the file was read,
+    and failed, every minute. What opens is readable; what is not there, or no file, is not."""
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    assert watch_module._readable(str(tmp_path / "a.wav"))
+    assert not watch_module._readable(str(tmp_path / "gone.wav"))
+    assert not watch_module._readable(str(tmp_path))
