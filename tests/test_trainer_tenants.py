@@ -22,6 +22,7 @@ import grpc
 import onnx
 from vibrary.clients.client import DaemonError
 from vibrary.clients.trainer_client import TrainerClient
+from vibrary.daemon.shards import Manifest
 from vibrary.proto import trainer_pb2 as pb
 from vibrary.proto import trainer_pb2_grpc as pb_grpc
 from vibrary.trainer.service import serve
@@ -30,6 +31,7 @@ from tests.conftest import json_lines, vibrary, wait_for
 from tests.test_trainer import KINDS, _free_port, _manifest_and_blobs, _store, write_kinds
 
 ONE_EPOCH = json.dumps({"epochs": 1})
+LONG = json.dumps({"epochs": 400})  # a job still running when the test is done with it
 
 
 def _add_user(home: Path, data: Path, user: str) -> str:
@@ -47,6 +49,13 @@ def shared(home: Path, tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, st
         yield f"127.0.0.1:{serving.port}", data, tokens
     finally:
         serving.stop(grace=0)
+
+
+def _stored(tmp_path: Path) -> Manifest:
+    """A small dataset's manifest, its shards stored in tmp_path to be uploaded from there."""
+    manifest, blobs = _manifest_and_blobs(per_kind=2)
+    _store(blobs, tmp_path)
+    return manifest
 
 
 def _code(call: object) -> grpc.StatusCode:
@@ -114,14 +123,12 @@ def test_one_user_watching_many_jobs_leaves_watches_to_the_others(
 
     monkeypatch.setattr(service, "MAX_USER_WATCHES", 1)
     target, _, tokens = shared
-    manifest, blobs = _manifest_and_blobs(per_kind=2)
-    _store(blobs, tmp_path)
-    long = json.dumps({"epochs": 400})
+    manifest = _stored(tmp_path)
     with TrainerClient(target, tokens["alice"]) as alice, TrainerClient(target, tokens["bob"]) as bob:
         jobs = {}
         for name, client in (("alice", alice), ("bob", bob)):
             client.upload(manifest, tmp_path)
-            jobs[name] = client.start(manifest, name, "none", long)
+            jobs[name] = client.start(manifest, name, "none", LONG)
         with TrainerClient(target, tokens["alice"]) as watching:
             held = watching.watch(jobs["alice"].id)
             assert next(held).id == jobs["alice"].id  # her one watch, held open
@@ -175,21 +182,19 @@ def test_one_user_queueing_many_jobs_leaves_the_trainer_to_the_others(
 
     monkeypatch.setattr(service, "MAX_USER_JOBS", 1)
     target, _, tokens = shared
-    manifest, blobs = _manifest_and_blobs(per_kind=2)
-    _store(blobs, tmp_path)
-    long = json.dumps({"epochs": 400})
+    manifest = _stored(tmp_path)
     with TrainerClient(target, tokens["alice"]) as alice, TrainerClient(target, tokens["bob"]) as bob:
         for client in (alice, bob):
             client.upload(manifest, tmp_path)
-        first = alice.start(manifest, "mine", "none", long)
+        first = alice.start(manifest, "mine", "none", LONG)
         with pytest.raises(DaemonError, match=r"too many jobs queued or running \(1 by one user") as refused:
-            alice.start(manifest, "mine2", "none", long)
+            alice.start(manifest, "mine2", "none", LONG)
         assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert [j.id for j in alice.jobs()] == [first.id]  # nothing kept of the refused one
-        theirs = bob.start(manifest, "his", "none", long)  # bob's share is his own
+        theirs = bob.start(manifest, "his", "none", LONG)  # bob's share is his own
         alice.cancel(first.id)
         wait_for(lambda: alice.jobs()[0].state == pb.Job.CANCELLED)
-        again = alice.start(manifest, "mine2", "none", long)  # an ended job leaves room
+        again = alice.start(manifest, "mine2", "none", LONG)  # an ended job leaves room
         for client, job in ((alice, again), (bob, theirs)):
             client.cancel(job.id)
 
