@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 from tqdm import tqdm
 from vibrary.daemon import config, registry
 from vibrary.daemon.folders import indexed_path
-from vibrary.daemon.index import Index, Job, Result, under
+from vibrary.daemon.index import HIT_SCORE, NO_SUCH_PATH, Index, Job, Result, under
 from vibrary.daemon.infer import ModelError
 from vibrary.daemon.modelref import parse_ref
 from vibrary.daemon.spectrogram import SILENT
@@ -67,8 +67,6 @@ def _file_line(
     guesses, which searches leave out). A file read fine with no tags at all is silent (or no model is active:
     `no_tags`): its line says so in `note`, where a script reading `"tags": [], "error": null` could not tell
     it from a file not read yet."""
-    from vibrary.daemon.index import HIT_SCORE
-
     tags = list(tags)
     best: dict[str, int] = {}  # each model's best tag, by its place: the first of a tie, as the index has it
     for i, (m, _, s) in enumerate(tags):
@@ -131,7 +129,6 @@ def _index() -> tuple[Index, Any]:
 
 # -- vibrary tag: right here, no daemon ------------------------------------------------------------------
 def cmd_tag(args: argparse.Namespace) -> int:
-    from vibrary.daemon.index import NO_SUCH_PATH
     from vibrary.daemon.pipeline import Pipeline
     from vibrary.daemon.service import expand, load_models
 
