@@ -215,6 +215,9 @@ _ORPHANS = """DELETE FROM tags WHERE model_id NOT IN (SELECT id FROM models);
 FAILED = "failed"
 
 
+_UNUSED = "NOT EXISTS (SELECT 1 FROM files f WHERE f.content_id = contents.id)"  # a content no file has now
+
+
 def _add_column(c: sqlite3.Connection, table: str, column: str) -> None:
     """A column an index made by an older version lacks."""
     name = column.split()[0]
@@ -732,20 +735,27 @@ class Index:
         `now`, and those a file has again unmarked. Kept a while, so that a file that comes back (moved by a
         delete and a create, a drive mounted inside a watch folder plugged in again) gets its tags by its
         hash; never forgotten, they grew the index and every tag's posting list for good."""
-        unused = "NOT EXISTS (SELECT 1 FROM files f WHERE f.content_id = contents.id)"
         with self.write() as c:
-            c.execute(f"UPDATE contents SET unused_since = ? WHERE unused_since IS NULL AND {unused}", (now,))
-            c.execute(f"UPDATE contents SET unused_since = NULL WHERE unused_since IS NOT NULL AND NOT {unused}")
+            c.execute(f"UPDATE contents SET unused_since = ? WHERE unused_since IS NULL AND {_UNUSED}", (now,))
+            c.execute(f"UPDATE contents SET unused_since = NULL WHERE unused_since IS NOT NULL AND NOT {_UNUSED}")
 
     def forget_unused(self, before: float, most: int) -> int:
         """Forget, with their tags, at most `most` contents no file has had since before `before` (and none has
-        now); returns how many went."""
+        now, checked again as each page goes); returns how many went."""
         rows = self.conn().execute(
-            """SELECT id FROM contents c WHERE unused_since < ?
-               AND NOT EXISTS (SELECT 1 FROM files f WHERE f.content_id = c.id) LIMIT ?""",
-            (before, most),
+            f"SELECT id FROM contents WHERE unused_since < ? AND {_UNUSED} LIMIT ?", (before, most)
         )
-        return self._forget_contents([int(r[0]) for r in rows])
+        forgotten = 0
+        for page in _pages([int(r[0]) for r in rows]):
+            with self.write() as c:
+                marks = ",".join("?" * len(page))
+                gone = [
+                    int(r[0]) for r in c.execute(f"SELECT id FROM contents WHERE id IN ({marks}) AND {_UNUSED}", page)
+                ]
+                for table, column in (("tags", "content_id"), ("tagged", "content_id"), ("contents", "id")):
+                    c.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(i,) for i in gone])
+                forgotten += len(gone)
+        return forgotten
 
     def any_pending(self, hidden: Sequence[str] = ()) -> bool:
         """Whether a file waits to be read, but for those under `hidden` (watch folders not there now, whose
@@ -754,20 +764,6 @@ class Index:
         outside = "".join(f" AND {c}" for c in _outside(hidden, args))
         row = self.conn().execute(f"SELECT 1 FROM files f WHERE f.state = 'pending'{outside} LIMIT 1", args)
         return row.fetchone() is not None
-
-    def _forget_contents(self, ids: Iterable[int]) -> int:
-        """Forget contents with their tags, unless a file has one again; returns how many went."""
-        forgotten = 0
-        for page in _pages(sorted(ids)):
-            marks = ",".join("?" * len(page))
-            with self.write() as c:
-                still = f"""SELECT id FROM contents c WHERE id IN ({marks})
-                    AND NOT EXISTS (SELECT 1 FROM files f WHERE f.content_id = c.id)"""
-                gone = [int(r[0]) for r in c.execute(still, page)]
-                for table, column in (("tags", "content_id"), ("tagged", "content_id"), ("contents", "id")):
-                    c.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(i,) for i in gone])
-                forgotten += len(gone)
-        return forgotten
 
     def forget_silent_once(self) -> int:
         """Before stop 25 a file whose opening seconds were silent was computed as having no tags at all (a
