@@ -557,13 +557,13 @@ def _texts(path: str, root: str) -> list[tuple[bool, str, str, str]]:
     file's own folder, name and title say what it is; the folders above and the other fields say what
     pack it came from."""
     own, *above = _folders(path, root)
-    fields = metadata(path)
+    fields = [(k, f"{k}: {_shown(v)}", _URL.sub(" ", v)) for k, v in metadata(path)]
     texts = [(True, "folder", own, own)]
     name = os.path.splitext(os.path.basename(path))[0]
     texts.append((True, "filename", name, name))
-    texts.extend((True, "metadata", f"{k}: {_shown(v)}", _URL.sub(" ", v)) for k, v in fields if k == "title")
+    texts.extend((True, "metadata", raw, text) for k, raw, text in fields if k == "title")
     texts.extend((False, "folder", folder, folder) for folder in above)
-    texts.extend((False, "metadata", f"{k}: {_shown(v)}", _URL.sub(" ", v)) for k, v in fields if k != "title")
+    texts.extend((False, "metadata", raw, text) for k, raw, text in fields if k != "title")
     return texts
 
 
