@@ -418,9 +418,18 @@ class _Job:
     def url(self) -> str:
         return f"s3://{self.settings.bucket}/{self.prefix}job.json"
 
-    def launch(self, progress: Callable[[dict[str, Any]], None], why: str) -> None:
+    def launch(
+        self,
+        progress: Callable[[dict[str, Any]], None],
+        why: str,
+        on_launched: Callable[[str, str], None] = lambda job_id, instance: None,
+    ) -> None:
+        """`on_launched` hears of the instance before anything else is said: a progress line first (slow on a
+        loaded machine) left a window where a Ctrl-C ended an instance its caller never heard of, and said
+        "nothing was launched"."""
         self.instance = launch(self.ec2, self.settings, self.region, self.job_id, self.url)
         self.launched_at = time.time()
+        on_launched(self.job_id, self.instance)
         progress({"state": "WAITING", "message": f"launched {self.settings.instance_type} {self.instance}: {why}"})
 
     def wait(self, progress: Callable[[dict[str, Any]], None]) -> None:
@@ -558,14 +567,14 @@ def train_in_cloud(
                 if not job.instance and launch_due(done, total, elapsed, settings.boot_s):
                     rest = (total - done) * elapsed / done
                     job.launch(
-                        progress, f"the upload ends in about {rest:.0f} s, the instance boots in {settings.boot_s:g} s"
+                        progress,
+                        f"the upload ends in about {rest:.0f} s, the instance boots in {settings.boot_s:g} s",
+                        on_launched,
                     )
-                    on_launched(job.job_id, job.instance)
 
             progress({"state": "UPLOADING", "uploaded_bytes": 0, "upload_bytes": total})
             if launch_due(0, total, 0.0, settings.boot_s):
-                job.launch(progress, "the upload is short")
-                on_launched(job.job_id, job.instance)
+                job.launch(progress, "the upload is short", on_launched)
             upload_shards(s3, bucket, missing, shard_dir, sent)  # the last piece launches at the latest
             on_started(job.job_id, job.instance)
         except Left:  # the daemon stops before the job has all it needs: nobody could go on with it
