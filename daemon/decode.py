@@ -46,7 +46,13 @@ _SHORT_DATA = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)",
 
 
 class DecodeError(Exception):
-    """A file that cannot be turned into a clip; str() is the one-line reason."""
+    """A file that cannot be turned into a clip; str() is the one-line reason. `stamp` is the file's (size,
+    changed_at) when it was refused after a stat (empty, a named pipe, no permission to open), so that a
+    rescan knows it unchanged and does not read it again; (-1, -1) when it could not be stat'ed."""
+
+    def __init__(self, reason: str, stamp: tuple[int, int] = (-1, -1)) -> None:
+        super().__init__(reason)
+        self.stamp = stamp
 
 
 class FileVanished(DecodeError):
@@ -227,6 +233,14 @@ def _two_channels(audio: np.ndarray) -> np.ndarray:
     return audio[:, :2]
 
 
+def changed_at(st: os.stat_result) -> int:
+    """When a file last changed, as far as its stat can tell: its mtime, or its ctime when later. An mtime
+    can be set back (`touch -d`, `cp -p`, an unzip), and a one-shot rewritten with another of its length
+    and its old mtime kept its old tags; the ctime cannot be set. A rename or a chmod moves the ctime too,
+    which costs a hash of the file's head at the next scan (its tags come back by content), no decoding."""
+    return max(st.st_mtime_ns, st.st_ctime_ns)
+
+
 def check_readable(path: str) -> None:
     """Turn the OS's reasons into words before libsndfile hides them behind 'System error'."""
     try:
@@ -242,15 +256,16 @@ def check_readable(path: str) -> None:
         if e.errno == errno.ELOOP:
             raise DecodeError("symbolic link loop") from None
         raise unreadable("stat", e) from None
+    seen = (st.st_size, changed_at(st))
     if not os.path.isfile(path):
-        raise DecodeError("not a regular file")
+        raise DecodeError("not a regular file", seen)
     if st.st_size == 0:
-        raise DecodeError("empty file (0 bytes)")
+        raise DecodeError("empty file (0 bytes)", seen)
     try:
         with open(path, "rb"):
             pass
     except PermissionError:
-        raise DecodeError(NO_PERMISSION) from None
+        raise DecodeError(NO_PERMISSION, seen) from None
     except OSError as e:
         raise unreadable("open", e) from None
 

@@ -33,7 +33,16 @@ import numpy as np
 import soundfile as sf
 
 from .cache import SpectrogramCache
-from .decode import LOOK_AHEAD_S, VANISHED, DecodeError, FileVanished, check_readable, decode, unreadable
+from .decode import (
+    LOOK_AHEAD_S,
+    VANISHED,
+    DecodeError,
+    FileVanished,
+    changed_at,
+    check_readable,
+    decode,
+    unreadable,
+)
 from .spectrogram import SpectrogramParams, dequantize, log_mel, quantize
 
 HEAD_BYTES = 4 << 20
@@ -45,26 +54,6 @@ class Fingerprint(NamedTuple):
     mtime_ns: int  # changed_at(): the file's mtime or, when later, its ctime
     inode: int
     hash: bytes
-
-
-def changed_at(st: os.stat_result) -> int:
-    """When a file last changed, as far as its stat can tell: its mtime, or its ctime when later. An mtime
-    can be set back (`touch -d`, `cp -p`, an unzip), and a one-shot rewritten with another of its length
-    and its old mtime kept its old tags; the ctime cannot be set. A rename or a chmod moves the ctime too,
-    which costs a hash of the file's head at the next scan (its tags come back by content), no decoding."""
-    return max(st.st_mtime_ns, st.st_ctime_ns)
-
-
-def stamp(path: str) -> tuple[int, int]:
-    """(size, changed_at) as the watcher's scan sees the file, (-1, -1) when it cannot be stat'ed. Kept for
-    a file refused before it is hashed (empty, a named pipe, no permission): with none, every scan found
-    it changed and read it again, its failure counted out of the status meanwhile and sent anew. (One the
-    daemon may not read is read again once it may: the watcher looks, `_readable_again`.)"""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return -1, -1
-    return st.st_size, changed_at(st)
 
 
 def fingerprint(path: str) -> Fingerprint:

@@ -20,7 +20,7 @@ from threadpoolctl import threadpool_limits
 
 from .cache import SpectrogramCache
 from .decode import DecodeError, FileVanished, TryLater
-from .features import features, fingerprint, stamp
+from .features import features, fingerprint
 from .index import MODEL_FAILED, RETRY_FOR_S, Job, Result
 from .infer import Model, ranked_tags
 from .spectrogram import SpectrogramParams, heard_in
@@ -130,7 +130,6 @@ class Pipeline:
     def _prepare(self, job: Job) -> _Prepared:
         result = Result(job)
         models = self.models
-        result.size, result.mtime_ns = stamp(job.path)  # as it was when judged, should it fail before the hash
         try:
             hashed = fingerprint(job.path)
             result.size, result.mtime_ns, result.inode, result.hash = hashed
@@ -138,6 +137,8 @@ class Pipeline:
             todo = [m for m in models if m.id not in done]
             specs, fresh = features(job.path, hashed, (m.model.info.params for m in todo), self._cache)
         except DecodeError as e:
+            if result.hash is None:  # refused before the hash: the file as it was when judged
+                result.size, result.mtime_ns = e.stamp
             result.error = str(e)
             result.vanished = isinstance(e, FileVanished)
             result.retry_for = RETRY_FOR_S if isinstance(e, TryLater) else 0.0
