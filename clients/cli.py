@@ -36,6 +36,7 @@ from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client, DaemonError, DaemonNotRunning
 from .query import QueryError, parse_query
+from .tray_state import looking_for_files
 
 
 class CommandError(Exception):
@@ -373,7 +374,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"since it started: {s.decoded} decoded, {s.from_cache} from cached spectrograms, {s.reused} already tagged"
     )
     if s.scanning:
-        human += f"\nlooking for new and changed files: {s.scanning} folder(s) being listed"
+        human += f"\n{looking_for_files(s.scanning)}"
     if s.stalled:
         human += f"\nINDEXING WAITS: {s.stalled}"
     if s.unlisted_folders:
@@ -480,7 +481,7 @@ def _wait_idle(c: Client, pending: int) -> None:
         elif s.pending == 0 and not said_listing and time.monotonic() - moved_at > STUCK_S:
             said_listing = True  # a big or slow drive (a NAS) takes a while; one that hangs, for ever
             bar.write(
-                f"still looking for new files in {s.scanning} folder(s) being listed; Ctrl-C stops waiting",
+                f"still {looking_for_files(s.scanning)}; Ctrl-C stops waiting",
                 file=sys.stderr,
             )
         elif s.missing_watches and s.pending > s.retrying and time.monotonic() - moved_at > STUCK_S:

@@ -186,6 +186,11 @@ def _training_progress(t: pb.TrainProgress) -> float | None:
     return None
 
 
+def looking_for_files(scanning: int) -> str:
+    """A status's folders being listed, said alike by the tray and `vibrary status`."""
+    return f"looking for new files ({scanning} folder{'s' if scanning != 1 else ''} being listed)"
+
+
 def view(state: TrayState) -> View:
     s = state.status
     if not state.running or s is None:
@@ -209,8 +214,7 @@ def view(state: TrayState) -> View:
     elif new_failures > 0:
         icon, ring, headline = Icon.ERROR, None, f"{new_failures} new files could not be read"
     elif s.scanning:  # a big library's listing (at a start, a watch added) finds no file for a while
-        listed = f"{s.scanning} folder{'s' if s.scanning > 1 else ''} being listed"
-        icon, ring, headline = Icon.IDLE, None, f"looking for new files ({listed})"
+        icon, ring, headline = Icon.IDLE, None, looking_for_files(s.scanning)
     else:
         icon, ring, headline = Icon.IDLE, None, "idle"
     lines = [f"Vibrary: {headline}", f"{s.indexed} indexed, {s.pending} pending, {s.failed} failed"]

@@ -512,7 +512,7 @@ class Watcher(FileSystemEventHandler):
                             self._rescanning.discard(folder)
                             return
                         self._rescan_again.discard(folder)
-                        self.scans_running += 1  # (the next _scan_safely takes it off)
+                        self._scans_started(1)  # (the next _scan_safely takes it off)
             finally:
                 with self._lock:
                     self._rescanning.discard(folder)
@@ -530,9 +530,7 @@ class Watcher(FileSystemEventHandler):
         be: counted as running, it kept `status --wait` waiting and the periodic rescans off for good, and a
         watch folder back from a drive unplugged was watched but never scanned."""
         with self._lock:
-            self.scans_running += 1
-            if self.scans_running == 1:  # (Status.scanning: its first, as its last, is said to followers)
-                self._on_pending()
+            self._scans_started(1)
         try:
             self._thread(scan, name)
         except RuntimeError as e:
@@ -558,7 +556,7 @@ class Watcher(FileSystemEventHandler):
             if any(up in waiting for up in _upwards(folder)):
                 return
             waiting[folder] = None
-            self.scans_running += 1
+            self._scans_started(1)
         self._scan_folders_in_turn()
 
     def _waits(self, folder: str) -> bool:
@@ -615,6 +613,13 @@ class Watcher(FileSystemEventHandler):
         finally:
             with self._lock:
                 self._scans_done(1)
+
+    def _scans_started(self, n: int) -> None:
+        """(With the lock held.) The first scan's start, as the last one's end, is said to followers: a count
+        that went 1 → 0 → 1 (a rescan asked again, a scan whose thread could not start) said only its 0."""
+        self.scans_running += n
+        if n and self.scans_running == n:
+            self._on_pending()
 
     def _scans_done(self, n: int) -> None:
         """(With the lock held.) The status counts the scans running (`Status.scanning`): the last one's end

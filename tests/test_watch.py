@@ -660,8 +660,12 @@ def test_a_scan_whose_thread_cannot_start_waits_for_one(
     index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A limit on threads: the scan was counted as running for good, `status --wait` never ended and the
-    periodic rescans (which wait for no scan to run) never came again. It waits for a thread, and runs."""
-    w = _watcher(index)
+    periodic rescans (which wait for no scan to run) never came again. It waits for a thread, and runs.
+    Followers are told it waits: the count went 1 → 0 → 1, and only its 0 was said (`Status.scanning`)."""
+    said: list[int] = []
+    w: Watcher = Watcher(
+        index, settle_s=0.0, on_pending=lambda: said.append(w.scans_running), on_removed=lambda paths: None
+    )
     w.start()
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "a.wav").write_bytes(b"A" * 100)
@@ -674,6 +678,7 @@ def test_a_scan_whose_thread_cannot_start_waits_for_one(
     for start in (lambda: w.watch(str(tmp_path / "lib")), lambda: w.rescan(str(tmp_path / "lib"))):
         start()
         assert w.scans_running == 1  # one scan waits for a thread, not one more for each try
+        assert said[-1] == 1
     time.sleep(0.3)
     assert _pending(index) == set() and w.scans_running == 1
     monkeypatch.setattr(w, "_thread", real_thread)  # threads again: the check after starts it
