@@ -1238,10 +1238,13 @@ def _score(text: str) -> float:
 
 
 def _parsed_ref(text: str) -> tuple[str, int]:
+    """A name no model can have (`--model 'a b'`) is a mistake in the command (exit 2), not a model missing."""
     try:
-        return parse_ref(text)
+        name, version = parse_ref(text)
+        config.check_name(name, "model")
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+    return name, version
 
 
 def _model_ref(text: str) -> str:

@@ -72,7 +72,8 @@ def test_a_mistake_the_parser_catches_is_a_json_line_too(home: Path) -> None:
     """`search --limit 0 --json` printed argparse's usage on stderr and nothing on stdout, where the same
     script got `{"error": …}` for a mistake the command itself caught."""
     mistakes = [["search", "kick", "--limit", "0"], ["nosuchcmd"], ["tag", "--top", "0", "x.wav"]]
-    for args in [*mistakes, ["models", "install", "--name", "bad name", "x.onnx"]]:  # (as `train --name` is)
+    named = [["models", "install", "--name", "bad name", "x.onnx"], ["tag", "--model", "bad name!", "x.wav"]]
+    for args in [*mistakes, *named, ["counts", "--model", "a/b"]]:  # (no model can be so named: not "no such model")
         proc = vibrary(*args, "--json", home=home, check=False)
         (line,) = json_lines(proc.stdout)
         assert proc.returncode == 2 and line["exit_status"] == 2 and "--help` says more" in line["error"], args
