@@ -221,7 +221,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=[logging.StreamHandler(sys.stderr), logging.FileHandler(config.log_path(home_dir))],
+        handlers=[_terminal_log(), logging.FileHandler(config.log_path(home_dir))],
     )
     try:
         settings = config.Settings.load(home_dir)
@@ -271,10 +271,16 @@ ENDING = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)  # a kill, a closed term
 
 
 def _not_started(e: Exception) -> CommandError:
-    """Why the daemon would not start, in its log as well: one started in the background (by the tray, at
-    login) has no terminal to say it in."""
-    logging.getLogger("vibrary.daemon").error("not started: %s", e)
+    """Why the daemon would not start, in its log file as well: one started in the background (by the tray,
+    at login) has no terminal to say it in. The terminal hears it once, as the command's error."""
+    logging.getLogger("vibrary.daemon").error("not started: %s", e, extra={"file_only": True})
     return CommandError(str(e))
+
+
+def _terminal_log() -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(lambda record: not getattr(record, "file_only", False))
+    return handler
 
 
 def on_signals(handler: Callable[[int, Any], None], *signals: signal.Signals) -> None:

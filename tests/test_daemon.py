@@ -684,6 +684,8 @@ def test_tcp_only_when_asked_and_only_with_the_token(model_home: Path, tmp_path:
     refused = vibrary("daemon", "--listen", f"127.0.0.1:{port}", home=model_home, check=False)
     assert refused.returncode == 1 and "token" in refused.stderr
     assert "daemon started" not in refused.stderr  # said before anything starts, not after a start and stop
+    assert refused.stderr.count("needs a token") == 1  # said once on the terminal (it was the log's line and the error)
+    assert "not started: listening on TCP needs a token" in config.log_path(model_home).read_text()
 
     d = start_daemon(model_home, "--listen", f"127.0.0.1:{port}", "--token", "s3cret")
     try:
