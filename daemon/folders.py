@@ -38,6 +38,14 @@ def storable(path: str) -> bool:
         return False
 
 
+def readable_name(path: str) -> str:
+    """A name that is not UTF-8 as people can read it (`Caf\\xe9 Tom.wav`), and as gRPC can carry it."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+UNNAMED = "left out: its name is not valid UTF-8 (rename the file to tag it)"
+
+
 def _warn(folder: str, reason: str) -> None:
     log.warning("cannot read folder %s (%s): its files are left out", folder, reason)
 

@@ -23,7 +23,7 @@ from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from . import config, dataset, events, registry, suggest, training
-from .folders import indexed_path
+from .folders import UNNAMED, indexed_path, readable_name, storable
 from .index import ANY_STORED_SCORE, FileTags, ModelRow, Query
 from .infer import ModelError
 from .modelref import parse_ref
@@ -349,7 +349,12 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, str(e))
         except ValueError as e:  # the user's synonyms.json is broken
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-        return suggestions_pb(found)
+        unnamed = [s.path for s in found if not storable(s.path)]  # (gRPC's strings cannot carry them: UNKNOWN)
+        if unnamed:
+            log.warning(
+                "%d files left out of suggestions, such as %s: %s", len(unnamed), readable_name(unnamed[0]), UNNAMED
+            )
+        return suggestions_pb([s for s in found if storable(s.path)])
 
     def ListSynonyms(self, request: pb.ListSynonymsRequest, context: grpc.ServicerContext) -> pb.Synonyms:
         return self._synonyms(context)

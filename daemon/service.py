@@ -39,7 +39,7 @@ from .events import (
     EventBus,
     StatusPublisher,
 )
-from .folders import audio_files_under, storable
+from .folders import UNNAMED, audio_files_under, readable_name, storable
 from .index import NO_SUCH_PATH, NOT_INDEXED, NOT_STORED, FileTags, Index, ModelRow, Result, within
 from .infer import Model, ModelError
 from .pipeline import ActiveModel, Pipeline
@@ -485,12 +485,8 @@ class Daemon:
             (files if storable(path) else unnamed).append(path)
             if len(files) > TAG_MAX_FILES:
                 raise TooManyFiles(f"more than {TAG_MAX_FILES} files: add the folder as a watch instead")
-        if unnamed:
-            log.warning(
-                "%d files left out, their names not UTF-8 (rename them to tag them), such as %r",
-                len(unnamed),
-                os.fsencode(unnamed[0]),
-            )
+        # said as failures: a folder whose only files had such names was answered with nothing at all
+        unnamed_tags = [FileTags(readable_name(p), "failed", UNNAMED, []) for p in unnamed]
         if not going():
             raise TimeoutError(f"the deadline passed while finding the files ({len(files)} so far)")
         # under a watch folder not there now (a drive unplugged): never fed, so waited on until the deadline
@@ -505,7 +501,7 @@ class Daemon:
             untagged = sum(r.state in ("pending", "unknown") and r.error in (None, "", NOT_INDEXED) for r in known)
             if untagged:
                 raise Paused(f"indexing is paused and {untagged} of these files are not tagged yet: resume it first")
-            return [_say_why_missing(r, absent) for r in known]
+            return [_say_why_missing(r, absent) for r in known] + unnamed_tags
         queued = [p for p in files if p not in hidden]
         with self._tag_lock:
             self._tag_waits.update(queued)
@@ -537,7 +533,7 @@ class Daemon:
                 self._tag_waits = +self._tag_waits
                 self._tag_new &= set(self._tag_waits)  # (read, or dropped below: no longer new)
         self._forget_unwatched(abandoned)
-        return [_say_why_missing(r, absent) for r in results]
+        return [_say_why_missing(r, absent) for r in results] + unnamed_tags
 
     def _forget_unwatched(self, paths: list[str]) -> None:
         """A Tag call's files that no watch holds and no other call waits for, when its caller stopped

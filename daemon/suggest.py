@@ -470,6 +470,8 @@ def metadata(path: str) -> list[tuple[str, str]]:
     """(field, text) pairs embedded in the file, most trusted first; [] when there are none or the file
     cannot be parsed (a suggestion is a hint: an odd tag block must not stop a dataset)."""
     found: list[tuple[str, str]] = []
+    if not os.path.isfile(path):  # a named pipe blocks its reader until a writer comes: maybe for ever
+        return found
     try:
         audio = mutagen.File(path)
     except Exception:  # mutagen raises its own error per format, and OSError

@@ -41,7 +41,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from .decode import BROKEN_LINK, JUNK_FOLDER, NO_PERMISSION, DecodeError, check_readable, is_audio_path
 from .features import changed_at
-from .folders import indexed_path, storable
+from .folders import indexed_path, readable_name, storable
 from .index import Index, under, within
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ class Watcher(FileSystemEventHandler):
             gone = {p for p in self._unnamed if not (os.path.lexists(p) and self._watched(p))}
             self._unnamed -= gone
             names = sorted(self._unnamed)
-        return [os.fsencode(p).decode("utf-8", "backslashreplace") for p in names]
+        return [readable_name(p) for p in names]
 
     @property
     def unlisted(self) -> list[str]:

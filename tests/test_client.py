@@ -334,3 +334,21 @@ def test_a_front_end_installs_and_removes_models_and_synonyms_over_the_api_alone
     with pytest.raises(DaemonError, match="no alias 'nope'") as unknown:
         daemon.client.remove_synonyms(["nope", "kck"])
     assert unknown.value.code == grpc.StatusCode.NOT_FOUND and "kck" in {s.alias for s in daemon.client.synonyms()}
+
+
+def test_a_named_pipe_or_a_name_not_utf8_in_a_folder_is_said_not_fatal(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """Suggestions for a folder holding a named pipe read it, and waited for a writer for ever (each call
+    held a server thread: 64 of them froze the daemon); a name that is not UTF-8 failed the whole call with
+    UNKNOWN. A Tag of a folder whose only file had such a name answered nothing, and said nothing."""
+    kicks = tmp_path / "Kicks"
+    write_tone(kicks / "Kick 01.wav", 60.0, seconds=0.3)
+    os.mkfifo(kicks / "Kick 02.wav")
+    odd = os.path.join(os.fsencode(tmp_path), b"Odd")
+    os.makedirs(odd)
+    (Path(os.fsdecode(odd)) / "kick.wav").write_bytes((kicks / "Kick 01.wav").read_bytes())
+    os.rename(os.path.join(odd, b"kick.wav"), os.path.join(odd, b"Caf\xe9 kick.wav"))
+    found = daemon.client.suggest([str(kicks), os.fsdecode(odd)], timeout=20)
+    assert sorted(f.path for f in found.files) == [str(kicks / "Kick 01.wav"), str(kicks / "Kick 02.wav")]
+    (told,) = daemon.client.tag([os.fsdecode(odd)], timeout=20)
+    assert (told.path, told.state) == (str(tmp_path / "Odd" / "Caf\\xe9 kick.wav"), "failed")
+    assert "not valid UTF-8" in told.error
