@@ -293,7 +293,8 @@ def test_a_model_name_that_cannot_be_or_a_broken_manifest_is_refused_by_name(
 ) -> None:
     """StartJob trained a model named a/b, with a NUL or of 1 MB (only the daemon checked names): the trainer
     follows the daemon's rule for the request's name, or else the manifest's. A manifest missing a field
-    said only "bad dataset manifest: 'spectrogram'"; a string of classes was taken for a list of its letters."""
+    said only "bad dataset manifest: 'spectrogram'"; a string of classes was taken for a list of its letters. A
+    base that is a path was opened by the trainer's job runner (a named pipe there wedged every job after)."""
     manifest, blobs = _manifest_and_blobs()
     _store(blobs, tmp_path)
     raw = json.loads(manifest.to_json())
@@ -312,6 +313,12 @@ def test_a_model_name_that_cannot_be_or_a_broken_manifest_is_refused_by_name(
             with pytest.raises(grpc.RpcError) as e:
                 client.stub.StartJob(pb.JobRequest(manifest=json.dumps(text), name="ok", base="none"), timeout=10)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason in (e.value.details() or "")
+        (tmp_path / "base.pt").write_text("not a checkpoint")  # a path of the trainer's machine: a pipe wedged it
+        with pytest.raises(grpc.RpcError) as e:
+            client.stub.StartJob(pb.JobRequest(manifest=manifest.to_json(), base=str(tmp_path / "base.pt")), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "expected demo or none" in (
+            e.value.details() or ""
+        )
         assert list(client.stub.ListJobs(pb.ListJobsRequest(), timeout=10).jobs) == []
 
 
