@@ -93,11 +93,16 @@ class Added:
     unread: list[tuple[str, str]] = field(default_factory=list)
 
 
+LONGEST_TAG = 255  # a folder's name at most, so that `--labels folders` takes any folder: a tag of 1 MB was taken
+
+
 def label(text: str) -> str:
     """A label as stored, the way suggestions spell tags (`Claps & Snaps` → claps-snaps): a label with a
     space or a `|` could never be searched for, since the query language splits at them."""
     if not text.strip():
         raise ValueError("empty tag")
+    if len(text) > LONGEST_TAG:
+        raise ValueError(f"tag {text[:40]!r}… of {len(text)} characters: {LONGEST_TAG} at most")
     return suggest.clean_tag(text)
 
 
