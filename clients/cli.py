@@ -700,6 +700,9 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
+_LEFT_OUT = {"unreadable": "unreadable", "silent": "silent", "duplicate": "the same sound as another"}
+
+
 def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
     manifest, failed = report.manifest, len(report.failed)
     obj = {
@@ -710,15 +713,17 @@ def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
         "audio_bytes": report.audio_bytes,
         "upload_bytes": manifest.size,
         "ratio": round(report.ratio, 1),
-        "failed": failed,
+        "failed": failed,  # every file left out; why, counted:
+        "left_out": report.left_out,
         "advice": report.advice,
     }
+    why = ", ".join(f"{n} {_LEFT_OUT[kind]}" for kind, n in report.left_out.items() if n)
     human = (
         f"dataset {name}: {_many(manifest.clips, 'clip')} in {len(manifest.classes)} classes "
         f"({', '.join(f'{c} {n}' for c, n in report.per_class.items())})\n"
         f"audio {_size(report.audio_bytes)} → upload {_size(manifest.size)} "
         f"({report.ratio:.0f}× smaller, spectrograms only)"
-        + (f"\n{_many(failed)} left out (unreadable, silent, or the same sound as another)" if failed else "")
+        + (f"\n{_many(failed)} left out ({why})" if failed else "")
         + (f"\n{report.advice}" if report.advice else "")
         + (f"\nmore examples: `vibrary dataset add {name} DIR...`" if " more per class " in report.advice else "")
     )

@@ -60,6 +60,10 @@ class Row:
     content: str = ""  # its content hash (hex) when read: a later add knows the same sound without reading it
 
 
+SILENT_FILE = "silent: "  # (the reasons a file is left out that are no failure to read it)
+SAME_SOUND = "the same sound as "
+
+
 @dataclass
 class BuildReport:
     manifest: shards.Manifest
@@ -74,6 +78,15 @@ class BuildReport:
     @property
     def advice(self) -> str:
         return advise(self.per_class)
+
+    @property
+    def left_out(self) -> dict[str, int]:
+        """Why files were left out, counted: a copy of another file is nothing to mend, an unreadable one is."""
+        kinds = Counter(
+            "duplicate" if why.startswith(SAME_SOUND) else "silent" if why.startswith(SILENT_FILE) else "unreadable"
+            for _, why in self.failed
+        )
+        return {kind: kinds[kind] for kind in ("unreadable", "silent", "duplicate")}
 
 
 @dataclass
@@ -330,7 +343,7 @@ def _spectrograms(
             found, fresh = features(ex.path, hashed, [params], cache)
             cache.put_many(fresh)
             if not heard_in(found[params]):  # nothing to learn from: a model would learn silence as the tag
-                return f"silent: {SILENT}"
+                return f"{SILENT_FILE}{SILENT}"
             return quantize(found[params], params), hashed.size, hashed.hash
         except DecodeError as e:
             return str(e)
@@ -353,7 +366,7 @@ def _spectrograms(
                 first = seen[content] = heard.setdefault(_sound(code), first)  # (a byte copy of it: as it is)
             if first[0] != ex.path:
                 tagged = f", tagged {first[1]}" if first[1] != ex.label else ""
-                failed.append((ex.path, f"the same sound as {first[0]}{tagged}"))
+                failed.append((ex.path, f"{SAME_SOUND}{first[0]}{tagged}"))
                 continue
             codes.append(code)
             rows.append(Row(ex.path, ex.label, ex.group, size, content.hex()))

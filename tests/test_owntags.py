@@ -391,17 +391,21 @@ def test_dataset_add_names_only_the_files_it_could_not_read(home: Path, tmp_path
 
 
 def test_dataset_show_names_the_files_that_could_not_be_read(home: Path, tmp_path: Path) -> None:
-    """`dataset show` said "7 files could not be read" and named none; now a few, as `create` names them."""
-    write_kinds(tmp_path / "ex", per_kind=2, seed=17)
-    broken = [tmp_path / "ex" / "tone" / f"broken{i}.wav" for i in range(7)]
+    """`dataset show` said "7 files could not be read" and named none; now a few, as `create` names them.
+    Why they were left out is counted: a copy of another file (nothing to mend) was counted as failed."""
+    made = write_kinds(tmp_path / "ex", per_kind=2, seed=17)
+    broken = [tmp_path / "ex" / "tone" / f"broken{i}.wav" for i in range(6)]
     for path in broken:
         path.write_bytes(b"RIFF not audio")
+    shutil.copy(made[0], made[0].with_name("zz copy.wav"))
     vibrary("dataset", "create", "mine", str(tmp_path / "ex"), home=home)
     shown = vibrary("dataset", "show", "mine", home=home)
-    assert "7 files left out (unreadable, silent, or the same sound as another)" in shown.stdout
+    assert "7 files left out (6 unreadable, 1 the same sound as another)" in shown.stdout, shown.stdout
     named = [line for line in shown.stderr.splitlines() if line.startswith("skipped ")]
     assert len(named) == 5 and {n.split(": ")[0].removeprefix("skipped ") for n in named} < {str(p) for p in broken}
     assert shown.stderr.splitlines()[-1] == "  … and 2 more", shown.stderr
+    (line,) = json_lines(vibrary("dataset", "show", "mine", "--json", home=home).stdout)
+    assert line["failed"] == 7 and line["left_out"] == {"unreadable": 6, "silent": 0, "duplicate": 1}
 
 
 def test_a_tag_left_with_one_example_is_said_at_once_and_stops_training_before_any_upload(
