@@ -41,7 +41,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from .decode import BROKEN_LINK, JUNK_FOLDER, NO_PERMISSION, DecodeError, check_readable, is_audio_path
 from .features import changed_at
-from .folders import indexed_path, readable_name, storable
+from .folders import audio_files_under, indexed_path, readable_name, storable
 from .index import Index, under, within
 
 log = logging.getLogger(__name__)
@@ -435,7 +435,11 @@ class Watcher(FileSystemEventHandler):
                 self._mark(dst, time.time())
             if not is_dir and not is_audio_path(dst):
                 self._remove(src)
-        if is_dir and (waited or not moved) and not os.path.islink(dst):
+        # A folder's files moved with their rows, but not all of them need have one: a folder renamed before
+        # its scan, or a file written just before (read under its old path, it "vanished" and its row was
+        # dropped before this move was heard: a pack unzipped and renamed at once lost files). Counted by
+        # name, without a stat: a scan would hash again every file renamed since it was read (its ctime).
+        if is_dir and not os.path.islink(dst) and (waited or moved < _audio_files_in(dst)):
             self._scan_folder(dst)
 
     def flush(self) -> None:
@@ -728,6 +732,10 @@ class _Outermost(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         if self.folder not in self.watcher._inner:
             self.watcher.on_any_event(event)
+
+
+def _audio_files_in(folder: str) -> int:
+    return sum(1 for _ in audio_files_under(folder, on_error=lambda folder, reason: None))
 
 
 def _upwards(path: str) -> Iterator[str]:

@@ -292,7 +292,7 @@ def test_tag_calls_on_one_file_at_once_all_get_its_tags_and_prefixes_are_normali
     write_tone(latin1 / "ok.wav", BANDS["high"])
     shutil.copy(os.fsencode(clip), os.path.join(os.fsencode(latin1), b"caf\xe9.wav"))  # from an old archive: left out
     tagged = [(Path(f.path).name, f.state) for f in daemon.client.tag([str(latin1)], timeout=60)]
-    assert tagged == [("ok.wav", "indexed")]
+    assert tagged == [("ok.wav", "indexed"), ("caf\\xe9.wav", "failed")]  # (said as failed, never indexed)
     assert daemon.client.status().pending + daemon.client.status().indexed == before + 1
     daemon.client.deactivate("bands")  # nothing to tag with: said, not "indexed" with no tags
     with pytest.raises(DaemonError) as err:

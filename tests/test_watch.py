@@ -695,3 +695,25 @@ def test_a_file_is_readable_again_only_when_it_opens(tmp_path: Path) -> None:
     assert watch_module._readable(str(tmp_path / "a.wav"))
     assert not watch_module._readable(str(tmp_path / "gone.wav"))
     assert not watch_module._readable(str(tmp_path))
+
+
+def test_a_file_written_just_before_its_folder_is_renamed_is_not_lost(index: Index, tmp_path: Path) -> None:
+    """A pack unzipped and renamed at once: a file was read under its old path, "vanished", and its row was
+    dropped before the folder's move was heard; the move took the other rows along and nothing looked for
+    it (until the next start or rescan, hours later). Here its read ends before the rename, deterministically."""
+    w, lib = _started(index, tmp_path)
+    try:
+        (lib / "Pack").mkdir()
+        (lib / "Pack" / "old.wav").write_bytes(b"O" * 100)
+        wait_for(lambda: _pending(index) == {str(lib / "Pack" / "old.wav")})
+        for job in index.due_jobs(10, set(), 1e12):
+            st = os.stat(job.path)
+            index.write_results([Result(job, size=st.st_size, mtime_ns=changed_at(st), hash=b"o" * 16)], 0.02)
+        (lib / "Pack" / "new.wav").write_bytes(b"N" * 100)
+        wait_for(lambda: _pending(index) == {str(lib / "Pack" / "new.wav")})
+        (job,) = index.due_jobs(10, set(), 1e12)
+        index.write_results([Result(job, error="file not found", vanished=True)], 0.02)  # as if renamed meanwhile
+        os.rename(lib / "Pack", lib / "Renamed")
+        wait_for(lambda: w.scans_running == 0 and _pending(index) == {str(lib / "Renamed" / "new.wav")})
+    finally:
+        w.stop()
