@@ -402,6 +402,9 @@ class Daemon:
 
     # -- API helpers ---------------------------------------------------------------------------------
     def status(self) -> dict[str, object]:
+        # the models as the index has them now: `vibrary models activate` writes there, and the feeder follows
+        # within a second; a status meanwhile listed the model active and said no model was (`status --wait`)
+        self._follow_models()
         counts = self.index.counts()
         retrying, retry_reason = self.index.retrying()
         active = self.index.active_models()

@@ -1267,3 +1267,15 @@ def test_a_request_that_does_not_decode_is_invalid_argument(daemon: DaemonProces
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "malformed request" in str(err.value.details())
     channel.close()
     assert daemon.client.status().home == str(daemon.home) and "deserializing" not in daemon.log()
+
+
+def test_a_status_follows_a_model_activated_by_another_process_at_once(daemon: DaemonProcess) -> None:
+    """`vibrary models activate` writes the index; the daemon follows within a second. A status meanwhile
+    listed the model as active and said indexing waited for lack of one: `models activate X && status
+    --wait` failed at random."""
+    index = Index(config.index_path(daemon.home))
+    (row,) = [m for m in index.models() if m.active]
+    for active in (False, True, False, True):
+        index.set_active(row, active)  # as the CLI does, in another process
+        status = daemon.client.status()
+        assert (list(status.models), bool(status.stalled)) == (([row.ref], False) if active else ([], True))
