@@ -267,6 +267,14 @@ class Synonyms:
             for alias in wanted:
                 if alias not in pairs:
                     raise ValueError(f"no alias {alias!r}: `vibrary synonyms list` shows them")
+            # its plural or singular for the same tag goes too: words are read with a plural s dropped, so
+            # `Pads/` was still read through `pad` after `remove pads`, and the removal seemed to do nothing
+            wanted += [
+                other
+                for alias in wanted
+                for other in (alias + "s", alias + "es", alias.removesuffix("s"), alias.removesuffix("es"))
+                if other != alias and other in pairs and pairs[other][1] == pairs[alias][1]
+            ]
             for alias in wanted:
                 self._forget(alias)
                 if alias in builtin:  # the user's own alias that overrode a built-in one: both go

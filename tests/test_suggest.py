@@ -477,6 +477,10 @@ def test_an_alias_can_be_removed(tmp_path: Path) -> None:
         reloaded.remove(tmp_path, ["nope"])
     reloaded.add(tmp_path, [("oh", "hihat")])  # given back
     assert Synonyms.load(tmp_path).find("OH_05") == ["hihat"]
+    # words are read with a plural s dropped: `remove pads` left `Pads/` a synth, through `pad`
+    removed = reloaded.remove(tmp_path, ["pads"])
+    assert removed == [("pads", "synth", True), ("pad", "synth", True)]
+    assert Synonyms.load(tmp_path).find("Pads") == [] and Synonyms.load(tmp_path).find("Plucks") == ["synth"]
 
 
 def test_cli_synonyms_remove(tmp_path: Path) -> None:
