@@ -704,6 +704,8 @@ _LEFT_OUT = {"unreadable": "unreadable", "silent": "silent", "duplicate": "the s
 
 
 def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
+    from vibrary.daemon.advice import MORE
+
     manifest, failed = report.manifest, len(report.failed)
     obj = {
         "dataset": name,
@@ -725,7 +727,7 @@ def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
         f"({report.ratio:.0f}× smaller, spectrograms only)"
         + (f"\n{_many(failed)} left out ({why})" if failed else "")
         + (f"\n{report.advice}" if report.advice else "")
-        + (f"\nmore examples: `vibrary dataset add {name} DIR...`" if " more per class " in report.advice else "")
+        + (f"\nmore examples: `vibrary dataset add {name} DIR...`" if MORE in report.advice else "")
     )
     return obj, human
 

@@ -24,6 +24,7 @@ from .shards import too_few
 
 CURVE = Path(__file__).parent / "builtin" / "examples_curve.json"
 GAIN = 0.05  # more examples are worth suggesting when they buy at least this much accuracy
+MORE = "examples of every tag"  # (said when more would help: the CLI then says how to add them)
 
 
 def load_curve(*curves: str, path: Path = CURVE) -> tuple[list[tuple[int, float]], str]:
@@ -79,12 +80,14 @@ def advise(per_class: Mapping[str, int], path: Path = CURVE, base: str = "demo",
     tag, n = min(per_class.items(), key=lambda kv: (kv[1], kv[0]))
     now = expected(n, points)
     bound = "at most about" if n < points[0][0] else "about"  # below the curve's first measured size
-    text = f"smallest class {tag!r} has {n} example{'' if n == 1 else 's'}: expect {bound} {now:.0%} accuracy"
+    text = f"your smallest tag, {tag!r}, has {n} example{'' if n == 1 else 's'}: expect {bound} {now:.0%} accuracy"
     better = next(((m, acc) for m, acc in points if m > n and acc >= now + GAIN), None)
     if better is None:
         text += "; more examples would add little"
-    else:
-        text += f"; {better[0] - n} more per class ({better[0]} each) should give about {better[1]:.0%}"
+    else:  # what each tag below that size lacks: "8 more per class" was said of tags that had 8 already
+        short = sorted(((t, better[0] - c) for t, c in per_class.items() if c < better[0]), key=lambda tc: -tc[1])
+        lacks = ", ".join(f"{more} more of {t!r}" for t, more in short[:3]) + (", …" if len(short) > 3 else "")
+        text += f"; {better[0]} {MORE} ({lacks}) should give about {better[1]:.0%}"
     measured = json.loads(path.read_text()).get("classes", {}).get(family)
     # a curve of 12 effects read for 2 tags (chance 50 %) says less: said, with the tags it was measured with
     tags_said = f"; measured with {measured} tags, yours are {len(tags)}" if measured and measured != len(tags) else ""

@@ -114,7 +114,7 @@ def test_end_to_end_folders_to_a_model_that_tags_new_clips(
         timeout=600,
     )
     trained = json_lines(out.stdout)[-1]
-    assert "smallest class 'noise' has 8 examples: expect" in out.stderr  # said before the training starts
+    assert "your smallest tag, 'noise', has 8 examples: expect" in out.stderr  # said before the training starts
     assert (trained["model"], trained["version"], trained["classes"]) == ("kinds", 1, sorted(KINDS))
     assert trained["seconds"] > 0 and trained["val_clips"] == 0  # 8 a class: every clip trains, none validates
     assert trained["accuracy_of"] == "training clips (none held out)"
