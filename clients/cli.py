@@ -717,6 +717,7 @@ def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
         "ratio": round(report.ratio, 1),
         "failed": failed,  # every file left out; why, counted:
         "left_out": report.left_out,
+        "left_out_files": [{"path": path, "error": why} for path, why in report.failed],  # (stderr names a few)
         "advice": report.advice,
     }
     why = ", ".join(f"{n} {_LEFT_OUT[kind]}" for kind, n in report.left_out.items() if n)
@@ -847,7 +848,11 @@ def _examples(args: argparse.Namespace) -> list[Any]:
     if args.labels in ("folders", "top"):
         loose: list[str] = []
         spread: list[str] = []
-        found = dataset.examples_from_folders(args.dirs, loose, top=args.labels == "top", spread=spread)
+        empty: list[str] = []
+        found = dataset.examples_from_folders(args.dirs, loose, args.labels == "top", spread, empty)
+        if empty:  # a tag meant, that the dataset went without unsaid
+            print("vibrary: no audio files in these folders, so no tag from them:", file=sys.stderr)
+            _say_few([f"  {folder}/" for folder in empty], 5)
         if args.action == "add":  # the ones it holds already were not left out of it
             held = {os.path.normpath(path) for path, _ in dataset.labelled_files(config.home(), args.name)}
             loose = [path for path in loose if os.path.normpath(os.path.abspath(path)) not in held]

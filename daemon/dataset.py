@@ -38,7 +38,7 @@ from .cache import SpectrogramCache
 from .config import check_name
 from .decode import DecodeError
 from .features import features, fingerprint
-from .folders import audio_files_under
+from .folders import JUNK_FOLDER, audio_files_under
 from .spectrogram import SILENT, SpectrogramParams, heard_in, quantize
 
 
@@ -185,7 +185,11 @@ def example(path: str, tag: str) -> Example:
 
 
 def examples_from_folders(
-    dirs: Sequence[str], loose: list[str] | None = None, top: bool = False, spread: list[str] | None = None
+    dirs: Sequence[str],
+    loose: list[str] | None = None,
+    top: bool = False,
+    spread: list[str] | None = None,
+    empty: list[str] | None = None,
 ) -> list[Example]:
     """Every audio file under DIR/<label>/…: label = its parent folder's name (`top`: the name of the folder
     right under DIR), group = its own folder. Files lying in a DIR itself have no tag folder and are left
@@ -194,12 +198,14 @@ def examples_from_folders(
     without a word). `spread` receives a line for each tag whose folders lie under several folders of a DIR
     (`punchy/kicks/`, `soft/kicks/`): a pack dropped into each tag folder, whose own folders replaced the
     tags without a word, where `top` keeps them; and one for each folder inside a tag folder of the same sound
-    (`kick/Vengeance Kicks Vol 2/`): a pack dropped into it, that became a tag of its own."""
+    (`kick/Vengeance Kicks Vol 2/`): a pack dropped into it, that became a tag of its own. `empty` receives
+    the folders right under a DIR that hold no audio file: tags meant, that the dataset went without unsaid."""
     found: list[Example] = []
     loose = [] if loose is None else loose
     firsts: dict[str, set[str]] = {}  # each tag → the folders right under a DIR that its files lie in
     inside: dict[str, set[str]] = {}  # each tag of a deeper folder → the folders right under a DIR it lies in
     holding: set[str] = set()  # the folders right under a DIR that hold files themselves: tag folders
+    used: set[str] = set()  # the folders right under a DIR that hold an audio file, at any depth
     for root in dirs:
         if not os.path.isdir(root):
             if os.path.exists(root):  # a file names no tag: its label would be whatever folder it is in
@@ -212,12 +218,20 @@ def examples_from_folders(
                 loose.append(path)
                 continue
             first, *deeper = os.path.relpath(folder, base).split(os.sep)
+            used.add(os.path.join(base, first))
             found.append(example(path, first if top else os.path.basename(folder)))
             firsts.setdefault(found[-1].label, set()).add(first)
             if deeper:
                 inside.setdefault(found[-1].label, set()).add(first)
             else:
                 holding.add(first)
+    if empty is not None:
+        empty += [
+            path
+            for base in dict.fromkeys(os.path.normpath(root) for root in dirs)
+            for path in sorted(os.path.join(base, e.name) for e in _subfolders(base))
+            if path not in used
+        ]
     if loose and not found:  # "no audio files found" sent people looking for files that were there
         raise ValueError(
             f"the {len(loose)} audio files lie loose in {', '.join(dirs)}: put them in one folder per tag "
@@ -239,6 +253,14 @@ def examples_from_folders(
             if tag != label(f) and (sound := table.find(tag)) and table.find(f) == sound
         ]
     return found
+
+
+def _subfolders(folder: str) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as entries:
+            return [e for e in entries if e.is_dir() and e.name != JUNK_FOLDER and not e.name.startswith(".")]
+    except OSError:  # (its files were walked, or their folder's error said already)
+        return []
 
 
 def dataset_dir(home_dir: Path, name: str) -> Path:

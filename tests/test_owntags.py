@@ -362,9 +362,12 @@ def test_files_lying_in_a_folder_given_beside_its_tag_folders_are_said_to_be_lef
     tags = tmp_path / "MyTags"
     write_kinds(tags, per_kind=2, seed=11)
     write_kinds(tags / "thump", per_kind=1, seed=12, folders={k: "Deep" for k in KINDS})
+    (tags / "bell").mkdir()  # a tag meant, its files not there yet: the dataset went without it unsaid
+    (tags / "bell" / "notes.txt").write_text("to do")
     created = vibrary("dataset", "create", "--json", "mine", str(tags), home=home)
     assert json_lines(created.stdout)[-1]["per_class"] == {"deep": 3, "noise": 2, "thump": 2, "tone": 2}
     assert "left out" not in created.stderr  # no file lies loose in MyTags itself
+    assert f"no audio files in these folders, so no tag from them:\n  {tags / 'bell'}/\n" in created.stderr
     new = tags / "thump" / "new_thump.wav"
     new.write_bytes((tags / "thump" / "thump_11_0.wav").read_bytes())
     added = vibrary("dataset", "add", "--json", "mine", str(tags / "thump"), home=home)
@@ -406,6 +409,7 @@ def test_dataset_show_names_the_files_that_could_not_be_read(home: Path, tmp_pat
     assert shown.stderr.splitlines()[-1] == "  … and 2 more", shown.stderr
     (line,) = json_lines(vibrary("dataset", "show", "mine", "--json", home=home).stdout)
     assert line["failed"] == 7 and line["left_out"] == {"unreadable": 6, "silent": 0, "duplicate": 1}
+    assert {f["path"] for f in line["left_out_files"]} == {*map(str, broken), str(made[0].with_name("zz copy.wav"))}
 
 
 def test_a_tag_left_with_one_example_is_said_at_once_and_stops_training_before_any_upload(
