@@ -911,6 +911,12 @@ def main(argv=None) -> int:
     ap.add_argument("--classes", default=",".join(CLASSES), help="comma list (for quick tests)")
     ap.add_argument("--dry-run", action="store_true", help="only print the plan")
     ap.add_argument("--force", action="store_true", help="replace an existing corpus in --out")
+    ap.add_argument(
+        "--effects-out",
+        default=None,
+        help="then the effects corpus there too (scripts/build_effects_corpus.py at its defaults): the demo's "
+        "rebuild in one command",
+    )
     args = ap.parse_args(argv)
 
     t0 = time.time()
@@ -975,7 +981,13 @@ def main(argv=None) -> int:
     summary = summarize(rows, errors, time.time() - t0, args)
     (out / "summary.txt").write_text(summary)
     log(summary)
-    return 1 if errors else 0
+    if errors:
+        return 1
+    if args.effects_out:
+        import build_effects_corpus  # (scripts/ is on sys.path, as for train_demo.py's import of this one)
+
+        return build_effects_corpus.main(["--out", args.effects_out, "--jobs", str(args.jobs)])
+    return 0
 
 
 def summarize(rows, errors, seconds, args) -> str:

@@ -5,7 +5,8 @@
 A logistic regression (L2 0.001 in the standardised space) on the shipped demo body's frozen embedding of
 every clip of the effects corpus (`scripts/build_effects_corpus.py`: 17 effects, which the body was trained
 beside); the trainer starts a user's dataset of those tags from its rows (trainer/known.py). Rerun after
-every retrain of the demo: the file names the demo.pt it was fitted on, and is ignored for any other.
+every retrain of the demo (`scripts/train_demo.py` does, after training with --effects): the file names the
+demo.pt it was fitted on, and is ignored for any other.
 Deterministic (LBFGS, no sampling); about two minutes on 2 cores.
 
 Usage: python scripts/fit_known.py --effects /work/fxcorpus/effects.npz --instruments
@@ -58,9 +59,14 @@ def main() -> None:
         "--instruments", action="store_true", help="the base's own 15 classes too, its head's rows as they are"
     )
     args = ap.parse_args()
-    corpus = np.load(args.effects)
+    print(fit(args.effects, args.base, args.instruments))
+
+
+def fit(effects: Path, base: str = "demo", instruments: bool = True) -> str:
+    """Fit and write the base's known rows (beside its checkpoint, or the built-in demo's); what was written."""
+    corpus = np.load(effects)
     classes = [str(c) for c in corpus["classes"]]
-    state, _ = load_base(args.base)
+    state, _ = load_base(base)
     assert state is not None
     net = TagNet(state["head.weight"].shape[0])
     net.load_state_dict(state)
@@ -75,7 +81,7 @@ def main() -> None:
     loss, weight, bias = known.fit_head(embedded, labels, *zeros, mean, scale, L2 * len(labels))
     right = float(((embedded @ weight.T + bias).argmax(1) == labels).float().mean())
     families, aliases = ["effects"] * len(classes), dict(ALIASES)
-    if args.instruments:  # the demo's head, trained on them: its logits, as the demo model tags with them
+    if instruments:  # the demo's head, trained on them: its logits, as the demo model tags with them
         import train_demo
 
         weight = torch.cat([weight, state["head.weight"]])
@@ -86,18 +92,18 @@ def main() -> None:
     assert not set(aliases.values()) - set(classes), "an alias of a class the corpus does not have"
     keys = [known._key(name) for name in [*classes, *aliases]]
     assert len(set(keys)) == len(keys), "an alias spelled as a class or another alias (trainer/known.py's _key)"
-    base = known.base_path(args.base)
-    out = known.file_of(args.base)
-    assert base is not None and out is not None
+    checkpoint = known.base_path(base)
+    out = known.file_of(base)
+    assert checkpoint is not None and out is not None
     fitted = {
-        "base": hashlib.sha256(base.read_bytes()).hexdigest(),
+        "base": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
         "classes": classes,
         "families": families,
         "aliases": aliases,
         **{k: v.tolist() for k, v in (("weight", weight), ("bias", bias), ("mean", mean), ("scale", scale))},
     }
     out.write_text(json.dumps(fitted) + "\n")  # float32's digits: read back as the same float32s
-    print(f"{out}: {len(classes)} classes, {len(labels)} clips, loss {loss:.3f}, right on them {right:.3f}")
+    return f"{out}: {len(classes)} classes, {len(labels)} clips, loss {loss:.3f}, right on them {right:.3f}"
 
 
 if __name__ == "__main__":

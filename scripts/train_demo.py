@@ -323,6 +323,10 @@ def ship(args: argparse.Namespace) -> int:
     (docs / "demo-report.json").write_text(json.dumps(summary, indent=1) + "\n")
     checkpoint.unlink()
     print(json.dumps(summary))
+    if args.effects:  # its known rows, fitted on this body: left to a second command, they were forgotten
+        import fit_known
+
+        print(fit_known.fit(args.effects, "demo" if args.out is None else str(base_path), instruments=True))
     return 0
 
 

@@ -211,3 +211,36 @@ def test_vibrary_train_fits_known_tags_says_so_and_trains_them_as_new_when_asked
     again = json_lines(vibrary("train", "fx", "--json", home=model_home).stdout)[-1]
     assert sorted(again["summary"]["known"]) == sorted(EFFECTS) and again["summary"]["epochs_run"] == 1
     assert sorted(again["classes"]) == sorted(EFFECTS)
+
+
+def test_the_known_rows_script_fits_rows_a_base_beside_it_takes(tmp_path: Path) -> None:
+    """scripts/fit_known.py, which scripts/train_demo.py now runs after a retrain (a second command, it was
+    forgotten): rows fitted on a checkpoint are written beside it, name it, and are the rows it loads."""
+    import importlib.util
+    import sys
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    sys.path.insert(0, str(scripts))  # (fit_known imports train_demo, as the scripts run from there)
+    try:
+        spec = importlib.util.spec_from_file_location("fit_known", scripts / "fit_known.py")
+        assert spec and spec.loader
+        fit_known = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(fit_known)
+        demo = known.base_path("demo")
+        assert demo is not None
+        base = tmp_path / "demo.pt"
+        shutil.copy(demo, base)
+        classes = sorted(set(fit_known.ALIASES.values()))
+        rng = np.random.default_rng(0)
+        codes = rng.integers(0, 256, (4 * len(classes), *P.shape), dtype=np.uint8)
+        np.savez(tmp_path / "effects.npz", codes=codes, labels=np.arange(len(codes)) % len(classes), classes=classes)
+        said = fit_known.fit(tmp_path / "effects.npz", str(base), instruments=True)
+    finally:
+        sys.path.remove(str(scripts))
+    assert said.startswith(f"{tmp_path / 'demo-known.json'}: {len(classes) + 15} classes, {len(codes)} clips")
+    rows = known.load(str(base))
+    assert (
+        rows is not None
+        and rows.family(["reverb", "delay"]) == "effects"
+        and rows.family(["bd", "snare"]) == "instruments"
+    )
