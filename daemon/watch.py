@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import shlex
 import stat
 import threading
@@ -109,6 +110,7 @@ class Watcher(FileSystemEventHandler):
         self._folders_scanning: set[str] = set()
         self._rescanning: set[str] = set()  # watch folders being scanned again (rescan) …
         self._rescan_again: set[str] = set()  # … and those to scan once more when that scan is done
+        self._moved_across: dict[str, float] = {}  # watch folder → when a folder last moved into or out of it
 
     def start(self) -> None:
         self._observer.start()
@@ -291,16 +293,41 @@ class Watcher(FileSystemEventHandler):
                     roots.update(w for w in self._watches if within(folder, [w]))
         for root in sorted(roots):
             log.info("a folder in %s can be listed now: watching and scanning it again", root)
-            try:
-                self._rewatch(root)
-            except OSError as e:  # (the inotify limit): watched again with the missing ones, every few seconds
-                log.warning("cannot watch %s again (%s); tried again every few seconds", root, e)
-                with self._lock:
-                    self._watches.pop(root, None)
-                    self._missing.add(root)
-                    self._note_waiting()
-                continue
-            self.rescan(root)  # (what changed while it was watched anew, too)
+            self._watch_anew(root)
+
+    def _watch_anew(self, root: str) -> None:
+        try:
+            self._rewatch(root)
+        except OSError as e:  # (the inotify limit): watched again with the missing ones, every few seconds
+            log.warning("cannot watch %s again (%s); tried again every few seconds", root, e)
+            with self._lock:
+                self._watches.pop(root, None)
+                self._missing.add(root)
+                self._note_waiting()
+            return
+        self.rescan(root)  # (what changed while it was watched anew, too)
+
+    def _check_watched(self) -> None:
+        """Watch folders in which a folder moved in or out are watched anew and scanned when a folder in them
+        has lost its inotify watch. watchdog drops the watches of a folder moved out half a second later, by
+        its path then: with a folder above it renamed meanwhile it drops none, and when that folder, or the
+        same inode moved back in (which inotify gives the same watch number), goes later, it takes another
+        folder's live watch with it. Nothing under that folder reached the index until a restart."""
+        now = time.monotonic()
+        with self._lock:
+            due = [root for root, at in self._moved_across.items() if now - at >= MOVE_SETTLE_S]
+            for root in due:
+                del self._moved_across[root]
+        watched = _inotify_inodes() if due else None
+        if watched is None:  # (not Linux: no inotify)
+            return
+        for root in due:
+            lost = _unwatched_folder(root, watched) if root in self._watches else None
+            if lost is not None:
+                log.warning(
+                    "%s is not watched any more (a watcher's fault): watching and scanning %s again", lost, root
+                )
+                self._watch_anew(root)
 
     def _readable_again(self) -> None:
         """Broken links whose targets are there again (their drive mounted, their pack moved back), and files
@@ -409,6 +436,11 @@ class Watcher(FileSystemEventHandler):
         self._remove_all([path])
 
     def _move(self, src: str, dst: str, is_dir: bool) -> None:
+        if is_dir and not (src and dst):  # into or out of the watched folders: see _check_watched
+            with self._lock:
+                root = next((w for w in self._watches if within(src or dst, [w])), None)
+                if root is not None:
+                    self._moved_across[root] = time.monotonic()
         if dst and not self._storable(dst):
             dst = ""  # a name the index cannot hold: as good as moved away
         if src and not storable(src):
@@ -479,6 +511,7 @@ class Watcher(FileSystemEventHandler):
                         with contextlib.suppress(OSError):  # still over the inotify limit: said at start
                             self.watch(folder)
                     self._list_again()
+                    self._check_watched()
                     self._scan_folders_in_turn()  # (its thread could not be started at the time)
                     if (missing := self.missing) != said_missing:  # gone or back: Status.missing_watches
                         said_missing = missing  # changed, and a front end that follows events is told
@@ -734,6 +767,44 @@ class _Outermost(FileSystemEventHandler):
             self.watcher.on_any_event(event)
 
 
+def _inotify_inodes() -> set[int] | None:
+    """The inodes this process's inotify instances watch, as the kernel has them; None where /proc cannot say."""
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:
+        return None
+    inodes: set[int] = set()
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                inodes.update(int(ino, 16) for ino in _WATCHED.findall(f.read()))
+        except OSError:  # (closed meanwhile)
+            continue
+    return inodes
+
+
+_WATCHED = re.compile(r"^inotify wd:\d+ ino:([0-9a-f]+)", re.M)
+
+
+def _unwatched_folder(root: str, watched: set[int]) -> str | None:
+    """A folder under root (links not followed, as the observer follows none) that inotify does not watch."""
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                inner = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+            inode = os.stat(folder).st_ino
+        except OSError:  # gone, or cannot be listed (said in status): no watch to expect
+            continue
+        if inode not in watched:
+            return folder
+        stack += inner
+    return None
+
+
 def _audio_files_in(folder: str) -> int:
     return sum(1 for _ in audio_files_under(folder, on_error=lambda folder, reason: None))
 
@@ -775,6 +846,7 @@ MADE_UP_INODES = {"vfat", "msdos", "exfat", "fat", "umsdos"}  # numbered at each
 
 UNNAMED_MOST = 1000  # names not UTF-8 remembered (each status checks they are still there)
 CHECK_S = 5.0  # how often watch folders are checked for a move, a comeback or a due rescan
+MOVE_SETTLE_S = 1.0  # watchdog drops the watches of a folder moved out 0.5 s after its move
 LINKS_S = 60.0  # how often the targets of broken links, and unreadable files, are looked at again
 
 

@@ -717,3 +717,45 @@ def test_a_file_written_just_before_its_folder_is_renamed_is_not_lost(index: Ind
         wait_for(lambda: w.scans_running == 0 and _pending(index) == {str(lib / "Renamed" / "new.wav")})
     finally:
         w.stop()
+
+
+@pytest.mark.parametrize("how", ["back in at once", "above renamed"])
+def test_a_folder_whose_watch_watchdog_dropped_is_watched_again(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """watchdog drops the watches of a folder moved out of the watch 0.5 s later, by its path then. Moved back
+    in at once (inotify gives the inode its old watch number), or with a folder above it renamed meanwhile
+    and that folder moved out later, the watch of a live folder went with them: nothing written there reached
+    the index until a restart. The sleeps make watchdog's half second pass, or not, between the moves."""
+    monkeypatch.setattr(watch_module, "CHECK_S", 1.0)
+    out = tmp_path / "out"
+    out.mkdir()
+    w, lib = _started(index, tmp_path)
+    try:
+        if how == "back in at once":
+            (lib / "P" / "D").mkdir(parents=True)
+            (lib / "Q").mkdir()
+            time.sleep(0.5)
+            os.rename(lib / "P" / "D", out / "x")
+            time.sleep(0.2)
+            os.rename(out / "x", lib / "Q" / "E")
+            probe = lib / "Q" / "E"
+        else:
+            (lib / "A" / "B" / "D").mkdir(parents=True)
+            time.sleep(0.5)
+            os.rename(lib / "A" / "B" / "D", out / "x")
+            time.sleep(0.1)
+            os.rename(lib / "A", lib / "A2")
+            time.sleep(1.0)
+            os.rename(out / "x", lib / "back")
+            time.sleep(0.5)
+            os.rename(lib / "A2", out / "y")
+            probe = lib / "back"
+        time.sleep(1.5)
+        (probe / "sub").mkdir()
+        made = [probe / "new.wav", probe / "sub" / "new2.wav"]
+        for f in made:
+            f.write_bytes(b"RIFF")
+        wait_for(lambda: {str(f) for f in made} <= _pending(index), timeout=20)
+    finally:
+        w.stop()
