@@ -73,9 +73,9 @@ PASSING = frozenset(
 )
 
 
-def unreadable(doing: str, e: OSError) -> DecodeError:
-    """The error for an OSError met while `doing` (open, stat, read) a file."""
-    return (TryLater if e.errno in PASSING else DecodeError)(f"cannot {doing} file: {e.strerror}")
+def unreadable(doing: str, e: OSError, stamp: tuple[int, int] = (-1, -1)) -> DecodeError:
+    """The error for an OSError met while `doing` (open, stat, read) a file, as it was seen (DecodeError.stamp)."""
+    return (TryLater if e.errno in PASSING else DecodeError)(f"cannot {doing} file: {e.strerror}", stamp)
 
 
 # What macOS leaves in the zips sample packs come in: `._Kick.wav` beside each `Kick.wav` (its Finder
@@ -241,8 +241,9 @@ def changed_at(st: os.stat_result) -> int:
     return max(st.st_mtime_ns, st.st_ctime_ns)
 
 
-def check_readable(path: str) -> None:
-    """Turn the OS's reasons into words before libsndfile hides them behind 'System error'."""
+def check_readable(path: str) -> tuple[int, int]:
+    """Turn the OS's reasons into words before libsndfile hides them behind 'System error'. The file's (size,
+    changed_at) as seen, for a failure to read it further on to keep (DecodeError.stamp)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -267,7 +268,8 @@ def check_readable(path: str) -> None:
     except PermissionError:
         raise DecodeError(NO_PERMISSION, seen) from None
     except OSError as e:
-        raise unreadable("open", e) from None
+        raise unreadable("open", e, seen) from None
+    return seen
 
 
 # Sizes that recorders and pipes write when the length is not known yet (sox writing to a pipe, a streamed

@@ -58,7 +58,7 @@ class Fingerprint(NamedTuple):
 
 def fingerprint(path: str) -> Fingerprint:
     """What the index keeps to know a file again; DecodeError when the file cannot be read."""
-    check_readable(path)
+    seen = check_readable(path)
     try:
         with open(path, "rb", buffering=0) as f:
             st = os.fstat(f.fileno())
@@ -80,8 +80,8 @@ def fingerprint(path: str) -> Fingerprint:
                 digest.update(f.read(TAIL_BYTES))
     except FileNotFoundError:
         raise FileVanished(VANISHED) from None
-    except OSError as e:  # changed between the check and the read
-        raise unreadable("read", e) from None
+    except OSError as e:  # changed between the check and the read, or a bad sector, a share that went away
+        raise unreadable("read", e, seen) from None
     return Fingerprint(st.st_size, changed_at(st), st.st_ino, digest.digest()[:16])
 
 

@@ -342,3 +342,28 @@ def test_a_header_with_an_implausible_sample_rate_is_refused_before_any_sample_i
     path.write_bytes(bytes(data))
     with pytest.raises(DecodeError, match=f"implausible sample rate in its header: {rate:,} Hz"):
         decode(str(path), P)
+
+
+def test_a_file_that_fails_to_read_keeps_its_size_and_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure keeps the file as it was seen, so that a rescan knows it unchanged and does not read it
+    again: an empty file, and a read error (a bad sector, a share gone), whose failure kept none, were read
+    again (and their failures sent anew) at every scan."""
+    import errno
+
+    from vibrary.daemon import features
+    from vibrary.daemon.decode import changed_at
+
+    empty = tmp_path / "empty.wav"
+    empty.touch()
+    with pytest.raises(DecodeError) as e:
+        fingerprint(str(empty))
+    assert e.value.stamp == (0, changed_at(os.stat(empty)))
+    clip = write_tone(tmp_path / "a.wav", 440.0)
+
+    def bad_sector(f: object, size: int) -> memoryview:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(features, "_read_head", bad_sector)
+    with pytest.raises(DecodeError, match="cannot read file: Input/output error") as e:
+        fingerprint(str(clip))
+    assert e.value.stamp == (clip.stat().st_size, changed_at(os.stat(clip)))
