@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import re
 import shlex
@@ -106,7 +107,7 @@ class Watcher(FileSystemEventHandler):
         self.scans_running = 0
         # watch folder → folders made or moved in under it, to scan in turn by one thread a watch folder (while
         # it is in _folders_scanning): a network drive whose listing hangs holds up only its own
-        self._folders: dict[str, dict[str, None]] = {}
+        self._folders: dict[str, dict[str, int | None]] = {}  # (… and the rows a renamed one should hold)
         self._folders_scanning: set[str] = set()
         self._rescanning: set[str] = set()  # watch folders being scanned again (rescan) …
         self._rescan_again: set[str] = set()  # … and those to scan once more when that scan is done
@@ -471,8 +472,8 @@ class Watcher(FileSystemEventHandler):
         # its scan, or a file written just before (read under its old path, it "vanished" and its row was
         # dropped before this move was heard: a pack unzipped and renamed at once lost files). Counted by
         # name, without a stat: a scan would hash again every file renamed since it was read (its ctime).
-        if is_dir and not os.path.islink(dst) and (waited or moved < _audio_files_in(dst)):
-            self._scan_folder(dst)
+        if is_dir and not os.path.islink(dst):
+            self._scan_folder(dst, None if waited else moved)
 
     def flush(self) -> None:
         with self._lock:
@@ -578,11 +579,13 @@ class Watcher(FileSystemEventHandler):
             log.warning("could not start a scan of %s (%s); trying again soon", folder, e)
             self._scan_folder(folder)
 
-    def _scan_folder(self, folder: str) -> None:
+    def _scan_folder(self, folder: str, rows: int | None = None) -> None:
         """A folder made, moved in or opened up (chmod) under a watch, scanned in turn with the others of its
         watch folder by one thread: with a thread each, unpacking a pack of 3,000 folders started 3,000
         threads at once, and a folder whose thread could not start (a limit on threads) had its files missed
-        until the next start. One inside a folder still waiting its turn is left to that one's scan."""
+        until the next start. One inside a folder still waiting its turn is left to that one's scan. `rows`:
+        a folder renamed, scanned only if it holds more files than the rows that moved with it, counted in
+        its turn (a walk of a big pack on the observer's thread held up every event meanwhile)."""
         if os.path.basename(folder) == JUNK_FOLDER or not self._storable(folder):
             return
         with self._lock:
@@ -590,9 +593,12 @@ class Watcher(FileSystemEventHandler):
             if root is None:  # unwatched meanwhile
                 return
             waiting = self._folders.setdefault(root, {})
-            if any(up in waiting for up in _upwards(folder)):
+            if folder in waiting:
+                waiting[folder] = None if rows is None else waiting[folder]  # (a scan asked is more than a count)
                 return
-            waiting[folder] = None
+            if any(up in waiting and waiting[up] is None for up in _upwards(folder)):
+                return
+            waiting[folder] = rows
             self._scans_started(1)
         self._scan_folders_in_turn()
 
@@ -621,9 +627,9 @@ class Watcher(FileSystemEventHandler):
                     self._folders.pop(root, None)
                     self._folders_scanning.discard(root)
                     return
-                folder = next(iter(waiting))
+                folder, rows = next(iter(waiting.items()))
                 del waiting[folder]
-            if os.path.isdir(folder):
+            if os.path.isdir(folder) and (rows is None or _files_to_hold(folder) > rows):
                 self._scan_safely(folder)
             else:  # moved away or deleted while it waited: its move or deletion was handled as such
                 with self._lock:
@@ -805,8 +811,12 @@ def _unwatched_folder(root: str, watched: set[int]) -> str | None:
     return None
 
 
-def _audio_files_in(folder: str) -> int:
-    return sum(1 for _ in audio_files_under(folder, on_error=lambda folder, reason: None))
+def _files_to_hold(folder: str) -> float:
+    """How many rows the index would hold for the files under folder; infinite when a folder in it cannot be
+    listed (its rows are kept, and its files cannot be counted)."""
+    unlisted: list[str] = []
+    found = sum(storable(f) for f in audio_files_under(folder, on_error=lambda folder, reason: unlisted.append(folder)))
+    return math.inf if unlisted else found
 
 
 def _upwards(path: str) -> Iterator[str]:
