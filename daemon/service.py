@@ -402,16 +402,18 @@ class Daemon:
 
     # -- API helpers ---------------------------------------------------------------------------------
     def status(self) -> dict[str, object]:
-        # the models as the index has them now: `vibrary models activate` writes there, and the feeder follows
-        # within a second; a status meanwhile listed the model active and said no model was (`status --wait`)
-        self._follow_models()
         counts = self.index.counts()
         retrying, retry_reason = self.index.retrying()
         active = self.index.active_models()
         unusable = [m.ref for m in active if m.id in self._unloaded]  # tried, and could not be loaded
+        models = [m.ref for m in active if m.ref not in unusable]
+        # `vibrary models activate` writes the index, and the feeder follows within a second: a status meanwhile
+        # listed the model active and said indexing waited for lack of one (`status --wait` gave up on it)
+        following = {m.id: m.ref for m in active} != self._active
+        tagging = bool(models) if following else bool(self.pipeline.models)
         return {
             **counts,
-            "models": [m.ref for m in active if m.ref not in unusable],
+            "models": models,
             "unusable_models": unusable,
             "queue_depth": self.index.due_count(time.time()),
             "watches": self.index.watches(),
@@ -425,7 +427,7 @@ class Daemon:
             "retry_reason": retry_reason,
             "home": str(self.home),
             "paused": self.paused,
-            "stalled": self.stalled or ("" if self.pipeline.models else NO_MODEL_WAITS),
+            "stalled": self.stalled or ("" if tagging else NO_MODEL_WAITS),
             "training": self.training.progress if self.training is not None else None,
             "uptime_s": time.time() - self.started,
             "version": VERSION,
