@@ -1082,8 +1082,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         elif args.trainer == "cloud":  # (a job id on record once an instance is launched)
             ended = "its cloud instance is terminated" if started else "nothing was launched"
         elif started:  # (the trainer keeps its checkpoint: "cancelled" alone read as all of it lost)
-            again = f"`vibrary train {args.dataset}` goes on from its last finished epoch"
-            ended = f"its job on the trainer is cancelled; {again}"
+            ended = "its job on the trainer is cancelled; the same command goes on from its last finished epoch"
         elif "uploading" in states:  # "its job ... is cancelled" of a job never started
             ended = "nothing was started on the trainer (what was uploaded stays there for the next try)"
         else:  # waiting for a trainer busy with another's training
