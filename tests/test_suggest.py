@@ -481,6 +481,8 @@ def test_an_alias_can_be_removed(tmp_path: Path) -> None:
     removed = reloaded.remove(tmp_path, ["pads"])
     assert removed == [("pads", "synth", True), ("pad", "synth", True)]
     assert Synonyms.load(tmp_path).find("Pads") == [] and Synonyms.load(tmp_path).find("Plucks") == ["synth"]
+    with pytest.raises(ValueError, match="'kicks' is the tag 'kick' itself"):  # said removed, read as kick still
+        reloaded.remove(tmp_path, ["kicks"])
 
 
 def test_cli_synonyms_remove(tmp_path: Path) -> None:
