@@ -38,7 +38,7 @@ from .cache import SpectrogramCache
 from .config import check_name
 from .decode import DecodeError
 from .features import features, fingerprint
-from .folders import JUNK_FOLDER, audio_files_under
+from .folders import JUNK_FOLDER, audio_files_under, warn
 from .spectrogram import SILENT, SpectrogramParams, heard_in, quantize
 
 
@@ -206,13 +206,19 @@ def examples_from_folders(
     inside: dict[str, set[str]] = {}  # each tag of a deeper folder → the folders right under a DIR it lies in
     holding: set[str] = set()  # the folders right under a DIR that hold files themselves: tag folders
     used: set[str] = set()  # the folders right under a DIR that hold an audio file, at any depth
+    unlisted: set[str] = set()  # folders that could not be read (said so): not empty, for all one knows
+
+    def unreadable(folder: str, reason: str) -> None:
+        unlisted.add(os.path.normpath(folder))
+        warn(folder, reason)
+
     for root in dirs:
         if not os.path.isdir(root):
             if os.path.exists(root):  # a file names no tag: its label would be whatever folder it is in
                 raise ValueError(f"{root} is not a folder: give folders of DIR/<tag>/ files, or use --labels suggest")
             raise FileNotFoundError(f"no such folder: {root}")
         base = os.path.normpath(root)
-        for path in audio_files_under(root, links=True):
+        for path in audio_files_under(root, unreadable, links=True):
             folder = os.path.normpath(os.path.dirname(path))
             if folder == base:  # loose in DIR itself: no folder names its tag
                 loose.append(path)
@@ -230,7 +236,7 @@ def examples_from_folders(
             path
             for base in dict.fromkeys(os.path.normpath(root) for root in dirs)
             for path in sorted(os.path.join(base, e.name) for e in _subfolders(base))
-            if path not in used
+            if path not in used and path not in unlisted
         ]
     if loose and not found:  # "no audio files found" sent people looking for files that were there
         raise ValueError(

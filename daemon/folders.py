@@ -46,13 +46,13 @@ def readable_name(path: str) -> str:
 UNNAMED = "left out: its name is not valid UTF-8 (rename the file to tag it)"
 
 
-def _warn(folder: str, reason: str) -> None:
+def warn(folder: str, reason: str) -> None:
     log.warning("cannot read folder %s (%s): its files are left out", folder, reason)
 
 
 def audio_files_under(
     folder: str,
-    on_error: Callable[[str, str], None] = _warn,
+    on_error: Callable[[str, str], None] = warn,
     going: Callable[[], bool] = lambda: True,
     links: bool = False,
 ) -> Iterator[str]:

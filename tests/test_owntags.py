@@ -364,10 +364,13 @@ def test_files_lying_in_a_folder_given_beside_its_tag_folders_are_said_to_be_lef
     write_kinds(tags / "thump", per_kind=1, seed=12, folders={k: "Deep" for k in KINDS})
     (tags / "bell").mkdir()  # a tag meant, its files not there yet: the dataset went without it unsaid
     (tags / "bell" / "notes.txt").write_text("to do")
+    (tags / "locked").mkdir(mode=0)  # cannot be read: said so, and not said empty
     created = vibrary("dataset", "create", "--json", "mine", str(tags), home=home)
+    (tags / "locked").chmod(0o755)
     assert json_lines(created.stdout)[-1]["per_class"] == {"deep": 3, "noise": 2, "thump": 2, "tone": 2}
-    assert "left out" not in created.stderr  # no file lies loose in MyTags itself
+    assert "lying directly" not in created.stderr  # no file lies loose in MyTags itself
     assert f"no audio files in these folders, so no tag from them:\n  {tags / 'bell'}/\n" in created.stderr
+    assert f"{tags / 'locked'}/" not in created.stderr and f"cannot read folder {tags / 'locked'}" in created.stderr
     new = tags / "thump" / "new_thump.wav"
     new.write_bytes((tags / "thump" / "thump_11_0.wav").read_bytes())
     added = vibrary("dataset", "add", "--json", "mine", str(tags / "thump"), home=home)
