@@ -132,7 +132,10 @@ NO_AUDIO = "no audio files found: put examples in one folder per tag (DIR/<tag>/
 
 def _as_held(tag: str, tags: Iterable[str]) -> str:
     """A tag as a dataset with these tags spells it: labels of older versions kept their spaces ("hi hat"),
-    and "hi-hat", "Hi_Hat" or "hihat" name that same tag."""
+    and "hi-hat", "Hi_Hat" or "hihat" name that same tag. A tag held as given is that tag (one longer than
+    LONGEST_TAG, from before the limit, can still be dropped or renamed)."""
+    if tag in tags:
+        return tag
     wanted = label(tag)
     held = sorted(tags)
     same = next((t for t in held if _spelled(t) == wanted), None)
