@@ -488,7 +488,7 @@ class Daemon:
         unnamed: list[str] = []  # the index cannot hold them (the watcher leaves such names out too)
         for path in expand(paths, going):
             (files if storable(path) else unnamed).append(path)
-            if len(files) > TAG_MAX_FILES:
+            if len(files) + len(unnamed) > TAG_MAX_FILES:  # (each is an answer too)
                 raise TooManyFiles(f"more than {TAG_MAX_FILES} files: add the folder as a watch instead")
         # said as failures: a folder whose only files had such names was answered with nothing at all
         unnamed_tags = [FileTags(readable_name(p), "failed", UNNAMED, []) for p in unnamed]
