@@ -23,12 +23,12 @@ from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from . import config, dataset, events, registry, suggest, training
-from .folders import UNNAMED, indexed_path, readable_name, storable
+from .folders import indexed_path, readable_name, storable
 from .index import ANY_STORED_SCORE, FileTags, ModelRow, Query
 from .infer import ModelError
 from .modelref import parse_ref
 from .rpc import bind, make_server
-from .service import Daemon, NoModel, Paused, TooManyFiles, TrainingBusy
+from .service import UNNAMED_SHOWN, Daemon, NoModel, Paused, TooManyFiles, TrainingBusy
 
 log = logging.getLogger(__name__)
 
@@ -349,12 +349,11 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, str(e))
         except ValueError as e:  # the user's synonyms.json is broken
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
-        unnamed = [s.path for s in found if not storable(s.path)]  # (gRPC's strings cannot carry them: UNKNOWN)
-        if unnamed:
-            log.warning(
-                "%d files left out of suggestions, such as %s: %s", len(unnamed), readable_name(unnamed[0]), UNNAMED
-            )
-        return suggestions_pb([s for s in found if storable(s.path)])
+        unnamed = [readable_name(s.path) for s in found if not storable(s.path)]  # (gRPC's strings cannot carry
+        reply = suggestions_pb([s for s in found if storable(s.path)])  # them: the whole call failed UNKNOWN)
+        reply.unnamed_files.extend(unnamed[:UNNAMED_SHOWN])
+        reply.unnamed_count = len(unnamed)
+        return reply
 
     def ListSynonyms(self, request: pb.ListSynonymsRequest, context: grpc.ServicerContext) -> pb.Synonyms:
         return self._synonyms(context)

@@ -349,6 +349,7 @@ def test_a_named_pipe_or_a_name_not_utf8_in_a_folder_is_said_not_fatal(daemon: D
     os.rename(os.path.join(odd, b"kick.wav"), os.path.join(odd, b"Caf\xe9 kick.wav"))
     found = daemon.client.suggest([str(kicks), os.fsdecode(odd)], timeout=20)
     assert sorted(f.path for f in found.files) == [str(kicks / "Kick 01.wav"), str(kicks / "Kick 02.wav")]
+    assert (list(found.unnamed_files), found.unnamed_count) == ([str(tmp_path / "Odd" / "Caf\\xe9 kick.wav")], 1)
     (told,) = daemon.client.tag([os.fsdecode(odd)], timeout=20)
     assert (told.path, told.state) == (str(tmp_path / "Odd" / "Caf\\xe9 kick.wav"), "failed")
     assert "not valid UTF-8" in told.error

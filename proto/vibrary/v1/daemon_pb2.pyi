@@ -828,21 +828,32 @@ class Suggestions(_message.Message):
 
     FILES_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    UNNAMED_FILES_FIELD_NUMBER: _builtins.int
+    UNNAMED_COUNT_FIELD_NUMBER: _builtins.int
+    unnamed_count: _builtins.int
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___Suggestion]: ...
     @_builtins.property
     def tags(self) -> _containers.RepeatedCompositeFieldContainer[Global___TagCount]:
         """per suggested tag, how many files (model left empty)"""
 
+    @_builtins.property
+    def unnamed_files(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """audio files left out because their names are not valid UTF-8 (gRPC cannot carry them; renaming one
+        makes it a suggestion), as people can read them (`Caf\\xe9 Kick.wav`): the first 100, and how many
+        """
+
     def __init__(
         self,
         *,
         files: _abc.Iterable[Global___Suggestion] | None = ...,
         tags: _abc.Iterable[Global___TagCount] | None = ...,
+        unnamed_files: _abc.Iterable[_builtins.str] | None = ...,
+        unnamed_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files", "tags", b"tags", "unnamed_count", b"unnamed_count", "unnamed_files", b"unnamed_files"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
