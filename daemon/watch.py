@@ -791,7 +791,7 @@ def _inotify_inodes() -> set[int] | None:
     return inodes
 
 
-_WATCHED = re.compile(r"^inotify wd:\d+ ino:([0-9a-f]+)", re.M)
+_WATCHED = re.compile(r"^inotify wd:[0-9a-f]+ ino:([0-9a-f]+)", re.M)  # (both in hex)
 
 
 def _unwatched_folder(root: str, watched: set[int]) -> str | None:

@@ -759,3 +759,27 @@ def test_a_folder_whose_watch_watchdog_dropped_is_watched_again(
         wait_for(lambda: {str(f) for f in made} <= _pending(index), timeout=20)
     finally:
         w.stop()
+
+
+def test_folders_still_watched_are_not_taken_for_lost(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel writes watch numbers in hex: read as decimal, every folder from the tenth on looked
+    unwatched, and each folder moved in or out had the whole watch folder watched anew and scanned."""
+    monkeypatch.setattr(watch_module, "CHECK_S", 1.0)
+    lib = tmp_path / "lib"
+    for i in range(40):
+        (lib / f"Pack {i:02d}").mkdir(parents=True)
+    w = _watcher(index)
+    anew: list[str] = []
+    monkeypatch.setattr(w, "_watch_anew", anew.append)
+    w.watch(str(lib))
+    w.start()
+    try:
+        wait_for(lambda: w.scans_running == 0)
+        os.rename(lib / "Pack 00", tmp_path / "away")  # a move out: the watches are checked a second after it
+        wait_for(lambda: bool(w._moved_across))
+        wait_for(lambda: not w._moved_across)
+        assert anew == []
+    finally:
+        w.stop()
