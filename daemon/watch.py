@@ -788,7 +788,7 @@ def _inotify_inodes() -> set[int] | None:
                 inodes.update(int(ino, 16) for ino in _WATCHED.findall(f.read()))
         except OSError:  # (closed meanwhile)
             continue
-    return inodes
+    return inodes or None  # (none at all: an observer that is no inotify one, nothing to compare)
 
 
 _WATCHED = re.compile(r"^inotify wd:[0-9a-f]+ ino:([0-9a-f]+)", re.M)  # (both in hex)
