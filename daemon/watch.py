@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import os
 import re
 import shlex
@@ -43,7 +42,7 @@ from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from .decode import BROKEN_LINK, JUNK_FOLDER, NO_PERMISSION, DecodeError, check_readable, is_audio_path
 from .features import changed_at
-from .folders import audio_files_under, indexed_path, readable_name, storable
+from .folders import indexed_path, readable_name, storable
 from .index import Index, under, within
 
 log = logging.getLogger(__name__)
@@ -107,7 +106,7 @@ class Watcher(FileSystemEventHandler):
         self.scans_running = 0
         # watch folder → folders made or moved in under it, to scan in turn by one thread a watch folder (while
         # it is in _folders_scanning): a network drive whose listing hangs holds up only its own
-        self._folders: dict[str, dict[str, int | None]] = {}  # (… and the rows a renamed one should hold)
+        self._folders: dict[str, dict[str, bool]] = {}  # (… and whether a renamed one is only to be checked)
         self._folders_scanning: set[str] = set()
         self._rescanning: set[str] = set()  # watch folders being scanned again (rescan) …
         self._rescan_again: set[str] = set()  # … and those to scan once more when that scan is done
@@ -470,10 +469,10 @@ class Watcher(FileSystemEventHandler):
                 self._remove(src)
         # A folder's files moved with their rows, but not all of them need have one: a folder renamed before
         # its scan, or a file written just before (read under its old path, it "vanished" and its row was
-        # dropped before this move was heard: a pack unzipped and renamed at once lost files). Counted by
+        # dropped before this move was heard: a pack unzipped and renamed at once lost files). Looked for by
         # name, without a stat: a scan would hash again every file renamed since it was read (its ctime).
         if is_dir and not os.path.islink(dst):
-            self._scan_folder(dst, None if waited else moved)
+            self._scan_folder(dst, check=not waited)
 
     def flush(self) -> None:
         with self._lock:
@@ -579,13 +578,13 @@ class Watcher(FileSystemEventHandler):
             log.warning("could not start a scan of %s (%s); trying again soon", folder, e)
             self._scan_folder(folder)
 
-    def _scan_folder(self, folder: str, rows: int | None = None) -> None:
+    def _scan_folder(self, folder: str, check: bool = False) -> None:
         """A folder made, moved in or opened up (chmod) under a watch, scanned in turn with the others of its
         watch folder by one thread: with a thread each, unpacking a pack of 3,000 folders started 3,000
         threads at once, and a folder whose thread could not start (a limit on threads) had its files missed
-        until the next start. One inside a folder still waiting its turn is left to that one's scan. `rows`:
-        a folder renamed, scanned only if it holds more files than the rows that moved with it, counted in
-        its turn (a walk of a big pack on the observer's thread held up every event meanwhile)."""
+        until the next start. One inside a folder still waiting its turn is left to that one's scan. `check`:
+        a folder renamed, scanned only if it holds an audio file the index has no row for, looked at in its
+        turn (a walk of a big pack on the observer's thread held up every event meanwhile)."""
         if os.path.basename(folder) == JUNK_FOLDER or not self._storable(folder):
             return
         with self._lock:
@@ -594,11 +593,11 @@ class Watcher(FileSystemEventHandler):
                 return
             waiting = self._folders.setdefault(root, {})
             if folder in waiting:
-                waiting[folder] = None if rows is None else waiting[folder]  # (a scan asked is more than a count)
+                waiting[folder] = check and waiting[folder]  # (a scan asked is more than a check)
                 return
-            if any(up in waiting and waiting[up] is None for up in _upwards(folder)):
+            if any(up in waiting and not waiting[up] for up in _upwards(folder)):
                 return
-            waiting[folder] = rows
+            waiting[folder] = check
             self._scans_started(1)
         self._scan_folders_in_turn()
 
@@ -627,13 +626,23 @@ class Watcher(FileSystemEventHandler):
                     self._folders.pop(root, None)
                     self._folders_scanning.discard(root)
                     return
-                folder, rows = next(iter(waiting.items()))
+                folder, check = next(iter(waiting.items()))
                 del waiting[folder]
-            if os.path.isdir(folder) and (rows is None or _files_to_hold(folder) > rows):
+            if os.path.isdir(folder) and not (check and self._all_known(folder)):
                 self._scan_safely(folder)
             else:  # moved away or deleted while it waited: its move or deletion was handled as such
                 with self._lock:
                     self._scans_done(1)
+
+    def _all_known(self, folder: str) -> bool:
+        """Whether the index has a row for every audio file under folder (by name: no stat, no hash) and every
+        folder in it could be listed (the rows of one that cannot are kept, its files unknown)."""
+        unlisted: list[OSError] = []
+        for dirpath, _, names in os.walk(folder, onerror=unlisted.append):
+            here = {os.path.join(dirpath, n) for n in names if is_audio_path(n)}
+            if {f for f in here if storable(f)} - self.index.files_in_dir(dirpath).keys():
+                return False
+        return not unlisted
 
     def _thread(self, work: Callable[[], None], name: str) -> None:
         """A scan's own thread, whose index connection is closed when it ends: a copy that made 500 folders
@@ -809,14 +818,6 @@ def _unwatched_folder(root: str, watched: set[int]) -> str | None:
             return folder
         stack += inner
     return None
-
-
-def _files_to_hold(folder: str) -> float:
-    """How many rows the index would hold for the files under folder; infinite when a folder in it cannot be
-    listed (its rows are kept, and its files cannot be counted)."""
-    unlisted: list[str] = []
-    found = sum(storable(f) for f in audio_files_under(folder, on_error=lambda folder, reason: unlisted.append(folder)))
-    return math.inf if unlisted else found
 
 
 def _upwards(path: str) -> Iterator[str]:

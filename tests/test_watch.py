@@ -783,3 +783,46 @@ def test_folders_still_watched_are_not_taken_for_lost(
         assert anew == []
     finally:
         w.stop()
+
+
+def test_a_folder_renamed_onto_one_that_waits_is_checked_as_it_is_then(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renamed folder waits for its check behind another's; renamed away, and another renamed onto its path,
+    the check of the first (a count of the rows that moved with it) was kept for the second, whose file
+    without a row (read under its old name, "vanished") was never looked for. The check is made in its turn,
+    of the files there then against the index's rows. (The other folder's check is held to keep them waiting.)"""
+    import threading
+
+    lib = tmp_path / "lib"
+    for name, n in (("A", 3), ("D", 2), ("Z", 1)):
+        (lib / name).mkdir(parents=True)
+        for i in range(n):
+            (lib / name / f"{name}{i}.wav").write_bytes(b"RIFF")
+    w = _watcher(index)
+    w.watch(str(lib))
+    w.start()
+    gate = threading.Event()
+    all_known = Watcher._all_known
+
+    def held(self: Watcher, folder: str) -> bool:
+        if folder.endswith("Z2"):
+            gate.wait(10)
+        return all_known(self, folder)
+
+    try:
+        wait_for(lambda: w.scans_running == 0 and len(_pending(index)) == 6)
+        index.remove_paths([str(lib / "D" / "D1.wav")])  # its row dropped: read under its old name, "vanished"
+        monkeypatch.setattr(Watcher, "_all_known", held)
+        os.rename(lib / "Z", lib / "Z2")  # the scan thread held on Z2
+        wait_for(lambda: str(lib / "Z2") not in w._folders.get(str(lib), {}) and w.scans_running == 1)
+        os.rename(lib / "A", lib / "B")
+        wait_for(lambda: str(lib / "B") in w._folders.get(str(lib), {}))
+        os.rename(lib / "B", lib / "C")
+        os.rename(lib / "D", lib / "B")
+        time.sleep(0.5)  # (the moves heard)
+        gate.set()
+        wait_for(lambda: w.scans_running == 0 and str(lib / "B" / "D1.wav") in _pending(index))
+    finally:
+        gate.set()
+        w.stop()
