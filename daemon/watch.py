@@ -111,6 +111,8 @@ class Watcher(FileSystemEventHandler):
         self._rescanning: set[str] = set()  # watch folders being scanned again (rescan) …
         self._rescan_again: set[str] = set()  # … and those to scan once more when that scan is done
         self._moved_across: dict[str, float] = {}  # watch folder → when a folder last moved into or out of it
+        self._unwatched: dict[str, set[str]] = {}  # watch folder → its folders the last check found unwatched
+        self._checking = False  # (a check's thread runs)
 
     def start(self) -> None:
         self._observer.start()
@@ -302,6 +304,7 @@ class Watcher(FileSystemEventHandler):
             log.warning("cannot watch %s again (%s); tried again every few seconds", root, e)
             with self._lock:
                 self._watches.pop(root, None)
+                self._note_watches()  # (a watch folder inside it is observed on its own meanwhile)
                 self._missing.add(root)
                 self._note_waiting()
             return
@@ -312,22 +315,49 @@ class Watcher(FileSystemEventHandler):
         has lost its inotify watch. watchdog drops the watches of a folder moved out half a second later, by
         its path then: with a folder above it renamed meanwhile it drops none, and when that folder, or the
         same inode moved back in (which inotify gives the same watch number), goes later, it takes another
-        folder's live watch with it. Nothing under that folder reached the index until a restart."""
+        folder's live watch with it. Nothing under that folder reached the index until a restart. Looked for
+        on a thread of its own (a walk of a big library held up the flusher), and a folder found unwatched
+        is lost only when found so again at the next check: one made by a copy still going on may not be
+        watched yet (watchdog adds watches as it hears of new folders), and each of those was a rewatch."""
         now = time.monotonic()
         with self._lock:
             due = [root for root, at in self._moved_across.items() if now - at >= MOVE_SETTLE_S]
+            if not due or self._checking:
+                return
             for root in due:
                 del self._moved_across[root]
-        watched = _inotify_inodes() if due else None
-        if watched is None:  # (not Linux: no inotify)
-            return
-        for root in due:
-            lost = _unwatched_folder(root, watched) if root in self._watches else None
-            if lost is not None:
-                log.warning(
-                    "%s is not watched any more (a watcher's fault): watching and scanning %s again", lost, root
-                )
+            self._checking = True
+        try:
+            self._thread(functools.partial(self._find_lost_watches, due), "watch-check")
+        except RuntimeError:  # (can't start new thread): the next check tries again
+            with self._lock:
+                self._checking = False
+                for root in due:
+                    self._moved_across.setdefault(root, now)
+
+    def _find_lost_watches(self, roots: list[str]) -> None:
+        try:
+            watched = _inotify_inodes()
+            if watched is None:  # (not Linux: no inotify)
+                return
+            for root in roots:
+                unwatched = _unwatched_folders(root, watched) if root in self._watches else set()
+                lost, self._unwatched[root] = unwatched & self._unwatched.get(root, set()), unwatched
+                if unwatched and not lost:
+                    with self._lock:  # looked at again at the next check
+                        self._moved_across.setdefault(root, 0.0)
+                if not lost:
+                    continue
+                del self._unwatched[root]
+                if len(watched) >= _most_watches() * 0.95:  # (then each folder made goes unwatched: said at start)
+                    log.warning("%d folders under %s are not watched (the inotify limit): scanning it", len(lost), root)
+                    self.rescan(root)
+                    continue
+                log.warning("%s is not watched any more: watching and scanning %s again", min(lost), root)
                 self._watch_anew(root)
+        finally:
+            with self._lock:
+                self._checking = False
 
     def _readable_again(self) -> None:
         """Broken links whose targets are there again (their drive mounted, their pack moved back), and files
@@ -803,8 +833,10 @@ def _inotify_inodes() -> set[int] | None:
 _WATCHED = re.compile(r"^inotify wd:[0-9a-f]+ ino:([0-9a-f]+)", re.M)  # (both in hex)
 
 
-def _unwatched_folder(root: str, watched: set[int]) -> str | None:
-    """A folder under root (links not followed, as the observer follows none) that inotify does not watch."""
+def _unwatched_folders(root: str, watched: set[int]) -> set[str]:
+    """The folders under root (links not followed, as the observer follows none) that inotify does not watch,
+    the outermost of each branch."""
+    found: set[str] = set()
     stack = [root]
     while stack:
         folder = stack.pop()
@@ -815,9 +847,21 @@ def _unwatched_folder(root: str, watched: set[int]) -> str | None:
         except OSError:  # gone, or cannot be listed (said in status): no watch to expect
             continue
         if inode not in watched:
-            return folder
-        stack += inner
-    return None
+            found.add(folder)
+        else:
+            stack += inner
+    return found
+
+
+def _most_watches() -> int:
+    """The inotify watches a user may have (fs.inotify.max_user_watches)."""
+    try:
+        return int(Path(MAX_WATCHES).read_text())
+    except (OSError, ValueError):
+        return 1 << 62
+
+
+MAX_WATCHES = "/proc/sys/fs/inotify/max_user_watches"
 
 
 def _upwards(path: str) -> Iterator[str]:
