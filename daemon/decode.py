@@ -70,6 +70,9 @@ NO_PERMISSION = "permission denied"  # the watcher looks for it to be readable: 
 # errnos that say nothing about the file; EIO is left out: on a local disk it is a bad sector, for good
 PASSING = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ESTALE}
+    # a share that went away (sshfs, SMB, NFS): failed for good (a rescan knows the file unchanged), it stayed so
+    | {errno.ENOTCONN, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETDOWN, errno.ENETUNREACH, errno.ECONNRESET}
+    | {errno.ECONNABORTED}
 )
 
 

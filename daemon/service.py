@@ -372,9 +372,9 @@ class Daemon:
             if now == self._active and self._unloaded_files(active) == self._unloaded:  # (a file put back)
                 return
             was, unloaded = self._active, self._unloaded
-            self._active = now
             self.pipeline.models = load_models(self.index, active)
             self._unloaded = self._unloaded_files(active)
+            self._active = now  # (once loaded: a status meanwhile reads the models from the index, `following`)
             # each model activated, deactivated or removed, and each whose file came back or went away
             changed = [ref for i, ref in (was | now).items() if (i in now) != (i in was)]
             changed += [ref for i, ref in now.items() if i in was and (i in unloaded) != (i in self._unloaded)]

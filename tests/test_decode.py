@@ -366,4 +366,11 @@ def test_a_file_that_fails_to_read_keeps_its_size_and_time(tmp_path: Path, monke
     monkeypatch.setattr(features, "_read_head", bad_sector)
     with pytest.raises(DecodeError, match="cannot read file: Input/output error") as e:
         fingerprint(str(clip))
-    assert e.value.stamp == (clip.stat().st_size, changed_at(os.stat(clip)))
+    assert e.value.stamp == (clip.stat().st_size, changed_at(os.stat(clip))) and not isinstance(e.value, TryLater)
+
+    def share_gone(f: object, size: int) -> memoryview:  # sshfs, SMB: back later, the file unchanged
+        raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+    monkeypatch.setattr(features, "_read_head", share_gone)
+    with pytest.raises(TryLater):  # (read again a little later, not failed for good)
+        fingerprint(str(clip))
