@@ -1694,3 +1694,34 @@ def test_a_cancel_heard_while_the_model_came_keeps_it_uninstalled(model_home: Pa
     kept = shlex.split(str(cancelled.value).split("`")[1])[3]
     assert Path(kept).read_bytes() == files["model.onnx"]
     index.close()
+
+
+def test_a_followed_job_trained_and_never_collected_is_followed_again_not_trained_again(tmp_path: Path) -> None:
+    """A `vibrary train` killed between the end of its training and its download (a kill, a reboot, a Ctrl-C
+    while it installed): the same command trained it all again, from the first epoch, and the trained model
+    lay uncollected. Once collected, the same job started again is a new training."""
+    from vibrary.trainer.service import serve
+
+    manifest, blobs = _manifest_and_blobs(per_kind=4, seed=0)
+    (tmp_path / "shards").mkdir()
+    _store(blobs, tmp_path / "shards")
+    short = json.dumps({"epochs": 2})
+    serving = serve(tmp_path / "trainer", "127.0.0.1:0")
+    try:
+        with TrainerClient(f"127.0.0.1:{serving.port}") as client:
+            client.upload(manifest, tmp_path / "shards")
+            first = client.start(manifest, "k", "none", short, followed=True)
+            assert [u.state for u in client.watch(first.id)][-1] == pb.Job.SUCCEEDED
+    finally:
+        serving.stop(grace=0)  # the caller gone before its download
+    serving = serve(tmp_path / "trainer", "127.0.0.1:0", resume=[])  # as the next `vibrary train` starts its own
+    try:
+        with TrainerClient(f"127.0.0.1:{serving.port}") as client:
+            again = client.start(manifest, "k", "none", short, followed=True)
+            assert (again.id, again.state) == (first.id, pb.Job.SUCCEEDED)
+            assert "model.onnx" in client.download(again.id)
+            anew = client.start(manifest, "k", "none", short, followed=True)  # collected: trained anew
+            assert anew.id != first.id
+            client.cancel(anew.id)
+    finally:
+        serving.stop(grace=0)

@@ -461,7 +461,7 @@ class TrainerService(pb_grpc.TrainerServicer):
             job_id = uuid.uuid4().hex[:12]
             job = _JobState(job_id, user, request, manifest, config, self._folder(user, "jobs") / job_id)
             if request.followed:  # the same `vibrary train` again: its caller was cut off, or gave up on a
-                same = self._unfinished(user, job.key)  # trainer out of reach, and comes back for it
+                same = self._same_job(user, job.key)  # trainer out of reach, and comes back for it
                 if same is not None:
                     log.info("job %s started again by its caller: followed where it is", same.job.id)
                     return same.snapshot()
@@ -489,15 +489,19 @@ class TrainerService(pb_grpc.TrainerServicer):
                 " finish, or cancel one",
             )
 
-    def _unfinished(self, user: str, key: str) -> _JobState | None:
+    def _same_job(self, user: str, key: str) -> _JobState | None:
+        """The same job, unfinished, or trained and never collected: a `vibrary train` killed (or cut off)
+        between the end of its training and its download trained it all again from the first epoch."""
         return next(
             (
                 j
                 for j in list(self.jobs.values())
                 if j.user == user
                 and j.request.followed
-                and j.job.state not in _TERMINAL
-                and not j.cancel.is_set()
+                and (
+                    (j.job.state not in _TERMINAL and not j.cancel.is_set())
+                    or (j.job.state == pb.Job.SUCCEEDED and not (j.out / prune.COLLECTED).exists())
+                )
                 and j.key == key  # (one cancelled, by Ctrl-C or for want of its caller, is ending)
             ),
             None,
