@@ -1725,3 +1725,33 @@ def test_a_followed_job_trained_and_never_collected_is_followed_again_not_traine
             client.cancel(anew.id)
     finally:
         serving.stop(grace=0)
+
+
+def test_a_full_disk_is_said_as_such_not_in_torchs_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch wraps a full disk's OSError in "[enforce fail at inline_container.cc:672] . unexpected pos …":
+    the job failed as an "internal error" in those words. (The checkpoint's write is made to fail so.)"""
+    import errno
+
+    from vibrary.trainer import pipeline
+    from vibrary.trainer.service import serve
+
+    def no_space(*args: object, **kwargs: object) -> None:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as e:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 410624 vs 410520") from e
+
+    monkeypatch.setattr(pipeline, "train_to_files", no_space)
+    manifest, blobs = _manifest_and_blobs(per_kind=4, seed=0)
+    (tmp_path / "shards").mkdir()
+    _store(blobs, tmp_path / "shards")
+    serving = serve(tmp_path / "trainer", "127.0.0.1:0")
+    try:
+        with TrainerClient(f"127.0.0.1:{serving.port}") as client:
+            client.upload(manifest, tmp_path / "shards")
+            job = client.start(manifest, "k", "none", json.dumps({"epochs": 2}), followed=True)
+            (*_, last) = client.watch(job.id)
+    finally:
+        serving.stop(grace=0)
+    assert last.state == pb.Job.FAILED and last.error.startswith("the trainer's disk is full (")
+    assert "goes on from its last finished epoch" in last.error and "enforce fail" not in last.error

@@ -31,6 +31,7 @@ user's storage is separate, and another user's job id gets the same NOT_FOUND as
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import importlib.util
@@ -638,12 +639,21 @@ class TrainerService(pb_grpc.TrainerServicer):
             except Exception as e:  # a bug, or the machine (a full disk, memory), fails the job, never the service
                 log.exception("job %s failed", job.job.id)
                 job.keep_checkpoint = True  # (a full disk, once freed, goes on from there)
-                full = ""
-                with contextlib.suppress(OSError):  # (its folder gone may be what failed the job)
-                    free = shutil.disk_usage(self.root).free
-                    full = f" (the trainer's disk has {free / 1e6:.0f} MB free)" if free < LOW_DISK else ""
-                job.update(state=pb.Job.FAILED, phase="failed", error=f"internal error: {e}{full}")
+                job.update(state=pb.Job.FAILED, phase="failed", error=self._why_failed(e))
             self._prune()
+
+    def _why_failed(self, e: Exception) -> str:
+        """A full disk in words: torch says it as "[enforce fail at inline_container.cc:672] unexpected pos"."""
+        free = None
+        with contextlib.suppress(OSError):  # (its folder gone may be what failed the job)
+            free = shutil.disk_usage(self.root).free
+        full = any(isinstance(c, OSError) and c.errno == errno.ENOSPC for c in _causes(e))
+        if full or (free is not None and free < LOW_DISK):
+            return (
+                f"the trainer's disk is full ({(free or 0) / 1e6:.0f} MB free under {self.root}): free some space,"
+                " and the same job started again goes on from its last finished epoch (a checkpoint is kept)"
+            )
+        return f"internal error: {e}"
 
     def _stopped(self, job: _JobState) -> bool:
         """Asked every batch: a cancel, a suspension, or the owner's token removed. A user whose token was
@@ -702,6 +712,15 @@ class Serving:
         self.service.suspend()
         self.server.stop(grace).wait()
         self.service.close()
+
+
+def _causes(e: BaseException) -> Iterator[BaseException]:
+    """The exception and those it was raised from or during, innermost last."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
 
 
 def serve(
