@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -656,18 +657,30 @@ def _no_dataset(home_dir: Path, name: str, to_create: bool = True) -> FileNotFou
 
 
 def names(home_dir: Path) -> list[str]:
+    """The datasets, as `load` finds them (one whose build was cut between its last two renames too, which
+    `show` and `train` took and the list hid); not a deleted one's remains (`.deleted-…`)."""
     folder = home_dir / "datasets"
-    return sorted(p.name for p in folder.iterdir() if (p / "manifest.json").exists()) if folder.exists() else []
+    if not folder.exists():
+        return []
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and _is_dataset(p))
+
+
+def _is_dataset(folder: Path) -> bool:
+    return any((folder / f).exists() for f in ("manifest.json", "labels.json"))
 
 
 def delete(home_dir: Path, name: str) -> None:
-    """Remove the dataset, damaged or not (a damaged one is what most needs deleting)."""
+    """Remove the dataset, damaged or not (a damaged one is what most needs deleting): moved aside at once,
+    then removed (a kill during the removal left half a dataset, listed and trainable). The remains of a
+    removal cut short are removed with the next."""
     check_name(name)
     folder = dataset_dir(home_dir, name)
-    if not any((folder / f).exists() for f in ("manifest.json", "labels.json")):
+    if not _is_dataset(folder):
         raise _no_dataset(home_dir, name, to_create=False)
     with _held(home_dir, name, change=True):
-        shutil.rmtree(folder)
+        folder.rename(folder.with_name(f".deleted-{name}-{os.getpid()}-{time.monotonic_ns()}"))
+    for remains in folder.parent.glob(".deleted-*"):
+        shutil.rmtree(remains, ignore_errors=True)
 
 
 def labelled_files(home_dir: Path, name: str) -> list[tuple[str, str]]:

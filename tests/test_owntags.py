@@ -512,6 +512,16 @@ def test_a_damaged_dataset_is_named_with_what_to_do_and_can_be_deleted(home: Pat
     dataset.delete(home, "mangled")
     dataset.delete(home, "torn")
     assert dataset.names(home) == ["good"]
+    # cut between a build's last two renames: its labels there, its manifest not; `show` and `train` took it,
+    # and the list hid it
+    (dataset.dataset_dir(home, "good") / "manifest.json").unlink()
+    assert dataset.names(home) == ["good"]
+    # a removal cut short (a kill): moved aside at once, neither listed nor loaded, and gone with the next
+    remains = home / "datasets" / ".deleted-gone-1-1"
+    shutil.copytree(dataset.dataset_dir(home, "good"), remains)
+    assert dataset.names(home) == ["good"]
+    dataset.delete(home, "good")
+    assert dataset.names(home) == [] and not remains.exists()
 
 
 def _pcm_windows(path: Path, n: int = 64, width: int = 32) -> list[bytes]:
