@@ -10,6 +10,8 @@ that was moved keeps its tags because its content hash is already known.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import functools
 import logging
 import os
@@ -349,12 +351,14 @@ class Watcher(FileSystemEventHandler):
                 if not lost:
                     continue
                 del self._unwatched[root]
-                if len(watched) >= _most_watches() * 0.95:  # (then each folder made goes unwatched: said at start)
+                if _at_watch_limit(min(lost)):  # a rewatch would fail, and drop the whole watch folder
                     log.warning("%d folders under %s are not watched (the inotify limit): scanning it", len(lost), root)
                     self.rescan(root)
                     continue
                 log.warning("%s is not watched any more: watching and scanning %s again", min(lost), root)
                 self._watch_anew(root)
+        except Exception:  # a check that fails must not leave _checking set: no check would come again
+            log.exception("could not check the watches")
         finally:
             with self._lock:
                 self._checking = False
@@ -378,7 +382,8 @@ class Watcher(FileSystemEventHandler):
                 old = self._watches.get(root)
             if old is None:
                 return
-            self._observer.unschedule(old)
+            with contextlib.suppress(KeyError):  # (gone meanwhile: `_lost` takes no _scheduling)
+                self._observer.unschedule(old)
             watch = self._schedule(root)
             with self._lock:
                 self._watches[root] = watch
@@ -668,10 +673,15 @@ class Watcher(FileSystemEventHandler):
         """Whether the index has a row for every audio file under folder (by name: no stat, no hash) and every
         folder in it could be listed (the rows of one that cannot are kept, its files unknown)."""
         unlisted: list[OSError] = []
-        for dirpath, _, names in os.walk(folder, onerror=unlisted.append):
-            here = {os.path.join(dirpath, n) for n in names if is_audio_path(n)}
-            if {f for f in here if storable(f)} - self.index.files_in_dir(dirpath).keys():
-                return False
+        try:
+            for dirpath, dirs, names in os.walk(folder, onerror=unlisted.append):
+                dirs[:] = [d for d in dirs if d != JUNK_FOLDER and storable(os.path.join(dirpath, d))]  # as scan()
+                here = {os.path.join(dirpath, n) for n in names if is_audio_path(n)}
+                if {f for f in here if storable(f)} - self.index.files_in_dir(dirpath).keys():
+                    return False
+        except Exception as e:  # (a locked index): scanned, rather than its thread ended and scans_running kept
+            log.warning("could not check %s (%s): scanning it", folder, e)
+            return False
         return not unlisted
 
     def _thread(self, work: Callable[[], None], name: str) -> None:
@@ -853,15 +863,23 @@ def _unwatched_folders(root: str, watched: set[int]) -> set[str]:
     return found
 
 
-def _most_watches() -> int:
-    """The inotify watches a user may have (fs.inotify.max_user_watches)."""
+def _at_watch_limit(folder: str) -> bool:
+    """Whether inotify refuses a watch on the folder for the user's limit (fs.inotify.max_user_watches, shared
+    with every other program of theirs): asked of a watch of its own, made and dropped."""
     try:
-        return int(Path(MAX_WATCHES).read_text())
-    except (OSError, ValueError):
-        return 1 << 62
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.inotify_init1(os.O_CLOEXEC)
+    except (OSError, AttributeError):
+        return False
+    if fd < 0:
+        return ctypes.get_errno() == errno.EMFILE  # (the instances' limit: no rewatch either)
+    try:
+        return libc.inotify_add_watch(fd, os.fsencode(folder), IN_ATTRIB) < 0 and ctypes.get_errno() == errno.ENOSPC
+    finally:
+        os.close(fd)
 
 
-MAX_WATCHES = "/proc/sys/fs/inotify/max_user_watches"
+IN_ATTRIB = 0x4
 
 
 def _upwards(path: str) -> Iterator[str]:
