@@ -795,7 +795,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         for name in dataset.names(home_dir):
             try:
                 manifest, _ = dataset.load(home_dir, name)
-            except ValueError as e:  # one broken dataset must not hide the others
+            except (ValueError, OSError) as e:  # one broken dataset must not hide the others
                 print(f"vibrary: dataset {name} cannot be read: {e}", file=sys.stderr)
                 continue
             _out(

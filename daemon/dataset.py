@@ -21,6 +21,7 @@ import difflib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -41,6 +42,8 @@ from .decode import DecodeError
 from .features import features, fingerprint
 from .folders import JUNK_FOLDER, audio_files_under, warn
 from .spectrogram import SILENT, SpectrogramParams, heard_in, quantize
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -678,9 +681,15 @@ def delete(home_dir: Path, name: str) -> None:
     if not _is_dataset(folder):
         raise _no_dataset(home_dir, name, to_create=False)
     with _held(home_dir, name, change=True):
+        if folder.is_symlink():  # a dataset kept elsewhere: the home's link to it goes, not the folder it names
+            folder.unlink()
+            return
         folder.rename(folder.with_name(f".deleted-{name}-{os.getpid()}-{time.monotonic_ns()}"))
     for remains in folder.parent.glob(".deleted-*"):
-        shutil.rmtree(remains, ignore_errors=True)
+        try:
+            shutil.rmtree(remains)
+        except OSError as e:  # (it is out of every list already: only its disk is not given back yet)
+            log.warning("could not remove %s: %s", remains, e)
 
 
 def labelled_files(home_dir: Path, name: str) -> list[tuple[str, str]]:

@@ -520,8 +520,13 @@ def test_a_damaged_dataset_is_named_with_what_to_do_and_can_be_deleted(home: Pat
     remains = home / "datasets" / ".deleted-gone-1-1"
     shutil.copytree(dataset.dataset_dir(home, "good"), remains)
     assert dataset.names(home) == ["good"]
+    elsewhere = tmp_path / "drive" / "kept"  # a dataset kept on another drive, the home linking to it
+    shutil.copytree(dataset.dataset_dir(home, "good"), elsewhere)
+    dataset.dataset_dir(home, "linked").symlink_to(elsewhere)
     dataset.delete(home, "good")
-    assert dataset.names(home) == [] and not remains.exists()
+    assert dataset.names(home) == ["linked"] and not remains.exists()
+    dataset.delete(home, "linked")  # the link goes (it said "deleted" and kept it, or failed on it)
+    assert dataset.names(home) == [] and (elsewhere / "labels.json").exists()
 
 
 def _pcm_windows(path: Path, n: int = 64, width: int = 32) -> list[bytes]:

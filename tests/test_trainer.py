@@ -1753,5 +1753,5 @@ def test_a_full_disk_is_said_as_such_not_in_torchs_words(tmp_path: Path, monkeyp
             (*_, last) = client.watch(job.id)
     finally:
         serving.stop(grace=0)
-    assert last.state == pb.Job.FAILED and last.error.startswith("the trainer's disk is full (")
+    assert last.state == pb.Job.FAILED and last.error.startswith("the trainer's disk is full")
     assert "goes on from its last finished epoch" in last.error and "enforce fail" not in last.error

@@ -491,18 +491,15 @@ class TrainerService(pb_grpc.TrainerServicer):
             )
 
     def _same_job(self, user: str, key: str) -> _JobState | None:
-        """The same job, unfinished, or trained and never collected: a `vibrary train` killed (or cut off)
-        between the end of its training and its download trained it all again from the first epoch."""
+        """The same job, unfinished, or trained within a day and never collected, its result whole: a `vibrary
+        train` killed (or cut off) between the end of its training and its download trained it all again."""
         return next(
             (
                 j
                 for j in list(self.jobs.values())
                 if j.user == user
                 and j.request.followed
-                and (
-                    (j.job.state not in _TERMINAL and not j.cancel.is_set())
-                    or (j.job.state == pb.Job.SUCCEEDED and not (j.out / prune.COLLECTED).exists())
-                )
+                and ((j.job.state not in _TERMINAL and not j.cancel.is_set()) or _uncollected(j))
                 and j.key == key  # (one cancelled, by Ctrl-C or for want of its caller, is ending)
             ),
             None,
@@ -647,13 +644,13 @@ class TrainerService(pb_grpc.TrainerServicer):
         free = None
         with contextlib.suppress(OSError):  # (its folder gone may be what failed the job)
             free = shutil.disk_usage(self.root).free
-        full = any(isinstance(c, OSError) and c.errno == errno.ENOSPC for c in _causes(e))
-        if full or (free is not None and free < LOW_DISK):
+        low = f" (the trainer's disk has {free / 1e6:.0f} MB free)" if free is not None and free < LOW_DISK else ""
+        if any(isinstance(c, OSError) and c.errno == errno.ENOSPC for c in _causes(e)):
             return (
-                f"the trainer's disk is full ({(free or 0) / 1e6:.0f} MB free under {self.root}): free some space,"
-                " and the same job started again goes on from its last finished epoch (a checkpoint is kept)"
+                f"the trainer's disk is full{low} under {self.root}: free some space, and the same job started"
+                " again goes on from its last finished epoch (a checkpoint is kept)"
             )
-        return f"internal error: {e}"
+        return f"internal error: {e}{low}"
 
     def _stopped(self, job: _JobState) -> bool:
         """Asked every batch: a cancel, a suspension, or the owner's token removed. A user whose token was
@@ -712,6 +709,24 @@ class Serving:
         self.service.suspend()
         self.server.stop(grace).wait()
         self.service.close()
+
+
+def _uncollected(job: _JobState) -> bool:
+    """Trained within a day (a newer Vibrary, or demo model, may train it otherwise), never downloaded, and
+    every file of its result still there."""
+    try:
+        ended = time.time() - (job.out / RECORD).stat().st_mtime
+    except OSError:
+        return False
+    return (
+        job.job.state == pb.Job.SUCCEEDED
+        and ended < SAME_JOB_S
+        and not (job.out / prune.COLLECTED).exists()
+        and all((job.out / name).exists() for name in RESULT_FILES)
+    )
+
+
+SAME_JOB_S = 86_400.0
 
 
 def _causes(e: BaseException) -> Iterator[BaseException]:
