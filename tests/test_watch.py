@@ -767,17 +767,11 @@ def test_folders_still_watched_are_not_taken_for_lost(
 ) -> None:
     """The kernel writes watch numbers in hex: read as decimal, every folder from the tenth on looked
     unwatched, and each folder moved in or out had the whole watch folder watched anew and scanned."""
-    monkeypatch.setattr(watch_module, "CHECK_S", 1.0)
     lib = tmp_path / "lib"
     for i in range(40):
         (lib / f"Pack {i:02d}").mkdir(parents=True)
-    w = _watcher(index)
-    anew: list[str] = []
-    monkeypatch.setattr(w, "_watch_anew", anew.append)
-    w.watch(str(lib))
-    w.start()
+    w, anew = _checked(index, lib, monkeypatch)
     try:
-        wait_for(lambda: w.scans_running == 0)
         os.rename(lib / "Pack 00", tmp_path / "away")  # a move out: the watches are checked a second after it
         wait_for(lambda: bool(w._moved_across))
         wait_for(lambda: not w._moved_across and not w._checking)  # (the check's thread ended)
@@ -835,7 +829,6 @@ def test_a_folder_found_unwatched_once_is_not_yet_lost(
     """A folder made by a copy still going on may not be watched yet when the check looks (watchdog adds the
     watch when it hears of the folder): each was a rewatch and a rescan of the whole library. A folder is
     lost when two checks in turn find it unwatched. (The kernel's answer is doctored to drop one folder.)"""
-    monkeypatch.setattr(watch_module, "CHECK_S", 1.0)
     lib = tmp_path / "lib"
     for name in ("P1", "P2", "P3"):
         (lib / name).mkdir(parents=True)
@@ -851,13 +844,8 @@ def test_a_folder_found_unwatched_once_is_not_yet_lost(
 
         return inodes
 
-    w = _watcher(index)
-    anew: list[str] = []
-    monkeypatch.setattr(w, "_watch_anew", anew.append)
-    w.watch(str(lib))
-    w.start()
+    w, anew = _checked(index, lib, monkeypatch)
     try:
-        wait_for(lambda: w.scans_running == 0)
         for times, moved, expected in ((1, "P2", []), (10**6, "P3", [str(lib)])):
             calls.clear()
             monkeypatch.setattr(watch_module, "_inotify_inodes", doctored(times))
@@ -866,3 +854,16 @@ def test_a_folder_found_unwatched_once_is_not_yet_lost(
             assert anew == expected
     finally:
         w.stop()
+
+
+def _checked(index: Index, lib: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Watcher, list[str]]:
+    """A watcher started on lib, its scans done, that notes the watch folders it would watch anew (checked
+    every second)."""
+    monkeypatch.setattr(watch_module, "CHECK_S", 1.0)
+    w = _watcher(index)
+    anew: list[str] = []
+    monkeypatch.setattr(w, "_watch_anew", anew.append)
+    w.watch(str(lib))
+    w.start()
+    wait_for(lambda: w.scans_running == 0)
+    return w, anew
