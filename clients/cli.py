@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 
 from tqdm import tqdm
 from vibrary.daemon import config, registry
+from vibrary.daemon.cloud import ENDING_SIGNALS
 from vibrary.daemon.folders import indexed_path
 from vibrary.daemon.index import HIT_SCORE, NO_SUCH_PATH, Index, Job, Result, under
 from vibrary.daemon.infer import ModelError
@@ -267,7 +268,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     return 0
 
 
-ENDING = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)  # a kill, a closed terminal, Ctrl-C
+ENDING = ENDING_SIGNALS  # a kill, a closed terminal, Ctrl-C
 
 
 def _not_started(e: Exception) -> CommandError:

@@ -23,6 +23,8 @@ import functools
 import json
 import logging
 import os
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -294,6 +296,27 @@ def user_data(settings: CloudSettings, region: str, job_url: str) -> str:
     )
 
 
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C, a closed terminal or a `kill` that comes meanwhile is handled once the block is done (on the
+    main thread, where Python handles signals; elsewhere, as it comes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    heard: list[int] = []
+    held = {sig: signal.signal(sig, lambda signum, frame: heard.append(signum)) for sig in ENDING_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)  # (None: one set from C)
+        if heard:
+            signal.raise_signal(heard[0])  # to the handler that was there
+
+
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)  # a kill, a closed terminal, Ctrl-C
+
+
 def launch(ec2: Any, settings: CloudSettings, region: str, job_id: str, job_url: str) -> str:
     params: dict[str, Any] = {
         "ImageId": settings.ami,
@@ -426,10 +449,11 @@ class _Job:
     ) -> None:
         """`on_launched` hears of the instance before anything else is said: a progress line first (slow on a
         loaded machine) left a window where a Ctrl-C ended an instance its caller never heard of, and said
-        "nothing was launched"."""
-        self.instance = launch(self.ec2, self.settings, self.region, self.job_id, self.url)
-        self.launched_at = time.time()
-        on_launched(self.job_id, self.instance)
+        "nothing was launched". A signal that ends the process waits for the launch to be heard of (CI)."""
+        with _signals_held():
+            self.instance = launch(self.ec2, self.settings, self.region, self.job_id, self.url)
+            self.launched_at = time.time()
+            on_launched(self.job_id, self.instance)
         progress({"state": "WAITING", "message": f"launched {self.settings.instance_type} {self.instance}: {why}"})
 
     def wait(self, progress: Callable[[dict[str, Any]], None]) -> None:

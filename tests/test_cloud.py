@@ -915,3 +915,18 @@ def test_a_job_record_leaves_out_what_an_older_version_cannot_read(tmp_path: Pat
     assert training.JobRecord.load(path) == training.JobRecord(
         "ds", "ds", "cloud", job_id="j", instance="i", uploading=True, launched_at=1.0
     )
+
+
+def test_a_signal_during_a_launch_is_handled_once_it_is_heard_of() -> None:
+    """The instance was running, its caller not yet told, when a Ctrl-C came (CI): the instance was ended all
+    the same (the job's tag finds it), but `vibrary train` said "nothing was launched". A signal meanwhile
+    is handled when the launch is heard of."""
+    from vibrary.daemon import cloud as cloud_module
+
+    heard: list[str] = []
+    with pytest.raises(KeyboardInterrupt), cloud_module._signals_held():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # (a signal is handled at the next instruction: there are many meanwhile)
+        heard.append("launched")
+    assert heard == ["launched"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler put back
