@@ -267,7 +267,7 @@ class Synonyms:
             for alias in wanted:
                 if alias not in pairs:
                     raise ValueError(f"no alias {alias!r}: `vibrary synonyms list` shows them")
-                if alias.replace(" ", "") in _spellings(tag := pairs[alias][1]):  # (removed, it read as the tag still)
+                if alias in _spellings(tag := pairs[alias][1]):  # (one word: removed, it read as the tag still)
                     raise ValueError(f"{alias!r} is the tag {tag!r} itself, which is always read as that tag")
             # its plural or singular for the same tag goes too: words are read with a plural s dropped, so
             # `Pads/` was still read through `pad` after `remove pads`, and the removal seemed to do nothing

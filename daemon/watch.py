@@ -665,7 +665,8 @@ class Watcher(FileSystemEventHandler):
                 del waiting[folder]
             if os.path.isdir(folder) and not (check and self._all_known(folder)):
                 self._scan_safely(folder)
-            else:  # moved away or deleted while it waited: its move or deletion was handled as such
+            else:  # moved away or deleted while it waited (its move or deletion was handled as such), or a
+                # renamed one whose files the index all has
                 with self._lock:
                     self._scans_done(1)
 

@@ -483,6 +483,7 @@ def test_an_alias_can_be_removed(tmp_path: Path) -> None:
     assert Synonyms.load(tmp_path).find("Pads") == [] and Synonyms.load(tmp_path).find("Plucks") == ["synth"]
     with pytest.raises(ValueError, match="'kicks' is the tag 'kick' itself"):  # said removed, read as kick still
         reloaded.remove(tmp_path, ["kicks"])
+    assert reloaded.remove(tmp_path, ["hi hat"]) == [("hi hat", "hihat", True), ("hi hats", "hihat", True)]  # 2 words
 
 
 def test_cli_synonyms_remove(tmp_path: Path) -> None:
