@@ -1015,6 +1015,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     def progress(p: TrainProgress) -> None:
         nonlocal said, said_at
+        if p.resumed_from_epoch and "resumed" not in states:  # the bar stood at epoch 12 of a new command
+            states.add("resumed")
+            tqdm.write(
+                f"going on from epoch {p.resumed_from_epoch} of {p.epochs}, where an earlier run of this training"
+                " stopped",
+                file=sys.stderr,
+            )
         states.add(p.state)
         lost = p.message.startswith(LOST_TRAINER)
         news = p.state == "waiting" or lost  # queued, or the trainer out of reach

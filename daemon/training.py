@@ -57,7 +57,7 @@ STATES = ("uploading", "waiting", "training", "installing", *FINISHED)
 # collected and installed.
 RECONNECT_S = 120.0
 RECALL_MAX_S = 30.0
-PROGRESS_FIELDS = ("epoch", "epochs", "loss", "val_accuracy", "eta_s")  # a trainer Job's and a Progress's
+PROGRESS_FIELDS = ("epoch", "epochs", "loss", "val_accuracy", "eta_s", "resumed_from_epoch")  # a Job's and a Progress's
 
 
 def progress_fields(source: Any) -> dict[str, Any]:
@@ -90,6 +90,7 @@ class TrainProgress:
     loss: float = 0.0
     val_accuracy: float = 0.0
     eta_s: float = 0.0
+    resumed_from_epoch: int = 0  # a run of the same training cut off after this epoch, gone on from; 0: none
     error: str = ""
     message: str = ""
     classes: list[str] = field(default_factory=list)

@@ -1064,6 +1064,38 @@ def test_a_train_command_stopped_by_ctrl_c_or_killed_leaves_no_job_to_train_on(
     assert not list(jobs.glob("*/jobs/*/checkpoint.pt"))
 
 
+def test_the_same_train_command_again_says_it_goes_on_from_the_last_epoch(model_home: Path, tmp_path: Path) -> None:
+    """After a Ctrl-C, the same `vibrary train` goes on from the last finished epoch, as the Ctrl-C said; it
+    did so without a word, its bar standing at epoch 12 of a command just typed."""
+    write_kinds(tmp_path / "examples", per_kind=8, seed=1)
+    vibrary("dataset", "create", "kinds", str(tmp_path / "examples"), home=model_home)
+    args = [sys.executable, "-m", "vibrary.clients.cli", "train", "kinds", "--base", "none", "--epochs", "500"]
+    env = {**os.environ, "VIBRARY_HOME": str(model_home)}
+    said: list[list[str]] = []
+    for _ in range(2):
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        lines: list[str] = []
+        said.append(lines)
+        assert proc.stderr is not None
+        reader = threading.Thread(target=lines.extend, args=(proc.stderr,), daemon=True)
+        reader.start()
+        try:
+            wait_for(lambda: any(line.startswith("epoch 2/") for line in said[-1]), timeout=120)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=60) == 130
+        finally:
+            proc.kill()
+        reader.join(timeout=30)
+    first, again = ("".join(lines) for lines in said)
+    assert "going on from" not in first, first
+    resumed = re.search(
+        r"^going on from epoch (\d+) of 500, where an earlier run of this training stopped$", again, re.M
+    )
+    assert resumed and int(resumed[1]) >= 2, again
+    first_epoch = re.search(r"^epoch \d+/500", again, re.M)
+    assert first_epoch and resumed.start() < first_epoch.start(), again  # said as it starts
+
+
 def test_ctrl_c_during_the_upload_says_no_job_was_started(model_home: Path, tmp_path: Path) -> None:
     """Ctrl-C while the spectrograms were still on their way said "its job on the trainer is cancelled" of a
     job that did not exist. A trainer that takes the connection and never answers holds the upload."""

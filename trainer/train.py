@@ -66,6 +66,7 @@ class Progress:
     loss: float = 0.0
     val_accuracy: float = 0.0
     eta_s: float = 0.0
+    resumed_from_epoch: int = 0  # TrainResult's, said all along: a front end that comes in late hears it too
 
 
 @dataclass
@@ -289,7 +290,7 @@ def train(
         first = result.resumed_from_epoch + 1
         last = result.history[-1] if result.history else {}  # where it stands, before an epoch's wait
         last_loss, last_accuracy = last.get("train_loss", 0.0), last.get("val_accuracy", 0.0)
-        progress(Progress("training", first - 1, config.epochs, last_loss, last_accuracy))
+        progress(Progress("training", first - 1, config.epochs, last_loss, last_accuracy, resumed_from_epoch=first - 1))
     for epoch in range(first, epochs + 1):
         if len(val_idx) and since_best >= config.patience:  # without validation, nothing says when to stop
             break
@@ -353,7 +354,7 @@ def train(
                 },
             )
         eta = (time.monotonic() - started) / (epoch - first + 1) * (config.epochs - epoch)
-        progress(Progress("training", epoch, config.epochs, train_loss, val_acc, eta))
+        progress(Progress("training", epoch, config.epochs, train_loss, val_acc, eta, result.resumed_from_epoch))
     net.load_state_dict(best_state)
     # once, for the weights kept (a fifth of a large training's time when done every epoch); never under known rows
     if not len(val_idx) and rows is None:

@@ -1303,6 +1303,7 @@ class TrainProgress(_message.Message):
     SECONDS_FIELD_NUMBER: _builtins.int
     ACCURACY_OF_FIELD_NUMBER: _builtins.int
     PLOTS_FIELD_NUMBER: _builtins.int
+    RESUMED_FROM_EPOCH_FIELD_NUMBER: _builtins.int
     state: Global___TrainProgress.State.ValueType
     dataset: _builtins.str
     model: _builtins.str
@@ -1322,6 +1323,8 @@ class TrainProgress(_message.Message):
     """what val_accuracy was measured on once the model is installed: "held-out clips", or "training clips
     (none held out)" when a small dataset trained on every clip
     """
+    resumed_from_epoch: _builtins.int
+    """the last epoch of an earlier, cut-off run of the same training that this one goes on from; 0: none"""
     @_builtins.property
     def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -1347,10 +1350,11 @@ class TrainProgress(_message.Message):
         seconds: _builtins.float = ...,
         accuracy_of: _builtins.str = ...,
         plots: _abc.Iterable[_builtins.str] | None = ...,
+        resumed_from_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_of", b"accuracy_of", "classes", b"classes", "dataset", b"dataset", "epoch", b"epoch", "epochs", b"epochs", "error", b"error", "eta_s", b"eta_s", "loss", b"loss", "message", b"message", "model", b"model", "plots", b"plots", "seconds", b"seconds", "state", b"state", "upload_bytes", b"upload_bytes", "uploaded_bytes", b"uploaded_bytes", "val_accuracy", b"val_accuracy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_of", b"accuracy_of", "classes", b"classes", "dataset", b"dataset", "epoch", b"epoch", "epochs", b"epochs", "error", b"error", "eta_s", b"eta_s", "loss", b"loss", "message", b"message", "model", b"model", "plots", b"plots", "resumed_from_epoch", b"resumed_from_epoch", "seconds", b"seconds", "state", b"state", "upload_bytes", b"upload_bytes", "uploaded_bytes", b"uploaded_bytes", "val_accuracy", b"val_accuracy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

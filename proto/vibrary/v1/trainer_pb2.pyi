@@ -251,6 +251,7 @@ class Job(_message.Message):
     ETA_S_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
+    RESUMED_FROM_EPOCH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___Job.State.ValueType
     phase: _builtins.str
@@ -263,6 +264,8 @@ class Job(_message.Message):
     error: _builtins.str
     summary: _builtins.str
     """JSON training summary once SUCCEEDED"""
+    resumed_from_epoch: _builtins.int
+    """the last epoch of a cut-off run of the same job that this one goes on from; 0: none"""
     def __init__(
         self,
         *,
@@ -276,10 +279,11 @@ class Job(_message.Message):
         eta_s: _builtins.float = ...,
         error: _builtins.str = ...,
         summary: _builtins.str = ...,
+        resumed_from_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "epochs", b"epochs", "error", b"error", "eta_s", b"eta_s", "id", b"id", "loss", b"loss", "phase", b"phase", "state", b"state", "summary", b"summary", "val_accuracy", b"val_accuracy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "epochs", b"epochs", "error", b"error", "eta_s", b"eta_s", "id", b"id", "loss", b"loss", "phase", b"phase", "resumed_from_epoch", b"resumed_from_epoch", "state", b"state", "summary", b"summary", "val_accuracy", b"val_accuracy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
