@@ -650,15 +650,14 @@ def cmd_models(args: argparse.Namespace) -> int:
             _out(args, obj, f"{line}\n    tags: {', '.join(m.classes)}")  # what a search can ask for
         return 0
     if args.action == "install":
-        known = {m.id for m in index.models()}
+        before = index.models()
         try:
-            row = registry.install(index, home_dir, args.ref, args.name or "")
+            row = registry.install(index, home_dir, args.ref, args.name or "", active=not args.inactive)
         except (ModelError, OSError) as e:
             raise CommandError(str(e)) from None
+        known = {m.id for m in before}
         # a rollback undone by installing a newer file again said only "already installed": say what changes
-        was = next((m for m in index.active_models() if m.name == row.name and m.id != row.id), None)
-        if not args.inactive:
-            index.set_active(row, True)
+        was = next((m for m in before if m.active and m.name == row.name and m.id != row.id), None)
         obj = {"model": row.name, "version": row.version, "classes": list(row.classes), "active": not args.inactive}
         obj["installed"] = row.id not in known  # False: the same file was installed already, as this version
         said = "installed" if obj["installed"] else "already installed as"

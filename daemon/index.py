@@ -662,11 +662,22 @@ class Index:
 
     # -- models --------------------------------------------------------------------------------------
     def add_model(
-        self, name: str, path: str, sha256: str, classes: Sequence[str], spectrogram: str, builtin: bool
+        self,
+        name: str,
+        path: str,
+        sha256: str,
+        classes: Sequence[str],
+        spectrogram: str,
+        builtin: bool,
+        active: bool = False,
     ) -> ModelRow:
         """Register a new version of `name`. A number is never given twice, even after its version was
-        removed: a script that names `NAME@3` must not get another model."""
+        removed: a script that names `NAME@3` must not get another model. `active` in the same transaction:
+        a kill between the two left the new version installed and idle (the demo model of a first start for
+        good, a home that has seen it keeping "the user's choice")."""
         with self.write() as c:
+            if active:
+                c.execute("UPDATE models SET active = 0 WHERE name = ?", (name,))
             version = c.execute(
                 """SELECT max(coalesce((SELECT max(version) FROM models WHERE name = ?), 0),
                               coalesce((SELECT last FROM model_versions WHERE name = ?), 0)) + 1""",
@@ -678,9 +689,9 @@ class Index:
                 (name, number),
             )
             c.execute(
-                """INSERT INTO models(name, version, path, sha256, classes, spectrogram, builtin, installed)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-                (name, number, path, sha256, json.dumps(list(classes)), spectrogram, int(builtin), time.time()),
+                """INSERT INTO models(name, version, path, sha256, classes, spectrogram, builtin, installed, active)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (name, number, path, sha256, json.dumps(list(classes)), spectrogram, int(builtin), time.time(), active),
             )
         return self.model(name, number)
 

@@ -18,8 +18,11 @@ log = logging.getLogger(__name__)
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 
 
-def install(index: Index, home_dir: Path, source: str, name: str = "", builtin: bool = False) -> ModelRow:
-    """Validate an ONNX file (loads it, runs it once), copy it into the home, register a new version."""
+def install(
+    index: Index, home_dir: Path, source: str, name: str = "", builtin: bool = False, active: bool = False
+) -> ModelRow:
+    """Validate an ONNX file (loads it, runs it once), copy it into the home, register a new version (and
+    with `active`, activate it as it is registered)."""
     model = Model(source, threads=1)  # raises ModelError with the reason when it does not fit
     name = name or model.info.name
     try:
@@ -31,7 +34,9 @@ def install(index: Index, home_dir: Path, source: str, name: str = "", builtin: 
         if row.name == name and row.sha256 == digest:  # the same file installed twice is the same version
             if not row.builtin and sha256_file_or_none(row.path) != digest:  # its copy lost or damaged: restored
                 _copy(source, row.path)
-            return row
+            if active:
+                index.set_active(row, True)
+            return index.model(row.name, row.version)
     if builtin:
         target = source
     else:
@@ -45,7 +50,7 @@ def install(index: Index, home_dir: Path, source: str, name: str = "", builtin: 
         except ModelError as e:
             Path(target).unlink(missing_ok=True)
             raise ModelError(f"{e}; its weights must be inside the .onnx file, not in files beside it") from None
-    return index.add_model(name, target, digest, model.info.classes, model.info.params.to_json(), builtin)
+    return index.add_model(name, target, digest, model.info.classes, model.info.params.to_json(), builtin, active)
 
 
 def _copy(source: str, target: str) -> None:
@@ -95,10 +100,9 @@ def ensure_builtin(index: Index, home_dir: Path) -> list[ModelRow]:
         if sha256_file(str(path)) in known:
             continue
         try:
-            row = install(index, home_dir, str(path), builtin=True)
+            row = install(index, home_dir, str(path), builtin=True, active=True)
         except ModelError as e:  # a damaged install: every command would stop on it, even the ones that can help
             log.error("the built-in model %s cannot be used (%s): reinstall Vibrary", path.name, e)
             continue
-        index.set_active(row, True)
         rows.append(row)
     return rows

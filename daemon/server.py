@@ -298,7 +298,9 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
                 upload.write(request.onnx)
                 upload.flush()
                 try:
-                    row = registry.install(self.daemon.index, self.daemon.home, upload.name, request.name)
+                    registry.install(
+                        self.daemon.index, self.daemon.home, upload.name, request.name, active=not request.inactive
+                    )
                 except ModelError as e:
                     sent = str(e).replace(upload.name, "the model sent")
                     sent = sent.replace(os.path.basename(upload.name), "the model sent")
@@ -306,8 +308,6 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         except OSError as e:  # a full disk, a home not writable: the user can act on it
             code = grpc.StatusCode.RESOURCE_EXHAUSTED if e.errno == errno.ENOSPC else grpc.StatusCode.INTERNAL
             context.abort(code, f"the model could not be written to {folder}: {e.strerror or e}")
-        if not request.inactive:
-            self.daemon.index.set_active(row, True)
         self.daemon.models_changed()
         return self._models()
 

@@ -417,13 +417,11 @@ def _install(index: Index, home_dir: Path, files: dict[str, bytes], name: str) -
     staging.parent.mkdir(parents=True, exist_ok=True)
     staging.write_bytes(files["model.onnx"])
     try:
-        row = registry.install(index, home_dir, str(staging), name)
+        return registry.install(index, home_dir, str(staging), name, active=True)
     except ModelError as e:
         raise TrainingError(f"the trained model cannot be installed: {e}") from None
     finally:
         staging.unlink(missing_ok=True)
-    index.set_active(row, True)
-    return index.model(row.name, row.version)
 
 
 @contextlib.contextmanager

@@ -1099,6 +1099,35 @@ def test_a_model_name_that_cannot_be_a_folder_or_is_the_builtins_is_refused(home
         index.close()
 
 
+def test_a_kill_as_a_model_is_installed_never_leaves_it_installed_and_idle(
+    home: Path, band_onnx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model was registered, then activated by a second write: a kill between the two (the first start of
+    the daemon, a `vibrary train` installing) left it idle, and the demo model of a fresh home for good (a
+    home that has seen it keeps the user's choice). Here the kill comes at any activation after the row."""
+    from vibrary.daemon import registry
+
+    class Killed(BaseException):
+        pass
+
+    def killed(*_: object) -> None:
+        raise Killed
+
+    monkeypatch.setattr(Index, "set_active", killed)
+    index = Index(config.index_path(home))
+    try:
+        registry.ensure_builtin(index, home)
+        registry.install(index, home, str(band_onnx), "band", active=True)
+    finally:
+        index.close()
+    index = Index(config.index_path(home))  # as the next start finds it
+    try:
+        assert registry.ensure_builtin(index, home) == []  # (seen: the user's choice from now on)
+        assert {m.name for m in index.active_models()} == {"demo", "band"}
+    finally:
+        index.close()
+
+
 def test_a_dataset_whose_caller_went_away_is_not_written(daemon: DaemonProcess, tmp_path: Path) -> None:
     """CreateDataset went on decoding every file and wrote the dataset after the caller had cancelled
     (Ctrl-C on `dataset create`, a script's deadline): a dataset nobody confirmed appeared minutes later."""
