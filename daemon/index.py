@@ -907,7 +907,7 @@ class Index:
 
     def _all_sorted(self, groups: list[list[int]], excluded: list[int], model_ids: list[int], q: Query) -> list[tuple]:
         found = [row for chunk in self._matching(groups, excluded, model_ids, replace(q, limit=0)) for row in chunk]
-        scores = self._lead_scores(groups[0], model_ids, sorted({row[1] for row in found}))
+        scores = self._lead_scores(groups[0], model_ids, sorted({row[1] for row in found}), q.min_score)
         return sorted(found, key=lambda row: (-scores.get(row[1], 0.0), row[0]))[: q.limit]
 
     def _files_under(self, folder: str, most: int) -> int:
@@ -918,22 +918,27 @@ class Index:
 
     def _by_score(self, tag_id: int, model_ids: list[int], min_score: float) -> Iterator[tuple[float, int]]:
         """(score, content) of one tag's files, best first."""
-        kept = "score >= ?" if min_score > 0 else "hit = 1"
+        kept, score = _counted("", min_score)
         return self.conn().execute(
             f"""SELECT score, content_id FROM tags WHERE tag_id = ? AND model_id IN ({",".join("?" * len(model_ids))})
                 AND {kept} ORDER BY score DESC""",
-            (tag_id, *model_ids, *([min_score] if min_score > 0 else [])),
+            (tag_id, *model_ids, *score),
         )
 
-    def _lead_scores(self, tag_ids: list[int], model_ids: list[int], content_ids: list[int]) -> dict[int, float]:
-        """Each content's best score among these tags, 500 contents a statement (SQLite's variable limit)."""
+    def _lead_scores(
+        self, tag_ids: list[int], model_ids: list[int], content_ids: list[int], min_score: float
+    ) -> dict[int, float]:
+        """Each content's best score among these tags, 500 contents a statement (SQLite's variable limit), of
+        the rows that count as _by_score's do: a score stored and not counted (another model's guess) ranked a
+        file first when a small folder or a long walk sorted them here, and not otherwise."""
         scores: dict[int, float] = {}
+        kept, score = _counted("", min_score)
         for page in _pages(content_ids):
             rows = self.conn().execute(
                 f"""SELECT content_id, max(score) FROM tags WHERE content_id IN ({",".join("?" * len(page))})
                     AND tag_id IN ({",".join("?" * len(tag_ids))}) AND model_id IN ({",".join("?" * len(model_ids))})
-                    GROUP BY content_id""",
-                (*page, *tag_ids, *model_ids),
+                    AND {kept} GROUP BY content_id""",
+                (*page, *tag_ids, *model_ids, *score),
             )
             scores.update(rows)
         return scores
@@ -1072,6 +1077,12 @@ def _outside(folders: Sequence[str], args: list[object]) -> list[str]:
     return conditions
 
 
+def _counted(prefix: str, min_score: float) -> tuple[str, list[object]]:
+    """The condition on a tags row (its columns named with `prefix`) that counts for a search: with a score
+    asked for, any stored score from it up; without, the tags that hit."""
+    return (f"{prefix}score >= ?", [min_score]) if min_score > 0 else (f"{prefix}hit = 1", [])
+
+
 def _search_sql(
     groups: list[list[int]], excluded: list[int], model_ids: list[int], q: Query, among: Sequence[int] = ()
 ) -> tuple[str, list[object]]:
@@ -1079,17 +1090,13 @@ def _search_sql(
     contents `among`, look only at their files and probe every group."""
     args: list[object] = []
 
-    def match(alias: str, tag_ids: list[int]) -> str:
-        cond = (
+    def match(alias: str, tag_ids: list[int], min_score: float = q.min_score) -> str:
+        kept, score = _counted(f"{alias}.", min_score)
+        args.extend([*tag_ids, *model_ids, *score])
+        return (
             f"{alias}.tag_id IN ({','.join('?' * len(tag_ids))}) "
-            f"AND {alias}.model_id IN ({','.join('?' * len(model_ids))}) "
+            f"AND {alias}.model_id IN ({','.join('?' * len(model_ids))}) AND {kept}"
         )
-        args.extend(tag_ids)
-        args.extend(model_ids)
-        if q.min_score > 0:
-            args.append(q.min_score)
-            return cond + f"AND {alias}.score >= ?"
-        return cond + f"AND {alias}.hit = 1"
 
     where: list[str] = [f"f.state != '{FAILED}' AND f.content_id IS NOT NULL"]  # read, and not failed since
     if groups and not among:
@@ -1104,7 +1111,9 @@ def _search_sql(
     for n, g in enumerate(probed, start=1):
         where.append(f"EXISTS (SELECT 1 FROM tags t{n} WHERE t{n}.content_id = {key} AND {match(f't{n}', g)})")
     if excluded:
-        where.append(f"NOT EXISTS (SELECT 1 FROM tags tx WHERE tx.content_id = {key} AND {match('tx', excluded)})")
+        # a tag left out is one the file has, whatever the score asked of the others: with a threshold, a low one
+        # left out nearly every file (0 counts every stored score) and lowering it took files away
+        where.append(f"NOT EXISTS (SELECT 1 FROM tags tx WHERE tx.content_id = {key} AND {match('tx', excluded, 0)})")
     if q.path_prefix:
         lo, hi = under(q.path_prefix)
         where.append("f.path >= ? AND f.path < ?")

@@ -82,6 +82,32 @@ def test_and_or_not_and_prefix(library: tuple[Index, int, int]) -> None:
     assert len(_paths(index, all_of=[["kick", "snare", "hihat"]], limit=2)) == 2
 
 
+def test_a_lower_score_asked_for_never_takes_files_away_when_a_tag_is_left_out(
+    library: tuple[Index, int, int],
+) -> None:
+    """`-snare` leaves out the files that have snare, whatever --min-score asks of the tags searched for: it
+    was read with the threshold too, so `kick -snare --min-score 0.01` left out every file with a stored snare
+    score of 0.01 (nearly all: k1's 0.05 is no snare) and found fewer files than without a threshold."""
+    index, _, _ = library
+    found = [set(_paths(index, all_of=[["kick"]], none_of=["snare"], min_score=m)) for m in (0.5, 0.3, 0.0, 0.01)]
+    assert found[0] == {"/lib/drums/k1.wav"} and found[1] == found[2] == {"/lib/drums/k1.wav", "/lib/drums/k2.wav"}
+    assert found[3] == found[1]  # s1 has kick 0.3 but is a snare
+    assert set(_paths(index, all_of=[["kick"]], none_of=["snare"], min_score=ANY_STORED_SCORE)) == found[1]
+
+
+def test_a_best_first_search_ranks_a_file_alike_in_a_small_folder_and_in_a_walk(index: Index) -> None:
+    """A small folder (or a long walk) ranked by every stored score, a walk by the scores that count: a file
+    another model only guessed kick for (stored, not a hit) came first under --under and not without it."""
+    first = index.add_model("first", "/m/a.onnx", "a" * 64, ["kick", "snare"], "{}", False, active=True)
+    second = index.add_model("second", "/m/b.onnx", "b" * 64, ["kick", "snare"], "{}", False, active=True)
+    _add(index, "/lib/x.wav", {"kick": 0.30, "snare": 0.25}, first.id)  # a hit: first's best tag
+    _add(index, "/lib/x.wav", {"snare": 0.55, "kick": 0.45}, second.id)  # stored, not a hit
+    _add(index, "/lib/y.wav", {"kick": 0.40, "snare": 0.2}, first.id)
+    for under in ("", "/lib"):
+        (best,) = index.search(Query([["kick"]], path_prefix=under, limit=1, best_first=True))
+        assert best.path == "/lib/y.wav", under
+
+
 def test_search_returns_tags_of_active_models_best_first(library: tuple[Index, int, int]) -> None:
     index, _, _ = library
     (k1,) = [f for f in index.search(Query(all_of=[["dark"]]))]

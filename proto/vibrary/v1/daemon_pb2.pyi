@@ -369,7 +369,7 @@ class SearchRequest(_message.Message):
 
     @_builtins.property
     def none_of(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """no tag here may match (NOT)"""
+        """no tag here may be one the file has, a hit, whatever min_score (NOT)"""
 
     def __init__(
         self,
