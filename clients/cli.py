@@ -558,7 +558,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if any(w.split() != [w] for w in words):  # quoted, as people quote `snare|clap` for the shell: its words,
         with Client() as c:  # unless a model's tag is spelled so ("hi hat")
             spelled = {tag for m in c.models() for tag in m.classes}
-        words = [part for w in words for part in ([w.strip()] if _spelled_as(w, spelled) else w.split())]
+        words = [part for w in words for part in _as_words(w, spelled)]
     try:
         groups, excluded = parse_query(words)
     except QueryError as e:
@@ -578,11 +578,19 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _spelled_as(word: str, tags: set[str]) -> bool:
-    """Whether a quoted word is a tag as a model spells it ("hi hat"), or one left out ("-hi hat", "NOT hi hat")."""
-    core = word.strip().lower()
-    core = core[4:] if core.startswith("not ") else core.lstrip("-")
-    return core.strip() in tags
+def _as_words(word: str, tags: set[str]) -> list[str]:
+    """A quoted word as the query's words: a tag as a model spells it ("hi hat") whole, or left out ("-hi hat",
+    "NOT hi hat": NOT its own word, it was read as a tag "not hi hat"); alternatives whole when each is a tag
+    or one word ("hi hat|mid" was "hi", then "hat|mid"); any other, its words."""
+    word = word.strip()
+    if word[:4].lower() == "not " and config.tag_key(word[4:]) in tags:
+        return ["NOT", word[4:].strip()]
+    if config.tag_key(word.lstrip("-")) in tags:
+        return [word]
+    alternatives = [a.strip() for a in word.split("|")]
+    if len(alternatives) > 1 and all(config.tag_key(a) in tags or len(a.split()) <= 1 for a in alternatives):
+        return ["|".join(alternatives)]
+    return word.split()
 
 
 def _unknown_tags(c: Client, groups: list[list[str]], excluded: list[str], model: str, found: int) -> str:
@@ -1283,7 +1291,7 @@ def _path(text: str) -> str:
     folder, and `watch add` indexed whatever that was."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path (an unset variable?)")
-    return text
+    return os.path.expanduser(text)  # `--under=~/Samples`: the shell leaves a ~ after = as it is
 
 
 def _dataset_name(text: str) -> str:
@@ -1316,6 +1324,9 @@ def _new_model_name(text: str) -> str:
     return text
 
 
+MOST = 2**31 - 1  # the largest count an option takes
+
+
 def _count(text: str) -> int:
     """A whole number of at least 1, refused by argparse (exit 2, a usage line) before anything starts."""
     try:
@@ -1324,6 +1335,8 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"{n}: give 1 or more")
+    if n > MOST:  # the API's 32-bit field: "Value out of range" from protobuf, exit 1
+        raise argparse.ArgumentTypeError(f"{n}: give at most {MOST:,}")
     return n
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
+from vibrary.daemon.config import tag_key
+
 from .errors import BadArgument
 
 
@@ -70,11 +72,11 @@ def parse_query(words: str | Sequence[str]) -> tuple[list[list[str]], list[str]]
                 raise QueryError(f"NOT {word}: NOT and '-' both leave a tag out; use one of them")
             if "|" in tag:
                 raise QueryError(f"{word}: leave tags out one at a time ({' '.join('-' + t for t in tag.split('|'))})")
-            excluded.append(_unquoted(tag).lower())
+            excluded.append(tag_key(_unquoted(tag)))
             negate_next, after_excluded = False, True
             continue
         after_excluded = False
-        alternatives = [_unquoted(w).lower() for w in word.split("|") if _unquoted(w)]
+        alternatives = [tag_key(_unquoted(w)) for w in word.split("|") if _unquoted(w)]
         if join_next or word.startswith("|"):
             if not groups:
                 raise QueryError("OR needs a tag on each side")

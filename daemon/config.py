@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import unicodedata
 import urllib.parse
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -18,6 +19,12 @@ import platformdirs
 from . import atomic
 
 QUERY_WORDS = frozenset({"or", "and", "not"})  # a search's own words (clients/query.py): no tag can be one
+
+
+def tag_key(text: str) -> str:
+    """A tag as it is stored and searched: case aside, as people type tags, and in one Unicode form (a tag
+    pasted from a macOS folder name spells é as e and an accent, and found nothing)."""
+    return unicodedata.normalize("NFC", text.strip()).lower()
 
 
 def check_name(name: str, what: str = "dataset") -> None:

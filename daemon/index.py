@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
+from .config import tag_key
+
 T = TypeVar("T")
 
 HIT_SCORE = 0.5  # by default a file "has" a tag when it is its model's best tag or scores at least this
@@ -1003,7 +1005,7 @@ class Index:
         return row.fetchone() is not None
 
     def _lookup_tag(self, tag: str) -> int | None:
-        row = self.conn().execute("SELECT id FROM vocab WHERE tag = ?", (tag.strip().lower(),)).fetchone()
+        row = self.conn().execute("SELECT id FROM vocab WHERE tag = ?", (tag_key(tag),)).fetchone()
         return None if row is None else int(row[0])
 
     def file_tags(self, paths: Sequence[str]) -> Iterator[FileTags]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from .config import QUERY_WORDS
+from .config import QUERY_WORDS, tag_key
 from .onnx_rewrite import faster_graph
 from .spectrogram import METADATA_KEY, SpectrogramParams
 
@@ -97,7 +97,7 @@ def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
     if not classes or not all(isinstance(c, str) and c.strip() for c in classes):
         raise ModelError(f"{source}: {CLASSES_KEY} must be a non-empty list of names")
     # Tags are searched without regard to case, as people type them: a model's "Kick" is the tag "kick".
-    classes = tuple(c.strip().lower() for c in classes)
+    classes = tuple(tag_key(c) for c in classes)
     unsearchable = [c for c in classes if c in QUERY_WORDS or c.startswith("-") or "|" in c]
     if unsearchable:  # `vibrary search or` is a usage error, `-snare` leaves snare out: such a tag is never found
         raise ModelError(f"{source}: class names {unsearchable} read as search syntax (OR AND NOT, -, |): rename them")

@@ -327,6 +327,30 @@ def test_query_words() -> None:
             parse_query(wrong)
 
 
+def test_quoted_search_words_keep_a_tag_spelled_with_a_space_and_one_unicode_form(tmp_path: Path) -> None:
+    """A word quoted for the shell is split at its spaces unless a model spells a tag so: "NOT hi hat" was
+    searched as the tag "not hi hat", and "hi hat|mid" as hi AND (hat OR mid). A tag pasted from a macOS
+    folder name (é as e and an accent) found nothing."""
+    from vibrary.clients.cli import _as_words, build_parser
+
+    tags = {"hi hat", "mid", "open hat"}
+    for quoted, query in [
+        ("NOT hi hat", ([], ["hi hat"])),
+        ("-hi hat", ([], ["hi hat"])),
+        ("hi hat|mid", ([["hi hat", "mid"]], [])),
+        ("mid | open hat", ([["mid", "open hat"]], [])),
+        ("hi hat", ([["hi hat"]], [])),
+        ("low|mid -mid", ([["low", "mid"]], ["mid"])),  # not tags as a whole: its words
+        ("kick snare|hi hat", ([["kick"], ["snare", "hi"], ["hat"]], [])),  # (as it was: ambiguous)
+    ]:
+        assert parse_query(_as_words(quoted, tags)) == query, quoted
+    assert parse_query(["cafe\u0301", "-Cafe\u0301s"]) == ([["caf\u00e9"]], ["caf\u00e9s"])
+    parser = build_parser()
+    assert parser.parse_args(["search", "mid", "--under=~/Samples"]).under == os.path.expanduser("~/Samples")
+    too_many = vibrary("search", "mid", "--limit", str(2**31), home=tmp_path, check=False)
+    assert too_many.returncode == 2 and "give at most 2,147,483,647" in too_many.stderr, too_many.stderr
+
+
 def test_a_models_class_names_are_tags_in_lower_case_and_each_once(daemon: DaemonProcess, tmp_path: Path) -> None:
     """Tags are searched as people type them, so a model's "BODY" class is the tag "body" (it used to be
     stored as "BODY" and never found); a model that names a class twice, in any case, is refused."""

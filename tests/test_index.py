@@ -108,6 +108,14 @@ def test_a_best_first_search_ranks_a_file_alike_in_a_small_folder_and_in_a_walk(
         assert best.path == "/lib/y.wav", under
 
 
+def test_a_tag_is_found_in_either_unicode_form_and_any_case(index: Index) -> None:
+    """Another front end's search for a tag pasted from a macOS folder name (é as e and an accent)."""
+    model = index.add_model("mood", "/m/mood.onnx", "a" * 64, ["caf\u00e9", "dark"], "{}", False, active=True)
+    _add(index, "/lib/c.wav", {"caf\u00e9": 0.9, "dark": 0.1}, model.id)
+    assert _paths(index, all_of=[["Cafe\u0301"]]) == ["/lib/c.wav"]
+    assert _paths(index, all_of=[["dark"]], none_of=["cafe\u0301"], min_score=0.05) == []
+
+
 def test_search_returns_tags_of_active_models_best_first(library: tuple[Index, int, int]) -> None:
     index, _, _ = library
     (k1,) = [f for f in index.search(Query(all_of=[["dark"]]))]
