@@ -30,6 +30,7 @@ import argparse
 import csv
 import json
 import math
+import multiprocessing
 import subprocess
 import sys
 import time
@@ -279,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs = plan(args.per_class, args.seed)
     started = time.monotonic()
     codes = []
-    with ProcessPoolExecutor(args.jobs) as pool:
+    # spawned: forked from build_corpus.py --effects-out (FluidSynth's threads and a pool behind it), a worker
+    # inherited a lock held by a thread that does not exist in it, and waited on it for ever
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for k, c in enumerate(pool.map(render, jobs, chunksize=16)):
             codes.append(c)
             if k % 500 == 0:
