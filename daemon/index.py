@@ -25,6 +25,10 @@ from .config import tag_key
 
 T = TypeVar("T")
 
+# the reason a file waits for its watch folder (a drive unplugged while it waited to be read): pending for as long
+# as it takes, and not one of the files retried after a passing error (`retrying`): `status --wait` took the
+# files of a drive unplugged mid-indexing for ones about to move, and waited for ever
+WATCH_GONE = "its watch folder is not there now (a drive unplugged?): read when it is back"
 HIT_SCORE = 0.5  # by default a file "has" a tag when it is its model's best tag or scores at least this
 # ...unless the model finds the file unfamiliar: then none of its tags is a hit. A familiar file's best tag
 # always is, and that is how an unfamiliar one is told when read back (_with_tags): keep the two together.
@@ -637,8 +641,9 @@ class Index:
             self.conn()
             .execute(
                 """SELECT count(*), (SELECT error FROM files INDEXED BY files_retry WHERE state = 'pending'
-                                   AND error IS NOT NULL ORDER BY due LIMIT 1)
-               FROM files INDEXED BY files_retry WHERE state = 'pending' AND error IS NOT NULL"""
+                                   AND error IS NOT NULL AND error != ?1 ORDER BY due LIMIT 1)
+               FROM files INDEXED BY files_retry WHERE state = 'pending' AND error IS NOT NULL AND error != ?1""",
+                (WATCH_GONE,),
             )
             .fetchone()
         )

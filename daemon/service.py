@@ -40,7 +40,7 @@ from .events import (
     StatusPublisher,
 )
 from .folders import UNNAMED, audio_files_under, readable_name, storable
-from .index import NO_SUCH_PATH, NOT_INDEXED, NOT_STORED, FileTags, Index, ModelRow, Result, within
+from .index import NO_SUCH_PATH, NOT_INDEXED, NOT_STORED, WATCH_GONE, FileTags, Index, ModelRow, Result, within
 from .infer import Model, ModelError
 from .pipeline import ActiveModel, Pipeline
 from .watch import Watcher
@@ -64,7 +64,6 @@ class TrainingBusy(dataset.Busy):
 
 UNNAMED_SHOWN = 100  # names not UTF-8 in a status (unnamed_count has them all)
 ON_DEMAND_SWEEP_S = 60.0  # how often files tagged outside the watches are looked for (none watches them)
-WATCH_GONE = "its watch folder is not there now (a drive unplugged?): read when it is back"
 STALL_RETRY_S = 30.0  # how often a daemon whose index cannot be written tries again
 UNUSED_S = 3600.0  # how often contents no file has are looked for, when idle
 UNUSED_KEEP_S = 30 * 86400.0  # how long one is kept with its tags: a drive unplugged for weeks, plugged in again

@@ -27,8 +27,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from vibrary.clients.client import BadArgument, Client, DaemonError
 from vibrary.daemon import config
 from vibrary.daemon.events import MODEL_CHANGED
-from vibrary.daemon.index import Index
-from vibrary.daemon.service import WATCH_GONE
+from vibrary.daemon.index import WATCH_GONE, Index
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 

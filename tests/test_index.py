@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import sqlite3
@@ -188,6 +189,20 @@ def test_a_failure_that_passes_keeps_the_file_pending_and_reads_it_again_later(i
     (late,) = index.due_jobs(10, set(), now + index_module.RETRY_S + 1)[1:]  # an EIO, an ESTALE may never pass:
     index.write_results([Result(late, error=why, retry_for=1e-6)], 0.02)  # tried for as long as it may, it fails
     assert index.failures() == [("/lib/s.wav", f"{why} (tried for 1.66667e-08 min; read again when it changes)")]
+
+
+def test_files_waiting_for_their_watch_folder_are_not_counted_as_retrying(index: Index) -> None:
+    """A drive unplugged mid-indexing: its files tried meanwhile wait for it, and were counted with the ones
+    read again after a passing error, so `status --wait` (which gives up once pending files are more than
+    those) waited for ever."""
+    index.mark_pending([("/drive/a.wav", 0.0), ("/drive/b.wav", 0.0), ("/lib/k.wav", 0.0)])
+    jobs = {j.path: j for j in index.due_jobs(10, set(), 1e12)}
+    gone = [
+        Result(jobs[p], error=index_module.WATCH_GONE, retry_for=math.inf) for p in ("/drive/a.wav", "/drive/b.wav")
+    ]
+    why = "cannot open file: Too many open files"
+    index.write_results([*gone, Result(jobs["/lib/k.wav"], error=why, retry_for=index_module.RETRY_FOR_S)], 0.02)
+    assert index.counts()["pending"] == 3 and index.retrying() == (1, why)
 
 
 def test_files_longer_than_the_hashed_head_are_read_again_once_after_the_upgrade(index: Index) -> None:
