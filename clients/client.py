@@ -30,7 +30,7 @@ from vibrary.daemon import config
 from vibrary.daemon.folders import indexed_path
 from vibrary.daemon.index import ANY_STORED_SCORE
 from vibrary.daemon.modelref import parse_ref
-from vibrary.daemon.rpc import REQUEST_MAX, check_token
+from vibrary.daemon.rpc import REQUEST_MAX, check_token, keepalive
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
@@ -58,13 +58,22 @@ class ClientClosed(VibraryError, RuntimeError):
 
 Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]  # one path, or several
 REPLY_MAX = 1 << 30
+KEEPALIVE_MS = (30_000, 20_000)
 
 
 class Client:
-    def __init__(self, target: str = "", token: str = "", timeout: float = 30.0, home_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        target: str = "",
+        token: str = "",
+        timeout: float = 30.0,
+        home_dir: Path | None = None,
+        keepalive_ms: tuple[int, int] = KEEPALIVE_MS,
+    ) -> None:
         """target: "" for the Unix socket of home_dir ($VIBRARY_HOME by default), or HOST:PORT of a daemon
         started with --listen (which then requires `token`). `timeout`: seconds a call may take, streams
-        of results excepted."""
+        of results excepted; a stream ends (DaemonNotRunning) once a ping after `keepalive_ms[0]` of silence
+        is not answered within `keepalive_ms[1]` (a daemon suspended, hung, or across a network gone)."""
         if not target:  # looking for a daemon must not create a home
             target = config.unix_target(config.socket_path(home_dir or config.home(create=False)))
         self.target = target
@@ -77,7 +86,8 @@ class Client:
         # link, macOS's /tmp → /private/tmp resolved here named another file there, or none)
         self._local = target.startswith("unix:")
         # a library's suggestions come as one reply (7.5 MB for 40,000 files): gRPC's 4 MB refused them
-        self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", REPLY_MAX)])
+        options = [("grpc.max_receive_message_length", REPLY_MAX), *keepalive(*keepalive_ms)]
+        self._channel = grpc.insecure_channel(target, options=options)
         self._closed = False
         self.stub = pb_grpc.DaemonStub(self._channel)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from vibrary.daemon.rpc import check_token
+from vibrary.daemon.rpc import check_token, keepalive
 from vibrary.daemon.shards import Manifest, sha256_bytes
 from vibrary.proto import trainer_pb2 as pb
 from vibrary.proto import trainer_pb2_grpc as pb_grpc
@@ -50,14 +50,8 @@ class TrainerClient:
         self._metadata = (("authorization", f"Bearer {check_token(token)}"),) if token else ()
         options = [
             ("grpc.max_receive_message_length", 16 << 20),
-            # a trainer that stops answering (a hung host, a link that drops packets) ends a watch: it hung
-            # for as long as that lasted, silent, and never gave up
-            ("grpc.keepalive_time_ms", KEEPALIVE_MS[0]),
-            ("grpc.keepalive_timeout_ms", KEEPALIVE_MS[1]),
-            ("grpc.http2.ping_timeout_ms", KEEPALIVE_MS[1]),  # (which newer gRPC waits on: a minute, by default)
-            # (a watch sends nothing: by default, 2 pings and then none, or one in 5 minutes)
-            ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.http2.min_time_between_pings_ms", KEEPALIVE_MS[0]),
+            # a trainer that stops answering ends a watch: it hung for as long as that lasted, and never gave up
+            *keepalive(*KEEPALIVE_MS),
         ]
         ca = tls_ca if tls_ca is not None else os.environ.get("VIBRARY_TRAINER_CA") or None
         self._tls = ca is not None

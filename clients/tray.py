@@ -39,7 +39,7 @@ from vibrary.daemon import atomic, config
 from vibrary.proto import daemon_pb2 as pb
 
 from . import tray_state as ts
-from .client import Client, DaemonError, DaemonNotRunning
+from .client import Client, ClientClosed, DaemonError, DaemonNotRunning
 from .query import QueryError, parse_query
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ COLORS = {
 RECENT_ERRORS = 10  # how many failures the menu lists
 SEEN_FILE = "tray.json"  # in the home: the failures the user has looked at
 CALL_TIMEOUT_S = 5.0  # menu actions: the daemon answers these at once, or not at all
+FOLLOW_KEEPALIVE_MS = (10_000, 5_000)  # how soon a daemon that stopped answering shows as not running
 
 
 # -- the icon ------------------------------------------------------------------------------------------
@@ -140,7 +141,8 @@ class DaemonLink(QObject):
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            client = Client(home_dir=self.home, timeout=CALL_TIMEOUT_S)
+            # a daemon suspended (^Z in its terminal) or hung showed idle, green, for as long as it was
+            client = Client(home_dir=self.home, timeout=CALL_TIMEOUT_S, keepalive_ms=FOLLOW_KEEPALIVE_MS)
             with self._lock:
                 if self._stop.is_set():  # stop() ran since the loop's check: it could not close this one
                     client.close()
@@ -148,8 +150,8 @@ class DaemonLink(QObject):
                 self._client = client
             try:
                 self._follow(client)
-            except (DaemonNotRunning, DaemonError):
-                pass  # not running, or stopped under us
+            except (DaemonNotRunning, DaemonError, ClientClosed):
+                pass  # not running, or stopped under us, or the tray quitting as it asked for recent errors
             except Exception:
                 log.exception("unexpected error on the daemon's event stream")
             finally:
@@ -196,6 +198,7 @@ class Tray(QObject):
         super().__init__()
         self.home = home or config.home()
         self.state = ts.TrayState(failed_seen=_failures_seen(self.home))
+        self._seen_kept = self.state.failed_seen
         self.view = ts.view(self.state)
         self.started_daemon: subprocess.Popen[bytes] | None = None
         self._log_before = 0  # the size of the daemon's log when the tray started one
@@ -226,6 +229,7 @@ class Tray(QObject):
     def set_state(self, state: ts.TrayState) -> None:
         """Show this state (the daemon link calls it with what the daemon said; scripts may too)."""
         self.state = state
+        self._keep_seen()
         new = ts.view(state)
         if new != self.view:
             self.view = new
@@ -298,10 +302,17 @@ class Tray(QObject):
             self._actions.append(action)
 
     def _errors_looked_at(self) -> None:
-        """Kept in the home, so a tray started again (at every login) does not show them as new."""
         self.set_state(ts.errors_seen(self.state))
+
+    def _keep_seen(self) -> None:
+        """The failures looked at, kept in the home so that a tray started again (at every login) does not
+        show them as new; and kept as they are mended too: lowered in memory only, a failure after them was
+        shown green by the next login's tray."""
+        if self.state.failed_seen == self._seen_kept:
+            return
         try:
             atomic.write(self.home / SEEN_FILE, json.dumps({"failed_seen": self.state.failed_seen}))
+            self._seen_kept = self.state.failed_seen
         except OSError as e:
             log.warning("could not keep the failures seen in %s: %s", self.home / SEEN_FILE, e)
 

@@ -186,6 +186,11 @@ def _training_progress(t: pb.TrainProgress) -> float | None:
     return None
 
 
+def many(n: int, noun: str = "file") -> str:
+    """ "1 file", "2 files": said alike by the tray and the CLI ("1 new files could not be read")."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def looking_for_files(scanning: int) -> str:
     """A status's folders being listed, said alike by the tray and `vibrary status`."""
     return f"looking for new files ({scanning} folder{'s' if scanning != 1 else ''} being listed)"
@@ -206,13 +211,16 @@ def view(state: TrayState) -> View:
         faulty = s.models or s.unusable_models
         icon, ring, headline = Icon.ERROR if faulty else Icon.PAUSED, None, f"indexing waits: {s.stalled}"
     elif s.paused:
-        waiting = f" ({s.pending} files waiting)" if s.pending else ""
+        waiting = f" ({many(s.pending)} waiting)" if s.pending else ""
         icon, ring, headline = Icon.PAUSED, None, f"indexing paused{waiting}"
+    elif s.waiting_for_watches:  # a drive unplugged mid-indexing: "indexing: 120 of 1,494 files" for as long
+        folders = ", ".join(s.missing_watches)
+        icon, ring, headline = Icon.PAUSED, None, f"waiting for {folders} ({many(s.pending)} pending)"
     elif progress is not None:
         done, queued = progress
         icon, ring, headline = Icon.INDEXING, done / queued, f"indexing: {done} of {queued} files"
     elif new_failures > 0:
-        icon, ring, headline = Icon.ERROR, None, f"{new_failures} new files could not be read"
+        icon, ring, headline = Icon.ERROR, None, f"{many(new_failures, 'new file')} could not be read"
     elif s.scanning:  # a big library's listing (at a start, a watch added) finds no file for a while
         icon, ring, headline = Icon.IDLE, None, looking_for_files(s.scanning)
     else:
@@ -226,13 +234,20 @@ def view(state: TrayState) -> View:
     if s.missing_watches:  # their files wait, pending: "indexing: 0 of 900" said nothing of why
         lines.append(f"waiting for watch folders not there now: {', '.join(s.missing_watches)}")
     lines.append(f"models: {', '.join(_models(s)) or 'none active'}")
-    return View(icon, ring, "\n".join(lines), _menu(state, lines[0].removeprefix("Vibrary: ").capitalize()))
+    headline = lines[0].removeprefix("Vibrary: ")  # (capitalize() lowered the rest: "training darkpads")
+    return View(icon, ring, "\n".join(lines), _menu(state, headline[:1].upper() + headline[1:]))
 
 
 def _models(s: pb.Status) -> list[str]:
     """The active models, those that cannot tag (their file missing or damaged) said so: one left out read as
     none active, and `vibrary models activate` would not help."""
     return [*s.models, *(f"{m} (its file is missing or damaged)" for m in s.unusable_models)]
+
+
+def _shown_of(state: TrayState) -> str:
+    """How many failures Recent errors lists, of how many: "(10)" read as all of them beside "300 new files"."""
+    shown, failed = len(state.recent_errors), state.status.failed if state.status else 0
+    return f"{shown} of {failed:,}" if failed > shown else str(shown)
 
 
 def _menu(state: TrayState, headline: str) -> tuple[MenuItem, ...]:
@@ -252,7 +267,7 @@ def _menu(state: TrayState, headline: str) -> tuple[MenuItem, ...]:
         MenuItem("add_watch", "Add watch folder…", enabled=up),
         MenuItem("search", "Search tags…", enabled=up),
         MenuItem("open_home", "Open library folder"),
-        MenuItem("errors", f"Recent errors ({len(state.recent_errors)})", enabled=up, children=errors),
+        MenuItem("errors", f"Recent errors ({_shown_of(state)})", enabled=up, children=errors),
         MenuItem("models", "Active models", enabled=up, children=models),
         SEPARATOR,
         MenuItem("start_daemon", "Start daemon", enabled=not state.running),

@@ -143,6 +143,20 @@ REQUEST_MAX = 64 << 20  # bytes of one request: a dataset of 300,000 labelled pa
 MESSAGE_MAX = 2000  # bytes; percent-encoded (3 bytes each at most) it stays under gRPC's 8 KB soft limit
 
 
+def keepalive(ping_ms: int, answer_ms: int) -> list[tuple[str, int]]:
+    """Channel options that notice a server that stopped answering (a hung or suspended process, a host
+    gone, a link that drops packets): a stream waiting on it hung silent for as long as that lasted. A ping
+    after `ping_ms` without a message, its answer awaited `answer_ms` (the servers here allow one every 5 s)."""
+    return [
+        ("grpc.keepalive_time_ms", ping_ms),
+        ("grpc.keepalive_timeout_ms", answer_ms),
+        ("grpc.http2.ping_timeout_ms", answer_ms),  # (which newer gRPC waits on: a minute, by default)
+        # (a quiet stream sends nothing: by default, 2 pings and then none, or one in 5 minutes)
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_time_between_pings_ms", ping_ms),
+    ]
+
+
 def make_server(
     add: Callable[[grpc.Server], None],
     services: Sequence[str],

@@ -125,6 +125,7 @@ class Daemon:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._in_flight: set[int] = set()
+        self._held = False  # nothing to read but files under watch folders not there now (_note_held)
         self._in_flight_lock = threading.Lock()
         self._feeder = threading.Thread(target=self._feed, name="feeder", daemon=True)
         self._sweeper = threading.Thread(target=self._sweep_on_demand, name="on-demand-sweep", daemon=True)
@@ -210,6 +211,7 @@ class Daemon:
                 now = time.time()
                 hidden = sorted(self.watcher.missing)
                 jobs = self.index.due_jobs(room, skip, now, hidden) if room > 0 and not paused else []
+                self._note_held(bool(hidden) and not paused and not jobs and not self._in_flight)
                 for job in jobs:
                     with self._in_flight_lock:
                         self._in_flight.add(job.id)
@@ -286,6 +288,13 @@ class Daemon:
         # after the files' own events: a front end that counted a failure by the status, and was looked at,
         # heard of the failure after it and showed it new again
         self.status_events.changed()
+
+    def _note_held(self, held: bool) -> None:
+        """Whether nothing can be read now but files under watch folders not there now: the tray showed
+        "indexing: 0 of 900 files" for as long as a drive stayed unplugged."""
+        if held != self._held:
+            self._held = held
+            self.status_events.changed()
 
     def _keep_under_gone_watches(self, results: list[Result]) -> None:
         """A file not found because its whole watch folder is gone (a drive unplugged while its files
@@ -424,6 +433,7 @@ class Daemon:
             "scanning": self.watcher.scans_running,
             "retrying": retrying,
             "retry_reason": retry_reason,
+            "waiting_for_watches": self._held and counts["pending"] > 0,
             "home": str(self.home),
             "paused": self.paused,
             "stalled": self.stalled or ("" if tagging else NO_MODEL_WAITS),

@@ -436,6 +436,28 @@ def test_a_watch_folder_replaced_by_a_link_while_running_is_followed_to_where_it
     assert daemon.client.status().decoded == 2
 
 
+def test_files_of_a_drive_unplugged_before_they_were_read_say_indexing_waits_for_it(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """Nothing can be read but files under a watch folder not there now: the status says so (the tray
+    showed "indexing: 0 of 3 files" for as long as the drive stayed out), and no more once it is back."""
+    library = tmp_path / "Drive"
+    library.mkdir()
+    daemon.client.pause()
+    daemon.client.add_watch(str(library))
+    _drop(library, 1)
+    wait_for(lambda: daemon.client.status().pending == 3)
+    library.rename(tmp_path / "unplugged")
+    wait_for(lambda: list(daemon.client.status().missing_watches) == [str(library)], timeout=15)
+    assert not daemon.client.status().waiting_for_watches  # paused: it waits for the user first
+    daemon.client.resume()
+    wait_for(lambda: daemon.client.status().waiting_for_watches, timeout=10)
+    assert daemon.client.status().pending == 3
+    (tmp_path / "unplugged").rename(library)
+    wait_for(lambda: _indexed(daemon.client, 3), timeout=30)
+    assert not daemon.client.status().waiting_for_watches
+
+
 def test_a_renamed_watch_folder_is_reported_missing_and_re_pointed_without_analysis(
     daemon: DaemonProcess, tmp_path: Path
 ) -> None:

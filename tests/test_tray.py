@@ -134,7 +134,7 @@ def test_tray_icon_and_tooltip_follow_the_daemon(tray: Tray, model_home: Path, t
         search.close()
 
         (library / "broken.wav").touch()  # an empty file cannot be read
-        wait_view(tray, showing(ts.Icon.ERROR, "1 new files could not be read"))
+        wait_view(tray, showing(ts.Icon.ERROR, "1 new file could not be read"))
         assert icon_colour(tray) == COLORS[ts.Icon.ERROR]
         wait_view(tray, lambda v: any(i.text == "Recent errors (1)" for i in v.menu))
         errors = next(a.menu() for a in tray.menu.actions() if a.text() == "Recent errors (1)")
@@ -169,6 +169,32 @@ def test_tray_icon_and_tooltip_follow_the_daemon(tray: Tray, model_home: Path, t
             wait_view(again, showing(ts.Icon.IDLE, "10 indexed, 0 pending, 1 failed"))
         finally:
             again.stop()
+        (library / "broken.wav").unlink()  # mended; then another fails, and is shown new at the next login too
+        wait_view(tray, showing(ts.Icon.IDLE, "10 indexed, 0 pending, 0 failed"))
+        (library / "other.wav").touch()
+        wait_view(tray, showing(ts.Icon.ERROR, "1 new file could not be read"))
+        again = Tray(model_home)
+        again.start()
+        try:
+            wait_view(again, showing(ts.Icon.ERROR, "1 new file could not be read"))
+        finally:
+            again.stop()
+    finally:
+        d.stop()
+
+
+def test_a_daemon_that_stops_answering_shows_as_not_running(tray: Tray, model_home: Path) -> None:
+    """A daemon suspended (^Z in its terminal) or hung: the event stream waited on it silent, and the tray
+    showed it idle, green, for as long as it was. Pings unanswered end the stream; it comes back after."""
+    d = start_daemon(model_home)
+    try:
+        wait_view(tray, showing(ts.Icon.IDLE))
+        d.proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_view(tray, showing(ts.Icon.NOT_RUNNING), timeout=45)
+        finally:
+            d.proc.send_signal(signal.SIGCONT)
+        wait_view(tray, showing(ts.Icon.IDLE), timeout=45)
     finally:
         d.stop()
 

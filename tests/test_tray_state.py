@@ -106,6 +106,29 @@ def test_files_waiting_for_a_drive_say_which_folder_they_wait_for() -> None:
     )
 
 
+def test_a_drive_unplugged_mid_indexing_shows_as_waiting_for_it_not_indexing() -> None:
+    """The daemon can read nothing but files under the missing folder: the blue "indexing: 0 of 4 files"
+    ring stood for as long as the drive stayed unplugged."""
+    gone = {"missing_watches": ["/media/x"], "waiting_for_watches": True}
+    state, _ = feed(ts.TrayState(), changed(indexed=3, pending=5), changed(indexed=4, pending=4, **gone))
+    v = ts.view(state)
+    assert (v.icon, v.progress, v.tooltip.splitlines()[0]) == (
+        ts.Icon.PAUSED,
+        None,
+        "Vibrary: waiting for /media/x (4 files pending)",
+    )
+    assert v.menu[0].text == "Waiting for /media/x (4 files pending)"  # (its case kept: it was lowered)
+    state, _ = feed(state, changed(indexed=4, pending=1, paused=True))
+    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: indexing paused (1 file waiting)"
+
+
+def test_recent_errors_say_how_many_of_all_they_list() -> None:
+    failed = [pb.FileTags(path=f"/lib/{i}.wav", error="x") for i in range(10)]
+    state = ts.with_errors(feed(ts.TrayState(), changed(indexed=5, failed=300))[0], failed)
+    assert menu(ts.view(state))["errors"].text == "Recent errors (10 of 300)"
+    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 300 new files could not be read"
+
+
 def test_paused_shows_what_waits_and_offers_resume() -> None:
     state, _ = feed(ts.TrayState(), changed(indexed=3, pending=4, paused=True))
     v = ts.view(state)
@@ -144,7 +167,7 @@ def test_failures_listed_before_the_status_counts_them_were_seen() -> None:
     state, _ = feed(state, changed(indexed=6, failed=1))
     assert ts.view(state).icon == ts.Icon.IDLE
     state, _ = feed(state, changed(indexed=6, failed=2))
-    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 1 new files could not be read"
+    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 1 new file could not be read"
 
 
 def test_a_failure_looked_at_and_read_again_to_fail_as_before_is_not_new() -> None:
@@ -157,7 +180,7 @@ def test_a_failure_looked_at_and_read_again_to_fail_as_before_is_not_new() -> No
     assert ts.view(state).icon == ts.Icon.IDLE
     other = pb.Event(kind=pb.Event.FILE_FAILED, file=pb.FileTags(path="/lib/d.wav", error="truncated"))
     state, _ = feed(state, changed(indexed=6, failed=1, pending=2), other, changed(indexed=6, failed=2))
-    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 1 new files could not be read"
+    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 1 new file could not be read"
 
     # but what was not heard leaves the count alone to say: ten seen, mended while a pack is indexed, and
     # three new failures among events lost, or while the tray was not connected
@@ -188,13 +211,13 @@ def test_new_failures_show_as_error_until_looked_at() -> None:
     late = pb.Event(kind=pb.Event.FILE_FAILED, file=pb.FileTags(path="/lib/b.wav", error="empty file (0 bytes)"))
     assert ts.view(feed(state, late)[0]).icon == ts.Icon.IDLE  # its event after the status that counted it
     state, _ = feed(state, changed(indexed=5, failed=3))
-    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 1 new files could not be read"
+    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 1 new file could not be read"
     state = ts.errors_seen(state)
     mended = pb.Event(kind=pb.Event.FILE_TAGGED, file=pb.FileTags(path="/lib/a.wav", state="indexed"))
     broken = pb.Event(kind=pb.Event.FILE_FAILED, file=pb.FileTags(path="/lib/c.wav", error="truncated"))
     for event in (mended, broken, broken, changed(indexed=6, failed=3)):  # one mended, one failed: 3 as before
         state, _ = feed(state, event)
-    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 1 new files could not be read"
+    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 1 new file could not be read"
     fixed = pb.Event(kind=pb.Event.FILE_TAGGED, file=pb.FileTags(path="/lib/c.wav", state="indexed"))
     state, _ = feed(state, fixed)  # and mended in its turn before anyone looked
     state, _ = feed(state, changed(indexed=7, failed=2))

@@ -62,6 +62,7 @@ class Status(_message.Message):
     RETRY_REASON_FIELD_NUMBER: _builtins.int
     UNLISTED_FOLDERS_FIELD_NUMBER: _builtins.int
     SCANNING_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_WATCHES_FIELD_NUMBER: _builtins.int
     indexed: _builtins.int
     pending: _builtins.int
     failed: _builtins.int
@@ -84,13 +85,17 @@ class Status(_message.Message):
     unnamed_count: _builtins.int
     retrying: _builtins.int
     """Pending files whose last read failed for a reason that passes (no file handles or memory left, a
-    network drive that timed out, their watch folder gone): each is read again a minute later, or when its
-    watch folder is back. retry_reason: one of their reasons.
+    network drive that timed out): each is read again a minute later. retry_reason: one of their reasons.
+    (Files whose watch folder went as they were read wait for it: waiting_for_watches.)
     """
     retry_reason: _builtins.str
     scanning: _builtins.int
     """Folders being listed now (the watch folders at start, one just added, a rescan, folders unpacked into
     them): files found there are not pending yet, so the work may not be done though none is pending.
+    """
+    waiting_for_watches: _builtins.bool
+    """Files are pending and none can be read now but those under missing_watches (a drive unplugged while
+    indexing): nothing moves until the folders are back or their watches are removed.
     """
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -158,10 +163,11 @@ class Status(_message.Message):
         retry_reason: _builtins.str = ...,
         unlisted_folders: _abc.Iterable[_builtins.str] | None = ...,
         scanning: _builtins.int = ...,
+        waiting_for_watches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "retry_reason", b"retry_reason", "retrying", b"retrying", "reused", b"reused", "scanning", b"scanning", "stalled", b"stalled", "training", b"training", "unfollowed_links", b"unfollowed_links", "unlisted_folders", b"unlisted_folders", "unnamed_count", b"unnamed_count", "unnamed_files", b"unnamed_files", "unusable_models", b"unusable_models", "uptime_s", b"uptime_s", "version", b"version", "watches", b"watches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "retry_reason", b"retry_reason", "retrying", b"retrying", "reused", b"reused", "scanning", b"scanning", "stalled", b"stalled", "training", b"training", "unfollowed_links", b"unfollowed_links", "unlisted_folders", b"unlisted_folders", "unnamed_count", b"unnamed_count", "unnamed_files", b"unnamed_files", "unusable_models", b"unusable_models", "uptime_s", b"uptime_s", "version", b"version", "waiting_for_watches", b"waiting_for_watches", "watches", b"watches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
