@@ -41,7 +41,7 @@ def test_tag_json_contract(model_home: Path, tmp_path: Path) -> None:
 def test_a_files_line_marks_the_tags_it_has_among_the_scores_kept_beside() -> None:
     """A script that checked "no result carries the tag I excluded" read the low scores kept beside a file's
     tags as matches: `hit` marks what a search finds, its model's best tag or a score of at least 0.5."""
-    from vibrary.clients.cli import _file_line
+    from vibrary.clients.output import _file_line
 
     tags = [("inst", "kick", 0.62), ("inst", "tom", 0.51), ("inst", "snare", 0.3), ("mood", "dark", 0.2)]
     tags += [("mood", "warm", 0.1), ("mine", "wobble", 0.9)]
@@ -331,7 +331,8 @@ def test_quoted_search_words_keep_a_tag_spelled_with_a_space_and_one_unicode_for
     """A word quoted for the shell is split at its spaces unless a model spells a tag so: "NOT hi hat" was
     searched as the tag "not hi hat", and "hi hat|mid" as hi AND (hat OR mid). A tag pasted from a macOS
     folder name (é as e and an accent) found nothing."""
-    from vibrary.clients.cli import _as_words, build_parser
+    from vibrary.clients.cli import build_parser
+    from vibrary.clients.library_commands import _as_words
 
     tags = {"hi hat", "mid", "open hat"}
     for quoted, query in [

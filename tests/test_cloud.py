@@ -599,7 +599,8 @@ def test_the_cloud_module_loads_neither_boto3_nor_torch_until_a_job_runs() -> No
 
 
 def test_the_cost_prompt_launches_only_when_accepted(capsys: pytest.CaptureFixture[str]) -> None:
-    from vibrary.clients.cli import build_parser, confirm_cost
+    from vibrary.clients.cli import build_parser
+    from vibrary.clients.training_commands import confirm_cost
 
     scripted = build_parser().parse_args(["train", "d", "--trainer", "cloud"])
     assert not confirm_cost(scripted)("about $0.06")  # no terminal to ask on (pytest's stdin), no --yes
@@ -614,7 +615,8 @@ def test_the_cost_prompt_is_asked_on_a_terminal_and_said_on_stderr(
     line after it began with `launch? [y/N] `."""
     import pty
 
-    from vibrary.clients.cli import build_parser, confirm_cost
+    from vibrary.clients.cli import build_parser
+    from vibrary.clients.training_commands import confirm_cost
 
     terminal, answers = pty.openpty()
     with os.fdopen(answers, "r") as typed:

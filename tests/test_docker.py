@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from vibrary.clients.cli import build_parser, cmd_trainer
+from vibrary.clients.cli import build_parser
+from vibrary.clients.training_commands import cmd_trainer
 from vibrary.daemon import cloud
 
 ROOT = Path(__file__).resolve().parent.parent

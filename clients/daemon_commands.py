@@ -1,0 +1,327 @@
+"""The commands that run the daemon or ask it how it is: `daemon` (in the foreground, or `daemon stop`),
+`watch`, `status` (and `status --wait`), `pause`/`resume` and `tray`. `on_signals` and ENDING, written for the
+daemon, are here too: `train` and `trainer serve` stop on a kill or a closed terminal the same way."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+from vibrary.daemon import config
+from vibrary.daemon.cloud import ENDING_SIGNALS
+from vibrary.daemon.folders import indexed_path
+from vibrary.daemon.index import under
+from vibrary.proto import daemon_pb2 as pb
+
+from .client import Client, DaemonNotRunning
+from .output import UNUSABLE, CommandError, _many, _out, _shown
+from .tray_state import looking_for_files
+
+
+# -- vibrary daemon ------------------------------------------------------------------------------------------
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from vibrary.daemon.server import check_listening, serve
+    from vibrary.daemon.service import AlreadyRunning, Daemon
+
+    os.umask(0o077)
+    if args.action == "stop":  # a mistyped VIBRARY_HOME is no daemon to stop, and no home to make
+        return _stop_daemon(args, config.home(create=False))
+    home_dir = config.home()
+    logging.raiseExceptions = False  # a log that cannot be written (a full disk) must not print a traceback a line
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[_terminal_log(), logging.FileHandler(config.log_path(home_dir))],
+    )
+    try:
+        settings = config.Settings.load(home_dir)
+    except (ValueError, OSError) as e:  # (a config.json that is a folder, unreadable)
+        raise _not_started(e) from None
+    if args.workers is not None:
+        settings.workers = args.workers
+    stop = threading.Event()
+    heard: list[str] = []
+
+    def stopping(signum: int, frame: object) -> None:
+        heard.append(signal.Signals(signum).name)
+        stop.set()
+
+    # before anything starts: a signal between the socket's opening and the handlers ended it unlogged
+    on_signals(stopping, *ENDING)
+    token = args.token or os.environ.get("VIBRARY_TOKEN", "")
+    try:
+        check_listening(str(config.socket_path(home_dir)), args.listen, token)
+        daemon = Daemon(home_dir, settings)
+    except (AlreadyRunning, ValueError, OSError) as e:
+        raise _not_started(e) from None
+    daemon.start()
+    try:
+        servers = serve(daemon, str(config.socket_path(home_dir)), args.listen, token)
+    except ValueError as e:
+        daemon.stop()
+        raise _not_started(e) from None
+    models = [m.ref for m in daemon.pipeline.models]
+    serving = {"serving": str(config.socket_path(home_dir)), "listen": args.listen or None, "pid": os.getpid()}
+    if args.json:  # a script that starts a daemon knows from this line that it answers
+        print(json.dumps({**serving, "home": str(home_dir), "models": models}), flush=True)
+    print(f"vibrary daemon serving {home_dir} (models: {', '.join(models) or 'none'})", file=sys.stderr, flush=True)
+    while not stop.wait(0.5):  # a timeout, so a signal delivered to another thread is still seen
+        if daemon.ended.is_set():
+            heard.append("its home is gone")
+            break
+    logging.getLogger("vibrary.daemon").info("daemon stopping (%s)", heard[0] if heard else "asked")  # a stop said why
+    daemon.events.close()  # front ends' Events streams end with OK, not cut off when the grace runs out
+    for stopped in [s.stop(grace=2) for s in servers]:  # both at once: in turn, each took its whole grace
+        stopped.wait()
+    daemon.stop()
+    return 0
+
+
+ENDING = ENDING_SIGNALS  # a kill, a closed terminal, Ctrl-C
+
+
+def _not_started(e: Exception) -> CommandError:
+    """Why the daemon would not start, in its log file as well: one started in the background (by the tray,
+    at login) has no terminal to say it in. The terminal hears it once, as the command's error."""
+    logging.getLogger("vibrary.daemon").error("not started: %s", e, extra={"file_only": True})
+    return CommandError(str(e))
+
+
+def _terminal_log() -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(lambda record: not getattr(record, "file_only", False))
+    return handler
+
+
+def on_signals(handler: Callable[[int, Any], None], *signals: signal.Signals) -> None:
+    """Handle these signals, except those the process was started to ignore: `nohup vibrary train &`
+    must outlive its terminal, and a handler put in place of the ignoring undid that."""
+    for sig in signals:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, handler)
+
+
+def _stop_daemon(args: argparse.Namespace, home_dir: Path) -> int:
+    """SIGTERM to the daemon that holds this home's lock, as Ctrl-C in its terminal would; waits until it
+    has let go (a training of its own is suspended on the way out, to go on at the next start)."""
+    from vibrary.daemon import pidlock
+
+    pid = pidlock.holder(config.lock_path(home_dir))
+    if pid is None:
+        raise CommandError(f"no daemon is running for {home_dir}")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while pidlock.holder(config.lock_path(home_dir)) == pid:
+        if time.monotonic() > deadline:
+            raise CommandError(f"the daemon (pid {pid}) has not stopped after 60 s")
+        time.sleep(0.2)
+    _out(args, {"stopped": pid, "home": str(home_dir)}, f"stopped the daemon (pid {pid}) of {home_dir}")
+    return 0
+
+
+# -- commands that talk to the daemon -------------------------------------------------------------------------
+def cmd_watch(args: argparse.Namespace) -> int:
+    with Client() as c:
+        if args.action != "list":
+            folder = indexed_path(args.dir)  # as the daemon will hold it
+            watches = c.watches()
+            covering = [w for w in watches if folder.startswith(under(w)[0])]
+            inside = [w for w in watches if w.startswith(under(folder)[0])]
+            if args.action == "add" and os.path.isdir(folder):  # harmless, but one more to remove
+                if covering:
+                    print(
+                        f"vibrary: {folder} is inside {covering[0]}, watched already; added all the same",
+                        file=sys.stderr,
+                    )
+                elif inside:
+                    said = f"vibrary: {folder} holds {_many(len(inside), 'watch folder')} already ({', '.join(inside)})"
+                    print(
+                        f"{said}: each file is indexed once; `vibrary watch remove` them if you like", file=sys.stderr
+                    )
+            (c.add_watch if args.action == "add" else c.remove_watch)(args.dir)
+        found = c.watch_list()
+    paths, missing = list(found.paths), list(found.missing)
+    lines = [f"{p}  (missing: moved, renamed or unmounted? {MISSING_FIX})" if p in missing else p for p in paths]
+    _out(args, {"watches": paths, "missing": missing}, "\n".join(lines) or "(no watch folders)")
+    return 0
+
+
+MISSING_FIX = (
+    "`vibrary watch add` it where it is now, then `vibrary watch remove` the old path: no file is analysed again"
+)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with Client() as c:
+        s = c.status()
+        if args.wait:
+            _wait_idle(c, s.pending)
+            s = c.status()
+        newest = c.failed(limit=5) if s.failed else []  # which ones, and why: the count alone sends people looking
+    obj = {
+        "indexed": s.indexed,
+        "pending": s.pending,
+        "failed": s.failed,
+        "models": [ref.partition("@")[0] for ref in s.models],  # names, as shared/interfaces.md has them
+        "model_versions": list(s.models),  # NAME@VERSION
+        "unusable_models": list(s.unusable_models),  # active, but their file is missing or damaged
+        "queue_depth": s.queue_depth,
+        "watches": list(s.watches),
+        "missing_watches": list(s.missing_watches),  # not there now: renamed, moved or unmounted
+        "unfollowed_links": [{"path": x.path, "target": x.target} for x in s.unfollowed_links],
+        "unnamed_files": list(s.unnamed_files),  # names not UTF-8: left out until renamed (the first 100)
+        "unnamed_count": s.unnamed_count,
+        "home": s.home,
+        "paused": s.paused,
+        "stalled": s.stalled,  # why indexing waits: the index cannot be written (a full disk)
+        "retrying": s.retrying,  # pending files read again a minute after a passing error (no file handles)
+        "retry_reason": s.retry_reason,
+        "unlisted_folders": list(s.unlisted_folders),  # cannot be listed: their files are not indexed
+        "scanning": s.scanning,  # folders being listed now: files found there are not pending yet
+        # since the daemon started: read from audio, from cached spectrograms, content already tagged
+        "decoded": s.decoded,
+        "from_cache": s.from_cache,
+        "reused": s.reused,
+    }
+    human = (
+        f"indexed {s.indexed}, pending {s.pending}, failed {s.failed}{' (paused)' if s.paused else ''}\n"
+        f"models: {', '.join(s.models) or 'none'}\nwatching: {', '.join(s.watches) or 'nothing'}\n"
+        f"since it started: {s.decoded} decoded, {s.from_cache} from cached spectrograms, {s.reused} already tagged"
+    )
+    if s.scanning:
+        human += f"\n{looking_for_files(s.scanning)}"
+    if s.stalled:
+        human += f"\nINDEXING WAITS: {s.stalled}"
+    if s.unlisted_folders:
+        human += "\nfolders that cannot be listed, their files not indexed (read within seconds once fixed):"
+        human += "".join(f"\n  {_shown(folder)}" for folder in s.unlisted_folders[:5])
+        human += f"\n  … and {len(s.unlisted_folders) - 5} more" if len(s.unlisted_folders) > 5 else ""
+    if s.retrying:
+        human += f"\nwaiting to be read again: {_many(s.retrying)} ({s.retry_reason})"
+    for ref in s.unusable_models:
+        human += f"\nmodel {ref} tags nothing: {UNUSABLE.format(ref=ref)}"
+    if s.missing_watches:
+        human += "\nmissing watch folders (moved, renamed or unmounted?): " + ", ".join(s.missing_watches)
+        human += f"\n  {MISSING_FIX}"
+    if s.unfollowed_links:
+        human += "\nlinked folders, not followed (their files are not indexed; add where they lead as watches):"
+        for x in s.unfollowed_links:
+            human += f"\n  {x.path} → {x.target}: vibrary watch add {shlex.quote(x.target)}"
+    if s.unnamed_count:
+        human += f"\nleft out, their names are not valid UTF-8 (rename them to index them): {s.unnamed_count}"
+        human += "".join(f"\n  {_shown(name)}" for name in s.unnamed_files[:5])
+        human += f"\n  … and {s.unnamed_count - 5} more" if s.unnamed_count > 5 else ""
+    if newest:
+        obj["recent_failures"] = [{"path": f.path, "error": f.error} for f in newest]
+        human += "\nnewest failures:" + "".join(f"\n  {_shown(f.path)}: {f.error}" for f in newest)
+    if s.HasField("training"):  # the daemon's latest training job (Train RPC), running or how it ended
+        from .tray_state import training_line
+
+        t = s.training
+        state = pb.TrainProgress.State.Name(t.state).lower()
+        obj["training"] = {
+            "dataset": t.dataset,
+            "state": state,
+            "model": t.model,
+            "epoch": t.epoch,
+            "epochs": t.epochs,
+            "val_accuracy": round(t.val_accuracy, 4),
+            "accuracy_of": t.accuracy_of,  # once installed
+            "error": t.error,
+        }
+        human += f"\n{training_line(t)}{f' ({t.error})' if t.error else ''}"
+    _out(args, obj, human)
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    """Pause or resume indexing; the watcher keeps recording changes, so nothing is lost meanwhile."""
+    with Client() as c:
+        s = c.pause() if args.command == "pause" else c.resume()
+    state = "paused" if s.paused else "resumed"
+    _out(args, {"paused": s.paused, "pending": s.pending}, f"indexing {state} ({_many(s.pending)} pending)")
+    return 0
+
+
+def cmd_tray(args: argparse.Namespace) -> int:
+    graphical = ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")
+    if sys.platform not in ("darwin", "win32") and not any(os.environ.get(v) for v in graphical):
+        # Qt would abort the process without a word a user could act on
+        raise CommandError("the tray needs a graphical session: DISPLAY and WAYLAND_DISPLAY are unset")
+    config.unix_target(config.socket_path(config.home()))  # a home no daemon can listen in: said here, once
+    try:
+        from .tray import run
+    except ImportError as e:
+        raise CommandError(f"the tray needs PySide6: in Vibrary's clone, pip install -e '.[tray]' ({e})") from None
+    return run()
+
+
+BACK_S = 60.0  # how long `status --wait` waits for a daemon that stopped to come back (a restart, an upgrade)
+STUCK_S = 10.0  # how long nothing moves, a watch folder missing, before `status --wait` says so and ends
+
+
+def _wait_idle(c: Client, pending: int) -> None:
+    """Progress bar until nothing is pending or being listed. A daemon that stops meanwhile is waited for a while: one
+    restarted (by its start-at-login unit, after an upgrade) ended an hour's wait with "no daemon". Files
+    under a watch folder not there now (a drive unplugged) wait for it: when nothing else moves for
+    STUCK_S, that is said and the wait ends (it waited for ever)."""
+    bar = tqdm(total=pending, unit="file", disable=None, file=sys.stderr, desc="indexing")
+    first = c.status()
+    done_before = first.indexed + first.failed  # a failed file is done too: the bar stopped short of them
+    gone_since = None
+    moved_at, last = time.monotonic(), (-1, -1)
+    said_listing = False
+    while True:
+        try:
+            s = c.status()
+        except DaemonNotRunning:
+            if gone_since is None:
+                gone_since = time.monotonic()
+                bar.write(f"the daemon stopped; waiting up to {BACK_S:.0f} s for it to start again", file=sys.stderr)
+            if time.monotonic() - gone_since > BACK_S:
+                bar.close()
+                raise
+            time.sleep(1.0)
+            continue
+        gone_since = None
+        done = s.indexed + s.failed
+        done_before = min(done_before, done)  # files removed meanwhile (a re-tag, a watch removed): never below 0
+        bar.total = max(bar.total or 0, s.pending + (done - done_before))
+        bar.n = done - done_before
+        bar.refresh()
+        if s.pending == 0 and s.scanning == 0:  # (a folder still being listed may yet hold new files)
+            break
+        if (s.pending, done) != last:
+            moved_at, last = time.monotonic(), (s.pending, done)
+        elif s.pending == 0 and not said_listing and time.monotonic() - moved_at > STUCK_S:
+            said_listing = True  # a big or slow drive (a NAS) takes a while; one that hangs, for ever
+            bar.write(
+                f"still {looking_for_files(s.scanning)}; Ctrl-C stops waiting",
+                file=sys.stderr,
+            )
+        elif s.missing_watches and s.pending > s.retrying and time.monotonic() - moved_at > STUCK_S:
+            # (files waiting a minute after a passing error move on their own: not given up on)
+            bar.close()
+            raise CommandError(
+                f"indexing waits with {_many(s.pending)} pending, none read for {STUCK_S:.0f} s: watch folders not"
+                f" there now ({', '.join(s.missing_watches)}) keep their files pending until they are back"
+            )
+        if s.paused:  # it would wait for ever
+            bar.close()
+            raise CommandError(f"indexing is paused with {_many(s.pending)} pending: `vibrary resume` goes on")
+        if s.stalled:  # no model to tag with, a full disk: it waits for the user too
+            bar.close()
+            raise CommandError(f"indexing waits with {_many(s.pending)} pending: {s.stalled}")
+        time.sleep(0.25)
+    bar.close()

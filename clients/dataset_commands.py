@@ -1,0 +1,293 @@
+"""The commands that make the labelled examples your own tags are trained on: `dataset` (create, add, edit,
+`suggest` tags from names and metadata) and `synonyms` (how vendors spell your tags)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+from vibrary.daemon import config
+
+from .output import CommandError, _many, _out, _shown
+
+
+def _size(n: int) -> str:
+    """A pack of one-shots uploads a few hundred kB, which "0.0 MB" would hide."""
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+_LEFT_OUT = {"unreadable": "unreadable", "silent": "silent", "duplicate": "the same sound as another"}
+
+
+def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
+    from vibrary.daemon.advice import MORE
+
+    manifest, failed = report.manifest, len(report.failed)
+    obj = {
+        "dataset": name,
+        "classes": manifest.classes,
+        "clips": manifest.clips,
+        "per_class": report.per_class,
+        "audio_bytes": report.audio_bytes,
+        "upload_bytes": manifest.size,
+        "ratio": round(report.ratio, 1),
+        "failed": failed,  # every file left out; why, counted:
+        "left_out": report.left_out,
+        "left_out_files": [{"path": path, "error": why} for path, why in report.failed],  # (stderr names a few)
+        "advice": report.advice,
+    }
+    why = ", ".join(f"{n} {_LEFT_OUT[kind]}" for kind, n in report.left_out.items() if n)
+    human = (
+        f"dataset {name}: {_many(manifest.clips, 'clip')} in {len(manifest.classes)} classes "
+        f"({', '.join(f'{c} {n}' for c, n in report.per_class.items())})\n"
+        f"audio {_size(report.audio_bytes)} → upload {_size(manifest.size)} "
+        f"({report.ratio:.0f}× smaller, spectrograms only)"
+        + (f"\n{_many(failed)} left out ({why})" if failed else "")
+        + (f"\n{report.advice}" if report.advice else "")
+        + (f"\nmore examples: `vibrary dataset add {name} DIR...`" if MORE in report.advice else "")
+    )
+    return obj, human
+
+
+def _synonyms() -> Any:
+    from vibrary.daemon.suggest import Synonyms
+
+    return Synonyms.load(config.home())
+
+
+def _suggestions(dirs: Sequence[str]) -> list[Any]:
+    from vibrary.daemon.suggest import suggest
+
+    try:
+        found = suggest(dirs, _synonyms())
+    except FileNotFoundError as e:
+        raise CommandError(str(e)) from None
+    if not found:  # rather than print nothing at all
+        raise CommandError(f"no audio files under {', '.join(dirs)}")
+    return found
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    """Every file's suggestion as a JSON line; for people, each tag with its count and a few examples."""
+    found = _suggestions(args.dirs)
+    by_tag: dict[str, list[Any]] = {}
+    for s in found:
+        by_tag.setdefault(s.tag, []).append(s)
+        if args.json:
+            obj = {"path": s.path, "tag": s.tag, "source": s.source, "raw": s.raw, "alternatives": list(s.alternatives)}
+            print(json.dumps(obj), flush=True)
+    if args.json:
+        return 0
+    for tag, files in sorted(by_tag.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        if not tag:
+            continue
+        sources = sorted({f"{s.source} {s.raw!r}" for s in files})
+        print(f"{tag:16} {_many(len(files)):>11}, from {', '.join(sources[:3])}{' …' if len(sources) > 3 else ''}")
+        for s in files[:3]:
+            print(f"{'':16}   e.g. {_shown(s.path)}")
+        passed = Counter(alt for s in files for alt in s.alternatives)  # a pack name or mood that lost: check
+        if passed:
+            print(f"{'':16}   also named: {', '.join(f'{alt} ({_many(n)})' for alt, n in passed.most_common(5))}")
+    missing = by_tag.get("", [])
+    if missing:
+        print(f"no suggestion for {_many(len(missing))}:")
+        for s in missing[:20]:
+            print(f"  {_shown(s.path)}")
+        if len(missing) > 20:
+            print(f"  … and {len(missing) - 20} more")
+    return 0
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    from vibrary.daemon import dataset
+
+    home_dir = config.home()
+    if args.action == "list":
+        for name in dataset.names(home_dir):
+            try:
+                manifest, _ = dataset.load(home_dir, name)
+            except (ValueError, OSError) as e:  # one broken dataset must not hide the others
+                print(f"vibrary: dataset {name} cannot be read: {e}", file=sys.stderr)
+                continue
+            _out(
+                args,
+                {"dataset": name, "clips": manifest.clips, "classes": manifest.classes},
+                f"{name}: {_many(manifest.clips, 'clip')}, {len(manifest.classes)} classes",
+            )
+        return 0
+    if args.action == "suggest":
+        return cmd_suggest(args)
+    try:
+        if args.action in ("create", "add"):
+            report, added = _create(args, home_dir)
+        elif args.action == "show":
+            report = dataset.load_report(home_dir, args.name)
+            _say_skipped(report.failed, 5)
+        elif args.action == "delete":
+            dataset.delete(home_dir, args.name)
+            _out(args, {"dataset": args.name, "action": "delete"}, f"deleted dataset {args.name}")
+            return 0
+        else:
+            before = len(dataset.load(home_dir, args.name)[0].classes)
+            report = dataset.edit(home_dir, args.name, **_edits(args))
+            if args.action == "rename" and len(report.per_class) < before:  # `--help` said so; the output did not
+                print(f"vibrary: {args.old} merged into {args.new}, a tag the dataset had already", file=sys.stderr)
+    except (FileNotFoundError, dataset.Busy) as e:
+        raise CommandError(str(e)) from None
+    obj, human = _dataset_line(args.name, report)
+    if args.action == "add":
+        obj["added"] = added
+        human = f"added {_many(added, 'clip')} to dataset {args.name}\n{human}"
+    _out(args, obj, human)
+    return 0
+
+
+def _edits(args: argparse.Namespace) -> dict[str, Any]:
+    if args.action == "rename":
+        return {"rename": [(args.old, args.new)]}
+    if args.action == "merge":
+        return {"rename": [(tag, args.into) for tag in args.tags if tag != args.into]}
+    if args.action == "drop":
+        return {"drop": args.tags}
+    return {"relabel": [(args.path, args.tag)]}
+
+
+def _examples(args: argparse.Namespace) -> list[Any]:
+    """The labelled files under args.dirs, by folder names or by suggestion (--labels)."""
+    from vibrary.daemon import dataset
+
+    if args.labels in ("folders", "top"):
+        loose: list[str] = []
+        spread: list[str] = []
+        empty: list[str] = []
+        found = dataset.examples_from_folders(args.dirs, loose, args.labels == "top", spread, empty)
+        if empty:  # a tag meant, that the dataset went without unsaid
+            print("vibrary: no audio files in these folders, so no tag from them:", file=sys.stderr)
+            _say_few([f"  {folder}/" for folder in empty], 5)
+        if args.action == "add":  # the ones it holds already were not left out of it
+            held = {os.path.normpath(path) for path, _ in dataset.labelled_files(config.home(), args.name)}
+            loose = [path for path in loose if os.path.normpath(os.path.abspath(path)) not in held]
+        _say_loose(loose)
+        if spread and args.labels == "folders":
+            print(
+                "vibrary: each file's own folder names its tag, and these tags' folders lie under several folders, "
+                "or inside another tag's (if the folders right under it are your tags, give --labels top):",
+                file=sys.stderr,
+            )
+            _say_few([f"  {line}" for line in spread], 5)
+        return found
+    found = _suggestions(args.dirs)
+    for s in found:
+        if not s.tag:
+            print(
+                f"skipped {_shown(s.path)}: no tag suggested (add a synonym, or put it in a tag folder)",
+                file=sys.stderr,
+            )
+    return [dataset.example(s.path, s.tag) for s in found if s.tag]
+
+
+def _say_loose(loose: Sequence[str]) -> None:
+    """Files lying in a DIR itself, beside its tag folders, have no tag: said, with the way out, since a
+    producer who puts new examples in `MyTags/dark/` and adds that folder means them to be dark."""
+    if not loose:
+        return
+    print(
+        f"vibrary: left out {_many(len(loose))} lying directly in a folder given, not in a tag folder inside it "
+        "(give the folder above, or use --labels suggest):",
+        file=sys.stderr,
+    )
+    _say_few([f"  {path}" for path in loose], 5)
+
+
+def _say_skipped(failed: Sequence[tuple[str, str]], most: int | None = None) -> None:
+    """The files a build could not read, and why: every one as `create` or `add` meets them; a few in
+    `dataset show`, whose "N files could not be read" named none."""
+    _say_few([f"skipped {path}: {error}" for path, error in failed], most)
+
+
+def _say_few(lines: Sequence[str], most: int | None = None) -> None:
+    """Lines on stderr: all of them, or the first `most` and how many more."""
+    for line in lines[:most]:
+        print(line, file=sys.stderr)
+    if most is not None and len(lines) > most:
+        print(f"  … and {len(lines) - most} more", file=sys.stderr)
+
+
+def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
+    """The dataset built (create) or grown (add), and how many clips that added."""
+    from vibrary.daemon import dataset
+
+    if args.action == "add":
+        dataset.load(home_dir, args.name)  # "no dataset", before any file is looked at
+    examples = _examples(args)
+    config.Settings.load(home_dir)  # a bad config.json stops the build: said before "replacing", not after
+    if args.action == "create":
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            before, _ = dataset.load(home_dir, args.name)
+            said = f"vibrary: replacing dataset {args.name} ({_many(before.clips, 'clip')}, and any edits made to it)"
+            print(said, file=sys.stderr)
+    bar = tqdm(total=len(examples), unit="file", disable=None, file=sys.stderr, desc="spectrograms")
+    try:
+        if args.action == "create":
+            report = dataset.build(home_dir, args.name, examples, progress=bar.update)
+            added, unread = report.manifest.clips, report.failed
+        else:  # only this add's failures: a file an earlier build could not read, elsewhere, is not news
+            grown = dataset.add(home_dir, args.name, examples, progress=bar.update, restore=args.restore)
+            report, added, unread = grown.report, grown.added, grown.unread
+            if not added and unread:  # (said of files that could not be read, it sent people looking elsewhere)
+                print(
+                    f"vibrary: nothing added: the {_many(len(unread), 'new file')} could not be read", file=sys.stderr
+                )
+            elif not added:
+                print(f"vibrary: nothing to add: {args.name} has these files already", file=sys.stderr)
+            if grown.left_out:
+                said = (
+                    f"left out {_many(grown.left_out)} that edits had removed from {args.name} (or their tags); "
+                    "--restore adds them again"
+                )
+                print(said, file=sys.stderr)
+    finally:
+        bar.close()
+    _say_skipped(unread)
+    return report, added
+
+
+def cmd_synonyms(args: argparse.Namespace) -> int:
+    table = _synonyms()
+    if args.action == "remove":
+        shipped = table.shipped()
+        for alias, tag, builtin in table.remove(config.home(), args.aliases):
+            obj = {"alias": alias, "tag": tag, "builtin": builtin, "removed": True}
+            said = "; `synonyms add` gives it back" if builtin else ""
+            if not builtin and alias in shipped:  # yours overrode the built-in one: both go, and it must be said
+                obj["builtin_removed"] = shipped[alias]
+                said = f"; the built-in {alias} → {shipped[alias]} too: `vibrary synonyms add {alias} {shipped[alias]}`"
+            _out(args, obj, f"{alias:20} ✗ {tag}  (removed{said})")
+        return 0
+    if args.action == "add":
+        meant = {alias: (tag, builtin) for alias, tag, builtin in table.pairs()}.get(args.alias.strip().lower())
+        table.add(config.home(), [(args.alias, args.tag)])
+        table = _synonyms()
+        now = {alias: tag for alias, tag, _ in table.pairs()}.get(args.alias.strip().lower())
+        if meant is not None and meant[0] != now:  # `synonyms add BD snare` took bd from kick without a word
+            whose = "the built-in table's" if meant[1] else "yours"
+            print(
+                f"vibrary: {args.alias.strip().lower()} meant {meant[0]} ({whose}); it means {now} now", file=sys.stderr
+            )
+    for alias, tag, builtin in table.pairs():
+        if args.action == "add" and alias != args.alias.strip().lower():
+            continue
+        _out(
+            args,
+            {"alias": alias, "tag": tag, "builtin": builtin},
+            f"{alias:20} → {tag}{'' if builtin else '  (yours)'}",
+        )
+    return 0

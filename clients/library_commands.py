@@ -1,0 +1,265 @@
+"""The commands on what the library holds and which models tag it: `tag` (files read here, no daemon),
+`search`, `tags`, `counts` (answered by the daemon) and `models` (on the home's index directly)."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import sys
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+
+from tqdm import tqdm
+from vibrary.daemon import config, registry
+from vibrary.daemon.folders import indexed_path
+from vibrary.daemon.index import NO_SUCH_PATH, Job, Result
+from vibrary.daemon.infer import ModelError
+from vibrary.daemon.modelref import parse_ref
+from vibrary.proto import daemon_pb2 as pb
+
+from .client import Client
+from .output import (
+    NO_MODEL_TAGS,
+    SILENT_TAGS,
+    UNUSABLE,
+    CommandError,
+    UsageError,
+    _file_line,
+    _human_file,
+    _index,
+    _many,
+    _out,
+    _print_files,
+)
+from .query import QueryError, parse_query
+
+
+# -- vibrary tag: right here, no daemon ------------------------------------------------------------------
+def cmd_tag(args: argparse.Namespace) -> int:
+    from vibrary.daemon.pipeline import Pipeline
+    from vibrary.daemon.service import expand, load_models
+
+    index, home_dir = _index()
+    if args.model:
+        try:
+            rows = [index.model(*parse_ref(ref), active_first=True) for ref in args.model]
+        except (KeyError, ValueError) as e:
+            raise CommandError(str(e.args[0])) from None
+    else:
+        rows = index.active_models()
+    models = load_models(index, rows)
+    if not models:
+        raise CommandError("no usable model: activate one with `vibrary models activate NAME`")
+    names = {m.id: m.ref.split("@")[0] for m in models}
+    settings = config.Settings.load(home_dir)
+    absent = {p for p in args.paths if not os.path.lexists(p)}  # a typo is not a file "deleted or moved"
+    files = list(expand(args.paths))
+    if not files:
+        print(f"vibrary: no audio files in {', '.join(args.paths)}", file=sys.stderr)
+    bar = tqdm(total=len(files), unit="file", disable=None, file=sys.stderr)
+    lock = threading.Lock()
+    reader_gone = threading.Event()  # `vibrary tag --json DIR | head`: it has all it wants
+    # files are read in parallel and come back in any order: each is said in the order given (a script pairs
+    # its paths with the lines, or compares two runs), held until those before it are done
+    done: dict[int, dict] = {}
+    said = 0
+    # files submitted beyond those said, at most: one slow file (a stalled network drive) held every line
+    # after it in memory, said nothing meanwhile, and `| head` went unnoticed until it came
+    ahead = threading.Condition(lock)
+    window = 4 * settings.queue_size
+
+    def sink(results: list[Result]) -> None:
+        nonlocal said
+        with lock:
+            for r in results:
+                tags = [(names[mid], t, s) for mid, ranked in r.tags.items() for t, s in ranked[: args.top]]
+                tags.sort(key=lambda x: -x[2])
+                error = NO_SUCH_PATH if r.vanished and r.job.path in absent else r.error
+                done[r.job.id] = _file_line(r.job.path, tags, error, {names[mid] for mid in r.unfamiliar})
+                bar.update(1)
+            while said in done and not reader_gone.is_set():
+                line = done.pop(said)
+                said += 1
+                bar.clear()
+                try:
+                    _out(args, line, _human_file(line))
+                except BrokenPipeError:  # (in a pipeline thread: it was a traceback per batch, and "pending")
+                    reader_gone.set()  # main() says it, once the pipeline has stopped
+            ahead.notify_all()
+
+    pipeline = Pipeline(
+        models,
+        sink,
+        workers=settings.worker_count,
+        batch_size=settings.batch_size,
+        queue_size=settings.queue_size,
+        store_min_score=settings.store_min_score,
+    )
+    try:
+        for n, path in enumerate(files):
+            with ahead:
+                while n - said >= window and not reader_gone.is_set():
+                    ahead.wait(0.5)  # (a timeout: Ctrl-C is heard meanwhile)
+            if reader_gone.is_set():
+                break
+            pipeline.submit(Job(n, path, 0, -1, -1, None))
+        pipeline.wait_idle()
+    except KeyboardInterrupt:  # the threads still in onnxruntime at the exit aborted the process (134, not 130)
+        pipeline.close(drop_queued=True)
+        raise
+    pipeline.close()
+    bar.close()
+    if reader_gone.is_set():
+        raise BrokenPipeError
+    return 0
+
+
+# -- commands that talk to the daemon -------------------------------------------------------------------------
+def cmd_search(args: argparse.Namespace) -> int:
+    words = args.query
+    if any(w.split() != [w] for w in words):  # quoted, as people quote `snare|clap` for the shell: its words,
+        with Client() as c:  # unless a model's tag is spelled so ("hi hat")
+            spelled = {tag for m in c.models() for tag in m.classes}
+        words = [part for w in words for part in _as_words(w, spelled)]
+    try:
+        groups, excluded = parse_query(words)
+    except QueryError as e:
+        raise UsageError(str(e)) from None
+    if not groups and not excluded and not args.under:
+        raise UsageError("give at least one tag to search for")
+    with Client() as c:
+        n = _print_files(
+            args,
+            c.search(groups, excluded, args.min_score, args.under or "", args.model or "", args.limit, best_first=True),
+        )
+        unknown = _unknown_tags(c, groups, excluded, args.model or "", n)
+        if not args.json or unknown:  # (stderr is the human's with --json too: a typo was silent there)
+            print(f"{_many(n)}{unknown}", file=sys.stderr)
+        if n == 0 and args.under and not os.path.isdir(args.under):
+            print(f"vibrary: no folder {args.under} (--under)", file=sys.stderr)
+    return 0
+
+
+def _as_words(word: str, tags: set[str]) -> list[str]:
+    """A quoted word as the query's words: a tag as a model spells it ("hi hat") whole, or left out ("-hi hat",
+    "NOT hi hat": NOT its own word, it was read as a tag "not hi hat"); alternatives whole when each is a tag
+    or one word ("hi hat|mid" was "hi", then "hat|mid"); any other, its words."""
+    word = word.strip()
+    if word[:4].lower() == "not " and config.tag_key(word[4:]) in tags:
+        return ["NOT", word[4:].strip()]
+    if config.tag_key(word.lstrip("-")) in tags:
+        return [word]
+    alternatives = [a.strip() for a in word.split("|")]
+    if len(alternatives) > 1 and all(config.tag_key(a) in tags or len(a.split()) <= 1 for a in alternatives):
+        return ["|".join(alternatives)]
+    return word.split()
+
+
+def _unknown_tags(c: Client, groups: list[list[str]], excluded: list[str], model: str, found: int) -> str:
+    """Words no active model tags (a typo, or an inactive model's word), said whatever was found: a typo in
+    an OR arm (`kick OR kikc`) or an excluded word (`kick -m`) changed nothing, silently. The active models'
+    classes answer it from their metadata; counting the tags in use reads the whole index."""
+    known = {tag for m in c.models() if m.active and model in ("", m.name) for tag in m.classes}
+    unknown = [w for g in groups for w in g if w not in known] + [f"-{w}" for w in excluded if w not in known]
+    if not unknown:
+        return ""
+    close = {w: difflib.get_close_matches(w.lstrip("-"), known, n=1) for w in unknown}
+    said = ", ".join(f"{w!r}" + (f" (did you mean {m[0]!r}?)" if m else "") for w, m in close.items())
+    who = f"model {model} has no tag" if model else "no active model tags"  # `--model mine kick`: demo has it
+    return f": {who} {said}; `vibrary models list` shows their tags"
+
+
+def cmd_counts(args: argparse.Namespace) -> int:
+    with Client() as c:
+        for n in c.counts(args.model):
+            _out(args, {"model": n.model, "tag": n.tag, "files": n.files}, f"{n.files:8d}  {n.tag}  ({n.model})")
+    return 0
+
+
+def cmd_tags(args: argparse.Namespace) -> int:
+    with Client() as c:
+        # the index answers with the active models' tags: with none active, no file has any
+        idle = not any(m.active for m in c.models())
+        _print_files(args, _as_given(c.tags(args.paths), args.paths), NO_MODEL_TAGS if idle else SILENT_TAGS)
+    return 0
+
+
+def _as_given(files: Iterable[pb.FileTags], paths: Sequence[str]) -> Iterator[pb.FileTags]:
+    """The files' paths as `tag` says them, as given or joined to the folder given (the index holds them
+    absolute, links to folders resolved): a script comparing `tag` and `tags` lines, "the same shape", found
+    no path in both."""
+    given: dict[str, str] = {}
+    for p in paths:
+        given.setdefault(indexed_path(p), p)  # (the first spelling of one path given twice, as `tag` says it)
+    for f in files:
+        up = f.path
+        while up not in given and os.path.dirname(up) != up:  # the nearest folder given, walked up to
+            up = os.path.dirname(up)
+        if up in given:
+            f.path = given[up] if up == f.path else os.path.join(given[up], os.path.relpath(f.path, up))
+        yield f
+
+
+# -- models: on the home's index directly; a running daemon follows within a second ------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    index, home_dir = _index()
+    if args.action == "list":
+        for m in index.models():
+            obj = {
+                "model": m.name,  # as every other line names a model (install, activate, train, tag)
+                "name": m.name,  # kept: scripts read it
+                "version": m.version,
+                "active": m.active,
+                "builtin": m.builtin,
+                "classes": list(m.classes),
+                "path": m.path,
+            }
+            obj["usable"] = registry.usable(m)
+            broken = "" if obj["usable"] else f"  ({UNUSABLE.format(ref=m.ref)})"
+            line = f"{'*' if m.active else ' '} {m.ref:24} {len(m.classes):3} classes  {m.path}{broken}"
+            _out(args, obj, f"{line}\n    tags: {', '.join(m.classes)}")  # what a search can ask for
+        return 0
+    if args.action == "install":
+        before = index.models()
+        try:
+            row = registry.install(index, home_dir, args.ref, args.name or "", active=not args.inactive)
+        except (ModelError, OSError) as e:
+            raise CommandError(str(e)) from None
+        known = {m.id for m in before}
+        # a rollback undone by installing a newer file again said only "already installed": say what changes
+        was = next((m for m in before if m.active and m.name == row.name and m.id != row.id), None)
+        obj = {"model": row.name, "version": row.version, "classes": list(row.classes), "active": not args.inactive}
+        obj["installed"] = row.id not in known  # False: the same file was installed already, as this version
+        said = "installed" if obj["installed"] else "already installed as"
+        human = f"{said} {row.ref} ({len(row.classes)} classes)"
+        if was is not None and not args.inactive:
+            obj["deactivated"] = was.ref
+            human += f"; active now in place of {was.ref} (`vibrary models activate {was.ref}` goes back)"
+        _out(args, obj, human)
+        return 0
+    try:
+        name, version = parse_ref(args.ref)
+        row = index.model(name, version, active_first=args.action == "deactivate")
+    except (KeyError, ValueError) as e:
+        raise CommandError(str(e.args[0])) from None
+    if args.action == "remove":
+        try:
+            successor = registry.remove(index, row)
+        except ModelError as e:
+            raise CommandError(str(e)) from None
+        instead = {"activated": successor.ref} if successor else {}
+        obj = {"model": row.name, "version": row.version, "action": "remove", **instead}
+        _out(args, obj, f"removed {row.ref}" + (f"; {successor.ref} is active instead" if successor else ""))
+        return 0
+    active = args.action == "activate"
+    obj = {"model": row.name, "version": row.version, "action": args.action, "changed": row.active != active}
+    if not active and not row.active:  # a second `deactivate NAME` said "deactivated NAME@3" again
+        _out(args, obj, f"{row.ref} was not active" if version else f"nothing of {row.name} was active")
+        return 0
+    if active and row.active:  # likewise a second `activate`
+        _out(args, obj, f"{row.ref} was already active")
+        return 0
+    index.set_active(row, active)
+    _out(args, obj, f"{args.action}d {row.ref}")
+    return 0

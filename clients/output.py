@@ -1,0 +1,122 @@
+"""What the command modules share: how a command says things (one JSON object per line with --json, a line
+for people otherwise: `_out`), a file's line whichever command read the file (`_file_line`, `_human_file`),
+the two errors `main` turns into an exit status, and `_index`, the home's index as the commands that need no
+daemon open it. Kept apart so that `tag`, `tags` and `search` say a file in one shape, and every command fails alike."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from vibrary.daemon import config, registry
+from vibrary.daemon.index import HIT_SCORE, Index
+from vibrary.daemon.spectrogram import SILENT
+
+
+class CommandError(Exception):
+    """The command failed; str() is printed and the exit status is 1."""
+
+
+class UsageError(CommandError):
+    """The command line asks for something that cannot make sense; exit status 2, as argparse's own."""
+
+
+def _out(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
+    print(json.dumps(obj) if args.json else human, flush=True)
+
+
+# what a file read fine with no tags is (`note` in its line): silent, or, in the index, heard by no active model
+SILENT_TAGS = f"no tags: {SILENT}"
+NO_MODEL_TAGS = "no tags: no model is active (`vibrary models activate NAME`)"
+
+UNUSABLE = "its file is missing or damaged: `vibrary models remove {ref}`, then install it again"
+
+
+def _file_line(
+    path: str,
+    tags: Iterable[tuple[str, str, float]],
+    error: str | None,
+    unfamiliar: Collection[str] = (),
+    state: str = "indexed",
+    no_tags: str = SILENT_TAGS,
+) -> dict[str, Any]:
+    """A file's line; `unfamiliar`: the models that find it like none of their examples (their tags are
+    guesses, which searches leave out). A file read fine with no tags at all is silent (or no model is active:
+    `no_tags`): its line says so in `note`, where a script reading `"tags": [], "error": null` could not tell
+    it from a file not read yet."""
+    tags = list(tags)
+    best: dict[str, int] = {}  # each model's best tag, by its place: the first of a tie, as the index has it
+    for i, (m, _, s) in enumerate(tags):
+        if m not in best or s > tags[best[m]][2]:
+            best[m] = i
+    line = {
+        "path": path,
+        "tags": [
+            # hit: the file has this tag, as a search finds it by default (its model's best, or a score of at
+            # least 0.5; a guess of a model that finds the file unfamiliar is none): a script that checked
+            # "no result carries the tag I excluded" read the low scores kept beside the hits as matches
+            {
+                "model": m,
+                "tag": t,
+                "score": round(float(s), 4),
+                "unfamiliar": m in unfamiliar,
+                "hit": m not in unfamiliar and (i == best[m] or s >= HIT_SCORE),
+            }
+            for i, (m, t, s) in enumerate(tags)
+        ],
+        "error": error or None,
+    }
+    if state == "indexed" and not line["tags"] and not error:
+        line["note"] = no_tags
+    return line
+
+
+_CONTROL = {**{c: f"\\x{c:02x}" for c in (*range(32), 127)}, 9: "\\t", 10: "\\n", 13: "\\r"}
+
+
+def _shown(path: str) -> str:
+    """A file name as a person reads it on one line: a newline or tab in a name, which file systems allow,
+    is written as `\\n`, `\\t` (`--json` keeps the name as it is)."""
+    return path.translate(_CONTROL)
+
+
+def _human_file(line: dict[str, Any], state: str = "indexed") -> str:
+    """`state`: the index's (pending, indexed …); a file `vibrary tag` read here is indexed."""
+    if line["error"] and state == "pending":  # a reason that passes (no file handles left)
+        return f"{_shown(line['path'])}: waits to be read again ({line['error']})"
+    if line["error"]:
+        return f"{_shown(line['path'])}: ERROR {line['error']}"
+    by_model: dict[str, list[str]] = {}
+    for t in line["tags"]:  # "dark? 0.91": a guess, the file sounds like none of the model's examples
+        by_model.setdefault(t["model"], []).append(f"{t['tag']}{'?' if t['unfamiliar'] else ''} {t['score']:.2f}")
+    if len(by_model) > 1:  # each model's tags apart: two models can give the same tag
+        return f"{_shown(line['path'])}: " + "; ".join(
+            f"{model}: {', '.join(tags)}" for model, tags in by_model.items()
+        )
+    none = f"({line.get('note') or state})"  # one not read yet has no tags either
+    return f"{_shown(line['path'])}: {', '.join(next(iter(by_model.values()), [none]))}"
+
+
+def _many(n: int, noun: str = "file") -> str:
+    """ "1 file", "2 files": people read it (stderr, human lines), scripts read the numbers in --json."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _print_files(args: argparse.Namespace, files: Iterable[Any], no_tags: str = SILENT_TAGS) -> int:
+    n = 0
+    for f in files:
+        unfamiliar = {t.model for t in f.tags if t.unfamiliar}
+        tags = ((t.model, t.tag, t.score) for t in f.tags)
+        line = _file_line(f.path, tags, f.error, unfamiliar, f.state, no_tags)
+        _out(args, line, _human_file(line, f.state))
+        n += 1
+    return n
+
+
+def _index() -> tuple[Index, Any]:
+    home_dir = config.home()
+    index = Index(config.index_path(home_dir))
+    registry.ensure_builtin(index, home_dir)
+    return index, home_dir

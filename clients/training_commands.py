@@ -1,0 +1,293 @@
+"""The commands that train your own tags: `train` (here, on a remote trainer or in the cloud, with its
+progress and the cost prompt) and `trainer` (the training service: serve, its tokens, its health, a cloud job)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+from vibrary.daemon import config, registry
+from vibrary.daemon.infer import ModelError
+
+from .daemon_commands import ENDING, on_signals
+from .output import CommandError, UsageError, _index, _out
+
+LOST_SAID_EVERY_S = 30.0  # how often `vibrary train` says the trainer is still out of reach
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vibrary.daemon.training import LOST_TRAINER, OWN_CLIPS, TrainingError, TrainProgress, check_request, train
+
+    options = {"epochs": args.epochs, "seed": args.seed, "known_pull": 0 if args.as_new else None}
+    try:  # `--name "My Model"`, `--trainer lcoal`: refused as argparse refuses (exit 2), before any advice
+        _, _, checked = check_request(args.trainer, args.base, args.name, options)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    index, home_dir = _index()
+    if args.name:  # as mistyped as any other option: a usage error, before any advice
+        try:
+            registry.check_not_builtin(index, args.name)
+        except ModelError as e:
+            raise UsageError(f"{e} (`--name NAME`)") from None
+    bars: dict[str, tqdm] = {}
+    said = ""
+    states: set[str] = set()  # the states seen
+    started: list[str] = []  # the job, once a trainer has it: waiting for a busy trainer or uploading, none
+
+    logged = {"epoch": 0, "upload": -1}  # epoch 0 of a fit from known rows says "loss 0.000" of nothing yet
+
+    def log_lines(p: TrainProgress) -> None:
+        """A line per epoch and per quarter of the upload where no bar can show (a log file, a script's
+        pipe): a training of hours said nothing there until it ended."""
+        if p.state in ("uploading", "waiting") and p.upload_bytes:  # (the last quarter comes as it waits)
+            quarter = 4 * p.uploaded_bytes // p.upload_bytes
+            if quarter > logged["upload"]:
+                logged["upload"] = quarter
+                print(f"upload {p.uploaded_bytes:,} of {p.upload_bytes:,} bytes", file=sys.stderr, flush=True)
+        elif p.state == "training" and p.epochs and p.epoch > logged["epoch"]:
+            logged["epoch"] = p.epoch
+            print(f"epoch {p.epoch}/{p.epochs}: loss {p.loss:.3f}", file=sys.stderr, flush=True)
+
+    said_at = 0.0
+
+    def progress(p: TrainProgress) -> None:
+        nonlocal said, said_at
+        if p.resumed_from_epoch and "resumed" not in states:  # the bar stood at epoch 12 of a new command
+            states.add("resumed")
+            tqdm.write(
+                f"going on from epoch {p.resumed_from_epoch} of {p.epochs}, where an earlier run of this training"
+                " stopped",
+                file=sys.stderr,
+            )
+        states.add(p.state)
+        lost = p.message.startswith(LOST_TRAINER)
+        news = p.state == "waiting" or lost  # queued, or the trainer out of reach
+        # out of reach, the message counts the seconds: it was a new line every second or two
+        again = lost and said.startswith(LOST_TRAINER) and time.monotonic() - said_at < LOST_SAID_EVERY_S
+        if news and p.message != said and not again:
+            said, said_at = p.message, time.monotonic()
+            tqdm.write(p.message, file=sys.stderr)
+        if not sys.stderr.isatty():
+            log_lines(p)
+        elif p.state == "uploading":
+            if "upload" not in bars:
+                bars["upload"] = tqdm(
+                    total=p.upload_bytes, unit="B", unit_scale=True, disable=None, file=sys.stderr, desc="upload"
+                )
+            bars["upload"].n = p.uploaded_bytes
+            bars["upload"].refresh()
+        elif p.state == "training":
+            upload = bars.get("upload")
+            if upload is not None and upload.n != upload.total:  # the trainer had the rest: it stood at 0 %
+                upload.n = upload.total or 0
+                upload.refresh()
+            if "train" not in bars:
+                bars["train"] = tqdm(total=None, unit="epoch", disable=None, file=sys.stderr, desc="training")
+            bar = bars["train"]
+            if p.epochs:  # 0 while it exports: the bar stays where training ended
+                bar.total, bar.n = p.epochs, p.epoch
+            # a dataset too small to hold clips out has no validation: "val acc 0.00" read as a failure
+            held_out = f" val acc {p.val_accuracy:.2f}" if p.val_accuracy else ""
+            bar.set_postfix_str(f"loss {p.loss:.3f}{held_out}")
+
+    def interrupted(signum: int, frame: object) -> None:
+        # a closed terminal or a `kill` ends the job as Ctrl-C does (they ended the process at once, a cloud
+        # instance running); a second one (a closed terminal sends two) must not cut the clean-up short
+        for sig in ENDING:
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    on_signals(interrupted, *ENDING)
+    with contextlib.suppress(FileNotFoundError, ValueError):  # train() says what is wrong with the dataset
+        from vibrary.daemon import dataset
+        from vibrary.daemon.advice import advise
+
+        # before minutes of waiting; tags the demo knows are advised as they will train, not with --as-new or none
+        per_class = dataset.load_report(home_dir, args.dataset).per_class
+        print(advise(per_class, base=args.base, pull=0 if args.as_new else None), file=sys.stderr)
+    try:
+        trained = train(
+            home_dir,
+            args.dataset,
+            index=index,
+            name=args.name,
+            trainer=args.trainer,
+            base=args.base,
+            options=options,
+            token=args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", ""),
+            confirm=confirm_cost(args),
+            progress=progress,
+            on_started=lambda job: started.append(job.job_id),
+        )
+    except TrainingError as e:
+        raise CommandError(str(e)) from None
+    except KeyboardInterrupt:  # Ctrl-C, a closed terminal, a kill (interrupted): still 130, no longer unsaid
+        if "installing" in states:  # trained: kept where `vibrary models install` takes it from
+            ended = f"its trained model is kept in {home_dir / 'uninstalled'} (`vibrary models install` installs it)"
+        elif args.trainer == "cloud":  # (a job id on record once an instance is launched)
+            ended = "its cloud instance is terminated" if started else "nothing was launched"
+        elif started:  # (the trainer keeps its checkpoint: "cancelled" alone read as all of it lost)
+            ended = "its job on the trainer is cancelled; the same command goes on from its last finished epoch"
+        elif "uploading" in states:  # "its job ... is cancelled" of a job never started
+            ended = "nothing was started on the trainer (what was uploaded stays there for the next try)"
+        else:  # waiting for a trainer busy with another's training
+            ended = "nothing was started on the trainer"
+        tqdm.write(f"vibrary: training cancelled; {ended}", file=sys.stderr)
+        raise
+    finally:
+        for bar in bars.values():
+            bar.close()
+    row = trained.row
+    nothing_held_out = trained.accuracy_of == OWN_CLIPS
+    accuracy = trained.val_accuracy
+    obj = {
+        "model": row.name,
+        "version": row.version,
+        "classes": list(row.classes),
+        # a number, as shared/interfaces.md has it (null broke scripts that read it as one); when no clip was
+        # held out, the accuracy on the clips it learned from, and `accuracy_of` says so
+        "val_accuracy": round(accuracy, 4),
+        "accuracy_of": trained.accuracy_of,
+        "val_clips": trained.summary.get("val_clips"),
+        "seconds": round(trained.seconds, 1),
+        "plots": trained.plots,
+        "summary": trained.summary,
+    }
+    human = f"installed and activated {row.ref}: validation accuracy {trained.val_accuracy:.1%}"
+    if nothing_held_out:
+        human = (
+            f"installed and activated {row.ref}: every clip trained it, none was left to validate on "
+            f"(right on {accuracy:.0%} of its own training clips)"
+        )
+    stopped = _what_the_progress_did_not_say(trained.summary, checked, row.classes)
+    human += f"\n{stopped}" if stopped else ""
+    earlier = [m for m in index.models() if m.name == row.name and m.version < row.version]
+    was = max(earlier, key=lambda m: m.version, default=None)
+    if was is not None and set(was.classes) != set(row.classes):  # a search for a tag it had found nothing
+        gone, new = sorted(set(was.classes) - set(row.classes)), sorted(set(row.classes) - set(was.classes))
+        obj["tags_changed"] = {"since": was.ref, "gone": gone, "new": new}
+        human += f"\nits tags are not {was.ref}'s: " + "; ".join(
+            f"{what} {', '.join(tags)}" for what, tags in (("gone:", gone), ("new:", new)) if tags
+        )
+        human += f" (`vibrary models activate {was.ref}` goes back)"
+    _out(args, obj, human + f"\nplots: {', '.join(trained.plots)}")
+    return 0
+
+
+def _what_the_progress_did_not_say(summary: dict[str, Any], options: str, tags: Sequence[str]) -> str:
+    """Why a training ended before the epochs it was given, or "": "epoch 6/30" and then "done" read as a
+    training cut short. It stops once accuracy on the held-out clips has not improved for `patience` epochs,
+    and keeps the best epoch's weights, not the last's; a dataset of tags the base knows runs no epoch."""
+    from vibrary.daemon.training import known_said
+    from vibrary.trainer.options import TrainConfig
+
+    if fitted := known_said(summary, tags):
+        return fitted
+    run, best = summary.get("epochs_run", 0), summary.get("best_epoch", 0)  # an older trainer: neither
+    config = TrainConfig.from_dict(json.loads(options))
+    if not run or not best or run >= config.epochs:
+        return ""
+    return (
+        f"stopped early after epoch {run} of {config.epochs}: validation accuracy had not improved for "
+        f"{run - best} epochs (patience {config.patience}); kept the weights of epoch {best}, its best"
+    )
+
+
+def cmd_trainer(args: argparse.Namespace) -> int:
+    data = Path(args.data) if getattr(args, "data", "") else config.home() / "trainer"
+    if args.action == "token":
+        return _trainer_token(args, data)
+    if args.action == "health":
+        return _trainer_health(args)
+    try:
+        if args.action == "run-s3":
+            from vibrary.trainer.s3job import run_job
+        else:
+            from vibrary.trainer.service import TrainerBusy, serve
+    except ImportError as e:
+        raise CommandError(
+            f"the trainer needs PyTorch ({e.name} is missing): in Vibrary's clone, pip install -e '.[trainer]'"
+        ) from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.action == "run-s3":
+        return run_job(args.url)
+    token = args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", "")
+    cert, key = (Path(p).read_bytes() if p else None for p in (args.tls_cert, args.tls_key))
+    try:
+        serving = serve(data, args.listen, token, cert, key)
+    except TrainerBusy as e:
+        raise CommandError(f"{e}: stop that one first, or give this one its own folder (--data)") from None
+    tls = " over TLS" if cert else ""
+    if args.json:  # a script that starts a trainer knows from this line that it answers, and on which port
+        said = {"serving": serving.port, "tls": bool(cert), "data": str(data), "pid": os.getpid()}
+        print(json.dumps(said), flush=True)
+    print(f"vibrary trainer serving on port {serving.port}{tls} (data in {data})", file=sys.stderr, flush=True)
+    stop = threading.Event()
+    on_signals(lambda *_: stop.set(), *ENDING)  # as the daemon: a closed terminal stops it cleanly too
+    while not stop.wait(0.5):
+        pass
+    serving.stop(grace=2)  # a job in training goes on from its last epoch at the next start
+    return 0
+
+
+def _trainer_token(args: argparse.Namespace, data: Path) -> int:
+    from vibrary.trainer import tenants
+
+    if args.token_action == "add":
+        token = tenants.add_token(data, args.user)
+        _out(args, {"user": args.user, "token": token}, f"token for {args.user} (shown once, stored hashed):\n{token}")
+    elif args.token_action == "remove":
+        if not tenants.remove_token(data, args.user):
+            raise CommandError(f"no token for user {args.user!r}")
+        _out(args, {"user": args.user, "removed": True}, f"removed the token of {args.user}")
+    else:
+        users = tenants.list_users(data)
+        _out(args, {"users": users}, "\n".join(users) or "(no users: the trainer is open on loopback only)")
+    return 0
+
+
+def _trainer_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the trainer at --target says SERVING: the container's HEALTHCHECK."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from .trainer_client import open_channel
+
+    ca = args.tls_ca or os.environ.get("VIBRARY_TRAINER_CA") or os.environ.get("VIBRARY_TRAINER_TLS_CERT") or None
+    with open_channel(args.target, ca, args.server_name) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
+        except grpc.RpcError as e:
+            raise CommandError(f"trainer at {args.target}: {e.code().name} {e.details()}") from None
+    serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    _out(args, {"target": args.target, "status": status}, f"{args.target}: {status}")
+    return 0 if serving else 1
+
+
+def confirm_cost(args: argparse.Namespace) -> Callable[[str], bool]:
+    """What `vibrary train --trainer cloud` asks before anything is launched: yes with --yes, else the
+    user's answer on a terminal; a script without --yes launches nothing. The estimate itself is shown by
+    the training's progress (it was printed twice)."""
+
+    def confirm(text: str) -> bool:
+        if args.yes:
+            return True
+        if not sys.stdin.isatty():
+            print("not launching: no terminal to ask on (pass --yes to accept the cost)", file=sys.stderr)
+            return False
+        print("launch? [y/N] ", end="", file=sys.stderr, flush=True)  # (input() prompts on stdout: into --json)
+        return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+    return confirm
