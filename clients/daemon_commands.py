@@ -25,8 +25,8 @@ from vibrary.daemon.index import under
 from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client, DaemonNotRunning
-from .output import UNUSABLE, CommandError, _many, _out, _shown
-from .tray_state import looking_for_files
+from .output import UNUSABLE, CommandError, _out, _shown
+from .tray_state import looking_for_files, many
 
 
 # -- vibrary daemon ------------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                         file=sys.stderr,
                     )
                 elif inside:
-                    said = f"vibrary: {folder} holds {_many(len(inside), 'watch folder')} already ({', '.join(inside)})"
+                    said = f"vibrary: {folder} holds {many(len(inside), 'watch folder')} already ({', '.join(inside)})"
                     print(
                         f"{said}: each file is indexed once; `vibrary watch remove` them if you like", file=sys.stderr
                     )
@@ -208,7 +208,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         human += "".join(f"\n  {_shown(folder)}" for folder in s.unlisted_folders[:5])
         human += f"\n  … and {len(s.unlisted_folders) - 5} more" if len(s.unlisted_folders) > 5 else ""
     if s.retrying:
-        human += f"\nwaiting to be read again: {_many(s.retrying)} ({s.retry_reason})"
+        human += f"\nwaiting to be read again: {many(s.retrying)} ({s.retry_reason})"
     for ref in s.unusable_models:
         human += f"\nmodel {ref} tags nothing: {UNUSABLE.format(ref=ref)}"
     if s.missing_watches:
@@ -250,7 +250,7 @@ def cmd_pause(args: argparse.Namespace) -> int:
     with Client() as c:
         s = c.pause() if args.command == "pause" else c.resume()
     state = "paused" if s.paused else "resumed"
-    _out(args, {"paused": s.paused, "pending": s.pending}, f"indexing {state} ({_many(s.pending)} pending)")
+    _out(args, {"paused": s.paused, "pending": s.pending}, f"indexing {state} ({many(s.pending)} pending)")
     return 0
 
 
@@ -314,14 +314,14 @@ def _wait_idle(c: Client, pending: int) -> None:
             # (files waiting a minute after a passing error move on their own: not given up on)
             bar.close()
             raise CommandError(
-                f"indexing waits with {_many(s.pending)} pending, none read for {STUCK_S:.0f} s: watch folders not"
+                f"indexing waits with {many(s.pending)} pending, none read for {STUCK_S:.0f} s: watch folders not"
                 f" there now ({', '.join(s.missing_watches)}) keep their files pending until they are back"
             )
         if s.paused:  # it would wait for ever
             bar.close()
-            raise CommandError(f"indexing is paused with {_many(s.pending)} pending: `vibrary resume` goes on")
+            raise CommandError(f"indexing is paused with {many(s.pending)} pending: `vibrary resume` goes on")
         if s.stalled:  # no model to tag with, a full disk: it waits for the user too
             bar.close()
-            raise CommandError(f"indexing waits with {_many(s.pending)} pending: {s.stalled}")
+            raise CommandError(f"indexing waits with {many(s.pending)} pending: {s.stalled}")
         time.sleep(0.25)
     bar.close()

@@ -16,7 +16,8 @@ from typing import Any
 from tqdm import tqdm
 from vibrary.daemon import config
 
-from .output import CommandError, _many, _out, _shown
+from .output import CommandError, _out, _shown
+from .tray_state import many
 
 
 def _size(n: int) -> str:
@@ -46,11 +47,11 @@ def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
     }
     why = ", ".join(f"{n} {_LEFT_OUT[kind]}" for kind, n in report.left_out.items() if n)
     human = (
-        f"dataset {name}: {_many(manifest.clips, 'clip')} in {len(manifest.classes)} classes "
+        f"dataset {name}: {many(manifest.clips, 'clip')} in {len(manifest.classes)} classes "
         f"({', '.join(f'{c} {n}' for c, n in report.per_class.items())})\n"
         f"audio {_size(report.audio_bytes)} → upload {_size(manifest.size)} "
         f"({report.ratio:.0f}× smaller, spectrograms only)"
-        + (f"\n{_many(failed)} left out ({why})" if failed else "")
+        + (f"\n{many(failed)} left out ({why})" if failed else "")
         + (f"\n{report.advice}" if report.advice else "")
         + (f"\nmore examples: `vibrary dataset add {name} DIR...`" if MORE in report.advice else "")
     )
@@ -90,15 +91,15 @@ def cmd_suggest(args: argparse.Namespace) -> int:
         if not tag:
             continue
         sources = sorted({f"{s.source} {s.raw!r}" for s in files})
-        print(f"{tag:16} {_many(len(files)):>11}, from {', '.join(sources[:3])}{' …' if len(sources) > 3 else ''}")
+        print(f"{tag:16} {many(len(files)):>11}, from {', '.join(sources[:3])}{' …' if len(sources) > 3 else ''}")
         for s in files[:3]:
             print(f"{'':16}   e.g. {_shown(s.path)}")
         passed = Counter(alt for s in files for alt in s.alternatives)  # a pack name or mood that lost: check
         if passed:
-            print(f"{'':16}   also named: {', '.join(f'{alt} ({_many(n)})' for alt, n in passed.most_common(5))}")
+            print(f"{'':16}   also named: {', '.join(f'{alt} ({many(n)})' for alt, n in passed.most_common(5))}")
     missing = by_tag.get("", [])
     if missing:
-        print(f"no suggestion for {_many(len(missing))}:")
+        print(f"no suggestion for {many(len(missing))}:")
         for s in missing[:20]:
             print(f"  {_shown(s.path)}")
         if len(missing) > 20:
@@ -120,7 +121,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             _out(
                 args,
                 {"dataset": name, "clips": manifest.clips, "classes": manifest.classes},
-                f"{name}: {_many(manifest.clips, 'clip')}, {len(manifest.classes)} classes",
+                f"{name}: {many(manifest.clips, 'clip')}, {len(manifest.classes)} classes",
             )
         return 0
     if args.action == "suggest":
@@ -145,7 +146,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     obj, human = _dataset_line(args.name, report)
     if args.action == "add":
         obj["added"] = added
-        human = f"added {_many(added, 'clip')} to dataset {args.name}\n{human}"
+        human = f"added {many(added, 'clip')} to dataset {args.name}\n{human}"
     _out(args, obj, human)
     return 0
 
@@ -200,7 +201,7 @@ def _say_loose(loose: Sequence[str]) -> None:
     if not loose:
         return
     print(
-        f"vibrary: left out {_many(len(loose))} lying directly in a folder given, not in a tag folder inside it "
+        f"vibrary: left out {many(len(loose))} lying directly in a folder given, not in a tag folder inside it "
         "(give the folder above, or use --labels suggest):",
         file=sys.stderr,
     )
@@ -232,7 +233,7 @@ def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
     if args.action == "create":
         with contextlib.suppress(FileNotFoundError, ValueError):
             before, _ = dataset.load(home_dir, args.name)
-            said = f"vibrary: replacing dataset {args.name} ({_many(before.clips, 'clip')}, and any edits made to it)"
+            said = f"vibrary: replacing dataset {args.name} ({many(before.clips, 'clip')}, and any edits made to it)"
             print(said, file=sys.stderr)
     bar = tqdm(total=len(examples), unit="file", disable=None, file=sys.stderr, desc="spectrograms")
     try:
@@ -243,14 +244,12 @@ def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
             grown = dataset.add(home_dir, args.name, examples, progress=bar.update, restore=args.restore)
             report, added, unread = grown.report, grown.added, grown.unread
             if not added and unread:  # (said of files that could not be read, it sent people looking elsewhere)
-                print(
-                    f"vibrary: nothing added: the {_many(len(unread), 'new file')} could not be read", file=sys.stderr
-                )
+                print(f"vibrary: nothing added: the {many(len(unread), 'new file')} could not be read", file=sys.stderr)
             elif not added:
                 print(f"vibrary: nothing to add: {args.name} has these files already", file=sys.stderr)
             if grown.left_out:
                 said = (
-                    f"left out {_many(grown.left_out)} that edits had removed from {args.name} (or their tags); "
+                    f"left out {many(grown.left_out)} that edits had removed from {args.name} (or their tags); "
                     "--restore adds them again"
                 )
                 print(said, file=sys.stderr)

@@ -28,11 +28,11 @@ from .output import (
     _file_line,
     _human_file,
     _index,
-    _many,
     _out,
     _print_files,
 )
 from .query import QueryError, parse_query
+from .tray_state import many
 
 
 # -- vibrary tag: right here, no daemon ------------------------------------------------------------------
@@ -135,7 +135,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         )
         unknown = _unknown_tags(c, groups, excluded, args.model or "", n)
         if not args.json or unknown:  # (stderr is the human's with --json too: a typo was silent there)
-            print(f"{_many(n)}{unknown}", file=sys.stderr)
+            print(f"{many(n)}{unknown}", file=sys.stderr)
         if n == 0 and args.under and not os.path.isdir(args.under):
             print(f"vibrary: no folder {args.under} (--under)", file=sys.stderr)
     return 0

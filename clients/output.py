@@ -99,11 +99,6 @@ def _human_file(line: dict[str, Any], state: str = "indexed") -> str:
     return f"{_shown(line['path'])}: {', '.join(next(iter(by_model.values()), [none]))}"
 
 
-def _many(n: int, noun: str = "file") -> str:
-    """ "1 file", "2 files": people read it (stderr, human lines), scripts read the numbers in --json."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
 def _print_files(args: argparse.Namespace, files: Iterable[Any], no_tags: str = SILENT_TAGS) -> int:
     n = 0
     for f in files:
