@@ -19,7 +19,9 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 from PySide6.QtCore import QFileSystemWatcher, QObject, QPoint, QRectF, Qt, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import QAction, QBrush, QColor, QDesktopServices, QIcon, QPainter, QPen, QPixmap
@@ -52,9 +54,13 @@ COLORS = {
     ts.Icon.ERROR: "#d0342c",
     ts.Icon.NOT_RUNNING: "#8a8a8a",
 }
+T = TypeVar("T")
 RECENT_ERRORS = 10  # how many failures the menu lists
 SEEN_FILE = "tray.json"  # in the home: the failures the user has looked at
 CALL_TIMEOUT_S = 5.0  # menu actions: the daemon answers these at once, or not at all
+# a watch added lists every folder under it first (4 s for 100,000 on a local disk, more on a NAS): it timed out
+# at 5 s and said "Deadline Exceeded" of a watch the daemon went on to add
+ADD_WATCH_TIMEOUT_S = 300.0
 FOLLOW_KEEPALIVE_MS = (10_000, 5_000)  # how soon a daemon that stopped answering shows as not running
 
 
@@ -193,6 +199,7 @@ class Tray(QObject):
 
     changed = Signal(object)  # ts.View, after every change of what is shown
     notified = Signal(object)  # ts.Notice, after every notification
+    _replied = Signal(object)  # what to do on the GUI thread with a menu action's answer (_call)
 
     def __init__(self, home: Path | None = None) -> None:
         super().__init__()
@@ -209,6 +216,10 @@ class Tray(QObject):
         self._submenus: dict[int, tuple[QMenu, tuple[ts.MenuItem, ...]]] = {}
         self._icons: dict[tuple[ts.Icon, int], QIcon] = {}
         self._dialogs: list[QWidget] = []
+        # menu actions ask the daemon here, one at a time in the order clicked: on the GUI thread, a daemon
+        # suspended or busy froze the whole tray for as long as a call waited
+        self._calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tray-call")
+        self._replied.connect(lambda then: then())
         self.link = DaemonLink(self.home)
         self.link.received.connect(self._on_event)
         self.link.errors.connect(self._on_errors)
@@ -223,6 +234,7 @@ class Tray(QObject):
 
     def stop(self) -> None:
         self.link.stop()
+        self._calls.shutdown(wait=False, cancel_futures=True)
         self.icon.hide()
 
     # -- state in ----------------------------------------------------------------------------------------
@@ -328,8 +340,8 @@ class Tray(QObject):
     def do(self, action: str) -> None:
         """What a menu click does; tests and scripts call it directly."""
         handlers: dict[str, Callable[[], object]] = {
-            "pause": lambda: self._call(lambda c: self.set_state(ts.with_status(self.state, c.pause()))),
-            "resume": lambda: self._call(lambda c: self.set_state(ts.with_status(self.state, c.resume()))),
+            "pause": lambda: self._call(lambda c: c.pause(), self._answered_status),
+            "resume": lambda: self._call(lambda c: c.resume(), self._answered_status),
             "add_watch": self.add_watch,
             "search": self.open_search,
             "open_home": lambda: open_folder(self.home),
@@ -341,17 +353,30 @@ class Tray(QObject):
         elif action in handlers:
             handlers[action]()
 
-    def _call(self, call: Callable[[Client], object]) -> None:
-        try:
-            with Client(home_dir=self.home, timeout=CALL_TIMEOUT_S) as c:
-                call(c)
-        except (DaemonNotRunning, DaemonError) as e:
-            self.notify(ts.Notice("Vibrary", str(e), warning=True))
+    def _call(
+        self, call: Callable[[Client], T], then: Callable[[T], object] = lambda _: None, timeout: float = CALL_TIMEOUT_S
+    ) -> None:
+        """Ask the daemon off the GUI thread; `then` gets the answer on it, a failure is notified."""
+
+        def ask() -> None:
+            try:
+                with Client(home_dir=self.home, timeout=timeout) as c:
+                    answer = call(c)
+            except (DaemonNotRunning, DaemonError) as e:
+                notice = ts.Notice("Vibrary", str(e), warning=True)
+                self._replied.emit(lambda: self.notify(notice))
+                return
+            self._replied.emit(lambda: then(answer))
+
+        self._calls.submit(ask)
+
+    def _answered_status(self, status: pb.Status) -> None:
+        self.set_state(ts.with_status(self.state, status))
 
     def add_watch(self, folder: str = "") -> None:
         folder = folder or QFileDialog.getExistingDirectory(None, "Add a watch folder", str(Path.home()))
-        if folder:
-            self._call(lambda c: c.add_watch(folder))  # the daemon's next status event shows it
+        if folder:  # the daemon's next status event shows it
+            self._call(lambda c: c.add_watch(folder), timeout=ADD_WATCH_TIMEOUT_S)
 
     def open_search(self) -> SearchDialog:
         dialog = SearchDialog(self.home)

@@ -61,6 +61,13 @@ def wait_view(tray: Tray, ok: Callable[[ts.View], bool], timeout: float = 30.0) 
     raise AssertionError(f"the tray still shows {tray.view.icon}: {tray.view.tooltip!r}")
 
 
+def wait_notices(notices: list[ts.Notice], n: int, timeout: float = 30.0) -> None:
+    """Run Qt's event loop until n notices have come (or the time is up: the test's assert says what came)."""
+    end = time.monotonic() + timeout
+    while len(notices) < n and time.monotonic() < end:
+        QTest.qWait(20)
+
+
 def showing(icon: ts.Icon, text: str = "") -> Callable[[ts.View], bool]:
     return lambda v: v.icon == icon and text in v.tooltip
 
@@ -143,14 +150,16 @@ def test_tray_icon_and_tooltip_follow_the_daemon(tray: Tray, model_home: Path, t
         errors.hide()
         wait_view(tray, showing(ts.Icon.IDLE, "6 indexed, 0 pending, 1 failed"))
 
-        tray.do("pause")
-        assert tray.view.icon == ts.Icon.PAUSED and icon_colour(tray) == COLORS[ts.Icon.PAUSED]
+        tray.do("pause")  # asked off the GUI thread: shown once the daemon answers
+        wait_view(tray, showing(ts.Icon.PAUSED))
+        assert icon_colour(tray) == COLORS[ts.Icon.PAUSED]
         assert menu_texts(tray.menu)["Resume indexing"] is True
         drop(library, [f"b{i}.wav" for i in range(4)])
         wait_view(tray, showing(ts.Icon.PAUSED, "indexing paused (4 files waiting)"))
 
         tray.do("resume")
-        assert tray.view.icon != ts.Icon.PAUSED and menu_texts(tray.menu)["Pause indexing"] is True
+        wait_view(tray, lambda v: v.icon != ts.Icon.PAUSED)
+        assert menu_texts(tray.menu)["Pause indexing"] is True
         wait_view(tray, showing(ts.Icon.IDLE, "10 indexed, 0 pending, 1 failed"))
         shown = [v.icon for v in seen]  # every change of what was shown, in order
         assert shown.index(ts.Icon.INDEXING) < shown.index(ts.Icon.ERROR) < shown.index(ts.Icon.PAUSED)
@@ -191,6 +200,12 @@ def test_a_daemon_that_stops_answering_shows_as_not_running(tray: Tray, model_ho
         wait_view(tray, showing(ts.Icon.IDLE))
         d.proc.send_signal(signal.SIGSTOP)
         try:
+            notices: list[ts.Notice] = []
+            tray.notified.connect(notices.append)
+            tray.do("pause")  # the menu's action waited on the GUI thread, the tray frozen meanwhile
+            assert notices == []
+            wait_notices(notices, 1)
+            assert [n.warning for n in notices] == [True], notices  # (it timed out)
             wait_view(tray, showing(ts.Icon.NOT_RUNNING), timeout=45)
         finally:
             d.proc.send_signal(signal.SIGCONT)
@@ -260,6 +275,7 @@ def test_training_and_installed_models_notify(tray: Tray, model_home: Path, tmp_
         assert [n.title for n in notices] == ["Training finished", "Model installed"]
 
         tray.add_watch(str(tmp_path / "missing"))  # a folder gone since it was picked
+        wait_notices(notices, 3)  # (asked off the GUI thread)
         assert notices[-1].warning and "no such folder" in notices[-1].text
     finally:
         d.stop()
