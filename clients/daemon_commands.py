@@ -281,7 +281,7 @@ def _wait_idle(c: Client, pending: int) -> None:
     done_before = first.indexed + first.failed  # a failed file is done too: the bar stopped short of them
     gone_since = None
     moved_at, last = time.monotonic(), (-1, -1)
-    said_listing = False
+    said_listing = said_retrying = False
     while True:
         try:
             s = c.status()
@@ -308,6 +308,12 @@ def _wait_idle(c: Client, pending: int) -> None:
             said_listing = True  # a big or slow drive (a NAS) takes a while; one that hangs, for ever
             bar.write(
                 f"still {looking_for_files(s.scanning)}; Ctrl-C stops waiting",
+                file=sys.stderr,
+            )
+        elif s.retrying and s.retrying == s.pending and not said_retrying and time.monotonic() - moved_at > STUCK_S:
+            said_retrying = True  # each waits a minute between tries, up to an hour: the wait said nothing
+            bar.write(
+                f"{many(s.retrying)} to be read again in a minute: {s.retry_reason}; Ctrl-C stops waiting",
                 file=sys.stderr,
             )
         elif s.missing_watches and s.pending > s.retrying and time.monotonic() - moved_at > STUCK_S:

@@ -507,11 +507,14 @@ def test_files_waiting_under_a_watch_folder_that_goes_away_keep_their_rows(
     unplugged = tmp_path / "elsewhere"
     library.rename(unplugged)
     daemon.client.resume()  # (before the watcher can know: the files are read, and not there)
-    wait_for(lambda: daemon.client.status().retrying == 6 or daemon.client.status().missing_watches, timeout=15)
     wait_for(lambda: list(daemon.client.status().missing_watches) == [str(library)], timeout=15)
     time.sleep(1.5)  # the feeder's time to read what it may
     status = daemon.client.status()
     assert (status.pending, status.indexed, status.failed, status.decoded) == (6, 0, 0, 0)
+    # they wait for the drive, not a minute for a passing error: `status --wait` waited for ever on them
+    assert status.waiting_for_watches and status.retrying == 0
+    stuck = vibrary("status", "--wait", home=daemon.home, check=False, timeout=60)
+    assert stuck.returncode == 1 and f"watch folders not there now ({library})" in stuck.stderr, stuck.stderr
     unplugged.rename(library)  # back: read at once, not a minute later
     wait_for(lambda: _indexed(daemon.client, 6), timeout=20)
     status = daemon.client.status()
