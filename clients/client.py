@@ -149,6 +149,8 @@ class Client:
             raise ClientClosed(f"this client of {self.target} is closed: make a new one")
 
     def _translate(self, e: grpc.RpcError) -> VibraryError:
+        if self._closed:  # close() from another thread cut the call: "Channel closed!" read as the daemon's
+            return ClientClosed(f"this client of {self.target} was closed during the call")
         code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
         details = e.details() if hasattr(e, "details") else str(e)
         unanswered = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

@@ -219,6 +219,7 @@ class Tray(QObject):
         # menu actions ask the daemon here, one at a time in the order clicked: on the GUI thread, a daemon
         # suspended or busy froze the whole tray for as long as a call waited
         self._calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tray-call")
+        self._asking: Client | None = None  # the client of the call being made, if any
         self._replied.connect(lambda then: then())
         self.link = DaemonLink(self.home)
         self.link.received.connect(self._on_event)
@@ -235,6 +236,8 @@ class Tray(QObject):
     def stop(self) -> None:
         self.link.stop()
         self._calls.shutdown(wait=False, cancel_futures=True)
+        if (asking := self._asking) is not None:
+            asking.close()
         self.icon.hide()
 
     # -- state in ----------------------------------------------------------------------------------------
@@ -322,9 +325,9 @@ class Tray(QObject):
         shown green by the next login's tray."""
         if self.state.failed_seen == self._seen_kept:
             return
+        self._seen_kept = self.state.failed_seen  # (tried once: a home not writable warned 4 times a second)
         try:
             atomic.write(self.home / SEEN_FILE, json.dumps({"failed_seen": self.state.failed_seen}))
-            self._seen_kept = self.state.failed_seen
         except OSError as e:
             log.warning("could not keep the failures seen in %s: %s", self.home / SEEN_FILE, e)
 
@@ -361,11 +364,19 @@ class Tray(QObject):
         def ask() -> None:
             try:
                 with Client(home_dir=self.home, timeout=timeout) as c:
+                    self._asking = c  # closed by stop(): a quit waited for a call of minutes (a big watch added)
                     answer = call(c)
+            except ClientClosed:
+                return
             except (DaemonNotRunning, DaemonError) as e:
                 notice = ts.Notice("Vibrary", str(e), warning=True)
                 self._replied.emit(lambda: self.notify(notice))
                 return
+            except Exception:  # (in a future nobody reads, it was lost without a word)
+                log.exception("a menu action's call to the daemon failed")
+                return
+            finally:
+                self._asking = None
             self._replied.emit(lambda: then(answer))
 
         self._calls.submit(ask)

@@ -197,6 +197,8 @@ NO_SUCH_PATH = "no such file or folder"  # a path asked for that is not there (n
 _SILENT_OPENINGS_READ = 1
 # ... from which files longer than the hashed head were hashed again (Index.rehash_long_once).
 _SILENT_HEADS_HASHED = 2
+# ... from which every tag is stored as config.tag_key spells it (Index.spell_tags_once).
+_TAGS_SPELLED = 3
 UNCOMPRESSED = (".wav", ".wave", ".bwf", ".aif", ".aiff", ".aifc", ".w64", ".rf64", ".caf")
 
 RETRY_S = 60.0  # how long a file whose reading failed for a passing reason waits to be read again
@@ -775,12 +777,14 @@ class Index:
                 forgotten += len(gone)
         return forgotten
 
-    def any_pending(self, hidden: Sequence[str] = ()) -> bool:
+    def any_pending(self, hidden: Sequence[str] = (), due_after: float | None = None) -> bool:
         """Whether a file waits to be read, but for those under `hidden` (watch folders not there now, whose
-        files wait for them for as long as a drive stays unplugged)."""
-        args: list[object] = []
+        files wait for them for as long as a drive stays unplugged); with `due_after`, only the files not due
+        before then (settling, or to be read again after a passing error: few, where a drive's are many)."""
+        args: list[object] = [] if due_after is None else [due_after]
+        later = "" if due_after is None else " AND f.due > ?"
         outside = "".join(f" AND {c}" for c in _outside(hidden, args))
-        row = self.conn().execute(f"SELECT 1 FROM files f WHERE f.state = 'pending'{outside} LIMIT 1", args)
+        row = self.conn().execute(f"SELECT 1 FROM files f WHERE f.state = 'pending'{later}{outside} LIMIT 1", args)
         return row.fetchone() is not None
 
     def forget_silent_once(self) -> int:
@@ -816,6 +820,32 @@ class Index:
             ).rowcount
             c.execute(f"PRAGMA user_version = {_SILENT_HEADS_HASHED}")
             return int(requeued)
+
+    def spell_tags_once(self) -> int:
+        """Before stop 34 tags were compared by their case alone: a model whose class names spell é as e and
+        an accent stored its tags so, and no search finds them since queries are spelled as tag_key spells
+        them. Once per index (at the daemon's start, as forget_silent_once), every tag and every model's
+        classes are stored so; two spellings of one tag become one. How many tags were spelled anew."""
+        with self.write() as c:
+            if int(c.execute("PRAGMA user_version").fetchone()[0]) >= _TAGS_SPELLED:
+                return 0
+            spelled = 0
+            for tag_id, tag in c.execute("SELECT id, tag FROM vocab").fetchall():
+                if (key := tag_key(tag)) == tag:
+                    continue
+                spelled += 1
+                same = c.execute("SELECT id FROM vocab WHERE tag = ?", (key,)).fetchone()
+                if same is None:
+                    c.execute("UPDATE vocab SET tag = ? WHERE id = ?", (key, tag_id))
+                    continue
+                c.execute("UPDATE OR IGNORE tags SET tag_id = ? WHERE tag_id = ?", (same[0], tag_id))
+                c.execute("DELETE FROM tags WHERE tag_id = ?", (tag_id,))
+                c.execute("DELETE FROM vocab WHERE id = ?", (tag_id,))
+            for model_id, classes in c.execute("SELECT id, classes FROM models").fetchall():
+                if (keys := [tag_key(t) for t in json.loads(classes)]) != json.loads(classes):
+                    c.execute("UPDATE models SET classes = ? WHERE id = ?", (json.dumps(keys), model_id))
+            c.execute(f"PRAGMA user_version = {_TAGS_SPELLED}")
+            return spelled
 
     def requeue_model_failures(self) -> int:
         """Files that failed because a model could not score them (its error says "model NAME@V failed on

@@ -152,6 +152,7 @@ class Daemon:
         self._forget_install_leftovers()
         self.index.forget_silent_once()
         self.index.rehash_long_once(features.HEAD_BYTES)
+        self.index.spell_tags_once()
         self._forget_on_demand_leftovers()
         self.index.requeue_missing(self._loaded())
         self.watcher.start()
@@ -211,7 +212,10 @@ class Daemon:
                 now = time.time()
                 hidden = sorted(self.watcher.missing)
                 jobs = self.index.due_jobs(room, skip, now, hidden) if room > 0 and not paused else []
-                self._note_held(bool(hidden) and not paused and not jobs and not self._in_flight)
+                # none due but under missing watches, and none to come due elsewhere (a file settling or to be read
+                # again: it moves in its time): nothing moves until a drive is back
+                held = bool(hidden) and not paused and room > 0 and not jobs and not self._in_flight
+                self._note_held(held and not self.index.any_pending(hidden, due_after=now))
                 for job in jobs:
                     with self._in_flight_lock:
                         self._in_flight.add(job.id)

@@ -458,6 +458,33 @@ def test_files_of_a_drive_unplugged_before_they_were_read_say_indexing_waits_for
     assert not daemon.client.status().waiting_for_watches
 
 
+def test_a_drive_unplugged_with_nothing_pending_is_not_what_indexing_waits_for(
+    model_home: Path, tmp_path: Path
+) -> None:
+    """A file elsewhere still being copied (or to be read again after a passing error) moves in its time: the
+    status said indexing waited for the unplugged drive, and the tray showed so for as long."""
+    config.Settings(settle_s=60).save(model_home)  # a file being written waits until its writer closes it
+    d = start_daemon(model_home)
+    try:
+        here, drive = tmp_path / "here", tmp_path / "drive"
+        here.mkdir()
+        drive.mkdir()
+        d.client.add_watch(str(here))
+        d.client.add_watch(str(drive))
+        drive.rename(tmp_path / "unplugged")
+        wait_for(lambda: list(d.client.status().missing_watches) == [str(drive)], timeout=15)
+        wave = write_tone(tmp_path / "copy.wav", BANDS["low"]).read_bytes()
+        with open(here / "copy.wav", "wb") as copying:
+            copying.write(wave)
+            copying.flush()
+            wait_for(lambda: d.client.status().pending == 1)
+            time.sleep(2.5)  # the feeder's rounds (one a second when nothing is due)
+            assert not d.client.status().waiting_for_watches
+        wait_for(lambda: d.client.status().indexed == 1, timeout=30)
+    finally:
+        d.stop()
+
+
 def test_a_renamed_watch_folder_is_reported_missing_and_re_pointed_without_analysis(
     daemon: DaemonProcess, tmp_path: Path
 ) -> None:

@@ -117,6 +117,19 @@ def test_a_tag_is_found_in_either_unicode_form_and_any_case(index: Index) -> Non
     assert _paths(index, all_of=[["dark"]], none_of=["cafe\u0301"], min_score=0.05) == []
 
 
+def test_tags_stored_in_another_unicode_form_before_are_spelled_once_and_found(index: Index) -> None:
+    """An index of before stop 34 holds a model's tags as its class names spelled them (é as e and an accent):
+    spelled once as queries are, and merged with the same tag stored since in the other form."""
+    model = index.add_model("mood", "/m/mood.onnx", "a" * 64, ["cafe\u0301", "dark"], "{}", False, active=True)
+    _add(index, "/lib/old.wav", {"cafe\u0301": 0.9, "dark": 0.1}, model.id)
+    _add(index, "/lib/new.wav", {"caf\u00e9": 0.8, "dark": 0.2}, model.id)  # (the model loaded since spells it so)
+    index.conn().execute("PRAGMA user_version = 2")  # as the older daemon left it
+    assert index.spell_tags_once() == 1 and index.spell_tags_once() == 0
+    assert _paths(index, all_of=[["caf\u00e9"]]) == ["/lib/new.wav", "/lib/old.wav"]
+    assert [(t, n) for _, t, n in index.tag_counts()] == [("caf\u00e9", 2)]
+    assert index.model("mood").classes == ("caf\u00e9", "dark")
+
+
 def test_search_returns_tags_of_active_models_best_first(library: tuple[Index, int, int]) -> None:
     index, _, _ = library
     (k1,) = [f for f in index.search(Query(all_of=[["dark"]]))]

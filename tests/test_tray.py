@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from vibrary.clients.tray import COLORS, SearchDialog, Tray, draw_icon
 from vibrary.daemon import config
 from vibrary.proto import daemon_pb2 as pb
 
-from tests.conftest import DaemonProcess, start_daemon
+from tests.conftest import DaemonProcess, start_daemon, wait_for
 from tests.synth import write_tone
 
 
@@ -210,6 +211,14 @@ def test_a_daemon_that_stops_answering_shows_as_not_running(tray: Tray, model_ho
         finally:
             d.proc.send_signal(signal.SIGCONT)
         wait_view(tray, showing(ts.Icon.IDLE), timeout=45)
+        d.proc.send_signal(signal.SIGSTOP)  # a quit while a call waits for it (adding a watch may take minutes)
+        try:
+            tray.add_watch(str(model_home))
+            wait_for(lambda: any(t.name.startswith("tray-call") for t in threading.enumerate()))
+            tray.stop()
+            wait_for(lambda: not any(t.name.startswith("tray-call") for t in threading.enumerate()), timeout=10)
+        finally:
+            d.proc.send_signal(signal.SIGCONT)
     finally:
         d.stop()
 
