@@ -117,7 +117,7 @@ class DaemonLink(QObject):
 
     received = Signal(object)  # pb.Event
     errors = Signal(object)  # list[pb.FileTags], newest first
-    down = Signal()
+    down = Signal(str)  # why a daemon that is there does not answer; "": none runs
 
     def __init__(self, home: Path, max_backoff_s: float = 10.0) -> None:
         super().__init__()
@@ -154,10 +154,13 @@ class DaemonLink(QObject):
                     client.close()
                     return
                 self._client = client
+            why = ""  # not running, or stopped under us, or the tray quitting as it asked for recent errors
             try:
                 self._follow(client)
-            except (DaemonNotRunning, DaemonError, ClientClosed):
-                pass  # not running, or stopped under us, or the tray quitting as it asked for recent errors
+            except DaemonError as e:  # there, and suspended (its pings unanswered), or refusing one more follower
+                why = str(e)
+            except (DaemonNotRunning, ClientClosed):
+                pass
             except Exception:
                 log.exception("unexpected error on the daemon's event stream")
             finally:
@@ -166,7 +169,7 @@ class DaemonLink(QObject):
                 client.close()
             if self._stop.is_set():
                 return
-            self.down.emit()
+            self.down.emit(why)
             poked = self._poke.wait(self._delay)
             self._poke.clear()
             self._delay = 0.5 if poked else min(self._delay * 2, self._max_backoff)
@@ -260,9 +263,9 @@ class Tray(QObject):
     def _on_errors(self, failed: list[pb.FileTags]) -> None:
         self.set_state(ts.with_errors(self.state, failed))
 
-    def _on_down(self) -> None:
-        if self.state.running or self.state.status is not None:
-            self.set_state(ts.disconnected(self.state))
+    def _on_down(self, why: str) -> None:
+        if self.state.running or self.state.status is not None or why != self.state.unanswered:
+            self.set_state(ts.disconnected(self.state, why))
         proc = self.started_daemon
         if proc is not None and proc.poll() not in (None, 0):
             self.started_daemon = None

@@ -74,6 +74,9 @@ class TrayState:
     # the failures listed when the user looked: a FILE_FAILED event of one, arriving after the status that
     # counted it (and after the look), is no new failure (it showed red again)
     looked_at: frozenset[str] = frozenset()
+    # why a daemon that is there does not answer (suspended, or following refused: too many front ends); "":
+    # none runs. "Daemon not running" and Start daemon were offered of one running, which then would not start
+    unanswered: str = ""
 
 
 # -- transitions -------------------------------------------------------------------------------------
@@ -94,13 +97,16 @@ def with_status(state: TrayState, status: pb.Status, heard_all: bool = True) -> 
     # at once when what happened meanwhile was not heard (connected now, events lost): the count is all there is
     unheard = not heard_all or state.status is None
     seen = min(state.failed_seen, status.failed) if status.pending == 0 or unheard else state.failed_seen
-    return replace(state, running=True, status=status, batch_base=base, training=training, failed_seen=seen)
+    return replace(
+        state, running=True, status=status, batch_base=base, training=training, failed_seen=seen, unanswered=""
+    )
 
 
-def disconnected(state: TrayState) -> TrayState:
-    """(The files failed since the user looked are forgotten: what happened to them meanwhile was not heard;
-    the count of failures says what is new from here on.)"""
-    return replace(state, running=False, status=None, batch_base=-1, failed_since=frozenset())
+def disconnected(state: TrayState, why: str = "") -> TrayState:
+    """No daemon answers; `why`, when one is there (TrayState.unanswered). (The files failed since the user
+    looked are forgotten: what happened to them meanwhile was not heard; the count of failures says what is
+    new from here on.)"""
+    return replace(state, running=False, status=None, batch_base=-1, failed_since=frozenset(), unanswered=why)
 
 
 def apply(state: TrayState, event: pb.Event) -> tuple[TrayState, list[Notice]]:
@@ -199,7 +205,8 @@ def looking_for_files(scanning: int) -> str:
 def view(state: TrayState) -> View:
     s = state.status
     if not state.running or s is None:
-        return View(Icon.NOT_RUNNING, None, "Vibrary: daemon not running", _menu(state, "Daemon not running"))
+        said = f"daemon not answering: {state.unanswered}" if state.unanswered else "daemon not running"
+        return View(Icon.NOT_RUNNING, None, f"Vibrary: {said}", _menu(state, said[:1].upper() + said[1:]))
     training = state.training if state.training is not None and state.training.state in TRAINING_ACTIVE else None
     progress = indexing_progress(state)
     new_failures = max(s.failed - state.failed_seen, len(state.failed_since))
@@ -270,6 +277,6 @@ def _menu(state: TrayState, headline: str) -> tuple[MenuItem, ...]:
         MenuItem("errors", f"Recent errors ({_shown_of(state)})", enabled=up, children=errors),
         MenuItem("models", "Active models", enabled=up, children=models),
         SEPARATOR,
-        MenuItem("start_daemon", "Start daemon", enabled=not state.running),
+        MenuItem("start_daemon", "Start daemon", enabled=not state.running and not state.unanswered),
         MenuItem("quit", "Quit"),
     )

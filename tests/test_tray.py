@@ -207,7 +207,8 @@ def test_a_daemon_that_stops_answering_shows_as_not_running(tray: Tray, model_ho
             assert notices == []
             wait_notices(notices, 1)
             assert [n.warning for n in notices] == [True], notices  # (it timed out)
-            wait_view(tray, showing(ts.Icon.NOT_RUNNING), timeout=45)
+            wait_view(tray, showing(ts.Icon.NOT_RUNNING, f"(pid {d.proc.pid}) is suspended"), timeout=45)
+            assert menu_texts(tray.menu)["Start daemon"] is False  # one more would not start beside it
         finally:
             d.proc.send_signal(signal.SIGCONT)
         wait_view(tray, showing(ts.Icon.IDLE), timeout=45)

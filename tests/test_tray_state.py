@@ -48,6 +48,12 @@ def test_not_running_offers_only_to_start_the_daemon() -> None:
     up, _ = feed(ts.TrayState(), changed())
     assert not menu(ts.view(up))["start_daemon"].enabled and menu(ts.view(up))["pause"].enabled
     assert ts.view(ts.disconnected(up)).icon == ts.Icon.NOT_RUNNING
+    # one there that does not answer: said why, and no Start daemon (one more would not start beside it)
+    why = "the daemon (pid 7) is suspended: `kill -CONT 7` resumes it"
+    v = ts.view(ts.disconnected(up, why))
+    assert (v.icon, v.tooltip) == (ts.Icon.NOT_RUNNING, f"Vibrary: daemon not answering: {why}")
+    assert not menu(v)["start_daemon"].enabled and v.menu[0].text == f"Daemon not answering: {why}"
+    assert ts.view(feed(ts.disconnected(up, why), changed())[0]).icon == ts.Icon.IDLE  # back: forgotten
 
 
 def test_indexing_counts_done_of_queued_from_when_the_work_began() -> None:
