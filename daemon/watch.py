@@ -10,12 +10,9 @@ that was moved keeps its tags because its content hash is already known.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import functools
 import logging
 import os
-import re
 import shlex
 import stat
 import threading
@@ -42,6 +39,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
+from . import lost_watches
 from .decode import BROKEN_LINK, JUNK_FOLDER, NO_PERMISSION, DecodeError, check_readable, is_audio_path
 from .features import changed_at
 from .folders import indexed_path, readable_name, storable
@@ -113,7 +111,7 @@ class Watcher(FileSystemEventHandler):
         self._rescanning: set[str] = set()  # watch folders being scanned again (rescan) …
         self._rescan_again: set[str] = set()  # … and those to scan once more when that scan is done
         self._moved_across: dict[str, float] = {}  # watch folder → when a folder last moved into or out of it
-        self._unwatched: dict[str, set[str]] = {}  # watch folder → its folders the last check found unwatched
+        self._unwatched = lost_watches.LostWatches()  # what the last checks found unwatched
         self._checking = False  # (a check's thread runs)
 
     def start(self) -> None:
@@ -314,16 +312,11 @@ class Watcher(FileSystemEventHandler):
 
     def _check_watched(self) -> None:
         """Watch folders in which a folder moved in or out are watched anew and scanned when a folder in them
-        has lost its inotify watch. watchdog drops the watches of a folder moved out half a second later, by
-        its path then: with a folder above it renamed meanwhile it drops none, and when that folder, or the
-        same inode moved back in (which inotify gives the same watch number), goes later, it takes another
-        folder's live watch with it. Nothing under that folder reached the index until a restart. Looked for
-        on a thread of its own (a walk of a big library held up the flusher), and a folder found unwatched
-        is lost only when found so again at the next check: one made by a copy still going on may not be
-        watched yet (watchdog adds watches as it hears of new folders), and each of those was a rewatch."""
+        has lost its inotify watch (a watchdog bug: daemon/lost_watches.py). Looked for on a thread of its own
+        (a walk of a big library held up the flusher)."""
         now = time.monotonic()
         with self._lock:
-            due = [root for root, at in self._moved_across.items() if now - at >= MOVE_SETTLE_S]
+            due = [root for root, at in self._moved_across.items() if now - at >= lost_watches.MOVE_SETTLE_S]
             if not due or self._checking:
                 return
             for root in due:
@@ -339,19 +332,18 @@ class Watcher(FileSystemEventHandler):
 
     def _find_lost_watches(self, roots: list[str]) -> None:
         try:
-            watched = _inotify_inodes()
+            watched = lost_watches.inotify_inodes()
             if watched is None:  # (not Linux: no inotify)
                 return
             for root in roots:
-                unwatched = _unwatched_folders(root, watched) if root in self._watches else set()
-                lost, self._unwatched[root] = unwatched & self._unwatched.get(root, set()), unwatched
+                unwatched = lost_watches.unwatched_folders(root, watched) if root in self._watches else set()
+                lost = self._unwatched.check(root, unwatched)
                 if unwatched and not lost:
                     with self._lock:  # looked at again at the next check
                         self._moved_across.setdefault(root, 0.0)
                 if not lost:
                     continue
-                del self._unwatched[root]
-                if _at_watch_limit(min(lost)):  # a rewatch would fail, and drop the whole watch folder
+                if lost_watches.at_watch_limit(min(lost)):  # a rewatch would fail, and drop the whole watch folder
                     log.warning("%d folders under %s are not watched (the inotify limit): scanning it", len(lost), root)
                     self.rescan(root)
                     continue
@@ -823,66 +815,6 @@ class _Outermost(FileSystemEventHandler):
             self.watcher.on_any_event(event)
 
 
-def _inotify_inodes() -> set[int] | None:
-    """The inodes this process's inotify instances watch, as the kernel has them; None where /proc cannot say."""
-    try:
-        fds = os.listdir("/proc/self/fd")
-    except OSError:
-        return None
-    inodes: set[int] = set()
-    for fd in fds:
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
-                continue
-            with open(f"/proc/self/fdinfo/{fd}") as f:
-                inodes.update(int(ino, 16) for ino in _WATCHED.findall(f.read()))
-        except OSError:  # (closed meanwhile)
-            continue
-    return inodes or None  # (none at all: an observer that is no inotify one, nothing to compare)
-
-
-_WATCHED = re.compile(r"^inotify wd:[0-9a-f]+ ino:([0-9a-f]+)", re.M)  # (both in hex)
-
-
-def _unwatched_folders(root: str, watched: set[int]) -> set[str]:
-    """The folders under root (links not followed, as the observer follows none) that inotify does not watch,
-    the outermost of each branch."""
-    found: set[str] = set()
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        try:
-            with os.scandir(folder) as entries:
-                inner = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
-            inode = os.stat(folder).st_ino
-        except OSError:  # gone, or cannot be listed (said in status): no watch to expect
-            continue
-        if inode not in watched:
-            found.add(folder)
-        else:
-            stack += inner
-    return found
-
-
-def _at_watch_limit(folder: str) -> bool:
-    """Whether inotify refuses a watch on the folder for the user's limit (fs.inotify.max_user_watches, shared
-    with every other program of theirs): asked of a watch of its own, made and dropped."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = libc.inotify_init1(os.O_CLOEXEC)
-    except (OSError, AttributeError):
-        return False
-    if fd < 0:
-        return ctypes.get_errno() == errno.EMFILE  # (the instances' limit: no rewatch either)
-    try:
-        return libc.inotify_add_watch(fd, os.fsencode(folder), IN_ATTRIB) < 0 and ctypes.get_errno() == errno.ENOSPC
-    finally:
-        os.close(fd)
-
-
-IN_ATTRIB = 0x4
-
-
 def _upwards(path: str) -> Iterator[str]:
     """The path, then each folder above it."""
     while True:
@@ -920,7 +852,6 @@ MADE_UP_INODES = {"vfat", "msdos", "exfat", "fat", "umsdos"}  # numbered at each
 
 UNNAMED_MOST = 1000  # names not UTF-8 remembered (each status checks they are still there)
 CHECK_S = 5.0  # how often watch folders are checked for a move, a comeback or a due rescan
-MOVE_SETTLE_S = 1.0  # watchdog drops the watches of a folder moved out 0.5 s after its move
 LINKS_S = 60.0  # how often the targets of broken links, and unreadable files, are looked at again
 
 

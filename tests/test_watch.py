@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from vibrary.daemon import lost_watches
 from vibrary.daemon import watch as watch_module
 from vibrary.daemon.decode import DecodeError, FileVanished, check_readable
 from vibrary.daemon.features import changed_at
@@ -833,7 +834,7 @@ def test_a_folder_found_unwatched_once_is_not_yet_lost(
     for name in ("P1", "P2", "P3"):
         (lib / name).mkdir(parents=True)
     hidden = os.stat(lib / "P1").st_ino
-    real = watch_module._inotify_inodes
+    real = lost_watches.inotify_inodes
     calls: list[int] = []
 
     def doctored(times: int) -> Callable[[], set[int] | None]:
@@ -848,7 +849,7 @@ def test_a_folder_found_unwatched_once_is_not_yet_lost(
     try:
         for times, moved, expected in ((1, "P2", []), (10**6, "P3", [str(lib)])):
             calls.clear()
-            monkeypatch.setattr(watch_module, "_inotify_inodes", doctored(times))
+            monkeypatch.setattr(lost_watches, "inotify_inodes", doctored(times))
             os.rename(lib / moved, tmp_path / moved)
             wait_for(lambda: len(calls) >= 2 and not w._moved_across and not w._checking, timeout=20)
             assert anew == expected
