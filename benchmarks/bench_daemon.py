@@ -53,8 +53,9 @@ sys.path.insert(0, str(ROOT))
 from machine import cpu_model  # noqa: E402  (benchmarks/machine.py, beside this script)
 from vibrary.daemon import config, registry  # noqa: E402
 from vibrary.daemon.decode import DecodeError, decode  # noqa: E402
-from vibrary.daemon.index import HIT_SCORE, SCHEMA, Index, Query  # noqa: E402
+from vibrary.daemon.index import HIT_SCORE, SCHEMA, Index  # noqa: E402
 from vibrary.daemon.infer import ACTIVATION_KEY, CLASSES_KEY, NAME_KEY, VERSION_KEY, parse_metadata  # noqa: E402
+from vibrary.daemon.search import Query, search  # noqa: E402
 from vibrary.daemon.spectrogram import METADATA_KEY, SpectrogramParams  # noqa: E402
 
 from tests.conftest import DaemonProcess, start_daemon  # noqa: E402
@@ -718,11 +719,11 @@ def search_latency(path: Path, queries: list[tuple[str, Query]]) -> dict[str, tu
     index = Index(path)  # a fresh connection, as the daemon's API thread would have
     try:
         for _, q in queries[:25]:
-            sum(1 for _ in index.search(q))  # warm-up (not counted)
+            sum(1 for _ in search(index, q))  # warm-up (not counted)
         out: dict[str, tuple[list[float], list[int]]] = {k: ([], []) for k in QUERY_KINDS}
         for kind, q in queries:
             start = time.perf_counter()
-            found = sum(1 for _ in index.search(q))
+            found = sum(1 for _ in search(index, q))
             out[kind][0].append((time.perf_counter() - start) * 1000)
             out[kind][1].append(found)
     finally:
@@ -1019,7 +1020,7 @@ folder. The goal row above is `shutil.copy`.
 
 ### Tag search by query kind
 
-`Index.search(Query(..., limit=100))` on a fresh connection, results consumed, after 25 warm-up
+`search(index, Query(..., limit=100))` on a fresh connection, results consumed, after 25 warm-up
 queries; "best first" is the same queries with `best_first=True` (the 100 surest matches, as `vibrary
 search --limit` asks), timed after them. Index: {args.rows:,} files in {packs:,} pack folders,
 {tag_rows:,} tag rows ({hit_rows:,} hits; two tag families: 15 instrument tags with a long-tail

@@ -24,10 +24,11 @@ from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from . import config, dataset, events, registry, suggest, training
 from .folders import indexed_path, readable_name, storable
-from .index import ANY_STORED_SCORE, FileTags, ModelRow, Query
+from .index import ANY_STORED_SCORE, FileTags, ModelRow
 from .infer import ModelError
 from .modelref import parse_ref
 from .rpc import bind, make_server
+from .search import Query, search
 from .service import UNNAMED_SHOWN, Daemon, NoModel, Paused, TooManyFiles, TrainingBusy
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             request.best_first,
             sorted(self.daemon.watcher.missing),  # files that cannot be opened now: no use in a DAW
         )
-        for found in self.daemon.index.search(query):
+        for found in search(self.daemon.index, query):
             if not context.is_active():
                 return
             yield file_tags_pb(found)

@@ -1243,7 +1243,7 @@ def test_a_file_tagged_outside_the_watches_and_deleted_leaves_searches(
     could not load) and in the counts until the daemon's next start."""
     from vibrary.daemon import service
     from vibrary.daemon.events import FILE_REMOVED
-    from vibrary.daemon.index import Query
+    from vibrary.daemon.search import Query, search
 
     monkeypatch.setattr(service, "ON_DEMAND_SWEEP_S", 0.3)
     monkeypatch.setattr(service, "DRIVE_ROOTS", (str(tmp_path / "media"),))  # where drives are mounted
@@ -1257,14 +1257,14 @@ def test_a_file_tagged_outside_the_watches_and_deleted_leaves_searches(
     try:
         asked = [dropped, in_pack, kept, unplugged]
         assert {f.state for f in d.tag_now(asked, time.time() + 60)} == {"indexed"}
-        assert sorted(f.path for f in d.index.search(Query([["low"]]))) == sorted([dropped, in_pack, unplugged])
+        assert sorted(f.path for f in search(d.index, Query([["low"]]))) == sorted([dropped, in_pack, unplugged])
         os.remove(dropped)
         shutil.rmtree(tmp_path / "drop" / "Pack")  # a pack deleted with its folder
         (tmp_path / "media" / "USB").rename(tmp_path / "elsewhere")  # a drive unplugged: its files wait for it
-        wait_for(lambda: [f.path for f in d.index.search(Query([["low"]]))] == [unplugged], timeout=10)
+        wait_for(lambda: [f.path for f in search(d.index, Query([["low"]]))] == [unplugged], timeout=10)
         time.sleep(1.0)  # more sweeps: still kept
-        assert [f.path for f in d.index.search(Query([["low"]]))] == [unplugged]
-        assert [f.path for f in d.index.search(Query([["high"]]))] == [kept]  # still there: still found
+        assert [f.path for f in search(d.index, Query([["low"]]))] == [unplugged]
+        assert [f.path for f in search(d.index, Query([["high"]]))] == [kept]  # still there: still found
         removed = []
         while not feed.empty():
             e = feed.get_nowait()

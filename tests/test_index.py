@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 import vibrary.daemon.index as index_module
+import vibrary.daemon.search as search_module
 from vibrary.daemon.features import changed_at
-from vibrary.daemon.index import ANY_STORED_SCORE, Index, Query, Result
+from vibrary.daemon.index import ANY_STORED_SCORE, Index, Result
+from vibrary.daemon.search import Query, search
 
 
 @pytest.fixture
@@ -51,7 +53,7 @@ def library(index: Index) -> tuple[Index, int, int]:
 
 
 def _paths(index: Index, **kw: Any) -> list[str]:
-    return sorted(f.path for f in index.search(Query(**kw)))
+    return sorted(f.path for f in search(index, Query(**kw)))
 
 
 def test_single_tag_matches_best_tag_or_high_score(library: tuple[Index, int, int]) -> None:
@@ -105,7 +107,7 @@ def test_a_best_first_search_ranks_a_file_alike_in_a_small_folder_and_in_a_walk(
     _add(index, "/lib/x.wav", {"snare": 0.55, "kick": 0.45}, second.id)  # stored, not a hit
     _add(index, "/lib/y.wav", {"kick": 0.40, "snare": 0.2}, first.id)
     for under in ("", "/lib"):
-        (best,) = index.search(Query([["kick"]], path_prefix=under, limit=1, best_first=True))
+        (best,) = search(index, Query([["kick"]], path_prefix=under, limit=1, best_first=True))
         assert best.path == "/lib/y.wav", under
 
 
@@ -132,7 +134,7 @@ def test_tags_stored_in_another_unicode_form_before_are_spelled_once_and_found(i
 
 def test_search_returns_tags_of_active_models_best_first(library: tuple[Index, int, int]) -> None:
     index, _, _ = library
-    (k1,) = [f for f in index.search(Query(all_of=[["dark"]]))]
+    (k1,) = [f for f in search(index, Query(all_of=[["dark"]]))]
     assert [t[1] for t in k1.tags] == ["kick", "dark", "snare"]
     assert {t[0] for t in k1.tags} == {"inst", "mood"}
     assert _paths(index, all_of=[["kick"]], model="mood") == []
@@ -302,9 +304,9 @@ def test_a_move_needs_two_paths(library: tuple[Index, int, int]) -> None:
 
 def test_and_queries_start_from_the_rarest_tag_with_the_same_answer(library: tuple[Index, int, int]) -> None:
     index, _, _ = library
-    kick, dark = index._lookup_tag("kick"), index._lookup_tag("dark")
+    kick, dark = search_module._lookup_tag(index, "kick"), search_module._lookup_tag(index, "dark")
     assert kick is not None and dark is not None
-    assert index._rarest_first([[kick], [dark]]) == [[dark], [kick]]  # 2 kicks, 1 dark file
+    assert search_module._rarest_first(index, [[kick], [dark]]) == [[dark], [kick]]  # 2 kicks, 1 dark file
     assert _paths(index, all_of=[["kick"], ["dark"]]) == _paths(index, all_of=[["dark"], ["kick"]])
     assert _paths(index, all_of=[["kick"], ["dark"]]) == ["/lib/drums/k1.wav"]
 
@@ -337,12 +339,12 @@ def test_an_and_of_one_models_tags_finds_the_same_files_by_merge_or_by_probes(
     _add(index, "/lib/copy.wav", {"kick": 0.9, "snare": 0.8}, inst.id, content=first.encode().ljust(16, b"\0")[:16])
     expected.add("/lib/copy.wav")
     query = {"all_of": [["kick"], ["snare"]], "none_of": ["dark"]}
-    ids = [[index._lookup_tag("kick")], [index._lookup_tag("snare")]]
-    assert index._postings_to_merge(ids, [inst.id, mood.id]) is not None  # similar list lengths: merged
+    ids = [[search_module._lookup_tag(index, "kick")], [search_module._lookup_tag(index, "snare")]]
+    assert search_module._postings_to_merge(index, ids, [inst.id, mood.id]) is not None  # similar list lengths: merged
     merged = _paths(index, **query)
     assert len(_paths(index, **query, limit=7)) == 7
-    monkeypatch.setattr(index_module, "MERGE_MAX_RATIO", 0)
-    assert index._postings_to_merge(ids, [inst.id, mood.id]) is None  # probed
+    monkeypatch.setattr(search_module, "MERGE_MAX_RATIO", 0)
+    assert search_module._postings_to_merge(index, ids, [inst.id, mood.id]) is None  # probed
     assert merged == _paths(index, **query) == sorted(expected)
     assert len(expected) > 20
 
@@ -446,7 +448,7 @@ def test_a_search_finds_no_file_that_was_never_read_and_nothing_removes_everythi
     _add(index, "/lib/s.wav", {"snare": 0.9}, model.id)
     index.mark_pending([("/lib/new.wav", 0.0), ("/lib/s.wav", 0.0)])  # new; and touched, to be read again
     assert _paths(index, none_of=["kick"]) == ["/lib/s.wav"]
-    assert [(f.state, f.tags[0][1]) for f in index.search(Query([["snare"]]))] == [("pending", "snare")]  # as it is
+    assert [(f.state, f.tags[0][1]) for f in search(index, Query([["snare"]]))] == [("pending", "snare")]  # as it is
     assert _paths(index, path_prefix="/lib") == ["/lib/k.wav", "/lib/s.wav"]
     for everything in ("", "/"):
         with pytest.raises(ValueError, match="refusing to remove everything"):
@@ -503,7 +505,7 @@ def test_a_damaged_index_says_so_in_one_line_with_what_to_do(tmp_path: Path) -> 
 def test_a_best_first_search_gives_the_surest_matches_first(
     index: Index, monkeypatch: pytest.MonkeyPatch, walk: int
 ) -> None:
-    monkeypatch.setattr(index_module, "RANK_WALK", walk)
+    monkeypatch.setattr(search_module, "RANK_WALK", walk)
     inst = index.add_model("inst", "/m/inst.onnx", "a" * 64, ["kick", "snare", "hihat"], "{}", False)
     mood = index.add_model("mood", "/m/mood.onnx", "b" * 64, ["dark", "bright"], "{}", False)
     index.set_active(inst, True)
@@ -522,7 +524,7 @@ def test_a_best_first_search_gives_the_surest_matches_first(
     def surest(limit: int, **kw: Any) -> list[str]:
         """Every match, ranked here by its best score among the first group's tags."""
         lead = set(kw["all_of"][0])
-        ranked = sorted((-max(s for _, t, s in f.tags if t in lead), f.path) for f in index.search(Query(**kw)))
+        ranked = sorted((-max(s for _, t, s in f.tags if t in lead), f.path) for f in search(index, Query(**kw)))
         return [path for _, path in ranked[:limit]]
 
     queries: list[dict[str, Any]] = [
@@ -535,7 +537,7 @@ def test_a_best_first_search_gives_the_surest_matches_first(
     ]
     for kw in queries:
         for limit in (1, 5, 30):
-            found = [f.path for f in index.search(Query(**kw, limit=limit, best_first=True))]
+            found = [f.path for f in search(index, Query(**kw, limit=limit, best_first=True))]
             assert found == surest(limit, **kw), (kw, limit)
 
 
@@ -581,17 +583,17 @@ def test_folders_left_out_are_left_out_by_every_plan(index: Index, monkeypatch: 
     both = sorted(p for p, (k, s) in shown.items() if min(k, s) >= 0.5)
 
     def found(q: Query) -> list[str]:
-        return sorted(f.path for f in index.search(q))
+        return sorted(f.path for f in search(index, q))
 
     assert found(Query([["kick"], ["snare"]], hidden=hidden)) == both  # merged posting lists
     assert found(Query([["kick"], ["snare"]], path_prefix="/old", hidden=hidden)) == [
         p for p in both if p.startswith("/old/")
     ]
-    best = [f.path for f in index.search(Query([["kick"]], hidden=hidden, limit=20, best_first=True))]
+    best = [f.path for f in search(index, Query([["kick"]], hidden=hidden, limit=20, best_first=True))]
     assert best and all(p in shown for p in best)
     kicks = sum(1 for p, (k, s) in shown.items() if k > s or k >= 0.5)  # its best tag, and any from 0.5, is a hit
     assert dict((t, n) for _, t, n in index.tag_counts("", hidden))["kick"] == kicks
-    monkeypatch.setattr(index_module, "MERGE_MAX_RATIO", 0)  # the probed plan
+    monkeypatch.setattr(search_module, "MERGE_MAX_RATIO", 0)  # the probed plan
     assert found(Query([["kick"], ["snare"]], hidden=hidden)) == both
 
 
