@@ -1,6 +1,6 @@
 """The commands that run the daemon or ask it how it is: `daemon` (in the foreground, or `daemon stop`),
-`watch`, `status` (and `status --wait`), `pause`/`resume` and `tray`. `on_signals` and ENDING, written for the
-daemon, are here too: `train` and `trainer serve` stop on a kill or a closed terminal the same way."""
+`watch`, `status` (and `status --wait`), `pause`/`resume` and `tray`. `on_signals`, written for the daemon, is
+here too: `train` and `trainer serve` stop on a kill or a closed terminal the same way."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         stop.set()
 
     # before anything starts: a signal between the socket's opening and the handlers ended it unlogged
-    on_signals(stopping, *ENDING)
+    on_signals(stopping, *ENDING_SIGNALS)
     token = args.token or os.environ.get("VIBRARY_TOKEN", "")
     try:
         check_listening(str(config.socket_path(home_dir)), args.listen, token)
@@ -86,9 +86,6 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         stopped.wait()
     daemon.stop()
     return 0
-
-
-ENDING = ENDING_SIGNALS  # a kill, a closed terminal, Ctrl-C
 
 
 def _not_started(e: Exception) -> CommandError:

@@ -18,9 +18,10 @@ from typing import Any
 
 from tqdm import tqdm
 from vibrary.daemon import config, registry
+from vibrary.daemon.cloud import ENDING_SIGNALS
 from vibrary.daemon.infer import ModelError
 
-from .daemon_commands import ENDING, on_signals
+from .daemon_commands import on_signals
 from .output import CommandError, UsageError, _index, _out
 
 LOST_SAID_EVERY_S = 30.0  # how often `vibrary train` says the trainer is still out of reach
@@ -104,11 +105,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     def interrupted(signum: int, frame: object) -> None:
         # a closed terminal or a `kill` ends the job as Ctrl-C does (they ended the process at once, a cloud
         # instance running); a second one (a closed terminal sends two) must not cut the clean-up short
-        for sig in ENDING:
+        for sig in ENDING_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    on_signals(interrupted, *ENDING)
+    on_signals(interrupted, *ENDING_SIGNALS)
     with contextlib.suppress(FileNotFoundError, ValueError):  # train() says what is wrong with the dataset
         from vibrary.daemon import dataset
         from vibrary.daemon.advice import advise
@@ -234,7 +235,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         print(json.dumps(said), flush=True)
     print(f"vibrary trainer serving on port {serving.port}{tls} (data in {data})", file=sys.stderr, flush=True)
     stop = threading.Event()
-    on_signals(lambda *_: stop.set(), *ENDING)  # as the daemon: a closed terminal stops it cleanly too
+    on_signals(lambda *_: stop.set(), *ENDING_SIGNALS)  # as the daemon: a closed terminal stops it cleanly too
     while not stop.wait(0.5):
         pass
     serving.stop(grace=2)  # a job in training goes on from its last epoch at the next start
