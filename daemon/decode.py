@@ -42,7 +42,9 @@ AUDIO_EXTENSIONS = frozenset(
 
 # libsndfile clamps a data chunk that runs past the end of the file and logs "data : 176400 (should be
 # 58770)": a truncated copy, or a header claiming more audio than there is.
-_SHORT_DATA = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)  # (AIFF's: " SSND")
+# libsndfile's log of a size the file does not hold: the audio's (WAV's "data", AIFF's " SSND", indented), or,
+# where that is given otherwise, the whole file's (RF64's "Riff size", its data size in a ds64 chunk; W64's "riff")
+_SHORT_DATA = re.compile(r"^\s*(data|SSND|Riff size|riff)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.M)
 
 
 class DecodeError(Exception):
@@ -97,6 +99,7 @@ def is_audio_path(path: str) -> bool:
 
 RATES = (1_000, 768_000)  # the sample rates a real file has, in Hz: 768 kHz is DXD's double, 8 kHz telephony
 LOUDEST = 1e6  # float samples beyond this (full scale is 1) are clipped to it: its power spectrum stays finite
+WILD_MOST = 0.001  # ... and beyond this share of such samples (or NaN, inf), a file is corrupt, not loud
 INAUDIBLE = 10 ** (-70 / 20)  # opening seconds that peak below -70 dBFS are silence (16-bit dither: -90)
 # How far into a file whose opening seconds are silent the first sound is looked for (a stem that starts at
 # bar 17, a kick after 5 s of silence): those files had no tags, and never turned up in a search.
@@ -116,7 +119,7 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
                 raise DecodeError(f"implausible sample rate in its header: {native_sr:,} Hz (damaged?)")
             frames = math.ceil(params.duration_s * native_sr)
             audio = _read(f, frames)
-            if audio.shape[0] == frames and _peak(audio) < INAUDIBLE:
+            if audio.shape[0] == frames and _swing(audio) < INAUDIBLE:
                 audio = _from_first_sound(f, frames, audio)
     except sf.LibsndfileError as e:
         check_readable(path)  # gone or locked since the first check: say that, not libsndfile's guess
@@ -130,11 +133,19 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
     if peak > LOUDEST:
         # NaN, inf, or float samples so large that the mix or the power spectrum overflows float32 (a
         # corrupt or mislabelled float file): that spectrogram was NaN, then quantized to 0 dB everywhere.
-        # A non-number is no sound: silence, not a full-scale click that a kit piece is made of
+        # A few are no sound (silence, not a full-scale click that a kit piece is made of); many, no audio:
+        # all of them said "silent", every other one tagged bass, integers read as floats woodwind
+        with np.errstate(invalid="ignore"):
+            wild = int(np.count_nonzero(~(np.abs(audio) <= LOUDEST)))
+        if wild > WILD_MOST * audio.size:
+            raise DecodeError(
+                f"corrupt audio: {wild / audio.size:.0%} of its samples are not numbers or far beyond full scale"
+                " (a damaged float file, or integers labelled as floats)"
+            )
         audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
         np.clip(audio, -LOUDEST, LOUDEST, out=audio)
         peak = float(max(audio.max(), -audio.min()))
-    if peak < INAUDIBLE:
+    if _swing(audio) < INAUDIBLE:
         # a stem that starts late, its opening seconds only dither or a noise floor: spectrograms are
         # scaled to their own peak, so that floor looked like a hi-hat (0.74) to the model
         return np.zeros((params.channels, params.n_samples), np.float32)
@@ -164,9 +175,20 @@ def _peak(audio: np.ndarray) -> float:
     return float(max(audio.max(), -audio.min())) if finite else math.inf
 
 
+def _swing(audio: np.ndarray) -> float:
+    """The largest excursion of some audio from each channel's mean: a constant offset (the DC bias of an old
+    converter, of some packs' one-shots) is no sound, and +0.001 of it under a faint hiss read as a kick
+    (0.88); inf when any sample is not a number."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        swing = float(np.abs(audio - audio.mean(axis=0)).max())
+    return swing if math.isfinite(swing) else math.inf
+
+
 def _from_first_sound(f: sf.SoundFile, frames: int, silent: np.ndarray) -> np.ndarray:
     """`frames` frames from the first audible sample within LOOK_AHEAD_S of the start, read a block at a
-    time (memory stays that of a clip); `silent`, the opening, when there is none."""
+    time (memory stays that of a clip); `silent`, the opening, when there is none. Audible: away from the
+    opening's offset (_swing)."""
+    offset = np.nan_to_num(silent.mean(axis=0))
     seen, limit = silent.shape[0], int(LOOK_AHEAD_S * f.samplerate)
     while seen < limit:
         block = _read(f, min(frames, limit - seen))
@@ -174,7 +196,7 @@ def _from_first_sound(f: sf.SoundFile, frames: int, silent: np.ndarray) -> np.nd
             break
         seen += block.shape[0]
         with np.errstate(invalid="ignore"):  # a NaN sample is no sound
-            loud = np.flatnonzero(np.abs(block).max(axis=1) >= INAUDIBLE)
+            loud = np.flatnonzero(np.abs(block - offset).max(axis=1) >= INAUDIBLE)
         if loud.size:
             start = block[loud[0] :]
             return np.concatenate([start, _read(f, frames - start.shape[0])]) if len(start) < frames else start
@@ -278,7 +300,6 @@ def check_readable(path: str) -> tuple[int, int]:
 # Sizes that recorders and pipes write when the length is not known yet (sox writing to a pipe, a streamed
 # or interrupted recording): libsndfile reads such a file whole, and so do DAWs.
 _UNKNOWN_LENGTH = frozenset({0xFFFFFFFF, 0x7FFFF000, 0x7FFFFFFF, 0x80000000})
-_SLACK_BYTES = 64  # a writer that counted its header into the data size, or a last odd byte lost
 
 
 def _link_target(path: str) -> str:
@@ -289,11 +310,15 @@ def _link_target(path: str) -> str:
 
 
 def _check_not_truncated(f: sf.SoundFile) -> None:
-    match = _SHORT_DATA.search(f.extra_info)
-    if not match:
+    """A file that lost most of its audio is refused; one that lost a little (a copy cut at its last
+    milliseconds, a writer that counted its header in) plays in every DAW, and is read: 2 ms short, it was
+    refused as truncated. A cut RF64 or W64 file was read as whole."""
+    sizes = {m.group(1): (int(m.group(2)), int(m.group(3))) for m in _SHORT_DATA.finditer(f.extra_info)}
+    short = sizes.get("data") or sizes.get("SSND") or sizes.get("Riff size") or sizes.get("riff")
+    if short is None:
         return
-    declared, present = int(match.group(1)), int(match.group(2))
-    if declared in _UNKNOWN_LENGTH or declared - present <= _SLACK_BYTES:
+    declared, present = short
+    if declared in _UNKNOWN_LENGTH or 2 * present >= declared:
         return
     raise DecodeError(f"truncated or corrupt: header declares {declared} bytes of audio, file holds {present}")
 
@@ -304,4 +329,14 @@ def _describe_libsndfile_error(e: sf.LibsndfileError) -> str:
     # has just been checked, so the words really mean it could not make sense of the bytes
     if "Format not recognised" in reason or "not a regular file" in reason:
         return "not a recognised audio format (unsupported codec, or not audio at all)"
+    for said, meant in _LIBSNDFILE_SAYS.items():  # its words for a damaged file, said as a producer would
+        if said in reason:
+            return f"{meant} ({reason})"
     return f"cannot decode audio: {reason}"
+
+
+_LIBSNDFILE_SAYS = {
+    "SF_INFO struct incomplete": "damaged header: no sample rate or channel count",
+    "lost sync": "truncated or corrupt",
+    "file is malformed": "truncated or corrupt",
+}
