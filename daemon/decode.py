@@ -113,6 +113,11 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
     try:
         with _sound_file(path) as f:
             _check_not_truncated(f)
+            if f.frames == 0 and _NOT_CLOSED.search(f.extra_info):  # "no audio frames": it holds seconds of it
+                raise DecodeError(
+                    "its header says it holds no audio, yet the file goes on: a recording that was not closed"
+                    " properly? (re-saving it in an audio editor mends it)"
+                )
             native_sr = f.samplerate
             if not RATES[0] <= native_sr <= RATES[1]:  # a damaged header: its "3 s" could be the whole file,
                 # 2 GB of samples for a 48 MB file, or 24 GiB asked of the allocator for one of 65 kB
@@ -299,6 +304,7 @@ def check_readable(path: str) -> tuple[int, int]:
 
 # Sizes that recorders and pipes write when the length is not known yet (sox writing to a pipe, a streamed
 # or interrupted recording): libsndfile reads such a file whole, and so do DAWs.
+_NOT_CLOSED = re.compile(r"^data : 0\n\*\*\* Unknown chunk marker", re.M)  # the samples read as a chunk's name
 _UNKNOWN_LENGTH = frozenset({0xFFFFFFFF, 0x7FFFF000, 0x7FFFFFFF, 0x80000000})
 
 

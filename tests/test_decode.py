@@ -430,3 +430,8 @@ def test_damaged_files_say_so_in_a_producers_words(tmp_path: Path) -> None:
     (tmp_path / "zero.wav").write_bytes(bytes(header))
     with pytest.raises(DecodeError, match=r"^damaged header: no sample rate or channel count"):
         decode(str(tmp_path / "zero.wav"), SpectrogramParams())
+    struct.pack_into("<I", header, 24, 44100)
+    struct.pack_into("<I", header, header.index(b"data") + 4, 0)  # a recorder that stopped before closing it
+    (tmp_path / "unclosed.wav").write_bytes(bytes(header))
+    with pytest.raises(DecodeError, match="header says it holds no audio, yet the file goes on"):
+        decode(str(tmp_path / "unclosed.wav"), SpectrogramParams())  # it said "no audio frames in file"
