@@ -223,6 +223,7 @@ class Tray(QObject):
         # suspended or busy froze the whole tray for as long as a call waited
         self._calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tray-call")
         self._asking: Client | None = None  # the client of the call being made, if any
+        self._stopping = False
         self._replied.connect(lambda then: then())
         self.link = DaemonLink(self.home)
         self.link.received.connect(self._on_event)
@@ -238,6 +239,7 @@ class Tray(QObject):
 
     def stop(self) -> None:
         self.link.stop()
+        self._stopping = True
         self._calls.shutdown(wait=False, cancel_futures=True)
         if (asking := self._asking) is not None:
             asking.close()
@@ -368,6 +370,8 @@ class Tray(QObject):
             try:
                 with Client(home_dir=self.home, timeout=timeout) as c:
                     self._asking = c  # closed by stop(): a quit waited for a call of minutes (a big watch added)
+                    if self._stopping:  # (stopped as this call began: nobody closed it)
+                        return
                     answer = call(c)
             except ClientClosed:
                 return
@@ -389,8 +393,9 @@ class Tray(QObject):
 
     def add_watch(self, folder: str = "") -> None:
         folder = folder or QFileDialog.getExistingDirectory(None, "Add a watch folder", str(Path.home()))
-        if folder:  # the daemon's next status event shows it
-            self._call(lambda c: c.add_watch(folder), timeout=ADD_WATCH_TIMEOUT_S)
+        if folder:  # the daemon's next status event shows it; one that does not answer is said in seconds, not
+            # minutes (its connection waits as long as the call), the clicks after it waiting meanwhile
+            self._call(lambda c: (c.status(CALL_TIMEOUT_S), c.add_watch(folder)), timeout=ADD_WATCH_TIMEOUT_S)
 
     def open_search(self) -> SearchDialog:
         dialog = SearchDialog(self.home)

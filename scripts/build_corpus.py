@@ -298,7 +298,7 @@ CAP_PER_UNIT = {"h2": 16, "sfdrum": 32}  # at most this many clips from one drum
 # a preset that gives no sound at a drawn pitch (a FluidR3 strings note): the clip is left out, a class one short,
 # and the build goes on; any other error of a clip fails it
 SILENT_RENDER = "silent render"
-SILENT_MOST = 0.01  # of the clips planned: more silent ones fail the build
+SILENT_MOST, SILENT_FEW = 0.01, 10  # of the clips planned, and at least: more silent ones fail the build
 SOURCE_WEIGHT = {"espeak": 0.35}  # espeak-ng is a little extra vocals material, never alone
 P_EFFECT = 0.30
 # Sample packs hold chords and stabs as well as single notes: a share of the melodic clips of these
@@ -987,7 +987,7 @@ def main(argv=None) -> int:
     log(summary)
     if any(e["error"] != SILENT_RENDER for e in errors):  # (a preset silent at a pitch is left out, as planned)
         return 1
-    if len(errors) > SILENT_MOST * len(jobs):  # a soundfont that renders nothing is no preset silent at a pitch
+    if len(errors) > max(SILENT_FEW, SILENT_MOST * len(jobs)):  # a soundfont rendering nothing: no preset at a pitch
         log(f"{len(errors)} of {len(jobs)} clips rendered silent: is a soundfont broken?")
         return 1
     if args.effects_out:

@@ -212,12 +212,16 @@ def test_a_daemon_that_stops_answering_shows_as_not_running(tray: Tray, model_ho
         finally:
             d.proc.send_signal(signal.SIGCONT)
         wait_view(tray, showing(ts.Icon.IDLE), timeout=45)
-        d.proc.send_signal(signal.SIGSTOP)  # a quit while a call waits for it (adding a watch may take minutes)
+        d.proc.send_signal(signal.SIGSTOP)
         try:
-            tray.add_watch(str(model_home))
+            said = len(notices)
+            tray.add_watch(str(model_home))  # (a watch may take minutes: its connection waited as long)
+            wait_notices(notices, said + 1, timeout=20)
+            assert "is suspended" in notices[-1].text, notices
+            tray.add_watch(str(model_home))  # and a quit while a call waits for it
             wait_for(lambda: any(t.name.startswith("tray-call") for t in threading.enumerate()))
             tray.stop()
-            wait_for(lambda: not any(t.name.startswith("tray-call") for t in threading.enumerate()), timeout=10)
+            wait_for(lambda: not any(t.name.startswith("tray-call") for t in threading.enumerate()), timeout=3)
         finally:
             d.proc.send_signal(signal.SIGCONT)
     finally:
