@@ -252,15 +252,15 @@ def cmd_pause(args: argparse.Namespace) -> int:
 
 
 def cmd_tray(args: argparse.Namespace) -> int:
+    try:  # first: without it, a producer who mended the display was told of it next
+        from .tray import run
+    except ImportError as e:
+        raise CommandError(f"the tray needs PySide6: in Vibrary's clone, pip install -e '.[tray]' ({e})") from None
     graphical = ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")
     if sys.platform not in ("darwin", "win32") and not any(os.environ.get(v) for v in graphical):
         # Qt would abort the process without a word a user could act on
         raise CommandError("the tray needs a graphical session: DISPLAY and WAYLAND_DISPLAY are unset")
     config.unix_target(config.socket_path(config.home()))  # a home no daemon can listen in: said here, once
-    try:
-        from .tray import run
-    except ImportError as e:
-        raise CommandError(f"the tray needs PySide6: in Vibrary's clone, pip install -e '.[tray]' ({e})") from None
     return run()
 
 

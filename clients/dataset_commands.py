@@ -28,6 +28,10 @@ def _size(n: int) -> str:
 _LEFT_OUT = {"unreadable": "unreadable", "silent": "silent", "duplicate": "the same sound as another"}
 
 
+def _why_left_out(kinds: dict[str, int]) -> str:
+    return ", ".join(f"{n} {_LEFT_OUT[kind]}" for kind, n in kinds.items() if n)
+
+
 def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
     from vibrary.daemon.advice import MORE
 
@@ -45,7 +49,7 @@ def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
         "left_out_files": [{"path": path, "error": why} for path, why in report.failed],  # (stderr names a few)
         "advice": report.advice,
     }
-    why = ", ".join(f"{n} {_LEFT_OUT[kind]}" for kind, n in report.left_out.items() if n)
+    why = _why_left_out(report.left_out)
     human = (
         f"dataset {name}: {many(manifest.clips, 'clip')} in {len(manifest.classes)} classes "
         f"({', '.join(f'{c} {n}' for c, n in report.per_class.items())})\n"
@@ -230,21 +234,24 @@ def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
         dataset.load(home_dir, args.name)  # "no dataset", before any file is looked at
     examples = _examples(args)
     config.Settings.load(home_dir)  # a bad config.json stops the build: said before "replacing", not after
+    replaced = 0  # said once it is: "replacing" was said of a dataset a refused build then kept
     if args.action == "create":
         with contextlib.suppress(FileNotFoundError, ValueError):
-            before, _ = dataset.load(home_dir, args.name)
-            said = f"vibrary: replacing dataset {args.name} ({many(before.clips, 'clip')}, and any edits made to it)"
-            print(said, file=sys.stderr)
+            replaced = dataset.load(home_dir, args.name)[0].clips
     bar = tqdm(total=len(examples), unit="file", disable=None, file=sys.stderr, desc="spectrograms")
     try:
         if args.action == "create":
             report = dataset.build(home_dir, args.name, examples, progress=bar.update)
             added, unread = report.manifest.clips, report.failed
+            if replaced:
+                before = f"{many(replaced, 'clip')} before, and any edits made to it"
+                tqdm.write(f"vibrary: replaced dataset {args.name} ({before})", file=sys.stderr)
         else:  # only this add's failures: a file an earlier build could not read, elsewhere, is not news
             grown = dataset.add(home_dir, args.name, examples, progress=bar.update, restore=args.restore)
             report, added, unread = grown.report, grown.added, grown.unread
-            if not added and unread:  # (said of files that could not be read, it sent people looking elsewhere)
-                print(f"vibrary: nothing added: the {many(len(unread), 'new file')} could not be read", file=sys.stderr)
+            if not added and unread:  # "could not be read" of a copy of a file in it sent people looking for damage
+                why = _why_left_out(dataset.left_out(unread))
+                print(f"vibrary: nothing added: {many(len(unread), 'new file')} left out ({why})", file=sys.stderr)
             elif not added:
                 print(f"vibrary: nothing to add: {args.name} has these files already", file=sys.stderr)
             if grown.left_out:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from tqdm import tqdm
 from vibrary.daemon import config, registry
 from vibrary.daemon.folders import indexed_path
-from vibrary.daemon.index import NO_SUCH_PATH, Job, Result
+from vibrary.daemon.index import HIT_SCORE, NO_SUCH_PATH, Job, Result
 from vibrary.daemon.infer import ModelError
 from vibrary.daemon.modelref import parse_ref
 from vibrary.proto import daemon_pb2 as pb
@@ -136,9 +136,29 @@ def cmd_search(args: argparse.Namespace) -> int:
         unknown = _unknown_tags(c, groups, excluded, args.model or "", n)
         if not args.json or unknown:  # (stderr is the human's with --json too: a typo was silent there)
             print(f"{many(n)}{unknown}", file=sys.stderr)
+        if n == 0 and not unknown and args.min_score is None and groups:
+            _say_unfamiliar(c, groups, excluded, args)
         if n == 0 and args.under and not os.path.isdir(args.under):
             print(f"vibrary: no folder {args.under} (--under)", file=sys.stderr)
     return 0
+
+
+GUESSES_COUNTED = 1000
+
+
+def _say_unfamiliar(c: Client, groups: list[list[str]], excluded: list[str], args: argparse.Namespace) -> None:
+    """A tag just trained found nothing, bare "0 files", where its model scored files high but found them unlike
+    its examples (docs/familiarity.md): such guesses are kept, marked '?', and found by a score asked for."""
+    found = c.search(groups, excluded, HIT_SCORE, args.under or "", args.model or "", GUESSES_COUNTED)
+    guessed = sum(1 for _ in found)
+    if guessed:
+        over = "over " if guessed == GUESSES_COUNTED else ""
+        print(
+            f"vibrary: {over}{many(guessed)} scored {HIT_SCORE:g} or more but {'sounds' if guessed == 1 else 'sound'}"
+            " unlike the examples the model"
+            f" learned from (shown with '?'): --min-score {HIT_SCORE:g} lists them",
+            file=sys.stderr,
+        )
 
 
 def _as_words(word: str, tags: set[str]) -> list[str]:

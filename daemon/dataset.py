@@ -68,6 +68,15 @@ SILENT_FILE = "silent: "  # (the reasons a file is left out that are no failure 
 SAME_SOUND = "the same sound as "
 
 
+def left_out(failed: Sequence[tuple[str, str]]) -> dict[str, int]:
+    """Why files were left out, counted: a copy of another file is nothing to mend, an unreadable one is."""
+    kinds = Counter(
+        "duplicate" if why.startswith(SAME_SOUND) else "silent" if why.startswith(SILENT_FILE) else "unreadable"
+        for _, why in failed
+    )
+    return {kind: kinds[kind] for kind in ("unreadable", "silent", "duplicate")}
+
+
 @dataclass
 class BuildReport:
     manifest: shards.Manifest
@@ -85,12 +94,7 @@ class BuildReport:
 
     @property
     def left_out(self) -> dict[str, int]:
-        """Why files were left out, counted: a copy of another file is nothing to mend, an unreadable one is."""
-        kinds = Counter(
-            "duplicate" if why.startswith(SAME_SOUND) else "silent" if why.startswith(SILENT_FILE) else "unreadable"
-            for _, why in self.failed
-        )
-        return {kind: kinds[kind] for kind in ("unreadable", "silent", "duplicate")}
+        return left_out(self.failed)
 
 
 @dataclass

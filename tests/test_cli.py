@@ -574,7 +574,9 @@ def test_a_dataset_a_training_reads_cannot_be_changed_by_another_command(model_h
             busy = vibrary("dataset", *args, home=model_home, check=False)
             assert busy.returncode == 1 and "is being trained on" in busy.stderr, (args, busy.stderr)
     again = vibrary("dataset", "create", "mine", str(tmp_path / "ex"), home=model_home)
-    assert "replacing dataset mine (4 clips" in again.stderr
+    assert "replaced dataset mine (4 clips before" in again.stderr
+    refused = vibrary("dataset", "create", "mine", str(tmp_path / "ex" / "low"), home=model_home, check=False)
+    assert refused.returncode == 1 and "replac" not in refused.stderr, refused.stderr  # it was kept: said so first
 
 
 def test_deactivate_by_name_deactivates_the_active_version(model_home: Path, tmp_path: Path) -> None:

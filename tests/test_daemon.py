@@ -695,6 +695,26 @@ def test_a_file_like_none_of_a_models_examples_keeps_its_guess_but_is_not_found(
     assert "?" in vibrary("tags", str(noise), home=daemon.home).stdout.split("family:")[1]
 
 
+def test_a_search_that_finds_only_guesses_unlike_the_examples_says_so(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A tag just trained found "0 files", bare, where its model scored a file 0.7 but found it unlike its
+    examples: kept, marked '?', and listed by a score asked for; the search says so."""
+    library = tmp_path / "library"
+    library.mkdir()
+    t = np.arange(44100) / 44100
+    hum = 0.1 * np.sin(2 * np.pi * BANDS["low"] * t) + 0.06 * np.random.default_rng(0).standard_normal(44100)
+    sf.write(str(library / "hum.wav"), hum.astype(np.float32), 44100)  # family: deep 0.70, under its bar of 0.9
+    fussy = band_model(tmp_path / "family.onnx", name="family", classes=("deep", "body", "air"), familiar_from=0.9)
+    vibrary("models", "install", str(fussy), home=daemon.home)
+    daemon.client.add_watch(str(library))
+    wait_for(lambda: _indexed(daemon.client, 1) and "family@1" in daemon.client.status().models)
+    said = vibrary("search", "deep", home=daemon.home)
+    assert said.stdout == "" and said.stderr.startswith("0 files\n"), said.stderr
+    assert "1 file scored 0.5 or more but sounds unlike the examples" in said.stderr
+    listed = json_lines(vibrary("search", "deep", "--min-score", "0.5", "--json", home=daemon.home).stdout)
+    assert [line["path"] for line in listed] == [str(library / "hum.wav")]
+    assert "scored" not in vibrary("search", "air", home=daemon.home).stderr  # none scored so: nothing to say
+
+
 def test_versions_and_rollback(daemon: DaemonProcess, tmp_path: Path) -> None:
     library = tmp_path / "library"
     library.mkdir()

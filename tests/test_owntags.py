@@ -351,8 +351,12 @@ def test_an_add_whose_new_files_cannot_be_read_says_so(home: Path, tmp_path: Pat
     vibrary("dataset", "create", "mine", str(tags), home=home)
     (tags / "thump" / "new.wav").write_text("not audio")
     added = vibrary("dataset", "add", "mine", str(tags), home=home)
-    assert "nothing added: the 1 new file could not be read" in added.stderr, added.stderr
+    assert "nothing added: 1 new file left out (1 unreadable)" in added.stderr, added.stderr
     assert "has these files already" not in added.stderr and f"skipped {tags / 'thump' / 'new.wav'}" in added.stderr
+    (tags / "thump" / "new.wav").unlink()
+    shutil.copy(next((tags / "thump").glob("*.wav")), tags / "thump" / "copy.wav")  # read fine: a copy
+    added = vibrary("dataset", "add", "mine", str(tags), home=home)
+    assert "nothing added: 1 new file left out (1 the same sound as another)" in added.stderr, added.stderr
 
 
 def test_files_lying_in_a_folder_given_beside_its_tag_folders_are_said_to_be_left_out(

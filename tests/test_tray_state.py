@@ -290,3 +290,14 @@ def test_tray_without_a_graphical_session_says_so(home: Path, monkeypatch: pytes
         monkeypatch.delenv(var, raising=False)
     proc = vibrary("tray", home=home, check=False)
     assert proc.returncode == 1 and "needs a graphical session" in proc.stderr
+
+
+def test_tray_without_pyside6_says_so_first(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the [tray] extra (and a display) it said only that there was no display: mended, the next try
+    said PySide6 was missing."""
+    for var in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "PySide6.py").write_text("raise ImportError('No module named PySide6')\n")  # as if not installed
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    proc = vibrary("tray", home=home, check=False)
+    assert proc.returncode == 1 and "the tray needs PySide6" in proc.stderr, proc.stderr
