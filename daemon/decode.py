@@ -102,6 +102,7 @@ LOUDEST = 1e6  # float samples beyond this (full scale is 1) are clipped to it: 
 WILD_MOST, WILD_FEW = 0.001, 64  # ... and beyond this share of such samples (or NaN, inf), and this many, a
 # file is corrupt, not loud (one NaN in a one-shot of 200 samples is a glitch)
 INAUDIBLE = 10 ** (-70 / 20)  # opening seconds that peak below -70 dBFS are silence (16-bit dither: -90)
+CLEARLY_LOUD = 10 ** (-40 / 20)  # a peak above which an offset needs no looking at: none that large carries nothing
 # How far into a file whose opening seconds are silent the first sound is looked for (a stem that starts at
 # bar 17, a kick after 5 s of silence): those files had no tags, and never turned up in a search.
 LOOK_AHEAD_S = 60.0
@@ -189,9 +190,11 @@ def _loudness(audio: np.ndarray, frames: int) -> float:
     """How far some audio moves about each channel's mean: a constant offset (the DC bias of an old converter,
     of some packs' one-shots) is no sound, and +0.001 of it under a faint hiss read as a kick (0.88). Audio
     shorter than the clip, padded with zeros, moves from them (a rectangular click of 10 samples is a click).
-    inf when a sample is not a number. A channel at a time: strided, with no copy of the clip (4x the decode)."""
-    if audio.shape[0] < frames:
-        return _peak(audio) if audio.size else 0.0
+    inf when a sample is not a number. Measured only below CLEARLY_LOUD (the rest would cost a tenth of the
+    decode), a channel at a time: strided, with no copy of the clip (the first version made decoding 4x slower)."""
+    peak = _peak(audio) if audio.size else 0.0
+    if audio.shape[0] < frames or peak >= CLEARLY_LOUD:
+        return peak
     swing = 0.0
     for channel in audio.T:
         centre = float(channel.mean(dtype=np.float64))
