@@ -149,10 +149,11 @@ GUESSES_COUNTED = 1000
 def _say_unfamiliar(c: Client, groups: list[list[str]], excluded: list[str], args: argparse.Namespace) -> None:
     """A tag just trained found nothing, bare "0 files", where its model scored files high but found them unlike
     its examples (docs/familiarity.md): such guesses are kept, marked '?', and found by a score asked for."""
-    found = c.search(groups, excluded, HIT_SCORE, args.under or "", args.model or "", GUESSES_COUNTED)
+    found = c.search(groups, excluded, HIT_SCORE, args.under or "", args.model or "", GUESSES_COUNTED + 1)
     guessed = sum(1 for _ in found)
     if guessed:
-        over = "over " if guessed == GUESSES_COUNTED else ""
+        over = "over " if guessed > GUESSES_COUNTED else ""
+        guessed = min(guessed, GUESSES_COUNTED)
         print(
             f"vibrary: {over}{many(guessed)} scored {HIT_SCORE:g} or more but {'sounds' if guessed == 1 else 'sound'}"
             " unlike the examples the model"

@@ -125,6 +125,9 @@ def test_float_samples_far_past_full_scale_are_refused_or_give_a_finite_spectrog
     shot[100] = np.nan  # one glitch in a one-shot of 200 samples is not 0.1 % of a file gone wrong
     sf.write(tmp_path / "shot.wav", shot, 44100, subtype="FLOAT")
     assert decode(str(tmp_path / "shot.wav"), params).any()
+    sf.write(tmp_path / "tiny.wav", np.full(50, np.nan, np.float32), 44100, subtype="FLOAT")  # all of it wild
+    with pytest.raises(DecodeError, match="corrupt audio: 50 of its 50 samples"):
+        decode(str(tmp_path / "tiny.wav"), params)
 
 
 def test_a_constant_offset_is_no_sound(tmp_path: Path) -> None:
@@ -140,7 +143,9 @@ def test_a_constant_offset_is_no_sound(tmp_path: Path) -> None:
     heard = decode(str(tmp_path / "late.wav"), params)[0]
     assert np.abs(np.diff(heard[:2205])).max() > 1e-2  # the tone from its start (not the offset's flat line)
     sf.write(tmp_path / "click.wav", np.full(10, 0.5, np.float32), 22050, subtype="FLOAT")
-    assert decode(str(tmp_path / "click.wav"), params).any()  # constant, but padded with silence: a click
+    assert decode(str(tmp_path / "click.wav"), params).any()  # constant, but loud: a click
+    sf.write(tmp_path / "shot.wav", biased[:22050], 22050, subtype="FLOAT")  # a one-shot of it: a kick again
+    assert not decode(str(tmp_path / "shot.wav"), params).any()
 
 
 def test_a_file_name_that_is_not_utf8_decodes(tmp_path: Path) -> None:
@@ -449,6 +454,10 @@ def test_damaged_files_say_so_in_a_producers_words(tmp_path: Path) -> None:
     for name in ("unclosed.wav", "unclosed_quiet.wav"):  # it said "no audio frames in file"
         with pytest.raises(DecodeError, match="header says it holds no audio, yet the file goes on"):
             decode(str(tmp_path / name), SpectrogramParams())
-    (tmp_path / "empty.wav").write_bytes(bytes(header[: at + 4]))  # really none: said so
-    with pytest.raises(DecodeError, match="no audio frames in file"):
-        decode(str(tmp_path / "empty.wav"), SpectrogramParams())
+    empty = bytes(header[: at + 4])
+    listed = empty + b"LIST" + struct.pack("<I", 8000) + b"INFO" + bytes(7996)  # and its metadata after it
+    listed = listed[:4] + struct.pack("<I", len(listed) - 8) + listed[8:]
+    for name, data in (("empty.wav", empty), ("listed.wav", listed)):  # really none: said so
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DecodeError, match="no audio frames in file"):
+            decode(str(tmp_path / name), SpectrogramParams())
