@@ -706,8 +706,9 @@ def test_a_search_that_finds_only_guesses_unlike_the_examples_says_so(daemon: Da
     fussy = band_model(tmp_path / "family.onnx", name="family", classes=("deep", "body", "air"), familiar_from=0.9)
     vibrary("models", "install", str(fussy), home=daemon.home)
     daemon.client.add_watch(str(library))
-    wait_for(lambda: _indexed(daemon.client, 1) and "family@1" in daemon.client.status().models)
-    said = vibrary("search", "deep", home=daemon.home)
+    hummed = str(library / "hum.wav")
+    wait_for(lambda: any(t.model == "family" for f in daemon.client.tags([hummed]) for t in f.tags))  # (tagged by
+    said = vibrary("search", "deep", home=daemon.home)  # the first model first, then by the family once it loads)
     assert said.stdout == "" and said.stderr.startswith("0 files\n"), said.stderr
     assert "1 file scored 0.5 or more but sounds unlike the examples" in said.stderr
     listed = json_lines(vibrary("search", "deep", "--min-score", "0.5", "--json", home=daemon.home).stdout)
