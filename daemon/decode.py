@@ -126,10 +126,10 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
                 raise DecodeError(f"implausible sample rate in its header: {native_sr:,} Hz (damaged?)")
             frames = math.ceil(params.duration_s * native_sr)
             audio = _read(f, frames)
-            loudness = _loudness(audio, frames)
-            if audio.shape[0] == frames and loudness < INAUDIBLE:
+            peak = _peak(audio) if audio.size else 0.0
+            if audio.shape[0] == frames and _loudness(audio, peak) < INAUDIBLE:
                 audio = _from_first_sound(f, frames, audio)
-                loudness = _loudness(audio, frames)
+                peak = _peak(audio)
     except sf.LibsndfileError as e:
         check_readable(path)  # gone or locked since the first check: say that, not libsndfile's guess
         # its "System error" is the OS refusing an open or a read of a file just found readable: passing
@@ -138,7 +138,6 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
         raise DecodeError(f"cannot decode audio: {e}") from None
     if audio.shape[0] == 0:
         raise DecodeError("no audio frames in file")
-    peak = _peak(audio)
     if peak > LOUDEST:
         # NaN, inf, or float samples so large that the mix or the power spectrum overflows float32 (a
         # corrupt or mislabelled float file): that spectrogram was NaN, then quantized to 0 dB everywhere.
@@ -154,8 +153,7 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
         audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
         np.clip(audio, -LOUDEST, LOUDEST, out=audio)
         peak = float(max(audio.max(), -audio.min()))
-        loudness = _loudness(audio, frames)
-    if loudness < INAUDIBLE:
+    if _loudness(audio, peak) < INAUDIBLE:
         # a stem that starts late, its opening seconds only dither or a noise floor: spectrograms are
         # scaled to their own peak, so that floor looked like a hi-hat (0.74) to the model
         return np.zeros((params.channels, params.n_samples), np.float32)
@@ -185,16 +183,13 @@ def _peak(audio: np.ndarray) -> float:
     return float(max(audio.max(), -audio.min())) if finite else math.inf
 
 
-def _loudness(audio: np.ndarray, frames: int) -> float:
+def _loudness(audio: np.ndarray, peak: float) -> float:
     """How far some audio moves about each channel's mean: a constant offset (the DC bias of an old converter,
     of some packs' one-shots) is no sound, and +0.001 of it under a faint hiss read as a kick (0.88), in a
     one-shot as in a longer file (a loud constant, a rectangular click of 10 samples, is sound: CLEARLY_LOUD).
-    inf when a sample is not a number. Measured only below CLEARLY_LOUD (the rest would cost a tenth of the
-    decode), a channel at a time: strided, with no copy of the clip (the first version made decoding 4x slower)."""
-    if not audio.size:
-        return 0.0
-    peak = _peak(audio)
-    if peak >= CLEARLY_LOUD:
+    `peak`: its _peak (inf when a sample is not a number). Measured only below CLEARLY_LOUD (the rest would cost
+    a tenth of the decode), a channel at a time: strided, with no copy (a first version made decoding 4x slower)."""
+    if peak >= CLEARLY_LOUD or not audio.size:
         return peak
     swing = 0.0
     for channel in audio.T:
