@@ -317,6 +317,7 @@ def check_readable(path: str) -> tuple[int, int]:
 # or interrupted recording): libsndfile reads such a file whole, and so do DAWs.
 _LENGTH = re.compile(r"^Length : (\d+)$", re.M)  # libsndfile's log of a WAV: the file's size, then its chunks
 _CHUNK = re.compile(r"^([A-Za-z0-9 ]{4}) : (\d+)$", re.M)
+_NO_DATA = re.compile(r"^data : 0$", re.M)
 _NOT_CLOSED_BYTES = 4096  # bytes no chunk accounts for, beyond which a data size of 0 is a recording not closed
 
 
@@ -324,7 +325,7 @@ def _unaccounted(info: str) -> int:
     """Bytes of a RIFF file that none of its chunks holds: the samples of a recording whose data size was never
     written (0), read as no audio at all; 0 for an empty file, however much metadata it carries."""
     length = _LENGTH.search(info)
-    if length is None or not re.search(r"^data : 0$", info, re.M):
+    if length is None or not _NO_DATA.search(info):
         return 0
     chunks = [(name, int(size)) for name, size in _CHUNK.findall(info) if name not in ("RIFF", "RIFX", "RF64")]
     return int(length.group(1)) - 12 - sum(8 + size + size % 2 for _, size in chunks)
