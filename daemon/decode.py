@@ -12,33 +12,40 @@ import errno
 import math
 import os
 import re
-from collections.abc import Iterator
 
 import numpy as np
 import soundfile as sf
 import soxr
 
+from . import decode_ffmpeg
+from .decode_ffmpeg import FFmpegError, FFmpegFile
 from .spectrogram import SpectrogramParams
 
-# What libsndfile decodes; anything else in a watched folder is not ours to report on.
-AUDIO_EXTENSIONS = frozenset(
-    {
-        ".wav",
-        ".wave",
-        ".bwf",
-        ".aif",
-        ".aiff",
-        ".aifc",
-        ".flac",
-        ".ogg",
-        ".oga",
-        ".opus",
-        ".mp3",
-        ".caf",
-        ".w64",
-        ".rf64",
-    }
+# What libsndfile decodes, and what FFmpeg decodes for it; anything else in a watched folder is not ours to
+# report on.
+AUDIO_EXTENSIONS = (
+    frozenset(
+        {
+            ".wav",
+            ".wave",
+            ".bwf",
+            ".aif",
+            ".aiff",
+            ".aifc",
+            ".flac",
+            ".ogg",
+            ".oga",
+            ".opus",
+            ".mp3",
+            ".caf",
+            ".w64",
+            ".rf64",
+        }
+    )
+    | decode_ffmpeg.EXTENSIONS
 )
+# libsndfile's refusal of a container it knows holding a codec it does not (AAC or ALAC in a .caf): FFmpeg's turn
+UNSUPPORTED_ENCODING = "unsupported encoding"
 
 # libsndfile clamps a data chunk that runs past the end of the file and logs "data : 176400 (should be
 # 58770)": a truncated copy, or a header claiming more audio than there is.
@@ -113,19 +120,17 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
     those are silent, the duration_s from the first sound in the next LOOK_AHEAD_S."""
     check_readable(path)
     try:
-        with _sound_file(path) as f:
-            _check_not_truncated(f)
-            if f.frames == 0 and _unaccounted(f.extra_info) > _NOT_CLOSED_BYTES:  # "no audio frames": it has seconds
-                raise DecodeError(
-                    "its header says it holds no audio, yet the file goes on: a recording that was not closed"
-                    " properly? (re-saving it in an audio editor mends it)"
-                )
+        with contextlib.ExitStack() as opened:
+            f = _open(path, opened)
+            if isinstance(f, sf.SoundFile):
+                _check_header(f)
             native_sr = f.samplerate
             if not RATES[0] <= native_sr <= RATES[1]:  # a damaged header: its "3 s" could be the whole file,
                 # 2 GB of samples for a 48 MB file, or 24 GiB asked of the allocator for one of 65 kB
                 raise DecodeError(f"implausible sample rate in its header: {native_sr:,} Hz (damaged?)")
             frames = math.ceil(params.duration_s * native_sr)
             audio = _read(f, frames)
+            _check_whole(f, audio.shape[0], frames)
             peak = _peak(audio) if audio.size else 0.0
             if audio.shape[0] == frames and _loudness(audio, peak) < INAUDIBLE:
                 audio = _from_first_sound(f, frames, audio)
@@ -134,6 +139,9 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
         check_readable(path)  # gone or locked since the first check: say that, not libsndfile's guess
         # its "System error" is the OS refusing an open or a read of a file just found readable: passing
         raise (TryLater if "System error" in e.error_string else DecodeError)(_describe_libsndfile_error(e)) from None
+    except FFmpegError as e:
+        check_readable(path)
+        raise DecodeError(str(e)) from None
     except (RuntimeError, TypeError, ValueError) as e:  # soundfile wraps some codec errors this way
         raise DecodeError(f"cannot decode audio: {e}") from None
     if audio.shape[0] == 0:
@@ -163,17 +171,21 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
 LIBSNDFILE_NAME_MAX = 1000  # bytes of a file name libsndfile opens itself ("Supplied filename too long": 1024)
 
 
-@contextlib.contextmanager
-def _sound_file(path: str) -> Iterator[sf.SoundFile]:
-    """libsndfile opens the file by its name, given as bytes (a name that is not UTF-8 opens too); a longer
-    name than it takes (a deep folder of long pack names: the system allows 4096) through a file object."""
+def _open(path: str, opened: contextlib.ExitStack) -> sf.SoundFile | FFmpegFile:
+    """libsndfile's reader for what it reads, FFmpeg's for the rest, closed with `opened`. libsndfile opens
+    the file by its name, given as bytes (a name that is not UTF-8 opens too); a longer name than it takes (a
+    deep folder of long pack names: the system allows 4096) through a file object."""
+    if os.path.splitext(path)[1].lower() in decode_ffmpeg.EXTENSIONS:
+        return opened.enter_context(FFmpegFile(path))
     name = os.fsencode(path)
-    if len(name) < LIBSNDFILE_NAME_MAX:
-        with sf.SoundFile(name) as f:
-            yield f
-        return
-    with open(name, "rb") as raw, sf.SoundFile(raw) as f:
-        yield f
+    try:
+        if len(name) < LIBSNDFILE_NAME_MAX:
+            return opened.enter_context(sf.SoundFile(name))
+        return opened.enter_context(sf.SoundFile(opened.enter_context(open(name, "rb"))))
+    except sf.LibsndfileError as e:
+        if UNSUPPORTED_ENCODING not in e.error_string:
+            raise
+    return opened.enter_context(FFmpegFile(path))
 
 
 def _peak(audio: np.ndarray) -> float:
@@ -200,7 +212,7 @@ def _loudness(audio: np.ndarray, peak: float) -> float:
     return swing
 
 
-def _from_first_sound(f: sf.SoundFile, frames: int, silent: np.ndarray) -> np.ndarray:
+def _from_first_sound(f: sf.SoundFile | FFmpegFile, frames: int, silent: np.ndarray) -> np.ndarray:
     """`frames` frames from the first audible sample within LOOK_AHEAD_S of the start, read a block at a
     time (memory stays that of a clip); `silent`, the opening, when there is none. Audible: away from the
     opening's offset (_loudness)."""
@@ -219,9 +231,11 @@ def _from_first_sound(f: sf.SoundFile, frames: int, silent: np.ndarray) -> np.nd
     return silent
 
 
-def _read(f: sf.SoundFile, frames: int) -> np.ndarray:
+def _read(f: sf.SoundFile | FFmpegFile, frames: int) -> np.ndarray:
     """(frames, channels) float32. 16-bit files are read as integers and scaled by numpy: libsndfile's
     own conversion is a scalar loop that took longer than the read, and the result is the same (x / 32768)."""
+    if isinstance(f, FFmpegFile):
+        return f.read(frames)
     if f.subtype != "PCM_16":
         return f.read(frames, dtype="float32", always_2d=True)
     audio = f.read(frames, dtype="int16", always_2d=True).astype(np.float32)
@@ -333,6 +347,7 @@ def _unaccounted(info: str) -> int:
 
 _UNKNOWN_LENGTH = frozenset({0xFFFFFFFF, 0x7FFFF000, 0x7FFFFFFF, 0x80000000})
 _SLACK_BYTES, _SLACK_SHARE = 64, 0.01  # a writer that counted its header in, a last odd byte or milliseconds lost
+_SLACK_FRAMES = 2048  # two AAC frames: an encoder's padding counted in the declared length, or not
 
 
 def _link_target(path: str) -> str:
@@ -340,6 +355,23 @@ def _link_target(path: str) -> str:
         return os.path.join(os.path.dirname(path), os.readlink(path))
     except OSError:
         return "its target"
+
+
+def _check_header(f: sf.SoundFile) -> None:
+    _check_not_truncated(f)
+    if f.frames == 0 and _unaccounted(f.extra_info) > _NOT_CLOSED_BYTES:  # "no audio frames": it has seconds
+        raise DecodeError(
+            "its header says it holds no audio, yet the file goes on: a recording that was not closed"
+            " properly? (re-saving it in an audio editor mends it)"
+        )
+
+
+def _check_whole(f: sf.SoundFile | FFmpegFile, got: int, asked: int) -> None:
+    """A stream that ends well before the length its container declares (an .m4a cut short after its index)
+    is refused as a truncated WAV is. libsndfile counts a WAV's frames from what the file holds: never short."""
+    declared = min(asked, f.frames)
+    if got < declared and declared - got > max(_SLACK_FRAMES, _SLACK_SHARE * declared):
+        raise DecodeError(f"truncated or corrupt: its audio ends after {got:,} of the {declared:,} frames it declares")
 
 
 def _check_not_truncated(f: sf.SoundFile) -> None:

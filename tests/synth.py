@@ -50,6 +50,22 @@ def write_tone(
     return path
 
 
+def write_encoded(path: Path | str, audio: np.ndarray, sr: int, container: str, codec: str, **options: str) -> Path:
+    """(frames, channels) float audio encoded by FFmpeg (PyAV) as libsndfile cannot: AAC or ALAC in an .m4a
+    ("ipod"), a bare AAC stream ("adts"), ALAC in a .caf. `options`: the muxer's (movflags="faststart")."""
+    import av
+
+    layout = "stereo" if audio.shape[1] == 2 else "mono"
+    with av.open(str(path), "w", format=container, options=options) as out:
+        stream = out.add_stream(codec, rate=sr, layout=layout)
+        assert isinstance(stream, av.AudioStream)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio.T, np.float32), format="fltp", layout=layout)
+        frame.sample_rate = sr
+        for packets in (stream.encode(frame), stream.encode(None)):
+            out.mux(packets)
+    return Path(path)
+
+
 def band_model(
     path: Path | str,
     name: str = "bands",

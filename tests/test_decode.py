@@ -13,7 +13,7 @@ from vibrary.daemon.decode import DecodeError, TryLater, decode, is_audio_path
 from vibrary.daemon.features import fingerprint
 from vibrary.daemon.spectrogram import SpectrogramParams
 
-from tests.synth import tone, write_tone
+from tests.synth import tone, write_encoded, write_tone
 
 P = SpectrogramParams()
 
@@ -33,18 +33,28 @@ def _peak_hz(x: np.ndarray, sr: int) -> float:
         ("e.ogg", "OGG", "VORBIS", 44100, 2),
         ("f.mp3", "MP3", "MPEG_LAYER_III", 44100, 1),
         ("g.wav", "WAV", "FLOAT", 32000, 1),
+        # what libsndfile does not read, FFmpeg does: it left .m4a out unsaid, refused Apple Loops' codecs
+        ("h.m4a", "ipod", "aac", 44100, 2),
+        ("i.m4a", "ipod", "alac", 48000, 1),
+        ("j.caf", "caf", "alac", 44100, 2),
+        ("k.aac", "adts", "aac", 22050, 1),
     ],
 )
 def test_formats_decode_to_the_same_tone(
     tmp_path: Path, name: str, fmt: str, subtype: str, sr: int, channels: int
 ) -> None:
-    path = write_tone(tmp_path / name, 1000.0, seconds=1.0, sr=sr, subtype=subtype, channels=channels, fmt=fmt)
+    if fmt in ("ipod", "caf", "adts"):
+        path = write_encoded(tmp_path / name, tone(1000.0, 1.0, sr, channels=channels), sr, fmt, subtype)
+    else:
+        path = write_tone(tmp_path / name, 1000.0, seconds=1.0, sr=sr, subtype=subtype, channels=channels, fmt=fmt)
+    assert is_audio_path(str(path))
     clip = decode(str(path), P)
     assert clip.shape == (1, P.n_samples) and clip.dtype == np.float32
     voiced = clip[0, : int(0.8 * P.sample_rate)]
     assert abs(_peak_hz(voiced, P.sample_rate) - 1000.0) < 10.0
     assert 0.2 < np.abs(voiced).max() < 0.7
-    assert np.all(clip[0, int(1.05 * P.sample_rate) :] == 0.0)  # zero padded after the 1-s tone
+    # zero padded after the 1-s tone (and after an AAC stream's encoder delay, 46 ms at 22.05 kHz)
+    assert np.all(clip[0, int(1.1 * P.sample_rate) :] == 0.0)
 
 
 def test_only_the_first_seconds_are_read_and_long_files_are_cut(tmp_path: Path) -> None:
@@ -85,6 +95,27 @@ def test_errors_are_one_clear_line(tmp_path: Path) -> None:
         decode(str(tmp_path / "missing.wav"), P)
     with pytest.raises(DecodeError, match="not a regular file"):
         decode(str(tmp_path), P)
+
+
+def test_what_ffmpeg_cannot_read_is_said_clearly(tmp_path: Path) -> None:
+    (tmp_path / "text.m4a").write_text("not audio\n" * 20)
+    with pytest.raises(DecodeError, match=r"^not a recognised audio format"):
+        decode(str(tmp_path / "text.m4a"), P)
+    import av
+
+    whole = write_encoded(tmp_path / "a.m4a", tone(440.0, 2.0), 44100, "ipod", "aac", movflags="faststart")
+    data = whole.read_bytes()
+    with av.open(str(whole)) as container:
+        starts = [p.pos for p in container.demux(container.streams.audio[0]) if p.pos is not None and p.pos > 0]
+    # an index up front, its audio cut short: after a packet (the stream ends early), or within one
+    for cut, said in ((starts[20], "its audio ends after"), (starts[40] + 5, "its audio breaks off after")):
+        (tmp_path / "cut.m4a").write_bytes(data[:cut])
+        with pytest.raises(DecodeError, match=f"^truncated or corrupt: {said}"):
+            decode(str(tmp_path / "cut.m4a"), P)
+    data = write_encoded(tmp_path / "a.m4a", tone(440.0, 2.0), 44100, "ipod", "aac").read_bytes()  # index last
+    (tmp_path / "cut.m4a").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DecodeError, match=r"^not a recognised audio format"):
+        decode(str(tmp_path / "cut.m4a"), P)
 
 
 def test_audio_extensions() -> None:

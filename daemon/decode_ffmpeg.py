@@ -1,0 +1,106 @@
+"""Audio that libsndfile does not read, through FFmpeg (PyAV): AAC and ALAC, in `.m4a` and `.aac` files and in
+the `.caf` files of Apple Loops. Libraries of Mac producers hold many; they were left out of the index without
+a word (`.m4a`) or failed with "unsupported encoding" (`.caf`).
+
+`FFmpegFile` offers what `decode` asks of a `soundfile.SoundFile` (samplerate, frames, read), so both kinds of
+file take one path through the decoder and its checks. PyAV is imported when such a file is first met.
+"""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+# Containers that only FFmpeg reads here (a `.caf` goes to it when libsndfile refuses the codec inside)
+EXTENSIONS = frozenset({".m4a", ".aac"})
+
+
+class FFmpegError(Exception):
+    """FFmpeg could not read the file; str() is the reason in a producer's words."""
+
+
+class FFmpegFile:
+    """The first audio stream of a file, decoded to float32 frames at its own rate, a block at a time."""
+
+    def __init__(self, path: str) -> None:
+        import av  # ~0.1 s, paid by the first such file only
+
+        self._av = av
+        # by a file object: any name the OS takes, non-UTF-8 too; closed by close()
+        self._raw = open(os.fsencode(path), "rb")  # noqa: SIM115
+        try:
+            self._container = av.open(self._raw, "r", metadata_errors="ignore")
+            streams = self._container.streams.audio
+            if not streams:
+                raise FFmpegError("no audio in file (a video without sound, or only cover art?)")
+            stream = streams[0]
+        except av.FFmpegError as e:
+            self.close()
+            raise FFmpegError(_described(e)) from None
+        except BaseException:
+            self.close()
+            raise
+        self.samplerate = int(stream.rate or 0)
+        # what the container declares; 0 when it does not say (a bare .aac stream)
+        seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
+        self.frames = int(seconds * self.samplerate)
+        self._decoded = self._container.decode(stream)
+        self._to_float = av.AudioResampler(format="fltp")  # any sample format to float, at the file's rate
+        self._held = np.zeros((0, 0), np.float32)  # decoded beyond what was read, (frames, channels)
+        self._channels = 0
+        self._seen = 0  # frames decoded so far
+
+    def read(self, frames: int) -> np.ndarray:
+        """(up to `frames`, channels) float32 in [-1, 1]; fewer at the end of the stream."""
+        blocks, have = [self._held], self._held.shape[0]
+        while have < frames:
+            block = self._next_block()
+            if block is None:
+                break
+            if self._channels and block.shape[1] != self._channels:
+                raise FFmpegError("corrupt audio: its channel count changes partway through")
+            self._channels = block.shape[1]
+            blocks.append(block)
+            have += block.shape[0]
+        audio = np.concatenate([b for b in blocks if b.size]) if have else np.zeros((0, 1), np.float32)
+        self._held = audio[frames:]
+        return audio[:frames]
+
+    def _next_block(self) -> np.ndarray | None:
+        """The next decoded frames, (n, channels); None at the end of the stream."""
+        converted: list[Any] = []
+        while not converted:
+            try:
+                frame = next(self._decoded, None)
+                converted = self._to_float.resample(frame)  # None flushes what the converter holds
+            except self._av.FFmpegError as e:
+                if self._seen and isinstance(e, ValueError):  # its audio stops where the bytes do
+                    cut = f"truncated or corrupt: its audio breaks off after {self._seen:,} frames"
+                    raise FFmpegError(cut) from None
+                raise FFmpegError(_described(e)) from None
+            if frame is None and not converted:
+                return None
+        block = np.concatenate([c.to_ndarray() for c in converted], axis=1).T
+        self._seen += block.shape[0]
+        return block
+
+    def close(self) -> None:
+        container = getattr(self, "_container", None)
+        if container is not None:
+            container.close()
+        self._raw.close()
+
+    def __enter__(self) -> FFmpegFile:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _described(e: Exception) -> str:
+    if isinstance(e, ValueError):  # FFmpeg's "Invalid data found when processing input", and its kin
+        return "not a recognised audio format (damaged, cut short, or not audio at all)"
+    return f"cannot decode audio: {getattr(e, 'strerror', None) or e}"
