@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mutagen.flac
 import mutagen.id3
+import mutagen.mp4
 import numpy as np
 import pytest
 import soundfile as sf
@@ -22,7 +23,7 @@ from vibrary.daemon import dataset
 from vibrary.daemon.suggest import Synonyms, clean_tag, metadata, suggest, words
 
 from tests.conftest import vibrary
-from tests.synth import tone, write_tone
+from tests.synth import tone, write_encoded, write_tone
 
 
 @pytest.fixture
@@ -117,6 +118,10 @@ def pack(tmp_path: Path) -> Path:
     flac = mutagen.flac.FLAC(misc / "take10.flac")
     flac["title"] = "Crash 18in"
     flac.save()
+    write_encoded(misc / "take11.m4a", tone(250), 44100, "ipod", "aac")  # an Apple Loops-style .m4a
+    mp4 = mutagen.mp4.MP4(misc / "take11.m4a")
+    mp4["\xa9nam"] = "Snare Dry"
+    mp4.save()
     write_tone(misc / "Wub_3.wav", 80)
     write_tone(root / "Wobbles" / "w1.wav", 70)
     write_tone(root / "Wobbles" / "w2.wav", 75)
@@ -130,6 +135,7 @@ def test_metadata_is_read_from_each_container(pack: Path) -> None:
     assert ("bext", "Tom low") in metadata(str(misc / "take8.wav"))
     assert metadata(str(misc / "take9.mp3"))[:2] == [("title", "Session take"), ("genre", "Clap")]
     assert metadata(str(misc / "take10.flac")) == [("title", "Crash 18in")]
+    assert metadata(str(misc / "take11.m4a")) == [("title", "Snare Dry")]
     assert metadata(str(misc / "SD_02.wav")) == []
 
 
@@ -144,6 +150,7 @@ def test_folder_then_file_name_then_metadata_then_recurring_folder(pack: Path, t
         "Drums/Misc/take8.wav": ("tom", "metadata", "bext: Tom low"),
         "Drums/Misc/take9.mp3": ("clap", "metadata", "genre: Clap"),
         "Drums/Misc/take10.flac": ("cymbal", "metadata", "title: Crash 18in"),
+        "Drums/Misc/take11.m4a": ("snare", "metadata", "title: Snare Dry"),
         "Drums/Misc/Wub_3.wav": ("", "", ""),  # alone in a folder of other things: no guess
         "Wobbles/w1.wav": ("wobble", "folder", "Wobbles"),  # not a known word, but a folder of them
         "Wobbles/w2.wav": ("wobble", "folder", "Wobbles"),
