@@ -337,6 +337,7 @@ def build(
 ) -> BuildReport:
     """Compute every example's spectrogram (from the home's cache when it has them) and write the
     dataset's shards, labels and manifest."""
+    _check_not_a_case_twin(home_dir, name)
     with _held(home_dir, name, change=True):
         return _build(home_dir, name, examples, params, workers, progress, cache)
 
@@ -670,6 +671,17 @@ def names(home_dir: Path) -> list[str]:
     if not folder.exists():
         return []
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and _is_dataset(p))
+
+
+def _check_not_a_case_twin(home_dir: Path, name: str) -> None:
+    """`drums` beside `Drums` is two datasets here and one folder on macOS's and Windows' disks, where
+    creating it replaced Drums' confirmed labels under another name."""
+    twin = next((n for n in names(home_dir) if n != name and n.casefold() == name.casefold()), None)
+    if twin is not None:
+        raise ValueError(
+            f"dataset {twin!r} exists, and names that differ only in case are one folder on macOS and Windows:"
+            f" use {twin!r} to replace it, or another name"
+        )
 
 
 def _is_dataset(folder: Path) -> bool:

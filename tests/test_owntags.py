@@ -463,6 +463,11 @@ def test_a_mistyped_dataset_name_is_answered_with_the_nearest_one_not_told_to_cr
 ) -> None:
     write_kinds(tmp_path / "ex", per_kind=2, seed=14)
     vibrary("dataset", "create", "mytags", str(tmp_path / "ex"), home=home)
+    twin = vibrary(
+        "dataset", "create", "MyTags", str(tmp_path / "ex" / "tone"), str(tmp_path / "ex"), home=home, check=False
+    )
+    assert twin.returncode == 1 and "dataset 'mytags' exists, and names that differ only in case" in twin.stderr
+    assert dataset.names(home) == ["mytags"]  # one folder on macOS: it was replaced there under another name
     for command in (("train", "mytag"), ("dataset", "show", "Mytags"), ("dataset", "drop", "mytgs", "tone")):
         typo = vibrary(*command, home=home, check=False)
         assert typo.returncode == 1 and "did you mean 'mytags'?" in typo.stderr, typo.stderr
