@@ -342,8 +342,9 @@ class Daemon:
 
     def _forget_install_leftovers(self) -> None:
         """Model files an install cut off left in models/ (a daemon killed during InstallModel or a training's
-        install: up to 64 MB each), an hour old or more: nothing else removed them."""
-        atomic.remove_stale(config.models_dir(self.home), ".upload-*.onnx", ".incoming-*.onnx")
+        install, a `models install` killed while it copied: up to 64 MB each), an hour old or more: nothing
+        else removed them (a copy's `.part`, only another install of the same file)."""
+        atomic.remove_stale(config.models_dir(self.home), ".upload-*.onnx", ".incoming-*.onnx", "*/*.onnx.*.part")
 
     def _forget_on_demand_leftovers(self) -> None:
         """Files tagged on demand outside every watch are looked at by nobody once answered: one deleted

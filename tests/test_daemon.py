@@ -1032,13 +1032,17 @@ def test_model_files_an_install_cut_off_left_are_removed_at_the_next_start(model
 
     folder = service.config.models_dir(model_home)
     old, fresh = folder / ".upload-abc123.onnx", folder / ".incoming-0123456789ab.onnx"
-    for f in (old, fresh):
+    copied = folder / "mine" / "0123456789abcdef.onnx.a1b2c3d4e5f6.part"  # registry.install's copy, cut off
+    copied.parent.mkdir()
+    for f in (old, fresh, copied):
         f.write_bytes(b"half a model")
-    os.utime(old, (time.time() - 7200,) * 2)
+    for f in (old, copied):
+        os.utime(f, (time.time() - 7200,) * 2)
     d = service.Daemon(model_home, service.config.Settings(nice=0))
     d.start()
     try:
-        assert not old.exists() and fresh.exists()  # (another process may be installing that one now)
+        assert not old.exists() and not copied.exists()
+        assert fresh.exists()  # (another process may be installing that one now)
     finally:
         d.stop()
 
