@@ -578,6 +578,16 @@ def test_overlapping_folders_suggest_each_file_once(tmp_path: Path, table: Synon
         *[(t, "guitar") for t in ("Guitar ft John", "Guitar_2nd_take", "GTR 3RD")],  # ft: featuring; 2nd, 3rd
         *[(t, "vocals") for t in ("Vox_FT_Drake", "HT Vocal", "CR_Vocal_Chop")],  # initials beside a named sound
         ("Kick FT", "kick"),
+        # the factory names of the TR-909's samples (HHCD0.WAV: closed hat, decay 0)
+        *[(t, "hihat") for t in ("HHCD0", "HHOD4")],
+        *[(t, "cymbal") for t in ("RIDED0", "CSHD2")],
+        ("HANDCLP1", "clap"),
+        # other languages' drum kits (French, Spanish, Italian)
+        *[(t, "kick") for t in ("Grosse Caisse 01", "Bombo", "Cassa_Dritta", "Grancassa")],
+        *[(t, "snare") for t in ("Caisse Claire", "Caja 2", "Rullante", "Tarola")],
+        *[(t, "cymbal") for t in ("Cymbale Ride", "Piatto", "Piatti")],
+        *[(t, "guitar") for t in ("Guitare Folk", "Guitarra", "Chitarra")],
+        *[(t, "drums") for t in ("Batterie", "Bateria", "Batería", "Batteria", "Schlagzeug")],
     ],
 )
 def test_more_vendor_spellings(table: Synonyms, text: str, tag: str | None) -> None:
