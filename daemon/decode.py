@@ -130,7 +130,6 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
                 raise DecodeError(f"implausible sample rate in its header: {native_sr:,} Hz (damaged?)")
             frames = math.ceil(params.duration_s * native_sr)
             audio = _read(f, frames)
-            _check_whole(f, audio.shape[0], frames)
             peak = _peak(audio) if audio.size else 0.0
             if audio.shape[0] == frames and _loudness(audio, peak) < INAUDIBLE:
                 audio = _from_first_sound(f, frames, audio)
@@ -347,7 +346,6 @@ def _unaccounted(info: str) -> int:
 
 _UNKNOWN_LENGTH = frozenset({0xFFFFFFFF, 0x7FFFF000, 0x7FFFFFFF, 0x80000000})
 _SLACK_BYTES, _SLACK_SHARE = 64, 0.01  # a writer that counted its header in, a last odd byte or milliseconds lost
-_SLACK_FRAMES = 2048  # two AAC frames: an encoder's padding counted in the declared length, or not
 
 
 def _link_target(path: str) -> str:
@@ -364,14 +362,6 @@ def _check_header(f: sf.SoundFile) -> None:
             "its header says it holds no audio, yet the file goes on: a recording that was not closed"
             " properly? (re-saving it in an audio editor mends it)"
         )
-
-
-def _check_whole(f: sf.SoundFile | FFmpegFile, got: int, asked: int) -> None:
-    """A stream that ends well before the length its container declares (an .m4a cut short after its index)
-    is refused as a truncated WAV is. libsndfile counts a WAV's frames from what the file holds: never short."""
-    declared = min(asked, f.frames)
-    if got < declared and declared - got > max(_SLACK_FRAMES, _SLACK_SHARE * declared):
-        raise DecodeError(f"truncated or corrupt: its audio ends after {got:,} of the {declared:,} frames it declares")
 
 
 def _check_not_truncated(f: sf.SoundFile) -> None:
@@ -404,4 +394,5 @@ _LIBSNDFILE_SAYS = {
     "SF_INFO struct incomplete": "damaged header: no sample rate or channel count",
     "lost sync": "truncated or corrupt",
     "file is malformed": "truncated or corrupt",
+    "Unspecified internal error": "truncated or corrupt",  # its MP3 decoder's, of bytes that are no MP3 frame
 }

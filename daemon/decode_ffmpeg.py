@@ -16,6 +16,9 @@ import numpy as np
 
 # Containers that only FFmpeg reads here (a `.caf` goes to it when libsndfile refuses the codec inside)
 EXTENSIONS = frozenset({".m4a", ".aac"})
+# Containers whose index gives the stream's length exactly (a bare AAC stream's is guessed from its bit rate)
+INDEXED = frozenset({"mov", "mp4", "caf"})
+SLACK_FRAMES, SLACK_SHARE = 2048, 0.01  # two AAC frames, an encoder's padding; or milliseconds lost, as for a WAV
 
 
 class FFmpegError(Exception):
@@ -44,9 +47,10 @@ class FFmpegFile:
             self.close()
             raise
         self.samplerate = int(stream.rate or 0)
-        # what the container declares; 0 when it does not say (a bare .aac stream)
+        # what the container's index declares; 0 when it has none
+        indexed = INDEXED & set(self._container.format.name.split(","))
         seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
-        self.frames = int(seconds * self.samplerate)
+        self.frames = int(seconds * self.samplerate) if indexed else 0
         self._decoded = self._container.decode(stream)
         self._to_float = av.AudioResampler(format="fltp")  # any sample format to float, at the file's rate
         self._held = np.zeros((0, 0), np.float32)  # decoded beyond what was read, (frames, channels)
@@ -59,6 +63,7 @@ class FFmpegFile:
         while have < frames:
             block = self._next_block()
             if block is None:
+                self._check_whole()
                 break
             if self._channels and block.shape[1] != self._channels:
                 raise FFmpegError("corrupt audio: its channel count changes partway through")
@@ -68,6 +73,13 @@ class FFmpegFile:
         audio = np.concatenate([b for b in blocks if b.size]) if have else np.zeros((0, 1), np.float32)
         self._held = audio[frames:]
         return audio[:frames]
+
+    def _check_whole(self) -> None:
+        """A stream that ends well before the length its index declares (an .m4a cut short after a whole
+        packet) is refused, as a truncated WAV is."""
+        if self.frames - self._seen > max(SLACK_FRAMES, SLACK_SHARE * self.frames):
+            said = f"{self._seen:,} of the {self.frames:,} frames it declares"
+            raise FFmpegError(f"truncated or corrupt: its audio ends after {said}")
 
     def _next_block(self) -> np.ndarray | None:
         """The next decoded frames, (n, channels); None at the end of the stream."""

@@ -478,6 +478,12 @@ def test_damaged_files_say_so_in_a_producers_words(tmp_path: Path) -> None:
         (tmp_path / f"cut{name}").write_bytes(data[: len(data) // 2])
         with pytest.raises(DecodeError, match=r"^truncated or corrupt"):
             decode(str(tmp_path / f"cut{name}"), SpectrogramParams())
+    sf.write(tmp_path / "a.mp3", tone(440.0, 4.0), 44100)
+    data = (tmp_path / "a.mp3").read_bytes()
+    noise = np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes()
+    (tmp_path / "torn.mp3").write_bytes(data[: len(data) // 3] + noise + data[len(data) // 3 + 3000 :])
+    with pytest.raises(DecodeError, match=r"^truncated or corrupt \(Unspecified internal error\)"):  # all it said
+        decode(str(tmp_path / "torn.mp3"), SpectrogramParams())
     sf.write(tmp_path / "a.wav", sound, 44100, subtype="PCM_16")
     header = bytearray((tmp_path / "a.wav").read_bytes())
     struct.pack_into("<I", header, 24, 0)  # its sample rate
