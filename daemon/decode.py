@@ -17,7 +17,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from . import decode_ffmpeg
+from .decode_ffmpeg import EXTENSIONS as FFMPEG_EXTENSIONS
 from .decode_ffmpeg import FFmpegError, FFmpegFile
 from .spectrogram import SpectrogramParams
 
@@ -42,7 +42,7 @@ AUDIO_EXTENSIONS = (
             ".rf64",
         }
     )
-    | decode_ffmpeg.EXTENSIONS
+    | FFMPEG_EXTENSIONS
 )
 # libsndfile's refusal of a container it knows holding a codec it does not (AAC or ALAC in a .caf): FFmpeg's turn
 UNSUPPORTED_ENCODING = "unsupported encoding"
@@ -141,6 +141,9 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
     except FFmpegError as e:
         check_readable(path)
         raise DecodeError(str(e)) from None
+    except OSError as e:  # FFmpeg's reads of the file: a share gone away, a failing drive
+        check_readable(path)
+        raise unreadable("read", e) from None
     except (RuntimeError, TypeError, ValueError) as e:  # soundfile wraps some codec errors this way
         raise DecodeError(f"cannot decode audio: {e}") from None
     if audio.shape[0] == 0:
@@ -174,7 +177,7 @@ def _open(path: str, opened: contextlib.ExitStack) -> sf.SoundFile | FFmpegFile:
     """libsndfile's reader for what it reads, FFmpeg's for the rest, closed with `opened`. libsndfile opens
     the file by its name, given as bytes (a name that is not UTF-8 opens too); a longer name than it takes (a
     deep folder of long pack names: the system allows 4096) through a file object."""
-    if os.path.splitext(path)[1].lower() in decode_ffmpeg.EXTENSIONS:
+    if os.path.splitext(path)[1].lower() in FFMPEG_EXTENSIONS:
         return opened.enter_context(FFmpegFile(path))
     name = os.fsencode(path)
     try:

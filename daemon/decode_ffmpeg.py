@@ -16,9 +16,11 @@ import numpy as np
 
 # Containers that only FFmpeg reads here (a `.caf` goes to it when libsndfile refuses the codec inside)
 EXTENSIONS = frozenset({".m4a", ".aac"})
-# Containers whose index gives the stream's length exactly (a bare AAC stream's is guessed from its bit rate)
-INDEXED = frozenset({"mov", "mp4", "caf"})
-SLACK_FRAMES, SLACK_SHARE = 2048, 0.01  # two AAC frames, an encoder's padding; or milliseconds lost, as for a WAV
+# Containers whose index gives the stream's length exactly, as FFmpeg decodes it: a bare AAC stream's is guessed
+# from its bit rate, and a .caf's last ALAC packet decodes short of it (0.05 s: 314 of its 2,205 frames)
+INDEXED = frozenset({"mov", "mp4"})
+# frames that may be missing: 1 %, as for a WAV, or two AAC frames (an encoder's padding) when that is a tenth
+SLACK_FRAMES, SLACK_SHARE = 2048, 0.01
 
 
 class FFmpegError(Exception):
@@ -35,27 +37,34 @@ class FFmpegFile:
         # by a file object: any name the OS takes, non-UTF-8 too; closed by close()
         self._raw = open(os.fsencode(path), "rb")  # noqa: SIM115
         try:
-            self._container = av.open(self._raw, "r", metadata_errors="ignore")
-            streams = self._container.streams.audio
-            if not streams:
-                raise FFmpegError("no audio in file (a video without sound, or only cover art?)")
-            stream = streams[0]
+            self._open(av)
         except av.FFmpegError as e:
             self.close()
             raise FFmpegError(_described(e)) from None
         except BaseException:
             self.close()
             raise
+        self._held = np.zeros((0, 0), np.float32)  # decoded beyond what was read, (frames, channels)
+        self._channels = 0
+        self._seen = 0  # frames decoded so far
+
+    def _open(self, av: Any) -> None:
+        self._container = av.open(self._raw, "r", metadata_errors="ignore")
+        streams = self._container.streams.audio
+        if not streams:  # (an index cut short names no stream either)
+            raise FFmpegError("no audio in file (a video without sound, cover art only, or a file cut short?)")
+        stream = streams[0]
+        if stream.codec_context is None:
+            raise FFmpegError("unsupported audio codec (FFmpeg has no decoder for it)")
         self.samplerate = int(stream.rate or 0)
+        if not self.samplerate:  # an .aac stream cut before its first frame header: nothing says
+            raise FFmpegError(_NOT_AUDIO)
         # what the container's index declares; 0 when it has none
         indexed = INDEXED & set(self._container.format.name.split(","))
         seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
         self.frames = int(seconds * self.samplerate) if indexed else 0
         self._decoded = self._container.decode(stream)
         self._to_float = av.AudioResampler(format="fltp")  # any sample format to float, at the file's rate
-        self._held = np.zeros((0, 0), np.float32)  # decoded beyond what was read, (frames, channels)
-        self._channels = 0
-        self._seen = 0  # frames decoded so far
 
     def read(self, frames: int) -> np.ndarray:
         """(up to `frames`, channels) float32 in [-1, 1]; fewer at the end of the stream."""
@@ -76,8 +85,9 @@ class FFmpegFile:
 
     def _check_whole(self) -> None:
         """A stream that ends well before the length its index declares (an .m4a cut short after a whole
-        packet) is refused, as a truncated WAV is."""
-        if self.frames - self._seen > max(SLACK_FRAMES, SLACK_SHARE * self.frames):
+        packet) is refused, as a truncated WAV is. Only what is read is judged: one cut after its opening
+        seconds is read as whole (a WAV's header tells its cut at no cost; an .m4a's would take its index)."""
+        if self.frames - self._seen > max(SLACK_SHARE * self.frames, min(SLACK_FRAMES, self.frames // 10)):
             said = f"{self._seen:,} of the {self.frames:,} frames it declares"
             raise FFmpegError(f"truncated or corrupt: its audio ends after {said}")
 
@@ -89,7 +99,7 @@ class FFmpegFile:
                 frame = next(self._decoded, None)
                 converted = self._to_float.resample(frame)  # None flushes what the converter holds
             except self._av.FFmpegError as e:
-                if self._seen and isinstance(e, ValueError):  # its audio stops where the bytes do
+                if self._seen and isinstance(e, ValueError | EOFError):  # its audio stops where the bytes do
                     cut = f"truncated or corrupt: its audio breaks off after {self._seen:,} frames"
                     raise FFmpegError(cut) from None
                 raise FFmpegError(_described(e)) from None
@@ -112,7 +122,14 @@ class FFmpegFile:
         self.close()
 
 
+_NOT_AUDIO = "not a recognised audio format (damaged, cut short, or not audio at all)"
+
+
 def _described(e: Exception) -> str:
-    if isinstance(e, ValueError):  # FFmpeg's "Invalid data found when processing input", and its kin
-        return "not a recognised audio format (damaged, cut short, or not audio at all)"
-    return f"cannot decode audio: {getattr(e, 'strerror', None) or e}"
+    """FFmpeg's errno words ("Operation not permitted", "End of file") read as a permissions fault or as
+    nothing: said as what they mean of a file just found readable."""
+    if isinstance(e, ValueError):  # "Invalid data found when processing input", and its kin
+        return _NOT_AUDIO
+    if isinstance(e, EOFError):
+        return "truncated or corrupt: the file ends before its audio does"
+    return f"unsupported or damaged audio (FFmpeg: {getattr(e, 'strerror', None) or e})"

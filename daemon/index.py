@@ -175,6 +175,9 @@ _SILENT_OPENINGS_READ = 1
 _SILENT_HEADS_HASHED = 2
 # ... from which every tag is stored as config.tag_key spells it (Index.spell_tags_once).
 _TAGS_SPELLED = 3
+# ... from which FFmpeg reads the codecs libsndfile refused (Index.read_unsupported_once).
+_FFMPEG_READS = 4
+UNSUPPORTED = "%unsupported encoding%"  # libsndfile's refusal of AAC or ALAC in a .caf, as stored before
 UNCOMPRESSED = (".wav", ".wave", ".bwf", ".aif", ".aiff", ".aifc", ".w64", ".rf64", ".caf")
 
 RETRY_S = 60.0  # how long a file whose reading failed for a passing reason waits to be read again
@@ -814,6 +817,21 @@ class Index:
                     c.execute("UPDATE models SET classes = ? WHERE id = ?", (json.dumps(keys), model_id))
             c.execute(f"PRAGMA user_version = {_TAGS_SPELLED}")
             return spelled
+
+    def read_unsupported_once(self) -> int:
+        """Before stop 35 a .caf of AAC or ALAC (Apple Loops) failed for good: libsndfile's "unsupported
+        encoding", and a scan does not read an unchanged failed file again. FFmpeg reads them now: once per
+        index (at the daemon's start, as forget_silent_once), they are read again. How many."""
+        with self.write() as c:
+            if int(c.execute("PRAGMA user_version").fetchone()[0]) >= _FFMPEG_READS:
+                return 0
+            requeued = c.execute(
+                """UPDATE files SET state = 'pending', error = NULL, due = 0, gen = gen + 1
+                   WHERE state = 'failed' AND error LIKE ?""",
+                (UNSUPPORTED,),
+            ).rowcount
+            c.execute(f"PRAGMA user_version = {_FFMPEG_READS}")
+            return int(requeued)
 
     def requeue_model_failures(self) -> int:
         """Files that failed because a model could not score them (its error says "model NAME@V failed on

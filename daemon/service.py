@@ -153,6 +153,7 @@ class Daemon:
         self.index.forget_silent_once()
         self.index.rehash_long_once(features.HEAD_BYTES)
         self.index.spell_tags_once()
+        self.index.read_unsupported_once()
         self._forget_on_demand_leftovers()
         self.index.requeue_missing(self._loaded())
         self.watcher.start()

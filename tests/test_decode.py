@@ -118,6 +118,36 @@ def test_what_ffmpeg_cannot_read_is_said_clearly(tmp_path: Path) -> None:
         decode(str(tmp_path / "cut.m4a"), P)
 
 
+def test_an_unknown_codec_and_a_failing_read_in_an_m4a_are_clear_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An audio stream FFmpeg has no decoder for raised AttributeError, and a read that failed (a share gone
+    away) escaped as OSError: "internal error", never read again."""
+    import errno
+    import io
+
+    from vibrary.daemon import decode_ffmpeg
+
+    whole = write_encoded(tmp_path / "a.m4a", tone(440.0, 2.0), 44100, "ipod", "aac", movflags="faststart")
+    data = bytearray(whole.read_bytes().replace(b"mp4a", b"zzzz", 1))
+    data[data.find(b"\x04\x80\x80\x80") + 5] = 0xFF  # its decoder config's object type: none known
+    (tmp_path / "odd.m4a").write_bytes(bytes(data))
+    with pytest.raises(DecodeError, match=r"^unsupported audio codec"):
+        decode(str(tmp_path / "odd.m4a"), P)
+
+    class Failing(io.FileIO):
+        code = 0
+
+        def read(self, size: int | None = -1) -> bytes:
+            raise OSError(self.code, os.strerror(self.code))
+
+    for code, kind in ((errno.ENOTCONN, TryLater), (errno.EIO, DecodeError)):
+        Failing.code = code
+        monkeypatch.setattr(decode_ffmpeg, "open", lambda name, mode: Failing(name, mode), raising=False)
+        with pytest.raises(kind, match=f"^cannot read file: {os.strerror(code)}$"):
+            decode(str(whole), P)
+
+
 def test_audio_extensions() -> None:
     assert is_audio_path("/x/Kick_01.WAV") and is_audio_path("a.flac") and is_audio_path("b.mp3")
     assert not is_audio_path("notes.txt") and not is_audio_path("drumkit.xml") and not is_audio_path("x.wav.part")

@@ -186,6 +186,21 @@ def test_failures_are_kept_with_their_reason(index: Index) -> None:
     assert index.failures() == [("/bad.wav", "empty file (0 bytes)")]
 
 
+def test_codecs_refused_before_ffmpeg_read_them_are_read_again_once(index: Index) -> None:
+    """An Apple Loop (.caf of AAC or ALAC) failed for good before stop 35, and a scan does not read an unchanged
+    failed file again: once per index, such failures go back to pending; the others stay failed."""
+    index.mark_pending([("/loops/a.caf", 0.0), ("/bad.wav", 0.0)])
+    refused = "cannot decode audio: Supported file format but unsupported encoding"
+    errors = {"/loops/a.caf": refused, "/bad.wav": "empty file (0 bytes)"}
+    index.write_results(
+        [Result(j, size=10, mtime_ns=5, error=errors[j.path]) for j in index.due_jobs(10, set(), 1e12)], 0.02
+    )
+    index.conn().execute("PRAGMA user_version = 3")  # as the older daemon left it
+    assert index.read_unsupported_once() == 1 and index.read_unsupported_once() == 0
+    assert [j.path for j in index.due_jobs(10, set(), 1e12)] == ["/loops/a.caf"]
+    assert index.failures() == [("/bad.wav", "empty file (0 bytes)")]
+
+
 def test_a_failure_that_passes_keeps_the_file_pending_and_reads_it_again_later(index: Index) -> None:
     """Out of file handles (EMFILE) for a moment, a file was failed for good: only a change or a rescan hours
     later read it again. It waits a minute, says why, and a change reads it at once."""
