@@ -1257,8 +1257,10 @@ def test_one_trainer_per_data_folder_the_next_waits_and_leaves_the_daemons_job_a
         assert proc.poll() is None
     finally:
         held.stop(grace=0)  # suspends the job, which stays running on record: the daemon's to take up
-    out, _ = proc.communicate(timeout=300)
+    proc.wait(timeout=300)  # not communicate(): stderr is the reader's, which it closed under it
     reader.join(timeout=10)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
     assert proc.returncode == 0, "".join(told)
     assert json_lines(out)[-1]["summary"]["epochs_run"] == 1
     assert f"in use by another trainer (pid {os.getpid()})" in "".join(told)
