@@ -16,6 +16,7 @@ from vibrary.daemon.folders import indexed_path
 from vibrary.daemon.index import HIT_SCORE, NO_SUCH_PATH, Job, Result
 from vibrary.daemon.infer import ModelError
 from vibrary.daemon.modelref import parse_ref
+from vibrary.daemon.suggest import Synonyms
 from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client
@@ -117,30 +118,59 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 # -- commands that talk to the daemon -------------------------------------------------------------------------
 def cmd_search(args: argparse.Namespace) -> int:
-    words = args.query
-    if any(w.split() != [w] for w in words):  # quoted, as people quote `snare|clap` for the shell: its words,
-        with Client() as c:  # unless a model's tag is spelled so ("hi hat")
-            spelled = {tag for m in c.models() for tag in m.classes}
-        words = [part for w in words for part in _as_words(w, spelled)]
-    try:
-        groups, excluded = parse_query(words)
-    except QueryError as e:
-        raise UsageError(str(e)) from None
-    if not groups and not excluded and not args.under:
-        raise UsageError("give at least one tag to search for")
     with Client() as c:
+        models = c.models()
+        known = {tag for m in models if m.active and (args.model or "") in ("", m.name) for tag in m.classes}
+        table = _synonyms()
+        words = args.query
+        if any(w.split() != [w] for w in words):  # quoted, as people quote `snare|clap` for the shell: its words,
+            spelled = {tag for m in models for tag in m.classes}  # unless a model's tag is spelled so ("hi hat")
+            words = [part for w in words for part in _as_words(w, spelled | _aliases_of(words, known, table))]
+        try:
+            groups, excluded = parse_query(words)
+        except QueryError as e:
+            raise UsageError(str(e)) from None
+        if not groups and not excluded and not args.under:
+            raise UsageError("give at least one tag to search for")
+        respelled = {w: t for w in {*excluded, *(w for g in groups for w in g)} if (t := _respelled(w, known, table))}
+        groups = [[respelled.get(w, w) for w in g] for g in groups]
+        excluded = [respelled.get(w, w) for w in excluded]
         n = _print_files(
             args,
             c.search(groups, excluded, args.min_score, args.under or "", args.model or "", args.limit, best_first=True),
         )
-        unknown = _unknown_tags(c, groups, excluded, args.model or "", n)
+        unknown = _unknown_tags(known, groups, excluded, args.model or "")
         if not args.json or unknown:  # (stderr is the human's with --json too: a typo was silent there)
             print(f"{many(n)}{unknown}", file=sys.stderr)
+        if respelled:  # `search hh` found nothing, though `synonyms list` says hh is hihat
+            said = ", ".join(f"{w!r} as {t!r}" for w, t in sorted(respelled.items()))
+            print(f"vibrary: searched {said}, the tag{'s' if len(respelled) > 1 else ''} it spells", file=sys.stderr)
         if n == 0 and not unknown and args.min_score is None and groups:
             _say_unfamiliar(c, groups, excluded, args)
         if n == 0 and args.under and not os.path.isdir(args.under):
             print(f"vibrary: no folder {args.under} (--under)", file=sys.stderr)
     return 0
+
+
+def _synonyms() -> Synonyms:
+    """The home's table of spellings (`vibrary synonyms`), the built-in one when the user's cannot be read."""
+    try:
+        return Synonyms.load(config.home(create=False))
+    except (OSError, ValueError):
+        return Synonyms.load(None)
+
+
+def _respelled(word: str, known: set[str], table: Synonyms) -> str | None:
+    """The tag an active model has that a word no model tags spells or is an alias of (`hh`, `BD`, `hi hats`)."""
+    if word in known:
+        return None
+    tag = table.tag_of(word)
+    return tag if tag in known else None
+
+
+def _aliases_of(words: Sequence[str], known: set[str], table: Synonyms) -> set[str]:
+    """The quoted words that are aliases of a model's tag as a whole ("hi hat"): kept whole, respelled later."""
+    return {config.tag_key(w.lstrip("-")) for w in words if _respelled(config.tag_key(w.lstrip("-")), known, table)}
 
 
 GUESSES_COUNTED = 1000
@@ -177,11 +207,10 @@ def _as_words(word: str, tags: set[str]) -> list[str]:
     return word.split()
 
 
-def _unknown_tags(c: Client, groups: list[list[str]], excluded: list[str], model: str, found: int) -> str:
+def _unknown_tags(known: set[str], groups: list[list[str]], excluded: list[str], model: str) -> str:
     """Words no active model tags (a typo, or an inactive model's word), said whatever was found: a typo in
     an OR arm (`kick OR kikc`) or an excluded word (`kick -m`) changed nothing, silently. The active models'
-    classes answer it from their metadata; counting the tags in use reads the whole index."""
-    known = {tag for m in c.models() if m.active and model in ("", m.name) for tag in m.classes}
+    classes answer it from their metadata (`known`); counting the tags in use reads the whole index."""
     unknown = [w for g in groups for w in g if w not in known] + [f"-{w}" for w in excluded if w not in known]
     if not unknown:
         return ""

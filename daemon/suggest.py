@@ -436,6 +436,12 @@ class Synonyms:
                     return key
         return None
 
+    def tag_of(self, phrase: str) -> str | None:
+        """The tag a whole phrase spells or is an alias of (`hh`, `hi hats`, `BD` → hihat, hihat, kick), or None."""
+        key = _key(phrase)
+        found = self._lookup(key) if key else None
+        return self._phrases[found] if found else None
+
     def pick(self, tags: Sequence[str]) -> str | None:
         """The tag a text stands for: its last sound word, else its last descriptor, else its last weak word."""
         if not tags:

@@ -409,6 +409,27 @@ def test_search_words_that_look_like_options_and_model_filters(daemon: DaemonPro
         assert bad.returncode == code and said in bad.stderr, bad.stderr
 
 
+def test_search_finds_a_tag_by_the_spellings_the_synonym_table_gives_it(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """`vibrary search hh` said "0 files: no active model tags 'hh'", though `synonyms list` says hh is hihat
+    (and `"hi hat"`, which `search --help` shows quoted, searched hi and hat)."""
+    drums = band_model(tmp_path / "drums.onnx", name="drums", classes=("kick", "snare", "hihat"))
+    vibrary("models", "install", str(drums), home=daemon.home)
+    clips = {band: write_tone(tmp_path / f"{band}.wav", freq) for band, freq in BANDS.items()}
+    list(daemon.client.tag([str(p) for p in clips.values()]))
+
+    def found(*query: str) -> tuple[set[str], str]:
+        run = vibrary("search", "--json", *query, home=daemon.home)
+        return {Path(x["path"]).stem for x in json_lines(run.stdout)}, run.stderr
+
+    assert found("hh") == ({"high"}, "vibrary: searched 'hh' as 'hihat', the tag it spells\n")
+    assert found("hi hats")[0] == found("BD|hh")[0] - {"low"} == {"high"}  # quoted whole; an OR of aliases
+    assert found("kick", "-hh")[0] == {"low"}
+    vibrary("synonyms", "add", "tsk", "hihat", home=daemon.home)  # the user's own spelling
+    assert found("tsk")[0] == {"high"}
+    typo = found("hhh")[1]  # no alias: still a typo, said so
+    assert "no active model tags 'hhh'" in typo and "searched" not in typo
+
+
 def test_status_wait_says_when_indexing_is_paused_or_waits_for_a_drive(daemon: DaemonProcess, tmp_path: Path) -> None:
     """`vibrary status --wait` with files pending while paused, or under a watch folder not there now, would
     wait for ever: it says why it stops."""
