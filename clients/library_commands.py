@@ -147,8 +147,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(f"vibrary: searched {said}, the tag{'s' if len(respelled) > 1 else ''} it spells", file=sys.stderr)
         if n == 0 and not unknown and args.min_score is None and groups:
             _say_unfamiliar(c, groups, excluded, args)
-        if n == 0 and args.under and not os.path.isdir(args.under):
-            print(f"vibrary: no folder {args.under} (--under)", file=sys.stderr)
+        if n == 0 and args.under and not os.path.isdir(args.under):  # a typo, as scripts must tell from no match
+            raise CommandError(f"no folder {args.under} (--under)")
     return 0
 
 

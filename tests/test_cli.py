@@ -392,10 +392,11 @@ def test_search_words_that_look_like_options_and_model_filters(daemon: DaemonPro
     assert "0 files: model bands has no tag 'kick'" in elsewhere.stderr
     leaves_nothing_out = vibrary("search", "low", "-lwo", home=daemon.home)  # it found low, silently
     assert "1 file: no active model tags '-lwo' (did you mean 'low'?)" in leaves_nothing_out.stderr
-    nowhere = vibrary("search", "low", "--under", str(tmp_path / "nowhere"), home=daemon.home)
-    assert f"no folder {tmp_path / 'nowhere'} (--under)" in nowhere.stderr
-    quiet = vibrary("search", "hihg", "--under", str(tmp_path / "nowhere"), "--json", home=daemon.home)
-    assert quiet.stdout == "" and "(did you mean 'high'?)" in quiet.stderr and "(--under)" in quiet.stderr  # was silent
+    nowhere = vibrary("search", "low", "--under", str(tmp_path / "nowhere"), home=daemon.home, check=False)
+    assert nowhere.returncode == 1 and f"no folder {tmp_path / 'nowhere'} (--under)" in nowhere.stderr  # (exit 0)
+    quiet = vibrary("search", "hihg", "--under", str(tmp_path / "nowhere"), "--json", home=daemon.home, check=False)
+    assert "(did you mean 'high'?)" in quiet.stderr and "(--under)" in quiet.stderr  # was silent
+    assert json_lines(quiet.stdout) == [{"error": f"no folder {tmp_path / 'nowhere'} (--under)", "exit_status": 1}]
     assert vibrary("search", "low", "--json", home=daemon.home).stderr == ""  # nothing to say: nothing said
     assert found("high", "--min-score", "0") > {"high"}  # every stored score (mid's), not hits only
     assert found("--model", "bands", "high") == {"high"}
