@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from tqdm import tqdm
 from vibrary.daemon import config, registry
 from vibrary.daemon.folders import indexed_path
-from vibrary.daemon.index import HIT_SCORE, NO_SUCH_PATH, Job, Result
+from vibrary.daemon.index import HIT_SCORE, NO_SUCH_PATH, Job, Result, within
 from vibrary.daemon.infer import ModelError
 from vibrary.daemon.modelref import parse_ref
 from vibrary.daemon.suggest import Synonyms
@@ -147,6 +147,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(f"vibrary: searched {said}, the tag{'s' if len(respelled) > 1 else ''} it spells", file=sys.stderr)
         if n == 0 and not unknown and args.min_score is None and groups:
             _say_unfamiliar(c, groups, excluded, args)
+        _say_missing(c, args.under or "")
         if n == 0 and args.under and not os.path.isdir(args.under):  # a typo, as scripts must tell from no match
             raise CommandError(f"no folder {args.under} (--under)")
     return 0
@@ -224,7 +225,21 @@ def cmd_counts(args: argparse.Namespace) -> int:
     with Client() as c:
         for n in c.counts(args.model):
             _out(args, {"model": n.model, "tag": n.tag, "files": n.files}, f"{n.files:8d}  {n.tag}  ({n.model})")
+        _say_missing(c, "")
     return 0
+
+
+def _say_missing(c: Client, under: str) -> None:
+    """Files under a watch folder not there now are left out of searches and counts (a DAW cannot load them):
+    with a drive unplugged, `search kick` said "0 files" and `counts` nothing, as of an empty library."""
+    under = os.path.abspath(os.path.expanduser(under)) if under else ""
+    missing = [m for m in c.watch_list().missing if not under or within(under, [m]) or within(m, [under])]
+    if missing:
+        print(
+            f"vibrary: left out, as not there now: the files under {', '.join(missing)}"
+            " (a drive unplugged, a folder moved? `vibrary status` says more)",
+            file=sys.stderr,
+        )
 
 
 def cmd_tags(args: argparse.Namespace) -> int:

@@ -447,6 +447,11 @@ def test_status_wait_says_when_indexing_is_paused_or_waits_for_a_drive(daemon: D
     stuck = vibrary("status", "--wait", home=daemon.home, check=False, timeout=60)
     assert stuck.returncode == 1 and "1 file pending, none read for 10 s" in stuck.stderr, stuck.stderr
     assert f"watch folders not there now ({lib})" in stuck.stderr
+    for command in (("search", "low"), ("counts",), ("search", "low", "--under", str(tmp_path))):
+        said = vibrary(*command, home=daemon.home).stderr  # "0 files", or nothing: as of an empty library
+        assert f"left out, as not there now: the files under {lib} (a drive unplugged" in said, command
+    (tmp_path / "other").mkdir()
+    assert "left out" not in vibrary("search", "low", "--under", str(tmp_path / "other"), home=daemon.home).stderr
 
 
 def _connections(socket: Path) -> int:
