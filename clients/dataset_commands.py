@@ -25,17 +25,26 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
 
 
-_LEFT_OUT = {"unreadable": "unreadable", "silent": "silent", "duplicate": "the same sound as another"}
+_LEFT_OUT = {
+    "unreadable": "unreadable",
+    "silent": "silent",
+    "duplicate": "the same sound as another",
+    "untagged": "with no tag suggested",  # --labels suggest: never read
+}
+NO_TAG = "no tag suggested"
 
 
 def _why_left_out(kinds: dict[str, int]) -> str:
     return ", ".join(f"{n} {_LEFT_OUT[kind]}" for kind, n in kinds.items() if n)
 
 
-def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
+def _dataset_line(name: str, report: Any, untagged: Sequence[str] = ()) -> tuple[dict[str, Any], str]:
+    """`untagged`: the files --labels suggest had no tag for, left out before the build (counted with the
+    others: "2 files left out" followed five "skipped" lines)."""
     from vibrary.daemon.advice import MORE
 
-    manifest, failed = report.manifest, len(report.failed)
+    manifest, failed = report.manifest, len(report.failed) + len(untagged)
+    left_out = {**report.left_out, "untagged": len(untagged)} if untagged else report.left_out
     obj = {
         "dataset": name,
         "classes": manifest.classes,
@@ -45,11 +54,14 @@ def _dataset_line(name: str, report: Any) -> tuple[dict[str, Any], str]:
         "upload_bytes": manifest.size,
         "ratio": round(report.ratio, 1),
         "failed": failed,  # every file left out; why, counted:
-        "left_out": report.left_out,
-        "left_out_files": [{"path": path, "error": why} for path, why in report.failed],  # (stderr names a few)
+        "left_out": left_out,
+        "left_out_files": [  # (stderr names a few)
+            *({"path": path, "error": why} for path, why in report.failed),
+            *({"path": path, "error": NO_TAG} for path in untagged),
+        ],
         "advice": report.advice,
     }
-    why = _why_left_out(report.left_out)
+    why = _why_left_out(left_out)
     human = (
         f"dataset {name}: {many(manifest.clips, 'clip')} in {len(manifest.classes)} classes "
         f"({', '.join(f'{c} {n}' for c, n in report.per_class.items())})\n"
@@ -131,8 +143,9 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     if args.action == "suggest":
         return cmd_suggest(args)
     try:
+        untagged: list[str] = []
         if args.action in ("create", "add"):
-            report, added = _create(args, home_dir)
+            report, added = _create(args, home_dir, untagged)
         elif args.action == "show":
             report = dataset.load_report(home_dir, args.name)
             _say_skipped(report.failed, 5)
@@ -147,7 +160,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
                 print(f"vibrary: {args.old} merged into {args.new}, a tag the dataset had already", file=sys.stderr)
     except (FileNotFoundError, dataset.Busy) as e:
         raise CommandError(str(e)) from None
-    obj, human = _dataset_line(args.name, report)
+    obj, human = _dataset_line(args.name, report, untagged)
     if args.action == "add":
         obj["added"] = added
         human = f"added {many(added, 'clip')} to dataset {args.name}\n{human}"
@@ -165,8 +178,9 @@ def _edits(args: argparse.Namespace) -> dict[str, Any]:
     return {"relabel": [(args.path, args.tag)]}
 
 
-def _examples(args: argparse.Namespace) -> list[Any]:
-    """The labelled files under args.dirs, by folder names or by suggestion (--labels)."""
+def _examples(args: argparse.Namespace, untagged: list[str]) -> list[Any]:
+    """The labelled files under args.dirs, by folder names or by suggestion (--labels); those a suggestion
+    has no tag for go into `untagged`."""
     from vibrary.daemon import dataset
 
     if args.labels in ("folders", "top"):
@@ -192,10 +206,8 @@ def _examples(args: argparse.Namespace) -> list[Any]:
     found = _suggestions(args.dirs)
     for s in found:
         if not s.tag:
-            print(
-                f"skipped {_shown(s.path)}: no tag suggested (add a synonym, or put it in a tag folder)",
-                file=sys.stderr,
-            )
+            untagged.append(s.path)
+            print(f"skipped {_shown(s.path)}: {NO_TAG} (add a synonym, or put it in a tag folder)", file=sys.stderr)
     return [dataset.example(s.path, s.tag) for s in found if s.tag]
 
 
@@ -226,13 +238,13 @@ def _say_few(lines: Sequence[str], most: int | None = None) -> None:
         print(f"  … and {len(lines) - most} more", file=sys.stderr)
 
 
-def _create(args: argparse.Namespace, home_dir: Path) -> tuple[Any, int]:
+def _create(args: argparse.Namespace, home_dir: Path, untagged: list[str]) -> tuple[Any, int]:
     """The dataset built (create) or grown (add), and how many clips that added."""
     from vibrary.daemon import dataset
 
     if args.action == "add":
         dataset.load(home_dir, args.name)  # "no dataset", before any file is looked at
-    examples = _examples(args)
+    examples = _examples(args, untagged)
     config.Settings.load(home_dir)  # a bad config.json stops the build: said before "replacing", not after
     replaced = 0  # said once it is: "replacing" was said of a dataset a refused build then kept
     if args.action == "create":

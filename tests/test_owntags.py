@@ -636,7 +636,12 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     )
     assert created[-1]["per_class"] == {"hihat": 3, "kick": 3, "synth": 3} and created[-1]["ratio"] > 20
     assert "your smallest tag" in created[-1]["advice"]
-    vibrary("dataset", "create", "--labels", "suggest", "pk2", str(pack), home=home)
+    assert created[-1]["left_out"]["untagged"] == created[-1]["failed"] == 1  # counted with the others: 0 before
+    assert created[-1]["left_out_files"] == [{"path": str(pack / "Take 1.wav"), "error": "no tag suggested"}]
+    assert (
+        "1 file left out (1 with no tag suggested)"
+        in vibrary("dataset", "create", "--labels", "suggest", "pk2", str(pack), home=home).stdout
+    )
     onto = vibrary("dataset", "rename", "pk2", "kick", "hihat", home=home)  # onto a tag it has: a merge, said
     assert "kick merged into hihat, a tag the dataset had already" in onto.stderr and "hihat 6, synth 3" in onto.stdout
     vibrary("dataset", "delete", "pk2", home=home)
