@@ -23,8 +23,9 @@ from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from . import config, dataset, events, registry, suggest, training
+from .decode import is_audio_path
 from .folders import indexed_path, readable_name, storable
-from .index import ANY_STORED_SCORE, FileTags, ModelRow
+from .index import ANY_STORED_SCORE, NOT_INDEXED, FileTags, ModelRow, within
 from .infer import ModelError
 from .modelref import parse_ref
 from .rpc import bind, make_server
@@ -55,6 +56,17 @@ def file_tags_pb(f: FileTags) -> pb.FileTags:
         error=f.error or "",
         tags=[pb.Tag(model=m, tag=t, score=s, unfamiliar=m in f.unfamiliar) for m, t, s in f.tags],
     )
+
+
+def why_not_indexed(path: str, watches: list[str]) -> str:
+    """Why a path that is there has nothing in the index: `vibrary tags` said "not in the index" alike of a
+    file outside every watch, a PDF, macOS's `._` files and a linked folder (asked for where it leads, which
+    watches do not follow)."""
+    if not within(path, watches):
+        return "not under a watch folder (`vibrary watch add` one above it, or `vibrary tag` reads it now)"
+    if os.path.isfile(path) and not is_audio_path(path):
+        return "not an audio file that Vibrary reads"
+    return NOT_INDEXED
 
 
 def status_pb(status: dict[str, object]) -> pb.Status:
@@ -204,9 +216,12 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
 
     def GetTags(self, request: pb.GetTagsRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
         paths = [indexed_path(_absolute(p, context)) for p in request.paths]
+        watches = self.daemon.index.watches()
         for found in self.daemon.index.file_tags(paths):
             if not context.is_active():
                 return
+            if found.error == NOT_INDEXED:
+                found = replace(found, error=why_not_indexed(found.path, watches))
             yield file_tags_pb(found)
 
     def CountTags(self, request: pb.CountTagsRequest, context: grpc.ServicerContext) -> pb.TagCounts:

@@ -183,8 +183,18 @@ def test_usage_errors_exit_2_and_failures_exit_1(home: Path, tmp_path: Path) -> 
 
 def test_paths_the_index_cannot_take_are_said_plainly(daemon: DaemonProcess, tmp_path: Path) -> None:
     clip = write_tone(tmp_path / "a.wav", BANDS["low"])
-    told = json_lines(vibrary("tags", "--json", str(tmp_path / "gone.wav"), str(clip), home=daemon.home).stdout)
-    assert [t["error"] for t in told] == ["no such file or folder", "not in the index"]
+    lib, elsewhere = tmp_path / "lib", tmp_path / "elsewhere"
+    lib.mkdir()
+    elsewhere.mkdir()
+    (lib / "readme.pdf").write_text("read me\n")
+    (lib / "._a.wav").write_bytes(bytes(82))  # macOS's metadata beside an a.wav
+    (lib / "Linked").symlink_to(elsewhere)  # watches do not follow it
+    daemon.client.add_watch(str(lib))
+    asked = [tmp_path / "gone.wav", clip, lib / "readme.pdf", lib / "._a.wav", lib / "Linked"]
+    told = json_lines(vibrary("tags", "--json", *map(str, asked), home=daemon.home).stdout)
+    outside = "not under a watch folder (`vibrary watch add` one above it, or `vibrary tag` reads it now)"
+    not_audio = "not an audio file that Vibrary reads"  # all of them "not in the index"
+    assert [t["error"] for t in told] == ["no such file or folder", outside, not_audio, not_audio, outside]
     latin1 = os.path.join(os.fsencode(tmp_path), b"Caf\xe9")
     os.mkdir(latin1)
     refused = vibrary("watch", "add", os.fsdecode(latin1), home=daemon.home, check=False)
