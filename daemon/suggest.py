@@ -694,9 +694,10 @@ def _recurring(
     """The folder's own name as the tag, for the user's words nobody put in the table (`Wobbles/`), when it
     holds two files or more that nothing names; not a name with a known word in it (`Loops/`), which said
     what it had to say already, nor a catch-all or a pack (`Misc/`, `Odyssey Sample Pack/`) or a number
-    (`Vol 3/`). But a folder named by one mood gives it to files that say nothing else (`heard`: the tags
-    their texts name), even alone: one folder per mood is how a user teaches moods (`MyTags/dark/`, the
-    README's example), while a pack's `Drum Loops/Wet/Loop 01` is a loop, no mood, and `Dark Pads/` pads."""
+    (`Vol 3/`), except a mood's alias (`airy/`). But a folder named by one mood gives it to files that say
+    nothing else (`heard`: the tags their texts name), even alone: one folder per mood is how a user teaches
+    moods (`MyTags/dark/`, the README's example), while a pack's `Drum Loops/Wet/Loop 01` is a loop, no mood,
+    and `Dark Pads/` pads."""
     name = _folders(path, root)[0]
     ws = [w for w in words(name) if len(w) > 1]  # `808s/` is no folder of "s"
     if not ws or _holds(ws, synonyms):
@@ -704,9 +705,12 @@ def _recurring(
     known = synonyms.find(name)
     if known:
         mood = known[0]
-        spelled = len(known) == 1 and clean_tag(name).replace("-", "") in _spellings(mood)
-        alone = set(heard) <= {mood}
-        return (mood, "folder", name) if spelled and alone and mood in synonyms.descriptors else None
+        if len(known) > 1 or mood not in synonyms.descriptors or not set(heard) <= {mood}:
+            return None
+        if clean_tag(name).replace("-", "") in _spellings(mood):
+            return mood, "folder", name
+        # a mood's alias (`airy/` of airy_01, airy_02: bright's) is the user's word, as an unknown one is; the
+        # mood itself is not what they asked for, nor always one (`Analog/` is warm's)
     if unnamed[os.path.dirname(path)] < 2:
         return None
     if ws[-1] in _IES:

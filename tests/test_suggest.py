@@ -281,6 +281,8 @@ def test_a_form_or_a_mood_alone_is_no_class(tmp_path: Path) -> None:
     root = tmp_path / "lib"
     for rel in ["Loops/Drum Loop 1 120bpm.wav", "Loops/Drum Loop 2 120bpm.wav", "Dark/take_1.wav", "Dark/take_2.wav"]:
         write_tone(root / rel, 100, 0.05)
+    for rel in ["Airy/airy_1.wav", "Airy/airy_2.wav"]:  # a mood's alias (bright's), in the files' names too
+        write_tone(root / rel, 100, 0.05)
     song = write_tone(root / "Songs" / "untitled.mp3", 100, 0.05, fmt="MP3", subtype="MPEG_LAYER_III")
     id3 = mutagen.id3.ID3()
     id3.add(mutagen.id3.TCON(encoding=3, text="Electronic"))
@@ -289,6 +291,7 @@ def test_a_form_or_a_mood_alone_is_no_class(tmp_path: Path) -> None:
     assert {rel: s.tag for rel, s in found.items()} == {
         **dict.fromkeys(found, ""),
         **dict.fromkeys(["Dark/take_1.wav", "Dark/take_2.wav"], "dark"),
+        **dict.fromkeys(["Airy/airy_1.wav", "Airy/airy_2.wav"], "airy"),  # the user's word: no tag before
     }
     assert "loop" in found["Loops/Drum Loop 1 120bpm.wav"].alternatives
     assert found["Songs/untitled.mp3"].alternatives == ("electronic",)
