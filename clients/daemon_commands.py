@@ -266,6 +266,7 @@ def cmd_tray(args: argparse.Namespace) -> int:
 
 BACK_S = 60.0  # how long `status --wait` waits for a daemon that stopped to come back (a restart, an upgrade)
 STUCK_S = 10.0  # how long nothing moves, a watch folder missing, before `status --wait` says so and ends
+LOG_EVERY_S = 10.0  # how often `status --wait` writes a line of progress where no bar can show
 
 
 def _wait_idle(c: Client, pending: int) -> None:
@@ -279,6 +280,7 @@ def _wait_idle(c: Client, pending: int) -> None:
     gone_since = None
     moved_at, last = time.monotonic(), (-1, -1)
     said_listing = said_retrying = False
+    logged_at = time.monotonic()  # where no bar can show (a log, a script's pipe): a line every LOG_EVERY_S
     while True:
         try:
             s = c.status()
@@ -297,6 +299,9 @@ def _wait_idle(c: Client, pending: int) -> None:
         bar.total = max(bar.total or 0, s.pending + (done - done_before))
         bar.n = done - done_before
         bar.refresh()
+        if bar.disable and time.monotonic() - logged_at >= LOG_EVERY_S:
+            logged_at = time.monotonic()
+            print(f"indexing: {bar.n:,} of {bar.total:,} files done", file=sys.stderr, flush=True)
         if s.pending == 0 and s.scanning == 0:  # (a folder still being listed may yet hold new files)
             break
         if (s.pending, done) != last:
