@@ -32,7 +32,7 @@ from .output import (
     _out,
     _print_files,
 )
-from .query import QueryError, parse_query
+from .query import QueryError, parse_query, respell, spelled_as, synonyms
 from .tray_state import many
 
 
@@ -121,7 +121,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     with Client() as c:
         models = c.models()
         known = {tag for m in models if m.active and (args.model or "") in ("", m.name) for tag in m.classes}
-        table = _synonyms()
+        table = synonyms(config.home(create=False))
         words = args.query
         if any(w.split() != [w] for w in words):  # quoted, as people quote `snare|clap` for the shell: its words,
             spelled = {tag for m in models for tag in m.classes}  # unless a model's tag is spelled so ("hi hat")
@@ -132,9 +132,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from None
         if not groups and not excluded and not args.under:
             raise UsageError("give at least one tag to search for")
-        respelled = {w: t for w in {*excluded, *(w for g in groups for w in g)} if (t := _respelled(w, known, table))}
-        groups = [[respelled.get(w, w) for w in g] for g in groups]
-        excluded = [respelled.get(w, w) for w in excluded]
+        groups, excluded, respelled = respell(groups, excluded, known, table)
         n = _print_files(
             args,
             c.search(groups, excluded, args.min_score, args.under or "", args.model or "", args.limit, best_first=True),
@@ -153,25 +151,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _synonyms() -> Synonyms:
-    """The home's table of spellings (`vibrary synonyms`), the built-in one when the user's cannot be read."""
-    try:
-        return Synonyms.load(config.home(create=False))
-    except (OSError, ValueError):
-        return Synonyms.load(None)
-
-
-def _respelled(word: str, known: set[str], table: Synonyms) -> str | None:
-    """The tag an active model has that a word no model tags spells or is an alias of (`hh`, `BD`, `hi hats`)."""
-    if word in known:
-        return None
-    tag = table.tag_of(word)
-    return tag if tag in known else None
-
-
 def _aliases_of(words: Sequence[str], known: set[str], table: Synonyms) -> set[str]:
     """The quoted words that are aliases of a model's tag as a whole ("hi hat"): kept whole, respelled later."""
-    return {config.tag_key(w.lstrip("-")) for w in words if _respelled(config.tag_key(w.lstrip("-")), known, table)}
+    return {config.tag_key(w.lstrip("-")) for w in words if spelled_as(config.tag_key(w.lstrip("-")), known, table)}
 
 
 GUESSES_COUNTED = 1000

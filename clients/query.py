@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
+from pathlib import Path
 
 from vibrary.daemon.config import tag_key
+from vibrary.daemon.suggest import Synonyms
 
 from .errors import BadArgument
 
@@ -91,3 +93,28 @@ def parse_query(words: str | Sequence[str]) -> tuple[list[list[str]], list[str]]
     if and_next:
         raise QueryError("AND needs a tag on each side")
     return groups, excluded
+
+
+def synonyms(home_dir: Path | None) -> Synonyms:
+    """The home's table of spellings (`vibrary synonyms`), the built-in one when the user's cannot be read."""
+    try:
+        return Synonyms.load(home_dir)
+    except (OSError, ValueError):
+        return Synonyms.load(None)
+
+
+def spelled_as(word: str, known: set[str], table: Synonyms) -> str | None:
+    """The tag among `known` (the active models') that a word no model tags spells or is an alias of (`hh`,
+    `BD`, `hi hats`): `search hh` said "no active model tags 'hh'" of what `synonyms list` calls hihat."""
+    if word in known:
+        return None
+    tag = table.tag_of(word)
+    return tag if tag in known else None
+
+
+def respell(
+    groups: list[list[str]], excluded: list[str], known: set[str], table: Synonyms
+) -> tuple[list[list[str]], list[str], dict[str, str]]:
+    """The query with each such word as its tag, and {word: tag} of those respelled."""
+    said = {w: t for w in {*excluded, *(w for g in groups for w in g)} if (t := spelled_as(w, known, table))}
+    return [[said.get(w, w) for w in g] for g in groups], [said.get(w, w) for w in excluded], said

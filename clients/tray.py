@@ -42,7 +42,7 @@ from vibrary.proto import daemon_pb2 as pb
 
 from . import tray_state as ts
 from .client import Client, ClientClosed, DaemonError, DaemonNotRunning
-from .query import QueryError, parse_query
+from .query import QueryError, parse_query, respell, synonyms
 
 log = logging.getLogger(__name__)
 
@@ -471,7 +471,9 @@ def _search(
     found: list[pb.FileTags] | str
     try:
         with Client(home_dir=home, timeout=CALL_TIMEOUT_S) as c:
-            found = list(c.search(*query, limit=SearchDialog.LIMIT, best_first=True, timeout=CALL_TIMEOUT_S))
+            known = {tag for m in c.models() if m.active for tag in m.classes}
+            all_of, none_of, _ = respell(*query, known, synonyms(home))  # hh: hihat, as `vibrary search` reads it
+            found = list(c.search(all_of, none_of, limit=SearchDialog.LIMIT, best_first=True, timeout=CALL_TIMEOUT_S))
     except Exception as e:  # (any: a thread that dies leaves "searching…" for ever)
         found = f"error: {e}"
     assert _answers is not None

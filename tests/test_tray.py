@@ -28,6 +28,7 @@ except ImportError as e:  # the [tray] extra is optional
 from vibrary.clients import tray_state as ts
 from vibrary.clients.tray import COLORS, SearchDialog, Tray, draw_icon
 from vibrary.daemon import config
+from vibrary.daemon.suggest import Synonyms
 from vibrary.proto import daemon_pb2 as pb
 
 from tests.conftest import DaemonProcess, start_daemon, wait_for
@@ -139,6 +140,11 @@ def test_tray_icon_and_tooltip_follow_the_daemon(tray: Tray, model_home: Path, t
         assert found == {str(library / n) for n in ["held.wav", *(f"a{i}.wav" for i in range(5))]}
         search.query.setText("nosuchtag")
         assert answer(search) == ["no files match"]
+        Synonyms.load(model_home).add(model_home, [("middle", "mid")])  # `vibrary synonyms add middle mid`
+        search.query.setText("mid")
+        mids = answer(search)
+        search.query.setText("middle")  # a spelling of a tag finds it, as `vibrary search` reads it
+        assert answer(search) == mids != ["no files match"]
         search.close()
 
         (library / "broken.wav").touch()  # an empty file cannot be read
