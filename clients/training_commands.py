@@ -76,12 +76,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         news = p.state == "waiting" or lost  # queued, or the trainer out of reach
         # out of reach, the message counts the seconds: it was a new line every second or two
         again = lost and said.startswith(LOST_TRAINER) and time.monotonic() - said_at < LOST_SAID_EVERY_S
+        logging = not sys.stderr.isatty()
+        if logging:  # first: the upload's last quarter comes with the news that the job starts
+            log_lines(p)
         if news and p.message != said and not again:
             said, said_at = p.message, time.monotonic()
             tqdm.write(p.message, file=sys.stderr)
-        if not sys.stderr.isatty():
-            log_lines(p)
-        elif p.state == "uploading":
+        if logging:
+            return
+        if p.state == "uploading":
             if "upload" not in bars:
                 bars["upload"] = tqdm(
                     total=p.upload_bytes, unit="B", unit_scale=True, disable=None, file=sys.stderr, desc="upload"
