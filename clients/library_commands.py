@@ -8,7 +8,7 @@ import difflib
 import os
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 from vibrary.daemon import config, registry
@@ -16,7 +16,6 @@ from vibrary.daemon.folders import indexed_path
 from vibrary.daemon.index import HIT_SCORE, NO_SUCH_PATH, Job, Result, within
 from vibrary.daemon.infer import ModelError
 from vibrary.daemon.modelref import parse_ref
-from vibrary.daemon.suggest import Synonyms
 from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client
@@ -125,7 +124,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         words = args.query
         if any(w.split() != [w] for w in words):  # quoted, as people quote `snare|clap` for the shell: its words,
             spelled = {tag for m in models for tag in m.classes}  # unless a model's tag is spelled so ("hi hat")
-            words = [part for w in words for part in _as_words(w, spelled | _aliases_of(words, known, table))]
+
+            def is_tag(text: str) -> bool:  # or a spelling of an active model's tag ("hi hats")
+                return config.tag_key(text) in spelled or spelled_as(config.tag_key(text), known, table) is not None
+
+            words = [part for w in words for part in _as_words(w, is_tag)]
         try:
             groups, excluded = parse_query(words)
         except QueryError as e:
@@ -151,11 +154,6 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _aliases_of(words: Sequence[str], known: set[str], table: Synonyms) -> set[str]:
-    """The quoted words that are aliases of a model's tag as a whole ("hi hat"): kept whole, respelled later."""
-    return {config.tag_key(w.lstrip("-")) for w in words if spelled_as(config.tag_key(w.lstrip("-")), known, table)}
-
-
 GUESSES_COUNTED = 1000
 
 
@@ -175,19 +173,34 @@ def _say_unfamiliar(c: Client, groups: list[list[str]], excluded: list[str], arg
         )
 
 
-def _as_words(word: str, tags: set[str]) -> list[str]:
-    """A quoted word as the query's words: a tag as a model spells it ("hi hat") whole, or left out ("-hi hat",
-    "NOT hi hat": NOT its own word, it was read as a tag "not hi hat"); alternatives whole when each is a tag
-    or one word ("hi hat|mid" was "hi", then "hat|mid"); any other, its words."""
-    word = word.strip()
-    if word[:4].lower() == "not " and config.tag_key(word[4:]) in tags:
-        return ["NOT", word[4:].strip()]
-    if config.tag_key(word.lstrip("-")) in tags:
-        return [word]
-    alternatives = [a.strip() for a in word.split("|")]
-    if len(alternatives) > 1 and all(config.tag_key(a) in tags or len(a.split()) <= 1 for a in alternatives):
-        return ["|".join(alternatives)]
-    return word.split()
+_OPERATORS = frozenset({"not", "or", "and"})
+
+
+def _as_words(word: str, is_tag: Callable[[str], bool]) -> list[str]:
+    """A quoted word as the query's words: a tag with spaces ("hi hat", or a spelling of one: "hi hats") whole,
+    also left out or among alternatives ("-hi hat", "NOT hi hat", "kick OR hi hat": NOT and OR are their own
+    words; "NOT hi hat" was read as a tag "not hi hat", "kick OR hi hat" as kick OR hi, and hat); alternatives
+    joined by '|' whole when each is a tag or one word ("hi hat|mid" was "hi", then "hat|mid"); any other,
+    its words."""
+    alternatives = [a.strip() for a in word.strip().split("|")]
+    if len(alternatives) > 1:
+        return ["|".join(alternatives)] if all(is_tag(a) or len(a.split()) <= 1 for a in alternatives) else word.split()
+    found: list[str] = []
+    run: list[str] = []  # the words since the last operator: one tag, or words each
+
+    def end_run() -> None:
+        phrase = " ".join(run)
+        found.extend([phrase] if len(run) > 1 and is_tag(phrase.lstrip("-")) else run)
+        run.clear()
+
+    for w in word.split():
+        if w.lower() in _OPERATORS:
+            end_run()
+            found.append(w)
+        else:
+            run.append(w)
+    end_run()
+    return found
 
 
 def _unknown_tags(known: set[str], groups: list[list[str]], excluded: list[str], model: str) -> str:

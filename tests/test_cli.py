@@ -434,7 +434,8 @@ def test_search_finds_a_tag_by_the_spellings_the_synonym_table_gives_it(daemon: 
 
     assert found("hh") == ({"high"}, "vibrary: searched 'hh' as 'hihat', the tag it spells\n")
     assert found("hi hats")[0] == found("BD|hh")[0] - {"low"} == {"high"}  # quoted whole; an OR of aliases
-    assert found("kick", "-hh")[0] == {"low"}
+    assert found("kick", "-hh")[0] == found("kick", "NOT hi hat")[0] == {"low"}  # hi hat whole, among NOT and OR
+    assert found("kick OR hi hat")[0] == {"low", "high"} and found("hi hat|snare")[0] == {"high", "mid"}
     vibrary("synonyms", "add", "tsk", "hihat", home=daemon.home)  # the user's own spelling
     assert found("tsk")[0] == {"high"}
     typo = found("hhh")[1]  # no alias: still a typo, said so
