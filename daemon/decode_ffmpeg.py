@@ -14,8 +14,11 @@ from typing import Any
 
 import numpy as np
 
-# Containers that only FFmpeg reads here (a `.caf` goes to it when libsndfile refuses the codec inside)
-EXTENSIONS = frozenset({".m4a", ".aac"})
+# Containers that only FFmpeg reads here (a `.caf` goes to it when libsndfile refuses the codec inside), and the
+# format to read each as: FFmpeg, given a file object and no name, guesses from the first bytes alone, and took
+# some short .aac one-shots (0.1 s at 8 kHz) for no audio at all
+FORMATS = {".m4a": None, ".aac": "aac"}
+EXTENSIONS = frozenset(FORMATS)
 # Containers whose index gives the stream's length exactly, as FFmpeg decodes it: a bare AAC stream's is guessed
 # from its bit rate, and a .caf's last ALAC packet decodes short of it (0.05 s: 314 of its 2,205 frames)
 INDEXED = frozenset({"mov", "mp4"})
@@ -37,7 +40,7 @@ class FFmpegFile:
         # by a file object: any name the OS takes, non-UTF-8 too; closed by close()
         self._raw = open(os.fsencode(path), "rb")  # noqa: SIM115
         try:
-            self._open(av)
+            self._open(av, FORMATS.get(os.path.splitext(path)[1].lower()))
         except av.FFmpegError as e:
             self.close()
             raise FFmpegError(_described(e)) from None
@@ -48,8 +51,8 @@ class FFmpegFile:
         self._channels = 0
         self._seen = 0  # frames decoded so far
 
-    def _open(self, av: Any) -> None:
-        self._container = av.open(self._raw, "r", metadata_errors="ignore")
+    def _open(self, av: Any, format: str | None) -> None:
+        self._container = av.open(self._raw, "r", format=format, metadata_errors="ignore")
         streams = self._container.streams.audio
         if not streams:  # (an index cut short names no stream either)
             raise FFmpegError("no audio in file (a video without sound, cover art only, or a file cut short?)")

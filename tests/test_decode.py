@@ -97,6 +97,14 @@ def test_errors_are_one_clear_line(tmp_path: Path) -> None:
         decode(str(tmp_path), P)
 
 
+def test_a_short_aac_one_shot_decodes(tmp_path: Path) -> None:
+    """FFmpeg, given a file object and no name, guessed the format from the first bytes and took this one for
+    no audio at all ("not a recognised audio format"), for good."""
+    shot = write_encoded(tmp_path / "shot.aac", tone(440.0, 0.1, 8000), 8000, "adts", "aac")
+    clip = decode(str(shot), P)
+    assert 0.2 < np.abs(clip[0, : P.sample_rate // 3]).max() < 0.7  # (after the encoder delay: 0.13 s at 8 kHz)
+
+
 def test_what_ffmpeg_cannot_read_is_said_clearly(tmp_path: Path) -> None:
     (tmp_path / "text.m4a").write_text("not audio\n" * 20)
     with pytest.raises(DecodeError, match=r"^not a recognised audio format"):
