@@ -32,6 +32,7 @@ _LEFT_OUT = {
     "untagged": "with no tag suggested",  # --labels suggest: never read
 }
 NO_TAG = "no tag suggested"
+NO_TAG_WAYS = "add a synonym (`vibrary synonyms add`), or put the file in a folder named by its tag"
 
 
 def _why_left_out(kinds: dict[str, int]) -> str:
@@ -160,7 +161,8 @@ def cmd_dataset(args: argparse.Namespace) -> int:
                 print(f"vibrary: {args.old} merged into {args.new}, a tag the dataset had already", file=sys.stderr)
     except (FileNotFoundError, dataset.Busy) as e:
         raise CommandError(str(e)) from None
-    obj, human = _dataset_line(args.name, report, untagged)
+    # (an add's report is the whole dataset's: this run's untagged files are not among its counts)
+    obj, human = _dataset_line(args.name, report, untagged if args.action == "create" else ())
     if args.action == "add":
         obj["added"] = added
         human = f"added {many(added, 'clip')} to dataset {args.name}\n{human}"
@@ -207,7 +209,7 @@ def _examples(args: argparse.Namespace, untagged: list[str]) -> list[Any]:
     for s in found:
         if not s.tag:
             untagged.append(s.path)
-            print(f"skipped {_shown(s.path)}: {NO_TAG} (add a synonym, or put it in a tag folder)", file=sys.stderr)
+            print(f"skipped {_shown(s.path)}: {NO_TAG} ({NO_TAG_WAYS})", file=sys.stderr)
     return [dataset.example(s.path, s.tag) for s in found if s.tag]
 
 
@@ -245,6 +247,8 @@ def _create(args: argparse.Namespace, home_dir: Path, untagged: list[str]) -> tu
     if args.action == "add":
         dataset.load(home_dir, args.name)  # "no dataset", before any file is looked at
     examples = _examples(args, untagged)
+    if untagged and not examples:  # (the build's own words are for folders: "put examples in one folder per tag")
+        raise CommandError(f"no file has a tag suggested ({many(len(untagged))} skipped): {NO_TAG_WAYS}")
     config.Settings.load(home_dir)  # a bad config.json stops the build: said before "replacing", not after
     replaced = 0  # said once it is: "replacing" was said of a dataset a refused build then kept
     if args.action == "create":

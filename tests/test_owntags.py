@@ -630,6 +630,8 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     (tmp_path / "notes").mkdir()
     nothing = vibrary("dataset", "suggest", str(tmp_path / "notes"), home=home, check=False)
     assert nothing.returncode == 1 and "no audio files under" in nothing.stderr
+    unnamed = vibrary("dataset", "create", "--labels", "suggest", "x", str(pack / "Take 1.wav"), home=home, check=False)
+    assert unnamed.returncode == 1 and "no file has a tag suggested (1 file skipped)" in unnamed.stderr  # "no audio"
 
     created = json_lines(
         vibrary("dataset", "create", "--json", "--labels", "suggest", "pk", str(pack), home=home).stdout
