@@ -246,6 +246,8 @@ def _create(args: argparse.Namespace, home_dir: Path, untagged: list[str]) -> tu
 
     if args.action == "add":
         dataset.load(home_dir, args.name)  # "no dataset", before any file is looked at
+    else:
+        dataset.check_no_case_twin(home_dir, args.name)  # (and by the build: the API's creates)
     examples = _examples(args, untagged)
     if untagged and not examples:  # (the build's own words are for folders: "put examples in one folder per tag")
         raise CommandError(f"no file has a tag suggested ({many(len(untagged))} skipped): {NO_TAG_WAYS}")

@@ -337,7 +337,7 @@ def build(
 ) -> BuildReport:
     """Compute every example's spectrogram (from the home's cache when it has them) and write the
     dataset's shards, labels and manifest."""
-    _check_not_a_case_twin(home_dir, name)
+    check_no_case_twin(home_dir, name)
     with _held(home_dir, name, change=True):
         return _build(home_dir, name, examples, params, workers, progress, cache)
 
@@ -673,11 +673,13 @@ def names(home_dir: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and _is_dataset(p))
 
 
-def _check_not_a_case_twin(home_dir: Path, name: str) -> None:
+def check_no_case_twin(home_dir: Path, name: str) -> None:
     """`drums` beside `Drums` is two datasets here and one folder on macOS's and Windows' disks, where
-    creating it replaced Drums' confirmed labels under another name."""
-    twin = next((n for n in names(home_dir) if n != name and n.casefold() == name.casefold()), None)
-    if twin is not None:
+    creating it replaced Drums' confirmed labels under another name. (A home that holds both already, from
+    before, can still replace either.)"""
+    held = names(home_dir)
+    twin = next((n for n in held if n != name and n.casefold() == name.casefold()), None)
+    if twin is not None and name not in held:
         raise ValueError(
             f"dataset {twin!r} exists, and names that differ only in case are one folder on macOS and Windows:"
             f" use {twin!r} to replace it, or another name"

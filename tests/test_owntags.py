@@ -468,6 +468,8 @@ def test_a_mistyped_dataset_name_is_answered_with_the_nearest_one_not_told_to_cr
     )
     assert twin.returncode == 1 and "dataset 'mytags' exists, and names that differ only in case" in twin.stderr
     assert dataset.names(home) == ["mytags"]  # one folder on macOS: it was replaced there under another name
+    shutil.copytree(dataset.dataset_dir(home, "mytags"), dataset.dataset_dir(home, "MYTAGS"))  # made before
+    vibrary("dataset", "create", "mytags", str(tmp_path / "ex"), home=home)  # each can still be replaced
     for command in (("train", "mytag"), ("dataset", "show", "Mytags"), ("dataset", "drop", "mytgs", "tone")):
         typo = vibrary(*command, home=home, check=False)
         assert typo.returncode == 1 and "did you mean 'mytags'?" in typo.stderr, typo.stderr
