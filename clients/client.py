@@ -192,9 +192,9 @@ class Client:
             return path
         return indexed_path(path) if indexed else os.path.abspath(path)
 
-    def _paths(self, paths: Paths) -> list[str]:
+    def _paths(self, paths: Paths, indexed: bool = True) -> list[str]:
         """One path alone, or several."""
-        return [self._path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
+        return [self._path(p, indexed) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
 
     # -- calls ---------------------------------------------------------------------------------------
     def is_running(self) -> bool:
@@ -260,8 +260,9 @@ class Client:
         return self._stream("Search", request, timeout, idle=True)
 
     def tags(self, paths: Paths, timeout: float | None = None) -> Iterator[pb.FileTags]:
-        """What the index holds for these files, or for every file under these folders (one stream)."""
-        return self._stream("GetTags", pb.GetTagsRequest(paths=self._paths(paths)), timeout, idle=True)
+        """What the index holds for these files, or for every file under these folders (one stream). Sent
+        unresolved: the daemon resolves links as the index spells paths, and says when one led out of the watches."""
+        return self._stream("GetTags", pb.GetTagsRequest(paths=self._paths(paths, indexed=False)), timeout, idle=True)
 
     def counts(self, model: str = "") -> list[pb.TagCount]:
         return list(self._call("CountTags", pb.CountTagsRequest(model=model)).counts)

@@ -58,14 +58,16 @@ def file_tags_pb(f: FileTags) -> pb.FileTags:
     )
 
 
-def why_not_indexed(path: str, watches: list[str]) -> str:
+def why_not_indexed(path: str, asked: str, watches: list[str]) -> str:
     """Why a path that is there has nothing in the index: `vibrary tags` said "not in the index" alike of a
-    file outside every watch, a PDF, macOS's `._` files and a linked folder (asked for where it leads, which
-    watches do not follow)."""
-    if not within(path, watches):
-        return "not under a watch folder (`vibrary watch add` one above it, or `vibrary tag` reads it now)"
+    file outside every watch, a PDF, macOS's `._` files and a link to a folder elsewhere. `asked`: the path as
+    given, `path` where its links lead."""
     if os.path.isfile(path) and not is_audio_path(path):
         return "not an audio file that Vibrary reads"
+    if not within(path, watches) and within(asked, watches):
+        return "a link to a folder elsewhere: watches do not follow links (`vibrary watch add` where it leads)"
+    if not within(path, watches):
+        return "not under a watch folder (`vibrary watch add` one above it, or `vibrary tag` reads it now)"
     return NOT_INDEXED
 
 
@@ -215,13 +217,13 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         return name
 
     def GetTags(self, request: pb.GetTagsRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
-        paths = [indexed_path(_absolute(p, context)) for p in request.paths]
+        asked = {indexed_path(a): a for a in (_absolute(p, context) for p in request.paths)}  # (links resolved)
         watches = self.daemon.index.watches()
-        for found in self.daemon.index.file_tags(paths):
+        for found in self.daemon.index.file_tags(list(asked)):
             if not context.is_active():
                 return
             if found.error == NOT_INDEXED:
-                found = replace(found, error=why_not_indexed(found.path, watches))
+                found = replace(found, error=why_not_indexed(found.path, asked.get(found.path, found.path), watches))
             yield file_tags_pb(found)
 
     def CountTags(self, request: pb.CountTagsRequest, context: grpc.ServicerContext) -> pb.TagCounts:
