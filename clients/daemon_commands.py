@@ -301,7 +301,7 @@ def _wait_idle(c: Client, pending: int) -> None:
         bar.refresh()
         if bar.disable and time.monotonic() - logged_at >= LOG_EVERY_S:
             logged_at = time.monotonic()
-            print(f"indexing: {bar.n:,} of {bar.total:,} files done", file=sys.stderr, flush=True)
+            print(f"indexing: {bar.n:,} of {many(int(bar.total or 0))} done", file=sys.stderr, flush=True)
         if s.pending == 0 and s.scanning == 0:  # (a folder still being listed may yet hold new files)
             break
         if (s.pending, done) != last:

@@ -227,7 +227,7 @@ def cmd_counts(args: argparse.Namespace) -> int:
 def _say_missing(c: Client, under: str) -> None:
     """Files under a watch folder not there now are left out of searches and counts (a DAW cannot load them):
     with a drive unplugged, `search kick` said "0 files" and `counts` nothing, as of an empty library."""
-    under = os.path.abspath(os.path.expanduser(under)) if under else ""
+    under = indexed_path(os.path.expanduser(under)) if under else ""  # as watches are held: links resolved
     missing = [m for m in c.watch_list().missing if not under or within(under, [m]) or within(m, [under])]
     if missing:
         print(

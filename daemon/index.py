@@ -819,8 +819,9 @@ class Index:
             return spelled
 
     def read_unsupported_once(self) -> int:
-        """Before stop 35 a .caf of AAC or ALAC (Apple Loops) failed for good: libsndfile's "unsupported
-        encoding", and a scan does not read an unchanged failed file again. FFmpeg reads them now: once per
+        """An index of before FFmpeg decoded for libsndfile holds the files libsndfile refused as of an
+        "unsupported encoding" (AAC or ALAC in an Apple Loop's .caf, a WAV or AIFF-C of an odd codec) as failed
+        for good: a scan does not read an unchanged failed file again. FFmpeg reads many of them now: once per
         index (at the daemon's start, as forget_silent_once), they are read again. How many."""
         with self.write() as c:
             if int(c.execute("PRAGMA user_version").fetchone()[0]) >= _FFMPEG_READS:

@@ -493,7 +493,7 @@ def test_status_wait_waits_for_a_daemon_that_is_restarted(model_home: Path, tmp_
         out, err = waiting.communicate(timeout=60)
         assert waiting.returncode == 0, err
         assert "the daemon stopped; waiting up to 60 s" in err
-        assert "indexing: 0 of 1 files done" in err  # no terminal, no bar: a line every 10 s (it said nothing)
+        assert "indexing: 0 of 1 file done" in err  # no terminal, no bar: a line every 10 s (it said nothing)
         assert (json_lines(out)[0]["pending"], json_lines(out)[0]["indexed"]) == (0, 1)
     finally:
         if waiting is not None and waiting.poll() is None:

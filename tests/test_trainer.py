@@ -1253,17 +1253,20 @@ def test_one_trainer_per_data_folder_the_next_waits_and_leaves_the_daemons_job_a
             stderr=subprocess.PIPE,
             text=True,
         )
-        assert proc.stderr is not None
+        assert proc.stderr is not None and proc.stdout is not None
         reader = threading.Thread(target=lambda: told.extend(proc.stderr or ()), daemon=True)
         reader.start()
+        printed: list[str] = []  # (read as it comes: a full pipe would hold the command up)
+        stdout_reader = threading.Thread(target=lambda: printed.extend(proc.stdout or ()), daemon=True)
+        stdout_reader.start()
         wait_for(lambda: any("waiting for its training to finish" in line for line in told), timeout=60)
         assert proc.poll() is None
     finally:
         held.stop(grace=0)  # suspends the job, which stays running on record: the daemon's to take up
-    proc.wait(timeout=300)  # not communicate(): stderr is the reader's, which it closed under it
+    proc.wait(timeout=300)  # not communicate(): the pipes are the readers', which it closed under them
     reader.join(timeout=10)
-    assert proc.stdout is not None
-    out = proc.stdout.read()
+    stdout_reader.join(timeout=10)
+    out = "".join(printed)
     assert proc.returncode == 0, "".join(told)
     assert json_lines(out)[-1]["summary"]["epochs_run"] == 1
     assert f"in use by another trainer (pid {os.getpid()})" in "".join(told)
