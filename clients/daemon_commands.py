@@ -194,7 +194,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     human = (
         f"indexed {s.indexed}, pending {s.pending}, failed {s.failed}{' (paused)' if s.paused else ''}\n"
         f"models: {', '.join(s.models) or 'none'}\nwatching: {', '.join(s.watches) or 'nothing'}\n"
-        f"since it started: {s.decoded} decoded, {s.from_cache} from cached spectrograms, {s.reused} already tagged"
+        # (counts of work, not of files: each re-tag for a model activated counts again)
+        f"work since the daemon started: {s.decoded:,} read from audio, {s.from_cache:,} from cached spectrograms, "
+        f"{s.reused:,} known by their content (each re-tag counts again)"
     )
     if s.scanning:
         human += f"\n{looking_for_files(s.scanning)}"
