@@ -117,24 +117,20 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 # -- commands that talk to the daemon -------------------------------------------------------------------------
 def cmd_search(args: argparse.Namespace) -> int:
+    groups, excluded = _parsed(args.query)  # usage errors said before any daemon is asked
+    if not groups and not excluded and not args.under:
+        raise UsageError("give at least one tag to search for")
     with Client() as c:
         models = c.models()
         known = {tag for m in models if m.active and (args.model or "") in ("", m.name) for tag in m.classes}
         table = synonyms(config.home(create=False))
-        words = args.query
-        if any(w.split() != [w] for w in words):  # quoted, as people quote `snare|clap` for the shell: its words,
-            spelled = {tag for m in models for tag in m.classes}  # unless a model's tag is spelled so ("hi hat")
+        if any(w.split() != [w] for w in args.query):  # quoted, as people quote `snare|clap` for the shell: its
+            spelled = {tag for m in models for tag in m.classes}  # words, unless a model's tag is spelled so
 
-            def is_tag(text: str) -> bool:  # or a spelling of an active model's tag ("hi hats")
+            def is_tag(text: str) -> bool:  # ("hi hat"), or a spelling of an active model's tag ("hi hats")
                 return config.tag_key(text) in spelled or spelled_as(config.tag_key(text), known, table) is not None
 
-            words = [part for w in words for part in _as_words(w, is_tag)]
-        try:
-            groups, excluded = parse_query(words)
-        except QueryError as e:
-            raise UsageError(str(e)) from None
-        if not groups and not excluded and not args.under:
-            raise UsageError("give at least one tag to search for")
+            groups, excluded = _parsed([part for w in args.query for part in _as_words(w, is_tag)])
         groups, excluded, respelled = respell(groups, excluded, known, table)
         n = _print_files(
             args,
@@ -171,6 +167,13 @@ def _say_unfamiliar(c: Client, groups: list[list[str]], excluded: list[str], arg
             f" learned from (shown with '?'): --min-score {HIT_SCORE:g} lists them",
             file=sys.stderr,
         )
+
+
+def _parsed(words: Sequence[str]) -> tuple[list[list[str]], list[str]]:
+    try:
+        return parse_query(words)
+    except QueryError as e:
+        raise UsageError(str(e)) from None
 
 
 _OPERATORS = frozenset({"not", "or", "and"})
