@@ -132,6 +132,9 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         self.daemon = daemon
 
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.Status:
+        # `vibrary models activate` changes the index itself, and the feeder follows within a second: a status
+        # meanwhile said all was indexed, and `status --wait` ended before the re-tag had begun
+        self.daemon.models_changed()
         return status_pb(self.daemon.status())
 
     def AddWatch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> pb.WatchList:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from vibrary.clients.query import QueryError, parse_query
 from vibrary.daemon import config
+from vibrary.daemon.index import Index
 
 from tests.conftest import DaemonProcess, json_lines, start_daemon, vibrary, wait_for
 from tests.synth import BANDS, band_model, write_tone
@@ -441,6 +443,19 @@ def test_search_finds_a_tag_by_the_spellings_the_synonym_table_gives_it(daemon: 
     assert found("tsk")[0] == {"high"}
     typo = found("hhh")[1]  # no alias: still a typo, said so
     assert "no active model tags 'hhh'" in typo and "searched" not in typo
+
+
+def test_a_status_right_after_models_activate_counts_the_re_tag(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """`vibrary models activate X && vibrary status --wait` said all was indexed and ended: the command changes
+    the index itself, and the daemon followed within a second, after that status."""
+    clips = [str(write_tone(tmp_path / f"{band}.wav", freq)) for band, freq in BANDS.items()]
+    list(daemon.client.tag(clips))
+    vibrary("models", "install", "--inactive", str(band_model(tmp_path / "other.onnx", name="other")), home=daemon.home)
+    vibrary("pause", home=daemon.home)  # nothing read meanwhile: what status says is what the daemon knows
+    with contextlib.closing(Index(config.index_path(daemon.home))) as index:
+        index.set_active(index.model("other"), True)  # what `vibrary models activate other` does
+        status = daemon.client.status()
+    assert status.pending == 3 and "other@1" in status.models
 
 
 def test_status_wait_says_when_indexing_is_paused_or_waits_for_a_drive(daemon: DaemonProcess, tmp_path: Path) -> None:
