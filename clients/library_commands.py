@@ -136,7 +136,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             args,
             c.search(groups, excluded, args.min_score, args.under or "", args.model or "", args.limit, best_first=True),
         )
-        unknown = _unknown_tags(known, groups, excluded, args.model or "")
+        unknown = _unknown_tags(known, groups, excluded, args.model or "", _inactive(models, args.model))
         if not args.json or unknown:  # (stderr is the human's with --json too: a typo was silent there)
             print(f"{many(n)}{unknown}", file=sys.stderr)
         if respelled:  # `search hh` found nothing, though `synonyms list` says hh is hihat
@@ -206,11 +206,14 @@ def _as_words(word: str, is_tag: Callable[[str], bool]) -> list[str]:
     return found
 
 
-def _unknown_tags(known: set[str], groups: list[list[str]], excluded: list[str], model: str) -> str:
+def _unknown_tags(known: set[str], groups: list[list[str]], excluded: list[str], model: str, inactive: str = "") -> str:
     """Words no active model tags (a typo, or an inactive model's word), said whatever was found: a typo in
     an OR arm (`kick OR kikc`) or an excluded word (`kick -m`) changed nothing, silently. The active models'
-    classes answer it from their metadata (`known`); counting the tags in use reads the whole index."""
+    classes answer it from their metadata (`known`); counting the tags in use reads the whole index.
+    `inactive`: what to say of a --model that is installed and not active."""
     unknown = [w for g in groups for w in g if w not in known] + [f"-{w}" for w in excluded if w not in known]
+    if inactive:  # it said "model fx has no tag 'dry'" of a model whose tag dry is
+        return f": {inactive}"
     if not unknown:
         return ""
     close = {w: difflib.get_close_matches(w.lstrip("-"), known, n=1) for w in unknown}
@@ -223,8 +226,18 @@ def cmd_counts(args: argparse.Namespace) -> int:
     with Client() as c:
         for n in c.counts(args.model):
             _out(args, {"model": n.model, "tag": n.tag, "files": n.files}, f"{n.files:8d}  {n.tag}  ({n.model})")
+        if inactive := _inactive(c.models(), args.model):  # it printed nothing
+            print(f"vibrary: {inactive}", file=sys.stderr)
         _say_missing(c, "")
     return 0
+
+
+def _inactive(models: Sequence[pb.Model], name: str | None) -> str:
+    """What to say of a model asked for by name that is installed and not active ("" when none is so): the index
+    holds only the active models' tags."""
+    if not name or any(m.active for m in models if m.name == name):
+        return ""
+    return f"model {name} is not active (`vibrary models activate {name}` tags the library with it)"
 
 
 def _say_missing(c: Client, under: str) -> None:

@@ -443,6 +443,10 @@ def test_search_finds_a_tag_by_the_spellings_the_synonym_table_gives_it(daemon: 
     assert found("tsk")[0] == {"high"}
     typo = found("hhh")[1]  # no alias: still a typo, said so
     assert "no active model tags 'hhh'" in typo and "searched" not in typo
+    vibrary("models", "deactivate", "drums", home=daemon.home)
+    inactive = "model drums is not active (`vibrary models activate drums` tags the library with it)"
+    assert inactive in found("kick", "--model", "drums")[1]  # "model drums has no tag 'kick'"
+    assert inactive in vibrary("counts", "--model", "drums", home=daemon.home).stderr  # nothing at all
 
 
 def test_a_status_right_after_models_activate_counts_the_re_tag(daemon: DaemonProcess, tmp_path: Path) -> None:
