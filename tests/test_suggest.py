@@ -300,6 +300,17 @@ def test_a_form_or_a_mood_alone_is_no_class(tmp_path: Path) -> None:
     assert {s.tag for s in suggest([str(root / "Loops")], mine)} == {"loop"}
 
 
+def test_folders_named_by_an_effect_give_the_effect_the_demo_model_knows(tmp_path: Path, table: Synonyms) -> None:
+    """`Reverb/` and `Delay/` were both "wet" (one class of two effects), `Distortion/` and `Overdrive/` both
+    "distorted": names the demo model's effect rows do not know, so a dataset of them lost its head start."""
+    effects = ["Reverb", "Delay", "Distortion", "Overdrive", "Chorus", "Flanger", "Phaser", "Tremolo", "Bitcrush"]
+    for folder in effects:
+        write_tone(tmp_path / "mine" / folder / "take_1.wav", 300, 0.05)
+    found = {Path(s.path).parent.name: s.tag for s in suggest([str(tmp_path / "mine")], table)}
+    assert found == {folder: folder.lower() for folder in effects}
+    assert table.tag_of("echo") == "delay" and table.tag_of("verb") == "reverb" and table.tag_of("od") == "overdrive"
+
+
 def _library(root: Path, rels: Iterable[str], table: Synonyms, id3: dict[str, dict[str, str]] | None = None) -> dict:
     """Tiny files at these paths under root (MP3s get the ID3 frames given, e.g. {"TIT2": "Snare 01"}), and
     the suggestion for each, by its path relative to root/lib (the test's own folder name has words)."""
