@@ -356,8 +356,10 @@ def test_quoted_search_words_keep_a_tag_spelled_with_a_space_and_one_unicode_for
         ("hi hat", ([["hi hat"]], [])),
         ("low|mid -mid", ([["low", "mid"]], ["mid"])),  # not tags as a whole: its words
         ("kick snare|hi hat", ([["kick"], ["snare", "hi"], ["hat"]], [])),  # (as it was: ambiguous)
+        ("kick OR hi hat", ([["kick", "hi hat"]], [])),  # OR its own word: it was kick OR hi, and hat
+        ("kick NOT open hat", ([["kick"]], ["open hat"])),
     ]:
-        assert parse_query(_as_words(quoted, tags)) == query, quoted
+        assert parse_query(_as_words(quoted, tags.__contains__)) == query, quoted
     assert parse_query(["cafe\u0301", "-Cafe\u0301s"]) == ([["caf\u00e9"]], ["caf\u00e9s"])
     parser = build_parser()
     assert parser.parse_args(["search", "mid", "--under=~/Samples"]).under == os.path.expanduser("~/Samples")
