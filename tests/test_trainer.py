@@ -1000,7 +1000,8 @@ def test_the_daemons_own_training_goes_on_from_its_last_epoch_after_a_stop_or_a_
     d = start_daemon(model_home)
     try:
         with Client(home_dir=model_home) as leaving:  # the daemon's own trainer, the default
-            next(iter(leaving.train("kinds", base="none", options=json.dumps({"epochs": 12, "patience": 12}))))
+            # epochs enough that the job cannot end between the status that saw epoch 2 and the stop (CI, loaded)
+            next(iter(leaving.train("kinds", base="none", options=json.dumps({"epochs": 40, "patience": 40}))))
         wait_for(lambda: d.client.status().training.epoch >= 2, timeout=120)
         assert d.stop() == 0  # a clean stop (logout, reboot) suspends the job instead of cancelling it
         assert "Traceback" not in d.log()
@@ -1017,7 +1018,7 @@ def test_the_daemons_own_training_goes_on_from_its_last_epoch_after_a_stop_or_a_
         assert d.client.status().training.model == "kinds@1"
         assert {m.name: m.active for m in d.client.models()}["kinds"]
         summary = json.loads(json.loads(job_file.read_text())["job"]["summary"])
-        assert summary["epochs_run"] == 12 and summary["resumed_from_epoch"] >= 3  # not trained from scratch
+        assert summary["epochs_run"] == 40 and summary["resumed_from_epoch"] >= 3  # not trained from scratch
         assert list(model_home.glob("trainer/tenants/*/jobs/*/job.json")) == [job_file]  # the one job
         assert not checkpoint.exists() and not record.exists() and "Traceback" not in d.log()
     finally:
