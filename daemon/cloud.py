@@ -108,9 +108,14 @@ class CloudSettings:
             if (value := os.environ.get(f"VIBRARY_CLOUD_{name.upper()}")) is not None:
                 raw[name] = value
         settings = cls(**{name: _setting(name, type(getattr(cls(), name)), value) for name, value in raw.items()})
-        for name in ("bucket", "image", "instance_profile"):  # (without a profile the job cannot even say it failed)
-            if not getattr(settings, name):
-                raise CloudError(f"set VIBRARY_CLOUD_{name.upper()} (or {name!r} in {path}) to train in the cloud")
+        # (without a profile the job cannot even say it failed); all said at once: it took a run for each
+        missing = [name for name in ("bucket", "image", "instance_profile") if not getattr(settings, name)]
+        if missing:
+            variables = ", ".join(f"VIBRARY_CLOUD_{name.upper()}" for name in missing)
+            raise CloudError(
+                f"to train in the cloud, set {variables} (or {', '.join(map(repr, missing))} in {path}), beside AWS"
+                " credentials and a region: docs/cloud.md"
+            )
         return settings
 
 
