@@ -66,6 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         nonlocal said, said_at
         if p.resumed_from_epoch and "resumed" not in states:  # the bar stood at epoch 12 of a new command
             states.add("resumed")
+            logged["epoch"] = p.resumed_from_epoch  # its line was the run's before: "epoch 8/200" twice
             tqdm.write(
                 f"going on from epoch {p.resumed_from_epoch} of {p.epochs}, where an earlier run of this training"
                 " stopped",

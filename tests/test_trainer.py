@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -1068,6 +1069,10 @@ def test_a_train_command_stopped_by_ctrl_c_or_killed_leaves_no_job_to_train_on(
     assert not list(jobs.glob("*/jobs/*/checkpoint.pt"))
 
 
+def _said(lines: list[str], start: str) -> bool:
+    return any(line.startswith(start) for line in lines)
+
+
 def test_the_same_train_command_again_says_it_goes_on_from_the_last_epoch(model_home: Path, tmp_path: Path) -> None:
     """After a Ctrl-C, the same `vibrary train` goes on from the last finished epoch, as the Ctrl-C said; it
     did so without a word, its bar standing at epoch 12 of a command just typed."""
@@ -1084,7 +1089,8 @@ def test_the_same_train_command_again_says_it_goes_on_from_the_last_epoch(model_
         reader = threading.Thread(target=lines.extend, args=(proc.stderr,), daemon=True)
         reader.start()
         try:
-            wait_for(lambda: any(line.startswith("epoch 2/") for line in said[-1]), timeout=120)
+            wanted = "epoch 2/" if len(said) == 1 else "epoch "  # the second run's first epoch is past the first's
+            wait_for(functools.partial(_said, lines, wanted), timeout=120)
             proc.send_signal(signal.SIGINT)
             assert proc.wait(timeout=60) == 130
         finally:
@@ -1096,8 +1102,9 @@ def test_the_same_train_command_again_says_it_goes_on_from_the_last_epoch(model_
         r"^going on from epoch (\d+) of 500, where an earlier run of this training stopped$", again, re.M
     )
     assert resumed and int(resumed[1]) >= 2, again
-    first_epoch = re.search(r"^epoch \d+/500", again, re.M)
+    first_epoch = re.search(r"^epoch (\d+)/500", again, re.M)
     assert first_epoch and resumed.start() < first_epoch.start(), again  # said as it starts
+    assert int(first_epoch[1]) == int(resumed[1]) + 1, again  # the epoch it stopped at was said again
 
 
 def test_ctrl_c_during_the_upload_says_no_job_was_started(model_home: Path, tmp_path: Path) -> None:
