@@ -55,6 +55,7 @@ class TrainerClient:
         ]
         ca = tls_ca if tls_ca is not None else os.environ.get("VIBRARY_TRAINER_CA") or None
         self._tls = ca is not None
+        self._answered = False  # any call answered: a later UNAVAILABLE is no wrong address or TLS
         self._channel = open_channel(target, ca, options=options)
         self.stub = pb_grpc.TrainerStub(self._channel)
 
@@ -69,9 +70,11 @@ class TrainerClient:
 
     def _rpc(self, method: str, request: Any, timeout: float | None = None) -> Any:
         try:
-            return getattr(self.stub, method)(request, timeout=timeout, metadata=self._metadata)
+            answer = getattr(self.stub, method)(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             raise self._said(e) from None
+        self._answered = True
+        return answer
 
     def _said(self, e: grpc.RpcError) -> DaemonError:
         """The trainer's refusal, with what to set when it is about the connection: gRPC's words ("Socket
@@ -84,6 +87,8 @@ class TrainerClient:
             hint = "; its certificate does not name this address: set VIBRARY_TRAINER_TLS_NAME to the name it holds"
         elif code == grpc.StatusCode.UNAVAILABLE and self._tls:
             hint = "; is VIBRARY_TRAINER_CA the certificate it serves (or its CA's)?"
+        elif code == grpc.StatusCode.UNAVAILABLE and self._answered:  # (its TLS, or not, was right a moment ago)
+            hint = "; it answered before: stopped or restarted there?"
         elif code == grpc.StatusCode.UNAVAILABLE:
             hint = "; is it running there? One that serves TLS needs VIBRARY_TRAINER_CA set to its certificate"
         return DaemonError(code, f"trainer at {self.target}: {details}{hint}")

@@ -223,6 +223,23 @@ def test_a_full_disk_on_the_trainer_is_said_without_its_paths(tmp_path: Path, mo
         serving.stop(grace=0)
 
 
+def test_a_trainer_gone_after_it_answered_is_not_blamed_on_the_address_or_tls(tmp_path: Path) -> None:
+    """A trainer restarted mid-job was met with "is it running there? One that serves TLS needs
+    VIBRARY_TRAINER_CA set": of a plain connection that had worked a second before."""
+    from vibrary.trainer import service
+
+    serving = service.serve(tmp_path / "trainer", "127.0.0.1:0")
+    with TrainerClient(f"127.0.0.1:{serving.port}", timeout=5) as client:
+        try:
+            assert client.jobs() == []
+        finally:
+            serving.stop(grace=0)
+        with pytest.raises(DaemonError) as err:
+            client.jobs()
+    assert err.value.code == grpc.StatusCode.UNAVAILABLE and "it answered before" in str(err.value)
+    assert "VIBRARY_TRAINER_CA" not in str(err.value)
+
+
 def test_two_uploads_of_one_shard_at_once_store_it_whole(trainer_service: str, tmp_path: Path) -> None:
     """Two uploads of one shard at once (a retry while the old stream still wrote, two terminals) could
     write into the file the other had just verified and renamed: a corrupt shard on record as present,
