@@ -117,8 +117,10 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 # -- commands that talk to the daemon -------------------------------------------------------------------------
 def cmd_search(args: argparse.Namespace) -> int:
-    groups, excluded = _parsed(args.query)  # usage errors said before any daemon is asked
-    if not groups and not excluded and not args.under:
+    # usage errors said before any daemon is asked: of the words as they are, and as they would be split
+    groups, excluded = _parsed(args.query)
+    tags, left_out = _parsed([part for w in args.query for part in _as_words(w, lambda _: False)])
+    if not tags and not left_out and not args.under:  # (`search " "`, a blank "$TAG": it listed the library)
         raise UsageError("give at least one tag to search for")
     with Client() as c:
         models = c.models()
@@ -226,7 +228,7 @@ def cmd_counts(args: argparse.Namespace) -> int:
     with Client() as c:
         for n in c.counts(args.model):
             _out(args, {"model": n.model, "tag": n.tag, "files": n.files}, f"{n.files:8d}  {n.tag}  ({n.model})")
-        if inactive := _inactive(c.models(), args.model):  # it printed nothing
+        if args.model and (inactive := _inactive(c.models(), args.model)):  # it printed nothing
             print(f"vibrary: {inactive}", file=sys.stderr)
         _say_missing(c, "")
     return 0

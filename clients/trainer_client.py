@@ -85,10 +85,10 @@ class TrainerClient:
             hint = "; give its token with --token or VIBRARY_TRAINER_TOKEN"
         elif code == grpc.StatusCode.UNAVAILABLE and "Hostname Verification" in details:
             hint = "; its certificate does not name this address: set VIBRARY_TRAINER_TLS_NAME to the name it holds"
-        elif code == grpc.StatusCode.UNAVAILABLE and self._tls:
-            hint = "; is VIBRARY_TRAINER_CA the certificate it serves (or its CA's)?"
         elif code == grpc.StatusCode.UNAVAILABLE and self._answered:  # (its TLS, or not, was right a moment ago)
             hint = "; it answered before: stopped or restarted there?"
+        elif code == grpc.StatusCode.UNAVAILABLE and self._tls:
+            hint = "; is VIBRARY_TRAINER_CA the certificate it serves (or its CA's)?"
         elif code == grpc.StatusCode.UNAVAILABLE:
             hint = "; is it running there? One that serves TLS needs VIBRARY_TRAINER_CA set to its certificate"
         return DaemonError(code, f"trainer at {self.target}: {details}{hint}")
@@ -143,7 +143,9 @@ class TrainerClient:
 
     def _stream(self, method: str, request: Any) -> Iterator[Any]:
         try:
-            yield from getattr(self.stub, method)(request, metadata=self._metadata)
+            for answer in getattr(self.stub, method)(request, metadata=self._metadata):
+                self._answered = True
+                yield answer
         except grpc.RpcError as e:
             raise self._said(e) from None
 

@@ -134,7 +134,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.Status:
         # `vibrary models activate` changes the index itself, and the feeder follows within a second: a status
         # meanwhile said all was indexed, and `status --wait` ended before the re-tag had begun
-        self.daemon.models_changed()
+        self.daemon.follow_models_unless_busy()
         return status_pb(self.daemon.status())
 
     def AddWatch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> pb.WatchList:

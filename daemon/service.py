@@ -414,6 +414,18 @@ class Daemon:
         """Called by the API after it changed the active set, so the switch is immediate."""
         self._follow_models()
 
+    def follow_models_unless_busy(self) -> None:
+        """For a status: a change of the active models that another process made in the index (`vibrary models
+        activate`) is followed first, so the re-tag it starts is counted; not when a follow is under way (its
+        status says `following`), and never at the cost of the status (a failure is the feeder's to retry)."""
+        if not self._models_lock.acquire(blocking=False):
+            return
+        self._models_lock.release()
+        try:
+            self._follow_models()
+        except Exception:
+            log.exception("could not follow a change of the active models for a status")
+
     # -- API helpers ---------------------------------------------------------------------------------
     def status(self) -> dict[str, object]:
         counts = self.index.counts()

@@ -165,6 +165,8 @@ def test_usage_errors_exit_2_and_failures_exit_1(home: Path, tmp_path: Path) -> 
     assert bad.returncode == 1 and "not a loadable ONNX model" in bad.stderr
     for args, said in (  # usage errors found past argparse exit 2 as well, before any daemon is asked
         (("search",), "give at least one tag"),
+        (("search", " "), "give at least one tag"),  # a blank "$TAG": it listed the whole library
+        (("search", "kick NOT"), "NOT needs a tag after it"),  # quoted: an error once split, said before asking
         (("search", "OR"), "OR needs a tag on each side"),
         (("search", "kick", "NOT"), "NOT needs a tag after it"),
         (("search", "kick", "OR", "-snare", "hihat"), "not an excluded one"),  # was (kick|hihat) -snare
