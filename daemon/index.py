@@ -227,6 +227,15 @@ def under(folder: str) -> tuple[str, str]:
     return base + os.sep, base + chr(ord(os.sep) + 1)
 
 
+def _first_time(c: sqlite3.Connection, version: int) -> bool:
+    """Whether a once-per-index step (PRAGMA user_version `version`) is still to be done; marked done as the
+    caller's transaction commits (user_version is in the database's header, which the transaction writes)."""
+    if int(c.execute("PRAGMA user_version").fetchone()[0]) >= version:
+        return False
+    c.execute(f"PRAGMA user_version = {int(version)}")
+    return True
+
+
 def within(path: str, folders: Iterable[str]) -> bool:
     """Whether path is one of the folders or under one: a prefix test alone would put `Drums2/` in `Drums`."""
     return any(path == f or path.startswith(under(f)[0]) for f in folders)
@@ -765,13 +774,12 @@ class Index:
         again. The daemon asks it at its start, holding the home: a command run beside an older daemon still
         running must not use it up while that daemon stores the old silence again."""
         with self.write() as c:
-            if int(c.execute("PRAGMA user_version").fetchone()[0]) >= _SILENT_OPENINGS_READ:
+            if not _first_time(c, _SILENT_OPENINGS_READ):
                 return 0
             forgotten = c.execute(
                 """DELETE FROM tagged WHERE NOT EXISTS
                    (SELECT 1 FROM tags t WHERE t.content_id = tagged.content_id AND t.model_id = tagged.model_id)"""
             ).rowcount
-            c.execute(f"PRAGMA user_version = {_SILENT_OPENINGS_READ}")
             return forgotten
 
     def rehash_long_once(self, head_bytes: int) -> int:
@@ -782,14 +790,13 @@ class Index:
         hashed with blake2b is decoded again). Only uncompressed files: a compressed one's head holds minutes."""
         uncompressed = " OR ".join(f"lower(path) LIKE '%{ext}'" for ext in UNCOMPRESSED)
         with self.write() as c:
-            if int(c.execute("PRAGMA user_version").fetchone()[0]) >= _SILENT_HEADS_HASHED:
+            if not _first_time(c, _SILENT_HEADS_HASHED):
                 return 0
             requeued = c.execute(
                 f"""UPDATE files SET state = 'pending', due = 0, gen = gen + 1
                     WHERE size > ? AND state = 'indexed' AND ({uncompressed})""",
                 (head_bytes,),
             ).rowcount
-            c.execute(f"PRAGMA user_version = {_SILENT_HEADS_HASHED}")
             return int(requeued)
 
     def spell_tags_once(self) -> int:
@@ -798,7 +805,7 @@ class Index:
         them. Once per index (at the daemon's start, as forget_silent_once), every tag and every model's
         classes are stored so; two spellings of one tag become one. How many tags were spelled anew."""
         with self.write() as c:
-            if int(c.execute("PRAGMA user_version").fetchone()[0]) >= _TAGS_SPELLED:
+            if not _first_time(c, _TAGS_SPELLED):
                 return 0
             spelled = 0
             for tag_id, tag in c.execute("SELECT id, tag FROM vocab").fetchall():
@@ -815,7 +822,6 @@ class Index:
             for model_id, classes in c.execute("SELECT id, classes FROM models").fetchall():
                 if (keys := [tag_key(t) for t in json.loads(classes)]) != json.loads(classes):
                     c.execute("UPDATE models SET classes = ? WHERE id = ?", (json.dumps(keys), model_id))
-            c.execute(f"PRAGMA user_version = {_TAGS_SPELLED}")
             return spelled
 
     def read_unsupported_once(self) -> int:
@@ -824,14 +830,13 @@ class Index:
         for good: a scan does not read an unchanged failed file again. FFmpeg reads many of them now: once per
         index (at the daemon's start, as forget_silent_once), they are read again. How many."""
         with self.write() as c:
-            if int(c.execute("PRAGMA user_version").fetchone()[0]) >= _FFMPEG_READS:
+            if not _first_time(c, _FFMPEG_READS):
                 return 0
             requeued = c.execute(
                 """UPDATE files SET state = 'pending', error = NULL, due = 0, gen = gen + 1
                    WHERE state = 'failed' AND error LIKE ?""",
                 (UNSUPPORTED,),
             ).rowcount
-            c.execute(f"PRAGMA user_version = {_FFMPEG_READS}")
             return int(requeued)
 
     def requeue_model_failures(self) -> int:

@@ -377,10 +377,13 @@ class Daemon:
             self.events.publish(Event(FILE_REMOVED, FileTags(p, "unknown", None, [])))
 
     # -- models --------------------------------------------------------------------------------------
-    def _follow_models(self) -> None:
+    def _follow_models(self, wait: bool = True) -> None:
         """Load the active models again when the active set changed, or when a model that could not be
-        loaded has its file back (`vibrary models install` of the same file restores it)."""
-        with self._models_lock:  # the feeder and the API both call this
+        loaded has its file back (`vibrary models install` of the same file restores it). Without `wait`,
+        nothing when another thread follows them now."""
+        if not self._models_lock.acquire(blocking=wait):  # the feeder and the API both call this
+            return
+        try:
             active = self.index.active_models()
             now = {m.id: m.ref for m in active}
             if now == self._active and self._unloaded_files(active) == self._unloaded:  # (a file put back)
@@ -393,6 +396,8 @@ class Daemon:
             changed = [ref for i, ref in (was | now).items() if (i in now) != (i in was)]
             changed += [ref for i, ref in now.items() if i in was and (i in unloaded) != (i in self._unloaded)]
             queued = self.index.requeue_missing(self._loaded()) + self.index.requeue_model_failures()
+        finally:
+            self._models_lock.release()
         log.info("active models now %s; %d files re-queued", list(now.values()), queued)
         for ref in changed:  # ListModels and Status say what each is now
             self.events.publish(Event(MODEL_CHANGED, model=ref))
@@ -418,11 +423,8 @@ class Daemon:
         """For a status: a change of the active models that another process made in the index (`vibrary models
         activate`) is followed first, so the re-tag it starts is counted; not when a follow is under way (its
         status says `following`), and never at the cost of the status (a failure is the feeder's to retry)."""
-        if not self._models_lock.acquire(blocking=False):
-            return
-        self._models_lock.release()
         try:
-            self._follow_models()
+            self._follow_models(wait=False)
         except Exception:
             log.exception("could not follow a change of the active models for a status")
 
