@@ -77,13 +77,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         news = p.state == "waiting" or lost  # queued, or the trainer out of reach
         # out of reach, the message counts the seconds: it was a new line every second or two
         again = lost and said.startswith(LOST_TRAINER) and time.monotonic() - said_at < LOST_SAID_EVERY_S
-        logging = not sys.stderr.isatty()
-        if logging:  # first: the upload's last quarter comes with the news that the job starts
+        no_bar = not sys.stderr.isatty()
+        if no_bar:  # first: the upload's last quarter comes with the news that the job starts
             log_lines(p)
         if news and p.message != said and not again:
             said, said_at = p.message, time.monotonic()
             tqdm.write(p.message, file=sys.stderr)
-        if logging:
+        if no_bar:
             return
         if p.state == "uploading":
             if "upload" not in bars:
