@@ -177,7 +177,6 @@ _SILENT_HEADS_HASHED = 2
 _TAGS_SPELLED = 3
 # ... from which FFmpeg reads the codecs libsndfile refused (Index.read_unsupported_once).
 _FFMPEG_READS = 4
-UNSUPPORTED = "%unsupported encoding%"  # libsndfile's refusal of AAC or ALAC in a .caf, as stored before
 UNCOMPRESSED = (".wav", ".wave", ".bwf", ".aif", ".aiff", ".aifc", ".w64", ".rf64", ".caf")
 
 RETRY_S = 60.0  # how long a file whose reading failed for a passing reason waits to be read again
@@ -824,18 +823,19 @@ class Index:
                     c.execute("UPDATE models SET classes = ? WHERE id = ?", (json.dumps(keys), model_id))
             return spelled
 
-    def read_unsupported_once(self) -> int:
+    def read_unsupported_once(self, refusal: str) -> int:
         """An index of before FFmpeg decoded for libsndfile holds the files libsndfile refused as of an
         "unsupported encoding" (AAC or ALAC in an Apple Loop's .caf, a WAV or AIFF-C of an odd codec) as failed
         for good: a scan does not read an unchanged failed file again. FFmpeg reads many of them now: once per
-        index (at the daemon's start, as forget_silent_once), they are read again. How many."""
+        index (at the daemon's start, as forget_silent_once), they are read again. How many. `refusal`:
+        libsndfile's words (decode.UNSUPPORTED_ENCODING), as the errors hold them."""
         with self.write() as c:
             if not _first_time(c, _FFMPEG_READS):
                 return 0
             requeued = c.execute(
                 """UPDATE files SET state = 'pending', error = NULL, due = 0, gen = gen + 1
                    WHERE state = 'failed' AND error LIKE ?""",
-                (UNSUPPORTED,),
+                (f"%{refusal}%",),
             ).rowcount
             return int(requeued)
 

@@ -26,7 +26,7 @@ import psutil
 
 from . import atomic, config, dataset, features, pidlock, registry, training
 from .cache import SpectrogramCache
-from .decode import VANISHED
+from .decode import UNSUPPORTED_ENCODING, VANISHED
 from .events import (
     FILE_FAILED,
     FILE_REMOVED,
@@ -153,7 +153,7 @@ class Daemon:
         self.index.forget_silent_once()
         self.index.rehash_long_once(features.HEAD_BYTES)
         self.index.spell_tags_once()
-        self.index.read_unsupported_once()
+        self.index.read_unsupported_once(UNSUPPORTED_ENCODING)
         self._forget_on_demand_leftovers()
         self.index.requeue_missing(self._loaded())
         self.watcher.start()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import vibrary.daemon.index as index_module
 import vibrary.daemon.search as search_module
+from vibrary.daemon.decode import UNSUPPORTED_ENCODING
 from vibrary.daemon.features import changed_at
 from vibrary.daemon.index import ANY_STORED_SCORE, Index, Result
 from vibrary.daemon.search import Query, search
@@ -196,7 +197,7 @@ def test_codecs_refused_before_ffmpeg_read_them_are_read_again_once(index: Index
         [Result(j, size=10, mtime_ns=5, error=errors[j.path]) for j in index.due_jobs(10, set(), 1e12)], 0.02
     )
     index.conn().execute("PRAGMA user_version = 3")  # as the older daemon left it
-    assert index.read_unsupported_once() == 1 and index.read_unsupported_once() == 0
+    assert index.read_unsupported_once(UNSUPPORTED_ENCODING) == 1 and index.read_unsupported_once("x") == 0
     assert [j.path for j in index.due_jobs(10, set(), 1e12)] == ["/loops/a.caf"]
     assert index.failures() == [("/bad.wav", "empty file (0 bytes)")]
 
