@@ -177,6 +177,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     stopped = _what_the_progress_did_not_say(trained.summary, checked, row.classes)
     human += f"\n{stopped}" if stopped else ""
+    if chance := as_good_as_chance(accuracy, len(row.classes)):  # installed and active, without a word
+        obj["warning"] = chance
+        human += f"\n{chance}"
     earlier = [m for m in index.models() if m.name == row.name and m.version < row.version]
     was = max(earlier, key=lambda m: m.version, default=None)
     if was is not None and set(was.classes) != set(row.classes):  # a search for a tag it had found nothing
@@ -188,6 +191,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         human += f" (`vibrary models activate {was.ref}` goes back)"
     _out(args, obj, human + f"\nplots: {', '.join(trained.plots)}")
     return 0
+
+
+CHANCE_MARGIN = 0.1  # accuracy within this of guessing is said to be no better than it
+
+
+def as_good_as_chance(accuracy: float, n_tags: int) -> str:
+    """What to say of a model hardly better than a guess (a `--base none` model right on 50 % of two tags was
+    installed and activated with no word of it), or ""."""
+    chance = 1 / max(1, n_tags)
+    if accuracy >= chance + CHANCE_MARGIN:
+        return ""
+    return (
+        f"that is about as good as guessing ({chance:.0%} for {n_tags} tags): more examples, tags that sound"
+        " less alike, or more epochs would help; `vibrary models list` shows the versions to go back to"
+    )
 
 
 def _what_the_progress_did_not_say(summary: dict[str, Any], options: str, tags: Sequence[str]) -> str:

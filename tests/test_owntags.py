@@ -1138,3 +1138,12 @@ def test_a_trained_model_that_cannot_be_installed_is_kept_to_install_by_hand(
         index.close()
     vibrary("models", "install", kept.group(1), "--name", "mine", home=model_home)
     assert "mine@1" in vibrary("models", "list", home=model_home).stdout
+
+
+def test_a_model_hardly_better_than_guessing_is_said_to_be() -> None:
+    """A `--base none` model right on 50 % of two tags' clips was installed and activated with no word of it."""
+    from vibrary.clients.training_commands import as_good_as_chance
+
+    assert "about as good as guessing (50% for 2 tags)" in as_good_as_chance(0.5, 2)
+    assert as_good_as_chance(0.55, 2) and not as_good_as_chance(0.6, 2) and not as_good_as_chance(0.9, 2)
+    assert as_good_as_chance(0.3, 4) and not as_good_as_chance(0.4, 4)  # 25 % a guess
