@@ -782,6 +782,9 @@ def _edit(
     keep = [i for i, t in enumerate(labels) if t]
     kept = [dataclasses.replace(rows[i], label=labels[i]) for i in keep]
     live = {labels[i] for i in keep}
+    if len(live) < 2:  # (the shards' own refusal, "has 1 class", read as if the edit had been made)
+        tags = f"only {', '.join(sorted(live))}" if live else "no tag"
+        raise ValueError(f"not done: dataset {name!r} would be left with {tags}; a model needs at least 2 tags")
     removed = held.edits.removed + [rows[i].path for i, t in enumerate(labels) if not t]
     edits = Edits(_renamed(held.edits.renamed, mapping, live), removed)
     return _write(home_dir, name, held.params, held.codes[keep], kept, held.failed, edits)
