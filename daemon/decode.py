@@ -162,7 +162,7 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
             )
         audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
         np.clip(audio, -LOUDEST, LOUDEST, out=audio)
-        peak = float(max(audio.max(), -audio.min()))
+        peak = _peak(audio)
     if _loudness(audio, peak) < INAUDIBLE:
         # a stem that starts late, its opening seconds only dither or a noise floor: spectrograms are
         # scaled to their own peak, so that floor looked like a hi-hat (0.74) to the model
