@@ -485,6 +485,8 @@ def add(
         more, added, unread = _spectrograms(
             new, held.params, workers, progress, cache or open_cache(home_dir), rows, codes
         )
+        if not added and not replaced:  # the dataset as it was: a show listed the files of an add that failed
+            return Added(_report(held.manifest, held.rows, held.failed), 0, left_out, unread)
         retried = {os.path.normpath(ex.path) for ex in new}
         failed = [f for f in held.failed if os.path.normpath(f[0]) not in retried] + unread
         codes = np.concatenate([codes, more])

@@ -353,6 +353,8 @@ def test_an_add_whose_new_files_cannot_be_read_says_so(home: Path, tmp_path: Pat
     added = vibrary("dataset", "add", "mine", str(tags), home=home)
     assert "nothing added: 1 new file left out (1 unreadable)" in added.stderr, added.stderr
     assert "has these files already" not in added.stderr and f"skipped {tags / 'thump' / 'new.wav'}" in added.stderr
+    shown = vibrary("dataset", "show", "mine", "--json", home=home)  # the dataset as it was: nothing left out
+    assert "new.wav" not in shown.stderr and json.loads(shown.stdout)["failed"] == 0, shown
     (tags / "thump" / "new.wav").unlink()
     shutil.copy(next((tags / "thump").glob("*.wav")), tags / "thump" / "copy.wav")  # read fine: a copy
     added = vibrary("dataset", "add", "mine", str(tags), home=home)
