@@ -28,7 +28,15 @@ LOST_SAID_EVERY_S = 30.0  # how often `vibrary train` says the trainer is still 
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vibrary.daemon.training import LOST_TRAINER, OWN_CLIPS, TrainingError, TrainProgress, check_request, train
+    from vibrary.daemon.training import (
+        FITTING,
+        LOST_TRAINER,
+        OWN_CLIPS,
+        TrainingError,
+        TrainProgress,
+        check_request,
+        train,
+    )
 
     options = {"epochs": args.epochs, "seed": args.seed, "known_pull": 0 if args.as_new else None}
     try:  # `--name "My Model"`, `--trainer lcoal`: refused as argparse refuses (exit 2), before any advice
@@ -58,7 +66,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print(f"upload {p.uploaded_bytes:,} of {p.upload_bytes:,} bytes", file=sys.stderr, flush=True)
         elif p.state == "training" and p.epochs and p.epoch > logged["epoch"]:
             logged["epoch"] = p.epoch
-            print(f"epoch {p.epoch}/{p.epochs}: loss {p.loss:.3f}", file=sys.stderr, flush=True)
+            done = "fitted the tags the base model knows" if p.message == FITTING else f"epoch {p.epoch}/{p.epochs}"
+            print(f"{done}: loss {p.loss:.3f}", file=sys.stderr, flush=True)
 
     said_at = 0.0
 
@@ -100,6 +109,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             if "train" not in bars:
                 bars["train"] = tqdm(total=None, unit="epoch", disable=None, file=sys.stderr, desc="training")
             bar = bars["train"]
+            if p.message == FITTING:  # one fit of seconds: "training 1/1 epoch" of a `--epochs 30`
+                bar.unit = "fit"
+                bar.set_description(FITTING, refresh=False)
             if p.epochs:  # 0 while it exports: the bar stays where training ended
                 bar.total, bar.n = p.epochs, p.epoch
             # a dataset too small to hold clips out has no validation: "val acc 0.00" read as a failure

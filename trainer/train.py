@@ -60,7 +60,7 @@ class AuxTask:
 
 @dataclass
 class Progress:
-    phase: str  # loading | training | exporting | done
+    phase: str  # loading | fitting (known rows: trainer/known.py) | training | exporting | done
     epoch: int = 0
     epochs: int = 0
     loss: float = 0.0
@@ -263,9 +263,9 @@ def train(
     epochs = config.epochs if rows is None else 0
     if rows is not None and known is not None:
         result.known = [tag for tag, i in zip(manifest.classes, rows, strict=True) if i is not None]
-        progress(Progress("training", 0, 1))  # a pass over every clip comes first
+        progress(Progress("fitting", 0, 1))  # a pass over every clip comes first (no epoch: "epoch 1/1" was said)
         _fit_known(net, result, known, rows, config.known_pull, (train_idx, val_idx), batch, config.batch_size)
-        progress(Progress("training", 1, 1, result.history[0]["train_loss"], result.history[0]["val_accuracy"]))
+        progress(Progress("fitting", 1, 1, result.history[0]["train_loss"], result.history[0]["val_accuracy"]))
     elif base is not None:
         order = rng.permutation(train_idx)
         _imprint(net, order, labels, batch, n_classes=len(manifest.classes), batch_size=config.batch_size)

@@ -255,7 +255,7 @@ class Job(_message.Message):
     id: _builtins.str
     state: Global___Job.State.ValueType
     phase: _builtins.str
-    """queued | loading | training | exporting | done | failed | cancelled"""
+    """queued | loading | fitting | training | exporting | done | failed | cancelled"""
     epoch: _builtins.int
     epochs: _builtins.int
     loss: _builtins.float
