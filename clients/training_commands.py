@@ -20,6 +20,7 @@ from tqdm import tqdm
 from vibrary.daemon import config, registry
 from vibrary.daemon.cloud import ENDING_SIGNALS
 from vibrary.daemon.infer import ModelError
+from vibrary.trainer.options import FITTING
 
 from .daemon_commands import on_signals
 from .output import CommandError, UsageError, _index, _out
@@ -28,15 +29,7 @@ LOST_SAID_EVERY_S = 30.0  # how often `vibrary train` says the trainer is still 
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vibrary.daemon.training import (
-        FITTING,
-        LOST_TRAINER,
-        OWN_CLIPS,
-        TrainingError,
-        TrainProgress,
-        check_request,
-        train,
-    )
+    from vibrary.daemon.training import LOST_TRAINER, OWN_CLIPS, TrainingError, TrainProgress, check_request, train
 
     options = {"epochs": args.epochs, "seed": args.seed, "known_pull": 0 if args.as_new else None}
     try:  # `--name "My Model"`, `--trainer lcoal`: refused as argparse refuses (exit 2), before any advice

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, replace
 
 from vibrary.proto import daemon_pb2 as pb
+from vibrary.trainer.options import FITTING
 
 TP = pb.TrainProgress
 TRAINING_ACTIVE = frozenset({TP.UPLOADING, TP.WAITING, TP.TRAINING, TP.INSTALLING})
@@ -174,6 +175,8 @@ def indexing_progress(state: TrayState) -> tuple[int, int] | None:
 
 def training_line(t: pb.TrainProgress) -> str:
     name = t.model or t.dataset
+    if t.state == TP.TRAINING and t.message == FITTING:
+        return f"training {name}: fitting the tags the base model knows"
     if t.state == TP.TRAINING:
         line = f"training {name}: epoch {t.epoch} of {t.epochs}" if t.epochs else f"training {name}"
         if t.val_accuracy:

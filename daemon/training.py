@@ -99,7 +99,6 @@ class TrainProgress:
     plots: list[str] = field(default_factory=list)
 
 
-FITTING = "fitting"  # the trainer's phase, and the message, of a fit from known rows (trainer/known.py): no epochs
 LOST_TRAINER = "lost the trainer"  # a message said while training goes on (the state stays as it was)
 HELD_OUT = "held-out clips"
 OWN_CLIPS = "training clips (none held out)"  # a small dataset trains on every clip

@@ -250,6 +250,8 @@ def test_training_progress_finish_and_install_notifications() -> None:
     assert notices == [] and (v.icon, v.progress) == (ts.Icon.TRAINING, 0.3)
     lines = v.tooltip.splitlines()
     assert lines[0] == "Vibrary: training mytags: epoch 3 of 10, accuracy 50%"
+    fit = ts.training_line(TP(state=TP.TRAINING, dataset="fx", epoch=1, epochs=1, message="fitting"))
+    assert fit == "training fx: fitting the tags the base model knows"  # not "epoch 1 of 1" of one fit
     assert lines[2] == "indexing: 0 of 3 files"  # indexing goes on, and is still told
 
     done = TP(state=TP.SUCCEEDED, dataset="mytags", model="mytags@2", val_accuracy=0.875)

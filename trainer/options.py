@@ -15,6 +15,9 @@ from pathlib import Path
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 RESULT_FILES = ("model.onnx", "learning_curve.png", "confusion_matrix.png")  # what a finished job hands back
 PRECISIONS = ("auto", "float32", "bfloat16")
+# a job's phase while the head of tags the base knows is fitted (known.py): seconds and no epochs, which the
+# front ends say (they said "epoch 1/1" of a `--epochs 30`)
+FITTING = "fitting"
 MAX_EPOCHS = 10_000
 DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,2})?")
 _KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}

@@ -32,7 +32,7 @@ from . import checkpoint as snapshot
 from .augment import augment, mixup
 from .known import Known, starts_from
 from .network import TagNet
-from .options import PRECISIONS, Cancelled, TrainConfig
+from .options import FITTING, PRECISIONS, Cancelled, TrainConfig
 
 MIN_STEPS, MIN_BATCH = 3, 8  # optimiser steps an epoch at least, by smaller batches (see train)
 SMALL_CLASS = 25  # fewer clips than this in some class: no validation split (see train); measured at 1–20
@@ -263,9 +263,9 @@ def train(
     epochs = config.epochs if rows is None else 0
     if rows is not None and known is not None:
         result.known = [tag for tag, i in zip(manifest.classes, rows, strict=True) if i is not None]
-        progress(Progress("fitting", 0, 1))  # a pass over every clip comes first (no epoch: "epoch 1/1" was said)
+        progress(Progress(FITTING, 0, 1))  # a pass over every clip comes first (no epoch: "epoch 1/1" was said)
         _fit_known(net, result, known, rows, config.known_pull, (train_idx, val_idx), batch, config.batch_size)
-        progress(Progress("fitting", 1, 1, result.history[0]["train_loss"], result.history[0]["val_accuracy"]))
+        progress(Progress(FITTING, 1, 1, result.history[0]["train_loss"], result.history[0]["val_accuracy"]))
     elif base is not None:
         order = rng.permutation(train_idx)
         _imprint(net, order, labels, batch, n_classes=len(manifest.classes), batch_size=config.batch_size)
