@@ -28,7 +28,8 @@ nothing itself: the file's name or metadata says which of them, and a folder tha
 part (`808/`, the sub-bass) gives way to a drum a file names (`808 Kick`); a drum machine's folder (`Roland
 TR-808/`) says drums. A descriptor or a weak word says how a sound is, not what it is: alone it is no tag
 (`Loops/Drum Loop 1`, a genre field of "Electronic"), only an alternative, unless the user's own table has
-that tag (they asked for loops as a class). A file no text names takes its own folder's name when that
+that tag (they asked for loops as a class), or a folder above is one of fx: `FX/Reverb/`, `Guitar FX/Chorus/`
+are sorted by effect, which is then what a file is. A file no text names takes its own folder's name when that
 folder holds at least two such files and its name has no known word: its words joined by '-', a plural s
 dropped (the user's own tag that nobody put in the table yet: `Wobbles/` → wobble); or when the name is one
 mood and nothing else (`MyTags/dark/`: one folder per mood is how a user teaches moods); never a catch-all
@@ -53,7 +54,7 @@ import struct
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import mutagen
@@ -154,6 +155,7 @@ class Synonyms:
     user: dict[str, list[str]] = field(default_factory=dict)
     weak: frozenset[str] = frozenset()
     descriptors: frozenset[str] = frozenset()
+    effects: frozenset[str] = frozenset()  # descriptors that are what a file is under a folder of fx
     ignored: frozenset[tuple[str, ...]] = frozenset()  # genres: "Drum & Bass" is no drum and no bass
     families: dict[str, frozenset[str]] = field(default_factory=dict)  # drums → kick, snare, …
     containers: frozenset[str] = frozenset()  # samples, pack, vol: folders that hold, not name, sounds
@@ -165,6 +167,7 @@ class Synonyms:
 
     def __post_init__(self) -> None:
         self._found: dict[tuple[str, bool], list[str]] = {}  # find()'s answers (the table changed: none)
+        self._sorted_by_effect: Synonyms | None = None
         self._phrases: dict[tuple[str, ...], str] = {}
         removed = {_key(alias) for alias in self.removed}
         for table in (self.builtin, self.user):  # the user's table last: it wins
@@ -204,6 +207,7 @@ class Synonyms:
             user,
             frozenset(raw.get("_weak", ())),
             frozenset(raw.get("_descriptors", ())),
+            frozenset(raw.get("_effects", ())),
             frozenset(tuple(tokens(phrase)) for phrase in raw.get("_ignored", ())),
             {tag: frozenset(members) for tag, members in raw.get("_families", {}).items()},
             frozenset(raw.get("_containers", ())),
@@ -449,6 +453,14 @@ class Synonyms:
         best = min(self.rank(t) for t in tags)
         return [t for t in tags if self.rank(t) == best][-1]
 
+    def sorted_by_effect(self) -> Synonyms:
+        """The table for a file under a folder of fx (`FX/Reverb/`, `Guitar FX/Chorus/`): there a processing
+        effect is what the file is, a sound, not how one sounds (every file of `FX/Reverb/` and `FX/Delay/`
+        was "fx", and `Guitar FX/Chorus/take1` had no tag)."""
+        if self._sorted_by_effect is None:
+            self._sorted_by_effect = replace(self, descriptors=self.descriptors - self.effects)
+        return self._sorted_by_effect
+
     def is_drum(self, tag: str) -> bool:
         return tag in self._drums
 
@@ -585,6 +597,8 @@ def _texts(path: str, root: str) -> list[tuple[bool, str, str, str]]:
     return texts
 
 
+FX = "fx"  # the tag of a folder of effects (`FX/`, `Effects/`, `Guitar FX/`)
+
 # a web address in a field ("Downloaded from www.freesounds.org") is no word: its .org was an organ
 _URL = re.compile(r"\S*(?:://|www\.)\S*|\S+\.(?:com|org|net|io|co|uk|de|fr|info|me)\b\S*", re.IGNORECASE)
 
@@ -602,6 +616,8 @@ def _choose(
 ) -> tuple[tuple[str, str, str] | None, list[str]]:
     """The tag, where it came from and the text it came from (None when no text names one), and every
     known tag of every text."""
+    if any(FX in synonyms.find(text) for own, source, _, text in texts if not own and source == "folder"):
+        synonyms = synonyms.sorted_by_effect()
     best: tuple[str, str, str] | None = None
     by_role = False  # best is a role word only (808, lead): a sound the file's own texts name beats it
     tags: list[str] = []

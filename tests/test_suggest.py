@@ -311,6 +311,27 @@ def test_folders_named_by_an_effect_give_the_effect_the_demo_model_knows(tmp_pat
     assert table.tag_of("echo") == "delay" and table.tag_of("verb") == "reverb" and table.tag_of("od") == "overdrive"
 
 
+def test_folders_of_effects_under_a_folder_of_fx_give_the_effect(tmp_path: Path, table: Synonyms) -> None:
+    """`FX/Reverb/` and `FX/Delay/` were all "fx" (the sound a folder above named beat a nearer effect, a
+    descriptor), `Guitar FX/Chorus/take1` had no tag at all; a sound effect in `FX/Risers/` is still fx."""
+    sorted_by_effect = ["FX/Reverb/take1.wav", "FX/Delay/Guitar 02.wav", "Guitar FX/Chorus/take1.wav"]
+    others = ["Effects/Flanger/a.wav", "FX/Risers/Riser Reverb.wav", "Vintage/Reverb Kick.wav"]
+    others.append("FX Pack/Reverb/Snare 1.wav")
+    found = _library(tmp_path, [*sorted_by_effect, *others], table)
+    tags = {rel: s.tag for rel, s in found.items()}
+    assert tags == {
+        "FX/Reverb/take1.wav": "reverb",
+        "FX/Delay/Guitar 02.wav": "delay",  # the nearest text: the folder it was sorted into
+        "Guitar FX/Chorus/take1.wav": "chorus",
+        "Effects/Flanger/a.wav": "flanger",
+        "FX/Risers/Riser Reverb.wav": "fx",
+        "Vintage/Reverb Kick.wav": "kick",  # no folder of fx above: the sound beats the effect
+        "FX Pack/Reverb/Snare 1.wav": "reverb",
+    }
+    assert "guitar" in found["FX/Delay/Guitar 02.wav"].alternatives
+    assert "fx" in found["FX/Reverb/take1.wav"].alternatives
+
+
 def _library(root: Path, rels: Iterable[str], table: Synonyms, id3: dict[str, dict[str, str]] | None = None) -> dict:
     """Tiny files at these paths under root (MP3s get the ID3 frames given, e.g. {"TIT2": "Snare 01"}), and
     the suggestion for each, by its path relative to root/lib (the test's own folder name has words)."""
