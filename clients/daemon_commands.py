@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
 from vibrary.daemon import config
 from vibrary.daemon.cloud import ENDING_SIGNALS
 from vibrary.daemon.folders import indexed_path
@@ -25,7 +24,7 @@ from vibrary.daemon.index import under
 from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client, DaemonNotRunning
-from .output import UNUSABLE, CommandError, _out, _shown
+from .output import UNUSABLE, Bar, CommandError, _out, _shown
 from .tray_state import looking_for_files, many
 
 
@@ -268,7 +267,6 @@ def cmd_tray(args: argparse.Namespace) -> int:
 
 BACK_S = 60.0  # how long `status --wait` waits for a daemon that stopped to come back (a restart, an upgrade)
 STUCK_S = 10.0  # how long nothing moves, a watch folder missing, before `status --wait` says so and ends
-LOG_EVERY_S = 10.0  # how often `status --wait` writes a line of progress where no bar can show
 
 
 def _wait_idle(c: Client, pending: int) -> None:
@@ -276,13 +274,12 @@ def _wait_idle(c: Client, pending: int) -> None:
     restarted (by its start-at-login unit, after an upgrade) ended an hour's wait with "no daemon". Files
     under a watch folder not there now (a drive unplugged) wait for it: when nothing else moves for
     STUCK_S, that is said and the wait ends (it waited for ever)."""
-    bar = tqdm(total=pending, unit="file", disable=None, file=sys.stderr, desc="indexing")
+    bar = Bar(total=pending, desc="indexing")
     first = c.status()
     done_before = first.indexed + first.failed  # a failed file is done too: the bar stopped short of them
     gone_since = None
     moved_at, last = time.monotonic(), (-1, -1)
     said_listing = said_retrying = False
-    logged_at = time.monotonic()  # where no bar can show (a log, a script's pipe): a line every LOG_EVERY_S
     while True:
         try:
             s = c.status()
@@ -301,9 +298,7 @@ def _wait_idle(c: Client, pending: int) -> None:
         bar.total = max(bar.total or 0, s.pending + (done - done_before))
         bar.n = done - done_before
         bar.refresh()
-        if bar.disable and time.monotonic() - logged_at >= LOG_EVERY_S:
-            logged_at = time.monotonic()
-            print(f"indexing: {bar.n:,} of {many(int(bar.total or 0))} done", file=sys.stderr, flush=True)
+        bar.log()
         if s.pending == 0 and s.scanning == 0:  # (a folder still being listed may yet hold new files)
             break
         if (s.pending, done) != last:

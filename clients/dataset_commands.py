@@ -16,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 from vibrary.daemon import config
 
-from .output import CommandError, _out, _shown
+from .output import Bar, CommandError, _out, _shown
 from .tray_state import many
 
 
@@ -256,7 +256,7 @@ def _create(args: argparse.Namespace, home_dir: Path, untagged: list[str]) -> tu
     if args.action == "create":
         with contextlib.suppress(FileNotFoundError, ValueError):
             replaced = dataset.load(home_dir, args.name)[0].clips
-    bar = tqdm(total=len(examples), unit="file", disable=None, file=sys.stderr, desc="spectrograms")
+    bar = Bar(total=len(examples), desc="spectrograms")
     try:
         if args.action == "create":
             report = dataset.build(home_dir, args.name, examples, progress=bar.update)

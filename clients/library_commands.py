@@ -10,7 +10,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from tqdm import tqdm
 from vibrary.daemon import config, registry
 from vibrary.daemon.folders import indexed_path
 from vibrary.daemon.index import HIT_SCORE, NO_SUCH_PATH, Job, Result, within
@@ -23,6 +22,7 @@ from .output import (
     NO_MODEL_TAGS,
     SILENT_TAGS,
     UNUSABLE,
+    Bar,
     CommandError,
     UsageError,
     _file_line,
@@ -57,7 +57,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     files = list(expand(args.paths))
     if not files:
         print(f"vibrary: no audio files in {', '.join(args.paths)}", file=sys.stderr)
-    bar = tqdm(total=len(files), unit="file", disable=None, file=sys.stderr)
+    bar = Bar(total=len(files), desc="tagging")
     lock = threading.Lock()
     reader_gone = threading.Event()  # `vibrary tag --json DIR | head`: it has all it wants
     # files are read in parallel and come back in any order: each is said in the order given (a script pairs

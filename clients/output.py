@@ -7,12 +7,43 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import time
 from collections.abc import Collection, Iterable
 from typing import Any
 
+from tqdm import tqdm
 from vibrary.daemon import config, registry
 from vibrary.daemon.index import HIT_SCORE, Index
 from vibrary.daemon.spectrogram import SILENT
+
+from .tray_state import many
+
+LOG_EVERY_S = 10.0  # how often long work writes a line of progress where no bar can show
+
+
+class Bar(tqdm):
+    """tqdm's bar on a terminal; where none can show (a log file, a script's pipe) a line every LOG_EVERY_S
+    instead ("spectrograms: 1,200 of 20,000 files done"): `dataset create` of a big pack, `tag` of a folder
+    and `status --wait` said nothing there until they ended."""
+
+    def __init__(self, total: int | None, desc: str, unit: str = "file") -> None:
+        super().__init__(total=total, unit=unit, disable=None, file=sys.stderr, desc=desc)
+        self.said_as, self._said_at = (desc, unit), time.monotonic()
+
+    def update(self, n: float | None = 1) -> bool | None:
+        if not self.disable:
+            return super().update(n)
+        self.n += n or 0
+        self.log()
+        return None
+
+    def log(self) -> None:
+        """Its line, once LOG_EVERY_S has passed since the last (called by update, or by whoever sets n)."""
+        if self.disable and time.monotonic() - self._said_at >= LOG_EVERY_S:
+            self._said_at = time.monotonic()
+            desc, unit = self.said_as
+            print(f"{desc}: {int(self.n):,} of {many(int(self.total or 0), unit)} done", file=sys.stderr, flush=True)
 
 
 class CommandError(Exception):

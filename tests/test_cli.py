@@ -815,3 +815,30 @@ def test_stopping_a_daemon_of_a_mistyped_home_makes_no_home(tmp_path: Path) -> N
     typo = tmp_path / "no-such-home"
     stopped = vibrary("daemon", "stop", home=typo, check=False)
     assert stopped.returncode == 1 and "no daemon is running" in stopped.stderr and not typo.exists()
+
+
+_WITH_LINES_AT_ONCE = (
+    "import sys\n"
+    "from vibrary.clients import output\n"
+    "output.LOG_EVERY_S = 0.0\n"
+    "from vibrary.clients.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def test_long_work_writes_lines_of_progress_where_no_bar_can_show(model_home: Path, tmp_path: Path) -> None:
+    """A piped `dataset create` or `tag` (a script, a log file) said nothing until it ended, minutes for a big
+    pack: the bar shows only on a terminal. Here a line is due at every file (LOG_EVERY_S 0)."""
+    from tests.synth import write_kinds
+
+    write_kinds(tmp_path / "MyTags", per_kind=2, seed=3)
+    env = {**os.environ, "VIBRARY_HOME": str(model_home)}
+    for args, doing in [
+        (["dataset", "create", "mine", str(tmp_path / "MyTags")], "spectrograms"),
+        (["tag", "--json", str(tmp_path / "MyTags")], "tagging"),
+    ]:
+        run = [sys.executable, "-c", _WITH_LINES_AT_ONCE, *args]
+        proc = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stderr.splitlines()
+        assert f"{doing}: 1 of 6 files done" in lines and f"{doing}: 6 of 6 files done" in lines, proc.stderr
