@@ -38,9 +38,9 @@ from . import atomic, config, shards, suggest
 from .advice import advise
 from .cache import SpectrogramCache
 from .config import check_name
-from .decode import DecodeError
+from .decode import DecodeError, is_junk_folder
 from .features import features, fingerprint
-from .folders import JUNK_FOLDER, audio_files_under, warn
+from .folders import audio_files_under, warn
 from .spectrogram import SILENT, SpectrogramParams, heard_in, quantize
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,7 @@ def examples_from_folders(
 def _subfolders(folder: str) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(folder) as entries:
-            return [e for e in entries if e.is_dir() and e.name != JUNK_FOLDER and not e.name.startswith(".")]
+            return [e for e in entries if e.is_dir() and not is_junk_folder(e.name) and not e.name.startswith(".")]
     except OSError:  # (its files were walked, or their folder's error said already)
         return []
 

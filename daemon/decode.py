@@ -92,14 +92,30 @@ def unreadable(doing: str, e: OSError, stamp: tuple[int, int] = (-1, -1)) -> Dec
 
 # What macOS leaves in the zips sample packs come in: `._Kick.wav` beside each `Kick.wav` (its Finder
 # metadata, no audio) and a `__MACOSX/` folder of them. Read as audio, each was a failure that crowded the
-# real ones out of `vibrary status`, and a bogus example in a dataset.
+# real ones out of `vibrary status`, and a bogus example in a dataset. And what systems keep in a drive's
+# folders: the trash of each file manager (Linux's `.Trash-1000/`, macOS's `.Trashes/`, Windows' `$RECYCLE.BIN/`,
+# a NAS's `#recycle/`: a sample deleted from a watched drive came back in every search) and their indexers'
+# stores. None of it is the library. (Lower-case: FAT and NTFS drives spell them as they please.)
 JUNK_PREFIX = "._"
-JUNK_FOLDER = "__MACOSX"
+JUNK_FOLDERS = frozenset(
+    {"__macosx", ".trash", ".trashes", "$recycle.bin", "recycler", "#recycle", "@recycle", ".recycle"}
+    | {".spotlight-v100", ".fseventsd", ".temporaryitems", ".documentrevisions-v100"}
+)
+
+
+def is_junk_folder(name: str) -> bool:
+    name = name.lower()
+    return name in JUNK_FOLDERS or name.startswith(".trash-")
+
+
+def in_junk_folder(path: str) -> bool:
+    """Whether a path is, or lies in, one of the JUNK_FOLDERS."""
+    return any(is_junk_folder(part) for part in path.split(os.sep))
 
 
 def is_audio_path(path: str) -> bool:
     name = os.path.basename(path)
-    if name.startswith(JUNK_PREFIX) or f"{os.sep}{JUNK_FOLDER}{os.sep}" in path:
+    if name.startswith(JUNK_PREFIX) or in_junk_folder(os.path.dirname(path)):
         return False
     return os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS
 

@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 
-from .decode import JUNK_FOLDER, is_audio_path
+from .decode import is_audio_path, is_junk_folder
 
 log = logging.getLogger(__name__)
 
@@ -73,5 +73,5 @@ def audio_files_under(
                 dirs[:] = []
                 continue
             walked.add(real)
-        dirs[:] = sorted(d for d in dirs if d != JUNK_FOLDER)
+        dirs[:] = sorted(d for d in dirs if not is_junk_folder(d))
         yield from (os.path.join(dirpath, n) for n in sorted(names) if is_audio_path(n))

@@ -40,7 +40,15 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from . import lost_watches
-from .decode import BROKEN_LINK, JUNK_FOLDER, NO_PERMISSION, DecodeError, check_readable, is_audio_path
+from .decode import (
+    BROKEN_LINK,
+    NO_PERMISSION,
+    DecodeError,
+    check_readable,
+    in_junk_folder,
+    is_audio_path,
+    is_junk_folder,
+)
 from .features import changed_at
 from .folders import indexed_path, readable_name, storable
 from .index import Index, under, within
@@ -468,8 +476,8 @@ class Watcher(FileSystemEventHandler):
                 root = next((w for w in self._watches if within(src or dst, [w])), None)
                 if root is not None:
                     self._moved_across[root] = time.monotonic()
-        if dst and not self._storable(dst):
-            dst = ""  # a name the index cannot hold: as good as moved away
+        if dst and (not self._storable(dst) or in_junk_folder(dst)):
+            dst = ""  # a name the index cannot hold, or into the trash: as good as moved away
         if src and not storable(src):
             src = ""  # was never in the index: as good as moved in
         if not dst:  # moved out of the watched folders: gone, as far as the library is concerned
@@ -584,7 +592,7 @@ class Watcher(FileSystemEventHandler):
         self._scan_thread(scan_until_settled, "rescan", folder, rescanning=True)
 
     def _scan_in_background(self, folder: str) -> None:
-        if os.path.basename(folder) == JUNK_FOLDER or not self._storable(folder):
+        if in_junk_folder(folder) or not self._storable(folder):
             return
         self._scan_thread(lambda: self._scan_safely(folder), "scan", folder)
 
@@ -612,7 +620,7 @@ class Watcher(FileSystemEventHandler):
         until the next start. One inside a folder still waiting its turn is left to that one's scan. `check`:
         a folder renamed, scanned only if it holds an audio file the index has no row for, looked at in its
         turn (a walk of a big pack on the observer's thread held up every event meanwhile)."""
-        if os.path.basename(folder) == JUNK_FOLDER or not self._storable(folder):
+        if in_junk_folder(folder) or not self._storable(folder):
             return
         with self._lock:
             root = next((up for up in _upwards(folder) if up in self._watches), None)
@@ -668,7 +676,7 @@ class Watcher(FileSystemEventHandler):
         unlisted: list[OSError] = []
         try:
             for dirpath, dirs, names in os.walk(folder, onerror=unlisted.append):
-                dirs[:] = [d for d in dirs if d != JUNK_FOLDER and storable(os.path.join(dirpath, d))]  # as scan()
+                dirs[:] = [d for d in dirs if not is_junk_folder(d) and storable(os.path.join(dirpath, d))]  # as scan()
                 here = {os.path.join(dirpath, n) for n in names if is_audio_path(n)}
                 if {f for f in here if storable(f)} - self.index.files_in_dir(dirpath).keys():
                     return False
@@ -749,7 +757,7 @@ class Watcher(FileSystemEventHandler):
                 if not self._storable(entry.path):
                     continue
                 if entry.is_dir(follow_symlinks=False):
-                    if entry.name != JUNK_FOLDER:
+                    if not is_junk_folder(entry.name):
                         stack.append(entry.path)
                     continue
                 if entry.is_symlink() and _links_to_folder(entry.path):
@@ -792,8 +800,8 @@ class Watcher(FileSystemEventHandler):
         for gone in set(self.index.dirs_under(folder)) - visited:
             if within(gone, unlisted):  # a pack unpacked by root with mode 700: its files are kept, said in status
                 continue
-            # a link is never walked, so never kept; nor is the __MACOSX metadata an older version indexed
-            if _not_a_folder(gone) or os.path.islink(gone) or f"{os.sep}{JUNK_FOLDER}{os.sep}" in gone + os.sep:
+            # a link is never walked, so never kept; nor is what an older version indexed in junk (__MACOSX, a trash)
+            if _not_a_folder(gone) or os.path.islink(gone) or in_junk_folder(gone):
                 self._remove_all(list(self.index.files_in_dir(gone)))
 
     def _remove_all(self, paths: list[str]) -> None:

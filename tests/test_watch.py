@@ -295,6 +295,37 @@ def test_mac_metadata_an_older_version_indexed_leaves_the_index_at_the_next_scan
     assert _pending(index) == {str(tmp_path / "lib" / "Pack" / "k.wav")}
 
 
+def test_samples_moved_to_a_trash_folder_leave_the_index_and_come_back_when_restored(
+    index: Index, tmp_path: Path
+) -> None:
+    """A watched drive's root holds its file managers' trash (Linux `.Trash-1000/files/`, macOS `.Trashes/501/`,
+    Windows `$RECYCLE.BIN/`): a sample deleted there was moved into it, indexed, and found by every search."""
+    w, lib = _started(index, tmp_path)
+    (lib / "Kicks").mkdir()
+    (lib / "Snares").mkdir()
+    for name in ("a.wav", "b.wav"):
+        (lib / "Kicks" / name).write_bytes(b"K" * 100)
+    (lib / "Snares" / "s.wav").write_bytes(b"S" * 100)
+    (lib / ".Trash-1000" / "files").mkdir(parents=True)
+    (lib / ".Trashes" / "501").mkdir(parents=True)
+    (lib / "$RECYCLE.BIN").mkdir()
+    (lib / "$RECYCLE.BIN" / "old.wav").write_bytes(b"O" * 100)  # trashed before the watch: never read
+    everything = {str(lib / "Kicks" / "a.wav"), str(lib / "Kicks" / "b.wav"), str(lib / "Snares" / "s.wav")}
+    wait_for(lambda: _pending(index) == everything)
+    os.rename(lib / "Kicks" / "a.wav", lib / ".Trash-1000" / "files" / "a.wav")
+    os.rename(lib / "Kicks" / "b.wav", lib / ".Trashes" / "501" / "b.wav")
+    os.rename(lib / "Snares", lib / "$RECYCLE.BIN" / "Snares")  # a folder deleted whole
+    wait_for(lambda: _pending(index) == set())
+    assert sum(index.counts().values()) == 0  # no row left, under the trash either
+    os.rename(lib / "$RECYCLE.BIN" / "Snares", lib / "Snares")  # restored
+    wait_for(lambda: _pending(index) == {str(lib / "Snares" / "s.wav")})
+    w.stop()
+    again = _watcher(index)  # a start's scan leaves the trash out as well
+    again.watch(str(lib))
+    wait_for(lambda: again.scans_running == 0)
+    assert _pending(index) == {str(lib / "Snares" / "s.wav")}
+
+
 def test_events_lost_to_an_overflowing_queue_are_caught_up_by_a_scan(index: Index, tmp_path: Path) -> None:
     """When inotify's queue overflows (a starved daemon, thousands of touches), watchdog says so with one
     event, which nothing handled: the changes were lost until the next start. (Not started: the observer
