@@ -24,7 +24,7 @@ from vibrary.daemon.index import under
 from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client, DaemonNotRunning
-from .output import UNUSABLE, Bar, CommandError, _out, _shown
+from .output import FAILING, UNUSABLE, Bar, CommandError, _out, _shown
 from .tray_state import looking_for_files, many
 
 
@@ -172,6 +172,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "models": [ref.partition("@")[0] for ref in s.models],  # names, as shared/interfaces.md has them
         "model_versions": list(s.models),  # NAME@VERSION
         "unusable_models": list(s.unusable_models),  # active, but their file is missing or damaged
+        "failing_models": list(s.failing_models),  # "NAME@V: error": set aside, they failed on every file
         "queue_depth": s.queue_depth,
         "watches": list(s.watches),
         "missing_watches": list(s.missing_watches),  # not there now: renamed, moved or unmounted
@@ -209,6 +210,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         human += f"\nwaiting to be read again: {many(s.retrying)} ({s.retry_reason})"
     for ref in s.unusable_models:
         human += f"\nmodel {ref} tags nothing: {UNUSABLE.format(ref=ref)}"
+    for failing in s.failing_models:
+        ref, _, error = failing.partition(": ")
+        human += f"\nmodel {ref} tags nothing: {FAILING.format(ref=ref)} ({error})"
     if s.missing_watches:
         human += "\nmissing watch folders (moved, renamed or unmounted?): " + ", ".join(s.missing_watches)
         human += f"\n  {MISSING_FIX}"

@@ -63,6 +63,10 @@ SILENT_TAGS = f"no tags: {SILENT}"
 NO_MODEL_TAGS = "no tags: no model is active (`vibrary models activate NAME`)"
 
 UNUSABLE = "its file is missing or damaged: `vibrary models remove {ref}`, then install it again"
+FAILING = (
+    "it failed on every file it was given, which the other models tag: `vibrary models deactivate {ref}`, "
+    "or activate a version that works"
+)
 
 
 def _file_line(

@@ -218,7 +218,7 @@ def view(state: TrayState) -> View:
     elif s.stalled:  # the index cannot be written (a full disk): nothing else matters until it can. No model
         # to tag with (all deactivated) is the user's own doing, waiting as a pause does, not a fault shown red
         # (an active model whose file is missing or damaged is no doing of the user's: red)
-        faulty = s.models or s.unusable_models
+        faulty = s.models or s.unusable_models or s.failing_models
         icon, ring, headline = Icon.ERROR if faulty else Icon.PAUSED, None, f"indexing waits: {s.stalled}"
     elif s.paused:
         waiting = f" ({many(s.pending)} waiting)" if s.pending else ""
@@ -251,7 +251,8 @@ def view(state: TrayState) -> View:
 def _models(s: pb.Status) -> list[str]:
     """The active models, those that cannot tag (their file missing or damaged) said so: one left out read as
     none active, and `vibrary models activate` would not help."""
-    return [*s.models, *(f"{m} (its file is missing or damaged)" for m in s.unusable_models)]
+    unusable = [f"{m} (its file is missing or damaged)" for m in s.unusable_models]
+    return [*s.models, *unusable, *(f"{m.partition(': ')[0]} (fails on audio)" for m in s.failing_models)]
 
 
 def _shown_of(state: TrayState) -> str:

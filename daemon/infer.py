@@ -71,7 +71,7 @@ def _session(path: str, threads: int) -> ort.InferenceSession:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads must sleep
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: a run's error is raised with its words, which were also printed
     faster = faster_graph(path)
     if faster is not None:
         try:

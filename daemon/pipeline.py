@@ -42,6 +42,12 @@ class ActiveModel:
 # SQLite per file); a lone file (nothing else in flight) never waits.
 FILL_WAIT_S = 0.02
 
+# A model that fails on this many files, having scored none since it was loaded, fails on real audio (it
+# passed the install's check, on silence): it is set aside (Pipeline.failing) and the files get the other
+# models' tags. A model left active that failed every file failed the whole library, every other model's
+# tags lost with it. One that has scored a file and fails on another fails that file, naming itself.
+FAILS_AFTER = 3
+
 
 @dataclass
 class _Prepared:
@@ -49,6 +55,7 @@ class _Prepared:
     specs: dict[SpectrogramParams, np.ndarray]
     todo: list[ActiveModel]
     fresh: list[tuple[bytes, SpectrogramParams, np.ndarray]] = field(default_factory=list)
+    failed_by: dict[int, str] = field(default_factory=dict)  # model id → its error on this file
 
 
 class Pipeline:
@@ -63,8 +70,10 @@ class Pipeline:
         store_min_score: float,
         cache: SpectrogramCache | None = None,
         models_done: Callable[[bytes], set[int]] | None = None,
+        on_failing: Callable[[str], None] = lambda ref: None,
     ) -> None:
         self.models = list(models)
+        self._on_failing = on_failing
         self._sink = sink
         self._batch_size = batch_size
         self._store_min = store_min_score
@@ -82,6 +91,18 @@ class Pipeline:
         self._batcher = threading.Thread(target=self._batch, name="infer", daemon=True)
         for t in [*self._workers, self._batcher]:
             t.start()
+
+    @property
+    def models(self) -> list[ActiveModel]:
+        return self._models
+
+    @models.setter
+    def models(self, models: Sequence[ActiveModel]) -> None:
+        """The models to run: each loaded anew has a new chance, one set aside before included."""
+        self._models = list(models)
+        self.failing: dict[int, tuple[str, str]] = {}  # model id → (ref, error) of those set aside (FAILS_AFTER)
+        self._failed: dict[int, int] = {}  # model id → files failed while it has scored none
+        self._scored: set[int] = set()
 
     # -- feeding -------------------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -203,7 +224,7 @@ class Pipeline:
             log.exception("could not cache %d spectrograms", len(fresh))
 
     def _infer(self, batch: list[_Prepared]) -> None:
-        models = {m.id: m for p in batch for m in p.todo}
+        models = {m.id: m for p in batch for m in p.todo if m.id not in self.failing}
         for model in models.values():
             params = model.model.info.params
             items = [p for p in batch if model in p.todo and params in p.specs]
@@ -214,8 +235,7 @@ class Pipeline:
                 if not isinstance(row, Exception) and not np.isfinite(row[0]).all():  # SQLite stores no NaN
                     row = ValueError("its scores are not numbers (NaN or infinite)")
                 if isinstance(row, Exception):  # the file fails, not the batch: it would stay pending for good
-                    p.result.error = f"{MODEL_FAILED.format(ref=model.ref)}{row}"
-                    p.result.tags.clear()
+                    p.failed_by[model.id] = str(row)
                 elif not p.result.error:
                     scores, familiar = row
                     heard = heard_in(p.specs[params])
@@ -224,6 +244,32 @@ class Pipeline:
                     )
                     if not familiar:
                         p.result.unfamiliar.add(model.id)
+            self._judge(model, [p for p in items if model.id in p.failed_by], len(items))
+        for p in batch:  # a model set aside meanwhile fails no file
+            failed = [(i, e) for i, e in p.failed_by.items() if i not in self.failing]
+            if failed and not p.result.error:
+                p.result.error = f"{MODEL_FAILED.format(ref=models[failed[0][0]].ref)}{failed[0][1]}"
+                p.result.tags.clear()
+
+    def _judge(self, model: ActiveModel, failed: list[_Prepared], tried: int) -> None:
+        """Set a model aside once it has failed FAILS_AFTER files and scored none since it was loaded."""
+        if model.id in self._scored:
+            return
+        if len(failed) < tried:
+            self._scored.add(model.id)
+            return
+        self._failed[model.id] = self._failed.get(model.id, 0) + len(failed)
+        if self._failed[model.id] < FAILS_AFTER:
+            return
+        error = failed[-1].failed_by[model.id]
+        self.failing = {**self.failing, model.id: (model.ref, error)}
+        self._models = [m for m in self._models if m.id != model.id]
+        log.warning(
+            "model %s failed on every file it was given (%s): set aside, the other models tag the files "
+            "(`vibrary models deactivate %s`)",
+            *(model.ref, error, model.ref),
+        )
+        self._on_failing(model.ref)
 
     @staticmethod
     def _predict(
@@ -234,8 +280,8 @@ class Pipeline:
         try:
             scores, familiar = model.model.predict_familiar(np.stack(specs))
             rows = list(zip(scores, familiar.tolist(), strict=True))  # whole before any is given out
-        except Exception:
-            log.exception("%s failed on a batch of %d; trying the files one by one", model.ref, len(specs))
+        except Exception as e:  # (a model's own failure: no traceback of ours)
+            log.warning("%s failed on a batch of %d (%s); trying the files one by one", model.ref, len(specs), e)
         else:
             yield from enumerate(rows)
             return

@@ -117,6 +117,7 @@ class Daemon:
             store_min_score=self.settings.store_min_score,
             cache=self.cache,
             models_done=self.index.models_done,
+            on_failing=self._model_failing,
         )
         self._unloaded = self._unloaded_files(self.index.active_models())
         self.watcher = Watcher(
@@ -404,6 +405,15 @@ class Daemon:
         self._wake.set()
         self.status_events.changed()
 
+    def _model_failing(self, ref: str) -> None:
+        """A model set aside for failing on every file it was given (pipeline.FAILS_AFTER): the files it failed
+        before are read again, for the other models' tags; it stays aside until the active models change."""
+        queued = self.index.requeue_model_failures()
+        log.info("%d files it failed read again for the other models", queued)
+        self.events.publish(Event(MODEL_CHANGED, model=ref))
+        self._wake.set()
+        self.status_events.changed()
+
     def _loaded(self) -> list[int]:
         """The active models that tag: a file lacking tags of one that could not be loaded was sent back to be
         read at every start and every model change, the whole library, and none came; its file back, it is
@@ -412,7 +422,7 @@ class Daemon:
 
     def _unloaded_files(self, active: Sequence[ModelRow]) -> dict[int, tuple[int, int, int] | None]:
         """The active models the pipeline could not load, with their files' stat (None: no file)."""
-        loaded = {m.id for m in self.pipeline.models}
+        loaded = {m.id for m in self.pipeline.models} | self.pipeline.failing.keys()  # (set aside, but loaded)
         return {m.id: _file_stat(m.path) for m in active if m.id not in loaded}
 
     def models_changed(self) -> None:
@@ -434,7 +444,8 @@ class Daemon:
         retrying, retry_reason = self.index.retrying()
         active = self.index.active_models()
         unusable = [m.ref for m in active if m.id in self._unloaded]  # tried, and could not be loaded
-        models = [m.ref for m in active if m.ref not in unusable]
+        failing = self.pipeline.failing
+        models = [m.ref for m in active if m.ref not in unusable and m.id not in failing]
         # `vibrary models activate` writes the index, and the feeder follows within a second: a status meanwhile
         # listed the model active and said indexing waited for lack of one (`status --wait` gave up on it)
         following = {m.id: m.ref for m in active} != self._active
@@ -443,6 +454,7 @@ class Daemon:
             **counts,
             "models": models,
             "unusable_models": unusable,
+            "failing_models": [f"{ref}: {error}" for ref, error in failing.values()],
             "queue_depth": self.index.due_count(time.time()),
             "watches": self.index.watches(),
             "missing_watches": sorted(self.watcher.missing),

@@ -477,26 +477,40 @@ def test_daemon_drops_a_file_deleted_before_the_read(watched: Watched) -> None:
     assert (s.pending, s.failed, s.indexed) == (0, 0, 4)
 
 
-def test_daemon_fails_the_files_a_model_cannot_take_and_keeps_tagging(watched: Watched, tmp_path: Path) -> None:
-    """A model that passed its install check but that onnxruntime fails on: each file ends failed with the
-    model named, never pending for good (a failed batch used to hold its files' places in the queue), and
-    once the model is deactivated new files are tagged as before, and the files it failed are read again
-    (they stayed failed, the other model's tags lost with them, until each file changed)."""
+def test_a_model_that_fails_on_every_file_is_set_aside_and_the_others_tag_the_library(
+    watched: Watched, tmp_path: Path
+) -> None:
+    """A model that passed its install check but that onnxruntime fails on: it failed every file of the
+    library, the other model's tags lost with them (search found nothing). Once it has failed
+    pipeline.FAILS_AFTER files and scored none it is set aside, said in the status, and every file is tagged
+    by the other model, those it failed first too; deactivated (or a fixed version activated), it is gone."""
     d = watched.daemon
     buggy = band_model(tmp_path / "buggy.onnx", name="buggy", fails_on_audio=True)
     vibrary("models", "install", str(buggy), home=d.home)
-    wait_for(lambda: "buggy@1" in d.client.status().models)
-    drops = [write_tone(watched.lib / f"buggy{i}.wav", 300 + 50 * i) for i in range(6)]
-    for path in drops:
-        watched.events.wait(pb.Event.FILE_FAILED, str(path))
-        assert "model buggy@1 failed on it" in watched.file(path).error
-    d.client.deactivate("buggy")
-    assert_keeps_tagging(watched)
+
+    def changes() -> list[str]:
+        return [e.model for e in watched.events.events if e.kind == pb.Event.MODEL_CHANGED]
+
+    wait_for(lambda: changes().count("buggy@1") == 1)  # loaded: it takes the files from now on
+    drops = []
+    for i in range(6):  # one at a time: the first ones fail before it is set aside
+        drops.append(write_tone(watched.lib / f"buggy{i}.wav", 300 + 50 * i))
+        wait_for(lambda: watched.file(drops[-1]).state in ("indexed", "failed"))
+    assert watched.events.find(pb.Event.FILE_FAILED, str(drops[0]))  # before it was set aside
     wait_for(
         lambda: (
-            {(f.state, f.tags[0].model if f.tags else "") for f in map(watched.file, drops)} == {("indexed", "bands")}
+            {(f.state, f.error, f.tags[0].model if f.tags else "") for f in map(watched.file, drops)}
+            == {("indexed", "", "bands")}
         )
     )
+    s = d.client.status()
+    assert "buggy@1" not in s.models and [m.partition(": ")[0] for m in s.failing_models] == ["buggy@1"]
+    assert "Gather" in s.failing_models[0] and s.failed == 0 and changes().count("buggy@1") == 2
+    said = vibrary("status", home=d.home).stdout
+    assert "model buggy@1 tags nothing: it failed on every file it was given" in said, said
+    assert_keeps_tagging(watched)
+    d.client.deactivate("buggy")
+    wait_for(lambda: not d.client.status().failing_models)
     assert d.client.status().pending == 0
 
 

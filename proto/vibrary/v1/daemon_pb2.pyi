@@ -63,6 +63,7 @@ class Status(_message.Message):
     UNLISTED_FOLDERS_FIELD_NUMBER: _builtins.int
     SCANNING_FIELD_NUMBER: _builtins.int
     WAITING_FOR_WATCHES_FIELD_NUMBER: _builtins.int
+    FAILING_MODELS_FIELD_NUMBER: _builtins.int
     indexed: _builtins.int
     pending: _builtins.int
     failed: _builtins.int
@@ -136,6 +137,13 @@ class Status(_message.Message):
         "PATH (reason)": their files are not indexed. Fixed, each is read within seconds.
         """
 
+    @_builtins.property
+    def failing_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Active models set aside because they failed on every file they were given (a model that runs on the
+        install's check but not on real audio), each as "NAME@VERSION: error". They tag nothing until the active
+        models change (activate a fixed version) or the daemon starts again; the files get the other models' tags.
+        """
+
     def __init__(
         self,
         *,
@@ -164,10 +172,11 @@ class Status(_message.Message):
         unlisted_folders: _abc.Iterable[_builtins.str] | None = ...,
         scanning: _builtins.int = ...,
         waiting_for_watches: _builtins.bool = ...,
+        failing_models: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "retry_reason", b"retry_reason", "retrying", b"retrying", "reused", b"reused", "scanning", b"scanning", "stalled", b"stalled", "training", b"training", "unfollowed_links", b"unfollowed_links", "unlisted_folders", b"unlisted_folders", "unnamed_count", b"unnamed_count", "unnamed_files", b"unnamed_files", "unusable_models", b"unusable_models", "uptime_s", b"uptime_s", "version", b"version", "waiting_for_watches", b"waiting_for_watches", "watches", b"watches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "failing_models", b"failing_models", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "retry_reason", b"retry_reason", "retrying", b"retrying", "reused", b"reused", "scanning", b"scanning", "stalled", b"stalled", "training", b"training", "unfollowed_links", b"unfollowed_links", "unlisted_folders", b"unlisted_folders", "unnamed_count", b"unnamed_count", "unnamed_files", b"unnamed_files", "unusable_models", b"unusable_models", "uptime_s", b"uptime_s", "version", b"version", "waiting_for_watches", b"waiting_for_watches", "watches", b"watches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
