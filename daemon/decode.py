@@ -74,6 +74,7 @@ class TryLater(DecodeError):
 
 
 VANISHED = "file not found (deleted or moved before it could be read)"
+NOT_AUDIO = "not an audio file that Vibrary reads"  # by its name: a PDF, a DAW project, macOS's `._` files
 BROKEN_LINK = "broken symbolic link"  # its target not there: the watcher looks for it to come back
 NO_PERMISSION = "permission denied"  # the watcher looks for it to be readable: mended, the file need not change
 # errnos that say nothing about the file; EIO is left out: on a local disk it is a bad sector, for good

@@ -23,7 +23,7 @@ from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from . import config, dataset, events, registry, suggest, training
-from .decode import in_junk_folder, is_audio_path
+from .decode import NOT_AUDIO, in_junk_folder, is_audio_path
 from .folders import indexed_path, readable_name, storable
 from .index import ANY_STORED_SCORE, NOT_INDEXED, FileTags, ModelRow, within
 from .infer import ModelError
@@ -65,7 +65,7 @@ def why_not_indexed(path: str, asked: str, watches: list[str]) -> str:
     if in_junk_folder(os.path.dirname(path)):
         return "in a trash or system folder: never indexed"
     if os.path.isfile(path) and not is_audio_path(path):
-        return "not an audio file that Vibrary reads"
+        return NOT_AUDIO
     if not within(path, watches) and within(asked, watches):
         return "a link to a folder elsewhere: watches do not follow links (`vibrary watch add` where it leads)"
     if not within(path, watches):

@@ -26,7 +26,7 @@ import psutil
 
 from . import atomic, config, dataset, features, pidlock, registry, training
 from .cache import SpectrogramCache
-from .decode import UNSUPPORTED_ENCODING, VANISHED
+from .decode import NOT_AUDIO, UNSUPPORTED_ENCODING, VANISHED, is_audio_path
 from .events import (
     FILE_FAILED,
     FILE_REMOVED,
@@ -533,6 +533,14 @@ class Daemon:
                 raise TooManyFiles(f"more than {TAG_MAX_FILES} files: add the folder as a watch instead")
         # said as failures: a folder whose only files had such names was answered with nothing at all
         unnamed_tags = [FileTags(readable_name(p), "failed", UNNAMED, []) for p in unnamed]
+        # a file named that is no audio (a folder gives only audio), or a path that is not there and never was
+        # indexed (`x.wav/child.wav`, a name too long): answered, not read; each was stored as a failure
+        # (listed by ListFailed for good), and GetTags said "not an audio file" of the one Tag had failed
+        unread = [p for p in files if not is_audio_path(p)]
+        unread += [r.path for r in self.index.file_tags(sorted(absent - set(unread))) if r.state == "unknown"]
+        unnamed_tags += [FileTags(p, "unknown", NO_SUCH_PATH if p in absent else NOT_AUDIO, []) for p in unread]
+        answered = set(unread)
+        files = [p for p in files if p not in answered]
         if not going():
             raise TimeoutError(f"the deadline passed while finding the files ({len(files)} so far)")
         # under a watch folder not there now (a drive unplugged): never fed, so waited on until the deadline

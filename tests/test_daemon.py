@@ -745,6 +745,25 @@ def test_tag_on_demand_and_deadlines(daemon: DaemonProcess, tmp_path: Path) -> N
     assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+def test_tag_on_demand_answers_what_is_no_audio_without_storing_it(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A Tag of a PDF, of `x.wav/child.wav` or of a name too long stored each as a failed file: counted in
+    Status.failed and listed by ListFailed for good, and GetTags then said "failed" of what it had called
+    not audio. They are answered as GetTags answers them, and nothing is stored."""
+    notes = tmp_path / "notes.pdf"
+    notes.write_text("%PDF-1.4")
+    audio = write_tone(tmp_path / "x.wav", BANDS["low"])
+    asked = [str(notes), str(audio / "child.wav"), str(tmp_path / ("y" * 300 + ".wav")), str(audio)]
+    said = {f.path: (f.state, f.error) for f in daemon.client.tag(asked)}
+    assert said == {
+        str(notes): ("unknown", "not an audio file that Vibrary reads"),
+        str(audio / "child.wav"): ("unknown", "no such file or folder"),
+        str(tmp_path / ("y" * 300 + ".wav")): ("unknown", "no such file or folder"),
+        str(audio): ("indexed", ""),
+    }
+    assert daemon.client.status().failed == 0 and not list(daemon.client.failed())
+    assert [(f.state, f.error) for f in daemon.client.tags([str(notes)])] == [("unknown", said[str(notes)][1])]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
