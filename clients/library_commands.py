@@ -146,7 +146,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             print(f"vibrary: searched {said}, the tag{'s' if len(respelled) > 1 else ''} it spells", file=sys.stderr)
         if n == 0 and not unknown and args.min_score is None and groups:
             _say_unfamiliar(c, groups, excluded, args)
-        _say_missing(c, args.under or "")
+        _say_missing(c, [args.under] if args.under else [])
         if n == 0 and args.under and not os.path.isdir(args.under):  # a typo, as scripts must tell from no match
             raise CommandError(f"no folder {args.under} (--under)")
     return 0
@@ -230,7 +230,7 @@ def cmd_counts(args: argparse.Namespace) -> int:
             _out(args, {"model": n.model, "tag": n.tag, "files": n.files}, f"{n.files:8d}  {n.tag}  ({n.model})")
         if args.model and (inactive := _inactive(c.models(), args.model)):  # it printed nothing
             print(f"vibrary: {inactive}", file=sys.stderr)
-        _say_missing(c, "")
+        _say_missing(c)
     return 0
 
 
@@ -242,14 +242,16 @@ def _inactive(models: Sequence[pb.Model], name: str | None) -> str:
     return f"model {name} is not active (`vibrary models activate {name}` tags the library with it)"
 
 
-def _say_missing(c: Client, under: str) -> None:
+def _say_missing(c: Client, unders: Sequence[str] = (), kept: bool = False) -> None:
     """Files under a watch folder not there now are left out of searches and counts (a DAW cannot load them):
-    with a drive unplugged, `search kick` said "0 files" and `counts` nothing, as of an empty library."""
-    under = indexed_path(os.path.expanduser(under)) if under else ""  # as watches are held: links resolved
-    missing = [m for m in c.watch_list().missing if not under or within(under, [m]) or within(m, [under])]
+    with a drive unplugged, `search kick` said "0 files" and `counts` nothing, as of an empty library. `kept`:
+    `tags` shows them, as the index last had them (it showed them as if they were there)."""
+    asked = [indexed_path(os.path.expanduser(u)) for u in unders]  # as watches are held: links resolved
+    missing = [m for m in c.watch_list().missing if not asked or any(within(u, [m]) or within(m, [u]) for u in asked)]
     if missing:
+        said = "their tags as the index last had them" if kept else "left out"
         print(
-            f"vibrary: left out, as not there now: the files under {', '.join(missing)}"
+            f"vibrary: not there now, {said}: the files under {', '.join(missing)}"
             " (a drive unplugged, a folder moved? `vibrary status` says more)",
             file=sys.stderr,
         )
@@ -260,6 +262,7 @@ def cmd_tags(args: argparse.Namespace) -> int:
         # the index answers with the active models' tags: with none active, no file has any
         idle = not any(m.active for m in c.models())
         _print_files(args, _as_given(c.tags(args.paths), args.paths), NO_MODEL_TAGS if idle else SILENT_TAGS)
+        _say_missing(c, args.paths, kept=True)
     return 0
 
 

@@ -484,9 +484,12 @@ def test_status_wait_says_when_indexing_is_paused_or_waits_for_a_drive(daemon: D
     assert f"watch folders not there now ({lib})" in stuck.stderr
     for command in (("search", "low"), ("counts",), ("search", "low", "--under", str(tmp_path))):
         said = vibrary(*command, home=daemon.home).stderr  # "0 files", or nothing: as of an empty library
-        assert f"left out, as not there now: the files under {lib} (a drive unplugged" in said, command
+        assert f"not there now, left out: the files under {lib} (a drive unplugged" in said, command
+    said = vibrary("tags", str(lib / "a.wav"), home=daemon.home).stderr  # (it showed them as if they were there)
+    assert f"not there now, their tags as the index last had them: the files under {lib}" in said, said
     (tmp_path / "other").mkdir()
     assert "left out" not in vibrary("search", "low", "--under", str(tmp_path / "other"), home=daemon.home).stderr
+    assert "not there now" not in vibrary("tags", str(tmp_path / "other"), home=daemon.home).stderr
 
 
 def _connections(socket: Path) -> int:
