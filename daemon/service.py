@@ -108,6 +108,7 @@ class Daemon:
         self.cache = SpectrogramCache(config.cache_path(home_dir), self.settings.cache_max_mb << 20)
         self.events = EventBus()
         self._active = {m.id: m.ref for m in self.index.active_models()}
+        self._installed = {m.id: m.ref for m in self.index.models()}  # every version: its events (_follow_models)
         self.pipeline = Pipeline(
             load_models(self.index),
             self._store,
@@ -385,6 +386,7 @@ class Daemon:
         if not self._models_lock.acquire(blocking=wait):  # the feeder and the API both call this
             return
         try:
+            self._follow_installs()
             active = self.index.active_models()
             now = {m.id: m.ref for m in active}
             if now == self._active and self._unloaded_files(active) == self._unloaded:  # (a file put back)
@@ -404,6 +406,21 @@ class Daemon:
             self.events.publish(Event(MODEL_CHANGED, model=ref))
         self._wake.set()
         self.status_events.changed()
+
+    def _follow_installs(self) -> None:
+        """MODEL_INSTALLED for each version installed, and MODEL_CHANGED for each removed, however it was
+        (InstallModel, a training, `vibrary models install` or `remove` in a terminal): a front end following
+        events heard only of activations, and of the installs of a training."""
+        installed = {m.id: m.ref for m in self.index.models()}
+        if installed == self._installed:
+            return
+        was, self._installed = self._installed, installed
+        for i, ref in installed.items():
+            if i not in was:
+                self.events.publish(Event(MODEL_INSTALLED, model=ref))
+        for i, ref in was.items():
+            if i not in installed:
+                self.events.publish(Event(MODEL_CHANGED, model=ref))
 
     def _model_failing(self, ref: str) -> None:
         """A model set aside for failing on every file it was given (pipeline.FAILS_AFTER): the files it failed
@@ -698,9 +715,8 @@ class Daemon:
                 job.started = True
 
             def installed_first(p: training.TrainProgress) -> None:
-                if p.state == "succeeded":  # whoever hears of success finds the new version at work
-                    self.models_changed()
-                    self.events.publish(Event(MODEL_INSTALLED, model=p.model))
+                if p.state == "succeeded":  # whoever hears of success finds the new version at work (and
+                    self.models_changed()  # MODEL_INSTALLED was published)
                 job.update(p)
 
             left = False

@@ -643,18 +643,25 @@ def test_a_new_model_retags_the_library_from_cached_spectrograms(daemon: DaemonP
     assert status.decoded == 3 and status.from_cache == 3  # no audio was decoded for the new model
     assert sorted(status.models) == ["bands@1", "family@1"]
 
-    def next_change() -> str:
+    def next_change(kinds: tuple[int, ...] = (pb.Event.MODEL_CHANGED,)) -> tuple[int, str]:
         while True:  # status snapshots come on the same stream
             e = events.get(timeout=5)
-            if e.kind == pb.Event.MODEL_CHANGED:
-                return e.model
+            if e.kind in kinds:
+                return e.kind, e.model
 
-    assert next_change() == "family@1"  # the model whose activation changed, not every active one
+    installed_or_changed = (pb.Event.MODEL_INSTALLED, pb.Event.MODEL_CHANGED)
+    assert next_change(installed_or_changed) == (pb.Event.MODEL_INSTALLED, "family@1")  # (from a terminal)
+    assert next_change() == (pb.Event.MODEL_CHANGED, "family@1")  # the model whose activation changed, not every one
     assert {f.path for f in daemon.client.search([["deep"], ["low"]])} == {p for p, b in expected.items() if b == "low"}
     daemon.client.deactivate("family")
-    assert next_change() == "family@1"  # deactivated: said too (it used to be silent)
+    assert next_change() == (pb.Event.MODEL_CHANGED, "family@1")  # deactivated: said too (it used to be silent)
+    aside = band_model(tmp_path / "family2.onnx", name="family", classes=("deep", "body", "air"), shift=1)
+    daemon.client.install_model(str(aside), inactive=True)  # a version kept aside, then removed: both said
+    assert next_change(installed_or_changed) == (pb.Event.MODEL_INSTALLED, "family@2")
+    daemon.client.remove_model("family", 2)
+    assert next_change(installed_or_changed) == (pb.Event.MODEL_CHANGED, "family@2")
     with pytest.raises(queue.Empty):
-        next_change()
+        next_change(installed_or_changed)
 
 
 def test_a_file_like_none_of_a_models_examples_keeps_its_guess_but_is_not_found(

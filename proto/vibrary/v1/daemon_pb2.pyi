@@ -541,13 +541,14 @@ class Event(_message.Message):
         FILE_FAILED: Event._Kind.ValueType  # 2
         FILE_REMOVED: Event._Kind.ValueType  # 3
         MODEL_CHANGED: Event._Kind.ValueType  # 4
-        """a model was activated or deactivated (ListModels says which)"""
+        """a model was activated, deactivated, removed or set aside (ListModels, Status)"""
         STATUS_CHANGED: Event._Kind.ValueType  # 5
         """counts, paused, missing watches… changed (at most a few per second)"""
         TRAINING_PROGRESS: Event._Kind.ValueType  # 6
         TRAINING_FINISHED: Event._Kind.ValueType  # 7
         """succeeded, failed or cancelled: see training.state"""
         MODEL_INSTALLED: Event._Kind.ValueType  # 8
+        """a model version was installed: by InstallModel, a training, or a terminal"""
         EVENTS_LOST: Event._Kind.ValueType  # 9
         """this stream was read too slowly and `lost` events were dropped (the daemon's memory stays bounded):
         reload what you show (status is where things stand now); the events after it are newer
@@ -559,13 +560,14 @@ class Event(_message.Message):
     FILE_FAILED: Event.Kind.ValueType  # 2
     FILE_REMOVED: Event.Kind.ValueType  # 3
     MODEL_CHANGED: Event.Kind.ValueType  # 4
-    """a model was activated or deactivated (ListModels says which)"""
+    """a model was activated, deactivated, removed or set aside (ListModels, Status)"""
     STATUS_CHANGED: Event.Kind.ValueType  # 5
     """counts, paused, missing watches… changed (at most a few per second)"""
     TRAINING_PROGRESS: Event.Kind.ValueType  # 6
     TRAINING_FINISHED: Event.Kind.ValueType  # 7
     """succeeded, failed or cancelled: see training.state"""
     MODEL_INSTALLED: Event.Kind.ValueType  # 8
+    """a model version was installed: by InstallModel, a training, or a terminal"""
     EVENTS_LOST: Event.Kind.ValueType  # 9
     """this stream was read too slowly and `lost` events were dropped (the daemon's memory stays bounded):
     reload what you show (status is where things stand now); the events after it are newer
