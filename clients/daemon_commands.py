@@ -132,20 +132,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if args.action != "list":
             folder = indexed_path(args.dir)  # as the daemon will hold it
             watches = c.watches()
-            covering = [w for w in watches if folder.startswith(under(w)[0])]
-            inside = [w for w in watches if w.startswith(under(folder)[0])]
-            if args.action == "add" and os.path.isdir(folder):  # harmless, but one more to remove
-                if covering:
-                    print(
-                        f"vibrary: {folder} is inside {covering[0]}, watched already; added all the same",
-                        file=sys.stderr,
-                    )
-                elif inside:
-                    said = f"vibrary: {folder} holds {many(len(inside), 'watch folder')} already ({', '.join(inside)})"
-                    print(
-                        f"{said}: each file is indexed once; `vibrary watch remove` them if you like", file=sys.stderr
-                    )
             (c.add_watch if args.action == "add" else c.remove_watch)(args.dir)
+            if args.action == "add":  # (once added: `watch add /` said "holds 2 watch folders", then was refused)
+                _say_of_added(folder, watches)
         found = c.watch_list()
     paths, missing = list(found.paths), list(found.missing)
     lines = [f"{p}  (missing: moved, renamed or unmounted? {MISSING_FIX})" if p in missing else p for p in paths]
@@ -155,7 +144,27 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 MISSING_FIX = (
     "`vibrary watch add` it where it is now, then `vibrary watch remove` the old path: no file is analysed again"
+    " (deleted: `vibrary watch remove` it)"
 )
+
+
+def _say_of_added(folder: str, watches: list[str]) -> None:
+    """What a producer should know of a folder just watched: inside another watch or holding some (harmless,
+    but one more to remove), or not readable (it was added without a word, and nothing indexed)."""
+    covering = [w for w in watches if folder.startswith(under(w)[0])]
+    inside = [w for w in watches if w.startswith(under(folder)[0])]
+    if covering:
+        print(f"vibrary: {folder} is inside {covering[0]}, watched already; added all the same", file=sys.stderr)
+    elif inside:
+        said = f"vibrary: {folder} holds {many(len(inside), 'watch folder')} already ({', '.join(inside)})"
+        print(f"{said}: each file is indexed once; `vibrary watch remove` them if you like", file=sys.stderr)
+    try:
+        os.listdir(folder)
+    except PermissionError as e:  # (not there: a daemon elsewhere, on TCP, whose folders these are)
+        print(
+            f"vibrary: {folder} cannot be listed ({e.strerror}): its files are indexed once it can be",
+            file=sys.stderr,
+        )
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -734,6 +734,15 @@ def test_watching_the_folder_above_a_watch_says_so_and_indexes_each_file_once(
     vibrary("watch", "add", str(tmp_path / "lib" / "pack"), home=daemon.home)
     above = vibrary("watch", "add", str(tmp_path / "lib"), home=daemon.home)
     assert f"{tmp_path / 'lib'} holds 1 watch folder already ({tmp_path / 'lib' / 'pack'})" in above.stderr
+    whole = vibrary("watch", "add", "/", home=daemon.home, check=False)  # refused: no notice before it
+    assert whole.returncode == 1 and "holds" not in whole.stderr and "whole disk" in whole.stderr, whole.stderr
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0)
+    try:  # added without a word, and nothing indexed
+        said = vibrary("watch", "add", str(locked), home=daemon.home).stderr
+        assert f"{locked} cannot be listed (Permission denied): its files are indexed once it can be" in said, said
+    finally:
+        locked.chmod(0o755)
 
     def done() -> dict:
         status = json_lines(vibrary("status", "--json", home=daemon.home).stdout)[0]
