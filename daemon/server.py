@@ -397,8 +397,10 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         table = self._load_synonyms(context)
         try:
             table.remove(self.daemon.home, [s.alias for s in request.synonyms])
-        except ValueError as e:
+        except suggest.NoSuchAlias as e:
             context.abort(grpc.StatusCode.NOT_FOUND, str(e))
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         return self._synonyms(context)
 
     def _load_synonyms(self, context: grpc.ServicerContext) -> suggest.Synonyms:

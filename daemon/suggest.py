@@ -139,6 +139,10 @@ def _key(alias: str) -> tuple[str, ...]:
     return key
 
 
+class NoSuchAlias(ValueError):
+    """An alias to remove that no table has."""
+
+
 @dataclass(frozen=True)
 class _Match:
     tag: str  # "" for an ignored phrase (a genre)
@@ -251,6 +255,8 @@ class Synonyms:
                     f"alias {alias!r} would match noise (a lone letter is a note name, a number of one or "
                     "two digits is numbering): give a word of two letters or more, or a number of three digits"
                 )
+            if alias.lower() in _spellings(tag):  # listed, and then not removable
+                raise ValueError(f"{alias!r} is the tag {tag!r} itself, which is always read as that tag")
         with self._editing(home_dir):
             for alias, tag in checked:
                 self._forget(alias)
@@ -270,7 +276,7 @@ class Synonyms:
             pairs = {alias: (alias, tag, builtin) for alias, tag, builtin in self.pairs()}
             for alias in wanted:
                 if alias not in pairs:
-                    raise ValueError(f"no alias {alias!r}: `vibrary synonyms list` shows them")
+                    raise NoSuchAlias(f"no alias {alias!r}: `vibrary synonyms list` shows them")
                 if alias in _spellings(tag := pairs[alias][1]):  # (one word: removed, it read as the tag still)
                     raise ValueError(f"{alias!r} is the tag {tag!r} itself, which is always read as that tag")
             # its plural or singular for the same tag goes too: words are read with a plural s dropped, so

@@ -334,6 +334,10 @@ def test_a_front_end_installs_and_removes_models_and_synonyms_over_the_api_alone
     with pytest.raises(DaemonError, match="no alias 'nope'") as unknown:
         daemon.client.remove_synonyms(["nope", "kck"])
     assert unknown.value.code == grpc.StatusCode.NOT_FOUND and "kck" in {s.alias for s in daemon.client.synonyms()}
+    with pytest.raises(DaemonError, match="is the tag 'snare' itself") as itself:  # added, listed, never removable
+        daemon.client.add_synonyms([("Snares", "snare")])
+    assert itself.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Snares" not in {s.alias for s in daemon.client.synonyms()}
 
 
 def test_a_named_pipe_or_a_name_not_utf8_in_a_folder_is_said_not_fatal(daemon: DaemonProcess, tmp_path: Path) -> None:
