@@ -66,16 +66,18 @@ class Client:
         self,
         target: str = "",
         token: str = "",
-        timeout: float = 30.0,
-        home_dir: Path | None = None,
+        timeout: float | None = 30.0,
+        home_dir: Path | str | None = None,
         keepalive_ms: tuple[int, int] = KEEPALIVE_MS,
     ) -> None:
         """target: "" for the Unix socket of home_dir ($VIBRARY_HOME by default), or HOST:PORT of a daemon
         started with --listen (which then requires `token`). `timeout`: seconds a call may take, streams
         of results excepted; a stream ends (DaemonNotRunning) once a ping after `keepalive_ms[0]` of silence
         is not answered within `keepalive_ms[1]` (a daemon suspended, hung, or across a network gone)."""
+        if timeout is not None and not timeout > 0:  # 0 failed every call at once with DEADLINE_EXCEEDED
+            raise BadArgument(f"timeout must be a number of seconds above 0 (None: no limit), not {timeout!r}")
         if not target:  # looking for a daemon must not create a home
-            target = config.unix_target(config.socket_path(home_dir or config.home(create=False)))
+            target = config.unix_target(config.socket_path(Path(home_dir or config.home(create=False))))
         self.target = target
         self.timeout = timeout
         try:
@@ -326,12 +328,15 @@ class Client:
         return list(self._call("ListSynonyms", pb.ListSynonymsRequest()).synonyms)
 
     def add_synonyms(self, pairs: Sequence[tuple[str, str]]) -> list[pb.Synonym]:
+        """Add these (alias, tag) pairs to the user's table; the table as it is then."""
         request = pb.Synonyms(synonyms=[pb.Synonym(alias=a, tag=t) for a, t in pairs])
         return list(self._call("AddSynonyms", request).synonyms)
 
-    def remove_synonyms(self, aliases: Sequence[str]) -> list[pb.Synonym]:
-        """Take these aliases out (built-in ones too); the table as it is then."""
-        request = pb.Synonyms(synonyms=[pb.Synonym(alias=a) for a in aliases])
+    def remove_synonyms(self, aliases: str | Sequence[str]) -> list[pb.Synonym]:
+        """Take these aliases out (built-in ones too); the table as it is then. One alias may be given as is
+        (`remove_synonyms("hh")` asked for "h", then "h" again)."""
+        each = [aliases] if isinstance(aliases, str) else aliases
+        request = pb.Synonyms(synonyms=[pb.Synonym(alias=a) for a in each])
         return list(self._call("RemoveSynonyms", request).synonyms)
 
     def create_dataset(

@@ -357,3 +357,16 @@ def test_a_named_pipe_or_a_name_not_utf8_in_a_folder_is_said_not_fatal(daemon: D
     (told,) = daemon.client.tag([os.fsdecode(odd)], timeout=20)
     assert (told.path, told.state) == (str(tmp_path / "Odd" / "Caf\\xe9 kick.wav"), "failed")
     assert "not valid UTF-8" in told.error
+
+
+def test_a_client_refuses_a_timeout_it_cannot_keep_and_takes_a_home_or_an_alias_as_written(
+    daemon: DaemonProcess,
+) -> None:
+    """`Client(timeout=0)` failed every call with DEADLINE_EXCEEDED, as if the daemon were slow;
+    `home_dir` as a str was a TypeError; `remove_synonyms("hh")` asked to remove "h", twice."""
+    for timeout in (0, -1.0, float("nan")):
+        with pytest.raises(BadArgument, match="timeout must be a number of seconds above 0"):
+            Client(home_dir=daemon.home, timeout=timeout)
+    with Client(home_dir=str(daemon.home)) as c:
+        assert "bands@1" in c.status().models
+        assert "hh" not in {s.alias for s in c.remove_synonyms("hh")}
