@@ -206,14 +206,17 @@ class DaemonServicer:
 
     def Search(self, request, context):
         """Files whose tags match the query, streamed so a huge result set never sits in memory. Files under a
-        watch folder that is not there now (Status.missing_watches) are left out, here and in CountTags.
+        watch folder that is not there now (Status.missing_watches) are left out, here and in CountTags. Tags
+        are matched as the models spell them, whatever the case; the synonym table is not read here (`hh` is
+        no tag: a client respells the words it lists, as clients/query.py `respell` does for `vibrary search`).
+        An empty request matches every indexed file; a path_prefix that is no folder matches none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetTags(self, request, context):
-        """What the index holds for these paths (files, or folders: everything under them).
+        """What the index holds for these paths (files, or folders: everything under them); none asked, none sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -230,10 +233,12 @@ class DaemonServicer:
         """Tag these paths now with the active models, store the result, stream it back: ahead of any other file
         waiting (a re-tag of the library after a model change included); a file read before and not changed
         since is answered as the index has it. A file whose reading failed for a reason that passes (no file
-        handles left) comes back pending, with that error: it is read again a minute later (Status.retrying). Files under a watch folder not there now come back at
-        once as the index last knew them, with why. While indexing is paused, files tagged already are
-        answered and any other is FAILED_PRECONDITION. At the deadline (DEADLINE_EXCEEDED) the files inside
-        the watches go on being read; those outside, new to the index and not read yet, are dropped.
+        handles left) comes back pending, with that error: it is read again a minute later (Status.retrying).
+        Files under a watch folder not there now come back at once as the index last knew them (those not
+        read yet with why). A file that is no audio by its name, or a path that is not there, comes back
+        unknown with why, and nothing is stored. While indexing is paused, files tagged already are answered
+        and any other is FAILED_PRECONDITION. At the deadline (DEADLINE_EXCEEDED) the files inside the watches
+        go on being read; those outside, new to the index and not read yet, are dropped.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -241,8 +246,11 @@ class DaemonServicer:
 
     def Events(self, request, context):
         """Live feed for front ends: files tagged, failed or removed (a watch folder removed: each of its files),
-        models changed, the status when it changes (counts, paused, missing watch folders, …). A reader too
-        slow for it is told what it missed (EVENTS_LOST), never left with a gap unsaid.
+        models changed, the status when it changes (counts, paused, missing watch folders, …). The first event
+        is always STATUS_CHANGED, the status as it stands. A reader too slow for it is told what it missed
+        (EVENTS_LOST), never left with a gap unsaid. When the daemon stops the stream ends (OK, or UNAVAILABLE
+        if it was killed); one suspended or hung sends nothing: a client that follows for long sets gRPC
+        keepalive pings (the Python client: a ping after 30 s of silence, given up after 20 s more).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -261,7 +269,8 @@ class DaemonServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeactivateModel(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deactivate the name's active version (or that version): one already inactive is left so, and OK.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
