@@ -314,6 +314,8 @@ class Daemon:
         for r in gone:
             if within(r.job.path, away):
                 r.vanished, r.retry_for, r.error = False, math.inf, WATCH_GONE  # for as long as it takes
+        for w in away:
+            self.watcher.await_back(w)
 
     def _stall(self, e: Exception) -> None:
         """Not even a failure could be stored: the index cannot be written (a full disk, a drive gone

@@ -98,6 +98,7 @@ class Watcher(FileSystemEventHandler):
         self._inner: frozenset[str] = frozenset()  # watch folders inside another one observed (_note_watches)
         self._identity: dict[str, tuple[int, int] | None] = {}  # each watch folder's device and inode
         self._missing: set[str] = set()
+        self._awaited: set[str] = set()  # watch folders found gone as their files were read (await_back)
         self._links: dict[str, str] = {}  # links to folders met under the watches → where they point
         self._unnamed: set[str] = set()  # paths whose names are not UTF-8, said once
         self._unlisted: dict[str, str] = {}  # folders under the watches that could not be listed → why
@@ -193,6 +194,21 @@ class Watcher(FileSystemEventHandler):
             self._on_pending()
         if not covered:  # (the scan of the folder it is in covers it, or has done so)
             self._scan_in_background(folder)
+
+    def await_back(self, folder: str) -> None:
+        """A watch folder found gone as its files were read: they are read again once it is there. (It may be
+        back before a check saw it go, a folder renamed and renamed back: they waited a minute, said to wait
+        for a folder that was there.)"""
+        with self._lock:
+            self._awaited.add(folder)
+
+    def _retry_awaited(self) -> None:
+        with self._lock:
+            back = {f for f in self._awaited if f not in self._missing and not self.gone(f)}
+            self._awaited -= back
+        for folder in sorted(back):
+            if self.index.retry_now(folder):
+                self._on_pending()
 
     def unwatch(self, folder: str) -> None:
         """Stop observing; a scan of the folder still running stops at its next directory, and events
@@ -545,6 +561,7 @@ class Watcher(FileSystemEventHandler):
                     for folder in retried:
                         with contextlib.suppress(OSError):  # still over the inotify limit: said at start
                             self.watch(folder)
+                    self._retry_awaited()
                     self._list_again()
                     self._check_watched()
                     self._scan_folders_in_turn()  # (its thread could not be started at the time)

@@ -3,6 +3,7 @@ index cannot be written for a moment, and what it stops recording when a folder 
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sqlite3
@@ -16,7 +17,7 @@ from vibrary.daemon import lost_watches
 from vibrary.daemon import watch as watch_module
 from vibrary.daemon.decode import DecodeError, FileVanished, check_readable
 from vibrary.daemon.features import changed_at
-from vibrary.daemon.index import Index, Result
+from vibrary.daemon.index import WATCH_GONE, Index, Result
 from vibrary.daemon.watch import Watcher
 from watchdog.events import FileClosedEvent
 
@@ -324,6 +325,27 @@ def test_samples_moved_to_a_trash_folder_leave_the_index_and_come_back_when_rest
     again.watch(str(lib))
     wait_for(lambda: again.scans_running == 0)
     assert _pending(index) == {str(lib / "Snares" / "s.wav")}
+
+
+def test_files_that_found_their_watch_folder_gone_are_read_once_it_is_back_though_no_check_saw_it_go(
+    index: Index, tmp_path: Path
+) -> None:
+    """A watch folder renamed away and back within a second, as a file in it was read: the file waits for
+    its folder (WATCH_GONE), but no check of the watcher saw the folder go, nor come back, so it waited a
+    minute (RETRY_S), said to wait for a folder that was there all along."""
+    w, lib = _started(index, tmp_path)
+    (lib / "a.wav").write_bytes(b"A" * 100)
+    wait_for(lambda: _pending(index) == {str(lib / "a.wav")})
+    (job,) = index.due_jobs(10, set(), 1e12)
+    index.write_results([Result(job, error=WATCH_GONE, retry_for=math.inf)], 0.02)  # as the daemon keeps it
+
+    def due_now() -> set[str]:
+        return {job.path for job in index.due_jobs(10, set(), time.time())}
+
+    assert due_now() == set()  # (a minute from now)
+    w.await_back(str(lib))
+    wait_for(lambda: due_now() == {str(lib / "a.wav")}, timeout=15)  # the next check: within 5 s
+    w.stop()
 
 
 def test_events_lost_to_an_overflowing_queue_are_caught_up_by_a_scan(index: Index, tmp_path: Path) -> None:
