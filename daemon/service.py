@@ -552,14 +552,6 @@ class Daemon:
                 raise TooManyFiles(f"more than {TAG_MAX_FILES} files: add the folder as a watch instead")
         # said as failures: a folder whose only files had such names was answered with nothing at all
         unnamed_tags = [FileTags(readable_name(p), "failed", UNNAMED, []) for p in unnamed]
-        # a file named that is no audio (a folder gives only audio), or a path that is not there and never was
-        # indexed (`x.wav/child.wav`, a name too long): answered, not read; each was stored as a failure
-        # (listed by ListFailed for good), and GetTags said "not an audio file" of the one Tag had failed
-        unread = [p for p in files if not is_audio_path(p)]
-        unread += [r.path for r in self.index.file_tags(sorted(absent - set(unread))) if r.state == "unknown"]
-        unnamed_tags += [FileTags(p, "unknown", NO_SUCH_PATH if p in absent else NOT_AUDIO, []) for p in unread]
-        answered = set(unread)
-        files = [p for p in files if p not in answered]
         if not going():
             raise TimeoutError(f"the deadline passed while finding the files ({len(files)} so far)")
         # under a watch folder not there now (a drive unplugged): never fed, so waited on until the deadline
@@ -569,6 +561,14 @@ class Daemon:
         # seconds since is missing as well)
         gone = {w for w in self.index.watches() if self.watcher.gone(w)}
         hidden = {p for p in files if within(p, gone)} if gone else set()
+        # a file named that is no audio (a folder gives only audio), or a path that is not there and never was
+        # indexed (`x.wav/child.wav`, a name too long): answered, not read; each was stored as a failure
+        # (listed by ListFailed for good), and GetTags said "not an audio file" of the one Tag had failed
+        unread = [p for p in files if not is_audio_path(p)]
+        unread += [r.path for r in self.index.file_tags(sorted(absent - hidden - set(unread))) if r.state == "unknown"]
+        unnamed_tags += [FileTags(p, "unknown", NO_SUCH_PATH if p in absent else NOT_AUDIO, []) for p in unread]
+        answered = set(unread)
+        files = [p for p in files if p not in answered]
         if self.paused:  # files tagged already are answered as they are (a DAW's dropped file that is known)
             known = [_say_why_hidden(r, hidden) for r in self.index.file_tags(files)]
             untagged = sum(r.state in ("pending", "unknown") and r.error in (None, "", NOT_INDEXED) for r in known)
