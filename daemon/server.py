@@ -542,11 +542,13 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         self._dataset_exists(request.dataset, context)
-        if request.trainer in ("", "local"):
-            try:
+        try:  # a trainer that cannot run here, refused now (a stream that went WAITING, then FAILED, status OK)
+            if request.trainer in ("", "local"):
                 training.check_local_trainer()
-            except training.TrainingError as e:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+            elif request.trainer == "cloud":
+                training.check_cloud(self.daemon.home)
+        except training.TrainingError as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         try:  # refused now, as the CLI refuses it: it was a stream that went WAITING, then FAILED, status OK
             registry.check_not_builtin(self.daemon.index, request.name or request.dataset)
         except ModelError as e:

@@ -632,6 +632,16 @@ def _cloud() -> Any:
         raise TrainingError(f"cloud training needs {e.name}: in Vibrary's clone, pip install -e '.[cloud]'") from None
 
 
+def check_cloud(home_dir: Path) -> None:
+    """TrainingError, before anything is uploaded, when cloud training cannot start: not installed, or its
+    settings (bucket, image, instance profile) missing or wrong."""
+    cloud = _cloud()
+    try:
+        cloud.CloudSettings.load(home_dir)
+    except cloud.CloudError as e:
+        raise TrainingError(str(e)) from None
+
+
 def _cloud_progress(
     cloud: Any, report: Callable[..., None], cancel: threading.Event, leave: threading.Event | None
 ) -> Callable[[dict[str, Any]], None]:

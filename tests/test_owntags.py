@@ -786,6 +786,8 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         assert ("bd", "kick", True) in {(x.alias, x.tag, x.builtin) for x in c.synonyms()}
         assert _code(lambda: c.add_synonyms([("", "kick")])) == grpc.StatusCode.INVALID_ARGUMENT
         assert _code(lambda: c.train("mine", trainer="no-port")) == grpc.StatusCode.INVALID_ARGUMENT
+        # no cloud settings: refused before the stream (it went WAITING, then FAILED, status OK)
+        assert _code(lambda: c.train("mine", trainer="cloud")) == grpc.StatusCode.FAILED_PRECONDITION
         for bad in ('{"epochz": 3}', '{"epochs": "x"}', '{"batch_size": 0}', "not json"):  # before any trainer starts
             assert _code(lambda: c.train("mine", options=bad)) == grpc.StatusCode.INVALID_ARGUMENT, bad  # noqa: B023
 
