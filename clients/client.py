@@ -61,6 +61,10 @@ REPLY_MAX = 1 << 30
 KEEPALIVE_MS = (30_000, 20_000)
 
 
+def _suspended(pid: int) -> str:
+    return f"the daemon (pid {pid}) is suspended: `kill -CONT {pid}` resumes it"
+
+
 class Client:
     def __init__(
         self,
@@ -131,6 +135,8 @@ class Client:
             yield from call if quiet is None else quiet.messages()
         except grpc.RpcError as e:
             if quiet is not None and quiet.fired:
+                if stopped := self._stopped_daemon():  # (as status() says it: "sent nothing" sent people waiting)
+                    raise DaemonError(grpc.StatusCode.DEADLINE_EXCEEDED, _suspended(stopped)) from None
                 raise DaemonError(
                     grpc.StatusCode.DEADLINE_EXCEEDED, f"the daemon sent nothing of {method} for {self.timeout:g} s"
                 ) from None
@@ -158,7 +164,7 @@ class Client:
         unanswered = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
         stopped = self._stopped_daemon() if unanswered else 0
         if stopped:  # "start it" was wrong: one runs, and a second would not start
-            return DaemonError(code, f"the daemon (pid {stopped}) is suspended: `kill -CONT {stopped}` resumes it")
+            return DaemonError(code, _suspended(stopped))
         if code == grpc.StatusCode.UNAVAILABLE:
             if not self.target.startswith("unix:"):
                 return DaemonNotRunning(f"no daemon answers at {self.target} ({details})")
@@ -276,7 +282,8 @@ class Client:
 
     def events(self) -> Iterator[pb.Event]:
         """The daemon's events as they happen (a status snapshot first), until close() or until the
-        daemon stops (the stream ends) or dies (DaemonNotRunning): follow it again after a restart."""
+        daemon stops (the stream ends) or dies (DaemonNotRunning): follow it again after a restart. One
+        suspended (SIGSTOP) ends it too, once its keepalive goes unanswered (DaemonError: it says how to resume it)."""
         return self._stream("Events", pb.EventsRequest(), endless=True)
 
     def models(self) -> list[pb.Model]:

@@ -286,9 +286,10 @@ def test_a_suspended_daemon_is_said_to_be_suspended_not_absent(daemon: DaemonPro
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)
     try:
-        with Client(home_dir=daemon.home, timeout=2) as c, pytest.raises(DaemonError) as e:
-            c.status()
-        assert f"the daemon (pid {pid}) is suspended: `kill -CONT {pid}` resumes it" in str(e.value)
+        for ask in ("status", "search", "tags"):  # a search said "the daemon sent nothing of Search for 2 s"
+            with Client(home_dir=daemon.home, timeout=2) as c, pytest.raises(DaemonError) as e:
+                c.status() if ask == "status" else list(c.search("low") if ask == "search" else c.tags("/"))
+            assert f"the daemon (pid {pid}) is suspended: `kill -CONT {pid}` resumes it" in str(e.value), ask
     finally:
         os.kill(pid, signal.SIGCONT)
     assert daemon.client.status(timeout=10).home == str(daemon.home)
