@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 from vibrary.daemon import config, registry
-from vibrary.daemon.index import HIT_SCORE, Index
+from vibrary.daemon.index import HIT_SCORE, WATCH_GONE, Index
 from vibrary.daemon.spectrogram import SILENT
 
 from .tray_state import many
@@ -119,8 +119,9 @@ def _shown(path: str) -> str:
 
 def _human_file(line: dict[str, Any], state: str = "indexed") -> str:
     """`state`: the index's (pending, indexed …); a file `vibrary tag` read here is indexed."""
-    if line["error"] and state == "pending":  # a reason that passes (no file handles left)
-        return f"{_shown(line['path'])}: waits to be read again ({line['error']})"
+    if line["error"] and state == "pending":  # a reason that passes (no file handles left), or a drive away
+        again = "" if line["error"] == WATCH_GONE else " again"  # (one never read yet waited "again")
+        return f"{_shown(line['path'])}: waits to be read{again} ({line['error']})"
     if line["error"]:
         return f"{_shown(line['path'])}: ERROR {line['error']}"
     by_model: dict[str, list[str]] = {}

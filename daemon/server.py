@@ -25,7 +25,7 @@ from vibrary.proto import daemon_pb2_grpc as pb_grpc
 from . import config, dataset, events, registry, suggest, training
 from .decode import NOT_AUDIO, in_junk_folder, is_audio_path
 from .folders import indexed_path, readable_name, storable
-from .index import ANY_STORED_SCORE, NOT_INDEXED, FileTags, ModelRow, within
+from .index import ANY_STORED_SCORE, NOT_INDEXED, WATCH_GONE, FileTags, ModelRow, within
 from .infer import ModelError
 from .modelref import parse_ref
 from .rpc import bind, make_server
@@ -224,11 +224,14 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
     def GetTags(self, request: pb.GetTagsRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
         asked = {indexed_path(a): a for a in (_absolute(p, context) for p in request.paths)}  # (links resolved)
         watches = self.daemon.index.watches()
+        missing = sorted(self.daemon.watcher.missing)
         for found in self.daemon.index.file_tags(list(asked)):
             if not context.is_active():
                 return
             if found.error == NOT_INDEXED:
                 found = replace(found, error=why_not_indexed(found.path, asked.get(found.path, found.path), watches))
+            elif found.state == "pending" and not found.error and missing and within(found.path, missing):
+                found = replace(found, error=WATCH_GONE)  # why it is not read: "(pending)" said nothing
             yield file_tags_pb(found)
 
     def CountTags(self, request: pb.CountTagsRequest, context: grpc.ServicerContext) -> pb.TagCounts:

@@ -485,8 +485,10 @@ def test_status_wait_says_when_indexing_is_paused_or_waits_for_a_drive(daemon: D
     for command in (("search", "low"), ("counts",), ("search", "low", "--under", str(tmp_path))):
         said = vibrary(*command, home=daemon.home).stderr  # "0 files", or nothing: as of an empty library
         assert f"not there now, left out: the files under {lib} (a drive unplugged" in said, command
-    said = vibrary("tags", str(lib / "a.wav"), home=daemon.home).stderr  # (it showed them as if they were there)
+    told = vibrary("tags", str(lib / "a.wav"), home=daemon.home)  # (it showed them as if they were there)
+    said = told.stderr
     assert f"not there now, their tags as the index last had them: the files under {lib}" in said, said
+    assert f"{lib / 'a.wav'}: waits to be read (its watch folder" in told.stdout, told.stdout  # never read: not "again"
     (tmp_path / "other").mkdir()
     assert "left out" not in vibrary("search", "low", "--under", str(tmp_path / "other"), home=daemon.home).stderr
     assert "not there now" not in vibrary("tags", str(tmp_path / "other"), home=daemon.home).stderr
