@@ -250,7 +250,8 @@ class Client:
         stored score from it up (0: all). `under`: a folder. `model`: one model's tags (NAME,
         or NAME@VERSION of its active version).
         `limit` 0: every match; in the index's order unless `best_first` (the surest first, which costs
-        more: `vibrary search --limit` asks for it)."""
+        more: `vibrary search --limit` asks for it). Tags as the models spell them: the synonym table (hh →
+        hihat), which `vibrary search` reads too, is the caller's to apply (`synonyms()` lists it)."""
         if isinstance(all_of, str):
             groups, excluded = parse_query(all_of)
         else:
