@@ -150,6 +150,13 @@ def lock_path(home_dir: Path) -> Path:
     return home_dir / "daemon.lock"
 
 
+def failing_path(home_dir: Path) -> Path:
+    """The active models set aside for failing on every file they were given (pipeline.FAILS_AFTER), as
+    {id: [ref, error]}: aside again at a restart (loaded anew, each failed its first files again, and every
+    file indexed meanwhile was read again for it), until the active models change."""
+    return home_dir / "failing.json"
+
+
 def paused_path(home_dir: Path) -> Path:
     """Present while indexing is paused: a marker file, so a restarted daemon stays paused."""
     return home_dir / "paused"

@@ -42,11 +42,13 @@ class ActiveModel:
 # SQLite per file); a lone file (nothing else in flight) never waits.
 FILL_WAIT_S = 0.02
 
-# A model that fails on this many files, having scored none since it was loaded, fails on real audio (it
-# passed the install's check, on silence): it is set aside (Pipeline.failing) and the files get the other
-# models' tags. A model left active that failed every file failed the whole library, every other model's
-# tags lost with it. One that has scored a file and fails on another fails that file, naming itself.
+# A model that fails on this many files, in this many batches at least, having scored none since it was
+# loaded, fails on real audio (it passed the install's check, on silence): it is set aside (Pipeline.failing)
+# and the files get the other models' tags. A model left active that failed every file failed the whole
+# library, every other model's tags lost with them. One that has scored a file and fails on another fails
+# that file, naming itself; so does one with no other model beside it (set aside, it left files untagged).
 FAILS_AFTER = 3
+FAILS_IN = 2  # (one batch of files a model cannot take, all near-silent say, is no verdict on it)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class Pipeline:
         models_done: Callable[[bytes], set[int]] | None = None,
         on_failing: Callable[[str], None] = lambda ref: None,
     ) -> None:
+        self._models_lock = threading.Lock()  # the batcher sets a model aside as another thread loads models
         self.models = list(models)
         self._on_failing = on_failing
         self._sink = sink
@@ -99,10 +102,17 @@ class Pipeline:
     @models.setter
     def models(self, models: Sequence[ActiveModel]) -> None:
         """The models to run: each loaded anew has a new chance, one set aside before included."""
-        self._models = list(models)
-        self.failing: dict[int, tuple[str, str]] = {}  # model id → (ref, error) of those set aside (FAILS_AFTER)
-        self._failed: dict[int, int] = {}  # model id → files failed while it has scored none
-        self._scored: set[int] = set()
+        with self._models_lock:
+            self._models = list(models)
+            self.failing: dict[int, tuple[str, str]] = {}  # model id → (ref, error) of those set aside
+            self._failed: dict[int, tuple[int, int]] = {}  # model id → (files, batches) failed, none scored
+            self._scored: set[int] = set()
+
+    def keep_aside(self, failing: dict[int, tuple[str, str]]) -> None:
+        """Models set aside by an earlier run of the daemon, still active as they were: aside again."""
+        with self._models_lock:
+            self.failing = {i: why for i, why in failing.items() if i in {m.id for m in self._models}}
+            self._models = [m for m in self._models if m.id not in self.failing]
 
     # -- feeding -------------------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -245,25 +255,29 @@ class Pipeline:
                     if not familiar:
                         p.result.unfamiliar.add(model.id)
             self._judge(model, [p for p in items if model.id in p.failed_by], len(items))
-        for p in batch:  # a model set aside meanwhile fails no file
-            failed = [(i, e) for i, e in p.failed_by.items() if i not in self.failing]
+        failing = self.failing
+        for p in batch:  # a model set aside meanwhile fails no file that another model tagged
+            failed = [(i, e) for i, e in p.failed_by.items() if i not in failing or not p.result.tags]
             if failed and not p.result.error:
                 p.result.error = f"{MODEL_FAILED.format(ref=models[failed[0][0]].ref)}{failed[0][1]}"
                 p.result.tags.clear()
 
     def _judge(self, model: ActiveModel, failed: list[_Prepared], tried: int) -> None:
-        """Set a model aside once it has failed FAILS_AFTER files and scored none since it was loaded."""
-        if model.id in self._scored:
-            return
-        if len(failed) < tried:
-            self._scored.add(model.id)
-            return
-        self._failed[model.id] = self._failed.get(model.id, 0) + len(failed)
-        if self._failed[model.id] < FAILS_AFTER:
-            return
-        error = failed[-1].failed_by[model.id]
-        self.failing = {**self.failing, model.id: (model.ref, error)}
-        self._models = [m for m in self._models if m.id != model.id]
+        """Set a model aside once it has failed FAILS_AFTER files in FAILS_IN batches, scored none since it
+        was loaded, and another model is there to tag the files."""
+        with self._models_lock:
+            if model.id in self._scored or model not in self._models:  # (loaded since: the new one is judged)
+                return
+            if len(failed) < tried:
+                self._scored.add(model.id)
+                return
+            files, batches = self._failed.get(model.id, (0, 0))
+            self._failed[model.id] = files, batches = files + len(failed), batches + 1
+            if files < FAILS_AFTER or batches < FAILS_IN or len(self._models) < 2:
+                return
+            error = failed[-1].failed_by[model.id]
+            self.failing = {**self.failing, model.id: (model.ref, error)}
+            self._models = [m for m in self._models if m.id != model.id]
         log.warning(
             "model %s failed on every file it was given (%s): set aside, the other models tag the files "
             "(`vibrary models deactivate %s`)",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.metadata
+import json
 import logging
 import math
 import os
@@ -120,6 +121,7 @@ class Daemon:
             models_done=self.index.models_done,
             on_failing=self._model_failing,
         )
+        self.pipeline.keep_aside(self._failing_before())
         self._unloaded = self._unloaded_files(self.index.active_models())
         self.watcher = Watcher(
             self.index, self.settings.settle_s, self._wake_feeder, self._removed, self.settings.rescan_hours * 3600
@@ -395,6 +397,8 @@ class Daemon:
                 return
             was, unloaded = self._active, self._unloaded
             self.pipeline.models = load_models(self.index, active)
+            with contextlib.suppress(OSError):  # each model loaded has its chance again: none is aside
+                self._save_failing()
             self._unloaded = self._unloaded_files(active)
             self._active = now  # (once loaded: a status meanwhile reads the models from the index, `following`)
             # each model activated, deactivated or removed, and each whose file came back or went away
@@ -426,12 +430,37 @@ class Daemon:
 
     def _model_failing(self, ref: str) -> None:
         """A model set aside for failing on every file it was given (pipeline.FAILS_AFTER): the files it failed
-        before are read again, for the other models' tags; it stays aside until the active models change."""
-        queued = self.index.requeue_model_failures()
-        log.info("%d files it failed read again for the other models", queued)
+        before are read again, for the other models' tags; it stays aside until the active models change,
+        a restart included. (On the batcher's thread: nothing here may fail its batch.)"""
+        try:
+            self._save_failing()
+            queued = self.index.requeue_model_failures()
+            log.info("%d files it failed read again for the other models", queued)
+        except Exception:  # (a locked or full index: the next change of the active models requeues them)
+            log.exception("could not read again the files %s failed", ref)
         self.events.publish(Event(MODEL_CHANGED, model=ref))
         self._wake.set()
         self.status_events.changed()
+
+    def _save_failing(self) -> None:
+        path = config.failing_path(self.home)
+        if self.pipeline.failing:
+            atomic.write(path, json.dumps({str(i): list(why) for i, why in self.pipeline.failing.items()}))
+        else:
+            path.unlink(missing_ok=True)
+
+    def _failing_before(self) -> dict[int, tuple[str, str]]:
+        """The models set aside when the daemon last ran, still active under the same ref (config.failing_path)."""
+        path = config.failing_path(self.home)
+        try:
+            saved = json.loads(path.read_text())
+            active = {m.id: m.ref for m in self.index.active_models()}
+            return {int(i): (ref, error) for i, (ref, error) in saved.items() if active.get(int(i)) == ref}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, TypeError, AttributeError) as e:  # a damaged file: each gets its chance again
+            log.warning("%s cannot be read (%s): the models set aside are tried again", path, e)
+            return {}
 
     def _loaded(self) -> list[int]:
         """The active models that tag: a file lacking tags of one that could not be loaded was sent back to be

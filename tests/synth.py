@@ -76,6 +76,7 @@ def band_model(
     batch: int | str = "N",
     fails_on_audio: bool = False,
     familiar_from: float | None = None,
+    fails_under_db: float | None = None,
 ) -> Path:
     """An ONNX model scoring (N, C, mels, frames) spectrograms as low / mid / high.
 
@@ -84,6 +85,9 @@ def band_model(
     model exported without a dynamic batch axis has. `fails_on_audio`: onnxruntime raises on any real
     clip (a Gather indexed by the clip's quietest value, out of range below 0 dB) yet runs on the
     all-zero probe that an install checks, like a model with a bug its author never met.
+    `fails_under_db`: onnxruntime raises on a batch whose spectrograms' mean level is below this (a tone's,
+    mostly at the floor: about -78 dB) and runs on louder ones (noise) and on the probe: a model that fails
+    on some files only.
     `familiar_from`: the model also outputs a familiarity, its best score (a pure 100 Hz tone: 1.0; white
     noise, whose energy is in every band: about 0.37), and counts clips from this one up as familiar.
     """
@@ -117,6 +121,18 @@ def band_model(
             helper.make_node("Add", ["logits", "nothing"], ["kept"]),
         ]
         nodes[-1] = helper.make_node("Softmax", ["kept"], ["scores"], axis=1)
+    if fails_under_db is not None:
+        nodes[-1:-1] = [
+            helper.make_node("ReduceMean", ["x"], ["level"], keepdims=0),
+            helper.make_node("Sub", ["floor_db", "level"], ["below"]),
+            helper.make_node("Sign", ["below"], ["sign"]),
+            helper.make_node("Relu", ["sign"], ["under"]),
+            helper.make_node("Cast", ["under"], ["at"], to=TensorProto.INT64),  # 1: out of the offset's range
+            helper.make_node("Gather", ["offset", "at"], ["picked"]),
+            helper.make_node("Mul", ["picked", "zero"], ["nothing"]),
+            helper.make_node("Add", ["logits", "nothing"], ["kept"]),
+        ]
+        nodes[-1] = helper.make_node("Softmax", ["kept"], ["scores"], axis=1)
     outputs = [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, len(classes)])]
     if familiar_from is not None:
         nodes.append(helper.make_node("ReduceMax", ["scores", "axes_c"], [FAMILIARITY_OUTPUT], keepdims=0))
@@ -132,6 +148,7 @@ def band_model(
             numpy_helper.from_array(np.array([params.top_db], np.float32), "offset"),
             numpy_helper.from_array(weights, "w"),
             numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+            numpy_helper.from_array(np.array(fails_under_db or 0.0, np.float32), "floor_db"),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)

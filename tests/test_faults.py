@@ -30,6 +30,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import soundfile as sf
 from vibrary.clients.client import Client, DaemonError
 from vibrary.daemon import config, decode, features
 from vibrary.daemon.cache import SpectrogramCache
@@ -512,6 +513,65 @@ def test_a_model_that_fails_on_every_file_is_set_aside_and_the_others_tag_the_li
     d.client.deactivate("buggy")
     wait_for(lambda: not d.client.status().failing_models)
     assert d.client.status().pending == 0
+
+
+def test_a_model_set_aside_stays_aside_at_a_restart_and_alone_fails_files_not_leaves_them_untagged(
+    model_home: Path, tmp_path: Path
+) -> None:
+    """Loaded anew at a start, a model set aside failed its first files again, and every file indexed while
+    it was aside was read again for it (the whole library at every login): it stays aside until the active
+    models change. Alone, with no model to leave the files to, it fails them, naming itself: set aside, it
+    left them "indexed" with no tags, said to be silent."""
+    vibrary(
+        "models",
+        "install",
+        str(band_model(tmp_path / "buggy.onnx", name="buggy", fails_on_audio=True)),
+        home=model_home,
+    )
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    d = start_daemon(model_home)
+    try:
+        d.client.add_watch(str(lib))
+        drops = []
+        for i in range(4):  # one batch each: it is judged over two at least
+            drops.append(str(write_tone(lib / f"t{i}.wav", 300 + 50 * i)))
+            wait_for(lambda: [f.state for f in d.client.tags(drops[-1])] in (["indexed"], ["failed"]))
+        wait_for(lambda: d.client.status().failing_models and d.client.status().pending == 0)
+    finally:
+        d.stop()
+    d = start_daemon(model_home)
+    try:
+        time.sleep(1.0)  # (a start's own work: its scan, and any file read again)
+        s = d.client.status()
+        assert [m.partition(": ")[0] for m in s.failing_models] == ["buggy@1"], s
+        assert (s.pending, s.decoded, s.from_cache, s.indexed) == (0, 0, 0, len(drops)), s  # nothing read again
+        d.client.deactivate("bands")  # the active models change: buggy has its chance again, alone
+        wait_for(lambda: not d.client.status().failing_models)
+        alone = str(write_tone(lib / "alone.wav", 700))
+        wait_for(lambda: [f.state for f in d.client.tags(alone)] == ["failed"])
+        (f,) = d.client.tags(alone)
+        assert f.error.startswith("model buggy@1 failed on it"), f
+    finally:
+        d.stop()
+
+
+def test_a_model_that_fails_on_some_files_fails_those_naming_itself_and_stays(watched: Watched, tmp_path: Path) -> None:
+    """One that has scored a file is not set aside for failing others: those are its to fix."""
+    d = watched.daemon
+    vibrary(
+        "models", "install", str(band_model(tmp_path / "picky.onnx", name="picky", fails_under_db=-60)), home=d.home
+    )
+    wait_for(lambda: "picky@1" in [e.model for e in watched.events.events if e.kind == pb.Event.MODEL_CHANGED])
+    noise = watched.lib / "noise.wav"
+    sf.write(str(noise), 0.3 * np.random.default_rng(0).standard_normal(44100), 44100)  # loud: it scores it
+    wait_for(lambda: {t.model for t in watched.file(noise).tags} == {"bands", "picky"})
+    for i in range(4):  # tones, at the floor most of their spectrogram: it fails each
+        tone = write_tone(watched.lib / f"tone{i}.wav", 300 + 50 * i)
+        e = watched.events.wait(pb.Event.FILE_FAILED, str(tone))
+        assert e.file.error.startswith("model picky@1 failed on it"), e.file.error
+    s = d.client.status()
+    assert "picky@1" in s.models and not s.failing_models
 
 
 @pytest.mark.parametrize("scores", ["nan", "inf", "logits"])
