@@ -129,7 +129,8 @@ def apply(state: TrayState, event: pb.Event) -> tuple[TrayState, list[Notice]]:
         path = event.file.path
         return replace(state, failed_since=state.failed_since - {path}, looked_at=state.looked_at - {path}), []
     if kind == pb.Event.MODEL_INSTALLED:
-        return state, [Notice("Model installed", f"{event.model} is installed and tags your library now.")]
+        # (any install: one from a terminal kept inactive does not tag the library, as "tags it now" said)
+        return state, [Notice("Model installed", f"{event.model} is installed.")]
     return state, []
 
 

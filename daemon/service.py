@@ -425,7 +425,7 @@ class Daemon:
             if i not in was:
                 self.events.publish(Event(MODEL_INSTALLED, model=ref))
         for i, ref in was.items():
-            if i not in installed:
+            if i not in installed and i not in self._active:  # (an active one's removal is said as a change)
                 self.events.publish(Event(MODEL_CHANGED, model=ref))
 
     def _model_failing(self, ref: str) -> None:

@@ -263,7 +263,7 @@ def test_training_progress_finish_and_install_notifications() -> None:
     )
     assert notices == [
         ts.Notice("Training finished", "mytags@2 is trained and installed, right on 88% of the held-out clips."),
-        ts.Notice("Model installed", "mytags@2 is installed and tags your library now."),
+        ts.Notice("Model installed", "mytags@2 is installed."),
     ]
     assert ts.view(state).icon == ts.Icon.IDLE
 
