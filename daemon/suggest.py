@@ -10,33 +10,33 @@ tag the user adds is a known word from then on, which is how their own vocabular
 takes part.
 
 Which tag a file gets: every text is read, nearest first: the file's own folder, the file name, its embedded
-title, the folders above it up to and including the one the user named, then the rest of the embedded
-metadata (genre, comment, description, keywords). A sound (kick, pad) beats a descriptor (mood, timbre,
-processing: "Acoustic Kick", "Vintage Drums/Snare_01" → the kick, the snare), which beats a weak word (what
-form a file has: loop, one-shot, drums); among equals the nearest text wins (a `Kicks/` folder over a file
-named `Snare_01`, the title over a pack's folder), and within one text the last word (the head noun ends
-English names), but a word for the part a sound plays (lead, pluck, pad, stab, sub, keys) only when no other
-sound is named beside it: `Guitar Lead` is a guitar, `Lead 01` a synth, and a folder named for a part
-(`Keys/`, `Stabs/`) gives way to the instrument a file names (`Organ_Chord`), but for pads (a `String Pad`
-is a synth's). A name that starts with a vocal is a vocal, whatever its lyric says (`Vox_Drop_The_Bass`; but
+title, the folders above it up to and including the one the user named, then the rest of the embedded metadata
+(genre, comment, description, keywords). A sound (kick, pad) beats a descriptor (mood, timbre, processing:
+"Acoustic Kick", "Vintage Drums/Snare_01" → the kick, the snare), which beats a weak word (what form a file
+has: loop, one-shot, drums); among equals the nearest text wins (a `Kicks/` folder over a file named
+`Snare_01`, the title over a pack's folder), and within one text the last word (the head noun ends English
+names), but a word for the part a sound plays (lead, pluck, pad, stab, sub, keys) only when no other sound is
+named beside it: `Guitar Lead` is a guitar, `Lead 01` a synth, and a folder named for a part (`Keys/`,
+`Stabs/`) gives way to the instrument a file names (`Organ_Chord`), but for pads (a `String Pad` is a
+synth's). A name that starts with a vocal is a vocal, whatever its lyric says (`Vox_Drop_The_Bass`; but
 `Vocoder Bass` is a bass); one that says what a loop lacks (`No Kick`) does not name that sound. Packs name
 themselves after genres, so a genre (Drum & Bass, Future Bass, any "X House") is no word at all, and a genre
-field counts only when all it says is a sound ("Bass Drum", not "Bass Music"). A text saying drums
-(`Drums/`, `Drum_Loop`, `Top Loop`) keeps a farther folder's or field's other instruments out: `Bass
-Pack/Drums/Loop 03` is a drum loop, not a bass. A folder naming two sounds (`Kicks & Snares/`) decides
-nothing itself: the file's name or metadata says which of them, and a folder that names a sound only by its
-part (`808/`, the sub-bass) gives way to a drum a file names (`808 Kick`); a drum machine's folder (`Roland
-TR-808/`) says drums. A descriptor or a weak word says how a sound is, not what it is: alone it is no tag
-(`Loops/Drum Loop 1`, a genre field of "Electronic"), only an alternative, unless the user's own table has
-that tag (they asked for loops as a class), or a folder above is one of fx: `FX/Reverb/`, `Guitar FX/Chorus/`
-are sorted by effect, which is then what a file is. A file no text names takes its own folder's name when that
-folder holds at least two such files and its name has no known word: its words joined by '-', a plural s
-dropped (the user's own tag that nobody put in the table yet: `Wobbles/` → wobble); or when the name is one
-mood and nothing else (`MyTags/dark/`: one folder per mood is how a user teaches moods); never a catch-all
-(`Misc/`, `New Folder/`), a pack (`Odyssey Sample Pack/`) or a number (`Vol 3/`). Every other known tag
-found for the file is reported as an alternative, so a reviewer sees what was passed over. (A dataset of
-moods or other descriptors keeps `dataset create`'s default `--labels folders`: its folder names are the
-labels as written.)
+field counts only when all it says is a sound ("Bass Drum", not "Bass Music"). A text saying drums (`Drums/`,
+`Drum_Loop`, `Top Loop`) keeps a farther folder's or field's other instruments out: `Bass Pack/Drums/Loop 03`
+is a drum loop, not a bass. A folder naming two sounds (`Kicks & Snares/`) decides nothing itself: the file's
+name or metadata says which of them, and a folder that names a sound only by its part (`808/`, the sub-bass)
+gives way to a drum a file names (`808 Kick`); a drum machine's folder (`Roland TR-808/`) says drums. A
+descriptor or a weak word says how a sound is, not what it is: alone it is no tag (`Loops/Drum Loop 1`, a
+genre field of "Electronic"), only an alternative, unless the user's own table has that tag (they asked for
+loops as a class), or a folder above is one of effects and the file's own names say no sound:
+`FX/Reverb/take1`, `Guitar FX/Chorus/take1` are sorted by effect, which is then what they are. A file no text
+names takes its own folder's name when that folder holds at least two such files and its name has no known
+word: its words joined by '-', a plural s dropped (the user's own tag that nobody put in the table yet:
+`Wobbles/` → wobble); or when the name is one mood and nothing else (`MyTags/dark/`: one folder per mood is
+how a user teaches moods); never a catch-all (`Misc/`, `New Folder/`), a pack (`Odyssey Sample Pack/`) or a
+number (`Vol 3/`). Every other known tag found for the file is reported as an alternative, so a reviewer sees
+what was passed over. (A dataset of moods or other descriptors keeps `dataset create`'s default `--labels
+folders`: its folder names are the labels as written.)
 
 Numbers are words only inside an alias that has them (`808 kick` → kick; `808` alone is the sub-bass that
 modern packs mean by it, a role word beside a named drum): a number of one or two digits is numbering, and
@@ -54,7 +54,7 @@ import struct
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mutagen
@@ -171,7 +171,6 @@ class Synonyms:
 
     def __post_init__(self) -> None:
         self._found: dict[tuple[str, bool], list[str]] = {}  # find()'s answers (the table changed: none)
-        self._sorted_by_effect: Synonyms | None = None
         self._phrases: dict[tuple[str, ...], str] = {}
         removed = {_key(alias) for alias in self.removed}
         for table in (self.builtin, self.user):  # the user's table last: it wins
@@ -459,14 +458,6 @@ class Synonyms:
         best = min(self.rank(t) for t in tags)
         return [t for t in tags if self.rank(t) == best][-1]
 
-    def sorted_by_effect(self) -> Synonyms:
-        """The table for a file under a folder of fx (`FX/Reverb/`, `Guitar FX/Chorus/`): there a processing
-        effect is what the file is, a sound, not how one sounds (every file of `FX/Reverb/` and `FX/Delay/`
-        was "fx", and `Guitar FX/Chorus/take1` had no tag)."""
-        if self._sorted_by_effect is None:
-            self._sorted_by_effect = replace(self, descriptors=self.descriptors - self.effects)
-        return self._sorted_by_effect
-
     def is_drum(self, tag: str) -> bool:
         return tag in self._drums
 
@@ -603,7 +594,7 @@ def _texts(path: str, root: str) -> list[tuple[bool, str, str, str]]:
     return texts
 
 
-FX = "fx"  # the tag of a folder of effects (`FX/`, `Effects/`, `Guitar FX/`)
+FX_WORDS = frozenset({"fx", "effect", "effects"})  # a folder of effects (not sfx, risers, foley: sounds)
 
 # a web address in a field ("Downloaded from www.freesounds.org") is no word: its .org was an organ
 _URL = re.compile(r"\S*(?:://|www\.)\S*|\S+\.(?:com|org|net|io|co|uk|de|fr|info|me)\b\S*", re.IGNORECASE)
@@ -622,8 +613,6 @@ def _choose(
 ) -> tuple[tuple[str, str, str] | None, list[str]]:
     """The tag, where it came from and the text it came from (None when no text names one), and every
     known tag of every text."""
-    if any(FX in synonyms.find(text) for own, source, _, text in texts if not own and source == "folder"):
-        synonyms = synonyms.sorted_by_effect()
     best: tuple[str, str, str] | None = None
     by_role = False  # best is a role word only (808, lead): a sound the file's own texts name beats it
     tags: list[str] = []
@@ -653,7 +642,22 @@ def _choose(
             # `808/808 Kick`: a kick; `Keys/Organ_Chord`: an organ (but `Pads/String Pad` a synth's pad)
             best, by_role = (tag, source, raw), False
         families.extend(synonyms.families[t] for t in here if t in synonyms.families)
-    return best, tags
+    return _sorted_by_effect(texts, synonyms) or best, tags
+
+
+def _sorted_by_effect(texts: list[tuple[bool, str, str, str]], synonyms: Synonyms) -> tuple[str, str, str] | None:
+    """The effect a file's own folder names, when a folder above is one of effects (`FX/`, `Guitar FX/`,
+    `Effects/`, `FX Pack/`) and the file's own name and title name no sound: `FX/Reverb/take1` is a reverb
+    (every file of `FX/Reverb/` and `FX/Delay/` was "fx", `Guitar FX/Chorus/take1` had no tag), but
+    `FX/Reverb/Kick 1` a kick, and a riser in `Risers/Delay/` no reverb."""
+    _, _, raw, own_folder = texts[0]
+    if not any(FX_WORDS & set(words(text)) for own, source, _, text in texts if not own and source == "folder"):
+        return None
+    effects = [t for t in synonyms.find(own_folder) if t in synonyms.effects]
+    named = (t for own, source, _, text in texts[1:] if own for t in synonyms.find(text))
+    if not effects or any(synonyms.rank(t) == 0 for t in named):
+        return None
+    return effects[-1], "folder", raw
 
 
 def _voice(key: tuple[str, ...]) -> bool:

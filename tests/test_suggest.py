@@ -313,23 +313,26 @@ def test_folders_named_by_an_effect_give_the_effect_the_demo_model_knows(tmp_pat
 
 def test_folders_of_effects_under_a_folder_of_fx_give_the_effect(tmp_path: Path, table: Synonyms) -> None:
     """`FX/Reverb/` and `FX/Delay/` were all "fx" (the sound a folder above named beat a nearer effect, a
-    descriptor), `Guitar FX/Chorus/take1` had no tag at all; a sound effect in `FX/Risers/` is still fx."""
-    sorted_by_effect = ["FX/Reverb/take1.wav", "FX/Delay/Guitar 02.wav", "Guitar FX/Chorus/take1.wav"]
-    others = ["Effects/Flanger/a.wav", "FX/Risers/Riser Reverb.wav", "Vintage/Reverb Kick.wav"]
-    others.append("FX Pack/Reverb/Snare 1.wav")
-    found = _library(tmp_path, [*sorted_by_effect, *others], table)
-    tags = {rel: s.tag for rel, s in found.items()}
-    assert tags == {
+    descriptor), `Guitar FX/Chorus/take1` had no tag at all. Only a file that names no sound itself, under a
+    folder of effects: a first version made `Drum FX/Reverb/Kick 1` a reverb and `Risers/Delay/Guitar 02` a delay."""
+    expected = {
         "FX/Reverb/take1.wav": "reverb",
-        "FX/Delay/Guitar 02.wav": "delay",  # the nearest text: the folder it was sorted into
         "Guitar FX/Chorus/take1.wav": "chorus",
         "Effects/Flanger/a.wav": "flanger",
-        "FX/Risers/Riser Reverb.wav": "fx",
-        "Vintage/Reverb Kick.wav": "kick",  # no folder of fx above: the sound beats the effect
-        "FX Pack/Reverb/Snare 1.wav": "reverb",
+        "FX Pack/Delay/01.wav": "delay",
+        "FX/Delay/Guitar 02.wav": "guitar",  # the file's own name says what it is
+        "Drum FX/Reverb/Kick 1.wav": "kick",
+        "FX Pack/Reverb/Snare 1.wav": "snare",
+        "FX/Drums/Kick Distortion.wav": "kick",
+        "FX/Risers/Riser Reverb.wav": "fx",  # a sound effect: its folder names it
+        "Foley/Distorted/Door Slam.wav": "fx",  # foley, risers, atmospheres: sounds, no folder of effects
+        "Risers/Delay/Guitar 02.wav": "guitar",
+        "Atmospheres/Dark Reverb Pads/Pad 03.wav": "synth",
+        "Vintage/Reverb Kick.wav": "kick",
     }
-    assert "guitar" in found["FX/Delay/Guitar 02.wav"].alternatives
-    assert "fx" in found["FX/Reverb/take1.wav"].alternatives
+    found = _library(tmp_path, expected, table)
+    assert {rel: s.tag for rel, s in found.items()} == expected
+    assert "fx" in found["FX/Reverb/take1.wav"].alternatives and "delay" in found["FX/Delay/Guitar 02.wav"].alternatives
 
 
 def _library(root: Path, rels: Iterable[str], table: Synonyms, id3: dict[str, dict[str, str]] | None = None) -> dict:
