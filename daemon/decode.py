@@ -74,7 +74,6 @@ class TryLater(DecodeError):
 
 
 VANISHED = "file not found (deleted or moved before it could be read)"
-NOT_AUDIO = "not an audio file that Vibrary reads"  # by its name: a PDF, a DAW project, macOS's `._` files
 BROKEN_LINK = "broken symbolic link"  # its target not there: the watcher looks for it to come back
 NO_PERMISSION = "permission denied"  # the watcher looks for it to be readable: mended, the file need not change
 # errnos that say nothing about the file; EIO is left out: on a local disk it is a bad sector, for good
@@ -99,9 +98,12 @@ def unreadable(doing: str, e: OSError, stamp: tuple[int, int] = (-1, -1)) -> Dec
 # stores. None of it is the library. (Lower-case: FAT and NTFS drives spell them as they please.)
 JUNK_PREFIX = "._"
 JUNK_FOLDERS = frozenset(
-    {"__macosx", ".trash", ".trashes", "$recycle.bin", "recycler", "#recycle", "@recycle", ".recycle"}
+    {"__macosx", ".trash", ".trashes", "$recycle.bin", "#recycle", "@recycle", ".recycle"}
     | {".spotlight-v100", ".fseventsd", ".temporaryitems", ".documentrevisions-v100"}
 )
+HOME_TRASH = os.path.join(os.sep, ".local", "share", "Trash", "")  # a watched home folder's own trash
+IN_JUNK = "in a trash or system folder: never indexed"
+NOT_AUDIO = "not an audio file that Vibrary reads"  # by its name: a PDF, a DAW project, macOS's `._` files
 
 
 def is_junk_folder(name: str) -> bool:
@@ -110,8 +112,16 @@ def is_junk_folder(name: str) -> bool:
 
 
 def in_junk_folder(path: str) -> bool:
-    """Whether a path is, or lies in, one of the JUNK_FOLDERS."""
-    return any(is_junk_folder(part) for part in path.split(os.sep))
+    """Whether a path is, or lies in, one of the JUNK_FOLDERS (or a home folder's trash)."""
+    return any(is_junk_folder(part) for part in path.split(os.sep)) or HOME_TRASH in path + os.sep
+
+
+def why_not_read(path: str) -> str:
+    """Why a file asked for by name is none that Vibrary reads ("": it is one): the same words whichever
+    call asked (a trashed `.m4a` was "not an audio file that Vibrary reads" to one, "in a trash" to another)."""
+    if in_junk_folder(os.path.dirname(path)):
+        return IN_JUNK
+    return "" if is_audio_path(path) else NOT_AUDIO
 
 
 def is_audio_path(path: str) -> bool:

@@ -23,7 +23,7 @@ from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from . import config, dataset, events, registry, suggest, training
-from .decode import NOT_AUDIO, in_junk_folder, is_audio_path
+from .decode import why_not_read
 from .folders import indexed_path, readable_name, storable
 from .index import ANY_STORED_SCORE, NOT_INDEXED, WATCH_GONE, FileTags, ModelRow, within
 from .infer import ModelError
@@ -62,10 +62,8 @@ def why_not_indexed(path: str, asked: str, watches: list[str]) -> str:
     """Why a path that is there has nothing in the index: `vibrary tags` said "not in the index" alike of a
     file outside every watch, a PDF, macOS's `._` files and a link to a folder elsewhere. `asked`: the path as
     given, `path` where its links lead."""
-    if in_junk_folder(os.path.dirname(path)):
-        return "in a trash or system folder: never indexed"
-    if os.path.isfile(path) and not is_audio_path(path):
-        return NOT_AUDIO
+    if os.path.isfile(path) and (why := why_not_read(path)):
+        return why
     if not within(path, watches) and within(asked, watches):
         return "a link to a folder elsewhere: watches do not follow links (`vibrary watch add` where it leads)"
     if not within(path, watches):

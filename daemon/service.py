@@ -27,7 +27,7 @@ import psutil
 
 from . import atomic, config, dataset, features, pidlock, registry, training
 from .cache import SpectrogramCache
-from .decode import NOT_AUDIO, UNSUPPORTED_ENCODING, VANISHED, is_audio_path
+from .decode import UNSUPPORTED_ENCODING, VANISHED, why_not_read
 from .events import (
     FILE_FAILED,
     FILE_REMOVED,
@@ -271,8 +271,10 @@ class Daemon:
 
     def _store(self, results: list[Result]) -> None:
         try:  # (whatever fails, the files are no longer in flight: kept so, the feeder skipped them for good)
-            self._keep_under_gone_watches(results)
+            away = self._keep_under_gone_watches(results)
             written = self._write(results)
+            for folder in away:  # (once stored: a check between would find nothing to read again yet)
+                self.watcher.await_back(folder)
         except Exception as e:
             self._stall(e)  # they stay pending, said once in the log (the pipeline logged each batch again)
             self.status_events.changed()
@@ -305,19 +307,21 @@ class Daemon:
             self._held = held
             self.status_events.changed()
 
-    def _keep_under_gone_watches(self, results: list[Result]) -> None:
+    def _keep_under_gone_watches(self, results: list[Result]) -> set[str]:
         """A file not found because its whole watch folder is gone (a drive unplugged while its files
         waited to be read; the watcher sees it within seconds) keeps its row, pending: it is read when the
-        drive is back, not hashed again as a new file after being dropped."""
+        drive is back, not hashed again as a new file after being dropped. The watch folders it held files of."""
         gone = [r for r in results if r.vanished]
         if not gone:
-            return
+            return set()
         away = [w for w in self.index.watches() if self.watcher.gone(w)]
+        held = set()
         for r in gone:
-            if within(r.job.path, away):
-                r.vanished, r.retry_for, r.error = False, math.inf, WATCH_GONE  # for as long as it takes
-        for w in away:
-            self.watcher.await_back(w)
+            for w in away:
+                if within(r.job.path, [w]):
+                    r.vanished, r.retry_for, r.error = False, math.inf, WATCH_GONE  # for as long as it takes
+                    held.add(w)
+        return held
 
     def _stall(self, e: Exception) -> None:
         """Not even a failure could be stored: the index cannot be written (a full disk, a drive gone
@@ -593,9 +597,9 @@ class Daemon:
         # a file named that is no audio (a folder gives only audio), or a path that is not there and never was
         # indexed (`x.wav/child.wav`, a name too long): answered, not read; each was stored as a failure
         # (listed by ListFailed for good), and GetTags said "not an audio file" of the one Tag had failed
-        unread = [p for p in files if not is_audio_path(p)]
+        unread = [p for p in files if why_not_read(p)]
         unread += [r.path for r in self.index.file_tags(sorted(absent - hidden - set(unread))) if r.state == "unknown"]
-        unnamed_tags += [FileTags(p, "unknown", NO_SUCH_PATH if p in absent else NOT_AUDIO, []) for p in unread]
+        unnamed_tags += [FileTags(p, "unknown", NO_SUCH_PATH if p in absent else why_not_read(p), []) for p in unread]
         answered = set(unread)
         files = [p for p in files if p not in answered]
         if self.paused:  # files tagged already are answered as they are (a DAW's dropped file that is known)

@@ -204,7 +204,9 @@ class Watcher(FileSystemEventHandler):
 
     def _retry_awaited(self) -> None:
         with self._lock:
-            back = {f for f in self._awaited if f not in self._missing and not self.gone(f)}
+            awaited = self._awaited - self._missing  # (a missing one is read again by watch() when back)
+        back = {f for f in awaited if not self.gone(f)}  # (not under the lock: a hung mount would hold it)
+        with self._lock:
             self._awaited -= back
         for folder in sorted(back):
             if self.index.retry_now(folder):
@@ -216,6 +218,7 @@ class Watcher(FileSystemEventHandler):
         with self._scheduling:
             with self._lock:
                 self._missing.discard(folder)
+                self._awaited.discard(folder)
                 self._identity.pop(folder, None)
                 watch = self._watches.pop(folder, None)
                 self._note_watches()
@@ -492,7 +495,7 @@ class Watcher(FileSystemEventHandler):
                 root = next((w for w in self._watches if within(src or dst, [w])), None)
                 if root is not None:
                     self._moved_across[root] = time.monotonic()
-        if dst and (not self._storable(dst) or in_junk_folder(dst)):
+        if dst and (not self._storable(dst) or in_junk_folder(dst if is_dir else os.path.dirname(dst))):
             dst = ""  # a name the index cannot hold, or into the trash: as good as moved away
         if src and not storable(src):
             src = ""  # was never in the index: as good as moved in

@@ -759,9 +759,11 @@ def test_tag_on_demand_answers_what_is_no_audio_without_storing_it(daemon: Daemo
     notes = tmp_path / "notes.pdf"
     notes.write_text("%PDF-1.4")
     audio = write_tone(tmp_path / "x.wav", BANDS["low"])
-    asked = [str(notes), str(audio / "child.wav"), str(tmp_path / ("y" * 300 + ".wav")), str(audio)]
+    trashed = write_tone(tmp_path / ".Trash-1000" / "files" / "k.m4a", BANDS["low"], fmt="WAV")  # (its name)
+    asked = [str(notes), str(audio / "child.wav"), str(tmp_path / ("y" * 300 + ".wav")), str(audio), str(trashed)]
     said = {f.path: (f.state, f.error) for f in daemon.client.tag(asked)}
     assert said == {
+        str(trashed): ("unknown", "in a trash or system folder: never indexed"),  # not "not an audio file"
         str(notes): ("unknown", "not an audio file that Vibrary reads"),
         str(audio / "child.wav"): ("unknown", "no such file or folder"),
         str(tmp_path / ("y" * 300 + ".wav")): ("unknown", "no such file or folder"),

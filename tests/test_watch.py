@@ -313,6 +313,10 @@ def test_samples_moved_to_a_trash_folder_leave_the_index_and_come_back_when_rest
     (lib / "$RECYCLE.BIN" / "old.wav").write_bytes(b"O" * 100)  # trashed before the watch: never read
     everything = {str(lib / "Kicks" / "a.wav"), str(lib / "Kicks" / "b.wav"), str(lib / "Snares" / "s.wav")}
     wait_for(lambda: _pending(index) == everything)
+    os.rename(lib / "Kicks" / "a.wav", lib / "Kicks" / ".Trash-a.wav")  # a file so named is no trash folder
+    everything = everything - {str(lib / "Kicks" / "a.wav")} | {str(lib / "Kicks" / ".Trash-a.wav")}
+    wait_for(lambda: _pending(index) == everything)
+    os.rename(lib / "Kicks" / ".Trash-a.wav", lib / "Kicks" / "a.wav")
     os.rename(lib / "Kicks" / "a.wav", lib / ".Trash-1000" / "files" / "a.wav")
     os.rename(lib / "Kicks" / "b.wav", lib / ".Trashes" / "501" / "b.wav")
     os.rename(lib / "Snares", lib / "$RECYCLE.BIN" / "Snares")  # a folder deleted whole
