@@ -159,12 +159,15 @@ def _say_of_added(folder: str, watches: list[str]) -> None:
         said = f"vibrary: {folder} holds {many(len(inside), 'watch folder')} already ({', '.join(inside)})"
         print(f"{said}: each file is indexed once; `vibrary watch remove` them if you like", file=sys.stderr)
     try:
-        os.listdir(folder)
-    except PermissionError as e:  # (not there: a daemon elsewhere, on TCP, whose folders these are)
+        with os.scandir(folder) as entries:
+            next(entries, None)
+    except PermissionError as e:
         print(
             f"vibrary: {folder} cannot be listed ({e.strerror}): its files are indexed once it can be",
             file=sys.stderr,
         )
+    except OSError:  # gone since, or a daemon elsewhere (TCP) whose folders these are: the daemon says so
+        pass
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -235,10 +235,11 @@ class DaemonServicer:
         since is answered as the index has it. A file whose reading failed for a reason that passes (no file
         handles left) comes back pending, with that error: it is read again a minute later (Status.retrying).
         Files under a watch folder not there now come back at once as the index last knew them (those not
-        read yet with why). A file that is no audio by its name, or a path that is not there, comes back
-        unknown with why, and nothing is stored. While indexing is paused, files tagged already are answered
-        and any other is FAILED_PRECONDITION. At the deadline (DEADLINE_EXCEEDED) the files inside the watches
-        go on being read; those outside, new to the index and not read yet, are dropped.
+        read yet with why). A file that is no audio by its name (or lies in a trash folder), or a path that is
+        not there and was never indexed, comes back unknown with why, and nothing is stored. While indexing is
+        paused, files tagged already are answered and any other is FAILED_PRECONDITION. At the deadline
+        (DEADLINE_EXCEEDED) the files inside the watches go on being read; those outside, new to the index and
+        not read yet, are dropped. Answers come in no set order: match them to the paths asked by path.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
