@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import os
 import sys
@@ -19,6 +20,7 @@ from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client
 from .output import (
+    FAILING,
     NO_MODEL_TAGS,
     SILENT_TAGS,
     UNUSABLE,
@@ -286,6 +288,9 @@ def _as_given(files: Iterable[pb.FileTags], paths: Sequence[str]) -> Iterator[pb
 def cmd_models(args: argparse.Namespace) -> int:
     index, home_dir = _index()
     if args.action == "list":
+        aside: dict[int, tuple[str, str]] = {}
+        with contextlib.suppress(ValueError):
+            aside = config.failing(home_dir)  # (the daemon's: a model it set aside for failing on every file)
         for m in index.models():
             obj = {
                 "model": m.name,  # as every other line names a model (install, activate, train, tag)
@@ -298,6 +303,9 @@ def cmd_models(args: argparse.Namespace) -> int:
             }
             obj["usable"] = registry.usable(m)
             broken = "" if obj["usable"] else f"  ({UNUSABLE.format(ref=m.ref)})"
+            if m.active and aside.get(m.id, ("",))[0] == m.ref:  # listed active, and tagging nothing
+                obj["failing"] = aside[m.id][1]
+                broken = f"  (set aside: {FAILING.format(ref=m.ref)})"
             line = f"{'*' if m.active else ' '} {m.ref:24} {len(m.classes):3} classes  {m.path}{broken}"
             _out(args, obj, f"{line}\n    tags: {', '.join(m.classes)}")  # what a search can ask for
         return 0

@@ -157,6 +157,17 @@ def failing_path(home_dir: Path) -> Path:
     return home_dir / "failing.json"
 
 
+def failing(home_dir: Path) -> dict[int, tuple[str, str]]:
+    """The models set aside as failing_path holds them, {id: (ref, error)}; ValueError for a damaged file."""
+    try:
+        saved = json.loads(failing_path(home_dir).read_text())
+        return {int(i): (str(ref), str(error)) for i, (ref, error) in saved.items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, TypeError, AttributeError) as e:
+        raise ValueError(str(e)) from None
+
+
 def paused_path(home_dir: Path) -> Path:
     """Present while indexing is paused: a marker file, so a restarted daemon stays paused."""
     return home_dir / "paused"

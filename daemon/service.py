@@ -455,16 +455,13 @@ class Daemon:
 
     def _failing_before(self) -> dict[int, tuple[str, str]]:
         """The models set aside when the daemon last ran, still active under the same ref (config.failing_path)."""
-        path = config.failing_path(self.home)
         try:
-            saved = json.loads(path.read_text())
-            active = {m.id: m.ref for m in self.index.active_models()}
-            return {int(i): (ref, error) for i, (ref, error) in saved.items() if active.get(int(i)) == ref}
-        except FileNotFoundError:
+            saved = config.failing(self.home)
+        except ValueError as e:  # a damaged file: each gets its chance again
+            log.warning("%s cannot be read (%s): models set aside are tried again", config.failing_path(self.home), e)
             return {}
-        except (OSError, ValueError, TypeError, AttributeError) as e:  # a damaged file: each gets its chance again
-            log.warning("%s cannot be read (%s): the models set aside are tried again", path, e)
-            return {}
+        active = {m.id: m.ref for m in self.index.active_models()}
+        return {i: (ref, error) for i, (ref, error) in saved.items() if active.get(i) == ref}
 
     def _loaded(self) -> list[int]:
         """The active models that tag: a file lacking tags of one that could not be loaded was sent back to be
