@@ -114,6 +114,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     def interrupted(signum: int, frame: object) -> None:
         # a closed terminal or a `kill` ends the job as Ctrl-C does (they ended the process at once, a cloud
         # instance running); a second one (a closed terminal sends two) must not cut the clean-up short
+        if "succeeded" in states:  # installed and activated: what is left is to say so (it exited 130, unsaid)
+            return
         for sig in ENDING_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         raise KeyboardInterrupt
