@@ -646,18 +646,19 @@ def _choose(
 
 
 def _sorted_by_effect(texts: list[tuple[bool, str, str, str]], synonyms: Synonyms) -> tuple[str, str, str] | None:
-    """The effect a file's own folder names, when a folder above is one of effects (`FX/`, `Guitar FX/`,
-    `Effects/`, `FX Pack/`) and the file's own name and title name no sound: `FX/Reverb/take1` is a reverb
-    (every file of `FX/Reverb/` and `FX/Delay/` was "fx", `Guitar FX/Chorus/take1` had no tag), but
-    `FX/Reverb/Kick 1` a kick, and a riser in `Risers/Delay/` no reverb."""
-    _, _, raw, own_folder = texts[0]
-    if not any(FX_WORDS & set(words(text)) for own, source, _, text in texts if not own and source == "folder"):
-        return None
-    effects = [t for t in synonyms.find(own_folder) if t in synonyms.effects]
-    named = (t for own, source, _, text in texts[1:] if own for t in synonyms.find(text))
-    if not effects or any(synonyms.rank(t) == 0 for t in named):
-        return None
-    return effects[-1], "folder", raw
+    """The effect named by the nearest folder below a folder of effects (`FX/`, `Guitar FX/`, `MyFX/`,
+    `Effects/`), or by that folder itself (`Reverb FX/`): a library sorted by effect means its folders, whatever
+    sound a file names (`FX/Reverb/Kick Reverb 01` is a reverb; every file of `FX/Reverb/` and `FX/Delay/` was
+    "fx", and `Guitar FX/Chorus/take1` had no tag). A folder of other sounds on the way (`FX/Drums/`) says the
+    file is none, and risers, foley or atmospheres are sounds: `Risers/Delay/Guitar 02` is a guitar."""
+    folders = [(raw, text) for _, source, raw, text in texts if source == "folder"]  # nearest first
+    for k, (raw, text) in enumerate(folders):
+        effects = [t for t in synonyms.find(text) if t in synonyms.effects]
+        if effects and any(FX_WORDS & set(words(above)) for _, above in folders[k:]):
+            return effects[-1], "folder", raw
+        if FX_WORDS & set(words(text)) or any(synonyms.rank(t) == 0 for t in synonyms.find(text)):
+            return None  # the folder of effects, with no effect named below it; or one of sounds
+    return None
 
 
 def _voice(key: tuple[str, ...]) -> bool:
