@@ -213,7 +213,9 @@ def examples_from_folders(
     the folders right under a DIR that hold no audio file: tags meant, that the dataset went without unsaid."""
     found: list[Example] = []
     loose = [] if loose is None else loose
-    firsts: dict[str, set[str]] = {}  # each tag → the folders right under a DIR that its files lie in
+    # each tag → the folders right under each DIR that its files lie in (two packs given, each with its own
+    # `FX/Chorus/`, were said to spread chorus over several folders, and --labels top advised)
+    firsts: dict[tuple[str, str], set[str]] = {}
     inside: dict[str, set[str]] = {}  # each tag of a deeper folder → the folders right under a DIR it lies in
     holding: set[str] = set()  # the folders right under a DIR that hold files themselves: tag folders
     used: set[str] = set()  # the folders right under a DIR that hold an audio file, at any depth
@@ -237,7 +239,7 @@ def examples_from_folders(
             first, *deeper = os.path.relpath(folder, base).split(os.sep)
             used.add(os.path.join(base, first))
             found.append(example(path, first if top else os.path.basename(folder)))
-            firsts.setdefault(found[-1].label, set()).add(first)
+            firsts.setdefault((found[-1].label, base), set()).add(first)
             if deeper:
                 inside.setdefault(found[-1].label, set()).add(first)
             else:
@@ -257,7 +259,7 @@ def examples_from_folders(
     if spread is not None:
         spread += [
             f"{tag}: under {', '.join(sorted(f + '/' for f in where))}"
-            for tag, where in firsts.items()
+            for (tag, _), where in firsts.items()
             if len(where) > 1
         ]
         # `kick/Vengeance Kicks Vol 2/`: a pack of the tag folder's own sound dropped into it became a tag of its

@@ -154,6 +154,11 @@ def test_tags_by_the_folders_right_under_the_one_given(home: Path, tmp_path: Pat
     nearest = dataset.examples_from_folders([str(tmp_path / "ex")], spread=spread)
     assert {e.label for e in nearest} == {"noise", "thump", "tone"}
     assert spread == [f"{kind}: under punchy/, soft/" for kind in ("noise", "thump", "tone")]
+    spread.clear()  # two packs given, each with its tags once (`A/FX/Chorus/`, `B/Guitar FX/Chorus/`): no spread
+    write_kinds(tmp_path / "packA" / "FX", per_kind=1, seed=6)
+    write_kinds(tmp_path / "packB" / "Guitar FX", per_kind=1, seed=7)
+    dataset.examples_from_folders([str(tmp_path / "packA"), str(tmp_path / "packB")], spread=spread)
+    assert spread == []
     top = dataset.examples_from_folders([str(tmp_path / "ex")], top=True, spread=spread)
     assert sorted(e.label for e in top) == ["punchy"] * 6 + ["soft"] * 6
     said = vibrary("dataset", "create", "moods", str(tmp_path / "ex"), "--json", home=home, check=False)
