@@ -127,7 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         # before minutes of waiting; tags the demo knows are advised as they will train, not with --as-new or none
         per_class = dataset.load_report(home_dir, args.dataset).per_class
-        print(advise(per_class, base=args.base, pull=0 if args.as_new else None), file=sys.stderr)
+        print(advise(per_class, base=args.base, pull=0 if args.as_new else None, dataset=args.dataset), file=sys.stderr)
     try:
         trained = train(
             home_dir,

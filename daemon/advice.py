@@ -57,7 +57,13 @@ def _between(family: str, share: float, path: Path) -> tuple[list[tuple[int, flo
     return [(n, (1 - weight) * acc + weight * expected(n, whole)) for n, acc in half], source
 
 
-def advise(per_class: Mapping[str, int], path: Path = CURVE, base: str = "demo", pull: float | None = None) -> str:
+def advise(
+    per_class: Mapping[str, int],
+    path: Path = CURVE,
+    base: str = "demo",
+    pull: float | None = None,
+    dataset: str = "NAME",
+) -> str:
     """One or two sentences for people: what to expect now, and what more examples would buy, off the curve
     of the family the tags train from (instruments for tags the demo does not know), as they will train
     (vibrary.trainer.known.starts_from): from the rows the base has of them, or as new tags (`pull` 0:
@@ -91,4 +97,10 @@ def advise(per_class: Mapping[str, int], path: Path = CURVE, base: str = "demo",
     measured = json.loads(path.read_text()).get("classes", {}).get(family)
     # a curve of 12 effects read for 2 tags (chance 50 %) says less: said, with the tags it was measured with
     tags_said = f"; measured with {measured} tags, yours are {len(tags)}" if measured and measured != len(tags) else ""
-    return f"{text} ({family} curve{how}{tags_said}, {source})"
+    text = f"{text} ({family} curve{how}{tags_said}, {source})"
+    for tag, other, what in rows.twins(sorted(tags)) if rows is not None else []:  # `dry/` beside `clean/`
+        text += (
+            f"\n{tag!r} and {other!r} are one tag to the demo model ({what}): as two, {tag!r} trains as a new one;"
+            f" `vibrary dataset merge {dataset} {tag} --into {other}` makes them one"
+        )
+    return text

@@ -90,7 +90,7 @@ class BuildReport:
 
     @property
     def advice(self) -> str:
-        return advise(self.per_class)
+        return advise(self.per_class, dataset=self.manifest.name)
 
     @property
     def left_out(self) -> dict[str, int]:

@@ -46,6 +46,7 @@ def test_tags_are_known_by_name_alias_case_separators_and_plural() -> None:
     assert rows.rows(["distortion", "fuzz", "wah"]) is None  # mostly tags it never heard: trained as new
     assert rows.rows(["clean", "explicit"]) is None  # one known word is no set of effects
     assert rows.rows(["delay", "echo", "dry"]) == [3, None, 0]  # one row cannot start both: echo starts afresh
+    assert rows.twins(["delay", "echo", "dry", "fuzz"]) == [("echo", "delay", "delay")]  # (said: merge them)
     assert rows.rows(["kick", "delay"]) is None  # rows of two families were not fitted on one scale
     assert rows.family(["snare", "kick"]) == "instruments" and rows.family(["kick", "delay"]) is None
     assert rows.family(["distortion", "delay", "fuzz"]) == "effects" and rows.family(["fuzz", "wah", "kick"]) is None

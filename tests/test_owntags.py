@@ -607,6 +607,9 @@ def test_advice_reads_the_curve_and_names_the_smallest_class(tmp_path: Path) -> 
     assert f"expect about {third:.0%}" in partly
     drawn = "(effects curve drawn between all and half the tags known; the demo model knows 2 of your 3"
     assert f"{drawn}; measured with 12 tags, yours are 3, " in partly
+    twins = advice.advise({"dry": 10, "clean": 12, "reverb": 10}, dataset="fx")  # `dry/` beside `clean/`: one tag
+    assert "'dry' and 'clean' are one tag to the demo model (clean)" in twins
+    assert "`vibrary dataset merge fx dry --into clean` makes them one" in twins and "merge" not in partly
     halves = {"reverb": 10, "delay": 10, "my fuzz": 10, "my grit": 10}
     assert f"expect about {half_at_10:.0%}" in advice.advise(halves)  # half known: the half-known curve itself
     points = advice._between("effects", 0.75, advice.CURVE)[0]  # 9 of 12 effects known: measured 0.77 at ten

@@ -73,16 +73,33 @@ class Known:
         """The known class of each tag, in order (None: a tag it does not know, or a second name of a class
         another tag has: delay and echo), when two tags at least, and at least MOST of them, are known, all
         of one family; else None: the dataset trains as new (`clean` beside `explicit` is not an effects set)."""
-        index = {_key(c): i for i, c in enumerate(self.classes)}
-        index |= {_key(alias): index[_key(c)] for alias, c in self.aliases.items()}
         picked: list[int | None] = []
-        for tag in tags:
-            i = next((index[k] for k in _singulars(tag) if k in index), None)
+        for i in self._named(tags):
             picked.append(i if i not in picked else None)
         known = [i for i in picked if i is not None]
         if len(known) < max(2, MOST * len(tags)):
             return None
         return picked if len({self.families[i] for i in known}) == 1 else None
+
+    def _named(self, tags: Sequence[str]) -> list[int | None]:
+        """The class each tag names, by its name or an alias (None: none)."""
+        index = {_key(c): i for i, c in enumerate(self.classes)}
+        index |= {_key(alias): index[_key(c)] for alias, c in self.aliases.items()}
+        return [next((index[k] for k in _singulars(tag) if k in index), None) for tag in tags]
+
+    def twins(self, tags: Sequence[str]) -> list[tuple[str, str, str]]:
+        """(tag, earlier tag, class) of each tag that names a class an earlier tag names too (`dry` beside
+        `clean`): it trains as a new tag beside the other, where one tag of both was meant."""
+        first: dict[int, str] = {}
+        found = []
+        for tag, i in zip(tags, self._named(tags), strict=True):
+            if i is None:
+                continue
+            if i in first:
+                found.append((tag, first[i], self.classes[i]))
+            else:
+                first[i] = tag
+        return found
 
     def family(self, tags: list[str]) -> str | None:
         """The family of the rows these tags start from (those it knows of them), else None: trained as new."""
