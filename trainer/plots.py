@@ -24,6 +24,10 @@ def learning_curve(history: list[dict[str, float]], title: str, loss_label: str 
         loss_ax.plot(epochs, [h["val_loss"] for h in history], label="validation loss", color="tab:orange", marker=dot)
     loss_ax.set_xlabel("epoch")
     loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a 3-epoch training had an epoch 1.25
+    if dot:  # an axis of 0.945 to 1.05 around one dot, and nothing said of why there is no curve
+        loss_ax.set_xlim(0, 2)
+        said = "one pass: no curve (a fit of tags the base model knows takes one)"
+        loss_ax.text(0.5, 0.06, said, transform=loss_ax.transAxes, ha="center", fontsize=8, color="dimgray")
     loss_ax.set_ylabel("loss")
     lines = loss_ax.get_legend_handles_labels()[0]
     if validated:
