@@ -289,8 +289,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     index, home_dir = _index()
     if args.action == "list":
         aside: dict[int, tuple[str, str]] = {}
-        with contextlib.suppress(ValueError):
-            aside = config.failing(home_dir)  # (the daemon's: a model it set aside for failing on every file)
+        with contextlib.suppress(ValueError):  # (the daemon's: a model it set aside for failing on every file)
+            aside = config.failing(home_dir, {m.id: m.ref for m in index.active_models()})
         for m in index.models():
             obj = {
                 "model": m.name,  # as every other line names a model (install, activate, train, tag)

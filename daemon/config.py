@@ -157,15 +157,28 @@ def failing_path(home_dir: Path) -> Path:
     return home_dir / "failing.json"
 
 
-def failing(home_dir: Path) -> dict[int, tuple[str, str]]:
-    """The models set aside as failing_path holds them, {id: (ref, error)}; ValueError for a damaged file."""
+def failing(home_dir: Path, active: dict[int, str]) -> dict[int, tuple[str, str]]:
+    """The models set aside as failing_path holds them, {id: (ref, error)}, while the active models ({id:
+    ref}) are those they were set aside among (else {}: a change of them gives each its chance again, one
+    made by `vibrary models` while the daemon was down too); ValueError for a damaged file."""
     try:
         saved = json.loads(failing_path(home_dir).read_text())
-        return {int(i): (str(ref), str(error)) for i, (ref, error) in saved.items()}
+        among = {int(i): str(ref) for i, ref in saved["active"].items()}
+        aside = {int(i): (str(ref), str(error)) for i, (ref, error) in saved["aside"].items()}
     except FileNotFoundError:
         return {}
-    except (OSError, TypeError, AttributeError) as e:
+    except (OSError, TypeError, AttributeError, KeyError) as e:
         raise ValueError(str(e)) from None
+    return aside if among == active else {}
+
+
+def save_failing(home_dir: Path, active: dict[int, str], aside: dict[int, tuple[str, str]]) -> None:
+    """failing_path as `failing` reads it; none set aside: no file."""
+    path = failing_path(home_dir)
+    if aside:
+        atomic.write(path, json.dumps({"active": active, "aside": {i: list(why) for i, why in aside.items()}}))
+    else:
+        path.unlink(missing_ok=True)
 
 
 def paused_path(home_dir: Path) -> Path:

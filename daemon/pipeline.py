@@ -109,10 +109,13 @@ class Pipeline:
             self._scored: set[int] = set()
 
     def keep_aside(self, failing: dict[int, tuple[str, str]]) -> None:
-        """Models set aside by an earlier run of the daemon, still active as they were: aside again."""
+        """Models set aside by an earlier run of the daemon, the active models as they were: aside again,
+        while another is loaded to tag the files."""
         with self._models_lock:
-            self.failing = {i: why for i, why in failing.items() if i in {m.id for m in self._models}}
-            self._models = [m for m in self._models if m.id not in self.failing]
+            kept = [m for m in self._models if m.id not in failing]
+            if kept:
+                self.failing = {m.id: failing[m.id] for m in self._models if m.id in failing}
+                self._models = kept
 
     # -- feeding -------------------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -256,8 +259,8 @@ class Pipeline:
                         p.result.unfamiliar.add(model.id)
             self._judge(model, [p for p in items if model.id in p.failed_by], len(items))
         failing = self.failing
-        for p in batch:  # a model set aside meanwhile fails no file that another model tagged
-            failed = [(i, e) for i, e in p.failed_by.items() if i not in failing or not p.result.tags]
+        for p in batch:  # a model set aside meanwhile fails no file (another model is there: it tagged it)
+            failed = [(i, e) for i, e in p.failed_by.items() if i not in failing]
             if failed and not p.result.error:
                 p.result.error = f"{MODEL_FAILED.format(ref=models[failed[0][0]].ref)}{failed[0][1]}"
                 p.result.tags.clear()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.metadata
-import json
 import logging
 import math
 import os
@@ -447,21 +446,16 @@ class Daemon:
         self.status_events.changed()
 
     def _save_failing(self) -> None:
-        path = config.failing_path(self.home)
-        if self.pipeline.failing:
-            atomic.write(path, json.dumps({str(i): list(why) for i, why in self.pipeline.failing.items()}))
-        else:
-            path.unlink(missing_ok=True)
+        active = {m.id: m.ref for m in self.index.active_models()}
+        config.save_failing(self.home, active, self.pipeline.failing)
 
     def _failing_before(self) -> dict[int, tuple[str, str]]:
         """The models set aside when the daemon last ran, still active under the same ref (config.failing_path)."""
         try:
-            saved = config.failing(self.home)
+            return config.failing(self.home, {m.id: m.ref for m in self.index.active_models()})
         except ValueError as e:  # a damaged file: each gets its chance again
             log.warning("%s cannot be read (%s): models set aside are tried again", config.failing_path(self.home), e)
             return {}
-        active = {m.id: m.ref for m in self.index.active_models()}
-        return {i: (ref, error) for i, (ref, error) in saved.items() if active.get(i) == ref}
 
     def _loaded(self) -> list[int]:
         """The active models that tag: a file lacking tags of one that could not be loaded was sent back to be

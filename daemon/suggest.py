@@ -594,6 +594,7 @@ def _texts(path: str, root: str) -> list[tuple[bool, str, str, str]]:
     return texts
 
 
+FX = "fx"  # the tag of sound effects, which a folder of effects names too
 FX_WORDS = frozenset({"fx", "effect", "effects"})  # a folder of effects (not sfx, risers, foley: sounds)
 
 # a web address in a field ("Downloaded from www.freesounds.org") is no word: its .org was an organ
@@ -646,19 +647,40 @@ def _choose(
 
 
 def _sorted_by_effect(texts: list[tuple[bool, str, str, str]], synonyms: Synonyms) -> tuple[str, str, str] | None:
-    """The effect named by the nearest folder below a folder of effects (`FX/`, `Guitar FX/`, `MyFX/`,
-    `Effects/`), or by that folder itself (`Reverb FX/`): a library sorted by effect means its folders, whatever
-    sound a file names (`FX/Reverb/Kick Reverb 01` is a reverb; every file of `FX/Reverb/` and `FX/Delay/` was
-    "fx", and `Guitar FX/Chorus/take1` had no tag). A folder of other sounds on the way (`FX/Drums/`) says the
-    file is none, and risers, foley or atmospheres are sounds: `Risers/Delay/Guitar 02` is a guitar."""
+    """The effect a library sorted by effect files a file under: the nearest folder naming nothing but effects
+    (`Reverb/`, `Dry/`, `Reverb FX/`), in a folder of effects (`FX/`, `MyFX/`, `Effects/`, `FX Pack/`) or being
+    one, with no folder naming something else between (`FX/Drums/Distortion/Kick 01` is a kick). Whatever
+    sound the file names: `FX/Reverb/Kick Reverb 01` is a reverb (every file of `FX/Reverb/` and `FX/Delay/`
+    was "fx", or the sound its name said: 56 of 83 files of such a library). Not under a pack of sounds' effects
+    (`Drum FX/`, `Vocal FX/`, `Sound FX/`): those are sounds, as risers, foley or atmospheres are."""
     folders = [(raw, text) for _, source, raw, text in texts if source == "folder"]  # nearest first
     for k, (raw, text) in enumerate(folders):
-        effects = [t for t in synonyms.find(text) if t in synonyms.effects]
-        if effects and any(FX_WORDS & set(words(above)) for _, above in folders[k:]):
-            return effects[-1], "folder", raw
-        if FX_WORDS & set(words(text)) or any(synonyms.rank(t) == 0 for t in synonyms.find(text)):
-            return None  # the folder of effects, with no effect named below it; or one of sounds
+        found = synonyms.find(text)
+        effects = [t for t in found if t in synonyms.effects]
+        if not effects or not _only_effects(text, synonyms) or not synonyms.names_only_tags(text):
+            if found:  # a folder of sounds (`Kicks/`, `Vocals/`, `Reverse Cymbals/`), or of effects with none named
+                return None
+            continue  # a folder of no known word (`Long Tails/`, `Hall/`): the one above says
+        for _, above in folders[k:]:
+            if _of_effects(above, synonyms):
+                return effects[-1], "folder", raw
+            if above != text and synonyms.find(above):  # a folder of something else on the way
+                return None
+        return None
     return None
+
+
+def _of_effects(text: str, synonyms: Synonyms) -> bool:
+    """Whether a folder holds effects, not sounds: `FX/`, `My FX/`, `Effects/`, `Reverb FX/`; not `Drum FX/`,
+    `Sound FX/` (sounds that are effects)."""
+    ws = set(words(text))
+    return bool(FX_WORDS & ws) and "sound" not in ws and _only_effects(text, synonyms)
+
+
+def _only_effects(text: str, synonyms: Synonyms) -> bool:
+    """Whether a text and each of its words name effects and fx alone (`Clean Hits/` names one-shots too)."""
+    allowed = synonyms.effects | {FX}
+    return all(set(synonyms.find(t)) <= allowed for t in [text, *words(text)])
 
 
 def _voice(key: tuple[str, ...]) -> bool:

@@ -314,13 +314,12 @@ def test_folders_named_by_an_effect_give_the_effect_the_demo_model_knows(tmp_pat
 def test_folders_of_effects_under_a_folder_of_fx_give_the_effect(tmp_path: Path, table: Synonyms) -> None:
     """A producer who sorted by effect (`FX/Reverb/`, `Guitar FX/Chorus/`) got "fx" for every file, or the
     sound a file name said (`FX/Reverb/Kick Reverb 01` a kick), or nothing: 56 of 83 files of such a library
-    were not their effect. Only under a folder of effects, and no folder of other sounds between: a first
-    version made `Foley/Distorted/Door Slam` a distortion and `Risers/Delay/Guitar 02` a delay."""
+    were not their effect. Only under a folder of effects, not a pack of sounds' (`Drum FX/`, `Vocal FX/`), and
+    no folder naming something else between: earlier versions made `Foley/Distorted/Door Slam` a distortion,
+    `Effects/Vocals/Dry/Vox 01` clean and `FX/Reverse Cymbals/Reverse Cymbal 01` a reverse."""
     expected = {
         "FX/Reverb/take1.wav": "reverb",
         "FX/Reverb/Kick Reverb 01.wav": "reverb",  # the folder it was sorted into, whatever it plays
-        "Guitar FX/Chorus/Guitar Chorus 01.wav": "chorus",
-        "Guitar FX/clean/take1.wav": "clean",
         "MyFX/dry/take1.wav": "clean",  # (dry: clean's alias)
         "Effects/Flanger/a.wav": "flanger",
         "FX/Reverb/Long Tails/take1.wav": "reverb",  # the nearest folder that names one
@@ -329,6 +328,14 @@ def test_folders_of_effects_under_a_folder_of_fx_give_the_effect(tmp_path: Path,
         "FX/Reverse/take1.wav": "reverse",
         "FX/Compressed/take1.wav": "compressor",
         "FX/Drums/Kick Distortion.wav": "kick",  # a folder of sounds on the way: no effect's
+        "FX/Drums/Distortion/Kick 01.wav": "kick",
+        "Effects/Vocals/Dry/Vox 01.wav": "vocals",
+        "FX/Reverse Cymbals/Reverse Cymbal 01.wav": "cymbal",  # a folder naming a sound is one of sounds
+        "FX/Clean Hits/Hit 01.wav": "fx",
+        "Drum FX/Reverb/Kick 1.wav": "kick",  # packs of sounds that are effects: sounds
+        "Vocal FX Pack/Female/Dry/Phrase 01.wav": "vocals",
+        "Sound FX/Compression/Snare 01.wav": "snare",
+        "Guitar FX/Chorus/Guitar Chorus 01.wav": "guitar",
         "FX/Risers/Riser Reverb.wav": "fx",  # a sound effect: its folder names it
         "Foley/Distorted/Door Slam.wav": "fx",  # foley, risers, atmospheres: sounds, no folder of effects
         "Risers/Delay/Guitar 02.wav": "guitar",
