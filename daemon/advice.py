@@ -15,11 +15,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
 from vibrary.trainer import known
 
+from . import config
 from .shards import too_few
 
 CURVE = Path(__file__).parent / "builtin" / "examples_curve.json"
@@ -98,9 +100,11 @@ def advise(
     # a curve of 12 effects read for 2 tags (chance 50 %) says less: said, with the tags it was measured with
     tags_said = f"; measured with {measured} tags, yours are {len(tags)}" if measured and measured != len(tags) else ""
     text = f"{text} ({family} curve{how}{tags_said}, {source})"
-    for tag, other, what in rows.twins(sorted(tags)) if rows is not None else []:  # `dry/` beside `clean/`
+    for tag, other, what in rows.twins(tags) if rows is not None and picked is not None else []:  # dry/, clean/
+        into, merged = (tag, other) if config.tag_key(tag) == what else (other, tag)  # the demo's own name
         text += (
             f"\n{tag!r} and {other!r} are one tag to the demo model ({what}): as two, {tag!r} trains as a new one;"
-            f" `vibrary dataset merge {dataset} {tag} --into {other}` makes them one"
+            f" `vibrary dataset merge {shlex.quote(dataset)} {shlex.quote(merged)} --into {shlex.quote(into)}`"
+            " makes them one"
         )
     return text

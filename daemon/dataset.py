@@ -218,6 +218,7 @@ def examples_from_folders(
     firsts: dict[tuple[str, str], set[str]] = {}
     inside: dict[str, set[str]] = {}  # each tag of a deeper folder → the folders right under a DIR it lies in
     holding: set[str] = set()  # the folders right under a DIR that hold files themselves: tag folders
+    # (inside and holding by DIR/folder: packA's `kick/` is not packB's; shown by the folder's name)
     used: set[str] = set()  # the folders right under a DIR that hold an audio file, at any depth
     unlisted: set[str] = set()  # folders that could not be read (said so): not empty, for all one knows
 
@@ -241,9 +242,9 @@ def examples_from_folders(
             found.append(example(path, first if top else os.path.basename(folder)))
             firsts.setdefault((found[-1].label, base), set()).add(first)
             if deeper:
-                inside.setdefault(found[-1].label, set()).add(first)
+                inside.setdefault(found[-1].label, set()).add(os.path.join(base, first))
             else:
-                holding.add(first)
+                holding.add(os.path.join(base, first))
     if empty is not None:
         empty += [
             path
@@ -266,10 +267,10 @@ def examples_from_folders(
         # own, silently (not `Drums/kick/` beside `Drums/crash.wav`: a tag of its own, rightly)
         table = suggest.Synonyms.load(None)
         spread += [
-            f"{tag}: inside {f}/, a tag folder of that sound"
+            f"{tag}: inside {name}/, a tag folder of that sound"
             for tag, where in inside.items()
-            for f in sorted(where & holding)
-            if tag != label(f) and (sound := table.find(tag)) and table.find(f) == sound
+            for name in sorted(os.path.basename(f) for f in where & holding)
+            if tag != label(name) and (sound := table.find(tag)) and table.find(name) == sound
         ]
     return found
 

@@ -608,8 +608,11 @@ def test_advice_reads_the_curve_and_names_the_smallest_class(tmp_path: Path) -> 
     drawn = "(effects curve drawn between all and half the tags known; the demo model knows 2 of your 3"
     assert f"{drawn}; measured with 12 tags, yours are 3, " in partly
     twins = advice.advise({"dry": 10, "clean": 12, "reverb": 10}, dataset="fx")  # `dry/` beside `clean/`: one tag
-    assert "'dry' and 'clean' are one tag to the demo model (clean)" in twins
+    assert "'clean' and 'dry' are one tag to the demo model (clean): as two, 'clean' trains as a new one" in twins
     assert "`vibrary dataset merge fx dry --into clean` makes them one" in twins and "merge" not in partly
+    spaced = advice.advise({"Low Pass": 10, "lowpass": 12, "reverb": 10}, dataset="fx")  # pasted, it works
+    assert "`vibrary dataset merge fx 'Low Pass' --into lowpass`" in spaced
+    assert "merge" not in advice.advise({"dry": 10, "clean": 12, "reverb": 10}, pull=0)  # --as-new: all new
     halves = {"reverb": 10, "delay": 10, "my fuzz": 10, "my grit": 10}
     assert f"expect about {half_at_10:.0%}" in advice.advise(halves)  # half known: the half-known curve itself
     points = advice._between("effects", 0.75, advice.CURVE)[0]  # 9 of 12 effects known: measured 0.77 at ten

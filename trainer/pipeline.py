@@ -52,7 +52,7 @@ def train_to_files(
     matrix_title = f"{name}\nheld-out clips" if result.val_clips else f"{name}\ntraining clips (none held out)"
     files = {
         "model.onnx": model,
-        "learning_curve.png": plots.learning_curve(result.history, title),
+        "learning_curve.png": plots.learning_curve(result.history, title, fitted=bool(result.known)),
         "confusion_matrix.png": plots.confusion_matrix(result.confusion, manifest.classes, matrix_title),
     }
     return files, result

@@ -12,9 +12,12 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 
-def learning_curve(history: list[dict[str, float]], title: str, loss_label: str = "training loss") -> bytes:
+def learning_curve(
+    history: list[dict[str, float]], title: str, loss_label: str = "training loss", fitted: bool = False
+) -> bytes:
     """Loss per epoch, and validation loss and accuracy when the run had a validation split (a small
-    dataset trains on every clip: drawing flat zeros for it would read as a model that learned nothing)."""
+    dataset trains on every clip: drawing flat zeros for it would read as a model that learned nothing).
+    `fitted`: one fit of tags the base knows (trainer/known.py), no epochs."""
     epochs = [h["epoch"] for h in history]
     validated = any(h["val_loss"] for h in history)
     fig, loss_ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
@@ -26,7 +29,7 @@ def learning_curve(history: list[dict[str, float]], title: str, loss_label: str 
     loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a 3-epoch training had an epoch 1.25
     if dot:  # an axis of 0.945 to 1.05 around one dot, and nothing said of why there is no curve
         loss_ax.set_xlim(0, 2)
-        said = "one pass: no curve (a fit of tags the base model knows takes one)"
+        said = "one fit of tags the base model knows: no epochs, no curve" if fitted else "one epoch: no curve"
         loss_ax.text(0.5, 0.06, said, transform=loss_ax.transAxes, ha="center", fontsize=8, color="dimgray")
     loss_ax.set_ylabel("loss")
     lines = loss_ax.get_legend_handles_labels()[0]
