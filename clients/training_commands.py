@@ -128,6 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         # before minutes of waiting; tags the demo knows are advised as they will train, not with --as-new or none
         per_class = dataset.load_report(home_dir, args.dataset).per_class
         print(advise(per_class, base=args.base, pull=0 if args.as_new else None, dataset=args.dataset), file=sys.stderr)
+    before = {m.id for m in index.models()}
     try:
         trained = train(
             home_dir,
@@ -145,7 +146,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingError as e:
         raise CommandError(str(e)) from None
     except KeyboardInterrupt:  # Ctrl-C, a closed terminal, a kill (interrupted): still 130, no longer unsaid
-        if "installing" in states:  # trained: kept where `vibrary models install` takes it from
+        installed = [m for m in index.models() if m.id not in before]
+        if installed:  # (cut as its plots were written: "kept in uninstalled/" was said of a model at work)
+            ended = f"its model was installed and activated first, as {installed[-1].ref}"
+        elif "installing" in states:  # trained: kept where `vibrary models install` takes it from
             ended = f"its trained model is kept in {home_dir / 'uninstalled'} (`vibrary models install` installs it)"
         elif args.trainer == "cloud":  # (a job id on record once an instance is launched)
             ended = "its cloud instance is terminated" if started else "nothing was launched"
