@@ -180,6 +180,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     obj = {
         "indexed": s.indexed,
         "pending": s.pending,
+        "retagging": s.retagging,  # of the pending, those read before: searchable by the tags they had
         "failed": s.failed,
         "models": [ref.partition("@")[0] for ref in s.models],  # names, as shared/interfaces.md has them
         "model_versions": list(s.models),  # NAME@VERSION
@@ -203,8 +204,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         "from_cache": s.from_cache,
         "reused": s.reused,
     }
+    again = f" ({s.retagging} tagged before, being re-tagged)" if s.retagging else ""
     human = (
-        f"indexed {s.indexed}, pending {s.pending}, failed {s.failed}{' (paused)' if s.paused else ''}\n"
+        f"indexed {s.indexed}, pending {s.pending}{again}, failed {s.failed}{' (paused)' if s.paused else ''}\n"
         f"models: {', '.join(s.models) or 'none'}\nwatching: {', '.join(s.watches) or 'nothing'}\n"
         # (counts of work, not of files: each re-tag for a model activated counts again)
         f"work since the daemon started: {s.decoded:,} read from audio, {s.from_cache:,} from cached spectrograms, "

@@ -229,7 +229,8 @@ def view(state: TrayState) -> View:
         icon, ring, headline = Icon.PAUSED, None, f"waiting for {folders} ({many(s.pending)} pending)"
     elif progress is not None:
         done, queued = progress
-        icon, ring, headline = Icon.INDEXING, done / queued, f"indexing: {done} of {queued} files"
+        doing = "re-tagging" if s.retagging >= s.pending else "indexing"  # (a library searchable meanwhile)
+        icon, ring, headline = Icon.INDEXING, done / queued, f"{doing}: {done} of {queued} files"
     elif new_failures > 0:
         icon, ring, headline = Icon.ERROR, None, f"{many(new_failures, 'new file')} could not be read"
     elif s.scanning:  # a big library's listing (at a start, a watch added) finds no file for a while

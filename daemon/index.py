@@ -53,6 +53,7 @@ CREATE INDEX IF NOT EXISTS files_dir ON files(dir);
 CREATE INDEX IF NOT EXISTS files_content ON files(content_id);
 CREATE INDEX IF NOT EXISTS files_failed ON files(updated) WHERE state = 'failed';
 CREATE INDEX IF NOT EXISTS files_retry ON files(due) WHERE state = 'pending' AND error IS NOT NULL;
+CREATE INDEX IF NOT EXISTS files_retag ON files(due) WHERE state = 'pending' AND content_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS contents (
     id INTEGER PRIMARY KEY,
     hash BLOB NOT NULL UNIQUE,
@@ -607,9 +608,20 @@ class Index:
 
     # -- status --------------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
+        """Files by state, and `retagging`: the pending ones read before (a model activated, a file changed),
+        which searches find by the tags they had ("indexed 72, pending 1456" of a library all searchable, in
+        the minutes a new model took to tag it, read as a library not indexed yet)."""
         rows = self.conn().execute("SELECT state, count(*) FROM files GROUP BY state")
         found = dict(rows.fetchall())
-        return {s: int(found.get(s, 0)) for s in ("indexed", "pending", "failed")}
+        (retagging,) = (
+            self.conn()
+            .execute(
+                """SELECT count(*) FROM files INDEXED BY files_retag
+               WHERE state = 'pending' AND content_id IS NOT NULL"""
+            )
+            .fetchone()
+        )
+        return {**{s: int(found.get(s, 0)) for s in ("indexed", "pending", "failed")}, "retagging": int(retagging)}
 
     def due_count(self, now: float) -> int:
         row = self.conn().execute("SELECT count(*) FROM files WHERE state = 'pending' AND due <= ?", (now,))

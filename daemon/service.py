@@ -263,7 +263,7 @@ class Daemon:
         if time.monotonic() - self._analyzed_at < 60:
             return
         self._analyzed_at = time.monotonic()
-        total = sum(self.index.counts().values())
+        total = sum(n for state, n in self.index.counts().items() if state != "retagging")
         if total > 1000 and abs(total - self._analyzed_rows) > self._analyzed_rows // 4:
             self.index.analyze()
             self._analyzed_rows = total

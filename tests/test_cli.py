@@ -856,3 +856,24 @@ def test_long_work_writes_lines_of_progress_where_no_bar_can_show(model_home: Pa
         assert proc.returncode == 0, proc.stderr
         lines = proc.stderr.splitlines()
         assert f"{doing}: 1 of 6 files done" in lines and f"{doing}: 6 of 6 files done" in lines, proc.stderr
+
+
+def test_status_says_which_pending_files_are_being_re_tagged(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A model activated re-tags the library: "indexed 0, pending 3" of files all searchable read as a library
+    not indexed yet (paused here, so the count stands still)."""
+    lib = tmp_path / "lib"
+    for band, freq in BANDS.items():
+        write_tone(lib / f"{band}.wav", freq)
+    daemon.client.add_watch(str(lib))
+    wait_for(lambda: daemon.client.status().indexed == len(BANDS))
+    vibrary("pause", home=daemon.home)
+    vibrary("models", "install", str(band_model(tmp_path / "other.onnx", name="other", shift=1)), home=daemon.home)
+    wait_for(lambda: daemon.client.status().pending == len(BANDS))
+    said = json_lines(vibrary("status", "--json", home=daemon.home).stdout)[0]
+    assert (said["pending"], said["retagging"]) == (len(BANDS), len(BANDS)), said
+    human = vibrary("status", home=daemon.home).stdout
+    assert f"pending {len(BANDS)} ({len(BANDS)} tagged before, being re-tagged)" in human, human
+    assert len(list(daemon.client.search("low"))) == 1  # searchable meanwhile, by the tags they had
+    vibrary("resume", home=daemon.home)
+    wait_for(lambda: daemon.client.status().pending == 0)
+    assert daemon.client.status().retagging == 0

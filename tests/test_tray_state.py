@@ -66,6 +66,8 @@ def test_indexing_counts_done_of_queued_from_when_the_work_began() -> None:
     assert (v.icon, v.progress, v.tooltip.splitlines()[0]) == (ts.Icon.INDEXING, 0.0, "Vibrary: indexing: 0 of 5 files")
     state, _ = feed(state, changed(indexed=12, failed=1, pending=2))
     assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: indexing: 3 of 5 files"
+    retag, _ = feed(ts.TrayState(), changed(indexed=10), changed(indexed=7, pending=3, retagging=3))  # a model
+    assert ts.view(retag).tooltip.splitlines()[0] == "Vibrary: re-tagging: 0 of 3 files"  # (found meanwhile)
     assert ts.view(state).progress == 0.6
     state, _ = feed(state, changed(indexed=12, failed=1, pending=4))  # more files dropped meanwhile
     assert ts.indexing_progress(state) == (3, 7)

@@ -64,6 +64,7 @@ class Status(_message.Message):
     SCANNING_FIELD_NUMBER: _builtins.int
     WAITING_FOR_WATCHES_FIELD_NUMBER: _builtins.int
     FAILING_MODELS_FIELD_NUMBER: _builtins.int
+    RETAGGING_FIELD_NUMBER: _builtins.int
     indexed: _builtins.int
     pending: _builtins.int
     failed: _builtins.int
@@ -97,6 +98,10 @@ class Status(_message.Message):
     waiting_for_watches: _builtins.bool
     """Files are pending and none can be read now but those under missing_watches (a drive unplugged while
     indexing): nothing moves until the folders are back or their watches are removed.
+    """
+    retagging: _builtins.int
+    """Of the pending files, those read before (a model activated re-tags the library; a file changed): a
+    search finds them by the tags they had while they are read again.
     """
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -173,10 +178,11 @@ class Status(_message.Message):
         scanning: _builtins.int = ...,
         waiting_for_watches: _builtins.bool = ...,
         failing_models: _abc.Iterable[_builtins.str] | None = ...,
+        retagging: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "failing_models", b"failing_models", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "retry_reason", b"retry_reason", "retrying", b"retrying", "reused", b"reused", "scanning", b"scanning", "stalled", b"stalled", "training", b"training", "unfollowed_links", b"unfollowed_links", "unlisted_folders", b"unlisted_folders", "unnamed_count", b"unnamed_count", "unnamed_files", b"unnamed_files", "unusable_models", b"unusable_models", "uptime_s", b"uptime_s", "version", b"version", "waiting_for_watches", b"waiting_for_watches", "watches", b"watches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "failing_models", b"failing_models", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "retagging", b"retagging", "retry_reason", b"retry_reason", "retrying", b"retrying", "reused", b"reused", "scanning", b"scanning", "stalled", b"stalled", "training", b"training", "unfollowed_links", b"unfollowed_links", "unlisted_folders", b"unlisted_folders", "unnamed_count", b"unnamed_count", "unnamed_files", b"unnamed_files", "unusable_models", b"unusable_models", "uptime_s", b"uptime_s", "version", b"version", "waiting_for_watches", b"waiting_for_watches", "watches", b"watches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
