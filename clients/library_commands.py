@@ -54,6 +54,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
     if not models:
         raise CommandError("no usable model: activate one with `vibrary models activate NAME`")
     names = {m.id: m.ref.split("@")[0] for m in models}
+    if len(set(names.values())) < len(names):  # `--model mine@1 --model mine@3`: told apart by version
+        names = {m.id: m.ref for m in models}
     settings = config.Settings.load(home_dir)
     absent = {p for p in args.paths if not os.path.lexists(p)}  # a typo is not a file "deleted or moved"
     files = list(expand(args.paths))
@@ -62,6 +64,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     bar = Bar(total=len(files), desc="tagging")
     lock = threading.Lock()
     reader_gone = threading.Event()  # `vibrary tag --json DIR | head`: it has all it wants
+    unwritten: list[OSError] = []  # stdout could not be written (a full disk): the lines were lost, exit 0
     # files are read in parallel and come back in any order: each is said in the order given (a script pairs
     # its paths with the lines, or compares two runs), held until those before it are done
     done: dict[int, dict] = {}
@@ -88,6 +91,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
                     _out(args, line, _human_file(line))
                 except BrokenPipeError:  # (in a pipeline thread: it was a traceback per batch, and "pending")
                     reader_gone.set()  # main() says it, once the pipeline has stopped
+                except OSError as e:  # (`> tags.jsonl` on a full disk: caught by the pipeline, it was exit 0)
+                    unwritten.append(e)
+                    reader_gone.set()
             ahead.notify_all()
 
     pipeline = Pipeline(
@@ -112,6 +118,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
         raise
     pipeline.close()
     bar.close()
+    if unwritten:
+        raise CommandError(f"could not write the results: {unwritten[0].strerror or unwritten[0]}")
     if reader_gone.is_set():
         raise BrokenPipeError
     return 0

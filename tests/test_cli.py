@@ -877,3 +877,21 @@ def test_status_says_which_pending_files_are_being_re_tagged(daemon: DaemonProce
     vibrary("resume", home=daemon.home)
     wait_for(lambda: daemon.client.status().pending == 0)
     assert daemon.client.status().retagging == 0
+
+
+def test_tag_fails_when_its_lines_cannot_be_written_and_tells_two_versions_apart(
+    model_home: Path, tmp_path: Path
+) -> None:
+    """`vibrary tag --json PACK > tags.jsonl` on a full disk lost every line and exited 0 (the write error was
+    caught as a failed batch); `--model mine@1 --model mine@3` gave both versions' tags as "mine", one's
+    unfamiliar marks on the other's."""
+    low = write_tone(tmp_path / "lib" / "low.wav", BANDS["low"])
+    env = {**os.environ, "VIBRARY_HOME": str(model_home)}
+    with open("/dev/full", "w") as full:
+        run = [sys.executable, "-m", "vibrary.clients.cli", "tag", "--json", str(low)]
+        proc = subprocess.run(run, stdout=full, stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+    assert proc.returncode == 1 and "could not write the results: No space left on device" in proc.stderr, proc.stderr
+    vibrary("models", "install", str(band_model(tmp_path / "v2.onnx", name="bands", shift=1)), home=model_home)
+    both = vibrary("tag", "--json", "--model", "bands@1", "--model", "bands@2", str(low), home=model_home)
+    (line,) = json_lines(both.stdout)
+    assert {t["model"] for t in line["tags"]} == {"bands@1", "bands@2"}, line
