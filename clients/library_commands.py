@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from vibrary.daemon import config, registry
-from vibrary.daemon.folders import indexed_path
+from vibrary.daemon.folders import UNNAMED, indexed_path, storable
 from vibrary.daemon.index import HIT_SCORE, NO_SUCH_PATH, Job, Result, within
 from vibrary.daemon.infer import ModelError
 from vibrary.daemon.modelref import parse_ref
@@ -271,7 +271,14 @@ def cmd_tags(args: argparse.Namespace) -> int:
     with Client() as c:
         # the index answers with the active models' tags: with none active, no file has any
         idle = not any(m.active for m in c.models())
-        _print_files(args, _as_given(c.tags(args.paths), args.paths), NO_MODEL_TAGS if idle else SILENT_TAGS)
+        # a name that is not UTF-8 (an old archive's) is in no index: said for it, the others asked (one such
+        # path given failed the whole command, the lines of the good ones with it)
+        unnamed = [p for p in args.paths if not storable(p)]
+        for p in unnamed:
+            _out(args, line := _file_line(p, [], UNNAMED), _human_file(line))
+        asked = [p for p in args.paths if p not in unnamed]
+        if asked:
+            _print_files(args, _as_given(c.tags(asked), asked), NO_MODEL_TAGS if idle else SILENT_TAGS)
         _say_missing(c, args.paths, kept=True)
     return 0
 

@@ -61,6 +61,7 @@ def _out(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
 # what a file read fine with no tags is (`note` in its line): silent, or, in the index, heard by no active model
 SILENT_TAGS = f"no tags: {SILENT}"
 NO_MODEL_TAGS = "no tags: no model is active (`vibrary models activate NAME`)"
+NOT_READ_YET = "not read yet (pending)"
 
 UNUSABLE = "its file is missing or damaged: `vibrary models remove {ref}`, then install it again"
 FAILING = (
@@ -105,6 +106,8 @@ def _file_line(
     }
     if state == "indexed" and not line["tags"] and not error:
         line["note"] = no_tags
+    elif state == "pending" and not line["tags"] and not error:  # `"tags": []` alone read as a file with none
+        line["note"] = NOT_READ_YET
     return line
 
 

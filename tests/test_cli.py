@@ -874,6 +874,10 @@ def test_status_says_which_pending_files_are_being_re_tagged(daemon: DaemonProce
     human = vibrary("status", home=daemon.home).stdout
     assert f"pending {len(BANDS)} ({len(BANDS)} tagged before, being re-tagged)" in human, human
     assert len(list(daemon.client.search("low"))) == 1  # searchable meanwhile, by the tags they had
+    new = write_tone(lib / "new.wav", 440.0)
+    wait_for(lambda: daemon.client.status().pending == len(BANDS) + 1)
+    (line,) = json_lines(vibrary("tags", "--json", str(new), home=daemon.home).stdout)
+    assert (line["tags"], line["error"], line["note"]) == ([], None, "not read yet (pending)"), line  # not "none"
     vibrary("resume", home=daemon.home)
     wait_for(lambda: daemon.client.status().pending == 0)
     assert daemon.client.status().retagging == 0
@@ -895,3 +899,14 @@ def test_tag_fails_when_its_lines_cannot_be_written_and_tells_two_versions_apart
     both = vibrary("tag", "--json", "--model", "bands@1", "--model", "bands@2", str(low), home=model_home)
     (line,) = json_lines(both.stdout)
     assert {t["model"] for t in line["tags"]} == {"bands@1", "bands@2"}, line
+
+
+def test_tags_of_a_name_that_is_not_utf8_says_so_beside_the_others(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """`find ... -print0 | xargs -0 vibrary tags --json`: one such name failed the whole batch, exit 1."""
+    good = write_tone(tmp_path / "lib" / "low.wav", BANDS["low"])
+    daemon.client.add_watch(str(tmp_path / "lib"))
+    wait_for(lambda: daemon.client.status().indexed == 1)
+    odd = os.fsdecode(os.fsencode(str(tmp_path / "lib")) + b"/caf\xe9.wav")
+    said = vibrary("tags", "--json", odd, str(good), home=daemon.home)
+    lines = {line["path"]: line for line in json_lines(said.stdout)}
+    assert lines[str(good)]["tags"][0]["tag"] == "low" and "not valid UTF-8" in lines[odd]["error"], said
