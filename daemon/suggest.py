@@ -256,6 +256,11 @@ class Synonyms:
                 )
             if alias.lower() in _spellings(tag):  # listed, and then not removable
                 raise ValueError(f"{alias!r} is the tag {tag!r} itself, which is always read as that tag")
+            if (named := clean_tag(alias)) in self.tags:  # `add kick snare`: every kick suggested as a snare
+                raise ValueError(
+                    f"{alias!r} is a tag of its own ({named}): an alias is another word for a tag; to tag those"
+                    f" files {tag!r}, relabel them in the dataset (`vibrary dataset rename NAME {named} {tag}`)"
+                )
         with self._editing(home_dir):
             for alias, tag in checked:
                 self._forget(alias)

@@ -339,6 +339,9 @@ def test_a_front_end_installs_and_removes_models_and_synonyms_over_the_api_alone
         daemon.client.add_synonyms([("Snares", "snare")])
     assert itself.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "Snares" not in {s.alias for s in daemon.client.synonyms()}
+    with pytest.raises(DaemonError, match="'kick' is a tag of its own") as own:  # every kick suggested a snare
+        daemon.client.add_synonyms([("kick", "snare")])
+    assert own.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_a_named_pipe_or_a_name_not_utf8_in_a_folder_is_said_not_fatal(daemon: DaemonProcess, tmp_path: Path) -> None:
