@@ -279,8 +279,12 @@ def _trainer_token(args: argparse.Namespace, data: Path) -> int:
     from vibrary.trainer import tenants
 
     if args.token_action == "add":
+        replaced = args.user in tenants.list_users(data)
         token = tenants.add_token(data, args.user)
-        _out(args, {"user": args.user, "token": token}, f"token for {args.user} (shown once, stored hashed):\n{token}")
+        if replaced:  # (a second add revoked the first token without a word: a user locked out, unsaid)
+            print(f"vibrary: replaced the token of {args.user}: the one before no longer works", file=sys.stderr)
+        said = f"token for {args.user} (shown once, stored hashed):\n{token}"
+        _out(args, {"user": args.user, "token": token, "replaced": replaced}, said)
     elif args.token_action == "remove":
         if not tenants.remove_token(data, args.user):
             raise CommandError(f"no token for user {args.user!r}")

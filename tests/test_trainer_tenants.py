@@ -522,7 +522,9 @@ def test_the_data_folder_may_follow_the_token_action(home: Path, tmp_path: Path)
     trainer's: --data went only before the action."""
     data = tmp_path / "trainer"
     added = json_lines(vibrary("trainer", "token", "add", "--data", str(data), "bob", "--json", home=home).stdout)
-    assert added[0]["user"] == "bob" and (data / "tokens.json").exists()
+    assert added[0]["user"] == "bob" and (data / "tokens.json").exists() and not added[0]["replaced"]
+    again = vibrary("trainer", "token", "add", "--data", str(data), "bob", "--json", home=home)  # said: bob's
+    assert json_lines(again.stdout)[0]["replaced"] and "the one before no longer works" in again.stderr  # old fails
     for args in (["--data", str(data), "list"], ["list", "--data", str(data)]):
         assert json_lines(vibrary("trainer", "token", *args, "--json", home=home).stdout) == [{"users": ["bob"]}]
     assert json_lines(vibrary("trainer", "token", "list", "--json", home=home).stdout) == [{"users": []}]
