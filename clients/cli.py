@@ -373,7 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
     a = actions.add_parser("run-s3", parents=[common], help="run one cloud training job: s3://BUCKET/jobs/ID/job.json")
     a.add_argument("url", metavar="S3_URL")
     p.set_defaults(func=cmd_trainer)
+    _choices_named(parser)
     return parser
+
+
+def _choices_named(parser: argparse.ArgumentParser) -> None:
+    """Each missing subcommand said by its choices, as the usage shows them: "the following arguments are
+    required: token_action" named a variable of ours."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            action.metavar = action.metavar or "{" + ",".join(action.choices) + "}"
+            for sub in dict.fromkeys(action.choices.values()):
+                _choices_named(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -158,6 +158,8 @@ def test_tag_with_a_named_model_and_top(model_home: Path, tmp_path: Path) -> Non
 def test_usage_errors_exit_2_and_failures_exit_1(home: Path, tmp_path: Path) -> None:
     assert vibrary("tag", home=home, check=False).returncode == 2
     assert vibrary("frobnicate", home=home, check=False).returncode == 2
+    missing = vibrary("trainer", "token", home=home, check=False)  # it named our variable, token_action
+    assert missing.returncode == 2 and "required: {add,remove,list}" in missing.stderr, missing.stderr
     no_daemon = vibrary("status", "--json", home=home, check=False)
     assert no_daemon.returncode == 1 and "vibrary daemon" in no_daemon.stderr
     (tmp_path / "x.onnx").write_bytes(b"not a model")
