@@ -29,7 +29,15 @@ LOST_SAID_EVERY_S = 30.0  # how often `vibrary train` says the trainer is still 
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vibrary.daemon.training import LOST_TRAINER, OWN_CLIPS, TrainingError, TrainProgress, check_request, train
+    from vibrary.daemon.training import (
+        LOST_TRAINER,
+        OWN_CLIPS,
+        TrainingError,
+        TrainProgress,
+        check_cloud,
+        check_request,
+        train,
+    )
 
     options = {"epochs": args.epochs, "seed": args.seed, "known_pull": 0 if args.as_new else None}
     try:  # `--name "My Model"`, `--trainer lcoal`: refused as argparse refuses (exit 2), before any advice
@@ -42,6 +50,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             registry.check_not_builtin(index, args.name)
         except ModelError as e:
             raise UsageError(f"{e} (`--name NAME`)") from None
+    if args.trainer == "cloud":  # its settings, before the advice and an upload's first line
+        try:
+            check_cloud(home_dir)
+        except TrainingError as e:
+            raise CommandError(str(e)) from None
     bars: dict[str, tqdm] = {}
     said = ""
     states: set[str] = set()  # the states seen

@@ -474,6 +474,8 @@ def test_settings_say_what_is_missing(home: Path, monkeypatch: pytest.MonkeyPatc
     every = "set VIBRARY_CLOUD_BUCKET, VIBRARY_CLOUD_IMAGE, VIBRARY_CLOUD_INSTANCE_PROFILE (or 'bucket', 'image',"
     with pytest.raises(cloud.CloudError, match=re.escape(every)):  # at once: it took a run for each
         cloud.CloudSettings.load(home)
+    said = vibrary("train", "mine", "--trainer", "cloud", home=home, check=False)  # before advice and upload lines
+    assert said.returncode == 1 and every in said.stderr and "upload" not in said.stderr, said.stderr
     (home / "cloud.json").write_text('{"bucket": "b", "image": "i", "instance_type": "g5.xlarge", "colour": 1}')
     with pytest.raises(cloud.CloudError, match="unknown settings \\['colour'\\]"):
         cloud.CloudSettings.load(home)
