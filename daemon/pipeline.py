@@ -281,11 +281,8 @@ class Pipeline:
             error = failed[-1].failed_by[model.id]
             self.failing = {**self.failing, model.id: (model.ref, error)}
             self._models = [m for m in self._models if m.id != model.id]
-        log.warning(
-            "model %s failed on every file it was given (%s): set aside, the other models tag the files "
-            "(`vibrary models deactivate %s`)",
-            *(model.ref, error, model.ref),
-        )
+        said = "the other models tag the files (`vibrary models deactivate %s`)"
+        log.warning("model %s failed on every file it was given (%s): set aside; " + said, model.ref, error, model.ref)
         self._on_failing(model.ref)
 
     @staticmethod

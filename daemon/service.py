@@ -450,7 +450,8 @@ class Daemon:
         config.save_failing(self.home, active, self.pipeline.failing)
 
     def _failing_before(self) -> dict[int, tuple[str, str]]:
-        """The models set aside when the daemon last ran, still active under the same ref (config.failing_path)."""
+        """The models set aside when the daemon last ran, when the active models are those they were set aside
+        among (config.failing)."""
         try:
             return config.failing(self.home, {m.id: m.ref for m in self.index.active_models()})
         except ValueError as e:  # a damaged file: each gets its chance again
