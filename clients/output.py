@@ -134,7 +134,7 @@ def _human_file(line: dict[str, Any], state: str = "indexed") -> str:
         return f"{_shown(line['path'])}: " + "; ".join(
             f"{model}: {', '.join(tags)}" for model, tags in by_model.items()
         )
-    none = f"({line.get('note') or state})"  # one not read yet has no tags either
+    none = f"({state if state == 'pending' else line.get('note') or state})"  # one not read yet has none either
     return f"{_shown(line['path'])}: {', '.join(next(iter(by_model.values()), [none]))}"
 
 
