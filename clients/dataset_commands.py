@@ -210,7 +210,24 @@ def _examples(args: argparse.Namespace, untagged: list[str]) -> list[Any]:
         if not s.tag:
             untagged.append(s.path)
             print(f"skipped {_shown(s.path)}: {NO_TAG} ({NO_TAG_WAYS})", file=sys.stderr)
+    _say_mixed({s.tag for s in found if s.tag})
     return [dataset.example(s.path, s.tag) for s in found if s.tag]
+
+
+def _say_mixed(tags: set[str]) -> None:
+    """Suggestions that mix effects (reverb) with sounds (kick, fx): a model gives each file one tag, so a
+    reverb kick is taught as either, and the tags the demo model knows train as new (an effects library's
+    suggestions came out as 13 classes of both, and the trained model knew none of them, unsaid)."""
+    table = _synonyms()
+    effects = sorted(tags & table.effects)
+    sounds = sorted(t for t in tags - table.effects if table.rank(t) == 0)
+    if effects and sounds:
+        print(
+            f"vibrary: these tags mix effects ({', '.join(effects[:4])}) with sounds ({', '.join(sounds[:4])}):"
+            " each file gets one tag, so keep one kind (`vibrary dataset relabel`/`drop`), or for a library sorted"
+            " by effect use the folders (--labels folders)",
+            file=sys.stderr,
+        )
 
 
 def _say_loose(loose: Sequence[str]) -> None:

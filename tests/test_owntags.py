@@ -1162,3 +1162,17 @@ def test_a_model_hardly_better_than_guessing_is_said_to_be() -> None:
     assert "about as good as guessing (50% for 2 tags)" in as_good_as_chance(0.5, 2)
     assert as_good_as_chance(0.55, 2) and not as_good_as_chance(0.6, 2) and not as_good_as_chance(0.9, 2)
     assert as_good_as_chance(0.3, 4) and not as_good_as_chance(0.4, 4)  # 25 % a guess
+
+
+def test_suggestions_that_mix_effects_with_sounds_are_said(home: Path, tmp_path: Path) -> None:
+    """An effects library's suggestions came out as effects, instruments and fx in one dataset, and the model
+    trained on them knew none of its tags: a file gets one tag, so a reverb kick is taught as either."""
+    write_tone(tmp_path / "mix" / "FX" / "Reverb" / "take1.wav", 400.0, 0.3)
+    write_tone(tmp_path / "mix" / "FX" / "Reverb" / "take2.wav", 500.0, 0.3)
+    write_tone(tmp_path / "mix" / "Drums" / "Kick 01.wav", 60.0, 0.3)
+    write_tone(tmp_path / "mix" / "Drums" / "Kick 02.wav", 70.0, 0.3)
+    made = vibrary("dataset", "create", "mixed", str(tmp_path / "mix"), "--labels", "suggest", home=home)
+    assert "these tags mix effects (reverb) with sounds (kick)" in made.stderr, made.stderr
+    fx_only = str(tmp_path / "mix" / "FX")  # (one tag: refused, but said without the mix)
+    alone = vibrary("dataset", "create", "fx", fx_only, "--labels", "suggest", home=home, check=False)
+    assert "mix effects" not in alone.stderr
