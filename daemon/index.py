@@ -608,20 +608,18 @@ class Index:
 
     # -- status --------------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
-        """Files by state, and `retagging`: the pending ones read before (a model activated, a file changed),
-        which searches find by the tags they had ("indexed 72, pending 1456" of a library all searchable, in
-        the minutes a new model took to tag it, read as a library not indexed yet)."""
         rows = self.conn().execute("SELECT state, count(*) FROM files GROUP BY state")
         found = dict(rows.fetchall())
-        (retagging,) = (
-            self.conn()
-            .execute(
-                """SELECT count(*) FROM files INDEXED BY files_retag
-               WHERE state = 'pending' AND content_id IS NOT NULL"""
-            )
-            .fetchone()
+        return {s: int(found.get(s, 0)) for s in ("indexed", "pending", "failed")}
+
+    def retagging(self) -> int:
+        """The pending files read before (a model activated, a file changed), which searches find by the tags
+        they had ("indexed 72, pending 1456" of a library all searchable, in the minutes a new model took to
+        tag it, read as a library not indexed yet)."""
+        row = self.conn().execute(
+            "SELECT count(*) FROM files INDEXED BY files_retag WHERE state = 'pending' AND content_id IS NOT NULL"
         )
-        return {**{s: int(found.get(s, 0)) for s in ("indexed", "pending", "failed")}, "retagging": int(retagging)}
+        return int(row.fetchone()[0])
 
     def due_count(self, now: float) -> int:
         row = self.conn().execute("SELECT count(*) FROM files WHERE state = 'pending' AND due <= ?", (now,))

@@ -263,7 +263,7 @@ class Daemon:
         if time.monotonic() - self._analyzed_at < 60:
             return
         self._analyzed_at = time.monotonic()
-        total = sum(n for state, n in self.index.counts().items() if state != "retagging")
+        total = sum(self.index.counts().values())
         if total > 1000 and abs(total - self._analyzed_rows) > self._analyzed_rows // 4:
             self.index.analyze()
             self._analyzed_rows = total
@@ -499,6 +499,7 @@ class Daemon:
             "models": models,
             "unusable_models": unusable,
             "failing_models": [f"{ref}: {error}" for ref, error in failing.values()],
+            "retagging": self.index.retagging(),
             "queue_depth": self.index.due_count(time.time()),
             "watches": self.index.watches(),
             "missing_watches": sorted(self.watcher.missing),
@@ -589,11 +590,11 @@ class Daemon:
         # a file named that is no audio (a folder gives only audio), or a path that is not there and never was
         # indexed (`x.wav/child.wav`, a name too long): answered, not read; each was stored as a failure
         # (listed by ListFailed for good), and GetTags said "not an audio file" of the one Tag had failed
-        unread = [p for p in files if why_not_read(p)]
-        unread += [r.path for r in self.index.file_tags(sorted(absent - hidden - set(unread))) if r.state == "unknown"]
-        unnamed_tags += [FileTags(p, "unknown", NO_SUCH_PATH if p in absent else why_not_read(p), []) for p in unread]
-        answered = set(unread)
-        files = [p for p in files if p not in answered]
+        unread = {p: why for p in files if (why := why_not_read(p))}
+        never = self.index.file_tags(sorted(absent - hidden - unread.keys()))
+        unread |= {r.path: NO_SUCH_PATH for r in never if r.state == "unknown"}
+        unnamed_tags += [FileTags(p, "unknown", NO_SUCH_PATH if p in absent else why, []) for p, why in unread.items()]
+        files = [p for p in files if p not in unread]
         if self.paused:  # files tagged already are answered as they are (a DAW's dropped file that is known)
             known = [_say_why_hidden(r, hidden) for r in self.index.file_tags(files)]
             untagged = sum(r.state in ("pending", "unknown") and r.error in (None, "", NOT_INDEXED) for r in known)
