@@ -28,8 +28,8 @@ name or metadata says which of them, and a folder that names a sound only by its
 gives way to a drum a file names (`808 Kick`); a drum machine's folder (`Roland TR-808/`) says drums. A
 descriptor or a weak word says how a sound is, not what it is: alone it is no tag (`Loops/Drum Loop 1`, a
 genre field of "Electronic"), only an alternative, unless the user's own table has that tag (they asked for
-loops as a class), or a folder above is one of effects and the file's own names say no sound:
-`FX/Reverb/take1`, `Guitar FX/Chorus/take1` are sorted by effect, which is then what they are. A file no text
+loops as a class), or a library is sorted by effect: the nearest folder naming only effects inside a folder of
+effects (`FX/Reverb/Kick 01`, `MyFX/Dry/take1`) names the file's effect (`_sorted_by_effect`). A file no text
 names takes its own folder's name when that folder holds at least two such files and its name has no known
 word: its words joined by '-', a plural s dropped (the user's own tag that nobody put in the table yet:
 `Wobbles/` → wobble); or when the name is one mood and nothing else (`MyTags/dark/`: one folder per mood is
