@@ -6,9 +6,10 @@ with Client() as c:              # the daemon of $VIBRARY_HOME, over its Unix so
     for f in c.search("kick -acoustic", limit=20, best_first=True):   # as `vibrary search` reads it
         print(f.path, f.tags[0].tag)
 
-Everything it raises is a VibraryError: DaemonNotRunning (nobody answers), DaemonError (the daemon
-refused or could not finish; `.code` is gRPC's status code), ClientClosed, or BadArgument (QueryError
-for a query that makes no sense) before anything is sent. Replies are the protobuf
+Everything it raises is a VibraryError: DaemonNotRunning (nobody answers; DaemonNotAnswering when a daemon
+holds the home all the same: starting or hung), DaemonError (the daemon refused or could not finish; `.code` is
+gRPC's status code), ClientClosed, or BadArgument (QueryError for a query that makes no sense) before anything
+is sent. Replies are the protobuf
 messages of proto/vibrary/v1/daemon.proto. A stream of results (search, tags) has no deadline unless
 given one: it lasts as long as the caller takes to read it; but, given none, a daemon that sends nothing of
 it for the client's `timeout` (a hung or stopped machine) ends it with DaemonError DEADLINE_EXCEEDED.
@@ -37,11 +38,24 @@ from vibrary.proto import daemon_pb2_grpc as pb_grpc
 from .errors import BadArgument, VibraryError
 from .query import parse_query
 
-__all__ = ["BadArgument", "Client", "ClientClosed", "DaemonError", "DaemonNotRunning", "VibraryError"]
+__all__ = [
+    "BadArgument",
+    "Client",
+    "ClientClosed",
+    "DaemonError",
+    "DaemonNotAnswering",
+    "DaemonNotRunning",
+    "VibraryError",
+]
 
 
 class DaemonNotRunning(VibraryError, ConnectionError):
     """No daemon answers at the target: not started, stopped, or listening elsewhere."""
+
+
+class DaemonNotAnswering(DaemonNotRunning):
+    """A daemon holds the home but does not answer yet (starting) or at all (hung): starting another is no
+    remedy, it would be refused."""
 
 
 class DaemonError(VibraryError, RuntimeError):
@@ -162,12 +176,17 @@ class Client:
         code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
         details = e.details() if hasattr(e, "details") else str(e)
         unanswered = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-        stopped = self._stopped_daemon() if unanswered else 0
+        pid, stopped = self._holder() if unanswered else (0, False)
         if stopped:  # "start it" was wrong: one runs, and a second would not start
-            return DaemonError(code, _suspended(stopped))
+            return DaemonError(code, _suspended(pid))
         if code == grpc.StatusCode.UNAVAILABLE:
             if not self.target.startswith("unix:"):
                 return DaemonNotRunning(f"no daemon answers at {self.target} ({details})")
+            if pid:  # "start it" was wrong here too: a second daemon is refused while this one holds the home
+                return DaemonNotAnswering(
+                    f"the daemon (pid {pid}) does not answer at {self._socket()}: it is starting, busy or hung; "
+                    f"wait a moment, or stop it (`kill {pid}`) and start it again with `vibrary daemon`"
+                )
             return DaemonNotRunning(f"no daemon answers at {self._socket()}; start it with `vibrary daemon`")
         return DaemonError(code, details or code.name)
 
@@ -175,18 +194,23 @@ class Client:
         return urllib.parse.unquote(self.target.removeprefix("unix:"))  # the socket's path, not its URI
 
     def _stopped_daemon(self) -> int:
-        """The pid of this home's daemon when it is suspended (SIGSTOP, a ^Z in its terminal): it holds the
-        home, so it answers nothing and no other starts; 0 otherwise."""
+        """The pid of this home's daemon when it is suspended, 0 otherwise."""
+        pid, stopped = self._holder()
+        return pid if stopped else 0
+
+    def _holder(self) -> tuple[int, bool]:
+        """The pid of the live process that holds this home (0: none), and whether it is suspended (SIGSTOP, a
+        ^Z in its terminal): either way it answers nothing, and no other daemon starts there."""
         if not self._local:
-            return 0
+            return 0, False
         import psutil  # (here: the lock is fcntl's, and a client on Windows reaches a daemon over TCP only)
         from vibrary.daemon import pidlock
 
         pid = pidlock.holder(config.lock_path(Path(self._socket()).parent))
         try:
-            return pid if pid and psutil.Process(pid).status() == psutil.STATUS_STOPPED else 0
+            return (pid, psutil.Process(pid).status() == psutil.STATUS_STOPPED) if pid else (0, False)
         except psutil.Error:
-            return 0
+            return 0, False
 
     def _path(self, path: str | os.PathLike[str], indexed: bool = True) -> str:
         """A path as the index spells it (absolute, links to folders resolved), or as a dataset does (absolute

@@ -41,7 +41,7 @@ from vibrary.daemon import atomic, config
 from vibrary.proto import daemon_pb2 as pb
 
 from . import tray_state as ts
-from .client import Client, ClientClosed, DaemonError, DaemonNotRunning
+from .client import Client, ClientClosed, DaemonError, DaemonNotAnswering, DaemonNotRunning
 from .query import QueryError, parse_query, respell, synonyms
 
 log = logging.getLogger(__name__)
@@ -157,8 +157,8 @@ class DaemonLink(QObject):
             why = ""  # not running, or stopped under us, or the tray quitting as it asked for recent errors
             try:
                 self._follow(client)
-            except DaemonError as e:  # there, and suspended (its pings unanswered), or refusing one more follower
-                why = str(e)
+            except (DaemonError, DaemonNotAnswering) as e:  # there, and suspended (its pings unanswered), hung,
+                why = str(e)  # or refusing one more follower
             except (DaemonNotRunning, ClientClosed):
                 pass
             except Exception:

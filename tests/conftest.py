@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -46,6 +47,28 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+
+
+@contextlib.contextmanager
+def home_held(home: Path) -> Iterator[int]:
+    """A process that holds `home` as its daemon does, and answers nothing (as one starting, or hung): its pid."""
+    hold = "import sys, time; from pathlib import Path; from vibrary.daemon import config, pidlock\n"
+    hold += "lock = pidlock.hold(config.lock_path(Path(sys.argv[1]))); print('held', flush=True); time.sleep(120)"
+    with subprocess.Popen([sys.executable, "-c", hold, str(home)], stdout=subprocess.PIPE, text=True) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+            yield holder.pid
+        finally:
+            holder.kill()
+
+
+def suspend(pid: int) -> None:
+    """SIGSTOP, as ^Z does, and wait until it is taken: that is when the process is next scheduled, which at
+    nice 19 on a busy machine is not at once (a client asked meanwhile saw a daemon not yet suspended)."""
+    import psutil
+
+    os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED, timeout=20)
 
 
 @pytest.fixture(scope="session")

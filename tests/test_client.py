@@ -12,12 +12,20 @@ from pathlib import Path
 
 import grpc
 import pytest
-from vibrary.clients.client import BadArgument, Client, ClientClosed, DaemonError, DaemonNotRunning, VibraryError
+from vibrary.clients.client import (
+    BadArgument,
+    Client,
+    ClientClosed,
+    DaemonError,
+    DaemonNotAnswering,
+    DaemonNotRunning,
+    VibraryError,
+)
 from vibrary.clients.query import QueryError, parse_query
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
-from tests.conftest import DaemonProcess
+from tests.conftest import DaemonProcess, home_held, suspend
 from tests.synth import BANDS, band_model, write_tone
 
 
@@ -284,7 +292,7 @@ def test_a_suspended_daemon_is_said_to_be_suspended_not_absent(daemon: DaemonPro
 
     pid = pidlock.holder(config.lock_path(daemon.home))
     assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
+    suspend(pid)
     try:
         for ask in ("status", "search", "tags"):  # a search said "the daemon sent nothing of Search for 2 s"
             with Client(home_dir=daemon.home, timeout=2) as c, pytest.raises(DaemonError) as e:
@@ -293,6 +301,22 @@ def test_a_suspended_daemon_is_said_to_be_suspended_not_absent(daemon: DaemonPro
     finally:
         os.kill(pid, signal.SIGCONT)
     assert daemon.client.status(timeout=10).home == str(daemon.home)
+
+
+def test_a_daemon_that_holds_the_home_and_does_not_answer_is_not_said_absent(tmp_path: Path) -> None:
+    """A daemon starting (its models loading), hung or swamped holds its home: "no daemon answers … start it"
+    sent the user to start a second one, which is refused while the first holds the home."""
+    from vibrary.daemon import config
+
+    with home_held(tmp_path) as pid, Client(home_dir=tmp_path, timeout=2) as c:
+        with pytest.raises(DaemonNotAnswering) as e:
+            c.status()
+        said = str(e.value)
+        assert said.startswith(f"the daemon (pid {pid}) does not answer at {config.socket_path(tmp_path)}")
+        assert "starting, busy or hung" in said and f"`kill {pid}`" in said
+    with Client(home_dir=tmp_path, timeout=2) as c, pytest.raises(DaemonNotRunning, match="start it with") as gone:
+        c.status()  # (nobody holds it now)
+    assert not isinstance(gone.value, DaemonNotAnswering)
 
 
 def test_a_front_end_installs_and_removes_models_and_synonyms_over_the_api_alone(

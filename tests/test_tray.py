@@ -31,7 +31,7 @@ from vibrary.daemon import config
 from vibrary.daemon.suggest import Synonyms
 from vibrary.proto import daemon_pb2 as pb
 
-from tests.conftest import DaemonProcess, start_daemon, wait_for
+from tests.conftest import DaemonProcess, home_held, start_daemon, suspend, wait_for
 from tests.synth import write_tone
 
 
@@ -205,7 +205,7 @@ def test_a_daemon_that_stops_answering_shows_as_not_running(tray: Tray, model_ho
     d = start_daemon(model_home)
     try:
         wait_view(tray, showing(ts.Icon.IDLE))
-        d.proc.send_signal(signal.SIGSTOP)
+        suspend(d.proc.pid)
         try:
             notices: list[ts.Notice] = []
             tray.notified.connect(notices.append)
@@ -218,7 +218,7 @@ def test_a_daemon_that_stops_answering_shows_as_not_running(tray: Tray, model_ho
         finally:
             d.proc.send_signal(signal.SIGCONT)
         wait_view(tray, showing(ts.Icon.IDLE), timeout=45)
-        d.proc.send_signal(signal.SIGSTOP)
+        suspend(d.proc.pid)
         try:
             said = len(notices)
             tray.add_watch(str(model_home))  # (a watch may take minutes: its connection waited as long)
@@ -232,6 +232,19 @@ def test_a_daemon_that_stops_answering_shows_as_not_running(tray: Tray, model_ho
             d.proc.send_signal(signal.SIGCONT)
     finally:
         d.stop()
+
+
+def test_a_daemon_that_holds_the_home_and_does_not_answer_is_not_offered_a_twin(tray: Tray, model_home: Path) -> None:
+    """One starting or hung showed "daemon not running" and offered to start one, which would be refused."""
+    wait_view(tray, showing(ts.Icon.NOT_RUNNING))
+    assert menu_texts(tray.menu)["Start daemon"] is True
+    with home_held(model_home) as pid:
+        tray.link.poke()
+        wait_view(tray, showing(ts.Icon.NOT_RUNNING, f"daemon not answering: the daemon (pid {pid}) does not answer"))
+        assert menu_texts(tray.menu)["Start daemon"] is False
+    tray.link.poke()
+    wait_view(tray, showing(ts.Icon.NOT_RUNNING, "daemon not running"))
+    assert menu_texts(tray.menu)["Start daemon"] is True
 
 
 def test_start_daemon_from_the_tray(tray: Tray, model_home: Path) -> None:
@@ -313,7 +326,7 @@ def test_a_search_waiting_for_the_daemon_leaves_the_tray_live(qapp: QApplication
     pid = pidlock.holder(config.lock_path(model_home))
     assert pid is not None
     dialog = SearchDialog(model_home)
-    os.kill(pid, signal.SIGSTOP)
+    suspend(pid)
     try:
         dialog.query.setText("low")
         dialog.search()  # returns at once
