@@ -23,7 +23,7 @@ from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from . import config, dataset, events, registry, suggest, training
-from .decode import why_not_read
+from .decode import IN_JUNK, in_junk_folder, why_not_read
 from .folders import indexed_path, readable_name, storable
 from .index import ANY_STORED_SCORE, NOT_INDEXED, WATCH_GONE, FileTags, ModelRow, within
 from .infer import ModelError
@@ -145,6 +145,11 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a folder: {folder}")
         folder = indexed_path(folder)  # a link is watched where it leads (folders.indexed_path)
         _not_whole_disk([folder], context)  # /proc, /sys, every program's files, re-read for ever
+        if in_junk_folder(folder):  # it was watched, and never a file of it read, without a word
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{folder} is {IN_JUNK.replace(': never', ', which are never')}: move the samples out of it",
+            )
         try:
             self.daemon.add_watch(folder)
         except OSError as e:  # the inotify watch limit, too many open files: nothing is kept

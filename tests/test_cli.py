@@ -208,6 +208,12 @@ def test_paths_the_index_cannot_take_are_said_plainly(daemon: DaemonProcess, tmp
     assert refused.returncode == 1 and "is not valid UTF-8: rename it" in refused.stderr, refused.stderr
     not_folder = vibrary("watch", "add", str(clip), home=daemon.home, check=False)
     assert not_folder.returncode == 1 and not_folder.stderr.strip() == f"vibrary: not a folder: {clip}"
+    trashed = tmp_path / "drive" / ".Trash-1000" / "files" / "Old Kicks"
+    trashed.mkdir(parents=True)  # watched, it was never scanned, silently
+    refused = vibrary("watch", "add", str(trashed), home=daemon.home, check=False)
+    in_trash = f"vibrary: {trashed} is in a trash or system folder, which are never indexed: move the samples out"
+    assert refused.returncode == 1 and refused.stderr.startswith(in_trash), refused.stderr
+    assert str(trashed) not in daemon.client.watches()
 
 
 def test_models_commands(model_home: Path, tmp_path: Path) -> None:
