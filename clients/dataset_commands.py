@@ -81,11 +81,12 @@ def _synonyms() -> Any:
     return Synonyms.load(config.home())
 
 
-def _suggestions(dirs: Sequence[str]) -> list[Any]:
+def _suggestions(dirs: Sequence[str], table: Any = None) -> list[Any]:
+    """`table`: the synonym table, when the caller reads it too (it is loaded otherwise)."""
     from vibrary.daemon.suggest import suggest
 
     try:
-        found = suggest(dirs, _synonyms())
+        found = suggest(dirs, _synonyms() if table is None else table)
     except FileNotFoundError as e:
         raise CommandError(str(e)) from None
     if not found:  # rather than print nothing at all
@@ -205,20 +206,20 @@ def _examples(args: argparse.Namespace, untagged: list[str]) -> list[Any]:
             )
             _say_few([f"  {line}" for line in spread], 5)
         return found
-    found = _suggestions(args.dirs)
+    table = _synonyms()
+    found = _suggestions(args.dirs, table)
     for s in found:
         if not s.tag:
             untagged.append(s.path)
             print(f"skipped {_shown(s.path)}: {NO_TAG} ({NO_TAG_WAYS})", file=sys.stderr)
-    _say_mixed({s.tag for s in found if s.tag})
+    _say_mixed({s.tag for s in found if s.tag}, table)
     return [dataset.example(s.path, s.tag) for s in found if s.tag]
 
 
-def _say_mixed(tags: set[str]) -> None:
+def _say_mixed(tags: set[str], table: Any) -> None:
     """Suggestions that mix effects (reverb) with sounds (kick, fx): a model gives each file one tag, so a
     reverb kick is taught as either, and the tags the demo model knows train as new (an effects library's
     suggestions came out as 13 classes of both, and the trained model knew none of them, unsaid)."""
-    table = _synonyms()
     effects = sorted(tags & table.effects)
     sounds = sorted(t for t in tags - table.effects if table.rank(t) == 0)
     if effects and sounds:
