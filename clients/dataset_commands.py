@@ -147,7 +147,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     try:
         untagged: list[str] = []
         if args.action in ("create", "add"):
-            report, added = _create(args, home_dir, untagged)
+            report, added, unread = _create(args, home_dir, untagged)
         elif args.action == "show":
             report = dataset.load_report(home_dir, args.name)
             _say_skipped(report.failed, 5)
@@ -164,8 +164,9 @@ def cmd_dataset(args: argparse.Namespace) -> int:
         raise CommandError(str(e)) from None
     # (an add's report is the whole dataset's: this run's untagged files are not among its counts)
     obj, human = _dataset_line(args.name, report, untagged if args.action == "create" else ())
-    if args.action == "add":
+    if args.action == "add":  # this add's own (left_out_files are the whole dataset's, earlier builds' too)
         obj["added"] = added
+        obj["not_added"] = [{"path": path, "error": why} for path, why in unread]
         human = f"added {many(added, 'clip')} to dataset {args.name}\n{human}"
     _out(args, obj, human)
     return 0
@@ -258,8 +259,8 @@ def _say_few(lines: Sequence[str], most: int | None = None) -> None:
         print(f"  … and {len(lines) - most} more", file=sys.stderr)
 
 
-def _create(args: argparse.Namespace, home_dir: Path, untagged: list[str]) -> tuple[Any, int]:
-    """The dataset built (create) or grown (add), and how many clips that added."""
+def _create(args: argparse.Namespace, home_dir: Path, untagged: list[str]) -> tuple[Any, int, list[tuple[str, str]]]:
+    """The dataset built (create) or grown (add), how many clips that added, and the files it left out."""
     from vibrary.daemon import dataset
 
     if args.action == "add":
@@ -299,7 +300,7 @@ def _create(args: argparse.Namespace, home_dir: Path, untagged: list[str]) -> tu
     finally:
         bar.close()
     _say_skipped(unread)
-    return report, added
+    return report, added, list(unread)
 
 
 def cmd_synonyms(args: argparse.Namespace) -> int:

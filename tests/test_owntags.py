@@ -403,9 +403,15 @@ def test_dataset_add_names_only_the_files_it_could_not_read(home: Path, tmp_path
     write_kinds(tmp_path / "second", per_kind=1, seed=16)
     new = tmp_path / "second" / "tone" / "new.wav"
     new.write_bytes(b"RIFF not audio either")
+    (tmp_path / "second" / "noise" / "again.wav").write_bytes(
+        (tmp_path / "first" / "noise" / "noise_15_0.wav").read_bytes()
+    )
     added = vibrary("dataset", "add", "--json", "mine", str(tmp_path / "second"), home=home)
-    assert json_lines(added.stdout)[-1]["added"] == 3 and json_lines(added.stdout)[-1]["failed"] == 2
+    assert json_lines(added.stdout)[-1]["added"] == 3 and json_lines(added.stdout)[-1]["failed"] == 3
     assert f"skipped {new}: " in added.stderr and str(old) not in added.stderr, added.stderr
+    not_added = {Path(f["path"]).name: f["error"] for f in json_lines(added.stdout)[-1]["not_added"]}
+    assert not_added.keys() == {"new.wav", "again.wav"}  # this add's alone (left_out_files: old.wav too)
+    assert "the same sound as" in not_added["again.wav"], not_added
 
 
 def test_dataset_show_names_the_files_that_could_not_be_read(home: Path, tmp_path: Path) -> None:
