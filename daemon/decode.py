@@ -94,15 +94,18 @@ def unreadable(doing: str, e: OSError, stamp: tuple[int, int] = (-1, -1)) -> Dec
 # metadata, no audio) and a `__MACOSX/` folder of them. Read as audio, each was a failure that crowded the
 # real ones out of `vibrary status`, and a bogus example in a dataset. And what systems keep in a drive's
 # folders: the trash of each file manager (Linux's `.Trash-1000/`, macOS's `.Trashes/`, Windows' `$RECYCLE.BIN/`,
-# a NAS's `#recycle/`: a sample deleted from a watched drive came back in every search) and their indexers'
-# stores. None of it is the library. (Lower-case: FAT and NTFS drives spell them as they please.)
+# a NAS's `#recycle/`: a sample deleted from a watched drive came back in every search), their indexers'
+# stores, and a NAS's: the metadata of its media indexer and of Mac clients (`@eaDir/`, `.AppleDouble/`, whose
+# `kick.wav` is no audio) and its snapshots (`#snapshot/`, `.snapshot/`: the whole library again, once per
+# snapshot). None of it is the library. (Lower-case: FAT and NTFS drives spell them as they please.)
 JUNK_PREFIX = "._"
 JUNK_FOLDERS = frozenset(
     {"__macosx", ".trash", ".trashes", "$recycle.bin", "#recycle", "@recycle", ".recycle"}
     | {".spotlight-v100", ".fseventsd", ".temporaryitems", ".documentrevisions-v100"}
+    | {"@eadir", ".appledouble", ".@__thumb", "#snapshot", ".snapshot", ".snapshots"}
 )
 HOME_TRASH = os.path.join(os.sep, ".local", "share", "Trash", "")  # a watched home folder's own trash
-IN_JUNK = "in a trash or system folder: never indexed"
+IN_JUNK = "in a trash or system folder: never indexed"  # (a NAS's snapshots and metadata among them)
 NOT_AUDIO = "not an audio file that Vibrary reads"  # by its name: a PDF, a DAW project, macOS's `._` files
 
 

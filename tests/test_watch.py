@@ -311,6 +311,10 @@ def test_samples_moved_to_a_trash_folder_leave_the_index_and_come_back_when_rest
     (lib / ".Trashes" / "501").mkdir(parents=True)
     (lib / "$RECYCLE.BIN").mkdir()
     (lib / "$RECYCLE.BIN" / "old.wav").write_bytes(b"O" * 100)  # trashed before the watch: never read
+    nas = {"#snapshot/GMT+01_2026-12-01/Kicks/a.wav", "@eaDir/Kicks/a.wav/SYNO.wav", ".AppleDouble/a.wav"}
+    for junk in nas:  # a NAS's snapshots (the library again) and its metadata (no audio): never read either
+        (lib / junk).parent.mkdir(parents=True, exist_ok=True)
+        (lib / junk).write_bytes(b"N" * 100)
     everything = {str(lib / "Kicks" / "a.wav"), str(lib / "Kicks" / "b.wav"), str(lib / "Snares" / "s.wav")}
     wait_for(lambda: _pending(index) == everything)
     os.rename(lib / "Kicks" / "a.wav", lib / "Kicks" / ".Trash-a.wav")  # a file so named is no trash folder
