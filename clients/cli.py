@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import json
 import os
+import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from vibrary.daemon.infer import ModelError
 from vibrary.daemon.modelref import parse_ref
 
 from .client import DaemonError, DaemonNotRunning
-from .daemon_commands import cmd_daemon, cmd_pause, cmd_status, cmd_tray, cmd_watch
+from .daemon_commands import cmd_daemon, cmd_pause, cmd_status, cmd_tray, cmd_watch, on_signals
 from .dataset_commands import cmd_dataset, cmd_synonyms
 from .library_commands import cmd_counts, cmd_models, cmd_search, cmd_tag, cmd_tags
 from .output import CommandError, UsageError
@@ -395,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         json_asked = any(len(w) > 2 and "--json".startswith(w) for w in words)  # (--js: argparse's abbreviation)
         return _failed(argparse.Namespace(json=json_asked), str(e), 2)
     args.json = getattr(args, "json", False)
+    on_signals(_terminated, signal.SIGTERM, signal.SIGHUP)  # (the daemon, a trainer, `train` put their own)
     try:
         return int(args.func(args))
     except BrokenPipeError:  # `vibrary search kick | head`: the reader has all it wants, which is no error to print
@@ -411,16 +413,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _failed(args, f"{config.home()}: {e}")
     except sqlite3.DatabaseError as e:  # damage found mid-query; opening says more (index.IndexDamaged)
         return _failed(args, f"{config.home()}: a database there is damaged ({e})")
-    except KeyboardInterrupt:  # each command has cleaned up on its way out
+    except KeyboardInterrupt as e:  # each command has cleaned up on its way out
+        status = e.status if isinstance(e, Terminated) else 130
         if args.json:  # a script reading stdout has its line, as for any other ending
             with contextlib.suppress(OSError, ValueError):
-                print(json.dumps({"error": "interrupted", "exit_status": 130}))
+                print(json.dumps({"error": str(e) or "interrupted", "exit_status": status}))
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
         # not through the interpreter's finalisation: a thread of onnxruntime's still at work there aborted
         # the process (134, "terminate called without an active exception") instead of exiting 130
-        os._exit(130)
+        os._exit(status)
+
+
+class Terminated(KeyboardInterrupt):
+    """A `kill`, a `timeout` or a closed terminal (SIGTERM, SIGHUP): the command ends as at a Ctrl-C, cleaning up
+    on its way out, and exits 128 + the signal's number as a shell reports it. (It ended at once, its files in
+    flight cut off, and a script reading `--json` had no last line.)"""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"terminated ({signal.Signals(signum).name})")
+        self.status = 128 + signum
+
+
+def _terminated(signum: int, frame: object) -> NoReturn:
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # a second one (a closed terminal sends two) waits for the first
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)
 
 
 def _failed(args: argparse.Namespace, why: str, status: int = 1) -> int:
