@@ -26,7 +26,7 @@ from .client import DaemonError, DaemonNotRunning
 from .daemon_commands import cmd_daemon, cmd_pause, cmd_status, cmd_tray, cmd_watch, on_signals
 from .dataset_commands import cmd_dataset, cmd_synonyms
 from .library_commands import cmd_counts, cmd_models, cmd_search, cmd_tag, cmd_tags
-from .output import CommandError, UsageError
+from .output import CommandError, Terminated, UsageError, terminated
 from .training_commands import cmd_train, cmd_trainer
 
 
@@ -396,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         json_asked = any(len(w) > 2 and "--json".startswith(w) for w in words)  # (--js: argparse's abbreviation)
         return _failed(argparse.Namespace(json=json_asked), str(e), 2)
     args.json = getattr(args, "json", False)
-    on_signals(_terminated, signal.SIGTERM, signal.SIGHUP)  # (the daemon, a trainer, `train` put their own)
+    on_signals(terminated, signal.SIGTERM, signal.SIGHUP)  # (the daemon, a trainer, `train` put their own)
     try:
         return int(args.func(args))
     except BrokenPipeError:  # `vibrary search kick | head`: the reader has all it wants, which is no error to print
@@ -424,22 +424,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # not through the interpreter's finalisation: a thread of onnxruntime's still at work there aborted
         # the process (134, "terminate called without an active exception") instead of exiting 130
         os._exit(status)
-
-
-class Terminated(KeyboardInterrupt):
-    """A `kill`, a `timeout` or a closed terminal (SIGTERM, SIGHUP): the command ends as at a Ctrl-C, cleaning up
-    on its way out, and exits 128 + the signal's number as a shell reports it. (It ended at once, its files in
-    flight cut off, and a script reading `--json` had no last line.)"""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"terminated ({signal.Signals(signum).name})")
-        self.status = 128 + signum
-
-
-def _terminated(signum: int, frame: object) -> NoReturn:
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # a second one (a closed terminal sends two) waits for the first
-        signal.signal(sig, signal.SIG_IGN)
-    raise Terminated(signum)
 
 
 def _failed(args: argparse.Namespace, why: str, status: int = 1) -> int:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from collections.abc import Collection, Iterable
-from typing import Any
+from typing import Any, NoReturn
 
 from tqdm import tqdm
 from vibrary.daemon import config, registry
@@ -154,3 +155,19 @@ def _index() -> tuple[Index, Any]:
     index = Index(config.index_path(home_dir))
     registry.ensure_builtin(index, home_dir)
     return index, home_dir
+
+
+class Terminated(KeyboardInterrupt):
+    """A `kill`, a `timeout` or a closed terminal (SIGTERM, SIGHUP): the command ends as at a Ctrl-C, cleaning up
+    on its way out, and exits 128 + the signal's number as a shell reports it. (It ended at once, its files in
+    flight cut off, and a script reading `--json` had no last line.)"""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"terminated ({signal.Signals(signum).name})")
+        self.status = 128 + signum
+
+
+def terminated(signum: int, frame: object) -> NoReturn:
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # a second one (a closed terminal sends two) waits for the first
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated(signum)

@@ -23,7 +23,7 @@ from vibrary.daemon.infer import ModelError
 from vibrary.trainer.options import FITTING
 
 from .daemon_commands import on_signals
-from .output import CommandError, UsageError, _index, _out
+from .output import CommandError, Terminated, UsageError, _index, _out
 
 LOST_SAID_EVERY_S = 30.0  # how often `vibrary train` says the trainer is still out of reach
 
@@ -131,7 +131,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return
         for sig in ENDING_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)  # (its exit status: 130, 143)
 
     on_signals(interrupted, *ENDING_SIGNALS)
     with contextlib.suppress(FileNotFoundError, ValueError):  # train() says what is wrong with the dataset
