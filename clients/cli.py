@@ -16,7 +16,7 @@ import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from vibrary.daemon import config
 from vibrary.daemon.infer import ModelError
@@ -164,6 +164,14 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         raise _BadArguments(f"{message} (`{self.prog} --help` says more)")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """A subcommand's words it does not know are refused by it, with its usage and its --help: passed up,
+        `vibrary search --bogus` showed the usage of `vibrary` and sent people to `vibrary --help`."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras and " " in self.prog:  # (a subcommand takes every word after it: none is left to the one above)
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
 
 def build_parser() -> argparse.ArgumentParser:

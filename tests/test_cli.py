@@ -82,6 +82,10 @@ def test_a_mistake_the_parser_catches_is_a_json_line_too(home: Path) -> None:
         assert proc.stderr.startswith("usage: vibrary") and f"vibrary: {line['error']}" in proc.stderr
     plain = vibrary("search", "kick", "--limit", "0", home=home, check=False)
     assert plain.returncode == 2 and plain.stdout == ""
+    for command, args in (("search", ["--bogus", "kick"]), ("models list", ["--bogus"])):  # said by `vibrary`:
+        unknown = vibrary(*command.split(), *args, home=home, check=False)  # its usage, and `vibrary --help`
+        assert unknown.returncode == 2 and unknown.stderr.startswith(f"usage: vibrary {command} "), unknown.stderr
+        assert f"unrecognized arguments: --bogus (`vibrary {command} --help` says more)" in unknown.stderr
 
 
 def test_a_newline_in_a_file_name_keeps_the_file_on_one_human_line(model_home: Path, tmp_path: Path) -> None:
