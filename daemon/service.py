@@ -68,6 +68,7 @@ STALL_RETRY_S = 30.0  # how often a daemon whose index cannot be written tries a
 UNUSED_S = 3600.0  # how often contents no file has are looked for, when idle
 UNUSED_KEEP_S = 30 * 86400.0  # how long one is kept with its tags: a drive unplugged for weeks, plugged in again
 FORGET_MAX = 50_000  # contents forgotten at one time, at most (about 3 s): the feeder waits meanwhile
+FOLLOW_WAIT_S = 10.0  # how long a status waits for a change of the active models being followed (load, re-queue)
 NO_MODEL = "no usable active model: `vibrary models list` lists them, `vibrary models activate NAME` picks one"
 NO_MODEL_WAITS = f"{NO_MODEL}; files wait for one"
 
@@ -386,11 +387,11 @@ class Daemon:
             self.events.publish(Event(FILE_REMOVED, FileTags(p, "unknown", None, [])))
 
     # -- models --------------------------------------------------------------------------------------
-    def _follow_models(self, wait: bool = True) -> None:
+    def _follow_models(self, wait: float = -1) -> None:
         """Load the active models again when the active set changed, or when a model that could not be
-        loaded has its file back (`vibrary models install` of the same file restores it). Without `wait`,
-        nothing when another thread follows them now."""
-        if not self._models_lock.acquire(blocking=wait):  # the feeder and the API both call this
+        loaded has its file back (`vibrary models install` of the same file restores it). `wait`: seconds to
+        wait for another thread that follows them now (-1: for as long as it takes), then nothing."""
+        if not self._models_lock.acquire(timeout=wait):  # the feeder and the API both call this
             return
         try:
             self._follow_installs()
@@ -475,10 +476,12 @@ class Daemon:
 
     def follow_models_unless_busy(self) -> None:
         """For a status: a change of the active models that another process made in the index (`vibrary models
-        activate`) is followed first, so the re-tag it starts is counted; not when a follow is under way (its
-        status says `following`), and never at the cost of the status (a failure is the feeder's to retry)."""
+        activate`) is followed first, so the re-tag it starts is counted. A follow under way in the feeder is
+        waited for, FOLLOW_WAIT_S at most: a status in the middle of it counted no re-tag, and `models install
+        && status --wait` ended at once, the library not re-tagged. Never at the cost of the status (a failure
+        is the feeder's to retry)."""
         try:
-            self._follow_models(wait=False)
+            self._follow_models(wait=FOLLOW_WAIT_S)
         except Exception:
             log.exception("could not follow a change of the active models for a status")
 

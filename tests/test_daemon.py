@@ -1373,6 +1373,42 @@ def test_a_request_that_does_not_decode_is_invalid_argument(daemon: DaemonProces
     assert daemon.client.status().home == str(daemon.home) and "deserializing" not in daemon.log()
 
 
+def test_a_status_during_the_feeder_s_follow_of_a_model_change_waits_for_it(
+    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`models install X && status --wait` ended at once, pending 0, when the status came while the feeder was
+    loading the new model (it follows the index every second): a search then found a part of the library."""
+    from vibrary.daemon import registry, service
+    from vibrary.daemon.server import serve
+
+    config.Settings(settle_s=0.2, nice=0).save(model_home)  # in this process: pytest's own priority stays
+    d = service.Daemon(model_home)
+    d.start()
+    servers = serve(d, str(config.socket_path(model_home)))
+    real_load, loading = service.load_models, threading.Event()
+
+    def slow_load(*args: object) -> object:
+        loading.set()
+        time.sleep(1.0)  # (a big model, a busy machine)
+        return real_load(*args)
+
+    try:
+        with Client(home_dir=model_home) as c:
+            list(c.tag([str(write_tone(tmp_path / f"{band}.wav", freq)) for band, freq in BANDS.items()]))
+            d.set_paused(True)  # nothing read meanwhile: what status says is what the daemon knows
+            with contextlib.closing(Index(config.index_path(model_home))) as index:  # as `vibrary models install`
+                other = registry.install(index, model_home, str(band_model(tmp_path / "o.onnx", name="other")))
+                monkeypatch.setattr(service, "load_models", slow_load)
+                index.set_active(other, True)
+            assert loading.wait(10)  # the feeder follows the change now
+            status = c.status()
+        assert (status.pending, status.retagging) == (3, 3) and "other@1" in status.models
+    finally:
+        for server in servers:
+            server.stop(grace=0)
+        d.stop()
+
+
 def test_a_status_follows_a_model_activated_by_another_process_at_once(daemon: DaemonProcess) -> None:
     """`vibrary models activate` writes the index; the daemon follows within a second. A status meanwhile
     listed the model as active and said indexing waited for lack of one: `models activate X && status
