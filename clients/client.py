@@ -339,7 +339,8 @@ class Client:
         return list(self._call("InstallModel", request).models)
 
     def remove_model(self, name: str, version: int = 0) -> list[pb.Model]:
-        """Remove NAME's newest version, or NAME@VERSION; the newest left is activated if it was active."""
+        """Remove NAME's newest version, or NAME@VERSION; if it was active, the version active before it is
+        activated (the newest left when none was)."""
         return list(self._call("RemoveModel", _model_ref(name, version)).models)
 
     def pause(self) -> pb.Status:

@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS models (
     active INTEGER NOT NULL DEFAULT 0,
     builtin INTEGER NOT NULL DEFAULT 0,
     installed REAL NOT NULL,
+    activated REAL NOT NULL DEFAULT 0,        -- when it was last made active (0: never): whom a removal restores
     UNIQUE (name, version)
 );
 CREATE TABLE IF NOT EXISTS model_versions (
@@ -289,6 +290,7 @@ class Index:
         _ids_never_reused(c, "models", then=_ORPHANS)
         _add_column(c, "files", "inode INTEGER NOT NULL DEFAULT -1")  # -1: not known yet
         _add_column(c, "contents", "unused_since REAL")
+        _add_column(c, "models", "activated REAL NOT NULL DEFAULT 0")
         c.executescript(SCHEMA)  # executescript runs its own transaction
         if upgrade:  # tags_hit gave way to tags_hits: without its statistics a path search walks every tag
             c.execute("ANALYZE tags")
@@ -687,9 +689,12 @@ class Index:
                 (name, number),
             )
             c.execute(
-                """INSERT INTO models(name, version, path, sha256, classes, spectrogram, builtin, installed, active)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (name, number, path, sha256, json.dumps(list(classes)), spectrogram, int(builtin), time.time(), active),
+                """INSERT INTO models(name, version, path, sha256, classes, spectrogram, builtin, installed, active,
+                                     activated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (
+                    *(name, number, path, sha256, json.dumps(list(classes)), spectrogram, int(builtin), time.time()),
+                    *(active, time.time() if active else 0.0),
+                ),
             )
         return self.model(name, number)
 
@@ -720,11 +725,14 @@ class Index:
             if active:
                 c.execute("UPDATE models SET active = 0 WHERE name = ?", (model.name,))
             c.execute("UPDATE models SET active = ? WHERE id = ?", (int(active), model.id))
+            if active:
+                c.execute("UPDATE models SET activated = ? WHERE id = ?", (time.time(), model.id))
 
     def remove_model(self, model: ModelRow) -> ModelRow | None:
-        """Forget a version and its tags. When it was the active one, the newest other version of the
-        model takes its place (returned), as a rollback would: removing a version never leaves a tag
-        family silently without a model."""
+        """Forget a version and its tags. When it was the active one, the version active before it takes its
+        place (returned), as a rollback would, else the newest: removing a version never leaves a tag family
+        silently without a model. (The newest alone put a version installed `--inactive`, staged, or of other
+        tags, live in place of the one the user had before.)"""
         with self.write() as c:
             active = c.execute("SELECT active FROM models WHERE id = ?", (model.id,)).fetchone()
             c.execute("DELETE FROM tags WHERE model_id = ?", (model.id,))
@@ -732,8 +740,8 @@ class Index:
             c.execute("DELETE FROM models WHERE id = ?", (model.id,))
             if not (active and active[0]):
                 return None
-            newest = c.execute("SELECT version FROM models WHERE name = ? ORDER BY version DESC", (model.name,))
-            row = newest.fetchone()
+            last = "SELECT version FROM models WHERE name = ? ORDER BY activated DESC, version DESC"
+            row = c.execute(last, (model.name,)).fetchone()
             if row is None:
                 return None
             c.execute("UPDATE models SET active = 1 WHERE name = ? AND version = ?", (model.name, row[0]))

@@ -428,6 +428,7 @@ def test_a_late_result_for_a_deleted_file_never_touches_the_file_added_after_it(
 def test_an_index_from_before_autoincrement_ids_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     old_schema = index_module.SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER PRIMARY KEY")
+    old_schema = "\n".join(line for line in old_schema.splitlines() if "activated REAL" not in line)  # (newer)
     with sqlite3.connect(path) as c:
         c.executescript(old_schema)
         c.execute("INSERT INTO files(id, path, dir, gen) VALUES (7, '/lib/k.wav', '/lib', 3)")
@@ -450,6 +451,20 @@ def test_an_index_from_before_autoincrement_ids_is_upgraded_in_place(tmp_path: P
     index.remove_paths(["/lib/k.wav"])
     index.mark_pending([("/lib/s.wav", 0.0)])
     assert index.due_jobs(10, set(), 1e12)[0].id == 8  # not 7 again
+
+
+def test_removing_the_active_version_restores_the_one_active_before_it(index: Index) -> None:
+    """The newest version left took its place: one installed `--inactive` to try later, or of other tags, went
+    live and re-tagged the library, where the user had another before."""
+    index.add_model("moods", "/m/1.onnx", "a" * 64, ["dark"], "{}", False, active=True)
+    v2 = index.add_model("moods", "/m/2.onnx", "b" * 64, ["dark"], "{}", False, active=True)
+    v3 = index.add_model("moods", "/m/3.onnx", "c" * 64, ["c1", "c2"], "{}", False)  # staged, never active
+    assert index.remove_model(v2) == index.model("moods", 1)
+    v4 = index.add_model("moods", "/m/4.onnx", "d" * 64, ["dark"], "{}", False)
+    index.set_active(v4, True)
+    assert index.remove_model(v4) == index.model("moods", 1)  # (not v3, newer)
+    assert index.remove_model(index.model("moods", 1)) == index.model("moods", 3)  # none left was active: the newest
+    assert index.remove_model(v3) is None and not index.models()
 
 
 def test_tags_computed_by_a_model_removed_meanwhile_are_not_stored(index: Index) -> None:

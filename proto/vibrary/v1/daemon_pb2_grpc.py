@@ -287,8 +287,8 @@ class DaemonServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RemoveModel(self, request, context):
-        """Forget a version and delete its file; when it was active, the newest version left of its name is
-        activated instead. A built-in model is FAILED_PRECONDITION: deactivate it.
+        """Forget a version and delete its file; when it was active, the version of its name active before it is
+        activated instead (the newest left, when none was). A built-in model is FAILED_PRECONDITION: deactivate it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
