@@ -148,6 +148,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             args,
             c.search(groups, excluded, args.min_score, args.under or "", args.model or "", args.limit, best_first=True),
         )
+        if n == 0 and args.under and not os.path.isdir(args.under):  # a typo, as scripts must tell from no match
+            raise CommandError(f"no folder {args.under} (--under)")  # (after "0 files", which it is not)
         unknown = _unknown_tags(known, groups, excluded, args.model or "", _inactive(models, args.model))
         if not args.json or unknown:  # (stderr is the human's with --json too: a typo was silent there)
             print(f"{many(n)}{unknown}", file=sys.stderr)
@@ -157,9 +159,21 @@ def cmd_search(args: argparse.Namespace) -> int:
         if n == 0 and not unknown and args.min_score is None and groups:
             _say_unfamiliar(c, groups, excluded, args)
         _say_missing(c, [args.under] if args.under else [])
-        if n == 0 and args.under and not os.path.isdir(args.under):  # a typo, as scripts must tell from no match
-            raise CommandError(f"no folder {args.under} (--under)")
+        _say_unfinished(c.status())
     return 0
+
+
+def _say_unfinished(s: pb.Status) -> None:
+    """A search while files wait to be read finds a part of what it will: after a model was installed or
+    activated, "103 files" of 1,103, and "0 files" while paused, unsaid."""
+    if not s.pending:
+        return
+    again = f", {s.retagging:,} of them re-tagged for a model changed" if s.retagging else ""
+    paused = "; indexing is paused (`vibrary resume`)" if s.paused else ""
+    print(
+        f"vibrary: {many(s.pending)} not tagged yet{again}{paused}: results may be incomplete until they are",
+        file=sys.stderr,
+    )
 
 
 GUESSES_COUNTED = 1000

@@ -488,6 +488,8 @@ def test_status_wait_says_when_indexing_is_paused_or_waits_for_a_drive(daemon: D
     wait_for(lambda: daemon.client.status().pending == 1)
     stuck = vibrary("status", "--wait", home=daemon.home, check=False, timeout=30)
     assert stuck.returncode == 1 and "paused" in stuck.stderr and "vibrary resume" in stuck.stderr
+    unfinished = "1 file not tagged yet; indexing is paused (`vibrary resume`): results may be incomplete"
+    assert unfinished in vibrary("search", "low", home=daemon.home).stderr  # it said "0 files", no more
     lib.rename(tmp_path / "unplugged")  # its file waits for the folder to be back: it waited for ever
     wait_for(lambda: list(daemon.client.status().missing_watches) == [str(lib)], timeout=30)
     vibrary("resume", home=daemon.home)
