@@ -64,7 +64,10 @@ SILENT_TAGS = f"no tags: {SILENT}"
 NO_MODEL_TAGS = "no tags: no model is active (`vibrary models activate NAME`)"
 NOT_READ_YET = "not read yet (pending)"
 
-UNUSABLE = "its file is missing or damaged: `vibrary models remove {ref}`, then install it again"
+UNUSABLE = (
+    "its file is missing or damaged: `vibrary models install` the same file again restores it, its tags kept"
+    " (or `vibrary models remove {ref}`)"
+)
 FAILING = (
     "it failed on every file it was given, which the other models tag: `vibrary models deactivate {ref}`, "
     "or activate a version that works"

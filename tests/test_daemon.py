@@ -983,7 +983,8 @@ def test_an_active_model_whose_file_is_gone_is_said_unusable_and_reinstalled(mod
         status = d.client.status()
         assert (list(status.models), list(status.unusable_models)) == ([], ["bands@1"])
         assert "model bands@1 tags nothing" in vibrary("status", home=model_home).stdout
-        assert "its file is missing or damaged" in vibrary("models", "list", home=model_home).stdout
+        said = vibrary("models", "list", home=model_home).stdout  # the way back said as it is (not "remove")
+        assert "its file is missing or damaged: `vibrary models install` the same file again restores it" in said
         vibrary("models", "install", str(source), home=model_home)
         assert Path(row["path"]).exists()
         wait_for(lambda: list(d.client.status().models) == ["bands@1"], timeout=10)
