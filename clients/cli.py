@@ -15,6 +15,7 @@ import os
 import signal
 import sqlite3
 import sys
+import unicodedata
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -60,8 +61,8 @@ def _parsed_ref(text: str) -> tuple[str, int]:
 
 def _model_ref(text: str) -> str:
     """NAME or NAME@VERSION, checked before anything starts (exit 2)."""
-    _parsed_ref(text)
-    return text
+    name, version = _parsed_ref(text)
+    return f"{name}@{version}" if version else name
 
 
 def _path(text: str) -> str:
@@ -75,6 +76,7 @@ def _path(text: str) -> str:
 def _dataset_name(text: str) -> str:
     """A name that can be no dataset is a usage error (exit 2) before anything is read: `dataset create a/b
     DIR` walked all of DIR first, then failed (exit 1)."""
+    text = unicodedata.normalize("NFC", text)  # (as parse_ref spells a model's)
     try:
         config.check_name(text)
     except ValueError as e:
@@ -94,6 +96,7 @@ def _model_name(text: str) -> str:
 
 def _new_model_name(text: str) -> str:
     """A name to install a model under, refused as `train --name` refuses one (exit 2) before anything is read."""
+    text = unicodedata.normalize("NFC", text)  # (as parse_ref spells a model's)
     if text:  # (argparse passes the default through here too)
         try:
             config.check_name(text, "model")

@@ -47,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     index, home_dir = _index()
     if args.name:  # as mistyped as any other option: a usage error, before any advice
         try:
-            registry.check_not_builtin(index, args.name)
+            registry.check_free_name(index, args.name)
         except ModelError as e:
             raise UsageError(f"{e} (`--name NAME`)") from None
     if args.trainer == "cloud":  # its settings, before the advice and an upload's first line

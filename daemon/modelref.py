@@ -3,10 +3,14 @@ which loads onnxruntime, so that the client library can read references the way 
 
 from __future__ import annotations
 
+import unicodedata
+
 
 def parse_ref(text: str) -> tuple[str, int]:
-    """'NAME' or 'NAME@VERSION' → (name, version or 0); ValueError for anything else."""
-    name, at, version = text.partition("@")
+    """'NAME' or 'NAME@VERSION' → (name, version or 0); ValueError for anything else. The name as composed
+    characters (NFC), as names are kept: `stimmung_ä` typed or pasted decomposed (macOS file names are) was
+    refused as no name at all."""
+    name, at, version = unicodedata.normalize("NFC", text).partition("@")
     if not name:
         raise ValueError(f"bad model reference {text!r}: expected NAME or NAME@VERSION")
     # `NAME@` or `NAME@0` from an empty variable in a script must not mean the newest; `NAME@²` is no number

@@ -7,6 +7,7 @@ The demo model shipped inside the package is registered on first use and active 
 from __future__ import annotations
 
 import logging
+import unicodedata
 from pathlib import Path
 
 from . import atomic, config
@@ -24,7 +25,7 @@ def install(
     """Validate an ONNX file (loads it, runs it once), copy it into the home, register a new version (and
     with `active`, activate it as it is registered)."""
     model = Model(source, threads=1)  # raises ModelError with the reason when it does not fit
-    name = name or model.info.name
+    name = unicodedata.normalize("NFC", name or model.info.name)  # (as modelref.parse_ref spells it)
     try:
         check_name(name, "model")
     except ValueError as e:
@@ -40,7 +41,7 @@ def install(
     if builtin:
         target = source
     else:
-        check_not_builtin(index, name)
+        check_free_name(index, name)
         folder = config.models_dir(home_dir) / name
         folder.mkdir(parents=True, exist_ok=True)
         target = str(folder / f"{digest[:16]}.onnx")
@@ -70,12 +71,21 @@ def usable(row: ModelRow) -> bool:
     return sha256_file_or_none(row.path) == row.sha256
 
 
-def check_not_builtin(index: Index, name: str) -> None:
+def check_free_name(index: Index, name: str) -> None:
     """A model installed or trained under a built-in model's name (`models install --name demo`, a dataset
     called `demo`) became that model's next version, and activating it deactivated the built-in one: its 15
-    instrument tags left every search without a word."""
-    if any(m.builtin and m.name == name for m in index.models()):
-        raise ModelError(f"model name {name!r} is the built-in model's: yours would replace it; give it another name")
+    instrument tags left every search without a word. One named as another but for case (`Demo`, `Moods`) was a
+    model of its own beside it (`--model Moods`: "no model Moods"), and one folder on macOS's disks."""
+    for m in index.models():
+        if m.builtin and m.name.casefold() == name.casefold():
+            raise ModelError(
+                f"model name {name!r} is the built-in model's: yours would replace it; give it another name"
+            )
+        if m.name != name and m.name.casefold() == name.casefold():
+            raise ModelError(
+                f"model {m.name!r} is installed, and names that differ only in case would be two models: "
+                f"use {m.name!r} for a new version of it (--name {m.name}), or another name"
+            )
 
 
 PLOTS = ("learning_curve.png", "confusion_matrix.png")  # a trained model's plots, beside its file

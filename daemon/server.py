@@ -556,7 +556,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         except training.TrainingError as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         try:  # refused now, as the CLI refuses it: it was a stream that went WAITING, then FAILED, status OK
-            registry.check_not_builtin(self.daemon.index, request.name or request.dataset)
+            registry.check_free_name(self.daemon.index, request.name or request.dataset)
         except ModelError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{e} (TrainRequest.name)")
         confirmed = request.confirm_cost

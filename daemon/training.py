@@ -250,7 +250,7 @@ def train(
                 raise TrainingError(f"dataset {dataset_name!r} cannot train: {why}")  # before any upload
         model_name = name or dataset_name
         try:
-            registry.check_not_builtin(index, model_name)  # before any upload
+            registry.check_free_name(index, model_name)  # before any upload
         except ModelError as e:
             raise ValueError(f"{e} (`vibrary train DATASET --name NAME`)") from None
         classes = list(manifest.classes)

@@ -220,6 +220,25 @@ def test_paths_the_index_cannot_take_are_said_plainly(daemon: DaemonProcess, tmp
     assert str(trashed) not in daemon.client.watches()
 
 
+def test_a_model_name_typed_decomposed_is_the_model_so_named(model_home: Path, tmp_path: Path) -> None:
+    """`stimmung_ä` typed or pasted decomposed (NFD, as macOS spells file names) was refused as no name at all
+    ("use letters, digits"), or installed as a second model beside the composed one."""
+    import unicodedata
+
+    composed, decomposed = "stimmung_ä", unicodedata.normalize("NFD", "stimmung_ä")
+    assert composed != decomposed
+    vibrary("models", "install", "--name", decomposed, str(band_model(tmp_path / "m.onnx")), home=model_home)
+    listed = json_lines(vibrary("models", "list", "--json", home=model_home).stdout)
+    assert [m["name"] for m in listed if m["name"].startswith("stim")] == [composed]
+    assert vibrary("models", "deactivate", decomposed, "--json", home=model_home).stdout.count('"changed": true')
+    vibrary("models", "activate", f"{decomposed}@1", home=model_home)
+    assert [
+        m["active"]
+        for m in json_lines(vibrary("models", "list", "--json", home=model_home).stdout)
+        if m["name"] == composed
+    ] == [True]
+
+
 def test_models_commands(model_home: Path, tmp_path: Path) -> None:
     def listed() -> list[tuple[str, int, bool]]:
         rows = json_lines(vibrary("models", "list", "--json", home=model_home).stdout)

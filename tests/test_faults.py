@@ -1175,6 +1175,11 @@ def test_a_model_name_that_cannot_be_a_folder_or_is_the_builtins_is_refused(home
         registry.ensure_builtin(index, home)
         with pytest.raises(ModelError, match="built-in model's"):  # it would become demo@2, the demo put away
             registry.install(index, home, str(band_onnx), "demo")
+        with pytest.raises(ModelError, match="built-in model's"):  # a model of its own beside it: `Demo`, `demo`
+            registry.install(index, home, str(band_onnx), "Demo")
+        with pytest.raises(ModelError, match=r"model 'x{100}' is installed, and names that differ only in case"):
+            registry.install(index, home, str(band_onnx), "X" * 100)
+        assert sorted(m.name for m in index.models()) == ["demo", "x" * 100]
     finally:
         index.close()
 
