@@ -272,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     for action, which in (("activate", "newest"), ("deactivate", "active"), ("remove", "newest")):
         a = actions.add_parser(action, parents=[common], help=f"{action} NAME (its {which} version) or NAME@VERSION")
         a.add_argument("ref", type=_model_ref, metavar="NAME[@VERSION]")
+    a.add_argument("--all", action="store_true", help="every version of NAME: the model, its tags and files gone")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("dataset", parents=[common], help="labelled examples for training your own tags")

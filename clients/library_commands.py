@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from vibrary.daemon import config, registry
 from vibrary.daemon.folders import UNNAMED, indexed_path, storable
-from vibrary.daemon.index import HIT_SCORE, NO_SUCH_PATH, Job, Result, within
+from vibrary.daemon.index import HIT_SCORE, NO_SUCH_PATH, Index, Job, Result, within
 from vibrary.daemon.infer import ModelError
 from vibrary.daemon.modelref import parse_ref
 from vibrary.proto import daemon_pb2 as pb
@@ -160,6 +160,19 @@ def cmd_search(args: argparse.Namespace) -> int:
             _say_unfamiliar(c, groups, excluded, args)
         _say_missing(c, [args.under] if args.under else [])
         _say_unfinished(c.status())
+    return 0
+
+
+def _remove_all(args: argparse.Namespace, index: Index, name: str) -> int:
+    """Every version of a model, the active one last: removed first, it activated the one before, for a moment."""
+    rows = sorted((m for m in index.models() if m.name == name), key=lambda m: (m.active, m.version))
+    try:
+        for row in rows:
+            registry.remove(index, row)
+    except ModelError as e:
+        raise CommandError(str(e)) from None
+    refs = [row.ref for row in rows]
+    _out(args, {"model": name, "action": "remove", "versions": [r.version for r in rows]}, f"removed {', '.join(refs)}")
     return 0
 
 
@@ -361,6 +374,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         row = index.model(name, version, active_first=args.action == "deactivate")
     except (KeyError, ValueError) as e:
         raise CommandError(str(e.args[0])) from None
+    if args.action == "remove" and args.all:  # one command a version, each activating the one before
+        if version:
+            raise UsageError(f"--all removes every version of a model: give NAME, not {args.ref}")
+        return _remove_all(args, index, name)
     if args.action == "remove":
         try:
             successor = registry.remove(index, row)

@@ -6,6 +6,7 @@ The demo model shipped inside the package is registered on first use and active 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import unicodedata
 from pathlib import Path
@@ -98,6 +99,8 @@ def remove(index: Index, row: ModelRow) -> ModelRow | None:
     successor = index.remove_model(row)
     for path in [Path(row.path), *(Path(row.path).with_suffix(f".{plot}") for plot in PLOTS)]:
         path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # its model's folder, when it was the last version (else not empty)
+        Path(row.path).parent.rmdir()
     return successor
 
 

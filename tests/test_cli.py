@@ -262,6 +262,15 @@ def test_models_commands(model_home: Path, tmp_path: Path) -> None:
     assert missing.returncode == 1 and f"{tmp_path / 'nope.onnx'}: no such file" in missing.stderr, missing.stderr
     # with --json a failure is also a line on stdout, for the script that reads only that (it had nothing)
     assert json_lines(missing.stdout) == [{"error": f"{tmp_path / 'nope.onnx'}: no such file", "exit_status": 1}]
+    for version in (2, 3):  # a model gone whole took a command a version, and left its folder behind
+        newer = band_model(tmp_path / f"n{version}.onnx", version=9 + version)
+        vibrary("models", "install", str(newer), home=model_home)
+    assert listed() == [("bands", 1, False), ("bands", 3, False), ("bands", 4, True)]
+    said = vibrary("models", "remove", "bands@3", "--all", home=model_home, check=False)
+    assert said.returncode == 2 and "give NAME, not bands@3" in said.stderr and len(listed()) == 3
+    gone = json_lines(vibrary("models", "remove", "bands", "--all", "--json", home=model_home).stdout)
+    assert gone == [{"model": "bands", "action": "remove", "versions": [1, 3, 4]}] and listed() == []
+    assert not (config.models_dir(model_home) / "bands").exists()
 
 
 @pytest.mark.parametrize(
