@@ -295,6 +295,9 @@ class Pipeline:
             scores, familiar = model.model.predict_familiar(np.stack(specs))
             rows = list(zip(scores, familiar.tolist(), strict=True))  # whole before any is given out
         except Exception as e:  # (a model's own failure: no traceback of ours)
+            if len(specs) == 1:  # ("failed on a batch of 1; trying the files one by one", and the same again)
+                yield 0, e
+                return
             log.warning("%s failed on a batch of %d (%s); trying the files one by one", model.ref, len(specs), e)
         else:
             yield from enumerate(rows)

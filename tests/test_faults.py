@@ -478,6 +478,18 @@ def test_daemon_drops_a_file_deleted_before_the_read(watched: Watched) -> None:
     assert (s.pending, s.failed, s.indexed) == (0, 0, 4)
 
 
+def test_a_model_that_fails_on_one_file_says_it_once(model_home: Path, tmp_path: Path) -> None:
+    """It said "failed on a batch of 1 (…); trying the files one by one", then the same error for the file."""
+    buggy = band_model(tmp_path / "buggy.onnx", name="buggy", fails_on_audio=True)
+    vibrary("models", "install", str(buggy), home=model_home)
+    tagged = vibrary("tag", "--model", "buggy", str(write_tone(tmp_path / "a.wav", 300)), home=model_home)
+    assert "model buggy@1 failed on it: " in tagged.stdout and "Gather" in tagged.stdout
+    assert "batch" not in tagged.stderr and "Gather" not in tagged.stderr, tagged.stderr  # said once: in its line
+    two = [str(write_tone(tmp_path / f"{n}.wav", 300 + 100 * n)) for n in range(2)]
+    tagged = vibrary("tag", "--model", "buggy", *two, home=model_home)
+    assert tagged.stdout.count("model buggy@1 failed on it") == 2 and "failed on a batch of 2" in tagged.stderr
+
+
 def test_a_model_that_fails_on_every_file_is_set_aside_and_the_others_tag_the_library(
     watched: Watched, tmp_path: Path
 ) -> None:
