@@ -712,7 +712,7 @@ class Index:
         what "deactivate NAME" means); KeyError when absent."""
         matching = [m for m in self.models() if m.name == name and (version == 0 or m.version == version)]
         if not matching:
-            known = ", ".join(sorted({m.ref for m in self.models()})) or "none"
+            known = ", ".join(m.ref for m in self.models()) or "none"  # by name and version: @2 before @10
             raise KeyError(f"no model {name}{'@' + str(version) if version else ''}; installed: {known}")
         return max(matching, key=lambda m: (active_first and m.active, m.version))
 
