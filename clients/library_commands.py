@@ -367,6 +367,14 @@ def cmd_models(args: argparse.Namespace) -> int:
         if was is not None and not args.inactive:
             obj["deactivated"] = was.ref
             human += f"; active now in place of {was.ref} (`vibrary models activate {was.ref}` goes back)"
+        kin = was or next((m for m in reversed(before) if m.name == row.name and m.id != row.id), None)
+        if kin is not None and not set(kin.classes) & set(row.classes):  # a version of another tag family?
+            tags = ", ".join(kin.classes[:5]) + ("…" if len(kin.classes) > 5 else "")
+            print(
+                f"vibrary: {row.ref} shares no tag with {kin.ref} ({tags}): a version of"
+                f" {row.name} replaces its tags; another model name (--name) keeps both",
+                file=sys.stderr,
+            )
         _out(args, obj, human)
         return 0
     try:

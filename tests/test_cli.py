@@ -264,7 +264,11 @@ def test_models_commands(model_home: Path, tmp_path: Path) -> None:
     assert json_lines(missing.stdout) == [{"error": f"{tmp_path / 'nope.onnx'}: no such file", "exit_status": 1}]
     for version in (2, 3):  # a model gone whole took a command a version, and left its folder behind
         newer = band_model(tmp_path / f"n{version}.onnx", version=9 + version)
-        vibrary("models", "install", str(newer), home=model_home)
+        assert "shares no tag" not in vibrary("models", "install", str(newer), home=model_home).stderr
+    moods = band_model(tmp_path / "moods.onnx", name="x", classes=("dark", "warm", "bright"))
+    other = vibrary("models", "install", "--inactive", "--name", "bands", str(moods), home=model_home).stderr
+    assert "bands@5 shares no tag with bands@4 (low, mid, high): a version of bands replaces its tags" in other
+    vibrary("models", "remove", "bands@5", home=model_home)
     assert listed() == [("bands", 1, False), ("bands", 3, False), ("bands", 4, True)]
     said = vibrary("models", "remove", "bands@3", "--all", home=model_home, check=False)
     assert said.returncode == 2 and "give NAME, not bands@3" in said.stderr and len(listed()) == 3
