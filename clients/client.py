@@ -9,9 +9,10 @@ with Client() as c:              # the daemon of $VIBRARY_HOME, over its Unix so
 Everything it raises is a VibraryError: DaemonNotRunning (nobody answers; DaemonNotAnswering when a daemon
 holds the home all the same: starting or hung), DaemonError (the daemon refused or could not finish; `.code` is
 gRPC's status code), ClientClosed, or BadArgument (QueryError for a query that makes no sense) before anything
-is sent. Replies are the protobuf messages of proto/vibrary/v1/daemon.proto. A stream of results (search, tags) has no deadline unless
-given one: it lasts as long as the caller takes to read it; but, given none, a daemon that sends nothing of
-it for the client's `timeout` (a hung or stopped machine) ends it with DaemonError DEADLINE_EXCEEDED.
+is sent. Replies are the protobuf messages of proto/vibrary/v1/daemon.proto. A stream of results (search, tags)
+has no deadline unless given one: it lasts as long as the caller takes to read it; but, given none, a daemon
+that sends nothing of it for the client's `timeout` (a hung or stopped machine) ends it with DaemonError
+DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
