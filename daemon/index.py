@@ -674,10 +674,20 @@ class Index:
         """Register a new version of `name`. A number is never given twice, even after its version was
         removed: a script that names `NAME@3` must not get another model. `active` in the same transaction:
         a kill between the two left the new version installed and idle (the demo model of a first start for
-        good, a home that has seen it keeping "the user's choice")."""
+        good, a home that has seen it keeping "the user's choice"). The same file installed under the name already
+        is that version (in the transaction: two trainings following one job each installed its model, checked
+        absent at once, as two versions of one file, and removing either took the file from the other)."""
         with self.write() as c:
             if active:
                 c.execute("UPDATE models SET active = 0 WHERE name = ?", (name,))
+            same = c.execute("SELECT version FROM models WHERE name = ? AND sha256 = ?", (name, sha256)).fetchone()
+            if same is not None:
+                if active:
+                    c.execute(
+                        "UPDATE models SET active = 1, activated = ? WHERE name = ? AND version = ?",
+                        (time.time(), name, same[0]),
+                    )
+                return self.model(name, int(same[0]))
             version = c.execute(
                 """SELECT max(coalesce((SELECT max(version) FROM models WHERE name = ?), 0),
                               coalesce((SELECT last FROM model_versions WHERE name = ?), 0)) + 1""",

@@ -97,6 +97,8 @@ def remove(index: Index, row: ModelRow) -> ModelRow | None:
     if row.builtin:
         raise ModelError(f"{row.ref} is built in; deactivate it instead")
     successor = index.remove_model(row)
+    if any(m.path == row.path for m in index.models()):  # another version is this file (a home from before
+        return successor  # add_model knew a file installed twice at once): it keeps it
     for path in [Path(row.path), *(Path(row.path).with_suffix(f".{plot}") for plot in PLOTS)]:
         path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # its model's folder, when it was the last version (else not empty)

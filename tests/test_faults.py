@@ -1196,6 +1196,29 @@ def test_a_model_name_that_cannot_be_a_folder_or_is_the_builtins_is_refused(home
         index.close()
 
 
+def test_removing_one_of_two_versions_of_one_file_keeps_the_file_for_the_other(home: Path, band_onnx: Path) -> None:
+    """A home from before installs of one file at once were one version holds two versions of one file:
+    removing one deleted the file of the other, which then tagged nothing ("missing or damaged")."""
+    from vibrary.daemon import registry
+
+    index = Index(config.index_path(home))
+    try:
+        one = registry.install(index, home, str(band_onnx), active=True)
+        with index.write() as c:  # the second version as the race left it
+            c.execute(
+                """INSERT INTO models(name, version, path, sha256, classes, spectrogram, builtin, installed, active)
+                   SELECT name, 2, path, sha256, classes, spectrogram, builtin, installed, 0
+                   FROM models WHERE id = ?""",
+                (one.id,),
+            )
+        registry.remove(index, index.model(one.name, 2))
+        assert Path(one.path).exists() and registry.usable(index.model(one.name, 1))
+        registry.remove(index, index.model(one.name, 1))
+        assert not Path(one.path).exists()  # the last one takes it
+    finally:
+        index.close()
+
+
 def test_a_kill_as_a_model_is_installed_never_leaves_it_installed_and_idle(
     home: Path, band_onnx: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

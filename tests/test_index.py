@@ -467,6 +467,15 @@ def test_removing_the_active_version_restores_the_one_active_before_it(index: In
     assert index.remove_model(v3) is None and not index.models()
 
 
+def test_a_file_installed_twice_at_once_is_one_version(index: Index) -> None:
+    """Two `vibrary train` following one job each installed its model: both found it not installed, then each
+    added a version of the one file, and removing either took the file from the other."""
+    first = index.add_model("mine", "/m/a.onnx", "a" * 64, ["dark"], "{}", False)  # (as if checked absent by both)
+    again = index.add_model("mine", "/m/a.onnx", "a" * 64, ["dark"], "{}", False, active=True)
+    assert (again.version, again.active) == (1, True) and [m.ref for m in index.models()] == ["mine@1"]
+    assert first.id == again.id
+
+
 def test_tags_computed_by_a_model_removed_meanwhile_are_not_stored(index: Index) -> None:
     """A batch in flight when its model is removed used to store that model's tags after the removal had
     deleted them; with ids reused, the next model installed took them over as its own."""
