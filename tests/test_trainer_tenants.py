@@ -283,6 +283,28 @@ def test_removing_a_users_token_stops_their_running_and_queued_jobs(
         assert list(bob.watch(theirs.id))[-1].state == pb.Job.SUCCEEDED
 
 
+def test_a_training_whose_token_is_removed_says_why_it_ended(
+    shared: tuple[str, Path, dict[str, str]], home: Path, tmp_path: Path
+) -> None:
+    """`vibrary train` said "training cancelled", as at a Ctrl-C, and its next try failed on a wrong token."""
+    target, data, tokens = shared
+    write_kinds(tmp_path / "ex", per_kind=4, seed=5)
+    vibrary("dataset", "create", "mine", str(tmp_path / "ex"), home=home)
+    train = ["train", "mine", "--trainer", target, "--token", tokens["alice"], "--base", "none", "--epochs", "500"]
+    env = {**os.environ, "VIBRARY_HOME": str(home)}
+    command = [sys.executable, "-m", "vibrary.clients.cli", *train, "--json"]
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            with TrainerClient(target, tokens["alice"]) as alice:
+                wait_for(lambda: any(j.state == pb.Job.RUNNING for j in alice.jobs()), timeout=90)
+            vibrary("trainer", "token", "--data", str(data), "remove", "alice", home=home)
+            out, err = proc.communicate(timeout=90)
+        finally:
+            proc.kill()
+    why = "training cancelled by the trainer: its owner's token was removed"
+    assert proc.returncode == 1 and json_lines(out)[-1]["error"] == why, err
+
+
 def _self_signed(tmp_path: Path, names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> tuple[bytes, bytes]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
