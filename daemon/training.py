@@ -100,6 +100,8 @@ class TrainProgress:
 
 
 LOST_TRAINER = "lost the trainer"  # a message said while training goes on (the state stays as it was)
+# the trainer's "queued", which alone said nothing for the minutes it lasted
+QUEUED = "queued: the trainer runs one training at a time, and starts this one once those before it end"
 HELD_OUT = "held-out clips"
 OWN_CLIPS = "training clips (none held out)"  # a small dataset trains on every clip
 
@@ -615,7 +617,7 @@ def _forward(job: Any, now: TrainProgress) -> dict[str, Any]:
     if job.state in (trainer_pb2.Job.SUCCEEDED, trainer_pb2.Job.FAILED, trainer_pb2.Job.CANCELLED):
         return {}
     running = job.state == trainer_pb2.Job.RUNNING
-    changes: dict[str, Any] = {"message": job.phase}
+    changes: dict[str, Any] = {"message": QUEUED if job.state == trainer_pb2.Job.QUEUED else job.phase}
     if running or now.state != "training":  # a job queued again after a restart of the trainer stays training
         # (and so does one whose trainer was out of reach meanwhile: _follow keeps the state then)
         changes["state"] = "training" if running else "waiting"

@@ -1820,3 +1820,14 @@ def test_a_full_disk_is_said_as_such_not_in_torchs_words(tmp_path: Path, monkeyp
         serving.stop(grace=0)
     assert last.state == pb.Job.FAILED and last.error.startswith("the trainer's disk is full")
     assert "goes on from its last finished epoch" in last.error and "enforce fail" not in last.error
+
+
+def test_a_job_queued_on_the_trainer_says_why_it_waits() -> None:
+    """`vibrary train` said "queued", and then nothing for the minutes the trainer's other job took."""
+    from vibrary.daemon.training import TrainProgress, _forward
+    from vibrary.proto import trainer_pb2
+
+    queued = _forward(trainer_pb2.Job(state=trainer_pb2.Job.QUEUED, phase="queued"), TrainProgress())
+    assert queued["state"] == "waiting" and "starts this one once those before it end" in queued["message"]
+    running = _forward(trainer_pb2.Job(state=trainer_pb2.Job.RUNNING, phase="training"), TrainProgress())
+    assert (running["state"], running["message"]) == ("training", "training")
