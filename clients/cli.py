@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synonyms)
 
     p = sub.add_parser("train", parents=[common], help="train a model on a dataset, then install and activate it")
-    p.add_argument("dataset", metavar="DATASET", type=_dataset_name)
+    p.add_argument("dataset", metavar="DATASET", type=_dataset_name, nargs="?")
     p.add_argument("--name", default="", help="model name (default: the dataset's)")
     p.add_argument("--trainer", default="local", metavar="local|HOST:PORT|cloud", help="where to train (default: here)")
     p.add_argument("--token", default="", help="token of a remote trainer (default $VIBRARY_TRAINER_TOKEN)")
@@ -356,6 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of fitting what it knows of them to your clips",
     )
     p.add_argument("--yes", action="store_true", help="cloud: accept the cost estimate without asking")
+    p.add_argument(
+        "--cancel",
+        action="store_true",
+        help="cancel the daemon's training (one a front end started; Ctrl-C cancels this command's own)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("trainer", parents=[common], help="the training service")

@@ -255,6 +255,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "val_accuracy": round(t.val_accuracy, 4),
             "accuracy_of": t.accuracy_of,  # once installed
             "error": t.error,
+            "message": t.message,  # what it waits for (queued, the trainer out of reach), or its phase
         }
         human += f"\n{training_line(t)}{f' ({t.error})' if t.error else ''}"
     _out(args, obj, human)

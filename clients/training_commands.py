@@ -22,10 +22,23 @@ from vibrary.daemon.cloud import ENDING_SIGNALS
 from vibrary.daemon.infer import ModelError
 from vibrary.trainer.options import FITTING
 
+from .client import Client
 from .daemon_commands import on_signals
 from .output import CommandError, Terminated, UsageError, _index, _out
 
 LOST_SAID_EVERY_S = 30.0  # how often `vibrary train` says the trainer is still out of reach
+
+
+def _cancel_daemons(args: argparse.Namespace) -> int:
+    """The training a front end started through the daemon (its Train call): the terminal had no way to stop it,
+    nor one that its trainer, out of reach, kept waiting."""
+    if args.dataset:
+        raise UsageError("--cancel cancels the daemon's training, whichever dataset: give no DATASET")
+    with Client() as c:  # (none running: FAILED_PRECONDITION "no training is running", said as the error)
+        t = c.cancel_training()
+    obj = {"dataset": t.dataset, "action": "cancel", "message": t.message}  # ("cancelling": the stream ends so)
+    _out(args, obj, f"cancelling the training of {t.dataset}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -39,6 +52,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         train,
     )
 
+    if args.cancel:
+        return _cancel_daemons(args)
+    if not args.dataset:
+        raise UsageError("give the DATASET to train (`vibrary dataset list` lists them), or --cancel")
     options = {"epochs": args.epochs, "seed": args.seed, "known_pull": 0 if args.as_new else None}
     try:  # `--name "My Model"`, `--trainer lcoal`: refused as argparse refuses (exit 2), before any advice
         _, _, checked = check_request(args.trainer, args.base, args.name, options)

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, replace
 
 from vibrary.proto import daemon_pb2 as pb
-from vibrary.trainer.options import FITTING
+from vibrary.trainer.options import FITTING, LOST_TRAINER
 
 TP = pb.TrainProgress
 TRAINING_ACTIVE = frozenset({TP.UPLOADING, TP.WAITING, TP.TRAINING, TP.INSTALLING})
@@ -182,7 +182,11 @@ def training_line(t: pb.TrainProgress) -> str:
         line = f"training {name}: epoch {t.epoch} of {t.epochs}" if t.epochs else f"training {name}"
         if t.val_accuracy:
             line += f", accuracy {t.val_accuracy:.0%}"
+        if t.message.startswith(LOST_TRAINER):  # "epoch 4 of 600" alone, for minutes, read as frozen
+            line += f"; {t.message}"
         return line
+    if t.state == TP.WAITING and t.message:  # queued behind another's job, or the trainer out of reach
+        return f"training {name}: {t.message}"
     if t.state == TP.UPLOADING and t.upload_bytes:
         return f"training {name}: uploading {t.uploaded_bytes * 100 // t.upload_bytes}%"
     return f"training {name}: {_TRAINING_VERB.get(t.state, TP.State.Name(t.state).lower())}"

@@ -36,7 +36,7 @@ import grpc
 from vibrary.clients.client import DaemonError
 from vibrary.clients.trainer_client import TrainerClient
 from vibrary.proto import trainer_pb2
-from vibrary.trainer.options import TrainConfig
+from vibrary.trainer.options import LOST_TRAINER, TrainConfig
 from vibrary.trainer.options import parse as options_parse
 
 from . import atomic, config, dataset, registry
@@ -99,7 +99,6 @@ class TrainProgress:
     plots: list[str] = field(default_factory=list)
 
 
-LOST_TRAINER = "lost the trainer"  # a message said while training goes on (the state stays as it was)
 # the trainer's "queued", which alone said nothing for the minutes it lasted
 QUEUED = "queued: the trainer runs one training at a time, and starts this one once those before it end"
 HELD_OUT = "held-out clips"

@@ -845,10 +845,11 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         next(iter(leaving.train("mine", options=json.dumps({**AS_NEW, "epochs": 500, "patience": 500}))))
         leaving.close()
         wait_for(lambda: c.status().training.epoch >= 2, timeout=120)
-        cancelling = c.cancel_training()  # the state it was in, and what happens now
-        assert cancelling.state in (pb.TrainProgress.TRAINING, pb.TrainProgress.WAITING)
-        assert cancelling.message == "cancelling"
+        cancelling = vibrary("train", "--cancel", "--json", home=home)  # (a terminal had no way to)
+        assert json_lines(cancelling.stdout) == [{"dataset": "mine", "action": "cancel", "message": "cancelling"}]
         wait_for(lambda: c.status().training.state == pb.TrainProgress.CANCELLED, timeout=60)
+        nothing = vibrary("train", "--cancel", home=home, check=False)
+        assert nothing.returncode == 1 and nothing.stderr == "vibrary: no training is running\n", nothing.stderr
         told = json_lines(vibrary("status", "--json", home=home).stdout)[0]["training"]
         assert (told["dataset"], told["state"], told["model"]) == ("mine", "cancelled", "")
         assert "training mine: cancelled" in vibrary("status", home=home).stdout

@@ -254,6 +254,10 @@ def test_training_progress_finish_and_install_notifications() -> None:
     assert lines[0] == "Vibrary: training mytags: epoch 3 of 10, accuracy 50%"
     fit = ts.training_line(TP(state=TP.TRAINING, dataset="fx", epoch=1, epochs=1, message="fitting"))
     assert fit == "training fx: fitting the tags the base model knows"  # not "epoch 1 of 1" of one fit
+    lost = "lost the trainer 40 s ago (connection refused); reconnecting to job 5e1"  # "epoch 4 of 600" read as frozen
+    assert ts.training_line(TP(state=TP.TRAINING, dataset="x", epoch=4, epochs=600, message=lost)).endswith(f"; {lost}")
+    queued = TP(state=TP.WAITING, dataset="x", message="queued: the trainer runs one training at a time")
+    assert ts.training_line(queued) == "training x: queued: the trainer runs one training at a time"
     assert lines[2] == "indexing: 0 of 3 files"  # indexing goes on, and is still told
 
     done = TP(state=TP.SUCCEEDED, dataset="mytags", model="mytags@2", val_accuracy=0.875)

@@ -18,6 +18,7 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 # a job's phase while the head of tags the base knows is fitted (known.py): seconds and no epochs, which the
 # front ends say (they said "epoch 1/1" of a `--epochs 30`)
 FITTING = "fitting"
+LOST_TRAINER = "lost the trainer"  # a message said while training goes on (the state stays as it was)
 MAX_EPOCHS = 10_000
 DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,2})?")
 _KINDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string"}
