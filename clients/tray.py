@@ -350,6 +350,7 @@ class Tray(QObject):
         handlers: dict[str, Callable[[], object]] = {
             "pause": lambda: self._call(lambda c: c.pause(), self._answered_status),
             "resume": lambda: self._call(lambda c: c.resume(), self._answered_status),
+            "cancel_training": lambda: self._call(lambda c: c.cancel_training()),
             "add_watch": self.add_watch,
             "search": self.open_search,
             "open_home": lambda: open_folder(self.home),

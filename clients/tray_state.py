@@ -215,7 +215,7 @@ def view(state: TrayState) -> View:
     if not state.running or s is None:
         said = f"daemon not answering: {state.unanswered}" if state.unanswered else "daemon not running"
         return View(Icon.NOT_RUNNING, None, f"Vibrary: {said}", _menu(state, said[:1].upper() + said[1:]))
-    training = state.training if state.training is not None and state.training.state in TRAINING_ACTIVE else None
+    training = _training(state)
     progress = indexing_progress(state)
     new_failures = max(s.failed - state.failed_seen, len(state.failed_since))
     if training is not None:
@@ -267,6 +267,11 @@ def _shown_of(state: TrayState) -> str:
     return f"{shown} of {failed:,}" if failed > shown else str(shown)
 
 
+def _training(state: TrayState) -> pb.TrainProgress | None:
+    """The daemon's training, while it runs."""
+    return state.training if state.training is not None and state.training.state in TRAINING_ACTIVE else None
+
+
 def _menu(state: TrayState, headline: str) -> tuple[MenuItem, ...]:
     s = state.status
     up = state.running and s is not None
@@ -286,6 +291,8 @@ def _menu(state: TrayState, headline: str) -> tuple[MenuItem, ...]:
         MenuItem("open_home", "Open library folder"),
         MenuItem("errors", f"Recent errors ({_shown_of(state)})", enabled=up, children=errors),
         MenuItem("models", "Active models", enabled=up, children=models),
+        # (a front end's training, its trainer out of reach perhaps, ran on with no way to stop it here)
+        *((MenuItem("cancel_training", "Cancel training", enabled=up),) if _training(state) else ()),
         SEPARATOR,
         MenuItem("start_daemon", "Start daemon", enabled=not state.running and not state.unanswered),
         MenuItem("quit", "Quit"),

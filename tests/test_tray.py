@@ -247,6 +247,20 @@ def test_a_daemon_that_holds_the_home_and_does_not_answer_is_not_offered_a_twin(
     assert menu_texts(tray.menu)["Start daemon"] is True
 
 
+def test_cancel_training_from_the_tray_asks_the_daemon(tray: Tray, model_home: Path) -> None:
+    """The menu's Cancel training is the daemon's CancelTraining (here none runs: the daemon's answer is said)."""
+    d = start_daemon(model_home)
+    try:
+        wait_view(tray, showing(ts.Icon.IDLE))
+        notices: list[ts.Notice] = []
+        tray.notified.connect(notices.append)
+        tray.do("cancel_training")
+        wait_notices(notices, 1)
+        assert [(n.text, n.warning) for n in notices] == [("no training is running", True)]
+    finally:
+        d.stop()
+
+
 def test_start_daemon_from_the_tray(tray: Tray, model_home: Path) -> None:
     wait_view(tray, showing(ts.Icon.NOT_RUNNING))
     tray.do("start_daemon")
