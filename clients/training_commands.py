@@ -321,7 +321,8 @@ def _trainer_token(args: argparse.Namespace, data: Path) -> int:
         _out(args, {"user": args.user, "removed": True}, f"removed the token of {args.user}")
     else:
         users = tenants.list_users(data)
-        _out(args, {"users": users}, "\n".join(users) or "(no users: the trainer is open on loopback only)")
+        alone = "(no users: the trainer takes the --token it is served with, or none on loopback)"
+        _out(args, {"users": users}, "\n".join(users) or alone)
     return 0
 
 
