@@ -129,8 +129,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             if upload is not None and upload.n != upload.total:  # the trainer had the rest: it stood at 0 %
                 upload.n = upload.total or 0
                 upload.refresh()
-            if "train" not in bars:
-                bars["train"] = tqdm(total=None, unit="epoch", disable=None, file=sys.stderr, desc="training")
+            if "train" not in bars:  # (from the epoch it is at: a job followed again showed "732985 epoch/s")
+                initial = p.epoch if p.epochs else 0
+                bars["train"] = tqdm(
+                    total=None, initial=initial, unit="epoch", disable=None, file=sys.stderr, desc="training"
+                )
             bar = bars["train"]
             if p.message == FITTING:  # one fit of seconds: "training 1/1 epoch" of a `--epochs 30`
                 bar.unit = "fit"
