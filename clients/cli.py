@@ -26,6 +26,7 @@ from vibrary.daemon.modelref import parse_ref
 from .client import DaemonError, DaemonNotRunning
 from .daemon_commands import cmd_daemon, cmd_pause, cmd_status, cmd_tray, cmd_watch, on_signals
 from .dataset_commands import cmd_dataset, cmd_synonyms
+from .errors import json_asked
 from .library_commands import cmd_counts, cmd_models, cmd_search, cmd_tag, cmd_tags
 from .output import CommandError, Terminated, UsageError, terminated
 from .training_commands import cmd_train, cmd_trainer
@@ -410,8 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(words)
     except _BadArguments as e:
-        json_asked = any(len(w) > 2 and "--json".startswith(w) for w in words)  # (--js: argparse's abbreviation)
-        return _failed(argparse.Namespace(json=json_asked), str(e), 2)
+        return _failed(argparse.Namespace(json=json_asked(words)), str(e), 2)
     args.json = getattr(args, "json", False)
     on_signals(terminated, signal.SIGTERM, signal.SIGHUP)  # (the daemon, a trainer, `train` put their own)
     try:

@@ -10,3 +10,9 @@ class VibraryError(Exception):
 
 class BadArgument(VibraryError, ValueError):
     """An argument that cannot make sense, refused before anything is asked of the daemon."""
+
+
+def json_asked(words: list[str]) -> bool:
+    """Whether a command line asks for --json (or an abbreviation argparse takes: --js), read before it is parsed:
+    a mistake in it, or a Ctrl-C while it loads, still ends with the JSON line a script reads."""
+    return any(len(w) > 2 and "--json".startswith(w) for w in words)

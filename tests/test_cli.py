@@ -837,8 +837,10 @@ def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(tmp_p
         "from vibrary.clients.entry import main\n"
         "sys.exit(main())\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    for asked, said in (([], ""), (["status", "--json"], '{"error": "interrupted", "exit_status": 130}\n')):
+        done = subprocess.run([sys.executable, "-c", script, *asked], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+        assert done.stdout == said  # with --json, the last line every ending has (there was none)
 
 
 def test_ctrl_c_during_tag_exits_130_with_whole_lines(model_home: Path, tmp_path: Path) -> None:
