@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QMenu,
+    QMessageBox,
     QSystemTrayIcon,
     QVBoxLayout,
     QWidget,
@@ -350,7 +351,7 @@ class Tray(QObject):
         handlers: dict[str, Callable[[], object]] = {
             "pause": lambda: self._call(lambda c: c.pause(), self._answered_status),
             "resume": lambda: self._call(lambda c: c.resume(), self._answered_status),
-            "cancel_training": lambda: self._call(lambda c: c.cancel_training()),
+            "cancel_training": self.cancel_training,
             "add_watch": self.add_watch,
             "search": self.open_search,
             "open_home": lambda: open_folder(self.home),
@@ -391,6 +392,13 @@ class Tray(QObject):
 
     def _answered_status(self, status: pb.Status) -> None:
         self.set_state(ts.with_status(self.state, status))
+
+    def cancel_training(self) -> None:
+        """Asked first: a misclick ended hours of training, or a cloud instance (its trainer keeps the epochs done,
+        and a new Train goes on from them)."""
+        asked = QMessageBox.question(None, "Cancel training", "Cancel the training the daemon runs?")
+        if asked == QMessageBox.StandardButton.Yes:
+            self._call(lambda c: c.cancel_training())
 
     def add_watch(self, folder: str = "") -> None:
         folder = folder or QFileDialog.getExistingDirectory(None, "Add a watch folder", str(Path.home()))

@@ -272,6 +272,11 @@ def _training(state: TrayState) -> pb.TrainProgress | None:
     return state.training if state.training is not None and state.training.state in TRAINING_ACTIVE else None
 
 
+def _cancellable(state: TrayState) -> bool:
+    training = _training(state)
+    return training is not None and training.state != TP.INSTALLING
+
+
 def _menu(state: TrayState, headline: str) -> tuple[MenuItem, ...]:
     s = state.status
     up = state.running and s is not None
@@ -291,8 +296,9 @@ def _menu(state: TrayState, headline: str) -> tuple[MenuItem, ...]:
         MenuItem("open_home", "Open library folder"),
         MenuItem("errors", f"Recent errors ({_shown_of(state)})", enabled=up, children=errors),
         MenuItem("models", "Active models", enabled=up, children=models),
-        # (a front end's training, its trainer out of reach perhaps, ran on with no way to stop it here)
-        *((MenuItem("cancel_training", "Cancel training", enabled=up),) if _training(state) else ()),
+        # (a front end's training, its trainer out of reach perhaps, ran on with no way to stop it here; always
+        # listed: the tray's menu is built once, its items updated in place. Not while installing: seconds)
+        MenuItem("cancel_training", "Cancel training…", enabled=up and _cancellable(state)),
         SEPARATOR,
         MenuItem("start_daemon", "Start daemon", enabled=not state.running and not state.unanswered),
         MenuItem("quit", "Quit"),

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -247,16 +248,30 @@ def test_a_daemon_that_holds_the_home_and_does_not_answer_is_not_offered_a_twin(
     assert menu_texts(tray.menu)["Start daemon"] is True
 
 
-def test_cancel_training_from_the_tray_asks_the_daemon(tray: Tray, model_home: Path) -> None:
-    """The menu's Cancel training is the daemon's CancelTraining (here none runs: the daemon's answer is said)."""
+def test_cancel_training_from_the_tray_asks_first_then_the_daemon(
+    tray: Tray, model_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The menu's Cancel training, once confirmed, is the daemon's CancelTraining (here none runs: the daemon's
+    answer is said). The item is there whether a training runs or not: the menu is built once, and an item
+    that came and went with a training shifted every item after it (Quit started a daemon)."""
+    from PySide6.QtWidgets import QMessageBox
+
     d = start_daemon(model_home)
     try:
         wait_view(tray, showing(ts.Icon.IDLE))
+        texts = list(menu_texts(tray.menu))
+        for state in (pb.TrainProgress.TRAINING, pb.TrainProgress.SUCCEEDED):
+            tray.set_state(replace(tray.state, training=pb.TrainProgress(state=state, dataset="mine")))
+            assert list(menu_texts(tray.menu))[1:] == texts[1:] and texts[-1] == "Quit"  # (the headline says it)
+            assert menu_texts(tray.menu)["Cancel training…"] is (state == pb.TrainProgress.TRAINING)
         notices: list[ts.Notice] = []
         tray.notified.connect(notices.append)
+        answers = [QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes]
+        monkeypatch.setattr(QMessageBox, "question", lambda *_: answers.pop(0))
+        tray.do("cancel_training")  # not confirmed: nothing asked of the daemon
         tray.do("cancel_training")
         wait_notices(notices, 1)
-        assert [(n.text, n.warning) for n in notices] == [("no training is running", True)]
+        assert [(n.text, n.warning) for n in notices] == [("no training is running", True)] and answers == []
     finally:
         d.stop()
 

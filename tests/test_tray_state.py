@@ -253,6 +253,8 @@ def test_training_progress_finish_and_install_notifications() -> None:
     lines = v.tooltip.splitlines()
     assert lines[0] == "Vibrary: training mytags: epoch 3 of 10, accuracy 50%"
     assert menu(v)["cancel_training"].enabled  # a front end's training had no way to be stopped here
+    installing = feed(state, changed(indexed=5, training=TP(state=TP.INSTALLING, dataset="mytags")))[0]
+    assert not menu(ts.view(installing))["cancel_training"].enabled  # seconds, past undoing
     fit = ts.training_line(TP(state=TP.TRAINING, dataset="fx", epoch=1, epochs=1, message="fitting"))
     assert fit == "training fx: fitting the tags the base model knows"  # not "epoch 1 of 1" of one fit
     lost = "lost the trainer 40 s ago (connection refused); reconnecting to job 5e1"  # "epoch 4 of 600" read as frozen
@@ -272,7 +274,7 @@ def test_training_progress_finish_and_install_notifications() -> None:
         ts.Notice("Training finished", "mytags@2 is trained and installed, right on 88% of the held-out clips."),
         ts.Notice("Model installed", "mytags@2 is installed."),
     ]
-    assert ts.view(state).icon == ts.Icon.IDLE and "cancel_training" not in menu(ts.view(state))
+    assert ts.view(state).icon == ts.Icon.IDLE and not menu(ts.view(state))["cancel_training"].enabled
 
     failed = TP(state=TP.FAILED, dataset="mytags", error="trainer unreachable")
     state, notices = feed(state, pb.Event(kind=pb.Event.TRAINING_FINISHED, training=failed))
