@@ -43,6 +43,7 @@ from vibrary.proto import daemon_pb2 as pb
 
 from . import tray_state as ts
 from .client import Client, ClientClosed, DaemonError, DaemonNotAnswering, DaemonNotRunning
+from .daemon_commands import on_signals
 from .query import QueryError, parse_query, respell, synonyms
 
 log = logging.getLogger(__name__)
@@ -561,6 +562,9 @@ def run() -> int:
     tray = Tray()
     tray.start()
     signal.signal(signal.SIGINT, lambda *_: app.quit())
+    # a logout's SIGTERM and a closed terminal's SIGHUP end it as Ctrl-C does (the command line's own ending
+    # raised inside a Qt slot, where it was printed and lost, and left both ignored: only SIGKILL ended it)
+    on_signals(lambda *_: app.quit(), signal.SIGTERM, signal.SIGHUP)
     pulse = QTimer()  # lets Python run its signal handlers while Qt's loop waits
     pulse.start(500)
     pulse.timeout.connect(lambda: None)

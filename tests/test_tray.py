@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -386,3 +387,21 @@ def test_search_dialog_says_what_is_wrong_instead_of_searching(
     dialog.results.itemDoubleClicked.emit(dialog.results.item(0))  # no file: nothing to open
     assert raised == []
     dialog.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_the_tray_ends_on_a_logout_or_a_closed_terminal(home: Path, sig: int) -> None:
+    """A logout's SIGTERM, a closed terminal's SIGHUP: the tray went on (the signal lost in a Qt slot) with both
+    ignored from then on, and passed that on to a daemon it started, which `vibrary daemon stop` then could not
+    stop. It quits, and cleanly."""
+    env = {**os.environ, "VIBRARY_HOME": str(home), "QT_QPA_PLATFORM": "offscreen"}
+    command = [sys.executable, "-m", "vibrary.clients.cli", "tray"]
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            time.sleep(3)  # (started: Qt's loop runs)
+            assert proc.poll() is None
+            proc.send_signal(sig)
+            assert proc.wait(timeout=20) == 0
+        finally:
+            proc.kill()
+        assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
