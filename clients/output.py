@@ -6,12 +6,14 @@ daemon open it. Kept apart so that `tag`, `tags` and `search` say a file in one 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import sys
 import time
 from collections.abc import Collection, Iterable
-from typing import Any, NoReturn
+from typing import Any
 
 from tqdm import tqdm
 from vibrary.daemon import config, registry
@@ -170,7 +172,20 @@ class Terminated(KeyboardInterrupt):
         self.status = 128 + signum
 
 
-def terminated(signum: int, frame: object) -> NoReturn:
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # a second one (a closed terminal sends two) waits for the first
-        signal.signal(sig, signal.SIG_IGN)
-    raise Terminated(signum)
+PAIR_S = 1.0  # a closed terminal sends SIGHUP and SIGTERM together: one ending, not two
+_ended_at: list[float] = []  # when the first ending signal came
+
+
+def terminated(signum: int, frame: object) -> None:
+    """The first ending signal ends the command as a Ctrl-C does; a second one that is not the first's pair ends
+    the process at once: a clean-up that hangs (a read of a stalled network drive) held it for good, every
+    later signal ignored (and ignored by the programs it started)."""
+    if not _ended_at:
+        _ended_at.append(time.monotonic())
+        raise Terminated(signum)
+    if time.monotonic() - _ended_at[0] < PAIR_S:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(128 + signum)

@@ -843,6 +843,25 @@ def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(tmp_p
         assert done.stdout == said  # with --json, the last line every ending has (there was none)
 
 
+def test_a_second_ending_signal_ends_a_clean_up_that_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first SIGTERM set both ending signals to be ignored while the command cleaned up: one that hung (a read
+    of a stalled network drive) could then only be SIGKILLed, and its children were started ignoring them too."""
+    import signal
+
+    from vibrary.clients import output
+
+    monkeypatch.setattr(output, "_ended_at", [])
+    ended: list[int] = []
+    monkeypatch.setattr(output.os, "_exit", ended.append)
+    with pytest.raises(output.Terminated):
+        output.terminated(signal.SIGHUP, None)
+    output.terminated(signal.SIGTERM, None)  # a closed terminal's pair: one ending
+    assert ended == [] and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
+    output._ended_at[0] -= output.PAIR_S  # asked again later: its clean-up hangs
+    output.terminated(signal.SIGTERM, None)
+    assert ended == [143]
+
+
 def test_ctrl_c_during_tag_exits_130_with_whole_lines(model_home: Path, tmp_path: Path) -> None:
     """Ctrl-C while files were being read aborted the process half the time (134, "terminate called without
     an active exception": onnxruntime's threads still running at the exit): the files in flight finish, the
