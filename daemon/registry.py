@@ -77,12 +77,14 @@ def check_free_name(index: Index, name: str) -> None:
     called `demo`) became that model's next version, and activating it deactivated the built-in one: its 15
     instrument tags left every search without a word. One named as another but for case (`Demo`, `Moods`) was a
     model of its own beside it (`--model Moods`: "no model Moods"), and one folder on macOS's disks."""
-    for m in index.models():
+    models = index.models()
+    held = any(m.name == name for m in models)  # (a home from before the refusal may hold twins: each goes on)
+    for m in models:
         if m.builtin and m.name.casefold() == name.casefold():
             raise ModelError(
                 f"model name {name!r} is the built-in model's: yours would replace it; give it another name"
             )
-        if m.name != name and m.name.casefold() == name.casefold():
+        if m.name != name and m.name.casefold() == name.casefold() and not held:
             raise ModelError(
                 f"model {m.name!r} is installed, and names that differ only in case would be two models: "
                 f"use {m.name!r} for a new version of it (--name {m.name}), or another name"

@@ -1192,6 +1192,9 @@ def test_a_model_name_that_cannot_be_a_folder_or_is_the_builtins_is_refused(home
         with pytest.raises(ModelError, match=r"model 'x{100}' is installed, and names that differ only in case"):
             registry.install(index, home, str(band_onnx), "X" * 100)
         assert sorted(m.name for m in index.models()) == ["demo", "x" * 100]
+        index.add_model("X" * 100, "/m/x.onnx", "f" * 64, ["low"], "{}", False)  # twins from before the refusal:
+        other = band_model(home / "other.onnx", name="other", shift=1)  # each takes new versions as it did
+        assert registry.install(index, home, str(other), "x" * 100).ref == f"{'x' * 100}@2"
     finally:
         index.close()
 
