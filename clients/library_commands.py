@@ -19,6 +19,7 @@ from vibrary.daemon.modelref import parse_ref
 from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client
+from .errors import VibraryError
 from .output import (
     FAILING,
     NO_MODEL_TAGS,
@@ -159,7 +160,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if n == 0 and not unknown and args.min_score is None and groups:
             _say_unfamiliar(c, groups, excluded, args)
         _say_missing(c, [args.under] if args.under else [])
-        _say_unfinished(c.status())
+        with contextlib.suppress(VibraryError):  # (the results are out: a status not had is no failure of theirs)
+            _say_unfinished(c.status())
     return 0
 
 

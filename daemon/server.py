@@ -30,7 +30,7 @@ from .infer import ModelError
 from .modelref import parse_ref
 from .rpc import bind, make_server
 from .search import Query, search
-from .service import UNNAMED_SHOWN, Daemon, NoModel, Paused, TooManyFiles, TrainingBusy
+from .service import FOLLOW_WAIT_S, UNNAMED_SHOWN, Daemon, NoModel, Paused, TooManyFiles, TrainingBusy
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,10 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
 
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.Status:
         # `vibrary models activate` changes the index itself, and the feeder follows within a second: a status
-        # meanwhile said all was indexed, and `status --wait` ended before the re-tag had begun
-        self.daemon.follow_models_unless_busy()
+        # meanwhile said all was indexed, and `status --wait` ended before the re-tag had begun. Within the call's
+        # deadline (a check of 2 s, `is_running`, must not fail on a follow of 10)
+        left = context.time_remaining()
+        self.daemon.follow_models_unless_busy(FOLLOW_WAIT_S if left is None else min(FOLLOW_WAIT_S, left - 0.5))
         return status_pb(self.daemon.status())
 
     def AddWatch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> pb.WatchList:

@@ -474,14 +474,14 @@ class Daemon:
         """Called by the API after it changed the active set, so the switch is immediate."""
         self._follow_models()
 
-    def follow_models_unless_busy(self) -> None:
+    def follow_models_unless_busy(self, wait: float = 0) -> None:
         """For a status: a change of the active models that another process made in the index (`vibrary models
         activate`) is followed first, so the re-tag it starts is counted. A follow under way in the feeder is
-        waited for, FOLLOW_WAIT_S at most: a status in the middle of it counted no re-tag, and `models install
+        waited for, `wait` seconds at most: a status in the middle of it counted no re-tag, and `models install
         && status --wait` ended at once, the library not re-tagged. Never at the cost of the status (a failure
         is the feeder's to retry)."""
         try:
-            self._follow_models(wait=FOLLOW_WAIT_S)
+            self._follow_models(wait=max(0.0, wait))
         except Exception:
             log.exception("could not follow a change of the active models for a status")
 

@@ -1390,7 +1390,7 @@ def test_a_status_during_the_feeder_s_follow_of_a_model_change_waits_for_it(
 
     def slow_load(*args: object) -> object:
         loading.set()
-        time.sleep(1.0)  # (a big model, a busy machine)
+        time.sleep(3.0)  # (a big model, a busy machine)
         return real_load(*args)
 
     try:
@@ -1402,6 +1402,7 @@ def test_a_status_during_the_feeder_s_follow_of_a_model_change_waits_for_it(
                 monkeypatch.setattr(service, "load_models", slow_load)
                 index.set_active(other, True)
             assert loading.wait(10)  # the feeder follows the change now
+            assert c.is_running()  # a check of 2 s waits no longer than its deadline (it failed on the follow's)
             status = c.status()
         assert (status.pending, status.retagging) == (3, 3) and "other@1" in status.models
     finally:
