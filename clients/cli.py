@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common], help="train a model on a dataset, then install and activate it")
     p.add_argument("dataset", metavar="DATASET", type=_dataset_name, nargs="?")
-    p.add_argument("--name", default="", help="model name (default: the dataset's)")
+    p.add_argument("--name", default="", type=_new_model_name, help="model name (default: the dataset's)")
     p.add_argument("--trainer", default="local", metavar="local|HOST:PORT|cloud", help="where to train (default: here)")
     p.add_argument("--token", default="", help="token of a remote trainer (default $VIBRARY_TRAINER_TOKEN)")
     p.add_argument(

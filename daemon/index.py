@@ -212,7 +212,11 @@ def _add_column(c: sqlite3.Connection, table: str, column: str) -> None:
     if c.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone() and not any(
         row[1] == name for row in c.execute(f"PRAGMA table_info({table})")
     ):
-        c.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        try:
+            c.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+        except sqlite3.OperationalError as e:  # another process opening the same old index added it meanwhile
+            if "duplicate column name" not in str(e):  # (the daemon and a command at login: one said "damaged")
+                raise
 
 
 def _pages(items: Sequence[T]) -> Iterator[Sequence[T]]:
