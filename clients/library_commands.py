@@ -372,8 +372,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         kin = was or next((m for m in reversed(before) if m.name == row.name and m.id != row.id), None)
         if kin is not None and not set(kin.classes) & set(row.classes):  # a version of another tag family?
             tags = ", ".join(kin.classes[:5]) + ("…" if len(kin.classes) > 5 else "")
+            then = "once activated, " if args.inactive else ""
             print(
-                f"vibrary: {row.ref} shares no tag with {kin.ref} ({tags}): a version of"
+                f"vibrary: {row.ref} shares no tag with {kin.ref} ({tags}): {then}a version of"
                 f" {row.name} replaces its tags; another model name (--name) keeps both",
                 file=sys.stderr,
             )

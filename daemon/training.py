@@ -527,7 +527,8 @@ def _collect(
     if job is None:
         raise TrainingError("the trainer ended the job without a word")
     if job.state == trainer_pb2.Job.CANCELLED and not cancel.is_set() and job.error:  # not by us: why, said
-        raise Cancelled(f"training cancelled by the trainer: {job.error}")  # (a token removed read as a Ctrl-C)
+        why = job.error.removeprefix("cancelled: ")  # (its own words may start so: "cancelled: cancelled: nobody…")
+        raise Cancelled(f"training cancelled by the trainer: {why}")  # (a token removed read as a Ctrl-C)
     if job.state == trainer_pb2.Job.CANCELLED or cancel.is_set():
         raise Cancelled("training cancelled")
     if job.state != trainer_pb2.Job.SUCCEEDED:

@@ -215,7 +215,7 @@ def test_paths_the_index_cannot_take_are_said_plainly(daemon: DaemonProcess, tmp
     trashed = tmp_path / "drive" / ".Trash-1000" / "files" / "Old Kicks"
     trashed.mkdir(parents=True)  # watched, it was never scanned, silently
     refused = vibrary("watch", "add", str(trashed), home=daemon.home, check=False)
-    in_trash = f"vibrary: {trashed} is in a trash or system folder, which are never indexed: move the samples out"
+    in_trash = f"vibrary: {trashed} is in a trash or system folder, which are never indexed: watch the library folder"
     assert refused.returncode == 1 and refused.stderr.startswith(in_trash), refused.stderr
     assert str(trashed) not in daemon.client.watches()
 
@@ -267,7 +267,7 @@ def test_models_commands(model_home: Path, tmp_path: Path) -> None:
         assert "shares no tag" not in vibrary("models", "install", str(newer), home=model_home).stderr
     moods = band_model(tmp_path / "moods.onnx", name="x", classes=("dark", "warm", "bright"))
     other = vibrary("models", "install", "--inactive", "--name", "bands", str(moods), home=model_home).stderr
-    assert "bands@5 shares no tag with bands@4 (low, mid, high): a version of bands replaces its tags" in other
+    assert "bands@5 shares no tag with bands@4 (low, mid, high): once activated, a version of bands replaces" in other
     vibrary("models", "remove", "bands@5", home=model_home)
     assert listed() == [("bands", 1, False), ("bands", 3, False), ("bands", 4, True)]
     said = vibrary("models", "remove", "bands@3", "--all", home=model_home, check=False)
