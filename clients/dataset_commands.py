@@ -35,6 +35,22 @@ NO_TAG = "no tag suggested"
 NO_TAG_WAYS = "add a synonym (`vibrary synonyms add`), or put the file in a folder named by its tag"
 
 
+def _no_tag(s: Any) -> str:
+    """Why a file has no suggestion (NO_TAG), and the way to one: its names held only words for how a sound is (loop,
+    drums, dark), which are a tag once the user's own synonyms name them (`synonyms add drum drums`); it said
+    only "add a synonym" of a word the table has."""
+    if not s.alternatives:
+        return NO_TAG_WAYS
+    from vibrary.daemon.suggest import LOOP
+
+    # what it is rather than its form: `Loops/Drum Loop 140` says loop, then drums
+    first = next((tag for tag in s.alternatives if tag != LOOP), s.alternatives[0])
+    return (
+        f"its names say only how it sounds ({', '.join(s.alternatives)}):"
+        f" `vibrary synonyms add WORD {first}` makes {first} a tag of yours"
+    )
+
+
 def _why_left_out(kinds: dict[str, int]) -> str:
     return ", ".join(f"{n} {_LEFT_OUT[kind]}" for kind, n in kinds.items() if n)
 
@@ -118,10 +134,10 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     missing = by_tag.get("", [])
     if missing:
         print(f"no suggestion for {many(len(missing))}:")
-        for s in missing[:20]:
-            print(f"  {_shown(s.path)}")
+        for s in missing[:20]:  # (it listed the paths alone: which words were passed over, and the way on, unsaid)
+            print(f"  {_shown(s.path)}: {_no_tag(s)}")
         if len(missing) > 20:
-            print(f"  … and {len(missing) - 20} more")
+            print(f"  … and {len(missing) - 20} more (`vibrary dataset suggest --json` lists every file)")
     return 0
 
 
@@ -202,7 +218,8 @@ def _examples(args: argparse.Namespace, untagged: list[str]) -> list[Any]:
         if spread and args.labels == "folders":
             print(
                 "vibrary: each file's own folder names its tag, and these tags' folders lie under several folders, "
-                "or inside another tag's (if the folders right under it are your tags, give --labels top):",
+                "or inside another tag's (if the folders right under it are your tags, give --labels top; for a "
+                "vendor's library, --labels suggest reads the names):",
                 file=sys.stderr,
             )
             _say_few([f"  {line}" for line in spread], 5)
@@ -212,7 +229,7 @@ def _examples(args: argparse.Namespace, untagged: list[str]) -> list[Any]:
     for s in found:
         if not s.tag:
             untagged.append(s.path)
-            print(f"skipped {_shown(s.path)}: {NO_TAG} ({NO_TAG_WAYS})", file=sys.stderr)
+            print(f"skipped {_shown(s.path)}: {NO_TAG}: {_no_tag(s)}", file=sys.stderr)
     _say_mixed({s.tag for s in found if s.tag}, table)
     return [dataset.example(s.path, s.tag) for s in found if s.tag]
 

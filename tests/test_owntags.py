@@ -647,7 +647,16 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
         VENDOR[k]: RIGHT[k] for k in KINDS
     }
     human = vibrary("dataset", "suggest", str(pack), home=home).stdout
-    assert "no suggestion for 1 file:" in human and "Take 1.wav" in human
+    assert "no suggestion for 1 file:" in human and "Take 1.wav: add a synonym" in human
+    loops = tmp_path / "Loops Pack"  # a drum loop's names say only how it is: the hint said "add a synonym" of
+    loops.mkdir()
+    sf.write(loops / "Drum Loop 140 Full.wav", np.full(4410, 0.25, np.float32), 44100)
+    hint = "its names say only how it sounds (loop, drums): `vibrary synonyms add WORD drums` makes drums a tag"
+    assert hint in vibrary("dataset", "suggest", str(loops), home=home).stdout  # a word the table had
+    vibrary("synonyms", "add", "drum loop", "drums", home=home)  # as it says
+    (looped,) = json_lines(vibrary("dataset", "suggest", "--json", str(loops), home=home).stdout)
+    assert looped["tag"] == "drums"
+    vibrary("synonyms", "remove", "drum loop", home=home)
     (tmp_path / "notes").mkdir()
     nothing = vibrary("dataset", "suggest", str(tmp_path / "notes"), home=home, check=False)
     assert nothing.returncode == 1 and "no audio files under" in nothing.stderr
