@@ -782,7 +782,10 @@ def _edit(
     for path, tag in relabel:
         i = where.get(os.path.normpath(os.path.abspath(path)))
         if i is None:
-            raise ValueError(f"{path} is not in dataset {name!r}")
+            raise ValueError(  # (a file left out, or relabelled "" once: it said so and no more)
+                f"{path} is not in dataset {name!r}: `vibrary dataset add {name}` it first (with --restore,"
+                " one an edit removed)"
+            )
         labels[i] = as_held(tag) if tag.strip() else ""
     keep = [i for i, t in enumerate(labels) if t]
     kept = [dataclasses.replace(rows[i], label=labels[i]) for i in keep]

@@ -192,7 +192,7 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
     manifest_before = (dataset.dataset_dir(home, "mine") / "manifest.json").read_text()
     with pytest.raises(ValueError, match=r"no tag 'snare'.*noise, thump, tone"):
         dataset.edit(home, "mine", rename=[("snare", "kick")])
-    with pytest.raises(ValueError, match="not in dataset"):
+    with pytest.raises(ValueError, match=r"not in dataset .mine.: `vibrary dataset add mine` it first"):
         dataset.edit(home, "mine", relabel=[(str(tmp_path / "elsewhere.wav"), "kick")])
     with pytest.raises(ValueError, match=r"^not done: dataset 'mine' would be left with only tone; .* at least 2"):
         dataset.edit(home, "mine", drop=["noise", "thump"])  # it said "has 1 class", as of an edit made
