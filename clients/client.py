@@ -208,9 +208,12 @@ class Client:
 
         pid = pidlock.holder(config.lock_path(Path(self._socket()).parent))
         try:
-            return (pid, psutil.Process(pid).status() == psutil.STATUS_STOPPED) if pid else (0, False)
+            status = psutil.Process(pid).status() if pid else psutil.STATUS_DEAD
         except psutil.Error:
             return 0, False
+        if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):  # one dying, its lock not yet let go: none holds it
+            return 0, False
+        return pid or 0, status == psutil.STATUS_STOPPED
 
     def _path(self, path: str | os.PathLike[str], indexed: bool = True) -> str:
         """A path as the index spells it (absolute, links to folders resolved), or as a dataset does (absolute

@@ -149,9 +149,11 @@ def cmd_search(args: argparse.Namespace) -> int:
             args,
             c.search(groups, excluded, args.min_score, args.under or "", args.model or "", args.limit, best_first=True),
         )
-        if n == 0 and args.under and not os.path.isdir(args.under):  # a typo, as scripts must tell from no match
-            raise CommandError(f"no folder {args.under} (--under)")  # (after "0 files", which it is not)
         unknown = _unknown_tags(known, groups, excluded, args.model or "", _inactive(models, args.model))
+        if n == 0 and args.under and not os.path.isdir(args.under):  # a typo, as scripts must tell from no match
+            if unknown:  # (a typo in the query too: said, without "0 files", which it is not)
+                print(f"vibrary{unknown}", file=sys.stderr)
+            raise CommandError(f"no folder {args.under} (--under)")
         if not args.json or unknown:  # (stderr is the human's with --json too: a typo was silent there)
             print(f"{many(n)}{unknown}", file=sys.stderr)
         if respelled:  # `search hh` found nothing, though `synonyms list` says hh is hihat

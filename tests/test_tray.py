@@ -174,7 +174,7 @@ def test_tray_icon_and_tooltip_follow_the_daemon(tray: Tray, model_home: Path, t
         assert shown.index(ts.Icon.INDEXING) < shown.index(ts.Icon.ERROR) < shown.index(ts.Icon.PAUSED)
 
         d.stop(signal.SIGKILL)
-        wait_view(tray, showing(ts.Icon.NOT_RUNNING))
+        wait_view(tray, showing(ts.Icon.NOT_RUNNING, "daemon not running"))  # (its lock let go as it died)
         assert icon_colour(tray) == COLORS[ts.Icon.NOT_RUNNING]
         assert menu_texts(tray.menu)["Start daemon"] is True and menu_texts(tray.menu)["Pause indexing"] is False
 
