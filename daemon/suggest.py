@@ -61,6 +61,7 @@ import mutagen
 
 from . import atomic
 from .config import QUERY_WORDS
+from .decode import is_audio_path
 from .folders import audio_files_under
 
 BUILTIN = Path(__file__).parent / "builtin" / "synonyms.json"
@@ -561,15 +562,16 @@ def _text(raw: bytes) -> str:
 
 
 def audio_files(paths: Sequence[str], going: Callable[[], bool] = lambda: True) -> list[tuple[str, str]]:
-    """(file, the root it was found under): folders recursively, files as given, sorted; a file once,
-    under the first path given that holds it (`lib2 lib2/PackA` would otherwise list PackA twice). The
-    walk ends early once `going()` says so."""
+    """(file, the root it was found under): folders recursively, audio files as given (a glob's `.asd`, `._`
+    or README were suggested a kick as a folder's never are), sorted; a file once, under the first path given
+    that holds it (`lib2 lib2/PackA` would otherwise list PackA twice). The walk ends early once `going()`
+    says so."""
     out: dict[str, tuple[str, str]] = {}
     for p in paths:
         if os.path.isdir(p):
             found = [(f, p) for f in audio_files_under(p, going=going, links=True)]
         elif os.path.exists(p):
-            found = [(p, os.path.dirname(os.path.abspath(p)))]
+            found = [(p, os.path.dirname(os.path.abspath(p)))] if is_audio_path(p) else []
         else:
             raise FileNotFoundError(f"no such file or folder: {p}")
         for f, root in found:

@@ -160,6 +160,17 @@ def test_folder_then_file_name_then_metadata_then_recurring_folder(pack: Path, t
     assert "loop" in found["Drums/Loops/HH_Loop_02.wav"].alternatives
 
 
+def test_files_given_one_by_one_are_read_only_when_audio(tmp_path: Path, table: Synonyms) -> None:
+    """A glob (`Kicks/*`) passes the DAW's analysis files, macOS's `._` twins and a README, which a folder's
+    walk leaves out: they were suggested a kick, then failed the build as unreadable."""
+    kicks = tmp_path / "Kicks"
+    write_tone(kicks / "Kick Room 01.wav", 60)
+    for name in ("Kick Room 01.wav.asd", "._Kick Room 01.wav", "README.txt"):
+        (kicks / name).write_bytes(b"not audio")
+    found = suggest(sorted(str(p) for p in kicks.iterdir()), table)
+    assert [(Path(s.path).name, s.tag) for s in found] == [("Kick Room 01.wav", "kick")]
+
+
 def test_paths_relative_to_where_one_stands_suggest_as_absolute_ones(
     pack: Path, table: Synonyms, monkeypatch: pytest.MonkeyPatch
 ) -> None:
