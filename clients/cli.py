@@ -77,7 +77,7 @@ def _path(text: str) -> str:
 def _dataset_name(text: str) -> str:
     """A name that can be no dataset is a usage error (exit 2) before anything is read: `dataset create a/b
     DIR` walked all of DIR first, then failed (exit 1)."""
-    text = unicodedata.normalize("NFC", text)  # (as parse_ref spells a model's)
+    text = _nfc(text)
     try:
         config.check_name(text)
     except ValueError as e:
@@ -95,9 +95,15 @@ def _model_name(text: str) -> str:
     return name
 
 
+def _nfc(text: str) -> str:
+    """A name as names are kept, in composed characters (as parse_ref spells a model's): typed or pasted
+    decomposed (macOS file names are), `stimmung_ä` was refused as no name at all."""
+    return unicodedata.normalize("NFC", text)
+
+
 def _new_model_name(text: str) -> str:
     """A name to install a model under, refused as `train --name` refuses one (exit 2) before anything is read."""
-    text = unicodedata.normalize("NFC", text)  # (as parse_ref spells a model's)
+    text = _nfc(text)
     if text:  # (argparse passes the default through here too)
         try:
             config.check_name(text, "model")
@@ -336,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common], help="train a model on a dataset, then install and activate it")
     p.add_argument("dataset", metavar="DATASET", type=_dataset_name, nargs="?")
-    p.add_argument("--name", default="", type=_new_model_name, help="model name (default: the dataset's)")
+    p.add_argument("--name", default="", type=_nfc, help="model name (default: the dataset's)")
     p.add_argument("--trainer", default="local", metavar="local|HOST:PORT|cloud", help="where to train (default: here)")
     p.add_argument("--token", default="", help="token of a remote trainer (default $VIBRARY_TRAINER_TOKEN)")
     p.add_argument(
