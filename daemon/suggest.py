@@ -339,9 +339,7 @@ class Synonyms:
         written = [t for run in runs for t in run]
         found = [m for m in self._scan([w.lower() for w in written], runs) if m.tag]
         drums = drums or any(m.tag in self._drums and m.key not in self._ambiguous for m in found)
-        # a vendor's code ahead of the name (`ZTEKNO_Ride_03`, `VEE Ride 05`) leaves the word alone in it
-        code = len(runs) > 1 and _vendor_code(written[0]) and not any(m.start == 0 for m in found)
-        words = sum(not w.isdigit() for w in written) - code
+        words = sum(not w.isdigit() for w in written)
         found = [
             m
             for m in found
@@ -738,11 +736,11 @@ def _holds(ws: list[str], synonyms: Synonyms) -> bool:
     )
 
 
-def _vendor_code(word: str) -> bool:
-    """A pack's code in capitals (`VEH3`, `SM101`, `ZTEKNO`), as vendors start every file name of a pack."""
-    return 2 <= len(word) <= 8 and word.isupper() and word.isalnum()
-
-
+# plurals of words that end in -che, -sse, -xe: an -es after ch, sh, x, ss or zz is the plural's but for these
+_KEEP_E = frozenset(
+    {"avalanches", "headaches", "aches", "niches", "caches", "crevasses", "impasses", "axes", "tranches"}
+    | {"moustaches", "quiches", "cliches", "clichés", "creches", "finesses", "lacrosses", "posses"}
+)
 _IES = frozenset({"melodies", "harmonies", "bodies", "stories", "memories", "symphonies", "frequencies", "energies"})
 # a folder of loops sorted by tempo or key (`120 BPM/`, `Am/`, `Key of C/`, `F# Minor/`) names no sound: as a tag
 # every loop of that tempo was `bpm`, whatever it played
@@ -778,7 +776,7 @@ def _recurring(
         return None
     if ws[-1] in _IES:
         ws[-1] = ws[-1][:-3] + "y"  # a folder of melodies holds a melody each (but movies a movie)
-    elif ws[-1].endswith(("tches", "nches", "shes", "xes", "sses", "zzes")):
+    elif ws[-1].endswith(("ches", "shes", "xes", "sses", "zzes")) and ws[-1] not in _KEEP_E:
         ws[-1] = ws[-1][:-2]  # a folder of glitches holds a glitch each (it held a "glitche")
     elif len(ws[-1]) > 3 and ws[-1].endswith("s") and not ws[-1].endswith(("ss", "us", "is")):
         ws[-1] = ws[-1][:-1]  # a folder of wobbles holds a wobble each
