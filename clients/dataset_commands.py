@@ -35,12 +35,14 @@ NO_TAG = "no tag suggested"
 NO_TAG_WAYS = "add a synonym (`vibrary synonyms add`), or put the file in a folder named by its tag"
 
 
-def _no_tag(s: Any) -> str:
+def _no_tag(s: Any, table: Any) -> str:
     """Why a file has no suggestion (NO_TAG), and the way to one: its names held only words for how a sound is (loop,
     drums, dark), which are a tag once the user's own synonyms name them (`synonyms add drum drums`); it said
     only "add a synonym" of a word the table has."""
     if not s.alternatives:
         return NO_TAG_WAYS
+    if any(table.is_class(tag) for tag in s.alternatives):  # `Kicks & Snares/Take 01`: which of them, unsaid
+        return f"its names name more than one sound ({', '.join(s.alternatives)}): rename it, or relabel it"
     from vibrary.daemon.suggest import LOOP
 
     # what it is rather than its form: `Loops/Drum Loop 140` says loop, then drums
@@ -112,7 +114,8 @@ def _suggestions(dirs: Sequence[str], table: Any = None) -> list[Any]:
 
 def cmd_suggest(args: argparse.Namespace) -> int:
     """Every file's suggestion as a JSON line; for people, each tag with its count and a few examples."""
-    found = _suggestions(args.dirs)
+    table = _synonyms()
+    found = _suggestions(args.dirs, table)
     by_tag: dict[str, list[Any]] = {}
     for s in found:
         by_tag.setdefault(s.tag, []).append(s)
@@ -135,7 +138,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     if missing:
         print(f"no suggestion for {many(len(missing))}:")
         for s in missing[:20]:  # (it listed the paths alone: which words were passed over, and the way on, unsaid)
-            print(f"  {_shown(s.path)}: {_no_tag(s)}")
+            print(f"  {_shown(s.path)}: {_no_tag(s, table)}")
         if len(missing) > 20:
             print(f"  … and {len(missing) - 20} more (`vibrary dataset suggest --json` lists every file)")
     return 0
@@ -229,7 +232,7 @@ def _examples(args: argparse.Namespace, untagged: list[str]) -> list[Any]:
     for s in found:
         if not s.tag:
             untagged.append(s.path)
-            print(f"skipped {_shown(s.path)}: {NO_TAG}: {_no_tag(s)}", file=sys.stderr)
+            print(f"skipped {_shown(s.path)}: {NO_TAG}: {_no_tag(s, table)}", file=sys.stderr)
     _say_mixed({s.tag for s in found if s.tag}, table)
     return [dataset.example(s.path, s.tag) for s in found if s.tag]
 

@@ -159,10 +159,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         if respelled:  # `search hh` found nothing, though `synonyms list` says hh is hihat
             said = ", ".join(f"{w!r} as {t!r}" for w, t in sorted(respelled.items()))
             print(f"vibrary: searched {said}, the tag{'s' if len(respelled) > 1 else ''} it spells", file=sys.stderr)
-        if n == 0 and not unknown and args.min_score is None and groups:
-            _say_unfamiliar(c, groups, excluded, args)
-        _say_missing(c, [args.under] if args.under else [])
-        with contextlib.suppress(VibraryError):  # (the results are out: a status not had is no failure of theirs)
+        with contextlib.suppress(VibraryError):  # the results are out: a note not had is no failure of theirs
+            if n == 0 and not unknown and args.min_score is None and groups:
+                _say_unfamiliar(c, groups, excluded, args)
+            _say_missing(c, [args.under] if args.under else [])
             _say_unfinished(c.status())
     return 0
 

@@ -20,6 +20,7 @@ from vibrary.daemon import config, registry
 from vibrary.daemon.index import HIT_SCORE, WATCH_GONE, Index
 from vibrary.daemon.spectrogram import SILENT
 
+from .errors import json_asked
 from .tray_state import many
 
 LOG_EVERY_S = 10.0  # how often long work writes a line of progress where no bar can show
@@ -188,4 +189,8 @@ def terminated(signum: int, frame: object) -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()
+    if json_asked(sys.argv[1:]):  # its last line, as every ending has (straight to the file: a print cut short)
+        ended = {"error": f"terminated ({signal.Signals(signum).name})", "exit_status": 128 + signum}
+        with contextlib.suppress(OSError):
+            os.write(sys.stdout.fileno(), (json.dumps(ended) + "\n").encode())
     os._exit(128 + signum)

@@ -150,7 +150,8 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         if in_junk_folder(folder):  # it was watched, and never a file of it read, without a word
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"{folder} is {IN_JUNK.replace(': never', ', which are never')}: watch the library folder itself",
+                f"{folder} is {IN_JUNK.replace(': never', ', which are never')}: move the samples out of it, or"
+                " watch the folder they belong to",
             )
         try:
             self.daemon.add_watch(folder)

@@ -479,9 +479,12 @@ class Daemon:
         activate`) is followed first, so the re-tag it starts is counted. A follow under way in the feeder is
         waited for, `wait` seconds at most: a status in the middle of it counted no re-tag, and `models install
         && status --wait` ended at once, the library not re-tagged. Never at the cost of the status (a failure
-        is the feeder's to retry)."""
+        is the feeder's to retry), nor with less than a second to do it in (a check of 2 s, `is_running`, failed
+        on a big model's load: the feeder follows within a second anyway)."""
+        if wait < 1.0:
+            return
         try:
-            self._follow_models(wait=max(0.0, wait))
+            self._follow_models(wait=wait)
         except Exception:
             log.exception("could not follow a change of the active models for a status")
 

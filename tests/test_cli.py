@@ -215,7 +215,7 @@ def test_paths_the_index_cannot_take_are_said_plainly(daemon: DaemonProcess, tmp
     trashed = tmp_path / "drive" / ".Trash-1000" / "files" / "Old Kicks"
     trashed.mkdir(parents=True)  # watched, it was never scanned, silently
     refused = vibrary("watch", "add", str(trashed), home=daemon.home, check=False)
-    in_trash = f"vibrary: {trashed} is in a trash or system folder, which are never indexed: watch the library folder"
+    in_trash = f"vibrary: {trashed} is in a trash or system folder, which are never indexed: move the samples out"
     assert refused.returncode == 1 and refused.stderr.startswith(in_trash), refused.stderr
     assert str(trashed) not in daemon.client.watches()
 
@@ -851,15 +851,19 @@ def test_a_second_ending_signal_ends_a_clean_up_that_hangs(monkeypatch: pytest.M
     from vibrary.clients import output
 
     monkeypatch.setattr(output, "_ended_at", [])
+    monkeypatch.setattr(sys, "argv", ["vibrary", "tag", "--json", "/mnt/nas"])
     ended: list[int] = []
+    written: list[bytes] = []
     monkeypatch.setattr(output.os, "_exit", ended.append)
+    monkeypatch.setattr(output.os, "write", lambda fd, data: written.append(data))
     with pytest.raises(output.Terminated):
         output.terminated(signal.SIGHUP, None)
     output.terminated(signal.SIGTERM, None)  # a closed terminal's pair: one ending
-    assert ended == [] and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
+    assert ended == []
     output._ended_at[0] -= output.PAIR_S  # asked again later: its clean-up hangs
     output.terminated(signal.SIGTERM, None)
-    assert ended == [143]
+    assert ended == [143]  # and with --json, the last line every ending has
+    assert written == [b'{"error": "terminated (SIGTERM)", "exit_status": 143}\n']
 
 
 def test_ctrl_c_during_tag_exits_130_with_whole_lines(model_home: Path, tmp_path: Path) -> None:

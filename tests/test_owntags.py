@@ -651,6 +651,11 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     loops = tmp_path / "Loops Pack"  # a drum loop's names say only how it is: the hint said "add a synonym" of
     loops.mkdir()
     sf.write(loops / "Drum Loop 140 Full.wav", np.full(4410, 0.25, np.float32), 44100)
+    both = tmp_path / "Kicks & Snares"  # which of its two sounds: a synonym is no way to say it
+    both.mkdir()
+    sf.write(both / "Take 01.wav", np.full(4410, 0.25, np.float32), 44100)
+    which = "Take 01.wav: its names name more than one sound (kick, snare): rename it, or relabel it"
+    assert which in vibrary("dataset", "suggest", str(both), home=home).stdout
     hint = "its names say only how it sounds (loop, drums): `vibrary synonyms add WORD drums` makes drums a tag"
     assert hint in vibrary("dataset", "suggest", str(loops), home=home).stdout  # a word the table had
     vibrary("synonyms", "add", "drum loop", "drums", home=home)  # as it says
