@@ -758,7 +758,10 @@ class Index:
             row = c.execute(last, (model.name,)).fetchone()
             if row is None:
                 return None
-            c.execute("UPDATE models SET active = 1 WHERE name = ? AND version = ?", (model.name, row[0]))
+            c.execute(
+                "UPDATE models SET active = 1, activated = ? WHERE name = ? AND version = ?",
+                (time.time(), model.name, row[0]),
+            )
         return self.model(model.name, int(row[0]))
 
     def note_unused(self, now: float) -> None:
