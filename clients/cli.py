@@ -28,7 +28,7 @@ from .daemon_commands import cmd_daemon, cmd_pause, cmd_status, cmd_tray, cmd_wa
 from .dataset_commands import cmd_dataset, cmd_synonyms
 from .errors import json_asked
 from .library_commands import cmd_counts, cmd_models, cmd_search, cmd_tag, cmd_tags
-from .output import CommandError, Terminated, UsageError, terminated
+from .output import CommandError, Terminated, UsageError, flush_both, terminated
 from .training_commands import cmd_train, cmd_trainer
 
 
@@ -441,9 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:  # a script reading stdout has its line, as for any other ending
             with contextlib.suppress(OSError, ValueError):
                 print(json.dumps({"error": str(e) or "interrupted", "exit_status": status}))
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
+        flush_both()
         # not through the interpreter's finalisation: a thread of onnxruntime's still at work there aborted
         # the process (134, "terminate called without an active exception") instead of exiting 130
         os._exit(status)

@@ -173,6 +173,14 @@ class Terminated(KeyboardInterrupt):
         self.status = 128 + signum
 
 
+def flush_both() -> None:
+    """What was printed, out before an `os._exit` (which skips the interpreter's own flush); a stream gone
+    (its reader left, or closed) is no matter then."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+
+
 PAIR_S = 1.0  # a closed terminal sends SIGHUP and SIGTERM together: one ending, not two
 _ended_at: list[float] = []  # when the first ending signal came
 
@@ -186,9 +194,7 @@ def terminated(signum: int, frame: object) -> None:
         raise Terminated(signum)
     if time.monotonic() - _ended_at[0] < PAIR_S:
         return
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
+    flush_both()
     if json_asked(sys.argv[1:]):  # its last line, as every ending has (straight to the file: a print cut short)
         ended = {"error": f"terminated ({signal.Signals(signum).name})", "exit_status": 128 + signum}
         with contextlib.suppress(OSError):
