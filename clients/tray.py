@@ -395,8 +395,7 @@ class Tray(QObject):
         self.set_state(ts.with_status(self.state, status))
 
     def cancel_training(self) -> None:
-        """Asked first: a misclick ended hours of training, or a cloud instance (its trainer keeps the epochs done,
-        and a new Train goes on from them)."""
+        """Asked first: a misclick ended hours of training, or its cloud instance."""
         asked = QMessageBox.question(None, "Cancel training", "Cancel the training the daemon runs?")
         if asked == QMessageBox.StandardButton.Yes:
             self._call(lambda c: c.cancel_training())
