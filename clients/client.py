@@ -149,8 +149,9 @@ class Client:
             yield from call if quiet is None else quiet.messages()
         except grpc.RpcError as e:
             if quiet is not None and quiet.fired:
-                if stopped := self._stopped_daemon():  # (as status() says it: "sent nothing" sent people waiting)
-                    raise DaemonError(grpc.StatusCode.DEADLINE_EXCEEDED, _suspended(stopped)) from None
+                pid, stopped = self._holder()
+                if stopped:  # (as status() says it: "sent nothing" sent people waiting)
+                    raise DaemonError(grpc.StatusCode.DEADLINE_EXCEEDED, _suspended(pid)) from None
                 raise DaemonError(
                     grpc.StatusCode.DEADLINE_EXCEEDED, f"the daemon sent nothing of {method} for {self.timeout:g} s"
                 ) from None
@@ -192,11 +193,6 @@ class Client:
 
     def _socket(self) -> str:
         return urllib.parse.unquote(self.target.removeprefix("unix:"))  # the socket's path, not its URI
-
-    def _stopped_daemon(self) -> int:
-        """The pid of this home's daemon when it is suspended, 0 otherwise."""
-        pid, stopped = self._holder()
-        return pid if stopped else 0
 
     def _holder(self) -> tuple[int, bool]:
         """The pid of the live process that holds this home (0: none), and whether it is suspended (SIGSTOP, a
