@@ -107,8 +107,14 @@ def _suggestions(dirs: Sequence[str], table: Any = None) -> list[Any]:
         found = suggest(dirs, _synonyms() if table is None else table)
     except FileNotFoundError as e:
         raise CommandError(str(e)) from None
-    if not found:  # rather than print nothing at all
-        raise CommandError(f"no audio files under {', '.join(dirs)}")
+    if not found:  # rather than print nothing at all (a README given read "no audio files under README.txt")
+        from vibrary.daemon.decode import why_not_read
+
+        files = [p for p in dirs if os.path.isfile(p)]
+        said = [f"{p}: {why_not_read(p) or 'not read'}" for p in files]
+        if folders := [p for p in dirs if p not in files]:
+            said.insert(0, f"no audio files under {', '.join(folders)}")
+        raise CommandError("; ".join(said))
     return found
 
 

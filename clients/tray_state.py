@@ -214,7 +214,10 @@ def view(state: TrayState) -> View:
     s = state.status
     if not state.running or s is None:
         said = f"daemon not answering: {state.unanswered}" if state.unanswered else "daemon not running"
-        return View(Icon.NOT_RUNNING, None, f"Vibrary: {said}", _menu(state, said[:1].upper() + said[1:]))
+        # the menu's first line says what, up to the reason's first colon; the tooltip says why and what to do
+        # (the whole reason, a socket's path and a remedy, made the menu as wide as the screen)
+        gist = said.split(": ")[0] + (f": {state.unanswered.split(': ')[0]}" if state.unanswered else "")
+        return View(Icon.NOT_RUNNING, None, f"Vibrary: {said}", _menu(state, gist[:1].upper() + gist[1:]))
     training = _training(state)
     progress = indexing_progress(state)
     new_failures = max(s.failed - state.failed_seen, len(state.failed_since))

@@ -3,10 +3,12 @@ a Unix socket. The daemon and the trainer both build their servers here."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hmac
 import ipaddress
 import logging
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from typing import Any
@@ -191,6 +193,8 @@ def make_server(
 def bind(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None = None) -> int:
     """Listen on HOST:PORT; ValueError that names the address when it cannot (grpc raises a bare
     RuntimeError for a taken port, a malformed address or an unusable certificate)."""
+    if why := unbindable(listen):  # found first: grpc writes its own error line to the terminal, then ours
+        raise ValueError(f"cannot listen on {listen}: {why}")
     try:
         port = server.add_insecure_port(listen) if credentials is None else server.add_secure_port(listen, credentials)
     except RuntimeError:
@@ -200,6 +204,37 @@ def bind(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials |
         why += "the address is malformed, taken or not this machine's"
         raise ValueError(f"cannot listen on {listen}: {why}")
     return int(port)
+
+
+_BIND_ERRORS = {
+    errno.EADDRINUSE: "port {port} is taken: another program listens on it (another port, or stop that one)",
+    errno.EADDRNOTAVAIL: "{host} is not an address of this machine",
+    errno.EACCES: "ports under 1024 need root: pick a port over 1023",
+}
+
+
+def unbindable(listen: str) -> str:
+    """Why HOST:PORT cannot be listened on, found by binding it as grpc would ('' when one of its addresses
+    can be): grpc says only that it could not, and writes its own error line to the terminal first."""
+    host, _, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not (port.isascii() and port.isdigit() and int(port) < 65536):
+        return "expected HOST:PORT, a port from 0 to 65535"
+    try:
+        addresses = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return f"{host!r} is no host name this machine knows"
+    failed: list[OSError] = []
+    for family, kind, proto, _, address in addresses:
+        with contextlib.closing(socket.socket(family, kind, proto)) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(address)
+                return ""
+            except OSError as e:
+                failed.append(e)
+    first = failed[0] if failed else OSError(errno.EADDRNOTAVAIL, "")
+    return _BIND_ERRORS.get(first.errno or 0, "{why}").format(port=port, host=host, why=first.strerror or first)
 
 
 def is_loopback(listen: str) -> bool:

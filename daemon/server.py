@@ -14,11 +14,14 @@ import queue
 import tempfile
 import threading
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
@@ -28,11 +31,12 @@ from .folders import indexed_path, readable_name, storable
 from .index import ANY_STORED_SCORE, NOT_INDEXED, WATCH_GONE, FileTags, ModelRow, within
 from .infer import ModelError
 from .modelref import parse_ref
-from .rpc import bind, make_server
+from .rpc import bind, make_server, unbindable
 from .search import Query, search
 from .service import FOLLOW_WAIT_S, UNNAMED_SHOWN, Daemon, NoModel, Paused, TooManyFiles, TrainingBusy
 
 log = logging.getLogger(__name__)
+_Request = TypeVar("_Request", bound=Message)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Daemon"].full_name
 _EVENT_KINDS = {
@@ -47,6 +51,17 @@ _EVENT_KINDS = {
     events.EVENTS_LOST: pb.Event.EVENTS_LOST,
 }
 _FAILED_DEFAULT_LIMIT = 50
+_NAME_FIELDS = ("name", "dataset")
+
+
+def _composed(request: _Request) -> _Request:
+    """The request with its model and dataset names as composed characters (NFC), as the CLI and the
+    registry keep them: a front end on macOS passes names from file names decomposed, and got NOT_FOUND for
+    an installed model, or a second dataset beside the one of the same name."""
+    for field in _NAME_FIELDS:
+        if field in request.DESCRIPTOR.fields_by_name:
+            setattr(request, field, unicodedata.normalize("NFC", getattr(request, field)))
+    return request
 
 
 def file_tags_pb(f: FileTags) -> pb.FileTags:
@@ -136,7 +151,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         # meanwhile said all was indexed, and `status --wait` ended before the re-tag had begun. Within the call's
         # deadline (a check of 2 s, `is_running`, must not fail on a follow of 10)
         left = context.time_remaining()
-        self.daemon.follow_models_unless_busy(FOLLOW_WAIT_S if left is None else min(FOLLOW_WAIT_S, left - 0.5))
+        self.daemon.wait_for_models_followed(FOLLOW_WAIT_S if left is None else min(FOLLOW_WAIT_S, left - 0.5))
         return status_pb(self.daemon.status())
 
     def AddWatch(self, request: pb.WatchRequest, context: grpc.ServicerContext) -> pb.WatchList:
@@ -310,6 +325,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         return self._models()
 
     def _model_row(self, request: pb.ModelRef, context: grpc.ServicerContext, active_first: bool) -> ModelRow:
+        request = _composed(request)
         if not request.name or request.version < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model name required, version >= 0")
         if "@" in request.name:
@@ -426,6 +442,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
     def CreateDataset(
         self, request: pb.CreateDatasetRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.DatasetProgress]:
+        request = _composed(request)
         try:
             dataset.check_name(request.name)
             files = [(_absolute(f.path, context), _labelled(f)) for f in request.files]
@@ -487,6 +504,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         )
 
     def EditDataset(self, request: pb.EditDatasetRequest, context: grpc.ServicerContext) -> pb.Dataset:
+        request = _composed(request)
         self._dataset_exists(request.name, context)
         if not (request.rename or request.drop or request.relabel):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no edit given")
@@ -518,6 +536,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, str(e))
 
     def GetDataset(self, request: pb.DatasetRef, context: grpc.ServicerContext) -> pb.Dataset:
+        request = _composed(request)
         self._dataset_exists(request.name, context)
         try:
             return dataset_pb(request.name, dataset.load_report(self.daemon.home, request.name))
@@ -538,6 +557,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         return pb.DatasetList(datasets=found)
 
     def DeleteDataset(self, request: pb.DatasetRef, context: grpc.ServicerContext) -> pb.DatasetList:
+        request = _composed(request)
         self._dataset_exists(request.name, context)
         try:
             self.daemon.delete_dataset(request.name)
@@ -546,6 +566,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         return self._datasets()
 
     def Train(self, request: pb.TrainRequest, context: grpc.ServicerContext) -> Iterator[pb.TrainProgress]:
+        request = _composed(request)
         try:
             training.check_request(request.trainer, request.base, request.name, request.options or "{}", request.token)
         except ValueError as e:
@@ -659,6 +680,8 @@ def check_listening(socket_path: str, listen: str, token: str) -> str:
     `vibrary daemon --listen` without a token logged a start and a stop before it said why."""
     if listen and not token:
         raise ValueError("listening on TCP needs a token (--token or VIBRARY_TOKEN)")
+    if listen and (why := unbindable(listen)):  # (a port taken, too)
+        raise ValueError(f"cannot listen on {listen}: {why}")
     return config.unix_target(socket_path)  # ValueError when too long to be a socket's path
 
 

@@ -127,6 +127,7 @@ class Daemon:
             self.index, self.settings.settle_s, self._wake_feeder, self._removed, self.settings.rescan_hours * 3600
         )
         self._wake = threading.Event()
+        self._follow_now = threading.Event()  # a status waits for a change of the active models: follow it now
         self._stop = threading.Event()
         self._in_flight: set[int] = set()
         self._held = False  # nothing to read but files under watch folders not there now (_note_held)
@@ -202,7 +203,8 @@ class Daemon:
         last_model_check = 0.0
         while not self._stop.is_set():
             try:
-                if time.monotonic() - last_model_check > 1.0:
+                if self._follow_now.is_set() or time.monotonic() - last_model_check > 1.0:
+                    self._follow_now.clear()
                     last_model_check = time.monotonic()
                     self._follow_models()
                     self._stop_if_home_gone()
@@ -387,13 +389,10 @@ class Daemon:
             self.events.publish(Event(FILE_REMOVED, FileTags(p, "unknown", None, [])))
 
     # -- models --------------------------------------------------------------------------------------
-    def _follow_models(self, wait: float = -1) -> None:
+    def _follow_models(self) -> None:
         """Load the active models again when the active set changed, or when a model that could not be
-        loaded has its file back (`vibrary models install` of the same file restores it). `wait`: seconds to
-        wait for another thread that follows them now (-1: for as long as it takes), then nothing."""
-        if not self._models_lock.acquire(timeout=wait):  # the feeder and the API both call this
-            return
-        try:
+        loaded has its file back (`vibrary models install` of the same file restores it)."""
+        with self._models_lock:  # the feeder and the API both call this
             self._follow_installs()
             active = self.index.active_models()
             now = {m.id: m.ref for m in active}
@@ -409,8 +408,6 @@ class Daemon:
             changed = [ref for i, ref in (was | now).items() if (i in now) != (i in was)]
             changed += [ref for i, ref in now.items() if i in was and (i in unloaded) != (i in self._unloaded)]
             queued = self.index.requeue_missing(self._loaded()) + self.index.requeue_model_failures()
-        finally:
-            self._models_lock.release()
         log.info("active models now %s; %d files re-queued", list(now.values()), queued)
         for ref in changed:  # ListModels and Status say what each is now
             self.events.publish(Event(MODEL_CHANGED, model=ref))
@@ -474,19 +471,21 @@ class Daemon:
         """Called by the API after it changed the active set, so the switch is immediate."""
         self._follow_models()
 
-    def follow_models_unless_busy(self, wait: float = 0) -> None:
+    def wait_for_models_followed(self, wait: float) -> None:
         """For a status: a change of the active models that another process made in the index (`vibrary models
-        activate`) is followed first, so the re-tag it starts is counted. A follow under way in the feeder is
-        waited for, `wait` seconds at most: a status in the middle of it counted no re-tag, and `models install
-        && status --wait` ended at once, the library not re-tagged. Never at the cost of the status (a failure
-        is the feeder's to retry), nor with less than a second to do it in (a check of 2 s, `is_running`, failed
-        on a big model's load: the feeder follows within a second anyway)."""
-        if wait < 1.0:
-            return
-        try:
-            self._follow_models(wait=wait)
-        except Exception:
-            log.exception("could not follow a change of the active models for a status")
+        activate`) is followed first, so the re-tag it starts is counted; a status in the middle of the follow
+        counted no re-tag, and `models install && status --wait` ended at once, the library not re-tagged. The
+        feeder follows it, now, and the status waits `wait` seconds at most: a status that loaded the models
+        itself (seconds for a big one) ran past its caller's deadline, and a check of 2 s, `is_running`, failed."""
+        until = time.monotonic() + wait
+        while {m.id: m.ref for m in self.index.active_models()} != self._active:
+            if time.monotonic() >= until:
+                return
+            self._follow_now.set()
+            self._wake.set()
+            time.sleep(0.02)
+        if self._models_lock.acquire(timeout=max(0.0, until - time.monotonic())):  # the re-queue after the load
+            self._models_lock.release()
 
     # -- API helpers ---------------------------------------------------------------------------------
     def status(self) -> dict[str, object]:

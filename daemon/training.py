@@ -579,6 +579,12 @@ def _follow(
             except Exception as e:
                 if leave is not None and leave.is_set():
                     return job
+                if isinstance(e, DaemonError) and e.code == grpc.StatusCode.NOT_FOUND:  # it said only "no job 'x'"
+                    raise TrainingError(
+                        f"the trainer no longer has job {job_id} (a job is removed a month after it ended"
+                        " uncollected, or with the trainer's data): start the training again, `vibrary train"
+                        f" {report.state.dataset}`"
+                    ) from e
                 lost = isinstance(e, DaemonError) and e.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL)
                 if not lost:
                     raise

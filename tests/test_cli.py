@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -671,7 +672,12 @@ def test_bad_numbers_and_settings_are_refused_before_anything_starts(model_home:
     assert bad.returncode == 1 and f"{model_home / 'config.json'}: not valid JSON" in bad.stderr, bad.stderr
     (model_home / "config.json").unlink()
     taken = vibrary("daemon", "--listen", "nonsense", "--token", "t", home=model_home, check=False)
-    assert taken.returncode == 1 and "cannot listen on nonsense" in taken.stderr, taken.stderr
+    assert taken.returncode == 1 and "cannot listen on nonsense: expected HOST:PORT" in taken.stderr, taken.stderr
+    with socket.create_server(("127.0.0.1", 0)) as holder:  # grpc wrote its own error line first, then ours
+        listen = f"127.0.0.1:{holder.getsockname()[1]}"
+        taken = vibrary("daemon", "--listen", listen, "--token", "t", home=model_home, check=False)
+    said = f"vibrary: cannot listen on {listen}: port {listen.split(':')[1]} is taken: another program listens on it"
+    assert taken.returncode == 1 and taken.stderr.startswith(said), taken.stderr
 
 
 def test_a_dataset_a_training_reads_cannot_be_changed_by_another_command(model_home: Path, tmp_path: Path) -> None:

@@ -1401,10 +1401,15 @@ def test_a_status_during_the_feeder_s_follow_of_a_model_change_waits_for_it(
                 other = registry.install(index, model_home, str(band_model(tmp_path / "o.onnx", name="other")))
                 monkeypatch.setattr(service, "load_models", slow_load)
                 index.set_active(other, True)
-            assert loading.wait(10)  # the feeder follows the change now
-            assert c.is_running()  # a check of 2 s waits no longer than its deadline (it failed on the follow's)
-            status = c.status()
-        assert (status.pending, status.retagging) == (3, 3) and "other@1" in status.models
+                assert loading.wait(10)  # the feeder follows the change now
+                assert c.is_running()  # a check of 2 s waits no longer than its deadline (it failed on the follow's)
+                status = c.status()
+                assert (status.pending, status.retagging) == (3, 3) and "other@1" in status.models
+                loading.clear()
+                index.set_active(other, False)
+                # at once, before the feeder's next look: the status loaded the models itself, past its deadline
+                assert c.is_running()
+                assert loading.wait(10) and "other@1" not in c.status().models
     finally:
         for server in servers:
             server.stop(grace=0)

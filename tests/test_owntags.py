@@ -665,6 +665,10 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     (tmp_path / "notes").mkdir()
     nothing = vibrary("dataset", "suggest", str(tmp_path / "notes"), home=home, check=False)
     assert nothing.returncode == 1 and "no audio files under" in nothing.stderr
+    (tmp_path / "notes" / "README.txt").write_text("read me")  # given by a glob: "no audio files under README.txt"
+    nothing = vibrary("dataset", "suggest", str(tmp_path / "notes" / "README.txt"), home=home, check=False)
+    said = f"vibrary: {tmp_path / 'notes' / 'README.txt'}: not an audio file that Vibrary reads\n"
+    assert nothing.returncode == 1 and nothing.stderr == said, nothing.stderr
     unnamed = vibrary("dataset", "create", "--labels", "suggest", "x", str(pack / "Take 1.wav"), home=home, check=False)
     assert unnamed.returncode == 1 and "no file has a tag suggested (1 file skipped)" in unnamed.stderr  # "no audio"
 
@@ -1197,3 +1201,29 @@ def test_suggestions_that_mix_effects_with_sounds_are_said(home: Path, tmp_path:
     fx_only = str(tmp_path / "mix" / "FX")  # (one tag: refused, but said without the mix)
     alone = vibrary("dataset", "create", "fx", fx_only, "--labels", "suggest", home=home, check=False)
     assert "mix effects" not in alone.stderr
+
+
+def test_names_a_front_end_sends_decomposed_are_the_names_kept(home: Path, tmp_path: Path) -> None:
+    """The CLI composes names (NFC) as it reads them; the API did not: a front end on macOS, passing a name
+    taken from a file name, decomposed, got NOT_FOUND for an installed model, and made a second dataset of
+    the same name that the CLI could not reach."""
+    import unicodedata
+
+    composed = "stimmung_ä"
+    decomposed = unicodedata.normalize("NFD", composed)
+    files = [(str(f), f.parent.name) for f in write_kinds(tmp_path / "ex", per_kind=2, seed=9)]
+    d = start_daemon(home)
+    try:
+        c = d.client
+        assert list(c.create_dataset(decomposed, files))[-1].dataset.name == composed
+        assert [s.name for s in c.datasets()] == [composed]
+        assert c.dataset(decomposed).clips == c.dataset(composed).clips == 6
+        assert list(c.create_dataset(composed, files[:2], add=True))[-1].dataset.clips == 6  # the same one
+        c.install_model(str(band_model(tmp_path / "m.onnx")), name=composed)
+        assert [m.active for m in c.deactivate(decomposed) if m.name == composed] == [False]
+        assert [m.active for m in c.activate(decomposed, 1) if m.name == composed] == [True]
+        ended = list(c.train(decomposed, name=decomposed, trainer="127.0.0.1:1"))[-1]
+        assert (ended.state, ended.dataset) == (pb.TrainProgress.FAILED, composed) and "127.0.0.1:1" in ended.error
+        assert [s.name for s in c.delete_dataset(decomposed)] == []
+    finally:
+        d.stop()

@@ -691,6 +691,9 @@ def test_a_restarted_trainer_keeps_finished_jobs_and_goes_on_with_the_interrupte
             next(u for u in client.watch(busy.id) if u.epoch >= 2)  # training is under way
         proc.terminate()  # a clean stop (SIGTERM) suspends the job
         assert proc.wait(timeout=60) == 0
+        assert proc.stderr is not None
+        logged = proc.stderr.read().decode()  # it said nothing of a job until one was suspended or failed on a bug
+        assert f"job {done.id} started: " in logged and f"job {done.id} succeeded in 2 epochs" in logged, logged
         proc, target = _start_trainer(home)
         with TrainerClient(target) as client:
             gone_on = next(u for u in client.watch(busy.id) if u.epoch >= 4)
@@ -701,6 +704,7 @@ def test_a_restarted_trainer_keeps_finished_jobs_and_goes_on_with_the_interrupte
             jobs = {j.id: j for j in client.jobs()}
             assert list(jobs) == [done.id, *quick, busy.id]  # oldest first, as before the restarts (ids are random)
             assert jobs[done.id].state == pb.Job.SUCCEEDED and json.loads(jobs[done.id].summary)
+            assert (jobs[done.id].epoch, jobs[done.id].epochs) == (2, 2)  # a finished job listed 0 of 0 epochs
             assert client.download(done.id) == result  # the finished model is still there, byte for byte
             assert jobs[busy.id].state in (pb.Job.QUEUED, pb.Job.RUNNING)  # taken up again
             final = list(client.watch(busy.id))[-1]
@@ -1831,3 +1835,15 @@ def test_a_job_queued_on_the_trainer_says_why_it_waits() -> None:
     assert queued["state"] == "waiting" and "starts this one once those before it end" in queued["message"]
     running = _forward(trainer_pb2.Job(state=trainer_pb2.Job.RUNNING, phase="training"), TrainProgress())
     assert (running["state"], running["message"]) == ("training", "training")
+
+
+def test_a_job_the_trainer_no_longer_has_says_to_start_the_training_again(
+    trainer_service: str, model_home: Path
+) -> None:
+    """A daemon back after a month found its job removed from the trainer, and said only "no job 'x'"."""
+    told: list[TrainProgress] = []
+    record = JobRecord("kinds", "kinds", trainer_service, job_id="0123456789ab")
+    with contextlib.closing(Index(config.index_path(model_home))) as index, pytest.raises(TrainingError):
+        resume(model_home, record, index=index, progress=told.append)
+    assert told[-1].state == "failed"
+    assert "the trainer no longer has job 0123456789ab" in told[-1].error and "`vibrary train kinds`" in told[-1].error

@@ -4,6 +4,7 @@ the cloud job (trainer/s3job.py), so a model trained anywhere is checked and pac
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +36,17 @@ def train_to_files(
     del parts  # the dataset once, not twice, for the hours it trains
     base_state, base_name = load_base(base or "demo")
     known = load_known(base or "demo")
+    last = Progress("loading")
+
+    def noted(p: Progress) -> None:
+        nonlocal last
+        last = p
+        progress(p)
+
     result = train(
-        manifest, codes, labels, groups, config, base_state, base_name, progress, cancelled, None, checkpoint, known
+        manifest, codes, labels, groups, config, base_state, base_name, noted, cancelled, None, checkpoint, known
     )
-    progress(Progress("exporting"))
+    progress(replace(last, phase="exporting", eta_s=0.0))  # the epochs run stay said: a finished job read "0 of 0"
     name = name or manifest.name
     model = to_onnx(result, name)
     probe = dequantize(codes[: min(16, len(codes))], manifest.params)

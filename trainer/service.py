@@ -624,15 +624,20 @@ class TrainerService(pb_grpc.TrainerServicer):
                 if job.cancel.is_set() or job.job.state in _TERMINAL:
                     continue
                 job.update(state=pb.Job.RUNNING, phase="loading")
+            # the log said nothing of a job until it was suspended or failed on a bug: who trained what, when
+            log.info("job %s started: %s of user %s", job.job.id, job.manifest.name, job.user)
             try:
                 self._run(job)
+                log.info("job %s succeeded in %d epochs", job.job.id, job.job.epoch)
             except Cancelled:
                 if not job.cancel.is_set():  # suspended: on record as running, for the next start
                     log.info("job %s suspended at epoch %d", job.job.id, job.job.epoch)
                     return
                 job.update(state=pb.Job.CANCELLED, phase="cancelled")
+                log.info("job %s cancelled at epoch %d", job.job.id, job.job.epoch)
             except (ShardError, ValueError, FileNotFoundError, Unusable) as e:
                 job.update(state=pb.Job.FAILED, phase="failed", error=str(e))
+                log.info("job %s failed: %s", job.job.id, e)
             except Exception as e:  # a bug, or the machine (a full disk, memory), fails the job, never the service
                 log.exception("job %s failed", job.job.id)
                 job.keep_checkpoint = True  # (a full disk, once freed, goes on from there)
