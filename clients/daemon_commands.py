@@ -136,12 +136,27 @@ def cmd_watch(args: argparse.Namespace) -> int:
             if args.action == "add":  # (once added: `watch add /` said "holds 2 watch folders", then was refused)
                 _say_of_added(folder, watches)
         found = c.watch_list()
-    paths, missing = list(found.paths), list(found.missing)
-    lines = [f"{p}  (missing: moved, renamed or unmounted? {MISSING_FIX})" if p in missing else p for p in paths]
-    _out(args, {"watches": paths, "missing": missing}, "\n".join(lines) or "(no watch folders)")
+    paths, missing, unwatched = list(found.paths), list(found.missing), list(found.unwatched)
+    lines = [
+        f"{p}  (missing: moved, renamed or unmounted? {MISSING_FIX})"
+        if p in missing
+        else f"{p}  ({OVER_LIMIT}: {OVER_LIMIT_FIX})"
+        if p in unwatched
+        else p
+        for p in paths
+    ]
+    human = "\n".join(lines) or "(no watch folders)"
+    if args.action != "list":  # the folders left alone read as the one just removed
+        human = f"{'added' if args.action == 'add' else 'removed'} {args.dir}; watch folders now:\n{human}"
+    _out(args, {"watches": paths, "missing": missing, "unwatched": unwatched}, human)
     return 0
 
 
+OVER_LIMIT = "not watched whole, the inotify limit (fs.inotify.max_user_watches) reached"
+OVER_LIMIT_FIX = (
+    "changes in them are found by a scan every few minutes, not at once; raise the limit to watch them whole:"
+    " `echo fs.inotify.max_user_watches=524288 | sudo tee /etc/sysctl.d/90-inotify.conf && sudo sysctl --system`"
+)
 MISSING_FIX = (
     "`vibrary watch add` it where it is now, then `vibrary watch remove` the old path: no file is analysed again"
     " (deleted: `vibrary watch remove` it)"
@@ -198,6 +213,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "retrying": s.retrying,  # pending files read again a minute after a passing error (no file handles)
         "retry_reason": s.retry_reason,
         "unlisted_folders": list(s.unlisted_folders),  # cannot be listed: their files are not indexed
+        "unwatched_folders": list(s.unwatched_folders),  # the inotify limit: changes found by scans only
         "scanning": s.scanning,  # folders being listed now: files found there are not pending yet
         # since the daemon started: read from audio, from cached spectrograms, content already tagged
         "decoded": s.decoded,
@@ -220,6 +236,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         human += "\nfolders that cannot be listed, their files not indexed (read within seconds once fixed):"
         human += "".join(f"\n  {_shown(folder)}" for folder in s.unlisted_folders[:5])
         human += f"\n  … and {len(s.unlisted_folders) - 5} more" if len(s.unlisted_folders) > 5 else ""
+    if s.unwatched_folders:
+        human += f"\n{OVER_LIMIT}: " + ", ".join(map(_shown, s.unwatched_folders)) + f"\n  {OVER_LIMIT_FIX}"
     if s.retrying:
         human += f"\nwaiting to be read again: {many(s.retrying)} ({s.retry_reason})"
     for ref in s.unusable_models:

@@ -252,6 +252,8 @@ def view(state: TrayState) -> View:
         lines.append(f"last training failed: {state.training.error or 'no reason given'}")
     if s.missing_watches:  # their files wait, pending: "indexing: 0 of 900" said nothing of why
         lines.append(f"waiting for watch folders not there now: {', '.join(s.missing_watches)}")
+    if s.unwatched_folders:  # (new samples there are found minutes late, by a scan: `vibrary status` says why)
+        lines.append(f"watched by scans only (the inotify limit): {', '.join(s.unwatched_folders)}")
     lines.append(f"models: {', '.join(_models(s)) or 'none active'}")
     headline = lines[0].removeprefix("Vibrary: ")  # (capitalize() lowered the rest: "training darkpads")
     return View(icon, ring, "\n".join(lines), _menu(state, headline[:1].upper() + headline[1:]))

@@ -170,7 +170,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             )
         try:
             self.daemon.add_watch(folder)
-        except OSError as e:  # the inotify watch limit, too many open files: nothing is kept
+        except OSError as e:  # (not the inotify limit, at which it is scanned until it can be watched): not kept
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"cannot watch {folder}: {e}")
         return self._watch_list()
 
@@ -184,7 +184,9 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         return self._watch_list()
 
     def _watch_list(self) -> pb.WatchList:
-        return pb.WatchList(paths=self.daemon.index.watches(), missing=sorted(self.daemon.watcher.missing))
+        watcher = self.daemon.watcher
+        paths = self.daemon.index.watches()
+        return pb.WatchList(paths=paths, missing=sorted(watcher.missing), unwatched=watcher.over_limit)
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
         if not 0.0 <= request.min_score <= 1.0:

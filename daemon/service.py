@@ -43,7 +43,7 @@ from .folders import UNNAMED, audio_files_under, readable_name, storable
 from .index import NO_SUCH_PATH, NOT_INDEXED, NOT_STORED, WATCH_GONE, FileTags, Index, ModelRow, Result, within
 from .infer import Model, ModelError
 from .pipeline import ActiveModel, Pipeline
-from .watch import Watcher
+from .watch import AT_WATCH_LIMIT, Watcher
 
 log = logging.getLogger(__name__)
 
@@ -512,6 +512,7 @@ class Daemon:
             "unnamed_files": (unnamed := self.watcher.unnamed)[:UNNAMED_SHOWN],  # sent 4 times a second
             "unnamed_count": len(unnamed),
             "unlisted_folders": self.watcher.unlisted,
+            "unwatched_folders": self.watcher.over_limit,
             "scanning": self.watcher.scans_running,
             "retrying": retrying,
             "retry_reason": retry_reason,
@@ -526,12 +527,21 @@ class Daemon:
         }
 
     def add_watch(self, folder: str) -> None:
-        """Watched first, then kept: a folder that cannot be watched (OSError: the inotify limit) must not
-        be in the index, where every start would fail on it again. One change of watches at a time: a
-        remove between the watcher's watch and the index's row left a watch listed that nothing observed."""
+        """Watched first, then kept: a folder that cannot be watched (OSError) is not added. At the inotify
+        limit it is added all the same, and scanned until it can be watched (a library too big for the limit
+        could not be watched at all). One change of watches at a time: a remove between the watcher's watch
+        and the index's row left a watch listed that nothing observed."""
         with self._watches_lock:
-            self.watcher.watch(folder)
+            try:
+                self.watcher.watch(folder)
+                at_limit = False
+            except OSError as e:
+                if e.errno not in AT_WATCH_LIMIT:
+                    raise
+                at_limit = True
             self.index.add_watch(folder)
+            if at_limit:
+                self.watcher.at_limit(folder)
         self.status_events.changed()
 
     def remove_watch(self, folder: str) -> bool:

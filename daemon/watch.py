@@ -10,6 +10,7 @@ that was moved keeps its tags because its content hash is already known.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -121,6 +122,11 @@ class Watcher(FileSystemEventHandler):
         self._rescan_again: set[str] = set()  # … and those to scan once more when that scan is done
         self._moved_across: dict[str, float] = {}  # watch folder → when a folder last moved into or out of it
         self._unwatched = lost_watches.LostWatches()  # what the last checks found unwatched
+        # watch folders that inotify cannot watch whole at its limit (fs.inotify.max_user_watches), not at all
+        # when they could not be scheduled → when each is next scanned for what no event says (_poll_over_limit),
+        # and how long the last such scan of each took
+        self._over_limit: dict[str, float] = {}
+        self._scan_took: dict[str, float] = {}
         self._checking = False  # (a check's thread runs)
 
     def start(self) -> None:
@@ -130,10 +136,69 @@ class Watcher(FileSystemEventHandler):
             try:
                 self.watch(folder)
             except OSError as e:  # the inotify limit, reached since: the other folders are watched
-                log.error("cannot watch %s (%s); it is tried again every few seconds", folder, e)
+                self._not_watched(folder, e)
+
+    def _not_watched(self, folder: str, e: OSError) -> None:
+        """A watch folder that could not be scheduled. At the inotify limit it is scanned now and every few
+        minutes, said in status, and watched once the limit allows (it was retried silently every 5 s, never
+        scanned: files added or changed while the daemon was down, or since, were never indexed). Otherwise
+        (another error) it is tried again every few seconds, as a folder not there."""
+        if e.errno in AT_WATCH_LIMIT:
+            self.at_limit(folder)
+            return
+        log.error("cannot watch %s (%s); it is tried again every few seconds", folder, e)
+        with self._lock:
+            self._missing.add(folder)
+            self._note_waiting()
+
+    def at_limit(self, folder: str) -> None:
+        """A watch folder with folders inotify does not watch for its limit: scanned now, and again by
+        _poll_over_limit until they can be watched."""
+        with self._lock:
+            self._missing.discard(folder)  # (a folder back, its drive mounted, that could not be watched)
+            self._note_waiting()
+            if folder in self._over_limit:
+                return
+            self._over_limit[folder] = time.monotonic() + LIMIT_POLL_S
+        log.warning(
+            "%s is not watched whole: the inotify limit (fs.inotify.max_user_watches) is reached; changes in it are"
+            " found by a scan every few minutes, until the limit is raised",
+            folder,
+        )
+        self.rescan(folder)
+
+    def _poll_over_limit(self) -> None:
+        """Each watch folder at the inotify limit, when due: watched anew once a watch can be had (the user
+        raised the limit, another program freed some), else scanned, at most once per LIMIT_POLL_SCANS times
+        its last scan's length (a library of millions takes a while to list)."""
+        now = time.monotonic()
+        with self._lock:
+            due = [folder for folder, at in self._over_limit.items() if at <= now]
+        for folder in due:
+            if lost_watches.at_watch_limit(folder):
                 with self._lock:
-                    self._missing.add(folder)
-                    self._note_waiting()
+                    took = self._scan_took.get(folder, 0.0)
+                    self._over_limit[folder] = now + max(LIMIT_POLL_S, LIMIT_POLL_SCANS * took)
+                self.rescan(folder)
+                continue
+            with self._lock:
+                self._over_limit.pop(folder, None)
+                self._scan_took.pop(folder, None)
+                scheduled = folder in self._watches
+            log.info("the inotify limit allows more watches now: watching and scanning %s anew", folder)
+            if scheduled:
+                self._watch_anew(folder)
+                continue
+            try:
+                self.watch(folder)
+            except OSError as e:
+                self._not_watched(folder, e)
+
+    @property
+    def over_limit(self) -> list[str]:
+        """Watch folders inotify does not watch whole (its limit): changes there are found by scans only."""
+        with self._lock:
+            return sorted(self._over_limit)
 
     def stop(self) -> None:
         self._stop.set()
@@ -187,6 +252,8 @@ class Watcher(FileSystemEventHandler):
                     self._mounts.add(folder)
                 came_back = folder in self._missing
                 self._missing.discard(folder)
+                self._over_limit.pop(folder, None)
+                self._scan_took.pop(folder, None)
                 self._note_waiting()
                 self._identity[folder] = _identity(folder)
                 covered = folder in self._inner
@@ -219,6 +286,8 @@ class Watcher(FileSystemEventHandler):
             with self._lock:
                 self._missing.discard(folder)
                 self._awaited.discard(folder)
+                self._over_limit.pop(folder, None)
+                self._scan_took.pop(folder, None)
                 self._identity.pop(folder, None)
                 watch = self._watches.pop(folder, None)
                 self._note_watches()
@@ -243,8 +312,8 @@ class Watcher(FileSystemEventHandler):
             self._observer.unschedule(watch)
 
     def _watched(self, path: str) -> bool:
-        """Whether path is a watch folder or under one (call with the lock held)."""
-        return within(path, self._watches)
+        """Whether path is a watch folder or under one (call with the lock held), scanned if not observed."""
+        return within(path, self._watches) or within(path, self._over_limit)
 
     def _note_watches(self) -> None:
         """(With the lock held, after a change to the observed folders.) A pack watched inside a library already
@@ -327,13 +396,11 @@ class Watcher(FileSystemEventHandler):
     def _watch_anew(self, root: str) -> None:
         try:
             self._rewatch(root)
-        except OSError as e:  # (the inotify limit): watched again with the missing ones, every few seconds
-            log.warning("cannot watch %s again (%s); tried again every few seconds", root, e)
+        except OSError as e:  # (the inotify limit): scanned until it can be watched
             with self._lock:
                 self._watches.pop(root, None)
                 self._note_watches()  # (a watch folder inside it is observed on its own meanwhile)
-                self._missing.add(root)
-                self._note_waiting()
+            self._not_watched(root, e)
             return
         self.rescan(root)  # (what changed while it was watched anew, too)
 
@@ -371,8 +438,7 @@ class Watcher(FileSystemEventHandler):
                 if not lost:
                     continue
                 if lost_watches.at_watch_limit(min(lost)):  # a rewatch would fail, and drop the whole watch folder
-                    log.warning("%d folders under %s are not watched (the inotify limit): scanning it", len(lost), root)
-                    self.rescan(root)
+                    self.at_limit(root)
                     continue
                 log.warning("%s is not watched any more: watching and scanning %s again", min(lost), root)
                 self._watch_anew(root)
@@ -469,9 +535,21 @@ class Watcher(FileSystemEventHandler):
             self._move(src, os.fsdecode(event.dest_path), event.is_directory)
         elif isinstance(event, DirCreatedEvent) and not os.path.islink(src):
             self._scan_folder(src)  # a folder moved in arrives as one event for all its files
+            self._made_at_limit(src)
         elif isinstance(event, DirAttribEvent) and not os.path.islink(src):
             # a chmod of a folder: its files failed "permission denied" and stayed failed once it was fixed
             self._scan_folder(src)
+
+    def _made_at_limit(self, folder: str) -> None:
+        """A folder made at the inotify limit is not watched (watchdog logs it, and goes on): what came into it
+        later was never indexed, even once the limit was raised. Its watch folder is scanned until it can be
+        watched whole."""
+        with self._lock:
+            root = next((up for up in _upwards(folder) if up in self._watches), None)
+            if root is None or root in self._over_limit:
+                return
+        if lost_watches.at_watch_limit(folder):
+            self.at_limit(root)
 
     def _mark(self, path: str, due: float, postpone: bool = True) -> None:
         if is_audio_path(path) and self._storable(path):
@@ -562,11 +640,15 @@ class Watcher(FileSystemEventHandler):
                     with self._lock:
                         retried = sorted(self._missing)
                     for folder in retried:
-                        with contextlib.suppress(OSError):  # still over the inotify limit: said at start
+                        try:
                             self.watch(folder)
+                        except OSError as e:  # (another error: said once, when it was found missing)
+                            if e.errno in AT_WATCH_LIMIT:  # back, but at the inotify limit
+                                self.at_limit(folder)
                     self._retry_awaited()
                     self._list_again()
                     self._check_watched()
+                    self._poll_over_limit()
                     self._scan_folders_in_turn()  # (its thread could not be started at the time)
                     if (missing := self.missing) != said_missing:  # gone or back: Status.missing_watches
                         said_missing = missing  # changed, and a front end that follows events is told
@@ -749,6 +831,7 @@ class Watcher(FileSystemEventHandler):
         visited: set[str] = set()
         unlisted: list[str] = []  # by this scan: what is under them is not known to be gone
         stable = _stable_inodes()
+        started = time.monotonic()
         stack = [folder]
         while stack:
             directory = stack.pop()
@@ -823,6 +906,9 @@ class Watcher(FileSystemEventHandler):
             # a link is never walked, so never kept; nor is what an older version indexed in junk (__MACOSX, a trash)
             if _not_a_folder(gone) or os.path.islink(gone) or in_junk_folder(gone):
                 self._remove_all(list(self.index.files_in_dir(gone)))
+        with self._lock:
+            if folder in self._over_limit:  # how often it may be scanned for what no event says
+                self._scan_took[folder] = time.monotonic() - started
 
     def _remove_all(self, paths: list[str]) -> None:
         with self._lock:
@@ -879,7 +965,12 @@ MADE_UP_INODES = {"vfat", "msdos", "exfat", "fat", "umsdos"}  # numbered at each
 
 
 UNNAMED_MOST = 1000  # names not UTF-8 remembered (each status checks they are still there)
+AT_WATCH_LIMIT = (errno.ENOSPC, errno.EMFILE)  # inotify's watches, or its instances, used up (the user's limits)
 CHECK_S = 5.0  # how often watch folders are checked for a move, a comeback or a due rescan
+# a watch folder not watched whole at the inotify limit is scanned every LIMIT_POLL_S, or less often when its
+# scan is long: at most once per LIMIT_POLL_SCANS times its last scan's length (a twentieth of a core)
+LIMIT_POLL_S = 60.0
+LIMIT_POLL_SCANS = 20
 LINKS_S = 60.0  # how often the targets of broken links, and unreadable files, are looked at again
 
 

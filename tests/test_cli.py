@@ -320,7 +320,7 @@ def test_two_hundred_files_copied_in_are_all_tagged_and_searchable(daemon: Daemo
     library.mkdir()
     vibrary("watch", "add", str(library), home=daemon.home)
     assert json_lines(vibrary("watch", "list", "--json", home=daemon.home).stdout) == [
-        {"watches": [str(library)], "missing": []}
+        {"watches": [str(library)], "missing": [], "unwatched": []}
     ]
     shutil.copytree(pack, library / "pack")
 

@@ -1426,3 +1426,83 @@ def test_a_status_follows_a_model_activated_by_another_process_at_once(daemon: D
         index.set_active(row, active)  # as the CLI does, in another process
         status = daemon.client.status()
         assert (list(status.models), bool(status.stalled)) == (([row.ref], False) if active else ([], True))
+
+
+# A daemon of its own under a lowered inotify limit: in a user namespace of its own (`unshare -Ur`), whose
+# limit (/proc/sys/user/max_inotify_watches) its root may set, the machine's left alone. The limit follows a
+# file the test writes; the poll of folders at the limit comes every half second, not every minute.
+_LIMITED = """
+import os, threading, time
+from vibrary.daemon import watch
+watch.LIMIT_POLL_S = 0.5
+if open("/proc/self/uid_map").read().split() != ["0", "0", "4294967295"]:  # (never the machine's own limit)
+    def follow() -> None:
+        while True:
+            try:
+                with open(os.environ["LIMIT_FILE"]) as f, open("/proc/sys/user/max_inotify_watches", "w") as out:
+                    out.write(f.read())
+            except OSError:
+                pass
+            time.sleep(0.1)
+    threading.Thread(target=follow, daemon=True).start()
+"""
+_USERNS = subprocess.run(["unshare", "-Ur", "true"], capture_output=True).returncode == 0
+
+
+def _inotify_watches(pid: int) -> int:
+    watches = 0
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            watches += f.read().count("inotify wd:")
+    return watches
+
+
+@pytest.mark.skipif(not _USERNS, reason="lowering inotify's limit for one process needs a user namespace (unshare -Ur)")
+def test_a_library_over_the_inotify_limit_is_scanned_said_and_watched_once_it_can_be(
+    model_home: Path, tmp_path: Path
+) -> None:
+    """At the limit (fs.inotify.max_user_watches, which a big library and an editor's watches reach), a watch
+    folder was not watched at start and never scanned, silently: files added while the daemon was down, or
+    since, were never indexed. `watch add` of a library too big for the limit was refused. A folder made at
+    the limit was never watched, even once the limit was raised: what came into it later was never indexed."""
+    hook, limit, library = tmp_path / "hook", tmp_path / "limit", tmp_path / "library"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_LIMITED)
+    limit.write_text("8")
+    for i in range(12):  # 13 folders: over the limit
+        write_tone(library / f"pack{i}" / "tone.wav", 100.0 + 20 * i)
+    wrapper = ["unshare", "-Ur", "env", f"PYTHONPATH={hook}", f"LIMIT_FILE={limit}"]
+    d = start_daemon(model_home, wrapper=wrapper)
+    c = d.client
+
+    def indexed(*paths: Path) -> bool:
+        return all(f.state == "indexed" for f in c.tags([str(p) for p in paths]))
+
+    try:
+        c.add_watch(str(library))  # refused: "cannot watch … inotify watch limit reached"
+        assert list(c.watch_list().unwatched) == [str(library)]
+        assert wait_for(lambda: indexed(*library.glob("*/*.wav")), timeout=30)
+        assert list(c.status().unwatched_folders) == [str(library)]
+        said = vibrary("status", home=model_home).stdout
+        assert f"not watched whole, the inotify limit (fs.inotify.max_user_watches) reached: {library}" in said
+        write_tone(library / "pack3" / "late.wav", 777.0)  # no event: found by a scan
+        assert wait_for(lambda: indexed(library / "pack3" / "late.wav"), timeout=30)
+        limit.write_text("1000")  # raised: watched whole, and scanned once more
+        assert wait_for(lambda: not c.status().unwatched_folders, timeout=30)
+        assert "inotify limit allows more watches now" in d.log()
+        # at the limit again, exactly: folders made now get no watch
+        wait_for(lambda: _inotify_watches(d.proc.pid) >= 13)
+        limit.write_text(str(_inotify_watches(d.proc.pid)))
+        time.sleep(0.5)
+        for i in range(3):
+            write_tone(library / f"new{i}" / "tone.wav", 1000.0 + 50 * i)
+        assert wait_for(lambda: indexed(*library.glob("new*/tone.wav")), timeout=30)  # (scanned as made)
+        assert wait_for(lambda: list(c.status().unwatched_folders) == [str(library)], timeout=30)
+        write_tone(library / "new2" / "later.wav", 1500.0)
+        assert wait_for(lambda: indexed(library / "new2" / "later.wav"), timeout=30)
+        limit.write_text("1000")
+        assert wait_for(lambda: not c.status().unwatched_folders, timeout=30)
+        write_tone(library / "new2" / "after.wav", 1600.0)  # watched: its event brings it
+        assert wait_for(lambda: indexed(library / "new2" / "after.wav"), timeout=30)
+    finally:
+        d.stop()

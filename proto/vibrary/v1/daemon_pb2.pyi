@@ -65,6 +65,7 @@ class Status(_message.Message):
     WAITING_FOR_WATCHES_FIELD_NUMBER: _builtins.int
     FAILING_MODELS_FIELD_NUMBER: _builtins.int
     RETAGGING_FIELD_NUMBER: _builtins.int
+    UNWATCHED_FOLDERS_FIELD_NUMBER: _builtins.int
     indexed: _builtins.int
     pending: _builtins.int
     failed: _builtins.int
@@ -149,6 +150,13 @@ class Status(_message.Message):
         models change (activate a fixed version) or the daemon starts again; the files get the other models' tags.
         """
 
+    @_builtins.property
+    def unwatched_folders(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Watch folders that inotify does not watch whole: its limit (fs.inotify.max_user_watches, shared by every
+        program of the user's) is reached. Changes in them are found by a scan every few minutes, not at once;
+        once the limit is raised (or other programs free watches) they are watched again.
+        """
+
     def __init__(
         self,
         *,
@@ -179,10 +187,11 @@ class Status(_message.Message):
         waiting_for_watches: _builtins.bool = ...,
         failing_models: _abc.Iterable[_builtins.str] | None = ...,
         retagging: _builtins.int = ...,
+        unwatched_folders: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "failing_models", b"failing_models", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "retagging", b"retagging", "retry_reason", b"retry_reason", "retrying", b"retrying", "reused", b"reused", "scanning", b"scanning", "stalled", b"stalled", "training", b"training", "unfollowed_links", b"unfollowed_links", "unlisted_folders", b"unlisted_folders", "unnamed_count", b"unnamed_count", "unnamed_files", b"unnamed_files", "unusable_models", b"unusable_models", "uptime_s", b"uptime_s", "version", b"version", "waiting_for_watches", b"waiting_for_watches", "watches", b"watches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "failing_models", b"failing_models", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "retagging", b"retagging", "retry_reason", b"retry_reason", "retrying", b"retrying", "reused", b"reused", "scanning", b"scanning", "stalled", b"stalled", "training", b"training", "unfollowed_links", b"unfollowed_links", "unlisted_folders", b"unlisted_folders", "unnamed_count", b"unnamed_count", "unnamed_files", b"unnamed_files", "unusable_models", b"unusable_models", "unwatched_folders", b"unwatched_folders", "uptime_s", b"uptime_s", "version", b"version", "waiting_for_watches", b"waiting_for_watches", "watches", b"watches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -252,21 +261,27 @@ class WatchList(_message.Message):
 
     PATHS_FIELD_NUMBER: _builtins.int
     MISSING_FIELD_NUMBER: _builtins.int
+    UNWATCHED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def missing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """those of `paths` that are not there now (see Status.missing_watches)"""
 
+    @_builtins.property
+    def unwatched(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """those of `paths` inotify does not watch whole (Status.unwatched_folders)"""
+
     def __init__(
         self,
         *,
         paths: _abc.Iterable[_builtins.str] | None = ...,
         missing: _abc.Iterable[_builtins.str] | None = ...,
+        unwatched: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["missing", b"missing", "paths", b"paths"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["missing", b"missing", "paths", b"paths", "unwatched", b"unwatched"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
