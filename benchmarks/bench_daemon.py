@@ -467,7 +467,7 @@ def prepare_home(model_path: Path) -> Path:
     config.Settings(settle_s=0.2).save(home)
     index = Index(config.index_path(home))
     try:
-        for row in registry.ensure_builtin(index, home):
+        for row in registry.ensure_models(index, home):
             index.set_active(row, False)
         model = registry.install(index, home, str(model_path))  # the demo model: its built-in row
         index.set_active(model, True)

@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 
 from vibrary.daemon import config, registry
 from vibrary.daemon.folders import UNNAMED, indexed_path, storable
@@ -167,12 +168,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _remove_all(args: argparse.Namespace, index: Index, name: str) -> int:
+def _remove_all(args: argparse.Namespace, index: Index, home_dir: Path, name: str) -> int:
     """Every version of a model, the active one last: removed first, it activated the one before, for a moment."""
     rows = sorted((m for m in index.models() if m.name == name), key=lambda m: (m.active, m.version))
     try:
         for row in rows:
-            registry.remove(index, row)
+            registry.remove(index, home_dir, row)
     except ModelError as e:
         raise CommandError(str(e)) from None
     refs = [row.ref for row in rows]
@@ -390,10 +391,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "remove" and args.all:  # one command a version, each activating the one before
         if version:
             raise UsageError(f"--all removes every version of a model: give NAME, not {args.ref}")
-        return _remove_all(args, index, name)
+        return _remove_all(args, index, home_dir, name)
     if args.action == "remove":
         try:
-            successor = registry.remove(index, row)
+            successor = registry.remove(index, home_dir, row)
         except ModelError as e:
             raise CommandError(str(e)) from None
         instead = {"activated": successor.ref} if successor else {}

@@ -159,7 +159,7 @@ def _print_files(args: argparse.Namespace, files: Iterable[Any], no_tags: str = 
 def _index() -> tuple[Index, Any]:
     home_dir = config.home()
     index = Index(config.index_path(home_dir))
-    registry.ensure_builtin(index, home_dir)
+    registry.ensure_models(index, home_dir)
     return index, home_dir
 
 

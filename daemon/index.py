@@ -206,17 +206,19 @@ FAILED = "failed"
 _UNUSED = "NOT EXISTS (SELECT 1 FROM files f WHERE f.content_id = contents.id)"  # a content no file has now
 
 
-def _add_column(c: sqlite3.Connection, table: str, column: str) -> None:
-    """A column an index made by an older version lacks."""
+def _add_column(c: sqlite3.Connection, table: str, column: str) -> bool:
+    """A column an index made by an older version lacks; whether this call added it."""
     name = column.split()[0]
     if c.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone() and not any(
         row[1] == name for row in c.execute(f"PRAGMA table_info({table})")
     ):
         try:
             c.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            return True
         except sqlite3.OperationalError as e:  # another process opening the same old index added it meanwhile
             if "duplicate column name" not in str(e):  # (the daemon and a command at login: one said "damaged")
                 raise
+    return False
 
 
 def _pages(items: Sequence[T]) -> Iterator[Sequence[T]]:
@@ -294,7 +296,8 @@ class Index:
         _ids_never_reused(c, "models", then=_ORPHANS)
         _add_column(c, "files", "inode INTEGER NOT NULL DEFAULT -1")  # -1: not known yet
         _add_column(c, "contents", "unused_since REAL")
-        _add_column(c, "models", "activated REAL NOT NULL DEFAULT 0")
+        if _add_column(c, "models", "activated REAL NOT NULL DEFAULT 0"):  # the versions active now came last: a
+            c.execute("UPDATE models SET activated = installed WHERE active")  # removal restored the newest
         c.executescript(SCHEMA)  # executescript runs its own transaction
         if upgrade:  # tags_hit gave way to tags_hits: without its statistics a path search walks every tag
             c.execute("ANALYZE tags")
@@ -729,6 +732,10 @@ class Index:
             known = ", ".join(m.ref for m in self.models()) or "none"  # by name and version: @2 before @10
             raise KeyError(f"no model {name}{'@' + str(version) if version else ''}; installed: {known}")
         return max(matching, key=lambda m: (active_first and m.active, m.version))
+
+    def set_model_path(self, model: ModelRow, path: str) -> None:
+        with self.write() as c:
+            c.execute("UPDATE models SET path = ? WHERE id = ?", (path, model.id))
 
     def active_models(self) -> list[ModelRow]:
         return [m for m in self.models() if m.active]

@@ -35,7 +35,9 @@ def install(
     for row in index.models():
         if row.name == name and row.sha256 == digest:  # the same file installed twice is the same version
             if not row.builtin and sha256_file_or_none(row.path) != digest:  # its copy lost or damaged: restored
-                _copy(source, row.path)
+                restored = home_path(home_dir, name, digest)  # (in this home, not where a home copied had it)
+                _copy(source, str(restored))
+                index.set_model_path(row, str(restored))
             if active:
                 index.set_active(row, True)
             return index.model(row.name, row.version)
@@ -43,9 +45,8 @@ def install(
         target = source
     else:
         check_free_name(index, name)
-        folder = config.models_dir(home_dir) / name
-        folder.mkdir(parents=True, exist_ok=True)
-        target = str(folder / f"{digest[:16]}.onnx")
+        target = str(home_path(home_dir, name, digest))
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
         _copy(source, target)
         try:  # as copied: one whose weights lie in files beside it (ONNX external data) loaded there, not here
             Model(target, threads=1)
@@ -94,13 +95,16 @@ def check_free_name(index: Index, name: str) -> None:
 PLOTS = ("learning_curve.png", "confusion_matrix.png")  # a trained model's plots, beside its file
 
 
-def remove(index: Index, row: ModelRow) -> ModelRow | None:
-    """Forget a version and delete its file and plots; returns the version activated in its place."""
+def remove(index: Index, home_dir: Path, row: ModelRow) -> ModelRow | None:
+    """Forget a version and delete its file and plots; returns the version activated in its place. Only
+    files in this home's models folder are deleted (a home copied from another had the other's paths)."""
     if row.builtin:
         raise ModelError(f"{row.ref} is built in; deactivate it instead")
     successor = index.remove_model(row)
     if any(m.path == row.path for m in index.models()):  # another version is this file (a home from before
         return successor  # add_model knew a file installed twice at once): it keeps it
+    if not Path(row.path).resolve().is_relative_to(config.models_dir(home_dir).resolve()):
+        return successor
     for path in [Path(row.path), *(Path(row.path).with_suffix(f".{plot}") for plot in PLOTS)]:
         path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # its model's folder, when it was the last version (else not empty)
@@ -108,18 +112,50 @@ def remove(index: Index, row: ModelRow) -> ModelRow | None:
     return successor
 
 
-def ensure_builtin(index: Index, home_dir: Path) -> list[ModelRow]:
-    """Register the shipped models on a fresh home and activate them; a home that has seen them keeps
-    the user's choice."""
-    rows = []
-    known = {m.sha256 for m in index.models()}
+def ensure_models(index: Index, home_dir: Path) -> list[ModelRow]:
+    """Register the shipped models on a fresh home and activate them (returned); a home that has seen them
+    keeps the user's choice. Each model is found where this home and this install keep it (_found_here); a
+    new release's model takes the place of the one of its name it supersedes, active only if that one was (a
+    `deactivate` was undone by an upgrade), and the one it supersedes is forgotten once inactive (its file
+    went with the old install: it was listed as damaged, and could not be removed)."""
+    _found_here(index, home_dir)
+    rows, shipped = [], set()
     for path in sorted(BUILTIN_DIR.glob("*.onnx")):
-        if sha256_file(str(path)) in known:
+        digest = sha256_file(str(path))
+        shipped.add(digest)
+        models = index.models()
+        if any(m.sha256 == digest for m in models):
             continue
         try:
-            row = install(index, home_dir, str(path), builtin=True, active=True)
+            name = Model(str(path), threads=1).info.name  # (one transaction: installed and activated, or not)
+            earlier = [m for m in models if m.builtin and m.name == name]
+            active = not earlier or any(m.active for m in earlier)
+            row = install(index, home_dir, str(path), builtin=True, active=active)
         except ModelError as e:  # a damaged install: every command would stop on it, even the ones that can help
             log.error("the built-in model %s cannot be used (%s): reinstall Vibrary", path.name, e)
             continue
         rows.append(row)
-    return rows
+    superseded = {m.name for m in index.models() if m.builtin and m.sha256 in shipped}
+    for m in index.models():
+        if m.builtin and m.sha256 not in shipped and m.name in superseded and not m.active:
+            log.info("built-in model %s is superseded by this version's: forgotten", m.ref)
+            index.remove_model(m)
+    return [index.model(r.name, r.version) for r in rows]
+
+
+def _found_here(index: Index, home_dir: Path) -> None:
+    """Each model's path as this install and this home have it: a built-in one in this install (a venv made
+    anew, a clone moved, pipx's upgrade: the path of the install that first saw it was kept, and once that
+    was gone the model could neither be used nor installed again), and one of the user's in this home's
+    models folder, where a home copied or moved holds its files (it used the old home's, and a removal here
+    deleted them there)."""
+    shipped = {sha256_file(str(p)): str(p) for p in BUILTIN_DIR.glob("*.onnx")}
+    for m in index.models():
+        here = shipped.get(m.sha256) if m.builtin else str(home_path(home_dir, m.name, m.sha256))
+        if here and here != m.path and Path(here).exists():
+            index.set_model_path(m, here)
+
+
+def home_path(home_dir: Path, name: str, digest: str) -> Path:
+    """Where a model of the user's is kept in a home."""
+    return config.models_dir(home_dir) / name / f"{digest[:16]}.onnx"

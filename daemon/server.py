@@ -364,7 +364,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
     def RemoveModel(self, request: pb.ModelRef, context: grpc.ServicerContext) -> pb.ModelList:
         row = self._model_row(request, context, active_first=False)
         try:
-            registry.remove(self.daemon.index, row)
+            registry.remove(self.daemon.index, self.daemon.home, row)
         except ModelError as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         self.daemon.models_changed()

@@ -105,7 +105,7 @@ class Daemon:
         _lower_priority(self.settings.nice)
         self.started = time.time()
         self.index = Index(config.index_path(home_dir))
-        registry.ensure_builtin(self.index, home_dir)
+        registry.ensure_models(self.index, home_dir)
         self.cache = SpectrogramCache(config.cache_path(home_dir), self.settings.cache_max_mb << 20)
         self.events = EventBus()
         self._active = {m.id: m.ref for m in self.index.active_models()}

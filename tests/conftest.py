@@ -90,7 +90,7 @@ def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def model_home(home: Path, band_onnx: Path) -> Path:
     """A home whose only active model is the low/mid/high band model: its right answers are known."""
     index = Index(config.index_path(home))
-    for row in registry.ensure_builtin(index, home):
+    for row in registry.ensure_models(index, home):
         index.set_active(row, False)
     index.set_active(registry.install(index, home, str(band_onnx)), True)
     index.close()

@@ -656,7 +656,7 @@ def test_vibrary_train_in_the_cloud_installs_the_model_and_a_decline_says_what_i
     from vibrary.daemon import training
 
     index = _kinds_dataset(home, tmp_path)
-    registry.ensure_builtin(index, home)
+    registry.ensure_models(index, home)
     seen: list[training.TrainProgress] = []
     try:
         with pytest.raises(training.Cancelled, match="not accepted"):

@@ -1184,7 +1184,7 @@ def test_a_model_name_that_cannot_be_a_folder_or_is_the_builtins_is_refused(home
                 registry.install(index, home, str(band_onnx), name)
         assert not config.models_dir(home).exists() or not any(config.models_dir(home).iterdir())
         assert registry.install(index, home, str(band_onnx), "x" * 100).name == "x" * 100
-        registry.ensure_builtin(index, home)
+        registry.ensure_models(index, home)
         with pytest.raises(ModelError, match="built-in model's"):  # it would become demo@2, the demo put away
             registry.install(index, home, str(band_onnx), "demo")
         with pytest.raises(ModelError, match="built-in model's"):  # a model of its own beside it: `Demo`, `demo`
@@ -1214,9 +1214,9 @@ def test_removing_one_of_two_versions_of_one_file_keeps_the_file_for_the_other(h
                    FROM models WHERE id = ?""",
                 (one.id,),
             )
-        registry.remove(index, index.model(one.name, 2))
+        registry.remove(index, home, index.model(one.name, 2))
         assert Path(one.path).exists() and registry.usable(index.model(one.name, 1))
-        registry.remove(index, index.model(one.name, 1))
+        registry.remove(index, home, index.model(one.name, 1))
         assert not Path(one.path).exists()  # the last one takes it
     finally:
         index.close()
@@ -1239,13 +1239,13 @@ def test_a_kill_as_a_model_is_installed_never_leaves_it_installed_and_idle(
     monkeypatch.setattr(Index, "set_active", killed)
     index = Index(config.index_path(home))
     try:
-        registry.ensure_builtin(index, home)
+        registry.ensure_models(index, home)
         registry.install(index, home, str(band_onnx), "band", active=True)
     finally:
         index.close()
     index = Index(config.index_path(home))  # as the next start finds it
     try:
-        assert registry.ensure_builtin(index, home) == []  # (seen: the user's choice from now on)
+        assert registry.ensure_models(index, home) == []  # (seen: the user's choice from now on)
         assert {m.name for m in index.active_models()} == {"demo", "band"}
     finally:
         index.close()
@@ -1316,5 +1316,78 @@ def test_a_model_whose_weights_lie_beside_it_is_refused_and_no_copy_is_left(mode
             registry.install(index, model_home, str(tmp_path / "apart" / "apart.onnx"))
         assert [m.name for m in index.models() if m.name == "apart"] == []
         assert not list((config.models_dir(model_home) / "apart").glob("*.onnx"))
+    finally:
+        index.close()
+
+
+def test_an_upgrade_finds_the_built_in_model_where_this_install_keeps_it_and_keeps_the_users_choice(
+    home: Path,
+) -> None:
+    """The built-in model's row kept the path of the install that first saw it: once that was gone (a venv
+    made anew, a clone moved, pipx's upgrade) it could be neither used, installed again nor removed. A new
+    release's built-in model was active though the user had deactivated the one before it, and the one
+    before stayed listed as damaged for good."""
+    from vibrary.daemon import registry
+
+    index = Index(config.index_path(home))
+    try:
+        (demo,) = registry.ensure_models(index, home)
+        index.set_model_path(demo, "/gone/venv/vibrary/daemon/builtin/demo.onnx")  # as the old install had it
+        assert registry.ensure_models(index, home) == [] and registry.usable(index.model("demo"))
+        for was_active in (False, True):  # the release before this one's demo model, as a home upgraded has it
+            index.remove_model(index.model("demo"))
+            old = index.add_model("demo", "/gone/demo.onnx", "a" * 64, demo.classes, "{}", True, was_active)
+            (new,) = registry.ensure_models(index, home)
+            assert [(m.version, m.active) for m in index.models()] == [(new.version, was_active)]
+            assert new.version > old.version and registry.usable(new)
+    finally:
+        index.close()
+
+
+def test_a_home_copied_or_moved_uses_and_removes_only_its_own_model_files(home: Path, band_onnx: Path) -> None:
+    """Model paths were the home's own when installed: a copy of the home (a backup taken before an upgrade,
+    a home moved to another disk) used the other home's files, and a removal in the copy deleted them."""
+    from vibrary.daemon import registry
+
+    index = Index(config.index_path(home))
+    try:
+        mine = registry.install(index, home, str(band_onnx), "mine", active=True)
+    finally:
+        index.close()
+    copy = home.parent / f"{home.name}-copy"
+    shutil.copytree(home, copy)
+    try:
+        index = Index(config.index_path(copy))
+        try:
+            registry.ensure_models(index, copy)
+            here = index.model("mine")
+            assert Path(here.path).is_relative_to(copy) and registry.usable(here)
+            index.set_model_path(here, mine.path)  # as a command that never looked would find it
+            registry.remove(index, copy, index.model("mine"))
+        finally:
+            index.close()
+        assert Path(mine.path).exists()  # the original home's file is left alone
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+def test_an_upgraded_index_restores_the_version_that_was_active_before_a_newer_one(home: Path, band_onnx: Path) -> None:
+    """An index from before versions kept when each was activated had every row at 0: removing the active
+    version restored the newest, not the rollback the user had made."""
+    from vibrary.daemon import registry
+
+    index = Index(config.index_path(home))
+    try:
+        one = registry.install(index, home, str(band_onnx), "mine")
+        registry.install(index, home, str(band_model(home / "two.onnx", shift=1)), "mine")
+        index.set_active(one, True)  # the rollback, made by an older version
+        with index.write() as c:
+            c.execute("ALTER TABLE models DROP COLUMN activated")
+    finally:
+        index.close()
+    index = Index(config.index_path(home))
+    try:
+        three = registry.install(index, home, str(band_model(home / "three.onnx", shift=2)), "mine", active=True)
+        assert registry.remove(index, home, three) == index.model("mine", 1)
     finally:
         index.close()
