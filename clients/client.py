@@ -202,10 +202,10 @@ class Client:
         import psutil  # (here: the lock is fcntl's, and a client on Windows reaches a daemon over TCP only)
         from vibrary.daemon import pidlock
 
-        pid = pidlock.holder(config.lock_path(Path(self._socket()).parent))
-        try:
+        try:  # (a home that is a file, or cannot be read: NotADirectoryError was all a caller got)
+            pid = pidlock.holder(config.lock_path(Path(self._socket()).parent))
             status = psutil.Process(pid).status() if pid else psutil.STATUS_DEAD
-        except psutil.Error:
+        except (psutil.Error, OSError):
             return 0, False
         if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):  # one dying, its lock not yet let go: none holds it
             return 0, False
@@ -229,12 +229,15 @@ class Client:
 
     # -- calls ---------------------------------------------------------------------------------------
     def is_running(self) -> bool:
-        """Whether a daemon answers there; one that refuses this client's token runs all the same."""
+        """Whether a daemon answers there, within 2 s; one that refuses this client's token runs all the same.
+        One suspended or hung answers nothing: False (a question of yes or no raised for it)."""
         try:
             self.status(timeout=2.0)
         except DaemonNotRunning:
             return False
         except DaemonError as e:
+            if e.code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+                return False
             if e.code != grpc.StatusCode.UNAUTHENTICATED:
                 raise
         return True
@@ -272,9 +275,10 @@ class Client:
         None counts the tags that hit (a model's best tag, or a score of at least 0.5), a score counts every
         stored score from it up (0: all). `under`: a folder. `model`: one model's tags (NAME,
         or NAME@VERSION of its active version).
-        `limit` 0: every match; in the index's order unless `best_first` (the surest first, which costs
-        more: `vibrary search --limit` asks for it). Tags as the models spell them: the synonym table (hh →
-        hihat), which `vibrary search` reads too, is the caller's to apply (`synonyms()` lists it)."""
+        `limit` 0: every match; in the index's order unless `best_first` (the surest first by the first
+        group's tags, which costs more: `vibrary search --limit` asks for it). Tags as the models spell them:
+        the synonym table (hh → hihat), which `vibrary search` reads too, is the caller's to apply
+        (`synonyms()` lists it)."""
         if isinstance(all_of, str):
             groups, excluded = parse_query(all_of)
         else:

@@ -23,7 +23,7 @@ from vibrary.daemon.folders import indexed_path
 from vibrary.daemon.index import under
 from vibrary.proto import daemon_pb2 as pb
 
-from .client import Client, DaemonNotRunning
+from .client import Client, DaemonNotAnswering, DaemonNotRunning
 from .output import FAILING, UNUSABLE, Bar, CommandError, _out, _shown
 from .tray_state import looking_for_files, many
 
@@ -187,7 +187,7 @@ def _say_of_added(folder: str, watches: list[str]) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     with Client() as c:
-        s = c.status()
+        s = _once_up(c) if args.wait else c.status()
         if args.wait:
             _wait_idle(c, s.pending)
             s = c.status()
@@ -304,6 +304,23 @@ def cmd_tray(args: argparse.Namespace) -> int:
 
 BACK_S = 60.0  # how long `status --wait` waits for a daemon that stopped to come back (a restart, an upgrade)
 STUCK_S = 10.0  # how long nothing moves, a watch folder missing, before `status --wait` says so and ends
+
+
+def _once_up(c: Client) -> pb.Status:
+    """The status of a daemon that holds its home but does not answer yet, once it does, BACK_S at most: one just
+    started opens its socket once every folder is watched (seconds for a big library), and `vibrary daemon &
+    vibrary status --wait` failed at once. Once such a daemon was seen, one restarted meanwhile is waited for too."""
+    since, starting = time.monotonic(), False
+    while True:
+        try:
+            return c.status()
+        except DaemonNotRunning as e:  # (DaemonNotAnswering among them)
+            if not starting and isinstance(e, DaemonNotAnswering):
+                starting = True
+                print(f"vibrary: waiting up to {BACK_S:.0f} s for the daemon to answer ({e})", file=sys.stderr)
+            if not starting or time.monotonic() - since > BACK_S:
+                raise
+            time.sleep(0.5)
 
 
 def _wait_idle(c: Client, pending: int) -> None:

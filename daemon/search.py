@@ -35,7 +35,7 @@ class Query:
     path_prefix: str = ""
     model: str = ""
     limit: int = 0
-    best_first: bool = False  # with a limit: the surest matches, best first (_best_first)
+    best_first: bool = False  # the surest matches first (_best_first; without a limit, all of them sorted)
     # folders whose files are left out: watch folders not there now (moved, unmounted), whose files stay
     # indexed under paths that cannot be opened (a moved pack, watched again where it is, came up twice)
     hidden: Sequence[str] = ()
@@ -43,7 +43,7 @@ class Query:
 
 def search(index: Index, q: Query, page: int = 200) -> Iterator[FileTags]:
     """Files matching the query, streamed a page at a time, in whatever order is cheapest; with
-    `best_first` and a limit, the surest matches first."""
+    `best_first`, the surest matches first (without a limit it was ignored, though the API said otherwise)."""
     models = [m for m in index.active_models() if not q.model or m.name == q.model]
     if not models:
         return
@@ -55,8 +55,9 @@ def search(index: Index, q: Query, page: int = 200) -> Iterator[FileTags]:
             return  # a tag nobody has: nothing can match
         groups.append(ids)
     excluded = [t for t in (_lookup_tag(index, x) for x in q.none_of) if t is not None]
-    if q.best_first and q.limit > 0 and groups:
-        yield from index._with_tags(_best_first(index, groups, excluded, model_ids, q), model_ids)
+    if q.best_first and groups:
+        rows = (_best_first if q.limit > 0 else _all_sorted)(index, groups, excluded, model_ids, q)
+        yield from index._with_tags(rows, model_ids)
         return
     for chunk in _matching(index, groups, excluded, model_ids, q, page):
         yield from index._with_tags(chunk, model_ids)
@@ -116,7 +117,7 @@ def _all_sorted(
 ) -> list[tuple]:
     found = [row for chunk in _matching(index, groups, excluded, model_ids, replace(q, limit=0)) for row in chunk]
     scores = _lead_scores(index, groups[0], model_ids, sorted({row[1] for row in found}), q.min_score)
-    return sorted(found, key=lambda row: (-scores.get(row[1], 0.0), row[0]))[: q.limit]
+    return sorted(found, key=lambda row: (-scores.get(row[1], 0.0), row[0]))[: q.limit or None]
 
 
 def _files_under(index: Index, folder: str, most: int) -> int:

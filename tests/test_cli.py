@@ -18,7 +18,7 @@ from vibrary.clients.query import QueryError, parse_query
 from vibrary.daemon import config
 from vibrary.daemon.index import Index
 
-from tests.conftest import DaemonProcess, json_lines, start_daemon, vibrary, wait_for
+from tests.conftest import DaemonProcess, home_held, json_lines, start_daemon, vibrary, wait_for
 from tests.synth import BANDS, band_model, write_tone
 
 
@@ -574,6 +574,29 @@ def test_status_wait_waits_for_a_daemon_that_is_restarted(model_home: Path, tmp_
         if waiting is not None and waiting.poll() is None:
             waiting.kill()
         d.stop()
+
+
+def test_status_wait_waits_for_a_daemon_still_starting(model_home: Path) -> None:
+    """`vibrary daemon & vibrary status --wait` failed at once: a daemon opens its socket once every folder is
+    watched (seconds for a big library), and until then it "does not answer"."""
+    env = {**os.environ, "VIBRARY_HOME": str(model_home)}
+    command = [sys.executable, "-m", "vibrary.clients.cli", "status", "--wait", "--json"]
+    d = None
+    with home_held(model_home) as pid:  # a daemon starting, as a status sees it
+        waiting = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3.0)
+        assert waiting.poll() is None, waiting.communicate()
+    try:
+        d = start_daemon(model_home)
+        out, err = waiting.communicate(timeout=60)
+        assert waiting.returncode == 0, err
+        assert f"waiting up to 60 s for the daemon to answer (the daemon (pid {pid}) does not answer" in err
+        assert json_lines(out)[0]["pending"] == 0
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+        if d is not None:
+            d.stop()
 
 
 def test_status_wait_waits_for_the_folders_still_being_listed(

@@ -247,6 +247,9 @@ def test_looking_for_a_daemon_creates_no_home(tmp_path: Path, monkeypatch: pytes
         with pytest.raises(DaemonNotRunning, match="vibrary daemon"):
             c.status()
     assert not (tmp_path / "not").exists()
+    (tmp_path / "a file").write_text("")  # a home that is a file: NotADirectoryError, no VibraryError
+    with Client(home_dir=tmp_path / "a file") as c, pytest.raises(DaemonNotRunning, match="vibrary daemon"):
+        c.status()
     with Client("127.0.0.1:9", timeout=2) as remote, pytest.raises(DaemonNotRunning) as e:  # the discard port
         remote.status()
     assert "vibrary daemon" not in str(e.value)  # starting a local daemon is no answer for another machine
@@ -298,6 +301,8 @@ def test_a_suspended_daemon_is_said_to_be_suspended_not_absent(daemon: DaemonPro
             with Client(home_dir=daemon.home, timeout=2) as c, pytest.raises(DaemonError) as e:
                 c.status() if ask == "status" else list(c.search("low") if ask == "search" else c.tags("/"))
             assert f"the daemon (pid {pid}) is suspended: `kill -CONT {pid}` resumes it" in str(e.value), ask
+        with Client(home_dir=daemon.home) as c:
+            assert not c.is_running()  # a question of yes or no: it raised
     finally:
         os.kill(pid, signal.SIGCONT)
     assert daemon.client.status(timeout=10).home == str(daemon.home)

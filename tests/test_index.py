@@ -577,7 +577,7 @@ def test_a_best_first_search_gives_the_surest_matches_first(
         """Every match, ranked here by its best score among the first group's tags."""
         lead = set(kw["all_of"][0])
         ranked = sorted((-max(s for _, t, s in f.tags if t in lead), f.path) for f in search(index, Query(**kw)))
-        return [path for _, path in ranked[:limit]]
+        return [path for _, path in ranked[: limit or None]]
 
     queries: list[dict[str, Any]] = [
         {"all_of": [["kick"]]},
@@ -588,7 +588,7 @@ def test_a_best_first_search_gives_the_surest_matches_first(
         {"all_of": [["kick", "snare"], ["dark"]]},
     ]
     for kw in queries:
-        for limit in (1, 5, 30):
+        for limit in (1, 5, 30, 0):  # 0: every match, sorted (best_first was ignored without a limit)
             found = [f.path for f in search(index, Query(**kw, limit=limit, best_first=True))]
             assert found == surest(limit, **kw), (kw, limit)
 

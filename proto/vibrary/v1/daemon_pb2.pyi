@@ -396,8 +396,9 @@ class SearchRequest(_message.Message):
     limit: _builtins.int
     """0: no limit"""
     best_first: _builtins.bool
-    """With a limit: the surest matches first, by their best score among the first group's tags (costs more:
-    tens of ms for rare pairs of common tags at a million files). Otherwise files come in index order.
+    """The surest matches first, by their best score among the first group's tags (costs more: tens of ms for
+    rare pairs of common tags at a million files; without a limit every match is found and sorted first).
+    Otherwise, or with no tag to rank by (a query of exclusions only), files come in index order.
     """
     @_builtins.property
     def all_of(self) -> _containers.RepeatedCompositeFieldContainer[Global___AnyOf]:
