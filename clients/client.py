@@ -396,10 +396,12 @@ class Client:
         drop: Sequence[str] = (),
         relabel: Sequence[tuple[str, str]] = (),
     ) -> pb.Dataset:
+        """Rename tags (OLD, NEW pairs), drop tags, relabel files (PATH, TAG pairs). A tag alone is one
+        tag to drop (`drop="hat"` dropped the tags h, a and t)."""
         request = pb.EditDatasetRequest(
             name=name,
             rename=[pb.EditDatasetRequest.Rename(tag=a, to=b) for a, b in rename],
-            drop=list(drop),
+            drop=[drop] if isinstance(drop, str) else list(drop),
             relabel=[pb.LabelledFile(path=self._path(p, indexed=False), tag=t) for p, t in relabel],
         )
         return self._call("EditDataset", request)
@@ -466,6 +468,8 @@ class _Quiet:
 
     def _watch(self) -> None:
         while not self._done.wait(min(self.idle / 4, 1.0)):
+            if self.call.done():  # cancelled by close(), a stream left half read: its thread lived on till collected
+                return
             now = time.monotonic()  # before reading `since`: a wait begun after `now` is never counted as long
             since = self._since
             if since is not None and now - since > self.idle:

@@ -25,7 +25,7 @@ from vibrary.clients.query import QueryError, parse_query
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
-from tests.conftest import DaemonProcess, home_held, suspend
+from tests.conftest import DaemonProcess, home_held, suspend, wait_for
 from tests.synth import BANDS, band_model, write_tone
 
 
@@ -238,6 +238,24 @@ def test_a_result_stream_cut_short_by_close_is_no_complete_answer(daemon: Daemon
     assert len(got) == 1 and isinstance(got[0], ClientClosed), got
 
 
+def test_streams_left_half_read_leave_no_thread_behind_once_closed(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A result stream's watch of its silence is a thread: one left half read kept it, waking every second,
+    after close() and until the garbage collector came by."""
+
+    def watching() -> int:
+        return sum(t.name == "stream-watch" for t in threading.enumerate())
+
+    list(daemon.client.tag([str(write_tone(tmp_path / f"{i}.wav", BANDS["low"] * (1 + i / 100))) for i in range(3)]))
+    before = watching()
+    c = Client(home_dir=daemon.home)
+    kept = [c.search("low") for _ in range(5)]
+    for stream in kept:
+        next(stream)
+    assert watching() == before + 5
+    c.close()
+    assert wait_for(lambda: watching() == before, timeout=10)
+
+
 def test_looking_for_a_daemon_creates_no_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Client() made $VIBRARY_HOME (and its parents) only to find nobody there."""
     nowhere = tmp_path / "not" / "yet"
@@ -284,6 +302,8 @@ def test_dataset_paths_are_kept_as_given_through_a_link(daemon: DaemonProcess, t
     assert held[0].startswith(str(tmp_path / "link"))
     edited = daemon.client.edit_dataset("mine", relabel=[(held[0], "thump")])
     assert sum(k.clips for k in edited.classes) == len(held)
+    dropped = daemon.client.edit_dataset("mine", drop="thump")  # one tag: it was the tags t, h, u, m and p
+    assert "thump" not in {k.tag for k in dropped.classes}
 
 
 def test_a_suspended_daemon_is_said_to_be_suspended_not_absent(daemon: DaemonProcess) -> None:
