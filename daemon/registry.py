@@ -118,11 +118,10 @@ def ensure_models(index: Index, home_dir: Path) -> list[ModelRow]:
     new release's model takes the place of the one of its name it supersedes, active only if that one was (a
     `deactivate` was undone by an upgrade), and the one it supersedes is forgotten once inactive (its file
     went with the old install: it was listed as damaged, and could not be removed)."""
-    _found_here(index, home_dir)
-    rows, shipped = [], set()
-    for path in sorted(BUILTIN_DIR.glob("*.onnx")):
-        digest = sha256_file(str(path))
-        shipped.add(digest)
+    shipped = {sha256_file(str(path)): path for path in sorted(BUILTIN_DIR.glob("*.onnx"))}
+    _found_here(index, home_dir, shipped)
+    rows = []
+    for digest, path in shipped.items():
         models = index.models()
         if any(m.sha256 == digest for m in models):
             continue
@@ -143,15 +142,14 @@ def ensure_models(index: Index, home_dir: Path) -> list[ModelRow]:
     return [index.model(r.name, r.version) for r in rows]
 
 
-def _found_here(index: Index, home_dir: Path) -> None:
+def _found_here(index: Index, home_dir: Path, shipped: dict[str, Path]) -> None:
     """Each model's path as this install and this home have it: a built-in one in this install (a venv made
     anew, a clone moved, pipx's upgrade: the path of the install that first saw it was kept, and once that
     was gone the model could neither be used nor installed again), and one of the user's in this home's
     models folder, where a home copied or moved holds its files (it used the old home's, and a removal here
     deleted them there)."""
-    shipped = {sha256_file(str(p)): str(p) for p in BUILTIN_DIR.glob("*.onnx")}
     for m in index.models():
-        here = shipped.get(m.sha256) if m.builtin else str(home_path(home_dir, m.name, m.sha256))
+        here = str(shipped.get(m.sha256, "")) if m.builtin else str(home_path(home_dir, m.name, m.sha256))
         if here and here != m.path and Path(here).exists():
             index.set_model_path(m, here)
 
