@@ -51,6 +51,7 @@ _EVENT_KINDS = {
     events.EVENTS_LOST: pb.Event.EVENTS_LOST,
 }
 _FAILED_DEFAULT_LIMIT = 50
+PAGE_FILES, PAGE_BYTES = 256, 1 << 20  # a SearchPages page, far under gRPC's 4 MB a message
 _NAME_FIELDS = ("name", "dataset")
 
 
@@ -189,6 +190,26 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         return pb.WatchList(paths=paths, missing=sorted(watcher.missing), unwatched=watcher.over_limit)
 
     def Search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
+        for found in self._search(request, context):
+            if not context.is_active():
+                return
+            yield file_tags_pb(found)
+
+    def SearchPages(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTagsPage]:
+        page, size = pb.FileTagsPage(), 0
+        for found in self._search(request, context):
+            file = page.files.add()
+            file.CopyFrom(file_tags_pb(found))
+            size += file.ByteSize()
+            if len(page.files) >= PAGE_FILES or size >= PAGE_BYTES:
+                if not context.is_active():
+                    return
+                yield page
+                page, size = pb.FileTagsPage(), 0
+        if page.files:
+            yield page
+
+    def _search(self, request: pb.SearchRequest, context: grpc.ServicerContext) -> Iterator[FileTags]:
         if not 0.0 <= request.min_score <= 1.0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "min_score must be within [0, 1]")
         # set (0 included: a front end's slider at its bottom), every stored score from it up; unset, the hits
@@ -217,10 +238,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             request.best_first,
             sorted(self.daemon.watcher.missing),  # files that cannot be opened now: no use in a DAW
         )
-        for found in search(self.daemon.index, query):
-            if not context.is_active():
-                return
-            yield file_tags_pb(found)
+        return search(self.daemon.index, query)
 
     def _model_name(self, ref: str, context: grpc.ServicerContext) -> str:
         """A model filter's model: an installed one by name, or NAME@VERSION of its active version, as Status

@@ -352,6 +352,26 @@ class FileTags(_message.Message):
 Global___FileTags: _TypeAlias = FileTags  # noqa: Y015
 
 @_typing.final
+class FileTagsPage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___FileTags]: ...
+    def __init__(
+        self,
+        *,
+        files: _abc.Iterable[Global___FileTags] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileTagsPage: _TypeAlias = FileTagsPage  # noqa: Y015
+
+@_typing.final
 class AnyOf(_message.Message):
     """One OR-group: a file matches when it carries any of these tags."""
 
