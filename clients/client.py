@@ -13,6 +13,12 @@ is sent. Replies are the protobuf messages of proto/vibrary/v1/daemon.proto. A s
 has no deadline unless given one: it lasts as long as the caller takes to read it; but, given none, a daemon
 that sends nothing of it for the client's `timeout` (a hung or stopped machine) ends it with DaemonError
 DEADLINE_EXCEEDED.
+
+Files just copied into a watch folder: `tag(paths)` answers once they are tagged (status() says nothing of
+them until the watcher has seen them, a moment later), or follow `events()`; `from vibrary.proto import
+daemon_pb2 as pb` names the messages and their enums (pb.Event.FILE_TAGGED), and `grpc.StatusCode` a
+DaemonError's code. Type checkers see the package's annotations (it ships py.typed) where it is installed
+with `pip install .`: an editable install's import hook is one they cannot follow.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from .errors import BadArgument, VibraryError
-from .query import parse_query
+from .query import QueryError, parse_query
 
 __all__ = [
     "BadArgument",
@@ -45,6 +51,7 @@ __all__ = [
     "DaemonError",
     "DaemonNotAnswering",
     "DaemonNotRunning",
+    "QueryError",  # (named above: it had to be found in vibrary.clients.query)
     "VibraryError",
 ]
 
