@@ -31,7 +31,7 @@ from .tray_state import looking_for_files, many
 # -- vibrary daemon ------------------------------------------------------------------------------------------
 def cmd_daemon(args: argparse.Namespace) -> int:
     from vibrary.daemon.server import check_listening, serve
-    from vibrary.daemon.service import AlreadyRunning, Daemon
+    from vibrary.daemon.service import AlreadyRunning, Daemon, check_home_free
 
     os.umask(0o077)
     if args.action == "stop":  # a mistyped VIBRARY_HOME is no daemon to stop, and no home to make
@@ -60,6 +60,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     on_signals(stopping, *ENDING_SIGNALS)
     token = args.token or os.environ.get("VIBRARY_TOKEN", "")
     try:
+        check_home_free(home_dir)
         check_listening(str(config.socket_path(home_dir)), args.listen, token)
         daemon = Daemon(home_dir, settings)
     except (AlreadyRunning, ValueError, OSError) as e:

@@ -216,7 +216,8 @@ def view(state: TrayState) -> View:
         said = f"daemon not answering: {state.unanswered}" if state.unanswered else "daemon not running"
         # the menu's first line says what, up to the reason's first colon; the tooltip says why and what to do
         # (the whole reason, a socket's path and a remedy, made the menu as wide as the screen)
-        gist = said.split(": ")[0] + (f": {state.unanswered.split(': ')[0]}" if state.unanswered else "")
+        reason = state.unanswered.split(": ")[0].split(" at /")[0]  # (a socket's path too)
+        gist = said.split(": ")[0] + (f": {reason}" if reason else "")
         return View(Icon.NOT_RUNNING, None, f"Vibrary: {said}", _menu(state, gist[:1].upper() + gist[1:]))
     training = _training(state)
     progress = indexing_progress(state)

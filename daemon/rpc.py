@@ -226,13 +226,13 @@ def unbindable(listen: str) -> str:
         return f"{host!r} is no host name this machine knows"
     failed: list[OSError] = []
     for family, kind, proto, _, address in addresses:
-        with contextlib.closing(socket.socket(family, kind, proto)) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
+        try:  # (a socket of a family the machine has off, IPv6 say, is no address to bind either)
+            with contextlib.closing(socket.socket(family, kind, proto)) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind(address)
                 return ""
-            except OSError as e:
-                failed.append(e)
+        except OSError as e:
+            failed.append(e)
     first = failed[0] if failed else OSError(errno.EADDRNOTAVAIL, "")
     return _BIND_ERRORS.get(first.errno or 0, "{why}").format(port=port, host=host, why=first.strerror or first)
 

@@ -128,6 +128,7 @@ class Daemon:
         )
         self._wake = threading.Event()
         self._follow_now = threading.Event()  # a status waits for a change of the active models: follow it now
+        self._follows_begun = self._follows_ended = 0  # follows of the active models, begun and ended, however
         self._stop = threading.Event()
         self._in_flight: set[int] = set()
         self._held = False  # nothing to read but files under watch folders not there now (_note_held)
@@ -393,26 +394,37 @@ class Daemon:
         """Load the active models again when the active set changed, or when a model that could not be
         loaded has its file back (`vibrary models install` of the same file restores it)."""
         with self._models_lock:  # the feeder and the API both call this
-            self._follow_installs()
-            active = self.index.active_models()
-            now = {m.id: m.ref for m in active}
-            if now == self._active and self._unloaded_files(active) == self._unloaded:  # (a file put back)
-                return
-            was, unloaded = self._active, self._unloaded
-            self.pipeline.models = load_models(self.index, active)
-            with contextlib.suppress(OSError):  # each model loaded has its chance again: none is aside
-                self._save_failing()
-            self._unloaded = self._unloaded_files(active)
-            self._active = now  # (once loaded: a status meanwhile reads the models from the index, `following`)
-            # each model activated, deactivated or removed, and each whose file came back or went away
-            changed = [ref for i, ref in (was | now).items() if (i in now) != (i in was)]
-            changed += [ref for i, ref in now.items() if i in was and (i in unloaded) != (i in self._unloaded)]
-            queued = self.index.requeue_missing(self._loaded()) + self.index.requeue_model_failures()
+            self._follows_begun += 1
+            try:
+                changed, now, queued = self._follow_models_held()
+            finally:
+                self._follows_ended = self._follows_begun
+        if now is None:
+            return
         log.info("active models now %s; %d files re-queued", list(now.values()), queued)
         for ref in changed:  # ListModels and Status say what each is now
             self.events.publish(Event(MODEL_CHANGED, model=ref))
         self._wake.set()
         self.status_events.changed()
+
+    def _follow_models_held(self) -> tuple[list[str], dict[int, str] | None, int]:
+        """(With the models lock held.) The models changed, the active set now (None: no change) and the files
+        re-queued."""
+        self._follow_installs()
+        active = self.index.active_models()
+        now = {m.id: m.ref for m in active}
+        if now == self._active and self._unloaded_files(active) == self._unloaded:  # (a file put back)
+            return [], None, 0
+        was, unloaded = self._active, self._unloaded
+        self.pipeline.models = load_models(self.index, active)
+        with contextlib.suppress(OSError):  # each model loaded has its chance again: none is aside
+            self._save_failing()
+        self._unloaded = self._unloaded_files(active)
+        self._active = now  # (once loaded: a status meanwhile reads the models from the index, `following`)
+        # each model activated, deactivated or removed, and each whose file came back or went away
+        changed = [ref for i, ref in (was | now).items() if (i in now) != (i in was)]
+        changed += [ref for i, ref in now.items() if i in was and (i in unloaded) != (i in self._unloaded)]
+        return changed, now, self.index.requeue_missing(self._loaded()) + self.index.requeue_model_failures()
 
     def _follow_installs(self) -> None:
         """MODEL_INSTALLED for each version installed, and MODEL_CHANGED for each removed, however it was
@@ -477,15 +489,15 @@ class Daemon:
         counted no re-tag, and `models install && status --wait` ended at once, the library not re-tagged. The
         feeder follows it, now, and the status waits `wait` seconds at most: a status that loaded the models
         itself (seconds for a big one) ran past its caller's deadline, and a check of 2 s, `is_running`, failed."""
-        until = time.monotonic() + wait
-        while {m.id: m.ref for m in self.index.active_models()} != self._active:
-            if time.monotonic() >= until:
-                return
+        if {m.id: m.ref for m in self.index.active_models()} == self._active and not self._models_lock.locked():
+            return  # (the common case: nothing to follow, nobody following)
+        until, begun = time.monotonic() + wait, self._follows_begun
+        # a follow begun after this call, ended however it did (a failing one, waited for to the deadline,
+        # made every status of the tray and `status --wait` take 10 s)
+        while self._follows_ended <= begun and time.monotonic() < until:
             self._follow_now.set()
             self._wake.set()
             time.sleep(0.02)
-        if self._models_lock.acquire(timeout=max(0.0, until - time.monotonic())):  # the re-queue after the load
-            self._models_lock.release()
 
     # -- API helpers ---------------------------------------------------------------------------------
     def status(self) -> dict[str, object]:
@@ -861,7 +873,18 @@ def _lock_home(home_dir: Path) -> IO[str]:
     try:
         return pidlock.hold(config.lock_path(home_dir))
     except pidlock.Held as e:
-        raise AlreadyRunning(f"a daemon is already running for {home_dir} (pid {e.pid})") from None
+        raise AlreadyRunning(_running(home_dir, e.pid)) from None
+
+
+def _running(home_dir: Path, pid: int | str) -> str:
+    return f"a daemon is already running for {home_dir} (pid {pid})"
+
+
+def check_home_free(home_dir: Path) -> None:
+    """AlreadyRunning when a daemon holds the home, asked before anything else is checked: a second `vibrary
+    daemon --listen HOST:PORT` said its port was taken (by the first), not that one runs."""
+    if (pid := pidlock.holder(config.lock_path(home_dir))) is not None:
+        raise AlreadyRunning(_running(home_dir, pid))
 
 
 def _file_stat(path: str) -> tuple[int, int, int] | None:

@@ -127,6 +127,7 @@ class Watcher(FileSystemEventHandler):
         # and how long the last such scan of each took
         self._over_limit: dict[str, float] = {}
         self._scan_took: dict[str, float] = {}
+        self._retry: dict[str, tuple[float, float]] = {}  # … and when each is next tried whole, and how often
         self._checking = False  # (a check's thread runs)
 
     def start(self) -> None:
@@ -154,12 +155,16 @@ class Watcher(FileSystemEventHandler):
     def at_limit(self, folder: str) -> None:
         """A watch folder with folders inotify does not watch for its limit: scanned now, and again by
         _poll_over_limit until they can be watched."""
+        mount = os.path.ismount(folder)  # (not under the lock: a hung mount would hold it)
         with self._lock:
             self._missing.discard(folder)  # (a folder back, its drive mounted, that could not be watched)
+            if mount:  # its drive unmounted later must not read as its files deleted (`gone`)
+                self._mounts.add(folder)
             self._note_waiting()
             if folder in self._over_limit:
                 return
             self._over_limit[folder] = time.monotonic() + LIMIT_POLL_S
+            self._retry[folder] = (time.monotonic() + LIMIT_POLL_S, LIMIT_POLL_S)
         log.warning(
             "%s is not watched whole: the inotify limit (fs.inotify.max_user_watches) is reached; changes in it are"
             " found by a scan every few minutes, until the limit is raised",
@@ -175,24 +180,61 @@ class Watcher(FileSystemEventHandler):
         with self._lock:
             due = [folder for folder, at in self._over_limit.items() if at <= now]
         for folder in due:
-            if lost_watches.at_watch_limit(folder):
-                with self._lock:
-                    took = self._scan_took.get(folder, 0.0)
-                    self._over_limit[folder] = now + max(LIMIT_POLL_S, LIMIT_POLL_SCANS * took)
-                self.rescan(folder)
-                continue
+            gone = self.gone(folder)  # (not under the lock: a hung mount would hold it)
             with self._lock:
-                self._over_limit.pop(folder, None)
-                self._scan_took.pop(folder, None)
-                scheduled = folder in self._watches
-            log.info("the inotify limit allows more watches now: watching and scanning %s anew", folder)
+                if folder not in self._over_limit:  # unwatched meanwhile
+                    continue
+                retry_at, every = self._retry.get(folder, (0.0, LIMIT_POLL_S))
+                if gone and folder not in self._watches:  # its files wait for it (a scan found them all gone)
+                    self._forget_limit(folder)
+                    self._missing.add(folder)
+                    self._note_waiting()
+                    continue
+            if now >= retry_at and not lost_watches.at_watch_limit(folder):
+                if self._watched_whole(folder):
+                    continue
+                with self._lock:  # (a free watch is not enough for every folder): each try walks the whole tree
+                    self._retry[folder] = (now + 2 * every, min(2 * every, LIMIT_RETRY_MOST_S))
+            with self._lock:
+                if folder not in self._over_limit:
+                    continue
+                took = self._scan_took.get(folder, 0.0)
+                self._over_limit[folder] = now + max(LIMIT_POLL_S, LIMIT_POLL_SCANS * took)
+            self.rescan(folder)
+
+    def _watched_whole(self, folder: str) -> bool:
+        """Try to watch a folder at the inotify limit whole; False, quietly, while the limit still does not
+        allow it (it logged twice, walked the tree and scanned it at every poll)."""
+        with self._lock:
+            scheduled = folder in self._watches
+        try:
             if scheduled:
-                self._watch_anew(folder)
-                continue
-            try:
+                self._rewatch(folder)
+            else:
                 self.watch(folder)
-            except OSError as e:
-                self._not_watched(folder, e)
+        except OSError as e:
+            if scheduled:  # (its old observer unscheduled: scanned until it can be watched)
+                with self._lock:
+                    self._watches.pop(folder, None)
+                    self._note_watches()
+            if e.errno in AT_WATCH_LIMIT:
+                return False
+            with self._lock:
+                self._forget_limit(folder)
+            self._not_watched(folder, e)
+            return True
+        with self._lock:
+            self._forget_limit(folder)
+        log.info("the inotify limit allows more watches now: %s is watched whole", folder)
+        if scheduled:
+            self.rescan(folder)  # (what changed meanwhile; watch() scans a folder it schedules)
+        return True
+
+    def _forget_limit(self, folder: str) -> None:
+        """(With the lock held.)"""
+        self._over_limit.pop(folder, None)
+        self._scan_took.pop(folder, None)
+        self._retry.pop(folder, None)
 
     @property
     def over_limit(self) -> list[str]:
@@ -252,8 +294,7 @@ class Watcher(FileSystemEventHandler):
                     self._mounts.add(folder)
                 came_back = folder in self._missing
                 self._missing.discard(folder)
-                self._over_limit.pop(folder, None)
-                self._scan_took.pop(folder, None)
+                self._forget_limit(folder)
                 self._note_waiting()
                 self._identity[folder] = _identity(folder)
                 covered = folder in self._inner
@@ -286,8 +327,7 @@ class Watcher(FileSystemEventHandler):
             with self._lock:
                 self._missing.discard(folder)
                 self._awaited.discard(folder)
-                self._over_limit.pop(folder, None)
-                self._scan_took.pop(folder, None)
+                self._forget_limit(folder)
                 self._identity.pop(folder, None)
                 watch = self._watches.pop(folder, None)
                 self._note_watches()
@@ -305,6 +345,7 @@ class Watcher(FileSystemEventHandler):
             if watch is None:
                 return
             self._note_watches()
+            self._forget_limit(folder)  # (watched again when back, at the limit or not)
             self._missing.add(folder)
             self._note_waiting()
         log.warning("watch folder %s is gone; watching for it to come back", folder)
@@ -438,7 +479,10 @@ class Watcher(FileSystemEventHandler):
                 if not lost:
                     continue
                 if lost_watches.at_watch_limit(min(lost)):  # a rewatch would fail, and drop the whole watch folder
-                    self.at_limit(root)
+                    with self._lock:
+                        still = root in self._watches  # (not removed during the walk)
+                    if still:
+                        self.at_limit(root)
                     continue
                 log.warning("%s is not watched any more: watching and scanning %s again", min(lost), root)
                 self._watch_anew(root)
@@ -544,8 +588,9 @@ class Watcher(FileSystemEventHandler):
         """A folder made at the inotify limit is not watched (watchdog logs it, and goes on): what came into it
         later was never indexed, even once the limit was raised. Its watch folder is scanned until it can be
         watched whole."""
-        with self._lock:
-            root = next((up for up in _upwards(folder) if up in self._watches), None)
+        with self._lock:  # the outermost watch folder: the one whose observer reports what happens here
+            roots = [up for up in _upwards(folder) if up in self._watches]
+            root = roots[-1] if roots else None
             if root is None or root in self._over_limit:
                 return
         if lost_watches.at_watch_limit(folder):
@@ -971,6 +1016,7 @@ CHECK_S = 5.0  # how often watch folders are checked for a move, a comeback or a
 # scan is long: at most once per LIMIT_POLL_SCANS times its last scan's length (a twentieth of a core)
 LIMIT_POLL_S = 60.0
 LIMIT_POLL_SCANS = 20
+LIMIT_RETRY_MOST_S = 3600.0  # tried whole at twice the interval after each failure, up to this
 LINKS_S = 60.0  # how often the targets of broken links, and unreadable files, are looked at again
 
 

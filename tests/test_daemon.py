@@ -1410,6 +1410,15 @@ def test_a_status_during_the_feeder_s_follow_of_a_model_change_waits_for_it(
                 # at once, before the feeder's next look: the status loaded the models itself, past its deadline
                 assert c.is_running()
                 assert loading.wait(10) and "other@1" not in c.status().models
+
+                def failing(*args: object) -> object:
+                    raise RuntimeError("a follow that fails")
+
+                monkeypatch.setattr(service, "load_models", failing)
+                index.set_active(other, True)
+                started = time.monotonic()
+                c.status()  # at once: each status waited its deadline (10 s) for a follow that never succeeds
+                assert time.monotonic() - started < 5.0
     finally:
         for server in servers:
             server.stop(grace=0)
@@ -1504,5 +1513,9 @@ def test_a_library_over_the_inotify_limit_is_scanned_said_and_watched_once_it_ca
         assert wait_for(lambda: not c.status().unwatched_folders, timeout=30)
         write_tone(library / "new2" / "after.wav", 1600.0)  # watched: its event brings it
         assert wait_for(lambda: indexed(library / "new2" / "after.wav"), timeout=30)
+        # said once each time (a try at watching it whole, failing while the limit held, logged twice a poll)
+        said = d.log()
+        assert said.count(f"{library} is not watched whole") == 2, said
+        assert said.count("the inotify limit allows more watches now") == 2, said
     finally:
         d.stop()
