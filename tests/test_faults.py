@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import struct
 import subprocess
@@ -1089,6 +1090,10 @@ def test_second_daemon_on_the_same_home_exits_1(daemon: DaemonProcess, tmp_path:
     assert "already running" in second.stderr and str(daemon.proc.pid) in second.stderr
     assert second.stderr.count("\n") <= 2, second.stderr  # a message, not a traceback
     assert "Traceback" not in second.stderr
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # as by the first one's --listen: it said the port was
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        second = vibrary("daemon", "--listen", listen, "--token", "t", home=daemon.home, check=False, timeout=60)
+    assert second.returncode == 1 and "already running" in second.stderr, second.stderr
 
     # the first keeps serving, on the same socket, and still holds the lock
     assert daemon.proc.poll() is None
