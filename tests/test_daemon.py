@@ -498,7 +498,7 @@ def test_a_renamed_watch_folder_is_reported_missing_and_re_pointed_without_analy
     library.rename(tmp_path / "Samples 2024")
     wait_for(lambda: list(daemon.client.status().missing_watches) == [str(library)], timeout=15)
     (line,) = json_lines(vibrary("watch", "list", "--json", home=daemon.home).stdout)
-    assert line == {"watches": [str(library)], "missing": [str(library)]}
+    assert line == {"watches": [str(library)], "missing": [str(library)], "unwatched": []}
     assert "missing: moved, renamed or unmounted?" in vibrary("watch", "list", home=daemon.home).stdout
     # a front end asking for files under it was left waiting until its deadline (an hour: enough such calls
     # took every server thread), and an absent file stayed queued for good
