@@ -1455,7 +1455,13 @@ if open("/proc/self/uid_map").read().split() != ["0", "0", "4294967295"]:  # (ne
             time.sleep(0.1)
     threading.Thread(target=follow, daemon=True).start()
 """
-_USERNS = subprocess.run(["unshare", "-Ur", "true"], capture_output=True).returncode == 0
+_USERNS = (
+    shutil.which("unshare") is not None
+    and subprocess.run(
+        ["unshare", "-Ur", "sh", "-c", "echo 1000 > /proc/sys/user/max_inotify_watches"], capture_output=True
+    ).returncode
+    == 0
+)
 
 
 def _inotify_watches(pid: int) -> int:
