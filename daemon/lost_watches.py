@@ -18,6 +18,7 @@ import ctypes
 import errno
 import os
 import re
+from collections.abc import Sequence
 
 MOVE_SETTLE_S = 1.0  # watchdog drops the watches of a folder moved out 0.5 s after its move
 
@@ -65,18 +66,55 @@ def unwatched_folders(root: str, watched: set[int]) -> set[str]:
 
 def at_watch_limit(folder: str) -> bool:
     """Whether inotify refuses a watch on the folder for the user's limit (fs.inotify.max_user_watches, shared
-    with every other program of theirs): asked of a watch of its own, made and dropped."""
+    with every other program of theirs)."""
+    return not room_for([folder])
+
+
+def room_for(folders: Sequence[str]) -> bool:
+    """Whether inotify has a watch left for each of these folders at once: asked of watches of its own, made
+    and dropped (a folder gone meanwhile needs none). True where there is no inotify to ask."""
+    if not folders:
+        return True
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         fd = libc.inotify_init1(os.O_CLOEXEC)
     except (OSError, AttributeError):
-        return False
+        return True
     if fd < 0:
-        return ctypes.get_errno() == errno.EMFILE  # (the instances' limit: no rewatch either)
+        return ctypes.get_errno() != errno.EMFILE  # (the instances' limit: no rewatch either)
     try:
-        return libc.inotify_add_watch(fd, os.fsencode(folder), IN_ATTRIB) < 0 and ctypes.get_errno() == errno.ENOSPC
+        for folder in folders:
+            if libc.inotify_add_watch(fd, os.fsencode(folder), IN_ATTRIB) < 0 and ctypes.get_errno() == errno.ENOSPC:
+                return False
+        return True
     finally:
         os.close(fd)
+
+
+def unwatched_under(root: str) -> list[str]:
+    """Every folder under root, root too (links not followed), that this process's inotify does not watch:
+    the watches that watching it whole would add."""
+    watched = inotify_inodes() or set()
+    found: list[str] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                stack += [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+            if os.stat(folder).st_ino not in watched:
+                found.append(folder)
+        except OSError:  # gone, or cannot be listed: no watch to expect
+            continue
+    return found
+
+
+def watched(folder: str) -> bool:
+    """Whether this process's inotify watches the folder."""
+    try:
+        return os.stat(folder).st_ino in (inotify_inodes() or set())
+    except OSError:
+        return False
 
 
 IN_ATTRIB = 0x4

@@ -493,8 +493,8 @@ class Daemon:
             return  # (the common case: nothing to follow, nobody following)
         until, begun = time.monotonic() + wait, self._follows_begun
         # a follow begun after this call, ended however it did (a failing one, waited for to the deadline,
-        # made every status of the tray and `status --wait` take 10 s)
-        while self._follows_ended <= begun and time.monotonic() < until:
+        # made every status of the tray and `status --wait` take 10 s); none for a daemon stopping
+        while self._follows_ended <= begun and time.monotonic() < until and not self._stop.is_set():
             self._follow_now.set()
             self._wake.set()
             time.sleep(0.02)

@@ -152,11 +152,14 @@ class Watcher(FileSystemEventHandler):
             self._missing.add(folder)
             self._note_waiting()
 
-    def at_limit(self, folder: str) -> None:
+    def at_limit(self, folder: str, observed: bool = False) -> None:
         """A watch folder with folders inotify does not watch for its limit: scanned now, and again by
-        _poll_over_limit until they can be watched."""
+        _poll_over_limit until they can be watched. `observed`: only if it is observed still (not removed
+        since the caller looked)."""
         mount = os.path.ismount(folder)  # (not under the lock: a hung mount would hold it)
         with self._lock:
+            if observed and folder not in self._watches:
+                return
             self._missing.discard(folder)  # (a folder back, its drive mounted, that could not be watched)
             if mount:  # its drive unmounted later must not read as its files deleted (`gone`)
                 self._mounts.add(folder)
@@ -190,17 +193,22 @@ class Watcher(FileSystemEventHandler):
                     self._missing.add(folder)
                     self._note_waiting()
                     continue
-            if now >= retry_at and not lost_watches.at_watch_limit(folder):
+            # tried whole only with room for every folder it lacks: the try unschedules what is watched first,
+            # and a watch folder missing a few folders was left with none
+            if now >= retry_at and lost_watches.room_for(lost_watches.unwatched_under(folder)):
                 if self._watched_whole(folder):
                     continue
-                with self._lock:  # (a free watch is not enough for every folder): each try walks the whole tree
-                    self._retry[folder] = (now + 2 * every, min(2 * every, LIMIT_RETRY_MOST_S))
+                with self._lock:  # (room, but another program took it meanwhile): each try walks the whole tree
+                    every = min(2 * every, LIMIT_RETRY_MOST_S)
+                    self._retry[folder] = (now + every, every)
             with self._lock:
                 if folder not in self._over_limit:
                     continue
                 took = self._scan_took.get(folder, 0.0)
                 self._over_limit[folder] = now + max(LIMIT_POLL_S, LIMIT_POLL_SCANS * took)
-            self.rescan(folder)
+                scanning = folder in self._rescanning  # (a long scan not over: not asked again at its end)
+            if not scanning:
+                self.rescan(folder)
 
     def _watched_whole(self, folder: str) -> bool:
         """Try to watch a folder at the inotify limit whole; False, quietly, while the limit still does not
@@ -211,12 +219,8 @@ class Watcher(FileSystemEventHandler):
             if scheduled:
                 self._rewatch(folder)
             else:
-                self.watch(folder)
+                self.watch(folder, over_limit=True)
         except OSError as e:
-            if scheduled:  # (its old observer unscheduled: scanned until it can be watched)
-                with self._lock:
-                    self._watches.pop(folder, None)
-                    self._note_watches()
             if e.errno in AT_WATCH_LIMIT:
                 return False
             with self._lock:
@@ -270,13 +274,14 @@ class Watcher(FileSystemEventHandler):
             log.info("watch folder %s is a link: watching %s, where it leads", folder, real)
         return real
 
-    def watch(self, folder: str) -> None:
+    def watch(self, folder: str, over_limit: bool = False) -> None:
         """Observe the folder and reconcile it in the background; a folder that is not there (a drive
-        not mounted) keeps its index rows and is picked up when it appears."""
+        not mounted) keeps its index rows and is picked up when it appears. `over_limit`: only if it is still
+        one at the inotify limit (not removed since a poll looked at it)."""
         folder = self.follow_link(folder)
         with self._scheduling:
             with self._lock:
-                if folder in self._watches:
+                if folder in self._watches or (over_limit and folder not in self._over_limit):
                     return
                 if not os.path.isdir(folder):
                     if folder not in self._missing:  # said once, not at every retry
@@ -438,9 +443,6 @@ class Watcher(FileSystemEventHandler):
         try:
             self._rewatch(root)
         except OSError as e:  # (the inotify limit): scanned until it can be watched
-            with self._lock:
-                self._watches.pop(root, None)
-                self._note_watches()  # (a watch folder inside it is observed on its own meanwhile)
             self._not_watched(root, e)
             return
         self.rescan(root)  # (what changed while it was watched anew, too)
@@ -479,10 +481,7 @@ class Watcher(FileSystemEventHandler):
                 if not lost:
                     continue
                 if lost_watches.at_watch_limit(min(lost)):  # a rewatch would fail, and drop the whole watch folder
-                    with self._lock:
-                        still = root in self._watches  # (not removed during the walk)
-                    if still:
-                        self.at_limit(root)
+                    self.at_limit(root, observed=True)  # (unless removed during the walk)
                     continue
                 log.warning("%s is not watched any more: watching and scanning %s again", min(lost), root)
                 self._watch_anew(root)
@@ -513,7 +512,13 @@ class Watcher(FileSystemEventHandler):
                 return
             with contextlib.suppress(KeyError):  # (gone meanwhile: `_lost` takes no _scheduling)
                 self._observer.unschedule(old)
-            watch = self._schedule(root)
+            try:
+                watch = self._schedule(root)
+            except OSError:  # (the inotify limit): unobserved now, not listed as observed (an unwatch met it)
+                with self._lock:
+                    self._watches.pop(root, None)
+                    self._note_watches()  # (a watch folder inside it is observed on its own meanwhile)
+                raise
             with self._lock:
                 self._watches[root] = watch
 
@@ -593,8 +598,10 @@ class Watcher(FileSystemEventHandler):
             root = roots[-1] if roots else None
             if root is None or root in self._over_limit:
                 return
-        if lost_watches.at_watch_limit(folder):
-            self.at_limit(root)
+        # (a watch of its own, the one check asks for, is refused at the last free watch, or with inotify's
+        # instances used up, though watchdog's instance watches the folder: so the kernel is asked too)
+        if lost_watches.at_watch_limit(folder) and not lost_watches.watched(folder):
+            self.at_limit(root, observed=True)
 
     def _mark(self, path: str, due: float, postpone: bool = True) -> None:
         if is_audio_path(path) and self._storable(path):

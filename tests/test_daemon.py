@@ -1439,11 +1439,11 @@ def test_a_status_follows_a_model_activated_by_another_process_at_once(daemon: D
 
 # A daemon of its own under a lowered inotify limit: in a user namespace of its own (`unshare -Ur`), whose
 # limit (/proc/sys/user/max_inotify_watches) its root may set, the machine's left alone. The limit follows a
-# file the test writes; the poll of folders at the limit comes every half second, not every minute.
+# file the test writes; the watcher looks at folders at the limit every half second, not every minute.
 _LIMITED = """
 import os, threading, time
 from vibrary.daemon import watch
-watch.LIMIT_POLL_S = 0.5
+watch.LIMIT_POLL_S = watch.CHECK_S = 0.5
 if open("/proc/self/uid_map").read().split() != ["0", "0", "4294967295"]:  # (never the machine's own limit)
     def follow() -> None:
         while True:
@@ -1515,6 +1515,10 @@ def test_a_library_over_the_inotify_limit_is_scanned_said_and_watched_once_it_ca
         assert wait_for(lambda: list(c.status().unwatched_folders) == [str(library)], timeout=30)
         write_tone(library / "new2" / "later.wav", 1500.0)
         assert wait_for(lambda: indexed(library / "new2" / "later.wav"), timeout=30)
+        held = _inotify_watches(d.proc.pid)
+        limit.write_text(str(held + 1))  # one free, three lacking: a try at all of it left none watched
+        time.sleep(3.0)
+        assert _inotify_watches(d.proc.pid) == held
         limit.write_text("1000")
         assert wait_for(lambda: not c.status().unwatched_folders, timeout=30)
         write_tone(library / "new2" / "after.wav", 1600.0)  # watched: its event brings it
