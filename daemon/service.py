@@ -420,11 +420,14 @@ class Daemon:
         with contextlib.suppress(OSError):  # each model loaded has its chance again: none is aside
             self._save_failing()
         self._unloaded = self._unloaded_files(active)
-        self._active = now  # (once loaded: a status meanwhile reads the models from the index, `following`)
         # each model activated, deactivated or removed, and each whose file came back or went away
         changed = [ref for i, ref in (was | now).items() if (i in now) != (i in was)]
         changed += [ref for i, ref in now.items() if i in was and (i in unloaded) != (i in self._unloaded)]
-        return changed, now, self.index.requeue_missing(self._loaded()) + self.index.requeue_model_failures()
+        queued = self.index.requeue_missing(self._loaded()) + self.index.requeue_model_failures()
+        # once loaded and re-queued (a status meanwhile reads the models from the index, `following`): a
+        # re-queue that failed (the index locked, its disk full) is tried again at the next follow
+        self._active = now
+        return changed, now, queued
 
     def _follow_installs(self) -> None:
         """MODEL_INSTALLED for each version installed, and MODEL_CHANGED for each removed, however it was

@@ -1076,6 +1076,37 @@ def test_model_files_an_install_cut_off_left_are_removed_at_the_next_start(model
         d.stop()
 
 
+def test_a_re_tag_that_could_not_be_queued_is_queued_at_the_next_follow(
+    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model activated whose re-tag of the library could not be queued (the index locked, its disk full)
+    was taken for followed all the same: the library was never re-tagged by it until a restart."""
+    import sqlite3
+
+    from vibrary.daemon import registry, service
+
+    d = service.Daemon(model_home, service.config.Settings(nice=0))  # in this process: its feeder not started
+    try:
+        d.index.mark_found([(str(tmp_path / "a.wav"), 0.0, 1, 1, 1)])
+        with d.index.write() as c:
+            c.execute("UPDATE files SET state = 'indexed'")  # as read by the models before
+        other = registry.install(d.index, model_home, str(band_model(tmp_path / "o.onnx", name="other")))
+        d.index.set_active(other, True)
+        real = d.index.requeue_missing
+
+        def locked(ids: object) -> int:
+            raise sqlite3.OperationalError("database is locked")
+
+        monkeypatch.setattr(d.index, "requeue_missing", locked)
+        with pytest.raises(sqlite3.OperationalError):
+            d._follow_models()
+        monkeypatch.setattr(d.index, "requeue_missing", real)
+        d._follow_models()  # what the feeder does a second later
+        assert d.index.counts()["pending"] == 1
+    finally:
+        d._lock_file.close()
+
+
 def test_a_model_that_cannot_load_is_tried_again_only_when_its_file_changes(
     model_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
