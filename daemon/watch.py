@@ -20,6 +20,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import (
@@ -123,11 +124,8 @@ class Watcher(FileSystemEventHandler):
         self._moved_across: dict[str, float] = {}  # watch folder → when a folder last moved into or out of it
         self._unwatched = lost_watches.LostWatches()  # what the last checks found unwatched
         # watch folders that inotify cannot watch whole at its limit (fs.inotify.max_user_watches), not at all
-        # when they could not be scheduled → when each is next scanned for what no event says (_poll_over_limit),
-        # and how long the last such scan of each took
-        self._over_limit: dict[str, float] = {}
-        self._scan_took: dict[str, float] = {}
-        self._retry: dict[str, tuple[float, float]] = {}  # … and when each is next tried whole, and how often
+        # when they could not be scheduled (_poll_over_limit)
+        self._over_limit: dict[str, _AtLimit] = {}
         self._checking = False  # (a check's thread runs)
 
     def start(self) -> None:
@@ -166,8 +164,7 @@ class Watcher(FileSystemEventHandler):
             self._note_waiting()
             if folder in self._over_limit:
                 return
-            self._over_limit[folder] = time.monotonic() + LIMIT_POLL_S
-            self._retry[folder] = (time.monotonic() + LIMIT_POLL_S, LIMIT_POLL_S)
+            self._over_limit[folder] = _AtLimit(time.monotonic() + LIMIT_POLL_S, time.monotonic() + LIMIT_POLL_S)
         log.warning(
             "%s is not watched whole: the inotify limit (fs.inotify.max_user_watches) is reached; changes in it are"
             " found by a scan every few minutes, until the limit is raised",
@@ -176,36 +173,33 @@ class Watcher(FileSystemEventHandler):
         self.rescan(folder)
 
     def _poll_over_limit(self) -> None:
-        """Each watch folder at the inotify limit, when due: watched anew once a watch can be had (the user
-        raised the limit, another program freed some), else scanned, at most once per LIMIT_POLL_SCANS times
-        its last scan's length (a library of millions takes a while to list)."""
+        """Each watch folder at the inotify limit, when due: watched whole once inotify has room for every
+        folder it lacks (the user raised the limit, another program freed some), else scanned, at most once
+        per LIMIT_POLL_SCANS times its last scan's length (a library of millions takes a while to list)."""
         now = time.monotonic()
         with self._lock:
-            due = [folder for folder, at in self._over_limit.items() if at <= now]
+            due = [folder for folder, state in self._over_limit.items() if state.scan_at <= now]
         for folder in due:
             gone = self.gone(folder)  # (not under the lock: a hung mount would hold it)
             with self._lock:
-                if folder not in self._over_limit:  # unwatched meanwhile
+                state = self._over_limit.get(folder)
+                if state is None:  # unwatched meanwhile
                     continue
-                retry_at, every = self._retry.get(folder, (0.0, LIMIT_POLL_S))
                 if gone and folder not in self._watches:  # its files wait for it (a scan found them all gone)
-                    self._forget_limit(folder)
+                    del self._over_limit[folder]
                     self._missing.add(folder)
                     self._note_waiting()
                     continue
             # tried whole only with room for every folder it lacks: the try unschedules what is watched first,
             # and a watch folder missing a few folders was left with none
-            if now >= retry_at and lost_watches.room_for(lost_watches.unwatched_under(folder)):
+            if now >= state.try_at and lost_watches.room_for(lost_watches.unwatched_under(folder)):
                 if self._watched_whole(folder):
                     continue
-                with self._lock:  # (room, but another program took it meanwhile): each try walks the whole tree
-                    every = min(2 * every, LIMIT_RETRY_MOST_S)
-                    self._retry[folder] = (now + every, every)
+                # (room, but another program took it meanwhile): each try walks the whole tree
+                state.try_every = min(2 * state.try_every, LIMIT_RETRY_MOST_S)
+                state.try_at = now + state.try_every
+            state.scan_at = now + max(LIMIT_POLL_S, LIMIT_POLL_SCANS * state.scan_took)
             with self._lock:
-                if folder not in self._over_limit:
-                    continue
-                took = self._scan_took.get(folder, 0.0)
-                self._over_limit[folder] = now + max(LIMIT_POLL_S, LIMIT_POLL_SCANS * took)
                 scanning = folder in self._rescanning  # (a long scan not over: not asked again at its end)
             if not scanning:
                 self.rescan(folder)
@@ -224,21 +218,15 @@ class Watcher(FileSystemEventHandler):
             if e.errno in AT_WATCH_LIMIT:
                 return False
             with self._lock:
-                self._forget_limit(folder)
+                self._over_limit.pop(folder, None)
             self._not_watched(folder, e)
             return True
         with self._lock:
-            self._forget_limit(folder)
+            self._over_limit.pop(folder, None)
         log.info("the inotify limit allows more watches now: %s is watched whole", folder)
         if scheduled:
             self.rescan(folder)  # (what changed meanwhile; watch() scans a folder it schedules)
         return True
-
-    def _forget_limit(self, folder: str) -> None:
-        """(With the lock held.)"""
-        self._over_limit.pop(folder, None)
-        self._scan_took.pop(folder, None)
-        self._retry.pop(folder, None)
 
     @property
     def over_limit(self) -> list[str]:
@@ -299,7 +287,7 @@ class Watcher(FileSystemEventHandler):
                     self._mounts.add(folder)
                 came_back = folder in self._missing
                 self._missing.discard(folder)
-                self._forget_limit(folder)
+                self._over_limit.pop(folder, None)
                 self._note_waiting()
                 self._identity[folder] = _identity(folder)
                 covered = folder in self._inner
@@ -332,7 +320,7 @@ class Watcher(FileSystemEventHandler):
             with self._lock:
                 self._missing.discard(folder)
                 self._awaited.discard(folder)
-                self._forget_limit(folder)
+                self._over_limit.pop(folder, None)
                 self._identity.pop(folder, None)
                 watch = self._watches.pop(folder, None)
                 self._note_watches()
@@ -350,7 +338,7 @@ class Watcher(FileSystemEventHandler):
             if watch is None:
                 return
             self._note_watches()
-            self._forget_limit(folder)  # (watched again when back, at the limit or not)
+            self._over_limit.pop(folder, None)  # (watched again when back, at the limit or not)
             self._missing.add(folder)
             self._note_waiting()
         log.warning("watch folder %s is gone; watching for it to come back", folder)
@@ -959,8 +947,8 @@ class Watcher(FileSystemEventHandler):
             if _not_a_folder(gone) or os.path.islink(gone) or in_junk_folder(gone):
                 self._remove_all(list(self.index.files_in_dir(gone)))
         with self._lock:
-            if folder in self._over_limit:  # how often it may be scanned for what no event says
-                self._scan_took[folder] = time.monotonic() - started
+            if (polled := self._over_limit.get(folder)) is not None:  # how often it may be scanned for what
+                polled.scan_took = time.monotonic() - started  # no event says
 
     def _remove_all(self, paths: list[str]) -> None:
         with self._lock:
@@ -1025,6 +1013,16 @@ LIMIT_POLL_S = 60.0
 LIMIT_POLL_SCANS = 20
 LIMIT_RETRY_MOST_S = 3600.0  # tried whole at twice the interval after each failure, up to this
 LINKS_S = 60.0  # how often the targets of broken links, and unreadable files, are looked at again
+
+
+@dataclass
+class _AtLimit:
+    """A watch folder that inotify does not watch whole, for its limit."""
+
+    scan_at: float  # when it is next scanned for what no event says
+    try_at: float  # when it is next tried whole, and how often
+    try_every: float = LIMIT_POLL_S
+    scan_took: float = 0.0  # how long its last scan took
 
 
 def _readable(path: str) -> bool:
