@@ -184,14 +184,15 @@ def _remove_all(args: argparse.Namespace, index: Index, home_dir: Path, name: st
 def _say_unfinished(s: pb.Status) -> None:
     """A search while files wait to be read finds a part of what it will: after a model was installed or
     activated, "103 files" of 1,103, and "0 files" while paused, unsaid."""
-    if not s.pending:
-        return
-    again = f", {s.retagging:,} of them re-tagged for a model changed" if s.retagging else ""
     paused = "; indexing is paused (`vibrary resume`)" if s.paused else ""
-    print(
-        f"vibrary: {many(s.pending)} not tagged yet{again}{paused}: results may be incomplete until they are",
-        file=sys.stderr,
-    )
+    if new := s.pending - s.retagging:
+        print(f"vibrary: {many(new)} not tagged yet{paused}: results may be incomplete until they are", file=sys.stderr)
+    if s.retagging:  # found by the tags they had: only the changed model's are missing (every tag read as at risk)
+        print(
+            f"vibrary: {many(s.retagging)} being re-tagged for a model changed{paused}: that model's tags may be"
+            " missing from the results until they are; the other models' are found as they were",
+            file=sys.stderr,
+        )
 
 
 GUESSES_COUNTED = 1000
@@ -409,6 +410,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     if active and row.active:  # likewise a second `activate`
         _out(args, obj, f"{row.ref} was already active")
         return 0
-    index.set_active(row, active)
+    try:
+        index.set_active(row, active)
+    except KeyError as e:  # removed by another command since it was read
+        raise CommandError(str(e.args[0])) from None
     _out(args, obj, f"{args.action}d {row.ref}")
     return 0

@@ -34,7 +34,7 @@ def _cancel_daemons(args: argparse.Namespace) -> int:
     nor one that its trainer, out of reach, kept waiting."""
     if args.dataset:
         raise UsageError("--cancel cancels the daemon's training, whichever dataset: give no DATASET")
-    with Client() as c:  # (none running: FAILED_PRECONDITION "no training is running", said as the error)
+    with Client() as c:  # (none running: FAILED_PRECONDITION, server.NO_TRAINING, said as the error)
         t = c.cancel_training()
     obj = {"dataset": t.dataset, "action": "cancel", "message": t.message}  # ("cancelling": the stream ends so)
     _out(args, obj, f"cancelling the training of {t.dataset}")

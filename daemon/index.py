@@ -741,8 +741,12 @@ class Index:
         return [m for m in self.models() if m.active]
 
     def set_active(self, model: ModelRow, active: bool) -> None:
-        """Activating a version deactivates the model's other versions: one version per tag family."""
+        """Activating a version deactivates the model's other versions: one version per tag family. KeyError
+        when the version was removed since it was read (another command's `models remove`): the activation
+        said it was done, and its model was left with no version active."""
         with self.write() as c:
+            if c.execute("SELECT 1 FROM models WHERE id = ?", (model.id,)).fetchone() is None:
+                raise KeyError(f"no model {model.ref}: removed meanwhile")
             if active:
                 c.execute("UPDATE models SET active = 0 WHERE name = ?", (model.name,))
             c.execute("UPDATE models SET active = ? WHERE id = ?", (int(active), model.id))

@@ -38,9 +38,12 @@ def install(
                 restored = home_path(home_dir, name, digest)  # (in this home, not where a home copied had it)
                 _copy(source, str(restored))
                 index.set_model_path(row, str(restored))
-            if active:
-                index.set_active(row, True)
-            return index.model(row.name, row.version)
+            try:
+                if active:
+                    index.set_active(row, True)
+                return index.model(row.name, row.version)
+            except KeyError:  # removed by another command meanwhile: installed anew below
+                break
     if builtin:
         target = source
     else:

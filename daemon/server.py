@@ -53,6 +53,8 @@ _EVENT_KINDS = {
 _FAILED_DEFAULT_LIMIT = 50
 PAGE_FILES, PAGE_BYTES = 256, 1 << 20  # a SearchPages page, far under gRPC's 4 MB a message
 _NAME_FIELDS = ("name", "dataset")
+# (it read as false beside a `vibrary train` running in another terminal, which the daemon knows nothing of)
+NO_TRAINING = "the daemon runs no training (a `vibrary train` in a terminal runs its own: Ctrl-C there cancels it)"
 
 
 def _composed(request: _Request) -> _Request:
@@ -340,7 +342,10 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
 
     def _set_active(self, request: pb.ModelRef, context: grpc.ServicerContext, active: bool) -> pb.ModelList:
         row = self._model_row(request, context, active_first=not active)
-        self.daemon.index.set_active(row, active)
+        try:
+            self.daemon.index.set_active(row, active)
+        except KeyError as e:  # removed meanwhile
+            context.abort(grpc.StatusCode.NOT_FOUND, str(e.args[0]))
         self.daemon.models_changed()
         return self._models()
 
@@ -622,7 +627,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
     def CancelTraining(self, request: pb.CancelTrainingRequest, context: grpc.ServicerContext) -> pb.TrainProgress:
         job = self.daemon.training
         if job is None or job.finished:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no training is running")
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, NO_TRAINING)
         assert job is not None
         if job.progress.state == "installing":  # seconds, and past undoing: the trainer's copy may be gone
             context.abort(

@@ -1396,3 +1396,22 @@ def test_an_upgraded_index_restores_the_version_that_was_active_before_a_newer_o
         assert registry.remove(index, home, three) == index.model("mine", 1)
     finally:
         index.close()
+
+
+def test_activating_a_version_removed_meanwhile_is_refused_and_leaves_the_active_one(
+    home: Path, band_onnx: Path
+) -> None:
+    """`models activate X@2` read the row, another shell's `models remove X@2` came in between, and the
+    activation deactivated X@1 and said it was done: X had no version active."""
+    from vibrary.daemon import registry
+
+    index = Index(config.index_path(home))
+    try:
+        registry.install(index, home, str(band_onnx), "mine", active=True)
+        two = registry.install(index, home, str(band_model(home / "two.onnx", shift=1)), "mine")
+        registry.remove(index, home, two)  # the other shell's
+        with pytest.raises(KeyError, match="removed meanwhile"):
+            index.set_active(two, True)
+        assert index.model("mine", 1).active
+    finally:
+        index.close()

@@ -24,6 +24,7 @@ import soundfile as sf
 from vibrary.clients.client import Client, DaemonError, DaemonNotRunning
 from vibrary.daemon import advice, config, dataset, features, shards, suggest, training
 from vibrary.daemon.index import Index
+from vibrary.daemon.server import NO_TRAINING
 from vibrary.daemon.spectrogram import SpectrogramParams
 from vibrary.proto import daemon_pb2 as pb
 
@@ -867,7 +868,7 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         assert json_lines(cancelling.stdout) == [{"dataset": "mine", "action": "cancel", "message": "cancelling"}]
         wait_for(lambda: c.status().training.state == pb.TrainProgress.CANCELLED, timeout=60)
         nothing = vibrary("train", "--cancel", home=home, check=False)
-        assert nothing.returncode == 1 and nothing.stderr == "vibrary: no training is running\n", nothing.stderr
+        assert nothing.returncode == 1 and nothing.stderr == f"vibrary: {NO_TRAINING}\n", nothing.stderr
         told = json_lines(vibrary("status", "--json", home=home).stdout)[0]["training"]
         assert (told["dataset"], told["state"], told["model"]) == ("mine", "cancelled", "")
         assert "training mine: cancelled" in vibrary("status", home=home).stdout

@@ -30,6 +30,7 @@ except ImportError as e:  # the [tray] extra is optional
 from vibrary.clients import tray_state as ts
 from vibrary.clients.tray import COLORS, SearchDialog, Tray, draw_icon
 from vibrary.daemon import config
+from vibrary.daemon.server import NO_TRAINING
 from vibrary.daemon.suggest import Synonyms
 from vibrary.proto import daemon_pb2 as pb
 
@@ -272,7 +273,7 @@ def test_cancel_training_from_the_tray_asks_first_then_the_daemon(
         tray.do("cancel_training")  # not confirmed: nothing asked of the daemon
         tray.do("cancel_training")
         wait_notices(notices, 1)
-        assert [(n.text, n.warning) for n in notices] == [("no training is running", True)] and answers == []
+        assert [(n.text, n.warning) for n in notices] == [(NO_TRAINING, True)] and answers == []
     finally:
         d.stop()
 
