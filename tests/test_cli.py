@@ -979,13 +979,13 @@ def test_status_says_which_pending_files_are_being_re_tagged(daemon: DaemonProce
     wait_for(lambda: daemon.client.status().pending == len(BANDS) + 1)
     (line,) = json_lines(vibrary("tags", "--json", str(new), home=daemon.home).stdout)
     assert (line["tags"], line["error"], line["note"]) == ([], None, "not read yet (pending)"), line  # not "none"
-    said = vibrary("search", "low", home=daemon.home).stderr.splitlines()[1:]  # (every file read as at risk)
+    warned = vibrary("search", "low", home=daemon.home).stderr.splitlines()[1:]  # (every file read as at risk)
     paused = "indexing is paused (`vibrary resume`)"
-    assert said == [
+    assert warned == [
         f"vibrary: 1 file not tagged yet; {paused}: results may be incomplete until they are",
         f"vibrary: {len(BANDS)} files being re-tagged for a model changed; {paused}: that model's tags may be"
         " missing from the results until they are; the other models' are found as they were",
-    ], said
+    ], warned
     vibrary("resume", home=daemon.home)
     wait_for(lambda: daemon.client.status().pending == 0)
     assert daemon.client.status().retagging == 0
