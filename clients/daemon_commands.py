@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import logging.handlers
 import os
 import shlex
 import signal
@@ -41,7 +42,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=[_terminal_log(), logging.FileHandler(config.log_path(home_dir))],
+        handlers=[_terminal_log(), _file_log(home_dir)],
     )
     try:
         settings = config.Settings.load(home_dir)
@@ -93,6 +94,16 @@ def _not_started(e: Exception) -> CommandError:
     at login) has no terminal to say it in. The terminal hears it once, as the command's error."""
     logging.getLogger("vibrary.daemon").error("not started: %s", e, extra={"file_only": True})
     return CommandError(str(e))
+
+
+LOG_MOST_BYTES, LOGS_KEPT = 10_000_000, 2  # daemon.log, and daemon.log.1 and .2 before it: 30 MB at most
+
+
+def _file_log(home_dir: Path) -> logging.Handler:
+    """The daemon's log file, rotated: a daemon that runs for months, paused around every DAW session or
+    switching models from a script, wrote to it for ever."""
+    path = config.log_path(home_dir)
+    return logging.handlers.RotatingFileHandler(path, maxBytes=LOG_MOST_BYTES, backupCount=LOGS_KEPT)
 
 
 def _terminal_log() -> logging.Handler:

@@ -1560,3 +1560,23 @@ def test_a_library_over_the_inotify_limit_is_scanned_said_and_watched_once_it_ca
         assert said.count("the inotify limit allows more watches now") == 2, said
     finally:
         d.stop()
+
+
+def test_the_daemons_log_is_rotated_and_bounded(model_home: Path, tmp_path: Path) -> None:
+    """daemon.log grew for ever: a daemon that runs for months, paused around every DAW session or switching
+    models from a script, logs a line or two each time. Here its size limit is lowered to 2 kB."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    lowered = "from vibrary.clients import daemon_commands\ndaemon_commands.LOG_MOST_BYTES = 2000\n"
+    (hook / "sitecustomize.py").write_text(lowered)
+    d = start_daemon(model_home, wrapper=["env", f"PYTHONPATH={hook}"])
+    try:
+        for _ in range(40):  # about 140 bytes of log each
+            d.client.pause()
+            d.client.resume()
+    finally:
+        d.stop()
+    logs = sorted(p.name for p in model_home.glob("daemon.log*"))
+    assert logs == ["daemon.log", "daemon.log.1", "daemon.log.2"], logs
+    assert all((model_home / name).stat().st_size <= 2000 for name in logs)
+    assert "daemon stopped" in (model_home / "daemon.log").read_text()
