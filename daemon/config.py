@@ -68,7 +68,7 @@ class Settings:
     queue_size: int = 64  # files in flight between the index and the workers: memory stays bounded
     settle_s: float = 1.0  # a file still being written is read only after this long without change
     nice: int = 10  # OS priority of the daemon: the DAW always wins (0: CPU and I/O priority left as they are)
-    cache_max_mb: int = 2048  # spectrogram cache size, least recently used evicted first
+    cache_max_mb: int = 2048  # spectrogram cache size, the least recently written evicted first
     store_min_score: float = 0.02  # scores below this are not stored (except each model's best tag)
     rescan_hours: float = 6.0  # every watch is scanned again this often, for what no event said; 0: at start only
 
