@@ -18,7 +18,7 @@ import ctypes
 import errno
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Collection
 
 MOVE_SETTLE_S = 1.0  # watchdog drops the watches of a folder moved out 0.5 s after its move
 
@@ -44,9 +44,10 @@ def inotify_inodes() -> set[int] | None:
 _WATCHED = re.compile(r"^inotify wd:[0-9a-f]+ ino:([0-9a-f]+)", re.M)  # (both in hex)
 
 
-def unwatched_folders(root: str, watched: set[int]) -> set[str]:
-    """The folders under root (links not followed, as the observer follows none) that inotify does not watch,
-    the outermost of each branch."""
+def unwatched_folders(root: str, watched: set[int], outermost: bool = True) -> set[str]:
+    """The folders under root, root too (links not followed, as the observer follows none), that inotify does
+    not watch: the outermost of each branch, or (`outermost` False) every one, the watches that watching root
+    whole would add."""
     found: set[str] = set()
     stack = [root]
     while stack:
@@ -59,7 +60,7 @@ def unwatched_folders(root: str, watched: set[int]) -> set[str]:
             continue
         if inode not in watched:
             found.add(folder)
-        else:
+        if inode in watched or not outermost:
             stack += inner
     return found
 
@@ -70,7 +71,7 @@ def at_watch_limit(folder: str) -> bool:
     return not room_for([folder])
 
 
-def room_for(folders: Sequence[str]) -> bool:
+def room_for(folders: Collection[str]) -> bool:
     """Whether inotify has a watch left for each of these folders at once: asked of watches of its own, made
     and dropped (a folder gone meanwhile needs none). True where there is no inotify to ask."""
     if not folders:
@@ -89,24 +90,6 @@ def room_for(folders: Sequence[str]) -> bool:
         return True
     finally:
         os.close(fd)
-
-
-def unwatched_under(root: str) -> list[str]:
-    """Every folder under root, root too (links not followed), that this process's inotify does not watch:
-    the watches that watching it whole would add."""
-    watched = inotify_inodes() or set()
-    found: list[str] = []
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        try:
-            with os.scandir(folder) as entries:
-                stack += [e.path for e in entries if e.is_dir(follow_symlinks=False)]
-            if os.stat(folder).st_ino not in watched:
-                found.append(folder)
-        except OSError:  # gone, or cannot be listed: no watch to expect
-            continue
-    return found
 
 
 def watched(folder: str) -> bool:

@@ -192,7 +192,9 @@ class Watcher(FileSystemEventHandler):
                     continue
             # tried whole only with room for every folder it lacks: the try unschedules what is watched first,
             # and a watch folder missing a few folders was left with none
-            if now >= state.try_at and lost_watches.room_for(lost_watches.unwatched_under(folder)):
+            if now >= state.try_at and lost_watches.room_for(
+                lost_watches.unwatched_folders(folder, lost_watches.inotify_inodes() or set(), outermost=False)
+            ):
                 if self._watched_whole(folder):
                     continue
                 # (room, but another program took it meanwhile): each try walks the whole tree
