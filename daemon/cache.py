@@ -137,6 +137,23 @@ class SpectrogramCache:
             if self._size > self.max_bytes:
                 self._evict(c)
 
+    def forget(self, content_hashes: list[bytes]) -> int:
+        """Drop every spectrogram of these contents (forgotten by the index: no file has had them for weeks),
+        whatever their parameters; returns the bytes freed. Left, they would outlive the library's files and
+        push out spectrograms still of use."""
+        c = self._conn()
+        freed = 0
+        for start in range(0, len(content_hashes), 256):
+            with self._lock, self._transaction(c):
+                for h in content_hashes[start : start + 256]:  # a key is the hash, then parameters and version
+                    gone = c.execute(
+                        "DELETE FROM spectra WHERE key BETWEEN ? AND ? RETURNING length(data)", (h, h + b"\xff" * 16)
+                    ).fetchall()
+                    n = sum(n for (n,) in gone)
+                    self._size -= n
+                    freed += n
+        return freed
+
     def _evict(self, c: sqlite3.Connection) -> None:
         """The oldest first, a page at a time: reading every key of a 2 GB cache (700,000) held up the
         inference thread, which stores its batches here, for as long as that took."""

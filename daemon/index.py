@@ -784,22 +784,21 @@ class Index:
             c.execute(f"UPDATE contents SET unused_since = ? WHERE unused_since IS NULL AND {_UNUSED}", (now,))
             c.execute(f"UPDATE contents SET unused_since = NULL WHERE unused_since IS NOT NULL AND NOT {_UNUSED}")
 
-    def forget_unused(self, before: float, most: int) -> int:
+    def forget_unused(self, before: float, most: int) -> list[bytes]:
         """Forget, with their tags, at most `most` contents no file has had since before `before` (and none has
-        now, checked again as each page goes); returns how many went."""
+        now, checked again as each page goes); returns the hashes of those that went, whose cached
+        spectrograms can go too."""
         rows = self.conn().execute(
             f"SELECT id FROM contents WHERE unused_since < ? AND {_UNUSED} LIMIT ?", (before, most)
         )
-        forgotten = 0
+        forgotten: list[bytes] = []
         for page in _pages([int(r[0]) for r in rows]):
             with self.write() as c:
                 marks = ",".join("?" * len(page))
-                gone = [
-                    int(r[0]) for r in c.execute(f"SELECT id FROM contents WHERE id IN ({marks}) AND {_UNUSED}", page)
-                ]
+                gone = c.execute(f"SELECT id, hash FROM contents WHERE id IN ({marks}) AND {_UNUSED}", page).fetchall()
                 for table, column in (("tags", "content_id"), ("tagged", "content_id"), ("contents", "id")):
-                    c.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(i,) for i in gone])
-                forgotten += len(gone)
+                    c.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(i,) for i, _ in gone])
+                forgotten += [bytes(h) for _, h in gone]
         return forgotten
 
     def any_pending(self, hidden: Sequence[str] = (), due_after: float | None = None) -> bool:

@@ -258,8 +258,12 @@ class Daemon:
         now = time.time()
         self.index.note_unused(now)
         if forgotten := self.index.forget_unused(now - UNUSED_KEEP_S, FORGET_MAX):
+            freed = self.cache.forget(forgotten)
             log.info(
-                "forgot %d contents no file has had for %g days, with their tags", forgotten, UNUSED_KEEP_S / 86400
+                "forgot %d contents no file has had for %g days, with their tags and %.1f MB of spectrograms",
+                len(forgotten),
+                UNUSED_KEEP_S / 86400,
+                freed / 1e6,
             )
 
     def _refresh_statistics(self) -> None:

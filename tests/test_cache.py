@@ -34,6 +34,20 @@ def test_the_same_spectrogram_stored_again_is_counted_once(tmp_path: Path) -> No
     assert cache.get(b"h" * 16, P) is not None
 
 
+def test_forgotten_contents_lose_their_spectrograms_of_every_parameter_set_and_no_other(tmp_path: Path) -> None:
+    """The index forgets contents no file has had for weeks; their spectrograms stayed until evicted, pushing
+    out spectrograms still of use."""
+    cache = SpectrogramCache(tmp_path / "c.sqlite", 1 << 30)
+    other = SpectrogramParams(hop_length=1024)
+    gone, kept, after = b"\x10" * 16, b"\x10" * 15 + b"\x11", b"\x0f" + b"\xff" * 15
+    cache.put_many([(h, p, _spec(i)) for i, (h, p) in enumerate([(gone, P), (gone, other), (kept, P), (after, P)])])
+    before = cache.size_bytes
+    freed = cache.forget([gone, b"\x00" * 16])
+    assert 0 < freed < before and cache.size_bytes == before - freed == _stored_bytes(tmp_path / "c.sqlite")
+    assert cache.get(gone, P) is None and cache.get(gone, other) is None
+    assert cache.get(kept, P) is not None and cache.get(after, P) is not None
+
+
 def test_a_damaged_cache_file_is_set_aside_and_a_damaged_entry_is_a_miss(tmp_path: Path) -> None:
     """A cache is only a cache: damage costs a decode, never the daemon (it would not start) or a file
     (every file whose entry was cut short ended "failed")."""

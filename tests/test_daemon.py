@@ -1314,9 +1314,11 @@ def test_an_idle_daemon_forgets_what_deleted_files_left_after_a_while(
         d.set_paused(False)
         wait_for(lambda: d.status()["indexed"] == 1)
         assert d.status()["decoded"] == 1 and d.status()["reused"] == 1  # its tags came back by its content
+        assert d.cache.size_bytes > 0
         (tmp_path / "lib" / "moved.wav").unlink()
         wait_for(lambda: d.status()["indexed"] == 0)
         wait_for(lambda: kept() == (0, 0))
+        assert d.cache.size_bytes == 0  # its spectrogram went with it: it would only push out those of use
     finally:
         d.stop()
 

@@ -687,22 +687,22 @@ def test_contents_no_file_has_are_forgotten_with_their_tags_unless_one_has_them_
     h1 = b"/lib/other/h1.wav".ljust(16, b"\0")[:16]
     s1 = b"/lib/drums/s1.wav".ljust(16, b"\0")[:16]
     index.note_unused(100.0)
-    assert index.forget_unused(1e12, 10) == 0  # every content is some file's
+    assert len(index.forget_unused(1e12, 10)) == 0  # every content is some file's
     assert index.remove_paths(["/lib/drums/k1.wav", "/lib/other/h1.wav"]) == ["/lib/drums/k1.wav", "/lib/other/h1.wav"]
     index.note_unused(200.0)
-    assert index.forget_unused(150.0, 10) == 0  # not unused for long enough
+    assert len(index.forget_unused(150.0, 10)) == 0  # not unused for long enough
     assert index.models_done(k1) == {inst_id, mood_id}  # kept: it may come back
     _add(index, "/lib/moved/h1.wav", {"hihat": 0.95}, inst_id, content=h1)  # it came back, by a delete and a create
     index.remove_paths(["/lib/moved/h1.wav"])  # and went again before the next look: unused from now, not from 200
     index.note_unused(250.0)
-    assert index.forget_unused(240.0, 10) == 1 and index.models_done(h1) == {inst_id}  # k1's only
+    assert index.forget_unused(240.0, 10) == [k1] and index.models_done(h1) == {inst_id}  # k1's only
     _add(index, "/lib/moved/h1.wav", {"hihat": 0.95}, inst_id, content=h1)
     index.remove_paths(["/lib/drums/s1.wav"])
     index.note_unused(300.0)  # s1's from now; h1's no longer
-    assert index.forget_unused(260.0, 10) == 0
+    assert len(index.forget_unused(260.0, 10)) == 0
     assert index.models_done(k1) == set() and index.models_done(h1) == {inst_id}
     assert index.models_done(s1) == {inst_id, mood_id}
-    assert index.forget_unused(1e12, 10) == 1 and index.models_done(s1) == set()
+    assert index.forget_unused(1e12, 10) == [s1] and index.models_done(s1) == set()
     rows = index.conn().execute("SELECT count(*) FROM tags t JOIN contents c ON c.id = t.content_id").fetchone()[0]
     assert rows == index.conn().execute("SELECT count(*) FROM tags").fetchone()[0]  # no tag of a forgotten one
     assert _paths(index, all_of=[["hihat"]]) == ["/lib/moved/h1.wav"]
@@ -718,4 +718,4 @@ def test_an_index_from_before_contents_were_forgotten_gets_the_column(tmp_path: 
     c.close()
     index = Index(path)
     index.note_unused(5.0)
-    assert index.forget_unused(10.0, 10) == 1
+    assert index.forget_unused(10.0, 10) == [b"\x00"]
