@@ -491,6 +491,9 @@ class Watcher(FileSystemEventHandler):
         for path in self.index.failed_with(NO_PERMISSION):
             if _readable(path):
                 self._mark(path, time.time())
+        with self._lock:  # links deleted, or no watch's any more: a library relinked for months kept them all
+            for link in [k for k in self._links if not (self._watched(k) and os.path.islink(k))]:
+                del self._links[link]
 
     def _rewatch(self, root: str) -> None:
         """Observe a watch folder anew: a folder inside it that could not be listed when it was scheduled got

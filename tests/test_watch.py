@@ -486,6 +486,33 @@ def test_a_broken_link_is_read_once_its_target_is_back(
         w.stop()
 
 
+def test_links_deleted_or_left_by_a_removed_watch_are_forgotten(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every link to a folder ever met stayed in memory: a library relinked for months kept them all."""
+    monkeypatch.setattr(watch_module, "CHECK_S", 0.1)
+    monkeypatch.setattr(watch_module, "LINKS_S", 0.3)
+    drive, lib, other = tmp_path / "drive", tmp_path / "lib", tmp_path / "other"
+    for folder in (drive, lib, other):
+        folder.mkdir()
+    for i in range(3):
+        (lib / f"pack{i}").symlink_to(drive, target_is_directory=True)
+    (other / "pack").symlink_to(drive, target_is_directory=True)
+    w = _watcher(index)
+    for folder in (lib, other):
+        index.add_watch(str(folder))
+        w.watch(str(folder))
+    w.start()
+    try:
+        wait_for(lambda: len(w.unfollowed_links) == 4)
+        (lib / "pack0").unlink()
+        w.unwatch(str(other))
+        wait_for(lambda: sorted(w._links) == [str(lib / "pack1"), str(lib / "pack2")], timeout=5)
+        assert [link for link, _ in w.unfollowed_links] == [str(lib / "pack1"), str(lib / "pack2")]
+    finally:
+        w.stop()
+
+
 def test_a_file_the_daemon_may_not_read_is_read_once_it_may(
     index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
