@@ -164,10 +164,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
-OVER_LIMIT = "not watched whole, the inotify limit (fs.inotify.max_user_watches) reached"
-OVER_LIMIT_FIX = (
-    "changes in them are found by a scan every few minutes, not at once; raise the limit to watch them whole:"
-    " `echo fs.inotify.max_user_watches=524288 | sudo tee /etc/sysctl.d/90-inotify.conf && sudo sysctl --system`"
+OVER_LIMIT = "not watched whole, an inotify limit (fs.inotify.max_user_watches or max_user_instances) reached"
+OVER_LIMIT_FIX = (  # (which one, the daemon's log says; both raised, the advice holds either way)
+    "changes in them are found by a scan every few minutes, not at once; raise the limits to watch them whole:"
+    " `printf 'fs.inotify.max_user_watches=524288\\nfs.inotify.max_user_instances=1024\\n' | sudo tee"
+    " /etc/sysctl.d/90-inotify.conf && sudo sysctl --system`"
 )
 MISSING_FIX = (
     "`vibrary watch add` it where it is now, then `vibrary watch remove` the old path: no file is analysed again"

@@ -553,14 +553,14 @@ class Daemon:
         with self._watches_lock:
             try:
                 self.watcher.watch(folder)
-                at_limit = False
+                at_limit = 0
             except OSError as e:
                 if e.errno not in AT_WATCH_LIMIT:
                     raise
-                at_limit = True
+                at_limit = e.errno
             self.index.add_watch(folder)
             if at_limit:
-                self.watcher.at_limit(folder)
+                self.watcher.at_limit(folder, why=at_limit)
         self.status_events.changed()
 
     def remove_watch(self, folder: str) -> bool:

@@ -143,17 +143,17 @@ class Watcher(FileSystemEventHandler):
         scanned: files added or changed while the daemon was down, or since, were never indexed). Otherwise
         (another error) it is tried again every few seconds, as a folder not there."""
         if e.errno in AT_WATCH_LIMIT:
-            self.at_limit(folder)
+            self.at_limit(folder, why=e.errno)
             return
         log.error("cannot watch %s (%s); it is tried again every few seconds", folder, e)
         with self._lock:
             self._missing.add(folder)
             self._note_waiting()
 
-    def at_limit(self, folder: str, observed: bool = False) -> None:
+    def at_limit(self, folder: str, observed: bool = False, why: int = errno.ENOSPC) -> None:
         """A watch folder with folders inotify does not watch for its limit: scanned now, and again by
         _poll_over_limit until they can be watched. `observed`: only if it is observed still (not removed
-        since the caller looked)."""
+        since the caller looked); `why`: the errno inotify gave, which names the limit to raise."""
         mount = os.path.ismount(folder)  # (not under the lock: a hung mount would hold it)
         with self._lock:
             if observed and folder not in self._watches:
@@ -166,9 +166,10 @@ class Watcher(FileSystemEventHandler):
                 return
             self._over_limit[folder] = _AtLimit(time.monotonic() + LIMIT_POLL_S, time.monotonic() + LIMIT_POLL_S)
         log.warning(
-            "%s is not watched whole: the inotify limit (fs.inotify.max_user_watches) is reached; changes in it are"
-            " found by a scan every few minutes, until the limit is raised",
+            "%s is not watched whole: %s; changes in it are found by a scan every few minutes, until the limit is"
+            " raised",
             folder,
+            AT_LIMIT_SAID.get(why, AT_LIMIT_SAID[errno.ENOSPC]),
         )
         self.rescan(folder)
 
@@ -689,7 +690,7 @@ class Watcher(FileSystemEventHandler):
                             self.watch(folder)
                         except OSError as e:  # (another error: said once, when it was found missing)
                             if e.errno in AT_WATCH_LIMIT:  # back, but at the inotify limit
-                                self.at_limit(folder)
+                                self.at_limit(folder, why=e.errno)
                     self._retry_awaited()
                     self._list_again()
                     self._check_watched()
@@ -1011,6 +1012,11 @@ MADE_UP_INODES = {"vfat", "msdos", "exfat", "fat", "umsdos"}  # numbered at each
 
 UNNAMED_MOST = 1000  # names not UTF-8 remembered (each status checks they are still there)
 AT_WATCH_LIMIT = (errno.ENOSPC, errno.EMFILE)  # inotify's watches, or its instances, used up (the user's limits)
+AT_LIMIT_SAID = {  # (the daemon's watches share one instance: EMFILE is the lack of that one)
+    errno.ENOSPC: "the inotify watches limit (fs.inotify.max_user_watches) is reached",
+    errno.EMFILE: "no inotify instance could be made (fs.inotify.max_user_instances, or the open files limit, is"
+    " reached)",
+}
 CHECK_S = 5.0  # how often watch folders are checked for a move, a comeback or a due rescan
 # a watch folder not watched whole at the inotify limit is scanned every LIMIT_POLL_S, or less often when its
 # scan is long: at most once per LIMIT_POLL_SCANS times its last scan's length (a twentieth of a core)

@@ -1481,7 +1481,7 @@ if open("/proc/self/uid_map").read().split() != ["0", "0", "4294967295"]:  # (ne
     def follow() -> None:
         while True:
             try:
-                with open(os.environ["LIMIT_FILE"]) as f, open("/proc/sys/user/max_inotify_watches", "w") as out:
+                with open(os.environ["LIMIT_FILE"]) as f, open(os.environ["LIMIT_PROC"], "w") as out:
                     out.write(f.read())
             except OSError:
                 pass
@@ -1495,6 +1495,9 @@ _USERNS = (
     ).returncode
     == 0
 )
+
+
+_WATCHES, _INSTANCES = "/proc/sys/user/max_inotify_watches", "/proc/sys/user/max_inotify_instances"
 
 
 def _inotify_watches(pid: int) -> int:
@@ -1519,7 +1522,7 @@ def test_a_library_over_the_inotify_limit_is_scanned_said_and_watched_once_it_ca
     limit.write_text("8")
     for i in range(12):  # 13 folders: over the limit
         write_tone(library / f"pack{i}" / "tone.wav", 100.0 + 20 * i)
-    wrapper = ["unshare", "-Ur", "env", f"PYTHONPATH={hook}", f"LIMIT_FILE={limit}"]
+    wrapper = ["unshare", "-Ur", "env", f"PYTHONPATH={hook}", f"LIMIT_FILE={limit}", f"LIMIT_PROC={_WATCHES}"]
     d = start_daemon(model_home, wrapper=wrapper)
     c = d.client
 
@@ -1532,7 +1535,8 @@ def test_a_library_over_the_inotify_limit_is_scanned_said_and_watched_once_it_ca
         assert wait_for(lambda: indexed(*library.glob("*/*.wav")), timeout=30)
         assert list(c.status().unwatched_folders) == [str(library)]
         said = vibrary("status", home=model_home).stdout
-        assert f"not watched whole, the inotify limit (fs.inotify.max_user_watches) reached: {library}" in said
+        assert f"(fs.inotify.max_user_watches or max_user_instances) reached: {library}" in said
+        assert f"{library} is not watched whole: the inotify watches limit (fs.inotify.max_user_watches)" in d.log()
         write_tone(library / "pack3" / "late.wav", 777.0)  # no event: found by a scan
         assert wait_for(lambda: indexed(library / "pack3" / "late.wav"), timeout=30)
         limit.write_text("1000")  # raised: watched whole, and scanned once more
@@ -1560,6 +1564,39 @@ def test_a_library_over_the_inotify_limit_is_scanned_said_and_watched_once_it_ca
         said = d.log()
         assert said.count(f"{library} is not watched whole") == 2, said
         assert said.count("the inotify limit allows more watches now") == 2, said
+    finally:
+        d.stop()
+
+
+@pytest.mark.skipif(not _USERNS, reason="lowering inotify's limit for one process needs a user namespace (unshare -Ur)")
+def test_watch_folders_without_an_inotify_instance_are_scanned_and_the_right_limit_is_named(
+    model_home: Path, tmp_path: Path
+) -> None:
+    """The daemon's watches share one inotify instance, one of the user's (fs.inotify.max_user_instances, 128
+    on many systems, shared with every program, or a process's open files limit): with none to be had, the
+    producer was told to raise max_user_watches, which changes nothing."""
+    hook, limit = tmp_path / "hook", tmp_path / "limit"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_LIMITED)
+    limit.write_text("0")
+    packs = [tmp_path / f"Vendor {i}" for i in range(2)]
+    for i, pack in enumerate(packs):
+        write_tone(pack / "tone.wav", 200.0 + 50 * i)
+    wrapper = ["unshare", "-Ur", "env", f"PYTHONPATH={hook}", f"LIMIT_FILE={limit}", f"LIMIT_PROC={_INSTANCES}"]
+    d = start_daemon(model_home, wrapper=wrapper)
+    c = d.client
+    try:
+        time.sleep(0.3)  # (the limit follows the file every 0.1 s)
+        for pack in packs:
+            c.add_watch(str(pack))
+        assert wait_for(lambda: all(f.state == "indexed" for f in c.tags([str(p / "tone.wav") for p in packs])))
+        assert sorted(c.status().unwatched_folders) == [str(p) for p in packs], d.log()
+        said = vibrary("status", home=model_home).stdout
+        assert "fs.inotify.max_user_instances" in said, said
+        assert "no inotify instance could be made" in d.log(), d.log()
+        limit.write_text("128")
+        assert wait_for(lambda: not c.status().unwatched_folders, timeout=30)
+        assert _inotify_watches(d.proc.pid) >= len(packs)  # watched now
     finally:
         d.stop()
 
