@@ -24,11 +24,12 @@ with `pip install .`: an editable install's import hook is one they cannot follo
 from __future__ import annotations
 
 import functools
+import json
 import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -250,15 +251,24 @@ class Client:
         return True
 
     def status(self, timeout: float | None = None) -> pb.Status:
+        """Counts of files indexed, pending and failed, the active models, the queue and what needs the
+        producer's attention (missing or unwatched watch folders, a stalled index); `vibrary status` shows it."""
         return self._call("GetStatus", pb.GetStatusRequest(), timeout)
 
     def add_watch(self, folder: str) -> list[str]:
+        """Watch a folder and index what it holds; the watch folders then. DaemonError NOT_FOUND for a folder
+        not there, INVALID_ARGUMENT for a file or a system folder (/, /proc), FAILED_PRECONDITION for a folder
+        never indexed (a trash folder). A folder already
+        watched, or inside a watch folder, is no error."""
         return list(self._call("AddWatch", pb.WatchRequest(path=self._path(folder))).paths)
 
     def remove_watch(self, folder: str) -> list[str]:
+        """Stop watching a folder; its files that no other watch folder holds leave the index and searches.
+        The watch folders then; DaemonError NOT_FOUND when it was none."""
         return list(self._call("RemoveWatch", pb.WatchRequest(path=self._path(folder))).paths)
 
     def watches(self) -> list[str]:
+        """The watch folders (watch_list() says which are not there now)."""
         return list(self.watch_list().paths)
 
     def watch_list(self) -> pb.WatchList:
@@ -319,6 +329,7 @@ class Client:
         return self._stream("GetTags", pb.GetTagsRequest(paths=self._paths(paths, indexed=False)), timeout, idle=True)
 
     def counts(self, model: str = "") -> list[pb.TagCount]:
+        """How many files hit each tag, of every active model or of `model` (NAME or NAME@VERSION)."""
         return list(self._call("CountTags", pb.CountTagsRequest(model=model)).counts)
 
     def tag(self, paths: Paths, timeout: float = 600.0) -> Iterator[pb.FileTags]:
@@ -333,6 +344,7 @@ class Client:
         return self._stream("Events", pb.EventsRequest(), endless=True)
 
     def models(self) -> list[pb.Model]:
+        """Every installed model version, active or not, with its classes and spectrogram parameters."""
         return list(self._call("ListModels", pb.ListModelsRequest()).models)
 
     def activate(self, name: str, version: int = 0) -> list[pb.Model]:
@@ -365,9 +377,12 @@ class Client:
         return list(self._call("RemoveModel", _model_ref(name, version)).models)
 
     def pause(self) -> pb.Status:
+        """Stop reading files (a DAW session wants the CPU): changes are still noted, and read on resume().
+        Searches go on. The status then."""
         return self._call("Pause", pb.PauseRequest())
 
     def resume(self) -> pb.Status:
+        """Read files again after pause(); the status then."""
         return self._call("Resume", pb.PauseRequest())
 
     def failed(self, limit: int = 0) -> list[pb.FileTags]:
@@ -376,9 +391,12 @@ class Client:
 
     # -- your own tags -------------------------------------------------------------------------------
     def suggest(self, paths: Paths, timeout: float = 600.0) -> pb.Suggestions:
+        """Tags proposed for these files (and those under these folders) from their names, folders and
+        embedded metadata, for the producer to confirm before create_dataset(); nothing is stored."""
         return self._call("SuggestLabels", pb.SuggestRequest(paths=self._paths(paths)), timeout)
 
     def synonyms(self) -> list[pb.Synonym]:
+        """The synonym table (alias → tag: built-in ones and the user's), as `vibrary search` applies it."""
         return list(self._call("ListSynonyms", pb.ListSynonymsRequest()).synonyms)
 
     def add_synonyms(self, pairs: Sequence[tuple[str, str]]) -> list[pb.Synonym]:
@@ -425,12 +443,16 @@ class Client:
         return self._call("EditDataset", request)
 
     def dataset(self, name: str) -> pb.Dataset:
+        """One dataset: its tags and how many clips each has. DaemonError NOT_FOUND when there is none."""
         return self._call("GetDataset", pb.DatasetRef(name=name))
 
     def datasets(self) -> list[pb.Dataset]:
+        """Every dataset, as dataset() describes each."""
         return list(self._call("ListDatasets", pb.ListDatasetsRequest()).datasets)
 
     def delete_dataset(self, name: str) -> list[pb.Dataset]:
+        """Delete a dataset's spectrograms and labels (the audio files are never touched); the datasets left.
+        Refused (DaemonError) while a training reads it."""
         return list(self._call("DeleteDataset", pb.DatasetRef(name=name)).datasets)
 
     def train(
@@ -439,24 +461,27 @@ class Client:
         name: str = "",
         trainer: str = "",
         base: str = "",
-        options: str = "{}",
+        options: str | Mapping[str, Any] = "{}",
         token: str = "",
         confirm_cost: bool = False,
         timeout: float | None = None,
     ) -> Iterator[pb.TrainProgress]:
-        """Progress until the job ends; leaving early does not stop the training (cancel_training does)."""
+        """Progress until the job ends; leaving early does not stop the training (cancel_training does).
+        `options`: a mapping (`{"epochs": 40, "seed": 1}`) or its JSON text; the names are the fields of
+        `vibrary.trainer.options.TrainConfig` (importable without torch), and an unknown one is refused."""
         request = pb.TrainRequest(
             dataset=dataset,
             name=name,
             trainer=trainer,
             base=base,
-            options=options,
+            options=options if isinstance(options, str) else json.dumps(options),
             token=token,
             confirm_cost=confirm_cost,
         )
         return self._stream("Train", request, timeout)
 
     def cancel_training(self) -> pb.TrainProgress:
+        """Stop the training that runs (on the trainer too); its progress then. No model is installed."""
         return self._call("CancelTraining", pb.CancelTrainingRequest())
 
 

@@ -905,7 +905,7 @@ def _train(c: Client, name: str, options: dict[str, int]) -> pb.TrainProgress:
     """Train through the API; while a training over epochs runs the daemon answers, reports it, and refuses a
     second job (a fit from known rows takes a second or two: no time to watch it)."""
     updates: list[pb.TrainProgress] = []
-    runner = threading.Thread(target=lambda: updates.extend(c.train(name, options=json.dumps(options))))
+    runner = threading.Thread(target=lambda: updates.extend(c.train(name, options=options)))
     runner.start()
     epochs = options.get("epochs", 1)
     if epochs > 1:
