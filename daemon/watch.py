@@ -645,6 +645,16 @@ class Watcher(FileSystemEventHandler):
                 self._mark(dst, time.time())
             if not is_dir and not is_audio_path(dst):
                 self._remove(src)
+        if os.path.lexists(src):  # still there: the two were exchanged (`mv --exchange`), each heard as a
+            # move onto the other, which gave one the other's rows and dropped the second: read both again
+            # (by their content: no audio decoded again)
+            if is_dir:
+                self._scan_folder(src)
+                self._scan_folder(dst)
+            elif is_audio_path(src) and is_audio_path(dst):
+                self._mark(src, time.time())
+                self._mark(dst, time.time())
+            return
         # A folder's files moved with their rows, but not all of them need have one: a folder renamed before
         # its scan, or a file written just before (read under its old path, it "vanished" and its row was
         # dropped before this move was heard: a pack unzipped and renamed at once lost files). Looked for by

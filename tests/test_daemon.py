@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import queue
@@ -581,6 +582,42 @@ def test_names_swapped_while_down_are_read_again_though_size_and_mtime_match(mod
     try:
         wait_for(lambda: [_best(d.client, str(f)) for f in (a, b)] == [("indexed", "high"), ("indexed", "low")])
         assert d.client.status().decoded == 0  # recognised by content, not analysed again
+    finally:
+        d.stop()
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """renameat2(RENAME_EXCHANGE): `mv --exchange` (coreutils 9.5), some sync tools."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) != 0:  # AT_FDCWD, RENAME_EXCHANGE
+        pytest.skip(f"renameat2(RENAME_EXCHANGE): {os.strerror(ctypes.get_errno())}")
+
+
+def test_files_and_folders_exchanged_at_once_swap_their_tags(model_home: Path, tmp_path: Path) -> None:
+    """An exchange comes as two moves, each onto the other: one name kept its old tags, the other left the
+    index (searches lost it) until a restart."""
+    library = tmp_path / "library"
+    a, b = write_tone(library / "a.wav", BANDS["low"]), write_tone(library / "b.wav", BANDS["high"])
+    write_tone(library / "Low" / "x.wav", BANDS["low"])
+    write_tone(library / "High" / "x.wav", BANDS["high"])
+    write_tone(library / "High" / "only.wav", BANDS["high"])
+    d = start_daemon(model_home)
+    try:
+        d.client.add_watch(str(library))
+        wait_for(lambda: _indexed(d.client, 5))
+        _exchange(a, b)
+        _exchange(library / "Low", library / "High")
+        expected = {
+            a: ("indexed", "high"),
+            b: ("indexed", "low"),
+            library / "Low" / "x.wav": ("indexed", "high"),
+            library / "Low" / "only.wav": ("indexed", "high"),
+            library / "High" / "x.wav": ("indexed", "low"),
+        }
+        assert wait_for(lambda: all(_best(d.client, str(f)) == best for f, best in expected.items()), timeout=15)
+        assert wait_for(lambda: _indexed(d.client, 5))
+        assert _best(d.client, str(library / "High" / "only.wav"))[0] != "indexed"
+        assert d.client.status().decoded == 5  # recognised by content, not analysed again
     finally:
         d.stop()
 
