@@ -54,6 +54,7 @@ class Fingerprint(NamedTuple):
     mtime_ns: int  # changed_at(): the file's mtime or, when later, its ctime
     inode: int
     hash: bytes
+    links: int = 1  # hard links to it: a change written through one is heard as a change of that one only
 
 
 def fingerprint(path: str) -> Fingerprint:
@@ -82,7 +83,7 @@ def fingerprint(path: str) -> Fingerprint:
         raise FileVanished(VANISHED) from None
     except OSError as e:  # changed between the check and the read, or a bad sector, a share that went away
         raise unreadable("read", e, seen) from None
-    return Fingerprint(st.st_size, changed_at(st), st.st_ino, digest.digest()[:16])
+    return Fingerprint(st.st_size, changed_at(st), st.st_ino, digest.digest()[:16], st.st_nlink)
 
 
 OPENING_BYTES = 3_500_000  # the most the decoder reads of the audio itself: 3 s of 192 kHz 24-bit stereo

@@ -129,6 +129,7 @@ class Result:
     mtime_ns: int = -1
     inode: int = -1
     hash: bytes | None = None
+    links: int = 1
     tags: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
     unfamiliar: set[int] = field(default_factory=set)  # models that find the file like none of their examples
     error: str | None = None
@@ -372,6 +373,11 @@ class Index:
         with self.write() as c:
             c.executemany(_MARK_PENDING, rows)
         return len(rows)
+
+    def paths_with_inode(self, inode: int) -> list[str]:
+        """The files with this inode number, on any drive (a scan of every row: for the rare file rewritten
+        in place that has hard links)."""
+        return [r[0] for r in self.conn().execute("SELECT path FROM files WHERE inode = ?", (inode,))]
 
     def mark_asked(self, items: Sequence[tuple[str, int, int]]) -> set[str]:
         """(path, size, mtime_ns; -1, -1 when it cannot be looked at) of files a caller waits for (Tag). Those

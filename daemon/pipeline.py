@@ -166,7 +166,7 @@ class Pipeline:
         models = self.models
         try:
             hashed = fingerprint(job.path)
-            result.size, result.mtime_ns, result.inode, result.hash = hashed
+            result.size, result.mtime_ns, result.inode, result.hash, result.links = hashed
             done = self._models_done(hashed.hash) if self._models_done else set()
             todo = [m for m in models if m.id not in done]
             specs, fresh = features(job.path, hashed, (m.model.info.params for m in todo), self._cache)

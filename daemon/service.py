@@ -294,6 +294,7 @@ class Daemon:
             with self._in_flight_lock:
                 self._in_flight.difference_update(r.job.id for r in results)
             self._wake.set()
+        self._read_other_links([r for r in written if r.links > 1 and r.job.hash and r.hash != r.job.hash])
         for r in written if self.events.subscribers else ():
             if r.vanished:
                 self._removed([r.job.path])
@@ -306,6 +307,17 @@ class Daemon:
         # after the files' own events: a front end that counted a failure by the status, and was looked at,
         # heard of the failure after it and showed it new again
         self.status_events.changed()
+
+    def _read_other_links(self, rewritten: list[Result]) -> None:
+        """Files rewritten in place that have hard links (a library deduplicated by `jdupes -L`): the other
+        names of each are read again, as no event comes for them (they kept the old tags until a restart)."""
+        for r in rewritten:
+            try:
+                same = [p for p in self.index.paths_with_inode(r.inode) if p != r.job.path and _same(p, r.job.path)]
+                if self.index.mark_pending([(p, time.time()) for p in same]):
+                    self._wake.set()
+            except (OSError, sqlite3.Error) as e:  # (the next start's scan finds them by their ctime)
+                log.warning("could not look for other links of %s: %s", r.job.path, e)
 
     def _note_held(self, held: bool) -> None:
         """Whether nothing can be read now but files under watch folders not there now: the tray showed
@@ -892,6 +904,14 @@ def check_home_free(home_dir: Path) -> None:
     daemon --listen HOST:PORT` said its port was taken (by the first), not that one runs."""
     if (pid := pidlock.holder(config.lock_path(home_dir))) is not None:
         raise AlreadyRunning(_running(home_dir, pid))
+
+
+def _same(a: str, b: str) -> bool:
+    """Whether two paths name one file (one inode number may be another drive's file)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _file_stat(path: str) -> tuple[int, int, int] | None:

@@ -622,6 +622,29 @@ def test_files_and_folders_exchanged_at_once_swap_their_tags(model_home: Path, t
         d.stop()
 
 
+def test_a_file_rewritten_in_place_through_one_of_its_hard_links_is_read_again_under_every_name(
+    model_home: Path, tmp_path: Path
+) -> None:
+    """A library deduplicated by `jdupes -L` or `rdfind` holds one file under several names: rewritten
+    through one, the others kept the old tags (no event comes for them) until a restart."""
+    library, staged = tmp_path / "library", tmp_path / "staged"
+    first = write_tone(library / "Pack A" / "hit.wav", BANDS["low"])
+    (library / "Pack B").mkdir()
+    os.link(first, library / "Pack B" / "hit.wav")
+    os.link(first, staged.parent / "outside.wav")  # a name no watch holds: not the daemon's
+    d = start_daemon(model_home)
+    try:
+        d.client.add_watch(str(library))
+        wait_for(lambda: _indexed(d.client, 2))
+        shutil.copyfile(write_tone(staged / "hit.wav", BANDS["high"]), first)  # in place: one inode still
+        assert (library / "Pack B" / "hit.wav").stat().st_ino == first.stat().st_ino
+        names = [first, library / "Pack B" / "hit.wav"]
+        assert wait_for(lambda: [_best(d.client, str(p)) for p in names] == [("indexed", "high")] * 2, timeout=15)
+        assert [f.path for f in d.client.search("low")] == []
+    finally:
+        d.stop()
+
+
 def test_a_file_rewritten_in_place_while_down_with_its_old_mtime_is_read_again(
     model_home: Path, tmp_path: Path
 ) -> None:
