@@ -17,6 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 from vibrary.daemon import config, registry
+from vibrary.daemon.folders import readable_name
 from vibrary.daemon.index import HIT_SCORE, WATCH_GONE, Index
 from vibrary.daemon.spectrogram import SILENT
 
@@ -123,8 +124,9 @@ _CONTROL = {**{c: f"\\x{c:02x}" for c in (*range(32), 127)}, 9: "\\t", 10: "\\n"
 
 def _shown(path: str) -> str:
     """A file name as a person reads it on one line: a newline or tab in a name, which file systems allow,
-    is written as `\\n`, `\\t` (`--json` keeps the name as it is)."""
-    return path.translate(_CONTROL)
+    is written as `\\n`, `\\t`, a byte that is not UTF-8 (an old archive's name) as `\\xe9` (`--json` keeps
+    the name as it is)."""
+    return readable_name(path).translate(_CONTROL)
 
 
 def _human_file(line: dict[str, Any], state: str = "indexed") -> str:

@@ -40,7 +40,7 @@ from .cache import SpectrogramCache
 from .config import check_name
 from .decode import DecodeError, is_junk_folder
 from .features import features, fingerprint
-from .folders import audio_files_under, warn
+from .folders import audio_files_under, storable, warn
 from .spectrogram import SILENT, SpectrogramParams, heard_in, quantize
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,12 @@ def examples_from_folders(
                 continue
             first, *deeper = os.path.relpath(folder, base).split(os.sep)
             used.add(os.path.join(base, first))
-            found.append(example(path, first if top else os.path.basename(folder)))
+            tag_folder = os.path.join(base, first) if top else folder
+            if not storable(os.path.basename(tag_folder)):  # a model's classes must be UTF-8, as its file is
+                if tag_folder not in unlisted:
+                    unreadable(tag_folder, "its name is not valid UTF-8, so it cannot be a tag: rename it to use it")
+                continue
+            found.append(example(path, os.path.basename(tag_folder)))
             firsts.setdefault((found[-1].label, base), set()).add(first)
             if deeper:
                 inside.setdefault(found[-1].label, set()).add(os.path.join(base, first))

@@ -47,7 +47,7 @@ UNNAMED = "left out: its name is not valid UTF-8 (rename the file to tag it)"
 
 
 def warn(folder: str, reason: str) -> None:
-    log.warning("cannot read folder %s (%s): its files are left out", folder, reason)
+    log.warning("cannot read folder %s (%s): its files are left out", readable_name(folder), reason)
 
 
 def audio_files_under(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,7 +135,7 @@ def sha256_bytes(data: bytes) -> str:
 
 def group_id(source: str) -> str:
     """A short, stable id for the folder a clip came from: the trainer needs groups, not paths."""
-    return hashlib.blake2b(source.encode(), digest_size=6).hexdigest()
+    return hashlib.blake2b(os.fsencode(source), digest_size=6).hexdigest()  # (a name from an old archive too)
 
 
 def pack(codes: np.ndarray, labels: np.ndarray, groups: list[str]) -> bytes:

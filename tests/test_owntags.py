@@ -394,6 +394,27 @@ def test_files_lying_in_a_folder_given_beside_its_tag_folders_are_said_to_be_lef
     assert "left out 3 files lying directly" in again.stderr
 
 
+def test_folders_whose_names_are_not_utf8_are_left_out_of_a_dataset_and_said(home: Path, tmp_path: Path) -> None:
+    """One vendor folder unzipped from an old archive (`Caf\xe9 Kicks`) stopped the whole `dataset create`:
+    "… is not valid UTF-8: rename it". Such a folder cannot name a tag (a model's classes are UTF-8), but the
+    rest of the dataset is built."""
+    tags = tmp_path / "MyTags"
+    write_kinds(tags, per_kind=2, seed=21)
+    write_kinds(tmp_path / "pack", per_kind=1, seed=22, folders={k: "" for k in KINDS})
+    os.rename(tmp_path / "pack", os.fsencode(tags / "thump") + b"/Caf\xe9 Kicks")  # a pack inside a tag folder
+    write_kinds(tmp_path / "odd", per_kind=1, seed=23, folders={k: "" for k in KINDS})
+    os.rename(tmp_path / "odd", os.fsencode(tags) + b"/dr\xfcm")
+    for labels, expected in (
+        ("top", {"noise": 2, "thump": 5, "tone": 2}),
+        ("folders", {"noise": 2, "thump": 2, "tone": 2}),
+    ):
+        made = vibrary("dataset", "create", "--json", "mine", str(tags), "--labels", labels, home=home)
+        assert json_lines(made.stdout)[-1]["per_class"] == expected, made.stderr
+        assert f"cannot read folder {tags}/dr\\xfcm (its name is not valid UTF-8" in made.stderr
+        said = f"cannot read folder {tags}/thump/Caf\\xe9 Kicks (its name is not valid UTF-8"
+        assert (said in made.stderr) == (labels == "folders"), made.stderr  # with top, the pack is thump's
+
+
 def test_dataset_add_names_only_the_files_it_could_not_read(home: Path, tmp_path: Path) -> None:
     """`dataset add mine DIR` said "skipped" of every file any earlier build of mine could not read, ones
     outside DIR too, as if this add had failed on them."""
