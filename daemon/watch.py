@@ -418,9 +418,9 @@ class Watcher(FileSystemEventHandler):
             try:
                 with os.scandir(folder):
                     listable = True
-            except OSError:
-                if os.path.isdir(folder):
-                    continue  # (still not)
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    continue  # (still not; isdir() is False for a path too long to list, which is not gone)
                 listable = False
             with self._lock:  # listable now, or gone: nothing to say any more
                 self._unlisted.pop(folder, None)

@@ -704,6 +704,35 @@ def test_a_file_renamed_under_a_watch_inside_another_is_moved_once_not_read_agai
     w.stop()
 
 
+def test_a_folder_too_deep_to_list_stays_said_until_it_can_be_listed(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path longer than PATH_MAX (4096 bytes: packs nested in packs with long vendor names) cannot be
+    listed; it was said in status for seconds, then taken for gone (isdir() is False for it too)."""
+    monkeypatch.setattr(watch_module, "CHECK_S", 0.1)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    fd = os.open(lib, os.O_RDONLY)
+    try:  # made by relative steps: no path that long can be given whole
+        for _ in range(22):
+            os.mkdir("p" * 200, dir_fd=fd)
+            inner = os.open("p" * 200, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    finally:
+        os.close(fd)
+    w = _watcher(index)
+    w.watch(str(lib))
+    w.start()
+    try:
+        wait_for(lambda: w.scans_running == 0 and len(w.unlisted) == 1)
+        assert "File name too long" in w.unlisted[0]
+        time.sleep(1.0)  # checked again ten times: still there, still not listable
+        assert len(w.unlisted) == 1
+    finally:
+        w.stop()
+
+
 def test_a_folder_that_cannot_be_listed_keeps_the_rows_of_the_folders_under_it(
     index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
