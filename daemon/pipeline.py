@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -88,6 +89,7 @@ class Pipeline:
         self._idle = threading.Condition()
         self._in_flight = 0
         self.counters = {"decoded": 0, "from_cache": 0, "reused": 0}
+        self._cache_error = ""  # the cache's last error, said once
         # one worker per core already: a multi-threaded BLAS inside each would only fight over them
         threadpool_limits(1, user_api="blas")
         self._workers = [threading.Thread(target=self._work, name=f"worker-{i}", daemon=True) for i in range(workers)]
@@ -233,8 +235,14 @@ class Pipeline:
             return
         try:
             self._cache.put_many(fresh)
+        except sqlite3.OperationalError as e:  # (a full disk): said once while it lasts, not a traceback a batch
+            if str(e) != self._cache_error:
+                self._cache_error = str(e)
+                log.warning("could not cache spectrograms (%s); files are tagged all the same", e)
+            return
         except Exception:
             log.exception("could not cache %d spectrograms", len(fresh))
+        self._cache_error = ""
 
     def _infer(self, batch: list[_Prepared]) -> None:
         models = {m.id: m for p in batch for m in p.todo if m.id not in self.failing}

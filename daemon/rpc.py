@@ -9,6 +9,7 @@ import hmac
 import ipaddress
 import logging
 import socket
+import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from typing import Any
@@ -123,6 +124,8 @@ def _disk_errors_said(call: Callable[[], Any], context: grpc.ServicerContext) ->
         return call()
     except OSError as e:
         _abort_for_disk(e, context)
+    except sqlite3.OperationalError as e:
+        _abort_for_database(e, context)
 
 
 def _disk_errors_streamed(call: Callable[[], Iterator[Any]], context: grpc.ServicerContext) -> Iterator[Any]:
@@ -132,6 +135,8 @@ def _disk_errors_streamed(call: Callable[[], Iterator[Any]], context: grpc.Servi
         yield from call()
     except OSError as e:
         _abort_for_disk(e, context)
+    except sqlite3.OperationalError as e:
+        _abort_for_database(e, context)
 
 
 def _abort_for_disk(e: OSError, context: grpc.ServicerContext) -> None:
@@ -139,6 +144,23 @@ def _abort_for_disk(e: OSError, context: grpc.ServicerContext) -> None:
     log.error("a call failed on the disk: %s", e)
     said = "the disk is full" if full else "a disk error"
     context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.INTERNAL, f"{said}: {e.strerror}")
+
+
+_DATABASE_SAID = {  # SQLite's primary result codes → what a caller is told, and how
+    sqlite3.SQLITE_FULL: (grpc.StatusCode.RESOURCE_EXHAUSTED, "the disk is full"),
+    sqlite3.SQLITE_READONLY: (grpc.StatusCode.FAILED_PRECONDITION, "the disk holding it is read-only"),
+    sqlite3.SQLITE_CANTOPEN: (grpc.StatusCode.FAILED_PRECONDITION, "it cannot be opened"),
+    sqlite3.SQLITE_BUSY: (grpc.StatusCode.UNAVAILABLE, "another program holds it locked; try again"),
+    sqlite3.SQLITE_IOERR: (grpc.StatusCode.INTERNAL, "the disk gave an error"),
+}
+
+
+def _abort_for_database(e: sqlite3.OperationalError, context: grpc.ServicerContext) -> None:
+    """The same for a database the call writes (a watch added on a full disk: "Exception calling
+    application: database or disk is full")."""
+    code, said = _DATABASE_SAID.get(e.sqlite_errorcode & 0xFF, (grpc.StatusCode.INTERNAL, str(e)))
+    log.error("a call failed on its database: %s", e)
+    context.abort(code, f"the index cannot be written: {said} ({e})")
 
 
 REQUEST_MAX = 64 << 20  # bytes of one request: a dataset of 300,000 labelled paths; a model file

@@ -213,6 +213,8 @@ class Daemon:
                 with self._in_flight_lock:
                     skip = set(self._in_flight)
                 room = self.settings.queue_size - len(skip)
+                if self.stalled:  # one file tries whether the index can be written again, not a queue's worth
+                    room = min(room, 1 - len(skip))
                 # paused, the index cannot be written, or no model to tag with: the watcher still records
                 # changes; nothing is read (with no model, files were stored as read with no tags, and said
                 # to be silent)
@@ -351,11 +353,22 @@ class Daemon:
             log.error("%s", why)
         self.stalled, self._stalled_until = why, time.monotonic() + STALL_RETRY_S
 
+    def _unrecorded(self) -> str:
+        """Why the changes in the watch folders cannot be written to the index now (a full disk: new files
+        were not even counted as waiting, and status said nothing)."""
+        if why := self.watcher.unwritable:
+            return f"the index in {self.home} cannot be written ({why}); new and changed files wait to be noted"
+        return ""
+
     def _write(self, results: list[Result]) -> list[Result]:
         """A batch in one transaction; when that fails, file by file, and a file whose tags cannot be
-        stored is stored as failed with the reason (left pending, it would be fed again at once, forever)."""
+        stored is stored as failed with the reason (left pending, it would be fed again at once, forever).
+        The index's own trouble (a full or read-only disk, a lock: SQLite's OperationalError) is no file's:
+        raised, the files wait (_stall). Stored as failed, they stayed failed once the disk had room again."""
         try:
             return self.index.write_results(results, self.settings.store_min_score)
+        except sqlite3.OperationalError:
+            raise
         except Exception as e:
             if self.stalled:  # known, and said: not a traceback every 30 s
                 log.warning("could not store a batch of %d files (%s)", len(results), e)
@@ -365,6 +378,8 @@ class Daemon:
         for r in results:
             try:
                 written += self.index.write_results([r], self.settings.store_min_score)
+            except sqlite3.OperationalError:
+                raise
             except Exception as e:
                 r.error, r.tags = f"{NOT_STORED}{e}", {}
                 written += self.index.write_results([r], self.settings.store_min_score)
@@ -550,7 +565,7 @@ class Daemon:
             "waiting_for_watches": self._held and counts["pending"] > 0,
             "home": str(self.home),
             "paused": self.paused,
-            "stalled": self.stalled or ("" if tagging else NO_MODEL_WAITS),
+            "stalled": self.stalled or self._unrecorded() or ("" if tagging else NO_MODEL_WAITS),
             "training": self.training.progress if self.training is not None else None,
             "uptime_s": time.time() - self.started,
             "version": VERSION,
@@ -563,6 +578,8 @@ class Daemon:
         could not be watched at all). One change of watches at a time: a remove between the watcher's watch
         and the index's row left a watch listed that nothing observed."""
         with self._watches_lock:
+            if folder in self.index.watches():  # (one added again writes nothing, and is unwatched by nothing)
+                return
             try:
                 self.watcher.watch(folder)
                 at_limit = 0
@@ -570,7 +587,11 @@ class Daemon:
                 if e.errno not in AT_WATCH_LIMIT:
                     raise
                 at_limit = e.errno
-            self.index.add_watch(folder)
+            try:
+                self.index.add_watch(folder)
+            except BaseException:  # (a full disk): not kept, so not watched either; it was, unlisted, unremovable
+                self.watcher.unwatch(folder)
+                raise
             if at_limit:
                 self.watcher.at_limit(folder, why=at_limit)
         self.status_events.changed()

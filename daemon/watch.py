@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import shlex
+import sqlite3
 import stat
 import threading
 import time
@@ -104,6 +105,7 @@ class Watcher(FileSystemEventHandler):
         self._links: dict[str, str] = {}  # links to folders met under the watches → where they point
         self._unnamed: set[str] = set()  # paths whose names are not UTF-8, said once
         self._unlisted: dict[str, str] = {}  # folders under the watches that could not be listed → why
+        self.unwritable = ""  # why changes cannot be written to the index now (a full disk), while they cannot
         self._mounts: set[str] = set()  # watch folders that were mount points when watched
         # both of them, and the mount points, as `_note_waiting` last saw them
         self._waiting: frozenset[str] = frozenset()
@@ -717,6 +719,15 @@ class Watcher(FileSystemEventHandler):
                         for folder in set(self._watches) - self._inner:
                             self.rescan(folder)
                 failures, said = 0, ""
+                if self.unwritable:
+                    self.unwritable = ""
+                    self._on_pending()
+            except sqlite3.OperationalError as e:  # (a full disk): said in status, and once in the log
+                failures = min(failures + 1, 8)
+                if str(e) != self.unwritable:
+                    self.unwritable = str(e)
+                    log.warning("could not write changes in the watch folders to the index (%s); will retry", e)
+                    self._on_pending()
             except Exception as e:
                 failures = min(failures + 1, 8)
                 if repr(e) != said:

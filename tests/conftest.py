@@ -89,6 +89,10 @@ def home(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 @pytest.fixture
 def model_home(home: Path, band_onnx: Path) -> Path:
     """A home whose only active model is the low/mid/high band model: its right answers are known."""
+    return with_band_model(home, band_onnx)
+
+
+def with_band_model(home: Path, band_onnx: Path) -> Path:
     index = Index(config.index_path(home))
     for row in registry.ensure_models(index, home):
         index.set_active(row, False)

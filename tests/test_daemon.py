@@ -14,6 +14,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from vibrary.daemon.index import WATCH_GONE, Index
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
-from tests.conftest import DaemonProcess, json_lines, start_daemon, vibrary, wait_for
+from tests.conftest import DaemonProcess, json_lines, start_daemon, vibrary, wait_for, with_band_model
 from tests.synth import BANDS, band_model, write_tone
 
 
@@ -1339,6 +1340,67 @@ def test_an_index_that_cannot_be_written_makes_files_wait_and_status_say_why(
         d.stop()
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) <= 2, [r.getMessage() for r in tracebacks]  # the first batch's, not one per retry
+
+
+def test_a_full_disk_under_the_home_refuses_a_watch_cleanly_and_fails_no_file(band_onnx: Path, tmp_path: Path) -> None:
+    """Found on a real full disk (a tmpfs home): `watch add` failed with "Exception calling application:
+    database or disk is full" and left the folder watched, unlisted and unremovable; files whose tags could
+    not be stored were stored as failed, and stayed failed once the disk had room; every retry decoded a
+    queue's worth of files again."""
+    home = Path(tempfile.mkdtemp(prefix="vh-"))
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(home)], capture_output=True)
+    if mount.returncode:
+        home.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text("from vibrary.daemon import service\nservice.STALL_RETRY_S = 0.5\n")
+    library, other = tmp_path / "library", tmp_path / "other"
+    for i in range(4):
+        write_tone(library / f"first{i}.wav", 200.0 + 50 * i)
+        write_tone(other / f"other{i}.wav", 300.0 + 50 * i)
+    d = None
+    try:
+        config.Settings(settle_s=0.2).save(home)
+        d = start_daemon(with_band_model(home, band_onnx), wrapper=["env", f"PYTHONPATH={hook}"])
+        c = d.client
+        c.add_watch(str(library))
+        wait_for(lambda: _indexed(c, 4))
+        c.pause()
+        for i in range(12):
+            write_tone(library / f"waiting{i}.wav", 1000.0 + 50 * i)
+        wait_for(lambda: c.status().pending == 12)
+        with open(home / "filler", "wb") as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        with pytest.raises(DaemonError) as refused:
+            c.add_watch(str(other))
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "the disk is full" in str(refused.value)
+        assert c.watches() == [str(library)]
+        for i in range(3):  # cannot even be noted as waiting: status said nothing, and counted none
+            write_tone(library / f"later{i}.wav", 2000.0 + 50 * i)
+        assert "cannot be written (database or disk is full); new and changed files wait" in str(
+            wait_for(lambda: c.status().stalled, timeout=10)
+        )
+        c.resume()  # read, but their tags cannot be stored: they wait, not failed for good
+        assert wait_for(lambda: "full); files wait, tried again every 0.5 s" in c.status().stalled, timeout=10)
+        decoded = c.status().decoded
+        time.sleep(3.0)  # six tries
+        assert c.status().decoded - decoded <= 8  # one file a try, not the queue
+        assert (c.status().failed, c.status().pending) == (0, 12)
+        write_tone(other / "late.wav", 900.0)  # not watched: never indexed
+        (home / "filler").unlink()
+        assert wait_for(lambda: _indexed(c, 19), timeout=30)
+        assert c.status().failed == 0 and not c.status().stalled
+        assert _best(c, str(other / "late.wav"))[0] != "indexed"
+        c.add_watch(str(other))
+        assert wait_for(lambda: _indexed(c, 24), timeout=30)
+    finally:
+        if d is not None:
+            d.stop()
+        subprocess.run(["umount", str(home)], check=True)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_an_idle_daemon_forgets_what_deleted_files_left_after_a_while(

@@ -139,9 +139,11 @@ def test_a_flush_that_keeps_failing_backs_off_and_says_so_once(
         w.on_any_event(FileClosedEvent(str(lib / "kick.wav")))
         time.sleep(1.5)
         assert 3 <= len(calls) <= 12  # 75 at the old pace
-        assert len([r for r in caplog.records if "could not write watch events" in r.message]) == 1
+        assert len([r for r in caplog.records if "could not write changes in the watch" in r.message]) == 1
+        assert w.unwritable == "disk I/O error"  # said in status
         monkeypatch.setattr(index, "mark_pending", real)
         wait_for(lambda: _pending(index) == {str(lib / "kick.wav")}, timeout=10)  # not lost meanwhile
+        assert w.unwritable == ""
     finally:
         w.stop()
 
