@@ -90,6 +90,8 @@ class CutMessages(grpc.ServerInterceptor):
         kinds = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
         kind = next(k for k in kinds if getattr(handler, k) is not None)
         behaviour = getattr(handler, kind)
+        if getattr(behaviour, "experimental_non_blocking", False):  # health's Watch: wrapped, it lost the flag
+            return handler  # and held a server thread each; unauthenticated, 64 of them locked every caller out
         deserialize = handler.request_deserializer
         if deserialize is None:
             return handler._replace(**{kind: lambda request, context: behaviour(request, self._Context(context))})

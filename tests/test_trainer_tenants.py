@@ -550,3 +550,26 @@ def test_the_data_folder_may_follow_the_token_action(home: Path, tmp_path: Path)
     for args in (["--data", str(data), "list"], ["list", "--data", str(data)]):
         assert json_lines(vibrary("trainer", "token", *args, "--json", home=home).stdout) == [{"users": ["bob"]}]
     assert json_lines(vibrary("trainer", "token", "list", "--json", home=home).stdout) == [{"users": []}]
+
+
+def test_health_watches_without_a_token_do_not_hold_the_servers_threads() -> None:
+    """Health needs no token (a load balancer asks it), and each Watch stream held one of the server's
+    threads: 64 of them, from anyone who could reach the port, and no caller with the token got an answer."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from vibrary.daemon import rpc
+
+    server = rpc.make_server(lambda s: None, [], token="sesame", workers=4)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    target = f"127.0.0.1:{port}"
+    channels = [grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(8)]
+    try:
+        streams = [health_pb2_grpc.HealthStub(c).Watch(health_pb2.HealthCheckRequest()) for c in channels]
+        assert all(next(s).status == health_pb2.HealthCheckResponse.SERVING for s in streams)
+        with grpc.insecure_channel(target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        for c in channels:
+            c.close()
+        server.stop(0)
