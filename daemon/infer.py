@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import os
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,6 +86,17 @@ def _session(path: str, threads: int) -> ort.InferenceSession:
         raise ModelError(f"{os.path.basename(path)}: not a loadable ONNX model ({e})") from None
 
 
+MOST_CLASSES = 10_000  # a model's classes, at most (every search, count and reply lists them)
+LONGEST_CLASS = 255  # characters of a class name, as a dataset's tags (a folder's name)
+MOST_FIXED_BATCH = 256  # a model exported with a fixed batch size is fed that many clips a run, padded
+
+
+def _printable(name: str) -> bool:
+    """No control, format (bidi overrides) or unassigned characters: a tag is printed to terminals. The zero
+    width joiner of emoji sequences is allowed."""
+    return all(ch == "\u200d" or not unicodedata.category(ch).startswith("C") for ch in name)
+
+
 def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
     try:
         listed = json.loads(meta[CLASSES_KEY])
@@ -96,12 +109,19 @@ def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
     classes = tuple(listed) if isinstance(listed, list) else ()
     if not classes or not all(isinstance(c, str) and c.strip() for c in classes):
         raise ModelError(f"{source}: {CLASSES_KEY} must be a non-empty list of names")
+    if len(classes) > MOST_CLASSES:
+        raise ModelError(f"{source}: {len(classes):,} classes; {MOST_CLASSES:,} at most")
+    if odd := next((c for c in classes if len(c) > LONGEST_CLASS or not _printable(c)), None):
+        # (a shared model's "\x1b]0;…" recoloured the terminal, set its title or forged lines in `models list`)
+        raise ModelError(
+            f"{source}: class name {odd[:40]!r} is longer than {LONGEST_CLASS} characters or holds control characters"
+        )
     # Tags are searched without regard to case, as people type them: a model's "Kick" is the tag "kick".
     classes = tuple(tag_key(c) for c in classes)
     unsearchable = [c for c in classes if c in QUERY_WORDS or c.startswith("-") or "|" in c]
     if unsearchable:  # `vibrary search or` is a usage error, `-snare` leaves snare out: such a tag is never found
         raise ModelError(f"{source}: class names {unsearchable} read as search syntax (OR AND NOT, -, |): rename them")
-    twice = sorted({c for c in classes if classes.count(c) > 1})
+    twice = sorted(c for c, n in Counter(classes).items() if n > 1)  # (count() a class: 497 s for 200,000)
     if twice:
         raise ModelError(f"{source}: {CLASSES_KEY} names {', '.join(map(repr, twice))} more than once")
     activation = meta.get(ACTIVATION_KEY, "none")
@@ -148,6 +168,11 @@ class Model:
         if len(dims) != 4 or any(isinstance(d, int) and d != w for d, w in zip(dims[1:], want, strict=True)):
             fits = ", ".join(map(str, want))
             raise ModelError(f"{self.info.name}: input shape {dims} does not fit spectrograms of shape [N, {fits}]")
+        if self._fixed > MOST_FIXED_BATCH:  # (20,000: every file run as a batch of 20,000, 1.8 GB for six files)
+            raise ModelError(
+                f"{self.info.name}: a fixed batch size of {self._fixed:,}; export it with a dynamic batch axis, or"
+                f" {MOST_FIXED_BATCH} at most"
+            )
         probe = np.zeros((self._fixed or 1, *want), dtype=np.float32)
         try:
             out, *familiarity = self.session.run(self._outputs, {self._input.name: probe})

@@ -11,6 +11,7 @@ requests, and a second daemon on the same home.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import shutil
@@ -1301,9 +1302,30 @@ def test_a_model_whose_metadata_cannot_be_fed_or_named_is_refused_at_its_install
         (METADATA_KEY, '{"fmin": 5000, "fmax": 2000}', "fmin < fmax"),
         (CLASSES_KEY, '{"0": "kick", "1": "snare"}', "must be a non-empty list of names"),
         (CLASSES_KEY, '"kick"', "must be a non-empty list of names"),
+        # a shared model's class names reach terminals: colours, a window title, forged lines
+        (CLASSES_KEY, json.dumps(["kick", "\x1b[31mred"]), "holds control characters"),
+        (CLASSES_KEY, json.dumps(["kick", "x\x1b]0;title\x07"]), "holds control characters"),
+        (CLASSES_KEY, json.dumps(["kick", "a\nforged line"]), "holds control characters"),
+        (CLASSES_KEY, json.dumps(["kick", "evil\u202egnp.wav"]), "holds control characters"),  # bidi override
+        (CLASSES_KEY, json.dumps(["kick", "k" * 256]), "longer than 255"),
+        (CLASSES_KEY, json.dumps([f"c{i}" for i in range(10_001)]), "10,001 classes; 10,000 at most"),
+        (CLASSES_KEY, json.dumps(["a", "b", "a"]), "names 'a' more than once"),
     ):
         with pytest.raises(ModelError, match=said):
             parse_metadata({**good, key: value}, "m.onnx")
+    family = json.dumps(["kick", "\U0001f468\u200d\U0001f3a4", "café"])  # emoji sequences, accents: fine
+    assert len(parse_metadata({**good, CLASSES_KEY: family}, "m.onnx").classes) == 3
+
+
+def test_a_model_with_a_huge_fixed_batch_is_refused_at_its_install(tmp_path: Path) -> None:
+    """Batch 20,000 installed (its all-zero probe costs nothing), then every file was run padded to 20,000
+    clips: 1.8 GB for six files; 2**40 died in numpy with a traceback."""
+    from vibrary.daemon.infer import Model, ModelError
+
+    assert Model(str(band_model(tmp_path / "ok.onnx", batch=256)))._fixed == 256
+    for batch in (257, 2**40):
+        with pytest.raises(ModelError, match=f"a fixed batch size of {batch:,}; export it with a dynamic batch axis"):
+            Model(str(band_model(tmp_path / f"b{batch}.onnx", batch=batch)))
 
 
 def test_a_model_whose_weights_lie_beside_it_is_refused_and_no_copy_is_left(model_home: Path, tmp_path: Path) -> None:
