@@ -28,7 +28,7 @@ from .daemon_commands import cmd_daemon, cmd_pause, cmd_status, cmd_tray, cmd_wa
 from .dataset_commands import cmd_dataset, cmd_synonyms
 from .errors import json_asked
 from .library_commands import cmd_counts, cmd_models, cmd_search, cmd_tag, cmd_tags
-from .output import CommandError, Terminated, UsageError, flush_both, terminated
+from .output import CommandError, Terminated, UsageError, flush_both, terminal_safe, terminated
 from .training_commands import cmd_train, cmd_trainer
 
 
@@ -450,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _failed(args: argparse.Namespace, why: str, status: int = 1) -> int:
     """The command failed: said on stderr, and with --json also as one object on stdout, so that a script
     reading stdout has a line to read (it had none)."""
-    print(f"vibrary: {why}", file=sys.stderr)
+    print(f"vibrary: {terminal_safe(why)}", file=sys.stderr)
     if args.json:
         with contextlib.suppress(OSError):
             print(json.dumps({"error": why, "exit_status": status}), flush=True)

@@ -25,7 +25,7 @@ from vibrary.daemon.index import under
 from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client, DaemonNotAnswering, DaemonNotRunning
-from .output import FAILING, UNUSABLE, Bar, CommandError, _out, _shown
+from .output import _CONTROL, FAILING, UNUSABLE, Bar, CommandError, _out, _shown
 from .tray_state import looking_for_files, many
 
 
@@ -39,11 +39,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         return _stop_daemon(args, config.home(create=False))
     home_dir = config.home()
     logging.raiseExceptions = False  # a log that cannot be written (a full disk) must not print a traceback a line
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=[_terminal_log(), _file_log(home_dir)],
-    )
+    handlers = [_terminal_log(), _file_log(home_dir)]
+    for handler in handlers:
+        handler.setFormatter(_OneLine("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers)
     try:
         settings = config.Settings.load(home_dir)
     except (ValueError, OSError) as e:  # (a config.json that is a folder, unreadable)
@@ -106,6 +105,15 @@ def _file_log(home_dir: Path) -> logging.Handler:
     return logging.handlers.RotatingFileHandler(path, maxBytes=LOG_MOST_BYTES, backupCount=LOGS_KEPT)
 
 
+class _OneLine(logging.Formatter):
+    """Each message on one line, its control characters escaped (a traceback after it stays as it is): a
+    link named with a newline and a log line's shape wrote a forged line ("… daemon stopped") into the log,
+    and escape sequences in names reached the terminal."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).translate(_CONTROL)
+
+
 def _terminal_log() -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(lambda record: not getattr(record, "file_only", False))
@@ -150,16 +158,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
         found = c.watch_list()
     paths, missing, unwatched = list(found.paths), list(found.missing), list(found.unwatched)
     lines = [
-        f"{p}  (missing: moved, renamed or unmounted? {MISSING_FIX})"
+        f"{_shown(p)}  (missing: moved, renamed or unmounted? {MISSING_FIX})"
         if p in missing
-        else f"{p}  ({OVER_LIMIT}: {OVER_LIMIT_FIX})"
+        else f"{_shown(p)}  ({OVER_LIMIT}: {OVER_LIMIT_FIX})"
         if p in unwatched
-        else p
+        else _shown(p)
         for p in paths
     ]
     human = "\n".join(lines) or "(no watch folders)"
     if args.action != "list":  # the folders left alone read as the one just removed
-        human = f"{'added' if args.action == 'add' else 'removed'} {args.dir}; watch folders now:\n{human}"
+        human = f"{'added' if args.action == 'add' else 'removed'} {_shown(args.dir)}; watch folders now:\n{human}"
     _out(args, {"watches": paths, "missing": missing, "unwatched": unwatched}, human)
     return 0
 
@@ -236,7 +244,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     again = f" ({s.retagging} tagged before, being re-tagged)" if s.retagging else ""
     human = (
         f"indexed {s.indexed}, pending {s.pending}{again}, failed {s.failed}{' (paused)' if s.paused else ''}\n"
-        f"models: {', '.join(s.models) or 'none'}\nwatching: {', '.join(s.watches) or 'nothing'}\n"
+        f"models: {', '.join(s.models) or 'none'}\nwatching: {', '.join(map(_shown, s.watches)) or 'nothing'}\n"
         # (counts of work, not of files: each re-tag for a model activated counts again)
         f"work since the daemon started: {s.decoded:,} read from audio, {s.from_cache:,} from cached spectrograms, "
         f"{s.reused:,} known by their content (each re-tag counts again)"
@@ -259,12 +267,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         ref, _, error = failing.partition(": ")
         human += f"\nmodel {ref} tags nothing: {FAILING.format(ref=ref)} ({error})"
     if s.missing_watches:
-        human += "\nmissing watch folders (moved, renamed or unmounted?): " + ", ".join(s.missing_watches)
+        human += "\nmissing watch folders (moved, renamed or unmounted?): " + ", ".join(map(_shown, s.missing_watches))
         human += f"\n  {MISSING_FIX}"
     if s.unfollowed_links:
         human += "\nlinked folders, not followed (their files are not indexed; add where they lead as watches):"
         for x in s.unfollowed_links:
-            human += f"\n  {x.path} → {x.target}: vibrary watch add {shlex.quote(x.target)}"
+            human += f"\n  {_shown(x.path)} → {_shown(x.target)}: vibrary watch add {_shown(shlex.quote(x.target))}"
     if s.unnamed_count:
         human += f"\nleft out, their names are not valid UTF-8 (rename them to index them): {s.unnamed_count}"
         human += "".join(f"\n  {_shown(name)}" for name in s.unnamed_files[:5])

@@ -119,7 +119,14 @@ def _file_line(
     return line
 
 
-_CONTROL = {**{c: f"\\x{c:02x}" for c in (*range(32), 127)}, 9: "\\t", 10: "\\n", 13: "\\r"}
+_CONTROL = {**{c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))}, 9: "\\t", 10: "\\n", 13: "\\r"}
+_CONTROL_BUT_LINES = {c: said for c, said in _CONTROL.items() if c != 10}
+
+
+def terminal_safe(message: str) -> str:
+    """A message as a terminal may print it: its control characters escaped (a folder named with an escape
+    sequence, quoted by an error, recoloured the terminal or set its title), its line breaks kept."""
+    return message.translate(_CONTROL_BUT_LINES)
 
 
 def _shown(path: str) -> str:

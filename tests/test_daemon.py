@@ -1741,3 +1741,27 @@ def test_the_daemons_log_is_rotated_and_bounded(model_home: Path, tmp_path: Path
     assert logs == ["daemon.log", "daemon.log.1", "daemon.log.2"], logs
     assert all((model_home / name).stat().st_size <= 2000 for name in logs)
     assert "daemon stopped" in (model_home / "daemon.log").read_text()
+
+
+def test_names_with_escape_sequences_reach_neither_the_terminal_nor_the_log_raw(
+    daemon: DaemonProcess, tmp_path: Path, home: Path
+) -> None:
+    """A folder or link named with an escape sequence or a newline (a hostile archive, a prank) recoloured the
+    terminal or set its title through `watch list`, `status` and errors, and wrote a forged line into the
+    daemon's log."""
+    library = tmp_path / "lib\x1b[31mred\x1b]0;title\x07"
+    (library / "Drums").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    forged = "x\n2026-01-01 00:00:00,000 INFO vibrary.daemon.service: daemon stopped"
+    (library / forged).symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    said = vibrary("watch", "add", str(library), home=home).stdout
+    wait_for(lambda: daemon.client.status().unfollowed_links)
+    said += vibrary("watch", "list", home=home).stdout + vibrary("status", home=home).stdout
+    refused = vibrary("watch", "add", str(tmp_path / "gone\x1b[2J"), home=home, check=False)
+    assert refused.returncode == 1 and "gone\\x1b[2J" in refused.stderr
+    for text in (said, refused.stderr):
+        assert "\x1b" not in text and "\x07" not in text, text
+    assert said.count("lib\\x1b[31mred\\x1b]0;title\\x07") >= 3
+    assert "x\\n2026-01-01" in said
+    log = daemon.log()
+    assert "links to" in log and "\n2026-01-01 00:00:00,000 INFO" not in log and "\x1b" not in log
