@@ -68,6 +68,7 @@ BUILTIN = Path(__file__).parent / "builtin" / "synonyms.json"
 USER_FILE = "synonyms.json"
 LOOP = "loop"  # the form tag of a file that repeats: a loop's "hard" is its character, not a velocity layer
 LONGEST = 100  # characters of a user's alias or tag
+MOST_ALIASES = 20_000  # aliases in the user's table, and given at once, at most
 _RUN = re.compile(r"[^\W_]+")  # letters and digits of any script: Bässe, Señal, 大鼓
 # an ordinal is one word (`Snare_3rd_Layer`: no rd, a ride), then letters, or digits
 _LETTERS_OR_DIGITS = re.compile(r"\d+(?:st|nd|rd|th)(?![^\W\d_])|[^\W\d_]+|\d+", re.IGNORECASE)
@@ -245,6 +246,8 @@ class Synonyms:
         """Add alias → tag pairs to the user's table (saved atomically). An alias the user already gave
         another tag moves to this one; ValueError, and nothing changed, when any pair is bad."""
         checked = [(alias.strip(), clean_tag(tag)) for alias, tag in pairs]
+        if len(checked) > MOST_ALIASES:  # (each was a pass over the whole table: 100,000 took a core for minutes)
+            raise ValueError(f"{len(checked):,} aliases at once; {MOST_ALIASES:,} at most")
         for alias, tag in checked:
             if not alias:
                 raise ValueError("an alias is empty")
@@ -262,10 +265,13 @@ class Synonyms:
                     f"{alias!r} is a tag of its own ({named}): an alias is another word for a tag; to tag those"
                     f" files {tag!r}, relabel them in the dataset (`vibrary dataset rename NAME {named} {tag}`)"
                 )
+        latest = {alias.lower(): (alias, tag) for alias, tag in checked}  # (one alias given twice: the last tag)
         with self._editing(home_dir):
-            for alias, tag in checked:
-                self._forget(alias)
+            self._forget(latest)
+            for alias, tag in latest.values():
                 self.user.setdefault(tag, []).append(alias)
+            if (held := sum(map(len, self.user.values()))) > MOST_ALIASES:
+                raise ValueError(f"the table would hold {held:,} aliases; {MOST_ALIASES:,} at most")
 
     def shipped(self) -> dict[str, str]:
         """Each built-in alias → its tag, as the built-in table has them (whatever the user's table masks)."""
@@ -292,15 +298,14 @@ class Synonyms:
                 for other in (alias + "s", alias + "es", alias.removesuffix("s"), alias.removesuffix("es"))
                 if other != alias and other in pairs and pairs[other][1] == pairs[alias][1]
             ]
-            for alias in wanted:
-                self._forget(alias)
-                if alias in builtin:  # the user's own alias that overrode a built-in one: both go
-                    self.removed.append(alias)
+            self._forget(wanted)
+            self.removed += [alias for alias in dict.fromkeys(wanted) if alias in builtin]  # (one that overrode it)
         return [pairs[alias] for alias in dict.fromkeys(wanted)]
 
-    def _forget(self, alias: str) -> None:
-        self.user = {t: [a for a in aliases if a.lower() != alias.lower()] for t, aliases in self.user.items()}
-        self.removed = [a for a in self.removed if a.lower() != alias.lower()]
+    def _forget(self, aliases: Iterable[str]) -> None:
+        gone = {alias.lower() for alias in aliases}
+        self.user = {t: [a for a in held if a.lower() not in gone] for t, held in self.user.items()}
+        self.removed = [a for a in self.removed if a.lower() not in gone]
 
     @contextlib.contextmanager
     def _editing(self, home_dir: Path) -> Iterator[None]:

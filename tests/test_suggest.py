@@ -219,6 +219,23 @@ def test_two_edits_of_the_synonyms_at_once_both_stay_and_oversized_aliases_are_r
     assert Synonyms.load(home).user == {"wobble": ["wub"]}
 
 
+def test_many_aliases_at_once_are_added_in_one_pass_and_a_table_has_a_bound(tmp_path: Path) -> None:
+    """Each alias added was a pass over the whole table: 100,000 at once held a core for minutes (AddSynonyms
+    from anyone the daemon answers), after the caller's deadline and past `vibrary daemon stop`."""
+    home = tmp_path / "home"
+    table = Synonyms.load(home)
+    table.add(home, [(f"wub{i:05d}", "wobble") for i in range(20_000)])  # (quadratic: minutes; linear: a second)
+    assert len(Synonyms.load(home).user["wobble"]) == 20_000
+    with pytest.raises(ValueError, match="20,001 aliases at once; 20,000 at most"):
+        table.add(home, [(f"zap{i:05d}", "laser") for i in range(20_001)])
+    with pytest.raises(ValueError, match="the table would hold 20,001 aliases; 20,000 at most"):
+        table.add(home, [("zapzap", "laser")])
+    table.add(home, [("wub00001", "laser"), ("wub00001", "bass")])  # moved, and given twice: the last tag
+    assert Synonyms.load(home).user["bass"] == ["wub00001"] and "laser" not in Synonyms.load(home).user
+    table.remove(home, [f"wub{i:05d}" for i in range(10_000)])
+    assert len(Synonyms.load(home).user["wobble"]) == 10_000
+
+
 def test_a_missing_path_is_an_error_and_unreadable_tags_are_no_suggestion(tmp_path: Path, table: Synonyms) -> None:
     with pytest.raises(FileNotFoundError, match="nope"):
         suggest([str(tmp_path / "nope")], table)
