@@ -109,6 +109,8 @@ def _absolute(path: str, context: grpc.ServicerContext) -> str:
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"path must be absolute: {path!r}")
     if "\0" in path:  # no file has such a name: it was a failure in the index, and a traceback in the log
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"path holds a NUL byte: {path!r}")
+    if len(path.encode(errors="surrogateescape")) > PATH_MAX:  # none can be opened (a 1 MB one: 17 s to resolve)
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"path of {len(path):,} characters: no file has one that long")
     return os.path.normpath(path)
 
 
@@ -688,6 +690,7 @@ MAX_FOLLOWERS = 32
 MAX_QUERY_TERMS = 64  # AND groups in a search (SQLite's expression depth stops at 1000)
 WHOLE_DISK = "not the whole disk nor a system folder (/proc, /sys, /dev): name the folders your samples are in"
 SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")  # the kernel's and devices' pseudo-files: no samples, endless errors
+PATH_MAX = 4096  # bytes of a path a request may give: Linux opens none longer
 TAG_WAIT_S = 3600.0  # longest a Tag call waits for its files when the caller set no deadline
 
 

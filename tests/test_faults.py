@@ -1080,6 +1080,15 @@ def test_a_refusal_that_quotes_a_huge_field_arrives_cut_with_its_code(daemon: Da
             getattr(stub, method)(request, timeout=10)
         assert (e.value.code(), reason) == (code, reason) and reason in (e.value.details() or ""), method
         assert len(e.value.details() or "") < 4000
+    deep = "/a" * 500_000  # absolute, and 1 MB long: resolving it cost 17 s of CPU a request
+    for call in (
+        lambda: list(stub.Search(pb.SearchRequest(all_of=[pb.AnyOf(tags=["low"])], path_prefix=deep), timeout=10)),
+        lambda: list(stub.GetTags(pb.GetTagsRequest(paths=[deep]), timeout=10)),
+    ):
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "no file has one that long" in str(e.value.details())
     assert daemon.client.status().models == ["bands@1"]
 
 
