@@ -299,7 +299,13 @@ def test_training_options_that_are_not_a_json_object_are_refused_by_name(trainer
     was not JSON said only "Expecting value", not which field."""
     manifest, _ = _manifest_and_blobs()
     with TrainerClient(trainer_service) as client:
-        for config, reason in [("[]", "must be a JSON object"), ("7", "must be a JSON object"), ("{", "not JSON")]:
+        deep = "[" * 100_000 + "]" * 100_000
+        for config, reason in [
+            ("[]", "must be a JSON object"),
+            ("7", "must be a JSON object"),
+            ("{", "not JSON"),
+            (deep, "nested too deeply"),
+        ]:
             with pytest.raises(grpc.RpcError) as e:
                 client.stub.StartJob(pb.JobRequest(manifest=manifest.to_json(), config=config), timeout=10)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, config

@@ -47,6 +47,8 @@ def parse(text: str) -> dict[str, object]:
         given = json.loads(text)
     except ValueError as e:
         raise ValueError(f"training options are not JSON: {e}") from None
+    except RecursionError:  # ("[" * 100,000): UNKNOWN, and a traceback in the log
+        raise ValueError("training options are nested too deeply to be options") from None
     if not isinstance(given, dict):
         raise ValueError("training options must be a JSON object")
     return given
