@@ -420,6 +420,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _failed(argparse.Namespace(json=json_asked(words)), str(e), 2)
     args.json = getattr(args, "json", False)
     on_signals(terminated, signal.SIGTERM, signal.SIGHUP)  # (the daemon, a trainer, `train` put their own)
+    # every command's files are the user's alone, as the daemon's were: under umask 000 `models install`, `dataset
+    # create` and `synonyms add` left models, labels and the synonym table writable by any local user
+    os.umask(0o077)
     try:
         return int(args.func(args))
     except BrokenPipeError:  # `vibrary search kick | head`: the reader has all it wants, which is no error to print

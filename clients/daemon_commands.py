@@ -34,7 +34,6 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from vibrary.daemon.server import check_listening, serve
     from vibrary.daemon.service import AlreadyRunning, Daemon, check_home_free
 
-    os.umask(0o077)
     if args.action == "stop":  # a mistyped VIBRARY_HOME is no daemon to stop, and no home to make
         return _stop_daemon(args, config.home(create=False))
     home_dir = config.home()

@@ -7,6 +7,8 @@ comments in FLAC written with mutagen, all read back through `suggest.py` as a u
 from __future__ import annotations
 
 import json
+import os
+import stat
 import struct
 import subprocess
 import sys
@@ -22,8 +24,8 @@ import soundfile as sf
 from vibrary.daemon import dataset
 from vibrary.daemon.suggest import Synonyms, clean_tag, metadata, suggest, words
 
-from tests.conftest import vibrary
-from tests.synth import tone, write_encoded, write_tone
+from tests.conftest import AS_USER, vibrary
+from tests.synth import tone, write_encoded, write_kinds, write_tone
 
 
 @pytest.fixture
@@ -588,6 +590,32 @@ def test_cli_synonyms_remove(tmp_path: Path) -> None:
     assert "meant" not in vibrary("synonyms", "add", "wub", "wobble", home=home).stderr  # new: nothing to say
     undone = vibrary("synonyms", "remove", "bd", home=home).stdout  # the built-in kick went too, unsaid
     assert "(removed; the built-in bd → kick too: `vibrary synonyms add bd kick`)" in undone
+
+
+def test_every_commands_files_are_the_users_alone_whatever_the_umask(tmp_path: Path, band_onnx: Path) -> None:
+    """Only the daemon set its umask: under umask 000, `models install`, `dataset create` and `synonyms add`
+    left models, labels and the synonym table writable by any local user (a model swapped runs in the daemon)."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    write_kinds(tmp_path / "ex", per_kind=2, seed=3)
+    env = {**os.environ, "VIBRARY_HOME": str(home)}
+    for command in (
+        ["synonyms", "add", "wub", "wobble"],
+        ["models", "install", str(band_onnx)],
+        ["dataset", "create", "mine", str(tmp_path / "ex")],
+    ):
+        as_000 = [*AS_USER, "sh", "-c", 'umask 000 && exec "$@"', "-"]
+        run = subprocess.run(
+            [*as_000, sys.executable, "-m", "vibrary.clients.cli", *command],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, run.stderr
+    made = [p for p in home.rglob("*") if not p.is_symlink()]
+    assert len(made) > 5
+    loose = [f"{p.relative_to(home)} {stat.S_IMODE(p.stat().st_mode):o}" for p in made if p.stat().st_mode & 0o077]
+    assert loose == []
 
 
 def test_a_word_split_by_its_capitals_is_also_read_whole(tmp_path: Path) -> None:
