@@ -423,6 +423,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # every command's files are the user's alone, as the daemon's were: under umask 000 `models install`, `dataset
     # create` and `synonyms add` left models, labels and the synonym table writable by any local user
     os.umask(0o077)
+    if getattr(args, "token", ""):
+        env = "VIBRARY_TOKEN" if args.command == "daemon" else "VIBRARY_TRAINER_TOKEN"
+        print(
+            f"vibrary: warning: --token on the command line can be read by every user of this machine (ps);"
+            f" set ${env} instead",
+            file=sys.stderr,
+        )
     try:
         return int(args.func(args))
     except BrokenPipeError:  # `vibrary search kick | head`: the reader has all it wants, which is no error to print

@@ -22,6 +22,7 @@ from vibrary.daemon import config
 from vibrary.daemon.cloud import ENDING_SIGNALS
 from vibrary.daemon.folders import indexed_path
 from vibrary.daemon.index import under
+from vibrary.daemon.rpc import is_loopback
 from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client, DaemonNotAnswering, DaemonNotRunning
@@ -70,6 +71,12 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     except ValueError as e:
         daemon.stop()
         raise _not_started(e) from None
+    if args.listen and not is_loopback(args.listen):
+        logging.getLogger("vibrary.daemon").warning(
+            "the API on %s is not encrypted: the token and your library's paths cross the network in the clear;"
+            " on a network you do not trust, listen on 127.0.0.1 and reach it through `ssh -L`",
+            args.listen,
+        )
     models = [m.ref for m in daemon.pipeline.models]
     serving = {"serving": str(config.socket_path(home_dir)), "listen": args.listen or None, "pid": os.getpid()}
     if args.json:  # a script that starts a daemon knows from this line that it answers

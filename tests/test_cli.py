@@ -700,7 +700,12 @@ def test_bad_numbers_and_settings_are_refused_before_anything_starts(model_home:
         listen = f"127.0.0.1:{holder.getsockname()[1]}"
         taken = vibrary("daemon", "--listen", listen, "--token", "t", home=model_home, check=False)
     said = f"vibrary: cannot listen on {listen}: port {listen.split(':')[1]} is taken: another program listens on it"
-    assert taken.returncode == 1 and taken.stderr.startswith(said), taken.stderr
+    warned, error = taken.stderr.split("\n", 1)  # (a token on the command line: any user's `ps` shows it)
+    assert (
+        warned == "vibrary: warning: --token on the command line can be read by every user of this machine (ps);"
+        " set $VIBRARY_TOKEN instead"
+    )
+    assert taken.returncode == 1 and error.startswith(said), taken.stderr
 
 
 def test_a_dataset_a_training_reads_cannot_be_changed_by_another_command(model_home: Path, tmp_path: Path) -> None:

@@ -874,6 +874,20 @@ def test_tcp_only_when_asked_and_only_with_the_token(model_home: Path, tmp_path:
         d.stop()
 
 
+def test_a_daemon_listening_beyond_loopback_says_its_api_is_not_encrypted(
+    model_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VIBRARY_TOKEN", "s3cret")  # (as the README says: not on the command line)
+    port = _free_port()
+    d = start_daemon(model_home, "--listen", f"0.0.0.0:{port}")
+    try:
+        with Client(f"127.0.0.1:{port}", token="s3cret") as good:
+            assert list(good.status().models) == ["bands@1"]
+        assert f"the API on 0.0.0.0:{port} is not encrypted" in d.log()
+    finally:
+        d.stop()
+
+
 def test_daemon_json_says_on_stdout_once_it_answers(model_home: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "vibrary.clients.cli", "daemon", "--json"],
