@@ -39,14 +39,17 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         return _stop_daemon(args, config.home(create=False))
     home_dir = config.home()
     logging.raiseExceptions = False  # a log that cannot be written (a full disk) must not print a traceback a line
-    handlers = [_terminal_log(), _file_log(home_dir)]
+    try:
+        handlers = [_terminal_log(), _file_log(home_dir)]
+    except OSError as e:  # ("[Errno 30] Read-only file system: …/daemon.log")
+        raise CommandError(config.disk_trouble(str(home_dir)) or str(e)) from None
     for handler in handlers:
         handler.setFormatter(_OneLine("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=handlers)
     try:
         settings = config.Settings.load(home_dir)
     except (ValueError, OSError) as e:  # (a config.json that is a folder, unreadable)
-        raise _not_started(e) from None
+        raise _not_started(e, home_dir) from None
     if args.workers is not None:
         settings.workers = args.workers
     stop = threading.Event()
@@ -64,13 +67,13 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         check_listening(str(config.socket_path(home_dir)), args.listen, token)
         daemon = Daemon(home_dir, settings)
     except (AlreadyRunning, ValueError, OSError) as e:
-        raise _not_started(e) from None
+        raise _not_started(e, home_dir) from None
     daemon.start()
     try:
         servers = serve(daemon, str(config.socket_path(home_dir)), args.listen, token)
     except ValueError as e:
         daemon.stop()
-        raise _not_started(e) from None
+        raise _not_started(e, home_dir) from None
     if args.listen and not is_loopback(args.listen):
         logging.getLogger("vibrary.daemon").warning(
             "the API on %s is not encrypted: the token and your library's paths cross the network in the clear;"
@@ -94,11 +97,13 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_started(e: Exception) -> CommandError:
+def _not_started(e: Exception, home_dir: Path) -> CommandError:
     """Why the daemon would not start, in its log file as well: one started in the background (by the tray,
-    at login) has no terminal to say it in. The terminal hears it once, as the command's error."""
-    logging.getLogger("vibrary.daemon").error("not started: %s", e, extra={"file_only": True})
-    return CommandError(str(e))
+    at login) has no terminal to say it in. The terminal hears it once, as the command's error. A disk error
+    says which disk and what is wrong with it ("[Errno 28] No space left on device" named neither)."""
+    said = (isinstance(e, OSError) and config.disk_trouble(str(home_dir))) or str(e)
+    logging.getLogger("vibrary.daemon").error("not started: %s", said, extra={"file_only": True})
+    return CommandError(said)
 
 
 LOG_MOST_BYTES, LOGS_KEPT = 10_000_000, 2  # daemon.log, and daemon.log.1 and .2 before it: 30 MB at most

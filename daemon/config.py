@@ -36,6 +36,23 @@ def check_name(name: str, what: str = "dataset") -> None:
         raise ValueError(f"{what} name of {len(name)} characters: 100 at most")
 
 
+def disk_trouble(folder: str) -> str:
+    """What is wrong with the disk holding `folder`, in words, or "" when nothing is seen: its errors came as
+    "disk I/O error" or "[Errno 28] No space left on device", naming neither the disk nor what to do."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return ""
+    if st.f_flag & os.ST_RDONLY:
+        return f"the disk holding {folder} is read-only: make it writable, or set VIBRARY_HOME to a folder on another"
+    if (free := st.f_bavail * st.f_frsize) < DISK_LOW_BYTES:
+        return f"the disk holding {folder} is full ({free:,} bytes free): free some space and try again"
+    return ""
+
+
+DISK_LOW_BYTES = 1 << 20  # free bytes below which a disk's error is taken for a full disk
+
+
 def home(create: bool = True) -> Path:
     """$VIBRARY_HOME, or the platform's user data folder; made (mode 0700) unless `create` is False, as
     for a client that only looks for a daemon there."""

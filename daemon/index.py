@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from .config import tag_key
+from .config import disk_trouble, tag_key
 
 T = TypeVar("T")
 
@@ -282,8 +282,9 @@ class Index:
         self._hits: dict[int, int] | None = None  # files per tag, see search._rarest_first
         try:
             self._open()
-        except sqlite3.OperationalError as e:  # locked, read-only, a folder that is not there
-            raise IndexDamaged(f"cannot open the index {self.path}: {e}") from None
+        except sqlite3.OperationalError as e:  # locked, read-only, a full disk, a folder that is not there
+            why = disk_trouble(os.path.dirname(os.path.abspath(self.path))) or e  # ("disk I/O error": a full disk)
+            raise IndexDamaged(f"cannot open the index {self.path}: {why}") from None
         except sqlite3.DatabaseError as e:
             raise IndexDamaged(
                 f"the index {self.path} is damaged ({e}): move it aside and start the daemon again, then "

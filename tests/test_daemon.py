@@ -1410,6 +1410,19 @@ def test_a_full_disk_under_the_home_refuses_a_watch_cleanly_and_fails_no_file(ba
         assert _best(c, str(other / "late.wav"))[0] != "indexed"
         c.add_watch(str(other))
         assert wait_for(lambda: _indexed(c, 24), timeout=30)
+        d.stop()
+        d = None
+        with open(home / "filler", "wb") as f, contextlib.suppress(OSError):  # full before the daemon starts
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        for command in (["daemon"], ["models", "list"]):  # ("disk I/O error", "[Errno 28]": which disk? why?)
+            started = vibrary(*command, home=home, check=False)
+            assert started.returncode == 1 and f"the disk holding {home} is full (" in started.stderr, started.stderr
+        (home / "filler").unlink()
+        subprocess.run(["mount", "-o", "remount,ro", str(home)], check=True)
+        started = vibrary("daemon", home=home, check=False)
+        assert started.returncode == 1 and f"the disk holding {home} is read-only" in started.stderr, started.stderr
     finally:
         if d is not None:
             d.stop()
