@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -389,7 +390,8 @@ def _spectrograms(
         try:
             hashed = fingerprint(ex.path)  # (its size, as read: the file may be deleted once it is decoded)
             found, fresh = features(ex.path, hashed, [params], cache)
-            cache.put_many(fresh)
+            with contextlib.suppress(sqlite3.OperationalError):  # (a full disk): a cache costs speed, never the build
+                cache.put_many(fresh)
             if not heard_in(found[params]):  # nothing to learn from: a model would learn silence as the tag
                 return f"{SILENT_FILE}{SILENT}"
             return quantize(found[params], params), hashed.size, hashed.hash

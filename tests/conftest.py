@@ -92,6 +92,13 @@ def model_home(home: Path, band_onnx: Path) -> Path:
     return with_band_model(home, band_onnx)
 
 
+def fill_disk(path: Path) -> None:
+    """Write zeros to `path` until its disk is full (a tmpfs the test mounted)."""
+    with open(path, "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+
+
 def with_band_model(home: Path, band_onnx: Path) -> Path:
     index = Index(config.index_path(home))
     for row in registry.ensure_models(index, home):

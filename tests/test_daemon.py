@@ -33,7 +33,7 @@ from vibrary.daemon.index import WATCH_GONE, Index
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
-from tests.conftest import DaemonProcess, json_lines, start_daemon, vibrary, wait_for, with_band_model
+from tests.conftest import DaemonProcess, fill_disk, json_lines, start_daemon, vibrary, wait_for, with_band_model
 from tests.synth import BANDS, band_model, write_tone
 
 
@@ -1384,10 +1384,7 @@ def test_a_full_disk_under_the_home_refuses_a_watch_cleanly_and_fails_no_file(ba
         for i in range(12):
             write_tone(library / f"waiting{i}.wav", 1000.0 + 50 * i)
         wait_for(lambda: c.status().pending == 12)
-        with open(home / "filler", "wb") as f, contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+        fill_disk(home / "filler")
         with pytest.raises(DaemonError) as refused:
             c.add_watch(str(other))
         assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "the disk is full" in str(refused.value)
@@ -1412,10 +1409,7 @@ def test_a_full_disk_under_the_home_refuses_a_watch_cleanly_and_fails_no_file(ba
         assert wait_for(lambda: _indexed(c, 24), timeout=30)
         d.stop()
         d = None
-        with open(home / "filler", "wb") as f, contextlib.suppress(OSError):  # full before the daemon starts
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+        fill_disk(home / "filler")  # full before the daemon starts
         for command in (["daemon"], ["models", "list"]):  # ("disk I/O error", "[Errno 28]": which disk? why?)
             started = vibrary(*command, home=home, check=False)
             assert started.returncode == 1 and f"the disk holding {home} is full (" in started.stderr, started.stderr

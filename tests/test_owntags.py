@@ -23,12 +23,13 @@ import pytest
 import soundfile as sf
 from vibrary.clients.client import Client, DaemonError, DaemonNotRunning
 from vibrary.daemon import advice, config, dataset, features, shards, suggest, training
+from vibrary.daemon.cache import SpectrogramCache
 from vibrary.daemon.index import Index
 from vibrary.daemon.server import NO_TRAINING
 from vibrary.daemon.spectrogram import SpectrogramParams
 from vibrary.proto import daemon_pb2 as pb
 
-from tests.conftest import AS_USER, json_lines, start_daemon, vibrary, wait_for
+from tests.conftest import AS_USER, fill_disk, json_lines, start_daemon, vibrary, wait_for
 from tests.synth import KINDS, band_model, write_kinds, write_tone
 
 P = SpectrogramParams()
@@ -413,6 +414,25 @@ def test_folders_whose_names_are_not_utf8_are_left_out_of_a_dataset_and_said(hom
         assert f"cannot read folder {tags}/dr\\xfcm (its name is not valid UTF-8" in made.stderr
         said = f"cannot read folder {tags}/thump/Caf\\xe9 Kicks (its name is not valid UTF-8"
         assert (said in made.stderr) == (labels == "folders"), made.stderr  # with top, the pack is thump's
+
+
+def test_a_cache_on_a_full_disk_costs_a_dataset_build_nothing(tmp_path: Path) -> None:
+    """The spectrogram cache only saves decoding later; a write to it that failed (a full disk) stopped the
+    whole `dataset add` with "database or disk is full"."""
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(drive)], capture_output=True)
+    if mount.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
+    try:
+        cache = SpectrogramCache(drive / "spectrograms.sqlite", 1 << 30)
+        fill_disk(drive / "filler")
+        write_kinds(tmp_path / "ex", per_kind=3, seed=31)
+        examples = dataset.examples_from_folders([str(tmp_path / "ex")])
+        report = dataset.build(tmp_path / "home", "mine", examples, cache=cache)
+        assert sum(report.per_class.values()) == len(examples) and not report.failed
+    finally:
+        subprocess.run(["umount", "--lazy", str(drive)], check=True)  # (the build's threads' connections close late)
 
 
 def test_dataset_add_names_only_the_files_it_could_not_read(home: Path, tmp_path: Path) -> None:
