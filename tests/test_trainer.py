@@ -1802,34 +1802,46 @@ def test_a_followed_job_trained_and_never_collected_is_followed_again_not_traine
         serving.stop(grace=0)
 
 
-def test_a_full_disk_is_said_as_such_not_in_torchs_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_disk_is_said_as_such_not_in_torchs_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """torch wraps a full disk's OSError in "[enforce fail at inline_container.cc:672] . unexpected pos …":
-    the job failed as an "internal error" in those words. (The checkpoint's write is made to fail so.)"""
+    the job failed as an "internal error" in those words, and its traceback filled the terminal. (The first
+    checkpoint's write is made to fail so: no epoch was saved, so none is gone on from, as was said.)"""
     import errno
 
     from vibrary.trainer import pipeline
     from vibrary.trainer.service import serve
 
     def no_space(*args: object, **kwargs: object) -> None:
+        if saving[-1]:  # an epoch's checkpoint was saved before the disk filled
+            Path(str(args[7])).write_bytes(b"epoch 1")
         try:
             raise OSError(errno.ENOSPC, "No space left on device")
         except OSError as e:
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 410624 vs 410520") from e
 
+    saving: list[bool] = []
     monkeypatch.setattr(pipeline, "train_to_files", no_space)
     manifest, blobs = _manifest_and_blobs(per_kind=4, seed=0)
     (tmp_path / "shards").mkdir()
     _store(blobs, tmp_path / "shards")
     serving = serve(tmp_path / "trainer", "127.0.0.1:0")
+    said = []
     try:
         with TrainerClient(f"127.0.0.1:{serving.port}") as client:
             client.upload(manifest, tmp_path / "shards")
-            job = client.start(manifest, "k", "none", json.dumps({"epochs": 2}), followed=True)
-            (*_, last) = client.watch(job.id)
+            for epochs in (2, 3):  # (the second saves a checkpoint first)
+                saving.append(epochs == 3)
+                job = client.start(manifest, "k", "none", json.dumps({"epochs": epochs}), followed=True)
+                (*_, last) = client.watch(job.id)
+                assert last.state == pb.Job.FAILED and last.error.startswith("the trainer's disk is full")
+                said.append(last.error)
     finally:
         serving.stop(grace=0)
-    assert last.state == pb.Job.FAILED and last.error.startswith("the trainer's disk is full")
-    assert "goes on from its last finished epoch" in last.error and "enforce fail" not in last.error
+    assert "starts anew: no epoch's checkpoint could be saved" in said[0] and "enforce fail" not in said[0]
+    assert "goes on from its last finished epoch (a checkpoint is kept)" in said[1]
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 def test_a_job_queued_on_the_trainer_says_why_it_waits() -> None:

@@ -639,22 +639,30 @@ class TrainerService(pb_grpc.TrainerServicer):
                 job.update(state=pb.Job.FAILED, phase="failed", error=str(e))
                 log.info("job %s failed: %s", job.job.id, e)
             except Exception as e:  # a bug, or the machine (a full disk, memory), fails the job, never the service
-                log.exception("job %s failed", job.job.id)
+                if _disk_full(e):  # said in words (torch's traceback of it filled a terminal)
+                    log.error("job %s failed: the disk is full under %s", job.job.id, self.root)
+                else:
+                    log.exception("job %s failed", job.job.id)
                 job.keep_checkpoint = True  # (a full disk, once freed, goes on from there)
-                job.update(state=pb.Job.FAILED, phase="failed", error=self._why_failed(e))
+                job.update(state=pb.Job.FAILED, phase="failed", error=self._why_failed(e, job))
             self._prune()
 
-    def _why_failed(self, e: Exception) -> str:
-        """A full disk in words: torch says it as "[enforce fail at inline_container.cc:672] unexpected pos"."""
+    def _why_failed(self, e: Exception, job: _JobState) -> str:
+        """A full disk in words: torch says it as "[enforce fail at inline_container.cc:672] unexpected pos".
+        Whether the same job goes on from an epoch depends on a checkpoint having been saved: with too little
+        room for the first one, none was, and "a checkpoint is kept" was said all the same."""
         free = None
         with contextlib.suppress(OSError):  # (its folder gone may be what failed the job)
             free = shutil.disk_usage(self.root).free
         low = f" (the trainer's disk has {free / 1e6:.0f} MB free)" if free is not None and free < LOW_DISK else ""
-        if any(isinstance(c, OSError) and c.errno == errno.ENOSPC for c in _causes(e)):
-            return (
-                f"the trainer's disk is full{low} under {self.root}: free some space, and the same job started"
-                " again goes on from its last finished epoch (a checkpoint is kept)"
+        if _disk_full(e):
+            kept = (job.out / CHECKPOINT).exists() or job.leftover.exists()
+            then = (
+                "goes on from its last finished epoch (a checkpoint is kept)"
+                if kept
+                else "starts anew: no epoch's checkpoint could be saved (each needs a few times the model's size)"
             )
+            return f"the trainer's disk is full{low} under {self.root}: free some space; the same job run again {then}"
         return f"internal error: {e}{low}"
 
     def _stopped(self, job: _JobState) -> bool:
@@ -732,6 +740,10 @@ def _uncollected(job: _JobState) -> bool:
 
 
 SAME_JOB_S = 86_400.0
+
+
+def _disk_full(e: BaseException) -> bool:
+    return any(isinstance(c, OSError) and c.errno == errno.ENOSPC for c in _causes(e))
 
 
 def _causes(e: BaseException) -> Iterator[BaseException]:
