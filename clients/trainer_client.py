@@ -43,9 +43,17 @@ def open_channel(
 
 class TrainerClient:
     def __init__(
-        self, target: str, token: str = "", timeout: float = 60.0, tls_ca: bytes | str | Path | None = None
+        self,
+        target: str,
+        token: str = "",
+        timeout: float = 60.0,
+        tls_ca: bytes | str | Path | None = None,
+        called: str = "",
     ) -> None:
+        """`called`: how its refusals name it ("trainer at 127.0.0.1:39735" named a port the producer never
+        chose, for the trainer this machine started)."""
         self.target = target
+        self.called = called or f"trainer at {target}"
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {check_token(token)}"),) if token else ()
         options = [
@@ -91,7 +99,7 @@ class TrainerClient:
             hint = "; is VIBRARY_TRAINER_CA the certificate it serves (or its CA's)?"
         elif code == grpc.StatusCode.UNAVAILABLE:
             hint = "; is it running there? One that serves TLS needs VIBRARY_TRAINER_CA set to its certificate"
-        return DaemonError(code, f"trainer at {self.target}: {details}{hint}")
+        return DaemonError(code, f"{self.called}: {details}{hint}")
 
     def missing(self, manifest: Manifest) -> list[pb.ShardStatus]:
         wanted = pb.ShardList(shards=[pb.ShardStatus(sha256=s.sha256, size=s.size) for s in manifest.shards])

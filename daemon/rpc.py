@@ -143,7 +143,7 @@ def _disk_errors_streamed(call: Callable[[], Iterator[Any]], context: grpc.Servi
 
 def _abort_for_disk(e: OSError, context: grpc.ServicerContext) -> None:
     full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-    log.error("a call failed on the disk: %s", e)
+    log.info("a call failed on the disk: %s", e)  # (its caller is told: an error here was a stray line in `train`)
     said = "the disk is full" if full else "a disk error"
     context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.INTERNAL, f"{said}: {e.strerror}")
 
@@ -161,7 +161,7 @@ def _abort_for_database(e: sqlite3.OperationalError, context: grpc.ServicerConte
     """The same for a database the call writes (a watch added on a full disk: "Exception calling
     application: database or disk is full")."""
     code, said = _DATABASE_SAID.get(e.sqlite_errorcode & 0xFF, (grpc.StatusCode.INTERNAL, str(e)))
-    log.error("a call failed on its database: %s", e)
+    log.info("a call failed on its database: %s", e)
     context.abort(code, f"the index cannot be written: {said} ({e})")
 
 

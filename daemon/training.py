@@ -465,7 +465,8 @@ def _trainer_at(
         if leave is not None and leave.is_set():
             raise Detached("left while waiting for the trainer")
     try:
-        with TrainerClient(f"127.0.0.1:{serving.port}", token) as client:
+        called = f"the trainer on this machine (in {home_dir / 'trainer'})"
+        with TrainerClient(f"127.0.0.1:{serving.port}", token, called=called) as client:
             yield client
     finally:
         serving.stop(grace=1)  # exiting while gRPC shuts down aborts the process

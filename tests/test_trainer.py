@@ -1865,3 +1865,18 @@ def test_a_job_the_trainer_no_longer_has_says_to_start_the_training_again(
         resume(model_home, record, index=index, progress=told.append)
     assert told[-1].state == "failed"
     assert "the trainer no longer has job 0123456789ab" in told[-1].error and "`vibrary train kinds`" in told[-1].error
+
+
+def test_the_trainer_this_machine_starts_is_named_as_such_in_its_refusals(tmp_path: Path) -> None:
+    """Its refusals named "trainer at 127.0.0.1:39735", a port the producer never chose (a full disk there
+    read as a stranger's trainer)."""
+    import threading
+
+    from vibrary.clients.client import DaemonError
+    from vibrary.daemon import training
+
+    record = training.JobRecord(dataset="mine", name="mine", trainer="local")
+    local = training._trainer_at(tmp_path, record, lambda **_: None, threading.Event(), None)
+    with local as client, pytest.raises(DaemonError) as refused:
+        client.download("no-such-job")
+    assert str(refused.value).startswith(f"the trainer on this machine (in {tmp_path / 'trainer'}): ")
