@@ -55,6 +55,8 @@ def install(
             Model(target, threads=1)
         except ModelError as e:
             Path(target).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # its folder, made for it and empty now (another version's: kept)
+                Path(target).parent.rmdir()
             raise ModelError(f"{e}; its weights must be inside the .onnx file, not in files beside it") from None
     return index.add_model(name, target, digest, model.info.classes, model.info.params.to_json(), builtin, active)
 
