@@ -178,7 +178,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     ]
     human = "\n".join(lines) or "(no watch folders)"
     if args.action != "list":  # the folders left alone read as the one just removed
-        human = f"{'added' if args.action == 'add' else 'removed'} {_shown(args.dir)}; watch folders now:\n{human}"
+        said = _shown(folder)  # as held (`./w/rel/.`, `x//`: as typed)
+        human = f"{'added' if args.action == 'add' else 'removed'} {said}; watch folders now:\n{human}"
     _out(args, {"watches": paths, "missing": missing, "unwatched": unwatched}, human)
     return 0
 

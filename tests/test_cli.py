@@ -318,7 +318,8 @@ def test_two_hundred_files_copied_in_are_all_tagged_and_searchable(daemon: Daemo
         expected[f"{sub}/{band}_{i:03d}.wav"] = band
     library = tmp_path / "library"
     library.mkdir()
-    vibrary("watch", "add", str(library), home=daemon.home)
+    added = vibrary("watch", "add", f"{library}/../library//", home=daemon.home).stdout  # said as it is held
+    assert added.startswith(f"added {library}; watch folders now:\n{library}\n"), added
     assert json_lines(vibrary("watch", "list", "--json", home=daemon.home).stdout) == [
         {"watches": [str(library)], "missing": [], "unwatched": []}
     ]
