@@ -148,19 +148,23 @@ def _abort_for_disk(e: OSError, context: grpc.ServicerContext) -> None:
     context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.INTERNAL, f"{said}: {e.strerror}")
 
 
-_DATABASE_SAID = {  # SQLite's primary result codes → what a caller is told, and how
-    sqlite3.SQLITE_FULL: (grpc.StatusCode.RESOURCE_EXHAUSTED, "the disk is full"),
-    sqlite3.SQLITE_READONLY: (grpc.StatusCode.FAILED_PRECONDITION, "the disk holding it is read-only"),
-    sqlite3.SQLITE_CANTOPEN: (grpc.StatusCode.FAILED_PRECONDITION, "it cannot be opened"),
-    sqlite3.SQLITE_BUSY: (grpc.StatusCode.UNAVAILABLE, "another program holds it locked; try again"),
-    sqlite3.SQLITE_IOERR: (grpc.StatusCode.INTERNAL, "the disk gave an error"),
+_DATABASE_SAID = {  # SQLite's primary result codes (FULL, READONLY, CANTOPEN, BUSY, IOERR; Python 3.10 names
+    # none of them) → what a caller is told, and how
+    13: (grpc.StatusCode.RESOURCE_EXHAUSTED, "the disk is full"),
+    8: (grpc.StatusCode.FAILED_PRECONDITION, "the disk holding it is read-only"),
+    14: (grpc.StatusCode.FAILED_PRECONDITION, "it cannot be opened"),
+    5: (grpc.StatusCode.UNAVAILABLE, "another program holds it locked; try again"),
+    10: (grpc.StatusCode.INTERNAL, "the disk gave an error"),
 }
 
 
 def _abort_for_database(e: sqlite3.OperationalError, context: grpc.ServicerContext) -> None:
     """The same for a database the call writes (a watch added on a full disk: "Exception calling
     application: database or disk is full")."""
-    code, said = _DATABASE_SAID.get(e.sqlite_errorcode & 0xFF, (grpc.StatusCode.INTERNAL, str(e)))
+    primary = getattr(e, "sqlite_errorcode", 0) & 0xFF  # (Python 3.11 on; before, the words)
+    if not primary and "disk is full" in str(e):
+        primary = 13
+    code, said = _DATABASE_SAID.get(primary, (grpc.StatusCode.INTERNAL, str(e)))
     log.info("a call failed on its database: %s", e)
     context.abort(code, f"the index cannot be written: {said} ({e})")
 
