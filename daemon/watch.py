@@ -647,9 +647,8 @@ class Watcher(FileSystemEventHandler):
                 self._mark(dst, time.time())
             if not is_dir and not is_audio_path(dst):
                 self._remove(src)
-        if os.path.lexists(src):  # still there: the two were exchanged (`mv --exchange`), each heard as a
-            # move onto the other, which gave one the other's rows and dropped the second: read both again
-            # (by their content: no audio decoded again)
+        if _exchanged(src, dst):  # each heard as a move onto the other, which gave one the other's rows and
+            # dropped the second: both read again (by their content: no audio decoded again)
             if is_dir:
                 self._scan_folder(src)
                 self._scan_folder(dst)
@@ -1020,6 +1019,16 @@ def _not_a_folder(path: str) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return True
     except OSError:
+        return False
+
+
+def _exchanged(src: str, dst: str) -> bool:
+    """Whether a move left another file at its source: the two names exchanged (`mv --exchange`). Not a
+    rename in case only on a drive that ignores case (exFAT, vfat), where the old spelling opens the same
+    file: taken for an exchange, the file was indexed twice."""
+    try:
+        return not os.path.samestat(os.lstat(src), os.lstat(dst))
+    except OSError:  # (the source gone: a rename, as nearly always)
         return False
 
 

@@ -987,3 +987,15 @@ def _checked(index: Index, lib: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[
     w.start()
     wait_for(lambda: w.scans_running == 0)
     return w, anew
+
+
+def test_a_move_is_an_exchange_only_when_another_file_is_left_at_its_source(tmp_path: Path) -> None:
+    """On a drive that ignores case (exFAT, vfat), `mv Kick.wav kick.wav` leaves the old spelling opening the
+    same file: taken for an exchange, the file was indexed twice. (Here a hard link plays the old spelling.)"""
+    kick, other = tmp_path / "kick.wav", tmp_path / "other.wav"
+    kick.write_bytes(b"k")
+    other.write_bytes(b"o")
+    os.link(kick, tmp_path / "Kick.wav")
+    assert not watch_module._exchanged(str(tmp_path / "Kick.wav"), str(kick))  # the same file: a rename
+    assert watch_module._exchanged(str(other), str(kick))  # two files: exchanged
+    assert not watch_module._exchanged(str(tmp_path / "gone.wav"), str(kick))  # the source gone: a rename
