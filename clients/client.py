@@ -196,6 +196,8 @@ class Client:
                     f"the daemon (pid {pid}) does not answer at {self._socket()}: it is starting, busy or hung; "
                     f"wait a moment, or stop it (`kill {pid}`) and start it again with `vibrary daemon`"
                 )
+            if trouble := config.disk_trouble(os.path.dirname(self._socket())):  # where none can start
+                return DaemonNotRunning(f"no daemon answers at {self._socket()}, and none can start there: {trouble}")
             return DaemonNotRunning(f"no daemon answers at {self._socket()}; start it with `vibrary daemon`")
         return DaemonError(code, details or code.name)
 

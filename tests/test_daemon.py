@@ -1417,6 +1417,8 @@ def test_a_full_disk_under_the_home_refuses_a_watch_cleanly_and_fails_no_file(ba
         subprocess.run(["mount", "-o", "remount,ro", str(home)], check=True)
         started = vibrary("daemon", home=home, check=False)
         assert started.returncode == 1 and f"the disk holding {home} is read-only" in started.stderr, started.stderr
+        asked = vibrary("status", home=home, check=False)  # ("start it with `vibrary daemon`", which cannot)
+        assert f"none can start there: the disk holding {home} is read-only" in asked.stderr, asked.stderr
     finally:
         if d is not None:
             d.stop()
