@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import os
-import unicodedata
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -89,12 +89,27 @@ def _session(path: str, threads: int) -> ort.InferenceSession:
 MOST_CLASSES = 10_000  # a model's classes, at most (every search, count and reply lists them)
 LONGEST_CLASS = 255  # characters of a class name, as a dataset's tags (a folder's name)
 MOST_FIXED_BATCH = 256  # a model exported with a fixed batch size is fed that many clips a run, padded
+# control characters (C0, DEL, C1) and the bidi overrides and isolates, which reorder what a terminal shows
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
-def _printable(name: str) -> bool:
-    """No control, format (bidi overrides) or unassigned characters: a tag is printed to terminals. The zero
-    width joiner of emoji sequences is allowed."""
-    return all(ch == "\u200d" or not unicodedata.category(ch).startswith("C") for ch in name)
+def check_installable(model: Model) -> None:
+    """What a model installed from now on must be, beyond loading and running (ModelError if not): checked at
+    install only, so that a model that worked before an upgrade goes on working. A shared model's class
+    names reached terminals raw (colours, a window title, forged lines); 200,000 classes or a fixed batch of
+    20,000 (1.8 GB to tag six files) cost every start and every file."""
+    source, classes = model.info.name, model.info.classes
+    if len(classes) > MOST_CLASSES:
+        raise ModelError(f"{source}: {len(classes):,} classes; {MOST_CLASSES:,} at most")
+    if odd := next((c for c in classes if len(c) > LONGEST_CLASS or _UNPRINTABLE.search(c)), None):
+        raise ModelError(
+            f"{source}: class name {odd[:40]!r} is longer than {LONGEST_CLASS} characters or holds control characters"
+        )
+    if model._fixed > MOST_FIXED_BATCH:
+        raise ModelError(
+            f"{source}: a fixed batch size of {model._fixed:,}; export it with a dynamic batch axis, or"
+            f" {MOST_FIXED_BATCH} at most"
+        )
 
 
 def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
@@ -109,13 +124,6 @@ def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
     classes = tuple(listed) if isinstance(listed, list) else ()
     if not classes or not all(isinstance(c, str) and c.strip() for c in classes):
         raise ModelError(f"{source}: {CLASSES_KEY} must be a non-empty list of names")
-    if len(classes) > MOST_CLASSES:
-        raise ModelError(f"{source}: {len(classes):,} classes; {MOST_CLASSES:,} at most")
-    if odd := next((c for c in classes if len(c) > LONGEST_CLASS or not _printable(c)), None):
-        # (a shared model's "\x1b]0;…" recoloured the terminal, set its title or forged lines in `models list`)
-        raise ModelError(
-            f"{source}: class name {odd[:40]!r} is longer than {LONGEST_CLASS} characters or holds control characters"
-        )
     # Tags are searched without regard to case, as people type them: a model's "Kick" is the tag "kick".
     classes = tuple(tag_key(c) for c in classes)
     unsearchable = [c for c in classes if c in QUERY_WORDS or c.startswith("-") or "|" in c]
@@ -168,13 +176,8 @@ class Model:
         if len(dims) != 4 or any(isinstance(d, int) and d != w for d, w in zip(dims[1:], want, strict=True)):
             fits = ", ".join(map(str, want))
             raise ModelError(f"{self.info.name}: input shape {dims} does not fit spectrograms of shape [N, {fits}]")
-        if self._fixed > MOST_FIXED_BATCH:  # (20,000: every file run as a batch of 20,000, 1.8 GB for six files)
-            raise ModelError(
-                f"{self.info.name}: a fixed batch size of {self._fixed:,}; export it with a dynamic batch axis, or"
-                f" {MOST_FIXED_BATCH} at most"
-            )
-        probe = np.zeros((self._fixed or 1, *want), dtype=np.float32)
         try:
+            probe = np.zeros((self._fixed or 1, *want), dtype=np.float32)  # (a batch of 2**40: MemoryError)
             out, *familiarity = self.session.run(self._outputs, {self._input.name: probe})
         except Exception as e:
             raise ModelError(f"{self.info.name}: fails on a spectrogram of shape {want} ({e})") from None
