@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_work ON files(state, due);
 CREATE INDEX IF NOT EXISTS files_dir ON files(dir);
 CREATE INDEX IF NOT EXISTS files_content ON files(content_id);
+CREATE INDEX IF NOT EXISTS files_inode ON files(inode);  -- the other names of a file with hard links
 CREATE INDEX IF NOT EXISTS files_failed ON files(updated) WHERE state = 'failed';
 CREATE INDEX IF NOT EXISTS files_retry ON files(due) WHERE state = 'pending' AND error IS NOT NULL;
 CREATE INDEX IF NOT EXISTS files_retag ON files(due) WHERE state = 'pending' AND content_id IS NOT NULL;
@@ -375,10 +376,15 @@ class Index:
             c.executemany(_MARK_PENDING, rows)
         return len(rows)
 
-    def paths_with_inode(self, inode: int) -> list[str]:
-        """The files with this inode number, on any drive (a scan of every row: for the rare file rewritten
-        in place that has hard links)."""
-        return [r[0] for r in self.conn().execute("SELECT path FROM files WHERE inode = ?", (inode,))]
+    def paths_with_inode(self, inode: int, but_content: bytes) -> list[str]:
+        """The files with this inode number, on any drive, but those known to hold `but_content` already (each
+        name of a file rewritten through one had the others read again, and each of those the others again)."""
+        rows = self.conn().execute(
+            """SELECT f.path FROM files f LEFT JOIN contents c ON c.id = f.content_id
+               WHERE f.inode = ? AND (c.hash IS NULL OR c.hash != ?)""",
+            (inode, but_content),
+        )
+        return [r[0] for r in rows]
 
     def mark_asked(self, items: Sequence[tuple[str, int, int]]) -> set[str]:
         """(path, size, mtime_ns; -1, -1 when it cannot be looked at) of files a caller waits for (Tag). Those

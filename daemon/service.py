@@ -315,7 +315,8 @@ class Daemon:
         names of each are read again, as no event comes for them (they kept the old tags until a restart)."""
         for r in rewritten:
             try:
-                same = [p for p in self.index.paths_with_inode(r.inode) if p != r.job.path and _same(p, r.job.path)]
+                named = self.index.paths_with_inode(r.inode, r.hash or b"")
+                same = [p for p in named if p != r.job.path and _same(p, r.job.path)]
                 if self.index.mark_pending([(p, time.time()) for p in same]):
                     self._wake.set()
             except (OSError, sqlite3.Error) as e:  # (the next start's scan finds them by their ctime)

@@ -637,11 +637,15 @@ def test_a_file_rewritten_in_place_through_one_of_its_hard_links_is_read_again_u
     try:
         d.client.add_watch(str(library))
         wait_for(lambda: _indexed(d.client, 2))
+        before = d.client.status()
         shutil.copyfile(write_tone(staged / "hit.wav", BANDS["high"]), first)  # in place: one inode still
         assert (library / "Pack B" / "hit.wav").stat().st_ino == first.stat().st_ino
         names = [first, library / "Pack B" / "hit.wav"]
         assert wait_for(lambda: [_best(d.client, str(p)) for p in names] == [("indexed", "high")] * 2, timeout=15)
         assert [f.path for f in d.client.search("low")] == []
+        time.sleep(1.0)
+        after = d.client.status()  # each name read once (each read had the others read again, the first twice)
+        assert (after.decoded - before.decoded, after.reused - before.reused) == (1, 1)
     finally:
         d.stop()
 
