@@ -579,8 +579,7 @@ class Daemon:
         could not be watched at all). One change of watches at a time: a remove between the watcher's watch
         and the index's row left a watch listed that nothing observed."""
         with self._watches_lock:
-            if folder in self.index.watches():  # (one added again writes nothing, and is unwatched by nothing)
-                return
+            kept = folder in self.index.watches()  # added again: watched now if it can be (its limit raised)
             try:
                 self.watcher.watch(folder)
                 at_limit = 0
@@ -589,7 +588,8 @@ class Daemon:
                     raise
                 at_limit = e.errno
             try:
-                self.index.add_watch(folder)
+                if not kept:
+                    self.index.add_watch(folder)
             except BaseException:  # (a full disk): not kept, so not watched either; it was, unlisted, unremovable
                 self.watcher.unwatch(folder)
                 raise
