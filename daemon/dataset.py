@@ -386,12 +386,17 @@ def _spectrograms(
     added again was in the dataset twice, the same clip on both sides of the validation split; a copy under
     another tag taught the model two answers for one sound)."""
 
+    caching = [True]  # until a write to the cache fails (a full disk): each failure recounted the whole cache
+
     def one(ex: Example) -> tuple[np.ndarray, int, bytes] | str:
         try:
             hashed = fingerprint(ex.path)  # (its size, as read: the file may be deleted once it is decoded)
             found, fresh = features(ex.path, hashed, [params], cache)
-            with contextlib.suppress(sqlite3.OperationalError):  # (a full disk): a cache costs speed, never the build
-                cache.put_many(fresh)
+            try:
+                if caching[0]:
+                    cache.put_many(fresh)
+            except sqlite3.OperationalError:  # a cache costs speed, never the build
+                caching[0] = False
             if not heard_in(found[params]):  # nothing to learn from: a model would learn silence as the tag
                 return f"{SILENT_FILE}{SILENT}"
             return quantize(found[params], params), hashed.size, hashed.hash
