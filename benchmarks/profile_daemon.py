@@ -97,7 +97,7 @@ def stages(paths: list[str], batch: int) -> dict[str, float]:
         t0 = clock()
         result = Result(job)
         try:
-            result.size, result.mtime_ns, result.inode, result.hash = fingerprint(job.path)
+            result.size, result.mtime_ns, result.inode, result.hash, result.links = fingerprint(job.path)
             t1 = clock()
             index.models_done(result.hash)
             t2 = clock()

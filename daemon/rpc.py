@@ -164,8 +164,11 @@ def _abort_for_database(e: sqlite3.OperationalError, context: grpc.ServicerConte
     primary = getattr(e, "sqlite_errorcode", 0) & 0xFF  # (Python 3.11 on; before, the words)
     if not primary and "disk is full" in str(e):
         primary = 13
+    if primary in _DATABASE_SAID:
+        log.info("a call failed on its database: %s", e)  # (its caller is told)
+    else:  # ("no such column", "too many SQL variables": a bug, whose traceback is wanted)
+        log.exception("a call failed on its database")
     code, said = _DATABASE_SAID.get(primary, (grpc.StatusCode.INTERNAL, str(e)))
-    log.info("a call failed on its database: %s", e)
     context.abort(code, f"the index cannot be written: {said} ({e})")
 
 

@@ -267,11 +267,12 @@ class Synonyms:
                 )
         latest = {alias.lower(): (alias, tag) for alias, tag in checked}  # (one alias given twice: the last tag)
         with self._editing(home_dir):
+            staying = sum(a.lower() not in latest for aliases in self.user.values() for a in aliases)
+            if staying + len(latest) > MOST_ALIASES:  # (checked before any change)
+                raise ValueError(f"the table would hold {staying + len(latest):,} aliases; {MOST_ALIASES:,} at most")
             self._forget(latest)
             for alias, tag in latest.values():
                 self.user.setdefault(tag, []).append(alias)
-            if (held := sum(map(len, self.user.values()))) > MOST_ALIASES:
-                raise ValueError(f"the table would hold {held:,} aliases; {MOST_ALIASES:,} at most")
 
     def shipped(self) -> dict[str, str]:
         """Each built-in alias → its tag, as the built-in table has them (whatever the user's table masks)."""

@@ -495,8 +495,12 @@ class Watcher(FileSystemEventHandler):
             if _readable(path):
                 self._mark(path, time.time())
         with self._lock:  # links deleted, or no watch's any more: a library relinked for months kept them all
-            for link in [k for k in self._links if not (self._watched(k) and os.path.islink(k))]:
-                del self._links[link]
+            unwatched = {link for link in self._links if not self._watched(link)}
+            held = [link for link in self._links if link not in unwatched]
+        gone = unwatched | {link for link in held if not os.path.islink(link)}  # (no stat under the lock:
+        with self._lock:  # a hung mount would hold up every event)
+            for link in gone:
+                self._links.pop(link, None)
 
     def _rewatch(self, root: str) -> None:
         """Observe a watch folder anew: a folder inside it that could not be listed when it was scheduled got
