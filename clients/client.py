@@ -476,7 +476,7 @@ class Client:
             name=name,
             trainer=trainer,
             base=base,
-            options=options if isinstance(options, str) else json.dumps(options),
+            options=options if isinstance(options, str) else json.dumps(dict(options)),
             token=token,
             confirm_cost=confirm_cost,
         )

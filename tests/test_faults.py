@@ -1051,6 +1051,10 @@ def test_suggestions_stop_reading_a_big_library_once_the_caller_stopped_waiting(
     """SuggestLabels walked the folders and read every file's metadata to the end after the caller's deadline
     had passed: it stops at the deadline (a file read there has its access time moved on)."""
     one = write_tone(tmp_path / "one.wav", 1000, seconds=0.01).read_bytes()
+    os.utime(tmp_path / "one.wav", (1.0, (tmp_path / "one.wav").stat().st_mtime))
+    (tmp_path / "one.wav").read_bytes()
+    if (tmp_path / "one.wav").stat().st_atime <= 1.0:
+        pytest.skip("reads do not move access times on this file system (noatime): what is read cannot be told")
     files = [tmp_path / "lib" / f"pack {i // 100}" / "Kicks" / f"kick {i}.wav" for i in range(9000)]
     for f in files:
         f.parent.mkdir(parents=True, exist_ok=True)

@@ -564,7 +564,7 @@ def test_health_watches_without_a_token_do_not_hold_the_servers_threads() -> Non
     target = f"127.0.0.1:{port}"
     channels = [grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(8)]
     try:
-        streams = [health_pb2_grpc.HealthStub(c).Watch(health_pb2.HealthCheckRequest()) for c in channels]
+        streams = [health_pb2_grpc.HealthStub(c).Watch(health_pb2.HealthCheckRequest(), timeout=10) for c in channels]
         assert all(next(s).status == health_pb2.HealthCheckResponse.SERVING for s in streams)
         with grpc.insecure_channel(target) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
