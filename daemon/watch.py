@@ -421,8 +421,9 @@ class Watcher(FileSystemEventHandler):
                 with os.scandir(folder):
                     listable = True
             except OSError as e:
-                if e.errno not in (errno.ENOENT, errno.ENOTDIR):
-                    continue  # (still not; isdir() is False for a path too long to list, which is not gone)
+                there = e.errno not in (errno.ENOENT, errno.ENOTDIR)  # (isdir() is False for a path too long)
+                if there and (e.errno != errno.ENAMETOOLONG or _deep_folder_there(folder)):
+                    continue  # (still not)
                 listable = False
             with self._lock:  # listable now, or gone: nothing to say any more
                 self._unlisted.pop(folder, None)
@@ -1024,6 +1025,22 @@ def _not_a_folder(path: str) -> bool:
         return True
     except OSError:
         return False
+
+
+def _deep_folder_there(path: str) -> bool:
+    """Whether a folder whose path is too long to name at once (past PATH_MAX) is there, walked down to one
+    folder at a time."""
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in filter(None, path.split(os.sep)):
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _exchanged(src: str, dst: str) -> bool:
