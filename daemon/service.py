@@ -66,6 +66,7 @@ UNNAMED_SHOWN = 100  # names not UTF-8 in a status (unnamed_count has them all)
 ON_DEMAND_SWEEP_S = 60.0  # how often files tagged outside the watches are looked for (none watches them)
 STALL_RETRY_S = 30.0  # how often a daemon whose index cannot be written tries again
 UNUSED_S = 3600.0  # how often contents no file has are looked for, when idle
+UNUSED_FIRST_S = 300.0  # the first time, this long after the daemon's start
 UNUSED_KEEP_S = 30 * 86400.0  # how long one is kept with its tags: a drive unplugged for weeks, plugged in again
 FORGET_MAX = 50_000  # contents forgotten at one time, at most (about 3 s): the feeder waits meanwhile
 FOLLOW_WAIT_S = 10.0  # how long a status waits for a change of the active models being followed (load, re-queue)
@@ -136,7 +137,9 @@ class Daemon:
         self._feeder = threading.Thread(target=self._feed, name="feeder", daemon=True)
         self._sweeper = threading.Thread(target=self._sweep_on_demand, name="on-demand-sweep", daemon=True)
         self._analyzed_at, self._analyzed_rows = -1e9, 0
-        self._unused_at = time.monotonic()  # (a start's scan has its hour too)
+        # the first look UNUSED_FIRST_S after a start (once its scan is done: _forget_unused_contents waits for it);
+        # an hour after each start, a daemon restarted more often (a laptop's, at every login) never looked
+        self._unused_at = time.monotonic() - UNUSED_S + UNUSED_FIRST_S
         self._models_lock = threading.Lock()
         self._watches_lock = threading.Lock()  # the watcher and the index change together (add_watch)
         self._paused = threading.Event()

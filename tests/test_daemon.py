@@ -29,7 +29,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from vibrary.clients.client import BadArgument, Client, DaemonError
 from vibrary.daemon import config
 from vibrary.daemon.events import MODEL_CHANGED
-from vibrary.daemon.index import WATCH_GONE, Index
+from vibrary.daemon.index import WATCH_GONE, Index, Result
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
@@ -1439,6 +1439,7 @@ def test_an_idle_daemon_forgets_what_deleted_files_left_after_a_while(
     from vibrary.daemon import service
 
     monkeypatch.setattr(service, "UNUSED_S", 0.3)  # an hour, in the daemon
+    monkeypatch.setattr(service, "UNUSED_FIRST_S", 0.3)
     monkeypatch.setattr(service, "UNUSED_KEEP_S", 0.5)  # a month
     write_tone(tmp_path / "lib" / "a.wav", BANDS["low"])
     d = service.Daemon(model_home, service.config.Settings(nice=0, settle_s=0.1))
@@ -1471,6 +1472,29 @@ def test_an_idle_daemon_forgets_what_deleted_files_left_after_a_while(
         wait_for(lambda: d.status()["indexed"] == 0)
         wait_for(lambda: kept() == (0, 0))
         assert d.cache.size_bytes == 0  # its spectrogram went with it: it would only push out those of use
+    finally:
+        d.stop()
+
+
+def test_contents_no_file_has_are_first_looked_for_soon_after_a_start_not_an_hour_after(
+    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first look came an hour after each start: a daemon restarted more often (at every login) never
+    marked what deleted files left, and never forgot it."""
+    from vibrary.daemon import service
+
+    monkeypatch.setattr(service, "UNUSED_FIRST_S", 0.5)  # five minutes, in the daemon (UNUSED_S stays an hour)
+    write_tone(tmp_path / "lib" / "a.wav", BANDS["low"])
+    index = Index(config.index_path(model_home))
+    index.add_watch(str(tmp_path / "lib"))
+    index.mark_pending([(str(tmp_path / "lib" / "gone.wav"), 0.0)])
+    index.write_results([Result(index.due_jobs(1, set(), 1e12)[0], hash=b"g" * 16)], 0.02)  # then deleted
+    index.close()
+    d = service.Daemon(model_home, service.config.Settings(nice=0, settle_s=0.1))
+    d.start()
+    try:
+        marked = "SELECT count(*) FROM contents WHERE unused_since IS NOT NULL"
+        assert wait_for(lambda: d.index.conn().execute(marked).fetchone()[0] == 1, timeout=15)
     finally:
         d.stop()
 
