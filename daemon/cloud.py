@@ -51,6 +51,8 @@ PRICES = {
 }  # (no p3: its V100 is sm_70, dropped from torch's CUDA 12.8 wheels, the image's, since 2.11)
 PRICES_AS_OF = "us-east-1 on-demand, 2025 list"
 PART_SIZE = 8 << 20  # multipart above this (S3's minimum part is 5 MiB)
+UPLOADING = "uploading.json"  # beside job.json, rewritten while this machine uploads: the instance's sign of life
+HEARTBEAT_S = 60.0  # at most this often (S3 bills each request)
 ASSUMED_RATE = 1 << 20  # bytes/s before the upload has been measured
 CLIPS_PER_S = 1500  # training throughput of a T4-class GPU for the estimate (clips × epochs per second)
 SETUP_S = 120  # pulling shards and the image, exporting, uploading the results
@@ -170,12 +172,16 @@ def put_json(s3: Any, bucket: str, key: str, obj: dict[str, Any]) -> None:
 
 
 def exists(s3: Any, bucket: str, key: str) -> bool:
+    return written_at(s3, bucket, key) is not None
+
+
+def written_at(s3: Any, bucket: str, key: str) -> float | None:
+    """When the object was last written (a POSIX time, S3's clock), or None when there is none."""
     try:
-        s3.head_object(Bucket=bucket, Key=key)
-        return True
+        return float(s3.head_object(Bucket=bucket, Key=key)["LastModified"].timestamp())
     except s3.exceptions.ClientError as e:
         if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
+            return None
         raise
 
 
@@ -586,12 +592,17 @@ def train_in_cloud(
         spec = {"manifest": manifest.to_json(), "name": name or manifest.name, "base": base, "options": options or "{}"}
         put_json(s3, bucket, f"{job.prefix}job.json", spec)
         try:
-            started, done = time.monotonic(), 0
+            started, done, beat = time.monotonic(), 0, time.monotonic()
+            alive = f"{job.prefix}{UPLOADING}"  # (an instance whose uploader went quiet ends itself: s3job)
+            put_json(s3, bucket, alive, {"uploaded_bytes": 0})
 
             def sent(n: int) -> None:
-                nonlocal done
+                nonlocal done, beat
                 done += n
                 progress({"state": "UPLOADING", "uploaded_bytes": done, "upload_bytes": total})
+                if time.monotonic() - beat >= HEARTBEAT_S:
+                    beat = time.monotonic()
+                    put_json(s3, bucket, alive, {"uploaded_bytes": done})
                 elapsed = time.monotonic() - started
                 if not job.instance and launch_due(done, total, elapsed, settings.boot_s):
                     rest = (total - done) * elapsed / done

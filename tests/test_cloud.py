@@ -935,3 +935,27 @@ def test_a_signal_during_a_launch_is_handled_once_it_is_heard_of() -> None:
         heard.append("launched")
     assert heard == ["launched"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler put back
+
+
+def test_an_instance_whose_uploader_went_quiet_ends_instead_of_waiting_hours(
+    aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A laptop closed or a `vibrary train` killed mid-upload left its instance waiting 3 hours for shards at
+    GPU prices, and nothing on the user's side knew of it: the uploader rewrites uploading.json as it sends,
+    and the job ends once that has been quiet for UPLOAD_SILENT_S (here 1 s)."""
+    from vibrary.trainer import s3job
+
+    monkeypatch.setattr(s3job, "UPLOAD_SILENT_S", 1.0)
+    monkeypatch.setattr(s3job, "POLL_S", 0.1)
+    manifest = _dataset(tmp_path / "shards", per_kind=2, clips_per_shard=4)
+    s3 = aws["s3"]
+    first = manifest.shards[0].sha256
+    s3.put_object(Bucket=BUCKET, Key=cloud.shard_key(first), Body=(tmp_path / "shards" / f"{first}.npz").read_bytes())
+    report = s3job._Reporter(s3, BUCKET, "jobs/x/progress.json")
+    cloud.put_json(s3, BUCKET, "jobs/x/uploading.json", {"uploaded_bytes": 1})
+    started = time.monotonic()
+    with pytest.raises(shards.ShardError, match="the computer uploading the dataset has sent nothing for"):
+        s3job._shards(s3, BUCKET, manifest, report, "jobs/x/uploading.json")
+    assert time.monotonic() - started < 30  # not SHARD_WAIT_S
+    progress = json.loads(s3.get_object(Bucket=BUCKET, Key="jobs/x/progress.json")["Body"].read())
+    assert progress["state"] == "WAITING"  # (it waited while the uploader was heard)

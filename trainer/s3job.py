@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vibrary.daemon.cloud import exists, parse_s3_url, put_json, read_json, shard_key
+from vibrary.daemon.cloud import UPLOADING, exists, parse_s3_url, put_json, read_json, shard_key, written_at
 from vibrary.daemon.config import check_name
 from vibrary.daemon.shards import Manifest, ShardError, sha256_bytes
 from vibrary.daemon.training import progress_fields
@@ -36,6 +36,10 @@ from .train import Progress, TrainConfig
 log = logging.getLogger(__name__)
 
 SHARD_WAIT_S = 3 * 3600.0  # the longest upload a job waits for
+# how long the uploading machine may send nothing (it rewrites uploading.json at least every minute while it
+# sends) before the job gives up: a laptop closed or a `vibrary train` killed mid-upload left the instance
+# waiting SHARD_WAIT_S at GPU prices, and nothing on the user's side knew of it
+UPLOAD_SILENT_S = 15 * 60.0
 POLL_S = float(os.environ.get("VIBRARY_JOB_POLL_S", "5"))  # how often a missing shard is looked for
 REPORT_S = 2.0  # progress.json is rewritten at most this often (but at once on a new phase)
 CHECKPOINT_S = 60.0  # the epoch checkpoint goes to the bucket at most this often (a few MB each time)
@@ -63,12 +67,21 @@ def _handed_over(blobs: list[bytes]) -> Iterator[bytes]:
         yield blobs.pop()
 
 
-def _shards(s3: Any, bucket: str, manifest: Manifest, report: _Reporter) -> list[bytes]:
+def _shards(s3: Any, bucket: str, manifest: Manifest, report: _Reporter, alive: str = "") -> list[bytes]:
+    """Every shard of the manifest, once all are in the bucket. `alive`: the key the uploading machine
+    rewrites while it sends (none from a version before it: then SHARD_WAIT_S alone)."""
     deadline = time.monotonic() + SHARD_WAIT_S
     waiting = [s.sha256 for s in manifest.shards]
     while waiting := [sha for sha in waiting if not exists(s3, bucket, shard_key(sha))]:
         if time.monotonic() > deadline:
             raise ShardError(f"{len(waiting)} shards never arrived in s3://{bucket}")
+        heard = written_at(s3, bucket, alive) if alive else None
+        if heard is not None and time.time() - heard > UPLOAD_SILENT_S:
+            raise ShardError(
+                f"the computer uploading the dataset has sent nothing for {UPLOAD_SILENT_S / 60:g} minutes (asleep,"
+                f" stopped or offline) with {len(waiting)} shards to go: this instance ends rather than wait at GPU"
+                " prices; start the training again (the shards uploaded are kept)"
+            )
         report("WAITING", message=f"waiting for {len(waiting)} of {len(manifest.shards)} shards")
         time.sleep(POLL_S)
     blobs = []
@@ -145,7 +158,7 @@ def _run(s3: Any, bucket: str, key: str, prefix: str, report: _Reporter, checkpo
     train_config = TrainConfig.from_dict(options.parse(spec.get("options") or "{}"))  # `[]`: said, not a TypeError
     _require_gpu()
     report("WAITING", message="fetching the shards")
-    blobs = _shards(s3, bucket, manifest, report)
+    blobs = _shards(s3, bucket, manifest, report, f"{prefix}{UPLOADING}")
     resumed = checkpoints.fetch()
 
     def progress(p: Progress) -> None:
