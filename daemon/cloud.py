@@ -510,6 +510,13 @@ class _Job:
             raise CloudError(f"{ended}: it reached its limit of {self.settings.max_hours:g} hours (max_hours)")
         if len(launched) > self.settings.relaunches:
             raise CloudError(f"{ended}, and it was the job's {len(launched)}th instance: see their console logs")
+        if launched[-1].get("StateReason", {}).get("Code") == "Client.InstanceInitiatedShutdown":
+            # its boot script shut it down once the training process ended without a word (killed for
+            # memory, a driver's abort): not reclaimed, and a new one would end the same way at the same cost
+            raise CloudError(
+                f"{ended}: the training stopped without a word (out of memory?) and the instance shut itself down;"
+                f" see its console log (aws ec2 get-console-output --instance-id {launched[-1]['InstanceId']})"
+            )
         epoch = f"epoch {status['epoch']}" if status.get("epoch") else "its start"
         self.launch(progress, f"{ended} (reclaimed, or its host failed); the new one goes on from {epoch}")
 

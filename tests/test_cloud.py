@@ -347,6 +347,38 @@ def test_an_instance_ended_mid_training_is_replaced_and_the_new_one_goes_on_from
     assert _states(aws["ec2"]) == ["terminated", "terminated"] and _keys(aws["s3"], "jobs/") == []
 
 
+def test_a_training_that_died_and_shut_its_instance_down_is_not_run_again(
+    aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The training process killed inside the instance (out of memory) writes nothing, and the boot script
+    shuts the instance down: that was taken for a reclaim, and the same paid run launched again, to die the
+    same way. AWS says which it was (StateReason); moto cannot, so its answer is given here."""
+    manifest = _dataset(tmp_path, per_kind=4, clips_per_shard=256)
+    monkeypatch.setenv("VIBRARY_CLOUD_RELAUNCHES", "2")
+    killed: list[str] = []
+    real = cloud.job_instances
+
+    def as_aws_says(ec2: Any, job_id: str) -> list[dict[str, Any]]:
+        found = real(ec2, job_id)
+        for i in found:
+            if i["InstanceId"] in killed:
+                i["StateReason"] = {"Code": "Client.InstanceInitiatedShutdown", "Message": "shut down by the OS"}
+        return found
+
+    monkeypatch.setattr(cloud, "job_instances", as_aws_says)
+    with Instances(aws["ec2"], aws["env"]) as instances:
+
+        def progress(update: dict[str, Any]) -> None:  # dies once it trains
+            if not killed and update.get("state") == "TRAINING" and update.get("epoch"):
+                (first,) = [i["InstanceId"] for i in _instances(aws["ec2"])]
+                instances.reclaim(first)
+                killed.append(first)
+
+        with pytest.raises(cloud.CloudError, match=r"stopped without a word .* shut itself down; see its console"):
+            _train_long(manifest, tmp_path, 60, progress)
+    assert killed and len(_instances(aws["ec2"])) == 1  # not launched again
+
+
 def test_aws_out_of_reach_for_a_while_mid_training_loses_nothing(
     aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
