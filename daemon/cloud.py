@@ -66,6 +66,11 @@ class CloudError(Exception):
     """A cloud job that cannot run or failed; str() says why and what to do."""
 
 
+class AwsRefused(CloudError):
+    """AWS itself refused or failed a call (credentials expired, throttled, access denied): not the job's
+    end, which may be training on regardless."""
+
+
 class Left(Exception):
     """Raised by a progress callback to stop following a job without ending it (the daemon is stopping)."""
 
@@ -387,17 +392,25 @@ def patiently(call: Callable[[], T], progress: Callable[[dict[str, Any]], None],
     started before the network): botocore's own retries last seconds, and one failed poll ended a paid
     training, its instance terminated and its checkpoint deleted. `progress` is told each time (raising
     there, a cancel or a stopping daemon, ends the wait)."""
+    from botocore.exceptions import ClientError, HTTPClientError
     from botocore.exceptions import ConnectionError as Unreachable
-    from botocore.exceptions import HTTPClientError
 
     while True:
         try:
             return call()
-        except (Unreachable, HTTPClientError) as e:
-            if time.monotonic() > deadline:
+        except (Unreachable, HTTPClientError, ClientError) as e:
+            if time.monotonic() > deadline or (isinstance(e, ClientError) and not _passing(e)):
                 raise
             progress({"message": f"AWS is out of reach ({e}); asking again every {poll_s:g} s"})
             time.sleep(poll_s)
+
+
+def _passing(e: Any) -> bool:
+    """Whether AWS's refusal passes by itself (throttled, busy, an error of its own), not one to say at once:
+    botocore's few retries spent, one ended a paid training and deleted its checkpoint."""
+    error, status = e.response.get("Error", {}), e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    throttled = ("Throttling", "ThrottlingException", "RequestLimitExceeded", "SlowDown", "TooManyRequestsException")
+    return error.get("Code") in throttled or int(status or 0) >= 500
 
 
 @contextmanager
@@ -408,7 +421,7 @@ def _aws_errors() -> Iterator[None]:
     try:
         yield
     except (BotoCoreError, ClientError) as e:
-        raise CloudError(f"AWS: {e}") from e
+        raise AwsRefused(f"AWS: {e}") from e
 
 
 @contextmanager

@@ -732,6 +732,12 @@ def _from_cloud(
         return dict(cloud.collect(job.job_id, job.instance, progress, job.launched_at))
     except cloud.Left:
         raise Detached(f"left cloud job {job.job_id} to instance {job.instance}") from None
+    except cloud.AwsRefused as e:  # (expired credentials at a restart forgot a job that trained on, unpaid for)
+        log.warning("could not follow cloud job %s: %s", job.job_id, e)
+        raise Detached(
+            f"could not follow cloud job {job.job_id} on instance {job.instance} ({e}): it is left to train, and"
+            " followed again at the next start"
+        ) from e
 
 
 class Background:

@@ -410,6 +410,38 @@ def test_aws_out_of_reach_for_a_while_mid_training_loses_nothing(
     assert _states(aws["ec2"]) == ["terminated"] and _keys(aws["s3"], "jobs/") == []
 
 
+def test_aws_throttling_or_failing_is_asked_again_and_a_refusal_is_said_at_once() -> None:
+    """Only a connection error was asked again: throttling (SlowDown, RequestLimitExceeded) or a 503 once
+    botocore's own retries were spent ended a paid training and deleted its checkpoint."""
+    from botocore.exceptions import ClientError
+
+    def refusal(code: str, status: int) -> ClientError:
+        return ClientError(
+            {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "X"
+        )
+
+    for passing in (refusal("SlowDown", 503), refusal("RequestLimitExceeded", 400), refusal("InternalError", 500)):
+        answers: list[Any] = [passing, passing, "progress"]
+
+        def call(answers: list[Any] = answers) -> str:
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return str(answer)
+
+        said: list[dict[str, Any]] = []
+        assert cloud.patiently(call, said.append, 0.01, time.monotonic() + 30) == "progress"
+        assert len(said) == 2 and "asking again" in said[0]["message"]
+
+    def denied() -> str:
+        raise refusal("AccessDenied", 403)
+
+    started = time.monotonic()
+    with pytest.raises(ClientError, match="AccessDenied"):
+        cloud.patiently(denied, lambda _: None, 0.01, time.monotonic() + 30)
+    assert time.monotonic() - started < 5
+
+
 def test_an_instance_is_not_replaced_beyond_the_setting_or_before_it_trained(
     aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -928,6 +960,26 @@ def test_a_daemon_stopping_mid_upload_ends_the_job_and_a_restart_without_aws_kee
         monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
         with pytest.raises(training.Detached, match=f"instance {launched.instance} could not be ended yet"):
             training.resume(home, launched, index=index)
+    finally:
+        index.close()
+
+
+def test_a_restart_that_aws_refuses_keeps_the_cloud_job_on_record(
+    aws: dict[str, Any], home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart whose AWS calls were refused (expired session credentials, throttling; here a bucket that is
+    not there) failed the job and dropped its record: the instance trained on, paid for, and its model was
+    never collected."""
+    from vibrary.daemon import training
+
+    index = _kinds_dataset(home, tmp_path)
+    monkeypatch.setenv("VIBRARY_CLOUD_BUCKET", "no-such-bucket")
+    record = training.JobRecord(dataset="kinds", name="kinds", trainer="cloud", job_id="0123abcd", instance="i-1")
+    try:
+        with pytest.raises(
+            training.Detached, match=r"could not follow cloud job 0123abcd .* followed again at the next"
+        ):
+            training.resume(home, record, index=index)
     finally:
         index.close()
 
