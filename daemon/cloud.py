@@ -279,12 +279,20 @@ def estimate(
         if fits
         else f"up to {epochs} epochs"
     )
+    worst = settings.max_hours * (1 + settings.relaunches)  # (each replacement gets its own limit)
     text = (
         f"Cloud training of {manifest.name!r}: {manifest.clips} clips, {work}.\n"
         f"Upload: {upload_bytes / 1e6:.1f} MB of spectrograms and labels (no audio) to s3://{settings.bucket}.\n"
         f"One {settings.instance_type} instance for about {minutes:.0f} minutes: {cost}.\n"
-        f"It ends itself after {settings.max_hours:g} hours at most. S3 storage of the shards is billed apart."
+        f"Each instance ends itself after {settings.max_hours:g} hours at most"
+        + (f" ({worst:g} hours in all if it is replaced {settings.relaunches} times)" if settings.relaunches else "")
+        + ". S3 storage of the shards is billed apart."
     )
+    if minutes > 0.8 * settings.max_hours * 60:  # cut off at the limit, it would be paid for and give nothing
+        raise CloudError(
+            f"{text}\nThat is more than the {settings.max_hours:g} hours an instance may run (max_hours, less a"
+            " margin): nothing was launched; raise max_hours in the cloud settings, or train fewer epochs"
+        )
     return Estimate(minutes, dollars, text)
 
 

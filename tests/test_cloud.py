@@ -657,6 +657,19 @@ def test_the_estimate_of_tags_the_demo_knows_counts_one_fit_and_says_it_costs_no
     assert "up to 40 epochs" in cloud.estimate(settings, moods, "{}", 10**6).text
 
 
+def test_an_estimate_past_the_instances_time_limit_launches_nothing_and_the_worst_case_is_said() -> None:
+    """ "About 347 minutes" was accepted with a 240-minute limit: the instance would be cut off at the limit,
+    paid for, with nothing to show; and "it ends itself after 4 hours at most" left out its replacements."""
+    settings = cloud.CloudSettings(bucket=BUCKET)
+    moods = shards.Manifest("moods", ["dark", "bright", "warm"], P, [shards.ShardInfo("0" * 64, 3000, 10**6)])
+    said = cloud.estimate(settings, moods, "{}", 10**6).text
+    assert "Each instance ends itself after 4 hours at most (12 hours in all if it is replaced 2 times)" in said
+    big = shards.Manifest("moods", ["dark", "bright", "warm"], P, [shards.ShardInfo("0" * 64, 900_000, 10**9)])
+    with pytest.raises(cloud.CloudError, match=r"more than the 4 hours an instance may run .* nothing was launched"):
+        cloud.estimate(settings, big, "{}", 10**9)
+    assert cloud.estimate(dataclasses.replace(settings, max_hours=12.0), big, "{}", 10**9).minutes > 240
+
+
 def test_the_cloud_module_loads_neither_boto3_nor_torch_until_a_job_runs() -> None:
     code = (
         "import sys, vibrary.daemon.cloud, vibrary.clients.cli; "
