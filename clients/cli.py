@@ -298,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="folders: each file's own folder names its tag (DIR/.../<tag>/*); top: the folder right under DIR "
             "does (DIR/<tag>/.../*); suggest: from folder names, file names and metadata (see `dataset suggest`)",
         )
+        if action == "create":
+            a.add_argument(
+                "--replace",
+                action="store_true",
+                help="build NAME anew from these files only, when it exists (its clips and edits go)",
+            )
         if action == "add":
             a.add_argument(
                 "--restore",

@@ -289,18 +289,22 @@ def _create(args: argparse.Namespace, home_dir: Path, untagged: list[str]) -> tu
     """The dataset built (create) or grown (add), how many clips that added, and the files it left out."""
     from vibrary.daemon import dataset
 
+    replaced = 0  # said once it is: "replacing" was said of a dataset a refused build then kept
     if args.action == "add":
         dataset.load(home_dir, args.name)  # "no dataset", before any file is looked at
     else:
         dataset.check_no_case_twin(home_dir, args.name)  # (and by the build: the API's creates)
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            replaced = dataset.load(home_dir, args.name)[0].clips
+        if replaced and not args.replace:  # (it was replaced, its edits lost, and said only afterwards)
+            raise CommandError(
+                f"dataset {args.name} exists ({many(replaced, 'clip')}, and any edits made to it): `vibrary dataset add"
+                f" {args.name} DIR` adds to it, --replace builds it anew from these files only, or give another name"
+            )
     examples = _examples(args, untagged)
     if untagged and not examples:  # (the build's own words are for folders: "put examples in one folder per tag")
         raise CommandError(f"no file has a tag suggested ({many(len(untagged))} skipped): {NO_TAG_WAYS}")
     config.Settings.load(home_dir)  # a bad config.json stops the build: said before "replacing", not after
-    replaced = 0  # said once it is: "replacing" was said of a dataset a refused build then kept
-    if args.action == "create":
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            replaced = dataset.load(home_dir, args.name)[0].clips
     bar = Bar(total=len(examples), desc="spectrograms")
     try:
         if args.action == "create":

@@ -719,13 +719,16 @@ def test_a_dataset_a_training_reads_cannot_be_changed_by_another_command(model_h
             write_tone(tmp_path / "ex" / band / f"{i}.wav", BANDS[band] * (1 + 0.01 * i))
     vibrary("dataset", "create", "mine", str(tmp_path / "ex"), home=model_home)
     with dataset.reading(model_home, "mine"):
-        for args in (("drop", "mine", "low"), ("create", "mine", str(tmp_path / "ex")), ("delete", "mine")):
+        anew = ("create", "mine", str(tmp_path / "ex"), "--replace")
+        for args in (("drop", "mine", "low"), anew, ("delete", "mine")):
             busy = vibrary("dataset", *args, home=model_home, check=False)
             assert busy.returncode == 1 and "is being trained on" in busy.stderr, (args, busy.stderr)
-    again = vibrary("dataset", "create", "mine", str(tmp_path / "ex"), home=model_home)
+    again = vibrary("dataset", "create", "mine", str(tmp_path / "ex"), "--replace", home=model_home)
     assert "replaced dataset mine (4 clips before" in again.stderr
-    refused = vibrary("dataset", "create", "mine", str(tmp_path / "ex" / "low"), home=model_home, check=False)
-    assert refused.returncode == 1 and "replac" not in refused.stderr, refused.stderr  # it was kept: said so first
+    refused = vibrary(
+        "dataset", "create", "mine", str(tmp_path / "ex" / "low"), "--replace", home=model_home, check=False
+    )
+    assert refused.returncode == 1 and "replaced" not in refused.stderr, refused.stderr  # it was kept
 
 
 def test_deactivate_by_name_deactivates_the_active_version(model_home: Path, tmp_path: Path) -> None:

@@ -392,6 +392,9 @@ def test_files_lying_in_a_folder_given_beside_its_tag_folders_are_said_to_be_lef
     assert "left out 1 file lying directly in a folder given" in added.stderr and str(new) in added.stderr
     assert "thump_11_0.wav" not in added.stderr  # in the dataset already: not left out of it
     again = vibrary("dataset", "create", "mine", str(tags / "thump"), home=home, check=False)
+    assert again.returncode == 1 and "dataset mine exists (9 clips, and any edits made to it)" in again.stderr
+    assert "--replace builds it anew" in again.stderr and "lying directly" not in again.stderr  # (nothing looked at)
+    again = vibrary("dataset", "create", "mine", str(tags / "thump"), "--replace", home=home, check=False)
     assert "left out 3 files lying directly" in again.stderr
 
 
@@ -409,7 +412,7 @@ def test_folders_whose_names_are_not_utf8_are_left_out_of_a_dataset_and_said(hom
         ("top", {"noise": 2, "thump": 5, "tone": 2}),
         ("folders", {"noise": 2, "thump": 2, "tone": 2}),
     ):
-        made = vibrary("dataset", "create", "--json", "mine", str(tags), "--labels", labels, home=home)
+        made = vibrary("dataset", "create", "--json", "mine", str(tags), "--labels", labels, "--replace", home=home)
         assert json_lines(made.stdout)[-1]["per_class"] == expected, made.stderr
         assert f"cannot read folder {tags}/dr\\xfcm (its name is not valid UTF-8" in made.stderr
         said = f"cannot read folder {tags}/thump/Caf\\xe9 Kicks (its name is not valid UTF-8"
@@ -524,7 +527,7 @@ def test_a_mistyped_dataset_name_is_answered_with_the_nearest_one_not_told_to_cr
     assert twin.returncode == 1 and "dataset 'mytags' exists, and names that differ only in case" in twin.stderr
     assert dataset.names(home) == ["mytags"]  # one folder on macOS: it was replaced there under another name
     shutil.copytree(dataset.dataset_dir(home, "mytags"), dataset.dataset_dir(home, "MYTAGS"))  # made before
-    vibrary("dataset", "create", "mytags", str(tmp_path / "ex"), home=home)  # each can still be replaced
+    vibrary("dataset", "create", "mytags", str(tmp_path / "ex"), "--replace", home=home)  # each can still be replaced
     for command in (("train", "mytag"), ("dataset", "show", "Mytags"), ("dataset", "drop", "mytgs", "tone")):
         typo = vibrary(*command, home=home, check=False)
         assert typo.returncode == 1 and "did you mean 'mytags'?" in typo.stderr, typo.stderr
