@@ -337,6 +337,7 @@ def cmd_tray(args: argparse.Namespace) -> int:
 
 BACK_S = 60.0  # how long `status --wait` waits for a daemon that stopped to come back (a restart, an upgrade)
 STUCK_S = 10.0  # how long nothing moves, a watch folder missing, before `status --wait` says so and ends
+START_S = 5.0  # how long `status --wait` waits for a daemon to take its home (`vibrary daemon &` just typed)
 
 
 def _once_up(c: Client) -> pb.Status:
@@ -351,7 +352,8 @@ def _once_up(c: Client) -> pb.Status:
             if not starting and isinstance(e, DaemonNotAnswering):
                 starting = True
                 print(f"vibrary: waiting up to {BACK_S:.0f} s for the daemon to answer ({e})", file=sys.stderr)
-            if not starting or time.monotonic() - since > BACK_S:
+            waited = time.monotonic() - since  # (none holds the home yet: one just started may be loading Python)
+            if waited > BACK_S or (not starting and waited > START_S):
                 raise
             time.sleep(0.5)
 

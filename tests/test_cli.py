@@ -598,6 +598,21 @@ def test_status_wait_waits_for_a_daemon_still_starting(model_home: Path) -> None
             waiting.kill()
         if d is not None:
             d.stop()
+    # typed right after `vibrary daemon &`: no daemon holds the home yet (Python is still loading it)
+    waiting = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        assert waiting.poll() is None, waiting.communicate()
+        d = start_daemon(model_home)
+        out, err = waiting.communicate(timeout=60)
+        assert waiting.returncode == 0 and json_lines(out)[0]["pending"] == 0, err
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+        d.stop()
+    started = time.monotonic()  # and with none coming, it says so after those seconds
+    alone = vibrary("status", "--wait", home=model_home, check=False)
+    assert alone.returncode == 1 and "no daemon answers" in alone.stderr and time.monotonic() - started < 30
 
 
 def test_status_wait_waits_for_the_folders_still_being_listed(
