@@ -217,7 +217,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if nothing_held_out:
         human = (
             f"installed and activated {row.ref}: every clip trained it, none was left to validate on "
-            f"(right on {accuracy:.0%} of its own training clips)"
+            f"(right on {accuracy:.0%} of the clips it learned from, which says little of new ones: `vibrary"
+            " dataset show` says what to expect on those)"
         )
     stopped = _what_the_progress_did_not_say(trained.summary, checked, row.classes)
     human += f"\n{stopped}" if stopped else ""
