@@ -71,6 +71,27 @@ class AwsRefused(CloudError):
     end, which may be training on regardless."""
 
 
+_NO_CREDENTIALS = (  # AWS's codes for credentials that are missing, expired or not (or no longer) valid
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "RequestExpired",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "AuthFailure",
+)
+
+
+def credentials_gone(e: BaseException) -> bool:
+    """Whether AWS refused for want of valid credentials (an SSO session run out): nothing can be followed or
+    ended with them, and the job trains on regardless, to be collected once they are renewed."""
+    from botocore.exceptions import ClientError, NoCredentialsError, TokenRetrievalError
+
+    cause = e.__cause__ if isinstance(e, AwsRefused) else e
+    if isinstance(cause, (NoCredentialsError, TokenRetrievalError)):
+        return True
+    return isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in _NO_CREDENTIALS
+
+
 class Left(Exception):
     """Raised by a progress callback to stop following a job without ending it (the daemon is stopping)."""
 
@@ -288,10 +309,11 @@ def estimate(
         + (f" ({worst:g} hours in all if it is replaced {settings.relaunches} times)" if settings.relaunches else "")
         + ". S3 storage of the shards is billed apart."
     )
-    if minutes > 0.8 * settings.max_hours * 60:  # cut off at the limit, it would be paid for and give nothing
+    limit_h = min(settings.max_hours, settings.timeout_s / 3600)  # (this machine stops following at timeout_s)
+    if minutes > 0.8 * limit_h * 60:  # cut off at the limit, it would be paid for and give nothing
         raise CloudError(
-            f"{text}\nThat is more than the {settings.max_hours:g} hours an instance may run (max_hours, less a"
-            " margin): nothing was launched; raise max_hours in the cloud settings, or train fewer epochs"
+            f"{text}\nThat is more than the {limit_h:g} hours a job may take (max_hours and timeout_s, less a"
+            " margin): nothing was launched; raise both in the cloud settings, or train fewer epochs"
         )
     return Estimate(minutes, dollars, text)
 
@@ -684,6 +706,10 @@ def _outcome(job: _Job, progress: Callable[[dict[str, Any]], None]) -> dict[str,
         files = job.results(progress)
     except Left:
         raise  # the instance trains on and terminates itself; collect() picks up what it leaves
+    except AwsRefused as e:
+        if not credentials_gone(e):  # (with none, nothing could be ended: it trains on, to be collected later)
+            job.clean_up()
+        raise
     except BaseException:
         job.clean_up()
         raise

@@ -89,8 +89,10 @@ def _session(path: str, threads: int) -> ort.InferenceSession:
 MOST_CLASSES = 10_000  # a model's classes, at most (every search, count and reply lists them)
 LONGEST_CLASS = 255  # characters of a class name, as a dataset's tags (a folder's name)
 MOST_FIXED_BATCH = 256  # a model exported with a fixed batch size is fed that many clips a run, padded
-# control characters (C0, DEL, C1) and the bidi overrides and isolates, which reorder what a terminal shows
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# control characters (C0, DEL, C1), the bidi marks, overrides and isolates (which reorder what a terminal shows),
+# invisible spaces and breaks, and lone surrogates (which no reply can carry: a class "a\ud800" broke every
+# ListModels); the zero width (non-)joiners of Persian words and emoji sequences stay
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
 
 
 def check_installable(model: Model) -> None:
@@ -154,7 +156,9 @@ def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
 class Model:
     """A loaded model: scores (N, classes) for spectrograms (N, channels, mels, frames)."""
 
-    def __init__(self, path: str, threads: int = 0) -> None:
+    def __init__(self, path: str, threads: int = 0, installing: bool = False) -> None:
+        """`installing`: held to what a model installed from now on must be (check_installable), before it is
+        run once (a fixed batch of 20,000 was run at install before it was refused)."""
         self.path = path
         self.session = _session(path, threads or (os.cpu_count() or 1))
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -168,6 +172,8 @@ class Model:
             )
         scores = [name for name in outputs if name != FAMILIARITY_OUTPUT][:1]
         self._outputs = scores + ([FAMILIARITY_OUTPUT] if self.info.familiar_from is not None else [])
+        if installing:
+            check_installable(self)
         self._check_shapes()
 
     def _check_shapes(self) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import atomic, config
 from .config import check_name
 from .index import Index, ModelRow
-from .infer import Model, ModelError, check_installable, sha256_file
+from .infer import Model, ModelError, sha256_file
 
 log = logging.getLogger(__name__)
 BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -25,8 +25,7 @@ def install(
 ) -> ModelRow:
     """Validate an ONNX file (loads it, runs it once), copy it into the home, register a new version (and
     with `active`, activate it as it is registered)."""
-    model = Model(source, threads=1)  # raises ModelError with the reason when it does not fit
-    check_installable(model)
+    model = Model(source, threads=1, installing=True)  # raises ModelError with the reason when it does not fit
     name = unicodedata.normalize("NFC", name or model.info.name)  # (as modelref.parse_ref spells it)
     try:
         check_name(name, "model")

@@ -824,11 +824,12 @@ class Daemon:
             except training.Detached:
                 left = True
                 raise
-            except training.TrainingError:
+            except training.TrainingError as e:
                 # ended by the daemon's stop (no trainer had the job yet, an upload to the cloud cut off): said
                 # to no front end, the servers stopping, and it read "cancelled" as if the user had. The record
-                # stays: the next start says what became of it
-                left = job.leave.is_set()
+                # stays: the next start says what became of it (as it does for a cloud job AWS refused to let be
+                # followed for want of credentials)
+                left = job.leave.is_set() or isinstance(e, training.KeptOnRecord)
                 raise
             finally:
                 if not left:

@@ -73,6 +73,15 @@ class Cancelled(TrainingError):
     pass
 
 
+class KeptOnRecord(TrainingError):
+    """A cloud job that could not be followed for want of valid AWS credentials (an SSO session run out): it
+    ends for now, as failed, and its JobRecord stays for the next start, which collects it once they are
+    renewed. Failed and forgotten, the instance trained on unpaid for and its model was never collected."""
+
+
+KEEP_UNFOLLOWED_S = 2 * 86400.0  # how long after its launch such a job stays on record (its instance ends long before)
+
+
 class Detached(TrainingError):
     """The daemon stopped following a job that goes on (or, on its own trainer, is suspended to go on);
     its JobRecord stays for the next start."""
@@ -327,6 +336,9 @@ def _reported(report: _Report, work: Callable[[], Trained]) -> Trained:
         raise  # the job goes on; nothing has ended
     except Cancelled as e:
         report(state="cancelled", error=str(e), message="training cancelled")
+        raise
+    except KeptOnRecord as e:  # over for now, as failed, but on record (the caller keeps it)
+        report(state="failed", error=str(e), message="training failed")
         raise
     except Exception as e:  # bad input, the trainer's refusals, broken transfers: all end the job the same way
         report(state="failed", error=str(e), message="training failed")
@@ -721,6 +733,10 @@ def _in_cloud(
         raise Cancelled("\n".join([str(e), *asked])) from None
     except cloud.Left:
         raise Detached(f"left cloud job {job.job_id} to instance {job.instance}") from None
+    except cloud.AwsRefused as e:
+        if kept := _unfollowed(cloud, job, e):
+            raise kept from e
+        raise
 
 
 def _from_cloud(
@@ -732,12 +748,22 @@ def _from_cloud(
         return dict(cloud.collect(job.job_id, job.instance, progress, job.launched_at))
     except cloud.Left:
         raise Detached(f"left cloud job {job.job_id} to instance {job.instance}") from None
-    except cloud.AwsRefused as e:  # (expired credentials at a restart forgot a job that trained on, unpaid for)
-        log.warning("could not follow cloud job %s: %s", job.job_id, e)
-        raise Detached(
-            f"could not follow cloud job {job.job_id} on instance {job.instance} ({e}): it is left to train, and"
-            " followed again at the next start"
-        ) from e
+    except cloud.AwsRefused as e:
+        if kept := _unfollowed(cloud, job, e):
+            raise kept from e
+        raise
+
+
+def _unfollowed(cloud: Any, job: JobRecord, e: Exception) -> KeptOnRecord | None:
+    """A cloud job AWS refused to let be followed: kept on record when for want of credentials (and it was
+    launched lately), for the next start to collect; else None: it fails as any job does."""
+    recent = job.launched_at and time.time() - job.launched_at < KEEP_UNFOLLOWED_S
+    if not (cloud.credentials_gone(e) and job.job_id and recent):
+        return None
+    return KeptOnRecord(
+        f"could not follow cloud job {job.job_id} on instance {job.instance} ({e}): it trains on; renew the AWS"
+        " credentials and restart the daemon to collect it (the instance ends itself after its max_hours)"
+    )
 
 
 class Background:

@@ -1029,16 +1029,18 @@ def _not_a_folder(path: str) -> bool:
 
 def _deep_folder_there(path: str) -> bool:
     """Whether a folder whose path is too long to name at once (past PATH_MAX) is there, walked down to one
-    folder at a time."""
-    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    folder at a time (O_PATH: a folder on the way that may be searched but not read is no gap). Only a name
+    not there is gone; another error (no permission, a drive's) leaves it as it was."""
+    flags = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY
+    fd = os.open("/", flags)
     try:
         for part in filter(None, path.split(os.sep)):
-            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            inner = os.open(part, flags, dir_fd=fd)
             os.close(fd)
             fd = inner
         return True
-    except OSError:
-        return False
+    except OSError as e:
+        return e.errno not in (errno.ENOENT, errno.ENOTDIR)
     finally:
         os.close(fd)
 

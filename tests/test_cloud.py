@@ -665,9 +665,12 @@ def test_an_estimate_past_the_instances_time_limit_launches_nothing_and_the_wors
     said = cloud.estimate(settings, moods, "{}", 10**6).text
     assert "Each instance ends itself after 4 hours at most (12 hours in all if it is replaced 2 times)" in said
     big = shards.Manifest("moods", ["dark", "bright", "warm"], P, [shards.ShardInfo("0" * 64, 900_000, 10**9)])
-    with pytest.raises(cloud.CloudError, match=r"more than the 4 hours an instance may run .* nothing was launched"):
+    with pytest.raises(cloud.CloudError, match=r"more than the 4 hours a job may take .* nothing was launched"):
         cloud.estimate(settings, big, "{}", 10**9)
-    assert cloud.estimate(dataclasses.replace(settings, max_hours=12.0), big, "{}", 10**9).minutes > 240
+    with pytest.raises(cloud.CloudError, match=r"more than the 6 hours a job may take"):  # (timeout_s: 6 h)
+        cloud.estimate(dataclasses.replace(settings, max_hours=12.0), big, "{}", 10**9)
+    longer = dataclasses.replace(settings, max_hours=12.0, timeout_s=12 * 3600.0)
+    assert cloud.estimate(longer, big, "{}", 10**9).minutes > 240
 
 
 def test_the_cloud_module_loads_neither_boto3_nor_torch_until_a_job_runs() -> None:
@@ -977,22 +980,35 @@ def test_a_daemon_stopping_mid_upload_ends_the_job_and_a_restart_without_aws_kee
         index.close()
 
 
-def test_a_restart_that_aws_refuses_keeps_the_cloud_job_on_record(
+def test_a_cloud_job_unfollowed_for_want_of_credentials_ends_for_now_and_stays_on_record(
     aws: dict[str, Any], home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A restart whose AWS calls were refused (expired session credentials, throttling; here a bucket that is
-    not there) failed the job and dropped its record: the instance trained on, paid for, and its model was
-    never collected."""
+    """A restart whose AWS credentials had run out (an SSO session) failed the job and dropped its record: the
+    instance trained on, paid for, and its model was never collected. Now the job ends for now, as failed (a
+    training slot kept busy by it could not be cancelled), on record for the next start; a refusal of another
+    kind (here a bucket that is not there), or a job launched days ago, fails and is forgotten as before."""
     from vibrary.daemon import training
 
     index = _kinds_dataset(home, tmp_path)
-    monkeypatch.setenv("VIBRARY_CLOUD_BUCKET", "no-such-bucket")
-    record = training.JobRecord(dataset="kinds", name="kinds", trainer="cloud", job_id="0123abcd", instance="i-1")
+    record = training.JobRecord(
+        dataset="kinds", name="kinds", trainer="cloud", job_id="0123abcd", instance="i-1", launched_at=time.time()
+    )
+    said: list[training.TrainProgress] = []
     try:
-        with pytest.raises(
-            training.Detached, match=r"could not follow cloud job 0123abcd .* followed again at the next"
-        ):
+        with monkeypatch.context() as no_credentials:
+            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                no_credentials.delenv(key)
+            with pytest.raises(training.KeptOnRecord, match="renew the AWS credentials and restart the daemon"):
+                training.resume(home, record, index=index, progress=said.append)
+            assert said[-1].state == "failed"
+            old = dataclasses.replace(record, launched_at=time.time() - 3 * 86400)
+            with pytest.raises(training.TrainingError) as forgotten:
+                training.resume(home, old, index=index)
+            assert not isinstance(forgotten.value, training.KeptOnRecord)
+        monkeypatch.setenv("VIBRARY_CLOUD_BUCKET", "no-such-bucket")
+        with pytest.raises(training.TrainingError) as refused:  # (its clean-up tried, too)
             training.resume(home, record, index=index)
+        assert not isinstance(refused.value, training.KeptOnRecord)
     finally:
         index.close()
 

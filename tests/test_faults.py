@@ -1337,6 +1337,8 @@ def test_a_model_whose_class_names_or_batch_cost_everyone_is_refused_at_install_
         (("kick", "x\x1b]0;title\x07", "y"), "holds control characters"),
         (("kick", "a\nforged line", "x"), "holds control characters"),
         (("kick", "evil\u202egnp.wav", "x"), "holds control characters"),  # a bidi override
+        (("kick", "a\ud800", "x"), "holds control characters"),  # a lone surrogate: no reply could carry it
+        (("kick", "in\u200bvisible", "x"), "holds control characters"),
         (("kick", "k" * 256, "x"), "longer than 255"),
     ):
         odd = band_model(tmp_path / "odd.onnx", name="odd", classes=classes)
@@ -1352,8 +1354,11 @@ def test_a_model_whose_class_names_or_batch_cost_everyone_is_refused_at_install_
     assert registry.install(index, model_home, str(band_model(tmp_path / "b256.onnx", name="b", batch=256)))
     with pytest.raises(ModelError, match="a fixed batch size of 257; export it with a dynamic batch axis"):
         registry.install(index, model_home, str(band_model(tmp_path / "b257.onnx", name="c", batch=257)))
-    with pytest.raises(ModelError, match="fails on a spectrogram"):  # (not numpy's MemoryError)
-        Model(str(band_model(tmp_path / "huge.onnx", batch=2**40)))
+    huge = band_model(tmp_path / "huge.onnx", name="d", batch=2**40)
+    with pytest.raises(ModelError, match="fails on a spectrogram"):  # loaded: not numpy's MemoryError
+        Model(str(huge))
+    with pytest.raises(ModelError, match="a fixed batch size of 1,099,511,627,776"):  # installed: refused, not run
+        registry.install(index, model_home, str(huge))
     index.close()
 
 
