@@ -110,7 +110,7 @@ class TrainerClient:
         missing = self.missing(manifest)
         for status in missing:  # a corrupt local shard is said here, not as a broken stream later
             if sha256_bytes((shard_dir / f"{status.sha256}.npz").read_bytes()) != status.sha256:
-                raise ValueError(f"local shard {status.sha256[:12]} is corrupt; create the dataset again")
+                raise ValueError(f"local shard {status.sha256[:12]} is corrupt; create the dataset again (--replace)")
         sent = 0
         # raised inside the iterator, gRPC logged a traceback ("Exception iterating requests!") and ended the
         # call UNKNOWN with those words: a cancel (progress raises) or a shard unreadable lost its own. Kept

@@ -225,7 +225,7 @@ def upload_shards(
     for sha, _ in missing:
         data = (shard_dir / f"{sha}.npz").read_bytes()
         if sha256_bytes(data) != sha:
-            raise CloudError(f"local shard {sha[:12]} is corrupt; create the dataset again")
+            raise CloudError(f"local shard {sha[:12]} is corrupt; create the dataset again (--replace)")
         key = shard_key(sha)
         if len(data) <= PART_SIZE:
             s3.put_object(Bucket=bucket, Key=key, Body=data)
@@ -652,7 +652,10 @@ def train_in_cloud(
                 progress({"state": "UPLOADING", "uploaded_bytes": done, "upload_bytes": total})
                 if time.monotonic() - beat >= HEARTBEAT_S:
                     beat = time.monotonic()
-                    put_json(s3, bucket, alive, {"uploaded_bytes": done})
+                    try:
+                        put_json(s3, bucket, alive, {"uploaded_bytes": done})
+                    except Exception as e:  # (throttled): the next part tries again; the upload goes on
+                        log.warning("could not tell the instance the upload goes on: %s", e)
                 elapsed = time.monotonic() - started
                 if not job.instance and launch_due(done, total, elapsed, settings.boot_s):
                     rest = (total - done) * elapsed / done
