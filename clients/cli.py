@@ -427,8 +427,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.json = getattr(args, "json", False)
     on_signals(terminated, signal.SIGTERM, signal.SIGHUP)  # (the daemon, a trainer, `train` put their own)
     # every command's files are the user's alone, as the daemon's were: under umask 000 `models install`, `dataset
-    # create` and `synonyms add` left models, labels and the synonym table writable by any local user
-    os.umask(0o077)
+    # create` and `synonyms add` left models, labels and the synonym table writable by any local user. The tray
+    # keeps the user's: a file manager it opens (xdg-open) inherits it, and made every new file private
+    users = os.umask(0o077)
+    if args.command == "tray":
+        os.umask(users)
     if getattr(args, "token", ""):
         env = "VIBRARY_TOKEN" if args.command == "daemon" else "VIBRARY_TRAINER_TOKEN"
         print(
