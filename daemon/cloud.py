@@ -309,11 +309,10 @@ def estimate(
         + (f" ({worst:g} hours in all if it is replaced {settings.relaunches} times)" if settings.relaunches else "")
         + ". S3 storage of the shards is billed apart."
     )
-    limit_h = min(settings.max_hours, settings.timeout_s / 3600)  # (this machine stops following at timeout_s)
-    if minutes > 0.8 * limit_h * 60:  # cut off at the limit, it would be paid for and give nothing
+    if minutes > 0.8 * settings.max_hours * 60:  # cut off at the limit, it would be paid for and give nothing
         raise CloudError(
-            f"{text}\nThat is more than the {limit_h:g} hours a job may take (max_hours and timeout_s, less a"
-            " margin): nothing was launched; raise both in the cloud settings, or train fewer epochs"
+            f"{text}\nThat is more than the {settings.max_hours:g} hours an instance may run (max_hours, less a"
+            " margin): nothing was launched; raise max_hours in the cloud settings, or train fewer epochs"
         )
     return Estimate(minutes, dollars, text)
 

@@ -514,7 +514,8 @@ def test_an_index_from_before_inodes_gets_the_column_with_inodes_unknown(tmp_pat
     path = tmp_path / "old.sqlite"
     inode_line = next(line for line in index_module.SCHEMA.splitlines() if line.strip().startswith("inode "))
     with sqlite3.connect(path) as c:
-        c.executescript(index_module.SCHEMA.replace(inode_line + "\n", ""))
+        inode_index = next(line for line in index_module.SCHEMA.splitlines() if "files_inode" in line)
+        c.executescript(index_module.SCHEMA.replace(inode_line + "\n", "").replace(inode_index + "\n", ""))
         c.execute("INSERT INTO files(path, dir, size, mtime_ns) VALUES ('/lib/k.wav', '/lib', 10, 20)")
     index = Index(path)
     assert index.files_in_dir("/lib") == {"/lib/k.wav": (10, 20, -1, "pending")}  # -1: size and mtime decide
