@@ -19,6 +19,9 @@ import platformdirs
 from . import atomic
 
 QUERY_WORDS = frozenset({"or", "and", "not"})  # a search's own words (clients/query.py): no tag can be one
+# characters of a tag at most, a dataset's or a model's class: a folder's name, so that `--labels folders` takes
+# any folder (a tag of 1 MB was taken)
+LONGEST_TAG = 255
 
 
 def tag_key(text: str) -> str:

@@ -38,7 +38,7 @@ import numpy as np
 from . import atomic, config, shards, suggest
 from .advice import advise
 from .cache import SpectrogramCache
-from .config import check_name
+from .config import LONGEST_TAG, check_name
 from .decode import DecodeError, is_junk_folder
 from .features import features, fingerprint
 from .folders import audio_files_under, storable, warn
@@ -113,9 +113,6 @@ class Added:
     left_out: int  # files an earlier edit removed, or whose tag it dropped
     # the files of this add that could not be read (report.failed holds every build's, still unread)
     unread: list[tuple[str, str]] = field(default_factory=list)
-
-
-LONGEST_TAG = 255  # a folder's name at most, so that `--labels folders` takes any folder: a tag of 1 MB was taken
 
 
 def label(text: str) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from .config import QUERY_WORDS, tag_key
+from .config import LONGEST_TAG, QUERY_WORDS, tag_key
 from .onnx_rewrite import faster_graph
 from .spectrogram import METADATA_KEY, SpectrogramParams
 
@@ -87,7 +87,6 @@ def _session(path: str, threads: int) -> ort.InferenceSession:
 
 
 MOST_CLASSES = 10_000  # a model's classes, at most (every search, count and reply lists them)
-LONGEST_CLASS = 255  # characters of a class name, as a dataset's tags (a folder's name)
 MOST_FIXED_BATCH = 256  # a model exported with a fixed batch size is fed that many clips a run, padded
 # control characters (C0, DEL, C1), the bidi marks, overrides and isolates (which reorder what a terminal shows),
 # invisible spaces and breaks, and lone surrogates (which no reply can carry: a class "a\ud800" broke every
@@ -103,9 +102,9 @@ def check_installable(model: Model) -> None:
     source, classes = model.info.name, model.info.classes
     if len(classes) > MOST_CLASSES:
         raise ModelError(f"{source}: {len(classes):,} classes; {MOST_CLASSES:,} at most")
-    if odd := next((c for c in classes if len(c) > LONGEST_CLASS or _UNPRINTABLE.search(c)), None):
+    if odd := next((c for c in classes if len(c) > LONGEST_TAG or _UNPRINTABLE.search(c)), None):
         raise ModelError(
-            f"{source}: class name {odd[:40]!r} is longer than {LONGEST_CLASS} characters or holds control characters"
+            f"{source}: class name {odd[:40]!r} is longer than {LONGEST_TAG} characters or holds control characters"
         )
     if model._fixed > MOST_FIXED_BATCH:
         raise ModelError(
