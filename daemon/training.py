@@ -716,54 +716,50 @@ def _in_cloud(
         on_started(job)
 
     try:
-        return dict(
-            cloud.train_in_cloud(
-                manifest,
-                shard_dir,
-                name=job.name,
-                base=base,
-                options=options,
-                confirm=ask,
-                progress=_cloud_progress(cloud, report, cancel, leave),
-                on_started=started,
-                on_launched=launched,
+        with _followed(cloud, job):
+            return dict(
+                cloud.train_in_cloud(
+                    manifest,
+                    shard_dir,
+                    name=job.name,
+                    base=base,
+                    options=options,
+                    confirm=ask,
+                    progress=_cloud_progress(cloud, report, cancel, leave),
+                    on_started=started,
+                    on_launched=launched,
+                )
             )
-        )
     except cloud.CostDeclined as e:  # the caller must see the estimate to say yes next time (confirm_cost)
         raise Cancelled("\n".join([str(e), *asked])) from None
-    except cloud.Left:
-        raise Detached(f"left cloud job {job.job_id} to instance {job.instance}") from None
-    except cloud.AwsRefused as e:
-        if kept := _unfollowed(cloud, job, e):
-            raise kept from e
-        raise
 
 
 def _from_cloud(
     job: JobRecord, report: Callable[..., None], cancel: threading.Event, leave: threading.Event | None
 ) -> dict[str, bytes]:
     cloud = _cloud()
-    try:
+    with _followed(cloud, job):
         progress = _cloud_progress(cloud, report, cancel, leave)
         return dict(cloud.collect(job.job_id, job.instance, progress, job.launched_at))
+
+
+@contextlib.contextmanager
+def _followed(cloud: Any, job: JobRecord) -> Iterator[None]:
+    """How following a cloud job ends short: left to train (the daemon stopping: Detached); or refused by AWS,
+    kept on record when for want of credentials (and launched lately) for the next start to collect
+    (KeptOnRecord), else failed as any job."""
+    try:
+        yield
     except cloud.Left:
         raise Detached(f"left cloud job {job.job_id} to instance {job.instance}") from None
     except cloud.AwsRefused as e:
-        if kept := _unfollowed(cloud, job, e):
-            raise kept from e
-        raise
-
-
-def _unfollowed(cloud: Any, job: JobRecord, e: Exception) -> KeptOnRecord | None:
-    """A cloud job AWS refused to let be followed: kept on record when for want of credentials (and it was
-    launched lately), for the next start to collect; else None: it fails as any job does."""
-    recent = job.launched_at and time.time() - job.launched_at < KEEP_UNFOLLOWED_S
-    if not (cloud.credentials_gone(e) and job.job_id and recent):
-        return None
-    return KeptOnRecord(
-        f"could not follow cloud job {job.job_id} on instance {job.instance} ({e}): it trains on; renew the AWS"
-        " credentials and restart the daemon to collect it (the instance ends itself after its max_hours)"
-    )
+        recent = job.launched_at and time.time() - job.launched_at < KEEP_UNFOLLOWED_S
+        if not (cloud.credentials_gone(e) and job.job_id and recent):
+            raise
+        raise KeptOnRecord(
+            f"could not follow cloud job {job.job_id} on instance {job.instance} ({e}): it trains on; renew the"
+            " AWS credentials and restart the daemon to collect it (the instance ends itself after its max_hours)"
+        ) from e
 
 
 class Background:
