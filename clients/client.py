@@ -61,6 +61,10 @@ class DaemonNotRunning(VibraryError, ConnectionError):
     """No daemon answers at the target: not started, stopped, or listening elsewhere."""
 
 
+class DaemonCannotStart(DaemonNotRunning):
+    """No daemon answers, and none can start in that home (its disk is full or read-only): no use waiting."""
+
+
 class DaemonNotAnswering(DaemonNotRunning):
     """A daemon holds the home but does not answer yet (starting) or at all (hung): starting another is no
     remedy, it would be refused."""
@@ -197,7 +201,7 @@ class Client:
                     f"wait a moment, or stop it (`kill {pid}`) and start it again with `vibrary daemon`"
                 )
             if trouble := config.disk_trouble(os.path.dirname(self._socket())):  # where none can start
-                return DaemonNotRunning(f"no daemon answers at {self._socket()}, and none can start there: {trouble}")
+                return DaemonCannotStart(f"no daemon answers at {self._socket()}, and none can start there: {trouble}")
             return DaemonNotRunning(f"no daemon answers at {self._socket()}; start it with `vibrary daemon`")
         return DaemonError(code, details or code.name)
 
@@ -420,11 +424,13 @@ class Client:
         timeout: float | None = None,
         add: bool = False,
         restore: bool = False,
+        replace: bool = False,
     ) -> Iterator[pb.DatasetProgress]:
         """Progress messages; the last one carries the dataset (and, with `add`, how many clips joined it).
-        `restore` (with `add`): files and tags that edits removed join again."""
+        `restore` (with `add`): files and tags that edits removed join again. A dataset `name` that exists is
+        built anew only with `replace` (DaemonError ALREADY_EXISTS otherwise)."""
         labelled = [pb.LabelledFile(path=self._path(p, indexed=False), tag=t) for p, t in files]
-        request = pb.CreateDatasetRequest(name=name, files=labelled, add=add, restore=restore)
+        request = pb.CreateDatasetRequest(name=name, files=labelled, add=add, restore=restore, replace=replace)
         return self._stream("CreateDataset", request, timeout)
 
     def edit_dataset(

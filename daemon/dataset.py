@@ -294,22 +294,51 @@ class Busy(RuntimeError):
     """A training reads the dataset, or another command changes it, right now."""
 
 
+class Exists(FileExistsError):
+    """A create of a dataset that is there: replacing it loses its clips and every edit made to it, so only a
+    caller that says so replaces it."""
+
+
+def check_absent(home_dir: Path, name: str) -> None:
+    """Exists when `name` holds a dataset (a damaged one too: it may be mended by hand)."""
+    try:
+        clips = load(home_dir, name)[0].clips
+    except FileNotFoundError:
+        return
+    except ValueError:
+        clips = -1
+    held = "damaged" if clips < 0 else f"{clips} clip{'s' * (clips != 1)}"
+    raise Exists(f"dataset {name!r} exists ({held}, and any edits made to it)")
+
+
 @contextlib.contextmanager
 def _held(home_dir: Path, name: str, change: bool) -> Iterator[None]:
     """An flock beside the dataset's folder (delete removes the folder), across processes: the daemon's
     trainings and edits, `vibrary train` and `vibrary dataset` all take it. Trainings share it; a change
-    needs it alone, so no edit rewrites shards under an upload, whichever process does what."""
+    needs it alone, so no edit rewrites shards under an upload, whichever process does what. `delete` removes
+    the lock file with the dataset, so a lock taken on a file that is no longer there is taken again."""
     check_name(name)
-    folder = home_dir / "datasets"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f".{name}.lock", "a") as f:
-        try:
-            fcntl.flock(f, (fcntl.LOCK_EX if change else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Busy(
-                f"dataset {name!r} is being trained on or changed by another command; wait for it or cancel it"
-            ) from None
-        yield
+    path = _lock_path(home_dir, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, (fcntl.LOCK_EX if change else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Busy(
+                    f"dataset {name!r} is being trained on or changed by another command; wait for it or cancel it"
+                ) from None
+            try:
+                same = os.path.samestat(os.fstat(f.fileno()), path.stat())
+            except FileNotFoundError:
+                same = False
+            if same:
+                yield
+                return
+
+
+def _lock_path(home_dir: Path, name: str) -> Path:
+    return home_dir / "datasets" / f".{name}.lock"
 
 
 def reading(home_dir: Path, name: str) -> contextlib.AbstractContextManager[None]:
@@ -715,8 +744,9 @@ def delete(home_dir: Path, name: str) -> None:
     with _held(home_dir, name, change=True):
         if folder.is_symlink():  # a dataset kept elsewhere: the home's link to it goes, not the folder it names
             folder.unlink()
-            return
-        folder.rename(folder.with_name(f".deleted-{name}-{os.getpid()}-{time.monotonic_ns()}"))
+        else:
+            folder.rename(folder.with_name(f".deleted-{name}-{os.getpid()}-{time.monotonic_ns()}"))
+        _lock_path(home_dir, name).unlink()
     for remains in folder.parent.glob(".deleted-*"):
         try:
             shutil.rmtree(remains)

@@ -492,7 +492,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         def build() -> None:  # in its own thread, so that progress streams while it works
             try:
                 result["done"] = self.daemon.create_dataset(
-                    request.name, files, step, add=request.add, restore=request.restore
+                    request.name, files, step, add=request.add, restore=request.restore, replace=request.replace
                 )
             except Exception as e:
                 result["error"] = e
@@ -513,6 +513,8 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         if isinstance(error, dataset.Busy):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+        if isinstance(error, dataset.Exists):
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"{error}: `add` adds to it, `replace` builds it anew")
         if isinstance(error, OSError):  # disk full, home not writable: the user can act on it
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED if error.errno == errno.ENOSPC else grpc.StatusCode.INTERNAL,

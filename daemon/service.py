@@ -728,9 +728,10 @@ class Daemon:
         progress: Callable[[int], None],
         add: bool = False,
         restore: bool = False,
+        replace: bool = False,
     ) -> dataset.Added:
         """Spectrograms of confirmed (path, tag) pairs, from the cache this daemon fills while indexing, as a
-        new dataset or (`add`) added to one."""
+        new dataset, in place of one (`replace`), or (`add`) added to one."""
         examples = [dataset.example(path, tag) for path, tag in files]
         workers = self.settings.worker_count
         with self._changing(name):
@@ -738,6 +739,8 @@ class Daemon:
                 return dataset.add(
                     self.home, name, examples, workers=workers, progress=progress, cache=self.cache, restore=restore
                 )
+            if not replace:
+                dataset.check_absent(self.home, name)
             report = dataset.build(self.home, name, examples, workers=workers, progress=progress, cache=self.cache)
             return dataset.Added(report, report.manifest.clips, 0)
 

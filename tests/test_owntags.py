@@ -392,7 +392,7 @@ def test_files_lying_in_a_folder_given_beside_its_tag_folders_are_said_to_be_lef
     assert "left out 1 file lying directly in a folder given" in added.stderr and str(new) in added.stderr
     assert "thump_11_0.wav" not in added.stderr  # in the dataset already: not left out of it
     again = vibrary("dataset", "create", "mine", str(tags / "thump"), home=home, check=False)
-    assert again.returncode == 1 and "dataset mine exists (9 clips, and any edits made to it)" in again.stderr
+    assert again.returncode == 1 and "dataset 'mine' exists (9 clips, and any edits made to it)" in again.stderr
     assert "--replace builds it anew" in again.stderr and "lying directly" not in again.stderr  # (nothing looked at)
     again = vibrary("dataset", "create", "mine", str(tags / "thump"), "--replace", home=home, check=False)
     assert "left out 3 files lying directly" in again.stderr
@@ -596,6 +596,29 @@ def test_a_damaged_dataset_is_named_with_what_to_do_and_can_be_deleted(home: Pat
     assert dataset.names(home) == ["linked"] and not remains.exists()
     dataset.delete(home, "linked")  # the link goes (it said "deleted" and kept it, or failed on it)
     assert dataset.names(home) == [] and (elsewhere / "labels.json").exists()
+    assert list((home / "datasets").iterdir()) == []  # no `.good.lock` and the like left for every name ever used
+
+
+def test_a_dataset_lock_taken_on_a_file_a_delete_removed_is_taken_again(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`delete` removes the lock file: a command that opened it just before, and locked it after the delete let
+    go, held a lock no other command could see, and two changed one dataset at once."""
+    import fcntl
+
+    flock, lock = fcntl.flock, home / "datasets" / ".mine.lock"
+
+    def delete_between_open_and_lock(f: io.TextIOWrapper, how: int) -> None:
+        if not lock.with_name("cut").exists():
+            lock.with_name("cut").touch()
+            lock.unlink()  # as a delete does, between this open and this lock
+        flock(f, how)
+
+    monkeypatch.setattr(dataset.fcntl, "flock", delete_between_open_and_lock)
+    with dataset.reading(home, "mine"):
+        monkeypatch.undo()
+        with pytest.raises(dataset.Busy), dataset._held(home, "mine", change=True):
+            pass
 
 
 def _pcm_windows(path: Path, n: int = 64, width: int = 32) -> list[bytes]:
@@ -847,10 +870,14 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         assert (same.added, same.dataset.clips, same.done, same.total) == (0, 24, 1, 1)
         grown = list(c.create_dataset("mine", labelled, add=True))
         assert grown[-1].added == 3 and grown[-1].dataset.clips == 27
+        # a create of a name in use replaces it only when asked: it lost 27 clips and every edit, unsaid
+        with pytest.raises(DaemonError, match=r"dataset 'mine' exists \(27 clips.*`replace` builds it anew") as e:
+            list(c.create_dataset("mine", labelled))
+        assert e.value.code == grpc.StatusCode.ALREADY_EXISTS and c.dataset("mine").clips == 27
+        assert list(c.create_dataset("spare", labelled))[-1].dataset.clips == 3
         gone = [(str(tmp_path / f"gone_{i}.wav"), "x") for i in range(130)]
-        spare = list(
-            c.create_dataset("spare", [(s.path, "x" if s.tag == "kick" else "y") for s in suggestions.files] + gone)
-        )
+        relabelled = [(s.path, "x" if s.tag == "kick" else "y") for s in suggestions.files]
+        spare = list(c.create_dataset("spare", relabelled + gone, replace=True))
         assert [(k.tag, k.clips) for k in spare[-1].dataset.classes] == [("x", 8), ("y", 16)]
         # the first 100 unreadable files and how many: every one made replies pass gRPC's 4 MB
         assert (len(spare[-1].dataset.failed), spare[-1].dataset.failed_count) == (100, 130)
@@ -1097,7 +1124,7 @@ def test_a_dataset_being_built_is_not_trained_on_and_other_datasets_are(home: Pa
             halfway.set()
             release.wait(30)
 
-        rebuild = threading.Thread(target=d.create_dataset, args=("mine", files, slow_progress))
+        rebuild = threading.Thread(target=lambda: d.create_dataset("mine", files, slow_progress, replace=True))
         rebuild.start()
         assert halfway.wait(30)
         with pytest.raises(TrainingBusy, match="'mine' is being built or edited"):

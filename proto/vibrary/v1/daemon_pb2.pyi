@@ -1010,6 +1010,7 @@ class CreateDatasetRequest(_message.Message):
     FILES_FIELD_NUMBER: _builtins.int
     ADD_FIELD_NUMBER: _builtins.int
     RESTORE_FIELD_NUMBER: _builtins.int
+    REPLACE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     add: _builtins.bool
     """Add the files to the existing dataset `name` (NOT_FOUND when there is none): only files it has not
@@ -1018,6 +1019,8 @@ class CreateDatasetRequest(_message.Message):
     """
     restore: _builtins.bool
     """With `add`: the files and tags that edits removed join again, and the edits no longer hold for them."""
+    replace: _builtins.bool
+    """Build it anew from these files when `name` exists, losing its clips and edits (ALREADY_EXISTS otherwise)."""
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelledFile]:
         """the confirmed labels"""
@@ -1029,10 +1032,11 @@ class CreateDatasetRequest(_message.Message):
         files: _abc.Iterable[Global___LabelledFile] | None = ...,
         add: _builtins.bool = ...,
         restore: _builtins.bool = ...,
+        replace: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "files", b"files", "name", b"name", "restore", b"restore"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "files", b"files", "name", b"name", "replace", b"replace", "restore", b"restore"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
