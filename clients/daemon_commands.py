@@ -25,7 +25,7 @@ from vibrary.daemon.index import under
 from vibrary.daemon.rpc import is_loopback
 from vibrary.proto import daemon_pb2 as pb
 
-from .client import Client, DaemonNotAnswering, DaemonNotRunning
+from .client import Client, DaemonCannotStart, DaemonNotAnswering, DaemonNotRunning
 from .output import _CONTROL, FAILING, UNUSABLE, Bar, CommandError, _out, _shown
 from .tray_state import looking_for_files, many
 
@@ -353,7 +353,7 @@ def _once_up(c: Client) -> pb.Status:
                 starting = True
                 print(f"vibrary: waiting up to {BACK_S:.0f} s for the daemon to answer ({e})", file=sys.stderr)
             waited = time.monotonic() - since  # (none holds the home yet: one just started may be loading Python)
-            if waited > BACK_S or (not starting and waited > START_S):
+            if waited > BACK_S or (not starting and waited > START_S) or isinstance(e, DaemonCannotStart):
                 raise
             time.sleep(0.5)
 

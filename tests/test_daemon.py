@@ -26,7 +26,8 @@ import pytest
 import soundfile as sf
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from vibrary.clients.client import BadArgument, Client, DaemonError
+from vibrary.clients import daemon_commands
+from vibrary.clients.client import BadArgument, Client, DaemonCannotStart, DaemonError
 from vibrary.daemon import config
 from vibrary.daemon.events import MODEL_CHANGED
 from vibrary.daemon.index import WATCH_GONE, Index, Result
@@ -1362,7 +1363,9 @@ def test_an_index_that_cannot_be_written_makes_files_wait_and_status_say_why(
     assert len(tracebacks) <= 2, [r.getMessage() for r in tracebacks]  # the first batch's, not one per retry
 
 
-def test_a_full_disk_under_the_home_refuses_a_watch_cleanly_and_fails_no_file(band_onnx: Path, tmp_path: Path) -> None:
+def test_a_full_disk_under_the_home_refuses_a_watch_cleanly_and_fails_no_file(
+    band_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Found on a real full disk (a tmpfs home): `watch add` failed with "Exception calling application:
     database or disk is full" and left the folder watched, unlisted and unremovable; files whose tags could
     not be stored were stored as failed, and stayed failed once the disk had room; every retry decoded a
@@ -1425,6 +1428,11 @@ def test_a_full_disk_under_the_home_refuses_a_watch_cleanly_and_fails_no_file(ba
         assert started.returncode == 1 and f"the disk holding {home} is read-only" in started.stderr, started.stderr
         asked = vibrary("status", home=home, check=False)  # ("start it with `vibrary daemon`", which cannot)
         assert f"none can start there: the disk holding {home} is read-only" in asked.stderr, asked.stderr
+        naps: list[float] = []  # `status --wait` waited 5 s for a daemon to start where none can
+        monkeypatch.setattr(daemon_commands.time, "sleep", naps.append)
+        with pytest.raises(DaemonCannotStart, match="read-only"):
+            daemon_commands._once_up(Client(home_dir=home))
+        assert naps == []
     finally:
         if d is not None:
             with contextlib.suppress(Exception):
