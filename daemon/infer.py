@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .config import LONGEST_TAG, QUERY_WORDS, tag_key
-from .onnx_rewrite import faster_graph
+from .onnx_rewrite import faster_graph, uses_external_data
 from .spectrogram import METADATA_KEY, SpectrogramParams
 
 CLASSES_KEY = "vibrary.classes"
@@ -74,6 +74,11 @@ def _session(path: str, threads: int) -> ort.InferenceSession:
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads must sleep
     options.log_severity_level = 4  # fatal only: a run's error is raised with its words, which were also printed
+    if uses_external_data(path):  # (an installed model is its .onnx file alone: such a model cannot work there)
+        raise ModelError(
+            f"{os.path.basename(path)}: its weights lie in files beside it (ONNX external data); save the model"
+            " with its weights inside the .onnx file"
+        )
     faster = faster_graph(path)
     if faster is not None:
         try:

@@ -19,6 +19,7 @@ import importlib.util
 import os
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from functools import lru_cache
 from types import ModuleType
 from typing import Any
@@ -49,6 +50,42 @@ def _proto() -> ModuleType | None:
     return module
 
 
+def _read(path: str) -> Any:
+    """The file's ModelProto; None without the onnx package. Raises on a file that is not ONNX."""
+    pb = _proto()
+    if pb is None:
+        return None
+    with open(path, "rb") as f:
+        return pb.ModelProto.FromString(f.read())
+
+
+def uses_external_data(path: str) -> bool:
+    """Whether a tensor's data lies in a file the model names (ONNX external data). onnxruntime reads such
+    files wherever the model says: from the working folder for a model given as bytes (as the rewrite does).
+    onnxruntime 1.32 refuses `..` and absolute paths in them; older releases that pyproject allows may not.
+    An installed model is its .onnx file alone, so such a model could not work anyway. False for a file that
+    is not ONNX: onnxruntime says why."""
+    try:
+        model = _read(path)
+    except Exception:
+        return False
+    if model is None:
+        return False
+    nodes = [*model.graph.node, *(n for f in model.functions for n in f.node)]
+    return any(t.data_location == 1 or len(t.external_data) for t in _tensors(model.graph.initializer, nodes))
+
+
+def _tensors(initializers: Any, nodes: Any) -> Iterator[Any]:
+    """Every TensorProto of a graph: its initializers, and those in its nodes' attributes and subgraphs."""
+    yield from initializers
+    for node in nodes:
+        for a in node.attribute:
+            yield from [a.t] if a.HasField("t") else []
+            yield from a.tensors
+            for g in [*([a.g] if a.HasField("g") else []), *a.graphs]:  # (If, Loop, Scan bodies)
+                yield from _tensors(g.initializer, g.node)
+
+
 def faster_graph(path: str) -> bytes | None:
     """The rewritten model, serialized; None when there is nothing to rewrite or it is not ONNX. The
     rewrite assumes float tensors: a model where it does not hold fails to load rewritten, and the caller
@@ -57,8 +94,7 @@ def faster_graph(path: str) -> bytes | None:
         pb = _proto()
         if pb is None:
             return None
-        with open(path, "rb") as f:
-            model = pb.ModelProto.FromString(f.read())
+        model = _read(path)
         if not any(n.op_type == "Elu" and n.domain in _STANDARD for n in model.graph.node):
             return None
         if max((o.version for o in model.opset_import if o.domain in _STANDARD), default=0) < 13:

@@ -50,14 +50,7 @@ def install(
         check_free_name(index, name)
         target = str(home_path(home_dir, name, digest))
         Path(target).parent.mkdir(parents=True, exist_ok=True)
-        _copy(source, target)
-        try:  # as copied: one whose weights lie in files beside it (ONNX external data) loaded there, not here
-            Model(target, threads=1)
-        except ModelError as e:
-            Path(target).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):  # its folder, made for it and empty now (another version's: kept)
-                Path(target).parent.rmdir()
-            raise ModelError(f"{e}; its weights must be inside the .onnx file, not in files beside it") from None
+        _copy(source, target)  # (weights in files beside it were refused when it loaded: the copy is the model)
     return index.add_model(name, target, digest, model.info.classes, model.info.params.to_json(), builtin, active)
 
 

@@ -1364,18 +1364,22 @@ def test_a_model_whose_class_names_or_batch_cost_everyone_is_refused_at_install_
 
 def test_a_model_whose_weights_lie_beside_it_is_refused_and_no_copy_is_left(model_home: Path, tmp_path: Path) -> None:
     """An ONNX file saved with external data loaded where it was, so it installed, but only the .onnx was
-    copied: the daemon could not load it, and `models list` called it usable."""
+    copied: the daemon could not load it, and `models list` called it usable. Such a model is not even loaded:
+    onnxruntime reads the files it names from wherever it says (the working folder, for a rewritten graph)."""
     import onnx
     from vibrary.daemon import registry
-    from vibrary.daemon.infer import ModelError
+    from vibrary.daemon.infer import Model, ModelError
 
     proto = onnx.load(str(band_model(tmp_path / "whole.onnx", name="apart")))
     (tmp_path / "apart").mkdir()
     onnx.save(proto, str(tmp_path / "apart" / "apart.onnx"), save_as_external_data=True, size_threshold=64)
     index = Index(config.index_path(model_home))
     try:
-        with pytest.raises(ModelError, match=r"inside the \.onnx file"):
+        beside = r"apart.onnx: its weights lie in files beside it .*inside the \.onnx file"
+        with pytest.raises(ModelError, match=beside):
             registry.install(index, model_home, str(tmp_path / "apart" / "apart.onnx"))
+        with pytest.raises(ModelError, match=beside):  # (it loads and runs where it is, its files beside it)
+            Model(str(tmp_path / "apart" / "apart.onnx"))
         assert [m.name for m in index.models() if m.name == "apart"] == []
         assert not (config.models_dir(model_home) / "apart").exists()  # (its folder left empty, before)
     finally:
