@@ -53,6 +53,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
     else:
         rows = index.active_models()
     models = load_models(index, rows)
+    if not models and rows:  # ("activate one" of a model that was active, its file gone or damaged)
+        refs = ", ".join(row.ref for row in rows)
+        raise CommandError(f"no usable model: {refs} cannot be used (above); `vibrary models list` says how to mend it")
     if not models:
         raise CommandError("no usable model: activate one with `vibrary models activate NAME`")
     names = {m.id: m.ref.split("@")[0] for m in models}
@@ -187,10 +190,10 @@ def _say_unfinished(s: pb.Status) -> None:
     paused = "; indexing is paused (`vibrary resume`)" if s.paused else ""
     if new := s.pending - s.retagging:
         print(f"vibrary: {many(new)} not tagged yet{paused}: results may be incomplete until they are", file=sys.stderr)
-    if s.retagging:  # found by the tags they had: only the changed model's are missing (every tag read as at risk)
+    if s.retagging:  # a model changed (its tags are missing, the others' found) or the files did (theirs all)
         print(
-            f"vibrary: {many(s.retagging)} being re-tagged for a model changed{paused}: that model's tags may be"
-            " missing from the results until they are; the other models' are found as they were",
+            f"vibrary: {many(s.retagging)} being re-tagged, a model or the files changed{paused}: some of their tags"
+            " may be missing from the results until they are",
             file=sys.stderr,
         )
 

@@ -59,6 +59,23 @@ def test_a_files_line_marks_the_tags_it_has_among_the_scores_kept_beside() -> No
     }
 
 
+def test_tag_and_the_trainers_plots_write_nothing_outside_the_home(model_home: Path, tmp_path: Path) -> None:
+    """onnxruntime kept a device id and an event store (sent to Microsoft) in ~/.cache, matplotlib its font
+    cache there too: everything Vibrary writes lives in its home (shared/interfaces.md), and nothing is sent."""
+    user = tmp_path / "user"
+    user.mkdir()
+    unset = ("ORT_DISABLE_TELEMETRY", "MPLCONFIGDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME")
+    env = {k: v for k, v in os.environ.items() if k not in unset} | {"HOME": str(user), "VIBRARY_HOME": str(model_home)}
+    clip = str(write_tone(tmp_path / "a.wav", 440))
+    for command in (
+        ["-m", "vibrary.clients.cli", "tag", "--json", clip],
+        ["-c", "import vibrary.trainer.plots, matplotlib.font_manager"],  # (the font cache is made on import)
+    ):
+        subprocess.run([sys.executable, *command], env=env, check=True, capture_output=True, timeout=120)
+    assert sorted(user.rglob("*")) == []
+    assert (model_home / "matplotlib").is_dir()
+
+
 def test_tag_json_says_the_files_in_the_order_given(model_home: Path, tmp_path: Path) -> None:
     """Files are read in parallel: the lines came in the order the reads ended, and a script pairing its paths
     with the lines (or comparing two runs) read one file's tags as another's. Long and short files alternate
@@ -258,7 +275,16 @@ def test_models_commands(model_home: Path, tmp_path: Path) -> None:
     assert listed() == [("bands", 1, True)]
     vibrary("models", "deactivate", "bands", home=model_home)
     none = vibrary("tag", str(write_tone(tmp_path / "a.wav", 100)), home=model_home, check=False)
-    assert none.returncode == 1 and "no usable model" in none.stderr
+    assert none.returncode == 1 and "no usable model: activate one" in none.stderr
+    vibrary("models", "activate", "bands", home=model_home)
+    listing = json_lines(vibrary("models", "list", "--json", home=model_home).stdout)
+    (path,) = [m["path"] for m in listing if m["active"]]
+    os.rename(path, tmp_path / "away.onnx")  # active, its file gone: "activate one" was no help
+    unusable = vibrary("tag", str(tmp_path / "a.wav"), home=model_home, check=False)
+    assert unusable.returncode == 1 and "no usable model: bands@1 cannot be used" in unusable.stderr, unusable.stderr
+    assert "models list` says how to mend it" in unusable.stderr and "activate one" not in unusable.stderr
+    os.rename(tmp_path / "away.onnx", path)
+    vibrary("models", "deactivate", "bands", home=model_home)
     missing = vibrary("models", "install", "--json", str(tmp_path / "nope.onnx"), home=model_home, check=False)
     assert missing.returncode == 1 and f"{tmp_path / 'nope.onnx'}: no such file" in missing.stderr, missing.stderr
     # with --json a failure is also a line on stdout, for the script that reads only that (it had nothing)
@@ -1007,8 +1033,8 @@ def test_status_says_which_pending_files_are_being_re_tagged(daemon: DaemonProce
     paused = "indexing is paused (`vibrary resume`)"
     assert warned == [
         f"vibrary: 1 file not tagged yet; {paused}: results may be incomplete until they are",
-        f"vibrary: {len(BANDS)} files being re-tagged for a model changed; {paused}: that model's tags may be"
-        " missing from the results until they are; the other models' are found as they were",
+        f"vibrary: {len(BANDS)} files being re-tagged, a model or the files changed; {paused}: some of their tags"
+        " may be missing from the results until they are",
     ], warned
     vibrary("resume", home=daemon.home)
     wait_for(lambda: daemon.client.status().pending == 0)
