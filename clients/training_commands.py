@@ -100,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             states.add("resumed")
             logged["epoch"] = p.resumed_from_epoch  # its line was the run's before: "epoch 8/200" twice
             tqdm.write(
-                f"going on from epoch {p.resumed_from_epoch} of {p.epochs}, where an earlier run of this training"
+                f"going on after epoch {p.resumed_from_epoch} of {p.epochs}, where an earlier run of this training"
                 " stopped",
                 file=sys.stderr,
             )

@@ -1124,9 +1124,9 @@ def test_the_same_train_command_again_says_it_goes_on_from_the_last_epoch(model_
             proc.kill()
         reader.join(timeout=30)
     first, again = ("".join(lines) for lines in said)
-    assert "going on from" not in first, first
+    assert "going on after" not in first, first
     resumed = re.search(
-        r"^going on from epoch (\d+) of 500, where an earlier run of this training stopped$", again, re.M
+        r"^going on after epoch (\d+) of 500, where an earlier run of this training stopped$", again, re.M
     )
     assert resumed and int(resumed[1]) >= 2, again
     first_epoch = re.search(r"^epoch (\d+)/500", again, re.M)
