@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_model_ref,
         metavar="NAME[@VERSION]",
-        help="use this model: its active version (else its newest), or VERSION (repeatable)",
+        help="use this model: its active version (else the one active last, else its newest), or VERSION (repeatable)",
     )
     p.add_argument("--top", type=_count, default=3, metavar="K", help="at most K tags per model (default 3)")
     p.set_defaults(func=cmd_tag)
@@ -276,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("ref", metavar="FILE.onnx")
     a.add_argument("--name", default="", type=_new_model_name, help="install under this name")
     a.add_argument("--inactive", action="store_true", help="install without activating")
-    for action, which in (("activate", "newest"), ("deactivate", "active"), ("remove", "newest")):
+    last = "active last, else newest"
+    for action, which in (("activate", last), ("deactivate", "active"), ("remove", "newest")):
         a = actions.add_parser(action, parents=[common], help=f"{action} NAME (its {which} version) or NAME@VERSION")
         a.add_argument("ref", type=_model_ref, metavar="NAME[@VERSION]")
     a.add_argument("--all", action="store_true", help="every version of NAME: the model, its tags and files gone")

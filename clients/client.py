@@ -354,7 +354,8 @@ class Client:
         return list(self._call("ListModels", pb.ListModelsRequest()).models)
 
     def activate(self, name: str, version: int = 0) -> list[pb.Model]:
-        """Activate NAME's newest version, or NAME@VERSION (`version`, or in the name as status() has it)."""
+        """Activate NAME's version active last (its newest, when none was), or NAME@VERSION (`version`, or in the
+        name as status() has it)."""
         return list(self._call("ActivateModel", _model_ref(name, version)).models)
 
     def deactivate(self, name: str, version: int = 0) -> list[pb.Model]:

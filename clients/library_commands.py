@@ -389,7 +389,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     try:
         name, version = parse_ref(args.ref)
-        row = index.model(name, version, active_first=args.action == "deactivate")
+        row = index.model(name, version, active_first=args.action != "remove")
     except (KeyError, ValueError) as e:
         raise CommandError(str(e.args[0])) from None
     if args.action == "remove" and args.all:  # one command a version, each activating the one before

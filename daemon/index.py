@@ -151,6 +151,7 @@ class ModelRow:
     spectrogram: str
     active: bool
     builtin: bool
+    activated: float = 0.0  # when it was last made active (0: never)
 
     @property
     def ref(self) -> str:
@@ -730,21 +731,23 @@ class Index:
 
     def models(self) -> list[ModelRow]:
         rows = self.conn().execute(
-            """SELECT id, name, version, path, sha256, classes, spectrogram, active, builtin FROM models
+            """SELECT id, name, version, path, sha256, classes, spectrogram, active, builtin, activated FROM models
                ORDER BY name, version"""
         )
         return [
-            ModelRow(i, n, v, p, s, tuple(json.loads(cl)), sp, bool(a), bool(b)) for i, n, v, p, s, cl, sp, a, b in rows
+            ModelRow(i, n, v, p, s, tuple(json.loads(cl)), sp, bool(a), bool(b), t)
+            for i, n, v, p, s, cl, sp, a, b, t in rows
         ]
 
     def model(self, name: str, version: int = 0, active_first: bool = False) -> ModelRow:
-        """NAME@VERSION, or the newest version when version is 0 (with active_first, the active one if any:
-        what "deactivate NAME" means); KeyError when absent."""
+        """NAME@VERSION, or the newest version when version is 0. With active_first, the active one, else the
+        one active last, else the newest: what "deactivate NAME" and "activate NAME" mean (a model turned off
+        after a rollback came back on at the version rolled away from). KeyError when absent."""
         matching = [m for m in self.models() if m.name == name and (version == 0 or m.version == version)]
         if not matching:
             known = ", ".join(m.ref for m in self.models()) or "none"  # by name and version: @2 before @10
             raise KeyError(f"no model {name}{'@' + str(version) if version else ''}; installed: {known}")
-        return max(matching, key=lambda m: (active_first and m.active, m.version))
+        return max(matching, key=lambda m: (active_first and m.active, active_first and m.activated, m.version))
 
     def set_model_path(self, model: ModelRow, path: str) -> None:
         with self.write() as c:

@@ -343,7 +343,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         return self._set_active(request, context, False)
 
     def _set_active(self, request: pb.ModelRef, context: grpc.ServicerContext, active: bool) -> pb.ModelList:
-        row = self._model_row(request, context, active_first=not active)
+        row = self._model_row(request, context, active_first=True)
         try:
             self.daemon.index.set_active(row, active)
         except KeyError as e:  # removed meanwhile

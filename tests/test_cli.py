@@ -772,6 +772,22 @@ def test_a_dataset_a_training_reads_cannot_be_changed_by_another_command(model_h
     assert refused.returncode == 1 and "replaced" not in refused.stderr, refused.stderr  # it was kept
 
 
+def test_activate_by_name_brings_back_the_version_active_last(model_home: Path, tmp_path: Path) -> None:
+    """A rollback (bands@2 → bands@1), then `deactivate bands` and `activate bands`, brought back bands@2: the
+    newest, the version rolled away from. A version installed --inactive since was never active: not it either."""
+    vibrary(
+        "models", "install", str(band_model(tmp_path / "v2.onnx", name="bands", version=2, shift=1)), home=model_home
+    )
+    vibrary("models", "activate", "bands@1", home=model_home)
+    vibrary("models", "deactivate", "bands", home=model_home)
+    staged = band_model(tmp_path / "v3.onnx", name="bands", version=3, shift=2)
+    vibrary("models", "install", "--inactive", str(staged), home=model_home)
+    (on,) = json_lines(vibrary("models", "activate", "--json", "bands", home=model_home).stdout)
+    assert (on["model"], on["version"]) == ("bands", 1), on
+    rows = json_lines(vibrary("models", "list", "--json", home=model_home).stdout)
+    assert [(m["version"], m["active"]) for m in rows if m["name"] == "bands"] == [(1, True), (2, False), (3, False)]
+
+
 def test_deactivate_by_name_deactivates_the_active_version(model_home: Path, tmp_path: Path) -> None:
     """With bands@1 active and bands@2 installed inactive, `deactivate bands` used to pick the newest
     (already inactive) version and say it was done while bands@1 went on tagging; run again, it said it

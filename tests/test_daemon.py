@@ -806,6 +806,8 @@ def test_versions_and_rollback(daemon: DaemonProcess, tmp_path: Path) -> None:
 
     daemon.client.activate("bands", 1)
     assert _best(daemon.client, low) == ("indexed", "low")  # old tags are kept: rollback is instant
+    daemon.client.deactivate("bands")  # turned off and on again by name: the version rolled back to, not v2
+    assert [m.version for m in daemon.client.activate("bands") if m.name == "bands" and m.active] == [1]
     with pytest.raises(DaemonError, match="no model nope"):
         daemon.client.activate("nope")
 

@@ -736,7 +736,8 @@ Global___ModelList: _TypeAlias = ModelList  # noqa: Y015
 
 @_typing.final
 class ModelRef(_message.Message):
-    """A model: its name, and a version (0: the newest installed; for DeactivateModel, the active one).
+    """A model: its name, and a version (0: the newest installed; for ActivateModel and DeactivateModel, the active
+    one, else the one active last, else the newest).
     NAME@VERSION as status and events spell it goes as name and version apart (the Python client splits it).
     """
 
