@@ -6,13 +6,13 @@ with Client() as c:              # the daemon of $VIBRARY_HOME, over its Unix so
     for f in c.search("kick -acoustic", limit=20, best_first=True):   # as `vibrary search` reads it
         print(f.path, f.tags[0].tag)
 
-Everything it raises is a VibraryError: DaemonNotRunning (nobody answers; DaemonNotAnswering when a daemon
-holds the home all the same: starting or hung), DaemonError (the daemon refused or could not finish; `.code` is
-gRPC's status code), ClientClosed, or BadArgument (QueryError for a query that makes no sense) before anything
-is sent. Replies are the protobuf messages of proto/vibrary/v1/daemon.proto. A stream of results (search, tags)
-has no deadline unless given one: it lasts as long as the caller takes to read it; but, given none, a daemon
-that sends nothing of it for the client's `timeout` (a hung or stopped machine) ends it with DaemonError
-DEADLINE_EXCEEDED.
+Everything it raises is a VibraryError: DaemonNotRunning (nobody answers; DaemonNotAnswering when a daemon holds
+the home all the same: starting or hung; DaemonCannotStart where none can: a read-only disk), DaemonError (the
+daemon refused or could not finish; `.code` is gRPC's status code), ClientClosed, or BadArgument (QueryError for a
+query that makes no sense) before anything is sent. Replies are the protobuf messages of
+proto/vibrary/v1/daemon.proto. A stream of results (search, tags) has no deadline unless given one: it lasts as
+long as the caller takes to read it; but, given none, a daemon that sends nothing of it for the client's `timeout`
+(a hung or stopped machine) ends it with DaemonError DEADLINE_EXCEEDED.
 
 Files just copied into a watch folder: `tag(paths)` answers once they are tagged (status() says nothing of
 them until the watcher has seen them, a moment later), or follow `events()`; `from vibrary.proto import
@@ -49,6 +49,7 @@ __all__ = [
     "BadArgument",
     "Client",
     "ClientClosed",
+    "DaemonCannotStart",
     "DaemonError",
     "DaemonNotAnswering",
     "DaemonNotRunning",
@@ -62,7 +63,7 @@ class DaemonNotRunning(VibraryError, ConnectionError):
 
 
 class DaemonCannotStart(DaemonNotRunning):
-    """No daemon answers, and none can start in that home (its disk is full or read-only): no use waiting."""
+    """No daemon answers, and none can start in that home (its disk is read-only): no use waiting for one."""
 
 
 class DaemonNotAnswering(DaemonNotRunning):
@@ -200,8 +201,9 @@ class Client:
                     f"the daemon (pid {pid}) does not answer at {self._socket()}: it is starting, busy or hung; "
                     f"wait a moment, or stop it (`kill {pid}`) and start it again with `vibrary daemon`"
                 )
-            if trouble := config.disk_trouble(os.path.dirname(self._socket())):  # where none can start
-                return DaemonCannotStart(f"no daemon answers at {self._socket()}, and none can start there: {trouble}")
+            if trouble := config.disk_trouble(home := os.path.dirname(self._socket())):  # where none can start
+                said = f"no daemon answers at {self._socket()}, and none can start there: {trouble}"
+                return DaemonCannotStart(said) if config.read_only(home) else DaemonNotRunning(said)
             return DaemonNotRunning(f"no daemon answers at {self._socket()}; start it with `vibrary daemon`")
         return DaemonError(code, details or code.name)
 

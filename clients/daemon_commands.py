@@ -372,7 +372,10 @@ def _wait_idle(c: Client, pending: int) -> None:
     while True:
         try:
             s = c.status()
-        except DaemonNotRunning:
+        except DaemonNotRunning as e:
+            if isinstance(e, DaemonCannotStart):  # (its home's disk went read-only: none will come back there)
+                bar.close()
+                raise
             if gone_since is None:
                 gone_since = time.monotonic()
                 bar.write(f"the daemon stopped; waiting up to {BACK_S:.0f} s for it to start again", file=sys.stderr)

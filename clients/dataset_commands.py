@@ -285,6 +285,12 @@ def _say_few(lines: Sequence[str], most: int | None = None) -> None:
         print(f"  … and {len(lines) - most} more", file=sys.stderr)
 
 
+def _in_use(name: str, e: Any) -> CommandError:
+    """A create of a name in use (dataset.Exists), with the ways on: a damaged dataset takes nothing added."""
+    adds = "" if e.damaged else f"`vibrary dataset add {name} DIR` adds to it, "
+    return CommandError(f"{e}: {adds}--replace builds it anew from these files only, or give another name")
+
+
 def _create(args: argparse.Namespace, home_dir: Path, untagged: list[str]) -> tuple[Any, int, list[tuple[str, str]]]:
     """The dataset built (create) or grown (add), how many clips that added, and the files it left out."""
     from vibrary.daemon import dataset
@@ -298,10 +304,7 @@ def _create(args: argparse.Namespace, home_dir: Path, untagged: list[str]) -> tu
             try:
                 dataset.check_absent(home_dir, args.name)
             except dataset.Exists as e:
-                raise CommandError(
-                    f"{e}: `vibrary dataset add {args.name} DIR` adds to it, --replace builds it anew from these"
-                    " files only, or give another name"
-                ) from None
+                raise _in_use(args.name, e) from None
         with contextlib.suppress(FileNotFoundError, ValueError):
             replaced = dataset.load(home_dir, args.name)[0].clips
     examples = _examples(args, untagged)
@@ -311,7 +314,10 @@ def _create(args: argparse.Namespace, home_dir: Path, untagged: list[str]) -> tu
     bar = Bar(total=len(examples), desc="spectrograms")
     try:
         if args.action == "create":
-            report = dataset.build(home_dir, args.name, examples, progress=bar.update)
+            try:  # (checked again under its lock: another command may have made it meanwhile)
+                report = dataset.build(home_dir, args.name, examples, progress=bar.update, replace=args.replace)
+            except dataset.Exists as e:
+                raise _in_use(args.name, e) from None
             added, unread = report.manifest.clips, report.failed
             if replaced:
                 before = f"{many(replaced, 'clip')} before, and any edits made to it"

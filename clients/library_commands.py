@@ -54,8 +54,11 @@ def cmd_tag(args: argparse.Namespace) -> int:
         rows = index.active_models()
     models = load_models(index, rows)
     if not models and rows:  # ("activate one" of a model that was active, its file gone or damaged)
-        refs = ", ".join(row.ref for row in rows)
-        raise CommandError(f"no usable model: {refs} cannot be used (above); `vibrary models list` says how to mend it")
+        why = "; ".join(
+            f"{row.ref}: {'it could not be loaded' if registry.usable(row) else 'its file is missing or damaged'}"
+            for row in rows
+        )
+        raise CommandError(f"no usable model ({why}): `vibrary models list` says how to mend it")
     if not models:
         raise CommandError("no usable model: activate one with `vibrary models activate NAME`")
     names = {m.id: m.ref.split("@")[0] for m in models}

@@ -145,6 +145,8 @@ class CloudSettings:
                 f"to train in the cloud, set {variables} (or {', '.join(map(repr, missing))} in {path}), beside AWS"
                 " credentials and a region: docs/cloud.md"
             )
+        if settings.image.startswith("-") or any(ch.isspace() for ch in settings.image):  # docker read it as an option
+            raise CloudError(f"image {settings.image!r} is not an image name (as docker takes it: REGISTRY/NAME:TAG)")
         return settings
 
 

@@ -42,6 +42,7 @@ def check_name(name: str, what: str = "dataset") -> None:
 def disk_trouble(folder: str) -> str:
     """What is wrong with the disk holding `folder`, in words, or "" when nothing is seen: its errors came as
     "disk I/O error" or "[Errno 28] No space left on device", naming neither the disk nor what to do."""
+    folder = _nearest(folder)
     try:
         st = os.statvfs(folder)
     except OSError:
@@ -54,6 +55,22 @@ def disk_trouble(folder: str) -> str:
 
 
 DISK_LOW_BYTES = 1 << 20  # free bytes below which a disk's error is taken for a full disk
+
+
+def read_only(folder: str) -> bool:
+    """Whether the disk holding `folder` is mounted read-only: nothing at all can be written there (a nearly
+    full one may still take a daemon whose index is made)."""
+    try:
+        return bool(os.statvfs(_nearest(folder)).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _nearest(folder: str) -> str:
+    """The folder, or the nearest one above it that exists: a home not made yet is on its parent's disk."""
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return folder
 
 
 def home(create: bool = True) -> Path:

@@ -296,11 +296,16 @@ class Busy(RuntimeError):
 
 class Exists(FileExistsError):
     """A create of a dataset that is there: replacing it loses its clips and every edit made to it, so only a
-    caller that says so replaces it."""
+    caller that says so replaces it. `damaged`: one that cannot be read (nothing can be added to it)."""
+
+    def __init__(self, text: str, damaged: bool) -> None:
+        super().__init__(text)
+        self.damaged = damaged
 
 
 def check_absent(home_dir: Path, name: str) -> None:
     """Exists when `name` holds a dataset (a damaged one too: it may be mended by hand)."""
+    check_name(name)  # (a bad name is a ValueError of its own, not a damaged dataset)
     try:
         clips = load(home_dir, name)[0].clips
     except FileNotFoundError:
@@ -308,15 +313,16 @@ def check_absent(home_dir: Path, name: str) -> None:
     except ValueError:
         clips = -1
     held = "damaged" if clips < 0 else f"{clips} clip{'s' * (clips != 1)}"
-    raise Exists(f"dataset {name!r} exists ({held}, and any edits made to it)")
+    raise Exists(f"dataset {name!r} exists ({held}, and any edits made to it)", damaged=clips < 0)
 
 
 @contextlib.contextmanager
 def _held(home_dir: Path, name: str, change: bool) -> Iterator[None]:
     """An flock beside the dataset's folder (delete removes the folder), across processes: the daemon's
     trainings and edits, `vibrary train` and `vibrary dataset` all take it. Trainings share it; a change
-    needs it alone, so no edit rewrites shards under an upload, whichever process does what. `delete` removes
-    the lock file with the dataset, so a lock taken on a file that is no longer there is taken again."""
+    needs it alone, so no edit rewrites shards under an upload, whichever process does what. The lock file of a
+    name that holds no dataset as the lock is let go (deleted, or never made) is removed, so a lock taken on a
+    file that is no longer there is taken again."""
     check_name(name)
     path = _lock_path(home_dir, name)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -333,7 +339,12 @@ def _held(home_dir: Path, name: str, change: bool) -> Iterator[None]:
             except FileNotFoundError:
                 same = False
             if same:
-                yield
+                try:
+                    yield
+                finally:  # (held still: a name with no dataset, deleted or never made, leaves no lock file)
+                    if not dataset_dir(home_dir, name).exists():
+                        with contextlib.suppress(OSError):
+                            path.unlink()
                 return
 
 
@@ -369,11 +380,15 @@ def build(
     workers: int = 0,
     progress: Callable[[int], None] = lambda n: None,
     cache: SpectrogramCache | None = None,
+    replace: bool = True,
 ) -> BuildReport:
     """Compute every example's spectrogram (from the home's cache when it has them) and write the
-    dataset's shards, labels and manifest."""
+    dataset's shards, labels and manifest. Without `replace`, a dataset `name` that exists is Exists, checked
+    under its lock: a check before it let another command's build finish between, then be replaced."""
     check_no_case_twin(home_dir, name)
     with _held(home_dir, name, change=True):
+        if not replace:
+            check_absent(home_dir, name)
         return _build(home_dir, name, examples, params, workers, progress, cache)
 
 
@@ -597,7 +612,7 @@ def _report(manifest: shards.Manifest, rows: Sequence[Row], failed: Sequence[tup
 
 def _damaged(name: str, what: str) -> ValueError:
     return ValueError(
-        f"dataset {name!r} is damaged ({what}): create it again (`vibrary dataset create {name} DIR...`) "
+        f"dataset {name!r} is damaged ({what}): create it again (`vibrary dataset create {name} DIR... --replace`) "
         f"or delete it (`vibrary dataset delete {name}`)"
     )
 
@@ -616,7 +631,8 @@ def _record(home_dir: Path, name: str) -> tuple[Path, dict[str, Any]]:
     """`labels.json` and what it holds."""
     path = dataset_dir(home_dir, name) / "labels.json"
     if not path.exists():
-        raise FileNotFoundError(f"dataset {name!r} was made before datasets could be edited; create it again")
+        made = f"dataset {name!r} was made before datasets could be edited"
+        raise FileNotFoundError(f"{made}; create it again (--replace)")
     return path, _labels(path, name)
 
 
@@ -652,7 +668,7 @@ def _stored(home_dir: Path, name: str) -> _Stored:
     rows, failed = _rows_in(path, raw, name)
     codes = _codes(manifest, shard_dir, name)
     if len(codes) != len(rows):
-        raise shards.ShardError(f"dataset {name!r}: shards and labels disagree; create it again")
+        raise shards.ShardError(f"dataset {name!r}: shards and labels disagree; create it again (--replace)")
     renamed, removed = raw.get("renamed", {}), raw.get("removed", [])
     if not (isinstance(renamed, dict) and isinstance(removed, list)):
         raise _damaged(name, "labels.json: 'renamed' or 'removed' is not what it should be")
@@ -725,7 +741,7 @@ def check_no_case_twin(home_dir: Path, name: str) -> None:
     if twin is not None and name not in held:
         raise ValueError(
             f"dataset {twin!r} exists, and names that differ only in case are one folder on macOS and Windows:"
-            f" use {twin!r} to replace it, or another name"
+            f" use {twin!r} (--replace replaces it), or another name"
         )
 
 
@@ -746,7 +762,6 @@ def delete(home_dir: Path, name: str) -> None:
             folder.unlink()
         else:
             folder.rename(folder.with_name(f".deleted-{name}-{os.getpid()}-{time.monotonic_ns()}"))
-        _lock_path(home_dir, name).unlink()
     for remains in folder.parent.glob(".deleted-*"):
         try:
             shutil.rmtree(remains)

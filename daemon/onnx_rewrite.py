@@ -25,6 +25,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import Message
 
 _STANDARD = ("", "ai.onnx")
 FLOAT = 1  # TensorProto.FLOAT
@@ -65,25 +66,29 @@ def uses_external_data(path: str) -> bool:
     onnxruntime 1.32 refuses `..` and absolute paths in them; older releases that pyproject allows may not.
     An installed model is its .onnx file alone, so such a model could not work anyway. False for a file that
     is not ONNX: onnxruntime says why."""
+    pb = _proto()
+    if pb is None:
+        return False
     try:
         model = _read(path)
     except Exception:
         return False
-    if model is None:
-        return False
-    nodes = [*model.graph.node, *(n for f in model.functions for n in f.node)]
-    return any(t.data_location == 1 or len(t.external_data) for t in _tensors(model.graph.initializer, nodes))
+    outside = pb.TensorProto.EXTERNAL
+    return any(t.data_location == outside or len(t.external_data) for t in _tensors(model, pb.TensorProto))
 
 
-def _tensors(initializers: Any, nodes: Any) -> Iterator[Any]:
-    """Every TensorProto of a graph: its initializers, and those in its nodes' attributes and subgraphs."""
-    yield from initializers
-    for node in nodes:
-        for a in node.attribute:
-            yield from [a.t] if a.HasField("t") else []
-            yield from a.tensors
-            for g in [*([a.g] if a.HasField("g") else []), *a.graphs]:  # (If, Loop, Scan bodies)
-                yield from _tensors(g.initializer, g.node)
+def _tensors(message: Any, tensor: type) -> Iterator[Any]:
+    """Every TensorProto in a message, however deep: initializers, sparse ones' values and indices, node
+    attributes, subgraphs (If, Loop, Scan bodies), functions. Walked by the protobuf's own fields, not by a list of
+    where tensors may be: the first list left sparse tensors out, and their data was read from beside the model."""
+    for field, value in message.ListFields():
+        if field.type != field.TYPE_MESSAGE:
+            continue
+        for item in (value,) if isinstance(value, Message) else value:  # one message, or a repeated field
+            if isinstance(item, tensor):
+                yield item
+            else:
+                yield from _tensors(item, tensor)
 
 
 def faster_graph(path: str) -> bytes | None:

@@ -477,6 +477,8 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         if not files:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no labelled files given")
+        if request.add and request.replace:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "`add` or `replace` a dataset: not both")
         if request.add:
             self._dataset_exists(request.name, context)
         done: queue.Queue[int] = queue.Queue()
@@ -514,7 +516,8 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         if isinstance(error, dataset.Busy):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         if isinstance(error, dataset.Exists):
-            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"{error}: `add` adds to it, `replace` builds it anew")
+            adds = "" if error.damaged else "`add` adds to it, "
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"{error}: {adds}`replace` builds it anew")
         if isinstance(error, OSError):  # disk full, home not writable: the user can act on it
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED if error.errno == errno.ENOSPC else grpc.StatusCode.INTERNAL,

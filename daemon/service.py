@@ -739,9 +739,9 @@ class Daemon:
                 return dataset.add(
                     self.home, name, examples, workers=workers, progress=progress, cache=self.cache, restore=restore
                 )
-            if not replace:
-                dataset.check_absent(self.home, name)
-            report = dataset.build(self.home, name, examples, workers=workers, progress=progress, cache=self.cache)
+            report = dataset.build(
+                self.home, name, examples, workers=workers, progress=progress, cache=self.cache, replace=replace
+            )
             return dataset.Added(report, report.manifest.clips, 0)
 
     def edit_dataset(self, name: str, **edits: Any) -> dataset.BuildReport:

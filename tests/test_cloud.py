@@ -560,6 +560,8 @@ def test_settings_say_what_is_missing(home: Path, monkeypatch: pytest.MonkeyPatc
         ('{"bucket": "b", "image": "i", "poll_s": 0}', "'poll_s' .* more than 0"),
         ('{"bucket": "b", "image": "i", "max_hours": -1}', "'max_hours' .* more than 0"),
         ('["bucket", "b"]', "expected an object"),
+        ('{"bucket": "b", "image": "-v=/:/h", "instance_profile": "p"}', "not an image name"),  # docker's option
+        ('{"bucket": "b", "image": "img rm", "instance_profile": "p"}', "not an image name"),
     ]:
         (home / "cloud.json").write_text(bad)
         with pytest.raises(cloud.CloudError, match=says):

@@ -1432,8 +1432,9 @@ def test_a_full_disk_under_the_home_refuses_a_watch_cleanly_and_fails_no_file(
         assert f"none can start there: the disk holding {home} is read-only" in asked.stderr, asked.stderr
         naps: list[float] = []  # `status --wait` waited 5 s for a daemon to start where none can
         monkeypatch.setattr(daemon_commands.time, "sleep", naps.append)
-        with pytest.raises(DaemonCannotStart, match="read-only"):
-            daemon_commands._once_up(Client(home_dir=home))
+        for where in (home, home / "not" / "made"):  # (a home not made yet is on its parent's disk: "start it")
+            with pytest.raises(DaemonCannotStart, match="read-only"):
+                daemon_commands._once_up(Client(home_dir=where))
         assert naps == []
     finally:
         if d is not None:

@@ -1380,6 +1380,18 @@ def test_a_model_whose_weights_lie_beside_it_is_refused_and_no_copy_is_left(mode
             registry.install(index, model_home, str(tmp_path / "apart" / "apart.onnx"))
         with pytest.raises(ModelError, match=beside):  # (it loads and runs where it is, its files beside it)
             Model(str(tmp_path / "apart" / "apart.onnx"))
+        values = onnx.numpy_helper.from_array(np.array([5.0, 7.0], np.float32), "w")  # a sparse constant's, beside
+        onnx.external_data_helper.set_external_data(values, location="w.bin", offset=0, length=8)
+        values.ClearField("raw_data")
+        indices = onnx.numpy_helper.from_array(np.array([0, 2], np.int64), "i")
+        constant = onnx.helper.make_node(
+            "Constant", [], ["y"], sparse_value=onnx.helper.make_sparse_tensor(values, indices, [4])
+        )
+        out = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [4])
+        sparse = onnx.helper.make_model(onnx.helper.make_graph([constant], "g", [], [out]))
+        (tmp_path / "apart" / "sparse.onnx").write_bytes(sparse.SerializeToString())
+        with pytest.raises(ModelError, match=r"sparse\.onnx: its weights lie in files beside it"):
+            Model(str(tmp_path / "apart" / "sparse.onnx"))
         assert [m.name for m in index.models() if m.name == "apart"] == []
         assert not (config.models_dir(model_home) / "apart").exists()  # (its folder left empty, before)
     finally:

@@ -578,6 +578,11 @@ def test_a_damaged_dataset_is_named_with_what_to_do_and_can_be_deleted(home: Pat
     labels.write_text("[]")
     listed = vibrary("dataset", "list", home=home)  # one damaged dataset hides none of the others
     assert "good: 6 clips" in listed.stdout and "dataset mangled cannot be read" in listed.stderr
+    anew = vibrary("dataset", "create", "mangled", str(tmp_path / "ex"), home=home, check=False)
+    assert anew.returncode == 1 and "exists (damaged" in anew.stderr and "--replace builds it anew" in anew.stderr
+    assert "dataset add" not in anew.stderr  # (what cannot be added to: the advice went round in a circle)
+    with pytest.raises(dataset.Exists, match="exists \\(6 clips"):  # checked under its lock, as it builds
+        dataset.build(home, "good", dataset.examples_from_folders([str(tmp_path / "ex")]), replace=False)
     dataset.delete(home, "mangled")
     dataset.delete(home, "torn")
     assert dataset.names(home) == ["good"]
@@ -596,6 +601,8 @@ def test_a_damaged_dataset_is_named_with_what_to_do_and_can_be_deleted(home: Pat
     assert dataset.names(home) == ["linked"] and not remains.exists()
     dataset.delete(home, "linked")  # the link goes (it said "deleted" and kept it, or failed on it)
     assert dataset.names(home) == [] and (elsewhere / "labels.json").exists()
+    with dataset.reading(home, "ghost"):  # (as a training of a name mistyped takes it)
+        pass
     assert list((home / "datasets").iterdir()) == []  # no `.good.lock` and the like left for every name ever used
 
 
@@ -874,6 +881,8 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         with pytest.raises(DaemonError, match=r"dataset 'mine' exists \(27 clips.*`replace` builds it anew") as e:
             list(c.create_dataset("mine", labelled))
         assert e.value.code == grpc.StatusCode.ALREADY_EXISTS and c.dataset("mine").clips == 27
+        both = lambda: list(c.create_dataset("mine", labelled, add=True, replace=True))  # noqa: E731
+        assert _code(both) == grpc.StatusCode.INVALID_ARGUMENT and c.dataset("mine").clips == 27
         assert list(c.create_dataset("spare", labelled))[-1].dataset.clips == 3
         gone = [(str(tmp_path / f"gone_{i}.wav"), "x") for i in range(130)]
         relabelled = [(s.path, "x" if s.tag == "kick" else "y") for s in suggestions.files]

@@ -673,6 +673,9 @@ class TrainerService(pb_grpc.TrainerServicer):
         return job.cancel.is_set() or self._suspended.is_set()
 
     def _run(self, job: _JobState) -> None:
+        # matplotlib (each job's plots) keeps its font cache in the trainer's folder, not ~/.cache: Vibrary writes
+        # only in its home. Read when matplotlib is first imported, with the pipeline.
+        os.environ.setdefault("MPLCONFIGDIR", str(self.root / "matplotlib"))
         try:
             from .pipeline import train_to_files  # torch: loaded by the first job, not by the service's start
         except (ImportError, OSError) as e:  # there but broken (a half-done upgrade, a missing library)

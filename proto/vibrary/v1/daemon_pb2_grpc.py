@@ -361,7 +361,8 @@ class DaemonServicer:
 
     def CreateDataset(self, request, context):
         """Labelled examples → spectrogram shards on this machine; streams progress, the last message has
-        the dataset. With `add`, the files join an existing dataset instead of replacing it.
+        the dataset. A name in use is ALREADY_EXISTS: with `add` the files join that dataset, with `replace` it is
+        built anew from them (not both).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
