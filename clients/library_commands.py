@@ -34,6 +34,7 @@ from .output import (
     _index,
     _out,
     _print_files,
+    changed_tags,
 )
 from .query import QueryError, parse_query, respell, spelled_as, synonyms
 from .tray_state import many
@@ -406,7 +407,14 @@ def cmd_models(args: argparse.Namespace) -> int:
             raise CommandError(str(e)) from None
         instead = {"activated": successor.ref} if successor else {}
         obj = {"model": row.name, "version": row.version, "action": "remove", **instead}
-        _out(args, obj, f"removed {row.ref}" + (f"; {successor.ref} is active instead" if successor else ""))
+        human = f"removed {row.ref}" + (f"; {successor.ref} is active instead" if successor else "")
+        changed, said = changed_tags(row, successor) if successor else ({}, "")
+        if changed:  # (a version of other tags took its place, unsaid: the library's tags changed family)
+            obj["tags_changed"] = changed
+            human += f", and {said}"
+        elif row.active and not successor:
+            human += f": no version of {row.name} tags the library now"
+        _out(args, obj, human)
         return 0
     active = args.action == "activate"
     obj = {"model": row.name, "version": row.version, "action": args.action, "changed": row.active != active}

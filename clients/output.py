@@ -18,7 +18,7 @@ from typing import Any
 from tqdm import tqdm
 from vibrary.daemon import config, registry
 from vibrary.daemon.folders import readable_name
-from vibrary.daemon.index import HIT_SCORE, WATCH_GONE, Index
+from vibrary.daemon.index import HIT_SCORE, WATCH_GONE, Index, ModelRow
 from vibrary.daemon.spectrogram import SILENT
 
 from .errors import json_asked
@@ -209,3 +209,13 @@ def terminated(signum: int, frame: object) -> None:
         with contextlib.suppress(OSError):
             os.write(sys.stdout.fileno(), (json.dumps(ended) + "\n").encode())
     os._exit(128 + signum)
+
+
+def changed_tags(was: ModelRow, now: ModelRow) -> tuple[dict[str, object], str]:
+    """How the tags of `now`, a version taking `was`'s place, differ from it: for --json, and in words (empty
+    when they are the same). A search for a tag the version before had found nothing, and nothing said why."""
+    gone, new = sorted(set(was.classes) - set(now.classes)), sorted(set(now.classes) - set(was.classes))
+    if not gone and not new:
+        return {}, ""
+    said = "; ".join(f"{what} {', '.join(tags)}" for what, tags in (("gone:", gone), ("new:", new)) if tags)
+    return {"since": was.ref, "gone": gone, "new": new}, f"its tags are not {was.ref}'s: {said}"

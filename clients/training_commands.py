@@ -24,7 +24,7 @@ from vibrary.trainer.options import FITTING
 
 from .client import Client
 from .daemon_commands import on_signals
-from .output import CommandError, Terminated, UsageError, _index, _out
+from .output import CommandError, Terminated, UsageError, _index, _out, changed_tags
 
 LOST_SAID_EVERY_S = 30.0  # how often `vibrary train` says the trainer is still out of reach
 
@@ -227,13 +227,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         human += f"\n{chance}"
     earlier = [m for m in index.models() if m.name == row.name and m.version < row.version]
     was = max(earlier, key=lambda m: m.version, default=None)
-    if was is not None and set(was.classes) != set(row.classes):  # a search for a tag it had found nothing
-        gone, new = sorted(set(was.classes) - set(row.classes)), sorted(set(row.classes) - set(was.classes))
-        obj["tags_changed"] = {"since": was.ref, "gone": gone, "new": new}
-        human += f"\nits tags are not {was.ref}'s: " + "; ".join(
-            f"{what} {', '.join(tags)}" for what, tags in (("gone:", gone), ("new:", new)) if tags
-        )
-        human += f" (`vibrary models activate {was.ref}` goes back)"
+    changed, said = changed_tags(was, row) if was is not None else ({}, "")
+    if changed and was is not None:
+        obj["tags_changed"] = changed
+        human += f"\n{said} (`vibrary models activate {was.ref}` goes back)"
     _out(args, obj, human + f"\nplots: {', '.join(trained.plots)}")
     return 0
 

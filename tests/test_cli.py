@@ -712,6 +712,14 @@ def test_removing_the_active_version_activates_the_one_before_and_numbers_are_no
     assert not installed.exists() and not plot.exists()
     v3 = band_model(tmp_path / "v3.onnx", name="bands", version=3, shift=2)
     assert json_lines(vibrary("models", "install", "--json", str(v3), home=model_home).stdout)[0]["version"] == 3
+    moods = band_model(tmp_path / "moods.onnx", name="x", classes=("dark", "low", "bright"))
+    vibrary("models", "install", "--name", "bands", str(moods), home=model_home)  # bands@4, of other tags
+    gone = vibrary("models", "remove", "bands", home=model_home).stdout  # (bands@1's tags came back, unsaid)
+    other = "its tags are not bands@4's: gone: bright, dark; new: high, mid"
+    assert gone.strip() == f"removed bands@4; bands@3 is active instead, and {other}"
+    for version in (3, 1):
+        last = vibrary("models", "remove", f"bands@{version}", home=model_home).stdout.strip()
+    assert last == "removed bands@1: no version of bands tags the library now"
 
 
 def test_bad_numbers_and_settings_are_refused_before_anything_starts(model_home: Path, tmp_path: Path) -> None:
