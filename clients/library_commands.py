@@ -9,6 +9,7 @@ import difflib
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -361,8 +362,10 @@ def cmd_models(args: argparse.Namespace) -> int:
             if m.active and aside.get(m.id, ("",))[0] == m.ref:  # listed active, and tagging nothing
                 obj["failing"] = aside[m.id][1]
                 broken = f"  (set aside: {FAILING.format(ref=m.ref)})"
+            # when: versions of the same tags told apart (which to go back to)
+            obj["installed_at"] = when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.installed))
             line = f"{'*' if m.active else ' '} {m.ref:24} {len(m.classes):3} classes  {m.path}{broken}"
-            _out(args, obj, f"{line}\n    tags: {', '.join(m.classes)}")  # what a search can ask for
+            _out(args, obj, f"{line}\n    installed {when}; tags: {', '.join(m.classes)}")  # what a search can ask for
         return 0
     if args.action == "install":
         before = index.models()

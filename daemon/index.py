@@ -152,6 +152,7 @@ class ModelRow:
     active: bool
     builtin: bool
     activated: float = 0.0  # when it was last made active (0: never)
+    installed: float = 0.0  # when it was installed (trained, for a version a training installed)
 
     @property
     def ref(self) -> str:
@@ -731,12 +732,12 @@ class Index:
 
     def models(self) -> list[ModelRow]:
         rows = self.conn().execute(
-            """SELECT id, name, version, path, sha256, classes, spectrogram, active, builtin, activated FROM models
-               ORDER BY name, version"""
+            """SELECT id, name, version, path, sha256, classes, spectrogram, active, builtin, activated, installed
+               FROM models ORDER BY name, version"""
         )
         return [
-            ModelRow(i, n, v, p, s, tuple(json.loads(cl)), sp, bool(a), bool(b), t)
-            for i, n, v, p, s, cl, sp, a, b, t in rows
+            ModelRow(i, n, v, p, s, tuple(json.loads(cl)), sp, bool(a), bool(b), t, when)
+            for i, n, v, p, s, cl, sp, a, b, t, when in rows
         ]
 
     def model(self, name: str, version: int = 0, active_first: bool = False) -> ModelRow:

@@ -179,6 +179,7 @@ def test_tag_with_a_named_model_and_top(model_home: Path, tmp_path: Path) -> Non
     assert "already installed as bands@2 (3 classes); active now in place of bands@1" in again.stdout
     listed = vibrary("models", "list", home=model_home).stdout
     assert "* bands@2" in listed and "tags: low, mid, high" in listed  # the words a search can ask for
+    assert re.search(r"installed 20\d\d-\d\d-\d\d \d\d:\d\d; tags", listed)  # versions told apart
 
 
 def test_usage_errors_exit_2_and_failures_exit_1(home: Path, tmp_path: Path) -> None:
