@@ -106,7 +106,10 @@ JUNK_FOLDERS = frozenset(
 )
 HOME_TRASH = os.path.join(os.sep, ".local", "share", "Trash", "")  # a watched home folder's own trash
 IN_JUNK = "in a trash or system folder: never indexed"  # (a NAS's snapshots and metadata among them)
-NOT_AUDIO = "not an audio file that Vibrary reads"  # by its name: a PDF, a DAW project, macOS's `._` files
+NOT_AUDIO = "not an audio file that Vibrary reads"  # by its name: a PDF, a DAW project
+# macOS writes one beside each file it copies to a drive that cannot hold its metadata: "not an audio file" of
+# `._Kick.wav` read as "Vibrary cannot read my WAVs"
+MAC_METADATA = "macOS's metadata beside a file (`._NAME`), not audio: never indexed"
 
 
 def is_junk_folder(name: str) -> bool:
@@ -124,6 +127,8 @@ def why_not_read(path: str) -> str:
     call asked (a trashed `.m4a` was "not an audio file that Vibrary reads" to one, "in a trash" to another)."""
     if in_junk_folder(os.path.dirname(path)):
         return IN_JUNK
+    if os.path.basename(path).startswith(JUNK_PREFIX):
+        return MAC_METADATA
     return "" if is_audio_path(path) else NOT_AUDIO
 
 

@@ -228,7 +228,8 @@ def test_paths_the_index_cannot_take_are_said_plainly(daemon: DaemonProcess, tmp
     outside = "not under a watch folder (`vibrary watch add` one above it, or `vibrary tag` reads it now)"
     not_audio = "not an audio file that Vibrary reads"  # all of them "not in the index"
     link = "a link to a folder elsewhere: watches do not follow links (`vibrary watch add` where it leads)"
-    assert [t["error"] for t in told] == ["no such file or folder", outside, not_audio, not_audio, link]
+    mac = "macOS's metadata beside a file (`._NAME`), not audio: never indexed"
+    assert [t["error"] for t in told] == ["no such file or folder", outside, not_audio, mac, link]
     latin1 = os.path.join(os.fsencode(tmp_path), b"Caf\xe9")
     os.mkdir(latin1)
     refused = vibrary("watch", "add", os.fsdecode(latin1), home=daemon.home, check=False)
