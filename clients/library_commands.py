@@ -144,7 +144,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise UsageError("give at least one tag to search for")
     with Client() as c:
         models = c.models()
-        known = {tag for m in models if m.active and (args.model or "") in ("", m.name) for tag in m.classes}
+        # (a version standing in for the active one is searched as well: hand_over)
+        known = {t for m in models if (m.active or m.serving) and (args.model or "") in ("", m.name) for t in m.classes}
         table = synonyms(config.home(create=False))
         if any(w.split() != [w] for w in args.query):  # quoted, as people quote `snare|clap` for the shell: its
             spelled = {tag for m in models for tag in m.classes}  # words, unless a model's tag is spelled so
@@ -346,7 +347,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.action == "list":
         aside: dict[int, tuple[str, str]] = {}
         with contextlib.suppress(ValueError):  # (the daemon's: a model it set aside for failing on every file)
-            aside = config.failing(home_dir, {m.id: m.ref for m in index.active_models()})
+            aside = config.failing(home_dir, {m.id: m.ref for m in index.tagging_models()})  # (as the daemon saves it)
         for m in index.models():
             obj = {
                 "model": m.name,  # as every other line names a model (install, activate, train, tag)
@@ -356,9 +357,12 @@ def cmd_models(args: argparse.Namespace) -> int:
                 "builtin": m.builtin,
                 "classes": list(m.classes),
                 "path": m.path,
+                "serving": m.serving,
             }
             obj["usable"] = registry.usable(m)
             broken = "" if obj["usable"] else f"  ({UNUSABLE.format(ref=m.ref)})"
+            if m.serving and not m.active:
+                broken += "  (searches read its tags until the active version has tagged the library)"
             if m.active and aside.get(m.id, ("",))[0] == m.ref:  # listed active, and tagging nothing
                 obj["failing"] = aside[m.id][1]
                 broken = f"  (set aside: {FAILING.format(ref=m.ref)})"

@@ -480,7 +480,7 @@ def _search(
     found: list[pb.FileTags] | str
     try:
         with Client(home_dir=home, timeout=CALL_TIMEOUT_S) as c:
-            known = {tag for m in c.models() if m.active for tag in m.classes}
+            known = {tag for m in c.models() if m.active or m.serving for tag in m.classes}
             all_of, none_of, _ = respell(*query, known, synonyms(home))  # hh: hihat, as `vibrary search` reads it
             found = list(c.search(all_of, none_of, limit=SearchDialog.LIMIT, best_first=True, timeout=CALL_TIMEOUT_S))
     except Exception as e:  # (any: a thread that dies leaves "searching…" for ever)

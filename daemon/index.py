@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -73,6 +73,8 @@ CREATE TABLE IF NOT EXISTS models (
     builtin INTEGER NOT NULL DEFAULT 0,
     installed REAL NOT NULL,
     activated REAL NOT NULL DEFAULT 0,        -- when it was last made active (0: never): whom a removal restores
+    serving INTEGER NOT NULL DEFAULT 0,       -- whose tags searches read: the active version, or until it has
+                                              -- tagged the library, the version active before it (hand_over)
     UNIQUE (name, version)
 );
 CREATE TABLE IF NOT EXISTS model_versions (
@@ -153,6 +155,7 @@ class ModelRow:
     builtin: bool
     activated: float = 0.0  # when it was last made active (0: never)
     installed: float = 0.0  # when it was installed (trained, for a version a training installed)
+    serving: bool = False  # searches read its tags (Index.hand_over)
 
     @property
     def ref(self) -> str:
@@ -303,7 +306,16 @@ class Index:
         _add_column(c, "contents", "unused_since REAL")
         if _add_column(c, "models", "activated REAL NOT NULL DEFAULT 0"):  # the versions active now came last: a
             c.execute("UPDATE models SET activated = installed WHERE active")  # removal restored the newest
+        _add_column(c, "models", "serving INTEGER NOT NULL DEFAULT 0")
         c.executescript(SCHEMA)  # executescript runs its own transaction
+        # an active version whose model has none serving serves (an index from before `serving`, however made),
+        # and a version of a model none of whose versions is active does not (left so by an older release)
+        unserved = "active AND name NOT IN (SELECT name FROM models WHERE serving)"
+        off = "serving AND name NOT IN (SELECT name FROM models WHERE active)"
+        if c.execute(f"SELECT 1 FROM models WHERE {unserved} OR {off}").fetchone():  # (read-only homes: only then)
+            with c:
+                c.execute(f"UPDATE models SET serving = 1 WHERE {unserved}")
+                c.execute(f"UPDATE models SET serving = 0 WHERE {off}")
         if upgrade:  # tags_hit gave way to tags_hits: without its statistics a path search walks every tag
             c.execute("ANALYZE tags")
 
@@ -700,16 +712,11 @@ class Index:
         is that version (in the transaction: two trainings following one job each installed its model, checked
         absent at once, as two versions of one file, and removing either took the file from the other)."""
         with self.write() as c:
-            if active:
-                c.execute("UPDATE models SET active = 0 WHERE name = ?", (name,))
-            same = c.execute("SELECT version FROM models WHERE name = ? AND sha256 = ?", (name, sha256)).fetchone()
+            same = c.execute("SELECT id, version FROM models WHERE name = ? AND sha256 = ?", (name, sha256)).fetchone()
             if same is not None:
                 if active:
-                    c.execute(
-                        "UPDATE models SET active = 1, activated = ? WHERE name = ? AND version = ?",
-                        (time.time(), name, same[0]),
-                    )
-                return self.model(name, int(same[0]))
+                    _turn_on(c, name, same[0])
+                return self.model(name, int(same[1]))
             version = c.execute(
                 """SELECT max(coalesce((SELECT max(version) FROM models WHERE name = ?), 0),
                               coalesce((SELECT last FROM model_versions WHERE name = ?), 0)) + 1""",
@@ -720,24 +727,23 @@ class Index:
                 "INSERT INTO model_versions VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET last = excluded.last",
                 (name, number),
             )
-            c.execute(
-                """INSERT INTO models(name, version, path, sha256, classes, spectrogram, builtin, installed, active,
-                                     activated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-                (
-                    *(name, number, path, sha256, json.dumps(list(classes)), spectrogram, int(builtin), time.time()),
-                    *(active, time.time() if active else 0.0),
-                ),
+            added = c.execute(
+                """INSERT INTO models(name, version, path, sha256, classes, spectrogram, builtin, installed)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+                (name, number, path, sha256, json.dumps(list(classes)), spectrogram, int(builtin), time.time()),
             )
+            if active:
+                _turn_on(c, name, int(added.lastrowid or 0))
         return self.model(name, number)
 
     def models(self) -> list[ModelRow]:
         rows = self.conn().execute(
-            """SELECT id, name, version, path, sha256, classes, spectrogram, active, builtin, activated, installed
-               FROM models ORDER BY name, version"""
+            """SELECT id, name, version, path, sha256, classes, spectrogram, active, builtin, activated, installed,
+                      serving FROM models ORDER BY name, version"""
         )
         return [
-            ModelRow(i, n, v, p, s, tuple(json.loads(cl)), sp, bool(a), bool(b), t, when)
-            for i, n, v, p, s, cl, sp, a, b, t, when in rows
+            ModelRow(i, n, v, p, s, tuple(json.loads(cl)), sp, bool(a), bool(b), t, when, bool(on))
+            for i, n, v, p, s, cl, sp, a, b, t, when, on in rows
         ]
 
     def model(self, name: str, version: int = 0, active_first: bool = False) -> ModelRow:
@@ -757,18 +763,62 @@ class Index:
     def active_models(self) -> list[ModelRow]:
         return [m for m in self.models() if m.active]
 
+    def serving_models(self) -> list[ModelRow]:
+        """The versions whose tags searches, counts and GetTags read (hand_over)."""
+        return [m for m in self.models() if m.serving]
+
+    def tagging_models(self) -> list[ModelRow]:
+        """The versions the daemon tags with: the active ones, and those standing in for one (hand_over), so that
+        files new or changed meanwhile have the tags that searches read too."""
+        return [m for m in self.models() if m.active or m.serving]
+
+    def hand_over(self, followed: Collection[int], hidden: Sequence[str] = ()) -> list[ModelRow]:
+        """Searches read a new active version's tags once it has tagged every file read before, and until then
+        the tags of the version active before it: a training's new version left its tags out of every search
+        until the re-tag reached each file (minutes on a big library, and for as long as indexing was paused),
+        while the old version's tags stood in the index. Files under watch folders not there now (`hidden`) wait
+        for their drive, not the hand-over. Only `followed` versions: those whose re-tag the daemon has queued
+        (a version just activated by another command has no file waiting for it yet). The versions that took
+        over."""
+        took: list[ModelRow] = []
+        for m in self.active_models():
+            if m.serving or m.id not in followed:
+                continue
+            args: list[object] = [m.id]
+            outside = "".join(f" AND {c}" for c in _outside(hidden, args))
+            waiting = (
+                self.conn()
+                .execute(
+                    f"""SELECT 1 FROM files f INDEXED BY files_retag WHERE f.state = 'pending'
+                    AND f.content_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tagged t
+                    WHERE t.content_id = f.content_id AND t.model_id = ?){outside} LIMIT 1""",
+                    args,
+                )
+                .fetchone()
+            )
+            if waiting is None:
+                with self.write() as c:  # (unless another command activated another version meanwhile)
+                    done = c.execute(
+                        """UPDATE models SET serving = (id = ?1) WHERE name = ?2
+                           AND EXISTS (SELECT 1 FROM models WHERE id = ?1 AND active)""",
+                        (m.id, m.name),
+                    ).rowcount
+                if done:
+                    took.append(m)
+        return took
+
     def set_active(self, model: ModelRow, active: bool) -> None:
         """Activating a version deactivates the model's other versions: one version per tag family. KeyError
         when the version was removed since it was read (another command's `models remove`): the activation
         said it was done, and its model was left with no version active."""
         with self.write() as c:
-            if c.execute("SELECT 1 FROM models WHERE id = ?", (model.id,)).fetchone() is None:
+            was = c.execute("SELECT active FROM models WHERE id = ?", (model.id,)).fetchone()
+            if was is None:
                 raise KeyError(f"no model {model.ref}: removed meanwhile")
             if active:
-                c.execute("UPDATE models SET active = 0 WHERE name = ?", (model.name,))
-            c.execute("UPDATE models SET active = ? WHERE id = ?", (int(active), model.id))
-            if active:
-                c.execute("UPDATE models SET activated = ? WHERE id = ?", (time.time(), model.id))
+                _turn_on(c, model.name, model.id)
+            elif was[0]:  # its tags leave searches at once, and those of a version standing in for it
+                c.execute("UPDATE models SET active = 0, serving = 0 WHERE name = ?", (model.name,))
 
     def remove_model(self, model: ModelRow) -> ModelRow | None:
         """Forget a version and its tags. When it was the active one, the version active before it takes its
@@ -776,21 +826,21 @@ class Index:
         silently without a model. (The newest alone put a version installed `--inactive`, staged, or of other
         tags, live in place of the one the user had before.)"""
         with self.write() as c:
-            active = c.execute("SELECT active FROM models WHERE id = ?", (model.id,)).fetchone()
+            was = c.execute("SELECT active, serving FROM models WHERE id = ?", (model.id,)).fetchone()
+            active, serving = was or (0, 0)
             c.execute("DELETE FROM tags WHERE model_id = ?", (model.id,))
             c.execute("DELETE FROM tagged WHERE model_id = ?", (model.id,))
             c.execute("DELETE FROM models WHERE id = ?", (model.id,))
-            if not (active and active[0]):
+            if not active:
+                if serving:  # it stood in for the active version, which serves now, tagged so far as it is
+                    c.execute("UPDATE models SET serving = 1 WHERE name = ? AND active", (model.name,))
                 return None
-            last = "SELECT version FROM models WHERE name = ? ORDER BY activated DESC, version DESC"
+            last = "SELECT id, version FROM models WHERE name = ? ORDER BY activated DESC, version DESC"
             row = c.execute(last, (model.name,)).fetchone()
             if row is None:
                 return None
-            c.execute(
-                "UPDATE models SET active = 1, activated = ? WHERE name = ? AND version = ?",
-                (time.time(), model.name, row[0]),
-            )
-        return self.model(model.name, int(row[0]))
+            _turn_on(c, model.name, row[0])
+        return self.model(model.name, int(row[1]))
 
     def note_unused(self, now: float) -> None:
         """Contents no file has now (deleted or rewritten files left them, with their tags) are marked so since
@@ -934,7 +984,7 @@ class Index:
     def file_tags(self, paths: Sequence[str]) -> Iterator[FileTags]:
         """What the index holds for these paths; a folder stands for everything under it. Each file once, as
         a Tag answers: a path given twice, or a file given beside its folder, is one answer."""
-        model_ids = [m.id for m in self.active_models()]
+        model_ids = [m.id for m in self.serving_models()]
         answered: set[str] = set()
         for p in paths:
             lo, hi = under(p)
@@ -984,13 +1034,23 @@ class Index:
         rows = self.conn().execute(
             f"""SELECT m.name, v.tag, count(*) FROM files f
                JOIN tags t ON t.content_id = f.content_id AND t.hit = 1
-               JOIN models m ON m.id = t.model_id AND m.active = 1
+               JOIN models m ON m.id = t.model_id AND m.serving = 1
                JOIN vocab v ON v.id = t.tag_id
                WHERE f.state != 'failed' AND (? = '' OR m.name = ?){outside}
                GROUP BY m.name, v.tag ORDER BY count(*) DESC, v.tag""",
             args,
         )
         return [(m, t, int(n)) for m, t, n in rows]
+
+
+def _turn_on(c: sqlite3.Connection, name: str, model_id: int) -> None:
+    """Make this version the active one of its model (in the caller's transaction). A version that serves
+    searches now (the one active before) goes on serving until this one has tagged the library (hand_over);
+    with none serving, it serves at once."""
+    c.execute("UPDATE models SET active = (id = ?) WHERE name = ?", (model_id, name))
+    c.execute("UPDATE models SET activated = ? WHERE id = ?", (time.time(), model_id))
+    if c.execute("SELECT 1 FROM models WHERE name = ? AND serving", (name,)).fetchone() is None:
+        c.execute("UPDATE models SET serving = 1 WHERE id = ?", (model_id,))
 
 
 def _outside(folders: Sequence[str], args: list[object]) -> list[str]:

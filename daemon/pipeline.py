@@ -13,7 +13,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,6 +109,15 @@ class Pipeline:
             self.failing: dict[int, tuple[str, str]] = {}  # model id → (ref, error) of those set aside
             self._failed: dict[int, tuple[int, int]] = {}  # model id → (files, batches) failed, none scored
             self._scored: set[int] = set()
+
+    def let_go(self, ids: Collection[int]) -> None:
+        """Stop running these models (versions that stood in for others: Index.hand_over); the others go on as
+        they were, those set aside included."""
+        with self._models_lock:  # (failing replaced, not changed in place: other threads read it unlocked)
+            self._models = [m for m in self._models if m.id not in ids]
+            self.failing = {i: said for i, said in self.failing.items() if i not in ids}
+            self._failed = {i: n for i, n in self._failed.items() if i not in ids}
+            self._scored = self._scored - set(ids)
 
     def keep_aside(self, failing: dict[int, tuple[str, str]]) -> None:
         """Models set aside by an earlier run of the daemon, the active models as they were: aside again,

@@ -132,6 +132,8 @@ def ensure_models(index: Index, home_dir: Path) -> list[ModelRow]:
             log.error("the built-in model %s cannot be used (%s): reinstall Vibrary", path.name, e)
             continue
         rows.append(row)
+    # forgotten at once, though it stands in for the new one's re-tag (Index.hand_over): its file is this install's
+    # now, the new version's, which it cannot stand in with
     superseded = {m.name for m in index.models() if m.builtin and m.sha256 in shipped}
     for m in index.models():
         if m.builtin and m.sha256 not in shipped and m.name in superseded and not m.active:

@@ -44,7 +44,7 @@ class Query:
 def search(index: Index, q: Query, page: int = 200) -> Iterator[FileTags]:
     """Files matching the query, streamed a page at a time, in whatever order is cheapest; with
     `best_first`, the surest matches first (without a limit it was ignored, though the API said otherwise)."""
-    models = [m for m in index.active_models() if not q.model or m.name == q.model]
+    models = [m for m in index.serving_models() if not q.model or m.name == q.model]
     if not models:
         return
     model_ids = [m.id for m in models]

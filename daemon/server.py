@@ -245,9 +245,9 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         return search(self.daemon.index, query)
 
     def _model_name(self, ref: str, context: grpc.ServicerContext) -> str:
-        """A model filter's model: an installed one by name, or NAME@VERSION of its active version, as Status
-        and Events name it (a front end handing that back was refused); the index holds the tags of each
-        model's active version only, so another version is refused with the reason."""
+        """A model filter's model: an installed one by name, or NAME@VERSION of its active version (or of the one
+        standing in for it), as Status and Events name it (a front end handing that back was refused); searches
+        read the tags of one version of each model, so another version is refused with the reason."""
         if not ref:
             return ""
         try:
@@ -258,11 +258,11 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         if not installed:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no model {name}")
         active = next((m.ref for m in installed if m.active), None)
-        if version and f"{name}@{version}" != active:
+        if version and f"{name}@{version}" not in {m.ref for m in installed if m.active or m.serving}:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"{ref} is not the active version of {name} ({active or 'none is active'}): the index holds the "
-                "tags of each model's active version; filter by the name",
+                f"{ref} is not the active version of {name} ({active or 'none is active'}): searches read the "
+                "tags of one version of each model; filter by the name",
             )
         return name
 
@@ -406,6 +406,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
                     spectrogram=m.spectrogram,
                     path=m.path,
                     builtin=m.builtin,
+                    serving=m.serving,
                 )
                 for m in self.daemon.index.models()
             ]

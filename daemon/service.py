@@ -84,11 +84,11 @@ def _size_and_time(path: str) -> tuple[int, int]:
 
 
 def load_models(index: Index, rows: Sequence | None = None) -> list[ActiveModel]:
-    """onnxruntime sessions for the given model rows (default: the active ones); a model file that has
+    """onnxruntime sessions for the given model rows (default: those the daemon tags with); a model file that has
     gone bad is logged and skipped rather than stopping every other model. One thread each: the
     pipeline's workers already keep every core busy."""
     loaded = []
-    for row in rows if rows is not None else index.active_models():
+    for row in rows if rows is not None else index.tagging_models():
         try:
             loaded.append(ActiveModel(row.id, row.ref, Model(row.path, threads=1)))
         except ModelError as e:
@@ -109,7 +109,7 @@ class Daemon:
         registry.ensure_models(self.index, home_dir)
         self.cache = SpectrogramCache(config.cache_path(home_dir), self.settings.cache_max_mb << 20)
         self.events = EventBus()
-        self._active = {m.id: m.ref for m in self.index.active_models()}
+        self._active = {m.id: m.ref for m in self.index.tagging_models()}  # as followed: loaded, files re-queued
         self._installed = {m.id: m.ref for m in self.index.models()}  # every version: its events (_follow_models)
         self.pipeline = Pipeline(
             load_models(self.index),
@@ -123,7 +123,7 @@ class Daemon:
             on_failing=self._model_failing,
         )
         self.pipeline.keep_aside(self._failing_before())
-        self._unloaded = self._unloaded_files(self.index.active_models())
+        self._unloaded = self._unloaded_files(self.index.tagging_models())
         self.watcher = Watcher(
             self.index, self.settings.settle_s, self._wake_feeder, self._removed, self.settings.rescan_hours * 3600
         )
@@ -137,6 +137,7 @@ class Daemon:
         self._feeder = threading.Thread(target=self._feed, name="feeder", daemon=True)
         self._sweeper = threading.Thread(target=self._sweep_on_demand, name="on-demand-sweep", daemon=True)
         self._analyzed_at, self._analyzed_rows = -1e9, 0
+        self._hand_over_error = ""  # the index's last refusal of a hand-over, said once
         # the first look UNUSED_FIRST_S after a start (once its scan is done: _forget_unused_contents waits for it);
         # an hour after each start, a daemon restarted more often (a laptop's, at every login) never looked
         self._unused_at = time.monotonic() - UNUSED_S + UNUSED_FIRST_S
@@ -236,6 +237,7 @@ class Daemon:
                 if jobs and len(jobs) == room:
                     continue
                 if not jobs and not self._in_flight:
+                    self._hand_over()
                     self._refresh_statistics()
                     self._forget_unused_contents()
                     if self.stalled and time.monotonic() >= self._stalled_until and not self.index.due_count(now):
@@ -247,6 +249,53 @@ class Daemon:
             except Exception:
                 log.exception("feeder error; retrying")
                 self._stop.wait(1.0)
+
+    def _hand_over(self, wait: bool = True) -> None:
+        """A new version that has tagged the library takes over searches from the one before (Index.hand_over):
+        when the feeder is idle, and at once when a version is activated (a rollback to a version that has
+        tagged every file is instant). Only to a version loaded and tagging, under the models lock: one that could
+        not be loaded, or whose files were not re-queued for it yet, has none waiting for it and took over at once.
+        Without `wait`, not while a follow holds the lock (loading models: seconds); the follow hands over after."""
+        took: list[ModelRow] = []
+        try:
+            if all(m.serving for m in self.index.active_models()):
+                return  # (the common case, every second the feeder is idle: no lock taken)
+            if not self._models_lock.acquire(timeout=-1 if wait else 0.1):
+                return
+            try:  # (followed: its files re-queued, which self._active says once they are)
+                tagging = (self._active.keys() & set(self._loaded())) - self.pipeline.failing.keys()
+                took = self.index.hand_over(tagging, sorted(self.watcher.missing))
+                self._let_go_stand_ins(took)
+            finally:
+                self._models_lock.release()
+        except sqlite3.Error as e:  # (a full or read-only disk: said once, not a traceback a second)
+            if str(e) != self._hand_over_error:
+                log.warning("searches go on reading the versions they read: the index cannot be written (%s)", e)
+            self._hand_over_error = str(e)
+        else:
+            self._hand_over_error = ""
+        for m in took:
+            log.info("%s has tagged the library: searches read its tags now", m.ref)
+            self.events.publish(Event(MODEL_CHANGED, model=m.ref))
+            self.status_events.changed()
+
+    def _let_go_stand_ins(self, took: Sequence[ModelRow]) -> None:
+        """(With the models lock held.) The versions that stood in for those that `took` over are no longer run:
+        only they, so that a model set aside stays so and nothing is re-queued, as a change of the active models
+        would. When other models changed meanwhile (a terminal's `models deactivate`), a follow does it all."""
+        now = {m.id: m.ref for m in self.index.tagging_models()}
+        names = {m.name for m in took}
+        stand_ins = {i for i in self._active.keys() - now.keys() if self._active[i].rpartition("@")[0] in names}
+        if now.keys() != self._active.keys() - stand_ins:
+            self._follow_now.set()
+            return
+        if not stand_ins:
+            return
+        self.pipeline.let_go(stand_ins)
+        self._active = now
+        self._unloaded = {i: stat for i, stat in self._unloaded.items() if i in now}
+        with contextlib.suppress(OSError):
+            self._save_failing()
 
     def _forget_unused_contents(self) -> None:
         """When idle, at most every UNUSED_S: contents no file has are noted so, and those no file has had for
@@ -439,6 +488,7 @@ class Daemon:
         log.info("active models now %s; %d files re-queued", list(now.values()), queued)
         for ref in changed:  # ListModels and Status say what each is now
             self.events.publish(Event(MODEL_CHANGED, model=ref))
+        self._hand_over()
         self._wake.set()
         self.status_events.changed()
 
@@ -446,7 +496,7 @@ class Daemon:
         """(With the models lock held.) The models changed, the active set now (None: no change) and the files
         re-queued."""
         self._follow_installs()
-        active = self.index.active_models()
+        active = self.index.tagging_models()
         now = {m.id: m.ref for m in active}
         if now == self._active and self._unloaded_files(active) == self._unloaded:  # (a file put back)
             return [], None, 0
@@ -494,14 +544,14 @@ class Daemon:
         self.status_events.changed()
 
     def _save_failing(self) -> None:
-        active = {m.id: m.ref for m in self.index.active_models()}
+        active = {m.id: m.ref for m in self.index.tagging_models()}
         config.save_failing(self.home, active, self.pipeline.failing)
 
     def _failing_before(self) -> dict[int, tuple[str, str]]:
         """The models set aside when the daemon last ran, when the active models are those they were set aside
         among (config.failing)."""
         try:
-            return config.failing(self.home, {m.id: m.ref for m in self.index.active_models()})
+            return config.failing(self.home, {m.id: m.ref for m in self.index.tagging_models()})
         except ValueError as e:  # a damaged file: each gets its chance again
             log.warning("%s cannot be read (%s): models set aside are tried again", config.failing_path(self.home), e)
             return {}
@@ -518,8 +568,10 @@ class Daemon:
         return {m.id: _file_stat(m.path) for m in active if m.id not in loaded}
 
     def models_changed(self) -> None:
-        """Called by the API after it changed the active set, so the switch is immediate."""
+        """Called by the API after it changed the active set, so the switch is immediate (a rollback to a version
+        that has tagged the library too, whether the feeder followed the change first or not)."""
         self._follow_models()
+        self._hand_over()
 
     def wait_for_models_followed(self, wait: float) -> None:
         """For a status: a change of the active models that another process made in the index (`vibrary models
@@ -527,7 +579,7 @@ class Daemon:
         counted no re-tag, and `models install && status --wait` ended at once, the library not re-tagged. The
         feeder follows it, now, and the status waits `wait` seconds at most: a status that loaded the models
         itself (seconds for a big one) ran past its caller's deadline, and a check of 2 s, `is_running`, failed."""
-        if {m.id: m.ref for m in self.index.active_models()} == self._active and not self._models_lock.locked():
+        if {m.id: m.ref for m in self.index.tagging_models()} == self._active and not self._models_lock.locked():
             return  # (the common case: nothing to follow, nobody following)
         until, begun = time.monotonic() + wait, self._follows_begun
         # a follow begun after this call, ended however it did (a failing one, waited for to the deadline,
@@ -540,6 +592,8 @@ class Daemon:
     # -- API helpers ---------------------------------------------------------------------------------
     def status(self) -> dict[str, object]:
         counts = self.index.counts()
+        if not counts["pending"]:  # a re-tag just done: searches read its version before `status --wait` ends
+            self._hand_over(wait=False)
         retrying, retry_reason = self.index.retrying()
         active = self.index.active_models()
         unusable = [m.ref for m in active if m.id in self._unloaded]  # tried, and could not be loaded
@@ -547,7 +601,7 @@ class Daemon:
         models = [m.ref for m in active if m.ref not in unusable and m.id not in failing]
         # `vibrary models activate` writes the index, and the feeder follows within a second: a status meanwhile
         # listed the model active and said indexing waited for lack of one (`status --wait` gave up on it)
-        following = {m.id: m.ref for m in active} != self._active
+        following = {m.id: m.ref for m in self.index.tagging_models()} != self._active
         tagging = bool(models) if following else bool(self.pipeline.models)
         return {
             **counts,

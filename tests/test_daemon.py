@@ -791,6 +791,41 @@ def test_a_search_that_finds_only_guesses_unlike_the_examples_says_so(daemon: Da
     assert "scored" not in vibrary("search", "air", home=daemon.home).stderr  # none scored so: nothing to say
 
 
+def test_files_new_while_a_version_stands_in_get_its_tags_too(
+    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the version before a new one serves searches (its re-tag under way), a file dropped in or tagged on
+    demand got the new version's tags only: searches, GetTags and a plugin's Tag found none of the model's. The
+    version standing in tags them too, and is let go once the new one serves. The daemon in this process, the
+    hand-over held off until the test lets it happen."""
+    from vibrary.daemon import registry, service
+
+    d = service.Daemon(model_home, service.config.Settings(nice=0, settle_s=0.2))
+    hand_over = d.index.hand_over
+    monkeypatch.setattr(d.index, "hand_over", lambda *args, **kwargs: [])  # (it waits for the test)
+    d.start()
+    try:
+        registry.install(d.index, model_home, str(band_model(tmp_path / "v2.onnx", version=2, shift=1)), active=True)
+        d.models_changed()
+        assert [(m.ref, m.active, m.serving) for m in d.index.models() if m.name == "bands"] == [
+            ("bands@1", False, True),
+            ("bands@2", True, False),
+        ]
+        assert sorted(m.ref for m in d.pipeline.models) == ["bands@1", "bands@2"]  # both tag
+        (result,) = d.tag_now([str(write_tone(tmp_path / "outside" / "low.wav", BANDS["low"]))], time.time() + 30)
+        assert (result.state, result.tags[0][:2]) == ("indexed", ("bands", "low"))  # v1's, as searches read
+        monkeypatch.setattr(d.index, "hand_over", hand_over)
+        d.pipeline.failing[999] = ("other@1", "fails on every file")  # (as a model set aside is kept)
+        d.models_changed()  # (nothing was indexed before: nothing waits for v2)
+        assert [m.ref for m in d.index.serving_models() if m.name == "bands"] == ["bands@2"]
+        (result,) = d.index.file_tags([str(tmp_path / "outside" / "low.wav")])
+        assert result.tags[0][:2] == ("bands", "mid")  # v2's: it tagged the file when it came
+        assert [m.ref for m in d.pipeline.models] == ["bands@2"]  # v1 let go, and only it: nothing set aside
+        assert 999 in d.pipeline.failing and d.status()["pending"] == 0  # is tried again, nothing re-queued
+    finally:
+        d.stop()
+
+
 def test_versions_and_rollback(daemon: DaemonProcess, tmp_path: Path) -> None:
     library = tmp_path / "library"
     library.mkdir()
@@ -799,10 +834,17 @@ def test_versions_and_rollback(daemon: DaemonProcess, tmp_path: Path) -> None:
     wait_for(lambda: _indexed(daemon.client, 3))
     low = next(p for p, b in expected.items() if b == "low")
 
+    daemon.client.pause()  # a new version's tags were missing from searches until it had re-tagged each file
     v2 = band_model(tmp_path / "v2.onnx", name="bands", version=2, shift=1)  # disagrees with v1
     vibrary("models", "install", str(v2), home=daemon.home)
+    wait_for(lambda: daemon.client.status().pending == 3)  # followed: the library waits for v2
+    assert _best(daemon.client, low) == ("pending", "low")  # v1's tags serve till then
+    assert low in {f.path for f in daemon.client.search("low")}
+    serving = [(m.version, m.active, m.serving) for m in daemon.client.models() if m.name == "bands"]
+    assert serving == [(1, False, True), (2, True, False)]
+    daemon.client.resume()
     wait_for(lambda: _best(daemon.client, low) == ("indexed", "mid"))
-    assert [m.version for m in daemon.client.models() if m.active] == [2]
+    assert [(m.version, m.serving) for m in daemon.client.models() if m.active] == [(2, True)]
 
     daemon.client.activate("bands", 1)
     assert _best(daemon.client, low) == ("indexed", "low")  # old tags are kept: rollback is instant

@@ -75,6 +75,40 @@ def test_single_tag_matches_best_tag_or_high_score(library: tuple[Index, int, in
     assert _paths(index, all_of=[["dusty"]], min_score=ANY_STORED_SCORE) == ["/lib/drums/d1.wav"]
 
 
+def test_a_new_version_serves_searches_once_it_has_tagged_the_library(library: tuple[Index, int, int]) -> None:
+    """A training's new version left its tags out of every search until its re-tag reached each file (for as
+    long as indexing was paused), while the version before's stood in the index: that one serves until then."""
+    index, inst, mood = library
+    v2 = index.add_model("mood", "/m/mood2.onnx", "d" * 64, ["dark", "murky"], "{}", False, active=True)
+    assert [m.ref for m in index.serving_models()] == ["inst@1", "mood@1"]
+    assert index.requeue_missing([inst, v2.id]) == 4  # every file lacks mood@2's tags
+    assert _paths(index, all_of=[["dark"]]) == ["/lib/drums/k1.wav"]  # not none: mood@1's, until mood@2 has them
+    files = ["/lib/drums/k1.wav", "/lib/drums/k2.wav", "/lib/drums/s1.wav", "/lib/other/h1.wav"]
+    for path in files[:3]:
+        _add(index, path, {"murky": 0.9}, v2.id)
+    assert index.hand_over({inst, v2.id}, hidden=[]) == [] and _paths(index, all_of=[["murky"]]) == []
+    away = ["/lib/other"]  # a file whose drive is away waits apart
+    assert [m.ref for m in index.hand_over({inst, v2.id}, hidden=away)] == ["mood@2"]
+    assert [m.ref for m in index.serving_models()] == ["inst@1", "mood@2"]
+    assert _paths(index, all_of=[["murky"]]) == files[:3] and _paths(index, all_of=[["dark"]]) == []
+    assert _paths(index, all_of=[["kick"]]) == ["/lib/drums/k1.wav", "/lib/drums/k2.wav"]  # inst's as they were
+    index.set_active(index.model("mood", 1), True)  # a rollback: mood@1 never tagged k2 and h1
+    assert index.requeue_missing([inst, mood]) == 1 and index.hand_over({inst, mood}) == []  # k2 (h1: pending)
+    assert _paths(index, all_of=[["murky"]]) == files[:3]  # mood@2 serves until then
+    for path in ("/lib/drums/k2.wav", "/lib/other/h1.wav"):
+        _add(index, path, {"bright": 0.6}, mood)
+    assert [m.ref for m in index.hand_over({inst, mood})] == ["mood@1"]
+    assert _paths(index, all_of=[["dark"]]) == ["/lib/drums/k1.wav"] and _paths(index, all_of=[["murky"]]) == []
+    index.set_active(index.model("mood", 2), True)
+    index.set_active(index.model("mood", 2), False)  # turned off: neither version's tags are found
+    assert [m.ref for m in index.serving_models()] == ["inst@1"] and _paths(index, all_of=[["dark"]]) == []
+    index.set_active(index.model("mood", 2), True)  # none stands in: it serves at once
+    assert [m.ref for m in index.serving_models()] == ["inst@1", "mood@2"]
+    index.set_active(index.model("mood", 1), True)
+    assert index.remove_model(index.model("mood", 2)) is None  # the one standing in goes: mood@1 serves
+    assert [m.ref for m in index.serving_models()] == ["inst@1", "mood@1"]
+
+
 def test_and_or_not_and_prefix(library: tuple[Index, int, int]) -> None:
     index, _, _ = library
     assert _paths(index, all_of=[["kick"], ["dark"]]) == ["/lib/drums/k1.wav"]
@@ -428,7 +462,8 @@ def test_a_late_result_for_a_deleted_file_never_touches_the_file_added_after_it(
 def test_an_index_from_before_autoincrement_ids_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     old_schema = index_module.SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER PRIMARY KEY")
-    old_schema = "\n".join(line for line in old_schema.splitlines() if "activated REAL" not in line)  # (newer)
+    newer = ("activated REAL", "serving INTEGER")
+    old_schema = "\n".join(line for line in old_schema.splitlines() if not any(n in line for n in newer))
     with sqlite3.connect(path) as c:
         c.executescript(old_schema)
         c.execute("INSERT INTO files(id, path, dir, gen) VALUES (7, '/lib/k.wav', '/lib', 3)")
@@ -441,7 +476,7 @@ def test_an_index_from_before_autoincrement_ids_is_upgraded_in_place(tmp_path: P
         assert "AUTOINCREMENT" in table
     assert index.conn().execute("SELECT model_id FROM tags").fetchall() == [(2,)]  # what 3 left is gone
     assert index.conn().execute("SELECT model_id FROM tagged").fetchall() == [(2,)]
-    assert [(m.id, m.ref) for m in index.models()] == [(2, "inst@1")]
+    assert [(m.id, m.ref, m.serving) for m in index.models()] == [(2, "inst@1", True)]  # (from before `serving`)
     removed = index.add_model("other", "/o.onnx", "b" * 64, ["x"], "{}", False)
     index.remove_model(removed)
     assert index.add_model("other", "/o.onnx", "b" * 64, ["x"], "{}", False).id == removed.id + 1

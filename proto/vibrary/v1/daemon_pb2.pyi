@@ -583,7 +583,9 @@ class Event(_message.Message):
         FILE_FAILED: Event._Kind.ValueType  # 2
         FILE_REMOVED: Event._Kind.ValueType  # 3
         MODEL_CHANGED: Event._Kind.ValueType  # 4
-        """a model was activated, deactivated, removed or set aside (ListModels, Status)"""
+        """a model was activated, deactivated, removed or set aside, or a new version took over searches from the one
+        before it once it had tagged the library (files' tags read anew: ListModels, Status, GetTags)
+        """
         STATUS_CHANGED: Event._Kind.ValueType  # 5
         """counts, paused, missing watches… changed (at most a few per second)"""
         TRAINING_PROGRESS: Event._Kind.ValueType  # 6
@@ -602,7 +604,9 @@ class Event(_message.Message):
     FILE_FAILED: Event.Kind.ValueType  # 2
     FILE_REMOVED: Event.Kind.ValueType  # 3
     MODEL_CHANGED: Event.Kind.ValueType  # 4
-    """a model was activated, deactivated, removed or set aside (ListModels, Status)"""
+    """a model was activated, deactivated, removed or set aside, or a new version took over searches from the one
+    before it once it had tagged the library (files' tags read anew: ListModels, Status, GetTags)
+    """
     STATUS_CHANGED: Event.Kind.ValueType  # 5
     """counts, paused, missing watches… changed (at most a few per second)"""
     TRAINING_PROGRESS: Event.Kind.ValueType  # 6
@@ -686,6 +690,7 @@ class Model(_message.Message):
     SPECTROGRAM_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
     BUILTIN_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     active: _builtins.bool
@@ -693,6 +698,10 @@ class Model(_message.Message):
     """JSON of the spectrogram parameters the model was trained on"""
     path: _builtins.str
     builtin: _builtins.bool
+    serving: _builtins.bool
+    """Searches read its tags: the active version, or the version active before it until the active one has
+    tagged every file (a new version's tags were missing from searches until the re-tag reached each file).
+    """
     @_builtins.property
     def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -705,10 +714,11 @@ class Model(_message.Message):
         spectrogram: _builtins.str = ...,
         path: _builtins.str = ...,
         builtin: _builtins.bool = ...,
+        serving: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "builtin", b"builtin", "classes", b"classes", "name", b"name", "path", b"path", "spectrogram", b"spectrogram", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "builtin", b"builtin", "classes", b"classes", "name", b"name", "path", b"path", "serving", b"serving", "spectrogram", b"spectrogram", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
