@@ -107,6 +107,13 @@ def test_a_new_version_serves_searches_once_it_has_tagged_the_library(library: t
     index.set_active(index.model("mood", 1), True)
     assert index.remove_model(index.model("mood", 2)) is None  # the one standing in goes: mood@1 serves
     assert [m.ref for m in index.serving_models()] == ["inst@1", "mood@1"]
+    v3 = index.add_model("mood", "/m/mood3.onnx", "e" * 64, ["dark"], "{}", False, active=True)
+    assert [m.ref for m in index.serving_models()] == ["inst@1", "mood@1"]  # (mood@3 re-tags)
+    assert index.remove_model(v3) == index.model("mood", 1)  # the active one goes mid-way: mood@1 again, serving
+    assert [(m.ref, m.active) for m in index.serving_models()] == [("inst@1", True), ("mood@1", True)]
+    with index.write() as c:  # as an older release left it: deactivated, its serving flag not cleared
+        c.execute("UPDATE models SET active = 0 WHERE name = 'mood'")
+    assert [m.ref for m in Index(index.path).serving_models()] == ["inst@1"]  # repaired as it opens
 
 
 def test_and_or_not_and_prefix(library: tuple[Index, int, int]) -> None:
