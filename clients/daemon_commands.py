@@ -234,6 +234,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "model_versions": list(s.models),  # NAME@VERSION
         "unusable_models": list(s.unusable_models),  # active, but their file is missing or damaged
         "failing_models": list(s.failing_models),  # "NAME@V: error": set aside, they failed on every file
+        "standing_in": list(s.standing_in),  # "NAME@OLD for NAME@NEW": searches read the older one's tags meanwhile
         "queue_depth": s.queue_depth,
         "watches": list(s.watches),
         "missing_watches": list(s.missing_watches),  # not there now: renamed, moved or unmounted
@@ -273,6 +274,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         human += f"\n{OVER_LIMIT}: " + ", ".join(map(_shown, s.unwatched_folders)) + f"\n  {OVER_LIMIT_FIX}"
     if s.retrying:
         human += f"\nwaiting to be read again: {many(s.retrying)} ({s.retry_reason})"
+    for pair in s.standing_in:
+        old, _, new = pair.partition(" for ")
+        human += f"\nsearches read {old}'s tags until {new} has re-tagged the library"
     for ref in s.unusable_models:
         human += f"\nmodel {ref} tags nothing: {UNUSABLE.format(ref=ref)}"
     for failing in s.failing_models:

@@ -606,6 +606,13 @@ class Daemon:
         return {
             **counts,
             "models": models,
+            "standing_in": [
+                f"{m.ref} for {new.ref}"
+                for m in self.index.serving_models()
+                if not m.active
+                for new in active
+                if new.name == m.name
+            ],
             "unusable_models": unusable,
             "failing_models": [f"{ref}: {error}" for ref, error in failing.values()],
             "retagging": self.index.retagging(),

@@ -842,6 +842,11 @@ def test_versions_and_rollback(daemon: DaemonProcess, tmp_path: Path) -> None:
     assert low in {f.path for f in daemon.client.search("low")}
     serving = [(m.version, m.active, m.serving) for m in daemon.client.models() if m.name == "bands"]
     assert serving == [(1, False, True), (2, True, False)]
+    assert list(daemon.client.status().standing_in) == ["bands@1 for bands@2"]
+    assert (
+        "searches read bands@1's tags until bands@2 has re-tagged the library"
+        in vibrary("status", home=daemon.home).stdout
+    )
     daemon.client.resume()
     wait_for(lambda: _best(daemon.client, low) == ("indexed", "mid"))
     assert [(m.version, m.serving) for m in daemon.client.models() if m.active] == [(2, True)]

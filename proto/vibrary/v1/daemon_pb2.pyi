@@ -66,6 +66,7 @@ class Status(_message.Message):
     FAILING_MODELS_FIELD_NUMBER: _builtins.int
     RETAGGING_FIELD_NUMBER: _builtins.int
     UNWATCHED_FOLDERS_FIELD_NUMBER: _builtins.int
+    STANDING_IN_FIELD_NUMBER: _builtins.int
     indexed: _builtins.int
     pending: _builtins.int
     failed: _builtins.int
@@ -157,6 +158,12 @@ class Status(_message.Message):
         once the limit is raised (or other programs free watches) they are watched again.
         """
 
+    @_builtins.property
+    def standing_in(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Versions that serve searches in place of their model's active version until it has re-tagged the library,
+        each as "NAME@OLD for NAME@NEW" (a search finds the files by the older version's tags meanwhile).
+        """
+
     def __init__(
         self,
         *,
@@ -188,10 +195,11 @@ class Status(_message.Message):
         failing_models: _abc.Iterable[_builtins.str] | None = ...,
         retagging: _builtins.int = ...,
         unwatched_folders: _abc.Iterable[_builtins.str] | None = ...,
+        standing_in: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "failing_models", b"failing_models", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "retagging", b"retagging", "retry_reason", b"retry_reason", "retrying", b"retrying", "reused", b"reused", "scanning", b"scanning", "stalled", b"stalled", "training", b"training", "unfollowed_links", b"unfollowed_links", "unlisted_folders", b"unlisted_folders", "unnamed_count", b"unnamed_count", "unnamed_files", b"unnamed_files", "unusable_models", b"unusable_models", "unwatched_folders", b"unwatched_folders", "uptime_s", b"uptime_s", "version", b"version", "waiting_for_watches", b"waiting_for_watches", "watches", b"watches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "failing_models", b"failing_models", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "retagging", b"retagging", "retry_reason", b"retry_reason", "retrying", b"retrying", "reused", b"reused", "scanning", b"scanning", "stalled", b"stalled", "standing_in", b"standing_in", "training", b"training", "unfollowed_links", b"unfollowed_links", "unlisted_folders", b"unlisted_folders", "unnamed_count", b"unnamed_count", "unnamed_files", b"unnamed_files", "unusable_models", b"unusable_models", "unwatched_folders", b"unwatched_folders", "uptime_s", b"uptime_s", "version", b"version", "waiting_for_watches", b"waiting_for_watches", "watches", b"watches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
