@@ -507,8 +507,12 @@ class _Job:
     ) -> None:
         """`on_launched` hears of the instance before anything else is said: a progress line first (slow on a
         loaded machine) left a window where a Ctrl-C ended an instance its caller never heard of, and said
-        "nothing was launched". A signal that ends the process waits for the launch to be heard of (CI)."""
+        "nothing was launched". A signal that ends the process waits for the launch to be heard of (CI). It
+        hears of the job first, with no instance yet: a process killed between RunInstances and the record (a
+        kill -9, a power cut) left an instance no record named; the job's tag finds it (clean_up)."""
         with _signals_held():
+            self.launched_at = time.time()
+            on_launched(self.job_id, "")
             self.instance = launch(self.ec2, self.settings, self.region, self.job_id, self.url)
             self.launched_at = time.time()
             on_launched(self.job_id, self.instance)

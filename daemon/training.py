@@ -315,8 +315,8 @@ def resume(
                 log.warning("could not end cloud instance %s yet: %s", job.instance, e)  # instance runs on unsaid
                 raise Detached(f"instance {job.instance} could not be ended yet ({e}); tried at the next start") from e
             raise TrainingError(
-                f"the daemon stopped during the upload to the cloud: instance {job.instance} was terminated "
-                "before it trained; start the training again (the shards uploaded are kept)"
+                f"the daemon stopped during the upload to the cloud: instance {job.instance or 'launched for it'}"
+                " was terminated before it trained; start the training again (the shards uploaded are kept)"
             )
         if job.trainer == "cloud":
             files = _from_cloud(job, report, cancel, leave)

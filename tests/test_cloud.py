@@ -808,7 +808,8 @@ def test_a_cloud_job_left_by_a_stopping_daemon_trains_on_and_is_collected_later(
                     leave=leave,
                     on_started=lambda record: recorded.append(dataclasses.replace(record)),
                 )
-            launched, job = recorded  # on record at its launch (mid-upload), then once the job had it all
+            launching, launched, job = recorded  # on record as it launches, at its launch (mid-upload), then once
+            assert launching.job_id == job.job_id and launching.instance == ""  # the job had it all
             assert launched.uploading and launched.instance == job.instance and not job.uploading
             assert job.trainer == "cloud" and job.instance and seen[-1].state == "training"
             assert _states(aws["ec2"]) == ["running"]  # left training, not terminated
@@ -855,14 +856,65 @@ def test_a_daemon_killed_mid_upload_ends_its_instance_at_the_next_start(
                 progress=killed_mid_upload,
                 on_started=lambda record: recorded.append(dataclasses.replace(record)),
             )
-        (launched,) = recorded
-        assert launched.uploading and _states(aws["ec2"]) == ["running"]
+        launched = recorded[-1]
+        assert launched.uploading and launched.instance and _states(aws["ec2"]) == ["running"]
         with pytest.raises(training.TrainingError, match=f"instance {launched.instance} was terminated"):
             training.resume(home, launched, index=index)
         assert _states(aws["ec2"]) == ["terminated"] and _keys(aws["s3"], "jobs/") == []
         assert _keys(aws["s3"], "shards/")  # kept for the next try
     finally:
         index.close()
+
+
+def test_a_daemon_killed_as_it_launches_ends_the_instance_at_the_next_start(
+    aws: dict[str, Any], home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed between RunInstances and the record of the instance it returned: the instance trained on (all
+    shards up) or waited for them, and no record named it. The job is on record before the launch, and the
+    next start finds its instance by the job's tag and ends it."""
+    from vibrary.daemon import training
+
+    index = _kinds_dataset(home, tmp_path)
+    recorded: list[training.JobRecord] = []
+
+    class Killed(BaseException):
+        pass
+
+    def launched_then_killed(*args: Any, **kwargs: Any) -> str:
+        launch(*args, **kwargs)
+        raise Killed  # (no clean-up runs either)
+
+    launch = cloud.launch
+    try:
+        with monkeypatch.context() as dead, pytest.raises(Killed):
+            dead.setattr(cloud._Job, "clean_up", lambda self: None)
+            dead.setattr(cloud, "launch", launched_then_killed)
+            _train_kinds(home, index, on_started=lambda record: recorded.append(dataclasses.replace(record)))
+        (before,) = recorded
+        assert before.job_id and before.instance == "" and before.uploading and _states(aws["ec2"]) == ["running"]
+        with pytest.raises(training.TrainingError, match="instance launched for it was terminated"):
+            training.resume(home, before, index=index)
+        assert _states(aws["ec2"]) == ["terminated"] and _keys(aws["s3"], "jobs/") == []
+    finally:
+        index.close()
+
+
+def test_a_cloud_training_that_hangs_ends_said_so_not_at_max_hours() -> None:
+    """A training that stopped asking for batches (a wedged GPU driver, a deadlock) held its paid instance until
+    max_hours: the job says it hung and its process ends (and with it the instance), once no batch came for
+    HUNG_S; batches coming keep it going."""
+    from vibrary.trainer import s3job
+
+    said: list[tuple[str, dict[str, Any]]] = []
+    ended: list[int] = []
+    with s3job._Watchdog(lambda state, **fields: said.append((state, fields)), hung_s=0.5, end=ended.append) as dog:
+        for _ in range(20):  # a second of batches, none more than 0.05 s apart
+            assert dog.beat() is False
+            time.sleep(0.05)
+        assert ended == [] and said == []
+        wait_for(lambda: ended == [3], timeout=10)
+    error = "the training hung: no batch in 0.00833333 minutes; the instance ends"
+    assert said == [("FAILED", {"force": True, "error": error})]
 
 
 def test_an_instance_aws_does_not_know_yet_is_pending_and_still_terminated() -> None:
@@ -977,8 +1029,8 @@ def test_a_daemon_stopping_mid_upload_ends_the_job_and_a_restart_without_aws_kee
         assert not isinstance(e.value, training.Detached)
         assert _states(aws["ec2"]) == ["terminated"] and _keys(aws["s3"], "jobs/") == []
 
-        (launched,) = recorded
-        assert launched.uploading and launched.launched_at > 0
+        launched = recorded[-1]  # (the first, as it launched: no instance yet)
+        assert launched.uploading and launched.instance and launched.launched_at > 0
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nobody answers
         monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
         with pytest.raises(training.Detached, match=f"instance {launched.instance} could not be ended yet"):

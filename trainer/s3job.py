@@ -15,12 +15,14 @@ one does not pay for the epochs the old one finished.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,9 @@ UPLOAD_SILENT_S = 15 * 60.0
 POLL_S = float(os.environ.get("VIBRARY_JOB_POLL_S", "5"))  # how often a missing shard is looked for
 REPORT_S = 2.0  # progress.json is rewritten at most this often (but at once on a new phase)
 CHECKPOINT_S = 60.0  # the epoch checkpoint goes to the bucket at most this often (a few MB each time)
+# a training that has not asked for a batch this long has hung (a wedged GPU driver, a deadlock): it ends, said
+# so, rather than hold a paid GPU until max_hours (every pass asks for its batches: trainer/train.py `batch`)
+HUNG_S = 30 * 60.0
 
 
 class _Reporter:
@@ -57,6 +62,40 @@ class _Reporter:
         if force or phase != self._phase or now - self._last >= REPORT_S:
             put_json(self.s3, self.bucket, self.key, {"state": state, **fields})
             self._last, self._phase = now, phase
+
+
+class _Watchdog:
+    """Ends the job, said as failed, when the training goes HUNG_S without a batch. A thread, since a hung
+    training holds the main one; the process ends at once (`end`), and with it the instance (user data)."""
+
+    def __init__(
+        self, report: Callable[..., Any], hung_s: float = HUNG_S, end: Callable[[int], Any] = os._exit
+    ) -> None:
+        self.report, self.hung_s, self.end = report, hung_s, end
+        self.alive = time.monotonic()
+        self.done = threading.Event()
+
+    def beat(self) -> bool:
+        """The training's `cancelled` callback, asked every batch: alive, never cancelled."""
+        self.alive = time.monotonic()
+        return False
+
+    def __enter__(self) -> _Watchdog:
+        threading.Thread(target=self._watch, name="watchdog", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+
+    def _watch(self) -> None:
+        while not self.done.wait(min(60.0, self.hung_s / 10)):
+            if time.monotonic() - self.alive > self.hung_s:
+                error = f"the training hung: no batch in {self.hung_s / 60:g} minutes; the instance ends"
+                log.error("%s", error)
+                with contextlib.suppress(Exception):  # (said if S3 can hear it; the process ends either way)
+                    self.report("FAILED", force=True, error=error)
+                self.end(3)
+                return
 
 
 def _handed_over(blobs: list[bytes]) -> Iterator[bytes]:
@@ -167,9 +206,17 @@ def _run(s3: Any, bucket: str, key: str, prefix: str, report: _Reporter, checkpo
         report("TRAINING", message=p.phase, **progress_fields(p))
 
     report("TRAINING", message="going on from the last checkpoint" if resumed else "loading")
-    files, result = train_to_files(
-        manifest, _handed_over(blobs), spec["name"], spec["base"], train_config, progress, checkpoint=checkpoints.path
-    )
+    with _Watchdog(report) as watchdog:
+        files, result = train_to_files(
+            manifest,
+            _handed_over(blobs),
+            spec["name"],
+            spec["base"],
+            train_config,
+            progress,
+            cancelled=watchdog.beat,
+            checkpoint=checkpoints.path,
+        )
     files["summary.json"] = json.dumps(result.summary()).encode()
     for name, data in files.items():
         s3.put_object(Bucket=bucket, Key=f"{prefix}out/{name}", Body=data)
