@@ -629,9 +629,13 @@ def test_folders_made_at_once_are_scanned_in_turn_and_none_is_missed(
             (lib / f"kit{i:02d}" / "one shots").mkdir(parents=True)  # inside a new one: left to the outer's scan
             made.append(lib / f"kit{i:02d}" / "one shots" / "hit.wav")
             made[-1].write_bytes(b"RIFF")
+
+        def all_pending() -> bool:  # (scans_running was 0 at once, under load, before the events were even read)
+            w.flush()
+            return {str(f) for f in made} <= _pending(index)
+
+        wait_for(all_pending, timeout=30)
         wait_for(lambda: w.scans_running == 0, timeout=30)
-        w.flush()
-        assert {str(f) for f in made} <= _pending(index)
         assert most == 1, most
     finally:
         w.stop()
