@@ -588,6 +588,11 @@ class _Job:
         job in the bucket but the shards, which the next training of the same data reuses."""
         try:
             listed = job_instances(self.ec2, self.job_id)
+            for _ in range(TERMINATE_TRIES if not self.instance and self.fresh else 0):
+                if listed:  # (its id never heard of: a process killed as it launched; by its tag, a moment after)
+                    break
+                time.sleep(self.settings.poll_s)
+                listed = job_instances(self.ec2, self.job_id)
             running = [i["InstanceId"] for i in listed if i["State"]["Name"] not in _GONE]
             if self.instance and self.instance not in running and (self.fresh or not listed):
                 running.append(self.instance)  # not listed yet, or forgotten: tried, and NotFound said below
@@ -606,7 +611,8 @@ class _Job:
                     time.sleep(self.settings.poll_s)
         except Exception as e:  # the one thing that must not pass unsaid: it costs money by the hour
             raise CloudError(
-                f"could not terminate instance {self.instance} ({e}): terminate it in the EC2 console"
+                f"could not terminate instance {self.instance or 'tagged vibrary-job=' + self.job_id} ({e}): terminate"
+                " it in the EC2 console"
             ) from e
         try:
             listed = self.s3.list_objects_v2(Bucket=self.settings.bucket, Prefix=self.prefix).get("Contents", [])

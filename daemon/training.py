@@ -312,11 +312,11 @@ def resume(
             try:
                 _cloud().abandon(job.job_id, job.instance, job.launched_at)
             except Exception as e:  # AWS out of reach (the network not up yet): the record must stay, or the
-                log.warning("could not end cloud instance %s yet: %s", job.instance, e)  # instance runs on unsaid
-                raise Detached(f"instance {job.instance} could not be ended yet ({e}); tried at the next start") from e
+                log.warning("could not end cloud %s yet: %s", _instance(job), e)  # instance runs on unsaid
+                raise Detached(f"{_instance(job)} could not be ended yet ({e}); tried at the next start") from e
             raise TrainingError(
-                f"the daemon stopped during the upload to the cloud: instance {job.instance or 'launched for it'}"
-                " was terminated before it trained; start the training again (the shards uploaded are kept)"
+                f"the daemon stopped during the upload to the cloud: {_instance(job)} was terminated before it"
+                " trained; start the training again (the shards uploaded are kept)"
             )
         if job.trainer == "cloud":
             files = _from_cloud(job, report, cancel, leave)
@@ -751,15 +751,20 @@ def _followed(cloud: Any, job: JobRecord) -> Iterator[None]:
     try:
         yield
     except cloud.Left:
-        raise Detached(f"left cloud job {job.job_id} to instance {job.instance}") from None
+        raise Detached(f"left cloud job {job.job_id} to {_instance(job)}") from None
     except cloud.AwsRefused as e:
         recent = job.launched_at and time.time() - job.launched_at < KEEP_UNFOLLOWED_S
         if not (cloud.credentials_gone(e) and job.job_id and recent):
             raise
         raise KeptOnRecord(
-            f"could not follow cloud job {job.job_id} on instance {job.instance} ({e}): it trains on; renew the"
+            f"could not follow cloud job {job.job_id} on {_instance(job)} ({e}): it trains on; renew the"
             " AWS credentials and restart the daemon to collect it (the instance ends itself after its max_hours)"
         ) from e
+
+
+def _instance(job: JobRecord) -> str:
+    """The job's instance, in words: one on record from before its launch has no id yet (daemon/cloud.py)."""
+    return f"instance {job.instance}" if job.instance else "the instance launched for it, if any,"
 
 
 class Background:

@@ -892,7 +892,7 @@ def test_a_daemon_killed_as_it_launches_ends_the_instance_at_the_next_start(
             _train_kinds(home, index, on_started=lambda record: recorded.append(dataclasses.replace(record)))
         (before,) = recorded
         assert before.job_id and before.instance == "" and before.uploading and _states(aws["ec2"]) == ["running"]
-        with pytest.raises(training.TrainingError, match="instance launched for it was terminated"):
+        with pytest.raises(training.TrainingError, match="the instance launched for it, if any, was terminated"):
             training.resume(home, before, index=index)
         assert _states(aws["ec2"]) == ["terminated"] and _keys(aws["s3"], "jobs/") == []
     finally:
