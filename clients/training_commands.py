@@ -174,7 +174,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             token=args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", ""),
             confirm=confirm_cost(args),
             progress=progress,
-            on_started=lambda job: started.append(job.job_id),
+            # (a cloud job is on record before its launch: its instance says whether one was launched)
+            on_started=lambda job: started.append(job.instance if job.trainer == "cloud" else job.job_id),
         )
     except TrainingError as e:
         raise CommandError(str(e)) from None
@@ -184,8 +185,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             ended = f"its model was installed and activated first, as {installed[-1].ref}"
         elif "installing" in states:  # trained: kept where `vibrary models install` takes it from
             ended = f"its trained model is kept in {home_dir / 'uninstalled'} (`vibrary models install` installs it)"
-        elif args.trainer == "cloud":  # (a job id on record once an instance is launched)
-            ended = "its cloud instance is terminated" if started else "nothing was launched"
+        elif args.trainer == "cloud":
+            ended = "its cloud instance is terminated" if any(started) else "nothing was launched"
         elif started:  # (the trainer keeps its checkpoint: "cancelled" alone read as all of it lost)
             ended = "its job on the trainer is cancelled; the same command goes on from its last finished epoch"
         elif "uploading" in states:  # "its job ... is cancelled" of a job never started
