@@ -300,13 +300,14 @@ def _create(args: argparse.Namespace, home_dir: Path, untagged: list[str]) -> tu
         dataset.load(home_dir, args.name)  # "no dataset", before any file is looked at
     else:
         dataset.check_no_case_twin(home_dir, args.name)  # (and by the build: the API's creates)
-        if not args.replace:  # (it was replaced, its edits lost, and said only afterwards)
+        if args.replace:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                replaced = dataset.load(home_dir, args.name)[0].clips
+        else:  # (it was replaced, its edits lost, and said only afterwards)
             try:
                 dataset.check_absent(home_dir, args.name)
             except dataset.Exists as e:
                 raise _in_use(args.name, e) from None
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            replaced = dataset.load(home_dir, args.name)[0].clips
     examples = _examples(args, untagged)
     if untagged and not examples:  # (the build's own words are for folders: "put examples in one folder per tag")
         raise CommandError(f"no file has a tag suggested ({many(len(untagged))} skipped): {NO_TAG_WAYS}")
