@@ -103,7 +103,10 @@ class Settings:
     workers: int = 0  # decode/spectrogram threads; 0: one per core
     batch_size: int = 8  # clips per onnxruntime call: larger batches only grow onnxruntime's memory
     queue_size: int = 64  # files in flight between the index and the workers: memory stays bounded
-    settle_s: float = 1.0  # a file still being written is read only after this long without change
+    # a file still being written is read when its writer closes it, or after this long without change where the
+    # system does not report closes (macOS, Windows); on Linux a writer that keeps it open is waited for longer
+    # (watch.WRITER_OPEN_S)
+    settle_s: float = 1.0
     nice: int = 10  # OS priority of the daemon: the DAW always wins (0: CPU and I/O priority left as they are)
     cache_max_mb: int = 2048  # spectrogram cache size, the least recently written evicted first
     store_min_score: float = 0.02  # scores below this are not stored (except each model's best tag)

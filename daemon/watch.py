@@ -1,10 +1,10 @@
 """Keep the index in step with the watched folders: live filesystem events plus a reconciling scan.
 
 Events only record *what* changed (a pending row with a due time); the workers do the reading. A file is
-due `settle_s` after its last modification event, or at once when the writer closes it, so a file still
-being copied is not read half-written. The scan at start-up (and when a folder appears) finds what
-changed while the daemon was down: new or changed files go pending, vanished ones are dropped, and a file
-that was moved keeps its tags because its content hash is already known.
+due at once when its writer closes it, and until then `WRITER_OPEN_S` after its last write (`settle_s` where
+the system reports no closes), so a file still being copied is not read half-written. The scan at start-up
+(and when a folder appears) finds what changed while the daemon was down: new or changed files go pending,
+vanished ones are dropped, and a file that was moved keeps its tags because its content hash is known.
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ log = logging.getLogger(__name__)
 # watchdog warns on stderr each time a folder it already follows is registered again during a copy: noise
 warnings.filterwarnings("ignore", message="Callback with id .* already exists", category=RuntimeWarning)
 
+# A file written to and not closed since waits this long after its last write, not settle_s: a copy stalled on a
+# slow network drive, or a recorder between buffers, pauses longer than settle_s with the file open, and was read
+# at each pause (failed "truncated", or tagged from half its sound) and again at each later one and the close.
+WRITER_OPEN_S = 30.0
+
 # The events `_handle` acts on. Asking inotify for these alone matters: by default it also reports every
 # open and every close-without-write, and the daemon opens each file it reads several times, so the
 # observer threads spent a fifth of the daemon's CPU turning its own reads into events it then ignored.
@@ -97,6 +102,8 @@ class Watcher(FileSystemEventHandler):
         self._on_pending = on_pending
         self._on_removed = on_removed
         self._observer = _observer()
+        # how long a file written to, and not closed since, waits: closed, it is due at once
+        self._open_s = max(settle_s, WRITER_OPEN_S) if _reports_closes(self._observer) else settle_s
         self._watches: dict[str, ObservedWatch] = {}
         self._inner: frozenset[str] = frozenset()  # watch folders inside another one observed (_note_watches)
         self._identity: dict[str, tuple[int, int] | None] = {}  # each watch folder's device and inode
@@ -571,8 +578,10 @@ class Watcher(FileSystemEventHandler):
             self.rescan(src)  # (they were lost for good, and the files waited for a restart)
         elif isinstance(event, FileCreatedEvent) and not is_audio_path(src) and _links_to_folder(src):
             self._linked(src)  # inotify does not flag a link as a folder: watchdog calls it a file
-        elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
+        elif isinstance(event, FileCreatedEvent):
             self._mark(src, time.time() + self.settle_s)
+        elif isinstance(event, FileModifiedEvent):
+            self._mark(src, time.time() + self._open_s)
         elif isinstance(event, FileClosedEvent):
             self._mark(src, time.time())
         elif isinstance(event, FileAttribEvent):
@@ -1119,6 +1128,12 @@ def _identity(folder: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def _reports_closes(observer: BaseObserver) -> bool:
+    """Whether a writer's close is an event here (inotify's IN_CLOSE_WRITE): macOS's and Windows' observers
+    have none, and a file written to there waits settle_s, not for a close that never comes."""
+    return type(observer).__name__ == "InotifyObserver"
 
 
 def _observer() -> BaseObserver:

@@ -1005,3 +1005,27 @@ def test_a_move_is_an_exchange_only_when_another_file_is_left_at_its_source(tmp_
     assert not watch_module._exchanged(str(tmp_path / "Kick.wav"), str(kick))  # the same file: a rename
     assert watch_module._exchanged(str(other), str(kick))  # two files: exchanged
     assert not watch_module._exchanged(str(tmp_path / "gone.wav"), str(kick))  # the source gone: a rename
+
+
+def _due_now(index: Index) -> set[str]:
+    return {job.path for job in index.due_jobs(100_000, set(), time.time())}
+
+
+def test_a_file_its_writer_keeps_open_waits_for_the_close_not_for_a_pause(index: Index, tmp_path: Path) -> None:
+    """A copy stalled on a slow network drive, or a recorder between buffers, pauses longer than settle_s with
+    the file open: it was read at each pause (failed "truncated", or tagged from half its sound) and again at
+    the close. Written and not closed, it waits; closed, it is due at once."""
+    w, lib = _started(index, tmp_path)
+    path = lib / "take.wav"
+    try:
+        with open(path, "wb") as f:
+            f.write(b"RIFF" + bytes(4096))
+            f.flush()
+            wait_for(lambda: _pending(index) == {str(path)})
+            time.sleep(0.5)  # long past settle_s (0 here)
+            assert _due_now(index) == set()
+        wait_for(lambda: _due_now(index) == {str(path)})
+        (lib / "copied.wav").write_bytes(b"RIFF")  # created, written and closed at once: due at once
+        wait_for(lambda: str(lib / "copied.wav") in _due_now(index))
+    finally:
+        w.stop()
