@@ -147,13 +147,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         # (a version standing in for the active one is searched as well: hand_over)
         known = {t for m in models if (m.active or m.serving) and (args.model or "") in ("", m.name) for t in m.classes}
         table = synonyms(config.home(create=False))
-        if any(w.split() != [w] for w in args.query):  # quoted, as people quote `snare|clap` for the shell: its
-            spelled = {tag for m in models for tag in m.classes}  # words, unless a model's tag is spelled so
+        spelled = {tag for m in models for tag in m.classes}
 
-            def is_tag(text: str) -> bool:  # ("hi hat"), or a spelling of an active model's tag ("hi hats")
-                return config.tag_key(text) in spelled or spelled_as(config.tag_key(text), known, table) is not None
+        def is_tag(text: str) -> bool:  # a model's tag ("hi hat"), or a spelling of an active model's ("hi hats")
+            return config.tag_key(text) in spelled or spelled_as(config.tag_key(text), known, table) is not None
 
-            groups, excluded = _parsed([part for w in args.query for part in _as_words(w, is_tag)])
+        groups, excluded = _parsed(_query_words(args.query, is_tag))
         groups, excluded, respelled = respell(groups, excluded, known, table)
         n = _print_files(
             args,
@@ -242,22 +241,38 @@ def _as_words(word: str, is_tag: Callable[[str], bool]) -> list[str]:
     alternatives = [a.strip() for a in word.strip().split("|")]
     if len(alternatives) > 1:
         return ["|".join(alternatives)] if all(is_tag(a) or len(a.split()) <= 1 for a in alternatives) else word.split()
+    return _phrased(word.split(), is_tag)
+
+
+def _query_words(words: Sequence[str], is_tag: Callable[[str], bool]) -> list[str]:
+    """The query's words, a tag with spaces whole whether quoted (`_as_words`) or not: `search lead synth` was
+    lead AND synth, never the tag "lead synth" that a folder `Lead Synth/` of a dataset names."""
+    return _phrased([part for w in words for part in _as_words(w, is_tag)], is_tag)
+
+
+def _phrased(words: list[str], is_tag: Callable[[str], bool]) -> list[str]:
+    """Words between operators, each longest run of them that is a tag (also left out: `-hi hat`) as one."""
     found: list[str] = []
-    run: list[str] = []  # the words since the last operator: one tag, or words each
-
-    def end_run() -> None:
-        phrase = " ".join(run)
-        found.extend([phrase] if len(run) > 1 and is_tag(phrase.lstrip("-")) else run)
-        run.clear()
-
-    for w in word.split():
-        if w.lower() in _OPERATORS:
-            end_run()
-            found.append(w)
-        else:
-            run.append(w)
-    end_run()
+    start = 0
+    while start < len(words):
+        end = start + 1
+        if _plain(words[start]):
+            end = next(
+                (
+                    end
+                    for end in range(len(words), start + 1, -1)
+                    if all(map(_plain, words[start:end])) and is_tag(" ".join(words[start:end]).lstrip("-"))
+                ),
+                start + 1,
+            )
+        found.append(" ".join(words[start:end]))
+        start = end
     return found
+
+
+def _plain(word: str) -> bool:
+    """A word that may be part of a tag with spaces: no operator, no alternatives, no tag already whole."""
+    return word.lower() not in _OPERATORS and "|" not in word and " " not in word
 
 
 def _unknown_tags(known: set[str], groups: list[list[str]], excluded: list[str], model: str, inactive: str = "") -> str:

@@ -125,6 +125,26 @@ def label(text: str) -> str:
     return suggest.clean_tag(text)
 
 
+_FOLDER_MARKS = frozenset(" _-.&+#'")  # besides letters and digits, what a folder's name may keep as its tag
+
+
+def folder_label(name: str) -> str:
+    """A tag folder's name as its label: as written, but for case (tags are searched without it) and runs of
+    spaces, so that a script that names its folders after its labels finds them in `tag`'s output
+    (`pitch_shift/` was the tag pitch-shift, `hi hat/` hi-hat); as `label` spells it where it could not be
+    searched for as written (parentheses, a quote, a `|`, a leading '-', OR AND NOT)."""
+    tag = " ".join(config.tag_key(name).split())
+    if (
+        tag[:1].isalnum()
+        and tag[-1] != "'"
+        and all(c.isalnum() or c in _FOLDER_MARKS for c in tag)
+        and tag not in config.QUERY_WORDS
+        and len(tag) <= LONGEST_TAG
+    ):
+        return tag
+    return label(name)
+
+
 def _spelled(tag: str) -> str:
     """A tag as `label` spells it, or as it is when nothing of it is left to spell."""
     try:
@@ -210,6 +230,7 @@ def examples_from_folders(
     (`kick/Vengeance Kicks Vol 2/`): a pack dropped into it, that became a tag of its own. `empty` receives
     the folders right under a DIR that hold no audio file: tags meant, that the dataset went without unsaid."""
     found: list[Example] = []
+    written: dict[str, set[str]] = {}  # each label → its folders' names as folder_label has them
     loose = [] if loose is None else loose
     # each tag → the folders right under each DIR that its files lie in (two packs given, each with its own
     # `FX/Chorus/`, were said to spread chorus over several folders, and --labels top advised)
@@ -243,6 +264,7 @@ def examples_from_folders(
                     unreadable(tag_folder, "its name is not valid UTF-8, so it cannot be a tag: rename it to use it")
                 continue
             found.append(example(path, os.path.basename(tag_folder)))
+            written.setdefault(found[-1].label, set()).add(folder_label(os.path.basename(tag_folder)))
             firsts.setdefault((found[-1].label, base), set()).add(first)
             if deeper:
                 inside.setdefault(found[-1].label, set()).add(os.path.join(base, first))
@@ -260,9 +282,12 @@ def examples_from_folders(
             f"the {len(loose)} audio files lie loose in {', '.join(dirs)}: put them in one folder per tag "
             "(DIR/<tag>/…), or use --labels suggest to tag them from their names"
         )
+    # a label as its folders write it, where they write it one way (`Hi Hat/` beside `hi-hat/`: as label spells it)
+    as_written = {tag: names.pop() for tag, names in written.items() if len(names) == 1}
+    found = [dataclasses.replace(e, label=as_written.get(e.label, e.label)) for e in found]
     if spread is not None:
         spread += [
-            f"{tag}: under {', '.join(sorted(f + '/' for f in where))}"
+            f"{as_written.get(tag, tag)}: under {', '.join(sorted(f + '/' for f in where))}"
             for (tag, _), where in firsts.items()
             if len(where) > 1
         ]
@@ -270,7 +295,7 @@ def examples_from_folders(
         # own, silently (not `Drums/kick/` beside `Drums/crash.wav`: a tag of its own, rightly)
         table = suggest.Synonyms.load(None)
         spread += [
-            f"{tag}: inside {name}/, a tag folder of that sound"
+            f"{as_written.get(tag, tag)}: inside {name}/, a tag folder of that sound"
             for tag, where in inside.items()
             for name in sorted(os.path.basename(f) for f in where & holding)
             if tag != label(name) and (sound := table.find(tag)) and table.find(name) == sound

@@ -426,7 +426,7 @@ def test_quoted_search_words_keep_a_tag_spelled_with_a_space_and_one_unicode_for
     searched as the tag "not hi hat", and "hi hat|mid" as hi AND (hat OR mid). A tag pasted from a macOS
     folder name (é as e and an accent) found nothing."""
     from vibrary.clients.cli import build_parser
-    from vibrary.clients.library_commands import _as_words
+    from vibrary.clients.library_commands import _as_words, _query_words
 
     tags = {"hi hat", "mid", "open hat"}
     for quoted, query in [
@@ -441,6 +441,15 @@ def test_quoted_search_words_keep_a_tag_spelled_with_a_space_and_one_unicode_for
         ("kick NOT open hat", ([["kick"]], ["open hat"])),
     ]:
         assert parse_query(_as_words(quoted, tags.__contains__)) == query, quoted
+    # typed unquoted, a tag with spaces (a dataset's folder `Open Hat/` names one) was searched as its words
+    for typed, query in [
+        (["open", "hat"], ([["open hat"]], [])),
+        (["kick", "-open", "hat", "mid"], ([["kick"], ["mid"]], ["open hat"])),
+        (["hi", "hat|mid", "open", "hat"], ([["hi"], ["hat", "mid"], ["open hat"]], [])),
+        (["mid", "OR", "hi", "hat", "low"], ([["mid", "hi hat"], ["low"]], [])),
+        (["kick", "hi hat"], ([["kick"], ["hi hat"]], [])),
+    ]:
+        assert parse_query(_query_words(typed, tags.__contains__)) == query, typed
     assert parse_query(["cafe\u0301", "-Cafe\u0301s"]) == ([["caf\u00e9"]], ["caf\u00e9s"])
     parser = build_parser()
     assert parser.parse_args(["search", "mid", "--under=~/Samples"]).under == os.path.expanduser("~/Samples")

@@ -147,6 +147,31 @@ def test_the_same_audio_in_another_format_is_one_example(home: Path, tmp_path: P
     assert added.added == 0 and dict(added.unread) == {str(flac): f"the same sound as {first}"}
 
 
+def test_a_tag_folder_names_its_tag_as_written_but_for_case_unless_spelled_several_ways(tmp_path: Path) -> None:
+    """The contract's label is the folder's name: `pitch_shift/` was the tag pitch-shift and `Lead  Synth/` lead-synth,
+    so a script that scored `tag`'s output against its folder names scored 0 on them. Kept as written (case aside,
+    as tags are searched), but where it could not be searched for; one tag spelled by several folders (`Hi Hat/`,
+    `hi-hat/`) is one tag, as suggestions spell it."""
+    names = ["pitch_shift", "Lead  Synth", "KICK", "kick", "Hi Hat", "hi-hat", "(misc)", "rock'n'roll", "-x"]
+    for i, name in enumerate(names):
+        (tmp_path / "ex" / name).mkdir(parents=True)
+        (tmp_path / "ex" / name / f"{i}.wav").write_bytes(b"")
+    spread: list[str] = []
+    labels = {e.path: e.label for e in dataset.examples_from_folders([str(tmp_path / "ex")], spread=spread)}
+    assert [labels[str(tmp_path / "ex" / name / f"{i}.wav")] for i, name in enumerate(names)] == [
+        "pitch_shift",
+        "lead synth",
+        "kick",
+        "kick",
+        "hi-hat",
+        "hi-hat",
+        "misc",
+        "rock'n'roll",
+        "x",
+    ]
+    assert sorted(spread) == ["hi-hat: under Hi Hat/, hi-hat/", "kick: under KICK/, kick/"]
+
+
 def test_tags_by_the_folders_right_under_the_one_given(home: Path, tmp_path: Path) -> None:
     """Packs dropped into each tag folder (`punchy/kicks/`, `soft/kicks/`): their own folders named the tags,
     punchy and soft were gone without a word. Said, and `--labels top` keeps them."""
@@ -174,7 +199,7 @@ def test_tags_by_the_folders_right_under_the_one_given(home: Path, tmp_path: Pat
     write_kinds(tmp_path / "mine" / "Drums", per_kind=1, seed=5, folders={k: "snare" for k in KINDS})  # its own kind
     spread.clear()
     dataset.examples_from_folders([str(tmp_path / "mine")], spread=spread)
-    assert spread == ["vengeance-kicks-vol-2: inside kick/, a tag folder of that sound"]
+    assert spread == ["vengeance kicks vol 2: inside kick/, a tag folder of that sound"]
 
 
 def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_path: Path, decodes: list[str]) -> None:
@@ -300,7 +325,7 @@ def test_a_second_packs_folders_join_the_tags_they_spell_another_way(home: Path,
     grown = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "second")]))
     assert grown.report.per_class == {"hats": 3, "kick": 3, "pads": 3}
     grown = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "third")]))  # new sounds: new tags
-    assert grown.report.per_class == {"bass": 1, "claps": 1, "hats": 3, "kick": 3, "open-hat": 1, "pads": 3}
+    assert grown.report.per_class == {"bass": 1, "claps": 1, "hats": 3, "kick": 3, "open hat": 1, "pads": 3}
 
 
 def test_tag_folders_linked_to_a_packs_folders_are_followed_once(home: Path, tmp_path: Path) -> None:
