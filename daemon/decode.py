@@ -46,6 +46,9 @@ AUDIO_EXTENSIONS = (
 )
 # libsndfile's refusal of a container it knows holding a codec it does not (AAC or ALAC in a .caf): FFmpeg's turn
 UNSUPPORTED_ENCODING = "unsupported encoding"
+# … and of an Ogg file it finds malformed: FFmpeg's turn too, its refusal said as libsndfile's
+MALFORMED = "file is malformed"
+OGG_EXTENSIONS = frozenset({".ogg", ".oga", ".opus"})
 
 # libsndfile clamps a data chunk that runs past the end of the file and logs "data : 176400 (should be
 # 58770)": a truncated copy, or a header claiming more audio than there is.
@@ -220,9 +223,14 @@ def _open(path: str, opened: contextlib.ExitStack) -> sf.SoundFile | FFmpegFile:
             return opened.enter_context(sf.SoundFile(name))
         return opened.enter_context(sf.SoundFile(opened.enter_context(open(name, "rb"))))
     except sf.LibsndfileError as e:
-        if UNSUPPORTED_ENCODING not in e.error_string:
+        if UNSUPPORTED_ENCODING in e.error_string:
+            return opened.enter_context(FFmpegFile(path))
+        if MALFORMED not in e.error_string or os.path.splitext(path)[1].lower() not in OGG_EXTENSIONS:
             raise
-    return opened.enter_context(FFmpegFile(path))
+        try:  # an Opus file whose last page ends the stream inside a packet, as FFmpeg writes it (libsndfile #888)
+            return opened.enter_context(FFmpegFile(path))
+        except FFmpegError:
+            raise e from None
 
 
 def _peak(audio: np.ndarray) -> float:

@@ -105,6 +105,20 @@ def test_a_short_aac_one_shot_decodes(tmp_path: Path) -> None:
     assert 0.2 < np.abs(clip[0, : P.sample_rate // 3]).max() < 0.7  # (after the encoder delay: 0.13 s at 8 kHz)
 
 
+def test_an_opus_file_libsndfile_finds_malformed_is_read_by_ffmpeg(tmp_path: Path) -> None:
+    """FFmpeg's Opus files of some lengths end their stream inside the last packet, which libsndfile refuses as
+    malformed (its issue #888); opusinfo and every player read them. One cut short is still refused, as
+    libsndfile says it."""
+    whole = write_encoded(tmp_path / "n.opus", tone(440.0, 45768 / 48000, 48000), 48000, "ogg", "libopus")
+    with pytest.raises(sf.LibsndfileError, match="malformed"):
+        sf.SoundFile(str(whole))  # (the case itself: a libsndfile that reads it makes this test moot)
+    clip = decode(str(whole), P)
+    assert abs(_peak_hz(clip[0, : P.sample_rate // 2], P.sample_rate) - 440.0) < 10.0
+    (tmp_path / "cut.opus").write_bytes(whole.read_bytes()[:3000])
+    with pytest.raises(DecodeError, match=r"^truncated or corrupt \(Supported file format but file is malformed\)"):
+        decode(str(tmp_path / "cut.opus"), P)
+
+
 def test_what_ffmpeg_cannot_read_is_said_clearly(tmp_path: Path) -> None:
     (tmp_path / "text.m4a").write_text("not audio\n" * 20)
     with pytest.raises(DecodeError, match=r"^not a recognised audio format"):
