@@ -66,8 +66,10 @@ def test_tag_and_train_write_nothing_outside_the_home(model_home: Path, tmp_path
 
     user = tmp_path / "user"
     user.mkdir()
-    unset = ("ORT_DISABLE_TELEMETRY", "MPLCONFIGDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME")
+    (tmp_path / "tmp").mkdir()  # torch's bfloat16 steps on a CPU made /tmp/torchinductor_<user>
+    unset = ("ORT_DISABLE_TELEMETRY", "MPLCONFIGDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "TORCHINDUCTOR_CACHE_DIR")
     env = {k: v for k, v in os.environ.items() if k not in unset} | {"HOME": str(user), "VIBRARY_HOME": str(model_home)}
+    env["TMPDIR"] = str(tmp_path / "tmp")
     write_kinds(tmp_path / "ex", per_kind=2, seed=3)
     for command in (
         ["tag", "--json", str(tmp_path / "ex")],
@@ -76,7 +78,7 @@ def test_tag_and_train_write_nothing_outside_the_home(model_home: Path, tmp_path
     ):
         cli = [sys.executable, "-m", "vibrary.clients.cli", *command]
         subprocess.run(cli, env=env, check=True, capture_output=True, timeout=300)
-    assert sorted(user.rglob("*")) == []
+    assert sorted(user.rglob("*")) == [] and sorted((tmp_path / "tmp").rglob("*")) == []
     assert list(model_home.glob("trainer/matplotlib/fontlist*"))
 
 

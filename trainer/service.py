@@ -674,8 +674,10 @@ class TrainerService(pb_grpc.TrainerServicer):
 
     def _run(self, job: _JobState) -> None:
         # matplotlib (each job's plots) keeps its font cache in the trainer's folder, not ~/.cache: Vibrary writes
-        # only in its home. Read when matplotlib is first imported, with the pipeline.
+        # only in its home. Read when matplotlib is first imported, with the pipeline. torch's bfloat16 steps on a
+        # CPU make its inductor's cache folder, in /tmp unless told (read when it is made).
         os.environ.setdefault("MPLCONFIGDIR", str(self.root / "matplotlib"))
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.root / "torch"))
         try:
             from .pipeline import train_to_files  # torch: loaded by the first job, not by the service's start
         except (ImportError, OSError) as e:  # there but broken (a half-done upgrade, a missing library)
