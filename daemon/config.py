@@ -79,7 +79,13 @@ def home(create: bool = True) -> Path:
     root = os.environ.get("VIBRARY_HOME") or platformdirs.user_data_dir("vibrary", appauthor=False)
     path = Path(root).expanduser().absolute()
     if create:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except (FileExistsError, NotADirectoryError):  # it said "[Errno 17] File exists: '/path'"
+            file = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+            raise NotADirectoryError(
+                f"{file} is a file, so the home {path} cannot be a folder: set VIBRARY_HOME to a folder"
+            ) from None
     return path
 
 

@@ -1110,3 +1110,17 @@ def test_tags_of_a_name_that_is_not_utf8_says_so_beside_the_others(daemon: Daemo
     said = vibrary("tags", "--json", odd, str(good), home=daemon.home)
     lines = {line["path"]: line for line in json_lines(said.stdout)}
     assert lines[str(good)]["tags"][0]["tag"] == "low" and "not valid UTF-8" in lines[odd]["error"], said
+
+
+def test_a_home_that_is_a_file_is_said_so(tmp_path: Path) -> None:
+    """`VIBRARY_HOME` naming a file (or a folder under one) said "[Errno 17] File exists: '…'"."""
+    (tmp_path / "afile").write_text("")
+    for home in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        said = vibrary("tag", "--json", str(tmp_path / "x.wav"), home=home, check=False)
+        assert said.returncode == 1 and json_lines(said.stdout) == [
+            {
+                "error": f"{tmp_path / 'afile'} is a file, so the home {home} cannot be a folder: set VIBRARY_HOME to a"
+                " folder",
+                "exit_status": 1,
+            }
+        ], said.stdout
