@@ -282,6 +282,8 @@ def examples_from_folders(
             f"the {len(loose)} audio files lie loose in {', '.join(dirs)}: put them in one folder per tag "
             "(DIR/<tag>/…), or use --labels suggest to tag them from their names"
         )
+    taken = {e.path for e in found}  # a file loose in one DIR and in a tag folder of another given is not left out
+    loose[:] = [path for path in loose if os.path.abspath(path) not in taken]
     # a label as its folders write it, where they write it one way (`Hi Hat/` beside `hi-hat/`: as label spells it)
     as_written = {tag: names.pop() for tag, names in written.items() if len(names) == 1}
     found = [dataclasses.replace(e, label=as_written.get(e.label, e.label)) for e in found]

@@ -170,6 +170,9 @@ def test_a_tag_folder_names_its_tag_as_written_but_for_case_unless_spelled_sever
         "x",
     ]
     assert sorted(spread) == ["hi-hat: under Hi Hat/, hi-hat/", "kick: under KICK/, kick/"]
+    loose: list[str] = []  # given with one of its tag folders too: that folder's files are not loose
+    dataset.examples_from_folders([str(tmp_path / "ex"), str(tmp_path / "ex" / "kick")], loose)
+    assert loose == []
 
 
 def test_tags_by_the_folders_right_under_the_one_given(home: Path, tmp_path: Path) -> None:
