@@ -43,6 +43,7 @@ def _cancel_daemons(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from vibrary.daemon.training import (
+        CANCEL_UNSENT,
         LOST_TRAINER,
         OWN_CLIPS,
         TrainingError,
@@ -105,6 +106,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         states.add(p.state)
+        if p.message.startswith(CANCEL_UNSENT):
+            states.add("unsent")
         lost = p.message.startswith(LOST_TRAINER)
         news = p.state == "waiting" or lost  # queued, or the trainer out of reach
         # out of reach, the message counts the seconds: it was a new line every second or two
@@ -187,6 +190,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             ended = f"its trained model is kept in {home_dir / 'uninstalled'} (`vibrary models install` installs it)"
         elif args.trainer == "cloud":
             ended = "its cloud instance is terminated" if any(started) else "nothing was launched"
+        elif started and "unsent" in states:  # the trainer out of reach: it was told nothing
+            ended = (
+                f"the trainer is out of reach, so its job {started[-1]} could not be cancelled there: the trainer"
+                " cancels it once nobody has followed it for a while (10 minutes by default), and until then the same"
+                " command follows it again"
+            )
         elif started:  # (the trainer keeps its checkpoint: "cancelled" alone read as all of it lost)
             ended = "its job on the trainer is cancelled; the same command goes on from its last finished epoch"
         elif "uploading" in states:  # "its job ... is cancelled" of a job never started

@@ -521,9 +521,15 @@ def _on_trainer(
             return _collect(client, job.job_id, report, cancel, leave)
         except BaseException:  # Ctrl-C on `vibrary train` included: with no `leave`, nobody comes back for it
             if leave is None:
-                with contextlib.suppress(Exception):
+                try:
                     client.cancel(job.job_id)
+                except Exception as e:  # out of reach: a Ctrl-C said "its job on the trainer is cancelled"
+                    report(message=f"{CANCEL_UNSENT}: job {job.job_id} ({e})")
             raise
+
+
+# The trainer was not reached to cancel a job its caller gave up: it cancels one nobody follows, after a while
+CANCEL_UNSENT = "the trainer could not be told to cancel"
 
 
 def _collect(

@@ -1096,6 +1096,38 @@ def test_a_train_command_stopped_by_ctrl_c_or_killed_leaves_no_job_to_train_on(
     assert not list(jobs.glob("*/jobs/*/checkpoint.pt"))
 
 
+def test_ctrl_c_while_the_trainer_is_out_of_reach_says_its_job_was_not_cancelled(
+    model_home: Path, tmp_path: Path
+) -> None:
+    """A Ctrl-C while the remote trainer was down said "its job on the trainer is cancelled", and the trainer,
+    back, trained it to the end for nobody: the cancel never reached it, and that is said."""
+    write_kinds(tmp_path / "examples", per_kind=8, seed=1)
+    vibrary("dataset", "create", "kinds", str(tmp_path / "examples"), home=model_home)
+    trainer, target = _start_trainer(tmp_path / "trainer-home")
+    args = [sys.executable, "-m", "vibrary.clients.cli", "train", "kinds", "--trainer", target, "--base", "none"]
+    env = {**os.environ, "VIBRARY_HOME": str(model_home)}
+    proc = subprocess.Popen([*args, "--epochs", "500"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(line.decode() for line in proc.stderr), daemon=True)
+    reader.start()
+    try:
+        wait_for(functools.partial(_said, lines, "epoch 2/"), timeout=120)
+        trainer.kill()
+        trainer.wait(timeout=30)
+        wait_for(functools.partial(_said, lines, "lost the trainer"), timeout=60)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+        trainer.kill()
+    reader.join(timeout=30)
+    said = "".join(lines)
+    assert "vibrary: training cancelled; the trainer is out of reach, so its job " in said, said
+    assert "could not be cancelled there: the trainer cancels it once nobody has followed it" in said, said
+    assert "its job on the trainer is cancelled" not in said, said
+
+
 def _said(lines: list[str], start: str) -> bool:
     return any(line.startswith(start) for line in lines)
 
