@@ -548,6 +548,11 @@ def _collect(
     if job.state == trainer_pb2.Job.CANCELLED and not cancel.is_set() and job.error:  # not by us: why, said
         why = job.error.removeprefix("cancelled: ")  # (its own words may start so: "cancelled: cancelled: nobody…")
         raise Cancelled(f"training cancelled by the trainer: {why}")  # (a token removed read as a Ctrl-C)
+    if job.state == trainer_pb2.Job.CANCELLED and not cancel.is_set():  # a caller that followed the same job
+        raise Cancelled(  # (the same dataset trained under the same token elsewhere): it read as a Ctrl-C here
+            "training cancelled on the trainer, not by this command (by another that followed the same job: the same"
+            " dataset, name and options, with the same token); the same command goes on from its last finished epoch"
+        )
     if job.state == trainer_pb2.Job.CANCELLED or cancel.is_set():
         raise Cancelled("training cancelled")
     if job.state != trainer_pb2.Job.SUCCEEDED:

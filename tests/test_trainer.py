@@ -1128,6 +1128,41 @@ def test_ctrl_c_while_the_trainer_is_out_of_reach_says_its_job_was_not_cancelled
     assert "its job on the trainer is cancelled" not in said, said
 
 
+def test_a_job_cancelled_by_another_caller_that_followed_it_says_so(tmp_path: Path) -> None:
+    """Two homes training the same dataset under one token follow one job; a Ctrl-C of one cancels it, and the
+    other said only "training cancelled", as if it had been interrupted itself."""
+    write_kinds(tmp_path / "examples", per_kind=8, seed=1)
+    homes = [tmp_path / "laptop", tmp_path / "studio"]
+    for home in homes:
+        vibrary("dataset", "create", "kinds", str(tmp_path / "examples"), home=home)
+    trainer, target = _start_trainer(tmp_path / "trainer-home")
+    args = [sys.executable, "-m", "vibrary.clients.cli", "train", "kinds", "--trainer", target, "--base", "none"]
+    procs = [
+        subprocess.Popen(
+            [*args, "--epochs", "500"],
+            env={**os.environ, "VIBRARY_HOME": str(home)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for home in homes
+    ]
+    lines: list[str] = []
+    assert procs[0].stderr is not None
+    reader = threading.Thread(target=lines.extend, args=(procs[0].stderr,), daemon=True)
+    reader.start()
+    try:
+        wait_for(functools.partial(_said, lines, "epoch 3/"), timeout=120)
+        procs[0].send_signal(signal.SIGINT)
+        assert procs[0].wait(timeout=60) == 130
+        _, err = procs[1].communicate(timeout=60)
+        assert procs[1].returncode == 1
+    finally:
+        for proc in (*procs, trainer):
+            proc.kill()
+    assert "vibrary: training cancelled on the trainer, not by this command (by another that followed" in err, err
+
+
 def _said(lines: list[str], start: str) -> bool:
     return any(line.startswith(start) for line in lines)
 
