@@ -303,6 +303,14 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         serving = serve(data, args.listen, token, cert, key)
     except TrainerBusy as e:
         raise CommandError(f"{e}: stop that one first, or give this one its own folder (--data)") from None
+    except OSError as e:  # it said "[Errno 30] Read-only file system: '…/trainer.lock'"
+        if isinstance(e, (NotADirectoryError, FileExistsError)):
+            why = "a file is in its place, or in the place of a folder above it"
+        else:
+            why = "its disk is read-only" if config.read_only(str(data)) else e.strerror or str(e)
+        raise CommandError(
+            f"the trainer data folder {data} cannot be used ({why}): give --data a folder to write in"
+        ) from None
     tls = " over TLS" if cert else ""
     if args.json:  # a script that starts a trainer knows from this line that it answers, and on which port
         said = {"serving": serving.port, "tls": bool(cert), "data": str(data), "pid": os.getpid()}

@@ -1340,6 +1340,15 @@ def test_one_trainer_per_data_folder_the_next_waits_and_leaves_the_daemons_job_a
         refused = vibrary("trainer", "serve", "--listen", "127.0.0.1:0", home=model_home, check=False)
         assert refused.returncode == 1 and "in use by another trainer" in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr
+        (tmp_path / "afile").write_text("")  # it said "[Errno 20] Not a directory: '…/afile/tokens.json'"
+        for data in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+            refused = vibrary(
+                "trainer", "serve", "--listen", "127.0.0.1:0", "--data", str(data), home=model_home, check=False
+            )
+            assert refused.returncode == 1 and refused.stderr == (
+                f"vibrary: the trainer data folder {data} cannot be used (a file is in its place, or in the place of"
+                " a folder above it): give --data a folder to write in\n"
+            ), refused.stderr
         manifest, shard_dir = dataset.load(model_home, "kinds")
         with TrainerClient(f"127.0.0.1:{held.port}") as client:
             client.upload(manifest, shard_dir)
