@@ -333,7 +333,9 @@ class Client:
 
     def tags(self, paths: Paths, timeout: float | None = None) -> Iterator[pb.FileTags]:
         """What the index holds for these files, or for every file under these folders (one stream). Sent
-        unresolved: the daemon resolves links as the index spells paths, and says when one led out of the watches."""
+        unresolved: the daemon resolves links as the index spells paths, and says when one led out of the watches;
+        answers carry the paths as sent (absolute: a relative one joined to the current folder), a file under a
+        folder joined to it."""
         return self._stream("GetTags", pb.GetTagsRequest(paths=self._paths(paths, indexed=False)), timeout, idle=True)
 
     def counts(self, model: str = "") -> list[pb.TagCount]:
@@ -342,8 +344,9 @@ class Client:
 
     def tag(self, paths: Paths, timeout: float = 600.0) -> Iterator[pb.FileTags]:
         """Tag these files (and the files under these folders) first, inside watches or not, and stream
-        their results once all are done; DaemonError DEADLINE_EXCEEDED when they take longer than timeout."""
-        return self._stream("Tag", pb.TagRequest(paths=self._paths(paths)), timeout)
+        their results once all are done; DaemonError DEADLINE_EXCEEDED when they take longer than timeout.
+        Answers carry the paths as tags() does."""
+        return self._stream("Tag", pb.TagRequest(paths=self._paths(paths, indexed=False)), timeout)
 
     def events(self) -> Iterator[pb.Event]:
         """The daemon's events as they happen (a status snapshot first), until close() or until the

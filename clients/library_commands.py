@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from vibrary.daemon import config, registry
-from vibrary.daemon.folders import UNNAMED, indexed_path, storable
+from vibrary.daemon.folders import UNNAMED, as_asked, indexed_path, storable
 from vibrary.daemon.index import HIT_SCORE, NO_SUCH_PATH, Index, Job, Result, within
 from vibrary.daemon.infer import ModelError
 from vibrary.daemon.modelref import parse_ref
@@ -345,14 +345,11 @@ def _as_given(files: Iterable[pb.FileTags], paths: Sequence[str]) -> Iterator[pb
     absolute, links to folders resolved): a script comparing `tag` and `tags` lines, "the same shape", found
     no path in both."""
     given: dict[str, str] = {}
-    for p in paths:
-        given.setdefault(indexed_path(p), p)  # (the first spelling of one path given twice, as `tag` says it)
+    for p in paths:  # (the daemon answers each as asked, absolute: an older one as the index spells it)
+        for spelled in (os.path.abspath(p), indexed_path(p)):
+            given.setdefault(spelled, p)  # (the first spelling of one path given twice, as `tag` says it)
     for f in files:
-        up = f.path
-        while up not in given and os.path.dirname(up) != up:  # the nearest folder given, walked up to
-            up = os.path.dirname(up)
-        if up in given:
-            f.path = given[up] if up == f.path else os.path.join(given[up], os.path.relpath(f.path, up))
+        f.path = as_asked(f.path, given)
         yield f
 
 

@@ -28,6 +28,18 @@ def indexed_path(path: str) -> str:
     return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
+def as_asked(path: str, asked: dict[str, str]) -> str:
+    """An indexed path as the caller spelled it: `asked` maps each path asked, as the index spells it, to how it
+    was asked (a link, `..`, a relative path), and a file under a folder asked is joined to that folder's
+    spelling. A path under none of them is returned as it is."""
+    up = path
+    while up not in asked and os.path.dirname(up) != up:  # the nearest folder asked, walked up to
+        up = os.path.dirname(up)
+    if up not in asked:
+        return path
+    return asked[up] if up == path else os.path.join(asked[up], os.path.relpath(path, up))
+
+
 def storable(path: str) -> bool:
     """Whether the index can hold this path: a name that is not UTF-8 (from an old archive) comes from the OS
     with its bytes escaped, and SQLite refuses it."""

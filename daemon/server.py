@@ -27,7 +27,7 @@ from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from . import config, dataset, events, registry, suggest, training
 from .decode import IN_JUNK, in_junk_folder, why_not_read
-from .folders import indexed_path, readable_name, storable
+from .folders import as_asked, indexed_path, readable_name, storable
 from .index import ANY_STORED_SCORE, NOT_INDEXED, WATCH_GONE, FileTags, ModelRow, within
 from .infer import ModelError
 from .modelref import parse_ref
@@ -267,17 +267,20 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         return name
 
     def GetTags(self, request: pb.GetTagsRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
-        asked = {indexed_path(a): a for a in (_absolute(p, context) for p in request.paths)}  # (links resolved)
+        asked: dict[str, str] = {}  # each path as the index spells it (links resolved) → as asked
+        for p in request.paths:
+            asked.setdefault(indexed_path(_absolute(p, context)), p)
         watches = self.daemon.index.watches()
         missing = sorted(self.daemon.watcher.missing)
         for found in self.daemon.index.file_tags(list(asked)):
             if not context.is_active():
                 return
             if found.error == NOT_INDEXED:
-                found = replace(found, error=why_not_indexed(found.path, asked.get(found.path, found.path), watches))
+                spelled = os.path.normpath(as_asked(found.path, asked))
+                found = replace(found, error=why_not_indexed(found.path, spelled, watches))
             elif found.state == "pending" and not found.error and missing and within(found.path, missing):
                 found = replace(found, error=WATCH_GONE)  # why it is not read: "(pending)" said nothing
-            yield file_tags_pb(found)
+            yield file_tags_pb(replace(found, path=as_asked(found.path, asked)))
 
     def CountTags(self, request: pb.CountTagsRequest, context: grpc.ServicerContext) -> pb.TagCounts:
         model = self._model_name(request.model, context)
@@ -287,7 +290,10 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
     def Tag(self, request: pb.TagRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
         if not request.paths:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no paths given")
-        paths = _not_whole_disk([indexed_path(_absolute(p, context)) for p in request.paths], context)
+        asked: dict[str, str] = {}  # as in GetTags: answers carry the paths as asked
+        for p in request.paths:
+            asked.setdefault(indexed_path(_absolute(p, context)), p)
+        paths = _not_whole_disk(list(asked), context)
         remaining = context.time_remaining()  # no deadline reads as ~1e19 s
         deadline = time.time() + min(remaining if remaining is not None else TAG_WAIT_S, TAG_WAIT_S)
         try:
@@ -305,7 +311,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, "indexing was paused before these files were done")
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "files still pending at the deadline")
         for r in results:
-            yield file_tags_pb(r)
+            yield file_tags_pb(replace(r, path=as_asked(r.path, asked)))
 
     def Events(self, request: pb.EventsRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
         if self.daemon.events.subscribers >= MAX_FOLLOWERS:  # each holds a server thread for as long as it runs

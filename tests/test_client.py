@@ -156,6 +156,26 @@ def test_searches_as_people_type_them_and_tags_as_strings(daemon: DaemonProcess,
     assert parse_query(['"snare"|"clap"', '-"dark"', "NOT", "'soft'"]) == ([["snare", "clap"]], ["dark", "soft"])
 
 
+def test_tag_and_get_tags_answer_each_path_as_asked(
+    daemon: DaemonProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers come in no set order, to be matched by path (the proto): they carried the path as the index spells
+    it, so a path asked through a link (`~/Samples` on another drive), with `..` or relative matched none."""
+    paths = _tagged(daemon, tmp_path)
+    (tmp_path / "link").symlink_to(tmp_path / "lib")
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path)
+    c = daemon.client
+    asked = [str(tmp_path / "link" / "low.wav"), str(tmp_path / "other" / ".." / "lib" / "mid.wav")]
+    for raw in (c.stub.Tag(pb.TagRequest(paths=asked)), c.stub.GetTags(pb.GetTagsRequest(paths=asked))):
+        assert sorted(f.path for f in raw) == sorted(asked)
+    for answered in (c.tag, c.tags):  # the client sends a relative path joined to the current folder
+        assert sorted(f.path for f in answered(["lib/high.wav", tmp_path / "link"])) == sorted(  # (once each)
+            [paths["high"], str(tmp_path / "link" / "low.wav"), str(tmp_path / "link" / "mid.wav")]
+        )
+    assert sorted(f.path for f in c.search("low|mid")) == sorted([paths["low"], paths["mid"]])  # as indexed
+
+
 def test_what_the_client_refuses_is_a_bad_argument_before_anything_is_sent(
     daemon: DaemonProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1106,10 +1106,12 @@ def test_ctrl_c_while_the_trainer_is_out_of_reach_says_its_job_was_not_cancelled
     trainer, target = _start_trainer(tmp_path / "trainer-home")
     args = [sys.executable, "-m", "vibrary.clients.cli", "train", "kinds", "--trainer", target, "--base", "none"]
     env = {**os.environ, "VIBRARY_HOME": str(model_home)}
-    proc = subprocess.Popen([*args, "--epochs", "500"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*args, "--epochs", "500"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stderr is not None
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(line.decode() for line in proc.stderr), daemon=True)
+    reader = threading.Thread(target=lines.extend, args=(proc.stderr,), daemon=True)
     reader.start()
     try:
         wait_for(functools.partial(_said, lines, "epoch 2/"), timeout=120)
@@ -1158,8 +1160,9 @@ def test_a_job_cancelled_by_another_caller_that_followed_it_says_so(tmp_path: Pa
         _, err = procs[1].communicate(timeout=60)
         assert procs[1].returncode == 1
     finally:
-        for proc in (*procs, trainer):
-            proc.kill()
+        for each in procs:
+            each.kill()
+        trainer.kill()
     assert "vibrary: training cancelled on the trainer, not by this command (by another that followed" in err, err
 
 

@@ -231,6 +231,7 @@ class DaemonServicer:
 
     def GetTags(self, request, context):
         """What the index holds for these paths (files, or folders: everything under them); none asked, none sent.
+        Each answer carries its path as asked, as Tag's do.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -253,7 +254,8 @@ class DaemonServicer:
         not there and was never indexed, comes back unknown with why, and nothing is stored. While indexing is
         paused, files tagged already are answered and any other is FAILED_PRECONDITION. At the deadline
         (DEADLINE_EXCEEDED) the files inside the watches go on being read; those outside, new to the index and
-        not read yet, are dropped. Answers come in no set order: match them to the paths asked by path.
+        not read yet, are dropped. Answers come in no set order: match them to the paths asked by path (each
+        answer carries its path as asked, through a link or `..` too; a file under a folder asked, joined to it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
