@@ -132,13 +132,15 @@ def folder_label(name: str) -> str:
     """A tag folder's name as its label: as written, but for case (tags are searched without it) and runs of
     spaces, so that a script that names its folders after its labels finds them in `tag`'s output
     (`pitch_shift/` was the tag pitch-shift, `hi hat/` hi-hat); as `label` spells it where it could not be
-    searched for as written (parentheses, a quote, a `|`, a leading '-', OR AND NOT)."""
+    searched for as written (parentheses, a quote, a `|`, a word that is OR AND NOT or starts with '-': `Rock and
+    Roll/` was a tag the query `rock and roll` read as rock AND roll)."""
     tag = " ".join(config.tag_key(name).split())
+    words = tag.split(" ")
     if (
         tag[:1].isalnum()
         and tag[-1] != "'"
         and all(c.isalnum() or c in _FOLDER_MARKS for c in tag)
-        and tag not in config.QUERY_WORDS
+        and not any(w in config.QUERY_WORDS or w.startswith("-") for w in words)
         and len(tag) <= LONGEST_TAG
     ):
         return tag
@@ -196,7 +198,7 @@ def _joining(tag: str, tags: set[str], table: suggest.Synonyms) -> str:
     sound = table.find(tag)
     if len(sound) != 1 or table.spelling(tag) != sound[0]:
         return tag
-    same = [t for t in sorted(tags) if "-" not in t and table.find(t) == sound]
+    same = [t for t in sorted(tags) if "-" not in _spelled(t) and table.find(t) == sound]  # (one word: not open hat)
     return same[0] if len(same) == 1 else tag
 
 
@@ -541,9 +543,16 @@ def add(
         spelled: dict[str, str] = {}  # each tag's spelling in the dataset, worked out once, not once a file
         new, left_out = [], 0
         renamed, restored = dict(held.edits.renamed), set()  # (the edits that no longer hold, with `restore`)
+        # a tag an edit renamed or dropped, however a folder spells it now (`Lead Synth/` is lead synth, and the
+        # edit may be of lead-synth, as a folder's name was spelled before, or as another folder spells it)
+        edited = {_spelled(old): old for old in held.edits.renamed}
+        old_of: dict[str, str] = {}
         for ex in _once_each(examples):
             path = os.path.normpath(ex.path)
-            tag = held.edits.renamed.get(ex.label, ex.label)
+            if ex.label not in old_of:
+                old_of[ex.label] = ex.label if ex.label in held.edits.renamed else edited.get(_spelled(ex.label), "")
+            old = old_of[ex.label]
+            tag = held.edits.renamed[old] if old else ex.label
             if path in known:
                 if _rewritten(ex.path, known[path].content):
                     replaced.add(path)
@@ -555,7 +564,7 @@ def add(
             if restore:  # back as given, the edit undone for it: later adds take it as well
                 if not tag:  # its tag was dropped
                     tag = ex.label
-                    renamed.pop(ex.label, None)
+                    renamed.pop(old, None)
                 restored.add(path)
             if tag not in spelled:
                 spelled[tag] = _joining(tag, tags, table)

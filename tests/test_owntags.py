@@ -152,7 +152,18 @@ def test_a_tag_folder_names_its_tag_as_written_but_for_case_unless_spelled_sever
     so a script that scored `tag`'s output against its folder names scored 0 on them. Kept as written (case aside,
     as tags are searched), but where it could not be searched for; one tag spelled by several folders (`Hi Hat/`,
     `hi-hat/`) is one tag, as suggestions spell it."""
-    names = ["pitch_shift", "Lead  Synth", "KICK", "kick", "Hi Hat", "hi-hat", "(misc)", "rock'n'roll", "-x"]
+    names = [
+        "pitch_shift",
+        "Lead  Synth",
+        "KICK",
+        "kick",
+        "Hi Hat",
+        "hi-hat",
+        "(misc)",
+        "rock'n'roll",
+        "-x",
+        "Not Used",
+    ]
     for i, name in enumerate(names):
         (tmp_path / "ex" / name).mkdir(parents=True)
         (tmp_path / "ex" / name / f"{i}.wav").write_bytes(b"")
@@ -168,6 +179,7 @@ def test_a_tag_folder_names_its_tag_as_written_but_for_case_unless_spelled_sever
         "misc",
         "rock'n'roll",
         "x",
+        "not-used",  # read by a search as NOT used
     ]
     assert sorted(spread) == ["hi-hat: under Hi Hat/, hi-hat/", "kick: under KICK/, kick/"]
     loose: list[str] = []  # given with one of its tag folders too: that folder's files are not loose
@@ -329,6 +341,27 @@ def test_a_second_packs_folders_join_the_tags_they_spell_another_way(home: Path,
     assert grown.report.per_class == {"hats": 3, "kick": 3, "pads": 3}
     grown = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "third")]))  # new sounds: new tags
     assert grown.report.per_class == {"bass": 1, "claps": 1, "hats": 3, "kick": 3, "open hat": 1, "pads": 3}
+    # a tag of two words held as its folder spells it (`Open Hat/`) is no one-word tag that `Hi Hats/` joins
+    write_kinds(tmp_path / "open", per_kind=2, seed=8, folders={"thump": "Kick", "noise": "Open Hat", "tone": "Pads"})
+    dataset.build(home, "open", dataset.examples_from_folders([str(tmp_path / "open")]))
+    grown = dataset.add(home, "open", dataset.examples_from_folders([str(tmp_path / "second")]))
+    assert grown.report.per_class == {"hi hats": 1, "kick": 3, "open hat": 2, "pads": 3}
+
+
+def test_an_edit_holds_for_a_folder_that_spells_its_tag_another_way(home: Path, tmp_path: Path) -> None:
+    """Edits are kept by the tag's spelling then (lead-synth, as folders were spelled before; or another
+    folder's): a second pack's `lead-synth/` came back as a tag after `lead synth` was dropped, and one renamed
+    became a tag beside its new name."""
+    write_kinds(tmp_path / "a", per_kind=2, seed=5, folders={"thump": "Kick", "noise": "Lead Synth", "tone": "Pads"})
+    write_kinds(tmp_path / "b", per_kind=1, seed=6, folders={"thump": "Kick", "noise": "lead-synth", "tone": "Pads"})
+    for edit, per_class in (
+        ({"drop": ["lead synth"]}, {"kick": 3, "pads": 3}),
+        ({"rename": [("Lead Synth", "lead")]}, {"kick": 3, "lead": 3, "pads": 3}),
+    ):
+        dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "a")]), replace=True)
+        dataset.edit(home, "mine", **edit)
+        grown = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "b")]))
+        assert grown.report.per_class == per_class, edit
 
 
 def test_tag_folders_linked_to_a_packs_folders_are_followed_once(home: Path, tmp_path: Path) -> None:
