@@ -303,9 +303,18 @@ class Client:
         `limit` 0: every match; in the index's order unless `best_first` (the surest first by the first
         group's tags, which costs more: `vibrary search --limit` asks for it). Tags as the models spell them:
         the synonym table (hh → hihat), which `vibrary search` reads too, is the caller's to apply
-        (`synonyms()` lists it)."""
+        (`synonyms()` lists it); unquoted words that spell an installed model's tag with spaces (`lead synth`,
+        from a dataset's folder `Lead Synth/`) are that tag, as `vibrary search` reads them."""
         if isinstance(all_of, str):
-            groups, excluded = parse_query(all_of)
+            classes: set[str] | None = None
+
+            def is_tag(text: str) -> bool:  # the models asked for once, and only for a query of several words
+                nonlocal classes
+                if classes is None:
+                    classes = {t for m in self.models() for t in m.classes}
+                return config.tag_key(text) in classes
+
+            groups, excluded = parse_query(all_of, is_tag)
         else:
             groups, excluded = [[g] if isinstance(g, str) else list(g) for g in all_of], []
         request = pb.SearchRequest(

@@ -37,7 +37,7 @@ from .output import (
     _print_files,
     changed_tags,
 )
-from .query import QueryError, parse_query, respell, spelled_as, synonyms
+from .query import OPERATORS, QueryError, join_tags, parse_query, respell, spelled_as, synonyms
 from .tray_state import many
 
 
@@ -152,7 +152,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         def is_tag(text: str) -> bool:  # a model's tag ("hi hat"), or a spelling of an active model's ("hi hats")
             return config.tag_key(text) in spelled or spelled_as(config.tag_key(text), known, table) is not None
 
-        groups, excluded = _parsed(_query_words(args.query, is_tag))
+        groups, excluded = _parsed(_query_words(args.query, is_tag, lambda text: config.tag_key(text) in spelled))
         groups, excluded, respelled = respell(groups, excluded, known, table)
         n = _print_files(
             args,
@@ -229,9 +229,6 @@ def _parsed(words: Sequence[str]) -> tuple[list[list[str]], list[str]]:
         raise UsageError(str(e)) from None
 
 
-_OPERATORS = frozenset({"not", "or", "and"})
-
-
 def _as_words(word: str, is_tag: Callable[[str], bool]) -> list[str]:
     """A quoted word as the query's words: a tag with spaces ("hi hat", or a spelling of one: "hi hats") whole,
     also left out or among alternatives ("-hi hat", "NOT hi hat", "kick OR hi hat": NOT and OR are their own
@@ -241,38 +238,29 @@ def _as_words(word: str, is_tag: Callable[[str], bool]) -> list[str]:
     alternatives = [a.strip() for a in word.strip().split("|")]
     if len(alternatives) > 1:
         return ["|".join(alternatives)] if all(is_tag(a) or len(a.split()) <= 1 for a in alternatives) else word.split()
-    return _phrased(word.split(), is_tag)
-
-
-def _query_words(words: Sequence[str], is_tag: Callable[[str], bool]) -> list[str]:
-    """The query's words, a tag with spaces whole whether quoted (`_as_words`) or not: `search lead synth` was
-    lead AND synth, never the tag "lead synth" that a folder `Lead Synth/` of a dataset names."""
-    return _phrased([part for w in words for part in _as_words(w, is_tag)], is_tag)
-
-
-def _phrased(words: list[str], is_tag: Callable[[str], bool]) -> list[str]:
-    """Words between operators, each longest run of them that is a tag (also left out: `-hi hat`) as one."""
     found: list[str] = []
-    start = 0
-    while start < len(words):
-        end = start + 1
-        if _plain(words[start]):
-            end = next(
-                (
-                    end
-                    for end in range(len(words), start + 1, -1)
-                    if all(map(_plain, words[start:end])) and is_tag(" ".join(words[start:end]).lstrip("-"))
-                ),
-                start + 1,
-            )
-        found.append(" ".join(words[start:end]))
-        start = end
+    run: list[str] = []  # the words since the last operator: one tag, or words each
+
+    def end_run() -> None:
+        phrase = " ".join(run)
+        found.extend([phrase] if len(run) > 1 and is_tag(phrase.lstrip("-")) else run)
+        run.clear()
+
+    for w in word.split():
+        if w.lower() in OPERATORS:
+            end_run()
+            found.append(w)
+        else:
+            run.append(w)
+    end_run()
     return found
 
 
-def _plain(word: str) -> bool:
-    """A word that may be part of a tag with spaces: no operator, no alternatives, no tag already whole."""
-    return word.lower() not in _OPERATORS and "|" not in word and " " not in word
+def _query_words(words: Sequence[str], is_tag: Callable[[str], bool], is_class: Callable[[str], bool]) -> list[str]:
+    """The query's words: a quoted one as `_as_words` reads it, and unquoted words that spell a model's tag with
+    spaces as that tag (`search lead synth`, a dataset's folder `Lead Synth/`), as `Client.search` reads them;
+    not through synonyms, which made `bass synth` one word, the bass."""
+    return join_tags([part for w in words for part in _as_words(w, is_tag)], is_class)
 
 
 def _unknown_tags(known: set[str], groups: list[list[str]], excluded: list[str], model: str, inactive: str = "") -> str:

@@ -4,7 +4,7 @@ tray's search box and scripts (`Client.search("kick -acoustic")`), so the three 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vibrary.daemon.config import tag_key
@@ -33,14 +33,50 @@ def _words(text: str) -> list[str]:
         raise QueryError(f"{text}: a double quote is not closed") from None
 
 
-def parse_query(words: str | Sequence[str]) -> tuple[list[list[str]], list[str]]:
+OPERATORS = frozenset({"or", "and", "not"})  # a query's own words, as `_as_words` and `join_tags` meet them
+LONGEST_QUERY = 10_000  # characters: a paste of a megabyte took shlex 50 s to split, the daemon 0.02 s to refuse
+
+
+def join_tags(words: Sequence[str], is_tag: Callable[[str], bool]) -> list[str]:
+    """Words between operators, each longest run of them that spells a tag with spaces (also left out: `-hi
+    hat`) as one word: `lead synth` for a model's tag "lead synth", which read as lead AND synth."""
+    found: list[str] = []
+    start = 0
+    while start < len(words):
+        end = start + 1
+        if _plain(words[start]):
+            end = next(
+                (
+                    end
+                    for end in range(len(words), start + 1, -1)
+                    if all(map(_plain, words[start:end])) and is_tag(" ".join(words[start:end]).lstrip("-"))
+                ),
+                start + 1,
+            )
+        found.append(" ".join(words[start:end]))
+        start = end
+    return found
+
+
+def _plain(word: str) -> bool:
+    """A word that may be part of a tag with spaces: no operator, no alternatives, no tag already whole."""
+    return word.lower() not in OPERATORS and "|" not in word and " " not in word
+
+
+def parse_query(
+    words: str | Sequence[str], is_tag: Callable[[str], bool] | None = None
+) -> tuple[list[list[str]], list[str]]:
     """`kick -acoustic snare|clap` or `snare OR clap NOT acoustic` → (AND of OR-groups, excluded tags):
     AND of words (AND itself may be said), '-' or NOT negates, OR / '|' alternates (a '|' alone or at a
-    word's edge too: `snare | clap`, `snare |clap`); tags in lower case, as they are stored."""
+    word's edge too: `snare | clap`, `snare |clap`); tags in lower case, as they are stored. `is_tag`: whether
+    words with spaces are a tag, for unquoted words that spell one (`join_tags`)."""
+    if isinstance(words, str) and len(words) > LONGEST_QUERY:
+        raise QueryError(f"a query of {len(words):,} characters: {LONGEST_QUERY:,} at most")
     groups: list[list[str]] = []
     excluded: list[str] = []
     join_next = negate_next = and_next = after_excluded = False
-    for quoted in _words(words) if isinstance(words, str) else words:
+    said = _words(words) if isinstance(words, str) else list(words)
+    for quoted in join_tags(said, is_tag) if is_tag is not None else said:
         word = _unquoted(quoted)
         if not word:
             continue
@@ -70,8 +106,10 @@ def parse_query(words: str | Sequence[str]) -> tuple[list[list[str]], list[str]]
             if join_next:  # `kick OR -snare hihat` is no OR of kick and hihat
                 raise QueryError("OR needs a tag on each side, not an excluded one")
             tag = word[0 if negate_next else 1 :]
-            if negate_next and tag.startswith("-"):
+            if tag.startswith("-") and negate_next:
                 raise QueryError(f"NOT {word}: NOT and '-' both leave a tag out; use one of them")
+            if tag.startswith("-"):  # `--kick` left out a tag "-kick" that none is: every file matched
+                raise QueryError(f"{word}: one '-' leaves a tag out ({word[1:]})")
             if "|" in tag:
                 raise QueryError(f"{word}: leave tags out one at a time ({' '.join('-' + t for t in tag.split('|'))})")
             excluded.append(tag_key(_unquoted(tag)))

@@ -451,7 +451,16 @@ def test_quoted_search_words_keep_a_tag_spelled_with_a_space_and_one_unicode_for
         (["mid", "OR", "hi", "hat", "low"], ([["mid", "hi hat"], ["low"]], [])),
         (["kick", "hi hat"], ([["kick"], ["hi hat"]], [])),
     ]:
-        assert parse_query(_query_words(typed, tags.__contains__)) == query, typed
+        assert parse_query(_query_words(typed, tags.__contains__, tags.__contains__)) == query, typed
+        assert parse_query(" ".join(w if " " not in w else f'"{w}"' for w in typed), tags.__contains__) == query
+    # unquoted words join into a model's own tag, not through synonyms: `bass synth` was one word, the bass
+    synonyms = {"bass synth", "ride cymbal"}.__contains__  # (as `synonyms list` spells them)
+    for typed in (["bass", "synth"], ["-bass", "synth"], ["ride", "cymbal"]):
+        assert len(_query_words(typed, synonyms, tags.__contains__)) == 2, typed
+    assert _query_words(["bass synth"], synonyms, tags.__contains__) == ["bass synth"]  # quoted: as before
+    for query, said in (("--kick", "--kick: one '-' leaves a tag out (-kick)"), ("k" * 10_001, "10,000 at most")):
+        with pytest.raises(QueryError, match=re.escape(said)):  # every file, and 50 s of shlex for a megabyte
+            parse_query(query)
     assert parse_query(["cafe\u0301", "-Cafe\u0301s"]) == ([["caf\u00e9"]], ["caf\u00e9s"])
     parser = build_parser()
     assert parser.parse_args(["search", "mid", "--under=~/Samples"]).under == os.path.expanduser("~/Samples")
