@@ -458,9 +458,9 @@ def test_quoted_search_words_keep_a_tag_spelled_with_a_space_and_one_unicode_for
     for typed in (["bass", "synth"], ["-bass", "synth"], ["ride", "cymbal"]):
         assert len(_query_words(typed, synonyms, tags.__contains__)) == 2, typed
     assert _query_words(["bass synth"], synonyms, tags.__contains__) == ["bass synth"]  # quoted: as before
-    for query, said in (("--kick", "--kick: one '-' leaves a tag out (-kick)"), ("k" * 10_001, "10,000 at most")):
+    for text, said in (("--kick", "--kick: one '-' leaves a tag out (-kick)"), ("k" * 10_001, "10,000 at most")):
         with pytest.raises(QueryError, match=re.escape(said)):  # every file, and 50 s of shlex for a megabyte
-            parse_query(query)
+            parse_query(text)
     assert parse_query(["cafe\u0301", "-Cafe\u0301s"]) == ([["caf\u00e9"]], ["caf\u00e9s"])
     parser = build_parser()
     assert parser.parse_args(["search", "mid", "--under=~/Samples"]).under == os.path.expanduser("~/Samples")
