@@ -360,7 +360,8 @@ class Client:
     def events(self) -> Iterator[pb.Event]:
         """The daemon's events as they happen (a status snapshot first), until close() or until the
         daemon stops (the stream ends) or dies (DaemonNotRunning): follow it again after a restart. One
-        suspended (SIGSTOP) ends it too, once its keepalive goes unanswered (DaemonError: it says how to resume it)."""
+        suspended (SIGSTOP) ends it too, once its keepalive goes unanswered (DaemonError: it says how to resume it).
+        A daemon follows 32 such streams at once: the next is a DaemonError RESOURCE_EXHAUSTED (share one)."""
         return self._stream("Events", pb.EventsRequest(), endless=True)
 
     def models(self) -> list[pb.Model]:

@@ -304,7 +304,9 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     except TrainerBusy as e:
         raise CommandError(f"{e}: stop that one first, or give this one its own folder (--data)") from None
     except OSError as e:  # it said "[Errno 30] Read-only file system: '…/trainer.lock'"
-        if isinstance(e, (NotADirectoryError, FileExistsError)):
+        if data.is_symlink() and not data.exists():
+            why = f"it links to {os.readlink(data)}, which is not there: a drive not mounted?"
+        elif isinstance(e, (NotADirectoryError, FileExistsError)):
             why = "a file is in its place, or in the place of a folder above it"
         else:
             why = "its disk is read-only" if config.read_only(str(data)) else e.strerror or str(e)

@@ -698,7 +698,7 @@ def train_progress_pb(p: training.TrainProgress) -> pb.TrainProgress:
 
 # Streams (Events, Train, Tag, CreateDataset) hold a server thread each while they run: the pool leaves
 # room for the calls of every front end beside MAX_FOLLOWERS event streams.
-MAX_FOLLOWERS = 32
+MAX_FOLLOWERS = 32  # Events streams at once (the proto says so)
 MAX_QUERY_TERMS = 64  # AND groups in a search (SQLite's expression depth stops at 1000)
 WHOLE_DISK = "not the whole disk nor a system folder (/proc, /sys, /dev): name the folders your samples are in"
 SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")  # the kernel's and devices' pseudo-files: no samples, endless errors

@@ -524,7 +524,11 @@ def _on_trainer(
                 try:
                     client.cancel(job.job_id)
                 except Exception as e:  # out of reach: a Ctrl-C said "its job on the trainer is cancelled"
-                    report(message=f"{CANCEL_UNSENT}: job {job.job_id} ({e})")
+                    if isinstance(e, DaemonError) and e.code in (
+                        grpc.StatusCode.UNAVAILABLE,
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                    ):
+                        report(message=f"{CANCEL_UNSENT}: job {job.job_id} ({e})")
             raise
 
 

@@ -1122,7 +1122,11 @@ def test_tags_of_a_name_that_is_not_utf8_says_so_beside_the_others(daemon: Daemo
 
 
 def test_a_home_that_is_a_file_is_said_so(tmp_path: Path) -> None:
-    """`VIBRARY_HOME` naming a file (or a folder under one) said "[Errno 17] File exists: '…'"."""
+    """`VIBRARY_HOME` naming a file (or a folder under one) said "[Errno 17] File exists: '…'", and a link to a
+    drive not plugged in was said to be a file."""
+    (tmp_path / "unplugged").symlink_to(tmp_path / "Volumes" / "Samples")
+    said = vibrary("tag", "--json", str(tmp_path / "x.wav"), home=tmp_path / "unplugged", check=False)
+    assert said.returncode == 1 and f"links to {tmp_path / 'Volumes' / 'Samples'}, which is not there" in said.stderr
     (tmp_path / "afile").write_text("")
     for home in (tmp_path / "afile", tmp_path / "afile" / "sub"):
         said = vibrary("tag", "--json", str(tmp_path / "x.wav"), home=home, check=False)

@@ -341,7 +341,7 @@ class FileTags(_message.Message):
     """indexed | pending | failed | unknown"""
     @_builtins.property
     def tags(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tag]:
-        """best first; none for an indexed file: no sound above -70 dBFS in its first minute"""
+        """best first; none for an indexed file: no sound above -70 dBFS in its first minute, or no model active"""
 
     def __init__(
         self,

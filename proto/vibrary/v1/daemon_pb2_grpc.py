@@ -214,7 +214,8 @@ class DaemonServicer:
         watch folder that is not there now (Status.missing_watches) are left out, here and in CountTags. Tags
         are matched as the models spell them, whatever the case; the synonym table is not read here (`hh` is
         no tag: a client respells the words it lists, as clients/query.py `respell` does for `vibrary search`).
-        An empty request matches every indexed file; a path_prefix that is no folder matches none.
+        An empty request matches every indexed file with a tag of an active model (none while no model is active);
+        a path_prefix that is no folder matches none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -231,7 +232,8 @@ class DaemonServicer:
 
     def GetTags(self, request, context):
         """What the index holds for these paths (files, or folders: everything under them); none asked, none sent.
-        Each answer carries its path as asked, as Tag's do.
+        Each answer carries its path as asked, as Tag's do (one answer a file: a file asked by two spellings, the
+        first; `..` is read before links are, as paths are normalised).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -252,7 +254,8 @@ class DaemonServicer:
         Files under a watch folder not there now come back at once as the index last knew them (those not
         read yet with why). A file that is no audio by its name (or lies in a trash folder), or a path that is
         not there and was never indexed, comes back unknown with why, and nothing is stored. While indexing is
-        paused, files tagged already are answered and any other is FAILED_PRECONDITION. At the deadline
+        paused, files tagged already are answered and any other is FAILED_PRECONDITION; with no model active, every
+        call is FAILED_PRECONDITION (GetTags answers what the index holds). At the deadline
         (DEADLINE_EXCEEDED) the files inside the watches go on being read; those outside, new to the index and
         not read yet, are dropped. Answers come in no set order: match them to the paths asked by path (each
         answer carries its path as asked, through a link or `..` too; a file under a folder asked, joined to it).
@@ -267,7 +270,9 @@ class DaemonServicer:
         is always STATUS_CHANGED, the status as it stands. A reader too slow for it is told what it missed
         (EVENTS_LOST), never left with a gap unsaid. When the daemon stops the stream ends (OK, or UNAVAILABLE
         if it was killed); one suspended or hung sends nothing: a client that follows for long sets gRPC
-        keepalive pings (the Python client: a ping after 30 s of silence, given up after 20 s more).
+        keepalive pings (the Python client: a ping after 30 s of silence, given up after 20 s more). At most 32
+        streams at once (each holds a server thread): the next is RESOURCE_EXHAUSTED; a DAW with a plugin instance
+        a track shares one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
