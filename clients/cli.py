@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="find files by tag: kick -acoustic snare|clap",
         description="Find files by tag. Every tag given must match; snare|clap (or snare OR clap) either one;"
-        ' -acoustic (or NOT acoustic) leaves files with that tag out; quote a tag with spaces ("hi hat").'
+        " -acoustic (or NOT acoustic) leaves files with that tag out; a tag with spaces is found quoted"
+        ' ("hi hat") or not, where a model spells it so.'
         " A word no model tags that `vibrary synonyms list` spells a tag with (hh, BD) searches that tag."
         " Surest first with --limit.",
     )
