@@ -63,6 +63,7 @@ warnings.filterwarnings("ignore", message="Callback with id .* already exists", 
 # A file written to and not closed since waits this long after its last write, not settle_s: a copy stalled on a
 # slow network drive, or a recorder between buffers, pauses longer than settle_s with the file open, and was read
 # at each pause (failed "truncated", or tagged from half its sound) and again at each later one and the close.
+# So does a file made empty (its first write may stall too). A scan, which sees no writer, waits settle_s.
 WRITER_OPEN_S = 30.0
 
 # The events `_handle` acts on. Asking inotify for these alone matters: by default it also reports every
@@ -578,8 +579,8 @@ class Watcher(FileSystemEventHandler):
             self.rescan(src)  # (they were lost for good, and the files waited for a restart)
         elif isinstance(event, FileCreatedEvent) and not is_audio_path(src) and _links_to_folder(src):
             self._linked(src)  # inotify does not flag a link as a folder: watchdog calls it a file
-        elif isinstance(event, FileCreatedEvent):
-            self._mark(src, time.time() + self.settle_s)
+        elif isinstance(event, FileCreatedEvent):  # (empty: a copy whose first write is still to come, or stalls)
+            self._mark(src, time.time() + (self._open_s if _empty(src) else self.settle_s))
         elif isinstance(event, FileModifiedEvent):
             self._mark(src, time.time() + self._open_s)
         elif isinstance(event, FileClosedEvent):
@@ -1128,6 +1129,13 @@ def _identity(folder: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def _empty(path: str) -> bool:
+    try:
+        return os.stat(path).st_size == 0
+    except OSError:
+        return False
 
 
 def _reports_closes(observer: BaseObserver) -> bool:

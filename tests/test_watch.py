@@ -1027,5 +1027,10 @@ def test_a_file_its_writer_keeps_open_waits_for_the_close_not_for_a_pause(index:
         wait_for(lambda: _due_now(index) == {str(path)})
         (lib / "copied.wav").write_bytes(b"RIFF")  # created, written and closed at once: due at once
         wait_for(lambda: str(lib / "copied.wav") in _due_now(index))
+        with open(lib / "stalled.wav", "wb"):  # made, its first write yet to come: it was read as an empty file
+            wait_for(lambda: str(lib / "stalled.wav") in _pending(index))
+            time.sleep(0.5)
+            assert str(lib / "stalled.wav") not in _due_now(index)
+        wait_for(lambda: str(lib / "stalled.wav") in _due_now(index))  # closed empty: read, and said empty
     finally:
         w.stop()
