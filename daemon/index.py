@@ -1046,11 +1046,13 @@ class Index:
 def _turn_on(c: sqlite3.Connection, name: str, model_id: int) -> None:
     """Make this version the active one of its model (in the caller's transaction). A version that serves
     searches now (the one active before) goes on serving until this one has tagged the library (hand_over);
-    with none serving, it serves at once."""
+    with none serving, or no file to tag (a home that only trains: `models list` said the version before stood
+    in for it, for good, with no daemon to hand over), it serves at once."""
     c.execute("UPDATE models SET active = (id = ?) WHERE name = ?", (model_id, name))
     c.execute("UPDATE models SET activated = ? WHERE id = ?", (time.time(), model_id))
-    if c.execute("SELECT 1 FROM models WHERE name = ? AND serving", (name,)).fetchone() is None:
-        c.execute("UPDATE models SET serving = 1 WHERE id = ?", (model_id,))
+    serving = c.execute("SELECT 1 FROM models WHERE name = ? AND serving", (name,)).fetchone() is not None
+    if not serving or c.execute("SELECT 1 FROM files LIMIT 1").fetchone() is None:
+        c.execute("UPDATE models SET serving = (id = ?) WHERE name = ?", (model_id, name))
 
 
 def _outside(folders: Sequence[str], args: list[object]) -> list[str]:

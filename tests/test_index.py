@@ -762,3 +762,11 @@ def test_an_index_from_before_contents_were_forgotten_gets_the_column(tmp_path: 
     index = Index(path)
     index.note_unused(5.0)
     assert index.forget_unused(10.0, 10) == [b"\x00"]
+
+
+def test_a_new_version_serves_at_once_where_there_is_no_file_to_tag(index: Index) -> None:
+    """A home that only trains (no watch, no daemon): `models list` said the version before stood in for the new
+    one until it had tagged a library there is none of, for good."""
+    index.add_model("mood", "/m/mood1.onnx", "a" * 64, ["dark"], "{}", False, active=True)
+    index.add_model("mood", "/m/mood2.onnx", "b" * 64, ["dark", "murky"], "{}", False, active=True)
+    assert [m.ref for m in index.serving_models()] == ["mood@2"]
