@@ -40,6 +40,15 @@ def _workers(text: str) -> int:
     return n
 
 
+def _listen(text: str) -> str:
+    """HOST:PORT to serve on, its form checked as `train --trainer` checks its own (exit 2): `--listen 80x`
+    exited 1, as if the address were taken."""
+    port = text.rpartition(":")[2]
+    if text and not (":" in text and port.isascii() and port.isdigit() and int(port) < 65536):
+        raise argparse.ArgumentTypeError(f"{text}: expected HOST:PORT, a port from 0 to 65535")
+    return text
+
+
 def _score(text: str) -> float:
     try:
         score = float(text)
@@ -208,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("daemon", parents=[common], help="run the daemon in the foreground; `daemon stop` stops it")
     p.add_argument("action", nargs="?", choices=["stop"], help="stop the daemon running for this home")
-    p.add_argument("--listen", default="", metavar="HOST:PORT", help="also serve on TCP (needs a token)")
+    p.add_argument("--listen", default="", type=_listen, metavar="HOST:PORT", help="also serve on TCP (needs a token)")
     p.add_argument("--token", default="", help="token TCP clients must send (default $VIBRARY_TOKEN)")
     p.add_argument(
         "--workers",
@@ -381,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("trainer", parents=[common], help="the training service")
     actions = p.add_subparsers(dest="action", required=True)
     a = actions.add_parser("serve", parents=[common], help="run the trainer service in the foreground")
-    a.add_argument("--listen", default="127.0.0.1:7878", metavar="HOST:PORT", help="default 127.0.0.1:7878")
+    a.add_argument(
+        "--listen", default="127.0.0.1:7878", type=_listen, metavar="HOST:PORT", help="default 127.0.0.1:7878"
+    )
     a.add_argument("--token", default="", help="required on anything but loopback (default $VIBRARY_TRAINER_TOKEN)")
     a.add_argument("--data", default="", help="where shards and jobs are kept (default $VIBRARY_HOME/trainer)")
     a.add_argument("--tls-cert", default=os.environ.get("VIBRARY_TRAINER_TLS_CERT", ""), metavar="PEM")

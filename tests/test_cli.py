@@ -771,8 +771,9 @@ def test_bad_numbers_and_settings_are_refused_before_anything_starts(model_home:
     bad = vibrary("tag", str(clip), home=model_home, check=False)
     assert bad.returncode == 1 and f"{model_home / 'config.json'}: not valid JSON" in bad.stderr, bad.stderr
     (model_home / "config.json").unlink()
-    taken = vibrary("daemon", "--listen", "nonsense", "--token", "t", home=model_home, check=False)
-    assert taken.returncode == 1 and "cannot listen on nonsense: expected HOST:PORT" in taken.stderr, taken.stderr
+    for command in (["daemon"], ["trainer", "serve"]):  # malformed, as `train --trainer` says it (it exited 1)
+        taken = vibrary(*command, "--listen", "nonsense", "--token", "t", home=model_home, check=False)
+        assert taken.returncode == 2 and "--listen: nonsense: expected HOST:PORT" in taken.stderr, taken.stderr
     with socket.create_server(("127.0.0.1", 0)) as holder:  # grpc wrote its own error line first, then ours
         listen = f"127.0.0.1:{holder.getsockname()[1]}"
         taken = vibrary("daemon", "--listen", listen, "--token", "t", home=model_home, check=False)
