@@ -79,6 +79,11 @@ class DaemonError(VibraryError, RuntimeError):
         self.code = code
 
 
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not timeout > 0:
+        raise BadArgument(f"timeout must be a number of seconds above 0 (None: no limit), not {timeout!r}")
+
+
 class ClientClosed(VibraryError, RuntimeError):
     """A call on a client after its close() (a stream it returned included)."""
 
@@ -105,8 +110,7 @@ class Client:
         started with --listen (which then requires `token`). `timeout`: seconds a call may take, streams
         of results excepted; a stream ends (DaemonNotRunning) once a ping after `keepalive_ms[0]` of silence
         is not answered within `keepalive_ms[1]` (a daemon suspended, hung, or across a network gone)."""
-        if timeout is not None and not timeout > 0:  # 0 failed every call at once with DEADLINE_EXCEEDED
-            raise BadArgument(f"timeout must be a number of seconds above 0 (None: no limit), not {timeout!r}")
+        _check_timeout(timeout)  # 0 failed every call at once with DEADLINE_EXCEEDED
         if not target:  # looking for a daemon must not create a home
             target = config.unix_target(config.socket_path(Path(home_dir or config.home(create=False))))
         self.target = target
@@ -137,6 +141,7 @@ class Client:
 
     def _call(self, method: str, request: object, timeout: float | None = None) -> Any:
         self._check_open()
+        _check_timeout(timeout)  # (a call's own 0 fell back to the client's, -1 was a slow daemon's error)
         try:
             return getattr(self.stub, method)(request, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as e:
@@ -154,6 +159,7 @@ class Client:
         waiting longer than the client's timeout for the next one ends it, as a hung daemon would otherwise
         hang the caller; given one, that is the bound (a search known to be slow to start is given one)."""
         self._check_open()  # when the caller starts reading: streams are lazy
+        _check_timeout(timeout)
         quiet: _Quiet | None = None
         try:  # a close() in another thread since the check: the call raises ValueError
             call = getattr(self.stub, method)(request, timeout=timeout, metadata=self._metadata)

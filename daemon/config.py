@@ -30,13 +30,16 @@ def tag_key(text: str) -> str:
     return unicodedata.normalize("NFC", text.strip()).lower()
 
 
+LONGEST_NAME = 100  # characters of a dataset's or a model's name
+
+
 def check_name(name: str, what: str = "dataset") -> None:
     """Dataset and model names become folder and file names of the home: nothing that could leave it.
     Here, beside the home's layout, so that the registry and the trainer service need not load datasets."""
     if not name or not name.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"{what} name {name!r}: use letters, digits, '-' and '_', with at least one letter or digit")
-    if len(name) > 100:
-        raise ValueError(f"{what} name of {len(name)} characters: 100 at most")
+    if len(name) > LONGEST_NAME:
+        raise ValueError(f"{what} name of {len(name)} characters: {LONGEST_NAME} at most")
 
 
 def disk_trouble(folder: str) -> str:

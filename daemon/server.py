@@ -226,6 +226,9 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         groups = [list(dict.fromkeys(g.tags)) for g in request.all_of]
         if any(not g or any(not t.strip() for t in g) for g in groups) or any(not t.strip() for t in request.none_of):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty tag in query")
+        longest = config.LONGEST_TAG  # (a tag of 3 MB, or with a NUL, was searched for: no file has one)
+        if any(len(t) > longest or "\0" in t for t in (*(t for g in groups for t in g), *request.none_of)):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a tag of over {longest} characters, or with a NUL")
         if len(groups) > MAX_QUERY_TERMS or sum(map(len, groups)) + len(request.none_of) > 4 * MAX_QUERY_TERMS:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -363,6 +366,10 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model name required, version >= 0")
         if "@" in request.name:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "give the version in its own field, not as NAME@VERSION")
+        try:
+            parse_ref(request.name)  # a name no model can have (200,000 characters, a NUL): not "no model …"
+        except ValueError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         try:
             return self.daemon.index.model(request.name, request.version, active_first=active_first)
         except KeyError as e:

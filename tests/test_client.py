@@ -457,3 +457,8 @@ def test_a_client_refuses_a_timeout_it_cannot_keep_and_takes_a_home_or_an_alias_
     with Client(home_dir=str(daemon.home)) as c:
         assert "bands@1" in c.status().models
         assert "hh" not in {s.alias for s in c.remove_synonyms("hh")}
+        for timeout in (0, -1.0):  # a call's own: DEADLINE_EXCEEDED, as of a slow daemon, or the client's at 0
+            with pytest.raises(BadArgument, match="timeout must be a number of seconds above 0"):
+                list(c.tag(str(daemon.home), timeout=timeout))
+            with pytest.raises(BadArgument, match="timeout must be a number of seconds above 0"):
+                c.suggest(str(daemon.home), timeout=timeout)
