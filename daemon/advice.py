@@ -49,6 +49,14 @@ def expected(n: int, points: list[tuple[int, float]]) -> float:
     return points[-1][1]
 
 
+def rescaled(accuracy: float, measured: int, tags: int) -> float:
+    """An accuracy measured with `measured` tags, for `tags` of them: the same share of the way from chance
+    (1 in so many) to every clip right. A rough rule (tags are not all alike to tell apart), but one that
+    says more than the measured figure itself, which for 2 tags was near chance."""
+    chance, chance_then = 1 / tags, 1 / measured
+    return chance + (1 - chance) * max(0.0, (accuracy - chance_then) / (1 - chance_then))
+
+
 def _between(family: str, share: float, path: Path) -> tuple[list[tuple[int, float]], str]:
     """The curve of a dataset with this share of its tags known (MOST, half, up to all), drawn between the
     curves measured with half and with all of them known, by the share: read off the half-known curve
@@ -85,6 +93,9 @@ def advise(
         how = f" drawn between all and half the tags known; the demo model knows {knows} of your {len(tags)}"
     else:
         (points, source), how = load_curve(f"{family} as new", path=path), ", tags trained as new"
+    measured = json.loads(path.read_text()).get("classes", {}).get(family)
+    if measured and measured != len(tags):  # 69 % of 9 instruments was said of 2 tags, where chance is 50 %
+        points = [(m, rescaled(acc, measured, len(tags))) for m, acc in points]
     tag, n = min(per_class.items(), key=lambda kv: (kv[1], kv[0]))
     now = expected(n, points)
     bound = "at most about" if n < points[0][0] else "about"  # below the curve's first measured size
@@ -96,9 +107,12 @@ def advise(
         short = sorted(((t, better[0] - c) for t, c in per_class.items() if c < better[0]), key=lambda tc: -tc[1])
         lacks = ", ".join(f"{more} more of {t!r}" for t, more in short[:3]) + (", …" if len(short) > 3 else "")
         text += f"; {better[0]} {MORE} ({lacks}) should give about {better[1]:.0%}"
-    measured = json.loads(path.read_text()).get("classes", {}).get(family)
-    # a curve of 12 effects read for 2 tags (chance 50 %) says less: said, with the tags it was measured with
-    tags_said = f"; measured with {measured} tags, yours are {len(tags)}" if measured and measured != len(tags) else ""
+    # a curve of 12 effects read for 2 tags says less: said, with the tags it was measured with
+    tags_said = (
+        f"; measured with {measured} tags, rescaled for your {len(tags)} by chance level"
+        if measured and measured != len(tags)
+        else ""
+    )
     text = f"{text} ({family} curve{how}{tags_said}, {source})"
     for tag, other, what in rows.twins(tags) if rows is not None and picked is not None else []:  # dry/, clean/
         into, merged = (tag, other) if config.tag_key(tag) == what else (other, tag)  # the demo's own name
