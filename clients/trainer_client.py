@@ -7,6 +7,7 @@ certificate (a self-signed certificate is its own), or the path of that file in 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class TrainerClient:
         self.target = target
         self.called = called or f"trainer at {target}"
         self.timeout = timeout
+        self.follower = uuid.uuid4().hex  # its watches' and cancels' (JobRef.follower): its cancel is its own
         self._metadata = (("authorization", f"Bearer {check_token(token)}"),) if token else ()
         options = [
             ("grpc.max_receive_message_length", 16 << 20),
@@ -158,13 +160,14 @@ class TrainerClient:
             raise self._said(e) from None
 
     def watch(self, job_id: str) -> Iterator[pb.Job]:
-        return self._stream("WatchJob", pb.JobRef(id=job_id))
+        return self._stream("WatchJob", pb.JobRef(id=job_id, follower=self.follower))
 
     def jobs(self) -> list[pb.Job]:
         return list(self._rpc("ListJobs", pb.ListJobsRequest(), self.timeout).jobs)
 
     def cancel(self, job_id: str) -> pb.Job:
-        return self._rpc("CancelJob", pb.JobRef(id=job_id), self.timeout)
+        """Cancel the job; where another caller follows it, only this one's following: `followers` > 0."""
+        return self._rpc("CancelJob", pb.JobRef(id=job_id, follower=self.follower), self.timeout)
 
     def download(self, job_id: str) -> dict[str, bytes]:
         """The job's files, each checked against the sha256 the trainer sent with it."""

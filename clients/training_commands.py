@@ -44,6 +44,7 @@ def _cancel_daemons(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from vibrary.daemon.training import (
         CANCEL_UNSENT,
+        LEFT_TO_OTHERS,
         LOST_TRAINER,
         OWN_CLIPS,
         TrainingError,
@@ -108,6 +109,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         states.add(p.state)
         if p.message.startswith(CANCEL_UNSENT):
             states.add("unsent")
+        if p.message.startswith(LEFT_TO_OTHERS):
+            states.add("left")
         lost = p.message.startswith(LOST_TRAINER)
         news = p.state == "waiting" or lost  # queued, or the trainer out of reach
         # out of reach, the message counts the seconds: it was a new line every second or two
@@ -195,6 +198,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"the trainer is out of reach, so its job {started[-1]} could not be cancelled there: the trainer"
                 " cancels it once nobody has followed it for a while (10 minutes by default), and until then the same"
                 " command follows it again"
+            )
+        elif started and "left" in states:  # the same training from another machine follows it too
+            ended = (
+                "another `vibrary train` of the same dataset follows its job on the trainer (another machine, the"
+                " same token), so it goes on there for that one"
             )
         elif started:  # (the trainer keeps its checkpoint: "cancelled" alone read as all of it lost)
             ended = "its job on the trainer is cancelled; the same command goes on from its last finished epoch"

@@ -522,7 +522,8 @@ def _on_trainer(
         except BaseException:  # Ctrl-C on `vibrary train` included: with no `leave`, nobody comes back for it
             if leave is None:
                 try:
-                    client.cancel(job.job_id)
+                    if others := client.cancel(job.job_id).followers:  # the same training, started elsewhere
+                        report(message=f"{LEFT_TO_OTHERS}: {others} more")
                 except Exception as e:  # out of reach: a Ctrl-C said "its job on the trainer is cancelled"
                     if isinstance(e, DaemonError) and e.code in (
                         grpc.StatusCode.UNAVAILABLE,
@@ -534,6 +535,8 @@ def _on_trainer(
 
 # The trainer was not reached to cancel a job its caller gave up: it cancels one nobody follows, after a while
 CANCEL_UNSENT = "the trainer could not be told to cancel"
+# … or it was, and other callers follow the job (the same training started elsewhere): it goes on for them
+LEFT_TO_OTHERS = "the job goes on on the trainer for the other callers that follow it"
 
 
 def _collect(
@@ -579,12 +582,15 @@ def _follow(
     When `leave` is set the thread closes the client instead, which ends the watch (the caller sees
     `leave` and raises Detached)."""
     done = threading.Event()
+    left: list[int] = []  # the callers a cancel left the job to, when others follow it: this one stops
 
     def stop_when_cancelled() -> None:
         while not done.wait(0.2):
             if cancel.is_set():
                 with contextlib.suppress(DaemonError):  # gone, or the job already over: watch() tells how it ended
-                    client.cancel(job_id)
+                    if others := client.cancel(job_id).followers:
+                        left.append(others)
+                        client.close()  # (the watch ends: the job goes on, for them)
                 return
             if leave is not None and leave.is_set():
                 client.close()
@@ -605,6 +611,8 @@ def _follow(
                     report(**_forward(job, report.state))
                 return job
             except Exception as e:
+                if left:
+                    raise Cancelled(f"training cancelled here; {LEFT_TO_OTHERS}: {left[0]} more") from None
                 if leave is not None and leave.is_set():
                     return job
                 if isinstance(e, DaemonError) and e.code == grpc.StatusCode.NOT_FOUND:  # it said only "no job 'x'"

@@ -123,6 +123,7 @@ class _JobState:
         self.history: list[pb.Job] = []  # every update since `past` updates, in order: a watcher misses none
         self.past = 0  # updates dropped from history once the job ended (watchers count from the start)
         self.watchers = 0
+        self.followers: Counter[str] = Counter()  # watch streams open by each caller that gave its id
         self.unwatched_since = time.monotonic()  # a restarted trainer gives its caller the whole limit again
         # failed for want of its caller, or for a fault of the machine (a full disk, memory): its checkpoint is
         # kept, as a cancel's is (a failure of its own, a ValueError, drops it: the state may be what failed)
@@ -525,10 +526,13 @@ class TrainerService(pb_grpc.TrainerServicer):
         with job.changed:
             pending, seen = [job.snapshot()], job.past + len(job.history)
             job.watchers += 1
+            job.followers[request.follower] += 1
 
         def gone() -> None:  # when the call ends, however: a generator's `finally` waits for its collection
             with job.changed:
                 job.watchers -= 1
+                job.followers[request.follower] -= 1
+                job.followers += Counter()  # (drops the callers no longer watching)
                 job.unwatched_since = time.monotonic()
             release()
 
@@ -570,7 +574,19 @@ class TrainerService(pb_grpc.TrainerServicer):
         return release
 
     def CancelJob(self, request: pb.JobRef, context: grpc.ServicerContext) -> pb.Job:
+        """Cancels the job, unless the caller gave its id and another caller watches the job: then only that
+        caller stops (a Ctrl-C on one machine cancelled the training another machine of the same user followed,
+        which then ended 'training cancelled', unsaid why)."""
         job = self._job(request, context)
+        with job.changed:
+            others = sum(n for who, n in job.followers.items() if who != request.follower) if request.follower else 0
+        if others and job.job.state not in _TERMINAL:
+            log.info(
+                "job %s: one of its callers stopped following it; it goes on for the %d others", job.job.id, others
+            )
+            snapshot = job.snapshot()
+            snapshot.followers = others
+            return snapshot
         self._cancel(job)
         return job.snapshot()
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18vibrary/v1/trainer.proto\x12\nvibrary.v1\"?\n\x0bShardStatus\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x12\n\nhave_bytes\x18\x03 \x01(\x03\"4\n\tShardList\x12\'\n\x06shards\x18\x01 \x03(\x0b\x32\x17.vibrary.v1.ShardStatus\"H\n\nShardChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04size\x18\x04 \x01(\x03\"\x1f\n\x0bUploadReply\x12\x10\n\x08\x63omplete\x18\x01 \x03(\t\"\\\n\nJobRequest\x12\x10\n\x08manifest\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x03 \x01(\t\x12\x0e\n\x06\x63onfig\x18\x04 \x01(\t\x12\x10\n\x08\x66ollowed\x18\x05 \x01(\x08\"\x14\n\x06JobRef\x12\n\n\x02id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"(\n\x07JobList\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.vibrary.v1.Job\"\xb7\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.vibrary.v1.Job.State\x12\r\n\x05phase\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x05 \x01(\x05\x12\x0c\n\x04loss\x18\x06 \x01(\x02\x12\x14\n\x0cval_accuracy\x18\x07 \x01(\x02\x12\r\n\x05\x65ta_s\x18\x08 \x01(\x02\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x0f\n\x07summary\x18\n \x01(\t\x12\x1a\n\x12resumed_from_epoch\x18\x0b \x01(\x05\"a\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\"7\n\tFileChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06sha256\x18\x03 \x01(\t2\xa2\x03\n\x07Trainer\x12=\n\rMissingShards\x12\x15.vibrary.v1.ShardList\x1a\x15.vibrary.v1.ShardList\x12\x41\n\x0cUploadShards\x12\x16.vibrary.v1.ShardChunk\x1a\x17.vibrary.v1.UploadReply(\x01\x12\x33\n\x08StartJob\x12\x16.vibrary.v1.JobRequest\x1a\x0f.vibrary.v1.Job\x12\x31\n\x08WatchJob\x12\x12.vibrary.v1.JobRef\x1a\x0f.vibrary.v1.Job0\x01\x12\x30\n\tCancelJob\x12\x12.vibrary.v1.JobRef\x1a\x0f.vibrary.v1.Job\x12<\n\x08ListJobs\x12\x1b.vibrary.v1.ListJobsRequest\x1a\x13.vibrary.v1.JobList\x12=\n\x0e\x44ownloadResult\x12\x12.vibrary.v1.JobRef\x1a\x15.vibrary.v1.FileChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18vibrary/v1/trainer.proto\x12\nvibrary.v1\"?\n\x0bShardStatus\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x12\n\nhave_bytes\x18\x03 \x01(\x03\"4\n\tShardList\x12\'\n\x06shards\x18\x01 \x03(\x0b\x32\x17.vibrary.v1.ShardStatus\"H\n\nShardChunk\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04size\x18\x04 \x01(\x03\"\x1f\n\x0bUploadReply\x12\x10\n\x08\x63omplete\x18\x01 \x03(\t\"\\\n\nJobRequest\x12\x10\n\x08manifest\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61se\x18\x03 \x01(\t\x12\x0e\n\x06\x63onfig\x18\x04 \x01(\t\x12\x10\n\x08\x66ollowed\x18\x05 \x01(\x08\"&\n\x06JobRef\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x66ollower\x18\x02 \x01(\t\"\x11\n\x0fListJobsRequest\"(\n\x07JobList\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.vibrary.v1.Job\"\xca\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.vibrary.v1.Job.State\x12\r\n\x05phase\x18\x03 \x01(\t\x12\r\n\x05\x65poch\x18\x04 \x01(\x05\x12\x0e\n\x06\x65pochs\x18\x05 \x01(\x05\x12\x0c\n\x04loss\x18\x06 \x01(\x02\x12\x14\n\x0cval_accuracy\x18\x07 \x01(\x02\x12\r\n\x05\x65ta_s\x18\x08 \x01(\x02\x12\r\n\x05\x65rror\x18\t \x01(\t\x12\x0f\n\x07summary\x18\n \x01(\t\x12\x1a\n\x12resumed_from_epoch\x18\x0b \x01(\x05\x12\x11\n\tfollowers\x18\x0c \x01(\x05\"a\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\r\n\tCANCELLED\x10\x05\"7\n\tFileChunk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06sha256\x18\x03 \x01(\t2\xa2\x03\n\x07Trainer\x12=\n\rMissingShards\x12\x15.vibrary.v1.ShardList\x1a\x15.vibrary.v1.ShardList\x12\x41\n\x0cUploadShards\x12\x16.vibrary.v1.ShardChunk\x1a\x17.vibrary.v1.UploadReply(\x01\x12\x33\n\x08StartJob\x12\x16.vibrary.v1.JobRequest\x1a\x0f.vibrary.v1.Job\x12\x31\n\x08WatchJob\x12\x12.vibrary.v1.JobRef\x1a\x0f.vibrary.v1.Job0\x01\x12\x30\n\tCancelJob\x12\x12.vibrary.v1.JobRef\x1a\x0f.vibrary.v1.Job\x12<\n\x08ListJobs\x12\x1b.vibrary.v1.ListJobsRequest\x1a\x13.vibrary.v1.JobList\x12=\n\x0e\x44ownloadResult\x12\x12.vibrary.v1.JobRef\x1a\x15.vibrary.v1.FileChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,17 +42,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBREQUEST']._serialized_start=266
   _globals['_JOBREQUEST']._serialized_end=358
   _globals['_JOBREF']._serialized_start=360
-  _globals['_JOBREF']._serialized_end=380
-  _globals['_LISTJOBSREQUEST']._serialized_start=382
-  _globals['_LISTJOBSREQUEST']._serialized_end=399
-  _globals['_JOBLIST']._serialized_start=401
-  _globals['_JOBLIST']._serialized_end=441
-  _globals['_JOB']._serialized_start=444
-  _globals['_JOB']._serialized_end=755
-  _globals['_JOB_STATE']._serialized_start=658
-  _globals['_JOB_STATE']._serialized_end=755
-  _globals['_FILECHUNK']._serialized_start=757
-  _globals['_FILECHUNK']._serialized_end=812
-  _globals['_TRAINER']._serialized_start=815
-  _globals['_TRAINER']._serialized_end=1233
+  _globals['_JOBREF']._serialized_end=398
+  _globals['_LISTJOBSREQUEST']._serialized_start=400
+  _globals['_LISTJOBSREQUEST']._serialized_end=417
+  _globals['_JOBLIST']._serialized_start=419
+  _globals['_JOBLIST']._serialized_end=459
+  _globals['_JOB']._serialized_start=462
+  _globals['_JOB']._serialized_end=792
+  _globals['_JOB_STATE']._serialized_start=695
+  _globals['_JOB_STATE']._serialized_end=792
+  _globals['_FILECHUNK']._serialized_start=794
+  _globals['_FILECHUNK']._serialized_end=849
+  _globals['_TRAINER']._serialized_start=852
+  _globals['_TRAINER']._serialized_end=1270
 # @@protoc_insertion_point(module_scope)

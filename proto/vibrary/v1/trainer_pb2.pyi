@@ -167,15 +167,22 @@ class JobRef(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    FOLLOWER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    follower: _builtins.str
+    """A caller's own id, the same in its WatchJob and its CancelJob: a cancel from one of several callers that
+    follow one job (the same dataset trained from two machines under one token) only stops its own following
+    while another watches it (Job.followers says how many); empty, a cancel is the job's.
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        follower: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follower", b"follower", "id", b"id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -252,6 +259,7 @@ class Job(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     RESUMED_FROM_EPOCH_FIELD_NUMBER: _builtins.int
+    FOLLOWERS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___Job.State.ValueType
     phase: _builtins.str
@@ -266,6 +274,8 @@ class Job(_message.Message):
     """JSON training summary once SUCCEEDED"""
     resumed_from_epoch: _builtins.int
     """the last epoch of a cut-off run of the same job that this one goes on from; 0: none"""
+    followers: _builtins.int
+    """CancelJob's answer: the other callers watching it, for whom it goes on (0: cancelled)"""
     def __init__(
         self,
         *,
@@ -280,10 +290,11 @@ class Job(_message.Message):
         error: _builtins.str = ...,
         summary: _builtins.str = ...,
         resumed_from_epoch: _builtins.int = ...,
+        followers: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "epochs", b"epochs", "error", b"error", "eta_s", b"eta_s", "id", b"id", "loss", b"loss", "phase", b"phase", "resumed_from_epoch", b"resumed_from_epoch", "state", b"state", "summary", b"summary", "val_accuracy", b"val_accuracy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "epochs", b"epochs", "error", b"error", "eta_s", b"eta_s", "followers", b"followers", "id", b"id", "loss", b"loss", "phase", b"phase", "resumed_from_epoch", b"resumed_from_epoch", "state", b"state", "summary", b"summary", "val_accuracy", b"val_accuracy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
