@@ -49,6 +49,13 @@ def _listen(text: str) -> str:
     return text
 
 
+def _serve_on(text: str) -> str:
+    """A trainer's HOST:PORT, which it must have (a daemon's empty --listen is no TCP at all)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected HOST:PORT, a port from 0 to 65535")
+    return _listen(text)
+
+
 def _score(text: str) -> float:
     try:
         score = float(text)
@@ -391,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions = p.add_subparsers(dest="action", required=True)
     a = actions.add_parser("serve", parents=[common], help="run the trainer service in the foreground")
     a.add_argument(
-        "--listen", default="127.0.0.1:7878", type=_listen, metavar="HOST:PORT", help="default 127.0.0.1:7878"
+        "--listen", default="127.0.0.1:7878", type=_serve_on, metavar="HOST:PORT", help="default 127.0.0.1:7878"
     )
     a.add_argument("--token", default="", help="required on anything but loopback (default $VIBRARY_TRAINER_TOKEN)")
     a.add_argument("--data", default="", help="where shards and jobs are kept (default $VIBRARY_HOME/trainer)")

@@ -43,7 +43,7 @@ from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from .errors import BadArgument, VibraryError
-from .query import QueryError, parse_query
+from .query import QueryError, has_phrase, parse_query
 
 __all__ = [
     "BadArgument",
@@ -309,23 +309,15 @@ class Client:
         `limit` 0: every match; in the index's order unless `best_first` (the surest first by the first
         group's tags, which costs more: `vibrary search --limit` asks for it). Tags as the models spell them:
         the synonym table (hh → hihat), which `vibrary search` reads too, is the caller's to apply
-        (`synonyms()` lists it); unquoted words that spell an installed model's tag with spaces (`lead synth`,
-        from a dataset's folder `Lead Synth/`) are that tag, as `vibrary search` reads them."""
+        (`synonyms()` lists it); unquoted words that spell a searched model's tag with spaces (`lead synth`,
+        from a dataset's folder `Lead Synth/`) are that tag, as `vibrary search` reads them (the models are
+        asked for then, as the results are read)."""
         if isinstance(all_of, str):
-            classes: set[str] | None = None
-
-            def is_tag(text: str) -> bool:  # the models asked for once, and only for a query of several words
-                nonlocal classes
-                if classes is None:
-                    classes = {t for m in self.models() for t in m.classes}
-                return config.tag_key(text) in classes
-
-            groups, excluded = parse_query(all_of, is_tag)
+            groups, excluded = parse_query(all_of)  # a query that makes no sense is said before anything is asked
         else:
             groups, excluded = [[g] if isinstance(g, str) else list(g) for g in all_of], []
         request = pb.SearchRequest(
-            all_of=[pb.AnyOf(tags=g) for g in groups],
-            none_of=[*excluded, *([none_of] if isinstance(none_of, str) else none_of)],
+            none_of=[*([none_of] if isinstance(none_of, str) else none_of)],
             # (None: unset) a daemon from before the field was optional reads 0 as unset: the least score above it
             min_score=ANY_STORED_SCORE if min_score == 0 else min_score,
             path_prefix=self._path(under) if under else "",
@@ -333,7 +325,23 @@ class Client:
             limit=limit,
             best_first=best_first,
         )
-        return self._search_pages(request, timeout)
+
+        def pages() -> Iterator[pb.FileTags]:
+            nonlocal groups, excluded
+            if isinstance(all_of, str) and has_phrase(all_of):
+                groups, excluded = parse_query(all_of, self._tag_of(model, timeout))
+            request.all_of.extend(pb.AnyOf(tags=g) for g in groups)
+            request.none_of[:0] = excluded
+            yield from self._search_pages(request, timeout)
+
+        return pages()
+
+    def _tag_of(self, model: str, timeout: float | None) -> Callable[[str], bool]:
+        """Whether words are a tag of the models a search reads (active, or standing in; `model`'s alone)."""
+        name = parse_ref(model)[0] if model else ""
+        models = self._call("ListModels", pb.ListModelsRequest(), timeout).models
+        tags = {t for m in models if (m.active or m.serving) and name in ("", m.name) for t in m.classes}
+        return lambda words: config.tag_key(words) in tags
 
     def _search_pages(self, request: pb.SearchRequest, timeout: float | None) -> Iterator[pb.FileTags]:
         """Search's files as SearchPages brings them (a message a file took 5 s of 24,000 files' 6), or from

@@ -3,6 +3,7 @@ tray's search box and scripts (`Client.search("kick -acoustic")`), so the three 
 
 from __future__ import annotations
 
+import itertools
 import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ def _words(text: str) -> list[str]:
 
 
 OPERATORS = frozenset({"or", "and", "not"})  # a query's own words, as `_as_words` and `join_tags` meet them
+MOST_TAG_WORDS = 8  # words of a tag with spaces that unquoted words are joined into
 LONGEST_QUERY = 10_000  # characters: a paste of a megabyte took shlex 50 s to split, the daemon 0.02 s to refuse
 
 
@@ -43,19 +45,19 @@ def join_tags(words: Sequence[str], is_tag: Callable[[str], bool]) -> list[str]:
     found: list[str] = []
     start = 0
     while start < len(words):
-        end = start + 1
-        if _plain(words[start]):
-            end = next(
-                (
-                    end
-                    for end in range(len(words), start + 1, -1)
-                    if all(map(_plain, words[start:end])) and is_tag(" ".join(words[start:end]).lstrip("-"))
-                ),
-                start + 1,
-            )
+        stop = start  # the plain words from here, as many as a tag may have (every end was tried: cubic time)
+        while stop < len(words) and stop - start < MOST_TAG_WORDS and _plain(words[stop]):
+            stop += 1
+        end = next((e for e in range(stop, start + 1, -1) if is_tag(" ".join(words[start:e]).lstrip("-"))), start + 1)
         found.append(" ".join(words[start:end]))
         start = end
     return found
+
+
+def has_phrase(words: str | Sequence[str]) -> bool:
+    """Whether a query has two plain words in a row, that `join_tags` might join (no need to ask for the tags)."""
+    said = _words(words) if isinstance(words, str) else list(words)
+    return any(_plain(a) and _plain(b) for a, b in itertools.pairwise(said))
 
 
 def _plain(word: str) -> bool:

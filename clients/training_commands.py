@@ -77,6 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     bars: dict[str, tqdm] = {}
     said = ""
     states: set[str] = set()  # the states seen
+    refused: list[str] = []  # why the trainer refused to cancel the job, when it did
     started: list[str] = []  # the job, once a trainer has it: waiting for a busy trainer or uploading, none
 
     logged = {"epoch": 0, "upload": -1}  # epoch 0 of a fit from known rows says "loss 0.000" of nothing yet
@@ -107,7 +108,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         states.add(p.state)
-        if p.message.startswith(CANCEL_UNSENT):
+        if p.message.startswith(CANCEL_UNSENT) and "(refused: " in p.message:
+            refused.append(p.message.partition("(refused: ")[2].removesuffix(")"))
+        elif p.message.startswith(CANCEL_UNSENT):
             states.add("unsent")
         if p.message.startswith(LEFT_TO_OTHERS):
             states.add("left")
@@ -198,6 +201,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"the trainer is out of reach, so its job {started[-1]} could not be cancelled there: the trainer"
                 " cancels it once nobody has followed it for a while (10 minutes by default), and until then the same"
                 " command follows it again"
+            )
+        elif started and refused:  # (a token removed meanwhile, a fault of the trainer's)
+            ended = (
+                f"the trainer refused to cancel its job {started[-1]} ({refused[0]}): it cancels a job once nobody"
+                " has followed it for a while (10 minutes by default)"
             )
         elif started and "left" in states:  # the same training from another machine follows it too
             ended = (

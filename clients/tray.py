@@ -473,15 +473,15 @@ class _Answers(QObject):
 _answers: _Answers | None = None  # made by the first search, on the GUI thread
 
 
-def _search(
-    home: Path, dialog: weakref.ref[SearchDialog], asked: int, query: tuple[list[list[str]], list[str]]
-) -> None:
-    """A search, in a thread of its own; its answer goes through `_answers`."""
+def _search(home: Path, dialog: weakref.ref[SearchDialog], asked: int, text: str) -> None:
+    """A search, in a thread of its own; its answer goes through `_answers`. Words that spell a tag with spaces
+    (`lead synth`) are that tag, and a synonym (hh) its tag, as `vibrary search` reads them."""
     found: list[pb.FileTags] | str
     try:
         with Client(home_dir=home, timeout=CALL_TIMEOUT_S) as c:
             known = {tag for m in c.models() if m.active or m.serving for tag in m.classes}
-            all_of, none_of, _ = respell(*query, known, synonyms(home))  # hh: hihat, as `vibrary search` reads it
+            query = parse_query(text, lambda words: config.tag_key(words) in known)
+            all_of, none_of, _ = respell(*query, known, synonyms(home))
             found = list(c.search(all_of, none_of, limit=SearchDialog.LIMIT, best_first=True, timeout=CALL_TIMEOUT_S))
     except Exception as e:  # (any: a thread that dies leaves "searching…" for ever)
         found = f"error: {e}"
@@ -532,8 +532,8 @@ class SearchDialog(QDialog):
             _answers = _Answers()
         self._asked += 1
         self.results.addItem(self.SEARCHING)
-        query = (all_of, none_of)
-        threading.Thread(target=_search, args=(self.home, weakref.ref(self), self._asked, query), daemon=True).start()
+        args = (self.home, weakref.ref(self), self._asked, self.query.text())  # (read again there, tags known)
+        threading.Thread(target=_search, args=args, daemon=True).start()
 
     def show_answer(self, asked: int, found: list[pb.FileTags] | str) -> None:
         """(On the GUI thread.)"""

@@ -94,19 +94,24 @@ def advise(
     else:
         (points, source), how = load_curve(f"{family} as new", path=path), ", tags trained as new"
     measured = json.loads(path.read_text()).get("classes", {}).get(family)
-    if measured and measured != len(tags):  # 69 % of 9 instruments was said of 2 tags, where chance is 50 %
-        points = [(m, rescaled(acc, measured, len(tags))) for m, acc in points]
+
+    def said(acc: float) -> float:  # 69 % of 9 instruments was said of 2 tags, where chance is 50 %
+        return rescaled(acc, measured, len(tags)) if measured and measured != len(tags) else acc
+
     tag, n = min(per_class.items(), key=lambda kv: (kv[1], kv[0]))
     now = expected(n, points)
     bound = "at most about" if n < points[0][0] else "about"  # below the curve's first measured size
-    text = f"your smallest tag, {tag!r}, has {n} example{'' if n == 1 else 's'}: expect {bound} {now:.0%} accuracy"
+    text = (
+        f"your smallest tag, {tag!r}, has {n} example{'' if n == 1 else 's'}: expect {bound} {said(now):.0%} accuracy"
+    )
+    # (a gain is judged on the curve as measured: rescaled for 2 tags, every gain read as half as much)
     better = next(((m, acc) for m, acc in points if m > n and acc >= now + GAIN), None)
     if better is None:
         text += "; more examples would add little"
     else:  # what each tag below that size lacks: "8 more per class" was said of tags that had 8 already
         short = sorted(((t, better[0] - c) for t, c in per_class.items() if c < better[0]), key=lambda tc: -tc[1])
         lacks = ", ".join(f"{more} more of {t!r}" for t, more in short[:3]) + (", …" if len(short) > 3 else "")
-        text += f"; {better[0]} {MORE} ({lacks}) should give about {better[1]:.0%}"
+        text += f"; {better[0]} {MORE} ({lacks}) should give about {said(better[1]):.0%}"
     # a curve of 12 effects read for 2 tags says less: said, with the tags it was measured with
     tags_said = (
         f"; measured with {measured} tags, rescaled for your {len(tags)} by chance level"

@@ -85,12 +85,13 @@ def home(create: bool = True) -> Path:
         try:
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
         except (FileExistsError, NotADirectoryError):  # it said "[Errno 17] File exists: '/path'"
-            file = next((p for p in (path, *path.parents) if p.is_file() or (p.is_symlink() and not p.exists())), path)
-            if not file.exists():  # a link to a drive not plugged in
+            up = (path, *path.parents)
+            if link := next((p for p in up if p.is_symlink() and not p.exists()), None):  # a drive not plugged in
                 raise NotADirectoryError(
-                    f"{file} links to {os.readlink(file)}, which is not there (a drive not mounted?): mount it, or set"
+                    f"{link} links to {os.readlink(link)}, which is not there (a drive not mounted?): mount it, or set"
                     " VIBRARY_HOME to a folder"
                 ) from None
+            file = next((p for p in up if p.exists() and not p.is_dir()), path)
             raise NotADirectoryError(
                 f"{file} is a file, so the home {path} cannot be a folder: set VIBRARY_HOME to a folder"
             ) from None

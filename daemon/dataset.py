@@ -549,8 +549,9 @@ def add(
         old_of: dict[str, str] = {}
         for ex in _once_each(examples):
             path = os.path.normpath(ex.path)
-            if ex.label not in old_of:
-                old_of[ex.label] = ex.label if ex.label in held.edits.renamed else edited.get(_spelled(ex.label), "")
+            if ex.label not in old_of:  # (a tag the dataset holds as spelled is that tag: an older one held two)
+                by_spelling = edited.get(_spelled(ex.label), "") if ex.label not in tags else ""
+                old_of[ex.label] = ex.label if ex.label in held.edits.renamed else by_spelling
             old = old_of[ex.label]
             tag = held.edits.renamed[old] if old else ex.label
             if path in known:

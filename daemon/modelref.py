@@ -15,8 +15,9 @@ def parse_ref(text: str) -> tuple[str, int]:
     name, at, version = unicodedata.normalize("NFC", text).partition("@")
     if not name:
         raise ValueError(f"bad model reference {text!r}: expected NAME or NAME@VERSION")
-    if len(name) > LONGEST_NAME or "\0" in name:  # (no model is so named: it was "no model" and 2,000 of them)
-        raise ValueError(f"bad model name {name[:40]!r}…: {LONGEST_NAME} characters at most, and no NUL")
+    if len(name) > 10 * LONGEST_NAME or "\0" in name:  # no model is so named (a name from before the limit is
+        # not refused): it was "no model" and 2,000 characters of it
+        raise ValueError(f"bad model name {name[:40]!r}…: {10 * LONGEST_NAME} characters at most, and no NUL")
     # `NAME@` or `NAME@0` from an empty variable in a script must not mean the newest; `NAME@²` is no number
     if at and not (version.isascii() and version.isdigit() and int(version) > 0):
         raise ValueError(f"bad model version in {text!r}: versions count from 1")

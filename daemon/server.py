@@ -226,8 +226,10 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         groups = [list(dict.fromkeys(g.tags)) for g in request.all_of]
         if any(not g or any(not t.strip() for t in g) for g in groups) or any(not t.strip() for t in request.none_of):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty tag in query")
-        longest = config.LONGEST_TAG  # (a tag of 3 MB, or with a NUL, was searched for: no file has one)
-        if any(len(t) > longest or "\0" in t for t in (*(t for g in groups for t in g), *request.none_of)):
+        longest = 10 * config.LONGEST_TAG  # (a tag of 3 MB, or with a NUL, was searched for: no file has one; a
+        # model from before the install's limit may have one longer than that limit)
+        tags = (config.tag_key(t) for t in (*(t for g in groups for t in g), *request.none_of))
+        if any(len(t) > longest or "\0" in t for t in tags):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"a tag of over {longest} characters, or with a NUL")
         if len(groups) > MAX_QUERY_TERMS or sum(map(len, groups)) + len(request.none_of) > 4 * MAX_QUERY_TERMS:
             context.abort(

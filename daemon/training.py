@@ -524,12 +524,11 @@ def _on_trainer(
                 try:
                     if others := client.cancel(job.job_id).followers:  # the same training, started elsewhere
                         report(message=f"{LEFT_TO_OTHERS}: {others} more")
-                except Exception as e:  # out of reach: a Ctrl-C said "its job on the trainer is cancelled"
-                    if isinstance(e, DaemonError) and e.code in (
-                        grpc.StatusCode.UNAVAILABLE,
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                    ):
-                        report(message=f"{CANCEL_UNSENT}: job {job.job_id} ({e})")
+                except Exception as e:  # a Ctrl-C said "its job on the trainer is cancelled" of every failure
+                    code = e.code if isinstance(e, DaemonError) else None
+                    if code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):  # (over)
+                        reached = code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                        report(message=f"{CANCEL_UNSENT}: job {job.job_id} ({'refused: ' if reached else ''}{e})")
             raise
 
 

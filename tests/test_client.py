@@ -176,6 +176,20 @@ def test_tag_and_get_tags_answer_each_path_as_asked(
     assert sorted(f.path for f in c.search("low|mid")) == sorted([paths["low"], paths["mid"]])  # as indexed
 
 
+def test_unquoted_words_that_spell_a_searched_models_tag_are_that_tag(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A dataset's folder `Low End/` names the tag "low end": `search("low end")` asked for low AND end (the CLI
+    joined them); words are joined only into a tag of the models the search reads."""
+    paths = _tagged(daemon, tmp_path)
+    spaced = band_model(tmp_path / "spaced.onnx", name="spaced", classes=("low end", "middle", "top"))
+    c = daemon.client
+    c.install_model(str(spaced))
+    wait_for(lambda: c.status().pending == 0 and [f.path for f in c.search([["low end"]])] == [paths["low"]])
+    assert [f.path for f in c.search("low end")] == [paths["low"]]
+    c.install_model(str(band_model(tmp_path / "off.onnx", name="off", classes=("low high", "b", "c"))), inactive=True)
+    both = {f.path for f in c.search([["low"], ["high"]], min_score=0)}  # every stored score: a file has all three
+    assert both and {f.path for f in c.search("low high", min_score=0)} == both  # not the inactive model's tag
+
+
 def test_what_the_client_refuses_is_a_bad_argument_before_anything_is_sent(
     daemon: DaemonProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
