@@ -43,7 +43,7 @@ from .decode import (
     decode,
     unreadable,
 )
-from .spectrogram import SpectrogramParams, dequantize, log_mel, quantize
+from .spectrogram import SpectrogramParams, as_fed
 
 HEAD_BYTES = 4 << 20
 TAIL_BYTES = 64 << 10
@@ -228,7 +228,7 @@ def features(
         key = _decode_key(params)
         if key not in audio_by_key:
             audio_by_key[key] = decode(path, params)
-        spec = dequantize(quantize(log_mel(audio_by_key[key], params), params), params)
+        spec = as_fed(audio_by_key[key], params)
         found[params] = spec
         fresh.append((content_hash, params, spec))
     if fresh:

@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -186,6 +186,8 @@ _SILENT_HEADS_HASHED = 2
 _TAGS_SPELLED = 3
 # ... from which FFmpeg reads the codecs libsndfile refused (Index.read_unsupported_once).
 _FFMPEG_READS = 4
+# ... from which a model's guess for silence, stored by an older release, was read again (forget_unheard_once).
+_UNHEARD_FORGOTTEN = 5
 UNCOMPRESSED = (".wav", ".wave", ".bwf", ".aif", ".aiff", ".aifc", ".w64", ".rf64", ".caf")
 
 RETRY_S = 60.0  # how long a file whose reading failed for a passing reason waits to be read again
@@ -892,6 +894,39 @@ class Index:
                    (SELECT 1 FROM tags t WHERE t.content_id = tagged.content_id AND t.model_id = tagged.model_id)"""
             ).rowcount
             return forgotten
+
+    def forget_unheard_once(self, guess: Callable[[ModelRow], tuple[str, float] | None]) -> int:
+        """An older release stored a silent file (a DC offset, or silence the decoder reads past now) with each
+        model's guess for silence (kick 0.24), which `vibrary search kick` found; it is stored with no tags
+        now (spectrogram.heard_in), but only once read again. Once per index, the (content, model) pairs whose
+        best tag is the model's guess for a silent clip (`guess`: its best tag and score, None when it cannot
+        be run) are forgotten, so that requeue_missing reads their files again (from the cache, mostly; a
+        sound that happened to score the same is only read again). The daemon asks it at its start."""
+        c = self.conn()  # (before the models are run for their guesses: a home with no tags runs none)
+        none = c.execute("SELECT 1 FROM tags LIMIT 1").fetchone() is None
+        if int(c.execute("PRAGMA user_version").fetchone()[0]) >= _UNHEARD_FORGOTTEN:
+            return 0
+        guesses = {} if none else {row.id: said for row in self.models() if (said := guess(row)) is not None}
+        forgotten = 0
+        with self.write() as c:
+            if not _first_time(c, _UNHEARD_FORGOTTEN):
+                return 0
+            for model_id, (tag, score) in guesses.items():
+                contents = [
+                    r[0]
+                    for r in c.execute(
+                        """SELECT t.content_id FROM tags t JOIN vocab v ON v.id = t.tag_id
+                           WHERE t.model_id = ? AND v.tag = ? AND abs(t.score - ?) < 1e-5 AND t.score = (
+                               SELECT max(score) FROM tags b WHERE b.content_id = t.content_id AND b.model_id = ?)""",
+                        (model_id, tag_key(tag), score, model_id),
+                    )
+                ]
+                for table in ("tags", "tagged"):
+                    c.executemany(
+                        f"DELETE FROM {table} WHERE content_id = ? AND model_id = ?", ((i, model_id) for i in contents)
+                    )
+                forgotten += len(contents)
+        return forgotten
 
     def rehash_long_once(self, head_bytes: int) -> int:
         """Before stop 27 a file whose hashed head was all silence (a stem that starts after 20 s) was known

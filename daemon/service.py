@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import psutil
 
 from . import atomic, config, dataset, features, pidlock, registry, training
@@ -43,6 +44,7 @@ from .folders import UNNAMED, audio_files_under, readable_name, storable
 from .index import NO_SUCH_PATH, NOT_INDEXED, NOT_STORED, WATCH_GONE, FileTags, Index, ModelRow, Result, within
 from .infer import Model, ModelError
 from .pipeline import ActiveModel, Pipeline
+from .spectrogram import as_fed
 from .watch import AT_WATCH_LIMIT, Watcher
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,7 @@ class Daemon:
     def start(self) -> None:
         self._forget_install_leftovers()
         self.index.forget_silent_once()
+        self.index.forget_unheard_once(silence_guess)
         self.index.rehash_long_once(features.HEAD_BYTES)
         self.index.spell_tags_once()
         self.index.read_unsupported_once(UNSUPPORTED_ENCODING)
@@ -908,6 +911,20 @@ class Daemon:
         self.status_events.changed()  # the status snapshot carries the training too
         if kind == TRAINING_FINISHED:
             log.info("training on %s %s %s", progress.dataset, progress.state, progress.error or progress.model)
+
+
+def silence_guess(row: ModelRow) -> tuple[str, float] | None:
+    """The best tag and score a model version gives a silent clip, as an older release stored for one; None
+    for a model that cannot be run (its file gone, a built-in model of another release)."""
+    try:
+        model = Model(row.path, threads=1)
+        params = model.info.params
+        scores = model.predict(as_fed(np.zeros((params.channels, params.n_samples), np.float32), params)[None])[0]
+    except Exception as e:  # (any: an upgrade step must not stop the daemon from starting)
+        log.info("%s not run for its guess for silence: %s", row.ref, e)
+        return None
+    best = int(scores.argmax())
+    return model.info.classes[best], float(scores[best])
 
 
 class NoModel(RuntimeError):

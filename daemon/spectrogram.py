@@ -298,6 +298,12 @@ def dequantize(codes: np.ndarray, params: SpectrogramParams) -> np.ndarray:
     return spec
 
 
+def as_fed(audio: np.ndarray, params: SpectrogramParams) -> np.ndarray:
+    """A clip's spectrogram as models are fed it: through the cache's 8-bit quantisation, so that a file gets
+    the same tags whether its spectrogram came from the cache or from the audio."""
+    return dequantize(quantize(log_mel(audio, params), params), params)
+
+
 SILENT = "no sound above -70 dBFS in its first minute"
 
 

@@ -805,6 +805,8 @@ def test_files_new_while_a_version_stands_in_get_its_tags_too(
     monkeypatch.setattr(d.index, "hand_over", lambda *args, **kwargs: [])  # (it waits for the test)
     d.start()
     try:
+        first = str(write_tone(tmp_path / "outside" / "high.wav", BANDS["high"]))
+        d.tag_now([first], time.time() + 30)  # a library (in an empty one, a new version serves at once)
         registry.install(d.index, model_home, str(band_model(tmp_path / "v2.onnx", version=2, shift=1)), active=True)
         d.models_changed()
         assert [(m.ref, m.active, m.serving) for m in d.index.models() if m.name == "bands"] == [
@@ -814,9 +816,10 @@ def test_files_new_while_a_version_stands_in_get_its_tags_too(
         assert sorted(m.ref for m in d.pipeline.models) == ["bands@1", "bands@2"]  # both tag
         (result,) = d.tag_now([str(write_tone(tmp_path / "outside" / "low.wav", BANDS["low"]))], time.time() + 30)
         assert (result.state, result.tags[0][:2]) == ("indexed", ("bands", "low"))  # v1's, as searches read
+        wait_for(lambda: d.status()["pending"] == 0)  # high.wav re-tagged by v2
         monkeypatch.setattr(d.index, "hand_over", hand_over)
         d.pipeline.failing[999] = ("other@1", "fails on every file")  # (as a model set aside is kept)
-        d.models_changed()  # (nothing was indexed before: nothing waits for v2)
+        d.models_changed()  # (nothing waits for v2)
         assert [m.ref for m in d.index.serving_models() if m.name == "bands"] == ["bands@2"]
         (result,) = d.index.file_tags([str(tmp_path / "outside" / "low.wav")])
         assert result.tags[0][:2] == ("bands", "mid")  # v2's: it tagged the file when it came

@@ -770,3 +770,29 @@ def test_a_new_version_serves_at_once_where_there_is_no_file_to_tag(index: Index
     index.add_model("mood", "/m/mood1.onnx", "a" * 64, ["dark"], "{}", False, active=True)
     index.add_model("mood", "/m/mood2.onnx", "b" * 64, ["dark", "murky"], "{}", False, active=True)
     assert [m.ref for m in index.serving_models()] == ["mood@2"]
+
+
+def test_a_models_guess_for_silence_stored_by_an_older_release_is_read_again(index: Index, tmp_path: Path) -> None:
+    """An older release stored a silent file with the model's guess for silence (kick 0.24), found by `vibrary
+    search kick` after an upgrade, though the file is stored with no tags now: such files are read again once."""
+    from vibrary.daemon.service import silence_guess
+    from vibrary.daemon.spectrogram import SpectrogramParams
+
+    from tests.synth import band_model
+
+    path = band_model(tmp_path / "bands.onnx")
+    row = index.add_model("bands", str(path), "c" * 64, ["low", "mid", "high"], SpectrogramParams().to_json(), False)
+    guessed = silence_guess(row)
+    assert guessed is not None
+    tag, score = guessed
+    other = next(t for t in ("low", "mid", "high") if t != tag)
+    _add(index, "/lib/silent.wav", {tag: score, other: score / 2}, row.id)
+    _add(index, "/lib/tone.wav", {other: 0.9, tag: score}, row.id)  # the same score, not its best: a sound
+    assert index.requeue_missing([row.id]) == 0
+    assert index.forget_unheard_once(silence_guess) == 1
+    assert index.requeue_missing([row.id]) == 1 and _pending(index) == {"/lib/silent.wav"}
+    assert index.forget_unheard_once(silence_guess) == 0  # once
+
+
+def _pending(index: Index) -> set[str]:
+    return {job.path for job in index.due_jobs(100_000, set(), 1e12)}
