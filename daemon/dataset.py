@@ -678,9 +678,12 @@ def _rows(home_dir: Path, name: str) -> tuple[list[Row], list[tuple[str, str]]]:
 
 
 def _rows_in(path: Path, raw: dict[str, Any], name: str) -> tuple[list[Row], list[tuple[str, str]]]:
-    try:
-        return [Row(**r) for r in raw["files"]], [(str(p), str(e)) for p, e in raw["failed"]]
-    except (KeyError, TypeError, ValueError) as e:
+    known = {f.name for f in dataclasses.fields(Row)}  # a later release's fields are left to it: the release before
+    try:  # this one read a row with `content` as damaged, and advised deleting the dataset
+        return [Row(**{k: v for k, v in r.items() if k in known}) for r in raw["files"]], [
+            (str(p), str(e)) for p, e in raw["failed"]
+        ]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # (a row that is no object: AttributeError)
         raise _damaged(name, f"{path}: {e!r}") from None
 
 

@@ -624,8 +624,13 @@ def test_a_damaged_dataset_is_named_with_what_to_do_and_can_be_deleted(home: Pat
     next((torn / "shards").glob("*.npz")).unlink()
     with pytest.raises(ValueError, match=r"dataset 'torn' is damaged \(shard .*create it again"):
         dataset.edit(home, "torn", rename=[("noise", "hiss")])  # was a bare "[Errno 2] No such file"
+    labels = dataset.dataset_dir(home, "good") / "labels.json"  # a later release's field: left to it, not damage
+    record = json.loads(labels.read_text())
+    record["files"] = [{**row, "loudness": -12.0} for row in record["files"]]
+    labels.write_text(json.dumps(record))
+    assert sum(dataset.load_report(home, "good").per_class.values()) == 6
     labels = dataset.dataset_dir(home, "mangled") / "labels.json"
-    for garbage in ("{not json", "[]", '{"manifest": null, "files": 5}'):
+    for garbage in ("{not json", "[]", '{"manifest": null, "files": 5}', '{"manifest": null, "files": [5]}'):
         labels.write_text(garbage)
         with pytest.raises(ValueError, match=r"dataset 'mangled' is damaged .*vibrary dataset delete mangled"):
             dataset.load_report(home, "mangled")
