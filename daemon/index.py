@@ -215,14 +215,30 @@ FAILED = "failed"
 _UNUSED = "NOT EXISTS (SELECT 1 FROM files f WHERE f.content_id = contents.id)"  # a content no file has now
 
 
-def _add_column(c: sqlite3.Connection, table: str, column: str) -> bool:
-    """A column an index made by an older version lacks; whether this call added it."""
+@contextlib.contextmanager
+def _transaction(c: sqlite3.Connection) -> Iterator[None]:
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if c.in_transaction:  # SQLite rolls back by itself on some errors (a full disk): keep that error
+            c.execute("ROLLBACK")
+        raise
+    c.execute("COMMIT")
+
+
+def _add_column(c: sqlite3.Connection, table: str, column: str, then: str = "") -> bool:
+    """A column an index made by an older version lacks; whether this call added it. `then`: a statement that
+    fills it, in the same transaction (a crash between the two left the column unfilled for good)."""
     name = column.split()[0]
     if c.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone() and not any(
         row[1] == name for row in c.execute(f"PRAGMA table_info({table})")
     ):
         try:
-            c.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            with _transaction(c):
+                c.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+                if then:
+                    c.execute(then)
             return True
         except sqlite3.OperationalError as e:  # another process opening the same old index added it meanwhile
             if "duplicate column name" not in str(e):  # (the daemon and a command at login: one said "damaged")
@@ -306,8 +322,10 @@ class Index:
         _ids_never_reused(c, "models", then=_ORPHANS)
         _add_column(c, "files", "inode INTEGER NOT NULL DEFAULT -1")  # -1: not known yet
         _add_column(c, "contents", "unused_since REAL")
-        if _add_column(c, "models", "activated REAL NOT NULL DEFAULT 0"):  # the versions active now came last: a
-            c.execute("UPDATE models SET activated = installed WHERE active")  # removal restored the newest
+        # the versions active now came last (a removal restored the newest)
+        _add_column(
+            c, "models", "activated REAL NOT NULL DEFAULT 0", "UPDATE models SET activated = installed WHERE active"
+        )
         _add_column(c, "models", "serving INTEGER NOT NULL DEFAULT 0")
         c.executescript(SCHEMA)  # executescript runs its own transaction
         # an active version whose model has none serving serves (an index from before `serving`, however made),
@@ -336,14 +354,8 @@ class Index:
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         c = self.conn()
-        c.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(c):
             yield c
-        except BaseException:
-            if c.in_transaction:  # SQLite rolls back by itself on some errors (a full disk): keep that error
-                c.execute("ROLLBACK")
-            raise
-        c.execute("COMMIT")
 
     def close(self) -> None:
         c = getattr(self._local, "conn", None)

@@ -796,3 +796,17 @@ def test_a_models_guess_for_silence_stored_by_an_older_release_is_read_again(ind
 
 def _pending(index: Index) -> set[str]:
     return {job.path for job in index.due_jobs(100_000, set(), 1e12)}
+
+
+def test_a_column_added_to_an_older_index_comes_with_its_fill_or_not_at_all(tmp_path: Path) -> None:
+    """`models.activated` was added, then filled in a statement of its own: a crash between the two (a kill, a
+    power cut) left every version's activation unknown for good, and `activate NAME` turned on the newest."""
+    c = sqlite3.connect(tmp_path / "old.sqlite", isolation_level=None)
+    c.execute("CREATE TABLE models (id INTEGER PRIMARY KEY, active INTEGER, installed REAL)")
+    c.execute("INSERT INTO models VALUES (1, 1, 5.0)")
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):  # the fill fails as a crash would cut it
+        index_module._add_column(c, "models", "activated REAL NOT NULL DEFAULT 0", "UPDATE gone SET x = 1")
+    assert "activated" not in {row[1] for row in c.execute("PRAGMA table_info(models)")}  # so the next open fills it
+    fill = "UPDATE models SET activated = installed WHERE active"
+    assert index_module._add_column(c, "models", "activated REAL NOT NULL DEFAULT 0", fill)
+    assert c.execute("SELECT activated FROM models").fetchall() == [(5.0,)]
