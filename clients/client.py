@@ -312,6 +312,8 @@ class Client:
         (`synonyms()` lists it); unquoted words that spell a searched model's tag with spaces (`lead synth`,
         from a dataset's folder `Lead Synth/`) are that tag, as `vibrary search` reads them (the models are
         asked for then, as the results are read)."""
+        if model:
+            _model_ref(model, 0)  # (BadArgument: `x@0` raised a bare ValueError as the results were read)
         if isinstance(all_of, str):
             groups, excluded = parse_query(all_of)  # a query that makes no sense is said before anything is asked
         else:
@@ -337,7 +339,8 @@ class Client:
         return pages()
 
     def _tag_of(self, model: str, timeout: float | None) -> Callable[[str], bool]:
-        """Whether words are a tag of the models a search reads (active, or standing in; `model`'s alone)."""
+        """Whether words are a tag of the models a search reads (active, or standing in; `model`'s alone, of
+        either of its versions the daemon may read)."""
         name = parse_ref(model)[0] if model else ""
         models = self._call("ListModels", pb.ListModelsRequest(), timeout).models
         tags = {t for m in models if (m.active or m.serving) and name in ("", m.name) for t in m.classes}

@@ -25,7 +25,7 @@ from . import config
 from .shards import too_few
 
 CURVE = Path(__file__).parent / "builtin" / "examples_curve.json"
-GAIN = 0.05  # more examples are worth suggesting when they buy at least this much accuracy
+GAIN = 0.05  # more examples are worth suggesting when they buy at least this much accuracy where it was measured
 MORE = "examples of every tag"  # (said when more would help: the CLI then says how to add them)
 
 

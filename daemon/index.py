@@ -908,8 +908,9 @@ class Index:
             return forgotten
 
     def forget_unheard_once(self, guess: Callable[[ModelRow], tuple[str, float] | None]) -> int:
-        """An older release stored a silent file (a DC offset, or silence the decoder reads past now) with each
-        model's guess for silence (kick 0.24), which `vibrary search kick` found; it is stored with no tags
+        """An older release stored a silent file (digital silence, or silence the decoder reads past now; not a DC
+        offset, whose spectrogram is no silent clip's) with each model's guess for silence (kick 0.24), which
+        `vibrary search kick` found; it is stored with no tags
         now (spectrogram.heard_in), but only once read again. Once per index, the (content, model) pairs whose
         best tag is the model's guess for a silent clip (`guess`: its best tag and score, None when it cannot
         be run) are forgotten, so that requeue_missing reads their files again (from the cache, mostly; a

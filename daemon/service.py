@@ -162,11 +162,7 @@ class Daemon:
 
     def start(self) -> None:
         self._forget_install_leftovers()
-        self.index.forget_silent_once()
-        self.index.forget_unheard_once(silence_guess)
-        self.index.rehash_long_once(features.HEAD_BYTES)
-        self.index.spell_tags_once()
-        self.index.read_unsupported_once(UNSUPPORTED_ENCODING)
+        upgrade(self.index)
         self._forget_on_demand_leftovers()
         self.index.requeue_missing(self._loaded())
         self.watcher.start()
@@ -911,6 +907,16 @@ class Daemon:
         self.status_events.changed()  # the status snapshot carries the training too
         if kind == TRAINING_FINISHED:
             log.info("training on %s %s %s", progress.dataset, progress.state, progress.error or progress.model)
+
+
+def upgrade(index: Index) -> None:
+    """The once-per-index steps, in the order of their numbers: each is skipped once a later one is done (one
+    run out of its turn marked the others done, and an index from before them never had them)."""
+    index.forget_silent_once()
+    index.rehash_long_once(features.HEAD_BYTES)
+    index.spell_tags_once()
+    index.read_unsupported_once(UNSUPPORTED_ENCODING)
+    index.forget_unheard_once(silence_guess)
 
 
 def silence_guess(row: ModelRow) -> tuple[str, float] | None:

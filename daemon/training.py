@@ -527,7 +527,10 @@ def _on_trainer(
                 except Exception as e:  # a Ctrl-C said "its job on the trainer is cancelled" of every failure
                     code = e.code if isinstance(e, DaemonError) else None
                     if code not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):  # (over)
-                        reached = code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                        reached = code is not None and code not in (
+                            grpc.StatusCode.UNAVAILABLE,
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                        )
                         report(message=f"{CANCEL_UNSENT}: job {job.job_id} ({'refused: ' if reached else ''}{e})")
             raise
 
@@ -632,7 +635,10 @@ def _follow(
                         "command goes on from the job's last finished epoch"
                     ) from e
                 if cancel.wait(min(RECALL_MAX_S, 1.0 + silent / 10)):
-                    with contextlib.suppress(DaemonError):  # back meanwhile?
+                    stopper.join()  # (its own cancel, and a close when others follow: not a second one beside it)
+                    if left:
+                        raise Cancelled(f"training cancelled here; {LEFT_TO_OTHERS}: {left[0]} more") from None
+                    with contextlib.suppress(DaemonError, ValueError):  # back meanwhile? (ValueError: closed)
                         client.cancel(job_id)
                         raise Cancelled("training cancelled") from None
                     # a daemon's job is not cancelled by the trainer when nobody follows it (the daemon comes back

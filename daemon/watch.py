@@ -1132,10 +1132,12 @@ def _identity(folder: str) -> tuple[int, int] | None:
 
 
 def _empty(path: str) -> bool:
+    """An empty file (a named pipe, which no writer closes, is no file: it was left pending for WRITER_OPEN_S)."""
     try:
-        return os.stat(path).st_size == 0
+        st = os.stat(path)
     except OSError:
         return False
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0
 
 
 def _reports_closes(observer: BaseObserver) -> bool:

@@ -1078,7 +1078,7 @@ def test_a_refusal_that_quotes_a_huge_field_arrives_cut_with_its_code(daemon: Da
     cases = {
         "AddWatch": (pb.WatchRequest(path=huge), grpc.StatusCode.INVALID_ARGUMENT, "path must be absolute"),
         "GetDataset": (pb.DatasetRef(name=huge), grpc.StatusCode.INVALID_ARGUMENT, "dataset name"),
-        "CountTags": (pb.CountTagsRequest(model=huge), grpc.StatusCode.NOT_FOUND, "no model"),
+        "CountTags": (pb.CountTagsRequest(model=huge), grpc.StatusCode.INVALID_ARGUMENT, "bad model name"),
     }
     for method, (request, code, reason) in cases.items():
         with pytest.raises(grpc.RpcError) as e:

@@ -254,6 +254,20 @@ def test_codecs_refused_before_ffmpeg_read_them_are_read_again_once(index: Index
     assert index.failures() == [("/bad.wav", "empty file (0 bytes)")]
 
 
+def test_an_index_from_before_every_once_step_has_each_in_turn(index: Index, tmp_path: Path) -> None:
+    """The daemon ran the newest once-step second: an index from before the others was marked past them (each is
+    skipped once a later one is done), and an Apple Loop that FFmpeg reads now stayed failed for good."""
+    from vibrary.daemon import service
+
+    index.mark_pending([("/loops/a.caf", 0.0)])
+    refused = "cannot decode audio: Supported file format but unsupported encoding"
+    index.write_results([Result(j, size=10, mtime_ns=5, error=refused) for j in index.due_jobs(10, set(), 1e12)], 0.02)
+    index.conn().execute("PRAGMA user_version = 1")
+    service.upgrade(index)
+    assert [j.path for j in index.due_jobs(10, set(), 1e12)] == ["/loops/a.caf"]
+    assert index.conn().execute("PRAGMA user_version").fetchone()[0] == index_module._UNHEARD_FORGOTTEN
+
+
 def test_a_failure_that_passes_keeps_the_file_pending_and_reads_it_again_later(index: Index) -> None:
     """Out of file handles (EMFILE) for a moment, a file was failed for good: only a change or a rescan hours
     later read it again. It waits a minute, says why, and a change reads it at once."""

@@ -578,8 +578,9 @@ class TrainerService(pb_grpc.TrainerServicer):
         caller stops (a Ctrl-C on one machine cancelled the training another machine of the same user followed,
         which then ended 'training cancelled', unsaid why)."""
         job = self._job(request, context)
-        with job.changed:
-            others = sum(n for who, n in job.followers.items() if who != request.follower) if request.follower else 0
+        with job.changed:  # (a daemon's job, not followed, has one caller: another stream is its own, gone stale)
+            followed = request.follower and job.request.followed
+            others = sum(n for who, n in job.followers.items() if who != request.follower) if followed else 0
         if others and job.job.state not in _TERMINAL:
             log.info(
                 "job %s: one of its callers stopped following it; it goes on for the %d others", job.job.id, others
