@@ -111,6 +111,7 @@ class TrainProgress:
 # the trainer's "queued", which alone said nothing for the minutes it lasted
 QUEUED = "queued: the trainer runs one training at a time, and starts this one once those before it end"
 HELD_OUT = "held-out clips"
+FOLDS_HELD_OUT = "clips held out in turn ({} folds of the training clips)"  # a small dataset of known tags
 OWN_CLIPS = "training clips (none held out)"  # a small dataset trains on every clip
 
 
@@ -398,9 +399,11 @@ def _installed(
                 continue
             plots.append(str(target))
     # with no clip held out there is no validation accuracy: the API said 0.0, the CLI the training's
-    held_out = summary.get("val_clips") != 0
+    held_out = summary.get("val_clips") != 0 or bool(summary.get("folds"))
     accuracy = float(summary.get("val_accuracy" if held_out else "train_accuracy", report.state.val_accuracy))
-    accuracy_of = HELD_OUT if held_out else OWN_CLIPS
+    accuracy_of = (
+        FOLDS_HELD_OUT.format(summary["folds"]) if summary.get("folds") else HELD_OUT if held_out else OWN_CLIPS
+    )
     fitted = known_said(summary, row.classes)
     said = f"installed and activated {row.ref}" + (f"; {fitted}" if fitted else "")
     report(state="succeeded", model=row.ref, val_accuracy=accuracy, accuracy_of=accuracy_of, plots=plots, message=said)

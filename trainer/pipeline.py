@@ -57,7 +57,13 @@ def train_to_files(
     title = f"{name}: {len(manifest.classes)} classes, {result.train_clips} training clips"
     # a dataset too small to hold clips out trains on all of them: its matrix is of those, and says so (a fit
     # from known rows is measured on the held-out clips, then fitted on them too: trainer/train.py, _fit_known)
-    matrix_title = f"{name}\nheld-out clips" if result.val_clips else f"{name}\ntraining clips (none held out)"
+    matrix_title = (
+        f"{name}\nheld-out clips"
+        if result.val_clips
+        else f"{name}\nclips held out in {result.folds} folds, in turn"
+        if result.folds
+        else f"{name}\ntraining clips (none held out)"
+    )
     files = {
         "model.onnx": model,
         "learning_curve.png": plots.learning_curve(result.history, title, fitted=bool(result.known)),
