@@ -360,8 +360,9 @@ def known_said(summary: dict[str, Any], tags: Sequence[str]) -> str:
     if new := [t for t in tags if t not in known]:
         said += f", and taught it {', '.join(new)} beside them,"
     said += " in one fit"
-    held_out = "val_accuracy" in summary
-    right = summary.get("val_accuracy", summary.get("train_accuracy", 1.0))
+    # (the bar was set on the training clips' accuracy: a small dataset's folds held out in turn read lower)
+    held_out = "val_accuracy" in summary and not summary.get("folds")
+    right = summary.get("val_accuracy" if held_out else "train_accuracy", summary.get("val_accuracy", 1.0))
     if right < KNOWN_FITS:  # held to the demo's idea of them: the user may mean other sounds by these names
         clips = "the clips held out to check it" if held_out else "your clips it was fitted on"
         return (

@@ -1402,8 +1402,9 @@ class TrainProgress(_message.Message):
     """a line for people: cost estimate, advice, what happens now"""
     seconds: _builtins.float
     accuracy_of: _builtins.str
-    """what val_accuracy was measured on once the model is installed: "held-out clips", or "training clips
-    (none held out)" when a small dataset trained on every clip
+    """what val_accuracy was measured on once the model is installed: "held-out clips", "training clips (none
+    held out)" when a small dataset trained on every clip, or "clips held out in turn (N folds of the training
+    clips)" when a small dataset of tags the base knows was fitted (in seconds) on each N-1 of N folds
     """
     resumed_from_epoch: _builtins.int
     """the last epoch of an earlier, cut-off run of the same training that this one goes on from; 0: none"""
