@@ -588,15 +588,12 @@ def _follow(
     When `leave` is set the thread closes the client instead, which ends the watch (the caller sees
     `leave` and raises Detached)."""
     done = threading.Event()
-    left: list[int] = []  # the callers a cancel left the job to, when others follow it: this one stops
 
     def stop_when_cancelled() -> None:
         while not done.wait(0.2):
-            if cancel.is_set():
+            if cancel.is_set():  # (the daemon's job, which it alone follows: JobRef.follower does not apply)
                 with contextlib.suppress(DaemonError):  # gone, or the job already over: watch() tells how it ended
-                    if others := client.cancel(job_id).followers:
-                        left.append(others)
-                        client.close()  # (the watch ends: the job goes on, for them)
+                    client.cancel(job_id)
                 return
             if leave is not None and leave.is_set():
                 client.close()
@@ -617,8 +614,6 @@ def _follow(
                     report(**_forward(job, report.state))
                 return job
             except Exception as e:
-                if left:
-                    raise Cancelled(f"training cancelled here; {LEFT_TO_OTHERS}: {left[0]} more") from None
                 if leave is not None and leave.is_set():
                     return job
                 if isinstance(e, DaemonError) and e.code == grpc.StatusCode.NOT_FOUND:  # it said only "no job 'x'"
@@ -639,9 +634,6 @@ def _follow(
                         "command goes on from the job's last finished epoch"
                     ) from e
                 if cancel.wait(min(RECALL_MAX_S, 1.0 + silent / 10)):
-                    stopper.join()  # (its own cancel, and a close when others follow: not a second one beside it)
-                    if left:
-                        raise Cancelled(f"training cancelled here; {LEFT_TO_OTHERS}: {left[0]} more") from None
                     with contextlib.suppress(DaemonError, ValueError):  # back meanwhile? (ValueError: closed)
                         client.cancel(job_id)
                         raise Cancelled("training cancelled") from None
