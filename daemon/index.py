@@ -910,15 +910,15 @@ class Index:
     def forget_unheard_once(self, guess: Callable[[ModelRow], tuple[str, float] | None]) -> int:
         """An older release stored a silent file (digital silence, or silence the decoder reads past now; not a DC
         offset, whose spectrogram is no silent clip's) with each model's guess for silence (kick 0.24), which
-        `vibrary search kick` found; it is stored with no tags
-        now (spectrogram.heard_in), but only once read again. Once per index, the (content, model) pairs whose
-        best tag is the model's guess for a silent clip (`guess`: its best tag and score, None when it cannot
-        be run) are forgotten, so that requeue_missing reads their files again (from the cache, mostly; a
-        sound that happened to score the same is only read again). The daemon asks it at its start."""
+        `vibrary search kick` found; it is stored with no tags now (spectrogram.heard_in), but only once read
+        again. Once per index, the (content, model) pairs whose best tag is the model's guess for a silent clip
+        (`guess`: its best tag and score, None when it cannot be run) are forgotten, so that requeue_missing reads
+        their files again (from the cache, mostly; a sound that happened to score the same is only read again).
+        The daemon asks it at its start."""
         c = self.conn()  # (before the models are run for their guesses: a home with no tags runs none)
-        none = c.execute("SELECT 1 FROM tags LIMIT 1").fetchone() is None
         if int(c.execute("PRAGMA user_version").fetchone()[0]) >= _UNHEARD_FORGOTTEN:
             return 0
+        none = c.execute("SELECT 1 FROM tags LIMIT 1").fetchone() is None
         guesses = {} if none else {row.id: said for row in self.models() if (said := guess(row)) is not None}
         forgotten = 0
         with self.write() as c:

@@ -16,7 +16,7 @@ import threading
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import TypeVar
 
@@ -112,6 +112,15 @@ def _absolute(path: str, context: grpc.ServicerContext) -> str:
     if len(path.encode(errors="surrogateescape")) > PATH_MAX:  # none can be opened (a 1 MB one: 17 s to resolve)
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"path of {len(path):,} characters: no file has one that long")
     return os.path.normpath(path)
+
+
+def _asked(paths: Iterable[str], context: grpc.ServicerContext) -> dict[str, str]:
+    """Each path as the index spells it (links resolved) → as asked, the first spelling of one asked twice: Tag and
+    GetTags answer with it, for a front end to match its answers by path."""
+    asked: dict[str, str] = {}
+    for p in paths:
+        asked.setdefault(indexed_path(_absolute(p, context)), p)
+    return asked
 
 
 def _not_whole_disk(paths: list[str], context: grpc.ServicerContext) -> list[str]:
@@ -272,9 +281,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         return name
 
     def GetTags(self, request: pb.GetTagsRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
-        asked: dict[str, str] = {}  # each path as the index spells it (links resolved) → as asked
-        for p in request.paths:
-            asked.setdefault(indexed_path(_absolute(p, context)), p)
+        asked = _asked(request.paths, context)
         watches = self.daemon.index.watches()
         missing = sorted(self.daemon.watcher.missing)
         for found in self.daemon.index.file_tags(list(asked)):
@@ -295,9 +302,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
     def Tag(self, request: pb.TagRequest, context: grpc.ServicerContext) -> Iterator[pb.FileTags]:
         if not request.paths:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no paths given")
-        asked: dict[str, str] = {}  # as in GetTags: answers carry the paths as asked
-        for p in request.paths:
-            asked.setdefault(indexed_path(_absolute(p, context)), p)
+        asked = _asked(request.paths, context)
         paths = _not_whole_disk(list(asked), context)
         remaining = context.time_remaining()  # no deadline reads as ~1e19 s
         deadline = time.time() + min(remaining if remaining is not None else TAG_WAIT_S, TAG_WAIT_S)
