@@ -26,10 +26,10 @@ log = logging.getLogger(__name__)
 
 # A file's spectrogram depends on the decoder and the log-mel code as well as on the parameters: after a fix
 # to either (stop 22's: inf samples, an inverted channel, opening silence; stop 25's: the first sound after
-# a silent opening) a new model must not re-tag the library from spectrograms computed before it. Part of
-# every key: bump it with any change to what decode() or log_mel() return, and earlier entries are misses
-# (decoded again, and evicted in time).
-FEATURES_VERSION = 3
+# a silent opening; stop 42's: the silence before a first sound, whatever its length) a new model must not
+# re-tag the library from spectrograms computed before it. Part of every key: bump it with any change to what
+# decode() or log_mel() return, and earlier entries are misses (decoded again, and evicted in time).
+FEATURES_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spectra (

@@ -154,8 +154,10 @@ LOOK_AHEAD_S = 60.0
 
 
 def decode(path: str, params: SpectrogramParams) -> np.ndarray:
-    """(channels, n_samples) float32 at params.sample_rate: the first duration_s, padded to length; when
-    those are silent, the duration_s from the first sound in the next LOOK_AHEAD_S."""
+    """(channels, n_samples) float32 at params.sample_rate: duration_s from the first sound, padded to length;
+    the first sound is looked for up to LOOK_AHEAD_S in. A sample bounced with its pre-roll (2.9 s of silence
+    before the note) was the silence and the note's first tenth of a second to the model: piano 0.98 became
+    snare 0.21, as 4 in 14 of such clips stayed right against 12 of their trimmed twins."""
     check_readable(path)
     try:
         with contextlib.ExitStack() as opened:
@@ -172,6 +174,8 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
             if audio.shape[0] == frames and _loudness(audio, peak) < INAUDIBLE:
                 audio = _from_first_sound(f, frames, audio)
                 peak = _peak(audio)
+            elif audio.size and (trimmed := _past_silence(f, audio)) is not audio:
+                audio, peak = trimmed, _peak(trimmed)
     except sf.LibsndfileError as e:
         check_readable(path)  # gone or locked since the first check: say that, not libsndfile's guess
         # its "System error" is the OS refusing an open or a read of a file just found readable: passing
@@ -268,12 +272,39 @@ def _from_first_sound(f: sf.SoundFile | FFmpegFile, frames: int, silent: np.ndar
         if block.shape[0] == 0:
             break
         seen += block.shape[0]
-        with np.errstate(invalid="ignore"):  # a NaN sample is no sound
-            loud = np.flatnonzero(np.abs(block - offset).max(axis=1) >= INAUDIBLE)
-        if loud.size:
-            start = block[loud[0] :]
+        at = _first_audible(block, offset)
+        if at >= 0:
+            start = block[at:]
             return np.concatenate([start, _read(f, frames - start.shape[0])]) if len(start) < frames else start
     return silent
+
+
+FIRST_LOOK = 4096  # frames looked at first for a sound: most one-shots start within them, and 3 s cost more
+SHORTEST_SKIP_S = 0.01  # a silence before the first sound shorter than this stays: it moves no spectrogram frame
+
+
+def _past_silence(f: sf.SoundFile | FFmpegFile, opening: np.ndarray) -> np.ndarray:
+    """The opening read (of some sound) from its first sound on, read on to its length; as it is when it opens
+    loud (CLEARLY_LOUD: a cosine at its crest moves less than INAUDIBLE from one sample to the next) or within
+    SHORTEST_SKIP_S of its start."""
+    if not np.abs(opening[0]).max() < CLEARLY_LOUD:
+        return opening
+    start = _first_audible(opening, opening[0])
+    if start < SHORTEST_SKIP_S * f.samplerate:
+        return opening
+    more = _read(f, start)
+    return np.concatenate([opening[start:], more]) if len(more) else opening[start:]
+
+
+def _first_audible(audio: np.ndarray, offset: np.ndarray) -> int:
+    """The first frame of (frames, channels) audio at least INAUDIBLE away from `offset` (a frame of the
+    silence before it, or its channels' mean), -1 when there is none; a NaN sample is no sound."""
+    for lo, hi in ((0, FIRST_LOOK), (FIRST_LOOK, len(audio))):
+        with np.errstate(invalid="ignore"):
+            loud = np.flatnonzero((np.abs(audio[lo:hi] - offset) >= INAUDIBLE).any(axis=1))
+        if loud.size:
+            return lo + int(loud[0])
+    return -1
 
 
 def _read(f: sf.SoundFile | FFmpegFile, frames: int) -> np.ndarray:

@@ -373,6 +373,27 @@ def test_opening_seconds_of_dither_or_a_noise_floor_are_silence_and_the_first_so
     assert decode(str(tmp_path / "quiet.wav"), SpectrogramParams()).any()  # -50 dBFS is quiet, not silent
 
 
+@pytest.mark.parametrize("silence_s", [0.05, 1.0, 2.9])
+def test_the_silence_before_a_first_sound_is_skipped_whatever_its_length(tmp_path: Path, silence_s: float) -> None:
+    """Only a silent opening of the whole 3 s was read past: a piano note bounced with 2.9 s of pre-roll was
+    heard as silence and a click (snare 0.21, not piano 0.98). A file that opens loud starts where it starts
+    (a cosine at its crest changes by less than -70 dBFS from one sample to the next)."""
+    t = np.arange(2 * 44100) / 44100
+    note = (0.5 * np.sin(2 * np.pi * 440 * t + 0.01) * np.exp(-2 * t)).astype(np.float32)[:, None]  # (0.005 first)
+    sf.write(tmp_path / "note.wav", note, 44100, subtype="PCM_24")
+    late = np.concatenate([np.zeros((int(silence_s * 44100), 1), np.float32), note])
+    sf.write(tmp_path / "late.wav", late, 44100, subtype="PCM_24")
+    params = SpectrogramParams()
+    assert np.allclose(
+        decode(str(tmp_path / "late.wav"), params), decode(str(tmp_path / "note.wav"), params), atol=1e-6
+    )
+    crest = (0.8 * np.cos(2 * np.pi * 50 * np.arange(44100) / 44100)).astype(np.float32)
+    sf.write(tmp_path / "crest.wav", crest, 44100, subtype="FLOAT")
+    assert np.array_equal(
+        decode(str(tmp_path / "crest.wav"), SpectrogramParams(sample_rate=44100))[0, :100], crest[:100]
+    )
+
+
 def test_a_file_whose_path_is_longer_than_libsndfile_takes_is_decoded(tmp_path: Path) -> None:
     """Packs nest long folder names: libsndfile refused names over ~1024 bytes ("Supplied filename too
     long"), the system takes 4096."""
