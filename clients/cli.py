@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("tag", parents=[common], help="tag files and folders now, without the daemon")
-    p.add_argument("paths", nargs="+", metavar="PATH", type=_path)
+    p.add_argument("paths", nargs="+", metavar="PATH", type=_path, help="files, and folders (links in them followed)")
     p.add_argument(
         "--model",
         action="append",

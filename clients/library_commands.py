@@ -68,7 +68,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
         names = {m.id: m.ref for m in models}
     settings = config.Settings.load(home_dir)
     absent = {p for p in args.paths if not os.path.lexists(p)}  # a typo is not a file "deleted or moved"
-    files = list(expand(args.paths))
+    # a linked folder in DIR is followed, as a link given is: its files were left out without a word (the
+    # daemon's watches do not follow links, and say so; this reads the files once, and watches nothing)
+    files = list(expand(args.paths, links=True))
     if not files:
         print(f"vibrary: no audio files in {', '.join(args.paths)}", file=sys.stderr)
     bar = Bar(total=len(files), desc="tagging")

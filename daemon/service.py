@@ -948,13 +948,13 @@ class TooManyFiles(ValueError):
 TAG_MAX_FILES = 100_000  # a Tag call queues at most this many: more is a library, which a watch keeps tagged
 
 
-def expand(paths: Sequence[str], going: Callable[[], bool] = lambda: True) -> Iterator[str]:
+def expand(paths: Sequence[str], going: Callable[[], bool] = lambda: True, links: bool = False) -> Iterator[str]:
     """Files as given, folders replaced by the audio files under them, each once (`vibrary tag DIR DIR/x.wav`
     tags x.wav once), as they are found, until `going()` says to stop; a path that does not exist is kept so
-    that its error is reported."""
+    that its error is reported. `links`: links to folders under them are followed (audio_files_under)."""
     seen: set[str] = set()
     for p in paths:
-        for f in audio_files_under(p, going=going) if os.path.isdir(p) else [p]:
+        for f in audio_files_under(p, going=going, links=links) if os.path.isdir(p) else [p]:
             if f not in seen:
                 seen.add(f)
                 yield f

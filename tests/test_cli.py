@@ -94,6 +94,23 @@ def test_tag_json_says_the_files_in_the_order_given(model_home: Path, tmp_path: 
     assert [line["path"] for line in json_lines(proc.stdout)] == paths
 
 
+def test_tag_follows_linked_folders_in_a_folder_once_each(model_home: Path, tmp_path: Path) -> None:
+    """A folder linked into the one given (`Samples/Vendor -> /mnt/drive/Vendor`) had none of its files said,
+    not a word on stderr, where the link given itself was tagged; a loop, or a second link to one folder, is
+    walked once."""
+    elsewhere = tmp_path / "drive" / "Vendor"
+    elsewhere.mkdir(parents=True)
+    write_tone(elsewhere / "pad.wav", 300.0)
+    tree = tmp_path / "Samples"
+    write_tone(tree / "Own" / "kick.wav", 60.0)
+    (tree / "Vendor").symlink_to(elsewhere)
+    (tree / "Vendor again").symlink_to(elsewhere)
+    (tree / "Own" / "loop").symlink_to(tree)
+    proc = vibrary("tag", "--json", str(tree), home=model_home)
+    said = [line["path"] for line in json_lines(proc.stdout)]
+    assert said == [str(tree / "Own" / "kick.wav"), str(tree / "Vendor" / "pad.wav")], said
+
+
 def test_a_mistake_the_parser_catches_is_a_json_line_too(home: Path) -> None:
     """`search --limit 0 --json` printed argparse's usage on stderr and nothing on stdout, where the same
     script got `{"error": …}` for a mistake the command itself caught."""
