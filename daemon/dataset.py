@@ -573,15 +573,27 @@ def add(
         progress(len(examples) - len(new))  # the files it has, or left out: done, as far as progress goes
         if not new:  # a folder added again with nothing new in it: no error, the dataset as it is
             return Added(_report(held.manifest, held.rows, held.failed), 0, left_out)
-        kept = np.array([os.path.normpath(r.path) not in replaced for r in held.rows], bool)
-        rows, codes = [r for r, k in zip(held.rows, kept, strict=True) if k], held.codes[kept]
+
+        def without(paths: set[str]) -> tuple[list[Row], np.ndarray]:
+            kept = np.array([os.path.normpath(r.path) not in paths for r in held.rows], bool)
+            return [r for r, k in zip(held.rows, kept, strict=True) if k], held.codes[kept]
+
+        rows, codes = without(replaced)
         more, added, unread = _spectrograms(
             new, held.params, workers, progress, cache or open_cache(home_dir), rows, codes
         )
+        # a rewritten file that cannot be read now (a bounce half written, or silent) keeps the clip it gave, and
+        # its tag: it left the dataset, and came back under its folder's tag once it could be read
+        unreadable = {os.path.normpath(p) for p, _ in unread} & replaced
+        if unreadable:
+            replaced -= unreadable
+            rows, codes = without(replaced)
         if not added and not replaced:  # the dataset as it was: a show listed the files of an add that failed
             return Added(_report(held.manifest, held.rows, held.failed), 0, left_out, unread)
-        retried = {os.path.normpath(ex.path) for ex in new}
-        failed = [f for f in held.failed if os.path.normpath(f[0]) not in retried] + unread
+        retried = {os.path.normpath(ex.path) for ex in new} - unreadable
+        failed = [f for f in held.failed if os.path.normpath(f[0]) not in retried] + [
+            f for f in unread if os.path.normpath(f[0]) not in unreadable
+        ]
         codes = np.concatenate([codes, more])
         edits = Edits(renamed, [p for p in held.edits.removed if os.path.normpath(p) not in restored])
         report = _write(home_dir, name, held.params, codes, rows + added, failed, edits, unread)

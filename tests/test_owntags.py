@@ -395,12 +395,19 @@ def test_a_file_given_twice_is_built_once_and_the_progress_ends_full(home: Path,
 
 def test_a_sample_rewritten_in_place_is_read_again_when_its_folder_is_added(home: Path, tmp_path: Path) -> None:
     """`add` skipped every path the dataset held: a kick bounced again under its name kept its old sound in the
-    dataset, and the model trained on it."""
+    dataset, and the model trained on it. A bounce that cannot be read (silent, half written) keeps the clip
+    before it, and its tag: it left the dataset, and came back under its folder's tag."""
     files = write_kinds(tmp_path / "ex", per_kind=2, seed=5)
     dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
     dataset.edit(home, "mine", relabel=[(str(files[0]), "noise")])  # an edit of it stands
     before = dict(zip(dataset.labelled_files(home, "mine"), _shard_arrays(home, "mine")[0], strict=True))
     rewritten = files[0]
+    sf.write(rewritten, np.zeros(4410, np.float32), 44100)  # bounced silent
+    failed = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
+    assert failed.added == 0 and [p for p, _ in failed.unread] == [str(rewritten)]
+    kept = dict(zip(dataset.labelled_files(home, "mine"), _shard_arrays(home, "mine")[0], strict=True))
+    assert kept.keys() == before.keys() and all(np.array_equal(before[r], kept[r]) for r in before)
+    assert dataset.load_report(home, "mine").failed == []
     write_tone(rewritten, 3000.0, 0.4)  # another sound, under the same name
     grown = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
     after = dict(zip(dataset.labelled_files(home, "mine"), _shard_arrays(home, "mine")[0], strict=True))
