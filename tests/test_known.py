@@ -125,6 +125,10 @@ def test_a_dataset_too_small_to_hold_clips_out_is_measured_on_folds_held_out_in_
     loose = TrainConfig(seed=0, known_pull=1e-6)
     shuffled = train(manifest, codes, noise, np.array(groups), loose, base, name, known=rows)
     assert shuffled.folds == 5 and shuffled.val_accuracy < shuffled.train_accuracy - 0.2, shuffled.summary()
+    two = np.concatenate([np.flatnonzero(labels == c)[:2] for c in range(len(EFFECTS))])  # two folds: said so
+    manifest = shards.write("fx", EFFECTS, P, codes[two], labels[two], [groups[i] for i in two])[0]
+    pairs = train(manifest, codes[two], labels[two], np.array(groups)[two], TrainConfig(seed=0), base, name, known=rows)
+    assert pairs.folds == 2 and pairs.confusion.sum() == len(two), pairs.summary()
 
 
 def test_a_dataset_large_enough_to_hold_clips_out_is_measured_on_them() -> None:

@@ -526,11 +526,13 @@ def _folds_held_out(
     pull: float,
     cancelled: Callable[[], bool],
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
-    """(logits, labels) of every clip from a fit on the other folds, and how many folds: a dataset with a tag of
-    under SMALL_CLASS clips holds none out, and said its training clips' accuracy (1.0 where held-out files
-    scored 0.78) as its validation's. Each tag's clips are cut into FOLDS runs in their order (by path: the layers
-    of one hit, `Kick_01a`, `Kick_01b`, stay in one fold, not each checked beside its twin); a tag has two clips at
-    least (shards.too_few), so every fit has clips of every tag. Clips of one folder are alike: it reads high still."""
+    """(logits, labels) of every clip from a fit on the other folds, and how many folds were fitted: a dataset with
+    a tag of under SMALL_CLASS clips holds none out, and said its training clips' accuracy (1.0 where held-out
+    files scored 0.78) as its validation's. Each tag's clips are cut into up to FOLDS runs in the dataset's order
+    (by path as its folders were read, an add's files after them: the layers of one hit, `Kick_01a`, `Kick_01b`,
+    stay in one fold, not each checked beside its twin); a tag has two clips at least (shards.too_few), so every
+    fit has clips of every tag, and tags of two clips only make two folds. Clips of one folder are alike: it
+    reads high still."""
     y = labels.numpy()
     fold = np.zeros(len(y), np.int64)
     for c in np.unique(y):
@@ -545,7 +547,7 @@ def _folds_held_out(
             continue
         _, weight, bias = known.fit(embedded[~out], labels[~out], rows, pull)
         held.append((embedded[out] @ weight.T + bias, labels[out]))
-    return held, FOLDS
+    return held, len(held)
 
 
 def _set_head(net: TagNet, weight: torch.Tensor, bias: torch.Tensor) -> None:
