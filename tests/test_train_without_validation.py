@@ -51,3 +51,13 @@ def test_early_stopping_breaks_accuracy_ties_by_validation_loss() -> None:
     assert len(set(accuracies)) < len(accuracies)  # ties happened: the case this is about
     best = max(result.history, key=lambda h: (h["val_accuracy"], -h["val_loss"]))
     assert result.best_epoch == best["epoch"]
+
+
+def test_a_training_whose_loss_diverges_fails_saying_so() -> None:
+    """At a learning rate far too high the loss went NaN in the second epoch, the epochs ran on, and the
+    export failed the job with "the familiarity bar is nan, not a similarity"."""
+    codes, labels, groups = spectrograms(6, 0)
+    manifest = shards.write("noval", list(KINDS), P, codes, labels, groups)[0]
+    config = TrainConfig(epochs=4, val_fraction=0, seed=0, lr=1e6)
+    with pytest.raises(ValueError, match=r"training diverged in epoch \d \(its loss is nan\): .* lower learning rate"):
+        train(manifest, codes, labels, np.array(groups), config)

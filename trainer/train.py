@@ -327,6 +327,12 @@ def train(
             scheduler.step()
             total += float(loss.detach()) * len(y)
         train_loss = total / max(1, len(train_idx))
+        if not math.isfinite(train_loss):  # no later epoch mends it (nor did the last one: "the familiarity
+            # bar is nan, not a similarity" failed the export), and a first one's weights kept were the untrained start
+            raise ValueError(
+                f"training diverged in epoch {epoch} (its loss is {train_loss}): train again with a lower learning"
+                f" rate (the lr option, {config.lr:g} now) or another seed"
+            )
         if len(val_idx):  # evaluation needs them; without it, only the weights kept do (after the loop)
             _recalibrate_batch_norm(net, order, batch, config.batch_size)  # a shuffled sample of every class
         val_loss, val_acc, _ = _evaluate(net, val_idx, batch, n_classes, config.batch_size)
