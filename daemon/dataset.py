@@ -323,6 +323,11 @@ class Busy(RuntimeError):
     """A training reads the dataset, or another command changes it, right now."""
 
 
+class Unlabelled(FileNotFoundError):
+    """A dataset made before datasets kept their labels (`labels.json`): nothing can be added to it or edited in it,
+    and that is no file the disk failed to write (a create with `add` said so)."""
+
+
 class Exists(FileExistsError):
     """A create of a dataset that is there: replacing it loses its clips and every edit made to it, so only a
     caller that says so replaces it. `damaged`: one that cannot be read (nothing can be added to it)."""
@@ -681,7 +686,7 @@ def _record(home_dir: Path, name: str) -> tuple[Path, dict[str, Any]]:
     path = dataset_dir(home_dir, name) / "labels.json"
     if not path.exists():
         made = f"dataset {name!r} was made before datasets could be edited"
-        raise FileNotFoundError(f"{made}; create it again (--replace)")
+        raise Unlabelled(f"{made}; create it again (--replace)")
     return path, _labels(path, name)
 
 

@@ -534,7 +534,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
         if isinstance(error, ValueError):  # no readable file, fewer than two tags
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        if isinstance(error, dataset.Busy):
+        if isinstance(error, dataset.Busy | dataset.Unlabelled):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
         if isinstance(error, dataset.Exists):
             adds = "" if error.damaged else "`add` adds to it, "
@@ -571,8 +571,10 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             )
         except ValueError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except (dataset.Busy, FileNotFoundError) as e:  # in training; made before datasets kept their labels
+        except (dataset.Busy, dataset.Unlabelled) as e:  # in training; made before datasets kept their labels
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except FileNotFoundError as e:  # deleted since it was looked for
+            context.abort(grpc.StatusCode.NOT_FOUND, str(e))
         return dataset_pb(request.name, report)
 
     def _dataset_exists(self, name: str, context: grpc.ServicerContext) -> None:

@@ -975,6 +975,11 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         assert _code(lambda: c.edit_dataset("spare", rename=[("nope", "x")])) == grpc.StatusCode.INVALID_ARGUMENT
         (dataset.dataset_dir(home, "spare") / "labels.json").unlink()  # as made before datasets kept labels
         assert _code(lambda: c.edit_dataset("spare", rename=[("x", "w")])) == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(
+            DaemonError, match="made before datasets could be edited"
+        ) as e:  # not "could not be written"
+            list(c.create_dataset("spare", relabelled, add=True))
+        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION and "could not be written" not in str(e.value)
         assert [x.name for x in c.delete_dataset("spare")] == ["mine"]
         assert _code(lambda: c.dataset("spare")) == grpc.StatusCode.NOT_FOUND
         assert ("wub", "wobble", False) in {(x.alias, x.tag, x.builtin) for x in c.add_synonyms([("Wub", "wobble")])}
