@@ -68,7 +68,12 @@ class Status(_message.Message):
     UNWATCHED_FOLDERS_FIELD_NUMBER: _builtins.int
     STANDING_IN_FIELD_NUMBER: _builtins.int
     indexed: _builtins.int
+    """Files read and tagged by the models active now. A model activated (or a new version trained) re-tags the
+    library: its files count as pending again, and `retagging` of them, until each is read; searches find
+    them meanwhile by the tags they had. Searchable: indexed + retagging; all done: pending 0.
+    """
     pending: _builtins.int
+    """Files waiting to be read: new or changed ones, and those being re-tagged (`retagging`)."""
     failed: _builtins.int
     queue_depth: _builtins.int
     """files due for work right now"""
