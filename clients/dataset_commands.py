@@ -49,7 +49,7 @@ def _no_tag(s: Any, table: Any) -> str:
     first = next((tag for tag in s.alternatives if tag != LOOP), s.alternatives[0])
     return (
         f"its names say only how it sounds ({', '.join(s.alternatives)}):"
-        f" `vibrary synonyms add WORD {first}` makes {first} a tag of yours"
+        f" `vibrary synonyms add {first} {first}` makes {first} a tag of yours"
     )
 
 

@@ -258,9 +258,10 @@ class Synonyms:
                     f"alias {alias!r} would match noise (a lone letter is a note name, a number of one or "
                     "two digits is numbering): give a word of two letters or more, or a number of three digits"
                 )
-            if alias.lower() in _spellings(tag):  # listed, and then not removable
-                raise ValueError(f"{alias!r} is the tag {tag!r} itself, which is always read as that tag")
-            if (named := clean_tag(alias)) in self.tags:  # `add kick snare`: every kick suggested as a snare
+            if alias.lower() in _spellings(tag):  # (a descriptor's or weak word's own word makes it a tag of theirs)
+                if not self.rank(tag):  # a sound's is read as it anyway: listed, and then not removable
+                    raise ValueError(f"{alias!r} is the tag {tag!r} itself, which is always read as that tag")
+            elif (named := clean_tag(alias)) in self.tags:  # `add kick snare`: every kick suggested as a snare
                 raise ValueError(
                     f"{alias!r} is a tag of its own ({named}): an alias is another word for a tag; to tag those"
                     f" files {tag!r}, relabel them in the dataset (`vibrary dataset rename NAME {named} {tag}`)"
@@ -289,7 +290,8 @@ class Synonyms:
             for alias in wanted:
                 if alias not in pairs:
                     raise NoSuchAlias(f"no alias {alias!r}: `vibrary synonyms list` shows them")
-                if alias in _spellings(tag := pairs[alias][1]):  # (one word: removed, it read as the tag still)
+                # (one word: removed, it read as the tag still; but a descriptor's own, which made it a tag)
+                if alias in _spellings(tag := pairs[alias][1]) and not self.rank(tag):
                     raise ValueError(f"{alias!r} is the tag {tag!r} itself, which is always read as that tag")
             # its plural or singular for the same tag goes too: words are read with a plural s dropped, so
             # `Pads/` was still read through `pad` after `remove pads`, and the removal seemed to do nothing

@@ -810,12 +810,15 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     sf.write(both / "Take 01.wav", np.full(4410, 0.25, np.float32), 44100)
     which = "Take 01.wav: its names name more than one sound (kick, snare): rename it, or relabel it"
     assert which in vibrary("dataset", "suggest", str(both), home=home).stdout
-    hint = "its names say only how it sounds (loop, drums): `vibrary synonyms add WORD drums` makes drums a tag"
+    hint = "its names say only how it sounds (loop, drums): `vibrary synonyms add drums drums` makes drums a tag"
     assert hint in vibrary("dataset", "suggest", str(loops), home=home).stdout  # a word the table had
-    vibrary("synonyms", "add", "drum loop", "drums", home=home)  # as it says
+    vibrary("synonyms", "add", "drums", "drums", home=home)  # as it says (it was WORD: `add drums drums` refused)
     (looped,) = json_lines(vibrary("dataset", "suggest", "--json", str(loops), home=home).stdout)
     assert looped["tag"] == "drums"
-    vibrary("synonyms", "remove", "drum loop", home=home)
+    vibrary("synonyms", "remove", "drums", home=home)
+    assert not json_lines(vibrary("dataset", "suggest", "--json", str(loops), home=home).stdout)[0]["tag"]
+    refused = vibrary("synonyms", "add", "kick", "kick", home=home, check=False)  # a sound is a tag anyway
+    assert refused.returncode == 1 and "is the tag 'kick' itself" in refused.stderr
     (tmp_path / "notes").mkdir()
     nothing = vibrary("dataset", "suggest", str(tmp_path / "notes"), home=home, check=False)
     assert nothing.returncode == 1 and "no audio files under" in nothing.stderr
