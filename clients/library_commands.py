@@ -270,12 +270,13 @@ def _unknown_tags(known: set[str], groups: list[list[str]], excluded: list[str],
     an OR arm (`kick OR kikc`) or an excluded word (`kick -m`) changed nothing, silently. The active models'
     classes answer it from their metadata (`known`); counting the tags in use reads the whole index.
     `inactive`: what to say of a --model that is installed and not active."""
-    unknown = [w for g in groups for w in g if w not in known] + [f"-{w}" for w in excluded if w not in known]
+    # (a word excluded is said as the tag it names: "no tag '-trashy'" of `NOT trashy`, whose tag is trashy)
+    unknown = list(dict.fromkeys(w for w in [*(w for g in groups for w in g), *excluded] if w not in known))
     if inactive:  # it said "model fx has no tag 'dry'" of a model whose tag dry is
         return f": {inactive}"
     if not unknown:
         return ""
-    close = {w: difflib.get_close_matches(w.lstrip("-"), known, n=1) for w in unknown}
+    close = {w: difflib.get_close_matches(w, known, n=1) for w in unknown}
     said = ", ".join(f"{w!r}" + (f" (did you mean {m[0]!r}?)" if m else "") for w, m in close.items())
     who = f"model {model} has no tag" if model else "no active model tags"  # `--model mine kick`: demo has it
     return f": {who} {said}; `vibrary models list` shows their tags"

@@ -524,7 +524,7 @@ def test_search_words_that_look_like_options_and_model_filters(daemon: DaemonPro
     elsewhere = vibrary("search", "--model", "bands", "kick", home=daemon.home)
     assert "0 files: model bands has no tag 'kick'" in elsewhere.stderr
     leaves_nothing_out = vibrary("search", "low", "-lwo", home=daemon.home)  # it found low, silently
-    assert "1 file: no active model tags '-lwo' (did you mean 'low'?)" in leaves_nothing_out.stderr
+    assert "1 file: no active model tags 'lwo' (did you mean 'low'?)" in leaves_nothing_out.stderr  # not '-lwo'
     nowhere = vibrary("search", "low", "--under", str(tmp_path / "nowhere"), home=daemon.home, check=False)
     assert nowhere.returncode == 1 and f"no folder {tmp_path / 'nowhere'} (--under)" in nowhere.stderr  # (exit 0)
     quiet = vibrary("search", "hihg", "--under", str(tmp_path / "nowhere"), "--json", home=daemon.home, check=False)
