@@ -33,7 +33,7 @@ from .tray_state import looking_for_files, many
 # -- vibrary daemon ------------------------------------------------------------------------------------------
 def cmd_daemon(args: argparse.Namespace) -> int:
     from vibrary.daemon.server import check_listening, serve
-    from vibrary.daemon.service import AlreadyRunning, Daemon, check_home_free
+    from vibrary.daemon.service import AlreadyRunning, Daemon, check_home_free, models_said
 
     if args.action == "stop":  # a mistyped VIBRARY_HOME is no daemon to stop, and no home to make
         return _stop_daemon(args, config.home(create=False))
@@ -80,11 +80,12 @@ def cmd_daemon(args: argparse.Namespace) -> int:
             " on a network you do not trust, listen on 127.0.0.1 and reach it through `ssh -L`",
             args.listen,
         )
-    models = [m.ref for m in daemon.pipeline.models]
+    now = daemon.status()  # the active models, as status says them (the pipeline's: a version standing in too)
     serving = {"serving": str(config.socket_path(home_dir)), "listen": args.listen or None, "pid": os.getpid()}
     if args.json:  # a script that starts a daemon knows from this line that it answers
-        print(json.dumps({**serving, "home": str(home_dir), "models": models}), flush=True)
-    print(f"vibrary daemon serving {home_dir} (models: {', '.join(models) or 'none'})", file=sys.stderr, flush=True)
+        said = {"home": str(home_dir), "models": now["models"], "standing_in": now["standing_in"]}
+        print(json.dumps({**serving, **said}), flush=True)
+    print(f"vibrary daemon serving {home_dir} (models: {models_said(now)})", file=sys.stderr, flush=True)
     while not stop.wait(0.5):  # a timeout, so a signal delivered to another thread is still seen
         if daemon.ended.is_set():
             heard.append("its home is gone")

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 import psutil
@@ -170,7 +170,7 @@ class Daemon:
         self._sweeper.start()
         self.status_events.start()
         self._resume_training()
-        log.info("daemon started on %s with models %s", self.home, [m.ref for m in self.pipeline.models])
+        log.info("daemon started on %s with models %s", self.home, models_said(self.status()))
 
     def stop(self) -> None:
         self._stop.set()
@@ -946,6 +946,15 @@ class TooManyFiles(ValueError):
 
 
 TAG_MAX_FILES = 100_000  # a Tag call queues at most this many: more is a library, which a watch keeps tagged
+
+
+def models_said(status: dict[str, object]) -> str:
+    """The active models of a status, and the versions standing in for them: the daemon's start listed the
+    models it runs, a version standing in for a new one among them as if it were active."""
+    active, standing_in = cast(list[str], status["models"]), cast(list[str], status["standing_in"])
+    return (", ".join(active) or "none") + "".join(
+        f"; {pair} until it has re-tagged the library" for pair in standing_in
+    )
 
 
 def expand(paths: Sequence[str], going: Callable[[], bool] = lambda: True, links: bool = False) -> Iterator[str]:

@@ -829,7 +829,7 @@ def test_files_new_while_a_version_stands_in_get_its_tags_too(
         d.stop()
 
 
-def test_versions_and_rollback(daemon: DaemonProcess, tmp_path: Path) -> None:
+def test_versions_and_rollback(daemon: DaemonProcess, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     library = tmp_path / "library"
     library.mkdir()
     daemon.client.add_watch(str(library))
@@ -850,6 +850,10 @@ def test_versions_and_rollback(daemon: DaemonProcess, tmp_path: Path) -> None:
         "searches read bands@1's tags until bands@2 has re-tagged the library"
         in vibrary("status", home=daemon.home).stdout
     )
+    daemon.stop()  # restarted meanwhile: its start listed v1 and v2 as its models, v1 standing in as if active
+    daemon = start_daemon(daemon.home)
+    request.addfinalizer(daemon.stop)
+    assert "with models bands@2; bands@1 for bands@2 until it has re-tagged the library" in daemon.log()
     daemon.client.resume()
     wait_for(lambda: _best(daemon.client, low) == ("indexed", "mid"))
     assert [(m.version, m.serving) for m in daemon.client.models() if m.active] == [(2, True)]
