@@ -197,7 +197,12 @@ def _say_unfinished(s: pb.Status) -> None:
     paused = "; indexing is paused (`vibrary resume`)" if s.paused else ""
     if new := s.pending - s.retagging:
         print(f"vibrary: {many(new)} not tagged yet{paused}: results may be incomplete until they are", file=sys.stderr)
-    if s.retagging:  # a model changed (its tags are missing, the others' found) or the files did (theirs all)
+    if s.retagging and s.standing_in:  # a new version: the one before it answers for it, none missing
+        instead = "; ".join(
+            f"{old}'s tags answer for {new}'s" for old, _, new in (p.partition(" for ") for p in s.standing_in)
+        )
+        print(f"vibrary: {many(s.retagging)} being re-tagged{paused}: until they are, {instead}", file=sys.stderr)
+    elif s.retagging:  # a model changed (its tags are missing, the others' found) or the files did (theirs all)
         print(
             f"vibrary: {many(s.retagging)} being re-tagged, a model or the files changed{paused}: some of their tags"
             " may be missing from the results until they are",

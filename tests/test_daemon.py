@@ -843,6 +843,9 @@ def test_versions_and_rollback(daemon: DaemonProcess, tmp_path: Path, request: p
     wait_for(lambda: daemon.client.status().pending == 3)  # followed: the library waits for v2
     assert _best(daemon.client, low) == ("pending", "low")  # v1's tags serve till then
     assert low in {f.path for f in daemon.client.search("low")}
+    warned = vibrary("search", "low", home=daemon.home).stderr  # not "some of their tags may be missing"
+    paused = "3 files being re-tagged; indexing is paused (`vibrary resume`)"
+    assert f"{paused}: until they are, bands@1's tags answer for bands@2's" in warned
     serving = [(m.version, m.active, m.serving) for m in daemon.client.models() if m.name == "bands"]
     assert serving == [(1, False, True), (2, True, False)]
     assert list(daemon.client.status().standing_in) == ["bands@1 for bands@2"]
