@@ -138,7 +138,8 @@ class Result:
     error: str | None = None
     vanished: bool = False  # the file is gone: its row leaves the index
     # the error passes (no file handles left): the file stays pending, read again every RETRY_S for as long
-    # as this many seconds since it changed; then it fails, and said so
+    # as this many seconds since it was queued (it changed, or a model activated re-tags it); then it fails,
+    # and said so
     retry_for: float = 0.0
 
 
@@ -952,9 +953,9 @@ class Index:
             if not _first_time(c, _SILENT_HEADS_HASHED):
                 return 0
             requeued = c.execute(
-                f"""UPDATE files SET state = 'pending', due = 0, gen = gen + 1
+                f"""UPDATE files SET state = 'pending', due = 0, gen = gen + 1, updated = ?
                     WHERE size > ? AND state = 'indexed' AND ({uncompressed})""",
-                (head_bytes,),
+                (time.time(), head_bytes),
             ).rowcount
             return int(requeued)
 
@@ -993,9 +994,9 @@ class Index:
             if not _first_time(c, _FFMPEG_READS):
                 return 0
             requeued = c.execute(
-                """UPDATE files SET state = 'pending', error = NULL, due = 0, gen = gen + 1
+                """UPDATE files SET state = 'pending', error = NULL, due = 0, gen = gen + 1, updated = ?
                    WHERE state = 'failed' AND error LIKE ?""",
-                (f"%{refusal}%",),
+                (time.time(), f"%{refusal}%"),
             ).rowcount
             return int(requeued)
 
@@ -1006,9 +1007,9 @@ class Index:
         each file changed (a model that gave NaN scores failed a whole library)."""
         with self.write() as c:
             return c.execute(
-                """UPDATE files SET state = 'pending', error = NULL, due = 0, gen = gen + 1
+                """UPDATE files SET state = 'pending', error = NULL, due = 0, gen = gen + 1, updated = ?
                    WHERE state = 'failed' AND (error LIKE ? OR error LIKE ?)""",
-                (MODEL_FAILED.format(ref="%") + "%", NOT_STORED + "%"),
+                (time.time(), MODEL_FAILED.format(ref="%") + "%", NOT_STORED + "%"),
             ).rowcount
 
     def requeue_missing(self, model_ids: Sequence[int]) -> int:
@@ -1021,10 +1022,10 @@ class Index:
         with self.write() as c:
             c.execute("UPDATE files SET gen = gen + 1 WHERE state = 'pending'")
             cur = c.execute(
-                f"""UPDATE files SET state = 'pending', due = 0, gen = gen + 1 WHERE state = 'indexed' AND (
-                       content_id IS NULL OR (SELECT count(*) FROM tagged t WHERE t.content_id = files.content_id
-                                              AND t.model_id IN ({marks})) < ?)""",
-                (*model_ids, len(model_ids)),
+                f"""UPDATE files SET state = 'pending', due = 0, gen = gen + 1, updated = ? WHERE state = 'indexed'
+                       AND (content_id IS NULL OR (SELECT count(*) FROM tagged t WHERE t.content_id = files.content_id
+                                                   AND t.model_id IN ({marks})) < ?)""",
+                (time.time(), *model_ids, len(model_ids)),
             )
             return cur.rowcount
 

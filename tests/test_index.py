@@ -289,6 +289,25 @@ def test_a_failure_that_passes_keeps_the_file_pending_and_reads_it_again_later(i
     assert index.failures() == [("/lib/s.wav", f"{why} (tried for 1.66667e-08 min; read again when it changes)")]
 
 
+def test_a_passing_error_in_a_re_tag_is_retried_from_when_the_file_was_queued(index: Index) -> None:
+    """A model activated re-tags the library: a file indexed months ago and a passing error then (a NAS's
+    ESTALE) failed the file at once, "tried for 60 min", out of every search: the hour counted from its last
+    indexing, not from when it was queued again."""
+    first = index.add_model("demo", "x.onnx", "sha", ["kick", "snare"], "{}", True, active=True)
+    index.mark_pending([("/lib/a.wav", 0.0)])
+    (job,) = index.due_jobs(10, set(), 1e12)
+    index.write_results(
+        [Result(job, size=10, mtime_ns=1, inode=5, hash=b"h" * 16, tags={first.id: [("kick", 0.9)]})], 0
+    )
+    index.conn().execute("UPDATE files SET updated = updated - 7200")  # indexed two hours ago
+    second = index.add_model("mine", "y.onnx", "sha2", ["dark", "bright"], "{}", False, active=True)
+    assert index.requeue_missing([first.id, second.id]) == 1
+    (job,) = index.due_jobs(10, set(), 1e12)
+    why = "cannot read file: Stale file handle"
+    index.write_results([Result(job, error=why, retry_for=index_module.RETRY_FOR_S)], 0)
+    assert index.failures() == [] and index.retrying() == (1, why)
+
+
 def test_files_waiting_for_their_watch_folder_are_not_counted_as_retrying(index: Index) -> None:
     """A drive unplugged mid-indexing: its files tried meanwhile wait for it, and were counted with the ones
     read again after a passing error, so `status --wait` (which gives up once pending files are more than
