@@ -511,19 +511,19 @@ class Index:
             left += [r[0] for r in self.conn().execute(sql, page)]
         return left
 
-    def move(self, src: str, dst: str) -> int:
+    def move(self, src: str, dst: str) -> list[tuple[str, str]]:
         """A file or folder renamed inside the library: paths change, content and tags stay. The new
-        `gen` drops any result a worker is still computing under the old path."""
+        `gen` drops any result a worker is still computing under the old path. Each (old, new) path moved."""
         if not src or not dst:
             raise ValueError(f"a move needs two paths, not {src!r} → {dst!r}")  # '' would match every path
         with self.write() as c:
-            moved = 0
+            moved = []
             if c.execute("SELECT 1 FROM files WHERE path = ?", (src,)).fetchone():
                 c.execute("DELETE FROM files WHERE path = ?", (dst,))  # the file it replaced
-                moved = c.execute(
-                    "UPDATE files SET path = ?, dir = ?, gen = gen + 1 WHERE path = ?",
-                    (dst, os.path.dirname(dst), src),
-                ).rowcount
+                c.execute(
+                    "UPDATE files SET path = ?, dir = ?, gen = gen + 1 WHERE path = ?", (dst, os.path.dirname(dst), src)
+                )
+                moved.append((src, dst))
             lo, hi = under(src)
             rows = c.execute("SELECT id, path FROM files WHERE path >= ? AND path < ?", (lo, hi)).fetchall()
             for file_id, path in rows:
@@ -533,7 +533,8 @@ class Index:
                     "UPDATE files SET path = ?, dir = ?, gen = gen + 1 WHERE id = ?",
                     (new, os.path.dirname(new), file_id),
                 )
-        return moved + len(rows)
+                moved.append((path, new))
+        return moved
 
     def files_in_dir(self, folder: str) -> dict[str, tuple[int, int, int, str]]:
         """path → (size, mtime_ns, inode, state) of the files the index holds in this folder."""

@@ -127,7 +127,12 @@ class Daemon:
         self.pipeline.keep_aside(self._failing_before())
         self._unloaded = self._unloaded_files(self.index.tagging_models())
         self.watcher = Watcher(
-            self.index, self.settings.settle_s, self._wake_feeder, self._removed, self.settings.rescan_hours * 3600
+            self.index,
+            self.settings.settle_s,
+            self._wake_feeder,
+            self._removed,
+            self.settings.rescan_hours * 3600,
+            self._moved,
         )
         self._wake = threading.Event()
         self._follow_now = threading.Event()  # a status waits for a change of the active models: follow it now
@@ -471,6 +476,19 @@ class Daemon:
             return
         for p in paths:
             self.events.publish(Event(FILE_REMOVED, FileTags(p, "unknown", None, [])))
+
+    def _moved(self, moved: list[tuple[str, str]]) -> None:
+        """Files renamed or moved: each old path removed and the new one tagged, as a front end hears them (a
+        file moved over another replaced it, and the count changed)."""
+        self.status_events.changed()
+        if len(moved) > self.events.queue_size:
+            self.events.lost(len(moved))
+            return
+        if self.events.subscribers:
+            for old, _ in moved:
+                self.events.publish(Event(FILE_REMOVED, FileTags(old, "unknown", None, [])))
+            for now in self.index.file_tags([new for _, new in moved]):
+                self.events.publish(Event(FILE_FAILED if now.state == "failed" else FILE_TAGGED, now))
 
     # -- models --------------------------------------------------------------------------------------
     def _follow_models(self) -> None:

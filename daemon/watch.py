@@ -92,16 +92,19 @@ class Watcher(FileSystemEventHandler):
         on_pending: Callable[[], None],
         on_removed: Callable[[list[str]], None],
         rescan_s: float = 0.0,
+        on_moved: Callable[[list[tuple[str, str]]], None] = lambda moved: None,
     ) -> None:
         """`on_pending`: files may be due, or the missing watch folders changed (either changes the daemon's
-        status). `rescan_s`: how often every watch is scanned again (0: at start only). Some changes send no
-        event: a linked file whose target is edited outside the watches, events lost to a race the
-        observer cannot see; a scan finds them by their size, time and inode, and reads nothing else."""
+        status). `on_moved`: (old, new) paths of the files renamed or moved inside the library, tags and all.
+        `rescan_s`: how often every watch is scanned again (0: at start only). Some changes send no event: a
+        linked file whose target is edited outside the watches, events lost to a race the observer cannot see;
+        a scan finds them by their size, time and inode, and reads nothing else."""
         self.index = index
         self.settle_s = settle_s
         self.rescan_s = rescan_s
         self._on_pending = on_pending
         self._on_removed = on_removed
+        self._on_moved = on_moved
         self._observer = _observer()
         # how long a file written to, and not closed since, waits: closed, it is due at once
         self._open_s = max(settle_s, WRITER_OPEN_S) if _reports_closes(self._observer) else settle_s
@@ -266,7 +269,7 @@ class Watcher(FileSystemEventHandler):
         resolves links) found none of them. Any other folder as it is."""
         real = indexed_path(folder) if os.path.isdir(folder) else folder
         if real != folder:
-            self.index.move(folder, real)  # rows first: forgetting the watch forgets its rows
+            self._on_moved(self.index.move(folder, real))  # rows first: forgetting the watch forgets its rows
             self.index.remove_watch(folder)
             self.index.add_watch(real)
             with self._lock:
@@ -656,12 +659,16 @@ class Watcher(FileSystemEventHandler):
         with self._lock:
             self.flush()
             waited = is_dir and self._waits(src)  # renamed before its scan: its files are not in the index yet
-            moved = self.index.move(src, dst) if is_dir or is_audio_path(dst) else 0
+            moved = self.index.move(src, dst) if is_dir or is_audio_path(dst) else []
             if not is_dir and not moved:
                 # unknown under its old name: a downloader's .part file, or a file staged elsewhere
                 self._mark(dst, time.time())
             if not is_dir and not is_audio_path(dst):
                 self._remove(src)
+        if (
+            moved
+        ):  # (a front end following events heard nothing of a rename, and later of a removal of a path new to it)
+            self._on_moved(moved)
         if _exchanged(src, dst):  # each heard as a move onto the other, which gave one the other's rows and
             # dropped the second: both read again (by their content: no audio decoded again)
             if is_dir:

@@ -1041,7 +1041,8 @@ def test_events_alone_follow_a_watch_folder_going_coming_back_and_removed(
     daemon: DaemonProcess, tmp_path: Path
 ) -> None:
     """A front end kept from the events alone: a watch folder gone or back changed the status (its files out
-    of searches) with no STATUS_CHANGED, and RemoveWatch dropped its files with no FILE_REMOVED."""
+    of searches) with no STATUS_CHANGED, and RemoveWatch dropped its files with no FILE_REMOVED. A file renamed,
+    or moved over another, said nothing: the front end later heard of the removal of a path new to it."""
     library = tmp_path / "Samples"
     library.mkdir()
     dropped = _drop(library, 1)
@@ -1057,6 +1058,15 @@ def test_events_alone_follow_a_watch_folder_going_coming_back_and_removed(
     threading.Thread(target=follow, daemon=True).start()
     try:
         wait_for(lambda: seen)  # (its first snapshot)
+        first, second, third = sorted(dropped)
+        renamed = str(library / "renamed.wav")
+        os.rename(first, renamed)
+        os.rename(second, third)  # over another: it replaced it
+        tagged = lambda: {e.file.path: e.file.tags[0].tag for e in seen if e.kind == pb.Event.FILE_TAGGED}  # noqa: E731
+        removed = lambda: {e.file.path for e in seen if e.kind == pb.Event.FILE_REMOVED}  # noqa: E731
+        wait_for(lambda: renamed in tagged() and third in tagged() and {first, second} <= removed(), timeout=10)
+        assert (tagged()[renamed], tagged()[third]) == (dropped[first], dropped[second])  # tags and all, not read
+        assert daemon.client.status().indexed == 2
 
         def missing_said() -> list[list[str]]:
             return [list(e.status.missing_watches) for e in seen if e.kind == pb.Event.STATUS_CHANGED]
@@ -1066,8 +1076,7 @@ def test_events_alone_follow_a_watch_folder_going_coming_back_and_removed(
         (tmp_path / "away").rename(library)
         wait_for(lambda: missing_said()[-1] == [], timeout=20)
         daemon.client.remove_watch(str(library))
-        removed = lambda: {e.file.path for e in seen if e.kind == pb.Event.FILE_REMOVED}  # noqa: E731
-        wait_for(lambda: removed() == set(dropped), timeout=10)
+        wait_for(lambda: removed() == {*dropped, renamed}, timeout=10)
     finally:
         listener.close()
 

@@ -205,10 +205,10 @@ def test_files_read_again_for_a_model_are_counted_as_being_re_tagged(library: tu
 
 def test_a_moved_file_keeps_its_tags(library: tuple[Index, int, int]) -> None:
     index, _, _ = library
-    assert index.move("/lib/drums", "/lib/kit") == 3
+    assert len(index.move("/lib/drums", "/lib/kit")) == 3
     assert _paths(index, all_of=[["kick"]]) == ["/lib/kit/k1.wav", "/lib/kit/k2.wav"]
     assert index.counts() == {"indexed": 4, "pending": 0, "failed": 0} and index.retagging() == 0
-    assert index.move("/lib/kit/k1.wav", "/lib/k1.wav") == 1
+    assert index.move("/lib/kit/k1.wav", "/lib/k1.wav") == [("/lib/kit/k1.wav", "/lib/k1.wav")]
     assert "/lib" in index.dirs_under("/lib") and list(index.files_in_dir("/lib")) == ["/lib/k1.wav"]
 
 
@@ -390,7 +390,7 @@ def test_model_versions(index: Index) -> None:
 def test_a_stale_result_for_a_moved_file_neither_deletes_nor_overwrites_it(index: Index) -> None:
     index.mark_pending([("/staging/a.wav", 0.0)])
     (job,) = index.due_jobs(10, set(), 1e12)
-    assert index.move("/staging/a.wav", "/lib/a.wav") == 1  # moved while a worker was reading it
+    assert len(index.move("/staging/a.wav", "/lib/a.wav")) == 1  # moved while a worker was reading it
     gone = Result(job, error="file not found", vanished=True)  # the worker's view of the old path
     assert index.write_results([gone], 0.02) == []
     (moved,) = index.due_jobs(10, set(), 1e12)
