@@ -134,6 +134,7 @@ class Watcher(FileSystemEventHandler):
         self._folders_scanning: set[str] = set()
         self._rescanning: set[str] = set()  # watch folders being scanned again (rescan) …
         self._rescan_again: set[str] = set()  # … and those to scan once more when that scan is done
+        self._unheard: set[str] = set()  # watch folders with an event or a scan the index refused: scanned again
         self._moved_across: dict[str, float] = {}  # watch folder → when a folder last moved into or out of it
         self._unwatched = lost_watches.LostWatches()  # what the last checks found unwatched
         # watch folders that inotify cannot watch whole at its limit (fs.inotify.max_user_watches), not at all
@@ -571,7 +572,11 @@ class Watcher(FileSystemEventHandler):
         try:
             self._handle(event)
         except Exception:  # the observer thread must survive anything a filesystem throws at it
-            log.exception("could not handle %r", event)
+            log.exception("could not handle %r: its watch folder is scanned again once the index is written", event)
+            # a deletion or a move is written at once, not buffered: one the index refused (locked, a full disk)
+            # was lost, and a deleted sample was found by searches until the next rescan, hours later
+            with self._lock:
+                self._unheard.update(w for w in self._watches if within(os.fsdecode(event.src_path), [w]))
 
     def _handle(self, event: FileSystemEvent) -> None:
         if event.is_synthetic:  # watchdog's own walk of a folder moved or made: the move or scan covers it
@@ -712,6 +717,10 @@ class Watcher(FileSystemEventHandler):
                 self.flush()
                 if time.monotonic() - last_check >= CHECK_S:
                     last_check = time.monotonic()
+                    with self._lock:
+                        unheard, self._unheard = self._unheard, set()
+                    for folder in unheard:
+                        self.rescan(folder)
                     for folder in list(self._watches):
                         if _identity(folder) != self._identity.get(folder) or os.path.islink(folder):
                             self._lost(folder)  # renamed or moved away (maybe another, or a link, in its place):
@@ -891,6 +900,10 @@ class Watcher(FileSystemEventHandler):
     def _scan_safely(self, folder: str) -> None:
         try:
             self.scan(folder)
+        except sqlite3.OperationalError as e:  # (locked, a full disk): scanned again at a later check
+            log.warning("scan of %s could not write the index (%s): it is scanned again in a moment", folder, e)
+            with self._lock:
+                self._unheard.add(folder)
         except Exception:
             log.exception("scan of %s failed", folder)
         finally:

@@ -1034,3 +1034,29 @@ def test_a_file_its_writer_keeps_open_waits_for_the_close_not_for_a_pause(index:
         wait_for(lambda: str(lib / "stalled.wav") in _due_now(index))  # closed empty: read, and said empty
     finally:
         w.stop()
+
+
+def test_a_deletion_the_index_refused_is_found_by_a_scan_of_its_folder(
+    index: Index, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deletion is written at once, not buffered: one the index refused (locked past its busy timeout, a full
+    disk) was logged and lost, and the deleted sample was found by searches until the next rescan, hours later."""
+    monkeypatch.setattr(watch_module, "CHECK_S", 0.1)
+    w, lib = _started(index, tmp_path)
+    try:
+        kick = lib / "kick.wav"
+        kick.write_bytes(b"RIFF")
+        wait_for(lambda: _pending(index) == {str(kick)})
+        remove_paths, refused = index.remove_paths, []
+
+        def once_refused(paths: list[str]) -> list[str]:
+            if not refused:
+                refused.append(paths)
+                raise sqlite3.OperationalError("database is locked")
+            return remove_paths(paths)
+
+        monkeypatch.setattr(index, "remove_paths", once_refused)
+        kick.unlink()
+        wait_for(lambda: refused and _pending(index) == set(), timeout=10)
+    finally:
+        w.stop()
