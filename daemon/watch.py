@@ -279,34 +279,39 @@ class Watcher(FileSystemEventHandler):
             log.info("watch folder %s is a link: watching %s, where it leads", folder, real)
         return real
 
-    def watch(self, folder: str, over_limit: bool = False) -> None:
+    def watch(self, folder: str, over_limit: bool = False, missing: bool = False) -> None:
         """Observe the folder and reconcile it in the background; a folder that is not there (a drive
-        not mounted) keeps its index rows and is picked up when it appears. `over_limit`: only if it is still
-        one at the inotify limit (not removed since a poll looked at it)."""
+        not mounted) keeps its index rows and is picked up when it appears. `over_limit`, `missing`: only if it
+        is still one at the inotify limit, or missing (not removed since a check looked at it: a folder removed
+        as its drive came back was watched again, its files indexed under no watch). Its disk is looked at
+        outside self._lock, which the observer's thread takes to record an event: a hung mount held it, and
+        every event of every watch with it (self._scheduling keeps other watches and unwatches out meanwhile)."""
         folder = self.follow_link(folder)
         with self._scheduling:
             with self._lock:
                 if folder in self._watches or (over_limit and folder not in self._over_limit):
                     return
-                if not os.path.isdir(folder):
+                if missing and folder not in self._missing:
+                    return
+            if not os.path.isdir(folder):
+                with self._lock:
                     if folder not in self._missing:  # said once, not at every retry
                         log.warning("watch folder %s is missing; its index entries are kept", folder)
                     self._missing.add(folder)
                     self._note_waiting()
-                    return
-            # not under self._lock, which the observer's thread takes to record an event: scheduling waits
-            # for the observer's own lock
-            watch = self._schedule(folder)  # OSError: no change
+                return
+            watch = self._schedule(folder)  # OSError: no change (scheduling waits for the observer's own lock)
+            mount, identity = os.path.ismount(folder), _identity(folder)
             with self._lock:
                 self._watches[folder] = watch
                 self._note_watches()
-                if os.path.ismount(folder):
+                if mount:
                     self._mounts.add(folder)
                 came_back = folder in self._missing
                 self._missing.discard(folder)
                 self._over_limit.pop(folder, None)
                 self._note_waiting()
-                self._identity[folder] = _identity(folder)
+                self._identity[folder] = identity
                 covered = folder in self._inner
         if came_back and self.index.retry_now(folder):  # files that waited for it, not a minute more
             self._on_pending()
@@ -729,7 +734,7 @@ class Watcher(FileSystemEventHandler):
                         retried = sorted(self._missing)
                     for folder in retried:
                         try:
-                            self.watch(folder)
+                            self.watch(folder, missing=True)
                         except OSError as e:  # (another error: said once, when it was found missing)
                             if e.errno in AT_WATCH_LIMIT:  # back, but at the inotify limit
                                 self.at_limit(folder, why=e.errno)

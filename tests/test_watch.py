@@ -1060,3 +1060,21 @@ def test_a_deletion_the_index_refused_is_found_by_a_scan_of_its_folder(
         wait_for(lambda: refused and _pending(index) == set(), timeout=10)
     finally:
         w.stop()
+
+
+def test_a_missing_folder_removed_as_its_drive_comes_back_is_not_watched_again(index: Index, tmp_path: Path) -> None:
+    """The check retries the missing folders it listed: one removed by `watch remove` since (its drive came back
+    meanwhile) was watched again, its files indexed under no watch that `watch list` shows or `remove` clears."""
+    w = _watcher(index)
+    drive = tmp_path / "drive"
+    w.watch(str(drive))  # not there: missing
+    assert w.missing == {str(drive)}
+    w.unwatch(str(drive))  # removed by the user
+    drive.mkdir()  # and back, as the check retries the folders it found missing before
+    w.watch(str(drive), missing=True)
+    assert w.missing == set() and not w.scans_running and _pending(index) == set()
+    w.watch(str(drive))  # added again: watched
+    wait_for(lambda: w.scans_running == 0)
+    (drive / "kick.wav").write_bytes(b"RIFF")
+    w.rescan(str(drive))
+    wait_for(lambda: _pending(index) == {str(drive / "kick.wav")})
