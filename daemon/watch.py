@@ -286,12 +286,14 @@ class Watcher(FileSystemEventHandler):
         as its drive came back was watched again, its files indexed under no watch). Its disk is looked at
         outside self._lock, which the observer's thread takes to record an event: a hung mount held it, and
         every event of every watch with it (self._scheduling keeps other watches and unwatches out meanwhile)."""
-        folder = self.follow_link(folder)
         with self._scheduling:
+            if missing:  # (as asked: a link found missing is followed to where it leads, not missing itself)
+                with self._lock:
+                    if folder not in self._missing:
+                        return
+            folder = self.follow_link(folder)
             with self._lock:
                 if folder in self._watches or (over_limit and folder not in self._over_limit):
-                    return
-                if missing and folder not in self._missing:
                     return
             if not os.path.isdir(folder):
                 with self._lock:
