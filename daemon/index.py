@@ -358,6 +358,16 @@ class Index:
         with _transaction(c):
             yield c
 
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """Several reads of one state of the index (no write in between; none of its own either)."""
+        c = self.conn()
+        c.execute("BEGIN")
+        try:
+            yield c
+        finally:
+            c.execute("COMMIT")
+
     def close(self) -> None:
         c = getattr(self._local, "conn", None)
         if c is not None:

@@ -608,10 +608,12 @@ class Daemon:
 
     # -- API helpers ---------------------------------------------------------------------------------
     def status(self) -> dict[str, object]:
-        counts = self.index.counts()
+        with self.index.snapshot():  # one state of the queue: a re-tag queued between two reads had retagging
+            counts = self.index.counts()  # above pending, and "pending - retagging" below 0 for a front end
+            retagging, queue_depth = self.index.retagging(), self.index.due_count(time.time())
+            retrying, retry_reason = self.index.retrying()
         if not counts["pending"]:  # a re-tag just done: searches read its version before `status --wait` ends
             self._hand_over(wait=False)
-        retrying, retry_reason = self.index.retrying()
         active = self.index.active_models()
         unusable = [m.ref for m in active if m.id in self._unloaded]  # tried, and could not be loaded
         failing = self.pipeline.failing
@@ -632,8 +634,8 @@ class Daemon:
             ],
             "unusable_models": unusable,
             "failing_models": [f"{ref}: {error}" for ref, error in failing.values()],
-            "retagging": self.index.retagging(),
-            "queue_depth": self.index.due_count(time.time()),
+            "retagging": retagging,
+            "queue_depth": queue_depth,
             "watches": self.index.watches(),
             "missing_watches": sorted(self.watcher.missing),
             "unfollowed_links": self.watcher.unfollowed_links,
