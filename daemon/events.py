@@ -76,6 +76,10 @@ class Feed(queue.Queue["Event | None"]):
         return Event(EVENTS_LOST, lost=lost)
 
 
+class Crowded(RuntimeError):
+    """As many feeds as may be open are."""
+
+
 class EventBus:
     def __init__(self, per_subscriber: int = 10_000) -> None:
         self._subscribers: set[Feed] = set()
@@ -90,9 +94,13 @@ class EventBus:
         for q in subscribers:
             self.end(q)
 
-    def subscribe(self) -> Feed:
+    def subscribe(self, most: int = 0) -> Feed:
+        """A feed of the events from now on; Crowded when `most` (0: any number) feeds are open already, checked
+        and taken at once (a burst of Events calls each saw room, and all were let in)."""
         q = Feed(self.queue_size)
         with self._lock:
+            if most and len(self._subscribers) >= most:
+                raise Crowded(f"{most} front ends follow events already: close one")
             self._subscribers.add(q)
         if self.closed.is_set():
             self.end(q)

@@ -324,12 +324,11 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             yield file_tags_pb(replace(r, path=as_asked(r.path, asked)))
 
     def Events(self, request: pb.EventsRequest, context: grpc.ServicerContext) -> Iterator[pb.Event]:
-        if self.daemon.events.subscribers >= MAX_FOLLOWERS:  # each holds a server thread for as long as it runs
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{MAX_FOLLOWERS} front ends follow events already: close one"
-            )
         bus = self.daemon.events
-        feed = bus.subscribe()
+        try:
+            feed = bus.subscribe(most=MAX_FOLLOWERS)  # each holds a server thread for as long as it runs
+        except events.Crowded as crowded:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(crowded))
         if not context.add_callback(lambda: bus.end(feed)):  # the caller already gone
             bus.end(feed)
         try:

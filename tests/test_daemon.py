@@ -976,6 +976,25 @@ def test_daemon_json_says_on_stdout_once_it_answers(model_home: Path) -> None:
         proc.wait(timeout=30)
 
 
+def test_a_burst_of_followers_takes_no_more_feeds_than_allowed() -> None:
+    """The limit was checked, then the feed taken: a burst of Events calls each saw room, and all were let in."""
+    from vibrary.daemon.events import Crowded, EventBus
+
+    bus, start, taken = EventBus(), threading.Barrier(12), []
+
+    def follow() -> None:
+        start.wait()
+        with contextlib.suppress(Crowded):
+            taken.append(bus.subscribe(most=3))
+
+    threads = [threading.Thread(target=follow) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(taken) == 3 and bus.subscribers == 3
+
+
 def test_front_ends_following_events_leave_the_api_answering(daemon: DaemonProcess) -> None:
     """Each Events stream holds a server thread: 16 of them used to take the whole pool, and every other
     call (status, health) waited until its deadline. Twenty followers now; beyond MAX_FOLLOWERS, refused."""
