@@ -204,13 +204,7 @@ _MARK_PENDING = """INSERT INTO files(path, dir, state, due, gen, updated) VALUES
 _ORPHANS = """DELETE FROM tags WHERE model_id NOT IN (SELECT id FROM models);
     DELETE FROM tagged WHERE model_id NOT IN (SELECT id FROM models);"""
 
-# Files whose last reading failed have no tags to show. Every other file shows the tags of the content it
-# last had: one that is pending again (a model just activated re-tags the library, a file touched or
-# rewritten waits to be read) keeps being found until its new tags replace the old, instead of vanishing
-# from search for as long as a re-tag of the whole library takes. The tags shown are the active models'
-# only: a new version of a model shows its tags file by file as its re-tag goes (from cached spectrograms),
-# not the old version's meanwhile (they may name other tags); those stay stored, for a rollback at once.
-FAILED = "failed"
+FAILED = "failed"  # a file's state when its last reading failed: it has no tags to show (Index._with_tags)
 
 
 _UNUSED = "NOT EXISTS (SELECT 1 FROM files f WHERE f.content_id = contents.id)"  # a content no file has now
@@ -1064,8 +1058,12 @@ class Index:
             yield from self._with_tags(new, model_ids)
 
     def _with_tags(self, rows: Sequence[tuple], model_ids: Sequence[int]) -> Iterator[FileTags]:
-        """Rows with their tags, looked up a page of rows at a time: SQLite takes only so many variables
-        in one statement (32,766 on many builds), and a folder can hold more files than that."""
+        """Rows with their tags (those of `model_ids`: the serving models, a version standing in for its new one
+        until that has re-tagged the library), looked up a page of rows at a time: SQLite takes only so many
+        variables in one statement (32,766 on many builds), and a folder can hold more files than that. A file
+        whose last reading failed has none to show; every other file shows the tags of the content it last had:
+        one pending again (a model activated re-tags the library, a file touched or rewritten waits to be read)
+        is found until its new tags replace the old, not missing from searches for as long as a re-tag takes."""
         for page in _pages(rows):
             content_ids = sorted({r[1] for r in page if r[1] is not None})
             by_content: dict[int, list[tuple[str, str, float]]] = {}

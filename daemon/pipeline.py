@@ -136,10 +136,6 @@ class Pipeline:
             self._in_flight += 1
         self._jobs.put(job)
 
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
-
     def wait_idle(self, timeout: float | None = None) -> bool:
         with self._idle:
             return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
