@@ -250,6 +250,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "unlisted_folders": list(s.unlisted_folders),  # cannot be listed: their files are not indexed
         "unwatched_folders": list(s.unwatched_folders),  # the inotify limit: changes found by scans only
         "scanning": s.scanning,  # folders being listed now: files found there are not pending yet
+        "waiting_for_watches": s.waiting_for_watches,  # nothing can be read but files under missing_watches
         # since the daemon started: read from audio, from cached spectrograms, content already tagged
         "decoded": s.decoded,
         "from_cache": s.from_cache,
