@@ -498,6 +498,16 @@ class Index:
                 removed.extend(r[0] for r in hits)
         return removed
 
+    def park(self, folders: Sequence[str], now: float, until: float) -> int:
+        """Pending files under these folders (watch folders not there now) that are due: due `until`, waiting for
+        their folder (WATCH_GONE, which retry_now reads as theirs once it is back). Left due, a drive of 400,000
+        files unplugged as a model re-tagged the library was walked past at every round of the feeder (45 ms,
+        against 0.1: a core, at 20 rounds a second). How many."""
+        sql = """UPDATE files SET due = ?, error = coalesce(error, ?)
+                 WHERE state = 'pending' AND due <= ? AND path >= ? AND path < ?"""
+        with self.write() as c:
+            return sum(c.execute(sql, (until, WATCH_GONE, now, *under(folder))).rowcount for folder in folders)
+
     def retry_now(self, folder: str) -> int:
         """Files under folder that wait to be read again after a passing error: due now (their drive is back)."""
         lo, hi = under(folder)

@@ -71,6 +71,10 @@ UNUSED_S = 3600.0  # how often contents no file has are looked for, when idle
 UNUSED_FIRST_S = 300.0  # the first time, this long after the daemon's start
 UNUSED_KEEP_S = 30 * 86400.0  # how long one is kept with its tags: a drive unplugged for weeks, plugged in again
 FORGET_MAX = 50_000  # contents forgotten at one time, at most (about 3 s): the feeder waits meanwhile
+# Files under a watch folder not there now wait this long before the feeder looks at them again (the folder back,
+# they are due at once: Index.retry_now); they are parked again this often (a re-tag may have queued them since).
+PARKED_S = 3600.0
+PARK_AGAIN_S = 30.0
 FOLLOW_WAIT_S = 10.0  # how long a status waits for a change of the active models being followed (load, re-queue)
 NO_MODEL = "no usable active model: `vibrary models list` lists them, `vibrary models activate NAME` picks one"
 NO_MODEL_WAITS = f"{NO_MODEL}; files wait for one"
@@ -210,6 +214,8 @@ class Daemon:
 
     def _feed(self) -> None:
         last_model_check = 0.0
+        parked: list[str] = []  # the missing watch folders whose files were parked last (Index.park), and when
+        parked_at = 0.0
         while not self._stop.is_set():
             try:
                 if self._follow_now.is_set() or time.monotonic() - last_model_check > 1.0:
@@ -229,6 +235,9 @@ class Daemon:
                 paused = self._paused.is_set() or time.monotonic() < self._stalled_until or not self.pipeline.models
                 now = time.time()
                 hidden = sorted(self.watcher.missing)
+                if hidden and (hidden != parked or time.monotonic() > parked_at + PARK_AGAIN_S):  # (a re-tag since)
+                    self.index.park(hidden, now, now + PARKED_S)
+                    parked, parked_at = hidden, time.monotonic()
                 jobs = self.index.due_jobs(room, skip, now, hidden) if room > 0 and not paused else []
                 # none due but under missing watches, and none to come due elsewhere (a file settling or to be read
                 # again: it moves in its time): nothing moves until a drive is back
