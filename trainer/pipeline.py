@@ -60,7 +60,7 @@ def train_to_files(
     matrix_title = (
         f"{name}\nheld-out clips"
         if result.val_clips
-        else f"{name}\nclips held out in {result.folds} folds, in turn"
+        else f"{name}\nclips held out in {result.folds} folds, in turn{STAND_IN if result.folds_stand_in else ''}"
         if result.folds
         else f"{name}\ntraining clips (none held out)"
     )
@@ -70,3 +70,6 @@ def train_to_files(
         "confusion_matrix.png": plots.confusion_matrix(result.confusion, manifest.classes, matrix_title),
     }
     return files, result
+
+
+STAND_IN = ", by a head on the base's embedding"  # (new tags: a stand-in for the training over epochs)
