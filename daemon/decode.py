@@ -148,9 +148,6 @@ WILD_MOST, WILD_FEW = 0.001, 64  # ... and beyond this share of such samples (or
 # file is corrupt, not loud (one NaN in a one-shot of 200 samples is a glitch)
 INAUDIBLE = 10 ** (-70 / 20)  # opening seconds that peak below -70 dBFS are silence (16-bit dither: -90)
 CLEARLY_LOUD = 10 ** (-40 / 20)  # a peak above which an offset needs no looking at: none that large carries nothing
-# An opening of 3 s quieter than CLEARLY_LOUD is read on to a sound this much louder, when there is one: tape hiss
-# at -65 dBFS before a late entry was the clip to the model (spectrograms are scaled to their peak), a hi-hat.
-RISE = 10 ** (30 / 20)
 # How far into a file whose opening seconds are silent the first sound is looked for (a stem that starts at
 # bar 17, a kick after 5 s of silence): those files had no tags, and never turned up in a search.
 LOOK_AHEAD_S = 60.0
@@ -174,9 +171,8 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
             frames = math.ceil(params.duration_s * native_sr)
             audio = _read(f, frames)
             peak = _peak(audio) if audio.size else 0.0
-            loudness = _loudness(audio, peak)
-            if audio.shape[0] == frames and loudness < CLEARLY_LOUD:  # silent, or a hiss: read on
-                audio = _from_first_sound(f, frames, audio, INAUDIBLE if loudness < INAUDIBLE else loudness * RISE)
+            if audio.shape[0] == frames and _loudness(audio, peak) < INAUDIBLE:
+                audio = _from_first_sound(f, frames, audio)
                 peak = _peak(audio)
             elif audio.size and (trimmed := _past_silence(f, audio)) is not audio:
                 audio, peak = trimmed, _peak(trimmed)
@@ -265,10 +261,10 @@ def _loudness(audio: np.ndarray, peak: float) -> float:
     return swing
 
 
-def _from_first_sound(f: sf.SoundFile | FFmpegFile, frames: int, silent: np.ndarray, bar: float) -> np.ndarray:
-    """`frames` frames from the first sample at least `bar` away from the opening's offset (_loudness) within
-    LOOK_AHEAD_S of the start, read a block at a time (memory stays that of a clip); `silent`, the opening (of
-    silence, or a quiet noise: a room, tape hiss), when there is none."""
+def _from_first_sound(f: sf.SoundFile | FFmpegFile, frames: int, silent: np.ndarray) -> np.ndarray:
+    """`frames` frames from the first audible sample within LOOK_AHEAD_S of the start, read a block at a
+    time (memory stays that of a clip); `silent`, the opening, when there is none. Audible: away from the
+    opening's offset (_loudness)."""
     offset = np.nan_to_num(silent.mean(axis=0, dtype=np.float64)).astype(np.float32)
     seen, limit = silent.shape[0], int(LOOK_AHEAD_S * f.samplerate)
     while seen < limit:
@@ -276,7 +272,7 @@ def _from_first_sound(f: sf.SoundFile | FFmpegFile, frames: int, silent: np.ndar
         if block.shape[0] == 0:
             break
         seen += block.shape[0]
-        at = _first_audible(block, offset, bar)
+        at = _first_audible(block, offset)
         if at >= 0:
             start = block[at:]
             return np.concatenate([start, _read(f, frames - start.shape[0])]) if len(start) < frames else start
@@ -293,19 +289,19 @@ def _past_silence(f: sf.SoundFile | FFmpegFile, opening: np.ndarray) -> np.ndarr
     SHORTEST_SKIP_S of its start."""
     if not np.abs(opening[0]).max() < CLEARLY_LOUD:
         return opening
-    start = _first_audible(opening, opening[0], INAUDIBLE)
+    start = _first_audible(opening, opening[0])
     if start < SHORTEST_SKIP_S * f.samplerate:
         return opening
     more = _read(f, start)
     return np.concatenate([opening[start:], more]) if len(more) else opening[start:]
 
 
-def _first_audible(audio: np.ndarray, offset: np.ndarray, bar: float) -> int:
-    """The first frame of (frames, channels) audio at least `bar` away from `offset` (a frame of the silence
-    before it, or its channels' mean), -1 when there is none; a NaN sample is no sound."""
+def _first_audible(audio: np.ndarray, offset: np.ndarray) -> int:
+    """The first frame of (frames, channels) audio at least INAUDIBLE away from `offset` (a frame of the
+    silence before it, or its channels' mean), -1 when there is none; a NaN sample is no sound."""
     for lo, hi in ((0, FIRST_LOOK), (FIRST_LOOK, len(audio))):
         with np.errstate(invalid="ignore"):
-            loud = np.flatnonzero((np.abs(audio[lo:hi] - offset) >= bar).any(axis=1))
+            loud = np.flatnonzero((np.abs(audio[lo:hi] - offset) >= INAUDIBLE).any(axis=1))
         if loud.size:
             return lo + int(loud[0])
     return -1
