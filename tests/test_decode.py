@@ -387,6 +387,15 @@ def test_the_silence_before_a_first_sound_is_skipped_whatever_its_length(tmp_pat
     assert np.allclose(
         decode(str(tmp_path / "late.wav"), params), decode(str(tmp_path / "note.wav"), params), atol=1e-6
     )
+    quiet = (10 ** (-50 / 20) * np.cos(2 * np.pi * 440 * t) * np.exp(-2 * t)).astype(np.float32)[:, None]
+    sf.write(tmp_path / "quiet.wav", quiet, 44100, subtype="FLOAT")  # -50 dBFS: quiet, its pre-roll skipped too
+    sf.write(
+        tmp_path / "quiet late.wav",
+        np.concatenate([np.zeros_like(late[: len(late) - len(note)]), quiet]),
+        44100,
+        subtype="FLOAT",
+    )
+    assert np.array_equal(decode(str(tmp_path / "quiet late.wav"), params), decode(str(tmp_path / "quiet.wav"), params))
     crest = (0.8 * np.cos(2 * np.pi * 50 * np.arange(44100) / 44100)).astype(np.float32)
     sf.write(tmp_path / "crest.wav", crest, 44100, subtype="FLOAT")
     assert np.array_equal(
