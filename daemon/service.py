@@ -73,7 +73,7 @@ UNUSED_KEEP_S = 30 * 86400.0  # how long one is kept with its tags: a drive unpl
 FORGET_MAX = 50_000  # contents forgotten at one time, at most (about 3 s): the feeder waits meanwhile
 # Files under a watch folder not there now wait this long before the feeder looks at them again (the folder back,
 # they are due at once: Index.retry_now); they are parked again this often (a re-tag may have queued them since).
-PARKED_S = 3600.0
+PARKED_S = 600.0
 PARK_AGAIN_S = 30.0
 FOLLOW_WAIT_S = 10.0  # how long a status waits for a change of the active models being followed (load, re-queue)
 NO_MODEL = "no usable active model: `vibrary models list` lists them, `vibrary models activate NAME` picks one"
@@ -235,9 +235,8 @@ class Daemon:
                 paused = self._paused.is_set() or time.monotonic() < self._stalled_until or not self.pipeline.models
                 now = time.time()
                 hidden = sorted(self.watcher.missing)
-                if hidden and (hidden != parked or time.monotonic() > parked_at + PARK_AGAIN_S):  # (a re-tag since)
-                    self.index.park(hidden, now, now + PARKED_S)
-                    parked, parked_at = hidden, time.monotonic()
+                if hidden != parked or (hidden and time.monotonic() > parked_at + PARK_AGAIN_S):  # (a re-tag since)
+                    parked, parked_at = self._park(hidden, parked, now), time.monotonic()
                 jobs = self.index.due_jobs(room, skip, now, hidden) if room > 0 and not paused else []
                 # none due but under missing watches, and none to come due elsewhere (a file settling or to be read
                 # again: it moves in its time): nothing moves until a drive is back
@@ -262,6 +261,20 @@ class Daemon:
             except Exception:
                 log.exception("feeder error; retrying")
                 self._stop.wait(1.0)
+
+    def _park(self, hidden: list[str], parked: list[str], now: float) -> list[str]:
+        """Park the due files under the watch folders not there now (Index.park), and make those of the folders
+        parked before and there again due now, however they came back (at the inotify limit, a mount between two
+        checks: watch() saw no return, and they waited the hour). The folders parked; the same when the index
+        refused (a full disk: the feeder walks past them meanwhile, as it did before they were parked)."""
+        try:
+            for folder in set(parked) - set(hidden):
+                self.index.retry_now(folder)
+            self.index.park(hidden, now, now + PARKED_S)
+        except sqlite3.Error as e:
+            log.warning("could not set aside the files under missing watch folders (%s); will retry", e)
+            return parked
+        return hidden
 
     def _hand_over(self, wait: bool = True) -> None:
         """A new version that has tagged the library takes over searches from the one before (Index.hand_over):

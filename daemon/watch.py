@@ -271,6 +271,7 @@ class Watcher(FileSystemEventHandler):
         real = indexed_path(folder) if os.path.isdir(folder) else folder
         if real != folder:
             self._on_moved(self.index.move(folder, real))  # rows first: forgetting the watch forgets its rows
+            self.index.retry_now(real)  # (those parked while the link led nowhere: watch() sees no return of it)
             self.index.remove_watch(folder)
             self.index.add_watch(real)
             with self._lock:

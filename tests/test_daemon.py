@@ -1932,3 +1932,33 @@ def test_names_with_escape_sequences_reach_neither_the_terminal_nor_the_log_raw(
     assert "x\\n2026-01-01" in said
     log = daemon.log()
     assert "links to" in log and "\n2026-01-01 00:00:00,000 INFO" not in log and "\x1b" not in log
+
+
+def test_files_parked_under_a_missing_watch_folder_are_due_once_it_is_no_longer_missing(
+    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files due under a watch folder not there now are set aside (the feeder walked past 400,000 of them at
+    every round); a folder back by a way watch() does not see (at the inotify limit, a remount between two
+    checks) left them waiting the hour. The feeder makes them due once the folder is no longer missing, and an
+    index that refuses the write costs nothing but a retry."""
+    import sqlite3
+
+    from vibrary.daemon import service
+
+    d = service.Daemon(model_home, service.config.Settings(nice=0))  # in this process: its feeder not started
+    try:
+        drive = str(tmp_path / "drive")
+        d.index.mark_pending([(f"{drive}/a.wav", 0.0), (str(tmp_path / "lib" / "k.wav"), 0.0)])
+        now = time.time()
+        assert d._park([drive], [], now) == [drive]
+        assert [j.path for j in d.index.due_jobs(10, set(), now + 1)] == [str(tmp_path / "lib" / "k.wav")]
+        assert d._park([], [drive], now) == []  # back
+        assert len(d.index.due_jobs(10, set(), now + 1)) == 2
+
+        def locked(*args: object) -> int:
+            raise sqlite3.OperationalError("database is locked")
+
+        monkeypatch.setattr(d.index, "park", locked)
+        assert d._park([drive], [], now) == []  # refused: tried again at the next round
+    finally:
+        d._lock_file.close()
