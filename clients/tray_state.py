@@ -136,7 +136,8 @@ def apply(state: TrayState, event: pb.Event) -> tuple[TrayState, list[Notice]]:
 
 def with_errors(state: TrayState, failed: list[pb.FileTags]) -> TrayState:
     """Recent errors, newest first. When they are every file failed now, a new failure not among them is
-    mended: renamed first (a move sends no event) and then mended, it stayed new until the user looked."""
+    mended: renamed first (a move of a failed file says only that its old path is gone) and then mended, it stayed
+    new until the user looked."""
     since = state.failed_since
     if state.status is not None and len(failed) >= state.status.failed:
         since = since & {f.path for f in failed}

@@ -589,7 +589,8 @@ def add(
         )
         # a rewritten file that cannot be read now (a bounce half written, or silent) keeps the clip it gave, and
         # its tag: it left the dataset, and came back under its folder's tag once it could be read
-        unreadable = {os.path.normpath(p) for p, _ in unread} & replaced
+        # (not one now a copy of another file: it has no sound of its own to keep, as it was left out before)
+        unreadable = {os.path.normpath(p) for p, why in unread if not why.startswith(SAME_SOUND)} & replaced
         if unreadable:
             replaced -= unreadable
             rows, codes = without(replaced)

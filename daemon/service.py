@@ -500,17 +500,19 @@ class Daemon:
             self.events.publish(Event(FILE_REMOVED, FileTags(p, "unknown", None, [])))
 
     def _moved(self, moved: list[tuple[str, str]]) -> None:
-        """Files renamed or moved: each old path removed and the new one tagged, as a front end hears them (a
-        file moved over another replaced it, and the count changed)."""
+        """Files renamed or moved: each old path removed, and the new one of a tagged file tagged, as a front end
+        hears them (a file moved over another replaced it, and the count changed). A failed one is no news (a
+        tray counted a folder of failures it had seen as new ones once renamed), a pending one is when read."""
         self.status_events.changed()
-        if len(moved) > self.events.queue_size:
-            self.events.lost(len(moved))
+        if 2 * len(moved) > self.events.queue_size:
+            self.events.lost(2 * len(moved))
             return
         if self.events.subscribers:
             for old, _ in moved:
                 self.events.publish(Event(FILE_REMOVED, FileTags(old, "unknown", None, [])))
             for now in self.index.file_tags([new for _, new in moved]):
-                self.events.publish(Event(FILE_FAILED if now.state == "failed" else FILE_TAGGED, now))
+                if now.state == "indexed":
+                    self.events.publish(Event(FILE_TAGGED, now))
 
     # -- models --------------------------------------------------------------------------------------
     def _follow_models(self) -> None:

@@ -579,12 +579,13 @@ class Watcher(FileSystemEventHandler):
     def on_any_event(self, event: FileSystemEvent) -> None:
         try:
             self._handle(event)
-        except Exception:  # the observer thread must survive anything a filesystem throws at it
-            log.exception("could not handle %r: its watch folder is scanned again once the index is written", event)
-            # a deletion or a move is written at once, not buffered: one the index refused (locked, a full disk)
-            # was lost, and a deleted sample was found by searches until the next rescan, hours later
+        except sqlite3.Error as e:  # a deletion or a move is written at once, not buffered: one the index refused
+            # (locked, a full disk) was lost, and a deleted sample was found by searches until a rescan, hours later
+            log.warning("could not record %r (%s): its watch folder is scanned again in a moment", event, e)
             with self._lock:
                 self._unheard.update(w for w in self._watches if within(os.fsdecode(event.src_path), [w]))
+        except Exception:  # the observer thread must survive anything a filesystem throws at it
+            log.exception("could not handle %r", event)
 
     def _handle(self, event: FileSystemEvent) -> None:
         if event.is_synthetic:  # watchdog's own walk of a folder moved or made: the move or scan covers it

@@ -1066,8 +1066,9 @@ def test_events_alone_follow_a_watch_folder_going_coming_back_and_removed(
     library = tmp_path / "Samples"
     library.mkdir()
     dropped = _drop(library, 1)
+    (library / "bad.wav").write_text("not audio")
     daemon.client.add_watch(str(library))
-    wait_for(lambda: _indexed(daemon.client, 3))
+    wait_for(lambda: _indexed(daemon.client, 3) and daemon.client.status().failed == 1)
     seen: list[pb.Event] = []
     listener = Client(home_dir=daemon.home)
 
@@ -1080,13 +1081,15 @@ def test_events_alone_follow_a_watch_folder_going_coming_back_and_removed(
         wait_for(lambda: seen)  # (its first snapshot)
         first, second, third = sorted(dropped)
         renamed = str(library / "renamed.wav")
+        os.rename(library / "bad.wav", library / "bad2.wav")  # a failure seen already: not a new one (a tray's count)
         os.rename(first, renamed)
         os.rename(second, third)  # over another: it replaced it
         tagged = lambda: {e.file.path: e.file.tags[0].tag for e in seen if e.kind == pb.Event.FILE_TAGGED}  # noqa: E731
         removed = lambda: {e.file.path for e in seen if e.kind == pb.Event.FILE_REMOVED}  # noqa: E731
         wait_for(lambda: renamed in tagged() and third in tagged() and {first, second} <= removed(), timeout=10)
         assert (tagged()[renamed], tagged()[third]) == (dropped[first], dropped[second])  # tags and all, not read
-        assert daemon.client.status().indexed == 2
+        assert daemon.client.status().indexed == 2 and str(library / "bad.wav") in removed()
+        assert not [e for e in seen if e.kind == pb.Event.FILE_FAILED], seen
 
         def missing_said() -> list[list[str]]:
             return [list(e.status.missing_watches) for e in seen if e.kind == pb.Event.STATUS_CHANGED]
@@ -1096,7 +1099,9 @@ def test_events_alone_follow_a_watch_folder_going_coming_back_and_removed(
         (tmp_path / "away").rename(library)
         wait_for(lambda: missing_said()[-1] == [], timeout=20)
         daemon.client.remove_watch(str(library))
-        wait_for(lambda: removed() == {*dropped, renamed}, timeout=10)
+        wait_for(
+            lambda: removed() == {*dropped, renamed, *(str(library / b) for b in ("bad.wav", "bad2.wav"))}, timeout=10
+        )
     finally:
         listener.close()
 

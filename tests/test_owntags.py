@@ -417,6 +417,10 @@ def test_a_sample_rewritten_in_place_is_read_again_when_its_folder_is_added(home
     assert changed == [(str(rewritten), "noise")]
     again = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
     assert again.added == 0  # read once: as it is now
+    shutil.copyfile(files[1], rewritten)  # now a copy of another file: no sound of its own to keep, left out
+    copied = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
+    assert [p for p, why in copied.report.failed if why.startswith(dataset.SAME_SOUND)] == [str(rewritten)]
+    assert str(rewritten) not in {p for p, _ in dataset.labelled_files(home, "mine")}
 
 
 def test_an_add_whose_new_files_cannot_be_read_says_so(home: Path, tmp_path: Path) -> None:

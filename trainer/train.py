@@ -548,8 +548,8 @@ def _folds_held_out(
     files scored 0.78) as its validation's. Each tag's clips are cut into up to FOLDS runs in the dataset's order
     (by path as its folders were read, an add's files after them: the layers of one hit, `Kick_01a`, `Kick_01b`,
     stay in one fold, not each checked beside its twin); a tag has two clips at least (shards.too_few), so every
-    fit has clips of every tag, and tags of two clips only make two folds. Clips of one folder are alike: it
-    reads high still."""
+    fit has clips of every tag, and a dataset whose tags all have two clips makes two folds. Clips of one folder
+    are alike: it reads high still."""
     y = labels.numpy()
     fold = np.zeros(len(y), np.int64)
     for c in np.unique(y):
