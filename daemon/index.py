@@ -191,6 +191,7 @@ _FFMPEG_READS = 4
 _UNHEARD_FORGOTTEN = 5
 UNCOMPRESSED = (".wav", ".wave", ".bwf", ".aif", ".aiff", ".aifc", ".w64", ".rf64", ".caf")
 
+PARKED = 1e12  # the `due` of a file parked under a watch folder not there now (Index.park): due when it is back
 RETRY_S = 60.0  # how long a file whose reading failed for a passing reason waits to be read again
 RETRY_FOR_S = 3600.0  # ... and for how long after its change: an EIO or an ESTALE may never pass
 
@@ -498,22 +499,24 @@ class Index:
                 removed.extend(r[0] for r in hits)
         return removed
 
-    def park(self, folders: Sequence[str], now: float, until: float) -> int:
-        """Pending files under these folders (watch folders not there now) that are due: due `until`, waiting for
-        their folder (WATCH_GONE, which retry_now reads as theirs once it is back). Left due, a drive of 400,000
-        files unplugged as a model re-tagged the library was walked past at every round of the feeder (45 ms,
-        against 0.1: a core, at 20 rounds a second). How many."""
-        sql = """UPDATE files SET due = ?, error = coalesce(error, ?)
-                 WHERE state = 'pending' AND due <= ? AND path >= ? AND path < ?"""
+    def park(self, folders: Sequence[str], now: float) -> int:
+        """Pending files due under these folders (watch folders not there now) wait for them (due PARKED, until
+        retry_now): a drive of 400,000 files unplugged as a model re-tagged the library was walked past at every
+        busy round of the feeder (45 ms, against 0.1). Nothing else about them changes, and they are written
+        once (a first version rewrote them every 10 minutes, and marked them retrying, which status then counted
+        at every call). How many."""
+        sql = "UPDATE files SET due = ? WHERE state = 'pending' AND due <= ? AND path >= ? AND path < ?"
         with self.write() as c:
-            return sum(c.execute(sql, (until, WATCH_GONE, now, *under(folder))).rowcount for folder in folders)
+            return sum(c.execute(sql, (PARKED, now, *under(folder))).rowcount for folder in folders)
 
     def retry_now(self, folder: str) -> int:
-        """Files under folder that wait to be read again after a passing error: due now (their drive is back)."""
+        """Files under folder that wait to be read again after a passing error, or were parked: due now (their
+        drive is back)."""
         lo, hi = under(folder)
-        sql = "UPDATE files SET due = 0 WHERE state = 'pending' AND error IS NOT NULL AND path >= ? AND path < ?"
+        sql = """UPDATE files SET due = 0
+                 WHERE state = 'pending' AND (error IS NOT NULL OR due >= ?) AND path >= ? AND path < ?"""
         with self.write() as c:
-            return int(c.execute(sql, (lo, hi)).rowcount)
+            return int(c.execute(sql, (PARKED, lo, hi)).rowcount)
 
     def unread(self, paths: Sequence[str]) -> list[str]:
         """Which of these files are pending and not waiting after a passing error: a Tag call's poll, which
@@ -902,8 +905,8 @@ class Index:
         """Whether a file waits to be read, but for those under `hidden` (watch folders not there now, whose
         files wait for them for as long as a drive stays unplugged); with `due_after`, only the files not due
         before then (settling, or to be read again after a passing error: few, where a drive's are many)."""
-        args: list[object] = [] if due_after is None else [due_after]
-        later = "" if due_after is None else " AND f.due > ?"
+        args: list[object] = [] if due_after is None else [due_after, PARKED]
+        later = "" if due_after is None else " AND f.due > ? AND f.due < ?"  # (parked: not due later, but when back)
         outside = "".join(f" AND {c}" for c in _outside(hidden, args))
         row = self.conn().execute(f"SELECT 1 FROM files f WHERE f.state = 'pending'{later}{outside} LIMIT 1", args)
         return row.fetchone() is not None

@@ -71,9 +71,7 @@ UNUSED_S = 3600.0  # how often contents no file has are looked for, when idle
 UNUSED_FIRST_S = 300.0  # the first time, this long after the daemon's start
 UNUSED_KEEP_S = 30 * 86400.0  # how long one is kept with its tags: a drive unplugged for weeks, plugged in again
 FORGET_MAX = 50_000  # contents forgotten at one time, at most (about 3 s): the feeder waits meanwhile
-# Files under a watch folder not there now wait this long before the feeder looks at them again (the folder back,
-# they are due at once: Index.retry_now); they are parked again this often (a re-tag may have queued them since).
-PARKED_S = 600.0
+# How often the due files under watch folders not there now are parked (Index.park): a re-tag queues them again.
 PARK_AGAIN_S = 30.0
 FOLLOW_WAIT_S = 10.0  # how long a status waits for a change of the active models being followed (load, re-queue)
 NO_MODEL = "no usable active model: `vibrary models list` lists them, `vibrary models activate NAME` picks one"
@@ -145,6 +143,7 @@ class Daemon:
         self._in_flight: set[int] = set()
         self._held = False  # nothing to read but files under watch folders not there now (_note_held)
         self._in_flight_lock = threading.Lock()
+        self._park_refused = ""  # why the index last refused to park files (Daemon._park), said once
         self._feeder = threading.Thread(target=self._feed, name="feeder", daemon=True)
         self._sweeper = threading.Thread(target=self._sweep_on_demand, name="on-demand-sweep", daemon=True)
         self._analyzed_at, self._analyzed_rows = -1e9, 0
@@ -265,15 +264,18 @@ class Daemon:
     def _park(self, hidden: list[str], parked: list[str], now: float) -> list[str]:
         """Park the due files under the watch folders not there now (Index.park), and make those of the folders
         parked before and there again due now, however they came back (at the inotify limit, a mount between two
-        checks: watch() saw no return, and they waited the hour). The folders parked; the same when the index
-        refused (a full disk: the feeder walks past them meanwhile, as it did before they were parked)."""
+        checks: watch() saw no return). The folders parked; the same when the index refused (a full disk: the
+        feeder walks past them meanwhile, as it did before they were parked; said once)."""
         try:
             for folder in set(parked) - set(hidden):
                 self.index.retry_now(folder)
-            self.index.park(hidden, now, now + PARKED_S)
+            self.index.park(hidden, now)
         except sqlite3.Error as e:
-            log.warning("could not set aside the files under missing watch folders (%s); will retry", e)
+            if str(e) != self._park_refused:
+                log.warning("could not set aside the files under missing watch folders (%s); will retry", e)
+            self._park_refused = str(e)
             return parked
+        self._park_refused = ""
         return hidden
 
     def _hand_over(self, wait: bool = True) -> None:

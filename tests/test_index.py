@@ -847,13 +847,14 @@ def test_a_column_added_to_an_older_index_comes_with_its_fill_or_not_at_all(tmp_
 
 def test_files_under_a_watch_folder_not_there_are_parked_until_it_is_back(index: Index) -> None:
     """A drive of 400,000 files unplugged as a model re-tagged the library was walked past at every round of the
-    feeder (45 ms a round, against 0.1). Parked, they are due no more, wait for their folder (said as such), and
-    are due at once when it is back; a file changed meanwhile is not parked twice, nor one due later."""
+    feeder (45 ms a round, against 0.1). Parked, they are due no more, neither retrying nor due later (which status
+    and the idle feeder ask), and are due at once when their folder is back; one due later is not parked yet."""
     index.mark_pending([("/drive/a.wav", 0.0), ("/drive/b.wav", 0.0), ("/lib/k.wav", 0.0), ("/drive/later.wav", 50.0)])
-    assert index.park(["/drive"], now=10.0, until=3600.0) == 2
+    assert index.park(["/drive"], now=10.0) == 2
     assert [j.path for j in index.due_jobs(10, set(), 100.0)] == ["/lib/k.wav", "/drive/later.wav"]
-    assert [(f.state, f.error) for f in index.file_tags(["/drive/a.wav"])] == [("pending", index_module.WATCH_GONE)]
-    assert index.retrying() == (0, "") and index.park(["/drive"], now=10.0, until=3600.0) == 0
+    assert [(f.state, f.error) for f in index.file_tags(["/drive/a.wav"])] == [("pending", None)]
+    assert index.retrying() == (0, "") and index.park(["/drive"], now=10.0) == 0  # written once
+    assert not index.any_pending(["/drive"], due_after=100.0) and index.due_count(20.0) == 1
     assert index.retry_now("/drive") == 2  # back
     assert {j.path for j in index.due_jobs(10, set(), 100.0)} == {
         "/drive/a.wav",
