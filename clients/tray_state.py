@@ -121,6 +121,12 @@ def apply(state: TrayState, event: pb.Event) -> tuple[TrayState, list[Notice]]:
         return replace(state, training=event.training), []
     if kind == pb.Event.TRAINING_FINISHED:
         return replace(state, training=event.training), [_training_notice(event.training)]
+    if kind == pb.Event.FILE_FAILED and event.moved_from:  # a failure renamed: new or seen as it was
+        path, was = event.file.path, event.moved_from
+        failed_since = state.failed_since | ({path} if was in state.failed_since else set())
+        return replace(
+            state, failed_since=failed_since, looked_at=state.looked_at | ({path} if was in state.looked_at else set())
+        ), []
     if kind == pb.Event.FILE_FAILED and event.file.path in state.looked_at:
         return state, []
     if kind == pb.Event.FILE_FAILED and len(state.failed_since) < FAILED_KEPT:

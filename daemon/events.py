@@ -39,6 +39,7 @@ class Event:
     time: float = field(default_factory=time.time)
     status: dict[str, object] | None = None  # STATUS_CHANGED: the daemon's status() at that moment
     lost: int = 0  # EVENTS_LOST: how many
+    moved_from: str = ""  # FILE_TAGGED, FILE_FAILED of a file renamed or moved: its path before
 
 
 class Feed(queue.Queue["Event | None"]):

@@ -344,6 +344,7 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
                     status=status_pb(status) if status is not None else None,
                     training=train_progress_pb(e.training) if e.training else None,
                     lost=e.lost,
+                    moved_from=e.moved_from,
                 )
         finally:
             bus.unsubscribe(feed)

@@ -502,19 +502,21 @@ class Daemon:
             self.events.publish(Event(FILE_REMOVED, FileTags(p, "unknown", None, [])))
 
     def _moved(self, moved: list[tuple[str, str]]) -> None:
-        """Files renamed or moved: each old path removed, and the new one of a tagged file tagged, as a front end
-        hears them (a file moved over another replaced it, and the count changed). A failed one is no news (a
-        tray counted a folder of failures it had seen as new ones once renamed), a pending one is when read."""
+        """Files renamed or moved: each new path tagged or failed as it was, saying where from (a tray keeps a
+        failure it had seen as seen), then the old one removed (a file moved over another replaced it: the count
+        changed, and a broken one moved over a tagged one said nothing of it). A file not read yet is said when it
+        is read (FILE_TAGGED of a file with no tags: a pending one had no news)."""
         self.status_events.changed()
         if 2 * len(moved) > self.events.queue_size:
             self.events.lost(2 * len(moved))
             return
         if self.events.subscribers:
-            for old, _ in moved:
+            now = {f.path: f for f in self.index.file_tags([new for _, new in moved])}
+            for old, new in moved:
+                if (found := now.get(new)) is not None and found.state in ("indexed", "failed"):
+                    kind = FILE_TAGGED if found.state == "indexed" else FILE_FAILED
+                    self.events.publish(Event(kind, found, moved_from=old))
                 self.events.publish(Event(FILE_REMOVED, FileTags(old, "unknown", None, [])))
-            for now in self.index.file_tags([new for _, new in moved]):
-                if now.state == "indexed":
-                    self.events.publish(Event(FILE_TAGGED, now))
 
     # -- models --------------------------------------------------------------------------------------
     def _follow_models(self) -> None:

@@ -1081,7 +1081,7 @@ def test_events_alone_follow_a_watch_folder_going_coming_back_and_removed(
         wait_for(lambda: seen)  # (its first snapshot)
         first, second, third = sorted(dropped)
         renamed = str(library / "renamed.wav")
-        os.rename(library / "bad.wav", library / "bad2.wav")  # a failure seen already: not a new one (a tray's count)
+        os.rename(library / "bad.wav", library / "bad2.wav")  # failed as it was, said where from (a tray's count)
         os.rename(first, renamed)
         os.rename(second, third)  # over another: it replaced it
         tagged = lambda: {e.file.path: e.file.tags[0].tag for e in seen if e.kind == pb.Event.FILE_TAGGED}  # noqa: E731
@@ -1089,7 +1089,15 @@ def test_events_alone_follow_a_watch_folder_going_coming_back_and_removed(
         wait_for(lambda: renamed in tagged() and third in tagged() and {first, second} <= removed(), timeout=10)
         assert (tagged()[renamed], tagged()[third]) == (dropped[first], dropped[second])  # tags and all, not read
         assert daemon.client.status().indexed == 2 and str(library / "bad.wav") in removed()
-        assert not [e for e in seen if e.kind == pb.Event.FILE_FAILED], seen
+        moves = [(e.kind, e.file.path, e.moved_from) for e in seen if e.moved_from]
+        assert moves == [
+            (pb.Event.FILE_FAILED, str(library / "bad2.wav"), str(library / "bad.wav")),
+            (pb.Event.FILE_TAGGED, renamed, first),
+            (pb.Event.FILE_TAGGED, third, second),
+        ], moves
+        broken = str(library / "bad2.wav")
+        os.rename(broken, renamed)  # a broken file over a tagged one: the path fails, not kept tagged
+        wait_for(lambda: (pb.Event.FILE_FAILED, renamed, broken) in [(e.kind, e.file.path, e.moved_from) for e in seen])
 
         def missing_said() -> list[list[str]]:
             return [list(e.status.missing_watches) for e in seen if e.kind == pb.Event.STATUS_CHANGED]

@@ -314,3 +314,21 @@ def test_tray_without_pyside6_says_so_first(home: Path, tmp_path: Path, monkeypa
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     proc = vibrary("tray", home=home, check=False)
     assert proc.returncode == 1 and "the tray needs PySide6" in proc.stderr, proc.stderr
+
+
+def test_a_failure_renamed_stays_as_it_was_seen_or_new() -> None:
+    """A renamed folder of failures the user had looked at came back as new ones (each new path a failure
+    never seen), or said nothing of them: a failure moved is said with where it was, and keeps how it was seen."""
+    seen = pb.FileTags(path="/lib/Pack/a.wav", error="truncated")
+    state = ts.errors_seen(ts.with_errors(feed(ts.TrayState(), changed(indexed=6, failed=1))[0], [seen]))
+    moved = pb.Event(kind=pb.Event.FILE_FAILED, file=pb.FileTags(path="/lib/Pack 2/a.wav", error="truncated"))
+    moved.moved_from = seen.path
+    gone = pb.Event(kind=pb.Event.FILE_REMOVED, file=pb.FileTags(path=seen.path))
+    state, _ = feed(state, moved, gone, changed(indexed=6, failed=1))
+    assert ts.view(state).icon == ts.Icon.IDLE and state.looked_at == {"/lib/Pack 2/a.wav"}
+    new = pb.Event(kind=pb.Event.FILE_FAILED, file=pb.FileTags(path="/lib/b.wav", error="x"))
+    state, _ = feed(state, new, changed(indexed=6, failed=2))
+    moved = pb.Event(kind=pb.Event.FILE_FAILED, file=pb.FileTags(path="/lib/c.wav", error="x"), moved_from="/lib/b.wav")
+    state, _ = feed(state, moved, pb.Event(kind=pb.Event.FILE_REMOVED, file=pb.FileTags(path="/lib/b.wav")))
+    assert state.failed_since == {"/lib/c.wav"}  # new still, under its new name
+    assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: 1 new file could not be read"

@@ -639,6 +639,7 @@ class Event(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     TRAINING_FIELD_NUMBER: _builtins.int
     LOST_FIELD_NUMBER: _builtins.int
+    MOVED_FROM_FIELD_NUMBER: _builtins.int
     kind: Global___Event.Kind.ValueType
     time: _builtins.float
     """unix seconds"""
@@ -646,6 +647,10 @@ class Event(_message.Message):
     """MODEL_CHANGED, MODEL_INSTALLED: NAME@VERSION"""
     lost: _builtins.int
     """EVENTS_LOST"""
+    moved_from: _builtins.str
+    """FILE_TAGGED, FILE_FAILED: the path the file had before it was renamed or moved in the library, its tags or
+    error as they were (nothing read); a FILE_REMOVED of that path follows. Empty for a file read.
+    """
     @_builtins.property
     def file(self) -> Global___FileTags:
         """FILE_* events"""
@@ -668,10 +673,11 @@ class Event(_message.Message):
         status: Global___Status | None = ...,
         training: Global___TrainProgress | None = ...,
         lost: _builtins.int = ...,
+        moved_from: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "status", b"status", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "kind", b"kind", "lost", b"lost", "model", b"model", "status", b"status", "time", b"time", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["file", b"file", "kind", b"kind", "lost", b"lost", "model", b"model", "moved_from", b"moved_from", "status", b"status", "time", b"time", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

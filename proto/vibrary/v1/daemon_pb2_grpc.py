@@ -266,7 +266,8 @@ class DaemonServicer:
 
     def Events(self, request, context):
         """Live feed for front ends: files tagged, failed or removed (a watch folder removed: each of its files; a
-        file renamed or moved in the library: its old path removed, its new one tagged as it was, no audio read),
+        file renamed or moved in the library: its new path tagged or failed as it was, with `moved_from`, then its
+        old path removed; one not read yet is said when it is),
         models changed, the status when it changes (counts, paused, missing watch folders, …). The first event
         is always STATUS_CHANGED, the status as it stands. A reader too slow for it is told what it missed
         (EVENTS_LOST), never left with a gap unsaid. When the daemon stops the stream ends (OK, or UNAVAILABLE
