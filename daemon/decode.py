@@ -174,7 +174,7 @@ def decode(path: str, params: SpectrogramParams) -> np.ndarray:
             if audio.shape[0] == frames and _loudness(audio, peak) < INAUDIBLE:
                 audio = _from_first_sound(f, frames, audio)
                 peak = _peak(audio)
-            elif audio.size and (trimmed := _past_silence(f, audio)) is not audio:
+            elif audio.size and (trimmed := _past_silence(f, frames, audio)) is not audio:
                 audio, peak = trimmed, _peak(trimmed)
     except sf.LibsndfileError as e:
         check_readable(path)  # gone or locked since the first check: say that, not libsndfile's guess
@@ -283,16 +283,21 @@ FIRST_LOOK = 4096  # frames looked at first for a sound: most one-shots start wi
 SHORTEST_SKIP_S = 0.01  # a silence before the first sound shorter than this stays: it moves no spectrogram frame
 
 
-def _past_silence(f: sf.SoundFile | FFmpegFile, opening: np.ndarray) -> np.ndarray:
-    """The opening read (of some sound) from its first sound on, read on to its length; as it is when it opens
-    loud (CLEARLY_LOUD: a cosine at its crest moves less than INAUDIBLE from one sample to the next) or within
-    SHORTEST_SKIP_S of its start."""
-    if not np.abs(opening[0]).max() < CLEARLY_LOUD:
-        return opening
+def _past_silence(f: sf.SoundFile | FFmpegFile, frames: int, opening: np.ndarray) -> np.ndarray:
+    """The opening read (`frames` of it, or the whole file) from its first sound on, read on to its length: past
+    silence, or a DC offset held before the sound (a converter's, at -39 dBFS: heard as a tom, every file alike);
+    as it is when the sound starts within SHORTEST_SKIP_S (a loud start: a cosine at its crest moves less than
+    INAUDIBLE from one sample to the next for a few samples) or the file is that one value throughout. A read on
+    that fails (a file cut short past its opening) keeps what was read, as the opening alone was before."""
     start = _first_audible(opening, opening[0])
+    if start < 0 and len(opening) == frames and np.isfinite(opening[0]).all():  # one offset throughout: read on
+        return _from_first_sound(f, frames, opening)
     if start < SHORTEST_SKIP_S * f.samplerate:
         return opening
-    more = _read(f, start)
+    try:
+        more = _read(f, start)
+    except (FFmpegError, sf.LibsndfileError, RuntimeError):
+        more = opening[:0]
     return np.concatenate([opening[start:], more]) if len(more) else opening[start:]
 
 
