@@ -44,6 +44,7 @@ def _cancel_daemons(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from vibrary.daemon.training import (
         CANCEL_UNSENT,
+        HELD_OUT,
         LEFT_TO_OTHERS,
         LOST_TRAINER,
         OWN_CLIPS,
@@ -231,8 +232,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "version": row.version,
         "classes": list(row.classes),
         # a number, as shared/interfaces.md has it (null broke scripts that read it as one); when no clip was
-        # held out, on folds of them held out in turn (tags the demo knows: a fit of a second each), else on the
-        # clips it learned from, and `accuracy_of` says which
+        # held out, on folds of them held out in turn (each scored by a fit of a second on the others), or with no
+        # base to fit on, on the clips it learned from, and `accuracy_of` says which
         "val_accuracy": round(accuracy, 4),
         "accuracy_of": trained.accuracy_of,
         "val_clips": trained.summary.get("val_clips"),
@@ -241,7 +242,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "summary": trained.summary,
     }
     human = f"installed and activated {row.ref}: validation accuracy {trained.val_accuracy:.1%}"
-    if trained.summary.get("folds"):  # a small dataset of tags the demo knows: each fold held out in turn
+    if trained.accuracy_of != HELD_OUT and not nothing_held_out:  # a small dataset: folds held out in turn
         human += f" on {trained.accuracy_of}"
     if nothing_held_out:
         human = (

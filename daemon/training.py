@@ -406,10 +406,11 @@ def _installed(
                 continue
             plots.append(str(target))
     # with no clip held out there is no validation accuracy: the API said 0.0, the CLI the training's
-    held_out = summary.get("val_clips") != 0 or bool(summary.get("folds"))
+    folds = summary.get("folds") or summary.get("folds_stand_in")
+    held_out = summary.get("val_clips") != 0 or bool(folds)
     accuracy = float(summary.get("val_accuracy" if held_out else "train_accuracy", report.state.val_accuracy))
-    folds = FOLDS_STAND_IN if summary.get("folds_stand_in") else FOLDS_HELD_OUT
-    accuracy_of = folds.format(summary["folds"]) if summary.get("folds") else HELD_OUT if held_out else OWN_CLIPS
+    in_turn = FOLDS_STAND_IN if summary.get("folds_stand_in") else FOLDS_HELD_OUT
+    accuracy_of = in_turn.format(folds) if folds else HELD_OUT if held_out else OWN_CLIPS
     fitted = known_said(summary, row.classes)
     said = f"installed and activated {row.ref}" + (f"; {fitted}" if fitted else "")
     report(state="succeeded", model=row.ref, val_accuracy=accuracy, accuracy_of=accuracy_of, plots=plots, message=said)

@@ -55,8 +55,8 @@ def train_to_files(
     if cancelled():
         raise Cancelled("training cancelled")
     title = f"{name}: {len(manifest.classes)} classes, {result.train_clips} training clips"
-    # a dataset too small to hold clips out trains on all of them: its matrix is of those, and says so (a fit
-    # from known rows is measured on the held-out clips, then fitted on them too: trainer/train.py, _fit_known)
+    # a dataset too small to hold clips out trains on all of them: its matrix is of folds of them held out in
+    # turn (train._folds_held_out), or of the training clips with no base to fit on, and says which
     matrix_title = (
         f"{name}\nheld-out clips"
         if result.val_clips

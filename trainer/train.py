@@ -89,8 +89,9 @@ class TrainResult:
     centroids: np.ndarray | None = None  # (classes, EMBED), unit length: see familiarity()
     familiar_from: float = -1.0  # the familiarity a clip needs to be one of the classes
     known: list[str] = field(default_factory=list)  # the tags fitted from what the base knows of them (known.py)
-    folds: int = 0  # with no clip held out, the folds of them held out in turn from a fit from known rows
-    # ... scored by a head fitted on the base's embedding, standing in for a training of new tags over epochs
+    folds: int = 0  # with no clip held out, the folds of them held out in turn, each scored by a fit on the others
+    # ... on the base's embedding, standing in for a training of new tags over epochs (not a fit from known rows,
+    # which is the model itself): said as `folds_stand_in`, which a daemon from before it does not take for folds
     folds_stand_in: bool = False
 
     def summary(self) -> dict[str, object]:
@@ -100,8 +101,7 @@ class TrainResult:
         if self.folds:  # both (a daemon from before folds reads train_accuracy, and known_said judges by it)
             measured = {"val_accuracy": self.val_accuracy, "train_accuracy": self.train_accuracy}
         return {
-            **({"folds": self.folds} if self.folds else {}),
-            **({"folds_stand_in": True} if self.folds_stand_in else {}),
+            **({"folds_stand_in" if self.folds_stand_in else "folds": self.folds} if self.folds else {}),
             **{k: round(v, 4) for k, v in measured.items()},
             "best_epoch": self.best_epoch,
             "epochs_run": len(self.history),
@@ -276,16 +276,17 @@ def train(
         )
         progress(Progress(FITTING, 1, 1, result.history[0]["train_loss"], result.history[0]["val_accuracy"]))
     elif base is not None:
-        order = rng.permutation(train_idx)
-        _imprint(net, order, labels, batch, n_classes=len(manifest.classes), batch_size=config.batch_size)
         if not len(val_idx) and known is not None:  # new tags, too few clips to hold any out: folds of them
-            # are scored in turn by a head on the base's embedding of the others (seconds; five trainings over
-            # epochs would take minutes): `train --json` said the training clips' accuracy, 1.0 of any pack
+            # are scored in turn by a head on the base's embedding of the others, as the base is (its batch norm
+            # too, which its known rows were fitted on): seconds, where five trainings over epochs would take
+            # minutes; `train --json` said the training clips' accuracy, 1.0 of any pack
             embedded, y = _embedded(net, train_idx, batch, config.batch_size)
             n = len(manifest.classes)
             held, result.folds = _folds_held_out(known, embedded, y, [None] * n, config.known_pull, cancelled)
             _, result.val_accuracy, result.confusion = _scored(held, n)
             result.folds_stand_in = True
+        order = rng.permutation(train_idx)
+        _imprint(net, order, labels, batch, n_classes=len(manifest.classes), batch_size=config.batch_size)
     best_state, best_acc, since_best = copy.deepcopy(net.state_dict()), -math.inf, 0  # scores can be < -1
     n_classes = len(manifest.classes)
     key = ""  # hashing every clip costs a pass over the dataset: only for a training that checkpoints
@@ -532,7 +533,7 @@ def _fit_known(
     )
 
 
-FOLDS = 5  # a small dataset's folds, each held out in turn from a fit from known rows
+FOLDS = 5  # a small dataset's folds, each held out in turn from a fit on the others
 
 
 def _folds_held_out(
