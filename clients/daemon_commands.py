@@ -286,6 +286,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         human += f"\nmodel {ref} tags nothing: {FAILING.format(ref=ref)} ({error})"
     if s.missing_watches:
         human += "\nmissing watch folders (moved, renamed or unmounted?): " + ", ".join(map(_shown, s.missing_watches))
+        if s.waiting_for_watches:  # (the pending count alone said nothing of why it did not move)
+            human += f"\n  the {many(s.pending)} pending wait for them: read once they are back"
         human += f"\n  {MISSING_FIX}"
     if s.unfollowed_links:
         human += "\nlinked folders, not followed (their files are not indexed; add where they lead as watches):"

@@ -457,6 +457,7 @@ def test_files_of_a_drive_unplugged_before_they_were_read_say_indexing_waits_for
     wait_for(lambda: daemon.client.status().waiting_for_watches, timeout=10)
     assert daemon.client.status().pending == 3
     assert json.loads(vibrary("status", "--json", home=daemon.home).stdout)["waiting_for_watches"] is True
+    assert "the 3 files pending wait for them: read once they are back" in vibrary("status", home=daemon.home).stdout
     (tmp_path / "unplugged").rename(library)
     wait_for(lambda: _indexed(daemon.client, 3), timeout=30)
     assert not daemon.client.status().waiting_for_watches
