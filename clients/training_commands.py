@@ -300,14 +300,14 @@ def _what_the_progress_did_not_say(summary: dict[str, Any], options: str, tags: 
 
 
 def cmd_trainer(args: argparse.Namespace) -> int:
-    data = Path(args.data) if getattr(args, "data", "") else config.home() / "trainer"
-    if args.action == "token":
-        return _trainer_token(args, data)
-    if args.action == "health":
+    if args.action == "health":  # (a container's HEALTHCHECK: no home of Vibrary's needed, nor made)
         return _trainer_health(args)
+    data = Path(args.data) if getattr(args, "data", "") else None  # (a cloud job's instance has no home)
+    if args.action == "token":
+        return _trainer_token(args, data or config.home() / "trainer")
     try:
         if args.action == "run-s3":
-            from vibrary.trainer.s3job import run_job
+            from vibrary.trainer.s3job import JobFailed, run_job
         else:
             from vibrary.trainer.service import TrainerBusy, serve
     except ImportError as e:
@@ -316,7 +316,11 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         ) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.action == "run-s3":
-        return run_job(args.url)
+        try:
+            return run_job(args.url)
+        except JobFailed as e:  # a traceback, and no {"error": …} line under --json
+            raise CommandError(f"cloud job failed: {e}") from None
+    data = data or config.home() / "trainer"
     token = args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", "")
     cert, key = (Path(p).read_bytes() if p else None for p in (args.tls_cert, args.tls_key))
     try:

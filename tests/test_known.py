@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -114,7 +115,8 @@ def test_a_dataset_too_small_to_hold_clips_out_is_measured_on_folds_held_out_in_
     so each fold of the clips is held out in turn. Labels that mean nothing read near chance then."""
     rows = known.load("demo")
     base, name = load_base("demo")
-    codes, labels, groups = spectrograms(10, 0)
+    codes, labels, _ = spectrograms(10, 0)
+    groups = ["one folder"] * len(labels)  # (a tag from several is held out a folder at a time: below)
     manifest = shards.write("fx", EFFECTS, P, codes, labels, groups)[0]
     result = train(manifest, codes, labels, np.array(groups), TrainConfig(seed=0), base, name, known=rows)
     assert (result.val_clips, result.folds) == (0, 5) and result.confusion.sum() == len(labels)  # each clip once
@@ -280,7 +282,8 @@ def test_new_tags_too_few_to_hold_out_are_measured_on_folds_by_a_quick_fit() -> 
     base's embedding of the others, said as such: labels that mean nothing read near chance then."""
     rows = known.load("demo")
     base, name = load_base("demo")
-    codes, labels, groups = spectrograms(10, 0)
+    codes, labels, _ = spectrograms(10, 0)
+    groups = ["one folder"] * len(labels)
     manifest = shards.write("own", [f"mine {i}" for i in range(len(EFFECTS))], P, codes, labels, groups)[0]
     config = TrainConfig(epochs=2, seed=0)
     result = train(manifest, codes, labels, np.array(groups), config, base, name, known=rows)
@@ -290,3 +293,25 @@ def test_new_tags_too_few_to_hold_out_are_measured_on_folds_by_a_quick_fit() -> 
     noise = np.random.default_rng(0).permutation(labels)
     shuffled = train(manifest, codes, noise, np.array(groups), config, base, name, known=rows)
     assert result.val_accuracy > 0.8 and shuffled.val_accuracy < 0.5, (result.summary(), shuffled.summary())
+
+
+def test_folds_hold_out_whole_folders_of_a_tag_that_has_several() -> None:
+    """Clips of one folder are alike: a fold checked beside its folder's other clips read 10-20 points higher
+    than files of another pack. A tag from several folders (--labels suggest) holds out each folder whole."""
+    from vibrary.trainer import train as train_module
+
+    labels = torch.tensor([0] * 20 + [1] * 10)
+    sources = np.array([7] * 10 + [9] * 10 + [3] * 10)  # tag 0 from two folders, tag 1 from one
+    embedded = torch.eye(len(labels), 128)  # each clip its own row: which ones a fit saw, read back
+    seen: list[set[int]] = []
+
+    class Fit:
+        def fit(self, e: Any, y: Any, rows: object, pull: float) -> tuple[float, Any, Any]:
+            seen.append(set(e.argmax(1).tolist()))
+            return 0.0, torch.zeros(2, 128), torch.zeros(2)
+
+    fit: Any = Fit()  # (only its fit is called)
+    _, folds = train_module._folds_held_out(fit, embedded, labels, sources, [None, None], 0.0, lambda: False)
+    left_out = [set(range(30)) - s for s in seen]
+    assert folds == 5 and [{i for i in out if i < 20} for out in left_out][:2] == [set(range(10)), set(range(10, 20))]
+    assert all(len(out & set(range(20, 30))) == 2 for out in left_out)  # one folder: runs of it, as before

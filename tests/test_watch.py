@@ -1047,7 +1047,7 @@ def test_a_deletion_the_index_refused_is_found_by_a_scan_of_its_folder(
         kick = lib / "kick.wav"
         kick.write_bytes(b"RIFF")
         wait_for(lambda: _pending(index) == {str(kick)})
-        remove_paths, refused = index.remove_paths, []
+        remove_paths, refused = index.remove_paths, list[list[str]]()
 
         def once_refused(paths: list[str]) -> list[str]:
             if not refused:

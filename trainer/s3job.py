@@ -155,7 +155,8 @@ class _Checkpoints:
 
 
 def run_job(url: str) -> int:
-    """Run the job at s3://BUCKET/jobs/ID/job.json; 0 when its model is in the bucket, 1 otherwise."""
+    """Run the job at s3://BUCKET/jobs/ID/job.json; 0 when its model is in the bucket, else JobFailed (said in
+    the bucket's progress.json too, where it could be written: the user's machine reads it there)."""
     import boto3
 
     bucket, key = parse_s3_url(url)
@@ -167,10 +168,16 @@ def run_job(url: str) -> int:
             return _run(s3, bucket, key, prefix, report, _Checkpoints(s3, bucket, f"{prefix}checkpoint.pt", scratch))
     except Exception as e:  # whatever it was, the user's machine must hear of it, not wait for hours
         log.exception("cloud job %s failed", url)
-        report(
-            "FAILED", force=True, error=str(e) if isinstance(e, (ValueError, KeyError)) else f"{type(e).__name__}: {e}"
-        )
-        return 1
+        why = str(e) if isinstance(e, (ValueError, KeyError)) else f"{type(e).__name__}: {e}"
+        try:
+            report("FAILED", force=True, error=why)
+        except Exception as unsent:  # (no credentials, no PutObject: the bucket cannot hear it either)
+            raise JobFailed(f"{why}; and its failure could not be written to the bucket: {unsent}") from None
+        raise JobFailed(why) from None
+
+
+class JobFailed(RuntimeError):
+    """A cloud job that ended without a model in the bucket: why."""
 
 
 def _require_gpu() -> None:

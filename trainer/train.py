@@ -271,9 +271,8 @@ def train(
     if rows is not None and known is not None:
         result.known = [tag for tag, i in zip(manifest.classes, rows, strict=True) if i is not None]
         progress(Progress(FITTING, 0, 1))  # a pass over every clip comes first (no epoch: "epoch 1/1" was said)
-        _fit_known(
-            net, result, known, rows, config.known_pull, (train_idx, val_idx), batch, config.batch_size, cancelled
-        )
+        split = (train_idx, val_idx)
+        _fit_known(net, result, known, rows, config.known_pull, split, groups, batch, config.batch_size, cancelled)
         progress(Progress(FITTING, 1, 1, result.history[0]["train_loss"], result.history[0]["val_accuracy"]))
     elif base is not None:
         if not len(val_idx) and known is not None:  # new tags, too few clips to hold any out: folds of them
@@ -282,7 +281,9 @@ def train(
             # minutes; `train --json` said the training clips' accuracy, 1.0 of any pack
             embedded, y = _embedded(net, train_idx, batch, config.batch_size)
             n = len(manifest.classes)
-            held, result.folds = _folds_held_out(known, embedded, y, [None] * n, config.known_pull, cancelled)
+            held, result.folds = _folds_held_out(
+                known, embedded, y, groups[train_idx], [None] * n, config.known_pull, cancelled
+            )
             _, result.val_accuracy, result.confusion = _scored(held, n)
             result.folds_stand_in = True
         order = rng.permutation(train_idx)
@@ -499,6 +500,7 @@ def _fit_known(
     rows: list[int | None],
     pull: float,
     split: tuple[np.ndarray, np.ndarray],
+    groups: np.ndarray,
     batch: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
     batch_size: int,
     cancelled: Callable[[], bool] = lambda: False,
@@ -515,7 +517,7 @@ def _fit_known(
     loss, weight, bias = known.fit(embedded[:n], labels[:n], rows, pull)
     held = [(embedded[n:] @ weight.T + bias, labels[n:])]
     if not len(val_idx):  # too few to hold clips out: each fold of them in turn, as a fit takes a second
-        held, result.folds = _folds_held_out(known, embedded, labels, rows, pull, cancelled)
+        held, result.folds = _folds_held_out(known, embedded, labels, groups[train_idx], rows, pull, cancelled)
     val_loss, result.val_accuracy, result.confusion = _scored(held, len(rows))
     if len(val_idx):
         _, weight, bias = known.fit(embedded, labels, rows, pull)
@@ -540,6 +542,7 @@ def _folds_held_out(
     known: Known,
     embedded: torch.Tensor,
     labels: torch.Tensor,
+    sources: np.ndarray,
     rows: list[int | None],
     pull: float,
     cancelled: Callable[[], bool],
@@ -549,13 +552,19 @@ def _folds_held_out(
     files scored 0.78) as its validation's. Each tag's clips are cut into up to FOLDS runs in the dataset's order
     (by path as its folders were read, an add's files after them: the layers of one hit, `Kick_01a`, `Kick_01b`,
     stay in one fold, not each checked beside its twin); a tag has two clips at least (shards.too_few), so every
-    fit has clips of every tag, and a dataset whose tags all have two clips makes two folds. Clips of one folder
-    are alike: it reads high still."""
+    fit has clips of every tag, and a dataset whose tags all have two clips makes two folds. A tag whose clips
+    come from several folders (`sources`, the dataset's groups: --labels suggest) holds out whole folders in turn,
+    as validation does (split_by_group): clips of one folder are alike, and a fold beside its folder's other
+    clips read 10-20 points higher than files of another pack. With one folder a tag, it reads high still."""
     y = labels.numpy()
     fold = np.zeros(len(y), np.int64)
     for c in np.unique(y):
         members = np.flatnonzero(y == c)
-        fold[members] = np.arange(len(members)) * FOLDS // len(members)
+        folders = np.unique(sources[members])
+        if len(folders) >= 2:
+            fold[members] = np.searchsorted(folders, sources[members]) % FOLDS
+        else:
+            fold[members] = np.arange(len(members)) * FOLDS // len(members)
     held = []
     for f in range(FOLDS):
         if cancelled():  # (seconds each on thousands of clips)
