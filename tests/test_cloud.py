@@ -1131,3 +1131,18 @@ def test_an_instance_whose_uploader_went_quiet_ends_instead_of_waiting_hours(
     assert time.monotonic() - started < 30  # not SHARD_WAIT_S
     progress = json.loads(s3.get_object(Bucket=BUCKET, Key="jobs/x/progress.json")["Body"].read())
     assert progress["state"] == "WAITING"  # (it waited while the uploader was heard)
+
+
+def test_a_cloud_job_that_cannot_reach_its_bucket_says_so_as_a_command_error(home: Path) -> None:
+    """With no credentials (an instance role missing), the job's failure could not be written either, and the
+    command ended in a two-screen traceback with no `{"error": …}` line under --json."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(VIBRARY_HOME=str(home), AWS_EC2_METADATA_DISABLED="true", AWS_DEFAULT_REGION="us-east-1")
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(home / "none"), AWS_CONFIG_FILE=str(home / "none"))
+    argv = [sys.executable, "-m", "vibrary.clients.cli", "trainer", "run-s3", "--json", "s3://b/jobs/x/job.json"]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    *_, last = proc.stdout.splitlines()
+    said = json.loads(last)
+    assert proc.returncode == 1 and said["exit_status"] == 1  # the job's own log keeps its traceback, then:
+    assert proc.stderr.splitlines()[-1] == f"vibrary: {said['error']}"
+    assert said["error"].startswith("cloud job failed: NoCredentialsError") and "could not be written" in said["error"]
