@@ -55,12 +55,16 @@ def cmd_tag(args: argparse.Namespace) -> int:
     else:
         rows = index.active_models()
     models = load_models(index, rows)
-    if not models and rows:  # ("activate one" of a model that was active, its file gone or damaged)
+    # every model asked for by name, or at least one active one: `--model mine --model demo` with mine damaged
+    # tagged with demo alone, exit 0, mine's tags missing from every line unsaid
+    unloaded = [row for row in rows if row.id not in {m.id for m in models}]
+    if unloaded and (args.model or not models):  # ("activate one" of a model that was active, its file gone)
         why = "; ".join(
             f"{row.ref}: {'it could not be loaded' if registry.usable(row) else 'its file is missing or damaged'}"
-            for row in rows
+            for row in unloaded
         )
-        raise CommandError(f"no usable model ({why}): `vibrary models list` says how to mend it")
+        said = f"{many(len(unloaded), 'model')} asked for cannot be used" if models else "no usable model"
+        raise CommandError(f"{said} ({why}): `vibrary models list` says how to mend it")
     if not models:
         raise CommandError("no usable model: activate one with `vibrary models activate NAME`")
     names = {m.id: m.ref.split("@")[0] for m in models}
@@ -388,7 +392,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         known = {m.id for m in before}
         # a rollback undone by installing a newer file again said only "already installed": say what changes
         was = next((m for m in before if m.active and m.name == row.name and m.id != row.id), None)
-        obj = {"model": row.name, "version": row.version, "classes": list(row.classes), "active": not args.inactive}
+        # (`active` as it is: the same file installed again --inactive leaves its version as it was)
+        obj = {"model": row.name, "version": row.version, "classes": list(row.classes), "active": row.active}
         obj["installed"] = row.id not in known  # False: the same file was installed already, as this version
         said = "installed" if obj["installed"] else "already installed as"
         human = f"{said} {row.ref} ({len(row.classes)} classes)"
@@ -408,12 +413,15 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     try:
         name, version = parse_ref(args.ref)
+    except ValueError as e:
+        raise CommandError(str(e.args[0])) from None
+    if args.action == "remove" and args.all and version:  # (a usage error whether that version exists or not)
+        raise UsageError(f"--all removes every version of a model: give NAME, not {args.ref}")
+    try:
         row = index.model(name, version, active_first=args.action != "remove")
     except (KeyError, ValueError) as e:
         raise CommandError(str(e.args[0])) from None
     if args.action == "remove" and args.all:  # one command a version, each activating the one before
-        if version:
-            raise UsageError(f"--all removes every version of a model: give NAME, not {args.ref}")
         return _remove_all(args, index, home_dir, name)
     if args.action == "remove":
         try:

@@ -310,6 +310,18 @@ def test_models_commands(model_home: Path, tmp_path: Path) -> None:
     assert unusable.returncode == 1 and "no usable model (bands@1: its file is missing" in why, why
     assert "models list` says how to mend it" in why and "activate one" not in why
     os.rename(tmp_path / "away.onnx", path)
+    again = json_lines(vibrary("models", "install", "--inactive", "--json", path, home=model_home).stdout)[0]
+    assert (again["installed"], again["active"]) == (False, True)  # the same file: its version as it is
+    vibrary("models", "install", str(band_model(tmp_path / "other.onnx", name="other")), home=model_home)
+    (other,) = [
+        m["path"]
+        for m in json_lines(vibrary("models", "list", "--json", home=model_home).stdout)
+        if m["model"] == "other"
+    ]
+    Path(other).write_bytes(b"damaged")  # asked for by name beside a model that loads: said, not left out
+    both = vibrary("tag", "--model", "other", "--model", "bands", str(tmp_path / "a.wav"), home=model_home, check=False)
+    assert both.returncode == 1 and "1 model asked for cannot be used (other@1: " in both.stderr, both.stderr
+    vibrary("models", "remove", "other", home=model_home)
     vibrary("models", "deactivate", "bands", home=model_home)
     missing = vibrary("models", "install", "--json", str(tmp_path / "nope.onnx"), home=model_home, check=False)
     assert missing.returncode == 1 and f"{tmp_path / 'nope.onnx'}: no such file" in missing.stderr, missing.stderr
@@ -325,6 +337,10 @@ def test_models_commands(model_home: Path, tmp_path: Path) -> None:
     assert listed() == [("bands", 1, False), ("bands", 3, False), ("bands", 4, True)]
     said = vibrary("models", "remove", "bands@3", "--all", home=model_home, check=False)
     assert said.returncode == 2 and "give NAME, not bands@3" in said.stderr and len(listed()) == 3
+    said = vibrary(
+        "models", "remove", "bands@9", "--all", home=model_home, check=False
+    )  # (no such: usage all the same)
+    assert said.returncode == 2 and "give NAME, not bands@9" in said.stderr
     gone = json_lines(vibrary("models", "remove", "bands", "--all", "--json", home=model_home).stdout)
     assert gone == [{"model": "bands", "action": "remove", "versions": [1, 3, 4]}] and listed() == []
     assert not (config.models_dir(model_home) / "bands").exists()
