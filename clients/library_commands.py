@@ -162,7 +162,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         groups, excluded, respelled = respell(groups, excluded, known, table)
         n = _print_files(
             args,
-            c.search(groups, excluded, args.min_score, args.under or "", args.model or "", args.limit, best_first=True),
+            c.search(
+                groups, excluded, args.min_score, args.under or "", args.model or "", args.limit, bool(args.limit)
+            ),
         )
         unknown = _unknown_tags(known, groups, excluded, args.model or "", _inactive(models, args.model))
         if n == 0 and args.under and not os.path.isdir(args.under):  # a typo, as scripts must tell from no match
