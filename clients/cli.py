@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -47,6 +48,17 @@ def _listen(text: str) -> str:
     if text and not (":" in text and port.isascii() and port.isdigit() and int(port) < 65536):
         raise argparse.ArgumentTypeError(f"{text}: expected HOST:PORT, a port from 0 to 65535")
     return text
+
+
+def _seconds(text: str) -> float:
+    """A time to wait: above 0 and finite (0 or -1 failed a healthy trainer's check, inf or nan waited for ever)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < seconds < math.inf:
+        raise argparse.ArgumentTypeError(f"{text}: give a number of seconds above 0")
+    return seconds
 
 
 def _serve_on(text: str) -> str:
@@ -420,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="name the certificate is for (default: $VIBRARY_TRAINER_TLS_NAME, or the target's host)",
     )
-    a.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    a.add_argument("--timeout", type=_seconds, default=5.0, help="seconds (default 5)")
     a = actions.add_parser("run-s3", parents=[common], help="run one cloud training job: s3://BUCKET/jobs/ID/job.json")
     a.add_argument("url", metavar="S3_URL")
     p.set_defaults(func=cmd_trainer)

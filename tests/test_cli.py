@@ -115,6 +115,7 @@ def test_a_mistake_the_parser_catches_is_a_json_line_too(home: Path) -> None:
     """`search --limit 0 --json` printed argparse's usage on stderr and nothing on stdout, where the same
     script got `{"error": …}` for a mistake the command itself caught."""
     mistakes = [["search", "kick", "--limit", "0"], ["nosuchcmd"], ["tag", "--top", "0", "x.wav"]]
+    mistakes += [["trainer", "health", "--timeout", t] for t in ("0", "-1", "inf", "nan")]  # (a healthy one failed)
     named = [["models", "install", "--name", "bad name", "x.onnx"], ["tag", "--model", "bad name!", "x.wav"]]
     for args in [*mistakes, *named, ["counts", "--model", "a/b"]]:  # (no model can be so named: not "no such model")
         proc = vibrary(*args, "--json", home=home, check=False)
