@@ -111,8 +111,8 @@ class Client:
         of results excepted; a stream ends (DaemonNotRunning) once a ping after `keepalive_ms[0]` of silence
         is not answered within `keepalive_ms[1]` (a daemon suspended, hung, or across a network gone)."""
         _check_timeout(timeout)  # 0 failed every call at once with DEADLINE_EXCEEDED
-        if not target:  # looking for a daemon must not create a home
-            target = config.unix_target(config.socket_path(Path(home_dir or config.home(create=False))))
+        if not target:  # looking for a daemon must not create a home (`~/…` as VIBRARY_HOME takes it)
+            target = config.unix_target(config.socket_path(Path(home_dir or config.home(create=False)).expanduser()))
         self.target = target
         self.timeout = timeout
         try:

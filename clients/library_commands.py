@@ -63,8 +63,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
             f"{row.ref}: {'it could not be loaded' if registry.usable(row) else 'its file is missing or damaged'}"
             for row in unloaded
         )
-        said = f"{many(len(unloaded), 'model')} asked for cannot be used" if models else "no usable model"
-        raise CommandError(f"{said} ({why}): `vibrary models list` says how to mend it")
+        which = f"{many(len(unloaded), 'model')} asked for cannot be used" if models else "no usable model"
+        raise CommandError(f"{which} ({why}): `vibrary models list` says how to mend it")
     if not models:
         raise CommandError("no usable model: activate one with `vibrary models activate NAME`")
     names = {m.id: m.ref.split("@")[0] for m in models}

@@ -476,3 +476,12 @@ def test_a_client_refuses_a_timeout_it_cannot_keep_and_takes_a_home_or_an_alias_
                 list(c.tag(str(daemon.home), timeout=timeout))
             with pytest.raises(BadArgument, match="timeout must be a number of seconds above 0"):
                 c.suggest(str(daemon.home), timeout=timeout)
+
+
+def test_a_home_given_with_a_tilde_is_the_users_as_vibrary_home_takes_it(
+    daemon: DaemonProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """VIBRARY_HOME=~/x found the daemon; Client(home_dir="~/x") looked for ./~/x/daemon.sock, and said none ran."""
+    monkeypatch.setenv("HOME", str(daemon.home.parent))
+    with Client(home_dir=f"~/{daemon.home.name}") as c:
+        assert c.status().home == str(daemon.home)
