@@ -70,7 +70,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         raise _not_started(e, home_dir) from None
     daemon.start()
     try:
-        servers = serve(daemon, str(config.socket_path(home_dir)), args.listen, token)
+        servers, listening = serve(daemon, str(config.socket_path(home_dir)), args.listen, token)
     except ValueError as e:
         daemon.stop()
         raise _not_started(e, home_dir) from None
@@ -78,10 +78,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         logging.getLogger("vibrary.daemon").warning(
             "the API on %s is not encrypted: the token and your library's paths cross the network in the clear;"
             " on a network you do not trust, listen on 127.0.0.1 and reach it through `ssh -L`",
-            args.listen,
+            listening,
         )
     now = daemon.status()  # the active models, as status says them (the pipeline's: a version standing in too)
-    serving = {"serving": str(config.socket_path(home_dir)), "listen": args.listen or None, "pid": os.getpid()}
+    serving = {"serving": str(config.socket_path(home_dir)), "listen": listening or None, "pid": os.getpid()}
     if args.json:  # a script that starts a daemon knows from this line that it answers
         said = {"home": str(home_dir), "models": now["models"], "standing_in": now["standing_in"]}
         print(json.dumps({**serving, **said}), flush=True)

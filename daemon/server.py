@@ -741,8 +741,9 @@ def check_listening(socket_path: str, listen: str, token: str) -> str:
     return config.unix_target(socket_path)  # ValueError when too long to be a socket's path
 
 
-def serve(daemon: Daemon, socket_path: str, listen: str = "", token: str = "") -> list[grpc.Server]:
-    """Start the servers; the socket is created user-only (0600) before anyone can connect."""
+def serve(daemon: Daemon, socket_path: str, listen: str = "", token: str = "") -> tuple[list[grpc.Server], str]:
+    """Start the servers; the socket is created user-only (0600) before anyone can connect. The servers, and the
+    TCP address listened on as bound (`--listen 127.0.0.1:0` took a port nobody was told of), or ""."""
     target = check_listening(socket_path, listen, token)
     if os.path.exists(socket_path):
         os.unlink(socket_path)  # stale: the home lock proves no other daemon owns it
@@ -761,8 +762,8 @@ def serve(daemon: Daemon, socket_path: str, listen: str = "", token: str = "") -
     servers.append(unix)
     if listen:
         tcp = _server(daemon, token)
-        bind(tcp, listen)
+        listen = f"{listen.rpartition(':')[0]}:{bind(tcp, listen)}"
         tcp.start()
         servers.append(tcp)
     log.info("serving on unix:%s%s", socket_path, f" and {listen}" if listen else "")
-    return servers
+    return servers, listen

@@ -725,7 +725,7 @@ def test_status_wait_waits_for_the_folders_still_being_listed(
     config.Settings(settle_s=0.2, nice=0).save(model_home)  # in this process: pytest's own priority stays
     d = Daemon(model_home)
     d.start()
-    servers = serve(d, str(config.socket_path(model_home)))
+    servers, _ = serve(d, str(config.socket_path(model_home)))
     waiting = None
     try:
         d.add_watch(str(tmp_path / "lib"))

@@ -960,9 +960,10 @@ def test_a_daemon_listening_beyond_loopback_says_its_api_is_not_encrypted(
 
 
 def test_daemon_json_says_on_stdout_once_it_answers(model_home: Path) -> None:
+    """... and where: `--listen 127.0.0.1:0` said port 0, and nobody knew which it had taken."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vibrary.clients.cli", "daemon", "--json"],
-        env={**os.environ, "VIBRARY_HOME": str(model_home)},
+        [sys.executable, "-m", "vibrary.clients.cli", "daemon", "--json", "--listen", "127.0.0.1:0"],
+        env={**os.environ, "VIBRARY_HOME": str(model_home), "VIBRARY_TOKEN": "s3cret"},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -972,6 +973,9 @@ def test_daemon_json_says_on_stdout_once_it_answers(model_home: Path) -> None:
         said = json.loads(proc.stdout.readline())
         assert said["serving"] == str(config.socket_path(model_home)) and said["models"] == ["bands@1"]
         with Client(home_dir=model_home) as c:  # what the line promises: it answers
+            assert c.status(timeout=5).home == str(model_home)
+        assert said["listen"].startswith("127.0.0.1:") and not said["listen"].endswith(":0")
+        with Client(said["listen"], token="s3cret") as c:
             assert c.status(timeout=5).home == str(model_home)
     finally:
         proc.terminate()
@@ -1721,7 +1725,7 @@ def test_a_status_during_the_feeder_s_follow_of_a_model_change_waits_for_it(
     config.Settings(settle_s=0.2, nice=0).save(model_home)  # in this process: pytest's own priority stays
     d = service.Daemon(model_home)
     d.start()
-    servers = serve(d, str(config.socket_path(model_home)))
+    servers, _ = serve(d, str(config.socket_path(model_home)))
     real_load, loading = service.load_models, threading.Event()
 
     def slow_load(*args: object) -> object:
