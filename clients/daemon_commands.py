@@ -5,6 +5,7 @@ here too: `train` and `trainer serve` stop on a kill or a closed terminal the sa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import logging.handlers
@@ -142,13 +143,18 @@ def on_signals(handler: Callable[[int, Any], None], *signals: signal.Signals) ->
 
 def _stop_daemon(args: argparse.Namespace, home_dir: Path) -> int:
     """SIGTERM to the daemon that holds this home's lock, as Ctrl-C in its terminal would; waits until it
-    has let go (a training of its own is suspended on the way out, to go on at the next start)."""
+    has let go (a training of its own is suspended on the way out, to go on at the next start). One suspended
+    (^Z, SIGSTOP) is continued to hear it: it waited 60 s, and said only that the daemon had not stopped."""
+    import psutil
     from vibrary.daemon import pidlock
 
     pid = pidlock.holder(config.lock_path(home_dir))
     if pid is None:
         raise CommandError(f"no daemon is running for {home_dir}")
     os.kill(pid, signal.SIGTERM)
+    with contextlib.suppress(psutil.Error, OSError):
+        if psutil.Process(pid).status() == psutil.STATUS_STOPPED:
+            os.kill(pid, signal.SIGCONT)
     deadline = time.monotonic() + 60
     while pidlock.holder(config.lock_path(home_dir)) == pid:
         if time.monotonic() > deadline:

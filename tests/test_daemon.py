@@ -1161,6 +1161,11 @@ def test_daemon_stop_stops_the_daemon_of_this_home(model_home: Path) -> None:
     again = vibrary("daemon", "stop", home=model_home, check=False)
     assert again.returncode == 1 and "no daemon is running" in again.stderr
     d.client.close()
+    d = start_daemon(model_home)  # suspended (^Z): it waited 60 s, and said only that it had not stopped
+    d.proc.send_signal(signal.SIGSTOP)
+    vibrary("daemon", "stop", home=model_home, timeout=30)
+    assert d.proc.wait(timeout=30) == 0
+    d.client.close()
 
 
 def test_a_home_whose_name_has_uri_characters_is_served_and_found(model_home: Path, tmp_path: Path) -> None:
