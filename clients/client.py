@@ -318,6 +318,8 @@ class Client:
             groups, excluded = parse_query(all_of)  # a query that makes no sense is said before anything is asked
         else:
             groups, excluded = [[g] if isinstance(g, str) else list(g) for g in all_of], []
+        for word in (w for g in groups for w in g):  # (sent as the results are read: UnicodeEncodeError then)
+            word.encode()
         request = pb.SearchRequest(
             none_of=[*([none_of] if isinstance(none_of, str) else none_of)],
             # (None: unset) a daemon from before the field was optional reads 0 as unset: the least score above it

@@ -485,3 +485,13 @@ def test_a_home_given_with_a_tilde_is_the_users_as_vibrary_home_takes_it(
     monkeypatch.setenv("HOME", str(daemon.home.parent))
     with Client(home_dir=f"~/{daemon.home.name}") as c:
         assert c.status().home == str(daemon.home)
+
+
+def test_a_search_word_that_is_no_text_is_a_bad_argument_when_asked(daemon: DaemonProcess) -> None:
+    """A word of a name's undecodable bytes (surrogateescape) raised a bare UnicodeEncodeError as the results
+    were read, past the promise that everything the client raises is a VibraryError."""
+    from vibrary.clients.client import BadArgument
+
+    for query in ("\udce9", ["\udce9"]):
+        with pytest.raises(BadArgument, match="not valid UTF-8"):
+            daemon.client.search(query)
