@@ -170,6 +170,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if n == 0 and args.under and not os.path.isdir(args.under):  # a typo, as scripts must tell from no match
             if unknown:  # (a typo in the query too: said, without "0 files", which it is not)
                 print(f"vibrary{unknown}", file=sys.stderr)
+            with contextlib.suppress(VibraryError):  # a folder of a drive unplugged is no typo: said which
+                _say_missing(c, [args.under])
             raise CommandError(f"no folder {args.under} (--under)")
         if not args.json or unknown:  # (stderr is the human's with --json too: a typo was silent there)
             print(f"{many(n)}{unknown}", file=sys.stderr)

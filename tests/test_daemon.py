@@ -458,6 +458,8 @@ def test_files_of_a_drive_unplugged_before_they_were_read_say_indexing_waits_for
     assert daemon.client.status().pending == 3
     assert json.loads(vibrary("status", "--json", home=daemon.home).stdout)["waiting_for_watches"] is True
     assert "the 3 files pending wait for them: read once they are back" in vibrary("status", home=daemon.home).stdout
+    under = vibrary("search", "low", "--under", str(library), home=daemon.home, check=False)  # not a typo: said why
+    assert under.returncode == 1 and f"not there now, left out: the files under {library}" in under.stderr
     (tmp_path / "unplugged").rename(library)
     wait_for(lambda: _indexed(daemon.client, 3), timeout=30)
     assert not daemon.client.status().waiting_for_watches
