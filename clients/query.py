@@ -4,6 +4,7 @@ tray's search box and scripts (`Client.search("kick -acoustic")`), so the three 
 from __future__ import annotations
 
 import itertools
+import logging
 import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -136,10 +137,15 @@ def parse_query(
 
 
 def synonyms(home_dir: Path | None) -> Synonyms:
-    """The home's table of spellings (`vibrary synonyms`), the built-in one when the user's cannot be read."""
+    """The home's table of spellings (`vibrary synonyms`), the built-in one when the user's cannot be read (said:
+    a damaged file's aliases found nothing, and `search` said only that no model tags them)."""
     try:
         return Synonyms.load(home_dir)
-    except (OSError, ValueError):
+    except (OSError, ValueError) as e:
+        logging.getLogger(__name__).warning(
+            "vibrary: your synonyms cannot be read (%s): the built-in ones are used; `vibrary synonyms list` says more",
+            e,
+        )
         return Synonyms.load(None)
 
 

@@ -533,6 +533,10 @@ def test_search_words_that_look_like_options_and_model_filters(daemon: DaemonPro
     assert {Path(x["path"]).stem for x in json_lines(first.stdout)} == {"low"}
     assert found("low", "OR", "mid", "NOT", "mid") == {"low"}
     assert found("low|mid -mid") == found("low OR mid NOT mid") == {"low"}  # quoted whole: one tag, not found
+    (daemon.home / "synonyms.json").write_text('{"low": ["bottom"')  # damaged: its aliases found nothing, unsaid
+    damaged = vibrary("search", "bottom", home=daemon.home)
+    assert "your synonyms cannot be read" in damaged.stderr and "built-in ones are used" in damaged.stderr
+    (daemon.home / "synonyms.json").unlink()
     typo = vibrary("search", "hihg", "low", home=daemon.home)
     assert typo.stdout == "" and "0 files: no active model tags 'hihg' (did you mean 'high'?)" in typo.stderr
     either = vibrary("search", "low|hihg", home=daemon.home)  # a typo in an OR arm changed nothing, silently
