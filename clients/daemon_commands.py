@@ -167,12 +167,13 @@ def _stop_daemon(args: argparse.Namespace, home_dir: Path) -> int:
 # -- commands that talk to the daemon -------------------------------------------------------------------------
 def cmd_watch(args: argparse.Namespace) -> int:
     with Client() as c:
-        if args.action != "list":
-            folder = indexed_path(args.dir)  # as the daemon will hold it
-            watches = c.watches()
-            (c.add_watch if args.action == "add" else c.remove_watch)(args.dir)
-            if args.action == "add":  # (once added: `watch add /` said "holds 2 watch folders", then was refused)
-                _say_of_added(folder, watches)
+        folder = indexed_path(args.dir) if args.action != "list" else ""  # as the daemon will hold it
+        if args.action == "add":
+            watches = c.watches()  # (said once added: `watch add /` said "holds 2 watch folders", then was refused)
+            c.add_watch(args.dir)
+            _say_of_added(folder, watches)
+        elif args.action == "remove":
+            c.remove_watch(args.dir)
         found = c.watch_list()
     paths, missing, unwatched = list(found.paths), list(found.missing), list(found.unwatched)
     lines = [

@@ -143,8 +143,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 # -- commands that talk to the daemon -------------------------------------------------------------------------
 def cmd_search(args: argparse.Namespace) -> int:
-    # usage errors said before any daemon is asked: of the words as they are, and as they would be split
-    groups, excluded = _parsed(args.query)
+    # usage errors said before any daemon is asked: of the words as they are, and as they would be split (the
+    # query itself is read once the models say which words are tags with spaces, below)
+    _parsed(args.query)
     tags, left_out = _parsed([part for w in args.query for part in _as_words(w, lambda _: False)])
     if not tags and not left_out and not args.under:  # (`search " "`, a blank "$TAG": it listed the library)
         raise UsageError("give at least one tag to search for")
