@@ -679,9 +679,8 @@ class Watcher(FileSystemEventHandler):
                 self._mark(dst, time.time())
             if not is_dir and not is_audio_path(dst):
                 self._remove(src)
-        if (
-            moved
-        ):  # (a front end following events heard nothing of a rename, and later of a removal of a path new to it)
+        # (a front end following events heard nothing of a rename, and later of a removal of a path new to it)
+        if moved:
             self._on_moved(moved)
         if _exchanged(src, dst):  # each heard as a move onto the other, which gave one the other's rows and
             # dropped the second: both read again (by their content: no audio decoded again)
