@@ -1020,7 +1020,8 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         second = _train(c, "mine", AS_NEW)
         assert second.model == "mine@2" and "already knows" not in second.message
         # new tags (as new), too few clips to hold any out: folds scored by a quick fit, not the training clips' 1.0
-        assert second.accuracy_of == training.FOLDS_STAND_IN.format(5) and second.val_accuracy > 0.3, second
+        stand_in = [training.FOLDS_STAND_IN.format(n) for n in range(2, 6)]  # (folders held out whole, where several)
+        assert second.accuracy_of in stand_in and second.val_accuracy > 0.3, second
         thumps = [f.name for f in new if f.name.startswith("thump")]
 
         def thumps_say(tag: str, never: str) -> bool:
@@ -1103,7 +1104,8 @@ def _train(c: Client, name: str, options: dict[str, int]) -> pb.TrainProgress:
     assert c.status().training.state == pb.TrainProgress.SUCCEEDED
     assert max(u.uploaded_bytes for u in updates) == updates[-1].upload_bytes > 0
     done = updates[-1]  # 3 tags x 8 clips: none held out, and the API said "val 0.0" where the CLI had a figure
-    held = (training.FOLDS_STAND_IN.format(5), training.FOLDS_HELD_OUT.format(5))  # epochs, or a fit of known tags
+    # epochs, or a fit of known tags: on folds (of whole folders, where suggestions took a tag from several)
+    held = [f.format(n) for f in (training.FOLDS_STAND_IN, training.FOLDS_HELD_OUT) for n in range(2, 6)]
     assert done.accuracy_of in held and done.val_accuracy > 0.3, done
     assert {Path(p).suffix for p in done.plots} == {".png"} and all(Path(p).is_file() for p in done.plots)
     return done
@@ -1255,7 +1257,7 @@ def test_a_dataset_in_its_first_build_is_said_to_be_built_not_absent(home: Path,
     config.Settings(settle_s=0.2, nice=0).save(home)  # in this process: pytest's own priority stays
     d = Daemon(home)
     d.start()
-    servers = serve(d, str(config.socket_path(home)))
+    servers, _ = serve(d, str(config.socket_path(home)))
     halfway, release = threading.Event(), threading.Event()
 
     def slow_progress(n: int) -> None:
