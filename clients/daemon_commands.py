@@ -27,7 +27,7 @@ from vibrary.daemon.rpc import is_loopback
 from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client, DaemonCannotStart, DaemonNotAnswering, DaemonNotRunning
-from .output import _CONTROL, FAILING, UNUSABLE, Bar, CommandError, _out, _shown
+from .output import _CONTROL, FAILING, UNUSABLE, Bar, CommandError, _out, _shown, terminal_safe
 from .tray_state import looking_for_files, many
 
 
@@ -210,10 +210,14 @@ def _say_of_added(folder: str, watches: list[str]) -> None:
     covering = [w for w in watches if folder.startswith(under(w)[0])]
     inside = [w for w in watches if w.startswith(under(folder)[0])]
     if covering:
-        print(f"vibrary: {folder} is inside {covering[0]}, watched already; added all the same", file=sys.stderr)
+        said = f"vibrary: {folder} is inside {covering[0]}, watched already; added all the same"
+        print(terminal_safe(said), file=sys.stderr)
     elif inside:
         said = f"vibrary: {folder} holds {many(len(inside), 'watch folder')} already ({', '.join(inside)})"
-        print(f"{said}: each file is indexed once; `vibrary watch remove` them if you like", file=sys.stderr)
+        print(
+            terminal_safe(f"{said}: each file is indexed once; `vibrary watch remove` them if you like"),
+            file=sys.stderr,
+        )
     try:
         with os.scandir(folder) as entries:
             next(entries, None)

@@ -16,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 from vibrary.daemon import config
 
-from .output import Bar, CommandError, _out, _shown
+from .output import Bar, CommandError, _out, _shown, terminal_safe
 from .tray_state import many
 
 
@@ -278,9 +278,10 @@ def _say_skipped(failed: Sequence[tuple[str, str]], most: int | None = None) -> 
 
 
 def _say_few(lines: Sequence[str], most: int | None = None) -> None:
-    """Lines on stderr: all of them, or the first `most` and how many more."""
+    """Lines on stderr: all of them, or the first `most` and how many more (a name's control characters escaped:
+    a folder named with an escape sequence reached the terminal)."""
     for line in lines[:most]:
-        print(line, file=sys.stderr)
+        print(terminal_safe(line), file=sys.stderr)
     if most is not None and len(lines) > most:
         print(f"  … and {len(lines) - most} more", file=sys.stderr)
 

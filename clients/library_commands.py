@@ -36,6 +36,7 @@ from .output import (
     _out,
     _print_files,
     changed_tags,
+    terminal_safe,
 )
 from .query import OPERATORS, QueryError, join_tags, parse_query, respell, spelled_as, synonyms
 from .tray_state import many
@@ -76,7 +77,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     # daemon's watches do not follow links, and say so; this reads the files once, and watches nothing)
     files = list(expand(args.paths, links=True))
     if not files:
-        print(f"vibrary: no audio files in {', '.join(args.paths)}", file=sys.stderr)
+        print(terminal_safe(f"vibrary: no audio files in {', '.join(args.paths)}"), file=sys.stderr)
     bar = Bar(total=len(files), desc="tagging")
     lock = threading.Lock()
     reader_gone = threading.Event()  # `vibrary tag --json DIR | head`: it has all it wants
@@ -323,8 +324,10 @@ def _say_missing(c: Client, unders: Sequence[str] = (), kept: bool = False) -> N
     if missing:
         said = "their tags as the index last had them" if kept else "left out"
         print(
-            f"vibrary: not there now, {said}: the files under {', '.join(missing)}"
-            " (a drive unplugged, a folder moved? `vibrary status` says more)",
+            terminal_safe(
+                f"vibrary: not there now, {said}: the files under {', '.join(missing)}"
+                " (a drive unplugged, a folder moved? `vibrary status` says more)"
+            ),
             file=sys.stderr,
         )
 

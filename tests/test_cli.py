@@ -111,6 +111,15 @@ def test_tag_follows_linked_folders_in_a_folder_once_each(model_home: Path, tmp_
     assert said == [str(tree / "Own" / "kick.wav"), str(tree / "Vendor" / "pad.wav")], said
 
 
+def test_a_folder_named_with_control_characters_reaches_the_terminal_escaped(model_home: Path, tmp_path: Path) -> None:
+    """Some lines on stderr printed a folder's name as it was: one named with an escape sequence set the
+    terminal's title (or recoloured it) when `vibrary tag` said it held no audio."""
+    evil = tmp_path / "Pack \x1b]0;pwned\x07"
+    evil.mkdir()
+    said = vibrary("tag", str(evil), home=model_home).stderr
+    assert "no audio files in" in said and "\x1b" not in said and "\x07" not in said, said
+
+
 def test_a_mistake_the_parser_catches_is_a_json_line_too(home: Path) -> None:
     """`search --limit 0 --json` printed argparse's usage on stderr and nothing on stdout, where the same
     script got `{"error": …}` for a mistake the command itself caught."""
