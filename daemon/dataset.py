@@ -891,8 +891,12 @@ def _edit(
         mapping = {k: ("" if v == t else v) for k, v in mapping.items()}
     labels = [mapping[r.label] for r in rows]
     where = {os.path.normpath(r.path): i for i, r in enumerate(rows)}
+    real: dict[str, int] = {}  # (the rows by where their links lead, looked up once a path given needs it)
     for path, tag in relabel:
         i = where.get(os.path.normpath(os.path.abspath(path)))
+        if i is None:  # given through a link to the dataset's folder (or made through one): "not in dataset"
+            real = real or {os.path.realpath(r.path): n for n, r in enumerate(rows)}
+            i = real.get(os.path.realpath(path))
         if i is None:
             raise ValueError(  # (a file left out, or relabelled "" once: it said so and no more)
                 f"{path} is not in dataset {name!r}: `vibrary dataset add {name}` it first (with --restore,"

@@ -236,6 +236,13 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
         dataset.edit(home, "mine", rename=[("snare", "kick")])
     with pytest.raises(ValueError, match=r"not in dataset .mine.: `vibrary dataset add mine` it first"):
         dataset.edit(home, "mine", relabel=[(str(tmp_path / "elsewhere.wav"), "kick")])
+    (tmp_path / "link").symlink_to(tmp_path / "ex")  # its file given through a link: the file, not "not in"
+    one = next(p for p, tag in dataset.labelled_files(home, "mine") if tag == "tone")
+    linked = tmp_path / "link" / Path(one).relative_to(tmp_path / "ex")
+    relabelled = dataset.edit(home, "mine", relabel=[(str(linked), "noise")])
+    assert dict(dataset.labelled_files(home, "mine"))[one] == "noise" and relabelled.per_class
+    dataset.edit(home, "mine", relabel=[(one, "tone")])
+    manifest_before = (dataset.dataset_dir(home, "mine") / "manifest.json").read_text()
     with pytest.raises(ValueError, match=r"^not done: dataset 'mine' would be left with only tone; .* at least 2"):
         dataset.edit(home, "mine", drop=["noise", "thump"])  # it said "has 1 class", as of an edit made
     with pytest.raises(ValueError, match="empty tag"):
