@@ -27,7 +27,7 @@ from vibrary.daemon.rpc import is_loopback
 from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client, DaemonCannotStart, DaemonNotAnswering, DaemonNotRunning
-from .output import _CONTROL, FAILING, UNUSABLE, Bar, CommandError, _out, _shown, terminal_safe
+from .output import _CONTROL, FAILING, UNUSABLE, Bar, CommandError, _out, _shown, stand_ins, terminal_safe
 from .tray_state import looking_for_files, many
 
 
@@ -287,8 +287,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         human += f"\n{OVER_LIMIT}: " + ", ".join(map(_shown, s.unwatched_folders)) + f"\n  {OVER_LIMIT_FIX}"
     if s.retrying:
         human += f"\nwaiting to be read again: {many(s.retrying)} ({s.retry_reason})"
-    for pair in s.standing_in:
-        old, _, new = pair.partition(" for ")
+    for old, new in stand_ins(s):
         human += f"\nsearches read {old}'s tags until {new} has re-tagged the library"
     for ref in s.unusable_models:
         human += f"\nmodel {ref} tags nothing: {UNUSABLE.format(ref=ref)}"

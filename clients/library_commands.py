@@ -36,6 +36,7 @@ from .output import (
     _out,
     _print_files,
     changed_tags,
+    stand_ins,
     terminal_safe,
 )
 from .query import OPERATORS, QueryError, join_tags, parse_query, respell, spelled_as, synonyms
@@ -208,9 +209,7 @@ def _say_unfinished(s: pb.Status) -> None:
     if new := s.pending - s.retagging:
         print(f"vibrary: {many(new)} not tagged yet{paused}: results may be incomplete until they are", file=sys.stderr)
     if s.retagging and s.standing_in:  # a new version: the one before it answers for it, none missing
-        instead = "; ".join(
-            f"{old}'s tags answer for {new}'s" for old, _, new in (p.partition(" for ") for p in s.standing_in)
-        )
+        instead = "; ".join(f"{old}'s tags answer for {new}'s" for old, new in stand_ins(s))
         print(f"vibrary: {many(s.retagging)} being re-tagged{paused}: until they are, {instead}", file=sys.stderr)
     elif s.retagging:  # a model changed (its tags are missing, the others' found) or the files did (theirs all)
         print(

@@ -502,9 +502,8 @@ class Index:
     def park(self, folders: Sequence[str], now: float) -> int:
         """Pending files due under these folders (watch folders not there now) wait for them (due PARKED, until
         retry_now): a drive of 400,000 files unplugged as a model re-tagged the library was walked past at every
-        busy round of the feeder (45 ms, against 0.1). Nothing else about them changes, and they are written
-        once (a first version rewrote them every 10 minutes, and marked them retrying, which status then counted
-        at every call). How many."""
+        busy round of the feeder (45 ms, against 0.1). Nothing else about them changes (no error: status would count
+        them as retrying at every call), and they are written once, not again while they wait. How many."""
         sql = "UPDATE files SET due = ? WHERE state = 'pending' AND due <= ? AND path >= ? AND path < ?"
         with self.write() as c:
             return sum(c.execute(sql, (PARKED, now, *under(folder))).rowcount for folder in folders)
