@@ -862,3 +862,25 @@ def test_files_under_a_watch_folder_not_there_are_parked_until_it_is_back(index:
         "/drive/later.wav",
         "/lib/k.wav",
     }
+
+
+@pytest.mark.parametrize("words", [[["kick"]], [["kick"], ["snare"]]], ids=["one tag", "merged AND"])
+def test_a_search_read_slowly_holds_no_snapshot_a_checkpoint_must_wait_for(
+    tmp_path: Path, words: list[list[str]]
+) -> None:
+    index = Index(tmp_path / "index.sqlite")
+    inst = index.add_model("inst", "/m/inst.onnx", "a" * 64, ["kick", "snare", "hihat"], "{}", False)
+    index.set_active(inst, True)
+    for i in range(450):  # three pages of 200
+        _add(index, f"/lib/{i:03d}.wav", {"kick": 0.6, "snare": 0.55, "hihat": 0.01}, inst.id)
+    ids = [[search_module._lookup_tag(index, w) or 0] for w in ("kick", "snare")]
+    assert len(words) < 2 or search_module._postings_to_merge(index, ids, [inst.id]) is not None  # the merge plan
+    writer = Index(tmp_path / "index.sqlite")  # the daemon's writer: a connection of its own
+    writer.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    results = search(index, Query(all_of=words))
+    first = next(results)  # a client that read one result and waits (a plugin's first screen)
+    _add(writer, "/lib/new.wav", {"kick": 0.9}, inst.id)  # the daemon writes on meanwhile
+    busy, frames, copied = writer.conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert (busy, copied) == (0, frames) and frames > 0  # every frame back in the database: the WAL can restart
+    rest = [found.path for found in results]
+    assert sorted([first.path, *rest]) == [f"/lib/{i:03d}.wav" for i in range(450)]  # (the new file came after)
