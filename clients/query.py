@@ -42,12 +42,15 @@ LONGEST_QUERY = 10_000  # characters: a paste of a megabyte took shlex 50 s to s
 
 def join_tags(words: Sequence[str], is_tag: Callable[[str], bool]) -> list[str]:
     """Words between operators, each longest run of them that spells a tag with spaces (also left out: `-hi
-    hat`) as one word: `lead synth` for a model's tag "lead synth", which read as lead AND synth."""
+    hat`) as one word: `lead synth` for a model's tag "lead synth", which read as lead AND synth. A word left
+    out that is a tag itself stays one (`-bass synth` is synth without bass, beside a tag "bass synth": it
+    left out the phrase and found basses; `-"bass synth"` leaves that out)."""
     found: list[str] = []
     start = 0
     while start < len(words):
         stop = start  # the plain words from here, as many as a tag may have (every end was tried: cubic time)
-        while stop < len(words) and stop - start < MOST_TAG_WORDS and _plain(words[stop]):
+        alone = words[start].startswith("-") and is_tag(words[start][1:])
+        while not alone and stop < len(words) and stop - start < MOST_TAG_WORDS and _plain(words[stop]):
             stop += 1
         end = next((e for e in range(stop, start + 1, -1) if is_tag(" ".join(words[start:e]).lstrip("-"))), start + 1)
         found.append(" ".join(words[start:end]))

@@ -500,6 +500,11 @@ def test_quoted_search_words_keep_a_tag_spelled_with_a_space_and_one_unicode_for
     synonyms = {"bass synth", "ride cymbal"}.__contains__  # (as `synonyms list` spells them)
     for typed in (["bass", "synth"], ["-bass", "synth"], ["ride", "cymbal"]):
         assert len(_query_words(typed, synonyms, tags.__contains__)) == 2, typed
+    # a word left out that is a tag itself is not joined: `-bass synth` found basses and left "bass synth" out
+    classes = {"bass", "synth", "bass synth", "hi hat"}.__contains__
+    assert parse_query(_query_words(["-bass", "synth"], classes, classes)) == ([["synth"]], ["bass"])
+    assert parse_query(_query_words(["-hi", "hat"], classes, classes)) == ([], ["hi hat"])  # no tag hi: joined
+    assert parse_query(_query_words(["-bass synth"], classes, classes)) == ([], ["bass synth"])  # quoted
     assert _query_words(["bass synth"], synonyms, tags.__contains__) == ["bass synth"]  # quoted: as before
     for text, said in (("--kick", "--kick: one '-' leaves a tag out (-kick)"), ("k" * 10_001, "10,000 at most")):
         with pytest.raises(QueryError, match=re.escape(said)):  # every file, and 50 s of shlex for a megabyte
