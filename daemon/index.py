@@ -1073,7 +1073,8 @@ class Index:
         """Rows with their tags (those of `model_ids`: the serving models, a version standing in for its new one
         until that has re-tagged the library), looked up a page of rows at a time: SQLite takes only so many
         variables in one statement (32,766 on many builds), and a folder can hold more files than that. A file
-        whose last reading failed has none to show; every other file shows the tags of the content it last had:
+        whose last reading failed has none to show; every other file shows the tags of the content it last had,
+        best first, of a tie the one that hit first (as front ends tell a model's best tag: its first):
         one pending again (a model activated re-tags the library, a file touched or rewritten waits to be read)
         is found until its new tags replace the old, not missing from searches for as long as a re-tag takes."""
         for page in _pages(rows):
@@ -1085,7 +1086,7 @@ class Index:
                           JOIN vocab v ON v.id = t.tag_id JOIN models m ON m.id = t.model_id
                           WHERE t.content_id IN ({",".join("?" * len(content_ids))})
                             AND t.model_id IN ({",".join("?" * len(model_ids))})
-                          ORDER BY t.score DESC"""
+                          ORDER BY t.score DESC, t.hit DESC"""
                 for cid, model, tag, score, hit in self.conn().execute(sql, (*content_ids, *model_ids)):
                     by_content.setdefault(cid, []).append((model, tag, score))
                     if hit:

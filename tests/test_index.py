@@ -884,3 +884,16 @@ def test_a_search_read_slowly_holds_no_snapshot_a_checkpoint_must_wait_for(
     assert (busy, copied) == (0, frames) and frames > 0  # every frame back in the database: the WAL can restart
     rest = [found.path for found in results]
     assert sorted([first.path, *rest]) == [f"/lib/{i:03d}.wav" for i in range(450)]  # (the new file came after)
+
+
+def test_of_two_tags_scored_alike_the_one_that_hit_is_listed_first(index: Index) -> None:
+    """Front ends tell a model's best tag by its place (the proto's tags carry no hit): of a tie, the one listed
+    first must be the one searches find the file by."""
+    inst = index.add_model("inst", "/m/inst.onnx", "a" * 64, ["snare", "kick"], "{}", False)
+    index.set_active(inst, True)
+    _add(index, "/lib/s.wav", {"snare": 0.9}, inst.id)  # snare first in the vocabulary
+    _add(index, "/lib/tie.wav", {"kick": 0.4, "snare": 0.4}, inst.id)  # kick ranked first: the hit
+    assert _paths(index, all_of=[["kick"]]) == ["/lib/tie.wav"]
+    assert _paths(index, all_of=[["snare"]]) == ["/lib/s.wav"]
+    (found,) = search(index, Query(all_of=[["kick"]]))
+    assert [tag for _, tag, _ in found.tags] == ["kick", "snare"]
