@@ -9,7 +9,8 @@ with Client() as c:              # the daemon of $VIBRARY_HOME, over its Unix so
 Everything it raises is a VibraryError: DaemonNotRunning (nobody answers; DaemonNotAnswering when a daemon holds
 the home all the same: starting or hung; DaemonCannotStart where none can: a read-only disk), DaemonError (the
 daemon refused or could not finish; `.code` is gRPC's status code), ClientClosed, or BadArgument (QueryError for a
-query that makes no sense) before anything is sent. Replies are the protobuf messages of
+query that makes no sense) before anything is sent; an argument of the wrong type (a str for a number, bytes for
+a path) is Python's TypeError, as the annotations say. Replies are the protobuf messages of
 proto/vibrary/v1/daemon.proto. A stream of results (search, tags) has no deadline unless given one: it lasts as
 long as the caller takes to read it; but, given none, a daemon that sends nothing of it for the client's `timeout`
 (a hung or stopped machine) ends it with DaemonError DEADLINE_EXCEEDED.
@@ -108,8 +109,9 @@ class Client:
     ) -> None:
         """target: "" for the Unix socket of home_dir ($VIBRARY_HOME by default), or HOST:PORT of a daemon
         started with --listen (which then requires `token`). `timeout`: seconds a call may take, streams
-        of results excepted; a stream ends (DaemonNotRunning) once a ping after `keepalive_ms[0]` of silence
-        is not answered within `keepalive_ms[1]` (a daemon suspended, hung, or across a network gone)."""
+        of results excepted; a stream ends (DaemonError UNAVAILABLE, saying why where it can: a daemon
+        suspended) once a ping after `keepalive_ms[0]` of silence is not answered within `keepalive_ms[1]` (a
+        daemon suspended, hung, or across a network gone)."""
         _check_timeout(timeout)  # 0 failed every call at once with DEADLINE_EXCEEDED
         if not target:  # looking for a daemon must not create a home (`~/…` as VIBRARY_HOME takes it)
             target = config.unix_target(config.socket_path(Path(home_dir or config.home(create=False)).expanduser()))
@@ -318,6 +320,8 @@ class Client:
             groups, excluded = parse_query(all_of)  # a query that makes no sense is said before anything is asked
         else:
             groups, excluded = [[g] if isinstance(g, str) else list(g) for g in all_of], []
+            if any(not g for g in groups):  # (the daemon's "empty tag in query" named no tag)
+                raise BadArgument("an empty group of alternatives in the query: give each group a tag")
         for word in (w for g in groups for w in g):  # (sent as the results are read: UnicodeEncodeError then)
             word.encode()
         request = pb.SearchRequest(
@@ -368,6 +372,8 @@ class Client:
 
     def counts(self, model: str = "") -> list[pb.TagCount]:
         """How many files hit each tag, of every active model or of `model` (NAME or NAME@VERSION)."""
+        if model:
+            _model_ref(model, 0)  # (BadArgument, as search's: `x@0` came back a DaemonError)
         return list(self._call("CountTags", pb.CountTagsRequest(model=model)).counts)
 
     def tag(self, paths: Paths, timeout: float = 600.0) -> Iterator[pb.FileTags]:

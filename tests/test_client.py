@@ -203,6 +203,8 @@ def test_what_the_client_refuses_is_a_bad_argument_before_anything_is_sent(
     assert c.watches() == []
     with pytest.raises(BadArgument, match="out of range"):
         list(c.search("low", limit=2**40))
+    with pytest.raises(BadArgument, match="an empty group"):  # (the daemon's "empty tag" named none)
+        list(c.search([["low"], []]))
     with pytest.raises(BadArgument):
         c.deactivate("bands", 2**31)
     write_tone(tmp_path / "kit" / "Kicks" / "kick_01.wav", 60)
@@ -217,6 +219,8 @@ def test_models_are_named_as_status_names_them(daemon: DaemonProcess) -> None:
     for bad in ("bands@0", "bands@", "bands@²"):  # an empty variable in a script must not mean the newest
         with pytest.raises(BadArgument, match="versions count from 1"):
             daemon.client.activate(bad)
+        with pytest.raises(BadArgument, match="versions count from 1"):  # (counts: a DaemonError)
+            daemon.client.counts(bad)
     assert list(daemon.client.search("low", model=ref)) == [] and daemon.client.counts(ref) == []  # not refused
     with pytest.raises(DaemonError, match="bands@2 is not the active version of bands"):
         list(daemon.client.search("low", model="bands@2"))
