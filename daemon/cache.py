@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +153,38 @@ class SpectrogramCache:
                     self._size -= n
                     freed += n
         return freed
+
+    def opening_silent(self, params: Iterable[SpectrogramParams], before: int) -> set[bytes]:
+        """The contents whose spectrogram, of one of these parameter sets and as a FEATURES_VERSION before `before`
+        computed it, opens with a silent frame: a sound after 25 ms or more of silence, which decode() now reads
+        from its first sound (stop 42). Their tags were the old reading's, a note and its pre-roll heard as silence
+        and a click; these spectrograms are misses now, but they tell which files to read again without decoding
+        a library. Read a page of keys at a time, each page a read of its own."""
+        suffixes = {bytes.fromhex(p.key) + bytes([v]): p for p in params for v in range(1, before)}
+        found: set[bytes] = set()
+        last = b""
+        while suffixes:
+            rows = (
+                self._conn()
+                .execute("SELECT key, data, dtype FROM spectra WHERE key > ? ORDER BY key LIMIT 512", (last,))
+                .fetchall()
+            )
+            if not rows:
+                break
+            last = rows[-1][0]
+            for key, data, dtype in rows:
+                suffix = next((s for s in suffixes if key.endswith(s)), None)
+                if suffix is None:
+                    continue
+                p = suffixes[suffix]
+                try:
+                    spec = dequantize(np.frombuffer(zlib.decompress(data), dtype=dtype).reshape(p.shape), p)
+                except (zlib.error, ValueError, TypeError):
+                    continue  # (a damaged entry says nothing of its file)
+                floor = spec.min()
+                if spec[..., 0].max() <= floor < spec.max():
+                    found.add(key[: -len(suffix)])
+        return found
 
     def _evict(self, c: sqlite3.Connection) -> None:
         """The oldest first, a page at a time: reading every key of a 2 GB cache (700,000) held up the

@@ -189,6 +189,8 @@ _TAGS_SPELLED = 3
 _FFMPEG_READS = 4
 # ... from which a model's guess for silence, stored by an older release, was read again (forget_unheard_once).
 _UNHEARD_FORGOTTEN = 5
+# ... from which files whose old spectrogram opened silent were read again (forget_late_starts_once).
+_LATE_STARTS_READ = 6
 UNCOMPRESSED = (".wav", ".wave", ".bwf", ".aif", ".aiff", ".aifc", ".w64", ".rf64", ".caf")
 
 PARKED = 1e12  # the `due` of a file parked under a watch folder not there now (Index.park): due when it is back
@@ -924,6 +926,28 @@ class Index:
                    (SELECT 1 FROM tags t WHERE t.content_id = tagged.content_id AND t.model_id = tagged.model_id)"""
             ).rowcount
             return forgotten
+
+    def forget_late_starts_once(self, late: Callable[[], set[bytes]]) -> int:
+        """Since stop 42 a file is read from its first sound, however late (a note bounced with its pre-roll was
+        heard as silence and a click: a tom of a piano note); an index from before keeps those tags until the
+        file changes. Once per index, the contents that `late` names (content hashes: the cache's old
+        spectrograms that open silent, cache.opening_silent) are forgotten as tagged, so that requeue_missing
+        reads their files again, their old tags found until the new ones replace them. Asked in the daemon's
+        background (reading a full cache takes seconds)."""
+        if int(self.conn().execute("PRAGMA user_version").fetchone()[0]) >= _LATE_STARTS_READ:
+            return 0
+        hashes = sorted(late())  # (outside the write: read for seconds)
+        with self.write() as c:
+            if not _first_time(c, _LATE_STARTS_READ):
+                return 0
+            forgotten = 0
+            for page in _pages(hashes):
+                forgotten += c.execute(
+                    f"""DELETE FROM tagged WHERE content_id IN
+                        (SELECT id FROM contents WHERE hash IN ({",".join("?" * len(page))}))""",
+                    page,
+                ).rowcount
+        return forgotten
 
     def forget_unheard_once(self, guess: Callable[[ModelRow], tuple[str, float] | None]) -> int:
         """An older release stored a silent file (digital silence, or silence the decoder reads past now; not a DC

@@ -26,7 +26,7 @@ import numpy as np
 import psutil
 
 from . import atomic, config, dataset, features, pidlock, registry, training
-from .cache import SpectrogramCache
+from .cache import FEATURES_VERSION, SpectrogramCache
 from .decode import UNSUPPORTED_ENCODING, VANISHED, why_not_read
 from .events import (
     FILE_FAILED,
@@ -44,7 +44,7 @@ from .folders import UNNAMED, audio_files_under, readable_name, storable
 from .index import NO_SUCH_PATH, NOT_INDEXED, NOT_STORED, WATCH_GONE, FileTags, Index, ModelRow, Result, within
 from .infer import Model, ModelError
 from .pipeline import ActiveModel, Pipeline
-from .spectrogram import as_fed
+from .spectrogram import SpectrogramParams, as_fed
 from .watch import AT_WATCH_LIMIT, Watcher
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,7 @@ class Daemon:
         self.watcher.start()
         self._feeder.start()
         self._sweeper.start()
+        threading.Thread(target=self._read_late_starts, name="late-starts", daemon=True).start()
         self.status_events.start()
         self._resume_training()
         log.info("daemon started on %s with models %s", self.home, models_said(self.status()))
@@ -481,6 +482,23 @@ class Daemon:
         if leftovers:
             self._removed(self.index.remove_paths(leftovers))
             log.info("forgot %d files tagged on demand outside the watches (deleted, or not audio)", len(leftovers))
+
+    def _read_late_starts(self) -> None:
+        """The once-step of an index from before files were read from their first sound (forget_late_starts_once),
+        in a thread of its own: it reads the whole spectrogram cache (seconds for 2 GB), which must not hold up
+        the start; its files are read again, in the background, as a model's re-tag would."""
+        try:
+            params = []
+            for row in self.index.models():
+                with contextlib.suppress(ValueError, TypeError):  # (a model's own parameters: it is refused elsewhere)
+                    params.append(SpectrogramParams.from_json(row.spectrogram))
+            late = self.index.forget_late_starts_once(lambda: self.cache.opening_silent(params, FEATURES_VERSION))
+            if late:
+                queued = self.index.requeue_missing(self._loaded())
+                log.info("reading again %d files whose sound starts late, from their first sound", queued)
+                self._wake_feeder()
+        except Exception:  # (a locked or full index: the next start tries again)
+            log.exception("could not look for files read before their first sound was")
 
     def _sweep_on_demand(self) -> None:
         """Between starts, once a minute, the files tagged on demand that were deleted (`_deleted`). In a

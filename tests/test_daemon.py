@@ -1987,3 +1987,48 @@ def test_files_parked_under_a_missing_watch_folder_are_due_once_it_is_no_longer_
         assert d._park([drive], [], now) == []  # refused: tried again at the next round
     finally:
         d._lock_file.close()
+
+
+def test_files_an_older_release_read_before_their_first_sound_are_read_again_once(
+    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Since stop 42 a file is read from its first sound, however late; an index from before kept the old
+    reading's tags of a note with its pre-roll (heard as silence and a click) until the file changed. The
+    cache's spectrograms of that reading tell which files start late: those are read again, once, and the
+    others are left (their tags here, made up for the test, stay)."""
+    from vibrary.daemon import cache as cache_module
+    from vibrary.daemon import service
+    from vibrary.daemon.features import fingerprint
+    from vibrary.daemon.spectrogram import SpectrogramParams, as_fed
+
+    d = service.Daemon(model_home, service.config.Settings(nice=0))
+    try:
+        (row,) = [m for m in d.index.models() if m.active]
+        params = SpectrogramParams.from_json(row.spectrogram)
+        t = np.arange(int(0.5 * params.sample_rate)) / params.sample_rate
+        note = (0.5 * np.sin(2 * np.pi * BANDS["mid"] * t)).astype(np.float32)
+        files = {"late": np.concatenate([np.zeros_like(note), note]), "on time": note}
+        for name, audio in files.items():  # as the older release stored them
+            path = tmp_path / "lib" / f"{name}.wav"
+            path.parent.mkdir(exist_ok=True)
+            sf.write(path, audio, params.sample_rate)
+            hashed = fingerprint(str(path))
+            d.index.mark_pending([(str(path), 0.0)])
+            (job,) = d.index.due_jobs(10, set(), 1e12)
+            said = [("low", 0.9), ("mid", 0.05), ("high", 0.05)]
+            old = Result(job, hashed.size, hashed.mtime_ns, hashed.inode, hashed.hash, tags={row.id: said})
+            assert d.index.write_results([old], 0.02) == [old]
+            clip = np.zeros((params.channels, params.n_samples), np.float32)
+            clip[:, : len(audio)] = audio[: params.n_samples]
+            with monkeypatch.context() as m:
+                m.setattr(cache_module, "FEATURES_VERSION", 3)
+                d.cache.put_many([(hashed.hash, params, as_fed(clip, params))])
+        d.index.conn().execute("PRAGMA user_version = 5")
+        d.start()
+        late, on_time = (str(tmp_path / "lib" / f"{name}.wav") for name in files)
+        wait_for(lambda: next(d.index.file_tags([late])).tags[0][1] == "mid")  # read again, from its first sound
+        assert d.status()["pending"] == 0
+        assert next(d.index.file_tags([on_time])).tags[0][1] == "low"  # not read again
+        assert d.index.forget_late_starts_once(lambda: {fingerprint(on_time).hash}) == 0  # once
+    finally:
+        d.stop()
