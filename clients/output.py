@@ -67,6 +67,9 @@ def _out(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
 SILENT_TAGS = f"no tags: {SILENT}"
 NO_MODEL_TAGS = "no tags: no model is active (`vibrary models activate NAME`)"
 NOT_READ_YET = "not read yet (pending)"
+# a pending file's tags are of its content before (it changed, or a model re-tags the library): said, since a file
+# overwritten with a kick while indexing was paused showed the flute it had been, as any tagged file
+READ_AGAIN = "tags from before: waits to be read again"
 
 UNUSABLE = (
     "its file is missing or damaged: `vibrary models install` the same file again restores it, its tags kept"
@@ -114,8 +117,8 @@ def _file_line(
     }
     if state == "indexed" and not line["tags"] and not error:
         line["note"] = no_tags
-    elif state == "pending" and not line["tags"] and not error:  # `"tags": []` alone read as a file with none
-        line["note"] = NOT_READ_YET
+    elif state == "pending" and not error:  # `"tags": []` alone read as a file with none
+        line["note"] = READ_AGAIN if line["tags"] else NOT_READ_YET
     return line
 
 
@@ -151,12 +154,13 @@ def _human_file(line: dict[str, Any], state: str = "indexed") -> str:
     by_model: dict[str, list[str]] = {}
     for t in line["tags"]:  # "dark? 0.91": a guess, the file sounds like none of the model's examples
         by_model.setdefault(t["model"], []).append(f"{t['tag']}{'?' if t['unfamiliar'] else ''} {t['score']:.2f}")
+    again = f" ({READ_AGAIN})" if by_model and state == "pending" else ""
     if len(by_model) > 1:  # each model's tags apart: two models can give the same tag
         return f"{_shown(line['path'])}: " + "; ".join(
             f"{model}: {', '.join(tags)}" for model, tags in by_model.items()
-        )
+        ) + again
     none = f"({state if state == 'pending' else line.get('note') or state})"  # one not read yet has none either
-    return f"{_shown(line['path'])}: {', '.join(next(iter(by_model.values()), [none]))}"
+    return f"{_shown(line['path'])}: {', '.join(next(iter(by_model.values()), [none]))}{again}"
 
 
 def _print_files(args: argparse.Namespace, files: Iterable[Any], no_tags: str = SILENT_TAGS) -> int:

@@ -1133,6 +1133,11 @@ def test_status_says_which_pending_files_are_being_re_tagged(daemon: DaemonProce
     wait_for(lambda: daemon.client.status().pending == len(BANDS) + 1)
     (line,) = json_lines(vibrary("tags", "--json", str(new), home=daemon.home).stdout)
     assert (line["tags"], line["error"], line["note"]) == ([], None, "not read yet (pending)"), line  # not "none"
+    # a file pending with the tags it had says so: one overwritten while paused showed what it had been
+    (line,) = json_lines(vibrary("tags", "--json", str(lib / "low.wav"), home=daemon.home).stdout)
+    assert (line["tags"][0]["tag"], line["note"]) == ("low", "tags from before: waits to be read again"), line
+    human = vibrary("tags", str(lib / "low.wav"), home=daemon.home).stdout
+    assert human.startswith(f"{lib / 'low.wav'}: low ") and "(tags from before: waits to be read again)" in human
     warned = vibrary("search", "low", home=daemon.home).stderr.splitlines()[1:]  # (every file read as at risk)
     paused = "indexing is paused (`vibrary resume`)"
     assert warned == [
