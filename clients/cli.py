@@ -256,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", parents=[common], help="what the daemon is doing")
     p.add_argument("--wait", action="store_true", help="show progress until nothing is pending or being listed")
+    p.add_argument("--failed", action="store_true", help="every file that failed, and why (else the newest 5)")
     p.set_defaults(func=cmd_status)
 
     for name, text in (("pause", "pause indexing (changes are still recorded)"), ("resume", "resume indexing")):

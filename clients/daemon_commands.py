@@ -236,7 +236,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.wait:
             _wait_idle(c, s.pending)
             s = c.status()
-        newest = c.failed(limit=5) if s.failed else []  # which ones, and why: the count alone sends people looking
+        # which ones, and why: the count alone sends people looking (the newest 5; with --failed, all of them)
+        newest = c.failed(limit=s.failed if args.failed else NEWEST_FAILURES) if s.failed else []
     obj = {
         "indexed": s.indexed,
         "pending": s.pending,
@@ -309,7 +310,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         human += f"\n  … and {s.unnamed_count - 5} more" if s.unnamed_count > 5 else ""
     if newest:
         obj["recent_failures"] = [{"path": f.path, "error": f.error} for f in newest]
-        human += "\nnewest failures:" + "".join(f"\n  {_shown(f.path)}: {f.error}" for f in newest)
+        human += "\nfailures:" if args.failed else "\nnewest failures:"
+        human += "".join(f"\n  {_shown(f.path)}: {f.error}" for f in newest)
+        if s.failed > len(newest):  # (5 of 10 said, the others nowhere but in `tags` of the whole library)
+            human += f"\n  … and {s.failed - len(newest)} more (`vibrary status --failed` lists them all)"
     if s.HasField("training"):  # the daemon's latest training job (Train RPC), running or how it ended
         from .tray_state import training_line
 
@@ -353,6 +357,7 @@ def cmd_tray(args: argparse.Namespace) -> int:
     return run()
 
 
+NEWEST_FAILURES = 5  # the failed files `status` lists (`--failed`: all of them)
 BACK_S = 60.0  # how long `status --wait` waits for a daemon that stopped to come back (a restart, an upgrade)
 STUCK_S = 10.0  # how long nothing moves, a watch folder missing, before `status --wait` says so and ends
 START_S = 5.0  # how long `status --wait` waits for a daemon to take its home (`vibrary daemon &` just typed)

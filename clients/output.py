@@ -156,9 +156,11 @@ def _human_file(line: dict[str, Any], state: str = "indexed") -> str:
         by_model.setdefault(t["model"], []).append(f"{t['tag']}{'?' if t['unfamiliar'] else ''} {t['score']:.2f}")
     again = f" ({READ_AGAIN})" if by_model and state == "pending" else ""
     if len(by_model) > 1:  # each model's tags apart: two models can give the same tag
-        return f"{_shown(line['path'])}: " + "; ".join(
-            f"{model}: {', '.join(tags)}" for model, tags in by_model.items()
-        ) + again
+        return (
+            f"{_shown(line['path'])}: "
+            + "; ".join(f"{model}: {', '.join(tags)}" for model, tags in by_model.items())
+            + again
+        )
     none = f"({state if state == 'pending' else line.get('note') or state})"  # one not read yet has none either
     return f"{_shown(line['path'])}: {', '.join(next(iter(by_model.values()), [none]))}{again}"
 

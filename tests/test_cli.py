@@ -1195,3 +1195,22 @@ def test_a_home_that_is_a_file_is_said_so(tmp_path: Path) -> None:
                 "exit_status": 1,
             }
         ], said.stdout
+
+
+def test_status_lists_the_newest_failures_says_how_many_more_and_lists_all_when_asked(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """`status` listed 5 of 10 failures and said nothing of the others, which only `tags` of the whole library
+    showed among its thousands of lines."""
+    library = tmp_path / "library"
+    for i in range(7):
+        (library / f"broken_{i}.wav").parent.mkdir(exist_ok=True)
+        (library / f"broken_{i}.wav").write_text("not audio")
+    daemon.client.add_watch(str(library))
+    wait_for(lambda: daemon.client.status().failed == 7)
+    human = vibrary("status", home=daemon.home).stdout
+    assert human.count("broken_") == 5 and "… and 2 more (`vibrary status --failed` lists them all)" in human, human
+    said = json_lines(vibrary("status", "--failed", "--json", home=daemon.home).stdout)[0]["recent_failures"]
+    assert sorted(f["path"] for f in said) == sorted(str(library / f"broken_{i}.wav") for i in range(7))
+    every = vibrary("status", "--failed", home=daemon.home).stdout
+    assert every.count("broken_") == 7 and "more" not in every, every
