@@ -187,7 +187,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     human = "\n".join(lines) or "(no watch folders)"
     if args.action != "list":  # the folders left alone read as the one just removed
         said = _shown(folder)  # as held (`./w/rel/.`, `x//`: as typed)
-        human = f"{'added' if args.action == 'add' else 'removed'} {said}; watch folders now:\n{human}"
+        done = "removed" if args.action == "remove" else "watched already:" if folder in watches else "added"
+        human = f"{done} {said}; watch folders now:\n{human}"  # (one watched already was said "added" again)
     _out(args, {"watches": paths, "missing": missing, "unwatched": unwatched}, human)
     return 0
 

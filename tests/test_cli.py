@@ -398,6 +398,8 @@ def test_two_hundred_files_copied_in_are_all_tagged_and_searchable(daemon: Daemo
     library.mkdir()
     added = vibrary("watch", "add", f"{library}/../library//", home=daemon.home).stdout  # said as it is held
     assert added.startswith(f"added {library}; watch folders now:\n{library}\n"), added
+    again = vibrary("watch", "add", f"{library}/", home=daemon.home).stdout  # (it said "added" again)
+    assert again.startswith(f"watched already: {library}; watch folders now:\n{library}\n"), again
     assert json_lines(vibrary("watch", "list", "--json", home=daemon.home).stdout) == [
         {"watches": [str(library)], "missing": [], "unwatched": []}
     ]
