@@ -559,6 +559,8 @@ class Watcher(FileSystemEventHandler):
             self._links[link] = target
             if self._watched(target) or _loop(link, target):
                 return
+        if within(target, self.index.watches()):  # one registered after this one's scan began (at a start)
+            return
         log.warning("%s links to %s, not followed: vibrary watch add %s indexes it", link, target, shlex.quote(target))
 
     def _storable(self, path: str) -> bool:

@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from vibrary.daemon import lost_watches
@@ -1081,3 +1082,36 @@ def test_a_missing_folder_removed_as_its_drive_comes_back_is_not_watched_again(i
     (drive / "kick.wav").write_bytes(b"RIFF")
     w.rescan(str(drive))
     wait_for(lambda: _pending(index) == {str(drive / "kick.wav")})
+
+
+def test_a_link_to_a_folder_of_a_watch_registered_after_its_own_is_not_said_unfollowed(
+    index: Index, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At each start the watches are registered one at a time: a link in the first to a folder of the second
+    was logged as not followed, with advice to add a watch inside a watch."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    (b / "Keys").mkdir(parents=True)
+    a.mkdir()
+    (a / "keys").symlink_to(b / "Keys")
+    (a / "elsewhere").symlink_to(tmp_path, target_is_directory=True)  # (outside both: said)
+    (tmp_path / "other").mkdir()
+    (a / "other").symlink_to(tmp_path / "other")
+    for folder in (a, b):
+        index.add_watch(str(folder))
+    w = _watcher(index)
+    schedule = w._schedule
+
+    def slowly(root: str) -> Any:  # (a library of thousands of folders takes inotify a while)
+        if root == str(b):
+            time.sleep(0.5)
+        return schedule(root)
+
+    monkeypatch.setattr(w, "_schedule", slowly)
+    w.start()
+    try:
+        wait_for(lambda: w.scans_running == 0)
+        said = [r.message for r in caplog.records if "not followed" in r.message]
+        other = tmp_path / "other"
+        assert said == [f"{a / 'other'} links to {other}, not followed: vibrary watch add {other} indexes it"], said
+    finally:
+        w.stop()
