@@ -200,8 +200,8 @@ OVER_LIMIT_FIX = (  # (which one, the daemon's log says; both raised, the advice
     " /etc/sysctl.d/90-inotify.conf && sudo sysctl --system`"
 )
 MISSING_FIX = (
-    "`vibrary watch add` it where it is now, then `vibrary watch remove` the old path: no file is analysed again"
-    " (deleted: `vibrary watch remove` it)"
+    "`vibrary watch add` it where it is now (not inside another watch folder: that one indexes it already), then"
+    " `vibrary watch remove` the old path: no file is analysed again (deleted: `vibrary watch remove` it)"
 )
 
 
