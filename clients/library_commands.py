@@ -250,7 +250,9 @@ def _as_words(word: str, is_tag: Callable[[str], bool]) -> list[str]:
     also left out or among alternatives ("-hi hat", "NOT hi hat", "kick OR hi hat": NOT and OR are their own
     words; "NOT hi hat" was read as a tag "not hi hat", "kick OR hi hat" as kick OR hi, and hat); alternatives
     joined by '|' whole when each is a tag or one word ("hi hat|mid" was "hi", then "hat|mid"); any other,
-    its words."""
+    its words. A quoted tag that has an operator word in it (a model's "rock and roll") whole."""
+    if " " in word.strip() and is_tag(word.strip().removeprefix("-")):  # (it was rock AND roll)
+        return [word.strip()]
     alternatives = [a.strip() for a in word.strip().split("|")]
     if len(alternatives) > 1:
         return ["|".join(alternatives)] if all(is_tag(a) or len(a.split()) <= 1 for a in alternatives) else word.split()

@@ -475,7 +475,7 @@ def test_quoted_search_words_keep_a_tag_spelled_with_a_space_and_one_unicode_for
     from vibrary.clients.cli import build_parser
     from vibrary.clients.library_commands import _as_words, _query_words
 
-    tags = {"hi hat", "mid", "open hat"}
+    tags = {"hi hat", "mid", "open hat", "rock and roll"}
     for quoted, query in [
         ("NOT hi hat", ([], ["hi hat"])),
         ("-hi hat", ([], ["hi hat"])),
@@ -486,6 +486,9 @@ def test_quoted_search_words_keep_a_tag_spelled_with_a_space_and_one_unicode_for
         ("kick snare|hi hat", ([["kick"], ["snare", "hi"], ["hat"]], [])),  # (as it was: ambiguous)
         ("kick OR hi hat", ([["kick", "hi hat"]], [])),  # OR its own word: it was kick OR hi, and hat
         ("kick NOT open hat", ([["kick"]], ["open hat"])),
+        ("rock and roll", ([["rock and roll"]], [])),  # a model's class with an operator word in it: whole
+        ("-rock and roll", ([], ["rock and roll"])),
+        ("rock and mid", ([["rock"], ["mid"]], [])),  # no such tag: AND as a word
     ]:
         assert parse_query(_as_words(quoted, tags.__contains__)) == query, quoted
     # typed unquoted, a tag with spaces (a dataset's folder `Open Hat/` names one) was searched as its words
