@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vibrary.daemon.config import tag_key
-from vibrary.daemon.suggest import Synonyms
+from vibrary.daemon.suggest import Synonyms, tokens
 
 from .errors import BadArgument
 
@@ -154,11 +154,20 @@ def synonyms(home_dir: Path | None) -> Synonyms:
 
 def spelled_as(word: str, known: set[str], table: Synonyms) -> str | None:
     """The tag among `known` (the active models') that a word no model tags spells or is an alias of (`hh`,
-    `BD`, `hi hats`): `search hh` said "no active model tags 'hh'" of what `synonyms list` calls hihat."""
+    `BD`, `hi hats`): `search hh` said "no active model tags 'hh'" of what `synonyms list` calls hihat. Also a
+    tag of the same words otherwise joined (`gritty sound` of a tag gritty-sound, as a rename or a label of
+    the API spells one), and one the table reads as the same tag (`clean` or `dist` of a model's dry or
+    distorted, aliases of clean and distortion), which the search found nothing for, and advised clap."""
     if word in known:
         return None
+    words = tokens(word)
+    same = sorted(k for k in known if tokens(k) == words)
+    if same:
+        return same[0]
     tag = table.tag_of(word)
-    return tag if tag in known else None
+    if tag is None or tag in known:
+        return tag
+    return next((k for k in sorted(known) if table.tag_of(k) == tag), None)
 
 
 def respell(

@@ -1219,3 +1219,24 @@ def test_status_lists_the_newest_failures_says_how_many_more_and_lists_all_when_
     assert sorted(f["path"] for f in said) == sorted(str(library / f"broken_{i}.wav") for i in range(7))
     every = vibrary("status", "--failed", home=daemon.home).stdout
     assert every.count("broken_") == 7 and "more" not in every, every
+
+
+def test_search_finds_a_tag_by_its_words_otherwise_joined_and_by_a_spelling_of_the_same_sound(
+    daemon: DaemonProcess, tmp_path: Path
+) -> None:
+    """A tag renamed to "gritty sound" is stored gritty-sound, and `search gritty sound` found nothing (did you
+    mean 'gritty-sound'?); a model trained on dry and distorted, which `synonyms list` reads as clean and
+    distortion, was not found by `search clean` (did you mean 'clap'?) nor `search dist`."""
+    fx = band_model(tmp_path / "fx.onnx", name="fx", classes=("dry", "distorted", "gritty-sound"))
+    vibrary("models", "install", str(fx), home=daemon.home)
+    clips = {band: write_tone(tmp_path / f"{band}.wav", freq) for band, freq in BANDS.items()}
+    list(daemon.client.tag([str(p) for p in clips.values()]))
+
+    def found(*query: str) -> tuple[set[str], str]:
+        run = vibrary("search", "--json", "--model", "fx", *query, home=daemon.home)
+        return {Path(x["path"]).stem for x in json_lines(run.stdout)}, run.stderr
+
+    said = "vibrary: searched 'gritty sound' as 'gritty-sound', the tag it spells\n"
+    assert found("gritty", "sound") == found("gritty sound") == ({"high"}, said)
+    assert found("clean") == ({"low"}, "vibrary: searched 'clean' as 'dry', the tag it spells\n")
+    assert found("dist")[0] == found("distortion")[0] == found("-clean", "-gritty sound")[0] == {"mid"}
