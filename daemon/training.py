@@ -116,7 +116,7 @@ FOLDS_HELD_OUT = "clips held out in turn ({} folds of the training clips)"  # a 
 # the model itself trains over epochs (five trainings more would take minutes); it said the training clips' 1.0
 FOLDS_STAND_IN = (
     "clips held out in turn ({} folds of the training clips, each scored by a quick fit on the base model's"
-    " embedding of the others, standing in for this training)"
+    " embedding of the others, standing in for this training: the dataset's figure, alike for any epochs or seed)"
 )
 OWN_CLIPS = "training clips (none held out)"  # a small dataset trains on every clip
 
