@@ -1963,3 +1963,18 @@ def test_the_trainer_this_machine_starts_is_named_as_such_in_its_refusals(tmp_pa
     with local as client, pytest.raises(DaemonError) as refused:
         client.download("no-such-job")
     assert str(refused.value).startswith(f"the trainer on this machine (in {tmp_path / 'trainer'}): ")
+
+
+def test_a_confusion_matrix_title_fits_its_figure() -> None:
+    """A small dataset's title ("clips held out in 5 folds, in turn, by a head on the base's embedding") was
+    cut off at both ends of a two-tag figure."""
+    import matplotlib.pyplot as plt
+    from vibrary.trainer import pipeline
+    from vibrary.trainer.plots import confusion_figure
+
+    title = f"mine\nclips held out in 5 folds, in turn{pipeline.STAND_IN}"
+    for classes in (["dark", "bright"], [f"tag {i}" for i in range(15)]):
+        fig = confusion_figure(np.eye(len(classes), dtype=int), classes, title)
+        box = fig.axes[0].title.get_window_extent(fig.canvas.get_renderer())
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.x1, (classes, box, fig.bbox)
+        plt.close(fig)
