@@ -898,6 +898,10 @@ def _edit(
             real = real or {os.path.realpath(r.path): n for n, r in enumerate(rows)}
             i = real.get(os.path.realpath(path))
         if i is None:
+            why = {os.path.normpath(p): why for p, why in held.failed}.get(os.path.normpath(os.path.abspath(path)))
+            if why:  # (a copy of another clip: `add` it, the advice, left it out again)
+                that = "; relabel that file instead" if why.startswith(SAME_SOUND) else ""
+                raise ValueError(f"{path} is not in dataset {name!r}: it was left out, {why}{that}")
             raise ValueError(  # (a file left out, or relabelled "" once: it said so and no more)
                 f"{path} is not in dataset {name!r}: `vibrary dataset add {name}` it first (with --restore,"
                 " one an edit removed)"

@@ -217,6 +217,19 @@ def test_tags_by_the_folders_right_under_the_one_given(home: Path, tmp_path: Pat
     assert spread == ["vengeance kicks vol 2: inside kick/, a tag folder of that sound"]
 
 
+def test_a_relabel_of_a_file_left_out_says_why_it_was(home: Path, tmp_path: Path) -> None:
+    """A copy left out as the same sound as another was "not in dataset: `vibrary dataset add` it first", and
+    adding it left it out again."""
+    write_kinds(tmp_path / "ex", per_kind=2, seed=4)
+    first = sorted((tmp_path / "ex" / "thump").glob("*"))[0]
+    copy = tmp_path / "ex" / "tone" / "copy.wav"
+    shutil.copy(first, copy)
+    dataset.build(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]))
+    said = f"it was left out, the same sound as {first}, tagged thump; relabel that file instead"
+    with pytest.raises(ValueError, match=re.escape(f"{copy} is not in dataset 'mine': {said}")):
+        dataset.edit(home, "mine", relabel=[(str(copy), "noise")])
+
+
 def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_path: Path, decodes: list[str]) -> None:
     write_kinds(tmp_path / "ex", per_kind=2, seed=4)
     with pytest.raises(ValueError, match="all 2 files are tagged 'noise'; a model needs at least 2 tags"):
