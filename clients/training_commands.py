@@ -52,6 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         TrainProgress,
         check_cloud,
         check_request,
+        installed_said,
         train,
     )
 
@@ -241,15 +242,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         "plots": trained.plots,
         "summary": trained.summary,
     }
-    human = f"installed and activated {row.ref}: validation accuracy {trained.val_accuracy:.1%}"
+    done = installed_said(row, trained.again)
+    human = f"{done}: validation accuracy {trained.val_accuracy:.1%}"
     if trained.summary.get("folds_stand_in"):  # the dataset's figure, not this version's: alike for any epochs or seed
-        human = f"installed and activated {row.ref}: expect about {trained.val_accuracy:.0%} accuracy"
+        human = f"{done}: expect about {trained.val_accuracy:.0%} accuracy"
     if trained.accuracy_of != HELD_OUT and not nothing_held_out:  # a small dataset: folds held out in turn
         # (a producer's check: files of the same tags from other material scored 2-21 points lower, 13 on average)
         human += f" on {trained.accuracy_of}; files of other packs than your folders' may score 10 points lower or more"
     if nothing_held_out:
         human = (
-            f"installed and activated {row.ref}: every clip trained it, none was left to validate on "
+            f"{done}: every clip trained it, none was left to validate on "
             f"(right on {accuracy:.0%} of the clips it learned from, which says little of new ones: `vibrary"
             " dataset show` says what to expect on those)"
         )

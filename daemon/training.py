@@ -129,6 +129,7 @@ class Trained:
     seconds: float
     plots: list[str]
     summary: dict[str, Any]
+    again: bool = False  # the very file of a version installed before (a training as before): activated, not new
 
 
 @dataclass
@@ -388,6 +389,7 @@ def _installed(
     report(state="installing", message="installing the model")  # first: a cancel from now on is refused
     if cancel.is_set():
         raise Cancelled(f"training cancelled as its model came; {_kept(home_dir, files, name)}")
+    began = time.time()
     try:  # a full disk, a locked index, Ctrl-C: the trainer's copy may be gone (the cloud's is)
         row = _install(index, home_dir, files, name)
     except (TrainingError, OSError, sqlite3.Error) as e:
@@ -412,9 +414,17 @@ def _installed(
     in_turn = FOLDS_STAND_IN if summary.get("folds_stand_in") else FOLDS_HELD_OUT
     accuracy_of = in_turn.format(folds) if folds else HELD_OUT if held_out else OWN_CLIPS
     fitted = known_said(summary, row.classes)
-    said = f"installed and activated {row.ref}" + (f"; {fitted}" if fitted else "")
+    again = row.installed < began  # (said as an install, it read as a new version: README's "every model is one")
+    said = installed_said(row, again) + (f"; {fitted}" if fitted else "")
     report(state="succeeded", model=row.ref, val_accuracy=accuracy, accuracy_of=accuracy_of, plots=plots, message=said)
-    return Trained(row, accuracy, accuracy_of, time.monotonic() - report.started, plots, summary)
+    return Trained(row, accuracy, accuracy_of, time.monotonic() - report.started, plots, summary, again)
+
+
+def installed_said(row: ModelRow, again: bool) -> str:
+    """What became of a trained model: a new version, or one installed before that this training made again."""
+    if again:
+        return f"activated {row.ref}, installed before: this training made the very same model"
+    return f"installed and activated {row.ref}"
 
 
 def _kept(home_dir: Path, files: dict[str, bytes], name: str) -> str:

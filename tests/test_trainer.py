@@ -1854,6 +1854,29 @@ def test_a_cancel_heard_while_the_model_came_keeps_it_uninstalled(model_home: Pa
     index.close()
 
 
+def test_a_training_that_makes_a_version_installed_before_says_so(model_home: Path, tmp_path: Path) -> None:
+    """A training is deterministic: made again, its model file can be the very file of a version installed
+    before, which is that version, and was said "installed and activated moods@1" as of a new one."""
+    from vibrary.daemon import training
+
+    index = Index(config.index_path(model_home))
+    onnx = band_model(tmp_path / "moods.onnx", name="moods").read_bytes()
+    said: list[TrainProgress] = []
+    for _ in range(2):
+        files = {"model.onnx": onnx, "summary.json": b"{}"}
+        trained = training._installed(
+            index, model_home, files, "moods", training._Report("moods", said.append), threading.Event()
+        )
+    assert (
+        trained.again
+        and trained.row.ref == "moods@1"
+        and [m.version for m in index.models() if m.name == "moods"] == [1]
+    )
+    assert said[-1].message == "activated moods@1, installed before: this training made the very same model"
+    assert "installed and activated moods@1" in [p.message for p in said]  # the first time
+    index.close()
+
+
 def test_a_followed_job_trained_and_never_collected_is_followed_again_not_trained_again(tmp_path: Path) -> None:
     """A `vibrary train` killed between the end of its training and its download (a kill, a reboot, a Ctrl-C
     while it installed): the same command trained it all again, from the first epoch, and the trained model
