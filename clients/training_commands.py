@@ -244,11 +244,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     done = installed_said(row, trained.again)
     human = f"{done}: validation accuracy {trained.val_accuracy:.1%}"
-    if trained.summary.get("folds_stand_in"):  # the dataset's figure, not this version's: alike for any epochs or seed
-        human = f"{done}: expect about {trained.val_accuracy:.0%} accuracy"
     if trained.accuracy_of != HELD_OUT and not nothing_held_out:  # a small dataset: folds held out in turn
         # (a producer's check: files of the same tags from other material scored 2-21 points lower, 13 on average)
         human += f" on {trained.accuracy_of}; files of other packs than your folders' may score 10 points lower or more"
+    if trained.summary.get("folds_stand_in"):  # the dataset's figure, not this version's: alike for any epochs or seed
+        # (said beside the advice before the training, the curve's for datasets of this size: two figures to tell apart)
+        human = (
+            f"{done}: {trained.val_accuracy:.0%} right on your own {trained.accuracy_of}, where the figure said before"
+            " the training is the curve's for datasets of this size; files of other packs than your folders' may"
+            " score 10 points lower or more"
+        )
     if nothing_held_out:
         human = (
             f"{done}: every clip trained it, none was left to validate on "
