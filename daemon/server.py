@@ -27,7 +27,7 @@ from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from . import config, dataset, events, registry, suggest, training
 from .decode import IN_JUNK, in_junk_folder, why_not_read
-from .folders import as_asked, indexed_path, readable_name, storable
+from .folders import UNNAMED, as_asked, indexed_path, readable_name, storable
 from .index import ANY_STORED_SCORE, NOT_INDEXED, WATCH_GONE, FileTags, ModelRow, within
 from .infer import ModelError
 from .modelref import parse_ref
@@ -293,6 +293,11 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             elif found.state == "pending" and not found.error and missing and within(found.path, missing):
                 found = replace(found, error=WATCH_GONE)  # why it is not read: "(pending)" said nothing
             yield file_tags_pb(replace(found, path=as_asked(found.path, asked)))
+        # the files under these folders whose names are not UTF-8, which the index cannot hold: a folder's answer
+        # left them out, silently, where a Tag of it and the status said them (as people can read them)
+        for name in self.daemon.watcher.unnamed:
+            if within(name, list(asked)):
+                yield pb.FileTags(path=name, state="failed", error=UNNAMED)
 
     def CountTags(self, request: pb.CountTagsRequest, context: grpc.ServicerContext) -> pb.TagCounts:
         model = self._model_name(request.model, context)

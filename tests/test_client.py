@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -499,3 +500,23 @@ def test_a_search_word_that_is_no_text_is_a_bad_argument_when_asked(daemon: Daem
     for query in ("\udce9", ["\udce9"]):
         with pytest.raises(BadArgument, match="not valid UTF-8"):
             daemon.client.search(query)
+
+
+def test_the_tags_of_a_folder_name_its_files_whose_names_are_not_utf8(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """The index cannot hold such a name: GetTags of its folder answered its other files and said nothing of
+    it, where a Tag of the folder and the status said it."""
+    lib = tmp_path / "lib"
+    write_tone(lib / "low.wav", BANDS["low"])
+    raw = os.path.join(os.fsencode(lib), b"Caf\xe9 flute.wav")
+    shutil.copy(lib / "low.wav", raw)
+    daemon.client.add_watch(str(lib))
+    wait_for(lambda: daemon.client.status().indexed == 1)
+    answers = {f.path: (f.state, f.error) for f in daemon.client.tags([str(lib)])}
+    assert answers == {
+        str(lib / "low.wav"): ("indexed", ""),
+        str(lib / "Caf\\xe9 flute.wav"): (
+            "failed",
+            "left out: its name is not valid UTF-8 (rename the file to tag it)",
+        ),
+    }
+    assert [f.path for f in daemon.client.tags([str(lib / "low.wav")])] == [str(lib / "low.wav")]  # (a file: itself)
