@@ -508,7 +508,7 @@ def test_the_tags_of_a_folder_name_its_files_whose_names_are_not_utf8(daemon: Da
     lib = tmp_path / "lib"
     write_tone(lib / "low.wav", BANDS["low"])
     raw = os.path.join(os.fsencode(lib), b"Caf\xe9 flute.wav")
-    shutil.copy(lib / "low.wav", raw)
+    shutil.copy(os.fsencode(lib / "low.wav"), raw)
     daemon.client.add_watch(str(lib))
     wait_for(lambda: daemon.client.status().indexed == 1)
     answers = {f.path: (f.state, f.error) for f in daemon.client.tags([str(lib)])}
