@@ -6,16 +6,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import math
 import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from vibrary.daemon import config, registry
 from vibrary.daemon.folders import UNNAMED, as_asked, indexed_path, storable
-from vibrary.daemon.index import HIT_SCORE, NO_SUCH_PATH, Index, Job, Result, within
+from vibrary.daemon.index import HIT_SCORE, NO_SUCH_PATH, Index, Job, ModelRow, Result, within
 from vibrary.daemon.infer import ModelError
 from vibrary.daemon.modelref import parse_ref
 from vibrary.daemon.suggest import tokens
@@ -189,6 +191,19 @@ def cmd_search(args: argparse.Namespace) -> int:
             _say_missing(c, [args.under] if args.under else [])
             _say_unfinished(c.status())
     return 0
+
+
+def _trained(row: ModelRow, obj: dict[str, Any]) -> str:
+    """What a version of the user's training measured, into `obj` and said (the built-in model's figures are in
+    docs/demo-model.md; one installed from elsewhere has none)."""
+    from vibrary.daemon.training import measured
+
+    summary = {} if row.builtin else registry.training_summary(row)
+    accuracy, of = measured(summary)
+    if not summary or math.isnan(accuracy):
+        return ""
+    obj.update(accuracy=round(accuracy, 4), accuracy_of=of, train_clips=summary.get("train_clips"))
+    return f"; trained on {summary.get('train_clips', '?')} clips, {accuracy:.0%} right on {of.split(' (')[0]}"
 
 
 def _remove_all(args: argparse.Namespace, index: Index, home_dir: Path, name: str) -> int:
@@ -389,10 +404,11 @@ def cmd_models(args: argparse.Namespace) -> int:
             if m.active and aside.get(m.id, ("",))[0] == m.ref:  # listed active, and tagging nothing
                 obj["failing"] = aside[m.id][1]
                 broken = f"  (set aside: {FAILING.format(ref=m.ref)})"
-            # when: versions of the same tags told apart (which to go back to)
+            # when, and what its training measured: versions of the same tags told apart (which to go back to)
             obj["installed_at"] = when = time.strftime("%Y-%m-%d %H:%M", time.localtime(m.installed))
+            trained = _trained(m, obj)
             line = f"{'*' if m.active else ' '} {m.ref:24} {len(m.classes):3} classes  {m.path}{broken}"
-            _out(args, obj, f"{line}\n    installed {when}; tags: {', '.join(m.classes)}")  # what a search can ask for
+            _out(args, obj, f"{line}\n    installed {when}{trained}; tags: {', '.join(m.classes)}")
         return 0
     if args.action == "install":
         before = index.models()

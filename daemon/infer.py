@@ -34,6 +34,7 @@ ACTIVATION_KEY = "vibrary.activation"
 # unfamiliar keeps its best tag as a guess, but has none of the model's tags in searches.
 FAMILIARITY_OUTPUT = "familiarity"
 FAMILIAR_KEY = "vibrary.familiar_from"
+SUMMARY_KEY = "vibrary.training"  # what its training measured (a JSON object: trainer/train.py TrainResult.summary)
 
 # Clips per onnxruntime run. A CNN's activations for a few clips stay in the CPU's caches; for eight they
 # do not, and one thread then spends more per clip (demo CNN: 0.63 ms per clip in runs of 1-4, 0.75-0.8

@@ -7,14 +7,18 @@ The demo model shipped inside the package is registered on first use and active 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import unicodedata
 from pathlib import Path
+from typing import Any
+
+import onnx
 
 from . import atomic, config
 from .config import check_name
 from .index import Index, ModelRow
-from .infer import Model, ModelError, sha256_file
+from .infer import SUMMARY_KEY, Model, ModelError, sha256_file
 
 log = logging.getLogger(__name__)
 BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -69,6 +73,17 @@ def sha256_file_or_none(path: str) -> str | None:
 def usable(row: ModelRow) -> bool:
     """Whether the model's file is still there as installed (models list and status say when not)."""
     return sha256_file_or_none(row.path) == row.sha256
+
+
+def training_summary(row: ModelRow) -> dict[str, Any]:
+    """What a version's training measured, from its file ({} for a model trained elsewhere, or a file not there):
+    versions of the same tags told apart by more than their dates, when one is picked to go back to."""
+    try:
+        meta = {p.key: p.value for p in onnx.load(row.path, load_external_data=False).metadata_props}
+        found = json.loads(meta.get(SUMMARY_KEY, "{}"))
+    except Exception:  # (a file gone or damaged: `models list` says so of it already)
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def check_free_name(index: Index, name: str) -> None:

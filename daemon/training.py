@@ -21,6 +21,7 @@ import copy
 import importlib
 import json
 import logging
+import math
 import secrets
 import shlex
 import sqlite3
@@ -408,16 +409,21 @@ def _installed(
                 continue
             plots.append(str(target))
     # with no clip held out there is no validation accuracy: the API said 0.0, the CLI the training's
-    folds = summary.get("folds") or summary.get("folds_stand_in")
-    held_out = summary.get("val_clips") != 0 or bool(folds)
-    accuracy = float(summary.get("val_accuracy" if held_out else "train_accuracy", report.state.val_accuracy))
-    in_turn = FOLDS_STAND_IN if summary.get("folds_stand_in") else FOLDS_HELD_OUT
-    accuracy_of = in_turn.format(folds) if folds else HELD_OUT if held_out else OWN_CLIPS
+    accuracy, accuracy_of = measured(summary, report.state.val_accuracy)
     fitted = known_said(summary, row.classes)
     again = row.installed < began  # (said as an install, it read as a new version: README's "every model is one")
     said = installed_said(row, again) + (f"; {fitted}" if fitted else "")
     report(state="succeeded", model=row.ref, val_accuracy=accuracy, accuracy_of=accuracy_of, plots=plots, message=said)
     return Trained(row, accuracy, accuracy_of, time.monotonic() - report.started, plots, summary, again)
+
+
+def measured(summary: dict[str, Any], default: float = math.nan) -> tuple[float, str]:
+    """A training's accuracy, and what it was measured on, from its summary (trainer/train.py TrainResult.summary)."""
+    folds = summary.get("folds") or summary.get("folds_stand_in")
+    held_out = summary.get("val_clips") != 0 or bool(folds)
+    accuracy = float(summary.get("val_accuracy" if held_out else "train_accuracy", default))
+    in_turn = FOLDS_STAND_IN if summary.get("folds_stand_in") else FOLDS_HELD_OUT
+    return accuracy, in_turn.format(folds) if folds else HELD_OUT if held_out else OWN_CLIPS
 
 
 def installed_said(row: ModelRow, again: bool) -> str:

@@ -245,6 +245,13 @@ def test_vibrary_train_fits_known_tags_says_so_and_trains_them_as_new_when_asked
     said = vibrary("train", "fx", "--as-new", "--epochs", "1", "--name", "fx1", home=model_home).stdout
     assert re.search(r"installed and activated fx1@1: \d+% right on your own clips held out in turn", said), said
     assert "validation accuracy" not in said
+    # each version's figure listed beside it: which to go back to was told by its date alone
+    listed = {m["model"]: m for m in json_lines(vibrary("models", "list", "--json", home=model_home).stdout)}
+    right = int(re.search(r"(\d+)% right", said)[1])  # type: ignore[index]
+    assert round(100 * listed["fx1"]["accuracy"]) == right and listed["fx1"]["train_clips"] == 8 * len(EFFECTS)
+    assert "accuracy" not in listed["demo"]  # (its figures are docs/demo-model.md's)
+    human = vibrary("models", "list", home=model_home).stdout
+    assert f"trained on {8 * len(EFFECTS)} clips, {right}% right on clips held out in turn; tags:" in human, human
     again = json_lines(vibrary("train", "fx", "--json", home=model_home).stdout)[-1]
     assert sorted(again["summary"]["known"]) == sorted(EFFECTS) and again["summary"]["epochs_run"] == 1
     assert sorted(again["classes"]) == sorted(EFFECTS)

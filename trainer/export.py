@@ -21,6 +21,7 @@ from vibrary.daemon.infer import (
     FAMILIAR_KEY,
     FAMILIARITY_OUTPUT,
     NAME_KEY,
+    SUMMARY_KEY,
     VERSION_KEY,
 )
 from vibrary.daemon.spectrogram import METADATA_KEY
@@ -28,8 +29,6 @@ from vibrary.daemon.spectrogram import METADATA_KEY
 from .network import WithSoftmax
 from .options import base_path
 from .train import TrainResult
-
-SUMMARY_KEY = "vibrary.training"
 
 
 def to_onnx(result: TrainResult, name: str, version: int = 1) -> bytes:
