@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .index import read_only_connection
 from .spectrogram import SpectrogramParams, dequantize, quantize
 
 log = logging.getLogger(__name__)
@@ -204,13 +205,15 @@ class SpectrogramCache:
     def _transaction(self, c: sqlite3.Connection) -> Iterator[None]:
         """A write that fails (a full disk) is rolled back: left open, it would hold the write lock and
         stall every other writer; the size is counted again, as the rollback undid part of it."""
-        c.execute("BEGIN IMMEDIATE")
         try:
+            c.execute("BEGIN IMMEDIATE")
             yield
-        except BaseException:
+        except BaseException as e:
             if c.in_transaction:
                 c.execute("ROLLBACK")
             self._size = int(c.execute("SELECT coalesce(sum(length(data)), 0) FROM spectra").fetchone()[0])
+            if isinstance(e, sqlite3.Error) and read_only_connection(e):
+                self.close()  # (opened during a read-only spell: reopened at the next write)
             raise
         c.execute("COMMIT")
 

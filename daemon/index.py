@@ -213,6 +213,15 @@ FAILED = "failed"  # a file's state when its last reading failed: it has no tags
 _UNUSED = "NOT EXISTS (SELECT 1 FROM files f WHERE f.content_id = contents.id)"  # a content no file has now
 
 
+def read_only_connection(e: sqlite3.Error) -> bool:
+    """Whether a write failed because its connection reads only: SQLite opens a database read-only while its file
+    cannot be written (a sync or restore tool's moment of other permissions, `chmod a-w`), and that connection
+    stays so when the file can be written again. Kept, it refused every write of its thread until a restart: new
+    samples were never indexed. Closed, the next write opens it anew."""
+    primary = getattr(e, "sqlite_errorcode", 0) & 0xFF  # (Python 3.11 on; before, the words)
+    return primary == 8 or "readonly database" in str(e)  # (SQLITE_READONLY: Python 3.10 names it not)
+
+
 @contextlib.contextmanager
 def _transaction(c: sqlite3.Connection) -> Iterator[None]:
     c.execute("BEGIN IMMEDIATE")
@@ -352,8 +361,13 @@ class Index:
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         c = self.conn()
-        with _transaction(c):
-            yield c
+        try:
+            with _transaction(c):
+                yield c
+        except sqlite3.OperationalError as e:
+            if read_only_connection(e):
+                self.close()  # (reopened at the next write, which a read-only spell had failed for good)
+            raise
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[sqlite3.Connection]:

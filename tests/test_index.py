@@ -897,3 +897,24 @@ def test_of_two_tags_scored_alike_the_one_that_hit_is_listed_first(index: Index)
     assert _paths(index, all_of=[["snare"]]) == ["/lib/s.wav"]
     (found,) = search(index, Query(all_of=[["kick"]]))
     assert [tag for _, tag, _ in found.tags] == ["kick", "snare"]
+
+
+def test_a_connection_opened_read_only_is_opened_anew_for_the_next_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite opens a database read-only while its file cannot be written (a restore tool's moment of other
+    permissions), and the connection stays so once it can be: the thread that opened it then (the watcher's)
+    failed every write until a restart, and new samples were never indexed."""
+    index = Index(tmp_path / "index.sqlite")
+    index.close()
+    connect = sqlite3.connect
+
+    def read_only_once(path: str, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        monkeypatch.setattr(index_module.sqlite3, "connect", connect)
+        return connect(f"file:{path}?mode=ro", *args, uri=True, **kwargs)
+
+    monkeypatch.setattr(index_module.sqlite3, "connect", read_only_once)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        index.add_watch("/lib")
+    index.add_watch("/lib")  # the file writable again: written
+    assert index.watches() == ["/lib"]
