@@ -306,6 +306,19 @@ class IndexDamaged(ValueError):
     """The index file cannot be used: said in one line with what to do, never as a traceback."""
 
 
+def damaged(e: sqlite3.Error) -> bool:
+    """Whether SQLite found the database file damaged (SQLITE_CORRUPT, SQLITE_NOTADB), not locked or full."""
+    primary = getattr(e, "sqlite_errorcode", 0) & 0xFF  # (Python 3.11 on; before, the words)
+    return primary in (11, 26) or any(w in str(e) for w in ("malformed", "not a database"))
+
+
+def damaged_said(path: str, e: sqlite3.Error) -> str:
+    return (
+        f"the index {path} is damaged ({e}): move it aside and start the daemon again, then "
+        "`vibrary watch add` your folders again (their spectrograms are cached: nothing is decoded twice)"
+    )
+
+
 class Index:
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
@@ -317,10 +330,7 @@ class Index:
             why = disk_trouble(os.path.dirname(os.path.abspath(self.path))) or e  # ("disk I/O error": a full disk)
             raise IndexDamaged(f"cannot open the index {self.path}: {why}") from None
         except sqlite3.DatabaseError as e:
-            raise IndexDamaged(
-                f"the index {self.path} is damaged ({e}): move it aside and start the daemon again, then "
-                "`vibrary watch add` your folders again (their spectrograms are cached: nothing is decoded twice)"
-            ) from None
+            raise IndexDamaged(damaged_said(self.path, e)) from None
 
     def _open(self) -> None:
         c = self.conn()

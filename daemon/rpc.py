@@ -18,6 +18,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .index import damaged, damaged_said
+
 log = logging.getLogger(__name__)
 
 HEALTH_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -126,7 +128,7 @@ def _disk_errors_said(call: Callable[[], Any], context: grpc.ServicerContext) ->
         return call()
     except OSError as e:
         _abort_for_disk(e, context)
-    except sqlite3.OperationalError as e:
+    except sqlite3.DatabaseError as e:
         _abort_for_database(e, context)
 
 
@@ -137,7 +139,7 @@ def _disk_errors_streamed(call: Callable[[], Iterator[Any]], context: grpc.Servi
         yield from call()
     except OSError as e:
         _abort_for_disk(e, context)
-    except sqlite3.OperationalError as e:
+    except sqlite3.DatabaseError as e:
         _abort_for_database(e, context)
 
 
@@ -158,9 +160,12 @@ _DATABASE_SAID = {  # SQLite's primary result codes (FULL, READONLY, CANTOPEN, B
 }
 
 
-def _abort_for_database(e: sqlite3.OperationalError, context: grpc.ServicerContext) -> None:
+def _abort_for_database(e: sqlite3.DatabaseError, context: grpc.ServicerContext) -> None:
     """The same for a database the call writes (a watch added on a full disk: "Exception calling
-    application: database or disk is full")."""
+    application: database or disk is full"), or finds damaged (the daemon stops: Daemon._feed)."""
+    if damaged(e):
+        log.info("a call found the index damaged: %s", e)
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, damaged_said("of the daemon", e))
     primary = getattr(e, "sqlite_errorcode", 0) & 0xFF  # (Python 3.11 on; before, the words)
     if not primary and "disk is full" in str(e):
         primary = 13

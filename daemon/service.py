@@ -41,7 +41,19 @@ from .events import (
     StatusPublisher,
 )
 from .folders import UNNAMED, audio_files_under, readable_name, storable
-from .index import NO_SUCH_PATH, NOT_INDEXED, NOT_STORED, WATCH_GONE, FileTags, Index, ModelRow, Result, within
+from .index import (
+    NO_SUCH_PATH,
+    NOT_INDEXED,
+    NOT_STORED,
+    WATCH_GONE,
+    FileTags,
+    Index,
+    ModelRow,
+    Result,
+    damaged,
+    damaged_said,
+    within,
+)
 from .infer import Model, ModelError
 from .pipeline import ActiveModel, Pipeline
 from .spectrogram import SpectrogramParams, as_fed
@@ -258,6 +270,13 @@ class Daemon:
                 next_due = self.index.next_due(after=now)  # due ones are in flight or wait for room: _store wakes us
                 wait = 1.0 if next_due is None or paused else min(1.0, max(0.005, next_due - time.time()))
                 self._wake.wait(wait)
+            except sqlite3.DatabaseError as e:
+                if damaged(e):  # damaged while it ran: a traceback a second, for ever, and every call failed raw
+                    log.error("%s; the daemon stops", damaged_said(self.index.path, e))
+                    self.ended.set()
+                    return
+                log.exception("feeder error; retrying")
+                self._stop.wait(1.0)
             except Exception:
                 log.exception("feeder error; retrying")
                 self._stop.wait(1.0)

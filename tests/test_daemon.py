@@ -2032,3 +2032,29 @@ def test_files_an_older_release_read_before_their_first_sound_are_read_again_onc
         assert d.index.forget_late_starts_once(lambda: {fingerprint(on_time).hash}) == 0  # once
     finally:
         d.stop()
+
+
+def test_an_index_damaged_while_the_daemon_runs_stops_it_saying_what_to_do(
+    model_home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A daemon whose index was damaged as it ran logged a traceback a second, for ever (2.8 MB an hour), and
+    every command failed with "Exception calling application: database disk image is malformed". It stops,
+    saying once what to do, as a start on that index says."""
+    from vibrary.daemon import service
+
+    d = service.Daemon(model_home, service.config.Settings(nice=0))
+    d.start()
+    try:
+
+        def damaged(*args: object, **kwargs: object) -> list:
+            raise sqlite3.DatabaseError("database disk image is malformed")
+
+        monkeypatch.setattr(d.index, "models", damaged)
+        monkeypatch.setattr(d.index, "tagging_models", damaged)
+        wait_for(d.ended.is_set, timeout=10)
+        time.sleep(1.5)  # (a second round of the feeder, had it gone on)
+        said = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+        assert len(said) == 1 and "move it aside" in said[0] and said[0].endswith("the daemon stops"), said
+        assert not [r for r in caplog.records if r.getMessage().startswith("feeder error")]
+    finally:
+        d.stop()
