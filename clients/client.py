@@ -44,7 +44,7 @@ from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from .errors import BadArgument, VibraryError
-from .query import QueryError, has_phrase, parse_query
+from .query import QueryError, has_phrase, joined_as, parse_query, respell
 
 __all__ = [
     "BadArgument",
@@ -336,21 +336,21 @@ class Client:
 
         def pages() -> Iterator[pb.FileTags]:
             nonlocal groups, excluded
-            if isinstance(all_of, str) and has_phrase(all_of):
-                groups, excluded = parse_query(all_of, self._tag_of(model, timeout))
+            if isinstance(all_of, str) and has_phrase(all_of):  # (words of a tag, however its model joins them)
+                known = self._tags_of(model, timeout)
+                groups, excluded, _ = respell(*parse_query(all_of, joined_as(known)), known, None)
             request.all_of.extend(pb.AnyOf(tags=g) for g in groups)
             request.none_of[:0] = excluded
             yield from self._search_pages(request, timeout)
 
         return pages()
 
-    def _tag_of(self, model: str, timeout: float | None) -> Callable[[str], bool]:
-        """Whether words are a tag of the models a search reads (active, or standing in; `model`'s alone, of
-        either of its versions the daemon may read)."""
+    def _tags_of(self, model: str, timeout: float | None) -> set[str]:
+        """The tags of the models a search reads (active, or standing in; `model`'s alone, of either of its
+        versions the daemon may read)."""
         name = parse_ref(model)[0] if model else ""
         models = self._call("ListModels", pb.ListModelsRequest(), timeout).models
-        tags = {t for m in models if (m.active or m.serving) and name in ("", m.name) for t in m.classes}
-        return lambda words: config.tag_key(words) in tags
+        return {t for m in models if (m.active or m.serving) and name in ("", m.name) for t in m.classes}
 
     def _search_pages(self, request: pb.SearchRequest, timeout: float | None) -> Iterator[pb.FileTags]:
         """Search's files as SearchPages brings them (a message a file took 5 s of 24,000 files' 6), or from

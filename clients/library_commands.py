@@ -20,7 +20,6 @@ from vibrary.daemon.folders import UNNAMED, as_asked, indexed_path, storable
 from vibrary.daemon.index import HIT_SCORE, NO_SUCH_PATH, Index, Job, ModelRow, Result, within
 from vibrary.daemon.infer import ModelError
 from vibrary.daemon.modelref import parse_ref
-from vibrary.daemon.suggest import tokens
 from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client
@@ -42,7 +41,7 @@ from .output import (
     stand_ins,
     terminal_safe,
 )
-from .query import OPERATORS, QueryError, join_tags, parse_query, respell, spelled_as, synonyms
+from .query import OPERATORS, QueryError, join_tags, joined_as, parse_query, respell, spelled_as, synonyms
 from .tray_state import many
 
 
@@ -164,8 +163,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         def is_tag(text: str) -> bool:  # a model's tag ("hi hat"), or a spelling of an active model's ("hi hats")
             return config.tag_key(text) in spelled or spelled_as(config.tag_key(text), known, table) is not None
 
-        joined = {tuple(tokens(t)) for t in known}  # (`gritty sound` typed of a tag gritty-sound: one tag too)
-        groups, excluded = _parsed(_query_words(args.query, is_tag, lambda text: tuple(tokens(text)) in joined))
+        groups, excluded = _parsed(_query_words(args.query, is_tag, joined_as(known)))
         groups, excluded, respelled = respell(groups, excluded, known, table)
         n = _print_files(
             args,

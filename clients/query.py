@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from vibrary.daemon.config import tag_key
-from vibrary.daemon.suggest import Synonyms, tokens
+from vibrary.daemon.suggest import Synonyms
 
 from .errors import BadArgument
 
@@ -152,26 +153,45 @@ def synonyms(home_dir: Path | None) -> Synonyms:
         return Synonyms.load(None)
 
 
-def spelled_as(word: str, known: set[str], table: Synonyms) -> str | None:
+def _words_of(text: str) -> tuple[str, ...]:
+    """A tag's words, however joined: `gritty sound`, gritty-sound and gritty_sound alike (nothing else is
+    dropped: c# is no c)."""
+    return tuple(w for w in re.split(r"[\s_-]+", tag_key(text)) if w)
+
+
+def joined_as(known: Collection[str]) -> Callable[[str], bool]:
+    """Whether words are one of these tags, however joined: for `join_tags`, so that `search gritty sound`
+    finds a tag gritty-sound, as a rename or a label of the API spells one, in the CLI, the tray and
+    `Client.search` alike."""
+    spelled = {_words_of(t) for t in known}
+    return lambda text: _words_of(text) in spelled
+
+
+def spelled_as(word: str, known: set[str], table: Synonyms | None) -> str | None:
     """The tag among `known` (the active models') that a word no model tags spells or is an alias of (`hh`,
     `BD`, `hi hats`): `search hh` said "no active model tags 'hh'" of what `synonyms list` calls hihat. Also a
-    tag of the same words otherwise joined (`gritty sound` of a tag gritty-sound, as a rename or a label of
-    the API spells one), and one the table reads as the same tag (`clean` or `dist` of a model's dry or
-    distorted, aliases of clean and distortion), which the search found nothing for, and advised clap."""
+    tag of the same words otherwise joined (`gritty sound` of a tag gritty-sound), and the one tag of the models
+    that is an alias of the table's tag the word is (`clean`, `distortion`: a model's dry, distorted), where the
+    search found nothing and advised clap; not a word the table reads as another's (lead and pad are both
+    synth to it: `lead` found pads), nor a tag of several the models have (`percussion` was conga). `table`
+    None: the words alone (Client.search, which leaves synonyms to its caller)."""
     if word in known:
         return None
-    words = tokens(word)
-    same = sorted(k for k in known if tokens(k) == words)
-    if same:
-        return same[0]
+    words = _words_of(word)
+    same = sorted(k for k in known if _words_of(k) == words)
+    if same or table is None:
+        return same[0] if same else None
     tag = table.tag_of(word)
     if tag is None or tag in known:
         return tag
-    return next((k for k in sorted(known) if table.tag_of(k) == tag), None)
+    if tag != tag_key(word):  # an alias of a tag no model has: the models' aliases of it are no spelling of it
+        return None
+    kin = [k for k in sorted(known) if table.tag_of(k) == tag]
+    return kin[0] if len(kin) == 1 else None
 
 
 def respell(
-    groups: list[list[str]], excluded: list[str], known: set[str], table: Synonyms
+    groups: list[list[str]], excluded: list[str], known: set[str], table: Synonyms | None
 ) -> tuple[list[list[str]], list[str], dict[str, str]]:
     """The query with each such word as its tag, and {word: tag} of those respelled."""
     said = {w: t for w in {*excluded, *(w for g in groups for w in g)} if (t := spelled_as(w, known, table))}

@@ -44,7 +44,7 @@ from vibrary.proto import daemon_pb2 as pb
 from . import tray_state as ts
 from .client import Client, ClientClosed, DaemonError, DaemonNotAnswering, DaemonNotRunning
 from .daemon_commands import on_signals
-from .query import QueryError, parse_query, respell, synonyms
+from .query import QueryError, joined_as, parse_query, respell, synonyms
 
 log = logging.getLogger(__name__)
 
@@ -480,7 +480,7 @@ def _search(home: Path, dialog: weakref.ref[SearchDialog], asked: int, text: str
     try:
         with Client(home_dir=home, timeout=CALL_TIMEOUT_S) as c:
             known = {tag for m in c.models() if m.active or m.serving for tag in m.classes}
-            query = parse_query(text, lambda words: config.tag_key(words) in known)
+            query = parse_query(text, joined_as(known))
             all_of, none_of, _ = respell(*query, known, synonyms(home))
             found = list(c.search(all_of, none_of, limit=SearchDialog.LIMIT, best_first=True, timeout=CALL_TIMEOUT_S))
     except Exception as e:  # (any: a thread that dies leaves "searching…" for ever)
