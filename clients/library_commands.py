@@ -27,6 +27,7 @@ from .errors import VibraryError
 from .output import (
     FAILING,
     NO_MODEL_TAGS,
+    READ_AGAIN,
     SILENT_TAGS,
     UNUSABLE,
     Bar,
@@ -359,7 +360,7 @@ def cmd_tags(args: argparse.Namespace) -> int:
             _out(args, line := _file_line(p, [], UNNAMED), _human_file(line))
         asked = [p for p in args.paths if p not in unnamed]
         if asked:
-            _print_files(args, _as_given(c.tags(asked), asked), NO_MODEL_TAGS if idle else SILENT_TAGS)
+            _print_files(args, _as_given(c.tags(asked), asked), NO_MODEL_TAGS if idle else SILENT_TAGS, READ_AGAIN)
         _say_missing(c, args.paths, kept=True)
     return 0
 

@@ -67,9 +67,9 @@ def _out(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
 SILENT_TAGS = f"no tags: {SILENT}"
 NO_MODEL_TAGS = "no tags: no model is active (`vibrary models activate NAME`)"
 NOT_READ_YET = "not read yet (pending)"
-# a pending file's tags are of its content before (it changed, or a model re-tags the library): said, since a file
-# overwritten with a kick while indexing was paused showed the flute it had been, as any tagged file
-READ_AGAIN = "tags from before: waits to be read again"
+# a pending file's tags are its last reading's (it changed since, or a model re-tags the library): `tags` says so, since
+# a file overwritten with a kick while indexing was paused showed the flute it had been, as any tagged file
+READ_AGAIN = "to be read again: a model re-tags the library, or the file changed"
 
 UNUSABLE = (
     "its file is missing or damaged: `vibrary models install` the same file again restores it, its tags kept"
@@ -98,7 +98,7 @@ def _file_line(
     for i, (m, _, s) in enumerate(tags):
         if m not in best or s > tags[best[m]][2]:
             best[m] = i
-    line = {
+    line: dict[str, Any] = {
         "path": path,
         "tags": [
             # hit: the file has this tag, as a search finds it by default (its model's best, or a score of at
@@ -117,8 +117,10 @@ def _file_line(
     }
     if state == "indexed" and not line["tags"] and not error:
         line["note"] = no_tags
-    elif state == "pending" and not error:  # `"tags": []` alone read as a file with none
-        line["note"] = READ_AGAIN if line["tags"] else NOT_READ_YET
+    elif state == "pending" and not line["tags"] and not error:  # `"tags": []` alone read as a file with none
+        line["note"] = NOT_READ_YET
+    if state == "pending" and line["tags"]:  # its last reading's tags (`note` says why a file has none)
+        line["pending"] = True
     return line
 
 
@@ -144,8 +146,9 @@ def _shown(path: str) -> str:
     return readable_name(path).translate(_CONTROL)
 
 
-def _human_file(line: dict[str, Any], state: str = "indexed") -> str:
-    """`state`: the index's (pending, indexed …); a file `vibrary tag` read here is indexed."""
+def _human_file(line: dict[str, Any], state: str = "indexed", again: str = "") -> str:
+    """`state`: the index's (pending, indexed …); a file `vibrary tag` read here is indexed. `again`: said after the
+    tags of a pending file (`tags`; a search says how many there are once, on stderr)."""
     if line["error"] and state == "pending":  # a reason that passes (no file handles left), or a drive away
         again = "" if line["error"] == WATCH_GONE else " again"  # (one never read yet waited "again")
         return f"{_shown(line['path'])}: waits to be read{again} ({line['error']})"
@@ -154,7 +157,7 @@ def _human_file(line: dict[str, Any], state: str = "indexed") -> str:
     by_model: dict[str, list[str]] = {}
     for t in line["tags"]:  # "dark? 0.91": a guess, the file sounds like none of the model's examples
         by_model.setdefault(t["model"], []).append(f"{t['tag']}{'?' if t['unfamiliar'] else ''} {t['score']:.2f}")
-    again = f" ({READ_AGAIN})" if by_model and state == "pending" else ""
+    again = f" ({again})" if again and by_model and state == "pending" else ""
     if len(by_model) > 1:  # each model's tags apart: two models can give the same tag
         return (
             f"{_shown(line['path'])}: "
@@ -165,13 +168,13 @@ def _human_file(line: dict[str, Any], state: str = "indexed") -> str:
     return f"{_shown(line['path'])}: {', '.join(next(iter(by_model.values()), [none]))}{again}"
 
 
-def _print_files(args: argparse.Namespace, files: Iterable[Any], no_tags: str = SILENT_TAGS) -> int:
+def _print_files(args: argparse.Namespace, files: Iterable[Any], no_tags: str = SILENT_TAGS, again: str = "") -> int:
     n = 0
     for f in files:
         unfamiliar = {t.model for t in f.tags if t.unfamiliar}
         tags = ((t.model, t.tag, t.score) for t in f.tags)
         line = _file_line(f.path, tags, f.error, unfamiliar, f.state, no_tags)
-        _out(args, line, _human_file(line, f.state))
+        _out(args, line, _human_file(line, f.state, again))
         n += 1
     return n
 
