@@ -76,8 +76,21 @@ def _matching(
     SQLite snapshot for as long as its client took to read it (a plugin paging as the user scrolls, a
     stream nobody reads held by gRPC's flow control), and no checkpoint passes a reader's snapshot: under
     one such stream the WAL grew from 3.4 to 17 MB in five rounds of a re-tag. A file changed between
-    the two reads shows as it is now, and one failed or gone since is left out."""
-    ids = array("q", (row[0] for row in _found(index, groups, excluded, model_ids, q, "f.id")))
+    the two reads shows as it is now, and one failed or gone since is left out. The first page is read on its
+    own first (a LIMIT of its size: the plan's first rows), so that it comes as soon as it did, not once every
+    match is known (half a second for 300,000); the rest of the ids after it, the first page's left out."""
+    first = replace(q, limit=min(q.limit, page) if q.limit else page)
+    ids = array("q", (row[0] for row in _found(index, groups, excluded, model_ids, first, "f.id")))
+    if len(ids) == first.limit and q.limit != first.limit:  # more to come: the rest, read once the first is out
+        yield from _rows(index, ids, page)
+        seen = set(ids)
+        rest = (r[0] for r in _found(index, groups, excluded, model_ids, q, "f.id") if r[0] not in seen)
+        ids = array("q", itertools.islice(rest, q.limit - len(seen) if q.limit else None))
+    yield from _rows(index, ids, page)
+
+
+def _rows(index: Index, ids: array, page: int) -> Iterator[list[tuple]]:
+    """Pages of the rows of these files, each page a read of its own."""
     conn = index.conn()
     for start in range(0, len(ids), page):
         chunk = ids[start : start + page]
