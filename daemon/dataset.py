@@ -898,10 +898,15 @@ def _edit(
             real = real or {os.path.realpath(r.path): n for n, r in enumerate(rows)}
             i = real.get(os.path.realpath(path))
         if i is None:
-            why = {os.path.normpath(p): why for p, why in held.failed}.get(os.path.normpath(os.path.abspath(path)))
+            left = {os.path.normpath(p): why for p, why in held.failed}
+            why = left.get(os.path.normpath(os.path.abspath(path))) or left.get(os.path.realpath(path))
             if why:  # (a copy of another clip: `add` it, the advice, left it out again)
-                that = "; relabel that file instead" if why.startswith(SAME_SOUND) else ""
-                raise ValueError(f"{path} is not in dataset {name!r}: it was left out, {why}{that}")
+                then = (
+                    "relabel that file instead"
+                    if why.startswith(SAME_SOUND)
+                    else f"`vibrary dataset add {name}` its folder again once it can be read"
+                )
+                raise ValueError(f"{path} is not in dataset {name!r}: it was left out, {why}; {then}")
             raise ValueError(  # (a file left out, or relabelled "" once: it said so and no more)
                 f"{path} is not in dataset {name!r}: `vibrary dataset add {name}` it first (with --restore,"
                 " one an edit removed)"

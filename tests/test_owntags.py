@@ -228,6 +228,12 @@ def test_a_relabel_of_a_file_left_out_says_why_it_was(home: Path, tmp_path: Path
     said = f"it was left out, the same sound as {first}, tagged thump; relabel that file instead"
     with pytest.raises(ValueError, match=re.escape(f"{copy} is not in dataset 'mine': {said}")):
         dataset.edit(home, "mine", relabel=[(str(copy), "noise")])
+    (tmp_path / "ex" / "tone" / "broken.wav").write_text("not audio")  # unreadable: added again once it is fixed
+    dataset.build(home, "other", dataset.examples_from_folders([str(tmp_path / "ex")]))
+    (tmp_path / "link").symlink_to(tmp_path / "ex")  # (given through a link to its folder)
+    said = "it was left out, not a recognised audio format .*; `vibrary dataset add other` its folder again once"
+    with pytest.raises(ValueError, match=rf"broken\.wav is not in dataset 'other': {said}"):
+        dataset.edit(home, "other", relabel=[(str(tmp_path / "link" / "tone" / "broken.wav"), "noise")])
 
 
 def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_path: Path, decodes: list[str]) -> None:
