@@ -114,8 +114,24 @@ LOG_MOST_BYTES, LOGS_KEPT = 10_000_000, 2  # daemon.log, and daemon.log.1 and .2
 def _file_log(home_dir: Path) -> logging.Handler:
     """The daemon's log file, rotated: a daemon that runs for months, paused around every DAW session or
     switching models from a script, wrote to it for ever."""
-    path = config.log_path(home_dir)
-    return logging.handlers.RotatingFileHandler(path, maxBytes=LOG_MOST_BYTES, backupCount=LOGS_KEPT)
+    return _ReopenedLog(config.log_path(home_dir), maxBytes=LOG_MOST_BYTES, backupCount=LOGS_KEPT)
+
+
+class _ReopenedLog(logging.handlers.RotatingFileHandler):
+    """Opened anew when its file was deleted or moved away under it (a cleanup of the home, a log tool): the
+    daemon wrote on to the deleted file, out of everyone's sight, until it stopped."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is not None:
+            try:
+                named, written = os.stat(self.baseFilename), os.fstat(self.stream.fileno())
+                gone = (named.st_dev, named.st_ino) != (written.st_dev, written.st_ino)
+            except OSError:
+                gone = True
+            if gone:
+                self.stream.close()
+                self.stream = None  # (opened again by emit, as after a rotation)
+        super().emit(record)
 
 
 class _OneLine(logging.Formatter):

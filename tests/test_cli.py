@@ -1254,3 +1254,25 @@ def test_search_finds_a_tag_by_its_words_otherwise_joined_and_by_a_spelling_of_t
         for word in words:
             run = vibrary("search", "--json", "--model", "other", word, home=daemon.home)
             assert json_lines(run.stdout) == [] and "searched" not in run.stderr, (word, run.stderr)
+
+
+def test_the_daemon_log_deleted_under_it_is_written_anew(tmp_path: Path) -> None:
+    """A cleanup of the home deleted daemon.log, and the daemon wrote on to the deleted file until it stopped."""
+    import logging
+
+    from vibrary.clients.daemon_commands import _file_log
+
+    handler = _file_log(tmp_path)
+    log = logging.getLogger("test.reopened")
+    log.addHandler(handler)
+    try:
+        log.warning("first")
+        (tmp_path / "daemon.log").unlink()
+        log.warning("after the delete")
+        (tmp_path / "daemon.log").rename(tmp_path / "moved.log")
+        log.warning("after a move")
+        assert (tmp_path / "daemon.log").read_text() == "after a move\n"
+        assert (tmp_path / "moved.log").read_text() == "after the delete\n"
+    finally:
+        log.removeHandler(handler)
+        handler.close()
