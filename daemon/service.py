@@ -122,6 +122,7 @@ class Daemon:
         _lower_priority(self.settings.nice)
         self.started = time.time()
         self.index = Index(config.index_path(home_dir))
+        self._index_inode = os.stat(self.index.path).st_ino  # (_stop_if_home_gone: one deleted or replaced)
         registry.ensure_models(self.index, home_dir)
         self.cache = SpectrogramCache(config.cache_path(home_dir), self.settings.cache_max_mb << 20)
         self.events = EventBus()
@@ -218,6 +219,16 @@ class Daemon:
             return
         if gone and not self.ended.is_set():
             log.error("the home %s is gone (deleted?): the daemon stops", self.home)
+            self.ended.set()
+        try:  # the index deleted alone (or another put in its place): "no such table: files" at every write,
+            # searches answered from the deleted file, and its files waited for good
+            gone = os.stat(self.index.path).st_ino != self._index_inode
+        except FileNotFoundError:
+            gone = True
+        except OSError:
+            return
+        if gone and not self.ended.is_set():
+            log.error("the index %s is gone (deleted, or another in its place): the daemon stops", self.index.path)
             self.ended.set()
 
     def _wake_feeder(self) -> None:

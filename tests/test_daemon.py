@@ -566,6 +566,20 @@ def test_a_daemon_whose_home_is_deleted_stops(model_home: Path) -> None:
         d.stop()
 
 
+def test_a_daemon_whose_index_is_deleted_stops_saying_so(model_home: Path) -> None:
+    """The index deleted alone under a running daemon: every write failed "no such table: files", searches were
+    answered from the deleted file, and new samples waited for good."""
+    d = start_daemon(model_home)
+    try:
+        for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+            (model_home / name).unlink(missing_ok=True)
+        assert d.proc.wait(timeout=30) == 0
+        said = (model_home / "daemon.log").read_text()
+        assert f"the index {model_home / 'index.sqlite'} is gone (deleted, or another in its place)" in said, said
+    finally:
+        d.stop()
+
+
 def test_names_swapped_while_down_are_read_again_though_size_and_mtime_match(model_home: Path, tmp_path: Path) -> None:
     """One-shots of one length unpacked with one mtime, renumbered while the daemon was stopped: each name
     then holds another file of the same size and mtime, and kept the tags of the file it held before."""
