@@ -580,6 +580,19 @@ def test_a_daemon_whose_index_is_deleted_stops_saying_so(model_home: Path) -> No
         d.stop()
 
 
+def test_a_daemon_whose_socket_is_deleted_is_said_so_and_can_be_stopped(model_home: Path) -> None:
+    """Its socket deleted, the daemon was "starting, busy or hung; wait a moment", for good."""
+    d = start_daemon(model_home)
+    try:
+        (model_home / "daemon.sock").unlink()
+        said = vibrary("status", home=model_home, check=False)
+        assert said.returncode == 1 and f"has no socket at {model_home / 'daemon.sock'} (deleted?)" in said.stderr
+        vibrary("daemon", "stop", home=model_home)
+        assert d.proc.wait(timeout=30) == 0
+    finally:
+        d.stop()
+
+
 def test_names_swapped_while_down_are_read_again_though_size_and_mtime_match(model_home: Path, tmp_path: Path) -> None:
     """One-shots of one length unpacked with one mtime, renumbered while the daemon was stopped: each name
     then holds another file of the same size and mtime, and kept the tags of the file it held before."""
