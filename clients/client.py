@@ -217,6 +217,8 @@ class Client:
             if trouble := config.disk_trouble(home := os.path.dirname(self._socket())):  # where none can start
                 said = f"no daemon answers at {self._socket()}, and none can start there: {trouble}"
                 return DaemonCannotStart(said) if config.read_only(home) else DaemonNotRunning(said)
+            if failed := _last_start_failed(Path(self._socket()).parent):  # ("start it" of one that cannot start)
+                return DaemonNotRunning(f"no daemon answers at {self._socket()}; its last start failed: {failed}")
             return DaemonNotRunning(f"no daemon answers at {self._socket()}; start it with `vibrary daemon`")
         return DaemonError(code, details or code.name)
 
@@ -576,6 +578,18 @@ class _Quiet:
 
     def stop(self) -> None:
         self._done.set()
+
+
+def _last_start_failed(home_dir: Path) -> str:
+    """Why the home's last daemon would not start (a damaged index, a bad config.json), when its log ends with
+    that ("" else): "start it with `vibrary daemon`" was said of a daemon that could not start, again."""
+    try:
+        with open(config.log_path(home_dir), "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            last = f.read().decode(errors="replace").rstrip("\n").rpartition("\n")[2]
+    except OSError:
+        return ""
+    return last.partition(" vibrary.daemon: not started: ")[2]
 
 
 def _model_ref(name: str, version: int) -> pb.ModelRef:
