@@ -76,16 +76,19 @@ def file_tags_pb(f: FileTags) -> pb.FileTags:
     )
 
 
-def why_not_indexed(path: str, asked: str, watches: list[str]) -> str:
+def why_not_indexed(path: str, asked: str, watches: list[str], unwritable: str = "") -> str:
     """Why a path that is there has nothing in the index: `vibrary tags` said "not in the index" alike of a
     file outside every watch, a PDF, macOS's `._` files and a link to a folder elsewhere. `asked`: the path as
-    given, `path` where its links lead."""
+    given, `path` where its links lead; `unwritable`: why the watcher cannot write what it heard now (a full
+    disk: a new sample waiting for that was "not in the index")."""
     if os.path.isfile(path) and (why := why_not_read(path)):
         return why
     if not within(path, watches) and within(asked, watches):
         return "a link to a folder elsewhere: watches do not follow links (`vibrary watch add` where it leads)"
     if not within(path, watches):
         return "not under a watch folder (`vibrary watch add` one above it, or `vibrary tag` reads it now)"
+    if unwritable:
+        return f"{NOT_INDEXED} yet: the index cannot be written now ({unwritable})"
     return NOT_INDEXED
 
 
@@ -289,7 +292,9 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
                 return
             if found.error == NOT_INDEXED:
                 spelled = os.path.normpath(as_asked(found.path, asked))
-                found = replace(found, error=why_not_indexed(found.path, spelled, watches))
+                found = replace(
+                    found, error=why_not_indexed(found.path, spelled, watches, self.daemon.watcher.unwritable)
+                )
             elif found.state == "pending" and not found.error and missing and within(found.path, missing):
                 found = replace(found, error=WATCH_GONE)  # why it is not read: "(pending)" said nothing
             yield file_tags_pb(replace(found, path=as_asked(found.path, asked)))

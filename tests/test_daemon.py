@@ -1559,6 +1559,8 @@ def test_a_full_disk_under_the_home_refuses_a_watch_cleanly_and_fails_no_file(
         assert "cannot be written (database or disk is full); new and changed files wait" in str(
             wait_for(lambda: c.status().stalled, timeout=10)
         )
+        (later,) = c.tags([str(library / "later0.wav")])  # (it was "not in the index", as of a file never heard of)
+        assert later.error == "not in the index yet: the index cannot be written now (database or disk is full)"
         c.resume()  # read, but their tags cannot be stored: they wait, not failed for good
         assert wait_for(lambda: "full); files wait, tried again every 0.5 s" in c.status().stalled, timeout=10)
         decoded = c.status().decoded
