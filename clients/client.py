@@ -204,11 +204,6 @@ class Client:
         if code == grpc.StatusCode.UNAVAILABLE:
             if not self.target.startswith("unix:"):
                 return DaemonNotRunning(f"no daemon answers at {self.target} ({details})")
-            if pid and not os.path.exists(self._socket()):  # (deleted: "starting, busy or hung" sent people waiting)
-                return DaemonNotAnswering(
-                    f"the daemon (pid {pid}) has no socket at {self._socket()} (deleted?): stop it (`vibrary daemon"
-                    " stop`) and start it again with `vibrary daemon`"
-                )
             if pid:  # "start it" was wrong here too: a second daemon is refused while this one holds the home
                 return DaemonNotAnswering(
                     f"the daemon (pid {pid}) does not answer at {self._socket()}: it is starting, busy or hung; "

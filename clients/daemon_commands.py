@@ -34,7 +34,14 @@ from .tray_state import looking_for_files, many
 # -- vibrary daemon ------------------------------------------------------------------------------------------
 def cmd_daemon(args: argparse.Namespace) -> int:
     from vibrary.daemon.server import check_listening, serve
-    from vibrary.daemon.service import AlreadyRunning, Daemon, check_home_free, models_said
+    from vibrary.daemon.service import (
+        INDEX_DAMAGED,
+        INDEX_GONE,
+        AlreadyRunning,
+        Daemon,
+        check_home_free,
+        models_said,
+    )
 
     if args.action == "stop":  # a mistyped VIBRARY_HOME is no daemon to stop, and no home to make
         return _stop_daemon(args, config.home(create=False))
@@ -87,16 +94,22 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         said = {"home": str(home_dir), "models": now["models"], "standing_in": now["standing_in"]}
         print(json.dumps({**serving, **said}), flush=True)
     print(f"vibrary daemon serving {home_dir} (models: {models_said(now)})", file=sys.stderr, flush=True)
+    socket = config.socket_path(home_dir)
     while not stop.wait(0.5):  # a timeout, so a signal delivered to another thread is still seen
         if daemon.ended.is_set():
-            heard.append("its home is gone")
+            heard.append(daemon.ended_why)
+            break
+        if not socket.exists():  # deleted (a cleanup of the home): out of every command's reach, "starting,
+            # busy or hung" for good; stopped, `vibrary daemon` starts one that answers
+            logging.getLogger("vibrary.daemon").error("its socket %s is gone (deleted?): the daemon stops", socket)
+            heard.append("its socket is gone")
             break
     logging.getLogger("vibrary.daemon").info("daemon stopping (%s)", heard[0] if heard else "asked")  # a stop said why
     daemon.events.close()  # front ends' Events streams end with OK, not cut off when the grace runs out
     for stopped in [s.stop(grace=2) for s in servers]:  # both at once: in turn, each took its whole grace
         stopped.wait()
     daemon.stop()
-    return 0
+    return 1 if daemon.ended_why in (INDEX_GONE, INDEX_DAMAGED) else 0  # (a supervisor restarts a failed one)
 
 
 def _not_started(e: Exception, home_dir: Path) -> CommandError:

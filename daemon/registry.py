@@ -13,8 +13,6 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from . import atomic, config
 from .config import check_name
 from .index import Index, ModelRow
@@ -78,6 +76,8 @@ def usable(row: ModelRow) -> bool:
 def training_summary(row: ModelRow) -> dict[str, Any]:
     """What a version's training measured, from its file ({} for a model trained elsewhere, or a file not there):
     versions of the same tags told apart by more than their dates, when one is picked to go back to."""
+    import onnx  # (here: every command imports this module, and one whose onnx is broken must still say why)
+
     try:
         meta = {p.key: p.value for p in onnx.load(row.path, load_external_data=False).metadata_props}
         found = json.loads(meta.get(SUMMARY_KEY, "{}"))

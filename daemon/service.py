@@ -76,6 +76,8 @@ class TrainingBusy(dataset.Busy):
     """A training job is already running: one at a time, a second would only halve the speed of both."""
 
 
+# why a daemon cannot go on (Daemon.ended_why)
+HOME_GONE, INDEX_GONE, INDEX_DAMAGED = "its home is gone", "its index is gone", "its index is damaged"
 UNNAMED_SHOWN = 100  # names not UTF-8 in a status (unnamed_count has them all)
 ON_DEMAND_SWEEP_S = 60.0  # how often files tagged outside the watches are looked for (none watches them)
 STALL_RETRY_S = 30.0  # how often a daemon whose index cannot be written tries again
@@ -168,6 +170,7 @@ class Daemon:
         self._watches_lock = threading.Lock()  # the watcher and the index change together (add_watch)
         self._paused = threading.Event()
         self.ended = threading.Event()  # it cannot go on (its home deleted): whoever runs it stops it
+        self.ended_why = ""  # why: HOME_GONE, INDEX_GONE, INDEX_DAMAGED
         self.stalled = ""  # why the index cannot be written now (a full disk), while files wait for it
         self._stalled_until = 0.0
         if config.paused_path(home_dir).exists():
@@ -219,7 +222,7 @@ class Daemon:
             return
         if gone and not self.ended.is_set():
             log.error("the home %s is gone (deleted?): the daemon stops", self.home)
-            self.ended.set()
+            self._end(HOME_GONE)
         try:  # the index deleted alone (or another put in its place): "no such table: files" at every write,
             # searches answered from the deleted file, and its files waited for good
             gone = os.stat(self.index.path).st_ino != self._index_inode
@@ -229,7 +232,11 @@ class Daemon:
             return
         if gone and not self.ended.is_set():
             log.error("the index %s is gone (deleted, or another in its place): the daemon stops", self.index.path)
-            self.ended.set()
+            self._end(INDEX_GONE)
+
+    def _end(self, why: str) -> None:
+        self.ended_why = why
+        self.ended.set()
 
     def _wake_feeder(self) -> None:
         self._wake.set()
@@ -284,7 +291,7 @@ class Daemon:
             except sqlite3.DatabaseError as e:
                 if damaged(e):  # damaged while it ran: a traceback a second, for ever, and every call failed raw
                     log.error("%s; the daemon stops", damaged_said(self.index.path, e))
-                    self.ended.set()
+                    self._end(INDEX_DAMAGED)
                     return
                 log.exception("feeder error; retrying")
                 self._stop.wait(1.0)
