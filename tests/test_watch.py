@@ -158,10 +158,10 @@ def test_an_idle_watcher_sleeps_until_an_event_comes(
     real = Watcher.flush
     mine: list[Watcher] = []  # (another test's watcher still winding down in this process flushes too)
 
-    def counted(self: Watcher, holding: bool = True) -> None:
+    def counted(self: Watcher) -> None:
         if self in mine:
             flushes.append(time.monotonic())
-        real(self, holding)
+        real(self)
 
     monkeypatch.setattr(Watcher, "flush", counted)
     w, lib = _started(index, tmp_path)
