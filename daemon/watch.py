@@ -700,27 +700,13 @@ class Watcher(FileSystemEventHandler):
         if is_dir and not os.path.islink(dst):
             self._scan_folder(dst, check=not waited)
 
-    def flush(self, holding: bool = True) -> None:
-        """Write the buffered events to the index. Under a caller's lock (a move, a removal: what it does next must
-        find these rows) holding the lock; `holding` False (the flush loop's), the lock let go for the write,
-        which waits up to a minute for another program's lock on the index: the observer's events, every status
-        and every watch waited on the lock as long. A write that fails puts its events back, behind any newer
-        one of the same file, for the next flush."""
+    def flush(self) -> None:
         with self._lock:
             if not self._buffer:
                 return
             items = list(self._buffer.items())
-            if holding:
-                self.index.mark_pending(items)  # raises with the events still buffered: the next flush retries
-            self._buffer.clear()  # (under the lock: nothing was buffered meanwhile)
-        if not holding:
-            try:
-                self.index.mark_pending(items)
-            except BaseException:
-                with self._lock:
-                    for path, due in items:
-                        self._buffer.setdefault(path, due)
-                raise
+            self.index.mark_pending(items)  # raises with the events still buffered: the next flush retries
+            self._buffer.clear()  # under the lock: nothing was buffered meanwhile
         self._on_pending()
 
     def _flush_loop(self) -> None:
@@ -738,7 +724,7 @@ class Watcher(FileSystemEventHandler):
                 return
             self._events.clear()  # before the flush: an event buffered during it wakes the next round
             try:
-                self.flush(holding=False)
+                self.flush()
                 if time.monotonic() - last_check >= CHECK_S:
                     last_check = time.monotonic()
                     with self._lock:
