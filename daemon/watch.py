@@ -248,8 +248,7 @@ class Watcher(FileSystemEventHandler):
     @property
     def over_limit(self) -> list[str]:
         """Watch folders inotify does not watch whole (its limit): changes there are found by scans only."""
-        with self._lock:
-            return sorted(self._over_limit)
+        return sorted(self._over_limit)  # (a copy, without the lock: _status_copies)
 
     def stop(self) -> None:
         self._stop.set()
@@ -403,12 +402,12 @@ class Watcher(FileSystemEventHandler):
     def unfollowed_links(self) -> list[tuple[str, str]]:
         """(link, target) of each link to a folder under a watch whose target no watch covers: its files are
         not indexed, and a producer who keeps packs on another drive, linked into the library, must be told."""
-        with self._lock:
-            return sorted(
-                (link, target)
-                for link, target in self._links.items()
-                if self._watched(link) and not (self._watched(target) or _loop(link, target)) and os.path.islink(link)
-            )
+        watched = self._status_copies()
+        return sorted(
+            (link, target)
+            for link, target in list(self._links.items())
+            if within(link, watched) and not (within(target, watched) or _loop(link, target)) and os.path.islink(link)
+        )
 
     @property
     def unnamed(self) -> list[str]:
@@ -416,18 +415,29 @@ class Watcher(FileSystemEventHandler):
         hold them), as people can read them (`Caf\\xe9 Tom.wav`); said in status, not only in the log: one
         unzipped from a Windows-made pack could never be found, and nothing said why. Renamed or deleted
         ones, and ones no watch holds any more, are forgotten."""
-        with self._lock:
-            gone = {p for p in self._unnamed if not (os.path.lexists(p) and self._watched(p))}
-            self._unnamed -= gone
-            names = sorted(self._unnamed)
-        return [readable_name(p) for p in names]
+        watched = self._status_copies()
+        names = sorted(self._unnamed)
+        gone = {p for p in names if not (os.path.lexists(p) and within(p, watched))}
+        if gone and self._lock.acquire(blocking=False):  # (forgotten at the next status when the lock is busy)
+            try:
+                self._unnamed -= gone
+            finally:
+                self._lock.release()
+        return [readable_name(p) for p in names if p not in gone]
+
+    def _status_copies(self) -> list[str]:
+        """The folders watched, observed or scanned (_watched's), copied without the lock: the status reads
+        under here take no lock, which a flush holds while the index waits up to a minute for another program
+        (a sqlite3 shell) to let it go: every status waited as long. A copy of a dict or a set of strings is
+        made whole under the GIL, so a change meanwhile makes it old, never half-made."""
+        return [*list(self._watches), *list(self._over_limit)]
 
     @property
     def unlisted(self) -> list[str]:
         """Folders under the watches whose files are not indexed because they cannot be listed (no
         permission, a name too long), with why: said in status, not only in the log."""
-        with self._lock:
-            return sorted(f"{folder} ({why})" for folder, why in self._unlisted.items() if self._watched(folder))
+        watched = self._status_copies()
+        return sorted(f"{folder} ({why})" for folder, why in list(self._unlisted.items()) if within(folder, watched))
 
     def _list_again(self) -> None:
         """Folders that could not be listed, listable now (their permissions fixed): their watch folders are

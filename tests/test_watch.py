@@ -1115,3 +1115,29 @@ def test_a_link_to_a_folder_of_a_watch_registered_after_its_own_is_not_said_unfo
         assert said == [f"{a / 'other'} links to {other}, not followed: vibrary watch add {other} indexes it"], said
     finally:
         w.stop()
+
+
+def test_a_flush_waiting_for_another_programs_lock_on_the_index_holds_up_no_status(
+    index: Index, tmp_path: Path
+) -> None:
+    """The flush waits for the index (up to a minute) holding the watcher's lock, and every status read the
+    watcher's folders under that lock: `vibrary status` waited 30 s and failed, while a sqlite3 shell held
+    the index."""
+    import threading
+
+    w, lib = _started(index, tmp_path)
+    blocker = sqlite3.connect(index.path, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")  # another program (a sqlite3 shell) holds the index
+        (lib / "new.wav").write_bytes(b"x")
+        time.sleep(1.0)  # (its flush waits for the lock by now)
+        reads = (lambda: w.unnamed, lambda: w.over_limit, lambda: w.unfollowed_links, lambda: w.unlisted)
+        answered = threading.Thread(target=lambda: [read() for read in reads])
+        answered.start()
+        answered.join(timeout=10)
+        assert not answered.is_alive()  # a status is answered meanwhile
+        blocker.execute("COMMIT")
+        wait_for(lambda: _pending(index) == {str(lib / "new.wav")})  # and the event is written once it can be
+    finally:
+        blocker.close()
+        w.stop()
