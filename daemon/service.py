@@ -76,6 +76,10 @@ class TrainingBusy(dataset.Busy):
     """A training job is already running: one at a time, a second would only halve the speed of both."""
 
 
+CACHE_DAMAGED = (  # (the path, the error)
+    "the spectrogram cache %s is damaged (%s): delete it while the daemon is stopped; its spectrograms are made"
+    " again as files are read"
+)
 # why a daemon cannot go on (Daemon.ended_why)
 HOME_GONE, INDEX_GONE, INDEX_DAMAGED = "its home is gone", "its index is gone", "its index is damaged"
 UNNAMED_SHOWN = 100  # names not UTF-8 in a status (unnamed_count has them all)
@@ -234,6 +238,18 @@ class Daemon:
             log.error("the index %s is gone (deleted, or another in its place): the daemon stops", self.index.path)
             self._end(INDEX_GONE)
 
+    def _index_damaged(self) -> bool:
+        """Whether the index itself is damaged: the error may be the cache's (it stopped a daemon whose index was
+        whole, with advice to move the index aside). Looked at through a connection of its own: this thread's
+        keeps pages it read before."""
+        try:
+            with contextlib.closing(sqlite3.connect(self.index.path, timeout=60)) as c:
+                return c.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok"
+        except sqlite3.OperationalError:  # (locked, a disk error: not known to be damaged)
+            return False
+        except sqlite3.DatabaseError:
+            return True
+
     def _end(self, why: str) -> None:
         self.ended_why = why
         self.ended.set()
@@ -246,6 +262,7 @@ class Daemon:
         last_model_check = 0.0
         parked: list[str] = []  # the missing watch folders whose files were parked last (Index.park), and when
         parked_at = 0.0
+        cache_said = False  # (the damaged cache: said once)
         while not self._stop.is_set():
             try:
                 if self._follow_now.is_set() or time.monotonic() - last_model_check > 1.0:
@@ -289,11 +306,16 @@ class Daemon:
                 wait = 1.0 if next_due is None or paused else min(1.0, max(0.005, next_due - time.time()))
                 self._wake.wait(wait)
             except sqlite3.DatabaseError as e:
-                if damaged(e):  # damaged while it ran: a traceback a second, for ever, and every call failed raw
+                if damaged(e) and self._index_damaged():  # as it ran: a traceback a second, every call failed raw
                     log.error("%s; the daemon stops", damaged_said(self.index.path, e))
                     self._end(INDEX_DAMAGED)
                     return
-                log.exception("feeder error; retrying")
+                if damaged(e):  # not the index (checked): the spectrogram cache, a cache it can do without
+                    if not cache_said:
+                        log.error(CACHE_DAMAGED, self.cache.path, e)
+                        cache_said = True
+                else:
+                    log.exception("feeder error; retrying")
                 self._stop.wait(1.0)
             except Exception:
                 log.exception("feeder error; retrying")

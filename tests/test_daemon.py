@@ -2062,12 +2062,13 @@ def test_files_an_older_release_read_before_their_first_sound_are_read_again_onc
         d.stop()
 
 
-def test_an_index_damaged_while_the_daemon_runs_stops_it_saying_what_to_do(
+def test_a_damage_found_while_the_daemon_runs_stops_it_only_when_the_index_is_damaged(
     model_home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A daemon whose index was damaged as it ran logged a traceback a second, for ever (2.8 MB an hour), and
     every command failed with "Exception calling application: database disk image is malformed". It stops,
-    saying once what to do, as a start on that index says."""
+    saying once what to do, as a start on that index says; the same error of the spectrogram cache stopped a
+    daemon whose index was whole, with advice to move the index aside: it is said of the cache, once."""
     from vibrary.daemon import service
 
     d = service.Daemon(model_home, service.config.Settings(nice=0))
@@ -2077,12 +2078,21 @@ def test_an_index_damaged_while_the_daemon_runs_stops_it_saying_what_to_do(
         def damaged(*args: object, **kwargs: object) -> list:
             raise sqlite3.DatabaseError("database disk image is malformed")
 
-        monkeypatch.setattr(d.index, "models", damaged)
+        monkeypatch.setattr(d.index, "models", damaged)  # (the pages this process keeps may hide the damage)
         monkeypatch.setattr(d.index, "tagging_models", damaged)
+        time.sleep(1.5)  # the index whole: the damage is another database's (the cache's), and the daemon goes on
+        assert not d.ended.is_set()
+        said = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+        assert len(said) == 1 and said[0].startswith(f"the spectrogram cache {d.cache.path} is damaged"), said
+        d.index.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with open(d.index.path, "r+b") as f:  # its pages overwritten: the index itself damaged
+            f.seek(4096)
+            f.write(os.urandom(3 * 4096))
         wait_for(d.ended.is_set, timeout=10)
         time.sleep(1.5)  # (a second round of the feeder, had it gone on)
-        said = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+        said = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()][1:]
         assert len(said) == 1 and "move it aside" in said[0] and said[0].endswith("the daemon stops"), said
+        assert d.ended_why == service.INDEX_DAMAGED
         assert not [r for r in caplog.records if r.getMessage().startswith("feeder error")]
     finally:
         d.stop()
