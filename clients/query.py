@@ -153,32 +153,37 @@ def synonyms(home_dir: Path | None) -> Synonyms:
         return Synonyms.load(None)
 
 
-def _words_of(text: str) -> tuple[str, ...]:
-    """A tag's words, however joined: `gritty sound`, gritty-sound and gritty_sound alike (nothing else is
-    dropped: c# is no c)."""
-    return tuple(w for w in re.split(r"[\s_-]+", tag_key(text)) if w)
+def _compact(text: str) -> str:
+    """A tag's letters, however its words are joined: `gritty sound`, gritty-sound, gritty_sound and grittysound
+    alike, lofi808 and lofi-808 (nothing else is dropped: c# is no c)."""
+    return re.sub(r"[\s_-]+", "", tag_key(text))
+
+
+def _alike(word: str, tag: str) -> bool:
+    """Whether a word spells a tag, its words joined another way, or as a plural of it (leads: lead)."""
+    a, b = _compact(word), _compact(tag)
+    return bool(a) and (a == b or a in (b + "s", b + "es") or b in (a + "s", a + "es"))
 
 
 def joined_as(known: Collection[str]) -> Callable[[str], bool]:
     """Whether words are one of these tags, however joined: for `join_tags`, so that `search gritty sound`
     finds a tag gritty-sound, as a rename or a label of the API spells one, in the CLI, the tray and
     `Client.search` alike."""
-    spelled = {_words_of(t) for t in known}
-    return lambda text: _words_of(text) in spelled
+    return lambda text: any(_alike(text, t) for t in known)
 
 
 def spelled_as(word: str, known: set[str], table: Synonyms | None) -> str | None:
     """The tag among `known` (the active models') that a word no model tags spells or is an alias of (`hh`,
     `BD`, `hi hats`): `search hh` said "no active model tags 'hh'" of what `synonyms list` calls hihat. Also a
-    tag of the same words otherwise joined (`gritty sound` of a tag gritty-sound), and the one tag of the models
+    tag of the same words otherwise joined or a plural of it (`gritty sound` of a tag gritty-sound, `leads` of
+    lead, which the table reads as a synth), and the one tag of the models
     that is an alias of the table's tag the word is (`clean`, `distortion`: a model's dry, distorted), where the
     search found nothing and advised clap; not a word the table reads as another's (lead and pad are both
     synth to it: `lead` found pads), nor a tag of several the models have (`percussion` was conga). `table`
     None: the words alone (Client.search, which leaves synonyms to its caller)."""
     if word in known:
         return None
-    words = _words_of(word)
-    same = sorted(k for k in known if _words_of(k) == words)
+    same = sorted(k for k in known if _alike(word, k))
     if same or table is None:
         return same[0] if same else None
     tag = table.tag_of(word)

@@ -1248,6 +1248,12 @@ def test_search_finds_a_tag_by_its_words_otherwise_joined_and_by_a_spelling_of_t
     assert found("distortion")[0] == found("-clean", "-gritty sound")[0] == {"mid"}
     paths = [f.path for f in daemon.client.search("gritty sound", model="fx")]  # (Client.search reads it alike)
     assert paths == [f.path for f in daemon.client.search([["gritty-sound"]])] and len(paths) == 1
+    leads = band_model(tmp_path / "leads.onnx", name="leads", classes=("lead", "pad", "lofi-808"))  # (aliases of synth)
+    vibrary("models", "install", str(leads), home=daemon.home)
+    wait_for(lambda: [f.path for f in daemon.client.search([["lead"]], model="leads")] == [str(clips["low"])])
+    for word, tag in (("leads", "lead"), ("pads", "pad"), ("lofi808", "lofi-808")):  # a plural, words joined
+        run = vibrary("search", "--json", "--model", "leads", word, home=daemon.home)
+        assert len(json_lines(run.stdout)) == 1 and f"searched {word!r} as {tag!r}" in run.stderr, run.stderr
     for classes, words in (
         (("c", "pad", "conga"), ("c#", "c♯", "lead")),
         (("conga", "shaker", "d"), ("percussion", "d♭")),
