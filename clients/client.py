@@ -213,7 +213,10 @@ class Client:
                 said = f"no daemon answers at {self._socket()}, and none can start there: {trouble}"
                 return DaemonCannotStart(said) if config.read_only(home) else DaemonNotRunning(said)
             if failed := _last_start_failed(Path(self._socket()).parent):  # ("start it" of one that cannot start)
-                return DaemonNotRunning(f"no daemon answers at {self._socket()}; its last start failed: {failed}")
+                return DaemonNotRunning(
+                    f"no daemon answers at {self._socket()}; its last start failed ({failed}): once that is mended,"
+                    " start it with `vibrary daemon`"
+                )
             return DaemonNotRunning(f"no daemon answers at {self._socket()}; start it with `vibrary daemon`")
         return DaemonError(code, details or code.name)
 
@@ -584,7 +587,8 @@ def _last_start_failed(home_dir: Path) -> str:
             last = f.read().decode(errors="replace").rstrip("\n").rpartition("\n")[2]
     except OSError:
         return ""
-    return last.partition(" vibrary.daemon: not started: ")[2]
+    failed = last.partition(" vibrary.daemon: not started: ")[2]
+    return "" if "is already running for" in failed else failed  # (a second one refused says nothing of the first)
 
 
 def _model_ref(name: str, version: int) -> pb.ModelRef:

@@ -910,7 +910,7 @@ def test_a_damaged_index_is_one_line_not_a_traceback(model_home: Path) -> None:
         assert f"the index {index} is damaged" in proc.stderr and "move it aside" in proc.stderr
     # a daemon that cannot start was "no daemon answers; start it with `vibrary daemon`", again
     status = vibrary("status", home=model_home, check=False)
-    assert "its last start failed: the index" in status.stderr and "move it aside" in status.stderr, status.stderr
+    assert "its last start failed (the index" in status.stderr and "move it aside" in status.stderr, status.stderr
 
 
 def test_tag_cut_short_by_its_reader_stops_quietly(model_home: Path, tmp_path: Path) -> None:

@@ -520,3 +520,16 @@ def test_the_tags_of_a_folder_name_its_files_whose_names_are_not_utf8(daemon: Da
         ),
     }
     assert [f.path for f in daemon.client.tags([str(lib / "low.wav")])] == [str(lib / "low.wav")]  # (a file: itself)
+
+
+def test_a_start_refused_for_a_daemon_running_is_no_reason_given_once_that_one_is_gone(tmp_path: Path) -> None:
+    """A second `vibrary daemon` refused, then the first killed: "its last start failed: a daemon is already
+    running" was said of a home where none ran, without the advice to start one."""
+    from vibrary.clients.client import _last_start_failed
+
+    log = tmp_path / "daemon.log"
+    refused = "ERROR vibrary.daemon: not started: a daemon is already running for /home (pid 7)"
+    log.write_text(f"2026-12-07 01:00:00,000 {refused}\n")
+    assert _last_start_failed(tmp_path) == ""
+    log.write_text("2026-12-07 01:00:00,000 ERROR vibrary.daemon: not started: config.json: bad value\n")
+    assert _last_start_failed(tmp_path) == "config.json: bad value"
