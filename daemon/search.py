@@ -82,10 +82,17 @@ def _matching(
     first = replace(q, limit=min(q.limit, page) if q.limit else page)
     ids = array("q", (row[0] for row in _found(index, groups, excluded, model_ids, first, "f.id")))
     if len(ids) == first.limit and q.limit != first.limit:  # more to come: the rest, read once the first is out
-        yield from _rows(index, ids, page)
+        shown: set[str] = set()
+        for rows in _rows(index, ids, page):
+            shown.update(row[0] for row in rows)
+            yield rows
         seen = set(ids)
         rest = (r[0] for r in _found(index, groups, excluded, model_ids, q, "f.id") if r[0] not in seen)
         ids = array("q", itertools.islice(rest, q.limit - len(seen) if q.limit else None))
+        for rows in _rows(index, ids, page):  # (a file of the first page written again since has another id)
+            if rows := [row for row in rows if row[0] not in shown]:
+                yield rows
+        return
     yield from _rows(index, ids, page)
 
 

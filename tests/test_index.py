@@ -929,3 +929,9 @@ def test_a_search_past_its_first_page_keeps_its_limit_and_finds_each_file_once(i
     for limit in (0, 4, 10, 11, 29, 30, 31):
         found = [f.path for f in search(index, Query(all_of=[["kick"]], limit=limit), page=10)]
         assert len(found) == len(set(found)) == min(limit or 30, 30), (limit, found)
+    results = search(index, Query(all_of=[["kick"]]), page=10)
+    first = next(results)
+    index.remove_paths([first.path])  # deleted and written again as the client reads: another row, another id
+    _add(index, first.path, {"kick": 0.9}, inst.id)
+    found = [first.path, *(f.path for f in results)]
+    assert len(found) == len(set(found)) == 30
