@@ -57,9 +57,13 @@ def _why_left_out(kinds: dict[str, int]) -> str:
     return ", ".join(f"{n} {_LEFT_OUT[kind]}" for kind, n in kinds.items() if n)
 
 
-def _dataset_line(name: str, report: Any, untagged: Sequence[str] = ()) -> tuple[dict[str, Any], str]:
+def _dataset_line(
+    name: str, report: Any, untagged: Sequence[str] = (), made_now: bool = True
+) -> tuple[dict[str, Any], str]:
     """`untagged`: the files --labels suggest had no tag for, left out before the build (counted with the
-    others: "2 files left out" followed five "skipped" lines)."""
+    others: "2 files left out" followed five "skipped" lines). `made_now` False (an add, show, an edit): the
+    files left out are those of the build that made it ("4 files left out" under an add's "nothing added: 37
+    new files left out" read as two counts of one thing)."""
     from vibrary.daemon.advice import MORE
 
     manifest, failed = report.manifest, len(report.failed) + len(untagged)
@@ -86,7 +90,7 @@ def _dataset_line(name: str, report: Any, untagged: Sequence[str] = ()) -> tuple
         f"({', '.join(f'{c} {n}' for c, n in report.per_class.items())})\n"
         f"audio {_size(report.audio_bytes)} → upload {_size(manifest.size)} "
         f"({report.ratio:.0f}× smaller, spectrograms only)"
-        + (f"\n{many(failed)} left out ({why})" if failed else "")
+        + (f"\n{many(failed)} left out{'' if made_now else ' when it was made'} ({why})" if failed else "")
         + (f"\n{report.advice}" if report.advice else "")
         + (f"\nmore examples: `vibrary dataset add {name} DIR...`" if MORE in report.advice else "")
     )
@@ -188,7 +192,8 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     except (FileNotFoundError, dataset.Busy) as e:
         raise CommandError(str(e)) from None
     # (an add's report is the whole dataset's: this run's untagged files are not among its counts)
-    obj, human = _dataset_line(args.name, report, untagged if args.action == "create" else ())
+    made_now = args.action == "create"
+    obj, human = _dataset_line(args.name, report, untagged if made_now else (), made_now)
     if args.action == "add":  # this add's own (left_out_files are the whole dataset's, earlier builds' too)
         obj["added"] = added
         obj["not_added"] = [{"path": path, "error": why} for path, why in unread]
