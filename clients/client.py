@@ -44,7 +44,7 @@ from vibrary.proto import daemon_pb2 as pb
 from vibrary.proto import daemon_pb2_grpc as pb_grpc
 
 from .errors import BadArgument, VibraryError
-from .query import QueryError, has_phrase, joined_as, parse_query, respell
+from .query import QueryError, joined_as, parse_query, respell
 
 __all__ = [
     "BadArgument",
@@ -341,7 +341,7 @@ class Client:
 
         def pages() -> Iterator[pb.FileTags]:
             nonlocal groups, excluded
-            if isinstance(all_of, str) and has_phrase(all_of):  # (words of a tag, however its model joins them)
+            if isinstance(all_of, str):  # words of a tag however its model joins them, a plural (kicks: kick)
                 known = self._tags_of(model, timeout)
                 groups, excluded, _ = respell(*parse_query(all_of, joined_as(known)), known, None)
             request.all_of.extend(pb.AnyOf(tags=g) for g in groups)

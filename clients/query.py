@@ -3,7 +3,7 @@ tray's search box and scripts (`Client.search("kick -acoustic")`), so the three 
 
 from __future__ import annotations
 
-import itertools
+import functools
 import logging
 import re
 import shlex
@@ -57,12 +57,6 @@ def join_tags(words: Sequence[str], is_tag: Callable[[str], bool]) -> list[str]:
         found.append(" ".join(words[start:end]))
         start = end
     return found
-
-
-def has_phrase(words: str | Sequence[str]) -> bool:
-    """Whether a query has two plain words in a row, that `join_tags` might join (no need to ask for the tags)."""
-    said = _words(words) if isinstance(words, str) else list(words)
-    return any(_plain(a) and _plain(b) for a, b in itertools.pairwise(said))
 
 
 def _plain(word: str) -> bool:
@@ -153,23 +147,35 @@ def synonyms(home_dir: Path | None) -> Synonyms:
         return Synonyms.load(None)
 
 
+@functools.lru_cache(maxsize=4096)
 def _compact(text: str) -> str:
     """A tag's letters, however its words are joined: `gritty sound`, gritty-sound, gritty_sound and grittysound
     alike, lofi808 and lofi-808 (nothing else is dropped: c# is no c)."""
     return re.sub(r"[\s_-]+", "", tag_key(text))
 
 
-def _alike(word: str, tag: str) -> bool:
-    """Whether a word spells a tag, its words joined another way, or as a plural of it (leads: lead)."""
-    a, b = _compact(word), _compact(tag)
-    return bool(a) and (a == b or a in (b + "s", b + "es") or b in (a + "s", a + "es"))
+def _forms(word: str) -> set[str]:
+    """The compact tags a word may spell: itself, its singular, its plural. Plurals of words of three letters
+    or more only, and -es only after the letters that take it (as, des and tomes are no plurals of a, d, tom;
+    bras none of brass)."""
+    c = _compact(word)
+    forms = {c} if c else set()
+    if len(c) >= 3:
+        if c.endswith("es") and c[:-2].endswith(("s", "x", "z", "ch", "sh", "o")):
+            forms.add(c[:-2])
+        elif c.endswith("s") and not c.endswith("ss"):
+            forms.add(c[:-1])
+        if not c.endswith("s"):
+            forms.add(c + "s")
+    return forms
 
 
 def joined_as(known: Collection[str]) -> Callable[[str], bool]:
     """Whether words are one of these tags, however joined: for `join_tags`, so that `search gritty sound`
     finds a tag gritty-sound, as a rename or a label of the API spells one, in the CLI, the tray and
     `Client.search` alike."""
-    return lambda text: any(_alike(text, t) for t in known)
+    spelled = {_compact(t) for t in known}
+    return lambda text: not _forms(text).isdisjoint(spelled)
 
 
 def spelled_as(word: str, known: set[str], table: Synonyms | None) -> str | None:
@@ -183,12 +189,13 @@ def spelled_as(word: str, known: set[str], table: Synonyms | None) -> str | None
     None: the words alone (Client.search, which leaves synonyms to its caller)."""
     if word in known:
         return None
-    same = sorted(k for k in known if _alike(word, k))
-    if same or table is None:
-        return same[0] if same else None
-    tag = table.tag_of(word)
-    if tag is None or tag in known:
+    tag = table.tag_of(word) if table is not None else None
+    if tag in known:  # (before the words: the user's `synonyms add string guitar` was searched as strings)
         return tag
+    forms = _forms(word)
+    same = sorted(k for k in known if _compact(k) in forms)
+    if same or tag is None or table is None:
+        return same[0] if same else None
     if tag != tag_key(word):  # an alias of a tag no model has: the models' aliases of it are no spelling of it
         return None
     kin = [k for k in sorted(known) if table.tag_of(k) == tag]

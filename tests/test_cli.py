@@ -1254,8 +1254,11 @@ def test_search_finds_a_tag_by_its_words_otherwise_joined_and_by_a_spelling_of_t
     for word, tag in (("leads", "lead"), ("pads", "pad"), ("lofi808", "lofi-808")):  # a plural, words joined
         run = vibrary("search", "--json", "--model", "leads", word, home=daemon.home)
         assert len(json_lines(run.stdout)) == 1 and f"searched {word!r} as {tag!r}" in run.stderr, run.stderr
+    assert [f.path for f in daemon.client.search("leads", model="leads")] == [str(clips["low"])]  # (one word too)
+    vibrary("synonyms", "add", "leads", "pad", home=daemon.home)  # the user's own alias, before a plural
+    assert "searched 'leads' as 'pad'" in vibrary("search", "--model", "leads", "leads", home=daemon.home).stderr
     for classes, words in (
-        (("c", "pad", "conga"), ("c#", "c♯", "lead")),
+        (("c", "pad", "conga"), ("c#", "c♯", "lead", "cs", "ces")),
         (("conga", "shaker", "d"), ("percussion", "d♭")),
     ):
         other = band_model(tmp_path / "other.onnx", name="other", classes=classes)
