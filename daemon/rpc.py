@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .index import damaged
+from .index import damaged, damaged_said
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +163,10 @@ _DATABASE_SAID = {  # SQLite's primary result codes (FULL, READONLY, CANTOPEN, B
 def _abort_for_database(e: sqlite3.DatabaseError, context: grpc.ServicerContext) -> None:
     """The same for a database the call writes (a watch added on a full disk: "Exception calling
     application: database or disk is full"), or finds damaged (the daemon stops: Daemon._feed)."""
-    if damaged(e):  # (the index or the spectrogram cache: the log says which, and what to do)
-        log.info("a call found a database damaged: %s", e)
-        context.abort(
-            grpc.StatusCode.FAILED_PRECONDITION, f"a database of the daemon is damaged ({e}): its log says which"
-        )
+    if damaged(e):  # (the index: the cache's reads take damage for a miss, cache.SpectrogramCache.get)
+        said = damaged_said("of the daemon", e)
+        log.error("a call found %s", said)
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, said)
     primary = getattr(e, "sqlite_errorcode", 0) & 0xFF  # (Python 3.11 on; before, the words)
     if not primary and "disk is full" in str(e):
         primary = 13

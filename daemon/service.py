@@ -238,18 +238,6 @@ class Daemon:
             log.error("the index %s is gone (deleted, or another in its place): the daemon stops", self.index.path)
             self._end(INDEX_GONE)
 
-    def _index_damaged(self) -> bool:
-        """Whether the index itself is damaged: the error may be the cache's (it stopped a daemon whose index was
-        whole, with advice to move the index aside). Looked at through a connection of its own: this thread's
-        keeps pages it read before."""
-        try:
-            with contextlib.closing(sqlite3.connect(self.index.path, timeout=60)) as c:
-                return c.execute("PRAGMA quick_check(1)").fetchone()[0] != "ok"
-        except sqlite3.OperationalError:  # (locked, a disk error: not known to be damaged)
-            return False
-        except sqlite3.DatabaseError:
-            return True
-
     def _end(self, why: str) -> None:
         self.ended_why = why
         self.ended.set()
@@ -262,7 +250,6 @@ class Daemon:
         last_model_check = 0.0
         parked: list[str] = []  # the missing watch folders whose files were parked last (Index.park), and when
         parked_at = 0.0
-        cache_said = False  # (the damaged cache: said once)
         while not self._stop.is_set():
             try:
                 if self._follow_now.is_set() or time.monotonic() - last_model_check > 1.0:
@@ -306,16 +293,11 @@ class Daemon:
                 wait = 1.0 if next_due is None or paused else min(1.0, max(0.005, next_due - time.time()))
                 self._wake.wait(wait)
             except sqlite3.DatabaseError as e:
-                if damaged(e) and self._index_damaged():  # as it ran: a traceback a second, every call failed raw
+                if damaged(e):  # as it ran: a traceback a second, every call failed raw (the cache's: _forget_unused)
                     log.error("%s; the daemon stops", damaged_said(self.index.path, e))
                     self._end(INDEX_DAMAGED)
                     return
-                if damaged(e):  # not the index (checked): the spectrogram cache, a cache it can do without
-                    if not cache_said:
-                        log.error(CACHE_DAMAGED, self.cache.path, e)
-                        cache_said = True
-                else:
-                    log.exception("feeder error; retrying")
+                log.exception("feeder error; retrying")
                 self._stop.wait(1.0)
             except Exception:
                 log.exception("feeder error; retrying")
@@ -400,7 +382,13 @@ class Daemon:
         now = time.time()
         self.index.note_unused(now)
         if forgotten := self.index.forget_unused(now - UNUSED_KEEP_S, FORGET_MAX):
-            freed = self.cache.forget(forgotten)
+            try:
+                freed = self.cache.forget(forgotten)
+            except sqlite3.DatabaseError as e:  # the feeder's one call to the cache: its damage is no index's
+                if not damaged(e):  # (it stopped a daemon whose index was whole, advising to move that aside)
+                    raise
+                log.error(CACHE_DAMAGED, self.cache.path, e)
+                return
             log.info(
                 "forgot %d contents no file has had for %g days, with their tags and %.1f MB of spectrograms",
                 len(forgotten),

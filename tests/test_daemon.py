@@ -2078,16 +2078,16 @@ def test_a_damage_found_while_the_daemon_runs_stops_it_only_when_the_index_is_da
         def damaged(*args: object, **kwargs: object) -> list:
             raise sqlite3.DatabaseError("database disk image is malformed")
 
-        monkeypatch.setattr(d.index, "models", damaged)  # (the pages this process keeps may hide the damage)
-        monkeypatch.setattr(d.index, "tagging_models", damaged)
-        time.sleep(1.5)  # the index whole: the damage is another database's (the cache's), and the daemon goes on
+        monkeypatch.setattr(d.cache, "forget", damaged)  # the cache's damage, met forgetting unused contents
+        monkeypatch.setattr(d.index, "forget_unused", lambda *args: [b"c" * 16])
+        d._unused_at = -1e9  # (its look is due)
+        wait_for(lambda: any("spectrogram cache" in r.getMessage() for r in caplog.records), timeout=10)
+        time.sleep(1.5)  # the daemon goes on
         assert not d.ended.is_set()
         said = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
         assert len(said) == 1 and said[0].startswith(f"the spectrogram cache {d.cache.path} is damaged"), said
-        d.index.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        with open(d.index.path, "r+b") as f:  # its pages overwritten: the index itself damaged
-            f.seek(4096)
-            f.write(os.urandom(3 * 4096))
+        monkeypatch.setattr(d.index, "models", damaged)  # the index's own
+        monkeypatch.setattr(d.index, "tagging_models", damaged)
         wait_for(d.ended.is_set, timeout=10)
         time.sleep(1.5)  # (a second round of the feeder, had it gone on)
         said = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()][1:]
