@@ -35,8 +35,10 @@ from .tray_state import looking_for_files, many
 def cmd_daemon(args: argparse.Namespace) -> int:
     from vibrary.daemon.server import check_listening, serve
     from vibrary.daemon.service import (
+        HOME_GONE,
         INDEX_DAMAGED,
         INDEX_GONE,
+        SOCKET_GONE,
         AlreadyRunning,
         Daemon,
         check_home_free,
@@ -99,17 +101,33 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         if daemon.ended.is_set():
             heard.append(daemon.ended_why)
             break
-        if not socket.exists():  # deleted (a cleanup of the home): out of every command's reach, "starting,
-            # busy or hung" for good; stopped, `vibrary daemon` starts one that answers
+        if _gone(socket):  # deleted (a cleanup of the home): out of every command's reach, "starting, busy or
+            # hung" for good; stopped (failed: a supervisor starts it again), `vibrary daemon` starts one that answers
+            if _gone(home_dir):  # (`rm -rf` of the home takes the socket first: said as what it is)
+                heard.append(HOME_GONE)
+                break
             logging.getLogger("vibrary.daemon").error("its socket %s is gone (deleted?): the daemon stops", socket)
-            heard.append("its socket is gone")
+            heard.append(SOCKET_GONE)
             break
     logging.getLogger("vibrary.daemon").info("daemon stopping (%s)", heard[0] if heard else "asked")  # a stop said why
     daemon.events.close()  # front ends' Events streams end with OK, not cut off when the grace runs out
     for stopped in [s.stop(grace=2) for s in servers]:  # both at once: in turn, each took its whole grace
         stopped.wait()
     daemon.stop()
-    return 1 if daemon.ended_why in (INDEX_GONE, INDEX_DAMAGED) else 0  # (a supervisor restarts a failed one)
+    if heard and heard[0] in (INDEX_GONE, INDEX_DAMAGED, SOCKET_GONE):  # failed: a supervisor starts it again
+        raise CommandError(f"the daemon stopped: {heard[0]}")
+    return 0
+
+
+def _gone(path: Path) -> bool:
+    """Whether a path is not there (an error looking at it, a network home's moment, is no answer)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _not_started(e: Exception, home_dir: Path) -> CommandError:

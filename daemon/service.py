@@ -82,6 +82,7 @@ CACHE_DAMAGED = (  # (the path, the error)
 )
 # why a daemon cannot go on (Daemon.ended_why)
 HOME_GONE, INDEX_GONE, INDEX_DAMAGED = "its home is gone", "its index is gone", "its index is damaged"
+SOCKET_GONE = "its socket is gone"  # (found by whoever runs it: clients/daemon_commands.py)
 UNNAMED_SHOWN = 100  # names not UTF-8 in a status (unnamed_count has them all)
 ON_DEMAND_SWEEP_S = 60.0  # how often files tagged outside the watches are looked for (none watches them)
 STALL_RETRY_S = 30.0  # how often a daemon whose index cannot be written tries again

@@ -582,14 +582,25 @@ def test_a_daemon_whose_index_is_deleted_stops_saying_so(model_home: Path) -> No
 
 def test_a_daemon_whose_socket_is_deleted_stops_saying_so(model_home: Path) -> None:
     """Its socket deleted, the daemon was out of every command's reach ("starting, busy or hung; wait a moment"),
-    for good; stopped, `vibrary daemon` starts one that answers."""
-    d = start_daemon(model_home)
+    for good; stopped, failed (a supervisor starts it again), `vibrary daemon` starts one that answers. Its
+    `--json` ends as every failed command's does."""
+    from tests.conftest import AS_USER
+
+    run = [*AS_USER, sys.executable, "-m", "vibrary.clients.cli", "daemon", "--json"]
+    proc = subprocess.Popen(run, env={**os.environ, "VIBRARY_HOME": str(model_home)}, stdout=subprocess.PIPE, text=True)
     try:
+        assert proc.stdout is not None and "serving" in json.loads(proc.stdout.readline())
         (model_home / "daemon.sock").unlink()
-        assert d.proc.wait(timeout=30) == 0
-        assert f"its socket {model_home / 'daemon.sock'} is gone (deleted?): the daemon stops" in d.log()
+        assert proc.wait(timeout=30) == 1
+        assert json.loads(proc.stdout.read().splitlines()[-1]) == {
+            "error": "the daemon stopped: its socket is gone",
+            "exit_status": 1,
+        }
+        said = (model_home / "daemon.log").read_text()
+        assert f"its socket {model_home / 'daemon.sock'} is gone (deleted?): the daemon stops" in said
     finally:
-        d.stop()
+        proc.kill()
+        proc.wait()
 
 
 def test_names_swapped_while_down_are_read_again_though_size_and_mtime_match(model_home: Path, tmp_path: Path) -> None:
