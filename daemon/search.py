@@ -88,9 +88,15 @@ def _matching(
             yield rows
         seen = set(ids)
         rest = (r[0] for r in _found(index, groups, excluded, model_ids, q, "f.id") if r[0] not in seen)
-        ids = array("q", itertools.islice(rest, q.limit - len(seen) if q.limit else None))
-        for rows in _rows(index, ids, page):  # (a file of the first page written again since has another id)
-            if rows := [row for row in rows if row[0] not in shown]:
+        # a file of the first page written again since has another id: left out by its path, and a limit's room
+        # for it read past (the limit's last match went missing)
+        left = q.limit - len(shown) if q.limit else None
+        ids = array("q", itertools.islice(rest, None if left is None else left + len(shown)))
+        for rows in _rows(index, ids, page):
+            rows = [row for row in rows if row[0] not in shown][:left]
+            if left is not None:
+                left -= len(rows)
+            if rows:
                 yield rows
         return
     yield from _rows(index, ids, page)

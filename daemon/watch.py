@@ -430,7 +430,8 @@ class Watcher(FileSystemEventHandler):
         under here take no lock, which a flush holds while the index waits up to a minute for another program
         (a sqlite3 shell) to let it go: every status waited as long. A copy of a dict or a set of strings is
         made whole under the GIL, so a change meanwhile makes it old, never half-made."""
-        return [*list(self._watches), *list(self._over_limit)]
+        over_limit = list(self._over_limit)  # (first: watch() adds to _watches, then takes from _over_limit)
+        return [*list(self._watches), *over_limit]
 
     @property
     def unlisted(self) -> list[str]:

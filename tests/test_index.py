@@ -935,3 +935,9 @@ def test_a_search_past_its_first_page_keeps_its_limit_and_finds_each_file_once(i
     _add(index, first.path, {"kick": 0.9}, inst.id)
     found = [first.path, *(f.path for f in results)]
     assert len(found) == len(set(found)) == 30
+    results = search(index, Query(all_of=[["kick"]], limit=15), page=10)
+    first = next(results)
+    index.remove_paths([first.path])
+    _add(index, first.path, {"kick": 0.9}, inst.id)
+    found = [first.path, *(f.path for f in results)]
+    assert len(found) == len(set(found)) == 15  # (the limit kept: 14 came)
