@@ -353,8 +353,16 @@ class Client:
     def _tags_of(self, model: str, timeout: float | None) -> set[str]:
         """The tags of the models a search reads (active, or standing in; `model`'s alone, of either of its
         versions the daemon may read)."""
-        name = parse_ref(model)[0] if model else ""
-        models = self._call("ListModels", pb.ListModelsRequest(), timeout).models
+        try:
+            name = parse_ref(model)[0] if model else ""
+        except ValueError:  # (a name no model can have: the daemon refuses the search, saying why)
+            name = model
+        try:
+            models = self._call("ListModels", pb.ListModelsRequest(), timeout).models
+        except DaemonError as e:  # a daemon that lists no models (before ListModels): the words as they are
+            if e.code != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            return set()
         return {t for m in models if (m.active or m.serving) and name in ("", m.name) for t in m.classes}
 
     def _search_pages(self, request: pb.SearchRequest, timeout: float | None) -> Iterator[pb.FileTags]:

@@ -238,9 +238,9 @@ class Watcher(FileSystemEventHandler):
                 self._over_limit.pop(folder, None)
             self._not_watched(folder, e)
             return True
-        with self._lock:
+        log.info("the inotify limit allows more watches now: %s is watched whole", folder)  # (said before a status
+        with self._lock:  # reads it, without the lock, as no longer over the limit)
             self._over_limit.pop(folder, None)
-        log.info("the inotify limit allows more watches now: %s is watched whole", folder)
         if scheduled:
             self.rescan(folder)  # (what changed meanwhile; watch() scans a folder it schedules)
         return True
