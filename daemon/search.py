@@ -71,14 +71,13 @@ def _matching(
 ) -> Iterator[list[tuple]]:
     """Pages of (path, content_id, state, error) rows of the matching files.
 
-    Which files match is read first, whole, as their ids (8 bytes a file), and their rows a page at a time
-    after, each page a read of its own. Read as one statement left open between pages, a stream held its
-    SQLite snapshot for as long as its client took to read it (a plugin paging as the user scrolls, a
-    stream nobody reads held by gRPC's flow control), and no checkpoint passes a reader's snapshot: under
-    one such stream the WAL grew from 3.4 to 17 MB in five rounds of a re-tag. A file changed between
-    the two reads shows as it is now, and one failed or gone since is left out. The first page is read on its
-    own first (a LIMIT of its size: the plan's first rows), so that it comes as soon as it did, not once every
-    match is known (half a second for 300,000); the rest of the ids after it, the first page's left out."""
+    No statement stays open between pages. Read as one left open, a stream held its SQLite snapshot for as
+    long as its client took to read it (a plugin paging as the user scrolls, a stream nobody reads held by
+    gRPC's flow control), and no checkpoint passes a reader's snapshot: under one such stream the WAL grew
+    from 3.4 to 17 MB in five rounds of a re-tag. So the first page's ids are read (a LIMIT of its size: it
+    comes as soon as it did, not once every match is known, half a second for 300,000), then, once it is out,
+    the ids of the rest, whole (8 bytes a file); the rows of each page are a read of their own. A file changed
+    between the reads shows as it is now, and one failed or gone since is left out."""
     first = replace(q, limit=min(q.limit, page) if q.limit else page)
     ids = array("q", (row[0] for row in _found(index, groups, excluded, model_ids, first, "f.id")))
     if len(ids) == first.limit and q.limit != first.limit:  # more to come: the rest, read once the first is out
