@@ -213,13 +213,18 @@ FAILED = "failed"  # a file's state when its last reading failed: it has no tags
 _UNUSED = "NOT EXISTS (SELECT 1 FROM files f WHERE f.content_id = contents.id)"  # a content no file has now
 
 
+def primary_code(e: sqlite3.Error) -> int:
+    """SQLite's primary result code of an error (SQLITE_READONLY 8, SQLITE_CORRUPT 11, SQLITE_FULL 13 …); 0 before
+    Python 3.11, which gives the words only."""
+    return getattr(e, "sqlite_errorcode", 0) & 0xFF
+
+
 def read_only_connection(e: sqlite3.Error) -> bool:
     """Whether a write failed because its connection reads only: SQLite opens a database read-only while its file
     cannot be written (a sync or restore tool's moment of other permissions, `chmod a-w`), and that connection
     stays so when the file can be written again. Kept, it refused every write of its thread until a restart: new
     samples were never indexed. Closed, the next write opens it anew."""
-    primary = getattr(e, "sqlite_errorcode", 0) & 0xFF  # (Python 3.11 on; before, the words)
-    return primary == 8 or "readonly database" in str(e)  # (SQLITE_READONLY: Python 3.10 names it not)
+    return primary_code(e) == 8 or "readonly database" in str(e)  # (SQLITE_READONLY: Python 3.10 names it not)
 
 
 @contextlib.contextmanager
@@ -308,8 +313,7 @@ class IndexDamaged(ValueError):
 
 def damaged(e: sqlite3.Error) -> bool:
     """Whether SQLite found the database file damaged (SQLITE_CORRUPT, SQLITE_NOTADB), not locked or full."""
-    primary = getattr(e, "sqlite_errorcode", 0) & 0xFF  # (Python 3.11 on; before, the words)
-    return primary in (11, 26) or any(w in str(e) for w in ("malformed", "not a database"))
+    return primary_code(e) in (11, 26) or any(w in str(e) for w in ("malformed", "not a database"))
 
 
 def damaged_said(path: str, e: sqlite3.Error) -> str:

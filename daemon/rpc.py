@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .index import damaged, damaged_said
+from .index import damaged, damaged_said, primary_code
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def _abort_for_database(e: sqlite3.DatabaseError, context: grpc.ServicerContext)
         said = damaged_said("of the daemon", e)
         log.error("a call found %s", said)
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, said)
-    primary = getattr(e, "sqlite_errorcode", 0) & 0xFF  # (Python 3.11 on; before, the words)
+    primary = primary_code(e)
     if not primary and "disk is full" in str(e):
         primary = 13
     if primary in _DATABASE_SAID:

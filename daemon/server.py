@@ -300,8 +300,9 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             yield file_tags_pb(replace(found, path=as_asked(found.path, asked)))
         # the files under these folders whose names are not UTF-8, which the index cannot hold: a folder's answer
         # left them out, silently, where a Tag of it and the status said them (as people can read them)
+        folders = list(asked)
         for name in self.daemon.watcher.unnamed:
-            if within(name, list(asked)):
+            if within(name, folders):
                 yield pb.FileTags(path=name, state="failed", error=UNNAMED)
 
     def CountTags(self, request: pb.CountTagsRequest, context: grpc.ServicerContext) -> pb.TagCounts:

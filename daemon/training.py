@@ -408,7 +408,6 @@ def _installed(
                 log.warning("could not write %s (%s); the model is installed all the same", target, e)
                 continue
             plots.append(str(target))
-    # with no clip held out there is no validation accuracy: the API said 0.0, the CLI the training's
     accuracy, accuracy_of = measured(summary, report.state.val_accuracy)
     fitted = known_said(summary, row.classes)
     again = row.installed < began  # (said as an install, it read as a new version: README's "every model is one")
@@ -418,7 +417,8 @@ def _installed(
 
 
 def measured(summary: dict[str, Any], default: float = math.nan) -> tuple[float, str]:
-    """A training's accuracy, and what it was measured on, from its summary (trainer/train.py TrainResult.summary)."""
+    """A training's accuracy, and what it was measured on, from its summary (trainer/train.py TrainResult.summary):
+    with no clip held out there is no validation accuracy (the API said 0.0), but the training clips' or folds'."""
     folds = summary.get("folds") or summary.get("folds_stand_in")
     held_out = summary.get("val_clips") != 0 or bool(folds)
     accuracy = float(summary.get("val_accuracy" if held_out else "train_accuracy", default))

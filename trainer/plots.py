@@ -44,6 +44,7 @@ def learning_curve(
         lines += acc_ax.get_legend_handles_labels()[0]
     loss_ax.legend(lines, [str(line.get_label()) for line in lines], loc="center right")
     loss_ax.set_title(title)
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -82,8 +83,8 @@ def confusion_figure(confusion: np.ndarray, classes: list[str], title: str) -> p
 
 
 def _png(fig: plt.Figure) -> bytes:
+    """A figure laid out by its maker (confusion_figure's layout is measured before it is drawn), as PNG bytes."""
     buf = io.BytesIO()
-    fig.tight_layout()
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
