@@ -141,9 +141,9 @@ def stand_ins(status: Any) -> list[tuple[str, str]]:
 
 def _shown(path: str) -> str:
     """A file name as a person reads it on one line: a newline or tab in a name, which file systems allow,
-    is written as `\\n`, `\\t`, a byte that is not UTF-8 (an old archive's name) as `\\xe9` (`--json` keeps
-    the name as it is)."""
-    return readable_name(path).translate(_CONTROL)
+    is written as `\\n`, `\\t`, a byte that is not UTF-8 (an old archive's name) as `\\xe9`, and so a backslash
+    as two: a name with a backslash and an n is not that newline (`--json` keeps the name as it is)."""
+    return readable_name(path.replace("\\", "\\\\")).translate(_CONTROL)
 
 
 def _human_file(line: dict[str, Any], state: str = "indexed", again: str = "") -> str:

@@ -140,15 +140,19 @@ def test_a_mistake_the_parser_catches_is_a_json_line_too(home: Path) -> None:
 
 
 def test_a_newline_in_a_file_name_keeps_the_file_on_one_human_line(model_home: Path, tmp_path: Path) -> None:
-    """A name may hold a newline; printed as it is, it split the file's line in two (--json keeps it)."""
+    """A name may hold a newline; printed as it is, it split the file's line in two (--json keeps it). A name
+    with a backslash and an n, which a Windows share or a script can make, is not printed as that newline."""
     write_tone(tmp_path / "kit" / "two\nlines.wav", BANDS["low"])
     write_tone(tmp_path / "kit" / "plain.wav", BANDS["high"])
+    write_tone(tmp_path / "kit" / "back\\nslash.wav", BANDS["high"])
     human = vibrary("tag", str(tmp_path / "kit"), home=model_home).stdout.splitlines()
-    assert len(human) == 2 and any(line.startswith(f"{tmp_path}/kit/two\\nlines.wav: low") for line in human)
+    assert len(human) == 3 and any(line.startswith(f"{tmp_path}/kit/two\\nlines.wav: low") for line in human)
+    assert any(line.startswith(f"{tmp_path}/kit/back\\\\nslash.wav: high") for line in human), human
     as_json = json_lines(vibrary("tag", "--json", str(tmp_path / "kit"), home=model_home).stdout)
     assert {x["path"] for x in as_json} == {
         str(tmp_path / "kit" / "two\nlines.wav"),
         str(tmp_path / "kit" / "plain.wav"),
+        str(tmp_path / "kit" / "back\\nslash.wav"),
     }
 
 
