@@ -463,6 +463,9 @@ def _wait_idle(c: Client, pending: int) -> None:
         bar.refresh()
         bar.log()
         if s.pending == 0 and s.scanning == 0:  # (a folder still being listed may yet hold new files)
+            if s.stalled and not s.models:  # every file read, none tagged: a search next would find nothing
+                bar.close()
+                raise CommandError(f"nothing is tagged while no model is active: {s.stalled}")
             break
         if (s.pending, done) != last:
             moved_at, last = time.monotonic(), (s.pending, done)

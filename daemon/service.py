@@ -95,6 +95,7 @@ PARK_AGAIN_S = 30.0
 FOLLOW_WAIT_S = 10.0  # how long a status waits for a change of the active models being followed (load, re-queue)
 NO_MODEL = "no usable active model: `vibrary models list` lists them, `vibrary models activate NAME` picks one"
 NO_MODEL_WAITS = f"{NO_MODEL}; files wait for one"
+NO_MODEL_NOW = f"{NO_MODEL}; files added wait for one"  # (none waits now: "files wait" sent people looking)
 
 
 def _size_and_time(path: str) -> tuple[int, int]:
@@ -716,6 +717,7 @@ class Daemon:
         # listed the model active and said indexing waited for lack of one (`status --wait` gave up on it)
         following = {m.id: m.ref for m in self.index.tagging_models()} != self._active
         tagging = bool(models) if following else bool(self.pipeline.models)
+        no_model = NO_MODEL_WAITS if counts["pending"] else NO_MODEL_NOW
         return {
             **counts,
             "models": models,
@@ -743,7 +745,7 @@ class Daemon:
             "waiting_for_watches": self._held and counts["pending"] > 0,
             "home": str(self.home),
             "paused": self.paused,
-            "stalled": self.stalled or self._unrecorded() or ("" if tagging else NO_MODEL_WAITS),
+            "stalled": self.stalled or self._unrecorded() or ("" if tagging else no_model),
             "training": self.training.progress if self.training is not None else None,
             "uptime_s": time.time() - self.started,
             "version": VERSION,

@@ -656,6 +656,17 @@ def test_status_wait_says_when_indexing_is_paused_or_waits_for_a_drive(daemon: D
     assert "not there now" not in vibrary("tags", str(tmp_path / "other"), home=daemon.home).stderr
 
 
+def test_status_wait_fails_when_no_model_is_active_though_nothing_is_pending(daemon: DaemonProcess) -> None:
+    """`vibrary status --wait && vibrary search kick` with every model deactivated: nothing pending, so the wait
+    ended with 0 while the status said "files wait for one", and the search found nothing."""
+    for ref in daemon.client.status().models:
+        vibrary("models", "deactivate", ref.partition("@")[0], home=daemon.home)
+    wait_for(lambda: not daemon.client.status().models)
+    waited = vibrary("status", "--wait", home=daemon.home, check=False, timeout=30)
+    assert waited.returncode == 1 and "nothing is tagged while no model is active" in waited.stderr, waited
+    assert "files added wait for one" in waited.stderr and "; files wait for one" not in waited.stderr
+
+
 def _connections(socket: Path) -> int:
     """Connections to the daemon's socket now (Linux lists each accepted one with the socket's path)."""
     return sum(line.endswith(f" {socket}") for line in Path("/proc/net/unix").read_text().splitlines())
