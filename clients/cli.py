@@ -325,9 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument(
             "--labels",
             choices=["folders", "top", "suggest"],
-            default="folders",
-            help="folders: each file's own folder names its tag (DIR/.../<tag>/*); top: the folder right under DIR "
-            "does (DIR/<tag>/.../*); suggest: from folder names, file names and metadata (see `dataset suggest`)",
+            help="folders (the default): each file's own folder names its tag (DIR/.../<tag>/*); top: the folder "
+            "right under DIR does (DIR/<tag>/.../*); suggest: from folder names, file names and metadata (see "
+            "`dataset suggest`)" + ("; an add labels as the dataset was made, unless given" if action == "add" else ""),
         )
         if action == "create":
             a.add_argument(

@@ -302,9 +302,13 @@ def _create(args: argparse.Namespace, home_dir: Path, untagged: list[str]) -> tu
     from vibrary.daemon import dataset
 
     replaced = 0  # said once it is: "replacing" was said of a dataset a refused build then kept
-    if args.action == "add":
-        dataset.load(home_dir, args.name)  # "no dataset", before any file is looked at
+    if args.action == "add":  # ("no dataset", before any file is looked at)
+        made_by = dataset.how_labelled(home_dir, args.name)
+        if args.labels is None and made_by not in ("", "folders"):  # (its `suggest` files came back as folders')
+            print(f"vibrary: labelled as {args.name} was made: --labels {made_by}", file=sys.stderr)
+        args.labels = args.labels or made_by or "folders"
     else:
+        args.labels = args.labels or "folders"
         dataset.check_no_case_twin(home_dir, args.name)  # (and by the build: the API's creates)
         if args.replace:
             with contextlib.suppress(FileNotFoundError, ValueError):
@@ -322,7 +326,9 @@ def _create(args: argparse.Namespace, home_dir: Path, untagged: list[str]) -> tu
     try:
         if args.action == "create":
             try:  # (checked again under its lock: another command may have made it meanwhile)
-                report = dataset.build(home_dir, args.name, examples, progress=bar.update, replace=args.replace)
+                report = dataset.build(
+                    home_dir, args.name, examples, progress=bar.update, replace=args.replace, labelled_by=args.labels
+                )
             except dataset.Exists as e:
                 raise _in_use(args.name, e) from None
             added, unread = report.manifest.clips, report.failed

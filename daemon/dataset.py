@@ -100,10 +100,11 @@ class BuildReport:
 
 @dataclass
 class Edits:
-    """What the edits of a dataset removed or renamed, for `add` to respect."""
+    """What `add` must respect: what the edits of a dataset removed or renamed, and how its files were labelled."""
 
     renamed: dict[str, str] = field(default_factory=dict)  # a tag renamed or merged away → what it is now; "" dropped
     removed: list[str] = field(default_factory=list)  # files an edit took out (relabelled '', or their tag dropped)
+    labelled_by: str = ""  # how `dataset create` labelled them (folders, top, suggest): an add does alike
 
 
 @dataclass
@@ -415,6 +416,7 @@ def build(
     progress: Callable[[int], None] = lambda n: None,
     cache: SpectrogramCache | None = None,
     replace: bool = True,
+    labelled_by: str = "",
 ) -> BuildReport:
     """Compute every example's spectrogram (from the home's cache when it has them) and write the
     dataset's shards, labels and manifest. Without `replace`, a dataset `name` that exists is Exists, checked
@@ -423,7 +425,7 @@ def build(
     with _held(home_dir, name, change=True):
         if not replace:
             check_absent(home_dir, name)
-        return _build(home_dir, name, examples, params, workers, progress, cache)
+        return _build(home_dir, name, examples, params, workers, progress, cache, labelled_by)
 
 
 def _build(
@@ -434,6 +436,7 @@ def _build(
     workers: int,
     progress: Callable[[int], None],
     cache: SpectrogramCache | None,
+    labelled_by: str,
 ) -> BuildReport:
     params = params or SpectrogramParams()
     if not examples:
@@ -444,7 +447,7 @@ def _build(
     if len(tags) == 1:  # said now, not after decoding every file (the shards' own check would, at the end)
         raise ValueError(f"all {len(examples)} files are tagged {tags[0]!r}; a model needs at least 2 tags")
     codes, rows, failed = _spectrograms(examples, params, workers, progress, cache or open_cache(home_dir))
-    return _write(home_dir, name, params, codes, rows, failed, unread=failed)
+    return _write(home_dir, name, params, codes, rows, failed, Edits(labelled_by=labelled_by), unread=failed)
 
 
 def _spectrograms(
@@ -601,7 +604,8 @@ def add(
             f for f in unread if os.path.normpath(f[0]) not in unreadable
         ]
         codes = np.concatenate([codes, more])
-        edits = Edits(renamed, [p for p in held.edits.removed if os.path.normpath(p) not in restored])
+        kept = [p for p in held.edits.removed if os.path.normpath(p) not in restored]
+        edits = Edits(renamed, kept, held.edits.labelled_by)
         report = _write(home_dir, name, held.params, codes, rows + added, failed, edits, unread)
         return Added(report, len(added), left_out, unread)
 
@@ -730,7 +734,7 @@ def _stored(home_dir: Path, name: str) -> _Stored:
     renamed, removed = raw.get("renamed", {}), raw.get("removed", [])
     if not (isinstance(renamed, dict) and isinstance(removed, list)):
         raise _damaged(name, "labels.json: 'renamed' or 'removed' is not what it should be")
-    edits = Edits({str(k): str(v) for k, v in renamed.items()}, [str(p) for p in removed])
+    edits = Edits({str(k): str(v) for k, v in renamed.items()}, [str(p) for p in removed], labelled_by(raw))
     return _Stored(manifest, rows, failed, codes, edits)
 
 
@@ -827,6 +831,17 @@ def delete(home_dir: Path, name: str) -> None:
             log.warning("could not remove %s: %s", remains, e)
 
 
+def labelled_by(raw: dict[str, Any]) -> str:
+    """How a dataset's record says its files were labelled: "" when not by `dataset create` (the API's
+    confirmed labels, a dataset made before it was recorded)."""
+    return str(raw.get("labelled_by") or "")
+
+
+def how_labelled(home_dir: Path, name: str) -> str:
+    load(home_dir, name)
+    return labelled_by(_record(home_dir, name)[1])
+
+
 def labelled_files(home_dir: Path, name: str) -> list[tuple[str, str]]:
     """(path, label) of every clip, as confirmed."""
     load(home_dir, name)
@@ -919,7 +934,7 @@ def _edit(
         tags = f"only {', '.join(sorted(live))}" if live else "no tag"
         raise ValueError(f"not done: dataset {name!r} would be left with {tags}; a model needs at least 2 tags")
     removed = held.edits.removed + [rows[i].path for i, t in enumerate(labels) if not t]
-    edits = Edits(_renamed(held.edits.renamed, mapping, live), removed)
+    edits = Edits(_renamed(held.edits.renamed, mapping, live), removed, held.edits.labelled_by)
     return _write(home_dir, name, held.params, held.codes[keep], kept, held.failed, edits)
 
 

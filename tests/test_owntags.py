@@ -890,8 +890,10 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     assert "more examples: `vibrary dataset add pk DIR...`" in shown
     second = tmp_path / "Second Pack"
     write_kinds(second, per_kind=1, seed=8, folders=VENDOR, names=VENDOR_FILES)
-    grown = json_lines(vibrary("dataset", "add", "--json", "--labels", "suggest", "pk", str(second), home=home).stdout)
+    adding = vibrary("dataset", "add", "--json", "pk", str(second), home=home)  # labelled as made: by suggestion
+    grown = json_lines(adding.stdout)  # (by its folders' names it grew classes of them)
     assert grown[-1]["added"] == 3 and grown[-1]["per_class"] == {"drums": 8, "lead": 4}  # merged, renamed
+    assert "labelled as pk was made: --labels suggest" in adding.stderr
     missing = vibrary("dataset", "add", "nope", str(second), home=home, check=False)
     assert missing.returncode == 1 and "no dataset 'nope'" in missing.stderr
     for args in (("dataset", "create", "a/b", str(second)), ("train", "a b")):  # no name of a dataset: usage
