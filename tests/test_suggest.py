@@ -24,7 +24,7 @@ import soundfile as sf
 from vibrary.daemon import dataset
 from vibrary.daemon.suggest import Synonyms, clean_tag, metadata, suggest, words
 
-from tests.conftest import AS_USER, vibrary
+from tests.conftest import AS_USER, json_lines, vibrary
 from tests.synth import tone, write_encoded, write_kinds, write_tone
 
 
@@ -899,3 +899,14 @@ def test_a_web_address_in_a_field_names_no_sound(tmp_path: Path, table: Synonyms
     found = {Path(s.path).name: s for s in suggest([str(tmp_path / "lib")], table)}
     assert (found["take_01.flac"].tag, found["take_02.flac"].tag) == ("", "snare")
     assert "organ" not in found["take_01.flac"].alternatives
+
+
+def test_a_huge_field_without_spaces_is_read_at_once(tmp_path: Path) -> None:
+    """A 300 kB comment of one word (a pasted key, base64 art) kept `dataset suggest` busy for many minutes,
+    and the daemon's other calls waited on it: the file is suggested from its title as any other."""
+    path = write_tone(tmp_path / "lib" / "take_03.flac", 100, 0.05, fmt="FLAC")
+    flac = mutagen.flac.FLAC(path)
+    flac["title"], flac["comment"] = "Snare", "A" * 300_000
+    flac.save()
+    found = json_lines(vibrary("dataset", "suggest", "--json", str(path), home=tmp_path / "home", timeout=120).stdout)
+    assert [(x["tag"], x["source"]) for x in found] == [("snare", "metadata")]
