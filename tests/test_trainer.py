@@ -639,6 +639,29 @@ def test_corrupt_shard_is_refused(trainer_service: str) -> None:
             client.start(manifest, "t", "none")
 
 
+def test_a_shard_damaged_on_the_trainers_disk_is_sent_again(trainer_service: str, tmp_path: Path) -> None:
+    """A shard damaged on the trainer's disk failed every training of it ("corrupt shard"), and was never sent
+    again: the trainer said it had it. Cut short, it is asked for again; damaged otherwise, the job that reads
+    it says so and deletes it, and the next upload sends it."""
+    manifest, blobs = _manifest_and_blobs()
+    _store(blobs, tmp_path)
+    shard = manifest.shards[0]
+    with TrainerClient(trainer_service) as client:
+        client.upload(manifest, tmp_path)
+        (stored,) = (tmp_path / "trainer-home").rglob(f"{shard.sha256}.npz")
+        data = bytearray(stored.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # a bit flipped on disk
+        stored.write_bytes(data)
+        final = list(client.watch(client.start(manifest, "t", "none", json.dumps({"epochs": 1})).id))[-1]
+        assert final.state == pb.Job.FAILED and f"shard {shard.sha256[:12]} was damaged" in final.error, final
+        assert client.upload(manifest, tmp_path) == shard.size  # sent again, whole
+        stored.write_bytes(stored.read_bytes()[:100])  # cut short: asked for again before any job
+        assert [s.sha256 for s in client.missing(manifest)] == [shard.sha256]
+        client.upload(manifest, tmp_path)
+        final = list(client.watch(client.start(manifest, "t", "none", json.dumps({"epochs": 1})).id))[-1]
+        assert final.state == pb.Job.SUCCEEDED, final
+
+
 def test_bad_datasets_get_clear_errors(trainer_service: str, tmp_path: Path) -> None:
     codes, labels, groups = spectrograms(4, 0)
     with pytest.raises(shards.ShardError, match="empty"):

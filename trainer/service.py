@@ -362,9 +362,12 @@ class TrainerService(pb_grpc.TrainerServicer):
             for s in request.shards:
                 path = self._shard_path(user, s.sha256, context)
                 _check_size(s.size, context)  # (0 reached the file system: UNKNOWN, and the server's paths)
-                if path.exists():
+                if path.exists() and path.stat().st_size == s.size:
                     prune.touch(path)  # about to be trained on: it stays
                     continue
+                if path.exists():  # cut short on this disk: no job could read it, and no upload replaced it
+                    log.warning("shard %s cut short on disk: deleted, to be sent again", s.sha256[:12])
+                    path.unlink(missing_ok=True)
                 with self._writing:  # (an upload of it may be writing its last chunk)
                     part = path.with_suffix(".part")
                     have = part.stat().st_size if part.exists() else 0
@@ -707,7 +710,7 @@ class TrainerService(pb_grpc.TrainerServicer):
             job.leftover.replace(checkpoint)  # same job cancelled just before put its epochs away only at its end
             log.info("job %s goes on from where the same job, cut off, was", job.job.id)
         shard_dir = self._folder(job.user, "shards")
-        blobs = ((shard_dir / f"{s.sha256}.npz").read_bytes() for s in job.manifest.shards)
+        blobs = (_intact(shard_dir / f"{s.sha256}.npz", s.sha256) for s in job.manifest.shards)
 
         def progress(p: Progress) -> None:
             job.update(phase=p.phase, **progress_fields(p))
@@ -729,6 +732,18 @@ class TrainerService(pb_grpc.TrainerServicer):
             state=pb.Job.SUCCEEDED, phase="done", val_accuracy=result.val_accuracy, summary=json.dumps(result.summary())
         )
         job.leftover.unlink(missing_ok=True)  # (a run of it cut off meanwhile: done now, nothing to go on from)
+
+
+def _intact(path: Path, sha256: str) -> bytes:
+    """A stored shard's bytes, checked against its name: one damaged on this disk failed every training of
+    it ("corrupt shard"), and no upload could mend it, since the trainer said it had it."""
+    data = path.read_bytes()
+    if sha256_bytes(data) != sha256:
+        path.unlink(missing_ok=True)
+        raise ShardError(
+            f"shard {sha256[:12]} was damaged on the trainer's disk and is deleted: train again, and it is sent anew"
+        )
+    return data
 
 
 @dataclass
