@@ -662,6 +662,25 @@ def test_a_shard_damaged_on_the_trainers_disk_is_sent_again(trainer_service: str
         assert final.state == pb.Job.SUCCEEDED, final
 
 
+def test_a_watch_that_gives_no_caller_id_does_not_keep_a_cancelled_job_going(
+    trainer_service: str, tmp_path: Path
+) -> None:
+    """A dashboard watching a followed job (no follower id) made the cancel of the one `vibrary train` that
+    followed it a no-op, said as "another `vibrary train` … follows its job"."""
+    manifest, blobs = _manifest_and_blobs(per_kind=30)
+    _store(blobs, tmp_path)
+    with TrainerClient(trainer_service) as client, TrainerClient(trainer_service) as dashboard:
+        client.upload(manifest, tmp_path)
+        job = client.start(manifest, "w", "none", json.dumps({"epochs": 500, "patience": 500}), followed=True)
+        updates = client.watch(job.id)
+        next(u for u in updates if u.epoch >= 1)
+        looking = dashboard.stub.WatchJob(pb.JobRef(id=job.id))  # no follower: it only looks
+        next(looking)
+        assert client.cancel(job.id).followers == 0
+        assert list(updates)[-1].state == pb.Job.CANCELLED
+        looking.cancel()
+
+
 def test_bad_datasets_get_clear_errors(trainer_service: str, tmp_path: Path) -> None:
     codes, labels, groups = spectrograms(4, 0)
     with pytest.raises(shards.ShardError, match="empty"):

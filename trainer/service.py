@@ -583,7 +583,8 @@ class TrainerService(pb_grpc.TrainerServicer):
         job = self._job(request, context)
         with job.changed:  # (a daemon's job, not followed, has one caller: another stream is its own, gone stale)
             followed = request.follower and job.request.followed
-            others = sum(n for who, n in job.followers.items() if who != request.follower) if followed else 0
+            # (a watch that gave no id, a dashboard's or grpcurl's, follows nothing: it kept a Ctrl-C from cancelling)
+            others = sum(n for who, n in job.followers.items() if who and who != request.follower) if followed else 0
         if others and job.job.state not in _TERMINAL:
             log.info(
                 "job %s: one of its callers stopped following it; it goes on for the %d others", job.job.id, others
