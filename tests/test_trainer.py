@@ -337,6 +337,13 @@ def test_a_model_name_that_cannot_be_or_a_broken_manifest_is_refused_by_name(
             with pytest.raises(grpc.RpcError) as e:
                 client.stub.StartJob(pb.JobRequest(manifest=json.dumps(text), name="ok", base="none"), timeout=10)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason in (e.value.details() or "")
+        for change in ({"n_mels": 64}, {"mono": False}):  # queued, then failed: "differs in ['embed.0.weight']"
+            other = json.dumps({**raw, "spectrogram": {**raw["spectrogram"], **change}})
+            with pytest.raises(grpc.RpcError) as e:
+                client.stub.StartJob(pb.JobRequest(manifest=other, name="ok", base="demo"), timeout=10)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "do not fit the demo base" in (
+                e.value.details() or ""
+            )
         (tmp_path / "base.pt").write_text("not a checkpoint")  # a path of the trainer's machine: a pipe wedged it
         with pytest.raises(grpc.RpcError) as e:
             client.stub.StartJob(pb.JobRequest(manifest=manifest.to_json(), base=str(tmp_path / "base.pt")), timeout=10)

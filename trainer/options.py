@@ -12,6 +12,8 @@ import re
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
+from vibrary.daemon.spectrogram import SpectrogramParams
+
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 RESULT_FILES = ("model.onnx", "learning_curve.png", "confusion_matrix.png")  # what a finished job hands back
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -39,6 +41,18 @@ def base_path(base: str) -> Path | None:
             raise FileNotFoundError("the built-in demo model's checkpoint is not installed; train with --base none")
         raise FileNotFoundError(f"no base checkpoint at {path}")
     return path
+
+
+def check_fits(base: str, params: SpectrogramParams) -> None:
+    """ValueError for spectrograms the base's network cannot take (other mel bands, two channels), said when
+    the job is asked for: it was queued, and failed after the wait with "base model does not fit this network
+    (differs in ['embed.0.weight'])". The demo was trained on the daemon's default parameters."""
+    demo = SpectrogramParams()
+    if base == "demo" and (params.channels, params.n_mels) != (demo.channels, demo.n_mels):
+        raise ValueError(
+            f"spectrograms of {params.n_mels} mel bands, {params.channels} channel(s) do not fit the demo base"
+            f" ({demo.n_mels} mel bands, {demo.channels} channel): train with base none"
+        )
 
 
 def parse(text: str) -> dict[str, object]:

@@ -454,6 +454,7 @@ class TrainerService(pb_grpc.TrainerServicer):
             check_name(request.name or manifest.name, "model")  # the daemon's rule: it becomes a folder there
             config = TrainConfig.from_dict(options.parse(request.config or "{}"))
             base_path(base)
+            options.check_fits(base, manifest.params)
         except (ShardError, ValueError, TypeError, FileNotFoundError) as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         with self._shards:  # from here on the job's shards are needed: no prune removes them
