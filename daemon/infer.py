@@ -93,6 +93,7 @@ def _session(path: str, threads: int) -> ort.InferenceSession:
 
 
 MOST_CLASSES = 10_000  # a model's classes, at most (every search, count and reply lists them)
+LONGEST_READ_S, FASTEST_RATE = 60.0, 192_000  # what a model may have every file decoded to, at most
 MOST_FIXED_BATCH = 256  # a model exported with a fixed batch size is fed that many clips a run, padded
 # control characters (C0, DEL, C1), the bidi marks, overrides and isolates (which reorder what a terminal shows),
 # invisible spaces and breaks, and lone surrogates (which no reply can carry: a class "a\ud800" broke every
@@ -111,6 +112,12 @@ def check_installable(model: Model) -> None:
     if odd := next((c for c in classes if len(c) > LONGEST_TAG or _UNPRINTABLE.search(c)), None):
         raise ModelError(
             f"{source}: class name {odd[:40]!r} is longer than {LONGEST_TAG} characters or holds control characters"
+        )
+    params = model.info.params  # every file is decoded to this length, in each worker: 3,000 s took 1.2 GB
+    if params.duration_s > LONGEST_READ_S or params.sample_rate > FASTEST_RATE:
+        raise ModelError(
+            f"{source}: reads {params.duration_s:g} s of every file at {params.sample_rate:,} Hz; at most"
+            f" {LONGEST_READ_S:g} s at {FASTEST_RATE:,} Hz"
         )
     if model._fixed > MOST_FIXED_BATCH:
         raise ModelError(

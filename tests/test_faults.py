@@ -1327,9 +1327,11 @@ def test_a_model_whose_class_names_or_batch_cost_everyone_is_refused_at_install_
 ) -> None:
     """A shared model's class names reached terminals raw (colours, a window title, forged lines); a fixed
     batch of 20,000 installed (its all-zero probe costs nothing) and ran six files in 1.8 GB; 2**40 died in
-    numpy with a traceback. Refused at install only: one installed before an upgrade goes on working."""
+    numpy with a traceback; one reading 3,000 s of every file took 1.2 GB for 40 one-shots. Refused at
+    install only: one installed before an upgrade goes on working."""
     from vibrary.daemon import registry
     from vibrary.daemon.infer import Model, ModelError, check_installable
+    from vibrary.daemon.spectrogram import SpectrogramParams
 
     index = Index(config.index_path(model_home))
     for classes, said in (
@@ -1351,6 +1353,10 @@ def test_a_model_whose_class_names_or_batch_cost_everyone_is_refused_at_install_
     many.info = dataclasses.replace(many.info, classes=tuple(f"c{i}" for i in range(10_001)))
     with pytest.raises(ModelError, match="10,001 classes; 10,000 at most"):
         check_installable(many)
+    for params in (SpectrogramParams(duration_s=60.5), SpectrogramParams(sample_rate=384_000, fmax=20_000)):
+        long = band_model(tmp_path / "long.onnx", name="long", params=params)  # each file decoded to it: 1.2 GB
+        with pytest.raises(ModelError, match=r"of every file at .* Hz; at most 60 s at 192,000 Hz"):
+            registry.install(index, model_home, str(long))
     assert registry.install(index, model_home, str(band_model(tmp_path / "b256.onnx", name="b", batch=256)))
     with pytest.raises(ModelError, match="a fixed batch size of 257; export it with a dynamic batch axis"):
         registry.install(index, model_home, str(band_model(tmp_path / "b257.onnx", name="c", batch=257)))
