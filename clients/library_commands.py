@@ -42,7 +42,7 @@ from .output import (
     stand_ins,
     terminal_safe,
 )
-from .query import OPERATORS, QueryError, join_tags, joined_as, parse_query, respell, spelled_as, synonyms
+from .query import OPERATORS, QueryError, join_tags, joined_as, parse_query, respell, spelled_as, synonyms, unquoted
 from .tray_state import many
 
 
@@ -267,7 +267,7 @@ def _as_words(word: str, is_tag: Callable[[str], bool]) -> list[str]:
     words; "NOT hi hat" was read as a tag "not hi hat", "kick OR hi hat" as kick OR hi, and hat); alternatives
     joined by '|' whole when each is a tag or one word ("hi hat|mid" was "hi", then "hat|mid"); any other,
     its words. A quoted tag that has an operator word in it (a model's "rock and roll") whole."""
-    if " " in word.strip() and is_tag(word.strip().removeprefix("-")):  # (it was rock AND roll)
+    if " " in word.strip() and is_tag(unquoted(word.strip().removeprefix("-"))):  # (it was rock AND roll)
         return [word.strip()]
     alternatives = [a.strip() for a in word.strip().split("|")]
     if len(alternatives) > 1:

@@ -20,7 +20,7 @@ class QueryError(BadArgument):
     """A query that cannot make sense (`kick OR`, `NOT`); str() says why."""
 
 
-def _unquoted(tag: str) -> str:
+def unquoted(tag: str) -> str:
     """`"snare"` → snare: quoted for a shell twice, or by a front end; no tag holds a quote."""
     return tag.strip("\"'")
 
@@ -78,7 +78,7 @@ def parse_query(
     join_next = negate_next = and_next = after_excluded = False
     said = _words(words) if isinstance(words, str) else list(words)
     for quoted in join_tags(said, is_tag) if is_tag is not None else said:
-        word = _unquoted(quoted)
+        word = unquoted(quoted)
         if not word:
             continue
         if "(" in word or ")" in word:  # searched as tags, they matched nothing, silently
@@ -113,11 +113,11 @@ def parse_query(
                 raise QueryError(f"{word}: one '-' leaves a tag out ({word[1:]})")
             if "|" in tag:
                 raise QueryError(f"{word}: leave tags out one at a time ({' '.join('-' + t for t in tag.split('|'))})")
-            excluded.append(tag_key(_unquoted(tag)))
+            excluded.append(tag_key(unquoted(tag)))
             negate_next, after_excluded = False, True
             continue
         after_excluded = False
-        alternatives = [tag_key(_unquoted(w)) for w in word.split("|") if _unquoted(w)]
+        alternatives = [tag_key(unquoted(w)) for w in word.split("|") if unquoted(w)]
         if join_next or word.startswith("|"):
             if not groups:
                 raise QueryError("OR needs a tag on each side")

@@ -492,6 +492,8 @@ def test_quoted_search_words_keep_a_tag_spelled_with_a_space_and_one_unicode_for
         ("kick NOT open hat", ([["kick"]], ["open hat"])),
         ("rock and roll", ([["rock and roll"]], [])),  # a model's class with an operator word in it: whole
         ("-rock and roll", ([], ["rock and roll"])),
+        ('"rock and roll"', ([["rock and roll"]], [])),  # quoted for the shell twice (`'"rock and roll"'`)
+        ('-"rock and roll"', ([], ["rock and roll"])),
         ("rock and mid", ([["rock"], ["mid"]], [])),  # no such tag: AND as a word
     ]:
         assert parse_query(_as_words(quoted, tags.__contains__)) == query, quoted
