@@ -249,10 +249,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         human += f" on {trained.accuracy_of}; files of other packs than your folders' may score 10 points lower or more"
     if trained.summary.get("folds_stand_in"):  # the dataset's figure, not this version's: alike for any epochs or seed
         # (said beside the advice before the training, the curve's for datasets of this size: two figures to tell apart)
-        human = (
-            f"{done}: {trained.val_accuracy:.0%} right on your own {trained.accuracy_of}, where the figure said before"
-            " the training is the curve's for datasets of this size; files of other packs than your folders' may"
-            " score 10 points lower or more"
+        human = (  # (it read as one sentence of 60 words, "folds", "embedding" and "the curve's" in it)
+            f"{done}: {trained.val_accuracy:.0%} right on your own clips held out in turn, each checked by a quick"
+            " fit on the others (a figure of your dataset: more epochs do not change it; the one said before training"
+            " is what datasets of its size usually get). Files from other packs than yours may score 10 points lower"
         )
     if nothing_held_out:
         human = (

@@ -2038,7 +2038,7 @@ def test_the_trainer_this_machine_starts_is_named_as_such_in_its_refusals(tmp_pa
 
 
 def test_a_confusion_matrix_title_fits_its_figure() -> None:
-    """A small dataset's title ("clips held out in 5 folds, in turn, by a head on the base's embedding") was
+    """A small dataset's title ("clips held out in 5 folds, in turn, each by a quick fit on the others") was
     cut off at both ends of a two-tag figure."""
     import matplotlib.pyplot as plt
     from vibrary.trainer import pipeline

@@ -72,4 +72,4 @@ def train_to_files(
     return files, result
 
 
-STAND_IN = ", by a head on the base's embedding"  # (new tags: a stand-in for the training over epochs)
+STAND_IN = ", each by a quick fit on the others"  # (new tags: a stand-in for the training over epochs)
