@@ -27,8 +27,8 @@ INTRO = """# The `vibrary` command
 Every command and option, as `vibrary CMD --help` prints them (written by `scripts/cli_reference.py`
 from the CLI's parser; do not edit by hand). Every command takes `--json`: one JSON object per line on
 stdout, progress on stderr. Exit status: 0, 1 for a failure, 2 for a usage error, 130 when interrupted
-(a foreground daemon or trainer stops cleanly: 0), 143 when ended by SIGTERM (129: SIGHUP), 141 when its
-reader went away. The README shows the everyday commands in context.
+(Ctrl-C), 143 when ended by SIGTERM (129: SIGHUP; a foreground daemon or trainer stops cleanly on any: 0), 141
+when its reader went away. The README shows the everyday commands in context.
 """
 
 
