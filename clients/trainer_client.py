@@ -42,6 +42,25 @@ def open_channel(
     return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=pem), [*options, *named])
 
 
+def connection_hint(e: grpc.RpcError, tls: bool, answered: bool = False, flags: bool = False) -> str:
+    """What to set when a call failed on the connection: gRPC's words ("Socket closed",
+    "CERTIFICATE_VERIFY_FAILED") did not say that the token or the certificate was wrong. `answered`: the
+    trainer answered this client before; `flags`: the command has --tls-ca and --server-name (`trainer health`)."""
+    code, details = e.code(), e.details() or ""
+    ca, name = ("--tls-ca", "--server-name") if flags else ("VIBRARY_TRAINER_CA", "VIBRARY_TRAINER_TLS_NAME")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return "; give its token with --token or VIBRARY_TRAINER_TOKEN"
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return ""
+    if "Hostname Verification" in details:
+        return f"; its certificate does not name this address: set {name} to the name it holds"
+    if answered:  # (its TLS, or not, was right a moment ago)
+        return "; it answered before: stopped or restarted there?"
+    if tls:
+        return f"; is {ca} the certificate it serves (or its CA's)?"
+    return f"; is it running there (`vibrary trainer serve`)? One that serves TLS needs {ca} set to its certificate"
+
+
 class TrainerClient:
     def __init__(
         self,
@@ -89,19 +108,8 @@ class TrainerClient:
     def _said(self, e: grpc.RpcError) -> DaemonError:
         """The trainer's refusal, with what to set when it is about the connection: gRPC's words ("Socket
         closed", "CERTIFICATE_VERIFY_FAILED") did not say that the token or the certificate was wrong."""
-        code, details = e.code(), e.details() or e.code().name
-        hint = ""
-        if code == grpc.StatusCode.UNAUTHENTICATED:
-            hint = "; give its token with --token or VIBRARY_TRAINER_TOKEN"
-        elif code == grpc.StatusCode.UNAVAILABLE and "Hostname Verification" in details:
-            hint = "; its certificate does not name this address: set VIBRARY_TRAINER_TLS_NAME to the name it holds"
-        elif code == grpc.StatusCode.UNAVAILABLE and self._answered:  # (its TLS, or not, was right a moment ago)
-            hint = "; it answered before: stopped or restarted there?"
-        elif code == grpc.StatusCode.UNAVAILABLE and self._tls:
-            hint = "; is VIBRARY_TRAINER_CA the certificate it serves (or its CA's)?"
-        elif code == grpc.StatusCode.UNAVAILABLE:
-            hint = "; is it running there? One that serves TLS needs VIBRARY_TRAINER_CA set to its certificate"
-        return DaemonError(code, f"{self.called}: {details}{hint}")
+        details = e.details() or e.code().name
+        return DaemonError(e.code(), f"{self.called}: {details}{connection_hint(e, self._tls, self._answered)}")
 
     def missing(self, manifest: Manifest) -> list[pb.ShardStatus]:
         wanted = pb.ShardList(shards=[pb.ShardStatus(sha256=s.sha256, size=s.size) for s in manifest.shards])

@@ -386,14 +386,15 @@ def _trainer_health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from .trainer_client import open_channel
+    from .trainer_client import connection_hint, open_channel
 
     ca = args.tls_ca or os.environ.get("VIBRARY_TRAINER_CA") or os.environ.get("VIBRARY_TRAINER_TLS_CERT") or None
     with open_channel(args.target, ca, args.server_name) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
         except grpc.RpcError as e:
-            raise CommandError(f"trainer at {args.target}: {e.code().name} {e.details()}") from None
+            hint = connection_hint(e, bool(ca), flags=True)  # (gRPC's words alone said neither serve nor --tls-ca)
+            raise CommandError(f"trainer at {args.target}: {e.code().name} {e.details()}{hint}") from None
     serving = reply.status == health_pb2.HealthCheckResponse.SERVING
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     _out(args, {"target": args.target, "status": status}, f"{args.target}: {status}")

@@ -369,7 +369,7 @@ def test_tls_end_to_end_with_a_certificate_made_here(home: Path, tmp_path: Path)
         health = vibrary("trainer", "health", "--target", target, "--tls-ca", str(tmp_path / "cert.pem"), home=home)
         assert health.stdout.strip() == f"{target}: SERVING"
         refused = vibrary("trainer", "health", "--target", target, "--timeout", "3", home=home, check=False)
-        assert refused.returncode == 1
+        assert refused.returncode == 1 and "One that serves TLS needs --tls-ca set to its certificate" in refused.stderr
     finally:
         serving.stop(grace=0)
 
@@ -390,6 +390,8 @@ def test_a_trainer_reached_by_an_address_its_certificate_does_not_name(
             with pytest.raises(DaemonError, match="set VIBRARY_TRAINER_TLS_NAME to the name it holds") as e:
                 client.missing(manifest)
             assert e.value.code == grpc.StatusCode.UNAVAILABLE  # not its name
+        unnamed = ["trainer", "health", "--target", target, "--tls-ca", str(tmp_path / "cert.pem")]
+        assert "set --server-name to the name it holds" in vibrary(*unnamed, home=home, check=False).stderr
         monkeypatch.setenv("VIBRARY_TRAINER_TLS_NAME", "gpubox.example")
         with TrainerClient(target, "s3cret", timeout=5, tls_ca=cert) as client:
             assert len(client.missing(manifest)) == len(manifest.shards)
