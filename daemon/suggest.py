@@ -564,7 +564,16 @@ def _riff_text(path: str) -> list[tuple[str, str]]:
 
 
 def _text(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode("utf-8", errors="replace").strip()
+    """A RIFF field's text: UTF-8, or else the Windows code page its editors write (`Grosse caisse étouffée`
+    came out with two '�'), or UTF-16 after its byte-order mark (a "Snare" read as nothing, cut at its first
+    zero byte)."""
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return raw.decode("utf-16", errors="replace").split("\0", 1)[0].strip()
+    text = raw.split(b"\0", 1)[0]
+    try:
+        return text.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return text.decode("cp1252", errors="replace").strip()
 
 
 def audio_files(paths: Sequence[str], going: Callable[[], bool] = lambda: True) -> list[tuple[str, str]]:

@@ -266,6 +266,22 @@ def test_a_riff_list_chunk_claiming_gigabytes_is_read_as_far_as_it_goes(tmp_path
     assert done.returncode == 0 and "Kick" in done.stdout, done.stderr[-500:]
 
 
+def test_riff_fields_in_a_windows_code_page_or_utf_16_are_read(tmp_path: Path) -> None:
+    """A title written by a Windows editor (cp1252) came out with '�' for its accents; a UTF-16 one was cut
+    at its first zero byte, read as nothing."""
+    data = write_tone(tmp_path / "t.wav", 440.0).read_bytes()
+    for raw, said in (
+        ("Grosse caisse étouffée".encode("cp1252"), "Grosse caisse étouffée"),
+        ("\ufeffSnare".encode("utf-16-le") + b"\0\0", "Snare"),
+        ("Caisse claire étouffée".encode(), "Caisse claire étouffée"),  # UTF-8 as before
+    ):
+        field = raw + b"\0" * (1 + len(raw) % 2)  # (even, NUL-ended)
+        info = b"INFO" + b"INAM" + struct.pack("<I", len(field)) + field
+        path = tmp_path / "titled.wav"
+        path.write_bytes(data[:12] + b"LIST" + struct.pack("<I", len(info)) + info + data[12:])
+        assert ("title", said) in metadata(str(path)), raw
+
+
 def test_the_nearest_sound_wins_over_pack_names_and_descriptors(tmp_path: Path, table: Synonyms) -> None:
     """Vendor packs name themselves and their moods in folders above the sounds: `Piano House Vol 2/Drum
     Hits/Kick_01` is a kick, `Vintage Drums/Snare_01` a snare (they were piano and warm)."""
