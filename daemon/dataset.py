@@ -878,7 +878,11 @@ def _edit(
         tags = set(mapping.values()) - {""}
         if (spelled := as_held(tag)) in tags:
             return spelled
-        raise ValueError(f"no tag {tag!r} in dataset {name!r}; its tags: {', '.join(sorted(tags))}")
+        # (the tags it would have: `rename kick kick2, drop kick` listed kick2, a tag it never had, as its own)
+        then = "; its tags"
+        if any(k != v for k, v in mapping.items()):
+            then = " once the edits before this one are made (nothing was changed); its tags then"
+        raise ValueError(f"no tag {tag!r} in dataset {name!r}{then}: {', '.join(sorted(tags))}")
 
     def as_held(tag: str) -> str:
         return _in_dataset(tag, set(mapping.values()) - {""}, table)

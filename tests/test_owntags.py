@@ -280,7 +280,8 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
         "snare-rim",
         "lead-synth",
     ]
-    with pytest.raises(ValueError, match=r"no tag 'noise'.*hiss, thump, tone"):  # renamed away by then
+    then = r"no tag 'noise' in dataset 'mine' once the edits before this one are made \(nothing was changed\)"
+    with pytest.raises(ValueError, match=then + r"; its tags then: hiss, thump, tone"):  # renamed away by then
         dataset.edit(home, "mine", rename=[("noise", "hiss")], drop=["noise"])
     assert (dataset.dataset_dir(home, "mine") / "manifest.json").read_text() == manifest_before
     with pytest.raises(FileNotFoundError, match="no dataset 'other'"):
