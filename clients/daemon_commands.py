@@ -27,8 +27,8 @@ from vibrary.daemon.rpc import is_loopback
 from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client, DaemonCannotStart, DaemonNotAnswering, DaemonNotRunning
-from .output import _CONTROL, FAILING, UNUSABLE, Bar, CommandError, _out, _shown, stand_ins, terminal_safe
-from .tray_state import looking_for_files, many
+from .output import _CONTROL, FAILING, UNUSABLE, Bar, CommandError, _out, _shown, terminal_safe
+from .tray_state import looking_for_files, many, retagging, stand_ins
 
 
 # -- vibrary daemon ------------------------------------------------------------------------------------------
@@ -316,7 +316,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "from_cache": s.from_cache,
         "reused": s.reused,
     }
-    again = f" ({s.retagging} tagged before, being re-tagged)" if s.retagging else ""
+    again = retagging(s)
     human = (
         f"indexed {s.indexed}, pending {s.pending}{again}, failed {s.failed}{' (paused)' if s.paused else ''}\n"
         f"models: {', '.join(s.models) or 'none'}\nwatching: {', '.join(map(_shown, s.watches)) or 'nothing'}\n"

@@ -39,11 +39,10 @@ from .output import (
     _out,
     _print_files,
     changed_tags,
-    stand_ins,
     terminal_safe,
 )
 from .query import OPERATORS, QueryError, join_tags, joined_as, parse_query, respell, spelled_as, synonyms, unquoted
-from .tray_state import many
+from .tray_state import many, stand_ins
 
 
 # -- vibrary tag: right here, no daemon ------------------------------------------------------------------

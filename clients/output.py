@@ -134,11 +134,6 @@ def terminal_safe(message: str) -> str:
     return message.translate(_CONTROL_BUT_LINES)
 
 
-def stand_ins(status: Any) -> list[tuple[str, str]]:
-    """(old, new) of each version standing in for a new one: the status says them as "NAME@OLD for NAME@NEW"."""
-    return [(old, new) for old, _, new in (pair.partition(" for ") for pair in status.standing_in)]
-
-
 def _shown(path: str) -> str:
     """A file name as a person reads it on one line: a newline or tab in a name, which file systems allow,
     is written as `\\n`, `\\t`, a byte that is not UTF-8 (an old archive's name) as `\\xe9`, and so a backslash

@@ -252,7 +252,7 @@ def view(state: TrayState) -> View:
         icon, ring, headline = Icon.IDLE, None, looking_for_files(s.scanning)
     else:
         icon, ring, headline = Icon.IDLE, None, "idle"
-    lines = [f"Vibrary: {headline}", f"{s.indexed} indexed, {s.pending} pending, {s.failed} failed"]
+    lines = [f"Vibrary: {headline}", f"{s.indexed} indexed, {s.pending} pending{retagging(s)}, {s.failed} failed"]
     if training is not None and (s.paused or progress is not None):
         done_queued = f"indexing: {progress[0]} of {progress[1]} files" if progress else ""
         lines.append("indexing paused" if s.paused else done_queued)
@@ -263,8 +263,19 @@ def view(state: TrayState) -> View:
     if s.unwatched_folders:  # (new samples there are found minutes late, by a scan: `vibrary status` says why)
         lines.append(f"watched by scans only (the inotify limit): {', '.join(s.unwatched_folders)}")
     lines.append(f"models: {', '.join(_models(s)) or 'none active'}")
+    lines += [f"searches read {old}'s tags until {new} has re-tagged the library" for old, new in stand_ins(s)]
     headline = lines[0].removeprefix("Vibrary: ")  # (capitalize() lowered the rest: "training darkpads")
     return View(icon, ring, "\n".join(lines), _menu(state, headline[:1].upper() + headline[1:]))
+
+
+def stand_ins(status: pb.Status) -> list[tuple[str, str]]:
+    """(old, new) of each version standing in for a new one: the status says them as "NAME@OLD for NAME@NEW"."""
+    return [(old, new) for old, _, new in (pair.partition(" for ") for pair in status.standing_in)]
+
+
+def retagging(status: pb.Status) -> str:
+    """What of the pending files a re-tag holds: "0 indexed, 152 pending" read as a library wiped."""
+    return f" ({status.retagging} tagged before, being re-tagged)" if status.retagging else ""
 
 
 def _models(s: pb.Status) -> list[str]:

@@ -70,6 +70,11 @@ def test_indexing_counts_done_of_queued_from_when_the_work_began() -> None:
     assert ts.view(state).tooltip.splitlines()[0] == "Vibrary: indexing: 3 of 5 files"
     retag, _ = feed(ts.TrayState(), changed(indexed=10), changed(indexed=7, pending=3, retagging=3))  # a model
     assert ts.view(retag).tooltip.splitlines()[0] == "Vibrary: re-tagging: 0 of 3 files"  # (found meanwhile)
+    # "7 indexed, 3 pending" read as a library unindexed; the version standing in for the new one is said
+    retag, _ = feed(retag, changed(indexed=7, pending=3, retagging=3, standing_in=["moods@17 for moods@18"]))
+    lines = ts.view(retag).tooltip.splitlines()
+    assert lines[1] == "7 indexed, 3 pending (3 tagged before, being re-tagged), 0 failed"
+    assert "searches read moods@17's tags until moods@18 has re-tagged the library" in lines
     assert ts.view(state).progress == 0.6
     state, _ = feed(state, changed(indexed=12, failed=1, pending=4))  # more files dropped meanwhile
     assert ts.indexing_progress(state) == (3, 7)

@@ -11,8 +11,10 @@ import math
 import re
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vibrary.daemon.spectrogram import SpectrogramParams
+if TYPE_CHECKING:
+    from vibrary.daemon.spectrogram import SpectrogramParams
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 RESULT_FILES = ("model.onnx", "learning_curve.png", "confusion_matrix.png")  # what a finished job hands back
@@ -47,6 +49,8 @@ def check_fits(base: str, params: SpectrogramParams) -> None:
     """ValueError for spectrograms the base's network cannot take (other mel bands, two channels), said when
     the job is asked for: it was queued, and failed after the wait with "base model does not fit this network
     (differs in ['embed.0.weight'])". The demo was trained on the daemon's default parameters."""
+    from vibrary.daemon.spectrogram import SpectrogramParams  # (numpy: not for the tray, which reads this module)
+
     demo = SpectrogramParams()
     if base == "demo" and (params.channels, params.n_mels) != (demo.channels, demo.n_mels):
         raise ValueError(
