@@ -543,8 +543,9 @@ class SearchDialog(QDialog):
         if isinstance(found, str):
             self.results.addItem(found)
             return
-        for f in found:
-            tags = ", ".join(f"{t.tag} {t.score:.2f}" for t in f.tags[:3])
+        for f in found:  # a guess ("dark? 1.00": the file sounds like none of its model's examples) after the rest
+            shown = sorted(f.tags, key=lambda t: t.unfamiliar)[:3]  # (stable: best first, as the daemon sends them)
+            tags = ", ".join(f"{t.tag}{'?' if t.unfamiliar else ''} {t.score:.2f}" for t in shown)
             item = QListWidgetItem(f"{f.path}    {tags}")
             item.setData(Qt.ItemDataRole.UserRole, f.path)
             self.results.addItem(item)

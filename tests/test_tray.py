@@ -387,6 +387,9 @@ def test_search_dialog_says_what_is_wrong_instead_of_searching(
     monkeypatch.setattr(sys, "excepthook", lambda *exc: raised.append(exc))
     dialog.results.itemDoubleClicked.emit(dialog.results.item(0))  # no file: nothing to open
     assert raised == []
+    guess = pb.Tag(model="moods", tag="dark", score=1.0, unfamiliar=True)  # shown first, as a plain tag
+    dialog.show_answer(dialog._asked, [pb.FileTags(path="/k.wav", tags=[guess, pb.Tag(model="demo", tag="kick")])])
+    assert dialog.results.item(0).text() == "/k.wav    kick 0.00, dark? 1.00"
     dialog.close()
 
 
