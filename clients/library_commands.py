@@ -315,10 +315,17 @@ def _unknown_tags(known: set[str], groups: list[list[str]], excluded: list[str],
 
 def cmd_counts(args: argparse.Namespace) -> int:
     with Client() as c:
-        for n in c.counts(args.model):
+        counts = list(c.counts(args.model))
+        for n in counts:
             _out(args, {"model": n.model, "tag": n.tag, "files": n.files}, f"{n.files:8d}  {n.tag}  ({n.model})")
         if args.model and (inactive := _inactive(c.models(), args.model)):  # it printed nothing
             print(f"vibrary: {inactive}", file=sys.stderr)
+        elif args.model and not counts:  # (nothing at all, as of no model of that name)
+            print(
+                f"vibrary: no file has a tag of {args.model} that searches find: its tags of files that sound unlike"
+                f" its examples are guesses (`vibrary search TAG --min-score {HIT_SCORE:g}` lists them)",
+                file=sys.stderr,
+            )
         _say_missing(c)
     return 0
 

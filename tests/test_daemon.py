@@ -830,6 +830,8 @@ def test_a_search_that_finds_only_guesses_unlike_the_examples_says_so(daemon: Da
     listed = json_lines(vibrary("search", "deep", "--min-score", "0.5", "--json", home=daemon.home).stdout)
     assert [line["path"] for line in listed] == [str(library / "hum.wav")]
     assert "scored" not in vibrary("search", "air", home=daemon.home).stderr  # none scored so: nothing to say
+    counted = vibrary("counts", "--model", "family", home=daemon.home)  # it printed nothing at all
+    assert counted.stdout == "" and "no file has a tag of family that searches find" in counted.stderr
 
 
 def test_files_new_while_a_version_stands_in_get_its_tags_too(
