@@ -25,6 +25,7 @@ from vibrary.trainer.options import FITTING
 from .client import Client
 from .daemon_commands import on_signals
 from .output import CommandError, Terminated, UsageError, _index, _out, changed_tags
+from .tray_state import many
 
 LOST_SAID_EVERY_S = 30.0  # how often `vibrary train` says the trainer is still out of reach
 
@@ -364,8 +365,16 @@ def _trainer_token(args: argparse.Namespace, data: Path) -> int:
     from vibrary.trainer import tenants
 
     if args.token_action == "add":
-        replaced = args.user in tenants.list_users(data)
+        users = tenants.list_users(data)
+        replaced = args.user in users
         token = tenants.add_token(data, args.user)
+        if not users and (running := tenants.open_jobs(data)):
+            print(
+                f"vibrary: {many(running, 'training')} of this trainer's callers without a token (queued or training)"
+                " cannot be collected now that it takes tokens: `vibrary trainer token remove"
+                f" {args.user}` opens it to them again, until they are done",
+                file=sys.stderr,
+            )
         if replaced:  # (a second add revoked the first token without a word: a user locked out, unsaid)
             print(f"vibrary: replaced the token of {args.user}: the one before no longer works", file=sys.stderr)
         said = f"token for {args.user} (shown once, stored hashed):\n{token}"

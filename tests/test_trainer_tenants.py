@@ -541,6 +541,29 @@ def test_the_own_trainer_of_a_run_answers_only_that_run(tmp_path: Path) -> None:
         own.stop(grace=0)
 
 
+def test_a_first_token_while_an_open_trainer_trains_says_its_job_is_out_of_reach(home: Path, tmp_path: Path) -> None:
+    """An open loopback trainer given its first token mid-job: the `vibrary train` waiting for the job was
+    refused its model at the end ("missing or wrong token"), and no command could collect it, unsaid."""
+    data = tmp_path / "trainer"
+    serving = serve(data, "127.0.0.1:0")
+    manifest, blobs = _manifest_and_blobs(per_kind=4)
+    _store(blobs, tmp_path)
+    try:
+        with TrainerClient(f"127.0.0.1:{serving.port}") as client:
+            client.upload(manifest, tmp_path)
+            job = client.start(manifest, "open", "none", json.dumps({"epochs": 500, "patience": 500}))
+            added = vibrary("trainer", "token", "add", "--data", str(data), "alice", home=home)
+            assert "1 training of this trainer's callers without a token" in added.stderr, added.stderr
+            assert "`vibrary trainer token remove alice` opens it to them again" in added.stderr
+            vibrary("trainer", "token", "remove", "--data", str(data), "alice", home=home)
+            client.cancel(job.id)
+            assert list(client.watch(job.id))[-1].state == pb.Job.CANCELLED
+        second = vibrary("trainer", "token", "add", "--data", str(data), "bob", home=home)
+        assert "cannot be collected" not in second.stderr  # (cancelled: nothing waits)
+    finally:
+        serving.stop(grace=0)
+
+
 def test_the_data_folder_may_follow_the_token_action(home: Path, tmp_path: Path) -> None:
     """`vibrary trainer token add --data DIR bob` was refused, "unrecognized arguments", its usage the
     trainer's: --data went only before the action."""

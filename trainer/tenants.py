@@ -11,6 +11,7 @@ removing a user needs no restart. Nothing here imports torch: the CLI manages to
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -68,6 +69,17 @@ def add_token(data: Path, user: str) -> str:
     users[check_user(user)] = {"salt": salt, "sha256": _hash(salt, token)}
     _save(tokens_path(data), users)
     return token
+
+
+def open_jobs(data: Path) -> int:
+    """Jobs of an open trainer's callers (the local user) queued or training: a first token closes the trainer
+    to them, and the `vibrary train` that waits for one cannot collect its model."""
+    records = (data / "tenants" / LOCAL / "jobs").glob("*/job.json")
+    states = []
+    for record in records:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            states.append(json.loads(record.read_text()).get("job", {}).get("state"))
+    return sum(state in ("QUEUED", "RUNNING") for state in states)
 
 
 def remove_token(data: Path, user: str) -> bool:
