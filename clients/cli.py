@@ -102,6 +102,9 @@ def _path(text: str) -> str:
     return os.path.expanduser(text)  # `--under=~/Samples`: the shell leaves a ~ after = as it is
 
 
+DATASET_NAME = f"the dataset's name: letters, digits, '-' and '_', at most {config.LONGEST_NAME} characters"
+
+
 def _dataset_name(text: str) -> str:
     """A name that can be no dataset is a usage error (exit 2) before anything is read: `dataset create a/b
     DIR` walked all of DIR first, then failed (exit 1)."""
@@ -219,7 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--json", action="store_true", default=argparse.SUPPRESS, help="machine output: one JSON object per line"
     )
-    parser = _Parser(prog="vibrary", description="Tag your sample library by your own tags.", parents=[common])
+    parser = _Parser(
+        prog="vibrary",
+        description="Tag your sample library by your own tags.",
+        epilog="getting started: `vibrary daemon` in one terminal; in another, `vibrary watch add ~/Samples`, "
+        "`vibrary status --wait`, then `vibrary search kick -acoustic`. `vibrary CMD --help` says more of each.",
+        parents=[common],
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("tag", parents=[common], help="tag files and folders now, without the daemon")
@@ -250,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions = p.add_subparsers(dest="action", required=True)
     for action, text in (("add", "watch a folder"), ("remove", "stop watching a folder")):
         a = actions.add_parser(action, parents=[common], help=text)
-        a.add_argument("dir", metavar="DIR", type=_path)
+        a.add_argument("dir", metavar="DIR", type=_path, help="a folder of samples (its sub-folders too)")
     actions.add_parser("list", parents=[common], help="the watched folders")
     p.set_defaults(func=cmd_watch)
 
@@ -288,11 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--under", default=None, metavar="DIR", type=_path, help="only files under this folder")
     p.add_argument("--model", type=_model_name, default="", help="only tags from this model")
-    p.add_argument("--limit", type=_count, default=0, help="at most this many files, the surest first")
+    p.add_argument(
+        "--limit",
+        type=_count,
+        default=0,
+        help="at most this many files, the surest of the tags asked for first (of a query that only leaves tags"
+        " out, the first found)",
+    )
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("tags", parents=[common], help="what the index holds for these files")
-    p.add_argument("paths", nargs="+", metavar="PATH", type=_path)
+    p.add_argument("paths", nargs="+", metavar="PATH", type=_path, help="files, or folders (their files)")
     p.set_defaults(func=cmd_tags)
 
     p = sub.add_parser("counts", parents=[common], help="how many files carry each tag")
@@ -303,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     actions = p.add_subparsers(dest="action", required=True)
     actions.add_parser("list", parents=[common], help="installed models; * marks the active ones")
     a = actions.add_parser("install", parents=[common], help="install an ONNX model file as a new version")
-    a.add_argument("ref", metavar="FILE.onnx")
+    a.add_argument("ref", metavar="FILE.onnx", help="a model with Vibrary's metadata (its classes, its spectrogram)")
     a.add_argument("--name", default="", type=_new_model_name, help="install under this name")
     a.add_argument("--inactive", action="store_true", help="install without activating")
     last = "active last, else newest"
@@ -320,8 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("add", "more labelled files for a dataset (only they are decoded; its edits stay)"),
     ):
         a = actions.add_parser(action, parents=[common], help=text)
-        a.add_argument("name", metavar="NAME", type=_dataset_name)
-        a.add_argument("dirs", nargs="+", metavar="DIR", type=_path)
+        a.add_argument("name", metavar="NAME", type=_dataset_name, help=DATASET_NAME)
+        a.add_argument("dirs", nargs="+", metavar="DIR", type=_path, help="folders of examples (see --labels)")
         a.add_argument(
             "--labels",
             choices=["folders", "top", "suggest"],
