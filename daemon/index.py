@@ -339,8 +339,8 @@ class Index:
     def _open(self) -> None:
         c = self.conn()
         upgrade = c.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'tags_hit'").fetchone()
-        _ids_never_reused(c, "files")
-        _ids_never_reused(c, "models", then=_ORPHANS)
+        # columns first, then the tables made anew with them: a table made anew from SCHEMA has them already, so
+        # their first values were never filled in (every `activated` 0: a removal restored the newest version)
         _add_column(c, "files", "inode INTEGER NOT NULL DEFAULT -1")  # -1: not known yet
         _add_column(c, "contents", "unused_since REAL")
         # the versions active now came last (a removal restored the newest)
@@ -348,15 +348,19 @@ class Index:
             c, "models", "activated REAL NOT NULL DEFAULT 0", "UPDATE models SET activated = installed WHERE active"
         )
         _add_column(c, "models", "serving INTEGER NOT NULL DEFAULT 0")
+        _ids_never_reused(c, "files")
+        _ids_never_reused(c, "models", then=_ORPHANS)
         c.executescript(SCHEMA)  # executescript runs its own transaction
         # an active version whose model has none serving serves (an index from before `serving`, however made),
         # and a version of a model none of whose versions is active does not (left so by an older release)
         unserved = "active AND name NOT IN (SELECT name FROM models WHERE serving)"
         off = "serving AND name NOT IN (SELECT name FROM models WHERE active)"
-        if c.execute(f"SELECT 1 FROM models WHERE {unserved} OR {off}").fetchone():  # (read-only homes: only then)
+        never = "active AND activated = 0"  # an active version upgraded so (above) came last all the same
+        if c.execute(f"SELECT 1 FROM models WHERE {unserved} OR {off} OR {never}").fetchone():  # (read-only homes)
             with c:
                 c.execute(f"UPDATE models SET serving = 1 WHERE {unserved}")
                 c.execute(f"UPDATE models SET serving = 0 WHERE {off}")
+                c.execute(f"UPDATE models SET activated = installed WHERE {never}")
         if upgrade:  # tags_hit gave way to tags_hits: without its statistics a path search walks every tag
             c.execute("ANALYZE tags")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -507,7 +508,8 @@ def test_an_index_from_before_autoincrement_ids_is_upgraded_in_place(tmp_path: P
     with sqlite3.connect(path) as c:
         c.executescript(old_schema)
         c.execute("INSERT INTO files(id, path, dir, gen) VALUES (7, '/lib/k.wav', '/lib', 3)")
-        c.execute("INSERT INTO models VALUES (2, 'inst', 1, '/m.onnx', 'a', '[]', '{}', 1, 0, 0)")
+        c.execute("INSERT INTO models VALUES (2, 'inst', 1, '/m.onnx', 'a', '[]', '{}', 1, 0, 1000.0)")
+        c.execute("INSERT INTO models VALUES (4, 'inst', 2, '/m2.onnx', 'b', '[]', '{}', 0, 0, 2000.0)")
         c.executemany("INSERT INTO tags VALUES (1, ?, 1, 0.9, 1)", [(2,), (3,)])  # 3: a model removed before
         c.executemany("INSERT INTO tagged VALUES (1, ?)", [(2,), (3,)])
     index = Index(path)
@@ -516,7 +518,10 @@ def test_an_index_from_before_autoincrement_ids_is_upgraded_in_place(tmp_path: P
         assert "AUTOINCREMENT" in table
     assert index.conn().execute("SELECT model_id FROM tags").fetchall() == [(2,)]  # what 3 left is gone
     assert index.conn().execute("SELECT model_id FROM tagged").fetchall() == [(2,)]
-    assert [(m.id, m.ref, m.serving) for m in index.models()] == [(2, "inst@1", True)]  # (from before `serving`)
+    listed = [(m.id, m.ref, m.serving, m.activated) for m in index.models()]  # (from before `serving`)
+    # the version active at the upgrade was made active last: the table made anew had `activated` 0 for every
+    # version, and a removal or `activate inst` restored the newest (inst@2) in place of the one rolled back to
+    assert listed == [(2, "inst@1", True, 1000.0), (4, "inst@2", False, 0.0)]
     removed = index.add_model("other", "/o.onnx", "b" * 64, ["x"], "{}", False)
     index.remove_model(removed)
     assert index.add_model("other", "/o.onnx", "b" * 64, ["x"], "{}", False).id == removed.id + 1
@@ -526,6 +531,11 @@ def test_an_index_from_before_autoincrement_ids_is_upgraded_in_place(tmp_path: P
     index.remove_paths(["/lib/k.wav"])
     index.mark_pending([("/lib/s.wav", 0.0)])
     assert index.due_jobs(10, set(), 1e12)[0].id == 8  # not 7 again
+    with index.write() as c:  # as that upgrade left an index: mended at the next open
+        c.execute("UPDATE models SET activated = 0")
+    index.close()
+    with contextlib.closing(Index(path)) as again:
+        assert again.model("inst", 1).activated == 1000.0
 
 
 def test_removing_the_active_version_restores_the_one_active_before_it(index: Index) -> None:
