@@ -2048,7 +2048,8 @@ def test_files_an_older_release_read_before_their_first_sound_are_read_again_onc
         params = SpectrogramParams.from_json(row.spectrogram)
         t = np.arange(int(0.5 * params.sample_rate)) / params.sample_rate
         note = (0.5 * np.sin(2 * np.pi * BANDS["mid"] * t)).astype(np.float32)
-        files = {"late": np.concatenate([np.zeros_like(note), note]), "on time": note}
+        late_audio = np.concatenate([np.zeros_like(note), note])
+        files = {"late": late_audio, "on time": note, "late, cached unversioned": late_audio * 0.9}
         for name, audio in files.items():  # as the older release stored them
             path = tmp_path / "lib" / f"{name}.wav"
             path.parent.mkdir(exist_ok=True)
@@ -2063,11 +2064,14 @@ def test_files_an_older_release_read_before_their_first_sound_are_read_again_onc
             clip[:, : len(audio)] = audio[: params.n_samples]
             with monkeypatch.context() as m:
                 m.setattr(cache_module, "FEATURES_VERSION", 3)
+                if name.endswith("unversioned"):  # a release from before FEATURES_VERSION: keys without one
+                    m.setattr(cache_module.SpectrogramCache, "key", staticmethod(lambda h, p: h + bytes.fromhex(p.key)))
                 d.cache.put_many([(hashed.hash, params, as_fed(clip, params))])
         d.index.conn().execute("PRAGMA user_version = 5")
         d.start()
-        late, on_time = (str(tmp_path / "lib" / f"{name}.wav") for name in files)
+        late, on_time, unversioned = (str(tmp_path / "lib" / f"{name}.wav") for name in files)
         wait_for(lambda: next(d.index.file_tags([late])).tags[0][1] == "mid")  # read again, from its first sound
+        wait_for(lambda: next(d.index.file_tags([unversioned])).tags[0][1] == "mid")
         assert d.status()["pending"] == 0
         assert next(d.index.file_tags([on_time])).tags[0][1] == "low"  # not read again
         assert d.index.forget_late_starts_once(lambda: {fingerprint(on_time).hash}) == 0  # once
