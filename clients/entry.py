@@ -13,8 +13,29 @@ import sys
 
 from .errors import json_asked
 
+# commands that go on with no standard output: they print little, and a launcher may close it
+_QUIET = (["daemon"], ["tray"], ["trainer", "serve"])
+
+
+def _opened_on_null(fd: int) -> None:
+    """Hold a closed standard stream's fd open on /dev/null: else the next file opened (the index, a log) took
+    that number, and whatever writes to the stream would write into it."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    if null != fd:
+        os.dup2(null, fd)
+        os.close(null)
+
 
 def main() -> int:
+    if sys.stderr is None:  # started with it closed (`2>&-`): the progress bar raised, and nothing was printed
+        _opened_on_null(2)
+        sys.stderr = os.fdopen(2, "w")
+    if sys.stdout is None:  # (`>&-`): a command's results went nowhere, and it ended 0
+        _opened_on_null(1)
+        sys.stdout = os.fdopen(1, "w")
+        if not any(sys.argv[1 : 1 + len(words)] == words for words in _QUIET):
+            print("vibrary: standard output is closed: the results could not be written", file=sys.stderr)
+            return 1
     try:
         from .cli import main as command_line
     except KeyboardInterrupt:  # as cli.main does: nothing to clean up yet, and no finalisation to trip on

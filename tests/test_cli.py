@@ -156,6 +156,28 @@ def test_a_newline_in_a_file_name_keeps_the_file_on_one_human_line(model_home: P
     }
 
 
+@pytest.mark.parametrize("closed", [1, 2])
+def test_a_command_started_with_its_output_or_its_errors_closed(model_home: Path, tmp_path: Path, closed: int) -> None:
+    """`vibrary tag --json F 2>&-` (a launcher that closes what it does not read) printed nothing and ended 1:
+    the progress bar raised on no stderr; `>&-` ended 0, its results gone. The closed number is held on
+    /dev/null: the next file opened took it, and what went to the stream went into that file."""
+    clip = write_tone(tmp_path / "low.wav", BANDS["low"])
+    entry = "import sys; from vibrary.clients.entry import main; sys.exit(main())"
+    run = subprocess.run(
+        [sys.executable, "-c", entry, "tag", "--json", str(clip)],
+        env={**os.environ, "VIBRARY_HOME": str(model_home)},
+        stdout=subprocess.PIPE if closed == 2 else subprocess.DEVNULL,
+        stderr=subprocess.PIPE if closed == 1 else subprocess.DEVNULL,
+        preexec_fn=lambda: os.close(closed),
+        text=True,
+        timeout=120,
+    )
+    if closed == 2:
+        assert run.returncode == 0 and json_lines(run.stdout)[0]["tags"][0]["tag"] == "low", run
+    else:
+        assert run.returncode == 1 and "standard output is closed" in run.stderr, run
+
+
 def test_a_file_silent_in_its_opening_seconds_is_tagged_by_its_first_sound(model_home: Path, tmp_path: Path) -> None:
     """A stem that starts after 4 s of digital silence came out with the model's guess for nothing as its
     best tag (stop 22: then with no tags at all, never found); it is tagged by its first sound, a 1.4 kHz
