@@ -101,7 +101,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
                 tags = [(names[mid], t, s) for mid, ranked in r.tags.items() for t, s in ranked[: args.top]]
                 tags.sort(key=lambda x: -x[2])
                 error = NO_SUCH_PATH if r.vanished and r.job.path in absent else r.error
-                done[r.job.id] = _file_line(r.job.path, tags, error, {names[mid] for mid in r.unfamiliar})
+                done[r.job.id] = line = _file_line(r.job.path, tags, error, {names[mid] for mid in r.unfamiliar})
+                if r.model_errors:  # the other models' tags kept: said beside them, as a file's failure is
+                    line["note"] = "; ".join(r.model_errors.values())
                 bar.update(1)
             while said in done and not reader_gone.is_set():
                 line = done.pop(said)
@@ -123,6 +125,10 @@ def cmd_tag(args: argparse.Namespace) -> int:
         batch_size=settings.batch_size,
         queue_size=settings.queue_size,
         store_min_score=settings.store_min_score,
+        on_failing=lambda ref: bar.write(
+            f"vibrary: model {ref} failed on every file it was given: set aside, the others tag the files", sys.stderr
+        ),
+        fail_files=False,
     )
     try:
         for n, path in enumerate(files):

@@ -153,6 +153,8 @@ def _human_file(line: dict[str, Any], state: str = "indexed", again: str = "") -
     for t in line["tags"]:  # "dark? 0.91": a guess, the file sounds like none of the model's examples
         by_model.setdefault(t["model"], []).append(f"{t['tag']}{'?' if t['unfamiliar'] else ''} {t['score']:.2f}")
     again = f" ({again})" if again and by_model and state == "pending" else ""
+    if by_model and line.get("note"):  # (`tag`: a model that failed on it, the others' tags shown)
+        again += f" ({line['note']})"
     if len(by_model) > 1:  # each model's tags apart: two models can give the same tag
         return (
             f"{_shown(line['path'])}: "

@@ -136,6 +136,8 @@ class Result:
     tags: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
     unfamiliar: set[int] = field(default_factory=set)  # models that find the file like none of their examples
     error: str | None = None
+    # models that failed on it, where the others' tags are kept (`vibrary tag`: Pipeline fail_files False)
+    model_errors: dict[int, str] = field(default_factory=dict)
     vanished: bool = False  # the file is gone: its row leaves the index
     # the error passes (no file handles left): the file stays pending, read again every RETRY_S for as long
     # as this many seconds since it was queued (it changed, or a model activated re-tags it); then it fails,

@@ -74,10 +74,15 @@ class Pipeline:
         cache: SpectrogramCache | None = None,
         models_done: Callable[[bytes], set[int]] | None = None,
         on_failing: Callable[[str], None] = lambda ref: None,
+        fail_files: bool = True,
     ) -> None:
+        """`fail_files`: a model that fails on a file fails it, to be read again once mended (the daemon); False:
+        the file keeps the other models' tags and the failure is said in Result.model_errors (`vibrary tag`,
+        which reads each file once: a broken model beside the demo lost every file's tags until set aside)."""
         self._models_lock = threading.Lock()  # the batcher sets a model aside as another thread loads models
         self.models = list(models)
         self._on_failing = on_failing
+        self._fail_files = fail_files
         self._sink = sink
         self._batch_size = batch_size
         self._store_min = store_min_score
@@ -274,9 +279,11 @@ class Pipeline:
         failing = self.failing
         for p in batch:  # a model set aside meanwhile fails no file (another model is there: it tagged it)
             failed = [(i, e) for i, e in p.failed_by.items() if i not in failing]
-            if failed and not p.result.error:
+            if failed and not p.result.error and (self._fail_files or not p.result.tags):
                 p.result.error = f"{MODEL_FAILED.format(ref=models[failed[0][0]].ref)}{failed[0][1]}"
                 p.result.tags.clear()
+            elif failed and not p.result.error:
+                p.result.model_errors = {i: f"{MODEL_FAILED.format(ref=models[i].ref)}{e}" for i, e in failed}
 
     def _judge(self, model: ActiveModel, failed: list[_Prepared], tried: int) -> None:
         """Set a model aside once it has failed FAILS_AFTER files in FAILS_IN batches, scored none since it

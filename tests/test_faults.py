@@ -491,6 +491,15 @@ def test_a_model_that_fails_on_one_file_says_it_once(model_home: Path, tmp_path:
     two = [str(write_tone(tmp_path / f"{n}.wav", 300 + 100 * n)) for n in range(2)]
     tagged = vibrary("tag", "--model", "buggy", *two, home=model_home)
     assert tagged.stdout.count("model buggy@1 failed on it") == 2 and "failed on a batch of 2" in tagged.stderr
+    # beside a model that works (both active), a file keeps that one's tags, the failure said beside them: the
+    # first files came out as errors with no tags at all, until the broken model was set aside
+    many = [str(write_tone(tmp_path / f"m{n}.wav", BANDS["low"] * (1 + 0.01 * n))) for n in range(12)]
+    lines = json_lines(vibrary("tag", "--json", *many, home=model_home).stdout)
+    assert [(x["error"], x["tags"][0]["tag"]) for x in lines] == [(None, "low")] * 12
+    noted = [x["note"] for x in lines if "note" in x]
+    assert noted and all(n.startswith("model buggy@1 failed on it: ") for n in noted)
+    human = vibrary("tag", *many[:1], home=model_home).stdout
+    assert human.startswith(f"{many[0]}: low ") and "(model buggy@1 failed on it: " in human, human
 
 
 def test_a_model_that_fails_on_every_file_is_set_aside_and_the_others_tag_the_library(
