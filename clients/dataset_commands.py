@@ -159,6 +159,8 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
     home_dir = config.home()
     if args.action == "list":
+        if not dataset.names(home_dir):  # (it printed nothing at all)
+            print("vibrary: no datasets yet: `vibrary dataset create NAME DIR` makes one", file=sys.stderr)
         for name in dataset.names(home_dir):
             try:
                 manifest, _ = dataset.load(home_dir, name)
@@ -185,10 +187,14 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             _out(args, {"dataset": args.name, "action": "delete"}, f"deleted dataset {args.name}")
             return 0
         else:
-            before = len(dataset.load(home_dir, args.name)[0].classes)
+            before = dataset.load(home_dir, args.name)[0].classes
             report = dataset.edit(home_dir, args.name, **_edits(args))
-            if args.action == "rename" and len(report.per_class) < before:  # `--help` said so; the output did not
+            if args.action == "rename" and len(report.per_class) < len(before):  # `--help` said so; the output not
                 print(f"vibrary: {args.old} merged into {args.new}, a tag the dataset had already", file=sys.stderr)
+            typed = {"rename": getattr(args, "new", ""), "merge": getattr(args, "into", "")}.get(args.action, "")
+            made = sorted(set(report.per_class) - set(before))  # ("a/b" became a-b, unsaid)
+            if typed and made and made != [typed]:
+                print(f"vibrary: {typed!r} is spelled {made[0]} as a tag", file=sys.stderr)
     except (FileNotFoundError, dataset.Busy) as e:
         raise CommandError(str(e)) from None
     # (an add's report is the whole dataset's: this run's untagged files are not among its counts)

@@ -882,6 +882,9 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     assert merged[-1]["per_class"] == {"drums": 6, "synth": 3}
     renamed = json_lines(vibrary("dataset", "rename", "--json", "pk", "synth", "lead", home=home).stdout)
     assert renamed[-1]["classes"] == ["drums", "lead"]
+    respelled = vibrary("dataset", "rename", "pk", "lead", "Lead/Solo", home=home)  # (unsaid: a tag lead-solo)
+    assert "'Lead/Solo' is spelled lead-solo as a tag" in respelled.stderr and "lead-solo 3" in respelled.stdout
+    assert "spelled" not in vibrary("dataset", "rename", "pk", "lead-solo", "lead", home=home).stderr
     shown = vibrary("dataset", "show", "pk", home=home).stdout
     assert "drums 6, lead 3" in shown and "smaller, spectrograms only" in shown and "expect" in shown
     upload = shown.split("→ upload ")[1].split(" (")[0]
@@ -915,6 +918,8 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     assert [d["dataset"] for d in json_lines(names.stdout)] == ["pk"] and "broken cannot be read" in names.stderr
     vibrary("dataset", "delete", "pk", home=home)
     assert json_lines(vibrary("dataset", "list", "--json", home=home).stdout) == []
+    none = vibrary("dataset", "list", home=tmp_path / "new home")  # it printed nothing at all
+    assert none.stdout == "" and "no datasets yet: `vibrary dataset create NAME DIR` makes one" in none.stderr
     gone = vibrary("dataset", "show", "pk", home=home, check=False)
     assert gone.returncode == 1 and "no dataset 'pk'" in gone.stderr
 
