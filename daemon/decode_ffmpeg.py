@@ -40,7 +40,7 @@ class FFmpegFile:
         # by a file object: any name the OS takes, non-UTF-8 too; closed by close()
         self._raw = open(os.fsencode(path), "rb")  # noqa: SIM115
         try:
-            self._open(av, FORMATS.get(os.path.splitext(path)[1].lower()))
+            self._open(av, self._format(FORMATS.get(os.path.splitext(path)[1].lower())))
         except av.FFmpegError as e:
             self.close()
             raise FFmpegError(_described(e)) from None
@@ -50,6 +50,16 @@ class FFmpegFile:
         self._held = np.zeros((0, 0), np.float32)  # decoded beyond what was read, (frames, channels)
         self._channels = 0
         self._seen = 0  # frames decoded so far
+
+    def _format(self, named: str | None) -> str | None:
+        """The format its name says, unless its first bytes are not that format's: a bare AAC stream starts with
+        a frame's sync word (or an ID3 tag); another file named .aac (a WAV) failed as "not audio" though
+        FFmpeg reads it when left to find out what it is."""
+        head = self._raw.read(3)
+        self._raw.seek(0)
+        if named == "aac" and not ((head[:1] == b"\xff" and head[1:2] >= b"\xf0") or head == b"ID3"):
+            return None
+        return named
 
     def _open(self, av: Any, format: str | None) -> None:
         self._container = av.open(self._raw, "r", format=format, metadata_errors="ignore")

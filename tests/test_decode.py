@@ -57,6 +57,14 @@ def test_formats_decode_to_the_same_tone(
     assert np.all(clip[0, int(1.1 * P.sample_rate) :] == 0.0)
 
 
+def test_a_file_named_aac_that_is_another_format_is_read_as_what_it_is(tmp_path: Path) -> None:
+    """A WAV or a FLAC named .aac (a download's wrong name) failed as "not a recognised audio format", where the
+    same file named .m4a was read: a bare AAC stream is taken as one only when it starts as one."""
+    for fmt, name in (("WAV", "wav.aac"), ("FLAC", "flac.aac")):
+        path = write_tone(tmp_path / name, 1000.0, seconds=1.0, fmt=fmt)
+        assert abs(_peak_hz(decode(str(path), P)[0, : P.sample_rate // 2], P.sample_rate) - 1000.0) < 10.0
+
+
 def test_only_the_first_seconds_are_read_and_long_files_are_cut(tmp_path: Path) -> None:
     sr = 44100
     x = np.concatenate([tone(200.0, 3.0, sr), tone(5000.0, 7.0, sr)])
