@@ -148,8 +148,9 @@ def test_a_newline_in_a_file_name_keeps_the_file_on_one_human_line(model_home: P
     human = vibrary("tag", str(tmp_path / "kit"), home=model_home).stdout.splitlines()
     assert len(human) == 3 and any(line.startswith(f"{tmp_path}/kit/two\\nlines.wav: low") for line in human)
     assert any(line.startswith(f"{tmp_path}/kit/back\\\\nslash.wav: high") for line in human), human
-    as_json = json_lines(vibrary("tag", "--json", str(tmp_path / "kit"), home=model_home).stdout)
-    assert {x["path"] for x in as_json} == {
+    again = f"{tmp_path}/kit/./plain.wav"  # the same file otherwise spelled: one line, as the same spelling was
+    as_json = json_lines(vibrary("tag", "--json", str(tmp_path / "kit"), again, home=model_home).stdout)
+    assert len(as_json) == 3 and {x["path"] for x in as_json} == {
         str(tmp_path / "kit" / "two\nlines.wav"),
         str(tmp_path / "kit" / "plain.wav"),
         str(tmp_path / "kit" / "back\\nslash.wav"),
