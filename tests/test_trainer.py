@@ -659,8 +659,12 @@ def test_a_shard_damaged_on_the_trainers_disk_is_sent_again(trainer_service: str
         data = bytearray(stored.read_bytes())
         data[len(data) // 2] ^= 0xFF  # a bit flipped on disk
         stored.write_bytes(data)
-        final = list(client.watch(client.start(manifest, "t", "none", json.dumps({"epochs": 1})).id))[-1]
+        first, second = (client.start(manifest, name, "none", json.dumps({"epochs": 1})) for name in "tu")
+        final = list(client.watch(first.id))[-1]
         assert final.state == pb.Job.FAILED and f"shard {shard.sha256[:12]} was damaged" in final.error, final
+        final = list(client.watch(second.id))[-1]  # queued behind it: the trainer's own path, said bare
+        assert final.state == pb.Job.FAILED and "is no longer on the trainer" in final.error, final
+        assert str(tmp_path) not in final.error
         assert client.upload(manifest, tmp_path) == shard.size  # sent again, whole
         stored.write_bytes(stored.read_bytes()[:100])  # cut short: asked for again before any job
         assert [s.sha256 for s in client.missing(manifest)] == [shard.sha256]
@@ -1367,8 +1371,11 @@ def test_a_remote_job_whose_train_command_was_killed_is_cancelled_once_nobody_wa
             finally:
                 follower.kill()
             (killed,) = [j for j in client.jobs() if j.state == pb.Job.RUNNING]
+            looking = client.stub.WatchJob(pb.JobRef(id=killed.id))  # a dashboard's: it kept the job on
+            next(looking)
             wait_for(lambda: {j.id: j for j in client.jobs()}[killed.id].state == pb.Job.CANCELLED, timeout=60)
             assert "nobody watched it for 2 s" in {j.id: j for j in client.jobs()}[killed.id].error
+            looking.cancel()
             manifest, _ = dataset.load(model_home, "kinds")
             daemons = client.start(manifest, "kinds", "none", json.dumps({"epochs": 30, "patience": 30}))
             wait_for(lambda: {j.id: j for j in client.jobs()}[daemons.id].state == pb.Job.SUCCEEDED, timeout=300)

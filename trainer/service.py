@@ -610,7 +610,9 @@ class TrainerService(pb_grpc.TrainerServicer):
             now = time.monotonic()
             for job in list(self.jobs.values()):
                 with job.changed:
-                    gone = job.request.followed and not job.watchers and now - job.unwatched_since > UNWATCHED_S
+                    # (a watch that gave no caller id, a dashboard's, follows nothing: it kept an abandoned job on)
+                    following = any(n for who, n in job.followers.items() if who)
+                    gone = job.request.followed and not following and now - job.unwatched_since > UNWATCHED_S
                 if gone and job.job.state not in _TERMINAL and not job.cancel.is_set():
                     log.info(
                         "job %s cancelled: unwatched for %.0f s by the caller that follows it",
@@ -694,6 +696,23 @@ class TrainerService(pb_grpc.TrainerServicer):
             self._cancel(job, "its owner's token was removed")
         return job.cancel.is_set() or self._suspended.is_set()
 
+    def _intact(self, path: Path, sha256: str) -> bytes:
+        """A stored shard's bytes, checked against its name: one damaged on this disk failed every training of
+        it ("corrupt shard"), and no upload could mend it, since the trainer said it had it. Deleted only while
+        no upload writes (one may have put it right meanwhile), and only the file read."""
+        again = "train again, and it is sent anew"
+        try:
+            with open(path, "rb") as f:
+                data, read = f.read(), os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:  # (another job found it damaged, or MissingShards it cut short, since it started)
+            raise ShardError(f"shard {sha256[:12]} is no longer on the trainer (it was damaged): {again}") from None
+        if sha256_bytes(data) != sha256:
+            with self._writing, contextlib.suppress(FileNotFoundError):
+                if path.stat().st_ino == read:
+                    path.unlink()
+            raise ShardError(f"shard {sha256[:12]} was damaged on the trainer's disk and is deleted: {again}")
+        return data
+
     def _run(self, job: _JobState) -> None:
         # matplotlib (each job's plots) keeps its font cache in the trainer's folder, not ~/.cache: Vibrary writes
         # only in its home. Read when matplotlib is first imported, with the pipeline. torch's bfloat16 steps on a
@@ -712,7 +731,7 @@ class TrainerService(pb_grpc.TrainerServicer):
             job.leftover.replace(checkpoint)  # same job cancelled just before put its epochs away only at its end
             log.info("job %s goes on from where the same job, cut off, was", job.job.id)
         shard_dir = self._folder(job.user, "shards")
-        blobs = (_intact(shard_dir / f"{s.sha256}.npz", s.sha256) for s in job.manifest.shards)
+        blobs = (self._intact(shard_dir / f"{s.sha256}.npz", s.sha256) for s in job.manifest.shards)
 
         def progress(p: Progress) -> None:
             job.update(phase=p.phase, **progress_fields(p))
@@ -734,18 +753,6 @@ class TrainerService(pb_grpc.TrainerServicer):
             state=pb.Job.SUCCEEDED, phase="done", val_accuracy=result.val_accuracy, summary=json.dumps(result.summary())
         )
         job.leftover.unlink(missing_ok=True)  # (a run of it cut off meanwhile: done now, nothing to go on from)
-
-
-def _intact(path: Path, sha256: str) -> bytes:
-    """A stored shard's bytes, checked against its name: one damaged on this disk failed every training of
-    it ("corrupt shard"), and no upload could mend it, since the trainer said it had it."""
-    data = path.read_bytes()
-    if sha256_bytes(data) != sha256:
-        path.unlink(missing_ok=True)
-        raise ShardError(
-            f"shard {sha256[:12]} was damaged on the trainer's disk and is deleted: train again, and it is sent anew"
-        )
-    return data
 
 
 @dataclass
