@@ -10,30 +10,38 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import TextIO
 
 from .errors import json_asked
 
-# commands that go on with no standard output: they print little, and a launcher may close it
-_QUIET = (["daemon"], ["tray"], ["trainer", "serve"])
+
+def _quiet(argv: list[str]) -> bool:
+    """Whether the command goes on with no standard output: the daemon, the tray and a trainer print little,
+    and a launcher may close it (not `daemon stop`, which says what it stopped)."""
+    words = [a for a in argv if not a.startswith("-")]
+    daemon = words[:1] == ["daemon"] and "stop" not in words
+    return daemon or words[:1] == ["tray"] or words[:2] == ["trainer", "serve"]
 
 
-def _opened_on_null(fd: int) -> None:
-    """Hold a closed standard stream's fd open on /dev/null: else the next file opened (the index, a log) took
-    that number, and whatever writes to the stream would write into it."""
-    null = os.open(os.devnull, os.O_WRONLY)
+def _opened_on_null(fd: int) -> TextIO:
+    """A closed standard stream's fd held open on /dev/null: else the next file opened (the index, a log) took
+    that number, and whatever went to the stream went into it. Written as Python writes its own (names that are
+    not UTF-8 as \\xe9: strict, they failed the command)."""
+    null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
     if null != fd:
         os.dup2(null, fd)
         os.close(null)
+    return os.fdopen(fd, "r" if fd == 0 else "w", buffering=1 if fd == 2 else -1, errors="backslashreplace")
 
 
 def main() -> int:
+    if sys.stdin is None:  # (`<&-`)
+        sys.stdin = _opened_on_null(0)
     if sys.stderr is None:  # started with it closed (`2>&-`): the progress bar raised, and nothing was printed
-        _opened_on_null(2)
-        sys.stderr = os.fdopen(2, "w")
+        sys.stderr = _opened_on_null(2)
     if sys.stdout is None:  # (`>&-`): a command's results went nowhere, and it ended 0
-        _opened_on_null(1)
-        sys.stdout = os.fdopen(1, "w")
-        if not any(sys.argv[1 : 1 + len(words)] == words for words in _QUIET):
+        sys.stdout = _opened_on_null(1)
+        if not _quiet(sys.argv[1:]):
             print("vibrary: standard output is closed: the results could not be written", file=sys.stderr)
             return 1
     try:

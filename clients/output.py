@@ -135,10 +135,14 @@ def terminal_safe(message: str) -> str:
 
 
 def _shown(path: str) -> str:
-    """A file name as a person reads it on one line: a newline or tab in a name, which file systems allow,
-    is written as `\\n`, `\\t`, a byte that is not UTF-8 (an old archive's name) as `\\xe9`, and so a backslash
-    as two: a name with a backslash and an n is not that newline (`--json` keeps the name as it is)."""
-    return readable_name(path.replace("\\", "\\\\")).translate(_CONTROL)
+    """A file name as a person reads it on one line: a byte that is not UTF-8 (an old archive's name) as `\\xe9`,
+    as the daemon sends such names; one with a newline or tab, which file systems allow, quoted as bash's $'…'
+    would (`$'two\\nlines.wav'`), its backslashes doubled there, so that it reads as no name with a backslash
+    and an n (`--json` keeps the name as it is)."""
+    if not any(ord(c) in _CONTROL for c in path):
+        return readable_name(path)
+    quoted = readable_name(path.replace("\\", "\\\\").replace("'", "\\'")).translate(_CONTROL)
+    return f"$'{quoted}'"
 
 
 def _human_file(line: dict[str, Any], state: str = "indexed", again: str = "") -> str:
