@@ -102,8 +102,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
                 tags.sort(key=lambda x: -x[2])
                 error = NO_SUCH_PATH if r.vanished and r.job.path in absent else r.error
                 done[r.job.id] = line = _file_line(r.job.path, tags, error, {names[mid] for mid in r.unfamiliar})
-                if r.model_errors:  # the other models' tags kept: said beside them, as a file's failure is
-                    line["note"] = "; ".join(r.model_errors.values())
+                if r.model_errors:  # the other models' tags kept: said beside them (or beside why it has none)
+                    failed = "; ".join(r.model_errors.values())
+                    line["note"] = f"{line['note']}; {failed}" if line.get("note") else failed
                 bar.update(1)
             while said in done and not reader_gone.is_set():
                 line = done.pop(said)

@@ -500,6 +500,10 @@ def test_a_model_that_fails_on_one_file_says_it_once(model_home: Path, tmp_path:
     assert noted and all(n.startswith("model buggy@1 failed on it: ") for n in noted)
     human = vibrary("tag", *many[:1], home=model_home).stdout
     assert human.startswith(f"{many[0]}: low ") and "(model buggy@1 failed on it: " in human, human
+    silent = tmp_path / "silent.wav"  # its note says it is silent, then what failed (the failure hid it)
+    sf.write(silent, np.zeros(44100, np.float32), 44100)
+    (line,) = json_lines(vibrary("tag", "--json", str(silent), home=model_home).stdout)
+    assert line["note"].startswith("no tags: ") and "; model buggy@1 failed on it: " in line["note"], line
 
 
 def test_a_model_that_fails_on_every_file_is_set_aside_and_the_others_tag_the_library(
