@@ -359,10 +359,14 @@ class Index:
         off = "serving AND name NOT IN (SELECT name FROM models WHERE active)"
         never = "active AND activated = 0"  # an active version upgraded so (above) came last all the same
         if c.execute(f"SELECT 1 FROM models WHERE {unserved} OR {off} OR {never}").fetchone():  # (read-only homes)
-            with c:
-                c.execute(f"UPDATE models SET serving = 1 WHERE {unserved}")
-                c.execute(f"UPDATE models SET serving = 0 WHERE {off}")
-                c.execute(f"UPDATE models SET activated = installed WHERE {never}")
+            try:
+                with c:
+                    c.execute(f"UPDATE models SET serving = 1 WHERE {unserved}")
+                    c.execute(f"UPDATE models SET serving = 0 WHERE {off}")
+                    c.execute(f"UPDATE models SET activated = installed WHERE {never}")
+            except sqlite3.OperationalError as e:  # a home read-only now (`models list` of it failed): mended
+                if not read_only_connection(e):  # at the next open that can write
+                    raise
         if upgrade:  # tags_hit gave way to tags_hits: without its statistics a path search walks every tag
             c.execute("ANALYZE tags")
 

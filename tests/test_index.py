@@ -930,6 +930,27 @@ def test_a_connection_opened_read_only_is_opened_anew_for_the_next_write(
     assert index.watches() == ["/lib"]
 
 
+def test_an_index_to_mend_opens_while_its_home_is_read_only_and_is_mended_once_it_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index an upgrade left with its active version never 'activated' is mended when opened; a home
+    read-only meanwhile (a backup's moment, `chmod a-w`) failed to open at all: `models list` failed."""
+    path = tmp_path / "index.sqlite"
+    with contextlib.closing(Index(path)) as index:
+        index.add_model("inst", "/m.onnx", "a" * 64, ["kick"], "{}", False, active=True)
+        with index.write() as c:
+            c.execute("UPDATE models SET activated = 0")
+    connect = sqlite3.connect
+    monkeypatch.setattr(
+        index_module.sqlite3, "connect", lambda p, *a, **k: connect(f"file:{p}?mode=ro", *a, uri=True, **k)
+    )
+    with contextlib.closing(Index(path)) as read_only:
+        assert read_only.model("inst", 1).activated == 0.0  # left as it was
+    monkeypatch.setattr(index_module.sqlite3, "connect", connect)
+    with contextlib.closing(Index(path)) as writable:
+        assert writable.model("inst", 1).activated > 0
+
+
 def test_a_search_past_its_first_page_keeps_its_limit_and_finds_each_file_once(index: Index) -> None:
     """The first page is read on its own (it comes at once), the rest after it: each file once, the limit kept."""
     inst = index.add_model("inst", "/m/inst.onnx", "a" * 64, ["kick", "snare"], "{}", False)
