@@ -567,8 +567,8 @@ def _text(raw: bytes) -> str:
     """A RIFF field's text: UTF-8, or else the Windows code page its editors write (`Grosse caisse étouffée`
     came out with two '�'), or UTF-16 after its byte-order mark (a "Snare" read as nothing, cut at its first
     zero byte)."""
-    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return raw.decode("utf-16", errors="replace").split("\0", 1)[0].strip()
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # (a field's padding byte after it is no half of a character)
+        return raw[: len(raw) // 2 * 2].decode("utf-16", errors="replace").split("\0", 1)[0].strip()
     text = raw.split(b"\0", 1)[0]
     try:
         return text.decode("utf-8").strip()

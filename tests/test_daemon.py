@@ -814,6 +814,8 @@ def test_a_file_like_none_of_a_models_examples_keeps_its_guess_but_is_not_found(
 def test_a_search_that_finds_only_guesses_unlike_the_examples_says_so(daemon: DaemonProcess, tmp_path: Path) -> None:
     """A tag just trained found "0 files", bare, where its model scored a file 0.7 but found it unlike its
     examples: kept, marked '?', and listed by a score asked for; the search says so."""
+    for counted in (vibrary("counts", home=daemon.home), vibrary("counts", "--model", "bands", home=daemon.home)):
+        assert counted.stdout == "" and "no file has a tag yet" in counted.stderr  # (nothing indexed: no guesses)
     library = tmp_path / "library"
     library.mkdir()
     t = np.arange(44100) / 44100

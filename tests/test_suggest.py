@@ -270,16 +270,17 @@ def test_riff_fields_in_a_windows_code_page_or_utf_16_are_read(tmp_path: Path) -
     """A title written by a Windows editor (cp1252) came out with '�' for its accents; a UTF-16 one was cut
     at its first zero byte, read as nothing."""
     data = write_tone(tmp_path / "t.wav", 440.0).read_bytes()
-    for raw, said in (
-        ("Grosse caisse étouffée".encode("cp1252"), "Grosse caisse étouffée"),
+    for field, said in (  # each as its writer ended it
+        ("Grosse caisse étouffée".encode("cp1252") + b"\0", "Grosse caisse étouffée"),
         ("\ufeffSnare".encode("utf-16-le") + b"\0\0", "Snare"),
-        ("Caisse claire étouffée".encode(), "Caisse claire étouffée"),  # UTF-8 as before
+        ("\ufeffSnare".encode("utf-16-le") + b"\0", "Snare"),  # a NUL byte, not a character: "Snare\ufffd"
+        ("Caisse claire étouffée".encode() + b"\0", "Caisse claire étouffée"),  # UTF-8 as before
     ):
-        field = raw + b"\0" * (1 + len(raw) % 2)  # (even, NUL-ended)
-        info = b"INFO" + b"INAM" + struct.pack("<I", len(field)) + field
+        padded = field + b"\0" * (len(field) % 2)  # (a chunk's pad byte, not counted in its length)
+        info = b"INFO" + b"INAM" + struct.pack("<I", len(field)) + padded
         path = tmp_path / "titled.wav"
         path.write_bytes(data[:12] + b"LIST" + struct.pack("<I", len(info)) + info + data[12:])
-        assert ("title", said) in metadata(str(path)), raw
+        assert ("title", said) in metadata(str(path)), field
 
 
 def test_the_nearest_sound_wins_over_pack_names_and_descriptors(tmp_path: Path, table: Synonyms) -> None:
