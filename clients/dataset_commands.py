@@ -159,9 +159,10 @@ def cmd_dataset(args: argparse.Namespace) -> int:
 
     home_dir = config.home()
     if args.action == "list":
-        if not dataset.names(home_dir):  # (it printed nothing at all)
+        names = dataset.names(home_dir)
+        if not names:  # (it printed nothing at all)
             print("vibrary: no datasets yet: `vibrary dataset create NAME DIR` makes one", file=sys.stderr)
-        for name in dataset.names(home_dir):
+        for name in names:
             try:
                 manifest, _ = dataset.load(home_dir, name)
             except (ValueError, OSError) as e:  # one broken dataset must not hide the others

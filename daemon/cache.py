@@ -161,9 +161,10 @@ class SpectrogramCache:
         silence, which decode() now reads from its first sound (stop 42). Their tags were the old reading's, a note
         and its pre-roll heard as silence and a click; these spectrograms are misses now, but they tell which files
         to read again without decoding a library. Read a page of keys at a time, each page a read of its own."""
-        suffixes = {bytes.fromhex(p.key) + bytes([v]): p for p in params for v in range(1, before)}
+        kinds = list(params)
+        suffixes = {bytes.fromhex(p.key) + bytes([v]): p for p in kinds for v in range(1, before)}
         # and a release's from before FEATURES_VERSION, whose keys had none: its files were left with their tags
-        suffixes |= {bytes.fromhex(p.key): p for p in params}
+        suffixes |= {bytes.fromhex(p.key): p for p in kinds}
         found: set[bytes] = set()
         last = b""
         while suffixes:

@@ -191,8 +191,9 @@ _TAGS_SPELLED = 3
 _FFMPEG_READS = 4
 # ... from which a model's guess for silence, stored by an older release, was read again (forget_unheard_once).
 _UNHEARD_FORGOTTEN = 5
-# ... from which files whose old spectrogram opened silent were read again (forget_late_starts_once).
-_LATE_STARTS_READ = 6
+# ... from which files whose old spectrogram opened silent were read again (forget_late_starts_once); 6 until
+# the spectrograms of a release from before FEATURES_VERSION were looked at too: an index at 6 looks again
+_LATE_STARTS_READ = 7
 UNCOMPRESSED = (".wav", ".wave", ".bwf", ".aif", ".aiff", ".aifc", ".w64", ".rf64", ".caf")
 
 PARKED = 1e12  # the `due` of a file parked under a watch folder not there now (Index.park): due when it is back

@@ -865,6 +865,7 @@ def test_a_velocity_layer_is_no_mood_and_a_pack_name_no_form(tmp_path: Path) -> 
         *[(t, "cymbal") for t in ("Ride_Bell_01", "Ride Cymbal Jazz", "Becken_03")],
         # a ride named with more words than itself (it counts alone or in capitals: a lyric's "ride" is none)
         *[(t, "cymbal") for t in ("Jazz Ride 01", "Big_Ride_Edge", "Sizzle_Ride", "Sabian Ride 20in", "Paiste 2002")],
+        *[("Sizzle Lead", "synth"), ("Reese Sizzle 02", "bass")],  # a synth's sizzle is no cymbal's
         *[(t, "percussion") for t in ("Triangle Hit", "Djembe Bass 02", "Dununba Head Hit", "Kenkeni Bell")],
         ("Flugelhorn_Sus_Bb", "brass"),
         ("Piccolo_Trill", "woodwind"),
