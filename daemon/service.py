@@ -1074,14 +1074,15 @@ def models_said(status: dict[str, object]) -> str:
 
 
 def expand(paths: Sequence[str], going: Callable[[], bool] = lambda: True, links: bool = False) -> Iterator[str]:
-    """Files as given, folders replaced by the audio files under them, each once however spelled (`vibrary tag
-    DIR ./DIR/x.wav` tags x.wav once, as it is first named), as they are found, until `going()` says to stop; a
-    path that does not exist is kept so that its error is reported. `links`: links to folders under them are
-    followed (audio_files_under)."""
+    """Files as given, folders replaced by the audio files under them, each file once however it is reached
+    (`vibrary tag DIR ./DIR/x.wav` or a link to DIR tags x.wav once, as it is first named; `link/../x.wav` is
+    the x.wav beside where the link leads), as they are found, until `going()` says to stop; a path that does
+    not exist is kept so that its error is reported. `links`: links to folders under them are followed
+    (audio_files_under)."""
     seen: set[str] = set()
     for p in paths:
         for f in audio_files_under(p, going=going, links=links) if os.path.isdir(p) else [p]:
-            if (key := os.path.normpath(os.path.abspath(f))) not in seen:
+            if (key := os.path.realpath(f)) not in seen:
                 seen.add(key)
                 yield f
 

@@ -148,13 +148,21 @@ def test_a_newline_in_a_file_name_keeps_the_file_on_one_human_line(model_home: P
     human = vibrary("tag", str(tmp_path / "kit"), home=model_home).stdout.splitlines()
     assert len(human) == 3 and any(line.startswith(f"$'{tmp_path}/kit/two\\nlines.wav': low") for line in human)
     assert any(line.startswith(f"{tmp_path}/kit/back\\nslash.wav: high") for line in human), human
-    again = f"{tmp_path}/kit/./plain.wav"  # the same file otherwise spelled: one line, as the same spelling was
-    as_json = json_lines(vibrary("tag", "--json", str(tmp_path / "kit"), again, home=model_home).stdout)
-    assert len(as_json) == 3 and {x["path"] for x in as_json} == {
+    # the same file otherwise spelled or through a link: one line, as the same spelling was; `link/..` is beside
+    # where the link leads (read as the folder the link is in, another file was left out)
+    (tmp_path / "alias").symlink_to(tmp_path / "kit", target_is_directory=True)
+    (tmp_path / "ln").symlink_to(tmp_path / "other" / "deep", target_is_directory=True)
+    write_tone(tmp_path / "other" / "deep" / "y.wav", BANDS["mid"])
+    beside = write_tone(tmp_path / "other" / "plain.wav", BANDS["mid"])
+    again = [f"{tmp_path}/kit/./plain.wav", f"{tmp_path}/alias/plain.wav", f"{tmp_path}/ln/../plain.wav"]
+    as_json = json_lines(vibrary("tag", "--json", str(tmp_path / "kit"), *again, home=model_home).stdout)
+    assert len(as_json) == 4 and {x["path"] for x in as_json} == {
         str(tmp_path / "kit" / "two\nlines.wav"),
         str(tmp_path / "kit" / "plain.wav"),
         str(tmp_path / "kit" / "back\\nslash.wav"),
+        f"{tmp_path}/ln/../plain.wav",
     }
+    assert [x["tags"][0]["tag"] for x in as_json if x["path"].endswith("ln/../plain.wav")] == ["mid"], beside
 
 
 @pytest.mark.parametrize("closed", [1, 2])

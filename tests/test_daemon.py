@@ -1989,8 +1989,10 @@ def test_names_with_escape_sequences_reach_neither_the_terminal_nor_the_log_raw(
     (tmp_path / "elsewhere").mkdir()
     forged = "x\n2026-01-01 00:00:00,000 INFO vibrary.daemon.service: daemon stopped"
     (library / forged).symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "t\nx").mkdir()  # where a link leads, said as a command to paste: it pasted as a path with quotes
+    (library / "odd").symlink_to(tmp_path / "t\nx", target_is_directory=True)
     said = vibrary("watch", "add", str(library), home=home).stdout
-    wait_for(lambda: daemon.client.status().unfollowed_links)
+    wait_for(lambda: len(daemon.client.status().unfollowed_links) == 2)
     said += vibrary("watch", "list", home=home).stdout + vibrary("status", home=home).stdout
     refused = vibrary("watch", "add", str(tmp_path / "gone\x1b[2J"), home=home, check=False)
     assert refused.returncode == 1 and "gone\\x1b[2J" in refused.stderr
@@ -1998,6 +2000,7 @@ def test_names_with_escape_sequences_reach_neither_the_terminal_nor_the_log_raw(
         assert "\x1b" not in text and "\x07" not in text, text
     assert said.count("lib\\x1b[31mred\\x1b]0;title\\x07") >= 3
     assert "x\\n2026-01-01" in said
+    assert f"vibrary watch add $'{tmp_path}/t\\nx'\n" in said, said
     log = daemon.log()
     assert "links to" in log and "\n2026-01-01 00:00:00,000 INFO" not in log and "\x1b" not in log
 
