@@ -1371,11 +1371,15 @@ def test_a_remote_job_whose_train_command_was_killed_is_cancelled_once_nobody_wa
             finally:
                 follower.kill()
             (killed,) = [j for j in client.jobs() if j.state == pb.Job.RUNNING]
-            looking = client.stub.WatchJob(pb.JobRef(id=killed.id))  # a dashboard's: it kept the job on
-            next(looking)
-            wait_for(lambda: {j.id: j for j in client.jobs()}[killed.id].state == pb.Job.CANCELLED, timeout=60)
+
+            def looked_in() -> bool:  # a dashboard's watch (no caller id), looking in and out: it kept the job on
+                looking = client.stub.WatchJob(pb.JobRef(id=killed.id))
+                next(looking)
+                looking.cancel()
+                return {j.id: j for j in client.jobs()}[killed.id].state == pb.Job.CANCELLED
+
+            wait_for(looked_in, timeout=60, interval=0.5)
             assert "nobody watched it for 2 s" in {j.id: j for j in client.jobs()}[killed.id].error
-            looking.cancel()
             manifest, _ = dataset.load(model_home, "kinds")
             daemons = client.start(manifest, "kinds", "none", json.dumps({"epochs": 30, "patience": 30}))
             wait_for(lambda: {j.id: j for j in client.jobs()}[daemons.id].state == pb.Job.SUCCEEDED, timeout=300)

@@ -537,7 +537,8 @@ class TrainerService(pb_grpc.TrainerServicer):
                 job.watchers -= 1
                 job.followers[request.follower] -= 1
                 job.followers += Counter()  # (drops the callers no longer watching)
-                job.unwatched_since = time.monotonic()
+                if request.follower:  # (a dashboard that looked in every minute kept an abandoned job training)
+                    job.unwatched_since = time.monotonic()
             release()
 
         if not context.add_callback(gone):  # the call already ended
@@ -703,14 +704,14 @@ class TrainerService(pb_grpc.TrainerServicer):
         again = "train again, and it is sent anew"
         try:
             with open(path, "rb") as f:
-                data, read = f.read(), os.fstat(f.fileno()).st_ino
+                data, read = f.read(), _identity(os.fstat(f.fileno()))
         except FileNotFoundError:  # (another job found it damaged, or MissingShards it cut short, since it started)
             raise ShardError(f"shard {sha256[:12]} is no longer on the trainer (it was damaged): {again}") from None
         if sha256_bytes(data) != sha256:
             with self._writing, contextlib.suppress(FileNotFoundError):
-                if path.stat().st_ino == read:
+                if _identity(path.stat()) == read:  # (an upload since put it right: an inode number is reused)
                     path.unlink()
-            raise ShardError(f"shard {sha256[:12]} was damaged on the trainer's disk and is deleted: {again}")
+            raise ShardError(f"shard {sha256[:12]} was damaged on the trainer's disk: {again}")
         return data
 
     def _run(self, job: _JobState) -> None:
@@ -753,6 +754,10 @@ class TrainerService(pb_grpc.TrainerServicer):
             state=pb.Job.SUCCEEDED, phase="done", val_accuracy=result.val_accuracy, summary=json.dumps(result.summary())
         )
         job.leftover.unlink(missing_ok=True)  # (a run of it cut off meanwhile: done now, nothing to go on from)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 @dataclass
