@@ -155,7 +155,7 @@ class SpectrogramCache:
                     freed += n
         return freed
 
-    def opening_silent(self, params: Iterable[SpectrogramParams], before: int) -> set[bytes]:
+    def opening_silent(self, params: Iterable[SpectrogramParams], before: int) -> set[bytes]:  # (1: unversioned only)
         """The contents whose spectrogram, of one of these parameter sets and as a FEATURES_VERSION before `before`
         (or a release before there was one) computed it, opens with a silent frame: a sound after 25 ms or more of
         silence, which decode() now reads from its first sound (stop 42). Their tags were the old reading's, a note

@@ -966,16 +966,18 @@ class Index:
             ).rowcount
             return forgotten
 
-    def forget_late_starts_once(self, late: Callable[[], set[bytes]]) -> int:
+    def forget_late_starts_once(self, late: Callable[[bool], set[bytes]]) -> int:
         """Since stop 42 a file is read from its first sound, however late (a note bounced with its pre-roll was
         heard as silence and a click: a tom of a piano note); an index from before keeps those tags until the
         file changes. Once per index, the contents that `late` names (content hashes: the cache's old
         spectrograms that open silent, cache.opening_silent) are forgotten as tagged, so that requeue_missing
         reads their files again, their old tags found until the new ones replace them. Asked in the daemon's
-        background (reading a full cache takes seconds)."""
-        if int(self.conn().execute("PRAGMA user_version").fetchone()[0]) >= _LATE_STARTS_READ:
+        background (reading a full cache takes seconds). `late(versioned)`: False for an index that ran the step
+        when it looked at versioned spectrograms only (user_version 6): their files were read again then."""
+        done = int(self.conn().execute("PRAGMA user_version").fetchone()[0])
+        if done >= _LATE_STARTS_READ:
             return 0
-        hashes = sorted(late())  # (outside the write: read for seconds)
+        hashes = sorted(late(done < _LATE_STARTS_READ - 1))  # (outside the write: read for seconds)
         with self.write() as c:
             if not _first_time(c, _LATE_STARTS_READ):
                 return 0

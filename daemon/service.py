@@ -541,7 +541,9 @@ class Daemon:
             for row in self.index.models():
                 with contextlib.suppress(ValueError, TypeError):  # (a model's own parameters: it is refused elsewhere)
                     params.append(SpectrogramParams.from_json(row.spectrogram))
-            late = self.index.forget_late_starts_once(lambda: self.cache.opening_silent(params, FEATURES_VERSION))
+            late = self.index.forget_late_starts_once(
+                lambda versioned: self.cache.opening_silent(params, FEATURES_VERSION if versioned else 1)
+            )
             if late:
                 queued = self.index.requeue_missing(self._loaded())
                 log.info("reading again %d files whose sound starts late, from their first sound", queued)
