@@ -19,7 +19,7 @@ def _quiet(argv: list[str]) -> bool:
     """Whether the command goes on with no standard output: the daemon, the tray and a trainer print little,
     and a launcher may close it (not `daemon stop`, which says what it stopped)."""
     words = [a for a in argv if not a.startswith("-")]
-    daemon = words[:1] == ["daemon"] and "stop" not in words
+    daemon = words[:1] == ["daemon"] and argv[argv.index("daemon") + 1 :][:1] != ["stop"]
     return daemon or words[:1] == ["tray"] or words[:2] == ["trainer", "serve"]
 
 

@@ -327,10 +327,11 @@ def cmd_counts(args: argparse.Namespace) -> int:
             _out(args, {"model": n.model, "tag": n.tag, "files": n.files}, f"{n.files:8d}  {n.tag}  ({n.model})")
         if args.model and (inactive := _inactive(c.models(), args.model)):  # it printed nothing
             print(f"vibrary: {inactive}", file=sys.stderr)
-        elif args.model and not counts and c.status().indexed:  # (nothing at all, as of no model of that name)
+        elif not counts and c.status().indexed:  # (nothing at all, as of no model of that name)
+            of = f" of {args.model}" if args.model else ""
             print(
-                f"vibrary: no file has a tag of {args.model} that searches find: its tags of files that sound unlike"
-                f" its examples are guesses (`vibrary search TAG --min-score {HIT_SCORE:g}` lists them)",
+                f"vibrary: no file has a tag{of} that searches find: a model's tags of files that sound unlike its"
+                f" examples are guesses (`vibrary search TAG --min-score {HIT_SCORE:g}` lists them)",
                 file=sys.stderr,
             )
         elif not counts:

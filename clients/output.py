@@ -125,6 +125,8 @@ def _file_line(
 
 
 _CONTROL = {**{c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))}, 9: "\\t", 10: "\\n", 13: "\\r"}
+# in bash's $'…' a character, not a byte: \x85 would be the byte 0x85, where the name holds U+0085 (c2 85)
+_QUOTED = {**_CONTROL, **{c: f"\\u{c:04x}" for c in range(128, 160)}}
 _CONTROL_BUT_LINES = {c: said for c, said in _CONTROL.items() if c != 10}
 
 
@@ -141,7 +143,7 @@ def _shown(path: str) -> str:
     and an n (`--json` keeps the name as it is)."""
     if not any(ord(c) in _CONTROL for c in path):
         return readable_name(path)
-    quoted = readable_name(path.replace("\\", "\\\\").replace("'", "\\'")).translate(_CONTROL)
+    quoted = readable_name(path.replace("\\", "\\\\").replace("'", "\\'")).translate(_QUOTED)
     return f"$'{quoted}'"
 
 

@@ -165,6 +165,19 @@ def test_a_newline_in_a_file_name_keeps_the_file_on_one_human_line(model_home: P
     assert [x["tags"][0]["tag"] for x in as_json if x["path"].endswith("ln/../plain.wav")] == ["mid"], beside
 
 
+def test_a_name_with_control_characters_is_quoted_to_paste_into_bash() -> None:
+    """A name with a newline printed as `\\n` read as one with a backslash and an n; bash's $'…' names the file
+    itself (a C1 character as a character: \\x85 in it is a byte, not U+0085)."""
+    from vibrary.clients.output import _shown
+
+    for name in ("/lib/two\nlines.wav", "/lib/tab\there.wav", "/lib/c1\x85x.wav", "/lib/q'uote\\n\x1b[31m.wav"):
+        quoted = _shown(name)
+        assert quoted.startswith("$'") and "\n" not in quoted and "\x1b" not in quoted, quoted
+        pasted = subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True, check=True).stdout
+        assert pasted == name.encode(), (quoted, pasted)
+    assert _shown("/lib/back\\nslash.wav") == "/lib/back\\nslash.wav"  # (no control character: as it is)
+
+
 @pytest.mark.parametrize("closed", [1, 2])
 def test_a_command_started_with_its_output_or_its_errors_closed(model_home: Path, tmp_path: Path, closed: int) -> None:
     """`vibrary tag --json F 2>&-` (a launcher that closes what it does not read) printed nothing and ended 1:
@@ -195,6 +208,8 @@ def test_a_command_started_with_its_output_or_its_errors_closed(model_home: Path
         assert made.returncode == 0 and "4 clips" in made.stdout, made
     else:
         assert tagged.returncode == 1 and "standard output is closed" in tagged.stderr, tagged
+        stopped = run("daemon", "stop")  # what it stopped is its output (a daemon itself runs on without one)
+        assert stopped.returncode == 1 and "standard output is closed" in stopped.stderr, stopped
 
 
 def test_a_file_silent_in_its_opening_seconds_is_tagged_by_its_first_sound(model_home: Path, tmp_path: Path) -> None:
