@@ -723,12 +723,9 @@ def _outcome(job: _Job, progress: Callable[[dict[str, Any]], None]) -> dict[str,
         files = job.results(progress)
     except Left:
         raise  # the instance trains on and terminates itself; collect() picks up what it leaves
-    except AwsRefused as e:
+    except BaseException as e:  # (AWS's own errors, raw here: _aws makes them AwsRefused on their way out)
         if not credentials_gone(e):  # (with none, nothing could be ended: it trains on, to be collected later)
             job.clean_up()
-        raise
-    except BaseException:
-        job.clean_up()
         raise
     job.clean_up()
     return files

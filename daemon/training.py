@@ -762,7 +762,7 @@ def _in_cloud(
         on_started(job)
 
     try:
-        with _followed(cloud, job):
+        with _followed(cloud, job, on_record=leave is not None):
             return dict(
                 cloud.train_in_cloud(
                     manifest,
@@ -790,10 +790,11 @@ def _from_cloud(
 
 
 @contextlib.contextmanager
-def _followed(cloud: Any, job: JobRecord) -> Iterator[None]:
+def _followed(cloud: Any, job: JobRecord, on_record: bool = True) -> Iterator[None]:
     """How following a cloud job ends short: left to train (the daemon stopping: Detached); or refused by AWS,
     kept on record when for want of credentials (and launched lately) for the next start to collect
-    (KeptOnRecord), else failed as any job."""
+    (KeptOnRecord), else failed as any job. `on_record`: the caller keeps the job's record (the daemon); a
+    `vibrary train` in a terminal keeps none, and says what is left running where."""
     try:
         yield
     except cloud.Left:
@@ -802,6 +803,12 @@ def _followed(cloud: Any, job: JobRecord) -> Iterator[None]:
         recent = job.launched_at and time.time() - job.launched_at < KEEP_UNFOLLOWED_S
         if not (cloud.credentials_gone(e) and job.job_id and recent):
             raise
+        if not on_record:  # (nobody will come back for it: it was said to be collected at a daemon's start)
+            raise TrainingError(
+                f"could not follow cloud job {job.job_id} on {_instance(job)} ({e}): it trains on, uncollected, until"
+                " its max_hours end it; once the AWS credentials are renewed, terminate it in the EC2 console and"
+                f" delete jobs/{job.job_id}/ in the bucket, or train through the daemon, which collects such a job"
+            ) from e
         raise KeptOnRecord(
             f"could not follow cloud job {job.job_id} on {_instance(job)} ({e}): it trains on; renew the"
             " AWS credentials and restart the daemon to collect it (the instance ends itself after its max_hours)"

@@ -1072,6 +1072,38 @@ def test_a_cloud_job_unfollowed_for_want_of_credentials_ends_for_now_and_stays_o
         index.close()
 
 
+def test_credentials_that_run_out_while_a_job_is_followed_leave_it_training_and_say_so() -> None:
+    """Credentials that ran out while a job was followed met the clean-up, which failed with them ("could not
+    terminate instance …"), so the job was failed and forgotten: the model never collected. AWS's errors come
+    raw to the wait (inside _aws): without credentials nothing is cleaned up; the daemon keeps the job on record
+    (the test above), and `vibrary train`, which keeps none, says what is left running."""
+    from botocore.exceptions import ClientError
+    from vibrary.daemon import cloud, training
+
+    expired = ClientError({"Error": {"Code": "ExpiredToken", "Message": "expired"}}, "DescribeInstances")
+
+    class Followed:  # a job whose wait meets AWS's refusal (the boundary: what _Job's calls to AWS raise)
+        def __init__(self, error: Exception) -> None:
+            self.error, self.cleaned = error, False
+
+        def wait(self, progress: object) -> None:
+            raise self.error
+
+        def clean_up(self) -> None:
+            self.cleaned = True
+
+    for error, cleaned in ((expired, False), (ClientError({"Error": {"Code": "AccessDenied"}}, "X"), True)):
+        job = Followed(error)
+        with pytest.raises(ClientError):
+            cloud._outcome(job, lambda p: None)
+        assert job.cleaned is cleaned, error
+    record = training.JobRecord("kinds", "kinds", "cloud", job_id="0123abcd", instance="i-1", launched_at=time.time())
+    refused = pytest.raises(training.TrainingError, match="terminate it in the EC2 console")
+    with refused as said, training._followed(cloud, record, on_record=False):
+        raise cloud.AwsRefused(f"AWS: {expired}") from expired
+    assert not isinstance(said.value, training.KeptOnRecord) and "i-1" in str(said.value)
+
+
 def test_a_job_record_leaves_out_what_an_older_version_cannot_read(tmp_path: Path) -> None:
     """An older version refused a record with fields it did not know, and forgot a running job."""
     from vibrary.daemon import training
