@@ -333,7 +333,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
             raise CommandError(f"cloud job failed: {e}") from None
     data = data or config.home() / "trainer"
     token = args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", "")
-    cert, key = (Path(p).read_bytes() if p else None for p in (args.tls_cert, args.tls_key))
+    cert, key = (_tls_file(p, flag) for p, flag in ((args.tls_cert, "--tls-cert"), (args.tls_key, "--tls-key")))
     try:
         serving = serve(data, args.listen, token, cert, key)
     except TrainerBusy as e:
@@ -388,6 +388,21 @@ def _trainer_token(args: argparse.Namespace, data: Path) -> int:
         alone = "(no users: the trainer takes the --token it is served with, or none on loopback)"
         _out(args, {"users": users}, "\n".join(users) or alone)
     return 0
+
+
+def _tls_file(path: str, flag: str) -> bytes | None:
+    """A certificate or key file's bytes: "[Errno 13] Permission denied: '/tls/key.pem'" said neither what the
+    file was for nor whom it must be readable by (a container runs as its own user)."""
+    if not path:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        env = "VIBRARY_TRAINER_TLS_" + flag.removeprefix("--tls-").upper()
+        raise CommandError(
+            f"cannot read {path}, the TLS {flag.removeprefix('--tls-')} ({flag} or ${env}): {e.strerror}; this"
+            f" trainer runs as uid {os.getuid()}"
+        ) from None
 
 
 def _trainer_health(args: argparse.Namespace) -> int:

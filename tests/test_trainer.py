@@ -1416,6 +1416,10 @@ def test_one_trainer_per_data_folder_the_next_waits_and_leaves_the_daemons_job_a
                 f"vibrary: the trainer data folder {data} cannot be used (a file is in its place, or in the place of"
                 " a folder above it): give --data a folder to write in\n"
             ), refused.stderr
+        unread = ["trainer", "serve", "--listen", "127.0.0.1:0", "--tls-key", str(tmp_path / "nokey.pem")]
+        refused = vibrary(*unread, "--tls-cert", str(tmp_path / "afile"), home=model_home, check=False)
+        said = f"cannot read {tmp_path / 'nokey.pem'}, the TLS key (--tls-key or $VIBRARY_TRAINER_TLS_KEY): No such"
+        assert refused.returncode == 1 and said in refused.stderr, refused.stderr  # ([Errno 2] and a path, bare)
         manifest, shard_dir = dataset.load(model_home, "kinds")
         with TrainerClient(f"127.0.0.1:{held.port}") as client:
             client.upload(manifest, shard_dir)
