@@ -317,6 +317,12 @@ def estimate(
             f"{text}\nThat is more than the {settings.max_hours:g} hours an instance may run (max_hours, less a"
             " margin): nothing was launched; raise max_hours in the cloud settings, or train fewer epochs"
         )
+    if minutes > 0.8 * settings.timeout_s / 60:  # (the client gives up then, and ends the instance it paid for)
+        raise CloudError(
+            f"{text}\nThat is more than the {settings.timeout_s:g} s this machine waits for a cloud job (timeout_s,"
+            " less a margin): nothing was launched; raise timeout_s with max_hours in the cloud settings, or train"
+            " fewer epochs"
+        )
     return Estimate(minutes, dollars, text)
 
 

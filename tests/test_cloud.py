@@ -677,7 +677,10 @@ def test_an_estimate_past_the_instances_time_limit_launches_nothing_and_the_wors
     big = shards.Manifest("moods", ["dark", "bright", "warm"], P, [shards.ShardInfo("0" * 64, 900_000, 10**9)])
     with pytest.raises(cloud.CloudError, match=r"more than the 4 hours an instance may run .* nothing was launched"):
         cloud.estimate(settings, big, "{}", 10**9)
-    assert cloud.estimate(dataclasses.replace(settings, max_hours=12.0), big, "{}", 10**9).minutes > 240
+    longer = dataclasses.replace(settings, max_hours=12.0)  # the client waits 6 hours (timeout_s): cut off then
+    with pytest.raises(cloud.CloudError, match=r"more than the 21600 s this machine waits .* raise timeout_s"):
+        cloud.estimate(longer, big, "{}", 10**9)
+    assert cloud.estimate(dataclasses.replace(longer, timeout_s=12 * 3600.0), big, "{}", 10**9).minutes > 240
 
 
 def test_the_cloud_module_loads_neither_boto3_nor_torch_until_a_job_runs() -> None:
