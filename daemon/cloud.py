@@ -82,6 +82,9 @@ _NO_CREDENTIALS = (  # AWS's codes for credentials that are missing, expired or 
 )
 
 
+_NO_QUOTA = ("VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded")
+
+
 def credentials_gone(e: BaseException) -> bool:
     """Whether AWS refused for want of valid credentials (an SSO session run out): nothing can be followed or
     ended with them, and the job trains on regardless, to be collected once they are renewed."""
@@ -519,10 +522,28 @@ class _Job:
         with _signals_held():
             self.launched_at = time.time()
             on_launched(self.job_id, "")
-            self.instance = launch(self.ec2, self.settings, self.region, self.job_id, self.url)
+            try:
+                self.instance = launch(self.ec2, self.settings, self.region, self.job_id, self.url)
+            except Exception as e:
+                raise self._refused(e) from e
             self.launched_at = time.time()
             on_launched(self.job_id, self.instance)
         progress({"state": "WAITING", "message": f"launched {self.settings.instance_type} {self.instance}: {why}"})
+
+    def _refused(self, e: Exception) -> Exception:
+        """A launch AWS answered with a refusal made no instance: nothing to look for by its tag (the clean-up
+        did, for a minute and more, before the refusal was said). A new account's GPU quota is none."""
+        from botocore.exceptions import ClientError
+
+        if not isinstance(e, ClientError):  # (a timeout: it may have launched, and the tag finds it)
+            return e
+        self.launched_at = 0.0
+        if e.response.get("Error", {}).get("Code") in _NO_QUOTA:
+            return AwsRefused(
+                f"AWS: {e}: this account may run no {self.settings.instance_type} yet (a new one runs no GPU"
+                " instance): ask for it in the Service Quotas console (EC2, Running On-Demand G and VT instances)"
+            )
+        return e
 
     def wait(self, progress: Callable[[dict[str, Any]], None]) -> None:
         """Until the job's progress.json says it ended. An instance that ends first is replaced while

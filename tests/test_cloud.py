@@ -307,10 +307,16 @@ def test_an_instance_that_never_reports_is_stopped_at_the_timeout(
 ) -> None:
     manifest = _dataset(tmp_path, per_kind=4, clips_per_shard=256)
     monkeypatch.setenv("VIBRARY_CLOUD_TIMEOUT_S", "1")
-    with pytest.raises(cloud.CloudError, match="took more than 1 s"):
+    with pytest.raises(cloud.CloudError, match="more than the 1 s this machine waits"):  # not launched at all
         cloud.train_in_cloud(
             manifest, tmp_path, name="t", base="none", options="{}", confirm=lambda t: True, progress=lambda p: None
         )
+    assert _states(aws["ec2"]) == []
+    with cloud._aws() as (settings, s3, ec2):  # one launched all the same (the estimate wrong): ended at the timeout
+        job = cloud._Job(settings, s3, ec2, s3.meta.region_name)
+        job.launch(lambda p: None, "a test")
+        with pytest.raises(cloud.CloudError, match="took more than 1 s"):
+            cloud._outcome(job, lambda p: None)
     assert _states(aws["ec2"]) == ["terminated"]
 
 
@@ -952,6 +958,24 @@ def test_an_instance_aws_does_not_know_yet_is_pending_and_still_terminated() -> 
         ec2_stub.add_client_error("terminate_instances", **not_found)
         s3_stub.add_response("list_objects_v2", {})
         later.clean_up()  # no CloudError
+        ec2_stub.assert_no_pending_responses()
+
+
+def test_a_launch_aws_refuses_says_so_at_once_and_names_the_quota() -> None:
+    """RunInstances refused (a new account's GPU quota is none): the clean-up looked for the instance by its
+    tag for a minute and more (10 tries, poll_s apart) before the refusal was said, which named no way on."""
+    from botocore.stub import Stubber
+
+    ec2 = boto3.client("ec2", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    job = cloud._Job(cloud.CloudSettings(bucket=BUCKET, poll_s=30.0), s3, ec2, "us-east-1", "j1")
+    with Stubber(ec2) as ec2_stub, Stubber(s3) as s3_stub:
+        ec2_stub.add_client_error("run_instances", "VcpuLimitExceeded", "You have requested more vCPU capacity")
+        with pytest.raises(cloud.AwsRefused, match="ask for it in the Service Quotas console"):
+            job.launch(lambda p: None, "test")
+        ec2_stub.add_response("describe_instances", {"Reservations": []})  # once: no try after try, 30 s apart
+        s3_stub.add_response("list_objects_v2", {})
+        job.clean_up()
         ec2_stub.assert_no_pending_responses()
 
 
