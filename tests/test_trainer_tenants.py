@@ -564,6 +564,23 @@ def test_a_first_token_while_an_open_trainer_trains_says_its_job_is_out_of_reach
         serving.stop(grace=0)
 
 
+def test_a_trainer_served_off_loopback_without_tls_says_it_is_not_encrypted(tmp_path: Path) -> None:
+    """The Dockerfile's own command serves plain gRPC on 0.0.0.0: tokens and spectrograms crossed the network in
+    the clear, unsaid (the daemon says so of its API)."""
+    env = {**os.environ, "VIBRARY_HOME": str(tmp_path / "box"), "VIBRARY_TRAINER_TOKEN": "s3cret"}
+    command = [sys.executable, "-m", "vibrary.clients.cli", "trainer", "serve", "--listen", "0.0.0.0:0"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()  # (the warning is said right after it, before the trainer waits)
+        assert first.startswith("vibrary trainer serving on port"), first
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    rest = proc.stderr.read()  # (what readline read ahead is in its buffer: communicate() would skip it)
+    assert "the trainer on 0.0.0.0:0 is not encrypted" in rest, rest
+
+
 def test_the_data_folder_may_follow_the_token_action(home: Path, tmp_path: Path) -> None:
     """`vibrary trainer token add --data DIR bob` was refused, "unrecognized arguments", its usage the
     trainer's: --data went only before the action."""
