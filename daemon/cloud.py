@@ -218,6 +218,23 @@ def written_at(s3: Any, bucket: str, key: str) -> float | None:
 
 
 # -- the upload -------------------------------------------------------------------------------------------
+def check_bucket(s3: Any, bucket: str) -> None:
+    """CloudError naming the setting when the bucket is not there: found only after the cost was accepted, as
+    "NoSuchBucket when calling the PutObject operation", the bucket unnamed (a missing shard's 404 hid it)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchBucket"):
+            raise CloudError(
+                f"no bucket {bucket!r} in {s3.meta.region_name} (VIBRARY_CLOUD_BUCKET): make it there, or name"
+                " yours (docs/cloud.md)"
+            ) from None
+        raise
+
+
 def missing_shards(s3: Any, bucket: str, manifest: Manifest) -> list[tuple[str, int]]:
     """(sha256, size) of the shards the bucket lacks: what this upload will send."""
     return [(s.sha256, s.size) for s in manifest.shards if not exists(s3, bucket, shard_key(s.sha256))]
@@ -675,6 +692,7 @@ def train_in_cloud(
     with _aws() as (settings, s3, ec2):
         region = s3.meta.region_name
         bucket = settings.bucket
+        check_bucket(s3, bucket)
         missing = missing_shards(s3, bucket, manifest)
         total = sum(size for _, size in missing)
         if not confirm(estimate(settings, manifest, options, total, base).text):

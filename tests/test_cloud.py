@@ -320,6 +320,20 @@ def test_an_instance_that_never_reports_is_stopped_at_the_timeout(
     assert _states(aws["ec2"]) == ["terminated"]
 
 
+def test_a_bucket_that_is_not_there_is_said_before_the_cost(
+    aws: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was found once the cost was accepted, as "NoSuchBucket when calling the PutObject operation"."""
+    manifest = _dataset(tmp_path, per_kind=4, clips_per_shard=256)
+    monkeypatch.setenv("VIBRARY_CLOUD_BUCKET", "no-such-bucket")
+    asked: list[str] = []
+    with pytest.raises(cloud.CloudError, match=r"no bucket 'no-such-bucket' in us-east-1 \(VIBRARY_CLOUD_BUCKET\)"):
+        cloud.train_in_cloud(
+            manifest, tmp_path, name="t", base="none", options="{}", confirm=asked.append, progress=lambda p: None
+        )
+    assert asked == [] and _states(aws["ec2"]) == []
+
+
 def _train_long(manifest: shards.Manifest, folder: Path, epochs: int, progress: Any) -> dict[str, bytes]:
     """A cloud training of `epochs` epochs, all of them run (no early stop), its cost accepted."""
     options = json.dumps({"epochs": epochs, "patience": epochs})
