@@ -88,10 +88,18 @@ _NO_QUOTA = ("VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCount
 def credentials_gone(e: BaseException) -> bool:
     """Whether AWS refused for want of valid credentials (an SSO session run out): nothing can be followed or
     ended with them, and the job trains on regardless, to be collected once they are renewed."""
-    from botocore.exceptions import ClientError, NoCredentialsError, TokenRetrievalError
+    from botocore.exceptions import (
+        ClientError,
+        CredentialRetrievalError,
+        NoCredentialsError,
+        RefreshWithMFAUnsupportedError,
+        SSOError,
+        TokenRetrievalError,
+    )
 
     cause = e.__cause__ if isinstance(e, AwsRefused) else e
-    if isinstance(cause, (NoCredentialsError, TokenRetrievalError)):
+    gone = (NoCredentialsError, TokenRetrievalError, SSOError, CredentialRetrievalError, RefreshWithMFAUnsupportedError)
+    if isinstance(cause, gone):  # (SSOError: an SSO session run out in a profile of the older form, no token cache)
         return True
     return isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in _NO_CREDENTIALS
 
@@ -229,8 +237,8 @@ def check_bucket(s3: Any, bucket: str) -> None:
         code = str(e.response.get("Error", {}).get("Code", ""))
         if code in ("404", "NoSuchBucket"):
             raise CloudError(
-                f"no bucket {bucket!r} in {s3.meta.region_name} (VIBRARY_CLOUD_BUCKET): make it there, or name"
-                " yours (docs/cloud.md)"
+                f"no bucket {bucket!r} in {s3.meta.region_name} (the cloud settings' bucket, VIBRARY_CLOUD_BUCKET):"
+                " make it there, or name yours (docs/cloud.md)"
             ) from None
         raise
 
@@ -542,7 +550,10 @@ class _Job:
             try:
                 self.instance = launch(self.ec2, self.settings, self.region, self.job_id, self.url)
             except Exception as e:
-                raise self._refused(e) from e
+                said = self._refused(e)
+                if said is e:
+                    raise
+                raise said from e
             self.launched_at = time.time()
             on_launched(self.job_id, self.instance)
         progress({"state": "WAITING", "message": f"launched {self.settings.instance_type} {self.instance}: {why}"})
@@ -552,13 +563,16 @@ class _Job:
         did, for a minute and more, before the refusal was said). A new account's GPU quota is none."""
         from botocore.exceptions import ClientError
 
-        if not isinstance(e, ClientError):  # (a timeout: it may have launched, and the tag finds it)
+        # (a timeout, AWS's own error or throttling after botocore's retries: an attempt may have launched it, and
+        # its tag finds it; a refusal, 4xx, made none)
+        if not isinstance(e, ClientError) or _passing(e):
             return e
         self.launched_at = 0.0
         if e.response.get("Error", {}).get("Code") in _NO_QUOTA:
             return AwsRefused(
-                f"AWS: {e}: this account may run no {self.settings.instance_type} yet (a new one runs no GPU"
-                " instance): ask for it in the Service Quotas console (EC2, Running On-Demand G and VT instances)"
+                f"AWS: {e}: this account's quota of {self.settings.instance_type} instances is used up or none (a new"
+                " account may run no GPU instance): ask for more in the Service Quotas console (EC2, Running"
+                " On-Demand instances of its family)"
             )
         return e
 

@@ -801,14 +801,17 @@ def _followed(cloud: Any, job: JobRecord, on_record: bool = True) -> Iterator[No
         raise Detached(f"left cloud job {job.job_id} to {_instance(job)}") from None
     except cloud.AwsRefused as e:
         recent = job.launched_at and time.time() - job.launched_at < KEEP_UNFOLLOWED_S
-        if not (cloud.credentials_gone(e) and job.job_id and recent):
+        if not (cloud.credentials_gone(e) and job.job_id):
             raise
-        if not on_record:  # (nobody will come back for it: it was said to be collected at a daemon's start)
-            raise TrainingError(
-                f"could not follow cloud job {job.job_id} on {_instance(job)} ({e}): it trains on, uncollected, until"
-                " its max_hours end it; once the AWS credentials are renewed, terminate it in the EC2 console and"
-                f" delete jobs/{job.job_id}/ in the bucket, or train through the daemon, which collects such a job"
-            ) from e
+        left = (  # (nothing could be ended without credentials, and nobody will come back for it)
+            f" it trains on, uncollected, until it ends itself (its training done, or its max_hours); once the AWS"
+            f" credentials are renewed, see that {_instance(job)} is terminated in the EC2 console and delete"
+            f" jobs/{job.job_id}/ in the bucket"
+        )
+        if not on_record:  # `vibrary train` in a terminal: it was said to be collected at a daemon's start
+            raise TrainingError(f"could not follow cloud job {job.job_id} ({e}):{left}") from e
+        if not recent:  # (launched days ago: dropped from the record, which said nothing of what was left)
+            raise TrainingError(f"could not collect cloud job {job.job_id} ({e}), launched long ago:{left}") from e
         raise KeptOnRecord(
             f"could not follow cloud job {job.job_id} on {_instance(job)} ({e}): it trains on; renew the"
             " AWS credentials and restart the daemon to collect it (the instance ends itself after its max_hours)"
