@@ -14,12 +14,18 @@ from typing import TextIO
 
 from .errors import json_asked
 
+_VALUED = frozenset({"--listen", "--token", "--workers", "--data", "--tls-cert", "--tls-key"})  # (they take a value)
+
 
 def _quiet(argv: list[str]) -> bool:
     """Whether the command goes on with no standard output: the daemon, the tray and a trainer print little,
     and a launcher may close it (not `daemon stop`, which says what it stopped)."""
-    words = [a for a in argv if not a.startswith("-")]
-    daemon = words[:1] == ["daemon"] and argv[argv.index("daemon") + 1 :][:1] != ["stop"]
+    words, valued = [], False
+    for a in argv:  # the words but the options and their values (`daemon --token T stop`, `--listen X`)
+        if not valued and not a.startswith("-"):
+            words.append(a)
+        valued = a in _VALUED
+    daemon = words[:1] == ["daemon"] and "stop" not in words
     return daemon or words[:1] == ["tray"] or words[:2] == ["trainer", "serve"]
 
 

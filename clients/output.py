@@ -125,8 +125,9 @@ def _file_line(
 
 
 _CONTROL = {**{c: f"\\x{c:02x}" for c in (*range(32), *range(127, 160))}, 9: "\\t", 10: "\\n", 13: "\\r"}
-# in bash's $'…' a character, not a byte: \x85 would be the byte 0x85, where the name holds U+0085 (c2 85)
-_QUOTED = {**_CONTROL, **{c: f"\\u{c:04x}" for c in range(128, 160)}}
+# in bash's $'…' the character's UTF-8 bytes (U+0085 is c2 85): \x85 is a byte of its own, and \u0085 is the
+# character in a UTF-8 locale only (a cron job's or an ssh session's C locale pasted it as text)
+_QUOTED = {**_CONTROL, **{c: "".join(f"\\x{b:02x}" for b in chr(c).encode()) for c in range(128, 160)}}
 _CONTROL_BUT_LINES = {c: said for c, said in _CONTROL.items() if c != 10}
 
 

@@ -1084,7 +1084,9 @@ def expand(paths: Sequence[str], going: Callable[[], bool] = lambda: True, links
     seen: set[str] = set()
     for p in paths:
         for f in audio_files_under(p, going=going, links=links) if os.path.isdir(p) else [p]:
-            if (key := os.path.realpath(f)) not in seen:
+            # (a file's folder as it really is, the file by its own name: a link to a file is a file of its own,
+            # as the index holds it, and a path that is not there keeps its name, to be said missing)
+            if (key := os.path.join(os.path.realpath(os.path.dirname(f) or "."), os.path.basename(f))) not in seen:
                 seen.add(key)
                 yield f
 

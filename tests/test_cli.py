@@ -155,12 +155,15 @@ def test_a_newline_in_a_file_name_keeps_the_file_on_one_human_line(model_home: P
     write_tone(tmp_path / "other" / "deep" / "y.wav", BANDS["mid"])
     beside = write_tone(tmp_path / "other" / "plain.wav", BANDS["mid"])
     again = [f"{tmp_path}/kit/./plain.wav", f"{tmp_path}/alias/plain.wav", f"{tmp_path}/ln/../plain.wav"]
-    as_json = json_lines(vibrary("tag", "--json", str(tmp_path / "kit"), *again, home=model_home).stdout)
-    assert len(as_json) == 4 and {x["path"] for x in as_json} == {
+    (tmp_path / "linked.wav").symlink_to(tmp_path / "kit" / "plain.wav")  # a file of its own, as the index has it
+    others = [str(tmp_path / "linked.wav"), str(tmp_path / "nowhere.wav")]  # (the one not there said so)
+    as_json = json_lines(vibrary("tag", "--json", str(tmp_path / "kit"), *again, *others, home=model_home).stdout)
+    assert len(as_json) == 6 and {x["path"] for x in as_json} == {
         str(tmp_path / "kit" / "two\nlines.wav"),
         str(tmp_path / "kit" / "plain.wav"),
         str(tmp_path / "kit" / "back\\nslash.wav"),
         f"{tmp_path}/ln/../plain.wav",
+        *others,
     }
     assert [x["tags"][0]["tag"] for x in as_json if x["path"].endswith("ln/../plain.wav")] == ["mid"], beside
 
@@ -173,8 +176,10 @@ def test_a_name_with_control_characters_is_quoted_to_paste_into_bash() -> None:
     for name in ("/lib/two\nlines.wav", "/lib/tab\there.wav", "/lib/c1\x85x.wav", "/lib/q'uote\\n\x1b[31m.wav"):
         quoted = _shown(name)
         assert quoted.startswith("$'") and "\n" not in quoted and "\x1b" not in quoted, quoted
-        pasted = subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True, check=True).stdout
-        assert pasted == name.encode(), (quoted, pasted)
+        for locale in ("C", "C.UTF-8"):  # (\u0085 is the character only where the locale is UTF-8)
+            env = {**os.environ, "LC_ALL": locale}
+            pasted = subprocess.run(["bash", "-c", f"printf %s {quoted}"], capture_output=True, check=True, env=env)
+            assert pasted.stdout == name.encode(), (locale, quoted, pasted.stdout)
     assert _shown("/lib/back\\nslash.wav") == "/lib/back\\nslash.wav"  # (no control character: as it is)
 
 

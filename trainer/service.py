@@ -703,13 +703,12 @@ class TrainerService(pb_grpc.TrainerServicer):
         no upload writes (one may have put it right meanwhile), and only the file read."""
         again = "train again, and it is sent anew"
         try:
-            with open(path, "rb") as f:
-                data, read = f.read(), _identity(os.fstat(f.fileno()))
+            data = path.read_bytes()
         except FileNotFoundError:  # (another job found it damaged, or MissingShards it cut short, since it started)
             raise ShardError(f"shard {sha256[:12]} is no longer on the trainer (it was damaged): {again}") from None
         if sha256_bytes(data) != sha256:
-            with self._writing, contextlib.suppress(FileNotFoundError):
-                if _identity(path.stat()) == read:  # (an upload since put it right: an inode number is reused)
+            with self._writing, contextlib.suppress(FileNotFoundError):  # (no upload writes meanwhile)
+                if sha256_bytes(path.read_bytes()) != sha256:  # (not one an upload has put right since)
                     path.unlink()
             raise ShardError(f"shard {sha256[:12]} was damaged on the trainer's disk: {again}")
         return data
@@ -754,10 +753,6 @@ class TrainerService(pb_grpc.TrainerServicer):
             state=pb.Job.SUCCEEDED, phase="done", val_accuracy=result.val_accuracy, summary=json.dumps(result.summary())
         )
         job.leftover.unlink(missing_ok=True)  # (a run of it cut off meanwhile: done now, nothing to go on from)
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 @dataclass
