@@ -83,6 +83,7 @@ _NO_CREDENTIALS = (  # AWS's codes for credentials that are missing, expired or 
 
 
 _NO_QUOTA = ("VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded")
+_NO_CAPACITY = ("InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity", "Unsupported")
 
 
 def credentials_gone(e: BaseException) -> bool:
@@ -235,10 +236,16 @@ def check_bucket(s3: Any, bucket: str) -> None:
         s3.head_bucket(Bucket=bucket)
     except ClientError as e:
         code = str(e.response.get("Error", {}).get("Code", ""))
+        setting = "the cloud settings' bucket, VIBRARY_CLOUD_BUCKET"
         if code in ("404", "NoSuchBucket"):
             raise CloudError(
-                f"no bucket {bucket!r} in {s3.meta.region_name} (the cloud settings' bucket, VIBRARY_CLOUD_BUCKET):"
-                " make it there, or name yours (docs/cloud.md)"
+                f"no bucket {bucket!r} in {s3.meta.region_name} ({setting}): make it there, or name yours"
+                " (docs/cloud.md)"
+            ) from None
+        if code in ("403", "AccessDenied"):  # (names are global: a common one is often another account's)
+            raise CloudError(
+                f"bucket {bucket!r} ({setting}) is not yours to use: another account's (bucket names are global),"
+                " or these credentials may not list it (s3:ListBucket)"
             ) from None
         raise
 
@@ -565,6 +572,13 @@ class _Job:
 
         # (a timeout, AWS's own error or throttling after botocore's retries: an attempt may have launched it, and
         # its tag finds it; a refusal, 4xx, made none)
+        code = str(e.response.get("Error", {}).get("Code", "")) if isinstance(e, ClientError) else ""
+        if code in _NO_CAPACITY:  # (sent as a 500, retried by botocore: a refusal all the same)
+            self.launched_at = 0.0
+            return AwsRefused(
+                f"AWS: {e}: AWS has no {self.settings.instance_type} free in {self.region} now: try again later,"
+                " or another instance type or region in the cloud settings"
+            )
         if not isinstance(e, ClientError) or _passing(e):
             return e
         self.launched_at = 0.0

@@ -810,8 +810,13 @@ def _followed(cloud: Any, job: JobRecord, on_record: bool = True) -> Iterator[No
         )
         if not on_record:  # `vibrary train` in a terminal: it was said to be collected at a daemon's start
             raise TrainingError(f"could not follow cloud job {job.job_id} ({e}):{left}") from e
-        if not recent:  # (launched days ago: dropped from the record, which said nothing of what was left)
-            raise TrainingError(f"could not collect cloud job {job.job_id} ({e}), launched long ago:{left}") from e
+        if not recent:  # (dropped from the record, which said nothing of what was left)
+            when = "launched long ago" if job.launched_at else "its launch time not on record (an older version's)"
+            raise TrainingError(
+                f"could not collect cloud job {job.job_id} ({e}), {when}: its instance has ended itself by now"
+                f" (its max_hours), its model never collected; once the AWS credentials are renewed, see that"
+                f" {_instance(job)} is gone in the EC2 console and delete jobs/{job.job_id}/ in the bucket"
+            ) from e
         raise KeptOnRecord(
             f"could not follow cloud job {job.job_id} on {_instance(job)} ({e}): it trains on; renew the"
             " AWS credentials and restart the daemon to collect it (the instance ends itself after its max_hours)"

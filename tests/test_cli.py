@@ -183,6 +183,16 @@ def test_a_name_with_control_characters_is_quoted_to_paste_into_bash() -> None:
     assert _shown("/lib/back\\nslash.wav") == "/lib/back\\nslash.wav"  # (no control character: as it is)
 
 
+def test_which_commands_run_on_with_their_output_closed() -> None:
+    """`daemon --json stop` stopped the daemon with its output lost and ended 0; `daemon --token stop` (a token
+    "stop") is a daemon."""
+    from vibrary.clients.entry import _quiet
+
+    on = (["daemon"], ["daemon", "--token", "stop"], ["--json", "tray"], ["trainer", "serve", "--data", "x"])
+    off = (["daemon", "stop"], ["daemon", "--json", "stop"], ["daemon", "--workers", "2", "stop"], ["tag", "x.wav"])
+    assert [_quiet(list(a)) for a in on] == [True] * 4 and [_quiet(list(a)) for a in off] == [False] * 4
+
+
 @pytest.mark.parametrize("closed", [1, 2])
 def test_a_command_started_with_its_output_or_its_errors_closed(model_home: Path, tmp_path: Path, closed: int) -> None:
     """`vibrary tag --json F 2>&-` (a launcher that closes what it does not read) printed nothing and ended 1:

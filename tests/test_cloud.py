@@ -996,6 +996,15 @@ def test_a_launch_aws_refuses_says_so_at_once_and_names_the_quota() -> None:
         with pytest.raises(Exception, match="InternalError"):
             job.launch(lambda p: None, "test")
         assert job.fresh
+        # no capacity, sent as a 500 too: a refusal all the same (it searched by tag for 100 s, unsaid)
+        ec2_stub.add_client_error("run_instances", "InsufficientInstanceCapacity", "none", http_status_code=500)
+        with pytest.raises(cloud.AwsRefused, match=r"AWS has no g4dn\.xlarge free in us-east-1 now"):
+            job.launch(lambda p: None, "test")
+        assert not job.fresh
+    with Stubber(s3) as s3_stub:  # a bucket of another account's (names are global): named, with its setting
+        s3_stub.add_client_error("head_bucket", "403", "Forbidden", http_status_code=403)
+        with pytest.raises(cloud.CloudError, match=f"bucket '{BUCKET}' .* is not yours to use: another account's"):
+            cloud.check_bucket(s3, BUCKET)
 
 
 def test_a_cloud_job_refuses_to_train_on_a_cpu_at_gpu_prices(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1110,7 +1119,8 @@ def test_a_cloud_job_unfollowed_for_want_of_credentials_ends_for_now_and_stays_o
             with pytest.raises(training.TrainingError) as forgotten:
                 training.resume(home, old, index=index)
             assert not isinstance(forgotten.value, training.KeptOnRecord)
-            assert "launched long ago: it trains on" in str(forgotten.value)  # (dropped, what was left unsaid)
+            dropped = str(forgotten.value)  # (dropped, what was left unsaid)
+            assert "launched long ago: its instance has ended itself" in dropped and "delete jobs/0123abcd/" in dropped
         monkeypatch.setenv("VIBRARY_CLOUD_BUCKET", "no-such-bucket")
         with pytest.raises(training.TrainingError) as refused:  # (its clean-up tried, too)
             training.resume(home, record, index=index)
@@ -1139,10 +1149,11 @@ def test_credentials_that_run_out_while_a_job_is_followed_leave_it_training_and_
         def clean_up(self) -> None:
             self.cleaned = True
 
-    from botocore.exceptions import SSOTokenLoadError, UnauthorizedSSOTokenError
+    from botocore.exceptions import CredentialRetrievalError, SSOTokenLoadError, UnauthorizedSSOTokenError
 
     refused = ClientError({"Error": {"Code": "AccessDenied"}}, "X")
-    sso = (UnauthorizedSSOTokenError(), SSOTokenLoadError(error_msg="no token cache"))  # an older SSO profile's
+    sso: tuple[Exception, ...] = (UnauthorizedSSOTokenError(), SSOTokenLoadError(error_msg="no token cache"))
+    sso += (CredentialRetrievalError(provider="custom-process", error_msg="expired"),)  # (an older SSO profile's)
     for error, cleaned in ((expired, False), *((e, False) for e in sso), (refused, True)):
         job = Followed(error)
         with pytest.raises(type(error)):
