@@ -353,13 +353,13 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     if args.json:  # a script that starts a trainer knows from this line that it answers, and on which port
         said = {"serving": serving.port, "tls": bool(cert), "data": str(data), "pid": os.getpid()}
         print(json.dumps(said), flush=True)
-    print(f"vibrary trainer serving on port {serving.port}{tls} (data in {data})", file=sys.stderr, flush=True)
     if not cert and not is_loopback(args.listen):  # (the daemon says so of its own API; the trainer said nothing)
         print(
             f"vibrary: the trainer on {args.listen} is not encrypted: tokens and spectrograms cross the network in"
             " the clear; on a network you do not trust, serve with --tls-cert and --tls-key (docs/cloud.md)",
             file=sys.stderr,
         )
+    print(f"vibrary trainer serving on port {serving.port}{tls} (data in {data})", file=sys.stderr, flush=True)
     stop = threading.Event()
     on_signals(lambda *_: stop.set(), *ENDING_SIGNALS)  # as the daemon: a closed terminal stops it cleanly too
     while not stop.wait(0.5):
