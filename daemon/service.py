@@ -1078,9 +1078,9 @@ def models_said(status: dict[str, object]) -> str:
 def expand(paths: Sequence[str], going: Callable[[], bool] = lambda: True, links: bool = False) -> Iterator[str]:
     """Files as given, folders replaced by the audio files under them, each file once however it is reached
     (`vibrary tag DIR ./DIR/x.wav` or a link to DIR tags x.wav once, as it is first named; `link/../x.wav` is
-    the x.wav beside where the link leads), as they are found, until `going()` says to stop; a path that does
-    not exist is kept so that its error is reported. `links`: links to folders under them are followed
-    (audio_files_under)."""
+    the x.wav beside where the link leads; a link to a file is a file of its own), as they are found, until
+    `going()` says to stop; a path that does not exist is kept so that its error is reported. `links`: links to
+    folders under them are followed (audio_files_under)."""
     seen: set[str] = set()
     for p in paths:
         for f in audio_files_under(p, going=going, links=links) if os.path.isdir(p) else [p]:

@@ -700,7 +700,7 @@ class TrainerService(pb_grpc.TrainerServicer):
     def _intact(self, path: Path, sha256: str) -> bytes:
         """A stored shard's bytes, checked against its name: one damaged on this disk failed every training of
         it ("corrupt shard"), and no upload could mend it, since the trainer said it had it. Deleted only while
-        no upload writes (one may have put it right meanwhile), and only the file read."""
+        no upload writes, and only if what is there is still damaged (an upload may have put it right since)."""
         again = "train again, and it is sent anew"
         try:
             data = path.read_bytes()
