@@ -351,8 +351,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if s.unfollowed_links:
         human += "\nlinked folders, not followed (their files are not indexed; add where they lead as watches):"
         for x in s.unfollowed_links:
-            command = _shown(x.target) if _shown(x.target).startswith("$'") else shlex.quote(x.target)  # (pasted)
-            human += f"\n  {_shown(x.path)} → {_shown(x.target)}: vibrary watch add {command}"
+            target = _shown(x.target)
+            command = target if target.startswith("$'") else shlex.quote(x.target)  # (pasted as one path)
+            human += f"\n  {_shown(x.path)} → {target}: vibrary watch add {command}"
     if s.unnamed_count:
         human += f"\nleft out, their names are not valid UTF-8 (rename them to index them): {s.unnamed_count}"
         human += "".join(f"\n  {_shown(name)}" for name in s.unnamed_files[:5])

@@ -86,11 +86,17 @@ _NO_QUOTA = ("VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCount
 _NO_CAPACITY = ("InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity", "Unsupported")
 
 
+def _aws_code(e: BaseException) -> str:
+    """AWS's error code of a refusal ("" for an error that is none of AWS's answers: a timeout, no credentials)."""
+    from botocore.exceptions import ClientError
+
+    return str(e.response.get("Error", {}).get("Code", "")) if isinstance(e, ClientError) else ""
+
+
 def credentials_gone(e: BaseException) -> bool:
     """Whether AWS refused for want of valid credentials (an SSO session run out): nothing can be followed or
     ended with them, and the job trains on regardless, to be collected once they are renewed."""
     from botocore.exceptions import (
-        ClientError,
         CredentialRetrievalError,
         NoCredentialsError,
         RefreshWithMFAUnsupportedError,
@@ -102,7 +108,7 @@ def credentials_gone(e: BaseException) -> bool:
     gone = (NoCredentialsError, TokenRetrievalError, SSOError, CredentialRetrievalError, RefreshWithMFAUnsupportedError)
     if isinstance(cause, gone):  # (SSOError: an SSO session run out in a profile of the older form, no token cache)
         return True
-    return isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in _NO_CREDENTIALS
+    return cause is not None and _aws_code(cause) in _NO_CREDENTIALS
 
 
 class Left(Exception):
@@ -221,7 +227,7 @@ def written_at(s3: Any, bucket: str, key: str) -> float | None:
     try:
         return float(s3.head_object(Bucket=bucket, Key=key)["LastModified"].timestamp())
     except s3.exceptions.ClientError as e:
-        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        if _aws_code(e) in ("404", "NoSuchKey", "NotFound"):
             return None
         raise
 
@@ -235,7 +241,7 @@ def check_bucket(s3: Any, bucket: str) -> None:
     try:
         s3.head_bucket(Bucket=bucket)
     except ClientError as e:
-        code = str(e.response.get("Error", {}).get("Code", ""))
+        code = _aws_code(e)
         setting = "the cloud settings' bucket, VIBRARY_CLOUD_BUCKET"
         if code in ("404", "NoSuchBucket"):
             raise CloudError(
@@ -572,7 +578,7 @@ class _Job:
 
         # (a timeout, AWS's own error or throttling after botocore's retries: an attempt may have launched it, and
         # its tag finds it; a refusal, 4xx, made none)
-        code = str(e.response.get("Error", {}).get("Code", "")) if isinstance(e, ClientError) else ""
+        code = _aws_code(e)
         if code in _NO_CAPACITY:  # (sent as a 500, retried by botocore: a refusal all the same)
             self.launched_at = 0.0
             return AwsRefused(
@@ -582,7 +588,7 @@ class _Job:
         if not isinstance(e, ClientError) or _passing(e):
             return e
         self.launched_at = 0.0
-        if e.response.get("Error", {}).get("Code") in _NO_QUOTA:
+        if code in _NO_QUOTA:
             return AwsRefused(
                 f"AWS: {e}: this account's quota of {self.settings.instance_type} instances is used up or none (a new"
                 " account may run no GPU instance): ask for more in the Service Quotas console (EC2, Running"
