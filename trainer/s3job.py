@@ -114,6 +114,7 @@ def _shards(s3: Any, bucket: str, manifest: Manifest, report: _Reporter, alive: 
     while waiting := [sha for sha in waiting if not exists(s3, bucket, shard_key(sha))]:
         if time.monotonic() > deadline:
             raise ShardError(f"{len(waiting)} shards never arrived in s3://{bucket}")
+        report("WAITING", message=f"waiting for {len(waiting)} of {len(manifest.shards)} shards")
         heard = written_at(s3, bucket, alive) if alive else None
         if heard is not None and time.time() - heard > UPLOAD_SILENT_S:
             raise ShardError(
@@ -121,7 +122,6 @@ def _shards(s3: Any, bucket: str, manifest: Manifest, report: _Reporter, alive: 
                 f" stopped or offline) with {len(waiting)} shards to go: this instance ends rather than wait at GPU"
                 " prices; start the training again (the shards uploaded are kept)"
             )
-        report("WAITING", message=f"waiting for {len(waiting)} of {len(manifest.shards)} shards")
         time.sleep(POLL_S)
     blobs = []
     for s in manifest.shards:
