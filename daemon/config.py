@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import unicodedata
 import urllib.parse
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -28,6 +30,40 @@ def tag_key(text: str) -> str:
     """A tag as it is stored and searched: case aside, as people type tags, and in one Unicode form (a tag
     pasted from a macOS folder name spells é as e and an accent, and found nothing)."""
     return unicodedata.normalize("NFC", text.strip()).lower()
+
+
+MOST_CLASSES = 10_000  # a model's classes, at most (every search, count and reply lists them)
+# control characters (C0, DEL, C1), the bidi marks, overrides and isolates (which reorder what a terminal shows),
+# invisible spaces and breaks, and lone surrogates (which no reply can carry: a class "a\ud800" broke every
+# ListModels); the zero width (non-)joiners of Persian words and emoji sequences stay
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
+
+
+def class_tags(names: object) -> tuple[str, ...]:
+    """A model's class names as the tags they are (`Kick` is kick), or ValueError for names no search could
+    find or tell apart. Every model loaded is held to this; `check_new_classes` adds what only models made
+    or installed from now on are (a model that worked before an upgrade goes on working)."""
+    # (an exporter's id2label object gave the tags "0" and "1"; a string, a tag of each letter)
+    classes = tuple(names) if isinstance(names, list) else ()
+    if not classes or not all(isinstance(c, str) and c.strip() for c in classes):
+        raise ValueError("must be a non-empty list of names")
+    classes = tuple(tag_key(c) for c in classes)
+    unsearchable = [c for c in classes if c in QUERY_WORDS or c.startswith("-") or "|" in c]
+    if unsearchable:  # `vibrary search or` is a usage error, `-snare` leaves snare out: such a tag is never found
+        raise ValueError(f"class names {unsearchable} read as search syntax (OR AND NOT, -, |): rename them")
+    twice = sorted(c for c, n in Counter(classes).items() if n > 1)  # (count() a class: 497 s for 200,000)
+    if twice:
+        raise ValueError(f"names {', '.join(map(repr, twice))} more than once")
+    return classes
+
+
+def check_new_classes(classes: tuple[str, ...]) -> None:
+    """ValueError for class names a model made or installed now may not have: a shared model's names reached
+    terminals raw (colours, a window title, forged lines), and 200,000 classes cost every start and file."""
+    if len(classes) > MOST_CLASSES:
+        raise ValueError(f"{len(classes):,} classes; {MOST_CLASSES:,} at most")
+    if odd := next((c for c in classes if len(c) > LONGEST_TAG or _UNPRINTABLE.search(c)), None):
+        raise ValueError(f"class name {odd[:40]!r} is longer than {LONGEST_TAG} characters or holds control characters")
 
 
 LONGEST_NAME = 100  # characters of a dataset's or a model's name

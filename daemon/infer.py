@@ -13,14 +13,12 @@ import json
 import logging
 import math
 import os
-import re
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
 
-from .config import LONGEST_TAG, QUERY_WORDS, tag_key
+from .config import check_new_classes, class_tags
 from .onnx_rewrite import faster_graph, uses_external_data
 from .spectrogram import METADATA_KEY, SpectrogramParams
 
@@ -92,27 +90,20 @@ def _session(path: str, threads: int) -> ort.InferenceSession:
         raise ModelError(f"{os.path.basename(path)}: not a loadable ONNX model ({e})") from None
 
 
-MOST_CLASSES = 10_000  # a model's classes, at most (every search, count and reply lists them)
 LONGEST_READ_S, FASTEST_RATE = 60.0, 192_000  # what a model may have every file decoded to, at most
 MOST_FIXED_BATCH = 256  # a model exported with a fixed batch size is fed that many clips a run, padded
-# control characters (C0, DEL, C1), the bidi marks, overrides and isolates (which reorder what a terminal shows),
-# invisible spaces and breaks, and lone surrogates (which no reply can carry: a class "a\ud800" broke every
-# ListModels); the zero width (non-)joiners of Persian words and emoji sequences stay
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
 
 
 def check_installable(model: Model) -> None:
     """What a model installed from now on must be, beyond loading and running (ModelError if not): checked at
     install only, so that a model that worked before an upgrade goes on working. A shared model's class
-    names reached terminals raw (colours, a window title, forged lines); 200,000 classes or a fixed batch of
-    20,000 (1.8 GB to tag six files) cost every start and every file."""
-    source, classes = model.info.name, model.info.classes
-    if len(classes) > MOST_CLASSES:
-        raise ModelError(f"{source}: {len(classes):,} classes; {MOST_CLASSES:,} at most")
-    if odd := next((c for c in classes if len(c) > LONGEST_TAG or _UNPRINTABLE.search(c)), None):
-        raise ModelError(
-            f"{source}: class name {odd[:40]!r} is longer than {LONGEST_TAG} characters or holds control characters"
-        )
+    names reached terminals raw (config.check_new_classes); a fixed batch of 20,000 (1.8 GB to tag six files)
+    cost every start and every file."""
+    source = model.info.name
+    try:
+        check_new_classes(model.info.classes)
+    except ValueError as e:
+        raise ModelError(f"{source}: {e}") from None
     params = model.info.params  # every file is decoded to this length, in each worker: 3,000 s took 1.2 GB
     if params.duration_s > LONGEST_READ_S or params.sample_rate > FASTEST_RATE:
         raise ModelError(
@@ -134,18 +125,10 @@ def parse_metadata(meta: dict[str, str], source: str) -> ModelInfo:
         raise ModelError(f"{source}: metadata_props lacks {e.args[0]!r}; not a Vibrary model") from None
     except (ValueError, TypeError) as e:
         raise ModelError(f"{source}: bad Vibrary metadata ({e})") from None
-    # (an exporter's id2label object gave the tags "0" and "1"; a string, a tag of each letter)
-    classes = tuple(listed) if isinstance(listed, list) else ()
-    if not classes or not all(isinstance(c, str) and c.strip() for c in classes):
-        raise ModelError(f"{source}: {CLASSES_KEY} must be a non-empty list of names")
-    # Tags are searched without regard to case, as people type them: a model's "Kick" is the tag "kick".
-    classes = tuple(tag_key(c) for c in classes)
-    unsearchable = [c for c in classes if c in QUERY_WORDS or c.startswith("-") or "|" in c]
-    if unsearchable:  # `vibrary search or` is a usage error, `-snare` leaves snare out: such a tag is never found
-        raise ModelError(f"{source}: class names {unsearchable} read as search syntax (OR AND NOT, -, |): rename them")
-    twice = sorted(c for c, n in Counter(classes).items() if n > 1)  # (count() a class: 497 s for 200,000)
-    if twice:
-        raise ModelError(f"{source}: {CLASSES_KEY} names {', '.join(map(repr, twice))} more than once")
+    try:
+        classes = class_tags(listed)
+    except ValueError as e:
+        raise ModelError(f"{source}: {CLASSES_KEY}: {e}") from None
     activation = meta.get(ACTIVATION_KEY, "none")
     if activation not in ("none", "softmax", "sigmoid"):
         raise ModelError(f"{source}: unknown {ACTIVATION_KEY} {activation!r}")

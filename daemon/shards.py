@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import check_new_classes, class_tags
 from .spectrogram import SpectrogramParams
 
 SHARD_CLIPS = 256
@@ -90,6 +91,8 @@ class Manifest:
             params = SpectrogramParams.from_json(json.dumps(raw[where]))
             where = "shards"
             shards = [ShardInfo(str(s["sha256"]), int(s["clips"]), int(s["size"])) for s in _list(raw[where])]
+            if odd := next((s for s in shards if s.clips < 1 or s.size < 1), None):
+                raise ValueError(f"a shard of {odd.clips} clips in {odd.size} bytes")
             where = "name"
             name = str(raw[where])
             where = "classes"
@@ -111,8 +114,10 @@ class Manifest:
             raise ShardError(f"dataset {self.name!r} is empty")
         if len(self.classes) < 2:
             raise ShardError(f"dataset {self.name!r} has {len(self.classes)} class; a model needs at least 2")
-        if len(set(self.classes)) != len(self.classes):
-            raise ShardError(f"dataset {self.name!r} names a class twice")
+        try:  # what the daemon would refuse the trained model for, said before the training, not after it
+            check_new_classes(class_tags(self.classes))
+        except ValueError as e:
+            raise ShardError(f"dataset {self.name!r}: classes: {e}") from None
         _, mels, frames = self.params.shape
         if mels < MIN_MELS or frames < MIN_FRAMES:
             # (frames: 1 + samples // hop)

@@ -333,6 +333,12 @@ def test_a_model_name_that_cannot_be_or_a_broken_manifest_is_refused_by_name(
         broken.append(({**raw, "shards": [{"sha256": "a" * 64, "clips": 1}]}, "field 'shards': no 'size'"))
         broken.append(({**raw, "classes": "tone"}, "field 'classes': not a list"))  # was the classes t, o, n, e
         broken.append(({**raw, "classes": ["a", 1]}, "field 'classes': not a list of names"))
+        shard = {"sha256": "a" * 64, "clips": -3, "size": 10}
+        broken.append(({**raw, "shards": [shard]}, "field 'shards': a shard of -3 clips in 10 bytes"))
+        # names the daemon would refuse the trained model for (after the hours of its training)
+        broken.append(({**raw, "classes": ["Kick", "kick"]}, "classes: names 'kick' more than once"))
+        broken.append(({**raw, "classes": ["or", "kick"]}, "read as search syntax"))
+        broken.append(({**raw, "classes": ["kick", "red\x1b[31m"]}, "holds control characters"))
         for text, reason in broken:
             with pytest.raises(grpc.RpcError) as e:
                 client.stub.StartJob(pb.JobRequest(manifest=json.dumps(text), name="ok", base="none"), timeout=10)
@@ -344,6 +350,12 @@ def test_a_model_name_that_cannot_be_or_a_broken_manifest_is_refused_by_name(
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "do not fit the demo base" in (
                 e.value.details() or ""
             )
+        cuda = json.dumps({"device": "cuda:7"})  # none here (or not that many): said at once, not by the job
+        with pytest.raises(grpc.RpcError) as e:
+            client.stub.StartJob(pb.JobRequest(manifest=manifest.to_json(), config=cuda, base="none"), timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "device 'cuda:7': this trainer has" in (
+            e.value.details() or ""
+        )
         (tmp_path / "base.pt").write_text("not a checkpoint")  # a path of the trainer's machine: a pipe wedged it
         with pytest.raises(grpc.RpcError) as e:
             client.stub.StartJob(pb.JobRequest(manifest=manifest.to_json(), base=str(tmp_path / "base.pt")), timeout=10)

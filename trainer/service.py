@@ -455,6 +455,10 @@ class TrainerService(pb_grpc.TrainerServicer):
             config = TrainConfig.from_dict(options.parse(request.config or "{}"))
             base_path(base)
             options.check_fits(base, manifest.params)
+            if config.device.startswith("cuda"):  # (torch is loaded by the first job; here only when asked for)
+                from .train import pick_device
+
+                pick_device(config.device)
         except (ShardError, ValueError, TypeError, FileNotFoundError) as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         with self._shards:  # from here on the job's shards are needed: no prune removes them

@@ -116,9 +116,14 @@ class TrainResult:
 
 
 def pick_device(name: str) -> torch.device:
+    """ValueError for a GPU this machine does not have (a job asked for cuda failed at its first batch)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        have = f"{torch.cuda.device_count()} CUDA GPUs" if torch.cuda.is_available() else "no CUDA GPU"
+        raise ValueError(f"device {name!r}: this trainer has {have}; ask for auto or cpu")
+    return device
 
 
 def mixed_precision(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager[object]]:
