@@ -34,6 +34,12 @@ Arms (each against `base`; `--seed` for the seed spread):
 - `fmix`: Freq-MixStyle (the DCASE device-generalisation trick): for half the batches, each clip's
   per-band mean and deviation over time are blended with another clip's (Beta(0.3, 0.3)), so the network
   meets spectral envelopes and band dynamics of clips it never heard together.
+- `onset`: three clips in four keep their start (shifted at most `EARLY` frames earlier), as the daemon
+  feeds every file from its first sound; the fourth is moved later as before (up to a quarter of the clip).
+- `powermix`: mixup sums the two clips' powers (as two sounds played together do) and references the sum to
+  its maximum, instead of blending dB values (which hides the quieter clip while its label stays).
+- `onset-masksound`: `onset`, and SpecAugment's time masks fall where each clip sounds (a one-shot's masks fell
+  on the silence after it half of the time, hiding nothing).
 - `mixstyle`: MixStyle (Zhou et al., domain generalisation) on the feature maps after the first two
   blocks: per-channel mean and deviation blended between clips of a batch, half the batches, Beta(0.1, 0.1).
 
@@ -79,6 +85,9 @@ ARMS = [
     "synth2-guitar",
     "fmix",
     "mixstyle",
+    "onset",
+    "powermix",
+    "onset-masksound",
 ]
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "melodic-probe.jsonl"
 
@@ -154,6 +163,13 @@ def set_arm(arm: str) -> None:
         training.TagNet = StyledNet
     elif arm == "mel6":
         augment.MEL_SHIFT = 6.0
+    elif arm == "onset":
+        augment.LATE_SHARE = 0.25
+    elif arm == "powermix":
+        augment.MIX_POWER = True
+    elif arm == "onset-masksound":
+        augment.LATE_SHARE = 0.25
+        augment.MASK_IN_SOUND = True
 
 
 def main() -> int:
