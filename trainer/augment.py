@@ -24,9 +24,10 @@ EQ_DB = 4.0  # largest tilt of the random EQ, in dB at either end of the mel axi
 EQ_ORDERS = 3  # cosine bumps of the EQ curve, order k at most EQ_DB / k
 MEL_SHIFT = 2.0  # largest shift along the mel axis, in bands
 EARLY = 2.0  # largest shift earlier in time, in frames (later: up to a quarter of the clip)
-LATE_SHARE = 1.0  # share of clips that may be moved later (the rest start at their first sound, as decoded)
-MIX_POWER = False  # mixup blends power (as two sounds add), not dB values
-MASK_IN_SOUND = False  # time masks fall where the clip sounds, not on the silence after a one-shot
+# the share of clips moved later (up to a quarter of the clip); the rest start at their first sound, as the daemon
+# reads every file: when all were moved (0.36 s on average), held-out banks were heard 0.3-5.7 points worse
+# (docs/demo-model.md, "Stop 45")
+LATE_SHARE = 0.25
 CPU_CHUNK = 16  # clips at once on the CPU: 64 at once took 29-61 ms a batch here, 16 at once 20-32 ms
 
 
@@ -42,11 +43,11 @@ def augment(x: torch.Tensor, floor: float, generator: torch.Generator, masks: bo
         return lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
 
     frames = (t * draw(0.8, 1.25)).long().clamp(min=8)  # the stretched clip's length, cut or padded to t
-    # frames later, the gap silence, as the leading silence of a file; at most EARLY frames earlier: the
-    # daemon reads a file from its start or its first sound, and a third of the clips shifted up to 0.37 s
-    # earlier lost their attack (a closed hi-hat, all of it a fifth of the time)
+    # frames later (LATE_SHARE of the clips), the gap silence, as a leading silence the decoder left; at most
+    # EARLY frames earlier: the daemon reads a file from its first sound, and a third of the clips shifted up
+    # to 0.37 s earlier lost their attack (a closed hi-hat, all of it a fifth of the time)
     shift = draw(-EARLY, t / 4)
-    if LATE_SHARE < 1:  # (no extra draw otherwise: a seed's run stays as it was)
+    if LATE_SHARE < 1:  # (no draw when all are: `late` of scripts/melodic_probe.py, as before stop 45)
         shift = torch.where(draw(0, 1) < LATE_SHARE, shift, shift.clamp(max=0))
     shift = shift.long()
     bands = draw(-MEL_SHIFT, MEL_SHIFT).round().long()  # bands higher; the edge band repeats into the gap
@@ -57,11 +58,8 @@ def augment(x: torch.Tensor, floor: float, generator: torch.Generator, masks: bo
     out = _equalise(out, floor, gains, phase)
     if masks:
         hidden = torch.zeros(n, 1, m, t, dtype=torch.bool, device=x.device)
-        sounding = (out > floor).any(1).any(1).cpu()  # (N, T): the columns where the clip sounds
-        lasting = (sounding * torch.arange(1, t + 1)).amax(1) if MASK_IN_SOUND else torch.full((n,), t)
         for _ in range(2):
-            across = _stripes(draw, lasting, t / 10, t).to(x.device)
-            along = _stripes(draw, torch.full((n,), m), m / 12, m).to(x.device)
+            across, along = _stripes(draw, t, t / 10).to(x.device), _stripes(draw, m, m / 12).to(x.device)
             hidden |= across[:, None, None, :] | along[:, None, :, None]
         out = out.masked_fill(hidden, floor)
     # a short one-shot a mask or a stretch left silent would teach the tag as silence (the dataset drops
@@ -91,11 +89,10 @@ def _gather(x: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, dim, index.to(x.device).view(shape).expand(*x.shape[:dim], -1, *x.shape[dim + 1 :]))
 
 
-def _stripes(draw: Callable[[float, float], torch.Tensor], room: torch.Tensor, widest: float, size: int) -> torch.Tensor:
-    """One stripe per clip of up to `widest` steps within the first `room` (N,) of an axis of `size`, as a
-    (N, size) mask."""
+def _stripes(draw: Callable[[float, float], torch.Tensor], size: int, widest: float) -> torch.Tensor:
+    """One stripe per clip of up to `widest` steps of an axis of `size`, as a (N, size) mask."""
     width = draw(0, widest).long()
-    start = (draw(0, 1) * (room - width).clamp(min=0)).long()
+    start = (draw(0, 1) * (size - width)).long()
     steps = torch.arange(size)[None]
     return (steps >= start[:, None]) & (steps < (start + width)[:, None])
 
@@ -122,10 +119,4 @@ def mixup(
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
     lam = max(lam, 1 - lam)  # the original clip stays dominant
     order = torch.randperm(len(x), generator=generator).to(x.device)
-    if MIX_POWER:  # dB is 10 log10(power), 0 at each clip's loudest: the sum of powers, referenced again
-        floor = x.amin()
-        mixed = 10 * torch.log10(lam * 10 ** (x / 10) + (1 - lam) * 10 ** (x[order] / 10))
-        mixed = (mixed - mixed.amax(dim=(1, 2, 3), keepdim=True)).clamp(min=floor)
-    else:
-        mixed = lam * x + (1 - lam) * x[order]
-    return mixed, lam * y + (1 - lam) * y[order]
+    return lam * x + (1 - lam) * x[order], lam * y + (1 - lam) * y[order]
