@@ -394,13 +394,17 @@ def check_readable(path: str) -> tuple[int, int]:
             raise DecodeError("symbolic link loop") from None
         raise unreadable("stat", e) from None
     seen = (st.st_size, changed_at(st))
+    # (each look below is another moment: a pack's folder renamed meanwhile took its file away, which is no
+    # fault of the file's, said for good as "not a regular file", carried to the new name by the move)
     if not os.path.isfile(path):
-        raise DecodeError("not a regular file", seen)
+        raise (DecodeError("not a regular file", seen) if os.path.lexists(path) else FileVanished(VANISHED))
     if st.st_size == 0:
         raise DecodeError("empty file (0 bytes)", seen)
     try:
         with open(path, "rb"):
             pass
+    except FileNotFoundError:
+        raise FileVanished(VANISHED) from None
     except PermissionError:
         raise DecodeError(NO_PERMISSION, seen) from None
     except OSError as e:

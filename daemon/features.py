@@ -38,6 +38,7 @@ from .decode import (
     VANISHED,
     DecodeError,
     FileVanished,
+    TryLater,
     changed_at,
     check_readable,
     decode,
@@ -199,8 +200,9 @@ def _decode_key(p: SpectrogramParams) -> tuple[int, float, bool, str]:
 CHANGED = "the file changed while it was being read"
 
 
-class FileChanged(DecodeError):
-    """The file changed between its hash and its decoding: what was decoded is not what was hashed."""
+class FileChanged(TryLater):
+    """The file changed between its hash and its decoding: what was decoded is not what was hashed. Read
+    again a little later (not failed until it changes again: a chmod or a rename meanwhile is no new sound)."""
 
 
 def features(
@@ -238,9 +240,11 @@ def features(
             raise FileVanished("file not found (deleted or moved while it was read)") from None
         except OSError:
             raise FileChanged(CHANGED) from None
-        # rewritten meanwhile: its size, its inode or a newer mtime tell; not its ctime alone, which a hard
-        # link made or removed (a `cp -al` backup, a deduplicator) moves: such files failed as changed
-        if (st.st_size, st.st_ino) != (hashed.size, hashed.inode) or st.st_mtime_ns > hashed.mtime_ns:
+        # rewritten meanwhile: its size, its inode or a newer mtime tell, or a newer ctime (`rsync --inplace -t`,
+        # `cp -p` and tag editors set the old mtime back over new bytes); not the ctime of a hard link made or
+        # removed (a `cp -al` backup, a deduplicator): its count of links tells that one
+        rewritten = changed_at(st) > hashed.mtime_ns and st.st_nlink == hashed.links
+        if (st.st_size, st.st_ino) != (hashed.size, hashed.inode) or st.st_mtime_ns > hashed.mtime_ns or rewritten:
             raise FileChanged(CHANGED)
     return found, fresh
 

@@ -477,6 +477,29 @@ def test_a_hard_link_made_while_a_file_is_read_is_no_change_of_it(tmp_path: Path
         features(str(clip), hashed, [SpectrogramParams()], None)
 
 
+def test_a_file_rewritten_while_it_is_read_with_its_old_mtime_set_back_is_changed(tmp_path: Path) -> None:
+    """`rsync --inplace -t`, `cp -p` or a tag editor that keeps the date wrote another sound of the same length
+    between the hash and the decoding: the new sound was cached and tagged as the old content's, and every copy
+    of that content found by its tags (a hi-hat tagged kick). Its ctime tells."""
+    import os
+    import time
+
+    from vibrary.daemon.features import FileChanged, features, fingerprint
+    from vibrary.daemon.spectrogram import SpectrogramParams
+
+    clip = write_tone(tmp_path / "kick.wav", 60)
+    other = write_tone(tmp_path / "hat.wav", 8000)
+    assert clip.stat().st_size == other.stat().st_size
+    was = clip.stat()
+    hashed = fingerprint(str(clip))
+    time.sleep(0.05)  # past the file system's clock tick
+    with open(clip, "r+b") as f:  # in place: the same inode
+        f.write(other.read_bytes())
+    os.utime(clip, ns=(was.st_atime_ns, was.st_mtime_ns))
+    with pytest.raises(FileChanged):
+        features(str(clip), hashed, [SpectrogramParams()], None)
+
+
 def test_stems_of_one_song_that_open_with_long_silence_are_told_apart(tmp_path: Path) -> None:
     """The hash read the first 4 MiB and the last 64 KiB, but the decoder reads on, past up to a minute of
     silence, to a file's first sound: the stems of one song (one length, silent for their first 25 s) got
@@ -625,3 +648,24 @@ def test_damaged_files_say_so_in_a_producers_words(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(data)
         with pytest.raises(DecodeError, match="no audio frames in file"):
             decode(str(tmp_path / name), SpectrogramParams())
+
+
+@pytest.mark.parametrize("seen_first", [False, True])
+def test_a_file_whose_folder_is_renamed_as_it_is_looked_at_is_gone_not_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seen_first: bool
+) -> None:
+    """A pack's folder renamed as the daemon read it (unzipped, then renamed at once): a file between the
+    checks' looks failed for good, as "not a regular file" or "cannot open file", and the move carried that
+    to its new name, where it stayed through restarts. Gone from where it was read, it is found where it went."""
+    from vibrary.daemon.decode import FileVanished, check_readable
+
+    clip = write_tone(tmp_path / "pack" / "kick.wav", 60)
+    is_file = os.path.isfile
+
+    def renamed_meanwhile(path: str) -> bool:
+        os.rename(tmp_path / "pack", tmp_path / "Pack Renamed")
+        return True if seen_first else is_file(path)  # seen_first: it was a file, and it is gone at the open
+
+    monkeypatch.setattr(os.path, "isfile", renamed_meanwhile)
+    with pytest.raises(FileVanished):
+        check_readable(str(clip))
