@@ -819,9 +819,23 @@ class Daemon:
             return wanted() and time.time() < deadline
 
         absent = {p for p in paths if not os.path.lexists(p)}
+        # under a watch folder not there now (a drive unplugged): never fed, so waited on until the deadline
+        # (an hour: enough such calls took every server thread), and queued for good as files that may not
+        # exist. Answered at once from the index, as a search would
+        # (asked of every watch, not only of those the watcher's last check found missing: one gone in the
+        # seconds since is missing as well)
+        gone = {w for w in self.index.watches() if self.watcher.gone(w)}
+
+        def found(path: str) -> list[str]:
+            """A folder under such a watch folder is the files the index holds under it (found on the disk,
+            it was no folder at all: "no such file or folder")."""
+            if path not in absent or not within(path, gone):
+                return [path]
+            return [r.path for r in self.index.file_tags([path]) if r.state != "unknown"] or [path]
+
         files: list[str] = []
         unnamed: list[str] = []  # the index cannot hold them (the watcher leaves such names out too)
-        for path in expand(paths, going):
+        for path in (f for p in expand(paths, going) for f in found(p)):
             (files if storable(path) else unnamed).append(path)
             if len(files) + len(unnamed) > TAG_MAX_FILES:  # (each is an answer too)
                 raise TooManyFiles(f"more than {TAG_MAX_FILES} files: add the folder as a watch instead")
@@ -829,12 +843,6 @@ class Daemon:
         unnamed_tags = [FileTags(readable_name(p), "failed", UNNAMED, []) for p in unnamed]
         if not going():
             raise TimeoutError(f"the deadline passed while finding the files ({len(files)} so far)")
-        # under a watch folder not there now (a drive unplugged): never fed, so waited on until the deadline
-        # (an hour: enough such calls took every server thread), and queued for good as files that may not
-        # exist. Answered at once from the index, as a search would
-        # (asked of every watch, not only of those the watcher's last check found missing: one gone in the
-        # seconds since is missing as well)
-        gone = {w for w in self.index.watches() if self.watcher.gone(w)}
         hidden = {p for p in files if within(p, gone)} if gone else set()
         # a file named that is no audio (a folder gives only audio), or a path that is not there and never was
         # indexed (`x.wav/child.wav`, a name too long): answered, not read; each was stored as a failure

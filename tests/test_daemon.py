@@ -512,6 +512,9 @@ def test_a_renamed_watch_folder_is_reported_missing_and_re_pointed_without_analy
     asked = [str(library / "low_0.wav"), str(library / "never.wav")]
     told = {f.path: (f.state, f.error) for f in daemon.client.tag(asked, timeout=20)}
     assert told == {asked[0]: ("indexed", ""), asked[1]: ("unknown", WATCH_GONE)}
+    # the folder itself is the files the index holds under it (it was "no such file or folder")
+    told = {f.path: (f.state, f.error) for f in daemon.client.tag([str(library)], timeout=20)}
+    assert set(told.values()) == {("indexed", "")} and len(told) == 3 and all(p.startswith(str(library)) for p in told)
     assert daemon.client.status().pending == 0
     decoded = daemon.client.status().decoded
     moved = tmp_path / "Samples 2024"
