@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import socket
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from typing import Any
@@ -224,6 +225,15 @@ def make_server(
         checker.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     reflection.enable_server_reflection([*services, HEALTH_NAME, reflection.SERVICE_NAME], server)
+    stop = server.stop
+
+    def stopping(grace: float | None) -> threading.Event:
+        """NOT_SERVING first, for a health watcher (a front end) to tell a stop from a crash: its stream
+        ended as a killed server's does."""
+        checker.enter_graceful_shutdown()
+        return stop(grace)
+
+    server.stop = stopping
     return server
 
 

@@ -133,6 +133,11 @@ def test_socket_is_user_only_and_serves_health_and_reflection(daemon: DaemonProc
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     services = ProtoReflectionDescriptorDatabase(channel).get_services()
     assert "vibrary.v1.Daemon" in services and "grpc.health.v1.Health" in services
+    # a front end watching health hears a stop as NOT_SERVING, where a crash only ends the stream
+    watched = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+    assert next(watched).status == health_pb2.HealthCheckResponse.SERVING
+    assert daemon.stop() == 0
+    assert next(watched).status == health_pb2.HealthCheckResponse.NOT_SERVING
     channel.close()
 
 
