@@ -313,7 +313,8 @@ class Tag(_message.Message):
     score: _builtins.float
     unfamiliar: _builtins.bool
     """The model finds the file like none of its examples: the tag is its best guess, and searches leave
-    the file out (a model of your own tags would otherwise give every file one of them).
+    the file out (a model of your own tags would otherwise give every file one of them), but for a search
+    with a min_score, which reads every stored score, guesses too (SearchRequest.min_score).
     """
     def __init__(
         self,
@@ -418,9 +419,10 @@ class SearchRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     BEST_FIRST_FIELD_NUMBER: _builtins.int
     min_score: _builtins.float
-    """Unset: the tags that hit (a model's best tag, or a score >= 0.5); set: every stored score from it up, so
-    0 counts every tag stored, from 1e-9 (a slider at its bottom). A client built from the protos before it
-    was optional cannot send 0: it arrives unset.
+    """Unset: the tags that hit (a model's best tag, or a score >= 0.5; none of a file the model finds unfamiliar,
+    Tag.unfamiliar); set: every stored score from it up, a guess's too, so 0 counts every tag stored, from 1e-9
+    (a slider at its bottom). A client built from the protos before it was optional cannot send 0: it arrives
+    unset.
     """
     path_prefix: _builtins.str
     """only files under this folder"""

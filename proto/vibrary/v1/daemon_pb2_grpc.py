@@ -214,8 +214,8 @@ class DaemonServicer:
         watch folder that is not there now (Status.missing_watches) are left out, here and in CountTags. Tags
         are matched as the models spell them, whatever the case; the synonym table is not read here (`hh` is
         no tag: a client respells the words it lists, as clients/query.py `respell` does for `vibrary search`).
-        An empty request matches every indexed file with a tag of an active model (none while no model is active);
-        a path_prefix that is no folder matches none.
+        An empty request (or one of none_of alone) matches every indexed file, tagged or not (a silent file has no
+        tag), while a model is active, and none while none is; a path_prefix that is no folder matches none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
