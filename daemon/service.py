@@ -867,13 +867,24 @@ class Daemon:
             with self._tag_lock:  # (a retry of a call that is still waiting finds them known: it was this one)
                 self._tag_new.update(new)
             self._wake.set()
-            waiting = queued
+            waiting, asked_again = queued, 0
             while True:
                 began = time.monotonic()
                 waiting = self.index.unread(waiting)
                 if not waiting or self.paused or not going():
                     results = [_say_why_hidden(r, hidden) for r in self.index.file_tags(files)]
                     waiting = [r.path for r in results if r.state == "pending" and not r.error]
+                    # their watch folder removed meanwhile took their rows (a front end's RemoveWatch): asked
+                    # again, as files of no watch (they were answered "not in the index")
+                    dropped = [r.path for r in results if r.state == "unknown" and r.error == NOT_INDEXED]
+                    if dropped and asked_again < 3 and not self.paused and going():
+                        asked_again += 1
+                        new = self.index.mark_asked([(p, *_size_and_time(p)) for p in dropped])
+                        with self._tag_lock:
+                            self._tag_new.update(new)
+                        self._wake.set()
+                        waiting += dropped
+                        continue
                     if not waiting or self.paused:  # (paused: read once indexing resumes, as the reply says)
                         break  # the answer is the read that found them done: a Tag of one changed since queues it again
                     if not going():

@@ -2128,3 +2128,34 @@ def test_a_damage_found_while_the_daemon_runs_stops_it_only_when_the_index_is_da
         assert not [r for r in caplog.records if r.getMessage().startswith("feeder error")]
     finally:
         d.stop()
+
+
+def test_files_tagged_on_demand_as_their_watch_is_removed_are_read_as_files_of_no_watch(
+    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A front end's RemoveWatch during its Tag of files under that watch took their rows, and the Tag answered
+    real samples "not in the index". The daemon in this process: the watch goes as the Tag waits."""
+    from vibrary.daemon import service
+
+    library = tmp_path / "lib"
+    library.mkdir()
+    expected = _drop(library, 1)
+    d = service.Daemon(model_home, service.config.Settings(nice=0, settle_s=0.1))
+    d.start()
+    try:
+        d.add_watch(str(library))
+        waited = d.index.unread
+
+        def removed_meanwhile(paths: list[str]) -> list[str]:
+            if d.index.watches():
+                d.remove_watch(str(library))
+            return waited(paths)
+
+        monkeypatch.setattr(d.index, "unread", removed_meanwhile)
+        told = {
+            f.path: (f.state, f.error, f.tags[0][1] if f.tags else "")
+            for f in d.tag_now([str(library)], time.time() + 60)
+        }
+        assert told == {p: ("indexed", None, band) for p, band in expected.items()}
+    finally:
+        d.stop()
