@@ -411,7 +411,9 @@ class DaemonServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelTraining(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Asks the training running to stop (FAILED_PRECONDITION when none runs, or its model is being installed):
+        the reply is its progress as it was asked, message "cancelling"; its Train stream then ends CANCELLED.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
