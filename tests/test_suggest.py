@@ -572,6 +572,17 @@ def test_lyrics_are_no_drums(tmp_path: Path, table: Synonyms) -> None:
         assert found[f"Vocal Pack/Phrases/{rel}"].alternatives == (), rel
 
 
+def test_a_drum_the_file_names_beats_its_overheads_folder(tmp_path: Path, table: Synonyms) -> None:
+    """`OH/` is an open hat in a drum machine's kit and the overhead microphones in a recorded one: a crash
+    recorded on the overheads (`OH/Crash_01`, `OH_Crash`) was a hihat. OH names a hat when nothing else is named."""
+    found = _library(tmp_path, ["Kit/OH/Crash_01.wav", "Kit/Mics/OH_Crash.wav", "Kit/OH/OH_01.wav"], table)
+    assert {rel: s.tag for rel, s in found.items()} == {
+        "Kit/OH/Crash_01.wav": "cymbal",
+        "Kit/Mics/OH_Crash.wav": "cymbal",
+        "Kit/OH/OH_01.wav": "hihat",
+    }
+
+
 def test_an_alias_can_be_removed(tmp_path: Path) -> None:
     """A built-in alias that misreads a user's library could not be taken out; `synonyms remove` takes out
     the user's own alias or masks a built-in one, kept in their synonyms.json."""
