@@ -78,12 +78,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
     absent = {p for p in args.paths if not os.path.lexists(p)}  # a typo is not a file "deleted or moved"
     # a linked folder in DIR is followed, as a link given is: its files were left out without a word (the
     # daemon's watches do not follow links, and say so; this reads the files once, and watches nothing)
-    unread: list[tuple[str, str]] = []  # (a script reading --json heard nothing of them: a warning on stderr)
-    files = list(expand(args.paths, links=True, on_error=lambda folder, why: unread.append((folder, why))))
-    for folder, why in unread:
-        line = _file_line(folder, [], f"cannot read folder ({why}): its files are left out")
-        _out(args, line, _human_file(line))
-    if not files and not unread:
+    files = list(expand(args.paths, links=True))
+    if not files:
         print(terminal_safe(f"vibrary: no audio files in {', '.join(args.paths)}"), file=sys.stderr)
     bar = Bar(total=len(files), desc="tagging")
     lock = threading.Lock()
