@@ -114,10 +114,6 @@ class Manifest:
             raise ShardError(f"dataset {self.name!r} is empty")
         if len(self.classes) < 2:
             raise ShardError(f"dataset {self.name!r} has {len(self.classes)} class; a model needs at least 2")
-        try:  # what the daemon would refuse the trained model for, said before the training, not after it
-            check_new_classes(class_tags(self.classes))
-        except ValueError as e:
-            raise ShardError(f"dataset {self.name!r}: classes: {e}") from None
         _, mels, frames = self.params.shape
         if mels < MIN_MELS or frames < MIN_FRAMES:
             # (frames: 1 + samples // hop)
@@ -132,6 +128,15 @@ class Manifest:
                 f"spectrograms of {self.params.shape} ({values} values a clip) are larger than a trainer takes "
                 f"({MAX_CLIP_VALUES})"
             )
+
+    def check_classes(self) -> None:
+        """ShardError for class names the daemon would refuse the trained model for, said before the training,
+        not after it; not at every load (check): a dataset made before these rules must still open, to be
+        mended by a rename or a drop."""
+        try:
+            check_new_classes(class_tags(self.classes))
+        except ValueError as e:
+            raise ShardError(f"dataset {self.name!r}: classes: {e}") from None
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -264,6 +264,7 @@ def train(
 
     def read(checked_trainer: str, checked_base: str, opts: str) -> Trained:
         manifest, shard_dir = dataset.load(home_dir, dataset_name)
+        manifest.check_classes()  # (a dataset made before the rules: said before any upload, as the trainer would)
         with contextlib.suppress(FileNotFoundError):  # a dataset from before labels were kept: the trainer says
             if why := too_few(dataset.load_report(home_dir, dataset_name).per_class):
                 raise TrainingError(f"dataset {dataset_name!r} cannot train: {why}")  # before any upload

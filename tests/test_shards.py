@@ -64,3 +64,22 @@ def test_a_shard_that_would_unpack_to_more_than_a_shard_holds_is_refused_unread(
     assert len(bomb) < 100_000
     with pytest.raises(shards.ShardError, match=f"more than {SHARD_CLIPS} clips"):
         shards.unpack(bomb, P, 2)
+
+
+def test_a_dataset_whose_class_names_a_model_may_not_have_opens_but_does_not_train() -> None:
+    """Names the daemon refuses a model for (a case twin, a search word, a control character) are said before a
+    training, not after it; a dataset made before those rules still opens, to be mended by a rename or a drop."""
+    params = SpectrogramParams()
+    codes = np.zeros((4, *params.shape), np.uint8)
+    for classes, said in (
+        (["Kick", "kick"], "names 'kick' more than once"),
+        (["or", "kick"], "read as search syntax"),
+        (["kick", "hat\u200b"], "holds control characters"),
+    ):
+        manifest, _ = shards.write("old", classes, params, codes, np.array([0, 1, 0, 1]), ["a"] * 4)
+        opened = shards.Manifest.from_json(manifest.to_json())  # (every command on a dataset loads it so)
+        assert opened.classes == classes
+        with pytest.raises(shards.ShardError, match=said):
+            opened.check_classes()
+    fine, _ = shards.write("new", ["hi hat", "Kick"], params, codes, np.array([0, 1, 0, 1]), ["a"] * 4)
+    fine.check_classes()  # spaces and capitals are names a model may have

@@ -451,6 +451,7 @@ class TrainerService(pb_grpc.TrainerServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"base {base[:100]!r}: expected demo or none")
         try:
             manifest = Manifest.from_json(request.manifest)
+            manifest.check_classes()
             check_name(request.name or manifest.name, "model")  # the daemon's rule: it becomes a folder there
             config = TrainConfig.from_dict(options.parse(request.config or "{}"))
             base_path(base)
