@@ -43,7 +43,7 @@ Arms (each against `base`; `--seed` for the seed spread):
 - `onset-masksound`: `onset`, and SpecAugment's time masks fall where each clip sounds (a one-shot's masks fell
   on the silence after it half of the time, hiding nothing).
   The rows of `powermix` and `onset-masksound` were made with this script and `trainer/augment.py` at commit
-  83bb248 (both lost points; their switches are gone).
+  83bb248 (both lost points; their arms and switches are gone).
 - `mixstyle`: MixStyle (Zhou et al., domain generalisation) on the feature maps after the first two
   blocks: per-channel mean and deviation blended between clips of a batch, half the batches, Beta(0.1, 0.1).
 
@@ -90,8 +90,6 @@ ARMS = [
     "fmix",
     "mixstyle",
     "onset",
-    "powermix",
-    "onset-masksound",
     "late",
 ]
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "melodic-probe.jsonl"

@@ -119,7 +119,10 @@ def pick_device(name: str) -> torch.device:
     """ValueError for a GPU this machine does not have (a job asked for cuda failed at its first batch)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:  # (`cuda:00`, which the options' pattern lets by)
+        raise ValueError(f"device {name!r}: {e}") from None
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         have = f"{torch.cuda.device_count()} CUDA GPUs" if torch.cuda.is_available() else "no CUDA GPU"
         raise ValueError(f"device {name!r}: this trainer has {have}; ask for auto or cpu")
