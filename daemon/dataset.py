@@ -40,7 +40,7 @@ from .advice import advise
 from .cache import SpectrogramCache
 from .config import LONGEST_TAG, check_name
 from .decode import DecodeError, is_junk_folder
-from .features import features, fingerprint
+from .features import fingerprint, read
 from .folders import audio_files_under, storable, warn
 from .spectrogram import SILENT, SpectrogramParams, heard_in, quantize
 
@@ -468,8 +468,8 @@ def _spectrograms(
 
     def one(ex: Example) -> tuple[np.ndarray, int, bytes] | str:
         try:
-            hashed = fingerprint(ex.path)  # (its size, as read: the file may be deleted once it is decoded)
-            found, fresh = features(ex.path, hashed, [params], cache)
+            # (its size, as read: the file may be deleted once it is decoded)
+            hashed, found, fresh = read(ex.path, lambda hashed: [params], cache)
             try:
                 if caching[0]:
                     cache.put_many(fresh)

@@ -25,7 +25,7 @@ import hashlib
 import os
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from io import FileIO
 from typing import NamedTuple
 
@@ -249,4 +249,20 @@ def features(
     return found, fresh
 
 
-__all__ = ["DecodeError", "FileChanged", "features", "fingerprint"]
+def read(
+    path: str, wanted: Callable[[Fingerprint], Iterable[SpectrogramParams]], cache: SpectrogramCache | None
+) -> tuple[Fingerprint, dict[SpectrogramParams, np.ndarray], list[tuple[bytes, SpectrogramParams, np.ndarray]]]:
+    """A file's fingerprint and `features` for the parameter sets `wanted(fingerprint)` names, read again at once
+    when it changed as it was read (a chmod, a save): `vibrary tag` and a dataset's build failed such a file,
+    where the daemon reads it again a minute later (FileChanged is a TryLater) when it changes both times."""
+    for again in (False, True):
+        hashed = fingerprint(path)
+        try:
+            return (hashed, *features(path, hashed, wanted(hashed), cache))
+        except FileChanged:
+            if again:
+                raise
+    raise AssertionError("unreachable")
+
+
+__all__ = ["DecodeError", "FileChanged", "features", "fingerprint", "read"]

@@ -13,7 +13,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from .cache import SpectrogramCache
 from .decode import DecodeError, FileVanished, TryLater
-from .features import features, fingerprint
+from .features import Fingerprint, read
 from .index import MODEL_FAILED, RETRY_FOR_S, Job, Result
 from .infer import Model, ranked_tags
 from .spectrogram import SpectrogramParams, heard_in
@@ -176,12 +176,16 @@ class Pipeline:
     def _prepare(self, job: Job) -> _Prepared:
         result = Result(job)
         models = self.models
-        try:
-            hashed = fingerprint(job.path)
+        todo: list[ActiveModel] = []
+
+        def wanted(hashed: Fingerprint) -> Iterable[SpectrogramParams]:
             result.size, result.mtime_ns, result.inode, result.hash, result.links = hashed
             done = self._models_done(hashed.hash) if self._models_done else set()
-            todo = [m for m in models if m.id not in done]
-            specs, fresh = features(job.path, hashed, (m.model.info.params for m in todo), self._cache)
+            todo[:] = [m for m in models if m.id not in done]
+            return [m.model.info.params for m in todo]
+
+        try:
+            _, specs, fresh = read(job.path, wanted, self._cache)
         except DecodeError as e:
             if result.hash is None:  # refused before the hash: the file as it was when judged
                 result.size, result.mtime_ns = e.stamp

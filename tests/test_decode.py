@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from pathlib import Path
 
 import numpy as np
@@ -650,6 +651,29 @@ def test_damaged_files_say_so_in_a_producers_words(tmp_path: Path) -> None:
             decode(str(tmp_path / name), SpectrogramParams())
 
 
+def test_a_file_whose_mode_changes_as_it_is_read_is_read_again_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chmod (or a save) between the hash and the decoding moves the ctime: `vibrary tag` and a dataset's build
+    failed the file as changed, where the daemon would read it again a minute later. It is read again at once."""
+    from vibrary.daemon import features as features_module
+
+    clip = write_tone(tmp_path / "kick.wav", 60)
+    hashes = []
+    real = features_module.fingerprint
+
+    def chmod_after_first(path: str) -> features_module.Fingerprint:
+        hashes.append(real(path))
+        if len(hashes) == 1:
+            time.sleep(0.05)  # past the file system's clock tick
+            os.chmod(path, 0o640)
+        return hashes[-1]
+
+    monkeypatch.setattr(features_module, "fingerprint", chmod_after_first)
+    hashed, found, fresh = features_module.read(str(clip), lambda h: [SpectrogramParams()], None)
+    assert len(hashes) == 2 and hashed == hashes[1] and len(found) == len(fresh) == 1
+
+
 @pytest.mark.parametrize("seen_first", [False, True])
 def test_a_file_whose_folder_is_renamed_as_it_is_looked_at_is_gone_not_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seen_first: bool
@@ -669,3 +693,24 @@ def test_a_file_whose_folder_is_renamed_as_it_is_looked_at_is_gone_not_failed(
     monkeypatch.setattr(os.path, "isfile", renamed_meanwhile)
     with pytest.raises(FileVanished):
         check_readable(str(clip))
+
+
+def test_a_link_whose_target_goes_as_it_is_looked_at_is_a_broken_link_not_a_file_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link is there, broken: said as the first look says it (its row kept, for its drive to come back)."""
+    from vibrary.daemon.decode import BROKEN_LINK, FileVanished, check_readable
+
+    clip = write_tone(tmp_path / "pack" / "kick.wav", 60)
+    (tmp_path / "mine").mkdir()
+    link = tmp_path / "mine" / "kick.wav"
+    link.symlink_to(clip)
+
+    def moved_meanwhile(path: str) -> bool:
+        os.rename(tmp_path / "pack", tmp_path / "Pack Renamed")
+        return True
+
+    monkeypatch.setattr(os.path, "isfile", moved_meanwhile)
+    with pytest.raises(DecodeError, match=BROKEN_LINK) as said:
+        check_readable(str(link))
+    assert not isinstance(said.value, FileVanished)
