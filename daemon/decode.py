@@ -380,8 +380,32 @@ def changed_at(st: os.stat_result) -> int:
 def check_readable(path: str) -> tuple[int, int]:
     """Turn the OS's reasons into words before libsndfile hides them behind 'System error'. The file's (size,
     changed_at) as seen, for a failure to read it further on to keep (DecodeError.stamp)."""
+    st = _stat(path)
+    seen = (st.st_size, changed_at(st))
+    # (each look below is another moment: a pack's folder renamed meanwhile took its file away, which is no
+    # fault of the file's, said for good as "not a regular file", carried to the new name by the move; looked
+    # at again, it is said as the first look would have)
+    if not os.path.isfile(path):
+        _stat(path)
+        raise DecodeError("not a regular file", seen)
+    if st.st_size == 0:
+        raise DecodeError("empty file (0 bytes)", seen)
     try:
-        st = os.stat(path)
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise DecodeError(NO_PERMISSION, seen) from None
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            _stat(path)
+        raise unreadable("open", e, seen) from None
+    return seen
+
+
+def _stat(path: str) -> os.stat_result:
+    """The file's stat, or DecodeError saying why there is none."""
+    try:
+        return os.stat(path)
     except FileNotFoundError:
         if os.path.islink(path):  # its target is what is missing: an unmounted drive, a moved pack. A
             # failure to show, not a file gone: dropped from the index, it was gone from status as well
@@ -393,23 +417,6 @@ def check_readable(path: str) -> tuple[int, int]:
         if e.errno == errno.ELOOP:
             raise DecodeError("symbolic link loop") from None
         raise unreadable("stat", e) from None
-    seen = (st.st_size, changed_at(st))
-    # (each look below is another moment: a pack's folder renamed meanwhile took its file away, which is no
-    # fault of the file's, said for good as "not a regular file", carried to the new name by the move)
-    if not os.path.isfile(path):
-        raise (DecodeError("not a regular file", seen) if os.path.lexists(path) else FileVanished(VANISHED))
-    if st.st_size == 0:
-        raise DecodeError("empty file (0 bytes)", seen)
-    try:
-        with open(path, "rb"):
-            pass
-    except FileNotFoundError:
-        raise FileVanished(VANISHED) from None
-    except PermissionError:
-        raise DecodeError(NO_PERMISSION, seen) from None
-    except OSError as e:
-        raise unreadable("open", e, seen) from None
-    return seen
 
 
 # Sizes that recorders and pipes write when the length is not known yet (sox writing to a pipe, a streamed

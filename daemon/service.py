@@ -843,6 +843,7 @@ class Daemon:
         unnamed_tags = [FileTags(readable_name(p), "failed", UNNAMED, []) for p in unnamed]
         if not going():
             raise TimeoutError(f"the deadline passed while finding the files ({len(files)} so far)")
+        gone |= {w for w in self.index.watches() if self.watcher.gone(w)}  # (and those gone during a long walk)
         hidden = {p for p in files if within(p, gone)} if gone else set()
         # a file named that is no audio (a folder gives only audio), or a path that is not there and never was
         # indexed (`x.wav/child.wav`, a name too long): answered, not read; each was stored as a failure
