@@ -34,10 +34,12 @@ Arms (each against `base`; `--seed` for the seed spread):
 - `fmix`: Freq-MixStyle (the DCASE device-generalisation trick): for half the batches, each clip's
   per-band mean and deviation over time are blended with another clip's (Beta(0.3, 0.3)), so the network
   meets spectral envelopes and band dynamics of clips it never heard together.
-- `onset`: three clips in four keep their start (shifted at most `EARLY` frames earlier), as the daemon
-  feeds every file from its first sound; the fourth is moved later as before (up to a quarter of the clip).
-  The trainer's default since stop 45 (`augment.LATE_SHARE`): `base` rows from then on are this, and `late`
-  is the earlier recipe, every clip's start drawn up to a quarter of the clip later.
+- `onset`: three clips in four keep their start (shifted at most a frame earlier), as the daemon feeds every
+  file from its first sound; the fourth is moved later as before (up to a quarter of the clip). The trainer's
+  default since stop 45 (`augment.LATE_SHARE`), so no arm of its own now: `base` rows made after stop 45's are
+  this, and `late` is the earlier recipe, every clip's start drawn up to a quarter of the clip later. Stop 45's
+  own 14 rows (`base`, `onset`, `powermix`, `onset-masksound`) were made at commit 83bb248, where `base` was
+  today's `late`.
 - `powermix`: mixup sums the two clips' powers (as two sounds played together do) and references the sum to
   its maximum, instead of blending dB values (which hides the quieter clip while its label stays).
 - `onset-masksound`: `onset`, and SpecAugment's time masks fall where each clip sounds (a one-shot's masks fell
@@ -89,7 +91,6 @@ ARMS = [
     "synth2-guitar",
     "fmix",
     "mixstyle",
-    "onset",
     "late",
 ]
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "melodic-probe.jsonl"

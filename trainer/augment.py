@@ -26,7 +26,7 @@ MEL_SHIFT = 2.0  # largest shift along the mel axis, in bands
 EARLY = 2.0  # largest shift earlier in time, in frames (later: up to a quarter of the clip)
 # the share of clips moved later (up to a quarter of the clip); the rest start at their first sound, as the daemon
 # reads every file: when all were moved (0.36 s on average), held-out banks were heard 0.3-5.7 points worse
-# (docs/demo-model.md, "Stop 45")
+# (docs/demo-model.md, "Where a training clip starts")
 LATE_SHARE = 0.25
 CPU_CHUNK = 16  # clips at once on the CPU: 64 at once took 29-61 ms a batch here, 16 at once 20-32 ms
 
