@@ -257,7 +257,7 @@ def test_pipeline_file_deleted_between_event_and_read(
     elif stage == "inside_fingerprint":
         monkeypatch.setattr(features, "check_readable", deleting(features.check_readable))
     elif stage == "after_fingerprint":
-        monkeypatch.setattr("vibrary.daemon.pipeline.fingerprint", deleting(features.fingerprint))
+        monkeypatch.setattr(features, "fingerprint", deleting(features.fingerprint))
     else:
         monkeypatch.setattr(decode, "check_readable", deleting(decode.check_readable))
 
