@@ -877,6 +877,7 @@ class Daemon:
                     waiting = [r.path for r in results if r.state == "pending" and not r.error]
                     # their watch folder removed meanwhile took their rows (a front end's RemoveWatch): asked
                     # again, as files of no watch (they were answered "not in the index")
+                    # (not one under a watch folder not there now: never fed, it would be waited on to the deadline)
                     dropped = [r.path for r in results if r.state == "unknown" and r.error == NOT_INDEXED]
                     if dropped and asked_again < 3 and not self.paused and going():
                         asked_again += 1
@@ -1139,7 +1140,8 @@ def _deleted(path: str) -> bool:
 
 def _say_why_hidden(found: FileTags, hidden: set[str]) -> FileTags:
     """A file under a watch folder not there now, as the index last knew it, and why it is not read now."""
-    if found.path not in hidden or found.state not in ("pending", "unknown") or found.error not in (None, NO_SUCH_PATH):
+    said = (None, NO_SUCH_PATH, NOT_INDEXED)  # (one never indexed: it is read once its folder is back, as the rest)
+    if found.path not in hidden or found.state not in ("pending", "unknown") or found.error not in said:
         return found
     return FileTags(found.path, found.state, WATCH_GONE, found.tags, found.unfamiliar)
 

@@ -136,7 +136,9 @@ class Manifest:
         try:
             check_new_classes(class_tags(self.classes))
         except ValueError as e:
-            raise ShardError(f"dataset {self.name!r}: classes: {e}") from None
+            raise ShardError(
+                f"dataset {self.name!r}: classes: {e}: mend them with `vibrary dataset rename`, `merge` or `drop`"
+            ) from None
 
 
 def sha256_bytes(data: bytes) -> str:

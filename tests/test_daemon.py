@@ -2159,3 +2159,26 @@ def test_files_tagged_on_demand_as_their_watch_is_removed_are_read_as_files_of_n
         assert told == {p: ("indexed", None, band) for p, band in expected.items()}
     finally:
         d.stop()
+
+
+def test_a_file_tagged_on_demand_under_a_watch_folder_not_there_is_not_queued(
+    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file in the empty mount point of an unplugged drive's watch folder, never indexed, was asked again as
+    a file of no watch (a review of the re-ask above): queued where nothing is fed, it was waited on to the
+    deadline and left pending. It is answered at once as waiting for its watch folder."""
+    from vibrary.daemon import service
+
+    library = tmp_path / "drive"
+    library.mkdir()
+    d = service.Daemon(model_home, service.config.Settings(nice=0, settle_s=0.1))
+    d.start()
+    try:
+        d.add_watch(str(library))
+        monkeypatch.setattr(d.watcher, "gone", lambda folder: folder == str(library))
+        new = write_tone(library / "bounce.wav", BANDS["low"])
+        (told,) = d.tag_now([str(new)], time.time() + 5)
+        assert (told.state, told.error) == ("unknown", WATCH_GONE)
+        assert [r.state for r in d.index.file_tags([str(new)])] == ["unknown"]  # no row made for it
+    finally:
+        d.stop()
