@@ -187,8 +187,11 @@ class Pipeline:
         try:
             _, specs, fresh = read(job.path, wanted, self._cache)
         except DecodeError as e:
-            if result.hash is None:  # refused before the hash: the file as it was when judged
+            # refused before the hash, or seen otherwise since (read again, it was refused at its second look):
+            # the file as it was when judged
+            if result.hash is None or e.stamp not in ((-1, -1), (result.size, result.mtime_ns)):
                 result.size, result.mtime_ns = e.stamp
+                result.inode, result.hash, result.links = -1, None, 1
             result.error = str(e)
             result.vanished = isinstance(e, FileVanished)
             result.retry_for = RETRY_FOR_S if isinstance(e, TryLater) else 0.0

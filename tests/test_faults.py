@@ -1509,3 +1509,29 @@ def test_activating_a_version_removed_meanwhile_is_refused_and_leaves_the_active
         assert index.model("mine", 1).active
     finally:
         index.close()
+
+
+def test_a_file_refused_when_read_again_keeps_how_it_was_refused_not_its_first_hash(
+    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read again at once because it changed as it was read, a bounce truncated meanwhile was refused as empty,
+    but its row kept the first read's size, time and content (read once more at the next scan for nothing)."""
+    victim = write_tone(tmp_path / "bounce.wav", BANDS["low"])
+
+    def truncated_meanwhile(path: str, *args: object) -> object:
+        victim.write_bytes(b"")  # the DAW starts the next bounce
+        raise features.FileChanged(features.CHANGED)
+
+    monkeypatch.setattr(features, "features", truncated_meanwhile)
+    results: list[Result] = []
+    index = Index(config.index_path(model_home))
+    pipeline = Pipeline(load_models(index), results.extend, workers=1, batch_size=4, queue_size=4, store_min_score=0.02)
+    try:
+        pipeline.submit(Job(1, str(victim), 1, -1, -1, None))
+        assert pipeline.wait_idle(timeout=30)
+    finally:
+        pipeline.close()
+        index.close()
+    ((result,),) = [results]
+    assert result.error == "empty file (0 bytes)" and (result.size, result.hash) == (0, None)
+    assert result.mtime_ns == decode.changed_at(victim.stat())
