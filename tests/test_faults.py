@@ -226,6 +226,27 @@ def test_cli_reports_file_deleted_before_the_read(model_home: Path, tmp_path: Pa
     assert_good_tagged(lines, good)
 
 
+def _read_in_a_pipeline(
+    model_home: Path, paths: list[Path], cache: SpectrogramCache | None = None
+) -> tuple[list[Result], list[ActiveModel]]:
+    """The files read by a Pipeline of the home's models (one worker, jobs 1, 2, … in order), as the daemon
+    reads them: their results as they came, and the models."""
+    results: list[Result] = []
+    index = Index(config.index_path(model_home))
+    models = load_models(index)
+    pipeline = Pipeline(
+        models, results.extend, workers=1, batch_size=4, queue_size=4, store_min_score=0.02, cache=cache
+    )
+    try:
+        for i, path in enumerate(paths, start=1):
+            pipeline.submit(Job(i, str(path), 1, -1, -1, None))
+        assert pipeline.wait_idle(timeout=30)
+    finally:
+        pipeline.close()
+        index.close()
+    return results, models
+
+
 @pytest.mark.parametrize(
     "stage",
     [
@@ -261,16 +282,7 @@ def test_pipeline_file_deleted_between_event_and_read(
     else:
         monkeypatch.setattr(decode, "check_readable", deleting(decode.check_readable))
 
-    results: list[Result] = []
-    index = Index(config.index_path(model_home))
-    pipeline = Pipeline(load_models(index), results.extend, workers=1, batch_size=4, queue_size=4, store_min_score=0.02)
-    try:
-        pipeline.submit(Job(1, str(victim), 1, -1, -1, None))
-        pipeline.submit(Job(2, str(good), 1, -1, -1, None))
-        assert pipeline.wait_idle(timeout=30)
-    finally:
-        pipeline.close()
-        index.close()
+    results, _ = _read_in_a_pipeline(model_home, [victim, good])
     by_id = {r.job.id: r for r in results}
     assert not victim.exists() and set(by_id) == {1, 2}
     assert by_id[1].tags == {} and by_id[1].error and "not found" in by_id[1].error, by_id[1].error
@@ -296,22 +308,11 @@ def test_a_file_rewritten_between_its_hash_and_its_decoding_is_not_tagged_as_its
         return hashed
 
     monkeypatch.setattr("vibrary.daemon.features.fingerprint", rewriting)
-    results: list[Result] = []
-    index = Index(config.index_path(model_home))
     cache = SpectrogramCache(tmp_path / "cache.sqlite", 1 << 20)
-    pipeline = Pipeline(
-        load_models(index), results.extend, workers=1, batch_size=4, queue_size=4, store_min_score=0.02, cache=cache
-    )
-    try:
-        pipeline.submit(Job(1, str(victim), 1, -1, -1, None))
-        assert pipeline.wait_idle(timeout=30)
-    finally:
-        pipeline.close()
-        index.close()
-    ((result,),) = [results]
+    (result,), models = _read_in_a_pipeline(model_home, [victim], cache)
     assert result.tags == {} and result.error == features.CHANGED and not result.vanished
     assert result.retry_for > 0  # read again a little later, whatever changed it
-    assert all(cache.get(original, m.model.info.params) is None for m in pipeline.models)
+    assert all(cache.get(original, m.model.info.params) is None for m in models)
     cache.close()
 
 
@@ -1523,15 +1524,6 @@ def test_a_file_refused_when_read_again_keeps_how_it_was_refused_not_its_first_h
         raise features.FileChanged(features.CHANGED)
 
     monkeypatch.setattr(features, "features", truncated_meanwhile)
-    results: list[Result] = []
-    index = Index(config.index_path(model_home))
-    pipeline = Pipeline(load_models(index), results.extend, workers=1, batch_size=4, queue_size=4, store_min_score=0.02)
-    try:
-        pipeline.submit(Job(1, str(victim), 1, -1, -1, None))
-        assert pipeline.wait_idle(timeout=30)
-    finally:
-        pipeline.close()
-        index.close()
-    ((result,),) = [results]
+    (result,), _ = _read_in_a_pipeline(model_home, [victim])
     assert result.error == "empty file (0 bytes)" and (result.size, result.hash) == (0, None)
     assert result.mtime_ns == decode.changed_at(victim.stat())
