@@ -892,8 +892,9 @@ class Daemon:
                     if not going():
                         abandoned = waiting
                         break
-                # a poll of 100,000 files takes a while: waiting 4 times as long leaves the core to the workers
-                time.sleep(min(1.0, max(0.02, 4 * (time.monotonic() - began))))
+                # a poll of 100,000 files takes a while: waiting 4 times as long leaves the core to the workers (but
+                # not past the deadline: the caller is answered just before its own, and a second late is too late)
+                time.sleep(max(0.0, min(1.0, max(0.02, 4 * (time.monotonic() - began)), deadline - time.time())))
         finally:
             with self._tag_lock:
                 self._tag_waits.subtract(queued)
@@ -901,7 +902,8 @@ class Daemon:
                 abandoned = [p for p in abandoned if p in self._tag_new and self._tag_waits[p] <= 0]
                 self._tag_waits = +self._tag_waits
                 self._tag_new &= set(self._tag_waits)  # (read, or dropped below: no longer new)
-        self._forget_unwatched(abandoned)
+        if abandoned:  # beside the answer, which is due before the caller's deadline (a write waits for the workers')
+            threading.Thread(target=self._forget_unwatched, args=(abandoned,), name="forget", daemon=True).start()
         return [_say_why_missing(r, absent) for r in results] + unnamed_tags
 
     def _forget_unwatched(self, paths: list[str]) -> None:
@@ -909,7 +911,8 @@ class Daemon:
         waiting for them (a deadline, a cancel): they were all read anyway and kept for good, 800 files for a
         call cut off after a second. The ones a watch holds stay queued: the daemon reads them in any case."""
         watches = self.index.watches()
-        unwatched = [p for p in paths if not within(p, watches)]
+        with self._tag_lock:  # (a call for them since, in the moments before this thread ran, waits for them)
+            unwatched = [p for p in paths if not within(p, watches) and self._tag_waits[p] <= 0]
         if not unwatched:
             return
         try:
