@@ -194,6 +194,8 @@ def cmd_dataset(args: argparse.Namespace) -> int:
                 print(f"vibrary: {args.old} merged into {args.new}, a tag the dataset had already", file=sys.stderr)
             typed = {"rename": getattr(args, "new", ""), "merge": getattr(args, "into", "")}.get(args.action, "")
             made = sorted(set(report.per_class) - set(before))  # ("a/b" became a-b, unsaid)
+            if args.action == "relabel" and not args.tag:  # (only the counts said it)
+                print(f"vibrary: {args.path} dropped from dataset {args.name}", file=sys.stderr)
             if typed and made and made != [typed]:
                 print(f"vibrary: {typed!r} is spelled {made[0]} as a tag", file=sys.stderr)
     except (FileNotFoundError, dataset.Busy) as e:

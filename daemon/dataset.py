@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import sqlite3
 import time
@@ -281,9 +282,12 @@ def examples_from_folders(
             if path not in used and path not in unlisted
         ]
     if loose and not found:  # "no audio files found" sent people looking for files that were there
+        # (most often the folder given is one tag's own, `lib/Dark Pads` for `lib`: the advice to sort them was wrong)
+        above = ", ".join(dict.fromkeys(os.path.dirname(os.path.abspath(d)) for d in dirs))
         raise ValueError(
-            f"the {len(loose)} audio files lie loose in {', '.join(dirs)}: put them in one folder per tag "
-            "(DIR/<tag>/…), or use --labels suggest to tag them from their names"
+            f"the {len(loose)} audio files lie loose in {', '.join(dirs)}: where that is one tag's folder, give the"
+            f" folder above it ({above}), whose folders are the tags; else put them in one folder per tag"
+            " (DIR/<tag>/…), or use --labels suggest to tag them from their names"
         )
     taken = {e.path for e in found}  # a file loose in one DIR and in a tag folder of another given is not left out
     loose[:] = [path for path in loose if os.path.abspath(path) not in taken]
@@ -926,11 +930,18 @@ def _edit(
                     else f"`vibrary dataset add {name}` its folder again once it can be read"
                 )
                 raise ValueError(f"{path} is not in dataset {name!r}: it was left out, {why}; {then}")
-            raise ValueError(  # (a file left out, or relabelled "" once: it said so and no more)
-                f"{path} is not in dataset {name!r}: `vibrary dataset add {name}` it first (with --restore,"
-                " one an edit removed)"
+            # (a file left out, or relabelled "" once: `add` takes folders of tag folders, and the file's own
+            # folder was refused as files lying loose: the command said is the one that works)
+            removed = os.path.abspath(path) in {os.path.abspath(p) for p in held.edits.removed}
+            above = shlex.quote(os.path.dirname(os.path.dirname(os.path.abspath(path))))
+            raise ValueError(
+                f"{path} is not in dataset {name!r}"
+                + (": an edit removed it; " if removed else "; ")
+                + f"`vibrary dataset add{' --restore' if removed else ''} {name} {above}` adds it"
+                + (" back" if removed else "")
+                + " (its folder's name its tag), then relabel it"
             )
-        labels[i] = as_held(tag) if tag.strip() else ""
+        labels[i] = as_held(tag) if tag else ""  # ("  " is no tag, as rename says: it dropped the file unsaid)
     keep = [i for i, t in enumerate(labels) if t]
     kept = [dataclasses.replace(rows[i], label=labels[i]) for i in keep]
     live = {labels[i] for i in keep}

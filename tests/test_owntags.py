@@ -253,14 +253,24 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
     manifest_before = (dataset.dataset_dir(home, "mine") / "manifest.json").read_text()
     with pytest.raises(ValueError, match=r"no tag 'snare'.*noise, thump, tone"):
         dataset.edit(home, "mine", rename=[("snare", "kick")])
-    with pytest.raises(ValueError, match=r"not in dataset .mine.: `vibrary dataset add mine` it first"):
+    # `add` takes folders of tag folders: the file's own folder was refused as files lying loose in it
+    said = f"not in dataset 'mine'; `vibrary dataset add mine {tmp_path.parent}` adds it (its folder's name its tag)"
+    with pytest.raises(ValueError, match=re.escape(said)):
         dataset.edit(home, "mine", relabel=[(str(tmp_path / "elsewhere.wav"), "kick")])
+    with pytest.raises(ValueError, match="empty tag"):  # a blank tag dropped the file, unsaid ('' drops it)
+        dataset.edit(home, "mine", relabel=[(str(next((tmp_path / "ex").rglob("*.wav"))), "  ")])
     (tmp_path / "link").symlink_to(tmp_path / "ex")  # its file given through a link: the file, not "not in"
     one = next(p for p, tag in dataset.labelled_files(home, "mine") if tag == "tone")
     linked = tmp_path / "link" / Path(one).relative_to(tmp_path / "ex")
     relabelled = dataset.edit(home, "mine", relabel=[(str(linked), "noise")])
     assert dict(dataset.labelled_files(home, "mine"))[one] == "noise" and relabelled.per_class
     dataset.edit(home, "mine", relabel=[(one, "tone")])
+    dataset.edit(home, "mine", relabel=[(one, "")])  # dropped: brought back by a restoring add of its folder's folder
+    said = f"an edit removed it; `vibrary dataset add --restore mine {tmp_path / 'ex'}` adds it back"
+    with pytest.raises(ValueError, match=re.escape(said)):
+        dataset.edit(home, "mine", relabel=[(one, "noise")])
+    dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]), restore=True)
+    assert dict(dataset.labelled_files(home, "mine"))[one] == "tone"
     manifest_before = (dataset.dataset_dir(home, "mine") / "manifest.json").read_text()
     with pytest.raises(ValueError, match=r"^not done: dataset 'mine' would be left with only tone; .* at least 2"):
         dataset.edit(home, "mine", drop=["noise", "thump"])  # it said "has 1 class", as of an edit made
@@ -291,7 +301,9 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
         dataset.examples_from_folders([a_file])
     with pytest.raises(FileNotFoundError, match="no such folder"):
         dataset.examples_from_folders([str(tmp_path / "absent")])
-    with pytest.raises(ValueError, match="the 2 audio files lie loose in"):  # not "no audio files found"
+    # not "no audio files found"; and most often the folder given is one tag's own: the one above is the answer
+    loose = f"the 2 audio files lie loose in .*give the folder above it \\({tmp_path / 'ex'}\\)"
+    with pytest.raises(ValueError, match=loose):
         dataset.examples_from_folders([str(Path(a_file).parent)])
     edited = dataset.edit(home, "mine", drop=["noise", "Noise"])  # one tag named twice is dropped once
     assert sorted(edited.per_class) == ["thump", "tone"]
@@ -882,6 +894,10 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     assert merged[-1]["per_class"] == {"drums": 6, "synth": 3}
     renamed = json_lines(vibrary("dataset", "rename", "--json", "pk", "synth", "lead", home=home).stdout)
     assert renamed[-1]["classes"] == ["drums", "lead"]
+    a_drum = next(p for p, tag in dataset.labelled_files(home, "pk") if tag == "drums")
+    dropped = vibrary("dataset", "relabel", "pk", a_drum, "", home=home)  # said, not only by the counts
+    assert f"{a_drum} dropped from dataset pk" in dropped.stderr and "drums 5, lead 3" in dropped.stdout
+    vibrary("dataset", "add", "--restore", "pk", str(pack), home=home)  # (it was the pack's, with the rest)
     respelled = vibrary("dataset", "rename", "pk", "lead", "Lead/Solo", home=home)  # (unsaid: a tag lead-solo)
     assert "'Lead/Solo' is spelled lead-solo as a tag" in respelled.stderr and "lead-solo 3" in respelled.stdout
     assert "spelled" not in vibrary("dataset", "rename", "pk", "lead-solo", "lead", home=home).stderr
