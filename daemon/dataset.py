@@ -932,13 +932,13 @@ def _edit(
                 raise ValueError(f"{path} is not in dataset {name!r}: it was left out, {why}; {then}")
             # (a file left out, or relabelled "" once: `add` takes folders of tag folders, and the file's own
             # folder was refused as files lying loose: the command said is the one that works)
-            removed = os.path.abspath(path) in {os.path.abspath(p) for p in held.edits.removed}
+            by_edit = os.path.abspath(path) in {os.path.abspath(p) for p in held.edits.removed}
             above = shlex.quote(os.path.dirname(os.path.dirname(os.path.abspath(path))))
             raise ValueError(
                 f"{path} is not in dataset {name!r}"
-                + (": an edit removed it; " if removed else "; ")
-                + f"`vibrary dataset add{' --restore' if removed else ''} {name} {above}` adds it"
-                + (" back" if removed else "")
+                + (": an edit removed it; " if by_edit else "; ")
+                + f"`vibrary dataset add{' --restore' if by_edit else ''} {name} {above}` adds it"
+                + (" back" if by_edit else "")
                 + " (its folder's name its tag), then relabel it"
             )
         labels[i] = as_held(tag) if tag else ""  # ("  " is no tag, as rename says: it dropped the file unsaid)
