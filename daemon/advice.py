@@ -16,7 +16,7 @@ import itertools
 import json
 import math
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from vibrary.trainer import known
@@ -67,6 +67,24 @@ def _between(family: str, share: float, path: Path) -> tuple[list[tuple[int, flo
     return [(n, (1 - weight) * acc + weight * expected(n, whole)) for n, acc in half], source
 
 
+def _new_tags_gain(
+    per_class: Mapping[str, int], picked: list[int | None], family: str, path: Path, said: Callable[[float], float]
+) -> str:
+    """What more examples of the tags the demo does not know would buy, off the curve of new tags: the curve of a
+    mix is flat where the known tags carry it, and "more examples would add little" was said of a new tag of 2."""
+    fresh = {t: c for (t, c), row in zip(per_class.items(), picked, strict=True) if row is None}
+    tag, n = min(fresh.items(), key=lambda kv: (kv[1], kv[0]))
+    points, _ = load_curve(f"{family} as new", path=path)
+    better = next(((m, acc) for m, acc in points if m > n and acc >= expected(n, points) + GAIN), None)
+    if better is None:
+        return "; more examples would add little"
+    return (
+        f"; but {tag!r} is new to the demo model, and new tags gain from examples: {better[0] - n} more of it should"
+        f" help (tags trained as new: about {said(expected(n, points)):.0%} at {n} a tag, {said(better[1]):.0%} at"
+        f" {better[0]})"
+    )
+
+
 def advise(
     per_class: Mapping[str, int],
     path: Path = CURVE,
@@ -106,7 +124,9 @@ def advise(
     )
     # (a gain is judged on the curve as measured: rescaled for 2 tags, every gain read as half as much)
     better = next(((m, acc) for m, acc in points if m > n and acc >= now + GAIN), None)
-    if better is None:
+    if better is None and picked is not None and 0 < knows < len(tags):
+        text += _new_tags_gain(per_class, picked, family, path, said)
+    elif better is None:
         text += "; more examples would add little"
     else:  # what each tag below that size lacks: "8 more per class" was said of tags that had 8 already
         short = sorted(((t, better[0] - c) for t, c in per_class.items() if c < better[0]), key=lambda tc: -tc[1])

@@ -815,6 +815,11 @@ def test_advice_reads_the_curve_and_names_the_smallest_class(tmp_path: Path) -> 
     spaced = advice.advise({"Low Pass": 10, "lowpass": 12, "reverb": 10}, dataset="fx")  # pasted, it works
     assert "`vibrary dataset merge fx 'Low Pass' --into lowpass`" in spaced
     assert "merge" not in advice.advise({"dry": 10, "clean": 12, "reverb": 10}, pull=0)  # --as-new: all new
+    # a new tag of 2 beside known ones: the mixed curve is flat where the known carry it, the new tag's is not
+    as_new = advice.load_curve("instruments as new")[0]
+    mixed = advice.advise({"bass": 10, "synth": 36, "wobbly": 2})
+    assert "add little" not in mixed and "but 'wobbly' is new to the demo model" in mixed, mixed
+    assert f"about {advice.rescaled(advice.expected(2, as_new), 9, 3):.0%} at 2 a tag" in mixed
     halves = {"reverb": 10, "delay": 10, "my fuzz": 10, "my grit": 10}
     assert f"expect about {advice.rescaled(half_at_10, 12, 4):.0%}" in advice.advise(halves)  # the half-known curve
     points = advice._between("effects", 0.75, advice.CURVE)[0]  # 9 of 12 effects known: measured 0.77 at ten
