@@ -380,7 +380,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             "error": t.error,
             "message": t.message,  # what it waits for (queued, the trainer out of reach), or its phase
         }
-        human += f"\n{training_line(t)}{f' ({t.error})' if t.error else ''}"
+        line = training_line(t)
+        if t.state in (pb.TrainProgress.SUCCEEDED, pb.TrainProgress.FAILED, pb.TrainProgress.CANCELLED):
+            # ("training mine: cancelled (training cancelled)" read as running, beside a `vibrary train` that was)
+            line = f"the daemon's last training ({t.model or t.dataset}): {state}"
+        human += f"\n{line}{f' ({t.error})' if t.error and t.error != f'training {state}' else ''}"
     _out(args, obj, human)
     return 0
 

@@ -1101,7 +1101,8 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         assert nothing.returncode == 1 and nothing.stderr == f"vibrary: {NO_TRAINING}\n", nothing.stderr
         told = json_lines(vibrary("status", "--json", home=home).stdout)[0]["training"]
         assert (told["dataset"], told["state"], told["model"]) == ("mine", "cancelled", "")
-        assert "training mine: cancelled" in vibrary("status", home=home).stdout
+        said = vibrary("status", home=home).stdout  # ended, not running ("training mine: cancelled (training …)")
+        assert said.endswith("\nthe daemon's last training (mine): cancelled\n"), said
         assert sorted(m.version for m in c.models() if m.name == "mine") == [1, 2]
 
         # a daemon told to stop mid-training suspends it (its next start goes on with it), exits cleanly
