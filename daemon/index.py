@@ -9,6 +9,7 @@ only if `gen` still matches, so a file rewritten while it was being read is simp
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import os
 import sqlite3
@@ -825,8 +826,11 @@ class Index:
         after a rollback came back on at the version rolled away from). KeyError when absent."""
         matching = [m for m in self.models() if m.name == name and (version == 0 or m.version == version)]
         if not matching:
-            known = ", ".join(m.ref for m in self.models()) or "none"  # by name and version: @2 before @10
-            raise KeyError(f"no model {name}{'@' + str(version) if version else ''}; installed: {known}")
+            models = self.models()
+            known = ", ".join(m.ref for m in models) or "none"  # by name and version: @2 before @10
+            near = difflib.get_close_matches(name, sorted({m.name for m in models} - {name}), n=1)
+            meant = f" (did you mean {near[0]!r}?)" if near else ""  # (as a dataset's name or a tag is asked)
+            raise KeyError(f"no model {name}{'@' + str(version) if version else ''}{meant}; installed: {known}")
         return max(matching, key=lambda m: (active_first and m.active, active_first and m.activated, m.version))
 
     def set_model_path(self, model: ModelRow, path: str) -> None:

@@ -384,8 +384,10 @@ def test_model_versions(index: Index) -> None:
     index.set_active(a1, True)
     index.set_active(a2, True)
     assert [m.ref for m in index.active_models()] == ["inst@2"]
-    with pytest.raises(KeyError, match="no model inst@7"):
+    with pytest.raises(KeyError, match="no model inst@7; installed: inst@1, inst@2"):
         index.model("inst", 7)
+    with pytest.raises(KeyError, match=r"no model ints \(did you mean 'inst'\?\); installed"):  # as of datasets
+        index.model("ints")
 
 
 def test_a_stale_result_for_a_moved_file_neither_deletes_nor_overwrites_it(index: Index) -> None:
