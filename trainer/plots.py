@@ -77,7 +77,8 @@ def confusion_figure(confusion: np.ndarray, classes: list[str], title: str) -> p
     ax.set_yticks(range(n), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title("\n".join(w for line in title.split("\n") for w in textwrap.wrap(line, int(12 * width))), fontsize=9)
+    # over the figure, not the axes: centred over the axes, which the tags' names push right, a line ran off the edge
+    fig.suptitle("\n".join(w for line in title.split("\n") for w in textwrap.wrap(line, int(12 * width))), fontsize=9)
     fig.tight_layout()
     return fig
 
