@@ -262,7 +262,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"(right on {accuracy:.0%} of the clips it learned from, which says little of new ones: `vibrary"
             " dataset show` says what to expect on those)"
         )
-    stopped = _what_the_progress_did_not_say(trained.summary, checked, row.classes)
+    stopped = _what_the_progress_did_not_say(trained.summary, checked, row.classes, args.epochs)
     human += f"\n{stopped}" if stopped else ""
     if chance := as_good_as_chance(accuracy, len(row.classes)):  # installed and active, without a word
         obj["warning"] = chance
@@ -292,7 +292,9 @@ def as_good_as_chance(accuracy: float, n_tags: int) -> str:
     )
 
 
-def _what_the_progress_did_not_say(summary: dict[str, Any], options: str, tags: Sequence[str]) -> str:
+def _what_the_progress_did_not_say(
+    summary: dict[str, Any], options: str, tags: Sequence[str], asked: int | None = None
+) -> str:
     """Why a training ended before the epochs it was given, or "": "epoch 6/30" and then "done" read as a
     training cut short. It stops once accuracy on the held-out clips has not improved for `patience` epochs,
     and keeps the best epoch's weights, not the last's; a dataset of tags the base knows runs no epoch."""
@@ -300,7 +302,8 @@ def _what_the_progress_did_not_say(summary: dict[str, Any], options: str, tags: 
     from vibrary.trainer.options import TrainConfig
 
     if fitted := known_said(summary, tags):
-        return fitted
+        # (`--epochs 1` went unsaid, as if it had been heeded)
+        return fitted + (f"; --epochs {asked} is for tags trained as new" if asked else "")
     run, best = summary.get("epochs_run", 0), summary.get("best_epoch", 0)  # an older trainer: neither
     config = TrainConfig.from_dict(json.loads(options))
     if not run or not best or run >= config.epochs:
