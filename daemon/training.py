@@ -40,7 +40,7 @@ from vibrary.proto import trainer_pb2
 from vibrary.trainer.options import LOST_TRAINER, TrainConfig
 from vibrary.trainer.options import parse as options_parse
 
-from . import atomic, config, dataset, registry
+from . import atomic, config, dataset, pidlock, registry
 from .index import Index, ModelRow
 from .infer import ModelError
 from .rpc import check_token
@@ -496,9 +496,12 @@ def _trainer_at(
             serving = serve(home_dir / "trainer", "127.0.0.1:0", token, resume=resumed, spare=spare, own=True)
             break
         except TrainerBusy as e:
-            if str(e) != said:
-                said = str(e)
-                report(state="waiting", message=f"{e}: waiting for its training to finish")
+            why = str(e)
+            if e.pid == pidlock.holder(config.lock_path(home_dir)):  # ("another trainer (pid 17456)": the daemon)
+                why = "the daemon is training (`vibrary status` says what; `vibrary train --cancel` stops it)"
+            if why != said:
+                said = why
+                report(state="waiting", message=f"{why}: waiting for its training to finish")
         if cancel.wait(1.0):
             raise Cancelled("training cancelled while waiting for the trainer")
         if leave is not None and leave.is_set():

@@ -1297,6 +1297,39 @@ def test_ctrl_c_during_the_upload_says_no_job_was_started(model_home: Path, tmp_
     ), err
 
 
+def test_a_training_waiting_for_the_daemons_training_says_it_is_the_daemons(model_home: Path) -> None:
+    """`vibrary train` beside a daemon's training said "the trainer data folder … is in use by another trainer
+    (pid 17456)": the daemon's pid, which a producer does not know for the daemon. This process stands for the
+    daemon: it holds the home and the local trainer's folder."""
+    from vibrary.daemon import pidlock, training
+    from vibrary.trainer.service import serve
+
+    told: list[str] = []
+    cancel = threading.Event()
+
+    def waiting() -> None:
+        with contextlib.suppress(training.Cancelled):
+            job = JobRecord("kinds", "kinds", "local")
+            with training._trainer_at(model_home, job, lambda **p: told.append(p["message"]), cancel, None):
+                pass
+
+    busy = serve(model_home / "trainer", "127.0.0.1:0")
+    held = pidlock.hold(config.lock_path(model_home))
+    try:
+        asking = threading.Thread(target=waiting)
+        asking.start()
+        wait_for(lambda: bool(told), timeout=30)
+        cancel.set()
+        asking.join(timeout=30)
+    finally:
+        held.close()
+        busy.stop(grace=0)
+    assert told == [
+        "the daemon is training (`vibrary status` says what; `vibrary train --cancel` stops it): waiting"
+        " for its training to finish"
+    ], told
+
+
 def test_ctrl_c_while_waiting_for_a_busy_trainer_says_no_job_was_started(model_home: Path, tmp_path: Path) -> None:
     """Ctrl-C while the local trainer was busy with another process's training (nothing uploaded, no job)
     said "its job on the trainer is cancelled"."""

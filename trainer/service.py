@@ -221,7 +221,11 @@ def _finish(part: Path, path: Path, size: int, sha256: str) -> bool:
 
 
 class TrainerBusy(RuntimeError):
-    """Another trainer process uses this data folder."""
+    """Another trainer process uses this data folder: `pid`'s."""
+
+    def __init__(self, message: str, pid: int) -> None:
+        super().__init__(message)
+        self.pid = pid
 
 
 class TrainerService(pb_grpc.TrainerServicer):
@@ -238,7 +242,10 @@ class TrainerService(pb_grpc.TrainerServicer):
         try:
             self._lock = pidlock.hold(root / "trainer.lock")
         except pidlock.Held as e:
-            raise TrainerBusy(f"the trainer data folder {root} is in use by another trainer (pid {e.pid})") from None
+            raise TrainerBusy(
+                f"the trainer data folder {root} is in use by another trainer (pid {e.pid})",
+                int(e.pid) if e.pid.isdigit() else 0,
+            ) from None
         self.root = root
         self.tenants = tenants or Tenants(root)
         self.jobs: dict[str, _JobState] = {}
