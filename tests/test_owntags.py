@@ -851,6 +851,16 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     }
     human = vibrary("dataset", "suggest", str(pack), home=home).stdout
     assert "no suggestion for 1 file:" in human and "Take 1.wav: add a synonym" in human
+    mixed = tmp_path / "Mixed"  # a tag from two reasons: the commoner first, counted, each with an example of it
+    for name in ("Synth Leads/Take 1.wav", "Synth Leads/Take 2.wav", "Lead_07.wav"):
+        (mixed / name).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(mixed / name, np.full(4410, 0.25, np.float32), 44100)
+    lines = vibrary("dataset", "suggest", str(mixed), home=home).stdout.splitlines()
+    assert lines[0].endswith("3 files, from folder 'Synth Leads' (2), filename 'Lead_07' (1)"), lines
+    assert lines[1:3] == [
+        f"{'':16}   e.g. {mixed / 'Synth Leads' / 'Take 1.wav'}",
+        f"{'':16}   e.g. {mixed / 'Lead_07.wav'}",
+    ]
     loops = tmp_path / "Loops Pack"  # a drum loop's names say only how it is: the hint said "add a synonym" of
     loops.mkdir()
     sf.write(loops / "Drum Loop 140 Full.wav", np.full(4410, 0.25, np.float32), 44100)
