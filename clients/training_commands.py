@@ -303,7 +303,9 @@ def _what_the_progress_did_not_say(
 
     if fitted := known_said(summary, tags):
         # (`--epochs 1` went unsaid, as if it had been heeded)
-        return fitted + (f"; --epochs {asked} is for tags trained as new" if asked else "")
+        return fitted + (
+            f"; --epochs {asked} was not used: a fit runs no epochs (--as-new trains over epochs)" if asked else ""
+        )
     run, best = summary.get("epochs_run", 0), summary.get("best_epoch", 0)  # an older trainer: neither
     config = TrainConfig.from_dict(json.loads(options))
     if not run or not best or run >= config.epochs:

@@ -283,10 +283,9 @@ def examples_from_folders(
         ]
     if loose and not found:  # "no audio files found" sent people looking for files that were there
         # (most often the folder given is one tag's own, `lib/Dark Pads` for `lib`: the advice to sort them was wrong)
-        above = ", ".join(dict.fromkeys(os.path.dirname(os.path.abspath(d)) for d in dirs))
         raise ValueError(
             f"the {len(loose)} audio files lie loose in {', '.join(dirs)}: where that is one tag's folder, give the"
-            f" folder above it ({above}), whose folders are the tags; else put them in one folder per tag"
+            f" folder above it{_above(dirs)}, whose folders are the tags; else put them in one folder per tag"
             " (DIR/<tag>/…), or use --labels suggest to tag them from their names"
         )
     taken = {e.path for e in found}  # a file loose in one DIR and in a tag folder of another given is not left out
@@ -310,6 +309,14 @@ def examples_from_folders(
             if tag != label(name) and (sound := table.find(tag)) and table.find(name) == sound
         ]
     return found
+
+
+def _above(folders: Sequence[str]) -> str:
+    """ " (here FOLDER, …)": the folders above these, to add as folders of tag folders; "" when that is the
+    whole disk or a folder right under its root (`/Samples`), never a folder to hand to a dataset."""
+    parents = dict.fromkeys(os.path.dirname(os.path.abspath(f)) for f in folders)
+    named = [shlex.quote(p) for p in parents if p.count(os.sep) > 1]
+    return f" (here {', '.join(named)})" if named and len(named) == len(parents) else ""
 
 
 def _subfolders(folder: str) -> list[os.DirEntry[str]]:
@@ -933,13 +940,16 @@ def _edit(
             # (a file left out, or relabelled "" once: `add` takes folders of tag folders, and the file's own
             # folder was refused as files lying loose: the command said is the one that works)
             by_edit = os.path.abspath(path) in {os.path.abspath(p) for p in held.edits.removed}
-            above = shlex.quote(os.path.dirname(os.path.dirname(os.path.abspath(path))))
+            above = _above([os.path.dirname(os.path.abspath(path))])
             raise ValueError(
-                f"{path} is not in dataset {name!r}"
-                + (": an edit removed it; " if by_edit else "; ")
-                + f"`vibrary dataset add{' --restore' if by_edit else ''} {name} {above}` adds it"
-                + (" back" if by_edit else "")
-                + " (its folder's name its tag), then relabel it"
+                f"{path} is not in dataset {name!r}: "
+                + (
+                    f"an edit removed it; `vibrary dataset add --restore {name} DIR` brings it back, with every file"
+                    " and tag an edit removed under DIR"
+                    if by_edit
+                    else f"`vibrary dataset add {name} DIR` adds it"
+                )
+                + f", DIR the folder of tag folders it is in{above}; then relabel it"
             )
         labels[i] = as_held(tag) if tag else ""  # ("  " is no tag, as rename says: it dropped the file unsaid)
     keep = [i for i, t in enumerate(labels) if t]

@@ -828,7 +828,8 @@ class Index:
         if not matching:
             models = self.models()
             known = ", ".join(m.ref for m in models) or "none"  # by name and version: @2 before @10
-            near = difflib.get_close_matches(name, sorted({m.name for m in models} - {name}), n=1)
+            names = {m.name for m in models}  # (a version missing of a model there is not a mistyped name)
+            near = difflib.get_close_matches(name, sorted(names), n=1) if name not in names else []
             meant = f" (did you mean {near[0]!r}?)" if near else ""  # (as a dataset's name or a tag is asked)
             raise KeyError(f"no model {name}{'@' + str(version) if version else ''}{meant}; installed: {known}")
         return max(matching, key=lambda m: (active_first and m.active, active_first and m.activated, m.version))

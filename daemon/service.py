@@ -189,6 +189,7 @@ class Daemon:
         self._tag_lock = threading.Lock()
         self._tag_waits: Counter[str] = Counter()  # how many Tag calls wait for each file
         self._tag_new: set[str] = set()  # those of them that a Tag call put in the index: dropped if nobody waits
+        self._to_forget: set[str] = set()  # those an abandoned call left, for the feeder to drop (_forget_unwatched)
 
     def start(self) -> None:
         self._forget_install_leftovers()
@@ -254,6 +255,10 @@ class Daemon:
         parked_at = 0.0
         while not self._stop.is_set():
             try:
+                with self._tag_lock:
+                    forget, self._to_forget = self._to_forget, set()
+                if forget:
+                    self._forget_unwatched(forget)
                 if self._follow_now.is_set() or time.monotonic() - last_model_check > 1.0:
                     self._follow_now.clear()
                     last_model_check = time.monotonic()
@@ -815,8 +820,8 @@ class Daemon:
         if not self.pipeline.models:  # the files would come back "indexed" with no tags, and stay so
             raise NoModel(NO_MODEL)
 
-        def going() -> bool:  # a folder as big as /usr takes a while: the caller may not wait for it
-            return wanted() and time.time() < deadline
+        def going(ahead: float = 0.0) -> bool:  # a folder as big as /usr takes a while: the caller may not wait for it
+            return wanted() and time.time() + ahead < deadline
 
         absent = {p for p in paths if not os.path.lexists(p)}
         # under a watch folder not there now (a drive unplugged): never fed, so waited on until the deadline
@@ -853,6 +858,7 @@ class Daemon:
         unread |= {r.path: NO_SUCH_PATH for r in never if r.state == "unknown"}
         unnamed_tags += [FileTags(p, "unknown", NO_SUCH_PATH if p in absent else why, []) for p, why in unread.items()]
         files = [p for p in files if p not in unread]
+        deadline -= ANSWER_S_PER_FILE * len(files)  # the answers, read and sent, reach the caller before its deadline
         if self.paused:  # files tagged already are answered as they are (a DAW's dropped file that is known)
             known = [_say_why_hidden(r, hidden) for r in self.index.file_tags(files)]
             untagged = sum(r.state in ("pending", "unknown") and r.error in (None, "", NOT_INDEXED) for r in known)
@@ -862,6 +868,8 @@ class Daemon:
         queued = [p for p in files if p not in hidden]
         with self._tag_lock:
             self._tag_waits.update(queued)
+            # asked again before the feeder dropped them for a call abandoned: new with this call, kept if answered
+            self._to_forget -= set(queued)
         abandoned: list[str] = []
         try:
             new = self.index.mark_asked([(p, *_size_and_time(p)) for p in queued])
@@ -872,7 +880,8 @@ class Daemon:
             while True:
                 began = time.monotonic()
                 waiting = self.index.unread(waiting)
-                if not waiting or self.paused or not going():
+                polled = time.monotonic() - began  # (100,000 files: seconds) the next poll would end past the deadline
+                if not waiting or self.paused or not going(polled):
                     results = [_say_why_hidden(r, hidden) for r in self.index.file_tags(files)]
                     waiting = [r.path for r in results if r.state == "pending" and not r.error]
                     # their watch folder removed meanwhile took their rows (a front end's RemoveWatch): asked
@@ -889,37 +898,41 @@ class Daemon:
                         continue
                     if not waiting or self.paused:  # (paused: read once indexing resumes, as the reply says)
                         break  # the answer is the read that found them done: a Tag of one changed since queues it again
-                    if not going():
+                    if not going(polled):
                         abandoned = waiting
                         break
                 # a poll of 100,000 files takes a while: waiting 4 times as long leaves the core to the workers (but
                 # not past the deadline: the caller is answered just before its own, and a second late is too late)
-                time.sleep(max(0.0, min(1.0, max(0.02, 4 * (time.monotonic() - began)), deadline - time.time())))
+                time.sleep(max(0.0, min(1.0, max(0.02, 4 * polled), deadline - polled - time.time())))
         finally:
             with self._tag_lock:
                 self._tag_waits.subtract(queued)
-                # new to the index with a Tag call, and no other call waits for it
-                abandoned = [p for p in abandoned if p in self._tag_new and self._tag_waits[p] <= 0]
+                # new to the index with a Tag call, and no other call waits for it: dropped by the feeder, beside the
+                # answer, which is due before the caller's deadline (a write may wait for the workers'); new until then,
+                # so that a retry that comes meanwhile and is abandoned too leaves them to be dropped as well
+                self._to_forget.update(p for p in abandoned if p in self._tag_new and self._tag_waits[p] <= 0)
                 self._tag_waits = +self._tag_waits
-                self._tag_new &= set(self._tag_waits)  # (read, or dropped below: no longer new)
-        if abandoned:  # beside the answer, which is due before the caller's deadline (a write waits for the workers')
-            threading.Thread(target=self._forget_unwatched, args=(abandoned,), name="forget", daemon=True).start()
+                self._tag_new &= set(self._tag_waits) | self._to_forget  # (read, or to be dropped: no longer new)
+        if abandoned:
+            self._wake.set()
         return [_say_why_missing(r, absent) for r in results] + unnamed_tags
 
-    def _forget_unwatched(self, paths: list[str]) -> None:
-        """A Tag call's files that no watch holds and no other call waits for, when its caller stopped
-        waiting for them (a deadline, a cancel): they were all read anyway and kept for good, 800 files for a
-        call cut off after a second. The ones a watch holds stay queued: the daemon reads them in any case."""
+    def _forget_unwatched(self, paths: set[str]) -> None:
+        """The files of abandoned Tag calls (a deadline, a cancel) that no watch holds and no call waits for now:
+        they were all read anyway and kept for good, 800 files for a call cut off after a second. The ones a watch
+        holds stay queued: the daemon reads them in any case. Looked at and dropped under the Tag calls' lock: a
+        call for them in between found rows about to go, and waited for them to its deadline."""
         watches = self.index.watches()
-        with self._tag_lock:  # (a call for them since, in the moments before this thread ran, waits for them)
-            unwatched = [p for p in paths if not within(p, watches) and self._tag_waits[p] <= 0]
-        if not unwatched:
-            return
-        try:
-            self.index.remove_paths(unwatched)
-        except sqlite3.Error as e:  # a full disk: they stay queued, and are read when it is writable again
-            log.warning("could not drop %d files of an abandoned Tag call: %s", len(unwatched), e)
-            return
+        with self._tag_lock:
+            unwatched = sorted(p for p in paths if not within(p, watches) and self._tag_waits[p] <= 0)
+            if not unwatched:
+                return
+            try:
+                self.index.remove_paths(unwatched)
+            except sqlite3.Error as e:  # a full disk: they stay queued, and are read when it is writable again
+                log.warning("could not drop %d files of an abandoned Tag call: %s", len(unwatched), e)
+                return
+            self._tag_new -= set(unwatched)
         log.info("dropped %d files of a Tag call whose caller stopped waiting", len(unwatched))
 
     # -- your own tags: datasets and training --------------------------------------------------------
@@ -1087,6 +1100,7 @@ class TooManyFiles(ValueError):
     """More files than one Tag call should queue."""
 
 
+ANSWER_S_PER_FILE = 20e-6  # reading a Tag call's results and sending them: 1.4 s for 100,000 files, measured
 TAG_MAX_FILES = 100_000  # a Tag call queues at most this many: more is a library, which a watch keeps tagged
 
 

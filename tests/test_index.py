@@ -388,6 +388,9 @@ def test_model_versions(index: Index) -> None:
         index.model("inst", 7)
     with pytest.raises(KeyError, match=r"no model ints \(did you mean 'inst'\?\); installed"):  # as of datasets
         index.model("ints")
+    index.add_model("inst2", "/3.onnx", "3" * 64, ["kick"], "{}", False)
+    with pytest.raises(KeyError, match=r"no model inst@7; installed"):  # its version mistyped, not its name
+        index.model("inst", 7)
 
 
 def test_a_stale_result_for_a_moved_file_neither_deletes_nor_overwrites_it(index: Index) -> None:

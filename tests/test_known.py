@@ -237,9 +237,9 @@ def test_vibrary_train_fits_known_tags_says_so_and_trains_them_as_new_when_asked
     assert "stopped early" not in fitted.stdout  # one fit of a 20-epoch budget is not a training cut short
     assert "fitted the tags the base model knows: loss" in fitted.stderr  # not "epoch 1/1" of a 20-epoch budget
     assert "epoch " not in fitted.stderr and "loss 0.000" not in fitted.stderr  # nor "loss 0.000" before it
-    assert "is for tags trained as new" not in fitted.stdout  # (no --epochs given)
+    assert "was not used" not in fitted.stdout  # (no --epochs given)
     asked = vibrary("train", "fx", "--epochs", "3", "--name", "fx3", home=model_home).stdout  # fitted: unheeded, said
-    assert "no epochs needed" in asked and "--epochs 3 is for tags trained as new" in asked, asked
+    assert "no epochs needed" in asked and "--epochs 3 was not used: a fit runs no epochs" in asked, asked
     as_new = json_lines(vibrary("train", "fx", "--json", "--as-new", "--epochs", "2", home=model_home).stdout)[-1]
     assert as_new["summary"]["known"] == [] and as_new["summary"]["epochs_run"] == 2
     # new tags, too few clips to hold any out: the folds' figure is the dataset's, said as what to expect, not

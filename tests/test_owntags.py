@@ -254,7 +254,8 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
     with pytest.raises(ValueError, match=r"no tag 'snare'.*noise, thump, tone"):
         dataset.edit(home, "mine", rename=[("snare", "kick")])
     # `add` takes folders of tag folders: the file's own folder was refused as files lying loose in it
-    said = f"not in dataset 'mine'; `vibrary dataset add mine {tmp_path.parent}` adds it (its folder's name its tag)"
+    said = "not in dataset 'mine': `vibrary dataset add mine DIR` adds it, DIR the folder of tag folders it is in"
+    said += f" (here {tmp_path.parent}); then relabel it"
     with pytest.raises(ValueError, match=re.escape(said)):
         dataset.edit(home, "mine", relabel=[(str(tmp_path / "elsewhere.wav"), "kick")])
     with pytest.raises(ValueError, match="empty tag"):  # a blank tag dropped the file, unsaid ('' drops it)
@@ -266,7 +267,8 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
     assert dict(dataset.labelled_files(home, "mine"))[one] == "noise" and relabelled.per_class
     dataset.edit(home, "mine", relabel=[(one, "tone")])
     dataset.edit(home, "mine", relabel=[(one, "")])  # dropped: brought back by a restoring add of its folder's folder
-    said = f"an edit removed it; `vibrary dataset add --restore mine {tmp_path / 'ex'}` adds it back"
+    said = "an edit removed it; `vibrary dataset add --restore mine DIR` brings it back, with every file and tag an"
+    said += f" edit removed under DIR, DIR the folder of tag folders it is in (here {tmp_path / 'ex'})"
     with pytest.raises(ValueError, match=re.escape(said)):
         dataset.edit(home, "mine", relabel=[(one, "noise")])
     dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "ex")]), restore=True)
@@ -302,7 +304,7 @@ def test_bad_edits_are_refused_and_leave_the_dataset_as_it_was(home: Path, tmp_p
     with pytest.raises(FileNotFoundError, match="no such folder"):
         dataset.examples_from_folders([str(tmp_path / "absent")])
     # not "no audio files found"; and most often the folder given is one tag's own: the one above is the answer
-    loose = f"the 2 audio files lie loose in .*give the folder above it \\({tmp_path / 'ex'}\\)"
+    loose = f"the 2 audio files lie loose in .*give the folder above it \\(here {tmp_path / 'ex'}\\)"
     with pytest.raises(ValueError, match=loose):
         dataset.examples_from_folders([str(Path(a_file).parent)])
     edited = dataset.edit(home, "mine", drop=["noise", "Noise"])  # one tag named twice is dropped once

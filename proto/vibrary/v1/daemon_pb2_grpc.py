@@ -255,11 +255,14 @@ class DaemonServicer:
         read yet with why). A file that is no audio by its name (or lies in a trash folder), or a path that is
         not there and was never indexed, comes back unknown with why, and nothing is stored. While indexing is
         paused, files tagged already are answered and any other is FAILED_PRECONDITION; with no model active, every
-        call is FAILED_PRECONDITION (GetTags answers what the index holds). With a deadline the call answers
-        a little before it (half a second, a quarter of a shorter one): the files done, then DEADLINE_EXCEEDED
-        (or FAILED_PRECONDITION, paused meanwhile) saying how many are not; the files inside the watches go on
-        being read; those outside, new to the index and not read yet, are dropped. Answers come in no set order: match them to the paths asked by path (each
-        answer carries its path as asked, through a link or `..` too; a file under a folder asked, joined to it).
+        call is FAILED_PRECONDITION (GetTags answers what the index holds). A call that cannot answer every
+        file streams the files done first, then its error saying how many are not: FAILED_PRECONDITION when
+        indexing was paused meanwhile, DEADLINE_EXCEEDED at a deadline, which it answers a little before (half a
+        second, a quarter of a shorter one, and 20 µs a file more), so that the files done reach the caller. Of
+        the files not done, those inside the watches go on being read; those outside, new to the index and not
+        read yet, are dropped soon after. Answers come in no set order: match them to the paths asked by path
+        (each answer carries its path as asked, through a link or `..` too; a file under a folder asked, joined
+        to it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
