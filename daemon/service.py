@@ -255,10 +255,8 @@ class Daemon:
         parked_at = 0.0
         while not self._stop.is_set():
             try:
-                with self._tag_lock:
-                    forget, self._to_forget = self._to_forget, set()
-                if forget:
-                    self._forget_unwatched(forget)
+                if self._to_forget:
+                    self._forget_unwatched()
                 if self._follow_now.is_set() or time.monotonic() - last_model_check > 1.0:
                     self._follow_now.clear()
                     last_model_check = time.monotonic()
@@ -821,7 +819,8 @@ class Daemon:
             raise NoModel(NO_MODEL)
 
         def going(ahead: float = 0.0) -> bool:  # a folder as big as /usr takes a while: the caller may not wait for it
-            return wanted() and time.time() + ahead < deadline
+            # (and the answers, read and sent, must reach the caller before its deadline: 20 µs a file)
+            return wanted() and time.time() + ahead + ANSWER_S_PER_FILE * len(files) < deadline
 
         absent = {p for p in paths if not os.path.lexists(p)}
         # under a watch folder not there now (a drive unplugged): never fed, so waited on until the deadline
@@ -858,18 +857,18 @@ class Daemon:
         unread |= {r.path: NO_SUCH_PATH for r in never if r.state == "unknown"}
         unnamed_tags += [FileTags(p, "unknown", NO_SUCH_PATH if p in absent else why, []) for p, why in unread.items()]
         files = [p for p in files if p not in unread]
-        deadline -= ANSWER_S_PER_FILE * len(files)  # the answers, read and sent, reach the caller before its deadline
         if self.paused:  # files tagged already are answered as they are (a DAW's dropped file that is known)
             known = [_say_why_hidden(r, hidden) for r in self.index.file_tags(files)]
             untagged = sum(r.state in ("pending", "unknown") and r.error in (None, "", NOT_INDEXED) for r in known)
             if untagged:
                 raise Paused(f"indexing is paused and {untagged} of these files are not tagged yet: resume it first")
+            with self._tag_lock:  # answered: kept, whoever else gave up on them (see _forget_unwatched)
+                self._tag_new -= set(files)
+                self._to_forget -= set(files)
             return [_say_why_missing(r, absent) for r in known] + unnamed_tags
         queued = [p for p in files if p not in hidden]
         with self._tag_lock:
             self._tag_waits.update(queued)
-            # asked again before the feeder dropped them for a call abandoned: new with this call, kept if answered
-            self._to_forget -= set(queued)
         abandoned: list[str] = []
         try:
             new = self.index.mark_asked([(p, *_size_and_time(p)) for p in queued])
@@ -907,33 +906,54 @@ class Daemon:
         finally:
             with self._tag_lock:
                 self._tag_waits.subtract(queued)
-                # new to the index with a Tag call, and no other call waits for it: dropped by the feeder, beside the
-                # answer, which is due before the caller's deadline (a write may wait for the workers'); new until then,
-                # so that a retry that comes meanwhile and is abandoned too leaves them to be dropped as well
-                self._to_forget.update(p for p in abandoned if p in self._tag_new and self._tag_waits[p] <= 0)
                 self._tag_waits = +self._tag_waits
-                self._tag_new &= set(self._tag_waits) | self._to_forget  # (read, or to be dropped: no longer new)
+                # new to the index with a Tag call and not read: the feeder drops them once no call waits for them,
+                # beside the answer, which is due before the caller's deadline (a write may wait for the workers');
+                # they stay new until then, so that a retry that comes meanwhile and is abandoned too drops them too
+                self._to_forget.update(p for p in abandoned if p in self._tag_new)
+                answered = set(queued) - set(abandoned)  # kept, whoever else gives up on them
+                self._tag_new -= answered
+                self._to_forget -= answered
         if abandoned:
             self._wake.set()
         return [_say_why_missing(r, absent) for r in results] + unnamed_tags
 
-    def _forget_unwatched(self, paths: set[str]) -> None:
-        """The files of abandoned Tag calls (a deadline, a cancel) that no watch holds and no call waits for now:
-        they were all read anyway and kept for good, 800 files for a call cut off after a second. The ones a watch
-        holds stay queued: the daemon reads them in any case. Looked at and dropped under the Tag calls' lock: a
-        call for them in between found rows about to go, and waited for them to its deadline."""
-        watches = self.index.watches()
+    def _forget_unwatched(self) -> None:
+        """The files of abandoned Tag calls (a deadline, a cancel) that no watch holds, that no call waits for
+        now and that are still not read: they were all read anyway and kept for good, 800 files for a call cut
+        off after a second. The ones a watch holds stay queued: the daemon reads them in any case; a file read
+        meanwhile stays (another call may have been answered with it). A file a call waits for is left to that
+        call's end (abandoned too, it comes back here). Picked under the Tag calls' lock, dropped outside it (a Tag
+        call is not held up by a write that waits for the workers'): a call for one in between finds its row gone
+        and asks again (tag_now), or stays the one it is new to (below)."""
         with self._tag_lock:
-            unwatched = sorted(p for p in paths if not within(p, watches) and self._tag_waits[p] <= 0)
-            if not unwatched:
-                return
-            try:
-                self.index.remove_paths(unwatched)
-            except sqlite3.Error as e:  # a full disk: they stay queued, and are read when it is writable again
-                log.warning("could not drop %d files of an abandoned Tag call: %s", len(unwatched), e)
-                return
-            self._tag_new -= set(unwatched)
-        log.info("dropped %d files of a Tag call whose caller stopped waiting", len(unwatched))
+            candidates, self._to_forget = self._to_forget, set()
+        try:
+            watches, unread = self.index.watches(), set(self.index.unread(sorted(candidates)))
+        except BaseException:
+            with self._tag_lock:  # (a passing error: the next round tries again)
+                self._to_forget |= candidates
+            raise
+        with self._tag_lock:
+            picked = sorted(
+                p
+                for p in candidates & unread & self._tag_new  # (not new any more: a call was answered with it)
+                if not within(p, watches) and self._tag_waits[p] <= 0
+            )
+            self._tag_new -= {p for p in candidates if self._tag_waits[p] <= 0} - set(picked)  # read, or a watch's
+        if not picked:
+            return
+        try:
+            self.index.remove_paths(picked)
+        except sqlite3.Error as e:  # a full disk: tried again at the next round
+            log.warning("could not drop %d files of an abandoned Tag call: %s", len(picked), e)
+            with self._tag_lock:
+                self._to_forget.update(picked)
+            return
+        with self._tag_lock:  # new still to a call that came meanwhile: its mark_asked may have found the row
+            # before it went, and put it back as one it knew (abandoned in turn, it comes back here)
+            self._tag_new -= {p for p in picked if self._tag_waits[p] <= 0}
+        log.info("dropped %d files of a Tag call whose caller stopped waiting", len(picked))
 
     # -- your own tags: datasets and training --------------------------------------------------------
     def create_dataset(
