@@ -239,7 +239,7 @@ def test_vibrary_train_fits_known_tags_says_so_and_trains_them_as_new_when_asked
     assert "epoch " not in fitted.stderr and "loss 0.000" not in fitted.stderr  # nor "loss 0.000" before it
     assert "was not used" not in fitted.stdout  # (no --epochs given)
     asked = vibrary("train", "fx", "--epochs", "3", "--name", "fx3", home=model_home).stdout  # fitted: unheeded, said
-    assert "no epochs needed" in asked and "--epochs 3 was not used: a fit runs no epochs" in asked, asked
+    assert "already knows these tags" in asked and "--epochs 3 was not used: a fit runs no epochs" in asked, asked
     as_new = json_lines(vibrary("train", "fx", "--json", "--as-new", "--epochs", "2", home=model_home).stdout)[-1]
     assert as_new["summary"]["known"] == [] and as_new["summary"]["epochs_run"] == 2
     # new tags, too few clips to hold any out: the folds' figure is the dataset's, said as what to expect, not
