@@ -135,10 +135,6 @@ def recipe(epochs: int, seed: int, precision: str = "auto") -> TrainConfig:
         dropout=0.1,
         head_dropout=0.3,
         precision=precision,
-        # no SpecAugment masks (since the sixth version): held-out banks were heard 1.7-4.4 points better without
-        # them in five probes (docs/demo-model.md, "SpecAugment's masks"); transfer runs have none either
-        # (TRANSFER_DEFAULTS of daemon/training.py)
-        masks=False,
     )
 
 
