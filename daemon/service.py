@@ -190,6 +190,7 @@ class Daemon:
         self._tag_waits: Counter[str] = Counter()  # how many Tag calls wait for each file
         self._tag_new: set[str] = set()  # those of them that a Tag call put in the index: dropped if nobody waits
         self._to_forget: set[str] = set()  # those an abandoned call left, for the feeder to drop (_forget_unwatched)
+        self._forget_from = 0.0  # (monotonic) a drop that failed is tried again a minute later, not every round
 
     def start(self) -> None:
         self._forget_install_leftovers()
@@ -255,7 +256,7 @@ class Daemon:
         parked_at = 0.0
         while not self._stop.is_set():
             try:
-                if self._to_forget:
+                if self._to_forget and time.monotonic() >= self._forget_from:
                     self._forget_unwatched()
                 if self._follow_now.is_set() or time.monotonic() - last_model_check > 1.0:
                     self._follow_now.clear()
@@ -931,8 +932,9 @@ class Daemon:
         try:
             watches, unread = self.index.watches(), set(self.index.unread(sorted(candidates)))
         except BaseException:
-            with self._tag_lock:  # (a passing error: the next round tries again)
+            with self._tag_lock:  # (a passing error: tried again a minute later)
                 self._to_forget |= candidates
+            self._forget_from = time.monotonic() + 60.0
             raise
         with self._tag_lock:
             picked = sorted(
@@ -945,10 +947,11 @@ class Daemon:
             return
         try:
             self.index.remove_paths(picked)
-        except sqlite3.Error as e:  # a full disk: tried again at the next round
+        except sqlite3.Error as e:  # a full disk: tried again a minute later
             log.warning("could not drop %d files of an abandoned Tag call: %s", len(picked), e)
             with self._tag_lock:
                 self._to_forget.update(picked)
+            self._forget_from = time.monotonic() + 60.0
             return
         with self._tag_lock:  # new still to a call that came meanwhile: its mark_asked may have found the row
             # before it went, and put it back as one it knew (abandoned in turn, it comes back here)
