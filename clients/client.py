@@ -392,7 +392,8 @@ class Client:
     def tag(self, paths: Paths, timeout: float = 600.0) -> Iterator[pb.FileTags]:
         """Tag these files (and the files under these folders) first, inside watches or not, and stream
         their results once all are done; when they take longer than timeout, those done (streamed a little
-        before it), then DaemonError DEADLINE_EXCEEDED. Answers carry the paths as tags() does."""
+        before it), then DaemonError DEADLINE_EXCEEDED (FAILED_PRECONDITION: indexing was paused meanwhile).
+        Answers carry the paths as tags() does."""
         return self._stream("Tag", pb.TagRequest(paths=self._paths(paths, indexed=False)), timeout)
 
     def events(self) -> Iterator[pb.Event]:

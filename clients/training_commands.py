@@ -297,7 +297,8 @@ def _what_the_progress_did_not_say(
 ) -> str:
     """Why a training ended before the epochs it was given, or "": "epoch 6/30" and then "done" read as a
     training cut short. It stops once accuracy on the held-out clips has not improved for `patience` epochs,
-    and keeps the best epoch's weights, not the last's; a dataset of tags the base knows runs no epoch."""
+    and keeps the best epoch's weights, not the last's; a dataset of tags the base knows runs no epoch (and
+    `asked`, the --epochs given, is said to be unused)."""
     from vibrary.daemon.training import known_said
     from vibrary.trainer.options import TrainConfig
 

@@ -312,7 +312,7 @@ def examples_from_folders(
 
 
 def _above(folders: Sequence[str]) -> str:
-    """ " (here FOLDER, …)": the folders above these, to add as folders of tag folders; "" when that is the
+    """The folders above these, said as ` (here FOLDER, …)`, to add as folders of tag folders; "" when one is the
     whole disk or a folder right under its root (`/Samples`), never a folder to hand to a dataset."""
     parents = dict.fromkeys(os.path.dirname(os.path.abspath(f)) for f in folders)
     named = [shlex.quote(p) for p in parents if len(Path(p).parts) > 2]  # (`//Samples` is right under the root)
