@@ -365,7 +365,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if s.failed > len(newest):  # (5 of 10 said, the others nowhere but in `tags` of the whole library)
             human += f"\n  … and {s.failed - len(newest)} more (`vibrary status --failed` lists them all)"
     if s.HasField("training"):  # the daemon's latest training job (Train RPC), running or how it ended
-        from .tray_state import training_line
+        from .tray_state import TRAINING_ACTIVE, training_line
 
         t = s.training
         state = pb.TrainProgress.State.Name(t.state).lower()
@@ -381,7 +381,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "message": t.message,  # what it waits for (queued, the trainer out of reach), or its phase
         }
         line = training_line(t)
-        if t.state in (pb.TrainProgress.SUCCEEDED, pb.TrainProgress.FAILED, pb.TrainProgress.CANCELLED):
+        if t.state not in TRAINING_ACTIVE:
             # ("training mine: cancelled (training cancelled)" read as running, beside a `vibrary train` that was)
             line = f"the daemon's last training ({t.model or t.dataset}): {state}"
         human += f"\n{line}{f' ({t.error})' if t.error and t.error != f'training {state}' else ''}"

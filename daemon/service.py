@@ -863,9 +863,8 @@ class Daemon:
             untagged = sum(r.state in ("pending", "unknown") and r.error in (None, "", NOT_INDEXED) for r in known)
             if untagged:
                 raise Paused(f"indexing is paused and {untagged} of these files are not tagged yet: resume it first")
-            with self._tag_lock:  # answered: kept, whoever else gave up on them (see _forget_unwatched)
-                self._tag_new -= set(files)
-                self._to_forget -= set(files)
+            with self._tag_lock:
+                self._answered(set(files))
             return [_say_why_missing(r, absent) for r in known] + unnamed_tags
         queued = [p for p in files if p not in hidden]
         with self._tag_lock:
@@ -912,12 +911,16 @@ class Daemon:
                 # beside the answer, which is due before the caller's deadline (a write may wait for the workers');
                 # they stay new until then, so that a retry that comes meanwhile and is abandoned too drops them too
                 self._to_forget.update(p for p in abandoned if p in self._tag_new)
-                answered = set(queued) - set(abandoned)  # kept, whoever else gives up on them
-                self._tag_new -= answered
-                self._to_forget -= answered
+                self._answered(set(queued) - set(abandoned))
         if abandoned:
             self._wake.set()
         return [_say_why_missing(r, absent) for r in results] + unnamed_tags
+
+    def _answered(self, paths: set[str]) -> None:
+        """Files a Tag call was answered with stay in the index, whoever else gives up on them (_forget_unwatched).
+        Under _tag_lock."""
+        self._tag_new -= paths
+        self._to_forget -= paths
 
     def _forget_unwatched(self) -> None:
         """The files of abandoned Tag calls (a deadline, a cancel) that no watch holds, that no call waits for
