@@ -13,11 +13,18 @@ from typing import IO
 
 
 class Held(RuntimeError):
-    """Another process holds the lock."""
+    """Another process holds the lock: `pid`'s, or None when it has not written it yet."""
 
-    def __init__(self, path: Path, pid: str) -> None:
-        super().__init__(f"{path} is held by pid {pid}")
+    def __init__(self, path: Path, pid: int | None) -> None:
+        super().__init__(f"{path} is held by pid {'?' if pid is None else pid}")
         self.pid = pid
+
+
+def _pid(f: IO[str]) -> int | None:
+    """The pid a holder wrote: none yet while it starts (it writes after taking the lock)."""
+    f.seek(0)
+    text = f.read().strip()
+    return int(text) if text.isdigit() else None
 
 
 def holder(path: Path) -> int | None:
@@ -31,8 +38,7 @@ def holder(path: Path) -> int | None:
         try:
             fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid = f.read().strip()
-            return int(pid) if pid.isdigit() else None
+            return _pid(f)
     return None
 
 
@@ -43,8 +49,7 @@ def hold(path: Path) -> IO[str]:
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        f.seek(0)
-        pid = f.read().strip() or "?"
+        pid = _pid(f)
         f.close()
         raise Held(path, pid) from None
     f.seek(0)

@@ -1204,8 +1204,8 @@ def _lock_home(home_dir: Path) -> IO[str]:
         raise AlreadyRunning(_running(home_dir, e.pid)) from None
 
 
-def _running(home_dir: Path, pid: int | str) -> str:
-    return f"a daemon is already running for {home_dir} (pid {pid})"
+def _running(home_dir: Path, pid: int | None) -> str:
+    return f"a daemon is already running for {home_dir} (pid {pid or '?'})"
 
 
 def check_home_free(home_dir: Path) -> None:

@@ -497,7 +497,8 @@ def _trainer_at(
             break
         except TrainerBusy as e:
             why = str(e)
-            if e.pid == pidlock.holder(config.lock_path(home_dir)):  # ("another trainer (pid 17456)": the daemon)
+            # ("in use by another trainer (pid 17456)": the daemon; None == None is no daemon)
+            if e.pid is not None and e.pid == pidlock.holder(config.lock_path(home_dir)):
                 why = "the daemon is training (`vibrary status` says what; `vibrary train --cancel` stops it)"
             if why != said:
                 said = why

@@ -221,9 +221,9 @@ def _finish(part: Path, path: Path, size: int, sha256: str) -> bool:
 
 
 class TrainerBusy(RuntimeError):
-    """Another trainer process uses this data folder: `pid`'s."""
+    """Another trainer process uses this data folder: `pid`'s (None: not written yet)."""
 
-    def __init__(self, message: str, pid: int) -> None:
+    def __init__(self, message: str, pid: int | None) -> None:
         super().__init__(message)
         self.pid = pid
 
@@ -243,8 +243,7 @@ class TrainerService(pb_grpc.TrainerServicer):
             self._lock = pidlock.hold(root / "trainer.lock")
         except pidlock.Held as e:
             raise TrainerBusy(
-                f"the trainer data folder {root} is in use by another trainer (pid {e.pid})",
-                int(e.pid) if e.pid.isdigit() else 0,
+                f"the trainer data folder {root} is in use by another trainer (pid {e.pid or '?'})", e.pid
             ) from None
         self.root = root
         self.tenants = tenants or Tenants(root)
