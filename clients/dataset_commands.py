@@ -139,10 +139,13 @@ def cmd_suggest(args: argparse.Namespace) -> int:
             continue
         # the reasons most files have, with their counts, and an example of each: the first in the alphabet was
         # said ("filename 'SM101_wobbly_synth'" of 36 files, 32 of them tagged by their folders) beside others
-        reasons = Counter(f"{s.source} {s.raw!r}" for s in files).most_common()
-        named = ", ".join(f"{why} ({n})" if len(reasons) > 1 else why for why, n in reasons[:3])
+        because: dict[str, list[Any]] = {}
+        for s in files:
+            because.setdefault(f"{s.source} {s.raw!r}", []).append(s)
+        reasons = sorted(because.items(), key=lambda kv: -len(kv[1]))  # (stable: ties in the files' order)
+        named = ", ".join(f"{why} ({len(of)})" if len(reasons) > 1 else why for why, of in reasons[:3])
         print(f"{tag:16} {many(len(files)):>11}, from {named}{' …' if len(reasons) > 3 else ''}")
-        shown = [next(s for s in files if f"{s.source} {s.raw!r}" == why) for why, _ in reasons[:3]]
+        shown = [of[0] for _, of in reasons[:3]]
         for s in shown + [s for s in files if s not in shown][: 3 - len(shown)]:
             print(f"{'':16}   e.g. {_shown(s.path)}")
         passed = Counter(alt for s in files for alt in s.alternatives)  # a pack name or mood that lost: check
