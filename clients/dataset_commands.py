@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import os
+import shlex
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -388,10 +390,17 @@ def cmd_synonyms(args: argparse.Namespace) -> int:
         table.add(config.home(), [(args.alias, args.tag)])
         table = _synonyms()
         now = {alias: tag for alias, tag, _ in table.pairs()}.get(args.alias.strip().lower())
+        alias = args.alias.strip().lower()
         if meant is not None and meant[0] != now:  # `synonyms add BD snare` took bd from kick without a word
             whose = "the built-in table's" if meant[1] else "yours"
+            print(f"vibrary: {alias} meant {meant[0]} ({whose}); it means {now} now", file=sys.stderr)
+        tags = {tag for other, tag, _ in table.pairs() if other != alias}
+        if now is not None and now not in tags and (near := difflib.get_close_matches(now, sorted(tags), n=1)):
+            # (`synonyms add bd kik` made a tag kik of every kick drum, beside the table's kick, unsaid)
             print(
-                f"vibrary: {args.alias.strip().lower()} meant {meant[0]} ({whose}); it means {now} now", file=sys.stderr
+                f"vibrary: {now} is a new tag, no other alias leads to it; did you mean {near[0]}? "
+                f"(`vibrary synonyms add {shlex.quote(alias)} {shlex.quote(near[0])}`)",
+                file=sys.stderr,
             )
     for alias, tag, builtin in table.pairs():
         if args.action == "add" and alias != args.alias.strip().lower():

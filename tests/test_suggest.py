@@ -618,6 +618,11 @@ def test_cli_synonyms_remove(tmp_path: Path) -> None:
     moved = vibrary("synonyms", "add", "BD", "snare", home=home)  # took bd from kick without a word
     assert "bd meant kick (the built-in table's); it means snare now" in moved.stderr
     assert "meant" not in vibrary("synonyms", "add", "wub", "wobble", home=home).stderr  # new: nothing to say
+    typo = vibrary("synonyms", "add", "bdrum", "kik", home=home).stderr  # a tag of its own, beside the table's kick
+    assert (
+        "kik is a new tag, no other alias leads to it; did you mean kick? (`vibrary synonyms add bdrum kick`)" in typo
+    )
+    assert "did you mean" not in vibrary("synonyms", "add", "bdrum", "kick", home=home).stderr
     undone = vibrary("synonyms", "remove", "bd", home=home).stdout  # the built-in kick went too, unsaid
     assert "(removed; the built-in bd → kick too: `vibrary synonyms add bd kick`)" in undone
 
