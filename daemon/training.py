@@ -545,7 +545,10 @@ def _on_trainer(
             if cancel.is_set():
                 raise Cancelled("training cancelled during the upload") from None
             raise
-        report(state="waiting", uploaded_bytes=manifest.size, message="starting the job on the trainer")
+        # (the bar and the log said "upload N of N bytes" where none was sent: the trainer had them)
+        had = "the spectrograms" if not sent else f"{manifest.size - sent:,} of their {manifest.size:,} bytes"
+        said = f" (it had {had} already, from an earlier upload)" if sent < manifest.size else ""
+        report(state="waiting", uploaded_bytes=manifest.size, message=f"starting the job on the trainer{said}")
         job.job_id = client.start(manifest, job.name, base, options, followed=leave is None).id  # none come back
         on_started(job)
         try:
