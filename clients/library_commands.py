@@ -170,7 +170,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         def is_tag(text: str) -> bool:  # a model's tag ("hi hat"), or a spelling of an active model's ("hi hats")
             return config.tag_key(text) in spelled or spelled_as(config.tag_key(text), known, table) is not None
 
-        groups, excluded = _parsed(_query_words(args.query, is_tag, joined_as(known)))
+        groups, excluded = _parsed(_query_words(args.query, is_tag, joined_as(known, table)))
         groups, excluded, respelled = respell(groups, excluded, known, table)
         n = _print_files(
             args,

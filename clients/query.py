@@ -170,12 +170,15 @@ def _forms(word: str) -> set[str]:
     return forms
 
 
-def joined_as(known: Collection[str]) -> Callable[[str], bool]:
+def joined_as(known: Collection[str], table: Synonyms | None = None) -> Callable[[str], bool]:
     """Whether words are one of these tags, however joined: for `join_tags`, so that `search gritty sound`
     finds a tag gritty-sound, as a rename or a label of the API spells one, in the CLI, the tray and
-    `Client.search` alike."""
+    `Client.search` alike; or, given the table, one of the user's own aliases with spaces (`synonyms add "big
+    room" kick`: `search big room` was big AND room, where "hi hat" was found unquoted). Not the built-in ones:
+    `search bass synth` is bass AND synth, not the alias of the bass it is to the table."""
     spelled = {_compact(t) for t in known}
-    return lambda text: not _forms(text).isdisjoint(spelled)
+    mine = {tag_key(alias) for alias, _, builtin in table.pairs() if not builtin and " " in alias} if table else set()
+    return lambda text: not _forms(text).isdisjoint(spelled) or tag_key(text) in mine
 
 
 def spelled_as(word: str, known: set[str], table: Synonyms | None) -> str | None:

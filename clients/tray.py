@@ -480,8 +480,8 @@ def _search(home: Path, dialog: weakref.ref[SearchDialog], asked: int, text: str
     try:
         with Client(home_dir=home, timeout=CALL_TIMEOUT_S) as c:
             known = {tag for m in c.models() if m.active or m.serving for tag in m.classes}
-            query = parse_query(text, joined_as(known))
-            all_of, none_of, _ = respell(*query, known, synonyms(home))
+            table = synonyms(home)
+            all_of, none_of, _ = respell(*parse_query(text, joined_as(known, table)), known, table)
             found = list(c.search(all_of, none_of, limit=SearchDialog.LIMIT, best_first=True, timeout=CALL_TIMEOUT_S))
     except Exception as e:  # (any: a thread that dies leaves "searching…" for ever)
         found = f"error: {e}"

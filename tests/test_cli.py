@@ -678,6 +678,10 @@ def test_search_finds_a_tag_by_the_spellings_the_synonym_table_gives_it(daemon: 
     assert found("kick OR hi hat")[0] == {"low", "high"} and found("hi hat|snare")[0] == {"high", "mid"}
     vibrary("synonyms", "add", "tsk", "hihat", home=daemon.home)  # the user's own spelling
     assert found("tsk")[0] == {"high"}
+    vibrary("synonyms", "add", "big room", "kick", home=daemon.home)  # unquoted, it was big AND room
+    said = "vibrary: searched 'big room' as 'kick', the tag it spells\n"
+    assert found("big", "room") == found("big room") == found("BIG", "Room") == ({"low"}, said)
+    assert found("big", "room", "-kick")[0] == set()  # (its two words, then an excluded one)
     typo = found("hhh")[1]  # no alias: still a typo, said so
     assert "no active model tags 'hhh'" in typo and "searched" not in typo
     vibrary("models", "deactivate", "drums", home=daemon.home)
