@@ -325,8 +325,11 @@ def cmd_counts(args: argparse.Namespace) -> int:
         counts = list(c.counts(args.model))
         for n in counts:
             _out(args, {"model": n.model, "tag": n.tag, "files": n.files}, f"{n.files:8d}  {n.tag}  ({n.model})")
-        if args.model and (inactive := _inactive(c.models(), args.model)):  # it printed nothing
+        models = c.models() if args.model or not counts else []
+        if args.model and (inactive := _inactive(models, args.model)):  # it printed nothing
             print(f"vibrary: {inactive}", file=sys.stderr)
+        elif not counts and not any(m.active for m in models):  # (it sent people to --min-score, which finds none)
+            print(f"vibrary: {NO_MODEL_TAGS.removeprefix('no tags: ')}", file=sys.stderr)
         elif not counts and c.status().indexed:  # (nothing at all, as of no model of that name)
             of = f" of {args.model}" if args.model else ""
             print(

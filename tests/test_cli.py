@@ -688,6 +688,11 @@ def test_search_finds_a_tag_by_the_spellings_the_synonym_table_gives_it(daemon: 
     inactive = "model drums is not active (`vibrary models activate drums` tags the library with it)"
     assert inactive in found("kick", "--model", "drums")[1]  # "model drums has no tag 'kick'"
     assert inactive in vibrary("counts", "--model", "drums", home=daemon.home).stderr  # nothing at all
+    for m in daemon.client.models():
+        if m.active:
+            vibrary("models", "deactivate", m.name, home=daemon.home)
+    none = "vibrary: no model is active (`vibrary models activate NAME`)\n"  # not "… `search TAG --min-score`"
+    assert vibrary("counts", home=daemon.home).stderr == none
 
 
 def test_a_status_right_after_models_activate_counts_the_re_tag(daemon: DaemonProcess, tmp_path: Path) -> None:
