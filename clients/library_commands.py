@@ -44,6 +44,8 @@ from .output import (
 from .query import OPERATORS, QueryError, join_tags, joined_as, parse_query, respell, spelled_as, synonyms, unquoted
 from .tray_state import many, stand_ins
 
+NO_AUDIO_HERE = "no audio files in this folder"  # (a folder's line of `vibrary tag`)
+
 
 # -- vibrary tag: right here, no daemon ------------------------------------------------------------------
 def cmd_tag(args: argparse.Namespace) -> int:
@@ -79,6 +81,11 @@ def cmd_tag(args: argparse.Namespace) -> int:
     # a linked folder in DIR is followed, as a link given is: its files were left out without a word (the
     # daemon's watches do not follow links, and say so; this reads the files once, and watches nothing)
     files = list(expand(args.paths, links=True))
+    # a folder with no audio in it got no line, and beside other paths not a word: a script could not tell it
+    # from one not asked for (an audio file in it named elsewhere first is no reason: asked again, it has one)
+    for p in args.paths:
+        if os.path.isdir(p) and (not files or next(expand([p], links=True), None) is None):
+            _out(args, line := _file_line(p, [], NO_AUDIO_HERE), _human_file(line))
     if not files:
         print(terminal_safe(f"vibrary: no audio files in {', '.join(args.paths)}"), file=sys.stderr)
     bar = Bar(total=len(files), desc="tagging")

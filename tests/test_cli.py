@@ -120,6 +120,22 @@ def test_a_folder_named_with_control_characters_reaches_the_terminal_escaped(mod
     assert "no audio files in" in said and "\x1b" not in said and "\x07" not in said, said
 
 
+def test_a_folder_with_no_audio_gets_its_own_line(model_home: Path, tmp_path: Path) -> None:
+    """`vibrary tag --json TEXTS/ kick.wav EMPTY/` said one line, of kick.wav, and nothing of the folders: a script
+    could not tell a folder with nothing to tag from one it forgot to ask for."""
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "readme.txt").write_text("no audio here")
+    (tmp_path / "empty").mkdir()
+    kick = write_tone(tmp_path / "kick.wav", 60.0)
+    asked = [str(tmp_path / "texts"), str(kick), str(tmp_path / "empty")]
+    lines = {line["path"]: line for line in json_lines(vibrary("tag", "--json", *asked, home=model_home).stdout)}
+    assert set(lines) == set(asked)
+    assert lines[asked[0]]["error"] == lines[asked[2]]["error"] == "no audio files in this folder"
+    assert lines[str(kick)]["error"] is None and lines[str(kick)]["tags"]
+    alone = vibrary("tag", "--json", asked[2], home=model_home).stdout  # (nothing at all to tag: the same line)
+    assert json_lines(alone) == [lines[asked[2]]]
+
+
 def test_a_mistake_the_parser_catches_is_a_json_line_too(home: Path) -> None:
     """`search --limit 0 --json` printed argparse's usage on stderr and nothing on stdout, where the same
     script got `{"error": …}` for a mistake the command itself caught."""
