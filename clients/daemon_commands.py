@@ -299,6 +299,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "queue_depth": s.queue_depth,
         "watches": list(s.watches),
         "missing_watches": list(s.missing_watches),  # not there now: renamed, moved or unmounted
+        "away": s.away,  # of indexed, pending and failed: the files under missing_watches
         "unfollowed_links": [{"path": x.path, "target": x.target} for x in s.unfollowed_links],
         "unnamed_files": list(s.unnamed_files),  # names not UTF-8: left out until renamed (the first 100)
         "unnamed_count": s.unnamed_count,
@@ -345,6 +346,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         human += f"\nmodel {ref} tags nothing: {FAILING.format(ref=ref)} ({error})"
     if s.missing_watches:
         human += "\nmissing watch folders (moved, renamed or unmounted?): " + ", ".join(map(_shown, s.missing_watches))
+        if s.away:  # (a folder moved into another watch: its files counted twice, failures listed twice, unsaid)
+            human += f"\n  {many(s.away)} of the counts above are theirs, as the index last had them"
         if s.waiting_for_watches:  # (the pending count alone said nothing of why it did not move)
             human += f"\n  the {many(s.pending)} pending wait for them: read once they are back"
         human += f"\n  {MISSING_FIX}"

@@ -722,6 +722,12 @@ class Index:
         found = dict(rows.fetchall())
         return {s: int(found.get(s, 0)) for s in ("indexed", "pending", "failed")}
 
+    def count_under(self, folders: Iterable[str]) -> int:
+        """The files under these folders, each counted once (a folder inside another is in it)."""
+        tops = [f for f in folders if not within(f, [other for other in folders if other != f])]
+        sql = "SELECT count(*) FROM files WHERE path >= ? AND path < ?"
+        return sum(int(self.conn().execute(sql, under(f)).fetchone()[0]) for f in tops)
+
     def retagging(self) -> int:
         """The pending files read before (a model activated, a file changed), which searches find by the tags
         they had ("indexed 72, pending 1456" of a library all searchable, in the minutes a new model took to

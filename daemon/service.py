@@ -709,10 +709,12 @@ class Daemon:
 
     # -- API helpers ---------------------------------------------------------------------------------
     def status(self) -> dict[str, object]:
+        missing = sorted(self.watcher.missing)
         with self.index.snapshot():  # one state of the queue: a re-tag queued between two reads had retagging
             counts = self.index.counts()  # above pending, and "pending - retagging" below 0 for a front end
             retagging, queue_depth = self.index.retagging(), self.index.due_count(time.time())
             retrying, retry_reason = self.index.retrying()
+            away = self.index.count_under(missing)
         if not counts["pending"]:  # a re-tag just done: searches read its version before `status --wait` ends
             self._hand_over(wait=False)
         active = self.index.active_models()
@@ -739,7 +741,8 @@ class Daemon:
             "retagging": retagging,
             "queue_depth": queue_depth,
             "watches": self.index.watches(),
-            "missing_watches": sorted(self.watcher.missing),
+            "missing_watches": missing,
+            "away": away,
             "unfollowed_links": self.watcher.unfollowed_links,
             "unnamed_files": (unnamed := self.watcher.unnamed)[:UNNAMED_SHOWN],  # sent 4 times a second
             "unnamed_count": len(unnamed),

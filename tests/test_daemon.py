@@ -470,12 +470,15 @@ def test_files_of_a_drive_unplugged_before_they_were_read_say_indexing_waits_for
     wait_for(lambda: daemon.client.status().waiting_for_watches, timeout=10)
     assert daemon.client.status().pending == 3
     assert json.loads(vibrary("status", "--json", home=daemon.home).stdout)["waiting_for_watches"] is True
-    assert "the 3 files pending wait for them: read once they are back" in vibrary("status", home=daemon.home).stdout
+    said = vibrary("status", home=daemon.home).stdout
+    assert "the 3 files pending wait for them: read once they are back" in said
+    assert "3 files of the counts above are theirs, as the index last had them" in said  # (counted twice, moved)
+    assert daemon.client.status().away == 3
     under = vibrary("search", "low", "--under", str(library), home=daemon.home, check=False)  # not a typo: said why
     assert under.returncode == 1 and f"not there now, left out: the files under {library}" in under.stderr
     (tmp_path / "unplugged").rename(library)
     wait_for(lambda: _indexed(daemon.client, 3), timeout=30)
-    assert not daemon.client.status().waiting_for_watches
+    assert not daemon.client.status().waiting_for_watches and daemon.client.status().away == 0
 
 
 def test_a_drive_unplugged_with_nothing_pending_is_not_what_indexing_waits_for(

@@ -117,6 +117,13 @@ def test_a_new_version_serves_searches_once_it_has_tagged_the_library(library: t
     assert [m.ref for m in Index(index.path).serving_models()] == ["inst@1"]  # repaired as it opens
 
 
+def test_files_under_folders_count_once_however_the_folders_nest(index: Index) -> None:
+    index.mark_pending([(p, 0.0) for p in ("/lib/a/1.wav", "/lib/a/b/2.wav", "/lib/a2/3.wav", "/lib/c.wav")])
+    assert index.count_under(["/lib/a"]) == 2  # not /lib/a2's
+    assert index.count_under(["/lib/a", "/lib/a/b"]) == index.count_under(["/lib/a/b", "/lib/a"]) == 2
+    assert index.count_under(["/lib/a/b", "/lib/a2", "/gone"]) == 2 and index.count_under([]) == 0
+
+
 def test_and_or_not_and_prefix(library: tuple[Index, int, int]) -> None:
     index, _, _ = library
     assert _paths(index, all_of=[["kick"], ["dark"]]) == ["/lib/drums/k1.wav"]

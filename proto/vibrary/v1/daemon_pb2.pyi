@@ -67,6 +67,7 @@ class Status(_message.Message):
     RETAGGING_FIELD_NUMBER: _builtins.int
     UNWATCHED_FOLDERS_FIELD_NUMBER: _builtins.int
     STANDING_IN_FIELD_NUMBER: _builtins.int
+    AWAY_FIELD_NUMBER: _builtins.int
     indexed: _builtins.int
     """Files read and tagged by the models active now. A model activated (or a new version trained) re-tags the
     library: its files count as pending again, and `retagging` of them, until each is read; searches find
@@ -109,6 +110,10 @@ class Status(_message.Message):
     retagging: _builtins.int
     """Of the pending files, those read before (a model activated re-tags the library; a file changed): a
     search finds them by the tags they had while they are read again.
+    """
+    away: _builtins.int
+    """Of indexed, pending and failed: the files under missing_watches, counted as the index last had them
+    (searches and counts leave them out; a watch folder moved into another counts its files twice meanwhile).
     """
     @_builtins.property
     def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -201,10 +206,11 @@ class Status(_message.Message):
         retagging: _builtins.int = ...,
         unwatched_folders: _abc.Iterable[_builtins.str] | None = ...,
         standing_in: _abc.Iterable[_builtins.str] | None = ...,
+        away: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decoded", b"decoded", "failed", b"failed", "failing_models", b"failing_models", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "retagging", b"retagging", "retry_reason", b"retry_reason", "retrying", b"retrying", "reused", b"reused", "scanning", b"scanning", "stalled", b"stalled", "standing_in", b"standing_in", "training", b"training", "unfollowed_links", b"unfollowed_links", "unlisted_folders", b"unlisted_folders", "unnamed_count", b"unnamed_count", "unnamed_files", b"unnamed_files", "unusable_models", b"unusable_models", "unwatched_folders", b"unwatched_folders", "uptime_s", b"uptime_s", "version", b"version", "waiting_for_watches", b"waiting_for_watches", "watches", b"watches"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["away", b"away", "decoded", b"decoded", "failed", b"failed", "failing_models", b"failing_models", "from_cache", b"from_cache", "home", b"home", "indexed", b"indexed", "missing_watches", b"missing_watches", "models", b"models", "paused", b"paused", "pending", b"pending", "queue_depth", b"queue_depth", "retagging", b"retagging", "retry_reason", b"retry_reason", "retrying", b"retrying", "reused", b"reused", "scanning", b"scanning", "stalled", b"stalled", "standing_in", b"standing_in", "training", b"training", "unfollowed_links", b"unfollowed_links", "unlisted_folders", b"unlisted_folders", "unnamed_count", b"unnamed_count", "unnamed_files", b"unnamed_files", "unusable_models", b"unusable_models", "unwatched_folders", b"unwatched_folders", "uptime_s", b"uptime_s", "version", b"version", "waiting_for_watches", b"waiting_for_watches", "watches", b"watches"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
