@@ -244,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tag)
 
     p = sub.add_parser("daemon", parents=[common], help="run the daemon in the foreground; `daemon stop` stops it")
-    p.add_argument("action", nargs="?", choices=["stop"], help="stop the daemon running for this home")
+    p.add_argument(  # ("daemon start", the first guess, was an invalid choice)
+        "action", nargs="?", choices=["start", "stop"], help="stop the daemon running for this home; start: as none"
+    )
     p.add_argument("--listen", default="", type=_listen, metavar="HOST:PORT", help="also serve on TCP (needs a token)")
     p.add_argument("--token", default="", help="token TCP clients must send (default $VIBRARY_TOKEN)")
     p.add_argument(

@@ -202,11 +202,13 @@ def test_a_name_with_control_characters_is_quoted_to_paste_into_bash() -> None:
 def test_which_commands_run_on_with_their_output_closed() -> None:
     """`daemon --json stop` stopped the daemon with its output lost and ended 0; `daemon --token stop` (a token
     "stop") is a daemon."""
+    from vibrary.clients.cli import build_parser
     from vibrary.clients.entry import _quiet
 
     on = (["daemon"], ["daemon", "--token", "stop"], ["--json", "tray"], ["trainer", "serve", "--data", "x"])
     off = (["daemon", "stop"], ["daemon", "--json", "stop"], ["daemon", "--workers", "2", "stop"], ["tag", "x.wav"])
     assert [_quiet(list(a)) for a in on] == [True] * 4 and [_quiet(list(a)) for a in off] == [False] * 4
+    assert _quiet(["daemon", "start"]) and build_parser().parse_args(["daemon", "start"]).action == "start"  # (a guess)
 
 
 @pytest.mark.parametrize("closed", [1, 2])
