@@ -7,7 +7,9 @@ clip is (cosine similarity of its embedding to the nearest class centroid of the
 familiarity that makes a clip one of its tags (trainer/train.py `familiarity`); the daemon leaves a file
 out of searches when it is below. This script measures that bar on sets built only from allowed sources,
 through the real path: vibrary.trainer.train.train (transfer from the demo model, the options `vibrary
-train` passes), the ONNX export, and the daemon's own Model.predict_familiar.
+train` passes: tags the demo knows, as all of these are, fitted from its rows of them; `--as-new` trains them
+over epochs as `vibrary train --as-new` does, the only path of the rows made before stop 47), the ONNX export,
+and the daemon's own Model.predict_familiar. `--share` sets the share of the examples below the bar for the run.
 
 For each "user's tags" (a few classes of a set), seeds 0-2: ten training clips a class from the set's
 training sources; then, on clips of sources never trained on,
@@ -20,7 +22,8 @@ soundfonts and programs) and the demo corpus's instruments (scripts/build_corpus
 source groups of fold 0 of scripts/train_demo.py). Caveat for the instruments: the shipped demo model, the
 base, heard those groups; the effects' test soundfonts were never played through effects in its training.
 
-Usage: python scripts/familiarity_probe.py [--corpus /work/corpus] [--cache .figure3-cache]  (~10 min, 2 cores)
+Usage: python scripts/familiarity_probe.py [--corpus /work/corpus] [--cache .figure3-cache] [--as-new] [--share S]
+(~2 min on 2 cores; ~10 with --as-new)
 """
 
 from __future__ import annotations
@@ -60,12 +63,14 @@ def sets(corpus: Path, cache: Path) -> dict[str, dict[str, np.ndarray | list[str
     }
 
 
-def run(data: dict[str, np.ndarray | list[str]], tags: list[str], seed: int) -> dict[str, object]:
+def run(data: dict[str, np.ndarray | list[str]], tags: list[str], seed: int, as_new: bool) -> dict[str, object]:
     from vibrary.daemon.infer import Model
     from vibrary.daemon.shards import Manifest
     from vibrary.daemon.spectrogram import SpectrogramParams, dequantize
     from vibrary.daemon.training import TRANSFER_DEFAULTS
+    from vibrary.trainer import train as training
     from vibrary.trainer.export import load_base, to_onnx
+    from vibrary.trainer.known import load as load_known
     from vibrary.trainer.train import TrainConfig, train
 
     classes, codes, labels, test = data["classes"], data["codes"], data["labels"], data["test"]
@@ -76,10 +81,17 @@ def run(data: dict[str, np.ndarray | list[str]], tags: list[str], seed: int) -> 
     idx = np.concatenate(picked)
     own = np.concatenate([np.full(len(p), k) for k, p in enumerate(picked)])
     base, base_name = load_base("demo")
-    config = TrainConfig.from_dict({"seed": seed, **TRANSFER_DEFAULTS})
+    config = TrainConfig.from_dict({"seed": seed, **TRANSFER_DEFAULTS, **({"known_pull": 0.0} if as_new else {})})
     params = SpectrogramParams()
     result = train(
-        Manifest("probe", tags, params), codes[idx], own, np.array(["a"] * len(idx)), config, base, base_name
+        Manifest("probe", tags, params),
+        codes[idx],
+        own,
+        np.array(["a"] * len(idx)),
+        config,
+        base,
+        base_name,
+        known=load_known("demo"),  # as trainer/pipeline.py passes them: fitted from its rows, but --as-new
     )
     with tempfile.NamedTemporaryFile(suffix=".onnx") as f:
         f.write(to_onnx(result, "probe"))
@@ -98,6 +110,8 @@ def run(data: dict[str, np.ndarray | list[str]], tags: list[str], seed: int) -> 
     return {
         "tags": tags,
         "seed": seed,
+        "path": "as new" if as_new else "known rows",
+        "share": training.UNFAMILIAR_EXAMPLES,  # of the examples below the bar
         "bar": round(result.familiar_from, 4),
         "kept": float(fam[mine].mean()),
         "turned_away": float((~fam[~mine]).mean()),
@@ -139,19 +153,24 @@ def main() -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "familiarity.json")
     ap.add_argument("--report", action="store_true", help="only print the table of the runs in --out")
+    ap.add_argument("--as-new", action="store_true", help="train as `vibrary train --as-new` does (over epochs)")
+    ap.add_argument("--share", type=float, help="of the examples below the bar (UNFAMILIAR_EXAMPLES), for this run")
     args = ap.parse_args()
     if args.report:
         print(table(json.loads(args.out.read_text())))
         return 0
     import torch
+    from vibrary.trainer import train as training
 
     torch.set_num_threads(2)
+    if args.share is not None:
+        training.UNFAMILIAR_EXAMPLES = args.share
     data = sets(args.corpus, args.cache)
     runs = []
     for name, subsets in USER_TAGS.items():
         for tags in subsets:
             for seed in map(int, args.seeds.split(",")):
-                r = run(data[name], tags, seed) | {"set": name}
+                r = run(data[name], tags, seed, args.as_new) | {"set": name}
                 runs.append(r)
                 print(json.dumps(r), flush=True)
     args.out.write_text(json.dumps(runs, indent=1) + "\n")

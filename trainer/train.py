@@ -408,8 +408,9 @@ def train(
 
 
 # The share of a model's own examples it may find unfamiliar. The least typical of them sets the bar: a file
-# less like any class than that is none of them (docs/familiarity.md: with 10 examples a tag, 87-99 % of the
-# tags' files kept and 31-96 % of other classes' files turned away, on sources never trained on).
+# less like any class than that is none of them (docs/familiarity.md: with 10 examples a tag, 89-99 % of the
+# tags' files kept and 27-97 % of other classes' files turned away, on sources never trained on; at 5 %, 83-97
+# kept and 60-98 turned away).
 UNFAMILIAR_EXAMPLES = 0.01
 FAMILIARITY_CLIPS = 256  # clips a class that its centroid and the bar are measured on: a big class needs no more
 
