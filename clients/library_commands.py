@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vibrary.daemon import config, registry
-from vibrary.daemon.folders import UNNAMED, as_asked, indexed_path, storable
+from vibrary.daemon.folders import UNNAMED, as_asked, indexed_path, storable, warn
 from vibrary.daemon.index import HIT_SCORE, NO_SUCH_PATH, Index, Job, ModelRow, Result, within
 from vibrary.daemon.infer import ModelError
 from vibrary.daemon.modelref import parse_ref
@@ -45,6 +45,7 @@ from .query import OPERATORS, QueryError, join_tags, joined_as, parse_query, res
 from .tray_state import many, stand_ins
 
 NO_AUDIO_HERE = "no audio files in this folder"  # (a folder's line of `vibrary tag`)
+CANNOT_READ = "no audio files read: it, or a folder in it, cannot be read"
 
 
 # -- vibrary tag: right here, no daemon ------------------------------------------------------------------
@@ -80,12 +81,23 @@ def cmd_tag(args: argparse.Namespace) -> int:
     absent = {p for p in args.paths if not os.path.lexists(p)}  # a typo is not a file "deleted or moved"
     # a linked folder in DIR is followed, as a link given is: its files were left out without a word (the
     # daemon's watches do not follow links, and say so; this reads the files once, and watches nothing)
-    files = list(expand(args.paths, links=True))
-    # a folder with no audio in it got no line, and beside other paths not a word: a script could not tell it
-    # from one not asked for (an audio file in it named elsewhere first is no reason: asked again, it has one)
+    # the files to tag and, in their places, the lines of the folders that hold none: such a folder got no line,
+    # and beside other paths not a word (a script could not tell it from one not asked for); one whose files
+    # were named before it has its lines there
+    order: list[str | dict[str, Any]] = []
+    seen: set[str] = set()
     for p in args.paths:
-        if os.path.isdir(p) and (not files or next(expand([p], links=True), None) is None):
-            _out(args, line := _file_line(p, [], NO_AUDIO_HERE), _human_file(line))
+        unread: list[str] = []
+
+        def unreadable(folder: str, why: str, unread: list[str] = unread) -> None:
+            warn(folder, why)
+            unread.append(why)
+
+        found = list(expand([p], links=True, seen=seen, on_error=unreadable))
+        if not found and os.path.isdir(p) and not any(isinstance(f, str) and within(f, [p]) for f in order):
+            order.append(_file_line(p, [], f"{CANNOT_READ} ({unread[0]})" if unread else NO_AUDIO_HERE))
+        order.extend(found)
+    files = [f for f in order if isinstance(f, str)]
     if not files:
         print(terminal_safe(f"vibrary: no audio files in {', '.join(args.paths)}"), file=sys.stderr)
     bar = Bar(total=len(files), desc="tagging")
@@ -94,15 +106,30 @@ def cmd_tag(args: argparse.Namespace) -> int:
     unwritten: list[OSError] = []  # stdout could not be written (a full disk): the lines were lost, exit 0
     # files are read in parallel and come back in any order: each is said in the order given (a script pairs
     # its paths with the lines, or compares two runs), held until those before it are done
-    done: dict[int, dict] = {}
+    done: dict[int, dict] = {n: line for n, line in enumerate(order) if isinstance(line, dict)}
     said = 0
     # files submitted beyond those said, at most: one slow file (a stalled network drive) held every line
     # after it in memory, said nothing meanwhile, and `| head` went unnoticed until it came
     ahead = threading.Condition(lock)
     window = 4 * settings.queue_size
 
-    def sink(results: list[Result]) -> None:
+    def say_ready() -> None:
+        """The lines done, as far as the next one not done (the caller holds the lock)."""
         nonlocal said
+        while said in done and not reader_gone.is_set():
+            line = done.pop(said)
+            said += 1
+            bar.clear()
+            try:
+                _out(args, line, _human_file(line))
+            except BrokenPipeError:  # (in a pipeline thread: it was a traceback per batch, and "pending")
+                reader_gone.set()  # main() says it, once the pipeline has stopped
+            except OSError as e:  # (`> tags.jsonl` on a full disk: caught by the pipeline, it was exit 0)
+                unwritten.append(e)
+                reader_gone.set()
+        ahead.notify_all()
+
+    def sink(results: list[Result]) -> None:
         with lock:
             for r in results:
                 tags = [(names[mid], t, s) for mid, ranked in r.tags.items() for t, s in ranked[: args.top]]
@@ -113,18 +140,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
                     failed = "; ".join(r.model_errors.values())
                     line["note"] = f"{line['note']}; {failed}" if line.get("note") else failed
                 bar.update(1)
-            while said in done and not reader_gone.is_set():
-                line = done.pop(said)
-                said += 1
-                bar.clear()
-                try:
-                    _out(args, line, _human_file(line))
-                except BrokenPipeError:  # (in a pipeline thread: it was a traceback per batch, and "pending")
-                    reader_gone.set()  # main() says it, once the pipeline has stopped
-                except OSError as e:  # (`> tags.jsonl` on a full disk: caught by the pipeline, it was exit 0)
-                    unwritten.append(e)
-                    reader_gone.set()
-            ahead.notify_all()
+            say_ready()
 
     pipeline = Pipeline(
         models,
@@ -138,8 +154,12 @@ def cmd_tag(args: argparse.Namespace) -> int:
         ),
         fail_files=False,
     )
+    with lock:  # (folders with no audio before the first file)
+        say_ready()
     try:
-        for n, path in enumerate(files):
+        for n, path in enumerate(order):
+            if not isinstance(path, str):
+                continue
             with ahead:
                 while n - said >= window and not reader_gone.is_set():
                     ahead.wait(0.5)  # (a timeout: Ctrl-C is heard meanwhile)

@@ -40,7 +40,7 @@ from .events import (
     EventBus,
     StatusPublisher,
 )
-from .folders import UNNAMED, audio_files_under, readable_name, storable
+from .folders import UNNAMED, audio_files_under, readable_name, storable, warn
 from .index import (
     NO_SUCH_PATH,
     NOT_INDEXED,
@@ -1142,15 +1142,22 @@ def models_said(status: dict[str, object]) -> str:
     )
 
 
-def expand(paths: Sequence[str], going: Callable[[], bool] = lambda: True, links: bool = False) -> Iterator[str]:
+def expand(
+    paths: Sequence[str],
+    going: Callable[[], bool] = lambda: True,
+    links: bool = False,
+    seen: set[str] | None = None,
+    on_error: Callable[[str, str], None] = warn,
+) -> Iterator[str]:
     """Files as given, folders replaced by the audio files under them, each file once however it is reached
     (`vibrary tag DIR ./DIR/x.wav` or a link to DIR tags x.wav once, as it is first named; `link/../x.wav` is
     the x.wav beside where the link leads; a link to a file is a file of its own), as they are found, until
     `going()` says to stop; a path that does not exist is kept so that its error is reported. `links`: links to
-    folders under them are followed (audio_files_under)."""
-    seen: set[str] = set()
+    folders under them are followed; `on_error(folder, reason)` for one that cannot be read (audio_files_under).
+    `seen`: the files met by earlier calls, for a caller that expands its paths one at a time."""
+    seen = set() if seen is None else seen
     for p in paths:
-        for f in audio_files_under(p, going=going, links=links) if os.path.isdir(p) else [p]:
+        for f in audio_files_under(p, on_error, going, links) if os.path.isdir(p) else [p]:
             # (a file's folder as it really is, the file by its own name: a link to a file is a file of its own,
             # as the index holds it, and a path that is not there keeps its name, to be said missing)
             if (key := os.path.join(os.path.realpath(os.path.dirname(f) or "."), os.path.basename(f))) not in seen:

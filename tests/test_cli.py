@@ -127,13 +127,22 @@ def test_a_folder_with_no_audio_gets_its_own_line(model_home: Path, tmp_path: Pa
     (tmp_path / "texts" / "readme.txt").write_text("no audio here")
     (tmp_path / "empty").mkdir()
     kick = write_tone(tmp_path / "kick.wav", 60.0)
-    asked = [str(tmp_path / "texts"), str(kick), str(tmp_path / "empty")]
-    lines = {line["path"]: line for line in json_lines(vibrary("tag", "--json", *asked, home=model_home).stdout)}
-    assert set(lines) == set(asked)
-    assert lines[asked[0]]["error"] == lines[asked[2]]["error"] == "no audio files in this folder"
-    assert lines[str(kick)]["error"] is None and lines[str(kick)]["tags"]
-    alone = vibrary("tag", "--json", asked[2], home=model_home).stdout  # (nothing at all to tag: the same line)
-    assert json_lines(alone) == [lines[asked[2]]]
+    snare = write_tone(tmp_path / "locked" / "snare.wav", 200.0)
+    (tmp_path / "locked").chmod(0)  # (a folder macOS keeps from a program without Full Disk Access)
+    asked = [str(tmp_path / "texts"), str(kick), str(tmp_path / "locked"), str(tmp_path / "empty"), str(tmp_path)]
+    try:
+        run = vibrary("tag", "--json", *asked, home=model_home)
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+    lines = json_lines(run.stdout)
+    assert [line["path"] for line in lines] == asked[:4]  # in the order asked: tmp_path's kick was said already
+    assert lines[0]["error"] == lines[3]["error"] == "no audio files in this folder"
+    assert lines[1]["error"] is None and lines[1]["tags"]
+    assert lines[2]["error"] == "no audio files read: it, or a folder in it, cannot be read (Permission denied)"
+    # once for each path it is under (itself, tmp_path): a folder with no audio was walked twice
+    assert run.stderr.count(f"cannot read folder {snare.parent}") == 2, run.stderr
+    alone = vibrary("tag", "--json", asked[3], home=model_home).stdout  # (nothing at all to tag: the same line)
+    assert json_lines(alone) == [lines[3]]
 
 
 def test_a_mistake_the_parser_catches_is_a_json_line_too(home: Path) -> None:
