@@ -17,6 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 from vibrary.daemon import config
+from vibrary.daemon.index import Index
 
 from .output import Bar, CommandError, _out, _shown, terminal_safe
 from .tray_state import many
@@ -373,6 +374,24 @@ def _create(args: argparse.Namespace, home_dir: Path, untagged: list[str]) -> tu
     return report, added, list(unread)
 
 
+def _meant_instead(tag: str, alias: str, table: Any) -> str | None:
+    """The tag a new alias's tag may have been meant as: one the table spells it as (`perc` is percussion), or
+    one of its tags it is a typo of (kik, kick); None for a tag of its own (no alias leads to it, no installed
+    model tags it), far from them all (shaker is no phaser, crash no bitcrush: difflib's 0.6 said they were)."""
+    tags = {t for other, t, _ in table.pairs() if other != alias}
+    home_dir = config.home()
+    if config.index_path(home_dir).exists():  # a tag the user trained is their own
+        with contextlib.closing(Index(config.index_path(home_dir))) as index:
+            tags |= {c for m in index.models() for c in m.classes}
+    if tag in tags:
+        return None
+    spelled = table.tag_of(tag)
+    if spelled is not None and spelled != tag:
+        return str(spelled)
+    near = difflib.get_close_matches(tag, sorted(tags), n=1, cutoff=0.8)
+    return near[0] if near else None
+
+
 def cmd_synonyms(args: argparse.Namespace) -> int:
     table = _synonyms()
     if args.action == "remove":
@@ -385,25 +404,24 @@ def cmd_synonyms(args: argparse.Namespace) -> int:
                 said = f"; the built-in {alias} → {shipped[alias]} too: `vibrary synonyms add {alias} {shipped[alias]}`"
             _out(args, obj, f"{alias:20} ✗ {tag}  (removed{said})")
         return 0
+    asked = args.alias.strip().lower() if args.action == "add" else ""
     if args.action == "add":
-        meant = {alias: (tag, builtin) for alias, tag, builtin in table.pairs()}.get(args.alias.strip().lower())
+        meant = {alias: (tag, builtin) for alias, tag, builtin in table.pairs()}.get(asked)
         table.add(config.home(), [(args.alias, args.tag)])
         table = _synonyms()
-        now = {alias: tag for alias, tag, _ in table.pairs()}.get(args.alias.strip().lower())
-        alias = args.alias.strip().lower()
+        now = {alias: tag for alias, tag, _ in table.pairs()}.get(asked)
         if meant is not None and meant[0] != now:  # `synonyms add BD snare` took bd from kick without a word
             whose = "the built-in table's" if meant[1] else "yours"
-            print(f"vibrary: {alias} meant {meant[0]} ({whose}); it means {now} now", file=sys.stderr)
-        tags = {tag for other, tag, _ in table.pairs() if other != alias}
-        if now is not None and now not in tags and (near := difflib.get_close_matches(now, sorted(tags), n=1)):
+            print(f"vibrary: {asked} meant {meant[0]} ({whose}); it means {now} now", file=sys.stderr)
+        if now is not None and (near := _meant_instead(now, asked, table)):
             # (`synonyms add bd kik` made a tag kik of every kick drum, beside the table's kick, unsaid)
             print(
-                f"vibrary: {now} is a new tag, no other alias leads to it; did you mean {near[0]}? "
-                f"(`vibrary synonyms add {shlex.quote(alias)} {shlex.quote(near[0])}`)",
+                f"vibrary: {now} is a new tag, no other alias leads to it; did you mean {near}? "
+                f"(`vibrary synonyms add {shlex.quote(asked)} {shlex.quote(near)}`)",
                 file=sys.stderr,
             )
     for alias, tag, builtin in table.pairs():
-        if args.action == "add" and alias != args.alias.strip().lower():
+        if asked and alias != asked:
             continue
         _out(
             args,

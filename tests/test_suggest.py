@@ -623,6 +623,9 @@ def test_cli_synonyms_remove(tmp_path: Path) -> None:
         "kik is a new tag, no other alias leads to it; did you mean kick? (`vibrary synonyms add bdrum kick`)" in typo
     )
     assert "did you mean" not in vibrary("synonyms", "add", "bdrum", "kick", home=home).stderr
+    for alias, tag in (("shkr", "shaker"), ("crsh", "crash"), ("pd", "pad")):  # (phaser, bitcrush, sad, it said)
+        assert "did you mean" not in vibrary("synonyms", "add", alias, tag, home=home).stderr, tag
+    assert "did you mean vocals?" in vibrary("synonyms", "add", "vx", "vocal", home=home).stderr  # the table's
     undone = vibrary("synonyms", "remove", "bd", home=home).stdout  # the built-in kick went too, unsaid
     assert "(removed; the built-in bd → kick too: `vibrary synonyms add bd kick`)" in undone
 
