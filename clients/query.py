@@ -173,12 +173,17 @@ def _forms(word: str) -> set[str]:
 def joined_as(known: Collection[str], table: Synonyms | None = None) -> Callable[[str], bool]:
     """Whether words are one of these tags, however joined: for `join_tags`, so that `search gritty sound`
     finds a tag gritty-sound, as a rename or a label of the API spells one, in the CLI, the tray and
-    `Client.search` alike; or, given the table, one of the user's own aliases with spaces (`synonyms add "big
-    room" kick`: `search big room` was big AND room, where "hi hat" was found unquoted). Not the built-in ones:
-    `search bass synth` is bass AND synth, not the alias of the bass it is to the table."""
+    `Client.search` alike; or, given the table, one of the user's own aliases of words (`synonyms add "big
+    room" kick`: `search big room` was big AND room, where "hi hat" was found unquoted), however joined too
+    (big-room), unless each of its words is a tag (`dark kick`: `search dark kick` stays dark AND kick). Not the
+    built-in ones: `search bass synth` is bass AND synth, not the alias of the bass it is to the table."""
     spelled = {_compact(t) for t in known}
-    mine = {tag_key(alias) for alias, _, builtin in table.pairs() if not builtin and " " in alias} if table else set()
-    return lambda text: not _forms(text).isdisjoint(spelled) or tag_key(text) in mine
+    mine = {
+        _compact(alias)
+        for alias, _, builtin in (table.pairs() if table is not None else [])
+        if not builtin and len(words := re.split(r"[\s_-]+", alias.strip())) > 1 and not all(w in known for w in words)
+    }
+    return lambda text: not _forms(text).isdisjoint(spelled) or _compact(text) in mine
 
 
 def spelled_as(word: str, known: set[str], table: Synonyms | None) -> str | None:

@@ -709,6 +709,10 @@ def test_search_finds_a_tag_by_the_spellings_the_synonym_table_gives_it(daemon: 
     said = "vibrary: searched 'big room' as 'kick', the tag it spells\n"
     assert found("big", "room") == found("big room") == found("BIG", "Room") == ({"low"}, said)
     assert found("big", "room", "-kick")[0] == set()  # (its two words, then an excluded one)
+    vibrary("synonyms", "add", "huge-room", "kick", home=daemon.home)  # joined otherwise: found alike
+    assert found("huge", "room")[0] == {"low"}
+    vibrary("synonyms", "add", "snare kick", "hihat", home=daemon.home)  # words that are tags keep their meaning
+    assert "searched" not in found("snare", "kick")[1]
     typo = found("hhh")[1]  # no alias: still a typo, said so
     assert "no active model tags 'hhh'" in typo and "searched" not in typo
     vibrary("models", "deactivate", "drums", home=daemon.home)
