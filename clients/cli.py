@@ -245,7 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("daemon", parents=[common], help="run the daemon in the foreground; `daemon stop` stops it")
     p.add_argument(  # ("daemon start", the first guess, was an invalid choice)
-        "action", nargs="?", choices=["start", "stop"], help="stop the daemon running for this home; start: as none"
+        "action",
+        nargs="?",
+        choices=["start", "stop"],
+        help="stop: the daemon running for this home; start: the same as none (it runs in the foreground)",
     )
     p.add_argument("--listen", default="", type=_listen, metavar="HOST:PORT", help="also serve on TCP (needs a token)")
     p.add_argument("--token", default="", help="token TCP clients must send (default $VIBRARY_TOKEN)")

@@ -347,7 +347,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if s.missing_watches:
         human += "\nmissing watch folders (moved, renamed or unmounted?): " + ", ".join(map(_shown, s.missing_watches))
         if s.away:  # (a folder moved into another watch: its files counted twice, failures listed twice, unsaid)
-            human += f"\n  {many(s.away)} of the counts above are theirs, as the index last had them"
+            human += f"\n  {many(s.away)} of the counts above are under them (as last seen; searches leave them out)"
         if s.waiting_for_watches:  # (the pending count alone said nothing of why it did not move)
             human += f"\n  the {many(s.pending)} pending wait for them: read once they are back"
         human += f"\n  {MISSING_FIX}"

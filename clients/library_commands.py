@@ -26,6 +26,7 @@ from .client import Client
 from .errors import VibraryError
 from .output import (
     FAILING,
+    NO_MODEL,
     NO_MODEL_TAGS,
     READ_AGAIN,
     SILENT_TAGS,
@@ -356,7 +357,7 @@ def cmd_counts(args: argparse.Namespace) -> int:
         if args.model and (inactive := _inactive(models, args.model)):  # it printed nothing
             print(f"vibrary: {inactive}", file=sys.stderr)
         elif not counts and not any(m.active for m in models):  # (it sent people to --min-score, which finds none)
-            print(f"vibrary: {NO_MODEL_TAGS.removeprefix('no tags: ')}", file=sys.stderr)
+            print(f"vibrary: {NO_MODEL}", file=sys.stderr)
         elif not counts and c.status().indexed:  # (nothing at all, as of no model of that name)
             of = f" of {args.model}" if args.model else ""
             print(

@@ -65,7 +65,8 @@ def _out(args: argparse.Namespace, obj: dict[str, Any], human: str) -> None:
 
 # what a file read fine with no tags is (`note` in its line): silent, or, in the index, heard by no active model
 SILENT_TAGS = f"no tags: {SILENT}"
-NO_MODEL_TAGS = "no tags: no model is active (`vibrary models activate NAME`)"
+NO_MODEL = "no model is active (`vibrary models activate NAME`)"
+NO_MODEL_TAGS = f"no tags: {NO_MODEL}"
 NOT_READ_YET = "not read yet (pending)"
 # a pending file's tags are its last reading's (it changed since, or a model re-tags the library): `tags` says so, since
 # a file overwritten with a kick while indexing was paused showed the flute it had been, as any tagged file

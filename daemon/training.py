@@ -538,7 +538,7 @@ def _on_trainer(
         report(uploaded_bytes=sent)
 
     with _trainer_at(home_dir, job, report, cancel, leave) as client:
-        report(state="uploading", message=f"uploading {manifest.size} bytes of spectrograms to {client.target}")
+        report(state="uploading", message=f"uploading {manifest.size:,} bytes of spectrograms to {client.target}")
         try:
             client.upload(manifest, shard_dir, uploaded)
         except Exception:

@@ -151,11 +151,15 @@ def main() -> int:
     ap.add_argument("--corpus", type=Path, default=Path("/work/corpus"))
     ap.add_argument("--cache", type=Path, default=ROOT / ".figure3-cache")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "familiarity.json")
+    ap.add_argument("--out", type=Path, help="default: docs/familiarity.json, -as-new.json with --as-new, -share.json")
     ap.add_argument("--report", action="store_true", help="only print the table of the runs in --out")
     ap.add_argument("--as-new", action="store_true", help="train as `vibrary train --as-new` does (over epochs)")
     ap.add_argument("--share", type=float, help="of the examples below the bar (UNFAMILIAR_EXAMPLES), for this run")
     args = ap.parse_args()
+    if args.out is None:  # (a run with --as-new or --share overwrote the table the docs show as the default path)
+        kind = "-as-new" if args.as_new else ""
+        share = f"-share{round(args.share * 100):02d}" if args.share is not None else ""
+        args.out = ROOT / "docs" / f"familiarity{kind}{share}.json"
     if args.report:
         print(table(json.loads(args.out.read_text())))
         return 0

@@ -472,7 +472,7 @@ def test_files_of_a_drive_unplugged_before_they_were_read_say_indexing_waits_for
     assert json.loads(vibrary("status", "--json", home=daemon.home).stdout)["waiting_for_watches"] is True
     said = vibrary("status", home=daemon.home).stdout
     assert "the 3 files pending wait for them: read once they are back" in said
-    assert "3 files of the counts above are theirs, as the index last had them" in said  # (counted twice, moved)
+    assert "3 files of the counts above are under them (as last seen; searches leave them out)" in said
     assert daemon.client.status().away == 3
     under = vibrary("search", "low", "--under", str(library), home=daemon.home, check=False)  # not a typo: said why
     assert under.returncode == 1 and f"not there now, left out: the files under {library}" in under.stderr
