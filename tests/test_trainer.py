@@ -1662,6 +1662,32 @@ def test_augmentation_keeps_shape_and_range_and_follows_the_seed() -> None:
     assert not torch.equal(a[0] - a[0].max(), a[1] - a[1].max())  # each clip its own draw
 
 
+def test_lo_fi_copies_lose_the_bands_above_their_rate_and_hiss_only_where_they_sound() -> None:
+    """A flat spectrum (white noise) in the first half of the clip, silence after: a sampler at 8 kHz keeps
+    nothing above 4 kHz, an 8-bit one hisses under the sound but not in the digital silence after it; the
+    rest of a batch (and all of it at a share of 0) is left alone."""
+    from vibrary.daemon.spectrogram import SpectrogramParams, mel_filterbank
+    from vibrary.trainer.augment import LoFi
+
+    params = SpectrogramParams()
+    lofi = LoFi(mel_filterbank(params), params.sample_rate)
+    x = torch.full((64, 1, params.n_mels, 40), -80.0)
+    x[..., :20] = -30.0
+    x[..., 0, 5] = 0.0  # the loudest value, at 0 dB as the daemon references it
+    out = lofi(x, -80.0, 0.5, torch.Generator().manual_seed(1))
+    assert torch.equal(lofi(x, -80.0, 0.0, torch.Generator()), x)
+    changed = ~(out == x).flatten(1).all(1)
+    assert 16 < changed.sum() < 48  # about half the clips
+    assert out.max() <= 0.0 and out.min() >= -80.0 and torch.equal(out.flatten(1).amax(1), torch.zeros(64))
+    above = torch.from_numpy(mel_filterbank(params)[:, np.linspace(0, 22050, 1025) <= 11025].sum(1) == 0)
+    cut = changed & (out[:, 0, above, :20] <= -79.0).all(dim=(1, 2))  # nothing left above 11 kHz at least
+    assert cut.any() and (out[cut, 0, :10, :20] > -35).all()  # the low bands as they were
+    hiss = changed & (out[:, 0, :, 20:] > -80).any(dim=(1, 2))
+    assert not hiss.any()  # the silence after the sound stays digital silence
+    hissed = changed & (out[:, 0, :10, :20] != x[:, 0, :10, :20]).any(dim=(1, 2))
+    assert hissed.any()
+
+
 def test_a_short_one_shot_is_never_augmented_into_silence_nor_loses_its_attack() -> None:
     """A closed hi-hat, 13 frames at the clip's start: shifts up to 32 frames earlier cut its attack off a
     third of the time and left it all silent a fifth of the time, masks as often: a clip of silence trained

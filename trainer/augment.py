@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 EQ_DB = 4.0  # largest tilt of the random EQ, in dB at either end of the mel axis
@@ -29,6 +30,11 @@ EARLY = 2.0  # largest shift earlier in time, in frames (later: up to a quarter 
 # (docs/demo-model.md, "Where a training clip starts")
 LATE_SHARE = 0.25
 CPU_CHUNK = 16  # clips at once on the CPU: 64 at once took 29-61 ms a batch here, 16 at once 20-32 ms
+# lo-fi copies (`lo_fi`): the low-pass of each sample rate a sampler or a bit-crusher runs at (8, 11.025, 16 and
+# 22.05 kHz), and the range of an 8- to 12-bit quantisation's white noise in a mel band, in dB under the clip's
+# loudest band (full-scale tones put it far down, broadband hits nearer)
+LOFI_CUTOFFS_HZ = (4000.0, 5512.5, 8000.0, 11025.0)
+LOFI_NOISE_DB = (-80.0, -45.0)
 
 
 def augment(x: torch.Tensor, floor: float, generator: torch.Generator, masks: bool = True) -> torch.Tensor:
@@ -108,6 +114,44 @@ def _equalise(x: torch.Tensor, floor: float, gains: torch.Tensor, phase: torch.T
     out = torch.where(sounding, x + torch.as_tensor(curve).to(x.dtype).to(x.device)[:, None, :, None], x)
     out = out - out.amax(dim=(1, 2, 3), keepdim=True)
     return torch.where(sounding, out.clamp(min=floor), out.new_full((), floor))
+
+
+class LoFi:
+    """What a lower sample rate and fewer bits do to each band of a mel spectrogram of these parameters: a
+    sample pack's SP-1200 drums or 8-bit chip sounds, which the demo model called something else two times in
+    three (docs/demo-model.md, "Lo-fi samples"). Worked out on the power of each band, from its filter's
+    weights: a low-pass keeps the share of the filter below its cutoff, and white noise fills each band in
+    proportion to its filter's area, so no audio is needed (the trainer has spectrograms only)."""
+
+    def __init__(self, filters: np.ndarray, sample_rate: int) -> None:
+        freqs = np.linspace(0, sample_rate / 2, filters.shape[1])
+        area = filters.sum(1).clip(min=1e-12)
+        kept = [filters[:, freqs <= c].sum(1) / area for c in LOFI_CUTOFFS_HZ if c < sample_rate / 2]
+        self.kept = torch.from_numpy(10 * np.log10(np.stack(kept).clip(min=1e-8)))  # (cutoffs, M) dB
+        self.noise = torch.from_numpy(10 * np.log10(area / area.max()))  # (M,) dB, 0 in the widest band
+
+    def __call__(self, x: torch.Tensor, floor: float, share: float, generator: torch.Generator) -> torch.Tensor:
+        """x: (N, C, M, T) dB re each clip's loudest value. A `share` of the clips band-limited (three in four
+        of those), hissing where they sound (three in four), or both; referenced to their loudest value again."""
+        n = len(x)
+        picked = torch.rand(n, generator=generator) < share
+        if not picked.any() or not len(self.kept):
+            return x
+        cut = torch.rand(n, generator=generator) < 0.75
+        hiss = ~cut | (torch.rand(n, generator=generator) < 0.75)
+        which = torch.randint(len(self.kept), (n,), generator=generator)
+        lo, hi = LOFI_NOISE_DB
+        level = lo + (hi - lo) * torch.rand(n, generator=generator)
+        gain = torch.where((picked & cut)[:, None], self.kept[which], torch.zeros(()))  # (N, M) dB
+        power = torch.pow(10.0, (x.double() + gain[:, None, :, None].to(x.device)) / 10)
+        sounding = (x > floor).any(dim=2, keepdim=True)  # frames with sound: digital silence stays silent
+        # each band and frame's own noise power: a gamma of shape 2 and mean 1 (two exponentials' mean)
+        grain = torch.rand((2, *x.shape), generator=generator).clamp(min=1e-12).log().sum(0) / -2
+        noise = torch.pow(10.0, (level[:, None, None, None] + self.noise[None, None, :, None]) / 10) * grain.double()
+        noise = noise.to(x.device) * ((picked & hiss)[:, None, None, None].to(x.device) & sounding)
+        out = 10 * torch.log10((power + noise).clamp(min=1e-30))
+        out = (out - out.amax(dim=(1, 2, 3), keepdim=True)).clamp(min=floor).to(x.dtype)
+        return torch.where(picked[:, None, None, None].to(x.device), out, x)
 
 
 def mixup(

@@ -85,6 +85,7 @@ class TrainConfig:
     seed: int = 0
     augment: bool = True
     masks: bool = True  # SpecAugment time/mel masks (part of augment)
+    lofi: float = 0.0  # the share of clips made lo-fi copies (augment.LoFi; part of augment): the demo's recipe
     body_lr: float = 0.05  # a pretrained body's learning rate, as a share of lr (0: only batch norm adapts)
     dropout: float = 0.2  # after each convolution block but the first
     head_dropout: float = 0.5  # on the embedding, before the classifier
@@ -129,6 +130,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be {MAX_EPOCHS} or fewer")
         if not DEVICE.fullmatch(self.device):
             raise ValueError(f"unknown device {self.device!r}: auto, cpu, cuda or cuda:N")
+        if not 0 <= self.lofi <= 1:
+            raise ValueError("lofi is a share of the clips: from 0 to 1")
         rates = (self.lr, self.weight_decay, self.body_lr, self.mixup_alpha, self.label_smoothing, self.known_pull)
         if not all(math.isfinite(x) and x >= 0 for x in rates) or self.lr == 0:
             raise ValueError(

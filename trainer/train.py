@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from vibrary.daemon.shards import Manifest, ShardError, too_few
-from vibrary.daemon.spectrogram import SpectrogramParams, dequantize
+from vibrary.daemon.spectrogram import SpectrogramParams, dequantize, mel_filterbank
 
 from . import checkpoint as snapshot
-from .augment import augment, mixup
+from .augment import LoFi, augment, mixup
 from .known import Known, starts_from
 from .network import TagNet
 from .options import FITTING, PRECISIONS, Cancelled, TrainConfig
@@ -254,10 +254,15 @@ def train(
         x = torch.from_numpy(dequantize(x_all[idx].numpy(), params)).to(device)
         return x, y_all[idx].to(device)
 
-    def prepared(x: torch.Tensor, y: torch.Tensor, n: int, masks: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augmented inputs and smoothed (mixed) one-hot targets."""
+    lofi = LoFi(mel_filterbank(params), params.sample_rate) if config.lofi else None
+
+    def prepared(x: torch.Tensor, y: torch.Tensor, n: int, masks: bool, own: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented inputs and smoothed (mixed) one-hot targets. `own`: the dataset's clips, not an auxiliary
+        task's (lo-fi copies of effects would be bitcrush, their labels wrong)."""
         targets = F.one_hot(y, n).float()
         if config.augment:
+            if lofi is not None and own:
+                x = lofi(x, -params.top_db, config.lofi, gen)
             x = augment(x, -params.top_db, gen, masks)
             x, targets = mixup(x, targets, config.mixup_alpha, gen)
         return x, targets * (1 - config.label_smoothing) + config.label_smoothing / n
@@ -329,7 +334,7 @@ def train(
         # 32, 32 and one clip, mixed up with itself and stepped on as if it were a batch
         for part in np.array_split(order, steps_per_epoch):
             x, y = batch(part)
-            x, targets = prepared(x, y, n_classes, config.masks)
+            x, targets = prepared(x, y, n_classes, config.masks, own=True)
             if aux is None or aux_head is None:
                 with amp():
                     logits = net(x)
@@ -337,7 +342,9 @@ def train(
             else:  # one pass through the body for both sets: batch norm sees what it will be fed
                 pick = rng.integers(0, len(aux.labels), max(2, round(len(part) * aux.share)))
                 xa = torch.from_numpy(dequantize(aux.codes[pick], params)).to(device)
-                xa, ta = prepared(xa, torch.from_numpy(aux.labels[pick]).long().to(device), len(aux.classes), aux.masks)
+                xa, ta = prepared(
+                    xa, torch.from_numpy(aux.labels[pick]).long().to(device), len(aux.classes), aux.masks, own=False
+                )
                 with amp():
                     emb = net.embedding(torch.cat([x, xa]))
                     logits, aux_logits = net.head(emb[: len(x)]), aux_head(emb[len(x) :])
