@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
-from vibrary.daemon import config, registry
+from vibrary.daemon import config, pidlock, registry
 from vibrary.daemon.cloud import ENDING_SIGNALS
 from vibrary.daemon.infer import ModelError
 from vibrary.daemon.rpc import is_loopback
@@ -380,6 +380,20 @@ def _trainer_token(args: argparse.Namespace, data: Path) -> int:
     if args.token_action == "add":
         users = tenants.list_users(data)
         replaced = args.user in users
+        if (old := tenants.leftover(data, tenants.check_user(args.user))) is not None:
+            # (a user removed, then a name given again: the new holder listed and downloaded the old one's jobs)
+            if pidlock.holder(data / "trainer.lock") is not None:
+                raise CommandError(
+                    f"{args.user}'s jobs and spectrograms from before their token was removed are in {old}, and the"
+                    " trainer serving this folder holds them: stop it, then add the token again (they are set aside,"
+                    " not given to the new token), or give the new user another name"
+                )
+            kept = tenants.set_aside(old)
+            print(
+                f"vibrary: {args.user}'s jobs and spectrograms from before their token was removed are set aside in"
+                f" {kept}, not given to the new token: delete that folder once no longer needed",
+                file=sys.stderr,
+            )
         token = tenants.add_token(data, args.user)
         if not users and (running := tenants.open_jobs(data)):
             print(

@@ -594,6 +594,34 @@ def test_the_data_folder_may_follow_the_token_action(home: Path, tmp_path: Path)
     assert json_lines(vibrary("trainer", "token", "list", "--json", home=home).stdout) == [{"users": []}]
 
 
+def test_a_name_given_again_after_its_token_was_removed_does_not_inherit_the_old_users_jobs(
+    home: Path, tmp_path: Path
+) -> None:
+    """`token remove carol`, then `token add carol` for someone else: the new carol listed and downloaded the
+    old one's models (the jobs and shards stayed under tenants/carol)."""
+    import contextlib
+
+    from vibrary.daemon import pidlock
+    from vibrary.trainer import tenants
+
+    data = tmp_path / "trainer"
+    vibrary("trainer", "token", "add", "--data", str(data), "carol", home=home)
+    record = data / "tenants" / "carol" / "jobs" / "f729930a127b" / "job.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("{}")  # (what a finished job leaves)
+    vibrary("trainer", "token", "remove", "--data", str(data), "carol", home=home)
+    with contextlib.closing(pidlock.hold(data / "trainer.lock")):  # a trainer serving the folder holds them
+        held = vibrary("trainer", "token", "add", "--data", str(data), "carol", home=home, check=False)
+    assert held.returncode == 1 and "stop it, then add the token again" in held.stderr, held.stderr
+    assert tenants.list_users(data) == [] and record.exists()
+    again = vibrary("trainer", "token", "add", "--data", str(data), "carol", home=home)
+    assert not (data / "tenants" / "carol").exists() and tenants.list_users(data) == ["carol"]
+    kept = list((data / "removed").glob("carol-*/jobs/f729930a127b/job.json"))
+    assert len(kept) == 1 and f"set aside in {kept[0].parents[2]}" in again.stderr, again.stderr
+    rotated = vibrary("trainer", "token", "add", "--data", str(data), "carol", home=home)  # a token replaced
+    assert "set aside" not in rotated.stderr and len(list((data / "removed").iterdir())) == 1
+
+
 def test_health_watches_without_a_token_do_not_hold_the_servers_threads() -> None:
     """Health needs no token (a load balancer asks it), and each Watch stream held one of the server's
     threads: 64 of them, from anyone who could reach the port, and no caller with the token got an answer."""

@@ -19,6 +19,7 @@ import logging
 import re
 import secrets
 import threading
+import time
 from pathlib import Path
 
 from vibrary.daemon import atomic
@@ -88,6 +89,21 @@ def remove_token(data: Path, user: str) -> bool:
         return False
     _save(tokens_path(data), users)
     return True
+
+
+def leftover(data: Path, user: str) -> Path | None:
+    """The folder of jobs and shards a user left when their token was removed (None: none, or they hold a token
+    now): a new token of the same name must not inherit them (another person's models and spectrograms)."""
+    folder = data / "tenants" / user
+    return folder if folder.is_dir() and user not in _load(tokens_path(data)) else None
+
+
+def set_aside(folder: Path) -> Path:
+    """A removed user's folder (`leftover`) moved where no trainer serves it from: data/removed/USER-WHEN."""
+    target = folder.parent.parent / "removed" / f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    target.parent.mkdir(mode=0o700, exist_ok=True)
+    folder.rename(target)
+    return target
 
 
 def list_users(data: Path) -> list[str]:
