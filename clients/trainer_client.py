@@ -36,7 +36,12 @@ def open_channel(
     --trainer IP:PORT` failed the check for the same trainer."""
     if ca is None:
         return grpc.insecure_channel(target, options=list(options))
-    pem = ca if isinstance(ca, bytes) else Path(ca).read_bytes()
+    try:
+        pem = ca if isinstance(ca, bytes) else Path(ca).read_bytes()
+    except OSError as e:  # ("[Errno 2] No such file or directory: 'nope.pem'" named no setting)
+        raise ValueError(
+            f"the trainer's certificate {e.filename} (VIBRARY_TRAINER_CA, or --tls-ca) cannot be read: {e.strerror}"
+        ) from None
     name = server_name or os.environ.get("VIBRARY_TRAINER_TLS_NAME", "")
     named = [("grpc.ssl_target_name_override", name)] if name else []
     return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=pem), [*options, *named])
@@ -56,9 +61,13 @@ def connection_hint(e: grpc.RpcError, tls: bool, answered: bool = False, flags: 
         return f"; its certificate does not name this address: set {name} to the name it holds"
     if answered:  # (its TLS, or not, was right a moment ago)
         return "; it answered before: stopped or restarted there?"
+    if "certificate has expired" in details:  # ("is VIBRARY_TRAINER_CA the certificate it serves?": it was)
+        return "; the certificate it serves has expired: make a new one there and serve it (docs/cloud.md)"
     if tls:
         return f"; is {ca} the certificate it serves (or its CA's)?"
-    return f"; is it running there (`vibrary trainer serve`)? One that serves TLS needs {ca} set to its certificate"
+    where = "" if flags else " (in the daemon's environment, for a training the daemon runs)"
+    running = "; is it running there (`vibrary trainer serve`)?"
+    return f"{running} One that serves TLS needs {ca} set to its certificate{where}"
 
 
 class TrainerClient:

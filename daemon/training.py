@@ -194,6 +194,8 @@ def check_request(
         host, _, port = trainer.rpartition(":")
         if not host or not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):  # not `host:²`
             raise ValueError(f"trainer {trainer!r}: expected local, cloud or HOST:PORT")
+        if "://" in host or "/" in host:  # (https://host:7878 went to gRPC's resolver: "Misformatted domain name")
+            raise ValueError(f"trainer {trainer!r}: HOST:PORT alone, no scheme or path (TLS: VIBRARY_TRAINER_CA)")
     base = base or "demo"
     if base not in BASES:
         raise ValueError(f"base {base!r}: expected demo (transfer from the built-in model) or none")

@@ -1190,6 +1190,7 @@ def test_training_that_cannot_start_fails_clearly_and_reports_it(home: Path, tmp
     cases: list[tuple[str, dict[str, str], str]] = [
         ("nope", {}, "no dataset 'nope'"),
         ("mine", {"trainer": "somewhere"}, "expected local, cloud or HOST:PORT"),
+        ("mine", {"trainer": "https://gpubox:7878"}, "HOST:PORT alone, no scheme or path"),  # (a resolver error)
         ("mine", {"trainer": "127.0.0.1:1"}, "trainer at 127.0.0.1:1"),  # nobody listens there
         # refused before any trainer starts: the reason is the user's, not a trainer's or an install's
         ("mine", {"trainer": "127.0.0.1:1", "base": "nosuch"}, "base 'nosuch': expected demo"),

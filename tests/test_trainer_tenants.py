@@ -305,7 +305,10 @@ def test_a_training_whose_token_is_removed_says_why_it_ended(
     assert proc.returncode == 1 and json_lines(out)[-1]["error"] == why, err
 
 
-def _self_signed(tmp_path: Path, names: tuple[str, ...] = ("localhost", "127.0.0.1")) -> tuple[bytes, bytes]:
+def _self_signed(
+    tmp_path: Path, names: tuple[str, ...] = ("localhost", "127.0.0.1"), days: int = 1
+) -> tuple[bytes, bytes]:
+    """A certificate for these names, valid from 5 minutes ago for `days` (below 0: expired that long ago)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -320,8 +323,8 @@ def _self_signed(tmp_path: Path, names: tuple[str, ...] = ("localhost", "127.0.0
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
+        .not_valid_before(now - datetime.timedelta(minutes=5) + datetime.timedelta(days=min(days, 0) * 2))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(
             x509.SubjectAlternativeName(
                 [x509.DNSName(n) if n[0].isalpha() else x509.IPAddress(ipaddress.ip_address(n)) for n in names]
@@ -370,6 +373,26 @@ def test_tls_end_to_end_with_a_certificate_made_here(home: Path, tmp_path: Path)
         assert health.stdout.strip() == f"{target}: SERVING"
         refused = vibrary("trainer", "health", "--target", target, "--timeout", "3", home=home, check=False)
         assert refused.returncode == 1 and "One that serves TLS needs --tls-ca set to its certificate" in refused.stderr
+        # (a daemon's training reads the daemon's environment, not the shell's the command ran in)
+        plain = TrainerClient(target, "s3cret", timeout=5)
+        with plain, pytest.raises(DaemonError, match=re.escape("(in the daemon's environment, for a training the")):
+            plain.missing(manifest)
+        with pytest.raises(ValueError, match=r"certificate \S+nope.pem \(VIBRARY_TRAINER_CA, or --tls-ca\) cannot be"):
+            TrainerClient(target, "s3cret", tls_ca=tmp_path / "nope.pem")  # it said "[Errno 2] … 'nope.pem'"
+    finally:
+        serving.stop(grace=0)
+
+
+def test_a_trainer_serving_an_expired_certificate_is_said_to(tmp_path: Path) -> None:
+    """ "CERTIFICATE_VERIFY_FAILED: certificate has expired; is VIBRARY_TRAINER_CA the certificate it serves?": it
+    was, a year after `openssl req -days 365`."""
+    pytest.importorskip("cryptography")
+    cert, key = _self_signed(tmp_path, days=-30)
+    serving = serve(tmp_path / "trainer", "127.0.0.1:0", token="s3cret", tls_cert=cert, tls_key=key)
+    try:
+        client = TrainerClient(f"127.0.0.1:{serving.port}", "s3cret", timeout=5, tls_ca=cert)
+        with client, pytest.raises(DaemonError, match="the certificate it serves has expired: make a new one"):
+            client.jobs()
     finally:
         serving.stop(grace=0)
 
