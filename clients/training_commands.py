@@ -46,6 +46,7 @@ def _cancel_daemons(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from vibrary.daemon.training import (
         CANCEL_UNSENT,
+        EARLIER_UPLOAD,
         HELD_OUT,
         LEFT_TO_OTHERS,
         LOST_TRAINER,
@@ -84,12 +85,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     refused: list[str] = []  # why the trainer refused to cancel the job, when it did
     started: list[str] = []  # the job, once a trainer has it: waiting for a busy trainer or uploading, none
 
-    logged = {"epoch": 0, "upload": -1}  # epoch 0 of a fit from known rows says "loss 0.000" of nothing yet
+    logged = {"epoch": 0, "upload": 0}  # epoch 0 of a fit from known rows says "loss 0.000" of nothing yet
 
     def log_lines(p: TrainProgress) -> None:
         """A line per epoch and per quarter of the upload where no bar can show (a log file, a script's
         pipe): a training of hours said nothing there until it ended."""
-        if p.state in ("uploading", "waiting") and p.upload_bytes:  # (the last quarter comes as it waits)
+        # each quarter sent (the last comes as it waits): "upload 0 of N bytes" came before refusals that no
+        # upload had begun for (a wrong token, no AWS credentials), and "N of N" of an upload of nothing
+        uploaded = p.state == "uploading" or (p.state == "waiting" and "uploading" in states)
+        if uploaded and p.upload_bytes and EARLIER_UPLOAD not in p.message:
             quarter = 4 * p.uploaded_bytes // p.upload_bytes
             if quarter > logged["upload"]:
                 logged["upload"] = quarter

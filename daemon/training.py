@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 FINISHED = ("succeeded", "failed", "cancelled")
 PHASES_KEPT = 16  # states a slow follower of a training can catch up on
+EARLIER_UPLOAD = "already, from an earlier upload"  # what a training whose trainer had its shards says as it starts
 STATES = ("uploading", "waiting", "training", "installing", *FINISHED)
 # How long `vibrary train` calls a trainer that stopped answering mid-job before it gives up: a dropped
 # Wi-Fi or VPN must not throw away hours of training that go on at the other end. The daemon never gives
@@ -549,7 +550,7 @@ def _on_trainer(
             raise
         # (the bar and the log said "upload N of N bytes" where none was sent: the trainer had them)
         had = "the spectrograms" if not sent else f"{manifest.size - sent:,} of their {manifest.size:,} bytes"
-        said = f" (it had {had} already, from an earlier upload)" if sent < manifest.size else ""
+        said = f" (it had {had} {EARLIER_UPLOAD})" if sent < manifest.size else ""
         report(state="waiting", uploaded_bytes=manifest.size, message=f"starting the job on the trainer{said}")
         job.job_id = client.start(manifest, job.name, base, options, followed=leave is None).id  # none come back
         on_started(job)

@@ -1138,6 +1138,7 @@ def test_a_train_command_stopped_by_ctrl_c_or_killed_leaves_no_job_to_train_on(
             out, err = proc.communicate(timeout=60)
             assert proc.returncode == (130 if stop == signal.SIGINT else -signal.SIGKILL)
             if stop == signal.SIGINT:  # it ended with no word of the training's end
+                assert re.search(r"^upload ([\d,]+) of \1 bytes$", err.decode(), re.M), err  # the first: sent whole
                 said = "vibrary: training cancelled; its job on the trainer is cancelled; the same command goes on"
                 assert err.decode().endswith(f"{said} from its last finished epoch\n"), err
                 assert json_lines(out.decode())[-1] == {"error": "interrupted", "exit_status": 130}  # (--json: none)
@@ -1150,11 +1151,10 @@ def test_a_train_command_stopped_by_ctrl_c_or_killed_leaves_no_job_to_train_on(
     again = vibrary("train", "kinds", "--json", "--base", "none", "--epochs", "1", home=model_home)
     trained = json_lines(again.stdout)
     assert trained[-1]["summary"]["epochs_run"] == 1
-    assert re.search(r"^upload ([\d,]+) of \1 bytes$", again.stderr, re.M), again.stderr  # (it stopped at 0)
-    lines = again.stderr.splitlines()  # the upload ends before the job starts: said in that order
-    whole = next(n for n, line in enumerate(lines) if re.fullmatch(r"upload ([\d,]+) of \1 bytes", line))
+    # nothing was sent (the trainer kept the first tries'): said so, where the log said "upload 0 of N bytes",
+    # then "upload N of N bytes"
     starting = "starting the job on the trainer (it had the spectrograms already, from an earlier upload)"
-    assert whole < lines.index(starting), again.stderr  # (nothing was sent: the trainer kept the first tries')
+    assert starting in again.stderr.splitlines() and not re.search("^upload ", again.stderr, re.M), again.stderr
     assert trained[-1]["accuracy_of"] == "training clips (none held out)"  # 8 clips a class all train
     record = json.loads(killed.read_text())["job"]
     assert record["state"] == "FAILED" and "nobody was left to collect it" in record["error"]
