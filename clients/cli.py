@@ -433,10 +433,25 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--listen", default="127.0.0.1:7878", type=_serve_on, metavar="HOST:PORT", help="default 127.0.0.1:7878"
     )
-    a.add_argument("--token", default="", help="required on anything but loopback (default $VIBRARY_TRAINER_TOKEN)")
+    a.add_argument(
+        "--token",
+        default="",
+        help="one token for every caller (default $VIBRARY_TRAINER_TOKEN); off loopback it, or a user's of"
+        " `trainer token add`, is required",
+    )
     a.add_argument("--data", default="", help="where shards and jobs are kept (default $VIBRARY_HOME/trainer)")
-    a.add_argument("--tls-cert", default=os.environ.get("VIBRARY_TRAINER_TLS_CERT", ""), metavar="PEM")
-    a.add_argument("--tls-key", default=os.environ.get("VIBRARY_TRAINER_TLS_KEY", ""), metavar="PEM")
+    a.add_argument(
+        "--tls-cert",
+        default=os.environ.get("VIBRARY_TRAINER_TLS_CERT", ""),
+        metavar="PEM",
+        help="serve TLS with this certificate (default $VIBRARY_TRAINER_TLS_CERT)",
+    )
+    a.add_argument(
+        "--tls-key",
+        default=os.environ.get("VIBRARY_TRAINER_TLS_KEY", ""),
+        metavar="PEM",
+        help="its key (default $VIBRARY_TRAINER_TLS_KEY)",
+    )
     a = actions.add_parser("token", parents=[common], help="per-user tokens of this trainer (stored hashed)")
     a.add_argument("--data", default="", help="the trainer's data folder (default $VIBRARY_HOME/trainer)")
     data = _Parser(add_help=False)  # --data after the action too (`token add --data DIR bob`), as before it
@@ -447,7 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_parser("list", parents=[common, data], help="users with a token")
     a = actions.add_parser("health", parents=[common], help="exit 0 when the trainer at --target is serving")
     a.add_argument("--target", default="127.0.0.1:7878", metavar="HOST:PORT", help="default 127.0.0.1:7878")
-    a.add_argument("--tls-ca", default="", metavar="PEM", help="default $VIBRARY_TRAINER_CA or the served cert")
+    a.add_argument(
+        "--tls-ca",
+        default="",
+        metavar="PEM",
+        help="the certificate it serves, or its CA's (default $VIBRARY_TRAINER_CA, else $VIBRARY_TRAINER_TLS_CERT)",
+    )
     a.add_argument(
         "--server-name",
         default="",

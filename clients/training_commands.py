@@ -427,7 +427,13 @@ def _tls_file(path: str, flag: str) -> bytes | None:
     if not path:
         return None
     try:
-        return Path(path).read_bytes()
+        data = Path(path).read_bytes()
+        if flag == "--tls-key" and Path(path).stat().st_mode & 0o077:  # (served without a word)
+            print(
+                f"vibrary: warning: others on this machine can read the TLS key {path}: chmod 600 it",
+                file=sys.stderr,
+            )
+        return data
     except OSError as e:
         env = "VIBRARY_TRAINER_TLS_" + flag.removeprefix("--tls-").upper()
         raise CommandError(

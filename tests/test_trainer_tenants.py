@@ -494,6 +494,8 @@ def test_own_gpu_box_story_serve_with_tls_and_a_user_token_then_train_from_the_c
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else ""
+    said = proc.stderr.read() if proc.stderr else ""  # the key written as any file is (0644): served unsaid
+    assert f"others on this machine can read the TLS key {tmp_path / 'key.pem'}: chmod 600 it" in said, said
 
 
 def test_tokens_for_a_served_trainer_leave_the_homes_own_trainer_open(home: Path) -> None:

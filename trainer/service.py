@@ -833,7 +833,10 @@ def serve(
         raise ValueError("a trainer of one's own serves loopback only, with a token of the run's own")
     tenants = Tenants(root, token, open_ok=is_loopback(listen), own=own)
     if tenants.open and not is_loopback(listen):
-        raise ValueError(f"refusing to serve on {listen} without a token: only loopback is open to all")
+        raise ValueError(
+            f"refusing to serve on {listen} without a token: only loopback is open to all (`vibrary trainer token add"
+            " USER` gives one to each user; --token one to everyone)"
+        )
     if (tls_cert is None) != (tls_key is None):
         raise ValueError("TLS needs both a certificate and its key")
     service = TrainerService(root, tenants, resume, spare)
