@@ -1686,6 +1686,20 @@ def test_lo_fi_copies_lose_the_bands_above_their_rate_and_hiss_only_where_they_s
     assert not hiss.any()  # the silence after the sound stays digital silence
     hissed = changed & (out[:, 0, :10, :20] != x[:, 0, :10, :20]).any(dim=(1, 2))
     assert hissed.any()
+    # a hi-hat: its sound all above 11 kHz, loudest there. Cut, nothing of it is left (it stays as it was, not a
+    # clip of hiss); the floor stays silence (it was taken for sound at -80 dB, and lifted 80 dB to 0 dB)
+    hat = torch.full((64, 1, params.n_mels, 40), -80.0)
+    hat[:, 0, above, :20] = -6.0
+    hat[:, 0, above.nonzero()[0], 5] = 0.0
+    hat[:32, 0, :10, :20] = -50.0  # half of them with a little low sound too
+    out = lofi(hat, -80.0, 1.0, torch.Generator().manual_seed(2))
+    assert (out[..., 20:] == -80.0).all()  # silence after the sound, whatever was done
+    alone = ~(out[32:] == hat[32:]).flatten(1).all(1)
+    cut_away = (out[32:, 0, above, :20] <= -79.0).all(dim=(1, 2))
+    assert not (alone & cut_away).any()  # none of the high-only hats left as hiss
+    low = (out[:32, 0, above, :20] <= -79.0).all(dim=(1, 2))  # cut: the low sound left, at the top now
+    assert low.any() and (out[:32][low].flatten(1).amax(1) == 0).all()
+    assert (out[:32][low][:, 0, :10, :20] > -10).all()
 
 
 def test_a_short_one_shot_is_never_augmented_into_silence_nor_loses_its_attack() -> None:

@@ -35,6 +35,7 @@ CPU_CHUNK = 16  # clips at once on the CPU: 64 at once took 29-61 ms a batch her
 # loudest band (full-scale tones put it far down, broadband hits nearer)
 LOFI_CUTOFFS_HZ = (4000.0, 5512.5, 8000.0, 11025.0)
 LOFI_NOISE_DB = (-80.0, -45.0)
+LOFI_LEFT = 1e-6  # a clip whose sound the low-pass leaves under -60 dB of its peak stays as it was: hiss, no hi-hat
 
 
 def augment(x: torch.Tensor, floor: float, generator: torch.Generator, masks: bool = True) -> torch.Tensor:
@@ -127,31 +128,37 @@ class LoFi:
         freqs = np.linspace(0, sample_rate / 2, filters.shape[1])
         area = filters.sum(1).clip(min=1e-12)
         kept = [filters[:, freqs <= c].sum(1) / area for c in LOFI_CUTOFFS_HZ if c < sample_rate / 2]
-        self.kept = torch.from_numpy(10 * np.log10(np.stack(kept).clip(min=1e-8)))  # (cutoffs, M) dB
-        self.noise = torch.from_numpy(10 * np.log10(area / area.max()))  # (M,) dB, 0 in the widest band
+        kept.append(np.ones(len(area)))  # the clip's own rate: hiss alone
+        self.kept = torch.from_numpy(np.stack(kept))  # (cutoffs + 1, M): each band's power kept, 0 to 1
+        self.noise = torch.from_numpy(area / area.max())  # (M,): white noise's power in each band, 1 in the widest
 
     def __call__(self, x: torch.Tensor, floor: float, share: float, generator: torch.Generator) -> torch.Tensor:
-        """x: (N, C, M, T) dB re each clip's loudest value. A `share` of the clips band-limited (three in four
-        of those), hissing where they sound (three in four), or both; referenced to their loudest value again."""
-        n = len(x)
-        picked = torch.rand(n, generator=generator) < share
-        if not picked.any() or not len(self.kept):
+        """x: (N, C, M, T) dB re each clip's loudest value, `floor` its silence. A `share` of the clips made lo-fi:
+        three in four band-limited, the others and three in four of those hissing (the hiss band-limited too:
+        a sampler's quantisation noise lies under its own Nyquist); referenced to their loudest value again. A
+        clip with nothing left (a hi-hat all above 4 kHz) stays as it was."""
+        picked = torch.rand(len(x), generator=generator) < share
+        n = int(picked.sum())
+        if not n:
             return x
         cut = torch.rand(n, generator=generator) < 0.75
         hiss = ~cut | (torch.rand(n, generator=generator) < 0.75)
-        which = torch.randint(len(self.kept), (n,), generator=generator)
+        rate = torch.where(cut, torch.randint(len(self.kept) - 1, (n,), generator=generator), len(self.kept) - 1)
         lo, hi = LOFI_NOISE_DB
-        level = lo + (hi - lo) * torch.rand(n, generator=generator)
-        gain = torch.where((picked & cut)[:, None], self.kept[which], torch.zeros(()))  # (N, M) dB
-        power = torch.pow(10.0, (x.double() + gain[:, None, :, None].to(x.device)) / 10)
-        sounding = (x > floor).any(dim=2, keepdim=True)  # frames with sound: digital silence stays silent
+        level = torch.pow(10.0, (lo + (hi - lo) * torch.rand(n, generator=generator).double()) / 10) * hiss
         # each band and frame's own noise power: a gamma of shape 2 and mean 1 (two exponentials' mean)
-        grain = torch.rand((2, *x.shape), generator=generator).clamp(min=1e-12).log().sum(0) / -2
-        noise = torch.pow(10.0, (level[:, None, None, None] + self.noise[None, None, :, None]) / 10) * grain.double()
-        noise = noise.to(x.device) * ((picked & hiss)[:, None, None, None].to(x.device) & sounding)
-        out = 10 * torch.log10((power + noise).clamp(min=1e-30))
-        out = (out - out.amax(dim=(1, 2, 3), keepdim=True)).clamp(min=floor).to(x.dtype)
-        return torch.where(picked[:, None, None, None].to(x.device), out, x)
+        grain = torch.rand((2, n, *x.shape[1:]), generator=generator).clamp(min=1e-12).log().sum(0) / -2
+        clips = x[picked.to(x.device)].double()
+        kept = self.kept[rate][:, None, :, None].to(x.device)  # (n, 1, M, 1)
+        power = torch.where(clips > floor, torch.pow(10.0, clips / 10), 0.0)  # the floor is silence, no sound
+        sounding = (clips > floor).any(dim=2, keepdim=True)  # frames with sound: digital silence stays silent
+        noise = (level[:, None, None, None] * self.noise[None, None, :, None]).to(x.device) * grain.to(x.device)
+        total = (power + noise * sounding) * kept
+        top = total.amax(dim=(1, 2, 3), keepdim=True)
+        out = 10 * torch.log10((total / top.clamp(min=1e-300)).clamp(min=1e-30))
+        out = torch.where(total > 0, out.clamp(min=floor), torch.full_like(out, floor))
+        left = (power * kept).amax(dim=(1, 2, 3), keepdim=True) > LOFI_LEFT  # (the clip's own top was 1)
+        return x.index_put((picked.to(x.device),), torch.where(left, out, clips).to(x.dtype))
 
 
 def mixup(

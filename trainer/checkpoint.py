@@ -21,11 +21,16 @@ import numpy as np
 import torch
 from vibrary.daemon import atomic
 
+# options added after checkpoints were first written: left out of a fingerprint at their default, so that a
+# trainer upgraded while a job trains goes on from that job's checkpoint (a new option restarted it at epoch 0)
+ADDED_LATER = {"lofi": 0.0}
+
 
 def fingerprint(config: Any, settings: str, *arrays: np.ndarray) -> str:
     """What makes two trainings the same one: the options, other settings (the base, the spectrogram
     parameters) and every input array's bytes."""
-    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode() + settings.encode())
+    options = {k: v for k, v in asdict(config).items() if k not in ADDED_LATER or v != ADDED_LATER[k]}
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode() + settings.encode())
     for a in arrays:
         digest.update(str((a.dtype.str, a.shape)).encode())
         digest.update(np.ascontiguousarray(a).data)
