@@ -9,6 +9,7 @@ import difflib
 import json
 import os
 import shlex
+import sqlite3
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -380,8 +381,11 @@ def _meant_instead(tag: str, alias: str, table: Any) -> str | None:
     model tags it), far from them all (shaker is no phaser, crash no bitcrush: difflib's 0.6 said they were)."""
     tags = {t for other, t, _ in table.pairs() if other != alias}
     home_dir = config.home()
-    if config.index_path(home_dir).exists():  # a tag the user trained is their own
-        with contextlib.closing(Index(config.index_path(home_dir))) as index:
+    if config.index_path(home_dir).exists():  # a tag the user trained is their own (the alias is saved already)
+        with (
+            contextlib.suppress(sqlite3.Error, OSError, ValueError),
+            contextlib.closing(Index(config.index_path(home_dir))) as index,
+        ):
             tags |= {c for m in index.models() for c in m.classes}
     if tag in tags:
         return None

@@ -89,13 +89,14 @@ def cmd_tag(args: argparse.Namespace) -> int:
     seen: set[str] = set()
     for p in args.paths:
         unread: list[str] = []
+        audio: list[str] = []  # the first audio file met in it, named before or not (by a link, another spelling)
 
         def unreadable(folder: str, why: str, unread: list[str] = unread) -> None:
             warn(folder, why)
             unread.append(why)
 
-        found = list(expand([p], links=True, seen=seen, on_error=unreadable))
-        if not found and os.path.isdir(p) and not any(isinstance(f, str) and within(f, [p]) for f in order):
+        found = list(expand([p], links=True, seen=seen, on_error=unreadable, met=lambda f, a=audio: a or a.append(f)))
+        if not found and os.path.isdir(p) and not audio:
             order.append(_file_line(p, [], f"{CANNOT_READ} ({unread[0]})" if unread else NO_AUDIO_HERE))
         order.extend(found)
     files = [f for f in order if isinstance(f, str)]

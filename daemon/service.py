@@ -746,7 +746,7 @@ class Daemon:
             "queue_depth": queue_depth,
             "watches": self.index.watches(),
             "missing_watches": missing,
-            "away": away,
+            "away": min(away, counts["indexed"] + counts["pending"] + counts["failed"]),  # (a minute old at most)
             "unfollowed_links": self.watcher.unfollowed_links,
             "unnamed_files": (unnamed := self.watcher.unnamed)[:UNNAMED_SHOWN],  # sent 4 times a second
             "unnamed_count": len(unnamed),
@@ -1160,16 +1160,19 @@ def expand(
     links: bool = False,
     seen: set[str] | None = None,
     on_error: Callable[[str, str], None] = warn,
+    met: Callable[[str], object] = lambda f: None,
 ) -> Iterator[str]:
     """Files as given, folders replaced by the audio files under them, each file once however it is reached
     (`vibrary tag DIR ./DIR/x.wav` or a link to DIR tags x.wav once, as it is first named; `link/../x.wav` is
     the x.wav beside where the link leads; a link to a file is a file of its own), as they are found, until
     `going()` says to stop; a path that does not exist is kept so that its error is reported. `links`: links to
     folders under them are followed; `on_error(folder, reason)` for one that cannot be read (audio_files_under).
-    `seen`: the files met by earlier calls, for a caller that expands its paths one at a time."""
+    `seen`: the files met by earlier calls, for a caller that expands its paths one at a time; `met(file)` for
+    every file met, given before or not."""
     seen = set() if seen is None else seen
     for p in paths:
         for f in audio_files_under(p, on_error, going, links) if os.path.isdir(p) else [p]:
+            met(f)
             # (a file's folder as it really is, the file by its own name: a link to a file is a file of its own,
             # as the index holds it, and a path that is not there keeps its name, to be said missing)
             if (key := os.path.join(os.path.realpath(os.path.dirname(f) or "."), os.path.basename(f))) not in seen:

@@ -143,6 +143,9 @@ def test_a_folder_with_no_audio_gets_its_own_line(model_home: Path, tmp_path: Pa
     assert run.stderr.count(f"cannot read folder {snare.parent}") == 2, run.stderr
     alone = vibrary("tag", "--json", asked[3], home=model_home).stdout  # (nothing at all to tag: the same line)
     assert json_lines(alone) == [lines[3]]
+    (tmp_path / "link").symlink_to(snare.parent)  # its file named first by another spelling: no "no audio" line
+    again = vibrary("tag", "--json", str(tmp_path / "link" / "snare.wav"), str(snare.parent), home=model_home)
+    assert [line["path"] for line in json_lines(again.stdout)] == [str(tmp_path / "link" / "snare.wav")]
 
 
 def test_a_mistake_the_parser_catches_is_a_json_line_too(home: Path) -> None:

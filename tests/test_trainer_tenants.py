@@ -645,6 +645,9 @@ def test_a_name_given_again_after_its_token_was_removed_does_not_inherit_the_old
     assert len(kept) == 1 and f"set aside in {kept[0].parents[2]}" in again.stderr, again.stderr
     rotated = vibrary("trainer", "token", "add", "--data", str(data), "carol", home=home)  # a token replaced
     assert "set aside" not in rotated.stderr and len(list((data / "removed").iterdir())) == 1
+    (data / "tenants" / "local" / "jobs").mkdir(parents=True)  # an open trainer's callers' (never in tokens.json)
+    reserved = vibrary("trainer", "token", "add", "--data", str(data), "local", home=home, check=False)
+    assert reserved.returncode == 1 and "reserved" in reserved.stderr and (data / "tenants" / "local").exists()
 
 
 def test_health_watches_without_a_token_do_not_hold_the_servers_threads() -> None:

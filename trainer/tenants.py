@@ -95,6 +95,8 @@ def leftover(data: Path, user: str) -> Path | None:
     """The folder of jobs and shards a user left when their token was removed (None: none, or they hold a token
     now): a new token of the same name must not inherit them (another person's models and spectrograms)."""
     folder = data / "tenants" / user
+    if user in (LOCAL, DEFAULT):  # never in tokens.json: their folders are in use (add_token refuses the names)
+        return None
     return folder if folder.is_dir() and user not in _load(tokens_path(data)) else None
 
 
@@ -102,6 +104,10 @@ def set_aside(folder: Path) -> Path:
     """A removed user's folder (`leftover`) moved where no trainer serves it from: data/removed/USER-WHEN."""
     target = folder.parent.parent / "removed" / f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     target.parent.mkdir(mode=0o700, exist_ok=True)
+    n = 1
+    while target.exists() or target.is_symlink():  # (twice in a second: the first one's was replaced)
+        n += 1
+        target = target.with_name(f"{target.name.split('.')[0]}.{n}")
     folder.rename(target)
     return target
 
