@@ -85,7 +85,7 @@ class TrainConfig:
     seed: int = 0
     augment: bool = True
     masks: bool = True  # SpecAugment time/mel masks (part of augment)
-    lofi: float = 0.0  # the share of clips made lo-fi copies (augment.LoFi; part of augment): the demo's recipe
+    lofi: float = 0.0  # the share of clips made lo-fi copies (augment.LoFi; part of augment): docs/demo-model.md
     body_lr: float = 0.05  # a pretrained body's learning rate, as a share of lr (0: only batch norm adapts)
     dropout: float = 0.2  # after each convolution block but the first
     head_dropout: float = 0.5  # on the embedding, before the classifier
