@@ -50,6 +50,10 @@ def main() -> int:
         if not _quiet(sys.argv[1:]):
             print("vibrary: standard output is closed: the results could not be written", file=sys.stderr)
             return 1
+    # gRPC's own log lines ("I1207 … ssl_transport_security.cc:2563] Handshake failed …") reached a command's
+    # terminal beside its own words for the same failure; read when grpc is first imported, below. A server
+    # (the daemon, a trainer) keeps its errors for its log
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if _quiet(sys.argv[1:]) else "NONE")
     try:
         from .cli import main as command_line
     except KeyboardInterrupt:  # as cli.main does: nothing to clean up yet, and no finalisation to trip on

@@ -1165,6 +1165,30 @@ def test_ctrl_c_while_the_command_line_loads_exits_130_without_a_traceback(tmp_p
         assert done.stdout == said  # with --json, the last line every ending has (there was none)
 
 
+def test_grpcs_own_log_lines_stay_out_of_a_commands_terminal(home: Path, tmp_path: Path) -> None:
+    """`trainer health --tls-ca` of a trainer serving no TLS printed "I1207 … ssl_transport_security.cc:2563]
+    Handshake failed …" beside the command's own words for it."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    (tmp_path / "cert.pem").write_text("not a certificate")  # (an unusable one: gRPC logs its own error too)
+    plain = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # no TLS there
+    threading.Thread(target=plain.serve_forever, daemon=True).start()
+    try:
+        target = f"127.0.0.1:{plain.server_address[1]}"
+        script = "import sys\nfrom vibrary.clients.entry import main\nsys.exit(main())\n"
+        health = ["trainer", "health", "--target", target, "--tls-ca", str(tmp_path / "cert.pem"), "--timeout", "3"]
+        env = {**os.environ, "VIBRARY_HOME": str(home)}
+        env.pop("GRPC_VERBOSITY", None)
+        done = subprocess.run([sys.executable, "-c", script, *health], capture_output=True, text=True, env=env)
+    finally:
+        plain.shutdown()
+    assert done.returncode == 1 and f"trainer at {target}" in done.stderr, done.stderr
+    assert not re.search(r"^[IWE]\d{4} ", done.stderr, re.M), done.stderr
+
+
 def test_a_second_ending_signal_ends_a_clean_up_that_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
     """The first SIGTERM set both ending signals to be ignored while the command cleaned up: one that hung (a read
     of a stalled network drive) could then only be SIGKILLed, and its children were started ignoring them too."""
