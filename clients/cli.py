@@ -460,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     for action, what in (("add", "a new token for USER, printed once"), ("remove", "USER's token and jobs stop")):
         tokens.add_parser(action, parents=[common, data], help=what).add_argument("user")
     tokens.add_parser("list", parents=[common, data], help="users with a token")
+    a = actions.add_parser("jobs", parents=[common], help="your jobs on the trainer at --target, and their states")
+    a.add_argument("--target", default="127.0.0.1:7878", metavar="HOST:PORT", help="default 127.0.0.1:7878")
+    a.add_argument("--token", default="", help="yours (default $VIBRARY_TRAINER_TOKEN; TLS: $VIBRARY_TRAINER_CA)")
     a = actions.add_parser("health", parents=[common], help="exit 0 when the trainer at --target is serving")
     a.add_argument("--target", default="127.0.0.1:7878", metavar="HOST:PORT", help="default 127.0.0.1:7878")
     a.add_argument(

@@ -324,6 +324,8 @@ def _what_the_progress_did_not_say(
 def cmd_trainer(args: argparse.Namespace) -> int:
     if args.action == "health":  # (a container's HEALTHCHECK: no home of Vibrary's needed, nor made)
         return _trainer_health(args)
+    if args.action == "jobs":
+        return _trainer_jobs(args)
     data = Path(args.data) if getattr(args, "data", "") else None  # (a cloud job's instance has no home)
     if args.action == "token":
         return _trainer_token(args, data or config.home() / "trainer")
@@ -440,6 +442,25 @@ def _tls_file(path: str, flag: str) -> bytes | None:
             f"cannot read {path}, the TLS {flag.removeprefix('--tls-')} ({flag} or ${env}): {e.strerror}; this"
             f" trainer runs as uid {os.getuid()}"
         ) from None
+
+
+def _trainer_jobs(args: argparse.Namespace) -> int:
+    """The caller's jobs on a trainer (each user sees only their own): a user of a shared trainer had no way to
+    see what of theirs was queued, or how a job of a `vibrary train` they closed ended, but a script."""
+    from vibrary.proto import trainer_pb2 as tpb
+
+    from .trainer_client import TrainerClient
+
+    with TrainerClient(args.target, args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", "")) as client:
+        jobs = client.jobs()
+    for job in jobs:
+        state = tpb.Job.State.Name(job.state).lower()
+        progress = f", epoch {job.epoch} of {job.epochs}" if job.epochs else ""
+        obj = {"id": job.id, "state": state, "phase": job.phase, "epoch": job.epoch, "epochs": job.epochs}
+        _out(args, {**obj, "error": job.error}, f"{job.id}  {state}{progress}{f' ({job.error})' if job.error else ''}")
+    if not jobs and not args.json:
+        print(f"no jobs of yours on the trainer at {args.target}", file=sys.stderr)
+    return 0
 
 
 def _trainer_health(args: argparse.Namespace) -> int:

@@ -229,7 +229,7 @@ def test_one_user_cannot_fill_a_shared_trainers_disk_with_shards(
 
 
 def test_users_see_neither_the_jobs_nor_the_shards_of_others(
-    shared: tuple[str, Path, dict[str, str]], tmp_path: Path
+    shared: tuple[str, Path, dict[str, str]], tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target, _, tokens = shared
     manifest, blobs = _manifest_and_blobs(per_kind=4)
@@ -252,6 +252,11 @@ def test_users_see_neither_the_jobs_nor_the_shards_of_others(
         ):
             assert _code(call) == grpc.StatusCode.NOT_FOUND
         assert bob.jobs() == [] and [j.id for j in alice.jobs()] == [job.id]
+        for user, listed in (("alice", [job.id]), ("bob", [])):  # `vibrary trainer jobs`: a user's own, by token
+            monkeypatch.setenv("VIBRARY_TRAINER_TOKEN", tokens[user])
+            run = vibrary("trainer", "jobs", "--target", target, "--json", home=home)
+            assert [(j["id"], j["state"]) for j in json_lines(run.stdout)] == [(i, "succeeded") for i in listed]
+        assert "no jobs of yours on the trainer" in vibrary("trainer", "jobs", "--target", target, home=home).stderr
         assert set(alice.download(job.id)) == {"model.onnx", "learning_curve.png", "confusion_matrix.png"}
         # a shared trainer loads no checkpoint from a path a user names
         assert _code(lambda: alice.start(manifest, "x", "/etc/passwd", ONE_EPOCH)) == grpc.StatusCode.INVALID_ARGUMENT
