@@ -229,8 +229,8 @@ def view(state: TrayState) -> View:
     training = _training(state)
     progress = indexing_progress(state)
     new_failures = max(s.failed - state.failed_seen, len(state.failed_since))
-    if training is not None:
-        icon, ring, headline = Icon.TRAINING, _training_progress(training), training_line(training)
+    if training is not None:  # (a ring drawn whole before the first epoch read as a training done)
+        icon, ring, headline = Icon.TRAINING, _training_progress(training) or 0.0, training_line(training)
     elif s.stalled:  # the index cannot be written (a full disk): nothing else matters until it can. No model
         # to tag with (all deactivated) is the user's own doing, waiting as a pause does, not a fault shown red
         # (an active model whose file is missing or damaged is no doing of the user's: red)
@@ -239,6 +239,8 @@ def view(state: TrayState) -> View:
     elif s.paused:
         waiting = f" ({many(s.pending)} waiting)" if s.pending else ""
         icon, ring, headline = Icon.PAUSED, None, f"indexing paused{waiting}"
+    elif new_failures > 0 and (s.waiting_for_watches or progress is None):  # (a drive out for days hid them)
+        icon, ring, headline = Icon.ERROR, None, f"{many(new_failures, 'new file')} could not be read"
     elif s.waiting_for_watches:  # a drive unplugged mid-indexing: "indexing: 120 of 1,494 files" for as long
         folders = ", ".join(s.missing_watches)
         icon, ring, headline = Icon.PAUSED, None, f"waiting for {folders} ({many(s.pending)} pending)"
@@ -246,8 +248,6 @@ def view(state: TrayState) -> View:
         done, queued = progress
         doing = "re-tagging" if s.retagging >= s.pending else "indexing"  # (a library searchable meanwhile)
         icon, ring, headline = Icon.INDEXING, done / queued, f"{doing}: {done} of {queued} files"
-    elif new_failures > 0:
-        icon, ring, headline = Icon.ERROR, None, f"{many(new_failures, 'new file')} could not be read"
     elif s.scanning:  # a big library's listing (at a start, a watch added) finds no file for a while
         icon, ring, headline = Icon.IDLE, None, looking_for_files(s.scanning)
     else:
@@ -259,7 +259,8 @@ def view(state: TrayState) -> View:
     elif state.training is not None and state.training.state == TP.FAILED:
         lines.append(f"last training failed: {state.training.error or 'no reason given'}")
     if s.missing_watches:  # their files wait, pending: "indexing: 0 of 900" said nothing of why
-        lines.append(f"waiting for watch folders not there now: {', '.join(s.missing_watches)}")
+        away = f" ({many(s.away)} of the counts, left out of searches)" if s.away else ""  # (said waiting, idle)
+        lines.append(f"watch folders not there now: {', '.join(s.missing_watches)}{away}")
     if s.unwatched_folders:  # (new samples there are found minutes late, by a scan: `vibrary status` says why)
         lines.append(f"watched by scans only (the inotify limit): {', '.join(s.unwatched_folders)}")
     lines.append(f"models: {', '.join(_models(s)) or 'none active'}")

@@ -116,9 +116,31 @@ def test_events_lost_bring_the_status_they_carry() -> None:
 def test_files_waiting_for_a_drive_say_which_folder_they_wait_for() -> None:
     state, _ = feed(ts.TrayState(), changed(indexed=3), changed(indexed=3, pending=900, missing_watches=["/media/x"]))
     lines = ts.view(state).tooltip.splitlines()
+    assert lines[0] == "Vibrary: indexing: 0 of 900 files" and "watch folders not there now: /media/x" in lines
+    state, _ = feed(state, changed(indexed=903, missing_watches=["/media/x"], away=40))  # nothing waits: said so
+    lines = ts.view(state).tooltip.splitlines()
     assert (
-        lines[0] == "Vibrary: indexing: 0 of 900 files" and "waiting for watch folders not there now: /media/x" in lines
+        lines[0] == "Vibrary: idle"
+        and "watch folders not there now: /media/x (40 files of the counts, left out of searches)" in lines
     )
+
+
+def test_new_failures_show_while_files_wait_for_an_unplugged_drive() -> None:
+    """A drive out for days kept the amber "waiting for /media/x" up, and files that failed meanwhile never
+    turned the icon red (`vibrary status` listed them)."""
+    gone = {"missing_watches": ["/media/x"], "waiting_for_watches": True}
+    state, _ = feed(
+        ts.TrayState(), changed(indexed=3, pending=12, **gone), changed(indexed=3, pending=12, failed=2, **gone)
+    )
+    v = ts.view(state)
+    assert (v.icon, v.tooltip.splitlines()[0]) == (ts.Icon.ERROR, "Vibrary: 2 new files could not be read")
+
+
+def test_a_training_not_yet_at_its_first_epoch_draws_an_empty_ring() -> None:
+    """Loading, or waiting for the trainer, the ring was drawn whole, as a training at its last epoch is."""
+    for t in (TP(state=TP.WAITING, dataset="keys"), TP(state=TP.TRAINING, dataset="keys", message="loading")):
+        state, _ = feed(ts.TrayState(), changed(indexed=1, training=t))
+        assert (ts.view(state).icon, ts.view(state).progress) == (ts.Icon.TRAINING, 0.0)
 
 
 def test_a_drive_unplugged_mid_indexing_shows_as_waiting_for_it_not_indexing() -> None:
