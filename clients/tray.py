@@ -275,6 +275,9 @@ class Tray(QObject):
             self.started_daemon = None
             log = config.log_path(self.home)
             why = _last_line(log, self._log_before) or "it wrote no reason in its log"
+            if proc.returncode < 0:  # no last word: its log's last line was any old one ("training … succeeded")
+                name = signal.Signals(-proc.returncode).name
+                why = f"ended by {name} (a kill, or the system out of memory): no reason of its own"
             self.notify(ts.Notice("Daemon stopped", f"It exited with {proc.returncode}: {why} (see {log})", True))
 
     def notify(self, notice: ts.Notice) -> None:

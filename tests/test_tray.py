@@ -290,6 +290,14 @@ def test_start_daemon_from_the_tray(tray: Tray, model_home: Path) -> None:
     tray.started_daemon.terminate()
     assert tray.started_daemon.wait(timeout=30) == 0
     wait_view(tray, showing(ts.Icon.NOT_RUNNING))
+    notices: list[ts.Notice] = []  # killed: no word of its own, where its log's last line was said as its reason
+    tray.notified.connect(notices.append)
+    tray.do("start_daemon")
+    wait_view(tray, showing(ts.Icon.IDLE), timeout=60)
+    assert tray.started_daemon is not None
+    tray.started_daemon.kill()
+    wait_notices(notices, 1)
+    assert notices[0].title == "Daemon stopped" and "ended by SIGKILL" in notices[0].text, notices[0].text
 
 
 def test_a_daemon_the_tray_cannot_start_says_why(tray: Tray, model_home: Path) -> None:
