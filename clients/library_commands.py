@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import math
 import os
 import sys
@@ -42,7 +41,18 @@ from .output import (
     changed_tags,
     terminal_safe,
 )
-from .query import OPERATORS, QueryError, join_tags, joined_as, parse_query, respell, spelled_as, synonyms, unquoted
+from .query import (
+    OPERATORS,
+    QueryError,
+    join_tags,
+    joined_as,
+    parse_query,
+    respell,
+    spelled_as,
+    synonyms,
+    unknown_tags,
+    unquoted,
+)
 from .tray_state import many, stand_ins
 
 NO_AUDIO_HERE = "no audio files in this folder"  # (a folder's line of `vibrary tag`)
@@ -207,7 +217,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 groups, excluded, args.min_score, args.under or "", args.model or "", args.limit, bool(args.limit)
             ),
         )
-        unknown = _unknown_tags(known, groups, excluded, args.model or "", _inactive(models, args.model))
+        unknown = unknown_tags(known, groups, excluded, args.model or "", _inactive(models, args.model))
         if n == 0 and args.under and not os.path.isdir(args.under):  # a typo, as scripts must tell from no match
             if unknown:  # (a typo in the query too: said, without "0 files", which it is not)
                 print(f"vibrary{unknown}", file=sys.stderr)
@@ -330,23 +340,6 @@ def _query_words(words: Sequence[str], is_tag: Callable[[str], bool], is_class: 
     spaces as that tag (`search lead synth`, a dataset's folder `Lead Synth/`), as `Client.search` reads them;
     not through synonyms, which made `bass synth` one word, the bass."""
     return join_tags([part for w in words for part in _as_words(w, is_tag)], is_class)
-
-
-def _unknown_tags(known: set[str], groups: list[list[str]], excluded: list[str], model: str, inactive: str = "") -> str:
-    """Words no active model tags (a typo, or an inactive model's word), said whatever was found: a typo in
-    an OR arm (`kick OR kikc`) or an excluded word (`kick -m`) changed nothing, silently. The active models'
-    classes answer it from their metadata (`known`); counting the tags in use reads the whole index.
-    `inactive`: what to say of a --model that is installed and not active."""
-    # (a word excluded is said as the tag it names: "no tag '-trashy'" of `NOT trashy`, whose tag is trashy)
-    unknown = list(dict.fromkeys(w for w in [*(w for g in groups for w in g), *excluded] if w not in known))
-    if inactive:  # it said "model fx has no tag 'dry'" of a model whose tag dry is
-        return f": {inactive}"
-    if not unknown:
-        return ""
-    close = {w: difflib.get_close_matches(w, known, n=1) for w in unknown}
-    said = ", ".join(f"{w!r}" + (f" (did you mean {m[0]!r}?)" if m else "") for w, m in close.items())
-    who = f"model {model} has no tag" if model else "no active model tags"  # `--model mine kick`: demo has it
-    return f": {who} {said}; `vibrary models list` shows their tags"
 
 
 def cmd_counts(args: argparse.Namespace) -> int:

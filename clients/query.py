@@ -3,6 +3,7 @@ tray's search box and scripts (`Client.search("kick -acoustic")`), so the three 
 
 from __future__ import annotations
 
+import difflib
 import functools
 import logging
 import re
@@ -216,3 +217,20 @@ def respell(
     """The query with each such word as its tag, and {word: tag} of those respelled."""
     said = {w: t for w in {*excluded, *(w for g in groups for w in g)} if (t := spelled_as(w, known, table))}
     return [[said.get(w, w) for w in g] for g in groups], [said.get(w, w) for w in excluded], said
+
+
+def unknown_tags(known: set[str], groups: list[list[str]], excluded: list[str], model: str, inactive: str = "") -> str:
+    """Words no active model tags (a typo, or an inactive model's word), said whatever was found: a typo in
+    an OR arm (`kick OR kikc`) or an excluded word (`kick -m`) changed nothing, silently. The active models'
+    classes answer it from their metadata (`known`); counting the tags in use reads the whole index.
+    `inactive`: what to say of a --model that is installed and not active."""
+    # (a word excluded is said as the tag it names: "no tag '-trashy'" of `NOT trashy`, whose tag is trashy)
+    unknown = list(dict.fromkeys(w for w in [*(w for g in groups for w in g), *excluded] if w not in known))
+    if inactive:  # it said "model fx has no tag 'dry'" of a model whose tag dry is
+        return f": {inactive}"
+    if not unknown:
+        return ""
+    close = {w: difflib.get_close_matches(w, known, n=1) for w in unknown}
+    said = ", ".join(f"{w!r}" + (f" (did you mean {m[0]!r}?)" if m else "") for w, m in close.items())
+    who = f"model {model} has no tag" if model else "no active model tags"  # `--model mine kick`: demo has it
+    return f": {who} {said}; `vibrary models list` shows their tags"

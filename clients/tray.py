@@ -44,7 +44,7 @@ from vibrary.proto import daemon_pb2 as pb
 from . import tray_state as ts
 from .client import Client, ClientClosed, DaemonError, DaemonNotAnswering, DaemonNotRunning
 from .daemon_commands import on_signals
-from .query import QueryError, joined_as, parse_query, respell, synonyms
+from .query import QueryError, joined_as, parse_query, respell, synonyms, unknown_tags
 
 log = logging.getLogger(__name__)
 
@@ -486,6 +486,8 @@ def _search(home: Path, dialog: weakref.ref[SearchDialog], asked: int, text: str
             table = synonyms(home)
             all_of, none_of, _ = respell(*parse_query(text, joined_as(known, table)), known, table)
             found = list(c.search(all_of, none_of, limit=SearchDialog.LIMIT, best_first=True, timeout=CALL_TIMEOUT_S))
+            if not found and (unknown := unknown_tags(known, all_of, none_of, "")):  # a typo said as no sound
+                found = f"no files match{unknown}"
     except Exception as e:  # (any: a thread that dies leaves "searching…" for ever)
         found = f"error: {e}"
     assert _answers is not None

@@ -141,8 +141,11 @@ def test_tray_icon_and_tooltip_follow_the_daemon(tray: Tray, model_home: Path, t
         search.query.setText("low|mid|high -nosuchtag")
         found = {line.split()[0] for line in answer(search)}
         assert found == {str(library / n) for n in ["held.wav", *(f"a{i}.wav" for i in range(5))]}
-        search.query.setText("nosuchtag")
-        assert answer(search) == ["no files match"]
+        search.query.setText("nosuchtag")  # (said "no files match", as of a library with no such sound)
+        typo = "no files match: no active model tags 'nosuchtag'; `vibrary models list` shows their tags"
+        assert answer(search) == [typo]
+        search.query.setText("hihg")
+        assert "no active model tags 'hihg' (did you mean 'high'?)" in answer(search)[0]
         Synonyms.load(model_home).add(model_home, [("middle", "mid")])  # `vibrary synonyms add middle mid`
         search.query.setText("mid")
         mids = answer(search)
