@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +60,7 @@ COLORS = {
 T = TypeVar("T")
 RECENT_ERRORS = 10  # how many failures the menu lists
 SEEN_FILE = "tray.json"  # in the home: the failures the user has looked at
+STARTING_S = 30.0  # a daemon started from the menu that does not answer yet is starting, not hung, this long
 CALL_TIMEOUT_S = 5.0  # menu actions: the daemon answers these at once, or not at all
 # a watch added lists every folder under it first (4 s for 100,000 on a local disk, more on a NAS): it timed out
 # at 5 s and said "Deadline Exceeded" of a watch the daemon went on to add
@@ -214,6 +216,7 @@ class Tray(QObject):
         self.view = ts.view(self.state)
         self.started_daemon: subprocess.Popen[bytes] | None = None
         self._log_before = 0  # the size of the daemon's log when the tray started one
+        self._started_at = 0.0  # when (time.monotonic())
         self.icon = QSystemTrayIcon()
         self.menu = QMenu()
         self.icon.setContextMenu(self.menu)
@@ -268,6 +271,10 @@ class Tray(QObject):
         self.set_state(ts.with_errors(self.state, failed))
 
     def _on_down(self, why: str) -> None:
+        proc = self.started_daemon
+        if why and proc is not None and proc.poll() is None and time.monotonic() - self._started_at < STARTING_S:
+            # ("does not answer … starting, busy or hung; … stop it (`kill 15431`)" of the daemon just started here)
+            why = "it is starting (started from this menu a moment ago)"
         if self.state.running or self.state.status is not None or why != self.state.unanswered:
             self.set_state(ts.disconnected(self.state, why))
         proc = self.started_daemon
@@ -428,6 +435,7 @@ class Tray(QObject):
         )
         log = config.log_path(self.home)
         self._log_before = log.stat().st_size if log.exists() else 0  # what an earlier daemon wrote: not its reason
+        self._started_at = time.monotonic()
         self.started_daemon = subprocess.Popen(
             [sys.executable, "-m", "vibrary.clients.cli", "daemon"],
             env=env,

@@ -303,6 +303,26 @@ def test_start_daemon_from_the_tray(tray: Tray, model_home: Path) -> None:
     assert notices[0].title == "Daemon stopped" and "ended by SIGKILL" in notices[0].text, notices[0].text
 
 
+def test_a_daemon_just_started_from_the_menu_is_starting_not_hung(tray: Tray) -> None:
+    """Every start from the menu showed "daemon not answering: the daemon (pid N) does not answer … starting,
+    busy or hung; … stop it (`kill N`)" for a moment: advice to kill the daemon the tray had just started."""
+    import subprocess
+    import sys
+
+    hung = "the daemon (pid 7) does not answer: it is starting, busy or hung; stop it (`kill 7`)"
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as starting:
+        try:
+            tray.started_daemon, tray._started_at = starting, time.monotonic()
+            tray._on_down(hung)
+            assert "it is starting (started from this menu a moment ago)" in ts.view(tray.state).tooltip
+            tray._started_at -= 60  # long since: not answering is said as it is
+            tray._on_down(hung)
+            assert "kill 7" in ts.view(tray.state).tooltip
+        finally:
+            starting.kill()
+            tray.started_daemon = None
+
+
 def test_a_daemon_the_tray_cannot_start_says_why(tray: Tray, model_home: Path) -> None:
     """Its stderr went nowhere, and the notice said "see daemon.log", where a daemon that never started
     writes nothing."""
