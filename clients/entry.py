@@ -52,7 +52,7 @@ def main() -> int:
             return 1
     # gRPC's own log lines ("I1207 … ssl_transport_security.cc:2563] Handshake failed …") reached a command's
     # terminal beside its own words for the same failure; read when grpc is first imported, below. A server
-    # (the daemon, a trainer) keeps its errors for its log
+    # (the daemon, a trainer) keeps gRPC's errors on its stderr
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if _quiet(sys.argv[1:]) else "NONE")
     try:
         from .cli import main as command_line

@@ -42,6 +42,9 @@ def open_channel(
         raise ValueError(
             f"the trainer's certificate {e.filename} (VIBRARY_TRAINER_CA, or --tls-ca) cannot be read: {e.strerror}"
         ) from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:  # (gRPC said only that no connection was made)
+        what = "given" if isinstance(ca, bytes) else str(ca)
+        raise ValueError(f"the trainer's certificate {what} (VIBRARY_TRAINER_CA, or --tls-ca) is no PEM certificate")
     name = server_name or os.environ.get("VIBRARY_TRAINER_TLS_NAME", "")
     named = [("grpc.ssl_target_name_override", name)] if name else []
     return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=pem), [*options, *named])

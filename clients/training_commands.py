@@ -25,7 +25,7 @@ from vibrary.trainer.options import FITTING
 
 from .client import Client
 from .daemon_commands import on_signals
-from .output import CommandError, Terminated, UsageError, _index, _out, changed_tags
+from .output import CommandError, Terminated, UsageError, _index, _out, changed_tags, terminal_safe
 from .tray_state import many
 
 LOST_SAID_EVERY_S = 30.0  # how often `vibrary train` says the trainer is still out of reach
@@ -457,7 +457,8 @@ def _trainer_jobs(args: argparse.Namespace) -> int:
         state = tpb.Job.State.Name(job.state).lower()
         progress = f", epoch {job.epoch} of {job.epochs}" if job.epochs else ""
         obj = {"id": job.id, "state": state, "phase": job.phase, "epoch": job.epoch, "epochs": job.epochs}
-        _out(args, {**obj, "error": job.error}, f"{job.id}  {state}{progress}{f' ({job.error})' if job.error else ''}")
+        said = f" ({terminal_safe(job.error)})" if job.error else ""  # (a remote trainer's words)
+        _out(args, {**obj, "error": job.error}, f"{job.id}  {state}{progress}{said}")
     if not jobs and not args.json:
         print(f"no jobs of yours on the trainer at {args.target}", file=sys.stderr)
     return 0

@@ -283,8 +283,7 @@ class Tray(QObject):
             log = config.log_path(self.home)
             why = _last_line(log, self._log_before) or "it wrote no reason in its log"
             if proc.returncode < 0:  # no last word: its log's last line was any old one ("training … succeeded")
-                name = signal.Signals(-proc.returncode).name
-                why = f"ended by {name} (a kill, or the system out of memory): no reason of its own"
+                why = _ended_by(-proc.returncode)
             self.notify(ts.Notice("Daemon stopped", f"It exited with {proc.returncode}: {why} (see {log})", True))
 
     def notify(self, notice: ts.Notice) -> None:
@@ -445,6 +444,17 @@ class Tray(QObject):
             **detach,  # type: ignore[call-overload]
         )
         self.link.poke()
+
+
+def _ended_by(signum: int) -> str:
+    """Why a daemon ended by a signal ended, as far as the signal tells (a real-time one has no name)."""
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        return f"ended by signal {signum}: no reason of its own"
+    if name in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGABRT", "SIGFPE"):  # (native code: a decoder, onnxruntime)
+        return f"crashed ({name}): no reason of its own"
+    return f"ended by {name} (a kill, or the system out of memory): no reason of its own"
 
 
 def _last_line(log: Path, since: int = 0) -> str:

@@ -200,6 +200,8 @@ def training_line(t: pb.TrainProgress) -> str:
 
 
 def _training_progress(t: pb.TrainProgress) -> float | None:
+    if t.state == TP.INSTALLING:  # (after the last epoch: a whole ring)
+        return 1.0
     if t.state == TP.TRAINING and t.epochs:
         return min(1.0, t.epoch / t.epochs)
     if t.state == TP.UPLOADING and t.upload_bytes:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
 import json
 import os
 import shutil
@@ -194,3 +196,37 @@ def daemon(model_home: Path) -> Iterator[DaemonProcess]:
     d.stop()
     if d.proc.returncode not in (0, -signal.SIGKILL):
         pytest.fail(f"daemon exited with {d.proc.returncode}:\n{d.log()}")
+
+
+def self_signed(names: tuple[str, ...] = ("localhost", "127.0.0.1"), days: int = 1) -> tuple[bytes, bytes]:
+    """A certificate for these names, valid from 5 minutes ago for `days` (below 0: expired that long ago)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vibrary trainer")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5) + datetime.timedelta(days=min(days, 0) * 2))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(n) if n[0].isalpha() else x509.IPAddress(ipaddress.ip_address(n)) for n in names]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert_pem, key_pem

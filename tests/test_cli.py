@@ -1173,7 +1173,10 @@ def test_grpcs_own_log_lines_stay_out_of_a_commands_terminal(home: Path, tmp_pat
     import sys
     import threading
 
-    (tmp_path / "cert.pem").write_text("not a certificate")  # (an unusable one: gRPC logs its own error too)
+    pytest.importorskip("cryptography")
+    from tests.conftest import self_signed
+
+    (tmp_path / "cert.pem").write_bytes(self_signed()[0])
     plain = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # no TLS there
     threading.Thread(target=plain.serve_forever, daemon=True).start()
     try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import re
@@ -27,7 +25,7 @@ from vibrary.proto import trainer_pb2 as pb
 from vibrary.proto import trainer_pb2_grpc as pb_grpc
 from vibrary.trainer.service import serve
 
-from tests.conftest import json_lines, vibrary, wait_for
+from tests.conftest import json_lines, self_signed, vibrary, wait_for
 from tests.test_trainer import KINDS, _free_port, _manifest_and_blobs, _store, write_kinds
 
 ONE_EPOCH = json.dumps({"epochs": 1})
@@ -310,47 +308,11 @@ def test_a_training_whose_token_is_removed_says_why_it_ended(
     assert proc.returncode == 1 and json_lines(out)[-1]["error"] == why, err
 
 
-def _self_signed(
-    tmp_path: Path, names: tuple[str, ...] = ("localhost", "127.0.0.1"), days: int = 1
-) -> tuple[bytes, bytes]:
-    """A certificate for these names, valid from 5 minutes ago for `days` (below 0: expired that long ago)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vibrary trainer")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5) + datetime.timedelta(days=min(days, 0) * 2))
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(n) if n[0].isalpha() else x509.IPAddress(ipaddress.ip_address(n)) for n in names]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert_pem, key_pem
-
-
 def test_tls_end_to_end_with_a_certificate_made_here(home: Path, tmp_path: Path) -> None:
     pytest.importorskip("cryptography")
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed()
     (tmp_path / "cert.pem").write_bytes(cert)
-    other_cert, _ = _self_signed(tmp_path)
+    other_cert, _ = self_signed()
     manifest, blobs = _manifest_and_blobs(per_kind=4)
     _store(blobs, tmp_path)
     serving = serve(tmp_path / "trainer", "127.0.0.1:0", token="s3cret", tls_cert=cert, tls_key=key)
@@ -392,7 +354,7 @@ def test_a_trainer_serving_an_expired_certificate_is_said_to(tmp_path: Path) -> 
     """ "CERTIFICATE_VERIFY_FAILED: certificate has expired; is VIBRARY_TRAINER_CA the certificate it serves?": it
     was, a year after `openssl req -days 365`."""
     pytest.importorskip("cryptography")
-    cert, key = _self_signed(tmp_path, days=-30)
+    cert, key = self_signed(days=-30)
     serving = serve(tmp_path / "trainer", "127.0.0.1:0", token="s3cret", tls_cert=cert, tls_key=key)
     try:
         client = TrainerClient(f"127.0.0.1:{serving.port}", "s3cret", timeout=5, tls_ca=cert)
@@ -408,7 +370,7 @@ def test_a_trainer_reached_by_an_address_its_certificate_does_not_name(
     """A certificate made for gpubox.example, the trainer reached by its IP address: `trainer health` took
     the name to check the certificate for, `vibrary train` (the trainer client) did not."""
     pytest.importorskip("cryptography")
-    cert, key = _self_signed(tmp_path, ("gpubox.example",))
+    cert, key = self_signed(("gpubox.example",))
     (tmp_path / "cert.pem").write_bytes(cert)
     manifest, _ = _manifest_and_blobs(per_kind=1)
     serving = serve(tmp_path / "trainer", "127.0.0.1:0", token="s3cret", tls_cert=cert, tls_key=key)
@@ -468,7 +430,7 @@ def test_own_gpu_box_story_serve_with_tls_and_a_user_token_then_train_from_the_c
     model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """docs/cloud.md's "your own GPU box", by the command line: token add, serve with TLS, train."""
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed()
     (tmp_path / "cert.pem").write_bytes(cert)
     (tmp_path / "key.pem").write_bytes(key)
     box = tmp_path / "box"

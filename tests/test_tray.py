@@ -293,14 +293,31 @@ def test_start_daemon_from_the_tray(tray: Tray, model_home: Path) -> None:
     tray.started_daemon.terminate()
     assert tray.started_daemon.wait(timeout=30) == 0
     wait_view(tray, showing(ts.Icon.NOT_RUNNING))
-    notices: list[ts.Notice] = []  # killed: no word of its own, where its log's last line was said as its reason
+
+
+def test_a_daemon_ended_by_a_signal_is_said_so_not_by_its_logs_last_line(tray: Tray, model_home: Path) -> None:
+    """`kill -9` of a daemon the tray started: the notice gave its log's last line, of any time before ("training
+    on keys succeeded"), as the reason; a real-time signal, which has no name, raised and lost the notice."""
+    import subprocess
+    import sys
+
+    config.log_path(model_home).write_text("2026-12-07 12:00:00 INFO vibrary.daemon: training on keys succeeded\n")
+    tray._log_before = 0
+    notices: list[ts.Notice] = []
     tray.notified.connect(notices.append)
-    tray.do("start_daemon")
-    wait_view(tray, showing(ts.Icon.IDLE), timeout=60)
-    assert tray.started_daemon is not None
-    tray.started_daemon.kill()
-    wait_notices(notices, 1)
-    assert notices[0].title == "Daemon stopped" and "ended by SIGKILL" in notices[0].text, notices[0].text
+    for sig, said in (
+        (signal.SIGKILL, "ended by SIGKILL"),
+        (signal.SIGSEGV, "crashed (SIGSEGV)"),
+        (signal.SIGRTMIN + 2, ""),
+    ):
+        with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as child:
+            child.send_signal(sig)
+            child.wait(timeout=30)
+            tray.started_daemon = child
+            tray._on_down("")
+        said = said or f"ended by signal {int(signal.SIGRTMIN) + 2}"
+        assert notices[-1].title == "Daemon stopped" and said in notices[-1].text, notices[-1].text
+        assert "training on keys" not in notices[-1].text
 
 
 def test_a_daemon_just_started_from_the_menu_is_starting_not_hung(tray: Tray) -> None:

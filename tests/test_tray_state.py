@@ -141,6 +141,8 @@ def test_a_training_not_yet_at_its_first_epoch_draws_an_empty_ring() -> None:
     for t in (TP(state=TP.WAITING, dataset="keys"), TP(state=TP.TRAINING, dataset="keys", message="loading")):
         state, _ = feed(ts.TrayState(), changed(indexed=1, training=t))
         assert (ts.view(state).icon, ts.view(state).progress) == (ts.Icon.TRAINING, 0.0)
+    installing = TP(state=TP.INSTALLING, dataset="keys", epoch=10, epochs=10)  # after the last epoch: whole
+    assert ts.view(feed(ts.TrayState(), changed(indexed=1, training=installing))[0]).progress == 1.0
 
 
 def test_a_drive_unplugged_mid_indexing_shows_as_waiting_for_it_not_indexing() -> None:
