@@ -617,6 +617,17 @@ def test_a_name_given_again_after_its_token_was_removed_does_not_inherit_the_old
     assert reserved.returncode == 1 and "reserved" in reserved.stderr and (data / "tenants" / "local").exists()
 
 
+def test_folders_set_aside_in_one_second_keep_each_other_and_their_users_names(tmp_path: Path) -> None:
+    from vibrary.trainer.tenants import set_aside
+
+    kept = []
+    for i in range(3):  # (a dotted name: "j.doe-…" twice in a second became "j.2")
+        (tmp_path / "tenants" / "j.doe" / f"job{i}").mkdir(parents=True)
+        kept.append(set_aside(tmp_path / "tenants" / "j.doe"))
+    assert len(set(kept)) == 3 and all(k.name.startswith("j.doe-") for k in kept)
+    assert all((k / f"job{i}").is_dir() for i, k in enumerate(kept))
+
+
 def test_health_watches_without_a_token_do_not_hold_the_servers_threads() -> None:
     """Health needs no token (a load balancer asks it), and each Watch stream held one of the server's
     threads: 64 of them, from anyone who could reach the port, and no caller with the token got an answer."""

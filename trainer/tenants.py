@@ -102,12 +102,13 @@ def leftover(data: Path, user: str) -> Path | None:
 
 def set_aside(folder: Path) -> Path:
     """A removed user's folder (`leftover`) moved where no trainer serves it from: data/removed/USER-WHEN."""
-    target = folder.parent.parent / "removed" / f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = f"{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    target = folder.parent.parent / "removed" / name
     target.parent.mkdir(mode=0o700, exist_ok=True)
     n = 1
     while target.exists() or target.is_symlink():  # (twice in a second: the first one's was replaced)
         n += 1
-        target = target.with_name(f"{target.name.split('.')[0]}.{n}")
+        target = target.with_name(f"{name}.{n}")  # (a user's name may hold dots: j.doe)
     folder.rename(target)
     return target
 
