@@ -22,13 +22,12 @@ from typing import Any
 from vibrary.daemon import config
 from vibrary.daemon.cloud import ENDING_SIGNALS
 from vibrary.daemon.folders import indexed_path
-from vibrary.daemon.index import under
 from vibrary.daemon.rpc import is_loopback
 from vibrary.proto import daemon_pb2 as pb
 
 from .client import Client, DaemonCannotStart, DaemonNotAnswering, DaemonNotRunning
 from .output import _CONTROL, FAILING, UNUSABLE, Bar, CommandError, _out, _shown, terminal_safe
-from .tray_state import looking_for_files, many, retagging, stand_ins
+from .tray_state import looking_for_files, many, nested_watch, retagging, stand_ins
 
 
 # -- vibrary daemon ------------------------------------------------------------------------------------------
@@ -255,17 +254,8 @@ MISSING_FIX = (
 def _say_of_added(folder: str, watches: list[str]) -> None:
     """What a producer should know of a folder just watched: inside another watch or holding some (harmless,
     but one more to remove), or not readable (it was added without a word, and nothing indexed)."""
-    covering = [w for w in watches if folder.startswith(under(w)[0])]
-    inside = [w for w in watches if w.startswith(under(folder)[0])]
-    if covering:
-        said = f"vibrary: {folder} is inside {covering[0]}, watched already; added all the same"
-        print(terminal_safe(said), file=sys.stderr)
-    elif inside:
-        said = f"vibrary: {folder} holds {many(len(inside), 'watch folder')} already ({', '.join(inside)})"
-        print(
-            terminal_safe(f"{said}: each file is indexed once; `vibrary watch remove` them if you like"),
-            file=sys.stderr,
-        )
+    if nested := nested_watch(folder, watches):
+        print(terminal_safe(f"vibrary: {nested}"), file=sys.stderr)
     try:
         with os.scandir(folder) as entries:
             next(entries, None)

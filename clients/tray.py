@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 from vibrary.daemon import atomic, config
+from vibrary.daemon.folders import indexed_path
 from vibrary.proto import daemon_pb2 as pb
 
 from . import tray_state as ts
@@ -413,7 +414,17 @@ class Tray(QObject):
         folder = folder or QFileDialog.getExistingDirectory(None, "Add a watch folder", str(Path.home()))
         if folder:  # the daemon's next status event shows it; one that does not answer is said in seconds, not
             # minutes (its connection waits as long as the call), the clicks after it waiting meanwhile
-            self._call(lambda c: (c.status(CALL_TIMEOUT_S), c.add_watch(folder)), timeout=ADD_WATCH_TIMEOUT_S)
+            def added(watches: list[str]) -> None:  # (a nested watch, which the CLI tells of, was added unsaid)
+                nested = ts.nested_watch(indexed_path(folder), watches)
+                self.notify(ts.Notice("Watch folder added", nested or f"{folder} is watched and indexed", bool(nested)))
+
+            def add(c: Client) -> list[str]:
+                c.status(CALL_TIMEOUT_S)
+                watches = c.watches()
+                c.add_watch(folder)
+                return watches
+
+            self._call(add, added, timeout=ADD_WATCH_TIMEOUT_S)
 
     def open_search(self) -> SearchDialog:
         dialog = SearchDialog(self.home)

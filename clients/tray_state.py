@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import enum
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from vibrary.daemon.index import under
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.trainer.options import FITTING, LOST_TRAINER
 
@@ -207,6 +209,19 @@ def _training_progress(t: pb.TrainProgress) -> float | None:
     if t.state == TP.UPLOADING and t.upload_bytes:
         return min(1.0, t.uploaded_bytes / t.upload_bytes)
     return None
+
+
+def nested_watch(folder: str, watches: Sequence[str]) -> str:
+    """What to say of a watch folder just added inside another or holding some ("" when neither): harmless, but
+    one more to remove, said alike by `vibrary watch add` and the tray's *Add watch folder…*."""
+    covering = [w for w in watches if w != folder and folder.startswith(under(w)[0])]
+    inside = [w for w in watches if w != folder and w.startswith(under(folder)[0])]
+    if covering:
+        return f"{folder} is inside {covering[0]}, watched already; added all the same"
+    if inside:
+        held = f"{folder} holds {many(len(inside), 'watch folder')} already ({', '.join(inside)})"
+        return f"{held}: each file is indexed once; `vibrary watch remove` them if you like"
+    return ""
 
 
 def many(n: int, noun: str = "file") -> str:

@@ -389,6 +389,13 @@ def test_training_and_installed_models_notify(tray: Tray, model_home: Path, tmp_
         tray.add_watch(str(tmp_path / "missing"))  # a folder gone since it was picked
         wait_notices(notices, 3)  # (asked off the GUI thread)
         assert notices[-1].warning and "no such folder" in notices[-1].text
+        (tmp_path / "lib" / "drums").mkdir(parents=True)
+        tray.add_watch(str(tmp_path / "lib"))
+        wait_notices(notices, 4)
+        assert (notices[-1].title, notices[-1].warning) == ("Watch folder added", False)
+        tray.add_watch(str(tmp_path / "lib" / "drums"))  # inside it: the CLI said so, the tray nothing at all
+        wait_notices(notices, 5)
+        assert notices[-1].warning and f"{tmp_path / 'lib' / 'drums'} is inside {tmp_path / 'lib'}" in notices[-1].text
     finally:
         d.stop()
 
