@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from vibrary.daemon.spectrogram import SpectrogramParams, dequantize
 from vibrary.trainer import known
-from vibrary.trainer.export import load_base
-from vibrary.trainer.network import TagNet
+from vibrary.trainer.export import load_net
 from vibrary.trainer.train import _embedded
 
 L2 = 1e-3  # per clip, as the figure's probes fitted it (docs/figure3.md, "Stop 26")
@@ -66,10 +65,7 @@ def fit(effects: Path, base: str = "demo", instruments: bool = True) -> str:
     """Fit and write the base's known rows (beside its checkpoint, or the built-in demo's); what was written."""
     corpus = np.load(effects)
     classes = [str(c) for c in corpus["classes"]]
-    state, _ = load_base(base)
-    assert state is not None
-    net = TagNet(state["head.weight"].shape[0])
-    net.load_state_dict(state)
+    net = load_net(base)
     params, codes = SpectrogramParams(), corpus["codes"]
 
     def batch(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,8 +80,8 @@ def fit(effects: Path, base: str = "demo", instruments: bool = True) -> str:
     if instruments:  # the demo's head, trained on them: its logits, as the demo model tags with them
         import train_demo
 
-        weight = torch.cat([weight, state["head.weight"]])
-        bias = torch.cat([bias, state["head.bias"]])
+        weight = torch.cat([weight, net.head.weight.detach()])
+        bias = torch.cat([bias, net.head.bias.detach()])
         families += ["instruments"] * len(train_demo.CLASSES)
         classes += list(train_demo.CLASSES)
         aliases |= INSTRUMENT_ALIASES

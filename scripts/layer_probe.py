@@ -29,13 +29,10 @@ LAYERS["blocks 2-4 + embedding"] = ["block 2", "block 3", "block 4", "embedding"
 def activations(codes: np.ndarray, base: str) -> dict[str, np.ndarray]:
     """Each block's time-pooled activations and the embedding, for every clip."""
     from vibrary.daemon.spectrogram import SpectrogramParams, dequantize
-    from vibrary.trainer.export import load_base
-    from vibrary.trainer.network import TagNet, pool_time
+    from vibrary.trainer.export import load_net
+    from vibrary.trainer.network import pool_time
 
-    state, _ = load_base(base)
-    assert state is not None, "a probe needs a base"
-    net = TagNet(state["head.weight"].shape[0])
-    net.load_state_dict(state, strict=False)  # an auxiliary head of the demo's training is not part of it
+    net = load_net(base, strict=False)  # an auxiliary head of the demo's training is not part of it
     net.eval()
     out: dict[str, list[np.ndarray]] = {}
     with torch.no_grad():

@@ -58,8 +58,7 @@ def main() -> int:
     import train_demo
     from vibrary.daemon.decode import decode
     from vibrary.daemon.spectrogram import SpectrogramParams, log_mel, quantize
-    from vibrary.trainer.export import load_base
-    from vibrary.trainer.network import TagNet
+    from vibrary.trainer.export import load_net
 
     torch.set_num_threads(1)
     with open(args.corpus / "provenance.csv") as f:
@@ -68,10 +67,7 @@ def main() -> int:
     picked = np.random.default_rng(0).permutation(len(rows))[: args.clips]
     rows = [rows[i] for i in sorted(picked)]
     truth = np.array([train_demo.CLASSES.index(r["class"]) for r in rows])
-    state, _ = load_base(args.checkpoint)
-    assert state is not None
-    net = TagNet(state["head.weight"].shape[0])
-    net.load_state_dict(state)
+    net = load_net(args.checkpoint)
     params = SpectrogramParams()
     right = {}
     with tempfile.TemporaryDirectory() as tmp:

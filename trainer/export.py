@@ -26,7 +26,7 @@ from vibrary.daemon.infer import (
 )
 from vibrary.daemon.spectrogram import METADATA_KEY
 
-from .network import WithSoftmax
+from .network import TagNet, WithSoftmax
 from .options import base_path
 from .train import TrainResult
 
@@ -90,6 +90,17 @@ def load_base(base: str) -> tuple[dict[str, torch.Tensor] | None, str]:
     if path is None:
         return None, "none"
     return torch.load(path, map_location="cpu", weights_only=True), base
+
+
+def load_net(base: str, strict: bool = True) -> TagNet:
+    """A checkpoint's network (`base` as load_base takes it), for a script that scores or probes it; `strict`
+    False leaves out weights it has no place for (an auxiliary head an older checkpoint kept)."""
+    state, _ = load_base(base)
+    if state is None:
+        raise ValueError(f"base {base!r} holds no network")
+    net = TagNet(state["head.weight"].shape[0])
+    net.load_state_dict(state, strict=strict)
+    return net
 
 
 def save_base(result: TrainResult, path: Path) -> None:
