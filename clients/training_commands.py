@@ -188,7 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             trainer=args.trainer,
             base=args.base,
             options=options,
-            token=args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", ""),
+            token=_token(args),
             confirm=confirm_cost(args),
             progress=progress,
             # (a cloud job is on record before its launch: its instance says whether one was launched)
@@ -345,7 +345,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         except JobFailed as e:  # a traceback, and no {"error": …} line under --json
             raise CommandError(f"cloud job failed: {e}") from None
     data = data or config.home() / "trainer"
-    token = args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", "")
+    token = _token(args)
     cert, key = (_tls_file(p, flag) for p, flag in ((args.tls_cert, "--tls-cert"), (args.tls_key, "--tls-key")))
     try:
         serving = serve(data, args.listen, token, cert, key)
@@ -423,6 +423,11 @@ def _trainer_token(args: argparse.Namespace, data: Path) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> str:
+    """A trainer's token: --token, else $VIBRARY_TRAINER_TOKEN (train, trainer serve and trainer jobs alike)."""
+    return str(args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", ""))
+
+
 def _tls_file(path: str, flag: str) -> bytes | None:
     """A certificate or key file's bytes: "[Errno 13] Permission denied: '/tls/key.pem'" said neither what the
     file was for nor whom it must be readable by (a container runs as its own user)."""
@@ -451,7 +456,7 @@ def _trainer_jobs(args: argparse.Namespace) -> int:
 
     from .trainer_client import TrainerClient
 
-    with TrainerClient(args.target, args.token or os.environ.get("VIBRARY_TRAINER_TOKEN", "")) as client:
+    with TrainerClient(args.target, _token(args)) as client:
         jobs = client.jobs()
     for job in jobs:
         state = tpb.Job.State.Name(job.state).lower()

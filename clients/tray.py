@@ -278,7 +278,6 @@ class Tray(QObject):
             why = "it is starting (started from this menu a moment ago)"
         if self.state.running or self.state.status is not None or why != self.state.unanswered:
             self.set_state(ts.disconnected(self.state, why))
-        proc = self.started_daemon
         if proc is not None and proc.poll() not in (None, 0):
             self.started_daemon = None
             log = config.log_path(self.home)

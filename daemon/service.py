@@ -83,6 +83,7 @@ CACHE_DAMAGED = (  # (the path, the error)
 # why a daemon cannot go on (Daemon.ended_why)
 HOME_GONE, INDEX_GONE, INDEX_DAMAGED = "its home is gone", "its index is gone", "its index is damaged"
 SOCKET_GONE = "its socket is gone"  # (found by whoever runs it: clients/daemon_commands.py)
+FORGET_RETRY_S = 60.0  # an abandoned Tag call's files that could not be dropped are tried again this much later
 AWAY_RECOUNT_S = 60.0  # the files under missing watch folders are counted anew at least this often
 UNNAMED_SHOWN = 100  # names not UTF-8 in a status (unnamed_count has them all)
 ON_DEMAND_SWEEP_S = 60.0  # how often files tagged outside the watches are looked for (none watches them)
@@ -931,6 +932,12 @@ class Daemon:
             self._wake.set()
         return [_say_why_missing(r, absent) for r in results] + unnamed_tags
 
+    def _forget_later(self, paths: set[str]) -> None:
+        """Files _forget_unwatched could not drop now: tried again FORGET_RETRY_S later, not every round."""
+        with self._tag_lock:
+            self._to_forget |= paths
+        self._forget_from = time.monotonic() + FORGET_RETRY_S
+
     def _answered(self, paths: set[str]) -> None:
         """Files a Tag call was answered with stay in the index, whoever else gives up on them (_forget_unwatched).
         Under _tag_lock."""
@@ -950,9 +957,7 @@ class Daemon:
         try:
             watches, unread = self.index.watches(), set(self.index.unread(sorted(candidates)))
         except BaseException:
-            with self._tag_lock:  # (a passing error: tried again a minute later)
-                self._to_forget |= candidates
-            self._forget_from = time.monotonic() + 60.0
+            self._forget_later(candidates)  # (a passing error)
             raise
         with self._tag_lock:
             picked = sorted(
@@ -967,9 +972,7 @@ class Daemon:
             self.index.remove_paths(picked)
         except sqlite3.Error as e:  # a full disk: tried again a minute later
             log.warning("could not drop %d files of an abandoned Tag call: %s", len(picked), e)
-            with self._tag_lock:
-                self._to_forget.update(picked)
-            self._forget_from = time.monotonic() + 60.0
+            self._forget_later(set(picked))
             return
         with self._tag_lock:  # new still to a call that came meanwhile: its mark_asked may have found the row
             # before it went, and put it back as one it knew (abandoned in turn, it comes back here)
