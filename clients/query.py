@@ -148,11 +148,14 @@ def synonyms(home_dir: Path | None) -> Synonyms:
         return Synonyms.load(None)
 
 
+_JOINS = re.compile(r"[\s_-]+")  # what a tag's words are joined by: spaces, underscores, hyphens
+
+
 @functools.lru_cache(maxsize=4096)
 def _compact(text: str) -> str:
     """A tag's letters, however its words are joined: `gritty sound`, gritty-sound, gritty_sound and grittysound
     alike, lofi808 and lofi-808 (nothing else is dropped: c# is no c)."""
-    return re.sub(r"[\s_-]+", "", tag_key(text))
+    return _JOINS.sub("", tag_key(text))
 
 
 def _forms(word: str) -> set[str]:
@@ -182,7 +185,7 @@ def joined_as(known: Collection[str], table: Synonyms | None = None) -> Callable
     mine = {
         _compact(alias)
         for alias, _, builtin in (table.pairs() if table is not None else [])
-        if not builtin and len(words := re.split(r"[\s_-]+", alias.strip())) > 1 and not all(w in known for w in words)
+        if not builtin and len(words := _JOINS.split(alias.strip())) > 1 and not all(w in known for w in words)
     }
     return lambda text: not _forms(text).isdisjoint(spelled) or _compact(text) in mine
 

@@ -16,7 +16,7 @@ class Held(RuntimeError):
     """Another process holds the lock: `pid`'s, or None when it has not written it yet."""
 
     def __init__(self, path: Path, pid: int | None) -> None:
-        super().__init__(f"{path} is held by pid {'?' if pid is None else pid}")
+        super().__init__(f"{path} is held by pid {pid or '?'}")
         self.pid = pid
 
 

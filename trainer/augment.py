@@ -30,7 +30,7 @@ EARLY = 2.0  # largest shift earlier in time, in frames (later: up to a quarter 
 # (docs/demo-model.md, "Where a training clip starts")
 LATE_SHARE = 0.25
 CPU_CHUNK = 16  # clips at once on the CPU: 64 at once took 29-61 ms a batch here, 16 at once 20-32 ms
-# lo-fi copies (`lo_fi`): the low-pass of each sample rate a sampler or a bit-crusher runs at (8, 11.025, 16 and
+# lo-fi copies (LoFi): the low-pass of each sample rate a sampler or a bit-crusher runs at (8, 11.025, 16 and
 # 22.05 kHz), and the range of an 8- to 12-bit quantisation's white noise in a mel band, in dB under the clip's
 # loudest band (full-scale tones put it far down, broadband hits nearer)
 LOFI_CUTOFFS_HZ = (4000.0, 5512.5, 8000.0, 11025.0)
