@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from vibrary.daemon.index import under
+from vibrary.daemon.index import within
 from vibrary.proto import daemon_pb2 as pb
 from vibrary.trainer.options import FITTING, LOST_TRAINER
 
@@ -214,8 +214,8 @@ def _training_progress(t: pb.TrainProgress) -> float | None:
 def nested_watch(folder: str, watches: Sequence[str]) -> str:
     """What to say of a watch folder just added inside another or holding some ("" when neither): harmless, but
     one more to remove, said alike by `vibrary watch add` and the tray's *Add watch folder…*."""
-    covering = [w for w in watches if w != folder and folder.startswith(under(w)[0])]
-    inside = [w for w in watches if w != folder and w.startswith(under(folder)[0])]
+    covering = [w for w in watches if w != folder and within(folder, [w])]
+    inside = [w for w in watches if w != folder and within(w, [folder])]
     if covering:
         return f"{folder} is inside {covering[0]}, watched already; added all the same"
     if inside:

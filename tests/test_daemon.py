@@ -362,6 +362,44 @@ def test_a_tag_call_cut_short_drops_its_unread_files_outside_the_watches(
         d.stop()
 
 
+def test_a_cut_tag_calls_files_that_cannot_be_dropped_are_dropped_a_minute_later(
+    model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The drop of an abandoned Tag call's files, when the index refuses the write (a full disk), is tried
+    again FORGET_RETRY_S later, not at every round of the feeder (a warning each time, several a second), and
+    the files are not lost track of meanwhile. The disk error is raised where SQLite would raise it: a real
+    full disk lets a delete through whenever the write-ahead log has room from earlier writes."""
+    from vibrary.daemon import service
+
+    monkeypatch.setattr(service, "FORGET_RETRY_S", 2.0)
+    files = [str(write_tone(tmp_path / "outside" / f"{i}.wav", 200 + 100 * i)) for i in range(3)]
+    d = service.Daemon(model_home, service.config.Settings(nice=0))
+    remove_paths, refused = d.index.remove_paths, []
+
+    def full_disk(paths: list[str]) -> None:
+        if len(refused) < 2:
+            refused.append(time.monotonic())
+            raise sqlite3.OperationalError("database or disk is full")
+        remove_paths(paths)
+
+    monkeypatch.setattr(d.index, "remove_paths", full_disk)
+    d.start()
+    try:
+        d._stalled_until = time.monotonic() + 8.0  # nothing is read meanwhile
+        time.sleep(0.2)
+        assert [r.state for r in d.tag_now(files, time.time() + 0.3)] == ["pending"] * 3
+        kept = lambda: {r.path for r in d.index.file_tags(files) if r.state != "unknown"}  # noqa: E731
+        wait_for(lambda: len(refused) == 1, timeout=5)
+        time.sleep(1.0)
+        assert len(refused) == 1 and kept() == set(files)  # not tried again at once, and still there
+        wait_for(lambda: kept() == set(), timeout=10)  # refused once more, then dropped
+        assert refused[1] - refused[0] >= 2.0
+        warned = [r.getMessage() for r in caplog.records if "could not drop" in r.getMessage()]
+        assert warned == ["could not drop 3 files of an abandoned Tag call: database or disk is full"] * 2
+    finally:
+        d.stop()
+
+
 def test_with_no_active_model_new_files_wait_and_status_says_why(daemon: DaemonProcess, tmp_path: Path) -> None:
     """With every model deactivated a dropped file was stored as read with no tags, and `vibrary tags` said
     it had no sound (a loud cowbell, in a QA session): it waits now, and is tagged once a model is back."""
