@@ -495,7 +495,7 @@ class _Answers(QObject):
         self.done.connect(self._deliver)  # a method of this GUI-thread object: queued, run on the GUI thread
 
     @Slot(object)
-    def _deliver(self, answer: tuple[weakref.ref[SearchDialog], int, list[pb.FileTags] | str]) -> None:
+    def _deliver(self, answer: tuple[weakref.ref[SearchDialog], int, list[pb.FileTags | str]]) -> None:
         dialog = answer[0]()
         if dialog is not None:  # (closed and gone meanwhile: nobody to show it to)
             dialog.show_answer(answer[1], answer[2])
@@ -506,18 +506,19 @@ _answers: _Answers | None = None  # made by the first search, on the GUI thread
 
 def _search(home: Path, dialog: weakref.ref[SearchDialog], asked: int, text: str) -> None:
     """A search, in a thread of its own; its answer goes through `_answers`. Words that spell a tag with spaces
-    (`lead synth`) are that tag, and a synonym (hh) its tag, as `vibrary search` reads them."""
-    found: list[pb.FileTags] | str
+    (`lead synth`) are that tag, and a synonym (hh) its tag, as `vibrary search` reads them. A word no model
+    tags is said above what was found, as the CLI says it: `kick -snre` found kicks and hid the typo."""
+    found: list[pb.FileTags | str]
     try:
         with Client(home_dir=home, timeout=CALL_TIMEOUT_S) as c:
             known = {tag for m in c.models() if m.active or m.serving for tag in m.classes}
             table = synonyms(home)
             all_of, none_of, _ = respell(*parse_query(text, joined_as(known, table)), known, table)
             found = list(c.search(all_of, none_of, limit=SearchDialog.LIMIT, best_first=True, timeout=CALL_TIMEOUT_S))
-            if not found and (unknown := unknown_tags(known, all_of, none_of, "")):  # a typo said as no sound
-                found = f"no files match{unknown}"
+            if unknown := unknown_tags(known, all_of, none_of, ""):  # (a typo with no match is no sound either)
+                found.insert(0, f"{ts.many(len(found)) + ' found' if found else 'no files match'}{unknown}")
     except Exception as e:  # (any: a thread that dies leaves "searching…" for ever)
-        found = f"error: {e}"
+        found = [f"error: {e}"]
     assert _answers is not None
     _answers.done.emit((dialog, asked, found))
 
@@ -568,15 +569,16 @@ class SearchDialog(QDialog):
         args = (self.home, weakref.ref(self), self._asked, self.query.text())  # (read again there, tags known)
         threading.Thread(target=_search, args=args, daemon=True).start()
 
-    def show_answer(self, asked: int, found: list[pb.FileTags] | str) -> None:
-        """(On the GUI thread.)"""
+    def show_answer(self, asked: int, found: list[pb.FileTags | str]) -> None:
+        """(On the GUI thread.) A text is a line of its own: an error, or what the search could not read."""
         if asked != self._asked:
             return
         self.results.clear()
-        if isinstance(found, str):
-            self.results.addItem(found)
-            return
-        for f in found:  # a guess ("dark? 1.00": the file sounds like none of its model's examples) after the rest
+        for f in found:
+            if isinstance(f, str):
+                self.results.addItem(f)
+                continue
+            # a guess ("dark? 1.00": the file sounds like none of its model's examples) after the rest
             shown = sorted(f.tags, key=lambda t: t.unfamiliar)[:3]  # (stable: best first, as the daemon sends them)
             tags = ", ".join(f"{t.tag}{'?' if t.unfamiliar else ''} {t.score:.2f}" for t in shown)
             item = QListWidgetItem(f"{f.path}    {tags}")

@@ -138,9 +138,13 @@ def test_tray_icon_and_tooltip_follow_the_daemon(tray: Tray, model_home: Path, t
         wait_view(tray, showing(ts.Icon.IDLE, "6 indexed, 0 pending, 0 failed"))
 
         search = tray.open_search()
-        search.query.setText("low|mid|high -nosuchtag")
-        found = {line.split()[0] for line in answer(search)}
+        search.query.setText("low|mid|high -nosuchtag")  # (the typo was said only when nothing matched)
+        said, *lines = answer(search)
+        assert said == "6 files found: no active model tags 'nosuchtag'; `vibrary models list` shows their tags"
+        found = {line.split()[0] for line in lines}
         assert found == {str(library / n) for n in ["held.wav", *(f"a{i}.wav" for i in range(5))]}
+        search.query.setText("low|mid|high")
+        assert sorted(answer(search)) == sorted(lines)
         search.query.setText("nosuchtag")  # (said "no files match", as of a library with no such sound)
         typo = "no files match: no active model tags 'nosuchtag'; `vibrary models list` shows their tags"
         assert answer(search) == [typo]
