@@ -573,6 +573,8 @@ def add(
                 old_of[ex.label] = ex.label if ex.label in held.edits.renamed else by_spelling
             old = old_of[ex.label]
             tag = held.edits.renamed[old] if old else ex.label
+            dropped_as = tag if tag != old and held.edits.renamed.get(tag) == "" else ""  # renamed, then dropped
+            tag = "" if dropped_as else tag
             if path in known:
                 if _rewritten(ex.path, known[path].content):
                     replaced.add(path)
@@ -582,9 +584,9 @@ def add(
                 left_out += 1
                 continue
             if restore:  # back as given, the edit undone for it: later adds take it as well
-                if not tag:  # its tag was dropped
-                    tag = ex.label
-                    renamed.pop(old, None)
+                if not tag:  # its tag was dropped (by the name a rename gave it: back under that name)
+                    tag = dropped_as or ex.label
+                    renamed.pop(dropped_as or old, None)
                 restored.add(path)
             if tag not in spelled:
                 spelled[tag] = _joining(tag, tags, table)
@@ -967,7 +969,8 @@ def _renamed(before: dict[str, str], mapping: dict[str, str], live: set[str]) ->
     """What `add` should make of each tag that is gone after an edit: what it was renamed or merged into (the
     next pack spells its folders as the last one did; followed along later renames), or "" when it was
     dropped (`mapping` says "" only of drops: a tag its files were relabelled away from is not dropped). A
-    tag that is in use again means itself."""
-    renamed = {old: mapping.get(now, now) for old, now in before.items()}
+    tag renamed to one dropped later still names it (`add --restore` brings its files back under it: `dark`,
+    renamed `moody`, then dropped, came back as `dark`). A tag that is in use again means itself."""
+    renamed = {old: now if mapping.get(now, now) == "" else mapping.get(now, now) for old, now in before.items()}
     renamed.update((old, now) for old, now in mapping.items() if now != old)
     return {old: now for old, now in renamed.items() if old not in live}

@@ -370,6 +370,27 @@ def test_adding_files_decodes_only_them_keeps_the_edits_and_follows_renames(
     assert (later.added, later.left_out) == (1, 0)  # the drop no longer holds for tone: its file from third/ joins
 
 
+def test_a_restore_brings_a_dropped_tag_back_under_the_name_an_edit_gave_it(home: Path, tmp_path: Path) -> None:
+    """`dark` renamed `moody` and then dropped came back as `dark` with `add --restore`, and a merge dropped
+    after it came back as the two tags merged (a producer's walkthrough): the edits before the drop stand."""
+    write_kinds(tmp_path / "first", per_kind=2, seed=5)
+    write_kinds(tmp_path / "more", per_kind=1, seed=6, folders={"thump": "Big Thump", "noise": "Hiss", "tone": "y"})
+    shutil.rmtree(tmp_path / "more" / "y")
+    folders = [str(tmp_path / "first"), str(tmp_path / "more")]
+    dataset.build(home, "mine", dataset.examples_from_folders(folders))
+    dataset.edit(home, "mine", rename=[("tone", "moody")])
+    dataset.edit(home, "mine", rename=[("Big Thump", "thump")])  # a merge
+    dataset.edit(home, "mine", drop=["moody"])
+    dataset.edit(home, "mine", drop=["thump"])
+    kept = dataset.add(home, "mine", dataset.examples_from_folders(folders))  # dropped: they stay out
+    assert (kept.added, kept.left_out, kept.report.per_class) == (0, 5, {"hiss": 1, "noise": 2})
+    restored = dataset.add(home, "mine", dataset.examples_from_folders(folders), restore=True)
+    assert restored.report.per_class == {"hiss": 1, "moody": 2, "noise": 2, "thump": 3}
+    write_kinds(tmp_path / "later", per_kind=1, seed=7)  # the drops no longer hold; the rename still does
+    later = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "later")]))
+    assert later.report.per_class == {"hiss": 1, "moody": 3, "noise": 3, "thump": 4}
+
+
 def test_a_second_packs_folders_join_the_tags_they_spell_another_way(home: Path, tmp_path: Path) -> None:
     """`dataset add` of a second pack made `kicks` a class beside `kick` (and `hihat` beside `hats`), which
     every edit reads as one tag; the files join the tag the dataset has. A kind of it (`Open Hat/`) does not."""
