@@ -163,13 +163,16 @@ NO_AUDIO = "no audio files found: put examples in one folder per tag (DIR/<tag>/
 def _as_held(tag: str, tags: Iterable[str]) -> str:
     """A tag as a dataset with these tags spells it: labels of older versions kept their spaces ("hi hat"),
     and "hi-hat", "Hi_Hat" or "hihat" name that same tag. A tag held as given is that tag (one longer than
-    LONGEST_TAG, from before the limit, can still be dropped or renamed)."""
+    LONGEST_TAG, from before the limit, can still be dropped or renamed). A new tag is spelled as a folder of
+    that name would be (`rename punchy "very punchy"` gave very-punchy, where a `Very Punchy/` folder gives
+    very punchy)."""
     if tag in tags:
         return tag
     wanted = label(tag)
     held = sorted(tags)
     same = next((t for t in held if _spelled(t) == wanted), None)
-    return same or next((t for t in held if _spelled(t).replace("-", "") == wanted.replace("-", "")), wanted)
+    alike = next((t for t in held if _spelled(t).replace("-", "") == wanted.replace("-", "")), None)
+    return same or alike or folder_label(tag)
 
 
 def _one(tag: str) -> str:
@@ -183,7 +186,8 @@ def _in_dataset(tag: str, tags: set[str], table: suggest.Synonyms) -> str:
     "Hi Hat"` gives hihat, the tag suggestions give, rather than a class hi-hat beside it, and a second pack's
     `Kicks/` added joins the `kick` the suggestions gave the first (it became a class `kicks` beside it)."""
     held = _as_held(tag, tags)
-    return held if held in tags else _as_held(table.spelling(tag), tags)
+    spelling = table.spelling(tag)  # (a tag of the table, or the user's own words, spelled as a folder spells them)
+    return held if held in tags or spelling == label(tag) else _as_held(spelling, tags)
 
 
 def _joining(tag: str, tags: set[str], table: suggest.Synonyms) -> str:

@@ -77,9 +77,9 @@ def test_edits_repack_the_shards_without_decoding_or_reading_audio(
         f.unlink()
     dataset.edit(home, "mine", rename=[("thump", "kick"), ("noise", "hat")])
     dataset.edit(home, "mine", rename=[("hat", "kick")])  # onto an existing tag: a merge
-    chained = dataset.edit(home, "mine", rename=[("tone", "pad"), ("pad", "lead")])  # each sees the one before
-    assert chained.per_class == {"kick": 8, "lead": 4}
-    dataset.edit(home, "mine", rename=[("lead", "tone")])
+    chained = dataset.edit(home, "mine", rename=[("tone", "pad"), ("pad", "Lead  Synth")])  # each sees the one before
+    assert chained.per_class == {"kick": 8, "lead synth": 4}  # as a folder `Lead Synth/` spells it (not lead-synth)
+    dataset.edit(home, "mine", rename=[("lead-synth", "tone")])
     moved, dropped = [f for f in files if f.name.startswith("noise")][:2]  # now kicks, one at a time
     edited = dataset.edit(home, "mine", relabel=[(str(moved), "tone"), (str(dropped), "")])
     assert edited.per_class == {"kick": 6, "tone": 5} and edited.manifest.classes == ["kick", "tone"]
