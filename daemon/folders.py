@@ -56,6 +56,7 @@ def readable_name(path: str) -> str:
 
 
 UNNAMED = "left out: its name is not valid UTF-8 (rename the file to tag it)"
+FOLDER_UNREAD = "a folder that cannot be listed ({}): its files are left out"  # a Tag call's answer for it
 
 
 def warn(folder: str, reason: str) -> None:

@@ -40,7 +40,7 @@ from .events import (
     EventBus,
     StatusPublisher,
 )
-from .folders import UNNAMED, audio_files_under, readable_name, storable, warn
+from .folders import FOLDER_UNREAD, UNNAMED, audio_files_under, readable_name, storable, warn
 from .index import (
     NO_SUCH_PATH,
     NOT_INDEXED,
@@ -856,12 +856,19 @@ class Daemon:
 
         files: list[str] = []
         unnamed: list[str] = []  # the index cannot hold them (the watcher leaves such names out too)
-        for path in (f for p in expand(paths, going) for f in found(p)):
+        unlisted: dict[str, str] = {}  # folders that cannot be listed: a call for one got no answer, status OK
+
+        def cannot_list(folder: str, why: str) -> None:
+            warn(folder, why)
+            unlisted.setdefault(folder, why)
+
+        for path in (f for p in expand(paths, going, on_error=cannot_list) for f in found(p)):
             (files if storable(path) else unnamed).append(path)
             if len(files) + len(unnamed) > TAG_MAX_FILES:  # (each is an answer too)
                 raise TooManyFiles(f"more than {TAG_MAX_FILES} files: add the folder as a watch instead")
         # said as failures: a folder whose only files had such names was answered with nothing at all
         unnamed_tags = [FileTags(readable_name(p), "failed", UNNAMED, []) for p in unnamed]
+        unnamed_tags += [FileTags(f, "failed", FOLDER_UNREAD.format(why), []) for f, why in unlisted.items()]
         if not going():
             raise TimeoutError(f"the deadline passed while finding the files ({len(files)} so far)")
         gone |= {w for w in self.index.watches() if self.watcher.gone(w)}  # (and those gone during a long walk)

@@ -309,6 +309,26 @@ def test_tag_calls_on_one_file_at_once_all_get_its_tags_and_prefixes_are_normali
     assert idle["tags"] == [] and idle["note"] == "no tags: no model is active (`vibrary models activate NAME`)"
 
 
+def test_a_folder_tag_cannot_list_is_answered_failed_with_why(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A Tag call for a folder the daemon could not list (its permissions, no file handles left) got no
+    answer at all, status OK: a plugin read it as a folder without audio (an API walkthrough). The folder
+    comes back failed with why, beside the files of the folders that could be listed."""
+    ok = write_tone(tmp_path / "pack" / "ok.wav", BANDS["low"])
+    write_tone(tmp_path / "pack" / "locked" / "hidden.wav", BANDS["high"])
+    locked = tmp_path / "pack" / "locked"
+    locked.chmod(0)
+    try:
+        tagged = daemon.client.tag([str(tmp_path / "pack")], timeout=60)
+        answers = {Path(f.path).name: (f.state, f.error) for f in tagged}
+        only = [(f.path, f.state, f.error) for f in daemon.client.tag([str(locked)], timeout=60)]
+    finally:
+        locked.chmod(0o755)
+    said = "a folder that cannot be listed (Permission denied): its files are left out"
+    assert answers == {ok.name: ("indexed", ""), "locked": ("failed", said)}
+    assert only == [(str(locked), "failed", said)]
+    assert [f.state for f in daemon.client.tags(str(locked / "hidden.wav"))] == ["unknown"]  # nothing stored
+
+
 def test_a_tag_call_cut_short_drops_its_unread_files_outside_the_watches(
     model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -253,7 +253,8 @@ class DaemonServicer:
         handles left) comes back pending, with that error: it is read again a minute later (Status.retrying).
         Files under a watch folder not there now come back at once as the index last knew them (those not
         read yet with why). A file that is no audio by its name (or lies in a trash folder), or a path that is
-        not there and was never indexed, comes back unknown with why, and nothing is stored. While indexing is
+        not there and was never indexed, comes back unknown with why, and nothing is stored; a folder that cannot
+        be listed (permissions, no file handles left) comes back failed with why, and its files are left out. While indexing is
         paused, files tagged already are answered and any other is FAILED_PRECONDITION; with no model active, every
         call is FAILED_PRECONDITION (GetTags answers what the index holds). A call that cannot answer every
         file streams the files done first, then its error saying how many are not: FAILED_PRECONDITION when
