@@ -326,7 +326,10 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
         except TooManyFiles as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        except (NoModel, Paused) as e:
+        except Paused as e:  # the files tagged already are answered first
+            yield from (file_tags_pb(replace(r, path=as_asked(r.path, asked))) for r in e.done)
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        except NoModel as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         if not context.is_active():
             return  # the caller went away: nobody to answer

@@ -883,12 +883,14 @@ class Daemon:
         files = [p for p in files if p not in unread]
         if self.paused:  # files tagged already are answered as they are (a DAW's dropped file that is known)
             known = [_say_why_hidden(r, hidden) for r in self.index.file_tags(files)]
-            untagged = sum(r.state in ("pending", "unknown") and r.error in (None, "", NOT_INDEXED) for r in known)
-            if untagged:
-                raise Paused(f"indexing is paused and {untagged} of these files are not tagged yet: resume it first")
+            untagged = [r.state in ("pending", "unknown") and r.error in (None, "", NOT_INDEXED) for r in known]
+            done = [_say_why_missing(r, absent) for r, no in zip(known, untagged, strict=True) if not no]
             with self._tag_lock:
-                self._answered(set(files))
-            return [_say_why_missing(r, absent) for r in known] + unnamed_tags
+                self._answered({r.path for r in done})
+            if any(untagged):  # (the others are answered before the error, as at a deadline)
+                said = f"indexing is paused and {sum(untagged)} of these files are not tagged yet: resume it first"
+                raise Paused(said, done + unnamed_tags)
+            return done + unnamed_tags
         queued = [p for p in files if p not in hidden]
         with self._tag_lock:
             self._tag_waits.update(queued)
@@ -918,9 +920,9 @@ class Daemon:
                         self._wake.set()
                         waiting += dropped
                         continue
-                    if not waiting or self.paused:  # (paused: read once indexing resumes, as the reply says)
-                        break  # the answer is the read that found them done: a Tag of one changed since queues it again
-                    if not going(polled):
+                    # the answer is the read that found them done: a Tag of one changed since queues it again; paused
+                    # meanwhile as at a deadline: those not read are abandoned (dropped outside the watches)
+                    if not waiting or self.paused or not going(polled):
                         abandoned = waiting
                         break
                 # a poll of 100,000 files takes a while: waiting 4 times as long leaves the core to the workers (but
@@ -1144,7 +1146,11 @@ class NoModel(RuntimeError):
 
 
 class Paused(RuntimeError):
-    """A Tag call while indexing is paused, for files not tagged yet."""
+    """A Tag call while indexing is paused, for files not tagged yet; `done`: the answers for the others."""
+
+    def __init__(self, message: str, done: Sequence[FileTags] = ()) -> None:
+        super().__init__(message)
+        self.done = list(done)
 
 
 class TooManyFiles(ValueError):

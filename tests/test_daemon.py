@@ -329,6 +329,27 @@ def test_a_folder_tag_cannot_list_is_answered_failed_with_why(daemon: DaemonProc
     assert [f.state for f in daemon.client.tags(str(locked / "hidden.wav"))] == ["unknown"]  # nothing stored
 
 
+def test_a_tag_call_cut_by_a_pause_drops_its_unread_files_outside_the_watches(model_home: Path, tmp_path: Path) -> None:
+    """A pause ends a Tag call as its deadline would, but its files outside the watches were kept and read on
+    resume, for nobody (an API walkthrough: 20 of 100), where the API says they are dropped soon after."""
+    from vibrary.daemon import service
+
+    files = [str(write_tone(tmp_path / "outside" / f"{i}.wav", 200 + 100 * i)) for i in range(3)]
+    d = service.Daemon(model_home, service.config.Settings(nice=0))
+    d.start()
+    try:
+        d._stalled_until = time.monotonic() + 3.0  # nothing is read meanwhile
+        time.sleep(0.2)
+        threading.Timer(0.5, d.set_paused, (True,)).start()
+        assert [r.state for r in d.tag_now(files, time.time() + 30)] == ["pending"] * 3
+        wait_for(lambda: {r.state for r in d.index.file_tags(files)} == {"unknown"}, timeout=5)
+        d.set_paused(False)
+        time.sleep(3.5)
+        assert {r.state for r in d.index.file_tags(files)} == {"unknown"} and d.status()["decoded"] == 0
+    finally:
+        d.stop()
+
+
 def test_a_tag_call_cut_short_drops_its_unread_files_outside_the_watches(
     model_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
