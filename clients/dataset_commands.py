@@ -209,6 +209,10 @@ def cmd_dataset(args: argparse.Namespace) -> int:
                 print(f"vibrary: {args.path} dropped from dataset {args.name}", file=sys.stderr)
             if typed and made and made != [typed]:
                 print(f"vibrary: {typed!r} is spelled {made[0]} as a tag", file=sys.stderr)
+            # a typo of a tag it has (brigth) is a new tag of one file: said, as rename and drop refuse one
+            relabelled = made if args.action == "relabel" else []
+            if relabelled and (near := difflib.get_close_matches(relabelled[0], before, n=1, cutoff=0.8)):
+                print(f"vibrary: {made[0]} is a new tag of this one file; did you mean {near[0]}?", file=sys.stderr)
     except (FileNotFoundError, dataset.Busy) as e:
         raise CommandError(str(e)) from None
     # (an add's report is the whole dataset's: this run's untagged files are not among its counts)

@@ -936,6 +936,9 @@ def test_cli_suggest_create_edit_show_and_synonyms(home: Path, tmp_path: Path) -
     dropped = vibrary("dataset", "relabel", "pk", a_drum, "", home=home)  # said, not only by the counts
     assert f"{a_drum} dropped from dataset pk" in dropped.stderr and "drums 5, lead 3" in dropped.stdout
     vibrary("dataset", "add", "--restore", "pk", str(pack), home=home)  # (it was the pack's, with the rest)
+    typo = vibrary("dataset", "relabel", "pk", a_drum, "drusm", home=home)  # a new tag, once unsaid
+    assert "drusm is a new tag of this one file; did you mean drums?" in typo.stderr, typo.stderr
+    assert "did you mean" not in vibrary("dataset", "relabel", "pk", a_drum, "drums", home=home).stderr
     respelled = vibrary("dataset", "rename", "pk", "lead", "Lead/Solo", home=home)  # (unsaid: a tag lead-solo)
     assert "'Lead/Solo' is spelled lead-solo as a tag" in respelled.stderr and "lead-solo 3" in respelled.stdout
     assert "spelled" not in vibrary("dataset", "rename", "pk", "lead-solo", "lead", home=home).stderr
