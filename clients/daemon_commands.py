@@ -383,10 +383,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_pause(args: argparse.Namespace) -> int:
-    """Pause or resume indexing; the watcher keeps recording changes, so nothing is lost meanwhile."""
+    """Pause or resume indexing; the watcher keeps recording changes, so nothing is lost meanwhile. A second
+    pause said "indexing paused" again, as if it had been running."""
     with Client() as c:
+        was = c.status().paused
         s = c.pause() if args.command == "pause" else c.resume()
-    state = "paused" if s.paused else "resumed"
+    state = {(True, True): "was paused already", (False, False): "was not paused"}.get((was, s.paused), "")
+    state = state or ("paused" if s.paused else "resumed")
     _out(args, {"paused": s.paused, "pending": s.pending}, f"indexing {state} ({many(s.pending)} pending)")
     return 0
 

@@ -118,6 +118,7 @@ def test_paused_survives_a_restart(model_home: Path, tmp_path: Path) -> None:
         d.client.add_watch(str(library))
         out = json_lines(vibrary("pause", "--json", home=model_home).stdout)
         assert out == [{"paused": True, "pending": 0}]
+        assert vibrary("pause", home=model_home).stdout == "indexing was paused already (0 files pending)\n"
     finally:
         assert d.stop() == 0
     paths = _drop(library, 2)  # arrives while no daemon runs: found by the start-up scan
@@ -129,6 +130,7 @@ def test_paused_survives_a_restart(model_home: Path, tmp_path: Path) -> None:
         assert (status["paused"], status["pending"], status["indexed"]) == (True, 2, 0)
         out = json_lines(vibrary("resume", "--json", home=model_home).stdout)
         assert out[0]["paused"] is False
+        assert vibrary("resume", home=model_home).stdout.startswith("indexing was not paused (")
         wait_for(lambda: _states(d.client, paths) == {"indexed"})
     finally:
         assert d.stop() == 0
