@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import itertools
 import json
 import math
 import os
+import re
 import signal
 import sqlite3
 import sys
@@ -197,6 +199,21 @@ class _BadArguments(Exception):
     pass
 
 
+_INVALID_CHOICE = re.compile(r"argument (\S+): invalid choice: '?(.*?)'? \(choose from (.*)\)$")
+
+
+def _choice_said(message: str) -> str:
+    """argparse's "argument {tag,daemon,…}: invalid choice: 'serch' (choose from 'tag', …)" as a person would
+    say it, with the choice meant where one is close: `vibrary daemon sotp` said "argument action"."""
+    found = _INVALID_CHOICE.match(message)
+    if found is None:
+        return message
+    option, word, choices = found[1], found[2], [c.strip("'") for c in found[3].split(", ")]
+    near = difflib.get_close_matches(word, choices, n=1)
+    said = f"no {word!r}" + (f" (did you mean {near[0]!r}?)" if near else "") + f": one of {', '.join(choices)}"
+    return f"{option.split('/')[0]}: {said}" if option.startswith("-") else said
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's own, but for a mistake it catches (`--limit 0`, an unknown command): said as every other
     failure is, and with --json also as a JSON line on stdout, where a script had nothing to read. (Its
@@ -204,7 +221,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        raise _BadArguments(f"{message} (`{self.prog} --help` says more)")
+        raise _BadArguments(f"{_choice_said(message)} (`{self.prog} --help` says more)")
 
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         """A subcommand's words it does not know are refused by it, with its usage and its --help: passed up,

@@ -165,6 +165,12 @@ def test_a_mistake_the_parser_catches_is_a_json_line_too(home: Path) -> None:
         unknown = vibrary(*command.split(), *args, home=home, check=False)  # its usage, and `vibrary --help`
         assert unknown.returncode == 2 and unknown.stderr.startswith(f"usage: vibrary {command} "), unknown.stderr
         assert f"unrecognized arguments: --bogus (`vibrary {command} --help` says more)" in unknown.stderr
+    for typo, said in (  # argparse's "argument action: invalid choice: 'sotp' (choose from …)", no did-you-mean
+        (["serch", "kick"], "no 'serch' (did you mean 'search'?): one of tag, daemon, watch,"),
+        (["daemon", "sotp"], "no 'sotp' (did you mean 'stop'?): one of start, stop (`vibrary daemon --help`"),
+        (["dataset", "create", "x", "y", "--labels", "fold"], "--labels: no 'fold' (did you mean 'folders'?):"),
+    ):
+        assert said in vibrary(*typo, home=home, check=False).stderr
 
 
 def test_a_newline_in_a_file_name_keeps_the_file_on_one_human_line(model_home: Path, tmp_path: Path) -> None:

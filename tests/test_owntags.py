@@ -1228,7 +1228,7 @@ def test_training_that_cannot_start_fails_clearly_and_reports_it(home: Path, tmp
     assert [m.name for m in index.models() if not m.builtin] == []
     index.close()
     usage = vibrary("train", "mine", "--base", "nosuch", home=home, check=False)
-    assert usage.returncode == 2 and "invalid choice: 'nosuch'" in usage.stderr
+    assert usage.returncode == 2 and "--base: no 'nosuch': one of demo, none" in usage.stderr, usage.stderr
     # mistyped options: exit 1 after the dataset's advice before; now a usage error (2), said first and alone
     for option, reason in (
         (("--name", "My Model"), "model name 'My Model'"),
