@@ -226,6 +226,14 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise CommandError(f"no folder {args.under} (--under)")
         if not args.json or unknown:  # (stderr is the human's with --json too: a typo was silent there)
             print(f"{many(n)}{unknown}", file=sys.stderr)
+        # words typed apart, searched as one tag with spaces: said, as a respelling is (`search punchy kicks` found
+        # the tag "punchy kicks", where the producer meant punchy AND kicks)
+        typed = {config.tag_key(q).lstrip("-") for q in args.query}
+        joined = [w for w in dict.fromkeys([*(w for g in groups for w in g), *excluded]) if " " in w and w not in typed]
+        if joined:
+            each = " AND ".join(joined[0].split())
+            said = ", ".join(repr(w) for w in joined)
+            print(f"vibrary: searched {said} as one tag (`vibrary search {each}` for each word)", file=sys.stderr)
         if respelled:  # `search hh` found nothing, though `synonyms list` says hh is hihat
             said = ", ".join(f"{w!r} as {t!r}" for w, t in sorted(respelled.items()))
             print(f"vibrary: searched {said}, the tag{'s' if len(respelled) > 1 else ''} it spells", file=sys.stderr)

@@ -722,6 +722,12 @@ def test_search_finds_a_tag_by_the_spellings_the_synonym_table_gives_it(daemon: 
     assert found("huge", "room")[0] == {"low"}
     vibrary("synonyms", "add", "snare kick", "hihat", home=daemon.home)  # words that are tags keep their meaning
     assert "searched" not in found("snare", "kick")[1]
+    spaced = band_model(tmp_path / "mine.onnx", name="mine", classes=("punchy kicks", "punchy", "kicks"))
+    vibrary("models", "install", str(spaced), home=daemon.home)  # a tag with a space, from a folder's name
+    wait_for(lambda: found("punchy kicks")[0] == {"low"})  # quoted: that tag, as typed
+    joined = "vibrary: searched 'punchy kicks' as one tag (`vibrary search punchy AND kicks` for each word)"
+    assert found("punchy", "kicks") == ({"low"}, joined + "\n")  # unquoted: the same, no longer unsaid
+    assert found("punchy", "AND", "kicks") == (set(), "")
     typo = found("hhh")[1]  # no alias: still a typo, said so
     assert "no active model tags 'hhh'" in typo and "searched" not in typo
     vibrary("models", "deactivate", "drums", home=daemon.home)
