@@ -275,7 +275,14 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         if not installed:
             context.abort(grpc.StatusCode.NOT_FOUND, f"no model {name}")
         active = next((m.ref for m in installed if m.active), None)
-        if version and f"{name}@{version}" not in {m.ref for m in installed if m.active or m.serving}:
+        searched = {m.ref for m in installed if m.active or m.serving}
+        if version and not searched:  # ("filter by the name", its advice, found nothing either: an API walkthrough)
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model {name} is not active: no version of it tags the library (ActivateModel, or `vibrary models "
+                f"activate {name}`, first)",
+            )
+        if version and f"{name}@{version}" not in searched:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{ref} is not the active version of {name} ({active or 'none is active'}): searches read the "

@@ -225,6 +225,10 @@ def test_models_are_named_as_status_names_them(daemon: DaemonProcess) -> None:
     assert list(daemon.client.search("low", model=ref)) == [] and daemon.client.counts(ref) == []  # not refused
     with pytest.raises(DaemonError, match="bands@2 is not the active version of bands"):
         list(daemon.client.search("low", model="bands@2"))
+    daemon.client.deactivate("bands")  # its advice, filter by the name, found nothing either
+    with pytest.raises(DaemonError, match="model bands is not active: no version of it tags the library") as off:
+        list(daemon.client.search("low", model=ref))
+    assert off.value.code == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_closing_the_client_ends_a_stream_read_elsewhere_and_later_calls_say_so(daemon: DaemonProcess) -> None:
