@@ -236,7 +236,9 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
         # cannot resolve the daemon's links for it)
         prefix = indexed_path(_absolute(request.path_prefix, context)) if request.path_prefix else ""
         groups = [list(dict.fromkeys(g.tags)) for g in request.all_of]
-        if any(not g or any(not t.strip() for t in g) for g in groups) or any(not t.strip() for t in request.none_of):
+        if any(not g for g in groups):  # ("empty tag in query" named none)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an empty group in all_of: give each AnyOf a tag")
+        if any(not t.strip() for g in groups for t in g) or any(not t.strip() for t in request.none_of):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty tag in query")
         longest = 10 * config.LONGEST_TAG  # (a tag of 3 MB, or with a NUL, was searched for: no file has one; a
         # model from before the install's limit may have one longer than that limit)

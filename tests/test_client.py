@@ -148,6 +148,8 @@ def test_searches_as_people_type_them_and_tags_as_strings(daemon: DaemonProcess,
     assert {f.path for f in c.search("high", min_score=0)} > {f.path for f in c.search("high")} == {paths["high"]}
     raw = c.stub.Search(pb.SearchRequest(all_of=[pb.AnyOf(tags=["high"])], min_score=0.0))
     assert len(list(raw)) > 1
+    with pytest.raises(grpc.RpcError, match="an empty group in all_of: give each AnyOf a tag"):  # ("empty tag")
+        list(c.stub.Search(pb.SearchRequest(all_of=[pb.AnyOf(tags=["high"]), pb.AnyOf()])))
     with pytest.raises(QueryError, match="OR needs a tag on each side"):
         c.search("low OR")
     assert issubclass(QueryError, VibraryError)  # one except clause for everything the library raises

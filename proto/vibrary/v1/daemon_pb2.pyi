@@ -415,6 +415,8 @@ Global___AnyOf: _TypeAlias = AnyOf  # noqa: Y015
 
 @_typing.final
 class SearchRequest(_message.Message):
+    """At most 64 groups in all_of and 256 tags in all (INVALID_ARGUMENT); no group and no tag may be empty."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ALL_OF_FIELD_NUMBER: _builtins.int
