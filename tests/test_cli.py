@@ -727,7 +727,14 @@ def test_search_finds_a_tag_by_the_spellings_the_synonym_table_gives_it(daemon: 
     wait_for(lambda: found("punchy kicks")[0] == {"low"})  # quoted: that tag, as typed
     joined = "vibrary: searched 'punchy kicks' as one tag (`vibrary search punchy AND kicks` for each word)"
     assert found("punchy", "kicks") == ({"low"}, joined + "\n")  # unquoted: the same, no longer unsaid
-    assert found("punchy", "AND", "kicks") == (set(), "")
+    assert found("punchy", "AND", "kicks")[0] == set() and "as one tag" not in found("punchy", "AND", "kicks")[1]
+    own = band_model(tmp_path / "own.onnx", name="own", classes=("hh", "bd", "snr"))  # the aliases, trained as tags
+    vibrary("models", "install", str(own), home=daemon.home)
+    wait_for(lambda: found("hh", "--model", "own")[0])
+    shadowed = "vibrary: 'hh' is a tag of its own to a model, not the 'hihat' it spells (`vibrary search hh OR hihat`"
+    assert shadowed in found("hh")[1] and "'hihat' as" not in found("hh")[1]  # (it found fewer hihats, unsaid)
+    assert found("hh", "OR", "hihat")[0] == found("hh")[0] | found("hihat")[0]
+    vibrary("models", "remove", "own", home=daemon.home)
     typo = found("hhh")[1]  # no alias: still a typo, said so
     assert "no active model tags 'hhh'" in typo and "searched" not in typo
     vibrary("models", "deactivate", "drums", home=daemon.home)
