@@ -104,13 +104,15 @@ def advise(
     picked = known.starts_from(rows if base != "none" else None, tags, pull)
     family = (rows.family(tags) if rows is not None else None) or "instruments"
     knows = len(tags) - picked.count(None) if picked is not None else 0
+    # said for people, not as the figure's names ("instruments curve, tags trained as new; … rescaled by chance
+    # level": a producer's walkthrough)
     if knows == len(tags):
-        (points, source), how = load_curve(family, path=path), " of tags the demo model knows"
+        (points, source), how = load_curve(family, path=path), " the demo model knows"
     elif knows:
         points, source = _between(family, knows / len(tags), path)
-        how = f" drawn between all and half the tags known; the demo model knows {knows} of your {len(tags)}"
+        how = f", between all and half of them known to the demo model (it knows {knows} of your {len(tags)} tags)"
     else:
-        (points, source), how = load_curve(f"{family} as new", path=path), ", tags trained as new"
+        (points, source), how = load_curve(f"{family} as new", path=path), " trained as new tags"
     measured = json.loads(path.read_text()).get("classes", {}).get(family)
 
     def said(acc: float) -> float:  # 69 % of 9 instruments was said of 2 tags, where chance is 50 %
@@ -132,13 +134,9 @@ def advise(
         short = sorted(((t, better[0] - c) for t, c in per_class.items() if c < better[0]), key=lambda tc: -tc[1])
         lacks = ", ".join(f"{more} more of {t!r}" for t, more in short[:3]) + (", …" if len(short) > 3 else "")
         text += f"; {better[0]} {MORE} ({lacks}) should give about {said(better[1]):.0%}"
-    # a curve of 12 effects read for 2 tags says less: said, with the tags it was measured with
-    tags_said = (
-        f"; measured with {measured} tags, rescaled for your {len(tags)} by chance level"
-        if measured and measured != len(tags)
-        else ""
-    )
-    text = f"{text} ({family} curve{how}{tags_said}, {source})"
+    # a test of 12 effects read for 2 tags says less: said, with the tags it was measured with
+    tags_said = f", scaled to your {len(tags)} tags" if measured and measured != len(tags) else ""
+    text = f"{text} (from Vibrary's own test of {measured or 'several'} {family}{how}{tags_said}; {source})"
     for tag, other, what in rows.twins(tags) if rows is not None and picked is not None else []:  # dry/, clean/
         into, merged = (tag, other) if config.tag_key(tag) == what else (other, tag)  # the demo's own name
         text += (
