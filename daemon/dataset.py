@@ -304,13 +304,14 @@ def examples_from_folders(
             if len(where) > 1
         ]
         # `kick/Vengeance Kicks Vol 2/`: a pack of the tag folder's own sound dropped into it became a tag of its
-        # own, silently (not `Drums/kick/` beside `Drums/crash.wav`: a tag of its own, rightly)
+        # own, silently, and so did `bright/more/`, a folder that names no sound (not `Drums/kick/` beside
+        # `Drums/crash.wav`: a tag of its own, rightly)
         table = suggest.Synonyms.load(None)
         spread += [
-            f"{as_written.get(tag, tag)}: inside {name}/, a tag folder of that sound"
+            f"{as_written.get(tag, tag)}: inside {name}/, a tag folder" + (" of that sound" if sound else "")
             for tag, where in inside.items()
             for name in sorted(os.path.basename(f) for f in where & holding)
-            if tag != label(name) and (sound := table.find(tag)) and table.find(name) == sound
+            if tag != label(name) and (not (sound := table.find(tag)) or table.find(name) == sound)
         ]
     return found
 

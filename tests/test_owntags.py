@@ -215,6 +215,13 @@ def test_tags_by_the_folders_right_under_the_one_given(home: Path, tmp_path: Pat
     spread.clear()
     dataset.examples_from_folders([str(tmp_path / "mine")], spread=spread)
     assert spread == ["vengeance kicks vol 2: inside kick/, a tag folder of that sound"]
+    write_kinds(tmp_path / "mine" / "pads", per_kind=1, seed=6, folders={k: "more" for k in KINDS})  # no sound
+    spread.clear()
+    dataset.examples_from_folders([str(tmp_path / "mine")], spread=spread)
+    assert spread == [
+        "vengeance kicks vol 2: inside kick/, a tag folder of that sound",
+        "more: inside pads/, a tag folder",
+    ]
 
 
 def test_a_relabel_of_a_file_left_out_says_why_it_was(home: Path, tmp_path: Path) -> None:
