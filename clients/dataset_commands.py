@@ -347,6 +347,7 @@ def _create(args: argparse.Namespace, home_dir: Path, untagged: list[str]) -> tu
         raise CommandError(f"no file has a tag suggested ({many(len(untagged))} skipped): {NO_TAG_WAYS}")
     config.Settings.load(home_dir)  # a bad config.json stops the build: said before "replacing", not after
     bar = Bar(total=len(examples), desc="spectrograms")
+    notes: list[str] = []  # an add's, said after the files it skipped (said before them, "nothing added" was lost)
     try:
         if args.action == "create":
             try:  # (checked again under its lock: another command may have made it meanwhile)
@@ -364,18 +365,20 @@ def _create(args: argparse.Namespace, home_dir: Path, untagged: list[str]) -> tu
             report, added, unread = grown.report, grown.added, grown.unread
             if not added and unread:  # "could not be read" of a copy of a file in it sent people looking for damage
                 why = _why_left_out(dataset.left_out(unread))
-                print(f"vibrary: nothing added: {many(len(unread), 'new file')} left out ({why})", file=sys.stderr)
+                notes.append(f"vibrary: nothing added: {many(len(unread), 'new file')} left out ({why})")
             elif not added:
-                print(f"vibrary: nothing to add: {args.name} has these files already", file=sys.stderr)
+                notes.append(f"vibrary: nothing to add: {args.name} has these files already")
             if grown.left_out:
-                said = (
+                notes.append(
                     f"left out {many(grown.left_out)} that edits had removed from {args.name} (or their tags); "
                     "--restore adds them again"
                 )
-                print(said, file=sys.stderr)
     finally:
         bar.close()
-    _say_skipped(unread)
+    copies = {kind for kind, n in dataset.left_out(unread).items() if n} == {"duplicate"}  # a few said of copies
+    _say_skipped(unread, 5 if copies and not added else None)
+    for note in notes:
+        print(note, file=sys.stderr)
     return report, added, list(unread)
 
 
