@@ -8,6 +8,7 @@ Exit status 0 on success (per-file errors are reported in the output), 1 when th
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import difflib
 import itertools
@@ -199,7 +200,16 @@ class _BadArguments(Exception):
     pass
 
 
-_INVALID_CHOICE = re.compile(r"argument (\S+): invalid choice: '?(.*?)'? \(choose from (.*)\)$")
+_INVALID_CHOICE = re.compile(r"argument (\S+): invalid choice: (.*?) \(choose from (.*)\)$")
+
+
+def _unquoted(text: str) -> str:
+    """A value as argparse writes it: as repr does in Python 3.11 ("'sotp'", "\"don't\""), bare in later ones."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return value if isinstance(value, str) else text
 
 
 def _choice_said(message: str) -> str:
@@ -208,7 +218,7 @@ def _choice_said(message: str) -> str:
     found = _INVALID_CHOICE.match(message)
     if found is None:
         return message
-    option, word, choices = found[1], found[2], [c.strip("'") for c in found[3].split(", ")]
+    option, word, choices = found[1], _unquoted(found[2]), [_unquoted(c) for c in found[3].split(", ")]
     near = difflib.get_close_matches(word, choices, n=1)
     said = f"no {word!r}" + (f" (did you mean {near[0]!r}?)" if near else "") + f": one of {', '.join(choices)}"
     return f"{option.split('/')[0]}: {said}" if option.startswith("-") else said

@@ -226,19 +226,20 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise CommandError(f"no folder {args.under} (--under)")
         if not args.json or unknown:  # (stderr is the human's with --json too: a typo was silent there)
             print(f"{many(n)}{unknown}", file=sys.stderr)
-        # words typed apart, searched as one tag with spaces: said, as a respelling is (`search punchy kicks` found
-        # the tag "punchy kicks", where the producer meant punchy AND kicks)
-        typed = {config.tag_key(q).lstrip("-") for q in args.query}
-        joined = [w for w in dict.fromkeys([*(w for g in groups for w in g), *excluded]) if " " in w and w not in typed]
+        # words typed apart, each a tag, searched as one tag with spaces: said, as a respelling is (`search punchy
+        # kicks` found the tag "punchy kicks", where the producer meant punchy AND kicks); not words quoted together
+        typed = {config.tag_key(q) for q in args.query}
+        wanted = dict.fromkeys(w for g in groups for w in g)
+        joined = [w for w in wanted if " " in w and all(x in typed and x in known for x in w.split())]
         if joined:
             each = " AND ".join(joined[0].split())
             said = ", ".join(repr(w) for w in joined)
             print(f"vibrary: searched {said} as one tag (`vibrary search {each}` for each word)", file=sys.stderr)
         # a word a model of one's own has as a tag, that the synonyms read as another tag searched: `search hh` found
         # only a model's hh once one was trained, not the demo's hihat it found before, unsaid
-        searched = dict.fromkeys([*(w for g in groups for w in g), *excluded])
-        shadowed = {w: t for w in searched if w in known and (t := table.tag_of(w)) not in (None, w) and t in known}
-        for w, t in shadowed.items():
+        # (not when that tag is searched too: `search hh OR hihat` was advised itself)
+        spells = {w: table.tag_of(w) for w in wanted if w in known}
+        for w, t in ((w, t) for w, t in spells.items() if t in known and t not in wanted):
             also = f"`vibrary search {w} OR {t}` finds both"
             print(f"vibrary: {w!r} is a tag of its own to a model, not the {t!r} it spells ({also})", file=sys.stderr)
         if respelled:  # `search hh` found nothing, though `synonyms list` says hh is hihat

@@ -516,7 +516,8 @@ def _search(home: Path, dialog: weakref.ref[SearchDialog], asked: int, text: str
             all_of, none_of, _ = respell(*parse_query(text, joined_as(known, table)), known, table)
             found = list(c.search(all_of, none_of, limit=SearchDialog.LIMIT, best_first=True, timeout=CALL_TIMEOUT_S))
             if unknown := unknown_tags(known, all_of, none_of, ""):  # (a typo with no match is no sound either)
-                found.insert(0, f"{ts.many(len(found)) + ' found' if found else 'no files match'}{unknown}")
+                first = "the first " if len(found) >= SearchDialog.LIMIT else ""  # (not "500 files" of thousands)
+                found.insert(0, f"{first}{ts.many(len(found))} found{unknown}" if found else f"no files match{unknown}")
     except Exception as e:  # (any: a thread that dies leaves "searching…" for ever)
         found = [f"error: {e}"]
     assert _answers is not None

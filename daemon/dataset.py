@@ -975,7 +975,9 @@ def _renamed(before: dict[str, str], mapping: dict[str, str], live: set[str]) ->
     next pack spells its folders as the last one did; followed along later renames), or "" when it was
     dropped (`mapping` says "" only of drops: a tag its files were relabelled away from is not dropped). A
     tag renamed to one dropped later still names it (`add --restore` brings its files back under it: `dark`,
-    renamed `moody`, then dropped, came back as `dark`). A tag that is in use again means itself."""
+    renamed `moody`, then dropped, came back as `dark`). A tag that is in use again means itself; one renamed to a
+    dropped tag whose name is in use again is dropped (`rename c b` after `drop b`: a's files are not c's sound)."""
     renamed = {old: now if mapping.get(now, now) == "" else mapping.get(now, now) for old, now in before.items()}
     renamed.update((old, now) for old, now in mapping.items() if now != old)
-    return {old: now for old, now in renamed.items() if old not in live}
+    gone = {old for old, now in before.items() if now == ""}  # dropped before this edit
+    return {old: "" if now in gone and now in live else now for old, now in renamed.items() if old not in live}

@@ -106,6 +106,7 @@ JUNK_FOLDERS = frozenset(
     {"__macosx", ".trash", ".trashes", "$recycle.bin", "#recycle", "@recycle", ".recycle"}
     | {".spotlight-v100", ".fseventsd", ".temporaryitems", ".documentrevisions-v100"}
     | {"@eadir", ".appledouble", ".@__thumb", "#snapshot", ".snapshot", ".snapshots"}
+    | {"lost+found"}  # a drive's own, root's alone: "cannot be listed" of every drive's
 )
 HOME_TRASH = os.path.join(os.sep, ".local", "share", "Trash", "")  # a watched home folder's own trash
 IN_JUNK = "in a trash or system folder: never indexed"  # (a NAS's snapshots and metadata among them)

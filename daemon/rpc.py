@@ -179,9 +179,7 @@ def _abort_for_database(e: sqlite3.DatabaseError, context: grpc.ServicerContext)
     context.abort(code, f"the index cannot be written: {said} ({e})")
 
 
-# bytes of one request: a dataset of 300,000 labelled paths; a model file of 64 MB, the limit InstallModel says,
-# with room for the request's other fields (at 64 MB exactly, no such model could be sent)
-REQUEST_MAX = 65 << 20
+REQUEST_MAX = 64 << 20  # bytes of one request: a dataset of 300,000 labelled paths; a model file
 MESSAGE_MAX = 2000  # bytes; percent-encoded (3 bytes each at most) it stays under gRPC's 8 KB soft limit
 
 

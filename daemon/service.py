@@ -860,7 +860,8 @@ class Daemon:
 
         def cannot_list(folder: str, why: str) -> None:
             warn(folder, why)
-            unlisted.setdefault(folder, why)
+            if os.path.isdir(folder):  # (not one deleted during the walk: nothing is left out)
+                unlisted.setdefault(readable_name(folder), why)  # (a name not UTF-8 cannot go in an answer)
 
         for path in (f for p in expand(paths, going, on_error=cannot_list) for f in found(p)):
             (files if storable(path) else unnamed).append(path)

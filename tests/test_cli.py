@@ -727,6 +727,7 @@ def test_search_finds_a_tag_by_the_spellings_the_synonym_table_gives_it(daemon: 
     wait_for(lambda: found("punchy kicks")[0] == {"low"})  # quoted: that tag, as typed
     joined = "vibrary: searched 'punchy kicks' as one tag (`vibrary search punchy AND kicks` for each word)"
     assert found("punchy", "kicks") == ({"low"}, joined + "\n")  # unquoted: the same, no longer unsaid
+    assert "as one tag" not in found("punchy kicks")[1] + found("punchy kicks OR kicks")[1]  # quoted together
     assert found("punchy", "AND", "kicks")[0] == set() and "as one tag" not in found("punchy", "AND", "kicks")[1]
     own = band_model(tmp_path / "own.onnx", name="own", classes=("hh", "bd", "snr"))  # the aliases, trained as tags
     vibrary("models", "install", str(own), home=daemon.home)
@@ -734,6 +735,7 @@ def test_search_finds_a_tag_by_the_spellings_the_synonym_table_gives_it(daemon: 
     shadowed = "vibrary: 'hh' is a tag of its own to a model, not the 'hihat' it spells (`vibrary search hh OR hihat`"
     assert shadowed in found("hh")[1] and "'hihat' as" not in found("hh")[1]  # (it found fewer hihats, unsaid)
     assert found("hh", "OR", "hihat")[0] == found("hh")[0] | found("hihat")[0]
+    assert "of its own" not in found("hh", "OR", "hihat")[1] + found("kick", "-hh")[1]  # (advised what was typed)
     vibrary("models", "remove", "own", home=daemon.home)
     typo = found("hhh")[1]  # no alias: still a typo, said so
     assert "no active model tags 'hhh'" in typo and "searched" not in typo

@@ -338,9 +338,14 @@ def test_a_tag_call_cut_by_a_pause_drops_its_unread_files_outside_the_watches(mo
     d = service.Daemon(model_home, service.config.Settings(nice=0))
     d.start()
     try:
-        d._stalled_until = time.monotonic() + 3.0  # nothing is read meanwhile
+        d._stalled_until = time.monotonic() + 6.0  # nothing is read meanwhile
         time.sleep(0.2)
-        threading.Timer(0.5, d.set_paused, (True,)).start()
+
+        def pause_once_asked() -> None:  # (a pause before the call queues them refuses it: not this case)
+            wait_for(lambda: {r.state for r in d.index.file_tags(files)} == {"pending"}, timeout=5)
+            d.set_paused(True)
+
+        threading.Thread(target=pause_once_asked).start()
         assert [r.state for r in d.tag_now(files, time.time() + 30)] == ["pending"] * 3
         wait_for(lambda: {r.state for r in d.index.file_tags(files)} == {"unknown"}, timeout=5)
         d.set_paused(False)

@@ -396,6 +396,11 @@ def test_a_restore_brings_a_dropped_tag_back_under_the_name_an_edit_gave_it(home
     write_kinds(tmp_path / "later", per_kind=1, seed=7)  # the drops no longer hold; the rename still does
     later = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "later")]))
     assert later.report.per_class == {"hiss": 1, "moody": 3, "noise": 3, "thump": 4}
+    dataset.edit(home, "mine", drop=["moody"])  # tone's files dropped as moody; then another sound named moody
+    dataset.edit(home, "mine", rename=[("hiss", "moody")])
+    write_kinds(tmp_path / "last", per_kind=1, seed=8)
+    last = dataset.add(home, "mine", dataset.examples_from_folders([str(tmp_path / "last")]))
+    assert last.report.per_class == {"moody": 1, "noise": 4, "thump": 5}  # tone/ stays out: not hiss's sound
 
 
 def test_a_second_packs_folders_join_the_tags_they_spell_another_way(home: Path, tmp_path: Path) -> None:

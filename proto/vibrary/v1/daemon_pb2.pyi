@@ -808,7 +808,7 @@ class InstallModelRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     INACTIVE_FIELD_NUMBER: _builtins.int
     onnx: _builtins.bytes
-    """the model file's bytes (at most 64 MB)"""
+    """the model file's bytes (under 64 MiB: a request's limit, with its other fields)"""
     name: _builtins.str
     inactive: _builtins.bool
     def __init__(
