@@ -529,6 +529,8 @@ class DaemonService(PauseService, pb_grpc.DaemonServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no labelled files given")
         if request.add and request.replace:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "`add` or `replace` a dataset: not both")
+        if request.restore and not request.add:  # (ignored without a word: a new dataset has no edit to undo)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "`restore` is of an `add`: a new dataset has no edits")
         if request.add:
             self._dataset_exists(request.name, context)
         done: queue.Queue[int] = queue.Queue()

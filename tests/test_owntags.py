@@ -1076,6 +1076,8 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         assert e.value.code == grpc.StatusCode.ALREADY_EXISTS and c.dataset("mine").clips == 27
         both = lambda: list(c.create_dataset("mine", labelled, add=True, replace=True))  # noqa: E731
         assert _code(both) == grpc.StatusCode.INVALID_ARGUMENT and c.dataset("mine").clips == 27
+        made_anew = lambda: list(c.create_dataset("other", labelled, restore=True))  # noqa: E731  (ignored, unsaid)
+        assert _code(made_anew) == grpc.StatusCode.INVALID_ARGUMENT and "other" not in {d.name for d in c.datasets()}
         assert list(c.create_dataset("spare", labelled))[-1].dataset.clips == 3
         gone = [(str(tmp_path / f"gone_{i}.wav"), "x") for i in range(130)]
         relabelled = [(s.path, "x" if s.tag == "kick" else "y") for s in suggestions.files]

@@ -1058,7 +1058,9 @@ class CreateDatasetRequest(_message.Message):
     removed stays out, a tag renamed or merged away names what it became.
     """
     restore: _builtins.bool
-    """With `add`: the files and tags that edits removed join again, and the edits no longer hold for them."""
+    """With `add`: the files and tags that edits removed join again, and the edits no longer hold for them
+    (INVALID_ARGUMENT without `add`).
+    """
     replace: _builtins.bool
     """Build it anew from these files when `name` exists, losing its clips and edits (ALREADY_EXISTS otherwise)."""
     @_builtins.property
