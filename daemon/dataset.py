@@ -187,7 +187,9 @@ def _in_dataset(tag: str, tags: set[str], table: suggest.Synonyms) -> str:
     `Kicks/` added joins the `kick` the suggestions gave the first (it became a class `kicks` beside it)."""
     held = _as_held(tag, tags)
     spelling = table.spelling(tag)  # (a tag of the table, or the user's own words, spelled as a folder spells them)
-    return held if held in tags or spelling == label(tag) else _as_held(spelling, tags)
+    if held in tags or (spelling == label(tag) and spelling not in table.find(tag)):
+        return held
+    return _as_held(spelling, tags)  # (`relabel … "One Shot"` gives the table's one-shot, not one shot)
 
 
 def _joining(tag: str, tags: set[str], table: suggest.Synonyms) -> str:
@@ -919,6 +921,7 @@ def _edit(
         mapping = {k: (new if v == old else v) for k, v in mapping.items()}
     if same and len(same) == len(done):  # `rename kick kicks`: the same tag, which was a silent no-op
         raise ValueError(same[0])
+    renamed = dict(mapping)
     dropped: set[str] = set()
     for t in drop:
         if _spelled(t) in dropped:  # `drop wobble Wobble`: one tag, named twice
@@ -966,7 +969,11 @@ def _edit(
         tags = f"only {', '.join(sorted(live))}" if live else "no tag"
         raise ValueError(f"not done: dataset {name!r} would be left with {tags}; a model needs at least 2 tags")
     removed = held.edits.removed + [rows[i].path for i, t in enumerate(labels) if not t]
-    edits = Edits(_renamed(held.edits.renamed, mapping, live), removed, held.edits.labelled_by)
+    # renames, then drops, as two edits would be: `rename dark moody` and `drop moody` in one call is restored as
+    # moody, as in two calls (it was stored as dark dropped)
+    after = _renamed(held.edits.renamed, renamed, set(renamed.values()))
+    drops = {now: "" if _spelled(now) in dropped else now for now in renamed.values()}
+    edits = Edits(_renamed(after, drops, live), removed, held.edits.labelled_by)
     return _write(home_dir, name, held.params, held.codes[keep], kept, held.failed, edits)
 
 

@@ -403,6 +403,19 @@ def test_a_restore_brings_a_dropped_tag_back_under_the_name_an_edit_gave_it(home
     assert last.report.per_class == {"moody": 1, "noise": 4, "thump": 5}  # tone/ stays out: not hiss's sound
 
 
+def test_a_rename_and_a_drop_in_one_edit_are_kept_as_two_edits_would_be(home: Path, tmp_path: Path) -> None:
+    """`edit(rename=[(tone, moody)], drop=[moody])` stored tone as dropped, so `add --restore` brought it back as
+    tone, where the same edit in two calls brings it back as moody."""
+    write_kinds(tmp_path / "first", per_kind=2, seed=5)
+    folders = [str(tmp_path / "first")]
+    dataset.build(home, "mine", dataset.examples_from_folders(folders))
+    dataset.edit(home, "mine", rename=[("tone", "moody")], drop=["moody"])
+    kept = dataset.add(home, "mine", dataset.examples_from_folders(folders))
+    assert (kept.added, kept.left_out, kept.report.per_class) == (0, 2, {"noise": 2, "thump": 2})
+    restored = dataset.add(home, "mine", dataset.examples_from_folders(folders), restore=True)
+    assert restored.report.per_class == {"moody": 2, "noise": 2, "thump": 2}
+
+
 def test_a_second_packs_folders_join_the_tags_they_spell_another_way(home: Path, tmp_path: Path) -> None:
     """`dataset add` of a second pack made `kicks` a class beside `kick` (and `hihat` beside `hats`), which
     every edit reads as one tag; the files join the tag the dataset has. A kind of it (`Open Hat/`) does not."""

@@ -758,6 +758,9 @@ def test_an_edit_spells_a_tag_as_suggestions_do(tmp_path: Path) -> None:
     renamed = dataset.edit(home, "d", rename=[("Kicks", "Kick")])  # the dataset's own spelling is found first
     assert renamed.per_class == {"hihat": 4, "kick": 2}
     assert dataset.edit(home, "d", rename=[("HI-HATS", "lead")]).per_class == {"kick": 2, "lead": 4}
+    # a table's tag of two words as the table spells it (it made `one shot`, where suggestions give one-shot)
+    one_shot = dataset.edit(home, "d", relabel=[(str(files["a"][1]), "One Shot")])
+    assert one_shot.per_class == {"kick": 1, "lead": 4, "one-shot": 1}
 
 
 def test_a_huge_comment_is_quoted_short(tmp_path: Path, table: Synonyms) -> None:
