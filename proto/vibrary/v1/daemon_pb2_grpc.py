@@ -192,7 +192,12 @@ class DaemonServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AddWatch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A link to a folder is watched where it leads: the list holds the target, not the link (a link to a
+        folder watched already adds nothing: the answer's paths are the same), and RemoveWatch of the link
+        removes the target's watch, as `lib/../lib` and `lib` are one folder. NOT_FOUND: no such folder (Add),
+        not a watch folder (Remove); INVALID_ARGUMENT: not a folder, `/` or a system folder; FAILED_PRECONDITION:
+        a folder inside one whose files are never read (a trash, lost+found).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
