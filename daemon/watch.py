@@ -230,7 +230,7 @@ class Watcher(FileSystemEventHandler):
             if scheduled:
                 self._rewatch(folder)
             else:
-                self.watch(folder, over_limit=True)
+                self.watch(folder, over_limit=True)  # (which says so, before a status can read it as watched)
         except OSError as e:
             if e.errno in AT_WATCH_LIMIT:
                 return False
@@ -238,10 +238,10 @@ class Watcher(FileSystemEventHandler):
                 self._over_limit.pop(folder, None)
             self._not_watched(folder, e)
             return True
-        log.info("the inotify limit allows more watches now: %s is watched whole", folder)  # (said before a status
-        with self._lock:  # reads it, without the lock, as no longer over the limit)
-            self._over_limit.pop(folder, None)
         if scheduled:
+            log.info(WHOLE_NOW, folder)  # (said before a status reads it, without the lock, as not over the limit)
+            with self._lock:
+                self._over_limit.pop(folder, None)
             self.rescan(folder)  # (what changed meanwhile; watch() scans a folder it schedules)
         return True
 
@@ -311,6 +311,8 @@ class Watcher(FileSystemEventHandler):
                     self._mounts.add(folder)
                 came_back = folder in self._missing
                 self._missing.discard(folder)
+                if over_limit and folder in self._over_limit:  # said first: a status reads it without the lock
+                    log.info(WHOLE_NOW, folder)
                 self._over_limit.pop(folder, None)
                 self._note_waiting()
                 self._identity[folder] = identity
@@ -1125,6 +1127,7 @@ CHECK_S = 5.0  # how often watch folders are checked for a move, a comeback or a
 # a watch folder not watched whole at the inotify limit is scanned every LIMIT_POLL_S, or less often when its
 # scan is long: at most once per LIMIT_POLL_SCANS times its last scan's length (a twentieth of a core)
 LIMIT_POLL_S = 60.0
+WHOLE_NOW = "the inotify limit allows more watches now: %s is watched whole"
 LIMIT_POLL_SCANS = 20
 LIMIT_RETRY_MOST_S = 3600.0  # tried whole at twice the interval after each failure, up to this
 LINKS_S = 60.0  # how often the targets of broken links, and unreadable files, are looked at again
