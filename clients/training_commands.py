@@ -115,6 +115,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                 " stopped",
                 file=sys.stderr,
             )
+        if p.other_options_cut_off and "anew" not in states:  # (it started at epoch 1 unsaid)
+            states.add("anew")
+            tqdm.write(
+                "starting anew: an earlier run of this dataset was cut off with other options (it goes on where"
+                " it stopped if run again with the same options)",
+                file=sys.stderr,
+            )
         states.add(p.state)
         if p.message.startswith(CANCEL_UNSENT) and "(refused: " in p.message:
             refused.append(p.message.partition("(refused: ")[2].removesuffix(")"))

@@ -102,6 +102,7 @@ class TrainProgress:
     val_accuracy: float = 0.0
     eta_s: float = 0.0
     resumed_from_epoch: int = 0  # a run of the same training cut off after this epoch, gone on from; 0: none
+    other_options_cut_off: bool = False  # a cut-off run of the dataset with other options is kept; this starts anew
     error: str = ""
     message: str = ""
     classes: list[str] = field(default_factory=list)
@@ -699,6 +700,8 @@ def _forward(job: Any, now: TrainProgress) -> dict[str, Any]:
         changes["state"] = "training" if running else "waiting"
     if job.epochs:
         changes.update(progress_fields(job))
+    if job.other_options_cut_off:
+        changes["other_options_cut_off"] = True
     return changes
 
 

@@ -1241,14 +1241,15 @@ def _said(lines: list[str], start: str) -> bool:
 
 def test_the_same_train_command_again_says_it_goes_on_from_the_last_epoch(model_home: Path, tmp_path: Path) -> None:
     """After a Ctrl-C, the same `vibrary train` goes on from the last finished epoch, as the Ctrl-C said; it
-    did so without a word, its bar standing at epoch 12 of a command just typed."""
+    did so without a word, its bar standing at epoch 12 of a command just typed. With other options it starts
+    anew, which it did unsaid too."""
     write_kinds(tmp_path / "examples", per_kind=8, seed=1)
     vibrary("dataset", "create", "kinds", str(tmp_path / "examples"), home=model_home)
     args = [sys.executable, "-m", "vibrary.clients.cli", "train", "kinds", "--base", "none", "--epochs", "500"]
     env = {**os.environ, "VIBRARY_HOME": str(model_home)}
     said: list[list[str]] = []
-    for _ in range(2):
-        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for run in (args, args, [*args[:-1], "400"]):
+        proc = subprocess.Popen(run, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         lines: list[str] = []
         said.append(lines)
         assert proc.stderr is not None
@@ -1262,8 +1263,10 @@ def test_the_same_train_command_again_says_it_goes_on_from_the_last_epoch(model_
         finally:
             proc.kill()
         reader.join(timeout=30)
-    first, again = ("".join(lines) for lines in said)
-    assert "going on after" not in first, first
+    first, again, other = ("".join(lines) for lines in said)
+    assert "going on after" not in first and "anew" not in first + again, first + again
+    assert "starting anew: an earlier run of this dataset was cut off with other options" in other, other
+    assert "going on after" not in other and re.search(r"^epoch 1/400", other, re.M), other
     resumed = re.search(
         r"^going on after epoch (\d+) of 500, where an earlier run of this training stopped$", again, re.M
     )

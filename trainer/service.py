@@ -132,8 +132,12 @@ class _JobState:
 
     @functools.cached_property
     def key(self) -> str:
-        """What the job is (dataset, name, base, options): the same `vibrary train` run again is the same."""
-        return hashlib.sha256(self.request.SerializeToString(deterministic=True)).hexdigest()[:32]
+        """What the job is (dataset, name, base, options): the same `vibrary train` run again is the same. Its
+        first half is the dataset, name and base alone, which a run of them with other options shares."""
+        trained = pb.JobRequest(manifest=self.request.manifest, name=self.request.name, base=self.request.base)
+        return "".join(
+            hashlib.sha256(r.SerializeToString(deterministic=True)).hexdigest()[:16] for r in (trained, self.request)
+        )
 
     @property
     def leftover(self) -> Path:
@@ -141,6 +145,11 @@ class _JobState:
         for want of its caller or for a fault of the machine, for the same job started again: a cancel
         dropped the epochs trained."""
         return self.out.parent.parent / LEFTOVERS / f"{self.key}.pt"
+
+    def cut_off_with_other_options(self) -> bool:
+        """A cut-off run of this dataset kept with other options (`--epochs 30` killed, then `--epochs 6`): this
+        one starts anew, which it did unsaid (that one goes on where it stopped, run again with its options)."""
+        return any(p != self.leftover for p in self.leftover.parent.glob(f"{self.key[:16]}*.pt"))
 
     def update(self, **fields: object) -> None:
         with self.changed:
@@ -741,6 +750,8 @@ class TrainerService(pb_grpc.TrainerServicer):
         if not checkpoint.exists() and job.leftover.exists():  # taken as it starts, not when it was queued: the
             job.leftover.replace(checkpoint)  # same job cancelled just before put its epochs away only at its end
             log.info("job %s goes on from where the same job, cut off, was", job.job.id)
+        elif not checkpoint.exists() and job.cut_off_with_other_options():
+            job.update(other_options_cut_off=True)
         shard_dir = self._folder(job.user, "shards")
         blobs = (self._intact(shard_dir / f"{s.sha256}.npz", s.sha256) for s in job.manifest.shards)
 

@@ -1409,6 +1409,7 @@ class TrainProgress(_message.Message):
     ACCURACY_OF_FIELD_NUMBER: _builtins.int
     PLOTS_FIELD_NUMBER: _builtins.int
     RESUMED_FROM_EPOCH_FIELD_NUMBER: _builtins.int
+    OTHER_OPTIONS_CUT_OFF_FIELD_NUMBER: _builtins.int
     state: Global___TrainProgress.State.ValueType
     dataset: _builtins.str
     model: _builtins.str
@@ -1431,6 +1432,8 @@ class TrainProgress(_message.Message):
     """
     resumed_from_epoch: _builtins.int
     """the last epoch of an earlier, cut-off run of the same training that this one goes on from; 0: none"""
+    other_options_cut_off: _builtins.bool
+    """an earlier run of this dataset with other options was cut off and is kept: this one starts anew"""
     @_builtins.property
     def classes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -1457,10 +1460,11 @@ class TrainProgress(_message.Message):
         accuracy_of: _builtins.str = ...,
         plots: _abc.Iterable[_builtins.str] | None = ...,
         resumed_from_epoch: _builtins.int = ...,
+        other_options_cut_off: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_of", b"accuracy_of", "classes", b"classes", "dataset", b"dataset", "epoch", b"epoch", "epochs", b"epochs", "error", b"error", "eta_s", b"eta_s", "loss", b"loss", "message", b"message", "model", b"model", "plots", b"plots", "resumed_from_epoch", b"resumed_from_epoch", "seconds", b"seconds", "state", b"state", "upload_bytes", b"upload_bytes", "uploaded_bytes", b"uploaded_bytes", "val_accuracy", b"val_accuracy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accuracy_of", b"accuracy_of", "classes", b"classes", "dataset", b"dataset", "epoch", b"epoch", "epochs", b"epochs", "error", b"error", "eta_s", b"eta_s", "loss", b"loss", "message", b"message", "model", b"model", "other_options_cut_off", b"other_options_cut_off", "plots", b"plots", "resumed_from_epoch", b"resumed_from_epoch", "seconds", b"seconds", "state", b"state", "upload_bytes", b"upload_bytes", "uploaded_bytes", b"uploaded_bytes", "val_accuracy", b"val_accuracy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -260,6 +260,7 @@ class Job(_message.Message):
     SUMMARY_FIELD_NUMBER: _builtins.int
     RESUMED_FROM_EPOCH_FIELD_NUMBER: _builtins.int
     FOLLOWERS_FIELD_NUMBER: _builtins.int
+    OTHER_OPTIONS_CUT_OFF_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___Job.State.ValueType
     phase: _builtins.str
@@ -276,6 +277,10 @@ class Job(_message.Message):
     """the last epoch of a cut-off run of the same job that this one goes on from; 0: none"""
     followers: _builtins.int
     """CancelJob's answer: the other callers watching it, for whom it goes on (0: cancelled)"""
+    other_options_cut_off: _builtins.bool
+    """A cut-off run of the same dataset, name and base with other options is kept: this one starts anew (that
+    one goes on where it stopped when it is run again with its own options).
+    """
     def __init__(
         self,
         *,
@@ -291,10 +296,11 @@ class Job(_message.Message):
         summary: _builtins.str = ...,
         resumed_from_epoch: _builtins.int = ...,
         followers: _builtins.int = ...,
+        other_options_cut_off: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "epochs", b"epochs", "error", b"error", "eta_s", b"eta_s", "followers", b"followers", "id", b"id", "loss", b"loss", "phase", b"phase", "resumed_from_epoch", b"resumed_from_epoch", "state", b"state", "summary", b"summary", "val_accuracy", b"val_accuracy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "epochs", b"epochs", "error", b"error", "eta_s", b"eta_s", "followers", b"followers", "id", b"id", "loss", b"loss", "other_options_cut_off", b"other_options_cut_off", "phase", b"phase", "resumed_from_epoch", b"resumed_from_epoch", "state", b"state", "summary", b"summary", "val_accuracy", b"val_accuracy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
