@@ -420,7 +420,7 @@ def test_a_cut_tag_calls_files_that_cannot_be_dropped_are_dropped_a_minute_later
     monkeypatch.setattr(service, "FORGET_RETRY_S", 2.0)
     files = [str(write_tone(tmp_path / "outside" / f"{i}.wav", 200 + 100 * i)) for i in range(3)]
     d = service.Daemon(model_home, service.config.Settings(nice=0))
-    remove_paths, refused = d.index.remove_paths, []
+    remove_paths, refused = d.index.remove_paths, list[float]()
 
     def full_disk(paths: list[str]) -> None:
         if len(refused) < 2:
