@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import datetime
 import ipaddress
@@ -37,6 +38,16 @@ AS_USER = (
     if os.geteuid() == 0 and shutil.which("setpriv")
     else []
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Byte-compile the package once, before the workers start: the suite starts about a thousand CLIs,
+    daemons and trainers, and where PYTHONDONTWRITEBYTECODE is set (as on this project's CI machines) each of
+    them compiled every module it imports again, about 0.2 s of CPU a process (a quarter of a CLI call's)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        root = Path(__file__).resolve().parents[1]
+        for folder in ("daemon", "clients", "proto", "trainer"):
+            compileall.compile_dir(root / folder, quiet=2)
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05) -> object:
