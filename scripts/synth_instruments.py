@@ -41,6 +41,7 @@ import argparse
 import csv
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -321,10 +322,34 @@ STRUM_S = {"guitar": (0.008, 0.03)}  # seconds between the notes of a chord; oth
 TOGETHER_S = (0.0, 0.006)
 
 
-def note(cls: str, seed: int) -> tuple[np.ndarray, dict[str, object]]:
-    """One note (or, as in the corpus, for a share of some classes a chord) of `cls`, 3 s mono float32,
-    and how it was made. A chord's notes are one instrument: each key is played from the same random
-    stream, so they share every drawn timbre parameter and differ only by their key."""
+@dataclass(frozen=True)
+class Plan:
+    """What a seed draws for a note of a class, before any sample of it is made (a test of the chord share
+    needs no audio)."""
+
+    cls: str
+    seed: int
+    key: int
+    vel: float
+    hold: float
+    shape: tuple[int, ...]  # the chord's steps from the key; (0,) a single note
+    spread: float  # seconds between a chord's notes
+    timbre: int  # the seed every voice of the chord is played from
+    level_db: float  # the peak
+
+    def made(self) -> dict[str, object]:
+        """How it was made, as provenance.csv says."""
+        return {
+            "class": self.cls,
+            "seed": self.seed,
+            "key": self.key,
+            "chord": " ".join(map(str, self.shape)),
+            "velocity": round(self.vel, 3),
+            "hold_s": round(self.hold, 3),
+        }
+
+
+def plan(cls: str, seed: int) -> Plan:
     rng = np.random.default_rng(seed)
     low, high = RANGE[cls]
     key = int(rng.integers(low, high + 1))
@@ -333,22 +358,22 @@ def note(cls: str, seed: int) -> tuple[np.ndarray, dict[str, object]]:
     shape: tuple[int, ...] = (0,)
     if cls in CHORD_CLASSES and rng.random() < P_CHORD:
         shape = CHORDS[int(rng.integers(len(CHORDS)))]
-    spread = rng.uniform(*STRUM_S.get(cls, TOGETHER_S))
+    spread = float(rng.uniform(*STRUM_S.get(cls, TOGETHER_S)))
     timbre = int(rng.integers(2**63))
+    return Plan(cls, seed, key, vel, hold, shape, spread, timbre, float(rng.uniform(-24, -0.5)))
+
+
+def note(cls: str, seed: int) -> tuple[np.ndarray, dict[str, object]]:
+    """One note (or, as in the corpus, for a share of some classes a chord) of `cls`, 3 s mono float32,
+    and how it was made. A chord's notes are one instrument: each key is played from the same random
+    stream, so they share every drawn timbre parameter and differ only by their key."""
+    p = plan(cls, seed)
     audio = np.zeros(N)
-    for i, step in enumerate(shape):
-        start = int(i * spread * SR)
-        audio[start:] += VOICES[cls](key + step, vel, hold, np.random.default_rng(timbre))[: N - start]
-    audio = audio / max(1e-9, float(np.max(np.abs(audio)))) * 10 ** (rng.uniform(-24, -0.5) / 20)
-    made = {
-        "class": cls,
-        "seed": seed,
-        "key": key,
-        "chord": " ".join(map(str, shape)),
-        "velocity": round(vel, 3),
-        "hold_s": round(hold, 3),
-    }
-    return audio.astype(np.float32), made
+    for i, step in enumerate(p.shape):
+        start = int(i * p.spread * SR)
+        audio[start:] += VOICES[cls](p.key + step, p.vel, p.hold, np.random.default_rng(p.timbre))[: N - start]
+    audio = audio / max(1e-9, float(np.max(np.abs(audio)))) * 10 ** (p.level_db / 20)
+    return audio.astype(np.float32), p.made()
 
 
 def build(out: Path, per_class: int, seed: int, wav: int = 0) -> Path:
