@@ -772,6 +772,13 @@ def test_a_huge_comment_is_quoted_short(tmp_path: Path, table: Synonyms) -> None
     flac.save()
     (s,) = suggest([str(path)], table)
     assert s.tag == "snare" and len(s.raw) <= 130 and s.raw.startswith("title: snare") and s.raw.endswith("…")
+    # its first 2,000 characters are read for a tag, whole words (every word of it took 14 s)
+    flac["title"] = "liner notes " * 166 + "snare " + "more notes " * 1000
+    flac.save()
+    assert suggest([str(path)], table)[0].tag == "snare"  # (the word at 1,992-1,997)
+    flac["title"] = "liner notes " * 167 + "snare"  # past them
+    flac.save()
+    assert suggest([str(path)], table)[0].tag != "snare"
 
 
 def test_review_of_the_vendor_name_rules(tmp_path: Path) -> None:
