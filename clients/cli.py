@@ -407,10 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("tag", metavar="TAG")
     for action, text in (
         ("show", "classes, counts, upload size and advice on a dataset"),
-        ("delete", "delete a dataset"),
+        ("delete", "delete a dataset (asked first on a terminal)"),
     ):
         a = actions.add_parser(action, parents=[common], help=text)
         a.add_argument("name", metavar="NAME", type=_dataset_name)
+    a.add_argument("--yes", action="store_true", help="delete without asking")
     actions.add_parser("list", parents=[common], help="the datasets in this home")
     p.set_defaults(func=cmd_dataset)
 

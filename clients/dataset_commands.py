@@ -57,6 +57,27 @@ def _no_tag(s: Any, table: Any) -> str:
     )
 
 
+def _sure_to_delete(home_dir: Path, name: str) -> bool:
+    """Asked on a terminal (a script is not asked): `dataset delete` took a dataset's confirmed tags and every
+    edit made to them at once, without a word. True off a terminal."""
+    from vibrary.daemon import dataset
+
+    if not sys.stdin.isatty() or name not in dataset.names(home_dir):  # (delete says there is none)
+        return True
+    try:
+        manifest = dataset.load(home_dir, name)[0]
+        what = f"{many(manifest.clips, 'clip')} in {len(manifest.classes)} tags, with its edits"
+    except (ValueError, OSError):  # damaged: deleted all the same, once asked
+        what = "damaged"
+    print(
+        f"delete dataset {name} ({what}; your audio files are not touched)? [y/N] ",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
 def _why_left_out(kinds: dict[str, int]) -> str:
     return ", ".join(f"{n} {_LEFT_OUT[kind]}" for kind, n in kinds.items() if n)
 
@@ -195,6 +216,8 @@ def cmd_dataset(args: argparse.Namespace) -> int:
             report = dataset.load_report(home_dir, args.name)
             _say_skipped(report.failed, 5)
         elif args.action == "delete":
+            if not args.yes and not _sure_to_delete(home_dir, args.name):
+                raise CommandError(f"dataset {args.name} kept")
             dataset.delete(home_dir, args.name)
             _out(args, {"dataset": args.name, "action": "delete"}, f"deleted dataset {args.name}")
             return 0

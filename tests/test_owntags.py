@@ -701,6 +701,42 @@ def test_a_mistyped_dataset_name_is_answered_with_the_nearest_one_not_told_to_cr
     assert gone.returncode == 1 and gone.stderr.strip() == "vibrary: no dataset 'drums'"
 
 
+def test_dataset_delete_asks_on_a_terminal(home: Path, tmp_path: Path) -> None:
+    """`dataset delete` took a dataset's confirmed tags and every edit made to them without a word: on a
+    terminal it asks first (no: kept, exit 1); --yes, or a script (no terminal), deletes at once."""
+    import pty
+
+    write_kinds(tmp_path / "ex", per_kind=2, seed=4)
+    for name in ("a", "b", "c"):
+        vibrary("dataset", "create", name, str(tmp_path / "ex"), home=home)
+
+    def typed(answer: str, *args: str) -> subprocess.CompletedProcess[str]:
+        terminal, stdin = pty.openpty()
+        os.write(terminal, answer.encode())
+        try:
+            return subprocess.run(
+                [*AS_USER, sys.executable, "-m", "vibrary.clients.cli", "dataset", "delete", *args],
+                env={**os.environ, "VIBRARY_HOME": str(home)},
+                stdin=stdin,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        finally:
+            os.close(terminal)
+            os.close(stdin)
+
+    kept = typed("n\n", "a")
+    assert kept.returncode == 1 and kept.stderr.startswith("delete dataset a (6 clips in 3 tags, with its edits;")
+    assert kept.stderr.endswith("[y/N] vibrary: dataset a kept\n") and dataset.names(home) == ["a", "b", "c"]
+    assert typed("y\n", "a").returncode == 0 and dataset.names(home) == ["b", "c"]
+    yes = typed("", "b", "--yes")
+    assert yes.returncode == 0 and "[y/N]" not in yes.stderr and dataset.names(home) == ["c"]
+    assert "[y/N]" not in typed("", "nope").stderr  # none: said so, nothing asked
+    vibrary("dataset", "delete", "c", home=home)  # a script: no terminal, not asked
+    assert dataset.names(home) == []
+
+
 def test_labels_an_older_version_spelled_with_spaces_stay_mergeable(home: Path, tmp_path: Path) -> None:
     """Labels are spelled as tags now (hi-hat); a dataset made before keeps "hi hat", and a merge into it
     must not make a second class "hi-hat"."""
