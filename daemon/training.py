@@ -380,9 +380,13 @@ def known_said(summary: dict[str, Any], tags: Sequence[str]) -> str:
         clips = "the clips held out to check it" if held_out else "your clips it was fitted on"
         return (
             f"{said}, and it is right on only {right:.0%} of {clips}: you may mean other sounds by these names; "
-            "`vibrary train --as-new` trains them as new tags"
+            f"{AS_NEW_SAID}"
         )
-    return f"{said}, no epochs needed (`vibrary train --as-new` trains them as new tags)"
+    return f"{said}, no epochs needed ({AS_NEW_SAID})"
+
+
+# (a front end's user reads this too: the CLI's flag alone meant nothing to one)
+AS_NEW_SAID = '`vibrary train --as-new` (over the API, the option {"known_pull": 0}) trains them as new tags'
 
 
 def _installed(
