@@ -25,6 +25,7 @@ with `pip install .`: an editable install's import hook is one they cannot follo
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import os
 import threading
@@ -245,15 +246,15 @@ class Client:
         only: `indexed` False), when the daemon shares this machine; as given when it is reached over TCP.
         An empty one is refused: abspath made it the current folder, and `add_watch("")` watched wherever
         the calling program stood."""
-        path = os.fspath(path)
-        if not path:
-            raise BadArgument("an empty path: name a file or folder")
+        path = _text_path(path)
         if not self._local:
             return path
         return indexed_path(path) if indexed else os.path.abspath(path)
 
     def _paths(self, paths: Paths, indexed: bool = True) -> list[str]:
         """One path alone, or several."""
+        if isinstance(paths, bytes):  # (iterated, its bytes were numbers: "not int")
+            _text_path(paths)
         return [self._path(p, indexed) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
 
     # -- calls ---------------------------------------------------------------------------------------
@@ -420,7 +421,7 @@ class Client:
         """Send an ONNX file (read here: the daemon may run on another machine) to be installed as a new
         version of `name` (its metadata's name when empty) and activated, unless `inactive`."""
         try:
-            data = Path(path).read_bytes()
+            data = Path(_text_path(path)).read_bytes()  # ("" read the current folder: "Is a directory")
         except OSError as e:
             raise BadArgument(f"cannot read {path}: {e.strerror}") from None
         most = REQUEST_MAX - 4096  # (the name and gRPC's framing): gRPC's own refusal named no file
@@ -462,7 +463,7 @@ class Client:
 
     def add_synonyms(self, pairs: Sequence[tuple[str, str]]) -> list[pb.Synonym]:
         """Add these (alias, tag) pairs to the user's table; the table as it is then."""
-        request = pb.Synonyms(synonyms=[pb.Synonym(alias=a, tag=t) for a, t in pairs])
+        request = pb.Synonyms(synonyms=[pb.Synonym(alias=a, tag=t) for a, t in _pairs(pairs, "(alias, tag)")])
         return list(self._call("AddSynonyms", request).synonyms)
 
     def remove_synonyms(self, aliases: str | Sequence[str]) -> list[pb.Synonym]:
@@ -484,7 +485,7 @@ class Client:
         """Progress messages; the last one carries the dataset (and, with `add`, how many clips joined it).
         `restore` (with `add`): files and tags that edits removed join again. A dataset `name` that exists is
         built anew only with `replace` (DaemonError ALREADY_EXISTS otherwise)."""
-        labelled = [pb.LabelledFile(path=self._path(p, indexed=False), tag=t) for p, t in files]
+        labelled = [pb.LabelledFile(path=self._path(p, indexed=False), tag=t) for p, t in _pairs(files, "(path, tag)")]
         request = pb.CreateDatasetRequest(name=name, files=labelled, add=add, restore=restore, replace=replace)
         return self._stream("CreateDataset", request, timeout)
 
@@ -499,9 +500,11 @@ class Client:
         tag to drop (`drop="hat"` dropped the tags h, a and t)."""
         request = pb.EditDatasetRequest(
             name=name,
-            rename=[pb.EditDatasetRequest.Rename(tag=a, to=b) for a, b in rename],
+            rename=[pb.EditDatasetRequest.Rename(tag=a, to=b) for a, b in _pairs(rename, "(old, new)")],
             drop=[drop] if isinstance(drop, str) else list(drop),
-            relabel=[pb.LabelledFile(path=self._path(p, indexed=False), tag=t) for p, t in relabel],
+            relabel=[
+                pb.LabelledFile(path=self._path(p, indexed=False), tag=t) for p, t in _pairs(relabel, "(path, tag)")
+            ],
         )
         return self._call("EditDataset", request)
 
@@ -600,6 +603,24 @@ def _last_start_failed(home_dir: Path) -> str:
     return "" if "is already running for" in failed else failed  # (a second one refused says nothing of the first)
 
 
+def _text_path(path: str | os.PathLike[str]) -> str:
+    """A path as text: an empty one is refused (abspath made it the current folder, and `add_watch("")` watched
+    wherever the calling program stood); bytes are a TypeError, as the module says (some calls took them, others
+    failed on "not int")."""
+    if isinstance(path, bytes) or isinstance(named := os.fspath(path), bytes):
+        raise TypeError(f"a path as str, not bytes: {path!r} (os.fsdecode() makes one)")
+    if not named:
+        raise BadArgument("an empty path: name a file or folder")
+    return named
+
+
+def _pairs(pairs: Sequence[tuple[str, str]], what: str) -> list[tuple[str, str]]:
+    """Pairs as given, each checked: `add_synonyms("hh")` was refused as "not enough values to unpack"."""
+    if isinstance(pairs, str) or any(isinstance(p, str) or len(p) != 2 for p in pairs):
+        raise TypeError(f"give {what} pairs, as a list of 2-tuples: {pairs!r}")
+    return [(a, b) for a, b in pairs]
+
+
 def _model_ref(name: str, version: int) -> pb.ModelRef:
     """NAME@VERSION as status() and events name models, or NAME and a version apart, read as the CLI reads
     it (`NAME@0` and `NAME@`, an empty variable in a script, must not mean the newest)."""
@@ -612,6 +633,15 @@ def _model_ref(name: str, version: int) -> pb.ModelRef:
     except ValueError as e:
         raise BadArgument(str(e)) from None
     return pb.ModelRef(name=named, version=number)
+
+
+def _out_of_range(said: str, method: Callable[..., Any], args: Any, kwargs: Any) -> str:
+    """protobuf's "Value out of range: 2147483648", with the argument it was (`limit`) named."""
+    if not said.startswith("Value out of range"):
+        return said
+    given = inspect.signature(method).bind(*args, **kwargs).arguments
+    named = [k for k, v in given.items() if type(v) is int and said.endswith(f": {v}")]
+    return f"{named[0]}={given[named[0]]} is out of range: a 32-bit integer" if named else said
 
 
 P = ParamSpec("P")
@@ -632,7 +662,7 @@ def _refusing_bad_values(method: Callable[P, R]) -> Callable[P, R]:
             name = e.object if isinstance(e.object, str) else ""
             raise BadArgument(f"{os.fsencode(name)!r} is not valid UTF-8: rename it to use it here") from None
         except ValueError as e:  # a TypeError stays one: a call with the wrong arguments is the program's bug
-            raise BadArgument(str(e)) from None
+            raise BadArgument(_out_of_range(str(e), method, args, kwargs)) from None
 
     return checked
 

@@ -1053,8 +1053,14 @@ class Daemon:
         """Train in the background (indexing and the API go on meanwhile); TrainingBusy when a job runs."""
         dataset.load(self.home, dataset_name)  # FileNotFoundError now, not as a failed job later
         with self._training_lock:
-            if self.training is not None and not self.training.finished:
-                raise TrainingBusy(f"already training on dataset {self.training.progress.dataset!r}; cancel it first")
+            if (now := self.training) is not None and not now.finished:  # (a caller that left it: it goes on)
+                then = (
+                    "it is being cancelled: train once it has ended"
+                    if now.cancel.is_set()
+                    else "it goes on whoever follows it (Status.training and Events say how far it is, `vibrary"
+                    " status` too); cancel it first to train another"
+                )
+                raise TrainingBusy(f"already training on dataset {now.progress.dataset!r}: {then}")
             if self._dataset_changing == dataset_name:
                 raise TrainingBusy(f"dataset {dataset_name!r} is being built or edited; train it when that is done")
             # on record from the start: a daemon killed before the trainer has the job says so at its next start

@@ -204,8 +204,20 @@ def test_what_the_client_refuses_is_a_bad_argument_before_anything_is_sent(
         with pytest.raises(BadArgument, match="empty path"):
             call()
     assert c.watches() == []
-    with pytest.raises(BadArgument, match="out of range"):
-        list(c.search("low", limit=2**40))
+    with pytest.raises(BadArgument, match=r"^limit=1099511627776 is out of range: a 32-bit integer$"):
+        list(c.search("low", limit=2**40))  # (protobuf's "Value out of range: 1099511627776" named no argument)
+    with pytest.raises(BadArgument, match=r"^limit=2147483648 is out of range"):
+        c.failed(limit=2**31)
+    with pytest.raises(BadArgument, match="empty path"):  # ("cannot read : Is a directory": the current folder)
+        c.install_model("")
+    for given in (lambda: c.add_watch(b"/x"), lambda: c.tags(b"/x"), lambda: c.suggest(b"/x")):
+        with pytest.raises(TypeError, match="a path as str, not bytes"):  # (some took them, some said "not int")
+            given()
+    for pairs in ("hh", [("a", "b", "c")], ["ab"]):  # ("not enough values to unpack", as a BadArgument)
+        with pytest.raises(TypeError, match=r"give \(alias, tag\) pairs"):
+            c.add_synonyms(pairs)
+    with pytest.raises(TypeError, match=r"give \(old, new\) pairs"):
+        c.edit_dataset("d", rename=[("a",)])
     with pytest.raises(BadArgument, match="an empty group"):  # (the daemon's "empty tag" named none)
         list(c.search([["low"], []]))
     with pytest.raises(BadArgument):

@@ -1196,6 +1196,8 @@ def test_own_tags_end_to_end_through_the_daemon_api(home: Path, tmp_path: Path) 
         next(iter(leaving.train("mine", options=json.dumps({**AS_NEW, "epochs": 500, "patience": 500}))))
         leaving.close()
         wait_for(lambda: c.status().training.epoch >= 2, timeout=120)
+        with pytest.raises(DaemonError, match="already training on dataset 'mine': it goes on whoever follows it"):
+            list(c.train("mine"))  # (the caller that left it was told to cancel a training that went on fine)
         cancelling = vibrary("train", "--cancel", "--json", home=home)  # (a terminal had no way to)
         assert json_lines(cancelling.stdout) == [{"dataset": "mine", "action": "cancel", "message": "cancelling"}]
         wait_for(lambda: c.status().training.state == pb.TrainProgress.CANCELLED, timeout=60)
