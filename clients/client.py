@@ -616,9 +616,10 @@ def _text_path(path: str | os.PathLike[str]) -> str:
 
 def _pairs(pairs: Sequence[tuple[str, str]], what: str) -> list[tuple[str, str]]:
     """Pairs as given, each checked: `add_synonyms("hh")` was refused as "not enough values to unpack"."""
-    if isinstance(pairs, str) or any(isinstance(p, str) or len(p) != 2 for p in pairs):
-        raise TypeError(f"give {what} pairs, as a list of 2-tuples: {pairs!r}")
-    return [(a, b) for a, b in pairs]
+    given = pairs if isinstance(pairs, str) else list(pairs)  # (a generator, read once)
+    if isinstance(given, str) or any(isinstance(p, str) or len(p) != 2 for p in given):
+        raise TypeError(f"give {what} pairs, as a list of 2-tuples: {given!r}")
+    return [(a, b) for a, b in given]
 
 
 def _model_ref(name: str, version: int) -> pb.ModelRef:

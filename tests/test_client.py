@@ -216,6 +216,7 @@ def test_what_the_client_refuses_is_a_bad_argument_before_anything_is_sent(
     for pairs in ("hh", [("a", "b", "c")], ["ab"]):  # ("not enough values to unpack", as a BadArgument)
         with pytest.raises(TypeError, match=r"give \(alias, tag\) pairs"):
             c.add_synonyms(pairs)
+    assert {s.alias for s in c.add_synonyms((a, "kick") for a in ("thud", "boomz"))} >= {"thud", "boomz"}  # (once)
     with pytest.raises(TypeError, match=r"give \(old, new\) pairs"):
         c.edit_dataset("d", rename=[("a",)])
     with pytest.raises(BadArgument, match="an empty group"):  # (the daemon's "empty tag" named none)
