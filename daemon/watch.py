@@ -719,8 +719,7 @@ class Watcher(FileSystemEventHandler):
             if not self._buffer:
                 return
             items = list(self._buffer.items())
-        # looked at outside the lock (a hung mount would hold it), but in a move's handler, which holds it already
-        heard = [(path, due, *looked_at(path)) for path, due in items]
+        heard = [(path, due, *looked_at(path)) for path, due in items]  # (a hung mount must not hold the lock)
         with self._lock:
             self.index.mark_heard(heard)  # raises with the events still buffered: the next flush retries
             for path, due in items:  # (one heard of again meanwhile stays, for the next flush)
