@@ -378,16 +378,6 @@ def changed_at(st: os.stat_result) -> int:
     return max(st.st_mtime_ns, st.st_ctime_ns)
 
 
-def looked_at(path: str) -> tuple[int, int, int]:
-    """(size, changed_at, inode) as the index keeps them, to tell a file read as it is now; -1s when it cannot
-    be looked at."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return -1, -1, -1
-    return st.st_size, changed_at(st), st.st_ino
-
-
 def check_readable(path: str) -> tuple[int, int]:
     """Turn the OS's reasons into words before libsndfile hides them behind 'System error'. The file's (size,
     changed_at) as seen, for a failure to read it further on to keep (DecodeError.stamp)."""

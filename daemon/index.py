@@ -452,21 +452,6 @@ class Index:
             c.executemany(_MARK_PENDING, rows)
         return len(rows)
 
-    def mark_heard(self, items: Iterable[tuple[str, float, int, int, int]]) -> int:
-        """(path, due, size, changed_at, inode; -1s when it cannot be looked at) of files the watcher heard of:
-        marked as mark_pending does, but for those read as they are now (a name given another file of the same
-        size within the clock's tick, two files exchanged, differs by its inode). A file a Tag call read at
-        once, its copy's events flushed after, was read and said tagged again."""
-        rows = [(p, os.path.dirname(p), due, time.time(), *stamp) for p, due, *stamp in items]
-        with self.write() as c:
-            c.executemany(
-                f"""{_MARK_PENDING}
-                   WHERE NOT (files.state = 'indexed' AND ?5 != -1 AND files.size = ?5 AND files.mtime_ns = ?6
-                              AND files.inode IN (-1, ?7))""",
-                rows,
-            )
-        return len(rows)
-
     def paths_with_inode(self, inode: int, but_content: bytes) -> list[str]:
         """The files with this inode number, on any drive, but those known to hold `but_content` already (each
         name of a file rewritten through one had the others read again, and each of those the others again)."""

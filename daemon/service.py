@@ -27,7 +27,7 @@ import psutil
 
 from . import atomic, config, dataset, features, pidlock, registry, training
 from .cache import FEATURES_VERSION, SpectrogramCache
-from .decode import UNSUPPORTED_ENCODING, VANISHED, looked_at, why_not_read
+from .decode import UNSUPPORTED_ENCODING, VANISHED, why_not_read
 from .events import (
     FILE_FAILED,
     FILE_REMOVED,
@@ -98,6 +98,15 @@ FOLLOW_WAIT_S = 10.0  # how long a status waits for a change of the active model
 NO_MODEL = "no usable active model: `vibrary models list` lists them, `vibrary models activate NAME` picks one"
 NO_MODEL_WAITS = f"{NO_MODEL}; files wait for one"
 NO_MODEL_NOW = f"{NO_MODEL}; files added wait for one"  # (none waits now: "files wait" sent people looking)
+
+
+def _size_and_time(path: str) -> tuple[int, int]:
+    """As the index keeps them, to tell a file read as it is now; -1, -1 when it cannot be looked at."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, -1
+    return st.st_size, features.changed_at(st)
 
 
 def load_models(index: Index, rows: Sequence | None = None) -> list[ActiveModel]:
@@ -888,7 +897,7 @@ class Daemon:
             self._tag_waits.update(queued)
         abandoned: list[str] = []
         try:
-            new = self.index.mark_asked([(p, *looked_at(p)[:2]) for p in queued])
+            new = self.index.mark_asked([(p, *_size_and_time(p)) for p in queued])
             with self._tag_lock:  # (a retry of a call that is still waiting finds them known: it was this one)
                 self._tag_new.update(new)
             self._wake.set()
@@ -906,7 +915,7 @@ class Daemon:
                     dropped = [r.path for r in results if r.state == "unknown" and r.error == NOT_INDEXED]
                     if dropped and asked_again < 3 and not self.paused and going():
                         asked_again += 1
-                        new = self.index.mark_asked([(p, *looked_at(p)[:2]) for p in dropped])
+                        new = self.index.mark_asked([(p, *_size_and_time(p)) for p in dropped])
                         with self._tag_lock:
                             self._tag_new.update(new)
                         self._wake.set()

@@ -51,7 +51,6 @@ from .decode import (
     in_junk_folder,
     is_audio_path,
     is_junk_folder,
-    looked_at,
 )
 from .features import changed_at
 from .folders import indexed_path, readable_name, storable
@@ -719,12 +718,8 @@ class Watcher(FileSystemEventHandler):
             if not self._buffer:
                 return
             items = list(self._buffer.items())
-        heard = [(path, due, *looked_at(path)) for path, due in items]  # (a hung mount must not hold the lock)
-        with self._lock:
-            self.index.mark_heard(heard)  # raises with the events still buffered: the next flush retries
-            for path, due in items:  # (one heard of again meanwhile stays, for the next flush)
-                if self._buffer.get(path) == due:
-                    del self._buffer[path]
+            self.index.mark_pending(items)  # raises with the events still buffered: the next flush retries
+            self._buffer.clear()  # under the lock: nothing was buffered meanwhile
         self._on_pending()
 
     def _flush_loop(self) -> None:

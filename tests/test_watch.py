@@ -128,13 +128,13 @@ def test_a_flush_that_keeps_failing_backs_off_and_says_so_once(
 ) -> None:
     """An index deleted or full under the running daemon: every 20 ms a traceback, 50 a second, for ever."""
     calls: list[float] = []
-    real = index.mark_heard
+    real = index.mark_pending
 
     def failing(items: object) -> int:
         calls.append(time.monotonic())
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(index, "mark_heard", failing)
+    monkeypatch.setattr(index, "mark_pending", failing)
     w, lib = _started(index, tmp_path)
     try:
         w.on_any_event(FileClosedEvent(str(lib / "kick.wav")))
@@ -142,7 +142,7 @@ def test_a_flush_that_keeps_failing_backs_off_and_says_so_once(
         assert 3 <= len(calls) <= 12  # 75 at the old pace
         assert len([r for r in caplog.records if "could not write changes in the watch" in r.message]) == 1
         assert w.unwritable == "disk I/O error"  # said in status
-        monkeypatch.setattr(index, "mark_heard", real)
+        monkeypatch.setattr(index, "mark_pending", real)
         wait_for(lambda: _pending(index) == {str(lib / "kick.wav")}, timeout=10)  # not lost meanwhile
         assert w.unwritable == ""
     finally:
