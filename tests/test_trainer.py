@@ -1276,6 +1276,28 @@ def test_the_same_train_command_again_says_it_goes_on_from_the_last_epoch(model_
     assert int(first_epoch[1]) == int(resumed[1]) + 1, again  # the epoch it stopped at was said again
 
 
+def test_a_jobs_key_is_its_dataset_then_its_options_and_an_older_trainers_leftover_is_found(tmp_path: Path) -> None:
+    """Other options share the key's first half (a run of them starts anew, said so); whether its caller follows
+    it is no option (the CLI's run and the daemon's were told "other options"); a checkpoint an older trainer
+    kept under the whole request's hash is the same job's."""
+    import hashlib
+
+    from vibrary.trainer.service import _JobState
+
+    def key(**fields: Any) -> str:
+        given = {"manifest": "{}", "name": "mine", "base": "demo", "config": '{"epochs": 6}', **fields}
+        request = pb.JobRequest(**given)
+        return _JobState("j", "u", request, None, None, tmp_path / "u" / "jobs" / "j").key
+
+    assert key(followed=True) == key(followed=False)
+    other = key(config='{"epochs": 30}')
+    assert other[:16] == key()[:16] and other[16:] != key()[16:]
+    request = pb.JobRequest(manifest="{}", name="mine", followed=True)
+    job = _JobState("j", "u", request, None, None, tmp_path / "u" / "jobs" / "j")
+    whole = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()[:32]
+    assert job.leftover_before == tmp_path / "u" / "leftovers" / f"{whole}.pt" != job.leftover
+
+
 def test_ctrl_c_during_the_upload_says_no_job_was_started(model_home: Path, tmp_path: Path) -> None:
     """Ctrl-C while the spectrograms were still on their way said "its job on the trainer is cancelled" of a
     job that did not exist. A trainer that takes the connection and never answers holds the upload."""

@@ -135,8 +135,11 @@ class _JobState:
         """What the job is (dataset, name, base, options): the same `vibrary train` run again is the same. Its
         first half is the dataset, name and base alone, which a run of them with other options shares."""
         trained = pb.JobRequest(manifest=self.request.manifest, name=self.request.name, base=self.request.base)
+        options = pb.JobRequest()
+        options.CopyFrom(self.request)
+        options.followed = False  # (not an option: the CLI's run and the daemon's of the same options are one job)
         return "".join(
-            hashlib.sha256(r.SerializeToString(deterministic=True)).hexdigest()[:16] for r in (trained, self.request)
+            hashlib.sha256(r.SerializeToString(deterministic=True)).hexdigest()[:16] for r in (trained, options)
         )
 
     @property
@@ -145,6 +148,12 @@ class _JobState:
         for want of its caller or for a fault of the machine, for the same job started again: a cancel
         dropped the epochs trained."""
         return self.out.parent.parent / LEFTOVERS / f"{self.key}.pt"
+
+    @property
+    def leftover_before(self) -> Path:
+        """Where a trainer before stop 49 put the same job's checkpoint (its key the whole request's hash)."""
+        whole = hashlib.sha256(self.request.SerializeToString(deterministic=True)).hexdigest()[:32]
+        return self.leftover.with_name(f"{whole}.pt")
 
     def cut_off_with_other_options(self) -> bool:
         """A cut-off run of this dataset kept with other options (`--epochs 30` killed, then `--epochs 6`): this
@@ -747,6 +756,8 @@ class TrainerService(pb_grpc.TrainerServicer):
             ) from None
 
         checkpoint = job.out / CHECKPOINT
+        if not job.leftover.exists() and job.leftover_before.exists():  # (an upgrade between the cut and this run)
+            job.leftover_before.replace(job.leftover)
         if not checkpoint.exists() and job.leftover.exists():  # taken as it starts, not when it was queued: the
             job.leftover.replace(checkpoint)  # same job cancelled just before put its epochs away only at its end
             log.info("job %s goes on from where the same job, cut off, was", job.job.id)
