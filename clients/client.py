@@ -617,7 +617,7 @@ def _text_path(path: str | os.PathLike[str]) -> str:
 def _pairs(pairs: Sequence[tuple[str, str]], what: str) -> list[tuple[str, str]]:
     """Pairs as given, each checked: `add_synonyms("hh")` was refused as "not enough values to unpack"."""
     given = pairs if isinstance(pairs, str) else list(pairs)  # (a generator, read once)
-    if isinstance(given, str) or any(isinstance(p, str) or len(p) != 2 for p in given):
+    if isinstance(given, str) or not all(isinstance(p, (tuple, list)) and len(p) == 2 for p in given):
         raise TypeError(f"give {what} pairs, as a list of 2-tuples: {given!r}")
     return [(a, b) for a, b in given]
 

@@ -62,7 +62,7 @@ def _sure_to_delete(home_dir: Path, name: str) -> bool:
     edit made to them at once, without a word. True off a terminal."""
     from vibrary.daemon import dataset
 
-    if not sys.stdin.isatty() or name not in dataset.names(home_dir):  # (delete says there is none)
+    if sys.stdin is None or not sys.stdin.isatty() or name not in dataset.names(home_dir):  # (none: delete says so)
         return True
     try:
         manifest = dataset.load(home_dir, name)[0]

@@ -638,7 +638,10 @@ READ_CHARS = 2000  # of a field, the words read for a tag: a tag is a word or tw
 def _head(value: str) -> str:
     """A field's first READ_CHARS, whole words: every word of a 2 MB comment was looked up, 14 s for one file
     (its tag is in its first words; a tagger's field is shorter than this)."""
-    return value if len(value) <= READ_CHARS else value[:READ_CHARS].rsplit(None, 1)[0]
+    if len(value) <= READ_CHARS:
+        return value
+    words = value[:READ_CHARS].rsplit(None, 1)  # (none but spaces: [], and an IndexError failed the whole call)
+    return words[0] if len(words) == 2 else value[:READ_CHARS].strip()
 
 
 def _shown(value: str) -> str:

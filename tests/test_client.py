@@ -213,7 +213,7 @@ def test_what_the_client_refuses_is_a_bad_argument_before_anything_is_sent(
     for given in (lambda: c.add_watch(b"/x"), lambda: c.tags(b"/x"), lambda: c.suggest(b"/x")):
         with pytest.raises(TypeError, match="a path as str, not bytes"):  # (some took them, some said "not int")
             given()
-    for pairs in ("hh", [("a", "b", "c")], ["ab"]):  # ("not enough values to unpack", as a BadArgument)
+    for pairs in ("hh", [("a", "b", "c")], ["ab"], [1, 2]):  # ("not enough values to unpack", as a BadArgument)
         with pytest.raises(TypeError, match=r"give \(alias, tag\) pairs"):
             c.add_synonyms(pairs)
     assert {s.alias for s in c.add_synonyms((a, "kick") for a in ("thud", "boomz"))} >= {"thud", "boomz"}  # (once)

@@ -779,6 +779,9 @@ def test_a_huge_comment_is_quoted_short(tmp_path: Path, table: Synonyms) -> None
     flac["title"] = "liner notes " * 167 + "snare"  # past them
     flac.save()
     assert suggest([str(path)], table)[0].tag != "snare"
+    flac["title"] = " " * 2500 + "snare"  # (only spaces in them: an IndexError ended the call)
+    flac.save()
+    assert suggest([str(path)], table)[0].tag != "snare"
 
 
 def test_review_of_the_vendor_name_rules(tmp_path: Path) -> None:
