@@ -140,6 +140,9 @@ class Result:
     # models that failed on it, where the others' tags are kept (`vibrary tag`: Pipeline fail_files False)
     model_errors: dict[int, str] = field(default_factory=dict)
     vanished: bool = False  # the file is gone: its row leaves the index
+    # read as it was at its last reading (size, change time, content) and nothing computed: no news to announce
+    # (a file copied in and tagged at once was read again for its copy's events, and said tagged twice)
+    unchanged: bool = False
     # the error passes (no file handles left): the file stays pending, read again every RETRY_S for as long
     # as this many seconds since it was queued (it changed, or a model activated re-tags it); then it fails,
     # and said so

@@ -197,6 +197,8 @@ class Pipeline:
             result.retry_for = RETRY_FOR_S if isinstance(e, TryLater) else 0.0
             return _Prepared(result, {}, [])
         outcome = "decoded" if fresh else "from_cache" if todo else "reused"
+        before = (job.hash, job.size, job.mtime_ns)
+        result.unchanged = outcome == "reused" and before == (result.hash, result.size, result.mtime_ns)
         with self._idle:
             self.counters[outcome] += 1
         return _Prepared(result, specs, todo, fresh)  # cached by the inference thread, a batch at a time

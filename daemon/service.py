@@ -439,7 +439,7 @@ class Daemon:
         for r in written if self.events.subscribers else ():
             if r.vanished:
                 self._removed([r.job.path])
-            elif r.retry_for:  # waits to be read again: no news
+            elif r.retry_for or r.unchanged:  # waits to be read again, or read again as it was: no news
                 continue
             elif r.error:
                 self.events.publish(Event(FILE_FAILED, FileTags(r.job.path, "failed", r.error, [])))

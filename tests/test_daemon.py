@@ -110,6 +110,34 @@ def test_dropped_files_are_tagged_and_found(daemon: DaemonProcess, tmp_path: Pat
     assert status.decoded == 9
 
 
+def test_a_file_copied_in_and_tagged_at_once_is_said_tagged_once(daemon: DaemonProcess, tmp_path: Path) -> None:
+    """A script's copy into a watch folder followed by tag() of the file (as the client's docstring advises):
+    tag() read it at once, then the watcher's events of the copy marked it again, and it was said tagged
+    (FILE_TAGGED) twice. A read that finds the file as it was and computes nothing is no news; a file
+    touched since is."""
+    library = tmp_path / "library"
+    library.mkdir()
+    listener = Client(home_dir=daemon.home)
+    events = _collect_events(listener)
+    daemon.client.add_watch(str(library))
+    clip = write_tone(tmp_path / "outside" / "x.wav", BANDS["low"])
+    for i in range(3):
+        shutil.copy(clip, library / f"{i}.wav")
+        assert [f.state for f in daemon.client.tag([str(library / f"{i}.wav")])] == ["indexed"]
+    time.sleep(2)  # (the watcher's settle time, 0.2 s, many times over)
+
+    def tagged() -> list[str]:
+        said = []
+        while not events.empty():
+            said += [e.file.path for e in [events.get()] if e.kind == pb.Event.FILE_TAGGED]
+        return said
+
+    assert sorted(tagged()) == [str(library / f"{i}.wav") for i in range(3)]
+    os.utime(library / "0.wav")  # changed as far as its stat can tell: read again, and said
+    assert wait_for(lambda: tagged() == [str(library / "0.wav")], timeout=10)
+    listener.close()
+
+
 def test_daemon_runs_at_low_priority(daemon: DaemonProcess, tmp_path: Path) -> None:
     """Every thread, not only the main one: Linux keeps a priority per thread (the workers and the
     inference thread, 95 % of the CPU, once ran at 0)."""
