@@ -603,6 +603,9 @@ class Event(_message.Message):
         DESCRIPTOR: _descriptor.EnumDescriptor
         KIND_UNSPECIFIED: Event._Kind.ValueType  # 0
         FILE_TAGGED: Event._Kind.ValueType  # 1
+        """a file was read and tagged: new, changed (its size or change time), or tagged by a model new to it; a file
+        read again as it was, nothing computed (a watcher's late events of a copy a Tag call had read), is not said
+        """
         FILE_FAILED: Event._Kind.ValueType  # 2
         FILE_REMOVED: Event._Kind.ValueType  # 3
         MODEL_CHANGED: Event._Kind.ValueType  # 4
@@ -624,6 +627,9 @@ class Event(_message.Message):
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: Event.Kind.ValueType  # 0
     FILE_TAGGED: Event.Kind.ValueType  # 1
+    """a file was read and tagged: new, changed (its size or change time), or tagged by a model new to it; a file
+    read again as it was, nothing computed (a watcher's late events of a copy a Tag call had read), is not said
+    """
     FILE_FAILED: Event.Kind.ValueType  # 2
     FILE_REMOVED: Event.Kind.ValueType  # 3
     MODEL_CHANGED: Event.Kind.ValueType  # 4
