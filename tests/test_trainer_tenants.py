@@ -299,7 +299,13 @@ def test_a_training_whose_token_is_removed_says_why_it_ended(
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
             with TrainerClient(target, tokens["alice"]) as alice:
-                wait_for(lambda: any(j.state == pb.Job.RUNNING for j in alice.jobs()), timeout=90)
+                try:  # (it timed out once in CI, on a host twice as slow, and said nothing of why)
+                    wait_for(lambda: any(j.state == pb.Job.RUNNING for j in alice.jobs()), timeout=90)
+                except AssertionError:
+                    proc.kill()
+                    said = proc.communicate()[1][-3000:]
+                    jobs = list(alice.jobs())
+                    raise AssertionError(f"no job running; jobs {jobs}; the command said: {said}") from None
             vibrary("trainer", "token", "--data", str(data), "remove", "alice", home=home)
             out, err = proc.communicate(timeout=90)
         finally:
