@@ -41,7 +41,7 @@ AS_USER = (
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Byte-compile the package once, before the workers start: the suite starts about a thousand CLIs,
+    """Byte-compile the package once, before the workers start: the suite starts hundreds of CLIs,
     daemons and trainers, and where PYTHONDONTWRITEBYTECODE is set (as on this project's CI machines) each of
     them compiled every module it imports again, about 0.2 s of CPU a process (a quarter of a CLI call's)."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
