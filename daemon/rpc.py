@@ -229,12 +229,18 @@ def make_server(
 
     def stopping(grace: float | None) -> threading.Event:
         """NOT_SERVING first, for a health watcher (a front end) to tell a stop from a crash: its stream
-        ended as a killed server's does."""
-        checker.enter_graceful_shutdown()
+        ended as a killed server's does. Said from a thread, waited on HEALTH_SAID_S at most: its send to a Watch
+        stream whose caller had gone waited on gRPC's flow control for ever, and the stop with it (300 s in a test)."""
+        saying = threading.Thread(target=checker.enter_graceful_shutdown, name="health-shutdown", daemon=True)
+        saying.start()
+        saying.join(HEALTH_SAID_S)
         return stop(grace)
 
     server.stop = stopping
     return server
+
+
+HEALTH_SAID_S = 1.0  # how long a stop waits for NOT_SERVING to be sent to the health watchers
 
 
 def bind(server: grpc.Server, listen: str, credentials: grpc.ServerCredentials | None = None) -> int:
